@@ -1,0 +1,32 @@
+//! # rainstorm-core
+//!
+//! The sans-IO heart of RainStorm. Every protocol here is a deterministic state machine: it never
+//! reads a clock, touches a socket or a file, spawns a thread or draws unseeded randomness. A
+//! driver (the tokio runtime on real machines, or the deterministic simulator) feeds it inputs
+//! with the current [`Time`] and drains its outputs:
+//!
+//! * inputs: [`Node::handle_datagram`], [`Node::handle_timeout`], [`Node::handle_command`],
+//!   [`Node::handle_send_failed`];
+//! * outputs: [`Node::poll_transmit`], [`Node::poll_event`], [`Node::poll_timeout`].
+//!
+//! After every input the driver must drain `poll_transmit` and `poll_event` until they return
+//! `None`, then re-arm its timer from `poll_timeout`. The simulator asserts this contract.
+//!
+//! Modules:
+//! * [`time`], [`id`]: the plain values every layer shares;
+//! * [`timer`]: an ordered timer queue with stale-timer tokens;
+//! * [`wire`]: the versioned, size-bounded, checksummed (optionally HMAC-authenticated) envelope;
+//! * [`membership`]: SWIM failure detection with optional suspicion;
+//! * [`node`]: the [`Node`] that composes the layers behind one input/output surface.
+
+pub mod command;
+pub mod id;
+pub mod membership;
+pub mod node;
+pub mod time;
+pub mod timer;
+pub mod wire;
+
+pub use id::{Incarnation, MemberId, NodeAddr};
+pub use node::{Channel, Node, NodeEvent, Transmit};
+pub use time::{Millis, Time};

@@ -1,0 +1,209 @@
+//! Membership protocol settings and the detection bound they imply.
+//!
+//! # The detection bound (defaults, period T = 1 s, n = 10)
+//!
+//! *First detection.* Every member probes the others in a shuffled round-robin order, one probe
+//! per period. A crashed member is first probed by some member after a delay that is the minimum
+//! over n−1 independent probers, each reaching it at a uniformly random point of its cycle, so
+//! P(no probe within m periods) ≈ (1 − m/(n−1))^(n−1): 2.6% for m = 3 and 0.5% for m = 4 at
+//! n = 10 (SWIM's expectation for random probing is e/(e−1) ≈ 1.58 periods). The probe fails at
+//! the end of its period (direct ping times out after `ping_timeout`, then k indirect probes get
+//! the rest of the period). So with probability ≈ 99.5% the crash shows in some member's list
+//! within 5 s: as `DEL` in PingAck mode, as `SUS` in PingAck+S mode.
+//!
+//! *Everyone.* In PingAck+S mode the suspicion spreads by piggybacking and every member that holds
+//! it declares the member failed `suspicion_timeout` after it heard it; in both modes the `DEL`
+//! spreads epidemically, reaching all n members in about log₂ n + 1 ≈ 4 periods. First failed
+//! probe ≤ 5 s, plus a 3 s suspicion timeout, plus spreading (which overlaps the timeout) gives all
+//! lists within 10 s. `rainstorm bench membership` measures both numbers against this bound.
+//!
+//! A member also probes every other member at least once every 2(n−1) periods on its own, so even
+//! without any gossip each member detects a crash within (2(n−1)+1)·T + suspicion_timeout: the
+//! deterministic bound the simulator's completeness checker uses under heavy faults.
+
+use crate::time::Millis;
+use serde::{Deserialize, Serialize};
+
+/// Settings of the SWIM membership protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipConfig {
+    /// One probe per period. The original system used 1 s.
+    pub protocol_period: Millis,
+    /// How long a direct ping waits for its ack before the indirect round through `k` members.
+    /// The indirect round lasts until the end of the period.
+    pub ping_timeout: Millis,
+    /// Members asked to probe indirectly (PING-REQ) after a missed direct ack.
+    pub indirect_probes: usize,
+    /// How long a suspected member has to refute before it is declared failed (PingAck+S).
+    pub suspicion_timeout: Millis,
+    /// λ: each update is piggybacked about λ·⌈log₂(n+1)⌉ times.
+    pub retransmit_mult: u32,
+    /// Whether the cluster starts in PingAck+S (suspicion) mode; switchable at run time.
+    pub suspicion_at_start: bool,
+    /// Join attempts before a join fails, and the wait between attempts.
+    pub join_attempts: u32,
+    pub join_retry: Millis,
+    /// While no member at the introducer's address is in the list, announce to it this often, so
+    /// that a restarted introducer (or a healed partition) is rejoined.
+    pub introducer_announce_interval: Millis,
+    /// How long a removed member's id is remembered, so stale gossip cannot revive it.
+    pub tombstone_ttl: Millis,
+    /// How long a member that left keeps answering probes with its leave notice before it stops.
+    pub leave_linger: Millis,
+    /// The largest datagram sent; piggybacked updates fill what is left.
+    pub max_datagram_bytes: usize,
+    /// Deliberate bugs for proving the simulator's checkers (compiled only for that purpose).
+    #[cfg(feature = "planted-bugs")]
+    #[serde(default)]
+    pub planted: Option<PlantedBug>,
+}
+
+impl Default for MembershipConfig {
+    fn default() -> Self {
+        MembershipConfig::lan()
+    }
+}
+
+impl MembershipConfig {
+    /// The defaults: a 1 s period, meeting the 5 s / 10 s detection bound derived above at n = 10.
+    pub fn lan() -> MembershipConfig {
+        MembershipConfig {
+            protocol_period: Millis(1000),
+            ping_timeout: Millis(300),
+            indirect_probes: 3,
+            suspicion_timeout: Millis(3000),
+            retransmit_mult: 3,
+            suspicion_at_start: true,
+            join_attempts: 3,
+            join_retry: Millis(1000),
+            introducer_announce_interval: Millis(5000),
+            tombstone_ttl: Millis::from_secs(600),
+            leave_linger: Millis(2000),
+            max_datagram_bytes: crate::wire::MAX_DATAGRAM_BYTES,
+            #[cfg(feature = "planted-bugs")]
+            planted: None,
+        }
+    }
+
+    /// Faster timings for tests on loopback: a 200 ms period.
+    pub fn fast_local() -> MembershipConfig {
+        MembershipConfig {
+            protocol_period: Millis(200),
+            ping_timeout: Millis(60),
+            suspicion_timeout: Millis(600),
+            join_retry: Millis(300),
+            introducer_announce_interval: Millis(1000),
+            leave_linger: Millis(400),
+            ..MembershipConfig::lan()
+        }
+    }
+
+    /// Checks the settings hang together; the message names the offending field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.protocol_period.0 == 0 {
+            return Err("protocol_period must be positive".into());
+        }
+        if self.ping_timeout.0 == 0 || self.ping_timeout >= self.protocol_period {
+            return Err(format!(
+                "ping_timeout ({}) must be positive and shorter than protocol_period ({})",
+                self.ping_timeout, self.protocol_period
+            ));
+        }
+        if self.retransmit_mult == 0 {
+            return Err("retransmit_mult must be at least 1".into());
+        }
+        if self.join_attempts == 0 {
+            return Err("join_attempts must be at least 1".into());
+        }
+        if self.max_datagram_bytes < 256 || self.max_datagram_bytes > 65_000 {
+            return Err(format!(
+                "max_datagram_bytes ({}) must be between 256 and 65000",
+                self.max_datagram_bytes
+            ));
+        }
+        Ok(())
+    }
+
+    /// How many times one update is piggybacked, for a group of `members` members.
+    pub fn retransmit_limit(&self, members: usize) -> u32 {
+        // ⌈log₂(members + 1)⌉
+        let log2 = usize::BITS - members.leading_zeros();
+        self.retransmit_mult * log2.max(1)
+    }
+
+    /// The per-member deterministic detection bound for a group of at most `members` members:
+    /// each member probes every other at least once per 2(n−1) periods.
+    pub fn own_probe_detection_bound(&self, members: usize) -> Millis {
+        let periods = 2 * members.saturating_sub(1) as u64 + 2;
+        Millis(periods * self.protocol_period.0 + self.suspicion_timeout.0)
+    }
+
+    #[cfg(feature = "planted-bugs")]
+    pub(crate) fn plants(&self, bug: PlantedBug) -> bool {
+        self.planted == Some(bug)
+    }
+
+    #[cfg(not(feature = "planted-bugs"))]
+    #[inline(always)]
+    pub(crate) fn plants(&self, _bug: PlantedBug) -> bool {
+        false
+    }
+}
+
+/// Deliberate bugs, each of which one of the simulator's checkers must catch.
+/// Without the `planted-bugs` feature none of them can be switched on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum PlantedBug {
+    /// ALIVE is accepted without comparing incarnations, so stale ALIVE gossip cancels a real
+    /// suspicion.
+    AliveIgnoresIncarnation,
+    /// A suspected member's timer never fires, so it is never declared failed.
+    SuspicionNeverFires,
+    /// A failure (DEL) is applied locally but never disseminated.
+    DelNotDisseminated,
+    /// A suspicion is acted on at once: the member is declared failed without a chance to refute.
+    SuspicionWithoutTimeout,
+}
+
+impl PlantedBug {
+    pub const ALL: [PlantedBug; 4] = [
+        PlantedBug::AliveIgnoresIncarnation,
+        PlantedBug::SuspicionNeverFires,
+        PlantedBug::DelNotDisseminated,
+        PlantedBug::SuspicionWithoutTimeout,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PlantedBug::AliveIgnoresIncarnation => "alive-ignores-incarnation",
+            PlantedBug::SuspicionNeverFires => "suspicion-never-fires",
+            PlantedBug::DelNotDisseminated => "del-not-disseminated",
+            PlantedBug::SuspicionWithoutTimeout => "suspicion-without-timeout",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<PlantedBug> {
+        PlantedBug::ALL.into_iter().find(|b| b.name() == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_retransmits_grow_logarithmically() {
+        let c = MembershipConfig::lan();
+        c.validate().unwrap();
+        MembershipConfig::fast_local().validate().unwrap();
+        assert_eq!(c.retransmit_limit(1), 3);
+        assert_eq!(c.retransmit_limit(10), 12);
+        assert_eq!(c.retransmit_limit(1000), 30);
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let c = MembershipConfig { ping_timeout: Millis(5000), ..MembershipConfig::lan() };
+        assert!(c.validate().unwrap_err().contains("ping_timeout"));
+    }
+}

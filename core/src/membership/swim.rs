@@ -1,0 +1,968 @@
+//! The SWIM state machine of one node.
+//!
+//! Inputs: [`Membership::handle_message`], [`Membership::handle_timeout`], the commands
+//! ([`Membership::join`], [`Membership::leave`], [`Membership::set_suspicion`]) and
+//! [`Membership::handle_send_failed`]. Outputs: [`Membership::poll_outgoing`],
+//! [`Membership::poll_event`], [`Membership::poll_timeout`].
+//!
+//! One probe per protocol period: PING the next member of a shuffled round-robin order; if no ACK
+//! within `ping_timeout`, PING-REQ through k others; if still none by the next tick, the target
+//! is suspected (PingAck+S) or declared failed (PingAck). The accusation is also sent to the
+//! accused, which refutes with a higher incarnation.
+
+use super::config::{MembershipConfig, PlantedBug};
+use super::gossip::Gossip;
+use super::message::{
+    JoinAccept, JoinKind, JoinRefusal, MembershipMsg, ModeStamp, ProbeSeq, Update,
+};
+use crate::id::{Incarnation, MemberId, NodeAddr};
+use crate::node::Channel;
+use crate::time::Time;
+use crate::timer::TimerQueue;
+use crate::wire::payload_size;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::{BTreeMap, VecDeque};
+
+/// Relayed probes (PING-REQ) this node keeps in flight at once; further requests are dropped.
+const MAX_RELAYS: usize = 64;
+
+/// Whether this node onboards others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Introducer,
+    Member,
+}
+
+/// Where this node stands in the group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Not a member: before the first join, after a failed join, or after leaving.
+    Idle,
+    /// Waiting for the introducer's reply.
+    Joining { nonce: u64, attempts: u32 },
+    Joined,
+    /// Left; answers probes with its leave notice until `until`, then goes idle.
+    Leaving { until: Time },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberStatus {
+    Alive,
+    Suspect { since: Time },
+}
+
+/// One row of `list_mem`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemberView {
+    pub id: MemberId,
+    pub incarnation: Incarnation,
+    pub status: MemberStatus,
+}
+
+/// Why a member was removed as failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureCause {
+    /// This node's own probe went unanswered (PingAck mode).
+    NoAck,
+    /// This node's suspicion timer ran out (PingAck+S mode).
+    SuspicionTimeout,
+    /// Another member disseminated the failure.
+    Reported,
+    /// A newer process joined at the same address.
+    Superseded,
+}
+
+/// What happened, for the layers above and for the user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MembershipEvent {
+    /// This node joined (or rejoined) the group under `id`.
+    SelfJoined { id: MemberId, members: usize },
+    /// The join did not succeed; the node is idle.
+    JoinFailed { reason: String },
+    /// This node learned it was declared failed; it rejoins under a new id.
+    SelfDeclaredFailed { old: MemberId },
+    /// This node refuted a suspicion of itself.
+    SelfRefuted { incarnation: Incarnation },
+    /// This node left the group.
+    SelfLeft { id: MemberId },
+    MemberJoined { member: MemberId },
+    MemberSuspected { member: MemberId, incarnation: Incarnation },
+    /// A suspected member refuted (ALIVE with a higher incarnation).
+    MemberAlive { member: MemberId, incarnation: Incarnation },
+    MemberFailed { member: MemberId, cause: FailureCause },
+    MemberLeft { member: MemberId },
+    ModeChanged { suspicion: bool },
+}
+
+/// A message for the driver to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    pub to: NodeAddr,
+    pub channel: Channel,
+    pub msg: MembershipMsg,
+}
+
+/// Refused commands.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipError {
+    #[error("already a member (id {0}); leave first")]
+    AlreadyMember(MemberId),
+    #[error("a join is already in progress")]
+    JoinInProgress,
+    #[error("not a member of the group")]
+    NotMember,
+}
+
+/// Counters a user can read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MembershipStats {
+    pub pings_sent: u64,
+    pub acks_sent: u64,
+    pub ping_reqs_sent: u64,
+    pub updates_sent: u64,
+    pub suspicions_raised: u64,
+    pub refutations: u64,
+    pub failures_declared: u64,
+    pub stale_messages: u64,
+    pub relays_dropped: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Member {
+    incarnation: Incarnation,
+    status: MemberStatus,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Probe {
+    seq: ProbeSeq,
+    target: MemberId,
+    acked: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Relay {
+    origin: NodeAddr,
+    origin_seq: ProbeSeq,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Timer {
+    /// Start of a protocol period: resolve the last probe, start the next.
+    ProbeTick,
+    /// The direct ping of probe `seq` had its chance; go indirect.
+    DirectTimeout { seq: ProbeSeq },
+    /// `ChangeSuspectToDown`: the suspicion of `member` at `incarnation` was not refuted in time.
+    SuspicionTimeout { member: MemberId, incarnation: Incarnation },
+    RelayExpiry { seq: ProbeSeq },
+    JoinRetry { nonce: u64 },
+    AnnounceToIntroducer,
+    TombstoneSweep,
+    LeaveLingerEnd,
+}
+
+/// SWIM membership of one node. See the module documentation for the protocol.
+pub struct Membership {
+    cfg: MembershipConfig,
+    role: Role,
+    addr: NodeAddr,
+    introducer: NodeAddr,
+    me: MemberId,
+    incarnation: Incarnation,
+    phase: Phase,
+    members: BTreeMap<MemberId, Member>,
+    /// Removed ids and when their tombstone expires.
+    tombstones: BTreeMap<MemberId, Time>,
+    gossip: Gossip,
+    mode: ModeStamp,
+    probe_order: Vec<MemberId>,
+    probe_cursor: usize,
+    probe: Option<Probe>,
+    relays: BTreeMap<ProbeSeq, Relay>,
+    next_seq: u64,
+    next_nonce: u64,
+    announce_nonce: Option<u64>,
+    last_join_error: Option<String>,
+    timers: TimerQueue<Timer>,
+    rng: ChaCha8Rng,
+    outgoing: VecDeque<Outgoing>,
+    events: VecDeque<MembershipEvent>,
+    stats: MembershipStats,
+    /// Bytes every datagram spends outside the membership message's updates.
+    frame_overhead: usize,
+}
+
+impl Membership {
+    /// A node at `addr`. An introducer is a group of one from `now`; a member is idle until
+    /// [`Membership::join`]. `frame_overhead` is what the envelope and frame add to a message.
+    pub fn new(
+        cfg: MembershipConfig,
+        role: Role,
+        addr: NodeAddr,
+        introducer: NodeAddr,
+        now: Time,
+        seed: u64,
+        frame_overhead: usize,
+    ) -> Membership {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let next_seq = rng.gen::<u32>() as u64;
+        let mode = ModeStamp::initial(cfg.suspicion_at_start);
+        let mut m = Membership {
+            cfg,
+            role,
+            addr,
+            introducer,
+            me: MemberId::new(addr, now.as_millis()),
+            incarnation: Incarnation(0),
+            phase: Phase::Idle,
+            members: BTreeMap::new(),
+            tombstones: BTreeMap::new(),
+            gossip: Gossip::default(),
+            mode,
+            probe_order: Vec::new(),
+            probe_cursor: 0,
+            probe: None,
+            relays: BTreeMap::new(),
+            next_seq,
+            next_nonce: 1,
+            announce_nonce: None,
+            last_join_error: None,
+            timers: TimerQueue::default(),
+            rng,
+            outgoing: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: MembershipStats::default(),
+            frame_overhead,
+        };
+        if role == Role::Introducer {
+            m.become_joined(now);
+        }
+        m
+    }
+
+    // ----- queries ------------------------------------------------------------------------
+
+    pub fn me(&self) -> MemberId {
+        self.me
+    }
+
+    pub fn incarnation(&self) -> Incarnation {
+        self.incarnation
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn config(&self) -> &MembershipConfig {
+        &self.cfg
+    }
+
+    pub fn is_joined(&self) -> bool {
+        self.phase == Phase::Joined
+    }
+
+    pub fn suspicion_enabled(&self) -> bool {
+        self.mode.suspicion
+    }
+
+    pub fn mode(&self) -> ModeStamp {
+        self.mode
+    }
+
+    pub fn stats(&self) -> MembershipStats {
+        self.stats
+    }
+
+    /// Other members, in id order.
+    pub fn members(&self) -> impl Iterator<Item = MemberView> + '_ {
+        self.members.iter().map(|(id, m)| MemberView {
+            id: *id,
+            incarnation: m.incarnation,
+            status: m.status,
+        })
+    }
+
+    pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn contains(&self, id: &MemberId) -> bool {
+        self.members.contains_key(id)
+    }
+
+    pub fn suspected(&self) -> impl Iterator<Item = MemberView> + '_ {
+        self.members().filter(|v| matches!(v.status, MemberStatus::Suspect { .. }))
+    }
+
+    /// Sizes of every internal queue, for the simulator's boundedness checker.
+    pub fn queue_lengths(&self) -> [(&'static str, usize); 6] {
+        [
+            ("members", self.members.len()),
+            ("tombstones", self.tombstones.len()),
+            ("gossip", self.gossip.len()),
+            ("probe_order", self.probe_order.len()),
+            ("relays", self.relays.len()),
+            ("timers", self.timers.len()),
+        ]
+    }
+
+    // ----- outputs ------------------------------------------------------------------------
+
+    #[must_use]
+    pub fn poll_outgoing(&mut self) -> Option<Outgoing> {
+        self.outgoing.pop_front()
+    }
+
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<MembershipEvent> {
+        self.events.pop_front()
+    }
+
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.timers.next_deadline()
+    }
+
+    // ----- commands -----------------------------------------------------------------------
+
+    /// Joins the group through the introducer under a fresh id.
+    pub fn join(&mut self, now: Time) -> Result<(), MembershipError> {
+        match self.phase {
+            Phase::Joined => Err(MembershipError::AlreadyMember(self.me)),
+            Phase::Joining { .. } => Err(MembershipError::JoinInProgress),
+            Phase::Idle | Phase::Leaving { .. } => {
+                self.renew_identity(now);
+                if self.role == Role::Introducer {
+                    self.become_joined(now);
+                } else {
+                    self.start_join(now);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Leaves the group: tells every member, then lingers answering probes with the notice.
+    pub fn leave(&mut self, now: Time) -> Result<(), MembershipError> {
+        if self.phase != Phase::Joined {
+            return Err(MembershipError::NotMember);
+        }
+        let notice = Update::Left { member: self.me };
+        let targets: Vec<MemberId> = self.members.keys().copied().collect();
+        for id in targets {
+            self.send_datagram(id.addr, MembershipMsg::Gossip { updates: vec![notice.clone()] });
+        }
+        self.timers.clear();
+        self.probe = None;
+        self.relays.clear();
+        self.gossip.clear();
+        let until = now + self.cfg.leave_linger;
+        self.phase = Phase::Leaving { until };
+        self.timers.schedule(until, Timer::LeaveLingerEnd);
+        self.events.push_back(MembershipEvent::SelfLeft { id: self.me });
+        Ok(())
+    }
+
+    /// Switches suspicion on or off for the whole cluster (the newer switch wins everywhere).
+    pub fn set_suspicion(&mut self, now: Time, enabled: bool) -> Result<(), MembershipError> {
+        if self.phase != Phase::Joined {
+            return Err(MembershipError::NotMember);
+        }
+        let stamp =
+            ModeStamp { counter: self.mode.counter + 1, issuer: Some(self.me), suspicion: enabled };
+        self.apply(now, Update::Mode(stamp));
+        Ok(())
+    }
+
+    // ----- inputs -------------------------------------------------------------------------
+
+    /// A message from the member `from` (as the envelope names it).
+    pub fn handle_message(&mut self, now: Time, from: MemberId, msg: MembershipMsg) {
+        match msg {
+            MembershipMsg::Ping { seq, target, updates } => {
+                self.on_ping(now, from, seq, target);
+                self.apply_all(now, updates);
+            }
+            MembershipMsg::Ack { seq, updates } => {
+                self.on_ack(seq);
+                self.apply_all(now, updates);
+            }
+            MembershipMsg::PingReq { seq, target, updates } => {
+                self.on_ping_req(now, from, seq, target);
+                self.apply_all(now, updates);
+            }
+            MembershipMsg::Gossip { updates } => self.apply_all(now, updates),
+            MembershipMsg::JoinRequest { nonce, kind: _ } => self.on_join_request(now, from, nonce),
+            MembershipMsg::JoinReply { nonce, result } => self.on_join_reply(now, nonce, result),
+        }
+    }
+
+    /// The driver could not deliver a stream message to `to` (connection refused, reset...).
+    pub fn handle_send_failed(&mut self, _now: Time, to: NodeAddr, error: &str) {
+        if to == self.introducer {
+            self.last_join_error = Some(error.to_string());
+        }
+    }
+
+    /// Fires every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Time) {
+        while let Some((_, timer)) = self.timers.pop_due(now) {
+            self.on_timer(now, timer);
+        }
+    }
+
+    // ----- message handlers ---------------------------------------------------------------
+
+    fn on_ping(&mut self, now: Time, from: MemberId, seq: ProbeSeq, target: MemberId) {
+        match self.phase {
+            Phase::Leaving { .. } => {
+                let notice = Update::Left { member: self.me };
+                self.send_datagram(from.addr, MembershipMsg::Gossip { updates: vec![notice] });
+            }
+            Phase::Joined if target != self.me => {
+                // Meant for an earlier process at this address: that one is gone, let the
+                // prober find out by silence.
+                self.stats.stale_messages += 1;
+            }
+            Phase::Joined if self.is_tombstoned(&from, now) => self.tell_declared_failed(from),
+            Phase::Joined => {
+                self.stats.acks_sent += 1;
+                let updates = self.piggyback(&MembershipMsg::Ack { seq, updates: Vec::new() });
+                self.send_datagram(from.addr, MembershipMsg::Ack { seq, updates });
+            }
+            Phase::Idle | Phase::Joining { .. } => self.stats.stale_messages += 1,
+        }
+    }
+
+    fn on_ack(&mut self, seq: ProbeSeq) {
+        if let Some(probe) = self.probe.as_mut() {
+            if probe.seq == seq {
+                probe.acked = true;
+                return;
+            }
+        }
+        if let Some(relay) = self.relays.remove(&seq) {
+            let msg = MembershipMsg::Ack { seq: relay.origin_seq, updates: Vec::new() };
+            let updates = self.piggyback(&msg);
+            self.send_datagram(relay.origin, MembershipMsg::Ack { seq: relay.origin_seq, updates });
+        }
+    }
+
+    fn on_ping_req(&mut self, now: Time, from: MemberId, origin_seq: ProbeSeq, target: MemberId) {
+        if self.phase != Phase::Joined {
+            return;
+        }
+        if self.is_tombstoned(&from, now) {
+            self.tell_declared_failed(from);
+            return;
+        }
+        if self.relays.len() >= MAX_RELAYS {
+            self.stats.relays_dropped += 1;
+            return;
+        }
+        let seq = self.next_probe_seq();
+        self.relays.insert(seq, Relay { origin: from.addr, origin_seq });
+        self.timers.schedule(now + self.cfg.protocol_period, Timer::RelayExpiry { seq });
+        self.send_ping(seq, target);
+    }
+
+    /// Fresh joins and announcements are admitted alike; only the joiner's phase differs.
+    fn on_join_request(&mut self, now: Time, from: MemberId, nonce: u64) {
+        if self.role != Role::Introducer {
+            let result = Err(JoinRefusal::NotIntroducer);
+            self.send_stream(from.addr, MembershipMsg::JoinReply { nonce, result });
+            return;
+        }
+        if self.phase != Phase::Joined || from == self.me {
+            return;
+        }
+        if self.is_tombstoned(&from, now) {
+            let result = Err(JoinRefusal::DeclaredFailed);
+            self.send_stream(from.addr, MembershipMsg::JoinReply { nonce, result });
+            return;
+        }
+        if !self.members.contains_key(&from) {
+            self.apply(now, Update::Alive { member: from, incarnation: Incarnation(0) });
+        }
+        if !self.members.contains_key(&from) {
+            // An older process at an address that a newer one holds: treat it as failed.
+            let result = Err(JoinRefusal::DeclaredFailed);
+            self.send_stream(from.addr, MembershipMsg::JoinReply { nonce, result });
+            return;
+        }
+        let mut members: Vec<(MemberId, Incarnation)> =
+            self.members.iter().map(|(id, m)| (*id, m.incarnation)).collect();
+        members.push((self.me, self.incarnation));
+        let result = Ok(JoinAccept { members, mode: self.mode });
+        self.send_stream(from.addr, MembershipMsg::JoinReply { nonce, result });
+    }
+
+    fn on_join_reply(&mut self, now: Time, nonce: u64, result: Result<JoinAccept, JoinRefusal>) {
+        match (self.phase, result) {
+            (Phase::Joining { nonce: expected, .. }, Ok(accept)) if expected == nonce => {
+                self.members.clear();
+                self.probe_order.clear();
+                self.mode = accept.mode;
+                self.become_joined(now);
+                for (id, incarnation) in accept.members {
+                    if id != self.me && !self.is_tombstoned(&id, now) {
+                        self.insert_member(now, id, incarnation);
+                    }
+                }
+                let members = self.members.len();
+                self.events.push_back(MembershipEvent::SelfJoined { id: self.me, members });
+            }
+            (Phase::Joining { nonce: expected, .. }, Err(refusal)) if expected == nonce => {
+                match refusal {
+                    JoinRefusal::DeclaredFailed => self.rejoin_as_new(now),
+                    JoinRefusal::NotIntroducer => {
+                        self.phase = Phase::Idle;
+                        self.timers.clear();
+                        let reason = format!("{} is not an introducer", self.introducer);
+                        self.events.push_back(MembershipEvent::JoinFailed { reason });
+                    }
+                }
+            }
+            (Phase::Joined, result) if self.announce_nonce == Some(nonce) => {
+                self.announce_nonce = None;
+                match result {
+                    Ok(accept) => {
+                        for (id, incarnation) in accept.members {
+                            if id != self.me {
+                                self.apply(now, Update::Alive { member: id, incarnation });
+                            }
+                        }
+                        if accept.mode.is_newer_than(&self.mode) {
+                            self.apply(now, Update::Mode(accept.mode));
+                        }
+                    }
+                    Err(JoinRefusal::DeclaredFailed) => {
+                        self.events.push_back(MembershipEvent::SelfDeclaredFailed { old: self.me });
+                        self.rejoin_as_new(now);
+                    }
+                    Err(JoinRefusal::NotIntroducer) => {}
+                }
+            }
+            _ => self.stats.stale_messages += 1,
+        }
+    }
+
+    // ----- timers -------------------------------------------------------------------------
+
+    fn on_timer(&mut self, now: Time, timer: Timer) {
+        match timer {
+            Timer::ProbeTick => self.on_probe_tick(now),
+            Timer::DirectTimeout { seq } => self.on_direct_timeout(seq),
+            Timer::SuspicionTimeout { member, incarnation } => {
+                let still_suspect = self.members.get(&member).is_some_and(|m| {
+                    m.incarnation == incarnation && matches!(m.status, MemberStatus::Suspect { .. })
+                });
+                if still_suspect && !self.cfg.plants(PlantedBug::SuspicionNeverFires) {
+                    self.declare_failed(now, member, FailureCause::SuspicionTimeout);
+                }
+            }
+            Timer::RelayExpiry { seq } => {
+                self.relays.remove(&seq);
+            }
+            Timer::JoinRetry { nonce } => self.on_join_retry(now, nonce),
+            Timer::AnnounceToIntroducer => {
+                self.timers.schedule(
+                    now + self.cfg.introducer_announce_interval,
+                    Timer::AnnounceToIntroducer,
+                );
+                let introducer_listed = self.members.keys().any(|id| id.addr == self.introducer);
+                if self.phase == Phase::Joined && !introducer_listed {
+                    let nonce = self.fresh_nonce();
+                    self.announce_nonce = Some(nonce);
+                    let msg = MembershipMsg::JoinRequest { nonce, kind: JoinKind::Announce };
+                    self.send_stream(self.introducer, msg);
+                }
+            }
+            Timer::TombstoneSweep => {
+                self.tombstones.retain(|_, expiry| *expiry > now);
+                self.timers.schedule(now + self.cfg.protocol_period * 10, Timer::TombstoneSweep);
+            }
+            Timer::LeaveLingerEnd => {
+                if matches!(self.phase, Phase::Leaving { .. }) {
+                    self.phase = Phase::Idle;
+                    self.members.clear();
+                    self.probe_order.clear();
+                }
+            }
+        }
+    }
+
+    fn on_probe_tick(&mut self, now: Time) {
+        self.timers.schedule(now + self.cfg.protocol_period, Timer::ProbeTick);
+        if self.phase != Phase::Joined {
+            return;
+        }
+        if let Some(probe) = self.probe.take() {
+            if !probe.acked && self.members.contains_key(&probe.target) {
+                self.on_probe_failed(now, probe.target);
+            }
+        }
+        let Some(target) = self.next_probe_target() else {
+            return;
+        };
+        let seq = self.next_probe_seq();
+        self.probe = Some(Probe { seq, target, acked: false });
+        self.timers.schedule(now + self.cfg.ping_timeout, Timer::DirectTimeout { seq });
+        self.send_ping(seq, target);
+    }
+
+    fn on_direct_timeout(&mut self, seq: ProbeSeq) {
+        let Some(probe) = self.probe else { return };
+        if probe.seq != seq || probe.acked {
+            return;
+        }
+        let mut helpers: Vec<MemberId> =
+            self.members.keys().copied().filter(|id| *id != probe.target).collect();
+        helpers.shuffle(&mut self.rng);
+        helpers.truncate(self.cfg.indirect_probes);
+        for helper in helpers {
+            self.stats.ping_reqs_sent += 1;
+            let bare = MembershipMsg::PingReq { seq, target: probe.target, updates: Vec::new() };
+            let updates = self.piggyback(&bare);
+            self.send_datagram(
+                helper.addr,
+                MembershipMsg::PingReq { seq, target: probe.target, updates },
+            );
+        }
+    }
+
+    fn on_probe_failed(&mut self, now: Time, target: MemberId) {
+        let Some(member) = self.members.get(&target).copied() else { return };
+        if !self.mode.suspicion {
+            self.declare_failed(now, target, FailureCause::NoAck);
+            return;
+        }
+        if member.status == MemberStatus::Alive {
+            let accusation = Update::Suspect { member: target, incarnation: member.incarnation };
+            self.apply(now, accusation.clone());
+            // Tell the accused at once, so it can refute before the timeout.
+            self.send_datagram(target.addr, MembershipMsg::Gossip { updates: vec![accusation] });
+        }
+    }
+
+    fn on_join_retry(&mut self, now: Time, nonce: u64) {
+        let Phase::Joining { nonce: current, attempts } = self.phase else { return };
+        if current != nonce {
+            return;
+        }
+        if attempts >= self.cfg.join_attempts {
+            self.phase = Phase::Idle;
+            self.timers.clear();
+            let cause = self.last_join_error.take().unwrap_or_else(|| "no reply".to_string());
+            let reason = format!(
+                "introducer {} did not admit us after {} attempts ({cause})",
+                self.introducer, attempts
+            );
+            self.events.push_back(MembershipEvent::JoinFailed { reason });
+            return;
+        }
+        self.send_join_request(now, attempts + 1);
+    }
+
+    // ----- updates ------------------------------------------------------------------------
+
+    fn apply_all(&mut self, now: Time, updates: Vec<Update>) {
+        if !matches!(self.phase, Phase::Joined) {
+            // Only a member's own fate matters before it is joined or after it left.
+            return;
+        }
+        for update in updates {
+            self.apply(now, update);
+        }
+    }
+
+    /// Applies one update under SWIM's precedence rules, disseminating it if it was news.
+    fn apply(&mut self, now: Time, update: Update) {
+        match update {
+            Update::Alive { member, incarnation } => self.apply_alive(now, member, incarnation),
+            Update::Suspect { member, incarnation } => self.apply_suspect(now, member, incarnation),
+            Update::Failed { member } => {
+                if member == self.me {
+                    if self.phase == Phase::Joined {
+                        self.events.push_back(MembershipEvent::SelfDeclaredFailed { old: self.me });
+                        self.rejoin_as_new(now);
+                    }
+                } else if self.members.contains_key(&member) {
+                    self.declare_failed(now, member, FailureCause::Reported);
+                } else if !self.is_tombstoned(&member, now) {
+                    // Never knew it: remember it is dead and pass the news on.
+                    self.tombstone(now, member);
+                    self.disseminate(Update::Failed { member });
+                }
+            }
+            Update::Left { member } => {
+                if member != self.me && self.members.contains_key(&member) {
+                    self.remove_member(now, member);
+                    self.events.push_back(MembershipEvent::MemberLeft { member });
+                    self.disseminate(Update::Left { member });
+                } else if member != self.me && !self.is_tombstoned(&member, now) {
+                    self.tombstone(now, member);
+                    self.disseminate(Update::Left { member });
+                }
+            }
+            Update::Mode(stamp) => {
+                if stamp.is_newer_than(&self.mode) {
+                    let changed = stamp.suspicion != self.mode.suspicion;
+                    self.mode = stamp;
+                    if changed {
+                        self.events.push_back(MembershipEvent::ModeChanged { suspicion: stamp.suspicion });
+                    }
+                    self.disseminate(Update::Mode(stamp));
+                }
+            }
+        }
+    }
+
+    fn apply_alive(&mut self, now: Time, member: MemberId, incarnation: Incarnation) {
+        if member == self.me || self.is_tombstoned(&member, now) {
+            return;
+        }
+        match self.members.get_mut(&member) {
+            Some(known) => {
+                let newer = incarnation > known.incarnation;
+                let planted = self.cfg.plants(PlantedBug::AliveIgnoresIncarnation)
+                    && matches!(known.status, MemberStatus::Suspect { .. });
+                if newer || planted {
+                    let was_suspect = matches!(known.status, MemberStatus::Suspect { .. });
+                    known.incarnation = known.incarnation.max(incarnation);
+                    known.status = MemberStatus::Alive;
+                    if was_suspect {
+                        self.events.push_back(MembershipEvent::MemberAlive { member, incarnation });
+                    }
+                    self.disseminate(Update::Alive { member, incarnation });
+                }
+            }
+            None => {
+                if member.addr == self.addr {
+                    // Another process claims our address: one of us is stale. An older claim is
+                    // our own past; a newer one means we were replaced and will learn so.
+                    self.tombstone(now, member);
+                    return;
+                }
+                if self.insert_member(now, member, incarnation) {
+                    self.disseminate(Update::Alive { member, incarnation });
+                }
+            }
+        }
+    }
+
+    fn apply_suspect(&mut self, now: Time, member: MemberId, incarnation: Incarnation) {
+        if member == self.me {
+            if incarnation >= self.incarnation && self.phase == Phase::Joined {
+                self.incarnation = incarnation.next();
+                self.stats.refutations += 1;
+                self.events
+                    .push_back(MembershipEvent::SelfRefuted { incarnation: self.incarnation });
+                self.disseminate(Update::Alive { member: self.me, incarnation: self.incarnation });
+            }
+            return;
+        }
+        let Some(known) = self.members.get_mut(&member) else { return };
+        let news = incarnation > known.incarnation
+            || (incarnation == known.incarnation && known.status == MemberStatus::Alive);
+        if !news {
+            return;
+        }
+        known.incarnation = incarnation;
+        known.status = MemberStatus::Suspect { since: now };
+        self.stats.suspicions_raised += 1;
+        self.events.push_back(MembershipEvent::MemberSuspected { member, incarnation });
+        self.disseminate(Update::Suspect { member, incarnation });
+        if self.cfg.plants(PlantedBug::SuspicionWithoutTimeout) {
+            self.declare_failed(now, member, FailureCause::SuspicionTimeout);
+            return;
+        }
+        self.timers.schedule(
+            now + self.cfg.suspicion_timeout,
+            Timer::SuspicionTimeout { member, incarnation },
+        );
+    }
+
+    /// Adds a member not seen before; returns false if a newer process holds its address.
+    fn insert_member(&mut self, now: Time, member: MemberId, incarnation: Incarnation) -> bool {
+        let same_addr: Vec<MemberId> =
+            self.members.keys().copied().filter(|id| id.addr == member.addr).collect();
+        for other in same_addr {
+            if other.join_time > member.join_time {
+                self.tombstone(now, member);
+                return false;
+            }
+            self.remove_member(now, other);
+            self.events
+                .push_back(MembershipEvent::MemberFailed { member: other, cause: FailureCause::Superseded });
+        }
+        self.members.insert(member, Member { incarnation, status: MemberStatus::Alive });
+        // SWIM: a new member goes to a random position of the round-robin order.
+        let at = self.rng.gen_range(self.probe_cursor..=self.probe_order.len());
+        self.probe_order.insert(at, member);
+        self.events.push_back(MembershipEvent::MemberJoined { member });
+        true
+    }
+
+    fn declare_failed(&mut self, now: Time, member: MemberId, cause: FailureCause) {
+        self.remove_member(now, member);
+        self.stats.failures_declared += 1;
+        self.events.push_back(MembershipEvent::MemberFailed { member, cause });
+        if !self.cfg.plants(PlantedBug::DelNotDisseminated) {
+            self.disseminate(Update::Failed { member });
+        }
+    }
+
+    fn remove_member(&mut self, now: Time, member: MemberId) {
+        self.members.remove(&member);
+        self.tombstone(now, member);
+        if self.probe_order.len() > 2 * self.members.len() + 16 {
+            let members = &self.members;
+            let cursor_id = self.probe_order.get(self.probe_cursor).copied();
+            self.probe_order.retain(|id| members.contains_key(id));
+            self.probe_cursor = cursor_id
+                .and_then(|c| self.probe_order.iter().position(|id| *id == c))
+                .unwrap_or(self.probe_order.len());
+        }
+    }
+
+    fn tombstone(&mut self, now: Time, member: MemberId) {
+        self.tombstones.insert(member, now + self.cfg.tombstone_ttl);
+    }
+
+    fn is_tombstoned(&self, member: &MemberId, now: Time) -> bool {
+        self.tombstones.get(member).is_some_and(|expiry| *expiry > now)
+    }
+
+    fn disseminate(&mut self, update: Update) {
+        self.gossip.push(update);
+    }
+
+    // ----- membership lifecycle -----------------------------------------------------------
+
+    fn renew_identity(&mut self, now: Time) {
+        let old = self.me;
+        let join_time = now.as_millis().max(old.join_time + 1);
+        self.me = MemberId::new(self.addr, join_time);
+        self.incarnation = Incarnation(0);
+        self.tombstone(now, old);
+    }
+
+    fn become_joined(&mut self, now: Time) {
+        self.phase = Phase::Joined;
+        self.timers.clear();
+        self.probe = None;
+        self.relays.clear();
+        self.announce_nonce = None;
+        self.timers.schedule(now + self.cfg.protocol_period, Timer::ProbeTick);
+        self.timers.schedule(now + self.cfg.protocol_period * 10, Timer::TombstoneSweep);
+        if self.role == Role::Member {
+            self.timers.schedule(
+                now + self.cfg.introducer_announce_interval,
+                Timer::AnnounceToIntroducer,
+            );
+        } else {
+            self.disseminate(Update::Alive { member: self.me, incarnation: self.incarnation });
+        }
+    }
+
+    fn start_join(&mut self, now: Time) {
+        self.timers.clear();
+        self.probe = None;
+        self.relays.clear();
+        self.gossip.clear();
+        self.last_join_error = None;
+        self.send_join_request(now, 1);
+    }
+
+    fn send_join_request(&mut self, now: Time, attempt: u32) {
+        let nonce = self.fresh_nonce();
+        self.phase = Phase::Joining { nonce, attempts: attempt };
+        self.send_stream(self.introducer, MembershipMsg::JoinRequest { nonce, kind: JoinKind::Fresh });
+        self.timers.schedule(now + self.cfg.join_retry, Timer::JoinRetry { nonce });
+    }
+
+    /// This node was declared failed: it rejoins as a new member.
+    fn rejoin_as_new(&mut self, now: Time) {
+        self.renew_identity(now);
+        self.members.clear();
+        self.probe_order.clear();
+        self.probe_cursor = 0;
+        self.gossip.clear();
+        if self.role == Role::Introducer {
+            // The introducer cannot ask itself: it stays up under its new id and announces it.
+            self.become_joined(now);
+            self.events.push_back(MembershipEvent::SelfJoined { id: self.me, members: 0 });
+        } else {
+            self.start_join(now);
+        }
+    }
+
+    fn tell_declared_failed(&mut self, member: MemberId) {
+        self.stats.stale_messages += 1;
+        let updates = vec![Update::Failed { member }];
+        self.send_datagram(member.addr, MembershipMsg::Gossip { updates });
+    }
+
+    // ----- probing and sending ------------------------------------------------------------
+
+    fn next_probe_target(&mut self) -> Option<MemberId> {
+        if self.members.is_empty() {
+            return None;
+        }
+        loop {
+            if self.probe_cursor >= self.probe_order.len() {
+                self.probe_order = self.members.keys().copied().collect();
+                self.probe_order.shuffle(&mut self.rng);
+                self.probe_cursor = 0;
+            }
+            let candidate = self.probe_order[self.probe_cursor];
+            self.probe_cursor += 1;
+            if self.members.contains_key(&candidate) {
+                return Some(candidate);
+            }
+        }
+    }
+
+    fn next_probe_seq(&mut self) -> ProbeSeq {
+        self.next_seq = self.next_seq.wrapping_add(1);
+        ProbeSeq(self.next_seq)
+    }
+
+    fn fresh_nonce(&mut self) -> u64 {
+        self.next_nonce += 1;
+        (self.rng.gen::<u32>() as u64) << 32 | (self.next_nonce & 0xffff_ffff)
+    }
+
+    fn send_ping(&mut self, seq: ProbeSeq, target: MemberId) {
+        self.stats.pings_sent += 1;
+        let updates = self.piggyback(&MembershipMsg::Ping { seq, target, updates: Vec::new() });
+        self.send_datagram(target.addr, MembershipMsg::Ping { seq, target, updates });
+    }
+
+    /// Updates that fit beside `bare` (the message without updates) in one datagram.
+    fn piggyback(&mut self, bare: &MembershipMsg) -> Vec<Update> {
+        // envelope = sender id + body variant tag (4 bytes) + message
+        let used = self.frame_overhead + payload_size(&self.me) + 4 + payload_size(bare);
+        let budget = self.cfg.max_datagram_bytes.saturating_sub(used);
+        let limit = self.cfg.retransmit_limit(self.members.len() + 1);
+        let updates = self.gossip.select(budget, limit);
+        self.stats.updates_sent += updates.len() as u64;
+        updates
+    }
+
+    fn send_datagram(&mut self, to: NodeAddr, msg: MembershipMsg) {
+        self.outgoing.push_back(Outgoing { to, channel: Channel::Datagram, msg });
+    }
+
+    fn send_stream(&mut self, to: NodeAddr, msg: MembershipMsg) {
+        self.outgoing.push_back(Outgoing { to, channel: Channel::Stream, msg });
+    }
+}

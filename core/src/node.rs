@@ -1,0 +1,336 @@
+//! The `Node`: one process's protocol state, composing the layers behind one sans-IO surface.
+//!
+//! Owns the wire codec and the membership state machine (HyDFS and RainStorm plug in beside it).
+//! Invariants kept here:
+//! * every received frame is decoded under the size limit of its channel; a bad frame is counted
+//!   by cause and dropped, never panics and never reaches a layer;
+//! * every datagram it emits is at most `max_datagram_bytes` long;
+//! * outputs are queued until drained: after each `handle_*` call the driver drains
+//!   [`Node::poll_transmit`] and [`Node::poll_event`], then re-arms from [`Node::poll_timeout`].
+
+use crate::command::{Command, COMMAND_HELP};
+use crate::id::{MemberId, NodeAddr};
+use crate::membership::{
+    MemberStatus, MemberView, Membership, MembershipConfig, MembershipError, MembershipEvent,
+    MembershipStats, Phase, Role,
+};
+use crate::time::Time;
+use crate::wire::{Body, Codec, Envelope, WireError, MAX_STREAM_FRAME_BYTES};
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+
+/// How a frame travels: an unreliable datagram (UDP) or a request/response stream (TCP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Channel {
+    Datagram,
+    Stream,
+}
+
+/// One encoded frame for the driver to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    pub to: NodeAddr,
+    pub channel: Channel,
+    pub payload: Vec<u8>,
+}
+
+/// What a node reports to its driver and user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeEvent {
+    Membership(MembershipEvent),
+}
+
+/// How a node is set up.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub role: Role,
+    /// The address this node advertises (UDP and TCP share the port number).
+    pub addr: NodeAddr,
+    pub introducer: NodeAddr,
+    pub membership: MembershipConfig,
+    pub codec: Codec,
+}
+
+/// Frame and byte counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    pub frames_sent: u64,
+    pub bytes_sent: u64,
+    pub frames_received: u64,
+    pub bytes_received: u64,
+    /// Rejected frames by cause.
+    pub frames_rejected: BTreeMap<&'static str, u64>,
+    /// Frames that could not be encoded under their channel's limit (a bug if ever non-zero).
+    pub frames_unsendable: u64,
+}
+
+impl NodeStats {
+    pub fn rejected_total(&self) -> u64 {
+        self.frames_rejected.values().sum()
+    }
+}
+
+/// The answer to a command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommandOutput {
+    Members { me: MemberId, rows: Vec<MemberView>, suspicion: bool },
+    SelfId { me: MemberId, incarnation: crate::id::Incarnation, phase: Phase },
+    Suspicion(bool),
+    Suspected(Vec<MemberView>),
+    Stats { node: NodeStats, membership: MembershipStats },
+    Done(String),
+    Help,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Membership(#[from] MembershipError),
+}
+
+pub struct Node {
+    membership: Membership,
+    codec: Codec,
+    max_datagram_bytes: usize,
+    events: VecDeque<NodeEvent>,
+    stats: NodeStats,
+}
+
+impl Node {
+    /// A node started at `now`, its RNG seeded with `seed`. An introducer is a group of one at
+    /// once; a member is idle until it is given [`Command::Join`].
+    pub fn new(cfg: NodeConfig, now: Time, seed: u64) -> Node {
+        let max_datagram_bytes = cfg.membership.max_datagram_bytes;
+        let membership = Membership::new(
+            cfg.membership,
+            cfg.role,
+            cfg.addr,
+            cfg.introducer,
+            now,
+            seed,
+            cfg.codec.overhead(),
+        );
+        Node { membership, codec: cfg.codec, max_datagram_bytes, events: VecDeque::new(), stats: NodeStats::default() }
+    }
+
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    pub fn id(&self) -> MemberId {
+        self.membership.me()
+    }
+
+    pub fn stats(&self) -> &NodeStats {
+        &self.stats
+    }
+
+    /// A frame arrived on `channel`.
+    pub fn handle_frame(&mut self, now: Time, channel: Channel, frame: &[u8]) {
+        let limit = self.limit(channel);
+        match self.codec.decode(frame, limit) {
+            Ok(envelope) => {
+                self.stats.frames_received += 1;
+                self.stats.bytes_received += frame.len() as u64;
+                match envelope.body {
+                    Body::Membership(msg) => self.membership.handle_message(now, envelope.from, msg),
+                }
+                self.collect_events();
+            }
+            Err(e) => {
+                *self.stats.frames_rejected.entry(rejection_cause(&e)).or_default() += 1;
+            }
+        }
+    }
+
+    /// A datagram arrived.
+    pub fn handle_datagram(&mut self, now: Time, frame: &[u8]) {
+        self.handle_frame(now, Channel::Datagram, frame);
+    }
+
+    /// The driver could not deliver a stream frame to `to`.
+    pub fn handle_send_failed(&mut self, now: Time, to: NodeAddr, error: &str) {
+        self.membership.handle_send_failed(now, to, error);
+        self.collect_events();
+    }
+
+    /// Timers due at `now` fire.
+    pub fn handle_timeout(&mut self, now: Time) {
+        self.membership.handle_timeout(now);
+        self.collect_events();
+    }
+
+    /// A user command.
+    pub fn handle_command(&mut self, now: Time, command: Command) -> Result<CommandOutput, CommandError> {
+        let m = &mut self.membership;
+        let out = match command {
+            Command::ListMem => CommandOutput::Members {
+                me: m.me(),
+                rows: m.members().collect(),
+                suspicion: m.suspicion_enabled(),
+            },
+            Command::ListSelf => CommandOutput::SelfId { me: m.me(), incarnation: m.incarnation(), phase: m.phase() },
+            Command::Join => {
+                m.join(now)?;
+                CommandOutput::Done(format!("joining through the introducer as {}", m.me()))
+            }
+            Command::Leave => {
+                let me = m.me();
+                m.leave(now)?;
+                CommandOutput::Done(format!("{me} left the group"))
+            }
+            Command::SetSuspicion(on) => {
+                m.set_suspicion(now, on)?;
+                CommandOutput::Done(format!(
+                    "suspicion {} (spreading to every member)",
+                    if on { "enabled" } else { "disabled" }
+                ))
+            }
+            Command::StatusSus => CommandOutput::Suspicion(m.suspicion_enabled()),
+            Command::ListSuspected => CommandOutput::Suspected(m.suspected().collect()),
+            Command::Stats => CommandOutput::Stats { node: self.stats.clone(), membership: m.stats() },
+            Command::Help => CommandOutput::Help,
+        };
+        self.collect_events();
+        Ok(out)
+    }
+
+    /// The next frame to send. Drain until `None` after every input.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        loop {
+            let out = self.membership.poll_outgoing()?;
+            let envelope = Envelope { from: self.membership.me(), body: Body::Membership(out.msg) };
+            match self.codec.encode(&envelope, self.limit(out.channel)) {
+                Ok(payload) => {
+                    self.stats.frames_sent += 1;
+                    self.stats.bytes_sent += payload.len() as u64;
+                    return Some(Transmit { to: out.to, channel: out.channel, payload });
+                }
+                Err(_) => {
+                    debug_assert!(false, "a frame exceeded its channel limit");
+                    self.stats.frames_unsendable += 1;
+                }
+            }
+        }
+    }
+
+    /// The next event. Drain until `None` after every input.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<NodeEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Node::handle_timeout`] must next be called.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.membership.poll_timeout()
+    }
+
+    /// Whether every output queue is empty (the drain contract).
+    pub fn is_drained(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    fn limit(&self, channel: Channel) -> usize {
+        match channel {
+            Channel::Datagram => self.max_datagram_bytes,
+            Channel::Stream => MAX_STREAM_FRAME_BYTES,
+        }
+    }
+
+    fn collect_events(&mut self) {
+        while let Some(e) = self.membership.poll_event() {
+            self.events.push_back(NodeEvent::Membership(e));
+        }
+    }
+}
+
+fn rejection_cause(e: &WireError) -> &'static str {
+    match e {
+        WireError::Truncated { .. } => "truncated",
+        WireError::TooLarge { .. } => "oversized",
+        WireError::BadMagic => "bad_magic",
+        WireError::UnsupportedVersion { .. } => "bad_version",
+        WireError::UnknownFlags(_) => "bad_flags",
+        WireError::LengthMismatch { .. } => "bad_length",
+        WireError::BadChecksum => "bad_checksum",
+        WireError::Unauthenticated => "unauthenticated",
+        WireError::UnexpectedTag => "unexpected_tag",
+        WireError::BadTag => "bad_tag",
+        WireError::Malformed(_) => "malformed",
+    }
+}
+
+impl fmt::Display for CommandOutput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CommandOutput::Members { me, rows, suspicion } => {
+                writeln!(
+                    f,
+                    "{} members (mode {}):",
+                    rows.len() + 1,
+                    if *suspicion { "PingAck+S" } else { "PingAck" }
+                )?;
+                writeln!(f, "  {:<32} {:>11}  status", "id", "incarnation")?;
+                writeln!(f, "  {:<32} {:>11}  self", me.to_string(), "-")?;
+                for r in rows {
+                    writeln!(f, "  {:<32} {:>11}  {}", r.id.to_string(), r.incarnation, status_word(r.status))?;
+                }
+                Ok(())
+            }
+            CommandOutput::SelfId { me, incarnation, phase } => {
+                writeln!(f, "{me} incarnation {incarnation} {}", phase_word(*phase))
+            }
+            CommandOutput::Suspicion(on) => {
+                writeln!(f, "suspicion {}", if *on { "enabled (PingAck+S)" } else { "disabled (PingAck)" })
+            }
+            CommandOutput::Suspected(rows) => {
+                if rows.is_empty() {
+                    return writeln!(f, "no suspected members");
+                }
+                for r in rows {
+                    writeln!(f, "{} incarnation {}", r.id, r.incarnation)?;
+                }
+                Ok(())
+            }
+            CommandOutput::Stats { node, membership } => {
+                writeln!(f, "frames_sent {}", node.frames_sent)?;
+                writeln!(f, "bytes_sent {}", node.bytes_sent)?;
+                writeln!(f, "frames_received {}", node.frames_received)?;
+                writeln!(f, "bytes_received {}", node.bytes_received)?;
+                for (cause, n) in &node.frames_rejected {
+                    writeln!(f, "frames_rejected.{cause} {n}")?;
+                }
+                writeln!(f, "pings_sent {}", membership.pings_sent)?;
+                writeln!(f, "ping_reqs_sent {}", membership.ping_reqs_sent)?;
+                writeln!(f, "suspicions_raised {}", membership.suspicions_raised)?;
+                writeln!(f, "refutations {}", membership.refutations)?;
+                writeln!(f, "failures_declared {}", membership.failures_declared)
+            }
+            CommandOutput::Done(msg) => writeln!(f, "{msg}"),
+            CommandOutput::Help => {
+                for (name, what) in COMMAND_HELP {
+                    writeln!(f, "  {name:<16} {what}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn status_word(s: MemberStatus) -> &'static str {
+    match s {
+        MemberStatus::Alive => "alive",
+        MemberStatus::Suspect { .. } => "SUS",
+    }
+}
+
+fn phase_word(p: Phase) -> &'static str {
+    match p {
+        Phase::Idle => "(not a member)",
+        Phase::Joining { .. } => "(joining)",
+        Phase::Joined => "(member)",
+        Phase::Leaving { .. } => "(left)",
+    }
+}

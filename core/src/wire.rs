@@ -1,0 +1,322 @@
+//! The wire format: one versioned envelope for every layer's messages.
+//!
+//! ```text
+//! offset  size  field
+//! 0       2     magic "RS"
+//! 2       1     format version (currently 1)
+//! 3       1     flags: bit 0 set = trailer is an HMAC-SHA256 tag, clear = CRC32C
+//! 4       4     payload length, little endian
+//! 8       len   payload: the bincode-encoded [`Envelope`] (fixed-width integers, little endian)
+//! 8+len   4|32  trailer over bytes [0, 8+len): CRC32C, or HMAC-SHA256 under the cluster key
+//! ```
+//!
+//! Invariants kept here:
+//! * decoding any byte string returns a value or a typed [`WireError`], never panics, and never
+//!   allocates more than the frame limit it was given;
+//! * a frame never exceeds the limit its channel sets ([`MAX_DATAGRAM_BYTES`] for UDP);
+//! * with a cluster key, a frame without a valid tag under one of the accepted keys is rejected;
+//!   without one, a tagged frame is rejected (a node never silently ignores authentication).
+
+use crate::id::MemberId;
+use crate::membership::MembershipMsg;
+use bincode::Options;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The largest datagram any node sends or accepts (fits an Ethernet MTU with IP/UDP headers).
+pub const MAX_DATAGRAM_BYTES: usize = 1400;
+/// The default limit for one stream frame (TCP request/response).
+pub const MAX_STREAM_FRAME_BYTES: usize = 16 * 1024 * 1024;
+/// The current envelope format version.
+pub const WIRE_VERSION: u8 = 1;
+
+const MAGIC: [u8; 2] = *b"RS";
+const HEADER_BYTES: usize = 8;
+const CRC_BYTES: usize = 4;
+const TAG_BYTES: usize = 32;
+const FLAG_AUTHENTICATED: u8 = 0b0000_0001;
+
+/// Every message on the wire: who sent it and what it says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub from: MemberId,
+    pub body: Body,
+}
+
+/// One variant per protocol layer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Body {
+    Membership(MembershipMsg),
+}
+
+/// Why a frame was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("frame of {len} bytes is shorter than the {min}-byte minimum")]
+    Truncated { len: usize, min: usize },
+    #[error("frame of {len} bytes exceeds the {limit}-byte limit")]
+    TooLarge { len: usize, limit: usize },
+    #[error("bad magic bytes (not a RainStorm frame)")]
+    BadMagic,
+    #[error("unsupported wire version {found} (this node speaks {WIRE_VERSION})")]
+    UnsupportedVersion { found: u8 },
+    #[error("unknown flag bits {0:#04x}")]
+    UnknownFlags(u8),
+    #[error("length field says {declared} payload bytes but the frame holds {actual}")]
+    LengthMismatch { declared: usize, actual: usize },
+    #[error("checksum mismatch (corrupt frame)")]
+    BadChecksum,
+    #[error("frame is not authenticated but this node requires the cluster key")]
+    Unauthenticated,
+    #[error("frame is authenticated but this node has no cluster key")]
+    UnexpectedTag,
+    #[error("authentication tag does not match any accepted cluster key")]
+    BadTag,
+    #[error("malformed payload: {0}")]
+    Malformed(String),
+}
+
+/// A 256-bit shared secret that authenticates every frame of a cluster.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterKey([u8; 32]);
+
+impl ClusterKey {
+    /// Derives a key from a passphrase (SHA-256 of its bytes).
+    pub fn from_passphrase(passphrase: &str) -> ClusterKey {
+        ClusterKey(Sha256::digest(passphrase.as_bytes()).into())
+    }
+
+    pub fn from_bytes(bytes: [u8; 32]) -> ClusterKey {
+        ClusterKey(bytes)
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        // HMAC accepts keys of any length, so this cannot fail.
+        <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length")
+    }
+}
+
+impl std::fmt::Debug for ClusterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterKey(..)")
+    }
+}
+
+fn bincode_options(limit: usize) -> impl Options {
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .with_little_endian()
+        .with_limit(limit as u64)
+        .reject_trailing_bytes()
+}
+
+/// The exact number of payload bytes `value` takes on the wire. Sizes add up: the encoding of a
+/// struct is the concatenation of its fields, which is what lets membership fill a datagram.
+pub fn payload_size<T: Serialize>(value: &T) -> usize {
+    bincode_options(usize::MAX).serialized_size(value).map(|n| n as usize).unwrap_or(usize::MAX)
+}
+
+/// Encodes and decodes envelopes under zero, one or several accepted cluster keys.
+///
+/// With keys, frames are signed with the first (the current key) and accepted under any of them,
+/// which lets a cluster roll a new key out without a flag day.
+#[derive(Clone, Debug, Default)]
+pub struct Codec {
+    keys: Vec<ClusterKey>,
+}
+
+impl Codec {
+    /// A codec without authentication (CRC32C trailers).
+    pub fn plain() -> Codec {
+        Codec { keys: Vec::new() }
+    }
+
+    /// A codec that signs with `current` and also accepts frames signed with `also_accepted`.
+    pub fn keyed(current: ClusterKey, also_accepted: Vec<ClusterKey>) -> Codec {
+        let mut keys = vec![current];
+        keys.extend(also_accepted);
+        Codec { keys }
+    }
+
+    pub fn is_authenticated(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// Header plus trailer bytes that every frame adds to its payload.
+    pub fn overhead(&self) -> usize {
+        HEADER_BYTES + self.trailer_bytes()
+    }
+
+    fn trailer_bytes(&self) -> usize {
+        if self.keys.is_empty() {
+            CRC_BYTES
+        } else {
+            TAG_BYTES
+        }
+    }
+
+    /// Encodes `envelope` into one frame of at most `limit` bytes.
+    pub fn encode(&self, envelope: &Envelope, limit: usize) -> Result<Vec<u8>, WireError> {
+        let payload = bincode_options(usize::MAX)
+            .serialize(envelope)
+            .map_err(|e| WireError::Malformed(e.to_string()))?;
+        let len = HEADER_BYTES + payload.len() + self.trailer_bytes();
+        if len > limit {
+            return Err(WireError::TooLarge { len, limit });
+        }
+        let mut frame = Vec::with_capacity(len);
+        frame.extend_from_slice(&MAGIC);
+        frame.push(WIRE_VERSION);
+        frame.push(if self.keys.is_empty() { 0 } else { FLAG_AUTHENTICATED });
+        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&payload);
+        match self.keys.first() {
+            None => {
+                let crc = crc32c::crc32c(&frame);
+                frame.extend_from_slice(&crc.to_le_bytes());
+            }
+            Some(key) => {
+                let mut mac = key.mac();
+                mac.update(&frame);
+                frame.extend_from_slice(&mac.finalize().into_bytes());
+            }
+        }
+        debug_assert_eq!(frame.len(), len);
+        Ok(frame)
+    }
+
+    /// Decodes one frame of at most `limit` bytes. Never panics on any input.
+    pub fn decode(&self, frame: &[u8], limit: usize) -> Result<Envelope, WireError> {
+        if frame.len() > limit {
+            return Err(WireError::TooLarge { len: frame.len(), limit });
+        }
+        let min = HEADER_BYTES + CRC_BYTES;
+        if frame.len() < min {
+            return Err(WireError::Truncated { len: frame.len(), min });
+        }
+        if frame[0..2] != MAGIC {
+            return Err(WireError::BadMagic);
+        }
+        if frame[2] != WIRE_VERSION {
+            return Err(WireError::UnsupportedVersion { found: frame[2] });
+        }
+        let flags = frame[3];
+        if flags & !FLAG_AUTHENTICATED != 0 {
+            return Err(WireError::UnknownFlags(flags));
+        }
+        let authenticated = flags & FLAG_AUTHENTICATED != 0;
+        match (authenticated, self.keys.is_empty()) {
+            (false, false) => return Err(WireError::Unauthenticated),
+            (true, true) => return Err(WireError::UnexpectedTag),
+            _ => {}
+        }
+        let trailer = if authenticated { TAG_BYTES } else { CRC_BYTES };
+        let declared = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]) as usize;
+        let actual = frame.len().saturating_sub(HEADER_BYTES + trailer);
+        if frame.len() < HEADER_BYTES + trailer || declared != actual {
+            return Err(WireError::LengthMismatch { declared, actual });
+        }
+        let (body, tail) = frame.split_at(HEADER_BYTES + declared);
+        if authenticated {
+            let ok = self.keys.iter().any(|key| {
+                let mut mac = key.mac();
+                mac.update(body);
+                mac.verify_slice(tail).is_ok()
+            });
+            if !ok {
+                return Err(WireError::BadTag);
+            }
+        } else {
+            let crc = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
+            if crc32c::crc32c(body) != crc {
+                return Err(WireError::BadChecksum);
+            }
+        }
+        bincode_options(limit)
+            .deserialize(&body[HEADER_BYTES..])
+            .map_err(|e| WireError::Malformed(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::{MembershipMsg, ProbeSeq};
+    use proptest::prelude::*;
+
+    fn sample() -> Envelope {
+        Envelope {
+            from: MemberId::new("127.0.0.1:7000".parse().unwrap(), 42),
+            body: Body::Membership(MembershipMsg::Ack { seq: ProbeSeq(7), updates: vec![] }),
+        }
+    }
+
+    #[test]
+    fn round_trips_plain_and_keyed() {
+        for codec in [Codec::plain(), Codec::keyed(ClusterKey::from_passphrase("k"), vec![])] {
+            let frame = codec.encode(&sample(), MAX_DATAGRAM_BYTES).unwrap();
+            assert_eq!(codec.decode(&frame, MAX_DATAGRAM_BYTES).unwrap(), sample());
+        }
+    }
+
+    #[test]
+    fn every_flipped_bit_is_rejected() {
+        let codec = Codec::plain();
+        let frame = codec.encode(&sample(), MAX_DATAGRAM_BYTES).unwrap();
+        for i in 0..frame.len() * 8 {
+            let mut bad = frame.clone();
+            bad[i / 8] ^= 1 << (i % 8);
+            assert!(codec.decode(&bad, MAX_DATAGRAM_BYTES).is_err(), "bit {i} flipped was accepted");
+        }
+    }
+
+    #[test]
+    fn keys_must_match_and_rotation_accepts_old_key() {
+        let old = ClusterKey::from_passphrase("old");
+        let new = ClusterKey::from_passphrase("new");
+        let signer_old = Codec::keyed(old.clone(), vec![]);
+        let frame = signer_old.encode(&sample(), MAX_DATAGRAM_BYTES).unwrap();
+        assert_eq!(
+            Codec::keyed(new.clone(), vec![]).decode(&frame, MAX_DATAGRAM_BYTES),
+            Err(WireError::BadTag)
+        );
+        assert!(Codec::keyed(new, vec![old]).decode(&frame, MAX_DATAGRAM_BYTES).is_ok());
+        assert_eq!(Codec::plain().decode(&frame, MAX_DATAGRAM_BYTES), Err(WireError::UnexpectedTag));
+        let plain = Codec::plain().encode(&sample(), MAX_DATAGRAM_BYTES).unwrap();
+        assert_eq!(signer_old.decode(&plain, MAX_DATAGRAM_BYTES), Err(WireError::Unauthenticated));
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_both_ways() {
+        let codec = Codec::plain();
+        let frame = codec.encode(&sample(), MAX_DATAGRAM_BYTES).unwrap();
+        assert!(matches!(codec.encode(&sample(), 10), Err(WireError::TooLarge { .. })));
+        assert!(matches!(codec.decode(&frame, 10), Err(WireError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn payload_size_matches_encoding() {
+        let env = sample();
+        let frame = Codec::plain().encode(&env, MAX_DATAGRAM_BYTES).unwrap();
+        assert_eq!(frame.len(), payload_size(&env) + Codec::plain().overhead());
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            let _ = Codec::plain().decode(&bytes, MAX_DATAGRAM_BYTES);
+            let _ = Codec::keyed(ClusterKey::from_passphrase("x"), vec![]).decode(&bytes, MAX_DATAGRAM_BYTES);
+        }
+
+        #[test]
+        fn valid_header_with_arbitrary_payload_never_panics(payload in proptest::collection::vec(any::<u8>(), 0..1300)) {
+            let mut frame = b"RS\x01\x00".to_vec();
+            frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            frame.extend_from_slice(&payload);
+            let crc = crc32c::crc32c(&frame);
+            frame.extend_from_slice(&crc.to_le_bytes());
+            let _ = Codec::plain().decode(&frame, MAX_DATAGRAM_BYTES);
+        }
+    }
+}

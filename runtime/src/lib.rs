@@ -1,0 +1,1 @@
+//! The tokio driver for RainStorm nodes: UDP and TCP sockets, the OS clock, file-backed storage.
