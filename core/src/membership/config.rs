@@ -34,7 +34,10 @@ pub struct MembershipConfig {
     pub ping_timeout: Millis,
     /// Members asked to probe indirectly (PING-REQ) after a missed direct ack.
     pub indirect_probes: usize,
-    /// How long a suspected member has to refute before it is declared failed (PingAck+S).
+    /// How long a suspected member has to refute before it is declared failed (PingAck+S), in
+    /// groups of up to 15 members. Larger groups wait longer, in proportion to ⌈log₂(n+1)⌉/4,
+    /// because a refutation needs about log₂ n periods to reach everyone
+    /// ([`MembershipConfig::suspicion_timeout_for`]).
     pub suspicion_timeout: Millis,
     /// λ: each update is piggybacked about λ·⌈log₂(n+1)⌉ times.
     pub retransmit_mult: u32,
@@ -46,6 +49,9 @@ pub struct MembershipConfig {
     /// While no member at the introducer's address is in the list, announce to it this often, so
     /// that a restarted introducer (or a healed partition) is rejoined.
     pub introducer_announce_interval: Millis,
+    /// How often a member exchanges its whole view with one random member (anti-entropy), which
+    /// repairs what lossy gossip missed.
+    pub sync_interval: Millis,
     /// How long a removed member's id is remembered, so stale gossip cannot revive it.
     pub tombstone_ttl: Millis,
     /// How long a member that left keeps answering probes with its leave notice before it stops.
@@ -77,6 +83,7 @@ impl MembershipConfig {
             join_attempts: 3,
             join_retry: Millis(1000),
             introducer_announce_interval: Millis(5000),
+            sync_interval: Millis(10_000),
             tombstone_ttl: Millis::from_secs(600),
             leave_linger: Millis(2000),
             max_datagram_bytes: crate::wire::MAX_DATAGRAM_BYTES,
@@ -93,6 +100,7 @@ impl MembershipConfig {
             suspicion_timeout: Millis(600),
             join_retry: Millis(300),
             introducer_announce_interval: Millis(1000),
+            sync_interval: Millis(2000),
             leave_linger: Millis(400),
             ..MembershipConfig::lan()
         }
@@ -111,6 +119,9 @@ impl MembershipConfig {
         }
         if self.retransmit_mult == 0 {
             return Err("retransmit_mult must be at least 1".into());
+        }
+        if self.sync_interval.0 == 0 {
+            return Err("sync_interval must be positive".into());
         }
         if self.join_attempts == 0 {
             return Err("join_attempts must be at least 1".into());
@@ -131,11 +142,17 @@ impl MembershipConfig {
         self.retransmit_mult * log2.max(1)
     }
 
+    /// The suspicion timeout in a group of `members` members.
+    pub fn suspicion_timeout_for(&self, members: usize) -> Millis {
+        let log2 = (usize::BITS - members.leading_zeros()) as u64;
+        Millis(self.suspicion_timeout.0 * log2.max(4) / 4)
+    }
+
     /// The per-member deterministic detection bound for a group of at most `members` members:
     /// each member probes every other at least once per 2(n−1) periods.
     pub fn own_probe_detection_bound(&self, members: usize) -> Millis {
         let periods = 2 * members.saturating_sub(1) as u64 + 2;
-        Millis(periods * self.protocol_period.0 + self.suspicion_timeout.0)
+        Millis(periods * self.protocol_period.0 + self.suspicion_timeout_for(members).0)
     }
 
     #[cfg(feature = "planted-bugs")]
@@ -199,6 +216,8 @@ mod tests {
         assert_eq!(c.retransmit_limit(1), 3);
         assert_eq!(c.retransmit_limit(10), 12);
         assert_eq!(c.retransmit_limit(1000), 30);
+        assert_eq!(c.suspicion_timeout_for(10), c.suspicion_timeout);
+        assert_eq!(c.suspicion_timeout_for(64), Millis(c.suspicion_timeout.0 * 7 / 4));
     }
 
     #[test]

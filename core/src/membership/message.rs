@@ -85,6 +85,10 @@ pub enum MembershipMsg {
     PingReq { seq: ProbeSeq, target: MemberId, updates: Vec<Update> },
     /// One-way news: an accusation sent to the accused, a leave notice, a "you were declared failed".
     Gossip { updates: Vec<Update> },
+    /// Anti-entropy (push-pull over the stream channel): the sender's live members, its most
+    /// recent removals and its mode. The receiver merges under the usual precedence rules and,
+    /// unless this is the reply, answers with its own state.
+    Sync { members: Vec<(MemberId, Incarnation)>, removed: Vec<MemberId>, mode: ModeStamp, reply: bool },
     JoinRequest { nonce: u64, kind: JoinKind },
     JoinReply { nonce: u64, result: Result<JoinAccept, JoinRefusal> },
 }

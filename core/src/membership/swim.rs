@@ -17,7 +17,7 @@ use super::message::{
 };
 use crate::id::{Incarnation, MemberId, NodeAddr};
 use crate::node::Channel;
-use crate::time::Time;
+use crate::time::{Millis, Time};
 use crate::timer::TimerQueue;
 use crate::wire::payload_size;
 use rand::seq::SliceRandom;
@@ -27,6 +27,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 /// Relayed probes (PING-REQ) this node keeps in flight at once; further requests are dropped.
 const MAX_RELAYS: usize = 64;
+/// Removals (most recent first) carried by one anti-entropy sync.
+const MAX_SYNC_REMOVED: usize = 256;
 
 /// Whether this node onboards others.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,6 +161,7 @@ enum Timer {
     RelayExpiry { seq: ProbeSeq },
     JoinRetry { nonce: u64 },
     AnnounceToIntroducer,
+    Sync,
     TombstoneSweep,
     LeaveLingerEnd,
 }
@@ -399,6 +402,9 @@ impl Membership {
                 self.apply_all(now, updates);
             }
             MembershipMsg::Gossip { updates } => self.apply_all(now, updates),
+            MembershipMsg::Sync { members, removed, mode, reply } => {
+                self.on_sync(now, from, members, removed, mode, reply)
+            }
             MembershipMsg::JoinRequest { nonce, kind: _ } => self.on_join_request(now, from, nonce),
             MembershipMsg::JoinReply { nonce, result } => self.on_join_reply(now, nonce, result),
         }
@@ -474,6 +480,49 @@ impl Membership {
     }
 
     /// Fresh joins and announcements are admitted alike; only the joiner's phase differs.
+    fn on_sync(
+        &mut self,
+        now: Time,
+        from: MemberId,
+        members: Vec<(MemberId, Incarnation)>,
+        removed: Vec<MemberId>,
+        mode: ModeStamp,
+        reply: bool,
+    ) {
+        if self.phase != Phase::Joined {
+            return;
+        }
+        if self.is_tombstoned(&from, now) {
+            self.tell_declared_failed(from);
+            return;
+        }
+        // Removals first, so that a member the sender buried is not re-added from its own list.
+        for member in removed {
+            self.apply(now, Update::Failed { member });
+        }
+        for (member, incarnation) in members {
+            self.apply(now, Update::Alive { member, incarnation });
+        }
+        self.apply(now, Update::Mode(mode));
+        if !reply && self.phase == Phase::Joined {
+            let msg = self.sync_message(true);
+            self.send_stream(from.addr, msg);
+        }
+    }
+
+    /// This node's view for an anti-entropy exchange (itself included).
+    fn sync_message(&self, reply: bool) -> MembershipMsg {
+        let mut members: Vec<(MemberId, Incarnation)> =
+            self.members.iter().map(|(id, m)| (*id, m.incarnation)).collect();
+        members.push((self.me, self.incarnation));
+        let mut removed: Vec<(Time, MemberId)> =
+            self.tombstones.iter().map(|(id, expiry)| (*expiry, *id)).collect();
+        removed.sort_unstable_by(|a, b| b.cmp(a));
+        removed.truncate(MAX_SYNC_REMOVED);
+        let removed = removed.into_iter().map(|(_, id)| id).collect();
+        MembershipMsg::Sync { members, removed, mode: self.mode, reply }
+    }
+
     fn on_join_request(&mut self, now: Time, from: MemberId, nonce: u64) {
         if self.role != Role::Introducer {
             let result = Err(JoinRefusal::NotIntroducer);
@@ -507,12 +556,12 @@ impl Membership {
     fn on_join_reply(&mut self, now: Time, nonce: u64, result: Result<JoinAccept, JoinRefusal>) {
         match (self.phase, result) {
             (Phase::Joining { nonce: expected, .. }, Ok(accept)) if expected == nonce => {
-                self.members.clear();
-                self.probe_order.clear();
+                self.forget_members();
                 self.mode = accept.mode;
                 self.become_joined(now);
                 for (id, incarnation) in accept.members {
-                    if id != self.me && !self.is_tombstoned(&id, now) {
+                    // Our own earlier ids may still be listed: they are us, not members.
+                    if id.addr != self.addr {
                         self.insert_member(now, id, incarnation);
                     }
                 }
@@ -578,11 +627,17 @@ impl Membership {
                     Timer::AnnounceToIntroducer,
                 );
                 let introducer_listed = self.members.keys().any(|id| id.addr == self.introducer);
-                if self.phase == Phase::Joined && !introducer_listed {
-                    let nonce = self.fresh_nonce();
-                    self.announce_nonce = Some(nonce);
-                    let msg = MembershipMsg::JoinRequest { nonce, kind: JoinKind::Announce };
-                    self.send_stream(self.introducer, msg);
+                if !introducer_listed {
+                    self.announce_to_introducer();
+                }
+            }
+            Timer::Sync => {
+                self.timers.schedule(now + self.cfg.sync_interval, Timer::Sync);
+                if self.phase == Phase::Joined {
+                    if let Some(&peer) = self.members.keys().nth(self.rng.gen_range(0..self.members.len().max(1))) {
+                        let msg = self.sync_message(false);
+                        self.send_stream(peer.addr, msg);
+                    }
                 }
             }
             Timer::TombstoneSweep => {
@@ -592,8 +647,7 @@ impl Membership {
             Timer::LeaveLingerEnd => {
                 if matches!(self.phase, Phase::Leaving { .. }) {
                     self.phase = Phase::Idle;
-                    self.members.clear();
-                    self.probe_order.clear();
+                    self.forget_members();
                 }
             }
         }
@@ -753,6 +807,10 @@ impl Membership {
                 }
                 if self.insert_member(now, member, incarnation) {
                     self.disseminate(Update::Alive { member, incarnation });
+                    if member.addr == self.introducer && self.role == Role::Member {
+                        // A new introducer process knows only who announced to it so far.
+                        self.announce_to_introducer();
+                    }
                 }
             }
         }
@@ -765,7 +823,17 @@ impl Membership {
                 self.stats.refutations += 1;
                 self.events
                     .push_back(MembershipEvent::SelfRefuted { incarnation: self.incarnation });
-                self.disseminate(Update::Alive { member: self.me, incarnation: self.incarnation });
+                let refutation = Update::Alive { member: self.me, incarnation: self.incarnation };
+                self.disseminate(refutation.clone());
+                // The suspicion may already be spreading from several accusers: push the
+                // refutation to a few members at once instead of waiting for the next probes.
+                let mut targets: Vec<MemberId> = self.members.keys().copied().collect();
+                targets.shuffle(&mut self.rng);
+                targets.truncate(2 * self.cfg.indirect_probes);
+                for to in targets {
+                    let updates = vec![refutation.clone()];
+                    self.send_datagram(to.addr, MembershipMsg::Gossip { updates });
+                }
             }
             return;
         }
@@ -784,10 +852,8 @@ impl Membership {
             self.declare_failed(now, member, FailureCause::SuspicionTimeout);
             return;
         }
-        self.timers.schedule(
-            now + self.cfg.suspicion_timeout,
-            Timer::SuspicionTimeout { member, incarnation },
-        );
+        let timeout = self.cfg.suspicion_timeout_for(self.members.len() + 1);
+        self.timers.schedule(now + timeout, Timer::SuspicionTimeout { member, incarnation });
     }
 
     /// Adds a member not seen before; returns false if a newer process holds its address.
@@ -847,6 +913,16 @@ impl Membership {
 
     // ----- membership lifecycle -----------------------------------------------------------
 
+    /// Drops all knowledge of other members. A node that (re)joins takes the introducer's list
+    /// as it is: its own earlier verdicts (tombstones) may have been wrong, which is often why
+    /// it is rejoining.
+    fn forget_members(&mut self) {
+        self.members.clear();
+        self.tombstones.clear();
+        self.probe_order.clear();
+        self.probe_cursor = 0;
+    }
+
     fn renew_identity(&mut self, now: Time) {
         let old = self.me;
         let join_time = now.as_millis().max(old.join_time + 1);
@@ -863,6 +939,8 @@ impl Membership {
         self.announce_nonce = None;
         self.timers.schedule(now + self.cfg.protocol_period, Timer::ProbeTick);
         self.timers.schedule(now + self.cfg.protocol_period * 10, Timer::TombstoneSweep);
+        let first_sync = self.rng.gen_range(1..=self.cfg.sync_interval.0);
+        self.timers.schedule(now + Millis(first_sync), Timer::Sync);
         if self.role == Role::Member {
             self.timers.schedule(
                 now + self.cfg.introducer_announce_interval,
@@ -892,17 +970,26 @@ impl Membership {
     /// This node was declared failed: it rejoins as a new member.
     fn rejoin_as_new(&mut self, now: Time) {
         self.renew_identity(now);
-        self.members.clear();
-        self.probe_order.clear();
-        self.probe_cursor = 0;
         self.gossip.clear();
         if self.role == Role::Introducer {
-            // The introducer cannot ask itself: it stays up under its new id and announces it.
+            // The introducer cannot ask itself: it stays up under its new id, keeps its directory
+            // (which joiners rely on) and announces the new id.
             self.become_joined(now);
             self.events.push_back(MembershipEvent::SelfJoined { id: self.me, members: 0 });
         } else {
+            self.forget_members();
             self.start_join(now);
         }
+    }
+
+    /// Tells the introducer this member exists: it merges us, or says we were declared failed.
+    fn announce_to_introducer(&mut self) {
+        if self.phase != Phase::Joined {
+            return;
+        }
+        let nonce = self.fresh_nonce();
+        self.announce_nonce = Some(nonce);
+        self.send_stream(self.introducer, MembershipMsg::JoinRequest { nonce, kind: JoinKind::Announce });
     }
 
     fn tell_declared_failed(&mut self, member: MemberId) {

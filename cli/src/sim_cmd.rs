@@ -1,0 +1,146 @@
+//! `rainstorm sim <layer>`: one seed with its verdict and trace hash, or a sweep of seeds.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use rainstorm_sim::{named, replay_command, run_membership, RunOptions, Scenario};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Layer {
+    /// SWIM membership under crashes, restarts, pauses, partitions, loss and clock offsets.
+    Membership,
+}
+
+#[derive(Args)]
+pub struct SimArgs {
+    /// Which layer to simulate.
+    layer: Layer,
+    /// Run the swarm scenario of this seed and print its verdict and trace hash.
+    #[arg(long, conflicts_with_all = ["seeds", "scenario", "named"])]
+    seed: Option<u64>,
+    /// Sweep this many swarm seeds (starting at --start) and print how many failed.
+    #[arg(long)]
+    seeds: Option<u64>,
+    /// First seed of a sweep.
+    #[arg(long, default_value_t = 0, requires = "seeds")]
+    start: u64,
+    /// Replay a scenario saved as JSON (for example a minimized failure under tests/).
+    #[arg(long)]
+    scenario: Option<PathBuf>,
+    /// Run a named scenario (use `--named list` to see them) with the given --named-seed.
+    #[arg(long)]
+    named: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    named_seed: u64,
+    /// Print the readable event log (time, node, event).
+    #[arg(long)]
+    trace: bool,
+    /// Print the scenario as JSON (to save a failing one).
+    #[arg(long)]
+    dump: bool,
+    /// Switch on a planted bug (needs a build with --features planted-bugs).
+    #[arg(long)]
+    plant: Option<String>,
+}
+
+pub fn run(args: SimArgs) -> Result<ExitCode> {
+    let Layer::Membership = args.layer;
+    if let Some(count) = args.seeds {
+        return sweep(args.start, count, args.plant.as_deref());
+    }
+    let scenario = if let Some(seed) = args.seed {
+        Scenario::swarm(seed)
+    } else if let Some(path) = &args.scenario {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not a scenario", path.display()))?
+    } else if let Some(name) = &args.named {
+        let all = named::all(args.named_seed);
+        if name == "list" {
+            for s in all {
+                println!("{}", s.name);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        match all.into_iter().find(|s| &s.name == name) {
+            Some(s) => s,
+            None => bail!("no named scenario `{name}`; `--named list` shows them"),
+        }
+    } else {
+        bail!("give --seed N, --seeds N, --scenario FILE or --named NAME");
+    };
+    let scenario = plant(scenario, args.plant.as_deref())?;
+    if args.dump {
+        println!("{}", serde_json::to_string_pretty(&scenario)?);
+    }
+    // The seed first, so that even a hang tells which run it was.
+    println!("seed {}", scenario.seed);
+    print!("{}", scenario.describe());
+    let started = Instant::now();
+    let report = run_membership(&scenario, &RunOptions { trace_lines: args.trace, record_events: false });
+    let wall = started.elapsed();
+    for line in &report.trace_lines {
+        println!("{line}");
+    }
+    println!(
+        "events {}  datagrams {} ({} bytes, largest {})  dropped {}  wall {:.1} ms",
+        report.stats.events,
+        report.stats.datagrams_sent,
+        report.stats.datagram_bytes,
+        report.stats.largest_datagram,
+        report.stats.datagrams_dropped,
+        wall.as_secs_f64() * 1000.0
+    );
+    if report.passed() {
+        println!("verdict PASS");
+    } else {
+        println!("verdict FAIL ({} violations)", report.violations.len());
+        for v in &report.violations {
+            println!("  {v}");
+        }
+    }
+    println!("trace {}", report.trace_hash);
+    Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn sweep(start: u64, count: u64, bug: Option<&str>) -> Result<ExitCode> {
+    let started = Instant::now();
+    let mut failed = 0;
+    let mut events = 0;
+    for seed in start..start + count {
+        let scenario = plant(Scenario::swarm(seed), bug)?;
+        let report = run_membership(&scenario, &RunOptions::default());
+        events += report.stats.events;
+        if !report.passed() {
+            failed += 1;
+            println!("seed {seed} FAILED: {}", report.violations[0]);
+            println!("  replay: {}", replay_command("membership", seed, bug));
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    println!("{events} events in {wall:.1} s ({:.0} events/s)", events as f64 / wall);
+    println!("membership: {count} seeds, {failed} failed");
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+#[cfg(feature = "planted-bugs")]
+fn plant(mut scenario: Scenario, bug: Option<&str>) -> Result<Scenario> {
+    use rainstorm_core::membership::PlantedBug;
+    if let Some(name) = bug {
+        let Some(b) = PlantedBug::from_name(name) else {
+            let names: Vec<_> = PlantedBug::ALL.iter().map(|b| b.name()).collect();
+            bail!("no planted bug `{name}`; known: {}", names.join(", "));
+        };
+        scenario.config.planted = Some(b);
+    }
+    Ok(scenario)
+}
+
+#[cfg(not(feature = "planted-bugs"))]
+fn plant(scenario: Scenario, bug: Option<&str>) -> Result<Scenario> {
+    if bug.is_some() {
+        bail!("--plant needs a build with planted bugs: cargo run --release --features planted-bugs -- sim ...");
+    }
+    Ok(scenario)
+}

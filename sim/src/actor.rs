@@ -1,0 +1,111 @@
+//! What the simulator drives: any sans-IO membership implementation behind one small trait.
+//!
+//! [`rainstorm_core::Node`] implements it here; the benchmark also implements it for the `foca`
+//! library, so both run under the same network, faults and checkers.
+
+use rainstorm_core::command::Command;
+use rainstorm_core::membership::{MembershipConfig, MembershipEvent, Role};
+use rainstorm_core::node::{NodeConfig, NodeEvent};
+use rainstorm_core::wire::Codec;
+use rainstorm_core::{Channel, MemberId, Node, NodeAddr, Time, Transmit};
+
+/// How the simulator starts one process.
+#[derive(Clone, Debug)]
+pub struct ActorStart {
+    pub role: Role,
+    pub addr: NodeAddr,
+    pub introducer: NodeAddr,
+    pub config: MembershipConfig,
+    /// The process's clock at start.
+    pub now: Time,
+    pub seed: u64,
+}
+
+/// A sans-IO membership node as the simulator sees it. All times are the node's local clock.
+pub trait Actor {
+    /// Starts a process. A member must begin joining by itself (as `member` does on start).
+    fn start(start: &ActorStart) -> Self;
+    fn handle_frame(&mut self, now: Time, channel: Channel, frame: &[u8]);
+    fn handle_send_failed(&mut self, now: Time, to: NodeAddr);
+    fn handle_timeout(&mut self, now: Time);
+    /// An operator command (join, leave, enable_sus, disable_sus). Refusals are fine.
+    fn command(&mut self, now: Time, command: Command);
+    fn poll_transmit(&mut self) -> Option<Transmit>;
+    fn poll_event(&mut self) -> Option<MembershipEvent>;
+    fn poll_timeout(&self) -> Option<Time>;
+    /// The current member id, if this process has one.
+    fn id(&self) -> MemberId;
+    fn is_joined(&self) -> bool;
+    /// The other members this node lists.
+    fn view(&self) -> Vec<MemberId>;
+    fn suspicion_enabled(&self) -> bool;
+    /// Sizes of internal queues, for the boundedness checker.
+    fn queue_lengths(&self) -> Vec<(&'static str, usize)>;
+}
+
+impl Actor for Node {
+    fn start(s: &ActorStart) -> Node {
+        let cfg = NodeConfig {
+            role: s.role,
+            addr: s.addr,
+            introducer: s.introducer,
+            membership: s.config.clone(),
+            codec: Codec::plain(),
+        };
+        let mut node = Node::new(cfg, s.now, s.seed);
+        if s.role == Role::Member {
+            let _ = node.handle_command(s.now, Command::Join);
+        }
+        node
+    }
+
+    fn handle_frame(&mut self, now: Time, channel: Channel, frame: &[u8]) {
+        Node::handle_frame(self, now, channel, frame);
+    }
+
+    fn handle_send_failed(&mut self, now: Time, to: NodeAddr) {
+        Node::handle_send_failed(self, now, to, "connection refused");
+    }
+
+    fn handle_timeout(&mut self, now: Time) {
+        Node::handle_timeout(self, now);
+    }
+
+    fn command(&mut self, now: Time, command: Command) {
+        let _ = self.handle_command(now, command);
+    }
+
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        Node::poll_transmit(self)
+    }
+
+    fn poll_event(&mut self) -> Option<MembershipEvent> {
+        Node::poll_event(self).map(|e| match e {
+            NodeEvent::Membership(m) => m,
+        })
+    }
+
+    fn poll_timeout(&self) -> Option<Time> {
+        Node::poll_timeout(self)
+    }
+
+    fn id(&self) -> MemberId {
+        Node::id(self)
+    }
+
+    fn is_joined(&self) -> bool {
+        self.membership().is_joined()
+    }
+
+    fn view(&self) -> Vec<MemberId> {
+        self.membership().members().map(|v| v.id).collect()
+    }
+
+    fn suspicion_enabled(&self) -> bool {
+        self.membership().suspicion_enabled()
+    }
+
+    fn queue_lengths(&self) -> Vec<(&'static str, usize)> {
+        self.membership().queue_lengths().to_vec()
+    }
+}

@@ -1,0 +1,435 @@
+//! Invariant checkers for membership, fed by the simulator with ground truth and node output.
+//!
+//! * **completeness**: a member id whose process crashed, left or renewed its id leaves every
+//!   live list within the deterministic own-probe bound (each member probes every other at least
+//!   once per 2(n−1) periods), counted from when the lister could first know;
+//! * **strict completeness** (scenarios that set `strict_detection_ms`): every crash leaves every
+//!   list within the documented bound;
+//! * **accuracy**: in PingAck+S mode, a live member whose messages get through (no partition,
+//!   loss ≤ 5%, no pause longer than the suspicion timeout, latency well under the ping timeout)
+//!   is never declared failed by anyone's own probe or timer;
+//! * **convergence**: after the faults stop, every live member lists exactly the other live
+//!   members and agrees on the suspicion mode;
+//! * **bounded**: every internal queue stays within a bound of the number of ids ever seen, and
+//!   every datagram fits the datagram limit.
+//!
+//! Each checker is proven by a planted bug (feature `planted-bugs`) that a test shows it catches.
+
+use crate::scenario::{Scenario, Slot};
+use rainstorm_core::membership::{FailureCause, MembershipEvent};
+use rainstorm_core::{MemberId, Time};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// Which invariant a violation broke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CheckerKind {
+    Completeness,
+    StrictCompleteness,
+    Accuracy,
+    Convergence,
+    Bounded,
+    Panic,
+}
+
+impl fmt::Display for CheckerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CheckerKind::Completeness => "completeness",
+            CheckerKind::StrictCompleteness => "strict-completeness",
+            CheckerKind::Accuracy => "accuracy",
+            CheckerKind::Convergence => "convergence",
+            CheckerKind::Bounded => "bounded",
+            CheckerKind::Panic => "no-panic",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub at: Time,
+    pub checker: CheckerKind,
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}] at {}: {}", self.checker, self.at, self.detail)
+    }
+}
+
+/// Detection times of one crash, in ms after the crash.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DetectionSample {
+    /// First SUS or DEL of the crashed id in any list.
+    pub first_seen_ms: Option<u64>,
+    /// First DEL in any list.
+    pub first_failed_ms: Option<u64>,
+    /// When the last list that held it dropped it.
+    pub all_removed_ms: Option<u64>,
+}
+
+/// What the world tells the checker about one slot at a check.
+pub struct SlotSnapshot {
+    pub slot: Slot,
+    pub up: bool,
+    pub paused: bool,
+    pub joined: bool,
+    pub id: MemberId,
+    pub view: Vec<MemberId>,
+    pub suspicion: bool,
+    pub queues: Vec<(&'static str, usize)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Death {
+    Crashed,
+    Left,
+    Renewed,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct IdLife {
+    slot: Slot,
+    died: Option<(Time, Death)>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct SlotTruth {
+    current: Option<MemberId>,
+    up: bool,
+    /// When this slot's current id joined, or when it last resumed from a pause.
+    knows_since: Time,
+    left_by_choice: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Watch {
+    id: MemberId,
+    died_at: Time,
+    pending: BTreeSet<Slot>,
+    sample: DetectionSample,
+    reported: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Excuse {
+    start: Time,
+    end: Option<Time>,
+    slot: Option<Slot>,
+}
+
+pub struct Checker {
+    own_probe_bound_ms: u64,
+    strict_ms: Option<u64>,
+    /// How long after an excuse ends accuracy stays excused.
+    excuse_tail_ms: u64,
+    /// Latency too close to the ping timeout: accuracy is not promised anywhere in the run.
+    always_excused: bool,
+    ids: BTreeMap<MemberId, IdLife>,
+    slots: Vec<SlotTruth>,
+    excuses: Vec<Excuse>,
+    watches: Vec<Watch>,
+    violations: Vec<Violation>,
+    reported_completeness: BTreeSet<(Slot, MemberId)>,
+    false_failures: BTreeSet<MemberId>,
+    samples: Vec<DetectionSample>,
+    max_queue: usize,
+}
+
+/// At most this many violations are kept per run.
+const MAX_VIOLATIONS: usize = 20;
+
+impl Checker {
+    pub fn new(s: &Scenario) -> Checker {
+        let c = &s.config;
+        let own_probe_bound_ms =
+            c.own_probe_detection_bound(s.nodes).0 + 2 * c.protocol_period.0 + s.net.latency_max_ms * 4;
+        let mut checker = Checker {
+            own_probe_bound_ms,
+            strict_ms: s.strict_detection_ms,
+            excuse_tail_ms: c.suspicion_timeout_for(s.nodes).0 + 4 * c.protocol_period.0,
+            always_excused: 2 * s.net.latency_max_ms >= c.ping_timeout.0,
+            ids: BTreeMap::new(),
+            slots: vec![SlotTruth::default(); s.nodes],
+            excuses: Vec::new(),
+            watches: Vec::new(),
+            violations: Vec::new(),
+            reported_completeness: BTreeSet::new(),
+            false_failures: BTreeSet::new(),
+            samples: Vec::new(),
+            max_queue: 0,
+        };
+        if s.net.loss_permille > 50 || !c.suspicion_at_start {
+            checker.on_conditions(Time::ZERO, true);
+        }
+        checker
+    }
+
+    pub fn violate(&mut self, at: Time, checker: CheckerKind, detail: String) {
+        if self.violations.len() < MAX_VIOLATIONS {
+            self.violations.push(Violation { at, checker, detail });
+        }
+    }
+
+    // ----- ground truth from the world ------------------------------------------------------
+
+    pub fn on_start(&mut self, slot: Slot) {
+        self.slots[slot].up = true;
+        self.slots[slot].current = None;
+        self.slots[slot].left_by_choice = false;
+    }
+
+    pub fn on_crash(&mut self, now: Time, slot: Slot) {
+        if let Some(id) = self.slots[slot].current.take() {
+            self.kill(now, id, Death::Crashed);
+        }
+        self.slots[slot].up = false;
+        for w in &mut self.watches {
+            w.pending.remove(&slot);
+        }
+    }
+
+    pub fn on_leave_command(&mut self, slot: Slot) {
+        self.slots[slot].left_by_choice = true;
+    }
+
+    pub fn on_join_command(&mut self, slot: Slot) {
+        self.slots[slot].left_by_choice = false;
+    }
+
+    pub fn on_pause(&mut self, now: Time, slot: Slot, for_ms: u64, suspicion_timeout_ms: u64) {
+        if for_ms > suspicion_timeout_ms {
+            self.excuses.push(Excuse { start: now, end: Some(Time(now.0 + for_ms)), slot: Some(slot) });
+        }
+    }
+
+    pub fn on_resume(&mut self, now: Time, slot: Slot) {
+        self.slots[slot].knows_since = now;
+    }
+
+    /// Cluster-wide conditions under which accuracy is not promised (a partition, loss over 5%,
+    /// suspicion off) begin (`bad`) or end.
+    pub fn on_conditions(&mut self, now: Time, bad: bool) {
+        let open = self.excuses.iter().any(|e| e.slot.is_none() && e.end.is_none());
+        match (bad, open) {
+            (true, false) => self.excuses.push(Excuse { start: now, end: None, slot: None }),
+            (false, true) => {
+                for e in self.excuses.iter_mut().filter(|e| e.slot.is_none() && e.end.is_none()) {
+                    e.end = Some(now);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn excused(&self, at: Time, slots: [Slot; 2]) -> bool {
+        self.always_excused
+            || self.excuses.iter().any(|e| {
+            let applies = e.slot.is_none_or(|s| slots.contains(&s));
+            let end = e.end.map_or(u64::MAX, |t| t.0.saturating_add(self.excuse_tail_ms));
+            applies && e.start <= at && at.0 <= end
+        })
+    }
+
+    fn kill(&mut self, now: Time, id: MemberId, death: Death) {
+        if let Some(life) = self.ids.get_mut(&id) {
+            if life.died.is_none() {
+                life.died = Some((now, death));
+            }
+        }
+    }
+
+    /// Starts watching a crash's detection (the world passes who lists the id now).
+    pub fn watch_crash(&mut self, now: Time, id: MemberId, listers: BTreeSet<Slot>) {
+        self.watches.push(Watch {
+            id,
+            died_at: now,
+            pending: listers,
+            sample: DetectionSample::default(),
+            reported: false,
+        });
+    }
+
+    // ----- node output ----------------------------------------------------------------------
+
+    pub fn on_event(&mut self, now: Time, slot: Slot, event: &MembershipEvent) {
+        match event {
+            MembershipEvent::SelfJoined { id, .. } => {
+                if let Some(old) = self.slots[slot].current.replace(*id) {
+                    if old != *id {
+                        self.kill(now, old, Death::Renewed);
+                    }
+                }
+                self.ids.insert(*id, IdLife { slot, died: None });
+                self.slots[slot].knows_since = now;
+            }
+            MembershipEvent::SelfDeclaredFailed { old } => {
+                self.kill(now, *old, Death::Renewed);
+                self.stop_watching_at(slot);
+            }
+            MembershipEvent::SelfLeft { id } => {
+                self.kill(now, *id, Death::Left);
+                self.stop_watching_at(slot);
+            }
+            MembershipEvent::MemberSuspected { member, .. } => {
+                self.with_watch(*member, |w| {
+                    w.sample.first_seen_ms.get_or_insert(now.0 - w.died_at.0);
+                });
+            }
+            MembershipEvent::MemberFailed { member, cause } => {
+                self.check_accuracy(now, slot, *member, *cause);
+                self.removed(now, slot, *member);
+            }
+            MembershipEvent::MemberLeft { member } => self.removed(now, slot, *member),
+            MembershipEvent::JoinFailed { .. }
+            | MembershipEvent::SelfRefuted { .. }
+            | MembershipEvent::MemberJoined { .. }
+            | MembershipEvent::MemberAlive { .. }
+            | MembershipEvent::ModeChanged { .. } => {}
+        }
+    }
+
+    fn stop_watching_at(&mut self, slot: Slot) {
+        for w in &mut self.watches {
+            w.pending.remove(&slot);
+        }
+    }
+
+    fn with_watch(&mut self, id: MemberId, f: impl FnOnce(&mut Watch)) {
+        if let Some(w) = self.watches.iter_mut().find(|w| w.id == id) {
+            f(w);
+        }
+    }
+
+    fn removed(&mut self, now: Time, slot: Slot, member: MemberId) {
+        self.with_watch(member, |w| {
+            let after = now.0 - w.died_at.0;
+            w.sample.first_seen_ms.get_or_insert(after);
+            w.sample.first_failed_ms.get_or_insert(after);
+            if w.pending.remove(&slot) && w.pending.is_empty() {
+                w.sample.all_removed_ms = Some(after);
+            }
+        });
+    }
+
+    fn check_accuracy(&mut self, now: Time, by: Slot, member: MemberId, cause: FailureCause) {
+        let local = matches!(cause, FailureCause::NoAck | FailureCause::SuspicionTimeout);
+        let Some(life) = self.ids.get(&member).copied() else { return };
+        let live = life.died.is_none() && self.slots[life.slot].up;
+        if !(local && live) {
+            return;
+        }
+        self.false_failures.insert(member);
+        if !self.excused(now, [life.slot, by]) {
+            self.violate(
+                now,
+                CheckerKind::Accuracy,
+                format!("n{by} declared live member {member} (n{}) failed ({cause:?})", life.slot),
+            );
+        }
+    }
+
+    // ----- periodic and final checks -------------------------------------------------------
+
+    pub fn check(&mut self, now: Time, snapshots: &[SlotSnapshot]) {
+        let ids_ever = self.ids.len().max(snapshots.len());
+        for s in snapshots.iter().filter(|s| s.up && !s.paused && s.joined) {
+            for x in &s.view {
+                let Some(life) = self.ids.get(x) else { continue };
+                let Some((died, death)) = life.died else { continue };
+                let since = died.max(self.slots[s.slot].knows_since);
+                if now.0 > since.0 + self.own_probe_bound_ms
+                    && self.reported_completeness.insert((s.slot, *x))
+                {
+                    self.violate(
+                        now,
+                        CheckerKind::Completeness,
+                        format!(
+                            "n{} still lists {x} ({death:?} at {died}) after the {} ms bound",
+                            s.slot, self.own_probe_bound_ms
+                        ),
+                    );
+                }
+            }
+            let bound = 4 * ids_ever + 128;
+            for (name, len) in &s.queues {
+                self.max_queue = self.max_queue.max(*len);
+                if *len > bound {
+                    self.violate(
+                        now,
+                        CheckerKind::Bounded,
+                        format!("n{} queue {name} holds {len} entries (bound {bound})", s.slot),
+                    );
+                }
+            }
+        }
+        if let Some(strict) = self.strict_ms {
+            let mut late = Vec::new();
+            for w in &mut self.watches {
+                if !w.reported && !w.pending.is_empty() && now.0 > w.died_at.0 + strict {
+                    w.reported = true;
+                    late.push(format!(
+                        "crash of {} at {} still listed by {:?} after the {strict} ms bound",
+                        w.id, w.died_at, w.pending
+                    ));
+                }
+            }
+            for detail in late {
+                self.violate(now, CheckerKind::StrictCompleteness, detail);
+            }
+        }
+    }
+
+    /// At the end of a run long enough after the faults stopped: views must agree.
+    pub fn check_convergence(&mut self, now: Time, snapshots: &[SlotSnapshot]) {
+        let expected: BTreeSet<MemberId> = snapshots
+            .iter()
+            .filter(|s| s.up && s.joined && !self.slots[s.slot].left_by_choice)
+            .map(|s| s.id)
+            .collect();
+        let mut modes = BTreeSet::new();
+        let members: Vec<&SlotSnapshot> =
+            snapshots.iter().filter(|s| s.up && !self.slots[s.slot].left_by_choice).collect();
+        for s in members {
+            if !s.joined {
+                self.violate(now, CheckerKind::Convergence, format!("n{} is up but not a member", s.slot));
+                continue;
+            }
+            modes.insert(s.suspicion);
+            let mut view: BTreeSet<MemberId> = s.view.iter().copied().collect();
+            view.insert(s.id);
+            if view != expected {
+                let missing: Vec<_> = expected.difference(&view).map(|m| m.to_string()).collect();
+                let extra: Vec<_> = view.difference(&expected).map(|m| m.to_string()).collect();
+                self.violate(
+                    now,
+                    CheckerKind::Convergence,
+                    format!("n{} view differs: missing {missing:?}, extra {extra:?}", s.slot),
+                );
+            }
+        }
+        if modes.len() > 1 {
+            self.violate(now, CheckerKind::Convergence, "members disagree on the suspicion mode".into());
+        }
+    }
+
+    pub fn violations(&self) -> &[Violation] {
+        &self.violations
+    }
+
+    /// Distinct live member ids declared failed by someone's own probe or timer.
+    pub fn false_failures(&self) -> usize {
+        self.false_failures.len()
+    }
+
+    pub fn max_queue(&self) -> usize {
+        self.max_queue
+    }
+
+    pub fn finish_samples(&mut self) -> Vec<DetectionSample> {
+        let watches = std::mem::take(&mut self.watches);
+        self.samples.extend(watches.into_iter().map(|w| w.sample));
+        std::mem::take(&mut self.samples)
+    }
+}

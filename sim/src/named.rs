@@ -1,0 +1,160 @@
+//! Named scenarios: small, readable stories for SWIM's known trouble spots (identity renewal on
+//! restart, members stuck dead after mass restarts, isolated members that never recover, stale
+//! down-knowledge), run beside the random sweep. Each is calm apart from its story, so the strict
+//! detection bound applies to its crashes.
+
+use crate::scenario::{Fault, FaultAt, NetConfig, Scenario, Slot};
+use rainstorm_core::membership::MembershipConfig;
+
+/// The documented bound: a crash leaves every list within 10 s at a 1 s period.
+pub const DOCUMENTED_ALL_LISTS_MS: u64 = 10_000;
+
+fn story(name: &str, seed: u64, nodes: usize, suspicion: bool, faults: Vec<(u64, Fault)>) -> Scenario {
+    let config = MembershipConfig { suspicion_at_start: suspicion, ..MembershipConfig::lan() };
+    let calm_from_ms = faults.iter().map(|(t, _)| *t).max().unwrap_or(0) + 1;
+    let mut s = Scenario {
+        name: name.to_string(),
+        seed,
+        nodes,
+        config,
+        net: NetConfig { loss_permille: 10, duplicate_permille: 0, latency_min_ms: 1, latency_max_ms: 10 },
+        clock_offsets_ms: Vec::new(),
+        faults: faults.into_iter().map(|(at_ms, fault)| FaultAt { at_ms, fault }).collect(),
+        calm_from_ms,
+        duration_ms: 0,
+        strict_detection_ms: Some(DOCUMENTED_ALL_LISTS_MS),
+    };
+    s.duration_ms = s.calm_from_ms + s.convergence_bound_ms();
+    s
+}
+
+fn crash(node: Slot) -> Fault {
+    Fault::Crash { node }
+}
+
+fn restart(node: Slot) -> Fault {
+    Fault::Restart { node }
+}
+
+/// Two members crash in a calm 10-node cluster with suspicion on; every list drops them in 10 s.
+pub fn calm_crashes_leave_every_list_within_bound(seed: u64) -> Scenario {
+    story("calm_crashes_leave_every_list_within_bound", seed, 10, true, vec![(20_000, crash(3)), (20_000, crash(7))])
+}
+
+/// The same in PingAck mode: a missed ack (after the indirect round) is a failure.
+pub fn calm_crashes_without_suspicion(seed: u64) -> Scenario {
+    story("calm_crashes_without_suspicion", seed, 10, false, vec![(20_000, crash(3)), (35_000, crash(7))])
+}
+
+/// A member crashes and restarts at the same address within half a second: the old id is
+/// removed everywhere and the new one is listed, never confused with the old.
+pub fn fast_restart_at_same_address(seed: u64) -> Scenario {
+    story("fast_restart_at_same_address", seed, 8, true, vec![(20_000, crash(4)), (20_500, restart(4))])
+}
+
+/// Every member, then the introducer, restarts in batches of three.
+pub fn rolling_restart_in_batches(seed: u64) -> Scenario {
+    let mut faults = Vec::new();
+    for (batch, nodes) in [[1, 2, 3], [4, 5, 6], [7, 8, 9]].iter().enumerate() {
+        for &n in nodes {
+            faults.push((20_000 + 15_000 * batch as u64, restart(n)));
+        }
+    }
+    faults.push((65_000, restart(0)));
+    story("rolling_restart_in_batches", seed, 10, true, faults)
+}
+
+/// A live member stalls long enough to be declared failed; when it resumes it learns so and
+/// rejoins under a new id.
+pub fn live_member_wrongly_declared_failed_rejoins(seed: u64) -> Scenario {
+    let mut s = story(
+        "live_member_wrongly_declared_failed_rejoins",
+        seed,
+        8,
+        true,
+        vec![(20_000, Fault::Pause { node: 5, for_ms: 25_000 })],
+    );
+    s.strict_detection_ms = None;
+    s
+}
+
+/// The introducer crashes: members keep working, a restarted member's join fails with a clear
+/// error, and joins work again once the introducer is back.
+pub fn introducer_crash_and_return(seed: u64) -> Scenario {
+    story(
+        "introducer_crash_and_return",
+        seed,
+        8,
+        true,
+        vec![(20_000, crash(0)), (26_000, crash(5)), (27_000, restart(5)), (45_000, restart(0))],
+    )
+}
+
+/// One member is cut off from everyone for 30 s, then the partition heals; it ends as a member
+/// again (under a new id, since the others declared it failed).
+pub fn isolated_member_rejoins_after_heal(seed: u64) -> Scenario {
+    let mut s = story(
+        "isolated_member_rejoins_after_heal",
+        seed,
+        8,
+        true,
+        vec![(20_000, Fault::Partition { side: vec![3] }), (50_000, Fault::Heal)],
+    );
+    s.strict_detection_ms = None;
+    s
+}
+
+/// A member leaves: every other member reports a leave, not a failure.
+pub fn leave_is_reported_as_leave(seed: u64) -> Scenario {
+    story("leave_is_reported_as_leave", seed, 10, false, vec![(20_000, Fault::Leave { node: 6 })])
+}
+
+/// Suspicion is switched off, then on again, from two different members; every member follows.
+pub fn mode_switch_reaches_everyone(seed: u64) -> Scenario {
+    story(
+        "mode_switch_reaches_everyone",
+        seed,
+        10,
+        true,
+        vec![
+            (20_000, Fault::SetSuspicion { node: 2, on: false }),
+            (40_000, Fault::SetSuspicion { node: 6, on: true }),
+        ],
+    )
+}
+
+/// A member restarts and crashes again two seconds later, while the news of its join is still
+/// being gossiped: stale ALIVE news must not cancel its suspicion.
+pub fn member_crashes_right_after_joining(seed: u64) -> Scenario {
+    story(
+        "member_crashes_right_after_joining",
+        seed,
+        10,
+        true,
+        vec![(20_000, restart(4)), (22_000, crash(4))],
+    )
+}
+
+/// A 5%-loss cluster with suspicion on that runs for ten minutes: nobody live is declared failed.
+pub fn lossy_cluster_stays_accurate(seed: u64) -> Scenario {
+    let mut s = story("lossy_cluster_stays_accurate", seed, 10, true, vec![(600_000, Fault::Heal)]);
+    s.net.loss_permille = 50;
+    s
+}
+
+/// Every named scenario, by name.
+pub fn all(seed: u64) -> Vec<Scenario> {
+    vec![
+        calm_crashes_leave_every_list_within_bound(seed),
+        calm_crashes_without_suspicion(seed),
+        fast_restart_at_same_address(seed),
+        rolling_restart_in_batches(seed),
+        live_member_wrongly_declared_failed_rejoins(seed),
+        introducer_crash_and_return(seed),
+        isolated_member_rejoins_after_heal(seed),
+        leave_is_reported_as_leave(seed),
+        mode_switch_reaches_everyone(seed),
+        member_crashes_right_after_joining(seed),
+        lossy_cluster_stays_accurate(seed),
+    ]
+}

@@ -1,0 +1,355 @@
+//! Scenarios: plain data that fully determines a simulated run.
+//!
+//! A [`Scenario`] holds the cluster size, the protocol settings, the network model and a fault
+//! plan. With its `seed` it determines everything a run does. Scenarios come from three places:
+//! [`Scenario::swarm`] draws one from a seed (each seed its own mix of faults), the named
+//! scenarios in [`crate::named`], and [`scenario_strategy`], a proptest strategy that generates
+//! and shrinks them. Any scenario can be saved as JSON and replayed.
+
+use proptest::prelude::*;
+use rainstorm_core::membership::MembershipConfig;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+
+/// Index of a node slot (an address). Slot 0 is the introducer.
+pub type Slot = usize;
+
+/// The network model.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetConfig {
+    /// Datagrams lost, per thousand.
+    pub loss_permille: u32,
+    /// Datagrams delivered twice, per thousand.
+    pub duplicate_permille: u32,
+    /// One-way latency is uniform in `[latency_min_ms, latency_max_ms]`; unequal latencies reorder.
+    pub latency_min_ms: u64,
+    pub latency_max_ms: u64,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig { loss_permille: 0, duplicate_permille: 0, latency_min_ms: 1, latency_max_ms: 10 }
+    }
+}
+
+/// One fault or operator action.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Fault {
+    /// The process dies: volatile state lost, messages to it dropped.
+    Crash { node: Slot },
+    /// A new process starts at the slot's address (a new member id) and joins.
+    Restart { node: Slot },
+    /// The process stops for a while, then resumes and handles its backlog.
+    Pause { node: Slot, for_ms: u64 },
+    /// Nodes in `side` and the rest cannot reach each other (both directions).
+    Partition { side: Vec<Slot> },
+    /// Datagrams and streams from `from` to `to` are dropped; the other direction works.
+    OneWay { from: Vec<Slot>, to: Vec<Slot> },
+    /// Every partition ends.
+    Heal,
+    /// The loss rate changes.
+    SetLoss { permille: u32 },
+    /// The node leaves voluntarily.
+    Leave { node: Slot },
+    /// The node joins again (after a leave).
+    Join { node: Slot },
+    /// The node switches suspicion for the whole cluster.
+    SetSuspicion { node: Slot, on: bool },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultAt {
+    pub at_ms: u64,
+    pub fault: Fault,
+}
+
+/// Everything a run needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scenario {
+    pub name: String,
+    pub seed: u64,
+    /// Node slots; all start at time 0 (slot 0 the introducer, then members join).
+    pub nodes: usize,
+    pub config: MembershipConfig,
+    pub net: NetConfig,
+    /// Offset of each node's clock from simulated time, in ms (missing entries are 0).
+    pub clock_offsets_ms: Vec<u64>,
+    /// Sorted by time.
+    pub faults: Vec<FaultAt>,
+    /// From this time on no new fault starts and every partition has healed.
+    pub calm_from_ms: u64,
+    pub duration_ms: u64,
+    /// When set, every crash must be removed from every list within this many ms (the documented
+    /// bound); used by calm named scenarios and the benchmark, not by the random sweep.
+    pub strict_detection_ms: Option<u64>,
+}
+
+impl Scenario {
+    /// Time after the last fault within which all views must have converged.
+    pub fn convergence_bound_ms(&self) -> u64 {
+        let cfg = &self.config;
+        cfg.own_probe_detection_bound(self.nodes).0
+            + 2 * cfg.introducer_announce_interval.0
+            + (cfg.join_attempts as u64 + 2) * cfg.join_retry.0
+            + crate::world::SUPERVISOR_REJOIN_DELAY_MS
+            + 10 * cfg.protocol_period.0
+    }
+
+    /// Whether the run lasts long enough after the faults stop to check convergence.
+    pub fn checks_convergence(&self) -> bool {
+        self.duration_ms >= self.calm_from_ms + self.convergence_bound_ms()
+    }
+
+    /// A scenario drawn from `seed`: swarm testing, each seed its own mix of faults.
+    pub fn swarm(seed: u64) -> Scenario {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5157_4152_4d00_0001);
+        let nodes = match rng.gen_range(0..10) {
+            0..=5 => rng.gen_range(3..=10),
+            6..=8 => rng.gen_range(11..=32),
+            _ => rng.gen_range(33..=64),
+        };
+        let mut config = MembershipConfig::lan();
+        config.suspicion_at_start = rng.gen_bool(0.7);
+        let loss_permille = [0, 0, 10, 20, 50, 100, 200][rng.gen_range(0..7)];
+        let latency_max_ms = [5, 20, 60, 120][rng.gen_range(0..4)];
+        let net = NetConfig {
+            loss_permille,
+            duplicate_permille: if rng.gen_bool(0.3) { 10 } else { 0 },
+            latency_min_ms: 1,
+            latency_max_ms,
+        };
+        let clock_offsets_ms = if rng.gen_bool(0.5) {
+            (0..nodes).map(|_| rng.gen_range(0..1_000_000)).collect()
+        } else {
+            Vec::new()
+        };
+
+        // Swarm: each kind of fault is switched on or off for this seed.
+        let crashes = rng.gen_bool(0.7);
+        let restarts = crashes && rng.gen_bool(0.7);
+        let pauses = rng.gen_bool(0.4);
+        let partitions = rng.gen_bool(0.4);
+        let leaves = rng.gen_bool(0.3);
+        let mode_switches = rng.gen_bool(0.3);
+        let introducer_faults = crashes && rng.gen_bool(0.2);
+        let loss_changes = rng.gen_bool(0.2);
+
+        let warmup_ms = 5_000 + 300 * nodes as u64;
+        let calm_from_ms = warmup_ms + rng.gen_range(20_000..60_000);
+        let mut faults = Vec::new();
+        let mut t = warmup_ms;
+        let mut down: Vec<Slot> = Vec::new();
+        while t < calm_from_ms {
+            t += rng.gen_range(1_000..8_000);
+            if t >= calm_from_ms {
+                break;
+            }
+            let member = rng.gen_range(1..nodes);
+            let any = if introducer_faults && rng.gen_bool(0.15) { 0 } else { member };
+            let choice = rng.gen_range(0..8);
+            let fault = match choice {
+                0 | 1 if crashes && down.len() < 2 && !down.contains(&any) => {
+                    down.push(any);
+                    Fault::Crash { node: any }
+                }
+                2 if restarts && !down.is_empty() => {
+                    let node = down.remove(rng.gen_range(0..down.len()));
+                    Fault::Restart { node }
+                }
+                3 if pauses && !down.contains(&member) => {
+                    Fault::Pause { node: member, for_ms: rng.gen_range(200..8_000) }
+                }
+                4 if partitions => {
+                    if rng.gen_bool(0.5) {
+                        let k = rng.gen_range(1..=(nodes / 2).max(1));
+                        let side = sample(&mut rng, nodes, k);
+                        Fault::Partition { side }
+                    } else {
+                        let from = sample(&mut rng, nodes, 1);
+                        let k = rng.gen_range(1..=(nodes / 2).max(1));
+                        let to = sample(&mut rng, nodes, k);
+                        Fault::OneWay { from, to }
+                    }
+                }
+                5 if partitions => Fault::Heal,
+                6 if leaves && !down.contains(&member) => {
+                    let at_ms = t + rng.gen_range(3_000..10_000);
+                    if at_ms < calm_from_ms {
+                        faults.push(FaultAt { at_ms, fault: Fault::Join { node: member } });
+                    }
+                    Fault::Leave { node: member }
+                }
+                7 if mode_switches => {
+                    Fault::SetSuspicion { node: member, on: rng.gen_bool(0.5) }
+                }
+                7 if loss_changes => Fault::SetLoss { permille: [0, 20, 50, 100][rng.gen_range(0..4)] },
+                _ => continue,
+            };
+            faults.push(FaultAt { at_ms: t, fault });
+        }
+        // Faults stop: heal, restore loss, bring every crashed node back.
+        faults.push(FaultAt { at_ms: calm_from_ms, fault: Fault::Heal });
+        // Loss is a fault too: once faults stop, the network is calm (at most 1% loss).
+        faults.push(FaultAt { at_ms: calm_from_ms, fault: Fault::SetLoss { permille: loss_permille.min(10) } });
+        for node in down {
+            faults.push(FaultAt { at_ms: calm_from_ms, fault: Fault::Restart { node } });
+        }
+        faults.sort_by_key(|f| f.at_ms);
+        // Leaves whose rejoin fell after calm: rejoin at calm.
+        let mut scenario = Scenario {
+            name: format!("swarm-{seed}"),
+            seed,
+            nodes,
+            config,
+            net,
+            clock_offsets_ms,
+            faults,
+            calm_from_ms,
+            duration_ms: 0,
+            strict_detection_ms: None,
+        };
+        scenario.rejoin_members_left_at_calm();
+        scenario.duration_ms = calm_from_ms + scenario.convergence_bound_ms();
+        scenario
+    }
+
+    /// Every member that left and was not told to join again joins at `calm_from_ms`, so the run
+    /// ends with the whole cluster up.
+    fn rejoin_members_left_at_calm(&mut self) {
+        let mut left = std::collections::BTreeSet::new();
+        for f in &self.faults {
+            match f.fault {
+                Fault::Leave { node } => {
+                    left.insert(node);
+                }
+                Fault::Join { node } | Fault::Restart { node } | Fault::Crash { node } => {
+                    left.remove(&node);
+                }
+                _ => {}
+            }
+        }
+        for node in left {
+            self.faults.push(FaultAt { at_ms: self.calm_from_ms, fault: Fault::Join { node } });
+        }
+        self.faults.sort_by_key(|f| f.at_ms);
+    }
+
+    /// A readable summary: every parameter that shaped the run.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        let c = &self.config;
+        let _ = writeln!(s, "scenario {} (seed {})", self.name, self.seed);
+        let _ = writeln!(
+            s,
+            "  nodes {}  duration {} ms  calm from {} ms  suspicion at start {}",
+            self.nodes, self.duration_ms, self.calm_from_ms, c.suspicion_at_start
+        );
+        let _ = writeln!(
+            s,
+            "  period {}  ping timeout {}  k {}  suspicion timeout {}  lambda {}",
+            c.protocol_period, c.ping_timeout, c.indirect_probes, c.suspicion_timeout, c.retransmit_mult
+        );
+        let _ = writeln!(
+            s,
+            "  loss {}‰  duplicate {}‰  latency {}..{} ms  clock offsets {}",
+            self.net.loss_permille,
+            self.net.duplicate_permille,
+            self.net.latency_min_ms,
+            self.net.latency_max_ms,
+            if self.clock_offsets_ms.is_empty() { "none" } else { "random" }
+        );
+        if let Some(b) = self.strict_detection_ms {
+            let _ = writeln!(s, "  strict detection bound {b} ms");
+        }
+        let _ = writeln!(s, "  faults ({}):", self.faults.len());
+        for f in &self.faults {
+            let _ = writeln!(s, "    {:>8} ms  {:?}", f.at_ms, f.fault);
+        }
+        s
+    }
+}
+
+fn sample(rng: &mut ChaCha8Rng, nodes: usize, k: usize) -> Vec<Slot> {
+    let mut all: Vec<Slot> = (0..nodes).collect();
+    let mut out = Vec::new();
+    for _ in 0..k.min(nodes) {
+        out.push(all.swap_remove(rng.gen_range(0..all.len())));
+    }
+    out.sort_unstable();
+    out
+}
+
+/// A proptest strategy over scenarios: swarm scenarios whose fault plans proptest can shrink
+/// (fewer nodes, fewer faults, less loss), so a failure comes out minimal.
+pub fn scenario_strategy() -> impl Strategy<Value = Scenario> {
+    (any::<u64>(), 3usize..=16, 0u32..=200).prop_flat_map(|(seed, nodes, loss)| {
+        let base = Scenario::swarm(seed);
+        let faults = base.faults.clone();
+        let len = faults.len();
+        (Just((seed, nodes, loss)), proptest::sample::subsequence(faults, 0..=len))
+    })
+    .prop_map(|((seed, nodes, loss), faults)| {
+        let mut s = Scenario::swarm(seed);
+        s.nodes = nodes;
+        s.net.loss_permille = loss;
+        s.clock_offsets_ms.truncate(nodes);
+        s.faults = faults.into_iter().filter(|f| fault_fits(&f.fault, nodes)).collect();
+        s.rejoin_members_left_at_calm();
+        s.duration_ms = s.calm_from_ms + s.convergence_bound_ms();
+        s.name = format!("proptest-{seed}");
+        s
+    })
+}
+
+fn fault_fits(f: &Fault, nodes: usize) -> bool {
+    let ok = |n: &Slot| *n < nodes;
+    match f {
+        Fault::Crash { node }
+        | Fault::Restart { node }
+        | Fault::Pause { node, .. }
+        | Fault::Leave { node }
+        | Fault::Join { node }
+        | Fault::SetSuspicion { node, .. } => ok(node),
+        Fault::Partition { side } => side.iter().all(ok),
+        Fault::OneWay { from, to } => from.iter().chain(to).all(ok),
+        Fault::Heal | Fault::SetLoss { .. } => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swarm_is_a_function_of_the_seed_and_round_trips_as_json() {
+        let a = Scenario::swarm(7);
+        assert_eq!(a, Scenario::swarm(7));
+        assert_ne!(a, Scenario::swarm(8));
+        let json = serde_json::to_string(&a).unwrap();
+        assert_eq!(serde_json::from_str::<Scenario>(&json).unwrap(), a);
+        assert!(a.checks_convergence());
+    }
+
+    #[test]
+    fn swarm_never_has_more_than_two_nodes_down_at_once() {
+        for seed in 0..300 {
+            let s = Scenario::swarm(seed);
+            let mut down = std::collections::BTreeSet::new();
+            for f in &s.faults {
+                match f.fault {
+                    Fault::Crash { node } => {
+                        down.insert(node);
+                    }
+                    Fault::Restart { node } => {
+                        down.remove(&node);
+                    }
+                    _ => {}
+                }
+                assert!(down.len() <= 2, "seed {seed}");
+            }
+            assert!(down.is_empty(), "seed {seed} ends with nodes down");
+        }
+    }
+}

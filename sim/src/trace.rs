@@ -1,0 +1,44 @@
+//! The run's trace: a SHA-256 over every event in order (frames delivered, timers, faults, node
+//! events), and optionally a readable log. Two runs of one scenario give the same hash on any
+//! machine: only explicit little-endian bytes go into the hash.
+
+use rainstorm_core::Time;
+use sha2::{Digest, Sha256};
+
+pub struct Trace {
+    hasher: Sha256,
+    lines: Option<Vec<String>>,
+}
+
+impl Trace {
+    pub fn new(readable: bool) -> Trace {
+        Trace { hasher: Sha256::new(), lines: readable.then(Vec::new) }
+    }
+
+    /// Hashes one record: a kind tag, the time, the node slot and bytes.
+    pub fn record(&mut self, kind: u8, at: Time, slot: usize, bytes: &[u8]) {
+        self.hasher.update([kind]);
+        self.hasher.update(at.as_millis().to_le_bytes());
+        self.hasher.update((slot as u64).to_le_bytes());
+        self.hasher.update((bytes.len() as u64).to_le_bytes());
+        self.hasher.update(bytes);
+    }
+
+    pub fn wants_lines(&self) -> bool {
+        self.lines.is_some()
+    }
+
+    /// A readable line (also hashed).
+    pub fn line(&mut self, at: Time, slot: Option<usize>, text: impl FnOnce() -> String) {
+        if let Some(lines) = self.lines.as_mut() {
+            let who = slot.map_or_else(|| "sim".to_string(), |s| format!("n{s}"));
+            lines.push(format!("{:>12} {:>4} {}", at.to_string(), who, text()));
+        }
+    }
+
+    pub fn finish(self) -> (String, Vec<String>) {
+        let digest = self.hasher.finalize();
+        let hex = digest.iter().map(|b| format!("{b:02x}")).collect();
+        (hex, self.lines.unwrap_or_default())
+    }
+}

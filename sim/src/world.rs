@@ -1,0 +1,589 @@
+//! The simulated world: a virtual clock, one event queue, the network, and the node processes.
+//!
+//! The queue is ordered by (virtual time, sequence) and the clock jumps from event to event; no
+//! step is spent on idle time. One seed determines everything: the network's losses, duplicates
+//! and latencies come from one ChaCha RNG, and every process's RNG seed is drawn from another, in
+//! a fixed order. Nothing here reads the OS clock or iterates an unordered collection, so a run
+//! is a pure function of its scenario.
+//!
+//! After every input to a node the world drains all its outputs (frames, events) and re-arms the
+//! node's single timer from `poll_timeout`; a timer event from an older arming or an older process
+//! at the same slot is stale and skipped.
+
+use crate::actor::{Actor, ActorStart};
+use crate::check::{Checker, CheckerKind, DetectionSample, SlotSnapshot, Violation};
+use crate::scenario::{Fault, Scenario, Slot};
+use crate::trace::Trace;
+use rainstorm_core::command::Command;
+use rainstorm_core::membership::{MembershipEvent, Role};
+use rainstorm_core::{Channel, NodeAddr, Time, Transmit};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::net::{Ipv4Addr, SocketAddr};
+
+/// A process whose join failed is restarted-and-joined again after this long, as a supervisor
+/// (systemd, an operator's script) would do.
+pub const SUPERVISOR_REJOIN_DELAY_MS: u64 = 5_000;
+/// How often the checkers look at every node.
+const CHECK_INTERVAL_MS: u64 = 1_000;
+/// How long a stream connection attempt to an unreachable address takes to fail.
+const STREAM_TIMEOUT_MS: u64 = 1_000;
+/// Trace record kinds.
+const TRACE_DELIVER: u8 = 1;
+const TRACE_TIMER: u8 = 2;
+const TRACE_FAULT: u8 = 3;
+const TRACE_EVENT: u8 = 4;
+
+/// The address of slot `i`.
+pub fn slot_addr(i: Slot) -> NodeAddr {
+    SocketAddr::new(Ipv4Addr::new(10, 0, (i / 250) as u8, (i % 250 + 1) as u8).into(), 7000)
+}
+
+#[derive(Debug)]
+enum EventKind {
+    Deliver { to: Slot, channel: Channel, frame: Vec<u8> },
+    SendFailed { slot: Slot, generation: u64, to: NodeAddr },
+    Timer { slot: Slot, generation: u64 },
+    Fault(usize),
+    Resume { slot: Slot, generation: u64 },
+    SupervisorJoin { slot: Slot, generation: u64 },
+    Check,
+}
+
+struct Queued {
+    at: Time,
+    seq: u64,
+    kind: EventKind,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+enum Process<A> {
+    Down,
+    Up(A),
+    Paused(A, Vec<(Channel, Vec<u8>)>),
+}
+
+struct SlotState<A> {
+    addr: NodeAddr,
+    clock_offset: u64,
+    process: Process<A>,
+    /// Bumped whenever the process is replaced, so its old timers and callbacks go stale.
+    generation: u64,
+    armed: Option<Time>,
+}
+
+/// Options of one run.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Keep a readable event log.
+    pub trace_lines: bool,
+    /// Keep every node event (for named-scenario assertions).
+    pub record_events: bool,
+}
+
+/// Counters of one run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunStats {
+    pub events: u64,
+    pub datagrams_sent: u64,
+    pub datagram_bytes: u64,
+    pub stream_frames_sent: u64,
+    pub datagrams_dropped: u64,
+    pub largest_datagram: usize,
+}
+
+/// The outcome of one run.
+pub struct Report {
+    pub scenario: Scenario,
+    pub violations: Vec<Violation>,
+    pub trace_hash: String,
+    pub trace_lines: Vec<String>,
+    pub events: Vec<(Time, Slot, MembershipEvent)>,
+    pub stats: RunStats,
+    pub detections: Vec<DetectionSample>,
+    pub false_failures: usize,
+    pub max_queue: usize,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    pub fn caught(&self, kind: CheckerKind) -> bool {
+        self.violations.iter().any(|v| v.checker == kind)
+    }
+}
+
+pub struct World<A: Actor> {
+    scenario: Scenario,
+    now: Time,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Queued>>,
+    slots: Vec<SlotState<A>>,
+    by_addr: BTreeMap<NodeAddr, Slot>,
+    net_rng: ChaCha8Rng,
+    seed_rng: ChaCha8Rng,
+    loss_permille: u32,
+    blocked: BTreeSet<(Slot, Slot)>,
+    suspicion_on: bool,
+    checker: Checker,
+    trace: Trace,
+    opts: RunOptions,
+    recorded: Vec<(Time, Slot, MembershipEvent)>,
+    stats: RunStats,
+}
+
+impl<A: Actor> World<A> {
+    pub fn new(scenario: Scenario, opts: RunOptions) -> World<A> {
+        let mut master = ChaCha8Rng::seed_from_u64(scenario.seed);
+        let net_rng = ChaCha8Rng::seed_from_u64(master.gen());
+        let seed_rng = ChaCha8Rng::seed_from_u64(master.gen());
+        let slots = (0..scenario.nodes)
+            .map(|i| SlotState {
+                addr: slot_addr(i),
+                clock_offset: scenario.clock_offsets_ms.get(i).copied().unwrap_or(0),
+                process: Process::Down,
+                generation: 0,
+                armed: None,
+            })
+            .collect::<Vec<_>>();
+        let by_addr = slots.iter().enumerate().map(|(i, s)| (s.addr, i)).collect();
+        let checker = Checker::new(&scenario);
+        World {
+            loss_permille: scenario.net.loss_permille,
+            suspicion_on: scenario.config.suspicion_at_start,
+            scenario,
+            now: Time::ZERO,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            slots,
+            by_addr,
+            net_rng,
+            seed_rng,
+            blocked: BTreeSet::new(),
+            checker,
+            trace: Trace::new(opts.trace_lines),
+            opts,
+            recorded: Vec::new(),
+            stats: RunStats::default(),
+        }
+    }
+
+    fn push(&mut self, at: Time, kind: EventKind) {
+        self.seq += 1;
+        self.queue.push(Reverse(Queued { at, seq: self.seq, kind }));
+    }
+
+    /// Runs the scenario to its end and reports.
+    pub fn run(mut self) -> Report {
+        // The introducer starts first; members start 100 ms apart, like an operator's script.
+        for slot in 0..self.scenario.nodes {
+            self.start_process(slot, Time(slot as u64 * 100));
+        }
+        for i in 0..self.scenario.faults.len() {
+            let at = Time(self.scenario.faults[i].at_ms);
+            self.push(at, EventKind::Fault(i));
+        }
+        self.push(Time(CHECK_INTERVAL_MS), EventKind::Check);
+        let end = Time(self.scenario.duration_ms);
+        while let Some(Reverse(ev)) = self.queue.pop() {
+            if ev.at > end {
+                break;
+            }
+            self.now = ev.at;
+            self.stats.events += 1;
+            self.dispatch(ev.kind);
+        }
+        self.now = end;
+        self.finish()
+    }
+
+    fn finish(mut self) -> Report {
+        let snapshots = self.snapshots();
+        self.checker.check(self.now, &snapshots);
+        if self.scenario.checks_convergence() {
+            self.checker.check_convergence(self.now, &snapshots);
+        }
+        let (trace_hash, trace_lines) = self.trace.finish();
+        Report {
+            violations: self.checker.violations().to_vec(),
+            false_failures: self.checker.false_failures(),
+            max_queue: self.checker.max_queue(),
+            detections: self.checker.finish_samples(),
+            scenario: self.scenario,
+            trace_hash,
+            trace_lines,
+            events: self.recorded,
+            stats: self.stats,
+        }
+    }
+
+    fn dispatch(&mut self, kind: EventKind) {
+        match kind {
+            EventKind::Deliver { to, channel, frame } => self.deliver(to, channel, frame),
+            EventKind::SendFailed { slot, generation, to } => {
+                if self.slots[slot].generation == generation {
+                    let now = self.local_now(slot);
+                    if let Process::Up(actor) = &mut self.slots[slot].process {
+                        actor.handle_send_failed(now, to);
+                        self.drain(slot);
+                    }
+                }
+            }
+            EventKind::Timer { slot, generation } => {
+                let s = &mut self.slots[slot];
+                if s.generation != generation || s.armed != Some(self.now) {
+                    return;
+                }
+                s.armed = None;
+                self.trace.record(TRACE_TIMER, self.now, slot, &[]);
+                let now = self.local_now(slot);
+                if let Process::Up(actor) = &mut self.slots[slot].process {
+                    actor.handle_timeout(now);
+                    self.drain(slot);
+                }
+            }
+            EventKind::Fault(i) => {
+                let fault = self.scenario.faults[i].fault.clone();
+                self.apply_fault(fault);
+            }
+            EventKind::Resume { slot, generation } => {
+                if self.slots[slot].generation == generation {
+                    self.resume(slot);
+                }
+            }
+            EventKind::SupervisorJoin { slot, generation } => {
+                if self.slots[slot].generation == generation {
+                    self.command(slot, Command::Join);
+                }
+            }
+            EventKind::Check => {
+                let snapshots = self.snapshots();
+                self.checker.check(self.now, &snapshots);
+                self.push(self.now + rainstorm_core::Millis(CHECK_INTERVAL_MS), EventKind::Check);
+            }
+        }
+    }
+
+    fn local_now(&self, slot: Slot) -> Time {
+        Time(self.now.0 + self.slots[slot].clock_offset)
+    }
+
+    fn start_process(&mut self, slot: Slot, at: Time) {
+        let saved = self.now;
+        self.now = self.now.max(at);
+        let role = if slot == 0 { Role::Introducer } else { Role::Member };
+        let start = ActorStart {
+            role,
+            addr: self.slots[slot].addr,
+            introducer: self.slots[0].addr,
+            config: self.scenario.config.clone(),
+            now: self.local_now(slot),
+            seed: self.seed_rng.gen(),
+        };
+        self.checker.on_start(slot);
+        let s = &mut self.slots[slot];
+        s.generation += 1;
+        s.armed = None;
+        s.process = Process::Up(A::start(&start));
+        self.trace.line(self.now, Some(slot), || format!("process starts at {}", start.addr));
+        self.drain(slot);
+        self.now = saved;
+    }
+
+    fn deliver(&mut self, to: Slot, channel: Channel, frame: Vec<u8>) {
+        self.trace.record(TRACE_DELIVER, self.now, to, &frame);
+        let now = self.local_now(to);
+        match &mut self.slots[to].process {
+            Process::Down => {}
+            Process::Paused(_, backlog) => backlog.push((channel, frame)),
+            Process::Up(actor) => {
+                actor.handle_frame(now, channel, &frame);
+                self.drain(to);
+            }
+        }
+    }
+
+    fn command(&mut self, slot: Slot, command: Command) {
+        let now = self.local_now(slot);
+        if let Process::Up(actor) = &mut self.slots[slot].process {
+            actor.command(now, command);
+            self.drain(slot);
+        }
+    }
+
+    /// Drains every output of `slot`'s process and re-arms its timer.
+    fn drain(&mut self, slot: Slot) {
+        loop {
+            let Process::Up(actor) = &mut self.slots[slot].process else { return };
+            if let Some(t) = actor.poll_transmit() {
+                self.route(slot, t);
+                continue;
+            }
+            if let Some(e) = actor.poll_event() {
+                self.on_node_event(slot, e);
+                continue;
+            }
+            break;
+        }
+        let Process::Up(actor) = &self.slots[slot].process else { return };
+        let next = actor.poll_timeout();
+        let offset = self.slots[slot].clock_offset;
+        if let Some(local) = next {
+            let at = Time(local.0.saturating_sub(offset)).max(self.now);
+            if self.slots[slot].armed != Some(at) {
+                self.slots[slot].armed = Some(at);
+                let generation = self.slots[slot].generation;
+                self.push(at, EventKind::Timer { slot, generation });
+            }
+        } else {
+            self.slots[slot].armed = None;
+        }
+    }
+
+    fn on_node_event(&mut self, slot: Slot, event: MembershipEvent) {
+        let now = self.now;
+        self.trace.record(TRACE_EVENT, now, slot, format!("{event:?}").as_bytes());
+        self.trace.line(now, Some(slot), || describe_event(&event));
+        self.checker.on_event(now, slot, &event);
+        if let MembershipEvent::JoinFailed { .. } = event {
+            let generation = self.slots[slot].generation;
+            let at = now + rainstorm_core::Millis(SUPERVISOR_REJOIN_DELAY_MS);
+            self.push(at, EventKind::SupervisorJoin { slot, generation });
+        }
+        if self.opts.record_events {
+            self.recorded.push((now, slot, event));
+        }
+    }
+
+    fn route(&mut self, from: Slot, t: Transmit) {
+        let Some(&to) = self.by_addr.get(&t.to) else { return };
+        match t.channel {
+            Channel::Datagram => {
+                self.stats.datagrams_sent += 1;
+                self.stats.datagram_bytes += t.payload.len() as u64;
+                self.stats.largest_datagram = self.stats.largest_datagram.max(t.payload.len());
+                if t.payload.len() > self.scenario.config.max_datagram_bytes {
+                    let detail = format!("n{from} sent a {}-byte datagram", t.payload.len());
+                    self.checker.violate(self.now, CheckerKind::Bounded, detail);
+                }
+                if self.blocked.contains(&(from, to))
+                    || self.net_rng.gen_range(0..1000) < self.loss_permille
+                {
+                    self.stats.datagrams_dropped += 1;
+                    return;
+                }
+                let copies = if self.net_rng.gen_range(0..1000) < self.scenario.net.duplicate_permille {
+                    2
+                } else {
+                    1
+                };
+                for _ in 1..copies {
+                    let at = self.now + self.latency();
+                    let frame = t.payload.clone();
+                    self.push(at, EventKind::Deliver { to, channel: Channel::Datagram, frame });
+                }
+                let at = self.now + self.latency();
+                self.push(at, EventKind::Deliver { to, channel: Channel::Datagram, frame: t.payload });
+            }
+            Channel::Stream => {
+                self.stats.stream_frames_sent += 1;
+                let generation = self.slots[from].generation;
+                let unreachable = self.blocked.contains(&(from, to)) || self.blocked.contains(&(to, from));
+                let down = matches!(self.slots[to].process, Process::Down);
+                if unreachable || down {
+                    let delay = if unreachable { STREAM_TIMEOUT_MS } else { 1 };
+                    let at = self.now + rainstorm_core::Millis(delay);
+                    self.push(at, EventKind::SendFailed { slot: from, generation, to: t.to });
+                    return;
+                }
+                let at = self.now + self.latency();
+                self.push(at, EventKind::Deliver { to, channel: Channel::Stream, frame: t.payload });
+            }
+        }
+    }
+
+    fn latency(&mut self) -> rainstorm_core::Millis {
+        let net = &self.scenario.net;
+        rainstorm_core::Millis(self.net_rng.gen_range(net.latency_min_ms..=net.latency_max_ms.max(net.latency_min_ms)))
+    }
+
+    fn apply_fault(&mut self, fault: Fault) {
+        self.trace.record(TRACE_FAULT, self.now, 0, format!("{fault:?}").as_bytes());
+        self.trace.line(self.now, None, || format!("fault: {fault:?}"));
+        match fault {
+            Fault::Crash { node } => self.crash(node),
+            Fault::Restart { node } => {
+                if !matches!(self.slots[node].process, Process::Down) {
+                    self.crash(node);
+                }
+                self.start_process(node, self.now);
+            }
+            Fault::Pause { node, for_ms } => {
+                let process = std::mem::replace(&mut self.slots[node].process, Process::Down);
+                self.slots[node].process = match process {
+                    Process::Up(actor) => {
+                        let st = self.scenario.config.suspicion_timeout.0;
+                        self.checker.on_pause(self.now, node, for_ms, st);
+                        let generation = self.slots[node].generation;
+                        self.push(self.now + rainstorm_core::Millis(for_ms), EventKind::Resume { slot: node, generation });
+                        Process::Paused(actor, Vec::new())
+                    }
+                    other => other,
+                };
+            }
+            Fault::Partition { side } => {
+                let side: BTreeSet<Slot> = side.into_iter().collect();
+                for a in 0..self.slots.len() {
+                    for b in 0..self.slots.len() {
+                        if side.contains(&a) != side.contains(&b) {
+                            self.blocked.insert((a, b));
+                        }
+                    }
+                }
+                self.conditions_changed();
+            }
+            Fault::OneWay { from, to } => {
+                for a in &from {
+                    for b in &to {
+                        if a != b {
+                            self.blocked.insert((*a, *b));
+                        }
+                    }
+                }
+                self.conditions_changed();
+            }
+            Fault::Heal => {
+                self.blocked.clear();
+                self.conditions_changed();
+            }
+            Fault::SetLoss { permille } => {
+                self.loss_permille = permille;
+                self.conditions_changed();
+            }
+            Fault::Leave { node } => {
+                self.checker.on_leave_command(node);
+                self.command(node, Command::Leave);
+            }
+            Fault::Join { node } => {
+                self.checker.on_join_command(node);
+                self.command(node, Command::Join);
+            }
+            Fault::SetSuspicion { node, on } => {
+                if matches!(self.slots[node].process, Process::Up(_)) {
+                    self.suspicion_on = on;
+                    self.conditions_changed();
+                }
+                self.command(node, Command::SetSuspicion(on));
+            }
+        }
+    }
+
+    fn conditions_changed(&mut self) {
+        let bad = !self.blocked.is_empty() || self.loss_permille > 50 || !self.suspicion_on;
+        self.checker.on_conditions(self.now, bad);
+    }
+
+    fn crash(&mut self, slot: Slot) {
+        let listers: BTreeSet<Slot> = match &self.slots[slot].process {
+            Process::Up(actor) | Process::Paused(actor, _) if actor.is_joined() => {
+                let id = actor.id();
+                (0..self.slots.len())
+                    .filter(|&s| match &self.slots[s].process {
+                        Process::Up(a) | Process::Paused(a, _) => s != slot && a.is_joined() && a.view().contains(&id),
+                        Process::Down => false,
+                    })
+                    .collect()
+            }
+            _ => BTreeSet::new(),
+        };
+        if let Process::Up(actor) | Process::Paused(actor, _) = &self.slots[slot].process {
+            if actor.is_joined() {
+                self.checker.watch_crash(self.now, actor.id(), listers);
+            }
+        }
+        self.checker.on_crash(self.now, slot);
+        let s = &mut self.slots[slot];
+        s.process = Process::Down;
+        s.generation += 1;
+        s.armed = None;
+    }
+
+    fn resume(&mut self, slot: Slot) {
+        let process = std::mem::replace(&mut self.slots[slot].process, Process::Down);
+        let Process::Paused(mut actor, backlog) = process else {
+            self.slots[slot].process = process;
+            return;
+        };
+        let now = self.local_now(slot);
+        self.checker.on_resume(self.now, slot);
+        self.trace.line(self.now, Some(slot), || format!("resumes with {} frames of backlog", backlog.len()));
+        // The backlog is handled before the timers that fell due while the process stood still.
+        for (channel, frame) in backlog {
+            actor.handle_frame(now, channel, &frame);
+        }
+        actor.handle_timeout(now);
+        self.slots[slot].process = Process::Up(actor);
+        self.slots[slot].armed = None;
+        self.drain(slot);
+    }
+
+    fn snapshots(&self) -> Vec<SlotSnapshot> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, s)| {
+                let (actor, paused) = match &s.process {
+                    Process::Up(a) => (a, false),
+                    Process::Paused(a, _) => (a, true),
+                    Process::Down => return None,
+                };
+                Some(SlotSnapshot {
+                    slot,
+                    up: true,
+                    paused,
+                    joined: actor.is_joined(),
+                    id: actor.id(),
+                    view: actor.view(),
+                    suspicion: actor.suspicion_enabled(),
+                    queues: actor.queue_lengths(),
+                })
+            })
+            .collect()
+    }
+}
+
+fn describe_event(e: &MembershipEvent) -> String {
+    match e {
+        MembershipEvent::SelfJoined { id, members } => format!("joined as {id} ({members} others)"),
+        MembershipEvent::JoinFailed { reason } => format!("join failed: {reason}"),
+        MembershipEvent::SelfDeclaredFailed { old } => format!("learned {old} was declared failed; rejoining"),
+        MembershipEvent::SelfRefuted { incarnation } => format!("refuted suspicion (incarnation {incarnation})"),
+        MembershipEvent::SelfLeft { id } => format!("left as {id}"),
+        MembershipEvent::MemberJoined { member } => format!("NEW {member}"),
+        MembershipEvent::MemberSuspected { member, incarnation } => format!("SUS {member} inc {incarnation}"),
+        MembershipEvent::MemberAlive { member, incarnation } => format!("ALIVE {member} inc {incarnation}"),
+        MembershipEvent::MemberFailed { member, cause } => format!("DEL {member} ({cause:?})"),
+        MembershipEvent::MemberLeft { member } => format!("LEFT {member}"),
+        MembershipEvent::ModeChanged { suspicion } => format!("suspicion now {}", if *suspicion { "on" } else { "off" }),
+    }
+}
