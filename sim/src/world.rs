@@ -75,10 +75,17 @@ impl Ord for Queued {
     }
 }
 
+/// Input that reached a paused process, handled in order when it resumes.
+enum Backlog {
+    Frame(Channel, Vec<u8>),
+    /// A command typed while it stood still (its console input is buffered, not lost).
+    Command(Command),
+}
+
 enum Process<A> {
     Down,
     Up(A),
-    Paused(A, Vec<(Channel, Vec<u8>)>),
+    Paused(A, Vec<Backlog>),
 }
 
 struct SlotState<A> {
@@ -315,7 +322,7 @@ impl<A: Actor> World<A> {
         let now = self.local_now(to);
         match &mut self.slots[to].process {
             Process::Down => {}
-            Process::Paused(_, backlog) => backlog.push((channel, frame)),
+            Process::Paused(_, backlog) => backlog.push(Backlog::Frame(channel, frame)),
             Process::Up(actor) => {
                 actor.handle_frame(now, channel, &frame);
                 self.drain(to);
@@ -325,9 +332,13 @@ impl<A: Actor> World<A> {
 
     fn command(&mut self, slot: Slot, command: Command) {
         let now = self.local_now(slot);
-        if let Process::Up(actor) = &mut self.slots[slot].process {
-            actor.command(now, command);
-            self.drain(slot);
+        match &mut self.slots[slot].process {
+            Process::Up(actor) => {
+                actor.command(now, command);
+                self.drain(slot);
+            }
+            Process::Paused(_, backlog) => backlog.push(Backlog::Command(command)),
+            Process::Down => {}
         }
     }
 
@@ -538,8 +549,11 @@ impl<A: Actor> World<A> {
         self.checker.on_resume(self.now, slot);
         self.trace.line(self.now, Some(slot), || format!("resumes with {} frames of backlog", backlog.len()));
         // The backlog is handled before the timers that fell due while the process stood still.
-        for (channel, frame) in backlog {
-            actor.handle_frame(now, channel, &frame);
+        for input in backlog {
+            match input {
+                Backlog::Frame(channel, frame) => actor.handle_frame(now, channel, &frame),
+                Backlog::Command(command) => actor.command(now, command),
+            }
         }
         actor.handle_timeout(now);
         self.slots[slot].process = Process::Up(actor);
