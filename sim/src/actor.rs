@@ -41,6 +41,10 @@ pub trait Actor {
     fn suspicion_enabled(&self) -> bool;
     /// Sizes of internal queues, for the boundedness checker.
     fn queue_lengths(&self) -> Vec<(&'static str, usize)>;
+    /// Frames the node produced but could not encode within their channel's limit.
+    fn unsendable_frames(&self) -> u64 {
+        0
+    }
 }
 
 impl Actor for Node {
@@ -107,5 +111,9 @@ impl Actor for Node {
 
     fn queue_lengths(&self) -> Vec<(&'static str, usize)> {
         self.membership().queue_lengths().to_vec()
+    }
+
+    fn unsendable_frames(&self) -> u64 {
+        self.stats().frames_unsendable
     }
 }

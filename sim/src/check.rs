@@ -79,6 +79,7 @@ pub struct SlotSnapshot {
     pub view: Vec<MemberId>,
     pub suspicion: bool,
     pub queues: Vec<(&'static str, usize)>,
+    pub unsendable_frames: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,6 +133,7 @@ pub struct Checker {
     watches: Vec<Watch>,
     violations: Vec<Violation>,
     reported_completeness: BTreeSet<(Slot, MemberId)>,
+    reported_unsendable: BTreeSet<Slot>,
     false_failures: BTreeSet<MemberId>,
     samples: Vec<DetectionSample>,
     max_queue: usize,
@@ -156,6 +158,7 @@ impl Checker {
             watches: Vec::new(),
             violations: Vec::new(),
             reported_completeness: BTreeSet::new(),
+            reported_unsendable: BTreeSet::new(),
             false_failures: BTreeSet::new(),
             samples: Vec::new(),
             max_queue: 0,
@@ -351,6 +354,13 @@ impl Checker {
                         ),
                     );
                 }
+            }
+            if s.unsendable_frames > 0 && self.reported_unsendable.insert(s.slot) {
+                self.violate(
+                    now,
+                    CheckerKind::Bounded,
+                    format!("n{} built {} frames over its channel's size limit", s.slot, s.unsendable_frames),
+                );
             }
             let bound = 4 * ids_ever + 128;
             for (name, len) in &s.queues {

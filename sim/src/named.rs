@@ -41,6 +41,21 @@ pub fn calm_crashes_leave_every_list_within_bound(seed: u64) -> Scenario {
     story("calm_crashes_leave_every_list_within_bound", seed, 10, true, vec![(20_000, crash(3)), (20_000, crash(7))])
 }
 
+/// Three members crash in a calm 32-node cluster in PingAck mode. Each member probes each other
+/// only once per 31 periods, so meeting the bound depends on the DEL being disseminated.
+pub fn calm_crashes_in_a_large_cluster(seed: u64) -> Scenario {
+    let mut s = story(
+        "calm_crashes_in_a_large_cluster",
+        seed,
+        32,
+        false,
+        vec![(30_000, crash(5)), (30_000, crash(17)), (45_000, crash(29))],
+    );
+    // Dissemination takes about log2(n) periods: two more than at n = 10.
+    s.strict_detection_ms = Some(DOCUMENTED_ALL_LISTS_MS + 2_000);
+    s
+}
+
 /// The same in PingAck mode: a missed ack (after the indirect round) is a failure.
 pub fn calm_crashes_without_suspicion(seed: u64) -> Scenario {
     story("calm_crashes_without_suspicion", seed, 10, false, vec![(20_000, crash(3)), (35_000, crash(7))])
@@ -135,6 +150,19 @@ pub fn member_crashes_right_after_joining(seed: u64) -> Scenario {
     )
 }
 
+/// A member stalls briefly (so it is suspected and refutes), then crashes while its ALIVE is
+/// still being gossiped: that ALIVE carries the incarnation the new suspicion names, so it must
+/// not cancel it.
+pub fn member_crashes_while_its_refutation_spreads(seed: u64) -> Scenario {
+    story(
+        "member_crashes_while_its_refutation_spreads",
+        seed,
+        10,
+        true,
+        vec![(20_000, Fault::Pause { node: 4, for_ms: 2_500 }), (22_700, crash(4))],
+    )
+}
+
 /// A 5%-loss cluster with suspicion on that runs for ten minutes: nobody live is declared failed.
 pub fn lossy_cluster_stays_accurate(seed: u64) -> Scenario {
     let mut s = story("lossy_cluster_stays_accurate", seed, 10, true, vec![(600_000, Fault::Heal)]);
@@ -147,6 +175,7 @@ pub fn all(seed: u64) -> Vec<Scenario> {
     vec![
         calm_crashes_leave_every_list_within_bound(seed),
         calm_crashes_without_suspicion(seed),
+        calm_crashes_in_a_large_cluster(seed),
         fast_restart_at_same_address(seed),
         rolling_restart_in_batches(seed),
         live_member_wrongly_declared_failed_rejoins(seed),
@@ -155,6 +184,7 @@ pub fn all(seed: u64) -> Vec<Scenario> {
         leave_is_reported_as_leave(seed),
         mode_switch_reaches_everyone(seed),
         member_crashes_right_after_joining(seed),
+        member_crashes_while_its_refutation_spreads(seed),
         lossy_cluster_stays_accurate(seed),
     ]
 }

@@ -580,6 +580,7 @@ impl<A: Actor> World<A> {
                     view: actor.view(),
                     suspicion: actor.suspicion_enabled(),
                     queues: actor.queue_lengths(),
+                    unsendable_frames: actor.unsendable_frames(),
                 })
             })
             .collect()

@@ -171,31 +171,39 @@ impl MembershipConfig {
 /// Without the `planted-bugs` feature none of them can be switched on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum PlantedBug {
-    /// ALIVE is accepted without comparing incarnations, so stale ALIVE gossip cancels a real
-    /// suspicion.
-    AliveIgnoresIncarnation,
-    /// A suspected member's timer never fires, so it is never declared failed.
+    /// A suspected member's timer never fires, so it is never declared failed (completeness).
     SuspicionNeverFires,
-    /// A failure (DEL) is applied locally but never disseminated.
+    /// A failure (DEL) is applied locally but never disseminated (strict completeness).
     DelNotDisseminated,
-    /// A suspicion is acted on at once: the member is declared failed without a chance to refute.
+    /// A suspicion is acted on at once: no chance to refute (accuracy).
     SuspicionWithoutTimeout,
+    /// The accused refutes without raising its incarnation, so its ALIVE does not beat the
+    /// SUS (accuracy).
+    RefutationKeepsIncarnation,
+    /// No anti-entropy sync: what lossy gossip missed is never repaired (convergence).
+    AntiEntropyDisabled,
+    /// Piggybacking ignores the datagram size limit (bounded).
+    PiggybackIgnoresLimit,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 4] = [
-        PlantedBug::AliveIgnoresIncarnation,
+    pub const ALL: [PlantedBug; 6] = [
         PlantedBug::SuspicionNeverFires,
         PlantedBug::DelNotDisseminated,
         PlantedBug::SuspicionWithoutTimeout,
+        PlantedBug::RefutationKeepsIncarnation,
+        PlantedBug::AntiEntropyDisabled,
+        PlantedBug::PiggybackIgnoresLimit,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
-            PlantedBug::AliveIgnoresIncarnation => "alive-ignores-incarnation",
             PlantedBug::SuspicionNeverFires => "suspicion-never-fires",
             PlantedBug::DelNotDisseminated => "del-not-disseminated",
             PlantedBug::SuspicionWithoutTimeout => "suspicion-without-timeout",
+            PlantedBug::RefutationKeepsIncarnation => "refutation-keeps-incarnation",
+            PlantedBug::AntiEntropyDisabled => "anti-entropy-disabled",
+            PlantedBug::PiggybackIgnoresLimit => "piggyback-ignores-limit",
         }
     }
 

@@ -633,7 +633,7 @@ impl Membership {
             }
             Timer::Sync => {
                 self.timers.schedule(now + self.cfg.sync_interval, Timer::Sync);
-                if self.phase == Phase::Joined {
+                if self.phase == Phase::Joined && !self.cfg.plants(PlantedBug::AntiEntropyDisabled) {
                     if let Some(&peer) = self.members.keys().nth(self.rng.gen_range(0..self.members.len().max(1))) {
                         let msg = self.sync_message(false);
                         self.send_stream(peer.addr, msg);
@@ -785,12 +785,9 @@ impl Membership {
         }
         match self.members.get_mut(&member) {
             Some(known) => {
-                let newer = incarnation > known.incarnation;
-                let planted = self.cfg.plants(PlantedBug::AliveIgnoresIncarnation)
-                    && matches!(known.status, MemberStatus::Suspect { .. });
-                if newer || planted {
+                if incarnation > known.incarnation {
                     let was_suspect = matches!(known.status, MemberStatus::Suspect { .. });
-                    known.incarnation = known.incarnation.max(incarnation);
+                    known.incarnation = incarnation;
                     known.status = MemberStatus::Alive;
                     if was_suspect {
                         self.events.push_back(MembershipEvent::MemberAlive { member, incarnation });
@@ -819,7 +816,9 @@ impl Membership {
     fn apply_suspect(&mut self, now: Time, member: MemberId, incarnation: Incarnation) {
         if member == self.me {
             if incarnation >= self.incarnation && self.phase == Phase::Joined {
-                self.incarnation = incarnation.next();
+                if !self.cfg.plants(PlantedBug::RefutationKeepsIncarnation) {
+                    self.incarnation = incarnation.next();
+                }
                 self.stats.refutations += 1;
                 self.events
                     .push_back(MembershipEvent::SelfRefuted { incarnation: self.incarnation });
@@ -1038,7 +1037,10 @@ impl Membership {
     fn piggyback(&mut self, bare: &MembershipMsg) -> Vec<Update> {
         // envelope = sender id + body variant tag (4 bytes) + message
         let used = self.frame_overhead + payload_size(&self.me) + 4 + payload_size(bare);
-        let budget = self.cfg.max_datagram_bytes.saturating_sub(used);
+        let mut budget = self.cfg.max_datagram_bytes.saturating_sub(used);
+        if self.cfg.plants(PlantedBug::PiggybackIgnoresLimit) {
+            budget = usize::MAX;
+        }
         let limit = self.cfg.retransmit_limit(self.members.len() + 1);
         let updates = self.gossip.select(budget, limit);
         self.stats.updates_sent += updates.len() as u64;
