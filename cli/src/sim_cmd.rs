@@ -140,7 +140,9 @@ fn plant(mut scenario: Scenario, bug: Option<&str>) -> Result<Scenario> {
 #[cfg(not(feature = "planted-bugs"))]
 fn plant(scenario: Scenario, bug: Option<&str>) -> Result<Scenario> {
     if bug.is_some() {
-        bail!("--plant needs a build with planted bugs: cargo run --release --features planted-bugs -- sim ...");
+        bail!(
+            "--plant needs a build with planted bugs: cargo run --release --features planted-bugs -- sim ..."
+        );
     }
     Ok(scenario)
 }

@@ -33,9 +33,7 @@ impl fmt::Display for MemberId {
 }
 
 /// SWIM incarnation number: only the member itself raises it, to refute a suspicion.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Incarnation(pub u64);
 
 impl Incarnation {

@@ -110,7 +110,13 @@ impl Node {
             seed,
             cfg.codec.overhead(),
         );
-        Node { membership, codec: cfg.codec, max_datagram_bytes, events: VecDeque::new(), stats: NodeStats::default() }
+        Node {
+            membership,
+            codec: cfg.codec,
+            max_datagram_bytes,
+            events: VecDeque::new(),
+            stats: NodeStats::default(),
+        }
     }
 
     pub fn membership(&self) -> &Membership {
@@ -169,7 +175,9 @@ impl Node {
                 rows: m.members().collect(),
                 suspicion: m.suspicion_enabled(),
             },
-            Command::ListSelf => CommandOutput::SelfId { me: m.me(), incarnation: m.incarnation(), phase: m.phase() },
+            Command::ListSelf => {
+                CommandOutput::SelfId { me: m.me(), incarnation: m.incarnation(), phase: m.phase() }
+            }
             Command::Join => {
                 m.join(now)?;
                 CommandOutput::Done(format!("joining through the introducer as {}", m.me()))
@@ -272,7 +280,13 @@ impl fmt::Display for CommandOutput {
                 writeln!(f, "  {:<32} {:>11}  status", "id", "incarnation")?;
                 writeln!(f, "  {:<32} {:>11}  self", me.to_string(), "-")?;
                 for r in rows {
-                    writeln!(f, "  {:<32} {:>11}  {}", r.id.to_string(), r.incarnation, status_word(r.status))?;
+                    writeln!(
+                        f,
+                        "  {:<32} {:>11}  {}",
+                        r.id.to_string(),
+                        r.incarnation,
+                        status_word(r.status)
+                    )?;
                 }
                 Ok(())
             }

@@ -229,10 +229,10 @@ impl Checker {
     fn excused(&self, at: Time, slots: [Slot; 2]) -> bool {
         self.always_excused
             || self.excuses.iter().any(|e| {
-            let applies = e.slot.is_none_or(|s| slots.contains(&s));
-            let end = e.end.map_or(u64::MAX, |t| t.0.saturating_add(self.excuse_tail_ms));
-            applies && e.start <= at && at.0 <= end
-        })
+                let applies = e.slot.is_none_or(|s| slots.contains(&s));
+                let end = e.end.map_or(u64::MAX, |t| t.0.saturating_add(self.excuse_tail_ms));
+                applies && e.start <= at && at.0 <= end
+            })
     }
 
     fn kill(&mut self, now: Time, id: MemberId, death: Death) {

@@ -38,7 +38,13 @@ fn restart(node: Slot) -> Fault {
 
 /// Two members crash in a calm 10-node cluster with suspicion on; every list drops them in 10 s.
 pub fn calm_crashes_leave_every_list_within_bound(seed: u64) -> Scenario {
-    story("calm_crashes_leave_every_list_within_bound", seed, 10, true, vec![(20_000, crash(3)), (20_000, crash(7))])
+    story(
+        "calm_crashes_leave_every_list_within_bound",
+        seed,
+        10,
+        true,
+        vec![(20_000, crash(3)), (20_000, crash(7))],
+    )
 }
 
 /// Three members crash in a calm 32-node cluster in PingAck mode. Each member probes each other

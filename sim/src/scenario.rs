@@ -181,23 +181,17 @@ impl Scenario {
                     }
                     Fault::Leave { node: member }
                 }
-                7 if mode_switches => {
-                    Fault::SetSuspicion { node: member, on: rng.gen_bool(0.5) }
-                }
+                7 if mode_switches => Fault::SetSuspicion { node: member, on: rng.gen_bool(0.5) },
                 7 if loss_changes => Fault::SetLoss { permille: [0, 20, 50, 100][rng.gen_range(0..4)] },
                 _ => continue,
             };
             faults.push(FaultAt { at_ms: t, fault });
         }
-        // Faults stop: heal, restore loss, bring every crashed node back.
-        faults.push(FaultAt { at_ms: calm_from_ms, fault: Fault::Heal });
-        // Loss is a fault too: once faults stop, the network is calm (at most 1% loss).
-        faults.push(FaultAt { at_ms: calm_from_ms, fault: Fault::SetLoss { permille: loss_permille.min(10) } });
+        // Faults stop: bring every crashed node back (the network calms in `end_faults`).
         for node in down {
             faults.push(FaultAt { at_ms: calm_from_ms, fault: Fault::Restart { node } });
         }
         faults.sort_by_key(|f| f.at_ms);
-        // Leaves whose rejoin fell after calm: rejoin at calm.
         let mut scenario = Scenario {
             name: format!("swarm-{seed}"),
             seed,
@@ -210,9 +204,20 @@ impl Scenario {
             duration_ms: 0,
             strict_detection_ms: None,
         };
-        scenario.rejoin_members_left_at_calm();
-        scenario.duration_ms = calm_from_ms + scenario.convergence_bound_ms();
+        scenario.end_faults();
         scenario
+    }
+
+    /// Ends the fault phase at `calm_from_ms`: partitions heal, loss (a fault too) drops to at
+    /// most 1%, members that left join again, and the run lasts long enough to check convergence.
+    pub fn end_faults(&mut self) {
+        let calm = self.calm_from_ms;
+        self.faults.retain(|f| f.at_ms < calm || !matches!(f.fault, Fault::Heal | Fault::SetLoss { .. }));
+        self.faults.push(FaultAt { at_ms: calm, fault: Fault::Heal });
+        let permille = self.net.loss_permille.min(10);
+        self.faults.push(FaultAt { at_ms: calm, fault: Fault::SetLoss { permille } });
+        self.rejoin_members_left_at_calm();
+        self.duration_ms = calm + self.convergence_bound_ms();
     }
 
     /// Every member that left and was not told to join again joins at `calm_from_ms`, so the run
@@ -284,23 +289,23 @@ fn sample(rng: &mut ChaCha8Rng, nodes: usize, k: usize) -> Vec<Slot> {
 /// A proptest strategy over scenarios: swarm scenarios whose fault plans proptest can shrink
 /// (fewer nodes, fewer faults, less loss), so a failure comes out minimal.
 pub fn scenario_strategy() -> impl Strategy<Value = Scenario> {
-    (any::<u64>(), 3usize..=16, 0u32..=200).prop_flat_map(|(seed, nodes, loss)| {
-        let base = Scenario::swarm(seed);
-        let faults = base.faults.clone();
-        let len = faults.len();
-        (Just((seed, nodes, loss)), proptest::sample::subsequence(faults, 0..=len))
-    })
-    .prop_map(|((seed, nodes, loss), faults)| {
-        let mut s = Scenario::swarm(seed);
-        s.nodes = nodes;
-        s.net.loss_permille = loss;
-        s.clock_offsets_ms.truncate(nodes);
-        s.faults = faults.into_iter().filter(|f| fault_fits(&f.fault, nodes)).collect();
-        s.rejoin_members_left_at_calm();
-        s.duration_ms = s.calm_from_ms + s.convergence_bound_ms();
-        s.name = format!("proptest-{seed}");
-        s
-    })
+    (any::<u64>(), 3usize..=16, 0u32..=200)
+        .prop_flat_map(|(seed, nodes, loss)| {
+            let base = Scenario::swarm(seed);
+            let faults = base.faults.clone();
+            let len = faults.len();
+            (Just((seed, nodes, loss)), proptest::sample::subsequence(faults, 0..=len))
+        })
+        .prop_map(|((seed, nodes, loss), faults)| {
+            let mut s = Scenario::swarm(seed);
+            s.nodes = nodes;
+            s.net.loss_permille = loss;
+            s.clock_offsets_ms.truncate(nodes);
+            s.faults = faults.into_iter().filter(|f| fault_fits(&f.fault, nodes)).collect();
+            s.end_faults();
+            s.name = format!("proptest-{seed}");
+            s
+        })
 }
 
 fn fault_fits(f: &Fault, nodes: usize) -> bool {

@@ -1,1 +1,39 @@
-//! End-to-end suites live in `tests/`.
+//! Shared helpers for the end-to-end suites in `tests/`.
+//!
+//! Every failing simulated run panics with its seed, its violations and the one command that
+//! replays it with a readable trace.
+
+use rainstorm_sim::{replay_command, run_membership, Report, RunOptions, Scenario};
+
+/// How many swarm seeds the membership sweep runs: `RAINSTORM_SIM_SEEDS` (default 2000).
+pub fn sweep_seeds() -> u64 {
+    std::env::var("RAINSTORM_SIM_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
+}
+
+/// Runs `scenario` and panics with a replayable report if any checker fired.
+pub fn run_and_check(scenario: &Scenario, opts: &RunOptions) -> Report {
+    let report = run_membership(scenario, opts);
+    assert_passed(&report);
+    report
+}
+
+/// Panics with the seed, the violations and the replay command unless `report` passed.
+pub fn assert_passed(report: &Report) {
+    if report.passed() {
+        return;
+    }
+    let s = &report.scenario;
+    let mut msg = format!("scenario {} (seed {}) failed:\n", s.name, s.seed);
+    for v in &report.violations {
+        msg.push_str(&format!("  {v}\n"));
+    }
+    if s.name.starts_with("swarm-") {
+        msg.push_str(&format!("replay: {}\n", replay_command("membership", s.seed, None)));
+    } else {
+        msg.push_str(&format!(
+            "replay: cargo run --release -- sim membership --named {} --named-seed {} --trace\n",
+            s.name, s.seed
+        ));
+    }
+    panic!("{msg}");
+}

@@ -78,19 +78,43 @@ pub enum JoinKind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MembershipMsg {
     /// Direct probe of `target` (the receiver must be exactly that member id to answer).
-    Ping { seq: ProbeSeq, target: MemberId, updates: Vec<Update> },
+    Ping {
+        seq: ProbeSeq,
+        target: MemberId,
+        updates: Vec<Update>,
+    },
     /// Answer to a ping, or a relayed answer to a ping-req.
-    Ack { seq: ProbeSeq, updates: Vec<Update> },
+    Ack {
+        seq: ProbeSeq,
+        updates: Vec<Update>,
+    },
     /// Ask the receiver to probe `target` and relay the ack under `seq`.
-    PingReq { seq: ProbeSeq, target: MemberId, updates: Vec<Update> },
+    PingReq {
+        seq: ProbeSeq,
+        target: MemberId,
+        updates: Vec<Update>,
+    },
     /// One-way news: an accusation sent to the accused, a leave notice, a "you were declared failed".
-    Gossip { updates: Vec<Update> },
+    Gossip {
+        updates: Vec<Update>,
+    },
     /// Anti-entropy (push-pull over the stream channel): the sender's live members, its most
     /// recent removals and its mode. The receiver merges under the usual precedence rules and,
     /// unless this is the reply, answers with its own state.
-    Sync { members: Vec<(MemberId, Incarnation)>, removed: Vec<MemberId>, mode: ModeStamp, reply: bool },
-    JoinRequest { nonce: u64, kind: JoinKind },
-    JoinReply { nonce: u64, result: Result<JoinAccept, JoinRefusal> },
+    Sync {
+        members: Vec<(MemberId, Incarnation)>,
+        removed: Vec<MemberId>,
+        mode: ModeStamp,
+        reply: bool,
+    },
+    JoinRequest {
+        nonce: u64,
+        kind: JoinKind,
+    },
+    JoinReply {
+        nonce: u64,
+        result: Result<JoinAccept, JoinRefusal>,
+    },
 }
 
 /// What the introducer gives a joiner: everyone it knows (itself included) and the current mode.

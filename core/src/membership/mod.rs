@@ -18,6 +18,6 @@ mod swim;
 pub use config::{MembershipConfig, PlantedBug};
 pub use message::{JoinAccept, JoinKind, JoinRefusal, MembershipMsg, ModeStamp, ProbeSeq, Update};
 pub use swim::{
-    FailureCause, MemberStatus, MemberView, Membership, MembershipError, MembershipEvent,
-    MembershipStats, Outgoing, Phase, Role,
+    FailureCause, MemberStatus, MemberView, Membership, MembershipError, MembershipEvent, MembershipStats,
+    Outgoing, Phase, Role,
 };

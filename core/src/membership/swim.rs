@@ -12,9 +12,7 @@
 
 use super::config::{MembershipConfig, PlantedBug};
 use super::gossip::Gossip;
-use super::message::{
-    JoinAccept, JoinKind, JoinRefusal, MembershipMsg, ModeStamp, ProbeSeq, Update,
-};
+use super::message::{JoinAccept, JoinKind, JoinRefusal, MembershipMsg, ModeStamp, ProbeSeq, Update};
 use crate::id::{Incarnation, MemberId, NodeAddr};
 use crate::node::Channel;
 use crate::time::{Millis, Time};
@@ -43,10 +41,15 @@ pub enum Phase {
     /// Not a member: before the first join, after a failed join, or after leaving.
     Idle,
     /// Waiting for the introducer's reply.
-    Joining { nonce: u64, attempts: u32 },
+    Joining {
+        nonce: u64,
+        attempts: u32,
+    },
     Joined,
     /// Left; answers probes with its leave notice until `until`, then goes idle.
-    Leaving { until: Time },
+    Leaving {
+        until: Time,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,22 +83,48 @@ pub enum FailureCause {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MembershipEvent {
     /// This node joined (or rejoined) the group under `id`.
-    SelfJoined { id: MemberId, members: usize },
+    SelfJoined {
+        id: MemberId,
+        members: usize,
+    },
     /// The join did not succeed; the node is idle.
-    JoinFailed { reason: String },
+    JoinFailed {
+        reason: String,
+    },
     /// This node learned it was declared failed; it rejoins under a new id.
-    SelfDeclaredFailed { old: MemberId },
+    SelfDeclaredFailed {
+        old: MemberId,
+    },
     /// This node refuted a suspicion of itself.
-    SelfRefuted { incarnation: Incarnation },
+    SelfRefuted {
+        incarnation: Incarnation,
+    },
     /// This node left the group.
-    SelfLeft { id: MemberId },
-    MemberJoined { member: MemberId },
-    MemberSuspected { member: MemberId, incarnation: Incarnation },
+    SelfLeft {
+        id: MemberId,
+    },
+    MemberJoined {
+        member: MemberId,
+    },
+    MemberSuspected {
+        member: MemberId,
+        incarnation: Incarnation,
+    },
     /// A suspected member refuted (ALIVE with a higher incarnation).
-    MemberAlive { member: MemberId, incarnation: Incarnation },
-    MemberFailed { member: MemberId, cause: FailureCause },
-    MemberLeft { member: MemberId },
-    ModeChanged { suspicion: bool },
+    MemberAlive {
+        member: MemberId,
+        incarnation: Incarnation,
+    },
+    MemberFailed {
+        member: MemberId,
+        cause: FailureCause,
+    },
+    MemberLeft {
+        member: MemberId,
+    },
+    ModeChanged {
+        suspicion: bool,
+    },
 }
 
 /// A message for the driver to send.
@@ -155,11 +184,20 @@ enum Timer {
     /// Start of a protocol period: resolve the last probe, start the next.
     ProbeTick,
     /// The direct ping of probe `seq` had its chance; go indirect.
-    DirectTimeout { seq: ProbeSeq },
+    DirectTimeout {
+        seq: ProbeSeq,
+    },
     /// `ChangeSuspectToDown`: the suspicion of `member` at `incarnation` was not refuted in time.
-    SuspicionTimeout { member: MemberId, incarnation: Incarnation },
-    RelayExpiry { seq: ProbeSeq },
-    JoinRetry { nonce: u64 },
+    SuspicionTimeout {
+        member: MemberId,
+        incarnation: Incarnation,
+    },
+    RelayExpiry {
+        seq: ProbeSeq,
+    },
+    JoinRetry {
+        nonce: u64,
+    },
     AnnounceToIntroducer,
     Sync,
     TombstoneSweep,
@@ -241,6 +279,7 @@ impl Membership {
         };
         if role == Role::Introducer {
             m.become_joined(now);
+            m.events.push_back(MembershipEvent::SelfJoined { id: m.me, members: 0 });
         }
         m
     }
@@ -344,6 +383,7 @@ impl Membership {
                 self.renew_identity(now);
                 if self.role == Role::Introducer {
                     self.become_joined(now);
+                    self.events.push_back(MembershipEvent::SelfJoined { id: self.me, members: 0 });
                 } else {
                     self.start_join(now);
                 }
@@ -378,8 +418,7 @@ impl Membership {
         if self.phase != Phase::Joined {
             return Err(MembershipError::NotMember);
         }
-        let stamp =
-            ModeStamp { counter: self.mode.counter + 1, issuer: Some(self.me), suspicion: enabled };
+        let stamp = ModeStamp { counter: self.mode.counter + 1, issuer: Some(self.me), suspicion: enabled };
         self.apply(now, Update::Mode(stamp));
         Ok(())
     }
@@ -568,17 +607,15 @@ impl Membership {
                 let members = self.members.len();
                 self.events.push_back(MembershipEvent::SelfJoined { id: self.me, members });
             }
-            (Phase::Joining { nonce: expected, .. }, Err(refusal)) if expected == nonce => {
-                match refusal {
-                    JoinRefusal::DeclaredFailed => self.rejoin_as_new(now),
-                    JoinRefusal::NotIntroducer => {
-                        self.phase = Phase::Idle;
-                        self.timers.clear();
-                        let reason = format!("{} is not an introducer", self.introducer);
-                        self.events.push_back(MembershipEvent::JoinFailed { reason });
-                    }
+            (Phase::Joining { nonce: expected, .. }, Err(refusal)) if expected == nonce => match refusal {
+                JoinRefusal::DeclaredFailed => self.rejoin_as_new(now),
+                JoinRefusal::NotIntroducer => {
+                    self.phase = Phase::Idle;
+                    self.timers.clear();
+                    let reason = format!("{} is not an introducer", self.introducer);
+                    self.events.push_back(MembershipEvent::JoinFailed { reason });
                 }
-            }
+            },
             (Phase::Joined, result) if self.announce_nonce == Some(nonce) => {
                 self.announce_nonce = None;
                 match result {
@@ -622,10 +659,8 @@ impl Membership {
             }
             Timer::JoinRetry { nonce } => self.on_join_retry(now, nonce),
             Timer::AnnounceToIntroducer => {
-                self.timers.schedule(
-                    now + self.cfg.introducer_announce_interval,
-                    Timer::AnnounceToIntroducer,
-                );
+                self.timers
+                    .schedule(now + self.cfg.introducer_announce_interval, Timer::AnnounceToIntroducer);
                 let introducer_listed = self.members.keys().any(|id| id.addr == self.introducer);
                 if !introducer_listed {
                     self.announce_to_introducer();
@@ -634,7 +669,9 @@ impl Membership {
             Timer::Sync => {
                 self.timers.schedule(now + self.cfg.sync_interval, Timer::Sync);
                 if self.phase == Phase::Joined && !self.cfg.plants(PlantedBug::AntiEntropyDisabled) {
-                    if let Some(&peer) = self.members.keys().nth(self.rng.gen_range(0..self.members.len().max(1))) {
+                    if let Some(&peer) =
+                        self.members.keys().nth(self.rng.gen_range(0..self.members.len().max(1)))
+                    {
                         let msg = self.sync_message(false);
                         self.send_stream(peer.addr, msg);
                     }
@@ -685,10 +722,7 @@ impl Membership {
             self.stats.ping_reqs_sent += 1;
             let bare = MembershipMsg::PingReq { seq, target: probe.target, updates: Vec::new() };
             let updates = self.piggyback(&bare);
-            self.send_datagram(
-                helper.addr,
-                MembershipMsg::PingReq { seq, target: probe.target, updates },
-            );
+            self.send_datagram(helper.addr, MembershipMsg::PingReq { seq, target: probe.target, updates });
         }
     }
 
@@ -820,8 +854,7 @@ impl Membership {
                     self.incarnation = incarnation.next();
                 }
                 self.stats.refutations += 1;
-                self.events
-                    .push_back(MembershipEvent::SelfRefuted { incarnation: self.incarnation });
+                self.events.push_back(MembershipEvent::SelfRefuted { incarnation: self.incarnation });
                 let refutation = Update::Alive { member: self.me, incarnation: self.incarnation };
                 self.disseminate(refutation.clone());
                 // The suspicion may already be spreading from several accusers: push the
@@ -941,10 +974,7 @@ impl Membership {
         let first_sync = self.rng.gen_range(1..=self.cfg.sync_interval.0);
         self.timers.schedule(now + Millis(first_sync), Timer::Sync);
         if self.role == Role::Member {
-            self.timers.schedule(
-                now + self.cfg.introducer_announce_interval,
-                Timer::AnnounceToIntroducer,
-            );
+            self.timers.schedule(now + self.cfg.introducer_announce_interval, Timer::AnnounceToIntroducer);
         } else {
             self.disseminate(Update::Alive { member: self.me, incarnation: self.incarnation });
         }

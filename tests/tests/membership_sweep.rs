@@ -1,0 +1,97 @@
+//! The random sweep: thousands of swarm scenarios (3 to 64 nodes, 0–20% loss, crashes, restarts,
+//! pauses, partitions, leaves, mode switches, clock offsets), each checked by every membership
+//! checker. `RAINSTORM_SIM_SEEDS=100000 cargo test --release -p rainstorm-tests` soaks longer.
+//! Also: determinism (one seed, one trace hash), shrinking scenarios from proptest, and the
+//! saved scenarios under `tests/scenarios/`.
+
+use proptest::prelude::*;
+use rainstorm_sim::scenario::scenario_strategy;
+use rainstorm_sim::{run_membership, RunOptions, Scenario};
+use rainstorm_tests::{assert_passed, sweep_seeds};
+
+/// The sweep is split in four so the test harness spreads it over the machine's cores.
+fn sweep_part(part: u64) {
+    let total = sweep_seeds();
+    let per = total.div_ceil(4);
+    let mut failures = Vec::new();
+    for seed in part * per..((part + 1) * per).min(total) {
+        let report = run_membership(&Scenario::swarm(seed), &RunOptions::default());
+        if !report.passed() {
+            failures.push(report);
+        }
+    }
+    if let Some(first) = failures.first() {
+        eprintln!("{} of the seeds in part {part} failed", failures.len());
+        assert_passed(first);
+    }
+}
+
+#[test]
+fn swarm_sweep_part_0() {
+    sweep_part(0);
+}
+
+#[test]
+fn swarm_sweep_part_1() {
+    sweep_part(1);
+}
+
+#[test]
+fn swarm_sweep_part_2() {
+    sweep_part(2);
+}
+
+#[test]
+fn swarm_sweep_part_3() {
+    sweep_part(3);
+}
+
+#[test]
+fn the_same_seed_gives_the_same_trace_hash() {
+    for seed in [0, 7, 42, 1234, 99_999] {
+        let scenario = Scenario::swarm(seed);
+        let a = run_membership(&scenario, &RunOptions::default());
+        let b = run_membership(&scenario, &RunOptions { trace_lines: true, record_events: true });
+        assert_eq!(a.trace_hash, b.trace_hash, "seed {seed} is not deterministic");
+        assert_eq!(a.stats.events, b.stats.events);
+    }
+    let a = run_membership(&Scenario::swarm(1), &RunOptions::default());
+    let b = run_membership(&Scenario::swarm(2), &RunOptions::default());
+    assert_ne!(a.trace_hash, b.trace_hash, "different seeds must give different traces");
+}
+
+#[test]
+fn saved_scenarios_replay_and_pass() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let mut replayed = 0;
+    for entry in std::fs::read_dir(&dir).expect("tests/scenarios exists") {
+        let path = entry.expect("readable dir entry").path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("readable scenario");
+        let scenario: Scenario = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{} is not a scenario: {e}", path.display()));
+        assert_passed(&run_membership(&scenario, &RunOptions::default()));
+        replayed += 1;
+    }
+    assert!(replayed > 0, "no saved scenarios under {}", dir.display());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Generated scenarios; on failure proptest shrinks to a minimal fault plan. Save the
+    /// printed scenario (`sim membership --scenario FILE --dump` shows the format) under
+    /// `tests/scenarios/` so every later `cargo test` replays it.
+    #[test]
+    fn generated_scenarios_pass(scenario in scenario_strategy()) {
+        let report = run_membership(&scenario, &RunOptions::default());
+        prop_assert!(
+            report.passed(),
+            "violations {:?}\nscenario to save under tests/scenarios/:\n{}",
+            report.violations,
+            serde_json::to_string_pretty(&scenario).unwrap_or_default()
+        );
+    }
+}

@@ -1,0 +1,125 @@
+//! Every membership checker is proven by a planted bug that it catches. Run with
+//! `cargo test -p rainstorm-tests --features planted-bugs --test planted`.
+#![cfg(feature = "planted-bugs")]
+
+use rainstorm_core::membership::PlantedBug;
+use rainstorm_sim::{named, run_membership, CheckerKind, RunOptions, Scenario};
+
+fn planted(mut s: Scenario, bug: PlantedBug) -> Scenario {
+    s.config.planted = Some(bug);
+    s
+}
+
+/// Runs scenarios until one is caught by `checker`; returns the caught scenario's name and seed.
+fn first_caught(
+    bug: PlantedBug,
+    checker: CheckerKind,
+    scenarios: impl IntoIterator<Item = Scenario>,
+) -> (String, u64) {
+    for s in scenarios {
+        let clean = run_membership(&s, &RunOptions::default());
+        assert!(clean.passed(), "{} fails even without the planted bug: {:?}", s.name, clean.violations);
+        let report = run_membership(&planted(s.clone(), bug), &RunOptions::default());
+        if report.caught(checker) {
+            println!("{} caught by {checker} in {} (seed {})", bug.name(), s.name, s.seed);
+            return (s.name, s.seed);
+        }
+    }
+    panic!("planted bug {} was never caught by the {checker} checker", bug.name());
+}
+
+#[test]
+fn completeness_catches_a_suspicion_timer_that_never_fires() {
+    first_caught(PlantedBug::SuspicionNeverFires, CheckerKind::Completeness, (0..50).map(Scenario::swarm));
+}
+
+#[test]
+fn strict_completeness_catches_del_not_disseminated() {
+    first_caught(
+        PlantedBug::DelNotDisseminated,
+        CheckerKind::StrictCompleteness,
+        (1..=3).map(named::calm_crashes_in_a_large_cluster),
+    );
+}
+
+#[test]
+fn accuracy_catches_suspicion_without_timeout() {
+    first_caught(
+        PlantedBug::SuspicionWithoutTimeout,
+        CheckerKind::Accuracy,
+        (1..=3).map(named::lossy_cluster_stays_accurate),
+    );
+}
+
+#[test]
+fn accuracy_catches_refutation_that_keeps_the_incarnation() {
+    first_caught(
+        PlantedBug::RefutationKeepsIncarnation,
+        CheckerKind::Accuracy,
+        (1..=3).map(named::lossy_cluster_stays_accurate),
+    );
+}
+
+#[test]
+fn convergence_catches_missing_anti_entropy() {
+    first_caught(PlantedBug::AntiEntropyDisabled, CheckerKind::Convergence, (200..260).map(Scenario::swarm));
+}
+
+#[test]
+fn bounded_catches_piggybacking_past_the_datagram_limit() {
+    first_caught(PlantedBug::PiggybackIgnoresLimit, CheckerKind::Bounded, (0..20).map(Scenario::swarm));
+}
+
+#[test]
+fn no_panic_checker_reports_a_panicking_node() {
+    use rainstorm_core::command::Command;
+    use rainstorm_core::membership::MembershipEvent;
+    use rainstorm_core::{Channel, MemberId, NodeAddr, Time, Transmit};
+    use rainstorm_sim::{Actor, ActorStart};
+    /// A node that sends one frame to the introducer and panics on the first frame it gets.
+    struct Fragile(MemberId, bool);
+    impl Actor for Fragile {
+        fn start(s: &ActorStart) -> Self {
+            Fragile(MemberId::new(s.addr, s.now.as_millis()), false)
+        }
+        fn handle_frame(&mut self, _: Time, _: Channel, _: &[u8]) {
+            panic!("planted: frame handler panics");
+        }
+        fn handle_send_failed(&mut self, _: Time, _: NodeAddr) {}
+        fn handle_timeout(&mut self, _: Time) {}
+        fn command(&mut self, _: Time, _: Command) {}
+        fn poll_transmit(&mut self) -> Option<Transmit> {
+            let introducer = rainstorm_sim::world::slot_addr(0);
+            if self.1 || self.0.addr == introducer {
+                return None;
+            }
+            self.1 = true;
+            Some(Transmit { to: introducer, channel: Channel::Datagram, payload: vec![1] })
+        }
+        fn poll_event(&mut self) -> Option<MembershipEvent> {
+            None
+        }
+        fn poll_timeout(&self) -> Option<Time> {
+            None
+        }
+        fn id(&self) -> MemberId {
+            self.0
+        }
+        fn is_joined(&self) -> bool {
+            false
+        }
+        fn view(&self) -> Vec<MemberId> {
+            Vec::new()
+        }
+        fn suspicion_enabled(&self) -> bool {
+            true
+        }
+        fn queue_lengths(&self) -> Vec<(&'static str, usize)> {
+            Vec::new()
+        }
+    }
+    let mut calm = Scenario::swarm(3);
+    calm.net.loss_permille = 0;
+    let report = rainstorm_sim::run_actor::<Fragile>(&calm, &RunOptions::default());
+    assert!(report.caught(CheckerKind::Panic));
+}
