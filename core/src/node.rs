@@ -232,11 +232,6 @@ impl Node {
         self.membership.poll_timeout()
     }
 
-    /// Whether every output queue is empty (the drain contract).
-    pub fn is_drained(&self) -> bool {
-        self.events.is_empty()
-    }
-
     fn limit(&self, channel: Channel) -> usize {
         match channel {
             Channel::Datagram => self.max_datagram_bytes,

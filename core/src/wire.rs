@@ -117,6 +117,11 @@ pub fn payload_size<T: Serialize>(value: &T) -> usize {
     bincode_options(usize::MAX).serialized_size(value).map(|n| n as usize).unwrap_or(usize::MAX)
 }
 
+/// The canonical bytes of `value` (the payload encoding), e.g. to hash a view.
+pub fn canonical_bytes<T: Serialize>(value: &T) -> Vec<u8> {
+    bincode_options(usize::MAX).serialize(value).unwrap_or_default()
+}
+
 /// Encodes and decodes envelopes under zero, one or several accepted cluster keys.
 ///
 /// With keys, frames are signed with the first (the current key) and accepted under any of them,

@@ -1,1 +1,21 @@
-//! The tokio driver for RainStorm nodes: UDP and TCP sockets, the OS clock, file-backed storage.
+//! # rainstorm-runtime
+//!
+//! The tokio driver that runs a [`rainstorm_core::Node`] on a real machine. It owns everything
+//! the core may not touch: one UDP socket (membership datagrams), one TCP listener on the same
+//! port (length-prefixed stream frames: joins, anti-entropy), the OS clock, the control socket
+//! and the logs. One task owns the node's state machine; sockets, timers, the console and the
+//! control socket feed it through a channel. Nothing here decides protocol behaviour.
+//!
+//! * [`config`]: the TOML/flag configuration and its validation;
+//! * [`clock`]: the OS clock as core [`rainstorm_core::Time`];
+//! * [`net`]: stream framing;
+//! * [`driver`]: the node task and [`driver::NodeHandle`];
+//! * [`control`]: the Unix control socket (server and client);
+//! * [`logging`]: tracing to stderr and to a file in the data dir.
+
+pub mod clock;
+pub mod config;
+pub mod control;
+pub mod driver;
+pub mod logging;
+pub mod net;

@@ -9,6 +9,10 @@
 //! After every input to a node the world drains all its outputs (frames, events) and re-arms the
 //! node's single timer from `poll_timeout`; a timer event from an older arming or an older process
 //! at the same slot is stale and skipped.
+//!
+//! [`World::run`] runs a scenario to its end. [`World::run_until`], [`World::stats`] and
+//! [`World::end`] let a benchmark read the counters part-way (for example, traffic over a
+//! steady-state window) and stop when it has what it needs.
 
 use crate::actor::{Actor, ActorStart};
 use crate::check::{Checker, CheckerKind, DetectionSample, SlotSnapshot, Violation};
@@ -106,13 +110,14 @@ pub struct RunOptions {
     pub record_events: bool,
 }
 
-/// Counters of one run.
+/// Counters of one run, from its start.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RunStats {
     pub events: u64,
     pub datagrams_sent: u64,
     pub datagram_bytes: u64,
     pub stream_frames_sent: u64,
+    pub stream_bytes: u64,
     pub datagrams_dropped: u64,
     pub largest_datagram: usize,
 }
@@ -157,6 +162,7 @@ pub struct World<A: Actor> {
     opts: RunOptions,
     recorded: Vec<(Time, Slot, MembershipEvent)>,
     stats: RunStats,
+    started: bool,
 }
 
 impl<A: Actor> World<A> {
@@ -192,6 +198,7 @@ impl<A: Actor> World<A> {
             opts,
             recorded: Vec::new(),
             stats: RunStats::default(),
+            started: false,
         }
     }
 
@@ -202,25 +209,44 @@ impl<A: Actor> World<A> {
 
     /// Runs the scenario to its end and reports.
     pub fn run(mut self) -> Report {
-        // The introducer starts first; members start 100 ms apart, like an operator's script.
-        for slot in 0..self.scenario.nodes {
-            self.start_process(slot, Time(slot as u64 * 100));
-        }
-        for i in 0..self.scenario.faults.len() {
-            let at = Time(self.scenario.faults[i].at_ms);
-            self.push(at, EventKind::Fault(i));
-        }
-        self.push(Time(CHECK_INTERVAL_MS), EventKind::Check);
-        let end = Time(self.scenario.duration_ms);
-        while let Some(Reverse(ev)) = self.queue.pop() {
-            if ev.at > end {
-                break;
+        self.run_until(Time(self.scenario.duration_ms));
+        self.finish()
+    }
+
+    /// Handles every event up to and including `until` (at most the scenario's end) and sets the
+    /// clock there; a later `run_until` or [`World::run`] goes on as if the run had not stopped.
+    pub fn run_until(&mut self, until: Time) {
+        if !self.started {
+            self.started = true;
+            // The introducer starts first; members start 100 ms apart, like an operator's script.
+            for slot in 0..self.scenario.nodes {
+                self.start_process(slot, Time(slot as u64 * 100));
             }
+            for i in 0..self.scenario.faults.len() {
+                let at = Time(self.scenario.faults[i].at_ms);
+                self.push(at, EventKind::Fault(i));
+            }
+            self.push(Time(CHECK_INTERVAL_MS), EventKind::Check);
+        }
+        let end = until.min(Time(self.scenario.duration_ms));
+        while self.queue.peek().is_some_and(|Reverse(ev)| ev.at <= end) {
+            let Some(Reverse(ev)) = self.queue.pop() else { break };
             self.now = ev.at;
             self.stats.events += 1;
             self.dispatch(ev.kind);
         }
-        self.now = end;
+        self.now = self.now.max(end);
+    }
+
+    /// The counters so far (for a window, subtract the counters at its start).
+    pub fn stats(&self) -> RunStats {
+        self.stats
+    }
+
+    /// Ends the run at the clock of the last [`World::run_until`] and reports, as if the scenario
+    /// had lasted that long (the final checks run now).
+    pub fn end(mut self) -> Report {
+        self.scenario.duration_ms = self.now.0;
         self.finish()
     }
 
@@ -397,8 +423,7 @@ impl<A: Actor> World<A> {
                     let detail = format!("n{from} sent a {}-byte datagram", t.payload.len());
                     self.checker.violate(self.now, CheckerKind::Bounded, detail);
                 }
-                if self.blocked.contains(&(from, to))
-                    || self.net_rng.gen_range(0..1000) < self.loss_permille
+                if self.blocked.contains(&(from, to)) || self.net_rng.gen_range(0..1000) < self.loss_permille
                 {
                     self.stats.datagrams_dropped += 1;
                     return;
@@ -418,6 +443,7 @@ impl<A: Actor> World<A> {
             }
             Channel::Stream => {
                 self.stats.stream_frames_sent += 1;
+                self.stats.stream_bytes += t.payload.len() as u64;
                 let generation = self.slots[from].generation;
                 let unreachable = self.blocked.contains(&(from, to)) || self.blocked.contains(&(to, from));
                 let down = matches!(self.slots[to].process, Process::Down);
@@ -435,7 +461,9 @@ impl<A: Actor> World<A> {
 
     fn latency(&mut self) -> rainstorm_core::Millis {
         let net = &self.scenario.net;
-        rainstorm_core::Millis(self.net_rng.gen_range(net.latency_min_ms..=net.latency_max_ms.max(net.latency_min_ms)))
+        rainstorm_core::Millis(
+            self.net_rng.gen_range(net.latency_min_ms..=net.latency_max_ms.max(net.latency_min_ms)),
+        )
     }
 
     fn apply_fault(&mut self, fault: Fault) {
@@ -456,7 +484,10 @@ impl<A: Actor> World<A> {
                         let st = self.scenario.config.suspicion_timeout.0;
                         self.checker.on_pause(self.now, node, for_ms, st);
                         let generation = self.slots[node].generation;
-                        self.push(self.now + rainstorm_core::Millis(for_ms), EventKind::Resume { slot: node, generation });
+                        self.push(
+                            self.now + rainstorm_core::Millis(for_ms),
+                            EventKind::Resume { slot: node, generation },
+                        );
                         Process::Paused(actor, Vec::new())
                     }
                     other => other,
@@ -520,7 +551,9 @@ impl<A: Actor> World<A> {
                 let id = actor.id();
                 (0..self.slots.len())
                     .filter(|&s| match &self.slots[s].process {
-                        Process::Up(a) | Process::Paused(a, _) => s != slot && a.is_joined() && a.view().contains(&id),
+                        Process::Up(a) | Process::Paused(a, _) => {
+                            s != slot && a.is_joined() && a.view().contains(&id)
+                        }
                         Process::Down => false,
                     })
                     .collect()
@@ -591,14 +624,56 @@ fn describe_event(e: &MembershipEvent) -> String {
     match e {
         MembershipEvent::SelfJoined { id, members } => format!("joined as {id} ({members} others)"),
         MembershipEvent::JoinFailed { reason } => format!("join failed: {reason}"),
-        MembershipEvent::SelfDeclaredFailed { old } => format!("learned {old} was declared failed; rejoining"),
-        MembershipEvent::SelfRefuted { incarnation } => format!("refuted suspicion (incarnation {incarnation})"),
+        MembershipEvent::SelfDeclaredFailed { old } => {
+            format!("learned {old} was declared failed; rejoining")
+        }
+        MembershipEvent::SelfRefuted { incarnation } => {
+            format!("refuted suspicion (incarnation {incarnation})")
+        }
         MembershipEvent::SelfLeft { id } => format!("left as {id}"),
         MembershipEvent::MemberJoined { member } => format!("NEW {member}"),
         MembershipEvent::MemberSuspected { member, incarnation } => format!("SUS {member} inc {incarnation}"),
         MembershipEvent::MemberAlive { member, incarnation } => format!("ALIVE {member} inc {incarnation}"),
         MembershipEvent::MemberFailed { member, cause } => format!("DEL {member} ({cause:?})"),
         MembershipEvent::MemberLeft { member } => format!("LEFT {member}"),
-        MembershipEvent::ModeChanged { suspicion } => format!("suspicion now {}", if *suspicion { "on" } else { "off" }),
+        MembershipEvent::ModeChanged { suspicion } => {
+            format!("suspicion now {}", if *suspicion { "on" } else { "off" })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rainstorm_core::Node;
+
+    #[test]
+    fn a_run_stopped_and_resumed_is_the_same_run() {
+        let s = crate::named::calm_crashes_leave_every_list_within_bound(3);
+        let whole = World::<Node>::new(s.clone(), RunOptions::default()).run();
+        let mut world = World::<Node>::new(s.clone(), RunOptions::default());
+        let mut at = 0;
+        while at < s.duration_ms {
+            at += 7_000;
+            world.run_until(Time(at));
+        }
+        let stepped = world.run();
+        assert_eq!(whole.trace_hash, stepped.trace_hash);
+        assert_eq!(whole.stats.events, stepped.stats.events);
+        assert_eq!(whole.stats.datagram_bytes, stepped.stats.datagram_bytes);
+        assert_eq!(whole.stats.stream_bytes, stepped.stats.stream_bytes);
+    }
+
+    #[test]
+    fn a_run_ended_early_reports_up_to_then() {
+        let s = crate::named::calm_crashes_leave_every_list_within_bound(3);
+        let mut world = World::<Node>::new(s.clone(), RunOptions::default());
+        world.run_until(Time(10_000));
+        let early = world.stats();
+        let report = world.end();
+        assert_eq!(report.scenario.duration_ms, 10_000);
+        assert_eq!(report.stats.events, early.events);
+        assert!(early.datagrams_sent > 0 && early.stream_bytes > 0);
+        assert!(report.passed(), "{:?}", report.violations);
     }
 }

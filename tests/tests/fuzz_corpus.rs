@@ -62,6 +62,7 @@ fn sample_messages() -> Vec<MembershipMsg> {
         MembershipMsg::Ack { seq: ProbeSeq(1), updates: vec![] },
         MembershipMsg::PingReq { seq: ProbeSeq(9), target: a, updates: updates.clone() },
         MembershipMsg::Gossip { updates },
+        MembershipMsg::SyncDigest { digest: 0x0123_4567_89ab_cdef },
         MembershipMsg::Sync {
             members: vec![(a, Incarnation(0)), (b, Incarnation(4))],
             removed: vec![a],

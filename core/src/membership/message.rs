@@ -98,7 +98,13 @@ pub enum MembershipMsg {
     Gossip {
         updates: Vec<Update>,
     },
-    /// Anti-entropy (push-pull over the stream channel): the sender's live members, its most
+    /// Anti-entropy, step one (a datagram): a hash of the sender's live view and mode. A
+    /// receiver whose own hash differs starts the full exchange with [`MembershipMsg::Sync`], so
+    /// agreeing members spend one small datagram per sync interval, however large the group.
+    SyncDigest {
+        digest: u64,
+    },
+    /// Anti-entropy, step two (push-pull over the stream channel): the sender's live members, its most
     /// recent removals and its mode. The receiver merges under the usual precedence rules and,
     /// unless this is the reply, answers with its own state.
     Sync {

@@ -17,7 +17,7 @@ use crate::id::{Incarnation, MemberId, NodeAddr};
 use crate::node::Channel;
 use crate::time::{Millis, Time};
 use crate::timer::TimerQueue;
-use crate::wire::payload_size;
+use crate::wire::{canonical_bytes, payload_size};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -214,6 +214,8 @@ pub struct Membership {
     incarnation: Incarnation,
     phase: Phase,
     members: BTreeMap<MemberId, Member>,
+    /// The listed member at each address (the list never holds two ids at one address).
+    by_addr: BTreeMap<NodeAddr, MemberId>,
     /// Removed ids and when their tombstone expires.
     tombstones: BTreeMap<MemberId, Time>,
     gossip: Gossip,
@@ -259,6 +261,7 @@ impl Membership {
             incarnation: Incarnation(0),
             phase: Phase::Idle,
             members: BTreeMap::new(),
+            by_addr: BTreeMap::new(),
             tombstones: BTreeMap::new(),
             gossip: Gossip::default(),
             mode,
@@ -441,6 +444,13 @@ impl Membership {
                 self.apply_all(now, updates);
             }
             MembershipMsg::Gossip { updates } => self.apply_all(now, updates),
+            MembershipMsg::SyncDigest { digest } => {
+                let joined = self.phase == Phase::Joined;
+                if joined && !self.is_tombstoned(&from, now) && digest != self.view_digest() {
+                    let msg = self.sync_message(false);
+                    self.send_stream(from.addr, msg);
+                }
+            }
             MembershipMsg::Sync { members, removed, mode, reply } => {
                 self.on_sync(now, from, members, removed, mode, reply)
             }
@@ -536,8 +546,14 @@ impl Membership {
             return;
         }
         // Removals first, so that a member the sender buried is not re-added from its own list.
+        // Only removals of listed members (or of this node) are news worth gossiping; an id
+        // never seen here is only remembered as dead.
         for member in removed {
-            self.apply(now, Update::Failed { member });
+            if member == self.me || self.members.contains_key(&member) {
+                self.apply(now, Update::Failed { member });
+            } else if !self.is_tombstoned(&member, now) {
+                self.tombstone(now, member);
+            }
         }
         for (member, incarnation) in members {
             self.apply(now, Update::Alive { member, incarnation });
@@ -547,6 +563,21 @@ impl Membership {
             let msg = self.sync_message(true);
             self.send_stream(from.addr, msg);
         }
+    }
+
+    /// A hash of the live view (every member with its incarnation, this node included) and the
+    /// mode: equal on two members exactly when they agree.
+    fn view_digest(&self) -> u64 {
+        use sha2::{Digest, Sha256};
+        let mut view: Vec<(MemberId, Incarnation)> =
+            self.members.iter().map(|(id, m)| (*id, m.incarnation)).collect();
+        view.push((self.me, self.incarnation));
+        view.sort_unstable();
+        let mut hasher = Sha256::new();
+        hasher.update(canonical_bytes(&view));
+        hasher.update(canonical_bytes(&self.mode));
+        let digest = hasher.finalize();
+        u64::from_le_bytes(digest[..8].try_into().expect("a SHA-256 digest has 32 bytes"))
     }
 
     /// This node's view for an anti-entropy exchange (itself included).
@@ -661,8 +692,7 @@ impl Membership {
             Timer::AnnounceToIntroducer => {
                 self.timers
                     .schedule(now + self.cfg.introducer_announce_interval, Timer::AnnounceToIntroducer);
-                let introducer_listed = self.members.keys().any(|id| id.addr == self.introducer);
-                if !introducer_listed {
+                if !self.by_addr.contains_key(&self.introducer) {
                     self.announce_to_introducer();
                 }
             }
@@ -672,8 +702,8 @@ impl Membership {
                     if let Some(&peer) =
                         self.members.keys().nth(self.rng.gen_range(0..self.members.len().max(1)))
                     {
-                        let msg = self.sync_message(false);
-                        self.send_stream(peer.addr, msg);
+                        let digest = self.view_digest();
+                        self.send_datagram(peer.addr, MembershipMsg::SyncDigest { digest });
                     }
                 }
             }
@@ -748,7 +778,9 @@ impl Membership {
         if attempts >= self.cfg.join_attempts {
             self.phase = Phase::Idle;
             self.timers.clear();
-            let cause = self.last_join_error.take().unwrap_or_else(|| "no reply".to_string());
+            let cause = self.last_join_error.take().unwrap_or_else(|| {
+                "no reply: is it running, and do both use the same cluster key?".to_string()
+            });
             let reason = format!(
                 "introducer {} did not admit us after {} attempts ({cause})",
                 self.introducer, attempts
@@ -890,9 +922,7 @@ impl Membership {
 
     /// Adds a member not seen before; returns false if a newer process holds its address.
     fn insert_member(&mut self, now: Time, member: MemberId, incarnation: Incarnation) -> bool {
-        let same_addr: Vec<MemberId> =
-            self.members.keys().copied().filter(|id| id.addr == member.addr).collect();
-        for other in same_addr {
+        if let Some(&other) = self.by_addr.get(&member.addr) {
             if other.join_time > member.join_time {
                 self.tombstone(now, member);
                 return false;
@@ -902,6 +932,7 @@ impl Membership {
                 .push_back(MembershipEvent::MemberFailed { member: other, cause: FailureCause::Superseded });
         }
         self.members.insert(member, Member { incarnation, status: MemberStatus::Alive });
+        self.by_addr.insert(member.addr, member);
         // SWIM: a new member goes to a random position of the round-robin order.
         let at = self.rng.gen_range(self.probe_cursor..=self.probe_order.len());
         self.probe_order.insert(at, member);
@@ -920,6 +951,9 @@ impl Membership {
 
     fn remove_member(&mut self, now: Time, member: MemberId) {
         self.members.remove(&member);
+        if self.by_addr.get(&member.addr) == Some(&member) {
+            self.by_addr.remove(&member.addr);
+        }
         self.tombstone(now, member);
         if self.probe_order.len() > 2 * self.members.len() + 16 {
             let members = &self.members;
@@ -950,6 +984,7 @@ impl Membership {
     /// it is rejoining.
     fn forget_members(&mut self) {
         self.members.clear();
+        self.by_addr.clear();
         self.tombstones.clear();
         self.probe_order.clear();
         self.probe_cursor = 0;
@@ -1083,5 +1118,111 @@ impl Membership {
 
     fn send_stream(&mut self, to: NodeAddr, msg: MembershipMsg) {
         self.outgoing.push_back(Outgoing { to, channel: Channel::Stream, msg });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> NodeAddr {
+        NodeAddr::from(([10, 0, 0, 1], port))
+    }
+
+    fn introducer() -> Membership {
+        Membership::new(MembershipConfig::lan(), Role::Introducer, addr(1), addr(1), Time(0), 7, 40)
+    }
+
+    fn drain(m: &mut Membership) -> (Vec<Outgoing>, Vec<MembershipEvent>) {
+        let mut out = Vec::new();
+        while let Some(o) = m.poll_outgoing() {
+            out.push(o);
+        }
+        let mut events = Vec::new();
+        while let Some(e) = m.poll_event() {
+            events.push(e);
+        }
+        (out, events)
+    }
+
+    fn admit(m: &mut Membership, id: MemberId) {
+        m.handle_message(Time(10), id, MembershipMsg::JoinRequest { nonce: 1, kind: JoinKind::Fresh });
+    }
+
+    #[test]
+    fn introducer_admits_a_joiner_and_replies_with_the_list() {
+        let mut m = introducer();
+        let joiner = MemberId::new(addr(2), 5);
+        admit(&mut m, joiner);
+        let (out, events) = drain(&mut m);
+        assert!(events.contains(&MembershipEvent::MemberJoined { member: joiner }));
+        let reply = out.iter().find(|o| o.to == joiner.addr).expect("a reply to the joiner");
+        assert_eq!(reply.channel, Channel::Stream);
+        let MembershipMsg::JoinReply { result: Ok(accept), .. } = &reply.msg else { panic!("accepted") };
+        assert_eq!(accept.members.len(), 2, "the joiner and the introducer");
+    }
+
+    #[test]
+    fn alive_only_beats_suspect_at_a_higher_incarnation() {
+        let mut m = introducer();
+        let x = MemberId::new(addr(2), 5);
+        admit(&mut m, x);
+        drain(&mut m);
+        m.apply(Time(20), Update::Suspect { member: x, incarnation: Incarnation(1) });
+        m.apply(Time(21), Update::Alive { member: x, incarnation: Incarnation(1) });
+        assert!(matches!(m.members[&x].status, MemberStatus::Suspect { .. }), "equal incarnation loses");
+        m.apply(Time(22), Update::Alive { member: x, incarnation: Incarnation(0) });
+        assert!(matches!(m.members[&x].status, MemberStatus::Suspect { .. }), "stale ALIVE loses");
+        m.apply(Time(23), Update::Alive { member: x, incarnation: Incarnation(2) });
+        assert_eq!(m.members[&x].status, MemberStatus::Alive);
+        assert_eq!(m.members[&x].incarnation, Incarnation(2));
+    }
+
+    #[test]
+    fn a_suspicion_of_self_is_refuted_with_a_higher_incarnation() {
+        let mut m = introducer();
+        let me = m.me();
+        m.apply(Time(5), Update::Suspect { member: me, incarnation: Incarnation(0) });
+        assert_eq!(m.incarnation(), Incarnation(1));
+        let (out, events) = drain(&mut m);
+        assert!(events.contains(&MembershipEvent::SelfRefuted { incarnation: Incarnation(1) }));
+        // A stale accusation (older incarnation) is ignored.
+        m.apply(Time(6), Update::Suspect { member: me, incarnation: Incarnation(0) });
+        assert_eq!(m.incarnation(), Incarnation(1));
+        assert!(out.is_empty() || out.iter().all(|o| o.channel == Channel::Datagram));
+    }
+
+    #[test]
+    fn a_removed_id_is_never_readded_and_a_newer_process_supersedes_an_older() {
+        let mut m = introducer();
+        let old = MemberId::new(addr(2), 5);
+        admit(&mut m, old);
+        m.apply(Time(30), Update::Failed { member: old });
+        assert!(!m.contains(&old));
+        m.apply(Time(31), Update::Alive { member: old, incarnation: Incarnation(9) });
+        assert!(!m.contains(&old), "the tombstone holds");
+        let newer = MemberId::new(addr(2), 50);
+        m.apply(Time(32), Update::Alive { member: newer, incarnation: Incarnation(0) });
+        assert!(m.contains(&newer));
+        let older = MemberId::new(addr(2), 40);
+        m.apply(Time(33), Update::Alive { member: older, incarnation: Incarnation(0) });
+        assert!(!m.contains(&older), "an older process at a held address is stale");
+    }
+
+    #[test]
+    fn piggybacked_datagrams_never_exceed_the_limit() {
+        let mut m = introducer();
+        for port in 2..400 {
+            admit(&mut m, MemberId::new(addr(port), port as u64));
+        }
+        drain(&mut m);
+        for t in 1..30 {
+            m.handle_timeout(Time(t * 1000));
+            let (out, _) = drain(&mut m);
+            for o in out.iter().filter(|o| o.channel == Channel::Datagram) {
+                let size = 40 + payload_size(&m.me()) + 4 + payload_size(&o.msg);
+                assert!(size <= m.config().max_datagram_bytes, "{size} bytes");
+            }
+        }
     }
 }

@@ -1,0 +1,113 @@
+//! `rainstorm bench <what>`: benchmarks measured in the deterministic simulator, printed as tables.
+//!
+//! * [`membership`]: SWIM failure detection: detection time, false failures under loss, traffic
+//!   per member as the cluster grows, the simulator's own speed, and the `foca` library under the
+//!   same network and faults (with the `compare-foca` feature, on by default).
+//!
+//! Every simulated figure comes from fixed seeds, so it replays exactly; only wall-clock times
+//! vary between machines and runs.
+//!
+//! * [`cluster_membership`]: the same questions on a real 10-process loopback cluster; these
+//!   figures come from real processes and vary from run to run.
+
+mod cluster_membership;
+#[cfg(feature = "compare-foca")]
+mod foca_actor;
+mod membership;
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Benchmark {
+    /// SWIM membership: detection time, false failures, traffic per member, simulator speed.
+    Membership,
+    /// Membership on a real 10-process loopback cluster: bytes/s, kill -9 detection, false failures.
+    ClusterMembership,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Which benchmark to run.
+    what: Benchmark,
+    /// Run every part at about a tenth of its scale (a smoke test).
+    #[arg(long)]
+    quick: bool,
+    /// Simulated cluster-hours per cell of the false-failure part at loss up to 5%; the cells at
+    /// 10% and 20% loss get a fifth of that [default: 50, or 5 with --quick].
+    #[arg(long, value_name = "N", value_parser = parse_hours, allow_negative_numbers = true)]
+    hours: Option<f64>,
+}
+
+/// How large a benchmark run is.
+#[derive(Clone, Copy, Debug)]
+pub struct Scale {
+    pub quick: bool,
+    pub hours: Option<f64>,
+}
+
+pub fn run(args: BenchArgs) -> Result<ExitCode> {
+    let scale = Scale { quick: args.quick, hours: args.hours };
+    match args.what {
+        Benchmark::Membership => membership::run(scale)?,
+        Benchmark::ClusterMembership => cluster_membership::run(scale.quick)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_hours(s: &str) -> Result<f64, String> {
+    let h: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of hours"))?;
+    if !h.is_finite() || h <= 0.0 || h > 100_000.0 {
+        return Err(format!("cluster-hours must be more than 0 and at most 100000, not {s}"));
+    }
+    Ok(h)
+}
+
+/// Runs `f` on every job, on as many threads as the machine has cores, and returns the results
+/// in job order. Each simulated run is deterministic, so the results do not depend on threading.
+pub fn parallel_map<J: Send, R: Send>(jobs: Vec<J>, f: impl Fn(J) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(jobs.len()).max(1);
+    let count = jobs.len();
+    let jobs: Vec<Mutex<Option<J>>> = jobs.into_iter().map(|j| Mutex::new(Some(j))).collect();
+    let results: Vec<Mutex<Option<R>>> = (0..count).map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    break;
+                }
+                let job = jobs[i].lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(job) = job {
+                    let r = f(job);
+                    *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+                }
+            });
+        }
+    });
+    results.into_iter().filter_map(|r| r.into_inner().unwrap_or_else(|e| e.into_inner())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_map_keeps_job_order() {
+        let out = parallel_map((0..100u64).collect(), |x| x * x);
+        assert_eq!(out, (0..100u64).map(|x| x * x).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn hours_must_be_a_positive_number() {
+        assert_eq!(parse_hours("2.5"), Ok(2.5));
+        assert!(parse_hours("0").is_err());
+        assert!(parse_hours("-1").is_err());
+        assert!(parse_hours("lots").unwrap_err().contains("not a number"));
+        assert!(parse_hours("inf").is_err());
+    }
+}

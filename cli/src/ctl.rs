@@ -1,0 +1,72 @@
+//! `rainstorm ctl <node> <command...>`: gives a running node one console command through its
+//! control socket. Prints the node's answer; exits 0 if the command succeeded, 1 if the node
+//! refused it, 2 if the node could not be reached.
+
+use clap::Args;
+use rainstorm_runtime::control;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Args, Debug)]
+pub struct CtlArgs {
+    /// The node: its control socket, its data dir, or a node name of `rainstorm cluster`
+    /// (`node0` is the introducer, `node1`... the members).
+    pub node: String,
+    /// The command and its arguments, e.g. `list_mem` or `disable_sus`.
+    #[arg(required = true, trailing_var_arg = true)]
+    pub command: Vec<String>,
+    /// Where `rainstorm cluster` keeps its nodes.
+    #[arg(long, default_value = "rainstorm-cluster")]
+    pub cluster_dir: PathBuf,
+}
+
+/// Finds the control socket for a node given as a socket, a data dir or a cluster node name.
+pub fn resolve_socket(node: &str, cluster_dir: &Path) -> Result<PathBuf, String> {
+    let path = Path::new(node);
+    if path.is_dir() {
+        return Ok(control::socket_path(path));
+    }
+    if path.exists() {
+        return Ok(path.to_path_buf());
+    }
+    let in_cluster = cluster_dir.join(node);
+    if in_cluster.is_dir() {
+        return Ok(control::socket_path(&in_cluster));
+    }
+    Err(format!(
+        "no node `{node}`: not a control socket, not a data dir, and not a node under {}",
+        cluster_dir.display()
+    ))
+}
+
+pub fn run(args: CtlArgs) -> ExitCode {
+    let socket = match resolve_socket(&args.node, &args.cluster_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let line = args.command.join(" ");
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(control::request(&socket, &line)) {
+        Ok(reply) if reply.ok => {
+            print!("{}", reply.output);
+            ExitCode::SUCCESS
+        }
+        Ok(reply) => {
+            eprint!("error: {}", reply.output);
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("error: cannot reach the node at {}: {e}", socket.display());
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! `member` and `introducer`: one node process with a console on stdin and a control socket.
+//!
+//! Startup problems (a bad config, a port in use, an introducer that does not admit us) end the
+//! process with one line naming the cause and a non-zero exit. SIGINT and SIGTERM leave the group
+//! gracefully (the others report a leave, not a failure) before the process exits.
+
+use clap::Parser;
+use rainstorm_core::membership::{MembershipEvent, Role};
+use rainstorm_core::node::NodeEvent;
+use rainstorm_runtime::config::{ConfigInput, TimingsInput};
+use rainstorm_runtime::driver::NodeHandle;
+use rainstorm_runtime::{control, driver, logging};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio::io::AsyncBufReadExt;
+
+/// A RainStorm node. Flags override the config file; see config/member.example.toml.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None, after_help = CONSOLE_HELP)]
+pub struct NodeArgs {
+    /// TOML config file (flags given here override it).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// UDP and TCP listen address, e.g. 0.0.0.0:7001.
+    #[arg(long)]
+    pub bind: Option<SocketAddr>,
+    /// Address other nodes reach this node at (default: --bind).
+    #[arg(long)]
+    pub advertise: Option<SocketAddr>,
+    /// The introducer's address (members only).
+    #[arg(long)]
+    pub introducer: Option<SocketAddr>,
+    /// Directory for the log file and the control socket.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Start in PingAck+S (`on`) or PingAck (`off`) mode.
+    #[arg(long, value_parser = ["on", "off"])]
+    pub suspicion: Option<String>,
+    /// Shared secret: every frame is authenticated with HMAC-SHA256 under it.
+    #[arg(long, env = "RAINSTORM_CLUSTER_KEY", hide_env_values = true)]
+    pub cluster_key: Option<String>,
+    /// Drop this fraction (0..1) of outgoing datagrams, for experiments.
+    #[arg(long)]
+    pub drop_rate: Option<f64>,
+    /// Protocol period in ms (one probe per period).
+    #[arg(long)]
+    pub period_ms: Option<u64>,
+    /// Direct ping timeout in ms.
+    #[arg(long)]
+    pub ping_timeout_ms: Option<u64>,
+    /// Suspicion timeout in ms.
+    #[arg(long)]
+    pub suspicion_timeout_ms: Option<u64>,
+    /// Anti-entropy sync interval in ms.
+    #[arg(long)]
+    pub sync_interval_ms: Option<u64>,
+    /// Do not read commands from stdin (the control socket still works).
+    #[arg(long)]
+    pub no_console: bool,
+}
+
+const CONSOLE_HELP: &str = "Console commands (stdin, or `rainstorm ctl <data-dir> <command>`):
+  list_mem, list_self, join, leave, enable_sus, disable_sus, status_sus, list_suspected, stats, help";
+
+impl NodeArgs {
+    fn input(&self) -> ConfigInput {
+        ConfigInput {
+            bind: self.bind,
+            advertise: self.advertise,
+            introducer: self.introducer,
+            data_dir: self.data_dir.clone(),
+            suspicion: self.suspicion.as_deref().map(|s| s == "on"),
+            cluster_key: self.cluster_key.clone(),
+            drop_rate: self.drop_rate,
+            timings: TimingsInput {
+                protocol_period_ms: self.period_ms,
+                ping_timeout_ms: self.ping_timeout_ms,
+                suspicion_timeout_ms: self.suspicion_timeout_ms,
+                sync_interval_ms: self.sync_interval_ms,
+                ..TimingsInput::default()
+            },
+        }
+    }
+}
+
+/// Entry point of the `member` and `introducer` binaries.
+pub fn main(role: Role) -> ExitCode {
+    let args = NodeArgs::parse();
+    let flags = args.input();
+    let input = match &args.config {
+        Some(path) => match ConfigInput::from_file(path) {
+            Ok(file) => flags.or(file),
+            Err(e) => return fail(&e.to_string(), 2),
+        },
+        None => flags,
+    };
+    let cfg = match input.resolve(role) {
+        Ok(cfg) => cfg,
+        Err(e) => return fail(&e.to_string(), 2),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}"), 1),
+    };
+    runtime.block_on(run(role, cfg, !args.no_console))
+}
+
+fn fail(message: &str, code: u8) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(code)
+}
+
+async fn run(role: Role, cfg: rainstorm_runtime::config::RuntimeConfig, console: bool) -> ExitCode {
+    let name = match role {
+        Role::Introducer => "introducer",
+        Role::Member => "member",
+    };
+    let log = match logging::init(&cfg.data_dir, &format!("{name}.log")) {
+        Ok(path) => path,
+        Err(e) => return fail(&format!("cannot open the log in {}: {e}", cfg.data_dir.display()), 1),
+    };
+    let join_wait = Duration::from_millis(
+        (cfg.membership.join_attempts as u64 + 1) * cfg.membership.join_retry.0 + 3_000,
+    );
+    let started = match driver::start(cfg).await {
+        Ok(s) => s,
+        Err(e) => return fail(&e.to_string(), 1),
+    };
+    let handle = started.handle.clone();
+    let mut events = started.events;
+    let socket = match control::serve(handle.clone()) {
+        Ok(p) => p,
+        Err(e) => return fail(&format!("cannot create the control socket: {e}"), 1),
+    };
+    if role == Role::Member {
+        match wait_for_join(&mut events, join_wait).await {
+            Ok(line) => println!("{line}"),
+            Err(reason) => return fail(&format!("cannot join: {reason}"), 1),
+        }
+    }
+    println!(
+        "{name} {} ready; log {}; control socket {}; type `help` for commands",
+        handle.advertise,
+        log.display(),
+        socket.display()
+    );
+    tokio::spawn(print_events(events));
+    if console {
+        tokio::spawn(console_loop(handle.clone()));
+    }
+    wait_for_signal().await;
+    println!("leaving the group...");
+    handle.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_join(
+    events: &mut tokio::sync::broadcast::Receiver<NodeEvent>,
+    wait: Duration,
+) -> Result<String, String> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let event = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .map_err(|_| format!("no answer from the introducer within {} s", wait.as_secs()))?;
+        match event {
+            Ok(NodeEvent::Membership(MembershipEvent::SelfJoined { id, members })) => {
+                return Ok(format!("joined as {id}; {} members", members + 1))
+            }
+            Ok(NodeEvent::Membership(MembershipEvent::JoinFailed { reason })) => return Err(reason),
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Prints what a console user must see at once (a new suspicion above all).
+async fn print_events(mut events: tokio::sync::broadcast::Receiver<NodeEvent>) {
+    loop {
+        let event = match events.recv().await {
+            Ok(e) => e,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(_) => return,
+        };
+        let NodeEvent::Membership(e) = event;
+        let line = match e {
+            MembershipEvent::MemberSuspected { member, incarnation } => {
+                format!("SUS {member} (incarnation {incarnation})")
+            }
+            MembershipEvent::MemberFailed { member, cause } => format!("DEL {member} ({cause:?})"),
+            MembershipEvent::MemberLeft { member } => format!("LEFT {member}"),
+            MembershipEvent::MemberJoined { member } => format!("NEW {member}"),
+            MembershipEvent::MemberAlive { member, incarnation } => {
+                format!("ALIVE {member} (incarnation {incarnation})")
+            }
+            MembershipEvent::ModeChanged { suspicion } => {
+                format!("suspicion {}", if suspicion { "enabled" } else { "disabled" })
+            }
+            MembershipEvent::SelfDeclaredFailed { old } => {
+                format!("this node ({old}) was declared failed; rejoining as a new member")
+            }
+            MembershipEvent::SelfJoined { id, .. } => format!("joined as {id}"),
+            MembershipEvent::JoinFailed { reason } => format!("join failed: {reason}"),
+            MembershipEvent::SelfRefuted { incarnation } => {
+                format!("refuted a suspicion (incarnation {incarnation})")
+            }
+            MembershipEvent::SelfLeft { id } => format!("left the group as {id}"),
+        };
+        println!("{line}");
+    }
+}
+
+async fn console_loop(handle: NodeHandle) {
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let reply = handle.command(&line).await;
+        if reply.ok {
+            print!("{}", reply.output);
+        } else {
+            print!("error: {}", reply.output);
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,211 @@
+//! Membership on real processes and sockets: `introducer` and `member` binaries on loopback,
+//! driven through their control sockets. Timings use a 200 ms protocol period so the suite is
+//! quick; every bound below is the one derived for that period, with room for a loaded machine.
+
+use rainstorm_cli::cluster::{parse_member_ids, ClusterArgs, LocalCluster};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const PERIOD_MS: u64 = 200;
+
+fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_member")).parent().expect("bin dir").to_path_buf()
+}
+
+fn args(name: &str, nodes: u16, base_port: u16) -> ClusterArgs {
+    let dir = std::env::temp_dir().join(format!("rainstorm-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    ClusterArgs {
+        nodes,
+        base_port,
+        dir,
+        suspicion: "on".into(),
+        period_ms: PERIOD_MS,
+        drop_rate: 0.0,
+        cluster_key: None,
+        demo: false,
+        for_secs: None,
+    }
+}
+
+fn start(name: &str, nodes: u16, base_port: u16) -> LocalCluster {
+    LocalCluster::start(args(name, nodes, base_port), bin_dir()).expect("cluster starts")
+}
+
+/// Each member alone detects a crash within (2(n−1)+2) periods plus the suspicion timeout
+/// (3 periods here); gossip makes it much faster. Twice that leaves room for a loaded machine.
+fn detection_bound(nodes: u16) -> Duration {
+    let periods = 2 * (nodes as u64 - 1) + 2 + 3;
+    Duration::from_millis(2 * periods * PERIOD_MS)
+}
+
+fn self_id(c: &LocalCluster, i: u16) -> String {
+    c.ctl(i, "list_self").expect("list_self").split_whitespace().next().expect("id").to_string()
+}
+
+fn log_of(c: &LocalCluster, i: u16) -> String {
+    let name = if i == 0 { "introducer.log" } else { "member.log" };
+    std::fs::read_to_string(c.data_dir(i).join(name)).unwrap_or_default()
+}
+
+#[test]
+fn ten_processes_form_a_cluster_and_drop_two_killed_members() {
+    let mut c = start("kill", 10, 17_100);
+    for i in 0..10 {
+        assert_eq!(c.members_of(i).unwrap().len(), 10, "node {i} lists everyone");
+    }
+    let victims: BTreeSet<String> = [8, 9].iter().map(|&v| self_id(&c, v)).collect();
+    c.kill(8).unwrap();
+    c.kill(9).unwrap();
+    let took = c
+        .wait_until(detection_bound(10), |c| {
+            Ok((0..8).all(|i| c.members_of(i).map(|m| m.is_disjoint(&victims)).unwrap_or(false)))
+        })
+        .expect("every member drops both killed members within the bound");
+    println!("two kill -9s left every list after {took:?}");
+    // Failures are logged as such, one line each, where grep finds them.
+    assert!(log_of(&c, 1).contains("event=\"failed\""));
+}
+
+#[test]
+fn a_killed_member_restarted_on_its_address_rejoins_as_a_new_id() {
+    let mut c = start("restart", 5, 17_200);
+    let old = self_id(&c, 3);
+    c.kill(3).unwrap();
+    c.spawn(3).unwrap();
+    c.wait_for_socket(3, Duration::from_secs(10)).unwrap();
+    let new = self_id(&c, 3);
+    assert_ne!(old, new);
+    assert_eq!(old.split('#').next(), new.split('#').next(), "same address");
+    c.wait_until(detection_bound(5), |c| {
+        Ok((0..5)
+            .filter(|&i| i != 3)
+            .all(|i| c.members_of(i).map(|m| m.contains(&new) && !m.contains(&old)).unwrap_or(false)))
+    })
+    .expect("everyone lists the new id and not the old");
+}
+
+#[test]
+fn leave_is_reported_as_leave_not_failure() {
+    let c = start("leave", 5, 17_300);
+    let leaver = self_id(&c, 2);
+    c.ctl(2, "leave").unwrap();
+    c.wait_until(detection_bound(5), |c| {
+        Ok([0, 1, 3, 4].iter().all(|&i| c.members_of(i).map(|m| !m.contains(&leaver)).unwrap_or(false)))
+    })
+    .expect("the leave reaches everyone");
+    for i in [0, 1, 3, 4] {
+        let log = log_of(&c, i);
+        assert!(log.contains(&format!("LEFT {leaver}")), "node {i} logs the leave");
+        assert!(!log.contains(&format!("DEL {leaver}")), "node {i} must not report a failure");
+    }
+    // A left node can join again, as a new member.
+    c.ctl(2, "join").unwrap();
+    c.wait_until(Duration::from_secs(5), |c| Ok(c.members_of(0)?.len() == 5)).expect("rejoins");
+}
+
+#[test]
+fn suspicion_switches_reach_every_member() {
+    let c = start("sus", 5, 17_400);
+    c.ctl(3, "disable_sus").unwrap();
+    c.wait_until(detection_bound(5), |c| {
+        Ok((0..5).all(|i| c.ctl(i, "status_sus").map(|s| s.contains("disabled")).unwrap_or(false)))
+    })
+    .expect("disable_sus reaches everyone");
+    c.ctl(1, "enable_sus").unwrap();
+    c.wait_until(detection_bound(5), |c| {
+        Ok((0..5).all(|i| c.ctl(i, "status_sus").map(|s| s.contains("enabled")).unwrap_or(false)))
+    })
+    .expect("enable_sus reaches everyone");
+}
+
+fn member_command(port: u16, introducer: u16, dir: &Path, key: Option<&str>) -> Command {
+    let mut cmd = Command::new(bin_dir().join("member"));
+    cmd.args(["--bind", &format!("127.0.0.1:{port}"), "--introducer", &format!("127.0.0.1:{introducer}")])
+        .arg("--data-dir")
+        .arg(dir)
+        .args([
+            "--no-console",
+            "--period-ms",
+            "200",
+            "--ping-timeout-ms",
+            "60",
+            "--suspicion-timeout-ms",
+            "600",
+        ]);
+    match key {
+        Some(k) => cmd.env("RAINSTORM_CLUSTER_KEY", k),
+        None => cmd.env_remove("RAINSTORM_CLUSTER_KEY"),
+    };
+    cmd.stdin(std::process::Stdio::null());
+    cmd
+}
+
+#[test]
+fn a_member_with_the_wrong_cluster_key_is_not_admitted() {
+    let mut a = args("key", 3, 17_500);
+    a.cluster_key = Some("the right key, long enough".into());
+    let c = LocalCluster::start(a, bin_dir()).expect("keyed cluster starts");
+    let dir = c.args.dir.join("intruder");
+    let out = member_command(17_510, 17_500, &dir, Some("a wrong key, long enough")).output().unwrap();
+    assert!(!out.status.success(), "the intruder must not start as a member");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot join"), "clear error, got: {stderr}");
+    assert!(stderr.contains("cluster key"), "the error hints at the key: {stderr}");
+    assert_eq!(c.members_of(0).unwrap().len(), 3, "the intruder is not listed");
+    let stats = c.ctl(0, "stats").unwrap();
+    assert!(stats.contains("frames_rejected.bad_tag"), "rejections are counted: {stats}");
+}
+
+#[test]
+fn joins_fail_clearly_while_the_introducer_is_down_and_work_after_it_returns() {
+    let mut c = start("intro", 4, 17_600);
+    c.kill(0).unwrap();
+    let dir = c.args.dir.join("latecomer");
+    let out = member_command(17_610, 17_600, &dir, None).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot join") && stderr.contains("127.0.0.1:17600"), "got: {stderr}");
+    // Members keep working without the introducer.
+    assert!(c.members_of(1).unwrap().len() >= 3);
+    c.spawn(0).unwrap();
+    c.wait_for_socket(0, Duration::from_secs(10)).unwrap();
+    let mut late = member_command(17_610, 17_600, &dir, None).spawn().unwrap();
+    let joined = c.wait_until(detection_bound(5) * 2, |c| Ok(c.members_of(0)?.len() == 5));
+    let _ = late.kill();
+    let _ = late.wait();
+    joined.expect("after the introducer restarts, the old members and the newcomer are all listed");
+}
+
+#[test]
+fn console_commands_reject_bad_input_with_clear_errors() {
+    let c = start("console", 2, 17_700);
+    let err = c.ctl(1, "lst_mem").unwrap_err().to_string();
+    assert!(err.contains("unknown command"), "{err}");
+    let members = c.ctl(1, "list_mem").unwrap();
+    assert_eq!(parse_member_ids(&members).len(), 2);
+    assert!(c.ctl(1, "help").unwrap().contains("list_suspected"));
+}
+
+#[test]
+fn a_port_in_use_or_a_bad_config_ends_with_one_clear_line() {
+    let c = start("port", 2, 17_800);
+    let dir = c.args.dir.join("dup");
+    let out = member_command(17_801, 17_800, &dir, None).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot bind") && stderr.contains("17801"), "got: {stderr}");
+
+    let bad = c.args.dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "bind = \"127.0.0.1:17899\"\nintroducer = \"127.0.0.1:17800\"\n[timings]\nping_timeout_ms = 5000\n",
+    )
+    .unwrap();
+    let out = Command::new(bin_dir().join("member")).arg("--config").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ping_timeout"), "names the field: {stderr}");
+}

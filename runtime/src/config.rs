@@ -1,0 +1,237 @@
+//! Node configuration: a TOML file and command-line flags, flags winning. Every problem is
+//! reported as one line naming the field (`config field `timings.ping_timeout_ms`: ...`).
+//!
+//! ```toml
+//! bind = "0.0.0.0:7001"          # UDP and TCP listen address
+//! advertise = "10.0.0.5:7001"    # the address others reach this node at (default: bind)
+//! introducer = "10.0.0.1:7000"   # members only
+//! data_dir = "/var/lib/rainstorm" # logs and the control socket
+//! suspicion = true               # start in PingAck+S (switchable at run time)
+//! cluster_key = "a long secret"  # optional: HMAC-SHA256 on every frame
+//! drop_rate = 0.0                # experiments: drop this fraction of outgoing datagrams
+//!
+//! [timings]
+//! protocol_period_ms = 1000
+//! ping_timeout_ms = 300
+//! indirect_probes = 3
+//! suspicion_timeout_ms = 3000
+//! retransmit_mult = 3
+//! sync_interval_ms = 10000
+//! join_attempts = 3
+//! join_retry_ms = 1000
+//! ```
+
+use rainstorm_core::membership::{MembershipConfig, Role};
+use rainstorm_core::Millis;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Settings as written in a file or given as flags: everything optional, merged, then checked.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigInput {
+    pub bind: Option<SocketAddr>,
+    pub advertise: Option<SocketAddr>,
+    pub introducer: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub suspicion: Option<bool>,
+    pub cluster_key: Option<String>,
+    pub drop_rate: Option<f64>,
+    #[serde(default)]
+    pub timings: TimingsInput,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimingsInput {
+    pub protocol_period_ms: Option<u64>,
+    pub ping_timeout_ms: Option<u64>,
+    pub indirect_probes: Option<usize>,
+    pub suspicion_timeout_ms: Option<u64>,
+    pub retransmit_mult: Option<u32>,
+    pub sync_interval_ms: Option<u64>,
+    pub join_attempts: Option<u32>,
+    pub join_retry_ms: Option<u64>,
+}
+
+/// A checked configuration.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    pub role: Role,
+    pub bind: SocketAddr,
+    pub advertise: SocketAddr,
+    pub introducer: SocketAddr,
+    pub data_dir: PathBuf,
+    pub membership: MembershipConfig,
+    pub cluster_key: Option<String>,
+    pub drop_rate: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config field `{field}`: {message}")]
+    Field { field: &'static str, message: String },
+}
+
+fn field(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Field { field, message: message.into() }
+}
+
+impl ConfigInput {
+    pub fn from_file(path: &Path) -> Result<ConfigInput, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string().lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join(" "),
+        })
+    }
+
+    /// `self` with every unset field taken from `fallback`.
+    pub fn or(self, fallback: ConfigInput) -> ConfigInput {
+        let t = self.timings;
+        let f = fallback.timings;
+        ConfigInput {
+            bind: self.bind.or(fallback.bind),
+            advertise: self.advertise.or(fallback.advertise),
+            introducer: self.introducer.or(fallback.introducer),
+            data_dir: self.data_dir.or(fallback.data_dir),
+            suspicion: self.suspicion.or(fallback.suspicion),
+            cluster_key: self.cluster_key.or(fallback.cluster_key),
+            drop_rate: self.drop_rate.or(fallback.drop_rate),
+            timings: TimingsInput {
+                protocol_period_ms: t.protocol_period_ms.or(f.protocol_period_ms),
+                ping_timeout_ms: t.ping_timeout_ms.or(f.ping_timeout_ms),
+                indirect_probes: t.indirect_probes.or(f.indirect_probes),
+                suspicion_timeout_ms: t.suspicion_timeout_ms.or(f.suspicion_timeout_ms),
+                retransmit_mult: t.retransmit_mult.or(f.retransmit_mult),
+                sync_interval_ms: t.sync_interval_ms.or(f.sync_interval_ms),
+                join_attempts: t.join_attempts.or(f.join_attempts),
+                join_retry_ms: t.join_retry_ms.or(f.join_retry_ms),
+            },
+        }
+    }
+
+    /// Checks and completes the settings for a node of `role`.
+    pub fn resolve(self, role: Role) -> Result<RuntimeConfig, ConfigError> {
+        let bind = self.bind.ok_or_else(|| field("bind", "required (the UDP/TCP listen address)"))?;
+        let advertise = match self.advertise {
+            Some(a) if a.ip().is_unspecified() => {
+                return Err(field("advertise", format!("{a} is not an address others can reach")))
+            }
+            Some(a) => a,
+            None if bind.ip().is_unspecified() => {
+                return Err(field("advertise", format!("required when bind is {bind}")))
+            }
+            None => bind,
+        };
+        if advertise.port() != bind.port() {
+            return Err(field("advertise", "must use the same port as bind"));
+        }
+        let introducer = match (role, self.introducer) {
+            (Role::Introducer, _) => advertise,
+            (Role::Member, Some(i)) => i,
+            (Role::Member, None) => return Err(field("introducer", "required for a member")),
+        };
+        let data_dir =
+            self.data_dir.unwrap_or_else(|| PathBuf::from(format!("rainstorm-data/{}", bind.port())));
+        let drop_rate = self.drop_rate.unwrap_or(0.0);
+        if !(0.0..=1.0).contains(&drop_rate) {
+            return Err(field("drop_rate", format!("{drop_rate} is not between 0 and 1")));
+        }
+        if let Some(key) = &self.cluster_key {
+            if key.len() < 8 {
+                return Err(field("cluster_key", "must be at least 8 characters"));
+            }
+        }
+        let t = self.timings;
+        let base = MembershipConfig::lan();
+        let ms = |v: Option<u64>, d: Millis| v.map(Millis).unwrap_or(d);
+        let membership = MembershipConfig {
+            protocol_period: ms(t.protocol_period_ms, base.protocol_period),
+            ping_timeout: ms(t.ping_timeout_ms, base.ping_timeout),
+            indirect_probes: t.indirect_probes.unwrap_or(base.indirect_probes),
+            suspicion_timeout: ms(t.suspicion_timeout_ms, base.suspicion_timeout),
+            retransmit_mult: t.retransmit_mult.unwrap_or(base.retransmit_mult),
+            sync_interval: ms(t.sync_interval_ms, base.sync_interval),
+            join_attempts: t.join_attempts.unwrap_or(base.join_attempts),
+            join_retry: ms(t.join_retry_ms, base.join_retry),
+            suspicion_at_start: self.suspicion.unwrap_or(base.suspicion_at_start),
+            ..base
+        };
+        membership.validate().map_err(|m| ConfigError::Field { field: "timings", message: m })?;
+        Ok(RuntimeConfig {
+            role,
+            bind,
+            advertise,
+            introducer,
+            data_dir,
+            membership,
+            cluster_key: self.cluster_key,
+            drop_rate,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ConfigInput, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn example_config_resolves() {
+        let text = include_str!("../../config/member.example.toml");
+        let cfg = parse(text).unwrap().resolve(Role::Member).unwrap();
+        assert_eq!(cfg.membership.protocol_period, Millis(1000));
+        assert_eq!(cfg.introducer, "127.0.0.1:7000".parse().unwrap());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = parse("bind = \"127.0.0.1:1\"\nbogus = 3").unwrap_err();
+        assert!(e.contains("bogus"), "{e}");
+        let e = parse("bind = \"not an address\"").unwrap_err();
+        assert!(e.contains("bind"), "{e}");
+        let e = ConfigInput { bind: Some("0.0.0.0:7001".parse().unwrap()), ..Default::default() }
+            .resolve(Role::Member)
+            .unwrap_err();
+        assert!(e.to_string().contains("`advertise`"), "{e}");
+        let e = ConfigInput { bind: Some("127.0.0.1:7001".parse().unwrap()), ..Default::default() }
+            .resolve(Role::Member)
+            .unwrap_err();
+        assert!(e.to_string().contains("`introducer`"), "{e}");
+        let e = ConfigInput {
+            bind: Some("127.0.0.1:7001".parse().unwrap()),
+            drop_rate: Some(1.5),
+            ..Default::default()
+        }
+        .resolve(Role::Introducer)
+        .unwrap_err();
+        assert!(e.to_string().contains("`drop_rate`"), "{e}");
+        let mut input = ConfigInput { bind: Some("127.0.0.1:7001".parse().unwrap()), ..Default::default() };
+        input.timings.ping_timeout_ms = Some(5000);
+        let e = input.resolve(Role::Introducer).unwrap_err();
+        assert!(e.to_string().contains("ping_timeout"), "{e}");
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let flags = ConfigInput { bind: Some("127.0.0.1:9".parse().unwrap()), ..Default::default() };
+        let file = ConfigInput {
+            bind: Some("127.0.0.1:8".parse().unwrap()),
+            suspicion: Some(false),
+            ..Default::default()
+        };
+        let merged = flags.or(file);
+        assert_eq!(merged.bind.unwrap().port(), 9);
+        assert_eq!(merged.suspicion, Some(false));
+    }
+}
