@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use rainstorm_runtime::control;
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -58,19 +58,19 @@ pub struct NodeProcess {
 pub struct LocalCluster {
     pub args: ClusterArgs,
     pub nodes: Vec<NodeProcess>,
-    bin_dir: PathBuf,
+    /// The `rainstorm` executable: nodes run as `rainstorm member ...` / `rainstorm introducer ...`.
+    tool: PathBuf,
 }
 
 impl LocalCluster {
     /// Starts the introducer, then every member, and waits until the introducer lists them all.
-    pub fn start(args: ClusterArgs, bin_dir: PathBuf) -> Result<LocalCluster> {
-        for bin in ["member", "introducer"] {
-            if !bin_dir.join(bin).exists() {
-                bail!("{} not found next to this program; build it with `cargo build --release`", bin);
-            }
+    /// `tool` is the `rainstorm` executable that runs each node.
+    pub fn start(args: ClusterArgs, tool: PathBuf) -> Result<LocalCluster> {
+        if !tool.exists() {
+            bail!("{} not found", tool.display());
         }
         std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
-        let mut cluster = LocalCluster { args, nodes: Vec::new(), bin_dir };
+        let mut cluster = LocalCluster { args, nodes: Vec::new(), tool };
         cluster.spawn(0)?;
         cluster.wait_for_socket(0, Duration::from_secs(10))?;
         for i in 1..cluster.args.nodes {
@@ -101,8 +101,9 @@ impl LocalCluster {
         std::fs::create_dir_all(&data_dir)?;
         let _ = std::fs::remove_file(control::socket_path(&data_dir));
         let bin = if index == 0 { "introducer" } else { "member" };
-        let mut cmd = Command::new(self.bin_dir.join(bin));
-        cmd.arg("--bind")
+        let mut cmd = Command::new(&self.tool);
+        cmd.arg(bin)
+            .arg("--bind")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
             .arg(&data_dir)
@@ -113,11 +114,7 @@ impl LocalCluster {
             cmd.arg("--introducer").arg(format!("127.0.0.1:{}", self.args.base_port));
         }
         if self.args.period_ms != 1000 {
-            let p = self.args.period_ms;
-            cmd.arg("--period-ms").arg(p.to_string());
-            cmd.arg("--ping-timeout-ms").arg((p * 3 / 10).max(1).to_string());
-            cmd.arg("--suspicion-timeout-ms").arg((p * 3).to_string());
-            cmd.arg("--sync-interval-ms").arg((p * 10).to_string());
+            cmd.args(timing_flags(self.args.period_ms));
         }
         if self.args.drop_rate > 0.0 {
             cmd.arg("--drop-rate").arg(self.args.drop_rate.to_string());
@@ -234,6 +231,22 @@ fn send_sigterm(pid: u32) {
     let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
 }
 
+/// Node flags for a protocol period other than the default 1 s, keeping the defaults'
+/// proportions: ping timeout 0.3 periods, suspicion timeout 3 periods, sync every 10 periods.
+pub fn timing_flags(period_ms: u64) -> Vec<String> {
+    let p = period_ms.max(1);
+    vec![
+        "--period-ms".into(),
+        p.to_string(),
+        "--ping-timeout-ms".into(),
+        (p * 3 / 10).max(1).to_string(),
+        "--suspicion-timeout-ms".into(),
+        (p * 3).to_string(),
+        "--sync-interval-ms".into(),
+        (p * 10).to_string(),
+    ]
+}
+
 /// Member ids from `list_mem` output (rows like `  127.0.0.1:7001#1700000000000  0  alive`).
 pub fn parse_member_ids(list_mem: &str) -> BTreeSet<String> {
     list_mem
@@ -244,10 +257,9 @@ pub fn parse_member_ids(list_mem: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// The `rainstorm` binary's directory, where `member` and `introducer` are built too.
-pub fn sibling_bin_dir() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating this program")?;
-    exe.parent().map(Path::to_path_buf).ok_or_else(|| anyhow!("this program has no directory"))
+/// This program, which runs the nodes of a local cluster.
+pub fn this_tool() -> Result<PathBuf> {
+    std::env::current_exe().context("locating this program")
 }
 
 pub fn run(args: ClusterArgs) -> Result<ExitCode> {
@@ -261,7 +273,7 @@ pub fn run(args: ClusterArgs) -> Result<ExitCode> {
         args.base_port + args.nodes - 1
     );
     let started = Instant::now();
-    let mut cluster = LocalCluster::start(args, sibling_bin_dir()?)?;
+    let mut cluster = LocalCluster::start(args, this_tool()?)?;
     println!("cluster formed in {:.1} s:", started.elapsed().as_secs_f64());
     for node in &cluster.nodes {
         let role = if node.index == 0 { "introducer" } else { "member" };

@@ -5,7 +5,8 @@ mod bench;
 mod sim_cmd;
 
 use clap::{Parser, Subcommand};
-use rainstorm_cli::{cluster, ctl};
+use rainstorm_cli::{cluster, ctl, node_cmd};
+use rainstorm_core::membership::Role;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -16,6 +17,9 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[command(
+    after_help = "Run one node with `rainstorm member [OPTIONS]` or `rainstorm introducer [OPTIONS]` (the same as the\n`member` and `introducer` programs; see `rainstorm member --help`)."
+)]
 enum Top {
     /// Start a local cluster: an introducer and members as separate processes on loopback.
     Cluster(cluster::ClusterArgs),
@@ -28,6 +32,22 @@ enum Top {
 }
 
 fn main() -> ExitCode {
+    // `rainstorm member ...` / `rainstorm introducer ...` run a node, exactly as the `member`
+    // and `introducer` binaries do; `rainstorm cluster` starts its nodes this way.
+    let mut args = std::env::args_os();
+    let program = args.next().unwrap_or_default();
+    let first = args.next();
+    let role = match first.as_ref().and_then(|a| a.to_str()) {
+        Some("member") => Some(Role::Member),
+        Some("introducer") => Some(Role::Introducer),
+        _ => None,
+    };
+    if let (Some(role), Some(name)) = (role, first) {
+        let mut display = program;
+        display.push(" ");
+        display.push(name);
+        return node_cmd::main_from(role, std::iter::once(display).chain(args));
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Top::Cluster(args) => cluster::run(args),

@@ -87,7 +87,13 @@ impl NodeArgs {
 
 /// Entry point of the `member` and `introducer` binaries.
 pub fn main(role: Role) -> ExitCode {
-    let args = NodeArgs::parse();
+    main_from(role, std::env::args_os())
+}
+
+/// Runs a node from command-line arguments (the first one is the program name). Also what
+/// `rainstorm member ...` and `rainstorm introducer ...` run.
+pub fn main_from(role: Role, args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
+    let args = NodeArgs::parse_from(args);
     let flags = args.input();
     let input = match &args.config {
         Some(path) => match ConfigInput::from_file(path) {

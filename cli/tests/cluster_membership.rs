@@ -2,7 +2,7 @@
 //! driven through their control sockets. Timings use a 200 ms protocol period so the suite is
 //! quick; every bound below is the one derived for that period, with room for a loaded machine.
 
-use rainstorm_cli::cluster::{parse_member_ids, ClusterArgs, LocalCluster};
+use rainstorm_cli::cluster::{parse_member_ids, timing_flags, ClusterArgs, LocalCluster};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,8 +30,12 @@ fn args(name: &str, nodes: u16, base_port: u16) -> ClusterArgs {
     }
 }
 
+fn tool() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_rainstorm"))
+}
+
 fn start(name: &str, nodes: u16, base_port: u16) -> LocalCluster {
-    LocalCluster::start(args(name, nodes, base_port), bin_dir()).expect("cluster starts")
+    LocalCluster::start(args(name, nodes, base_port), tool()).expect("cluster starts")
 }
 
 /// Each member alone detects a crash within (2(n−1)+2) periods plus the suspicion timeout
@@ -126,15 +130,8 @@ fn member_command(port: u16, introducer: u16, dir: &Path, key: Option<&str>) -> 
     cmd.args(["--bind", &format!("127.0.0.1:{port}"), "--introducer", &format!("127.0.0.1:{introducer}")])
         .arg("--data-dir")
         .arg(dir)
-        .args([
-            "--no-console",
-            "--period-ms",
-            "200",
-            "--ping-timeout-ms",
-            "60",
-            "--suspicion-timeout-ms",
-            "600",
-        ]);
+        .arg("--no-console")
+        .args(timing_flags(PERIOD_MS));
     match key {
         Some(k) => cmd.env("RAINSTORM_CLUSTER_KEY", k),
         None => cmd.env_remove("RAINSTORM_CLUSTER_KEY"),
@@ -147,7 +144,7 @@ fn member_command(port: u16, introducer: u16, dir: &Path, key: Option<&str>) -> 
 fn a_member_with_the_wrong_cluster_key_is_not_admitted() {
     let mut a = args("key", 3, 17_500);
     a.cluster_key = Some("the right key, long enough".into());
-    let c = LocalCluster::start(a, bin_dir()).expect("keyed cluster starts");
+    let c = LocalCluster::start(a, tool()).expect("keyed cluster starts");
     let dir = c.args.dir.join("intruder");
     let out = member_command(17_510, 17_500, &dir, Some("a wrong key, long enough")).output().unwrap();
     assert!(!out.status.success(), "the intruder must not start as a member");

@@ -2,13 +2,14 @@
 //! joined by veth pairs to a bridge this test creates (and removes). Needs root and iproute2;
 //! where the machine forbids namespaces the test says so and is skipped.
 
-use rainstorm_cli::cluster::parse_member_ids;
+use rainstorm_cli::cluster::{parse_member_ids, timing_flags};
 use rainstorm_runtime::control;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const NODES: usize = 3;
+const PERIOD_MS: u64 = 200;
 
 fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
@@ -68,15 +69,8 @@ impl Hosts {
             .args(["--bind", &format!("{}:7000", self.addr(i))])
             .arg("--data-dir")
             .arg(dir.join(format!("node{i}")))
-            .args([
-                "--no-console",
-                "--period-ms",
-                "200",
-                "--ping-timeout-ms",
-                "60",
-                "--suspicion-timeout-ms",
-                "600",
-            ]);
+            .arg("--no-console")
+            .args(timing_flags(PERIOD_MS));
         if i > 0 {
             cmd.args(["--introducer", &format!("{}:7000", self.addr(0))]);
         }

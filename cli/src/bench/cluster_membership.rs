@@ -8,7 +8,7 @@
 //!   counted from the nodes' logs, at drop rates 0/5/10/20% in both modes over a fixed run.
 
 use anyhow::{Context, Result};
-use rainstorm_cli::cluster::{parse_member_ids, sibling_bin_dir, ClusterArgs, LocalCluster};
+use rainstorm_cli::cluster::{parse_member_ids, this_tool, ClusterArgs, LocalCluster};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -40,7 +40,7 @@ fn bytes_sent(c: &LocalCluster, i: u16) -> Result<u64> {
 }
 
 pub fn run(quick: bool) -> Result<()> {
-    let bin = sibling_bin_dir()?;
+    let bin = this_tool()?;
     println!("membership on a real {NODES}-process loopback cluster (1 s period)");
     println!();
 
