@@ -4,7 +4,8 @@
 //!
 //! `--demo` shows failure detection end to end: once the cluster has formed it kills two members
 //! with SIGKILL, watches every other member's list until both are gone, restarts one of them on
-//! the same address (it rejoins as a new member id), and prints a verdict against the bound.
+//! the same address (it rejoins as a new member id), and prints a verdict against the guaranteed
+//! bound ((2(n−1)+2) periods plus the suspicion timeout) and whether the 10-period target was met.
 
 use crate::ctl::resolve_socket;
 use anyhow::{anyhow, bail, Context, Result};
@@ -325,10 +326,13 @@ fn run_demo(cluster: &mut LocalCluster, period: Duration) -> Result<bool> {
         cluster.kill(v)?;
     }
     let survivors: Vec<u16> = (0..n).filter(|i| !victims.contains(i)).collect();
-    let bound = period * 10;
+    // The documented target (10 periods) holds with high probability; the guarantee is that each
+    // member probes every other at least once per 2(n-1) periods, then waits out the suspicion.
+    let target = period * 10;
+    let bound = period * (2 * (n as u32 - 1) + 2) + period * 3;
     let mut first: Option<Duration> = None;
     let mut pending: BTreeSet<u16> = survivors.iter().copied().collect();
-    while !pending.is_empty() && killed_at.elapsed() < bound * 3 {
+    while !pending.is_empty() && killed_at.elapsed() < bound * 2 {
         for &i in pending.clone().iter() {
             let listed = cluster.members_of(i).unwrap_or_default();
             if listed.is_disjoint(&victim_ids) {
@@ -347,7 +351,7 @@ fn run_demo(cluster: &mut LocalCluster, period: Duration) -> Result<bool> {
     cluster.wait_for_socket(victims[0], Duration::from_secs(10))?;
     let new_id = cluster.ctl(victims[0], "list_self")?.split_whitespace().next().unwrap_or("").to_string();
     let rejoined = cluster
-        .wait_until(bound * 2, |c| {
+        .wait_until(target * 2, |c| {
             Ok(survivors.iter().all(|&i| c.members_of(i).map(|m| m.contains(&new_id)).unwrap_or(false)))
         })
         .is_ok();
@@ -358,12 +362,14 @@ fn run_demo(cluster: &mut LocalCluster, period: Duration) -> Result<bool> {
     );
     let within = detected && all <= bound;
     println!(
-        "verdict: {} — both crashes left every list in {:.1} s (bound {} s at a {} ms period){}",
+        "verdict: {} — both crashes left every list in {:.1} s{} (guaranteed bound {} s; target {} s {}) at a {} ms period",
         if within && rejoined { "PASS" } else { "FAIL" },
         all.as_secs_f64(),
+        first.map(|f| format!(", the first list in {:.1} s", f.as_secs_f64())).unwrap_or_default(),
         bound.as_secs(),
+        target.as_secs(),
+        if all <= target { "met" } else { "missed this time: it holds with high probability, not always" },
         period.as_millis(),
-        first.map(|f| format!("; first list after {:.1} s", f.as_secs_f64())).unwrap_or_default()
     );
     Ok(within && rejoined)
 }

@@ -15,7 +15,8 @@ pub fn init(data_dir: &Path, file_name: &str) -> std::io::Result<PathBuf> {
     let path = data_dir.join(file_name);
     let file = OpenOptions::new().create(true).append(true).open(&path)?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let stderr = fmt::layer().with_writer(std::io::stderr).with_target(false);
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let stderr = fmt::layer().with_writer(std::io::stderr).with_ansi(colour).with_target(false);
     let file = fmt::layer().with_writer(Mutex::new(file)).with_ansi(false).with_target(false);
     let _ = tracing_subscriber::registry().with(filter).with(stderr).with(file).try_init();
     Ok(path)
