@@ -108,6 +108,17 @@ fn leave_is_reported_as_leave_not_failure() {
     // A left node can join again, as a new member.
     c.ctl(2, "join").unwrap();
     c.wait_until(Duration::from_secs(5), |c| Ok(c.members_of(0)?.len() == 5)).expect("rejoins");
+    // SIGTERM leaves gracefully too: reported as a leave, not a failure.
+    let stopped = self_id(&c, 4);
+    let pid = c.nodes.iter().find(|n| n.index == 4).expect("node 4").child.id();
+    assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+    c.wait_until(detection_bound(5), |c| {
+        Ok([0, 1, 3].iter().all(|&i| log_of(c, i).contains(&format!("LEFT {stopped}"))))
+    })
+    .expect("SIGTERM is reported as a leave");
+    for i in [0, 1, 3] {
+        assert!(!log_of(&c, i).contains(&format!("DEL {stopped}")), "node {i} must not report a failure");
+    }
 }
 
 #[test]
