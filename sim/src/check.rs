@@ -70,9 +70,9 @@ pub struct DetectionSample {
 }
 
 /// What the world tells the checker about one slot at a check.
+/// One running process (crashed ones have no snapshot).
 pub struct SlotSnapshot {
     pub slot: Slot,
-    pub up: bool,
     pub paused: bool,
     pub joined: bool,
     pub id: MemberId,
@@ -337,7 +337,7 @@ impl Checker {
 
     pub fn check(&mut self, now: Time, snapshots: &[SlotSnapshot]) {
         let ids_ever = self.ids.len().max(snapshots.len());
-        for s in snapshots.iter().filter(|s| s.up && !s.paused && s.joined) {
+        for s in snapshots.iter().filter(|s| !s.paused && s.joined) {
             for x in &s.view {
                 let Some(life) = self.ids.get(x) else { continue };
                 let Some((died, death)) = life.died else { continue };
@@ -395,12 +395,12 @@ impl Checker {
     pub fn check_convergence(&mut self, now: Time, snapshots: &[SlotSnapshot]) {
         let expected: BTreeSet<MemberId> = snapshots
             .iter()
-            .filter(|s| s.up && s.joined && !self.slots[s.slot].left_by_choice)
+            .filter(|s| s.joined && !self.slots[s.slot].left_by_choice)
             .map(|s| s.id)
             .collect();
         let mut modes = BTreeSet::new();
         let members: Vec<&SlotSnapshot> =
-            snapshots.iter().filter(|s| s.up && !self.slots[s.slot].left_by_choice).collect();
+            snapshots.iter().filter(|s| !self.slots[s.slot].left_by_choice).collect();
         for s in members {
             if !s.joined {
                 self.violate(now, CheckerKind::Convergence, format!("n{} is up but not a member", s.slot));

@@ -24,10 +24,6 @@ impl Trace {
         self.hasher.update(bytes);
     }
 
-    pub fn wants_lines(&self) -> bool {
-        self.lines.is_some()
-    }
-
     /// A readable line (also hashed).
     pub fn line(&mut self, at: Time, slot: Option<usize>, text: impl FnOnce() -> String) {
         if let Some(lines) = self.lines.as_mut() {

@@ -606,7 +606,6 @@ impl<A: Actor> World<A> {
                 };
                 Some(SlotSnapshot {
                     slot,
-                    up: true,
                     paused,
                     joined: actor.is_joined(),
                     id: actor.id(),

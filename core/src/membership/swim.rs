@@ -1181,15 +1181,27 @@ mod tests {
     #[test]
     fn a_suspicion_of_self_is_refuted_with_a_higher_incarnation() {
         let mut m = introducer();
+        let peers: Vec<MemberId> = (2..6).map(|p| MemberId::new(addr(p), p as u64)).collect();
+        for &p in &peers {
+            admit(&mut m, p);
+        }
+        drain(&mut m);
         let me = m.me();
         m.apply(Time(5), Update::Suspect { member: me, incarnation: Incarnation(0) });
         assert_eq!(m.incarnation(), Incarnation(1));
         let (out, events) = drain(&mut m);
         assert!(events.contains(&MembershipEvent::SelfRefuted { incarnation: Incarnation(1) }));
+        // The refutation is pushed to members at once, not only left for piggybacking.
+        let refutation = Update::Alive { member: me, incarnation: Incarnation(1) };
+        let pushed = out
+            .iter()
+            .filter(|o| matches!(&o.msg, MembershipMsg::Gossip { updates } if updates.contains(&refutation)))
+            .count();
+        assert_eq!(pushed, peers.len().min(2 * m.config().indirect_probes));
         // A stale accusation (older incarnation) is ignored.
         m.apply(Time(6), Update::Suspect { member: me, incarnation: Incarnation(0) });
         assert_eq!(m.incarnation(), Incarnation(1));
-        assert!(out.is_empty() || out.iter().all(|o| o.channel == Channel::Datagram));
+        assert!(drain(&mut m).1.is_empty());
     }
 
     #[test]
