@@ -190,7 +190,7 @@ async fn print_events(mut events: tokio::sync::broadcast::Receiver<NodeEvent>) {
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
             Err(_) => return,
         };
-        let NodeEvent::Membership(e) = event;
+        let NodeEvent::Membership(e) = event else { continue };
         let line = match e {
             MembershipEvent::MemberSuspected { member, incarnation } => {
                 format!("SUS {member} (incarnation {incarnation})")

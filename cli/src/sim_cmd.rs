@@ -11,6 +11,24 @@ use std::time::Instant;
 pub enum Layer {
     /// SWIM membership under crashes, restarts, pauses, partitions, loss and clock offsets.
     Membership,
+    /// HyDFS file workloads under crashes, restarts, loss, partitions and disk corruption.
+    Hydfs,
+}
+
+impl Layer {
+    fn name(self) -> &'static str {
+        match self {
+            Layer::Membership => "membership",
+            Layer::Hydfs => "hydfs",
+        }
+    }
+
+    fn scenario(self, seed: u64) -> Scenario {
+        match self {
+            Layer::Membership => Scenario::swarm(seed),
+            Layer::Hydfs => Scenario::hydfs_swarm(seed),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -46,12 +64,12 @@ pub struct SimArgs {
 }
 
 pub fn run(args: SimArgs) -> Result<ExitCode> {
-    let Layer::Membership = args.layer;
+    let layer = args.layer;
     if let Some(count) = args.seeds {
-        return sweep(args.start, count, args.plant.as_deref());
+        return sweep(layer, args.start, count, args.plant.as_deref());
     }
     let scenario = if let Some(seed) = args.seed {
-        Scenario::swarm(seed)
+        layer.scenario(seed)
     } else if let Some(path) = &args.scenario {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("{} is not a scenario", path.display()))?
@@ -70,7 +88,7 @@ pub fn run(args: SimArgs) -> Result<ExitCode> {
     } else {
         bail!("give --seed N, --seeds N, --scenario FILE or --named NAME");
     };
-    let scenario = plant(scenario, args.plant.as_deref())?;
+    let scenario = plant(layer, scenario, args.plant.as_deref())?;
     if args.dump {
         println!("{}", serde_json::to_string_pretty(&scenario)?);
     }
@@ -92,6 +110,12 @@ pub fn run(args: SimArgs) -> Result<ExitCode> {
         report.stats.datagrams_dropped,
         wall.as_secs_f64() * 1000.0
     );
+    if scenario.hydfs.is_some() {
+        println!(
+            "stream frames {} ({} bytes, largest {})",
+            report.stats.stream_frames_sent, report.stats.stream_bytes, report.stats.largest_stream_frame
+        );
+    }
     if report.passed() {
         println!("verdict PASS");
     } else {
@@ -104,41 +128,58 @@ pub fn run(args: SimArgs) -> Result<ExitCode> {
     Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-fn sweep(start: u64, count: u64, bug: Option<&str>) -> Result<ExitCode> {
+fn sweep(layer: Layer, start: u64, count: u64, bug: Option<&str>) -> Result<ExitCode> {
     let started = Instant::now();
     let mut failed = 0;
     let mut events = 0;
-    for seed in start..start + count {
-        let scenario = plant(Scenario::swarm(seed), bug)?;
-        let report = run_membership(&scenario, &RunOptions::default());
-        events += report.stats.events;
-        if !report.passed() {
+    let seeds: Vec<u64> = (start..start + count).collect();
+    let scenarios = seeds.iter().map(|s| plant(layer, layer.scenario(*s), bug)).collect::<Result<Vec<_>>>()?;
+    let reports = crate::bench::parallel_map(scenarios, |s| {
+        let r = run_membership(&s, &RunOptions::default());
+        (r.scenario.seed, r.stats.events, r.violations.first().map(|v| v.to_string()))
+    });
+    for (seed, n, violation) in reports {
+        events += n;
+        if let Some(v) = violation {
             failed += 1;
-            println!("seed {seed} FAILED: {}", report.violations[0]);
-            println!("  replay: {}", replay_command("membership", seed, bug));
+            println!("seed {seed} FAILED: {v}");
+            println!("  replay: {}", replay_command(layer.name(), seed, bug));
         }
     }
     let wall = started.elapsed().as_secs_f64();
     println!("{events} events in {wall:.1} s ({:.0} events/s)", events as f64 / wall);
-    println!("membership: {count} seeds, {failed} failed");
+    println!("{}: {count} seeds, {failed} failed", layer.name());
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 #[cfg(feature = "planted-bugs")]
-fn plant(mut scenario: Scenario, bug: Option<&str>) -> Result<Scenario> {
+fn plant(layer: Layer, mut scenario: Scenario, bug: Option<&str>) -> Result<Scenario> {
+    use rainstorm_core::hydfs::PlantedBug as HydfsBug;
     use rainstorm_core::membership::PlantedBug;
-    if let Some(name) = bug {
-        let Some(b) = PlantedBug::from_name(name) else {
-            let names: Vec<_> = PlantedBug::ALL.iter().map(|b| b.name()).collect();
-            bail!("no planted bug `{name}`; known: {}", names.join(", "));
-        };
-        scenario.config.planted = Some(b);
+    let Some(name) = bug else { return Ok(scenario) };
+    match layer {
+        Layer::Membership => {
+            let Some(b) = PlantedBug::from_name(name) else {
+                let names: Vec<_> = PlantedBug::ALL.iter().map(|b| b.name()).collect();
+                bail!("no planted membership bug `{name}`; known: {}", names.join(", "));
+            };
+            scenario.config.planted = Some(b);
+        }
+        Layer::Hydfs => {
+            let Some(b) = HydfsBug::parse(name) else {
+                let names: Vec<_> = HydfsBug::ALL.iter().map(|b| b.name()).collect();
+                bail!("no planted HyDFS bug `{name}`; known: {}", names.join(", "));
+            };
+            if let Some(w) = scenario.hydfs.as_mut() {
+                w.config.planted = Some(b);
+            }
+        }
     }
     Ok(scenario)
 }
 
 #[cfg(not(feature = "planted-bugs"))]
-fn plant(scenario: Scenario, bug: Option<&str>) -> Result<Scenario> {
+fn plant(_layer: Layer, scenario: Scenario, bug: Option<&str>) -> Result<Scenario> {
     if bug.is_some() {
         bail!(
             "--plant needs a build with planted bugs: cargo run --release --features planted-bugs -- sim ..."

@@ -20,6 +20,7 @@
 //! * [`node`]: the [`Node`] that composes the layers behind one input/output surface.
 
 pub mod command;
+pub mod hydfs;
 pub mod id;
 pub mod membership;
 pub mod node;

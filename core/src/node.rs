@@ -1,6 +1,7 @@
 //! The `Node`: one process's protocol state, composing the layers behind one sans-IO surface.
 //!
-//! Owns the wire codec and the membership state machine (HyDFS and RainStorm plug in beside it).
+//! Owns the wire codec, the membership state machine and HyDFS (RainStorm plugs in beside them).
+//! Membership changes (joins, confirmed failures, leaves; never suspicion) set the HyDFS ring.
 //! Invariants kept here:
 //! * every received frame is decoded under the size limit of its channel; a bad frame is counted
 //!   by cause and dropped, never panics and never reaches a layer;
@@ -9,6 +10,7 @@
 //!   [`Node::poll_transmit`] and [`Node::poll_event`], then re-arms from [`Node::poll_timeout`].
 
 use crate::command::{Command, COMMAND_HELP};
+use crate::hydfs::{ClientOp, Hydfs, HydfsConfig, HydfsError, HydfsEvent, MemStorage, OpId, Storage, StorageError};
 use crate::id::{MemberId, NodeAddr};
 use crate::membership::{
     MemberStatus, MemberView, Membership, MembershipConfig, MembershipError, MembershipEvent,
@@ -38,6 +40,7 @@ pub struct Transmit {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeEvent {
     Membership(MembershipEvent),
+    Hydfs(HydfsEvent),
 }
 
 /// How a node is set up.
@@ -48,6 +51,7 @@ pub struct NodeConfig {
     pub addr: NodeAddr,
     pub introducer: NodeAddr,
     pub membership: MembershipConfig,
+    pub hydfs: HydfsConfig,
     pub codec: Codec,
 }
 
@@ -90,6 +94,7 @@ pub enum CommandError {
 
 pub struct Node {
     membership: Membership,
+    hydfs: Hydfs,
     codec: Codec,
     max_datagram_bytes: usize,
     events: VecDeque<NodeEvent>,
@@ -97,9 +102,20 @@ pub struct Node {
 }
 
 impl Node {
-    /// A node started at `now`, its RNG seeded with `seed`. An introducer is a group of one at
-    /// once; a member is idle until it is given [`Command::Join`].
+    /// A node started at `now`, its RNG seeded with `seed`, keeping HyDFS blocks in memory. An
+    /// introducer is a group of one at once; a member is idle until it is given [`Command::Join`].
     pub fn new(cfg: NodeConfig, now: Time, seed: u64) -> Node {
+        Node::with_storage(cfg, now, seed, Box::new(MemStorage::default()))
+            .expect("in-memory storage never fails")
+    }
+
+    /// A node whose HyDFS blocks live in `storage` (wiped first: a node starts empty).
+    pub fn with_storage(
+        cfg: NodeConfig,
+        now: Time,
+        seed: u64,
+        storage: Box<dyn Storage + Send>,
+    ) -> Result<Node, StorageError> {
         let max_datagram_bytes = cfg.membership.max_datagram_bytes;
         let membership = Membership::new(
             cfg.membership,
@@ -110,13 +126,29 @@ impl Node {
             seed,
             cfg.codec.overhead(),
         );
-        Node {
+        let hydfs = Hydfs::new(cfg.hydfs, membership.me(), storage, now)?;
+        let mut node = Node {
             membership,
+            hydfs,
             codec: cfg.codec,
             max_datagram_bytes,
             events: VecDeque::new(),
             stats: NodeStats::default(),
-        }
+        };
+        node.sync_ring(now);
+        Ok(node)
+    }
+
+    pub fn hydfs(&self) -> &Hydfs {
+        &self.hydfs
+    }
+
+    /// Starts a HyDFS operation; its result comes back as [`NodeEvent::Hydfs`] with
+    /// [`HydfsEvent::OpDone`] and the returned id.
+    pub fn submit(&mut self, now: Time, op: ClientOp) -> Result<OpId, HydfsError> {
+        let id = self.hydfs.submit(now, op);
+        self.collect_events(now);
+        id
     }
 
     pub fn membership(&self) -> &Membership {
@@ -140,8 +172,9 @@ impl Node {
                 self.stats.bytes_received += frame.len() as u64;
                 match envelope.body {
                     Body::Membership(msg) => self.membership.handle_message(now, envelope.from, msg),
+                    Body::Hydfs(msg) => self.hydfs.handle_message(now, envelope.from.addr, msg),
                 }
-                self.collect_events();
+                self.collect_events(now);
             }
             Err(e) => {
                 *self.stats.frames_rejected.entry(rejection_cause(&e)).or_default() += 1;
@@ -157,13 +190,16 @@ impl Node {
     /// The driver could not deliver a stream frame to `to`.
     pub fn handle_send_failed(&mut self, now: Time, to: NodeAddr, error: &str) {
         self.membership.handle_send_failed(now, to, error);
-        self.collect_events();
+        self.hydfs.handle_send_failed(now, to);
+        self.collect_events(now);
     }
 
     /// Timers due at `now` fire.
     pub fn handle_timeout(&mut self, now: Time) {
         self.membership.handle_timeout(now);
-        self.collect_events();
+        self.collect_events(now);
+        self.hydfs.handle_timeout(now);
+        self.collect_events(now);
     }
 
     /// A user command.
@@ -199,7 +235,7 @@ impl Node {
             Command::Stats => CommandOutput::Stats { node: self.stats.clone(), membership: m.stats() },
             Command::Help => CommandOutput::Help,
         };
-        self.collect_events();
+        self.collect_events(now);
         Ok(out)
     }
 
@@ -207,13 +243,19 @@ impl Node {
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         loop {
-            let out = self.membership.poll_outgoing()?;
-            let envelope = Envelope { from: self.membership.me(), body: Body::Membership(out.msg) };
-            match self.codec.encode(&envelope, self.limit(out.channel)) {
+            let (to, channel, body) = match self.membership.poll_outgoing() {
+                Some(out) => (out.to, out.channel, Body::Membership(out.msg)),
+                None => {
+                    let (to, msg) = self.hydfs.poll_outgoing()?;
+                    (to, Channel::Stream, Body::Hydfs(msg))
+                }
+            };
+            let envelope = Envelope { from: self.membership.me(), body };
+            match self.codec.encode(&envelope, self.limit(channel)) {
                 Ok(payload) => {
                     self.stats.frames_sent += 1;
                     self.stats.bytes_sent += payload.len() as u64;
-                    return Some(Transmit { to: out.to, channel: out.channel, payload });
+                    return Some(Transmit { to, channel, payload });
                 }
                 Err(_) => self.stats.frames_unsendable += 1,
             }
@@ -229,7 +271,10 @@ impl Node {
     /// When [`Node::handle_timeout`] must next be called.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Time> {
-        self.membership.poll_timeout()
+        match (self.membership.poll_timeout(), self.hydfs.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn limit(&self, channel: Channel) -> usize {
@@ -239,10 +284,26 @@ impl Node {
         }
     }
 
-    fn collect_events(&mut self) {
+    fn collect_events(&mut self, now: Time) {
+        let mut membership_changed = false;
         while let Some(e) = self.membership.poll_event() {
+            membership_changed = true;
             self.events.push_back(NodeEvent::Membership(e));
         }
+        if membership_changed {
+            self.sync_ring(now);
+        }
+        while let Some(e) = self.hydfs.poll_event() {
+            self.events.push_back(NodeEvent::Hydfs(e));
+        }
+    }
+
+    /// Gives HyDFS the current member list (suspected members included: only confirmed failures
+    /// and leaves move files).
+    fn sync_ring(&mut self, now: Time) {
+        let me = self.membership.is_joined().then(|| self.membership.me());
+        let others: Vec<NodeAddr> = self.membership.members().map(|v| v.id.addr).collect();
+        self.hydfs.set_members(now, me, others);
     }
 }
 

@@ -17,6 +17,7 @@
 //! * with a cluster key, a frame without a valid tag under one of the accepted keys is rejected;
 //!   without one, a tagged frame is rejected (a node never silently ignores authentication).
 
+use crate::hydfs::HydfsMsg;
 use crate::id::MemberId;
 use crate::membership::MembershipMsg;
 use bincode::Options;
@@ -48,6 +49,7 @@ pub struct Envelope {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Body {
     Membership(MembershipMsg),
+    Hydfs(HydfsMsg),
 }
 
 /// Why a frame was rejected.

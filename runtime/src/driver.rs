@@ -130,6 +130,7 @@ pub async fn start(cfg: RuntimeConfig) -> Result<StartedNode, StartError> {
             addr: cfg.advertise,
             introducer: cfg.introducer,
             membership: cfg.membership.clone(),
+            hydfs: Default::default(),
             codec,
         },
         now,
@@ -326,7 +327,10 @@ async fn send_stream(to: SocketAddr, frame: &[u8]) -> Result<(), String> {
 
 /// One log line per membership event, with fields grep can find (`event=suspect` ...).
 fn log_event(event: &NodeEvent) {
-    let NodeEvent::Membership(e) = event;
+    let e = match event {
+        NodeEvent::Membership(e) => e,
+        NodeEvent::Hydfs(e) => return log_hydfs_event(e),
+    };
     match e {
         MembershipEvent::SelfJoined { id, members } => {
             info!(event = "joined", %id, members, "joined the group as {id}")
@@ -353,5 +357,22 @@ fn log_event(event: &NodeEvent) {
         MembershipEvent::ModeChanged { suspicion } => {
             info!(event = "mode", suspicion, "suspicion {}", if *suspicion { "enabled" } else { "disabled" })
         }
+    }
+}
+
+/// One log line per HyDFS event worth an operator's attention.
+fn log_hydfs_event(event: &rainstorm_core::hydfs::HydfsEvent) {
+    use rainstorm_core::hydfs::HydfsEvent;
+    match event {
+        HydfsEvent::OpDone { op, result: Err(e) } => warn!(event = "hydfs_op_failed", op, "operation {op} failed: {e}"),
+        HydfsEvent::OpDone { .. } | HydfsEvent::WriteCommitted { .. } => {}
+        HydfsEvent::MergeCommitted { name, replicas, .. } => {
+            info!(event = "merged", %name, replicas = replicas.len(), "merged {name} on {} replicas", replicas.len())
+        }
+        HydfsEvent::CorruptionDetected { name, stamp, part } => {
+            warn!(event = "corrupt_block", %name, %stamp, part, "corrupt block of {name} detected; fetching it again")
+        }
+        HydfsEvent::FileDropped { name } => info!(event = "file_dropped", %name, "handed {name} to its owners"),
+        HydfsEvent::StorageFailed { reason } => warn!(event = "storage_failed", "storage failed: {reason}"),
     }
 }

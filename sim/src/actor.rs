@@ -1,10 +1,13 @@
-//! What the simulator drives: any sans-IO membership implementation behind one small trait.
+//! What the simulator drives: any sans-IO membership implementation (with or without HyDFS)
+//! behind one small trait.
 //!
 //! [`rainstorm_core::Node`] implements it here; the benchmark also implements it for the `foca`
 //! library, so both run under the same network, faults and checkers.
 
+use crate::disk::SimDisk;
 use rainstorm_core::command::Command;
-use rainstorm_core::membership::{MembershipConfig, MembershipEvent, Role};
+use rainstorm_core::hydfs::{ClientOp, Hydfs, HydfsConfig, HydfsError, OpId};
+use rainstorm_core::membership::{MembershipConfig, Role};
 use rainstorm_core::node::{NodeConfig, NodeEvent};
 use rainstorm_core::wire::Codec;
 use rainstorm_core::{Channel, MemberId, Node, NodeAddr, Time, Transmit};
@@ -19,6 +22,10 @@ pub struct ActorStart {
     /// The process's clock at start.
     pub now: Time,
     pub seed: u64,
+    /// HyDFS settings, when the scenario runs a file workload.
+    pub hydfs: Option<HydfsConfig>,
+    /// The process's disk (fresh at every start: a restarted node starts with wiped storage).
+    pub disk: SimDisk,
 }
 
 /// A sans-IO membership node as the simulator sees it. All times are the node's local clock.
@@ -31,7 +38,7 @@ pub trait Actor {
     /// An operator command (join, leave, enable_sus, disable_sus). Refusals are fine.
     fn command(&mut self, now: Time, command: Command);
     fn poll_transmit(&mut self) -> Option<Transmit>;
-    fn poll_event(&mut self) -> Option<MembershipEvent>;
+    fn poll_event(&mut self) -> Option<NodeEvent>;
     fn poll_timeout(&self) -> Option<Time>;
     /// The current member id, if this process has one.
     fn id(&self) -> MemberId;
@@ -45,6 +52,14 @@ pub trait Actor {
     fn unsendable_frames(&self) -> u64 {
         0
     }
+    /// Starts a HyDFS client operation (`None`: this implementation has no HyDFS).
+    fn submit(&mut self, _now: Time, _op: ClientOp) -> Option<Result<OpId, HydfsError>> {
+        None
+    }
+    /// The HyDFS state, for the checkers.
+    fn hydfs(&self) -> Option<&Hydfs> {
+        None
+    }
 }
 
 impl Actor for Node {
@@ -54,9 +69,11 @@ impl Actor for Node {
             addr: s.addr,
             introducer: s.introducer,
             membership: s.config.clone(),
+            hydfs: s.hydfs.clone().unwrap_or_default(),
             codec: Codec::plain(),
         };
-        let mut node = Node::new(cfg, s.now, s.seed);
+        let mut node = Node::with_storage(cfg, s.now, s.seed, Box::new(s.disk.clone()))
+            .expect("a fresh simulated disk never fails");
         if s.role == Role::Member {
             let _ = node.handle_command(s.now, Command::Join);
         }
@@ -83,10 +100,8 @@ impl Actor for Node {
         Node::poll_transmit(self)
     }
 
-    fn poll_event(&mut self) -> Option<MembershipEvent> {
-        Node::poll_event(self).map(|e| match e {
-            NodeEvent::Membership(m) => m,
-        })
+    fn poll_event(&mut self) -> Option<NodeEvent> {
+        Node::poll_event(self)
     }
 
     fn poll_timeout(&self) -> Option<Time> {
@@ -115,5 +130,13 @@ impl Actor for Node {
 
     fn unsendable_frames(&self) -> u64 {
         self.stats().frames_unsendable
+    }
+
+    fn submit(&mut self, now: Time, op: ClientOp) -> Option<Result<OpId, HydfsError>> {
+        Some(Node::submit(self, now, op))
+    }
+
+    fn hydfs(&self) -> Option<&Hydfs> {
+        Some(Node::hydfs(self))
     }
 }

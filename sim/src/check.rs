@@ -30,6 +30,16 @@ pub enum CheckerKind {
     Convergence,
     Bounded,
     Panic,
+    HydfsDurability,
+    HydfsCreateOnce,
+    HydfsReadYourWrites,
+    HydfsOrder,
+    HydfsLoss,
+    HydfsCorruptServed,
+    HydfsIdentical,
+    HydfsPlacement,
+    HydfsLiveness,
+    HydfsChunking,
 }
 
 impl fmt::Display for CheckerKind {
@@ -41,6 +51,16 @@ impl fmt::Display for CheckerKind {
             CheckerKind::Convergence => "convergence",
             CheckerKind::Bounded => "bounded",
             CheckerKind::Panic => "no-panic",
+            CheckerKind::HydfsDurability => "hydfs-durability",
+            CheckerKind::HydfsCreateOnce => "hydfs-create-once",
+            CheckerKind::HydfsReadYourWrites => "hydfs-read-your-writes",
+            CheckerKind::HydfsOrder => "hydfs-order",
+            CheckerKind::HydfsLoss => "hydfs-loss",
+            CheckerKind::HydfsCorruptServed => "hydfs-corrupt-served",
+            CheckerKind::HydfsIdentical => "hydfs-identical",
+            CheckerKind::HydfsPlacement => "hydfs-placement",
+            CheckerKind::HydfsLiveness => "hydfs-liveness",
+            CheckerKind::HydfsChunking => "hydfs-chunking",
         })
     }
 }

@@ -13,6 +13,8 @@
 
 pub mod actor;
 pub mod check;
+pub mod disk;
+pub mod hydfs;
 pub mod named;
 pub mod scenario;
 pub mod trace;

@@ -57,6 +57,8 @@ pub enum Fault {
     Join { node: Slot },
     /// The node switches suspicion for the whole cluster.
     SetSuspicion { node: Slot, on: bool },
+    /// One block on the node's disk rots (a byte flips).
+    Corrupt { node: Slot },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +86,9 @@ pub struct Scenario {
     /// When set, every crash must be removed from every list within this many ms (the documented
     /// bound); used by calm named scenarios and the benchmark, not by the random sweep.
     pub strict_detection_ms: Option<u64>,
+    /// The HyDFS file workload, if the scenario runs one.
+    #[serde(default)]
+    pub hydfs: Option<crate::hydfs::HydfsWorkload>,
 }
 
 impl Scenario {
@@ -203,6 +208,99 @@ impl Scenario {
             calm_from_ms,
             duration_ms: 0,
             strict_detection_ms: None,
+            hydfs: None,
+        };
+        scenario.end_faults();
+        scenario
+    }
+
+    /// A HyDFS scenario drawn from `seed`: a file workload on 4–12 nodes under up to two crashes
+    /// at a time, restarts, loss, partitions, pauses and disk corruption. After the faults stop,
+    /// membership converges, re-replication runs, every file is merged once and the run is
+    /// checked.
+    pub fn hydfs_swarm(seed: u64) -> Scenario {
+        use crate::hydfs::HydfsWorkload;
+        use rainstorm_core::hydfs::HydfsConfig;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4859_4446_5300_0002);
+        let nodes = if rng.gen_bool(0.8) { rng.gen_range(4..=8) } else { rng.gen_range(9..=12) };
+        let mut config = MembershipConfig::lan();
+        config.suspicion_at_start = rng.gen_bool(0.8);
+        let net = NetConfig {
+            loss_permille: [0, 0, 10, 20, 50][rng.gen_range(0..5)],
+            duplicate_permille: if rng.gen_bool(0.2) { 10 } else { 0 },
+            latency_min_ms: 1,
+            latency_max_ms: [5, 20, 60][rng.gen_range(0..3)],
+        };
+        let clock_offsets_ms =
+            if rng.gen_bool(0.3) { (0..nodes).map(|_| rng.gen_range(0..100_000)).collect() } else { Vec::new() };
+        let crashes = rng.gen_bool(0.7);
+        let partitions = rng.gen_bool(0.3);
+        let pauses = rng.gen_bool(0.3);
+        let corruption = rng.gen_bool(0.5);
+        let warmup_ms = 4_000 + 200 * nodes as u64;
+        let calm_from_ms = warmup_ms + rng.gen_range(20_000..45_000);
+        let mut faults = Vec::new();
+        let mut down: Vec<Slot> = Vec::new();
+        let mut t = warmup_ms + 2_000;
+        while t < calm_from_ms {
+            t += rng.gen_range(1_000..6_000);
+            if t >= calm_from_ms {
+                break;
+            }
+            let node = rng.gen_range(1..nodes);
+            let fault = match rng.gen_range(0..7) {
+                0 | 1 if crashes && down.len() < 2 && !down.contains(&node) => {
+                    down.push(node);
+                    Fault::Crash { node }
+                }
+                2 if !down.is_empty() => Fault::Restart { node: down.remove(rng.gen_range(0..down.len())) },
+                3 if partitions => {
+                    let k = rng.gen_range(1..=(nodes / 2).max(1));
+                    let heal = t + rng.gen_range(1_000..8_000);
+                    if heal < calm_from_ms {
+                        faults.push(FaultAt { at_ms: heal, fault: Fault::Heal });
+                    }
+                    Fault::Partition { side: sample(&mut rng, nodes, k) }
+                }
+                4 if pauses && !down.contains(&node) => Fault::Pause { node, for_ms: rng.gen_range(200..3_000) },
+                5 | 6 if corruption && !down.contains(&node) => Fault::Corrupt { node },
+                _ => continue,
+            };
+            faults.push(FaultAt { at_ms: t, fault });
+        }
+        for node in down {
+            faults.push(FaultAt { at_ms: calm_from_ms, fault: Fault::Restart { node } });
+        }
+        faults.sort_by_key(|f| f.at_ms);
+        let client_count = rng.gen_range(1..=3.min(nodes));
+        let clients = sample(&mut rng, nodes, client_count);
+        let mut hydfs_config = HydfsConfig::default();
+        hydfs_config.cache_bytes = [0, 64 << 10, 8 << 20][rng.gen_range(0..3)];
+        let workload = HydfsWorkload {
+            config: hydfs_config,
+            clients,
+            files: rng.gen_range(3..=16),
+            zipf_milli: [0, 800, 1200][rng.gen_range(0..3)],
+            think_ms: rng.gen_range(200..1_500),
+            large_permille: [0, 10, 40][rng.gen_range(0..3)],
+            small_max_bytes: [256, 4096, 40_000][rng.gen_range(0..3)],
+            large_max_bytes: 3 << 20,
+            start_ms: warmup_ms,
+            stop_ms: calm_from_ms,
+            final_merge_ms: 0,
+        };
+        let mut scenario = Scenario {
+            name: format!("hydfs-{seed}"),
+            seed,
+            nodes,
+            config,
+            net,
+            clock_offsets_ms,
+            faults,
+            calm_from_ms,
+            duration_ms: 0,
+            strict_detection_ms: None,
+            hydfs: Some(workload),
         };
         scenario.end_faults();
         scenario
@@ -219,6 +317,13 @@ impl Scenario {
         self.faults.push(FaultAt { at_ms: calm, fault: Fault::SetLoss { permille: 0 } });
         self.rejoin_members_left_at_calm();
         self.duration_ms = calm + self.convergence_bound_ms();
+        if let Some(w) = self.hydfs.as_mut() {
+            // Membership has converged by `duration_ms`; give re-replication a few rounds, merge
+            // every file once, and check when the merges have had time to finish.
+            w.stop_ms = w.stop_ms.min(calm);
+            w.final_merge_ms = self.duration_ms + 5 * w.config.anti_entropy_interval.0;
+            self.duration_ms = w.final_merge_ms + w.config.coordinator_timeout.0 + 5_000;
+        }
     }
 
     /// Every member that left and was not told to join again joins at `calm_from_ms`, so the run
@@ -266,6 +371,21 @@ impl Scenario {
             self.net.latency_max_ms,
             if self.clock_offsets_ms.is_empty() { "none" } else { "random" }
         );
+        if let Some(w) = &self.hydfs {
+            let _ = writeln!(
+                s,
+                "  hydfs: clients {:?}  files {}  zipf {}  think {} ms  large {}‰ (to {} B)  small to {} B  cache {} B",
+                w.clients,
+                w.files,
+                w.zipf_milli as f64 / 1000.0,
+                w.think_ms,
+                w.large_permille,
+                w.large_max_bytes,
+                w.small_max_bytes,
+                w.config.cache_bytes
+            );
+            let _ = writeln!(s, "  hydfs: ops {}..{} ms  final merge at {} ms", w.start_ms, w.stop_ms, w.final_merge_ms);
+        }
         if let Some(b) = self.strict_detection_ms {
             let _ = writeln!(s, "  strict detection bound {b} ms");
         }
@@ -317,7 +437,8 @@ fn fault_fits(f: &Fault, nodes: usize) -> bool {
         | Fault::Pause { node, .. }
         | Fault::Leave { node }
         | Fault::Join { node }
-        | Fault::SetSuspicion { node, .. } => ok(node),
+        | Fault::SetSuspicion { node, .. }
+        | Fault::Corrupt { node } => ok(node),
         Fault::Partition { side } => side.iter().all(ok),
         Fault::OneWay { from, to } => from.iter().chain(to).all(ok),
         Fault::Heal | Fault::SetLoss { .. } => true,

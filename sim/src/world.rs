@@ -16,10 +16,14 @@
 
 use crate::actor::{Actor, ActorStart};
 use crate::check::{Checker, CheckerKind, DetectionSample, SlotSnapshot, Violation};
+use crate::disk::SimDisk;
+use crate::hydfs::{HydfsHarness, SlotView, WORKLOAD_TICK_MS};
 use crate::scenario::{Fault, Scenario, Slot};
 use crate::trace::Trace;
 use rainstorm_core::command::Command;
+use rainstorm_core::hydfs::HydfsEvent;
 use rainstorm_core::membership::{MembershipEvent, Role};
+use rainstorm_core::node::NodeEvent;
 use rainstorm_core::{Channel, NodeAddr, Time, Transmit};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -34,6 +38,8 @@ pub const SUPERVISOR_REJOIN_DELAY_MS: u64 = 5_000;
 const CHECK_INTERVAL_MS: u64 = 1_000;
 /// How long a stream connection attempt to an unreachable address takes to fail.
 const STREAM_TIMEOUT_MS: u64 = 1_000;
+/// Room for headers and metadata in a stream frame that carries one chunk.
+const FRAME_SLACK_BYTES: usize = 64 * 1024;
 /// Trace record kinds.
 const TRACE_DELIVER: u8 = 1;
 const TRACE_TIMER: u8 = 2;
@@ -54,6 +60,7 @@ enum EventKind {
     Resume { slot: Slot, generation: u64 },
     SupervisorJoin { slot: Slot, generation: u64 },
     Check,
+    Workload,
 }
 
 struct Queued {
@@ -99,6 +106,8 @@ struct SlotState<A> {
     /// Bumped whenever the process is replaced, so its old timers and callbacks go stale.
     generation: u64,
     armed: Option<Time>,
+    /// The process's disk (replaced, empty, at every start).
+    disk: SimDisk,
 }
 
 /// Options of one run.
@@ -120,6 +129,7 @@ pub struct RunStats {
     pub stream_bytes: u64,
     pub datagrams_dropped: u64,
     pub largest_datagram: usize,
+    pub largest_stream_frame: usize,
 }
 
 /// The outcome of one run.
@@ -163,6 +173,31 @@ pub struct World<A: Actor> {
     recorded: Vec<(Time, Slot, MembershipEvent)>,
     stats: RunStats,
     started: bool,
+    fault_rng: ChaCha8Rng,
+    hydfs: Option<HydfsHarness>,
+}
+
+/// What the HyDFS checkers see of every slot.
+fn slot_views<A: Actor>(slots: &[SlotState<A>]) -> Vec<SlotView<'_>> {
+    slots
+        .iter()
+        .enumerate()
+        .map(|(slot, s)| {
+            let actor = match &s.process {
+                Process::Up(a) | Process::Paused(a, _) => Some(a),
+                Process::Down => None,
+            };
+            SlotView {
+                slot,
+                addr: s.addr,
+                generation: s.generation,
+                up: actor.is_some(),
+                joined: actor.is_some_and(|a| a.is_joined()),
+                hydfs: actor.and_then(|a| a.hydfs()),
+                disk: &s.disk,
+            }
+        })
+        .collect()
 }
 
 impl<A: Actor> World<A> {
@@ -170,6 +205,8 @@ impl<A: Actor> World<A> {
         let mut master = ChaCha8Rng::seed_from_u64(scenario.seed);
         let net_rng = ChaCha8Rng::seed_from_u64(master.gen());
         let seed_rng = ChaCha8Rng::seed_from_u64(master.gen());
+        let fault_rng = ChaCha8Rng::seed_from_u64(master.gen());
+        let hydfs = scenario.hydfs.clone().map(|w| HydfsHarness::new(w, scenario.seed));
         let slots = (0..scenario.nodes)
             .map(|i| SlotState {
                 addr: slot_addr(i),
@@ -177,6 +214,7 @@ impl<A: Actor> World<A> {
                 process: Process::Down,
                 generation: 0,
                 armed: None,
+                disk: SimDisk::new(),
             })
             .collect::<Vec<_>>();
         let by_addr = slots.iter().enumerate().map(|(i, s)| (s.addr, i)).collect();
@@ -199,6 +237,8 @@ impl<A: Actor> World<A> {
             recorded: Vec::new(),
             stats: RunStats::default(),
             started: false,
+            fault_rng,
+            hydfs,
         }
     }
 
@@ -227,6 +267,10 @@ impl<A: Actor> World<A> {
                 self.push(at, EventKind::Fault(i));
             }
             self.push(Time(CHECK_INTERVAL_MS), EventKind::Check);
+            if let Some(h) = &self.hydfs {
+                let at = Time(h.workload().start_ms);
+                self.push(at, EventKind::Workload);
+            }
         }
         let end = until.min(Time(self.scenario.duration_ms));
         while self.queue.peek().is_some_and(|Reverse(ev)| ev.at <= end) {
@@ -256,6 +300,10 @@ impl<A: Actor> World<A> {
         if self.scenario.checks_convergence() {
             self.checker.check_convergence(self.now, &snapshots);
         }
+        if let Some(h) = &mut self.hydfs {
+            h.finish(self.now, &slot_views(&self.slots));
+        }
+        self.collect_hydfs_violations();
         let (trace_hash, trace_lines) = self.trace.finish();
         Report {
             violations: self.checker.violations().to_vec(),
@@ -309,6 +357,7 @@ impl<A: Actor> World<A> {
                     self.command(slot, Command::Join);
                 }
             }
+            EventKind::Workload => self.workload_tick(),
             EventKind::Check => {
                 let snapshots = self.snapshots();
                 self.checker.check(self.now, &snapshots);
@@ -332,8 +381,16 @@ impl<A: Actor> World<A> {
             config: self.scenario.config.clone(),
             now: self.local_now(slot),
             seed: self.seed_rng.gen(),
+            hydfs: self.scenario.hydfs.as_ref().map(|w| w.config.clone()),
+            disk: {
+                self.slots[slot].disk = SimDisk::new();
+                self.slots[slot].disk.clone()
+            },
         };
         self.checker.on_start(slot);
+        if let Some(h) = &mut self.hydfs {
+            h.on_process_gone(slot);
+        }
         let s = &mut self.slots[slot];
         s.generation += 1;
         s.armed = None;
@@ -397,7 +454,58 @@ impl<A: Actor> World<A> {
         }
     }
 
-    fn on_node_event(&mut self, slot: Slot, event: MembershipEvent) {
+    fn on_node_event(&mut self, slot: Slot, event: NodeEvent) {
+        match event {
+            NodeEvent::Membership(e) => self.on_membership_event(slot, e),
+            NodeEvent::Hydfs(e) => self.on_hydfs_event(slot, e),
+        }
+    }
+
+    fn on_hydfs_event(&mut self, slot: Slot, event: HydfsEvent) {
+        let now = self.now;
+        self.trace.line(now, Some(slot), || format!("hydfs: {}", describe_hydfs_event(&event)));
+        if let Some(h) = &mut self.hydfs {
+            let generation = self.slots[slot].generation;
+            h.on_event(now, slot, generation, &event, &slot_views(&self.slots));
+        }
+    }
+
+    fn workload_tick(&mut self) {
+        let now = self.now;
+        let whole = self.blocked.is_empty();
+        let Some(h) = &mut self.hydfs else { return };
+        let subs = h.tick(now, &slot_views(&self.slots), whole);
+        let until = h.workload().final_merge_ms;
+        for sub in subs {
+            let slot = sub.slot;
+            let local = self.local_now(slot);
+            let generation = self.slots[slot].generation;
+            let result = match &mut self.slots[slot].process {
+                Process::Up(actor) => {
+                    self.trace.line(now, Some(slot), || format!("client: {}", describe_op(&sub.op)));
+                    actor.submit(local, sub.op.clone())
+                }
+                _ => None,
+            };
+            if let Some(h) = &mut self.hydfs {
+                h.submitted(now, sub, generation, result);
+            }
+            self.drain(slot);
+        }
+        if now.0 <= until {
+            self.push(now + rainstorm_core::Millis(WORKLOAD_TICK_MS), EventKind::Workload);
+        }
+    }
+
+    fn collect_hydfs_violations(&mut self) {
+        if let Some(h) = &mut self.hydfs {
+            for (at, kind, detail) in h.take_violations() {
+                self.checker.violate(at, kind, detail);
+            }
+        }
+    }
+
+    fn on_membership_event(&mut self, slot: Slot, event: MembershipEvent) {
         let now = self.now;
         self.trace.record(TRACE_EVENT, now, slot, format!("{event:?}").as_bytes());
         self.trace.line(now, Some(slot), || describe_event(&event));
@@ -444,6 +552,13 @@ impl<A: Actor> World<A> {
             Channel::Stream => {
                 self.stats.stream_frames_sent += 1;
                 self.stats.stream_bytes += t.payload.len() as u64;
+                self.stats.largest_stream_frame = self.stats.largest_stream_frame.max(t.payload.len());
+                if let Some(w) = self.scenario.hydfs.as_ref() {
+                    if t.payload.len() > w.config.chunk_bytes + FRAME_SLACK_BYTES {
+                        let detail = format!("n{from} sent a {}-byte stream frame", t.payload.len());
+                        self.checker.violate(self.now, CheckerKind::HydfsChunking, detail);
+                    }
+                }
                 let generation = self.slots[from].generation;
                 let unreachable = self.blocked.contains(&(from, to)) || self.blocked.contains(&(to, from));
                 let down = matches!(self.slots[to].process, Process::Down);
@@ -530,6 +645,10 @@ impl<A: Actor> World<A> {
                 self.checker.on_join_command(node);
                 self.command(node, Command::Join);
             }
+            Fault::Corrupt { node } => {
+                let block = self.slots[node].disk.corrupt(&mut self.fault_rng);
+                self.trace.line(self.now, Some(node), || format!("disk block {block:?} corrupted"));
+            }
             Fault::SetSuspicion { node, on } => {
                 if matches!(self.slots[node].process, Process::Up(_)) {
                     self.suspicion_on = on;
@@ -566,6 +685,10 @@ impl<A: Actor> World<A> {
             }
         }
         self.checker.on_crash(self.now, slot);
+        if let Some(h) = &mut self.hydfs {
+            h.on_process_gone(slot);
+        }
+        self.slots[slot].disk.crash();
         let s = &mut self.slots[slot];
         s.process = Process::Down;
         s.generation += 1;
@@ -674,5 +797,45 @@ mod tests {
         assert_eq!(report.stats.events, early.events);
         assert!(early.datagrams_sent > 0 && early.stream_bytes > 0);
         assert!(report.passed(), "{:?}", report.violations);
+    }
+}
+
+fn describe_hydfs_event(e: &HydfsEvent) -> String {
+    match e {
+        HydfsEvent::OpDone { op, result: Ok(out) } => format!("op {op} done: {}", describe_output(out)),
+        HydfsEvent::OpDone { op, result: Err(e) } => format!("op {op} failed: {e}"),
+        HydfsEvent::WriteCommitted { name, stamp, replicas } => {
+            format!("committed {name} {stamp} on {} replicas", replicas.len())
+        }
+        HydfsEvent::MergeCommitted { name, replicas, .. } => format!("merged {name} on {} replicas", replicas.len()),
+        HydfsEvent::CorruptionDetected { name, stamp, part } => format!("corrupt part {part} of {name} {stamp}"),
+        HydfsEvent::FileDropped { name } => format!("handed off and dropped {name}"),
+        HydfsEvent::StorageFailed { reason } => format!("storage failed: {reason}"),
+    }
+}
+
+fn describe_output(o: &rainstorm_core::hydfs::OpOutput) -> String {
+    use rainstorm_core::hydfs::OpOutput;
+    match o {
+        OpOutput::Written { name, stamp, .. } => format!("wrote {name} {stamp}"),
+        OpOutput::Content { name, bytes, from, .. } => {
+            format!("read {name}: {} bytes from {}", bytes.len(), from.map_or("cache".into(), |a| a.to_string()))
+        }
+        OpOutput::Merged { name, summary } => format!("merged {name} ({} appends)", summary.appended),
+        OpOutput::Listed { name, replicas, .. } => format!("ls {name}: {} replicas", replicas.len()),
+        OpOutput::MultiAppended { name, nodes } => format!("multiappend {name} on {} nodes", nodes.len()),
+    }
+}
+
+fn describe_op(op: &rainstorm_core::hydfs::ClientOp) -> String {
+    use rainstorm_core::hydfs::ClientOp;
+    match op {
+        ClientOp::Create { name, data } => format!("create {name} ({} bytes)", data.len()),
+        ClientOp::Append { name, data } => format!("append {name} ({} bytes)", data.len()),
+        ClientOp::Get { name } => format!("get {name}"),
+        ClientOp::GetFromReplica { name, replica } => format!("getfromreplica {name} {replica}"),
+        ClientOp::Merge { name } => format!("merge {name}"),
+        ClientOp::Ls { name } => format!("ls {name}"),
+        ClientOp::MultiAppend { name, appends } => format!("multiappend {name} on {} nodes", appends.len()),
     }
 }

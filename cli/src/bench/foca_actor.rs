@@ -18,6 +18,7 @@
 
 use foca::{Config, Foca, Identity, NoCustomBroadcast, Notification, PostcardCodec, Runtime, Timer};
 use rainstorm_core::command::Command;
+use rainstorm_core::node::NodeEvent;
 use rainstorm_core::membership::{FailureCause, MembershipEvent, Role};
 use rainstorm_core::{Channel, Incarnation, MemberId, NodeAddr, Time, Transmit};
 use rainstorm_sim::{Actor, ActorStart};
@@ -296,8 +297,8 @@ impl<const N: u32> Actor for FocaActor<N> {
         self.io.out.pop_front()
     }
 
-    fn poll_event(&mut self) -> Option<MembershipEvent> {
-        self.io.events.pop_front()
+    fn poll_event(&mut self) -> Option<NodeEvent> {
+        self.io.events.pop_front().map(NodeEvent::Membership)
     }
 
     fn poll_timeout(&self) -> Option<Time> {
@@ -346,6 +347,7 @@ mod tests {
             calm_from_ms: 0,
             duration_ms,
             strict_detection_ms: None,
+        hydfs: None,
         }
     }
 

@@ -126,6 +126,7 @@ fn scenario(name: String, seed: u64, nodes: usize, imp: Impl, net: NetConfig, du
         calm_from_ms: 0,
         duration_ms,
         strict_detection_ms: None,
+        hydfs: None,
     }
 }
 
@@ -706,6 +707,7 @@ fn diff(a: RunStats, b: RunStats) -> RunStats {
         stream_bytes: b.stream_bytes - a.stream_bytes,
         datagrams_dropped: b.datagrams_dropped - a.datagrams_dropped,
         largest_datagram: b.largest_datagram,
+        largest_stream_frame: b.largest_stream_frame,
     }
 }
 

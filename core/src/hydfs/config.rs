@@ -1,0 +1,124 @@
+//! HyDFS settings and, behind the `planted-bugs` feature, the deliberate bugs the simulator's
+//! checkers must catch.
+
+use super::types::CHUNK_BYTES;
+use crate::time::Millis;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HydfsConfig {
+    /// Replicas per file.
+    pub replication: usize,
+    /// Largest part of a write, and largest chunk of a read.
+    pub chunk_bytes: usize,
+    /// Single-part writes up to this size travel inside the write request.
+    pub inline_bytes: usize,
+    /// Largest create or append accepted.
+    pub max_write_bytes: u64,
+    /// Capacity of the client's read cache, in bytes (0 turns it off).
+    pub cache_bytes: u64,
+    /// How long a cached read may be served (it is never served if it could miss one of the
+    /// client's own acknowledged writes).
+    pub cache_ttl: Millis,
+    /// How often a node compares its files with its ring neighbours and pulls what it lacks.
+    pub anti_entropy_interval: Millis,
+    /// How long a node waits for one reply before trying again or elsewhere.
+    pub request_timeout: Millis,
+    /// How often a coordinator re-sends to replicas that have not answered.
+    pub retry_interval: Millis,
+    /// How long a coordinator works on one write or merge before refusing it.
+    pub coordinator_timeout: Millis,
+    /// How long a client works on one operation before reporting failure.
+    pub op_timeout: Millis,
+    /// Deliberate bugs (tests only).
+    #[serde(default)]
+    pub planted: Option<PlantedBug>,
+}
+
+impl Default for HydfsConfig {
+    fn default() -> Self {
+        HydfsConfig {
+            replication: 3,
+            chunk_bytes: CHUNK_BYTES,
+            inline_bytes: 64 * 1024,
+            max_write_bytes: 1 << 30,
+            cache_bytes: 64 << 20,
+            cache_ttl: Millis::from_secs(30),
+            anti_entropy_interval: Millis::from_secs(2),
+            request_timeout: Millis::from_secs(10),
+            retry_interval: Millis(1_000),
+            coordinator_timeout: Millis::from_secs(30),
+            op_timeout: Millis::from_secs(60),
+            planted: None,
+        }
+    }
+}
+
+impl HydfsConfig {
+    pub(crate) fn bug(&self, bug: PlantedBug) -> bool {
+        cfg!(feature = "planted-bugs") && self.planted == Some(bug)
+    }
+}
+
+/// A deliberate bug, each breaking one guarantee that a checker must then report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PlantedBug {
+    /// Replicas acknowledge a write before syncing it.
+    AckBeforeSync,
+    /// The coordinator acknowledges once its own copy is stored.
+    AckAfterOneReplica,
+    /// A merge is installed on the coordinator only.
+    MergeSkipsReplicas,
+    /// A merge keeps only each client's latest append.
+    MergeLastWriterWins,
+    /// A merge orders appends newest first.
+    MergeReversesOrder,
+    /// The read cache ignores the client's own appends.
+    CacheIgnoresOwnWrites,
+    /// Nodes never pull files they should hold.
+    NoReReplication,
+    /// Nodes never drop files they no longer own.
+    KeepsUnownedCopies,
+    /// Reads skip checksum verification.
+    ServesCorruptBlocks,
+    /// A create of an existing name replaces the file.
+    CreateNotExclusive,
+    /// Files travel whole instead of in chunks.
+    UnchunkedTransfers,
+}
+
+impl PlantedBug {
+    pub const ALL: [PlantedBug; 11] = [
+        PlantedBug::AckBeforeSync,
+        PlantedBug::AckAfterOneReplica,
+        PlantedBug::MergeSkipsReplicas,
+        PlantedBug::MergeLastWriterWins,
+        PlantedBug::MergeReversesOrder,
+        PlantedBug::CacheIgnoresOwnWrites,
+        PlantedBug::NoReReplication,
+        PlantedBug::KeepsUnownedCopies,
+        PlantedBug::ServesCorruptBlocks,
+        PlantedBug::CreateNotExclusive,
+        PlantedBug::UnchunkedTransfers,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PlantedBug::AckBeforeSync => "ack-before-sync",
+            PlantedBug::AckAfterOneReplica => "ack-after-one-replica",
+            PlantedBug::MergeSkipsReplicas => "merge-skips-replicas",
+            PlantedBug::MergeLastWriterWins => "merge-last-writer-wins",
+            PlantedBug::MergeReversesOrder => "merge-reverses-order",
+            PlantedBug::CacheIgnoresOwnWrites => "cache-ignores-own-writes",
+            PlantedBug::NoReReplication => "no-re-replication",
+            PlantedBug::KeepsUnownedCopies => "keeps-unowned-copies",
+            PlantedBug::ServesCorruptBlocks => "serves-corrupt-blocks",
+            PlantedBug::CreateNotExclusive => "create-not-exclusive",
+            PlantedBug::UnchunkedTransfers => "unchunked-transfers",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<PlantedBug> {
+        PlantedBug::ALL.into_iter().find(|b| b.name() == s)
+    }
+}

@@ -1,0 +1,285 @@
+//! HyDFS: a replicated file system on a consistent-hashing ring, as one sans-IO state machine.
+//!
+//! Each node runs [`Hydfs`], which is both a server (it stores replicas, coordinates writes and
+//! merges, pulls what it should hold) and a client (it routes operations to replicas and caches
+//! reads). The node feeds it the member list whenever membership changes; it emits messages to
+//! send, events, and the time it next needs a tick.
+//!
+//! Guarantees (checked by the simulator, see `docs/ARCHITECTURE.md`):
+//! * a write is acknowledged only after every current replica has it durably (synced);
+//! * each client's writes keep their order (one write per file in flight, growing stamps);
+//! * a client never reads a copy that misses one of its own acknowledged writes;
+//! * a merge orders pending appends by (timestamp, client, sequence), installs the same order on
+//!   every replica, and is acknowledged only when every replica has it;
+//! * replicas pull what they should hold; a node drops a file it no longer owns only after every
+//!   owner has taken everything it had;
+//! * parts are checksummed, verified on every read and fetch, and never larger than a chunk.
+
+pub mod cache;
+pub mod config;
+pub mod message;
+pub mod name;
+pub mod ring;
+pub mod storage;
+pub mod store;
+pub mod types;
+
+mod client;
+mod server;
+
+pub use cache::ReadCache;
+pub use client::{ClientOp, OpId, OpOutput};
+pub use config::{HydfsConfig, PlantedBug};
+pub use message::{HydfsMsg, MergeSummary, ReadChunk, Refusal, ReqId};
+pub use name::{FileName, NameError};
+pub use ring::{Ring, RingId};
+pub use storage::{BlobId, MemStorage, Storage, StorageError};
+pub use store::LocalStore;
+pub use types::{FileDigest, FileMeta, PartMeta, Stamp, WriteKind, WriteMeta, CHUNK_BYTES};
+
+use crate::id::{MemberId, NodeAddr};
+use crate::time::Time;
+use std::collections::{BTreeSet, VecDeque};
+
+/// What HyDFS reports to the node's user and driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HydfsEvent {
+    /// A client operation finished.
+    OpDone { op: OpId, result: Result<OpOutput, HydfsError> },
+    /// This node, as coordinator, acknowledged a write: every listed replica stored it durably.
+    WriteCommitted { name: FileName, stamp: Stamp, replicas: Vec<NodeAddr> },
+    /// This node, as coordinator, completed a merge on every listed replica.
+    MergeCommitted { name: FileName, replicas: Vec<NodeAddr>, merged_hash: u64 },
+    /// A stored part failed its checksum and was removed; it will be fetched again.
+    CorruptionDetected { name: FileName, stamp: Stamp, part: u32 },
+    /// This node handed a file to its owners and dropped its copy.
+    FileDropped { name: FileName },
+    /// Storage refused a write or sync; the affected answers are not sent.
+    StorageFailed { reason: String },
+}
+
+/// Why a client operation failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HydfsError {
+    #[error("invalid file name: {0}")]
+    BadName(#[from] NameError),
+    #[error("`{0}` already exists (files are created once)")]
+    AlreadyExists(FileName),
+    #[error("`{0}` does not exist")]
+    NotFound(FileName),
+    #[error("no live replica for `{0}`: this node is not in a group, or every replica is unreachable")]
+    NoLiveReplica(FileName),
+    #[error("{len} bytes exceed the {limit}-byte limit for one write")]
+    TooLarge { len: u64, limit: u64 },
+    #[error("`{name}` is unavailable: {reason}")]
+    Unavailable { name: FileName, reason: String },
+    #[error("{0} is not a member of the group")]
+    NotAMember(NodeAddr),
+    #[error("multiappend failed on {failed} of {total} nodes: {detail}")]
+    MultiAppend { failed: usize, total: usize, detail: String },
+    #[error("storage failed: {0}")]
+    Storage(String),
+}
+
+/// Counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HydfsStats {
+    pub writes_coordinated: u64,
+    pub merges_coordinated: u64,
+    pub parts_fetched: u64,
+    pub bytes_fetched: u64,
+    pub bytes_fetched_for_merges: u64,
+    pub corrupt_parts_detected: u64,
+    pub files_dropped: u64,
+    pub syncs: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+}
+
+pub struct Hydfs {
+    cfg: HydfsConfig,
+    me: NodeAddr,
+    /// The client identity: the current member id (a new one after every rejoin).
+    client_id: MemberId,
+    ring: Ring,
+    store: LocalStore,
+    next_req: ReqId,
+    out: VecDeque<(NodeAddr, HydfsMsg)>,
+    events: VecDeque<HydfsEvent>,
+    next_anti_entropy: Time,
+    stats: HydfsStats,
+    server: server::ServerState,
+    client: client::ClientState,
+}
+
+impl Hydfs {
+    /// A HyDFS node at `me`, starting with empty storage (it wipes what `storage` holds).
+    pub fn new(
+        cfg: HydfsConfig,
+        me: MemberId,
+        storage: Box<dyn Storage + Send>,
+        now: Time,
+    ) -> Result<Hydfs, StorageError> {
+        let mut store = LocalStore::new(storage)?;
+        store.verify = !cfg.bug(PlantedBug::ServesCorruptBlocks);
+        let client = client::ClientState::new(&cfg, now);
+        Ok(Hydfs {
+            me: me.addr,
+            client_id: me,
+            ring: Ring::default(),
+            store,
+            next_req: 1,
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            next_anti_entropy: now + cfg.anti_entropy_interval,
+            stats: HydfsStats::default(),
+            server: server::ServerState::default(),
+            client,
+            cfg,
+        })
+    }
+
+    pub fn config(&self) -> &HydfsConfig {
+        &self.cfg
+    }
+
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    pub fn store(&self) -> &LocalStore {
+        &self.store
+    }
+
+    pub fn stats(&self) -> HydfsStats {
+        let mut s = self.stats.clone();
+        s.cache_hits = self.client.cache.hits;
+        s.cache_misses = self.client.cache.misses;
+        s
+    }
+
+    /// The members on the ring changed (joins, confirmed failures, leaves; never suspicion).
+    /// `me` is this node's current member id, `None` while it is not in a group.
+    pub fn set_members(&mut self, now: Time, me: Option<MemberId>, others: impl IntoIterator<Item = NodeAddr>) {
+        let mut addrs: BTreeSet<NodeAddr> = others.into_iter().collect();
+        match me {
+            Some(id) => {
+                self.client_id = id;
+                addrs.insert(self.me);
+            }
+            None => addrs.clear(),
+        }
+        let ring = Ring::new(addrs);
+        if ring != self.ring {
+            self.ring = ring;
+            self.on_ring_changed(now);
+        }
+    }
+
+    /// The files this node stores, with their ring ids and digests (`store`).
+    pub fn local_files(&self) -> Vec<(FileName, RingId, FileDigest)> {
+        self.store
+            .files()
+            .keys()
+            .filter_map(|n| self.store.meta(n).map(|m| (n.clone(), RingId::of_file(n.as_str()), m.digest())))
+            .collect()
+    }
+
+    pub fn poll_outgoing(&mut self) -> Option<(NodeAddr, HydfsMsg)> {
+        self.out.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<HydfsEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let mut next = Some(self.next_anti_entropy);
+        let mut consider = |t: Option<Time>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n: Time| n.min(t)));
+            }
+        };
+        consider(self.server.next_deadline());
+        consider(self.client.next_deadline());
+        next
+    }
+
+    pub fn handle_timeout(&mut self, now: Time) {
+        if now >= self.next_anti_entropy {
+            self.next_anti_entropy = now + self.cfg.anti_entropy_interval;
+            self.anti_entropy(now);
+        }
+        self.server_tick(now);
+        self.client_tick(now);
+        self.progress(now);
+    }
+
+    /// A stream frame to `to` could not be delivered.
+    pub fn handle_send_failed(&mut self, now: Time, to: NodeAddr) {
+        self.server_send_failed(now, to);
+        self.client_send_failed(now, to);
+        self.progress(now);
+    }
+
+    pub fn handle_message(&mut self, now: Time, from: NodeAddr, msg: HydfsMsg) {
+        match msg {
+            HydfsMsg::Write { req, name, write, inline, source } => {
+                self.on_write(now, from, req, name, write, inline, source)
+            }
+            HydfsMsg::Replicate { req, name, write, inline, sources } => {
+                self.on_replicate(now, from, req, name, write, inline, sources)
+            }
+            HydfsMsg::ReplicateReply { req, result } => self.on_replicate_reply(now, from, req, result),
+            HydfsMsg::Merge { req, name } => self.on_merge(now, from, req, name),
+            HydfsMsg::Collect { req, name } => self.on_collect(from, req, name),
+            HydfsMsg::CollectReply { req, result } => self.on_collect_reply(now, from, req, result),
+            HydfsMsg::Install { req, name, base, appended, sources } => {
+                self.on_install(now, from, req, name, base, appended, sources)
+            }
+            HydfsMsg::InstallReply { req, result } => self.on_install_reply(now, from, req, result),
+            HydfsMsg::Read { req, name, offset, view, needs } => {
+                self.on_read(now, from, req, name, offset, view, needs)
+            }
+            HydfsMsg::Stat { req, name } => {
+                let digest = self.store.meta(&name).map(|m| m.digest());
+                self.send(from, HydfsMsg::StatReply { req, digest });
+            }
+            HydfsMsg::Inventory { req } => {
+                let files = self.local_files().into_iter().map(|(n, _, d)| (n, d)).collect();
+                self.send(from, HydfsMsg::InventoryReply { req, files });
+            }
+            HydfsMsg::InventoryReply { req, files } => self.on_inventory_reply(now, from, req, files),
+            HydfsMsg::Describe { req, name } => {
+                let meta = self.store.meta(&name);
+                self.send(from, HydfsMsg::DescribeReply { req, meta });
+            }
+            HydfsMsg::DescribeReply { req, meta } => self.on_describe_reply(now, from, req, meta),
+            HydfsMsg::Offer { meta } => self.on_offer(now, from, meta),
+            HydfsMsg::Taken { name, hash } => self.on_taken(now, from, name, hash),
+            HydfsMsg::Fetch { req, name, stamp, part } => self.on_fetch(from, req, name, stamp, part),
+            HydfsMsg::FetchReply { req, result } => self.on_fetch_reply(now, from, req, result),
+            HydfsMsg::RemoteAppend { req, name, data } => self.on_remote_append(now, from, req, name, data),
+            HydfsMsg::WriteReply { req, result } => self.on_write_reply(now, from, req, result),
+            HydfsMsg::MergeReply { req, result } => self.on_merge_reply(now, from, req, result),
+            HydfsMsg::ReadReply { req, result } => self.on_read_reply(now, from, req, result),
+            HydfsMsg::StatReply { req, digest } => self.on_stat_reply(now, from, req, digest),
+            HydfsMsg::RemoteAppendReply { req, result } => self.on_remote_append_reply(now, from, req, result),
+        }
+        self.progress(now);
+    }
+
+    fn send(&mut self, to: NodeAddr, msg: HydfsMsg) {
+        self.out.push_back((to, msg));
+    }
+
+    fn req_id(&mut self) -> ReqId {
+        self.next_req += 1;
+        self.next_req
+    }
+
+    fn replicas(&self, name: &FileName) -> Vec<NodeAddr> {
+        self.ring.replicas(name.as_str(), self.cfg.replication)
+    }
+}
+

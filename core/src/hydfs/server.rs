@@ -1,0 +1,1089 @@
+//! The server half of [`Hydfs`]: replicas, write and merge coordination, fetching parts,
+//! anti-entropy and hand-off.
+//!
+//! Invariants kept here:
+//! * a `Replicate`, `Install` or `Taken` answer and a coordinator's own acknowledgement are sent
+//!   only after the writes they cover are complete and storage has been synced;
+//! * a coordinator acknowledges a write only when every replica of its current view answered;
+//! * one merge per file at a time on a coordinator; later requests queue behind it;
+//! * fetched bytes are checked against the write's declared CRC before they are stored.
+
+use super::message::{HydfsMsg, MergeSummary, Refusal, ReqId};
+use super::store::{reconcile, FileRec, PartError};
+use super::types::{order_hash, FileDigest, FileMeta, Stamp, WriteKind, WriteMeta};
+use super::{FileName, Hydfs, HydfsEvent, PlantedBug};
+use crate::id::NodeAddr;
+use crate::time::Time;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+#[derive(Default)]
+pub(super) struct ServerState {
+    next_op: u64,
+    writes: BTreeMap<u64, CoordWrite>,
+    merges: BTreeMap<FileName, CoordMerge>,
+    merge_queue: BTreeMap<FileName, VecDeque<(NodeAddr, ReqId, Time)>>,
+    replica_waits: Vec<ReplicaWait>,
+    installs: Vec<InstallWait>,
+    offers_in: Vec<OfferIn>,
+    offers_taken: BTreeMap<FileName, BTreeMap<NodeAddr, u64>>,
+    fetches: BTreeMap<(FileName, Stamp, u32), FetchJob>,
+    requests: BTreeMap<ReqId, Outstanding>,
+    /// Bytes fetched for installs, per file, reported with the install's answer.
+    install_bytes: BTreeMap<FileName, u64>,
+    /// Ticks at which coordinators retry (the earliest matters).
+    retry_at: Option<Time>,
+}
+
+impl ServerState {
+    pub(super) fn next_deadline(&self) -> Option<Time> {
+        let req = self.requests.values().map(|r| r.deadline).min();
+        match (req, self.retry_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+struct CoordWrite {
+    client: NodeAddr,
+    client_req: ReqId,
+    name: FileName,
+    write: WriteMeta,
+    inline: Option<Vec<u8>>,
+    source: NodeAddr,
+    acked: BTreeSet<NodeAddr>,
+    asked: BTreeSet<NodeAddr>,
+    started: Time,
+}
+
+struct CoordMerge {
+    client: NodeAddr,
+    client_req: ReqId,
+    started: Time,
+    targets: Vec<NodeAddr>,
+    phase: MergePhase,
+    bytes_moved: u64,
+}
+
+enum MergePhase {
+    Collecting { replied: BTreeSet<NodeAddr>, found: BTreeMap<Stamp, (WriteMeta, Vec<NodeAddr>)> },
+    Fetching { union: Vec<WriteMeta> },
+    Installing { base: u64, appended: Vec<WriteMeta>, acked: BTreeSet<NodeAddr>, asked: BTreeSet<NodeAddr> },
+}
+
+struct ReplicaWait {
+    reply_to: NodeAddr,
+    req: ReqId,
+    name: FileName,
+    stamp: Stamp,
+    until: Time,
+}
+
+struct InstallWait {
+    reply_to: NodeAddr,
+    req: ReqId,
+    name: FileName,
+    base: u64,
+    appended: Vec<WriteMeta>,
+    until: Time,
+}
+
+struct OfferIn {
+    from: NodeAddr,
+    meta: FileMeta,
+    until: Time,
+}
+
+struct FetchJob {
+    part: super::types::PartMeta,
+    sources: Vec<NodeAddr>,
+    next: usize,
+    in_flight: Option<ReqId>,
+    for_merge: bool,
+}
+
+struct Outstanding {
+    to: NodeAddr,
+    deadline: Time,
+    what: Pending,
+}
+
+enum Pending {
+    Replicate { op: u64 },
+    Collect { name: FileName },
+    Install { name: FileName },
+    Fetch { key: (FileName, Stamp, u32) },
+    Inventory,
+    Describe { name: FileName },
+}
+
+impl Hydfs {
+    fn ask(&mut self, now: Time, to: NodeAddr, what: Pending, make: impl FnOnce(ReqId) -> HydfsMsg) -> ReqId {
+        let req = self.req_id();
+        let deadline = now + self.cfg.request_timeout;
+        self.server.requests.insert(req, Outstanding { to, deadline, what });
+        self.send(to, make(req));
+        req
+    }
+
+    fn arm_retry(&mut self, now: Time) {
+        let at = now + self.cfg.retry_interval;
+        self.server.retry_at = Some(self.server.retry_at.map_or(at, |t| t.min(at)));
+    }
+
+    // ---- writes -------------------------------------------------------------------------------
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_write(
+        &mut self,
+        now: Time,
+        from: NodeAddr,
+        req: ReqId,
+        name: FileName,
+        write: WriteMeta,
+        inline: Option<Vec<u8>>,
+        source: NodeAddr,
+    ) {
+        let refuse = |h: &mut Hydfs, r: Refusal| h.send(from, HydfsMsg::WriteReply { req, result: Err(r) });
+        if write.len() > self.cfg.max_write_bytes {
+            return refuse(self, Refusal::TooLarge { limit: self.cfg.max_write_bytes });
+        }
+        if !self.replicas(&name).contains(&self.me) {
+            return refuse(self, Refusal::NotReplica);
+        }
+        let in_flight_create = self
+            .server
+            .writes
+            .values()
+            .find(|w| w.name == name && w.write.kind == WriteKind::Create)
+            .map(|w| w.write.stamp);
+        let existing = self.store.file(&name).and_then(|r| r.create.as_ref().map(|c| c.stamp)).or(in_flight_create);
+        match write.kind {
+            WriteKind::Create => {
+                if existing.is_some_and(|s| s != write.stamp) && !self.cfg.bug(PlantedBug::CreateNotExclusive) {
+                    return refuse(self, Refusal::AlreadyExists);
+                }
+            }
+            WriteKind::Append => {
+                if existing.is_none() {
+                    return refuse(self, Refusal::NotFound);
+                }
+            }
+        }
+        // A retry of a write this node already coordinates joins the running attempt.
+        if let Some(w) = self.server.writes.values_mut().find(|w| w.name == name && w.write.stamp == write.stamp) {
+            w.client = from;
+            w.client_req = req;
+            return;
+        }
+        if !self.accept_write(now, &name, &write, inline.as_deref(), &[source]) {
+            return refuse(self, Refusal::AlreadyExists);
+        }
+        self.stats.writes_coordinated += 1;
+        let op = self.server.next_op;
+        self.server.next_op += 1;
+        self.server.writes.insert(
+            op,
+            CoordWrite {
+                client: from,
+                client_req: req,
+                name,
+                write,
+                inline,
+                source,
+                acked: BTreeSet::new(),
+                asked: BTreeSet::new(),
+                started: now,
+            },
+        );
+        self.drive_write(now, op);
+    }
+
+    /// Records a write locally and starts fetching its parts. False if a different create of
+    /// the name is already here.
+    fn accept_write(
+        &mut self,
+        now: Time,
+        name: &FileName,
+        write: &WriteMeta,
+        inline: Option<&[u8]>,
+        sources: &[NodeAddr],
+    ) -> bool {
+        let replace = self.cfg.bug(PlantedBug::CreateNotExclusive);
+        let rec = self.store.file_mut(name);
+        match write.kind {
+            WriteKind::Create => match &rec.create {
+                Some(c) if c.stamp != write.stamp && !replace => return false,
+                Some(c) if c.stamp == write.stamp => {}
+                _ => rec.create = Some(write.clone()),
+            },
+            WriteKind::Append => {
+                if !rec.contains(&write.stamp) {
+                    rec.pending.insert(write.stamp, write.clone());
+                }
+            }
+        }
+        if let (Some(bytes), [part]) = (inline, write.parts.as_slice()) {
+            if let Err(e) = self.store.put_part(name, write.stamp, 0, *part, bytes) {
+                self.storage_failed(&e.to_string());
+            }
+        }
+        self.ensure_write(now, name, write, sources, false);
+        true
+    }
+
+    fn drive_write(&mut self, now: Time, op: u64) {
+        let Some(w) = self.server.writes.get(&op) else { return };
+        let targets = self.replicas(&w.name);
+        let (name, write, inline, source) = (w.name.clone(), w.write.clone(), w.inline.clone(), w.source);
+        let to_ask: Vec<NodeAddr> =
+            targets.iter().copied().filter(|t| *t != self.me && !w.acked.contains(t) && !w.asked.contains(t)).collect();
+        for t in to_ask {
+            let (n, wr, inl) = (name.clone(), write.clone(), inline.clone());
+            let sources = vec![self.me, source];
+            self.ask(now, t, Pending::Replicate { op }, |req| HydfsMsg::Replicate {
+                req,
+                name: n,
+                write: wr,
+                inline: inl,
+                sources,
+            });
+            if let Some(w) = self.server.writes.get_mut(&op) {
+                w.asked.insert(t);
+            }
+        }
+        self.arm_retry(now);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_replicate(
+        &mut self,
+        now: Time,
+        from: NodeAddr,
+        req: ReqId,
+        name: FileName,
+        write: WriteMeta,
+        inline: Option<Vec<u8>>,
+        sources: Vec<NodeAddr>,
+    ) {
+        if !self.accept_write(now, &name, &write, inline.as_deref(), &sources) {
+            self.send(from, HydfsMsg::ReplicateReply { req, result: Err(Refusal::AlreadyExists) });
+            return;
+        }
+        let until = now + self.cfg.request_timeout;
+        self.server.replica_waits.push(ReplicaWait { reply_to: from, req, name, stamp: write.stamp, until });
+    }
+
+    pub(super) fn on_replicate_reply(&mut self, now: Time, from: NodeAddr, req: ReqId, result: Result<(), Refusal>) {
+        let Some(Outstanding { what: Pending::Replicate { op }, .. }) = self.server.requests.remove(&req) else {
+            return;
+        };
+        let Some(w) = self.server.writes.get_mut(&op) else { return };
+        w.asked.remove(&from);
+        match result {
+            Ok(()) => {
+                w.acked.insert(from);
+            }
+            Err(Refusal::AlreadyExists) => {
+                let w = self.server.writes.remove(&op).expect("present");
+                self.send(w.client, HydfsMsg::WriteReply { req: w.client_req, result: Err(Refusal::AlreadyExists) });
+            }
+            Err(_) => self.arm_retry(now),
+        }
+    }
+
+    // ---- merges -------------------------------------------------------------------------------
+
+    pub(super) fn on_merge(&mut self, now: Time, from: NodeAddr, req: ReqId, name: FileName) {
+        if self.store.file(&name).is_none_or(|r| r.create.is_none()) {
+            self.send(from, HydfsMsg::MergeReply { req, result: Err(Refusal::NotFound) });
+            return;
+        }
+        if !self.replicas(&name).contains(&self.me) {
+            self.send(from, HydfsMsg::MergeReply { req, result: Err(Refusal::NotReplica) });
+            return;
+        }
+        if self.server.merges.contains_key(&name) {
+            self.server.merge_queue.entry(name).or_default().push_back((from, req, now));
+            return;
+        }
+        self.start_merge(now, from, req, name);
+    }
+
+    fn start_merge(&mut self, now: Time, client: NodeAddr, client_req: ReqId, name: FileName) {
+        self.stats.merges_coordinated += 1;
+        let targets = self.replicas(&name);
+        let mut found = BTreeMap::new();
+        if let Some(rec) = self.store.file(&name) {
+            for w in rec.pending.values() {
+                found.insert(w.stamp, (w.clone(), vec![self.me]));
+            }
+        }
+        let mut replied = BTreeSet::new();
+        replied.insert(self.me);
+        let me = self.me;
+        for t in targets.iter().copied().filter(|t| *t != me) {
+            let n = name.clone();
+            self.ask(now, t, Pending::Collect { name: name.clone() }, |req| HydfsMsg::Collect { req, name: n });
+        }
+        self.server.merges.insert(
+            name,
+            CoordMerge {
+                client,
+                client_req,
+                started: now,
+                targets,
+                phase: MergePhase::Collecting { replied, found },
+                bytes_moved: 0,
+            },
+        );
+        self.arm_retry(now);
+    }
+
+    pub(super) fn on_collect(&mut self, from: NodeAddr, req: ReqId, name: FileName) {
+        let result = match self.store.file(&name) {
+            Some(rec) => Ok(rec.pending.values().filter(|w| self.store.is_complete(&name, w)).cloned().collect()),
+            None => Err(Refusal::NotFound),
+        };
+        self.send(from, HydfsMsg::CollectReply { req, result });
+    }
+
+    pub(super) fn on_collect_reply(
+        &mut self,
+        now: Time,
+        from: NodeAddr,
+        req: ReqId,
+        result: Result<Vec<WriteMeta>, Refusal>,
+    ) {
+        let Some(Outstanding { what: Pending::Collect { name }, .. }) = self.server.requests.remove(&req) else {
+            return;
+        };
+        let Some(m) = self.server.merges.get_mut(&name) else { return };
+        let MergePhase::Collecting { replied, found } = &mut m.phase else { return };
+        replied.insert(from);
+        for w in result.unwrap_or_default() {
+            found.entry(w.stamp).or_insert_with(|| (w.clone(), Vec::new())).1.push(from);
+        }
+        self.advance_merge(now, &name);
+    }
+
+    fn advance_merge(&mut self, now: Time, name: &FileName) {
+        let Some(m) = self.server.merges.get_mut(name) else { return };
+        match &mut m.phase {
+            MergePhase::Collecting { replied, found } => {
+                if !m.targets.iter().all(|t| replied.contains(t)) {
+                    return;
+                }
+                let merged: BTreeSet<Stamp> = self
+                    .store
+                    .file(name)
+                    .map(|r| r.merged.iter().map(|w| w.stamp).collect())
+                    .unwrap_or_default();
+                let found = std::mem::take(found);
+                let union: Vec<WriteMeta> =
+                    found.values().filter(|(w, _)| !merged.contains(&w.stamp)).map(|(w, _)| w.clone()).collect();
+                m.phase = MergePhase::Fetching { union: union.clone() };
+                for (w, sources) in found.into_values() {
+                    if merged.contains(&w.stamp) {
+                        continue;
+                    }
+                    let rec = self.store.file_mut(name);
+                    if !rec.contains(&w.stamp) {
+                        rec.pending.insert(w.stamp, w.clone());
+                    }
+                    self.ensure_write(now, name, &w, &sources, true);
+                }
+                self.advance_merge(now, name);
+            }
+            MergePhase::Fetching { union } => {
+                if !union.iter().all(|w| self.store.is_complete(name, w)) {
+                    return;
+                }
+                let mut appended = std::mem::take(union);
+                appended.sort_by_key(|w| w.stamp);
+                if self.cfg.bug(PlantedBug::MergeReversesOrder) {
+                    appended.reverse();
+                }
+                if self.cfg.bug(PlantedBug::MergeLastWriterWins) {
+                    let mut last: BTreeMap<crate::id::MemberId, WriteMeta> = BTreeMap::new();
+                    for w in appended {
+                        last.insert(w.stamp.client, w);
+                    }
+                    appended = last.into_values().collect();
+                    appended.sort_by_key(|w| w.stamp);
+                    let keep: BTreeSet<Stamp> = appended.iter().map(|w| w.stamp).collect();
+                    self.store.file_mut(name).pending.retain(|s, _| keep.contains(s));
+                }
+                let base = self.store.merged_hash(name).unwrap_or(0);
+                if !self.install_locally(name, base, &appended) {
+                    // Someone else's merge changed the file meanwhile: collect again.
+                    let m = self.server.merges.remove(name).expect("present");
+                    self.start_merge(now, m.client, m.client_req, name.clone());
+                    return;
+                }
+                if let Err(e) = self.store.sync() {
+                    self.storage_failed(&e.to_string());
+                }
+                self.stats.syncs += 1;
+                let m = self.server.merges.get_mut(name).expect("present");
+                let mut acked = BTreeSet::new();
+                acked.insert(self.me);
+                if self.cfg.bug(PlantedBug::MergeSkipsReplicas) {
+                    acked.extend(m.targets.iter().copied());
+                }
+                m.phase = MergePhase::Installing { base, appended, acked, asked: BTreeSet::new() };
+                self.send_installs(now, name);
+                self.advance_merge(now, name);
+            }
+            MergePhase::Installing { acked, appended, .. } => {
+                let targets: Vec<NodeAddr> =
+                    m.targets.iter().copied().filter(|t| self.ring.contains(*t) || *t == self.me).collect();
+                if !targets.iter().all(|t| acked.contains(t)) {
+                    return;
+                }
+                let appended_n = appended.len() as u32;
+                let m = self.server.merges.remove(name).expect("present");
+                let summary = MergeSummary { appended: appended_n, replicas: targets.clone(), bytes_moved: m.bytes_moved };
+                let merged_hash = self.store.merged_hash(name).unwrap_or(0);
+                self.send(m.client, HydfsMsg::MergeReply { req: m.client_req, result: Ok(summary) });
+                self.events.push_back(HydfsEvent::MergeCommitted { name: name.clone(), replicas: targets, merged_hash });
+                self.next_merge(now, name);
+            }
+        }
+    }
+
+    fn next_merge(&mut self, now: Time, name: &FileName) {
+        if let Some(q) = self.server.merge_queue.get_mut(name) {
+            if let Some((client, req, _)) = q.pop_front() {
+                if q.is_empty() {
+                    self.server.merge_queue.remove(name);
+                }
+                self.start_merge(now, client, req, name.clone());
+            }
+        }
+    }
+
+    fn send_installs(&mut self, now: Time, name: &FileName) {
+        let Some(m) = self.server.merges.get(name) else { return };
+        let MergePhase::Installing { base, appended, acked, asked } = &m.phase else { return };
+        let to: Vec<NodeAddr> =
+            m.targets.iter().copied().filter(|t| !acked.contains(t) && !asked.contains(t)).collect();
+        let (base, appended) = (*base, appended.clone());
+        for t in to {
+            let (n, a) = (name.clone(), appended.clone());
+            let sources = vec![self.me];
+            self.ask(now, t, Pending::Install { name: name.clone() }, |req| HydfsMsg::Install {
+                req,
+                name: n,
+                base,
+                appended: a,
+                sources,
+            });
+            if let Some(CoordMerge { phase: MergePhase::Installing { asked, .. }, .. }) =
+                self.server.merges.get_mut(name)
+            {
+                asked.insert(t);
+            }
+        }
+    }
+
+    /// Moves `appended` from pending to merged, in order, if the merged content is still `base`.
+    fn install_locally(&mut self, name: &FileName, base: u64, appended: &[WriteMeta]) -> bool {
+        if self.store.merged_hash(name) != Some(base) {
+            return false;
+        }
+        let rec = self.store.file_mut(name);
+        for w in appended {
+            rec.pending.remove(&w.stamp);
+            rec.merged.push(w.clone());
+        }
+        rec.generation += 1;
+        true
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_install(
+        &mut self,
+        now: Time,
+        from: NodeAddr,
+        req: ReqId,
+        name: FileName,
+        base: u64,
+        appended: Vec<WriteMeta>,
+        sources: Vec<NodeAddr>,
+    ) {
+        let current = self.store.merged_hash(&name);
+        let after = self.store.file(&name).map(|r| {
+            order_hash(r.create.iter().chain(&r.merged).chain(appended.iter()).map(|w| &w.stamp))
+        });
+        let done = current.is_some() && appended.is_empty() && current == Some(base);
+        if done || (current.is_some() && current == after && !appended.is_empty()) {
+            self.send(from, HydfsMsg::InstallReply { req, result: Ok(0) });
+            return;
+        }
+        if current != Some(base) {
+            // This copy is not where the coordinator's is: repair it from the coordinator; the
+            // coordinator asks again.
+            self.send(from, HydfsMsg::InstallReply { req, result: Err(Refusal::Behind) });
+            let n = name.clone();
+            self.ask(now, from, Pending::Describe { name: name.clone() }, |req| HydfsMsg::Describe { req, name: n });
+            return;
+        }
+        for w in &appended {
+            let rec = self.store.file_mut(&name);
+            if !rec.contains(&w.stamp) {
+                rec.pending.insert(w.stamp, w.clone());
+            }
+            self.ensure_write(now, &name, w, &sources, true);
+        }
+        let until = now + self.cfg.request_timeout;
+        self.server.installs.push(InstallWait { reply_to: from, req, name, base, appended, until });
+    }
+
+    pub(super) fn on_install_reply(&mut self, now: Time, from: NodeAddr, req: ReqId, result: Result<u64, Refusal>) {
+        let Some(Outstanding { what: Pending::Install { name }, .. }) = self.server.requests.remove(&req) else {
+            return;
+        };
+        let Some(m) = self.server.merges.get_mut(&name) else { return };
+        let MergePhase::Installing { acked, asked, .. } = &mut m.phase else { return };
+        asked.remove(&from);
+        match result {
+            Ok(bytes) => {
+                acked.insert(from);
+                m.bytes_moved += bytes;
+                self.advance_merge(now, &name);
+            }
+            Err(_) => self.arm_retry(now),
+        }
+    }
+
+    // ---- parts --------------------------------------------------------------------------------
+
+    /// Starts fetching every part of `w` this node lacks.
+    fn ensure_write(&mut self, now: Time, name: &FileName, w: &WriteMeta, sources: &[NodeAddr], for_merge: bool) {
+        for (i, part) in w.parts.iter().enumerate() {
+            let i = i as u32;
+            let key = (name.clone(), w.stamp, i);
+            if self.store.has_part(name, w.stamp, i) {
+                continue;
+            }
+            let srcs: Vec<NodeAddr> = sources.iter().copied().filter(|s| *s != self.me).collect();
+            if let Some(job) = self.server.fetches.get_mut(&key) {
+                for s in srcs {
+                    if !job.sources.contains(&s) {
+                        job.sources.push(s);
+                    }
+                }
+                if job.in_flight.is_none() {
+                    self.next_fetch(now, key);
+                }
+                continue;
+            }
+            if srcs.is_empty() {
+                continue;
+            }
+            self.server.fetches.insert(
+                key.clone(),
+                FetchJob { part: *part, sources: srcs, next: 0, in_flight: None, for_merge },
+            );
+            self.next_fetch(now, key);
+        }
+    }
+
+    fn next_fetch(&mut self, now: Time, key: (FileName, Stamp, u32)) {
+        let Some(job) = self.server.fetches.get_mut(&key) else { return };
+        if job.next >= job.sources.len() {
+            // Every source failed; anti-entropy will find another copy later.
+            self.server.fetches.remove(&key);
+            return;
+        }
+        let to = job.sources[job.next];
+        job.next += 1;
+        let (name, stamp, part) = key.clone();
+        let req = self.ask(now, to, Pending::Fetch { key: key.clone() }, |req| HydfsMsg::Fetch {
+            req,
+            name,
+            stamp,
+            part,
+        });
+        if let Some(job) = self.server.fetches.get_mut(&key) {
+            job.in_flight = Some(req);
+        }
+    }
+
+    pub(super) fn on_fetch(&mut self, from: NodeAddr, req: ReqId, name: FileName, stamp: Stamp, part: u32) {
+        let result = match self.store.read_part(&name, stamp, part) {
+            Ok(bytes) => Ok(bytes),
+            Err(PartError::Corrupt) => {
+                self.corruption(&name, stamp, part);
+                Err(Refusal::Corrupt)
+            }
+            Err(PartError::Missing) => match self.client_upload_part(&name, stamp, part) {
+                Some(bytes) => Ok(bytes),
+                None => Err(Refusal::NotFound),
+            },
+            Err(PartError::Storage(e)) => Err(Refusal::Unavailable(e.to_string())),
+        };
+        self.send(from, HydfsMsg::FetchReply { req, result });
+    }
+
+    pub(super) fn on_fetch_reply(&mut self, now: Time, _from: NodeAddr, req: ReqId, result: Result<Vec<u8>, Refusal>) {
+        let Some(Outstanding { what: Pending::Fetch { key }, .. }) = self.server.requests.remove(&req) else {
+            return;
+        };
+        let Some(job) = self.server.fetches.get_mut(&key) else { return };
+        if job.in_flight != Some(req) {
+            return;
+        }
+        job.in_flight = None;
+        let (part, for_merge) = (job.part, job.for_merge);
+        let (name, stamp, i) = key.clone();
+        if let Ok(bytes) = result {
+            match self.store.put_part(&name, stamp, i, part, &bytes) {
+                Ok(true) => {
+                    self.server.fetches.remove(&key);
+                    self.stats.parts_fetched += 1;
+                    self.stats.bytes_fetched += bytes.len() as u64;
+                    if for_merge {
+                        self.stats.bytes_fetched_for_merges += bytes.len() as u64;
+                        self.credit_merge_bytes(&name, bytes.len() as u64);
+                    }
+                    return;
+                }
+                Ok(false) => {} // wrong bytes: try the next source
+                Err(e) => self.storage_failed(&e.to_string()),
+            }
+        }
+        self.next_fetch(now, key);
+    }
+
+    fn credit_merge_bytes(&mut self, name: &FileName, bytes: u64) {
+        if let Some(m) = self.server.merges.get_mut(name) {
+            m.bytes_moved += bytes;
+        }
+        // Reported back to the coordinator with the install's answer.
+        *self.server.install_bytes.entry(name.clone()).or_default() += bytes;
+    }
+
+    pub(super) fn corruption(&mut self, name: &FileName, stamp: Stamp, part: u32) {
+        self.stats.corrupt_parts_detected += 1;
+        self.events.push_back(HydfsEvent::CorruptionDetected { name: name.clone(), stamp, part });
+    }
+
+    pub(super) fn storage_failed(&mut self, why: &str) {
+        self.events.push_back(HydfsEvent::StorageFailed { reason: why.to_string() });
+    }
+
+    // ---- reads --------------------------------------------------------------------------------
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_read(
+        &mut self,
+        _now: Time,
+        from: NodeAddr,
+        req: ReqId,
+        name: FileName,
+        offset: u64,
+        view: Option<u64>,
+        needs: Vec<Stamp>,
+    ) {
+        let result = self.read_chunk(&name, offset, view, &needs);
+        self.send(from, HydfsMsg::ReadReply { req, result });
+    }
+
+    fn read_chunk(
+        &mut self,
+        name: &FileName,
+        offset: u64,
+        view: Option<u64>,
+        needs: &[Stamp],
+    ) -> Result<super::message::ReadChunk, Refusal> {
+        let Some(meta) = self.store.meta(name) else { return Err(Refusal::NotFound) };
+        if meta.create.is_none() {
+            return Err(Refusal::NotFound);
+        }
+        let present: BTreeSet<Stamp> =
+            meta.all_writes().map(|w| w.stamp).filter(|s| !meta.incomplete.contains(s)).collect();
+        if needs.iter().any(|s| !present.contains(s)) {
+            return Err(Refusal::Behind);
+        }
+        if !meta.incomplete.is_empty() {
+            return Err(Refusal::Unavailable("a copy of this file is being repaired".into()));
+        }
+        let id = meta.digest().hash;
+        if view.is_some_and(|v| v != id) {
+            return Err(Refusal::ViewChanged);
+        }
+        let total: u64 = meta.all_writes().map(|w| w.len()).sum();
+        let end = total.min(offset.saturating_add(self.chunk_bytes_for_reads() as u64));
+        let mut bytes = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        let mut pos = 0u64;
+        for w in meta.all_writes() {
+            for (i, p) in w.parts.iter().enumerate() {
+                let (start, stop) = (pos, pos + p.len as u64);
+                pos = stop;
+                if stop <= offset || start >= end {
+                    continue;
+                }
+                let data = match self.store.read_part(name, w.stamp, i as u32) {
+                    Ok(d) => d,
+                    Err(PartError::Corrupt) => {
+                        self.corruption(name, w.stamp, i as u32);
+                        return Err(Refusal::Corrupt);
+                    }
+                    Err(PartError::Missing) => return Err(Refusal::Unavailable("a part is missing".into())),
+                    Err(PartError::Storage(e)) => return Err(Refusal::Unavailable(e.to_string())),
+                };
+                let from = offset.max(start) - start;
+                let to = end.min(stop) - start;
+                bytes.extend_from_slice(&data[from as usize..(to as usize).min(data.len())]);
+            }
+        }
+        let writes = if offset == 0 { meta.all_writes().map(|w| w.stamp).collect() } else { Vec::new() };
+        Ok(super::message::ReadChunk { view: id, total_len: total, writes, offset, bytes })
+    }
+
+    fn chunk_bytes_for_reads(&self) -> usize {
+        if self.cfg.bug(PlantedBug::UnchunkedTransfers) {
+            usize::MAX >> 1
+        } else {
+            self.cfg.chunk_bytes
+        }
+    }
+
+    // ---- anti-entropy and hand-off ------------------------------------------------------------
+
+    pub(super) fn anti_entropy(&mut self, now: Time) {
+        if self.ring.len() <= 1 || !self.ring.contains(self.me) {
+            return;
+        }
+        if !self.cfg.bug(PlantedBug::NoReReplication) {
+            for p in self.ring.neighbours(self.me, self.cfg.replication) {
+                let busy = self.server.requests.values().any(|r| r.to == p && matches!(r.what, Pending::Inventory));
+                if !busy {
+                    self.ask(now, p, Pending::Inventory, |req| HydfsMsg::Inventory { req });
+                }
+            }
+        }
+        if self.cfg.bug(PlantedBug::KeepsUnownedCopies) {
+            return;
+        }
+        let unowned: Vec<FileName> =
+            self.store.files().keys().filter(|n| !self.replicas(n).contains(&self.me)).cloned().collect();
+        for name in unowned {
+            let Some(meta) = self.store.meta(&name) else { continue };
+            for r in self.replicas(&name) {
+                self.send(r, HydfsMsg::Offer { meta: meta.clone() });
+            }
+        }
+    }
+
+    pub(super) fn on_inventory_reply(
+        &mut self,
+        now: Time,
+        from: NodeAddr,
+        req: ReqId,
+        files: Vec<(FileName, FileDigest)>,
+    ) {
+        if self.server.requests.remove(&req).is_none() {
+            return;
+        }
+        for (name, digest) in files {
+            if !self.replicas(&name).contains(&self.me) {
+                continue;
+            }
+            let mine = self.store.meta(&name).map(|m| m.digest());
+            if mine == Some(digest) {
+                continue;
+            }
+            let busy = self
+                .server
+                .requests
+                .values()
+                .any(|r| matches!(&r.what, Pending::Describe { name: n } if *n == name));
+            if !busy {
+                let n = name.clone();
+                self.ask(now, from, Pending::Describe { name }, |req| HydfsMsg::Describe { req, name: n });
+            }
+        }
+    }
+
+    pub(super) fn on_describe_reply(&mut self, now: Time, from: NodeAddr, req: ReqId, meta: Option<FileMeta>) {
+        if self.server.requests.remove(&req).is_none() {
+            return;
+        }
+        if let Some(meta) = meta {
+            self.absorb(now, from, &meta);
+        }
+    }
+
+    /// Reconciles a peer's view of a file into ours and fetches what we lack from it.
+    fn absorb(&mut self, now: Time, from: NodeAddr, meta: &FileMeta) {
+        let name = &meta.name;
+        let rec: FileRec = reconcile(self.store.file(name), meta);
+        self.store.set_file(name, rec.clone());
+        let mut sources = vec![from];
+        sources.extend(self.replicas(name));
+        for w in rec.writes() {
+            if !self.store.is_complete(name, w) {
+                let from_has = !meta.incomplete.contains(&w.stamp) && meta.all_writes().any(|m| m.stamp == w.stamp);
+                let srcs: Vec<NodeAddr> =
+                    if from_has { sources.clone() } else { sources.iter().copied().skip(1).collect() };
+                self.ensure_write(now, name, w, &srcs, false);
+            }
+        }
+    }
+
+    pub(super) fn on_offer(&mut self, now: Time, from: NodeAddr, meta: FileMeta) {
+        if !self.replicas(&meta.name).contains(&self.me) || self.cfg.bug(PlantedBug::NoReReplication) {
+            return;
+        }
+        self.absorb(now, from, &meta);
+        let hash = meta.digest().hash;
+        if !self.server.offers_in.iter().any(|o| o.from == from && o.meta.digest().hash == hash) {
+            let until = now + self.cfg.request_timeout;
+            self.server.offers_in.push(OfferIn { from, meta, until });
+        }
+    }
+
+    pub(super) fn on_taken(&mut self, now: Time, from: NodeAddr, name: FileName, hash: u64) {
+        let Some(meta) = self.store.meta(&name) else { return };
+        if meta.digest().hash != hash {
+            return;
+        }
+        self.server.offers_taken.entry(name.clone()).or_default().insert(from, hash);
+        let owners = self.replicas(&name);
+        if owners.contains(&self.me) || owners.is_empty() {
+            return;
+        }
+        let taken = &self.server.offers_taken[&name];
+        if owners.iter().all(|o| taken.get(o) == Some(&hash)) {
+            self.store.drop_file(&name);
+            self.server.offers_taken.remove(&name);
+            self.stats.files_dropped += 1;
+            self.events.push_back(HydfsEvent::FileDropped { name });
+            let _ = now;
+        }
+    }
+
+    pub(super) fn on_ring_changed(&mut self, now: Time) {
+        self.server.offers_taken.clear();
+        // Writes and merges in flight re-target on their next retry.
+        self.arm_retry(now);
+    }
+
+    // ---- driving ------------------------------------------------------------------------------
+
+    pub(super) fn server_tick(&mut self, now: Time) {
+        // Requests that got no answer in time.
+        let expired: Vec<ReqId> =
+            self.server.requests.iter().filter(|(_, r)| r.deadline <= now).map(|(id, _)| *id).collect();
+        for req in expired {
+            self.request_failed(now, req);
+        }
+        if self.server.retry_at.is_some_and(|t| t <= now) {
+            self.server.retry_at = None;
+            self.retry(now);
+        }
+        let until = now;
+        self.server.replica_waits.retain(|w| w.until > until);
+        self.server.installs.retain(|w| w.until > until);
+        self.server.offers_in.retain(|w| w.until > until);
+    }
+
+    fn retry(&mut self, now: Time) {
+        let timeout = self.cfg.coordinator_timeout;
+        let ops: Vec<u64> = self.server.writes.keys().copied().collect();
+        for op in ops {
+            let Some(w) = self.server.writes.get(&op) else { continue };
+            if now >= w.started + timeout {
+                let w = self.server.writes.remove(&op).expect("present");
+                let why = format!("replicas did not confirm the write within {}", timeout);
+                self.send(w.client, HydfsMsg::WriteReply { req: w.client_req, result: Err(Refusal::Unavailable(why)) });
+                continue;
+            }
+            // Replicas that left the ring are no longer waited for; new ones are asked.
+            let (name, write, source) = (w.name.clone(), w.write.clone(), w.source);
+            if !self.store.file(&name).is_some_and(|r| r.contains(&write.stamp)) {
+                self.accept_write(now, &name, &write, None, &[source]);
+            } else {
+                self.ensure_write(now, &name, &write, &[source], false);
+            }
+            self.drive_write(now, op);
+        }
+        let names: Vec<FileName> = self.server.merges.keys().cloned().collect();
+        for name in names {
+            let Some(m) = self.server.merges.get_mut(&name) else { continue };
+            if now >= m.started + timeout {
+                let m = self.server.merges.remove(&name).expect("present");
+                let why = format!("replicas did not complete the merge within {}", timeout);
+                self.send(m.client, HydfsMsg::MergeReply { req: m.client_req, result: Err(Refusal::Unavailable(why)) });
+                self.next_merge(now, &name);
+                continue;
+            }
+            let ring = &self.ring;
+            let me = self.me;
+            m.targets.retain(|t| *t == me || ring.contains(*t));
+            if let MergePhase::Collecting { replied, .. } = &m.phase {
+                let missing: Vec<NodeAddr> = m.targets.iter().copied().filter(|t| !replied.contains(t)).collect();
+                for t in missing {
+                    let asked = self
+                        .server
+                        .requests
+                        .values()
+                        .any(|r| r.to == t && matches!(&r.what, Pending::Collect { name: n } if *n == name));
+                    if !asked {
+                        let n = name.clone();
+                        self.ask(now, t, Pending::Collect { name: name.clone() }, |req| HydfsMsg::Collect { req, name: n });
+                    }
+                }
+            }
+            if let Some(CoordMerge { phase: MergePhase::Fetching { union }, .. }) = self.server.merges.get(&name) {
+                let union = union.clone();
+                let mut sources = self.replicas(&name);
+                sources.retain(|s| *s != self.me);
+                for w in &union {
+                    self.ensure_write(now, &name, w, &sources, true);
+                }
+            }
+            self.send_installs(now, &name);
+            self.advance_merge(now, &name);
+        }
+        if !self.server.writes.is_empty() || !self.server.merges.is_empty() {
+            self.arm_retry(now);
+        }
+    }
+
+    fn request_failed(&mut self, now: Time, req: ReqId) {
+        let Some(r) = self.server.requests.remove(&req) else { return };
+        match r.what {
+            Pending::Replicate { op } => {
+                if let Some(w) = self.server.writes.get_mut(&op) {
+                    w.asked.remove(&r.to);
+                }
+                self.arm_retry(now);
+            }
+            Pending::Collect { name } => {
+                // A replica that cannot be reached is waited for until the ring drops it.
+                let _ = name;
+                self.arm_retry(now);
+            }
+            Pending::Install { name } => {
+                if let Some(CoordMerge { phase: MergePhase::Installing { asked, .. }, .. }) =
+                    self.server.merges.get_mut(&name)
+                {
+                    asked.remove(&r.to);
+                }
+                self.arm_retry(now);
+            }
+            Pending::Fetch { key } => {
+                if let Some(job) = self.server.fetches.get_mut(&key) {
+                    job.in_flight = None;
+                }
+                self.next_fetch(now, key);
+            }
+            Pending::Inventory | Pending::Describe { .. } => {}
+        }
+    }
+
+    pub(super) fn server_send_failed(&mut self, now: Time, to: NodeAddr) {
+        let failed: Vec<ReqId> = self.server.requests.iter().filter(|(_, r)| r.to == to).map(|(id, _)| *id).collect();
+        for req in failed {
+            self.request_failed(now, req);
+        }
+    }
+
+    /// Sends every answer whose writes are now complete, after one sync that covers them all.
+    pub(super) fn server_progress(&mut self, now: Time) {
+        let skip_sync = self.cfg.bug(PlantedBug::AckBeforeSync);
+        let mut synced = false;
+        let mut sync = |h: &mut Hydfs| {
+            if !synced && !skip_sync {
+                synced = true;
+                if !h.store.is_synced() {
+                    h.stats.syncs += 1;
+                }
+                if let Err(e) = h.store.sync() {
+                    h.storage_failed(&e.to_string());
+                }
+            }
+        };
+        // Replicas' answers to coordinators.
+        let waits = std::mem::take(&mut self.server.replica_waits);
+        for w in waits {
+            let complete = self.store.file(&w.name).and_then(|r| r.find(&w.stamp)).cloned();
+            match complete {
+                Some(wm) if self.store.is_complete(&w.name, &wm) => {
+                    sync(self);
+                    self.send(w.reply_to, HydfsMsg::ReplicateReply { req: w.req, result: Ok(()) });
+                }
+                _ => self.server.replica_waits.push(w),
+            }
+        }
+        // Coordinators: own copy, then everyone's.
+        let ops: Vec<u64> = self.server.writes.keys().copied().collect();
+        for op in ops {
+            let Some(w) = self.server.writes.get(&op) else { continue };
+            let local = self
+                .store
+                .file(&w.name)
+                .and_then(|r| r.find(&w.write.stamp))
+                .is_some_and(|wm| self.store.is_complete(&w.name, wm));
+            if local && !w.acked.contains(&self.me) {
+                sync(self);
+                if let Some(w) = self.server.writes.get_mut(&op) {
+                    w.acked.insert(self.me);
+                }
+            }
+            let w = &self.server.writes[&op];
+            let targets = self.replicas(&w.name);
+            let done = if self.cfg.bug(PlantedBug::AckAfterOneReplica) {
+                w.acked.contains(&self.me)
+            } else {
+                !targets.is_empty() && targets.iter().all(|t| w.acked.contains(t))
+            };
+            if done {
+                let w = self.server.writes.remove(&op).expect("present");
+                let replicas: Vec<NodeAddr> = targets.into_iter().filter(|t| w.acked.contains(t)).collect();
+                self.send(w.client, HydfsMsg::WriteReply { req: w.client_req, result: Ok(replicas.clone()) });
+                self.events.push_back(HydfsEvent::WriteCommitted { name: w.name, stamp: w.write.stamp, replicas });
+            }
+        }
+        // Replicas' answers to merge installs.
+        let installs = std::mem::take(&mut self.server.installs);
+        for w in installs {
+            if !w.appended.iter().all(|a| self.store.is_complete(&w.name, a)) {
+                self.server.installs.push(w);
+                continue;
+            }
+            let result = if self.install_locally(&w.name, w.base, &w.appended) {
+                sync(self);
+                Ok(self.server.install_bytes.remove(&w.name).unwrap_or(0))
+            } else {
+                Err(Refusal::Behind)
+            };
+            self.send(w.reply_to, HydfsMsg::InstallReply { req: w.req, result });
+        }
+        // Owners' answers to hand-off offers.
+        let offers = std::mem::take(&mut self.server.offers_in);
+        for o in offers {
+            let mine = self.store.file(&o.meta.name).cloned().unwrap_or_default();
+            let covered = o.meta.all_writes().filter(|w| !o.meta.incomplete.contains(&w.stamp)).all(|w| {
+                let losing_create = w.kind == WriteKind::Create && mine.create.as_ref().is_some_and(|c| c.stamp < w.stamp);
+                losing_create || mine.find(&w.stamp).is_some_and(|m| self.store.is_complete(&o.meta.name, m))
+            });
+            if covered {
+                sync(self);
+                let hash = o.meta.digest().hash;
+                self.send(o.from, HydfsMsg::Taken { name: o.meta.name.clone(), hash });
+            } else {
+                self.server.offers_in.push(o);
+            }
+        }
+        // Merges waiting for parts.
+        let names: Vec<FileName> = self.server.merges.keys().cloned().collect();
+        for name in names {
+            self.advance_merge(now, &name);
+        }
+    }
+}

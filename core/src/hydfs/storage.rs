@@ -1,0 +1,64 @@
+//! The storage a HyDFS node writes its blocks to, injected by the driver.
+//!
+//! Durability is explicit: [`Storage::put`] and [`Storage::delete`] may be lost in a crash until
+//! [`Storage::sync`] returns. The runtime implements the trait with files and fsync; the simulator
+//! with memory that loses unsynced writes on a crash and can corrupt a block. [`MemStorage`] is a
+//! plain in-memory implementation for tests and tools.
+
+use std::collections::BTreeMap;
+
+/// One stored block, named by a node-local number.
+pub type BlobId = u64;
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StorageError {
+    #[error("block {0} is not in storage")]
+    Missing(BlobId),
+    #[error("storage failed: {0}")]
+    Io(String),
+}
+
+/// Block storage with an explicit durability point.
+pub trait Storage {
+    /// Creates or replaces a block. Not durable until [`Storage::sync`].
+    fn put(&mut self, blob: BlobId, data: &[u8]) -> Result<(), StorageError>;
+    /// Reads a block back (the bytes may have been corrupted at rest; callers check them).
+    fn read(&mut self, blob: BlobId) -> Result<Vec<u8>, StorageError>;
+    /// Removes a block. Not durable until [`Storage::sync`].
+    fn delete(&mut self, blob: BlobId) -> Result<(), StorageError>;
+    /// Makes every earlier `put` and `delete` durable.
+    fn sync(&mut self) -> Result<(), StorageError>;
+    /// Removes every block (a node starts empty).
+    fn wipe(&mut self) -> Result<(), StorageError>;
+}
+
+/// Storage in memory, for tests and tools: every write is immediately "durable".
+#[derive(Clone, Debug, Default)]
+pub struct MemStorage {
+    blobs: BTreeMap<BlobId, Vec<u8>>,
+}
+
+impl Storage for MemStorage {
+    fn put(&mut self, blob: BlobId, data: &[u8]) -> Result<(), StorageError> {
+        self.blobs.insert(blob, data.to_vec());
+        Ok(())
+    }
+
+    fn read(&mut self, blob: BlobId) -> Result<Vec<u8>, StorageError> {
+        self.blobs.get(&blob).cloned().ok_or(StorageError::Missing(blob))
+    }
+
+    fn delete(&mut self, blob: BlobId) -> Result<(), StorageError> {
+        self.blobs.remove(&blob);
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    fn wipe(&mut self) -> Result<(), StorageError> {
+        self.blobs.clear();
+        Ok(())
+    }
+}

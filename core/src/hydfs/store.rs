@@ -1,0 +1,353 @@
+//! A node's own replicas: the index of files (create, merged appends, pending appends) and the
+//! checksummed parts in storage.
+//!
+//! Invariants kept here:
+//! * a part enters storage only if its bytes match the CRC32C its write declared, and leaves a
+//!   read only after the same check: a corrupt part is removed (to be fetched again), never
+//!   returned;
+//! * a write is *complete* when all its parts are stored; only complete writes are served;
+//! * [`reconcile`] never drops a write: the earlier create of a name wins, divergent merge orders
+//!   resolve to one winner and the loser's extra appends become pending again.
+
+use super::storage::{BlobId, Storage, StorageError};
+use super::types::{FileMeta, PartMeta, Stamp, WriteMeta};
+use super::FileName;
+use std::collections::BTreeMap;
+
+/// One file as this node holds it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FileRec {
+    pub create: Option<WriteMeta>,
+    pub generation: u64,
+    pub merged: Vec<WriteMeta>,
+    pub pending: BTreeMap<Stamp, WriteMeta>,
+}
+
+impl FileRec {
+    pub fn contains(&self, stamp: &Stamp) -> bool {
+        self.create.as_ref().is_some_and(|c| c.stamp == *stamp)
+            || self.pending.contains_key(stamp)
+            || self.merged.iter().any(|w| w.stamp == *stamp)
+    }
+
+    pub fn find(&self, stamp: &Stamp) -> Option<&WriteMeta> {
+        if let Some(c) = self.create.as_ref().filter(|c| c.stamp == *stamp) {
+            return Some(c);
+        }
+        self.pending.get(stamp).or_else(|| self.merged.iter().find(|w| w.stamp == *stamp))
+    }
+
+    /// Every write in file order: create, merged appends, then pending appends by stamp.
+    pub fn writes(&self) -> impl Iterator<Item = &WriteMeta> {
+        self.create.iter().chain(&self.merged).chain(self.pending.values())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PartRec {
+    blob: BlobId,
+    crc: u32,
+    len: u32,
+}
+
+/// Why a part could not be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PartError {
+    Missing,
+    /// Failed its checksum; it has been removed so that it is fetched again.
+    Corrupt,
+    Storage(StorageError),
+}
+
+type PartKey = (FileName, Stamp, u32);
+
+pub struct LocalStore {
+    storage: Box<dyn Storage + Send>,
+    files: BTreeMap<FileName, FileRec>,
+    parts: BTreeMap<PartKey, PartRec>,
+    next_blob: BlobId,
+    unsynced: bool,
+    /// Verify checksums on read (off only for a planted bug).
+    pub verify: bool,
+}
+
+impl LocalStore {
+    pub fn new(mut storage: Box<dyn Storage + Send>) -> Result<LocalStore, StorageError> {
+        storage.wipe()?;
+        storage.sync()?;
+        Ok(LocalStore {
+            storage,
+            files: BTreeMap::new(),
+            parts: BTreeMap::new(),
+            next_blob: 1,
+            unsynced: false,
+            verify: true,
+        })
+    }
+
+    pub fn files(&self) -> &BTreeMap<FileName, FileRec> {
+        &self.files
+    }
+
+    pub fn file(&self, name: &FileName) -> Option<&FileRec> {
+        self.files.get(name)
+    }
+
+    pub fn file_mut(&mut self, name: &FileName) -> &mut FileRec {
+        self.files.entry(name.clone()).or_default()
+    }
+
+    pub fn set_file(&mut self, name: &FileName, rec: FileRec) {
+        // Parts of writes the record no longer holds are released.
+        let keep: Vec<Stamp> = rec.writes().map(|w| w.stamp).collect();
+        let stale: Vec<PartKey> = self
+            .parts
+            .range((name.clone(), Stamp::MIN, 0)..)
+            .take_while(|((n, _, _), _)| n == name)
+            .filter(|((_, s, _), _)| !keep.contains(s))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stale {
+            self.remove_part(&k);
+        }
+        self.files.insert(name.clone(), rec);
+    }
+
+    pub fn has_part(&self, name: &FileName, stamp: Stamp, part: u32) -> bool {
+        self.parts.contains_key(&(name.clone(), stamp, part))
+    }
+
+    pub fn is_complete(&self, name: &FileName, w: &WriteMeta) -> bool {
+        (0..w.parts.len() as u32).all(|i| self.has_part(name, w.stamp, i))
+    }
+
+    /// The merged-order hash of a file (create and merged appends).
+    pub fn merged_hash(&self, name: &FileName) -> Option<u64> {
+        let rec = self.files.get(name)?;
+        Some(super::types::order_hash(rec.create.iter().chain(&rec.merged).map(|w| &w.stamp)))
+    }
+
+    /// Stores one part after checking its bytes against `meta`. Returns false (and stores
+    /// nothing) if they do not match.
+    pub fn put_part(
+        &mut self,
+        name: &FileName,
+        stamp: Stamp,
+        part: u32,
+        meta: PartMeta,
+        bytes: &[u8],
+    ) -> Result<bool, StorageError> {
+        if bytes.len() != meta.len as usize || crc32c::crc32c(bytes) != meta.crc {
+            return Ok(false);
+        }
+        let key = (name.clone(), stamp, part);
+        if self.parts.contains_key(&key) {
+            return Ok(true);
+        }
+        let blob = self.next_blob;
+        self.next_blob += 1;
+        self.storage.put(blob, bytes)?;
+        self.unsynced = true;
+        self.parts.insert(key, PartRec { blob, crc: meta.crc, len: meta.len });
+        Ok(true)
+    }
+
+    /// Reads one part, verifying its checksum.
+    pub fn read_part(&mut self, name: &FileName, stamp: Stamp, part: u32) -> Result<Vec<u8>, PartError> {
+        let key = (name.clone(), stamp, part);
+        let Some(rec) = self.parts.get(&key).copied() else { return Err(PartError::Missing) };
+        let bytes = self.storage.read(rec.blob).map_err(PartError::Storage)?;
+        if self.verify && (bytes.len() != rec.len as usize || crc32c::crc32c(&bytes) != rec.crc) {
+            self.remove_part(&key);
+            return Err(PartError::Corrupt);
+        }
+        Ok(bytes)
+    }
+
+    fn remove_part(&mut self, key: &PartKey) {
+        if let Some(rec) = self.parts.remove(key) {
+            // A failed delete leaves garbage behind, never wrong data: the index no longer
+            // points at the block.
+            let _ = self.storage.delete(rec.blob);
+            self.unsynced = true;
+        }
+    }
+
+    /// Removes a file and its parts.
+    pub fn drop_file(&mut self, name: &FileName) {
+        self.set_file(name, FileRec::default());
+        self.files.remove(name);
+    }
+
+    /// Makes every stored part durable (one sync covers all writes since the last one).
+    pub fn sync(&mut self) -> Result<(), StorageError> {
+        if self.unsynced {
+            self.storage.sync()?;
+            self.unsynced = false;
+        }
+        Ok(())
+    }
+
+    pub fn is_synced(&self) -> bool {
+        !self.unsynced
+    }
+
+    /// The storage blocks holding one write's parts (for inspection by tests and the simulator).
+    pub fn write_blobs(&self, name: &FileName, stamp: Stamp) -> Option<Vec<BlobId>> {
+        let w = self.files.get(name)?.find(&stamp)?;
+        (0..w.parts.len() as u32).map(|i| self.parts.get(&(name.clone(), stamp, i)).map(|p| p.blob)).collect()
+    }
+
+    /// This node's view of a file.
+    pub fn meta(&self, name: &FileName) -> Option<FileMeta> {
+        let rec = self.files.get(name)?;
+        let incomplete = rec.writes().filter(|w| !self.is_complete(name, w)).map(|w| w.stamp).collect();
+        Some(FileMeta {
+            name: name.clone(),
+            create: rec.create.clone(),
+            generation: rec.generation,
+            merged: rec.merged.clone(),
+            pending: rec.pending.values().cloned().collect(),
+            incomplete,
+        })
+    }
+
+    /// Bytes stored for a file's complete writes.
+    pub fn stored_bytes(&self) -> u64 {
+        self.parts.values().map(|p| p.len as u64).sum()
+    }
+}
+
+impl Stamp {
+    pub const MIN: Stamp = Stamp {
+        ts: 0,
+        client: crate::id::MemberId {
+            addr: std::net::SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0)),
+            join_time: 0,
+        },
+        seq: 0,
+    };
+}
+
+/// Combines a local record with a peer's view of the same file, losing no write.
+pub fn reconcile(local: Option<&FileRec>, peer: &FileMeta) -> FileRec {
+    let mut rec = local.cloned().unwrap_or_default();
+    match (&rec.create, &peer.create) {
+        (None, Some(theirs)) => rec.create = Some(theirs.clone()),
+        // Two creates of one name raced: the earlier one is the file. Appends are kept either way.
+        (Some(mine), Some(theirs)) if theirs.stamp < mine.stamp => rec.create = Some(theirs.clone()),
+        _ => {}
+    }
+    let mine: Vec<Stamp> = rec.merged.iter().map(|w| w.stamp).collect();
+    let theirs: Vec<Stamp> = peer.merged.iter().map(|w| w.stamp).collect();
+    let mut leftovers: Vec<WriteMeta> = Vec::new();
+    if theirs.len() > mine.len() && theirs.starts_with(&mine) {
+        rec.merged = peer.merged.clone();
+        rec.generation = rec.generation.max(peer.generation);
+    } else if mine.starts_with(&theirs) {
+        // Ours is the same or longer.
+    } else {
+        // Divergent merge orders (concurrent merges under a partition): one deterministic winner.
+        let mine_key = (rec.generation, order_hash(&mine));
+        let theirs_key = (peer.generation, order_hash(&theirs));
+        if theirs_key > mine_key {
+            leftovers.extend(rec.merged.iter().filter(|w| !theirs.contains(&w.stamp)).cloned());
+            rec.merged = peer.merged.clone();
+            rec.generation = peer.generation;
+        } else {
+            leftovers.extend(peer.merged.iter().filter(|w| !mine.contains(&w.stamp)).cloned());
+        }
+    }
+    for w in leftovers.into_iter().chain(peer.pending.iter().cloned()) {
+        rec.pending.entry(w.stamp).or_insert(w);
+    }
+    let merged: Vec<Stamp> = rec.merged.iter().map(|w| w.stamp).collect();
+    rec.pending.retain(|s, _| !merged.contains(s));
+    rec
+}
+
+fn order_hash(stamps: &[Stamp]) -> u64 {
+    super::types::order_hash(stamps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::storage::MemStorage;
+    use super::super::types::WriteKind;
+    use super::*;
+    use crate::id::MemberId;
+
+    fn stamp(ts: u64, seq: u64) -> Stamp {
+        Stamp { ts, client: MemberId::new("10.0.0.1:7000".parse().unwrap(), 1), seq }
+    }
+
+    fn write(ts: u64, kind: WriteKind) -> WriteMeta {
+        WriteMeta::describe(stamp(ts, ts), kind, format!("w{ts}").as_bytes(), 4)
+    }
+
+    fn meta(create: u64, merged: &[u64], pending: &[u64], generation: u64) -> FileMeta {
+        FileMeta {
+            name: FileName::new("f").unwrap(),
+            create: Some(write(create, WriteKind::Create)),
+            generation,
+            merged: merged.iter().map(|t| write(*t, WriteKind::Append)).collect(),
+            pending: pending.iter().map(|t| write(*t, WriteKind::Append)).collect(),
+            incomplete: vec![],
+        }
+    }
+
+    fn stamps(rec: &FileRec) -> (Vec<u64>, Vec<u64>) {
+        (rec.merged.iter().map(|w| w.stamp.ts).collect(), rec.pending.keys().map(|s| s.ts).collect())
+    }
+
+    #[test]
+    fn reconcile_adopts_longer_merges_and_unions_pending() {
+        let local = reconcile(None, &meta(1, &[2], &[5], 1));
+        let out = reconcile(Some(&local), &meta(1, &[2, 3], &[4], 2));
+        assert_eq!(stamps(&out), (vec![2, 3], vec![4, 5]));
+        assert_eq!(out.generation, 2);
+        // A shorter peer changes nothing but adds its pending.
+        let back = reconcile(Some(&out), &meta(1, &[2], &[6], 1));
+        assert_eq!(stamps(&back), (vec![2, 3], vec![4, 5, 6]));
+    }
+
+    #[test]
+    fn divergent_merges_lose_nothing_and_agree() {
+        let a = reconcile(None, &meta(1, &[2, 3], &[], 1));
+        let b_meta = meta(1, &[2, 4], &[], 1);
+        let ab = reconcile(Some(&a), &b_meta);
+        let b = reconcile(None, &b_meta);
+        let a_meta = meta(1, &[2, 3], &[], 1);
+        let ba = reconcile(Some(&b), &a_meta);
+        assert_eq!(ab.merged, ba.merged, "both sides pick the same winner");
+        let (m, p) = stamps(&ab);
+        let mut all: Vec<u64> = m.into_iter().chain(p).collect();
+        all.sort();
+        assert_eq!(all, vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn the_earlier_create_wins() {
+        let late = reconcile(None, &meta(9, &[], &[10], 0));
+        let out = reconcile(Some(&late), &meta(3, &[], &[], 0));
+        assert_eq!(out.create.unwrap().stamp.ts, 3);
+        assert_eq!(out.pending.len(), 1, "appends survive a create conflict");
+    }
+
+    #[test]
+    fn corrupt_parts_are_never_returned() {
+        let mut store = LocalStore::new(Box::new(MemStorage::default())).unwrap();
+        let name = FileName::new("f").unwrap();
+        let w = WriteMeta::describe(stamp(1, 1), WriteKind::Create, b"hello", 1024);
+        assert!(!store.put_part(&name, w.stamp, 0, w.parts[0], b"hellO").unwrap(), "bad bytes refused");
+        assert!(store.put_part(&name, w.stamp, 0, w.parts[0], b"hello").unwrap());
+        store.file_mut(&name).create = Some(w.clone());
+        assert_eq!(store.read_part(&name, w.stamp, 0).unwrap(), b"hello");
+        // Corrupt the stored block behind the store's back.
+        let blob = store.write_blobs(&name, w.stamp).unwrap()[0];
+        store.storage.put(blob, b"jello").unwrap();
+        assert_eq!(store.read_part(&name, w.stamp, 0), Err(PartError::Corrupt));
+        assert_eq!(store.read_part(&name, w.stamp, 0), Err(PartError::Missing), "removed for repair");
+        assert!(!store.is_complete(&name, &w));
+    }
+}

@@ -1,0 +1,148 @@
+//! A simulated disk behind HyDFS's storage trait: memory that keeps, for every block, what a
+//! crash would leave (the last synced bytes) apart from what the process sees.
+//!
+//! Invariants kept here: a crash keeps exactly the synced state (unsynced puts and deletes are
+//! lost); corruption flips bytes in both views of one block, as bit rot at rest would; nothing
+//! here reads a clock or an unseeded RNG.
+
+use rainstorm_core::hydfs::{BlobId, Storage, StorageError};
+use rand::Rng;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+#[derive(Clone, Debug, Default)]
+struct Block {
+    /// What the running process reads (`None`: deleted).
+    current: Option<Arc<[u8]>>,
+    /// What survives a crash.
+    durable: Option<Arc<[u8]>>,
+}
+
+#[derive(Debug, Default)]
+struct DiskState {
+    blocks: BTreeMap<BlobId, Block>,
+    syncs: u64,
+}
+
+/// One node's disk; clones share it (the node writes through one, the world inspects another).
+#[derive(Clone, Debug, Default)]
+pub struct SimDisk(Arc<Mutex<DiskState>>);
+
+impl SimDisk {
+    pub fn new() -> SimDisk {
+        SimDisk::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, DiskState> {
+        // A poisoned lock means a node panicked mid-write; the panic is reported by the world.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The process died: unsynced writes and deletes are lost.
+    pub fn crash(&self) {
+        let mut s = self.state();
+        for b in s.blocks.values_mut() {
+            b.current = b.durable.clone();
+        }
+        s.blocks.retain(|_, b| b.current.is_some());
+    }
+
+    /// Flips one byte of one stored block (chosen by `rng`). Returns the block, if any.
+    pub fn corrupt(&self, rng: &mut impl Rng) -> Option<BlobId> {
+        let mut s = self.state();
+        let ids: Vec<BlobId> =
+            s.blocks.iter().filter(|(_, b)| b.current.as_ref().is_some_and(|c| !c.is_empty())).map(|(i, _)| *i).collect();
+        if ids.is_empty() {
+            return None;
+        }
+        let id = ids[rng.gen_range(0..ids.len())];
+        let b = s.blocks.get_mut(&id)?;
+        let mut bytes = b.current.as_ref()?.to_vec();
+        let at = rng.gen_range(0..bytes.len());
+        bytes[at] ^= 1 << rng.gen_range(0..8);
+        let bytes: Arc<[u8]> = bytes.into();
+        if b.durable.is_some() {
+            b.durable = Some(bytes.clone());
+        }
+        b.current = Some(bytes);
+        Some(id)
+    }
+
+    /// Whether `blob` holds, durably, the bytes the process sees.
+    pub fn is_durable(&self, blob: BlobId) -> bool {
+        let s = self.state();
+        s.blocks.get(&blob).is_some_and(|b| b.current.is_some() && b.current == b.durable)
+    }
+
+    /// The bytes of a block as the process sees them.
+    pub fn read(&self, blob: BlobId) -> Option<Vec<u8>> {
+        self.state().blocks.get(&blob).and_then(|b| b.current.as_ref().map(|c| c.to_vec()))
+    }
+
+    pub fn syncs(&self) -> u64 {
+        self.state().syncs
+    }
+}
+
+impl Storage for SimDisk {
+    fn put(&mut self, blob: BlobId, data: &[u8]) -> Result<(), StorageError> {
+        self.state().blocks.entry(blob).or_default().current = Some(data.into());
+        Ok(())
+    }
+
+    fn read(&mut self, blob: BlobId) -> Result<Vec<u8>, StorageError> {
+        SimDisk::read(self, blob).ok_or(StorageError::Missing(blob))
+    }
+
+    fn delete(&mut self, blob: BlobId) -> Result<(), StorageError> {
+        if let Some(b) = self.state().blocks.get_mut(&blob) {
+            b.current = None;
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), StorageError> {
+        let mut s = self.state();
+        s.syncs += 1;
+        for b in s.blocks.values_mut() {
+            b.durable = b.current.clone();
+        }
+        s.blocks.retain(|_, b| b.current.is_some());
+        Ok(())
+    }
+
+    fn wipe(&mut self) -> Result<(), StorageError> {
+        self.state().blocks.clear();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn a_crash_keeps_only_synced_state() {
+        let mut d = SimDisk::new();
+        d.put(1, b"one").unwrap();
+        d.sync().unwrap();
+        d.put(2, b"two").unwrap();
+        d.delete(1).unwrap();
+        assert!(!d.is_durable(2));
+        d.crash();
+        assert_eq!(SimDisk::read(&d, 1).as_deref(), Some(&b"one"[..]));
+        assert_eq!(SimDisk::read(&d, 2), None);
+    }
+
+    #[test]
+    fn corruption_changes_the_bytes() {
+        let mut d = SimDisk::new();
+        d.put(1, b"hello").unwrap();
+        d.sync().unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        assert_eq!(d.corrupt(&mut rng), Some(1));
+        assert_ne!(SimDisk::read(&d, 1).as_deref(), Some(&b"hello"[..]));
+        assert!(d.is_durable(1), "bit rot is at rest");
+    }
+}

@@ -1,0 +1,640 @@
+//! The HyDFS workload and its checkers.
+//!
+//! Clients (chosen slots) create, append, get, merge, multiappend and list Zipf-skewed files,
+//! one operation in flight each. Every byte a client writes is self-describing: a 16-byte header
+//! (magic, tag, length) and filler derived from the tag, so any content read back can be parsed
+//! into the writes it holds and any corrupted or garbled byte is noticed.
+//!
+//! Checkers (each proven by a planted bug in `rainstorm_core::hydfs::PlantedBug`):
+//! * **durability**: when a coordinator acknowledges a write, every replica of its view (all
+//!   `min(r, ring)` of them) holds the write *synced* on its disk;
+//! * **create-once**: at most one create of a name is acknowledged (while the network is whole);
+//! * **read-your-writes**: a read includes every write its client had acknowledged before asking;
+//! * **order**: each client's writes appear in the order it issued them;
+//! * **loss**: no acknowledged write is missing and none appears twice, in reads and at the end;
+//! * **corrupt-served**: no read returns bytes that are not exactly some client's write;
+//! * **identical**: when the final merge is acknowledged every replica has its merged order, and
+//!   at the end all copies of a file are identical with nothing pending;
+//! * **placement**: at the end every file is on exactly its first `r` successors and nowhere else;
+//! * **liveness**: every merge after the faults stop succeeds;
+//! * **chunking** (checked by the world): no stream frame is larger than a chunk plus headers.
+
+use crate::check::CheckerKind;
+use crate::disk::SimDisk;
+use crate::scenario::Slot;
+use rainstorm_core::hydfs::{ClientOp, FileName, Hydfs, HydfsConfig, HydfsError, HydfsEvent, OpId, OpOutput, Ring};
+use rainstorm_core::{NodeAddr, Time};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The file workload of a scenario.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HydfsWorkload {
+    pub config: HydfsConfig,
+    /// Slots that act as clients.
+    pub clients: Vec<Slot>,
+    pub files: usize,
+    /// Zipf exponent, in thousandths (0 = uniform).
+    pub zipf_milli: u32,
+    /// Mean pause between one client's operations.
+    pub think_ms: u64,
+    /// Share of writes that are large, per thousand.
+    pub large_permille: u32,
+    pub small_max_bytes: u32,
+    pub large_max_bytes: u32,
+    /// Operations run from `start_ms` to `stop_ms`.
+    pub start_ms: u64,
+    pub stop_ms: u64,
+    /// When every file is merged once (after the faults stop and re-replication has had time).
+    pub final_merge_ms: u64,
+}
+
+/// How often the workload looks for idle clients.
+pub const WORKLOAD_TICK_MS: u64 = 100;
+const HEADER: usize = 16;
+const MAGIC: u32 = 0x4844_4653;
+
+/// What the checkers see of one slot.
+pub struct SlotView<'a> {
+    pub slot: Slot,
+    pub addr: NodeAddr,
+    pub generation: u64,
+    pub up: bool,
+    pub joined: bool,
+    pub hydfs: Option<&'a Hydfs>,
+    pub disk: &'a SimDisk,
+}
+
+/// The bytes of one tagged write.
+pub fn payload(tag: u64, len: usize) -> Vec<u8> {
+    let len = len.max(HEADER);
+    let mut v = Vec::with_capacity(len);
+    v.extend_from_slice(&MAGIC.to_le_bytes());
+    v.extend_from_slice(&tag.to_le_bytes());
+    v.extend_from_slice(&(len as u32).to_le_bytes());
+    v.extend((HEADER..len).map(|i| filler(tag, i)));
+    v
+}
+
+fn filler(tag: u64, i: usize) -> u8 {
+    (tag.wrapping_mul(0x9E37_79B9).wrapping_add(i as u64 * 7) >> 3) as u8
+}
+
+/// Splits content into the tags of its writes, or says where it is garbled.
+pub fn parse(content: &[u8]) -> Result<Vec<u64>, String> {
+    let mut tags = Vec::new();
+    let mut pos = 0;
+    while pos < content.len() {
+        let rest = &content[pos..];
+        if rest.len() < HEADER {
+            return Err(format!("{} stray bytes at offset {pos}", rest.len()));
+        }
+        let magic = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes"));
+        let tag = u64::from_le_bytes(rest[4..12].try_into().expect("8 bytes"));
+        let len = u32::from_le_bytes(rest[12..16].try_into().expect("4 bytes")) as usize;
+        if magic != MAGIC || len < HEADER || len > rest.len() {
+            return Err(format!("no write header at offset {pos}"));
+        }
+        if let Some(i) = (HEADER..len).find(|&i| rest[i] != filler(tag, i)) {
+            return Err(format!("byte {} of write {tag} (offset {}) is wrong", i, pos + i));
+        }
+        tags.push(tag);
+        pos += len;
+    }
+    Ok(tags)
+}
+
+#[derive(Clone, Debug)]
+struct TagInfo {
+    file: usize,
+    writer: (Slot, u64),
+    /// Issue order among the writer's direct writes to this file.
+    order: u64,
+    create: bool,
+    /// Issued by the writer itself (not a multiappend part): its order is checked.
+    direct: bool,
+    acked: bool,
+}
+
+struct InFlight {
+    client: Slot,
+    file: usize,
+    tags: Vec<u64>,
+    kind: &'static str,
+    /// Tags this client had acknowledged for the file when it asked (for reads).
+    own_acked: Vec<u64>,
+    whole_network: bool,
+    final_merge: bool,
+}
+
+#[derive(Default)]
+struct FileTruth {
+    create_acked: Option<u64>,
+    create_tried: bool,
+    acked: BTreeSet<u64>,
+}
+
+/// Counts of what the workload did.
+#[derive(Clone, Debug, Default)]
+pub struct WorkloadStats {
+    pub ops: BTreeMap<&'static str, (u64, u64)>,
+    pub bytes_written: u64,
+    pub bytes_read: u64,
+}
+
+pub struct HydfsHarness {
+    w: HydfsWorkload,
+    rng: ChaCha8Rng,
+    next_tag: u64,
+    tags: BTreeMap<u64, TagInfo>,
+    files: Vec<FileTruth>,
+    order: BTreeMap<((Slot, u64), usize), u64>,
+    in_flight: BTreeMap<(Slot, u64, OpId), InFlight>,
+    busy: BTreeSet<Slot>,
+    final_merges_sent: bool,
+    final_merge_result: BTreeMap<usize, Result<(), String>>,
+    pub stats: WorkloadStats,
+    violations: Vec<(Time, CheckerKind, String)>,
+}
+
+/// One operation the world should submit for the workload.
+pub struct Submission {
+    pub slot: Slot,
+    pub op: ClientOp,
+    token: InFlight,
+}
+
+impl HydfsHarness {
+    pub fn new(w: HydfsWorkload, seed: u64) -> HydfsHarness {
+        let files = (0..w.files).map(|_| FileTruth::default()).collect();
+        HydfsHarness {
+            rng: ChaCha8Rng::seed_from_u64(seed ^ 0x4859_4446_5300_0001),
+            w,
+            next_tag: 1,
+            tags: BTreeMap::new(),
+            files,
+            order: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
+            busy: BTreeSet::new(),
+            final_merges_sent: false,
+            final_merge_result: BTreeMap::new(),
+            stats: WorkloadStats::default(),
+            violations: Vec::new(),
+        }
+    }
+
+    pub fn workload(&self) -> &HydfsWorkload {
+        &self.w
+    }
+
+    pub fn take_violations(&mut self) -> Vec<(Time, CheckerKind, String)> {
+        std::mem::take(&mut self.violations)
+    }
+
+    fn violate(&mut self, at: Time, kind: CheckerKind, detail: String) {
+        if self.violations.len() < 20 {
+            self.violations.push((at, kind, detail));
+        }
+    }
+
+    pub fn file_name(i: usize) -> FileName {
+        FileName::new(&format!("data/f{i}")).expect("valid name")
+    }
+
+    fn zipf(&mut self) -> usize {
+        let s = self.w.zipf_milli as f64 / 1000.0;
+        let n = self.w.files.max(1);
+        let weights: Vec<f64> = (1..=n).map(|k| 1.0 / (k as f64).powf(s)).collect();
+        let total: f64 = weights.iter().sum();
+        let mut x = self.rng.gen::<f64>() * total;
+        for (i, w) in weights.iter().enumerate() {
+            if x < *w {
+                return i;
+            }
+            x -= w;
+        }
+        n - 1
+    }
+
+    fn size(&mut self) -> usize {
+        if self.rng.gen_range(0..1000) < self.w.large_permille {
+            self.rng.gen_range(self.w.config.chunk_bytes / 2..=self.w.large_max_bytes as usize)
+        } else {
+            self.rng.gen_range(HEADER..=self.w.small_max_bytes as usize)
+        }
+    }
+
+    fn new_tag(&mut self, file: usize, writer: (Slot, u64), create: bool, direct: bool) -> u64 {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let order = self.order.entry((writer, file)).or_default();
+        *order += 1;
+        let order = *order;
+        self.tags.insert(tag, TagInfo { file, writer, order, create, direct, acked: false });
+        tag
+    }
+
+    /// The operations to submit now. `whole` says whether the network is free of partitions.
+    pub fn tick(&mut self, now: Time, views: &[SlotView<'_>], whole: bool) -> Vec<Submission> {
+        let mut out = Vec::new();
+        if now.0 >= self.w.final_merge_ms && !self.final_merges_sent {
+            self.final_merges_sent = true;
+            // One merge of every file that exists, from the first live client.
+            let Some(v) = views.iter().find(|v| v.up && v.joined) else { return out };
+            for file in 0..self.w.files {
+                if self.files[file].create_acked.is_none() && !self.files[file].create_tried {
+                    continue;
+                }
+                let token = InFlight {
+                    client: v.slot,
+                    file,
+                    tags: vec![],
+                    kind: "final-merge",
+                    own_acked: vec![],
+                    whole_network: whole,
+                    final_merge: true,
+                };
+                out.push(Submission { slot: v.slot, op: ClientOp::Merge { name: Self::file_name(file) }, token });
+            }
+            return out;
+        }
+        if now.0 < self.w.start_ms || now.0 >= self.w.stop_ms {
+            return out;
+        }
+        let live: Vec<&SlotView<'_>> = views.iter().filter(|v| v.up && v.joined).collect();
+        for &client in &self.w.clients.clone() {
+            let Some(v) = live.iter().find(|v| v.slot == client) else { continue };
+            if self.busy.contains(&client) {
+                continue;
+            }
+            if self.rng.gen_range(0..self.w.think_ms.max(1)) >= WORKLOAD_TICK_MS {
+                continue;
+            }
+            let writer = (client, v.generation);
+            let file = self.zipf();
+            let name = Self::file_name(file);
+            let exists = self.files[file].create_acked.is_some();
+            let roll = self.rng.gen_range(0..100);
+            let mut token = InFlight {
+                client,
+                file,
+                tags: vec![],
+                kind: "",
+                own_acked: vec![],
+                whole_network: whole,
+                final_merge: false,
+            };
+            let op = if !exists || roll >= 93 {
+                let len = self.size();
+                let tag = self.new_tag(file, writer, true, true);
+                self.files[file].create_tried = true;
+                token.tags.push(tag);
+                token.kind = "create";
+                self.stats.bytes_written += len as u64;
+                ClientOp::Create { name, data: payload(tag, len) }
+            } else if roll < 45 {
+                let len = self.size();
+                let tag = self.new_tag(file, writer, false, true);
+                token.tags.push(tag);
+                token.kind = "append";
+                self.stats.bytes_written += len as u64;
+                ClientOp::Append { name, data: payload(tag, len) }
+            } else if roll < 75 {
+                token.kind = "get";
+                token.own_acked = self.own_acked(file, writer);
+                ClientOp::Get { name }
+            } else if roll < 83 {
+                token.kind = "merge";
+                ClientOp::Merge { name }
+            } else if roll < 88 && live.len() >= 2 {
+                let k = self.rng.gen_range(2..=live.len().min(3));
+                let mut nodes: Vec<&SlotView<'_>> = Vec::new();
+                while nodes.len() < k {
+                    let n = live[self.rng.gen_range(0..live.len())];
+                    if !nodes.iter().any(|x| x.slot == n.slot) {
+                        nodes.push(n);
+                    }
+                }
+                let mut appends = Vec::new();
+                for n in nodes {
+                    let len = self.rng.gen_range(HEADER..=self.w.small_max_bytes as usize);
+                    let tag = self.new_tag(file, (n.slot, n.generation), false, false);
+                    token.tags.push(tag);
+                    appends.push((n.addr, payload(tag, len)));
+                }
+                token.kind = "multiappend";
+                ClientOp::MultiAppend { name, appends }
+            } else if roll < 90 {
+                let r = live[self.rng.gen_range(0..live.len())];
+                token.kind = "getfromreplica";
+                ClientOp::GetFromReplica { name, replica: r.addr }
+            } else {
+                token.kind = "ls";
+                ClientOp::Ls { name }
+            };
+            self.busy.insert(client);
+            out.push(Submission { slot: client, op, token });
+        }
+        out
+    }
+
+    fn own_acked(&self, file: usize, writer: (Slot, u64)) -> Vec<u64> {
+        self.files[file].acked.iter().copied().filter(|t| self.tags[t].writer == writer).collect()
+    }
+
+    /// The world submitted `s`; `result` is what the node said.
+    pub fn submitted(&mut self, now: Time, s: Submission, generation: u64, result: Option<Result<OpId, HydfsError>>) {
+        match result {
+            Some(Ok(id)) => {
+                self.in_flight.insert((s.slot, generation, id), s.token);
+            }
+            Some(Err(e)) => {
+                self.busy.remove(&s.slot);
+                self.count(s.token.kind, false);
+                if s.token.final_merge {
+                    self.final_merge_result.insert(s.token.file, Err(e.to_string()));
+                }
+                let _ = now;
+            }
+            None => {
+                self.busy.remove(&s.slot);
+            }
+        }
+    }
+
+    fn count(&mut self, kind: &'static str, ok: bool) {
+        let e = self.stats.ops.entry(kind).or_default();
+        if ok {
+            e.0 += 1;
+        } else {
+            e.1 += 1;
+        }
+    }
+
+    /// A process crashed or restarted: its operations are gone.
+    pub fn on_process_gone(&mut self, slot: Slot) {
+        self.in_flight.retain(|(s, _, _), _| *s != slot);
+        self.busy.remove(&slot);
+    }
+
+    pub fn on_event(&mut self, now: Time, slot: Slot, generation: u64, event: &HydfsEvent, views: &[SlotView<'_>]) {
+        match event {
+            HydfsEvent::OpDone { op, result } => {
+                let Some(token) = self.in_flight.remove(&(slot, generation, *op)) else { return };
+                if !token.final_merge {
+                    self.busy.remove(&token.client);
+                }
+                self.count(token.kind, result.is_ok());
+                self.op_done(now, token, result);
+            }
+            HydfsEvent::WriteCommitted { name, stamp, replicas } => {
+                let Some(coord) = views.iter().find(|v| v.slot == slot) else { return };
+                let Some(h) = coord.hydfs else { return };
+                let expect = h.config().replication.min(h.ring().len());
+                if replicas.len() < expect {
+                    self.violate(
+                        now,
+                        CheckerKind::HydfsDurability,
+                        format!("n{slot} acknowledged {name} {stamp} after {} of {expect} replicas", replicas.len()),
+                    );
+                }
+                for addr in replicas {
+                    let Some(v) = views.iter().find(|v| v.addr == *addr && v.up) else { continue };
+                    let Some(rh) = v.hydfs else { continue };
+                    match rh.store().write_blobs(name, *stamp) {
+                        Some(blobs) => {
+                            if let Some(b) = blobs.iter().find(|b| !v.disk.is_durable(**b)) {
+                                self.violate(
+                                    now,
+                                    CheckerKind::HydfsDurability,
+                                    format!("{name} {stamp} acknowledged but block {b} on n{} is not synced", v.slot),
+                                );
+                            }
+                        }
+                        None => {
+                            let create = rh.store().file(name).and_then(|r| r.create.as_ref()).is_some_and(|c| c.stamp != *stamp);
+                            if !create {
+                                self.violate(
+                                    now,
+                                    CheckerKind::HydfsDurability,
+                                    format!("{name} {stamp} acknowledged but n{} does not hold it", v.slot),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            HydfsEvent::MergeCommitted { name, replicas, merged_hash } => {
+                if !self.final_merges_sent {
+                    return;
+                }
+                for addr in replicas {
+                    let Some(v) = views.iter().find(|v| v.addr == *addr && v.up) else { continue };
+                    let Some(h) = v.hydfs else { continue };
+                    let theirs = h.store().merged_hash(name);
+                    if theirs != Some(*merged_hash) {
+                        self.violate(
+                            now,
+                            CheckerKind::HydfsIdentical,
+                            format!("merge of {name} acknowledged but replica n{} has a different merged order", v.slot),
+                        );
+                    }
+                }
+            }
+            HydfsEvent::CorruptionDetected { .. } | HydfsEvent::FileDropped { .. } | HydfsEvent::StorageFailed { .. } => {}
+        }
+    }
+
+    fn op_done(&mut self, now: Time, token: InFlight, result: &Result<OpOutput, HydfsError>) {
+        if token.final_merge {
+            self.final_merge_result.insert(token.file, result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        }
+        let ok = result.is_ok();
+        match token.kind {
+            "create" | "append" | "multiappend" if ok => {
+                for &tag in &token.tags {
+                    let info = self.tags.get_mut(&tag).expect("known tag");
+                    info.acked = true;
+                    let (file, create) = (info.file, info.create);
+                    if create {
+                        match self.files[file].create_acked {
+                            Some(other) if other != tag && token.whole_network => self.violate(
+                                now,
+                                CheckerKind::HydfsCreateOnce,
+                                format!("two creates of {} were acknowledged (writes {other} and {tag})", Self::file_name(file)),
+                            ),
+                            Some(_) => {}
+                            None => self.files[file].create_acked = Some(tag),
+                        }
+                    }
+                    self.files[file].acked.insert(tag);
+                }
+            }
+            "get" | "getfromreplica" => {
+                if let Ok(OpOutput::Content { bytes, .. }) = result {
+                    self.stats.bytes_read += bytes.len() as u64;
+                    let what = format!("read of {} by n{}", Self::file_name(token.file), token.client);
+                    self.check_content(now, token.file, bytes, &token.own_acked, &what, false);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Checks content read back: it parses, holds no write twice, keeps each client's order, and
+    /// includes `must_have`.
+    fn check_content(&mut self, now: Time, file: usize, bytes: &[u8], must_have: &[u64], what: &str, end: bool) {
+        let tags = match parse(bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                return self.violate(now, CheckerKind::HydfsCorruptServed, format!("{what}: {e}"));
+            }
+        };
+        let mut seen = BTreeSet::new();
+        let mut last: BTreeMap<(Slot, u64), u64> = BTreeMap::new();
+        for (i, t) in tags.iter().enumerate() {
+            let Some(info) = self.tags.get(t).cloned() else {
+                return self.violate(now, CheckerKind::HydfsCorruptServed, format!("{what}: unknown write {t}"));
+            };
+            if info.file != file {
+                return self.violate(now, CheckerKind::HydfsCorruptServed, format!("{what}: holds write {t} of another file"));
+            }
+            if info.create != (i == 0) {
+                return self.violate(now, CheckerKind::HydfsOrder, format!("{what}: write {t} is out of place (create first)"));
+            }
+            if !seen.insert(*t) {
+                return self.violate(now, CheckerKind::HydfsLoss, format!("{what}: write {t} appears twice"));
+            }
+            if info.direct && !info.create {
+                let prev = last.entry(info.writer).or_default();
+                if info.order < *prev {
+                    return self.violate(
+                        now,
+                        CheckerKind::HydfsOrder,
+                        format!("{what}: client n{}'s writes out of order ({} after {})", info.writer.0, info.order, prev),
+                    );
+                }
+                *prev = info.order;
+            }
+        }
+        let kind = if end { CheckerKind::HydfsLoss } else { CheckerKind::HydfsReadYourWrites };
+        let missing: Vec<&u64> = must_have.iter().filter(|t| !seen.contains(t) && !self.tags[t].create).collect();
+        if let Some(t) = missing.first() {
+            self.violate(now, kind, format!("{what}: acknowledged write {t} is missing ({} missing)", missing.len()));
+        }
+    }
+
+    /// The end-of-run checks.
+    pub fn finish(&mut self, now: Time, views: &[SlotView<'_>]) {
+        let live: Vec<&SlotView<'_>> = views.iter().filter(|v| v.up && v.joined).collect();
+        let ring = Ring::new(live.iter().map(|v| v.addr));
+        let r = self.w.config.replication;
+        let mut names: BTreeSet<FileName> = BTreeSet::new();
+        for v in &live {
+            if let Some(h) = v.hydfs {
+                names.extend(h.store().files().keys().cloned());
+            }
+        }
+        for (i, f) in self.files.iter().enumerate() {
+            if f.create_acked.is_some() {
+                names.insert(Self::file_name(i));
+            }
+        }
+        for name in names {
+            let expected: BTreeSet<NodeAddr> = ring.replicas(name.as_str(), r).into_iter().collect();
+            let holders: BTreeSet<NodeAddr> = live
+                .iter()
+                .filter(|v| v.hydfs.is_some_and(|h| h.store().file(&name).is_some()))
+                .map(|v| v.addr)
+                .collect();
+            if holders != expected {
+                let show = |s: &BTreeSet<NodeAddr>| s.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
+                self.violate(
+                    now,
+                    CheckerKind::HydfsPlacement,
+                    format!("{name} is on [{}] but belongs on [{}]", show(&holders), show(&expected)),
+                );
+            }
+            let Some(file) = name.as_str().strip_prefix("data/f").and_then(|n| n.parse::<usize>().ok()) else {
+                continue;
+            };
+            let merged_ok = matches!(self.final_merge_result.get(&file), Some(Ok(())));
+            match self.final_merge_result.get(&file) {
+                Some(Err(e)) => {
+                    let e = e.clone();
+                    self.violate(now, CheckerKind::HydfsLiveness, format!("merge of {name} after the faults stopped failed: {e}"))
+                }
+                None if self.files[file].create_acked.is_some() => {
+                    self.violate(now, CheckerKind::HydfsLiveness, format!("merge of {name} after the faults stopped never finished"))
+                }
+                _ => {}
+            }
+            let must_have: Vec<u64> = self.files[file].acked.iter().copied().collect();
+            let mut first: Option<(Slot, Vec<u8>)> = None;
+            for v in live.iter().filter(|v| expected.contains(&v.addr)) {
+                let Some(h) = v.hydfs else { continue };
+                let Some(meta) = h.store().meta(&name) else { continue };
+                if meta.create.is_none() {
+                    continue;
+                }
+                let Some(bytes) = read_through_disk(h, v.disk, &name) else { continue };
+                let what = format!("final copy of {name} on n{}", v.slot);
+                self.check_content(now, file, &bytes, &must_have, &what, true);
+                if merged_ok {
+                    if !meta.pending.is_empty() {
+                        self.violate(
+                            now,
+                            CheckerKind::HydfsIdentical,
+                            format!("{what} still has {} pending appends after the final merge", meta.pending.len()),
+                        );
+                    }
+                    match &first {
+                        Some((s, b)) if *b != bytes => self.violate(
+                            now,
+                            CheckerKind::HydfsIdentical,
+                            format!("{what} differs from the copy on n{s} after the final merge"),
+                        ),
+                        Some(_) => {}
+                        None => first = Some((v.slot, bytes)),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A file's content read straight from a node's disk, every part checked against its CRC. `None`
+/// if a part is missing or corrupt (a detected fault, not a served one).
+fn read_through_disk(h: &Hydfs, disk: &SimDisk, name: &FileName) -> Option<Vec<u8>> {
+    let meta = h.store().meta(name)?;
+    let mut out = Vec::new();
+    for w in meta.all_writes() {
+        let blobs = h.store().write_blobs(name, w.stamp)?;
+        for (b, p) in blobs.iter().zip(&w.parts) {
+            let bytes = disk.read(*b)?;
+            if crc32c::crc32c(&bytes) != p.crc {
+                return None;
+            }
+            out.extend_from_slice(&bytes);
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_parse_and_damage_is_found() {
+        let mut content = payload(7, 100);
+        content.extend(payload(9, 16));
+        assert_eq!(parse(&content).unwrap(), vec![7, 9]);
+        let mut bad = content.clone();
+        bad[50] ^= 1;
+        assert!(parse(&bad).is_err());
+        assert!(parse(&content[..content.len() - 1]).is_err());
+    }
+}
