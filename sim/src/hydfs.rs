@@ -155,6 +155,8 @@ pub struct HydfsHarness {
     busy: BTreeSet<Slot>,
     final_merges_sent: bool,
     final_merge_result: BTreeMap<usize, Result<(), String>>,
+    /// Writes whose coordinator acknowledged them while its view listed every live member.
+    whole_view_commits: BTreeSet<(FileName, rainstorm_core::hydfs::Stamp)>,
     pub stats: WorkloadStats,
     violations: Vec<(Time, CheckerKind, String)>,
 }
@@ -180,6 +182,7 @@ impl HydfsHarness {
             busy: BTreeSet::new(),
             final_merges_sent: false,
             final_merge_result: BTreeMap::new(),
+            whole_view_commits: BTreeSet::new(),
             stats: WorkloadStats::default(),
             violations: Vec::new(),
         }
@@ -392,6 +395,11 @@ impl HydfsHarness {
             HydfsEvent::WriteCommitted { name, stamp, replicas } => {
                 let Some(coord) = views.iter().find(|v| v.slot == slot) else { return };
                 let Some(h) = coord.hydfs else { return };
+                let live: BTreeSet<NodeAddr> = views.iter().filter(|v| v.up && v.joined).map(|v| v.addr).collect();
+                let seen: BTreeSet<NodeAddr> = h.ring().members().map(|(_, a)| a).collect();
+                if live == seen {
+                    self.whole_view_commits.insert((name.clone(), *stamp));
+                }
                 let expect = h.config().replication.min(h.ring().len());
                 if replicas.len() < expect {
                     self.violate(
@@ -400,30 +408,28 @@ impl HydfsHarness {
                         format!("n{slot} acknowledged {name} {stamp} after {} of {expect} replicas", replicas.len()),
                     );
                 }
-                for addr in replicas {
-                    let Some(v) = views.iter().find(|v| v.addr == *addr && v.up) else { continue };
-                    let Some(rh) = v.hydfs else { continue };
-                    match rh.store().write_blobs(name, *stamp) {
-                        Some(blobs) => {
-                            if let Some(b) = blobs.iter().find(|b| !v.disk.is_durable(**b)) {
-                                self.violate(
-                                    now,
-                                    CheckerKind::HydfsDurability,
-                                    format!("{name} {stamp} acknowledged but block {b} on n{} is not synced", v.slot),
-                                );
-                            }
-                        }
-                        None => {
-                            let create = rh.store().file(name).and_then(|r| r.create.as_ref()).is_some_and(|c| c.stamp != *stamp);
-                            if !create {
-                                self.violate(
-                                    now,
-                                    CheckerKind::HydfsDurability,
-                                    format!("{name} {stamp} acknowledged but n{} does not hold it", v.slot),
-                                );
-                            }
-                        }
-                    }
+                // Every listed replica that is still up must hold the write synced; a replica that
+                // has since handed the file to its owners counts through them, so the check is on
+                // the number of synced copies among live nodes.
+                let up_listed = replicas.iter().filter(|a| views.iter().any(|v| v.addr == **a && v.up)).count();
+                let synced = views
+                    .iter()
+                    .filter(|v| v.up)
+                    .filter(|v| {
+                        v.hydfs
+                            .and_then(|h| h.store().write_blobs(name, *stamp))
+                            .is_some_and(|blobs| blobs.iter().all(|b| v.disk.is_durable(*b)))
+                    })
+                    .count();
+                let lost_create = views.iter().filter(|v| v.up).any(|v| {
+                    v.hydfs.and_then(|h| h.store().file(name)).and_then(|r| r.create.as_ref()).is_some_and(|c| c.stamp < *stamp)
+                });
+                if synced < up_listed && !lost_create {
+                    self.violate(
+                        now,
+                        CheckerKind::HydfsDurability,
+                        format!("{name} {stamp} acknowledged but only {synced} live copies are synced ({up_listed} live replicas acknowledged it)"),
+                    );
                 }
             }
             HydfsEvent::MergeCommitted { name, replicas, merged_hash } => {
@@ -454,13 +460,19 @@ impl HydfsHarness {
         let ok = result.is_ok();
         match token.kind {
             "create" | "append" | "multiappend" if ok => {
+                // Creates are exclusive while the coordinator's view is whole (no partition, every
+                // live member listed); divergent views under a partition can each accept one.
+                let whole_view = match result {
+                    Ok(OpOutput::Written { name, stamp, .. }) => self.whole_view_commits.contains(&(name.clone(), *stamp)),
+                    _ => false,
+                };
                 for &tag in &token.tags {
                     let info = self.tags.get_mut(&tag).expect("known tag");
                     info.acked = true;
                     let (file, create) = (info.file, info.create);
                     if create {
                         match self.files[file].create_acked {
-                            Some(other) if other != tag && token.whole_network => self.violate(
+                            Some(other) if other != tag && token.whole_network && whole_view => self.violate(
                                 now,
                                 CheckerKind::HydfsCreateOnce,
                                 format!("two creates of {} were acknowledged (writes {other} and {tag})", Self::file_name(file)),

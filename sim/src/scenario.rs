@@ -26,11 +26,15 @@ pub struct NetConfig {
     /// One-way latency is uniform in `[latency_min_ms, latency_max_ms]`; unequal latencies reorder.
     pub latency_min_ms: u64,
     pub latency_max_ms: u64,
+    /// Each node's outgoing stream bandwidth in bytes per ms (0: unlimited). A stream frame
+    /// leaves when the sender's link is free and takes its size over this rate.
+    #[serde(default)]
+    pub bandwidth_bytes_per_ms: u64,
 }
 
 impl Default for NetConfig {
     fn default() -> Self {
-        NetConfig { loss_permille: 0, duplicate_permille: 0, latency_min_ms: 1, latency_max_ms: 10 }
+        NetConfig { loss_permille: 0, duplicate_permille: 0, latency_min_ms: 1, latency_max_ms: 10, bandwidth_bytes_per_ms: 0 }
     }
 }
 
@@ -124,6 +128,7 @@ impl Scenario {
             duplicate_permille: if rng.gen_bool(0.3) { 10 } else { 0 },
             latency_min_ms: 1,
             latency_max_ms,
+            bandwidth_bytes_per_ms: 0,
         };
         let clock_offsets_ms = if rng.gen_bool(0.5) {
             (0..nodes).map(|_| rng.gen_range(0..1_000_000)).collect()
@@ -230,6 +235,7 @@ impl Scenario {
             duplicate_permille: if rng.gen_bool(0.2) { 10 } else { 0 },
             latency_min_ms: 1,
             latency_max_ms: [5, 20, 60][rng.gen_range(0..3)],
+            bandwidth_bytes_per_ms: [0, 12_500, 125_000][rng.gen_range(0..3)],
         };
         let clock_offsets_ms =
             if rng.gen_bool(0.3) { (0..nodes).map(|_| rng.gen_range(0..100_000)).collect() } else { Vec::new() };
@@ -241,6 +247,7 @@ impl Scenario {
         let calm_from_ms = warmup_ms + rng.gen_range(20_000..45_000);
         let mut faults = Vec::new();
         let mut down: Vec<Slot> = Vec::new();
+        let mut last_corrupt = 0;
         let mut t = warmup_ms + 2_000;
         while t < calm_from_ms {
             t += rng.gen_range(1_000..6_000);
@@ -248,8 +255,11 @@ impl Scenario {
                 break;
             }
             let node = rng.gen_range(1..nodes);
+            // A rotten block is a failed copy until the scrubber finds it and a replica repairs
+            // it: corruption and crashes together stay within two failed copies at a time.
+            let may_crash = down.is_empty() || t >= last_corrupt + 15_000;
             let fault = match rng.gen_range(0..7) {
-                0 | 1 if crashes && down.len() < 2 && !down.contains(&node) => {
+                0 | 1 if crashes && down.len() < 2 && !down.contains(&node) && may_crash => {
                     down.push(node);
                     Fault::Crash { node }
                 }
@@ -263,7 +273,10 @@ impl Scenario {
                     Fault::Partition { side: sample(&mut rng, nodes, k) }
                 }
                 4 if pauses && !down.contains(&node) => Fault::Pause { node, for_ms: rng.gen_range(200..3_000) },
-                5 | 6 if corruption && !down.contains(&node) => Fault::Corrupt { node },
+                5 | 6 if corruption && down.len() <= 1 && !down.contains(&node) => {
+                    last_corrupt = t;
+                    Fault::Corrupt { node }
+                }
                 _ => continue,
             };
             faults.push(FaultAt { at_ms: t, fault });
@@ -321,7 +334,11 @@ impl Scenario {
             // Membership has converged by `duration_ms`; give re-replication a few rounds, merge
             // every file once, and check when the merges have had time to finish.
             w.stop_ms = w.stop_ms.min(calm);
-            w.final_merge_ms = self.duration_ms + 5 * w.config.anti_entropy_interval.0;
+            // Pending appends no node can complete (their client died mid-upload) are dropped
+            // after the orphan limit; the final merge comes after that too.
+            let c = &w.config;
+            let orphan_limit = c.coordinator_timeout.0 + c.request_timeout.0 + 2 * c.anti_entropy_interval.0;
+            w.final_merge_ms = self.duration_ms + orphan_limit + 5 * c.anti_entropy_interval.0;
             self.duration_ms = w.final_merge_ms + w.config.coordinator_timeout.0 + 5_000;
         }
     }

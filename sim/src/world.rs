@@ -31,6 +31,8 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::net::{Ipv4Addr, SocketAddr};
 
+mod drive;
+
 /// A process whose join failed is restarted-and-joined again after this long, as a supervisor
 /// (systemd, an operator's script) would do.
 pub const SUPERVISOR_REJOIN_DELAY_MS: u64 = 5_000;
@@ -175,6 +177,8 @@ pub struct World<A: Actor> {
     started: bool,
     fault_rng: ChaCha8Rng,
     hydfs: Option<HydfsHarness>,
+    /// When each node's outgoing link is next free (bandwidth model).
+    link_free: Vec<Time>,
 }
 
 /// What the HyDFS checkers see of every slot.
@@ -207,6 +211,7 @@ impl<A: Actor> World<A> {
         let seed_rng = ChaCha8Rng::seed_from_u64(master.gen());
         let fault_rng = ChaCha8Rng::seed_from_u64(master.gen());
         let hydfs = scenario.hydfs.clone().map(|w| HydfsHarness::new(w, scenario.seed));
+        let scenario_nodes = scenario.nodes;
         let slots = (0..scenario.nodes)
             .map(|i| SlotState {
                 addr: slot_addr(i),
@@ -239,6 +244,7 @@ impl<A: Actor> World<A> {
             started: false,
             fault_rng,
             hydfs,
+            link_free: vec![Time::ZERO; scenario_nodes],
         }
     }
 
@@ -568,7 +574,14 @@ impl<A: Actor> World<A> {
                     self.push(at, EventKind::SendFailed { slot: from, generation, to: t.to });
                     return;
                 }
-                let at = self.now + self.latency();
+                let mut at = self.now + self.latency();
+                let bw = self.scenario.net.bandwidth_bytes_per_ms;
+                if bw > 0 {
+                    let depart = self.link_free[from].max(self.now);
+                    let transfer = rainstorm_core::Millis((t.payload.len() as u64).div_ceil(bw));
+                    self.link_free[from] = depart + transfer;
+                    at = at.max(depart + transfer + rainstorm_core::Millis(self.scenario.net.latency_min_ms));
+                }
                 self.push(at, EventKind::Deliver { to, channel: Channel::Stream, frame: t.payload });
             }
         }

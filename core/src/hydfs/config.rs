@@ -22,6 +22,8 @@ pub struct HydfsConfig {
     pub cache_ttl: Millis,
     /// How often a node compares its files with its ring neighbours and pulls what it lacks.
     pub anti_entropy_interval: Millis,
+    /// Stored bytes verified against their checksums per anti-entropy round (scrubbing).
+    pub scrub_bytes_per_round: u64,
     /// How long a node waits for one reply before trying again or elsewhere.
     pub request_timeout: Millis,
     /// How often a coordinator re-sends to replicas that have not answered.
@@ -45,6 +47,7 @@ impl Default for HydfsConfig {
             cache_bytes: 64 << 20,
             cache_ttl: Millis::from_secs(30),
             anti_entropy_interval: Millis::from_secs(2),
+            scrub_bytes_per_round: 8 << 20,
             request_timeout: Millis::from_secs(10),
             retry_interval: Millis(1_000),
             coordinator_timeout: Millis::from_secs(30),

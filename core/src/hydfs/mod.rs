@@ -91,6 +91,7 @@ pub struct HydfsStats {
     pub bytes_fetched_for_merges: u64,
     pub corrupt_parts_detected: u64,
     pub files_dropped: u64,
+    pub orphans_dropped: u64,
     pub syncs: u64,
     pub cache_hits: u64,
     pub cache_misses: u64,
@@ -263,7 +264,13 @@ impl Hydfs {
             HydfsMsg::WriteReply { req, result } => self.on_write_reply(now, from, req, result),
             HydfsMsg::MergeReply { req, result } => self.on_merge_reply(now, from, req, result),
             HydfsMsg::ReadReply { req, result } => self.on_read_reply(now, from, req, result),
-            HydfsMsg::StatReply { req, digest } => self.on_stat_reply(now, from, req, digest),
+            HydfsMsg::StatReply { req, digest } => {
+                if self.is_server_request(req) {
+                    self.on_exists_reply(now, from, req, digest)
+                } else {
+                    self.on_stat_reply(now, from, req, digest)
+                }
+            }
             HydfsMsg::RemoteAppendReply { req, result } => self.on_remote_append_reply(now, from, req, result),
         }
         self.progress(now);

@@ -28,6 +28,8 @@ pub(super) struct ServerState {
     offers_taken: BTreeMap<FileName, BTreeMap<NodeAddr, u64>>,
     fetches: BTreeMap<(FileName, Stamp, u32), FetchJob>,
     requests: BTreeMap<ReqId, Outstanding>,
+    /// Pending appends this node lacks bytes for, since when.
+    incomplete_since: BTreeMap<(FileName, Stamp), Time>,
     /// Bytes fetched for installs, per file, reported with the install's answer.
     install_bytes: BTreeMap<FileName, u64>,
     /// Ticks at which coordinators retry (the earliest matters).
@@ -53,6 +55,8 @@ struct CoordWrite {
     source: NodeAddr,
     acked: BTreeSet<NodeAddr>,
     asked: BTreeSet<NodeAddr>,
+    /// For a create: members not yet asked or not yet answered whether they hold the name.
+    checking: BTreeSet<NodeAddr>,
     started: Time,
 }
 
@@ -115,6 +119,7 @@ enum Pending {
     Fetch { key: (FileName, Stamp, u32) },
     Inventory,
     Describe { name: FileName },
+    Exists { op: u64 },
 }
 
 impl Hydfs {
@@ -182,6 +187,18 @@ impl Hydfs {
         self.stats.writes_coordinated += 1;
         let op = self.server.next_op;
         self.server.next_op += 1;
+        // A create first asks every other member whether the name exists anywhere (a holder
+        // outside the replica set, e.g. one still handing the file over, must not be missed).
+        let targets = self.replicas(&name);
+        let checking: BTreeSet<NodeAddr> = if write.kind == WriteKind::Create {
+            self.ring.members().map(|(_, a)| a).filter(|a| *a != self.me && !targets.contains(a)).collect()
+        } else {
+            BTreeSet::new()
+        };
+        for a in &checking {
+            let n = name.clone();
+            self.ask(now, *a, Pending::Exists { op }, |req| HydfsMsg::Stat { req, name: n });
+        }
         self.server.writes.insert(
             op,
             CoordWrite {
@@ -193,6 +210,7 @@ impl Hydfs {
                 source,
                 acked: BTreeSet::new(),
                 asked: BTreeSet::new(),
+                checking,
                 started: now,
             },
         );
@@ -234,6 +252,9 @@ impl Hydfs {
 
     fn drive_write(&mut self, now: Time, op: u64) {
         let Some(w) = self.server.writes.get(&op) else { return };
+        if !w.checking.is_empty() {
+            return;
+        }
         let targets = self.replicas(&w.name);
         let (name, write, inline, source) = (w.name.clone(), w.write.clone(), w.inline.clone(), w.source);
         let to_ask: Vec<NodeAddr> =
@@ -286,10 +307,45 @@ impl Hydfs {
             }
             Err(Refusal::AlreadyExists) => {
                 let w = self.server.writes.remove(&op).expect("present");
+                self.abandon_create(&w.name, w.write.stamp);
                 self.send(w.client, HydfsMsg::WriteReply { req: w.client_req, result: Err(Refusal::AlreadyExists) });
             }
             Err(_) => self.arm_retry(now),
         }
+    }
+
+    /// A member answered whether it holds the name a create is about to take.
+    pub(super) fn on_exists_reply(&mut self, now: Time, from: NodeAddr, req: ReqId, digest: Option<FileDigest>) {
+        let Some(Outstanding { what: Pending::Exists { op }, .. }) = self.server.requests.remove(&req) else {
+            return;
+        };
+        let Some(w) = self.server.writes.get_mut(&op) else { return };
+        w.checking.remove(&from);
+        let other = digest.and_then(|d| d.create).is_some_and(|c| c != w.write.stamp);
+        if other && !self.cfg.bug(PlantedBug::CreateNotExclusive) {
+            let w = self.server.writes.remove(&op).expect("present");
+            self.abandon_create(&w.name, w.write.stamp);
+            self.send(w.client, HydfsMsg::WriteReply { req: w.client_req, result: Err(Refusal::AlreadyExists) });
+            return;
+        }
+        self.drive_write(now, op);
+    }
+
+    /// Removes this node's record of a create that was refused.
+    fn abandon_create(&mut self, name: &FileName, stamp: Stamp) {
+        let Some(mut rec) = self.store.file(name).cloned() else { return };
+        if rec.create.as_ref().is_some_and(|c| c.stamp == stamp) {
+            rec.create = None;
+            if rec.merged.is_empty() && rec.pending.is_empty() {
+                self.store.drop_file(name);
+            } else {
+                self.store.set_file(name, rec);
+            }
+        }
+    }
+
+    pub(super) fn is_server_request(&self, req: ReqId) -> bool {
+        self.server.requests.contains_key(&req)
     }
 
     // ---- merges -------------------------------------------------------------------------------
@@ -315,7 +371,7 @@ impl Hydfs {
         let targets = self.replicas(&name);
         let mut found = BTreeMap::new();
         if let Some(rec) = self.store.file(&name) {
-            for w in rec.pending.values() {
+            for w in rec.pending.values().filter(|w| self.store.is_complete(&name, w)) {
                 found.insert(w.stamp, (w.clone(), vec![self.me]));
             }
         }
@@ -698,7 +754,7 @@ impl Hydfs {
         view: Option<u64>,
         needs: &[Stamp],
     ) -> Result<super::message::ReadChunk, Refusal> {
-        let Some(meta) = self.store.meta(name) else { return Err(Refusal::NotFound) };
+        let Some(mut meta) = self.store.meta(name) else { return Err(Refusal::NotFound) };
         if meta.create.is_none() {
             return Err(Refusal::NotFound);
         }
@@ -707,7 +763,10 @@ impl Hydfs {
         if needs.iter().any(|s| !present.contains(s)) {
             return Err(Refusal::Behind);
         }
-        if !meta.incomplete.is_empty() {
+        // Pending appends still arriving are not part of this copy yet; a merged part that is
+        // missing (lost to corruption) makes the copy unreadable until it is repaired.
+        meta.pending.retain(|w| !meta.incomplete.contains(&w.stamp));
+        if meta.create.iter().chain(&meta.merged).any(|w| meta.incomplete.contains(&w.stamp)) {
             return Err(Refusal::Unavailable("a copy of this file is being repaired".into()));
         }
         let id = meta.digest().hash;
@@ -754,6 +813,8 @@ impl Hydfs {
     // ---- anti-entropy and hand-off ------------------------------------------------------------
 
     pub(super) fn anti_entropy(&mut self, now: Time) {
+        self.scrub();
+        self.drop_orphans(now);
         if self.ring.len() <= 1 || !self.ring.contains(self.me) {
             return;
         }
@@ -774,6 +835,42 @@ impl Hydfs {
             let Some(meta) = self.store.meta(&name) else { continue };
             for r in self.replicas(&name) {
                 self.send(r, HydfsMsg::Offer { meta: meta.clone() });
+            }
+        }
+    }
+
+    /// Verifies a bounded number of stored bytes per round, so that rot is found (and repaired
+    /// from another replica) before the other copies fail too.
+    fn scrub(&mut self) {
+        if self.cfg.bug(PlantedBug::ServesCorruptBlocks) {
+            return;
+        }
+        for (name, stamp, part) in self.store.scrub(self.cfg.scrub_bytes_per_round) {
+            self.corruption(&name, stamp, part);
+        }
+    }
+
+    /// Pending appends that stayed incomplete here for longer than a coordinator would work on
+    /// them, with no replica able to supply their bytes, were never acknowledged (an
+    /// acknowledged append is complete on every replica of its time): they are dropped.
+    fn drop_orphans(&mut self, now: Time) {
+        let limit = self.cfg.coordinator_timeout + self.cfg.request_timeout + self.cfg.anti_entropy_interval * 2;
+        let mut incomplete: BTreeSet<(FileName, Stamp)> = BTreeSet::new();
+        for (name, rec) in self.store.files() {
+            for w in rec.pending.values().filter(|w| !self.store.is_complete(name, w)) {
+                incomplete.insert((name.clone(), w.stamp));
+            }
+        }
+        self.server.incomplete_since.retain(|k, _| incomplete.contains(k));
+        for k in incomplete {
+            let since = *self.server.incomplete_since.entry(k.clone()).or_insert(now);
+            let in_use = self.server.writes.values().any(|w| w.name == k.0 && w.write.stamp == k.1);
+            if now >= since + limit && !in_use {
+                let mut rec = self.store.file(&k.0).cloned().unwrap_or_default();
+                rec.pending.remove(&k.1);
+                self.store.set_file(&k.0, rec);
+                self.server.incomplete_since.remove(&k);
+                self.stats.orphans_dropped += 1;
             }
         }
     }
@@ -907,7 +1004,9 @@ impl Hydfs {
             if !self.store.file(&name).is_some_and(|r| r.contains(&write.stamp)) {
                 self.accept_write(now, &name, &write, None, &[source]);
             } else {
-                self.ensure_write(now, &name, &write, &[source], false);
+                let mut sources = vec![source];
+                sources.extend(self.replicas(&name));
+                self.ensure_write(now, &name, &write, &sources, false);
             }
             self.drive_write(now, op);
         }
@@ -982,6 +1081,14 @@ impl Hydfs {
                 }
                 self.next_fetch(now, key);
             }
+            Pending::Exists { op } => {
+                // An unreachable member cannot hold the name for a reader either; a create does not
+                // wait for it.
+                if let Some(w) = self.server.writes.get_mut(&op) {
+                    w.checking.remove(&r.to);
+                }
+                self.drive_write(now, op);
+            }
             Pending::Inventory | Pending::Describe { .. } => {}
         }
     }
@@ -1033,6 +1140,12 @@ impl Hydfs {
                 sync(self);
                 if let Some(w) = self.server.writes.get_mut(&op) {
                     w.acked.insert(self.me);
+                }
+            } else if !local && w.acked.contains(&self.me) {
+                // The own copy was lost (a corrupt part found by the scrubber): fetch it again
+                // before acknowledging.
+                if let Some(w) = self.server.writes.get_mut(&op) {
+                    w.acked.remove(&self.me);
                 }
             }
             let w = &self.server.writes[&op];

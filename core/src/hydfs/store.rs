@@ -67,6 +67,7 @@ pub struct LocalStore {
     parts: BTreeMap<PartKey, PartRec>,
     next_blob: BlobId,
     unsynced: bool,
+    scrub_cursor: Option<PartKey>,
     /// Verify checksums on read (off only for a planted bug).
     pub verify: bool,
 }
@@ -81,6 +82,7 @@ impl LocalStore {
             parts: BTreeMap::new(),
             next_blob: 1,
             unsynced: false,
+            scrub_cursor: None,
             verify: true,
         })
     }
@@ -212,6 +214,29 @@ impl LocalStore {
         })
     }
 
+    /// Verifies up to `budget` bytes of stored parts, continuing where the last call stopped, and
+    /// returns the parts that failed (they are removed, to be fetched again).
+    pub fn scrub(&mut self, budget: u64) -> Vec<(FileName, Stamp, u32)> {
+        let mut bad = Vec::new();
+        let mut spent = 0u64;
+        let start = self.scrub_cursor.take();
+        let keys: Vec<PartKey> = match &start {
+            Some(c) => self.parts.range(c.clone()..).chain(self.parts.range(..c.clone())).map(|(k, _)| k.clone()).collect(),
+            None => self.parts.keys().cloned().collect(),
+        };
+        for key in keys {
+            if spent >= budget {
+                self.scrub_cursor = Some(key);
+                break;
+            }
+            spent += self.parts.get(&key).map_or(0, |p| p.len as u64);
+            if let Err(PartError::Corrupt) = self.read_part(&key.0, key.1, key.2) {
+                bad.push(key);
+            }
+        }
+        bad
+    }
+
     /// Bytes stored for a file's complete writes.
     pub fn stored_bytes(&self) -> u64 {
         self.parts.values().map(|p| p.len as u64).sum()
@@ -263,7 +288,26 @@ pub fn reconcile(local: Option<&FileRec>, peer: &FileMeta) -> FileRec {
     }
     let merged: Vec<Stamp> = rec.merged.iter().map(|w| w.stamp).collect();
     rec.pending.retain(|s, _| !merged.contains(s));
+    keep_client_order(&mut rec);
     rec
+}
+
+/// Cuts the merged list before the first append that a still-pending append of the same client
+/// precedes, so that merging the pending ones later cannot put a client's writes out of order
+/// (only possible after merge orders diverged under a partition).
+fn keep_client_order(rec: &mut FileRec) {
+    // Keyed by address: a client that rejoined under a new member id is still one process.
+    let mut first_pending: BTreeMap<crate::id::NodeAddr, Stamp> = BTreeMap::new();
+    for s in rec.pending.keys() {
+        first_pending.entry(s.client.addr).or_insert(*s);
+    }
+    let cut =
+        rec.merged.iter().position(|w| first_pending.get(&w.stamp.client.addr).is_some_and(|p| w.stamp > *p));
+    if let Some(i) = cut {
+        for w in rec.merged.split_off(i) {
+            rec.pending.insert(w.stamp, w);
+        }
+    }
 }
 
 fn order_hash(stamps: &[Stamp]) -> u64 {
@@ -324,6 +368,14 @@ mod tests {
         let mut all: Vec<u64> = m.into_iter().chain(p).collect();
         all.sort();
         assert_eq!(all, vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn a_clients_pending_append_is_never_overtaken_by_its_later_merged_one() {
+        // Merged [2, 4] on one side; the same client's 3 is still pending on the other.
+        let local = reconcile(None, &meta(1, &[2, 4], &[], 1));
+        let out = reconcile(Some(&local), &meta(1, &[2], &[3], 1));
+        assert_eq!(stamps(&out), (vec![2], vec![3, 4]));
     }
 
     #[test]
