@@ -133,7 +133,8 @@ fn sweep(layer: Layer, start: u64, count: u64, bug: Option<&str>) -> Result<Exit
     let mut failed = 0;
     let mut events = 0;
     let seeds: Vec<u64> = (start..start + count).collect();
-    let scenarios = seeds.iter().map(|s| plant(layer, layer.scenario(*s), bug)).collect::<Result<Vec<_>>>()?;
+    let scenarios =
+        seeds.iter().map(|s| plant(layer, layer.scenario(*s), bug)).collect::<Result<Vec<_>>>()?;
     let reports = crate::bench::parallel_map(scenarios, |s| {
         let r = run_membership(&s, &RunOptions::default());
         (r.scenario.seed, r.stats.events, r.violations.first().map(|v| v.to_string()))

@@ -10,7 +10,9 @@
 //!   [`Node::poll_transmit`] and [`Node::poll_event`], then re-arms from [`Node::poll_timeout`].
 
 use crate::command::{Command, COMMAND_HELP};
-use crate::hydfs::{ClientOp, Hydfs, HydfsConfig, HydfsError, HydfsEvent, MemStorage, OpId, Storage, StorageError};
+use crate::hydfs::{
+    ClientOp, Hydfs, HydfsConfig, HydfsError, HydfsEvent, MemStorage, OpId, Storage, StorageError,
+};
 use crate::id::{MemberId, NodeAddr};
 use crate::membership::{
     MemberStatus, MemberView, Membership, MembershipConfig, MembershipError, MembershipEvent,

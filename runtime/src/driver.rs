@@ -364,7 +364,9 @@ fn log_event(event: &NodeEvent) {
 fn log_hydfs_event(event: &rainstorm_core::hydfs::HydfsEvent) {
     use rainstorm_core::hydfs::HydfsEvent;
     match event {
-        HydfsEvent::OpDone { op, result: Err(e) } => warn!(event = "hydfs_op_failed", op, "operation {op} failed: {e}"),
+        HydfsEvent::OpDone { op, result: Err(e) } => {
+            warn!(event = "hydfs_op_failed", op, "operation {op} failed: {e}")
+        }
         HydfsEvent::OpDone { .. } | HydfsEvent::WriteCommitted { .. } => {}
         HydfsEvent::MergeCommitted { name, replicas, .. } => {
             info!(event = "merged", %name, replicas = replicas.len(), "merged {name} on {} replicas", replicas.len())
@@ -372,7 +374,9 @@ fn log_hydfs_event(event: &rainstorm_core::hydfs::HydfsEvent) {
         HydfsEvent::CorruptionDetected { name, stamp, part } => {
             warn!(event = "corrupt_block", %name, %stamp, part, "corrupt block of {name} detected; fetching it again")
         }
-        HydfsEvent::FileDropped { name } => info!(event = "file_dropped", %name, "handed {name} to its owners"),
+        HydfsEvent::FileDropped { name } => {
+            info!(event = "file_dropped", %name, "handed {name} to its owners")
+        }
         HydfsEvent::StorageFailed { reason } => warn!(event = "storage_failed", "storage failed: {reason}"),
     }
 }

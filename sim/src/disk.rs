@@ -50,8 +50,12 @@ impl SimDisk {
     /// Flips one byte of one stored block (chosen by `rng`). Returns the block, if any.
     pub fn corrupt(&self, rng: &mut impl Rng) -> Option<BlobId> {
         let mut s = self.state();
-        let ids: Vec<BlobId> =
-            s.blocks.iter().filter(|(_, b)| b.current.as_ref().is_some_and(|c| !c.is_empty())).map(|(i, _)| *i).collect();
+        let ids: Vec<BlobId> = s
+            .blocks
+            .iter()
+            .filter(|(_, b)| b.current.as_ref().is_some_and(|c| !c.is_empty()))
+            .map(|(i, _)| *i)
+            .collect();
         if ids.is_empty() {
             return None;
         }
@@ -71,7 +75,11 @@ impl SimDisk {
     /// Whether `blob` holds, durably, the bytes the process sees.
     pub fn is_durable(&self, blob: BlobId) -> bool {
         let s = self.state();
-        s.blocks.get(&blob).is_some_and(|b| b.current.is_some() && b.current == b.durable)
+        s.blocks.get(&blob).is_some_and(|b| match (&b.current, &b.durable) {
+            // A sync shares the bytes, so identity (not a byte compare) says they are durable.
+            (Some(c), Some(d)) => std::sync::Arc::ptr_eq(c, d),
+            _ => false,
+        })
     }
 
     /// The bytes of a block as the process sees them.

@@ -22,7 +22,9 @@
 use crate::check::CheckerKind;
 use crate::disk::SimDisk;
 use crate::scenario::Slot;
-use rainstorm_core::hydfs::{ClientOp, FileName, Hydfs, HydfsConfig, HydfsError, HydfsEvent, OpId, OpOutput, Ring};
+use rainstorm_core::hydfs::{
+    ClientOp, FileName, Hydfs, HydfsConfig, HydfsError, HydfsEvent, OpId, OpOutput, Ring,
+};
 use rainstorm_core::{NodeAddr, Time};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -259,7 +261,11 @@ impl HydfsHarness {
                     whole_network: whole,
                     final_merge: true,
                 };
-                out.push(Submission { slot: v.slot, op: ClientOp::Merge { name: Self::file_name(file) }, token });
+                out.push(Submission {
+                    slot: v.slot,
+                    op: ClientOp::Merge { name: Self::file_name(file) },
+                    token,
+                });
             }
             return out;
         }
@@ -348,7 +354,13 @@ impl HydfsHarness {
     }
 
     /// The world submitted `s`; `result` is what the node said.
-    pub fn submitted(&mut self, now: Time, s: Submission, generation: u64, result: Option<Result<OpId, HydfsError>>) {
+    pub fn submitted(
+        &mut self,
+        now: Time,
+        s: Submission,
+        generation: u64,
+        result: Option<Result<OpId, HydfsError>>,
+    ) {
         match result {
             Some(Ok(id)) => {
                 self.in_flight.insert((s.slot, generation, id), s.token);
@@ -382,7 +394,14 @@ impl HydfsHarness {
         self.busy.remove(&slot);
     }
 
-    pub fn on_event(&mut self, now: Time, slot: Slot, generation: u64, event: &HydfsEvent, views: &[SlotView<'_>]) {
+    pub fn on_event(
+        &mut self,
+        now: Time,
+        slot: Slot,
+        generation: u64,
+        event: &HydfsEvent,
+        views: &[SlotView<'_>],
+    ) {
         match event {
             HydfsEvent::OpDone { op, result } => {
                 let Some(token) = self.in_flight.remove(&(slot, generation, *op)) else { return };
@@ -395,7 +414,8 @@ impl HydfsHarness {
             HydfsEvent::WriteCommitted { name, stamp, replicas } => {
                 let Some(coord) = views.iter().find(|v| v.slot == slot) else { return };
                 let Some(h) = coord.hydfs else { return };
-                let live: BTreeSet<NodeAddr> = views.iter().filter(|v| v.up && v.joined).map(|v| v.addr).collect();
+                let live: BTreeSet<NodeAddr> =
+                    views.iter().filter(|v| v.up && v.joined).map(|v| v.addr).collect();
                 let seen: BTreeSet<NodeAddr> = h.ring().members().map(|(_, a)| a).collect();
                 if live == seen {
                     self.whole_view_commits.insert((name.clone(), *stamp));
@@ -405,13 +425,17 @@ impl HydfsHarness {
                     self.violate(
                         now,
                         CheckerKind::HydfsDurability,
-                        format!("n{slot} acknowledged {name} {stamp} after {} of {expect} replicas", replicas.len()),
+                        format!(
+                            "n{slot} acknowledged {name} {stamp} after {} of {expect} replicas",
+                            replicas.len()
+                        ),
                     );
                 }
                 // Every listed replica that is still up must hold the write synced; a replica that
                 // has since handed the file to its owners counts through them, so the check is on
                 // the number of synced copies among live nodes.
-                let up_listed = replicas.iter().filter(|a| views.iter().any(|v| v.addr == **a && v.up)).count();
+                let up_listed =
+                    replicas.iter().filter(|a| views.iter().any(|v| v.addr == **a && v.up)).count();
                 let synced = views
                     .iter()
                     .filter(|v| v.up)
@@ -422,7 +446,10 @@ impl HydfsHarness {
                     })
                     .count();
                 let lost_create = views.iter().filter(|v| v.up).any(|v| {
-                    v.hydfs.and_then(|h| h.store().file(name)).and_then(|r| r.create.as_ref()).is_some_and(|c| c.stamp < *stamp)
+                    v.hydfs
+                        .and_then(|h| h.store().file(name))
+                        .and_then(|r| r.create.as_ref())
+                        .is_some_and(|c| c.stamp < *stamp)
                 });
                 if synced < up_listed && !lost_create {
                     self.violate(
@@ -444,18 +471,24 @@ impl HydfsHarness {
                         self.violate(
                             now,
                             CheckerKind::HydfsIdentical,
-                            format!("merge of {name} acknowledged but replica n{} has a different merged order", v.slot),
+                            format!(
+                                "merge of {name} acknowledged but replica n{} has a different merged order",
+                                v.slot
+                            ),
                         );
                     }
                 }
             }
-            HydfsEvent::CorruptionDetected { .. } | HydfsEvent::FileDropped { .. } | HydfsEvent::StorageFailed { .. } => {}
+            HydfsEvent::CorruptionDetected { .. }
+            | HydfsEvent::FileDropped { .. }
+            | HydfsEvent::StorageFailed { .. } => {}
         }
     }
 
     fn op_done(&mut self, now: Time, token: InFlight, result: &Result<OpOutput, HydfsError>) {
         if token.final_merge {
-            self.final_merge_result.insert(token.file, result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            self.final_merge_result
+                .insert(token.file, result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
         }
         let ok = result.is_ok();
         match token.kind {
@@ -463,7 +496,9 @@ impl HydfsHarness {
                 // Creates are exclusive while the coordinator's view is whole (no partition, every
                 // live member listed); divergent views under a partition can each accept one.
                 let whole_view = match result {
-                    Ok(OpOutput::Written { name, stamp, .. }) => self.whole_view_commits.contains(&(name.clone(), *stamp)),
+                    Ok(OpOutput::Written { name, stamp, .. }) => {
+                        self.whole_view_commits.contains(&(name.clone(), *stamp))
+                    }
                     _ => false,
                 };
                 for &tag in &token.tags {
@@ -475,7 +510,10 @@ impl HydfsHarness {
                             Some(other) if other != tag && token.whole_network && whole_view => self.violate(
                                 now,
                                 CheckerKind::HydfsCreateOnce,
-                                format!("two creates of {} were acknowledged (writes {other} and {tag})", Self::file_name(file)),
+                                format!(
+                                    "two creates of {} were acknowledged (writes {other} and {tag})",
+                                    Self::file_name(file)
+                                ),
                             ),
                             Some(_) => {}
                             None => self.files[file].create_acked = Some(tag),
@@ -497,7 +535,15 @@ impl HydfsHarness {
 
     /// Checks content read back: it parses, holds no write twice, keeps each client's order, and
     /// includes `must_have`.
-    fn check_content(&mut self, now: Time, file: usize, bytes: &[u8], must_have: &[u64], what: &str, end: bool) {
+    fn check_content(
+        &mut self,
+        now: Time,
+        file: usize,
+        bytes: &[u8],
+        must_have: &[u64],
+        what: &str,
+        end: bool,
+    ) {
         let tags = match parse(bytes) {
             Ok(t) => t,
             Err(e) => {
@@ -506,35 +552,60 @@ impl HydfsHarness {
         };
         let mut seen = BTreeSet::new();
         let mut last: BTreeMap<(Slot, u64), u64> = BTreeMap::new();
+        let mut found: Vec<(CheckerKind, String)> = Vec::new();
         for (i, t) in tags.iter().enumerate() {
             let Some(info) = self.tags.get(t).cloned() else {
-                return self.violate(now, CheckerKind::HydfsCorruptServed, format!("{what}: unknown write {t}"));
+                return self.violate(
+                    now,
+                    CheckerKind::HydfsCorruptServed,
+                    format!("{what}: unknown write {t}"),
+                );
             };
             if info.file != file {
-                return self.violate(now, CheckerKind::HydfsCorruptServed, format!("{what}: holds write {t} of another file"));
+                return self.violate(
+                    now,
+                    CheckerKind::HydfsCorruptServed,
+                    format!("{what}: holds write {t} of another file"),
+                );
             }
             if info.create != (i == 0) {
-                return self.violate(now, CheckerKind::HydfsOrder, format!("{what}: write {t} is out of place (create first)"));
+                found.push((
+                    CheckerKind::HydfsOrder,
+                    format!("{what}: write {t} is out of place (create first)"),
+                ));
             }
             if !seen.insert(*t) {
-                return self.violate(now, CheckerKind::HydfsLoss, format!("{what}: write {t} appears twice"));
+                found.push((CheckerKind::HydfsLoss, format!("{what}: write {t} appears twice")));
             }
             if info.direct && !info.create {
                 let prev = last.entry(info.writer).or_default();
                 if info.order < *prev {
-                    return self.violate(
-                        now,
+                    found.push((
                         CheckerKind::HydfsOrder,
-                        format!("{what}: client n{}'s writes out of order ({} after {})", info.writer.0, info.order, prev),
-                    );
+                        format!(
+                            "{what}: client n{}'s writes out of order ({} after {})",
+                            info.writer.0, info.order, prev
+                        ),
+                    ));
                 }
                 *prev = info.order;
             }
         }
         let kind = if end { CheckerKind::HydfsLoss } else { CheckerKind::HydfsReadYourWrites };
-        let missing: Vec<&u64> = must_have.iter().filter(|t| !seen.contains(t) && !self.tags[t].create).collect();
+        let missing: Vec<&u64> =
+            must_have.iter().filter(|t| !seen.contains(t) && !self.tags[t].create).collect();
         if let Some(t) = missing.first() {
-            self.violate(now, kind, format!("{what}: acknowledged write {t} is missing ({} missing)", missing.len()));
+            found.push((
+                kind,
+                format!("{what}: acknowledged write {t} is missing ({} missing)", missing.len()),
+            ));
+        }
+        // One report per broken guarantee.
+        let mut kinds = BTreeSet::new();
+        for (k, detail) in found {
+            if kinds.insert(k) {
+                self.violate(now, k, detail);
+            }
         }
     }
 
@@ -562,25 +633,33 @@ impl HydfsHarness {
                 .map(|v| v.addr)
                 .collect();
             if holders != expected {
-                let show = |s: &BTreeSet<NodeAddr>| s.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
+                let show =
+                    |s: &BTreeSet<NodeAddr>| s.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
                 self.violate(
                     now,
                     CheckerKind::HydfsPlacement,
                     format!("{name} is on [{}] but belongs on [{}]", show(&holders), show(&expected)),
                 );
             }
-            let Some(file) = name.as_str().strip_prefix("data/f").and_then(|n| n.parse::<usize>().ok()) else {
+            let Some(file) = name.as_str().strip_prefix("data/f").and_then(|n| n.parse::<usize>().ok())
+            else {
                 continue;
             };
             let merged_ok = matches!(self.final_merge_result.get(&file), Some(Ok(())));
             match self.final_merge_result.get(&file) {
                 Some(Err(e)) => {
                     let e = e.clone();
-                    self.violate(now, CheckerKind::HydfsLiveness, format!("merge of {name} after the faults stopped failed: {e}"))
+                    self.violate(
+                        now,
+                        CheckerKind::HydfsLiveness,
+                        format!("merge of {name} after the faults stopped failed: {e}"),
+                    )
                 }
-                None if self.files[file].create_acked.is_some() => {
-                    self.violate(now, CheckerKind::HydfsLiveness, format!("merge of {name} after the faults stopped never finished"))
-                }
+                None if self.files[file].create_acked.is_some() => self.violate(
+                    now,
+                    CheckerKind::HydfsLiveness,
+                    format!("merge of {name} after the faults stopped never finished"),
+                ),
                 _ => {}
             }
             let must_have: Vec<u64> = self.files[file].acked.iter().copied().collect();
@@ -599,7 +678,10 @@ impl HydfsHarness {
                         self.violate(
                             now,
                             CheckerKind::HydfsIdentical,
-                            format!("{what} still has {} pending appends after the final merge", meta.pending.len()),
+                            format!(
+                                "{what} still has {} pending appends after the final merge",
+                                meta.pending.len()
+                            ),
                         );
                     }
                     match &first {

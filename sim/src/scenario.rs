@@ -34,7 +34,13 @@ pub struct NetConfig {
 
 impl Default for NetConfig {
     fn default() -> Self {
-        NetConfig { loss_permille: 0, duplicate_permille: 0, latency_min_ms: 1, latency_max_ms: 10, bandwidth_bytes_per_ms: 0 }
+        NetConfig {
+            loss_permille: 0,
+            duplicate_permille: 0,
+            latency_min_ms: 1,
+            latency_max_ms: 10,
+            bandwidth_bytes_per_ms: 0,
+        }
     }
 }
 
@@ -237,8 +243,11 @@ impl Scenario {
             latency_max_ms: [5, 20, 60][rng.gen_range(0..3)],
             bandwidth_bytes_per_ms: [0, 12_500, 125_000][rng.gen_range(0..3)],
         };
-        let clock_offsets_ms =
-            if rng.gen_bool(0.3) { (0..nodes).map(|_| rng.gen_range(0..100_000)).collect() } else { Vec::new() };
+        let clock_offsets_ms = if rng.gen_bool(0.3) {
+            (0..nodes).map(|_| rng.gen_range(0..100_000)).collect()
+        } else {
+            Vec::new()
+        };
         let crashes = rng.gen_bool(0.7);
         let partitions = rng.gen_bool(0.3);
         let pauses = rng.gen_bool(0.3);
@@ -257,7 +266,7 @@ impl Scenario {
             let node = rng.gen_range(1..nodes);
             // A rotten block is a failed copy until the scrubber finds it and a replica repairs
             // it: corruption and crashes together stay within two failed copies at a time.
-            let may_crash = down.is_empty() || t >= last_corrupt + 15_000;
+            let may_crash = down.is_empty() || t >= last_corrupt + 20_000;
             let fault = match rng.gen_range(0..7) {
                 0 | 1 if crashes && down.len() < 2 && !down.contains(&node) && may_crash => {
                     down.push(node);
@@ -272,7 +281,9 @@ impl Scenario {
                     }
                     Fault::Partition { side: sample(&mut rng, nodes, k) }
                 }
-                4 if pauses && !down.contains(&node) => Fault::Pause { node, for_ms: rng.gen_range(200..3_000) },
+                4 if pauses && !down.contains(&node) => {
+                    Fault::Pause { node, for_ms: rng.gen_range(200..3_000) }
+                }
                 5 | 6 if corruption && down.len() <= 1 && !down.contains(&node) => {
                     last_corrupt = t;
                     Fault::Corrupt { node }
@@ -287,8 +298,12 @@ impl Scenario {
         faults.sort_by_key(|f| f.at_ms);
         let client_count = rng.gen_range(1..=3.min(nodes));
         let clients = sample(&mut rng, nodes, client_count);
-        let mut hydfs_config = HydfsConfig::default();
-        hydfs_config.cache_bytes = [0, 64 << 10, 8 << 20][rng.gen_range(0..3)];
+        let hydfs_config = HydfsConfig {
+            cache_bytes: [0, 64 << 10, 8 << 20][rng.gen_range(0..3)],
+            // Scrubbing at 2 MiB per round (1 MiB/s) covers a simulated node's few MiB in seconds.
+            scrub_bytes_per_round: 2 << 20,
+            ..HydfsConfig::default()
+        };
         let workload = HydfsWorkload {
             config: hydfs_config,
             clients,
@@ -401,7 +416,11 @@ impl Scenario {
                 w.small_max_bytes,
                 w.config.cache_bytes
             );
-            let _ = writeln!(s, "  hydfs: ops {}..{} ms  final merge at {} ms", w.start_ms, w.stop_ms, w.final_merge_ms);
+            let _ = writeln!(
+                s,
+                "  hydfs: ops {}..{} ms  final merge at {} ms",
+                w.start_ms, w.stop_ms, w.final_merge_ms
+            );
         }
         if let Some(b) = self.strict_detection_ms {
             let _ = writeln!(s, "  strict detection bound {b} ms");

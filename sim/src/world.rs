@@ -177,8 +177,8 @@ pub struct World<A: Actor> {
     started: bool,
     fault_rng: ChaCha8Rng,
     hydfs: Option<HydfsHarness>,
-    /// When each node's outgoing link is next free (bandwidth model).
-    link_free: Vec<Time>,
+    /// When each node's outgoing link is next free, in µs of simulated time (bandwidth model).
+    link_free_us: Vec<u64>,
 }
 
 /// What the HyDFS checkers see of every slot.
@@ -244,7 +244,7 @@ impl<A: Actor> World<A> {
             started: false,
             fault_rng,
             hydfs,
-            link_free: vec![Time::ZERO; scenario_nodes],
+            link_free_us: vec![0; scenario_nodes],
         }
     }
 
@@ -577,10 +577,11 @@ impl<A: Actor> World<A> {
                 let mut at = self.now + self.latency();
                 let bw = self.scenario.net.bandwidth_bytes_per_ms;
                 if bw > 0 {
-                    let depart = self.link_free[from].max(self.now);
-                    let transfer = rainstorm_core::Millis((t.payload.len() as u64).div_ceil(bw));
-                    self.link_free[from] = depart + transfer;
-                    at = at.max(depart + transfer + rainstorm_core::Millis(self.scenario.net.latency_min_ms));
+                    // Link time is kept in microseconds so small frames cost their true share.
+                    let depart_us = self.link_free_us[from].max(self.now.0 * 1000);
+                    let done_us = depart_us + (t.payload.len() as u64 * 1000).div_ceil(bw);
+                    self.link_free_us[from] = done_us;
+                    at = at.max(Time(done_us.div_ceil(1000) + self.scenario.net.latency_min_ms));
                 }
                 self.push(at, EventKind::Deliver { to, channel: Channel::Stream, frame: t.payload });
             }
@@ -777,6 +778,54 @@ fn describe_event(e: &MembershipEvent) -> String {
     }
 }
 
+fn describe_hydfs_event(e: &HydfsEvent) -> String {
+    match e {
+        HydfsEvent::OpDone { op, result: Ok(out) } => format!("op {op} done: {}", describe_output(out)),
+        HydfsEvent::OpDone { op, result: Err(e) } => format!("op {op} failed: {e}"),
+        HydfsEvent::WriteCommitted { name, stamp, replicas } => {
+            format!("committed {name} {stamp} on {} replicas", replicas.len())
+        }
+        HydfsEvent::MergeCommitted { name, replicas, .. } => {
+            format!("merged {name} on {} replicas", replicas.len())
+        }
+        HydfsEvent::CorruptionDetected { name, stamp, part } => {
+            format!("corrupt part {part} of {name} {stamp}")
+        }
+        HydfsEvent::FileDropped { name } => format!("handed off and dropped {name}"),
+        HydfsEvent::StorageFailed { reason } => format!("storage failed: {reason}"),
+    }
+}
+
+fn describe_output(o: &rainstorm_core::hydfs::OpOutput) -> String {
+    use rainstorm_core::hydfs::OpOutput;
+    match o {
+        OpOutput::Written { name, stamp, .. } => format!("wrote {name} {stamp}"),
+        OpOutput::Content { name, bytes, from, .. } => {
+            format!(
+                "read {name}: {} bytes from {}",
+                bytes.len(),
+                from.map_or("cache".into(), |a| a.to_string())
+            )
+        }
+        OpOutput::Merged { name, summary } => format!("merged {name} ({} appends)", summary.appended),
+        OpOutput::Listed { name, replicas, .. } => format!("ls {name}: {} replicas", replicas.len()),
+        OpOutput::MultiAppended { name, nodes } => format!("multiappend {name} on {} nodes", nodes.len()),
+    }
+}
+
+fn describe_op(op: &rainstorm_core::hydfs::ClientOp) -> String {
+    use rainstorm_core::hydfs::ClientOp;
+    match op {
+        ClientOp::Create { name, data } => format!("create {name} ({} bytes)", data.len()),
+        ClientOp::Append { name, data } => format!("append {name} ({} bytes)", data.len()),
+        ClientOp::Get { name } => format!("get {name}"),
+        ClientOp::GetFromReplica { name, replica } => format!("getfromreplica {name} {replica}"),
+        ClientOp::Merge { name } => format!("merge {name}"),
+        ClientOp::Ls { name } => format!("ls {name}"),
+        ClientOp::MultiAppend { name, appends } => format!("multiappend {name} on {} nodes", appends.len()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -810,45 +859,5 @@ mod tests {
         assert_eq!(report.stats.events, early.events);
         assert!(early.datagrams_sent > 0 && early.stream_bytes > 0);
         assert!(report.passed(), "{:?}", report.violations);
-    }
-}
-
-fn describe_hydfs_event(e: &HydfsEvent) -> String {
-    match e {
-        HydfsEvent::OpDone { op, result: Ok(out) } => format!("op {op} done: {}", describe_output(out)),
-        HydfsEvent::OpDone { op, result: Err(e) } => format!("op {op} failed: {e}"),
-        HydfsEvent::WriteCommitted { name, stamp, replicas } => {
-            format!("committed {name} {stamp} on {} replicas", replicas.len())
-        }
-        HydfsEvent::MergeCommitted { name, replicas, .. } => format!("merged {name} on {} replicas", replicas.len()),
-        HydfsEvent::CorruptionDetected { name, stamp, part } => format!("corrupt part {part} of {name} {stamp}"),
-        HydfsEvent::FileDropped { name } => format!("handed off and dropped {name}"),
-        HydfsEvent::StorageFailed { reason } => format!("storage failed: {reason}"),
-    }
-}
-
-fn describe_output(o: &rainstorm_core::hydfs::OpOutput) -> String {
-    use rainstorm_core::hydfs::OpOutput;
-    match o {
-        OpOutput::Written { name, stamp, .. } => format!("wrote {name} {stamp}"),
-        OpOutput::Content { name, bytes, from, .. } => {
-            format!("read {name}: {} bytes from {}", bytes.len(), from.map_or("cache".into(), |a| a.to_string()))
-        }
-        OpOutput::Merged { name, summary } => format!("merged {name} ({} appends)", summary.appended),
-        OpOutput::Listed { name, replicas, .. } => format!("ls {name}: {} replicas", replicas.len()),
-        OpOutput::MultiAppended { name, nodes } => format!("multiappend {name} on {} nodes", nodes.len()),
-    }
-}
-
-fn describe_op(op: &rainstorm_core::hydfs::ClientOp) -> String {
-    use rainstorm_core::hydfs::ClientOp;
-    match op {
-        ClientOp::Create { name, data } => format!("create {name} ({} bytes)", data.len()),
-        ClientOp::Append { name, data } => format!("append {name} ({} bytes)", data.len()),
-        ClientOp::Get { name } => format!("get {name}"),
-        ClientOp::GetFromReplica { name, replica } => format!("getfromreplica {name} {replica}"),
-        ClientOp::Merge { name } => format!("merge {name}"),
-        ClientOp::Ls { name } => format!("ls {name}"),
-        ClientOp::MultiAppend { name, appends } => format!("multiappend {name} on {} nodes", appends.len()),
     }
 }

@@ -29,6 +29,8 @@ pub fn assert_passed(report: &Report) {
     }
     if s.name.starts_with("swarm-") {
         msg.push_str(&format!("replay: {}\n", replay_command("membership", s.seed, None)));
+    } else if s.name.starts_with("hydfs-") {
+        msg.push_str(&format!("replay: {}\n", replay_command("hydfs", s.seed, None)));
     } else {
         msg.push_str(&format!(
             "replay: cargo run --release -- sim membership --named {} --named-seed {} --trace\n",

@@ -73,7 +73,7 @@ fn bounded_catches_piggybacking_past_the_datagram_limit() {
 #[test]
 fn no_panic_checker_reports_a_panicking_node() {
     use rainstorm_core::command::Command;
-    use rainstorm_core::membership::MembershipEvent;
+    use rainstorm_core::node::NodeEvent;
     use rainstorm_core::{Channel, MemberId, NodeAddr, Time, Transmit};
     use rainstorm_sim::{Actor, ActorStart};
     /// A node that sends one frame to the introducer and panics on the first frame it gets.
@@ -96,7 +96,7 @@ fn no_panic_checker_reports_a_panicking_node() {
             self.1 = true;
             Some(Transmit { to: introducer, channel: Channel::Datagram, payload: vec![1] })
         }
-        fn poll_event(&mut self) -> Option<MembershipEvent> {
+        fn poll_event(&mut self) -> Option<NodeEvent> {
             None
         }
         fn poll_timeout(&self) -> Option<Time> {
@@ -122,4 +122,92 @@ fn no_panic_checker_reports_a_panicking_node() {
     calm.net.loss_permille = 0;
     let report = rainstorm_sim::run_actor::<Fragile>(&calm, &RunOptions::default());
     assert!(report.caught(CheckerKind::Panic));
+}
+
+mod hydfs {
+    //! Every HyDFS checker is proven by a planted bug it catches, in the first HyDFS swarm seeds.
+    use rainstorm_core::hydfs::PlantedBug;
+    use rainstorm_sim::{run_membership, CheckerKind, RunOptions, Scenario};
+
+    fn first_caught(bug: PlantedBug, checker: CheckerKind) -> u64 {
+        for seed in 0..60 {
+            let s = Scenario::hydfs_swarm(seed);
+            let mut planted = s.clone();
+            if let Some(w) = planted.hydfs.as_mut() {
+                w.config.planted = Some(bug);
+            }
+            let report = run_membership(&planted, &RunOptions::default());
+            if report.caught(checker) {
+                let clean = run_membership(&s, &RunOptions::default());
+                assert!(
+                    clean.passed(),
+                    "seed {seed} fails even without the planted bug: {:?}",
+                    clean.violations
+                );
+                println!("{} caught by {checker} in hydfs seed {seed}", bug.name());
+                return seed;
+            }
+        }
+        panic!("planted bug {} was never caught by the {checker} checker", bug.name());
+    }
+
+    #[test]
+    fn durability_catches_an_ack_before_sync() {
+        first_caught(PlantedBug::AckBeforeSync, CheckerKind::HydfsDurability);
+    }
+
+    #[test]
+    fn durability_catches_an_ack_after_one_replica() {
+        first_caught(PlantedBug::AckAfterOneReplica, CheckerKind::HydfsDurability);
+    }
+
+    #[test]
+    fn identical_catches_a_merge_that_skips_replicas() {
+        first_caught(PlantedBug::MergeSkipsReplicas, CheckerKind::HydfsIdentical);
+    }
+
+    #[test]
+    fn loss_catches_a_last_writer_wins_merge() {
+        first_caught(PlantedBug::MergeLastWriterWins, CheckerKind::HydfsLoss);
+    }
+
+    #[test]
+    fn order_catches_a_merge_that_reverses_order() {
+        first_caught(PlantedBug::MergeReversesOrder, CheckerKind::HydfsOrder);
+    }
+
+    #[test]
+    fn read_your_writes_catches_a_cache_that_ignores_own_writes() {
+        first_caught(PlantedBug::CacheIgnoresOwnWrites, CheckerKind::HydfsReadYourWrites);
+    }
+
+    #[test]
+    fn placement_catches_missing_re_replication() {
+        first_caught(PlantedBug::NoReReplication, CheckerKind::HydfsPlacement);
+    }
+
+    #[test]
+    fn placement_catches_unowned_copies_kept() {
+        first_caught(PlantedBug::KeepsUnownedCopies, CheckerKind::HydfsPlacement);
+    }
+
+    #[test]
+    fn corrupt_served_catches_reads_without_checksums() {
+        first_caught(PlantedBug::ServesCorruptBlocks, CheckerKind::HydfsCorruptServed);
+    }
+
+    #[test]
+    fn create_once_catches_a_non_exclusive_create() {
+        first_caught(PlantedBug::CreateNotExclusive, CheckerKind::HydfsCreateOnce);
+    }
+
+    #[test]
+    fn liveness_catches_a_merge_that_never_answers() {
+        first_caught(PlantedBug::MergeNeverAnswers, CheckerKind::HydfsLiveness);
+    }
+
+    #[test]
+    fn chunking_catches_unchunked_transfers() {
+        first_caught(PlantedBug::UnchunkedTransfers, CheckerKind::HydfsChunking);
+    }
 }

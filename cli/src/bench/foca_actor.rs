@@ -18,8 +18,8 @@
 
 use foca::{Config, Foca, Identity, NoCustomBroadcast, Notification, PostcardCodec, Runtime, Timer};
 use rainstorm_core::command::Command;
-use rainstorm_core::node::NodeEvent;
 use rainstorm_core::membership::{FailureCause, MembershipEvent, Role};
+use rainstorm_core::node::NodeEvent;
 use rainstorm_core::{Channel, Incarnation, MemberId, NodeAddr, Time, Transmit};
 use rainstorm_sim::{Actor, ActorStart};
 use rand::{RngCore, SeedableRng};
@@ -347,7 +347,7 @@ mod tests {
             calm_from_ms: 0,
             duration_ms,
             strict_detection_ms: None,
-        hydfs: None,
+            hydfs: None,
         }
     }
 

@@ -111,7 +111,13 @@ impl Impl {
 
 /// The calm network of the detection and traffic parts: 1 % loss, 1–10 ms latency.
 fn calm_net(loss_permille: u32) -> NetConfig {
-    NetConfig { loss_permille, duplicate_permille: 0, latency_min_ms: 1, latency_max_ms: 10, bandwidth_bytes_per_ms: 0 }
+    NetConfig {
+        loss_permille,
+        duplicate_permille: 0,
+        latency_min_ms: 1,
+        latency_max_ms: 10,
+        bandwidth_bytes_per_ms: 0,
+    }
 }
 
 fn scenario(name: String, seed: u64, nodes: usize, imp: Impl, net: NetConfig, duration_ms: u64) -> Scenario {

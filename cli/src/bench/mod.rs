@@ -3,6 +3,8 @@
 //! * [`membership`]: SWIM failure detection: detection time, false failures under loss, traffic
 //!   per member as the cluster grows, the simulator's own speed, and the `foca` library under the
 //!   same network and faults (with the `compare-foca` feature, on by default).
+//! * [`hydfs`]: the HyDFS experiments under a modelled 1 Gbit/s network: re-replication after a
+//!   crash, merge after concurrent appends, and the client read cache.
 //!
 //! Every simulated figure comes from fixed seeds, so it replays exactly; only wall-clock times
 //! vary between machines and runs.
@@ -13,6 +15,7 @@
 mod cluster_membership;
 #[cfg(feature = "compare-foca")]
 mod foca_actor;
+mod hydfs;
 mod membership;
 
 use anyhow::Result;
@@ -27,6 +30,8 @@ pub enum Benchmark {
     Membership,
     /// Membership on a real 10-process loopback cluster: bytes/s, kill -9 detection, false failures.
     ClusterMembership,
+    /// HyDFS: re-replication after a crash, merge after concurrent appends, read cache.
+    Hydfs,
 }
 
 #[derive(Args)]
@@ -54,6 +59,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     match args.what {
         Benchmark::Membership => membership::run(scale)?,
         Benchmark::ClusterMembership => cluster_membership::run(scale.quick)?,
+        Benchmark::Hydfs => hydfs::run(scale)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -24,16 +24,34 @@ pub type OpId = u64;
 /// An operation a user asks of HyDFS.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientOp {
-    Create { name: FileName, data: Vec<u8> },
-    Append { name: FileName, data: Vec<u8> },
-    Get { name: FileName },
+    Create {
+        name: FileName,
+        data: Vec<u8>,
+    },
+    Append {
+        name: FileName,
+        data: Vec<u8>,
+    },
+    Get {
+        name: FileName,
+    },
     /// One replica's current copy, without fail-over or cache.
-    GetFromReplica { name: FileName, replica: NodeAddr },
-    Merge { name: FileName },
+    GetFromReplica {
+        name: FileName,
+        replica: NodeAddr,
+    },
+    Merge {
+        name: FileName,
+    },
     /// The file's ring id and which replicas hold it.
-    Ls { name: FileName },
+    Ls {
+        name: FileName,
+    },
     /// Each listed node appends its bytes to the file, all at once.
-    MultiAppend { name: FileName, appends: Vec<(NodeAddr, Vec<u8>)> },
+    MultiAppend {
+        name: FileName,
+        appends: Vec<(NodeAddr, Vec<u8>)>,
+    },
 }
 
 impl ClientOp {
@@ -108,11 +126,27 @@ struct OpState {
 }
 
 enum Kind {
-    Write { meta: WriteMeta },
-    Read { pinned: Option<NodeAddr>, buf: Vec<u8>, view: Option<u64>, total: u64, writes: Vec<Stamp>, restarts: u32 },
+    Write {
+        meta: WriteMeta,
+    },
+    Read {
+        pinned: Option<NodeAddr>,
+        buf: Vec<u8>,
+        view: Option<u64>,
+        total: u64,
+        writes: Vec<Stamp>,
+        restarts: u32,
+    },
     Merge,
-    Ls { waiting: BTreeSet<ReqId>, rows: Vec<(NodeAddr, RingId, Option<FileDigest>)> },
-    Multi { waiting: BTreeMap<ReqId, NodeAddr>, nodes: Vec<NodeAddr>, failed: Vec<String> },
+    Ls {
+        waiting: BTreeSet<ReqId>,
+        rows: Vec<(NodeAddr, RingId, Option<FileDigest>)>,
+    },
+    Multi {
+        waiting: BTreeMap<ReqId, NodeAddr>,
+        nodes: Vec<NodeAddr>,
+        failed: Vec<String>,
+    },
 }
 
 impl Hydfs {
@@ -165,7 +199,14 @@ impl Hydfs {
                     self.finish(now, id, remote, Ok(out));
                     return Ok(id);
                 }
-                Kind::Read { pinned: None, buf: Vec::new(), view: None, total: 0, writes: Vec::new(), restarts: 0 }
+                Kind::Read {
+                    pinned: None,
+                    buf: Vec::new(),
+                    view: None,
+                    total: 0,
+                    writes: Vec::new(),
+                    restarts: 0,
+                }
             }
             ClientOp::GetFromReplica { replica, .. } => Kind::Read {
                 pinned: Some(replica),
@@ -317,7 +358,9 @@ impl Hydfs {
                 };
                 (HydfsMsg::Read { req, name, offset: 0, view: None, needs }, self.cfg.request_timeout)
             }
-            Kind::Merge => (HydfsMsg::Merge { req, name }, self.cfg.coordinator_timeout + self.cfg.request_timeout),
+            Kind::Merge => {
+                (HydfsMsg::Merge { req, name }, self.cfg.coordinator_timeout + self.cfg.request_timeout)
+            }
             Kind::Ls { waiting, .. } => {
                 // Ask every replica at once.
                 let targets = op.candidates.clone();
@@ -349,7 +392,13 @@ impl Hydfs {
         self.dispatch(now, id);
     }
 
-    fn finish(&mut self, now: Time, id: OpId, remote: Option<(NodeAddr, ReqId)>, result: Result<OpOutput, HydfsError>) {
+    fn finish(
+        &mut self,
+        now: Time,
+        id: OpId,
+        remote: Option<(NodeAddr, ReqId)>,
+        result: Result<OpOutput, HydfsError>,
+    ) {
         let state = self.client.ops.remove(&id);
         self.client.requests.retain(|_, (op, _, _)| *op != id);
         let remote = remote.or_else(|| state.as_ref().and_then(|s| s.remote));
@@ -414,11 +463,19 @@ impl Hydfs {
         }
     }
 
-    pub(super) fn on_write_reply(&mut self, now: Time, from: NodeAddr, req: ReqId, result: Result<Vec<NodeAddr>, Refusal>) {
+    pub(super) fn on_write_reply(
+        &mut self,
+        now: Time,
+        from: NodeAddr,
+        req: ReqId,
+        result: Result<Vec<NodeAddr>, Refusal>,
+    ) {
         let Some(id) = self.take_request(req, from) else { return };
         match result {
             Ok(replicas) => {
-                let Some(OpState { name, kind: Kind::Write { meta }, .. }) = self.client.ops.get(&id) else { return };
+                let Some(OpState { name, kind: Kind::Write { meta }, .. }) = self.client.ops.get(&id) else {
+                    return;
+                };
                 let out = OpOutput::Written { name: name.clone(), stamp: meta.stamp, replicas };
                 self.finish(now, id, None, Ok(out));
             }
@@ -426,7 +483,13 @@ impl Hydfs {
         }
     }
 
-    pub(super) fn on_merge_reply(&mut self, now: Time, from: NodeAddr, req: ReqId, result: Result<MergeSummary, Refusal>) {
+    pub(super) fn on_merge_reply(
+        &mut self,
+        now: Time,
+        from: NodeAddr,
+        req: ReqId,
+        result: Result<MergeSummary, Refusal>,
+    ) {
         let Some(id) = self.take_request(req, from) else { return };
         match result {
             Ok(summary) => {
@@ -437,12 +500,19 @@ impl Hydfs {
         }
     }
 
-    pub(super) fn on_read_reply(&mut self, now: Time, from: NodeAddr, req: ReqId, result: Result<ReadChunk, Refusal>) {
+    pub(super) fn on_read_reply(
+        &mut self,
+        now: Time,
+        from: NodeAddr,
+        req: ReqId,
+        result: Result<ReadChunk, Refusal>,
+    ) {
         let Some(id) = self.take_request(req, from) else { return };
         let chunk = match result {
             Ok(c) => c,
             Err(Refusal::ViewChanged) => {
-                let Some(OpState { kind: Kind::Read { restarts, .. }, next, .. }) = self.client.ops.get_mut(&id)
+                let Some(OpState { kind: Kind::Read { restarts, .. }, next, .. }) =
+                    self.client.ops.get_mut(&id)
                 else {
                     return;
                 };
@@ -489,16 +559,26 @@ impl Hydfs {
         self.finish(now, id, None, Ok(OpOutput::Content { name, bytes, writes, from: Some(from) }));
     }
 
-    pub(super) fn on_stat_reply(&mut self, now: Time, from: NodeAddr, req: ReqId, digest: Option<FileDigest>) {
+    pub(super) fn on_stat_reply(
+        &mut self,
+        now: Time,
+        from: NodeAddr,
+        req: ReqId,
+        digest: Option<FileDigest>,
+    ) {
         let Some(id) = self.take_request(req, from) else { return };
-        let Some(OpState { kind: Kind::Ls { waiting, rows }, .. }) = self.client.ops.get_mut(&id) else { return };
+        let Some(OpState { kind: Kind::Ls { waiting, rows }, .. }) = self.client.ops.get_mut(&id) else {
+            return;
+        };
         waiting.remove(&req);
         rows.push((from, RingId::of_node(from), digest));
         self.ls_maybe_done(now, id);
     }
 
     fn ls_maybe_done(&mut self, now: Time, id: OpId) {
-        let Some(OpState { name, kind: Kind::Ls { waiting, rows }, .. }) = self.client.ops.get(&id) else { return };
+        let Some(OpState { name, kind: Kind::Ls { waiting, rows }, .. }) = self.client.ops.get(&id) else {
+            return;
+        };
         if !waiting.is_empty() {
             return;
         }
@@ -514,15 +594,29 @@ impl Hydfs {
         self.finish(now, id, None, result);
     }
 
-    pub(super) fn on_remote_append(&mut self, now: Time, from: NodeAddr, req: ReqId, name: FileName, data: Vec<u8>) {
+    pub(super) fn on_remote_append(
+        &mut self,
+        now: Time,
+        from: NodeAddr,
+        req: ReqId,
+        name: FileName,
+        data: Vec<u8>,
+    ) {
         if let Err(e) = self.submit_inner(now, ClientOp::Append { name, data }, Some((from, req))) {
             self.send(from, HydfsMsg::RemoteAppendReply { req, result: Err(e.to_string()) });
         }
     }
 
-    pub(super) fn on_remote_append_reply(&mut self, now: Time, from: NodeAddr, req: ReqId, result: Result<(), String>) {
+    pub(super) fn on_remote_append_reply(
+        &mut self,
+        now: Time,
+        from: NodeAddr,
+        req: ReqId,
+        result: Result<(), String>,
+    ) {
         let Some(id) = self.take_request(req, from) else { return };
-        let Some(OpState { kind: Kind::Multi { waiting, failed, .. }, .. }) = self.client.ops.get_mut(&id) else {
+        let Some(OpState { kind: Kind::Multi { waiting, failed, .. }, .. }) = self.client.ops.get_mut(&id)
+        else {
             return;
         };
         waiting.remove(&req);
@@ -533,7 +627,9 @@ impl Hydfs {
     }
 
     fn multi_maybe_done(&mut self, now: Time, id: OpId) {
-        let Some(OpState { name, kind: Kind::Multi { waiting, nodes, failed }, .. }) = self.client.ops.get(&id) else {
+        let Some(OpState { name, kind: Kind::Multi { waiting, nodes, failed }, .. }) =
+            self.client.ops.get(&id)
+        else {
             return;
         };
         if !waiting.is_empty() {
@@ -542,7 +638,11 @@ impl Hydfs {
         let result = if failed.is_empty() {
             Ok(OpOutput::MultiAppended { name: name.clone(), nodes: nodes.clone() })
         } else {
-            Err(HydfsError::MultiAppend { failed: failed.len(), total: nodes.len(), detail: failed.join("; ") })
+            Err(HydfsError::MultiAppend {
+                failed: failed.len(),
+                total: nodes.len(),
+                detail: failed.join("; "),
+            })
         };
         self.finish(now, id, None, result);
     }
@@ -577,16 +677,23 @@ impl Hydfs {
     }
 
     pub(super) fn client_tick(&mut self, now: Time) {
-        let lost: Vec<ReqId> = self.client.requests.iter().filter(|(_, r)| r.2 <= now).map(|(id, _)| *id).collect();
+        let lost: Vec<ReqId> =
+            self.client.requests.iter().filter(|(_, r)| r.2 <= now).map(|(id, _)| *id).collect();
         for req in lost {
             self.request_lost(now, req);
         }
-        let due: Vec<OpId> =
-            self.client.ops.iter().filter(|(_, o)| o.wait_until.is_some_and(|t| t <= now)).map(|(id, _)| *id).collect();
+        let due: Vec<OpId> = self
+            .client
+            .ops
+            .iter()
+            .filter(|(_, o)| o.wait_until.is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
         for id in due {
             self.dispatch(now, id);
         }
-        let expired: Vec<OpId> = self.client.ops.iter().filter(|(_, o)| o.deadline <= now).map(|(id, _)| *id).collect();
+        let expired: Vec<OpId> =
+            self.client.ops.iter().filter(|(_, o)| o.deadline <= now).map(|(id, _)| *id).collect();
         for id in expired {
             let Some(op) = self.client.ops.get(&id) else { continue };
             let reason = op.last_error.clone().unwrap_or_else(|| "timed out".into());
@@ -596,7 +703,8 @@ impl Hydfs {
     }
 
     pub(super) fn client_send_failed(&mut self, now: Time, to: NodeAddr) {
-        let lost: Vec<ReqId> = self.client.requests.iter().filter(|(_, r)| r.1 == to).map(|(id, _)| *id).collect();
+        let lost: Vec<ReqId> =
+            self.client.requests.iter().filter(|(_, r)| r.1 == to).map(|(id, _)| *id).collect();
         for req in lost {
             self.request_lost(now, req);
         }

@@ -88,10 +88,12 @@ pub enum PlantedBug {
     CreateNotExclusive,
     /// Files travel whole instead of in chunks.
     UnchunkedTransfers,
+    /// A merge coordinator never answers.
+    MergeNeverAnswers,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 11] = [
+    pub const ALL: [PlantedBug; 12] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckAfterOneReplica,
         PlantedBug::MergeSkipsReplicas,
@@ -103,6 +105,7 @@ impl PlantedBug {
         PlantedBug::ServesCorruptBlocks,
         PlantedBug::CreateNotExclusive,
         PlantedBug::UnchunkedTransfers,
+        PlantedBug::MergeNeverAnswers,
     ];
 
     pub fn name(self) -> &'static str {
@@ -118,6 +121,7 @@ impl PlantedBug {
             PlantedBug::ServesCorruptBlocks => "serves-corrupt-blocks",
             PlantedBug::CreateNotExclusive => "create-not-exclusive",
             PlantedBug::UnchunkedTransfers => "unchunked-transfers",
+            PlantedBug::MergeNeverAnswers => "merge-never-answers",
         }
     }
 

@@ -39,6 +39,7 @@ pub struct ReadChunk {
     /// The writes in the file, in file order (sent with the first chunk only).
     pub writes: Vec<Stamp>,
     pub offset: u64,
+    #[serde(with = "serde_bytes")]
     pub bytes: Vec<u8>,
 }
 
@@ -46,48 +47,136 @@ pub struct ReadChunk {
 pub enum HydfsMsg {
     /// Client to coordinator: store a write on every replica. Small single-part writes travel
     /// inline; otherwise the coordinator fetches the parts from `source`.
-    Write { req: ReqId, name: FileName, write: WriteMeta, inline: Option<Vec<u8>>, source: NodeAddr },
-    WriteReply { req: ReqId, result: Result<Vec<NodeAddr>, Refusal> },
+    Write {
+        req: ReqId,
+        name: FileName,
+        write: WriteMeta,
+        #[serde(with = "serde_bytes")]
+        inline: Option<Vec<u8>>,
+        source: NodeAddr,
+    },
+    WriteReply {
+        req: ReqId,
+        result: Result<Vec<NodeAddr>, Refusal>,
+    },
     /// Coordinator to replica: store this write (fetching parts from `sources`), sync, then ack.
-    Replicate { req: ReqId, name: FileName, write: WriteMeta, inline: Option<Vec<u8>>, sources: Vec<NodeAddr> },
-    ReplicateReply { req: ReqId, result: Result<(), Refusal> },
+    Replicate {
+        req: ReqId,
+        name: FileName,
+        write: WriteMeta,
+        #[serde(with = "serde_bytes")]
+        inline: Option<Vec<u8>>,
+        sources: Vec<NodeAddr>,
+    },
+    ReplicateReply {
+        req: ReqId,
+        result: Result<(), Refusal>,
+    },
 
     /// Client to coordinator: merge the file on every replica.
-    Merge { req: ReqId, name: FileName },
-    MergeReply { req: ReqId, result: Result<MergeSummary, Refusal> },
+    Merge {
+        req: ReqId,
+        name: FileName,
+    },
+    MergeReply {
+        req: ReqId,
+        result: Result<MergeSummary, Refusal>,
+    },
     /// Coordinator to replica: which appends are pending here?
-    Collect { req: ReqId, name: FileName },
-    CollectReply { req: ReqId, result: Result<Vec<WriteMeta>, Refusal> },
+    Collect {
+        req: ReqId,
+        name: FileName,
+    },
+    CollectReply {
+        req: ReqId,
+        result: Result<Vec<WriteMeta>, Refusal>,
+    },
     /// Coordinator to replica: append `appended` (in this order) to the merged content, if the
     /// merged content is still `base` (a merged-order hash).
-    Install { req: ReqId, name: FileName, base: u64, appended: Vec<WriteMeta>, sources: Vec<NodeAddr> },
+    Install {
+        req: ReqId,
+        name: FileName,
+        base: u64,
+        appended: Vec<WriteMeta>,
+        sources: Vec<NodeAddr>,
+    },
     /// Carries the bytes the replica fetched to install the merge.
-    InstallReply { req: ReqId, result: Result<u64, Refusal> },
+    InstallReply {
+        req: ReqId,
+        result: Result<u64, Refusal>,
+    },
 
     /// Client to replica: a chunk of the file. `needs` lists writes the client knows are
     /// acknowledged; a replica missing one refuses with `Behind`.
-    Read { req: ReqId, name: FileName, offset: u64, view: Option<u64>, needs: Vec<Stamp> },
-    ReadReply { req: ReqId, result: Result<ReadChunk, Refusal> },
+    Read {
+        req: ReqId,
+        name: FileName,
+        offset: u64,
+        view: Option<u64>,
+        needs: Vec<Stamp>,
+    },
+    ReadReply {
+        req: ReqId,
+        result: Result<ReadChunk, Refusal>,
+    },
     /// Client to replica: does this node hold the file?
-    Stat { req: ReqId, name: FileName },
-    StatReply { req: ReqId, digest: Option<FileDigest> },
+    Stat {
+        req: ReqId,
+        name: FileName,
+    },
+    StatReply {
+        req: ReqId,
+        digest: Option<FileDigest>,
+    },
     /// Client to client: append these bytes as your own write (multiappend).
-    RemoteAppend { req: ReqId, name: FileName, data: Vec<u8> },
-    RemoteAppendReply { req: ReqId, result: Result<(), String> },
+    RemoteAppend {
+        req: ReqId,
+        name: FileName,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    RemoteAppendReply {
+        req: ReqId,
+        result: Result<(), String>,
+    },
 
     /// Anti-entropy: which files do you hold?
-    Inventory { req: ReqId },
-    InventoryReply { req: ReqId, files: Vec<(FileName, FileDigest)> },
+    Inventory {
+        req: ReqId,
+    },
+    InventoryReply {
+        req: ReqId,
+        files: Vec<(FileName, FileDigest)>,
+    },
     /// Anti-entropy: your whole view of one file.
-    Describe { req: ReqId, name: FileName },
-    DescribeReply { req: ReqId, meta: Option<FileMeta> },
+    Describe {
+        req: ReqId,
+        name: FileName,
+    },
+    DescribeReply {
+        req: ReqId,
+        meta: Option<FileMeta>,
+    },
     /// Hand-off: a node that no longer owns a file offers it to an owner, which pulls what it lacks
     /// and answers `Taken` with the offered digest's hash.
-    Offer { meta: FileMeta },
-    Taken { name: FileName, hash: u64 },
+    Offer {
+        meta: FileMeta,
+    },
+    Taken {
+        name: FileName,
+        hash: u64,
+    },
     /// One part of one write.
-    Fetch { req: ReqId, name: FileName, stamp: Stamp, part: u32 },
-    FetchReply { req: ReqId, result: Result<Vec<u8>, Refusal> },
+    Fetch {
+        req: ReqId,
+        name: FileName,
+        stamp: Stamp,
+        part: u32,
+    },
+    FetchReply {
+        req: ReqId,
+        result: Result<serde_bytes::ByteBuf, Refusal>,
+    },
 }
 
 /// What a merge did.

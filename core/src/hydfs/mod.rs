@@ -161,7 +161,12 @@ impl Hydfs {
 
     /// The members on the ring changed (joins, confirmed failures, leaves; never suspicion).
     /// `me` is this node's current member id, `None` while it is not in a group.
-    pub fn set_members(&mut self, now: Time, me: Option<MemberId>, others: impl IntoIterator<Item = NodeAddr>) {
+    pub fn set_members(
+        &mut self,
+        now: Time,
+        me: Option<MemberId>,
+        others: impl IntoIterator<Item = NodeAddr>,
+    ) {
         let mut addrs: BTreeSet<NodeAddr> = others.into_iter().collect();
         match me {
             Some(id) => {
@@ -271,7 +276,9 @@ impl Hydfs {
                     self.on_stat_reply(now, from, req, digest)
                 }
             }
-            HydfsMsg::RemoteAppendReply { req, result } => self.on_remote_append_reply(now, from, req, result),
+            HydfsMsg::RemoteAppendReply { req, result } => {
+                self.on_remote_append_reply(now, from, req, result)
+            }
         }
         self.progress(now);
     }
@@ -289,4 +296,3 @@ impl Hydfs {
         self.ring.replicas(name.as_str(), self.cfg.replication)
     }
 }
-

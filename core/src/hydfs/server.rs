@@ -162,10 +162,12 @@ impl Hydfs {
             .values()
             .find(|w| w.name == name && w.write.kind == WriteKind::Create)
             .map(|w| w.write.stamp);
-        let existing = self.store.file(&name).and_then(|r| r.create.as_ref().map(|c| c.stamp)).or(in_flight_create);
+        let existing =
+            self.store.file(&name).and_then(|r| r.create.as_ref().map(|c| c.stamp)).or(in_flight_create);
         match write.kind {
             WriteKind::Create => {
-                if existing.is_some_and(|s| s != write.stamp) && !self.cfg.bug(PlantedBug::CreateNotExclusive) {
+                if existing.is_some_and(|s| s != write.stamp) && !self.cfg.bug(PlantedBug::CreateNotExclusive)
+                {
                     return refuse(self, Refusal::AlreadyExists);
                 }
             }
@@ -176,7 +178,9 @@ impl Hydfs {
             }
         }
         // A retry of a write this node already coordinates joins the running attempt.
-        if let Some(w) = self.server.writes.values_mut().find(|w| w.name == name && w.write.stamp == write.stamp) {
+        if let Some(w) =
+            self.server.writes.values_mut().find(|w| w.name == name && w.write.stamp == write.stamp)
+        {
             w.client = from;
             w.client_req = req;
             return;
@@ -257,8 +261,11 @@ impl Hydfs {
         }
         let targets = self.replicas(&w.name);
         let (name, write, inline, source) = (w.name.clone(), w.write.clone(), w.inline.clone(), w.source);
-        let to_ask: Vec<NodeAddr> =
-            targets.iter().copied().filter(|t| *t != self.me && !w.acked.contains(t) && !w.asked.contains(t)).collect();
+        let to_ask: Vec<NodeAddr> = targets
+            .iter()
+            .copied()
+            .filter(|t| *t != self.me && !w.acked.contains(t) && !w.asked.contains(t))
+            .collect();
         for t in to_ask {
             let (n, wr, inl) = (name.clone(), write.clone(), inline.clone());
             let sources = vec![self.me, source];
@@ -295,8 +302,15 @@ impl Hydfs {
         self.server.replica_waits.push(ReplicaWait { reply_to: from, req, name, stamp: write.stamp, until });
     }
 
-    pub(super) fn on_replicate_reply(&mut self, now: Time, from: NodeAddr, req: ReqId, result: Result<(), Refusal>) {
-        let Some(Outstanding { what: Pending::Replicate { op }, .. }) = self.server.requests.remove(&req) else {
+    pub(super) fn on_replicate_reply(
+        &mut self,
+        now: Time,
+        from: NodeAddr,
+        req: ReqId,
+        result: Result<(), Refusal>,
+    ) {
+        let Some(Outstanding { what: Pending::Replicate { op }, .. }) = self.server.requests.remove(&req)
+        else {
             return;
         };
         let Some(w) = self.server.writes.get_mut(&op) else { return };
@@ -308,14 +322,23 @@ impl Hydfs {
             Err(Refusal::AlreadyExists) => {
                 let w = self.server.writes.remove(&op).expect("present");
                 self.abandon_create(&w.name, w.write.stamp);
-                self.send(w.client, HydfsMsg::WriteReply { req: w.client_req, result: Err(Refusal::AlreadyExists) });
+                self.send(
+                    w.client,
+                    HydfsMsg::WriteReply { req: w.client_req, result: Err(Refusal::AlreadyExists) },
+                );
             }
             Err(_) => self.arm_retry(now),
         }
     }
 
     /// A member answered whether it holds the name a create is about to take.
-    pub(super) fn on_exists_reply(&mut self, now: Time, from: NodeAddr, req: ReqId, digest: Option<FileDigest>) {
+    pub(super) fn on_exists_reply(
+        &mut self,
+        now: Time,
+        from: NodeAddr,
+        req: ReqId,
+        digest: Option<FileDigest>,
+    ) {
         let Some(Outstanding { what: Pending::Exists { op }, .. }) = self.server.requests.remove(&req) else {
             return;
         };
@@ -325,7 +348,10 @@ impl Hydfs {
         if other && !self.cfg.bug(PlantedBug::CreateNotExclusive) {
             let w = self.server.writes.remove(&op).expect("present");
             self.abandon_create(&w.name, w.write.stamp);
-            self.send(w.client, HydfsMsg::WriteReply { req: w.client_req, result: Err(Refusal::AlreadyExists) });
+            self.send(
+                w.client,
+                HydfsMsg::WriteReply { req: w.client_req, result: Err(Refusal::AlreadyExists) },
+            );
             return;
         }
         self.drive_write(now, op);
@@ -380,7 +406,10 @@ impl Hydfs {
         let me = self.me;
         for t in targets.iter().copied().filter(|t| *t != me) {
             let n = name.clone();
-            self.ask(now, t, Pending::Collect { name: name.clone() }, |req| HydfsMsg::Collect { req, name: n });
+            self.ask(now, t, Pending::Collect { name: name.clone() }, |req| HydfsMsg::Collect {
+                req,
+                name: n,
+            });
         }
         self.server.merges.insert(
             name,
@@ -398,7 +427,9 @@ impl Hydfs {
 
     pub(super) fn on_collect(&mut self, from: NodeAddr, req: ReqId, name: FileName) {
         let result = match self.store.file(&name) {
-            Some(rec) => Ok(rec.pending.values().filter(|w| self.store.is_complete(&name, w)).cloned().collect()),
+            Some(rec) => {
+                Ok(rec.pending.values().filter(|w| self.store.is_complete(&name, w)).cloned().collect())
+            }
             None => Err(Refusal::NotFound),
         };
         self.send(from, HydfsMsg::CollectReply { req, result });
@@ -411,7 +442,8 @@ impl Hydfs {
         req: ReqId,
         result: Result<Vec<WriteMeta>, Refusal>,
     ) {
-        let Some(Outstanding { what: Pending::Collect { name }, .. }) = self.server.requests.remove(&req) else {
+        let Some(Outstanding { what: Pending::Collect { name }, .. }) = self.server.requests.remove(&req)
+        else {
             return;
         };
         let Some(m) = self.server.merges.get_mut(&name) else { return };
@@ -436,8 +468,11 @@ impl Hydfs {
                     .map(|r| r.merged.iter().map(|w| w.stamp).collect())
                     .unwrap_or_default();
                 let found = std::mem::take(found);
-                let union: Vec<WriteMeta> =
-                    found.values().filter(|(w, _)| !merged.contains(&w.stamp)).map(|(w, _)| w.clone()).collect();
+                let union: Vec<WriteMeta> = found
+                    .values()
+                    .filter(|(w, _)| !merged.contains(&w.stamp))
+                    .map(|(w, _)| w.clone())
+                    .collect();
                 m.phase = MergePhase::Fetching { union: union.clone() };
                 for (w, sources) in found.into_values() {
                     if merged.contains(&w.stamp) {
@@ -499,10 +534,20 @@ impl Hydfs {
                 }
                 let appended_n = appended.len() as u32;
                 let m = self.server.merges.remove(name).expect("present");
-                let summary = MergeSummary { appended: appended_n, replicas: targets.clone(), bytes_moved: m.bytes_moved };
+                let summary = MergeSummary {
+                    appended: appended_n,
+                    replicas: targets.clone(),
+                    bytes_moved: m.bytes_moved,
+                };
                 let merged_hash = self.store.merged_hash(name).unwrap_or(0);
-                self.send(m.client, HydfsMsg::MergeReply { req: m.client_req, result: Ok(summary) });
-                self.events.push_back(HydfsEvent::MergeCommitted { name: name.clone(), replicas: targets, merged_hash });
+                if !self.cfg.bug(PlantedBug::MergeNeverAnswers) {
+                    self.send(m.client, HydfsMsg::MergeReply { req: m.client_req, result: Ok(summary) });
+                }
+                self.events.push_back(HydfsEvent::MergeCommitted {
+                    name: name.clone(),
+                    replicas: targets,
+                    merged_hash,
+                });
                 self.next_merge(now, name);
             }
         }
@@ -548,9 +593,13 @@ impl Hydfs {
         if self.store.merged_hash(name) != Some(base) {
             return false;
         }
+        let last_writer_wins = self.cfg.bug(PlantedBug::MergeLastWriterWins);
         let rec = self.store.file_mut(name);
         for w in appended {
             rec.pending.remove(&w.stamp);
+            if last_writer_wins {
+                rec.pending.retain(|s, _| s.client != w.stamp.client || *s > w.stamp);
+            }
             rec.merged.push(w.clone());
         }
         rec.generation += 1;
@@ -569,9 +618,10 @@ impl Hydfs {
         sources: Vec<NodeAddr>,
     ) {
         let current = self.store.merged_hash(&name);
-        let after = self.store.file(&name).map(|r| {
-            order_hash(r.create.iter().chain(&r.merged).chain(appended.iter()).map(|w| &w.stamp))
-        });
+        let after = self
+            .store
+            .file(&name)
+            .map(|r| order_hash(r.create.iter().chain(&r.merged).chain(appended.iter()).map(|w| &w.stamp)));
         let done = current.is_some() && appended.is_empty() && current == Some(base);
         if done || (current.is_some() && current == after && !appended.is_empty()) {
             self.send(from, HydfsMsg::InstallReply { req, result: Ok(0) });
@@ -582,7 +632,10 @@ impl Hydfs {
             // coordinator asks again.
             self.send(from, HydfsMsg::InstallReply { req, result: Err(Refusal::Behind) });
             let n = name.clone();
-            self.ask(now, from, Pending::Describe { name: name.clone() }, |req| HydfsMsg::Describe { req, name: n });
+            self.ask(now, from, Pending::Describe { name: name.clone() }, |req| HydfsMsg::Describe {
+                req,
+                name: n,
+            });
             return;
         }
         for w in &appended {
@@ -596,8 +649,15 @@ impl Hydfs {
         self.server.installs.push(InstallWait { reply_to: from, req, name, base, appended, until });
     }
 
-    pub(super) fn on_install_reply(&mut self, now: Time, from: NodeAddr, req: ReqId, result: Result<u64, Refusal>) {
-        let Some(Outstanding { what: Pending::Install { name }, .. }) = self.server.requests.remove(&req) else {
+    pub(super) fn on_install_reply(
+        &mut self,
+        now: Time,
+        from: NodeAddr,
+        req: ReqId,
+        result: Result<u64, Refusal>,
+    ) {
+        let Some(Outstanding { what: Pending::Install { name }, .. }) = self.server.requests.remove(&req)
+        else {
             return;
         };
         let Some(m) = self.server.merges.get_mut(&name) else { return };
@@ -616,7 +676,14 @@ impl Hydfs {
     // ---- parts --------------------------------------------------------------------------------
 
     /// Starts fetching every part of `w` this node lacks.
-    fn ensure_write(&mut self, now: Time, name: &FileName, w: &WriteMeta, sources: &[NodeAddr], for_merge: bool) {
+    fn ensure_write(
+        &mut self,
+        now: Time,
+        name: &FileName,
+        w: &WriteMeta,
+        sources: &[NodeAddr],
+        for_merge: bool,
+    ) {
         for (i, part) in w.parts.iter().enumerate() {
             let i = i as u32;
             let key = (name.clone(), w.stamp, i);
@@ -669,13 +736,13 @@ impl Hydfs {
 
     pub(super) fn on_fetch(&mut self, from: NodeAddr, req: ReqId, name: FileName, stamp: Stamp, part: u32) {
         let result = match self.store.read_part(&name, stamp, part) {
-            Ok(bytes) => Ok(bytes),
+            Ok(bytes) => Ok(serde_bytes::ByteBuf::from(bytes)),
             Err(PartError::Corrupt) => {
                 self.corruption(&name, stamp, part);
                 Err(Refusal::Corrupt)
             }
             Err(PartError::Missing) => match self.client_upload_part(&name, stamp, part) {
-                Some(bytes) => Ok(bytes),
+                Some(bytes) => Ok(serde_bytes::ByteBuf::from(bytes)),
                 None => Err(Refusal::NotFound),
             },
             Err(PartError::Storage(e)) => Err(Refusal::Unavailable(e.to_string())),
@@ -683,7 +750,13 @@ impl Hydfs {
         self.send(from, HydfsMsg::FetchReply { req, result });
     }
 
-    pub(super) fn on_fetch_reply(&mut self, now: Time, _from: NodeAddr, req: ReqId, result: Result<Vec<u8>, Refusal>) {
+    pub(super) fn on_fetch_reply(
+        &mut self,
+        now: Time,
+        _from: NodeAddr,
+        req: ReqId,
+        result: Result<serde_bytes::ByteBuf, Refusal>,
+    ) {
         let Some(Outstanding { what: Pending::Fetch { key }, .. }) = self.server.requests.remove(&req) else {
             return;
         };
@@ -820,7 +893,8 @@ impl Hydfs {
         }
         if !self.cfg.bug(PlantedBug::NoReReplication) {
             for p in self.ring.neighbours(self.me, self.cfg.replication) {
-                let busy = self.server.requests.values().any(|r| r.to == p && matches!(r.what, Pending::Inventory));
+                let busy =
+                    self.server.requests.values().any(|r| r.to == p && matches!(r.what, Pending::Inventory));
                 if !busy {
                     self.ask(now, p, Pending::Inventory, |req| HydfsMsg::Inventory { req });
                 }
@@ -854,7 +928,8 @@ impl Hydfs {
     /// them, with no replica able to supply their bytes, were never acknowledged (an
     /// acknowledged append is complete on every replica of its time): they are dropped.
     fn drop_orphans(&mut self, now: Time) {
-        let limit = self.cfg.coordinator_timeout + self.cfg.request_timeout + self.cfg.anti_entropy_interval * 2;
+        let limit =
+            self.cfg.coordinator_timeout + self.cfg.request_timeout + self.cfg.anti_entropy_interval * 2;
         let mut incomplete: BTreeSet<(FileName, Stamp)> = BTreeSet::new();
         for (name, rec) in self.store.files() {
             for w in rec.pending.values().filter(|w| !self.store.is_complete(name, w)) {
@@ -905,7 +980,13 @@ impl Hydfs {
         }
     }
 
-    pub(super) fn on_describe_reply(&mut self, now: Time, from: NodeAddr, req: ReqId, meta: Option<FileMeta>) {
+    pub(super) fn on_describe_reply(
+        &mut self,
+        now: Time,
+        from: NodeAddr,
+        req: ReqId,
+        meta: Option<FileMeta>,
+    ) {
         if self.server.requests.remove(&req).is_none() {
             return;
         }
@@ -923,7 +1004,8 @@ impl Hydfs {
         sources.extend(self.replicas(name));
         for w in rec.writes() {
             if !self.store.is_complete(name, w) {
-                let from_has = !meta.incomplete.contains(&w.stamp) && meta.all_writes().any(|m| m.stamp == w.stamp);
+                let from_has =
+                    !meta.incomplete.contains(&w.stamp) && meta.all_writes().any(|m| m.stamp == w.stamp);
                 let srcs: Vec<NodeAddr> =
                     if from_has { sources.clone() } else { sources.iter().copied().skip(1).collect() };
                 self.ensure_write(now, name, w, &srcs, false);
@@ -996,7 +1078,10 @@ impl Hydfs {
             if now >= w.started + timeout {
                 let w = self.server.writes.remove(&op).expect("present");
                 let why = format!("replicas did not confirm the write within {}", timeout);
-                self.send(w.client, HydfsMsg::WriteReply { req: w.client_req, result: Err(Refusal::Unavailable(why)) });
+                self.send(
+                    w.client,
+                    HydfsMsg::WriteReply { req: w.client_req, result: Err(Refusal::Unavailable(why)) },
+                );
                 continue;
             }
             // Replicas that left the ring are no longer waited for; new ones are asked.
@@ -1016,7 +1101,10 @@ impl Hydfs {
             if now >= m.started + timeout {
                 let m = self.server.merges.remove(&name).expect("present");
                 let why = format!("replicas did not complete the merge within {}", timeout);
-                self.send(m.client, HydfsMsg::MergeReply { req: m.client_req, result: Err(Refusal::Unavailable(why)) });
+                self.send(
+                    m.client,
+                    HydfsMsg::MergeReply { req: m.client_req, result: Err(Refusal::Unavailable(why)) },
+                );
                 self.next_merge(now, &name);
                 continue;
             }
@@ -1024,20 +1112,25 @@ impl Hydfs {
             let me = self.me;
             m.targets.retain(|t| *t == me || ring.contains(*t));
             if let MergePhase::Collecting { replied, .. } = &m.phase {
-                let missing: Vec<NodeAddr> = m.targets.iter().copied().filter(|t| !replied.contains(t)).collect();
+                let missing: Vec<NodeAddr> =
+                    m.targets.iter().copied().filter(|t| !replied.contains(t)).collect();
                 for t in missing {
-                    let asked = self
-                        .server
-                        .requests
-                        .values()
-                        .any(|r| r.to == t && matches!(&r.what, Pending::Collect { name: n } if *n == name));
+                    let asked =
+                        self.server.requests.values().any(|r| {
+                            r.to == t && matches!(&r.what, Pending::Collect { name: n } if *n == name)
+                        });
                     if !asked {
                         let n = name.clone();
-                        self.ask(now, t, Pending::Collect { name: name.clone() }, |req| HydfsMsg::Collect { req, name: n });
+                        self.ask(now, t, Pending::Collect { name: name.clone() }, |req| HydfsMsg::Collect {
+                            req,
+                            name: n,
+                        });
                     }
                 }
             }
-            if let Some(CoordMerge { phase: MergePhase::Fetching { union }, .. }) = self.server.merges.get(&name) {
+            if let Some(CoordMerge { phase: MergePhase::Fetching { union }, .. }) =
+                self.server.merges.get(&name)
+            {
                 let union = union.clone();
                 let mut sources = self.replicas(&name);
                 sources.retain(|s| *s != self.me);
@@ -1094,7 +1187,8 @@ impl Hydfs {
     }
 
     pub(super) fn server_send_failed(&mut self, now: Time, to: NodeAddr) {
-        let failed: Vec<ReqId> = self.server.requests.iter().filter(|(_, r)| r.to == to).map(|(id, _)| *id).collect();
+        let failed: Vec<ReqId> =
+            self.server.requests.iter().filter(|(_, r)| r.to == to).map(|(id, _)| *id).collect();
         for req in failed {
             self.request_failed(now, req);
         }
@@ -1159,7 +1253,11 @@ impl Hydfs {
                 let w = self.server.writes.remove(&op).expect("present");
                 let replicas: Vec<NodeAddr> = targets.into_iter().filter(|t| w.acked.contains(t)).collect();
                 self.send(w.client, HydfsMsg::WriteReply { req: w.client_req, result: Ok(replicas.clone()) });
-                self.events.push_back(HydfsEvent::WriteCommitted { name: w.name, stamp: w.write.stamp, replicas });
+                self.events.push_back(HydfsEvent::WriteCommitted {
+                    name: w.name,
+                    stamp: w.write.stamp,
+                    replicas,
+                });
             }
         }
         // Replicas' answers to merge installs.
@@ -1182,7 +1280,8 @@ impl Hydfs {
         for o in offers {
             let mine = self.store.file(&o.meta.name).cloned().unwrap_or_default();
             let covered = o.meta.all_writes().filter(|w| !o.meta.incomplete.contains(&w.stamp)).all(|w| {
-                let losing_create = w.kind == WriteKind::Create && mine.create.as_ref().is_some_and(|c| c.stamp < w.stamp);
+                let losing_create =
+                    w.kind == WriteKind::Create && mine.create.as_ref().is_some_and(|c| c.stamp < w.stamp);
                 losing_create || mine.find(&w.stamp).is_some_and(|m| self.store.is_complete(&o.meta.name, m))
             });
             if covered {

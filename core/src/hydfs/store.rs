@@ -221,7 +221,12 @@ impl LocalStore {
         let mut spent = 0u64;
         let start = self.scrub_cursor.take();
         let keys: Vec<PartKey> = match &start {
-            Some(c) => self.parts.range(c.clone()..).chain(self.parts.range(..c.clone())).map(|(k, _)| k.clone()).collect(),
+            Some(c) => self
+                .parts
+                .range(c.clone()..)
+                .chain(self.parts.range(..c.clone()))
+                .map(|(k, _)| k.clone())
+                .collect(),
             None => self.parts.keys().cloned().collect(),
         };
         for key in keys {

@@ -3,7 +3,6 @@
 use super::FileName;
 use crate::id::MemberId;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::fmt;
 
 /// The largest part of a write: files and appends travel and are stored in parts of at most
@@ -93,13 +92,10 @@ pub struct FileMeta {
 
 impl FileMeta {
     pub fn digest(&self) -> FileDigest {
-        let mut h = Sha256::new();
+        let mut h = Fnv64::new();
         let mut feed = |w: &WriteMeta, tag: u8| {
-            h.update([tag, self.incomplete.contains(&w.stamp) as u8]);
-            h.update(w.stamp.ts.to_le_bytes());
-            h.update(w.stamp.seq.to_le_bytes());
-            h.update(w.stamp.client.join_time.to_le_bytes());
-            h.update(w.stamp.client.addr.to_string().as_bytes());
+            h.write(&[tag, self.incomplete.contains(&w.stamp) as u8]);
+            h.stamp(&w.stamp);
         };
         if let Some(c) = &self.create {
             feed(c, 0);
@@ -110,15 +106,12 @@ impl FileMeta {
         for w in &self.pending {
             feed(w, 2);
         }
-        let d = h.finalize();
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&d[..8]);
         FileDigest {
             create: self.create.as_ref().map(|c| c.stamp),
             generation: self.generation,
             merged: self.merged.len() as u32,
             pending: self.pending.len() as u32,
-            hash: u64::from_le_bytes(b),
+            hash: h.finish(),
         }
     }
 
@@ -143,17 +136,44 @@ pub struct FileDigest {
     pub hash: u64,
 }
 
-/// A hash of a sequence of stamps (a merged order).
+/// A hash of a sequence of stamps (a merged order). Stable across machines and versions: it is
+/// compared between nodes.
 pub fn order_hash<'a>(stamps: impl IntoIterator<Item = &'a Stamp>) -> u64 {
-    let mut h = Sha256::new();
+    let mut h = Fnv64::new();
     for s in stamps {
-        h.update(s.ts.to_le_bytes());
-        h.update(s.seq.to_le_bytes());
-        h.update(s.client.join_time.to_le_bytes());
-        h.update(s.client.addr.to_string().as_bytes());
+        h.stamp(s);
     }
-    let d = h.finalize();
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&d[..8]);
-    u64::from_le_bytes(b)
+    h.finish()
+}
+
+/// FNV-1a, 64 bits: a fixed, portable hash for digests that nodes compare (not a security
+/// boundary: frames are authenticated separately).
+struct Fnv64(u64);
+
+impl Fnv64 {
+    fn new() -> Fnv64 {
+        Fnv64(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= *b as u64;
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn stamp(&mut self, s: &Stamp) {
+        self.write(&s.ts.to_le_bytes());
+        self.write(&s.seq.to_le_bytes());
+        self.write(&s.client.join_time.to_le_bytes());
+        match s.client.addr.ip() {
+            std::net::IpAddr::V4(ip) => self.write(&ip.octets()),
+            std::net::IpAddr::V6(ip) => self.write(&ip.octets()),
+        }
+        self.write(&s.client.addr.port().to_le_bytes());
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }

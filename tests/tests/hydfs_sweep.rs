@@ -1,0 +1,70 @@
+//! The HyDFS sweep: swarm scenarios (4 to 12 nodes, Zipf-skewed files from bytes to 3 MiB, up to
+//! two crashes at a time, restarts, loss, partitions, pauses, disk corruption), each checked by
+//! every HyDFS checker and every membership checker. `RAINSTORM_HYDFS_SEEDS=N` changes the count
+//! (default 1000). Also: determinism of HyDFS runs.
+
+use rainstorm_sim::{run_membership, RunOptions, Scenario};
+use rainstorm_tests::assert_passed;
+
+fn seeds() -> u64 {
+    std::env::var("RAINSTORM_HYDFS_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000)
+}
+
+/// Split in four so the test harness spreads the sweep over the machine's cores.
+fn sweep_part(part: u64) {
+    let total = seeds();
+    let per = total.div_ceil(4);
+    let mut failures = Vec::new();
+    for seed in part * per..((part + 1) * per).min(total) {
+        let report = run_membership(&Scenario::hydfs_swarm(seed), &RunOptions::default());
+        if !report.passed() {
+            failures.push(report);
+        }
+    }
+    if let Some(first) = failures.first() {
+        eprintln!("{} of the HyDFS seeds in part {part} failed", failures.len());
+        assert_passed(first);
+    }
+}
+
+#[test]
+fn hydfs_sweep_part_0() {
+    sweep_part(0);
+}
+
+#[test]
+fn hydfs_sweep_part_1() {
+    sweep_part(1);
+}
+
+#[test]
+fn hydfs_sweep_part_2() {
+    sweep_part(2);
+}
+
+#[test]
+fn hydfs_sweep_part_3() {
+    sweep_part(3);
+}
+
+#[test]
+fn a_hydfs_seed_replays_to_the_same_trace_hash() {
+    for seed in [0, 17, 4242] {
+        let scenario = Scenario::hydfs_swarm(seed);
+        let a = run_membership(&scenario, &RunOptions::default());
+        let b = run_membership(&scenario, &RunOptions { trace_lines: true, record_events: false });
+        assert_eq!(a.trace_hash, b.trace_hash, "HyDFS seed {seed} is not deterministic");
+        assert_eq!(a.stats.stream_bytes, b.stats.stream_bytes);
+        assert!(a.stats.stream_frames_sent > 100, "the workload ran");
+    }
+    let a = run_membership(&Scenario::hydfs_swarm(1), &RunOptions::default());
+    let b = run_membership(&Scenario::hydfs_swarm(2), &RunOptions::default());
+    assert_ne!(a.trace_hash, b.trace_hash);
+}
+
+#[test]
+fn a_hydfs_scenario_round_trips_as_json() {
+    let s = Scenario::hydfs_swarm(5);
+    let json = serde_json::to_string(&s).unwrap();
+    assert_eq!(serde_json::from_str::<Scenario>(&json).unwrap(), s);
+}
