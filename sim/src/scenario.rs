@@ -361,6 +361,23 @@ impl Scenario {
     /// Every member that left and was not told to join again joins at `calm_from_ms`, so the run
     /// ends with the whole cluster up.
     fn rejoin_members_left_at_calm(&mut self) {
+        // Nodes still crashed when the faults stop restart then (a shrunk fault plan may have lost
+        // a restart: without it the introducer could stay down and no one could join).
+        let mut down = std::collections::BTreeSet::new();
+        for f in self.faults.iter().filter(|f| f.at_ms <= self.calm_from_ms) {
+            match f.fault {
+                Fault::Crash { node } => {
+                    down.insert(node);
+                }
+                Fault::Restart { node } => {
+                    down.remove(&node);
+                }
+                _ => {}
+            }
+        }
+        for node in down {
+            self.faults.push(FaultAt { at_ms: self.calm_from_ms, fault: Fault::Restart { node } });
+        }
         let mut left = std::collections::BTreeSet::new();
         for f in &self.faults {
             match f.fault {

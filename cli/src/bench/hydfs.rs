@@ -1009,17 +1009,12 @@ pub fn run(scale: Scale) -> Result<()> {
     );
     let _ = writeln!(
         out,
-        "  * The simulator counts link time in whole ms per frame (size / bandwidth rounded up), so every frame of up to 125,000 B holds the"
+        "  * Link time is counted in microseconds; a frame arrives in the first whole ms after it has left the link. Appends are"
     );
     let _ = writeln!(
         out,
-        "    link for 1 ms. Small frames therefore cost far more than at a true 1 Gbit/s: the 4 KiB and 40 KiB append rows coincide, and"
+        "    bound by round trips (each client waits for one acknowledgement before its next append), not by bandwidth."
     );
-    let _ = writeln!(
-        out,
-        "    appends top out near 330/s because the file's coordinator sends 3 frames per append (2 replicas, 1 reply). Part 1 moves 1 MiB"
-    );
-    let _ = writeln!(out, "    frames (9 ms each) and is not affected.");
     let _ = writeln!(
         out,
         "  * Wall time {:.1} s on {} threads (run time summed over runs: re-replication {:.1} s, merge {:.1} s, cache {:.1} s).",

@@ -38,6 +38,8 @@ pub use store::LocalStore;
 pub use types::{FileDigest, FileMeta, PartMeta, Stamp, WriteKind, WriteMeta, CHUNK_BYTES};
 
 use crate::id::{MemberId, NodeAddr};
+#[cfg(test)]
+use crate::time::Millis;
 use crate::time::Time;
 use std::collections::{BTreeSet, VecDeque};
 
@@ -296,3 +298,6 @@ impl Hydfs {
         self.ring.replicas(name.as_str(), self.cfg.replication)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -513,7 +513,14 @@ impl Hydfs {
                     return;
                 }
                 if let Err(e) = self.store.sync() {
+                    // The merge is installed in memory but not durable: give up on it; the client
+                    // hears Unavailable and a later merge starts from what is on disk.
                     self.storage_failed(&e.to_string());
+                    let m = self.server.merges.remove(name).expect("present");
+                    let why = Refusal::Unavailable(format!("storage failed: {e}"));
+                    self.send(m.client, HydfsMsg::MergeReply { req: m.client_req, result: Err(why) });
+                    self.next_merge(now, name);
+                    return;
                 }
                 self.stats.syncs += 1;
                 let m = self.server.merges.get_mut(name).expect("present");
@@ -1197,25 +1204,31 @@ impl Hydfs {
     /// Sends every answer whose writes are now complete, after one sync that covers them all.
     pub(super) fn server_progress(&mut self, now: Time) {
         let skip_sync = self.cfg.bug(PlantedBug::AckBeforeSync);
-        let mut synced = false;
-        let mut sync = |h: &mut Hydfs| {
-            if !synced && !skip_sync {
-                synced = true;
+        // One sync covers every answer below; if it fails, no answer that needs it is sent.
+        let mut synced: Option<bool> = None;
+        let mut sync = |h: &mut Hydfs| -> bool {
+            if skip_sync {
+                return true;
+            }
+            *synced.get_or_insert_with(|| {
                 if !h.store.is_synced() {
                     h.stats.syncs += 1;
                 }
-                if let Err(e) = h.store.sync() {
-                    h.storage_failed(&e.to_string());
+                match h.store.sync() {
+                    Ok(()) => true,
+                    Err(e) => {
+                        h.storage_failed(&e.to_string());
+                        false
+                    }
                 }
-            }
+            })
         };
         // Replicas' answers to coordinators.
         let waits = std::mem::take(&mut self.server.replica_waits);
         for w in waits {
             let complete = self.store.file(&w.name).and_then(|r| r.find(&w.stamp)).cloned();
             match complete {
-                Some(wm) if self.store.is_complete(&w.name, &wm) => {
-                    sync(self);
+                Some(wm) if self.store.is_complete(&w.name, &wm) && sync(self) => {
                     self.send(w.reply_to, HydfsMsg::ReplicateReply { req: w.req, result: Ok(()) });
                 }
                 _ => self.server.replica_waits.push(w),
@@ -1231,9 +1244,10 @@ impl Hydfs {
                 .and_then(|r| r.find(&w.write.stamp))
                 .is_some_and(|wm| self.store.is_complete(&w.name, wm));
             if local && !w.acked.contains(&self.me) {
-                sync(self);
-                if let Some(w) = self.server.writes.get_mut(&op) {
-                    w.acked.insert(self.me);
+                if sync(self) {
+                    if let Some(w) = self.server.writes.get_mut(&op) {
+                        w.acked.insert(self.me);
+                    }
                 }
             } else if !local && w.acked.contains(&self.me) {
                 // The own copy was lost (a corrupt part found by the scrubber): fetch it again
@@ -1267,11 +1281,12 @@ impl Hydfs {
                 self.server.installs.push(w);
                 continue;
             }
-            let result = if self.install_locally(&w.name, w.base, &w.appended) {
-                sync(self);
+            let result = if !self.install_locally(&w.name, w.base, &w.appended) {
+                Err(Refusal::Behind)
+            } else if sync(self) {
                 Ok(self.server.install_bytes.remove(&w.name).unwrap_or(0))
             } else {
-                Err(Refusal::Behind)
+                Err(Refusal::Unavailable("storage failed to sync".into()))
             };
             self.send(w.reply_to, HydfsMsg::InstallReply { req: w.req, result });
         }
@@ -1284,8 +1299,7 @@ impl Hydfs {
                     w.kind == WriteKind::Create && mine.create.as_ref().is_some_and(|c| c.stamp < w.stamp);
                 losing_create || mine.find(&w.stamp).is_some_and(|m| self.store.is_complete(&o.meta.name, m))
             });
-            if covered {
-                sync(self);
+            if covered && sync(self) {
                 let hash = o.meta.digest().hash;
                 self.send(o.from, HydfsMsg::Taken { name: o.meta.name.clone(), hash });
             } else {

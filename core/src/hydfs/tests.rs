@@ -1,0 +1,198 @@
+//! HyDFS on a tiny in-memory network: every message is delivered at once, in order.
+
+use super::*;
+use crate::id::MemberId;
+use std::sync::{Arc, Mutex};
+
+/// Storage whose `sync` can be made to fail.
+#[derive(Clone, Default)]
+struct FlakyStorage {
+    inner: Arc<Mutex<(MemStorage, bool)>>,
+}
+
+impl FlakyStorage {
+    fn fail_syncs(&self, fail: bool) {
+        self.inner.lock().unwrap().1 = fail;
+    }
+}
+
+impl Storage for FlakyStorage {
+    fn put(&mut self, blob: BlobId, data: &[u8]) -> Result<(), StorageError> {
+        self.inner.lock().unwrap().0.put(blob, data)
+    }
+    fn read(&mut self, blob: BlobId) -> Result<Vec<u8>, StorageError> {
+        self.inner.lock().unwrap().0.read(blob)
+    }
+    fn delete(&mut self, blob: BlobId) -> Result<(), StorageError> {
+        self.inner.lock().unwrap().0.delete(blob)
+    }
+    fn sync(&mut self) -> Result<(), StorageError> {
+        if self.inner.lock().unwrap().1 {
+            return Err(StorageError::Io("disk full".into()));
+        }
+        Ok(())
+    }
+    fn wipe(&mut self) -> Result<(), StorageError> {
+        self.inner.lock().unwrap().0.wipe()
+    }
+}
+
+struct Net {
+    nodes: Vec<Hydfs>,
+    disks: Vec<FlakyStorage>,
+    now: Time,
+    done: Vec<(usize, OpId, Result<OpOutput, HydfsError>)>,
+}
+
+fn addr(i: usize) -> NodeAddr {
+    format!("10.1.0.{}:7000", i + 1).parse().unwrap()
+}
+
+impl Net {
+    fn new(n: usize) -> Net {
+        let disks: Vec<FlakyStorage> = (0..n).map(|_| FlakyStorage::default()).collect();
+        let mut nodes: Vec<Hydfs> = (0..n)
+            .map(|i| {
+                let cfg = HydfsConfig { chunk_bytes: 1024, inline_bytes: 512, ..HydfsConfig::default() };
+                Hydfs::new(cfg, MemberId::new(addr(i), 1), Box::new(disks[i].clone()), Time(0)).unwrap()
+            })
+            .collect();
+        for (i, node) in nodes.iter_mut().enumerate() {
+            let others: Vec<NodeAddr> = (0..n).filter(|j| *j != i).map(addr).collect();
+            node.set_members(Time(0), Some(MemberId::new(addr(i), 1)), others);
+        }
+        Net { nodes, disks, now: Time(0), done: Vec::new() }
+    }
+
+    fn settle(&mut self) {
+        loop {
+            let mut moved = false;
+            for i in 0..self.nodes.len() {
+                while let Some((to, msg)) = self.nodes[i].poll_outgoing() {
+                    moved = true;
+                    let j = (0..self.nodes.len()).find(|j| addr(*j) == to).expect("known node");
+                    self.nodes[j].handle_message(self.now, addr(i), msg);
+                }
+                while let Some(e) = self.nodes[i].poll_event() {
+                    if let HydfsEvent::OpDone { op, result } = e {
+                        self.done.push((i, op, result));
+                    }
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn run(&mut self, at: usize, op: ClientOp) -> Result<OpOutput, HydfsError> {
+        let id = self.nodes[at].submit(self.now, op)?;
+        self.settle();
+        let k = self.done.iter().position(|(n, o, _)| *n == at && *o == id).expect("operation finished");
+        self.done.remove(k).2
+    }
+
+    fn tick(&mut self, ms: u64) {
+        self.now = self.now + Millis(ms);
+        for n in &mut self.nodes {
+            n.handle_timeout(self.now);
+        }
+        self.settle();
+    }
+}
+
+fn name(s: &str) -> FileName {
+    FileName::new(s).unwrap()
+}
+
+fn content(r: Result<OpOutput, HydfsError>) -> Vec<u8> {
+    match r {
+        Ok(OpOutput::Content { bytes, .. }) => bytes,
+        other => panic!("expected content, got {other:?}"),
+    }
+}
+
+#[test]
+fn create_append_get_merge_on_three_replicas() {
+    let mut net = Net::new(5);
+    let big: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+    assert!(net.run(0, ClientOp::Create { name: name("f"), data: big.clone() }).is_ok());
+    assert_eq!(
+        net.run(1, ClientOp::Create { name: name("f"), data: b"again".to_vec() }),
+        Err(HydfsError::AlreadyExists(name("f")))
+    );
+    net.now = Time(100);
+    assert!(net.run(1, ClientOp::Append { name: name("f"), data: b"one".to_vec() }).is_ok());
+    net.now = Time(200);
+    assert!(net.run(2, ClientOp::Append { name: name("f"), data: b"two".to_vec() }).is_ok());
+    let mut expect = big.clone();
+    expect.extend_from_slice(b"onetwo");
+    let got = content(net.run(3, ClientOp::Get { name: name("f") }));
+    assert!(got == expect, "get returned {} bytes, not the {} expected", got.len(), expect.len());
+    let holders = net.nodes.iter().filter(|n| n.store().file(&name("f")).is_some()).count();
+    assert_eq!(holders, 3);
+    match net.run(4, ClientOp::Merge { name: name("f") }) {
+        Ok(OpOutput::Merged { summary, .. }) => assert_eq!(summary.appended, 2),
+        other => panic!("{other:?}"),
+    }
+    match net.run(4, ClientOp::Merge { name: name("f") }) {
+        Ok(OpOutput::Merged { summary, .. }) => assert_eq!((summary.appended, summary.bytes_moved), (0, 0)),
+        other => panic!("{other:?}"),
+    }
+    let hashes: Vec<u64> = net.nodes.iter().filter_map(|n| n.store().merged_hash(&name("f"))).collect();
+    assert_eq!(hashes.len(), 3);
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "replicas identical after merge");
+}
+
+#[test]
+fn bad_requests_get_typed_errors() {
+    let mut net = Net::new(3);
+    assert_eq!(
+        net.run(0, ClientOp::Append { name: name("missing"), data: b"x".to_vec() }),
+        Err(HydfsError::NotFound(name("missing")))
+    );
+    assert_eq!(
+        net.run(0, ClientOp::Get { name: name("missing") }),
+        Err(HydfsError::NotFound(name("missing")))
+    );
+    let limit = net.nodes[0].config().max_write_bytes;
+    let too_big = vec![0u8; (limit + 1) as usize];
+    assert_eq!(
+        net.nodes[0].submit(Time(0), ClientOp::Create { name: name("big"), data: too_big }),
+        Err(HydfsError::TooLarge { len: limit + 1, limit })
+    );
+    let mut lonely = Net::new(1);
+    lonely.nodes[0].set_members(Time(0), None, []);
+    assert_eq!(lonely.run(0, ClientOp::Get { name: name("f") }), Err(HydfsError::NoLiveReplica(name("f"))));
+}
+
+#[test]
+fn no_write_is_acknowledged_while_a_replica_cannot_sync() {
+    let mut net = Net::new(3);
+    for d in &net.disks {
+        d.fail_syncs(false);
+    }
+    net.disks[2].fail_syncs(true);
+    let id =
+        net.nodes[0].submit(Time(0), ClientOp::Create { name: name("f"), data: b"data".to_vec() }).unwrap();
+    net.settle();
+    assert!(net.done.iter().all(|(_, o, _)| *o != id), "acknowledged although a replica could not sync");
+    net.disks[2].fail_syncs(false);
+    // The coordinator asks again; the replica's answer now follows a successful sync.
+    for _ in 0..15 {
+        net.tick(1_000);
+    }
+    let (_, _, result) =
+        net.done.iter().find(|(_, o, _)| *o == id).expect("finished after the disk recovered");
+    assert!(result.is_ok(), "{result:?}");
+}
+
+#[test]
+fn a_client_reads_its_own_writes_through_its_cache() {
+    let mut net = Net::new(4);
+    assert!(net.run(0, ClientOp::Create { name: name("c"), data: b"base".to_vec() }).is_ok());
+    assert_eq!(content(net.run(0, ClientOp::Get { name: name("c") })), b"base");
+    assert!(net.run(0, ClientOp::Append { name: name("c"), data: b"+mine".to_vec() }).is_ok());
+    assert_eq!(content(net.run(0, ClientOp::Get { name: name("c") })), b"base+mine");
+    assert!(net.nodes[0].stats().cache_misses >= 2);
+}
