@@ -74,7 +74,10 @@ pub fn run(args: SimArgs) -> Result<ExitCode> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("{} is not a scenario", path.display()))?
     } else if let Some(name) = &args.named {
-        let all = named::all(args.named_seed);
+        let all = match layer {
+            Layer::Membership => named::all(args.named_seed),
+            Layer::Hydfs => named::hydfs_all(args.named_seed),
+        };
         if name == "list" {
             for s in all {
                 println!("{}", s.name);
@@ -110,6 +113,15 @@ pub fn run(args: SimArgs) -> Result<ExitCode> {
         report.stats.datagrams_dropped,
         wall.as_secs_f64() * 1000.0
     );
+    if let Some(w) = &report.workload {
+        let ops: Vec<String> = w.ops.iter().map(|(k, (ok, failed))| format!("{k} {ok}/{failed}")).collect();
+        println!(
+            "hydfs ops (ok/failed): {}  written {} B  read {} B",
+            ops.join("  "),
+            w.bytes_written,
+            w.bytes_read
+        );
+    }
     if scenario.hydfs.is_some() {
         println!(
             "stream frames {} ({} bytes, largest {})",

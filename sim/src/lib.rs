@@ -57,6 +57,7 @@ pub fn run_actor<A: Actor>(scenario: &Scenario, opts: &RunOptions) -> Report {
                 detections: Vec::new(),
                 false_failures: 0,
                 max_queue: 0,
+                workload: None,
             }
         }
     }

@@ -201,3 +201,72 @@ pub fn all(seed: u64) -> Vec<Scenario> {
         lossy_cluster_stays_accurate(seed),
     ]
 }
+
+/// A HyDFS story: the seed's workload on `nodes` calm nodes (1% loss, no partitions), with only
+/// the given faults; the faults stop at `calm_from_ms`.
+fn hydfs_story(
+    name: &str,
+    seed: u64,
+    nodes: usize,
+    calm_from_ms: u64,
+    faults: Vec<(u64, Fault)>,
+) -> Scenario {
+    let mut s = Scenario::hydfs_swarm(seed);
+    s.name = name.to_string();
+    s.nodes = nodes;
+    s.net = NetConfig {
+        loss_permille: 10,
+        duplicate_permille: 0,
+        latency_min_ms: 1,
+        latency_max_ms: 10,
+        bandwidth_bytes_per_ms: 125_000,
+    };
+    s.clock_offsets_ms.clear();
+    s.config.suspicion_at_start = true;
+    s.faults = faults.into_iter().map(|(at_ms, fault)| FaultAt { at_ms, fault }).collect();
+    s.calm_from_ms = calm_from_ms;
+    if let Some(w) = s.hydfs.as_mut() {
+        w.clients = vec![1, nodes / 2, nodes - 1];
+        w.start_ms = 5_000;
+        w.stop_ms = calm_from_ms;
+        w.think_ms = 300;
+    }
+    s.end_faults();
+    s
+}
+
+/// Two nodes crash in the same millisecond while clients write: every file that had two of its
+/// three replicas on them survives on the third, and nothing acknowledged is lost.
+pub fn hydfs_two_replicas_crash_at_once(seed: u64) -> Scenario {
+    hydfs_story(
+        "hydfs_two_replicas_crash_at_once",
+        seed,
+        7,
+        40_000,
+        vec![(20_000, crash(2)), (20_000, crash(3))],
+    )
+}
+
+/// Blocks rot on several nodes (no crash): the scrubber or a read finds each, a replica repairs
+/// it, and no read ever returns a rotten byte.
+pub fn hydfs_corrupt_blocks_are_repaired(seed: u64) -> Scenario {
+    let faults =
+        (0..8).map(|i| (12_000 + i * 3_000, Fault::Corrupt { node: 1 + (i as usize % 5) })).collect();
+    hydfs_story("hydfs_corrupt_blocks_are_repaired", seed, 6, 40_000, faults)
+}
+
+/// Every member restarts in turn, each coming back with wiped storage: re-replication must refill
+/// it before the next one goes.
+pub fn hydfs_rolling_restart_with_wiped_disks(seed: u64) -> Scenario {
+    let faults = (1..6).map(|n| (10_000 + n as u64 * 12_000, Fault::Restart { node: n })).collect();
+    hydfs_story("hydfs_rolling_restart_with_wiped_disks", seed, 6, 80_000, faults)
+}
+
+/// Every named HyDFS scenario.
+pub fn hydfs_all(seed: u64) -> Vec<Scenario> {
+    vec![
+        hydfs_two_replicas_crash_at_once(seed),
+        hydfs_corrupt_blocks_are_repaired(seed),
+        hydfs_rolling_restart_with_wiped_disks(seed),
+    ]
+}

@@ -145,6 +145,8 @@ pub struct Report {
     pub detections: Vec<DetectionSample>,
     pub false_failures: usize,
     pub max_queue: usize,
+    /// What the HyDFS workload did (scenarios with a file workload).
+    pub workload: Option<crate::hydfs::WorkloadStats>,
 }
 
 impl Report {
@@ -321,6 +323,7 @@ impl<A: Actor> World<A> {
             trace_lines,
             events: self.recorded,
             stats: self.stats,
+            workload: self.hydfs.map(|h| h.stats),
         }
     }
 

@@ -33,8 +33,10 @@ pub fn assert_passed(report: &Report) {
         msg.push_str(&format!("replay: {}\n", replay_command("hydfs", s.seed, None)));
     } else {
         msg.push_str(&format!(
-            "replay: cargo run --release -- sim membership --named {} --named-seed {} --trace\n",
-            s.name, s.seed
+            "replay: cargo run --release -- sim {} --named {} --named-seed {} --trace\n",
+            if s.hydfs.is_some() { "hydfs" } else { "membership" },
+            s.name,
+            s.seed
         ));
     }
     panic!("{msg}");

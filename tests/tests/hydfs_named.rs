@@ -1,0 +1,37 @@
+//! The named HyDFS stories (two replicas crashing at once, rotting blocks, a rolling restart with
+//! wiped disks), each over several seeds, checked by every checker.
+
+use rainstorm_sim::{named, run_membership, RunOptions};
+use rainstorm_tests::assert_passed;
+
+#[test]
+fn two_replicas_crashing_at_once_lose_nothing() {
+    for seed in 1..=4 {
+        let report = run_membership(&named::hydfs_two_replicas_crash_at_once(seed), &RunOptions::default());
+        assert_passed(&report);
+        assert!(report.stats.stream_frames_sent > 200, "seed {seed}: the workload ran");
+    }
+}
+
+#[test]
+fn corrupt_blocks_are_repaired_and_never_served() {
+    for seed in 1..=4 {
+        let s = named::hydfs_corrupt_blocks_are_repaired(seed);
+        let report = run_membership(&s, &RunOptions { trace_lines: true, record_events: false });
+        assert_passed(&report);
+        let found = report.trace_lines.iter().filter(|l| l.contains("corrupt part")).count();
+        let rotted = report.trace_lines.iter().filter(|l| l.contains("corrupted")).count();
+        assert!(rotted > 0, "seed {seed}: blocks rotted");
+        assert!(found > 0, "seed {seed}: no corruption was detected");
+    }
+}
+
+#[test]
+fn a_rolling_restart_with_wiped_disks_keeps_every_file() {
+    for seed in 1..=3 {
+        assert_passed(&run_membership(
+            &named::hydfs_rolling_restart_with_wiped_disks(seed),
+            &RunOptions::default(),
+        ));
+    }
+}
