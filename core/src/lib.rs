@@ -5,8 +5,8 @@
 //! driver (the tokio runtime on real machines, or the deterministic simulator) feeds it inputs
 //! with the current [`Time`] and drains its outputs:
 //!
-//! * inputs: [`Node::handle_datagram`], [`Node::handle_timeout`], [`Node::handle_command`],
-//!   [`Node::handle_send_failed`];
+//! * inputs: [`Node::handle_datagram`], [`Node::handle_frame`], [`Node::handle_timeout`],
+//!   [`Node::handle_command`], [`Node::submit`] (HyDFS operations), [`Node::handle_send_failed`];
 //! * outputs: [`Node::poll_transmit`], [`Node::poll_event`], [`Node::poll_timeout`].
 //!
 //! After every input the driver must drain `poll_transmit` and `poll_event` until they return
@@ -17,6 +17,7 @@
 //! * [`timer`]: an ordered timer queue with stale-timer tokens;
 //! * [`wire`]: the versioned, size-bounded, checksummed (optionally HMAC-authenticated) envelope;
 //! * [`membership`]: SWIM failure detection with optional suspicion;
+//! * [`hydfs`]: the replicated file system (ring, replicas, merges, re-replication, client);
 //! * [`node`]: the [`Node`] that composes the layers behind one input/output surface.
 
 pub mod command;

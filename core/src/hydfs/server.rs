@@ -153,6 +153,9 @@ impl Hydfs {
         if write.len() > self.cfg.max_write_bytes {
             return refuse(self, Refusal::TooLarge { limit: self.cfg.max_write_bytes });
         }
+        if !self.parts_fit(&write) {
+            return refuse(self, Refusal::TooLarge { limit: self.cfg.chunk_bytes as u64 });
+        }
         if !self.replicas(&name).contains(&self.me) {
             return refuse(self, Refusal::NotReplica);
         }
@@ -219,6 +222,12 @@ impl Hydfs {
             },
         );
         self.drive_write(now, op);
+    }
+
+    /// Whether every part of `write` is at most one chunk (the unit that travels in one message).
+    fn parts_fit(&self, write: &WriteMeta) -> bool {
+        self.cfg.bug(PlantedBug::UnchunkedTransfers)
+            || write.parts.iter().all(|p| p.len as usize <= self.cfg.chunk_bytes)
     }
 
     /// Records a write locally and starts fetching its parts. False if a different create of
@@ -294,6 +303,11 @@ impl Hydfs {
         inline: Option<Vec<u8>>,
         sources: Vec<NodeAddr>,
     ) {
+        if write.len() > self.cfg.max_write_bytes || !self.parts_fit(&write) {
+            let limit = self.cfg.max_write_bytes;
+            self.send(from, HydfsMsg::ReplicateReply { req, result: Err(Refusal::TooLarge { limit }) });
+            return;
+        }
         if !self.accept_write(now, &name, &write, inline.as_deref(), &sources) {
             self.send(from, HydfsMsg::ReplicateReply { req, result: Err(Refusal::AlreadyExists) });
             return;

@@ -196,3 +196,24 @@ fn a_client_reads_its_own_writes_through_its_cache() {
     assert_eq!(content(net.run(0, ClientOp::Get { name: name("c") })), b"base+mine");
     assert!(net.nodes[0].stats().cache_misses >= 2);
 }
+
+#[test]
+fn oversized_parts_from_a_peer_are_refused() {
+    let mut net = Net::new(3);
+    let me = addr(0);
+    let stamp = Stamp { ts: 1, client: MemberId::new(me, 1), seq: 1 };
+    let write = WriteMeta { stamp, kind: WriteKind::Create, parts: vec![PartMeta { len: 4096, crc: 0 }] };
+    let target = net.nodes[0].replicas(&name("x"))[0];
+    let j = (0..3).find(|j| addr(*j) == target).unwrap();
+    net.nodes[j].handle_message(
+        Time(0),
+        me,
+        HydfsMsg::Write { req: 9, name: name("x"), write, inline: None, source: me },
+    );
+    let reply = std::iter::from_fn(|| net.nodes[j].poll_outgoing()).find(|(to, _)| *to == me);
+    match reply {
+        Some((_, HydfsMsg::WriteReply { req: 9, result: Err(Refusal::TooLarge { .. }) })) => {}
+        other => panic!("expected a TooLarge refusal, got {other:?}"),
+    }
+    assert!(net.nodes[j].store().file(&name("x")).is_none(), "nothing recorded");
+}
