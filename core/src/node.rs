@@ -174,7 +174,7 @@ impl Node {
                 self.stats.bytes_received += frame.len() as u64;
                 match envelope.body {
                     Body::Membership(msg) => self.membership.handle_message(now, envelope.from, msg),
-                    Body::Hydfs(msg) => self.hydfs.handle_message(now, envelope.from.addr, msg),
+                    Body::Hydfs(msg) => self.hydfs.handle_message(now, envelope.from, msg),
                 }
                 self.collect_events(now);
             }
@@ -304,7 +304,7 @@ impl Node {
     /// and leaves move files).
     fn sync_ring(&mut self, now: Time) {
         let me = self.membership.is_joined().then(|| self.membership.me());
-        let others: Vec<NodeAddr> = self.membership.members().map(|v| v.id.addr).collect();
+        let others: Vec<MemberId> = self.membership.members().map(|v| v.id).collect();
         self.hydfs.set_members(now, me, others);
     }
 }

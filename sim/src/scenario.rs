@@ -256,23 +256,33 @@ impl Scenario {
         let calm_from_ms = warmup_ms + rng.gen_range(20_000..45_000);
         let mut faults = Vec::new();
         let mut down: Vec<Slot> = Vec::new();
-        let mut last_corrupt = 0;
+        // Failed copies and until when they count: a crashed node until it has restarted and had
+        // time to pull its files back, a rotten block until the scrubber found it and a replica
+        // repaired it. At most two at a time: the fault model the guarantees are stated for.
+        let mut failing: Vec<(Slot, u64)> = Vec::new();
+        const RECOVERY_MS: u64 = 20_000;
         let mut t = warmup_ms + 2_000;
         while t < calm_from_ms {
             t += rng.gen_range(1_000..6_000);
             if t >= calm_from_ms {
                 break;
             }
+            failing.retain(|(n, until)| *until > t || down.contains(n));
             let node = rng.gen_range(1..nodes);
-            // A rotten block is a failed copy until the scrubber finds it and a replica repairs
-            // it: corruption and crashes together stay within two failed copies at a time.
-            let may_crash = down.is_empty() || t >= last_corrupt + 20_000;
+            let budget = failing.len() < 2;
             let fault = match rng.gen_range(0..7) {
-                0 | 1 if crashes && down.len() < 2 && !down.contains(&node) && may_crash => {
+                0 | 1 if crashes && budget && !down.contains(&node) => {
                     down.push(node);
+                    failing.push((node, u64::MAX));
                     Fault::Crash { node }
                 }
-                2 if !down.is_empty() => Fault::Restart { node: down.remove(rng.gen_range(0..down.len())) },
+                2 if !down.is_empty() => {
+                    let node = down.remove(rng.gen_range(0..down.len()));
+                    for f in failing.iter_mut().filter(|(n, _)| *n == node) {
+                        f.1 = t + RECOVERY_MS;
+                    }
+                    Fault::Restart { node }
+                }
                 3 if partitions => {
                     let k = rng.gen_range(1..=(nodes / 2).max(1));
                     let heal = t + rng.gen_range(1_000..8_000);
@@ -281,11 +291,13 @@ impl Scenario {
                     }
                     Fault::Partition { side: sample(&mut rng, nodes, k) }
                 }
+                // Pauses stay well under the suspicion timeout here; the membership sweep covers
+                // the pauses that outlast it.
                 4 if pauses && !down.contains(&node) => {
-                    Fault::Pause { node, for_ms: rng.gen_range(200..3_000) }
+                    Fault::Pause { node, for_ms: rng.gen_range(200..2_000) }
                 }
-                5 | 6 if corruption && down.len() <= 1 && !down.contains(&node) => {
-                    last_corrupt = t;
+                5 | 6 if corruption && budget && !down.contains(&node) => {
+                    failing.push((node, t + RECOVERY_MS));
                     Fault::Corrupt { node }
                 }
                 _ => continue,

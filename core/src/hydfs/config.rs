@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 pub struct HydfsConfig {
     /// Replicas per file.
     pub replication: usize,
+    /// Copies a write needs before it is acknowledged (default: `replication`). With fewer live
+    /// members, writes are refused rather than acknowledged with less redundancy.
+    pub min_copies: usize,
     /// Largest part of a write, and largest chunk of a read.
     pub chunk_bytes: usize,
     /// Single-part writes up to this size travel inside the write request.
@@ -41,6 +44,7 @@ impl Default for HydfsConfig {
     fn default() -> Self {
         HydfsConfig {
             replication: 3,
+            min_copies: 3,
             chunk_bytes: CHUNK_BYTES,
             inline_bytes: 64 * 1024,
             max_write_bytes: 1 << 30,

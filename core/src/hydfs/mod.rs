@@ -41,7 +41,7 @@ use crate::id::{MemberId, NodeAddr};
 #[cfg(test)]
 use crate::time::Millis;
 use crate::time::Time;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 /// What HyDFS reports to the node's user and driver.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,6 +94,7 @@ pub struct HydfsStats {
     pub corrupt_parts_detected: u64,
     pub files_dropped: u64,
     pub orphans_dropped: u64,
+    pub stale_messages: u64,
     pub syncs: u64,
     pub cache_hits: u64,
     pub cache_misses: u64,
@@ -104,6 +105,8 @@ pub struct Hydfs {
     me: NodeAddr,
     /// The client identity: the current member id (a new one after every rejoin).
     client_id: MemberId,
+    /// The member id at each ring address.
+    member_ids: BTreeMap<NodeAddr, MemberId>,
     ring: Ring,
     store: LocalStore,
     next_req: ReqId,
@@ -129,6 +132,7 @@ impl Hydfs {
         Ok(Hydfs {
             me: me.addr,
             client_id: me,
+            member_ids: BTreeMap::new(),
             ring: Ring::default(),
             store,
             next_req: 1,
@@ -167,17 +171,23 @@ impl Hydfs {
         &mut self,
         now: Time,
         me: Option<MemberId>,
-        others: impl IntoIterator<Item = NodeAddr>,
+        others: impl IntoIterator<Item = MemberId>,
     ) {
-        let mut addrs: BTreeSet<NodeAddr> = others.into_iter().collect();
-        match me {
-            Some(id) => {
-                self.client_id = id;
-                addrs.insert(self.me);
-            }
-            None => addrs.clear(),
+        let mut ids: BTreeMap<NodeAddr, MemberId> = BTreeMap::new();
+        if let Some(id) = me {
+            self.client_id = id;
+            ids.extend(others.into_iter().map(|m| (m.addr, m)));
+            ids.insert(self.me, id);
         }
-        let ring = Ring::new(addrs);
+        // A member that failed or restarted (a new id at the same address) may have lost what it
+        // acknowledged: its answers no longer count.
+        let gone: Vec<NodeAddr> =
+            self.member_ids.iter().filter(|(a, id)| ids.get(a) != Some(id)).map(|(a, _)| *a).collect();
+        self.member_ids = ids;
+        if !gone.is_empty() {
+            self.forget_answers_from(&gone);
+        }
+        let ring = Ring::new(self.member_ids.keys().copied());
         if ring != self.ring {
             self.ring = ring;
             self.on_ring_changed(now);
@@ -230,7 +240,18 @@ impl Hydfs {
         self.progress(now);
     }
 
-    pub fn handle_message(&mut self, now: Time, from: NodeAddr, msg: HydfsMsg) {
+    /// A message from `sender`. Messages from an older incarnation of a member (an id this node
+    /// knows has been replaced at that address) are dropped: what it said may be lost.
+    pub fn handle_message(&mut self, now: Time, sender: MemberId, msg: HydfsMsg) {
+        if self
+            .member_ids
+            .get(&sender.addr)
+            .is_some_and(|id| *id != sender && id.join_time > sender.join_time)
+        {
+            self.stats.stale_messages += 1;
+            return;
+        }
+        let from = sender.addr;
         match msg {
             HydfsMsg::Write { req, name, write, inline, source } => {
                 self.on_write(now, from, req, name, write, inline, source)

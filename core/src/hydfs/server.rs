@@ -159,6 +159,10 @@ impl Hydfs {
         if !self.replicas(&name).contains(&self.me) {
             return refuse(self, Refusal::NotReplica);
         }
+        if self.ring.len() < self.min_copies() {
+            let why = format!("{} live members; a write needs {} copies", self.ring.len(), self.min_copies());
+            return refuse(self, Refusal::Unavailable(why));
+        }
         let in_flight_create = self
             .server
             .writes
@@ -222,6 +226,11 @@ impl Hydfs {
             },
         );
         self.drive_write(now, op);
+    }
+
+    /// Copies a write needs before its acknowledgement (between 1 and the replication factor).
+    fn min_copies(&self) -> usize {
+        self.cfg.min_copies.clamp(1, self.cfg.replication.max(1))
     }
 
     /// Whether every part of `write` is at most one chunk (the unit that travels in one message).
@@ -1066,6 +1075,26 @@ impl Hydfs {
         }
     }
 
+    /// Drops acknowledgements from members that have since failed or restarted.
+    pub(super) fn forget_answers_from(&mut self, gone: &[NodeAddr]) {
+        for w in self.server.writes.values_mut() {
+            w.acked.retain(|a| !gone.contains(a));
+            w.asked.retain(|a| !gone.contains(a));
+        }
+        for m in self.server.merges.values_mut() {
+            if let MergePhase::Installing { acked, asked, .. } = &mut m.phase {
+                acked.retain(|a| !gone.contains(a));
+                asked.retain(|a| !gone.contains(a));
+            }
+            if let MergePhase::Collecting { replied, .. } = &mut m.phase {
+                replied.retain(|a| !gone.contains(a));
+            }
+        }
+        for taken in self.server.offers_taken.values_mut() {
+            taken.retain(|a, _| !gone.contains(a));
+        }
+    }
+
     pub(super) fn on_ring_changed(&mut self, now: Time) {
         self.server.offers_taken.clear();
         // Writes and merges in flight re-target on their next retry.
@@ -1272,10 +1301,12 @@ impl Hydfs {
             }
             let w = &self.server.writes[&op];
             let targets = self.replicas(&w.name);
+            // Every replica of the current view, and never fewer than `min_copies` of them: a view
+            // shrunk by a partition must not acknowledge a write that two crashes could then lose.
             let done = if self.cfg.bug(PlantedBug::AckAfterOneReplica) {
                 w.acked.contains(&self.me)
             } else {
-                !targets.is_empty() && targets.iter().all(|t| w.acked.contains(t))
+                targets.len() >= self.min_copies() && targets.iter().all(|t| w.acked.contains(t))
             };
             if done {
                 let w = self.server.writes.remove(&op).expect("present");

@@ -58,7 +58,8 @@ impl Net {
             })
             .collect();
         for (i, node) in nodes.iter_mut().enumerate() {
-            let others: Vec<NodeAddr> = (0..n).filter(|j| *j != i).map(addr).collect();
+            let others: Vec<MemberId> =
+                (0..n).filter(|j| *j != i).map(|j| MemberId::new(addr(j), 1)).collect();
             node.set_members(Time(0), Some(MemberId::new(addr(i), 1)), others);
         }
         Net { nodes, disks, now: Time(0), done: Vec::new() }
@@ -71,7 +72,7 @@ impl Net {
                 while let Some((to, msg)) = self.nodes[i].poll_outgoing() {
                     moved = true;
                     let j = (0..self.nodes.len()).find(|j| addr(*j) == to).expect("known node");
-                    self.nodes[j].handle_message(self.now, addr(i), msg);
+                    self.nodes[j].handle_message(self.now, MemberId::new(addr(i), 1), msg);
                 }
                 while let Some(e) = self.nodes[i].poll_event() {
                     if let HydfsEvent::OpDone { op, result } = e {
@@ -207,7 +208,7 @@ fn oversized_parts_from_a_peer_are_refused() {
     let j = (0..3).find(|j| addr(*j) == target).unwrap();
     net.nodes[j].handle_message(
         Time(0),
-        me,
+        MemberId::new(me, 1),
         HydfsMsg::Write { req: 9, name: name("x"), write, inline: None, source: me },
     );
     let reply = std::iter::from_fn(|| net.nodes[j].poll_outgoing()).find(|(to, _)| *to == me);
@@ -216,4 +217,22 @@ fn oversized_parts_from_a_peer_are_refused() {
         other => panic!("expected a TooLarge refusal, got {other:?}"),
     }
     assert!(net.nodes[j].store().file(&name("x")).is_none(), "nothing recorded");
+}
+
+#[test]
+fn answers_from_a_replaced_incarnation_are_ignored() {
+    let mut net = Net::new(3);
+    // Node 1 restarted: the others now know it under a later join time.
+    for (i, node) in net.nodes.iter_mut().enumerate().filter(|(i, _)| *i != 1) {
+        let others: Vec<MemberId> =
+            (0..3).filter(|j| *j != i).map(|j| MemberId::new(addr(j), if j == 1 { 2 } else { 1 })).collect();
+        node.set_members(Time(0), Some(MemberId::new(addr(i), 1)), others);
+    }
+    let before = net.nodes[0].stats().stale_messages;
+    net.nodes[0].handle_message(
+        Time(0),
+        MemberId::new(addr(1), 1),
+        HydfsMsg::Taken { name: name("f"), hash: 0 },
+    );
+    assert_eq!(net.nodes[0].stats().stale_messages, before + 1);
 }
