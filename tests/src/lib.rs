@@ -10,6 +10,24 @@ pub fn sweep_seeds() -> u64 {
     std::env::var("RAINSTORM_SIM_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
 }
 
+/// Runs one quarter (`part` 0..4) of a sweep over seeds `0..total` of the scenarios `make`
+/// draws, and panics with the first failure's replay command. A sweep is split in four tests so
+/// the test harness spreads it over the machine's cores.
+pub fn sweep_part(part: u64, total: u64, make: fn(u64) -> Scenario) {
+    let per = total.div_ceil(4);
+    let mut failures = Vec::new();
+    for seed in part * per..((part + 1) * per).min(total) {
+        let report = run_membership(&make(seed), &RunOptions::default());
+        if !report.passed() {
+            failures.push(report);
+        }
+    }
+    if let Some(first) = failures.first() {
+        eprintln!("{} of the seeds in part {part} failed", failures.len());
+        assert_passed(first);
+    }
+}
+
 /// Runs `scenario` and panics with a replayable report if any checker fired.
 pub fn run_and_check(scenario: &Scenario, opts: &RunOptions) -> Report {
     let report = run_membership(scenario, opts);

@@ -4,27 +4,13 @@
 //! (default 1000). Also: determinism of HyDFS runs.
 
 use rainstorm_sim::{run_membership, RunOptions, Scenario};
-use rainstorm_tests::assert_passed;
 
 fn seeds() -> u64 {
     std::env::var("RAINSTORM_HYDFS_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000)
 }
 
-/// Split in four so the test harness spreads the sweep over the machine's cores.
 fn sweep_part(part: u64) {
-    let total = seeds();
-    let per = total.div_ceil(4);
-    let mut failures = Vec::new();
-    for seed in part * per..((part + 1) * per).min(total) {
-        let report = run_membership(&Scenario::hydfs_swarm(seed), &RunOptions::default());
-        if !report.passed() {
-            failures.push(report);
-        }
-    }
-    if let Some(first) = failures.first() {
-        eprintln!("{} of the HyDFS seeds in part {part} failed", failures.len());
-        assert_passed(first);
-    }
+    rainstorm_tests::sweep_part(part, seeds(), Scenario::hydfs_swarm);
 }
 
 #[test]

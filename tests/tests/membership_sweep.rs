@@ -9,21 +9,8 @@ use rainstorm_sim::scenario::scenario_strategy;
 use rainstorm_sim::{run_membership, RunOptions, Scenario};
 use rainstorm_tests::{assert_passed, sweep_seeds};
 
-/// The sweep is split in four so the test harness spreads it over the machine's cores.
 fn sweep_part(part: u64) {
-    let total = sweep_seeds();
-    let per = total.div_ceil(4);
-    let mut failures = Vec::new();
-    for seed in part * per..((part + 1) * per).min(total) {
-        let report = run_membership(&Scenario::swarm(seed), &RunOptions::default());
-        if !report.passed() {
-            failures.push(report);
-        }
-    }
-    if let Some(first) = failures.first() {
-        eprintln!("{} of the seeds in part {part} failed", failures.len());
-        assert_passed(first);
-    }
+    rainstorm_tests::sweep_part(part, sweep_seeds(), Scenario::swarm);
 }
 
 #[test]
