@@ -709,9 +709,4 @@ impl Hydfs {
             self.request_lost(now, req);
         }
     }
-
-    /// Runs after every input: server answers, then nothing else is due on the client side.
-    pub(super) fn progress(&mut self, now: Time) {
-        self.server_progress(now);
-    }
 }

@@ -817,11 +817,13 @@ impl Hydfs {
     }
 
     fn credit_merge_bytes(&mut self, name: &FileName, bytes: u64) {
+        // As coordinator the bytes count towards its own merge; as replica they are reported back
+        // with the install's answer. Never both, and nothing is kept when neither is running.
         if let Some(m) = self.server.merges.get_mut(name) {
             m.bytes_moved += bytes;
+        } else if self.server.installs.iter().any(|w| &w.name == name) {
+            *self.server.install_bytes.entry(name.clone()).or_default() += bytes;
         }
-        // Reported back to the coordinator with the install's answer.
-        *self.server.install_bytes.entry(name.clone()).or_default() += bytes;
     }
 
     pub(super) fn corruption(&mut self, name: &FileName, stamp: Stamp, part: u32) {
@@ -1245,7 +1247,7 @@ impl Hydfs {
     }
 
     /// Sends every answer whose writes are now complete, after one sync that covers them all.
-    pub(super) fn server_progress(&mut self, now: Time) {
+    pub(super) fn progress(&mut self, now: Time) {
         let skip_sync = self.cfg.bug(PlantedBug::AckBeforeSync);
         // One sync covers every answer below; if it fails, no answer that needs it is sent.
         let mut synced: Option<bool> = None;

@@ -278,8 +278,8 @@ pub fn reconcile(local: Option<&FileRec>, peer: &FileMeta) -> FileRec {
         // Ours is the same or longer.
     } else {
         // Divergent merge orders (concurrent merges under a partition): one deterministic winner.
-        let mine_key = (rec.generation, order_hash(&mine));
-        let theirs_key = (peer.generation, order_hash(&theirs));
+        let mine_key = (rec.generation, super::types::order_hash(&mine));
+        let theirs_key = (peer.generation, super::types::order_hash(&theirs));
         if theirs_key > mine_key {
             leftovers.extend(rec.merged.iter().filter(|w| !theirs.contains(&w.stamp)).cloned());
             rec.merged = peer.merged.clone();
@@ -313,10 +313,6 @@ fn keep_client_order(rec: &mut FileRec) {
             rec.pending.insert(w.stamp, w);
         }
     }
-}
-
-fn order_hash(stamps: &[Stamp]) -> u64 {
-    super::types::order_hash(stamps)
 }
 
 #[cfg(test)]
