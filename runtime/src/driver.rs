@@ -367,7 +367,10 @@ fn log_hydfs_event(event: &rainstorm_core::hydfs::HydfsEvent) {
         HydfsEvent::OpDone { op, result: Err(e) } => {
             warn!(event = "hydfs_op_failed", op, "operation {op} failed: {e}")
         }
-        HydfsEvent::OpDone { .. } | HydfsEvent::WriteCommitted { .. } => {}
+        HydfsEvent::OpDone { .. } | HydfsEvent::WriteCommitted { .. } | HydfsEvent::ReadData { .. } => {}
+        HydfsEvent::Handled { what, name, from } => {
+            info!(event = "hydfs_request", what, %name, %from, "{what} {name} (from {from})")
+        }
         HydfsEvent::MergeCommitted { name, replicas, .. } => {
             info!(event = "merged", %name, replicas = replicas.len(), "merged {name} on {} replicas", replicas.len())
         }

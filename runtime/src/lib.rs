@@ -19,3 +19,4 @@ pub mod control;
 pub mod driver;
 pub mod logging;
 pub mod net;
+pub mod storage;

@@ -23,13 +23,15 @@ use crate::check::CheckerKind;
 use crate::disk::SimDisk;
 use crate::scenario::Slot;
 use rainstorm_core::hydfs::{
-    ClientOp, FileName, Hydfs, HydfsConfig, HydfsError, HydfsEvent, OpId, OpOutput, Ring,
+    ClientOp, FileName, Hydfs, HydfsConfig, HydfsError, HydfsEvent, OpId, OpOutput, PartMeta, PartSource,
+    Ring, UploadSource, WriteKind,
 };
 use rainstorm_core::{NodeAddr, Time};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// The file workload of a scenario.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +156,8 @@ pub struct HydfsHarness {
     files: Vec<FileTruth>,
     order: BTreeMap<((Slot, u64), usize), u64>,
     in_flight: BTreeMap<(Slot, u64, OpId), InFlight>,
+    /// Bytes delivered so far by each download in flight.
+    downloads: BTreeMap<(Slot, u64, OpId), Vec<u8>>,
     busy: BTreeSet<Slot>,
     final_merges_sent: bool,
     final_merge_result: BTreeMap<usize, Result<(), String>>,
@@ -161,6 +165,16 @@ pub struct HydfsHarness {
     whole_view_commits: BTreeSet<(FileName, rainstorm_core::hydfs::Stamp)>,
     pub stats: WorkloadStats,
     violations: Vec<(Time, CheckerKind, String)>,
+}
+
+/// Upload bytes held in memory (a real node reads a local file instead).
+struct MemSource(Vec<u8>);
+
+impl PartSource for MemSource {
+    fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, String> {
+        let start = usize::try_from(offset).map_err(|e| e.to_string())?;
+        self.0.get(start..start + len).map(<[u8]>::to_vec).ok_or_else(|| "read past the end".to_string())
+    }
 }
 
 /// One operation the world should submit for the workload.
@@ -181,6 +195,7 @@ impl HydfsHarness {
             files,
             order: BTreeMap::new(),
             in_flight: BTreeMap::new(),
+            downloads: BTreeMap::new(),
             busy: BTreeSet::new(),
             final_merges_sent: false,
             final_merge_result: BTreeMap::new(),
@@ -302,18 +317,22 @@ impl HydfsHarness {
                 token.tags.push(tag);
                 token.kind = "create";
                 self.stats.bytes_written += len as u64;
-                ClientOp::Create { name, data: payload(tag, len) }
+                self.write_op(name, WriteKind::Create, payload(tag, len))
             } else if roll < 45 {
                 let len = self.size();
                 let tag = self.new_tag(file, writer, false, true);
                 token.tags.push(tag);
                 token.kind = "append";
                 self.stats.bytes_written += len as u64;
-                ClientOp::Append { name, data: payload(tag, len) }
+                self.write_op(name, WriteKind::Append, payload(tag, len))
             } else if roll < 75 {
                 token.kind = "get";
                 token.own_acked = self.own_acked(file, writer);
-                ClientOp::Get { name }
+                if self.rng.gen_bool(0.4) {
+                    ClientOp::Download { name, replica: None }
+                } else {
+                    ClientOp::Get { name }
+                }
             } else if roll < 83 {
                 token.kind = "merge";
                 ClientOp::Merge { name }
@@ -338,7 +357,11 @@ impl HydfsHarness {
             } else if roll < 90 {
                 let r = live[self.rng.gen_range(0..live.len())];
                 token.kind = "getfromreplica";
-                ClientOp::GetFromReplica { name, replica: r.addr }
+                if self.rng.gen_bool(0.4) {
+                    ClientOp::Download { name, replica: Some(r.addr) }
+                } else {
+                    ClientOp::GetFromReplica { name, replica: r.addr }
+                }
             } else {
                 token.kind = "ls";
                 ClientOp::Ls { name }
@@ -347,6 +370,22 @@ impl HydfsHarness {
             out.push(Submission { slot: client, op, token });
         }
         out
+    }
+
+    /// A create or append, with its bytes in the request or (a third of the time) read from a
+    /// source part by part, as a real node uploads a local file.
+    fn write_op(&mut self, name: FileName, kind: WriteKind, data: Vec<u8>) -> ClientOp {
+        if !self.rng.gen_bool(0.3) {
+            return match kind {
+                WriteKind::Create => ClientOp::Create { name, data },
+                WriteKind::Append => ClientOp::Append { name, data },
+            };
+        }
+        let parts = data
+            .chunks(self.w.config.chunk_bytes.max(1))
+            .map(|c| PartMeta { len: c.len() as u32, crc: crc32c::crc32c(c) })
+            .collect();
+        ClientOp::Upload { name, kind, source: UploadSource { parts, reader: Arc::new(MemSource(data)) } }
     }
 
     fn own_acked(&self, file: usize, writer: (Slot, u64)) -> Vec<u64> {
@@ -391,6 +430,7 @@ impl HydfsHarness {
     /// A process crashed or restarted: its operations are gone.
     pub fn on_process_gone(&mut self, slot: Slot) {
         self.in_flight.retain(|(s, _, _), _| *s != slot);
+        self.downloads.retain(|(s, _, _), _| *s != slot);
         self.busy.remove(&slot);
     }
 
@@ -404,12 +444,47 @@ impl HydfsHarness {
     ) {
         match event {
             HydfsEvent::OpDone { op, result } => {
-                let Some(token) = self.in_flight.remove(&(slot, generation, *op)) else { return };
+                let key = (slot, generation, *op);
+                let Some(token) = self.in_flight.remove(&key) else { return };
                 if !token.final_merge {
                     self.busy.remove(&token.client);
                 }
                 self.count(token.kind, result.is_ok());
+                let delivered = self.downloads.remove(&key).unwrap_or_default();
+                if let Ok(OpOutput::Downloaded { name, len, writes, from }) = result {
+                    if delivered.len() as u64 != *len {
+                        let why = format!(
+                            "download of {name} by n{slot} reported {len} bytes but delivered {}",
+                            delivered.len()
+                        );
+                        self.violate(now, CheckerKind::HydfsLoss, why);
+                    }
+                    let content = OpOutput::Content {
+                        name: name.clone(),
+                        bytes: delivered,
+                        writes: writes.clone(),
+                        from: *from,
+                    };
+                    return self.op_done(now, token, &Ok(content));
+                }
                 self.op_done(now, token, result);
+            }
+            HydfsEvent::ReadData { op, offset, bytes } => {
+                let key = (slot, generation, *op);
+                if !self.in_flight.contains_key(&key) {
+                    return;
+                }
+                let buf = self.downloads.entry(key).or_default();
+                if *offset == 0 {
+                    buf.clear();
+                }
+                if *offset != buf.len() as u64 {
+                    let why =
+                        format!("download by n{slot} delivered offset {offset} after {} bytes", buf.len());
+                    self.violate(now, CheckerKind::HydfsLoss, why);
+                    return;
+                }
+                buf.extend_from_slice(bytes);
             }
             HydfsEvent::WriteCommitted { name, stamp, replicas } => {
                 let Some(coord) = views.iter().find(|v| v.slot == slot) else { return };
@@ -481,7 +556,8 @@ impl HydfsHarness {
             }
             HydfsEvent::CorruptionDetected { .. }
             | HydfsEvent::FileDropped { .. }
-            | HydfsEvent::StorageFailed { .. } => {}
+            | HydfsEvent::StorageFailed { .. }
+            | HydfsEvent::Handled { .. } => {}
         }
     }
 

@@ -796,6 +796,10 @@ fn describe_hydfs_event(e: &HydfsEvent) -> String {
         }
         HydfsEvent::FileDropped { name } => format!("handed off and dropped {name}"),
         HydfsEvent::StorageFailed { reason } => format!("storage failed: {reason}"),
+        HydfsEvent::ReadData { op, offset, bytes } => {
+            format!("op {op} read {} bytes at {offset}", bytes.len())
+        }
+        HydfsEvent::Handled { what, name, from } => format!("handles {what} {name} from {from}"),
     }
 }
 
@@ -809,6 +813,9 @@ fn describe_output(o: &rainstorm_core::hydfs::OpOutput) -> String {
                 bytes.len(),
                 from.map_or("cache".into(), |a| a.to_string())
             )
+        }
+        OpOutput::Downloaded { name, len, from, .. } => {
+            format!("downloaded {name}: {len} bytes from {}", from.map_or("cache".into(), |a| a.to_string()))
         }
         OpOutput::Merged { name, summary } => format!("merged {name} ({} appends)", summary.appended),
         OpOutput::Listed { name, replicas, .. } => format!("ls {name}: {} replicas", replicas.len()),
@@ -826,6 +833,9 @@ fn describe_op(op: &rainstorm_core::hydfs::ClientOp) -> String {
         ClientOp::Merge { name } => format!("merge {name}"),
         ClientOp::Ls { name } => format!("ls {name}"),
         ClientOp::MultiAppend { name, appends } => format!("multiappend {name} on {} nodes", appends.len()),
+        ClientOp::Upload { name, kind, source } => format!("upload {kind:?} {name} ({} bytes)", source.len()),
+        ClientOp::Download { name, replica: None } => format!("download {name}"),
+        ClientOp::Download { name, replica: Some(r) } => format!("download {name} from {r}"),
     }
 }
 

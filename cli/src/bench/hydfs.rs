@@ -19,7 +19,7 @@ use super::{parallel_map, Scale};
 use anyhow::{bail, Result};
 use rainstorm_core::command::Command;
 use rainstorm_core::hydfs::{
-    ClientOp, FileName, Hydfs, HydfsConfig, HydfsError, HydfsEvent, OpId, OpOutput, Ring,
+    ClientOp, FileName, Hydfs, HydfsConfig, HydfsError, HydfsEvent, OpId, OpOutput, Ring, WriteKind,
 };
 use rainstorm_core::membership::{MembershipConfig, MembershipEvent};
 use rainstorm_core::node::NodeEvent;
@@ -269,9 +269,9 @@ impl Cluster {
     /// Submits and waits; an error if the operation fails.
     fn run_op(&mut self, slot: usize, op: ClientOp) -> Result<(Millis, Outcome), String> {
         let kind = match &op {
-            ClientOp::Create { .. } => "create",
-            ClientOp::Append { .. } => "append",
-            ClientOp::Get { .. } | ClientOp::GetFromReplica { .. } => "get",
+            ClientOp::Create { .. } | ClientOp::Upload { kind: WriteKind::Create, .. } => "create",
+            ClientOp::Append { .. } | ClientOp::Upload { kind: WriteKind::Append, .. } => "append",
+            ClientOp::Get { .. } | ClientOp::GetFromReplica { .. } | ClientOp::Download { .. } => "get",
             ClientOp::Merge { .. } => "merge",
             ClientOp::Ls { .. } => "ls",
             ClientOp::MultiAppend { .. } => "multiappend",

@@ -32,6 +32,10 @@ impl ReadCache {
         ReadCache { capacity: capacity_bytes, ..ReadCache::default() }
     }
 
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
     pub fn used_bytes(&self) -> u64 {
         self.used
     }

@@ -12,11 +12,59 @@
 use super::cache::{CachedFile, ReadCache};
 use super::message::{HydfsMsg, MergeSummary, ReadChunk, Refusal, ReqId};
 use super::ring::RingId;
-use super::types::{FileDigest, Stamp, WriteKind, WriteMeta};
+use super::types::{FileDigest, PartMeta, Stamp, WriteKind, WriteMeta};
 use super::{FileName, Hydfs, HydfsConfig, HydfsError, HydfsEvent, PlantedBug};
 use crate::id::NodeAddr;
 use crate::time::Time;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+
+/// Bytes kept outside the state machine (a local file on a real node), read part by part when a
+/// replica fetches them, so that an upload never has to fit in memory.
+pub trait PartSource: Send + Sync {
+    /// Reads exactly `len` bytes at `offset`, or says why it cannot.
+    fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, String>;
+}
+
+/// The bytes of an upload, described part by part (length and CRC32C of each part of at most
+/// one chunk), and where to read them. Replicas check every part against its CRC, so bytes that
+/// changed after they were described are refused, never stored.
+#[derive(Clone)]
+pub struct UploadSource {
+    pub parts: Vec<PartMeta>,
+    pub reader: Arc<dyn PartSource>,
+}
+
+impl UploadSource {
+    pub fn len(&self) -> u64 {
+        self.parts.iter().map(|p| p.len as u64).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+}
+
+impl fmt::Debug for UploadSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "UploadSource({} parts, {} bytes)", self.parts.len(), self.len())
+    }
+}
+
+impl PartialEq for UploadSource {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts == other.parts && Arc::ptr_eq(&self.reader, &other.reader)
+    }
+}
+
+impl Eq for UploadSource {}
+
+/// The bytes a client is uploading: held in memory, or read from a source on demand.
+enum Upload {
+    Bytes(Vec<u8>),
+    Source(UploadSource),
+}
 
 /// Identifies one client operation on this node.
 pub type OpId = u64;
@@ -52,6 +100,18 @@ pub enum ClientOp {
         name: FileName,
         appends: Vec<(NodeAddr, Vec<u8>)>,
     },
+    /// A create or append whose bytes are read from `source` part by part.
+    Upload {
+        name: FileName,
+        kind: WriteKind,
+        source: UploadSource,
+    },
+    /// A read delivered in order as [`HydfsEvent::ReadData`] chunks instead of one buffer (from
+    /// one replica only, if given). A chunk at offset 0 means the read started over.
+    Download {
+        name: FileName,
+        replica: Option<NodeAddr>,
+    },
 }
 
 impl ClientOp {
@@ -63,7 +123,9 @@ impl ClientOp {
             | ClientOp::GetFromReplica { name, .. }
             | ClientOp::Merge { name }
             | ClientOp::Ls { name }
-            | ClientOp::MultiAppend { name, .. } => name,
+            | ClientOp::MultiAppend { name, .. }
+            | ClientOp::Upload { name, .. }
+            | ClientOp::Download { name, .. } => name,
         }
     }
 }
@@ -71,11 +133,37 @@ impl ClientOp {
 /// What a finished operation produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OpOutput {
-    Written { name: FileName, stamp: Stamp, replicas: Vec<NodeAddr> },
-    Content { name: FileName, bytes: Vec<u8>, writes: Vec<Stamp>, from: Option<NodeAddr> },
-    Merged { name: FileName, summary: MergeSummary },
-    Listed { name: FileName, ring_id: RingId, replicas: Vec<(NodeAddr, RingId, Option<FileDigest>)> },
-    MultiAppended { name: FileName, nodes: Vec<NodeAddr> },
+    Written {
+        name: FileName,
+        stamp: Stamp,
+        replicas: Vec<NodeAddr>,
+    },
+    Content {
+        name: FileName,
+        bytes: Vec<u8>,
+        writes: Vec<Stamp>,
+        from: Option<NodeAddr>,
+    },
+    /// A download finished: `len` bytes were delivered as [`HydfsEvent::ReadData`].
+    Downloaded {
+        name: FileName,
+        len: u64,
+        writes: Vec<Stamp>,
+        from: Option<NodeAddr>,
+    },
+    Merged {
+        name: FileName,
+        summary: MergeSummary,
+    },
+    Listed {
+        name: FileName,
+        ring_id: RingId,
+        replicas: Vec<(NodeAddr, RingId, Option<FileDigest>)>,
+    },
+    MultiAppended {
+        name: FileName,
+        nodes: Vec<NodeAddr>,
+    },
 }
 
 pub(super) struct ClientState {
@@ -85,7 +173,7 @@ pub(super) struct ClientState {
     ops: BTreeMap<OpId, OpState>,
     queues: BTreeMap<FileName, VecDeque<OpId>>,
     acked: BTreeMap<FileName, BTreeSet<Stamp>>,
-    uploads: BTreeMap<(FileName, Stamp), Vec<u8>>,
+    uploads: BTreeMap<(FileName, Stamp), Upload>,
     requests: BTreeMap<ReqId, (OpId, NodeAddr, Time)>,
     pub(super) cache: ReadCache,
 }
@@ -131,11 +219,23 @@ enum Kind {
     },
     Read {
         pinned: Option<NodeAddr>,
+        /// Deliver chunks as [`HydfsEvent::ReadData`] (a download) instead of one buffer.
+        stream: bool,
+        /// Keep the content in `buf` (plain reads; downloads small enough to cache).
+        keep: bool,
         buf: Vec<u8>,
         view: Option<u64>,
         total: u64,
         writes: Vec<Stamp>,
         restarts: u32,
+        /// Bytes delivered in order so far.
+        done: u64,
+        /// The next offset to ask for.
+        next_ask: u64,
+        /// Chunk requests outstanding, with their offsets.
+        inflight: BTreeMap<ReqId, u64>,
+        /// Chunks that arrived ahead of `done`.
+        ahead: BTreeMap<u64, Vec<u8>>,
     },
     Merge,
     Ls {
@@ -147,6 +247,25 @@ enum Kind {
         nodes: Vec<NodeAddr>,
         failed: Vec<String>,
     },
+}
+
+impl Kind {
+    fn read(pinned: Option<NodeAddr>, stream: bool) -> Kind {
+        Kind::Read {
+            pinned,
+            stream,
+            keep: !stream,
+            buf: Vec::new(),
+            view: None,
+            total: 0,
+            writes: Vec::new(),
+            restarts: 0,
+            done: 0,
+            next_ask: 0,
+            inflight: BTreeMap::new(),
+            ahead: BTreeMap::new(),
+        }
+    }
 }
 
 impl Hydfs {
@@ -172,6 +291,14 @@ impl Hydfs {
                 return Err(HydfsError::TooLarge { len: data.len() as u64, limit: self.cfg.max_write_bytes });
             }
         }
+        if let ClientOp::Upload { source, .. } = &op {
+            if source.len() > self.cfg.max_write_bytes {
+                return Err(HydfsError::TooLarge { len: source.len(), limit: self.cfg.max_write_bytes });
+            }
+            if let Some(p) = source.parts.iter().find(|p| p.len as usize > self.cfg.chunk_bytes) {
+                return Err(HydfsError::TooLarge { len: p.len as u64, limit: self.cfg.chunk_bytes as u64 });
+            }
+        }
         if let ClientOp::MultiAppend { appends, .. } = &op {
             if let Some((_, d)) = appends.iter().find(|(_, d)| d.len() as u64 > self.cfg.max_write_bytes) {
                 return Err(HydfsError::TooLarge { len: d.len() as u64, limit: self.cfg.max_write_bytes });
@@ -187,35 +314,28 @@ impl Hydfs {
         let kind = match op {
             ClientOp::Create { data, .. } | ClientOp::Append { data, .. } => {
                 let wk = if is_create { WriteKind::Create } else { WriteKind::Append };
-                self.client.seq += 1;
-                self.client.last_ts = now.0.max(self.client.last_ts + 1);
-                let stamp = Stamp { ts: self.client.last_ts, client: self.client_id, seq: self.client.seq };
+                let stamp = self.next_stamp(now);
                 let meta = WriteMeta::describe(stamp, wk, &data, self.chunk_bytes());
-                self.client.uploads.insert((name.clone(), stamp), data);
+                self.client.uploads.insert((name.clone(), stamp), Upload::Bytes(data));
                 Kind::Write { meta }
             }
-            ClientOp::Get { .. } => {
+            ClientOp::Upload { kind, source, .. } => {
+                let stamp = self.next_stamp(now);
+                let meta = WriteMeta { stamp, kind, parts: source.parts.clone() };
+                self.client.uploads.insert((name.clone(), stamp), Upload::Source(source));
+                Kind::Write { meta }
+            }
+            ClientOp::Get { .. } | ClientOp::Download { replica: None, .. } => {
+                let stream = matches!(op, ClientOp::Download { .. });
                 if let Some(out) = self.cached(now, &name) {
+                    let out = if stream { self.deliver_cached(id, out) } else { out };
                     self.finish(now, id, remote, Ok(out));
                     return Ok(id);
                 }
-                Kind::Read {
-                    pinned: None,
-                    buf: Vec::new(),
-                    view: None,
-                    total: 0,
-                    writes: Vec::new(),
-                    restarts: 0,
-                }
+                Kind::read(None, stream)
             }
-            ClientOp::GetFromReplica { replica, .. } => Kind::Read {
-                pinned: Some(replica),
-                buf: Vec::new(),
-                view: None,
-                total: 0,
-                writes: Vec::new(),
-                restarts: 0,
-            },
+            ClientOp::GetFromReplica { replica, .. } => Kind::read(Some(replica), false),
+            ClientOp::Download { replica: Some(replica), .. } => Kind::read(Some(replica), true),
             ClientOp::Merge { .. } => Kind::Merge,
             ClientOp::Ls { .. } => Kind::Ls { waiting: BTreeSet::new(), rows: Vec::new() },
             ClientOp::MultiAppend { appends, .. } => {
@@ -260,6 +380,25 @@ impl Hydfs {
         }
         self.dispatch(now, id);
         Ok(id)
+    }
+
+    /// The stamp of a new write: a growing timestamp and sequence keep this client's order.
+    fn next_stamp(&mut self, now: Time) -> Stamp {
+        self.client.seq += 1;
+        self.client.last_ts = now.0.max(self.client.last_ts + 1);
+        Stamp { ts: self.client.last_ts, client: self.client_id, seq: self.client.seq }
+    }
+
+    /// Turns a cache hit into a download: its content as in-order chunks, then the summary.
+    fn deliver_cached(&mut self, id: OpId, out: OpOutput) -> OpOutput {
+        let OpOutput::Content { name, bytes, writes, from } = out else { return out };
+        let len = bytes.len() as u64;
+        let mut offset = 0u64;
+        for c in bytes.chunks(self.cfg.chunk_bytes.max(1)) {
+            self.events.push_back(HydfsEvent::ReadData { op: id, offset, bytes: c.to_vec() });
+            offset += c.len() as u64;
+        }
+        OpOutput::Downloaded { name, len, writes, from }
     }
 
     fn chunk_bytes(&self) -> usize {
@@ -332,30 +471,48 @@ impl Hydfs {
         let to = op.candidates[op.next];
         op.next += 1;
         let name = op.name.clone();
+        // A single small part travels inside the write request.
+        let inline_of = match &op.kind {
+            Kind::Write { meta } if meta.parts.is_empty() => Some(None),
+            Kind::Write { meta } if meta.parts.len() == 1 && meta.len() <= self.cfg.inline_bytes as u64 => {
+                Some(Some(meta.stamp))
+            }
+            _ => None,
+        };
+        let inline = match inline_of {
+            Some(None) => Some(Vec::new()),
+            Some(Some(stamp)) => match self.upload_part(&name, stamp, 0) {
+                Some(Ok(bytes)) => Some(bytes),
+                Some(Err(e)) => return self.finish(now, id, None, Err(HydfsError::Storage(e))),
+                None => None,
+            },
+            None => None,
+        };
+        if matches!(self.client.ops.get(&id).map(|o| &o.kind), Some(Kind::Read { .. })) {
+            // Answers to an abandoned attempt no longer count.
+            self.client.requests.retain(|_, r| r.0 != id);
+        }
         let req = self.next_req + 1;
         self.next_req = req;
+        let op = self.client.ops.get_mut(&id).expect("present");
         let (msg, timeout) = match &mut op.kind {
             Kind::Write { meta } => {
-                let inline = match meta.parts.len() {
-                    0 => Some(Vec::new()),
-                    1 if meta.len() <= self.cfg.inline_bytes as u64 => {
-                        self.client.uploads.get(&(name.clone(), meta.stamp)).cloned()
-                    }
-                    _ => None,
-                };
                 let msg = HydfsMsg::Write { req, name, write: meta.clone(), inline, source: self.me };
                 (msg, self.cfg.coordinator_timeout + self.cfg.request_timeout)
             }
-            Kind::Read { pinned, buf, view, total, writes, .. } => {
-                buf.clear();
-                *view = None;
-                *total = 0;
-                writes.clear();
+            Kind::Read { pinned, stream, restarts, .. } => {
+                let mut fresh = Kind::read(*pinned, *stream);
+                if let Kind::Read { restarts: r, inflight, next_ask, .. } = &mut fresh {
+                    *r = *restarts;
+                    inflight.insert(req, 0);
+                    *next_ask = self.cfg.chunk_bytes as u64;
+                }
                 let needs = if pinned.is_some() {
                     Vec::new()
                 } else {
                     self.client.acked.get(&name).map(|s| s.iter().copied().collect()).unwrap_or_default()
                 };
+                op.kind = fresh;
                 (HydfsMsg::Read { req, name, offset: 0, view: None, needs }, self.cfg.request_timeout)
             }
             Kind::Merge => {
@@ -524,39 +681,99 @@ impl Hydfs {
             }
             Err(r) => return self.refusal(now, id, from, r),
         };
+        let (window, chunk_bytes) = (self.cfg.read_window.max(1), self.cfg.chunk_bytes.max(1) as u64);
+        let cacheable = self.client.cache.capacity() / 4;
         let timeout = self.cfg.request_timeout;
         let Some(op) = self.client.ops.get_mut(&id) else { return };
         let name = op.name.clone();
-        let Kind::Read { buf, view, total, writes, pinned, .. } = &mut op.kind else { return };
-        if chunk.offset != buf.len() as u64 || view.is_some_and(|v| v != chunk.view) {
+        let Kind::Read {
+            pinned,
+            stream,
+            keep,
+            buf,
+            view,
+            total,
+            writes,
+            done,
+            next_ask,
+            inflight,
+            ahead,
+            ..
+        } = &mut op.kind
+        else {
+            return;
+        };
+        let asked = inflight.remove(&req);
+        if asked != Some(chunk.offset) || view.is_some_and(|v| v != chunk.view) {
             return self.attempt_failed(now, id, format!("{from}: inconsistent chunk"), false);
         }
-        if chunk.offset == 0 {
+        if view.is_none() {
             *view = Some(chunk.view);
             *total = chunk.total_len;
             *writes = chunk.writes;
+            *keep = !*stream || (pinned.is_none() && *total <= cacheable);
         }
-        buf.extend_from_slice(&chunk.bytes);
-        if (buf.len() as u64) < *total {
-            if chunk.bytes.is_empty() {
-                return self.attempt_failed(now, id, format!("{from}: empty chunk"), false);
+        if chunk.bytes.is_empty() && chunk.offset < *total {
+            return self.attempt_failed(now, id, format!("{from}: empty chunk"), false);
+        }
+        ahead.insert(chunk.offset, chunk.bytes);
+        // Deliver what is now contiguous.
+        while let Some(entry) = ahead.first_entry() {
+            let (at, len) = (*entry.key(), entry.get().len() as u64);
+            if at > *done {
+                break;
             }
-            let offset = buf.len() as u64;
+            let bytes = entry.remove();
+            if at + len <= *done {
+                continue; // already delivered by an overlapping chunk
+            }
+            let tail = if at == *done { bytes } else { bytes[(*done - at) as usize..].to_vec() };
+            let offset = *done;
+            *done += tail.len() as u64;
+            if *keep {
+                buf.extend_from_slice(&tail);
+            }
+            if *stream {
+                self.events.push_back(HydfsEvent::ReadData { op: id, offset, bytes: tail });
+            }
+        }
+        if *done < *total {
+            // Keep up to `window` chunks in flight (or waiting to be delivered).
+            let mut asks = Vec::new();
+            while inflight.len() + ahead.len() + asks.len() < window && *next_ask < *total {
+                asks.push(*next_ask);
+                *next_ask += chunk_bytes;
+            }
+            if inflight.is_empty() && asks.is_empty() {
+                // A replica answered with a shorter chunk than asked: fill the gap.
+                asks.push(*done);
+                *next_ask = (*next_ask).max(*done + chunk_bytes);
+            }
             let v = *view;
-            let r = self.next_req + 1;
-            self.next_req = r;
-            self.client.requests.insert(r, (id, from, now + timeout));
-            self.send(from, HydfsMsg::Read { req: r, name, offset, view: v, needs: Vec::new() });
+            for offset in asks {
+                let r = self.next_req + 1;
+                self.next_req = r;
+                inflight.insert(r, offset);
+                self.client.requests.insert(r, (id, from, now + timeout));
+                let msg = HydfsMsg::Read { req: r, name: name.clone(), offset, view: v, needs: Vec::new() };
+                self.out.push_back((from, msg));
+            }
             return;
         }
+        let (stream, cache_it, len) = (*stream, pinned.is_none() && *keep, *done);
         let bytes = std::mem::take(buf);
         let writes = std::mem::take(writes);
-        if pinned.is_none() {
-            let set: BTreeSet<Stamp> = writes.iter().copied().collect();
-            let entry = CachedFile { content: bytes.clone(), writes: set, fetched_at: now };
-            self.client.cache.insert(name.clone(), entry);
+        let set: BTreeSet<Stamp> = writes.iter().copied().collect();
+        let (out, content) = if stream {
+            (OpOutput::Downloaded { name: name.clone(), len, writes, from: Some(from) }, bytes)
+        } else {
+            let content = if cache_it { bytes.clone() } else { Vec::new() };
+            (OpOutput::Content { name: name.clone(), bytes, writes, from: Some(from) }, content)
+        };
+        if cache_it {
+            self.client.cache.insert(name, CachedFile { content, writes: set, fetched_at: now });
         }
-        self.finish(now, id, None, Ok(OpOutput::Content { name, bytes, writes, from: Some(from) }));
+        self.finish(now, id, None, Ok(out));
     }
 
     pub(super) fn on_stat_reply(
@@ -602,6 +819,7 @@ impl Hydfs {
         name: FileName,
         data: Vec<u8>,
     ) {
+        self.handled("multiappend", &name, from);
         if let Err(e) = self.submit_inner(now, ClientOp::Append { name, data }, Some((from, req))) {
             self.send(from, HydfsMsg::RemoteAppendReply { req, result: Err(e.to_string()) });
         }
@@ -647,15 +865,40 @@ impl Hydfs {
         self.finish(now, id, None, result);
     }
 
-    /// The bytes of a part this client is uploading (coordinators fetch large writes from it).
-    pub(super) fn client_upload_part(&self, name: &FileName, stamp: Stamp, part: u32) -> Option<Vec<u8>> {
-        let data = self.client.uploads.get(&(name.clone(), stamp))?;
-        let chunk = self.chunk_bytes();
-        let start = (part as usize).checked_mul(chunk)?;
-        if start >= data.len() {
-            return None;
+    /// The bytes of a part this client is uploading (coordinators fetch large writes from it):
+    /// `None` if it uploads no such part, an error if its source cannot be read.
+    pub(super) fn upload_part(
+        &self,
+        name: &FileName,
+        stamp: Stamp,
+        part: u32,
+    ) -> Option<Result<Vec<u8>, String>> {
+        match self.client.uploads.get(&(name.clone(), stamp))? {
+            Upload::Bytes(data) => {
+                let chunk = self.chunk_bytes();
+                let start = (part as usize).checked_mul(chunk)?;
+                if start >= data.len() {
+                    return None;
+                }
+                Some(Ok(data[start..data.len().min(start.saturating_add(chunk))].to_vec()))
+            }
+            Upload::Source(src) => {
+                let p = src.parts.get(part as usize)?;
+                let offset: u64 = src.parts[..part as usize].iter().map(|p| p.len as u64).sum();
+                Some(src.reader.read_at(offset, p.len as usize))
+            }
         }
-        Some(data[start..data.len().min(start.saturating_add(chunk))].to_vec())
+    }
+
+    /// The source of an upload failed: the write cannot complete, so it fails now.
+    pub(super) fn upload_failed(&mut self, now: Time, name: &FileName, stamp: Stamp, why: String) {
+        let op = self.client.ops.iter().find_map(|(id, o)| match &o.kind {
+            Kind::Write { meta } if meta.stamp == stamp && &o.name == name => Some(*id),
+            _ => None,
+        });
+        if let Some(id) = op {
+            self.finish(now, id, None, Err(HydfsError::Storage(format!("reading the upload: {why}"))));
+        }
     }
 
     fn request_lost(&mut self, now: Time, req: ReqId) {

@@ -6,6 +6,7 @@ use crate::time::Millis;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct HydfsConfig {
     /// Replicas per file.
     pub replication: usize,
@@ -14,6 +15,13 @@ pub struct HydfsConfig {
     pub min_copies: usize,
     /// Largest part of a write, and largest chunk of a read.
     pub chunk_bytes: usize,
+    /// Chunks a client keeps in flight while reading one file.
+    pub read_window: usize,
+    /// Part fetches a node keeps in flight at once (bounds the memory a transfer takes).
+    pub fetch_window: usize,
+    /// Bytes per second a node pulls for repair (re-replication and anti-entropy), so that
+    /// repairs never crowd out client requests or membership traffic. 0 means unlimited.
+    pub repair_bytes_per_sec: u64,
     /// Single-part writes up to this size travel inside the write request.
     pub inline_bytes: usize,
     /// Largest create or append accepted.
@@ -46,6 +54,9 @@ impl Default for HydfsConfig {
             replication: 3,
             min_copies: 3,
             chunk_bytes: CHUNK_BYTES,
+            read_window: 4,
+            fetch_window: 16,
+            repair_bytes_per_sec: 128 << 20,
             inline_bytes: 64 * 1024,
             max_write_bytes: 1 << 30,
             cache_bytes: 64 << 20,

@@ -28,7 +28,7 @@ mod client;
 mod server;
 
 pub use cache::ReadCache;
-pub use client::{ClientOp, OpId, OpOutput};
+pub use client::{ClientOp, OpId, OpOutput, PartSource, UploadSource};
 pub use config::{HydfsConfig, PlantedBug};
 pub use message::{HydfsMsg, MergeSummary, ReadChunk, Refusal, ReqId};
 pub use name::{FileName, NameError};
@@ -58,6 +58,10 @@ pub enum HydfsEvent {
     FileDropped { name: FileName },
     /// Storage refused a write or sync; the affected answers are not sent.
     StorageFailed { reason: String },
+    /// The next in-order bytes of a download ([`ClientOp::Download`]); offset 0 starts it over.
+    ReadData { op: OpId, offset: u64, bytes: Vec<u8> },
+    /// This node began handling a request from another node (or itself), one per operation.
+    Handled { what: &'static str, name: FileName, from: NodeAddr },
 }
 
 /// Why a client operation failed.
@@ -271,6 +275,7 @@ impl Hydfs {
                 self.on_read(now, from, req, name, offset, view, needs)
             }
             HydfsMsg::Stat { req, name } => {
+                self.handled("ls", &name, from);
                 let digest = self.store.meta(&name).map(|m| m.digest());
                 self.send(from, HydfsMsg::StatReply { req, digest });
             }
@@ -286,7 +291,7 @@ impl Hydfs {
             HydfsMsg::DescribeReply { req, meta } => self.on_describe_reply(now, from, req, meta),
             HydfsMsg::Offer { meta } => self.on_offer(now, from, meta),
             HydfsMsg::Taken { name, hash } => self.on_taken(now, from, name, hash),
-            HydfsMsg::Fetch { req, name, stamp, part } => self.on_fetch(from, req, name, stamp, part),
+            HydfsMsg::Fetch { req, name, stamp, part } => self.on_fetch(now, from, req, name, stamp, part),
             HydfsMsg::FetchReply { req, result } => self.on_fetch_reply(now, from, req, result),
             HydfsMsg::RemoteAppend { req, name, data } => self.on_remote_append(now, from, req, name, data),
             HydfsMsg::WriteReply { req, result } => self.on_write_reply(now, from, req, result),

@@ -34,15 +34,17 @@ pub(super) struct ServerState {
     install_bytes: BTreeMap<FileName, u64>,
     /// Ticks at which coordinators retry (the earliest matters).
     retry_at: Option<Time>,
+    /// Repair bytes this node may still pull now (a token bucket; negative is a debt).
+    repair_tokens: i64,
+    repair_refilled: Time,
+    /// When the bucket allows the next queued repair fetch.
+    repair_wake: Option<Time>,
 }
 
 impl ServerState {
     pub(super) fn next_deadline(&self) -> Option<Time> {
         let req = self.requests.values().map(|r| r.deadline).min();
-        match (req, self.retry_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [req, self.retry_at, self.repair_wake].into_iter().flatten().min()
     }
 }
 
@@ -98,12 +100,23 @@ struct OfferIn {
     until: Time,
 }
 
+/// Why a part is fetched; client writes and merges go before repairs, and only repairs are
+/// rate-limited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum FetchClass {
+    Write,
+    Merge,
+    Repair,
+}
+
+/// One part to fetch. At most `fetch_window` jobs have a request in flight; the others wait
+/// (`in_flight: None`) and start in class order as slots free up.
 struct FetchJob {
     part: super::types::PartMeta,
     sources: Vec<NodeAddr>,
     next: usize,
     in_flight: Option<ReqId>,
-    for_merge: bool,
+    class: FetchClass,
 }
 
 struct Outstanding {
@@ -149,6 +162,8 @@ impl Hydfs {
         inline: Option<Vec<u8>>,
         source: NodeAddr,
     ) {
+        let what = if write.kind == WriteKind::Create { "create" } else { "append" };
+        self.handled(what, &name, from);
         let refuse = |h: &mut Hydfs, r: Refusal| h.send(from, HydfsMsg::WriteReply { req, result: Err(r) });
         if write.len() > self.cfg.max_write_bytes {
             return refuse(self, Refusal::TooLarge { limit: self.cfg.max_write_bytes });
@@ -268,7 +283,7 @@ impl Hydfs {
                 self.storage_failed(&e.to_string());
             }
         }
-        self.ensure_write(now, name, write, sources, false);
+        self.ensure_write(now, name, write, sources, FetchClass::Write);
         true
     }
 
@@ -312,6 +327,7 @@ impl Hydfs {
         inline: Option<Vec<u8>>,
         sources: Vec<NodeAddr>,
     ) {
+        self.handled("replicate", &name, from);
         if write.len() > self.cfg.max_write_bytes || !self.parts_fit(&write) {
             let limit = self.cfg.max_write_bytes;
             self.send(from, HydfsMsg::ReplicateReply { req, result: Err(Refusal::TooLarge { limit }) });
@@ -400,6 +416,7 @@ impl Hydfs {
     // ---- merges -------------------------------------------------------------------------------
 
     pub(super) fn on_merge(&mut self, now: Time, from: NodeAddr, req: ReqId, name: FileName) {
+        self.handled("merge", &name, from);
         if self.store.file(&name).is_none_or(|r| r.create.is_none()) {
             self.send(from, HydfsMsg::MergeReply { req, result: Err(Refusal::NotFound) });
             return;
@@ -505,7 +522,7 @@ impl Hydfs {
                     if !rec.contains(&w.stamp) {
                         rec.pending.insert(w.stamp, w.clone());
                     }
-                    self.ensure_write(now, name, &w, &sources, true);
+                    self.ensure_write(now, name, &w, &sources, FetchClass::Merge);
                 }
                 self.advance_merge(now, name);
             }
@@ -647,6 +664,7 @@ impl Hydfs {
         appended: Vec<WriteMeta>,
         sources: Vec<NodeAddr>,
     ) {
+        self.handled("install merge", &name, from);
         let current = self.store.merged_hash(&name);
         let after = self
             .store
@@ -673,7 +691,7 @@ impl Hydfs {
             if !rec.contains(&w.stamp) {
                 rec.pending.insert(w.stamp, w.clone());
             }
-            self.ensure_write(now, &name, w, &sources, true);
+            self.ensure_write(now, &name, w, &sources, FetchClass::Merge);
         }
         let until = now + self.cfg.request_timeout;
         self.server.installs.push(InstallWait { reply_to: from, req, name, base, appended, until });
@@ -705,14 +723,14 @@ impl Hydfs {
 
     // ---- parts --------------------------------------------------------------------------------
 
-    /// Starts fetching every part of `w` this node lacks.
+    /// Starts fetching every part of `w` this node lacks (as the fetch window allows).
     fn ensure_write(
         &mut self,
         now: Time,
         name: &FileName,
         w: &WriteMeta,
         sources: &[NodeAddr],
-        for_merge: bool,
+        class: FetchClass,
     ) {
         for (i, part) in w.parts.iter().enumerate() {
             let i = i as u32;
@@ -727,6 +745,7 @@ impl Hydfs {
                         job.sources.push(s);
                     }
                 }
+                job.class = job.class.min(class);
                 if job.in_flight.is_none() {
                     self.next_fetch(now, key);
                 }
@@ -737,19 +756,30 @@ impl Hydfs {
             }
             self.server.fetches.insert(
                 key.clone(),
-                FetchJob { part: *part, sources: srcs, next: 0, in_flight: None, for_merge },
+                FetchJob { part: *part, sources: srcs, next: 0, in_flight: None, class },
             );
             self.next_fetch(now, key);
         }
     }
 
+    /// Asks the job's next source for its part, if the window (and, for a repair, the rate
+    /// limit) allows; otherwise the job waits for [`Hydfs::pump_fetches`].
     fn next_fetch(&mut self, now: Time, key: (FileName, Stamp, u32)) {
-        let Some(job) = self.server.fetches.get_mut(&key) else { return };
+        let Some(job) = self.server.fetches.get(&key) else { return };
         if job.next >= job.sources.len() {
             // Every source failed; anti-entropy will find another copy later.
             self.server.fetches.remove(&key);
+            return self.pump_fetches(now);
+        }
+        let in_flight = self.server.fetches.values().filter(|j| j.in_flight.is_some()).count();
+        if in_flight >= self.cfg.fetch_window.max(1) {
             return;
         }
+        let (class, len) = (job.class, job.part.len as i64);
+        if class == FetchClass::Repair && !self.take_repair_tokens(now, len) {
+            return;
+        }
+        let job = self.server.fetches.get_mut(&key).expect("present");
         let to = job.sources[job.next];
         job.next += 1;
         let (name, stamp, part) = key.clone();
@@ -764,15 +794,75 @@ impl Hydfs {
         }
     }
 
-    pub(super) fn on_fetch(&mut self, from: NodeAddr, req: ReqId, name: FileName, stamp: Stamp, part: u32) {
+    /// Starts waiting fetches while the window has room: writes, then merges, then repairs.
+    fn pump_fetches(&mut self, now: Time) {
+        let window = self.cfg.fetch_window.max(1);
+        let mut in_flight = self.server.fetches.values().filter(|j| j.in_flight.is_some()).count();
+        if in_flight >= window {
+            return;
+        }
+        let mut waiting: Vec<(FetchClass, (FileName, Stamp, u32))> = self
+            .server
+            .fetches
+            .iter()
+            .filter(|(_, j)| j.in_flight.is_none())
+            .map(|(k, j)| (j.class, k.clone()))
+            .collect();
+        waiting.sort();
+        for (_, key) in waiting {
+            if in_flight >= window {
+                break;
+            }
+            self.next_fetch(now, key.clone());
+            if self.server.fetches.get(&key).is_some_and(|j| j.in_flight.is_some()) {
+                in_flight += 1;
+            } else if self.server.repair_wake.is_some() {
+                break; // the rate limit holds back every later repair too
+            }
+        }
+    }
+
+    /// Takes `len` bytes from the repair budget, or arms a wake-up for when it allows them.
+    fn take_repair_tokens(&mut self, now: Time, len: i64) -> bool {
+        let rate = self.cfg.repair_bytes_per_sec as i64;
+        if rate <= 0 {
+            return true;
+        }
+        let burst = (rate / 4).max(self.cfg.chunk_bytes as i64);
+        let elapsed = now.0.saturating_sub(self.server.repair_refilled.0) as i64;
+        let s = &mut self.server;
+        s.repair_tokens = (s.repair_tokens + rate.saturating_mul(elapsed) / 1000).min(burst);
+        s.repair_refilled = now;
+        if s.repair_tokens >= 0 {
+            s.repair_tokens -= len;
+            return true;
+        }
+        let wait_ms = ((-s.repair_tokens) * 1000 + rate - 1) / rate;
+        s.repair_wake = Some(now + crate::time::Millis(wait_ms.max(1) as u64));
+        false
+    }
+
+    pub(super) fn on_fetch(
+        &mut self,
+        now: Time,
+        from: NodeAddr,
+        req: ReqId,
+        name: FileName,
+        stamp: Stamp,
+        part: u32,
+    ) {
         let result = match self.store.read_part(&name, stamp, part) {
             Ok(bytes) => Ok(serde_bytes::ByteBuf::from(bytes)),
             Err(PartError::Corrupt) => {
                 self.corruption(&name, stamp, part);
                 Err(Refusal::Corrupt)
             }
-            Err(PartError::Missing) => match self.client_upload_part(&name, stamp, part) {
-                Some(bytes) => Ok(serde_bytes::ByteBuf::from(bytes)),
+            Err(PartError::Missing) => match self.upload_part(&name, stamp, part) {
+                Some(Ok(bytes)) => Ok(serde_bytes::ByteBuf::from(bytes)),
+                Some(Err(e)) => {
+                    self.upload_failed(now, &name, stamp, e.clone());
+                    Err(Refusal::Unavailable(e))
+                }
                 None => Err(Refusal::NotFound),
             },
             Err(PartError::Storage(e)) => Err(Refusal::Unavailable(e.to_string())),
@@ -795,7 +885,7 @@ impl Hydfs {
             return;
         }
         job.in_flight = None;
-        let (part, for_merge) = (job.part, job.for_merge);
+        let (part, for_merge) = (job.part, job.class == FetchClass::Merge);
         let (name, stamp, i) = key.clone();
         if let Ok(bytes) = result {
             match self.store.put_part(&name, stamp, i, part, &bytes) {
@@ -807,7 +897,7 @@ impl Hydfs {
                         self.stats.bytes_fetched_for_merges += bytes.len() as u64;
                         self.credit_merge_bytes(&name, bytes.len() as u64);
                     }
-                    return;
+                    return self.pump_fetches(now);
                 }
                 Ok(false) => {} // wrong bytes: try the next source
                 Err(e) => self.storage_failed(&e.to_string()),
@@ -824,6 +914,11 @@ impl Hydfs {
         } else if self.server.installs.iter().any(|w| &w.name == name) {
             *self.server.install_bytes.entry(name.clone()).or_default() += bytes;
         }
+    }
+
+    /// Reports a request this node began handling (one event per operation, for the node's log).
+    pub(super) fn handled(&mut self, what: &'static str, name: &FileName, from: NodeAddr) {
+        self.events.push_back(HydfsEvent::Handled { what, name: name.clone(), from });
     }
 
     pub(super) fn corruption(&mut self, name: &FileName, stamp: Stamp, part: u32) {
@@ -848,6 +943,9 @@ impl Hydfs {
         view: Option<u64>,
         needs: Vec<Stamp>,
     ) {
+        if offset == 0 {
+            self.handled("get", &name, from);
+        }
         let result = self.read_chunk(&name, offset, view, &needs);
         self.send(from, HydfsMsg::ReadReply { req, result });
     }
@@ -1040,7 +1138,7 @@ impl Hydfs {
                     !meta.incomplete.contains(&w.stamp) && meta.all_writes().any(|m| m.stamp == w.stamp);
                 let srcs: Vec<NodeAddr> =
                     if from_has { sources.clone() } else { sources.iter().copied().skip(1).collect() };
-                self.ensure_write(now, name, w, &srcs, false);
+                self.ensure_write(now, name, w, &srcs, FetchClass::Repair);
             }
         }
     }
@@ -1116,6 +1214,10 @@ impl Hydfs {
             self.server.retry_at = None;
             self.retry(now);
         }
+        if self.server.repair_wake.is_some_and(|t| t <= now) {
+            self.server.repair_wake = None;
+        }
+        self.pump_fetches(now);
         let until = now;
         self.server.replica_waits.retain(|w| w.until > until);
         self.server.installs.retain(|w| w.until > until);
@@ -1143,7 +1245,7 @@ impl Hydfs {
             } else {
                 let mut sources = vec![source];
                 sources.extend(self.replicas(&name));
-                self.ensure_write(now, &name, &write, &sources, false);
+                self.ensure_write(now, &name, &write, &sources, FetchClass::Write);
             }
             self.drive_write(now, op);
         }
@@ -1187,7 +1289,7 @@ impl Hydfs {
                 let mut sources = self.replicas(&name);
                 sources.retain(|s| *s != self.me);
                 for w in &union {
-                    self.ensure_write(now, &name, w, &sources, true);
+                    self.ensure_write(now, &name, w, &sources, FetchClass::Merge);
                 }
             }
             self.send_installs(now, &name);
