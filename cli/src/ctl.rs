@@ -47,7 +47,18 @@ pub fn run(args: CtlArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let line = args.command.join(" ");
+    let mut line = args.command.join(" ");
+    // Local paths name files where `ctl` runs, which need not be the node's directory.
+    if let Ok(rainstorm_core::command::Command::File(mut cmd)) = rainstorm_core::command::Command::parse(&line) {
+        let cwd = std::env::current_dir().unwrap_or_default();
+        for local in cmd.locals_mut() {
+            let p = Path::new(local.as_str());
+            if p.is_relative() {
+                *local = cwd.join(p).to_string_lossy().into_owned();
+            }
+        }
+        line = cmd.to_string();
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -55,7 +66,10 @@ pub fn run(args: CtlArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(control::request(&socket, &line)) {
+    let mut bar = crate::progress::Bar::default();
+    let reply = runtime.block_on(control::request_with_progress(&socket, &line, |d, t| bar.update(d, t)));
+    bar.finish();
+    match reply {
         Ok(reply) if reply.ok => {
             print!("{}", reply.output);
             ExitCode::SUCCESS

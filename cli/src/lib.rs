@@ -4,3 +4,4 @@
 pub mod cluster;
 pub mod ctl;
 pub mod node_cmd;
+pub mod progress;

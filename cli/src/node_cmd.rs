@@ -224,7 +224,9 @@ async fn console_loop(handle: NodeHandle) {
         if line.trim().is_empty() {
             continue;
         }
-        let reply = handle.command(&line).await;
+        let cwd = std::env::current_dir().unwrap_or_default();
+        let progress = std::sync::Arc::new(rainstorm_runtime::files::Progress::default());
+        let reply = crate::progress::with_bar(progress.clone(), handle.command_in(&line, &cwd, progress)).await;
         if reply.ok {
             print!("{}", reply.output);
         } else {

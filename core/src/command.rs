@@ -2,6 +2,8 @@
 //! control socket and the simulator. Parsing never panics; bad input gets a message that says
 //! what was expected.
 
+use crate::hydfs::{FileName, NameError};
+use crate::id::NodeAddr;
 use std::fmt;
 
 /// A command a user can give a node.
@@ -25,6 +27,47 @@ pub enum Command {
     Stats,
     /// `help`
     Help,
+    /// A HyDFS file command (run by the node's driver, which owns local files).
+    File(FileCommand),
+}
+
+/// HyDFS commands. Local paths are files on the machine of the node given the command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileCommand {
+    /// `create <local> <hydfs>`: store a local file as a new HyDFS file.
+    Create { local: String, name: FileName },
+    /// `get <hydfs> <local>`: fetch a HyDFS file into a local file.
+    Get { name: FileName, local: String },
+    /// `append <local> <hydfs>`: append a local file's bytes to a HyDFS file.
+    Append { local: String, name: FileName },
+    /// `merge <hydfs>`: order the pending appends the same way on every replica.
+    Merge { name: FileName },
+    /// `ls <hydfs>`: the file's ring id and the replicas holding it.
+    Ls { name: FileName },
+    /// `store`: the files this node holds, with this node's ring id.
+    Store,
+    /// `getfromreplica <node> <hydfs> <local>`: one replica's copy, as it is there.
+    GetFromReplica { node: NodeAddr, name: FileName, local: String },
+    /// `list_mem_ids`: the members with their ring ids, in ring order.
+    ListMemIds,
+    /// `multiappend <hydfs> <node>... <local>...`: each node appends one local file at once.
+    MultiAppend { name: FileName, nodes: Vec<NodeAddr>, locals: Vec<String> },
+}
+
+impl FileCommand {
+    /// The local paths the command reads or writes.
+    pub fn locals_mut(&mut self) -> Vec<&mut String> {
+        match self {
+            FileCommand::Create { local, .. }
+            | FileCommand::Get { local, .. }
+            | FileCommand::Append { local, .. }
+            | FileCommand::GetFromReplica { local, .. } => vec![local],
+            FileCommand::MultiAppend { locals, .. } => locals.iter_mut().collect(),
+            FileCommand::Merge { .. } | FileCommand::Ls { .. } | FileCommand::Store | FileCommand::ListMemIds => {
+                Vec::new()
+            }
+        }
+    }
 }
 
 /// Every command with a one-line description, in the order `help` prints them.
@@ -38,6 +81,15 @@ pub const COMMAND_HELP: &[(&str, &str)] = &[
     ("status_sus", "print whether suspicion is on"),
     ("list_suspected", "list the members this node currently suspects"),
     ("stats", "print protocol counters"),
+    ("create <local> <hydfs>", "store a local file in HyDFS as a new file (created once)"),
+    ("get <hydfs> <local>", "fetch a HyDFS file, with every append acknowledged to this node, into a local file"),
+    ("append <local> <hydfs>", "append a local file's bytes to a HyDFS file"),
+    ("merge <hydfs>", "order the file's pending appends identically on every replica"),
+    ("ls <hydfs>", "print the file's ring id and the replicas that hold it"),
+    ("store", "list the files this node holds, and its ring id"),
+    ("getfromreplica <node> <hydfs> <local>", "fetch one replica's copy (node: address, e.g. 127.0.0.1:7003)"),
+    ("list_mem_ids", "list the members with their ring ids, in ring order"),
+    ("multiappend <hydfs> <node>... <local>...", "each listed node appends one local file at the same moment"),
     ("help", "print this list"),
 ];
 
@@ -49,6 +101,64 @@ pub enum ParseError {
     Unknown(String),
     #[error("`{command}` takes no arguments (got `{extra}`)")]
     UnexpectedArguments { command: String, extra: String },
+    #[error("usage: {usage}")]
+    Usage { usage: &'static str },
+    #[error("invalid HyDFS file name `{name}`: {error}")]
+    BadName { name: String, error: NameError },
+    #[error("`{0}` is not a node address (expected host:port, e.g. 127.0.0.1:7003, or a member id)")]
+    BadNode(String),
+}
+
+fn file_name(word: &str) -> Result<FileName, ParseError> {
+    FileName::new(word).map_err(|error| ParseError::BadName { name: shorten(word), error })
+}
+
+fn node(word: &str) -> Result<NodeAddr, ParseError> {
+    // A member id (`addr#join_time`) names its address.
+    let addr = word.split_once('#').map_or(word, |(a, _)| a);
+    addr.parse().map_err(|_| ParseError::BadNode(shorten(word)))
+}
+
+fn shorten(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// Parses the arguments of a file command (`word` is the command, `args` what follows it).
+fn parse_file(word: &str, args: &[&str]) -> Result<Option<FileCommand>, ParseError> {
+    let usage = |usage| ParseError::Usage { usage };
+    let cmd = match (word, args) {
+        ("create", [local, name]) => FileCommand::Create { local: local.to_string(), name: file_name(name)? },
+        ("create", _) => return Err(usage("create <local file> <hydfs file>")),
+        ("get", [name, local]) => FileCommand::Get { name: file_name(name)?, local: local.to_string() },
+        ("get", _) => return Err(usage("get <hydfs file> <local file>")),
+        ("append", [local, name]) => FileCommand::Append { local: local.to_string(), name: file_name(name)? },
+        ("append", _) => return Err(usage("append <local file> <hydfs file>")),
+        ("merge", [name]) => FileCommand::Merge { name: file_name(name)? },
+        ("merge", _) => return Err(usage("merge <hydfs file>")),
+        ("ls", [name]) => FileCommand::Ls { name: file_name(name)? },
+        ("ls", _) => return Err(usage("ls <hydfs file>")),
+        ("store", []) => FileCommand::Store,
+        ("store", _) => return Err(usage("store")),
+        ("list_mem_ids", []) => FileCommand::ListMemIds,
+        ("list_mem_ids", _) => return Err(usage("list_mem_ids")),
+        ("getfromreplica", [n, name, local]) => {
+            FileCommand::GetFromReplica { node: node(n)?, name: file_name(name)?, local: local.to_string() }
+        }
+        ("getfromreplica", _) => return Err(usage("getfromreplica <node> <hydfs file> <local file>")),
+        ("multiappend", [name, rest @ ..]) if !rest.is_empty() && rest.len() % 2 == 0 => {
+            let (nodes, locals) = rest.split_at(rest.len() / 2);
+            FileCommand::MultiAppend {
+                name: file_name(name)?,
+                nodes: nodes.iter().map(|n| node(n)).collect::<Result<_, _>>()?,
+                locals: locals.iter().map(|l| l.to_string()).collect(),
+            }
+        }
+        ("multiappend", _) => {
+            return Err(usage("multiappend <hydfs file> <node>... <local file>... (one local file per node)"))
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(cmd))
 }
 
 impl Command {
@@ -56,6 +166,10 @@ impl Command {
     pub fn parse(line: &str) -> Result<Command, ParseError> {
         let mut words = line.split_whitespace();
         let Some(word) = words.next() else { return Err(ParseError::Empty) };
+        let args: Vec<&str> = line.split_whitespace().skip(1).collect();
+        if let Some(file) = parse_file(word, &args)? {
+            return Ok(Command::File(file));
+        }
         let command = match word {
             "list_mem" => Command::ListMem,
             "list_self" => Command::ListSelf,
@@ -94,8 +208,34 @@ impl fmt::Display for Command {
             Command::ListSuspected => "list_suspected",
             Command::Stats => "stats",
             Command::Help => "help",
+            Command::File(c) => return c.fmt(f),
         };
         f.write_str(s)
+    }
+}
+
+impl fmt::Display for FileCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FileCommand::Create { local, name } => write!(f, "create {local} {name}"),
+            FileCommand::Get { name, local } => write!(f, "get {name} {local}"),
+            FileCommand::Append { local, name } => write!(f, "append {local} {name}"),
+            FileCommand::Merge { name } => write!(f, "merge {name}"),
+            FileCommand::Ls { name } => write!(f, "ls {name}"),
+            FileCommand::Store => f.write_str("store"),
+            FileCommand::GetFromReplica { node, name, local } => write!(f, "getfromreplica {node} {name} {local}"),
+            FileCommand::ListMemIds => f.write_str("list_mem_ids"),
+            FileCommand::MultiAppend { name, nodes, locals } => {
+                write!(f, "multiappend {name}")?;
+                for n in nodes {
+                    write!(f, " {n}")?;
+                }
+                for l in locals {
+                    write!(f, " {l}")?;
+                }
+                Ok(())
+            }
+        }
     }
 }
 
@@ -106,10 +246,25 @@ mod tests {
 
     #[test]
     fn every_listed_command_parses_and_prints_back() {
-        for (name, _) in COMMAND_HELP {
+        for (name, _) in COMMAND_HELP.iter().filter(|(n, _)| !n.contains('<')) {
             let c = Command::parse(name).unwrap();
             assert_eq!(c.to_string(), *name);
         }
+        for line in [
+            "create /tmp/a.txt logs/a",
+            "get logs/a /tmp/b",
+            "append ./x logs/a",
+            "merge logs/a",
+            "ls logs/a",
+            "getfromreplica 127.0.0.1:7003 logs/a out",
+            "multiappend logs/a 127.0.0.1:7001 127.0.0.1:7002 one two",
+        ] {
+            let c = Command::parse(line).unwrap();
+            assert!(matches!(c, Command::File(_)), "{line}");
+            assert_eq!(c.to_string(), line);
+        }
+        let by_id = Command::parse("getfromreplica 127.0.0.1:7003#1234 f out").unwrap();
+        assert_eq!(by_id.to_string(), "getfromreplica 127.0.0.1:7003 f out");
         assert_eq!(Command::parse("  list_mem  "), Ok(Command::ListMem));
     }
 
@@ -118,6 +273,11 @@ mod tests {
         assert_eq!(Command::parse(""), Err(ParseError::Empty));
         assert!(matches!(Command::parse("lst_mem"), Err(ParseError::Unknown(_))));
         assert!(matches!(Command::parse("join now"), Err(ParseError::UnexpectedArguments { .. })));
+        assert!(matches!(Command::parse("create onlyone"), Err(ParseError::Usage { .. })));
+        assert!(matches!(Command::parse("get /abs local"), Err(ParseError::BadName { .. })));
+        assert!(matches!(Command::parse("getfromreplica vm3 f out"), Err(ParseError::BadNode(_))));
+        assert!(matches!(Command::parse("multiappend f 127.0.0.1:1 a b"), Err(ParseError::Usage { .. })));
+        assert!(matches!(Command::parse("store now"), Err(ParseError::Usage { .. })));
     }
 
     proptest! {

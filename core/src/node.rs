@@ -92,6 +92,8 @@ pub enum CommandOutput {
 pub enum CommandError {
     #[error(transparent)]
     Membership(#[from] MembershipError),
+    #[error("`{0}` reads or writes local files; the node's runtime runs it")]
+    NeedsDriver(String),
 }
 
 pub struct Node {
@@ -236,6 +238,7 @@ impl Node {
             Command::ListSuspected => CommandOutput::Suspected(m.suspected().collect()),
             Command::Stats => CommandOutput::Stats { node: self.stats.clone(), membership: m.stats() },
             Command::Help => CommandOutput::Help,
+            Command::File(f) => return Err(CommandError::NeedsDriver(f.to_string())),
         };
         self.collect_events(now);
         Ok(out)

@@ -1,10 +1,14 @@
 //! The control socket: a Unix socket in the data dir through which scripts and tests give a node
 //! the same commands as its console. Only the node's user can connect (mode 0600).
 //!
-//! Protocol: the client writes one command line and closes its writing half; the server answers
-//! `ok` or `error` on the first line, then the command's output, then closes.
+//! Protocol: the client writes one command line and closes its writing half; while a large
+//! transfer runs the server may send `progress <done> <total>` lines; then it answers `ok` or
+//! `error` on one line, then the command's output, then closes. Local paths in the command are
+//! resolved against the node's working directory (`rainstorm ctl` sends absolute paths).
 
 use crate::driver::{CommandReply, NodeHandle};
+use crate::files::{Progress, PROGRESS_MIN_BYTES};
+use std::sync::Arc;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -42,7 +46,22 @@ async fn answer(stream: UnixStream, handle: NodeHandle) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read.take(MAX_LINE_BYTES)).read_line(&mut line).await?;
-    let reply = handle.command(line.trim()).await;
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let progress = Arc::new(Progress::default());
+    let command = handle.command_in(line.trim(), &cwd, progress.clone());
+    tokio::pin!(command);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    let reply = loop {
+        tokio::select! {
+            reply = &mut command => break reply,
+            _ = tick.tick() => {
+                let (done, total) = progress.get();
+                if total >= PROGRESS_MIN_BYTES {
+                    write.write_all(format!("progress {done} {total}\n").as_bytes()).await?;
+                }
+            }
+        }
+    };
     write.write_all(if reply.ok { b"ok\n" } else { b"error\n" }).await?;
     write.write_all(reply.output.as_bytes()).await?;
     write.shutdown().await
@@ -50,16 +69,35 @@ async fn answer(stream: UnixStream, handle: NodeHandle) -> std::io::Result<()> {
 
 /// Sends one command to the node whose control socket is at `path`.
 pub async fn request(path: &Path, line: &str) -> std::io::Result<CommandReply> {
+    request_with_progress(path, line, |_, _| {}).await
+}
+
+/// Sends one command, calling `on_progress(done, total)` for each progress report.
+pub async fn request_with_progress(
+    path: &Path,
+    line: &str,
+    mut on_progress: impl FnMut(u64, u64),
+) -> std::io::Result<CommandReply> {
     let mut stream = UnixStream::connect(path).await?;
     stream.write_all(line.as_bytes()).await?;
     stream.write_all(b"\n").await?;
     stream.shutdown().await?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await?;
-    let (status, output) = text.split_once('\n').unwrap_or((text.as_str(), ""));
-    match status {
-        "ok" => Ok(CommandReply { ok: true, output: output.to_string() }),
-        "error" => Ok(CommandReply { ok: false, output: output.to_string() }),
+    let mut reader = BufReader::new(stream);
+    let mut status = String::new();
+    loop {
+        status.clear();
+        reader.read_line(&mut status).await?;
+        let Some(report) = status.strip_prefix("progress ") else { break };
+        let mut nums = report.split_whitespace().filter_map(|n| n.parse::<u64>().ok());
+        if let (Some(done), Some(total)) = (nums.next(), nums.next()) {
+            on_progress(done, total);
+        }
+    }
+    let mut output = String::new();
+    reader.read_to_string(&mut output).await?;
+    match status.trim_end_matches('\n') {
+        "ok" => Ok(CommandReply { ok: true, output }),
+        "error" => Ok(CommandReply { ok: false, output }),
         _ => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not a RainStorm control socket")),
     }
 }

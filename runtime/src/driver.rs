@@ -1,23 +1,33 @@
 //! The node task: one tokio task owns the [`Node`] and is the only code that touches it.
 //!
-//! Sockets, the console and the control socket send [`Input`]s through a channel; the task feeds
+//! Sockets, the console and the control socket send [`Input`]s through channels; the task feeds
 //! them to the node with the current time, sends every frame the node emits (UDP datagrams
-//! directly, stream frames on short-lived TCP connections), logs and broadcasts every event, and
-//! sleeps until the node's next deadline. Invariant: after every input all outputs are drained
-//! before the task waits again.
+//! directly, stream frames through one long-lived TCP connection per peer), logs and broadcasts
+//! every event, and sleeps until the node's next deadline.
+//!
+//! Invariants: after every input all outputs are drained before the task waits again; datagrams
+//! and commands are served before stream frames (bulk transfers never delay membership); at most
+//! [`STREAM_QUEUE_FRAMES`] received stream frames wait for the node, so a fast sender is slowed
+//! by TCP instead of growing this process's memory.
 
 use crate::clock::Clock;
 use crate::config::RuntimeConfig;
+use crate::files::{Progress, Sink};
 use crate::net::{read_frame, write_frame};
-use rainstorm_core::command::Command;
+use crate::storage::FileStorage;
+use rainstorm_core::command::{Command, FileCommand};
+use rainstorm_core::hydfs::{
+    ClientOp, HydfsConfig, HydfsError, HydfsEvent, OpId, OpOutput, RingId, StorageError, WriteKind,
+};
 use rainstorm_core::membership::{MembershipEvent, Role};
 use rainstorm_core::node::{NodeConfig, NodeEvent};
 use rainstorm_core::wire::{ClusterKey, Codec, MAX_STREAM_FRAME_BYTES};
 use rainstorm_core::{Channel, Node, Transmit};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -27,11 +37,28 @@ use tracing::{debug, info, warn};
 
 /// How long a stream connection attempt may take before the send counts as failed.
 const STREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one frame may take to write before the connection counts as broken.
+const STREAM_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A peer connection with nothing to send for this long is closed.
+const STREAM_IDLE: Duration = Duration::from_secs(60);
+/// Received stream frames waiting for the node task (each at most one chunk plus headers).
+pub const STREAM_QUEUE_FRAMES: usize = 8;
 
 /// What reaches the node task.
 pub enum Input {
     Datagram(Vec<u8>),
     StreamFrame(Vec<u8>),
+    /// Start a HyDFS operation; a download's chunks go to `sink`.
+    Submit {
+        op: ClientOp,
+        sink: Option<Sink>,
+        reply: oneshot::Sender<Result<OpOutput, HydfsError>>,
+    },
+    /// Describe this node's state for `store` or `list_mem_ids`.
+    Inspect {
+        what: FileCommand,
+        reply: oneshot::Sender<String>,
+    },
     SendFailed {
         to: SocketAddr,
         error: String,
@@ -60,16 +87,34 @@ pub struct NodeHandle {
     events: broadcast::Sender<NodeEvent>,
     pub advertise: SocketAddr,
     pub data_dir: PathBuf,
+    /// HyDFS part size and write limit (uploads are described with them).
+    pub chunk_bytes: usize,
+    pub max_write_bytes: u64,
 }
 
 impl NodeHandle {
-    /// Runs one console command line.
+    /// Runs one console command line; local paths are relative to this process's directory.
     pub async fn command(&self, line: &str) -> CommandReply {
+        let cwd = std::env::current_dir().unwrap_or_default();
+        self.command_in(line, &cwd, Arc::new(Progress::default())).await
+    }
+
+    /// Runs one command line with local paths relative to `cwd`, reporting transfer progress.
+    pub async fn command_in(&self, line: &str, cwd: &Path, progress: Arc<Progress>) -> CommandReply {
+        match Command::parse(line) {
+            Ok(Command::File(cmd)) => return crate::files::run(self, cmd, cwd, progress).await,
+            Ok(_) => {}
+            Err(e) => return CommandReply { ok: false, output: format!("{e}\n") },
+        }
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Input::Command { line: line.to_string(), reply }).await.is_err() {
             return CommandReply { ok: false, output: "node is stopping".into() };
         }
         rx.await.unwrap_or(CommandReply { ok: false, output: "node is stopping".into() })
+    }
+
+    pub(crate) async fn send(&self, input: Input) -> Result<(), ()> {
+        self.tx.send(input).await.map_err(|_| ())
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
@@ -98,6 +143,8 @@ pub enum StartError {
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("cannot bind {what} {addr}: {source}")]
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("cannot use the block store: {0}")]
+    Storage(StorageError),
 }
 
 /// Binds the sockets, starts the node (a member starts joining at once) and its tasks.
@@ -124,18 +171,23 @@ pub async fn start(cfg: RuntimeConfig) -> Result<StartedNode, StartError> {
         }
     };
     let now = clock.now();
-    let mut node = Node::new(
+    let hydfs = HydfsConfig::default();
+    let (chunk_bytes, max_write_bytes) = (hydfs.chunk_bytes, hydfs.max_write_bytes);
+    let blocks = FileStorage::open(&cfg.data_dir.join("blocks")).map_err(StartError::Storage)?;
+    let mut node = Node::with_storage(
         NodeConfig {
             role: cfg.role,
             addr: cfg.advertise,
             introducer: cfg.introducer,
             membership: cfg.membership.clone(),
-            hydfs: Default::default(),
+            hydfs,
             codec,
         },
         now,
         seed,
-    );
+        Box::new(blocks),
+    )
+    .map_err(StartError::Storage)?;
     info!(
         role = ?cfg.role, addr = %cfg.advertise, introducer = %cfg.introducer, seed,
         suspicion = cfg.membership.suspicion_at_start, "node starting"
@@ -144,19 +196,31 @@ pub async fn start(cfg: RuntimeConfig) -> Result<StartedNode, StartError> {
         let _ = node.handle_command(now, Command::Join);
     }
     let (tx, rx) = mpsc::channel(1024);
-    let (events, first_rx) = broadcast::channel(1024);
+    let (stream_tx, stream_rx) = mpsc::channel(STREAM_QUEUE_FRAMES);
+    let (events, first_rx) = broadcast::channel(4096);
     let udp = Arc::new(udp);
     tokio::spawn(receive_datagrams(udp.clone(), tx.clone()));
-    tokio::spawn(accept_streams(tcp, tx.clone()));
+    tokio::spawn(accept_streams(tcp, stream_tx));
     let handle = NodeHandle {
         tx: tx.clone(),
         events: events.clone(),
         advertise: cfg.advertise,
         data_dir: cfg.data_dir.clone(),
+        chunk_bytes,
+        max_write_bytes,
     };
-    let task =
-        NodeTask { node, clock, udp, tx, events, drop_rng: ChaCha8Rng::seed_from_u64(seed ^ 0xd20b), cfg };
-    let task = tokio::spawn(task.run(rx));
+    let task = NodeTask {
+        node,
+        clock,
+        udp,
+        tx,
+        events,
+        drop_rng: ChaCha8Rng::seed_from_u64(seed ^ 0xd20b),
+        cfg,
+        peers: BTreeMap::new(),
+        ops: BTreeMap::new(),
+    };
+    let task = tokio::spawn(task.run(rx, stream_rx));
     Ok(StartedNode { handle, events: first_rx, task })
 }
 
@@ -183,15 +247,16 @@ async fn receive_datagrams(udp: Arc<UdpSocket>, tx: mpsc::Sender<Input>) {
     }
 }
 
-async fn accept_streams(listener: TcpListener, tx: mpsc::Sender<Input>) {
+async fn accept_streams(listener: TcpListener, tx: mpsc::Sender<Vec<u8>>) {
     loop {
         let Ok((mut stream, peer)) = listener.accept().await else { continue };
+        let _ = stream.set_nodelay(true);
         let tx = tx.clone();
         tokio::spawn(async move {
             loop {
                 match read_frame(&mut stream, MAX_STREAM_FRAME_BYTES).await {
                     Ok(Some(frame)) => {
-                        if tx.send(Input::StreamFrame(frame)).await.is_err() {
+                        if tx.send(frame).await.is_err() {
                             return;
                         }
                     }
@@ -214,10 +279,23 @@ struct NodeTask {
     events: broadcast::Sender<NodeEvent>,
     drop_rng: ChaCha8Rng,
     cfg: RuntimeConfig,
+    /// One writer task (one TCP connection) per peer that frames were sent to recently.
+    peers: BTreeMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>,
+    /// HyDFS operations started from a command, waiting for their result.
+    ops: BTreeMap<OpId, PendingOp>,
+}
+
+/// A HyDFS operation a command is waiting for.
+struct PendingOp {
+    op: &'static str,
+    name: String,
+    started: std::time::Instant,
+    sink: Option<Sink>,
+    reply: oneshot::Sender<Result<OpOutput, HydfsError>>,
 }
 
 impl NodeTask {
-    async fn run(mut self, mut rx: mpsc::Receiver<Input>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Input>, mut streams: mpsc::Receiver<Vec<u8>>) {
         let mut stopping: Option<(tokio::time::Instant, oneshot::Sender<()>)> = None;
         loop {
             self.drain().await;
@@ -234,12 +312,17 @@ impl NodeTask {
                 }
             };
             tokio::select! {
+                biased;
                 input = rx.recv() => {
                     let Some(input) = input else { return };
                     let now = self.clock.now();
                     match input {
                         Input::Datagram(bytes) => self.node.handle_frame(now, Channel::Datagram, &bytes),
                         Input::StreamFrame(bytes) => self.node.handle_frame(now, Channel::Stream, &bytes),
+                        Input::Submit { op, sink, reply } => self.submit(now, op, sink, reply),
+                        Input::Inspect { what, reply } => {
+                            let _ = reply.send(self.inspect(&what));
+                        }
                         Input::SendFailed { to, error } => self.node.handle_send_failed(now, to, &error),
                         Input::Command { line, reply } => {
                             let _ = reply.send(self.command(&line));
@@ -258,6 +341,9 @@ impl NodeTask {
                 }
                 _ = sleep => {
                     self.node.handle_timeout(self.clock.now());
+                }
+                Some(frame) = streams.recv() => {
+                    self.node.handle_frame(self.clock.now(), Channel::Stream, &frame);
                 }
             }
             if let Some((at, _)) = &stopping {
@@ -285,12 +371,117 @@ impl NodeTask {
     }
 
     async fn drain(&mut self) {
-        while let Some(t) = self.node.poll_transmit() {
-            self.send(t).await;
-        }
-        while let Some(event) = self.node.poll_event() {
+        loop {
+            while let Some(t) = self.node.poll_transmit() {
+                self.send(t).await;
+            }
+            let Some(event) = self.node.poll_event() else { break };
+            let event = match event {
+                NodeEvent::Hydfs(HydfsEvent::ReadData { op, offset, bytes }) => {
+                    if let Some(PendingOp { sink: Some(sink), .. }) = self.ops.get_mut(&op) {
+                        sink.write(offset, &bytes);
+                    }
+                    continue;
+                }
+                NodeEvent::Hydfs(HydfsEvent::OpDone { op, result }) if self.ops.contains_key(&op) => {
+                    self.op_done(op, result);
+                    continue;
+                }
+                other => other,
+            };
             log_event(&event);
             let _ = self.events.send(event);
+        }
+    }
+
+    fn submit(
+        &mut self,
+        now: rainstorm_core::Time,
+        op: ClientOp,
+        sink: Option<Sink>,
+        reply: oneshot::Sender<Result<OpOutput, HydfsError>>,
+    ) {
+        let (kind, name) = (op_kind(&op), op.name().to_string());
+        match self.node.submit(now, op) {
+            Ok(id) => {
+                let started = std::time::Instant::now();
+                self.ops.insert(id, PendingOp { op: kind, name, started, sink, reply });
+            }
+            Err(e) => {
+                warn!(event = "hydfs_op_failed", op = kind, %name, "{kind} {name} refused: {e}");
+                if let Some(sink) = sink {
+                    sink.abandon();
+                }
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// A command's operation finished: complete its download, log one line, answer.
+    fn op_done(&mut self, id: OpId, mut result: Result<OpOutput, HydfsError>) {
+        let Some(p) = self.ops.remove(&id) else { return };
+        if let Some(sink) = p.sink {
+            match &result {
+                Ok(OpOutput::Downloaded { len, .. }) => {
+                    sink.set_total(*len);
+                    if let Err(e) = sink.finish(*len) {
+                        result = Err(HydfsError::Storage(e));
+                    }
+                }
+                _ => sink.abandon(),
+            }
+        }
+        let ms = p.started.elapsed().as_millis() as u64;
+        match &result {
+            Ok(out) => info!(event = "hydfs_op", op = p.op, name = %p.name, ms, "{} {} done in {ms} ms{}", p.op, p.name, describe_output(out)),
+            Err(e) => warn!(event = "hydfs_op_failed", op = p.op, name = %p.name, ms, "{} {} failed after {ms} ms: {e}", p.op, p.name),
+        }
+        let _ = p.reply.send(result);
+    }
+
+    /// The text of `store` and `list_mem_ids`.
+    fn inspect(&self, what: &FileCommand) -> String {
+        let h = self.node.hydfs();
+        let me = self.cfg.advertise;
+        match what {
+            FileCommand::Store => {
+                let mut out = format!("{me}  ring id {}\n", RingId::of_node(me));
+                let files = h.local_files();
+                if files.is_empty() {
+                    out.push_str("  (no files)\n");
+                }
+                for (name, rid, d) in files {
+                    let len: u64 = h
+                        .store()
+                        .meta(&name)
+                        .map(|m| m.all_writes().map(|w| w.len()).sum())
+                        .unwrap_or(0);
+                    out.push_str(&format!(
+                        "  {name}  ring id {rid}  {len} bytes, {} merged appends, {} pending\n",
+                        d.merged, d.pending
+                    ));
+                }
+                out
+            }
+            _ => {
+                let ids: BTreeMap<SocketAddr, String> = self
+                    .node
+                    .membership()
+                    .members()
+                    .map(|m| (m.id.addr, m.id.to_string()))
+                    .chain(std::iter::once((me, self.node.id().to_string())))
+                    .collect();
+                let mut out = String::new();
+                for (rid, addr) in h.ring().members() {
+                    let id = ids.get(&addr).cloned().unwrap_or_else(|| addr.to_string());
+                    let mark = if addr == me { "  (this node)" } else { "" };
+                    out.push_str(&format!("{rid}  {id}{mark}\n"));
+                }
+                if out.is_empty() {
+                    out.push_str("(not in a group)\n");
+                }
+                out
+            }
         }
     }
 
@@ -305,24 +496,95 @@ impl NodeTask {
                 }
             }
             Channel::Stream => {
-                let tx = self.tx.clone();
-                tokio::spawn(async move {
-                    if let Err(error) = send_stream(t.to, &t.payload).await {
-                        debug!(to = %t.to, %error, "stream send failed");
-                        let _ = tx.send(Input::SendFailed { to: t.to, error }).await;
+                let mut frame = t.payload;
+                if let Some(writer) = self.peers.get(&t.to) {
+                    match writer.send(frame) {
+                        Ok(()) => return,
+                        Err(mpsc::error::SendError(f)) => frame = f, // the writer closed: start another
                     }
-                });
+                }
+                let (writer, rx) = mpsc::unbounded_channel();
+                let _ = writer.send(frame);
+                self.peers.insert(t.to, writer);
+                tokio::spawn(peer_writer(t.to, rx, self.tx.clone()));
             }
         }
     }
 }
 
-async fn send_stream(to: SocketAddr, frame: &[u8]) -> Result<(), String> {
-    let mut stream = tokio::time::timeout(STREAM_CONNECT_TIMEOUT, TcpStream::connect(to))
-        .await
-        .map_err(|_| format!("connecting to {to} timed out"))?
-        .map_err(|e| format!("cannot connect to {to}: {e}"))?;
-    write_frame(&mut stream, frame).await.map_err(|e| format!("sending to {to}: {e}"))
+/// Writes frames to one peer over one TCP connection, reconnecting after a failure. Frames that
+/// cannot be written are reported as failed sends; the node's own timeouts and retries recover.
+async fn peer_writer(to: SocketAddr, mut rx: mpsc::UnboundedReceiver<Vec<u8>>, tx: mpsc::Sender<Input>) {
+    let mut conn: Option<TcpStream> = None;
+    loop {
+        let frame = match tokio::time::timeout(STREAM_IDLE, rx.recv()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return,
+            Err(_) if conn.is_some() => {
+                conn = None; // idle: close the connection, keep the writer
+                continue;
+            }
+            Err(_) => {
+                // Idle without a connection: stop, after sending anything that raced in.
+                rx.close();
+                while let Ok(frame) = rx.try_recv() {
+                    write_one(to, &mut conn, &frame, &tx).await;
+                }
+                return;
+            }
+        };
+        write_one(to, &mut conn, &frame, &tx).await;
+    }
+}
+
+async fn write_one(to: SocketAddr, conn: &mut Option<TcpStream>, frame: &[u8], tx: &mpsc::Sender<Input>) {
+    let result = async {
+        if conn.is_none() {
+            let stream = tokio::time::timeout(STREAM_CONNECT_TIMEOUT, TcpStream::connect(to))
+                .await
+                .map_err(|_| format!("connecting to {to} timed out"))?
+                .map_err(|e| format!("cannot connect to {to}: {e}"))?;
+            let _ = stream.set_nodelay(true);
+            *conn = Some(stream);
+        }
+        let stream = conn.as_mut().expect("connected above");
+        match tokio::time::timeout(STREAM_WRITE_TIMEOUT, write_frame(stream, frame)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("sending to {to}: {e}")),
+            Err(_) => Err(format!("sending to {to} timed out")),
+        }
+    }
+    .await;
+    if let Err(error) = result {
+        *conn = None;
+        debug!(%to, %error, "stream send failed");
+        let _ = tx.send(Input::SendFailed { to, error }).await;
+    }
+}
+
+fn op_kind(op: &ClientOp) -> &'static str {
+    match op {
+        ClientOp::Create { .. } | ClientOp::Upload { kind: WriteKind::Create, .. } => "create",
+        ClientOp::Append { .. } | ClientOp::Upload { kind: WriteKind::Append, .. } => "append",
+        ClientOp::Get { .. } | ClientOp::Download { replica: None, .. } => "get",
+        ClientOp::GetFromReplica { .. } | ClientOp::Download { replica: Some(_), .. } => "getfromreplica",
+        ClientOp::Merge { .. } => "merge",
+        ClientOp::Ls { .. } => "ls",
+        ClientOp::MultiAppend { .. } => "multiappend",
+    }
+}
+
+fn describe_output(out: &OpOutput) -> String {
+    match out {
+        OpOutput::Written { replicas, .. } => format!(" on {} replicas", replicas.len()),
+        OpOutput::Content { bytes, .. } => format!(": {} bytes", bytes.len()),
+        OpOutput::Downloaded { len, from, .. } => {
+            format!(": {len} bytes from {}", from.map_or("the cache".to_string(), |a| a.to_string()))
+        }
+        OpOutput::Merged { summary, .. } => format!(": {} appends ordered", summary.appended),
+        OpOutput::Listed { replicas, .. } => format!(": {} replicas", replicas.len()),
+        OpOutput::MultiAppended { nodes, .. } => format!(" on {} nodes", nodes.len()),
+    }
 }
 
 /// One log line per membership event, with fields grep can find (`event=suspect` ...).

@@ -11,12 +11,15 @@
 //! * [`net`]: stream framing;
 //! * [`driver`]: the node task and [`driver::NodeHandle`];
 //! * [`control`]: the Unix control socket (server and client);
+//! * [`files`]: the HyDFS file commands' local side (uploads read part by part, downloads);
+//! * [`storage`]: HyDFS blocks as files, with fsync;
 //! * [`logging`]: tracing to stderr and to a file in the data dir.
 
 pub mod clock;
 pub mod config;
 pub mod control;
 pub mod driver;
+pub mod files;
 pub mod logging;
 pub mod net;
 pub mod storage;

@@ -1,0 +1,334 @@
+//! HyDFS file commands on a real node: the part of each command that touches local files.
+//!
+//! The core never sees a local file. An upload (`create`, `append`) is described part by part
+//! here (length and CRC32C of each chunk, computed off the node task) and then read part by part
+//! through [`FileSource`] when a replica fetches it, so a file of any size passes through a
+//! bounded amount of memory. A download (`get`, `getfromreplica`) arrives as in-order chunks that
+//! [`Sink`] writes to a temporary file next to the target, renamed over it only when the whole
+//! file has arrived: a failed `get` never leaves a partial file under the requested name.
+
+use crate::driver::{CommandReply, Input, NodeHandle};
+use rainstorm_core::command::FileCommand;
+use rainstorm_core::hydfs::{
+    ClientOp, FileName, HydfsError, OpOutput, PartMeta, PartSource, UploadSource, WriteKind,
+};
+use rainstorm_core::NodeAddr;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+/// Transfers at least this large show a progress bar when a terminal is attached.
+pub const PROGRESS_MIN_BYTES: u64 = 8 << 20;
+
+/// How far a transfer has come, shared with whoever draws a progress bar.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub done: AtomicU64,
+    pub total: AtomicU64,
+}
+
+impl Progress {
+    pub fn get(&self) -> (u64, u64) {
+        (self.done.load(Ordering::Relaxed), self.total.load(Ordering::Relaxed))
+    }
+}
+
+/// A local file being uploaded, read at the offsets replicas ask for.
+pub struct FileSource {
+    file: File,
+    path: PathBuf,
+    progress: Arc<Progress>,
+}
+
+impl PartSource for FileSource {
+    fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, String> {
+        let mut buf = vec![0u8; len];
+        self.file
+            .read_exact_at(&mut buf, offset)
+            .map_err(|e| format!("cannot read {} at offset {offset}: {e}", self.path.display()))?;
+        self.progress.done.fetch_max(offset + len as u64, Ordering::Relaxed);
+        Ok(buf)
+    }
+}
+
+/// Opens `path` and describes it part by part (blocking: run it off the node task).
+fn describe(path: &Path, chunk: usize, limit: u64, progress: Arc<Progress>) -> Result<UploadSource, String> {
+    let file = File::open(path).map_err(|e| format!("cannot read local file {}: {e}", path.display()))?;
+    let len = file.metadata().map_err(|e| format!("cannot stat {}: {e}", path.display()))?.len();
+    if !file.metadata().map(|m| m.is_file()).unwrap_or(false) {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    if len > limit {
+        return Err(format!("{} is {len} bytes, over the {limit}-byte limit for one write", path.display()));
+    }
+    let mut parts = Vec::with_capacity(len.div_ceil(chunk as u64) as usize);
+    let mut buf = vec![0u8; chunk];
+    let mut reader = &file;
+    let mut seen = 0u64;
+    loop {
+        let mut filled = 0;
+        while filled < chunk {
+            let n = reader.read(&mut buf[filled..]).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        parts.push(PartMeta { len: filled as u32, crc: crc32c::crc32c(&buf[..filled]) });
+        seen += filled as u64;
+        if filled < chunk {
+            break;
+        }
+    }
+    if seen != len {
+        return Err(format!("{} changed size while it was read ({len} then {seen} bytes)", path.display()));
+    }
+    progress.total.store(len, Ordering::Relaxed);
+    let reader = Arc::new(FileSource { file, path: path.to_path_buf(), progress });
+    Ok(UploadSource { parts, reader })
+}
+
+/// Where a download goes: a temporary file beside the target, renamed over it at the end.
+pub struct Sink {
+    file: File,
+    tmp: PathBuf,
+    target: PathBuf,
+    progress: Arc<Progress>,
+    error: Option<String>,
+}
+
+impl Sink {
+    fn create(target: &Path, progress: Arc<Progress>) -> Result<Sink, String> {
+        let name = target.file_name().ok_or_else(|| format!("{} is not a file path", target.display()))?;
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".{}.part", std::process::id()));
+        let tmp = target.with_file_name(tmp_name);
+        let file = File::create(&tmp).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        Ok(Sink { file, tmp, target: target.to_path_buf(), progress, error: None })
+    }
+
+    /// Writes the next in-order chunk (offset 0 again means the download started over).
+    pub fn write(&mut self, offset: u64, bytes: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
+        if let Err(e) = self.file.write_all_at(bytes, offset) {
+            self.error = Some(format!("cannot write {}: {e}", self.tmp.display()));
+        }
+        self.progress.done.store(offset + bytes.len() as u64, Ordering::Relaxed);
+    }
+
+    pub fn set_total(&self, total: u64) {
+        self.progress.total.store(total, Ordering::Relaxed);
+    }
+
+    /// The download ended with `len` bytes: cut the file there and move it into place.
+    pub fn finish(mut self, len: u64) -> Result<(), String> {
+        if let Some(e) = self.error.take() {
+            let _ = std::fs::remove_file(&self.tmp);
+            return Err(e);
+        }
+        let done = self.file.set_len(len).and_then(|_| std::fs::rename(&self.tmp, &self.target));
+        done.map_err(|e| {
+            let _ = std::fs::remove_file(&self.tmp);
+            format!("cannot write {}: {e}", self.target.display())
+        })
+    }
+
+    /// The download failed: nothing is left behind.
+    pub fn abandon(self) {
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+fn fail(output: impl Into<String>) -> CommandReply {
+    let mut output = output.into();
+    if !output.ends_with('\n') {
+        output.push('\n');
+    }
+    CommandReply { ok: false, output }
+}
+
+fn done(output: String) -> CommandReply {
+    CommandReply { ok: true, output: output + "\n" }
+}
+
+fn resolve(base: &Path, local: &str) -> PathBuf {
+    let p = Path::new(local);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+fn rate(bytes: u64, started: Instant) -> String {
+    let secs = started.elapsed().as_secs_f64();
+    if bytes < (1 << 20) || secs <= 0.0 {
+        format!("{:.0} ms", secs * 1e3)
+    } else {
+        format!("{:.0} ms, {:.1} MiB/s", secs * 1e3, bytes as f64 / (1u64 << 20) as f64 / secs)
+    }
+}
+
+fn addrs(list: &[NodeAddr]) -> String {
+    list.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+async fn submit(
+    handle: &NodeHandle,
+    op: ClientOp,
+    sink: Option<Sink>,
+) -> Result<Result<OpOutput, HydfsError>, String> {
+    let (reply, rx) = oneshot::channel();
+    handle.send(Input::Submit { op, sink, reply }).await.map_err(|_| "node is stopping".to_string())?;
+    rx.await.map_err(|_| "node is stopping".to_string())
+}
+
+/// Runs one file command; local paths are relative to `cwd`.
+pub async fn run(handle: &NodeHandle, cmd: FileCommand, cwd: &Path, progress: Arc<Progress>) -> CommandReply {
+    let started = Instant::now();
+    match cmd {
+        FileCommand::Create { local, name } => upload(handle, WriteKind::Create, &resolve(cwd, &local), name, progress).await,
+        FileCommand::Append { local, name } => upload(handle, WriteKind::Append, &resolve(cwd, &local), name, progress).await,
+        FileCommand::Get { name, local } => download(handle, name, None, &resolve(cwd, &local), progress).await,
+        FileCommand::GetFromReplica { node, name, local } => {
+            download(handle, name, Some(node), &resolve(cwd, &local), progress).await
+        }
+        FileCommand::Merge { name } => match submit(handle, ClientOp::Merge { name }, None).await {
+            Err(e) => fail(e),
+            Ok(Err(e)) => fail(e.to_string()),
+            Ok(Ok(OpOutput::Merged { name, summary })) => done(format!(
+                "merged {name}: {} appends ordered on {} ({} bytes moved, {})",
+                summary.appended,
+                addrs(&summary.replicas),
+                summary.bytes_moved,
+                rate(0, started)
+            )),
+            Ok(Ok(other)) => fail(format!("unexpected answer: {other:?}")),
+        },
+        FileCommand::Ls { name } => match submit(handle, ClientOp::Ls { name }, None).await {
+            Err(e) => fail(e),
+            Ok(Err(e)) => fail(e.to_string()),
+            Ok(Ok(OpOutput::Listed { name, ring_id, replicas })) => {
+                let mut out = format!("{name}  ring id {ring_id}\n");
+                for (addr, rid, digest) in replicas {
+                    let state = match digest {
+                        Some(d) if d.create.is_some() => {
+                            format!("holds it: {} merged appends, {} pending", d.merged, d.pending)
+                        }
+                        Some(_) | None => "does not hold it (yet)".to_string(),
+                    };
+                    out.push_str(&format!("  {addr}  ring id {rid}  {state}\n"));
+                }
+                CommandReply { ok: true, output: out }
+            }
+            Ok(Ok(other)) => fail(format!("unexpected answer: {other:?}")),
+        },
+        FileCommand::MultiAppend { name, nodes, locals } => {
+            let mut appends = Vec::new();
+            for (node, local) in nodes.into_iter().zip(locals) {
+                let path = resolve(cwd, &local);
+                let limit = handle.chunk_bytes as u64;
+                match std::fs::metadata(&path) {
+                    Ok(m) if m.len() > limit => {
+                        return fail(format!(
+                            "{} is {} bytes; multiappend carries each file in one message of at most {limit} bytes (use `append` on that node)",
+                            path.display(),
+                            m.len()
+                        ))
+                    }
+                    Ok(_) => {}
+                    Err(e) => return fail(format!("cannot read local file {}: {e}", path.display())),
+                }
+                match std::fs::read(&path) {
+                    Ok(data) => appends.push((node, data)),
+                    Err(e) => return fail(format!("cannot read local file {}: {e}", path.display())),
+                }
+            }
+            let nodes: Vec<NodeAddr> = appends.iter().map(|(n, _)| *n).collect();
+            match submit(handle, ClientOp::MultiAppend { name, appends }, None).await {
+                Err(e) => fail(e),
+                Ok(Err(e)) => fail(e.to_string()),
+                Ok(Ok(OpOutput::MultiAppended { name, .. })) => {
+                    done(format!("{} nodes appended to {name}: {} ({})", nodes.len(), addrs(&nodes), rate(0, started)))
+                }
+                Ok(Ok(other)) => fail(format!("unexpected answer: {other:?}")),
+            }
+        }
+        FileCommand::Store | FileCommand::ListMemIds => {
+            let (reply, rx) = oneshot::channel();
+            if handle.send(Input::Inspect { what: cmd, reply }).await.is_err() {
+                return fail("node is stopping");
+            }
+            match rx.await {
+                Ok(text) => CommandReply { ok: true, output: text },
+                Err(_) => fail("node is stopping"),
+            }
+        }
+    }
+}
+
+async fn upload(
+    handle: &NodeHandle,
+    kind: WriteKind,
+    path: &Path,
+    name: FileName,
+    progress: Arc<Progress>,
+) -> CommandReply {
+    let started = Instant::now();
+    let (chunk, limit) = (handle.chunk_bytes, handle.max_write_bytes);
+    let p = path.to_path_buf();
+    let source = match tokio::task::spawn_blocking(move || describe(&p, chunk, limit, progress)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return fail(e),
+        Err(e) => return fail(format!("reading {} failed: {e}", path.display())),
+    };
+    let len = source.len();
+    match submit(handle, ClientOp::Upload { name, kind, source }, None).await {
+        Err(e) => fail(e),
+        Ok(Err(e)) => fail(e.to_string()),
+        Ok(Ok(OpOutput::Written { name, replicas, .. })) => {
+            let verb = if kind == WriteKind::Create { "created" } else { "appended to" };
+            done(format!("{verb} {name}: {len} bytes on {} ({})", addrs(&replicas), rate(len, started)))
+        }
+        Ok(Ok(other)) => fail(format!("unexpected answer: {other:?}")),
+    }
+}
+
+async fn download(
+    handle: &NodeHandle,
+    name: FileName,
+    replica: Option<NodeAddr>,
+    path: &Path,
+    progress: Arc<Progress>,
+) -> CommandReply {
+    let started = Instant::now();
+    let sink = match Sink::create(path, progress) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    match submit(handle, ClientOp::Download { name, replica }, Some(sink)).await {
+        Err(e) => fail(e),
+        Ok(Err(e)) => fail(e.to_string()),
+        Ok(Ok(OpOutput::Downloaded { name, len, writes, from })) => {
+            let from = from.map_or("this node's cache".to_string(), |a| a.to_string());
+            done(format!(
+                "{name}: {len} bytes ({} writes) from {from} into {} ({})",
+                writes.len(),
+                path.display(),
+                rate(len, started)
+            ))
+        }
+        Ok(Ok(other)) => fail(format!("unexpected answer: {other:?}")),
+    }
+}
