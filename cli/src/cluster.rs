@@ -45,6 +45,9 @@ pub struct ClusterArgs {
     /// Stop the cluster after this many seconds instead of waiting for Ctrl-C.
     #[arg(long)]
     pub for_secs: Option<u64>,
+    /// Each node's HyDFS read cache in MiB (0 turns it off; default 64).
+    #[arg(long)]
+    pub cache_mb: Option<u64>,
 }
 
 /// One running node process.
@@ -119,6 +122,9 @@ impl LocalCluster {
         }
         if self.args.drop_rate > 0.0 {
             cmd.arg("--drop-rate").arg(self.args.drop_rate.to_string());
+        }
+        if let Some(mb) = self.args.cache_mb {
+            cmd.arg("--cache-mb").arg(mb.to_string());
         }
         match &self.args.cluster_key {
             Some(key) => cmd.env("RAINSTORM_CLUSTER_KEY", key),

@@ -49,7 +49,9 @@ pub fn run(args: CtlArgs) -> ExitCode {
     };
     let mut line = args.command.join(" ");
     // Local paths name files where `ctl` runs, which need not be the node's directory.
-    if let Ok(rainstorm_core::command::Command::File(mut cmd)) = rainstorm_core::command::Command::parse(&line) {
+    if let Ok(rainstorm_core::command::Command::File(mut cmd)) =
+        rainstorm_core::command::Command::parse(&line)
+    {
         let cwd = std::env::current_dir().unwrap_or_default();
         for local in cmd.locals_mut() {
             let p = Path::new(local.as_str());

@@ -7,7 +7,7 @@
 use clap::Parser;
 use rainstorm_core::membership::{MembershipEvent, Role};
 use rainstorm_core::node::NodeEvent;
-use rainstorm_runtime::config::{ConfigInput, TimingsInput};
+use rainstorm_runtime::config::{ConfigInput, HydfsInput, TimingsInput};
 use rainstorm_runtime::driver::NodeHandle;
 use rainstorm_runtime::{control, driver, logging};
 use std::net::SocketAddr;
@@ -59,10 +59,17 @@ pub struct NodeArgs {
     /// Do not read commands from stdin (the control socket still works).
     #[arg(long)]
     pub no_console: bool,
+    /// HyDFS read cache in MiB (0 turns it off; default 64).
+    #[arg(long)]
+    pub cache_mb: Option<u64>,
 }
 
 const CONSOLE_HELP: &str = "Console commands (stdin, or `rainstorm ctl <data-dir> <command>`):
-  list_mem, list_self, join, leave, enable_sus, disable_sus, status_sus, list_suspected, stats, help";
+  membership: list_mem, list_self, join, leave, enable_sus, disable_sus, status_sus, list_suspected, stats
+  files:      create <local> <hydfs>, get <hydfs> <local>, append <local> <hydfs>, merge <hydfs>,
+              ls <hydfs>, store, getfromreplica <node> <hydfs> <local>, list_mem_ids,
+              multiappend <hydfs> <node>... <local>...
+  help        (describes each command)";
 
 impl NodeArgs {
     fn input(&self) -> ConfigInput {
@@ -81,6 +88,7 @@ impl NodeArgs {
                 sync_interval_ms: self.sync_interval_ms,
                 ..TimingsInput::default()
             },
+            hydfs: HydfsInput { cache_mb: self.cache_mb, ..HydfsInput::default() },
         }
     }
 }
@@ -226,7 +234,8 @@ async fn console_loop(handle: NodeHandle) {
         }
         let cwd = std::env::current_dir().unwrap_or_default();
         let progress = std::sync::Arc::new(rainstorm_runtime::files::Progress::default());
-        let reply = crate::progress::with_bar(progress.clone(), handle.command_in(&line, &cwd, progress)).await;
+        let reply =
+            crate::progress::with_bar(progress.clone(), handle.command_in(&line, &cwd, progress)).await;
         if reply.ok {
             print!("{}", reply.output);
         } else {

@@ -27,6 +27,7 @@ fn args(name: &str, nodes: u16, base_port: u16) -> ClusterArgs {
         cluster_key: None,
         demo: false,
         for_secs: None,
+        cache_mb: None,
     }
 }
 

@@ -63,9 +63,10 @@ impl FileCommand {
             | FileCommand::Append { local, .. }
             | FileCommand::GetFromReplica { local, .. } => vec![local],
             FileCommand::MultiAppend { locals, .. } => locals.iter_mut().collect(),
-            FileCommand::Merge { .. } | FileCommand::Ls { .. } | FileCommand::Store | FileCommand::ListMemIds => {
-                Vec::new()
-            }
+            FileCommand::Merge { .. }
+            | FileCommand::Ls { .. }
+            | FileCommand::Store
+            | FileCommand::ListMemIds => Vec::new(),
         }
     }
 }
@@ -82,14 +83,23 @@ pub const COMMAND_HELP: &[(&str, &str)] = &[
     ("list_suspected", "list the members this node currently suspects"),
     ("stats", "print protocol counters"),
     ("create <local> <hydfs>", "store a local file in HyDFS as a new file (created once)"),
-    ("get <hydfs> <local>", "fetch a HyDFS file, with every append acknowledged to this node, into a local file"),
+    (
+        "get <hydfs> <local>",
+        "fetch a HyDFS file, with every append acknowledged to this node, into a local file",
+    ),
     ("append <local> <hydfs>", "append a local file's bytes to a HyDFS file"),
     ("merge <hydfs>", "order the file's pending appends identically on every replica"),
     ("ls <hydfs>", "print the file's ring id and the replicas that hold it"),
     ("store", "list the files this node holds, and its ring id"),
-    ("getfromreplica <node> <hydfs> <local>", "fetch one replica's copy (node: address, e.g. 127.0.0.1:7003)"),
+    (
+        "getfromreplica <node> <hydfs> <local>",
+        "fetch one replica's copy (node: address, e.g. 127.0.0.1:7003)",
+    ),
     ("list_mem_ids", "list the members with their ring ids, in ring order"),
-    ("multiappend <hydfs> <node>... <local>...", "each listed node appends one local file at the same moment"),
+    (
+        "multiappend <hydfs> <node>... <local>...",
+        "each listed node appends one local file at the same moment",
+    ),
     ("help", "print this list"),
 ];
 
@@ -223,7 +233,9 @@ impl fmt::Display for FileCommand {
             FileCommand::Merge { name } => write!(f, "merge {name}"),
             FileCommand::Ls { name } => write!(f, "ls {name}"),
             FileCommand::Store => f.write_str("store"),
-            FileCommand::GetFromReplica { node, name, local } => write!(f, "getfromreplica {node} {name} {local}"),
+            FileCommand::GetFromReplica { node, name, local } => {
+                write!(f, "getfromreplica {node} {name} {local}")
+            }
             FileCommand::ListMemIds => f.write_str("list_mem_ids"),
             FileCommand::MultiAppend { name, nodes, locals } => {
                 write!(f, "multiappend {name}")?;

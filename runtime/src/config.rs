@@ -19,8 +19,14 @@
 //! sync_interval_ms = 10000
 //! join_attempts = 3
 //! join_retry_ms = 1000
+//!
+//! [hydfs]
+//! cache_mb = 64                  # the client's read cache (0 turns it off)
+//! repair_mb_per_sec = 128        # re-replication pull rate (0: unlimited)
+//! max_write_mb = 1024            # largest create or append
 //! ```
 
+use rainstorm_core::hydfs::HydfsConfig;
 use rainstorm_core::membership::{MembershipConfig, Role};
 use rainstorm_core::Millis;
 use serde::Deserialize;
@@ -40,6 +46,16 @@ pub struct ConfigInput {
     pub drop_rate: Option<f64>,
     #[serde(default)]
     pub timings: TimingsInput,
+    #[serde(default)]
+    pub hydfs: HydfsInput,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HydfsInput {
+    pub cache_mb: Option<u64>,
+    pub repair_mb_per_sec: Option<u64>,
+    pub max_write_mb: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -66,6 +82,7 @@ pub struct RuntimeConfig {
     pub membership: MembershipConfig,
     pub cluster_key: Option<String>,
     pub drop_rate: f64,
+    pub hydfs: HydfsConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +113,7 @@ impl ConfigInput {
     pub fn or(self, fallback: ConfigInput) -> ConfigInput {
         let t = self.timings;
         let f = fallback.timings;
+        let (h, g) = (self.hydfs, fallback.hydfs);
         ConfigInput {
             bind: self.bind.or(fallback.bind),
             advertise: self.advertise.or(fallback.advertise),
@@ -113,6 +131,11 @@ impl ConfigInput {
                 sync_interval_ms: t.sync_interval_ms.or(f.sync_interval_ms),
                 join_attempts: t.join_attempts.or(f.join_attempts),
                 join_retry_ms: t.join_retry_ms.or(f.join_retry_ms),
+            },
+            hydfs: HydfsInput {
+                cache_mb: h.cache_mb.or(g.cache_mb),
+                repair_mb_per_sec: h.repair_mb_per_sec.or(g.repair_mb_per_sec),
+                max_write_mb: h.max_write_mb.or(g.max_write_mb),
             },
         }
     }
@@ -165,6 +188,17 @@ impl ConfigInput {
             ..base
         };
         membership.validate().map_err(|m| ConfigError::Field { field: "timings", message: m })?;
+        let base = HydfsConfig::default();
+        let mb = |v: Option<u64>, d: u64| v.map(|v| v.saturating_mul(1 << 20)).unwrap_or(d);
+        if self.hydfs.max_write_mb == Some(0) {
+            return Err(field("hydfs.max_write_mb", "must be at least 1"));
+        }
+        let hydfs = HydfsConfig {
+            cache_bytes: mb(self.hydfs.cache_mb, base.cache_bytes),
+            repair_bytes_per_sec: mb(self.hydfs.repair_mb_per_sec, base.repair_bytes_per_sec),
+            max_write_bytes: mb(self.hydfs.max_write_mb, base.max_write_bytes),
+            ..base
+        };
         Ok(RuntimeConfig {
             role,
             bind,
@@ -174,6 +208,7 @@ impl ConfigInput {
             membership,
             cluster_key: self.cluster_key,
             drop_rate,
+            hydfs,
         })
     }
 }

@@ -8,9 +8,9 @@
 
 use crate::driver::{CommandReply, NodeHandle};
 use crate::files::{Progress, PROGRESS_MIN_BYTES};
-use std::sync::Arc;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::debug;

@@ -17,7 +17,7 @@ use crate::net::{read_frame, write_frame};
 use crate::storage::FileStorage;
 use rainstorm_core::command::{Command, FileCommand};
 use rainstorm_core::hydfs::{
-    ClientOp, HydfsConfig, HydfsError, HydfsEvent, OpId, OpOutput, RingId, StorageError, WriteKind,
+    ClientOp, HydfsError, HydfsEvent, OpId, OpOutput, RingId, StorageError, WriteKind,
 };
 use rainstorm_core::membership::{MembershipEvent, Role};
 use rainstorm_core::node::{NodeConfig, NodeEvent};
@@ -171,7 +171,7 @@ pub async fn start(cfg: RuntimeConfig) -> Result<StartedNode, StartError> {
         }
     };
     let now = clock.now();
-    let hydfs = HydfsConfig::default();
+    let hydfs = cfg.hydfs.clone();
     let (chunk_bytes, max_write_bytes) = (hydfs.chunk_bytes, hydfs.max_write_bytes);
     let blocks = FileStorage::open(&cfg.data_dir.join("blocks")).map_err(StartError::Storage)?;
     let mut node = Node::with_storage(
@@ -433,8 +433,12 @@ impl NodeTask {
         }
         let ms = p.started.elapsed().as_millis() as u64;
         match &result {
-            Ok(out) => info!(event = "hydfs_op", op = p.op, name = %p.name, ms, "{} {} done in {ms} ms{}", p.op, p.name, describe_output(out)),
-            Err(e) => warn!(event = "hydfs_op_failed", op = p.op, name = %p.name, ms, "{} {} failed after {ms} ms: {e}", p.op, p.name),
+            Ok(out) => {
+                info!(event = "hydfs_op", op = p.op, name = %p.name, ms, "{} {} done in {ms} ms{}", p.op, p.name, describe_output(out))
+            }
+            Err(e) => {
+                warn!(event = "hydfs_op_failed", op = p.op, name = %p.name, ms, "{} {} failed after {ms} ms: {e}", p.op, p.name)
+            }
         }
         let _ = p.reply.send(result);
     }
@@ -451,11 +455,8 @@ impl NodeTask {
                     out.push_str("  (no files)\n");
                 }
                 for (name, rid, d) in files {
-                    let len: u64 = h
-                        .store()
-                        .meta(&name)
-                        .map(|m| m.all_writes().map(|w| w.len()).sum())
-                        .unwrap_or(0);
+                    let len: u64 =
+                        h.store().meta(&name).map(|m| m.all_writes().map(|w| w.len()).sum()).unwrap_or(0);
                     out.push_str(&format!(
                         "  {name}  ring id {rid}  {len} bytes, {} merged appends, {} pending\n",
                         d.merged, d.pending

@@ -73,7 +73,9 @@ fn describe(path: &Path, chunk: usize, limit: u64, progress: Arc<Progress>) -> R
     loop {
         let mut filled = 0;
         while filled < chunk {
-            let n = reader.read(&mut buf[filled..]).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let n = reader
+                .read(&mut buf[filled..])
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             if n == 0 {
                 break;
             }
@@ -198,9 +200,15 @@ async fn submit(
 pub async fn run(handle: &NodeHandle, cmd: FileCommand, cwd: &Path, progress: Arc<Progress>) -> CommandReply {
     let started = Instant::now();
     match cmd {
-        FileCommand::Create { local, name } => upload(handle, WriteKind::Create, &resolve(cwd, &local), name, progress).await,
-        FileCommand::Append { local, name } => upload(handle, WriteKind::Append, &resolve(cwd, &local), name, progress).await,
-        FileCommand::Get { name, local } => download(handle, name, None, &resolve(cwd, &local), progress).await,
+        FileCommand::Create { local, name } => {
+            upload(handle, WriteKind::Create, &resolve(cwd, &local), name, progress).await
+        }
+        FileCommand::Append { local, name } => {
+            upload(handle, WriteKind::Append, &resolve(cwd, &local), name, progress).await
+        }
+        FileCommand::Get { name, local } => {
+            download(handle, name, None, &resolve(cwd, &local), progress).await
+        }
         FileCommand::GetFromReplica { node, name, local } => {
             download(handle, name, Some(node), &resolve(cwd, &local), progress).await
         }
@@ -259,9 +267,12 @@ pub async fn run(handle: &NodeHandle, cmd: FileCommand, cwd: &Path, progress: Ar
             match submit(handle, ClientOp::MultiAppend { name, appends }, None).await {
                 Err(e) => fail(e),
                 Ok(Err(e)) => fail(e.to_string()),
-                Ok(Ok(OpOutput::MultiAppended { name, .. })) => {
-                    done(format!("{} nodes appended to {name}: {} ({})", nodes.len(), addrs(&nodes), rate(0, started)))
-                }
+                Ok(Ok(OpOutput::MultiAppended { name, .. })) => done(format!(
+                    "{} nodes appended to {name}: {} ({})",
+                    nodes.len(),
+                    addrs(&nodes),
+                    rate(0, started)
+                )),
                 Ok(Ok(other)) => fail(format!("unexpected answer: {other:?}")),
             }
         }

@@ -28,6 +28,7 @@ fn args(name: &str, suspicion: bool, drop_rate: f64, base_port: u16) -> ClusterA
         cluster_key: None,
         demo: false,
         for_secs: None,
+        cache_mb: None,
     }
 }
 
