@@ -615,6 +615,7 @@ impl Hydfs {
                 };
                 self.finish(now, id, None, Err(HydfsError::TooLarge { len, limit }))
             }
+            Refusal::StorageFailed(why) => self.finish(now, id, None, Err(HydfsError::Storage(why))),
             Refusal::NotFound => self.attempt_failed(now, id, format!("{from}: not found"), true),
             other => self.attempt_failed(now, id, format!("{from}: {other:?}"), false),
         }

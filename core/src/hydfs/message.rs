@@ -26,8 +26,11 @@ pub enum Refusal {
     Corrupt,
     /// The request exceeds this node's size limit.
     TooLarge { limit: u64 },
-    /// The node cannot complete the request now (replicas unreachable, storage failure...).
+    /// The node cannot complete the request now (replicas unreachable...).
     Unavailable(String),
+    /// A replica's storage refused the write (a full disk, an unwritable data dir): the write
+    /// fails at once instead of waiting for a timeout.
+    StorageFailed(String),
 }
 
 /// One chunk of a read.

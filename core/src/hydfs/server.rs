@@ -42,6 +42,12 @@ pub(super) struct ServerState {
 }
 
 impl ServerState {
+    /// Replicas' answers still waiting for their writes (tests).
+    #[cfg(test)]
+    pub(super) fn waiting_answers(&self) -> usize {
+        self.replica_waits.len()
+    }
+
     pub(super) fn next_deadline(&self) -> Option<Time> {
         let req = self.requests.values().map(|r| r.deadline).min();
         [req, self.retry_at, self.repair_wake].into_iter().flatten().min()
@@ -98,6 +104,14 @@ struct OfferIn {
     from: NodeAddr,
     meta: FileMeta,
     until: Time,
+}
+
+/// What became of a write a node was asked to store.
+enum Accepted {
+    Yes,
+    /// A different create of the name is here.
+    OtherCreate,
+    StorageFailed(String),
 }
 
 /// Why a part is fetched; client writes and merges go before repairs, and only repairs are
@@ -207,8 +221,12 @@ impl Hydfs {
             w.client_req = req;
             return;
         }
-        if !self.accept_write(now, &name, &write, inline.as_deref(), &[source]) {
-            return refuse(self, Refusal::AlreadyExists);
+        match self.accept_write(now, &name, &write, inline.as_deref(), &[source]) {
+            Accepted::Yes => {}
+            Accepted::OtherCreate => return refuse(self, Refusal::AlreadyExists),
+            Accepted::StorageFailed(why) => {
+                return refuse(self, Refusal::StorageFailed(format!("{}: {why}", self.me)))
+            }
         }
         self.stats.writes_coordinated += 1;
         let op = self.server.next_op;
@@ -254,8 +272,8 @@ impl Hydfs {
             || write.parts.iter().all(|p| p.len as usize <= self.cfg.chunk_bytes)
     }
 
-    /// Records a write locally and starts fetching its parts. False if a different create of
-    /// the name is already here.
+    /// Records a write locally and starts fetching its parts (unless a different create of the
+    /// name is already here, or storage refused the inline bytes).
     fn accept_write(
         &mut self,
         now: Time,
@@ -263,12 +281,12 @@ impl Hydfs {
         write: &WriteMeta,
         inline: Option<&[u8]>,
         sources: &[NodeAddr],
-    ) -> bool {
+    ) -> Accepted {
         let replace = self.cfg.bug(PlantedBug::CreateNotExclusive);
         let rec = self.store.file_mut(name);
         match write.kind {
             WriteKind::Create => match &rec.create {
-                Some(c) if c.stamp != write.stamp && !replace => return false,
+                Some(c) if c.stamp != write.stamp && !replace => return Accepted::OtherCreate,
                 Some(c) if c.stamp == write.stamp => {}
                 _ => rec.create = Some(write.clone()),
             },
@@ -281,10 +299,12 @@ impl Hydfs {
         if let (Some(bytes), [part]) = (inline, write.parts.as_slice()) {
             if let Err(e) = self.store.put_part(name, write.stamp, 0, *part, bytes) {
                 self.storage_failed(&e.to_string());
+                self.fail_writes(Some((name, write.stamp)), &e.to_string());
+                return Accepted::StorageFailed(e.to_string());
             }
         }
         self.ensure_write(now, name, write, sources, FetchClass::Write);
-        true
+        Accepted::Yes
     }
 
     fn drive_write(&mut self, now: Time, op: u64) {
@@ -333,8 +353,13 @@ impl Hydfs {
             self.send(from, HydfsMsg::ReplicateReply { req, result: Err(Refusal::TooLarge { limit }) });
             return;
         }
-        if !self.accept_write(now, &name, &write, inline.as_deref(), &sources) {
-            self.send(from, HydfsMsg::ReplicateReply { req, result: Err(Refusal::AlreadyExists) });
+        let refusal = match self.accept_write(now, &name, &write, inline.as_deref(), &sources) {
+            Accepted::Yes => None,
+            Accepted::OtherCreate => Some(Refusal::AlreadyExists),
+            Accepted::StorageFailed(why) => Some(Refusal::StorageFailed(format!("{}: {why}", self.me))),
+        };
+        if let Some(r) = refusal {
+            self.send(from, HydfsMsg::ReplicateReply { req, result: Err(r) });
             return;
         }
         let until = now + self.cfg.request_timeout;
@@ -358,14 +383,8 @@ impl Hydfs {
             Ok(()) => {
                 w.acked.insert(from);
             }
-            Err(Refusal::AlreadyExists) => {
-                let w = self.server.writes.remove(&op).expect("present");
-                self.abandon_create(&w.name, w.write.stamp);
-                self.send(
-                    w.client,
-                    HydfsMsg::WriteReply { req: w.client_req, result: Err(Refusal::AlreadyExists) },
-                );
-            }
+            Err(Refusal::AlreadyExists) => self.fail_write(op, Refusal::AlreadyExists),
+            Err(Refusal::StorageFailed(why)) => self.fail_write(op, Refusal::StorageFailed(why)),
             Err(_) => self.arm_retry(now),
         }
     }
@@ -900,7 +919,12 @@ impl Hydfs {
                     return self.pump_fetches(now);
                 }
                 Ok(false) => {} // wrong bytes: try the next source
-                Err(e) => self.storage_failed(&e.to_string()),
+                Err(e) => {
+                    self.storage_failed(&e.to_string());
+                    self.server.fetches.remove(&key);
+                    self.fail_writes(Some((&name, stamp)), &e.to_string());
+                    return self.pump_fetches(now);
+                }
             }
         }
         self.next_fetch(now, key);
@@ -924,6 +948,42 @@ impl Hydfs {
     pub(super) fn corruption(&mut self, name: &FileName, stamp: Stamp, part: u32) {
         self.stats.corrupt_parts_detected += 1;
         self.events.push_back(HydfsEvent::CorruptionDetected { name: name.clone(), stamp, part });
+    }
+
+    /// Storage failed while storing `only` (or while syncing, for every write waiting on it):
+    /// replicas refuse and coordinators fail those writes now, naming the cause.
+    fn fail_writes(&mut self, only: Option<(&FileName, Stamp)>, why: &str) {
+        let reason = format!("{}: {why}", self.me);
+        let hit = |name: &FileName, stamp: Stamp| only.is_none_or(|(n, s)| n == name && s == stamp);
+        let waits = std::mem::take(&mut self.server.replica_waits);
+        for w in waits {
+            if hit(&w.name, w.stamp) {
+                let result = Err(Refusal::StorageFailed(reason.clone()));
+                self.send(w.reply_to, HydfsMsg::ReplicateReply { req: w.req, result });
+            } else {
+                self.server.replica_waits.push(w);
+            }
+        }
+        let ops: Vec<u64> = self
+            .server
+            .writes
+            .iter()
+            .filter(|(_, w)| hit(&w.name, w.write.stamp))
+            .map(|(op, _)| *op)
+            .collect();
+        for op in ops {
+            self.fail_write(op, Refusal::StorageFailed(reason.clone()));
+        }
+        self.server.fetches.retain(|(n, s, _), _| !hit(n, *s));
+    }
+
+    /// Ends a coordinated write with `why`, releasing the name if it was a create.
+    fn fail_write(&mut self, op: u64, why: Refusal) {
+        let Some(w) = self.server.writes.remove(&op) else { return };
+        if w.write.kind == WriteKind::Create {
+            self.abandon_create(&w.name, w.write.stamp);
+        }
+        self.send(w.client, HydfsMsg::WriteReply { req: w.client_req, result: Err(why) });
     }
 
     pub(super) fn storage_failed(&mut self, why: &str) {
@@ -1351,24 +1411,24 @@ impl Hydfs {
     /// Sends every answer whose writes are now complete, after one sync that covers them all.
     pub(super) fn progress(&mut self, now: Time) {
         let skip_sync = self.cfg.bug(PlantedBug::AckBeforeSync);
-        // One sync covers every answer below; if it fails, no answer that needs it is sent.
-        let mut synced: Option<bool> = None;
+        // One sync covers every answer below; if it fails, no answer that needs it is sent, and
+        // the writes waiting for it fail at the end with the cause.
+        let mut synced: Option<Result<(), String>> = None;
         let mut sync = |h: &mut Hydfs| -> bool {
             if skip_sync {
                 return true;
             }
-            *synced.get_or_insert_with(|| {
-                if !h.store.is_synced() {
-                    h.stats.syncs += 1;
-                }
-                match h.store.sync() {
-                    Ok(()) => true,
-                    Err(e) => {
-                        h.storage_failed(&e.to_string());
-                        false
+            synced
+                .get_or_insert_with(|| {
+                    if !h.store.is_synced() {
+                        h.stats.syncs += 1;
                     }
-                }
-            })
+                    h.store.sync().map_err(|e| {
+                        h.storage_failed(&e.to_string());
+                        e.to_string()
+                    })
+                })
+                .is_ok()
         };
         // Replicas' answers to coordinators.
         let waits = std::mem::take(&mut self.server.replica_waits);
@@ -1459,6 +1519,9 @@ impl Hydfs {
         let names: Vec<FileName> = self.server.merges.keys().cloned().collect();
         for name in names {
             self.advance_merge(now, &name);
+        }
+        if let Some(Err(why)) = synced {
+            self.fail_writes(None, &why);
         }
     }
 }
