@@ -2,10 +2,14 @@
 //! `--base-port`, member i on `--base-port + i`, each with its own data dir (`<dir>/node<i>`), log
 //! and control socket. Ctrl-C (or `--for-secs`) stops them all, gracefully.
 //!
-//! `--demo` shows failure detection end to end: once the cluster has formed it kills two members
-//! with SIGKILL, watches every other member's list until both are gone, restarts one of them on
-//! the same address (it rejoins as a new member id), and prints a verdict against the guaranteed
-//! bound ((2(n−1)+2) periods plus the suspicion timeout) and whether the 10-period target was met.
+//! `--demo` shows failure detection and HyDFS end to end: once the cluster has formed it stores a
+//! file whose replicas include the two members it will kill, appends to it from two nodes and
+//! merges; then it kills those members with SIGKILL, watches every other member's list until both
+//! are gone, reads the file back from a survivor, waits for it to be on three live replicas again,
+//! restarts one killed member on the same address (it rejoins as a new member id, wiped) and waits
+//! until it holds its files again. The verdict gives detection against the guaranteed bound
+//! ((2(n−1)+2) periods plus the suspicion timeout) and the 10-period target, and whether the file
+//! came back intact.
 
 use crate::ctl::resolve_socket;
 use anyhow::{anyhow, bail, Context, Result};
@@ -293,7 +297,7 @@ pub fn run(args: ClusterArgs) -> Result<ExitCode> {
             role
         );
     }
-    println!("talk to any node: rainstorm ctl node3 list_mem   (also: list_self, leave, join, enable_sus, disable_sus, status_sus, list_suspected, stats)");
+    println!("talk to any node: rainstorm ctl node3 list_mem   (`rainstorm ctl node3 help` lists every command, files included)");
     if demo {
         let ok = run_demo(&mut cluster, period)?;
         cluster.stop();
@@ -325,6 +329,7 @@ fn run_demo(cluster: &mut LocalCluster, period: Duration) -> Result<bool> {
         .iter()
         .map(|&v| cluster.ctl(v, "list_self").map(|s| s.split_whitespace().next().unwrap_or("").to_string()))
         .collect::<Result<_>>()?;
+    let file = DemoFile::store(cluster, &victims)?;
     std::thread::sleep(period * 2);
     println!("killing node{} and node{} with SIGKILL ({})", victims[0], victims[1], join(&victim_ids));
     let killed_at = Instant::now();
@@ -352,7 +357,10 @@ fn run_demo(cluster: &mut LocalCluster, period: Duration) -> Result<bool> {
     }
     let all = killed_at.elapsed();
     let detected = pending.is_empty();
+    let intact = file.read_back(cluster, survivors[1])?;
+    let recopied = file.wait_for_copies(cluster, survivors[0], &victims, killed_at, bound);
     println!("restarting node{} on the same address...", victims[0]);
+    let restarted_at = Instant::now();
     cluster.spawn(victims[0])?;
     cluster.wait_for_socket(victims[0], Duration::from_secs(10))?;
     let new_id = cluster.ctl(victims[0], "list_self")?.split_whitespace().next().unwrap_or("").to_string();
@@ -366,9 +374,18 @@ fn run_demo(cluster: &mut LocalCluster, period: Duration) -> Result<bool> {
         victims[0],
         if rejoined { "listed by every member" } else { "NOT listed everywhere" }
     );
-    let within = detected && all <= bound;
+    let given_back = file.wait_until_held(cluster, victims[0], restarted_at, bound);
+    let files_ok = intact && recopied && given_back;
     println!(
-        "verdict: {} — both crashes left every list in {:.1} s{} (guaranteed bound {} s; target {} s {}) at a {} ms period",
+        "verdict (HyDFS): {} — {} read back intact after both replicas crashed; {}; the restarted node {}",
+        if files_ok { "PASS" } else { "FAIL" },
+        file.name,
+        if recopied { "back on 3 live replicas" } else { "NOT back on 3 live replicas" },
+        if given_back { "was given its copy again" } else { "did NOT get its copy back" },
+    );
+    let within = detected && all <= bound && files_ok;
+    println!(
+        "verdict: {} — both crashes left every list in {:.1} s{} (guaranteed bound {} s; target {} s {}) at a {} ms period; files {}",
         if within && rejoined { "PASS" } else { "FAIL" },
         all.as_secs_f64(),
         first.map(|f| format!(", the first list in {:.1} s", f.as_secs_f64())).unwrap_or_default(),
@@ -376,8 +393,151 @@ fn run_demo(cluster: &mut LocalCluster, period: Duration) -> Result<bool> {
         target.as_secs(),
         if all <= target { "met" } else { "missed this time: it holds with high probability, not always" },
         period.as_millis(),
+        if files_ok { "intact" } else { "NOT intact" },
     );
     Ok(within && rejoined)
+}
+
+/// The demo's HyDFS file: stored where the two crashes hit it, with appends from two nodes.
+struct DemoFile {
+    name: String,
+    expected: Vec<u8>,
+    dir: PathBuf,
+}
+
+impl DemoFile {
+    /// Picks a name whose replicas include both `victims`, creates it from node 1 (8 MiB), appends
+    /// one line each from nodes 2 and 3, and merges.
+    fn store(cluster: &LocalCluster, victims: &[u16; 2]) -> Result<DemoFile> {
+        use rainstorm_core::hydfs::Ring;
+        let addrs: Vec<std::net::SocketAddr> =
+            (0..cluster.args.nodes).map(|i| ([127, 0, 0, 1], cluster.port(i)).into()).collect();
+        let ring = Ring::new(addrs.iter().copied());
+        let hit = |name: &str| {
+            let r = ring.replicas(name, 3);
+            victims.iter().all(|v| r.contains(&addrs[*v as usize]))
+        };
+        let name = (0..10_000)
+            .map(|k| format!("demo/readings-{k}.csv"))
+            .find(|n| hit(n))
+            .ok_or_else(|| anyhow!("no file name lands on node{} and node{}", victims[0], victims[1]))?;
+        let dir = cluster.args.dir.join("demo-files");
+        std::fs::create_dir_all(&dir)?;
+        let base = demo_bytes(8 << 20);
+        let extra = ["appended by node2\n", "appended by node3\n"];
+        std::fs::write(dir.join("base.csv"), &base)?;
+        for (i, line) in extra.iter().enumerate() {
+            std::fs::write(dir.join(format!("append{i}.txt")), line)?;
+        }
+        let path = |f: &str| dir.join(f).display().to_string();
+        let t = Instant::now();
+        cluster.ctl(1, &format!("create {} {name}", path("base.csv")))?;
+        println!(
+            "stored {name} (8 MiB) from node1 in {:.2} s; its replicas include node{} and node{}",
+            t.elapsed().as_secs_f64(),
+            victims[0],
+            victims[1]
+        );
+        cluster.ctl(2, &format!("append {} {name}", path("append0.txt")))?;
+        cluster.ctl(3, &format!("append {} {name}", path("append1.txt")))?;
+        let merged = cluster.ctl(4, &format!("merge {name}"))?;
+        println!("appended a line from node2 and from node3; {}", merged.trim());
+        let mut expected = base;
+        for line in extra {
+            expected.extend_from_slice(line.as_bytes());
+        }
+        Ok(DemoFile { name, expected, dir })
+    }
+
+    /// Reads the file from `from`; true if it has the base and both appends (in either order).
+    fn read_back(&self, cluster: &LocalCluster, from: u16) -> Result<bool> {
+        let out = self.dir.join("read-back.csv");
+        let t = Instant::now();
+        let reply = cluster.ctl(from, &format!("get {} {}", self.name, out.display()));
+        let got = std::fs::read(&out).unwrap_or_default();
+        let base_len = self.expected.len() - 36;
+        let ok = reply.is_ok()
+            && got.len() == self.expected.len()
+            && got[..base_len] == self.expected[..base_len]
+            && ["appended by node2\n", "appended by node3\n"]
+                .iter()
+                .all(|l| got[base_len..].windows(l.len()).filter(|w| *w == l.as_bytes()).count() == 1);
+        match reply {
+            Ok(_) if ok => println!(
+                "  node{from} read {} back intact ({} bytes) in {:.2} s",
+                self.name,
+                got.len(),
+                t.elapsed().as_secs_f64()
+            ),
+            Ok(_) => println!("  node{from} read {} back but its content is WRONG", self.name),
+            Err(e) => println!("  node{from} could NOT read {}: {e}", self.name),
+        }
+        Ok(ok)
+    }
+
+    /// Waits until three live nodes hold the file (asked through `from`).
+    fn wait_for_copies(
+        &self,
+        cluster: &LocalCluster,
+        from: u16,
+        dead: &[u16; 2],
+        since: Instant,
+        within: Duration,
+    ) -> bool {
+        let dead: Vec<String> = dead.iter().map(|d| format!("127.0.0.1:{} ", cluster.port(*d))).collect();
+        let ok = cluster
+            .wait_until(within, |c| {
+                let ls = c.ctl(from, &format!("ls {}", self.name)).unwrap_or_default();
+                let live_holders = ls
+                    .lines()
+                    .filter(|l| {
+                        l.contains("holds it") && !dead.iter().any(|d| l.trim_start().starts_with(d.as_str()))
+                    })
+                    .count();
+                Ok(live_holders >= 3)
+            })
+            .is_ok();
+        if ok {
+            println!(
+                "  {} back on 3 live replicas {:.1} s after the crashes",
+                self.name,
+                since.elapsed().as_secs_f64()
+            );
+        }
+        ok
+    }
+
+    /// Waits until node `index` (restarted at `t`, with its blocks wiped) lists the file in its
+    /// `store`.
+    fn wait_until_held(&self, cluster: &LocalCluster, index: u16, t: Instant, within: Duration) -> bool {
+        let ok = cluster
+            .wait_until(within, |c| Ok(c.ctl(index, "store").unwrap_or_default().contains(&self.name)))
+            .is_ok();
+        if ok {
+            println!(
+                "  node{index} started empty and holds {} again after {:.1} s",
+                self.name,
+                t.elapsed().as_secs_f64()
+            );
+        }
+        ok
+    }
+}
+
+/// Deterministic CSV-like demo content of `len` bytes.
+fn demo_bytes(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 64);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut row = 0u64;
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        row += 1;
+        out.extend_from_slice(format!("{row},{},{:x}\n", x % 1000, x).as_bytes());
+    }
+    out.truncate(len);
+    out
 }
 
 fn join(ids: &BTreeSet<String>) -> String {
