@@ -227,6 +227,23 @@ mod tests {
         let cfg = parse(text).unwrap().resolve(Role::Member).unwrap();
         assert_eq!(cfg.membership.protocol_period, Millis(1000));
         assert_eq!(cfg.introducer, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(cfg.hydfs.cache_bytes, 64 << 20);
+        assert_eq!(cfg.hydfs.max_write_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn hydfs_settings_are_read_and_checked() {
+        let text = "bind = \"127.0.0.1:7001\"\n[hydfs]\ncache_mb = 0\nrepair_mb_per_sec = 5\n";
+        let cfg = parse(text).unwrap().resolve(Role::Introducer).unwrap();
+        assert_eq!(cfg.hydfs.cache_bytes, 0);
+        assert_eq!(cfg.hydfs.repair_bytes_per_sec, 5 << 20);
+        let e = parse("bind = \"127.0.0.1:7001\"\n[hydfs]\nmax_write_mb = 0\n")
+            .unwrap()
+            .resolve(Role::Introducer)
+            .unwrap_err();
+        assert!(e.to_string().contains("hydfs.max_write_mb"), "{e}");
+        let e = parse("[hydfs]\ncache = 3\n").unwrap_err();
+        assert!(e.contains("cache"), "{e}");
     }
 
     #[test]

@@ -343,3 +343,52 @@ async fn download(
         Ok(Ok(other)) => fail(format!("unexpected answer: {other:?}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("rainstorm-files-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn an_upload_is_described_part_by_part_and_read_at_offsets() {
+        let dir = temp_dir("upload");
+        let data: Vec<u8> = (0..2500u32).map(|i| (i * 7) as u8).collect();
+        std::fs::write(dir.join("f"), &data).unwrap();
+        let progress = Arc::new(Progress::default());
+        let src = describe(&dir.join("f"), 1000, 1 << 20, progress.clone()).unwrap();
+        assert_eq!(src.parts.iter().map(|p| p.len).collect::<Vec<_>>(), vec![1000, 1000, 500]);
+        assert_eq!(src.parts[1].crc, crc32c::crc32c(&data[1000..2000]));
+        assert_eq!(src.reader.read_at(2000, 500).unwrap(), &data[2000..]);
+        assert_eq!(progress.get(), (2500, 2500));
+        assert!(src.reader.read_at(2400, 500).unwrap_err().contains("offset 2400"));
+        let e = describe(&dir.join("f"), 1000, 2000, progress.clone()).err().unwrap();
+        assert!(e.contains("over the 2000-byte limit"), "{e}");
+        let e = describe(&dir.join("missing"), 1000, 1 << 20, progress).err().unwrap();
+        assert!(e.contains("cannot read local file"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_download_appears_only_complete_and_a_failed_one_leaves_nothing() {
+        let dir = temp_dir("download");
+        let target = dir.join("out");
+        let mut sink = Sink::create(&target, Arc::new(Progress::default())).unwrap();
+        sink.write(0, b"stale first attempt, longer");
+        sink.write(0, b"hello ");
+        sink.write(6, b"world");
+        assert!(!target.exists(), "nothing under the target name before the end");
+        sink.finish(11).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"hello world");
+        let sink = Sink::create(&dir.join("other"), Arc::new(Progress::default())).unwrap();
+        sink.abandon();
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("out")]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
