@@ -891,6 +891,11 @@ impl Hydfs {
         }
     }
 
+    /// Whether this client is uploading the write `stamp` of `name`.
+    pub(super) fn has_upload(&self, name: &FileName, stamp: Stamp) -> bool {
+        self.client.uploads.contains_key(&(name.clone(), stamp))
+    }
+
     /// The source of an upload failed: the write cannot complete, so it fails now.
     pub(super) fn upload_failed(&mut self, now: Time, name: &FileName, stamp: Stamp, why: String) {
         let op = self.client.ops.iter().find_map(|(id, o)| match &o.kind {

@@ -39,6 +39,9 @@ pub(super) struct ServerState {
     repair_refilled: Time,
     /// When the bucket allows the next queued repair fetch.
     repair_wake: Option<Time>,
+    /// Parts this node uploads as a client and stores as a replica: copied locally a few per
+    /// tick (never all at once, so a large upload does not stall the node).
+    local_copies: BTreeSet<(FileName, Stamp, u32)>,
 }
 
 impl ServerState {
@@ -50,7 +53,8 @@ impl ServerState {
 
     pub(super) fn next_deadline(&self) -> Option<Time> {
         let req = self.requests.values().map(|r| r.deadline).min();
-        [req, self.retry_at, self.repair_wake].into_iter().flatten().min()
+        let copy = (!self.local_copies.is_empty()).then_some(Time(0));
+        [req, self.retry_at, self.repair_wake, copy].into_iter().flatten().min()
     }
 }
 
@@ -105,6 +109,9 @@ struct OfferIn {
     meta: FileMeta,
     until: Time,
 }
+
+/// Parts of a node's own upload copied into its store per tick.
+const LOCAL_COPIES_PER_TICK: usize = 4;
 
 /// What became of a write a node was asked to store.
 enum Accepted {
@@ -757,6 +764,10 @@ impl Hydfs {
             if self.store.has_part(name, w.stamp, i) {
                 continue;
             }
+            if self.has_upload(name, w.stamp) {
+                self.server.local_copies.insert(key);
+                continue;
+            }
             let srcs: Vec<NodeAddr> = sources.iter().copied().filter(|s| *s != self.me).collect();
             if let Some(job) = self.server.fetches.get_mut(&key) {
                 for s in srcs {
@@ -810,6 +821,28 @@ impl Hydfs {
         });
         if let Some(job) = self.server.fetches.get_mut(&key) {
             job.in_flight = Some(req);
+        }
+    }
+
+    /// Copies up to [`LOCAL_COPIES_PER_TICK`] parts of this node's own uploads into its store.
+    fn copy_local_parts(&mut self) {
+        for _ in 0..LOCAL_COPIES_PER_TICK {
+            let Some((name, stamp, part)) = self.server.local_copies.pop_first() else { return };
+            let meta = self
+                .store
+                .file(&name)
+                .and_then(|r| r.find(&stamp))
+                .and_then(|w| w.parts.get(part as usize).copied());
+            let (Some(meta), Some(Ok(bytes))) = (meta, self.upload_part(&name, stamp, part)) else {
+                continue; // the write is gone, or its source failed (which fails the write)
+            };
+            match self.store.put_part(&name, stamp, part, meta, &bytes) {
+                Ok(_) => {}
+                Err(e) => {
+                    self.storage_failed(&e.to_string());
+                    self.fail_writes(Some((&name, stamp)), &e.to_string());
+                }
+            }
         }
     }
 
@@ -1278,6 +1311,7 @@ impl Hydfs {
             self.server.repair_wake = None;
         }
         self.pump_fetches(now);
+        self.copy_local_parts();
         let until = now;
         self.server.replica_waits.retain(|w| w.until > until);
         self.server.installs.retain(|w| w.until > until);

@@ -57,11 +57,15 @@ fn addr(i: usize) -> NodeAddr {
 
 impl Net {
     fn new(n: usize) -> Net {
+        Net::with_config(n, HydfsConfig { chunk_bytes: 1024, inline_bytes: 512, ..HydfsConfig::default() })
+    }
+
+    fn with_config(n: usize, cfg: HydfsConfig) -> Net {
         let disks: Vec<FlakyStorage> = (0..n).map(|_| FlakyStorage::default()).collect();
         let mut nodes: Vec<Hydfs> = (0..n)
             .map(|i| {
-                let cfg = HydfsConfig { chunk_bytes: 1024, inline_bytes: 512, ..HydfsConfig::default() };
-                Hydfs::new(cfg, MemberId::new(addr(i), 1), Box::new(disks[i].clone()), Time(0)).unwrap()
+                Hydfs::new(cfg.clone(), MemberId::new(addr(i), 1), Box::new(disks[i].clone()), Time(0))
+                    .unwrap()
             })
             .collect();
         for (i, node) in nodes.iter_mut().enumerate() {
@@ -93,11 +97,20 @@ impl Net {
         }
     }
 
+    /// Runs `op` to its end without letting time pass (timers already due still fire).
     fn run(&mut self, at: usize, op: ClientOp) -> Result<OpOutput, HydfsError> {
         let id = self.nodes[at].submit(self.now, op)?;
-        self.settle();
-        let k = self.done.iter().position(|(n, o, _)| *n == at && *o == id).expect("operation finished");
-        self.done.remove(k).2
+        for _ in 0..10_000 {
+            self.settle();
+            if let Some(k) = self.done.iter().position(|(n, o, _)| *n == at && *o == id) {
+                return self.done.remove(k).2;
+            }
+            let now = self.now;
+            for n in self.nodes.iter_mut().filter(|n| n.poll_timeout().is_some_and(|t| t <= now)) {
+                n.handle_timeout(now);
+            }
+        }
+        panic!("operation did not finish");
     }
 
     fn tick(&mut self, ms: u64) {
@@ -211,6 +224,45 @@ fn a_full_disk_fails_large_and_small_writes_with_the_cause() {
     assert!(net.nodes.iter().all(|n| n.server.waiting_answers() == 0), "no replica still waits");
     net.disks[1].fail_puts(false);
     assert!(net.run(0, ClientOp::Append { name: name("f"), data: b"+ok".to_vec() }).is_ok());
+}
+
+#[test]
+fn repairs_are_paced_by_the_repair_rate() {
+    let cfg = HydfsConfig {
+        chunk_bytes: 1024,
+        inline_bytes: 512,
+        repair_bytes_per_sec: 2048,
+        ..HydfsConfig::default()
+    };
+    let mut net = Net::with_config(4, cfg);
+    let data: Vec<u8> = (0..16 * 1024u32).map(|i| i as u8).collect();
+    assert!(net.run(0, ClientOp::Create { name: name("r"), data }).is_ok());
+    let holders: Vec<usize> = (0..4).filter(|i| net.nodes[*i].store().file(&name("r")).is_some()).collect();
+    let (gone, newcomer) = (holders[0], (0..4).find(|i| !holders.contains(i)).unwrap());
+    // The ring loses one holder: the fourth node must pull 16 parts at 2 KiB/s.
+    for i in 0..4 {
+        let others: Vec<MemberId> =
+            (0..4).filter(|j| *j != i && *j != gone).map(|j| MemberId::new(addr(j), 1)).collect();
+        let me = (i != gone).then(|| MemberId::new(addr(i), 1));
+        net.nodes[i].set_members(net.now, me, others);
+    }
+    let parts = |net: &Net| {
+        (0..16).filter(|p| net.nodes[newcomer].store().has_part(&name("r"), stamp_of(net), *p)).count()
+    };
+    for _ in 0..3 {
+        net.tick(1_000);
+    }
+    let early = parts(&net);
+    assert!(early < 16, "16 KiB pulled within 3 s at 2 KiB/s");
+    for _ in 0..12 {
+        net.tick(1_000);
+    }
+    assert_eq!(parts(&net), 16, "the repair finishes at its pace (had {early} parts after 3 s)");
+}
+
+fn stamp_of(net: &Net) -> Stamp {
+    let rec = net.nodes.iter().find_map(|n| n.store().file(&name("r")).and_then(|r| r.create.clone()));
+    rec.expect("someone holds the create").stamp
 }
 
 #[test]
