@@ -275,7 +275,7 @@ impl Hydfs {
                 self.on_read(now, from, req, name, offset, view, needs)
             }
             HydfsMsg::Stat { req, name } => {
-                self.handled("ls", &name, from);
+                self.handled("stat", &name, from);
                 let digest = self.store.meta(&name).map(|m| m.digest());
                 self.send(from, HydfsMsg::StatReply { req, digest });
             }
