@@ -165,19 +165,22 @@ impl Codec {
 
     /// Encodes `envelope` into one frame of at most `limit` bytes.
     pub fn encode(&self, envelope: &Envelope, limit: usize) -> Result<Vec<u8>, WireError> {
-        let payload = bincode_options(usize::MAX)
-            .serialize(envelope)
-            .map_err(|e| WireError::Malformed(e.to_string()))?;
-        let len = HEADER_BYTES + payload.len() + self.trailer_bytes();
+        let payload_len = bincode_options(usize::MAX)
+            .serialized_size(envelope)
+            .map_err(|e| WireError::Malformed(e.to_string()))? as usize;
+        let len = HEADER_BYTES + payload_len + self.trailer_bytes();
         if len > limit {
             return Err(WireError::TooLarge { len, limit });
         }
+        // The payload is serialized straight into the frame (no second copy of a large body).
         let mut frame = Vec::with_capacity(len);
         frame.extend_from_slice(&MAGIC);
         frame.push(WIRE_VERSION);
         frame.push(if self.keys.is_empty() { 0 } else { FLAG_AUTHENTICATED });
-        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&payload);
+        frame.extend_from_slice(&(payload_len as u32).to_le_bytes());
+        bincode_options(usize::MAX)
+            .serialize_into(&mut frame, envelope)
+            .map_err(|e| WireError::Malformed(e.to_string()))?;
         match self.keys.first() {
             None => {
                 let crc = crc32c::crc32c(&frame);

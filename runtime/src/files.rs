@@ -231,8 +231,11 @@ pub async fn run(handle: &NodeHandle, cmd: FileCommand, cwd: &Path, progress: Ar
                 let mut out = format!("{name}  ring id {ring_id}\n");
                 for (addr, rid, digest) in replicas {
                     let state = match digest {
-                        Some(d) if d.create.is_some() => {
+                        Some(d) if d.create.is_some() && d.incomplete == 0 => {
                             format!("holds it: {} merged appends, {} pending", d.merged, d.pending)
+                        }
+                        Some(d) if d.create.is_some() => {
+                            format!("receiving it: {} of its writes still arriving", d.incomplete)
                         }
                         Some(_) | None => "does not hold it (yet)".to_string(),
                     };

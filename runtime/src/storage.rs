@@ -22,6 +22,9 @@ use std::fs::{self, File};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 
+/// Above this many unsynced blocks, `sync` flushes the file system with one syncfs(2).
+const SYNCFS_ABOVE_BLOCKS: usize = 16;
+
 /// Block storage in a directory, one file per block, durable at [`Storage::sync`].
 #[derive(Debug)]
 pub struct FileStorage {
@@ -31,6 +34,14 @@ pub struct FileStorage {
     dirty: BTreeSet<BlobId>,
     /// Directory entries changed (rename, delete, wipe) since the last sync.
     dir_dirty: bool,
+    /// A flush of many blocks runs on its own thread (a node keeps answering pings meanwhile).
+    flush: Option<Flush>,
+}
+
+/// A background syncfs(2) of the block directory's file system.
+#[derive(Debug)]
+struct Flush {
+    thread: std::thread::JoinHandle<Result<(), String>>,
 }
 
 fn io_err(what: &str, path: &Path, e: &std::io::Error) -> StorageError {
@@ -41,7 +52,7 @@ impl FileStorage {
     /// Opens (creating it if needed) the block directory `dir`.
     pub fn open(dir: &Path) -> Result<FileStorage, StorageError> {
         fs::create_dir_all(dir).map_err(|e| io_err("create", dir, &e))?;
-        Ok(FileStorage { dir: dir.to_path_buf(), dirty: BTreeSet::new(), dir_dirty: false })
+        Ok(FileStorage { dir: dir.to_path_buf(), dirty: BTreeSet::new(), dir_dirty: false, flush: None })
     }
 
     /// The directory holding the blocks.
@@ -100,6 +111,37 @@ impl Storage for FileStorage {
     }
 
     fn sync(&mut self) -> Result<(), StorageError> {
+        // A background flush covers everything written before it started (those blocks left
+        // `dirty` then); until it ends, nothing written since can be reported durable either.
+        if let Some(flush) = self.flush.take() {
+            if !flush.thread.is_finished() {
+                self.flush = Some(flush);
+                return Err(StorageError::InProgress);
+            }
+            match flush.thread.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(StorageError::Io(e)),
+                Err(_) => return Err(StorageError::Io("the flush thread panicked".into())),
+            }
+        }
+        // Many blocks at once (a large transfer): one syncfs(2) flushes the data, the inodes and
+        // the directory entries of the whole file system in one journal commit, where an fsync
+        // per block would commit the journal once per block. It runs on its own thread and the
+        // caller asks again: a flush of a gigabyte must not stall the node's other work.
+        if self.dirty.len() > SYNCFS_ABOVE_BLOCKS {
+            let dir = self.dir.clone();
+            let thread = std::thread::Builder::new()
+                .name("hydfs-flush".into())
+                .spawn(move || {
+                    let d = File::open(&dir).map_err(|e| format!("cannot sync {}: {e}", dir.display()))?;
+                    rustix::fs::syncfs(&d).map_err(|e| format!("cannot sync {}: {e}", dir.display()))
+                })
+                .map_err(|e| io_err("start a flush of", &self.dir, &e))?;
+            self.dirty.clear();
+            self.dir_dirty = false;
+            self.flush = Some(Flush { thread });
+            return Err(StorageError::InProgress);
+        }
         // Blocks are forgotten one by one as they are synced: after an error, a retry redoes
         // only what is left (plus the directory).
         while let Some(&blob) = self.dirty.first() {
@@ -357,6 +399,29 @@ mod tests {
         fs::remove_file(s.blob_path(1)).unwrap();
         s.sync().unwrap();
         assert!(s.dirty.is_empty() && !s.dir_dirty);
+    }
+
+    #[test]
+    fn many_blocks_are_flushed_in_the_background() {
+        let t = TempDir::new("many");
+        let mut s = FileStorage::open(&t.blocks()).unwrap();
+        for b in 0..(SYNCFS_ABOVE_BLOCKS as u64 + 5) {
+            s.put(b, &[b as u8; 100]).unwrap();
+        }
+        assert_eq!(s.sync(), Err(StorageError::InProgress));
+        s.put(100, b"after the flush started").unwrap();
+        let mut answers = 0;
+        loop {
+            answers += 1;
+            match s.sync() {
+                Ok(()) => break,
+                Err(StorageError::InProgress) => std::thread::sleep(std::time::Duration::from_millis(1)),
+                Err(e) => panic!("{e}"),
+            }
+            assert!(answers < 10_000, "the flush never ended");
+        }
+        assert!(s.dirty.is_empty() && !s.dir_dirty && s.flush.is_none());
+        assert_eq!(s.read(3).unwrap(), [3u8; 100]);
     }
 
     #[test]

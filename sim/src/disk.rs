@@ -22,6 +22,33 @@ struct Block {
 struct DiskState {
     blocks: BTreeMap<BlobId, Block>,
     syncs: u64,
+    /// Flushes take two calls: the first snapshots and answers `InProgress`, the next makes
+    /// the snapshot durable (not what was put since).
+    background: bool,
+    flushing: Option<BTreeMap<BlobId, Option<Arc<[u8]>>>>,
+}
+
+impl DiskState {
+    fn all_durable(&self) -> bool {
+        self.blocks.values().all(|b| match (&b.current, &b.durable) {
+            (Some(c), Some(d)) => Arc::ptr_eq(c, d),
+            (None, None) => true,
+            _ => false,
+        })
+    }
+
+    fn snapshot(&self) -> BTreeMap<BlobId, Option<Arc<[u8]>>> {
+        self.blocks.iter().map(|(id, b)| (*id, b.current.clone())).collect()
+    }
+
+    fn make_durable(&mut self, snapshot: BTreeMap<BlobId, Option<Arc<[u8]>>>) {
+        for (id, bytes) in snapshot {
+            if let Some(b) = self.blocks.get_mut(&id) {
+                b.durable = bytes;
+            }
+        }
+        self.blocks.retain(|_, b| b.current.is_some() || b.durable.is_some());
+    }
 }
 
 /// One node's disk; clones share it (the node writes through one, the world inspects another).
@@ -29,8 +56,11 @@ struct DiskState {
 pub struct SimDisk(Arc<Mutex<DiskState>>);
 
 impl SimDisk {
-    pub fn new() -> SimDisk {
-        SimDisk::default()
+    /// A disk whose syncs complete at once, or (`background`) on the call after they start.
+    pub fn new(background: bool) -> SimDisk {
+        let disk = SimDisk::default();
+        disk.state().background = background;
+        disk
     }
 
     fn state(&self) -> MutexGuard<'_, DiskState> {
@@ -41,6 +71,7 @@ impl SimDisk {
     /// The process died: unsynced writes and deletes are lost.
     pub fn crash(&self) {
         let mut s = self.state();
+        s.flushing = None;
         for b in s.blocks.values_mut() {
             b.current = b.durable.clone();
         }
@@ -111,16 +142,30 @@ impl Storage for SimDisk {
 
     fn sync(&mut self) -> Result<(), StorageError> {
         let mut s = self.state();
-        s.syncs += 1;
-        for b in s.blocks.values_mut() {
-            b.durable = b.current.clone();
+        if !s.background {
+            s.syncs += 1;
+            for b in s.blocks.values_mut() {
+                b.durable = b.current.clone();
+            }
+            s.blocks.retain(|_, b| b.current.is_some());
+            return Ok(());
         }
-        s.blocks.retain(|_, b| b.current.is_some());
-        Ok(())
+        if let Some(snapshot) = s.flushing.take() {
+            s.syncs += 1;
+            s.make_durable(snapshot);
+        }
+        if s.all_durable() {
+            return Ok(());
+        }
+        let snapshot = s.snapshot();
+        s.flushing = Some(snapshot);
+        Err(StorageError::InProgress)
     }
 
     fn wipe(&mut self) -> Result<(), StorageError> {
-        self.state().blocks.clear();
+        let mut s = self.state();
+        s.blocks.clear();
+        s.flushing = None;
         Ok(())
     }
 }
@@ -132,7 +177,7 @@ mod tests {
 
     #[test]
     fn a_crash_keeps_only_synced_state() {
-        let mut d = SimDisk::new();
+        let mut d = SimDisk::new(false);
         d.put(1, b"one").unwrap();
         d.sync().unwrap();
         d.put(2, b"two").unwrap();
@@ -144,8 +189,25 @@ mod tests {
     }
 
     #[test]
+    fn a_background_flush_covers_what_was_put_before_it_started() {
+        let mut d = SimDisk::new(true);
+        d.put(1, b"one").unwrap();
+        assert_eq!(d.sync(), Err(StorageError::InProgress));
+        d.put(2, b"two").unwrap();
+        // The first flush finished (block 1) but block 2 came after it: another one starts.
+        assert_eq!(d.sync(), Err(StorageError::InProgress));
+        assert!(d.is_durable(1) && !d.is_durable(2));
+        assert_eq!(d.sync(), Ok(()));
+        assert!(d.is_durable(2));
+        d.delete(1).unwrap();
+        assert_eq!(d.sync(), Err(StorageError::InProgress));
+        d.crash(); // the flush of the delete never finished
+        assert_eq!(SimDisk::read(&d, 1).as_deref(), Some(&b"one"[..]));
+    }
+
+    #[test]
     fn corruption_changes_the_bytes() {
-        let mut d = SimDisk::new();
+        let mut d = SimDisk::new(false);
         d.put(1, b"hello").unwrap();
         d.sync().unwrap();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);

@@ -53,6 +53,10 @@ pub struct HydfsWorkload {
     pub stop_ms: u64,
     /// When every file is merged once (after the faults stop and re-replication has had time).
     pub final_merge_ms: u64,
+    /// Disks flush in the background: a sync first answers "in progress", as a real node's
+    /// large flushes do.
+    #[serde(default)]
+    pub background_sync: bool,
 }
 
 /// How often the workload looks for idle clients.

@@ -328,6 +328,7 @@ impl Scenario {
             start_ms: warmup_ms,
             stop_ms: calm_from_ms,
             final_merge_ms: 0,
+            background_sync: seed % 2 == 1,
         };
         let mut scenario = Scenario {
             name: format!("hydfs-{seed}"),

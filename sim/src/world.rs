@@ -213,6 +213,7 @@ impl<A: Actor> World<A> {
         let seed_rng = ChaCha8Rng::seed_from_u64(master.gen());
         let fault_rng = ChaCha8Rng::seed_from_u64(master.gen());
         let hydfs = scenario.hydfs.clone().map(|w| HydfsHarness::new(w, scenario.seed));
+        let background_sync = scenario.hydfs.as_ref().is_some_and(|w| w.background_sync);
         let scenario_nodes = scenario.nodes;
         let slots = (0..scenario.nodes)
             .map(|i| SlotState {
@@ -221,7 +222,7 @@ impl<A: Actor> World<A> {
                 process: Process::Down,
                 generation: 0,
                 armed: None,
-                disk: SimDisk::new(),
+                disk: SimDisk::new(background_sync),
             })
             .collect::<Vec<_>>();
         let by_addr = slots.iter().enumerate().map(|(i, s)| (s.addr, i)).collect();
@@ -392,7 +393,8 @@ impl<A: Actor> World<A> {
             seed: self.seed_rng.gen(),
             hydfs: self.scenario.hydfs.as_ref().map(|w| w.config.clone()),
             disk: {
-                self.slots[slot].disk = SimDisk::new();
+                let background = self.scenario.hydfs.as_ref().is_some_and(|w| w.background_sync);
+                self.slots[slot].disk = SimDisk::new(background);
                 self.slots[slot].disk.clone()
             },
         };

@@ -214,6 +214,7 @@ fn scenario(name: String, seed: u64, config: HydfsConfig) -> Scenario {
             start_ms: 0,
             stop_ms: 0,
             final_merge_ms: 0,
+            background_sync: false,
         }),
     }
 }

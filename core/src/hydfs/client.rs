@@ -353,12 +353,16 @@ impl Hydfs {
         };
         let is_write = matches!(kind, Kind::Write { .. });
         let is_multi = matches!(kind, Kind::Multi { .. });
+        let allowance = match &kind {
+            Kind::Write { meta } => self.cfg.transfer_allowance(meta.len()),
+            _ => crate::time::Millis(0),
+        };
         self.client.ops.insert(
             id,
             OpState {
                 name: name.clone(),
                 kind,
-                deadline: now + self.cfg.op_timeout,
+                deadline: now + self.cfg.op_timeout + allowance,
                 candidates: Vec::new(),
                 next: 0,
                 not_found: 0,
@@ -497,8 +501,10 @@ impl Hydfs {
         let op = self.client.ops.get_mut(&id).expect("present");
         let (msg, timeout) = match &mut op.kind {
             Kind::Write { meta } => {
-                let msg = HydfsMsg::Write { req, name, write: meta.clone(), inline, source: self.me };
-                (msg, self.cfg.coordinator_timeout + self.cfg.request_timeout)
+                let wait = self.cfg.coordinator_timeout
+                    + self.cfg.request_timeout
+                    + self.cfg.transfer_allowance(meta.len());
+                (HydfsMsg::Write { req, name, write: meta.clone(), inline, source: self.me }, wait)
             }
             Kind::Read { pinned, stream, restarts, .. } => {
                 let mut fresh = Kind::read(*pinned, *stream);
@@ -617,7 +623,7 @@ impl Hydfs {
             }
             Refusal::StorageFailed(why) => self.finish(now, id, None, Err(HydfsError::Storage(why))),
             Refusal::NotFound => self.attempt_failed(now, id, format!("{from}: not found"), true),
-            other => self.attempt_failed(now, id, format!("{from}: {other:?}"), false),
+            other => self.attempt_failed(now, id, format!("{from}: {other}"), false),
         }
     }
 

@@ -43,6 +43,10 @@ pub struct HydfsConfig {
     pub coordinator_timeout: Millis,
     /// How long a client works on one operation before reporting failure.
     pub op_timeout: Millis,
+    /// The slowest transfer rate a write is expected to reach: coordinators and clients allow a
+    /// write of `n` bytes `n / min_transfer_bytes_per_sec` more time than their timeouts (a read
+    /// gets `op_timeout` again whenever a chunk arrives).
+    pub min_transfer_bytes_per_sec: u64,
     /// Deliberate bugs (tests only).
     #[serde(default)]
     pub planted: Option<PlantedBug>,
@@ -54,7 +58,7 @@ impl Default for HydfsConfig {
             replication: 3,
             min_copies: 3,
             chunk_bytes: CHUNK_BYTES,
-            read_window: 4,
+            read_window: 8,
             fetch_window: 16,
             repair_bytes_per_sec: 128 << 20,
             inline_bytes: 64 * 1024,
@@ -67,12 +71,18 @@ impl Default for HydfsConfig {
             retry_interval: Millis(1_000),
             coordinator_timeout: Millis::from_secs(30),
             op_timeout: Millis::from_secs(60),
+            min_transfer_bytes_per_sec: 4 << 20,
             planted: None,
         }
     }
 }
 
 impl HydfsConfig {
+    /// Extra time a transfer of `len` bytes is allowed.
+    pub fn transfer_allowance(&self, len: u64) -> Millis {
+        Millis(len.saturating_mul(1000) / self.min_transfer_bytes_per_sec.max(1))
+    }
+
     pub(crate) fn bug(&self, bug: PlantedBug) -> bool {
         cfg!(feature = "planted-bugs") && self.planted == Some(bug)
     }

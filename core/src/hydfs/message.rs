@@ -10,26 +10,35 @@ use serde::{Deserialize, Serialize};
 pub type ReqId = u64;
 
 /// Why a node refused a request.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum Refusal {
     /// The file does not exist here.
+    #[error("not found")]
     NotFound,
     /// A different create of this name exists.
+    #[error("already exists")]
     AlreadyExists,
     /// This node is not one of the file's replicas (in its view).
+    #[error("not a replica of this file")]
     NotReplica,
     /// This node's copy misses writes the client already has acknowledged; try another replica.
+    #[error("its copy misses writes already acknowledged to this client")]
     Behind,
     /// The file changed between two chunks of one read.
+    #[error("the file changed during the read")]
     ViewChanged,
     /// A stored block failed its checksum; it is being repaired.
+    #[error("a stored block failed its checksum and is being repaired")]
     Corrupt,
     /// The request exceeds this node's size limit.
+    #[error("over the {limit}-byte limit")]
     TooLarge { limit: u64 },
     /// The node cannot complete the request now (replicas unreachable...).
+    #[error("{0}")]
     Unavailable(String),
     /// A replica's storage refused the write (a full disk, an unwritable data dir): the write
     /// fails at once instead of waiting for a timeout.
+    #[error("storage failed: {0}")]
     StorageFailed(String),
 }
 

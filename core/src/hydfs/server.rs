@@ -11,7 +11,7 @@
 use super::message::{HydfsMsg, MergeSummary, Refusal, ReqId};
 use super::store::{reconcile, FileRec, PartError};
 use super::types::{order_hash, FileDigest, FileMeta, Stamp, WriteKind, WriteMeta};
-use super::{FileName, Hydfs, HydfsEvent, PlantedBug};
+use super::{FileName, Hydfs, HydfsEvent, PlantedBug, StorageError};
 use crate::id::NodeAddr;
 use crate::time::Time;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -42,6 +42,8 @@ pub(super) struct ServerState {
     /// Parts this node uploads as a client and stores as a replica: copied locally a few per
     /// tick (never all at once, so a large upload does not stall the node).
     local_copies: BTreeSet<(FileName, Stamp, u32)>,
+    /// A background sync is running: look again at this time.
+    sync_poll: Option<Time>,
 }
 
 impl ServerState {
@@ -54,7 +56,7 @@ impl ServerState {
     pub(super) fn next_deadline(&self) -> Option<Time> {
         let req = self.requests.values().map(|r| r.deadline).min();
         let copy = (!self.local_copies.is_empty()).then_some(Time(0));
-        [req, self.retry_at, self.repair_wake, copy].into_iter().flatten().min()
+        [req, self.retry_at, self.repair_wake, copy, self.sync_poll].into_iter().flatten().min()
     }
 }
 
@@ -109,6 +111,9 @@ struct OfferIn {
     meta: FileMeta,
     until: Time,
 }
+
+/// How often the answers waiting for a background sync look again.
+const SYNC_POLL_MS: u64 = 2;
 
 /// Parts of a node's own upload copied into its store per tick.
 const LOCAL_COPIES_PER_TICK: usize = 4;
@@ -578,26 +583,38 @@ impl Hydfs {
                     self.start_merge(now, m.client, m.client_req, name.clone());
                     return;
                 }
-                if let Err(e) = self.store.sync() {
-                    // The merge is installed in memory but not durable: give up on it; the client
-                    // hears Unavailable and a later merge starts from what is on disk.
-                    self.storage_failed(&e.to_string());
-                    let m = self.server.merges.remove(name).expect("present");
-                    let why = Refusal::Unavailable(format!("storage failed: {e}"));
-                    self.send(m.client, HydfsMsg::MergeReply { req: m.client_req, result: Err(why) });
-                    self.next_merge(now, name);
-                    return;
-                }
-                self.stats.syncs += 1;
+                // The coordinator's own copy counts once it is synced (see `Installing`).
                 let m = self.server.merges.get_mut(name).expect("present");
                 let mut acked = BTreeSet::new();
-                acked.insert(self.me);
                 if self.cfg.bug(PlantedBug::MergeSkipsReplicas) {
                     acked.extend(m.targets.iter().copied());
                 }
                 m.phase = MergePhase::Installing { base, appended, acked, asked: BTreeSet::new() };
                 self.send_installs(now, name);
                 self.advance_merge(now, name);
+            }
+            MergePhase::Installing { acked, .. } if !acked.contains(&self.me) => {
+                match self.store.sync() {
+                    Ok(()) => {
+                        self.stats.syncs += 1;
+                        if let Some(CoordMerge { phase: MergePhase::Installing { acked, .. }, .. }) =
+                            self.server.merges.get_mut(name)
+                        {
+                            acked.insert(self.me);
+                        }
+                        self.advance_merge(now, name);
+                    }
+                    Err(StorageError::InProgress) => self.poll_sync(now),
+                    Err(e) => {
+                        // The merge is installed in memory but not durable: give up on it; the
+                        // client hears Unavailable and a later merge starts from what is on disk.
+                        self.storage_failed(&e.to_string());
+                        let m = self.server.merges.remove(name).expect("present");
+                        let why = Refusal::Unavailable(format!("storage failed: {e}"));
+                        self.send(m.client, HydfsMsg::MergeReply { req: m.client_req, result: Err(why) });
+                        self.next_merge(now, name);
+                    }
+                }
             }
             MergePhase::Installing { acked, appended, .. } => {
                 let targets: Vec<NodeAddr> =
@@ -1091,6 +1108,10 @@ impl Hydfs {
                 };
                 let from = offset.max(start) - start;
                 let to = end.min(stop) - start;
+                if bytes.is_empty() && from == 0 && to as usize == data.len() && stop >= end {
+                    bytes = data; // the chunk is exactly this part: no copy
+                    continue;
+                }
                 bytes.extend_from_slice(&data[from as usize..(to as usize).min(data.len())]);
             }
         }
@@ -1310,6 +1331,9 @@ impl Hydfs {
         if self.server.repair_wake.is_some_and(|t| t <= now) {
             self.server.repair_wake = None;
         }
+        if self.server.sync_poll.is_some_and(|t| t <= now) {
+            self.server.sync_poll = None; // `progress` (after this tick) asks again
+        }
         self.pump_fetches(now);
         self.copy_local_parts();
         let until = now;
@@ -1323,9 +1347,10 @@ impl Hydfs {
         let ops: Vec<u64> = self.server.writes.keys().copied().collect();
         for op in ops {
             let Some(w) = self.server.writes.get(&op) else { continue };
-            if now >= w.started + timeout {
+            let allowed = timeout + self.cfg.transfer_allowance(w.write.len());
+            if now >= w.started + allowed {
                 let w = self.server.writes.remove(&op).expect("present");
-                let why = format!("replicas did not confirm the write within {}", timeout);
+                let why = format!("replicas did not confirm the write within {allowed}");
                 self.send(
                     w.client,
                     HydfsMsg::WriteReply { req: w.client_req, result: Err(Refusal::Unavailable(why)) },
@@ -1447,20 +1472,21 @@ impl Hydfs {
         let skip_sync = self.cfg.bug(PlantedBug::AckBeforeSync);
         // One sync covers every answer below; if it fails, no answer that needs it is sent, and
         // the writes waiting for it fail at the end with the cause.
-        let mut synced: Option<Result<(), String>> = None;
+        let mut synced: Option<Result<(), StorageError>> = None;
         let mut sync = |h: &mut Hydfs| -> bool {
             if skip_sync {
                 return true;
             }
             synced
                 .get_or_insert_with(|| {
-                    if !h.store.is_synced() {
-                        h.stats.syncs += 1;
+                    let was = h.store.is_synced();
+                    let r = h.store.sync();
+                    match &r {
+                        Ok(()) if !was => h.stats.syncs += 1,
+                        Ok(()) | Err(StorageError::InProgress) => {}
+                        Err(e) => h.storage_failed(&e.to_string()),
                     }
-                    h.store.sync().map_err(|e| {
-                        h.storage_failed(&e.to_string());
-                        e.to_string()
-                    })
+                    r
                 })
                 .is_ok()
         };
@@ -1554,8 +1580,16 @@ impl Hydfs {
         for name in names {
             self.advance_merge(now, &name);
         }
-        if let Some(Err(why)) = synced {
-            self.fail_writes(None, &why);
+        match synced {
+            Some(Err(StorageError::InProgress)) => self.poll_sync(now),
+            Some(Err(e)) => self.fail_writes(None, &e.to_string()),
+            _ => {}
         }
+    }
+
+    /// A background sync is running: come back to the answers waiting for it shortly.
+    fn poll_sync(&mut self, now: Time) {
+        let at = now + crate::time::Millis(SYNC_POLL_MS);
+        self.server.sync_poll = Some(self.server.sync_poll.map_or(at, |t| t.min(at)));
     }
 }

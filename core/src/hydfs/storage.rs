@@ -16,6 +16,9 @@ pub enum StorageError {
     Missing(BlobId),
     #[error("storage failed: {0}")]
     Io(String),
+    /// A sync is under way and has not finished; ask again (nothing failed).
+    #[error("a sync is in progress")]
+    InProgress,
 }
 
 /// Block storage with an explicit durability point.
@@ -26,7 +29,9 @@ pub trait Storage {
     fn read(&mut self, blob: BlobId) -> Result<Vec<u8>, StorageError>;
     /// Removes a block. Not durable until [`Storage::sync`].
     fn delete(&mut self, blob: BlobId) -> Result<(), StorageError>;
-    /// Makes every earlier `put` and `delete` durable.
+    /// Makes every earlier `put` and `delete` durable. `Ok` means they are; an implementation
+    /// that flushes in the background (so a large flush never stalls the node) may instead
+    /// return [`StorageError::InProgress`], and the caller asks again later.
     fn sync(&mut self) -> Result<(), StorageError>;
     /// Removes every block (a node starts empty).
     fn wipe(&mut self) -> Result<(), StorageError>;

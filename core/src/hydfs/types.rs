@@ -111,6 +111,7 @@ impl FileMeta {
             generation: self.generation,
             merged: self.merged.len() as u32,
             pending: self.pending.len() as u32,
+            incomplete: self.incomplete.len() as u32,
             hash: h.finish(),
         }
     }
@@ -133,6 +134,9 @@ pub struct FileDigest {
     pub generation: u64,
     pub merged: u32,
     pub pending: u32,
+    /// Writes whose bytes this replica is still fetching (it cannot serve the file until the
+    /// merged ones are complete).
+    pub incomplete: u32,
     pub hash: u64,
 }
 
