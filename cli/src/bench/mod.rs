@@ -11,11 +11,14 @@
 //!
 //! * [`cluster_membership`]: the same questions on a real 10-process loopback cluster; these
 //!   figures come from real processes and vary from run to run.
+//! * [`hydfs_cluster`]: HyDFS on a real 10-process loopback cluster: create/get throughput against
+//!   a raw loopback copy, append rate, merge, re-replication after kill -9, read cache, peak RSS.
 
 mod cluster_membership;
 #[cfg(feature = "compare-foca")]
 mod foca_actor;
 mod hydfs;
+mod hydfs_cluster;
 mod membership;
 
 use anyhow::Result;
@@ -32,6 +35,9 @@ pub enum Benchmark {
     ClusterMembership,
     /// HyDFS: re-replication after a crash, merge after concurrent appends, read cache.
     Hydfs,
+    /// HyDFS on a real 10-process loopback cluster: throughput vs raw TCP, appends, merge,
+    /// re-replication, read cache, peak RSS.
+    HydfsCluster,
 }
 
 #[derive(Args)]
@@ -45,6 +51,10 @@ pub struct BenchArgs {
     /// 10% and 20% loss get a fifth of that [default: 50, or 5 with --quick].
     #[arg(long, value_name = "N", value_parser = parse_hours, allow_negative_numbers = true)]
     hours: Option<f64>,
+    /// `hydfs-cluster` only: size of the big file created and read, in MiB [default: 1024, or 64
+    /// with --quick].
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(2..=1024))]
+    size_mib: Option<u64>,
 }
 
 /// How large a benchmark run is.
@@ -60,6 +70,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         Benchmark::Membership => membership::run(scale)?,
         Benchmark::ClusterMembership => cluster_membership::run(scale.quick)?,
         Benchmark::Hydfs => hydfs::run(scale)?,
+        Benchmark::HydfsCluster => hydfs_cluster::run(args.quick, args.size_mib)?,
     }
     Ok(ExitCode::SUCCESS)
 }
