@@ -379,7 +379,7 @@ impl NodeTask {
             let event = match event {
                 NodeEvent::Hydfs(HydfsEvent::ReadData { op, offset, bytes }) => {
                     if let Some(PendingOp { sink: Some(sink), .. }) = self.ops.get_mut(&op) {
-                        sink.write(offset, &bytes);
+                        sink.write(offset, bytes);
                     }
                     continue;
                 }

@@ -98,13 +98,18 @@ fn describe(path: &Path, chunk: usize, limit: u64, progress: Arc<Progress>) -> R
     Ok(UploadSource { parts, reader })
 }
 
-/// Where a download goes: a temporary file beside the target, renamed over it at the end.
+/// Chunks a download may have queued for its writer thread (at most this many MiB in memory).
+const SINK_QUEUE_CHUNKS: usize = 8;
+
+/// Where a download goes: a temporary file beside the target, renamed over it at the end. The
+/// chunks are written by a thread of their own, so the node keeps receiving while the kernel
+/// copies the previous chunk into the page cache.
 pub struct Sink {
-    file: File,
+    tx: Option<std::sync::mpsc::SyncSender<(u64, Vec<u8>)>>,
+    writer: Option<std::thread::JoinHandle<Result<File, String>>>,
     tmp: PathBuf,
     target: PathBuf,
     progress: Arc<Progress>,
-    error: Option<String>,
 }
 
 impl Sink {
@@ -115,40 +120,73 @@ impl Sink {
         tmp_name.push(format!(".{}.part", std::process::id()));
         let tmp = target.with_file_name(tmp_name);
         let file = File::create(&tmp).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-        Ok(Sink { file, tmp, target: target.to_path_buf(), progress, error: None })
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(SINK_QUEUE_CHUNKS);
+        let (path, done) = (tmp.clone(), progress.clone());
+        let writer = std::thread::Builder::new()
+            .name("hydfs-download".into())
+            .spawn(move || {
+                for (offset, bytes) in rx {
+                    file.write_all_at(&bytes, offset)
+                        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                    done.done.store(offset + bytes.len() as u64, Ordering::Relaxed);
+                }
+                Ok(file)
+            })
+            .map_err(|e| format!("cannot start writing {}: {e}", tmp.display()))?;
+        Ok(Sink { tx: Some(tx), writer: Some(writer), tmp, target: target.to_path_buf(), progress })
     }
 
-    /// Writes the next in-order chunk (offset 0 again means the download started over).
-    pub fn write(&mut self, offset: u64, bytes: &[u8]) {
-        if self.error.is_some() {
-            return;
+    /// Queues the next in-order chunk (offset 0 again means the download started over). Waits
+    /// only if the writer is [`SINK_QUEUE_CHUNKS`] chunks behind.
+    pub fn write(&mut self, offset: u64, bytes: Vec<u8>) {
+        if let Some(tx) = &self.tx {
+            if tx.send((offset, bytes)).is_err() {
+                self.tx = None; // the writer stopped on an error; `finish` reports it
+            }
         }
-        if let Err(e) = self.file.write_all_at(bytes, offset) {
-            self.error = Some(format!("cannot write {}: {e}", self.tmp.display()));
-        }
-        self.progress.done.store(offset + bytes.len() as u64, Ordering::Relaxed);
     }
 
     pub fn set_total(&self, total: u64) {
         self.progress.total.store(total, Ordering::Relaxed);
     }
 
+    /// Waits for the writer and returns the file, or why writing failed.
+    fn close(&mut self) -> Result<File, String> {
+        self.tx = None;
+        match self.writer.take().map(|w| w.join()) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(format!("writing {} failed", self.tmp.display())),
+            None => Err(format!("{} was already closed", self.tmp.display())),
+        }
+    }
+
     /// The download ended with `len` bytes: cut the file there and move it into place.
     pub fn finish(mut self, len: u64) -> Result<(), String> {
-        if let Some(e) = self.error.take() {
+        let done = self.close().and_then(|file| {
+            file.set_len(len)
+                .and_then(|_| std::fs::rename(&self.tmp, &self.target))
+                .map_err(|e| format!("cannot write {}: {e}", self.target.display()))
+        });
+        if done.is_err() {
             let _ = std::fs::remove_file(&self.tmp);
-            return Err(e);
         }
-        let done = self.file.set_len(len).and_then(|_| std::fs::rename(&self.tmp, &self.target));
-        done.map_err(|e| {
-            let _ = std::fs::remove_file(&self.tmp);
-            format!("cannot write {}: {e}", self.target.display())
-        })
+        done
     }
 
     /// The download failed: nothing is left behind.
-    pub fn abandon(self) {
+    pub fn abandon(mut self) {
+        let _ = self.close();
         let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+impl Drop for Sink {
+    /// A download dropped unfinished (the node stopped) leaves nothing behind either.
+    fn drop(&mut self) {
+        if self.writer.is_some() {
+            let _ = self.close();
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
 }
 
@@ -382,9 +420,9 @@ mod tests {
         let dir = temp_dir("download");
         let target = dir.join("out");
         let mut sink = Sink::create(&target, Arc::new(Progress::default())).unwrap();
-        sink.write(0, b"stale first attempt, longer");
-        sink.write(0, b"hello ");
-        sink.write(6, b"world");
+        sink.write(0, b"stale first attempt, longer".to_vec());
+        sink.write(0, b"hello ".to_vec());
+        sink.write(6, b"world".to_vec());
         assert!(!target.exists(), "nothing under the target name before the end");
         sink.finish(11).unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"hello world");
