@@ -515,7 +515,7 @@ impl DemoFile {
             .is_ok();
         if ok {
             println!(
-                "  node{index} started empty and holds {} again after {:.1} s",
+                "  node{index} (restarted with its blocks wiped) holds {} again {:.1} s after its restart",
                 self.name,
                 t.elapsed().as_secs_f64()
             );
