@@ -18,13 +18,15 @@
 //! * [`wire`]: the versioned, size-bounded, checksummed (optionally HMAC-authenticated) envelope;
 //! * [`membership`]: SWIM failure detection with optional suspicion;
 //! * [`hydfs`]: the replicated file system (ring, replicas, merges, re-replication, client);
-//! * [`node`]: the [`Node`] that composes the layers behind one input/output surface.
+//! * [`node`]: the [`Node`] that composes the layers behind one input/output surface;
+//! * [`rainstorm`]: the stream layer's tuples and operators (pure functions, keyed state passed in).
 
 pub mod command;
 pub mod hydfs;
 pub mod id;
 pub mod membership;
 pub mod node;
+pub mod rainstorm;
 pub mod time;
 pub mod timer;
 pub mod wire;

@@ -1,0 +1,642 @@
+//! Operators: the deterministic pure functions that RainStorm stages run.
+//!
+//! This module owns the [`Operator`] contract, the built-in operators, their text specs
+//! ([`OperatorSpec`], parsed from and printed back to e.g. `column:Sign_Post=Streetlight`) and
+//! [`derive`], which gives outputs their ids. Invariants the framework relies on:
+//! * `apply` is a pure function of `(tuple, state)`: replaying a tuple gives the same outputs, so
+//!   output `i` of tuple `t` always gets id `t.id.child(i)` and duplicates can be dropped by id;
+//! * a stateful operator never keeps state itself: the framework partitions by
+//!   [`Operator::state_key`], passes the stored state for that key (`None` if there is none yet)
+//!   and stores [`Applied::state`] when it is `Some`, atomically with the outputs;
+//! * no input panics: malformed rows are handled by documented rules, malformed state is an
+//!   [`OperatorError`].
+//!
+//! Values are CSV rows split by [`split_record`]; column names are resolved once, at
+//! [`OperatorSpec::build`], against the input's header (a leading BOM and surrounding spaces of
+//! header names are ignored; names are case-sensitive). A column reference made only of digits
+//! is a 1-based index, so a column literally named `3` must be referred to by its index.
+
+use std::fmt;
+use std::num::NonZeroU32;
+
+use regex::{Regex, RegexBuilder};
+use thiserror::Error;
+
+use super::csv::{join_record, split_record};
+use super::tuple::Tuple;
+
+/// Longest accepted `regex:` pattern, in bytes.
+pub const MAX_PATTERN_LEN: usize = 1024;
+/// Compiled-program and lazy-DFA size limit for `regex:` patterns, in bytes.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+const OPERATORS: &str = "grep:<substring>, regex:<pattern>, column:<col>=<value>, project:<col>,..., split, \
+                         count:<col|value>";
+
+/// One output of [`Operator::apply`]; its id is assigned by [`derive`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Output {
+    pub key: String,
+    pub value: String,
+}
+
+/// What [`Operator::apply`] produced for one tuple.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub outputs: Vec<Output>,
+    /// The new state under the tuple's state key; `None` = unchanged (always for stateless ops).
+    pub state: Option<String>,
+}
+
+/// A stage's operator. Implementations must be deterministic and must not panic.
+pub trait Operator: Send {
+    /// A label for logs: the built-ins return their spec text.
+    fn name(&self) -> &str;
+    /// Whether `apply` reads and returns keyed state.
+    fn is_stateful(&self) -> bool;
+    /// The key the framework partitions by and keeps state under (the tuple key if stateless).
+    fn state_key(&self, tuple: &Tuple) -> Result<String, OperatorError>;
+    /// Processes one tuple given the current state for `state_key(tuple)`.
+    fn apply(&self, tuple: &Tuple, state: Option<&str>) -> Result<Applied, OperatorError>;
+}
+
+/// The tuples derived from `tuple`: output `i` gets id `tuple.id.child(i)`.
+pub fn derive(tuple: &Tuple, applied: &Applied) -> Vec<Tuple> {
+    (applied.outputs.iter().zip(0..=u32::MAX))
+        .map(|(out, i)| Tuple { id: tuple.id.child(i), key: out.key.clone(), value: out.value.clone() })
+        .collect()
+}
+
+/// A failure while applying an operator to one tuple.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum OperatorError {
+    #[error("`{operator}`: state {state:?} of key {key:?} is not a decimal count")]
+    MalformedState { operator: String, key: String, state: String },
+    #[error("`{operator}`: the count of key {key:?} overflows")]
+    CountOverflow { operator: String, key: String },
+}
+
+/// Why an operator spec could not be parsed or built.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum SpecError {
+    #[error("empty operator spec; expected one of: {OPERATORS}")]
+    Empty,
+    #[error("unknown operator `{0}`; expected one of: {OPERATORS}")]
+    UnknownOperator(String),
+    #[error("`{operator}` is missing its argument; usage: {usage}")]
+    MissingArgument { operator: &'static str, usage: &'static str },
+    #[error("`split` takes no argument (got `{0}`)")]
+    UnexpectedArgument(String),
+    #[error("empty column reference in `{0}`")]
+    EmptyColumn(String),
+    #[error("`{0}` is not a valid column index (indices are 1-based)")]
+    BadIndex(String),
+    #[error("column index {index} is out of range: the header has {columns} columns")]
+    IndexOutOfRange { index: u32, columns: usize },
+    #[error("unknown column `{name}`; available columns: {}", .available.join(", "))]
+    UnknownColumn { name: String, available: Vec<String> },
+    #[error("column `{name}` is named but the input has no header (no columns); use a 1-based index")]
+    NoHeader { name: String },
+    #[error("regex pattern is {0} bytes long; the limit is {MAX_PATTERN_LEN}")]
+    PatternTooLong(usize),
+    #[error("invalid regex `{pattern}`: {message}")]
+    BadRegex { pattern: String, message: String },
+}
+
+/// A column given by header name or by 1-based index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ColumnRef {
+    Name(String),
+    Index(NonZeroU32),
+}
+
+impl ColumnRef {
+    /// Parses a trimmed reference: all digits = 1-based index, otherwise a name.
+    fn parse(text: &str, spec: &str) -> Result<ColumnRef, SpecError> {
+        let text = text.trim();
+        if text.is_empty() {
+            Err(SpecError::EmptyColumn(spec.to_owned()))
+        } else if text.bytes().all(|b| b.is_ascii_digit()) {
+            text.parse().map(ColumnRef::Index).map_err(|_| SpecError::BadIndex(text.to_owned()))
+        } else {
+            Ok(ColumnRef::Name(text.to_owned()))
+        }
+    }
+
+    /// The 0-based position of this column, checked against the header when there is one.
+    fn resolve(&self, header: Option<&[String]>) -> Result<usize, SpecError> {
+        let clean = |h: &String| h.trim_start_matches('\u{feff}').trim().to_owned();
+        match (self, header) {
+            (ColumnRef::Index(index), None) => Ok(index.get() as usize - 1),
+            (ColumnRef::Index(index), Some(header)) if index.get() as usize <= header.len() => {
+                Ok(index.get() as usize - 1)
+            }
+            (ColumnRef::Index(index), Some(header)) => {
+                Err(SpecError::IndexOutOfRange { index: index.get(), columns: header.len() })
+            }
+            (ColumnRef::Name(name), None) => Err(SpecError::NoHeader { name: name.clone() }),
+            (ColumnRef::Name(name), Some(header)) => {
+                header.iter().position(|h| clean(h) == *name).ok_or_else(|| SpecError::UnknownColumn {
+                    name: name.clone(),
+                    available: header.iter().map(clean).collect(),
+                })
+            }
+        }
+    }
+}
+
+impl fmt::Display for ColumnRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ColumnRef::Name(name) => f.write_str(name),
+            ColumnRef::Index(index) => write!(f, "{index}"),
+        }
+    }
+}
+
+/// What `count` groups by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CountBy {
+    /// The whole value (`count:value`; `value` is reserved, so a column of that name needs its index).
+    Value,
+    Column(ColumnRef),
+}
+
+/// A built-in operator as written in a job description. Arguments are taken verbatim (not
+/// trimmed) except column references, which are trimmed. `parse(spec.to_string()) == spec` for
+/// every spec that `parse` returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OperatorSpec {
+    /// `grep:<substring>`: keeps tuples whose value contains the substring, unchanged.
+    Grep { needle: String },
+    /// `regex:<pattern>`: keeps tuples whose value matches the pattern (unanchored), unchanged.
+    Regex { pattern: String },
+    /// `column:<col>=<value>`: keeps rows whose column equals `value` exactly after unquoting
+    /// (split at the first `=`, so `value` may contain `=`). Rows too short never match.
+    Column { column: ColumnRef, value: String },
+    /// `project:<col>,<col>,...`: value = those columns joined as CSV, key unchanged. Missing
+    /// columns of a short row project as empty strings.
+    Project { columns: Vec<ColumnRef> },
+    /// `split`: one output per word, key = the word, value = `1`. A word is a maximal run of
+    /// alphanumeric characters and apostrophes (`'`), with apostrophes at its ends trimmed;
+    /// everything else (whitespace, punctuation) separates words. Case is kept.
+    Split,
+    /// `count:<col|value>` (stateful): state key = the category (that column, or the whole
+    /// value); state = its count in decimal; one output with key = category and value =
+    /// `join_record([category, new count])`. A row too short has the empty category.
+    Count { by: CountBy },
+}
+
+fn compile(pattern: &str) -> Result<Regex, SpecError> {
+    if pattern.len() > MAX_PATTERN_LEN {
+        return Err(SpecError::PatternTooLong(pattern.len()));
+    }
+    RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| SpecError::BadRegex { pattern: pattern.to_owned(), message: e.to_string() })
+}
+
+impl OperatorSpec {
+    /// Parses `name[:argument]`. Regex patterns are compiled here so errors surface early.
+    pub fn parse(text: &str) -> Result<OperatorSpec, SpecError> {
+        let (op, arg) = match text.split_once(':') {
+            Some((op, arg)) => (op, Some(arg)),
+            None => (text, None),
+        };
+        let required = |operator: &'static str, usage: &'static str| match arg {
+            Some(arg) if !arg.is_empty() => Ok(arg),
+            _ => Err(SpecError::MissingArgument { operator, usage }),
+        };
+        match op {
+            "" => Err(SpecError::Empty),
+            "grep" => Ok(OperatorSpec::Grep { needle: required("grep", "grep:<substring>")?.to_owned() }),
+            "regex" => {
+                let pattern = required("regex", "regex:<pattern>")?;
+                compile(pattern)?;
+                Ok(OperatorSpec::Regex { pattern: pattern.to_owned() })
+            }
+            "column" => {
+                const USAGE: &str = "column:<name or 1-based index>=<value>";
+                let (column, value) = required("column", USAGE)?
+                    .split_once('=')
+                    .ok_or(SpecError::MissingArgument { operator: "column", usage: USAGE })?;
+                Ok(OperatorSpec::Column { column: ColumnRef::parse(column, text)?, value: value.to_owned() })
+            }
+            "project" => {
+                let columns = required("project", "project:<col>,<col>,...")?.split(',');
+                let columns = columns.map(|c| ColumnRef::parse(c, text)).collect::<Result<_, _>>()?;
+                Ok(OperatorSpec::Project { columns })
+            }
+            "split" => match arg {
+                None | Some("") => Ok(OperatorSpec::Split),
+                Some(arg) => Err(SpecError::UnexpectedArgument(arg.to_owned())),
+            },
+            "count" => {
+                let by = required("count", "count:<col or 'value'>")?;
+                let by = if by.trim() == "value" {
+                    CountBy::Value
+                } else {
+                    CountBy::Column(ColumnRef::parse(by, text)?)
+                };
+                Ok(OperatorSpec::Count { by })
+            }
+            other => Err(SpecError::UnknownOperator(other.to_owned())),
+        }
+    }
+
+    /// Builds the operator, resolving column names against `header` (the input's first row).
+    pub fn build(&self, header: Option<&[String]>) -> Result<Box<dyn Operator>, SpecError> {
+        let kind = match self {
+            OperatorSpec::Grep { needle } => Kind::Grep(needle.clone()),
+            OperatorSpec::Regex { pattern } => Kind::Regex(compile(pattern)?),
+            OperatorSpec::Column { column, value } => {
+                Kind::Column { index: column.resolve(header)?, value: value.clone() }
+            }
+            OperatorSpec::Project { columns } => {
+                Kind::Project(columns.iter().map(|c| c.resolve(header)).collect::<Result<_, _>>()?)
+            }
+            OperatorSpec::Split => Kind::Split,
+            OperatorSpec::Count { by: CountBy::Value } => Kind::Count(None),
+            OperatorSpec::Count { by: CountBy::Column(column) } => Kind::Count(Some(column.resolve(header)?)),
+        };
+        Ok(Box::new(Builtin { label: self.to_string(), kind }))
+    }
+}
+
+impl fmt::Display for OperatorSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OperatorSpec::Grep { needle } => write!(f, "grep:{needle}"),
+            OperatorSpec::Regex { pattern } => write!(f, "regex:{pattern}"),
+            OperatorSpec::Column { column, value } => write!(f, "column:{column}={value}"),
+            OperatorSpec::Project { columns } => {
+                f.write_str("project:")?;
+                for (i, column) in columns.iter().enumerate() {
+                    write!(f, "{}{column}", if i == 0 { "" } else { "," })?;
+                }
+                Ok(())
+            }
+            OperatorSpec::Split => f.write_str("split"),
+            OperatorSpec::Count { by: CountBy::Value } => f.write_str("count:value"),
+            OperatorSpec::Count { by: CountBy::Column(column) } => write!(f, "count:{column}"),
+        }
+    }
+}
+
+/// A built operator; column positions are 0-based and already resolved.
+enum Kind {
+    Grep(String),
+    Regex(Regex),
+    Column { index: usize, value: String },
+    Project(Vec<usize>),
+    Split,
+    Count(Option<usize>),
+}
+
+struct Builtin {
+    label: String,
+    kind: Kind,
+}
+
+fn words(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| !(c.is_alphanumeric() || c == '\''))
+        .map(|w| w.trim_matches('\''))
+        .filter(|w| !w.is_empty())
+}
+
+/// A count state: non-empty ASCII decimal digits fitting in a `u64` (no sign, no spaces).
+fn parse_count(state: &str) -> Option<u64> {
+    (!state.is_empty() && state.bytes().all(|b| b.is_ascii_digit())).then(|| state.parse().ok()).flatten()
+}
+
+impl Builtin {
+    fn filter(tuple: &Tuple, keep: bool) -> Applied {
+        let outputs =
+            if keep { vec![Output { key: tuple.key.clone(), value: tuple.value.clone() }] } else { vec![] };
+        Applied { outputs, state: None }
+    }
+}
+
+impl Operator for Builtin {
+    fn name(&self) -> &str {
+        &self.label
+    }
+
+    fn is_stateful(&self) -> bool {
+        match self.kind {
+            Kind::Count(_) => true,
+            Kind::Grep(_) | Kind::Regex(_) | Kind::Column { .. } | Kind::Project(_) | Kind::Split => false,
+        }
+    }
+
+    fn state_key(&self, tuple: &Tuple) -> Result<String, OperatorError> {
+        match self.kind {
+            Kind::Count(None) => Ok(tuple.value.clone()),
+            Kind::Count(Some(index)) => {
+                Ok(split_record(&tuple.value).into_iter().nth(index).unwrap_or_default())
+            }
+            Kind::Grep(_) | Kind::Regex(_) | Kind::Column { .. } | Kind::Project(_) | Kind::Split => {
+                Ok(tuple.key.clone())
+            }
+        }
+    }
+
+    fn apply(&self, tuple: &Tuple, state: Option<&str>) -> Result<Applied, OperatorError> {
+        match &self.kind {
+            Kind::Grep(needle) => Ok(Builtin::filter(tuple, tuple.value.contains(needle.as_str()))),
+            Kind::Regex(re) => Ok(Builtin::filter(tuple, re.is_match(&tuple.value))),
+            Kind::Column { index, value } => {
+                Ok(Builtin::filter(tuple, split_record(&tuple.value).get(*index) == Some(value)))
+            }
+            Kind::Project(indices) => {
+                let fields = split_record(&tuple.value);
+                let picked: Vec<&str> =
+                    indices.iter().map(|&i| fields.get(i).map_or("", String::as_str)).collect();
+                let value = join_record(&picked);
+                Ok(Applied { outputs: vec![Output { key: tuple.key.clone(), value }], state: None })
+            }
+            Kind::Split => {
+                let outputs =
+                    words(&tuple.value).map(|w| Output { key: w.to_owned(), value: "1".to_owned() });
+                Ok(Applied { outputs: outputs.collect(), state: None })
+            }
+            Kind::Count(_) => {
+                let key = self.state_key(tuple)?;
+                let previous = match state {
+                    None => 0,
+                    Some(state) => parse_count(state).ok_or_else(|| OperatorError::MalformedState {
+                        operator: self.label.clone(),
+                        key: key.clone(),
+                        state: state.to_owned(),
+                    })?,
+                };
+                let count = previous
+                    .checked_add(1)
+                    .ok_or_else(|| OperatorError::CountOverflow {
+                        operator: self.label.clone(),
+                        key: key.clone(),
+                    })?
+                    .to_string();
+                let value = join_record(&[&key, &count]);
+                Ok(Applied { outputs: vec![Output { key, value }], state: Some(count) })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::rainstorm::tuple::TupleId;
+
+    /// The first 200 lines of the demo dataset (public City of Champaign traffic-sign data).
+    const DATASET: &str = include_str!("testdata/traffic_signs_head.csv");
+    const FUZZ_SPECS: [&str; 7] =
+        ["grep:a", "regex:a+b", "column:2=a", "project:5,1", "split", "count:2", "count:value"];
+
+    fn header() -> Vec<String> {
+        ["\u{feff}X", "OBJECTID", "Sign_Type", "Sign_Post", "Category"].map(String::from).to_vec()
+    }
+
+    fn build(spec: &str) -> Box<dyn Operator> {
+        OperatorSpec::parse(spec).and_then(|s| s.build(Some(&header()))).expect("valid spec")
+    }
+
+    fn row(line: u64, value: &str) -> Tuple {
+        Tuple::source("signs.csv", line, value)
+    }
+
+    fn values(op: &dyn Operator, tuple: &Tuple) -> Vec<(String, String)> {
+        let applied = op.apply(tuple, None).expect("apply");
+        assert_eq!(applied.state, None);
+        applied.outputs.into_iter().map(|o| (o.key, o.value)).collect()
+    }
+
+    fn pair(key: &str, value: &str) -> (String, String) {
+        (key.to_owned(), value.to_owned())
+    }
+
+    #[test]
+    fn filters_keep_tuples_unchanged() {
+        let t = row(3, r#"1,7,"Stop, all way",Streetlight,Regulatory"#);
+        for spec in ["grep:all way", "regex:^1,\\d+,", "column:Sign_Post=Streetlight", "column:4=Streetlight"]
+        {
+            let op = build(spec);
+            assert!(!op.is_stateful() && op.name() == spec);
+            assert_eq!(op.state_key(&t), Ok("signs.csv:3".to_owned()));
+            assert_eq!(values(&*op, &t), [pair("signs.csv:3", &t.value)], "{spec}");
+        }
+        for spec in ["grep:All way", "regex:^7", "column:Sign_Post=Street", "column:3=Stop"] {
+            assert!(values(&*build(spec), &t).is_empty(), "{spec}");
+        }
+        assert_eq!(values(&*build("column:3=Stop, all way"), &t).len(), 1, "matches after unquoting");
+        assert!(values(&*build("column:Category="), &row(4, "a,b")).is_empty(), "short rows never match");
+    }
+
+    #[test]
+    fn project_joins_columns_as_csv() {
+        let op = build("project:OBJECTID,Sign_Type");
+        assert_eq!(
+            values(&*op, &row(2, r#"1,7,"Stop, all way",x"#)),
+            [pair("signs.csv:2", r#"7,"Stop, all way""#)]
+        );
+        assert_eq!(values(&*op, &row(2, "1")), [pair("signs.csv:2", ",")], "missing columns are empty");
+        assert_eq!(values(&*build("project:5, 1"), &row(2, "a,b,c,d,e")), [pair("signs.csv:2", "e,a")]);
+    }
+
+    #[test]
+    fn split_emits_words() {
+        let outputs = values(&*build("split"), &row(1, "Don't  park: 3am-5am, 'here'!"));
+        let words: Vec<&str> = outputs.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(words, ["Don't", "park", "3am", "5am", "here"]);
+        assert!(outputs.iter().all(|(_, v)| v == "1"));
+        assert!(values(&*build("split"), &row(1, " ,' ")).is_empty());
+    }
+
+    #[test]
+    fn count_continues_from_given_state() {
+        let op = build("count:Category");
+        let t = row(9, "1,2,Stop,Post,Regulatory");
+        assert!(op.is_stateful());
+        assert_eq!(op.state_key(&t), Ok("Regulatory".to_owned()));
+        let first = op.apply(&t, None).expect("apply");
+        assert_eq!(first.state.as_deref(), Some("1"));
+        let after_crash = op.apply(&t, Some("10")).expect("apply");
+        assert_eq!(after_crash.outputs, [Output { key: "Regulatory".into(), value: "Regulatory,11".into() }]);
+        assert_eq!(after_crash.state.as_deref(), Some("11"));
+        let short = op.apply(&row(9, "1,2"), Some("4")).expect("apply");
+        assert_eq!(short.outputs, [Output { key: String::new(), value: ",5".into() }]);
+        let by_value = build("count:value").apply(&row(1, "a,b"), None).expect("apply");
+        assert_eq!(by_value.outputs, [Output { key: "a,b".into(), value: "\"a,b\",1".into() }]);
+    }
+
+    #[test]
+    fn malformed_or_full_state_is_an_error() {
+        let op = build("count:value");
+        for state in ["", "x", "-1", "+1", " 1", "1.0", "99999999999999999999"] {
+            assert!(
+                matches!(op.apply(&row(1, "k"), Some(state)), Err(OperatorError::MalformedState { .. })),
+                "{state:?}"
+            );
+        }
+        let max = u64::MAX.to_string();
+        assert!(matches!(op.apply(&row(1, "k"), Some(&max)), Err(OperatorError::CountOverflow { .. })));
+    }
+
+    #[test]
+    fn spec_errors() {
+        let parse = OperatorSpec::parse;
+        let built = |spec: &str, header: Option<&[String]>| parse(spec).and_then(|s| s.build(header)).err();
+        assert_eq!(parse(""), Err(SpecError::Empty));
+        assert_eq!(parse("sort:x"), Err(SpecError::UnknownOperator("sort".into())));
+        for spec in ["grep", "grep:", "regex:", "project:", "count", "column:Sign_Post"] {
+            assert!(matches!(parse(spec), Err(SpecError::MissingArgument { .. })), "{spec}");
+        }
+        assert_eq!(parse("split:x"), Err(SpecError::UnexpectedArgument("x".into())));
+        assert_eq!(parse("project:a,,b"), Err(SpecError::EmptyColumn("project:a,,b".into())));
+        assert_eq!(parse("column:0=x"), Err(SpecError::BadIndex("0".into())));
+        assert_eq!(parse("count:99999999999"), Err(SpecError::BadIndex("99999999999".into())));
+        assert_eq!(
+            built("count:6", Some(&header())),
+            Some(SpecError::IndexOutOfRange { index: 6, columns: 5 })
+        );
+        assert!(built("count:6", None).is_none(), "indices are unchecked without a header");
+        let unknown = built("project:OBJECTID,Colour", Some(&header())).expect("error");
+        assert_eq!(
+            unknown.to_string(),
+            "unknown column `Colour`; available columns: X, OBJECTID, Sign_Type, Sign_Post, Category"
+        );
+        assert_eq!(built("count:Category", None), Some(SpecError::NoHeader { name: "Category".into() }));
+        let Err(SpecError::BadRegex { pattern, message }) = parse("regex:a(b") else {
+            panic!("bad regex accepted")
+        };
+        assert!(pattern == "a(b" && !message.is_empty());
+        let long = format!("regex:{}", "a".repeat(MAX_PATTERN_LEN + 1));
+        assert_eq!(parse(&long), Err(SpecError::PatternTooLong(MAX_PATTERN_LEN + 1)));
+        assert!(matches!(parse("regex:\\w{1000}{1000}"), Err(SpecError::BadRegex { .. })), "size limit");
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for spec in [
+            "grep: a:b ",
+            "regex:^x=\\d",
+            "column:Sign_Post=a=b",
+            "column:3=",
+            "project:1,OBJECTID",
+            "split",
+            "count:value",
+            "count:Category",
+        ] {
+            let parsed = OperatorSpec::parse(spec).expect("valid");
+            assert_eq!(parsed.to_string(), spec);
+            assert_eq!(OperatorSpec::parse(&parsed.to_string()), Ok(parsed));
+        }
+        assert_eq!(OperatorSpec::parse("project: a , 2").map(|s| s.to_string()), Ok("project:a,2".into()));
+    }
+
+    #[test]
+    fn derive_assigns_child_ids() {
+        let t = Tuple { id: TupleId::source("f", 4).child(2), key: "k".into(), value: "a b".into() };
+        let derived = derive(&t, &build("split").apply(&t, None).expect("apply"));
+        let ids: Vec<String> = derived.iter().map(|d| d.id.to_string()).collect();
+        assert_eq!(ids, ["f:4/2/0", "f:4/2/1"]);
+        assert_eq!((derived[1].key.as_str(), derived[1].value.as_str()), ("b", "1"));
+    }
+
+    /// Runs `ops` in sequence over the data lines (line 1 is the header) with a single-process
+    /// reference loop; returns each stage's outputs and final keyed state.
+    fn run(lines: &[&str], ops: &[Box<dyn Operator>]) -> (Vec<Vec<Tuple>>, Vec<BTreeMap<String, String>>) {
+        let mut outputs = vec![Vec::new(); ops.len()];
+        let mut states = vec![BTreeMap::new(); ops.len()];
+        for (line, text) in (1..).zip(lines).skip(1) {
+            let mut batch = vec![Tuple::source("Traffic_Signs.csv", line, *text)];
+            for (stage, op) in ops.iter().enumerate() {
+                let mut next = Vec::new();
+                for tuple in &batch {
+                    let key = op.state_key(tuple).expect("state key");
+                    let applied =
+                        op.apply(tuple, states[stage].get(&key).map(String::as_str)).expect("apply");
+                    if let Some(state) = &applied.state {
+                        states[stage].insert(key, state.clone());
+                    }
+                    next.extend(derive(tuple, &applied));
+                }
+                outputs[stage].extend(next.iter().cloned());
+                batch = next;
+            }
+        }
+        (outputs, states)
+    }
+
+    fn dataset() -> (String, Vec<String>) {
+        let header = split_record(DATASET.lines().next().expect("a header line"));
+        (DATASET.to_string(), header)
+    }
+
+    fn app(specs: [&str; 2], header: &[String]) -> Vec<Box<dyn Operator>> {
+        specs.map(|s| OperatorSpec::parse(s).and_then(|s| s.build(Some(header))).expect("valid app")).into()
+    }
+
+    #[test]
+    fn demo_app_1_grep_then_project() {
+        let (text, header) = dataset();
+        let lines: Vec<&str> = text.lines().take(200).collect();
+        let (outputs, _) = run(&lines, &app(["grep:Parking", "project:OBJECTID,Sign_Type"], &header));
+        let expected = lines.iter().skip(1).filter(|l| l.contains("Parking")).count();
+        assert!(expected > 0 && outputs[1].len() == expected);
+        for t in &outputs[1] {
+            let fields = split_record(&t.value);
+            let source = split_record(lines[t.id.line as usize - 1]);
+            assert_eq!(fields, [source[2].clone(), source[3].clone()], "{}", t.id);
+            assert!(fields[0].parse::<u64>().is_ok() && t.id.path == [0, 0]);
+            assert_eq!(t.key, format!("{}:{}", t.id.file, t.id.line));
+        }
+    }
+
+    #[test]
+    fn demo_app_2_filter_then_count() {
+        let (text, header) = dataset();
+        let lines: Vec<&str> = text.lines().take(200).collect();
+        let (outputs, states) =
+            run(&lines, &app(["column:Sign_Post=Punched Telespar", "count:Category"], &header));
+        let matching = outputs[0].len();
+        let total: u64 = states[1].values().map(|c| c.parse::<u64>().expect("count")).sum();
+        assert!(matching > 0 && total == matching as u64 && outputs[1].len() == matching);
+        for (category, count) in &states[1] {
+            let last = outputs[1].iter().rev().find(|t| &t.key == category).expect("output per category");
+            assert_eq!(split_record(&last.value), [category.clone(), count.clone()]);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics_and_round_trips(
+            text in "(grep|regex|column|project|split|count|x)?:?[a-z0-9=,: ()\\\\*]{0,12}|\\PC{0,20}",
+        ) {
+            if let Ok(spec) = OperatorSpec::parse(&text) {
+                prop_assert_eq!(OperatorSpec::parse(&spec.to_string()), Ok(spec.clone()));
+                let _ = spec.build(Some(&header()));
+                let _ = spec.build(None);
+            }
+        }
+
+        #[test]
+        fn apply_never_panics(
+            value in "[a-z\",' ]{0,30}|\\PC{0,30}",
+            state in proptest::option::of("[0-9]{0,21}|\\PC{0,4}"),
+        ) {
+            let t = row(1, &value);
+            for spec in FUZZ_SPECS {
+                let op = build(spec);
+                let _ = op.state_key(&t);
+                let _ = op.apply(&t, state.as_deref());
+            }
+        }
+    }
+}
