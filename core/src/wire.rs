@@ -105,7 +105,9 @@ impl std::fmt::Debug for ClusterKey {
     }
 }
 
-fn bincode_options(limit: usize) -> impl Options {
+/// The bincode options of every encoding in RainStorm (fixed-width integers, little endian,
+/// a size limit, no trailing bytes).
+pub(crate) fn bincode_options(limit: usize) -> impl Options {
     bincode::DefaultOptions::new()
         .with_fixint_encoding()
         .with_little_endian()

@@ -10,10 +10,12 @@
 //! * [`tuple`]: tuple identities ([`TupleId`]: source position plus derivation path) and tuples;
 //! * [`csv`]: lenient single-line RFC 4180 splitting and joining of records;
 //! * [`link`]: per-link batch numbering, windows, retries and in-order de-duplication;
+//! * [`journal`]: task journals (framed, checksummed records), replay, snapshots and compaction;
 //! * [`operator`]: the [`Operator`] contract, the built-in operators and their text specs
 //!   ([`OperatorSpec`]), and [`derive`] which gives outputs their ids.
 
 pub mod csv;
+pub mod journal;
 pub mod link;
 pub mod operator;
 pub mod tuple;
