@@ -28,8 +28,8 @@ pub struct LinkSender<T> {
     retry: Millis,
     next: LinkSeq,
     acked: LinkSeq,
-    /// Unacknowledged batches and when each was last sent.
-    unacked: BTreeMap<LinkSeq, (T, Time)>,
+    /// Unacknowledged batches and when each was last sent (`None`: restored, not sent yet).
+    unacked: BTreeMap<LinkSeq, (T, Option<Time>)>,
 }
 
 impl<T: Clone> LinkSender<T> {
@@ -57,7 +57,7 @@ impl<T: Clone> LinkSender<T> {
         }
         let seq = self.next;
         self.next += 1;
-        self.unacked.insert(seq, (batch, now));
+        self.unacked.insert(seq, (batch, Some(now)));
         Some(seq)
     }
 
@@ -68,7 +68,7 @@ impl<T: Clone> LinkSender<T> {
             return;
         }
         self.next = self.next.max(seq + 1);
-        self.unacked.insert(seq, (batch, Time(0)));
+        self.unacked.insert(seq, (batch, None));
     }
 
     /// The receiver has processed everything up to `upto`. Returns how many batches this
@@ -89,9 +89,9 @@ impl<T: Clone> LinkSender<T> {
         let retry = self.retry;
         self.unacked
             .iter_mut()
-            .filter(|(_, (_, sent))| *sent + retry <= now)
+            .filter(|(_, (_, sent))| sent.is_none_or(|t| t + retry <= now))
             .map(|(seq, (batch, sent))| {
-                *sent = now;
+                *sent = Some(now);
                 (*seq, batch.clone())
             })
             .collect()
@@ -99,7 +99,7 @@ impl<T: Clone> LinkSender<T> {
 
     /// When the oldest unacknowledged batch is due again.
     pub fn next_deadline(&self) -> Option<Time> {
-        self.unacked.values().map(|(_, sent)| *sent + self.retry).min()
+        self.unacked.values().map(|(_, sent)| sent.map_or(Time(0), |t| t + self.retry)).min()
     }
 
     /// Everything up to this is acknowledged.

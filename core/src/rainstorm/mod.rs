@@ -11,6 +11,8 @@
 //! * [`csv`]: lenient single-line RFC 4180 splitting and joining of records;
 //! * [`link`]: per-link batch numbering, windows, retries and in-order de-duplication;
 //! * [`journal`]: task journals (framed, checksummed records), replay, snapshots and compaction;
+//! * [`task`]: an operator task: in-order input, keyed state, journal before acknowledgement,
+//!   partitioned output with backpressure, restart from the journal;
 //! * [`operator`]: the [`Operator`] contract, the built-in operators and their text specs
 //!   ([`OperatorSpec`]), and [`derive`] which gives outputs their ids.
 
@@ -18,6 +20,7 @@ pub mod csv;
 pub mod journal;
 pub mod link;
 pub mod operator;
+pub mod task;
 pub mod tuple;
 
 pub use operator::{derive, Applied, Operator, OperatorError, OperatorSpec, Output, SpecError};
