@@ -54,6 +54,25 @@ pub struct ClusterArgs {
     pub cache_mb: Option<u64>,
 }
 
+impl ClusterArgs {
+    /// A cluster of `nodes` on `base_port..` kept in `dir`, with the defaults of the command
+    /// line (suspicion on, 1 s period, no loss, no key, default cache), for tests and benches.
+    pub fn local(nodes: u16, base_port: u16, dir: PathBuf) -> ClusterArgs {
+        ClusterArgs {
+            nodes,
+            base_port,
+            dir,
+            suspicion: "on".into(),
+            period_ms: 1000,
+            drop_rate: 0.0,
+            cluster_key: None,
+            demo: false,
+            for_secs: None,
+            cache_mb: None,
+        }
+    }
+}
+
 /// One running node process.
 pub struct NodeProcess {
     pub index: u16,

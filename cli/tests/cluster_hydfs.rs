@@ -48,16 +48,8 @@ impl Setup {
         let files = root.join("files");
         std::fs::create_dir_all(&files).unwrap();
         let args = ClusterArgs {
-            nodes,
-            base_port,
-            dir: root.join("cluster"),
-            suspicion: "on".into(),
             period_ms: PERIOD_MS,
-            drop_rate: 0.0,
-            cluster_key: None,
-            demo: false,
-            for_secs: None,
-            cache_mb: None,
+            ..ClusterArgs::local(nodes, base_port, root.join("cluster"))
         };
         let c = LocalCluster::start(args, PathBuf::from(env!("CARGO_BIN_EXE_rainstorm")))
             .expect("cluster starts");

@@ -17,18 +17,7 @@ fn bin_dir() -> PathBuf {
 fn args(name: &str, nodes: u16, base_port: u16) -> ClusterArgs {
     let dir = std::env::temp_dir().join(format!("rainstorm-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    ClusterArgs {
-        nodes,
-        base_port,
-        dir,
-        suspicion: "on".into(),
-        period_ms: PERIOD_MS,
-        drop_rate: 0.0,
-        cluster_key: None,
-        demo: false,
-        for_secs: None,
-        cache_mb: None,
-    }
+    ClusterArgs { period_ms: PERIOD_MS, ..ClusterArgs::local(nodes, base_port, dir) }
 }
 
 fn tool() -> PathBuf {

@@ -19,16 +19,9 @@ fn args(name: &str, suspicion: bool, drop_rate: f64, base_port: u16) -> ClusterA
     let dir = std::env::temp_dir().join(format!("rainstorm-bench-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     ClusterArgs {
-        nodes: NODES,
-        base_port,
-        dir,
         suspicion: if suspicion { "on" } else { "off" }.into(),
-        period_ms: 1000,
         drop_rate,
-        cluster_key: None,
-        demo: false,
-        for_secs: None,
-        cache_mb: None,
+        ..ClusterArgs::local(NODES, base_port, dir)
     }
 }
 

@@ -118,18 +118,7 @@ struct Cluster {
 
 impl Cluster {
     fn start(root: &Path, name: &str, base_port: u16, cache_mb: Option<u64>) -> Result<Cluster> {
-        let args = ClusterArgs {
-            nodes: NODES,
-            base_port,
-            dir: root.join(name),
-            suspicion: "on".into(),
-            period_ms: 1000,
-            drop_rate: 0.0,
-            cluster_key: None,
-            demo: false,
-            for_secs: None,
-            cache_mb,
-        };
+        let args = ClusterArgs { cache_mb, ..ClusterArgs::local(NODES, base_port, root.join(name)) };
         let c = LocalCluster::start(args, this_tool()?)?;
         let sockets: Vec<PathBuf> = (0..NODES).map(|i| control::socket_path(&c.data_dir(i))).collect();
         let addrs: Vec<NodeAddr> = (0..NODES)
