@@ -112,6 +112,20 @@ pub enum ClientOp {
         name: FileName,
         replica: Option<NodeAddr>,
     },
+    /// A get that skips this node's read cache: for files that other nodes write (a task's
+    /// journal read by the node that takes the task over).
+    GetLatest {
+        name: FileName,
+    },
+    /// A create or append that never ends on a timeout: it is retried with its one stamp (which
+    /// replicas recognise) until it is acknowledged or refused for good (already exists, not
+    /// found on any replica, too large, storage failure). So "not acknowledged" never means
+    /// "maybe written": what journals and job outputs need to stay exactly-once.
+    Persist {
+        name: FileName,
+        kind: WriteKind,
+        data: Vec<u8>,
+    },
 }
 
 impl ClientOp {
@@ -125,7 +139,9 @@ impl ClientOp {
             | ClientOp::Ls { name }
             | ClientOp::MultiAppend { name, .. }
             | ClientOp::Upload { name, .. }
-            | ClientOp::Download { name, .. } => name,
+            | ClientOp::Download { name, .. }
+            | ClientOp::Persist { name, .. }
+            | ClientOp::GetLatest { name } => name,
         }
     }
 }
@@ -194,7 +210,12 @@ impl ClientState {
     }
 
     pub(super) fn next_deadline(&self) -> Option<Time> {
-        let ops = self.ops.values().flat_map(|o| [Some(o.deadline), o.wait_until]).flatten();
+        // A persistent write's deadline (`Time(u64::MAX)`) is "never", not a timer to arm.
+        let ops = self
+            .ops
+            .values()
+            .flat_map(|o| [Some(o.deadline).filter(|d| d.0 != u64::MAX), o.wait_until])
+            .flatten();
         ops.chain(self.requests.values().map(|r| r.2)).min()
     }
 }
@@ -286,7 +307,10 @@ impl Hydfs {
         op: ClientOp,
         remote: Option<(NodeAddr, ReqId)>,
     ) -> Result<OpId, HydfsError> {
-        if let ClientOp::Create { data, .. } | ClientOp::Append { data, .. } = &op {
+        if let ClientOp::Create { data, .. }
+        | ClientOp::Append { data, .. }
+        | ClientOp::Persist { data, .. } = &op
+        {
             if data.len() as u64 > self.cfg.max_write_bytes {
                 return Err(HydfsError::TooLarge { len: data.len() as u64, limit: self.cfg.max_write_bytes });
             }
@@ -311,7 +335,14 @@ impl Hydfs {
         self.client.next_op += 1;
         let name = op.name().clone();
         let is_create = matches!(op, ClientOp::Create { .. });
+        let persistent = matches!(op, ClientOp::Persist { .. });
         let kind = match op {
+            ClientOp::Persist { kind, data, .. } => {
+                let stamp = self.next_stamp(now);
+                let meta = WriteMeta::describe(stamp, kind, &data, self.chunk_bytes());
+                self.client.uploads.insert((name.clone(), stamp), Upload::Bytes(data));
+                Kind::Write { meta }
+            }
             ClientOp::Create { data, .. } | ClientOp::Append { data, .. } => {
                 let wk = if is_create { WriteKind::Create } else { WriteKind::Append };
                 let stamp = self.next_stamp(now);
@@ -334,6 +365,7 @@ impl Hydfs {
                 }
                 Kind::read(None, stream)
             }
+            ClientOp::GetLatest { .. } => Kind::read(None, false),
             ClientOp::GetFromReplica { replica, .. } => Kind::read(Some(replica), false),
             ClientOp::Download { replica: Some(replica), .. } => Kind::read(Some(replica), true),
             ClientOp::Merge { .. } => Kind::Merge,
@@ -362,7 +394,7 @@ impl Hydfs {
             OpState {
                 name: name.clone(),
                 kind,
-                deadline: now + self.cfg.op_timeout + allowance,
+                deadline: if persistent { Time(u64::MAX) } else { now + self.cfg.op_timeout + allowance },
                 candidates: Vec::new(),
                 next: 0,
                 not_found: 0,
