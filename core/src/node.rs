@@ -1,7 +1,9 @@
 //! The `Node`: one process's protocol state, composing the layers behind one sans-IO surface.
 //!
-//! Owns the wire codec, the membership state machine and HyDFS (RainStorm plugs in beside them).
-//! Membership changes (joins, confirmed failures, leaves; never suspicion) set the HyDFS ring.
+//! Owns the wire codec and the three layers: membership, HyDFS and RainStorm. Membership changes
+//! (joins, confirmed failures, leaves; never suspicion) set the HyDFS ring and RainStorm's member
+//! list; RainStorm's file operations (input, journals, job outputs) go through this node's HyDFS
+//! client and their answers go back to RainStorm, never to the user.
 //! Invariants kept here:
 //! * every received frame is decoded under the size limit of its channel; a bad frame is counted
 //!   by cause and dropped, never panics and never reaches a layer;
@@ -18,6 +20,7 @@ use crate::membership::{
     MemberStatus, MemberView, Membership, MembershipConfig, MembershipError, MembershipEvent,
     MembershipStats, Phase, Role,
 };
+use crate::rainstorm::{JobError, JobId, JobSpec, Rainstorm, RainstormConfig, RainstormEvent};
 use crate::time::Time;
 use crate::wire::{Body, Codec, Envelope, WireError, MAX_STREAM_FRAME_BYTES};
 use std::collections::{BTreeMap, VecDeque};
@@ -43,6 +46,7 @@ pub struct Transmit {
 pub enum NodeEvent {
     Membership(MembershipEvent),
     Hydfs(HydfsEvent),
+    Rainstorm(RainstormEvent),
 }
 
 /// How a node is set up.
@@ -54,6 +58,7 @@ pub struct NodeConfig {
     pub introducer: NodeAddr,
     pub membership: MembershipConfig,
     pub hydfs: HydfsConfig,
+    pub rainstorm: RainstormConfig,
     pub codec: Codec,
 }
 
@@ -99,6 +104,9 @@ pub enum CommandError {
 pub struct Node {
     membership: Membership,
     hydfs: Hydfs,
+    rainstorm: Rainstorm,
+    /// HyDFS operations RainStorm started, by operation id: their answers go back to it.
+    rainstorm_ops: BTreeMap<OpId, u64>,
     codec: Codec,
     max_datagram_bytes: usize,
     events: VecDeque<NodeEvent>,
@@ -134,6 +142,8 @@ impl Node {
         let mut node = Node {
             membership,
             hydfs,
+            rainstorm: Rainstorm::new(cfg.rainstorm),
+            rainstorm_ops: BTreeMap::new(),
             codec: cfg.codec,
             max_datagram_bytes,
             events: VecDeque::new(),
@@ -153,6 +163,18 @@ impl Node {
         let id = self.hydfs.submit(now, op);
         self.collect_events(now);
         id
+    }
+
+    pub fn rainstorm(&self) -> &Rainstorm {
+        &self.rainstorm
+    }
+
+    /// Starts a RainStorm job led by this node; its progress and outputs arrive as
+    /// [`NodeEvent::Rainstorm`].
+    pub fn start_job(&mut self, now: Time, spec: JobSpec) -> Result<JobId, JobError> {
+        let job = self.rainstorm.start_job(now, spec);
+        self.collect_events(now);
+        job
     }
 
     pub fn membership(&self) -> &Membership {
@@ -177,6 +199,7 @@ impl Node {
                 match envelope.body {
                     Body::Membership(msg) => self.membership.handle_message(now, envelope.from, msg),
                     Body::Hydfs(msg) => self.hydfs.handle_message(now, envelope.from, msg),
+                    Body::Rainstorm(msg) => self.rainstorm.handle_message(now, envelope.from.addr, msg),
                 }
                 self.collect_events(now);
             }
@@ -203,6 +226,8 @@ impl Node {
         self.membership.handle_timeout(now);
         self.collect_events(now);
         self.hydfs.handle_timeout(now);
+        self.collect_events(now);
+        self.rainstorm.handle_timeout(now);
         self.collect_events(now);
     }
 
@@ -250,10 +275,13 @@ impl Node {
         loop {
             let (to, channel, body) = match self.membership.poll_outgoing() {
                 Some(out) => (out.to, out.channel, Body::Membership(out.msg)),
-                None => {
-                    let (to, msg) = self.hydfs.poll_outgoing()?;
-                    (to, Channel::Stream, Body::Hydfs(msg))
-                }
+                None => match self.hydfs.poll_outgoing() {
+                    Some((to, msg)) => (to, Channel::Stream, Body::Hydfs(msg)),
+                    None => {
+                        let (to, msg) = self.rainstorm.poll_outgoing()?;
+                        (to, Channel::Stream, Body::Rainstorm(msg))
+                    }
+                },
             };
             let envelope = Envelope { from: self.membership.me(), body };
             match self.codec.encode(&envelope, self.limit(channel)) {
@@ -276,10 +304,10 @@ impl Node {
     /// When [`Node::handle_timeout`] must next be called.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Time> {
-        match (self.membership.poll_timeout(), self.hydfs.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.membership.poll_timeout(), self.hydfs.poll_timeout(), self.rainstorm.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn limit(&self, channel: Channel) -> usize {
@@ -298,8 +326,36 @@ impl Node {
         if membership_changed {
             self.sync_ring(now);
         }
-        while let Some(e) = self.hydfs.poll_event() {
-            self.events.push_back(NodeEvent::Hydfs(e));
+        // RainStorm's file operations and their answers can chain (a cached read answers at
+        // once), so go round until both layers are quiet.
+        loop {
+            let mut progressed = false;
+            while let Some((token, op)) = self.rainstorm.poll_hydfs() {
+                progressed = true;
+                match self.hydfs.submit(now, op) {
+                    Ok(id) => {
+                        self.rainstorm_ops.insert(id, token);
+                    }
+                    Err(e) => self.rainstorm.on_hydfs(now, token, Err(e)),
+                }
+            }
+            while let Some(e) = self.hydfs.poll_event() {
+                progressed = true;
+                match e {
+                    HydfsEvent::OpDone { op, result } if self.rainstorm_ops.contains_key(&op) => {
+                        let token = self.rainstorm_ops.remove(&op).expect("present");
+                        self.rainstorm.on_hydfs(now, token, result);
+                    }
+                    e => self.events.push_back(NodeEvent::Hydfs(e)),
+                }
+            }
+            while let Some(e) = self.rainstorm.poll_event() {
+                progressed = true;
+                self.events.push_back(NodeEvent::Rainstorm(e));
+            }
+            if !progressed {
+                break;
+            }
         }
     }
 
@@ -308,7 +364,8 @@ impl Node {
     fn sync_ring(&mut self, now: Time) {
         let me = self.membership.is_joined().then(|| self.membership.me());
         let others: Vec<MemberId> = self.membership.members().map(|v| v.id).collect();
-        self.hydfs.set_members(now, me, others);
+        self.hydfs.set_members(now, me, others.clone());
+        self.rainstorm.set_members(now, me, others);
     }
 }
 

@@ -20,6 +20,7 @@
 use crate::hydfs::HydfsMsg;
 use crate::id::MemberId;
 use crate::membership::MembershipMsg;
+use crate::rainstorm::RainstormMsg;
 use bincode::Options;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -50,6 +51,7 @@ pub struct Envelope {
 pub enum Body {
     Membership(MembershipMsg),
     Hydfs(HydfsMsg),
+    Rainstorm(RainstormMsg),
 }
 
 /// Why a frame was rejected.

@@ -181,6 +181,7 @@ pub async fn start(cfg: RuntimeConfig) -> Result<StartedNode, StartError> {
             introducer: cfg.introducer,
             membership: cfg.membership.clone(),
             hydfs,
+            rainstorm: Default::default(),
             codec,
         },
         now,
@@ -565,9 +566,13 @@ async fn write_one(to: SocketAddr, conn: &mut Option<TcpStream>, frame: &[u8], t
 
 fn op_kind(op: &ClientOp) -> &'static str {
     match op {
-        ClientOp::Create { .. } | ClientOp::Upload { kind: WriteKind::Create, .. } => "create",
-        ClientOp::Append { .. } | ClientOp::Upload { kind: WriteKind::Append, .. } => "append",
-        ClientOp::Get { .. } | ClientOp::Download { replica: None, .. } => "get",
+        ClientOp::Create { .. }
+        | ClientOp::Upload { kind: WriteKind::Create, .. }
+        | ClientOp::Persist { kind: WriteKind::Create, .. } => "create",
+        ClientOp::Append { .. }
+        | ClientOp::Upload { kind: WriteKind::Append, .. }
+        | ClientOp::Persist { kind: WriteKind::Append, .. } => "append",
+        ClientOp::Get { .. } | ClientOp::Download { replica: None, .. } | ClientOp::GetLatest { .. } => "get",
         ClientOp::GetFromReplica { .. } | ClientOp::Download { replica: Some(_), .. } => "getfromreplica",
         ClientOp::Merge { .. } => "merge",
         ClientOp::Ls { .. } => "ls",
@@ -593,6 +598,7 @@ fn log_event(event: &NodeEvent) {
     let e = match event {
         NodeEvent::Membership(e) => e,
         NodeEvent::Hydfs(e) => return log_hydfs_event(e),
+        NodeEvent::Rainstorm(e) => return log_rainstorm_event(e),
     };
     match e {
         MembershipEvent::SelfJoined { id, members } => {
@@ -619,6 +625,44 @@ fn log_event(event: &NodeEvent) {
         MembershipEvent::MemberLeft { member } => info!(event = "member_left", %member, "LEFT {member}"),
         MembershipEvent::ModeChanged { suspicion } => {
             info!(event = "mode", suspicion, "suspicion {}", if *suspicion { "enabled" } else { "disabled" })
+        }
+    }
+}
+
+/// One log line per RainStorm event (outputs are streamed to the console, not logged).
+fn log_rainstorm_event(event: &rainstorm_core::rainstorm::RainstormEvent) {
+    use rainstorm_core::rainstorm::RainstormEvent as E;
+    match event {
+        E::JobReceived { job, spec } => info!(event = "job_received", %job, "job {job} received: {spec}"),
+        E::TaskScheduled { job, task, epoch, host, restart } => info!(
+            event = "task_scheduled",
+            %job, %task, epoch, %host, restart,
+            "job {job}: task {task} (incarnation {epoch}) scheduled on {host}{}",
+            if *restart { " (restart)" } else { "" }
+        ),
+        E::TaskStarted { job, task, epoch, recovered_records } => info!(
+            event = "task_started",
+            %job, %task, epoch, recovered_records,
+            "job {job}: task {task} (incarnation {epoch}) started after replaying {recovered_records} journal records"
+        ),
+        E::TaskCompleted { job, task } => {
+            info!(event = "task_completed", %job, %task, "job {job}: task {task} completed")
+        }
+        E::TaskFailed { job, task, epoch, reason } => {
+            warn!(event = "task_failed", %job, %task, epoch, "job {job}: task {task} failed: {reason}")
+        }
+        E::Output { .. } => {}
+        E::JobCompleted { job, outputs, restarts } => info!(
+            event = "job_completed",
+            %job, outputs, restarts,
+            "job {job} completed: {outputs} outputs, {restarts} task restarts"
+        ),
+        E::JobFailed { job, reason } => warn!(event = "job_failed", %job, "job {job} failed: {reason}"),
+        E::JobLost { job, reason } => {
+            warn!(event = "job_lost", %job, "job {job} ended: {reason}; the output written so far stays")
+        }
+        E::JobAbandoned { job, reason } => {
+            warn!(event = "job_abandoned", %job, "job {job} abandoned: {reason}; its tasks here were dropped")
         }
     }
 }

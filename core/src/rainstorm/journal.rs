@@ -337,10 +337,10 @@ pub fn should_compact(
     records_since_snapshot >= limits.max_records || bytes_since_snapshot >= limits.max_bytes
 }
 
-/// The HyDFS file of generation `generation` of `task`'s journal:
-/// `rainstorm/<job>/journal/s<stage>-t<index>.<generation>`.
-pub fn journal_name(job: &str, task: TaskId, generation: u32) -> Result<FileName, NameError> {
-    FileName::new(&format!("rainstorm/{job}/journal/{task}.{generation}"))
+/// The HyDFS file of generation `generation` of incarnation `epoch` of `task`'s journal:
+/// `rainstorm/<job>/journal/s<stage>-t<index>.e<epoch>.g<generation>`.
+pub fn journal_name(job: &str, task: TaskId, epoch: u32, generation: u32) -> Result<FileName, NameError> {
+    FileName::new(&format!("rainstorm/{job}/journal/{task}.e{epoch}.g{generation}"))
 }
 
 #[cfg(test)]
@@ -527,8 +527,11 @@ mod tests {
     #[test]
     fn names_and_compaction_limits() {
         let task = TaskId { stage: 2, index: 13 };
-        assert_eq!(journal_name("job-1", task, 4).unwrap().as_str(), "rainstorm/job-1/journal/s2-t13.4");
-        assert_eq!(journal_name("", task, 0), Err(NameError::BadComponent));
+        assert_eq!(
+            journal_name("job-1", task, 2, 4).unwrap().as_str(),
+            "rainstorm/job-1/journal/s2-t13.e2.g4"
+        );
+        assert_eq!(journal_name("", task, 0, 0), Err(NameError::BadComponent));
         let limits = CompactionLimits::default();
         assert_eq!(limits, CompactionLimits { max_records: 1000, max_bytes: 4 << 20 });
         assert!(!should_compact(999, (4 << 20) - 1, limits));

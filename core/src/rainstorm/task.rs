@@ -7,8 +7,9 @@
 //! input (acknowledging it upstream), update its state and send the output batches, numbered on
 //! their links as the record says. A task restarted from its journal ([`Recovered`]) resends the
 //! outputs not known acknowledged with the same numbers, so receivers drop the ones they had.
-//! Downstream acknowledgements are not journaled by the task yet, so a restarted task resends
-//! every output its journal holds; the receivers' duplicate check keeps that exactly-once.
+//! Downstream acknowledgements are journaled lazily, as [`Record::Acked`] frames in front of the
+//! next record, so a restarted task resends only the outputs not known acknowledged (the
+//! receivers' duplicate check keeps that exactly-once).
 //!
 //! Invariants kept here:
 //! * one journal append in flight at a time, and nothing of a batch is visible (acknowledgement,
@@ -21,6 +22,7 @@
 //!   upstream link once that upstream has finished; the task finishes when it has processed all
 //!   of them and every output is acknowledged, and reports its own last numbers.
 
+use super::config::PlantedBug;
 use super::journal::{encode, OutBatch, Record, Recovered, TaskId};
 use super::link::{Arrival, LinkReceiver, LinkSender, LinkSeq};
 use super::operator::{derive, Operator};
@@ -34,11 +36,19 @@ use std::collections::{BTreeMap, VecDeque};
 pub struct TaskConfig {
     pub window: usize,
     pub retry: Millis,
+    /// A deliberate bug (tests only; see [`PlantedBug`]).
+    pub planted: Option<PlantedBug>,
 }
 
 impl Default for TaskConfig {
     fn default() -> Self {
-        TaskConfig { window: 8, retry: Millis(1_000) }
+        TaskConfig { window: 8, retry: Millis(1_000), planted: None }
+    }
+}
+
+impl TaskConfig {
+    fn bug(&self, bug: PlantedBug) -> bool {
+        cfg!(feature = "planted-bugs") && self.planted == Some(bug)
     }
 }
 
@@ -74,17 +84,19 @@ pub fn partition(key: &str, n: usize) -> usize {
     (h % n.max(1) as u64) as usize
 }
 
-/// A batch being journaled.
+/// A batch being journaled: its records (acknowledgements first, then the batch itself).
 struct Pending {
     from: TaskId,
     seq: LinkSeq,
     tuples: Vec<Tuple>,
-    record: Record,
+    records: Vec<Record>,
 }
 
 pub struct Task {
     id: TaskId,
     operator: Box<dyn Operator>,
+    /// The next stage's operator: outputs go to the task owning their key under it.
+    next: Option<Box<dyn Operator>>,
     upstream: Vec<TaskId>,
     downstream: Vec<TaskId>,
     receivers: BTreeMap<TaskId, LinkReceiver<Vec<Tuple>>>,
@@ -98,16 +110,20 @@ pub struct Task {
     retry: Millis,
     next_upstream: usize,
     done: bool,
+    cfg: TaskConfig,
     out: VecDeque<TaskOutput>,
 }
 
 impl Task {
     /// A task (new, or restarted from `journal`) reading `upstream` and feeding `downstream`
-    /// (the next stage's tasks in partition order; for the last stage, the sink alone).
+    /// (the next stage's tasks in partition order; for the last stage, the sink alone). Each
+    /// output goes to the downstream task that owns its key under `next` (the next stage's
+    /// operator: its state key), or its tuple key when there is no next operator.
     pub fn new(
         id: TaskId,
         cfg: &TaskConfig,
         operator: Box<dyn Operator>,
+        next: Option<Box<dyn Operator>>,
         upstream: Vec<TaskId>,
         downstream: Vec<TaskId>,
         journal: Recovered,
@@ -133,6 +149,7 @@ impl Task {
         Task {
             id,
             operator,
+            next,
             upstream,
             downstream,
             receivers,
@@ -144,6 +161,7 @@ impl Task {
             retry: cfg.retry,
             next_upstream: 0,
             done: false,
+            cfg: cfg.clone(),
             out: VecDeque::new(),
         }
     }
@@ -157,11 +175,37 @@ impl Task {
         &self.journal.state
     }
 
+    /// Where the task stands: per upstream delivered (held), per downstream acknowledged / next.
+    pub fn progress(&self) -> String {
+        let ins: Vec<String> =
+            self.receivers.iter().map(|(u, r)| format!("{u}:{}+{}", r.delivered(), r.held())).collect();
+        let outs: Vec<String> =
+            self.senders.iter().map(|(d, s)| format!("{d}:{}/{}", s.acked(), s.next_seq())).collect();
+        format!(
+            "in {} out {} pending {} paused {:?}",
+            ins.join(" "),
+            outs.join(" "),
+            self.pending.is_some(),
+            self.paused_until
+        )
+    }
+
+    /// Everything journaled so far, as one record (what a new journal generation starts with).
+    pub fn snapshot(&self) -> Record {
+        Record::Snapshot(self.journal.snapshot())
+    }
+
     /// A message from another task.
     pub fn on_message(&mut self, now: Time, from: TaskId, msg: LinkMsg) {
         match msg {
             LinkMsg::Batch { seq, tuples } => {
+                let window = self.cfg.window;
+                let forgets = self.cfg.bug(PlantedBug::ForgetsSeenIds);
                 let Some(r) = self.receivers.get_mut(&from) else { return };
+                if forgets && r.delivered() == 0 && r.held() == 0 && seq > 1 {
+                    // Planted: the receiver takes up the sender's numbering where it finds it.
+                    *r = LinkReceiver::new(seq - 1, window);
+                }
                 if let Arrival::Duplicate { ack } = r.arrive(seq, tuples) {
                     self.out.push_back(TaskOutput::Send { to: from, msg: LinkMsg::Ack { upto: ack } });
                 }
@@ -188,12 +232,20 @@ impl Task {
         let Some(p) = self.pending.take() else { return };
         match result {
             Ok(()) => {
-                if let Err(e) = self.journal.apply(&p.record) {
-                    return self.fail(format!("journal record rejected: {e}"));
+                if self.cfg.bug(PlantedBug::ForgetsSeenIds) {
+                    // Planted: whatever the receiver took is "next", whatever was recovered.
+                    self.journal.delivered.insert(p.from, p.seq - 1);
+                }
+                for record in &p.records {
+                    if let Err(e) = self.journal.apply(record) {
+                        return self.fail(format!("journal record rejected: {e}"));
+                    }
                 }
                 let ack = self.receivers.get_mut(&p.from).map_or(0, |r| r.commit(p.seq));
-                self.out.push_back(TaskOutput::Send { to: p.from, msg: LinkMsg::Ack { upto: ack } });
-                if let Record::Processed { outputs, .. } = p.record {
+                if !self.cfg.bug(PlantedBug::AckBeforeJournal) {
+                    self.out.push_back(TaskOutput::Send { to: p.from, msg: LinkMsg::Ack { upto: ack } });
+                }
+                if let Some(Record::Processed { outputs, .. }) = p.records.into_iter().last() {
                     for b in outputs {
                         let Some(s) = self.senders.get_mut(&b.to) else { continue };
                         if s.push(now, b.tuples.clone()) != Some(b.seq) {
@@ -296,7 +348,16 @@ impl Task {
                 }
             };
             for d in derive(t, &applied) {
-                let Some(to) = self.downstream.get(partition(&d.key, self.downstream.len())).copied() else {
+                let key = match &self.next {
+                    Some(next) => match next.state_key(&d) {
+                        Ok(key) => key,
+                        Err(e) => {
+                            return self.fail(format!("operator `{}` cannot key {}: {e}", next.name(), d.id))
+                        }
+                    },
+                    None => d.key.clone(),
+                };
+                let Some(to) = self.downstream.get(partition(&key, self.downstream.len())).copied() else {
                     return self.fail(format!("{} has outputs but no downstream task", self.id));
                 };
                 per_dest.entry(to).or_default().push(d);
@@ -310,14 +371,27 @@ impl Task {
                 tuples,
             })
             .collect();
-        let record = Record::Processed { from, seq, outputs, state: changes.into_iter().collect() };
-        match encode(&record) {
-            Ok(bytes) => {
-                self.out.push_back(TaskOutput::Append { bytes });
-                self.pending = Some(Pending { from, seq, tuples, record });
+        // Acknowledgements received since the last record ride along in front of this one.
+        let mut records: Vec<Record> = self
+            .senders
+            .iter()
+            .filter(|(to, s)| s.acked() > self.journal.acked.get(to).copied().unwrap_or(0))
+            .map(|(to, s)| Record::Acked { to: *to, upto: s.acked() })
+            .collect();
+        records.push(Record::Processed { from, seq, outputs, state: changes.into_iter().collect() });
+        let mut bytes = Vec::new();
+        for record in &records {
+            match encode(record) {
+                Ok(frame) => bytes.extend_from_slice(&frame),
+                Err(e) => return self.fail(format!("batch {seq} from {from} cannot be journaled: {e}")),
             }
-            Err(e) => self.fail(format!("batch {seq} from {from} cannot be journaled: {e}")),
         }
+        if self.cfg.bug(PlantedBug::AckBeforeJournal) {
+            let ack = self.receivers.get(&from).map_or(0, |r| r.delivered()) + 1;
+            self.out.push_back(TaskOutput::Send { to: from, msg: LinkMsg::Ack { upto: ack } });
+        }
+        self.out.push_back(TaskOutput::Append { bytes });
+        self.pending = Some(Pending { from, seq, tuples, records });
     }
 }
 

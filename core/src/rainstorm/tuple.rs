@@ -60,6 +60,33 @@ impl Tuple {
     }
 }
 
+/// The physical lines of an input file, numbered from 1: split at `\n`, a `\r` before it
+/// dropped, no line after a final terminator. Invalid UTF-8 is replaced (U+FFFD), never refused.
+pub fn source_lines(content: &[u8]) -> impl Iterator<Item = (u64, String)> + '_ {
+    let body = content.strip_suffix(b"\n").unwrap_or(content);
+    let lines = (!content.is_empty()).then(|| body.split(|b| *b == b'\n')).into_iter().flatten();
+    lines.zip(1..).map(|(line, n)| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        (n, String::from_utf8_lossy(line).into_owned())
+    })
+}
+
+/// One output as a line of a job's destination file: its value, with `\\`, newline and carriage
+/// return escaped as `\\\\`, `\\n` and `\\r` so that every output is exactly one line.
+pub fn dest_line(tuple: &Tuple) -> String {
+    let mut line = String::with_capacity(tuple.value.len() + 1);
+    for c in tuple.value.chars() {
+        match c {
+            '\\' => line.push_str("\\\\"),
+            '\n' => line.push_str("\\n"),
+            '\r' => line.push_str("\\r"),
+            c => line.push(c),
+        }
+    }
+    line.push('\n');
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -81,6 +108,25 @@ mod tests {
             [a.child(1), TupleId::source("f", 10), a.clone(), a.child(0)].into_iter().collect();
         let shown: Vec<String> = set.iter().map(ToString::to_string).collect();
         assert_eq!(shown, ["f:2", "f:2/0", "f:2/1", "f:10"]);
+    }
+
+    #[test]
+    fn physical_lines() {
+        let lines = |s: &str| source_lines(s.as_bytes()).map(|(n, l)| format!("{n}:{l}")).collect::<Vec<_>>();
+        assert_eq!(lines(""), Vec::<String>::new());
+        assert_eq!(lines("a"), ["1:a"]);
+        assert_eq!(lines("a\n"), ["1:a"]);
+        assert_eq!(lines("a\r\nb\n\nc"), ["1:a", "2:b", "3:", "4:c"]);
+        assert_eq!(lines("\"x\ny\"\n"), ["1:\"x", "2:y\""]);
+        assert_eq!(lines("\n"), ["1:"]);
+    }
+
+    #[test]
+    fn dest_lines_escape_line_breaks() {
+        let t =
+            |v: &str| dest_line(&Tuple { id: TupleId::source("f", 1), key: String::new(), value: v.into() });
+        assert_eq!(t("a,b"), "a,b\n");
+        assert_eq!(t("a\nb\\c\r"), "a\\nb\\\\c\\r\n");
     }
 
     #[test]

@@ -13,7 +13,7 @@ fn op(spec: &str) -> Box<dyn Operator> {
 }
 
 fn cfg() -> TaskConfig {
-    TaskConfig { window: 2, retry: Millis(100) }
+    TaskConfig { window: 2, retry: Millis(100), planted: None }
 }
 
 fn tuples(from: u64, words: &[&str]) -> Vec<Tuple> {
@@ -32,7 +32,7 @@ struct Rig {
 impl Rig {
     fn new(spec: &str, journal: Vec<u8>) -> Rig {
         let recovered = Recovered::replay(&decode_all(&journal).expect("journal decodes")).expect("replays");
-        let task = Task::new(ME, &cfg(), op(spec), vec![UP], DOWN.to_vec(), recovered);
+        let task = Task::new(ME, &cfg(), op(spec), None, vec![UP], DOWN.to_vec(), recovered);
         Rig { task, journal, sent: Vec::new(), finished: None, failed: None }
     }
 

@@ -1,0 +1,691 @@
+//! The leader side: the jobs this node leads, their placement, restarts, completion, and the
+//! sink that turns the last stage's batches into the destination file and the console stream.
+//!
+//! A job starts by reading its input (the header row names columns for the operators) and
+//! creating its destination file, which must not exist. Each task is then placed on a live
+//! member. When membership declares a member failed (or it leaves), each of its tasks gets a
+//! new incarnation (epoch) on the least loaded live member; the new placement is pushed to
+//! every task, and the new incarnation is assigned only once every live neighbour reports that
+//! placement (fencing), so the old incarnation, even if it still runs, is ignored by everyone.
+//!
+//! Invariants kept here:
+//! * an incarnation recovers from the newest journal position its predecessors reported after
+//!   the leader said go to them: nothing an incarnation did before that go is ever relied on;
+//! * the sink appends a batch's outputs to the destination with one never-abandoned write and
+//!   acknowledges the batch, and reports its outputs, only once that write is acknowledged; its
+//!   receivers drop batches they already took, so each output is appended and reported once;
+//! * a job completes exactly when every last-stage task has finished (which means every one of
+//!   its outputs was acknowledged by the sink).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::config::RainstormConfig;
+use super::job::{
+    Epoch, JobId, JobPlan, JobSpec, JournalPos, Placement, RainstormEvent, RainstormMsg, TaskPhase, SINK,
+    STAGES,
+};
+use super::journal::{LinkSeq, TaskId};
+use super::link::{Arrival, LinkReceiver};
+use super::reference::{build_pair, header_of};
+use super::task::LinkMsg;
+use super::tuple::{dest_line, Tuple};
+use super::Outbox;
+use crate::hydfs::{ClientOp, HydfsError, OpOutput, WriteKind};
+use crate::id::MemberId;
+use crate::time::Time;
+
+/// Bytes of output the sink appends to the destination in one write, at most (roughly).
+const SINK_APPEND_BYTES: usize = 512 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotState {
+    /// No live member to run it yet.
+    Unplaced,
+    /// Waiting for its neighbours to learn the new placement.
+    Fencing {
+        version: u64,
+    },
+    /// Assigned; waiting for the incarnation's first status.
+    Assigned,
+    /// Told to go (or recovering: it reported).
+    Running,
+    Finished,
+    /// Its incarnation failed on a file operation; a new one is placed at this time.
+    Backoff {
+        until: Time,
+    },
+}
+
+struct Slot {
+    host: MemberId,
+    epoch: Epoch,
+    state: SlotState,
+    /// The newest journal position of an incarnation that was told go.
+    authority: Option<JournalPos>,
+    /// The placement version the current incarnation reported.
+    placement_known: u64,
+    ended_known: u32,
+    last: BTreeMap<TaskId, LinkSeq>,
+    /// Until when an incarnation of this task may still act on a lease this leader granted.
+    leased_until: Time,
+}
+
+/// A task's status report, as the leader reads it.
+pub(super) struct Report {
+    pub phase: TaskPhase,
+    pub placement: u64,
+    pub ended_known: u32,
+    pub nonce: u64,
+}
+
+enum JobPhase {
+    ReadingInput,
+    CreatingDest,
+    Running,
+}
+
+struct Sink {
+    receivers: BTreeMap<TaskId, LinkReceiver<Vec<Tuple>>>,
+    appending: Option<Vec<(TaskId, LinkSeq, Vec<Tuple>)>>,
+    outputs: u64,
+}
+
+pub(super) struct LeaderJob {
+    spec: JobSpec,
+    plan: JobPlan,
+    phase: JobPhase,
+    slots: BTreeMap<TaskId, Slot>,
+    placement: Placement,
+    sink: Sink,
+    restarts: u32,
+    failures: u32,
+    next_resend: Time,
+    /// When a fenced task's predecessor lease runs out next.
+    wake: Option<Time>,
+}
+
+#[derive(Default)]
+pub(super) struct Leader {
+    jobs: BTreeMap<JobId, LeaderJob>,
+    /// Jobs that ended (completed or failed): their tasks are told to stop.
+    ended: BTreeSet<JobId>,
+    next_job: u32,
+    ios: BTreeMap<u64, (JobId, LeaderIo)>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(super) enum LeaderIo {
+    Input,
+    Dest,
+    SinkAppend,
+}
+
+impl Leader {
+    pub(super) fn owns(&self, token: u64) -> bool {
+        self.ios.contains_key(&token)
+    }
+
+    pub(super) fn jobs(&self) -> impl Iterator<Item = JobId> + '_ {
+        self.jobs.keys().copied()
+    }
+
+    /// One line per task of each job this node leads: where it runs and what the leader knows.
+    pub(super) fn describe(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for (job, j) in &self.jobs {
+            lines.push(format!("job {job}: {} (placement v{})", j.spec, j.placement.version));
+            for (task, s) in &j.slots {
+                lines.push(format!(
+                    "  {task} e{} on {}: {:?}, knows placement v{}, ended {}, authority {:?}",
+                    s.epoch, s.host, s.state, s.placement_known, s.ended_known, s.authority
+                ));
+            }
+            for (from, r) in &j.sink.receivers {
+                lines.push(format!("  sink from {from}: delivered {}, held {}", r.delivered(), r.held()));
+            }
+        }
+        lines
+    }
+
+    pub(super) fn poll_timeout(&self) -> Option<Time> {
+        let backoffs = self.jobs.values().flat_map(|j| j.slots.values()).filter_map(|s| match s.state {
+            SlotState::Backoff { until } => Some(until),
+            _ => None,
+        });
+        let backoffs = backoffs.chain(self.jobs.values().filter_map(|j| j.wake));
+        self.jobs.values().map(|j| j.next_resend).chain(backoffs).min()
+    }
+
+    /// Accepts a job: reads its input first.
+    pub(super) fn start(
+        &mut self,
+        now: Time,
+        me: MemberId,
+        cfg: &RainstormConfig,
+        spec: JobSpec,
+        out: &mut Outbox,
+    ) -> JobId {
+        self.next_job += 1;
+        let job = JobId::new(me, self.next_job);
+        let plan = JobPlan {
+            job,
+            leader: me,
+            ops: [spec.op1.to_string(), spec.op2.to_string()],
+            src: spec.src.clone(),
+            dest: spec.dest.clone(),
+            tasks: spec.tasks,
+            batch_lines: cfg.batch_lines,
+            header: None,
+        };
+        out.event(RainstormEvent::JobReceived { job, spec: spec.to_string() });
+        let token = out.hydfs(ClientOp::GetLatest { name: spec.src.clone() });
+        self.ios.insert(token, (job, LeaderIo::Input));
+        let sink = Sink { receivers: BTreeMap::new(), appending: None, outputs: 0 };
+        self.jobs.insert(
+            job,
+            LeaderJob {
+                spec,
+                plan,
+                phase: JobPhase::ReadingInput,
+                slots: BTreeMap::new(),
+                placement: Placement::default(),
+                sink,
+                restarts: 0,
+                failures: 0,
+                next_resend: now + cfg.status_interval,
+                wake: None,
+            },
+        );
+        job
+    }
+
+    pub(super) fn on_hydfs(
+        &mut self,
+        now: Time,
+        cfg: &RainstormConfig,
+        members: &[MemberId],
+        token: u64,
+        result: Result<OpOutput, HydfsError>,
+        out: &mut Outbox,
+    ) {
+        let Some((job, io)) = self.ios.remove(&token) else { return };
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        match (io, result) {
+            (LeaderIo::Input, Ok(OpOutput::Content { bytes, .. })) => {
+                let header = header_of(&bytes);
+                if let Err(e) = build_pair(&j.spec.op1, &j.spec.op2, header.as_deref()) {
+                    let why = format!("{e} (input `{}`)", j.spec.src);
+                    return self.fail(job, why, out);
+                }
+                j.plan.header = header;
+                j.phase = JobPhase::CreatingDest;
+                let op = ClientOp::Persist {
+                    name: j.spec.dest.clone(),
+                    kind: WriteKind::Create,
+                    data: Vec::new(),
+                };
+                let token = out.hydfs(op);
+                self.ios.insert(token, (job, LeaderIo::Dest));
+            }
+            (LeaderIo::Dest, Ok(_)) => {
+                j.phase = JobPhase::Running;
+                j.place_all(now, cfg, members, out);
+            }
+            (LeaderIo::SinkAppend, Ok(_)) => {
+                let batches = j.sink.appending.take().unwrap_or_default();
+                for (from, seq, tuples) in batches {
+                    let upto = j.sink.receivers.get_mut(&from).map_or(0, |r| r.commit(seq));
+                    j.ack(from, upto, out);
+                    j.sink.outputs += tuples.len() as u64;
+                    for tuple in tuples {
+                        out.event(RainstormEvent::Output { job, tuple });
+                    }
+                }
+                j.step_sink(out, &mut self.ios);
+                self.check_done(job, out);
+            }
+            (io, Ok(other)) => self.fail(job, format!("unexpected answer to {io:?}: {other:?}"), out),
+            (LeaderIo::Input, Err(e)) => self.fail(job, format!("cannot read the input: {e}"), out),
+            (LeaderIo::Dest, Err(HydfsError::AlreadyExists(name))) => {
+                self.fail(job, format!("the destination `{name}` already exists (choose a new name)"), out)
+            }
+            (LeaderIo::Dest, Err(e)) => self.fail(job, format!("cannot create the destination: {e}"), out),
+            (LeaderIo::SinkAppend, Err(e)) => {
+                self.fail(job, format!("cannot append to the destination: {e}"), out)
+            }
+        }
+    }
+
+    /// A worker's status report.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_status(
+        &mut self,
+        now: Time,
+        cfg: &RainstormConfig,
+        members: &[MemberId],
+        from: crate::id::NodeAddr,
+        (job, task, epoch): (JobId, TaskId, Epoch),
+        report: Report,
+        out: &mut Outbox,
+    ) {
+        let Report { phase, placement, ended_known, nonce } = report;
+        let Some(j) = self.jobs.get_mut(&job) else {
+            out.send(from, RainstormMsg::Stop { job, task: None });
+            return;
+        };
+        let Some(slot) = j.slots.get_mut(&task) else { return };
+        if slot.epoch != epoch || slot.host.addr != from {
+            out.send(from, RainstormMsg::Stop { job, task: Some((task, epoch)) });
+            return;
+        }
+        slot.placement_known = slot.placement_known.max(placement);
+        slot.ended_known = ended_known;
+        let mut failed = None;
+        match phase {
+            TaskPhase::Recovering => {}
+            TaskPhase::Ready => {
+                slot.authority = slot.authority.max(Some(JournalPos { epoch, generation: 0 }));
+                if slot.state != SlotState::Finished {
+                    slot.state = SlotState::Running;
+                }
+            }
+            TaskPhase::Running { generation } => {
+                slot.authority = slot.authority.max(Some(JournalPos { epoch, generation }));
+                if slot.state != SlotState::Finished {
+                    slot.state = SlotState::Running;
+                }
+            }
+            TaskPhase::Finished { generation, last } => {
+                slot.authority = slot.authority.max(Some(JournalPos { epoch, generation }));
+                if slot.state != SlotState::Finished {
+                    slot.state = SlotState::Finished;
+                    slot.last = last.into_iter().collect();
+                    out.event(RainstormEvent::TaskCompleted { job, task });
+                }
+            }
+            TaskPhase::Failed { reason, transient } => failed = Some((reason, transient)),
+        }
+        if let Some((reason, transient)) = failed {
+            if matches!(slot.state, SlotState::Backoff { .. }) {
+                return;
+            }
+            out.event(RainstormEvent::TaskFailed { job, task, epoch, reason: reason.clone() });
+            if transient {
+                // The cluster is in flux (a file unreachable for now): try again a little
+                // later, without counting it against the job.
+                slot.state = SlotState::Backoff { until: now + cfg.retry };
+                return;
+            }
+            j.failures += 1;
+            if j.failures > cfg.max_task_failures {
+                let why = format!("task {task} failed {} times; last: {reason}", j.failures);
+                return self.fail(job, why, out);
+            }
+            j.replace(now, cfg, task, members, out);
+            return;
+        }
+        let mut reply = j.control(task);
+        if let RainstormMsg::Control { nonce: n, .. } = &mut reply {
+            *n = nonce;
+        }
+        if let Some(slot) = j.slots.get_mut(&task) {
+            slot.leased_until = slot.leased_until.max(now + cfg.lease);
+        }
+        out.send(from, reply);
+        j.fence(now, out);
+        self.check_done(job, out);
+    }
+
+    /// A batch or acknowledgement addressed to a job's sink.
+    pub(super) fn on_link(&mut self, job: JobId, from: (TaskId, Epoch), msg: LinkMsg, out: &mut Outbox) {
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        if j.placement.tasks.get(&from.0).map(|p| p.1) != Some(from.1) {
+            return;
+        }
+        let LinkMsg::Batch { seq, tuples } = msg else { return };
+        let Some(r) = j.sink.receivers.get_mut(&from.0) else { return };
+        if let Arrival::Duplicate { ack } = r.arrive(seq, tuples) {
+            j.ack(from.0, ack, out);
+        }
+        j.step_sink(out, &mut self.ios);
+    }
+
+    /// Membership declared `member` failed, or it left: its tasks move.
+    pub(super) fn on_member_gone(
+        &mut self,
+        now: Time,
+        cfg: &RainstormConfig,
+        member: MemberId,
+        members: &[MemberId],
+        out: &mut Outbox,
+    ) {
+        for j in self.jobs.values_mut() {
+            let lost: Vec<TaskId> =
+                j.slots.iter().filter(|(_, s)| s.host == member).map(|(t, _)| *t).collect();
+            for task in lost {
+                j.replace(now, cfg, task, members, out);
+            }
+        }
+    }
+
+    /// Membership changed: tasks waiting for a member get one.
+    pub(super) fn on_members(
+        &mut self,
+        now: Time,
+        cfg: &RainstormConfig,
+        members: &[MemberId],
+        out: &mut Outbox,
+    ) {
+        for j in self.jobs.values_mut() {
+            let waiting: Vec<TaskId> =
+                j.slots.iter().filter(|(_, s)| s.state == SlotState::Unplaced).map(|(t, _)| *t).collect();
+            for task in waiting {
+                j.replace(now, cfg, task, members, out);
+            }
+        }
+    }
+
+    pub(super) fn handle_timeout(
+        &mut self,
+        now: Time,
+        cfg: &RainstormConfig,
+        members: &[MemberId],
+        out: &mut Outbox,
+    ) {
+        for j in self.jobs.values_mut() {
+            let due: Vec<TaskId> = j
+                .slots
+                .iter()
+                .filter(|(_, s)| matches!(s.state, SlotState::Backoff { until } if until <= now))
+                .map(|(t, _)| *t)
+                .collect();
+            for task in due {
+                j.replace(now, cfg, task, members, out);
+            }
+            j.fence(now, out);
+            // Wake up when the next predecessor's lease runs out (later checks ride on the
+            // status interval).
+            j.wake = j
+                .slots
+                .values()
+                .filter(|s| matches!(s.state, SlotState::Fencing { .. }) && s.leased_until > now)
+                .map(|s| s.leased_until)
+                .min();
+            if j.next_resend > now {
+                continue;
+            }
+            j.next_resend = now + cfg.status_interval;
+            for (task, slot) in &j.slots {
+                match slot.state {
+                    SlotState::Assigned => out.send(slot.host.addr, j.assign_msg(*task)),
+                    SlotState::Running | SlotState::Finished
+                        if slot.placement_known < j.placement.version =>
+                    {
+                        out.send(slot.host.addr, j.control(*task))
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// This node stopped being a member: every job it leads ends here.
+    pub(super) fn lose_all(&mut self, reason: &str, out: &mut Outbox) {
+        let jobs: Vec<JobId> = std::mem::take(&mut self.jobs).into_keys().collect();
+        for job in jobs {
+            self.ended.insert(job);
+            out.event(RainstormEvent::JobLost { job, reason: reason.to_owned() });
+        }
+    }
+
+    fn fail(&mut self, job: JobId, reason: String, out: &mut Outbox) {
+        if let Some(j) = self.jobs.remove(&job) {
+            j.stop_all(out);
+            self.ended.insert(job);
+            out.event(RainstormEvent::JobFailed { job, reason });
+        }
+    }
+
+    fn check_done(&mut self, job: JobId, out: &mut Outbox) {
+        let Some(j) = self.jobs.get(&job) else { return };
+        let last = STAGES - 1;
+        let done = matches!(j.phase, JobPhase::Running)
+            && j.sink.appending.is_none()
+            && j.slots.iter().filter(|(t, _)| t.stage == last).all(|(_, s)| s.state == SlotState::Finished);
+        if done {
+            let j = self.jobs.remove(&job).expect("present");
+            j.stop_all(out);
+            self.ended.insert(job);
+            out.event(RainstormEvent::JobCompleted { job, outputs: j.sink.outputs, restarts: j.restarts });
+        }
+    }
+}
+
+impl LeaderJob {
+    /// Places every task, spread over the members (the leader itself only if it is alone).
+    fn place_all(&mut self, now: Time, cfg: &RainstormConfig, members: &[MemberId], out: &mut Outbox) {
+        let hosts = eligible(self.plan.leader, members);
+        self.placement.version = 1;
+        self.placement.tasks.insert(SINK, (self.plan.leader, 0));
+        for (i, task) in self.plan.all_tasks().enumerate() {
+            let (host, state) = match hosts.get(i % hosts.len().max(1)) {
+                Some(h) => (*h, SlotState::Assigned),
+                None => (self.plan.leader, SlotState::Unplaced),
+            };
+            self.placement.tasks.insert(task, (host, 1));
+            let slot = Slot {
+                host,
+                epoch: 1,
+                state,
+                authority: None,
+                placement_known: 0,
+                ended_known: 0,
+                last: BTreeMap::new(),
+                leased_until: Time::ZERO,
+            };
+            self.slots.insert(task, slot);
+            if task.stage == STAGES - 1 {
+                self.sink.receivers.insert(task, LinkReceiver::new(0, cfg.window));
+            }
+        }
+        for (task, slot) in &self.slots {
+            if slot.state == SlotState::Assigned {
+                out.event(RainstormEvent::TaskScheduled {
+                    job: self.plan.job,
+                    task: *task,
+                    epoch: slot.epoch,
+                    host: slot.host,
+                    restart: false,
+                });
+                out.send(slot.host.addr, self.assign_msg(*task));
+            }
+        }
+        self.next_resend = now + cfg.status_interval;
+    }
+
+    /// Gives `task` a new incarnation on the least loaded live member.
+    fn replace(
+        &mut self,
+        now: Time,
+        cfg: &RainstormConfig,
+        task: TaskId,
+        members: &[MemberId],
+        out: &mut Outbox,
+    ) {
+        let hosts = eligible(self.plan.leader, members);
+        let load = |m: &MemberId| self.slots.values().filter(|s| s.host == *m).count();
+        let Some(host) = hosts.iter().min_by_key(|m| (load(m), **m)).copied() else {
+            if let Some(slot) = self.slots.get_mut(&task) {
+                slot.state = SlotState::Unplaced;
+            }
+            return;
+        };
+        let Some(slot) = self.slots.get_mut(&task) else { return };
+        self.restarts += 1;
+        self.placement.version += 1;
+        slot.host = host;
+        slot.epoch += 1;
+        slot.state = SlotState::Fencing { version: self.placement.version };
+        slot.placement_known = 0;
+        slot.ended_known = 0;
+        self.placement.tasks.insert(task, (host, slot.epoch));
+        out.event(RainstormEvent::TaskScheduled {
+            job: self.plan.job,
+            task,
+            epoch: slot.epoch,
+            host,
+            restart: true,
+        });
+        // Everyone learns the new placement now; the new incarnation starts once its
+        // neighbours have it.
+        for (t, s) in &self.slots {
+            if matches!(s.state, SlotState::Running | SlotState::Finished | SlotState::Assigned) {
+                out.send(s.host.addr, self.control(*t));
+            }
+        }
+        self.fence(now, out);
+        if matches!(self.slots[&task].state, SlotState::Fencing { .. }) {
+            let until = self.slots[&task].leased_until;
+            self.wake = Some(self.wake.map_or(until, |w| w.min(until)));
+        }
+        let _ = cfg;
+    }
+
+    /// Assigns every fenced incarnation whose predecessor's lease has run out and whose live
+    /// neighbours all know its placement.
+    fn fence(&mut self, now: Time, out: &mut Outbox) {
+        let ready: Vec<TaskId> = self
+            .slots
+            .iter()
+            .filter_map(|(t, s)| match s.state {
+                SlotState::Fencing { version } if s.leased_until <= now => Some((*t, version)),
+                _ => None,
+            })
+            .filter(|(t, version)| {
+                self.slots.iter().filter(|(n, _)| n.stage.abs_diff(t.stage) == 1).all(|(_, n)| {
+                    match n.state {
+                        SlotState::Unplaced | SlotState::Fencing { .. } | SlotState::Backoff { .. } => true,
+                        SlotState::Assigned | SlotState::Running | SlotState::Finished => {
+                            n.placement_known >= *version
+                        }
+                    }
+                })
+            })
+            .map(|(t, _)| t)
+            .collect();
+        for task in ready {
+            let slot = self.slots.get_mut(&task).expect("present");
+            slot.state = SlotState::Assigned;
+            let host = slot.host.addr;
+            out.send(host, self.assign_msg(task));
+        }
+    }
+
+    fn assign_msg(&self, task: TaskId) -> RainstormMsg {
+        let slot = &self.slots[&task];
+        RainstormMsg::Assign {
+            plan: Box::new(self.plan.clone()),
+            task,
+            epoch: slot.epoch,
+            host: slot.host,
+            placement: self.placement.clone(),
+            recover: slot.authority,
+        }
+    }
+
+    /// What the leader tells a task's current incarnation.
+    fn control(&self, task: TaskId) -> RainstormMsg {
+        let slot = &self.slots[&task];
+        let ended: Vec<(TaskId, LinkSeq)> = if task.stage == 0 {
+            Vec::new()
+        } else {
+            self.slots
+                .iter()
+                .filter(|(u, s)| u.stage + 1 == task.stage && s.state == SlotState::Finished)
+                .map(|(u, s)| (*u, s.last.get(&task).copied().unwrap_or(0)))
+                .collect()
+        };
+        RainstormMsg::Control {
+            job: self.plan.job,
+            task,
+            epoch: slot.epoch,
+            go: matches!(slot.state, SlotState::Running | SlotState::Finished),
+            placement: (slot.placement_known < self.placement.version).then(|| self.placement.clone()),
+            ended: if (slot.ended_known as usize) < ended.len() { ended } else { Vec::new() },
+            nonce: 0,
+        }
+    }
+
+    fn ack(&self, from: TaskId, upto: LinkSeq, out: &mut Outbox) {
+        if let Some((member, epoch)) = self.placement.tasks.get(&from) {
+            out.send(
+                member.addr,
+                RainstormMsg::Link {
+                    job: self.plan.job,
+                    from: (SINK, 0),
+                    to: (from, *epoch),
+                    msg: LinkMsg::Ack { upto },
+                },
+            );
+        }
+    }
+
+    /// Appends every batch ready at the sink, in one write, if none is in flight.
+    fn step_sink(&mut self, out: &mut Outbox, ios: &mut BTreeMap<u64, (JobId, LeaderIo)>) {
+        if self.sink.appending.is_some() {
+            return;
+        }
+        let mut batches = Vec::new();
+        let mut data = Vec::new();
+        'fill: loop {
+            let mut took = false;
+            for (from, r) in &mut self.sink.receivers {
+                if data.len() >= SINK_APPEND_BYTES {
+                    break 'fill;
+                }
+                if let Some((seq, tuples)) = r.next_ready() {
+                    for t in &tuples {
+                        data.extend_from_slice(dest_line(t).as_bytes());
+                    }
+                    batches.push((*from, seq, tuples));
+                    took = true;
+                }
+            }
+            if !took {
+                break;
+            }
+        }
+        if batches.is_empty() {
+            return;
+        }
+        if data.is_empty() {
+            // Empty batches need no write.
+            for (from, seq, _) in batches {
+                let upto = self.sink.receivers.get_mut(&from).map_or(0, |r| r.commit(seq));
+                self.ack(from, upto, out);
+            }
+            return self.step_sink(out, ios);
+        }
+        self.sink.appending = Some(batches);
+        let token =
+            out.hydfs(ClientOp::Persist { name: self.plan.dest.clone(), kind: WriteKind::Append, data });
+        ios.insert(token, (self.plan.job, LeaderIo::SinkAppend));
+    }
+
+    fn stop_all(&self, out: &mut Outbox) {
+        let hosts: BTreeSet<MemberId> = self.slots.values().map(|s| s.host).collect();
+        for h in hosts {
+            out.send(h.addr, RainstormMsg::Stop { job: self.plan.job, task: None });
+        }
+    }
+}
+
+/// Members that may run tasks: everyone but the leader, unless the leader is alone.
+fn eligible(leader: MemberId, members: &[MemberId]) -> Vec<MemberId> {
+    let others: Vec<MemberId> = members.iter().copied().filter(|m| *m != leader).collect();
+    if others.is_empty() && members.contains(&leader) {
+        vec![leader]
+    } else {
+        others
+    }
+}

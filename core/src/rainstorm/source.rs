@@ -1,0 +1,246 @@
+//! A source task: its share of the input file as numbered batches, sent exactly once.
+//!
+//! The input's physical lines are cut into blocks of `batch_lines`; block `k` (from 0) belongs
+//! to source task `k mod tasks`, and that task's batch `b` (from 1) is its `b`-th block. A batch
+//! is split over the next stage by key, and each non-empty part becomes the next batch on its
+//! link. All of this is a pure function of the file, so a source needs no record of what it
+//! sent: after a restart it rebuilds the same batches with the same numbers and resumes after
+//! what its journal says was acknowledged.
+//!
+//! Invariants kept here:
+//! * the batches and their link numbers depend only on (file, batch_lines, tasks, index, keys);
+//! * a batch is sent only when every link it uses has room (backpressure);
+//! * the journal holds only acknowledgement snapshots, appended one at a time, never ahead of
+//!   the acknowledgements received, so it can only make a restarted source resend more.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::journal::{encode, Record, Recovered, Snapshot, TaskId};
+use super::link::{LinkSender, LinkSeq};
+use super::operator::Operator;
+use super::task::{partition, LinkMsg, TaskConfig, TaskOutput};
+use super::tuple::{source_lines, Tuple};
+use crate::time::Time;
+
+/// One source batch: its part for each link that gets one, with that part's link number.
+struct SourceBatch {
+    parts: Vec<(TaskId, LinkSeq, Vec<Tuple>)>,
+}
+
+pub struct SourceTask {
+    id: TaskId,
+    batches: Vec<SourceBatch>,
+    /// The next batch to send.
+    next: usize,
+    senders: BTreeMap<TaskId, LinkSender<Vec<Tuple>>>,
+    /// Acknowledgements as last journaled.
+    journaled: BTreeMap<TaskId, LinkSeq>,
+    appending: Option<BTreeMap<TaskId, LinkSeq>>,
+    done: bool,
+    out: VecDeque<TaskOutput>,
+}
+
+/// Where the task's lines come from and how they are cut.
+pub struct SourceInput<'a> {
+    pub file: &'a str,
+    pub content: &'a [u8],
+    pub batch_lines: u32,
+    pub tasks: u32,
+}
+
+impl SourceTask {
+    /// Source task `id` over `input`, feeding `downstream` (partitioned by `next`'s state key),
+    /// resuming after the acknowledgements in `journal`.
+    pub fn new(
+        id: TaskId,
+        cfg: &TaskConfig,
+        input: SourceInput<'_>,
+        next: &dyn Operator,
+        downstream: &[TaskId],
+        journal: &Recovered,
+    ) -> Result<SourceTask, String> {
+        let batch_lines = input.batch_lines.max(1) as u64;
+        let tasks = input.tasks.max(1) as u64;
+        let mut seqs: BTreeMap<TaskId, LinkSeq> = BTreeMap::new();
+        let mut batches = Vec::new();
+        let mut current: Option<(u64, BTreeMap<TaskId, Vec<Tuple>>)> = None;
+        for (n, line) in source_lines(input.content) {
+            let block = (n - 1) / batch_lines;
+            if block % tasks != id.index as u64 {
+                continue;
+            }
+            if current.as_ref().is_some_and(|(b, _)| *b != block) {
+                let (_, parts) = current.take().expect("checked");
+                batches.push(number(parts, &mut seqs));
+            }
+            let tuple = Tuple::source(input.file, n, line);
+            let key = next.state_key(&tuple).map_err(|e| format!("cannot key {}: {e}", tuple.id))?;
+            let to = downstream[partition(&key, downstream.len())];
+            current.get_or_insert_with(|| (block, BTreeMap::new())).1.entry(to).or_default().push(tuple);
+        }
+        if let Some((_, parts)) = current {
+            batches.push(number(parts, &mut seqs));
+        }
+        let senders = downstream
+            .iter()
+            .map(|d| {
+                let acked = journal.acked.get(d).copied().unwrap_or(0);
+                (*d, LinkSender::new(acked + 1, cfg.window, cfg.retry))
+            })
+            .collect::<BTreeMap<_, _>>();
+        // Resume at the first batch with a part not acknowledged.
+        let next = batches
+            .iter()
+            .position(|b| {
+                b.parts.iter().any(|(to, seq, _)| *seq > journal.acked.get(to).copied().unwrap_or(0))
+            })
+            .unwrap_or(batches.len());
+        Ok(SourceTask {
+            id,
+            batches,
+            next,
+            senders,
+            journaled: journal.acked.clone(),
+            appending: None,
+            done: false,
+            out: VecDeque::new(),
+        })
+    }
+
+    pub fn id(&self) -> TaskId {
+        self.id
+    }
+
+    /// Where the source stands: next batch of all, and per link acknowledged / next number.
+    pub fn progress(&self) -> String {
+        let links: Vec<String> =
+            self.senders.iter().map(|(d, s)| format!("{d}:{}/{}", s.acked(), s.next_seq())).collect();
+        format!("batch {} of {}, links {}", self.next, self.batches.len(), links.join(" "))
+    }
+
+    /// Source batches in this task's share.
+    pub fn batches(&self) -> usize {
+        self.batches.len()
+    }
+
+    /// The journal record standing for everything this task knows (its acknowledgements).
+    pub fn snapshot(&self) -> Record {
+        Record::Snapshot(ack_snapshot(&self.journaled))
+    }
+
+    pub fn on_message(&mut self, now: Time, from: TaskId, msg: LinkMsg) {
+        match msg {
+            LinkMsg::Ack { upto } => {
+                if let Some(s) = self.senders.get_mut(&from) {
+                    s.on_ack(upto);
+                }
+            }
+            // Nothing flows into a source.
+            LinkMsg::Batch { .. } => {}
+        }
+        self.step(now);
+    }
+
+    pub fn on_appended(&mut self, now: Time, result: Result<(), String>) {
+        if let Some(acked) = self.appending.take() {
+            if result.is_ok() {
+                self.journaled = acked;
+            }
+        }
+        self.step(now);
+    }
+
+    pub fn handle_timeout(&mut self, now: Time) {
+        for (to, s) in &mut self.senders {
+            for (seq, tuples) in s.due(now) {
+                self.out.push_back(TaskOutput::Send { to: *to, msg: LinkMsg::Batch { seq, tuples } });
+            }
+        }
+        self.step(now);
+    }
+
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.senders.values().filter_map(|s| s.next_deadline()).min()
+    }
+
+    pub fn poll_output(&mut self) -> Option<TaskOutput> {
+        self.out.pop_front()
+    }
+
+    fn step(&mut self, now: Time) {
+        if self.done {
+            return;
+        }
+        while let Some(batch) = self.batches.get(self.next) {
+            let fits = batch
+                .parts
+                .iter()
+                .all(|(to, seq, _)| self.senders.get(to).is_some_and(|s| s.has_room() || *seq <= s.acked()));
+            if !fits {
+                break;
+            }
+            for (to, seq, tuples) in &batch.parts {
+                let Some(s) = self.senders.get_mut(to) else { continue };
+                if *seq <= s.acked() {
+                    continue;
+                }
+                if s.push(now, tuples.clone()) != Some(*seq) {
+                    self.done = true;
+                    let reason = format!("{}: link to {to} out of step at batch {seq}", self.id);
+                    self.out.push_back(TaskOutput::Failed { reason });
+                    return;
+                }
+                self.out.push_back(TaskOutput::Send {
+                    to: *to,
+                    msg: LinkMsg::Batch { seq: *seq, tuples: tuples.clone() },
+                });
+            }
+            self.next += 1;
+        }
+        let acked: BTreeMap<TaskId, LinkSeq> = self.senders.iter().map(|(d, s)| (*d, s.acked())).collect();
+        if self.appending.is_none()
+            && acked.iter().any(|(d, a)| *a > self.journaled.get(d).copied().unwrap_or(0))
+        {
+            match encode(&Record::Snapshot(ack_snapshot(&acked))) {
+                Ok(bytes) => {
+                    self.appending = Some(acked);
+                    self.out.push_back(TaskOutput::Append { bytes });
+                }
+                Err(e) => {
+                    self.done = true;
+                    self.out.push_back(TaskOutput::Failed { reason: format!("cannot journal: {e}") });
+                    return;
+                }
+            }
+        }
+        if self.next >= self.batches.len() && self.senders.values().all(|s| s.is_idle()) {
+            self.done = true;
+            let last = self.senders.iter().map(|(d, s)| (*d, s.next_seq() - 1)).collect();
+            self.out.push_back(TaskOutput::Finished { last });
+        }
+    }
+}
+
+/// Numbers the non-empty parts of one batch on their links.
+fn number(parts: BTreeMap<TaskId, Vec<Tuple>>, seqs: &mut BTreeMap<TaskId, LinkSeq>) -> SourceBatch {
+    let parts = parts
+        .into_iter()
+        .map(|(to, tuples)| {
+            let seq = seqs.entry(to).or_insert(0);
+            *seq += 1;
+            (to, *seq, tuples)
+        })
+        .collect();
+    SourceBatch { parts }
+}
+
+/// A snapshot saying only "acknowledged up to here" on each link.
+fn ack_snapshot(acked: &BTreeMap<TaskId, LinkSeq>) -> Snapshot {
+    Snapshot {
+        delivered: BTreeMap::new(),
+        next_out: acked.iter().map(|(d, a)| (*d, a + 1)).collect(),
+        acked: acked.clone(),
+        state: BTreeMap::new(),
+        unacked: Vec::new(),
+    }
+}
