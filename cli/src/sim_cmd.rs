@@ -13,6 +13,9 @@ pub enum Layer {
     Membership,
     /// HyDFS file workloads under crashes, restarts, loss, partitions and disk corruption.
     Hydfs,
+    /// RainStorm jobs under worker (and sometimes leader) crashes, restarts, pauses,
+    /// partitions, loss, delay and duplication, judged against a single-process run.
+    Rainstorm,
 }
 
 impl Layer {
@@ -20,6 +23,7 @@ impl Layer {
         match self {
             Layer::Membership => "membership",
             Layer::Hydfs => "hydfs",
+            Layer::Rainstorm => "rainstorm",
         }
     }
 
@@ -27,6 +31,7 @@ impl Layer {
         match self {
             Layer::Membership => Scenario::swarm(seed),
             Layer::Hydfs => Scenario::hydfs_swarm(seed),
+            Layer::Rainstorm => Scenario::rainstorm_swarm(seed),
         }
     }
 }
@@ -77,6 +82,7 @@ pub fn run(args: SimArgs) -> Result<ExitCode> {
         let all = match layer {
             Layer::Membership => named::all(args.named_seed),
             Layer::Hydfs => named::hydfs_all(args.named_seed),
+            Layer::Rainstorm => Vec::new(),
         };
         if name == "list" {
             for s in all {
@@ -120,6 +126,22 @@ pub fn run(args: SimArgs) -> Result<ExitCode> {
             ops.join("  "),
             w.bytes_written,
             w.bytes_read
+        );
+    }
+    if let Some(j) = &report.job {
+        println!(
+            "job {}: {} input lines, {} of {} outputs, {} task restarts, {} incarnations started \
+             ({} journal records replayed), submitted at {} ms, completed at {}{}",
+            j.job.as_deref().unwrap_or("(not submitted)"),
+            j.input_lines,
+            j.outputs,
+            j.reference_outputs,
+            j.restarts,
+            j.tasks_started,
+            j.recovered_records,
+            j.submitted_ms.map_or("-".into(), |t| t.to_string()),
+            j.completed_ms.map_or("never".into(), |t| format!("{t} ms")),
+            j.failed.as_ref().map_or(String::new(), |r| format!(", failed: {r}")),
         );
     }
     if scenario.hydfs.is_some() {
@@ -184,6 +206,16 @@ fn plant(layer: Layer, mut scenario: Scenario, bug: Option<&str>) -> Result<Scen
                 bail!("no planted HyDFS bug `{name}`; known: {}", names.join(", "));
             };
             if let Some(w) = scenario.hydfs.as_mut() {
+                w.config.planted = Some(b);
+            }
+        }
+        Layer::Rainstorm => {
+            use rainstorm_core::rainstorm::PlantedBug as JobBug;
+            let Some(b) = JobBug::parse(name) else {
+                let names: Vec<_> = JobBug::ALL.iter().map(|b| b.name()).collect();
+                bail!("no planted RainStorm bug `{name}`; known: {}", names.join(", "));
+            };
+            if let Some(w) = scenario.rainstorm.as_mut() {
                 w.config.planted = Some(b);
             }
         }

@@ -9,6 +9,7 @@ use rainstorm_core::command::Command;
 use rainstorm_core::hydfs::{ClientOp, Hydfs, HydfsConfig, HydfsError, OpId};
 use rainstorm_core::membership::{MembershipConfig, Role};
 use rainstorm_core::node::{NodeConfig, NodeEvent};
+use rainstorm_core::rainstorm::{JobError, JobId, JobSpec, RainstormConfig};
 use rainstorm_core::wire::Codec;
 use rainstorm_core::{Channel, MemberId, Node, NodeAddr, Time, Transmit};
 
@@ -24,6 +25,8 @@ pub struct ActorStart {
     pub seed: u64,
     /// HyDFS settings, when the scenario runs a file workload.
     pub hydfs: Option<HydfsConfig>,
+    /// RainStorm settings, when the scenario runs a job.
+    pub rainstorm: Option<RainstormConfig>,
     /// The process's disk (fresh at every start: a restarted node starts with wiped storage).
     pub disk: SimDisk,
 }
@@ -60,6 +63,14 @@ pub trait Actor {
     fn hydfs(&self) -> Option<&Hydfs> {
         None
     }
+    /// Starts a RainStorm job led by this node (`None`: this implementation has no RainStorm).
+    fn start_job(&mut self, _now: Time, _spec: JobSpec) -> Option<Result<JobId, JobError>> {
+        None
+    }
+    /// A readable account of the node's RainStorm jobs and tasks (for failure reports).
+    fn describe_jobs(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 impl Actor for Node {
@@ -70,6 +81,7 @@ impl Actor for Node {
             introducer: s.introducer,
             membership: s.config.clone(),
             hydfs: s.hydfs.clone().unwrap_or_default(),
+            rainstorm: s.rainstorm.clone().unwrap_or_default(),
             codec: Codec::plain(),
         };
         let mut node = Node::with_storage(cfg, s.now, s.seed, Box::new(s.disk.clone()))
@@ -138,5 +150,13 @@ impl Actor for Node {
 
     fn hydfs(&self) -> Option<&Hydfs> {
         Some(Node::hydfs(self))
+    }
+
+    fn start_job(&mut self, now: Time, spec: JobSpec) -> Option<Result<JobId, JobError>> {
+        Some(Node::start_job(self, now, spec))
+    }
+
+    fn describe_jobs(&self) -> Vec<String> {
+        self.rainstorm().describe()
     }
 }

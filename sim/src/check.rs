@@ -40,6 +40,11 @@ pub enum CheckerKind {
     HydfsPlacement,
     HydfsLiveness,
     HydfsChunking,
+    RainstormOutput,
+    RainstormDuplicate,
+    RainstormLoss,
+    RainstormAggregate,
+    RainstormLiveness,
 }
 
 impl fmt::Display for CheckerKind {
@@ -61,6 +66,11 @@ impl fmt::Display for CheckerKind {
             CheckerKind::HydfsPlacement => "hydfs-placement",
             CheckerKind::HydfsLiveness => "hydfs-liveness",
             CheckerKind::HydfsChunking => "hydfs-chunking",
+            CheckerKind::RainstormOutput => "rainstorm-output",
+            CheckerKind::RainstormDuplicate => "rainstorm-duplicate",
+            CheckerKind::RainstormLoss => "rainstorm-loss",
+            CheckerKind::RainstormAggregate => "rainstorm-aggregate",
+            CheckerKind::RainstormLiveness => "rainstorm-liveness",
         })
     }
 }

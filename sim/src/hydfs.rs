@@ -167,6 +167,11 @@ pub struct HydfsHarness {
     final_merge_result: BTreeMap<usize, Result<(), String>>,
     /// Writes whose coordinator acknowledged them while its view listed every live member.
     whole_view_commits: BTreeSet<(FileName, rainstorm_core::hydfs::Stamp)>,
+    /// Files each process (slot, generation) was asked to replicate. A replica answers a
+    /// coordinator's `Replicate` only from the process that received it, so a listed replica
+    /// whose current process never received one for the file acknowledged from an earlier
+    /// process: one that has since crashed (its disk with it) and restarted at the same address.
+    replicated: BTreeSet<(Slot, u64, FileName)>,
     pub stats: WorkloadStats,
     violations: Vec<(Time, CheckerKind, String)>,
 }
@@ -204,6 +209,7 @@ impl HydfsHarness {
             final_merges_sent: false,
             final_merge_result: BTreeMap::new(),
             whole_view_commits: BTreeSet::new(),
+            replicated: BTreeSet::new(),
             stats: WorkloadStats::default(),
             violations: Vec::new(),
         }
@@ -436,6 +442,7 @@ impl HydfsHarness {
         self.in_flight.retain(|(s, _, _), _| *s != slot);
         self.downloads.retain(|(s, _, _), _| *s != slot);
         self.busy.remove(&slot);
+        self.replicated.retain(|(s, _, _)| *s != slot);
     }
 
     pub fn on_event(
@@ -512,9 +519,22 @@ impl HydfsHarness {
                 }
                 // Every listed replica that is still up must hold the write synced; a replica that
                 // has since handed the file to its owners counts through them, so the check is on
-                // the number of synced copies among live nodes.
-                let up_listed =
-                    replicas.iter().filter(|a| views.iter().any(|v| v.addr == **a && v.up)).count();
+                // the number of synced copies among live nodes. "Still up" means the very process
+                // that acknowledged: a replica that crashed after answering and was restarted (with
+                // an empty disk) before the coordinator learned of it is as gone as one still down.
+                // Its current process cannot have answered unless it received a `Replicate` of the
+                // file (the coordinator itself answers from the process reporting the commit).
+                let up_listed = replicas
+                    .iter()
+                    .filter(|a| {
+                        views.iter().any(|v| {
+                            v.addr == **a
+                                && v.up
+                                && (v.slot == slot
+                                    || self.replicated.contains(&(v.slot, v.generation, name.clone())))
+                        })
+                    })
+                    .count();
                 let synced = views
                     .iter()
                     .filter(|v| v.up)
@@ -557,6 +577,9 @@ impl HydfsHarness {
                         );
                     }
                 }
+            }
+            HydfsEvent::Handled { what: "replicate", name, .. } => {
+                self.replicated.insert((slot, generation, name.clone()));
             }
             HydfsEvent::CorruptionDetected { .. }
             | HydfsEvent::FileDropped { .. }

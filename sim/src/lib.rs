@@ -16,6 +16,7 @@ pub mod check;
 pub mod disk;
 pub mod hydfs;
 pub mod named;
+pub mod rainstorm;
 pub mod scenario;
 pub mod trace;
 pub mod world;
@@ -58,6 +59,7 @@ pub fn run_actor<A: Actor>(scenario: &Scenario, opts: &RunOptions) -> Report {
                 false_failures: 0,
                 max_queue: 0,
                 workload: None,
+                job: None,
             }
         }
     }

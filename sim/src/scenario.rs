@@ -99,6 +99,9 @@ pub struct Scenario {
     /// The HyDFS file workload, if the scenario runs one.
     #[serde(default)]
     pub hydfs: Option<crate::hydfs::HydfsWorkload>,
+    /// The RainStorm job, if the scenario runs one (it needs `hydfs` for its settings).
+    #[serde(default)]
+    pub rainstorm: Option<crate::rainstorm::harness::RainstormWorkload>,
 }
 
 impl Scenario {
@@ -220,6 +223,7 @@ impl Scenario {
             duration_ms: 0,
             strict_detection_ms: None,
             hydfs: None,
+            rainstorm: None,
         };
         scenario.end_faults();
         scenario
@@ -342,6 +346,145 @@ impl Scenario {
             duration_ms: 0,
             strict_detection_ms: None,
             hydfs: Some(workload),
+            rainstorm: None,
+        };
+        scenario.end_faults();
+        scenario
+    }
+
+    /// A RainStorm scenario drawn from `seed`: one job on a generated input or a window of the
+    /// Traffic Signs data, with up to two worker crashes at a time (also during recovery),
+    /// restarts, pauses, partitions, loss, delay and duplication while it runs, and, in some
+    /// seeds, a crash of its leader.
+    pub fn rainstorm_swarm(seed: u64) -> Scenario {
+        use crate::hydfs::HydfsWorkload;
+        use crate::rainstorm::harness::{InputSpec, RainstormWorkload};
+        use rainstorm_core::hydfs::HydfsConfig;
+        use rainstorm_core::rainstorm::RainstormConfig;
+        use rainstorm_core::Millis;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5241_494e_5300_0003);
+        let nodes = rng.gen_range(5..=8);
+        let mut config = MembershipConfig::lan();
+        config.suspicion_at_start = rng.gen_bool(0.8);
+        let net = NetConfig {
+            loss_permille: [0, 0, 10, 20, 50][rng.gen_range(0..5)],
+            duplicate_permille: if rng.gen_bool(0.2) { 10 } else { 0 },
+            latency_min_ms: 1,
+            latency_max_ms: [5, 20, 60][rng.gen_range(0..3)],
+            bandwidth_bytes_per_ms: 0,
+        };
+        let clock_offsets_ms = if rng.gen_bool(0.3) {
+            (0..nodes).map(|_| rng.gen_range(0..100_000)).collect()
+        } else {
+            Vec::new()
+        };
+        let leader = rng.gen_range(1..nodes);
+        let reader = (1..nodes).find(|s| *s != leader).unwrap_or(0);
+        let warmup_ms = 3_000 + 200 * nodes as u64;
+        let start_ms = warmup_ms;
+        let fault_window = rng.gen_range(3_000..15_000);
+        let calm_from_ms = start_ms + 500 + fault_window;
+        let leader_crash_ms = rng.gen_bool(0.05).then(|| start_ms + rng.gen_range(800..3_000));
+        let mut faults = Vec::new();
+        let mut down: Vec<Slot> = Vec::new();
+        let mut t = start_ms + rng.gen_range(200..1_500);
+        while t < calm_from_ms {
+            let node = rng.gen_range(0..nodes);
+            let fault = match rng.gen_range(0..8) {
+                0..=2 if node != leader && node != reader && down.len() < 2 && !down.contains(&node) => {
+                    down.push(node);
+                    Some(Fault::Crash { node })
+                }
+                3 | 4 if !down.is_empty() => {
+                    Some(Fault::Restart { node: down.remove(rng.gen_range(0..down.len())) })
+                }
+                // The leader stays on the majority side and never stands still: a leader cut
+                // off is declared failed and ends its jobs (the leader-crash seeds cover that).
+                5 => {
+                    let heal = t + rng.gen_range(500..4_000);
+                    if heal < calm_from_ms {
+                        faults.push(FaultAt { at_ms: heal, fault: Fault::Heal });
+                    }
+                    let k = rng.gen_range(1..=((nodes - 1) / 2).max(1));
+                    let others: Vec<Slot> = (0..nodes).filter(|s| *s != leader).collect();
+                    let side = sample(&mut rng, others.len(), k).into_iter().map(|i| others[i]).collect();
+                    Some(Fault::Partition { side })
+                }
+                6 if node != leader && !down.contains(&node) => {
+                    Some(Fault::Pause { node, for_ms: rng.gen_range(100..1_500) })
+                }
+                7 => Some(Fault::SetLoss { permille: [0, 20, 100][rng.gen_range(0..3)] }),
+                _ => None,
+            };
+            if let Some(fault) = fault {
+                faults.push(FaultAt { at_ms: t, fault });
+            }
+            t += rng.gen_range(300..3_000);
+        }
+        if let Some(at) = leader_crash_ms {
+            faults.push(FaultAt { at_ms: at, fault: Fault::Crash { node: leader } });
+        }
+        for node in down {
+            faults.push(FaultAt { at_ms: calm_from_ms, fault: Fault::Restart { node } });
+        }
+        faults.sort_by_key(|f| f.at_ms);
+        let input_seed = rng.gen();
+        let input = if rng.gen_bool(0.5) {
+            InputSpec::TrafficSigns { max_lines: rng.gen_range(20..400) }
+        } else {
+            InputSpec::Generated { lines: rng.gen_range(20..400) }
+        };
+        let rs_config = RainstormConfig {
+            batch_lines: [1, 4, 16, 64][rng.gen_range(0..4)],
+            window: rng.gen_range(1..=8),
+            retry: Millis(rng.gen_range(200..1_500)),
+            status_interval: Millis(rng.gen_range(100..600)),
+            lease: Millis(rng.gen_range(800..3_000)),
+            compact_records: [3, 10, 50, 1000][rng.gen_range(0..4)],
+            ..RainstormConfig::default()
+        };
+        let mut job = RainstormWorkload {
+            config: rs_config,
+            leader,
+            input,
+            input_seed,
+            op1: String::new(),
+            op2: String::new(),
+            tasks: rng.gen_range(1..=4),
+            start_ms,
+            deadline_ms: 0,
+            leader_crash_ms,
+            reader,
+        };
+        let content = job.content();
+        (job.op1, job.op2) = crate::rainstorm::input::pick_ops(&mut rng, &content);
+        let files = HydfsWorkload {
+            config: HydfsConfig { cache_bytes: [0, 8 << 20][rng.gen_range(0..2)], ..HydfsConfig::default() },
+            clients: Vec::new(),
+            files: 0,
+            zipf_milli: 0,
+            think_ms: 1_000,
+            large_permille: 0,
+            small_max_bytes: 0,
+            large_max_bytes: 0,
+            start_ms: u64::MAX,
+            stop_ms: 0,
+            final_merge_ms: 0,
+            background_sync: seed % 2 == 1,
+        };
+        let mut scenario = Scenario {
+            name: format!("rainstorm-{seed}"),
+            seed,
+            nodes,
+            config,
+            net,
+            clock_offsets_ms,
+            faults,
+            calm_from_ms,
+            duration_ms: 0,
+            strict_detection_ms: None,
+            hydfs: Some(files),
+            rainstorm: Some(job),
         };
         scenario.end_faults();
         scenario
@@ -368,6 +511,13 @@ impl Scenario {
             let orphan_limit = c.coordinator_timeout.0 + c.request_timeout.0 + 2 * c.anti_entropy_interval.0;
             w.final_merge_ms = self.duration_ms + orphan_limit + 5 * c.anti_entropy_interval.0;
             self.duration_ms = w.final_merge_ms + w.config.coordinator_timeout.0 + 5_000;
+        }
+        let bound = self.convergence_bound_ms();
+        if let Some(job) = self.rainstorm.as_mut() {
+            // Once membership has converged, the job has a minute to finish (restarts, journal
+            // recovery, retries); the run then ends.
+            job.deadline_ms = calm + bound + 60_000;
+            self.duration_ms = job.deadline_ms + 2_000;
         }
     }
 

@@ -18,6 +18,7 @@ use crate::actor::{Actor, ActorStart};
 use crate::check::{Checker, CheckerKind, DetectionSample, SlotSnapshot, Violation};
 use crate::disk::SimDisk;
 use crate::hydfs::{HydfsHarness, SlotView, WORKLOAD_TICK_MS};
+use crate::rainstorm::harness::{Action, JobStats, RainstormHarness, Submitted};
 use crate::scenario::{Fault, Scenario, Slot};
 use crate::trace::Trace;
 use rainstorm_core::command::Command;
@@ -147,6 +148,8 @@ pub struct Report {
     pub max_queue: usize,
     /// What the HyDFS workload did (scenarios with a file workload).
     pub workload: Option<crate::hydfs::WorkloadStats>,
+    /// What the RainStorm job did (scenarios with a job).
+    pub job: Option<JobStats>,
 }
 
 impl Report {
@@ -179,6 +182,7 @@ pub struct World<A: Actor> {
     started: bool,
     fault_rng: ChaCha8Rng,
     hydfs: Option<HydfsHarness>,
+    rainstorm: Option<RainstormHarness>,
     /// When each node's outgoing link is next free, in µs of simulated time (bandwidth model).
     link_free_us: Vec<u64>,
 }
@@ -213,6 +217,7 @@ impl<A: Actor> World<A> {
         let seed_rng = ChaCha8Rng::seed_from_u64(master.gen());
         let fault_rng = ChaCha8Rng::seed_from_u64(master.gen());
         let hydfs = scenario.hydfs.clone().map(|w| HydfsHarness::new(w, scenario.seed));
+        let rainstorm = scenario.rainstorm.clone().map(RainstormHarness::new);
         let background_sync = scenario.hydfs.as_ref().is_some_and(|w| w.background_sync);
         let scenario_nodes = scenario.nodes;
         let slots = (0..scenario.nodes)
@@ -247,6 +252,7 @@ impl<A: Actor> World<A> {
             started: false,
             fault_rng,
             hydfs,
+            rainstorm,
             link_free_us: vec![0; scenario_nodes],
         }
     }
@@ -276,9 +282,12 @@ impl<A: Actor> World<A> {
                 self.push(at, EventKind::Fault(i));
             }
             self.push(Time(CHECK_INTERVAL_MS), EventKind::Check);
-            if let Some(h) = &self.hydfs {
-                let at = Time(h.workload().start_ms);
-                self.push(at, EventKind::Workload);
+            let starts = [
+                self.hydfs.as_ref().map(|h| h.workload().start_ms),
+                self.rainstorm.as_ref().map(|r| r.workload().start_ms),
+            ];
+            if let Some(at) = starts.into_iter().flatten().min() {
+                self.push(Time(at), EventKind::Workload);
             }
         }
         let end = until.min(Time(self.scenario.duration_ms));
@@ -312,6 +321,15 @@ impl<A: Actor> World<A> {
         if let Some(h) = &mut self.hydfs {
             h.finish(self.now, &slot_views(&self.slots));
         }
+        if let Some(r) = &mut self.rainstorm {
+            let mut state = Vec::new();
+            for (slot, s) in self.slots.iter().enumerate() {
+                if let Process::Up(a) | Process::Paused(a, _) = &s.process {
+                    state.extend(a.describe_jobs().into_iter().map(|l| format!("n{slot} {l}")));
+                }
+            }
+            r.finish(self.now, &state);
+        }
         self.collect_hydfs_violations();
         let (trace_hash, trace_lines) = self.trace.finish();
         Report {
@@ -325,6 +343,7 @@ impl<A: Actor> World<A> {
             events: self.recorded,
             stats: self.stats,
             workload: self.hydfs.map(|h| h.stats),
+            job: self.rainstorm.map(|r| r.stats),
         }
     }
 
@@ -392,6 +411,7 @@ impl<A: Actor> World<A> {
             now: self.local_now(slot),
             seed: self.seed_rng.gen(),
             hydfs: self.scenario.hydfs.as_ref().map(|w| w.config.clone()),
+            rainstorm: self.scenario.rainstorm.as_ref().map(|w| w.config.clone()),
             disk: {
                 let background = self.scenario.hydfs.as_ref().is_some_and(|w| w.background_sync);
                 self.slots[slot].disk = SimDisk::new(background);
@@ -401,6 +421,9 @@ impl<A: Actor> World<A> {
         self.checker.on_start(slot);
         if let Some(h) = &mut self.hydfs {
             h.on_process_gone(slot);
+        }
+        if let Some(r) = &mut self.rainstorm {
+            r.on_process_gone(slot);
         }
         let s = &mut self.slots[slot];
         s.generation += 1;
@@ -469,22 +492,38 @@ impl<A: Actor> World<A> {
         match event {
             NodeEvent::Membership(e) => self.on_membership_event(slot, e),
             NodeEvent::Hydfs(e) => self.on_hydfs_event(slot, e),
+            NodeEvent::Rainstorm(e) => {
+                let now = self.now;
+                self.trace.line(now, Some(slot), || format!("rainstorm: {}", describe_rainstorm_event(&e)));
+                if let Some(r) = &mut self.rainstorm {
+                    r.on_rainstorm_event(now, slot, &e);
+                }
+            }
         }
     }
 
     fn on_hydfs_event(&mut self, slot: Slot, event: HydfsEvent) {
         let now = self.now;
         self.trace.line(now, Some(slot), || format!("hydfs: {}", describe_hydfs_event(&event)));
+        let generation = self.slots[slot].generation;
+        if let Some(r) = &mut self.rainstorm {
+            r.on_hydfs_event(now, slot, generation, &event);
+        }
         if let Some(h) = &mut self.hydfs {
-            let generation = self.slots[slot].generation;
             h.on_event(now, slot, generation, &event, &slot_views(&self.slots));
         }
     }
 
     fn workload_tick(&mut self) {
+        let again = self.rainstorm_tick();
         let now = self.now;
         let whole = self.blocked.is_empty();
-        let Some(h) = &mut self.hydfs else { return };
+        let Some(h) = &mut self.hydfs else {
+            if again {
+                self.push(now + rainstorm_core::Millis(WORKLOAD_TICK_MS), EventKind::Workload);
+            }
+            return;
+        };
         let subs = h.tick(now, &slot_views(&self.slots), whole);
         let until = h.workload().final_merge_ms;
         for sub in subs {
@@ -503,14 +542,53 @@ impl<A: Actor> World<A> {
             }
             self.drain(slot);
         }
-        if now.0 <= until {
+        if now.0 <= until || again {
             self.push(now + rainstorm_core::Millis(WORKLOAD_TICK_MS), EventKind::Workload);
         }
+    }
+
+    /// The RainStorm job's turn; whether it needs more ticks.
+    fn rainstorm_tick(&mut self) -> bool {
+        let now = self.now;
+        let Some(r) = &mut self.rainstorm else { return false };
+        let slots = &self.slots;
+        let up = |slot: Slot| match slots.get(slot).map(|s| &s.process) {
+            Some(Process::Up(a)) if a.is_joined() => Some(slots[slot].generation),
+            _ => None,
+        };
+        let actions = r.tick(now, &up);
+        for action in actions {
+            let (slot, result) = match action {
+                Action::Submit { slot, op } => {
+                    let local = self.local_now(slot);
+                    let Process::Up(actor) = &mut self.slots[slot].process else { continue };
+                    self.trace.line(now, Some(slot), || format!("job client: {}", describe_op(&op)));
+                    (slot, actor.submit(local, op).map(Submitted::Op))
+                }
+                Action::StartJob { slot, spec } => {
+                    let local = self.local_now(slot);
+                    let Process::Up(actor) = &mut self.slots[slot].process else { continue };
+                    self.trace.line(now, Some(slot), || format!("job submitted: {spec}"));
+                    (slot, actor.start_job(local, spec).map(Submitted::Job))
+                }
+            };
+            let generation = self.slots[slot].generation;
+            if let (Some(result), Some(r)) = (result, &mut self.rainstorm) {
+                r.submitted(now, slot, generation, result);
+            }
+            self.drain(slot);
+        }
+        self.rainstorm.as_ref().is_some_and(|r| r.active())
     }
 
     fn collect_hydfs_violations(&mut self) {
         if let Some(h) = &mut self.hydfs {
             for (at, kind, detail) in h.take_violations() {
+                self.checker.violate(at, kind, detail);
+            }
+        }
+        if let Some(r) = &mut self.rainstorm {
+            for (at, kind, detail) in r.take_violations() {
                 self.checker.violate(at, kind, detail);
             }
         }
@@ -805,6 +883,31 @@ fn describe_hydfs_event(e: &HydfsEvent) -> String {
     }
 }
 
+fn describe_rainstorm_event(e: &rainstorm_core::rainstorm::RainstormEvent) -> String {
+    use rainstorm_core::rainstorm::RainstormEvent as E;
+    match e {
+        E::JobReceived { job, spec } => format!("job {job} received: {spec}"),
+        E::TaskScheduled { job, task, epoch, host, restart } => {
+            format!(
+                "job {job}: {task} e{epoch} scheduled on {host}{}",
+                if *restart { " (restart)" } else { "" }
+            )
+        }
+        E::TaskStarted { job, task, epoch, recovered_records } => {
+            format!("job {job}: {task} e{epoch} started ({recovered_records} journal records recovered)")
+        }
+        E::TaskCompleted { job, task } => format!("job {job}: {task} completed"),
+        E::TaskFailed { job, task, epoch, reason } => format!("job {job}: {task} e{epoch} failed: {reason}"),
+        E::Output { job, tuple } => format!("job {job} output {}: {}", tuple.id, tuple.value),
+        E::JobCompleted { job, outputs, restarts } => {
+            format!("job {job} completed: {outputs} outputs, {restarts} restarts")
+        }
+        E::JobFailed { job, reason } => format!("job {job} failed: {reason}"),
+        E::JobLost { job, reason } => format!("job {job} lost: {reason}"),
+        E::JobAbandoned { job, reason } => format!("job {job} abandoned: {reason}"),
+    }
+}
+
 fn describe_output(o: &rainstorm_core::hydfs::OpOutput) -> String {
     use rainstorm_core::hydfs::OpOutput;
     match o {
@@ -838,6 +941,8 @@ fn describe_op(op: &rainstorm_core::hydfs::ClientOp) -> String {
         ClientOp::Upload { name, kind, source } => format!("upload {kind:?} {name} ({} bytes)", source.len()),
         ClientOp::Download { name, replica: None } => format!("download {name}"),
         ClientOp::Download { name, replica: Some(r) } => format!("download {name} from {r}"),
+        ClientOp::GetLatest { name } => format!("get (uncached) {name}"),
+        ClientOp::Persist { name, kind, data } => format!("persist {kind:?} {name} ({} bytes)", data.len()),
     }
 }
 

@@ -49,6 +49,8 @@ pub fn assert_passed(report: &Report) {
         msg.push_str(&format!("replay: {}\n", replay_command("membership", s.seed, None)));
     } else if s.name.starts_with("hydfs-") {
         msg.push_str(&format!("replay: {}\n", replay_command("hydfs", s.seed, None)));
+    } else if s.name.starts_with("rainstorm-") {
+        msg.push_str(&format!("replay: {}\n", replay_command("rainstorm", s.seed, None)));
     } else {
         msg.push_str(&format!(
             "replay: cargo run --release -- sim {} --named {} --named-seed {} --trace\n",

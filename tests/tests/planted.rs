@@ -211,3 +211,56 @@ mod hydfs {
         first_caught(PlantedBug::UnchunkedTransfers, CheckerKind::HydfsChunking);
     }
 }
+
+mod rainstorm {
+    //! Every RainStorm exactly-once checker is proven by a planted bug it catches, in the first
+    //! RainStorm swarm seeds (and the same seed passes without the bug).
+    use rainstorm_core::rainstorm::PlantedBug;
+    use rainstorm_sim::{run_membership, CheckerKind, RunOptions, Scenario};
+
+    fn first_caught(bug: PlantedBug, checkers: &[CheckerKind]) -> u64 {
+        for seed in 0..200 {
+            let s = Scenario::rainstorm_swarm(seed);
+            let mut planted = s.clone();
+            if let Some(w) = planted.rainstorm.as_mut() {
+                w.config.planted = Some(bug);
+            }
+            let report = run_membership(&planted, &RunOptions::default());
+            if let Some(kind) = checkers.iter().find(|k| report.caught(**k)) {
+                let clean = run_membership(&s, &RunOptions::default());
+                assert!(
+                    clean.passed(),
+                    "seed {seed} fails even without the planted bug: {:?}",
+                    clean.violations
+                );
+                println!("{} caught by {kind} in rainstorm seed {seed}", bug.name());
+                return seed;
+            }
+        }
+        panic!("planted bug {} was never caught by {checkers:?}", bug.name());
+    }
+
+    #[test]
+    fn an_ack_before_the_journal_loses_or_stalls_input() {
+        first_caught(
+            PlantedBug::AckBeforeJournal,
+            &[CheckerKind::RainstormLoss, CheckerKind::RainstormLiveness],
+        );
+    }
+
+    #[test]
+    fn forgotten_seen_ids_lose_or_duplicate_outputs() {
+        first_caught(
+            PlantedBug::ForgetsSeenIds,
+            &[CheckerKind::RainstormLoss, CheckerKind::RainstormDuplicate],
+        );
+    }
+
+    #[test]
+    fn state_from_the_wrong_snapshot_repeats_running_counts() {
+        first_caught(
+            PlantedBug::StateFromOldSnapshot,
+            &[CheckerKind::RainstormDuplicate, CheckerKind::RainstormAggregate],
+        );
+    }
+}

@@ -348,6 +348,7 @@ mod tests {
             duration_ms,
             strict_detection_ms: None,
             hydfs: None,
+            rainstorm: None,
         }
     }
 

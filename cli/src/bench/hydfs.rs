@@ -216,6 +216,7 @@ fn scenario(name: String, seed: u64, config: HydfsConfig) -> Scenario {
             final_merge_ms: 0,
             background_sync: false,
         }),
+        rainstorm: None,
     }
 }
 
@@ -270,9 +271,16 @@ impl Cluster {
     /// Submits and waits; an error if the operation fails.
     fn run_op(&mut self, slot: usize, op: ClientOp) -> Result<(Millis, Outcome), String> {
         let kind = match &op {
-            ClientOp::Create { .. } | ClientOp::Upload { kind: WriteKind::Create, .. } => "create",
-            ClientOp::Append { .. } | ClientOp::Upload { kind: WriteKind::Append, .. } => "append",
-            ClientOp::Get { .. } | ClientOp::GetFromReplica { .. } | ClientOp::Download { .. } => "get",
+            ClientOp::Create { .. }
+            | ClientOp::Upload { kind: WriteKind::Create, .. }
+            | ClientOp::Persist { kind: WriteKind::Create, .. } => "create",
+            ClientOp::Append { .. }
+            | ClientOp::Upload { kind: WriteKind::Append, .. }
+            | ClientOp::Persist { kind: WriteKind::Append, .. } => "append",
+            ClientOp::Get { .. }
+            | ClientOp::GetFromReplica { .. }
+            | ClientOp::Download { .. }
+            | ClientOp::GetLatest { .. } => "get",
             ClientOp::Merge { .. } => "merge",
             ClientOp::Ls { .. } => "ls",
             ClientOp::MultiAppend { .. } => "multiappend",

@@ -133,6 +133,7 @@ fn scenario(name: String, seed: u64, nodes: usize, imp: Impl, net: NetConfig, du
         duration_ms,
         strict_detection_ms: None,
         hydfs: None,
+        rainstorm: None,
     }
 }
 
