@@ -537,7 +537,10 @@ fn a_restarted_node_comes_back_wiped_and_is_given_its_files() {
             store[name].contains(&format!("{len} bytes")),
             "node {victim} stores all of {name}: {store:?}"
         );
-        assert!(s.holders(0, name).contains(&addr), "ls shows node {victim} holding {name}");
+        // Node 0 lists holders from its own view, which may learn of the rejoined member a
+        // moment after the member already holds the file.
+        let listed = s.c.wait_until(Duration::from_secs(10), |_| Ok(s.holders(0, name).contains(&addr)));
+        assert!(listed.is_ok(), "ls shows node {victim} holding {name}");
         let copy = s.local(&format!("back-{}", name.replace('/', "_")));
         s.ok(0, &format!("getfromreplica {addr} {name} {}", copy.display()));
         assert_same(src, &copy);
