@@ -360,11 +360,7 @@ impl Leader {
         out: &mut Outbox,
     ) {
         for j in self.jobs.values_mut() {
-            let lost: Vec<TaskId> =
-                j.slots.iter().filter(|(_, s)| s.host == member).map(|(t, _)| *t).collect();
-            for task in lost {
-                j.replace(now, cfg, task, members, out);
-            }
+            j.replace_where(now, cfg, members, out, |s| s.host == member);
         }
     }
 
@@ -377,11 +373,7 @@ impl Leader {
         out: &mut Outbox,
     ) {
         for j in self.jobs.values_mut() {
-            let waiting: Vec<TaskId> =
-                j.slots.iter().filter(|(_, s)| s.state == SlotState::Unplaced).map(|(t, _)| *t).collect();
-            for task in waiting {
-                j.replace(now, cfg, task, members, out);
-            }
+            j.replace_where(now, cfg, members, out, |s| s.state == SlotState::Unplaced);
         }
     }
 
@@ -393,15 +385,13 @@ impl Leader {
         out: &mut Outbox,
     ) {
         for j in self.jobs.values_mut() {
-            let due: Vec<TaskId> = j
-                .slots
-                .iter()
-                .filter(|(_, s)| matches!(s.state, SlotState::Backoff { until } if until <= now))
-                .map(|(t, _)| *t)
-                .collect();
-            for task in due {
-                j.replace(now, cfg, task, members, out);
-            }
+            j.replace_where(
+                now,
+                cfg,
+                members,
+                out,
+                |s| matches!(s.state, SlotState::Backoff { until } if until <= now),
+            );
             j.fence(now, out);
             // Wake up when the next predecessor's lease runs out (later checks ride on the
             // status interval).
@@ -501,6 +491,21 @@ impl LeaderJob {
             }
         }
         self.next_resend = now + cfg.status_interval;
+    }
+
+    /// Gives every task whose slot matches `pick` a new incarnation.
+    fn replace_where(
+        &mut self,
+        now: Time,
+        cfg: &RainstormConfig,
+        members: &[MemberId],
+        out: &mut Outbox,
+        pick: impl Fn(&Slot) -> bool,
+    ) {
+        let tasks: Vec<TaskId> = self.slots.iter().filter(|(_, s)| pick(s)).map(|(t, _)| *t).collect();
+        for task in tasks {
+            self.replace(now, cfg, task, members, out);
+        }
     }
 
     /// Gives `task` a new incarnation on the least loaded live member.
