@@ -387,16 +387,32 @@ impl Scenario {
         let leader_crash_ms = rng.gen_bool(0.05).then(|| start_ms + rng.gen_range(800..3_000));
         let mut faults = Vec::new();
         let mut down: Vec<Slot> = Vec::new();
+        // Failed copies, as in the HyDFS sweep: a crashed node counts until it has restarted and
+        // had time to pull its files back; at most two at a time (the fault model HyDFS, and so
+        // the journals and the destination, are durable under).
+        let mut failing: Vec<(Slot, u64)> = Vec::new();
+        const RECOVERY_MS: u64 = 20_000;
         let mut t = start_ms + rng.gen_range(200..1_500);
         while t < calm_from_ms {
+            failing.retain(|(n, until)| *until > t || down.contains(n));
             let node = rng.gen_range(0..nodes);
             let fault = match rng.gen_range(0..8) {
-                0..=2 if node != leader && node != reader && down.len() < 2 && !down.contains(&node) => {
+                0..=2
+                    if node != leader
+                        && node != reader
+                        && failing.len() < 2
+                        && !failing.iter().any(|(n, _)| *n == node) =>
+                {
                     down.push(node);
+                    failing.push((node, u64::MAX));
                     Some(Fault::Crash { node })
                 }
                 3 | 4 if !down.is_empty() => {
-                    Some(Fault::Restart { node: down.remove(rng.gen_range(0..down.len())) })
+                    let node = down.remove(rng.gen_range(0..down.len()));
+                    for f in failing.iter_mut().filter(|(n, _)| *n == node) {
+                        f.1 = t + RECOVERY_MS;
+                    }
+                    Some(Fault::Restart { node })
                 }
                 // The leader stays on the majority side and never stands still: a leader cut
                 // off is declared failed and ends its jobs (the leader-crash seeds cover that).

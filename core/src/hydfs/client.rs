@@ -118,8 +118,9 @@ pub enum ClientOp {
         name: FileName,
     },
     /// A create or append that never ends on a timeout: it is retried with its one stamp (which
-    /// replicas recognise) until it is acknowledged or refused for good (already exists, not
-    /// found on any replica, too large, storage failure). So "not acknowledged" never means
+    /// replicas recognise) until it is acknowledged or refused for good (already exists, too
+    /// large, storage failure; a create also on "not found on any replica", while an append goes
+    /// on: its caller knows the file exists, and its replicas may be moving). So "not acknowledged" never means
     /// "maybe written": what journals and job outputs need to stay exactly-once.
     Persist {
         name: FileName,
@@ -232,6 +233,9 @@ struct OpState {
     /// A multiappend part run for another node: answer it instead of emitting an event.
     remote: Option<(NodeAddr, ReqId)>,
     queued: bool,
+    /// A [`ClientOp::Persist`]: it never times out, and an append goes on through rounds in
+    /// which no replica has the file yet (its replicas are moving).
+    persistent: bool,
 }
 
 enum Kind {
@@ -402,6 +406,7 @@ impl Hydfs {
                 wait_until: None,
                 remote,
                 queued: is_write,
+                persistent,
             },
         );
         if is_multi {
@@ -477,7 +482,9 @@ impl Hydfs {
         op.wait_until = None;
         if op.candidates.is_empty() || op.next >= op.candidates.len() {
             let round_over = !op.candidates.is_empty();
-            if round_over && op.not_found >= op.candidates.len() {
+            let persistent_append =
+                op.persistent && matches!(&op.kind, Kind::Write { meta } if meta.kind == WriteKind::Append);
+            if round_over && op.not_found >= op.candidates.len() && !persistent_append {
                 let name = op.name.clone();
                 return self.finish(now, id, None, Err(HydfsError::NotFound(name)));
             }
