@@ -313,3 +313,214 @@ fn answers_from_a_replaced_incarnation_are_ignored() {
     );
     assert_eq!(net.nodes[0].stats().stale_messages, before + 1);
 }
+
+/// Delivers every message until the network is quiet, handing back (instead of delivering) the
+/// replies to `req` addressed to node `client`.
+fn settle_capturing(net: &mut Net, client: usize, req: ReqId) -> Vec<Result<Vec<NodeAddr>, Refusal>> {
+    let mut replies = Vec::new();
+    loop {
+        let mut moved = false;
+        for i in 0..net.nodes.len() {
+            while let Some((to, msg)) = net.nodes[i].poll_outgoing() {
+                moved = true;
+                match msg {
+                    HydfsMsg::WriteReply { req: r, result } if to == addr(client) && r == req => {
+                        replies.push(result)
+                    }
+                    msg => {
+                        let j = (0..net.nodes.len()).find(|j| addr(*j) == to).expect("known node");
+                        net.nodes[j].handle_message(net.now, MemberId::new(addr(i), 1), msg);
+                    }
+                }
+            }
+            while net.nodes[i].poll_event().is_some() {}
+        }
+        if !moved {
+            return replies;
+        }
+    }
+}
+
+#[test]
+fn a_write_retried_with_its_stamp_after_it_committed_elsewhere_is_acknowledged() {
+    // A name whose replicas change when node 4 joins: node 4 becomes one of them.
+    let mut net = Net::new(5);
+    let ring_of = |members: &[usize]| Ring::new(members.iter().map(|i| addr(*i)));
+    let f = (0..100)
+        .map(|i| name(&format!("journal-{i}")))
+        .find(|f| ring_of(&[0, 1, 2, 3, 4]).replicas(f.as_str(), 3).contains(&addr(4)))
+        .expect("some name lands on node 4");
+    let view = |net: &mut Net, members: &[usize]| {
+        for i in 0..5 {
+            let others = members.iter().filter(|j| **j != i).map(|j| MemberId::new(addr(*j), 1));
+            let me = members.contains(&i).then(|| MemberId::new(addr(i), 1));
+            net.nodes[i].set_members(net.now, me, others.collect::<Vec<_>>());
+        }
+    };
+    view(&mut net, &[0, 1, 2, 3]);
+    let persist = |kind, data: &[u8]| ClientOp::Persist { name: f.clone(), kind, data: data.to_vec() };
+    let Ok(OpOutput::Written { stamp: created, .. }) = net.run(0, persist(WriteKind::Create, b"base")) else {
+        panic!("the create failed")
+    };
+    let Ok(OpOutput::Written { stamp: appended, .. }) = net.run(0, persist(WriteKind::Append, b"+one"))
+    else {
+        panic!("the append failed")
+    };
+    // Node 4 joins and takes over from one of the replicas, which still holds the file (a
+    // holder the new coordinator's exists-check asks). The client's answers were lost, so it
+    // sends both writes again, with their stamps, to node 4.
+    view(&mut net, &[0, 1, 2, 3, 4]);
+    assert!(net.nodes[4].replicas(&f).contains(&addr(4)));
+    let resend = |net: &mut Net, req: ReqId, stamp: Stamp, kind: WriteKind, data: &[u8]| {
+        let write = WriteMeta::describe(stamp, kind, data, 1024);
+        let msg =
+            HydfsMsg::Write { req, name: f.clone(), write, inline: Some(data.to_vec()), source: addr(0) };
+        net.nodes[4].handle_message(net.now, MemberId::new(addr(0), 1), msg);
+        settle_capturing(net, 0, req)
+    };
+    let again = resend(&mut net, 900, created, WriteKind::Create, b"base");
+    assert!(matches!(again.as_slice(), [Ok(_)]), "the same create is not another create: {again:?}");
+    let again = resend(&mut net, 901, appended, WriteKind::Append, b"+one");
+    assert!(matches!(again.as_slice(), [Ok(_)]), "the same append is acknowledged again: {again:?}");
+    // The retries changed nothing: one create, the append once, on every replica of the view.
+    for r in net.nodes[4].replicas(&f) {
+        let j = (0..5).find(|j| addr(*j) == r).unwrap();
+        let rec = net.nodes[j].store().file(&f).expect("every replica holds the file");
+        assert_eq!(rec.create.as_ref().map(|c| c.stamp), Some(created));
+        assert_eq!(rec.writes().filter(|w| w.stamp == appended).count(), 1);
+    }
+    assert_eq!(content(net.run(1, ClientOp::Get { name: f.clone() })), b"base+one");
+    // A different create of the name is still refused.
+    let other = Stamp { ts: created.ts + 100, ..created };
+    let refused = resend(&mut net, 902, other, WriteKind::Create, b"other");
+    assert_eq!(refused, vec![Err(Refusal::AlreadyExists)]);
+}
+
+/// One client persists a create and appends while the other nodes crash, restart, are
+/// partitioned and see different rings, with messages reordered: every write is acknowledged
+/// (retries of one stamp are never refused as another create).
+#[test]
+fn persisted_writes_survive_churn() {
+    use rand::{Rng, SeedableRng};
+    use std::collections::BTreeSet;
+    const N: usize = 6;
+    for seed in 0..20u64 {
+        let rng = &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let cfg = HydfsConfig { chunk_bytes: 1024, inline_bytes: 512, ..HydfsConfig::default() };
+        let fresh = |id: MemberId, now: u64| {
+            Hydfs::new(cfg.clone(), id, Box::new(MemStorage::default()), Time(now)).unwrap()
+        };
+        let mut ids: Vec<MemberId> = (0..N).map(|i| MemberId::new(addr(i), 1)).collect();
+        let mut nodes: Vec<Hydfs> = ids.iter().map(|id| fresh(*id, 0)).collect();
+        let mut up = [true; N];
+        let mut blocked: BTreeSet<(usize, usize)> = BTreeSet::new();
+        // (due, order, recipient, sender, message; None: the sender learns the send failed)
+        let mut queue: Vec<(u64, u64, usize, MemberId, Option<HydfsMsg>, NodeAddr)> = Vec::new();
+        let mut views: Vec<(u64, usize)> = (0..N).map(|i| (0, i)).collect();
+        let (mut order, mut now, mut next_fault) = (0u64, 0u64, 300u64);
+        let (calm, writes) = (20_000u64, 30);
+        let (mut issued, mut current, mut errors) = (0, None, Vec::new());
+        while now < 200_000 && (issued < writes || current.is_some() || now <= calm) {
+            now += 1;
+            let t = Time(now);
+            if now >= next_fault && now < calm {
+                next_fault = now + rng.gen_range(100..1500);
+                match rng.gen_range(0..5) {
+                    0 => {
+                        let side: Vec<usize> = (0..N).filter(|_| rng.gen_bool(0.4)).collect();
+                        for a in 0..N {
+                            for b in (0..N).filter(|b| side.contains(&a) != side.contains(b)) {
+                                blocked.insert((a, b));
+                            }
+                        }
+                    }
+                    1 => blocked.clear(),
+                    2 => up[rng.gen_range(1..N)] = false,
+                    3 => {
+                        let v = rng.gen_range(1..N);
+                        if !up[v] {
+                            (up[v], ids[v]) = (true, MemberId::new(addr(v), now));
+                            nodes[v] = fresh(ids[v], now);
+                        }
+                    }
+                    _ => {}
+                }
+                views.extend((0..N).map(|i| (now + rng.gen_range(0..3000), i)));
+            }
+            if now == calm {
+                blocked.clear();
+                for v in (1..N).filter(|v| !up[*v]).collect::<Vec<_>>() {
+                    (up[v], ids[v]) = (true, MemberId::new(addr(v), now));
+                    nodes[v] = fresh(ids[v], now);
+                }
+                views.extend((0..N).map(|i| (now + rng.gen_range(0..3000), i)));
+            }
+            for i in views.iter().filter(|(at, _)| *at <= now).map(|(_, i)| *i).collect::<Vec<_>>() {
+                let others: Vec<MemberId> = (0..N)
+                    .filter(|j| *j != i && up[*j] && !blocked.contains(&(i, *j)))
+                    .map(|j| ids[j])
+                    .collect();
+                if up[i] {
+                    nodes[i].set_members(t, Some(ids[i]), others);
+                }
+            }
+            views.retain(|(at, _)| *at > now);
+            if current.is_none() && issued < writes {
+                let kind = if issued == 0 { WriteKind::Create } else { WriteKind::Append };
+                let op = ClientOp::Persist {
+                    name: name("journal"),
+                    kind,
+                    data: format!("w{issued};").into_bytes(),
+                };
+                current = Some(nodes[0].submit(t, op).unwrap());
+                issued += 1;
+            }
+            let mut due: Vec<_> = Vec::new();
+            let mut k = 0;
+            while k < queue.len() {
+                if queue[k].0 <= now {
+                    due.push(queue.swap_remove(k));
+                } else {
+                    k += 1;
+                }
+            }
+            due.sort_by_key(|d| (d.0, d.1));
+            for (_, _, to, from, msg, failed_to) in due {
+                match msg {
+                    Some(m) if up[to] => nodes[to].handle_message(t, from, m),
+                    None if up[to] && from == ids[to] => nodes[to].handle_send_failed(t, failed_to),
+                    _ => {}
+                }
+            }
+            for i in 0..N {
+                if up[i] && nodes[i].poll_timeout().is_some_and(|x| x <= t) {
+                    nodes[i].handle_timeout(t);
+                }
+            }
+            for i in (0..N).filter(|i| up[*i]) {
+                while let Some((to, msg)) = nodes[i].poll_outgoing() {
+                    let j = (0..N).find(|j| addr(*j) == to).unwrap();
+                    order += 1;
+                    if blocked.contains(&(i, j)) || !up[j] {
+                        let delay = if blocked.contains(&(i, j)) { 1000 } else { 1 };
+                        queue.push((now + delay, order, i, ids[i], None, to));
+                    } else {
+                        queue.push((now + rng.gen_range(1..20), order, j, ids[i], Some(msg), to));
+                    }
+                }
+                while let Some(e) = nodes[i].poll_event() {
+                    if let HydfsEvent::OpDone { op, result } = e {
+                        if i == 0 && Some(op) == current {
+                            current = None;
+                            if let Err(e) = result {
+                                errors.push(format!("seed {seed}, write {} at {now} ms: {e}", issued - 1));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(errors.is_empty(), "{errors:#?}");
+        assert!(current.is_none() && issued == writes, "seed {seed}: writes still running at the end");
+    }
+}

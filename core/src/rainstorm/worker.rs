@@ -16,7 +16,7 @@
 //! * compaction: generation `g+1` (one snapshot) is created before `Continued(g+1)` ends
 //!   generation `g`, and no record is appended to either meanwhile.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::config::{PlantedBug, RainstormConfig};
 use super::job::{
@@ -109,6 +109,10 @@ pub(super) struct Hosted {
 pub(super) struct Worker {
     hosted: BTreeMap<(JobId, TaskId), Hosted>,
     ios: BTreeMap<u64, (JobId, TaskId, Epoch, Io)>,
+    /// Incarnations dropped here (stopped, or abandoned when the leader seemed gone). One is
+    /// never rebuilt: its journal file may already exist and its old writes may still land, so
+    /// a repeated `Assign` is answered with a failure and the leader places a new incarnation.
+    dropped: BTreeSet<(JobId, TaskId, Epoch)>,
 }
 
 impl Worker {
@@ -177,6 +181,21 @@ impl Worker {
             return;
         }
         let key = (plan.job, task);
+        if self.dropped.contains(&(plan.job, task, epoch)) {
+            let reason = format!("incarnation {epoch} of {task} was dropped on this worker; place it again");
+            let phase = TaskPhase::Failed { reason, transient: true };
+            let msg = RainstormMsg::Status {
+                job: plan.job,
+                task,
+                epoch,
+                phase,
+                placement: 0,
+                ended_known: 0,
+                nonce: 0,
+            };
+            out.send(plan.leader.addr, msg);
+            return;
+        }
         if let Some(h) = self.hosted.get_mut(&key) {
             if h.epoch >= epoch {
                 if h.epoch == epoch {
@@ -185,6 +204,7 @@ impl Worker {
                 return;
             }
         }
+        self.forget(|j, t, _| (j, t) == key);
         let h = Hosted {
             plan,
             task,
@@ -221,14 +241,29 @@ impl Worker {
     }
 
     pub(super) fn stop(&mut self, job: JobId, task: Option<(TaskId, Epoch)>) {
-        self.hosted.retain(|(j, t), h| *j != job || task.is_some_and(|(tt, e)| (tt, e) != (*t, h.epoch)));
+        self.forget(|j, t, e| j == job && task.is_none_or(|stopped| stopped == (t, e)));
     }
 
     /// Drops every task of `job` (its leader is gone).
     pub(super) fn abandon(&mut self, job: JobId) -> bool {
-        let before = self.hosted.len();
-        self.hosted.retain(|(j, _), _| *j != job);
-        before != self.hosted.len()
+        self.forget(|j, _, _| j == job) > 0
+    }
+
+    /// Drops the hosted incarnations `pick` names, with their pending file operations (whose
+    /// answers must never reach a later incarnation of the same task), and remembers them.
+    fn forget(&mut self, pick: impl Fn(JobId, TaskId, Epoch) -> bool) -> usize {
+        let gone: Vec<(JobId, TaskId, Epoch)> = self
+            .hosted
+            .iter()
+            .map(|((j, t), h)| (*j, *t, h.epoch))
+            .filter(|(j, t, e)| pick(*j, *t, *e))
+            .collect();
+        for (j, t, e) in &gone {
+            self.hosted.remove(&(*j, *t));
+            self.dropped.insert((*j, *t, *e));
+        }
+        self.ios.retain(|_, (j, t, e, _)| !gone.contains(&(*j, *t, *e)));
+        gone.len()
     }
 
     pub(super) fn leaders(&self) -> BTreeMap<JobId, MemberId> {
@@ -236,7 +271,7 @@ impl Worker {
     }
 
     pub(super) fn clear(&mut self) {
-        self.hosted.clear();
+        self.forget(|_, _, _| true);
     }
 
     /// A leader's `Control` (its fields, as they arrived).
