@@ -16,9 +16,7 @@ use crate::files::{Progress, Sink};
 use crate::net::{read_frame, write_frame};
 use crate::storage::FileStorage;
 use rainstorm_core::command::{Command, FileCommand};
-use rainstorm_core::hydfs::{
-    ClientOp, HydfsError, HydfsEvent, OpId, OpOutput, RingId, StorageError, WriteKind,
-};
+use rainstorm_core::hydfs::{ClientOp, HydfsError, HydfsEvent, OpId, OpOutput, RingId, StorageError};
 use rainstorm_core::membership::{MembershipEvent, Role};
 use rainstorm_core::node::{NodeConfig, NodeEvent};
 use rainstorm_core::wire::{ClusterKey, Codec, MAX_STREAM_FRAME_BYTES};
@@ -402,7 +400,7 @@ impl NodeTask {
         sink: Option<Sink>,
         reply: oneshot::Sender<Result<OpOutput, HydfsError>>,
     ) {
-        let (kind, name) = (op_kind(&op), op.name().to_string());
+        let (kind, name) = (op.command(), op.name().to_string());
         match self.node.submit(now, op) {
             Ok(id) => {
                 let started = std::time::Instant::now();
@@ -561,22 +559,6 @@ async fn write_one(to: SocketAddr, conn: &mut Option<TcpStream>, frame: &[u8], t
         *conn = None;
         debug!(%to, %error, "stream send failed");
         let _ = tx.send(Input::SendFailed { to, error }).await;
-    }
-}
-
-fn op_kind(op: &ClientOp) -> &'static str {
-    match op {
-        ClientOp::Create { .. }
-        | ClientOp::Upload { kind: WriteKind::Create, .. }
-        | ClientOp::Persist { kind: WriteKind::Create, .. } => "create",
-        ClientOp::Append { .. }
-        | ClientOp::Upload { kind: WriteKind::Append, .. }
-        | ClientOp::Persist { kind: WriteKind::Append, .. } => "append",
-        ClientOp::Get { .. } | ClientOp::Download { replica: None, .. } | ClientOp::GetLatest { .. } => "get",
-        ClientOp::GetFromReplica { .. } | ClientOp::Download { replica: Some(_), .. } => "getfromreplica",
-        ClientOp::Merge { .. } => "merge",
-        ClientOp::Ls { .. } => "ls",
-        ClientOp::MultiAppend { .. } => "multiappend",
     }
 }
 

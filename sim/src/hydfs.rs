@@ -59,6 +59,27 @@ pub struct HydfsWorkload {
     pub background_sync: bool,
 }
 
+impl HydfsWorkload {
+    /// No file workload: only the HyDFS settings (for scenarios whose files come from another
+    /// layer, such as a RainStorm job's input, journals and output).
+    pub fn settings_only(config: HydfsConfig, background_sync: bool) -> HydfsWorkload {
+        HydfsWorkload {
+            config,
+            clients: Vec::new(),
+            files: 0,
+            zipf_milli: 0,
+            think_ms: 1_000,
+            large_permille: 0,
+            small_max_bytes: 0,
+            large_max_bytes: 0,
+            start_ms: u64::MAX,
+            stop_ms: 0,
+            final_merge_ms: 0,
+            background_sync,
+        }
+    }
+}
+
 /// How often the workload looks for idle clients.
 pub const WORKLOAD_TICK_MS: u64 = 100;
 const HEADER: usize = 16;

@@ -240,18 +240,8 @@ impl Scenario {
         let nodes = if rng.gen_bool(0.8) { rng.gen_range(4..=8) } else { rng.gen_range(9..=12) };
         let mut config = MembershipConfig::lan();
         config.suspicion_at_start = rng.gen_bool(0.8);
-        let net = NetConfig {
-            loss_permille: [0, 0, 10, 20, 50][rng.gen_range(0..5)],
-            duplicate_permille: if rng.gen_bool(0.2) { 10 } else { 0 },
-            latency_min_ms: 1,
-            latency_max_ms: [5, 20, 60][rng.gen_range(0..3)],
-            bandwidth_bytes_per_ms: [0, 12_500, 125_000][rng.gen_range(0..3)],
-        };
-        let clock_offsets_ms = if rng.gen_bool(0.3) {
-            (0..nodes).map(|_| rng.gen_range(0..100_000)).collect()
-        } else {
-            Vec::new()
-        };
+        let net = layer_net(&mut rng, true);
+        let clock_offsets_ms = layer_clock_offsets(&mut rng, nodes);
         let crashes = rng.gen_bool(0.7);
         let partitions = rng.gen_bool(0.3);
         let pauses = rng.gen_bool(0.3);
@@ -366,18 +356,8 @@ impl Scenario {
         let nodes = rng.gen_range(5..=8);
         let mut config = MembershipConfig::lan();
         config.suspicion_at_start = rng.gen_bool(0.8);
-        let net = NetConfig {
-            loss_permille: [0, 0, 10, 20, 50][rng.gen_range(0..5)],
-            duplicate_permille: if rng.gen_bool(0.2) { 10 } else { 0 },
-            latency_min_ms: 1,
-            latency_max_ms: [5, 20, 60][rng.gen_range(0..3)],
-            bandwidth_bytes_per_ms: 0,
-        };
-        let clock_offsets_ms = if rng.gen_bool(0.3) {
-            (0..nodes).map(|_| rng.gen_range(0..100_000)).collect()
-        } else {
-            Vec::new()
-        };
+        let net = layer_net(&mut rng, false);
+        let clock_offsets_ms = layer_clock_offsets(&mut rng, nodes);
         let leader = rng.gen_range(1..nodes);
         let reader = (1..nodes).find(|s| *s != leader).unwrap_or(0);
         let warmup_ms = 3_000 + 200 * nodes as u64;
@@ -474,20 +454,11 @@ impl Scenario {
         };
         let content = job.content();
         (job.op1, job.op2) = crate::rainstorm::input::pick_ops(&mut rng, &content);
-        let files = HydfsWorkload {
-            config: HydfsConfig { cache_bytes: [0, 8 << 20][rng.gen_range(0..2)], ..HydfsConfig::default() },
-            clients: Vec::new(),
-            files: 0,
-            zipf_milli: 0,
-            think_ms: 1_000,
-            large_permille: 0,
-            small_max_bytes: 0,
-            large_max_bytes: 0,
-            start_ms: u64::MAX,
-            stop_ms: 0,
-            final_merge_ms: 0,
-            background_sync: seed % 2 == 1,
-        };
+        let cache_bytes = [0, 8 << 20][rng.gen_range(0..2)];
+        let files = HydfsWorkload::settings_only(
+            HydfsConfig { cache_bytes, ..HydfsConfig::default() },
+            seed % 2 == 1,
+        );
         let mut scenario = Scenario {
             name: format!("rainstorm-{seed}"),
             seed,
@@ -626,6 +597,24 @@ impl Scenario {
             let _ = writeln!(s, "    {:>8} ms  {:?}", f.at_ms, f.fault);
         }
         s
+    }
+}
+
+/// The network of a HyDFS or RainStorm swarm seed (with a per-node stream bandwidth if asked).
+fn layer_net(rng: &mut ChaCha8Rng, bandwidth: bool) -> NetConfig {
+    let loss_permille = [0, 0, 10, 20, 50][rng.gen_range(0..5)];
+    let duplicate_permille = if rng.gen_bool(0.2) { 10 } else { 0 };
+    let latency_max_ms = [5, 20, 60][rng.gen_range(0..3)];
+    let bandwidth_bytes_per_ms = if bandwidth { [0, 12_500, 125_000][rng.gen_range(0..3)] } else { 0 };
+    NetConfig { loss_permille, duplicate_permille, latency_min_ms: 1, latency_max_ms, bandwidth_bytes_per_ms }
+}
+
+/// Clock offsets of a HyDFS or RainStorm swarm seed: none, or up to 100 s per node.
+fn layer_clock_offsets(rng: &mut ChaCha8Rng, nodes: usize) -> Vec<u64> {
+    if rng.gen_bool(0.3) {
+        (0..nodes).map(|_| rng.gen_range(0..100_000)).collect()
+    } else {
+        Vec::new()
     }
 }
 

@@ -19,7 +19,7 @@ use super::{parallel_map, Scale};
 use anyhow::{bail, Result};
 use rainstorm_core::command::Command;
 use rainstorm_core::hydfs::{
-    ClientOp, FileName, Hydfs, HydfsConfig, HydfsError, HydfsEvent, OpId, OpOutput, Ring, WriteKind,
+    ClientOp, FileName, Hydfs, HydfsConfig, HydfsError, HydfsEvent, OpId, OpOutput, Ring,
 };
 use rainstorm_core::membership::{MembershipConfig, MembershipEvent};
 use rainstorm_core::node::NodeEvent;
@@ -270,21 +270,7 @@ impl Cluster {
 
     /// Submits and waits; an error if the operation fails.
     fn run_op(&mut self, slot: usize, op: ClientOp) -> Result<(Millis, Outcome), String> {
-        let kind = match &op {
-            ClientOp::Create { .. }
-            | ClientOp::Upload { kind: WriteKind::Create, .. }
-            | ClientOp::Persist { kind: WriteKind::Create, .. } => "create",
-            ClientOp::Append { .. }
-            | ClientOp::Upload { kind: WriteKind::Append, .. }
-            | ClientOp::Persist { kind: WriteKind::Append, .. } => "append",
-            ClientOp::Get { .. }
-            | ClientOp::GetFromReplica { .. }
-            | ClientOp::Download { .. }
-            | ClientOp::GetLatest { .. } => "get",
-            ClientOp::Merge { .. } => "merge",
-            ClientOp::Ls { .. } => "ls",
-            ClientOp::MultiAppend { .. } => "multiappend",
-        };
+        let kind = op.command();
         let what = format!("{kind} {}", op.name());
         let start = self.now();
         let id = self.submit(slot, op)?;

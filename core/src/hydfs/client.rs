@@ -130,6 +130,25 @@ pub enum ClientOp {
 }
 
 impl ClientOp {
+    /// The console command this operation carries out (for logs and reports).
+    pub fn command(&self) -> &'static str {
+        match self {
+            ClientOp::Create { .. }
+            | ClientOp::Upload { kind: WriteKind::Create, .. }
+            | ClientOp::Persist { kind: WriteKind::Create, .. } => "create",
+            ClientOp::Append { .. }
+            | ClientOp::Upload { kind: WriteKind::Append, .. }
+            | ClientOp::Persist { kind: WriteKind::Append, .. } => "append",
+            ClientOp::Get { .. } | ClientOp::Download { replica: None, .. } | ClientOp::GetLatest { .. } => {
+                "get"
+            }
+            ClientOp::GetFromReplica { .. } | ClientOp::Download { replica: Some(_), .. } => "getfromreplica",
+            ClientOp::Merge { .. } => "merge",
+            ClientOp::Ls { .. } => "ls",
+            ClientOp::MultiAppend { .. } => "multiappend",
+        }
+    }
+
     pub fn name(&self) -> &FileName {
         match self {
             ClientOp::Create { name, .. }
