@@ -29,6 +29,23 @@ pub enum Command {
     Help,
     /// A HyDFS file command (run by the node's driver, which owns local files).
     File(FileCommand),
+    /// A RainStorm command (run by the node's driver: it uploads operator programs and streams
+    /// results).
+    Job(JobCommand),
+}
+
+/// RainStorm commands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobCommand {
+    /// `RainStorm <op1> <op2> <hydfs_src> <hydfs_dest> <num_tasks>`: runs a job led by this
+    /// node and streams its results. Each operator is one word (quote it if it has spaces): a
+    /// built-in spec (`grep:Stop`), a local executable with its arguments (`"./app1 Stop"`),
+    /// or a program already in HyDFS (`"hydfs:ops/app1 Stop"`).
+    Run { op1: String, op2: String, src: FileName, dest: FileName, tasks: u32 },
+    /// `jobs`: the jobs this node has led, with their state and counts.
+    List,
+    /// `job <id>`: one job's stages, task placement, restarts and counts.
+    Show { id: String },
 }
 
 /// HyDFS commands. Local paths are files on the machine of the node given the command.
@@ -100,6 +117,14 @@ pub const COMMAND_HELP: &[(&str, &str)] = &[
         "multiappend <hydfs> <node>... <local>...",
         "each listed node appends one local file at the same moment",
     ),
+    (
+        "RainStorm <op1> <op2> <hydfs_src> <hydfs_dest> <num_tasks>",
+        "run a stream job and print its results; an op is a built-in (grep:<text>, regex:<re>, \
+         column:<col>=<value>, project:<col>,..., split, count:<col|value>), a local program \
+         (\"./app1 Stop\") or one in HyDFS (\"hydfs:ops/app1 Stop\")",
+    ),
+    ("jobs", "list the jobs this node has led, with their state and counts"),
+    ("job <id>", "show one job: stages, task placement, restarts, counts and rate"),
     ("help", "print this list"),
 ];
 
@@ -117,6 +142,42 @@ pub enum ParseError {
     BadName { name: String, error: NameError },
     #[error("`{0}` is not a node address (expected host:port, e.g. 127.0.0.1:7003, or a member id)")]
     BadNode(String),
+    #[error("unbalanced quotes in the command line")]
+    Quotes,
+    #[error("num_tasks `{0}` is not a whole number")]
+    BadTaskCount(String),
+}
+
+const RUN_USAGE: &str =
+    "RainStorm <op1> <op2> <hydfs_src> <hydfs_dest> <num_tasks> (quote an op that has spaces)";
+
+/// Parses a RainStorm command; `None` if `word` is not one.
+fn parse_job(word: &str, line: &str) -> Result<Option<JobCommand>, ParseError> {
+    let cmd = match word {
+        "RainStorm" | "rainstorm" => {
+            let words = shlex::split(line).ok_or(ParseError::Quotes)?;
+            match &words[1..] {
+                [op1, op2, src, dest, tasks] => JobCommand::Run {
+                    op1: op1.clone(),
+                    op2: op2.clone(),
+                    src: file_name(src)?,
+                    dest: file_name(dest)?,
+                    tasks: tasks.parse().map_err(|_| ParseError::BadTaskCount(shorten(tasks)))?,
+                },
+                _ => return Err(ParseError::Usage { usage: RUN_USAGE }),
+            }
+        }
+        "jobs" => match line.split_whitespace().count() {
+            1 => JobCommand::List,
+            _ => return Err(ParseError::Usage { usage: "jobs" }),
+        },
+        "job" => match line.split_whitespace().collect::<Vec<_>>()[..] {
+            [_, id] => JobCommand::Show { id: id.to_owned() },
+            _ => return Err(ParseError::Usage { usage: "job <id> (as `jobs` lists it, e.g. 1-a1f09c)" }),
+        },
+        _ => return Ok(None),
+    };
+    Ok(Some(cmd))
 }
 
 fn file_name(word: &str) -> Result<FileName, ParseError> {
@@ -180,6 +241,9 @@ impl Command {
         if let Some(file) = parse_file(word, &args)? {
             return Ok(Command::File(file));
         }
+        if let Some(job) = parse_job(word, line)? {
+            return Ok(Command::Job(job));
+        }
         let command = match word {
             "list_mem" => Command::ListMem,
             "list_self" => Command::ListSelf,
@@ -219,8 +283,24 @@ impl fmt::Display for Command {
             Command::Stats => "stats",
             Command::Help => "help",
             Command::File(c) => return c.fmt(f),
+            Command::Job(c) => return c.fmt(f),
         };
         f.write_str(s)
+    }
+}
+
+impl fmt::Display for JobCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JobCommand::Run { op1, op2, src, dest, tasks } => {
+                let quote = |w: &str| {
+                    shlex::try_quote(w).map(|q| q.into_owned()).unwrap_or_else(|_| format!("{w:?}"))
+                };
+                write!(f, "RainStorm {} {} {src} {dest} {tasks}", quote(op1), quote(op2))
+            }
+            JobCommand::List => f.write_str("jobs"),
+            JobCommand::Show { id } => write!(f, "job {id}"),
+        }
     }
 }
 
@@ -278,6 +358,28 @@ mod tests {
         let by_id = Command::parse("getfromreplica 127.0.0.1:7003#1234 f out").unwrap();
         assert_eq!(by_id.to_string(), "getfromreplica 127.0.0.1:7003 f out");
         assert_eq!(Command::parse("  list_mem  "), Ok(Command::ListMem));
+    }
+
+    #[test]
+    fn rainstorm_commands_parse_quoted_operators_and_print_back() {
+        let line = r#"RainStorm "./app1-filter 'Stop, All Way'" grep:a in/signs.csv out/x 3"#;
+        let c = Command::parse(line).expect("parses");
+        let Command::Job(JobCommand::Run { op1, op2, src, dest, tasks }) = &c else { panic!("{c:?}") };
+        assert_eq!(
+            (op1.as_str(), op2.as_str(), src.as_str(), dest.as_str(), *tasks),
+            ("./app1-filter 'Stop, All Way'", "grep:a", "in/signs.csv", "out/x", 3)
+        );
+        assert_eq!(Command::parse(&c.to_string()), Ok(c.clone()), "{c}");
+        assert_eq!(Command::parse("jobs"), Ok(Command::Job(JobCommand::List)));
+        assert_eq!(
+            Command::parse("job 1-a1f09c"),
+            Ok(Command::Job(JobCommand::Show { id: "1-a1f09c".into() }))
+        );
+        assert!(matches!(Command::parse("RainStorm a b c d"), Err(ParseError::Usage { .. })));
+        assert!(matches!(Command::parse("RainStorm a b c d x"), Err(ParseError::BadTaskCount(_))));
+        assert_eq!(Command::parse("RainStorm 'a b c d 1"), Err(ParseError::Quotes));
+        assert!(matches!(Command::parse("job"), Err(ParseError::Usage { .. })));
+        assert!(matches!(Command::parse("jobs now"), Err(ParseError::Usage { .. })));
     }
 
     #[test]

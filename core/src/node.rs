@@ -20,7 +20,9 @@ use crate::membership::{
     MemberStatus, MemberView, Membership, MembershipConfig, MembershipError, MembershipEvent,
     MembershipStats, Phase, Role,
 };
-use crate::rainstorm::{JobError, JobId, JobSpec, Rainstorm, RainstormConfig, RainstormEvent};
+use crate::rainstorm::{
+    JobError, JobId, JobSpec, ProgramCall, ProgramResult, Rainstorm, RainstormConfig, RainstormEvent,
+};
 use crate::time::Time;
 use crate::wire::{Body, Codec, Envelope, WireError, MAX_STREAM_FRAME_BYTES};
 use std::collections::{BTreeMap, VecDeque};
@@ -47,6 +49,9 @@ pub enum NodeEvent {
     Membership(MembershipEvent),
     Hydfs(HydfsEvent),
     Rainstorm(RainstormEvent),
+    /// A request, not a notice: run this batch through its operator program and answer with
+    /// [`Node::handle_program_result`].
+    Program(ProgramCall),
 }
 
 /// How a node is set up.
@@ -177,6 +182,12 @@ impl Node {
         job
     }
 
+    /// An operator program's answer to a [`NodeEvent::Program`] call.
+    pub fn handle_program_result(&mut self, now: Time, token: u64, result: Result<ProgramResult, String>) {
+        self.rainstorm.on_program(now, token, result);
+        self.collect_events(now);
+    }
+
     pub fn membership(&self) -> &Membership {
         &self.membership
     }
@@ -264,6 +275,7 @@ impl Node {
             Command::Stats => CommandOutput::Stats { node: self.stats.clone(), membership: m.stats() },
             Command::Help => CommandOutput::Help,
             Command::File(f) => return Err(CommandError::NeedsDriver(f.to_string())),
+            Command::Job(j) => return Err(CommandError::NeedsDriver(j.to_string())),
         };
         self.collect_events(now);
         Ok(out)
@@ -352,6 +364,9 @@ impl Node {
             while let Some(e) = self.rainstorm.poll_event() {
                 progressed = true;
                 self.events.push_back(NodeEvent::Rainstorm(e));
+            }
+            while let Some(call) = self.rainstorm.poll_program() {
+                self.events.push_back(NodeEvent::Program(call));
             }
             if !progressed {
                 break;

@@ -9,7 +9,7 @@ use rainstorm_core::command::Command;
 use rainstorm_core::hydfs::{ClientOp, Hydfs, HydfsConfig, HydfsError, OpId};
 use rainstorm_core::membership::{MembershipConfig, Role};
 use rainstorm_core::node::{NodeConfig, NodeEvent};
-use rainstorm_core::rainstorm::{JobError, JobId, JobSpec, RainstormConfig};
+use rainstorm_core::rainstorm::{JobError, JobId, JobSpec, ProgramResult, RainstormConfig};
 use rainstorm_core::wire::Codec;
 use rainstorm_core::{Channel, MemberId, Node, NodeAddr, Time, Transmit};
 
@@ -71,6 +71,8 @@ pub trait Actor {
     fn describe_jobs(&self) -> Vec<String> {
         Vec::new()
     }
+    /// An operator program's answer to a [`NodeEvent::Program`] call.
+    fn handle_program_result(&mut self, _now: Time, _token: u64, _result: Result<ProgramResult, String>) {}
 }
 
 impl Actor for Node {
@@ -158,5 +160,9 @@ impl Actor for Node {
 
     fn describe_jobs(&self) -> Vec<String> {
         self.rainstorm().describe()
+    }
+
+    fn handle_program_result(&mut self, now: Time, token: u64, result: Result<ProgramResult, String>) {
+        Node::handle_program_result(self, now, token, result)
     }
 }

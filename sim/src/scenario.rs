@@ -370,7 +370,9 @@ impl Scenario {
         // Failed copies, as in the HyDFS sweep: a crashed node counts until it has restarted and
         // had time to pull its files back; at most two at a time (the fault model HyDFS, and so
         // the journals and the destination, are durable under).
+        // A crashing leader takes its copies with it for the rest of the run: one fewer to spare.
         let mut failing: Vec<(Slot, u64)> = Vec::new();
+        let max_failing = if leader_crash_ms.is_some() { 1 } else { 2 };
         const RECOVERY_MS: u64 = 20_000;
         let mut t = start_ms + rng.gen_range(200..1_500);
         while t < calm_from_ms {
@@ -380,7 +382,7 @@ impl Scenario {
                 0..=2
                     if node != leader
                         && node != reader
-                        && failing.len() < 2
+                        && failing.len() < max_failing
                         && !failing.iter().any(|(n, _)| *n == node) =>
                 {
                     down.push(node);
@@ -454,6 +456,13 @@ impl Scenario {
         };
         let content = job.content();
         (job.op1, job.op2) = crate::rainstorm::input::pick_ops(&mut rng, &content);
+        // A third of the jobs run emulated operator programs instead of the built-ins (drawn
+        // apart, so the rest of the scenario is the same either way).
+        if ChaCha8Rng::seed_from_u64(seed ^ 0x5052_4f47).gen_bool(0.3) {
+            if let Some(programs) = crate::rainstorm::programs::as_programs(&job.op1, &job.op2) {
+                (job.op1, job.op2) = programs;
+            }
+        }
         let cache_bytes = [0, 8 << 20][rng.gen_range(0..2)];
         let files = HydfsWorkload::settings_only(
             HydfsConfig { cache_bytes, ..HydfsConfig::default() },
@@ -500,10 +509,16 @@ impl Scenario {
             self.duration_ms = w.final_merge_ms + w.config.coordinator_timeout.0 + 5_000;
         }
         let bound = self.convergence_bound_ms();
+        let latency_max_ms = self.net.latency_max_ms;
         if let Some(job) = self.rainstorm.as_mut() {
             // Once membership has converged, the job has a minute to finish (restarts, journal
-            // recovery, retries); the run then ends.
-            job.deadline_ms = calm + bound + 60_000;
+            // recovery, retries) plus the time its work takes at the slowest latency: each
+            // input batch may cost every task of a stage one journal append (four one-way
+            // trips) in turn. The run then ends.
+            let lines = rainstorm_core::rainstorm::source_lines(&job.content()).count() as u64;
+            let batches = lines.div_ceil(job.config.batch_lines.max(1) as u64);
+            let work_ms = batches * job.tasks as u64 * 4 * latency_max_ms;
+            job.deadline_ms = calm + bound + 60_000 + work_ms;
             self.duration_ms = job.deadline_ms + 2_000;
         }
     }

@@ -25,7 +25,8 @@ use rainstorm_core::command::Command;
 use rainstorm_core::hydfs::HydfsEvent;
 use rainstorm_core::membership::{MembershipEvent, Role};
 use rainstorm_core::node::NodeEvent;
-use rainstorm_core::{Channel, NodeAddr, Time, Transmit};
+use rainstorm_core::rainstorm::ProgramResult;
+use rainstorm_core::{Channel, Millis, NodeAddr, Time, Transmit};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cmp::Reverse;
@@ -56,12 +57,36 @@ pub fn slot_addr(i: Slot) -> NodeAddr {
 
 #[derive(Debug)]
 enum EventKind {
-    Deliver { to: Slot, channel: Channel, frame: Vec<u8> },
-    SendFailed { slot: Slot, generation: u64, to: NodeAddr },
-    Timer { slot: Slot, generation: u64 },
+    Deliver {
+        to: Slot,
+        channel: Channel,
+        frame: Vec<u8>,
+    },
+    SendFailed {
+        slot: Slot,
+        generation: u64,
+        to: NodeAddr,
+    },
+    Timer {
+        slot: Slot,
+        generation: u64,
+    },
     Fault(usize),
-    Resume { slot: Slot, generation: u64 },
-    SupervisorJoin { slot: Slot, generation: u64 },
+    Resume {
+        slot: Slot,
+        generation: u64,
+    },
+    /// An emulated operator program answers a batch.
+    ProgramReply {
+        slot: Slot,
+        generation: u64,
+        token: u64,
+        result: Result<ProgramResult, String>,
+    },
+    SupervisorJoin {
+        slot: Slot,
+        generation: u64,
+    },
     Check,
     Workload,
 }
@@ -94,6 +119,8 @@ enum Backlog {
     Frame(Channel, Vec<u8>),
     /// A command typed while it stood still (its console input is buffered, not lost).
     Command(Command),
+    /// An operator program's answer (the program kept running while its worker stood still).
+    ProgramReply(u64, Result<ProgramResult, String>),
 }
 
 enum Process<A> {
@@ -376,6 +403,20 @@ impl<A: Actor> World<A> {
                 let fault = self.scenario.faults[i].fault.clone();
                 self.apply_fault(fault);
             }
+            EventKind::ProgramReply { slot, generation, token, result } => {
+                if self.slots[slot].generation != generation {
+                    return;
+                }
+                let now = self.local_now(slot);
+                match &mut self.slots[slot].process {
+                    Process::Up(actor) => {
+                        actor.handle_program_result(now, token, result);
+                        self.drain(slot);
+                    }
+                    Process::Paused(_, backlog) => backlog.push(Backlog::ProgramReply(token, result)),
+                    Process::Down => {}
+                }
+            }
             EventKind::Resume { slot, generation } => {
                 if self.slots[slot].generation == generation {
                     self.resume(slot);
@@ -492,6 +533,17 @@ impl<A: Actor> World<A> {
         match event {
             NodeEvent::Membership(e) => self.on_membership_event(slot, e),
             NodeEvent::Hydfs(e) => self.on_hydfs_event(slot, e),
+            NodeEvent::Program(call) => {
+                // Emulated programs answer after 1 to 16 ms, a pure function of the call.
+                let result = crate::rainstorm::programs::run_program(
+                    &call.program,
+                    call.header.as_deref(),
+                    &call.batch,
+                );
+                let at = self.now + Millis(1 + call.token % 16);
+                let generation = self.slots[slot].generation;
+                self.push(at, EventKind::ProgramReply { slot, generation, token: call.token, result });
+            }
             NodeEvent::Rainstorm(e) => {
                 let now = self.now;
                 self.trace.line(now, Some(slot), || format!("rainstorm: {}", describe_rainstorm_event(&e)));
@@ -806,6 +858,7 @@ impl<A: Actor> World<A> {
             match input {
                 Backlog::Frame(channel, frame) => actor.handle_frame(now, channel, &frame),
                 Backlog::Command(command) => actor.command(now, command),
+                Backlog::ProgramReply(token, result) => actor.handle_program_result(now, token, result),
             }
         }
         actor.handle_timeout(now);

@@ -30,7 +30,10 @@ pub mod tuple;
 mod leader;
 mod worker;
 
-pub use operator::{derive, Applied, Operator, OperatorError, OperatorSpec, Output, SpecError};
+pub use operator::{
+    derive, Applied, Operator, OperatorError, OperatorSpec, Output, ProgramSpec, SpecError, StageOp,
+};
+pub use task::{ProgramBatch, ProgramResult};
 pub use tuple::{dest_line, source_lines, Tuple, TupleId};
 
 pub use config::{PlantedBug, RainstormConfig};
@@ -49,6 +52,7 @@ use worker::Worker;
 pub(crate) struct Outbox {
     msgs: VecDeque<(NodeAddr, RainstormMsg)>,
     hydfs: VecDeque<(u64, ClientOp)>,
+    programs: VecDeque<ProgramCall>,
     events: VecDeque<RainstormEvent>,
     next_token: u64,
 }
@@ -62,12 +66,38 @@ impl Outbox {
         self.events.push_back(e);
     }
 
+    /// Queues a batch for an operator program; its answer comes back to
+    /// [`Rainstorm::on_program`] with the returned token.
+    fn program(&mut self, mut call: ProgramCall) -> u64 {
+        self.next_token += 1;
+        call.token = self.next_token;
+        self.programs.push_back(call);
+        self.next_token
+    }
+
     /// Queues a HyDFS operation; its answer comes back to [`Rainstorm::on_hydfs`] with the token.
     fn hydfs(&mut self, op: ClientOp) -> u64 {
         self.next_token += 1;
         self.hydfs.push_back((self.next_token, op));
         self.next_token
     }
+}
+
+/// A batch for an operator program, for the driver to run (protocol: `docs/OPERATORS.md`).
+/// The driver keeps one program process per hosted incarnation `(job, task, epoch)` (stopping
+/// those no longer in [`Rainstorm::hosted`]), and answers every call exactly once with
+/// [`Rainstorm::on_program`]: an error if the program could not be fetched or started, crashed,
+/// hung, or answered against the protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgramCall {
+    pub token: u64,
+    pub job: JobId,
+    pub task: TaskId,
+    pub epoch: Epoch,
+    pub program: ProgramSpec,
+    /// The input's first row (the program's handshake carries it).
+    pub header: Option<Vec<String>>,
+    pub batch: ProgramBatch,
 }
 
 /// One node's RainStorm: the jobs it leads and the task incarnations it hosts.
@@ -179,6 +209,17 @@ impl Rainstorm {
             self.worker.on_hydfs(now, &self.cfg, token, result, &mut self.out);
         }
         self.loopback(now);
+    }
+
+    /// An operator program's answer to the [`ProgramCall`] with this token.
+    pub fn on_program(&mut self, now: Time, token: u64, result: Result<ProgramResult, String>) {
+        self.worker.on_program(now, &self.cfg, token, result, &mut self.out);
+        self.loopback(now);
+    }
+
+    /// The next batch for an operator program.
+    pub fn poll_program(&mut self) -> Option<ProgramCall> {
+        self.out.programs.pop_front()
     }
 
     pub fn poll_outgoing(&mut self) -> Option<(NodeAddr, RainstormMsg)> {

@@ -30,7 +30,9 @@ pub const MAX_PATTERN_LEN: usize = 1024;
 /// Compiled-program and lazy-DFA size limit for `regex:` patterns, in bytes.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
 const OPERATORS: &str = "grep:<substring>, regex:<pattern>, column:<col>=<value>, project:<col>,..., split, \
-                         count:<col|value>";
+                         count:<col|value>, program:<hydfs file>@<sha256> [args...]";
+/// Longest accepted operator-program argument list, in bytes of spec text.
+pub const MAX_PROGRAM_SPEC_LEN: usize = 4096;
 
 /// One output of [`Operator::apply`]; its id is assigned by [`derive`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,6 +102,102 @@ pub enum SpecError {
     PatternTooLong(usize),
     #[error("invalid regex `{pattern}`: {message}")]
     BadRegex { pattern: String, message: String },
+    #[error("bad operator program `{spec}`: {why}; usage: program:<hydfs file>@<sha256 hex> [args...]")]
+    BadProgram { spec: String, why: &'static str },
+}
+
+/// An operator program: an executable stored in HyDFS as `file`, whose bytes hash to `sha256`
+/// (so every worker runs the same program), started with `args`. Programs speak the protocol
+/// of `docs/OPERATORS.md`; the driver runs them, the framework keeps their state.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ProgramSpec {
+    pub file: String,
+    /// Lowercase hex SHA-256 of the executable's bytes.
+    pub sha256: String,
+    pub args: Vec<String>,
+}
+
+impl ProgramSpec {
+    /// Parses `<file>@<sha256> [args...]` (the part after `program:`); arguments are split
+    /// and unquoted as a POSIX shell would.
+    fn parse(text: &str, spec: &str) -> Result<ProgramSpec, SpecError> {
+        let bad = |why| SpecError::BadProgram { spec: spec.to_owned(), why };
+        if spec.len() > MAX_PROGRAM_SPEC_LEN {
+            return Err(bad("longer than 4096 bytes"));
+        }
+        let text = text.trim_start();
+        let (target, rest) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
+        let (file, sha256) = target.rsplit_once('@').ok_or_else(|| bad("missing `@<sha256>`"))?;
+        if file.is_empty() {
+            return Err(bad("empty file name"));
+        }
+        if sha256.len() != 64 || !sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(bad("the hash must be 64 lowercase hex digits"));
+        }
+        let args = shlex::split(rest).ok_or_else(|| bad("unbalanced quotes in its arguments"))?;
+        Ok(ProgramSpec { file: file.to_owned(), sha256: sha256.to_owned(), args })
+    }
+
+    /// The first 12 hex digits of the hash: enough to tell programs apart in logs.
+    pub fn short_hash(&self) -> &str {
+        &self.sha256[..12.min(self.sha256.len())]
+    }
+}
+
+impl fmt::Display for ProgramSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.file, self.sha256)?;
+        for arg in &self.args {
+            // Quoting fails only for NUL bytes, which no argv can carry; print those escaped.
+            match shlex::try_quote(arg) {
+                Ok(quoted) => write!(f, " {quoted}")?,
+                Err(_) => write!(f, " {arg:?}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A stage's operator once built: a built-in applied in place, or a program its driver runs
+/// batch by batch. A program's state is kept under the tuple key, so the upstream stage
+/// partitions by tuple key for it.
+pub enum StageOp {
+    Builtin(Box<dyn Operator>),
+    Program(ProgramSpec),
+}
+
+impl StageOp {
+    /// A label for logs and errors.
+    pub fn name(&self) -> String {
+        match self {
+            StageOp::Builtin(op) => op.name().to_owned(),
+            StageOp::Program(p) => format!("program:{}@{}", p.file, p.short_hash()),
+        }
+    }
+
+    /// The key a tuple is partitioned by and its state kept under.
+    pub fn state_key(&self, tuple: &Tuple) -> Result<String, OperatorError> {
+        match self {
+            StageOp::Builtin(op) => op.state_key(tuple),
+            StageOp::Program(_) => Ok(tuple.key.clone()),
+        }
+    }
+
+    /// The built-in, owned, if this is one.
+    pub fn into_builtin(self) -> Option<Box<dyn Operator>> {
+        match self {
+            StageOp::Builtin(op) => Some(op),
+            StageOp::Program(_) => None,
+        }
+    }
+
+    /// The built-in, if this is one.
+    pub fn builtin(&self) -> Option<&dyn Operator> {
+        match self {
+            StageOp::Builtin(op) => Some(op.as_ref()),
+            StageOp::Program(_) => None,
+        }
+    }
 }
 
 /// A column given by header name or by 1-based index.
@@ -184,6 +282,8 @@ pub enum OperatorSpec {
     /// value); state = its count in decimal; one output with key = category and value =
     /// `join_record([category, new count])`. A row too short has the empty category.
     Count { by: CountBy },
+    /// `program:<hydfs file>@<sha256> [args...]`: an operator program (see [`ProgramSpec`]).
+    Program(ProgramSpec),
 }
 
 fn compile(pattern: &str) -> Result<Regex, SpecError> {
@@ -241,13 +341,20 @@ impl OperatorSpec {
                 };
                 Ok(OperatorSpec::Count { by })
             }
+            "program" => {
+                const USAGE: &str = "program:<hydfs file>@<sha256> [args...]";
+                let arg = required("program", USAGE)?;
+                Ok(OperatorSpec::Program(ProgramSpec::parse(arg, text)?))
+            }
             other => Err(SpecError::UnknownOperator(other.to_owned())),
         }
     }
 
     /// Builds the operator, resolving column names against `header` (the input's first row).
-    pub fn build(&self, header: Option<&[String]>) -> Result<Box<dyn Operator>, SpecError> {
+    /// A program is checked when its driver starts it (against the same header).
+    pub fn build(&self, header: Option<&[String]>) -> Result<StageOp, SpecError> {
         let kind = match self {
+            OperatorSpec::Program(p) => return Ok(StageOp::Program(p.clone())),
             OperatorSpec::Grep { needle } => Kind::Grep(needle.clone()),
             OperatorSpec::Regex { pattern } => Kind::Regex(compile(pattern)?),
             OperatorSpec::Column { column, value } => {
@@ -260,7 +367,7 @@ impl OperatorSpec {
             OperatorSpec::Count { by: CountBy::Value } => Kind::Count(None),
             OperatorSpec::Count { by: CountBy::Column(column) } => Kind::Count(Some(column.resolve(header)?)),
         };
-        Ok(Box::new(Builtin { label: self.to_string(), kind }))
+        Ok(StageOp::Builtin(Box::new(Builtin { label: self.to_string(), kind })))
     }
 }
 
@@ -280,6 +387,7 @@ impl fmt::Display for OperatorSpec {
             OperatorSpec::Split => f.write_str("split"),
             OperatorSpec::Count { by: CountBy::Value } => f.write_str("count:value"),
             OperatorSpec::Count { by: CountBy::Column(column) } => write!(f, "count:{column}"),
+            OperatorSpec::Program(p) => write!(f, "program:{p}"),
         }
     }
 }
@@ -404,7 +512,8 @@ mod tests {
     }
 
     fn build(spec: &str) -> Box<dyn Operator> {
-        OperatorSpec::parse(spec).and_then(|s| s.build(Some(&header()))).expect("valid spec")
+        let built = OperatorSpec::parse(spec).and_then(|s| s.build(Some(&header()))).expect("valid spec");
+        built.into_builtin().expect("a built-in")
     }
 
     fn row(line: u64, value: &str) -> Tuple {
@@ -580,7 +689,8 @@ mod tests {
     }
 
     fn app(specs: [&str; 2], header: &[String]) -> Vec<Box<dyn Operator>> {
-        specs.map(|s| OperatorSpec::parse(s).and_then(|s| s.build(Some(header))).expect("valid app")).into()
+        let build = |s: &str| OperatorSpec::parse(s).and_then(|s| s.build(Some(header))).expect("valid app");
+        specs.map(|s| build(s).into_builtin().expect("a built-in")).into()
     }
 
     #[test]

@@ -9,7 +9,8 @@
 use std::collections::BTreeMap;
 
 use super::csv::split_record;
-use super::operator::{derive, Operator, OperatorSpec, SpecError};
+use super::operator::{derive, Applied, Operator, OperatorSpec, ProgramSpec, SpecError, StageOp};
+use super::task::{ProgramBatch, ProgramResult};
 use super::tuple::{source_lines, Tuple};
 
 /// Why a reference run could not produce its outputs.
@@ -27,19 +28,50 @@ pub fn header_of(content: &[u8]) -> Option<Vec<String>> {
     source_lines(content).next().map(|(_, line)| split_record(&line))
 }
 
+/// Runs operator-program batches for [`run_with`]: the runtime starts real programs, the
+/// simulator emulates them.
+pub trait ProgramRunner {
+    fn run(
+        &mut self,
+        stage: u8,
+        program: &ProgramSpec,
+        header: Option<&[String]>,
+        batch: ProgramBatch,
+    ) -> Result<ProgramResult, String>;
+}
+
+/// A [`ProgramRunner`] for pipelines of built-ins only: any program is an error.
+pub struct NoPrograms;
+
+impl ProgramRunner for NoPrograms {
+    fn run(
+        &mut self,
+        _stage: u8,
+        program: &ProgramSpec,
+        _header: Option<&[String]>,
+        _batch: ProgramBatch,
+    ) -> Result<ProgramResult, String> {
+        Err(format!("program {} cannot run here (built-in operators only)", program.file))
+    }
+}
+
+/// Tuples per program batch in a reference run (programs answer line by line; this keeps each
+/// line well under the protocol's size limit).
+pub const REFERENCE_PROGRAM_BATCH: usize = 512;
+
 /// Builds the two operators of a job against the input's header.
 pub fn build_pair(
     op1: &OperatorSpec,
     op2: &OperatorSpec,
     header: Option<&[String]>,
-) -> Result<[Box<dyn Operator>; 2], ReferenceError> {
+) -> Result<[StageOp; 2], ReferenceError> {
     let build = |stage: u8, spec: &OperatorSpec| {
         spec.build(header).map_err(|error| ReferenceError::Spec { stage, spec: spec.to_string(), error })
     };
     Ok([build(1, op1)?, build(2, op2)?])
 }
 
-/// One operator applied to `input` in order, its keyed state in `state`.
+/// One built-in operator applied to `input` in order, its keyed state in `state`.
 pub fn apply_stage(
     op: &dyn Operator,
     input: &[Tuple],
@@ -62,18 +94,68 @@ pub fn apply_stage(
     Ok(out)
 }
 
-/// The outputs of `op1` then `op2` over every physical line of `content` (named `src`), in order.
+/// One operator program applied to `input` in order, in batches, its state (by tuple key) in
+/// `state`.
+fn apply_program(
+    stage: u8,
+    program: &ProgramSpec,
+    header: Option<&[String]>,
+    input: &[Tuple],
+    state: &mut BTreeMap<String, String>,
+    runner: &mut dyn ProgramRunner,
+) -> Result<Vec<Tuple>, ReferenceError> {
+    let mut out = Vec::new();
+    for chunk in input.chunks(REFERENCE_PROGRAM_BATCH) {
+        let fail = |error: String| ReferenceError::Operator {
+            operator: format!("program:{}", program.file),
+            tuple: chunk.first().map(|t| t.id.to_string()).unwrap_or_default(),
+            error,
+        };
+        let batch_state =
+            chunk.iter().filter_map(|t| state.get(&t.key).map(|s| (t.key.clone(), s.clone()))).collect();
+        let batch = ProgramBatch { tuples: chunk.to_vec(), state: batch_state };
+        let result = runner.run(stage, program, header, batch).map_err(fail)?;
+        if result.outputs.len() != chunk.len() {
+            return Err(fail(format!("{} output lists for {} tuples", result.outputs.len(), chunk.len())));
+        }
+        for (t, outputs) in chunk.iter().zip(result.outputs) {
+            out.extend(derive(t, &Applied { outputs, state: None }));
+        }
+        state.extend(result.state);
+    }
+    Ok(out)
+}
+
+/// The outputs of `op1` then `op2` over every physical line of `content` (named `src`), in
+/// order. Built-in operators only; see [`run_with`] for programs.
 pub fn run(
     src: &str,
     content: &[u8],
     op1: &OperatorSpec,
     op2: &OperatorSpec,
 ) -> Result<Vec<Tuple>, ReferenceError> {
+    run_with(src, content, op1, op2, &mut NoPrograms)
+}
+
+/// [`run`], with operator programs run by `programs`.
+pub fn run_with(
+    src: &str,
+    content: &[u8],
+    op1: &OperatorSpec,
+    op2: &OperatorSpec,
+    programs: &mut dyn ProgramRunner,
+) -> Result<Vec<Tuple>, ReferenceError> {
     let header = header_of(content);
-    let [first, second] = build_pair(op1, op2, header.as_deref())?;
-    let input: Vec<Tuple> = source_lines(content).map(|(n, line)| Tuple::source(src, n, line)).collect();
-    let middle = apply_stage(first.as_ref(), &input, &mut BTreeMap::new())?;
-    apply_stage(second.as_ref(), &middle, &mut BTreeMap::new())
+    let ops = build_pair(op1, op2, header.as_deref())?;
+    let mut tuples: Vec<Tuple> = source_lines(content).map(|(n, line)| Tuple::source(src, n, line)).collect();
+    for (stage, op) in (1u8..).zip(&ops) {
+        let mut state = BTreeMap::new();
+        tuples = match op {
+            StageOp::Builtin(op) => apply_stage(op.as_ref(), &tuples, &mut state)?,
+            StageOp::Program(p) => apply_program(stage, p, header.as_deref(), &tuples, &mut state, programs)?,
+        };
+    }
+    Ok(tuples)
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use super::journal::{encode, Record, Recovered, Snapshot, TaskId};
 use super::link::{LinkSender, LinkSeq};
-use super::operator::Operator;
+use super::operator::StageOp;
 use super::task::{partition, LinkMsg, TaskConfig, TaskOutput};
 use super::tuple::{source_lines, Tuple};
 use crate::time::Time;
@@ -55,7 +55,7 @@ impl SourceTask {
         id: TaskId,
         cfg: &TaskConfig,
         input: SourceInput<'_>,
-        next: &dyn Operator,
+        next: &StageOp,
         downstream: &[TaskId],
         journal: &Recovered,
     ) -> Result<SourceTask, String> {

@@ -25,7 +25,7 @@
 use super::config::PlantedBug;
 use super::journal::{encode, OutBatch, Record, Recovered, TaskId};
 use super::link::{Arrival, LinkReceiver, LinkSender, LinkSeq};
-use super::operator::{derive, Operator};
+use super::operator::{derive, Applied, Output, ProgramSpec, StageOp};
 use super::tuple::Tuple;
 use crate::time::{Millis, Time};
 use serde::{Deserialize, Serialize};
@@ -72,6 +72,25 @@ pub enum TaskOutput {
     Finished { last: BTreeMap<TaskId, LinkSeq> },
     /// The task cannot go on (its operator failed on an input, or a record cannot be encoded).
     Failed { reason: String },
+    /// Run this batch through the stage's operator program; answer with [`Task::on_applied`].
+    /// One batch is out at a time.
+    Apply { program: ProgramSpec, batch: ProgramBatch },
+}
+
+/// A batch for an operator program: the tuples in order, and the stored state of each of their
+/// keys that has one (the state as of the start of the batch).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgramBatch {
+    pub tuples: Vec<Tuple>,
+    pub state: BTreeMap<String, String>,
+}
+
+/// What an operator program answered for a [`ProgramBatch`]: one list of outputs per input
+/// tuple, in order, and the new state of the keys that changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProgramResult {
+    pub outputs: Vec<Vec<Output>>,
+    pub state: BTreeMap<String, String>,
 }
 
 /// The stable hash partitioning of keys over `n` tasks (FNV-1a, identical on every node).
@@ -94,9 +113,9 @@ struct Pending {
 
 pub struct Task {
     id: TaskId,
-    operator: Box<dyn Operator>,
+    operator: StageOp,
     /// The next stage's operator: outputs go to the task owning their key under it.
-    next: Option<Box<dyn Operator>>,
+    next: Option<StageOp>,
     upstream: Vec<TaskId>,
     downstream: Vec<TaskId>,
     receivers: BTreeMap<TaskId, LinkReceiver<Vec<Tuple>>>,
@@ -105,6 +124,8 @@ pub struct Task {
     /// The last batch number of each upstream link that has finished.
     ended: BTreeMap<TaskId, LinkSeq>,
     pending: Option<Pending>,
+    /// A batch out at the operator program: (upstream, seq, tuples).
+    applying: Option<(TaskId, LinkSeq, Vec<Tuple>)>,
     /// After a failed append, no batch is processed before this time.
     paused_until: Option<Time>,
     retry: Millis,
@@ -122,8 +143,8 @@ impl Task {
     pub fn new(
         id: TaskId,
         cfg: &TaskConfig,
-        operator: Box<dyn Operator>,
-        next: Option<Box<dyn Operator>>,
+        operator: StageOp,
+        next: Option<StageOp>,
         upstream: Vec<TaskId>,
         downstream: Vec<TaskId>,
         journal: Recovered,
@@ -157,6 +178,7 @@ impl Task {
             journal,
             ended: BTreeMap::new(),
             pending: None,
+            applying: None,
             paused_until: None,
             retry: cfg.retry,
             next_upstream: 0,
@@ -182,10 +204,11 @@ impl Task {
         let outs: Vec<String> =
             self.senders.iter().map(|(d, s)| format!("{d}:{}/{}", s.acked(), s.next_seq())).collect();
         format!(
-            "in {} out {} pending {} paused {:?}",
+            "in {} out {} pending {} applying {} paused {:?}",
             ins.join(" "),
             outs.join(" "),
             self.pending.is_some(),
+            self.applying.is_some(),
             self.paused_until
         )
     }
@@ -299,7 +322,11 @@ impl Task {
     /// Starts processing the next batch if nothing is being journaled and every link has room;
     /// reports the end once everything is processed and acknowledged.
     fn step(&mut self, now: Time) {
-        if self.done || self.pending.is_some() || self.paused_until.is_some_and(|t| t > now) {
+        if self.done
+            || self.pending.is_some()
+            || self.applying.is_some()
+            || self.paused_until.is_some_and(|t| t > now)
+        {
             return;
         }
         if !self.senders.values().all(|s| s.has_room()) {
@@ -326,28 +353,83 @@ impl Task {
         }
     }
 
+    /// The operator program's answer to the last [`TaskOutput::Apply`]. An error (the program
+    /// crashed, hung or answered nonsense) fails the task: nothing of the batch happened, and a
+    /// new incarnation processes it again from the journal.
+    pub fn on_applied(&mut self, now: Time, result: Result<ProgramResult, String>) {
+        let Some((from, seq, tuples)) = self.applying.take() else { return };
+        let name = self.operator.name();
+        let first = tuples.first().map_or_else(String::new, |t| t.id.to_string());
+        let what = format!("batch {seq} from {from} ({} tuples from {first})", tuples.len());
+        let result = result.and_then(|r| {
+            if r.outputs.len() != tuples.len() {
+                return Err(format!("answered {} output lists for {} tuples", r.outputs.len(), tuples.len()));
+            }
+            if let Some(key) = r.state.keys().find(|k| !tuples.iter().any(|t| &t.key == *k)) {
+                return Err(format!("returned state for key {key:?}, which is not in the batch"));
+            }
+            Ok(r)
+        });
+        match result {
+            Ok(r) => {
+                let applied = r.outputs.into_iter().map(|outputs| Applied { outputs, state: None });
+                let changes = r.state.into_iter().map(|(k, v)| (k, Some(v))).collect();
+                self.finish_batch(from, seq, tuples, applied.collect(), changes);
+            }
+            Err(e) => self.fail(format!("operator `{name}` failed on {what}: {e}")),
+        }
+        self.step(now);
+    }
+
+    /// Applies the operator to a batch: in place for a built-in, through the driver for a
+    /// program (the batch then waits for [`Task::on_applied`]).
     fn process(&mut self, from: TaskId, seq: LinkSeq, tuples: Vec<Tuple>) {
+        let op = match &self.operator {
+            StageOp::Builtin(op) => op,
+            StageOp::Program(program) => {
+                let state = (tuples.iter())
+                    .filter_map(|t| self.journal.state.get(&t.key).map(|s| (t.key.clone(), s.clone())))
+                    .collect();
+                let batch = ProgramBatch { tuples: tuples.clone(), state };
+                self.out.push_back(TaskOutput::Apply { program: program.clone(), batch });
+                self.applying = Some((from, seq, tuples));
+                return;
+            }
+        };
         let mut changes: BTreeMap<String, Option<String>> = BTreeMap::new();
-        let mut per_dest: BTreeMap<TaskId, Vec<Tuple>> = BTreeMap::new();
+        let mut applied = Vec::with_capacity(tuples.len());
         for t in &tuples {
-            let applied = self.operator.state_key(t).and_then(|key| {
+            let result = op.state_key(t).and_then(|key| {
                 let state = match changes.get(&key) {
                     Some(s) => s.as_deref(),
                     None => self.journal.state.get(&key).map(String::as_str),
                 };
-                let applied = self.operator.apply(t, state)?;
-                if let Some(s) = &applied.state {
+                let a = op.apply(t, state)?;
+                if let Some(s) = &a.state {
                     changes.insert(key, Some(s.clone()));
                 }
-                Ok(applied)
+                Ok(a)
             });
-            let applied = match applied {
-                Ok(a) => a,
-                Err(e) => {
-                    return self.fail(format!("operator `{}` failed on {}: {e}", self.operator.name(), t.id))
-                }
-            };
-            for d in derive(t, &applied) {
+            match result {
+                Ok(a) => applied.push(a),
+                Err(e) => return self.fail(format!("operator `{}` failed on {}: {e}", op.name(), t.id)),
+            }
+        }
+        self.finish_batch(from, seq, tuples, applied, changes);
+    }
+
+    /// Routes a processed batch's outputs, and journals it with its state changes.
+    fn finish_batch(
+        &mut self,
+        from: TaskId,
+        seq: LinkSeq,
+        tuples: Vec<Tuple>,
+        applied: Vec<Applied>,
+        changes: BTreeMap<String, Option<String>>,
+    ) {
+        let mut per_dest: BTreeMap<TaskId, Vec<Tuple>> = BTreeMap::new();
+        for (t, applied) in tuples.iter().zip(&applied) {
+            for d in derive(t, applied) {
                 let key = match &self.next {
                     Some(next) => match next.state_key(&d) {
                         Ok(key) => key,

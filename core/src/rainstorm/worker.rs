@@ -23,21 +23,33 @@ use super::job::{
     Epoch, JobId, JobPlan, JournalPos, Placement, RainstormEvent, RainstormMsg, TaskPhase, STAGES,
 };
 use super::journal::{decode_all, encode, should_compact, JournalError, LinkSeq, Record, Recovered, TaskId};
-use super::operator::{Operator, OperatorSpec};
+use super::operator::{OperatorSpec, StageOp};
 use super::source::{SourceInput, SourceTask};
-use super::task::{LinkMsg, Task, TaskConfig, TaskOutput};
+use super::task::{LinkMsg, ProgramResult, Task, TaskConfig, TaskOutput};
 use super::Outbox;
+use super::ProgramCall;
+use crate::hydfs::ring::RingId;
+use crate::hydfs::types::FileDigest;
 use crate::hydfs::{ClientOp, FileName, HydfsError, OpOutput, WriteKind};
 use crate::id::MemberId;
+use crate::id::NodeAddr;
 use crate::time::Time;
 
 /// What a HyDFS operation of a hosted task was for.
 #[derive(Clone, Debug)]
 pub(super) enum Io {
     Source,
-    Journal(JournalPos),
+    /// Which replicas hold a journal file, and how many writes each has.
+    Survey(JournalPos),
+    /// The journal file read from the replica that had the most writes (at least `writes`).
+    Journal {
+        at: JournalPos,
+        writes: usize,
+    },
     Open,
-    Append { bytes: u64 },
+    Append {
+        bytes: u64,
+    },
     CompactOpen,
     CompactClose,
 }
@@ -113,6 +125,8 @@ pub(super) struct Worker {
     /// never rebuilt: its journal file may already exist and its old writes may still land, so
     /// a repeated `Assign` is answered with a failure and the leader places a new incarnation.
     dropped: BTreeSet<(JobId, TaskId, Epoch)>,
+    /// Batches out at operator programs, by token.
+    programs: BTreeMap<u64, (JobId, TaskId, Epoch)>,
 }
 
 impl Worker {
@@ -325,6 +339,27 @@ impl Worker {
         self.pump(now, key, cfg, out);
     }
 
+    /// An operator program's answer to a [`ProgramCall`].
+    pub(super) fn on_program(
+        &mut self,
+        now: Time,
+        cfg: &RainstormConfig,
+        token: u64,
+        result: Result<ProgramResult, String>,
+        out: &mut Outbox,
+    ) {
+        let Some((job, task, epoch)) = self.programs.remove(&token) else { return };
+        let key = (job, task);
+        let Some(h) = self.hosted.get_mut(&key) else { return };
+        if h.epoch != epoch {
+            return;
+        }
+        if let Some(Runner::Op(t)) = &mut h.runner {
+            t.on_applied(now, result);
+        }
+        self.pump(now, key, cfg, out);
+    }
+
     /// A link message for one of the hosted incarnations.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn link(
@@ -386,7 +421,17 @@ impl Worker {
                 h.source = Some(bytes);
                 Step::ReadJournal
             }
-            (Io::Journal(at), Ok(OpOutput::Content { bytes, .. })) => match h.fold(cfg, &bytes) {
+            (Io::Survey(at), Ok(OpOutput::Listed { replicas, .. })) => match most_complete(&replicas) {
+                Ok((replica, writes)) => Step::ReadFrom { at, replica, writes },
+                Err(why) => Step::Fail(format!("journal {}: {why}", h.journal_file(at))),
+            },
+            // The replica lost writes since it was surveyed (its copy was replaced): survey again.
+            (Io::Journal { at, writes: expected }, Ok(OpOutput::Content { writes, .. }))
+                if writes.len() < expected =>
+            {
+                Step::Read(at)
+            }
+            (Io::Journal { at, .. }, Ok(OpOutput::Content { bytes, .. })) => match h.fold(cfg, &bytes) {
                 Ok(Some(next)) => Step::Read(JournalPos { epoch: at.epoch, generation: next }),
                 Ok(None) => Step::Open,
                 Err(e) => Step::Broken(format!("journal {} is unreadable: {e}", h.journal_file(at))),
@@ -422,7 +467,9 @@ impl Worker {
             (io, Ok(other)) => Step::Broken(format!("unexpected answer to {io:?}: {other:?}")),
             (io, Err(e)) => Step::Fail(match io {
                 Io::Source => format!("cannot read the input `{}`: {e}", h.plan.src),
-                Io::Journal(at) => format!("cannot read journal {}: {e}", h.journal_file(at)),
+                Io::Survey(at) | Io::Journal { at, .. } => {
+                    format!("cannot read journal {}: {e}", h.journal_file(at))
+                }
                 _ => format!("cannot write its journal: {e}"),
             }),
         };
@@ -430,6 +477,13 @@ impl Worker {
             Step::None => {}
             Step::ReadJournal => self.read_journal_or_open(now, key, cfg, out),
             Step::Read(at) => self.read(key, at, out),
+            Step::ReadFrom { at, replica, writes } => {
+                let name = self.hosted.get(&key).map(|h| h.journal_file(at));
+                if let Some(name) = name {
+                    let op = ClientOp::GetFromReplica { name, replica };
+                    self.io(key, epoch, op, Io::Journal { at, writes }, out);
+                }
+            }
             Step::Open => self.open(key, cfg, out),
             Step::Close => {
                 let h = self.hosted.get_mut(&key).expect("present");
@@ -475,11 +529,15 @@ impl Worker {
         }
     }
 
+    /// Reads one journal file: first asks every replica how many writes it holds, then reads
+    /// the fullest copy. An acknowledged append is on every replica of its writer's view, but a
+    /// replica that joined since (or was cut off when it was made) may still be catching up, so
+    /// any single replica's copy could miss records the predecessor already acted on.
     fn read(&mut self, key: (JobId, TaskId), at: JournalPos, out: &mut Outbox) {
         let Some(h) = self.hosted.get(&key) else { return };
         let epoch = h.epoch;
         let name = h.journal_file(at);
-        self.io(key, epoch, ClientOp::GetLatest { name }, Io::Journal(at), out);
+        self.io(key, epoch, ClientOp::Ls { name }, Io::Survey(at), out);
     }
 
     /// Opens this incarnation's journal with a snapshot of what it recovered.
@@ -530,6 +588,19 @@ impl Worker {
                     TaskOutput::Failed { reason } => {
                         h.phase = Phase::Failed { reason, transient: false };
                         h.next_status = now;
+                    }
+                    TaskOutput::Apply { program, batch } => {
+                        let call = ProgramCall {
+                            token: 0,
+                            job: key.0,
+                            task: h.task,
+                            epoch: h.epoch,
+                            program,
+                            header: h.plan.header.clone(),
+                            batch,
+                        };
+                        let token = out.program(call);
+                        self.programs.insert(token, (key.0, key.1, h.epoch));
                     }
                 }
             }
@@ -590,12 +661,37 @@ enum Step {
     None,
     ReadJournal,
     Read(JournalPos),
+    ReadFrom {
+        at: JournalPos,
+        replica: NodeAddr,
+        writes: usize,
+    },
     Open,
     Close,
     /// A file operation failed: another incarnation may do better.
     Fail(String),
     /// The journal or an answer makes no sense: retrying will not help.
     Broken(String),
+}
+
+/// The replica whose copy has the most writes (a journal has one writer, so the fullest copy
+/// holds every other), and that count. A copy still fetching some of its writes' bytes cannot
+/// serve them yet: if the fullest copies are all such, the read waits for the repair (the
+/// task fails for now and is placed again), since a complete copy with fewer writes may miss
+/// a record its writer already acted on.
+fn most_complete(replicas: &[(NodeAddr, RingId, Option<FileDigest>)]) -> Result<(NodeAddr, usize), String> {
+    let held =
+        replicas.iter().filter_map(|(addr, _, d)| d.filter(|d| d.create.is_some()).map(|d| (*addr, d)));
+    let count = |d: &FileDigest| d.merged as usize + d.pending as usize;
+    // `max_by_key` keeps the last of equals; reverse so ties go to the first (ring order).
+    let best = held.rev().max_by_key(|(_, d)| (count(d), d.incomplete == 0));
+    match best {
+        None => Err("no replica holds it".to_owned()),
+        Some((addr, d)) if d.incomplete == 0 => Ok((addr, count(&d))),
+        Some((addr, d)) => {
+            Err(format!("its fullest copy ({} writes, on {addr}) is still being repaired", count(&d)))
+        }
+    }
 }
 
 fn persist(name: FileName, kind: WriteKind, data: Vec<u8>) -> ClientOp {
@@ -640,7 +736,7 @@ impl Hosted {
         Ok(self.recovered.continued)
     }
 
-    fn operator(&self, stage: u8) -> Result<Box<dyn Operator>, String> {
+    fn operator(&self, stage: u8) -> Result<StageOp, String> {
         let text = &self.plan.ops[(stage - 1) as usize];
         OperatorSpec::parse(text)
             .and_then(|s| s.build(self.plan.header.as_deref()))
@@ -663,7 +759,7 @@ impl Hosted {
                 batch_lines: self.plan.batch_lines,
                 tasks: self.plan.tasks,
             };
-            Runner::Source(SourceTask::new(self.task, &tcfg, input, next.as_ref(), &downstream, &recovered)?)
+            Runner::Source(SourceTask::new(self.task, &tcfg, input, &next, &downstream, &recovered)?)
         } else {
             let op = self.operator(stage)?;
             let next = if stage + 1 < STAGES { Some(self.operator(stage + 1)?) } else { None };
@@ -684,5 +780,31 @@ impl Hosted {
         self.runner = Some(runner);
         self.phase = Phase::Running;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hydfs::types::Stamp;
+
+    fn copy(port: u16, pending: u32, incomplete: u32) -> (NodeAddr, RingId, Option<FileDigest>) {
+        let addr: NodeAddr = format!("10.0.0.1:{port}").parse().expect("address");
+        let client = MemberId { addr, join_time: 1 };
+        let create = Some(Stamp { ts: 1, client, seq: 1 });
+        let digest = FileDigest { create, generation: 0, merged: 0, pending, incomplete, hash: 0 };
+        (addr, RingId::of_node(addr), Some(digest))
+    }
+
+    #[test]
+    fn the_journal_is_read_from_the_fullest_complete_copy_or_not_yet() {
+        let port = |r: Result<(NodeAddr, usize), String>| r.map(|(a, n)| (a.port(), n));
+        assert_eq!(port(most_complete(&[copy(1, 1, 0), copy(2, 3, 0), copy(3, 2, 0)])), Ok((2, 3)));
+        assert_eq!(port(most_complete(&[copy(1, 2, 0), copy(2, 2, 0)])), Ok((1, 2)), "ties: ring order");
+        // A restarted replica that knows the writes but still fetches their bytes loses a tie...
+        assert_eq!(port(most_complete(&[copy(1, 1, 2), copy(2, 1, 0)])), Ok((2, 1)));
+        // ...and if it is the only one with the most writes, the read waits.
+        assert!(most_complete(&[copy(1, 3, 1), copy(2, 2, 0)]).is_err());
+        assert!(most_complete(&[(copy(1, 0, 0).0, copy(1, 0, 0).1, None)]).is_err());
     }
 }

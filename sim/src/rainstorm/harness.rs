@@ -15,6 +15,7 @@
 use super::input::{generated_csv, traffic_signs_slice};
 use super::verdict::{judge, Finding, Observed};
 use crate::check::CheckerKind;
+use crate::rainstorm::programs::SimPrograms;
 use crate::scenario::Slot;
 use rainstorm_core::hydfs::{ClientOp, FileName, HydfsError, HydfsEvent, OpId, OpOutput, WriteKind};
 use rainstorm_core::rainstorm::reference;
@@ -124,10 +125,12 @@ impl RainstormHarness {
         let dest = FileName::new("out/job.txt").expect("valid");
         let specs = OperatorSpec::parse(&w.op1).and_then(|a| OperatorSpec::parse(&w.op2).map(|b| (a, b)));
         let reference = match &specs {
-            Ok((a, b)) => reference::run(src.as_str(), &content, a, b).map_err(|e| e.to_string()),
+            Ok((a, b)) => {
+                reference::run_with(src.as_str(), &content, a, b, &mut SimPrograms).map_err(|e| e.to_string())
+            }
             Err(e) => Err(e.to_string()),
         };
-        let stateful = w.op2.starts_with("count:");
+        let stateful = w.op2.starts_with("count:") || w.op2.starts_with("program:sim/count-key@");
         let stats = JobStats {
             input_lines: rainstorm_core::rainstorm::source_lines(&content).count(),
             reference_outputs: reference.as_ref().map_or(0, Vec::len),

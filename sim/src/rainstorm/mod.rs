@@ -2,4 +2,5 @@
 
 pub mod harness;
 pub mod input;
+pub mod programs;
 pub mod verdict;

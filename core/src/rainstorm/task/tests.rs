@@ -3,12 +3,13 @@
 use super::*;
 use crate::rainstorm::journal::decode_all;
 use crate::rainstorm::operator::OperatorSpec;
+use crate::rainstorm::operator::{Output, ProgramSpec};
 
 const UP: TaskId = TaskId { stage: 1, index: 0 };
 const ME: TaskId = TaskId { stage: 2, index: 0 };
 const DOWN: [TaskId; 2] = [TaskId { stage: 3, index: 0 }, TaskId { stage: 3, index: 1 }];
 
-fn op(spec: &str) -> Box<dyn Operator> {
+fn op(spec: &str) -> StageOp {
     OperatorSpec::parse(spec).and_then(|s| s.build(None)).expect("valid spec")
 }
 
@@ -27,13 +28,57 @@ struct Rig {
     sent: Vec<(TaskId, LinkMsg)>,
     finished: Option<BTreeMap<TaskId, LinkSeq>>,
     failed: Option<String>,
+    /// Batches handed to the operator program, and how the program answers them.
+    applied: Vec<ProgramBatch>,
+    program: Option<Answer>,
+}
+
+type Answer = Box<dyn Fn(&ProgramBatch) -> Result<ProgramResult, String>>;
+
+/// A counting program's answer: each tuple outputs `(key, "key,count")`; state by tuple key.
+fn count_program(batch: &ProgramBatch) -> Result<ProgramResult, String> {
+    let mut state = batch.state.clone();
+    let mut result = ProgramResult::default();
+    for t in &batch.tuples {
+        let n = state.get(&t.key).map_or(0, |s| s.parse::<u64>().expect("a count")) + 1;
+        state.insert(t.key.clone(), n.to_string());
+        result.state.insert(t.key.clone(), n.to_string());
+        result.outputs.push(vec![Output { key: t.key.clone(), value: format!("{},{n}", t.key) }]);
+    }
+    Ok(result)
+}
+
+fn keyed(from: u64, keys: &[&str]) -> Vec<Tuple> {
+    keys.iter()
+        .zip(from..)
+        .map(|(k, line)| Tuple { key: k.to_string(), ..Tuple::source("in", line, *k) })
+        .collect()
 }
 
 impl Rig {
     fn new(spec: &str, journal: Vec<u8>) -> Rig {
         let recovered = Recovered::replay(&decode_all(&journal).expect("journal decodes")).expect("replays");
         let task = Task::new(ME, &cfg(), op(spec), None, vec![UP], DOWN.to_vec(), recovered);
-        Rig { task, journal, sent: Vec::new(), finished: None, failed: None }
+        Rig {
+            task,
+            journal,
+            sent: Vec::new(),
+            finished: None,
+            failed: None,
+            applied: Vec::new(),
+            program: None,
+        }
+    }
+
+    /// A task running an operator program that answers with `answer`.
+    fn program(journal: Vec<u8>, answer: Answer) -> Rig {
+        let mut r = Rig::new("split", journal);
+        let recovered =
+            Recovered::replay(&decode_all(&r.journal).expect("journal decodes")).expect("replays");
+        let spec = ProgramSpec { file: "ops/count".into(), sha256: "0".repeat(64), args: Vec::new() };
+        r.task = Task::new(ME, &cfg(), StageOp::Program(spec), None, vec![UP], DOWN.to_vec(), recovered);
+        r.program = Some(answer);
+        r
     }
 
     /// Drains the task's outputs; appends succeed (or fail) at once.
@@ -51,6 +96,13 @@ impl Rig {
                 }
                 TaskOutput::Finished { last } => self.finished = Some(last),
                 TaskOutput::Failed { reason } => self.failed = Some(reason),
+                TaskOutput::Apply { batch, .. } => {
+                    self.applied.push(batch.clone());
+                    if let Some(answer) = &self.program {
+                        let result = answer(&batch);
+                        self.task.on_applied(Time(0), result);
+                    }
+                }
             }
         }
     }
@@ -210,4 +262,59 @@ fn partitioning_is_stable_and_covers_every_task() {
     let hit: std::collections::BTreeSet<usize> = (0..200).map(|i| partition(&format!("k{i}"), 5)).collect();
     assert_eq!(hit.len(), 5);
     assert_eq!(partition("anything", 0), 0);
+}
+
+#[test]
+fn a_program_batch_is_journaled_with_its_state_and_a_restart_hands_the_state_back() {
+    let mut r = Rig::program(Vec::new(), Box::new(count_program));
+    r.batch(1, keyed(1, &["a", "b", "a"]));
+    assert_eq!(r.applied.len(), 1);
+    assert!(r.applied[0].state.is_empty(), "no state yet");
+    assert_eq!(r.acks_upstream(), [1]);
+    let mut all: Vec<String> = DOWN.iter().flat_map(|d| r.batches_to(*d)).flat_map(|(_, v)| v).collect();
+    all.sort();
+    assert_eq!(all, ["a,1", "a,2", "b,1"]);
+    // A new incarnation from the journal gives the program the stored counts of the batch's keys.
+    let mut again = Rig::program(r.journal.clone(), Box::new(count_program));
+    again.batch(2, keyed(10, &["a", "c"]));
+    let expected: BTreeMap<String, String> = [("a".to_owned(), "2".to_owned())].into();
+    assert_eq!(again.applied[0].state, expected, "only keys of the batch, as journaled");
+    let values: Vec<String> = DOWN.iter().flat_map(|d| again.batches_to(*d)).flat_map(|(_, v)| v).collect();
+    assert!(values.contains(&"a,3".to_owned()), "the count goes on: {values:?}");
+}
+
+#[test]
+fn nothing_of_a_batch_happens_until_the_program_answers() {
+    let mut r = Rig::program(Vec::new(), Box::new(count_program));
+    r.program = None;
+    r.batch(1, keyed(1, &["a"]));
+    r.batch(2, keyed(2, &["b"]));
+    assert_eq!(r.applied.len(), 1, "one batch out at the program at a time");
+    assert!(r.sent.is_empty() && r.journal.is_empty(), "no acknowledgement, output or record yet");
+    let result = count_program(&r.applied[0]);
+    r.task.on_applied(Time(0), result);
+    r.drain(true);
+    assert_eq!(r.acks_upstream(), [1]);
+    assert_eq!(r.applied.len(), 2, "the next batch goes out once the first is journaled");
+}
+
+#[test]
+fn a_program_failure_or_a_reply_against_the_protocol_fails_the_task_and_acknowledges_nothing() {
+    let wrong_count: Answer = Box::new(|_| Ok(ProgramResult { outputs: vec![vec![]], ..Default::default() }));
+    let foreign: Answer = Box::new(|b| {
+        let mut r = count_program(b)?;
+        r.state.insert("elsewhere".into(), "1".into());
+        Ok(r)
+    });
+    let crashed: Answer = Box::new(|_| Err("the program exited (signal 9)".into()));
+    let cases =
+        [(wrong_count, "1 output lists for 2 tuples"), (foreign, "\"elsewhere\""), (crashed, "signal 9")];
+    for (answer, needle) in cases {
+        let mut r = Rig::program(Vec::new(), answer);
+        r.batch(1, keyed(7, &["a", "b"]));
+        let reason = r.failed.clone().expect("the task failed");
+        assert!(reason.contains(needle) && reason.contains("program:ops/count"), "{reason}");
+        assert!(reason.contains("in:7"), "names the batch's first input: {reason}");
+        assert!(r.sent.is_empty() && r.journal.is_empty(), "{reason}");
+    }
 }
