@@ -2,6 +2,7 @@
 //! simulations and benchmarks.
 
 mod bench;
+mod gen_signs;
 mod sim_cmd;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,8 @@ enum Top {
     Sim(sim_cmd::SimArgs),
     /// Run benchmarks and print their tables.
     Bench(bench::BenchArgs),
+    /// Write a seeded input of any size shaped like data/Traffic_Signs.csv (header, N records).
+    GenSigns(gen_signs::GenSignsArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Top::Ctl(args) => return ctl::run(args),
         Top::Sim(args) => sim_cmd::run(args),
         Top::Bench(args) => bench::run(args),
+        Top::GenSigns(args) => gen_signs::run(args),
     };
     match result {
         Ok(code) => code,
