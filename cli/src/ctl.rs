@@ -3,6 +3,7 @@
 //! refused it, 2 if the node could not be reached.
 
 use clap::Args;
+use rainstorm_core::command::JobCommand;
 use rainstorm_runtime::control;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,6 +19,24 @@ pub struct CtlArgs {
     /// Where `rainstorm cluster` keeps its nodes.
     #[arg(long, default_value = "rainstorm-cluster")]
     pub cluster_dir: PathBuf,
+}
+
+/// An operator word whose program is a relative path that exists here, made absolute (the
+/// node resolves paths against its own directory). Built-ins and HyDFS names are unchanged.
+fn absolute_program(word: &str, cwd: &Path) -> String {
+    if rainstorm_core::rainstorm::OperatorSpec::parse(word).is_ok() {
+        return word.to_owned();
+    }
+    let Some(mut words) = shlex::split(word) else { return word.to_owned() };
+    match words.first_mut() {
+        Some(program)
+            if Path::new(program.as_str()).is_relative() && cwd.join(program.as_str()).is_file() =>
+        {
+            *program = cwd.join(program.as_str()).to_string_lossy().into_owned();
+            shlex::try_join(words.iter().map(String::as_str)).unwrap_or_else(|_| word.to_owned())
+        }
+        _ => word.to_owned(),
+    }
 }
 
 /// Finds the control socket for a node given as a socket, a data dir or a cluster node name.
@@ -47,7 +66,9 @@ pub fn run(args: CtlArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut line = args.command.join(" ");
+    // Words the shell kept together (a quoted operator with its arguments) stay together.
+    let mut line =
+        shlex::try_join(args.command.iter().map(String::as_str)).unwrap_or_else(|_| args.command.join(" "));
     // Local paths name files where `ctl` runs, which need not be the node's directory.
     if let Ok(rainstorm_core::command::Command::File(mut cmd)) =
         rainstorm_core::command::Command::parse(&line)
@@ -61,6 +82,14 @@ pub fn run(args: CtlArgs) -> ExitCode {
         }
         line = cmd.to_string();
     }
+    // So do operator programs given by path.
+    if let Ok(rainstorm_core::command::Command::Job(JobCommand::Run { op1, op2, src, dest, tasks })) =
+        rainstorm_core::command::Command::parse(&line)
+    {
+        let cwd = std::env::current_dir().unwrap_or_default();
+        let (op1, op2) = (absolute_program(&op1, &cwd), absolute_program(&op2, &cwd));
+        line = JobCommand::Run { op1, op2, src, dest, tasks }.to_string();
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -69,8 +98,11 @@ pub fn run(args: CtlArgs) -> ExitCode {
         }
     };
     let mut bar = crate::progress::Bar::default();
-    let reply = runtime.block_on(control::request_with_progress(&socket, &line, |d, t| bar.update(d, t)));
+    let mut job = crate::progress::JobCounter::default();
+    let request = control::request_streaming(&socket, &line, |d, t| bar.update(d, t), |l| job.show(l));
+    let reply = runtime.block_on(request);
     bar.finish();
+    job.finish();
     match reply {
         Ok(reply) if reply.ok => {
             print!("{}", reply.output);

@@ -234,8 +234,11 @@ async fn console_loop(handle: NodeHandle) {
         }
         let cwd = std::env::current_dir().unwrap_or_default();
         let progress = std::sync::Arc::new(rainstorm_runtime::files::Progress::default());
-        let reply =
-            crate::progress::with_bar(progress.clone(), handle.command_in(&line, &cwd, progress)).await;
+        let (out, streamed) = tokio::sync::mpsc::unbounded_channel();
+        let printer = tokio::spawn(crate::progress::print_streamed(streamed));
+        let command = handle.command_streaming(&line, &cwd, progress.clone(), out);
+        let reply = crate::progress::with_bar(progress, command).await;
+        let _ = printer.await;
         if reply.ok {
             print!("{}", reply.output);
         } else {

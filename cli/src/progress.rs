@@ -3,6 +3,7 @@
 
 use indicatif::{ProgressBar, ProgressStyle};
 use rainstorm_runtime::files::{Progress, PROGRESS_MIN_BYTES};
+use rainstorm_runtime::jobs::Streamed;
 use std::future::Future;
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -57,4 +58,49 @@ pub async fn with_bar<F: Future>(progress: Arc<Progress>, fut: F) -> F::Output {
     };
     bar.finish();
     out
+}
+
+/// Prints a job's streamed results on stdout and its notes on stderr, with a line of counts on
+/// stderr (outputs so far and their rate) while stderr is a terminal.
+pub async fn print_streamed(mut lines: tokio::sync::mpsc::UnboundedReceiver<Streamed>) {
+    let mut counter = JobCounter::default();
+    while let Some(line) = lines.recv().await {
+        counter.show(line);
+    }
+    counter.finish();
+}
+
+/// The console side of a running job: its results and a line of counts.
+#[derive(Default)]
+pub struct JobCounter {
+    bar: Option<ProgressBar>,
+}
+
+impl JobCounter {
+    pub fn show(&mut self, line: Streamed) {
+        if self.bar.is_none() && std::io::stderr().is_terminal() {
+            let bar = ProgressBar::new_spinner();
+            let style =
+                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {pos} outputs ({per_sec})")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner());
+            bar.set_style(style);
+            bar.enable_steady_tick(Duration::from_millis(200));
+            self.bar = Some(bar);
+        }
+        match (&self.bar, line) {
+            (Some(bar), Streamed::Output(text)) => {
+                bar.inc(1);
+                bar.suspend(|| println!("{text}"));
+            }
+            (Some(bar), Streamed::Note(text)) => bar.suspend(|| eprintln!("{text}")),
+            (None, Streamed::Output(text)) => println!("{text}"),
+            (None, Streamed::Note(text)) => eprintln!("{text}"),
+        }
+    }
+
+    pub fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
 }

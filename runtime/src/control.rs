@@ -1,18 +1,22 @@
 //! The control socket: a Unix socket in the data dir through which scripts and tests give a node
 //! the same commands as its console. Only the node's user can connect (mode 0600).
 //!
-//! Protocol: the client writes one command line and closes its writing half; while a large
-//! transfer runs the server may send `progress <done> <total>` lines; then it answers `ok` or
-//! `error` on one line, then the command's output, then closes. Local paths in the command are
+//! Protocol: the client writes one command line and closes its writing half; while the command
+//! runs the server may send `progress <done> <total>` lines (a large transfer), `out <text>`
+//! lines (a job's results) and `note <text>` lines (a job's restarts and failures); then it
+//! answers `ok` or `error` on one line, then the command's output, then closes. Streamed text
+//! never holds a newline (job outputs are escaped as in the destination file). Local paths in the command are
 //! resolved against the node's working directory (`rainstorm ctl` sends absolute paths).
 
 use crate::driver::{CommandReply, NodeHandle};
 use crate::files::{Progress, PROGRESS_MIN_BYTES};
+use crate::jobs::Streamed;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
 use tracing::debug;
 
 /// The longest command line accepted.
@@ -48,11 +52,14 @@ async fn answer(stream: UnixStream, handle: NodeHandle) -> std::io::Result<()> {
     BufReader::new(read.take(MAX_LINE_BYTES)).read_line(&mut line).await?;
     let cwd = std::env::current_dir().unwrap_or_default();
     let progress = Arc::new(Progress::default());
-    let command = handle.command_in(line.trim(), &cwd, progress.clone());
+    let (out, mut streamed) = mpsc::unbounded_channel();
+    let command = handle.command_streaming(line.trim(), &cwd, progress.clone(), out);
     tokio::pin!(command);
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
     let reply = loop {
         tokio::select! {
+            biased;
+            Some(s) = streamed.recv() => write.write_all(streamed_line(&s).as_bytes()).await?,
             reply = &mut command => break reply,
             _ = tick.tick() => {
                 let (done, total) = progress.get();
@@ -62,9 +69,20 @@ async fn answer(stream: UnixStream, handle: NodeHandle) -> std::io::Result<()> {
             }
         }
     };
+    while let Ok(s) = streamed.try_recv() {
+        write.write_all(streamed_line(&s).as_bytes()).await?;
+    }
     write.write_all(if reply.ok { b"ok\n" } else { b"error\n" }).await?;
     write.write_all(reply.output.as_bytes()).await?;
     write.shutdown().await
+}
+
+fn streamed_line(s: &Streamed) -> String {
+    let one_line = |t: &str| t.replace('\n', " ");
+    match s {
+        Streamed::Output(t) => format!("out {}\n", one_line(t)),
+        Streamed::Note(t) => format!("note {}\n", one_line(t)),
+    }
 }
 
 /// Sends one command to the node whose control socket is at `path`.
@@ -76,7 +94,18 @@ pub async fn request(path: &Path, line: &str) -> std::io::Result<CommandReply> {
 pub async fn request_with_progress(
     path: &Path,
     line: &str,
+    on_progress: impl FnMut(u64, u64),
+) -> std::io::Result<CommandReply> {
+    request_streaming(path, line, on_progress, |_| {}).await
+}
+
+/// Sends one command, calling `on_progress(done, total)` for each progress report and
+/// `on_line` for each streamed result or note.
+pub async fn request_streaming(
+    path: &Path,
+    line: &str,
     mut on_progress: impl FnMut(u64, u64),
+    mut on_line: impl FnMut(Streamed),
 ) -> std::io::Result<CommandReply> {
     let mut stream = UnixStream::connect(path).await?;
     stream.write_all(line.as_bytes()).await?;
@@ -87,6 +116,15 @@ pub async fn request_with_progress(
     loop {
         status.clear();
         reader.read_line(&mut status).await?;
+        let text = status.strip_suffix('\n').unwrap_or(&status);
+        if let Some(t) = text.strip_prefix("out ") {
+            on_line(Streamed::Output(t.to_owned()));
+            continue;
+        }
+        if let Some(t) = text.strip_prefix("note ") {
+            on_line(Streamed::Note(t.to_owned()));
+            continue;
+        }
         let Some(report) = status.strip_prefix("progress ") else { break };
         let mut nums = report.split_whitespace().filter_map(|n| n.parse::<u64>().ok());
         if let (Some(done), Some(total)) = (nums.next(), nums.next()) {

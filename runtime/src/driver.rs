@@ -13,12 +13,15 @@
 use crate::clock::Clock;
 use crate::config::RuntimeConfig;
 use crate::files::{Progress, Sink};
+use crate::jobs::{JobBook, Streamed};
 use crate::net::{read_frame, write_frame};
+use crate::programs::{ProgramHost, ProgramLimits};
 use crate::storage::FileStorage;
 use rainstorm_core::command::{Command, FileCommand};
 use rainstorm_core::hydfs::{ClientOp, HydfsError, HydfsEvent, OpId, OpOutput, RingId, StorageError};
 use rainstorm_core::membership::{MembershipEvent, Role};
 use rainstorm_core::node::{NodeConfig, NodeEvent};
+use rainstorm_core::rainstorm::{JobError, JobId, JobSpec, ProgramResult, RainstormEvent};
 use rainstorm_core::wire::{ClusterKey, Codec, MAX_STREAM_FRAME_BYTES};
 use rainstorm_core::{Channel, Node, Transmit};
 use rand::{Rng, SeedableRng};
@@ -65,6 +68,22 @@ pub enum Input {
         line: String,
         reply: oneshot::Sender<CommandReply>,
     },
+    /// An operator program's answer to a [`NodeEvent::Program`] call.
+    ProgramResult {
+        token: u64,
+        result: Result<ProgramResult, String>,
+    },
+    /// Start a RainStorm job led by this node; its events (outputs included) go to `events`.
+    StartJob {
+        spec: JobSpec,
+        events: mpsc::UnboundedSender<RainstormEvent>,
+        reply: oneshot::Sender<Result<JobId, JobError>>,
+    },
+    /// `jobs` (no id) or `job <id>`.
+    Jobs {
+        id: Option<String>,
+        reply: oneshot::Sender<CommandReply>,
+    },
     /// Leave the group (if a member), linger while the leave spreads, then stop.
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -97,10 +116,36 @@ impl NodeHandle {
         self.command_in(line, &cwd, Arc::new(Progress::default())).await
     }
 
-    /// Runs one command line with local paths relative to `cwd`, reporting transfer progress.
+    /// Runs one command line with local paths relative to `cwd`, reporting transfer progress;
+    /// a RainStorm job's results and notes are logged (use [`NodeHandle::command_streaming`]
+    /// to receive them).
     pub async fn command_in(&self, line: &str, cwd: &Path, progress: Arc<Progress>) -> CommandReply {
+        let (out, mut rx) = mpsc::unbounded_channel();
+        let log = tokio::spawn(async move {
+            while let Some(line) = rx.recv().await {
+                match line {
+                    Streamed::Output(text) => debug!(event = "job_output", "{text}"),
+                    Streamed::Note(text) => info!(event = "job_note", "{text}"),
+                }
+            }
+        });
+        let reply = self.command_streaming(line, cwd, progress, out).await;
+        let _ = log.await;
+        reply
+    }
+
+    /// Runs one command line; a RainStorm job's results and notes are sent to `out` as they
+    /// come (the reply comes when the job has ended).
+    pub async fn command_streaming(
+        &self,
+        line: &str,
+        cwd: &Path,
+        progress: Arc<Progress>,
+        out: mpsc::UnboundedSender<Streamed>,
+    ) -> CommandReply {
         match Command::parse(line) {
             Ok(Command::File(cmd)) => return crate::files::run(self, cmd, cwd, progress).await,
+            Ok(Command::Job(cmd)) => return crate::jobs::run(self, cmd, cwd, out).await,
             Ok(_) => {}
             Err(e) => return CommandReply { ok: false, output: format!("{e}\n") },
         }
@@ -208,6 +253,7 @@ pub async fn start(cfg: RuntimeConfig) -> Result<StartedNode, StartError> {
         chunk_bytes,
         max_write_bytes,
     };
+    let (data_dir, tx_programs) = (cfg.data_dir.clone(), tx.clone());
     let task = NodeTask {
         node,
         clock,
@@ -218,6 +264,9 @@ pub async fn start(cfg: RuntimeConfig) -> Result<StartedNode, StartError> {
         cfg,
         peers: BTreeMap::new(),
         ops: BTreeMap::new(),
+        programs: ProgramHost::new(ProgramLimits::default(), &data_dir, tx_programs),
+        book: JobBook::default(),
+        watchers: BTreeMap::new(),
     };
     let task = tokio::spawn(task.run(rx, stream_rx));
     Ok(StartedNode { handle, events: first_rx, task })
@@ -282,6 +331,12 @@ struct NodeTask {
     peers: BTreeMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>,
     /// HyDFS operations started from a command, waiting for their result.
     ops: BTreeMap<OpId, PendingOp>,
+    /// The operator programs of the task incarnations this node hosts.
+    programs: ProgramHost,
+    /// The jobs this node led.
+    book: JobBook,
+    /// Commands following a job's events.
+    watchers: BTreeMap<JobId, mpsc::UnboundedSender<RainstormEvent>>,
 }
 
 /// A HyDFS operation a command is waiting for.
@@ -323,6 +378,19 @@ impl NodeTask {
                             let _ = reply.send(self.inspect(&what));
                         }
                         Input::SendFailed { to, error } => self.node.handle_send_failed(now, to, &error),
+                        Input::ProgramResult { token, result } => {
+                            self.node.handle_program_result(now, token, result)
+                        }
+                        Input::StartJob { spec, events, reply } => {
+                            let job = self.node.start_job(now, spec);
+                            if let Ok(job) = &job {
+                                self.watchers.insert(*job, events);
+                            }
+                            let _ = reply.send(job);
+                        }
+                        Input::Jobs { id, reply } => {
+                            let _ = reply.send(self.jobs(id.as_deref()));
+                        }
                         Input::Command { line, reply } => {
                             let _ = reply.send(self.command(&line));
                         }
@@ -358,6 +426,18 @@ impl NodeTask {
         }
     }
 
+    fn jobs(&self, id: Option<&str>) -> CommandReply {
+        match id {
+            None => CommandReply { ok: true, output: self.book.list() },
+            Some(id) => match self.book.show(id, &self.node.rainstorm().describe()) {
+                Some(output) => CommandReply { ok: true, output },
+                None => {
+                    CommandReply { ok: false, output: format!("no job {id} led by this node; see `jobs`\n") }
+                }
+            },
+        }
+    }
+
     fn command(&mut self, line: &str) -> CommandReply {
         let command = match Command::parse(line) {
             Ok(c) => c,
@@ -386,10 +466,38 @@ impl NodeTask {
                     self.op_done(op, result);
                     continue;
                 }
+                NodeEvent::Program(call) => {
+                    self.programs.call(call);
+                    continue;
+                }
+                NodeEvent::Rainstorm(e) => {
+                    self.book.on_event(&e);
+                    if let Some(job) = led_job(&e) {
+                        if let Some(w) = self.watchers.get(&job) {
+                            let ended = matches!(
+                                e,
+                                RainstormEvent::JobCompleted { .. }
+                                    | RainstormEvent::JobFailed { .. }
+                                    | RainstormEvent::JobLost { .. }
+                            );
+                            if w.send(e.clone()).is_err() || ended {
+                                self.watchers.remove(&job);
+                            }
+                        }
+                    }
+                    if matches!(e, RainstormEvent::Output { .. }) {
+                        continue;
+                    }
+                    NodeEvent::Rainstorm(e)
+                }
                 other => other,
             };
             log_event(&event);
             let _ = self.events.send(event);
+        }
+        if !self.programs.is_empty() {
+            let hosted = self.node.rainstorm().hosted().into_iter().collect();
+            self.programs.retain(&hosted);
         }
     }
 
@@ -575,12 +683,28 @@ fn describe_output(out: &OpOutput) -> String {
     }
 }
 
+/// The job of a leader-side event (the ones a command following its job wants).
+fn led_job(e: &RainstormEvent) -> Option<JobId> {
+    match e {
+        RainstormEvent::JobReceived { job, .. }
+        | RainstormEvent::TaskScheduled { job, .. }
+        | RainstormEvent::TaskCompleted { job, .. }
+        | RainstormEvent::TaskFailed { job, .. }
+        | RainstormEvent::Output { job, .. }
+        | RainstormEvent::JobCompleted { job, .. }
+        | RainstormEvent::JobFailed { job, .. }
+        | RainstormEvent::JobLost { job, .. } => Some(*job),
+        RainstormEvent::TaskStarted { .. } | RainstormEvent::JobAbandoned { .. } => None,
+    }
+}
+
 /// One log line per membership event, with fields grep can find (`event=suspect` ...).
 fn log_event(event: &NodeEvent) {
     let e = match event {
         NodeEvent::Membership(e) => e,
         NodeEvent::Hydfs(e) => return log_hydfs_event(e),
         NodeEvent::Rainstorm(e) => return log_rainstorm_event(e),
+        NodeEvent::Program(_) => return,
     };
     match e {
         MembershipEvent::SelfJoined { id, members } => {

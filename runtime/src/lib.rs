@@ -13,6 +13,8 @@
 //! * [`control`]: the Unix control socket (server and client);
 //! * [`files`]: the HyDFS file commands' local side (uploads read part by part, downloads);
 //! * [`storage`]: HyDFS blocks as files, with fsync;
+//! * [`jobs`]: the RainStorm commands: operators resolved and uploaded, results streamed;
+//! * [`programs`]: operator programs: fetched by hash, one process per task incarnation;
 //! * [`logging`]: tracing to stderr and to a file in the data dir.
 
 pub mod clock;
@@ -20,6 +22,8 @@ pub mod config;
 pub mod control;
 pub mod driver;
 pub mod files;
+pub mod jobs;
 pub mod logging;
 pub mod net;
+pub mod programs;
 pub mod storage;

@@ -1,0 +1,302 @@
+//! The RainStorm commands' local side: resolving operators (built-ins, local programs uploaded
+//! to HyDFS, programs already there), starting a job, streaming its results, and the record of
+//! the jobs this node led (`jobs`, `job <id>`).
+//!
+//! Invariants kept here:
+//! * a local program is stored in HyDFS under a name derived from its hash
+//!   (`ops/<file name>-<first 16 hex digits>`), so a changed program never collides with the old
+//!   one and every worker runs exactly the bytes the command named;
+//! * the command's event stream is registered before the job starts and is unbounded, so the
+//!   console sees every output exactly once, in the order the leader appended them;
+//! * the command ends with the job: completed (ok), failed or lost (error).
+
+use crate::driver::{CommandReply, Input, NodeHandle};
+use rainstorm_core::command::JobCommand;
+use rainstorm_core::hydfs::{ClientOp, FileName, HydfsError, OpOutput};
+use rainstorm_core::rainstorm::{dest_line, JobId, JobSpec, OperatorSpec, ProgramSpec, RainstormEvent};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+/// Where a streamed line goes: results to the console's stdout, notes (restarts, failures) to
+/// where the user reads messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Streamed {
+    Output(String),
+    Note(String),
+}
+
+/// Runs a RainStorm command, sending results and notes to `out` as they come.
+pub async fn run(
+    handle: &NodeHandle,
+    cmd: JobCommand,
+    cwd: &Path,
+    out: mpsc::UnboundedSender<Streamed>,
+) -> CommandReply {
+    match cmd {
+        JobCommand::Run { op1, op2, src, dest, tasks } => {
+            let ops = async {
+                let a = resolve(handle, &op1, cwd, &out).await.map_err(|e| format!("op1: {e}"))?;
+                let b = resolve(handle, &op2, cwd, &out).await.map_err(|e| format!("op2: {e}"))?;
+                Ok::<_, String>((a, b))
+            };
+            match ops.await {
+                Ok((op1, op2)) => run_job(handle, JobSpec { op1, op2, src, dest, tasks }, out).await,
+                Err(e) => CommandReply { ok: false, output: format!("{e}\n") },
+            }
+        }
+        JobCommand::List => ask(handle, None).await,
+        JobCommand::Show { id } => ask(handle, Some(id)).await,
+    }
+}
+
+async fn ask(handle: &NodeHandle, id: Option<String>) -> CommandReply {
+    let (reply, rx) = oneshot::channel();
+    if handle.send(Input::Jobs { id, reply }).await.is_err() {
+        return CommandReply { ok: false, output: "node is stopping\n".into() };
+    }
+    rx.await.unwrap_or(CommandReply { ok: false, output: "node is stopping\n".into() })
+}
+
+/// An operator word as the command gave it: a built-in or program spec, `hydfs:<name> [args]`,
+/// or a local executable with its arguments.
+async fn resolve(
+    handle: &NodeHandle,
+    word: &str,
+    cwd: &Path,
+    out: &mpsc::UnboundedSender<Streamed>,
+) -> Result<OperatorSpec, String> {
+    let builtin_error = match OperatorSpec::parse(word) {
+        Ok(spec) => return Ok(spec),
+        Err(e) => e,
+    };
+    let words = shlex::split(word).ok_or("unbalanced quotes")?;
+    let Some((program, args)) = words.split_first() else { return Err("empty operator".into()) };
+    if let Some(name) = program.strip_prefix("hydfs:") {
+        let name = FileName::new(name).map_err(|e| format!("bad HyDFS name `{name}`: {e}"))?;
+        let bytes = match submit(handle, ClientOp::Get { name: name.clone() }).await {
+            Ok(OpOutput::Content { bytes, .. }) => bytes,
+            Ok(other) => return Err(format!("unexpected answer reading {name}: {other:?}")),
+            Err(e) => return Err(format!("cannot read program {name} from HyDFS: {e}")),
+        };
+        let sha256 = crate::programs::sha256_hex(&bytes);
+        return Ok(OperatorSpec::Program(ProgramSpec {
+            file: name.to_string(),
+            sha256,
+            args: args.to_vec(),
+        }));
+    }
+    let path = cwd.join(program);
+    let bytes = match tokio::fs::read(&path).await {
+        Ok(bytes) => bytes,
+        Err(e) if !program.contains('/') && e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!("`{word}` is not a built-in operator ({builtin_error}), nor a program file"));
+        }
+        Err(e) => return Err(format!("cannot read program {}: {e}", path.display())),
+    };
+    if !is_executable(&path) {
+        return Err(format!("{} is not executable (chmod +x it)", path.display()));
+    }
+    let sha256 = crate::programs::sha256_hex(&bytes);
+    let base = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "program".into());
+    let base: String =
+        base.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
+    let name = FileName::new(&format!("ops/{base}-{}", &sha256[..16])).map_err(|e| e.to_string())?;
+    match submit(handle, ClientOp::Create { name: name.clone(), data: bytes }).await {
+        Ok(_) => {
+            let _ = out.send(Streamed::Note(format!("uploaded {} to HyDFS as {name}", path.display())));
+        }
+        Err(HydfsError::AlreadyExists(_)) => {}
+        Err(e) => return Err(format!("cannot upload {} to HyDFS: {e}", path.display())),
+    }
+    Ok(OperatorSpec::Program(ProgramSpec { file: name.to_string(), sha256, args: args.to_vec() }))
+}
+
+#[cfg(unix)]
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(not(unix))]
+fn is_executable(path: &Path) -> bool {
+    path.is_file()
+}
+
+async fn submit(handle: &NodeHandle, op: ClientOp) -> Result<OpOutput, HydfsError> {
+    let (reply, rx) = oneshot::channel();
+    if handle.send(Input::Submit { op, sink: None, reply }).await.is_err() {
+        return Err(stopping());
+    }
+    rx.await.unwrap_or_else(|_| Err(stopping()))
+}
+
+fn stopping() -> HydfsError {
+    HydfsError::Storage("the node is stopping".into())
+}
+
+async fn run_job(handle: &NodeHandle, spec: JobSpec, out: mpsc::UnboundedSender<Streamed>) -> CommandReply {
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let (reply, rx) = oneshot::channel();
+    let dest = spec.dest.clone();
+    if handle.send(Input::StartJob { spec, events: events_tx, reply }).await.is_err() {
+        return CommandReply { ok: false, output: "node is stopping\n".into() };
+    }
+    let job = match rx.await {
+        Ok(Ok(job)) => job,
+        Ok(Err(e)) => return CommandReply { ok: false, output: format!("{e}\n") },
+        Err(_) => return CommandReply { ok: false, output: "node is stopping\n".into() },
+    };
+    let started = Instant::now();
+    let _ = out.send(Streamed::Note(format!("job {job} started; results follow and go to {dest}")));
+    while let Some(event) = events.recv().await {
+        match event {
+            RainstormEvent::Output { tuple, .. } => {
+                let _ = out.send(Streamed::Output(dest_line(&tuple).trim_end_matches('\n').to_owned()));
+            }
+            RainstormEvent::TaskScheduled { task, host, restart: true, .. } => {
+                let _ = out.send(Streamed::Note(format!("job {job}: {task} restarted on {}", host.addr)));
+            }
+            RainstormEvent::TaskFailed { task, reason, .. } => {
+                let _ = out.send(Streamed::Note(format!("job {job}: {task} failed: {reason}")));
+            }
+            RainstormEvent::JobCompleted { outputs, restarts, .. } => {
+                let secs = started.elapsed().as_secs_f64();
+                let output = format!(
+                    "job {job} completed: {outputs} outputs in {secs:.2} s, {restarts} task restarts; \
+                     every output is in {dest} exactly once\n"
+                );
+                return CommandReply { ok: true, output };
+            }
+            RainstormEvent::JobFailed { reason, .. } => {
+                return CommandReply { ok: false, output: format!("job {job} failed: {reason}\n") };
+            }
+            RainstormEvent::JobLost { reason, .. } => {
+                let output = format!("job {job} ended: {reason}; what reached {dest} stays, exactly once\n");
+                return CommandReply { ok: false, output };
+            }
+            _ => {}
+        }
+    }
+    CommandReply { ok: false, output: format!("job {job}: the node stopped before it ended\n") }
+}
+
+/// What this node knows of a job it led, from its events.
+#[derive(Clone, Debug)]
+pub struct JobRecord {
+    pub spec: String,
+    pub started: Instant,
+    pub ended: Option<(Instant, String)>,
+    pub outputs: u64,
+    pub restarts: u32,
+    pub failures: u32,
+    pub tasks_completed: u32,
+    /// Where each task's current incarnation runs.
+    pub placement: BTreeMap<String, String>,
+}
+
+/// The jobs this node led, for `jobs` and `job <id>`.
+#[derive(Default)]
+pub struct JobBook {
+    jobs: BTreeMap<JobId, JobRecord>,
+}
+
+impl JobBook {
+    /// Records a leader event.
+    pub fn on_event(&mut self, event: &RainstormEvent) {
+        let now = Instant::now();
+        match event {
+            RainstormEvent::JobReceived { job, spec } => {
+                self.jobs.insert(
+                    *job,
+                    JobRecord {
+                        spec: spec.clone(),
+                        started: now,
+                        ended: None,
+                        outputs: 0,
+                        restarts: 0,
+                        failures: 0,
+                        tasks_completed: 0,
+                        placement: BTreeMap::new(),
+                    },
+                );
+            }
+            RainstormEvent::TaskScheduled { job, task, epoch, host, restart } => {
+                if let Some(r) = self.jobs.get_mut(job) {
+                    r.restarts += u32::from(*restart);
+                    r.placement.insert(task.to_string(), format!("{} (incarnation {epoch})", host.addr));
+                }
+            }
+            RainstormEvent::TaskCompleted { job, .. } => {
+                if let Some(r) = self.jobs.get_mut(job) {
+                    r.tasks_completed += 1;
+                }
+            }
+            RainstormEvent::TaskFailed { job, .. } => {
+                if let Some(r) = self.jobs.get_mut(job) {
+                    r.failures += 1;
+                }
+            }
+            RainstormEvent::Output { job, .. } => {
+                if let Some(r) = self.jobs.get_mut(job) {
+                    r.outputs += 1;
+                }
+            }
+            RainstormEvent::JobCompleted { job, .. } => self.end(job, now, "completed".into()),
+            RainstormEvent::JobFailed { job, reason } => self.end(job, now, format!("failed: {reason}")),
+            RainstormEvent::JobLost { job, reason } => self.end(job, now, format!("lost: {reason}")),
+            RainstormEvent::TaskStarted { .. } | RainstormEvent::JobAbandoned { .. } => {}
+        }
+    }
+
+    fn end(&mut self, job: &JobId, now: Instant, how: String) {
+        if let Some(r) = self.jobs.get_mut(job) {
+            r.ended.get_or_insert((now, how));
+        }
+    }
+
+    /// `jobs`: one line per job.
+    pub fn list(&self) -> String {
+        if self.jobs.is_empty() {
+            return "no jobs led by this node\n".into();
+        }
+        let mut s = String::new();
+        for (job, r) in &self.jobs {
+            let _ = writeln!(s, "{job}  {}  {}", status(r), r.spec);
+        }
+        s
+    }
+
+    /// `job <id>`: one job in detail, with the leader's own account (`describe`) appended.
+    pub fn show(&self, id: &str, describe: &[String]) -> Option<String> {
+        let (job, r) = self.jobs.iter().find(|(j, _)| j.to_string() == id)?;
+        let mut s = format!("job {job}: {}\n  {}\n", r.spec, status(r));
+        let _ = writeln!(
+            s,
+            "  tasks completed {}, restarts {}, task failures {}",
+            r.tasks_completed, r.restarts, r.failures
+        );
+        for (task, at) in &r.placement {
+            let _ = writeln!(s, "  {task} on {at}");
+        }
+        let prefix = format!("job {job}");
+        for line in describe.iter().filter(|l| l.trim_start().starts_with(&prefix) || l.starts_with("  ")) {
+            let _ = writeln!(s, "  | {}", line.trim_end());
+        }
+        Some(s)
+    }
+}
+
+fn status(r: &JobRecord) -> String {
+    let end = r.ended.as_ref().map(|(t, _)| *t).unwrap_or_else(Instant::now);
+    let secs = end.duration_since(r.started).as_secs_f64().max(1e-3);
+    let state = r.ended.as_ref().map_or("running", |(_, how)| how.as_str());
+    format!(
+        "{state}; {} outputs in {secs:.1} s ({:.0}/s), {} restarts",
+        r.outputs,
+        r.outputs as f64 / secs,
+        r.restarts
+    )
+}
