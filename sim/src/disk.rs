@@ -7,7 +7,7 @@
 
 use rainstorm_core::hydfs::{BlobId, Storage, StorageError};
 use rand::Rng;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 #[derive(Clone, Debug, Default)]
@@ -21,6 +21,9 @@ struct Block {
 #[derive(Debug, Default)]
 struct DiskState {
     blocks: BTreeMap<BlobId, Block>,
+    /// Blocks put or deleted since a sync last made them durable (a superset is harmless), so
+    /// that a sync costs what changed, not the whole disk.
+    dirty: BTreeSet<BlobId>,
     syncs: u64,
     /// Flushes take two calls: the first snapshots and answers `InProgress`, the next makes
     /// the snapshot durable (not what was put since).
@@ -72,6 +75,7 @@ impl SimDisk {
     pub fn crash(&self) {
         let mut s = self.state();
         s.flushing = None;
+        s.dirty.clear();
         for b in s.blocks.values_mut() {
             b.current = b.durable.clone();
         }
@@ -125,7 +129,9 @@ impl SimDisk {
 
 impl Storage for SimDisk {
     fn put(&mut self, blob: BlobId, data: &[u8]) -> Result<(), StorageError> {
-        self.state().blocks.entry(blob).or_default().current = Some(data.into());
+        let mut s = self.state();
+        s.blocks.entry(blob).or_default().current = Some(data.into());
+        s.dirty.insert(blob);
         Ok(())
     }
 
@@ -134,8 +140,10 @@ impl Storage for SimDisk {
     }
 
     fn delete(&mut self, blob: BlobId) -> Result<(), StorageError> {
-        if let Some(b) = self.state().blocks.get_mut(&blob) {
+        let mut s = self.state();
+        if let Some(b) = s.blocks.get_mut(&blob) {
             b.current = None;
+            s.dirty.insert(blob);
         }
         Ok(())
     }
@@ -144,10 +152,14 @@ impl Storage for SimDisk {
         let mut s = self.state();
         if !s.background {
             s.syncs += 1;
-            for b in s.blocks.values_mut() {
+            // Every block outside `dirty` already has its current bytes durable.
+            for id in std::mem::take(&mut s.dirty) {
+                let Some(b) = s.blocks.get_mut(&id) else { continue };
                 b.durable = b.current.clone();
+                if b.current.is_none() {
+                    s.blocks.remove(&id);
+                }
             }
-            s.blocks.retain(|_, b| b.current.is_some());
             return Ok(());
         }
         if let Some(snapshot) = s.flushing.take() {
@@ -155,6 +167,7 @@ impl Storage for SimDisk {
             s.make_durable(snapshot);
         }
         if s.all_durable() {
+            s.dirty.clear();
             return Ok(());
         }
         let snapshot = s.snapshot();
@@ -165,6 +178,7 @@ impl Storage for SimDisk {
     fn wipe(&mut self) -> Result<(), StorageError> {
         let mut s = self.state();
         s.blocks.clear();
+        s.dirty.clear();
         s.flushing = None;
         Ok(())
     }
@@ -186,6 +200,23 @@ mod tests {
         d.crash();
         assert_eq!(SimDisk::read(&d, 1).as_deref(), Some(&b"one"[..]));
         assert_eq!(SimDisk::read(&d, 2), None);
+    }
+
+    #[test]
+    fn a_sync_makes_every_put_and_delete_since_the_last_one_durable() {
+        let mut d = SimDisk::new(false);
+        d.put(1, b"one").unwrap();
+        d.put(2, b"two").unwrap();
+        d.sync().unwrap();
+        d.delete(1).unwrap();
+        d.put(2, b"2").unwrap();
+        d.sync().unwrap();
+        d.put(3, b"three").unwrap();
+        d.crash();
+        assert_eq!(SimDisk::read(&d, 1), None);
+        assert_eq!(SimDisk::read(&d, 2).as_deref(), Some(&b"2"[..]));
+        assert_eq!(SimDisk::read(&d, 3), None);
+        assert!(d.is_durable(2));
     }
 
     #[test]

@@ -5,6 +5,11 @@
 //!   same network and faults (with the `compare-foca` feature, on by default).
 //! * [`hydfs`]: the HyDFS experiments under a modelled 1 Gbit/s network: re-replication after a
 //!   crash, merge after concurrent appends, and the client read cache.
+//! * [`rainstorm`]: RainStorm jobs on the same modelled network: input tuples per second of
+//!   simulated time and journal bytes per input tuple at batch sizes 1 to 256, against the
+//!   single-process reference pipeline timed in the same run, and recovery after a worker crash
+//!   (time until its tasks run again, journal bytes read) as jobs grow, with and without journal
+//!   compaction.
 //!
 //! Every simulated figure comes from fixed seeds, so it replays exactly; only wall-clock times
 //! vary between machines and runs.
@@ -20,6 +25,7 @@ mod foca_actor;
 mod hydfs;
 mod hydfs_cluster;
 mod membership;
+mod rainstorm;
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
@@ -38,6 +44,9 @@ pub enum Benchmark {
     /// HyDFS on a real 10-process loopback cluster: throughput vs raw TCP, appends, merge,
     /// re-replication, read cache, peak RSS.
     HydfsCluster,
+    /// RainStorm in the simulator: throughput and journal bytes per tuple vs batch size against
+    /// the single-process reference, and recovery after a worker crash vs job size.
+    Rainstorm,
 }
 
 #[derive(Args)]
@@ -71,6 +80,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         Benchmark::ClusterMembership => cluster_membership::run(scale.quick)?,
         Benchmark::Hydfs => hydfs::run(scale)?,
         Benchmark::HydfsCluster => hydfs_cluster::run(args.quick, args.size_mib)?,
+        Benchmark::Rainstorm => rainstorm::run(scale)?,
     }
     Ok(ExitCode::SUCCESS)
 }

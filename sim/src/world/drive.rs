@@ -1,5 +1,5 @@
 //! Driving a world by hand, for benchmarks that issue HyDFS operations themselves instead of
-//! through the scenario's random workload.
+//! through the scenario's random workload, or that watch a scenario's RainStorm job.
 //!
 //! A benchmark builds a scenario whose workload has no clients (so HyDFS runs with the
 //! workload's config but nothing is issued for it), then interleaves [`World::submit`],
@@ -9,10 +9,12 @@
 //!
 //! Operation results (`HydfsEvent::OpDone`) go to the world's checkers, not to the caller; a
 //! benchmark that needs them drives an actor that records its own events (a wrapper around
-//! `rainstorm_core::Node`) and reads them through [`World::node_mut`].
+//! `rainstorm_core::Node`) and reads them through [`World::node_mut`]. A scenario's RainStorm job
+//! runs by itself; [`World::job_stats`] and [`World::job_judged`] show how far it got.
 
 use super::{describe_op, Process, World};
 use crate::actor::Actor;
+use crate::rainstorm::harness::JobStats;
 use crate::scenario::Slot;
 use rainstorm_core::hydfs::{ClientOp, HydfsError, OpId};
 use rainstorm_core::{NodeAddr, Time};
@@ -53,6 +55,18 @@ impl<A: Actor> World<A> {
             Process::Up(a) | Process::Paused(a, _) => Some(a),
             Process::Down => None,
         }
+    }
+
+    /// What the scenario's RainStorm job has done so far (`None`: the scenario runs no job).
+    pub fn job_stats(&self) -> Option<&JobStats> {
+        self.rainstorm.as_ref().map(|r| &r.stats)
+    }
+
+    /// Whether the scenario's RainStorm job has been judged: once it completes, its destination
+    /// is read back and compared with the reference run, and [`World::end`] then reports that
+    /// verdict. `false` for a scenario without a job.
+    pub fn job_judged(&self) -> bool {
+        self.rainstorm.as_ref().is_some_and(|r| !r.active())
     }
 
     /// Starts the processes (and the scenario's timers) if no `run_until` did yet.
