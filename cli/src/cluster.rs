@@ -52,6 +52,9 @@ pub struct ClusterArgs {
     /// Each node's HyDFS read cache in MiB (0 turns it off; default 64).
     #[arg(long)]
     pub cache_mb: Option<u64>,
+    /// How long an operator program may take to answer one batch, in ms (default 30000).
+    #[arg(long)]
+    pub program_timeout_ms: Option<u64>,
 }
 
 impl ClusterArgs {
@@ -69,6 +72,7 @@ impl ClusterArgs {
             demo: false,
             for_secs: None,
             cache_mb: None,
+            program_timeout_ms: None,
         }
     }
 }
@@ -148,6 +152,9 @@ impl LocalCluster {
         }
         if let Some(mb) = self.args.cache_mb {
             cmd.arg("--cache-mb").arg(mb.to_string());
+        }
+        if let Some(ms) = self.args.program_timeout_ms {
+            cmd.arg("--program-timeout-ms").arg(ms.to_string());
         }
         match &self.args.cluster_key {
             Some(key) => cmd.env("RAINSTORM_CLUSTER_KEY", key),

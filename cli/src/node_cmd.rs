@@ -7,7 +7,7 @@
 use clap::Parser;
 use rainstorm_core::membership::{MembershipEvent, Role};
 use rainstorm_core::node::NodeEvent;
-use rainstorm_runtime::config::{ConfigInput, HydfsInput, TimingsInput};
+use rainstorm_runtime::config::{ConfigInput, HydfsInput, RainstormInput, TimingsInput};
 use rainstorm_runtime::driver::NodeHandle;
 use rainstorm_runtime::{control, driver, logging};
 use std::net::SocketAddr;
@@ -62,6 +62,9 @@ pub struct NodeArgs {
     /// HyDFS read cache in MiB (0 turns it off; default 64).
     #[arg(long)]
     pub cache_mb: Option<u64>,
+    /// How long an operator program may take to answer one batch, in ms (default 30000).
+    #[arg(long)]
+    pub program_timeout_ms: Option<u64>,
 }
 
 const CONSOLE_HELP: &str = "Console commands (stdin, or `rainstorm ctl <data-dir> <command>`):
@@ -69,6 +72,7 @@ const CONSOLE_HELP: &str = "Console commands (stdin, or `rainstorm ctl <data-dir
   files:      create <local> <hydfs>, get <hydfs> <local>, append <local> <hydfs>, merge <hydfs>,
               ls <hydfs>, store, getfromreplica <node> <hydfs> <local>, list_mem_ids,
               multiappend <hydfs> <node>... <local>...
+  streams:    RainStorm <op1> <op2> <hydfs_src> <hydfs_dest> <num_tasks>, jobs, job <id>
   help        (describes each command)";
 
 impl NodeArgs {
@@ -89,6 +93,10 @@ impl NodeArgs {
                 ..TimingsInput::default()
             },
             hydfs: HydfsInput { cache_mb: self.cache_mb, ..HydfsInput::default() },
+            rainstorm: RainstormInput {
+                program_batch_timeout_ms: self.program_timeout_ms,
+                ..Default::default()
+            },
         }
     }
 }

@@ -42,13 +42,14 @@ struct Setup {
 
 impl Setup {
     fn start(name: &str, nodes: u16, base_port: u16) -> Setup {
+        Setup::with(name, ClusterArgs::local(nodes, base_port, PathBuf::new()))
+    }
+
+    fn with(name: &str, args: ClusterArgs) -> Setup {
         let root = std::env::temp_dir().join(format!("rainstorm-jobs-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(root.join("files")).unwrap();
-        let args = ClusterArgs {
-            period_ms: PERIOD_MS,
-            ..ClusterArgs::local(nodes, base_port, root.join("cluster"))
-        };
+        let args = ClusterArgs { period_ms: PERIOD_MS, dir: root.join("cluster"), ..args };
         let c = LocalCluster::start(args, PathBuf::from(env!("CARGO_BIN_EXE_rainstorm")))
             .expect("cluster starts");
         Setup { c, root }
@@ -151,7 +152,10 @@ fn program_jobs_are_exactly_once_with_two_workers_killed_mid_job() {
 
 #[test]
 fn python_and_rust_programs_match_the_builtins_and_bad_programs_fail_the_job_clearly() {
-    let s = Setup::start("programs", 5, 17_700);
+    // Programs that hang are given up on after 1.5 s.
+    let args =
+        ClusterArgs { program_timeout_ms: Some(1_500), ..ClusterArgs::local(5, 17_700, PathBuf::new()) };
+    let s = Setup::with("programs", args);
     let content = s.store_signs(800, "in/signs.csv");
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../apps/python/traffic_signs.py");
     let has_python = Command::new("python3").arg("--version").output().is_ok_and(|o| o.status.success());
@@ -177,7 +181,8 @@ fn python_and_rust_programs_match_the_builtins_and_bad_programs_fail_the_job_cle
     assert!(reply.contains("completed"), "{reply}");
     assert_eq!(s.dest("out/mixed.txt"), reference(&content, "grep:Stop", "project:OBJECTID,Sign_Type"));
 
-    // Crashes on its first batch, and answers garbage: each job fails, naming the operator.
+    // Crashes on its first batch, answers garbage, never answers: each job fails, naming the
+    // operator and the input.
     let hello = r#"read hello; echo '{"rainstorm":1,"stateful":false}'"#;
     let crash = s.script("crash.sh", &format!("{hello}\nread batch\necho 'dying' >&2\nexit 3"));
     let garbage = s.script("garbage.sh", &format!("{hello}\nwhile read batch; do echo 'not json'; done"));

@@ -24,14 +24,20 @@
 //! cache_mb = 64                  # the client's read cache (0 turns it off)
 //! repair_mb_per_sec = 128        # re-replication pull rate (0: unlimited)
 //! max_write_mb = 1024            # largest create or append
+//!
+//! [rainstorm]
+//! program_start_timeout_ms = 10000 # an operator program's handshake
+//! program_batch_timeout_ms = 30000 # an operator program's answer to one batch
 //! ```
 
+use crate::programs::ProgramLimits;
 use rainstorm_core::hydfs::HydfsConfig;
 use rainstorm_core::membership::{MembershipConfig, Role};
 use rainstorm_core::Millis;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Settings as written in a file or given as flags: everything optional, merged, then checked.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -48,6 +54,15 @@ pub struct ConfigInput {
     pub timings: TimingsInput,
     #[serde(default)]
     pub hydfs: HydfsInput,
+    #[serde(default)]
+    pub rainstorm: RainstormInput,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RainstormInput {
+    pub program_start_timeout_ms: Option<u64>,
+    pub program_batch_timeout_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -83,6 +98,8 @@ pub struct RuntimeConfig {
     pub cluster_key: Option<String>,
     pub drop_rate: f64,
     pub hydfs: HydfsConfig,
+    /// Limits of operator programs.
+    pub programs: ProgramLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +131,7 @@ impl ConfigInput {
         let t = self.timings;
         let f = fallback.timings;
         let (h, g) = (self.hydfs, fallback.hydfs);
+        let (r, q) = (self.rainstorm, fallback.rainstorm);
         ConfigInput {
             bind: self.bind.or(fallback.bind),
             advertise: self.advertise.or(fallback.advertise),
@@ -136,6 +154,10 @@ impl ConfigInput {
                 cache_mb: h.cache_mb.or(g.cache_mb),
                 repair_mb_per_sec: h.repair_mb_per_sec.or(g.repair_mb_per_sec),
                 max_write_mb: h.max_write_mb.or(g.max_write_mb),
+            },
+            rainstorm: RainstormInput {
+                program_start_timeout_ms: r.program_start_timeout_ms.or(q.program_start_timeout_ms),
+                program_batch_timeout_ms: r.program_batch_timeout_ms.or(q.program_batch_timeout_ms),
             },
         }
     }
@@ -199,6 +221,26 @@ impl ConfigInput {
             max_write_bytes: mb(self.hydfs.max_write_mb, base.max_write_bytes),
             ..base
         };
+        let base = ProgramLimits::default();
+        let timeout = |v: Option<u64>, name: &'static str, d: Duration| match v {
+            Some(0) => Err(field(name, "must be at least 1 ms")),
+            Some(ms) => Ok(Duration::from_millis(ms)),
+            None => Ok(d),
+        };
+        let r = self.rainstorm;
+        let programs = ProgramLimits {
+            start_timeout: timeout(
+                r.program_start_timeout_ms,
+                "rainstorm.program_start_timeout_ms",
+                base.start_timeout,
+            )?,
+            batch_timeout: timeout(
+                r.program_batch_timeout_ms,
+                "rainstorm.program_batch_timeout_ms",
+                base.batch_timeout,
+            )?,
+            ..base
+        };
         Ok(RuntimeConfig {
             role,
             bind,
@@ -209,6 +251,7 @@ impl ConfigInput {
             cluster_key: self.cluster_key,
             drop_rate,
             hydfs,
+            programs,
         })
     }
 }

@@ -15,7 +15,7 @@ use crate::config::RuntimeConfig;
 use crate::files::{Progress, Sink};
 use crate::jobs::{JobBook, Streamed};
 use crate::net::{read_frame, write_frame};
-use crate::programs::{ProgramHost, ProgramLimits};
+use crate::programs::ProgramHost;
 use crate::storage::FileStorage;
 use rainstorm_core::command::{Command, FileCommand};
 use rainstorm_core::hydfs::{ClientOp, HydfsError, HydfsEvent, OpId, OpOutput, RingId, StorageError};
@@ -253,7 +253,7 @@ pub async fn start(cfg: RuntimeConfig) -> Result<StartedNode, StartError> {
         chunk_bytes,
         max_write_bytes,
     };
-    let (data_dir, tx_programs) = (cfg.data_dir.clone(), tx.clone());
+    let (data_dir, tx_programs, programs) = (cfg.data_dir.clone(), tx.clone(), cfg.programs.clone());
     let task = NodeTask {
         node,
         clock,
@@ -264,7 +264,7 @@ pub async fn start(cfg: RuntimeConfig) -> Result<StartedNode, StartError> {
         cfg,
         peers: BTreeMap::new(),
         ops: BTreeMap::new(),
-        programs: ProgramHost::new(ProgramLimits::default(), &data_dir, tx_programs),
+        programs: ProgramHost::new(programs, &data_dir, tx_programs),
         book: JobBook::default(),
         watchers: BTreeMap::new(),
     };
