@@ -281,9 +281,16 @@ impl JobBook {
         for (task, at) in &r.placement {
             let _ = writeln!(s, "  {task} on {at}");
         }
+        // The leader's account: a line per job, then its tasks' lines, indented.
         let prefix = format!("job {job}");
-        for line in describe.iter().filter(|l| l.trim_start().starts_with(&prefix) || l.starts_with("  ")) {
-            let _ = writeln!(s, "  | {}", line.trim_end());
+        let mut mine = false;
+        for line in describe {
+            if !line.starts_with("  ") {
+                mine = line.starts_with(&prefix);
+            }
+            if mine {
+                let _ = writeln!(s, "  | {}", line.trim_end());
+            }
         }
         Some(s)
     }
@@ -299,4 +306,27 @@ fn status(r: &JobRecord) -> String {
         r.outputs as f64 / secs,
         r.restarts
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_shows_its_own_record_and_only_its_own_tasks() {
+        let mut book = JobBook::default();
+        let (a, b) = (JobId { n: 1, tag: 0xabc }, JobId { n: 2, tag: 0xabc });
+        for job in [a, b] {
+            book.on_event(&RainstormEvent::JobReceived { job, spec: format!("spec of {job}") });
+        }
+        book.on_event(&RainstormEvent::JobCompleted { job: a, outputs: 0, restarts: 0 });
+        let describe: Vec<String> =
+            ["job 1-000abc: x", "  s0-t0 of a", "job 2-000abc: y", "  s0-t0 of b"].map(String::from).into();
+        let shown = book.show("1-000abc", &describe).expect("job a");
+        assert!(shown.contains("spec of 1-000abc") && shown.contains("completed"), "{shown}");
+        assert!(shown.contains("of a") && !shown.contains("of b"), "{shown}");
+        assert!(book.show("3-000abc", &describe).is_none());
+        let list = book.list();
+        assert!(list.contains("1-000abc  completed") && list.contains("2-000abc  running"), "{list}");
+    }
 }
