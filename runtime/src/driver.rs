@@ -2,8 +2,11 @@
 //!
 //! Sockets, the console and the control socket send [`Input`]s through channels; the task feeds
 //! them to the node with the current time, sends every frame the node emits (UDP datagrams
-//! directly, stream frames through one long-lived TCP connection per peer), logs and broadcasts
-//! every event, and sleeps until the node's next deadline.
+//! directly, stream frames through one long-lived TCP connection per peer), hands operator-program
+//! calls to the [`ProgramHost`], sends a job's events (its outputs included) to the command that
+//! started it, logs and broadcasts every other event (job outputs go only to that command and the
+//! job record, so a large job cannot flood subscribers), and sleeps until the node's next
+//! deadline.
 //!
 //! Invariants: after every input all outputs are drained before the task waits again; datagrams
 //! and commands are served before stream frames (bulk transfers never delay membership); at most
