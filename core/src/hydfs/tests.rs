@@ -524,3 +524,60 @@ fn persisted_writes_survive_churn() {
         assert!(current.is_none() && issued == writes, "seed {seed}: writes still running at the end");
     }
 }
+
+#[test]
+fn a_write_whose_coordinator_fails_moves_to_the_next_replica_at_once() {
+    let mut net = Net::new(5);
+    let file = name("journal");
+    assert!(net.run(0, ClientOp::Create { name: file.clone(), data: b"first\n".to_vec() }).is_ok());
+    let replicas = net.nodes[0].ring().replicas(file.as_str(), 3);
+    let dead = (0..5).find(|i| addr(*i) == replicas[0]).expect("the coordinator is a node");
+    let client = (0..5).find(|i| !replicas.contains(&addr(*i))).expect("a node holding no copy");
+    let id =
+        net.nodes[client].submit(net.now, ClientOp::Append { name: file.clone(), data: b"x\n".to_vec() });
+    let id = id.expect("submitted");
+    // The coordinator dies with the request in flight: what was sent to it is lost.
+    let alive: Vec<usize> = (0..5).filter(|i| *i != dead).collect();
+    for &i in &alive {
+        let others: Vec<MemberId> =
+            alive.iter().filter(|j| **j != i).map(|j| MemberId::new(addr(*j), 1)).collect();
+        net.nodes[i].set_members(net.now, Some(MemberId::new(addr(i), 1)), others);
+    }
+    let mut done = None;
+    // Well within one request timeout (10 s), let alone the coordinator's (30 s).
+    for _ in 0..40 {
+        loop {
+            let mut moved = false;
+            for &i in &alive {
+                while let Some((to, msg)) = net.nodes[i].poll_outgoing() {
+                    moved = true;
+                    if let Some(j) = alive.iter().copied().find(|j| addr(*j) == to) {
+                        net.nodes[j].handle_message(net.now, MemberId::new(addr(i), 1), msg);
+                    }
+                }
+                while let Some(e) = net.nodes[i].poll_event() {
+                    if let HydfsEvent::OpDone { op, result } = e {
+                        if i == client && op == id {
+                            done = Some(result);
+                        }
+                    }
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        if done.is_some() {
+            break;
+        }
+        net.now = net.now + Millis(100);
+        for &i in &alive {
+            if net.nodes[i].poll_timeout().is_some_and(|t| t <= net.now) {
+                net.nodes[i].handle_timeout(net.now);
+            }
+        }
+    }
+    let waited = net.now;
+    assert!(matches!(done, Some(Ok(_))), "the append completed within {waited:?}: {done:?}");
+    assert!(waited < Time(5_000), "the append waited {waited:?} for a dead coordinator");
+}
