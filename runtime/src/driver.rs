@@ -432,12 +432,26 @@ impl NodeTask {
     fn jobs(&self, id: Option<&str>) -> CommandReply {
         match id {
             None => CommandReply { ok: true, output: self.book.list() },
-            Some(id) => match self.book.show(id, &self.node.rainstorm().describe()) {
-                Some(output) => CommandReply { ok: true, output },
-                None => {
-                    CommandReply { ok: false, output: format!("no job {id} led by this node; see `jobs`\n") }
+            Some(id) => {
+                let describe = self.node.rainstorm().describe();
+                if let Some(output) = self.book.show(id, &describe) {
+                    return CommandReply { ok: true, output };
                 }
-            },
+                // Not led here: the tasks of that job this node runs, if any.
+                let prefix = format!("job {id} ");
+                let here: Vec<&String> = describe.iter().filter(|l| l.starts_with(&prefix)).collect();
+                if here.is_empty() {
+                    return CommandReply {
+                        ok: false,
+                        output: format!("no job {id} led or run by this node; see `jobs`\n"),
+                    };
+                }
+                let mut output = format!("job {id}: led by another node; its tasks here:\n");
+                for line in here {
+                    output.push_str(&format!("  {line}\n"));
+                }
+                CommandReply { ok: true, output }
+            }
         }
     }
 
@@ -649,6 +663,16 @@ async fn peer_writer(to: SocketAddr, mut rx: mpsc::UnboundedReceiver<Vec<u8>>, t
 }
 
 async fn write_one(to: SocketAddr, conn: &mut Option<TcpStream>, frame: &[u8], tx: &mpsc::Sender<Input>) {
+    // A peer that restarted closed our old connection: its kernel answered with FIN/RST. A
+    // frame written into such a socket is accepted locally and lost, so check first and
+    // reconnect (the peer never writes on this connection, so any readable state means closed).
+    if let Some(stream) = conn.as_ref() {
+        let mut probe = [0u8; 1];
+        match stream.try_read(&mut probe) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            _ => *conn = None,
+        }
+    }
     let result = async {
         if conn.is_none() {
             let stream = tokio::time::timeout(STREAM_CONNECT_TIMEOUT, TcpStream::connect(to))
