@@ -823,3 +823,35 @@ fn log_hydfs_event(event: &rainstorm_core::hydfs::HydfsEvent) {
         HydfsEvent::StorageFailed { reason } => warn!(event = "storage_failed", "storage failed: {reason}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::read_frame;
+
+    /// A peer that restarts on the same address closes our old connection: the next frame must
+    /// reach the new process, not vanish into the closed socket.
+    #[tokio::test]
+    async fn a_frame_after_the_peer_restarted_reaches_the_new_process() {
+        let first = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let to = first.local_addr().unwrap();
+        let (tx, mut failures) = mpsc::channel(8);
+        let mut conn = None;
+        write_one(to, &mut conn, b"one", &tx).await;
+        let (mut accepted, _) = first.accept().await.unwrap();
+        assert_eq!(read_frame(&mut accepted, 64).await.unwrap().unwrap(), b"one");
+        // The peer process dies: its sockets close.
+        drop(accepted);
+        drop(first);
+        let second = TcpListener::bind(to).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        write_one(to, &mut conn, b"two", &tx).await;
+        let (mut accepted, _) = tokio::time::timeout(Duration::from_secs(5), second.accept())
+            .await
+            .expect("reconnected")
+            .unwrap();
+        let frame = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut accepted, 64)).await;
+        assert_eq!(frame.expect("frame arrives").unwrap().unwrap(), b"two");
+        assert!(failures.try_recv().is_err(), "nothing was reported lost");
+    }
+}
