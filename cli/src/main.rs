@@ -6,7 +6,7 @@ mod gen_signs;
 mod sim_cmd;
 
 use clap::{Parser, Subcommand};
-use rainstorm_cli::{cluster, ctl, node_cmd};
+use rainstorm_cli::{cluster, ctl, demo, node_cmd};
 use rainstorm_core::membership::Role;
 use std::process::ExitCode;
 
@@ -22,6 +22,9 @@ struct Cli {
     after_help = "Run one node with `rainstorm member [OPTIONS]` or `rainstorm introducer [OPTIONS]` (the same as the\n`member` and `introducer` programs; see `rainstorm member --help`)."
 )]
 enum Top {
+    /// The main demonstration: a 10-process cluster runs App 1 and App 2 as operator programs,
+    /// two workers are killed in each job, and the outputs are checked against a reference run.
+    Demo(demo::DemoArgs),
     /// Start a local cluster: an introducer and members as separate processes on loopback.
     Cluster(cluster::ClusterArgs),
     /// Give a running node one console command through its control socket.
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let result = match cli.command {
+        Top::Demo(args) => demo::run(args),
         Top::Cluster(args) => cluster::run(args),
         Top::Ctl(args) => return ctl::run(args),
         Top::Sim(args) => sim_cmd::run(args),

@@ -1,0 +1,584 @@
+//! `rainstorm demo`: the original system's demonstration, end to end on real processes.
+//!
+//! It starts a 10-process loopback cluster, stores the Traffic Signs dataset in HyDFS and runs
+//! the two original applications as operator programs (the Rust demo programs, uploaded by the
+//! `RainStorm` command itself) with 3 tasks per stage:
+//!
+//! * App 1: rows containing a pattern → `OBJECTID,Sign_Type`;
+//! * App 2: rows whose `Sign_Post` equals a value → a running count per `Category`.
+//!
+//! About 1.5 s into each job it asks the leader where the tasks run and kills two worker
+//! processes with SIGKILL. Results stream to the console as the leader appends them. When a job
+//! ends, its destination file is read back from HyDFS and compared, as a multiset of lines, with
+//! a single-process run of the built-in operators that compute the same thing; so is what the
+//! console received. The verdict says whether every expected output is there exactly once.
+//! Between the jobs the killed nodes are restarted (they rejoin as new members).
+
+use crate::cluster::{ClusterArgs, LocalCluster};
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use rainstorm_core::rainstorm::reference;
+use rainstorm_core::rainstorm::{dest_line, OperatorSpec};
+use rainstorm_runtime::control;
+use rainstorm_runtime::jobs::Streamed;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The demo programs, built from the `rainstorm-apps` package next to this executable.
+const PROGRAMS: [&str; 4] = ["app1-filter", "app1-project", "app2-filter", "app2-count"];
+/// The node every job is submitted to (its leader). Never killed.
+const LEADER: u16 = 1;
+/// A job with no new output for this long has every node's view of it written down.
+const STALL_REPORT: Duration = Duration::from_secs(8);
+
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Number of nodes, introducer included.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(6..=64))]
+    pub nodes: u16,
+    /// The introducer's port; members use the following ports.
+    #[arg(long, default_value_t = 7000)]
+    pub base_port: u16,
+    /// Directory for the nodes' data dirs and the demo's files.
+    #[arg(long, default_value = "rainstorm-demo")]
+    pub dir: PathBuf,
+    /// The input file (default: the Traffic Signs dataset in `data/`).
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Tasks per stage.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub tasks: u32,
+    /// When to kill two workers, in ms after each job starts.
+    #[arg(long, default_value_t = 1_500)]
+    pub kill_after_ms: u64,
+    /// Do not kill anything (the same jobs, failure-free).
+    #[arg(long)]
+    pub no_kill: bool,
+    /// App 1's pattern.
+    #[arg(long, default_value = "Streetlight")]
+    pub pattern: String,
+    /// App 2's `Sign_Post` value.
+    #[arg(long, default_value = "Punched Telespar")]
+    pub sign_post: String,
+    /// Print this many of each job's outputs as they arrive (all of them go to the job's file
+    /// in `<dir>`); the rest is summed up once a second.
+    #[arg(long, default_value_t = 15)]
+    pub show: usize,
+    /// The membership protocol period in ms (detection of the killed workers takes a few
+    /// periods).
+    #[arg(long, default_value_t = 500)]
+    pub period_ms: u64,
+}
+
+/// One of the two applications: its operator programs and the built-ins that compute the same.
+struct App {
+    name: &'static str,
+    programs: [(String, String); 2],
+    builtins: [String; 2],
+    dest: String,
+}
+
+impl App {
+    fn all(args: &DemoArgs) -> [App; 2] {
+        let quoted = |s: &str| shlex::try_quote(s).map(|q| q.into_owned()).unwrap_or_else(|_| s.to_owned());
+        [
+            App {
+                name: "App 1",
+                programs: [
+                    ("app1-filter".into(), quoted(&args.pattern)),
+                    ("app1-project".into(), String::new()),
+                ],
+                builtins: [format!("grep:{}", args.pattern), "project:OBJECTID,Sign_Type".into()],
+                dest: "demo/app1.out".into(),
+            },
+            App {
+                name: "App 2",
+                programs: [
+                    ("app2-filter".into(), quoted(&args.sign_post)),
+                    ("app2-count".into(), String::new()),
+                ],
+                builtins: [format!("column:Sign_Post={}", args.sign_post), "count:Category".into()],
+                dest: "demo/app2.out".into(),
+            },
+        ]
+    }
+
+    /// The `RainStorm` command line, with each program as a quoted local path and its arguments.
+    fn command(&self, bin: &Path, src: &str, tasks: u32) -> String {
+        let op = |(program, args): &(String, String)| {
+            let word = format!("{} {args}", bin.join(program).display());
+            shlex::try_quote(word.trim_end()).map(|q| q.into_owned()).unwrap_or(word)
+        };
+        format!("RainStorm {} {} {src} {} {tasks}", op(&self.programs[0]), op(&self.programs[1]), self.dest)
+    }
+
+    /// The reference run's destination lines, counted.
+    fn expected(&self, input: &[u8], src: &str) -> Result<BTreeMap<String, usize>> {
+        let spec = |s: &str| OperatorSpec::parse(s).map_err(|e| anyhow!("{s}: {e}"));
+        let out = reference::run(src, input, &spec(&self.builtins[0])?, &spec(&self.builtins[1])?)
+            .map_err(|e| anyhow!("the reference run of {} failed: {e}", self.name))?;
+        Ok(count_lines(out.iter().map(|t| dest_line(t).trim_end_matches('\n').to_owned())))
+    }
+}
+
+pub fn run(args: DemoArgs) -> Result<ExitCode> {
+    let bin = programs_dir()?;
+    let input_path = args.input.clone().unwrap_or_else(default_input);
+    let input =
+        std::fs::read(&input_path).with_context(|| format!("reading the input {}", input_path.display()))?;
+    let _ = std::fs::remove_dir_all(&args.dir);
+    let files = args.dir.join("files");
+    std::fs::create_dir_all(&files).with_context(|| format!("creating {}", files.display()))?;
+
+    let cluster_args = ClusterArgs {
+        period_ms: args.period_ms,
+        ..ClusterArgs::local(args.nodes, args.base_port, args.dir.join("cluster"))
+    };
+    println!(
+        "starting {} nodes on 127.0.0.1:{}..{} (logs in {}/node<i>/) ...",
+        args.nodes,
+        args.base_port,
+        args.base_port + args.nodes - 1,
+        cluster_args.dir.display()
+    );
+    let started = Instant::now();
+    let mut cluster = LocalCluster::start(cluster_args, crate::cluster::this_tool()?)?;
+    println!("cluster formed in {:.1} s", started.elapsed().as_secs_f64());
+
+    let src = "demo/Traffic_Signs.csv";
+    let stored = cluster.ctl(LEADER, &format!("create {} {src}", input_path.display()))?;
+    println!("node{LEADER}: {}", stored.trim());
+    let lines = input.iter().filter(|&&b| b == b'\n').count();
+
+    let mut verdicts = Vec::new();
+    for app in App::all(&args) {
+        println!();
+        println!(
+            "== {}: {} | {} on {src} ({lines} lines), {} tasks per stage",
+            app.name, app.builtins[0], app.builtins[1], args.tasks
+        );
+        let expected = app.expected(&input, src)?;
+        let outcome = run_job(&mut cluster, &args, &app, &bin, src, &files)?;
+        let verdict = outcome.judge(&app, &expected, &cluster, &files);
+        println!("{}", verdict.line);
+        verdicts.push(verdict.pass);
+        if !outcome.killed.is_empty() {
+            restart(&mut cluster, &outcome.killed)?;
+        }
+    }
+    cluster.stop();
+    println!();
+    let pass = verdicts.iter().all(|p| *p);
+    println!(
+        "verdict: {} — {}",
+        if pass { "PASS" } else { "FAIL" },
+        if pass {
+            "both jobs delivered every output exactly once (destination files and console streams equal \
+             the single-process reference)"
+        } else {
+            "see the lines above"
+        }
+    );
+    Ok(if pass { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// What one job did.
+struct Outcome {
+    reply: Result<String, String>,
+    streamed: Vec<String>,
+    killed: Vec<u16>,
+    /// The kills happened while the job was still running.
+    killed_mid_job: bool,
+    secs: f64,
+}
+
+/// Runs one job on the leader, killing two of its workers `kill_after_ms` into it.
+fn run_job(
+    cluster: &mut LocalCluster,
+    args: &DemoArgs,
+    app: &App,
+    bin: &Path,
+    src: &str,
+    files: &Path,
+) -> Result<Outcome> {
+    let line = app.command(bin, src, args.tasks);
+    println!("node{LEADER}> {line}");
+    let socket = control::socket_path(&cluster.data_dir(LEADER));
+    let log_path = files.join(format!("{}.console", app.dest.replace('/', "_")));
+    let stream = Arc::new(Mutex::new(StreamState::new(app.name, args.show, &log_path)?));
+    let started = Instant::now();
+    let job = {
+        let stream = Arc::clone(&stream);
+        std::thread::spawn(move || -> std::io::Result<rainstorm_runtime::driver::CommandReply> {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(control::request_streaming(
+                &socket,
+                &line,
+                |_, _| {},
+                |s| {
+                    if let Ok(mut st) = stream.lock() {
+                        st.on(s);
+                    }
+                },
+            ))
+        })
+    };
+    let mut killed = Vec::new();
+    let mut killed_mid_job = false;
+    let mut next_summary = started + Duration::from_secs(1);
+    let mut next_try = started;
+    let mut last_outputs = (0, started);
+    let mut stall_reported = false;
+    while !job.is_finished() {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = Instant::now();
+        // The kill clock starts when the job does (uploading the programs comes first).
+        let (job_id, job_started) = stream.lock().map(|s| (s.job.clone(), s.started)).unwrap_or((None, None));
+        let due = job_started.is_some_and(|t| now >= t + Duration::from_millis(args.kill_after_ms));
+        if !args.no_kill && killed.is_empty() && due && now >= next_try {
+            next_try = now + Duration::from_millis(100);
+            let placement = job_id.and_then(|id| cluster.ctl(LEADER, &format!("job {id}")).ok());
+            let victims = placement.map(|p| victims(&p, cluster.args.base_port)).unwrap_or_default();
+            if victims.len() == 2 {
+                killed_mid_job = !job.is_finished();
+                let at = job_started.map_or(0.0, |t| t.elapsed().as_secs_f64());
+                for (index, tasks) in &victims {
+                    cluster.kill(*index)?;
+                    println!(
+                        "  killed node{index} (127.0.0.1:{}) with SIGKILL {at:.2} s into the job: it ran {}",
+                        cluster.port(*index),
+                        tasks.join(", ")
+                    );
+                }
+                killed = victims.into_iter().map(|(i, _)| i).collect();
+            }
+        }
+        if now >= next_summary {
+            next_summary += Duration::from_secs(1);
+            let (outputs, show, job_id) =
+                stream.lock().map(|s| (s.outputs, s.show, s.job.clone())).unwrap_or((0, 0, None));
+            if outputs > show {
+                println!("  ... {outputs} outputs so far ({:.1} s)", started.elapsed().as_secs_f64());
+            }
+            // No output for a while: keep every live node's account of the job for the logs.
+            if outputs == last_outputs.0 {
+                if now.duration_since(last_outputs.1) >= STALL_REPORT && !stall_reported {
+                    if let Some(id) = job_id {
+                        let path = files.join(format!("stall-{id}.txt"));
+                        dump_job(cluster, &id, &path);
+                        println!(
+                            "  (no new output for {} s: every node's view of the job is in {})",
+                            STALL_REPORT.as_secs(),
+                            path.display()
+                        );
+                        stall_reported = true;
+                    }
+                }
+            } else {
+                last_outputs = (outputs, now);
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let reply = match job.join() {
+        Ok(Ok(reply)) if reply.ok => Ok(reply.output),
+        Ok(Ok(reply)) => Err(reply.output),
+        Ok(Err(e)) => Err(format!("the leader's control socket failed: {e}")),
+        Err(_) => Err("the job's console thread panicked".into()),
+    };
+    let streamed = std::mem::take(&mut stream.lock().map_err(|_| anyhow!("stream state poisoned"))?.lines);
+    Ok(Outcome { reply, streamed, killed, killed_mid_job, secs })
+}
+
+/// Writes `job <id>` as every live node sees it (the leader's account and each worker's tasks).
+fn dump_job(cluster: &LocalCluster, id: &str, path: &Path) {
+    let mut text = String::new();
+    for node in &cluster.nodes {
+        let view = cluster.ctl(node.index, &format!("job {id}")).unwrap_or_else(|e| format!("{e:#}\n"));
+        text.push_str(&format!("== node{}\n{view}\n", node.index));
+    }
+    if let Err(e) = std::fs::write(path, text) {
+        eprintln!("cannot write {}: {e}", path.display());
+    }
+}
+
+/// The console side of a running job: shows the first outputs and every note, keeps them all.
+struct StreamState {
+    app: &'static str,
+    show: usize,
+    outputs: usize,
+    lines: Vec<String>,
+    job: Option<String>,
+    /// When the leader said the job started.
+    started: Option<Instant>,
+    log: std::io::BufWriter<std::fs::File>,
+}
+
+impl StreamState {
+    fn new(app: &'static str, show: usize, log: &Path) -> Result<StreamState> {
+        let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        Ok(StreamState {
+            app,
+            show,
+            outputs: 0,
+            lines: Vec::new(),
+            job: None,
+            started: None,
+            log: std::io::BufWriter::new(file),
+        })
+    }
+
+    fn on(&mut self, s: Streamed) {
+        use std::io::Write;
+        match s {
+            Streamed::Output(text) => {
+                self.outputs += 1;
+                if self.outputs <= self.show {
+                    println!("  [{}] {text}", self.app);
+                } else if self.outputs == self.show + 1 {
+                    println!("  [{}] ... (every output goes to the console stream; counting)", self.app);
+                }
+                let _ = writeln!(self.log, "{text}");
+                self.lines.push(text);
+            }
+            Streamed::Note(text) => {
+                if self.job.is_none() {
+                    self.job = text
+                        .strip_prefix("job ")
+                        .and_then(|rest| rest.split_once(' '))
+                        .filter(|(_, rest)| rest.starts_with("started"))
+                        .map(|(id, _)| id.to_owned());
+                    if self.job.is_some() {
+                        self.started = Some(Instant::now());
+                    }
+                }
+                println!("  note: {text}");
+            }
+        }
+    }
+}
+
+/// Two worker nodes to kill, from `job <id>`'s placement lines (`  s1-t0 on 127.0.0.1:7004
+/// (incarnation 1)`): hosts of the operator stages first, never the leader or the introducer.
+fn victims(job: &str, base_port: u16) -> Vec<(u16, Vec<String>)> {
+    let mut by_node: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+    for line in job.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(task), Some("on"), Some(addr)) = (words.next(), words.next(), words.next()) else {
+            continue;
+        };
+        let Some(port) = addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()) else { continue };
+        let Some(index) = port.checked_sub(base_port) else { continue };
+        if index == 0 || index == LEADER || !task.starts_with('s') {
+            continue;
+        }
+        by_node.entry(index).or_default().push(task.to_owned());
+    }
+    // Prefer nodes running operator stages (s1, s2) over source-only ones.
+    let mut nodes: Vec<(u16, Vec<String>)> = by_node.into_iter().collect();
+    nodes.sort_by_key(|(i, tasks)| (tasks.iter().all(|t| t.starts_with("s0-")), *i));
+    nodes.truncate(2);
+    nodes
+}
+
+/// A job's verdict line.
+struct Verdict {
+    pass: bool,
+    line: String,
+}
+
+impl Outcome {
+    fn judge(
+        &self,
+        app: &App,
+        expected: &BTreeMap<String, usize>,
+        cluster: &LocalCluster,
+        files: &Path,
+    ) -> Verdict {
+        let fail =
+            |why: String| Verdict { pass: false, line: format!("verdict ({}): FAIL — {why}", app.name) };
+        let reply = match &self.reply {
+            Ok(reply) => reply.trim().to_owned(),
+            Err(e) => return fail(format!("the job did not complete: {}", e.trim())),
+        };
+        println!("  {reply}");
+        let local = files.join(app.dest.replace('/', "_"));
+        if let Err(e) = cluster.ctl(LEADER, &format!("get {} {}", app.dest, local.display())) {
+            return fail(format!("cannot read {} back: {e:#}", app.dest));
+        }
+        let dest = match std::fs::read_to_string(&local) {
+            Ok(text) => count_lines(text.lines().map(str::to_owned)),
+            Err(e) => return fail(format!("cannot read {}: {e}", local.display())),
+        };
+        let streamed = count_lines(self.streamed.iter().cloned());
+        let total: usize = expected.values().sum();
+        let kills = match (self.killed.len(), self.killed_mid_job) {
+            (0, _) => "no worker killed".to_owned(),
+            (n, true) => format!("{n} workers killed mid-job"),
+            (n, false) => format!("{n} workers killed, but only after the job had ended"),
+        };
+        let mut problems = Vec::new();
+        for (what, got) in [("the destination file", &dest), ("the console stream", &streamed)] {
+            let diff = Diff::of(expected, got);
+            if !diff.is_empty() {
+                problems.push(format!("{what}: {diff}"));
+            }
+        }
+        if problems.is_empty() {
+            Verdict {
+                pass: true,
+                line: format!(
+                    "verdict ({}): PASS — {total} outputs in {} and on the console, each exactly once, equal to \
+                     the reference run ({kills}; {:.1} s)",
+                    app.name, app.dest, self.secs
+                ),
+            }
+        } else {
+            fail(format!("{} ({kills})", problems.join("; ")))
+        }
+    }
+}
+
+/// How a multiset of lines differs from the expected one.
+struct Diff {
+    missing: usize,
+    duplicated: usize,
+    unexpected: usize,
+    example: Option<String>,
+}
+
+impl Diff {
+    fn of(expected: &BTreeMap<String, usize>, got: &BTreeMap<String, usize>) -> Diff {
+        let mut d = Diff { missing: 0, duplicated: 0, unexpected: 0, example: None };
+        for (line, &want) in expected {
+            let have = got.get(line).copied().unwrap_or(0);
+            if have < want {
+                d.missing += want - have;
+                d.example.get_or_insert_with(|| format!("missing `{line}`"));
+            } else if have > want {
+                d.duplicated += have - want;
+                d.example.get_or_insert_with(|| format!("`{line}` {have} times, expected {want}"));
+            }
+        }
+        for (line, &have) in got {
+            if !expected.contains_key(line) {
+                d.unexpected += have;
+                d.example.get_or_insert_with(|| format!("unexpected `{line}`"));
+            }
+        }
+        d
+    }
+
+    fn is_empty(&self) -> bool {
+        self.missing + self.duplicated + self.unexpected == 0
+    }
+}
+
+impl std::fmt::Display for Diff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} missing, {} duplicated, {} unexpected",
+            self.missing, self.duplicated, self.unexpected
+        )?;
+        if let Some(e) = &self.example {
+            write!(f, " (e.g. {e})")?;
+        }
+        Ok(())
+    }
+}
+
+fn count_lines(lines: impl Iterator<Item = String>) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for l in lines {
+        *m.entry(l).or_default() += 1;
+    }
+    m
+}
+
+/// Restarts the killed nodes and waits until the leader lists them again.
+fn restart(cluster: &mut LocalCluster, killed: &[u16]) -> Result<()> {
+    for &k in killed {
+        cluster.spawn(k)?;
+        cluster.wait_for_socket(k, Duration::from_secs(10))?;
+    }
+    let ids: Vec<String> = killed
+        .iter()
+        .map(|&k| cluster.ctl(k, "list_self").map(|s| s.split_whitespace().next().unwrap_or("").to_owned()))
+        .collect::<Result<_>>()?;
+    cluster
+        .wait_until(Duration::from_secs(30), |c| {
+            let listed = c.members_of(LEADER)?;
+            Ok(ids.iter().all(|id| listed.contains(id)))
+        })
+        .context("the restarted nodes did not rejoin within 30 s")?;
+    let names: Vec<String> = killed.iter().map(|k| format!("node{k}")).collect();
+    println!("restarted {} (they rejoined as new members)", names.join(" and "));
+    Ok(())
+}
+
+/// The Traffic Signs dataset: `data/` under the current directory, else in the source tree.
+fn default_input() -> PathBuf {
+    let here = PathBuf::from("data/Traffic_Signs.csv");
+    if here.exists() {
+        return here;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/Traffic_Signs.csv")
+}
+
+/// The directory holding the demo programs: this executable's. Under `cargo run` they are
+/// built first if missing (same profile as this executable).
+fn programs_dir() -> Result<PathBuf> {
+    let exe = crate::cluster::this_tool()?;
+    let dir = exe.parent().ok_or_else(|| anyhow!("{} has no directory", exe.display()))?.to_path_buf();
+    let missing = || PROGRAMS.iter().any(|p| !dir.join(p).exists());
+    if missing() {
+        let Some(cargo) = std::env::var_os("CARGO") else {
+            bail!(
+                "the demo programs ({}) are not next to {}: build them with `cargo build --release -p \
+                 rainstorm-apps`",
+                PROGRAMS.join(", "),
+                exe.display()
+            );
+        };
+        println!("building the demo operator programs (cargo build -p rainstorm-apps) ...");
+        let mut build = Command::new(cargo);
+        build.args(["build", "-q", "-p", "rainstorm-apps", "--bins"]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().context("running cargo")?;
+        if !status.success() || missing() {
+            bail!("building the demo programs failed ({status})");
+        }
+    }
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn victims_are_operator_hosts_never_the_leader_or_introducer() {
+        let job = "job 1-abc: spec\n  running\n  s0-t0 on 127.0.0.1:7000 (incarnation 1)\n  \
+                   s0-t1 on 127.0.0.1:7005 (incarnation 1)\n  s1-t0 on 127.0.0.1:7001 (incarnation 1)\n  \
+                   s1-t1 on 127.0.0.1:7004 (incarnation 2)\n  s2-t0 on 127.0.0.1:7007 (incarnation 1)\n  \
+                   | job 1-abc: leader lines on 127.0.0.1:7009\n";
+        let v = victims(job, 7000);
+        assert_eq!(v, vec![(4, vec!["s1-t1".to_owned()]), (7, vec!["s2-t0".to_owned()])]);
+    }
+
+    #[test]
+    fn diffs_count_missing_duplicated_and_unexpected_lines() {
+        let expected = count_lines(["a", "b", "b"].map(String::from).into_iter());
+        assert!(Diff::of(&expected, &expected).is_empty());
+        let got = count_lines(["a", "a", "b", "c"].map(String::from).into_iter());
+        let d = Diff::of(&expected, &got);
+        assert_eq!((d.missing, d.duplicated, d.unexpected), (1, 1, 1));
+        assert!(d.to_string().contains("1 missing"), "{d}");
+    }
+}
