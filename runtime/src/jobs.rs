@@ -247,7 +247,9 @@ impl JobBook {
             RainstormEvent::JobCompleted { job, .. } => self.end(job, now, "completed".into()),
             RainstormEvent::JobFailed { job, reason } => self.end(job, now, format!("failed: {reason}")),
             RainstormEvent::JobLost { job, reason } => self.end(job, now, format!("lost: {reason}")),
-            RainstormEvent::TaskStarted { .. } | RainstormEvent::JobAbandoned { .. } => {}
+            RainstormEvent::TaskStarted { .. }
+            | RainstormEvent::JobAbandoned { .. }
+            | RainstormEvent::Progress { .. } => {}
         }
     }
 
