@@ -129,6 +129,8 @@ impl NodeHandle {
                 match line {
                     Streamed::Output(text) => debug!(event = "job_output", "{text}"),
                     Streamed::Note(text) => info!(event = "job_note", "{text}"),
+                    // The leader's own log has the counts (`job_progress`, debug level).
+                    Streamed::Progress(_) => {}
                 }
             }
         });
