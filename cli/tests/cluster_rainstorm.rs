@@ -6,7 +6,7 @@
 
 use rainstorm_cli::cluster::{ClusterArgs, LocalCluster};
 use rainstorm_core::rainstorm::reference::run;
-use rainstorm_core::rainstorm::{dest_line, OperatorSpec};
+use rainstorm_core::rainstorm::{dest_line, source_lines, OperatorSpec};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -148,6 +148,15 @@ fn program_jobs_are_exactly_once_with_two_workers_killed_mid_job() {
     assert_eq!(s.dest("out/app2.txt"), expected, "dest holds every reference output exactly once");
     let jobs = s.c.ctl(1, "jobs").expect("jobs");
     assert!(jobs.contains("completed"), "{jobs}");
+    // The tasks' counts reached the leader, restarts notwithstanding: every input line read
+    // once, and as many last-stage outputs as the destination holds.
+    let total = source_lines(&content).count();
+    assert!(jobs.contains(&format!("in {total}/{total} lines")), "{jobs}");
+    let id = reply.split_whitespace().nth(1).expect("a job id");
+    let shown = s.c.ctl(1, &format!("job {id}")).expect("job");
+    let outputs: usize = expected.values().sum();
+    assert!(shown.contains(&format!("stage 0 (source): {total} tuples in, {total} out")), "{shown}");
+    assert!(shown.contains(&format!(" in, {outputs} out")), "{shown}");
 }
 
 #[test]
