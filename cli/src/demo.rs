@@ -258,10 +258,13 @@ fn run_job(
         }
         if now >= next_summary {
             next_summary += Duration::from_secs(1);
-            let (outputs, show, job_id) =
-                stream.lock().map(|s| (s.outputs, s.show, s.job.clone())).unwrap_or((0, 0, None));
+            let (outputs, show, job_id, read) = stream
+                .lock()
+                .map(|s| (s.outputs, s.show, s.job.clone(), s.lines_read.clone()))
+                .unwrap_or((0, 0, None, None));
             if outputs > show {
-                println!("  ... {outputs} outputs so far ({:.1} s)", started.elapsed().as_secs_f64());
+                let read = read.map(|r| format!("; input lines read {r}")).unwrap_or_default();
+                println!("  ... {outputs} outputs so far ({:.1} s{read})", started.elapsed().as_secs_f64());
             }
             // No output for a while: keep every live node's account of the job for the logs.
             if outputs == last_outputs.0 {
@@ -314,6 +317,8 @@ struct StreamState {
     job: Option<String>,
     /// When the leader said the job started.
     started: Option<Instant>,
+    /// Input lines read of all, as the leader last reported.
+    lines_read: Option<String>,
     log: std::io::BufWriter<std::fs::File>,
 }
 
@@ -327,6 +332,7 @@ impl StreamState {
             lines: Vec::new(),
             job: None,
             started: None,
+            lines_read: None,
             log: std::io::BufWriter::new(file),
         })
     }
@@ -344,6 +350,7 @@ impl StreamState {
                 let _ = writeln!(self.log, "{text}");
                 self.lines.push(text);
             }
+            Streamed::Progress(p) => self.lines_read = Some(p.lines()),
             Streamed::Note(text) => {
                 if self.job.is_none() {
                     self.job = text

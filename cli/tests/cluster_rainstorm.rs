@@ -6,12 +6,11 @@
 
 use rainstorm_cli::cluster::{ClusterArgs, LocalCluster};
 use rainstorm_core::rainstorm::reference::run;
-use rainstorm_core::rainstorm::{dest_line, OperatorSpec};
+use rainstorm_core::rainstorm::{dest_line, source_lines, OperatorSpec};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 const PERIOD_MS: u64 = 200;
 const DATASET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/Traffic_Signs.csv");
@@ -41,10 +40,6 @@ struct Setup {
 }
 
 impl Setup {
-    fn start(name: &str, nodes: u16, base_port: u16) -> Setup {
-        Setup::with(name, ClusterArgs::local(nodes, base_port, PathBuf::new()))
-    }
-
     fn with(name: &str, args: ClusterArgs) -> Setup {
         let root = std::env::temp_dir().join(format!("rainstorm-jobs-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
@@ -137,7 +132,11 @@ fn the_demo_delivers_exactly_once_with_two_workers_killed_in_each_job() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let keep = || format!("(files kept in {})\n{stdout}\n{stderr}", root.display());
     assert!(out.status.success(), "the demo failed {}", keep());
-    assert!(stdout.contains("verdict (App 1): PASS") && stdout.contains("verdict (App 2): PASS"), "{}", keep());
+    assert!(
+        stdout.contains("verdict (App 1): PASS") && stdout.contains("verdict (App 2): PASS"),
+        "{}",
+        keep()
+    );
     assert_eq!(stdout.matches("2 workers killed mid-job").count(), 2, "both jobs had two kills {}", keep());
     assert!(stdout.contains("verdict: PASS"), "{}", keep());
     let _ = std::fs::remove_dir_all(&root);
@@ -172,7 +171,18 @@ fn python_and_rust_programs_match_the_builtins_and_bad_programs_fail_the_job_cle
         format!("RainStorm grep:Stop {} in/signs.csv out/mixed.txt 2", quoted(&app("app1-project"), ""));
     let reply = s.c.ctl(1, &line).unwrap_or_else(|e| panic!("mixed job: {e:#}"));
     assert!(reply.contains("completed"), "{reply}");
-    assert_eq!(s.dest("out/mixed.txt"), reference(&content, "grep:Stop", "project:OBJECTID,Sign_Type"));
+    let expected = reference(&content, "grep:Stop", "project:OBJECTID,Sign_Type");
+    assert_eq!(s.dest("out/mixed.txt"), expected);
+    // The tasks' counts reached the leader: every input line read once, and as many last-stage
+    // outputs as the destination holds.
+    let total = source_lines(&content).count();
+    let jobs = s.c.ctl(1, "jobs").expect("jobs");
+    assert!(jobs.contains(&format!("in {total}/{total} lines")), "{jobs}");
+    let id = reply.split_whitespace().nth(1).expect("a job id");
+    let shown = s.c.ctl(1, &format!("job {id}")).expect("job");
+    let outputs: usize = expected.values().sum();
+    assert!(shown.contains(&format!("stage 0 (source): {total} tuples in, {total} out")), "{shown}");
+    assert!(shown.contains(&format!(" in, {outputs} out")), "{shown}");
 
     // Crashes on its first batch, answers garbage, never answers: each job fails, naming the
     // operator and the input.

@@ -129,6 +129,8 @@ impl NodeHandle {
                 match line {
                     Streamed::Output(text) => debug!(event = "job_output", "{text}"),
                     Streamed::Note(text) => info!(event = "job_note", "{text}"),
+                    // The leader's own log has the counts (`job_progress`, debug level).
+                    Streamed::Progress(_) => {}
                 }
             }
         });
@@ -718,6 +720,7 @@ fn led_job(e: &RainstormEvent) -> Option<JobId> {
         | RainstormEvent::TaskCompleted { job, .. }
         | RainstormEvent::TaskFailed { job, .. }
         | RainstormEvent::Output { job, .. }
+        | RainstormEvent::Progress { job, .. }
         | RainstormEvent::JobCompleted { job, .. }
         | RainstormEvent::JobFailed { job, .. }
         | RainstormEvent::JobLost { job, .. } => Some(*job),
@@ -785,6 +788,17 @@ fn log_rainstorm_event(event: &rainstorm_core::rainstorm::RainstormEvent) {
             warn!(event = "task_failed", %job, %task, epoch, "job {job}: task {task} failed: {reason}")
         }
         E::Output { .. } => {}
+        E::Progress { job, input_lines, stages } => {
+            let lines_read = rainstorm_core::rainstorm::lines_read(stages);
+            let counts: Vec<String> =
+                stages.iter().map(|s| format!("s{} in {} out {}", s.stage, s.consumed, s.emitted)).collect();
+            debug!(
+                event = "job_progress",
+                %job, lines_read, input_lines,
+                "job {job}: {lines_read}/{input_lines} input lines read; {}",
+                counts.join(", ")
+            )
+        }
         E::JobCompleted { job, outputs, restarts } => info!(
             event = "job_completed",
             %job, outputs, restarts,

@@ -1,6 +1,6 @@
 //! The RainStorm commands' local side: resolving operators (built-ins, local programs uploaded
 //! to HyDFS, programs already there), starting a job, streaming its results, and the record of
-//! the jobs this node led (`jobs`, `job <id>`).
+//! the jobs this node led (`jobs`, `job <id>`), with the counts the leader last reported.
 //!
 //! Invariants kept here:
 //! * a local program is stored in HyDFS under a name derived from its hash
@@ -13,7 +13,9 @@
 use crate::driver::{CommandReply, Input, NodeHandle};
 use rainstorm_core::command::JobCommand;
 use rainstorm_core::hydfs::{ClientOp, FileName, HydfsError, OpOutput};
-use rainstorm_core::rainstorm::{dest_line, JobId, JobSpec, OperatorSpec, ProgramSpec, RainstormEvent};
+use rainstorm_core::rainstorm::{
+    dest_line, lines_read, JobId, JobSpec, OperatorSpec, ProgramSpec, RainstormEvent, StageCounts,
+};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -21,11 +23,38 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 /// Where a streamed line goes: results to the console's stdout, notes (restarts, failures) to
-/// where the user reads messages.
+/// where the user reads messages, counts to a progress line (if the user has one).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Streamed {
     Output(String),
     Note(String),
+    Progress(JobProgress),
+}
+
+/// A job's counts as its leader last reported them: input lines read of the input's total,
+/// and per stage the tuples its tasks took in and put out.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobProgress {
+    /// Input lines the sources have read and sent.
+    pub lines_read: u64,
+    /// Lines in the input (0 while unknown).
+    pub input_lines: u64,
+    /// In stage order.
+    pub stages: Vec<StageCounts>,
+}
+
+impl JobProgress {
+    pub fn new(input_lines: u64, stages: &[StageCounts]) -> JobProgress {
+        JobProgress { lines_read: lines_read(stages), input_lines, stages: stages.to_vec() }
+    }
+
+    /// `<read>/<total>`, the total `?` while unknown.
+    pub fn lines(&self) -> String {
+        match self.input_lines {
+            0 => format!("{}/?", self.lines_read),
+            total => format!("{}/{total}", self.lines_read),
+        }
+    }
 }
 
 /// Runs a RainStorm command, sending results and notes to `out` as they come.
@@ -162,6 +191,9 @@ async fn run_job(handle: &NodeHandle, spec: JobSpec, out: mpsc::UnboundedSender<
             RainstormEvent::TaskFailed { task, reason, .. } => {
                 let _ = out.send(Streamed::Note(format!("job {job}: {task} failed: {reason}")));
             }
+            RainstormEvent::Progress { input_lines, stages, .. } => {
+                let _ = out.send(Streamed::Progress(JobProgress::new(input_lines, &stages)));
+            }
             RainstormEvent::JobCompleted { outputs, restarts, .. } => {
                 let secs = started.elapsed().as_secs_f64();
                 let output = format!(
@@ -195,6 +227,8 @@ pub struct JobRecord {
     pub tasks_completed: u32,
     /// Where each task's current incarnation runs.
     pub placement: BTreeMap<String, String>,
+    /// The counts the leader last reported.
+    pub progress: JobProgress,
 }
 
 /// The jobs this node led, for `jobs` and `job <id>`.
@@ -206,7 +240,11 @@ pub struct JobBook {
 impl JobBook {
     /// Records a leader event.
     pub fn on_event(&mut self, event: &RainstormEvent) {
-        let now = Instant::now();
+        self.record(event, Instant::now());
+    }
+
+    /// Records a leader event that came at `now`.
+    fn record(&mut self, event: &RainstormEvent, now: Instant) {
         match event {
             RainstormEvent::JobReceived { job, spec } => {
                 self.jobs.insert(
@@ -220,6 +258,7 @@ impl JobBook {
                         failures: 0,
                         tasks_completed: 0,
                         placement: BTreeMap::new(),
+                        progress: JobProgress::default(),
                     },
                 );
             }
@@ -247,6 +286,11 @@ impl JobBook {
             RainstormEvent::JobCompleted { job, .. } => self.end(job, now, "completed".into()),
             RainstormEvent::JobFailed { job, reason } => self.end(job, now, format!("failed: {reason}")),
             RainstormEvent::JobLost { job, reason } => self.end(job, now, format!("lost: {reason}")),
+            RainstormEvent::Progress { job, input_lines, stages } => {
+                if let Some(r) = self.jobs.get_mut(job) {
+                    r.progress = JobProgress::new(*input_lines, stages);
+                }
+            }
             RainstormEvent::TaskStarted { .. } | RainstormEvent::JobAbandoned { .. } => {}
         }
     }
@@ -259,25 +303,49 @@ impl JobBook {
 
     /// `jobs`: one line per job.
     pub fn list(&self) -> String {
+        self.list_at(Instant::now())
+    }
+
+    fn list_at(&self, now: Instant) -> String {
         if self.jobs.is_empty() {
             return "no jobs led by this node\n".into();
         }
         let mut s = String::new();
         for (job, r) in &self.jobs {
-            let _ = writeln!(s, "{job}  {}  {}", status(r), r.spec);
+            let _ = writeln!(s, "{job}  {}  {}", status(r, now), r.spec);
         }
         s
     }
 
     /// `job <id>`: one job in detail, with the leader's own account (`describe`) appended.
     pub fn show(&self, id: &str, describe: &[String]) -> Option<String> {
+        self.show_at(id, describe, Instant::now())
+    }
+
+    fn show_at(&self, id: &str, describe: &[String], now: Instant) -> Option<String> {
         let (job, r) = self.jobs.iter().find(|(j, _)| j.to_string() == id)?;
-        let mut s = format!("job {job}: {}\n  {}\n", r.spec, status(r));
+        let mut s = format!("job {job}: {}\n  {}\n", r.spec, status(r, now));
         let _ = writeln!(
             s,
             "  tasks completed {}, restarts {}, task failures {}",
             r.tasks_completed, r.restarts, r.failures
         );
+        let _ = writeln!(s, "  input lines read {}", r.progress.lines());
+        let secs = elapsed_secs(r, now);
+        for c in &r.progress.stages {
+            let name = match c.stage {
+                0 => "source".to_owned(),
+                n => format!("op{n}"),
+            };
+            let _ = writeln!(
+                s,
+                "  stage {} ({name}): {} tuples in, {} out, {:.1} tuples/s in",
+                c.stage,
+                c.consumed,
+                c.emitted,
+                c.consumed as f64 / secs
+            );
+        }
         for (task, at) in &r.placement {
             let _ = writeln!(s, "  {task} on {at}");
         }
@@ -296,12 +364,18 @@ impl JobBook {
     }
 }
 
-fn status(r: &JobRecord) -> String {
-    let end = r.ended.as_ref().map(|(t, _)| *t).unwrap_or_else(Instant::now);
-    let secs = end.duration_since(r.started).as_secs_f64().max(1e-3);
+/// Seconds from the job's start to its end, or to `now` while it runs.
+fn elapsed_secs(r: &JobRecord, now: Instant) -> f64 {
+    let end = r.ended.as_ref().map_or(now, |(t, _)| *t);
+    end.saturating_duration_since(r.started).as_secs_f64().max(1e-3)
+}
+
+fn status(r: &JobRecord, now: Instant) -> String {
+    let secs = elapsed_secs(r, now);
     let state = r.ended.as_ref().map_or("running", |(_, how)| how.as_str());
     format!(
-        "{state}; {} outputs in {secs:.1} s ({:.0}/s), {} restarts",
+        "{state}; in {} lines, {} outputs in {secs:.1} s ({:.0}/s), {} restarts",
+        r.progress.lines(),
         r.outputs,
         r.outputs as f64 / secs,
         r.restarts
@@ -328,5 +402,55 @@ mod tests {
         assert!(book.show("3-000abc", &describe).is_none());
         let list = book.list();
         assert!(list.contains("1-000abc  completed") && list.contains("2-000abc  running"), "{list}");
+    }
+
+    #[test]
+    fn a_job_shows_its_input_lines_read_and_each_stage_in_out_and_rate() {
+        use rainstorm_core::rainstorm::{TaskId, Tuple};
+        use rainstorm_core::MemberId;
+        use std::time::Duration;
+        let mut book = JobBook::default();
+        let job = JobId { n: 7, tag: 0xabc };
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let spec = "RainStorm grep:Stop project:OBJECTID,Sign_Type signs.csv stops 1".to_owned();
+        book.record(&RainstormEvent::JobReceived { job, spec }, t0);
+        let before = book.show_at("7-000abc", &[], at(500)).expect("shown");
+        assert!(before.contains("in 0/? lines") && before.contains("input lines read 0/?"), "{before}");
+        let host = MemberId::new("127.0.0.1:7001".parse().expect("address"), 1);
+        for stage in 0..3 {
+            let task = TaskId { stage, index: 0 };
+            book.record(&RainstormEvent::TaskScheduled { job, task, epoch: 1, host, restart: false }, t0);
+        }
+        let stage = |stage, consumed, emitted| StageCounts { stage, consumed, emitted };
+        let counts = |s0, s1: (u64, u64), s2| vec![stage(0, s0, s0), stage(1, s1.0, s1.1), stage(2, s2, s2)];
+        let progress = |stages| RainstormEvent::Progress { job, input_lines: 1_000, stages };
+        book.record(&progress(counts(400, (300, 20), 20)), at(1_000));
+        book.record(&progress(counts(1_000, (1_000, 50), 50)), at(1_900));
+        book.record(
+            &RainstormEvent::Progress { job: JobId { n: 8, tag: 1 }, input_lines: 5, stages: vec![] },
+            t0,
+        );
+        for n in 1..=50 {
+            book.record(
+                &RainstormEvent::Output { job, tuple: Tuple::source("signs.csv", n, "x") },
+                at(1_900),
+            );
+        }
+        book.record(&RainstormEvent::JobCompleted { job, outputs: 50, restarts: 0 }, at(2_000));
+        let shown = book.show_at("7-000abc", &[], at(9_000)).expect("shown");
+        println!("{shown}");
+        for line in [
+            "completed; in 1000/1000 lines, 50 outputs in 2.0 s (25/s), 0 restarts",
+            "input lines read 1000/1000",
+            "stage 0 (source): 1000 tuples in, 1000 out, 500.0 tuples/s in",
+            "stage 1 (op1): 1000 tuples in, 50 out, 500.0 tuples/s in",
+            "stage 2 (op2): 50 tuples in, 50 out, 25.0 tuples/s in",
+        ] {
+            assert!(shown.contains(line), "no `{line}` in:\n{shown}");
+        }
+        let list = book.list_at(at(9_000));
+        assert!(list.starts_with("7-000abc  completed; in 1000/1000 lines, 50 outputs"), "{list}");
+        assert_eq!(list.lines().count(), 1, "{list}");
     }
 }

@@ -952,6 +952,11 @@ fn describe_rainstorm_event(e: &rainstorm_core::rainstorm::RainstormEvent) -> St
         E::TaskCompleted { job, task } => format!("job {job}: {task} completed"),
         E::TaskFailed { job, task, epoch, reason } => format!("job {job}: {task} e{epoch} failed: {reason}"),
         E::Output { job, tuple } => format!("job {job} output {}: {}", tuple.id, tuple.value),
+        E::Progress { job, input_lines, stages } => {
+            let stages: Vec<String> =
+                stages.iter().map(|s| format!("s{} {}/{}", s.stage, s.consumed, s.emitted)).collect();
+            format!("job {job} progress: {input_lines} input lines, in/out {}", stages.join(", "))
+        }
         E::JobCompleted { job, outputs, restarts } => {
             format!("job {job} completed: {outputs} outputs, {restarts} restarts")
         }

@@ -20,7 +20,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::journal::{journal_name, LinkSeq, TaskId};
+use super::journal::{journal_name, LinkSeq, TaskId, TupleCounts};
 use super::operator::{OperatorSpec, SpecError};
 use super::task::LinkMsg;
 use super::tuple::Tuple;
@@ -150,10 +150,11 @@ pub enum TaskPhase {
     Recovering,
     /// Its journal is set up; it waits for the leader's go.
     Ready,
-    /// Processing; its journal is at `generation`.
-    Running { generation: u32 },
-    /// Everything processed and acknowledged; the last batch number sent on each link.
-    Finished { generation: u32, last: Vec<(TaskId, LinkSeq)> },
+    /// Processing; its journal is at `generation`; `counts` so far.
+    Running { generation: u32, counts: TupleCounts },
+    /// Everything processed and acknowledged; the last batch number sent on each link, and
+    /// the final counts.
+    Finished { generation: u32, last: Vec<(TaskId, LinkSeq)>, counts: TupleCounts },
     /// It cannot go on. `transient`: a file operation failed (the cluster is in flux), so a new
     /// incarnation may succeed; otherwise the operator or the journal itself is at fault.
     Failed { reason: String, transient: bool },
@@ -202,6 +203,22 @@ pub enum RainstormMsg {
     Link { job: JobId, from: (TaskId, Epoch), to: (TaskId, Epoch), msg: LinkMsg },
 }
 
+/// One stage's tuple counts: the sum of its tasks' latest reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StageCounts {
+    /// 0 for the sources, then the operator stages.
+    pub stage: u8,
+    /// Tuples the stage's tasks took in (the sources: input lines read and sent).
+    pub consumed: u64,
+    /// Tuples the stage's tasks put out.
+    pub emitted: u64,
+}
+
+/// Input lines the sources have read and sent, from a job's stage counts.
+pub fn lines_read(stages: &[StageCounts]) -> u64 {
+    stages.iter().find(|s| s.stage == 0).map_or(0, |s| s.consumed)
+}
+
 /// What RainStorm reports to the node's user and driver.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RainstormEvent {
@@ -217,6 +234,11 @@ pub enum RainstormEvent {
     TaskFailed { job: JobId, task: TaskId, epoch: Epoch, reason: String },
     /// Leader: one output, appended to the destination file (exactly once per output).
     Output { job: JobId, tuple: Tuple },
+    /// Leader: how far a job has got: its input's line count (0 until read) and per stage the
+    /// tuples taken in and put out, as the tasks' latest status reports say. At most once per
+    /// status interval while the job runs, only when something changed, and once more, if
+    /// anything changed, just before [`RainstormEvent::JobCompleted`].
+    Progress { job: JobId, input_lines: u64, stages: Vec<StageCounts> },
     /// Leader: every output is in the destination file.
     JobCompleted { job: JobId, outputs: u64, restarts: u32 },
     /// Leader: the job cannot complete.

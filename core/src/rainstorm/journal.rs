@@ -12,7 +12,7 @@
 //! ```text
 //! offset  size  field
 //! 0       2     magic "RJ"
-//! 2       1     format version (currently 1)
+//! 2       1     format version (currently 2; version 1, without tuple counts, is refused)
 //! 3       4     payload length, little endian (at most MAX_RECORD_BYTES)
 //! 7       len   payload: the bincode-encoded Record (fixed-width integers, little endian)
 //! 7+len   4     CRC32C over bytes [0, 7+len)
@@ -33,7 +33,8 @@
 //!   inputs per upstream link and outputs per downstream link numbered 1, 2, 3... without gaps,
 //!   acknowledgements only of batches sent, nothing after `Continued`;
 //! * snapshot + tail == full history: replaying `[Snapshot(prefix.snapshot())] + tail` gives the
-//!   same state as replaying `prefix + tail` (only the record count differs).
+//!   same state as replaying `prefix + tail` (only the record count differs), tuple counts
+//!   included: a snapshot carries them, so they survive compaction and restarts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -49,8 +50,9 @@ use crate::wire::bincode_options as options;
 
 /// The largest accepted record payload, in bytes.
 pub const MAX_RECORD_BYTES: usize = 8 * 1024 * 1024;
-/// The current journal frame format version.
-pub const JOURNAL_VERSION: u8 = 1;
+/// The current journal frame format version. Version 2 added tuple counts
+/// ([`Record::Processed`]'s `consumed`, [`Snapshot::counts`]); a version 1 frame is refused.
+pub const JOURNAL_VERSION: u8 = 2;
 
 const MAGIC: [u8; 2] = *b"RJ";
 const HEADER_BYTES: usize = 7;
@@ -78,6 +80,27 @@ pub struct OutBatch {
     pub tuples: Vec<Tuple>,
 }
 
+/// How many tuples a task has taken in and put out, as its journal shows (a restarted task
+/// continues its predecessor's counts). Only journaled work counts, so a batch processed again
+/// after a failed append or a restart is counted once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TupleCounts {
+    /// Input tuples processed (a source: input lines sent).
+    pub consumed: u64,
+    /// Output tuples produced (a source: one per line sent).
+    pub emitted: u64,
+}
+
+impl TupleCounts {
+    /// These counts plus `consumed` inputs that produced `emitted` outputs (saturating).
+    pub fn add(self, consumed: u64, emitted: u64) -> TupleCounts {
+        TupleCounts {
+            consumed: self.consumed.saturating_add(consumed),
+            emitted: self.emitted.saturating_add(emitted),
+        }
+    }
+}
+
 /// Everything a task has to remember, as of one point of its journal.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -90,14 +113,23 @@ pub struct Snapshot {
     pub state: BTreeMap<String, String>,
     /// Output batches not known acknowledged, in journal order (increasing `seq` per link).
     pub unacked: Vec<OutBatch>,
+    /// Tuples processed and produced up to this point.
+    pub counts: TupleCounts,
 }
 
 /// One journal entry: one atomic HyDFS append.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Record {
-    /// Input batch `seq` from `from` was processed (a source task uses its own id and its source
-    /// batch number): it produced `outputs` and these keyed-state changes (`None` deletes).
-    Processed { from: TaskId, seq: LinkSeq, outputs: Vec<OutBatch>, state: Vec<(String, Option<String>)> },
+    /// Input batch `seq` from `from`, of `consumed` tuples, was processed (a source task uses its
+    /// own id and its source batch number): it produced `outputs` and these keyed-state changes
+    /// (`None` deletes).
+    Processed {
+        from: TaskId,
+        seq: LinkSeq,
+        consumed: u64,
+        outputs: Vec<OutBatch>,
+        state: Vec<(String, Option<String>)>,
+    },
     /// `to` has acknowledged our batches up to `upto` (journaled lazily).
     Acked { to: TaskId, upto: LinkSeq },
     /// The whole task state; replaces everything before it.
@@ -206,6 +238,8 @@ pub struct Recovered {
     pub state: BTreeMap<String, String>,
     /// Output batches with `seq > acked[to]`, in journal order (increasing `seq` per link).
     pub unacked: Vec<OutBatch>,
+    /// Tuples processed and produced, over the whole history.
+    pub counts: TupleCounts,
     /// How many records were applied (a snapshot counts as one).
     pub records: usize,
     /// The generation this journal continues in, if it ended with `Continued`.
@@ -228,7 +262,7 @@ impl Recovered {
             return Err(JournalError::AfterContinued { index });
         }
         match record {
-            Record::Processed { from, seq, outputs, state } => {
+            Record::Processed { from, seq, consumed, outputs, state } => {
                 let delivered = self.delivered.get(from).copied().unwrap_or(0);
                 if *seq <= delivered {
                     return Err(JournalError::Duplicate { index, from: *from, delivered, found: *seq });
@@ -252,6 +286,8 @@ impl Recovered {
                 }
                 self.delivered.insert(*from, *seq);
                 self.next_out.extend(next);
+                let emitted = outputs.iter().map(|b| b.tuples.len() as u64).sum();
+                self.counts = self.counts.add(*consumed, emitted);
                 self.unacked.extend(outputs.iter().cloned());
                 for (key, value) in state {
                     match value {
@@ -271,9 +307,17 @@ impl Recovered {
             }
             Record::Snapshot(snapshot) => {
                 check_snapshot(snapshot, index)?;
-                let Snapshot { delivered, next_out, acked, state, unacked } = snapshot.clone();
-                *self =
-                    Recovered { delivered, next_out, acked, state, unacked, records: index, continued: None };
+                let Snapshot { delivered, next_out, acked, state, unacked, counts } = snapshot.clone();
+                *self = Recovered {
+                    delivered,
+                    next_out,
+                    acked,
+                    state,
+                    unacked,
+                    counts,
+                    records: index,
+                    continued: None,
+                };
             }
             Record::Continued { generation } => self.continued = Some(*generation),
         }
@@ -289,6 +333,7 @@ impl Recovered {
             acked: self.acked.clone(),
             state: self.state.clone(),
             unacked: self.unacked.clone(),
+            counts: self.counts,
         }
     }
 }
@@ -358,7 +403,8 @@ mod tests {
     }
 
     fn processed(from: TaskId, seq: LinkSeq, outputs: Vec<OutBatch>) -> Record {
-        Record::Processed { from, seq, outputs, state: vec![(format!("k{seq}"), Some(seq.to_string()))] }
+        let state = vec![(format!("k{seq}"), Some(seq.to_string()))];
+        Record::Processed { from, seq, consumed: seq, outputs, state }
     }
 
     fn sample() -> Vec<Record> {
@@ -368,10 +414,17 @@ mod tests {
         snap.acked.insert(DOWN[0], 1);
         snap.state.insert("a".into(), "1".into());
         snap.unacked.push(batch(DOWN[0], 2));
+        snap.counts = TupleCounts { consumed: 40, emitted: 3 };
         vec![
             Record::Snapshot(snap),
             processed(UP[0], 4, vec![batch(DOWN[0], 3), batch(DOWN[1], 1)]),
-            Record::Processed { from: UP[1], seq: 1, outputs: vec![], state: vec![("a".into(), None)] },
+            Record::Processed {
+                from: UP[1],
+                seq: 1,
+                consumed: 2,
+                outputs: vec![],
+                state: vec![("a".into(), None)],
+            },
             Record::Acked { to: DOWN[0], upto: 2 },
             Record::Continued { generation: 7 },
         ]
@@ -434,15 +487,27 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_of_the_format_before_tuple_counts_is_refused_by_its_version() {
+        let mut frame = encode(&sample()[1]).unwrap();
+        frame[2] = 1;
+        let body = frame.len() - CRC_BYTES;
+        let crc = crc32c::crc32c(&frame[..body]);
+        frame[body..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_all(&frame), Err(JournalError::UnknownVersion { offset: 0, found: 1 }));
+    }
+
+    #[test]
     fn oversized_records_and_malformed_payloads_are_refused() {
         let huge = Record::Processed {
             from: SRC,
             seq: 1,
+            consumed: 1,
             outputs: vec![],
             state: vec![("k".into(), Some("x".repeat(MAX_RECORD_BYTES)))],
         };
         assert!(matches!(encode(&huge), Err(JournalError::RecordTooLarge { .. })));
-        let mut frame = b"RJ\x01\x04\x00\x00\x00\x09\x00\x00\x00".to_vec(); // no variant 9
+        let mut frame = vec![b'R', b'J', JOURNAL_VERSION];
+        frame.extend_from_slice(b"\x04\x00\x00\x00\x09\x00\x00\x00"); // no variant 9
         frame.extend_from_slice(&crc32c::crc32c(&frame).to_le_bytes());
         assert!(matches!(decode_all(&frame), Err(JournalError::Malformed { offset: 0, .. })));
     }
@@ -454,7 +519,13 @@ mod tests {
             processed(SRC, 2, vec![batch(DOWN[0], 3)]),
             Record::Acked { to: DOWN[0], upto: 2 },
             Record::Acked { to: DOWN[0], upto: 1 }, // stale acks never lower `acked`
-            Record::Processed { from: SRC, seq: 3, outputs: vec![], state: vec![("k1".into(), None)] },
+            Record::Processed {
+                from: SRC,
+                seq: 3,
+                consumed: 4,
+                outputs: vec![],
+                state: vec![("k1".into(), None)],
+            },
         ];
         let r = Recovered::replay(&records).unwrap();
         assert_eq!(r.delivered, BTreeMap::from([(SRC, 3)]));
@@ -463,7 +534,14 @@ mod tests {
         assert_eq!(r.state, BTreeMap::from([("k2".to_string(), "2".to_string())]));
         assert_eq!(r.unacked, vec![batch(DOWN[1], 1), batch(DOWN[0], 3)]);
         assert_eq!((r.records, r.continued), (5, None));
+        assert_eq!(
+            r.counts,
+            TupleCounts { consumed: 1 + 2 + 4, emitted: 4 },
+            "inputs consumed, outputs made"
+        );
         let s = Recovered::replay(&sample()).unwrap();
+        // The snapshot's counts, then what the records after it add.
+        assert_eq!(s.counts, TupleCounts { consumed: 40 + 4 + 2, emitted: 3 + 2 });
         assert_eq!(
             (s.records, s.continued, s.unacked.clone()),
             (5, Some(7), vec![batch(DOWN[0], 3), batch(DOWN[1], 1)])
@@ -559,6 +637,7 @@ mod tests {
                     Record::Processed {
                         from,
                         seq: live.delivered.get(&from).copied().unwrap_or(0) + 1,
+                        consumed: u64::from(count),
                         outputs,
                         state: vec![(format!("k{}", key % 4), change)],
                     }
@@ -607,14 +686,14 @@ mod tests {
         #[test]
         fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
             let _ = decode_all(&bytes);
-            let mut framed = b"RJ\x01".to_vec();
+            let mut framed = vec![b'R', b'J', JOURNAL_VERSION];
             framed.extend_from_slice(&bytes);
             let _ = decode_all(&framed);
         }
 
         #[test]
         fn checksummed_arbitrary_payloads_never_panic(payload in proptest::collection::vec(any::<u8>(), 0..600)) {
-            let mut frame = b"RJ\x01".to_vec();
+            let mut frame = vec![b'R', b'J', JOURNAL_VERSION];
             frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
             frame.extend_from_slice(&payload);
             frame.extend_from_slice(&crc32c::crc32c(&frame).to_le_bytes());

@@ -15,20 +15,23 @@
 //!   acknowledges the batch, and reports its outputs, only once that write is acknowledged; its
 //!   receivers drop batches they already took, so each output is appended and reported once;
 //! * a job completes exactly when every last-stage task has finished (which means every one of
-//!   its outputs was acknowledged by the sink).
+//!   its outputs was acknowledged by the sink);
+//! * a job's counts reach the user as [`RainstormEvent::Progress`] at most once per status
+//!   interval while it runs (not once per status report), only when they changed, and once more
+//!   before it completes if they changed since.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::config::RainstormConfig;
 use super::job::{
-    Epoch, JobId, JobPlan, JobSpec, JournalPos, Placement, RainstormEvent, RainstormMsg, TaskPhase, SINK,
-    STAGES,
+    Epoch, JobId, JobPlan, JobSpec, JournalPos, Placement, RainstormEvent, RainstormMsg, StageCounts,
+    TaskPhase, SINK, STAGES,
 };
-use super::journal::{LinkSeq, TaskId};
+use super::journal::{LinkSeq, TaskId, TupleCounts};
 use super::link::{Arrival, LinkReceiver};
 use super::reference::{build_pair, header_of};
 use super::task::LinkMsg;
-use super::tuple::{dest_line, Tuple};
+use super::tuple::{dest_line, source_lines, Tuple};
 use super::Outbox;
 use crate::hydfs::{ClientOp, HydfsError, OpOutput, WriteKind};
 use crate::id::MemberId;
@@ -68,6 +71,9 @@ struct Slot {
     last: BTreeMap<TaskId, LinkSeq>,
     /// Until when an incarnation of this task may still act on a lease this leader granted.
     leased_until: Time,
+    /// The latest counts the task reported (kept across a restart until the new incarnation
+    /// reports its own, which go on from its journal).
+    counts: TupleCounts,
 }
 
 /// A task's status report, as the leader reads it.
@@ -102,6 +108,17 @@ pub(super) struct LeaderJob {
     next_resend: Time,
     /// When a fenced task's predecessor lease runs out next.
     wake: Option<Time>,
+    /// Lines in the input (0 until it is read).
+    input_lines: u64,
+    /// The counts last reported to the user as [`RainstormEvent::Progress`].
+    reported: Option<JobCounts>,
+}
+
+/// A job's counts as [`RainstormEvent::Progress`] carries them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct JobCounts {
+    input_lines: u64,
+    stages: Vec<StageCounts>,
 }
 
 #[derive(Default)]
@@ -194,6 +211,8 @@ impl Leader {
                 failures: 0,
                 next_resend: now + cfg.status_interval,
                 wake: None,
+                input_lines: 0,
+                reported: None,
             },
         );
         job
@@ -218,6 +237,7 @@ impl Leader {
                     return self.fail(job, why, out);
                 }
                 j.plan.header = header;
+                j.input_lines = source_lines(&bytes).count() as u64;
                 j.phase = JobPhase::CreatingDest;
                 let op = ClientOp::Persist {
                     name: j.spec.dest.clone(),
@@ -289,13 +309,15 @@ impl Leader {
                     slot.state = SlotState::Running;
                 }
             }
-            TaskPhase::Running { generation } => {
+            TaskPhase::Running { generation, counts } => {
+                slot.counts = counts;
                 slot.authority = slot.authority.max(Some(JournalPos { epoch, generation }));
                 if slot.state != SlotState::Finished {
                     slot.state = SlotState::Running;
                 }
             }
-            TaskPhase::Finished { generation, last } => {
+            TaskPhase::Finished { generation, last, counts } => {
+                slot.counts = counts;
                 slot.authority = slot.authority.max(Some(JournalPos { epoch, generation }));
                 if slot.state != SlotState::Finished {
                     slot.state = SlotState::Finished;
@@ -405,6 +427,7 @@ impl Leader {
                 continue;
             }
             j.next_resend = now + cfg.status_interval;
+            j.report_progress(out);
             for (task, slot) in &j.slots {
                 match slot.state {
                     SlotState::Assigned => out.send(slot.host.addr, j.assign_msg(*task)),
@@ -443,7 +466,8 @@ impl Leader {
             && j.sink.appending.is_none()
             && j.slots.iter().filter(|(t, _)| t.stage == last).all(|(_, s)| s.state == SlotState::Finished);
         if done {
-            let j = self.jobs.remove(&job).expect("present");
+            let mut j = self.jobs.remove(&job).expect("present");
+            j.report_progress(out);
             j.stop_all(out);
             self.ended.insert(job);
             out.event(RainstormEvent::JobCompleted { job, outputs: j.sink.outputs, restarts: j.restarts });
@@ -472,6 +496,7 @@ impl LeaderJob {
                 ended_known: 0,
                 last: BTreeMap::new(),
                 leased_until: Time::ZERO,
+                counts: TupleCounts::default(),
             };
             self.slots.insert(task, slot);
             if task.stage == STAGES - 1 {
@@ -677,6 +702,36 @@ impl LeaderJob {
         ios.insert(token, (self.plan.job, LeaderIo::SinkAppend));
     }
 
+    /// Per stage, the sum of its tasks' latest counts.
+    fn stage_counts(&self) -> Vec<StageCounts> {
+        (0..STAGES)
+            .map(|stage| {
+                let tasks = self.slots.iter().filter(|(t, _)| t.stage == stage);
+                let sum = tasks
+                    .fold(TupleCounts::default(), |sum, (_, s)| sum.add(s.counts.consumed, s.counts.emitted));
+                StageCounts { stage, consumed: sum.consumed, emitted: sum.emitted }
+            })
+            .collect()
+    }
+
+    /// Tells the user the job's counts if they changed since it last did (the caller sees to
+    /// how often).
+    fn report_progress(&mut self, out: &mut Outbox) {
+        if !matches!(self.phase, JobPhase::Running) {
+            return;
+        }
+        let counts = JobCounts { input_lines: self.input_lines, stages: self.stage_counts() };
+        if self.reported.as_ref() == Some(&counts) {
+            return;
+        }
+        out.event(RainstormEvent::Progress {
+            job: self.plan.job,
+            input_lines: counts.input_lines,
+            stages: counts.stages.clone(),
+        });
+        self.reported = Some(counts);
+    }
+
     fn stop_all(&self, out: &mut Outbox) {
         let hosts: BTreeSet<MemberId> = self.slots.values().map(|s| s.host).collect();
         for h in hosts {
@@ -692,5 +747,128 @@ fn eligible(leader: MemberId, members: &[MemberId]) -> Vec<MemberId> {
         vec![leader]
     } else {
         others
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hydfs::FileName;
+    use crate::rainstorm::operator::OperatorSpec;
+    use crate::time::Millis;
+
+    fn member(port: u16) -> MemberId {
+        MemberId { addr: format!("10.0.0.1:{port}").parse().expect("address"), join_time: 1 }
+    }
+
+    fn content(bytes: &[u8]) -> Result<OpOutput, HydfsError> {
+        let name = FileName::new("in.csv").expect("name");
+        Ok(OpOutput::Content { name, bytes: bytes.to_vec(), writes: Vec::new(), from: None })
+    }
+
+    /// A leader whose job (one task per stage, over a 5-line input) has placed its tasks.
+    fn running(cfg: &RainstormConfig) -> (Leader, JobId, Vec<MemberId>, Outbox) {
+        let members = vec![member(1), member(2), member(3)];
+        let (mut leader, mut out) = (Leader::default(), Outbox::default());
+        let spec = JobSpec {
+            op1: OperatorSpec::parse("grep:a").expect("spec"),
+            op2: OperatorSpec::parse("split").expect("spec"),
+            src: FileName::new("in.csv").expect("name"),
+            dest: FileName::new("out").expect("name"),
+            tasks: 1,
+        };
+        let job = leader.start(Time(0), members[0], cfg, spec, &mut out);
+        let (input, _) = out.hydfs.pop_front().expect("reads the input");
+        leader.on_hydfs(Time(0), cfg, &members, input, content(b"a\nb\na b\nc\nd\n"), &mut out);
+        let (dest, _) = out.hydfs.pop_front().expect("creates the destination");
+        leader.on_hydfs(Time(0), cfg, &members, dest, content(b""), &mut out);
+        (leader, job, members, out)
+    }
+
+    fn status(
+        leader: &mut Leader,
+        (cfg, members, out): (&RainstormConfig, &[MemberId], &mut Outbox),
+        now: u64,
+        (job, task): (JobId, TaskId),
+        phase: TaskPhase,
+    ) {
+        let host = leader.jobs[&job].slots[&task].host.addr;
+        let report = Report { phase, placement: 1, ended_known: 0, nonce: now };
+        leader.on_status(Time(now), cfg, members, host, (job, task, 1), report, out);
+    }
+
+    /// The `Progress` events out so far (other events are dropped), with when they came.
+    fn progress(out: &mut Outbox, now: u64, seen: &mut Vec<(u64, u64, Vec<StageCounts>)>) {
+        for e in out.events.drain(..) {
+            if let RainstormEvent::Progress { input_lines, stages, .. } = e {
+                seen.push((now, input_lines, stages));
+            }
+        }
+    }
+
+    fn counts(consumed: u64, emitted: u64) -> TupleCounts {
+        TupleCounts { consumed, emitted }
+    }
+
+    #[test]
+    fn progress_is_reported_at_most_once_per_status_interval_and_only_when_it_changed() {
+        let cfg = RainstormConfig { status_interval: Millis(500), ..RainstormConfig::default() };
+        let (mut leader, job, members, mut out) = running(&cfg);
+        let (source, op1, op2) =
+            (TaskId { stage: 0, index: 0 }, TaskId { stage: 1, index: 0 }, TaskId { stage: 2, index: 0 });
+        let mut seen = Vec::new();
+        progress(&mut out, 0, &mut seen);
+        assert!(seen.is_empty(), "nothing before the first interval");
+        // Status reports every 10 ms, each with new counts, and a timer at each.
+        for now in (10..=1_490).step_by(10) {
+            let n = now / 10;
+            let ctx = (&cfg, members.as_slice(), &mut out);
+            let running = TaskPhase::Running { generation: 0, counts: counts(n.min(5), n.min(5)) };
+            status(&mut leader, ctx, now, (job, source), running);
+            let ctx = (&cfg, members.as_slice(), &mut out);
+            status(
+                &mut leader,
+                ctx,
+                now,
+                (job, op1),
+                TaskPhase::Running { generation: 0, counts: counts(n, n / 2) },
+            );
+            leader.handle_timeout(Time(now), &cfg, &members, &mut out);
+            progress(&mut out, now, &mut seen);
+        }
+        let times: Vec<u64> = seen.iter().map(|(t, _, _)| *t).collect();
+        assert_eq!(times, [500, 1_000], "once per interval, not once per report");
+        let stage = |stage, consumed, emitted| StageCounts { stage, consumed, emitted };
+        assert_eq!(seen[0].1, 5, "the input's line count");
+        assert_eq!(seen[0].2, [stage(0, 5, 5), stage(1, 50, 25), stage(2, 0, 0)], "the latest counts");
+        assert_eq!(seen[1].2, [stage(0, 5, 5), stage(1, 100, 50), stage(2, 0, 0)]);
+        // Nothing changes: nothing more is reported, however many intervals pass.
+        seen.clear();
+        for now in (1_500..=4_000).step_by(100) {
+            leader.handle_timeout(Time(now), &cfg, &members, &mut out);
+            progress(&mut out, now, &mut seen);
+        }
+        let times: Vec<u64> = seen.iter().map(|(t, _, _)| *t).collect();
+        assert_eq!(times, [1_500], "the counts at 1 490 ms, then silence");
+        // The last stage finishing completes the job: its final counts come first.
+        seen.clear();
+        let ctx = (&cfg, members.as_slice(), &mut out);
+        let last = vec![(SINK, 0)];
+        status(
+            &mut leader,
+            ctx,
+            4_010,
+            (job, op2),
+            TaskPhase::Finished { generation: 0, last, counts: counts(7, 7) },
+        );
+        let events: Vec<RainstormEvent> = out.events.drain(..).collect();
+        let at = |f: fn(&RainstormEvent) -> bool| events.iter().position(f).expect("present");
+        let (p, done) = (
+            at(|e| matches!(e, RainstormEvent::Progress { .. })),
+            at(|e| matches!(e, RainstormEvent::JobCompleted { .. })),
+        );
+        assert!(p < done, "{events:?}");
+        let RainstormEvent::Progress { stages, .. } = &events[p] else { unreachable!() };
+        assert_eq!(stages[2], stage(2, 7, 7));
     }
 }

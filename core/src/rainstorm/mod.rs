@@ -37,8 +37,10 @@ pub use task::{ProgramBatch, ProgramResult};
 pub use tuple::{dest_line, source_lines, Tuple, TupleId};
 
 pub use config::{PlantedBug, RainstormConfig};
-pub use job::{Epoch, JobError, JobId, JobPlan, JobSpec, RainstormEvent, RainstormMsg, SINK};
-pub use journal::TaskId;
+pub use job::{
+    lines_read, Epoch, JobError, JobId, JobPlan, JobSpec, RainstormEvent, RainstormMsg, StageCounts, SINK,
+};
+pub use journal::{TaskId, TupleCounts};
 
 use crate::hydfs::{ClientOp, HydfsError, OpOutput};
 use crate::id::{MemberId, NodeAddr};

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::journal::{encode, Record, Recovered, Snapshot, TaskId};
+use super::journal::{encode, Record, Recovered, Snapshot, TaskId, TupleCounts};
 use super::link::{LinkSender, LinkSeq};
 use super::operator::StageOp;
 use super::task::{partition, LinkMsg, TaskConfig, TaskOutput};
@@ -25,6 +25,8 @@ use crate::time::Time;
 /// One source batch: its part for each link that gets one, with that part's link number.
 struct SourceBatch {
     parts: Vec<(TaskId, LinkSeq, Vec<Tuple>)>,
+    /// Input lines in the batch (one tuple each).
+    lines: u64,
 }
 
 pub struct SourceTask {
@@ -32,6 +34,9 @@ pub struct SourceTask {
     batches: Vec<SourceBatch>,
     /// The next batch to send.
     next: usize,
+    /// Input lines in the batches before `next` (each sent at least once by this incarnation,
+    /// or acknowledged before it).
+    sent_lines: u64,
     senders: BTreeMap<TaskId, LinkSender<Vec<Tuple>>>,
     /// Acknowledgements as last journaled.
     journaled: BTreeMap<TaskId, LinkSeq>,
@@ -95,10 +100,12 @@ impl SourceTask {
                 b.parts.iter().any(|(to, seq, _)| *seq > journal.acked.get(to).copied().unwrap_or(0))
             })
             .unwrap_or(batches.len());
+        let sent_lines = batches[..next].iter().map(|b| b.lines).sum();
         Ok(SourceTask {
             id,
             batches,
             next,
+            sent_lines,
             senders,
             journaled: journal.acked.clone(),
             appending: None,
@@ -116,6 +123,13 @@ impl SourceTask {
         let links: Vec<String> =
             self.senders.iter().map(|(d, s)| format!("{d}:{}/{}", s.acked(), s.next_seq())).collect();
         format!("batch {} of {}, links {}", self.next, self.batches.len(), links.join(" "))
+    }
+
+    /// Input lines sent, each one tuple (after a restart: those of the batches acknowledged
+    /// before it, then what this incarnation sends). No journal needed: the batches are a pure
+    /// function of the file.
+    pub fn counts(&self) -> TupleCounts {
+        TupleCounts { consumed: self.sent_lines, emitted: self.sent_lines }
     }
 
     /// Source batches in this task's share.
@@ -195,6 +209,7 @@ impl SourceTask {
                     msg: LinkMsg::Batch { seq: *seq, tuples: tuples.clone() },
                 });
             }
+            self.sent_lines += batch.lines;
             self.next += 1;
         }
         let acked: BTreeMap<TaskId, LinkSeq> = self.senders.iter().map(|(d, s)| (*d, s.acked())).collect();
@@ -223,6 +238,7 @@ impl SourceTask {
 
 /// Numbers the non-empty parts of one batch on their links.
 fn number(parts: BTreeMap<TaskId, Vec<Tuple>>, seqs: &mut BTreeMap<TaskId, LinkSeq>) -> SourceBatch {
+    let lines = parts.values().map(|t| t.len() as u64).sum();
     let parts = parts
         .into_iter()
         .map(|(to, tuples)| {
@@ -231,7 +247,7 @@ fn number(parts: BTreeMap<TaskId, Vec<Tuple>>, seqs: &mut BTreeMap<TaskId, LinkS
             (to, *seq, tuples)
         })
         .collect();
-    SourceBatch { parts }
+    SourceBatch { parts, lines }
 }
 
 /// A snapshot saying only "acknowledged up to here" on each link.
@@ -242,5 +258,52 @@ fn ack_snapshot(acked: &BTreeMap<TaskId, LinkSeq>) -> Snapshot {
         acked: acked.clone(),
         state: BTreeMap::new(),
         unacked: Vec::new(),
+        // A source's counts follow from its acknowledgements and the file.
+        counts: TupleCounts::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rainstorm::journal::decode_all;
+    use crate::rainstorm::operator::OperatorSpec;
+    use crate::time::Millis;
+
+    const ME: TaskId = TaskId { stage: 0, index: 0 };
+    const DOWN: TaskId = TaskId { stage: 1, index: 0 };
+
+    /// A source over five lines in batches of two (so batch `b` is link batch `b` to `DOWN`).
+    fn source(journal: &Recovered) -> SourceTask {
+        let next = OperatorSpec::parse("split").and_then(|s| s.build(None)).expect("valid spec");
+        let input = SourceInput { file: "in", content: b"l1\nl2\nl3\nl4\nl5\n", batch_lines: 2, tasks: 1 };
+        let cfg = TaskConfig { window: 8, retry: Millis(100), planted: None };
+        SourceTask::new(ME, &cfg, input, &next, &[DOWN], journal).expect("source")
+    }
+
+    fn drain(s: &mut SourceTask) -> Vec<TaskOutput> {
+        std::iter::from_fn(|| s.poll_output()).collect()
+    }
+
+    #[test]
+    fn a_source_counts_the_lines_it_sent_and_a_restart_goes_on_from_its_acknowledgements() {
+        let mut s = source(&Recovered::default());
+        assert_eq!(s.counts(), TupleCounts::default(), "nothing sent before it starts");
+        s.handle_timeout(Time(0));
+        let sent = drain(&mut s).iter().filter(|o| matches!(o, TaskOutput::Send { .. })).count();
+        assert_eq!(sent, 3);
+        assert_eq!(s.counts(), TupleCounts { consumed: 5, emitted: 5 }, "one tuple per line");
+        // Batch 1 is acknowledged and journaled; the worker then crashes.
+        s.on_message(Time(1), DOWN, LinkMsg::Ack { upto: 1 });
+        let journal = match drain(&mut s).as_slice() {
+            [TaskOutput::Append { bytes }] => bytes.clone(),
+            other => panic!("expected one journal append, got {other:?}"),
+        };
+        let recovered = Recovered::replay(&decode_all(&journal).expect("decodes")).expect("replays");
+        let mut again = source(&recovered);
+        assert_eq!(again.counts(), TupleCounts { consumed: 2, emitted: 2 }, "the acknowledged batch");
+        again.handle_timeout(Time(2));
+        drain(&mut again);
+        assert_eq!(again.counts(), TupleCounts { consumed: 5, emitted: 5 }, "not counted twice");
     }
 }

@@ -23,7 +23,7 @@
 //!   of them and every output is acknowledged, and reports its own last numbers.
 
 use super::config::PlantedBug;
-use super::journal::{encode, OutBatch, Record, Recovered, TaskId};
+use super::journal::{encode, OutBatch, Record, Recovered, TaskId, TupleCounts};
 use super::link::{Arrival, LinkReceiver, LinkSender, LinkSeq};
 use super::operator::{derive, Applied, Output, ProgramSpec, StageOp};
 use super::tuple::Tuple;
@@ -195,6 +195,11 @@ impl Task {
     /// The keyed state as journaled so far.
     pub fn state(&self) -> &BTreeMap<String, String> {
         &self.journal.state
+    }
+
+    /// Tuples taken in and put out, as journaled (a restarted task goes on from its journal's).
+    pub fn counts(&self) -> TupleCounts {
+        self.journal.counts
     }
 
     /// Where the task stands: per upstream delivered (held), per downstream acknowledged / next.
@@ -460,7 +465,14 @@ impl Task {
             .filter(|(to, s)| s.acked() > self.journal.acked.get(to).copied().unwrap_or(0))
             .map(|(to, s)| Record::Acked { to: *to, upto: s.acked() })
             .collect();
-        records.push(Record::Processed { from, seq, outputs, state: changes.into_iter().collect() });
+        let consumed = tuples.len() as u64;
+        records.push(Record::Processed {
+            from,
+            seq,
+            consumed,
+            outputs,
+            state: changes.into_iter().collect(),
+        });
         let mut bytes = Vec::new();
         for record in &records {
             match encode(record) {

@@ -22,7 +22,9 @@ use super::config::{PlantedBug, RainstormConfig};
 use super::job::{
     Epoch, JobId, JobPlan, JournalPos, Placement, RainstormEvent, RainstormMsg, TaskPhase, STAGES,
 };
-use super::journal::{decode_all, encode, should_compact, JournalError, LinkSeq, Record, Recovered, TaskId};
+use super::journal::{
+    decode_all, encode, should_compact, JournalError, LinkSeq, Record, Recovered, TaskId, TupleCounts,
+};
 use super::operator::{OperatorSpec, StageOp};
 use super::source::{SourceInput, SourceTask};
 use super::task::{LinkMsg, ProgramResult, Task, TaskConfig, TaskOutput};
@@ -78,6 +80,13 @@ impl Runner {
         match self {
             Runner::Source(s) => s.poll_timeout(),
             Runner::Op(t) => t.poll_timeout(),
+        }
+    }
+
+    fn counts(&self) -> TupleCounts {
+        match self {
+            Runner::Source(s) => s.counts(),
+            Runner::Op(t) => t.counts(),
         }
     }
 }
@@ -704,11 +713,14 @@ impl Hosted {
     }
 
     fn phase(&self) -> TaskPhase {
+        let counts = self.runner.as_ref().map_or_else(TupleCounts::default, Runner::counts);
         match &self.phase {
             Phase::Recovering => TaskPhase::Recovering,
             Phase::Ready => TaskPhase::Ready,
-            Phase::Running => TaskPhase::Running { generation: self.generation },
-            Phase::Finished(last) => TaskPhase::Finished { generation: self.generation, last: last.clone() },
+            Phase::Running => TaskPhase::Running { generation: self.generation, counts },
+            Phase::Finished(last) => {
+                TaskPhase::Finished { generation: self.generation, last: last.clone(), counts }
+            }
             Phase::Failed { reason, transient } => {
                 TaskPhase::Failed { reason: reason.clone(), transient: *transient }
             }

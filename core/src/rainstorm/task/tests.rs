@@ -318,3 +318,36 @@ fn a_program_failure_or_a_reply_against_the_protocol_fails_the_task_and_acknowle
         assert!(r.sent.is_empty() && r.journal.is_empty(), "{reason}");
     }
 }
+
+#[test]
+fn counts_are_what_the_journal_holds_and_a_restart_or_a_compaction_goes_on_from_them() {
+    let mut r = Rig::new("split", Vec::new());
+    assert_eq!(r.task.counts(), TupleCounts::default());
+    r.batch(1, tuples(1, &["one two", "three"]));
+    assert_eq!(r.task.counts(), TupleCounts { consumed: 2, emitted: 3 });
+    // A batch whose append fails is not counted until it is journaled, and then once.
+    r.task.on_message(Time(0), UP, LinkMsg::Batch { seq: 2, tuples: tuples(3, &["four five six"]) });
+    r.drain(false);
+    assert_eq!(r.task.counts(), TupleCounts { consumed: 2, emitted: 3 });
+    r.task.handle_timeout(Time(100));
+    r.drain(true);
+    assert_eq!(r.task.counts(), TupleCounts { consumed: 3, emitted: 6 });
+    // A new incarnation goes on from the journal; a resent batch it already has is not counted.
+    let mut again = Rig::new("split", r.journal.clone());
+    assert_eq!(again.task.counts(), TupleCounts { consumed: 3, emitted: 6 });
+    again.batch(2, tuples(3, &["four five six"]));
+    assert_eq!(again.acks_upstream(), [2], "a duplicate is acknowledged, not processed");
+    assert_eq!(again.task.counts(), TupleCounts { consumed: 3, emitted: 6 });
+    again.task.handle_timeout(Time(200));
+    again.drain(true);
+    for d in DOWN {
+        let upto = again.batches_to(d).last().map_or(0, |b| b.0);
+        again.task.on_message(Time(200), d, LinkMsg::Ack { upto });
+    }
+    again.batch(3, tuples(4, &["seven"]));
+    assert_eq!(again.task.counts(), TupleCounts { consumed: 4, emitted: 7 });
+    // A compacted journal (one snapshot) carries the counts too.
+    let snapshot = encode(&again.task.snapshot()).expect("encodes");
+    let compacted = Rig::new("split", snapshot);
+    assert_eq!(compacted.task.counts(), TupleCounts { consumed: 4, emitted: 7 });
+}
