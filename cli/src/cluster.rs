@@ -55,6 +55,13 @@ pub struct ClusterArgs {
     /// How long an operator program may take to answer one batch, in ms (default 30000).
     #[arg(long)]
     pub program_timeout_ms: Option<u64>,
+    /// Input lines per source batch in the jobs the nodes lead (default 64).
+    #[arg(long)]
+    pub batch_lines: Option<u32>,
+    /// Each node traces the outputs of the jobs it leads to `<data dir>/outputs.trace` (for
+    /// latency measurements).
+    #[arg(skip)]
+    pub output_trace: bool,
 }
 
 impl ClusterArgs {
@@ -73,6 +80,8 @@ impl ClusterArgs {
             for_secs: None,
             cache_mb: None,
             program_timeout_ms: None,
+            batch_lines: None,
+            output_trace: false,
         }
     }
 }
@@ -155,6 +164,12 @@ impl LocalCluster {
         }
         if let Some(ms) = self.args.program_timeout_ms {
             cmd.arg("--program-timeout-ms").arg(ms.to_string());
+        }
+        if let Some(n) = self.args.batch_lines {
+            cmd.arg("--batch-lines").arg(n.to_string());
+        }
+        if self.args.output_trace {
+            cmd.env("RAINSTORM_OUTPUT_TRACE", data_dir.join("outputs.trace"));
         }
         match &self.args.cluster_key {
             Some(key) => cmd.env("RAINSTORM_CLUSTER_KEY", key),

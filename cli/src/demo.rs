@@ -372,7 +372,7 @@ impl StreamState {
 
 /// Two worker nodes to kill, from `job <id>`'s placement lines (`  s1-t0 on 127.0.0.1:7004
 /// (incarnation 1)`): hosts of the operator stages first, never the leader or the introducer.
-fn victims(job: &str, base_port: u16) -> Vec<(u16, Vec<String>)> {
+pub fn victims(job: &str, base_port: u16) -> Vec<(u16, Vec<String>)> {
     let mut by_node: BTreeMap<u16, Vec<String>> = BTreeMap::new();
     for line in job.lines() {
         let mut words = line.split_whitespace();
@@ -452,7 +452,7 @@ impl Outcome {
 }
 
 /// How a multiset of lines differs from the expected one.
-struct Diff {
+pub struct Diff {
     missing: usize,
     duplicated: usize,
     unexpected: usize,
@@ -460,7 +460,7 @@ struct Diff {
 }
 
 impl Diff {
-    fn of(expected: &BTreeMap<String, usize>, got: &BTreeMap<String, usize>) -> Diff {
+    pub fn of(expected: &BTreeMap<String, usize>, got: &BTreeMap<String, usize>) -> Diff {
         let mut d = Diff { missing: 0, duplicated: 0, unexpected: 0, example: None };
         for (line, &want) in expected {
             let have = got.get(line).copied().unwrap_or(0);
@@ -481,7 +481,7 @@ impl Diff {
         d
     }
 
-    fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.missing + self.duplicated + self.unexpected == 0
     }
 }
@@ -500,7 +500,7 @@ impl std::fmt::Display for Diff {
     }
 }
 
-fn count_lines(lines: impl Iterator<Item = String>) -> BTreeMap<String, usize> {
+pub fn count_lines(lines: impl Iterator<Item = String>) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for l in lines {
         *m.entry(l).or_default() += 1;
@@ -509,7 +509,7 @@ fn count_lines(lines: impl Iterator<Item = String>) -> BTreeMap<String, usize> {
 }
 
 /// Restarts the killed nodes and waits until the leader lists them again.
-fn restart(cluster: &mut LocalCluster, killed: &[u16]) -> Result<()> {
+pub fn restart(cluster: &mut LocalCluster, killed: &[u16]) -> Result<()> {
     for &k in killed {
         cluster.spawn(k)?;
         cluster.wait_for_socket(k, Duration::from_secs(10))?;
@@ -530,7 +530,7 @@ fn restart(cluster: &mut LocalCluster, killed: &[u16]) -> Result<()> {
 }
 
 /// The Traffic Signs dataset: `data/` under the current directory, else in the source tree.
-fn default_input() -> PathBuf {
+pub fn default_input() -> PathBuf {
     let here = PathBuf::from("data/Traffic_Signs.csv");
     if here.exists() {
         return here;
@@ -540,7 +540,7 @@ fn default_input() -> PathBuf {
 
 /// The directory holding the demo programs: this executable's. Under `cargo run` they are
 /// built first if missing (same profile as this executable).
-fn programs_dir() -> Result<PathBuf> {
+pub fn programs_dir() -> Result<PathBuf> {
     let exe = crate::cluster::this_tool()?;
     let dir = exe.parent().ok_or_else(|| anyhow!("{} has no directory", exe.display()))?.to_path_buf();
     let missing = || PROGRAMS.iter().any(|p| !dir.join(p).exists());

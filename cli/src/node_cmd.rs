@@ -65,6 +65,10 @@ pub struct NodeArgs {
     /// How long an operator program may take to answer one batch, in ms (default 30000).
     #[arg(long)]
     pub program_timeout_ms: Option<u64>,
+    /// Input lines per source batch in the jobs this node leads (default 64): larger batches
+    /// mean fewer journal appends per tuple, smaller ones lower latency.
+    #[arg(long)]
+    pub batch_lines: Option<u32>,
 }
 
 const CONSOLE_HELP: &str = "Console commands (stdin, or `rainstorm ctl <data-dir> <command>`):
@@ -95,6 +99,7 @@ impl NodeArgs {
             hydfs: HydfsInput { cache_mb: self.cache_mb, ..HydfsInput::default() },
             rainstorm: RainstormInput {
                 program_batch_timeout_ms: self.program_timeout_ms,
+                batch_lines: self.batch_lines,
                 ..Default::default()
             },
         }

@@ -28,16 +28,22 @@
 //! [rainstorm]
 //! program_start_timeout_ms = 10000 # an operator program's handshake
 //! program_batch_timeout_ms = 30000 # an operator program's answer to one batch
+//! batch_lines = 64               # input lines per source batch, in the jobs this node leads
 //! ```
 
 use crate::programs::ProgramLimits;
 use rainstorm_core::hydfs::HydfsConfig;
 use rainstorm_core::membership::{MembershipConfig, Role};
+use rainstorm_core::rainstorm::RainstormConfig;
 use rainstorm_core::Millis;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// The largest source batch a job may use (a batch is one journal record downstream, and
+/// records are bounded).
+pub const MAX_BATCH_LINES: u32 = 16_384;
 
 /// Settings as written in a file or given as flags: everything optional, merged, then checked.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -63,6 +69,7 @@ pub struct ConfigInput {
 pub struct RainstormInput {
     pub program_start_timeout_ms: Option<u64>,
     pub program_batch_timeout_ms: Option<u64>,
+    pub batch_lines: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -98,6 +105,8 @@ pub struct RuntimeConfig {
     pub cluster_key: Option<String>,
     pub drop_rate: f64,
     pub hydfs: HydfsConfig,
+    /// RainStorm settings (those of the jobs this node leads, and of its tasks).
+    pub rainstorm: RainstormConfig,
     /// Limits of operator programs.
     pub programs: ProgramLimits,
 }
@@ -158,6 +167,7 @@ impl ConfigInput {
             rainstorm: RainstormInput {
                 program_start_timeout_ms: r.program_start_timeout_ms.or(q.program_start_timeout_ms),
                 program_batch_timeout_ms: r.program_batch_timeout_ms.or(q.program_batch_timeout_ms),
+                batch_lines: r.batch_lines.or(q.batch_lines),
             },
         }
     }
@@ -241,6 +251,19 @@ impl ConfigInput {
             )?,
             ..base
         };
+        let defaults = RainstormConfig::default();
+        let batch_lines = match r.batch_lines {
+            Some(0) => return Err(field("rainstorm.batch_lines", "must be at least 1")),
+            Some(n) if n > MAX_BATCH_LINES => {
+                return Err(field(
+                    "rainstorm.batch_lines",
+                    format!("{n} is over the limit of {MAX_BATCH_LINES}"),
+                ))
+            }
+            Some(n) => n,
+            None => defaults.batch_lines,
+        };
+        let rainstorm = RainstormConfig { batch_lines, ..defaults };
         Ok(RuntimeConfig {
             role,
             bind,
@@ -251,6 +274,7 @@ impl ConfigInput {
             cluster_key: self.cluster_key,
             drop_rate,
             hydfs,
+            rainstorm,
             programs,
         })
     }

@@ -229,7 +229,7 @@ pub async fn start(cfg: RuntimeConfig) -> Result<StartedNode, StartError> {
             introducer: cfg.introducer,
             membership: cfg.membership.clone(),
             hydfs,
-            rainstorm: Default::default(),
+            rainstorm: cfg.rainstorm.clone(),
             codec,
         },
         now,
@@ -271,6 +271,15 @@ pub async fn start(cfg: RuntimeConfig) -> Result<StartedNode, StartError> {
         ops: BTreeMap::new(),
         programs: ProgramHost::new(programs, &data_dir, tx_programs),
         book: JobBook::default(),
+        output_trace: std::env::var_os("RAINSTORM_OUTPUT_TRACE").and_then(|path| {
+            match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+                Ok(f) => Some(std::io::BufWriter::new(f)),
+                Err(e) => {
+                    warn!(error = %e, path = ?path, "cannot open the output trace; not tracing");
+                    None
+                }
+            }
+        }),
         watchers: BTreeMap::new(),
     };
     let task = tokio::spawn(task.run(rx, stream_rx));
@@ -340,6 +349,9 @@ struct NodeTask {
     programs: ProgramHost,
     /// The jobs this node led.
     book: JobBook,
+    /// `RAINSTORM_OUTPUT_TRACE`: a file to which the outputs of jobs this node leads are
+    /// traced as `<job> <unix time in µs> <source line>` (for latency measurements).
+    output_trace: Option<std::io::BufWriter<std::fs::File>>,
     /// Commands following a job's events.
     watchers: BTreeMap<JobId, mpsc::UnboundedSender<RainstormEvent>>,
 }
@@ -504,7 +516,11 @@ impl NodeTask {
                             }
                         }
                     }
-                    if matches!(e, RainstormEvent::Output { .. }) {
+                    if let RainstormEvent::Output { job, tuple } = &e {
+                        if let Some(trace) = &mut self.output_trace {
+                            use std::io::Write as _;
+                            let _ = writeln!(trace, "{job} {} {}", unix_micros(), tuple.id.line);
+                        }
                         continue;
                     }
                     NodeEvent::Rainstorm(e)
@@ -712,6 +728,12 @@ fn describe_output(out: &OpOutput) -> String {
     }
 }
 
+/// Wall-clock time in microseconds since the Unix epoch (for log lines and traces that
+/// processes on one machine compare).
+fn unix_micros() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros())
+}
+
 /// The job of a leader-side event (the ones a command following its job wants).
 fn led_job(e: &RainstormEvent) -> Option<JobId> {
     match e {
@@ -724,7 +746,9 @@ fn led_job(e: &RainstormEvent) -> Option<JobId> {
         | RainstormEvent::JobCompleted { job, .. }
         | RainstormEvent::JobFailed { job, .. }
         | RainstormEvent::JobLost { job, .. } => Some(*job),
-        RainstormEvent::TaskStarted { .. } | RainstormEvent::JobAbandoned { .. } => None,
+        RainstormEvent::TaskStarted { .. }
+        | RainstormEvent::JobAbandoned { .. }
+        | RainstormEvent::SourceSent { .. } => None,
     }
 }
 
@@ -811,6 +835,11 @@ fn log_rainstorm_event(event: &rainstorm_core::rainstorm::RainstormEvent) {
         E::JobAbandoned { job, reason } => {
             warn!(event = "job_abandoned", %job, "job {job} abandoned: {reason}; its tasks here were dropped")
         }
+        E::SourceSent { job, task, epoch, first, last } => info!(
+            event = "source_sent",
+            %job, %task, epoch, first, last, unix_us = unix_micros(),
+            "job {job}: {task} (incarnation {epoch}) sent input lines {first}..={last}"
+        ),
     }
 }
 

@@ -291,7 +291,9 @@ impl JobBook {
                     r.progress = JobProgress::new(*input_lines, stages);
                 }
             }
-            RainstormEvent::TaskStarted { .. } | RainstormEvent::JobAbandoned { .. } => {}
+            RainstormEvent::TaskStarted { .. }
+            | RainstormEvent::JobAbandoned { .. }
+            | RainstormEvent::SourceSent { .. } => {}
         }
     }
 

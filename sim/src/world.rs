@@ -963,6 +963,9 @@ fn describe_rainstorm_event(e: &rainstorm_core::rainstorm::RainstormEvent) -> St
         E::JobFailed { job, reason } => format!("job {job} failed: {reason}"),
         E::JobLost { job, reason } => format!("job {job} lost: {reason}"),
         E::JobAbandoned { job, reason } => format!("job {job} abandoned: {reason}"),
+        E::SourceSent { job, task, epoch, first, last } => {
+            format!("job {job}: {task} e{epoch} sent input lines {first}..={last}")
+        }
     }
 }
 

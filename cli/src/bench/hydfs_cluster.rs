@@ -163,7 +163,7 @@ impl Cluster {
     }
 }
 
-fn proc_kib(pid: u32, key: &str) -> Option<u64> {
+pub(super) fn proc_kib(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with(key))?;
     line[key.len()..].split_whitespace().next()?.parse().ok()

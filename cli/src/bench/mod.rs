@@ -18,6 +18,8 @@
 //!   figures come from real processes and vary from run to run.
 //! * [`hydfs_cluster`]: HyDFS on a real 10-process loopback cluster: create/get throughput against
 //!   a raw loopback copy, append rate, merge, re-replication after kill -9, read cache, peak RSS.
+//! * [`rainstorm_cluster`]: RainStorm jobs on a real 10-process loopback cluster: throughput and
+//!   tuple latency against the single-process ceiling, with two workers killed, CPU split, RSS.
 
 mod cluster_membership;
 #[cfg(feature = "compare-foca")]
@@ -26,6 +28,7 @@ mod hydfs;
 mod hydfs_cluster;
 mod membership;
 mod rainstorm;
+mod rainstorm_cluster;
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
@@ -47,6 +50,10 @@ pub enum Benchmark {
     /// RainStorm in the simulator: throughput and journal bytes per tuple vs batch size against
     /// the single-process reference, and recovery after a worker crash vs job size.
     Rainstorm,
+    /// RainStorm on a real 10-process loopback cluster: throughput and tuple latency of App 1
+    /// and App 2 as operator programs against the single-process ceiling, with and without two
+    /// workers killed; CPU split, peak RSS, exactness.
+    RainstormCluster,
 }
 
 #[derive(Args)]
@@ -64,6 +71,13 @@ pub struct BenchArgs {
     /// with --quick].
     #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(2..=1024))]
     size_mib: Option<u64>,
+    /// `rainstorm-cluster` only: input sizes in records, comma-separated [default:
+    /// 10000,100000,1000000, or 10000 with --quick].
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    sizes: Option<Vec<u64>>,
+    /// `rainstorm-cluster` only: input lines per source batch [default: the nodes' default, 64].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=16_384))]
+    batch_lines: Option<u32>,
 }
 
 /// How large a benchmark run is.
@@ -81,6 +95,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         Benchmark::Hydfs => hydfs::run(scale)?,
         Benchmark::HydfsCluster => hydfs_cluster::run(args.quick, args.size_mib)?,
         Benchmark::Rainstorm => rainstorm::run(scale)?,
+        Benchmark::RainstormCluster => {
+            rainstorm_cluster::run(rainstorm_cluster::Plan::new(args.quick, args.sizes, args.batch_lines))?
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -248,4 +248,7 @@ pub enum RainstormEvent {
     JobLost { job: JobId, reason: String },
     /// Worker: the job's leader is gone, so its tasks here were dropped.
     JobAbandoned { job: JobId, reason: String },
+    /// Worker: a source task sent input lines `first..=last` for the first time (where a
+    /// tuple's latency starts).
+    SourceSent { job: JobId, task: TaskId, epoch: Epoch, first: u64, last: u64 },
 }

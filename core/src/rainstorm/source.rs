@@ -27,6 +27,8 @@ struct SourceBatch {
     parts: Vec<(TaskId, LinkSeq, Vec<Tuple>)>,
     /// Input lines in the batch (one tuple each).
     lines: u64,
+    /// The first and last physical line numbers of its tuples.
+    span: (u64, u64),
 }
 
 pub struct SourceTask {
@@ -193,11 +195,13 @@ impl SourceTask {
             if !fits {
                 break;
             }
+            let mut sent = false;
             for (to, seq, tuples) in &batch.parts {
                 let Some(s) = self.senders.get_mut(to) else { continue };
                 if *seq <= s.acked() {
                     continue;
                 }
+                sent = true;
                 if s.push(now, tuples.clone()) != Some(*seq) {
                     self.done = true;
                     let reason = format!("{}: link to {to} out of step at batch {seq}", self.id);
@@ -211,6 +215,9 @@ impl SourceTask {
             }
             self.sent_lines += batch.lines;
             self.next += 1;
+            if sent {
+                self.out.push_back(TaskOutput::SourceSent { first: batch.span.0, last: batch.span.1 });
+            }
         }
         let acked: BTreeMap<TaskId, LinkSeq> = self.senders.iter().map(|(d, s)| (*d, s.acked())).collect();
         if self.appending.is_none()
@@ -239,6 +246,8 @@ impl SourceTask {
 /// Numbers the non-empty parts of one batch on their links.
 fn number(parts: BTreeMap<TaskId, Vec<Tuple>>, seqs: &mut BTreeMap<TaskId, LinkSeq>) -> SourceBatch {
     let lines = parts.values().map(|t| t.len() as u64).sum();
+    let first = parts.values().flatten().map(|t| t.id.line).min().unwrap_or(0);
+    let last = parts.values().flatten().map(|t| t.id.line).max().unwrap_or(0);
     let parts = parts
         .into_iter()
         .map(|(to, tuples)| {
@@ -247,7 +256,7 @@ fn number(parts: BTreeMap<TaskId, Vec<Tuple>>, seqs: &mut BTreeMap<TaskId, LinkS
             (to, *seq, tuples)
         })
         .collect();
-    SourceBatch { parts, lines }
+    SourceBatch { parts, lines, span: (first, last) }
 }
 
 /// A snapshot saying only "acknowledged up to here" on each link.
@@ -305,5 +314,34 @@ mod tests {
         again.handle_timeout(Time(2));
         drain(&mut again);
         assert_eq!(again.counts(), TupleCounts { consumed: 5, emitted: 5 }, "not counted twice");
+    }
+
+    fn spans(outputs: &[TaskOutput]) -> Vec<(u64, u64)> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                TaskOutput::SourceSent { first, last } => Some((*first, *last)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_source_reports_each_batch_once_when_first_sent_and_not_what_was_acknowledged() {
+        let mut s = source(&Recovered::default());
+        s.handle_timeout(Time(0));
+        assert_eq!(spans(&drain(&mut s)), vec![(1, 2), (3, 4), (5, 5)]);
+        // Resends after the retry interval are not first sends.
+        s.handle_timeout(Time(500));
+        assert_eq!(spans(&drain(&mut s)), vec![]);
+        s.on_message(Time(501), DOWN, LinkMsg::Ack { upto: 1 });
+        let journal = match drain(&mut s).as_slice() {
+            [TaskOutput::Append { bytes }] => bytes.clone(),
+            other => panic!("expected one journal append, got {other:?}"),
+        };
+        let recovered = Recovered::replay(&decode_all(&journal).expect("decodes")).expect("replays");
+        let mut again = source(&recovered);
+        again.handle_timeout(Time(502));
+        assert_eq!(spans(&drain(&mut again)), vec![(3, 4), (5, 5)], "the acknowledged batch is not sent");
     }
 }

@@ -75,6 +75,9 @@ pub enum TaskOutput {
     /// Run this batch through the stage's operator program; answer with [`Task::on_applied`].
     /// One batch is out at a time.
     Apply { program: ProgramSpec, batch: ProgramBatch },
+    /// A source sent a batch for the first time: input lines `first..=last` entered the job.
+    /// (Informational: where tuple latency is measured from.)
+    SourceSent { first: u64, last: u64 },
 }
 
 /// A batch for an operator program: the tuples in order, and the stored state of each of their

@@ -598,6 +598,15 @@ impl Worker {
                         h.phase = Phase::Failed { reason, transient: false };
                         h.next_status = now;
                     }
+                    TaskOutput::SourceSent { first, last } => {
+                        out.event(RainstormEvent::SourceSent {
+                            job: key.0,
+                            task: h.task,
+                            epoch: h.epoch,
+                            first,
+                            last,
+                        });
+                    }
                     TaskOutput::Apply { program, batch } => {
                         let call = ProgramCall {
                             token: 0,

@@ -96,6 +96,7 @@ impl Rig {
                 }
                 TaskOutput::Finished { last } => self.finished = Some(last),
                 TaskOutput::Failed { reason } => self.failed = Some(reason),
+                TaskOutput::SourceSent { .. } => panic!("an operator task reported a source batch"),
                 TaskOutput::Apply { batch, .. } => {
                     self.applied.push(batch.clone());
                     if let Some(answer) = &self.program {

@@ -1,0 +1,438 @@
+//! `rainstorm bench rainstorm-cluster`: RainStorm jobs on a real 10-process loopback cluster.
+//!
+//! App 1 and App 2 run as operator programs (the Rust demo programs) on generated inputs shaped
+//! like the Traffic Signs dataset, at each input size and number of tasks per stage, side by
+//! side with
+//!
+//! * the ceiling: the same pipeline in one process (the built-in operators, which compute the
+//!   same outputs), no distribution, no journal, no logging, timed in the same run;
+//! * the same job with two workers (the hosts of two stage-1 tasks) killed with SIGKILL 1.5 s in.
+//!
+//! Figures per job: input lines/s and output records/s over the job's own time (from the
+//! leader accepting it to its last output durable in the destination file); tuple latency from
+//! the moment a source first sent the tuple's input line (the `source_sent` log event on the
+//! source's node) to the moment the leader appended its output (the leader's output trace,
+//! `RAINSTORM_OUTPUT_TRACE`), p50 and p99 over every output; where the time goes, as CPU seconds
+//! of the node processes (HyDFS, journals, serialization, routing) and of the operator programs
+//! (children of the nodes) against the job's wall time; peak RSS of the node processes; and
+//! whether the destination file equals the ceiling's outputs exactly (a multiset of lines).
+
+use super::hydfs_cluster::proc_kib;
+use anyhow::{anyhow, bail, Context, Result};
+use rainstorm_apps::gen_signs::{generate, Pools};
+use rainstorm_cli::cluster::{this_tool, ClusterArgs, LocalCluster};
+use rainstorm_cli::demo::{count_lines, programs_dir, restart, victims, Diff};
+use rainstorm_core::rainstorm::{dest_line, reference, OperatorSpec};
+use rainstorm_runtime::control;
+use rainstorm_runtime::jobs::Streamed;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const NODES: u16 = 10;
+const BASE_PORT: u16 = 7300;
+const LEADER: u16 = 1;
+const KILL_AFTER: Duration = Duration::from_millis(1_500);
+
+/// What to run.
+pub struct Plan {
+    pub sizes: Vec<u64>,
+    pub tasks: Vec<u32>,
+    pub batch_lines: u32,
+    /// Task counts at which the killed variant runs too.
+    pub kill_tasks: Vec<u32>,
+}
+
+impl Plan {
+    pub fn new(quick: bool, sizes: Option<Vec<u64>>, batch_lines: Option<u32>) -> Plan {
+        let default_sizes = if quick { vec![10_000] } else { vec![10_000, 100_000, 1_000_000] };
+        Plan {
+            sizes: sizes.unwrap_or(default_sizes),
+            tasks: if quick { vec![3] } else { vec![1, 3, 5] },
+            batch_lines: batch_lines
+                .unwrap_or(rainstorm_core::rainstorm::RainstormConfig::default().batch_lines),
+            kill_tasks: vec![3],
+        }
+    }
+}
+
+struct App {
+    name: &'static str,
+    programs: [(&'static str, &'static str); 2],
+    builtins: [&'static str; 2],
+}
+
+const APPS: [App; 2] = [
+    App {
+        name: "app1",
+        programs: [("app1-filter", "Streetlight"), ("app1-project", "")],
+        builtins: ["grep:Streetlight", "project:OBJECTID,Sign_Type"],
+    },
+    App {
+        name: "app2",
+        programs: [("app2-filter", "'Punched Telespar'"), ("app2-count", "")],
+        builtins: ["column:Sign_Post=Punched Telespar", "count:Category"],
+    },
+];
+
+/// One job's figures.
+struct Row {
+    app: &'static str,
+    lines: u64,
+    tasks: u32,
+    killed: bool,
+    secs: f64,
+    outputs: u64,
+    restarts: u32,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    node_cpu: f64,
+    program_cpu: f64,
+    rss_mib: f64,
+    exact: Result<(), String>,
+}
+
+pub fn run(plan: Plan) -> Result<()> {
+    let bin = programs_dir()?;
+    let root = std::env::temp_dir().join(format!("rainstorm-bench-rs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root)?;
+    println!(
+        "# RainStorm on a {NODES}-process loopback cluster: sizes {:?} lines, tasks per stage {:?}, batch {} lines",
+        plan.sizes, plan.tasks, plan.batch_lines
+    );
+    println!("(work files in {}; removed at the end)", root.display());
+    let args = ClusterArgs {
+        period_ms: 500,
+        batch_lines: Some(plan.batch_lines),
+        output_trace: true,
+        ..ClusterArgs::local(NODES, BASE_PORT, root.join("cluster"))
+    };
+    let mut cluster = LocalCluster::start(args, this_tool()?)?;
+    let pools = Pools::traffic_signs();
+    let mut rows = Vec::new();
+    let mut ceilings = Vec::new();
+    for &size in &plan.sizes {
+        let local = root.join(format!("signs-{size}.csv"));
+        let mut bytes = Vec::new();
+        generate(&pools, size, 1, &mut bytes).context("generating the input")?;
+        std::fs::write(&local, &bytes)?;
+        let src = format!("bench/signs-{size}.csv");
+        cluster.ctl(LEADER, &format!("create {} {src}", local.display()))?;
+        for app in &APPS {
+            let spec = |s: &str| OperatorSpec::parse(s).map_err(|e| anyhow!("{s}: {e}"));
+            let (op1, op2) = (spec(app.builtins[0])?, spec(app.builtins[1])?);
+            let t = Instant::now();
+            let out = reference::run(&src, &bytes, &op1, &op2).map_err(|e| anyhow!("reference: {e}"))?;
+            let ceiling = t.elapsed().as_secs_f64();
+            let expected = count_lines(out.iter().map(|t| dest_line(t).trim_end_matches('\n').to_owned()));
+            ceilings.push((app.name, size, ceiling, out.len()));
+            for &tasks in &plan.tasks {
+                let kills: &[bool] = if plan.kill_tasks.contains(&tasks) { &[false, true] } else { &[false] };
+                for &kill in kills {
+                    let row = run_job(&mut cluster, &root, &bin, app, &src, size, tasks, kill, &expected)?;
+                    print_row(&row, ceiling);
+                    rows.push(row);
+                }
+            }
+        }
+    }
+    cluster.stop();
+    println!();
+    print_table(&rows, &ceilings);
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_job(
+    cluster: &mut LocalCluster,
+    root: &Path,
+    bin: &Path,
+    app: &App,
+    src: &str,
+    lines: u64,
+    tasks: u32,
+    kill: bool,
+    expected: &BTreeMap<String, usize>,
+) -> Result<Row> {
+    let dest = format!("bench/{}-{lines}-{tasks}{}.out", app.name, if kill { "-k" } else { "" });
+    let op = |(p, a): (&str, &str)| {
+        let word = format!("{} {a}", bin.join(p).display());
+        shlex::try_quote(word.trim_end()).map(|q| q.into_owned()).unwrap_or(word)
+    };
+    let line = format!("RainStorm {} {} {src} {dest} {tasks}", op(app.programs[0]), op(app.programs[1]));
+    let cpu_before = cpu_ticks(cluster);
+    let socket = control::socket_path(&cluster.data_dir(LEADER));
+    let state = std::sync::Arc::new(std::sync::Mutex::new((None::<String>, None::<Instant>, 0u64)));
+    let job = {
+        let state = std::sync::Arc::clone(&state);
+        std::thread::spawn(move || -> std::io::Result<rainstorm_runtime::driver::CommandReply> {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(control::request_streaming(
+                &socket,
+                &line,
+                |_, _| {},
+                |s| {
+                    let Ok(mut st) = state.lock() else { return };
+                    match s {
+                        Streamed::Output(_) => st.2 += 1,
+                        Streamed::Note(text) if st.0.is_none() => {
+                            let id = text.strip_prefix("job ").and_then(|r| r.split_once(' '));
+                            if let Some((id, rest)) = id.filter(|(_, r)| r.starts_with("started")) {
+                                let _ = rest;
+                                st.0 = Some(id.to_owned());
+                                st.1 = Some(Instant::now());
+                            }
+                        }
+                        Streamed::Note(_) | Streamed::Progress(_) => {}
+                    }
+                },
+            ))
+        })
+    };
+    let mut killed = Vec::new();
+    while !job.is_finished() {
+        std::thread::sleep(Duration::from_millis(20));
+        if !kill || !killed.is_empty() {
+            continue;
+        }
+        let (id, started) = state.lock().map(|s| (s.0.clone(), s.1)).unwrap_or((None, None));
+        if let (Some(id), Some(started)) = (id, started) {
+            if started.elapsed() >= KILL_AFTER {
+                let placement = cluster.ctl(LEADER, &format!("job {id}")).unwrap_or_default();
+                let v = victims(&placement, cluster.args.base_port);
+                if v.len() == 2 && !job.is_finished() {
+                    for (i, _) in &v {
+                        cluster.kill(*i)?;
+                    }
+                    killed = v.into_iter().map(|(i, _)| i).collect();
+                }
+            }
+        }
+    }
+    let reply = match job.join() {
+        Ok(Ok(r)) if r.ok => r.output,
+        Ok(Ok(r)) => bail!("{} on {lines} lines with {tasks} tasks failed: {}", app.name, r.output.trim()),
+        Ok(Err(e)) => bail!("the leader's control socket failed: {e}"),
+        Err(_) => bail!("the job thread panicked"),
+    };
+    // The programs exit once their tasks are stopped; their CPU time is counted when reaped.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let cpu_after = cpu_ticks(cluster);
+    let rss_mib = cluster
+        .nodes
+        .iter()
+        .filter_map(|n| proc_kib(n.child.id(), "VmHWM:"))
+        .max()
+        .map_or(0.0, |k| k as f64 / 1024.0);
+    let (id, outputs, secs, restarts) = parse_completed(&reply)
+        .ok_or_else(|| anyhow!("unexpected answer from the leader: {}", reply.trim()))?;
+    let exact = check_dest(cluster, root, &dest, expected);
+    let latencies = latencies(cluster, &id);
+    let pct = |p: f64| -> Option<f64> {
+        (!latencies.is_empty()).then(|| latencies[((latencies.len() - 1) as f64 * p).round() as usize])
+    };
+    let (node_cpu, program_cpu) = (
+        (cpu_after.0.saturating_sub(cpu_before.0)) as f64 / TICKS_PER_SEC,
+        (cpu_after.1.saturating_sub(cpu_before.1)) as f64 / TICKS_PER_SEC,
+    );
+    if !killed.is_empty() {
+        restart(cluster, &killed)?;
+        // Let the restarted nodes take their copies back before the next job.
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    Ok(Row {
+        app: app.name,
+        lines,
+        tasks,
+        killed: !killed.is_empty(),
+        secs,
+        outputs,
+        restarts,
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+        node_cpu,
+        program_cpu,
+        rss_mib,
+        exact,
+    })
+}
+
+/// `job <id> completed: <n> outputs in <s> s, <r> task restarts; ...` → (id, n, s, r).
+fn parse_completed(reply: &str) -> Option<(String, u64, f64, u32)> {
+    let words: Vec<&str> = reply.split_whitespace().collect();
+    match words[..] {
+        ["job", id, "completed:", n, "outputs", "in", s, "s,", r, "task", ..] => {
+            Some((id.to_owned(), n.parse().ok()?, s.parse().ok()?, r.parse().ok()?))
+        }
+        _ => None,
+    }
+}
+
+/// The destination file against the expected multiset of lines.
+fn check_dest(
+    cluster: &LocalCluster,
+    root: &Path,
+    dest: &str,
+    expected: &BTreeMap<String, usize>,
+) -> Result<(), String> {
+    let local = root.join("dest.out");
+    let _ = std::fs::remove_file(&local);
+    cluster.ctl(LEADER, &format!("get {dest} {}", local.display())).map_err(|e| format!("{e:#}"))?;
+    let text = std::fs::read_to_string(&local).map_err(|e| e.to_string())?;
+    let diff = Diff::of(expected, &count_lines(text.lines().map(str::to_owned)));
+    let _ = std::fs::remove_file(&local);
+    if diff.is_empty() {
+        Ok(())
+    } else {
+        Err(diff.to_string())
+    }
+}
+
+/// Every output's latency in ms: from its input line's first send by a source (the
+/// `source_sent` events in the nodes' logs) to the leader's append (the leader's trace).
+fn latencies(cluster: &LocalCluster, job: &str) -> Vec<f64> {
+    // (first line, last line) -> earliest send, in µs since the epoch.
+    let mut sent: BTreeMap<u64, (u64, u128)> = BTreeMap::new();
+    for i in 0..cluster.args.nodes {
+        let dir = cluster.data_dir(i);
+        for log in ["member.log", "introducer.log"] {
+            let Ok(text) = std::fs::read_to_string(dir.join(log)) else { continue };
+            for l in text.lines().filter(|l| l.contains("event=\"source_sent\"")) {
+                let field = |k: &str| {
+                    l.split_whitespace()
+                        .find_map(|w| w.strip_prefix(k))
+                        .map(|v| v.trim_matches('"').to_owned())
+                };
+                if field("job=").as_deref() != Some(job) {
+                    continue;
+                }
+                let (Some(first), Some(last), Some(us)) = (
+                    field("first=").and_then(|v| v.parse::<u64>().ok()),
+                    field("last=").and_then(|v| v.parse::<u64>().ok()),
+                    field("unix_us=").and_then(|v| v.parse::<u128>().ok()),
+                ) else {
+                    continue;
+                };
+                let e = sent.entry(first).or_insert((last, us));
+                e.1 = e.1.min(us);
+            }
+        }
+    }
+    let trace = std::fs::read_to_string(cluster.data_dir(LEADER).join("outputs.trace")).unwrap_or_default();
+    let mut out: Vec<f64> = trace
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            if w.next()? != job {
+                return None;
+            }
+            let us: u128 = w.next()?.parse().ok()?;
+            let line: u64 = w.next()?.parse().ok()?;
+            let (_, (last, at)) = sent.range(..=line).next_back()?;
+            (line <= *last).then(|| us.saturating_sub(*at) as f64 / 1000.0)
+        })
+        .collect();
+    out.sort_by(f64::total_cmp);
+    out
+}
+
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// CPU clock ticks of the node processes themselves and of their exited children (the operator
+/// programs), summed over every running node.
+fn cpu_ticks(cluster: &LocalCluster) -> (u64, u64) {
+    let mut own = 0;
+    let mut children = 0;
+    for n in &cluster.nodes {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", n.child.id())) else { continue };
+        // Fields after the parenthesised command: state is field 3; utime 14, stime 15, cutime 16, cstime 17.
+        let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else { continue };
+        let f: Vec<u64> = rest.split_whitespace().map(|w| w.parse().unwrap_or(0)).collect();
+        if f.len() > 14 {
+            own += f[11] + f[12];
+            children += f[13] + f[14];
+        }
+    }
+    (own, children)
+}
+
+fn print_row(r: &Row, ceiling: f64) {
+    let rate = r.lines as f64 / r.secs;
+    eprintln!(
+        "{} {} lines, {} tasks{}: {:.2} s, {:.0} lines/s ({:.3}x of the ceiling's {:.0}), p99 {} ms, {}",
+        r.app,
+        r.lines,
+        r.tasks,
+        if r.killed { ", 2 killed" } else { "" },
+        r.secs,
+        rate,
+        rate / (r.lines as f64 / ceiling),
+        r.lines as f64 / ceiling,
+        r.p99_ms.map_or("-".into(), |v| format!("{v:.0}")),
+        if r.exact.is_ok() { "exact" } else { "NOT exact" }
+    );
+}
+
+fn print_table(rows: &[Row], ceilings: &[(&str, u64, f64, usize)]) {
+    println!("## Ceiling: the same operators in one process (no distribution, no journal, no logging)");
+    println!("| app | lines | outputs | s | lines/s |");
+    println!("|---|---:|---:|---:|---:|");
+    for (app, lines, s, outs) in ceilings {
+        println!("| {app} | {lines} | {outs} | {s:.3} | {:.0} |", *lines as f64 / s);
+    }
+    println!();
+    println!("## Jobs on the cluster (operator programs, exactly-once on)");
+    println!(
+        "| app | lines | tasks | kills | job s | lines/s | outputs/s | vs ceiling | p50 ms | p99 ms | node CPU s | program CPU s | idle | max node RSS MiB | restarts | exact |"
+    );
+    println!("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for r in rows {
+        let ceiling = ceilings
+            .iter()
+            .find(|(a, l, _, _)| *a == r.app && *l == r.lines)
+            .map_or(f64::NAN, |(_, l, s, _)| *l as f64 / s);
+        let rate = r.lines as f64 / r.secs;
+        // Wall time not covered by CPU on the 2 cores: waiting (round trips, fsyncs, windows).
+        let busy = (r.node_cpu + r.program_cpu) / (r.secs * cores());
+        println!(
+            "| {} | {} | {} | {} | {:.2} | {:.0} | {:.0} | {:.4}x | {} | {} | {:.1} | {:.1} | {:.0}% | {:.1} | {} | {} |",
+            r.app,
+            r.lines,
+            r.tasks,
+            if r.killed { "2" } else { "0" },
+            r.secs,
+            rate,
+            r.outputs as f64 / r.secs,
+            rate / ceiling,
+            r.p50_ms.map_or("-".into(), |v| format!("{v:.0}")),
+            r.p99_ms.map_or("-".into(), |v| format!("{v:.0}")),
+            r.node_cpu,
+            r.program_cpu,
+            (1.0 - busy).max(0.0) * 100.0,
+            r.rss_mib,
+            r.restarts,
+            match &r.exact {
+                Ok(()) => "yes".to_owned(),
+                Err(e) => format!("NO: {e}"),
+            }
+        );
+    }
+}
+
+fn cores() -> f64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_leaders_completion_line_is_parsed() {
+        let reply = "job 2-1a2b3c completed: 1507 outputs in 6.69 s, 2 task restarts; every output is in x exactly once\n";
+        assert_eq!(parse_completed(reply), Some(("2-1a2b3c".to_owned(), 1507, 6.69, 2)));
+        assert_eq!(parse_completed("job 2-1a2b3c failed: boom"), None);
+    }
+}
