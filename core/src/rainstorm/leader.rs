@@ -301,6 +301,7 @@ impl Leader {
         slot.placement_known = slot.placement_known.max(placement);
         slot.ended_known = ended_known;
         let mut failed = None;
+        let mut newly_finished = false;
         match phase {
             TaskPhase::Recovering => {}
             TaskPhase::Ready => {
@@ -322,6 +323,7 @@ impl Leader {
                 if slot.state != SlotState::Finished {
                     slot.state = SlotState::Finished;
                     slot.last = last.into_iter().collect();
+                    newly_finished = true;
                     out.event(RainstormEvent::TaskCompleted { job, task });
                 }
             }
@@ -354,6 +356,19 @@ impl Leader {
             slot.leased_until = slot.leased_until.max(now + cfg.lease);
         }
         out.send(from, reply);
+        if newly_finished {
+            // The tasks it fed learn now, not at their next status report, that it has ended
+            // (a push: it grants no lease).
+            let running: Vec<(TaskId, crate::id::NodeAddr)> = j
+                .slots
+                .iter()
+                .filter(|(d, s)| d.stage == task.stage + 1 && s.state == SlotState::Running)
+                .map(|(d, s)| (*d, s.host.addr))
+                .collect();
+            for (d, addr) in running {
+                out.send(addr, j.control(d));
+            }
+        }
         j.fence(now, out);
         self.check_done(job, out);
     }
