@@ -196,13 +196,6 @@ impl Hydfs {
             self.ring = ring;
             self.on_ring_changed(now);
         }
-        // What this node's client awaits from a member that failed or restarted will never come:
-        // the operation moves on to its next replica now, not after the request timeout (for a
-        // write, the coordinator's whole timeout). Retrying a write is safe: replicas dedupe it by
-        // its stamp.
-        for addr in gone {
-            self.client_send_failed(now, addr);
-        }
     }
 
     /// The files this node stores, with their ring ids and digests (`store`).
