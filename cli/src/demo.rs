@@ -108,10 +108,7 @@ impl App {
 
     /// The `RainStorm` command line, with each program as a quoted local path and its arguments.
     fn command(&self, bin: &Path, src: &str, tasks: u32) -> String {
-        let op = |(program, args): &(String, String)| {
-            let word = format!("{} {args}", bin.join(program).display());
-            shlex::try_quote(word.trim_end()).map(|q| q.into_owned()).unwrap_or(word)
-        };
+        let op = |(program, args): &(String, String)| program_word(bin, program, args);
         format!("RainStorm {} {} {src} {} {tasks}", op(&self.programs[0]), op(&self.programs[1]), self.dest)
     }
 
@@ -214,18 +211,10 @@ fn run_job(
     let started = Instant::now();
     let job = {
         let stream = Arc::clone(&stream);
-        std::thread::spawn(move || -> std::io::Result<rainstorm_runtime::driver::CommandReply> {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(control::request_streaming(
-                &socket,
-                &line,
-                |_, _| {},
-                |s| {
-                    if let Ok(mut st) = stream.lock() {
-                        st.on(s);
-                    }
-                },
-            ))
+        spawn_command(socket, line, move |s| {
+            if let Ok(mut st) = stream.lock() {
+                st.on(s);
+            }
         })
     };
     let mut killed = Vec::new();
@@ -298,6 +287,31 @@ fn run_job(
     Ok(Outcome { reply, streamed, killed, killed_mid_job, secs })
 }
 
+/// A local program and its arguments as one quoted operator word of the `RainStorm` command.
+pub fn program_word(bin: &Path, program: &str, args: &str) -> String {
+    let word = format!("{} {args}", bin.join(program).display());
+    shlex::try_quote(word.trim_end()).map(|q| q.into_owned()).unwrap_or(word)
+}
+
+/// The job id of a `job <id> started; ...` note.
+pub fn started_job(note: &str) -> Option<&str> {
+    let (id, rest) = note.strip_prefix("job ")?.split_once(' ')?;
+    rest.starts_with("started").then_some(id)
+}
+
+/// Sends one command to a node's control socket on a thread of its own, handing every
+/// streamed line to `on_line`; the thread ends with the command.
+pub fn spawn_command(
+    socket: PathBuf,
+    line: String,
+    on_line: impl FnMut(Streamed) + Send + 'static,
+) -> std::thread::JoinHandle<std::io::Result<rainstorm_runtime::driver::CommandReply>> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(control::request_streaming(&socket, &line, |_, _| {}, on_line))
+    })
+}
+
 /// Writes `job <id>` as every live node sees it (the leader's account and each worker's tasks).
 fn dump_job(cluster: &LocalCluster, id: &str, path: &Path) {
     let mut text = String::new();
@@ -355,11 +369,7 @@ impl StreamState {
             Streamed::Progress(p) => self.lines_read = Some(p.lines()),
             Streamed::Note(text) => {
                 if self.job.is_none() {
-                    self.job = text
-                        .strip_prefix("job ")
-                        .and_then(|rest| rest.split_once(' '))
-                        .filter(|(_, rest)| rest.starts_with("started"))
-                        .map(|(id, _)| id.to_owned());
+                    self.job = started_job(&text).map(str::to_owned);
                     if self.job.is_some() {
                         self.started = Some(Instant::now());
                     }
@@ -579,6 +589,13 @@ mod tests {
                    | job 1-abc: leader lines on 127.0.0.1:7009\n";
         let v = victims(job, 7000);
         assert_eq!(v, vec![(4, vec!["s1-t1".to_owned()]), (7, vec!["s2-t0".to_owned()])]);
+    }
+
+    #[test]
+    fn a_started_note_names_its_job_and_other_notes_none() {
+        assert_eq!(started_job("job 3-abc123 started; results follow and go to x"), Some("3-abc123"));
+        assert_eq!(started_job("job 3-abc123: s1-t0 restarted on 127.0.0.1:7002"), None);
+        assert_eq!(started_job("uploaded a to HyDFS as ops/a-0123"), None);
     }
 
     #[test]

@@ -22,7 +22,9 @@ use super::hydfs_cluster::proc_kib;
 use anyhow::{anyhow, bail, Context, Result};
 use rainstorm_apps::gen_signs::{generate, Pools};
 use rainstorm_cli::cluster::{this_tool, ClusterArgs, LocalCluster};
-use rainstorm_cli::demo::{count_lines, programs_dir, victims, Diff};
+use rainstorm_cli::demo::{
+    count_lines, program_word, programs_dir, spawn_command, started_job, victims, Diff,
+};
 use rainstorm_core::rainstorm::{dest_line, reference, OperatorSpec};
 use rainstorm_runtime::control;
 use rainstorm_runtime::jobs::Streamed;
@@ -178,38 +180,25 @@ fn run_job(
 ) -> Result<Row> {
     let kill = kill_after.is_some();
     let dest = format!("bench/{}-{lines}-{tasks}{}.out", app.name, if kill { "-k" } else { "" });
-    let op = |(p, a): (&str, &str)| {
-        let word = format!("{} {a}", bin.join(p).display());
-        shlex::try_quote(word.trim_end()).map(|q| q.into_owned()).unwrap_or(word)
-    };
+    let op = |(p, a): (&str, &str)| program_word(bin, p, a);
     let line = format!("RainStorm {} {} {src} {dest} {tasks}", op(app.programs[0]), op(app.programs[1]));
     let cpu_before = cpu_ticks(cluster);
     let socket = control::socket_path(&cluster.data_dir(LEADER));
     let state = std::sync::Arc::new(std::sync::Mutex::new((None::<String>, None::<Instant>, 0u64)));
     let job = {
         let state = std::sync::Arc::clone(&state);
-        std::thread::spawn(move || -> std::io::Result<rainstorm_runtime::driver::CommandReply> {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(control::request_streaming(
-                &socket,
-                &line,
-                |_, _| {},
-                |s| {
-                    let Ok(mut st) = state.lock() else { return };
-                    match s {
-                        Streamed::Output(_) => st.2 += 1,
-                        Streamed::Note(text) if st.0.is_none() => {
-                            let id = text.strip_prefix("job ").and_then(|r| r.split_once(' '));
-                            if let Some((id, rest)) = id.filter(|(_, r)| r.starts_with("started")) {
-                                let _ = rest;
-                                st.0 = Some(id.to_owned());
-                                st.1 = Some(Instant::now());
-                            }
-                        }
-                        Streamed::Note(_) | Streamed::Progress(_) => {}
+        spawn_command(socket, line, move |s| {
+            let Ok(mut st) = state.lock() else { return };
+            match s {
+                Streamed::Output(_) => st.2 += 1,
+                Streamed::Note(text) if st.0.is_none() => {
+                    if let Some(id) = started_job(&text) {
+                        st.0 = Some(id.to_owned());
+                        st.1 = Some(Instant::now());
                     }
-                },
-            ))
+                }
+                Streamed::Note(_) | Streamed::Progress(_) => {}
+            }
         })
     };
     let mut killed = Vec::new();
