@@ -299,6 +299,20 @@ mod tests {
     }
 
     #[test]
+    fn the_batch_size_is_read_and_checked() {
+        let resolve = |text: &str| parse(text).unwrap().resolve(Role::Introducer);
+        let cfg = resolve("bind = \"127.0.0.1:7001\"\n[rainstorm]\nbatch_lines = 1024\n").unwrap();
+        assert_eq!(cfg.rainstorm.batch_lines, 1024);
+        let cfg = resolve("bind = \"127.0.0.1:7001\"\n").unwrap();
+        assert_eq!(cfg.rainstorm.batch_lines, RainstormConfig::default().batch_lines);
+        for bad in ["0", "16385"] {
+            let e = resolve(&format!("bind = \"127.0.0.1:7001\"\n[rainstorm]\nbatch_lines = {bad}\n"))
+                .unwrap_err();
+            assert!(e.to_string().contains("rainstorm.batch_lines"), "{e}");
+        }
+    }
+
+    #[test]
     fn hydfs_settings_are_read_and_checked() {
         let text = "bind = \"127.0.0.1:7001\"\n[hydfs]\ncache_mb = 0\nrepair_mb_per_sec = 5\n";
         let cfg = parse(text).unwrap().resolve(Role::Introducer).unwrap();

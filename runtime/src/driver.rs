@@ -503,6 +503,18 @@ impl NodeTask {
                 }
                 NodeEvent::Rainstorm(e) => {
                     self.book.on_event(&e);
+                    if matches!(
+                        e,
+                        RainstormEvent::JobCompleted { .. }
+                            | RainstormEvent::JobFailed { .. }
+                            | RainstormEvent::JobLost { .. }
+                    ) {
+                        // A job's whole trace is on disk before its command hears it ended.
+                        if let Some(trace) = &mut self.output_trace {
+                            use std::io::Write as _;
+                            let _ = trace.flush();
+                        }
+                    }
                     if let Some(job) = led_job(&e) {
                         if let Some(w) = self.watchers.get(&job) {
                             let ended = matches!(

@@ -76,7 +76,7 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     sizes: Option<Vec<u64>>,
     /// `rainstorm-cluster` only: input lines per source batch [default: the nodes' default, 64].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=16_384))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=rainstorm_runtime::config::MAX_BATCH_LINES as i64))]
     batch_lines: Option<u32>,
 }
 
