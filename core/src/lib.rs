@@ -16,6 +16,7 @@
 //! * [`time`], [`id`]: the plain values every layer shares;
 //! * [`timer`]: an ordered timer queue with stale-timer tokens;
 //! * [`wire`]: the versioned, size-bounded, checksummed (optionally HMAC-authenticated) envelope;
+//! * [`replay`]: per-sender windows of accepted frame numbers (refuses replayed frames);
 //! * [`membership`]: SWIM failure detection with optional suspicion;
 //! * [`hydfs`]: the replicated file system (ring, replicas, merges, re-replication, client);
 //! * [`node`]: the [`Node`] that composes the layers behind one input/output surface;
@@ -27,6 +28,7 @@ pub mod id;
 pub mod membership;
 pub mod node;
 pub mod rainstorm;
+pub mod replay;
 pub mod time;
 pub mod timer;
 pub mod wire;

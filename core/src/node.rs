@@ -7,6 +7,9 @@
 //! Invariants kept here:
 //! * every received frame is decoded under the size limit of its channel; a bad frame is counted
 //!   by cause and dropped, never panics and never reaches a layer;
+//! * under a cluster key, a frame whose sequence number its sender already used on that channel
+//!   (a duplicate or a replay) or that is older than the replay window is counted and dropped;
+//! * every frame sent carries the next number of its channel's counter (1, 2, ...);
 //! * every datagram it emits is at most `max_datagram_bytes` long;
 //! * outputs are queued until drained: after each `handle_*` call the driver drains
 //!   [`Node::poll_transmit`] and [`Node::poll_event`], then re-arms from [`Node::poll_timeout`].
@@ -23,6 +26,7 @@ use crate::membership::{
 use crate::rainstorm::{
     JobError, JobId, JobSpec, ProgramCall, ProgramResult, Rainstorm, RainstormConfig, RainstormEvent,
 };
+use crate::replay::{FrameSeq, ReplayGuard, Verdict, DEFAULT_MAX_SENDERS};
 use crate::time::Time;
 use crate::wire::{Body, Codec, Envelope, WireError, MAX_STREAM_FRAME_BYTES};
 use std::collections::{BTreeMap, VecDeque};
@@ -106,6 +110,17 @@ pub enum CommandError {
     NeedsDriver(String),
 }
 
+/// Why the cluster keys could not be replaced at run time.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyChangeError {
+    #[error(
+        "this node runs {}; turning authentication {} takes a restart with the new configuration",
+        if *keyed { "with a cluster key" } else { "without a cluster key" },
+        if *keyed { "off" } else { "on" }
+    )]
+    NeedsRestart { keyed: bool },
+}
+
 pub struct Node {
     membership: Membership,
     hydfs: Hydfs,
@@ -113,6 +128,11 @@ pub struct Node {
     /// HyDFS operations RainStorm started, by operation id: their answers go back to it.
     rainstorm_ops: BTreeMap<OpId, u64>,
     codec: Codec,
+    /// Present under a cluster key: without one, sequence numbers could be forged anyway.
+    replay: Option<ReplayGuard>,
+    /// The numbers of the last frame sent, per channel.
+    sent_datagrams: FrameSeq,
+    sent_stream_frames: FrameSeq,
     max_datagram_bytes: usize,
     events: VecDeque<NodeEvent>,
     stats: NodeStats,
@@ -149,6 +169,9 @@ impl Node {
             hydfs,
             rainstorm: Rainstorm::new(cfg.rainstorm),
             rainstorm_ops: BTreeMap::new(),
+            replay: cfg.codec.is_authenticated().then(|| ReplayGuard::new(DEFAULT_MAX_SENDERS)),
+            sent_datagrams: FrameSeq(0),
+            sent_stream_frames: FrameSeq(0),
             codec: cfg.codec,
             max_datagram_bytes,
             events: VecDeque::new(),
@@ -200,11 +223,33 @@ impl Node {
         &self.stats
     }
 
+    /// Replaces the cluster keys of a node that runs under one (a key rollover without a
+    /// restart). Switching authentication on or off needs a restart: the frame overhead, which
+    /// membership sizes its datagrams by, would change.
+    pub fn set_codec(&mut self, codec: Codec) -> Result<(), KeyChangeError> {
+        if codec.is_authenticated() != self.codec.is_authenticated() {
+            return Err(KeyChangeError::NeedsRestart { keyed: self.codec.is_authenticated() });
+        }
+        self.codec = codec;
+        Ok(())
+    }
+
     /// A frame arrived on `channel`.
     pub fn handle_frame(&mut self, now: Time, channel: Channel, frame: &[u8]) {
         let limit = self.limit(channel);
         match self.codec.decode(frame, limit) {
             Ok(envelope) => {
+                if let Some(guard) = &mut self.replay {
+                    let cause = match guard.check(now, envelope.from, channel, envelope.seq) {
+                        Verdict::Fresh => None,
+                        Verdict::Replayed => Some("replayed"),
+                        Verdict::Stale => Some("stale"),
+                    };
+                    if let Some(cause) = cause {
+                        *self.stats.frames_rejected.entry(cause).or_default() += 1;
+                        return;
+                    }
+                }
                 self.stats.frames_received += 1;
                 self.stats.bytes_received += frame.len() as u64;
                 match envelope.body {
@@ -295,7 +340,12 @@ impl Node {
                     }
                 },
             };
-            let envelope = Envelope { from: self.membership.me(), body };
+            let seq = match channel {
+                Channel::Datagram => &mut self.sent_datagrams,
+                Channel::Stream => &mut self.sent_stream_frames,
+            };
+            seq.0 += 1;
+            let envelope = Envelope { from: self.membership.me(), seq: *seq, body };
             match self.codec.encode(&envelope, self.limit(channel)) {
                 Ok(payload) => {
                     self.stats.frames_sent += 1;
@@ -478,3 +528,6 @@ fn phase_word(p: Phase) -> &'static str {
         Phase::Leaving { .. } => "(left)",
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -3,7 +3,7 @@
 //! ```text
 //! offset  size  field
 //! 0       2     magic "RS"
-//! 2       1     format version (currently 1)
+//! 2       1     format version (currently 2)
 //! 3       1     flags: bit 0 set = trailer is an HMAC-SHA256 tag, clear = CRC32C
 //! 4       4     payload length, little endian
 //! 8       len   payload: the bincode-encoded [`Envelope`] (fixed-width integers, little endian)
@@ -15,12 +15,15 @@
 //!   allocates more than the frame limit it was given;
 //! * a frame never exceeds the limit its channel sets ([`MAX_DATAGRAM_BYTES`] for UDP);
 //! * with a cluster key, a frame without a valid tag under one of the accepted keys is rejected;
-//!   without one, a tagged frame is rejected (a node never silently ignores authentication).
+//!   without one, a tagged frame is rejected (a node never silently ignores authentication);
+//! * every envelope carries its sender's per-channel [`FrameSeq`], inside the authenticated
+//!   bytes, so a receiver can refuse replays ([`crate::replay`]).
 
 use crate::hydfs::HydfsMsg;
 use crate::id::MemberId;
 use crate::membership::MembershipMsg;
 use crate::rainstorm::RainstormMsg;
+use crate::replay::FrameSeq;
 use bincode::Options;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -31,7 +34,9 @@ pub const MAX_DATAGRAM_BYTES: usize = 1400;
 /// The default limit for one stream frame (TCP request/response).
 pub const MAX_STREAM_FRAME_BYTES: usize = 16 * 1024 * 1024;
 /// The current envelope format version.
-pub const WIRE_VERSION: u8 = 1;
+///
+/// Version 2 added the frame sequence number (replay protection) and RainStorm's task counts.
+pub const WIRE_VERSION: u8 = 2;
 
 const MAGIC: [u8; 2] = *b"RS";
 const HEADER_BYTES: usize = 8;
@@ -43,6 +48,8 @@ const FLAG_AUTHENTICATED: u8 = 0b0000_0001;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
     pub from: MemberId,
+    /// The sender's count of frames sent on this frame's channel.
+    pub seq: FrameSeq,
     pub body: Body,
 }
 
@@ -262,6 +269,7 @@ mod tests {
     fn sample() -> Envelope {
         Envelope {
             from: MemberId::new("127.0.0.1:7000".parse().unwrap(), 42),
+            seq: FrameSeq(1),
             body: Body::Membership(MembershipMsg::Ack { seq: ProbeSeq(7), updates: vec![] }),
         }
     }
@@ -325,7 +333,7 @@ mod tests {
 
         #[test]
         fn valid_header_with_arbitrary_payload_never_panics(payload in proptest::collection::vec(any::<u8>(), 0..1300)) {
-            let mut frame = b"RS\x01\x00".to_vec();
+            let mut frame = b"RS\x02\x00".to_vec();
             frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
             frame.extend_from_slice(&payload);
             let crc = crc32c::crc32c(&frame);

@@ -7,6 +7,7 @@
 use rainstorm_core::membership::{
     JoinAccept, JoinKind, JoinRefusal, MembershipMsg, ModeStamp, ProbeSeq, Update,
 };
+use rainstorm_core::replay::FrameSeq;
 use rainstorm_core::wire::{Body, ClusterKey, Codec, Envelope, MAX_DATAGRAM_BYTES, MAX_STREAM_FRAME_BYTES};
 use rainstorm_core::{Incarnation, MemberId};
 use std::path::PathBuf;
@@ -87,7 +88,7 @@ fn write_envelope_seed_corpus() {
     let from = MemberId::new("127.0.0.1:7000".parse().expect("addr"), 42);
     let keyed = Codec::keyed(ClusterKey::from_passphrase("fuzz"), vec![]);
     for (i, msg) in sample_messages().into_iter().enumerate() {
-        let envelope = Envelope { from, body: Body::Membership(msg) };
+        let envelope = Envelope { from, seq: FrameSeq(i as u64 + 1), body: Body::Membership(msg) };
         let frame = Codec::plain().encode(&envelope, MAX_STREAM_FRAME_BYTES).expect("encodes");
         std::fs::write(dir.join(format!("seed-plain-{i:02}")), &frame).expect("write");
         let frame = keyed.encode(&envelope, MAX_STREAM_FRAME_BYTES).expect("encodes");
