@@ -154,6 +154,12 @@ impl Node {
         storage: Box<dyn Storage + Send>,
     ) -> Result<Node, StorageError> {
         let max_datagram_bytes = cfg.membership.max_datagram_bytes;
+        let mut replay = cfg.codec.is_authenticated().then(|| ReplayGuard::new(DEFAULT_MAX_SENDERS));
+        if cfg.membership.plants(crate::membership::PlantedBug::ReplayWindowOfOne) {
+            if let Some(guard) = &mut replay {
+                guard.plant_window_of_one();
+            }
+        }
         let membership = Membership::new(
             cfg.membership,
             cfg.role,
@@ -169,7 +175,7 @@ impl Node {
             hydfs,
             rainstorm: Rainstorm::new(cfg.rainstorm),
             rainstorm_ops: BTreeMap::new(),
-            replay: cfg.codec.is_authenticated().then(|| ReplayGuard::new(DEFAULT_MAX_SENDERS)),
+            replay,
             sent_datagrams: FrameSeq(0),
             sent_stream_frames: FrameSeq(0),
             codec: cfg.codec,

@@ -95,11 +95,18 @@ impl Window {
 pub struct ReplayGuard {
     windows: BTreeMap<(MemberId, Channel), Window>,
     max_senders: usize,
+    /// A planted bug: refuse any frame numbered below the highest accepted one.
+    refuse_reordered: bool,
 }
 
 impl ReplayGuard {
     pub fn new(max_senders: usize) -> ReplayGuard {
-        ReplayGuard { windows: BTreeMap::new(), max_senders: max_senders.max(1) }
+        ReplayGuard { windows: BTreeMap::new(), max_senders: max_senders.max(1), refuse_reordered: false }
+    }
+
+    /// The planted bug the simulator's wire checker must catch (see `PlantedBug`).
+    pub(crate) fn plant_window_of_one(&mut self) {
+        self.refuse_reordered = true;
     }
 
     /// Judges frame `seq` of `from` on `channel` at `now`, and marks it accepted if fresh.
@@ -112,6 +119,9 @@ impl ReplayGuard {
             }
         }
         let window = self.windows.entry(key).or_insert_with(|| Window::new(now));
+        if self.refuse_reordered && seq.0 < window.highest {
+            return Verdict::Stale;
+        }
         let verdict = window.check_and_mark(seq.0);
         if verdict == Verdict::Fresh {
             window.last_seen = now;

@@ -10,7 +10,7 @@ use rainstorm_core::hydfs::{ClientOp, Hydfs, HydfsConfig, HydfsError, OpId};
 use rainstorm_core::membership::{MembershipConfig, Role};
 use rainstorm_core::node::{NodeConfig, NodeEvent};
 use rainstorm_core::rainstorm::{JobError, JobId, JobSpec, ProgramResult, RainstormConfig};
-use rainstorm_core::wire::Codec;
+use rainstorm_core::wire::{ClusterKey, Codec};
 use rainstorm_core::{Channel, MemberId, Node, NodeAddr, Time, Transmit};
 
 /// How the simulator starts one process.
@@ -27,6 +27,8 @@ pub struct ActorStart {
     pub hydfs: Option<HydfsConfig>,
     /// RainStorm settings, when the scenario runs a job.
     pub rainstorm: Option<RainstormConfig>,
+    /// Whether the cluster runs under a cluster key.
+    pub cluster_key: bool,
     /// The process's disk (fresh at every start: a restarted node starts with wiped storage).
     pub disk: SimDisk,
 }
@@ -53,6 +55,11 @@ pub trait Actor {
     fn queue_lengths(&self) -> Vec<(&'static str, usize)>;
     /// Frames the node produced but could not encode within their channel's limit.
     fn unsendable_frames(&self) -> u64 {
+        0
+    }
+    /// Frames the node refused for any cause but a repeated sequence number (the simulated
+    /// network duplicates datagrams; it never corrupts, forges or truncates a frame).
+    fn refused_frames(&self) -> u64 {
         0
     }
     /// Starts a HyDFS client operation (`None`: this implementation has no HyDFS).
@@ -84,7 +91,11 @@ impl Actor for Node {
             membership: s.config.clone(),
             hydfs: s.hydfs.clone().unwrap_or_default(),
             rainstorm: s.rainstorm.clone().unwrap_or_default(),
-            codec: Codec::plain(),
+            codec: if s.cluster_key {
+                Codec::keyed(ClusterKey::from_passphrase("simulated cluster key"), Vec::new())
+            } else {
+                Codec::plain()
+            },
         };
         let mut node = Node::with_storage(cfg, s.now, s.seed, Box::new(s.disk.clone()))
             .expect("a fresh simulated disk never fails");
@@ -144,6 +155,11 @@ impl Actor for Node {
 
     fn unsendable_frames(&self) -> u64 {
         self.stats().frames_unsendable
+    }
+
+    fn refused_frames(&self) -> u64 {
+        let stats = self.stats();
+        stats.rejected_total() - stats.frames_rejected.get("replayed").copied().unwrap_or(0)
     }
 
     fn submit(&mut self, now: Time, op: ClientOp) -> Option<Result<OpId, HydfsError>> {

@@ -45,6 +45,7 @@ pub enum CheckerKind {
     RainstormLoss,
     RainstormAggregate,
     RainstormLiveness,
+    Wire,
 }
 
 impl fmt::Display for CheckerKind {
@@ -55,6 +56,7 @@ impl fmt::Display for CheckerKind {
             CheckerKind::Accuracy => "accuracy",
             CheckerKind::Convergence => "convergence",
             CheckerKind::Bounded => "bounded",
+            CheckerKind::Wire => "wire",
             CheckerKind::Panic => "no-panic",
             CheckerKind::HydfsDurability => "hydfs-durability",
             CheckerKind::HydfsCreateOnce => "hydfs-create-once",
@@ -110,6 +112,8 @@ pub struct SlotSnapshot {
     pub suspicion: bool,
     pub queues: Vec<(&'static str, usize)>,
     pub unsendable_frames: u64,
+    /// Frames refused for a cause the simulated network never produces (see `Actor`).
+    pub refused_frames: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,6 +168,7 @@ pub struct Checker {
     violations: Vec<Violation>,
     reported_completeness: BTreeSet<(Slot, MemberId)>,
     reported_unsendable: BTreeSet<Slot>,
+    reported_refused: BTreeSet<Slot>,
     false_failures: BTreeSet<MemberId>,
     samples: Vec<DetectionSample>,
     max_queue: usize,
@@ -189,6 +194,7 @@ impl Checker {
             violations: Vec::new(),
             reported_completeness: BTreeSet::new(),
             reported_unsendable: BTreeSet::new(),
+            reported_refused: BTreeSet::new(),
             false_failures: BTreeSet::new(),
             samples: Vec::new(),
             max_queue: 0,
@@ -390,6 +396,13 @@ impl Checker {
                     now,
                     CheckerKind::Bounded,
                     format!("n{} built {} frames over its channel's size limit", s.slot, s.unsendable_frames),
+                );
+            }
+            if s.refused_frames > 0 && self.reported_refused.insert(s.slot) {
+                self.violate(
+                    now,
+                    CheckerKind::Wire,
+                    format!("n{} refused {} honest frames (see its stats)", s.slot, s.refused_frames),
                 );
             }
             let bound = 4 * ids_ever + 128;

@@ -31,6 +31,7 @@ fn story(name: &str, seed: u64, nodes: usize, suspicion: bool, faults: Vec<(u64,
         strict_detection_ms: Some(DOCUMENTED_ALL_LISTS_MS),
         hydfs: None,
         rainstorm: None,
+        cluster_key: false,
     };
     s.duration_ms = s.calm_from_ms + s.convergence_bound_ms();
     s

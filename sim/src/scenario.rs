@@ -102,6 +102,9 @@ pub struct Scenario {
     /// The RainStorm job, if the scenario runs one (it needs `hydfs` for its settings).
     #[serde(default)]
     pub rainstorm: Option<crate::rainstorm::harness::RainstormWorkload>,
+    /// Whether the nodes run under a cluster key (HMAC tags and replay protection).
+    #[serde(default)]
+    pub cluster_key: bool,
 }
 
 impl Scenario {
@@ -121,6 +124,9 @@ impl Scenario {
     }
 
     /// A scenario drawn from `seed`: swarm testing, each seed its own mix of faults.
+    ///
+    /// Half the seeds of every swarm run under a cluster key, drawn apart from everything else
+    /// so that the key does not change the rest of a seed's scenario.
     pub fn swarm(seed: u64) -> Scenario {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5157_4152_4d00_0001);
         let nodes = match rng.gen_range(0..10) {
@@ -224,8 +230,10 @@ impl Scenario {
             strict_detection_ms: None,
             hydfs: None,
             rainstorm: None,
+            cluster_key: false,
         };
         scenario.end_faults();
+        scenario.cluster_key = keyed(seed);
         scenario
     }
 
@@ -337,8 +345,10 @@ impl Scenario {
             strict_detection_ms: None,
             hydfs: Some(workload),
             rainstorm: None,
+            cluster_key: false,
         };
         scenario.end_faults();
+        scenario.cluster_key = keyed(seed);
         scenario
     }
 
@@ -481,8 +491,10 @@ impl Scenario {
             strict_detection_ms: None,
             hydfs: Some(files),
             rainstorm: Some(job),
+            cluster_key: false,
         };
         scenario.end_faults();
+        scenario.cluster_key = keyed(seed);
         scenario
     }
 
@@ -568,8 +580,12 @@ impl Scenario {
         let _ = writeln!(s, "scenario {} (seed {})", self.name, self.seed);
         let _ = writeln!(
             s,
-            "  nodes {}  duration {} ms  calm from {} ms  suspicion at start {}",
-            self.nodes, self.duration_ms, self.calm_from_ms, c.suspicion_at_start
+            "  nodes {}  duration {} ms  calm from {} ms  suspicion at start {}  cluster key {}",
+            self.nodes,
+            self.duration_ms,
+            self.calm_from_ms,
+            c.suspicion_at_start,
+            if self.cluster_key { "yes" } else { "no" }
         );
         let _ = writeln!(
             s,
@@ -616,6 +632,12 @@ impl Scenario {
 }
 
 /// The network of a HyDFS or RainStorm swarm seed (with a per-node stream bandwidth if asked).
+/// Whether a swarm seed runs under a cluster key: from an RNG of its own, so the draw changes
+/// nothing else in the seed's scenario.
+fn keyed(seed: u64) -> bool {
+    ChaCha8Rng::seed_from_u64(seed ^ 0x4b45_5945_4400_0004).gen_bool(0.5)
+}
+
 fn layer_net(rng: &mut ChaCha8Rng, bandwidth: bool) -> NetConfig {
     let loss_permille = [0, 0, 10, 20, 50][rng.gen_range(0..5)];
     let duplicate_permille = if rng.gen_bool(0.2) { 10 } else { 0 };

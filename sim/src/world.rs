@@ -453,6 +453,7 @@ impl<A: Actor> World<A> {
             seed: self.seed_rng.gen(),
             hydfs: self.scenario.hydfs.as_ref().map(|w| w.config.clone()),
             rainstorm: self.scenario.rainstorm.as_ref().map(|w| w.config.clone()),
+            cluster_key: self.scenario.cluster_key,
             disk: {
                 let background = self.scenario.hydfs.as_ref().is_some_and(|w| w.background_sync);
                 self.slots[slot].disk = SimDisk::new(background);
@@ -886,6 +887,7 @@ impl<A: Actor> World<A> {
                     suspicion: actor.suspicion_enabled(),
                     queues: actor.queue_lengths(),
                     unsendable_frames: actor.unsendable_frames(),
+                    refused_frames: actor.refused_frames(),
                 })
             })
             .collect()

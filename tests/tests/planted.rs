@@ -71,6 +71,12 @@ fn bounded_catches_piggybacking_past_the_datagram_limit() {
 }
 
 #[test]
+fn wire_catches_a_replay_window_that_refuses_reordered_frames() {
+    let keyed = (0..200).map(Scenario::swarm).filter(|s| s.cluster_key).take(40);
+    first_caught(PlantedBug::ReplayWindowOfOne, CheckerKind::Wire, keyed);
+}
+
+#[test]
 fn no_panic_checker_reports_a_panicking_node() {
     use rainstorm_core::command::Command;
     use rainstorm_core::node::NodeEvent;

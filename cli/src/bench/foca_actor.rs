@@ -349,6 +349,7 @@ mod tests {
             strict_detection_ms: None,
             hydfs: None,
             rainstorm: None,
+            cluster_key: false,
         }
     }
 

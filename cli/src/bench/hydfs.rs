@@ -217,6 +217,7 @@ fn scenario(name: String, seed: u64, config: HydfsConfig) -> Scenario {
             background_sync: false,
         }),
         rainstorm: None,
+        cluster_key: false,
     }
 }
 

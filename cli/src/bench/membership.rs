@@ -134,6 +134,7 @@ fn scenario(name: String, seed: u64, nodes: usize, imp: Impl, net: NetConfig, du
         strict_detection_ms: None,
         hydfs: None,
         rainstorm: None,
+        cluster_key: false,
     }
 }
 

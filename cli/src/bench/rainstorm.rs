@@ -255,6 +255,7 @@ impl JobPlan {
             strict_detection_ms: None,
             hydfs: Some(HydfsWorkload::settings_only(HydfsConfig::default(), false)),
             rainstorm: Some(self.workload()),
+            cluster_key: false,
         }
     }
 }

@@ -184,16 +184,20 @@ pub enum PlantedBug {
     AntiEntropyDisabled,
     /// Piggybacking ignores the datagram size limit (bounded).
     PiggybackIgnoresLimit,
+    /// The replay guard refuses every frame that arrives after a later-numbered one, so honest
+    /// frames reordered by the network are refused (wire).
+    ReplayWindowOfOne,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 6] = [
+    pub const ALL: [PlantedBug; 7] = [
         PlantedBug::SuspicionNeverFires,
         PlantedBug::DelNotDisseminated,
         PlantedBug::SuspicionWithoutTimeout,
         PlantedBug::RefutationKeepsIncarnation,
         PlantedBug::AntiEntropyDisabled,
         PlantedBug::PiggybackIgnoresLimit,
+        PlantedBug::ReplayWindowOfOne,
     ];
 
     pub fn name(self) -> &'static str {
@@ -204,6 +208,7 @@ impl PlantedBug {
             PlantedBug::RefutationKeepsIncarnation => "refutation-keeps-incarnation",
             PlantedBug::AntiEntropyDisabled => "anti-entropy-disabled",
             PlantedBug::PiggybackIgnoresLimit => "piggyback-ignores-limit",
+            PlantedBug::ReplayWindowOfOne => "replay-window-of-one",
         }
     }
 

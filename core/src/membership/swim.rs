@@ -1100,8 +1100,12 @@ impl Membership {
 
     /// Updates that fit beside `bare` (the message without updates) in one datagram.
     fn piggyback(&mut self, bare: &MembershipMsg) -> Vec<Update> {
-        // envelope = sender id + body variant tag (4 bytes) + message
-        let used = self.frame_overhead + payload_size(&self.me) + 4 + payload_size(bare);
+        // envelope = sender id + frame number + body variant tag (4 bytes) + message
+        let used = self.frame_overhead
+            + payload_size(&self.me)
+            + payload_size(&crate::replay::FrameSeq(0))
+            + 4
+            + payload_size(bare);
         let mut budget = self.cfg.max_datagram_bytes.saturating_sub(used);
         if self.cfg.plants(PlantedBug::PiggybackIgnoresLimit) {
             budget = usize::MAX;
