@@ -72,7 +72,8 @@ pub struct NodeArgs {
 }
 
 const CONSOLE_HELP: &str = "Console commands (stdin, or `rainstorm ctl <data-dir> <command>`):
-  membership: list_mem, list_self, join, leave, enable_sus, disable_sus, status_sus, list_suspected, stats
+  membership: list_mem, list_self, join, leave, enable_sus, disable_sus, status_sus, list_suspected, stats,
+              reload_keys
   files:      create <local> <hydfs>, get <hydfs> <local>, append <local> <hydfs>, merge <hydfs>,
               ls <hydfs>, store, getfromreplica <node> <hydfs> <local>, list_mem_ids,
               multiappend <hydfs> <node>... <local>...
@@ -88,6 +89,7 @@ impl NodeArgs {
             data_dir: self.data_dir.clone(),
             suspicion: self.suspicion.as_deref().map(|s| s == "on"),
             cluster_key: self.cluster_key.clone(),
+            accepted_keys: None,
             drop_rate: self.drop_rate,
             timings: TimingsInput {
                 protocol_period_ms: self.period_ms,
@@ -123,10 +125,14 @@ pub fn main_from(role: Role, args: impl IntoIterator<Item = std::ffi::OsString>)
         },
         None => flags,
     };
-    let cfg = match input.resolve(role) {
+    let mut cfg = match input.resolve(role) {
         Ok(cfg) => cfg,
         Err(e) => return fail(&e.to_string(), 2),
     };
+    if args.cluster_key.is_none() {
+        // Keys from the file can be re-read at run time (`reload_keys`); a flag's cannot.
+        cfg.key_file = args.config.clone();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}"), 1),
@@ -151,10 +157,14 @@ async fn run(role: Role, cfg: rainstorm_runtime::config::RuntimeConfig, console:
     let join_wait = Duration::from_millis(
         (cfg.membership.join_attempts as u64 + 1) * cfg.membership.join_retry.0 + 3_000,
     );
+    let keyed = cfg.cluster_key.is_some();
     let started = match driver::start(cfg).await {
         Ok(s) => s,
         Err(e) => return fail(&e.to_string(), 1),
     };
+    if !keyed {
+        eprintln!("WARNING: {}", driver::NO_KEY_WARNING);
+    }
     let handle = started.handle.clone();
     let mut events = started.events;
     let socket = match control::serve(handle.clone()) {

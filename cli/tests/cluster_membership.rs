@@ -155,6 +155,11 @@ fn a_member_with_the_wrong_cluster_key_is_not_admitted() {
     assert_eq!(c.members_of(0).unwrap().len(), 3, "the intruder is not listed");
     let stats = c.ctl(0, "stats").unwrap();
     assert!(stats.contains("frames_rejected.bad_tag"), "rejections are counted: {stats}");
+    // The key came from the environment: changing it takes a restart, and the node says so.
+    let err = c.ctl(1, "reload_keys").unwrap_err().to_string();
+    assert!(err.contains("restart"), "{err}");
+    let stderr = std::fs::read_to_string(c.data_dir(1).join("stderr.log")).unwrap();
+    assert!(!stderr.contains("NO CLUSTER KEY"), "a keyed node does not warn: {stderr}");
 }
 
 #[test]
@@ -185,6 +190,15 @@ fn console_commands_reject_bad_input_with_clear_errors() {
     let members = c.ctl(1, "list_mem").unwrap();
     assert_eq!(parse_member_ids(&members).len(), 2);
     assert!(c.ctl(1, "help").unwrap().contains("list_suspected"));
+    // Without a key the node says loudly what that means, on stderr and in its log.
+    let stderr = std::fs::read_to_string(c.data_dir(1).join("stderr.log")).unwrap();
+    assert!(stderr.contains("WARNING: NO CLUSTER KEY SET"), "{stderr}");
+    assert!(log_of(&c, 1).contains("NO CLUSTER KEY SET"));
+    // The control socket is the node's user's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let socket = rainstorm_runtime::control::socket_path(&c.data_dir(1));
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{}", socket.display());
 }
 
 #[test]
@@ -206,4 +220,90 @@ fn a_port_in_use_or_a_bad_config_ends_with_one_clear_line() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("ping_timeout"), "names the field: {stderr}");
+}
+
+/// Runs `line` on the node whose data dir is `dir`; `Err` carries the node's refusal.
+fn ctl_dir(dir: &Path, line: &str) -> Result<String, String> {
+    let socket = rainstorm_runtime::control::socket_path(dir);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let reply = rt.block_on(rainstorm_runtime::control::request(&socket, line)).map_err(|e| e.to_string())?;
+    if reply.ok {
+        Ok(reply.output)
+    } else {
+        Err(reply.output)
+    }
+}
+
+#[test]
+fn cluster_keys_roll_over_without_a_restart_and_nothing_is_refused_on_the_way() {
+    const BASE: u16 = 17_900;
+    let root = std::env::temp_dir().join(format!("rainstorm-test-rollover-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let write_config = |i: u16, current: &str, accepted: &[&str]| {
+        let accepted: Vec<String> = accepted.iter().map(|k| format!("{k:?}")).collect();
+        let text = format!(
+            "bind = \"127.0.0.1:{}\"\nintroducer = \"127.0.0.1:{BASE}\"\ndata_dir = {:?}\n\
+             cluster_key = {current:?}\naccepted_keys = [{}]\n",
+            BASE + i,
+            root.join(format!("n{i}")),
+            accepted.join(", ")
+        );
+        std::fs::write(root.join(format!("n{i}.toml")), text).unwrap();
+    };
+    let (old, new) = ("the old cluster key", "the new cluster key");
+    let mut children = Vec::new();
+    for i in 0..3u16 {
+        write_config(i, old, &[]);
+        let bin = if i == 0 { "introducer" } else { "member" };
+        let child = Command::new(bin_dir().join(bin))
+            .arg("--config")
+            .arg(root.join(format!("n{i}.toml")))
+            .arg("--no-console")
+            .args(timing_flags(PERIOD_MS))
+            .env_remove("RAINSTORM_CLUSTER_KEY")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(root.join(format!("n{i}.stderr"))).unwrap())
+            .spawn()
+            .unwrap();
+        children.push(child);
+        if i == 0 {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    let dir = |i: u16| root.join(format!("n{i}"));
+    let whole = || {
+        (0..3).all(|i| ctl_dir(&dir(i), "list_mem").map(|m| parse_member_ids(&m).len() == 3).unwrap_or(false))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !whole() {
+        assert!(std::time::Instant::now() < deadline, "the keyed group formed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let steps: [(&str, &[&str], &str); 3] =
+        [(old, &[new], "also accepting"), (new, &[old], "also accepting"), (new, &[], "signing with")];
+    for (current, accepted, said) in steps {
+        for i in 0..3 {
+            write_config(i, current, accepted);
+            let reply = ctl_dir(&dir(i), "reload_keys").unwrap();
+            assert!(reply.contains(said), "{reply}");
+            std::thread::sleep(Duration::from_millis(3 * PERIOD_MS));
+            assert!(whole(), "the group stays whole after node {i} took {current:?} + {accepted:?}");
+        }
+    }
+    for i in 0..3 {
+        let stats = ctl_dir(&dir(i), "stats").unwrap();
+        assert!(!stats.contains("frames_rejected.bad_tag"), "node {i} refused a frame: {stats}");
+    }
+    // A bad key file leaves the keys as they were, with a clear error.
+    std::fs::write(root.join("n1.toml"), "cluster_key = \"short\"\n").unwrap();
+    let err = ctl_dir(&dir(1), "reload_keys").unwrap_err();
+    assert!(err.contains("cluster_key") && err.contains("not changed"), "{err}");
+    assert!(whole());
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let _ = std::fs::remove_dir_all(&root);
 }

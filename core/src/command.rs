@@ -25,6 +25,9 @@ pub enum Command {
     ListSuspected,
     /// `stats`: counters.
     Stats,
+    /// `reload_keys`: re-read the cluster keys from the node's config file (a key rollover
+    /// without a restart; run by the node's driver, which owns the file).
+    ReloadKeys,
     /// `help`
     Help,
     /// A HyDFS file command (run by the node's driver, which owns local files).
@@ -99,6 +102,7 @@ pub const COMMAND_HELP: &[(&str, &str)] = &[
     ("status_sus", "print whether suspicion is on"),
     ("list_suspected", "list the members this node currently suspects"),
     ("stats", "print protocol counters"),
+    ("reload_keys", "re-read cluster_key and accepted_keys from the config file (key rollover)"),
     ("create <local> <hydfs>", "store a local file in HyDFS as a new file (created once)"),
     (
         "get <hydfs> <local>",
@@ -254,6 +258,7 @@ impl Command {
             "status_sus" => Command::StatusSus,
             "list_suspected" => Command::ListSuspected,
             "stats" => Command::Stats,
+            "reload_keys" => Command::ReloadKeys,
             "help" => Command::Help,
             other => {
                 let shown: String = other.chars().take(64).collect();
@@ -281,6 +286,7 @@ impl fmt::Display for Command {
             Command::StatusSus => "status_sus",
             Command::ListSuspected => "list_suspected",
             Command::Stats => "stats",
+            Command::ReloadKeys => "reload_keys",
             Command::Help => "help",
             Command::File(c) => return c.fmt(f),
             Command::Job(c) => return c.fmt(f),

@@ -327,6 +327,7 @@ impl Node {
             Command::Help => CommandOutput::Help,
             Command::File(f) => return Err(CommandError::NeedsDriver(f.to_string())),
             Command::Job(j) => return Err(CommandError::NeedsDriver(j.to_string())),
+            Command::ReloadKeys => return Err(CommandError::NeedsDriver("reload_keys".into())),
         };
         self.collect_events(now);
         Ok(out)

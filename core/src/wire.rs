@@ -102,6 +102,12 @@ impl ClusterKey {
         ClusterKey(bytes)
     }
 
+    /// A short public name of the key (the first 4 bytes of SHA-256 of it, in hex), so that
+    /// operators can compare keys across nodes without showing them.
+    pub fn fingerprint(&self) -> String {
+        Sha256::digest(self.0).iter().take(4).map(|b| format!("{b:02x}")).collect()
+    }
+
     fn mac(&self) -> Hmac<Sha256> {
         // HMAC accepts keys of any length, so this cannot fail.
         <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length")
@@ -159,6 +165,19 @@ impl Codec {
 
     pub fn is_authenticated(&self) -> bool {
         !self.keys.is_empty()
+    }
+
+    /// Which keys sign and are accepted, by fingerprint.
+    pub fn describe_keys(&self) -> String {
+        match self.keys.split_first() {
+            None => "no cluster key".into(),
+            Some((current, [])) => format!("signing with {}", current.fingerprint()),
+            Some((current, rest)) => format!(
+                "signing with {}, also accepting {}",
+                current.fingerprint(),
+                rest.iter().map(ClusterKey::fingerprint).collect::<Vec<_>>().join(", ")
+            ),
+        }
     }
 
     /// Header plus trailer bytes that every frame adds to its payload.

@@ -7,7 +7,8 @@
 //! introducer = "10.0.0.1:7000"   # members only
 //! data_dir = "/var/lib/rainstorm" # logs and the control socket
 //! suspicion = true               # start in PingAck+S (switchable at run time)
-//! cluster_key = "a long secret"  # optional: HMAC-SHA256 on every frame
+//! cluster_key = "a long secret"  # optional: HMAC-SHA256 on every frame, signed with this key
+//! accepted_keys = ["old secret"]  # also accepted during a key rollover (see `reload_keys`)
 //! drop_rate = 0.0                # experiments: drop this fraction of outgoing datagrams
 //!
 //! [timings]
@@ -35,6 +36,7 @@ use crate::programs::ProgramLimits;
 use rainstorm_core::hydfs::HydfsConfig;
 use rainstorm_core::membership::{MembershipConfig, Role};
 use rainstorm_core::rainstorm::RainstormConfig;
+use rainstorm_core::wire::{ClusterKey, Codec};
 use rainstorm_core::Millis;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -55,6 +57,7 @@ pub struct ConfigInput {
     pub data_dir: Option<PathBuf>,
     pub suspicion: Option<bool>,
     pub cluster_key: Option<String>,
+    pub accepted_keys: Option<Vec<String>>,
     pub drop_rate: Option<f64>,
     #[serde(default)]
     pub timings: TimingsInput,
@@ -102,7 +105,12 @@ pub struct RuntimeConfig {
     pub introducer: SocketAddr,
     pub data_dir: PathBuf,
     pub membership: MembershipConfig,
+    /// Frames are signed with `cluster_key` and accepted under it or any of `accepted_keys`.
     pub cluster_key: Option<String>,
+    pub accepted_keys: Vec<String>,
+    /// The config file `reload_keys` re-reads the keys from (`None`: the keys came from a flag
+    /// or the environment, and changing them takes a restart).
+    pub key_file: Option<PathBuf>,
     pub drop_rate: f64,
     pub hydfs: HydfsConfig,
     /// RainStorm settings (those of the jobs this node leads, and of its tasks).
@@ -148,6 +156,7 @@ impl ConfigInput {
             data_dir: self.data_dir.or(fallback.data_dir),
             suspicion: self.suspicion.or(fallback.suspicion),
             cluster_key: self.cluster_key.or(fallback.cluster_key),
+            accepted_keys: self.accepted_keys.or(fallback.accepted_keys),
             drop_rate: self.drop_rate.or(fallback.drop_rate),
             timings: TimingsInput {
                 protocol_period_ms: t.protocol_period_ms.or(f.protocol_period_ms),
@@ -199,11 +208,8 @@ impl ConfigInput {
         if !(0.0..=1.0).contains(&drop_rate) {
             return Err(field("drop_rate", format!("{drop_rate} is not between 0 and 1")));
         }
-        if let Some(key) = &self.cluster_key {
-            if key.len() < 8 {
-                return Err(field("cluster_key", "must be at least 8 characters"));
-            }
-        }
+        let accepted_keys = self.accepted_keys.unwrap_or_default();
+        check_keys(self.cluster_key.as_deref(), &accepted_keys)?;
         let t = self.timings;
         let base = MembershipConfig::lan();
         let ms = |v: Option<u64>, d: Millis| v.map(Millis).unwrap_or(d);
@@ -272,12 +278,58 @@ impl ConfigInput {
             data_dir,
             membership,
             cluster_key: self.cluster_key,
+            accepted_keys,
+            key_file: None,
             drop_rate,
             hydfs,
             rainstorm,
             programs,
         })
     }
+}
+
+/// The most keys a node accepts besides the one it signs with.
+pub const MAX_ACCEPTED_KEYS: usize = 4;
+
+fn check_keys(current: Option<&str>, accepted: &[String]) -> Result<(), ConfigError> {
+    if current.is_some_and(|k| k.len() < 8) {
+        return Err(field("cluster_key", "must be at least 8 characters"));
+    }
+    if current.is_none() && !accepted.is_empty() {
+        return Err(field("accepted_keys", "needs a cluster_key to sign with"));
+    }
+    if accepted.len() > MAX_ACCEPTED_KEYS {
+        return Err(field("accepted_keys", format!("at most {MAX_ACCEPTED_KEYS} keys")));
+    }
+    if accepted.iter().any(|k| k.len() < 8) {
+        return Err(field("accepted_keys", "each key must be at least 8 characters"));
+    }
+    Ok(())
+}
+
+impl RuntimeConfig {
+    /// The frame codec of these keys: authenticated when a cluster key is set.
+    pub fn codec(&self) -> Codec {
+        codec_of(self.cluster_key.as_deref(), &self.accepted_keys)
+    }
+}
+
+fn codec_of(current: Option<&str>, accepted: &[String]) -> Codec {
+    match current {
+        Some(key) => Codec::keyed(
+            ClusterKey::from_passphrase(key),
+            accepted.iter().map(|k| ClusterKey::from_passphrase(k)).collect(),
+        ),
+        None => Codec::plain(),
+    }
+}
+
+/// The codec of the keys in the config file at `path` (for `reload_keys`), checked as at start.
+pub fn codec_from_file(path: &Path) -> Result<Codec, ConfigError> {
+    let input = ConfigInput::from_file(path)?;
+    let accepted = input.accepted_keys.unwrap_or_default();
+    check_keys(input.cluster_key.as_deref(), &accepted)?;
+    Ok(codec_of(input.cluster_key.as_deref(), &accepted))
 }
 
 #[cfg(test)]
@@ -366,5 +418,23 @@ mod tests {
         let merged = flags.or(file);
         assert_eq!(merged.bind.unwrap().port(), 9);
         assert_eq!(merged.suspicion, Some(false));
+    }
+
+    #[test]
+    fn accepted_keys_need_a_signing_key_and_are_checked_like_it() {
+        let base = "bind = \"127.0.0.1:7001\"\nintroducer = \"127.0.0.1:7000\"\n";
+        let cfg = parse(&format!("{base}cluster_key = \"new secret\"\naccepted_keys = [\"old secret\"]\n"))
+            .unwrap()
+            .resolve(Role::Member)
+            .unwrap();
+        assert!(cfg.codec().describe_keys().contains("also accepting"));
+        for (extra, field) in [
+            ("accepted_keys = [\"old secret\"]\n", "accepted_keys"),
+            ("cluster_key = \"new secret\"\naccepted_keys = [\"short\"]\n", "accepted_keys"),
+            ("cluster_key = \"short\"\n", "cluster_key"),
+        ] {
+            let e = parse(&format!("{base}{extra}")).unwrap().resolve(Role::Member).unwrap_err();
+            assert!(e.to_string().contains(field), "{extra}: {e}");
+        }
     }
 }

@@ -25,7 +25,7 @@ use rainstorm_core::hydfs::{ClientOp, HydfsError, HydfsEvent, OpId, OpOutput, Ri
 use rainstorm_core::membership::{MembershipEvent, Role};
 use rainstorm_core::node::{NodeConfig, NodeEvent};
 use rainstorm_core::rainstorm::{JobError, JobId, JobSpec, ProgramResult, RainstormEvent};
-use rainstorm_core::wire::{ClusterKey, Codec, MAX_STREAM_FRAME_BYTES};
+use rainstorm_core::wire::MAX_STREAM_FRAME_BYTES;
 use rainstorm_core::{Channel, Node, Transmit};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -178,6 +178,12 @@ impl NodeHandle {
     }
 }
 
+/// What a node without a cluster key says when it starts (in its log, and on stderr).
+pub const NO_KEY_WARNING: &str =
+    "NO CLUSTER KEY SET: frames are checksummed but not authenticated, and replays are not \
+     refused; anyone who can reach this node's port can join the group, forge failures and read or \
+     write files. Set cluster_key (config) or RAINSTORM_CLUSTER_KEY on every node.";
+
 /// A node that was started: its handle, an event receiver subscribed before it ran, its task.
 pub struct StartedNode {
     pub handle: NodeHandle,
@@ -211,13 +217,11 @@ pub async fn start(cfg: RuntimeConfig) -> Result<StartedNode, StartError> {
     })?;
     let clock = Clock::new();
     let seed = os_seed();
-    let codec = match &cfg.cluster_key {
-        Some(key) => Codec::keyed(ClusterKey::from_passphrase(key), Vec::new()),
-        None => {
-            warn!("no cluster key set: frames are checksummed but not authenticated; anyone who can reach this port can join");
-            Codec::plain()
-        }
-    };
+    let codec = cfg.codec();
+    let codec_keys = codec.describe_keys();
+    if !codec.is_authenticated() {
+        warn!("{NO_KEY_WARNING}");
+    }
     let now = clock.now();
     let hydfs = cfg.hydfs.clone();
     let (chunk_bytes, max_write_bytes) = (hydfs.chunk_bytes, hydfs.max_write_bytes);
@@ -239,7 +243,7 @@ pub async fn start(cfg: RuntimeConfig) -> Result<StartedNode, StartError> {
     .map_err(StartError::Storage)?;
     info!(
         role = ?cfg.role, addr = %cfg.advertise, introducer = %cfg.introducer, seed,
-        suspicion = cfg.membership.suspicion_at_start, "node starting"
+        suspicion = cfg.membership.suspicion_at_start, keys = %codec_keys, "node starting"
     );
     if cfg.role == Role::Member {
         let _ = node.handle_command(now, Command::Join);
@@ -474,9 +478,33 @@ impl NodeTask {
             Ok(c) => c,
             Err(e) => return CommandReply { ok: false, output: format!("{e}\n") },
         };
+        if command == Command::ReloadKeys {
+            return self.reload_keys();
+        }
         match self.node.handle_command(self.clock.now(), command) {
             Ok(out) => CommandReply { ok: true, output: out.to_string() },
             Err(e) => CommandReply { ok: false, output: format!("{e}\n") },
+        }
+    }
+
+    /// `reload_keys`: the keys in the config file replace the node's keys (a rollover step).
+    fn reload_keys(&mut self) -> CommandReply {
+        let Some(path) = self.cfg.key_file.clone() else {
+            let output = "this node's cluster key was not read from a config file (it came from \
+                --cluster-key or RAINSTORM_CLUSTER_KEY, or there is none); changing it takes a restart\n";
+            return CommandReply { ok: false, output: output.into() };
+        };
+        let codec = match crate::config::codec_from_file(&path) {
+            Ok(codec) => codec,
+            Err(e) => return CommandReply { ok: false, output: format!("keys not changed: {e}\n") },
+        };
+        let summary = codec.describe_keys();
+        match self.node.set_codec(codec) {
+            Ok(()) => {
+                info!(keys = %summary, file = %path.display(), "cluster keys reloaded");
+                CommandReply { ok: true, output: format!("cluster keys reloaded: {summary}\n") }
+            }
+            Err(e) => CommandReply { ok: false, output: format!("keys not changed: {e}\n") },
         }
     }
 
