@@ -307,3 +307,70 @@ fn cluster_keys_roll_over_without_a_restart_and_nothing_is_refused_on_the_way() 
     }
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// `VmHWM` (peak resident set) of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_node_flooded_with_garbage_datagrams_keeps_its_membership_and_bounded_memory() {
+    use rand::{Rng, SeedableRng};
+    let mut a = args("flood", 4, 17_950);
+    a.cluster_key = Some("the flood test key".into());
+    let c = LocalCluster::start(a, tool()).expect("keyed cluster starts");
+    let ids: BTreeSet<String> = (0..4).map(|i| self_id(&c, i)).collect();
+    let pid = c.nodes.iter().find(|n| n.index == 1).expect("node 1").child.id();
+    let before = peak_rss_kib(pid);
+    let target = format!("127.0.0.1:{}", c.port(1));
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let flood = Duration::from_secs(6);
+    let started = std::time::Instant::now();
+    let mut sent = 0u64;
+    let mut buf = vec![0u8; 65_000];
+    while started.elapsed() < flood {
+        // Random bytes; frames with a valid header and a forged tag; headers whose length field
+        // lies; datagrams far over the size limit.
+        let len = match sent % 4 {
+            0 => rng.gen_range(0..1400),
+            1 | 2 => rng.gen_range(40..1400),
+            _ => 65_000,
+        };
+        rng.fill(&mut buf[..len]);
+        if sent % 4 != 0 && len >= 8 {
+            buf[..4].copy_from_slice(b"RS\x02\x01");
+            let declared = if sent % 4 == 1 { len as u32 - 40 } else { rng.gen() };
+            buf[4..8].copy_from_slice(&declared.to_le_bytes());
+        }
+        if socket.send_to(&buf[..len], &target).is_ok() {
+            sent += 1;
+        }
+    }
+    let rate = sent as f64 / flood.as_secs_f64();
+    let stats = c.ctl(1, "stats").unwrap();
+    let counter = |name: &str| -> u64 {
+        stats.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(0)
+    };
+    let rejected: u64 = stats
+        .lines()
+        .filter(|l| l.starts_with("frames_rejected."))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    let after = peak_rss_kib(pid);
+    println!(
+        "flood: {sent} datagrams in {flood:?} ({rate:.0}/s); node 1 refused {rejected}; \
+         peak RSS {before} KiB before, {after} KiB after\n{stats}"
+    );
+    assert!(rejected > sent / 10, "the garbage reached the node and was counted: {stats}");
+    assert_eq!(counter("failures_declared"), 0, "no member was declared failed: {stats}");
+    for i in 0..4 {
+        assert_eq!(c.members_of(i).unwrap(), ids, "node {i} still lists exactly the group");
+    }
+    for i in 0..4 {
+        assert!(!log_of(&c, i).contains("event=\"failed\""), "node {i} declared a failure");
+    }
+    assert!(after < before + 64 * 1024, "peak RSS grew from {before} KiB to {after} KiB");
+}

@@ -28,7 +28,7 @@ use crate::rainstorm::{
 };
 use crate::replay::{FrameSeq, ReplayGuard, Verdict, DEFAULT_MAX_SENDERS};
 use crate::time::Time;
-use crate::wire::{Body, Codec, Envelope, WireError, MAX_STREAM_FRAME_BYTES};
+use crate::wire::{Body, Codec, Envelope, MAX_STREAM_FRAME_BYTES};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 
@@ -266,9 +266,15 @@ impl Node {
                 self.collect_events(now);
             }
             Err(e) => {
-                *self.stats.frames_rejected.entry(rejection_cause(&e)).or_default() += 1;
+                *self.stats.frames_rejected.entry(e.cause()).or_default() += 1;
             }
         }
+    }
+
+    /// Frames the driver refused before they reached the node (by [`Codec::precheck`]), by
+    /// [`crate::wire::WireError::cause`], so that the node's counters tell every refusal.
+    pub fn record_rejected(&mut self, cause: &'static str, frames: u64) {
+        *self.stats.frames_rejected.entry(cause).or_default() += frames;
     }
 
     /// A datagram arrived.
@@ -438,22 +444,6 @@ impl Node {
         let others: Vec<MemberId> = self.membership.members().map(|v| v.id).collect();
         self.hydfs.set_members(now, me, others.clone());
         self.rainstorm.set_members(now, me, others);
-    }
-}
-
-fn rejection_cause(e: &WireError) -> &'static str {
-    match e {
-        WireError::Truncated { .. } => "truncated",
-        WireError::TooLarge { .. } => "oversized",
-        WireError::BadMagic => "bad_magic",
-        WireError::UnsupportedVersion { .. } => "bad_version",
-        WireError::UnknownFlags(_) => "bad_flags",
-        WireError::LengthMismatch { .. } => "bad_length",
-        WireError::BadChecksum => "bad_checksum",
-        WireError::Unauthenticated => "unauthenticated",
-        WireError::UnexpectedTag => "unexpected_tag",
-        WireError::BadTag => "bad_tag",
-        WireError::Malformed(_) => "malformed",
     }
 }
 

@@ -88,6 +88,25 @@ pub enum WireError {
     Malformed(String),
 }
 
+impl WireError {
+    /// A short name of the cause, for counters (`frames_rejected.<cause>`).
+    pub fn cause(&self) -> &'static str {
+        match self {
+            WireError::Truncated { .. } => "truncated",
+            WireError::TooLarge { .. } => "oversized",
+            WireError::BadMagic => "bad_magic",
+            WireError::UnsupportedVersion { .. } => "bad_version",
+            WireError::UnknownFlags(_) => "bad_flags",
+            WireError::LengthMismatch { .. } => "bad_length",
+            WireError::BadChecksum => "bad_checksum",
+            WireError::Unauthenticated => "unauthenticated",
+            WireError::UnexpectedTag => "unexpected_tag",
+            WireError::BadTag => "bad_tag",
+            WireError::Malformed(_) => "malformed",
+        }
+    }
+}
+
 /// A 256-bit shared secret that authenticates every frame of a cluster.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClusterKey([u8; 32]);
@@ -226,8 +245,10 @@ impl Codec {
         Ok(frame)
     }
 
-    /// Decodes one frame of at most `limit` bytes. Never panics on any input.
-    pub fn decode(&self, frame: &[u8], limit: usize) -> Result<Envelope, WireError> {
+    /// The checks of a frame's header and size that need no key and no hashing: what a driver
+    /// can run on every datagram as it arrives, to drop garbage before it queues. Returns the
+    /// payload length the header declares.
+    pub fn precheck(&self, frame: &[u8], limit: usize) -> Result<usize, WireError> {
         if frame.len() > limit {
             return Err(WireError::TooLarge { len: frame.len(), limit });
         }
@@ -257,6 +278,13 @@ impl Codec {
         if frame.len() < HEADER_BYTES + trailer || declared != actual {
             return Err(WireError::LengthMismatch { declared, actual });
         }
+        Ok(declared)
+    }
+
+    /// Decodes one frame of at most `limit` bytes. Never panics on any input.
+    pub fn decode(&self, frame: &[u8], limit: usize) -> Result<Envelope, WireError> {
+        let declared = self.precheck(frame, limit)?;
+        let authenticated = frame[3] & FLAG_AUTHENTICATED != 0;
         let (body, tail) = frame.split_at(HEADER_BYTES + declared);
         if authenticated {
             let ok = self.keys.iter().any(|key| {

@@ -25,7 +25,7 @@ use rainstorm_core::hydfs::{ClientOp, HydfsError, HydfsEvent, OpId, OpOutput, Ri
 use rainstorm_core::membership::{MembershipEvent, Role};
 use rainstorm_core::node::{NodeConfig, NodeEvent};
 use rainstorm_core::rainstorm::{JobError, JobId, JobSpec, ProgramResult, RainstormEvent};
-use rainstorm_core::wire::MAX_STREAM_FRAME_BYTES;
+use rainstorm_core::wire::{Codec, MAX_STREAM_FRAME_BYTES};
 use rainstorm_core::{Channel, Node, Transmit};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -51,6 +51,8 @@ pub const STREAM_QUEUE_FRAMES: usize = 8;
 /// What reaches the node task.
 pub enum Input {
     Datagram(Vec<u8>),
+    /// Datagrams the receiving task refused by their header, by cause, since its last report.
+    DatagramsRefused(BTreeMap<&'static str, u64>),
     StreamFrame(Vec<u8>),
     /// Start a HyDFS operation; a download's chunks go to `sink`.
     Submit {
@@ -252,7 +254,8 @@ pub async fn start(cfg: RuntimeConfig) -> Result<StartedNode, StartError> {
     let (stream_tx, stream_rx) = mpsc::channel(STREAM_QUEUE_FRAMES);
     let (events, first_rx) = broadcast::channel(4096);
     let udp = Arc::new(udp);
-    tokio::spawn(receive_datagrams(udp.clone(), tx.clone()));
+    let precheck = (cfg.codec(), cfg.membership.max_datagram_bytes);
+    tokio::spawn(receive_datagrams(udp.clone(), tx.clone(), precheck));
     tokio::spawn(accept_streams(tcp, stream_tx));
     let handle = NodeHandle {
         tx: tx.clone(),
@@ -299,16 +302,33 @@ fn os_seed() -> u64 {
     nanos ^ ((std::process::id() as u64) << 32) ^ 0x9e37_79b9_7f4a_7c15
 }
 
-async fn receive_datagrams(udp: Arc<UdpSocket>, tx: mpsc::Sender<Input>) {
+/// Reads datagrams and queues them for the node. Garbage (bad size, magic, version, flags or
+/// length field: what [`Codec::precheck`] sees without a key) is dropped here, so a flood of it
+/// costs the node task nothing and cannot crowd real datagrams out of the queue; the refusals
+/// are reported to the node in batches (at most every 100 ms) for its counters.
+async fn receive_datagrams(udp: Arc<UdpSocket>, tx: mpsc::Sender<Input>, (codec, limit): (Codec, usize)) {
+    const REPORT_EVERY: Duration = Duration::from_millis(100);
     let mut buf = vec![0u8; 65_536];
+    let mut refused: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut reported = tokio::time::Instant::now();
     loop {
         match udp.recv_from(&mut buf).await {
-            Ok((n, _from)) => {
-                if tx.send(Input::Datagram(buf[..n].to_vec())).await.is_err() {
-                    return;
+            Ok((n, _from)) => match codec.precheck(&buf[..n], limit) {
+                Ok(_) => {
+                    if tx.send(Input::Datagram(buf[..n].to_vec())).await.is_err() {
+                        return;
+                    }
                 }
-            }
+                Err(e) => *refused.entry(e.cause()).or_default() += 1,
+            },
             Err(e) => debug!(error = %e, "UDP receive error"),
+        }
+        if !refused.is_empty() && reported.elapsed() >= REPORT_EVERY {
+            // A full queue keeps the counts for the next report rather than wait.
+            if let Ok(permit) = tx.try_reserve() {
+                permit.send(Input::DatagramsRefused(std::mem::take(&mut refused)));
+                reported = tokio::time::Instant::now();
+            }
         }
     }
 }
@@ -393,6 +413,11 @@ impl NodeTask {
                     let now = self.clock.now();
                     match input {
                         Input::Datagram(bytes) => self.node.handle_frame(now, Channel::Datagram, &bytes),
+                        Input::DatagramsRefused(counts) => {
+                            for (cause, n) in counts {
+                                self.node.record_rejected(cause, n);
+                            }
+                        }
                         Input::StreamFrame(bytes) => self.node.handle_frame(now, Channel::Stream, &bytes),
                         Input::Submit { op, sink, reply } => self.submit(now, op, sink, reply),
                         Input::Inspect { what, reply } => {
