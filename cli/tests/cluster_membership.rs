@@ -334,15 +334,16 @@ fn a_node_flooded_with_garbage_datagrams_keeps_its_membership_and_bounded_memory
     while started.elapsed() < flood {
         // Random bytes; frames with a valid header and a forged tag; headers whose length field
         // lies; datagrams far over the size limit.
-        let len = match sent % 4 {
+        let kind = sent % 4;
+        let len = match kind {
             0 => rng.gen_range(0..1400),
             1 | 2 => rng.gen_range(40..1400),
             _ => 65_000,
         };
         rng.fill(&mut buf[..len]);
-        if sent % 4 != 0 && len >= 8 {
+        if kind != 0 && len >= 8 {
             buf[..4].copy_from_slice(b"RS\x02\x01");
-            let declared = if sent % 4 == 1 { len as u32 - 40 } else { rng.gen() };
+            let declared = if kind == 1 { len as u32 - 40 } else { rng.gen() };
             buf[4..8].copy_from_slice(&declared.to_le_bytes());
         }
         if socket.send_to(&buf[..len], &target).is_ok() {
