@@ -5,10 +5,13 @@
 //! list; RainStorm's file operations (input, journals, job outputs) go through this node's HyDFS
 //! client and their answers go back to RainStorm, never to the user.
 //! Invariants kept here:
-//! * every received frame is decoded under the size limit of its channel; a bad frame is counted
-//!   by cause and dropped, never panics and never reaches a layer;
+//! * every received frame is decoded under the size limit of its channel (`max_datagram_bytes`,
+//!   `limits.stream_frame_bytes`); a bad frame is counted by cause and dropped, never panics and
+//!   never reaches a layer;
 //! * under a cluster key, a frame whose sequence number its sender already used on that channel
 //!   (a duplicate or a replay) or that is older than the replay window is counted and dropped;
+//! * a stream request from another node over its sender's rate (`limits`) is dropped and counted
+//!   (`rate_limited`) before it reaches a layer; membership and replies are never rate-limited;
 //! * every frame sent carries the next number of its channel's counter (1, 2, ...);
 //! * every datagram it emits is at most `max_datagram_bytes` long;
 //! * outputs are queued until drained: after each `handle_*` call the driver drains
@@ -19,6 +22,7 @@ use crate::hydfs::{
     ClientOp, Hydfs, HydfsConfig, HydfsError, HydfsEvent, MemStorage, OpId, Storage, StorageError,
 };
 use crate::id::{MemberId, NodeAddr};
+use crate::limits::{counts_against_rate, LimitsConfig, RateLimiter};
 use crate::membership::{
     MemberStatus, MemberView, Membership, MembershipConfig, MembershipError, MembershipEvent,
     MembershipStats, Phase, Role,
@@ -28,7 +32,7 @@ use crate::rainstorm::{
 };
 use crate::replay::{FrameSeq, ReplayGuard, Verdict, DEFAULT_MAX_SENDERS};
 use crate::time::Time;
-use crate::wire::{Body, Codec, Envelope, WireError, MAX_STREAM_FRAME_BYTES};
+use crate::wire::{Body, Codec, Envelope, WireError};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 
@@ -68,6 +72,7 @@ pub struct NodeConfig {
     pub membership: MembershipConfig,
     pub hydfs: HydfsConfig,
     pub rainstorm: RainstormConfig,
+    pub limits: LimitsConfig,
     pub codec: Codec,
 }
 
@@ -134,6 +139,8 @@ pub struct Node {
     sent_datagrams: FrameSeq,
     sent_stream_frames: FrameSeq,
     max_datagram_bytes: usize,
+    stream_frame_bytes: usize,
+    rate: RateLimiter,
     events: VecDeque<NodeEvent>,
     stats: NodeStats,
 }
@@ -174,6 +181,8 @@ impl Node {
             sent_stream_frames: FrameSeq(0),
             codec: cfg.codec,
             max_datagram_bytes,
+            stream_frame_bytes: cfg.limits.stream_frame_bytes,
+            rate: RateLimiter::new(&cfg.limits),
             events: VecDeque::new(),
             stats: NodeStats::default(),
         };
@@ -250,6 +259,10 @@ impl Node {
                         return;
                     }
                 }
+                if channel == Channel::Stream && self.over_rate(now, &envelope) {
+                    *self.stats.frames_rejected.entry(RATE_LIMITED).or_default() += 1;
+                    return;
+                }
                 self.stats.frames_received += 1;
                 self.stats.bytes_received += frame.len() as u64;
                 match envelope.body {
@@ -263,6 +276,11 @@ impl Node {
                 *self.stats.frames_rejected.entry(rejection_cause(&e)).or_default() += 1;
             }
         }
+    }
+
+    /// The driver dropped a frame over its channel's limit without reading it whole.
+    pub fn handle_oversized_frame(&mut self) {
+        *self.stats.frames_rejected.entry(OVERSIZED).or_default() += 1;
     }
 
     /// A datagram arrived.
@@ -375,8 +393,17 @@ impl Node {
     fn limit(&self, channel: Channel) -> usize {
         match channel {
             Channel::Datagram => self.max_datagram_bytes,
-            Channel::Stream => MAX_STREAM_FRAME_BYTES,
+            Channel::Stream => self.stream_frame_bytes,
         }
+    }
+
+    /// Whether a stream request from another node is over its sender's rate (taking a token if
+    /// not).
+    fn over_rate(&mut self, now: Time, envelope: &Envelope) -> bool {
+        let from = envelope.from.addr;
+        from != self.membership.me().addr
+            && counts_against_rate(&envelope.body)
+            && !self.rate.allow(now, from)
     }
 
     fn collect_events(&mut self, now: Time) {
@@ -434,10 +461,15 @@ impl Node {
     }
 }
 
+/// Frames over their channel's size limit.
+const OVERSIZED: &str = "oversized";
+/// Stream requests over their sender's rate.
+const RATE_LIMITED: &str = "rate_limited";
+
 fn rejection_cause(e: &WireError) -> &'static str {
     match e {
         WireError::Truncated { .. } => "truncated",
-        WireError::TooLarge { .. } => "oversized",
+        WireError::TooLarge { .. } => OVERSIZED,
         WireError::BadMagic => "bad_magic",
         WireError::UnsupportedVersion { .. } => "bad_version",
         WireError::UnknownFlags(_) => "bad_flags",
@@ -493,7 +525,12 @@ impl fmt::Display for CommandOutput {
                 writeln!(f, "bytes_sent {}", node.bytes_sent)?;
                 writeln!(f, "frames_received {}", node.frames_received)?;
                 writeln!(f, "bytes_received {}", node.bytes_received)?;
-                for (cause, n) in &node.frames_rejected {
+                // The limits' counters are always shown, other causes once they occur.
+                let mut rejected = node.frames_rejected.clone();
+                for cause in [OVERSIZED, RATE_LIMITED] {
+                    rejected.entry(cause).or_default();
+                }
+                for (cause, n) in &rejected {
                     writeln!(f, "frames_rejected.{cause} {n}")?;
                 }
                 writeln!(f, "pings_sent {}", membership.pings_sent)?;

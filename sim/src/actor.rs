@@ -7,6 +7,7 @@
 use crate::disk::SimDisk;
 use rainstorm_core::command::Command;
 use rainstorm_core::hydfs::{ClientOp, Hydfs, HydfsConfig, HydfsError, OpId};
+use rainstorm_core::limits::LimitsConfig;
 use rainstorm_core::membership::{MembershipConfig, Role};
 use rainstorm_core::node::{NodeConfig, NodeEvent};
 use rainstorm_core::rainstorm::{JobError, JobId, JobSpec, ProgramResult, RainstormConfig};
@@ -84,6 +85,7 @@ impl Actor for Node {
             membership: s.config.clone(),
             hydfs: s.hydfs.clone().unwrap_or_default(),
             rainstorm: s.rainstorm.clone().unwrap_or_default(),
+            limits: LimitsConfig::default(),
             codec: Codec::plain(),
         };
         let mut node = Node::with_storage(cfg, s.now, s.seed, Box::new(s.disk.clone()))

@@ -191,6 +191,38 @@ pub enum HydfsMsg {
     },
 }
 
+impl HydfsMsg {
+    /// Whether this message asks something of its receiver (as opposed to answering it).
+    pub fn is_request(&self) -> bool {
+        match self {
+            HydfsMsg::Write { .. }
+            | HydfsMsg::Replicate { .. }
+            | HydfsMsg::Merge { .. }
+            | HydfsMsg::Collect { .. }
+            | HydfsMsg::Install { .. }
+            | HydfsMsg::Read { .. }
+            | HydfsMsg::Stat { .. }
+            | HydfsMsg::RemoteAppend { .. }
+            | HydfsMsg::Inventory { .. }
+            | HydfsMsg::Describe { .. }
+            | HydfsMsg::Offer { .. }
+            | HydfsMsg::Fetch { .. } => true,
+            HydfsMsg::WriteReply { .. }
+            | HydfsMsg::ReplicateReply { .. }
+            | HydfsMsg::MergeReply { .. }
+            | HydfsMsg::CollectReply { .. }
+            | HydfsMsg::InstallReply { .. }
+            | HydfsMsg::ReadReply { .. }
+            | HydfsMsg::StatReply { .. }
+            | HydfsMsg::RemoteAppendReply { .. }
+            | HydfsMsg::InventoryReply { .. }
+            | HydfsMsg::DescribeReply { .. }
+            | HydfsMsg::Taken { .. }
+            | HydfsMsg::FetchReply { .. } => false,
+        }
+    }
+}
+
 /// What a merge did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MergeSummary {
