@@ -13,7 +13,7 @@
 //! * the limiter keeps at most `rate_limited_peers` buckets, evicting the one that was used least
 //!   recently (ties: the lowest address), and its answers depend only on the times it is given.
 
-use crate::hydfs::HydfsConfig;
+use crate::hydfs::{HydfsConfig, NAME_BYTES_CEILING};
 use crate::id::NodeAddr;
 use crate::rainstorm::task::LinkMsg;
 use crate::rainstorm::{RainstormConfig, RainstormMsg};
@@ -77,13 +77,20 @@ pub enum LimitsError {
     NoBurst,
     #[error("rate_limited_peers must be at least 1")]
     NoPeers,
+    #[error("max_name_bytes ({limit}) must be between 1 and {NAME_BYTES_CEILING}")]
+    NameLimit { limit: usize },
+    #[error(
+        "max_pending_appends ({limit}) must be over compact_records + 1 ({journal}): a task's \
+         journal takes that many appends before it is compacted"
+    )]
+    PendingBelowJournal { limit: usize, journal: usize },
 }
 
 /// Checks that the limits of every layer fit together (see [`LimitsError`]).
 pub fn check(
     limits: &LimitsConfig,
     hydfs: &HydfsConfig,
-    _rainstorm: &RainstormConfig,
+    rainstorm: &RainstormConfig,
 ) -> Result<(), LimitsError> {
     let min = hydfs.chunk_bytes.saturating_add(STREAM_FRAME_SLACK_BYTES);
     if limits.stream_frame_bytes < min {
@@ -98,6 +105,16 @@ pub fn check(
     }
     if limits.rate_limited_peers == 0 {
         return Err(LimitsError::NoPeers);
+    }
+    if hydfs.max_name_bytes == 0 || hydfs.max_name_bytes > NAME_BYTES_CEILING {
+        return Err(LimitsError::NameLimit { limit: hydfs.max_name_bytes });
+    }
+    let pending = hydfs.max_pending_appends;
+    if pending > 0 {
+        let journal = rainstorm.compact_records.saturating_add(1);
+        if journal >= pending {
+            return Err(LimitsError::PendingBelowJournal { limit: pending, journal });
+        }
     }
     Ok(())
 }
@@ -242,5 +259,9 @@ mod tests {
         assert_eq!(check(&just, &h, &r), Ok(()));
         let no_burst = LimitsConfig { peer_request_burst: 0, ..l.clone() };
         assert_eq!(check(&no_burst, &h, &r), Err(LimitsError::NoBurst));
+        let tight = HydfsConfig { max_pending_appends: r.compact_records, ..h.clone() };
+        assert!(matches!(check(&l, &tight, &r), Err(LimitsError::PendingBelowJournal { .. })));
+        let names = HydfsConfig { max_name_bytes: NAME_BYTES_CEILING + 1, ..h.clone() };
+        assert!(matches!(check(&l, &names, &r), Err(LimitsError::NameLimit { .. })));
     }
 }

@@ -19,7 +19,7 @@
 
 use crate::command::{Command, COMMAND_HELP};
 use crate::hydfs::{
-    ClientOp, Hydfs, HydfsConfig, HydfsError, HydfsEvent, MemStorage, OpId, Storage, StorageError,
+    ClientOp, Hydfs, HydfsConfig, HydfsError, HydfsEvent, HydfsStats, MemStorage, OpId, Storage, StorageError,
 };
 use crate::id::{MemberId, NodeAddr};
 use crate::limits::{counts_against_rate, LimitsConfig, RateLimiter};
@@ -102,7 +102,7 @@ pub enum CommandOutput {
     SelfId { me: MemberId, incarnation: crate::id::Incarnation, phase: Phase },
     Suspicion(bool),
     Suspected(Vec<MemberView>),
-    Stats { node: NodeStats, membership: MembershipStats },
+    Stats { node: NodeStats, membership: MembershipStats, hydfs: HydfsStats },
     Done(String),
     Help,
 }
@@ -335,7 +335,11 @@ impl Node {
             }
             Command::StatusSus => CommandOutput::Suspicion(m.suspicion_enabled()),
             Command::ListSuspected => CommandOutput::Suspected(m.suspected().collect()),
-            Command::Stats => CommandOutput::Stats { node: self.stats.clone(), membership: m.stats() },
+            Command::Stats => CommandOutput::Stats {
+                node: self.stats.clone(),
+                membership: m.stats(),
+                hydfs: self.hydfs.stats(),
+            },
             Command::Help => CommandOutput::Help,
             Command::File(f) => return Err(CommandError::NeedsDriver(f.to_string())),
             Command::Job(j) => return Err(CommandError::NeedsDriver(j.to_string())),
@@ -520,7 +524,7 @@ impl fmt::Display for CommandOutput {
                 }
                 Ok(())
             }
-            CommandOutput::Stats { node, membership } => {
+            CommandOutput::Stats { node, membership, hydfs } => {
                 writeln!(f, "frames_sent {}", node.frames_sent)?;
                 writeln!(f, "bytes_sent {}", node.bytes_sent)?;
                 writeln!(f, "frames_received {}", node.frames_received)?;
@@ -537,7 +541,10 @@ impl fmt::Display for CommandOutput {
                 writeln!(f, "ping_reqs_sent {}", membership.ping_reqs_sent)?;
                 writeln!(f, "suspicions_raised {}", membership.suspicions_raised)?;
                 writeln!(f, "refutations {}", membership.refutations)?;
-                writeln!(f, "failures_declared {}", membership.failures_declared)
+                writeln!(f, "failures_declared {}", membership.failures_declared)?;
+                writeln!(f, "hydfs.names_refused {}", hydfs.names_refused)?;
+                writeln!(f, "hydfs.busy_refusals {}", hydfs.busy_refusals)?;
+                writeln!(f, "hydfs.pending_appends_refused {}", hydfs.pending_appends_refused)
             }
             CommandOutput::Done(msg) => writeln!(f, "{msg}"),
             CommandOutput::Help => {

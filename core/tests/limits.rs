@@ -2,7 +2,7 @@
 //! in-memory network that delivers every frame at once, with time passing in steps.
 
 use rainstorm_core::command::Command;
-use rainstorm_core::hydfs::{FileName, HydfsConfig, HydfsError, HydfsEvent, HydfsMsg, OpId};
+use rainstorm_core::hydfs::{ClientOp, FileName, HydfsConfig, HydfsError, HydfsEvent, HydfsMsg, OpId};
 use rainstorm_core::limits::LimitsConfig;
 use rainstorm_core::membership::{MembershipConfig, MembershipMsg, ProbeSeq, Role};
 use rainstorm_core::node::{CommandOutput, NodeConfig, NodeEvent};
@@ -87,6 +87,18 @@ impl Cluster {
         self.settle();
     }
 
+    fn run(&mut self, at: usize, op: ClientOp) -> Result<(), HydfsError> {
+        let id = self.nodes[at].submit(self.now, op)?;
+        for _ in 0..10_000 {
+            self.settle();
+            if let Some(k) = self.done.iter().position(|(n, o, _)| *n == at && *o == id) {
+                return self.done.remove(k).2;
+            }
+            self.step(10);
+        }
+        panic!("the operation did not finish");
+    }
+
     fn stats(&mut self, at: usize) -> String {
         let out = self.nodes[at].handle_command(self.now, Command::Stats).expect("stats");
         assert!(matches!(out, CommandOutput::Stats { .. }));
@@ -106,6 +118,41 @@ fn counter(stats: &str, name: &str) -> u64 {
 
 fn name(s: &str) -> FileName {
     FileName::new(s).expect("valid name")
+}
+
+#[test]
+fn flooding_one_file_with_appends_meets_a_typed_error_until_it_is_merged() {
+    let hydfs = HydfsConfig { max_pending_appends: 20, ..HydfsConfig::default() };
+    let mut c = Cluster::new(4, hydfs, LimitsConfig::default());
+    let f = name("flood.log");
+    c.run(1, ClientOp::Create { name: f.clone(), data: Vec::new() }).expect("created");
+    let mut accepted = 0;
+    let refused = loop {
+        match c.run(2, ClientOp::Append { name: f.clone(), data: b"line\n".to_vec() }) {
+            Ok(()) => accepted += 1,
+            Err(e) => break e,
+        }
+        assert!(accepted <= 20, "the limit held");
+    };
+    assert_eq!(accepted, 20);
+    assert_eq!(refused, HydfsError::TooManyPending { name: f.clone(), limit: 20 });
+    assert_eq!(refused.to_string(), "too many pending appends on `flood.log` (the limit is 20); run merge");
+    let total: u64 = (0..4).map(|i| counter(&c.stats(i), "hydfs.pending_appends_refused")).sum();
+    assert_eq!(total, 1);
+    c.run(3, ClientOp::Merge { name: f.clone() }).expect("merged");
+    c.run(2, ClientOp::Append { name: f, data: b"line\n".to_vec() }).expect("accepted after the merge");
+}
+
+#[test]
+fn a_long_name_is_refused_with_the_limit_and_counted() {
+    let hydfs = HydfsConfig { max_name_bytes: 16, ..HydfsConfig::default() };
+    let mut c = Cluster::new(3, hydfs, LimitsConfig::default());
+    let long = name("a-name-of-twenty-bytes");
+    let e = c.run(1, ClientOp::Create { name: long, data: b"x".to_vec() }).unwrap_err();
+    assert_eq!(e, HydfsError::NameTooLong { len: 22, limit: 16 });
+    assert_eq!(e.to_string(), "file name is 22 bytes long; the limit is 16 bytes (max_name_bytes)");
+    assert_eq!(counter(&c.stats(1), "hydfs.names_refused"), 1);
+    c.run(1, ClientOp::Create { name: name("short"), data: b"x".to_vec() }).expect("within the limit");
 }
 
 /// A frame from `from` to a node: a HyDFS `Stat` request, or a membership `Ack`.

@@ -24,6 +24,9 @@
 //! cache_mb = 64                  # the client's read cache (0 turns it off)
 //! repair_mb_per_sec = 128        # re-replication pull rate (0: unlimited)
 //! max_write_mb = 1024            # largest create or append
+//! max_name_bytes = 255           # longest file name (1..=4096)
+//! max_transfers = 1024           # writes and merges coordinated at once; more are refused as busy (0: unlimited)
+//! max_pending_appends = 10000    # unmerged appends per file; more are refused until a merge (0: unlimited)
 //!
 //! [rainstorm]
 //! program_start_timeout_ms = 10000 # an operator program's handshake
@@ -98,6 +101,9 @@ pub struct HydfsInput {
     pub cache_mb: Option<u64>,
     pub repair_mb_per_sec: Option<u64>,
     pub max_write_mb: Option<u64>,
+    pub max_name_bytes: Option<usize>,
+    pub max_transfers: Option<usize>,
+    pub max_pending_appends: Option<usize>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -186,6 +192,9 @@ impl ConfigInput {
                 cache_mb: h.cache_mb.or(g.cache_mb),
                 repair_mb_per_sec: h.repair_mb_per_sec.or(g.repair_mb_per_sec),
                 max_write_mb: h.max_write_mb.or(g.max_write_mb),
+                max_name_bytes: h.max_name_bytes.or(g.max_name_bytes),
+                max_transfers: h.max_transfers.or(g.max_transfers),
+                max_pending_appends: h.max_pending_appends.or(g.max_pending_appends),
             },
             rainstorm: RainstormInput {
                 program_start_timeout_ms: r.program_start_timeout_ms.or(q.program_start_timeout_ms),
@@ -264,6 +273,9 @@ impl ConfigInput {
             cache_bytes: mb(self.hydfs.cache_mb, base.cache_bytes),
             repair_bytes_per_sec: mb(self.hydfs.repair_mb_per_sec, base.repair_bytes_per_sec),
             max_write_bytes: mb(self.hydfs.max_write_mb, base.max_write_bytes),
+            max_name_bytes: self.hydfs.max_name_bytes.unwrap_or(base.max_name_bytes),
+            max_transfers: self.hydfs.max_transfers.unwrap_or(base.max_transfers),
+            max_pending_appends: self.hydfs.max_pending_appends.unwrap_or(base.max_pending_appends),
             ..base
         };
         let base = ProgramLimits::default();
@@ -334,6 +346,8 @@ fn limit_field(e: &LimitsError) -> &'static str {
         LimitsError::FrameTooSmall { .. } | LimitsError::FrameTooLarge { .. } => "limits.stream_frame_mb",
         LimitsError::NoBurst => "limits.peer_request_burst",
         LimitsError::NoPeers => "limits.rate_limited_peers",
+        LimitsError::NameLimit { .. } => "hydfs.max_name_bytes",
+        LimitsError::PendingBelowJournal { .. } => "hydfs.max_pending_appends",
     }
 }
 
@@ -407,6 +421,29 @@ mod tests {
             assert!(e.to_string().contains(&format!("`{field}`")), "{text}: {e}");
         }
         assert!(parse("[limits]\nframe_mb = 3\n").unwrap_err().contains("frame_mb"));
+    }
+
+    #[test]
+    fn layer_limits_are_read_and_checked() {
+        let resolve = |text: &str| {
+            parse(&format!("bind = \"127.0.0.1:7001\"\n{text}")).unwrap().resolve(Role::Introducer)
+        };
+        let cfg = resolve("[hydfs]\nmax_name_bytes = 100\nmax_transfers = 0\nmax_pending_appends = 5000\n")
+            .unwrap();
+        assert_eq!(
+            (cfg.hydfs.max_name_bytes, cfg.hydfs.max_transfers, cfg.hydfs.max_pending_appends),
+            (100, 0, 5000)
+        );
+        let defaults = resolve("").unwrap();
+        assert_eq!(defaults.hydfs.max_pending_appends, HydfsConfig::default().max_pending_appends);
+        for (text, field) in [
+            ("[hydfs]\nmax_name_bytes = 0", "hydfs.max_name_bytes"),
+            ("[hydfs]\nmax_name_bytes = 5000", "hydfs.max_name_bytes"),
+            ("[hydfs]\nmax_pending_appends = 1000", "hydfs.max_pending_appends"),
+        ] {
+            let e = resolve(text).unwrap_err();
+            assert!(e.to_string().contains(&format!("`{field}`")), "{text}: {e}");
+        }
     }
 
     #[test]
