@@ -84,6 +84,13 @@ pub enum LimitsError {
          journal takes that many appends before it is compacted"
     )]
     PendingBelowJournal { limit: usize, journal: usize },
+    #[error(
+        "merge_output_appends ({every}) must be between 1 and half of max_pending_appends ({limit}): \
+         a job merges its output file after that many appends"
+    )]
+    OutputMerges { every: u32, limit: usize },
+    #[error("max_batch_tuples ({limit}) must be at least batch_lines ({batch_lines})")]
+    BatchTuples { limit: u32, batch_lines: u32 },
 }
 
 /// Checks that the limits of every layer fit together (see [`LimitsError`]).
@@ -115,6 +122,14 @@ pub fn check(
         if journal >= pending {
             return Err(LimitsError::PendingBelowJournal { limit: pending, journal });
         }
+        let every = rainstorm.merge_output_appends;
+        if every == 0 || every as usize > pending / 2 {
+            return Err(LimitsError::OutputMerges { every, limit: pending });
+        }
+    }
+    if rainstorm.max_batch_tuples > 0 && rainstorm.max_batch_tuples < rainstorm.batch_lines {
+        let (limit, batch_lines) = (rainstorm.max_batch_tuples, rainstorm.batch_lines);
+        return Err(LimitsError::BatchTuples { limit, batch_lines });
     }
     Ok(())
 }
@@ -261,7 +276,13 @@ mod tests {
         assert_eq!(check(&no_burst, &h, &r), Err(LimitsError::NoBurst));
         let tight = HydfsConfig { max_pending_appends: r.compact_records, ..h.clone() };
         assert!(matches!(check(&l, &tight, &r), Err(LimitsError::PendingBelowJournal { .. })));
+        let rare = RainstormConfig { merge_output_appends: 6_000, ..r.clone() };
+        assert!(matches!(check(&l, &h, &rare), Err(LimitsError::OutputMerges { .. })));
+        let unlimited = HydfsConfig { max_pending_appends: 0, ..h.clone() };
+        assert_eq!(check(&l, &unlimited, &rare), Ok(()));
         let names = HydfsConfig { max_name_bytes: NAME_BYTES_CEILING + 1, ..h.clone() };
         assert!(matches!(check(&l, &names, &r), Err(LimitsError::NameLimit { .. })));
+        let batch = RainstormConfig { max_batch_tuples: 10, batch_lines: 64, ..r };
+        assert!(matches!(check(&l, &h, &batch), Err(LimitsError::BatchTuples { .. })));
     }
 }

@@ -29,6 +29,7 @@ use crate::membership::{
 };
 use crate::rainstorm::{
     JobError, JobId, JobSpec, ProgramCall, ProgramResult, Rainstorm, RainstormConfig, RainstormEvent,
+    RainstormStats,
 };
 use crate::replay::{FrameSeq, ReplayGuard, Verdict, DEFAULT_MAX_SENDERS};
 use crate::time::Time;
@@ -102,7 +103,7 @@ pub enum CommandOutput {
     SelfId { me: MemberId, incarnation: crate::id::Incarnation, phase: Phase },
     Suspicion(bool),
     Suspected(Vec<MemberView>),
-    Stats { node: NodeStats, membership: MembershipStats, hydfs: HydfsStats },
+    Stats { node: NodeStats, membership: MembershipStats, hydfs: HydfsStats, rainstorm: RainstormStats },
     Done(String),
     Help,
 }
@@ -339,6 +340,7 @@ impl Node {
                 node: self.stats.clone(),
                 membership: m.stats(),
                 hydfs: self.hydfs.stats(),
+                rainstorm: self.rainstorm.stats(),
             },
             Command::Help => CommandOutput::Help,
             Command::File(f) => return Err(CommandError::NeedsDriver(f.to_string())),
@@ -524,7 +526,7 @@ impl fmt::Display for CommandOutput {
                 }
                 Ok(())
             }
-            CommandOutput::Stats { node, membership, hydfs } => {
+            CommandOutput::Stats { node, membership, hydfs, rainstorm } => {
                 writeln!(f, "frames_sent {}", node.frames_sent)?;
                 writeln!(f, "bytes_sent {}", node.bytes_sent)?;
                 writeln!(f, "frames_received {}", node.frames_received)?;
@@ -544,7 +546,8 @@ impl fmt::Display for CommandOutput {
                 writeln!(f, "failures_declared {}", membership.failures_declared)?;
                 writeln!(f, "hydfs.names_refused {}", hydfs.names_refused)?;
                 writeln!(f, "hydfs.busy_refusals {}", hydfs.busy_refusals)?;
-                writeln!(f, "hydfs.pending_appends_refused {}", hydfs.pending_appends_refused)
+                writeln!(f, "hydfs.pending_appends_refused {}", hydfs.pending_appends_refused)?;
+                writeln!(f, "rainstorm.batches_rejected {}", rainstorm.batches_rejected)
             }
             CommandOutput::Done(msg) => writeln!(f, "{msg}"),
             CommandOutput::Help => {

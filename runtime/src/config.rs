@@ -32,6 +32,7 @@
 //! program_start_timeout_ms = 10000 # an operator program's handshake
 //! program_batch_timeout_ms = 30000 # an operator program's answer to one batch
 //! batch_lines = 64               # input lines per source batch, in the jobs this node leads
+//! max_batch_tuples = 262144      # tuples one received batch may hold (0: unlimited)
 //!
 //! [limits]                       # against hostile or broken input; each breach is counted in `stats`
 //! max_datagram_bytes = 1400      # largest UDP datagram sent or accepted (256..=65000)
@@ -93,6 +94,7 @@ pub struct RainstormInput {
     pub program_start_timeout_ms: Option<u64>,
     pub program_batch_timeout_ms: Option<u64>,
     pub batch_lines: Option<u32>,
+    pub max_batch_tuples: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -200,6 +202,7 @@ impl ConfigInput {
                 program_start_timeout_ms: r.program_start_timeout_ms.or(q.program_start_timeout_ms),
                 program_batch_timeout_ms: r.program_batch_timeout_ms.or(q.program_batch_timeout_ms),
                 batch_lines: r.batch_lines.or(q.batch_lines),
+                max_batch_tuples: r.max_batch_tuples.or(q.max_batch_tuples),
             },
             limits: LimitsInput {
                 max_datagram_bytes: l.max_datagram_bytes.or(k.max_datagram_bytes),
@@ -310,7 +313,8 @@ impl ConfigInput {
             Some(n) => n,
             None => defaults.batch_lines,
         };
-        let rainstorm = RainstormConfig { batch_lines, ..defaults };
+        let max_batch_tuples = r.max_batch_tuples.unwrap_or(defaults.max_batch_tuples);
+        let rainstorm = RainstormConfig { batch_lines, max_batch_tuples, ..defaults };
         let l = self.limits;
         let base = LimitsConfig::default();
         let limits = LimitsConfig {
@@ -347,7 +351,10 @@ fn limit_field(e: &LimitsError) -> &'static str {
         LimitsError::NoBurst => "limits.peer_request_burst",
         LimitsError::NoPeers => "limits.rate_limited_peers",
         LimitsError::NameLimit { .. } => "hydfs.max_name_bytes",
-        LimitsError::PendingBelowJournal { .. } => "hydfs.max_pending_appends",
+        LimitsError::PendingBelowJournal { .. } | LimitsError::OutputMerges { .. } => {
+            "hydfs.max_pending_appends"
+        }
+        LimitsError::BatchTuples { .. } => "rainstorm.max_batch_tuples",
     }
 }
 
@@ -428,18 +435,20 @@ mod tests {
         let resolve = |text: &str| {
             parse(&format!("bind = \"127.0.0.1:7001\"\n{text}")).unwrap().resolve(Role::Introducer)
         };
-        let cfg = resolve("[hydfs]\nmax_name_bytes = 100\nmax_transfers = 0\nmax_pending_appends = 5000\n")
-            .unwrap();
+        let cfg = resolve("[hydfs]\nmax_name_bytes = 100\nmax_transfers = 0\nmax_pending_appends = 5000\n[rainstorm]\nmax_batch_tuples = 64\n").unwrap();
         assert_eq!(
             (cfg.hydfs.max_name_bytes, cfg.hydfs.max_transfers, cfg.hydfs.max_pending_appends),
             (100, 0, 5000)
         );
+        assert_eq!(cfg.rainstorm.max_batch_tuples, 64);
         let defaults = resolve("").unwrap();
         assert_eq!(defaults.hydfs.max_pending_appends, HydfsConfig::default().max_pending_appends);
+        assert_eq!(defaults.rainstorm.max_batch_tuples, RainstormConfig::default().max_batch_tuples);
         for (text, field) in [
             ("[hydfs]\nmax_name_bytes = 0", "hydfs.max_name_bytes"),
             ("[hydfs]\nmax_name_bytes = 5000", "hydfs.max_name_bytes"),
             ("[hydfs]\nmax_pending_appends = 1000", "hydfs.max_pending_appends"),
+            ("[rainstorm]\nbatch_lines = 100\nmax_batch_tuples = 99", "rainstorm.max_batch_tuples"),
         ] {
             let e = resolve(text).unwrap_err();
             assert!(e.to_string().contains(&format!("`{field}`")), "{text}: {e}");
