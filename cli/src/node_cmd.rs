@@ -104,6 +104,7 @@ impl NodeArgs {
                 batch_lines: self.batch_lines,
                 ..Default::default()
             },
+            limits: Default::default(),
         }
     }
 }

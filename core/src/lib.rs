@@ -19,12 +19,14 @@
 //! * [`replay`]: per-sender windows of accepted frame numbers (refuses replayed frames);
 //! * [`membership`]: SWIM failure detection with optional suspicion;
 //! * [`hydfs`]: the replicated file system (ring, replicas, merges, re-replication, client);
+//! * [`limits`]: node-wide limits on stream frames and per-peer request rates;
 //! * [`node`]: the [`Node`] that composes the layers behind one input/output surface;
 //! * [`rainstorm`]: the stream layer's tuples and operators (pure functions, keyed state passed in).
 
 pub mod command;
 pub mod hydfs;
 pub mod id;
+pub mod limits;
 pub mod membership;
 pub mod node;
 pub mod rainstorm;

@@ -5,10 +5,13 @@
 //! list; RainStorm's file operations (input, journals, job outputs) go through this node's HyDFS
 //! client and their answers go back to RainStorm, never to the user.
 //! Invariants kept here:
-//! * every received frame is decoded under the size limit of its channel; a bad frame is counted
-//!   by cause and dropped, never panics and never reaches a layer;
+//! * every received frame is decoded under the size limit of its channel (`max_datagram_bytes`,
+//!   `limits.stream_frame_bytes`); a bad frame is counted by cause and dropped, never panics and
+//!   never reaches a layer;
 //! * under a cluster key, a frame whose sequence number its sender already used on that channel
 //!   (a duplicate or a replay) or that is older than the replay window is counted and dropped;
+//! * a stream request from another node over its sender's rate (`limits`) is dropped and counted
+//!   (`rate_limited`) before it reaches a layer; membership and replies are never rate-limited;
 //! * every frame sent carries the next number of its channel's counter (1, 2, ...);
 //! * every datagram it emits is at most `max_datagram_bytes` long;
 //! * outputs are queued until drained: after each `handle_*` call the driver drains
@@ -16,19 +19,21 @@
 
 use crate::command::{Command, COMMAND_HELP};
 use crate::hydfs::{
-    ClientOp, Hydfs, HydfsConfig, HydfsError, HydfsEvent, MemStorage, OpId, Storage, StorageError,
+    ClientOp, Hydfs, HydfsConfig, HydfsError, HydfsEvent, HydfsStats, MemStorage, OpId, Storage, StorageError,
 };
 use crate::id::{MemberId, NodeAddr};
+use crate::limits::{counts_against_rate, LimitsConfig, RateLimiter};
 use crate::membership::{
     MemberStatus, MemberView, Membership, MembershipConfig, MembershipError, MembershipEvent,
     MembershipStats, Phase, Role,
 };
 use crate::rainstorm::{
     JobError, JobId, JobSpec, ProgramCall, ProgramResult, Rainstorm, RainstormConfig, RainstormEvent,
+    RainstormStats,
 };
 use crate::replay::{FrameSeq, ReplayGuard, Verdict, DEFAULT_MAX_SENDERS};
 use crate::time::Time;
-use crate::wire::{Body, Codec, Envelope, MAX_STREAM_FRAME_BYTES};
+use crate::wire::{Body, Codec, Envelope};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 
@@ -68,6 +73,7 @@ pub struct NodeConfig {
     pub membership: MembershipConfig,
     pub hydfs: HydfsConfig,
     pub rainstorm: RainstormConfig,
+    pub limits: LimitsConfig,
     pub codec: Codec,
 }
 
@@ -97,7 +103,7 @@ pub enum CommandOutput {
     SelfId { me: MemberId, incarnation: crate::id::Incarnation, phase: Phase },
     Suspicion(bool),
     Suspected(Vec<MemberView>),
-    Stats { node: NodeStats, membership: MembershipStats },
+    Stats { node: NodeStats, membership: MembershipStats, hydfs: HydfsStats, rainstorm: RainstormStats },
     Done(String),
     Help,
 }
@@ -134,6 +140,8 @@ pub struct Node {
     sent_datagrams: FrameSeq,
     sent_stream_frames: FrameSeq,
     max_datagram_bytes: usize,
+    stream_frame_bytes: usize,
+    rate: RateLimiter,
     events: VecDeque<NodeEvent>,
     stats: NodeStats,
 }
@@ -180,6 +188,8 @@ impl Node {
             sent_stream_frames: FrameSeq(0),
             codec: cfg.codec,
             max_datagram_bytes,
+            stream_frame_bytes: cfg.limits.stream_frame_bytes,
+            rate: RateLimiter::new(&cfg.limits),
             events: VecDeque::new(),
             stats: NodeStats::default(),
         };
@@ -256,6 +266,10 @@ impl Node {
                         return;
                     }
                 }
+                if channel == Channel::Stream && self.over_rate(now, &envelope) {
+                    *self.stats.frames_rejected.entry(RATE_LIMITED).or_default() += 1;
+                    return;
+                }
                 self.stats.frames_received += 1;
                 self.stats.bytes_received += frame.len() as u64;
                 match envelope.body {
@@ -275,6 +289,11 @@ impl Node {
     /// [`crate::wire::WireError::cause`], so that the node's counters tell every refusal.
     pub fn record_rejected(&mut self, cause: &'static str, frames: u64) {
         *self.stats.frames_rejected.entry(cause).or_default() += frames;
+    }
+
+    /// The driver dropped a frame over its channel's limit without reading it whole.
+    pub fn handle_oversized_frame(&mut self) {
+        *self.stats.frames_rejected.entry(OVERSIZED).or_default() += 1;
     }
 
     /// A datagram arrived.
@@ -329,7 +348,12 @@ impl Node {
             }
             Command::StatusSus => CommandOutput::Suspicion(m.suspicion_enabled()),
             Command::ListSuspected => CommandOutput::Suspected(m.suspected().collect()),
-            Command::Stats => CommandOutput::Stats { node: self.stats.clone(), membership: m.stats() },
+            Command::Stats => CommandOutput::Stats {
+                node: self.stats.clone(),
+                membership: m.stats(),
+                hydfs: self.hydfs.stats(),
+                rainstorm: self.rainstorm.stats(),
+            },
             Command::Help => CommandOutput::Help,
             Command::File(f) => return Err(CommandError::NeedsDriver(f.to_string())),
             Command::Job(j) => return Err(CommandError::NeedsDriver(j.to_string())),
@@ -388,8 +412,17 @@ impl Node {
     fn limit(&self, channel: Channel) -> usize {
         match channel {
             Channel::Datagram => self.max_datagram_bytes,
-            Channel::Stream => MAX_STREAM_FRAME_BYTES,
+            Channel::Stream => self.stream_frame_bytes,
         }
+    }
+
+    /// Whether a stream request from another node is over its sender's rate (taking a token if
+    /// not).
+    fn over_rate(&mut self, now: Time, envelope: &Envelope) -> bool {
+        let from = envelope.from.addr;
+        from != self.membership.me().addr
+            && counts_against_rate(&envelope.body)
+            && !self.rate.allow(now, from)
     }
 
     fn collect_events(&mut self, now: Time) {
@@ -447,6 +480,11 @@ impl Node {
     }
 }
 
+/// Frames over their channel's size limit (as [`crate::wire::WireError::cause`] names them).
+const OVERSIZED: &str = "oversized";
+/// Stream requests over their sender's rate.
+const RATE_LIMITED: &str = "rate_limited";
+
 impl fmt::Display for CommandOutput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -485,19 +523,28 @@ impl fmt::Display for CommandOutput {
                 }
                 Ok(())
             }
-            CommandOutput::Stats { node, membership } => {
+            CommandOutput::Stats { node, membership, hydfs, rainstorm } => {
                 writeln!(f, "frames_sent {}", node.frames_sent)?;
                 writeln!(f, "bytes_sent {}", node.bytes_sent)?;
                 writeln!(f, "frames_received {}", node.frames_received)?;
                 writeln!(f, "bytes_received {}", node.bytes_received)?;
-                for (cause, n) in &node.frames_rejected {
+                // The limits' counters are always shown, other causes once they occur.
+                let mut rejected = node.frames_rejected.clone();
+                for cause in [OVERSIZED, RATE_LIMITED] {
+                    rejected.entry(cause).or_default();
+                }
+                for (cause, n) in &rejected {
                     writeln!(f, "frames_rejected.{cause} {n}")?;
                 }
                 writeln!(f, "pings_sent {}", membership.pings_sent)?;
                 writeln!(f, "ping_reqs_sent {}", membership.ping_reqs_sent)?;
                 writeln!(f, "suspicions_raised {}", membership.suspicions_raised)?;
                 writeln!(f, "refutations {}", membership.refutations)?;
-                writeln!(f, "failures_declared {}", membership.failures_declared)
+                writeln!(f, "failures_declared {}", membership.failures_declared)?;
+                writeln!(f, "hydfs.names_refused {}", hydfs.names_refused)?;
+                writeln!(f, "hydfs.busy_refusals {}", hydfs.busy_refusals)?;
+                writeln!(f, "hydfs.pending_appends_refused {}", hydfs.pending_appends_refused)?;
+                writeln!(f, "rainstorm.batches_rejected {}", rainstorm.batches_rejected)
             }
             CommandOutput::Done(msg) => writeln!(f, "{msg}"),
             CommandOutput::Help => {

@@ -25,15 +25,27 @@
 //! cache_mb = 64                  # the client's read cache (0 turns it off)
 //! repair_mb_per_sec = 128        # re-replication pull rate (0: unlimited)
 //! max_write_mb = 1024            # largest create or append
+//! max_name_bytes = 255           # longest file name (1..=4096)
+//! max_transfers = 1024           # writes and merges coordinated at once; more are refused as busy (0: unlimited)
+//! max_pending_appends = 10000    # unmerged appends per file; more are refused until a merge (0: unlimited)
 //!
 //! [rainstorm]
 //! program_start_timeout_ms = 10000 # an operator program's handshake
 //! program_batch_timeout_ms = 30000 # an operator program's answer to one batch
 //! batch_lines = 64               # input lines per source batch, in the jobs this node leads
+//! max_batch_tuples = 262144      # tuples one received batch may hold (0: unlimited)
+//!
+//! [limits]                       # against hostile or broken input; each breach is counted in `stats`
+//! max_datagram_bytes = 1400      # largest UDP datagram sent or accepted (256..=65000)
+//! stream_frame_mb = 16           # largest TCP frame sent or accepted (at least one chunk + 1 MiB)
+//! peer_requests_per_sec = 20000  # HyDFS/RainStorm requests accepted per second from one peer (0: unlimited)
+//! peer_request_burst = 40000     # requests one peer may send at once
+//! rate_limited_peers = 1024      # peers whose rate is tracked (the stalest is forgotten)
 //! ```
 
 use crate::programs::ProgramLimits;
 use rainstorm_core::hydfs::HydfsConfig;
+use rainstorm_core::limits::{LimitsConfig, LimitsError};
 use rainstorm_core::membership::{MembershipConfig, Role};
 use rainstorm_core::rainstorm::RainstormConfig;
 use rainstorm_core::wire::{ClusterKey, Codec};
@@ -65,6 +77,18 @@ pub struct ConfigInput {
     pub hydfs: HydfsInput,
     #[serde(default)]
     pub rainstorm: RainstormInput,
+    #[serde(default)]
+    pub limits: LimitsInput,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsInput {
+    pub max_datagram_bytes: Option<usize>,
+    pub stream_frame_mb: Option<usize>,
+    pub peer_requests_per_sec: Option<u32>,
+    pub peer_request_burst: Option<u32>,
+    pub rate_limited_peers: Option<usize>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -73,6 +97,7 @@ pub struct RainstormInput {
     pub program_start_timeout_ms: Option<u64>,
     pub program_batch_timeout_ms: Option<u64>,
     pub batch_lines: Option<u32>,
+    pub max_batch_tuples: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -81,6 +106,9 @@ pub struct HydfsInput {
     pub cache_mb: Option<u64>,
     pub repair_mb_per_sec: Option<u64>,
     pub max_write_mb: Option<u64>,
+    pub max_name_bytes: Option<usize>,
+    pub max_transfers: Option<usize>,
+    pub max_pending_appends: Option<usize>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -117,6 +145,8 @@ pub struct RuntimeConfig {
     pub rainstorm: RainstormConfig,
     /// Limits of operator programs.
     pub programs: ProgramLimits,
+    /// Node-wide limits on stream frames and per-peer request rates.
+    pub limits: LimitsConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +179,7 @@ impl ConfigInput {
         let f = fallback.timings;
         let (h, g) = (self.hydfs, fallback.hydfs);
         let (r, q) = (self.rainstorm, fallback.rainstorm);
+        let (l, k) = (self.limits, fallback.limits);
         ConfigInput {
             bind: self.bind.or(fallback.bind),
             advertise: self.advertise.or(fallback.advertise),
@@ -172,11 +203,22 @@ impl ConfigInput {
                 cache_mb: h.cache_mb.or(g.cache_mb),
                 repair_mb_per_sec: h.repair_mb_per_sec.or(g.repair_mb_per_sec),
                 max_write_mb: h.max_write_mb.or(g.max_write_mb),
+                max_name_bytes: h.max_name_bytes.or(g.max_name_bytes),
+                max_transfers: h.max_transfers.or(g.max_transfers),
+                max_pending_appends: h.max_pending_appends.or(g.max_pending_appends),
             },
             rainstorm: RainstormInput {
                 program_start_timeout_ms: r.program_start_timeout_ms.or(q.program_start_timeout_ms),
                 program_batch_timeout_ms: r.program_batch_timeout_ms.or(q.program_batch_timeout_ms),
                 batch_lines: r.batch_lines.or(q.batch_lines),
+                max_batch_tuples: r.max_batch_tuples.or(q.max_batch_tuples),
+            },
+            limits: LimitsInput {
+                max_datagram_bytes: l.max_datagram_bytes.or(k.max_datagram_bytes),
+                stream_frame_mb: l.stream_frame_mb.or(k.stream_frame_mb),
+                peer_requests_per_sec: l.peer_requests_per_sec.or(k.peer_requests_per_sec),
+                peer_request_burst: l.peer_request_burst.or(k.peer_request_burst),
+                rate_limited_peers: l.rate_limited_peers.or(k.rate_limited_peers),
             },
         }
     }
@@ -223,9 +265,14 @@ impl ConfigInput {
             join_attempts: t.join_attempts.unwrap_or(base.join_attempts),
             join_retry: ms(t.join_retry_ms, base.join_retry),
             suspicion_at_start: self.suspicion.unwrap_or(base.suspicion_at_start),
+            max_datagram_bytes: self.limits.max_datagram_bytes.unwrap_or(base.max_datagram_bytes),
             ..base
         };
-        membership.validate().map_err(|m| ConfigError::Field { field: "timings", message: m })?;
+        if let Err(m) = membership.validate() {
+            let field =
+                if m.contains("max_datagram_bytes") { "limits.max_datagram_bytes" } else { "timings" };
+            return Err(ConfigError::Field { field, message: m });
+        }
         let base = HydfsConfig::default();
         let mb = |v: Option<u64>, d: u64| v.map(|v| v.saturating_mul(1 << 20)).unwrap_or(d);
         if self.hydfs.max_write_mb == Some(0) {
@@ -235,6 +282,9 @@ impl ConfigInput {
             cache_bytes: mb(self.hydfs.cache_mb, base.cache_bytes),
             repair_bytes_per_sec: mb(self.hydfs.repair_mb_per_sec, base.repair_bytes_per_sec),
             max_write_bytes: mb(self.hydfs.max_write_mb, base.max_write_bytes),
+            max_name_bytes: self.hydfs.max_name_bytes.unwrap_or(base.max_name_bytes),
+            max_transfers: self.hydfs.max_transfers.unwrap_or(base.max_transfers),
+            max_pending_appends: self.hydfs.max_pending_appends.unwrap_or(base.max_pending_appends),
             ..base
         };
         let base = ProgramLimits::default();
@@ -269,7 +319,20 @@ impl ConfigInput {
             Some(n) => n,
             None => defaults.batch_lines,
         };
-        let rainstorm = RainstormConfig { batch_lines, ..defaults };
+        let max_batch_tuples = r.max_batch_tuples.unwrap_or(defaults.max_batch_tuples);
+        let rainstorm = RainstormConfig { batch_lines, max_batch_tuples, ..defaults };
+        let l = self.limits;
+        let base = LimitsConfig::default();
+        let limits = LimitsConfig {
+            stream_frame_bytes: l
+                .stream_frame_mb
+                .map_or(base.stream_frame_bytes, |mb| mb.saturating_mul(1 << 20)),
+            peer_requests_per_sec: l.peer_requests_per_sec.unwrap_or(base.peer_requests_per_sec),
+            peer_request_burst: l.peer_request_burst.unwrap_or(base.peer_request_burst),
+            rate_limited_peers: l.rate_limited_peers.unwrap_or(base.rate_limited_peers),
+        };
+        rainstorm_core::limits::check(&limits, &hydfs, &rainstorm)
+            .map_err(|e| ConfigError::Field { field: limit_field(&e), message: e.to_string() })?;
         Ok(RuntimeConfig {
             role,
             bind,
@@ -284,6 +347,7 @@ impl ConfigInput {
             hydfs,
             rainstorm,
             programs,
+            limits,
         })
     }
 }
@@ -332,6 +396,20 @@ pub fn codec_from_file(path: &Path) -> Result<Codec, ConfigError> {
     Ok(codec_of(input.cluster_key.as_deref(), &accepted))
 }
 
+/// The config field to fix for a limit that does not fit.
+fn limit_field(e: &LimitsError) -> &'static str {
+    match e {
+        LimitsError::FrameTooSmall { .. } | LimitsError::FrameTooLarge { .. } => "limits.stream_frame_mb",
+        LimitsError::NoBurst => "limits.peer_request_burst",
+        LimitsError::NoPeers => "limits.rate_limited_peers",
+        LimitsError::NameLimit { .. } => "hydfs.max_name_bytes",
+        LimitsError::PendingBelowJournal { .. } | LimitsError::OutputMerges { .. } => {
+            "hydfs.max_pending_appends"
+        }
+        LimitsError::BatchTuples { .. } => "rainstorm.max_batch_tuples",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,6 +455,56 @@ mod tests {
         assert!(e.to_string().contains("hydfs.max_write_mb"), "{e}");
         let e = parse("[hydfs]\ncache = 3\n").unwrap_err();
         assert!(e.contains("cache"), "{e}");
+    }
+
+    #[test]
+    fn node_limits_are_read_and_checked() {
+        let resolve = |text: &str| {
+            parse(&format!("bind = \"127.0.0.1:7001\"\n[limits]\n{text}")).unwrap().resolve(Role::Introducer)
+        };
+        let cfg = resolve("").unwrap();
+        assert_eq!(cfg.limits, LimitsConfig::default());
+        let cfg =
+            resolve("stream_frame_mb = 4\npeer_requests_per_sec = 0\nmax_datagram_bytes = 1200\n").unwrap();
+        assert_eq!(cfg.limits.stream_frame_bytes, 4 << 20);
+        assert_eq!(cfg.limits.peer_requests_per_sec, 0);
+        assert_eq!(cfg.membership.max_datagram_bytes, 1200);
+        for (text, field) in [
+            ("stream_frame_mb = 1", "limits.stream_frame_mb"),
+            ("stream_frame_mb = 5000", "limits.stream_frame_mb"),
+            ("peer_request_burst = 0", "limits.peer_request_burst"),
+            ("rate_limited_peers = 0", "limits.rate_limited_peers"),
+            ("max_datagram_bytes = 100", "limits.max_datagram_bytes"),
+        ] {
+            let e = resolve(text).unwrap_err();
+            assert!(e.to_string().contains(&format!("`{field}`")), "{text}: {e}");
+        }
+        assert!(parse("[limits]\nframe_mb = 3\n").unwrap_err().contains("frame_mb"));
+    }
+
+    #[test]
+    fn layer_limits_are_read_and_checked() {
+        let resolve = |text: &str| {
+            parse(&format!("bind = \"127.0.0.1:7001\"\n{text}")).unwrap().resolve(Role::Introducer)
+        };
+        let cfg = resolve("[hydfs]\nmax_name_bytes = 100\nmax_transfers = 0\nmax_pending_appends = 5000\n[rainstorm]\nmax_batch_tuples = 64\n").unwrap();
+        assert_eq!(
+            (cfg.hydfs.max_name_bytes, cfg.hydfs.max_transfers, cfg.hydfs.max_pending_appends),
+            (100, 0, 5000)
+        );
+        assert_eq!(cfg.rainstorm.max_batch_tuples, 64);
+        let defaults = resolve("").unwrap();
+        assert_eq!(defaults.hydfs.max_pending_appends, HydfsConfig::default().max_pending_appends);
+        assert_eq!(defaults.rainstorm.max_batch_tuples, RainstormConfig::default().max_batch_tuples);
+        for (text, field) in [
+            ("[hydfs]\nmax_name_bytes = 0", "hydfs.max_name_bytes"),
+            ("[hydfs]\nmax_name_bytes = 5000", "hydfs.max_name_bytes"),
+            ("[hydfs]\nmax_pending_appends = 1000", "hydfs.max_pending_appends"),
+            ("[rainstorm]\nbatch_lines = 100\nmax_batch_tuples = 99", "rainstorm.max_batch_tuples"),
+        ] {
+            let e = resolve(text).unwrap_err();
+            assert!(e.to_string().contains(&format!("`{field}`")), "{text}: {e}");
+        }
     }
 
     #[test]

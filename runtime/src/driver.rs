@@ -17,7 +17,7 @@ use crate::clock::Clock;
 use crate::config::RuntimeConfig;
 use crate::files::{Progress, Sink};
 use crate::jobs::{JobBook, Streamed};
-use crate::net::{read_frame, write_frame};
+use crate::net::{read_frame, write_frame, Incoming};
 use crate::programs::ProgramHost;
 use crate::storage::FileStorage;
 use rainstorm_core::command::{Command, FileCommand};
@@ -25,7 +25,7 @@ use rainstorm_core::hydfs::{ClientOp, HydfsError, HydfsEvent, OpId, OpOutput, Ri
 use rainstorm_core::membership::{MembershipEvent, Role};
 use rainstorm_core::node::{NodeConfig, NodeEvent};
 use rainstorm_core::rainstorm::{JobError, JobId, JobSpec, ProgramResult, RainstormEvent};
-use rainstorm_core::wire::{Codec, MAX_STREAM_FRAME_BYTES};
+use rainstorm_core::wire::Codec;
 use rainstorm_core::{Channel, Node, Transmit};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -236,6 +236,7 @@ pub async fn start(cfg: RuntimeConfig) -> Result<StartedNode, StartError> {
             membership: cfg.membership.clone(),
             hydfs,
             rainstorm: cfg.rainstorm.clone(),
+            limits: cfg.limits.clone(),
             codec,
         },
         now,
@@ -256,7 +257,7 @@ pub async fn start(cfg: RuntimeConfig) -> Result<StartedNode, StartError> {
     let udp = Arc::new(udp);
     let precheck = (cfg.codec(), cfg.membership.max_datagram_bytes);
     tokio::spawn(receive_datagrams(udp.clone(), tx.clone(), precheck));
-    tokio::spawn(accept_streams(tcp, stream_tx));
+    tokio::spawn(accept_streams(tcp, stream_tx, cfg.limits.stream_frame_bytes));
     let handle = NodeHandle {
         tx: tx.clone(),
         events: events.clone(),
@@ -333,16 +334,19 @@ async fn receive_datagrams(udp: Arc<UdpSocket>, tx: mpsc::Sender<Input>, (codec,
     }
 }
 
-async fn accept_streams(listener: TcpListener, tx: mpsc::Sender<Vec<u8>>) {
+async fn accept_streams(listener: TcpListener, tx: mpsc::Sender<Incoming>, limit: usize) {
     loop {
         let Ok((mut stream, peer)) = listener.accept().await else { continue };
         let _ = stream.set_nodelay(true);
         let tx = tx.clone();
         tokio::spawn(async move {
             loop {
-                match read_frame(&mut stream, MAX_STREAM_FRAME_BYTES).await {
-                    Ok(Some(frame)) => {
-                        if tx.send(frame).await.is_err() {
+                match read_frame(&mut stream, limit).await {
+                    Ok(Some(incoming)) => {
+                        if let Incoming::Oversized { len, limit } = &incoming {
+                            warn!(%peer, len, limit, "stream frame over the limit (limits.stream_frame_bytes) dropped");
+                        }
+                        if tx.send(incoming).await.is_err() {
                             return;
                         }
                     }
@@ -390,7 +394,7 @@ struct PendingOp {
 }
 
 impl NodeTask {
-    async fn run(mut self, mut rx: mpsc::Receiver<Input>, mut streams: mpsc::Receiver<Vec<u8>>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Input>, mut streams: mpsc::Receiver<Incoming>) {
         let mut stopping: Option<(tokio::time::Instant, oneshot::Sender<()>)> = None;
         loop {
             self.drain().await;
@@ -455,9 +459,10 @@ impl NodeTask {
                 _ = sleep => {
                     self.node.handle_timeout(self.clock.now());
                 }
-                Some(frame) = streams.recv() => {
-                    self.node.handle_frame(self.clock.now(), Channel::Stream, &frame);
-                }
+                Some(incoming) = streams.recv() => match incoming {
+                    Incoming::Frame(frame) => self.node.handle_frame(self.clock.now(), Channel::Stream, &frame),
+                    Incoming::Oversized { .. } => self.node.handle_oversized_frame(),
+                },
             }
             if let Some((at, _)) = &stopping {
                 if tokio::time::Instant::now() >= *at {
@@ -935,7 +940,6 @@ fn log_hydfs_event(event: &rainstorm_core::hydfs::HydfsEvent) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::read_frame;
 
     /// A peer that restarts on the same address closes our old connection: the next frame must
     /// reach the new process, not vanish into the closed socket.
@@ -947,7 +951,7 @@ mod tests {
         let mut conn = None;
         write_one(to, &mut conn, b"one", &tx).await;
         let (mut accepted, _) = first.accept().await.unwrap();
-        assert_eq!(read_frame(&mut accepted, 64).await.unwrap().unwrap(), b"one");
+        assert_eq!(read_frame(&mut accepted, 64).await.unwrap().unwrap(), Incoming::Frame(b"one".to_vec()));
         // The peer process dies: its sockets close.
         drop(accepted);
         drop(first);
@@ -959,7 +963,7 @@ mod tests {
             .expect("reconnected")
             .unwrap();
         let frame = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut accepted, 64)).await;
-        assert_eq!(frame.expect("frame arrives").unwrap().unwrap(), b"two");
+        assert_eq!(frame.expect("frame arrives").unwrap().unwrap(), Incoming::Frame(b"two".to_vec()));
         assert!(failures.try_recv().is_err(), "nothing was reported lost");
     }
 }

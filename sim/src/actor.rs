@@ -7,6 +7,7 @@
 use crate::disk::SimDisk;
 use rainstorm_core::command::Command;
 use rainstorm_core::hydfs::{ClientOp, Hydfs, HydfsConfig, HydfsError, OpId};
+use rainstorm_core::limits::LimitsConfig;
 use rainstorm_core::membership::{MembershipConfig, Role};
 use rainstorm_core::node::{NodeConfig, NodeEvent};
 use rainstorm_core::rainstorm::{JobError, JobId, JobSpec, ProgramResult, RainstormConfig};
@@ -91,6 +92,7 @@ impl Actor for Node {
             membership: s.config.clone(),
             hydfs: s.hydfs.clone().unwrap_or_default(),
             rainstorm: s.rainstorm.clone().unwrap_or_default(),
+            limits: LimitsConfig::default(),
             codec: if s.cluster_key {
                 Codec::keyed(ClusterKey::from_passphrase("simulated cluster key"), Vec::new())
             } else {

@@ -330,6 +330,11 @@ impl Hydfs {
         op: ClientOp,
         remote: Option<(NodeAddr, ReqId)>,
     ) -> Result<OpId, HydfsError> {
+        let (len, limit) = (op.name().as_str().len(), self.cfg.max_name_bytes);
+        if len > limit {
+            self.stats.names_refused += 1;
+            return Err(HydfsError::NameTooLong { len, limit });
+        }
         if let ClientOp::Create { data, .. }
         | ClientOp::Append { data, .. }
         | ClientOp::Persist { data, .. } = &op
@@ -680,6 +685,12 @@ impl Hydfs {
                 self.finish(now, id, None, Err(HydfsError::TooLarge { len, limit }))
             }
             Refusal::StorageFailed(why) => self.finish(now, id, None, Err(HydfsError::Storage(why))),
+            Refusal::NameTooLong { len, limit } => {
+                self.finish(now, id, None, Err(HydfsError::NameTooLong { len, limit }))
+            }
+            Refusal::TooManyPending { limit } => {
+                self.finish(now, id, None, Err(HydfsError::TooManyPending { name, limit }))
+            }
             Refusal::NotFound => self.attempt_failed(now, id, format!("{from}: not found"), true),
             other => self.attempt_failed(now, id, format!("{from}: {other}"), false),
         }

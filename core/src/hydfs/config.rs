@@ -1,6 +1,7 @@
 //! HyDFS settings and, behind the `planted-bugs` feature, the deliberate bugs the simulator's
 //! checkers must catch.
 
+use super::name::MAX_NAME_BYTES;
 use super::types::CHUNK_BYTES;
 use crate::time::Millis;
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,16 @@ pub struct HydfsConfig {
     pub inline_bytes: usize,
     /// Largest create or append accepted.
     pub max_write_bytes: u64,
+    /// Longest file name accepted, in bytes (at most [`super::name::NAME_BYTES_CEILING`]): the
+    /// client refuses longer names, and a server refuses requests naming one.
+    pub max_name_bytes: usize,
+    /// Transfers a node coordinates at once: writes in flight plus merges running or queued. A
+    /// write or merge beyond it is refused as busy, and its client tries again (another replica,
+    /// then the same ones after `retry_interval`). 0 means unlimited.
+    pub max_transfers: usize,
+    /// Pending (not yet merged) appends one file may hold on its coordinator; an append beyond it
+    /// is refused until the file is merged. 0 means unlimited.
+    pub max_pending_appends: usize,
     /// Capacity of the client's read cache, in bytes (0 turns it off).
     pub cache_bytes: u64,
     /// How long a cached read may be served (it is never served if it could miss one of the
@@ -63,6 +74,9 @@ impl Default for HydfsConfig {
             repair_bytes_per_sec: 128 << 20,
             inline_bytes: 64 * 1024,
             max_write_bytes: 1 << 30,
+            max_name_bytes: MAX_NAME_BYTES,
+            max_transfers: 1024,
+            max_pending_appends: 10_000,
             cache_bytes: 64 << 20,
             cache_ttl: Millis::from_secs(30),
             anti_entropy_interval: Millis::from_secs(2),

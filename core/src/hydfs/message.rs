@@ -33,6 +33,15 @@ pub enum Refusal {
     /// The request exceeds this node's size limit.
     #[error("over the {limit}-byte limit")]
     TooLarge { limit: u64 },
+    /// The file name is longer than this node accepts.
+    #[error("a file name of {len} bytes is over the {limit}-byte limit")]
+    NameTooLong { len: usize, limit: usize },
+    /// The file already has this many pending appends: it must be merged first.
+    #[error("{limit} appends are pending; run merge")]
+    TooManyPending { limit: usize },
+    /// The node has as many transfers in flight as it takes: ask again later.
+    #[error("busy: {limit} transfers in flight; retry later")]
+    Busy { limit: usize },
     /// The node cannot complete the request now (replicas unreachable...).
     #[error("{0}")]
     Unavailable(String),
@@ -189,6 +198,38 @@ pub enum HydfsMsg {
         req: ReqId,
         result: Result<serde_bytes::ByteBuf, Refusal>,
     },
+}
+
+impl HydfsMsg {
+    /// Whether this message asks something of its receiver (as opposed to answering it).
+    pub fn is_request(&self) -> bool {
+        match self {
+            HydfsMsg::Write { .. }
+            | HydfsMsg::Replicate { .. }
+            | HydfsMsg::Merge { .. }
+            | HydfsMsg::Collect { .. }
+            | HydfsMsg::Install { .. }
+            | HydfsMsg::Read { .. }
+            | HydfsMsg::Stat { .. }
+            | HydfsMsg::RemoteAppend { .. }
+            | HydfsMsg::Inventory { .. }
+            | HydfsMsg::Describe { .. }
+            | HydfsMsg::Offer { .. }
+            | HydfsMsg::Fetch { .. } => true,
+            HydfsMsg::WriteReply { .. }
+            | HydfsMsg::ReplicateReply { .. }
+            | HydfsMsg::MergeReply { .. }
+            | HydfsMsg::CollectReply { .. }
+            | HydfsMsg::InstallReply { .. }
+            | HydfsMsg::ReadReply { .. }
+            | HydfsMsg::StatReply { .. }
+            | HydfsMsg::RemoteAppendReply { .. }
+            | HydfsMsg::InventoryReply { .. }
+            | HydfsMsg::DescribeReply { .. }
+            | HydfsMsg::Taken { .. }
+            | HydfsMsg::FetchReply { .. } => false,
+        }
+    }
 }
 
 /// What a merge did.

@@ -31,7 +31,7 @@ pub use cache::ReadCache;
 pub use client::{ClientOp, OpId, OpOutput, PartSource, UploadSource};
 pub use config::{HydfsConfig, PlantedBug};
 pub use message::{HydfsMsg, MergeSummary, ReadChunk, Refusal, ReqId};
-pub use name::{FileName, NameError};
+pub use name::{FileName, NameError, MAX_NAME_BYTES, NAME_BYTES_CEILING};
 pub use ring::{Ring, RingId};
 pub use storage::{BlobId, MemStorage, Storage, StorageError};
 pub use store::LocalStore;
@@ -77,6 +77,10 @@ pub enum HydfsError {
     NoLiveReplica(FileName),
     #[error("{len} bytes exceed the {limit}-byte limit for one write")]
     TooLarge { len: u64, limit: u64 },
+    #[error("file name is {len} bytes long; the limit is {limit} bytes (max_name_bytes)")]
+    NameTooLong { len: usize, limit: usize },
+    #[error("too many pending appends on `{name}` (the limit is {limit}); run merge")]
+    TooManyPending { name: FileName, limit: usize },
     #[error("`{name}` is unavailable: {reason}")]
     Unavailable { name: FileName, reason: String },
     #[error("{0} is not a member of the group")]
@@ -102,6 +106,12 @@ pub struct HydfsStats {
     pub syncs: u64,
     pub cache_hits: u64,
     pub cache_misses: u64,
+    /// Operations and requests refused for naming a file longer than `max_name_bytes`.
+    pub names_refused: u64,
+    /// Writes and merges refused as busy (`max_transfers` in flight).
+    pub busy_refusals: u64,
+    /// Appends refused because their file had `max_pending_appends` pending appends.
+    pub pending_appends_refused: u64,
 }
 
 pub struct Hydfs {
@@ -256,6 +266,9 @@ impl Hydfs {
             return;
         }
         let from = sender.addr;
+        if self.refuse_long_name(from, &msg) {
+            return;
+        }
         match msg {
             HydfsMsg::Write { req, name, write, inline, source } => {
                 self.on_write(now, from, req, name, write, inline, source)

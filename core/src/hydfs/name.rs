@@ -1,13 +1,17 @@
 //! File names: validated once at the edge, then carried as [`FileName`].
 //!
-//! A name is a relative, `/`-separated path of at most [`MAX_NAME_BYTES`] bytes with no empty,
-//! `.` or `..` component and no NUL byte. Validation never panics; every refusal says why.
+//! A name is a relative, `/`-separated path of at most [`NAME_BYTES_CEILING`] bytes with no empty,
+//! `.` or `..` component and no NUL byte. Validation never panics; every refusal says why. How
+//! long a name a node accepts is its `HydfsConfig::max_name_bytes` (default [`MAX_NAME_BYTES`]),
+//! enforced by the HyDFS client and server, which can then answer with the limit.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// The longest accepted file name, in bytes.
+/// The default limit on a file name's length, in bytes (`HydfsConfig::max_name_bytes`).
 pub const MAX_NAME_BYTES: usize = 255;
+/// The longest name any configuration may allow: longer names never parse (off the wire either).
+pub const NAME_BYTES_CEILING: usize = 4096;
 
 /// A validated HyDFS file name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -17,7 +21,7 @@ pub struct FileName(String);
 pub enum NameError {
     #[error("file name is empty")]
     Empty,
-    #[error("file name is {len} bytes long; the limit is {MAX_NAME_BYTES}")]
+    #[error("file name is {len} bytes long; no name may be longer than {NAME_BYTES_CEILING}")]
     TooLong { len: usize },
     #[error("file name contains a NUL byte")]
     Nul,
@@ -32,7 +36,7 @@ impl FileName {
         if name.is_empty() {
             return Err(NameError::Empty);
         }
-        if name.len() > MAX_NAME_BYTES {
+        if name.len() > NAME_BYTES_CEILING {
             return Err(NameError::TooLong { len: name.len() });
         }
         if name.contains('\0') {
@@ -80,8 +84,9 @@ mod tests {
     #[test]
     fn bad_names_get_typed_errors() {
         assert_eq!(FileName::new(""), Err(NameError::Empty));
-        assert_eq!(FileName::new(&"x".repeat(256)), Err(NameError::TooLong { len: 256 }));
-        assert!(FileName::new(&"x".repeat(255)).is_ok());
+        let ceiling = NAME_BYTES_CEILING;
+        assert_eq!(FileName::new(&"x".repeat(ceiling + 1)), Err(NameError::TooLong { len: ceiling + 1 }));
+        assert!(FileName::new(&"x".repeat(ceiling)).is_ok());
         assert_eq!(FileName::new("a\0b"), Err(NameError::Nul));
         assert_eq!(FileName::new("/etc/passwd"), Err(NameError::Absolute));
         for n in ["../x", "a/../b", "a//b", "a/", "./a", "a/."] {

@@ -6,7 +6,11 @@
 //!   only after the writes they cover are complete and storage has been synced;
 //! * a coordinator acknowledges a write only when every replica of its current view answered;
 //! * one merge per file at a time on a coordinator; later requests queue behind it;
-//! * fetched bytes are checked against the write's declared CRC before they are stored.
+//! * fetched bytes are checked against the write's declared CRC before they are stored;
+//! * limits (each breach answered with a typed [`Refusal`] and counted): a request naming a file
+//!   longer than `max_name_bytes` reaches no handler; a coordinator takes at most
+//!   `max_transfers` writes and merges at once (more are refused as `Busy`: clients retry) and
+//!   refuses a new append to a file holding `max_pending_appends` pending appends.
 
 use super::message::{HydfsMsg, MergeSummary, Refusal, ReqId};
 use super::store::{reconcile, FileRec, PartError};
@@ -223,6 +227,13 @@ impl Hydfs {
                 if existing.is_none() {
                     return refuse(self, Refusal::NotFound);
                 }
+                let limit = self.cfg.max_pending_appends;
+                let rec = self.store.file(&name);
+                let pending = rec.map_or(0, |r| r.pending.len());
+                if limit > 0 && pending >= limit && !rec.is_some_and(|r| r.contains(&write.stamp)) {
+                    self.stats.pending_appends_refused += 1;
+                    return refuse(self, Refusal::TooManyPending { limit });
+                }
             }
         }
         // A retry of a write this node already coordinates joins the running attempt.
@@ -232,6 +243,9 @@ impl Hydfs {
             w.client = from;
             w.client_req = req;
             return;
+        }
+        if let Some(limit) = self.at_transfer_limit() {
+            return refuse(self, Refusal::Busy { limit });
         }
         match self.accept_write(now, &name, &write, inline.as_deref(), &[source]) {
             Accepted::Yes => {}
@@ -271,6 +285,63 @@ impl Hydfs {
             },
         );
         self.drive_write(now, op);
+    }
+
+    /// `Some(limit)` (and the refusal counted) if this node coordinates `max_transfers` writes and
+    /// merges already.
+    fn at_transfer_limit(&mut self) -> Option<usize> {
+        let limit = self.cfg.max_transfers;
+        let s = &self.server;
+        let queued: usize = s.merge_queue.values().map(VecDeque::len).sum();
+        if limit == 0 || s.writes.len() + s.merges.len() + queued < limit {
+            return None;
+        }
+        self.stats.busy_refusals += 1;
+        Some(limit)
+    }
+
+    /// Refuses a request that names a file longer than `max_name_bytes` (answering it, if it
+    /// expects an answer). Returns whether it did.
+    pub(super) fn refuse_long_name(&mut self, from: NodeAddr, msg: &HydfsMsg) -> bool {
+        let name = match msg {
+            HydfsMsg::Write { name, .. }
+            | HydfsMsg::Replicate { name, .. }
+            | HydfsMsg::Merge { name, .. }
+            | HydfsMsg::Collect { name, .. }
+            | HydfsMsg::Install { name, .. }
+            | HydfsMsg::Read { name, .. }
+            | HydfsMsg::Stat { name, .. }
+            | HydfsMsg::RemoteAppend { name, .. }
+            | HydfsMsg::Describe { name, .. }
+            | HydfsMsg::Taken { name, .. }
+            | HydfsMsg::Fetch { name, .. } => name,
+            HydfsMsg::Offer { meta } => &meta.name,
+            _ => return false,
+        };
+        let (len, limit) = (name.as_str().len(), self.cfg.max_name_bytes);
+        if len <= limit {
+            return false;
+        }
+        self.stats.names_refused += 1;
+        let no = Refusal::NameTooLong { len, limit };
+        let reply = match *msg {
+            HydfsMsg::Write { req, .. } => HydfsMsg::WriteReply { req, result: Err(no) },
+            HydfsMsg::Replicate { req, .. } => HydfsMsg::ReplicateReply { req, result: Err(no) },
+            HydfsMsg::Merge { req, .. } => HydfsMsg::MergeReply { req, result: Err(no) },
+            HydfsMsg::Collect { req, .. } => HydfsMsg::CollectReply { req, result: Err(no) },
+            HydfsMsg::Install { req, .. } => HydfsMsg::InstallReply { req, result: Err(no) },
+            HydfsMsg::Read { req, .. } => HydfsMsg::ReadReply { req, result: Err(no) },
+            HydfsMsg::Fetch { req, .. } => HydfsMsg::FetchReply { req, result: Err(no) },
+            HydfsMsg::Stat { req, .. } => HydfsMsg::StatReply { req, digest: None },
+            HydfsMsg::Describe { req, .. } => HydfsMsg::DescribeReply { req, meta: None },
+            HydfsMsg::RemoteAppend { req, .. } => {
+                let result = Err(format!("{}: {no}", self.me));
+                HydfsMsg::RemoteAppendReply { req, result }
+            }
+            _ => return true, // offers and hand-off answers expect no reply
+        };
+        self.send(from, reply);
+        true
     }
 
     /// Copies a write needs before its acknowledgement (between 1 and the replication factor).
@@ -397,6 +468,7 @@ impl Hydfs {
             }
             Err(Refusal::AlreadyExists) => self.fail_write(op, Refusal::AlreadyExists),
             Err(Refusal::StorageFailed(why)) => self.fail_write(op, Refusal::StorageFailed(why)),
+            Err(r @ Refusal::NameTooLong { .. }) => self.fail_write(op, r),
             Err(_) => self.arm_retry(now),
         }
     }
@@ -454,6 +526,10 @@ impl Hydfs {
         }
         if !self.replicas(&name).contains(&self.me) {
             self.send(from, HydfsMsg::MergeReply { req, result: Err(Refusal::NotReplica) });
+            return;
+        }
+        if let Some(limit) = self.at_transfer_limit() {
+            self.send(from, HydfsMsg::MergeReply { req, result: Err(Refusal::Busy { limit }) });
             return;
         }
         if self.server.merges.contains_key(&name) {
@@ -1205,6 +1281,10 @@ impl Hydfs {
             return;
         }
         for (name, digest) in files {
+            if name.as_str().len() > self.cfg.max_name_bytes {
+                self.stats.names_refused += 1;
+                continue;
+            }
             if !self.replicas(&name).contains(&self.me) {
                 continue;
             }

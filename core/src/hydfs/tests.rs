@@ -524,3 +524,101 @@ fn persisted_writes_survive_churn() {
         assert!(current.is_none() && issued == writes, "seed {seed}: writes still running at the end");
     }
 }
+
+impl Net {
+    /// Submits every op at once, then runs until all have finished (time passes in 100 ms steps
+    /// when nothing else moves).
+    fn run_all(&mut self, ops: Vec<(usize, ClientOp)>) -> Vec<Result<OpOutput, HydfsError>> {
+        let ids: Vec<(usize, OpId)> = ops
+            .into_iter()
+            .map(|(at, op)| (at, self.nodes[at].submit(self.now, op).expect("submitted")))
+            .collect();
+        let mut results: Vec<Option<Result<OpOutput, HydfsError>>> = vec![None; ids.len()];
+        for _ in 0..10_000 {
+            self.settle();
+            for (k, (at, id)) in ids.iter().enumerate() {
+                if let Some(p) = self.done.iter().position(|(n, o, _)| n == at && o == id) {
+                    results[k] = Some(self.done.remove(p).2);
+                }
+            }
+            if results.iter().all(Option::is_some) {
+                return results.into_iter().flatten().collect();
+            }
+            self.tick(100);
+        }
+        panic!("operations did not finish");
+    }
+}
+
+#[test]
+fn names_over_the_limit_are_refused_by_clients_and_servers() {
+    let cfg =
+        HydfsConfig { chunk_bytes: 1024, inline_bytes: 512, max_name_bytes: 10, ..HydfsConfig::default() };
+    let mut net = Net::with_config(3, cfg);
+    // The client's own limit: refused before anything is sent.
+    let long = name("eleven-byte");
+    assert_eq!(
+        net.nodes[0].submit(Time(0), ClientOp::Create { name: long.clone(), data: b"x".to_vec() }),
+        Err(HydfsError::NameTooLong { len: 11, limit: 10 })
+    );
+    assert_eq!(net.nodes[0].stats().names_refused, 1);
+    assert!(net.nodes[0].out.is_empty(), "nothing was sent");
+    // A client allowing longer names meets servers that do not: every request is answered with
+    // the servers' limit, and the write fails with it.
+    net.nodes[0].cfg.max_name_bytes = 100;
+    let result = net.run(0, ClientOp::Create { name: long.clone(), data: b"x".to_vec() });
+    assert_eq!(result, Err(HydfsError::NameTooLong { len: 11, limit: 10 }));
+    assert!(result.unwrap_err().to_string().contains("max_name_bytes"));
+    let refused: u64 = net.nodes[1..].iter().map(|n| n.stats().names_refused).sum();
+    assert!(refused >= 1, "servers count the names they refused");
+    assert!(net.nodes[1..].iter().all(|n| n.store().file(&long).is_none()), "no server stored it");
+    // Names within the limit work as before.
+    assert!(net.run(1, ClientOp::Create { name: name("ten-bytes!"), data: b"x".to_vec() }).is_ok());
+}
+
+#[test]
+fn a_coordinator_at_its_transfer_limit_answers_busy_and_the_client_goes_elsewhere() {
+    let cfg =
+        HydfsConfig { chunk_bytes: 1024, inline_bytes: 512, max_transfers: 1, ..HydfsConfig::default() };
+    let mut net = Net::with_config(3, cfg);
+    // A file whose first replica is node 2, so that clients 0 and 1 both send it their writes.
+    let f = (0..100)
+        .map(|i| name(&format!("f{i}")))
+        .find(|n| net.nodes[0].ring().replicas(n.as_str(), 3)[0] == addr(2))
+        .expect("some name maps to node 2 first");
+    assert!(net.run(2, ClientOp::Create { name: f.clone(), data: Vec::new() }).is_ok());
+    let append = |data: &[u8]| ClientOp::Append { name: f.clone(), data: data.to_vec() };
+    let results = net.run_all(vec![(0, append(b"a")), (1, append(b"b"))]);
+    assert!(results.iter().all(Result::is_ok), "both writes went through: {results:?}");
+    assert_eq!(net.nodes[2].stats().busy_refusals, 1, "the second write found node 2 busy");
+    // Under the limit, nobody is refused.
+    net.nodes[2].cfg.max_transfers = 2;
+    let results = net.run_all(vec![(0, append(b"c")), (1, append(b"d"))]);
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(net.nodes[2].stats().busy_refusals, 1);
+}
+
+#[test]
+fn appends_over_the_pending_limit_are_refused_until_a_merge() {
+    let cfg = HydfsConfig {
+        chunk_bytes: 1024,
+        inline_bytes: 512,
+        max_pending_appends: 3,
+        ..HydfsConfig::default()
+    };
+    let mut net = Net::with_config(3, cfg);
+    let f = name("f");
+    assert!(net.run(0, ClientOp::Create { name: f.clone(), data: Vec::new() }).is_ok());
+    for i in 0..3u8 {
+        net.now = Time(10 + i as u64);
+        assert!(net.run(0, ClientOp::Append { name: f.clone(), data: vec![i] }).is_ok());
+    }
+    let refused = net.run(1, ClientOp::Append { name: f.clone(), data: b"over".to_vec() });
+    assert_eq!(refused, Err(HydfsError::TooManyPending { name: f.clone(), limit: 3 }));
+    let text = refused.unwrap_err().to_string();
+    assert!(text.contains("too many pending appends on `f`") && text.contains("run merge"), "{text}");
+    assert_eq!(net.nodes.iter().map(|n| n.stats().pending_appends_refused).sum::<u64>(), 1);
+    assert!(net.run(2, ClientOp::Merge { name: f.clone() }).is_ok());
+    assert!(net.run(1, ClientOp::Append { name: f.clone(), data: b"after".to_vec() }).is_ok());
+    assert_eq!(content(net.run(2, ClientOp::Get { name: f })), b"\x00\x01\x02after");
+}

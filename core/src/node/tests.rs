@@ -21,6 +21,7 @@ fn node(port: u16, codec: Codec, now: Time) -> Node {
         membership: MembershipConfig::lan(),
         hydfs: HydfsConfig::default(),
         rainstorm: RainstormConfig::default(),
+        limits: LimitsConfig::default(),
         codec,
     };
     let mut n = Node::new(cfg, now, port as u64);

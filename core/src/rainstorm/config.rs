@@ -1,5 +1,6 @@
-//! RainStorm settings and, behind the `planted-bugs` feature, the deliberate bugs the
-//! simulator's checkers must catch.
+//! RainStorm settings (with the limit on received batches, [`RainstormConfig::check_batch`])
+//! and, behind the `planted-bugs` feature, the deliberate bugs the simulator's checkers must
+//! catch.
 
 use super::journal::CompactionLimits;
 use crate::time::Millis;
@@ -28,6 +29,13 @@ pub struct RainstormConfig {
     pub max_task_failures: u32,
     /// Tasks per stage accepted by `RainStorm`.
     pub max_tasks: u32,
+    /// Tuples one received batch may hold (a task's input, or a job's outputs at its leader);
+    /// a task receiving a larger batch fails with [`BatchError`] instead of processing it. A
+    /// batch's bytes are bounded by the stream frame limit. 0 means unlimited.
+    pub max_batch_tuples: u32,
+    /// A leader merges its job's destination file after this many appends, which keeps the
+    /// file's pending appends far below HyDFS's `max_pending_appends`. 0 means never.
+    pub merge_output_appends: u32,
     /// Deliberate bugs (tests only).
     #[serde(default)]
     pub planted: Option<PlantedBug>,
@@ -46,6 +54,8 @@ impl Default for RainstormConfig {
             compact_bytes: limits.max_bytes,
             max_task_failures: 3,
             max_tasks: 64,
+            max_batch_tuples: 1 << 18,
+            merge_output_appends: 1_000,
             planted: None,
         }
     }
@@ -56,9 +66,25 @@ impl RainstormConfig {
         CompactionLimits { max_records: self.compact_records, max_bytes: self.compact_bytes }
     }
 
+    /// Whether a received batch of `tuples` tuples is within `max_batch_tuples`.
+    pub fn check_batch(&self, tuples: usize) -> Result<(), BatchError> {
+        let limit = self.max_batch_tuples;
+        if limit > 0 && tuples > limit as usize {
+            return Err(BatchError::TooManyTuples { tuples, limit });
+        }
+        Ok(())
+    }
+
     pub(crate) fn bug(&self, bug: PlantedBug) -> bool {
         cfg!(feature = "planted-bugs") && self.planted == Some(bug)
     }
+}
+
+/// Why a received batch was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("a batch of {tuples} tuples is over the {limit}-tuple limit (max_batch_tuples)")]
+    TooManyTuples { tuples: usize, limit: u32 },
 }
 
 /// A deliberate bug, each breaking exactly-once in a way a checker must report.

@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::config::RainstormConfig;
+use super::config::{BatchError, RainstormConfig};
 use super::job::{
     Epoch, JobId, JobPlan, JobSpec, JournalPos, Placement, RainstormEvent, RainstormMsg, StageCounts,
     TaskPhase, SINK, STAGES,
@@ -94,6 +94,10 @@ struct Sink {
     receivers: BTreeMap<TaskId, LinkReceiver<Vec<Tuple>>>,
     appending: Option<Vec<(TaskId, LinkSeq, Vec<Tuple>)>>,
     outputs: u64,
+    /// Appends to the destination since the last merge that went through.
+    appends_since_merge: u32,
+    /// A merge of the destination is running; it covers this many of those appends.
+    merging: Option<u32>,
 }
 
 pub(super) struct LeaderJob {
@@ -135,6 +139,7 @@ pub(super) enum LeaderIo {
     Input,
     Dest,
     SinkAppend,
+    SinkMerge,
 }
 
 impl Leader {
@@ -197,7 +202,13 @@ impl Leader {
         out.event(RainstormEvent::JobReceived { job, spec: spec.to_string() });
         let token = out.hydfs(ClientOp::GetLatest { name: spec.src.clone() });
         self.ios.insert(token, (job, LeaderIo::Input));
-        let sink = Sink { receivers: BTreeMap::new(), appending: None, outputs: 0 };
+        let sink = Sink {
+            receivers: BTreeMap::new(),
+            appending: None,
+            outputs: 0,
+            appends_since_merge: 0,
+            merging: None,
+        };
         self.jobs.insert(
             job,
             LeaderJob {
@@ -261,8 +272,17 @@ impl Leader {
                         out.event(RainstormEvent::Output { job, tuple });
                     }
                 }
+                j.sink.appends_since_merge = j.sink.appends_since_merge.saturating_add(1);
+                j.merge_output(cfg, out, &mut self.ios);
                 j.step_sink(out, &mut self.ios);
                 self.check_done(job, out);
+            }
+            (LeaderIo::SinkMerge, result) => {
+                // A failed merge is tried again after the next append.
+                let covered = j.sink.merging.take().unwrap_or(0);
+                if result.is_ok() {
+                    j.sink.appends_since_merge = j.sink.appends_since_merge.saturating_sub(covered);
+                }
             }
             (io, Ok(other)) => self.fail(job, format!("unexpected answer to {io:?}: {other:?}"), out),
             (LeaderIo::Input, Err(e)) => self.fail(job, format!("cannot read the input: {e}"), out),
@@ -374,17 +394,30 @@ impl Leader {
     }
 
     /// A batch or acknowledgement addressed to a job's sink.
-    pub(super) fn on_link(&mut self, job: JobId, from: (TaskId, Epoch), msg: LinkMsg, out: &mut Outbox) {
-        let Some(j) = self.jobs.get_mut(&job) else { return };
+    /// A batch over `max_batch_tuples` fails the job.
+    pub(super) fn on_link(
+        &mut self,
+        job: JobId,
+        from: (TaskId, Epoch),
+        msg: LinkMsg,
+        cfg: &RainstormConfig,
+        out: &mut Outbox,
+    ) -> Result<(), BatchError> {
+        let Some(j) = self.jobs.get_mut(&job) else { return Ok(()) };
         if j.placement.tasks.get(&from.0).map(|p| p.1) != Some(from.1) {
-            return;
+            return Ok(());
         }
-        let LinkMsg::Batch { seq, tuples } = msg else { return };
-        let Some(r) = j.sink.receivers.get_mut(&from.0) else { return };
+        let LinkMsg::Batch { seq, tuples } = msg else { return Ok(()) };
+        if let Err(e) = cfg.check_batch(tuples.len()) {
+            self.fail(job, format!("its destination refused a batch from task {}: {e}", from.0), out);
+            return Err(e);
+        }
+        let Some(r) = j.sink.receivers.get_mut(&from.0) else { return Ok(()) };
         if let Arrival::Duplicate { ack } = r.arrive(seq, tuples) {
             j.ack(from.0, ack, out);
         }
         j.step_sink(out, &mut self.ios);
+        Ok(())
     }
 
     /// Membership declared `member` failed, or it left: its tasks move.
@@ -676,6 +709,24 @@ impl LeaderJob {
     }
 
     /// Appends every batch ready at the sink, in one write, if none is in flight.
+    /// Merges the destination once `merge_output_appends` appends are pending since the last
+    /// merge (one merge at a time), so that its pending appends stay far below a server's
+    /// `max_pending_appends`. Merging changes no byte: the leader is the file's only writer.
+    fn merge_output(
+        &mut self,
+        cfg: &RainstormConfig,
+        out: &mut Outbox,
+        ios: &mut BTreeMap<u64, (JobId, LeaderIo)>,
+    ) {
+        let every = cfg.merge_output_appends;
+        if every == 0 || self.sink.merging.is_some() || self.sink.appends_since_merge < every {
+            return;
+        }
+        self.sink.merging = Some(self.sink.appends_since_merge);
+        let token = out.hydfs(ClientOp::Merge { name: self.plan.dest.clone() });
+        ios.insert(token, (self.plan.job, LeaderIo::SinkMerge));
+    }
+
     fn step_sink(&mut self, out: &mut Outbox, ios: &mut BTreeMap<u64, (JobId, LeaderIo)>) {
         if self.sink.appending.is_some() {
             return;
@@ -885,5 +936,54 @@ mod tests {
         assert!(p < done, "{events:?}");
         let RainstormEvent::Progress { stages, .. } = &events[p] else { unreachable!() };
         assert_eq!(stages[2], stage(2, 7, 7));
+    }
+
+    #[test]
+    fn the_destination_is_merged_every_few_appends_and_an_oversized_batch_fails_the_job() {
+        use crate::hydfs::{MergeSummary, Stamp};
+        let cfg =
+            RainstormConfig { merge_output_appends: 2, max_batch_tuples: 3, ..RainstormConfig::default() };
+        let (mut leader, job, members, mut out) = running(&cfg);
+        out.hydfs.clear();
+        let last = (TaskId { stage: 2, index: 0 }, 1);
+        let dest = FileName::new("out").expect("name");
+        let batch = |seq: u64, n: u64| LinkMsg::Batch {
+            seq,
+            tuples: (0..n).map(|i| Tuple::source("in.csv", seq * 10 + i, "x")).collect(),
+        };
+        let (mut appends, mut merges) = (0, 0);
+        for seq in 1..=5 {
+            leader.on_link(job, last, batch(seq, 3), &cfg, &mut out).expect("within the limit");
+            while let Some((token, op)) = out.hydfs.pop_front() {
+                let answer = match op {
+                    ClientOp::Persist { .. } => {
+                        appends += 1;
+                        let stamp = Stamp { ts: seq, client: member(1), seq };
+                        OpOutput::Written { name: dest.clone(), stamp, replicas: Vec::new() }
+                    }
+                    ClientOp::Merge { .. } => {
+                        merges += 1;
+                        let summary = MergeSummary { appended: 2, replicas: Vec::new(), bytes_moved: 0 };
+                        OpOutput::Merged { name: dest.clone(), summary }
+                    }
+                    other => panic!("unexpected {other:?}"),
+                };
+                leader.on_hydfs(Time(seq), &cfg, &members, token, Ok(answer), &mut out);
+            }
+        }
+        assert_eq!((appends, merges), (5, 2), "a merge after every second append");
+        assert_eq!(leader.jobs[&job].sink.appends_since_merge, 1);
+        // A batch over the limit is refused, and the job fails saying why.
+        let e = leader.on_link(job, last, batch(6, 4), &cfg, &mut out).unwrap_err();
+        assert_eq!(e, BatchError::TooManyTuples { tuples: 4, limit: 3 });
+        let reason = out
+            .events
+            .iter()
+            .find_map(|e| match e {
+                RainstormEvent::JobFailed { reason, .. } => Some(reason.clone()),
+                _ => None,
+            })
+            .expect("the job failed");
+        assert!(reason.contains("4 tuples is over the 3-tuple limit (max_batch_tuples)"), "{reason}");
     }
 }

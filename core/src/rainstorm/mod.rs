@@ -36,7 +36,7 @@ pub use operator::{
 pub use task::{ProgramBatch, ProgramResult};
 pub use tuple::{dest_line, source_lines, Tuple, TupleId};
 
-pub use config::{PlantedBug, RainstormConfig};
+pub use config::{BatchError, PlantedBug, RainstormConfig};
 pub use job::{
     lines_read, Epoch, JobError, JobId, JobPlan, JobSpec, RainstormEvent, RainstormMsg, StageCounts, SINK,
 };
@@ -102,9 +102,17 @@ pub struct ProgramCall {
     pub batch: ProgramBatch,
 }
 
+/// Counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RainstormStats {
+    /// Batches refused for holding more than `max_batch_tuples` tuples.
+    pub batches_rejected: u64,
+}
+
 /// One node's RainStorm: the jobs it leads and the task incarnations it hosts.
 pub struct Rainstorm {
     cfg: RainstormConfig,
+    stats: RainstormStats,
     me: Option<MemberId>,
     members: Vec<MemberId>,
     leader: Leader,
@@ -116,6 +124,7 @@ impl Rainstorm {
     pub fn new(cfg: RainstormConfig) -> Rainstorm {
         Rainstorm {
             cfg,
+            stats: RainstormStats::default(),
             me: None,
             members: Vec::new(),
             leader: Leader::default(),
@@ -126,6 +135,10 @@ impl Rainstorm {
 
     pub fn config(&self) -> &RainstormConfig {
         &self.cfg
+    }
+
+    pub fn stats(&self) -> RainstormStats {
+        self.stats.clone()
     }
 
     /// Jobs this node leads that have not ended.
@@ -270,10 +283,13 @@ impl Rainstorm {
             }
             RainstormMsg::Stop { job, task } => self.worker.stop(job, task),
             RainstormMsg::Link { job, from: f, to, msg } => {
-                if to.0 == SINK {
-                    self.leader.on_link(job, f, msg, out)
+                let accepted = if to.0 == SINK {
+                    self.leader.on_link(job, f, msg, cfg, out)
                 } else {
                     self.worker.link(now, cfg, job, f, to, msg, out)
+                };
+                if accepted.is_err() {
+                    self.stats.batches_rejected += 1;
                 }
             }
         }

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use super::config::{PlantedBug, RainstormConfig};
+use super::config::{BatchError, PlantedBug, RainstormConfig};
 use super::job::{
     Epoch, JobId, JobPlan, JournalPos, Placement, RainstormEvent, RainstormMsg, TaskPhase, STAGES,
 };
@@ -380,18 +380,28 @@ impl Worker {
         to: (TaskId, Epoch),
         msg: LinkMsg,
         out: &mut Outbox,
-    ) {
+    ) -> Result<(), BatchError> {
         let key = (job, to.0);
-        let Some(h) = self.hosted.get_mut(&key) else { return };
-        if h.epoch != to.1 || h.placement.tasks.get(&from.0).map(|p| p.1) != Some(from.1) {
-            return;
+        let Some(h) = self.hosted.get(&key) else { return Ok(()) };
+        let placed = h.placement.tasks.get(&from.0).map(|p| p.1) == Some(from.1);
+        if h.epoch != to.1 || !placed || h.runner.is_none() {
+            return Ok(());
         }
+        if let LinkMsg::Batch { tuples, .. } = &msg {
+            if let Err(e) = cfg.check_batch(tuples.len()) {
+                self.fail(key, format!("refused a batch from {}: {e}", from.0), false);
+                self.pump(now, key, cfg, out);
+                return Err(e);
+            }
+        }
+        let Some(h) = self.hosted.get_mut(&key) else { return Ok(()) };
         match &mut h.runner {
             Some(Runner::Op(t)) => t.on_message(now, from.0, msg),
             Some(Runner::Source(s)) => s.on_message(now, from.0, msg),
-            None => return,
+            None => return Ok(()),
         }
         self.pump(now, key, cfg, out);
+        Ok(())
     }
 
     pub(super) fn handle_timeout(&mut self, now: Time, cfg: &RainstormConfig, out: &mut Outbox) {
