@@ -19,8 +19,11 @@ pub mod journal;
 pub mod node;
 pub mod operator;
 
+/// A target's check: panics if the input breaks an invariant.
+pub type Check = fn(&[u8]);
+
 /// Every fuzz target by name, with its check: what `cargo test` replays the corpora through.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Check)] = &[
     ("envelope_decode", decode::envelope_decode),
     ("membership_decode", decode::membership_decode),
     ("hydfs_decode", decode::hydfs_decode),
