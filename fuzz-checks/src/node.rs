@@ -33,7 +33,7 @@ use rainstorm_sim::check::queue_bound;
 use std::net::SocketAddr;
 
 /// Steps after which a script is cut.
-pub const MAX_STEPS: usize = 64;
+pub const MAX_STEPS: usize = 32;
 /// The fewest bytes a member id takes in a frame (an IPv4 address and port, and a join time).
 pub const MIN_ID_BYTES: usize = 18;
 /// When scripts start (join times of the scripted peers are earlier).

@@ -21,7 +21,7 @@ use rainstorm_core::wire::{
 };
 use rainstorm_core::{Channel, Incarnation, MemberId, Millis, Node, NodeAddr, Time};
 use rainstorm_fuzz_checks::decode::{layer_frame, message_bytes, sender, Layer};
-use rainstorm_fuzz_checks::node::{peer_addr, Script, Step, START};
+use rainstorm_fuzz_checks::node::{peer_addr, Script, Step, MAX_STEPS, START};
 use rainstorm_fuzz_checks::TARGETS;
 use rainstorm_operator::{encode_line, BatchReply, Ready, WireTuple};
 use std::collections::{BTreeMap, BTreeSet};
@@ -351,7 +351,7 @@ fn write_message_and_node_seed_corpora() {
             let mut steps = Vec::new();
             let (mut at, mut bytes) = (START, 0);
             for s in &to_introducer[start..] {
-                if steps.len() >= 60 || bytes > 3_000 {
+                if steps.len() >= MAX_STEPS - 2 || bytes > 2_000 {
                     break;
                 }
                 if s.at > at {
