@@ -150,6 +150,8 @@ pub enum ParseError {
     Quotes,
     #[error("num_tasks `{0}` is not a whole number")]
     BadTaskCount(String),
+    #[error("the command line holds a NUL byte, which no file name, path or argument can")]
+    Nul,
 }
 
 const RUN_USAGE: &str =
@@ -239,6 +241,11 @@ fn parse_file(word: &str, args: &[&str]) -> Result<Option<FileCommand>, ParseErr
 impl Command {
     /// Parses one console line.
     pub fn parse(line: &str) -> Result<Command, ParseError> {
+        // Nothing a command names can hold a NUL, and a command holding one would not print back
+        // to itself (quoting cannot carry it).
+        if line.contains('\0') {
+            return Err(ParseError::Nul);
+        }
         let mut words = line.split_whitespace();
         let Some(word) = words.next() else { return Err(ParseError::Empty) };
         let args: Vec<&str> = line.split_whitespace().skip(1).collect();
@@ -302,6 +309,8 @@ impl fmt::Display for JobCommand {
                 let quote = |w: &str| {
                     shlex::try_quote(w).map(|q| q.into_owned()).unwrap_or_else(|_| format!("{w:?}"))
                 };
+                // HyDFS names may hold spaces (quoted on the command line): quote them too.
+                let (src, dest) = (quote(src.as_str()), quote(dest.as_str()));
                 write!(f, "RainStorm {} {} {src} {dest} {tasks}", quote(op1), quote(op2))
             }
             JobCommand::List => f.write_str("jobs"),
@@ -398,6 +407,37 @@ mod tests {
         assert!(matches!(Command::parse("getfromreplica vm3 f out"), Err(ParseError::BadNode(_))));
         assert!(matches!(Command::parse("multiappend f 127.0.0.1:1 a b"), Err(ParseError::Usage { .. })));
         assert!(matches!(Command::parse("store now"), Err(ParseError::Usage { .. })));
+        assert_eq!(Command::parse("create a\0b f"), Err(ParseError::Nul));
+    }
+
+    /// Found by fuzzing (`command_parse`): an operator word holding a NUL printed as a Rust
+    /// string literal, which parsed back to another command.
+    #[test]
+    fn a_line_with_a_nul_is_refused_rather_than_printed_back_as_another_command() {
+        let line = "RainStorm \"hydfs:ops/app1\0Stop\" count:Sign_Type in.csv out 2";
+        assert_eq!(Command::parse(line), Err(ParseError::Nul));
+        assert_eq!(Command::parse("\0"), Err(ParseError::Nul));
+    }
+
+    /// Found by fuzzing (`command_parse`): a quoted HyDFS name with spaces printed unquoted, so
+    /// the printed command did not parse back.
+    #[test]
+    fn quoted_file_names_of_a_job_print_back_quoted() {
+        let line = "RainStorm grep:a split 'in put.csv' \"out dir/x\" 2";
+        let c = Command::parse(line).expect("parses");
+        let Command::Job(JobCommand::Run { src, dest, .. }) = &c else { panic!("{c:?}") };
+        assert_eq!((src.as_str(), dest.as_str()), ("in put.csv", "out dir/x"));
+        assert_eq!(c.to_string(), "RainStorm grep:a split 'in put.csv' 'out dir/x' 2");
+        assert_eq!(Command::parse(&c.to_string()), Ok(c));
+    }
+
+    proptest! {
+        #[test]
+        fn what_parses_prints_back_to_itself(s in "\\PC*|RainStorm \\PC{0,8} \"\\PC{0,8}\" a b [0-9]{1,3}") {
+            if let Ok(c) = Command::parse(&s) {
+                prop_assert_eq!(Command::parse(&c.to_string()), Ok(c));
+            }
+        }
     }
 
     proptest! {

@@ -160,6 +160,21 @@ pub fn canonical_bytes<T: Serialize>(value: &T) -> Vec<u8> {
     bincode_options(usize::MAX).serialize(value).unwrap_or_default()
 }
 
+/// A plain (CRC32C) frame around `payload` taken as it is, valid or not as an [`Envelope`]:
+/// the frame checks pass, so [`Codec::plain`] hands `payload` to the payload decoder. For tests
+/// and fuzzing of the message decoders; nodes frame envelopes with [`Codec::encode`].
+pub fn frame_payload(payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(HEADER_BYTES + payload.len() + CRC_BYTES);
+    frame.extend_from_slice(&MAGIC);
+    frame.push(WIRE_VERSION);
+    frame.push(0);
+    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    frame.extend_from_slice(payload);
+    let crc = crc32c::crc32c(&frame);
+    frame.extend_from_slice(&crc.to_le_bytes());
+    frame
+}
+
 /// Encodes and decodes envelopes under zero, one or several accepted cluster keys.
 ///
 /// With keys, frames are signed with the first (the current key) and accepted under any of them,
@@ -354,6 +369,16 @@ mod tests {
         assert_eq!(Codec::plain().decode(&frame, MAX_DATAGRAM_BYTES), Err(WireError::UnexpectedTag));
         let plain = Codec::plain().encode(&sample(), MAX_DATAGRAM_BYTES).unwrap();
         assert_eq!(signer_old.decode(&plain, MAX_DATAGRAM_BYTES), Err(WireError::Unauthenticated));
+    }
+
+    #[test]
+    fn a_framed_payload_is_the_plain_encoding_of_its_envelope() {
+        let env = sample();
+        let frame = frame_payload(&canonical_bytes(&env));
+        assert_eq!(frame, Codec::plain().encode(&env, MAX_DATAGRAM_BYTES).unwrap());
+        assert_eq!(Codec::plain().decode(&frame, MAX_DATAGRAM_BYTES), Ok(env));
+        let junk = frame_payload(b"\xff\xff");
+        assert!(matches!(Codec::plain().decode(&junk, MAX_DATAGRAM_BYTES), Err(WireError::Malformed(_))));
     }
 
     #[test]

@@ -167,7 +167,12 @@ impl ConfigInput {
     pub fn from_file(path: &Path) -> Result<ConfigInput, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        ConfigInput::from_toml(&text, path)
+    }
+
+    /// Parses the text of a config file; `path` names the file in errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<ConfigInput, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.into(),
             message: e.to_string().lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join(" "),
         })

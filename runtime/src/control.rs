@@ -82,7 +82,9 @@ async fn answer(stream: UnixStream, handle: NodeHandle) -> std::io::Result<()> {
     write.shutdown().await
 }
 
-fn streamed_line(s: &Streamed) -> String {
+/// The line (with its `\n`) that streams `s` to a control client; [`parse_progress`] reads a
+/// progress line back.
+pub fn streamed_line(s: &Streamed) -> String {
     let one_line = |t: &str| t.replace('\n', " ");
     match s {
         Streamed::Output(t) => format!("out {}\n", one_line(t)),

@@ -181,12 +181,7 @@ async fn run_call(
         state: p.stateful.then(|| call.batch.state.clone()),
     };
     match p.call(ctx, &request).await {
-        Ok(reply) => Ok(ProgramResult {
-            outputs: (reply.outputs.into_iter())
-                .map(|outs| outs.into_iter().map(|t| Output { key: t.key, value: t.value }).collect())
-                .collect(),
-            state: reply.state,
-        }),
+        Ok(result) => Ok(result),
         Err(e) => {
             let stderr = p.stderr_tail();
             let tail =
@@ -316,14 +311,12 @@ impl Process {
         Ok(p)
     }
 
-    async fn call(&mut self, ctx: &Ctx, request: &BatchRequest) -> Result<BatchReply, ProtocolError> {
+    async fn call(&mut self, ctx: &Ctx, request: &BatchRequest) -> Result<ProgramResult, ProtocolError> {
         let limit = ctx.limits.max_line_bytes;
         let exchange = async {
             self.write(&encode_line(request, limit)?).await?;
             let line = read_line(&mut self.stdout, limit).await?;
-            let reply: BatchReply = decode_line(&line)?;
-            reply.validate(request)?;
-            Ok(reply)
+            parse_reply(&line, request)
         };
         match tokio::time::timeout(ctx.limits.batch_timeout, exchange).await {
             Ok(Ok(reply)) => Ok(reply),
@@ -368,8 +361,25 @@ impl Process {
     }
 }
 
-/// Reads one line (without its `\n`) of at most `limit` bytes.
-async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R, limit: usize) -> Result<Vec<u8>, ProtocolError> {
+/// A program's answer to `request` (one line of its stdout, without the `\n`) as the batch's
+/// result: decoded, checked against the request ([`BatchReply::validate`]), one output list per
+/// input tuple and the changed state.
+pub fn parse_reply(line: &[u8], request: &BatchRequest) -> Result<ProgramResult, ProtocolError> {
+    let reply: BatchReply = decode_line(line)?;
+    reply.validate(request)?;
+    Ok(ProgramResult {
+        outputs: (reply.outputs.into_iter())
+            .map(|outs| outs.into_iter().map(|t| Output { key: t.key, value: t.value }).collect())
+            .collect(),
+        state: reply.state,
+    })
+}
+
+/// Reads one line (without its `\n`) of at most `limit` bytes: how a program's stdout is read.
+pub async fn read_line<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    limit: usize,
+) -> Result<Vec<u8>, ProtocolError> {
     let mut line = Vec::new();
     loop {
         let buf = reader.fill_buf().await?;

@@ -174,6 +174,12 @@ pub struct Checker {
     max_queue: usize,
 }
 
+/// The most entries any internal queue of a node may hold once `ids_ever` member ids exist
+/// (the **bounded** invariant).
+pub fn queue_bound(ids_ever: usize) -> usize {
+    4 * ids_ever + 128
+}
+
 /// At most this many violations are kept per run.
 const MAX_VIOLATIONS: usize = 20;
 
@@ -405,7 +411,7 @@ impl Checker {
                     format!("n{} refused {} honest frames (see its stats)", s.slot, s.refused_frames),
                 );
             }
-            let bound = 4 * ids_ever + 128;
+            let bound = queue_bound(ids_ever);
             for (name, len) in &s.queues {
                 self.max_queue = self.max_queue.max(*len);
                 if *len > bound {

@@ -1,15 +1,31 @@
 //! Replays the committed fuzz corpora (`fuzz/corpus/<target>/`) as regression tests, so that
-//! every input a fuzzer ever kept is checked by plain `cargo test`.
+//! every input a fuzzer ever kept is checked by plain `cargo test`, through the same checks as
+//! the fuzz target (`rainstorm_fuzz_checks`).
 //!
-//! `cargo test -p rainstorm-tests --test fuzz_corpus -- --ignored` rewrites the seed corpus from
-//! the encoders (valid frames of every message kind, plain and keyed).
+//! `cargo test -p rainstorm-tests --test fuzz_corpus -- --ignored` rewrites the seed inputs
+//! (`seed-*`) from the encoders: valid frames of every message kind (plain and keyed), messages
+//! and scripts recorded from a small simulated cluster running a job, configs, command lines,
+//! operator specs and program output, and journals; plus edge cases. Inputs the fuzzers found
+//! (named by their hash) are kept.
 
+use rainstorm_core::command::{Command, COMMAND_HELP};
+use rainstorm_core::hydfs::{ClientOp, FileName};
 use rainstorm_core::membership::{
-    JoinAccept, JoinKind, JoinRefusal, MembershipMsg, ModeStamp, ProbeSeq, Update,
+    JoinAccept, JoinKind, JoinRefusal, MembershipConfig, MembershipMsg, ModeStamp, ProbeSeq, Role, Update,
 };
 use rainstorm_core::replay::FrameSeq;
-use rainstorm_core::wire::{Body, ClusterKey, Codec, Envelope, MAX_DATAGRAM_BYTES, MAX_STREAM_FRAME_BYTES};
-use rainstorm_core::{Incarnation, MemberId};
+use rainstorm_core::node::NodeConfig;
+use rainstorm_core::rainstorm::journal::{encode as encode_record, OutBatch, Record, Recovered, TupleCounts};
+use rainstorm_core::rainstorm::{JobSpec, OperatorSpec, TaskId, Tuple};
+use rainstorm_core::wire::{
+    canonical_bytes, Body, ClusterKey, Codec, Envelope, MAX_DATAGRAM_BYTES, MAX_STREAM_FRAME_BYTES,
+};
+use rainstorm_core::{Channel, Incarnation, MemberId, Millis, Node, NodeAddr, Time};
+use rainstorm_fuzz_checks::decode::{layer_frame, message_bytes, sender, Layer};
+use rainstorm_fuzz_checks::node::{peer_addr, Script, Step, MAX_STEPS, START};
+use rainstorm_fuzz_checks::TARGETS;
+use rainstorm_operator::{encode_line, BatchReply, Ready, WireTuple};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 fn corpus(target: &str) -> PathBuf {
@@ -20,32 +36,110 @@ fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
     let dir = corpus(target);
     let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| {
-            let path = e.expect("dir entry").path();
-            (path.display().to_string(), std::fs::read(&path).expect("readable corpus file"))
-        })
+        .map(|e| e.expect("dir entry").path())
+        .filter(|path| !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .map(|path| (path.display().to_string(), std::fs::read(&path).expect("readable corpus file")))
         .collect();
     out.sort();
     out
 }
 
-#[test]
-fn envelope_decode_corpus_never_panics_and_round_trips() {
-    let inputs = inputs("envelope_decode");
-    assert!(inputs.len() >= 8, "the seed corpus is missing");
-    let plain = Codec::plain();
-    let mut decoded = 0;
-    for (name, data) in inputs {
-        for limit in [MAX_DATAGRAM_BYTES, MAX_STREAM_FRAME_BYTES] {
-            if let Ok(envelope) = plain.decode(&data, limit) {
-                let again = plain.encode(&envelope, limit).unwrap_or_else(|e| panic!("{name}: {e}"));
-                assert_eq!(plain.decode(&again, limit).as_ref(), Ok(&envelope), "{name}");
-                decoded += 1;
-            }
+/// Runs every input of `target`'s corpus through its check; a failure names the input.
+fn replay(target: &str) -> Vec<(String, Vec<u8>)> {
+    let check = TARGETS.iter().find(|(name, _)| *name == target).expect("a known target").1;
+    let inputs = inputs(target);
+    assert!(inputs.len() >= 8, "the corpus of {target} is missing ({} inputs)", inputs.len());
+    for (name, data) in &inputs {
+        if std::panic::catch_unwind(|| check(data)).is_err() {
+            panic!("{name} fails the {target} check (see the panic above)");
         }
-        let _ = Codec::keyed(ClusterKey::from_passphrase("fuzz"), vec![]).decode(&data, MAX_DATAGRAM_BYTES);
     }
-    assert!(decoded > 0, "no corpus input decodes: the corpus lost its valid frames");
+    inputs
+}
+
+#[test]
+fn every_target_has_a_corpus_and_a_replay() {
+    let dirs: BTreeSet<String> = std::fs::read_dir(corpus(""))
+        .expect("fuzz/corpus")
+        .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    let targets: BTreeSet<String> = TARGETS.iter().map(|(name, _)| name.to_string()).collect();
+    assert_eq!(dirs, targets, "every target has a corpus directory and no corpus lacks a target");
+    let manifest = std::fs::read_to_string(corpus("").join("../Cargo.toml")).expect("fuzz/Cargo.toml");
+    for target in &targets {
+        assert!(manifest.contains(&format!("name = \"{target}\"")), "{target} is not a fuzz target");
+    }
+}
+
+#[test]
+fn envelope_decode_corpus() {
+    let inputs = replay("envelope_decode");
+    let decoded = inputs.iter().filter(|(_, data)| Codec::plain().decode(data, MAX_DATAGRAM_BYTES).is_ok());
+    assert!(decoded.count() > 0, "no corpus input decodes: the corpus lost its valid frames");
+}
+
+fn layer_corpus(target: &str, layer: Layer) {
+    let inputs = replay(target);
+    let decoded = inputs.iter().filter(|(_, data)| {
+        Codec::plain().decode(&layer_frame(layer, sender(), data), MAX_STREAM_FRAME_BYTES).is_ok()
+    });
+    assert!(decoded.count() > 0, "no {target} input decodes: the corpus lost its valid messages");
+}
+
+#[test]
+fn membership_decode_corpus() {
+    layer_corpus("membership_decode", Layer::Membership);
+}
+
+#[test]
+fn hydfs_decode_corpus() {
+    layer_corpus("hydfs_decode", Layer::Hydfs);
+}
+
+#[test]
+fn rainstorm_decode_corpus() {
+    layer_corpus("rainstorm_decode", Layer::Rainstorm);
+}
+
+#[test]
+fn node_messages_corpus() {
+    replay("node_messages");
+}
+
+#[test]
+fn config_parse_corpus() {
+    replay("config_parse");
+}
+
+#[test]
+fn command_parse_corpus() {
+    replay("command_parse");
+}
+
+#[test]
+fn operator_output_corpus() {
+    replay("operator_output");
+}
+
+#[test]
+fn journal_decode_corpus() {
+    replay("journal_decode");
+}
+
+// ----- seed corpora --------------------------------------------------------------------------
+
+fn write_seeds(target: &str, seeds: &[(String, Vec<u8>)]) {
+    let dir = corpus(target);
+    std::fs::create_dir_all(&dir).expect("corpus dir");
+    for entry in std::fs::read_dir(&dir).expect("corpus dir") {
+        let path = entry.expect("dir entry").path();
+        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("seed-")) {
+            std::fs::remove_file(&path).expect("remove an old seed");
+        }
+    }
+    for (name, data) in seeds {
+        std::fs::write(dir.join(format!("seed-{name}")), data).expect("write a seed");
+    }
 }
 
 fn sample_messages() -> Vec<MembershipMsg> {
@@ -83,15 +177,447 @@ fn sample_messages() -> Vec<MembershipMsg> {
 #[test]
 #[ignore = "rewrites fuzz/corpus/envelope_decode; run by hand"]
 fn write_envelope_seed_corpus() {
-    let dir = corpus("envelope_decode");
-    std::fs::create_dir_all(&dir).expect("corpus dir");
     let from = MemberId::new("127.0.0.1:7000".parse().expect("addr"), 42);
     let keyed = Codec::keyed(ClusterKey::from_passphrase("fuzz"), vec![]);
+    let mut seeds = Vec::new();
     for (i, msg) in sample_messages().into_iter().enumerate() {
         let envelope = Envelope { from, seq: FrameSeq(i as u64 + 1), body: Body::Membership(msg) };
         let frame = Codec::plain().encode(&envelope, MAX_STREAM_FRAME_BYTES).expect("encodes");
-        std::fs::write(dir.join(format!("seed-plain-{i:02}")), &frame).expect("write");
+        seeds.push((format!("plain-{i:02}"), frame));
         let frame = keyed.encode(&envelope, MAX_STREAM_FRAME_BYTES).expect("encodes");
-        std::fs::write(dir.join(format!("seed-keyed-{i:02}")), &frame).expect("write");
+        seeds.push((format!("keyed-{i:02}"), frame));
     }
+    write_seeds("envelope_decode", &seeds);
+}
+
+/// A frame one node of [`Cluster`] sent another, when.
+struct Sent {
+    at: Time,
+    to: NodeAddr,
+    channel: Channel,
+    frame: Vec<u8>,
+    envelope: Envelope,
+}
+
+/// A few nodes wired to each other without delay: an introducer at peer 0 and members, which
+/// store a file and run a job, recording every frame.
+struct Cluster {
+    nodes: Vec<Node>,
+    now: Time,
+    sent: Vec<Sent>,
+}
+
+impl Cluster {
+    fn new(n: u8) -> Cluster {
+        let nodes = (0..n)
+            .map(|i| {
+                let cfg = NodeConfig {
+                    role: if i == 0 { Role::Introducer } else { Role::Member },
+                    addr: peer_addr(i),
+                    introducer: peer_addr(0),
+                    membership: MembershipConfig::lan(),
+                    hydfs: Default::default(),
+                    rainstorm: Default::default(),
+                    limits: Default::default(),
+                    codec: Codec::plain(),
+                };
+                let mut node = Node::new(cfg, START, u64::from(i) + 1);
+                if i > 0 {
+                    node.handle_command(START, Command::Join).expect("a member joins");
+                }
+                node
+            })
+            .collect();
+        Cluster { nodes, now: START, sent: Vec::new() }
+    }
+
+    fn deliver(&mut self) {
+        loop {
+            let mut queue = Vec::new();
+            for node in &mut self.nodes {
+                while let Some(t) = node.poll_transmit() {
+                    queue.push(t);
+                }
+                while node.poll_event().is_some() {}
+            }
+            if queue.is_empty() {
+                return;
+            }
+            for t in queue {
+                let limit =
+                    if t.channel == Channel::Datagram { MAX_DATAGRAM_BYTES } else { MAX_STREAM_FRAME_BYTES };
+                let envelope = Codec::plain().decode(&t.payload, limit).expect("a node's frame decodes");
+                if let Some(node) = self.nodes.iter_mut().find(|n| n.id().addr == t.to) {
+                    node.handle_frame(self.now, t.channel, &t.payload);
+                }
+                self.sent.push(Sent {
+                    at: self.now,
+                    to: t.to,
+                    channel: t.channel,
+                    frame: t.payload,
+                    envelope,
+                });
+            }
+        }
+    }
+
+    fn run_until(&mut self, end: Time) {
+        loop {
+            self.deliver();
+            let Some(next) = self.nodes.iter().filter_map(|n| n.poll_timeout()).min() else { break };
+            if next > end {
+                break;
+            }
+            self.now = self.now.max(next);
+            let now = self.now;
+            for node in &mut self.nodes {
+                if node.poll_timeout().is_some_and(|t| t <= now) {
+                    node.handle_timeout(now);
+                }
+            }
+        }
+        self.now = self.now.max(end);
+    }
+
+    /// Four nodes join, store an input file and run a two-stage job on it.
+    fn with_a_job() -> Cluster {
+        let mut c = Cluster::new(4);
+        c.run_until(START + Millis(3_000));
+        let input: String = (1..=40).map(|i| format!("{i},sign {i},Stop,{}\n", i % 3)).collect();
+        let name = FileName::new("in.csv").expect("name");
+        let now = c.now;
+        c.nodes[1].submit(now, ClientOp::Create { name, data: input.into_bytes() }).expect("a create");
+        c.run_until(START + Millis(5_000));
+        let spec = JobSpec {
+            op1: OperatorSpec::parse("grep:Stop").expect("spec"),
+            op2: OperatorSpec::parse("count:3").expect("spec"),
+            src: FileName::new("in.csv").expect("name"),
+            dest: FileName::new("out").expect("name"),
+            tasks: 2,
+        };
+        let now = c.now;
+        c.nodes[0].start_job(now, spec).expect("a job starts");
+        c.run_until(START + Millis(20_000));
+        c
+    }
+}
+
+/// The variant name of a message (its `Debug` text up to the first space or bracket).
+fn variant(body: &Body) -> String {
+    let text = match body {
+        Body::Membership(m) => format!("{m:?}"),
+        Body::Hydfs(m) => format!("{m:?}"),
+        Body::Rainstorm(m) => format!("{m:?}"),
+    };
+    text.split([' ', '{', '(']).next().unwrap_or_default().to_owned()
+}
+
+#[test]
+#[ignore = "rewrites the seeds of fuzz/corpus/{membership,hydfs,rainstorm}_decode and node_messages; run by hand"]
+fn write_message_and_node_seed_corpora() {
+    let cluster = Cluster::with_a_job();
+    // Layers: the first two messages of every variant the cluster sent, and edge cases.
+    for layer in Layer::ALL {
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        let mut seeds = vec![("empty".to_owned(), Vec::new()), ("one-byte".to_owned(), vec![0])];
+        for s in cluster.sent.iter().filter(|s| Layer::of(&s.envelope.body) == layer) {
+            let name = variant(&s.envelope.body);
+            let count = seen.entry(name.clone()).or_default();
+            *count += 1;
+            let bytes = message_bytes(&s.envelope.body);
+            if *count <= 2 && bytes.len() <= 4096 {
+                seeds.push((format!("{name}-{count}"), bytes));
+            }
+        }
+        if layer == Layer::Membership {
+            for (i, msg) in sample_messages().into_iter().enumerate() {
+                seeds.push((format!("sample-{i:02}"), canonical_bytes(&msg)));
+            }
+        }
+        assert!(seeds.len() >= 8, "{layer:?}: only {} seeds", seeds.len());
+        let target = match layer {
+            Layer::Membership => "membership_decode",
+            Layer::Hydfs => "hydfs_decode",
+            Layer::Rainstorm => "rainstorm_decode",
+        };
+        write_seeds(target, &seeds);
+    }
+
+    // Scripts: what the introducer (peer 0) received, as raw frames and as framed messages, in
+    // windows of the run, with time passing as it did.
+    let to_introducer: Vec<&Sent> = cluster.sent.iter().filter(|s| s.to == peer_addr(0)).collect();
+    let mut seeds = Vec::new();
+    let windows = [(0, "joins"), (to_introducer.len() / 3, "files"), (to_introducer.len() * 2 / 3, "job")];
+    for (start, what) in windows {
+        for messages in [false, true] {
+            let mut steps = Vec::new();
+            let (mut at, mut bytes) = (START, 0);
+            for s in &to_introducer[start..] {
+                if steps.len() >= MAX_STEPS - 2 || bytes > 2_000 {
+                    break;
+                }
+                if s.at > at {
+                    steps.push(Step::Advance { ms: (s.at.0 - at.0).min(u64::from(u16::MAX)) as u16 });
+                    at = s.at;
+                }
+                let from = (0..=u8::MAX)
+                    .find(|p| rainstorm_fuzz_checks::node::peer_id(*p).addr == s.envelope.from.addr);
+                let step = match (messages, from) {
+                    (true, Some(peer)) => Step::Message {
+                        layer: Layer::of(&s.envelope.body),
+                        channel: s.channel,
+                        peer,
+                        bytes: message_bytes(&s.envelope.body),
+                    },
+                    _ => Step::Raw { channel: s.channel, frame: s.frame.clone() },
+                };
+                bytes += s.frame.len();
+                steps.push(step);
+            }
+            let script = Script { member: false, suspicion: true, steps };
+            let kind = if messages { "messages" } else { "frames" };
+            seeds.push((format!("introducer-{what}-{kind}"), script.encode()));
+        }
+    }
+    let commands = [
+        "list_mem",
+        "list_self",
+        "stats",
+        "disable_sus",
+        "enable_sus",
+        "status_sus",
+        "list_suspected",
+        "help",
+        "create a.txt f",
+        "jobs",
+        "leave",
+        "join",
+    ];
+    let mut steps: Vec<Step> = commands.iter().map(|c| Step::Command(c.to_string())).collect();
+    steps.push(Step::Advance { ms: 5_000 });
+    seeds.push(("introducer-commands".into(), Script { member: false, suspicion: true, steps }.encode()));
+    let steps = vec![
+        Step::Advance { ms: 1_000 },
+        Step::SendFailed { peer: 0 },
+        Step::Advance { ms: 3_000 },
+        Step::Command("leave".into()),
+        Step::Advance { ms: 3_000 },
+        Step::Command("join".into()),
+        Step::Advance { ms: 20_000 },
+    ];
+    seeds.push(("member-alone".into(), Script { member: true, suspicion: false, steps }.encode()));
+    let steps = vec![
+        Step::Submit { op: 0 },
+        Step::Advance { ms: 500 },
+        Step::Submit { op: 1 },
+        Step::Submit { op: 2 },
+        Step::Submit { op: 3 },
+        Step::StartJob { spec: 2 },
+        Step::StartJob { spec: 0b101 },
+        Step::Advance { ms: 2_000 },
+        Step::ProgramAnswer { ok: true },
+        Step::ProgramAnswer { ok: false },
+        Step::Advance { ms: 30_000 },
+    ];
+    seeds.push((
+        "introducer-files-and-jobs".into(),
+        Script { member: false, suspicion: true, steps }.encode(),
+    ));
+    write_seeds("node_messages", &seeds);
+}
+
+#[test]
+#[ignore = "rewrites the seeds of fuzz/corpus/config_parse; run by hand"]
+fn write_config_seed_corpus() {
+    let example = include_str!("../../config/member.example.toml");
+    let full = "bind = \"0.0.0.0:7001\"\nadvertise = \"10.0.0.5:7001\"\nintroducer = \"10.0.0.1:7000\"\n\
+                data_dir = \"/var/lib/rainstorm\"\nsuspicion = true\ncluster_key = \"a long secret\"\n\
+                drop_rate = 0.0\n\n[timings]\nprotocol_period_ms = 1000\nping_timeout_ms = 300\n\
+                indirect_probes = 3\nsuspicion_timeout_ms = 3000\nretransmit_mult = 3\n\
+                sync_interval_ms = 10000\njoin_attempts = 3\njoin_retry_ms = 1000\n\n[hydfs]\n\
+                cache_mb = 64\nrepair_mb_per_sec = 128\nmax_write_mb = 1024\n\n[rainstorm]\n\
+                program_start_timeout_ms = 10000\nprogram_batch_timeout_ms = 30000\nbatch_lines = 64\n";
+    let seeds: Vec<(&str, String)> = vec![
+        ("member-example", example.to_owned()),
+        ("every-field", full.to_owned()),
+        ("empty", String::new()),
+        ("introducer", "bind = \"127.0.0.1:7000\"\n".into()),
+        ("ipv6", "bind = \"[::1]:7000\"\nintroducer = \"[::1]:7001\"\n".into()),
+        ("unknown-field", "bind = \"127.0.0.1:1\"\nbogus = 3\n".into()),
+        ("bad-address", "bind = \"not an address\"\n".into()),
+        ("unspecified", "bind = \"0.0.0.0:7001\"\n".into()),
+        ("other-port", "bind = \"127.0.0.1:7001\"\nadvertise = \"127.0.0.2:7002\"\n".into()),
+        ("drop-rate", "bind = \"127.0.0.1:7001\"\ndrop_rate = 1.5\n".into()),
+        ("nan", "bind = \"127.0.0.1:7001\"\ndrop_rate = nan\n".into()),
+        ("short-key", "bind = \"127.0.0.1:7001\"\ncluster_key = \"short\"\n".into()),
+        ("timings", "bind = \"127.0.0.1:7001\"\n[timings]\nping_timeout_ms = 5000\n".into()),
+        ("zero-period", "bind = \"127.0.0.1:7001\"\n[timings]\nprotocol_period_ms = 0\n".into()),
+        (
+            "huge-timings",
+            "bind = \"127.0.0.1:7001\"\n[timings]\nprotocol_period_ms = 18446744073709551615\n\
+             sync_interval_ms = 18446744073709551615\nsuspicion_timeout_ms = 18446744073709551615\n\
+             join_retry_ms = 18446744073709551615\nindirect_probes = 18446744073709551615\n"
+                .into(),
+        ),
+        ("huge-hydfs", "bind = \"127.0.0.1:7001\"\n[hydfs]\ncache_mb = 18446744073709551615\n".into()),
+        ("no-max-write", "bind = \"127.0.0.1:7001\"\n[hydfs]\nmax_write_mb = 0\n".into()),
+        ("batch-lines", "bind = \"127.0.0.1:7001\"\n[rainstorm]\nbatch_lines = 16385\n".into()),
+        ("zero-timeout", "bind = \"127.0.0.1:7001\"\n[rainstorm]\nprogram_start_timeout_ms = 0\n".into()),
+        ("wrong-type", "bind = 7001\nsuspicion = \"yes\"\n".into()),
+        ("syntax", "bind = \"127.0.0.1:7001\n[timings\n".into()),
+    ];
+    let seeds: Vec<(String, Vec<u8>)> =
+        seeds.into_iter().map(|(name, text)| (format!("{name}.toml"), text.into_bytes())).collect();
+    write_seeds("config_parse", &seeds);
+}
+
+#[test]
+#[ignore = "rewrites the seeds of fuzz/corpus/command_parse; run by hand"]
+fn write_command_seed_corpus() {
+    let mut lines: Vec<String> =
+        COMMAND_HELP.iter().filter(|(n, _)| !n.contains('<')).map(|(n, _)| n.to_string()).collect();
+    lines.extend(
+        [
+            "create /tmp/a.txt logs/a",
+            "get logs/a /tmp/b",
+            "append ./x logs/a",
+            "merge logs/a",
+            "ls logs/a",
+            "getfromreplica 127.0.0.1:7003#1234 logs/a out",
+            "multiappend logs/a 127.0.0.1:7001 [::1]:7002 one two",
+            r#"RainStorm "./app1-filter 'Stop, All Way'" grep:a in/signs.csv out/x 3"#,
+            r#"RainStorm "hydfs:ops/app1 Stop" "count:Sign_Type" in.csv out 2"#,
+            "RainStorm 'a b c d 1",
+            "job 1-a1f09c",
+            "join now",
+            "get /abs local",
+            "",
+            "  list_mem  ",
+            "lines=600/1000 s0=600/600 s1=600/50 s2=50/40",
+            "s1=3/2 lines=4/9 eta=12s s0=4/4",
+            "7 100",
+            "lines=1/2 s0=1/1 s0=2/2",
+            "lines=1/2 s0=1/99999999999999999999999",
+        ]
+        .map(String::from),
+    );
+    let seeds: Vec<(String, Vec<u8>)> =
+        lines.into_iter().enumerate().map(|(i, l)| (format!("{i:02}"), l.into_bytes())).collect();
+    write_seeds("command_parse", &seeds);
+}
+
+#[test]
+#[ignore = "rewrites the seeds of fuzz/corpus/operator_output; run by hand"]
+fn write_operator_seed_corpus() {
+    let hash = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let program = format!("program:ops/app1@{hash} \"Stop, All Way\" -x");
+    let specs = [
+        "grep:Stop",
+        "regex:^[0-9]+,.*(Stop|Yield)$",
+        "column:name=Streetlight",
+        "column: 3 =x=y",
+        "project:1,name,value",
+        "split",
+        "count:value",
+        "count:name",
+        program.as_str(),
+        "column:0=x",
+        "regex:(",
+        "unknown:x",
+    ];
+    let ready = |r: Ready| encode_line(&r, usize::MAX).expect("encodes");
+    let reply = |r: BatchReply| encode_line(&r, usize::MAX).expect("encodes");
+    let tuples = |n: usize| vec![vec![WireTuple::new("a", "1")]; n];
+    let stateless = [
+        ready(Ready::new(false)),
+        reply(BatchReply { batch: 1, outputs: tuples(3), state: Default::default() }),
+        reply(BatchReply { batch: 2, outputs: vec![vec![], vec![], vec![]], state: Default::default() }),
+        reply(BatchReply { batch: 4, outputs: tuples(2), state: Default::default() }),
+    ]
+    .concat();
+    let state = [("a".to_owned(), "2".to_owned())].into();
+    let stateful = [
+        ready(Ready::new(true)),
+        reply(BatchReply { batch: 1, outputs: tuples(3), state }),
+        b"{\"batch\":2,\"outputs\":[[],[],[]],\"state\":{\"c\":\"1\"}}\r\n".to_vec(),
+        b"{\"batch\":3,\"outputs\":[[],[],[]],\"note\":\"ignored\"}\n".to_vec(),
+        b"not json\n".to_vec(),
+    ]
+    .concat();
+    let mut seeds = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let stdout: &[u8] = match i % 4 {
+            0 => &stateless,
+            1 => &stateful,
+            2 => b"{\"rainstorm\":2}\n",
+            _ => b"{\"rainstorm\":1,\"stateful\":false}\n{\"batch\":1,\"outputs\":[[],[],[]]}",
+        };
+        seeds.push((format!("{i:02}"), [spec.as_bytes(), b"\n", stdout].concat()));
+    }
+    write_seeds("operator_output", &seeds);
+}
+
+#[test]
+#[ignore = "rewrites the seeds of fuzz/corpus/journal_decode; run by hand"]
+fn write_journal_seed_corpus() {
+    let src = TaskId { stage: 0, index: 0 };
+    let up = TaskId { stage: 1, index: 0 };
+    let down = [TaskId { stage: 2, index: 0 }, TaskId { stage: 2, index: 1 }];
+    let batch = |to: TaskId, seq: u64| OutBatch {
+        to,
+        seq,
+        tuples: vec![Tuple::source("in.csv", seq, format!("{seq},to {to}"))],
+    };
+    let history = vec![
+        Record::Processed {
+            from: src,
+            seq: 1,
+            consumed: 2,
+            outputs: vec![batch(down[0], 1), batch(down[1], 1), batch(down[0], 2)],
+            state: vec![("k".into(), Some("1".into())), ("gone".into(), None)],
+        },
+        Record::Processed { from: up, seq: 1, consumed: 1, outputs: vec![batch(down[0], 3)], state: vec![] },
+        Record::Acked { to: down[0], upto: 2 },
+        Record::Processed { from: up, seq: 2, consumed: 0, outputs: vec![], state: vec![("k".into(), None)] },
+    ];
+    let snapshot = Recovered::replay(&history).expect("a valid history").snapshot();
+    assert_eq!(snapshot.counts, TupleCounts { consumed: 3, emitted: 4 });
+    let file = |records: &[Record]| -> Vec<u8> {
+        records.iter().flat_map(|r| encode_record(r).expect("encodes")).collect()
+    };
+    let mut seeds = vec![
+        ("empty".to_owned(), Vec::new()),
+        ("history".to_owned(), file(&history)),
+        ("snapshot".to_owned(), file(&[Record::Snapshot(snapshot.clone())])),
+        (
+            "snapshot-then-more".to_owned(),
+            file(&[
+                Record::Snapshot(snapshot.clone()),
+                Record::Processed {
+                    from: up,
+                    seq: 3,
+                    consumed: 1,
+                    outputs: vec![batch(down[1], 2)],
+                    state: vec![],
+                },
+                Record::Acked { to: down[1], upto: 2 },
+                Record::Continued { generation: 1 },
+            ]),
+        ),
+        ("continued-then-more".to_owned(), file(&[Record::Continued { generation: 3 }, history[0].clone()])),
+        ("gap".to_owned(), file(&[history[1].clone(), history[1].clone()])),
+        ("ack-beyond".to_owned(), file(&[Record::Acked { to: down[1], upto: 5 }])),
+    ];
+    for (i, record) in history.iter().enumerate() {
+        seeds.push((format!("record-{i}"), file(std::slice::from_ref(record))));
+    }
+    let whole = file(&history);
+    seeds.push(("truncated".to_owned(), whole[..whole.len() - 3].to_vec()));
+    let mut bad = whole.clone();
+    bad[10] ^= 1;
+    seeds.push(("bad-checksum".to_owned(), bad));
+    let mut old = file(&history[..1]);
+    old[2] = 1;
+    seeds.push(("version-1".to_owned(), old));
+    write_seeds("journal_decode", &seeds);
 }

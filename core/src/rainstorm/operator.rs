@@ -135,6 +135,9 @@ impl ProgramSpec {
             return Err(bad("the hash must be 64 lowercase hex digits"));
         }
         let args = shlex::split(rest).ok_or_else(|| bad("unbalanced quotes in its arguments"))?;
+        if args.iter().any(|arg| arg.contains('\0')) {
+            return Err(bad("an argument holds a NUL byte, which no program argument can"));
+        }
         Ok(ProgramSpec { file: file.to_owned(), sha256: sha256.to_owned(), args })
     }
 
@@ -647,6 +650,21 @@ mod tests {
             assert_eq!(OperatorSpec::parse(&parsed.to_string()), Ok(parsed));
         }
         assert_eq!(OperatorSpec::parse("project: a , 2").map(|s| s.to_string()), Ok("project:a,2".into()));
+    }
+
+    /// Found by fuzzing (`operator_output`): a program argument holding a NUL printed as a Rust
+    /// string literal, which parsed back to another argument.
+    #[test]
+    fn a_program_argument_with_a_nul_is_refused() {
+        let hash = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let spec = format!("program:ops/app1@{hash} \"\u{3}\0Stop, All\"");
+        assert!(matches!(
+            OperatorSpec::parse(&spec),
+            Err(SpecError::BadProgram { why, .. }) if why.contains("NUL")
+        ));
+        let fine =
+            OperatorSpec::parse(&format!("program:ops/app1@{hash} \"\u{3}Stop, All\"")).expect("valid");
+        assert_eq!(OperatorSpec::parse(&fine.to_string()), Ok(fine));
     }
 
     #[test]

@@ -1,0 +1,126 @@
+//! `operator_output`: an operator spec (the first line of the input, [`OperatorSpec::parse`])
+//! and what an operator program prints (the rest): read line by line as the runtime reads a
+//! program's stdout ([`read_line`]), the first line as its handshake answer ([`decode_ready`]),
+//! each further line as the answer to a batch ([`parse_reply`]).
+//!
+//! Checked: no panic, errors typed; a spec prints back to itself (`parse(spec.to_string()) ==
+//! spec`) and builds against a header or none, and a built operator applies to a row without
+//! panicking (a `regex:` spec is compiled once, by parsing, and not when its pattern is long); a batch result has one output list per input tuple and state only for keys of the
+//! batch, from stateful programs only; what decodes re-encodes and decodes to the same message.
+
+use rainstorm_core::rainstorm::operator::MAX_PATTERN_LEN;
+use rainstorm_core::rainstorm::{OperatorSpec, StageOp, Tuple};
+use rainstorm_operator::{
+    decode_line, decode_ready, encode_line, BatchReply, BatchRequest, Ready, WireTuple,
+};
+use rainstorm_runtime::programs::{parse_reply, read_line};
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+/// Patterns at least this long are not compiled (see [`operator_spec`]).
+const MAX_FUZZED_PATTERN: usize = 8;
+/// The longest stdout line taken, small so that the limit is reached.
+const MAX_LINE_BYTES: usize = 512;
+
+/// `operator_output`.
+pub fn operator_output(data: &[u8]) {
+    let (spec, stdout) = match data.iter().position(|b| *b == b'\n') {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[][..]),
+    };
+    operator_spec(&String::from_utf8_lossy(spec));
+    program_stdout(stdout);
+}
+
+fn operator_spec(text: &str) {
+    // Parsing a `regex:` spec compiles its pattern, which would take most of the time; patterns
+    // longer than this are left to the regex crate's own fuzzing (those over the length limit
+    // are still refused here, without compiling).
+    if let Some(pattern) = text.strip_prefix("regex:") {
+        if (MAX_FUZZED_PATTERN..=MAX_PATTERN_LEN).contains(&pattern.len()) {
+            return;
+        }
+    }
+    let spec = match OperatorSpec::parse(text) {
+        Ok(spec) => spec,
+        Err(e) => return assert!(!e.to_string().is_empty()),
+    };
+    let printed = spec.to_string();
+    if let OperatorSpec::Regex { pattern } = &spec {
+        // The pattern is kept as written (compiled once above, and again by `build`).
+        assert_eq!(printed, format!("regex:{pattern}"));
+        return;
+    }
+    assert_eq!(OperatorSpec::parse(&printed).as_ref(), Ok(&spec), "`{printed}` does not parse back");
+    let header: Vec<String> = ["\u{feff}id", " name ", "value", "3"].map(String::from).to_vec();
+    for header in [Some(&header[..]), None] {
+        let op = match spec.build(header) {
+            Ok(StageOp::Builtin(op)) => op,
+            Ok(StageOp::Program(p)) => {
+                assert!(matches!(&spec, OperatorSpec::Program(q) if *q == p));
+                continue;
+            }
+            Err(e) => {
+                assert!(!e.to_string().is_empty());
+                continue;
+            }
+        };
+        for row in ["1,\"a, b\",x,y", "", "only", "2,don't stop,=,\"\""] {
+            let tuple = Tuple::source("in.csv", 2, row);
+            if let Ok(key) = op.state_key(&tuple) {
+                let _ = op.apply(&tuple, None);
+                let _ = op.apply(&tuple, Some("41"));
+                let _ = op.apply(&tuple, Some("x"));
+                assert!(op.is_stateful() || key == tuple.key);
+            }
+        }
+    }
+}
+
+/// The line `read_line` gives from `stdout`; the bytes are all there, so it never waits.
+fn next_line(stdout: &mut &[u8]) -> Option<Vec<u8>> {
+    let future = pin!(read_line(stdout, MAX_LINE_BYTES));
+    match future.poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(Ok(line)) => Some(line),
+        Poll::Ready(Err(e)) => {
+            assert!(!e.to_string().is_empty());
+            None
+        }
+        Poll::Pending => panic!("reading bytes in memory waited"),
+    }
+}
+
+fn program_stdout(mut stdout: &[u8]) {
+    let Some(first) = next_line(&mut stdout) else { return };
+    let ready = match decode_ready(&first) {
+        Ok(ready) => ready,
+        Err(e) => return assert!(!e.to_string().is_empty()),
+    };
+    let line = encode_line(&ready, MAX_LINE_BYTES).expect("a handshake answer encodes");
+    assert_eq!(decode_ready(&line[..line.len() - 1]), Ok(ready));
+    assert_eq!(ready, Ready::new(ready.stateful));
+    let mut batch = 0;
+    while let Some(line) = next_line(&mut stdout) {
+        batch += 1;
+        let request = BatchRequest {
+            batch,
+            tuples: vec![WireTuple::new("a", "1,x"), WireTuple::new("b", "2,y"), WireTuple::new("a", "3,z")],
+            state: ready.stateful.then(|| [("a".to_owned(), "1".to_owned())].into()),
+        };
+        if let Ok(reply) = decode_line::<BatchReply>(&line) {
+            let again = encode_line(&reply, usize::MAX).expect("a reply encodes");
+            assert_eq!(decode_line::<BatchReply>(&again[..again.len() - 1]), Ok(reply));
+        }
+        match parse_reply(&line, &request) {
+            Ok(result) => {
+                assert_eq!(result.outputs.len(), request.tuples.len());
+                assert!(ready.stateful || result.state.is_empty(), "state from a stateless program");
+                for key in result.state.keys() {
+                    assert!(request.tuples.iter().any(|t| t.key == *key), "state of a foreign key {key:?}");
+                }
+            }
+            Err(e) => assert!(!e.to_string().is_empty()),
+        }
+    }
+}
