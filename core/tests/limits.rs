@@ -204,7 +204,7 @@ fn an_oversized_stream_frame_is_dropped_and_counted() {
     c.nodes[0].handle_frame(now, Channel::Stream, &frame(1, big));
     assert_eq!(counter(&c.stats(0), "frames_rejected.oversized"), 1);
     // What a driver skipped without reading it whole is counted the same way.
-    c.nodes[0].handle_oversized_frame();
+    c.nodes[0].record_rejected("oversized", 1);
     assert_eq!(counter(&c.stats(0), "frames_rejected.oversized"), 2);
     // A frame within the limit is taken.
     let small = Body::Hydfs(HydfsMsg::Stat { req: 2, name: name("f") });
