@@ -5,7 +5,8 @@
 //! RainStorm: tuples per received batch); [`check`] verifies that they fit together.
 //!
 //! Invariants kept here:
-//! * a stream frame limit always leaves room for one HyDFS chunk plus [`STREAM_FRAME_SLACK_BYTES`]
+//! * a stream frame limit always leaves room for one HyDFS chunk and for one RainStorm journal
+//!   record (a link batch is at most one record's outputs), plus [`STREAM_FRAME_SLACK_BYTES`]
 //!   of headers and metadata ([`check`]);
 //! * only requests count against a peer's rate ([`counts_against_rate`]): membership datagrams,
 //!   HyDFS replies and RainStorm acknowledgements never do, so failure detection is never starved
@@ -15,6 +16,7 @@
 
 use crate::hydfs::{HydfsConfig, NAME_BYTES_CEILING};
 use crate::id::NodeAddr;
+use crate::rainstorm::journal::MAX_RECORD_BYTES;
 use crate::rainstorm::task::LinkMsg;
 use crate::rainstorm::{RainstormConfig, RainstormMsg};
 use crate::time::Time;
@@ -65,8 +67,9 @@ impl Default for LimitsConfig {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LimitsError {
     #[error(
-        "stream_frame_bytes ({limit}) must be at least one HyDFS chunk ({chunk} bytes) plus \
-         {STREAM_FRAME_SLACK_BYTES} bytes of headers and metadata, so at least {min}"
+        "stream_frame_bytes ({limit}) must hold the larger of a HyDFS chunk ({chunk} bytes) and a \
+         RainStorm journal record ({MAX_RECORD_BYTES} bytes) plus {STREAM_FRAME_SLACK_BYTES} bytes \
+         of headers and metadata, so at least {min}"
     )]
     FrameTooSmall { limit: usize, chunk: usize, min: usize },
     #[error(
@@ -99,7 +102,7 @@ pub fn check(
     hydfs: &HydfsConfig,
     rainstorm: &RainstormConfig,
 ) -> Result<(), LimitsError> {
-    let min = hydfs.chunk_bytes.saturating_add(STREAM_FRAME_SLACK_BYTES);
+    let min = hydfs.chunk_bytes.max(MAX_RECORD_BYTES).saturating_add(STREAM_FRAME_SLACK_BYTES);
     if limits.stream_frame_bytes < min {
         let (limit, chunk) = (limits.stream_frame_bytes, hydfs.chunk_bytes);
         return Err(LimitsError::FrameTooSmall { limit, chunk, min });
@@ -270,8 +273,13 @@ mod tests {
         let e = check(&small, &h, &r).unwrap_err();
         assert!(matches!(e, LimitsError::FrameTooSmall { .. }), "{e}");
         assert!(e.to_string().contains("stream_frame_bytes"), "{e}");
-        let just = LimitsConfig { stream_frame_bytes: h.chunk_bytes + STREAM_FRAME_SLACK_BYTES, ..l.clone() };
+        let just =
+            LimitsConfig { stream_frame_bytes: MAX_RECORD_BYTES + STREAM_FRAME_SLACK_BYTES, ..l.clone() };
         assert_eq!(check(&just, &h, &r), Ok(()));
+        let under = LimitsConfig { stream_frame_bytes: just.stream_frame_bytes - 1, ..l.clone() };
+        assert!(matches!(check(&under, &h, &r), Err(LimitsError::FrameTooSmall { .. })));
+        let big_chunks = HydfsConfig { chunk_bytes: 16 << 20, ..h.clone() };
+        assert!(matches!(check(&l, &big_chunks, &r), Err(LimitsError::FrameTooSmall { .. })));
         let no_burst = LimitsConfig { peer_request_burst: 0, ..l.clone() };
         assert_eq!(check(&no_burst, &h, &r), Err(LimitsError::NoBurst));
         let tight = HydfsConfig { max_pending_appends: r.compact_records, ..h.clone() };

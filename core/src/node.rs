@@ -291,11 +291,6 @@ impl Node {
         *self.stats.frames_rejected.entry(cause).or_default() += frames;
     }
 
-    /// The driver dropped a frame over its channel's limit without reading it whole.
-    pub fn handle_oversized_frame(&mut self) {
-        *self.stats.frames_rejected.entry(OVERSIZED).or_default() += 1;
-    }
-
     /// A datagram arrived.
     pub fn handle_datagram(&mut self, now: Time, frame: &[u8]) {
         self.handle_frame(now, Channel::Datagram, frame);
@@ -480,8 +475,6 @@ impl Node {
     }
 }
 
-/// Frames over their channel's size limit (as [`crate::wire::WireError::cause`] names them).
-const OVERSIZED: &str = "oversized";
 /// Stream requests over their sender's rate.
 const RATE_LIMITED: &str = "rate_limited";
 
@@ -530,7 +523,7 @@ impl fmt::Display for CommandOutput {
                 writeln!(f, "bytes_received {}", node.bytes_received)?;
                 // The limits' counters are always shown, other causes once they occur.
                 let mut rejected = node.frames_rejected.clone();
-                for cause in [OVERSIZED, RATE_LIMITED] {
+                for cause in ["oversized", RATE_LIMITED] {
                     rejected.entry(cause).or_default();
                 }
                 for (cause, n) in &rejected {

@@ -197,14 +197,14 @@ fn requests_over_a_peers_rate_are_dropped_and_counted_but_membership_never_is() 
 
 #[test]
 fn an_oversized_stream_frame_is_dropped_and_counted() {
-    let limits = LimitsConfig { stream_frame_bytes: 2 << 20, ..LimitsConfig::default() };
+    let limits = LimitsConfig { stream_frame_bytes: 10 << 20, ..LimitsConfig::default() };
     let mut c = Cluster::new(2, HydfsConfig::default(), limits);
-    let big = Body::Hydfs(HydfsMsg::RemoteAppend { req: 1, name: name("f"), data: vec![7; 3 << 20] });
+    let big = Body::Hydfs(HydfsMsg::RemoteAppend { req: 1, name: name("f"), data: vec![7; 11 << 20] });
     let now = c.now;
     c.nodes[0].handle_frame(now, Channel::Stream, &frame(1, big));
     assert_eq!(counter(&c.stats(0), "frames_rejected.oversized"), 1);
     // What a driver skipped without reading it whole is counted the same way.
-    c.nodes[0].handle_oversized_frame();
+    c.nodes[0].record_rejected("oversized", 1);
     assert_eq!(counter(&c.stats(0), "frames_rejected.oversized"), 2);
     // A frame within the limit is taken.
     let small = Body::Hydfs(HydfsMsg::Stat { req: 2, name: name("f") });

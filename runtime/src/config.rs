@@ -37,7 +37,7 @@
 //!
 //! [limits]                       # against hostile or broken input; each breach is counted in `stats`
 //! max_datagram_bytes = 1400      # largest UDP datagram sent or accepted (256..=65000)
-//! stream_frame_mb = 16           # largest TCP frame sent or accepted (at least one chunk + 1 MiB)
+//! stream_frame_mb = 16           # largest TCP frame sent or accepted (at least 9: a journal record + 1 MiB)
 //! peer_requests_per_sec = 20000  # HyDFS/RainStorm requests accepted per second from one peer (0: unlimited)
 //! peer_request_burst = 40000     # requests one peer may send at once
 //! rate_limited_peers = 1024      # peers whose rate is tracked (the stalest is forgotten)
@@ -470,12 +470,12 @@ mod tests {
         let cfg = resolve("").unwrap();
         assert_eq!(cfg.limits, LimitsConfig::default());
         let cfg =
-            resolve("stream_frame_mb = 4\npeer_requests_per_sec = 0\nmax_datagram_bytes = 1200\n").unwrap();
-        assert_eq!(cfg.limits.stream_frame_bytes, 4 << 20);
+            resolve("stream_frame_mb = 10\npeer_requests_per_sec = 0\nmax_datagram_bytes = 1200\n").unwrap();
+        assert_eq!(cfg.limits.stream_frame_bytes, 10 << 20);
         assert_eq!(cfg.limits.peer_requests_per_sec, 0);
         assert_eq!(cfg.membership.max_datagram_bytes, 1200);
         for (text, field) in [
-            ("stream_frame_mb = 1", "limits.stream_frame_mb"),
+            ("stream_frame_mb = 8", "limits.stream_frame_mb"),
             ("stream_frame_mb = 5000", "limits.stream_frame_mb"),
             ("peer_request_burst = 0", "limits.peer_request_burst"),
             ("rate_limited_peers = 0", "limits.rate_limited_peers"),

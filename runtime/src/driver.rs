@@ -461,7 +461,7 @@ impl NodeTask {
                 }
                 Some(incoming) = streams.recv() => match incoming {
                     Incoming::Frame(frame) => self.node.handle_frame(self.clock.now(), Channel::Stream, &frame),
-                    Incoming::Oversized { .. } => self.node.handle_oversized_frame(),
+                    Incoming::Oversized { .. } => self.node.record_rejected("oversized", 1),
                 },
             }
             if let Some((at, _)) = &stopping {
