@@ -13,10 +13,10 @@ use rainstorm_core::hydfs::{ClientOp, FileName};
 use rainstorm_core::membership::{
     JoinAccept, JoinKind, JoinRefusal, MembershipConfig, MembershipMsg, ModeStamp, ProbeSeq, Role, Update,
 };
-use rainstorm_core::replay::FrameSeq;
 use rainstorm_core::node::NodeConfig;
 use rainstorm_core::rainstorm::journal::{encode as encode_record, OutBatch, Record, Recovered, TupleCounts};
 use rainstorm_core::rainstorm::{JobSpec, OperatorSpec, TaskId, Tuple};
+use rainstorm_core::replay::FrameSeq;
 use rainstorm_core::wire::{
     canonical_bytes, Body, ClusterKey, Codec, Envelope, MAX_DATAGRAM_BYTES, MAX_STREAM_FRAME_BYTES,
 };
