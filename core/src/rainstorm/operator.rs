@@ -138,7 +138,13 @@ impl ProgramSpec {
         if args.iter().any(|arg| arg.contains('\0')) {
             return Err(bad("an argument holds a NUL byte, which no program argument can"));
         }
-        Ok(ProgramSpec { file: file.to_owned(), sha256: sha256.to_owned(), args })
+        let parsed = ProgramSpec { file: file.to_owned(), sha256: sha256.to_owned(), args };
+        // Printing quotes the arguments again, which can make the text longer than it was: the
+        // printed spec must parse back too.
+        if "program:".len() + parsed.to_string().len() > MAX_PROGRAM_SPEC_LEN {
+            return Err(bad("longer than 4096 bytes once its arguments are quoted"));
+        }
+        Ok(parsed)
     }
 
     /// The first 12 hex digits of the hash: enough to tell programs apart in logs.
@@ -665,6 +671,23 @@ mod tests {
         let fine =
             OperatorSpec::parse(&format!("program:ops/app1@{hash} \"\u{3}Stop, All\"")).expect("valid");
         assert_eq!(OperatorSpec::parse(&fine.to_string()), Ok(fine));
+    }
+
+    /// Found by fuzzing (`operator_output`): a spec under the length limit whose arguments,
+    /// quoted again when printed, made a spec over it, which did not parse back.
+    #[test]
+    fn a_program_spec_that_prints_over_the_limit_is_refused() {
+        let hash = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let prefix = format!("program:ops/p@{hash} ");
+        let quotes = "'".repeat(MAX_PROGRAM_SPEC_LEN - prefix.len() - 2);
+        let text = format!("{prefix}\"{quotes}\"");
+        assert!(text.len() <= MAX_PROGRAM_SPEC_LEN);
+        match OperatorSpec::parse(&text) {
+            Ok(spec) => assert_eq!(OperatorSpec::parse(&spec.to_string()), Ok(spec)),
+            Err(e) => assert!(matches!(e, SpecError::BadProgram { why, .. } if why.contains("quoted"))),
+        }
+        let short = OperatorSpec::parse(&format!("{prefix}\"''\"")).expect("valid");
+        assert_eq!(OperatorSpec::parse(&short.to_string()), Ok(short));
     }
 
     #[test]
