@@ -164,15 +164,7 @@ pub fn canonical_bytes<T: Serialize>(value: &T) -> Vec<u8> {
 /// the frame checks pass, so [`Codec::plain`] hands `payload` to the payload decoder. For tests
 /// and fuzzing of the message decoders; nodes frame envelopes with [`Codec::encode`].
 pub fn frame_payload(payload: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(HEADER_BYTES + payload.len() + CRC_BYTES);
-    frame.extend_from_slice(&MAGIC);
-    frame.push(WIRE_VERSION);
-    frame.push(0);
-    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    frame.extend_from_slice(payload);
-    let crc = crc32c::crc32c(&frame);
-    frame.extend_from_slice(&crc.to_le_bytes());
-    frame
+    Codec::plain().frame_raw(payload)
 }
 
 /// Encodes and decodes envelopes under zero, one or several accepted cluster keys.
@@ -245,19 +237,40 @@ impl Codec {
         bincode_options(usize::MAX)
             .serialize_into(&mut frame, envelope)
             .map_err(|e| WireError::Malformed(e.to_string()))?;
+        self.seal(&mut frame);
+        debug_assert_eq!(frame.len(), len);
+        Ok(frame)
+    }
+
+    /// A frame around `payload` taken as it is, valid or not as an [`Envelope`], with this
+    /// codec's header flags and trailer (CRC32C, or the tag under the current key): the frame
+    /// checks pass, so [`Codec::decode`] hands `payload` to the payload decoder. For tests and
+    /// fuzzing; nodes frame envelopes with [`Codec::encode`].
+    pub fn frame_raw(&self, payload: &[u8]) -> Vec<u8> {
+        let mut frame = Vec::with_capacity(HEADER_BYTES + payload.len() + self.trailer_bytes());
+        frame.extend_from_slice(&MAGIC);
+        frame.push(WIRE_VERSION);
+        frame.push(if self.keys.is_empty() { 0 } else { FLAG_AUTHENTICATED });
+        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        frame.extend_from_slice(payload);
+        self.seal(&mut frame);
+        frame
+    }
+
+    /// Appends the trailer over `frame` (header and payload): a CRC32C, or the HMAC-SHA256 tag
+    /// under the current key.
+    fn seal(&self, frame: &mut Vec<u8>) {
         match self.keys.first() {
             None => {
-                let crc = crc32c::crc32c(&frame);
+                let crc = crc32c::crc32c(frame);
                 frame.extend_from_slice(&crc.to_le_bytes());
             }
             Some(key) => {
                 let mut mac = key.mac();
-                mac.update(&frame);
+                mac.update(frame);
                 frame.extend_from_slice(&mac.finalize().into_bytes());
             }
         }
-        debug_assert_eq!(frame.len(), len);
-        Ok(frame)
     }
 
     /// The checks of a frame's header and size that need no key and no hashing: what a driver

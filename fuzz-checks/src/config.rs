@@ -8,22 +8,8 @@ use rainstorm_core::hydfs::MemStorage;
 use rainstorm_core::membership::Role;
 use rainstorm_core::node::NodeConfig;
 use rainstorm_core::{Millis, Node, Time};
-use rainstorm_runtime::config::{ConfigError, ConfigInput, RuntimeConfig};
+use rainstorm_runtime::config::{ConfigError, ConfigInput, RuntimeConfig, FIELDS};
 use std::path::Path;
-
-/// Every field an error may name.
-const FIELDS: &[&str] = &[
-    "bind",
-    "advertise",
-    "introducer",
-    "drop_rate",
-    "cluster_key",
-    "timings",
-    "hydfs.max_write_mb",
-    "rainstorm.program_start_timeout_ms",
-    "rainstorm.program_batch_timeout_ms",
-    "rainstorm.batch_lines",
-];
 
 /// `config_parse`.
 pub fn config_parse(data: &[u8]) {

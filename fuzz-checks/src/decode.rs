@@ -7,8 +7,9 @@
 //! only error is [`WireError::Malformed`]; whatever decodes re-encodes (to the size
 //! [`payload_size`] predicts) and decodes to the same value.
 
+use rainstorm_core::replay::FrameSeq;
 use rainstorm_core::wire::{
-    canonical_bytes, frame_payload, payload_size, Body, ClusterKey, Codec, WireError, MAX_DATAGRAM_BYTES,
+    canonical_bytes, payload_size, Body, ClusterKey, Codec, WireError, MAX_DATAGRAM_BYTES,
     MAX_STREAM_FRAME_BYTES,
 };
 use rainstorm_core::MemberId;
@@ -65,13 +66,26 @@ pub fn sender() -> MemberId {
     MemberId::new(SocketAddr::from(([127, 0, 0, 1], 7001)), 1_000)
 }
 
-/// A plain frame from `from` whose body is `layer`'s variant holding `message`, bytes as given.
+/// A plain frame from `from` (frame number 1) whose body is `layer`'s variant holding
+/// `message`, bytes as given.
 pub fn layer_frame(layer: Layer, from: MemberId, message: &[u8]) -> Vec<u8> {
+    layer_frame_with(&Codec::plain(), layer, from, FrameSeq(1), message)
+}
+
+/// A frame from `from`, numbered `seq` and framed by `codec` (signed under its current key, if
+/// any), whose body is `layer`'s variant holding `message`, bytes as given.
+pub fn layer_frame_with(
+    codec: &Codec,
+    layer: Layer,
+    from: MemberId,
+    seq: FrameSeq,
+    message: &[u8],
+) -> Vec<u8> {
     let mut payload = canonical_bytes(&from);
-    payload.extend_from_slice(&canonical_bytes(&rainstorm_core::replay::FrameSeq(1)));
+    payload.extend_from_slice(&canonical_bytes(&seq));
     payload.extend_from_slice(&layer.tag().to_le_bytes());
     payload.extend_from_slice(message);
-    frame_payload(&payload)
+    codec.frame_raw(&payload)
 }
 
 /// The encoding of the message inside `body`: what a layer target's input is.

@@ -10,6 +10,9 @@
 //! * every frame fed is counted once, as received or as rejected, in [`Node::stats`];
 //! * timers make progress: once due timers have run, [`Node::poll_timeout`] is later than `now`
 //!   within a few rounds;
+//! * under a cluster key, the replay guard judges every authentic frame as a model that
+//!   remembers every (sender, channel, number) accepted does: a number seen before is refused as
+//!   replayed, one [`REPLAY_WINDOW`] or more below the highest as stale, any other is delivered;
 //! * the node never lists itself as a member (nor reports itself joining);
 //! * membership queues stay within the simulator's [`queue_bound`] of the member ids the node
 //!   can have heard of (each takes at least [`MIN_ID_BYTES`] bytes of a frame);
@@ -17,19 +20,23 @@
 //!   others never are, and every answer displays.
 //!
 //! A script starts with a flags byte (bit 0: a member that joins through the introducer,
-//! otherwise the introducer itself, a group of one at once; bit 1: suspicion off), then steps;
+//! otherwise the introducer itself, a group of one at once; bit 1: suspicion off; bit 2: the
+//! node and the scripted messages share a cluster key), then steps;
 //! each step is an op byte whose low 3 bits pick the kind (see [`Step`]). Scripts are cut at
 //! [`MAX_STEPS`] steps so an execution stays cheap.
 
-use crate::decode::{layer_frame, Layer};
+use crate::decode::{layer_frame_with, Layer};
 use rainstorm_core::command::Command;
 use rainstorm_core::hydfs::{ClientOp, FileName, HydfsConfig};
-use rainstorm_core::membership::{MembershipConfig, MembershipEvent, Role};
-use rainstorm_core::node::{CommandError, NodeConfig};
+use rainstorm_core::limits::LimitsConfig;
+use rainstorm_core::membership::{MembershipConfig, MembershipEvent, MembershipMsg, Role};
+use rainstorm_core::node::{CommandError, NodeConfig, NodeStats};
 use rainstorm_core::rainstorm::{JobSpec, OperatorSpec, ProgramResult, RainstormConfig};
-use rainstorm_core::wire::{Codec, MAX_STREAM_FRAME_BYTES};
+use rainstorm_core::replay::{FrameSeq, Verdict, REPLAY_WINDOW};
+use rainstorm_core::wire::{canonical_bytes, ClusterKey, Codec};
 use rainstorm_core::{Channel, MemberId, Node, NodeAddr, NodeEvent, Time};
 use rainstorm_sim::check::queue_bound;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 /// Steps after which a script is cut.
@@ -43,6 +50,8 @@ const MAX_TIMER_ROUNDS: usize = 32;
 /// Peer addresses: port `7000 + i`; 7000 is the introducer.
 pub const PEERS: u16 = 5;
 const FILES: [&str; 3] = ["in.csv", "out", "f"];
+/// The cluster key of keyed scripts.
+pub const KEY: &str = "node-messages fuzzing key";
 const PROGRAM_HASH: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 /// The address of peer `i` (of [`PEERS`]): `127.0.0.1:7000 + i`.
@@ -62,9 +71,10 @@ pub fn peer_id(peer: u8) -> MemberId {
 pub enum Step {
     /// Op 0 (bit 3: stream): a `u16` length, then that many bytes delivered as they are.
     Raw { channel: Channel, frame: Vec<u8> },
-    /// Op 1 (bit 3: stream; bits 4-5: layer): a peer byte, a `u16` length, then the message
-    /// bytes, delivered in a valid frame from [`peer_id`]`(peer)`.
-    Message { layer: Layer, channel: Channel, peer: u8, bytes: Vec<u8> },
+    /// Op 1 (bit 3: stream; bits 4-5: layer; bits 6-7: [`SeqChoice`]): a peer byte, the
+    /// offset of [`SeqChoice::Offset`], a `u16` length, then the message bytes, delivered in a
+    /// valid frame from [`peer_id`]`(peer)` (signed under [`KEY`] in a keyed script).
+    Message { layer: Layer, channel: Channel, peer: u8, seq: SeqChoice, bytes: Vec<u8> },
     /// Op 2: a length byte, then a console line (UTF-8, lossily).
     Command(String),
     /// Op 3: a `u16` of milliseconds to let pass, then the timers fire.
@@ -80,11 +90,49 @@ pub enum Step {
     ProgramAnswer { ok: bool },
 }
 
+/// The frame number a [`Step::Message`] carries, from the numbers the script used before for
+/// the same sender and channel: what drives the replay guard of a keyed node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeqChoice {
+    /// One above the highest number used (1 at first): what an honest sender sends.
+    Next,
+    /// The last number used (1 at first): a duplicate, or a replay.
+    Repeat,
+    /// The highest number used plus this (an `i16` after the peer byte), at least 0: a frame
+    /// reordered, replayed, or older than the window.
+    Offset(i16),
+    /// The highest number used plus [`REPLAY_WINDOW`]: what leaves the numbers before stale.
+    Jump,
+}
+
+impl SeqChoice {
+    fn bits(self) -> u8 {
+        match self {
+            SeqChoice::Next => 0,
+            SeqChoice::Repeat => 1,
+            SeqChoice::Offset(_) => 2,
+            SeqChoice::Jump => 3,
+        }
+    }
+
+    /// The number to send, given the (last, highest) numbers used so far.
+    fn pick(self, (last, highest): (u64, u64)) -> u64 {
+        match self {
+            SeqChoice::Next => highest + 1,
+            SeqChoice::Repeat => last.max(1),
+            SeqChoice::Offset(d) => highest.saturating_add_signed(i64::from(d)),
+            SeqChoice::Jump => highest + REPLAY_WINDOW,
+        }
+    }
+}
+
 /// A decoded script.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Script {
     pub member: bool,
     pub suspicion: bool,
+    /// The node runs under a cluster key ([`KEY`]), which turns its replay guard on.
+    pub keyed: bool,
     pub steps: Vec<Step>,
 }
 
@@ -143,8 +191,14 @@ impl Script {
                 1 => {
                     let layer = Layer::ALL[usize::from((op >> 4) & 0b11) % Layer::ALL.len()];
                     let peer = r.byte().unwrap_or(0);
+                    let seq = match op >> 6 {
+                        0 => SeqChoice::Next,
+                        1 => SeqChoice::Repeat,
+                        2 => SeqChoice::Offset(r.u16() as i16),
+                        _ => SeqChoice::Jump,
+                    };
                     let len = r.u16();
-                    Step::Message { layer, channel: channel(op), peer, bytes: r.bytes(len.into()) }
+                    Step::Message { layer, channel: channel(op), peer, seq, bytes: r.bytes(len.into()) }
                 }
                 2 => {
                     let len = r.byte().unwrap_or(0);
@@ -158,12 +212,14 @@ impl Script {
             };
             steps.push(step);
         }
-        Script { member: flags & 1 != 0, suspicion: flags & 2 == 0, steps }
+        Script { member: flags & 1 != 0, suspicion: flags & 2 == 0, keyed: flags & 4 != 0, steps }
     }
 
     /// The bytes that decode to this script (lengths over their field's range are cut).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![u8::from(self.member) | if self.suspicion { 0 } else { 2 }];
+        let flags =
+            u8::from(self.member) | if self.suspicion { 0 } else { 2 } | if self.keyed { 4 } else { 0 };
+        let mut out = vec![flags];
         let with_len = |out: &mut Vec<u8>, bytes: &[u8]| {
             let len = bytes.len().min(usize::from(u16::MAX));
             out.extend_from_slice(&(len as u16).to_le_bytes());
@@ -175,13 +231,16 @@ impl Script {
                     out.push(channel_bit(*channel));
                     with_len(&mut out, frame);
                 }
-                Step::Message { layer, channel, peer, bytes } => {
+                Step::Message { layer, channel, peer, seq, bytes } => {
                     let layer = match layer {
                         Layer::Membership => 0,
                         Layer::Hydfs => 1,
                         Layer::Rainstorm => 2,
                     };
-                    out.extend([1 | channel_bit(*channel) | layer << 4, *peer]);
+                    out.extend([1 | channel_bit(*channel) | layer << 4 | seq.bits() << 6, *peer]);
+                    if let SeqChoice::Offset(d) = seq {
+                        out.extend_from_slice(&d.to_le_bytes());
+                    }
                     with_len(&mut out, bytes);
                 }
                 Step::Command(line) => {
@@ -203,12 +262,44 @@ impl Script {
     }
 }
 
+/// A keyed script whose frames from one peer come reordered, replayed, and older than the replay
+/// window: numbers 1, 2, 4098 (a jump), 4097 (reordered), 4097 (replayed), 3 (the oldest the
+/// window holds), 2 (stale), 4099. A seed of the corpus, and what tests drive the check with.
+pub fn reordered_and_stale_script() -> Script {
+    let bytes = canonical_bytes(&MembershipMsg::SyncDigest { digest: 1 });
+    let message = |seq| Step::Message {
+        layer: Layer::Membership,
+        channel: Channel::Datagram,
+        peer: 3,
+        seq,
+        bytes: bytes.clone(),
+    };
+    let steps = vec![
+        message(SeqChoice::Next),
+        message(SeqChoice::Next),
+        message(SeqChoice::Jump),
+        message(SeqChoice::Offset(-1)),
+        message(SeqChoice::Repeat),
+        message(SeqChoice::Offset(-4095)),
+        message(SeqChoice::Offset(-4096)),
+        message(SeqChoice::Next),
+        Step::Advance { ms: 1_000 },
+    ];
+    Script { member: false, suspicion: true, keyed: true, steps }
+}
+
 /// The node a script drives, and what the checks need to know about its past.
 struct Run {
     node: Node,
     now: Time,
+    codec: Codec,
     max_datagram_bytes: usize,
+    stream_frame_bytes: usize,
     frames_fed: u64,
+    /// The (last, highest) frame numbers the script used, per sender and channel.
+    numbers: BTreeMap<(MemberId, Channel), (u64, u64)>,
+    /// The model of the replay guard: the numbers accepted, per sender and channel.
+    accepted: BTreeMap<(MemberId, Channel), BTreeSet<u64>>,
     /// Member ids the node can have heard of or held itself (an upper bound).
     ids_ever: usize,
     /// Operator-program calls not answered yet: token and tuple count.
@@ -217,9 +308,21 @@ struct Run {
 
 /// `node_messages`.
 pub fn node_messages(data: &[u8]) {
-    let script = Script::decode(data);
-    let membership = MembershipConfig { suspicion_at_start: script.suspicion, ..MembershipConfig::lan() };
+    let _ = run_script(&Script::decode(data), MembershipConfig::lan());
+}
+
+/// Runs `script` on a node with `membership` (its suspicion setting taken from the script),
+/// checking the invariants after every step; panics on a violation. Returns the node's counters.
+pub fn run_script(script: &Script, membership: MembershipConfig) -> NodeStats {
+    let membership = MembershipConfig { suspicion_at_start: script.suspicion, ..membership };
     let max_datagram_bytes = membership.max_datagram_bytes;
+    let limits = LimitsConfig::default();
+    let stream_frame_bytes = limits.stream_frame_bytes;
+    let codec = if script.keyed {
+        Codec::keyed(ClusterKey::from_passphrase(KEY), Vec::new())
+    } else {
+        Codec::plain()
+    };
     let cfg = NodeConfig {
         role: if script.member { Role::Member } else { Role::Introducer },
         addr: peer_addr(u8::from(script.member)),
@@ -227,14 +330,18 @@ pub fn node_messages(data: &[u8]) {
         membership,
         hydfs: HydfsConfig::default(),
         rainstorm: RainstormConfig::default(),
-        limits: rainstorm_core::limits::LimitsConfig::default(),
-        codec: Codec::plain(),
+        limits,
+        codec: codec.clone(),
     };
     let mut run = Run {
         node: Node::new(cfg, START, 7),
         now: START,
+        codec,
         max_datagram_bytes,
+        stream_frame_bytes,
         frames_fed: 0,
+        numbers: BTreeMap::new(),
+        accepted: BTreeMap::new(),
         ids_ever: 2,
         calls: Vec::new(),
     };
@@ -242,10 +349,11 @@ pub fn node_messages(data: &[u8]) {
         run.command(Command::Join);
     }
     run.settle();
-    for step in script.steps {
-        run.step(step);
+    for step in &script.steps {
+        run.step(step.clone());
         run.settle();
     }
+    run.node.stats().clone()
 }
 
 impl Run {
@@ -253,8 +361,13 @@ impl Run {
         let now = self.now;
         match step {
             Step::Raw { channel, frame } => self.feed(channel, &frame),
-            Step::Message { layer, channel, peer, bytes } => {
-                self.feed(channel, &layer_frame(layer, peer_id(peer), &bytes))
+            Step::Message { layer, channel, peer, seq, bytes } => {
+                let from = peer_id(peer);
+                let used = self.numbers.entry((from, channel)).or_default();
+                let number = seq.pick(*used);
+                *used = (number, used.1.max(number));
+                let frame = layer_frame_with(&self.codec, layer, from, FrameSeq(number), &bytes);
+                self.feed(channel, &frame)
             }
             Step::Command(line) => {
                 if let Ok(command) = Command::parse(&line) {
@@ -311,7 +424,54 @@ impl Run {
     fn feed(&mut self, channel: Channel, frame: &[u8]) {
         self.frames_fed += 1;
         self.ids_ever += frame.len() / MIN_ID_BYTES;
+        let expected = match self.codec.decode(frame, self.limit(channel)) {
+            Ok(envelope) if self.codec.is_authenticated() => {
+                Some(self.judge(envelope.from, channel, envelope.seq))
+            }
+            _ => None,
+        };
+        let before = self.guard_refusals();
         self.node.handle_frame(self.now, channel, frame);
+        let after = self.guard_refusals();
+        let judged = match (after.0 - before.0, after.1 - before.1) {
+            (0, 0) => None,
+            (1, 0) => Some(Verdict::Replayed),
+            (0, 1) => Some(Verdict::Stale),
+            counts => panic!("one frame counted as (replayed, stale) {counts:?}"),
+        };
+        let expected = expected.filter(|v| *v != Verdict::Fresh);
+        assert_eq!(judged, expected, "the replay guard's verdict on a {channel:?} frame");
+    }
+
+    /// The model's verdict on frame `seq` of `from` on `channel`, marked accepted if fresh.
+    fn judge(&mut self, from: MemberId, channel: Channel, seq: FrameSeq) -> Verdict {
+        let accepted = self.accepted.entry((from, channel)).or_default();
+        let highest = accepted.last().copied().unwrap_or(0);
+        let verdict = if seq.0 <= highest && highest - seq.0 >= REPLAY_WINDOW {
+            Verdict::Stale
+        } else if accepted.contains(&seq.0) {
+            Verdict::Replayed
+        } else {
+            Verdict::Fresh
+        };
+        if verdict == Verdict::Fresh {
+            accepted.insert(seq.0);
+        }
+        verdict
+    }
+
+    /// Frames the node refused as (replayed, stale).
+    fn guard_refusals(&self) -> (u64, u64) {
+        let rejected = &self.node.stats().frames_rejected;
+        let count = |cause| rejected.get(cause).copied().unwrap_or(0);
+        (count("replayed"), count("stale"))
+    }
+
+    fn limit(&self, channel: Channel) -> usize {
+        match channel {
+            Channel::Datagram => self.max_datagram_bytes,
+            Channel::Stream => self.stream_frame_bytes,
+        }
     }
 
     fn command(&mut self, command: Command) {
@@ -351,15 +511,11 @@ impl Run {
     }
 
     fn drain(&mut self) {
-        let codec = Codec::plain();
         let me = self.node.id();
         while let Some(t) = self.node.poll_transmit() {
-            let limit = match t.channel {
-                Channel::Datagram => self.max_datagram_bytes,
-                Channel::Stream => MAX_STREAM_FRAME_BYTES,
-            };
+            let limit = self.limit(t.channel);
             assert!(t.payload.len() <= limit, "a {:?} frame of {} bytes", t.channel, t.payload.len());
-            let envelope = codec.decode(&t.payload, limit).expect("the node's own frames decode");
+            let envelope = self.codec.decode(&t.payload, limit).expect("the node's own frames decode");
             assert_eq!(envelope.from, me, "a frame names another sender");
         }
         while let Some(event) = self.node.poll_event() {

@@ -22,7 +22,9 @@ use rainstorm_core::wire::{
 };
 use rainstorm_core::{Channel, Incarnation, MemberId, Millis, Node, NodeAddr, Time};
 use rainstorm_fuzz_checks::decode::{layer_frame, message_bytes, sender, Layer};
-use rainstorm_fuzz_checks::node::{peer_addr, Script, Step, MAX_STEPS, START};
+use rainstorm_fuzz_checks::node::{
+    peer_addr, reordered_and_stale_script, run_script, Script, SeqChoice, Step, MAX_STEPS, START,
+};
 use rainstorm_fuzz_checks::TARGETS;
 use rainstorm_operator::{encode_line, BatchReply, Ready, WireTuple};
 use std::collections::{BTreeMap, BTreeSet};
@@ -367,6 +369,7 @@ fn write_message_and_node_seed_corpora() {
                         layer: Layer::of(&s.envelope.body),
                         channel: s.channel,
                         peer,
+                        seq: SeqChoice::Next,
                         bytes: message_bytes(&s.envelope.body),
                     },
                     _ => Step::Raw { channel: s.channel, frame: s.frame.clone() },
@@ -374,9 +377,15 @@ fn write_message_and_node_seed_corpora() {
                 bytes += s.frame.len();
                 steps.push(step);
             }
-            let script = Script { member: false, suspicion: true, steps };
+            let mut script = Script { member: false, suspicion: true, keyed: false, steps };
             let kind = if messages { "messages" } else { "frames" };
             seeds.push((format!("introducer-{what}-{kind}"), script.encode()));
+            if messages {
+                // The same messages signed under a key, each sent twice: the second is a replay.
+                script.keyed = true;
+                script.steps = script.steps.into_iter().flat_map(replayed).take(MAX_STEPS).collect();
+                seeds.push((format!("introducer-{what}-keyed-replays"), script.encode()));
+            }
         }
     }
     let commands = [
@@ -395,7 +404,10 @@ fn write_message_and_node_seed_corpora() {
     ];
     let mut steps: Vec<Step> = commands.iter().map(|c| Step::Command(c.to_string())).collect();
     steps.push(Step::Advance { ms: 5_000 });
-    seeds.push(("introducer-commands".into(), Script { member: false, suspicion: true, steps }.encode()));
+    seeds.push((
+        "introducer-commands".into(),
+        Script { member: false, suspicion: true, keyed: false, steps }.encode(),
+    ));
     let steps = vec![
         Step::Advance { ms: 1_000 },
         Step::SendFailed { peer: 0 },
@@ -405,7 +417,10 @@ fn write_message_and_node_seed_corpora() {
         Step::Command("join".into()),
         Step::Advance { ms: 20_000 },
     ];
-    seeds.push(("member-alone".into(), Script { member: true, suspicion: false, steps }.encode()));
+    seeds.push((
+        "member-alone".into(),
+        Script { member: true, suspicion: false, keyed: false, steps }.encode(),
+    ));
     let steps = vec![
         Step::Submit { op: 0 },
         Step::Advance { ms: 500 },
@@ -421,9 +436,36 @@ fn write_message_and_node_seed_corpora() {
     ];
     seeds.push((
         "introducer-files-and-jobs".into(),
-        Script { member: false, suspicion: true, steps }.encode(),
+        Script { member: false, suspicion: true, keyed: false, steps }.encode(),
     ));
+    seeds.push(("keyed-reordered-stale".into(), reordered_and_stale_script().encode()));
     write_seeds("node_messages", &seeds);
+}
+
+/// `step`, and after a message the same message again (a replay).
+fn replayed(step: Step) -> Vec<Step> {
+    match step {
+        Step::Message { layer, channel, peer, bytes, .. } => vec![
+            Step::Message { layer, channel, peer, seq: SeqChoice::Next, bytes: bytes.clone() },
+            Step::Message { layer, channel, peer, seq: SeqChoice::Repeat, bytes },
+        ],
+        other => vec![other],
+    }
+}
+
+/// The node's replay guard agrees with the check's model on reordered, replayed and stale frames
+/// (and, with a guard that refuses reordered frames, the check fails: see `tests/planted.rs`).
+#[test]
+fn node_messages_judges_replays_like_its_model() {
+    let script = reordered_and_stale_script();
+    assert_eq!(Script::decode(&script.encode()), script);
+    let stats = run_script(&script, MembershipConfig::lan());
+    let count = |cause| stats.frames_rejected.get(cause).copied().unwrap_or(0);
+    assert_eq!((count("replayed"), count("stale"), stats.rejected_total()), (1, 1, 2), "{stats:?}");
+    assert_eq!(stats.frames_received, 6);
+    // Without a key there is no guard: the same frames are all delivered.
+    let stats = run_script(&Script { keyed: false, ..script }, MembershipConfig::lan());
+    assert_eq!((stats.frames_received, stats.rejected_total()), (8, 0), "{stats:?}");
 }
 
 #[test]

@@ -270,3 +270,16 @@ mod rainstorm {
         );
     }
 }
+
+#[test]
+fn node_messages_check_catches_a_replay_window_that_refuses_reordered_frames() {
+    use rainstorm_core::membership::MembershipConfig;
+    use rainstorm_fuzz_checks::node::{reordered_and_stale_script, run_script};
+    let script = reordered_and_stale_script();
+    run_script(&script, MembershipConfig::lan());
+    let planted =
+        MembershipConfig { planted: Some(PlantedBug::ReplayWindowOfOne), ..MembershipConfig::lan() };
+    let caught = std::panic::catch_unwind(|| run_script(&script, planted)).expect_err("not caught");
+    let message = caught.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains("replay guard's verdict"), "caught for another reason: {message}");
+}
