@@ -159,7 +159,30 @@ pub enum ConfigError {
     Field { field: &'static str, message: String },
 }
 
+/// Every field a [`ConfigError::Field`] can name (`section.field` for fields of a section).
+pub const FIELDS: &[&str] = &[
+    "bind",
+    "advertise",
+    "introducer",
+    "drop_rate",
+    "cluster_key",
+    "accepted_keys",
+    "timings",
+    "limits.max_datagram_bytes",
+    "limits.stream_frame_mb",
+    "limits.peer_request_burst",
+    "limits.rate_limited_peers",
+    "hydfs.max_write_mb",
+    "hydfs.max_name_bytes",
+    "hydfs.max_pending_appends",
+    "rainstorm.program_start_timeout_ms",
+    "rainstorm.program_batch_timeout_ms",
+    "rainstorm.batch_lines",
+    "rainstorm.max_batch_tuples",
+];
+
 fn field(field: &'static str, message: impl Into<String>) -> ConfigError {
+    debug_assert!(FIELDS.contains(&field), "`{field}` is missing from FIELDS");
     ConfigError::Field { field, message: message.into() }
 }
 
@@ -276,7 +299,7 @@ impl ConfigInput {
         if let Err(m) = membership.validate() {
             let field =
                 if m.contains("max_datagram_bytes") { "limits.max_datagram_bytes" } else { "timings" };
-            return Err(ConfigError::Field { field, message: m });
+            return Err(self::field(field, m));
         }
         let base = HydfsConfig::default();
         let mb = |v: Option<u64>, d: u64| v.map(|v| v.saturating_mul(1 << 20)).unwrap_or(d);
@@ -337,7 +360,7 @@ impl ConfigInput {
             rate_limited_peers: l.rate_limited_peers.unwrap_or(base.rate_limited_peers),
         };
         rainstorm_core::limits::check(&limits, &hydfs, &rainstorm)
-            .map_err(|e| ConfigError::Field { field: limit_field(&e), message: e.to_string() })?;
+            .map_err(|e| field(limit_field(&e), e.to_string()))?;
         Ok(RuntimeConfig {
             role,
             bind,
