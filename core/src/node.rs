@@ -258,8 +258,8 @@ impl Node {
                 if let Some(guard) = &mut self.replay {
                     let cause = match guard.check(now, envelope.from, channel, envelope.seq) {
                         Verdict::Fresh => None,
-                        Verdict::Replayed => Some("replayed"),
-                        Verdict::Stale => Some("stale"),
+                        Verdict::Replayed => Some(crate::replay::REPLAYED),
+                        Verdict::Stale => Some(crate::replay::STALE),
                     };
                     if let Some(cause) = cause {
                         *self.stats.frames_rejected.entry(cause).or_default() += 1;

@@ -35,6 +35,11 @@ const WORDS: usize = (REPLAY_WINDOW / 64) as usize;
 /// The default number of (sender, channel) windows kept.
 pub const DEFAULT_MAX_SENDERS: usize = 1024;
 
+/// The cause under which a replayed frame is counted in the node's `frames_rejected`.
+pub const REPLAYED: &str = "replayed";
+/// The cause under which a frame older than the window is counted in `frames_rejected`.
+pub const STALE: &str = "stale";
+
 /// The guard's judgement of one frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {

@@ -160,13 +160,6 @@ pub fn canonical_bytes<T: Serialize>(value: &T) -> Vec<u8> {
     bincode_options(usize::MAX).serialize(value).unwrap_or_default()
 }
 
-/// A plain (CRC32C) frame around `payload` taken as it is, valid or not as an [`Envelope`]:
-/// the frame checks pass, so [`Codec::plain`] hands `payload` to the payload decoder. For tests
-/// and fuzzing of the message decoders; nodes frame envelopes with [`Codec::encode`].
-pub fn frame_payload(payload: &[u8]) -> Vec<u8> {
-    Codec::plain().frame_raw(payload)
-}
-
 /// Encodes and decodes envelopes under zero, one or several accepted cluster keys.
 ///
 /// With keys, frames are signed with the first (the current key) and accepted under any of them,
@@ -387,10 +380,10 @@ mod tests {
     #[test]
     fn a_framed_payload_is_the_plain_encoding_of_its_envelope() {
         let env = sample();
-        let frame = frame_payload(&canonical_bytes(&env));
+        let frame = Codec::plain().frame_raw(&canonical_bytes(&env));
         assert_eq!(frame, Codec::plain().encode(&env, MAX_DATAGRAM_BYTES).unwrap());
         assert_eq!(Codec::plain().decode(&frame, MAX_DATAGRAM_BYTES), Ok(env));
-        let junk = frame_payload(b"\xff\xff");
+        let junk = Codec::plain().frame_raw(b"\xff\xff");
         assert!(matches!(Codec::plain().decode(&junk, MAX_DATAGRAM_BYTES), Err(WireError::Malformed(_))));
     }
 

@@ -32,7 +32,7 @@ use rainstorm_core::limits::LimitsConfig;
 use rainstorm_core::membership::{MembershipConfig, MembershipEvent, MembershipMsg, Role};
 use rainstorm_core::node::{CommandError, NodeConfig, NodeStats};
 use rainstorm_core::rainstorm::{JobSpec, OperatorSpec, ProgramResult, RainstormConfig};
-use rainstorm_core::replay::{FrameSeq, Verdict, REPLAY_WINDOW};
+use rainstorm_core::replay::{FrameSeq, Verdict, REPLAYED, REPLAY_WINDOW, STALE};
 use rainstorm_core::wire::{canonical_bytes, ClusterKey, Codec};
 use rainstorm_core::{Channel, MemberId, Node, NodeAddr, NodeEvent, Time};
 use rainstorm_sim::check::queue_bound;
@@ -464,7 +464,7 @@ impl Run {
     fn guard_refusals(&self) -> (u64, u64) {
         let rejected = &self.node.stats().frames_rejected;
         let count = |cause| rejected.get(cause).copied().unwrap_or(0);
-        (count("replayed"), count("stale"))
+        (count(REPLAYED), count(STALE))
     }
 
     fn limit(&self, channel: Channel) -> usize {

@@ -161,7 +161,8 @@ impl Actor for Node {
 
     fn refused_frames(&self) -> u64 {
         let stats = self.stats();
-        stats.rejected_total() - stats.frames_rejected.get("replayed").copied().unwrap_or(0)
+        stats.rejected_total()
+            - stats.frames_rejected.get(rainstorm_core::replay::REPLAYED).copied().unwrap_or(0)
     }
 
     fn submit(&mut self, now: Time, op: ClientOp) -> Option<Result<OpId, HydfsError>> {
