@@ -1,7 +1,7 @@
 //! HyDFS file commands on a real node: the part of each command that touches local files.
 //!
 //! The core never sees a local file. An upload (`create`, `append`) is described part by part
-//! here (length and CRC32C of each chunk, computed off the node task) and then read part by part
+//! here (length, CRC32C and line ends of each chunk, computed off the node task) and then read part by part
 //! through [`FileSource`] when a replica fetches it, so a file of any size passes through a
 //! bounded amount of memory. A download (`get`, `getfromreplica`) arrives as in-order chunks that
 //! [`Sink`] writes to a temporary file next to the target, renamed over it only when the whole
@@ -84,7 +84,7 @@ fn describe(path: &Path, chunk: usize, limit: u64, progress: Arc<Progress>) -> R
         if filled == 0 {
             break;
         }
-        parts.push(PartMeta { len: filled as u32, crc: crc32c::crc32c(&buf[..filled]) });
+        parts.push(PartMeta::of(&buf[..filled]));
         seen += filled as u64;
         if filled < chunk {
             break;
@@ -404,6 +404,7 @@ mod tests {
         let progress = Arc::new(Progress::default());
         let src = describe(&dir.join("f"), 1000, 1 << 20, progress.clone()).unwrap();
         assert_eq!(src.parts.iter().map(|p| p.len).collect::<Vec<_>>(), vec![1000, 1000, 500]);
+        assert_eq!(src.parts[1], PartMeta::of(&data[1000..2000]));
         assert_eq!(src.parts[1].crc, crc32c::crc32c(&data[1000..2000]));
         assert_eq!(src.reader.read_at(2000, 500).unwrap(), &data[2000..]);
         assert_eq!(progress.get(), (2500, 2500));

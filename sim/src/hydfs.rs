@@ -412,10 +412,7 @@ impl HydfsHarness {
                 WriteKind::Append => ClientOp::Append { name, data },
             };
         }
-        let parts = data
-            .chunks(self.w.config.chunk_bytes.max(1))
-            .map(|c| PartMeta { len: c.len() as u32, crc: crc32c::crc32c(c) })
-            .collect();
+        let parts = data.chunks(self.w.config.chunk_bytes.max(1)).map(PartMeta::of).collect();
         ClientOp::Upload { name, kind, source: UploadSource { parts, reader: Arc::new(MemSource(data)) } }
     }
 
@@ -832,7 +829,7 @@ fn read_through_disk(h: &Hydfs, disk: &SimDisk, name: &FileName) -> Option<Vec<u
         let blobs = h.store().write_blobs(name, w.stamp)?;
         for (b, p) in blobs.iter().zip(&w.parts) {
             let bytes = disk.read(*b)?;
-            if crc32c::crc32c(&bytes) != p.crc {
+            if !p.matches(&bytes) {
                 return None;
             }
             out.extend_from_slice(&bytes);

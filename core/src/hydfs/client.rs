@@ -27,8 +27,8 @@ pub trait PartSource: Send + Sync {
     fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, String>;
 }
 
-/// The bytes of an upload, described part by part (length and CRC32C of each part of at most
-/// one chunk), and where to read them. Replicas check every part against its CRC, so bytes that
+/// The bytes of an upload, described part by part ([`PartMeta::of`] of each part of at most one
+/// chunk), and where to read them. Replicas check every part against its metadata, so bytes that
 /// changed after they were described are refused, never stored.
 #[derive(Clone)]
 pub struct UploadSource {

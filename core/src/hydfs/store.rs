@@ -2,9 +2,9 @@
 //! checksummed parts in storage.
 //!
 //! Invariants kept here:
-//! * a part enters storage only if its bytes match the CRC32C its write declared, and leaves a
-//!   read only after the same check: a corrupt part is removed (to be fetched again), never
-//!   returned;
+//! * a part enters storage only if its bytes match the [`PartMeta`] its write declared (length,
+//!   CRC32C, line ends), and leaves a read only after the same check: a corrupt part is removed
+//!   (to be fetched again), never returned;
 //! * a write is *complete* when all its parts are stored; only complete writes are served;
 //! * [`reconcile`] never drops a write: the earlier create of a name wins, divergent merge orders
 //!   resolve to one winner and the loser's extra appends become pending again.
@@ -46,8 +46,8 @@ impl FileRec {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct PartRec {
     blob: BlobId,
-    crc: u32,
-    len: u32,
+    /// What the write declared for this part (its bytes were checked against it when stored).
+    meta: PartMeta,
 }
 
 /// Why a part could not be read.
@@ -129,8 +129,8 @@ impl LocalStore {
         Some(super::types::order_hash(rec.create.iter().chain(&rec.merged).map(|w| &w.stamp)))
     }
 
-    /// Stores one part after checking its bytes against `meta`. Returns false (and stores
-    /// nothing) if they do not match.
+    /// Stores one part after checking its bytes against `meta` (every field: length, CRC32C and
+    /// line ends). Returns false (and stores nothing) if they do not match.
     pub fn put_part(
         &mut self,
         name: &FileName,
@@ -139,7 +139,7 @@ impl LocalStore {
         meta: PartMeta,
         bytes: &[u8],
     ) -> Result<bool, StorageError> {
-        if bytes.len() != meta.len as usize || crc32c::crc32c(bytes) != meta.crc {
+        if !meta.matches(bytes) {
             return Ok(false);
         }
         let key = (name.clone(), stamp, part);
@@ -150,7 +150,7 @@ impl LocalStore {
         self.next_blob += 1;
         self.storage.put(blob, bytes)?;
         self.unsynced = true;
-        self.parts.insert(key, PartRec { blob, crc: meta.crc, len: meta.len });
+        self.parts.insert(key, PartRec { blob, meta });
         Ok(true)
     }
 
@@ -159,7 +159,7 @@ impl LocalStore {
         let key = (name.clone(), stamp, part);
         let Some(rec) = self.parts.get(&key).copied() else { return Err(PartError::Missing) };
         let bytes = self.storage.read(rec.blob).map_err(PartError::Storage)?;
-        if self.verify && (bytes.len() != rec.len as usize || crc32c::crc32c(&bytes) != rec.crc) {
+        if self.verify && !rec.meta.matches(&bytes) {
             self.remove_part(&key);
             return Err(PartError::Corrupt);
         }
@@ -234,7 +234,7 @@ impl LocalStore {
                 self.scrub_cursor = Some(key);
                 break;
             }
-            spent += self.parts.get(&key).map_or(0, |p| p.len as u64);
+            spent += self.parts.get(&key).map_or(0, |p| p.meta.len as u64);
             if let Err(PartError::Corrupt) = self.read_part(&key.0, key.1, key.2) {
                 bad.push(key);
             }
@@ -244,7 +244,7 @@ impl LocalStore {
 
     /// Bytes stored for a file's complete writes.
     pub fn stored_bytes(&self) -> u64 {
-        self.parts.values().map(|p| p.len as u64).sum()
+        self.parts.values().map(|p| p.meta.len as u64).sum()
     }
 }
 
@@ -385,6 +385,19 @@ mod tests {
         let out = reconcile(Some(&late), &meta(3, &[], &[], 0));
         assert_eq!(out.create.unwrap().stamp.ts, 3);
         assert_eq!(out.pending.len(), 1, "appends survive a create conflict");
+    }
+
+    #[test]
+    fn a_part_whose_line_ends_disagree_with_its_metadata_is_refused() {
+        let mut store = LocalStore::new(Box::new(MemStorage::default())).unwrap();
+        let name = FileName::new("f").unwrap();
+        let w = WriteMeta::describe(stamp(1, 1), WriteKind::Create, b"a\nb\n", 1024);
+        let p = w.parts[0];
+        for lie in [PartMeta { newlines: 1, ..p }, PartMeta { ends_with_newline: false, ..p }] {
+            assert!(!store.put_part(&name, w.stamp, 0, lie, b"a\nb\n").unwrap(), "{lie:?} stored");
+            assert!(!store.has_part(&name, w.stamp, 0));
+        }
+        assert!(store.put_part(&name, w.stamp, 0, p, b"a\nb\n").unwrap());
     }
 
     #[test]

@@ -280,7 +280,7 @@ fn oversized_parts_from_a_peer_are_refused() {
     let mut net = Net::new(3);
     let me = addr(0);
     let stamp = Stamp { ts: 1, client: MemberId::new(me, 1), seq: 1 };
-    let write = WriteMeta { stamp, kind: WriteKind::Create, parts: vec![PartMeta { len: 4096, crc: 0 }] };
+    let write = WriteMeta { stamp, kind: WriteKind::Create, parts: vec![PartMeta::of(&[b'x'; 4096])] };
     let target = net.nodes[0].replicas(&name("x"))[0];
     let j = (0..3).find(|j| addr(*j) == target).unwrap();
     net.nodes[j].handle_message(
