@@ -795,6 +795,8 @@ fn describe_output(out: &OpOutput) -> String {
         OpOutput::Merged { summary, .. } => format!(": {} appends ordered", summary.appended),
         OpOutput::Listed { replicas, .. } => format!(": {} replicas", replicas.len()),
         OpOutput::MultiAppended { nodes, .. } => format!(" on {} nodes", nodes.len()),
+        OpOutput::Meta { meta, from, .. } => format!(": {} writes from {from}", meta.all_writes().count()),
+        OpOutput::Part { bytes, from, .. } => format!(": {} bytes from {from}", bytes.len()),
     }
 }
 

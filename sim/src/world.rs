@@ -988,6 +988,12 @@ fn describe_output(o: &rainstorm_core::hydfs::OpOutput) -> String {
         OpOutput::Merged { name, summary } => format!("merged {name} ({} appends)", summary.appended),
         OpOutput::Listed { name, replicas, .. } => format!("ls {name}: {} replicas", replicas.len()),
         OpOutput::MultiAppended { name, nodes } => format!("multiappend {name} on {} nodes", nodes.len()),
+        OpOutput::Meta { name, meta, from } => {
+            format!("meta of {name}: {} writes, {} bytes from {from}", meta.all_writes().count(), meta.len())
+        }
+        OpOutput::Part { name, stamp, part, bytes, from } => {
+            format!("read part {part} of {name} {stamp}: {} bytes from {from}", bytes.len())
+        }
     }
 }
 
@@ -1006,6 +1012,13 @@ fn describe_op(op: &rainstorm_core::hydfs::ClientOp) -> String {
         ClientOp::Download { name, replica: Some(r) } => format!("download {name} from {r}"),
         ClientOp::GetLatest { name } => format!("get (uncached) {name}"),
         ClientOp::Persist { name, kind, data } => format!("persist {kind:?} {name} ({} bytes)", data.len()),
+        ClientOp::Meta { name } => format!("meta {name}"),
+        ClientOp::ReadPart { name, stamp, part, prefer: None } => {
+            format!("read part {part} of {name} {stamp}")
+        }
+        ClientOp::ReadPart { name, stamp, part, prefer: Some(p) } => {
+            format!("read part {part} of {name} {stamp} from {p} first")
+        }
     }
 }
 

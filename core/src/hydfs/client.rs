@@ -4,15 +4,18 @@
 //! Invariants kept here:
 //! * one write per file in flight, stamps assigned at submission with a growing timestamp and
 //!   sequence: a client's writes to a file keep their order;
-//! * a read (from a replica or the cache) is accepted only if it includes every write this
-//!   client has had acknowledged for the file;
+//! * a read (from a replica or the cache) or a file's metadata ([`ClientOp::Meta`]) is accepted
+//!   only if it includes every write this client has had acknowledged for the file;
+//! * a part read by [`ClientOp::ReadPart`] is returned only if its bytes match the metadata its
+//!   write declared (length, CRC32C, line ends), whether it came from a peer or local storage;
 //! * every operation ends with exactly one [`HydfsEvent::OpDone`] (or one reply to the node that
 //!   asked for it, for a multiappend part), at the latest when its deadline passes.
 
 use super::cache::{CachedFile, ReadCache};
-use super::message::{HydfsMsg, MergeSummary, ReadChunk, Refusal, ReqId};
+use super::message::{HydfsMsg, MergeSummary, PartBytes, ReadChunk, Refusal, ReqId};
 use super::ring::RingId;
-use super::types::{FileDigest, PartMeta, Stamp, WriteKind, WriteMeta};
+use super::store::PartError;
+use super::types::{FileDigest, FileMeta, PartMeta, Stamp, WriteKind, WriteMeta};
 use super::{FileName, Hydfs, HydfsConfig, HydfsError, HydfsEvent, PlantedBug};
 use crate::id::NodeAddr;
 use crate::time::Time;
@@ -127,6 +130,28 @@ pub enum ClientOp {
         kind: WriteKind,
         data: Vec<u8>,
     },
+    /// The whole metadata of one replica's copy of the file: the create, the merged appends in
+    /// file order and the pending appends in stamp order, each write with its parts (what a
+    /// reader needs to read a file part by part, and to know the line number at every part
+    /// boundary: [`FileMeta::part_positions`]). The copy includes every write this client had
+    /// acknowledged for the file, and every write it lists is complete there (pending appends
+    /// still arriving on that replica are left out, as a read leaves them out; its `incomplete`
+    /// is empty). Fails over through the replicas like a read; [`HydfsError::NotFound`] when no
+    /// replica holds the file.
+    Meta {
+        name: FileName,
+    },
+    /// The bytes of part `part` of the write `stamp` (as [`ClientOp::Meta`] listed them),
+    /// checked against the metadata the write declared. Asked of `prefer` first, if given; then
+    /// of this node itself when it holds the part (read from local storage: no message); then
+    /// of the file's replicas in ring order; then again in rounds until `op_timeout`, like other
+    /// reads. Parts never change once written, so any copy serves.
+    ReadPart {
+        name: FileName,
+        stamp: Stamp,
+        part: u32,
+        prefer: Option<NodeAddr>,
+    },
 }
 
 impl ClientOp {
@@ -146,6 +171,8 @@ impl ClientOp {
             ClientOp::Merge { .. } => "merge",
             ClientOp::Ls { .. } => "ls",
             ClientOp::MultiAppend { .. } => "multiappend",
+            ClientOp::Meta { .. } => "meta",
+            ClientOp::ReadPart { .. } => "readpart",
         }
     }
 
@@ -161,7 +188,9 @@ impl ClientOp {
             | ClientOp::Upload { name, .. }
             | ClientOp::Download { name, .. }
             | ClientOp::Persist { name, .. }
-            | ClientOp::GetLatest { name } => name,
+            | ClientOp::GetLatest { name }
+            | ClientOp::Meta { name }
+            | ClientOp::ReadPart { name, .. } => name,
         }
     }
 }
@@ -199,6 +228,21 @@ pub enum OpOutput {
     MultiAppended {
         name: FileName,
         nodes: Vec<NodeAddr>,
+    },
+    /// A file's metadata ([`ClientOp::Meta`]), as replica `from` holds it.
+    Meta {
+        name: FileName,
+        meta: FileMeta,
+        from: NodeAddr,
+    },
+    /// One part's bytes ([`ClientOp::ReadPart`]), served by `from` (this node's own address
+    /// when read from its local storage).
+    Part {
+        name: FileName,
+        stamp: Stamp,
+        part: u32,
+        bytes: Vec<u8>,
+        from: NodeAddr,
     },
 }
 
@@ -290,6 +334,14 @@ enum Kind {
         waiting: BTreeMap<ReqId, NodeAddr>,
         nodes: Vec<NodeAddr>,
         failed: Vec<String>,
+    },
+    /// [`ClientOp::Meta`]: one `Describe` at a time.
+    Meta,
+    /// [`ClientOp::ReadPart`]: one `Fetch` at a time (or a local read).
+    Part {
+        stamp: Stamp,
+        part: u32,
+        prefer: Option<NodeAddr>,
     },
 }
 
@@ -397,6 +449,8 @@ impl Hydfs {
             ClientOp::GetFromReplica { replica, .. } => Kind::read(Some(replica), false),
             ClientOp::Download { replica: Some(replica), .. } => Kind::read(Some(replica), true),
             ClientOp::Merge { .. } => Kind::Merge,
+            ClientOp::Meta { .. } => Kind::Meta,
+            ClientOp::ReadPart { stamp, part, prefer, .. } => Kind::Part { stamp, part, prefer },
             ClientOp::Ls { .. } => Kind::Ls { waiting: BTreeSet::new(), rows: Vec::new() },
             ClientOp::MultiAppend { appends, .. } => {
                 let mut waiting = BTreeMap::new();
@@ -514,6 +568,19 @@ impl Hydfs {
             }
             let candidates = match &op.kind {
                 Kind::Read { pinned: Some(r), .. } => vec![*r],
+                Kind::Part { stamp, part, prefer } => {
+                    // The preferred node, then this node if it holds the part, then the replicas.
+                    let mut c: Vec<NodeAddr> = prefer.iter().copied().collect();
+                    if self.store.has_part(&op.name, *stamp, *part) && !c.contains(&self.me) {
+                        c.push(self.me);
+                    }
+                    for r in self.ring.replicas(op.name.as_str(), self.cfg.replication) {
+                        if !c.contains(&r) {
+                            c.push(r);
+                        }
+                    }
+                    c
+                }
                 _ => self.ring.replicas(op.name.as_str(), self.cfg.replication),
             };
             let op = self.client.ops.get_mut(&id).expect("present");
@@ -538,6 +605,10 @@ impl Hydfs {
         let to = op.candidates[op.next];
         op.next += 1;
         let name = op.name.clone();
+        if let (true, Kind::Part { stamp, part, .. }) = (to == self.me, &op.kind) {
+            let (stamp, part) = (*stamp, *part);
+            return self.read_part_locally(now, id, name, stamp, part);
+        }
         // A single small part travels inside the write request.
         let inline_of = match &op.kind {
             Kind::Write { meta } if meta.parts.is_empty() => Some(None),
@@ -587,6 +658,10 @@ impl Hydfs {
             Kind::Merge => {
                 (HydfsMsg::Merge { req, name }, self.cfg.coordinator_timeout + self.cfg.request_timeout)
             }
+            Kind::Meta => (HydfsMsg::Describe { req, name }, self.cfg.request_timeout),
+            Kind::Part { stamp, part, .. } => {
+                (HydfsMsg::Fetch { req, name, stamp: *stamp, part: *part }, self.cfg.request_timeout)
+            }
             Kind::Ls { waiting, .. } => {
                 // Ask every replica at once.
                 let targets = op.candidates.clone();
@@ -606,6 +681,82 @@ impl Hydfs {
         };
         self.client.requests.insert(req, (id, to, now + timeout));
         self.send(to, msg);
+    }
+
+    /// A [`ClientOp::ReadPart`] served by this node's own storage: no message, no copy over the
+    /// network. The bytes are checked against the part's declared metadata.
+    fn read_part_locally(&mut self, now: Time, id: OpId, name: FileName, stamp: Stamp, part: u32) {
+        let me = self.me;
+        let declared = self.store.part_meta(&name, stamp, part);
+        match (self.store.read_part(&name, stamp, part), declared) {
+            (Ok(bytes), Some(meta)) if meta.matches(&bytes) => {
+                let out = OpOutput::Part { name, stamp, part, bytes, from: me };
+                self.finish(now, id, None, Ok(out));
+            }
+            (Ok(_), _) | (Err(PartError::Corrupt), _) => {
+                self.corruption(&name, stamp, part);
+                self.attempt_failed(now, id, format!("{me}: {}", Refusal::Corrupt), false);
+            }
+            (Err(PartError::Missing), _) => self.attempt_failed(now, id, format!("{me}: not found"), true),
+            (Err(PartError::Storage(e)), _) => self.attempt_failed(now, id, format!("{me}: {e}"), false),
+        }
+    }
+
+    /// A replica's answer to a [`ClientOp::Meta`]: accepted only if the copy holds the file,
+    /// includes every write this client had acknowledged, and is complete in its create and
+    /// merged appends; pending appends still arriving there are left out.
+    pub(super) fn on_meta_reply(&mut self, now: Time, from: NodeAddr, req: ReqId, meta: Option<FileMeta>) {
+        let Some(id) = self.take_request(req, from) else { return };
+        let Some(OpState { name, kind: Kind::Meta, .. }) = self.client.ops.get(&id) else { return };
+        let name = name.clone();
+        let Some(mut meta) = meta.filter(|m| m.create.is_some() && m.name == name) else {
+            return self.attempt_failed(now, id, format!("{from}: not found"), true);
+        };
+        let incomplete: BTreeSet<Stamp> = std::mem::take(&mut meta.incomplete).into_iter().collect();
+        let present: BTreeSet<Stamp> =
+            meta.all_writes().map(|w| w.stamp).filter(|s| !incomplete.contains(s)).collect();
+        let needs = self.client.acked.get(&name);
+        if needs.is_some_and(|n| !n.is_subset(&present)) {
+            return self.attempt_failed(now, id, format!("{from}: {}", Refusal::Behind), false);
+        }
+        if meta.create.iter().chain(&meta.merged).any(|w| incomplete.contains(&w.stamp)) {
+            let why = format!("{from}: its copy is being repaired");
+            return self.attempt_failed(now, id, why, false);
+        }
+        meta.pending.retain(|w| !incomplete.contains(&w.stamp));
+        debug_assert!(
+            meta.all_writes().all(|w| present.contains(&w.stamp)),
+            "only complete writes are listed"
+        );
+        self.finish(now, id, None, Ok(OpOutput::Meta { name, meta, from }));
+    }
+
+    /// A node's answer to a [`ClientOp::ReadPart`]: its bytes are accepted only if they match
+    /// the metadata the part's write declared.
+    pub(super) fn on_part_reply(
+        &mut self,
+        now: Time,
+        from: NodeAddr,
+        req: ReqId,
+        result: Result<PartBytes, Refusal>,
+    ) {
+        let Some(id) = self.take_request(req, from) else { return };
+        let Some(OpState { name, kind: Kind::Part { stamp, part, .. }, .. }) = self.client.ops.get(&id)
+        else {
+            return;
+        };
+        let (name, stamp, part) = (name.clone(), *stamp, *part);
+        match result {
+            Ok(PartBytes { meta, bytes }) if meta.matches(&bytes) => {
+                let out = OpOutput::Part { name, stamp, part, bytes, from };
+                self.finish(now, id, None, Ok(out));
+            }
+            Ok(_) => {
+                let why = format!("{from}: the part's bytes do not match its metadata");
+                self.attempt_failed(now, id, why, false);
+            }
+            Err(r) => self.refusal(now, id, from, r),
+        }
     }
 
     /// The attempt at `req` failed: try the next replica.
@@ -963,6 +1114,19 @@ impl Hydfs {
                 let offset: u64 = src.parts[..part as usize].iter().map(|p| p.len as u64).sum();
                 Some(src.reader.read_at(offset, p.len as usize))
             }
+        }
+    }
+
+    /// The metadata of a part this client is uploading, as its write declared it.
+    pub(super) fn upload_part_meta(&self, name: &FileName, stamp: Stamp, part: u32) -> Option<PartMeta> {
+        match self.client.uploads.get(&(name.clone(), stamp))? {
+            Upload::Source(src) => src.parts.get(part as usize).copied(),
+            Upload::Bytes(_) => self.client.ops.values().find_map(|o| match &o.kind {
+                Kind::Write { meta } if meta.stamp == stamp && &o.name == name => {
+                    meta.parts.get(part as usize).copied()
+                }
+                _ => None,
+            }),
         }
     }
 

@@ -1,7 +1,7 @@
 //! HyDFS messages. All travel on the stream channel (TCP on real nodes); each request carries a
 //! [`ReqId`] its reply echoes. Data moves only in parts of at most [`super::CHUNK_BYTES`].
 
-use super::types::{FileDigest, FileMeta, Stamp, WriteMeta};
+use super::types::{FileDigest, FileMeta, PartMeta, Stamp, WriteMeta};
 use super::FileName;
 use crate::id::NodeAddr;
 use serde::{Deserialize, Serialize};
@@ -60,6 +60,15 @@ pub struct ReadChunk {
     /// The writes in the file, in file order (sent with the first chunk only).
     pub writes: Vec<Stamp>,
     pub offset: u64,
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+}
+
+/// One part's bytes, with the metadata its write declared for the part: the receiver checks the
+/// bytes against it, so a part damaged anywhere between the writer and the reader is refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartBytes {
+    pub meta: PartMeta,
     #[serde(with = "serde_bytes")]
     pub bytes: Vec<u8>,
 }
@@ -169,7 +178,7 @@ pub enum HydfsMsg {
         req: ReqId,
         files: Vec<(FileName, FileDigest)>,
     },
-    /// Anti-entropy: your whole view of one file.
+    /// Anti-entropy, and a client's [`super::ClientOp::Meta`]: your whole view of one file.
     Describe {
         req: ReqId,
         name: FileName,
@@ -187,7 +196,8 @@ pub enum HydfsMsg {
         name: FileName,
         hash: u64,
     },
-    /// One part of one write.
+    /// One part of one write: a replica pulling what it lacks, or a client's
+    /// [`super::ClientOp::ReadPart`].
     Fetch {
         req: ReqId,
         name: FileName,
@@ -196,7 +206,7 @@ pub enum HydfsMsg {
     },
     FetchReply {
         req: ReqId,
-        result: Result<serde_bytes::ByteBuf, Refusal>,
+        result: Result<PartBytes, Refusal>,
     },
 }
 

@@ -30,12 +30,12 @@ mod server;
 pub use cache::ReadCache;
 pub use client::{ClientOp, OpId, OpOutput, PartSource, UploadSource};
 pub use config::{HydfsConfig, PlantedBug};
-pub use message::{HydfsMsg, MergeSummary, ReadChunk, Refusal, ReqId};
+pub use message::{HydfsMsg, MergeSummary, PartBytes, ReadChunk, Refusal, ReqId};
 pub use name::{FileName, NameError, MAX_NAME_BYTES, NAME_BYTES_CEILING};
 pub use ring::{Ring, RingId};
 pub use storage::{BlobId, MemStorage, Storage, StorageError};
 pub use store::LocalStore;
-pub use types::{FileDigest, FileMeta, PartMeta, Stamp, WriteKind, WriteMeta, CHUNK_BYTES};
+pub use types::{FileDigest, FileMeta, PartMeta, PartPosition, Stamp, WriteKind, WriteMeta, CHUNK_BYTES};
 
 use crate::id::{MemberId, NodeAddr};
 #[cfg(test)]
@@ -301,11 +301,24 @@ impl Hydfs {
                 let meta = self.store.meta(&name);
                 self.send(from, HydfsMsg::DescribeReply { req, meta });
             }
-            HydfsMsg::DescribeReply { req, meta } => self.on_describe_reply(now, from, req, meta),
+            // Request ids are unique per node across its server and client halves.
+            HydfsMsg::DescribeReply { req, meta } => {
+                if self.is_server_request(req) {
+                    self.on_describe_reply(now, from, req, meta)
+                } else {
+                    self.on_meta_reply(now, from, req, meta)
+                }
+            }
             HydfsMsg::Offer { meta } => self.on_offer(now, from, meta),
             HydfsMsg::Taken { name, hash } => self.on_taken(now, from, name, hash),
             HydfsMsg::Fetch { req, name, stamp, part } => self.on_fetch(now, from, req, name, stamp, part),
-            HydfsMsg::FetchReply { req, result } => self.on_fetch_reply(now, from, req, result),
+            HydfsMsg::FetchReply { req, result } => {
+                if self.is_server_request(req) {
+                    self.on_fetch_reply(now, from, req, result)
+                } else {
+                    self.on_part_reply(now, from, req, result)
+                }
+            }
             HydfsMsg::RemoteAppend { req, name, data } => self.on_remote_append(now, from, req, name, data),
             HydfsMsg::WriteReply { req, result } => self.on_write_reply(now, from, req, result),
             HydfsMsg::MergeReply { req, result } => self.on_merge_reply(now, from, req, result),

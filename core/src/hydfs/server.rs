@@ -12,9 +12,9 @@
 //!   `max_transfers` writes and merges at once (more are refused as `Busy`: clients retry) and
 //!   refuses a new append to a file holding `max_pending_appends` pending appends.
 
-use super::message::{HydfsMsg, MergeSummary, Refusal, ReqId};
+use super::message::{HydfsMsg, MergeSummary, PartBytes, Refusal, ReqId};
 use super::store::{reconcile, FileRec, PartError};
-use super::types::{order_hash, FileDigest, FileMeta, Stamp, WriteKind, WriteMeta};
+use super::types::{order_hash, FileDigest, FileMeta, PartMeta, Stamp, WriteKind, WriteMeta};
 use super::{FileName, Hydfs, HydfsEvent, PlantedBug, StorageError};
 use crate::id::NodeAddr;
 use crate::time::Time;
@@ -996,14 +996,22 @@ impl Hydfs {
         stamp: Stamp,
         part: u32,
     ) {
+        let declared = self.store.part_meta(&name, stamp, part);
         let result = match self.store.read_part(&name, stamp, part) {
-            Ok(bytes) => Ok(serde_bytes::ByteBuf::from(bytes)),
+            Ok(bytes) => match declared {
+                Some(meta) => Ok(PartBytes { meta, bytes }),
+                None => Err(Refusal::NotFound),
+            },
             Err(PartError::Corrupt) => {
                 self.corruption(&name, stamp, part);
                 Err(Refusal::Corrupt)
             }
             Err(PartError::Missing) => match self.upload_part(&name, stamp, part) {
-                Some(Ok(bytes)) => Ok(serde_bytes::ByteBuf::from(bytes)),
+                Some(Ok(bytes)) => {
+                    let meta =
+                        self.upload_part_meta(&name, stamp, part).unwrap_or_else(|| PartMeta::of(&bytes));
+                    Ok(PartBytes { meta, bytes })
+                }
                 Some(Err(e)) => {
                     self.upload_failed(now, &name, stamp, e.clone());
                     Err(Refusal::Unavailable(e))
@@ -1020,7 +1028,7 @@ impl Hydfs {
         now: Time,
         _from: NodeAddr,
         req: ReqId,
-        result: Result<serde_bytes::ByteBuf, Refusal>,
+        result: Result<PartBytes, Refusal>,
     ) {
         let Some(Outstanding { what: Pending::Fetch { key }, .. }) = self.server.requests.remove(&req) else {
             return;
@@ -1032,7 +1040,9 @@ impl Hydfs {
         job.in_flight = None;
         let (part, for_merge) = (job.part, job.class == FetchClass::Merge);
         let (name, stamp, i) = key.clone();
-        if let Ok(bytes) = result {
+        // The bytes are checked against the metadata this node holds for the part (what the
+        // source declares is for clients, which have nothing else to check against).
+        if let Ok(PartBytes { bytes, .. }) = result {
             match self.store.put_part(&name, stamp, i, part, &bytes) {
                 Ok(true) => {
                     self.server.fetches.remove(&key);

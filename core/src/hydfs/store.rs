@@ -119,6 +119,11 @@ impl LocalStore {
         self.parts.contains_key(&(name.clone(), stamp, part))
     }
 
+    /// The metadata a stored part was checked against when it was stored.
+    pub fn part_meta(&self, name: &FileName, stamp: Stamp, part: u32) -> Option<PartMeta> {
+        self.parts.get(&(name.clone(), stamp, part)).map(|p| p.meta)
+    }
+
     pub fn is_complete(&self, name: &FileName, w: &WriteMeta) -> bool {
         (0..w.parts.len() as u32).all(|i| self.has_part(name, w.stamp, i))
     }

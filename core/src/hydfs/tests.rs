@@ -49,6 +49,9 @@ struct Net {
     disks: Vec<FlakyStorage>,
     now: Time,
     done: Vec<(usize, OpId, Result<OpOutput, HydfsError>)>,
+    /// Nodes that are unreachable: a message to one fails at once (its sender is told), and
+    /// they handle no timers.
+    down: std::collections::BTreeSet<usize>,
 }
 
 fn addr(i: usize) -> NodeAddr {
@@ -73,7 +76,7 @@ impl Net {
                 (0..n).filter(|j| *j != i).map(|j| MemberId::new(addr(j), 1)).collect();
             node.set_members(Time(0), Some(MemberId::new(addr(i), 1)), others);
         }
-        Net { nodes, disks, now: Time(0), done: Vec::new() }
+        Net { nodes, disks, now: Time(0), done: Vec::new(), down: Default::default() }
     }
 
     fn settle(&mut self) {
@@ -83,7 +86,11 @@ impl Net {
                 while let Some((to, msg)) = self.nodes[i].poll_outgoing() {
                     moved = true;
                     let j = (0..self.nodes.len()).find(|j| addr(*j) == to).expect("known node");
-                    self.nodes[j].handle_message(self.now, MemberId::new(addr(i), 1), msg);
+                    if self.down.contains(&j) {
+                        self.nodes[i].handle_send_failed(self.now, to);
+                    } else {
+                        self.nodes[j].handle_message(self.now, MemberId::new(addr(i), 1), msg);
+                    }
                 }
                 while let Some(e) = self.nodes[i].poll_event() {
                     if let HydfsEvent::OpDone { op, result } = e {
@@ -106,8 +113,10 @@ impl Net {
                 return self.done.remove(k).2;
             }
             let now = self.now;
-            for n in self.nodes.iter_mut().filter(|n| n.poll_timeout().is_some_and(|t| t <= now)) {
-                n.handle_timeout(now);
+            for (i, n) in self.nodes.iter_mut().enumerate() {
+                if !self.down.contains(&i) && n.poll_timeout().is_some_and(|t| t <= now) {
+                    n.handle_timeout(now);
+                }
             }
         }
         panic!("operation did not finish");
@@ -115,10 +124,17 @@ impl Net {
 
     fn tick(&mut self, ms: u64) {
         self.now = self.now + Millis(ms);
-        for n in &mut self.nodes {
-            n.handle_timeout(self.now);
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            if !self.down.contains(&i) {
+                n.handle_timeout(self.now);
+            }
         }
         self.settle();
+    }
+
+    /// The index of the node at `a`.
+    fn index(&self, a: NodeAddr) -> usize {
+        (0..self.nodes.len()).find(|j| addr(*j) == a).expect("known node")
     }
 }
 
@@ -621,4 +637,218 @@ fn appends_over_the_pending_limit_are_refused_until_a_merge() {
     assert!(net.run(2, ClientOp::Merge { name: f.clone() }).is_ok());
     assert!(net.run(1, ClientOp::Append { name: f.clone(), data: b"after".to_vec() }).is_ok());
     assert_eq!(content(net.run(2, ClientOp::Get { name: f })), b"\x00\x01\x02after");
+}
+
+// ---- metadata and part reads (streaming readers) ---------------------------------------------
+
+/// Lines of text, `n` bytes in all: parts of 1 KiB cut lines in the middle.
+fn lines(n: usize, tag: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while out.len() < n {
+        out.extend_from_slice(format!("{tag} line {i}\n").as_bytes());
+        i += 1;
+    }
+    out.truncate(n);
+    out
+}
+
+fn written(r: Result<OpOutput, HydfsError>) -> Stamp {
+    match r {
+        Ok(OpOutput::Written { stamp, .. }) => stamp,
+        other => panic!("expected a write, got {other:?}"),
+    }
+}
+
+fn meta_of(r: Result<OpOutput, HydfsError>) -> (FileMeta, NodeAddr) {
+    match r {
+        Ok(OpOutput::Meta { meta, from, .. }) => (meta, from),
+        other => panic!("expected metadata, got {other:?}"),
+    }
+}
+
+fn part_of(r: Result<OpOutput, HydfsError>) -> (Vec<u8>, NodeAddr) {
+    match r {
+        Ok(OpOutput::Part { bytes, from, .. }) => (bytes, from),
+        other => panic!("expected a part, got {other:?}"),
+    }
+}
+
+/// A node that is not one of `f`'s replicas.
+fn outsider(net: &Net, f: &FileName) -> usize {
+    let replicas = net.nodes[0].replicas(f);
+    (0..net.nodes.len()).find(|i| !replicas.contains(&addr(*i))).expect("more nodes than replicas")
+}
+
+#[test]
+fn meta_lists_every_write_with_its_parts_in_file_order() {
+    let mut net = Net::new(5);
+    let f = name("m");
+    let (base, one, two) = (lines(3000, "base"), lines(700, "one"), lines(1500, "two"));
+    let created = written(net.run(0, ClientOp::Create { name: f.clone(), data: base.clone() }));
+    net.now = Time(100);
+    let merged = written(net.run(1, ClientOp::Append { name: f.clone(), data: one.clone() }));
+    assert!(net.run(2, ClientOp::Merge { name: f.clone() }).is_ok());
+    net.now = Time(200);
+    let pending = written(net.run(3, ClientOp::Append { name: f.clone(), data: two.clone() }));
+    let (meta, from) = meta_of(net.run(4, ClientOp::Meta { name: f.clone() }));
+    assert!(net.nodes[4].replicas(&f).contains(&from), "served by a replica");
+    assert_eq!(meta.create.as_ref().map(|c| c.stamp), Some(created));
+    assert_eq!(meta.merged.iter().map(|w| w.stamp).collect::<Vec<_>>(), vec![merged]);
+    assert_eq!(meta.pending.iter().map(|w| w.stamp).collect::<Vec<_>>(), vec![pending]);
+    assert!(meta.incomplete.is_empty());
+    assert_eq!(meta.create.as_ref().unwrap().parts.len(), 3, "3000 bytes in parts of 1 KiB");
+    // Line positions from metadata alone agree with the file's bytes.
+    let whole = content(net.run(4, ClientOp::Get { name: f.clone() }));
+    assert_eq!(whole, [base, one, two].concat());
+    assert_eq!(meta.len(), whole.len() as u64);
+    for p in meta.part_positions() {
+        let before = &whole[..p.offset as usize];
+        assert_eq!(p.newlines_before, before.iter().filter(|b| **b == b'\n').count() as u64);
+        assert_eq!(p.starts_line, before.is_empty() || before.ends_with(b"\n"));
+    }
+}
+
+#[test]
+fn meta_of_a_file_no_replica_holds_is_not_found() {
+    let mut net = Net::new(4);
+    assert_eq!(
+        net.run(0, ClientOp::Meta { name: name("nothing") }),
+        Err(HydfsError::NotFound(name("nothing")))
+    );
+}
+
+#[test]
+fn meta_skips_a_copy_that_misses_an_acknowledged_write() {
+    let mut net = Net::new(5);
+    let f = name("ryw");
+    let replicas = net.nodes[0].replicas(&f);
+    let primary = net.index(replicas[0]);
+    let writer = outsider(&net, &f);
+    let reader = (0..5).find(|i| *i != writer && !replicas.contains(&addr(*i))).expect("a second outsider");
+    assert!(net.run(writer, ClientOp::Create { name: f.clone(), data: b"base\n".to_vec() }).is_ok());
+    net.now = Time(100);
+    let mine = written(net.run(writer, ClientOp::Append { name: f.clone(), data: b"mine\n".to_vec() }));
+    // The primary loses the append (as if it had not received it yet).
+    let mut rec = net.nodes[primary].store.file(&f).cloned().unwrap();
+    rec.pending.remove(&mine);
+    net.nodes[primary].store.set_file(&f, rec);
+    let (meta, from) = meta_of(net.run(writer, ClientOp::Meta { name: f.clone() }));
+    assert_ne!(from, replicas[0], "the writer does not accept a copy without its append");
+    assert!(meta.all_writes().any(|w| w.stamp == mine));
+    // Another client, which had nothing acknowledged, takes the primary's copy as it is.
+    let (meta, from) = meta_of(net.run(reader, ClientOp::Meta { name: f.clone() }));
+    assert_eq!(from, replicas[0]);
+    assert!(!meta.all_writes().any(|w| w.stamp == mine));
+}
+
+#[test]
+fn meta_leaves_out_pending_appends_still_arriving_and_fails_over_from_a_down_replica() {
+    let mut net = Net::new(5);
+    let f = name("arriving");
+    let replicas = net.nodes[0].replicas(&f);
+    let reader = outsider(&net, &f);
+    assert!(net.run(0, ClientOp::Create { name: f.clone(), data: b"base\n".to_vec() }).is_ok());
+    // An append the primary knows of but holds no bytes for.
+    let primary = net.index(replicas[0]);
+    let ghost = WriteMeta::describe(
+        Stamp { ts: 50, client: MemberId::new(addr(9), 1), seq: 1 },
+        WriteKind::Append,
+        b"not here yet",
+        1024,
+    );
+    net.nodes[primary].store.file_mut(&f).pending.insert(ghost.stamp, ghost.clone());
+    let (meta, from) = meta_of(net.run(reader, ClientOp::Meta { name: f.clone() }));
+    assert_eq!(from, replicas[0]);
+    assert!(meta.pending.is_empty() && meta.incomplete.is_empty(), "{meta:?}");
+    net.down.insert(primary);
+    let (_, from) = meta_of(net.run(reader, ClientOp::Meta { name: f.clone() }));
+    assert_eq!(from, replicas[1], "the next replica in ring order answers");
+}
+
+#[test]
+fn a_replica_reads_a_part_from_its_own_storage_without_a_message() {
+    let mut net = Net::new(5);
+    let f = name("local");
+    let data = lines(2500, "x");
+    let stamp = written(net.run(0, ClientOp::Create { name: f.clone(), data: data.clone() }));
+    let r = net.index(net.nodes[0].replicas(&f)[1]);
+    let op =
+        net.nodes[r].submit(net.now, ClientOp::ReadPart { name: f.clone(), stamp, part: 1, prefer: None });
+    let op = op.unwrap();
+    assert!(net.nodes[r].out.is_empty(), "nothing was sent");
+    match net.nodes[r].poll_event() {
+        Some(HydfsEvent::OpDone { op: done, result }) => {
+            assert_eq!(done, op);
+            let (bytes, from) = part_of(result);
+            assert_eq!((bytes.as_slice(), from), (&data[1024..2048], addr(r)));
+        }
+        other => panic!("expected the answer at once, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_part_is_read_from_the_preferred_node_first_then_from_the_replicas() {
+    let mut net = Net::new(6);
+    let f = name("parts");
+    let data = lines(3000, "p");
+    let stamp = written(net.run(0, ClientOp::Create { name: f.clone(), data: data.clone() }));
+    let replicas = net.nodes[0].replicas(&f);
+    let reader = outsider(&net, &f);
+    let other = (0..6).find(|i| *i != reader && !replicas.contains(&addr(*i))).expect("a second outsider");
+    let read = |net: &mut Net, prefer: Option<NodeAddr>| {
+        part_of(net.run(reader, ClientOp::ReadPart { name: f.clone(), stamp, part: 2, prefer }))
+    };
+    let (bytes, from) = read(&mut net, Some(replicas[2]));
+    assert_eq!((bytes.as_slice(), from), (&data[2048..], replicas[2]));
+    assert_eq!(read(&mut net, None).1, replicas[0], "without a preference: ring order");
+    // A preferred node that lacks the part, or is down: the replicas serve it.
+    assert_eq!(read(&mut net, Some(addr(other))).1, replicas[0]);
+    net.down.insert(net.index(replicas[2]));
+    let (bytes, from) = read(&mut net, Some(replicas[2]));
+    assert_eq!((bytes.as_slice(), from), (&data[2048..], replicas[0]));
+    net.down.insert(net.index(replicas[0]));
+    assert_eq!(read(&mut net, Some(replicas[2])).1, replicas[1]);
+}
+
+#[test]
+fn a_part_whose_bytes_do_not_match_its_metadata_is_never_returned() {
+    let mut net = Net::new(5);
+    let f = name("rot");
+    let data = lines(2000, "r");
+    let stamp = written(net.run(0, ClientOp::Create { name: f.clone(), data: data.clone() }));
+    let replicas = net.nodes[0].replicas(&f);
+    let bad = net.index(replicas[1]);
+    // The replica's block rots, and (as a broken node would) it serves it unchecked.
+    net.nodes[bad].store.verify = false;
+    let blob = net.nodes[bad].store.write_blobs(&f, stamp).unwrap()[0];
+    let mut rotten = data[..1024].to_vec();
+    rotten[10] ^= 1;
+    net.disks[bad].inner.lock().unwrap().0.put(blob, &rotten).unwrap();
+    let reader = outsider(&net, &f);
+    let (bytes, from) = part_of(
+        net.run(reader, ClientOp::ReadPart { name: f.clone(), stamp, part: 0, prefer: Some(replicas[1]) }),
+    );
+    assert_eq!((bytes.as_slice(), from), (&data[..1024], replicas[0]));
+    // Read on the broken replica itself: its local bytes are refused as well.
+    let (bytes, from) =
+        part_of(net.run(bad, ClientOp::ReadPart { name: f.clone(), stamp, part: 0, prefer: None }));
+    assert_eq!(bytes.as_slice(), &data[..1024]);
+    assert_ne!(from, replicas[1]);
+}
+
+#[test]
+fn a_part_no_node_holds_is_not_found() {
+    let mut net = Net::new(4);
+    let f = name("some");
+    let stamp = written(net.run(0, ClientOp::Create { name: f.clone(), data: b"x\n".to_vec() }));
+    let other = Stamp { seq: stamp.seq + 7, ..stamp };
+    assert_eq!(
+        net.run(1, ClientOp::ReadPart { name: f.clone(), stamp: other, part: 0, prefer: None }),
+        Err(HydfsError::NotFound(f.clone()))
+    );
+    assert_eq!(
+        net.run(1, ClientOp::ReadPart { name: f.clone(), stamp, part: 3, prefer: None }),
+        Err(HydfsError::NotFound(f))
+    );
 }
