@@ -184,9 +184,9 @@ fn python_and_rust_programs_match_the_builtins_and_bad_programs_fail_the_job_cle
     assert!(shown.contains(&format!("stage 0 (source): {total} tuples in, {total} out")), "{shown}");
     assert!(shown.contains(&format!(" in, {outputs} out")), "{shown}");
 
-    // Crashes on its first batch, answers garbage, never answers: each job fails, naming the
-    // operator and the input.
-    let hello = r#"read hello; echo '{"rainstorm":1,"stateful":false}'"#;
+    // Crashes on its first batch of input, answers garbage: each job fails, naming the operator
+    // and the input. (Each program first answers the empty batch a task starts it with.)
+    let hello = r#"read hello; echo '{"rainstorm":1,"stateful":false}'; read start; echo '{"batch":1,"outputs":[]}'"#;
     let crash = s.script("crash.sh", &format!("{hello}\nread batch\necho 'dying' >&2\nexit 3"));
     let garbage = s.script("garbage.sh", &format!("{hello}\nwhile read batch; do echo 'not json'; done"));
     for (program, dest, needle) in
@@ -202,6 +202,11 @@ fn python_and_rust_programs_match_the_builtins_and_bad_programs_fail_the_job_cle
         assert!(err.contains("in:") || err.contains("signs.csv:"), "names the input that broke it: {err}");
     }
     assert!(s.dest("out/crash.txt").is_empty(), "nothing was output");
+    // A program that cannot start fails the job before any input is read, saying why.
+    let refuses = s.script("refuses.sh", "echo 'no column Sign_Type here' >&2\nexit 1");
+    let line = format!("RainStorm {} split in/signs.csv out/refused.txt 1", quoted(&refuses, ""));
+    let err = format!("{:#}", s.c.ctl(1, &line).expect_err("the job fails"));
+    assert!(err.contains("could not start") && err.contains("no column Sign_Type here"), "{err}");
     // Not a built-in and not a file: refused before the job starts.
     let err = format!("{:#}", s.c.ctl(1, "RainStorm nosuch:op split in/signs.csv out/x.txt 1").unwrap_err());
     assert!(err.contains("nosuch:op") && err.contains("not a built-in"), "{err}");

@@ -44,6 +44,18 @@ pub enum Channel {
     Stream,
 }
 
+/// Which of a peer's connections a stream frame travels on, so that bulk transfers never delay
+/// what keeps the cluster and its jobs moving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Lane {
+    /// Membership, HyDFS requests and replies without file bytes, RainStorm control.
+    Control,
+    /// RainStorm tuples.
+    Data,
+    /// HyDFS file bytes.
+    Bulk,
+}
+
 /// One encoded frame for the driver to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transmit {
@@ -537,7 +549,13 @@ impl fmt::Display for CommandOutput {
                 writeln!(f, "hydfs.names_refused {}", hydfs.names_refused)?;
                 writeln!(f, "hydfs.busy_refusals {}", hydfs.busy_refusals)?;
                 writeln!(f, "hydfs.pending_appends_refused {}", hydfs.pending_appends_refused)?;
-                writeln!(f, "rainstorm.batches_rejected {}", rainstorm.batches_rejected)
+                writeln!(f, "rainstorm.batches_rejected {}", rainstorm.batches_rejected)?;
+                writeln!(f, "rainstorm.batches_sent {}", rainstorm.batches_sent)?;
+                writeln!(f, "rainstorm.checkpoints {}", rainstorm.checkpoints)?;
+                writeln!(f, "rainstorm.commits {}", rainstorm.commits)?;
+                writeln!(f, "rainstorm.log_bytes {}", rainstorm.log_bytes)?;
+                writeln!(f, "rainstorm.output_bytes {}", rainstorm.output_bytes)?;
+                writeln!(f, "rainstorm.rollbacks {}", rainstorm.rollbacks)
             }
             CommandOutput::Done(msg) => writeln!(f, "{msg}"),
             CommandOutput::Help => {

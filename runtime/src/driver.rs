@@ -586,12 +586,21 @@ impl NodeTask {
                             }
                         }
                     }
-                    if let RainstormEvent::Output { job, tuple } = &e {
+                    if let RainstormEvent::Outputs { job, tuples } = &e {
                         if let Some(trace) = &mut self.output_trace {
                             use std::io::Write as _;
-                            let _ = writeln!(trace, "{job} {} {}", unix_micros(), tuple.id.line);
+                            let at = unix_micros();
+                            for tuple in tuples {
+                                let _ = writeln!(trace, "{job} out {at} {}", tuple.id.line);
+                            }
                         }
                         continue;
+                    }
+                    if let RainstormEvent::SourceSent { job, first, last, .. } = &e {
+                        if let Some(trace) = &mut self.output_trace {
+                            use std::io::Write as _;
+                            let _ = writeln!(trace, "{job} sent {} {first} {last}", unix_micros());
+                        }
                     }
                     NodeEvent::Rainstorm(e)
                 }
@@ -813,7 +822,8 @@ fn led_job(e: &RainstormEvent) -> Option<JobId> {
         | RainstormEvent::TaskScheduled { job, .. }
         | RainstormEvent::TaskCompleted { job, .. }
         | RainstormEvent::TaskFailed { job, .. }
-        | RainstormEvent::Output { job, .. }
+        | RainstormEvent::RolledBack { job, .. }
+        | RainstormEvent::Outputs { job, .. }
         | RainstormEvent::Progress { job, .. }
         | RainstormEvent::JobCompleted { job, .. }
         | RainstormEvent::JobFailed { job, .. }
@@ -866,24 +876,31 @@ fn log_rainstorm_event(event: &rainstorm_core::rainstorm::RainstormEvent) {
     use rainstorm_core::rainstorm::RainstormEvent as E;
     match event {
         E::JobReceived { job, spec } => info!(event = "job_received", %job, "job {job} received: {spec}"),
-        E::TaskScheduled { job, task, epoch, host, restart } => info!(
+        E::TaskScheduled { job, task, attempt, host, restart } => info!(
             event = "task_scheduled",
-            %job, %task, epoch, %host, restart,
-            "job {job}: task {task} (incarnation {epoch}) scheduled on {host}{}",
-            if *restart { " (restart)" } else { "" }
+            %job, %task, attempt, %host, restart,
+            "job {job}: task {task} (attempt {attempt}) scheduled on {host}{}",
+            if *restart { " (moved)" } else { "" }
         ),
-        E::TaskStarted { job, task, epoch, recovered_records } => info!(
+        E::TaskStarted { job, task, attempt, resumed } => info!(
             event = "task_started",
-            %job, %task, epoch, recovered_records,
-            "job {job}: task {task} (incarnation {epoch}) started after replaying {recovered_records} journal records"
+            %job, %task, attempt, resumed,
+            "job {job}: task {task} (attempt {attempt}) started{}",
+            if *resumed { " from the job's last checkpoint" } else { "" }
         ),
         E::TaskCompleted { job, task } => {
             info!(event = "task_completed", %job, %task, "job {job}: task {task} completed")
         }
-        E::TaskFailed { job, task, epoch, reason } => {
-            warn!(event = "task_failed", %job, %task, epoch, "job {job}: task {task} failed: {reason}")
+        E::TaskFailed { job, task, attempt, reason } => {
+            warn!(event = "task_failed", %job, %task, attempt, "job {job}: task {task} failed: {reason}")
         }
-        E::Output { .. } => {}
+        E::RolledBack { job, attempt, checkpoint, reason } => warn!(
+            event = "job_rolled_back",
+            %job, attempt, checkpoint = ?checkpoint,
+            "job {job} rolls back to {} as attempt {attempt}: {reason}",
+            checkpoint.map_or_else(|| "its start".to_owned(), |c| format!("checkpoint {c}"))
+        ),
+        E::Outputs { .. } => {}
         E::Progress { job, input_lines, stages } => {
             let lines_read = rainstorm_core::rainstorm::lines_read(stages);
             let counts: Vec<String> =
@@ -898,7 +915,7 @@ fn log_rainstorm_event(event: &rainstorm_core::rainstorm::RainstormEvent) {
         E::JobCompleted { job, outputs, restarts } => info!(
             event = "job_completed",
             %job, outputs, restarts,
-            "job {job} completed: {outputs} outputs, {restarts} task restarts"
+            "job {job} completed: {outputs} outputs, {restarts} rollbacks"
         ),
         E::JobFailed { job, reason } => warn!(event = "job_failed", %job, "job {job} failed: {reason}"),
         E::JobLost { job, reason } => {
@@ -907,10 +924,10 @@ fn log_rainstorm_event(event: &rainstorm_core::rainstorm::RainstormEvent) {
         E::JobAbandoned { job, reason } => {
             warn!(event = "job_abandoned", %job, "job {job} abandoned: {reason}; its tasks here were dropped")
         }
-        E::SourceSent { job, task, epoch, first, last } => info!(
+        E::SourceSent { job, task, attempt, first, last } => debug!(
             event = "source_sent",
-            %job, %task, epoch, first, last, unix_us = unix_micros(),
-            "job {job}: {task} (incarnation {epoch}) sent input lines {first}..={last}"
+            %job, %task, attempt, first, last,
+            "job {job}: {task} (attempt {attempt}) sent input lines {first}..={last}"
         ),
     }
 }

@@ -65,14 +65,14 @@ pub async fn run(
     out: mpsc::UnboundedSender<Streamed>,
 ) -> CommandReply {
     match cmd {
-        JobCommand::Run { op1, op2, src, dest, tasks } => {
+        JobCommand::Run { op1, op2, src, dest, tasks, rate } => {
             let ops = async {
                 let a = resolve(handle, &op1, cwd, &out).await.map_err(|e| format!("op1: {e}"))?;
                 let b = resolve(handle, &op2, cwd, &out).await.map_err(|e| format!("op2: {e}"))?;
                 Ok::<_, String>((a, b))
             };
             match ops.await {
-                Ok((op1, op2)) => run_job(handle, JobSpec { op1, op2, src, dest, tasks }, out).await,
+                Ok((op1, op2)) => run_job(handle, JobSpec { op1, op2, src, dest, tasks, rate }, out).await,
                 Err(e) => CommandReply { ok: false, output: format!("{e}\n") },
             }
         }
@@ -182,11 +182,17 @@ async fn run_job(handle: &NodeHandle, spec: JobSpec, out: mpsc::UnboundedSender<
     let _ = out.send(Streamed::Note(format!("job {job} started; results follow and go to {dest}")));
     while let Some(event) = events.recv().await {
         match event {
-            RainstormEvent::Output { tuple, .. } => {
-                let _ = out.send(Streamed::Output(dest_line(&tuple).trim_end_matches('\n').to_owned()));
+            RainstormEvent::Outputs { tuples, .. } => {
+                for tuple in &tuples {
+                    let _ = out.send(Streamed::Output(dest_line(tuple).trim_end_matches('\n').to_owned()));
+                }
+            }
+            RainstormEvent::RolledBack { checkpoint, reason, .. } => {
+                let from = checkpoint.map_or_else(|| "its start".to_owned(), |c| format!("checkpoint {c}"));
+                let _ = out.send(Streamed::Note(format!("job {job}: {reason}; resuming from {from}")));
             }
             RainstormEvent::TaskScheduled { task, host, restart: true, .. } => {
-                let _ = out.send(Streamed::Note(format!("job {job}: {task} restarted on {}", host.addr)));
+                let _ = out.send(Streamed::Note(format!("job {job}: {task} moved to {}", host.addr)));
             }
             RainstormEvent::TaskFailed { task, reason, .. } => {
                 let _ = out.send(Streamed::Note(format!("job {job}: {task} failed: {reason}")));
@@ -197,7 +203,7 @@ async fn run_job(handle: &NodeHandle, spec: JobSpec, out: mpsc::UnboundedSender<
             RainstormEvent::JobCompleted { outputs, restarts, .. } => {
                 let secs = started.elapsed().as_secs_f64();
                 let output = format!(
-                    "job {job} completed: {outputs} outputs in {secs:.2} s, {restarts} task restarts; \
+                    "job {job} completed: {outputs} outputs in {secs:.2} s, {restarts} rollbacks; \
                      every output is in {dest} exactly once\n"
                 );
                 return CommandReply { ok: true, output };
@@ -225,7 +231,7 @@ pub struct JobRecord {
     pub restarts: u32,
     pub failures: u32,
     pub tasks_completed: u32,
-    /// Where each task's current incarnation runs.
+    /// Where each task of the current attempt runs.
     pub placement: BTreeMap<String, String>,
     /// The counts the leader last reported.
     pub progress: JobProgress,
@@ -262,10 +268,14 @@ impl JobBook {
                     },
                 );
             }
-            RainstormEvent::TaskScheduled { job, task, epoch, host, restart } => {
+            RainstormEvent::TaskScheduled { job, task, attempt, host, .. } => {
                 if let Some(r) = self.jobs.get_mut(job) {
-                    r.restarts += u32::from(*restart);
-                    r.placement.insert(task.to_string(), format!("{} (incarnation {epoch})", host.addr));
+                    r.placement.insert(task.to_string(), format!("{} (attempt {attempt})", host.addr));
+                }
+            }
+            RainstormEvent::RolledBack { job, .. } => {
+                if let Some(r) = self.jobs.get_mut(job) {
+                    r.restarts += 1;
                 }
             }
             RainstormEvent::TaskCompleted { job, .. } => {
@@ -278,9 +288,9 @@ impl JobBook {
                     r.failures += 1;
                 }
             }
-            RainstormEvent::Output { job, .. } => {
+            RainstormEvent::Outputs { job, tuples } => {
                 if let Some(r) = self.jobs.get_mut(job) {
-                    r.outputs += 1;
+                    r.outputs += tuples.len() as u64;
                 }
             }
             RainstormEvent::JobCompleted { job, .. } => self.end(job, now, "completed".into()),
@@ -422,7 +432,7 @@ mod tests {
         let host = MemberId::new("127.0.0.1:7001".parse().expect("address"), 1);
         for stage in 0..3 {
             let task = TaskId { stage, index: 0 };
-            book.record(&RainstormEvent::TaskScheduled { job, task, epoch: 1, host, restart: false }, t0);
+            book.record(&RainstormEvent::TaskScheduled { job, task, attempt: 1, host, restart: false }, t0);
         }
         let stage = |stage, consumed, emitted| StageCounts { stage, consumed, emitted };
         let counts = |s0, s1: (u64, u64), s2| vec![stage(0, s0, s0), stage(1, s1.0, s1.1), stage(2, s2, s2)];
@@ -433,12 +443,8 @@ mod tests {
             &RainstormEvent::Progress { job: JobId { n: 8, tag: 1 }, input_lines: 5, stages: vec![] },
             t0,
         );
-        for n in 1..=50 {
-            book.record(
-                &RainstormEvent::Output { job, tuple: Tuple::source("signs.csv", n, "x") },
-                at(1_900),
-            );
-        }
+        let tuples = (1..=50).map(|n| Tuple::source("signs.csv", n, "x")).collect();
+        book.record(&RainstormEvent::Outputs { job, tuples }, at(1_900));
         book.record(&RainstormEvent::JobCompleted { job, outputs: 50, restarts: 0 }, at(2_000));
         let shown = book.show_at("7-000abc", &[], at(9_000)).expect("shown");
         println!("{shown}");

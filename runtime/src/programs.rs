@@ -8,7 +8,7 @@
 //! Invariants kept here:
 //! * a program runs only if its bytes hash to the SHA-256 its spec names: fetched from HyDFS
 //!   into `<data dir>/programs/<sha256>`, checked before every first start, replaced if not;
-//! * one process per hosted incarnation `(job, task, epoch)`, which handles its calls in order;
+//! * one process per hosted task attempt `(job, task, attempt)`, which handles its calls in order;
 //!   processes of incarnations the node no longer hosts are stopped ([`ProgramHost::retain`]);
 //! * a program that fails (exits, answers late, against the protocol, or oversized) is killed
 //!   and every later call of its incarnation fails with the same reason: the task fails and its
@@ -18,7 +18,7 @@
 
 use crate::driver::Input;
 use rainstorm_core::hydfs::{ClientOp, FileName, OpOutput};
-use rainstorm_core::rainstorm::{Epoch, JobId, Output, ProgramCall, ProgramResult, ProgramSpec, TaskId};
+use rainstorm_core::rainstorm::{Attempt, JobId, Output, ProgramCall, ProgramResult, ProgramSpec, TaskId};
 use rainstorm_operator::{
     decode_line, decode_ready, encode_line, BatchReply, BatchRequest, Hello, ProtocolError, WireTuple,
     DEFAULT_MAX_LINE_BYTES,
@@ -58,7 +58,7 @@ impl Default for ProgramLimits {
     }
 }
 
-type Incarnation = (JobId, TaskId, Epoch);
+type Incarnation = (JobId, TaskId, Attempt);
 
 /// The operator programs of one node.
 pub struct ProgramHost {
@@ -83,7 +83,7 @@ impl ProgramHost {
 
     /// Runs a call on its incarnation's process (started on its first call).
     pub fn call(&mut self, call: ProgramCall) {
-        let key = (call.job, call.task, call.epoch);
+        let key = (call.job, call.task, call.attempt);
         let tx = self.running.entry(key).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             let ctx = Ctx {
@@ -91,7 +91,7 @@ impl ProgramHost {
                 cache: self.cache.clone(),
                 node: self.node.clone(),
                 fetching: self.fetching.clone(),
-                label: format!("job {} {} e{}", call.job, call.task, call.epoch),
+                label: format!("job {} {} attempt {}", call.job, call.task, call.attempt),
             };
             tokio::spawn(serve_incarnation(ctx, rx));
             tx

@@ -45,6 +45,10 @@ pub enum CheckerKind {
     RainstormLoss,
     RainstormAggregate,
     RainstormLiveness,
+    /// A RainStorm task or sink held more bytes of a kind than its settings allow.
+    RainstormBounded,
+    /// RainStorm tasks sent more batches than coalescing allows.
+    RainstormCoalescing,
     Wire,
 }
 
@@ -73,6 +77,8 @@ impl fmt::Display for CheckerKind {
             CheckerKind::RainstormLoss => "rainstorm-loss",
             CheckerKind::RainstormAggregate => "rainstorm-aggregate",
             CheckerKind::RainstormLiveness => "rainstorm-liveness",
+            CheckerKind::RainstormBounded => "rainstorm-bounded",
+            CheckerKind::RainstormCoalescing => "rainstorm-coalescing",
         })
     }
 }

@@ -75,9 +75,9 @@ pub struct BenchArgs {
     /// 10000,100000,1000000, or 10000 with --quick].
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     sizes: Option<Vec<u64>>,
-    /// `rainstorm-cluster` only: input lines per source batch [default: the nodes' default, 64].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=rainstorm_runtime::config::MAX_BATCH_LINES as i64))]
-    batch_lines: Option<u32>,
+    /// `rainstorm-cluster` only: bytes of tuples per batch between tasks [default: the nodes' default, 65536].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4_194_304))]
+    batch_bytes: Option<u32>,
 }
 
 /// How large a benchmark run is.
@@ -96,7 +96,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         Benchmark::HydfsCluster => hydfs_cluster::run(args.quick, args.size_mib)?,
         Benchmark::Rainstorm => rainstorm::run(scale)?,
         Benchmark::RainstormCluster => {
-            rainstorm_cluster::run(rainstorm_cluster::Plan::new(args.quick, args.sizes, args.batch_lines))?
+            rainstorm_cluster::run(rainstorm_cluster::Plan::new(args.quick, args.sizes, args.batch_bytes))?
         }
     }
     Ok(ExitCode::SUCCESS)

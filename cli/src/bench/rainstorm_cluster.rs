@@ -41,19 +41,19 @@ const KILL_AFTER: Duration = Duration::from_millis(1_500);
 pub struct Plan {
     pub sizes: Vec<u64>,
     pub tasks: Vec<u32>,
-    pub batch_lines: u32,
+    pub batch_bytes: u32,
     /// Task counts at which the killed variant runs too.
     pub kill_tasks: Vec<u32>,
 }
 
 impl Plan {
-    pub fn new(quick: bool, sizes: Option<Vec<u64>>, batch_lines: Option<u32>) -> Plan {
+    pub fn new(quick: bool, sizes: Option<Vec<u64>>, batch_bytes: Option<u32>) -> Plan {
         let default_sizes = if quick { vec![10_000] } else { vec![10_000, 100_000, 1_000_000] };
         Plan {
             sizes: sizes.unwrap_or(default_sizes),
             tasks: if quick { vec![3] } else { vec![1, 3, 5] },
-            batch_lines: batch_lines
-                .unwrap_or(rainstorm_core::rainstorm::RainstormConfig::default().batch_lines),
+            batch_bytes: batch_bytes
+                .unwrap_or(rainstorm_core::rainstorm::RainstormConfig::default().batch_bytes),
             kill_tasks: vec![3],
         }
     }
@@ -101,11 +101,11 @@ pub fn run(plan: Plan) -> Result<()> {
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root)?;
     println!(
-        "# RainStorm on a {NODES}-process loopback cluster: sizes {:?} lines, tasks per stage {:?}, batch {} lines",
-        plan.sizes, plan.tasks, plan.batch_lines
+        "# RainStorm on a {NODES}-process loopback cluster: sizes {:?} lines, tasks per stage {:?}, batches of {} bytes",
+        plan.sizes, plan.tasks, plan.batch_bytes
     );
     println!("(work files in {}; removed at the end)", root.display());
-    let mut cluster = start(&root, "cluster", BASE_PORT, plan.batch_lines)?;
+    let mut cluster = start(&root, "cluster", BASE_PORT, plan.batch_bytes)?;
     let pools = Pools::traffic_signs();
     let mut rows = Vec::new();
     let mut ceilings = Vec::new();
@@ -130,7 +130,7 @@ pub fn run(plan: Plan) -> Result<()> {
                     let row = if kill {
                         // Its own cluster: restarted nodes take their files back for a while,
                         // which would slow the jobs after it.
-                        let mut own = start(&root, "kills", BASE_PORT + 20, plan.batch_lines)?;
+                        let mut own = start(&root, "kills", BASE_PORT + 20, plan.batch_bytes)?;
                         own.ctl(LEADER, &format!("create {} {src}", local.display()))?;
                         // 1.5 s in, or 40% into a job that takes less than 3.75 s without kills.
                         let unkilled = rows.last().map_or(f64::INFINITY, |r: &Row| r.secs);
@@ -156,10 +156,10 @@ pub fn run(plan: Plan) -> Result<()> {
 }
 
 /// A fresh 10-node cluster under `root/name`, tracing outputs.
-fn start(root: &Path, name: &str, base_port: u16, batch_lines: u32) -> Result<LocalCluster> {
+fn start(root: &Path, name: &str, base_port: u16, batch_bytes: u32) -> Result<LocalCluster> {
     let args = ClusterArgs {
         period_ms: 500,
-        batch_lines: Some(batch_lines),
+        batch_bytes: Some(batch_bytes),
         output_trace: true,
         ..ClusterArgs::local(NODES, base_port, root.join(name))
     };
@@ -268,7 +268,7 @@ fn run_job(
 fn parse_completed(reply: &str) -> Option<(String, u64, f64, u32)> {
     let words: Vec<&str> = reply.split_whitespace().collect();
     match words[..] {
-        ["job", id, "completed:", n, "outputs", "in", s, "s,", r, "task", ..] => {
+        ["job", id, "completed:", n, "outputs", "in", s, "s,", r, "rollbacks;", ..] => {
             Some((id.to_owned(), n.parse().ok()?, s.parse().ok()?, r.parse().ok()?))
         }
         _ => None,
@@ -295,46 +295,38 @@ fn check_dest(
     }
 }
 
-/// Every output's latency in ms: from its input line's first send by a source (the
-/// `source_sent` events in the nodes' logs) to the leader's append (the leader's trace).
+/// Every output's latency in ms: from its input line's first send by a source to the leader's
+/// commit of it, both from the leader's and the workers' traces (`RAINSTORM_OUTPUT_TRACE`:
+/// `<job> sent <unix µs> <first line> <last line>` on a source's node, `<job> out <unix µs>
+/// <line>` on the leader).
 fn latencies(cluster: &LocalCluster, job: &str) -> Vec<f64> {
-    // (first line, last line) -> earliest send, in µs since the epoch.
+    // first line -> (last line, earliest send in µs since the epoch).
     let mut sent: BTreeMap<u64, (u64, u128)> = BTreeMap::new();
+    let mut outs: Vec<(u128, u64)> = Vec::new();
     for i in 0..cluster.args.nodes {
-        let dir = cluster.data_dir(i);
-        for log in ["member.log", "introducer.log"] {
-            let Ok(text) = std::fs::read_to_string(dir.join(log)) else { continue };
-            for l in text.lines().filter(|l| l.contains("event=\"source_sent\"")) {
-                let field = |k: &str| {
-                    l.split_whitespace()
-                        .find_map(|w| w.strip_prefix(k))
-                        .map(|v| v.trim_matches('"').to_owned())
-                };
-                if field("job=").as_deref() != Some(job) {
-                    continue;
+        let Ok(text) = std::fs::read_to_string(cluster.data_dir(i).join("outputs.trace")) else { continue };
+        for l in text.lines() {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            match w[..] {
+                [j, "sent", us, first, last] if j == job => {
+                    let (Ok(us), Ok(first), Ok(last)) = (us.parse::<u128>(), first.parse(), last.parse()) else {
+                        continue;
+                    };
+                    let e = sent.entry(first).or_insert((last, us));
+                    e.1 = e.1.min(us);
                 }
-                let (Some(first), Some(last), Some(us)) = (
-                    field("first=").and_then(|v| v.parse::<u64>().ok()),
-                    field("last=").and_then(|v| v.parse::<u64>().ok()),
-                    field("unix_us=").and_then(|v| v.parse::<u128>().ok()),
-                ) else {
-                    continue;
-                };
-                let e = sent.entry(first).or_insert((last, us));
-                e.1 = e.1.min(us);
+                [j, "out", us, line] if j == job => {
+                    if let (Ok(us), Ok(line)) = (us.parse(), line.parse()) {
+                        outs.push((us, line));
+                    }
+                }
+                _ => {}
             }
         }
     }
-    let trace = std::fs::read_to_string(cluster.data_dir(LEADER).join("outputs.trace")).unwrap_or_default();
-    let mut out: Vec<f64> = trace
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            if w.next()? != job {
-                return None;
-            }
-            let us: u128 = w.next()?.parse().ok()?;
-            let line: u64 = w.next()?.parse().ok()?;
+    let mut out: Vec<f64> = outs
+        .into_iter()
+        .filter_map(|(us, line)| {
             let (_, (last, at)) = sent.range(..=line).next_back()?;
             (line <= *last).then(|| us.saturating_sub(*at) as f64 / 1000.0)
         })
@@ -436,7 +428,7 @@ mod tests {
 
     #[test]
     fn the_leaders_completion_line_is_parsed() {
-        let reply = "job 2-1a2b3c completed: 1507 outputs in 6.69 s, 2 task restarts; every output is in x exactly once\n";
+        let reply = "job 2-1a2b3c completed: 1507 outputs in 6.69 s, 2 rollbacks; every output is in x exactly once\n";
         assert_eq!(parse_completed(reply), Some(("2-1a2b3c".to_owned(), 1507, 6.69, 2)));
         assert_eq!(parse_completed("job 2-1a2b3c failed: boom"), None);
     }

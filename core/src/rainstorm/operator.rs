@@ -68,6 +68,12 @@ pub fn derive(tuple: &Tuple, applied: &Applied) -> Vec<Tuple> {
         .collect()
 }
 
+/// [`derive`], taking the outputs by value (no copy of their keys and values).
+pub fn derive_owned(tuple: &Tuple, outputs: Vec<Output>) -> impl Iterator<Item = Tuple> + '_ {
+    (outputs.into_iter().zip(0..=u32::MAX))
+        .map(move |(out, i)| Tuple { id: tuple.id.child(i), key: out.key, value: out.value })
+}
+
 /// A failure while applying an operator to one tuple.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum OperatorError {
@@ -692,10 +698,10 @@ mod tests {
 
     #[test]
     fn derive_assigns_child_ids() {
-        let t = Tuple { id: TupleId::source("f", 4).child(2), key: "k".into(), value: "a b".into() };
+        let t = Tuple { id: TupleId::source(4).child(2), key: "k".into(), value: "a b".into() };
         let derived = derive(&t, &build("split").apply(&t, None).expect("apply"));
         let ids: Vec<String> = derived.iter().map(|d| d.id.to_string()).collect();
-        assert_eq!(ids, ["f:4/2/0", "f:4/2/1"]);
+        assert_eq!(ids, ["line 4/2/0", "line 4/2/1"]);
         assert_eq!((derived[1].key.as_str(), derived[1].value.as_str()), ("b", "1"));
     }
 
@@ -746,7 +752,7 @@ mod tests {
             let source = split_record(lines[t.id.line as usize - 1]);
             assert_eq!(fields, [source[2].clone(), source[3].clone()], "{}", t.id);
             assert!(fields[0].parse::<u64>().is_ok() && t.id.path == [0, 0]);
-            assert_eq!(t.key, format!("{}:{}", t.id.file, t.id.line));
+            assert_eq!(t.key, format!("Traffic_Signs.csv:{}", t.id.line));
         }
     }
 

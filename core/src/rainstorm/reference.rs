@@ -1,5 +1,5 @@
 //! The single-process reference pipeline: the same operators over the same input, in line order,
-//! with no distribution, no batching and no journal.
+//! with no distribution, no batching and no checkpoints.
 //!
 //! It is what a job's output is judged against (the simulator's checkers, the demo's verdict)
 //! and the ceiling the benchmarks compare with. A distributed job may interleave inputs
@@ -145,17 +145,31 @@ pub fn run_with(
     op2: &OperatorSpec,
     programs: &mut dyn ProgramRunner,
 ) -> Result<Vec<Tuple>, ReferenceError> {
+    let mut stages = run_stages(src, content, op1, op2, programs)?;
+    Ok(stages.pop().unwrap_or_default())
+}
+
+/// What every stage puts out, in order: the source tuples, then each operator's outputs.
+pub fn run_stages(
+    src: &str,
+    content: &[u8],
+    op1: &OperatorSpec,
+    op2: &OperatorSpec,
+    programs: &mut dyn ProgramRunner,
+) -> Result<Vec<Vec<Tuple>>, ReferenceError> {
     let header = header_of(content);
     let ops = build_pair(op1, op2, header.as_deref())?;
-    let mut tuples: Vec<Tuple> = source_lines(content).map(|(n, line)| Tuple::source(src, n, line)).collect();
+    let mut stages = vec![source_lines(content).map(|(n, line)| Tuple::source(src, n, line)).collect::<Vec<_>>()];
     for (stage, op) in (1u8..).zip(&ops) {
         let mut state = BTreeMap::new();
-        tuples = match op {
-            StageOp::Builtin(op) => apply_stage(op.as_ref(), &tuples, &mut state)?,
-            StageOp::Program(p) => apply_program(stage, p, header.as_deref(), &tuples, &mut state, programs)?,
+        let input = stages.last().map(Vec::as_slice).unwrap_or_default();
+        let next = match op {
+            StageOp::Builtin(op) => apply_stage(op.as_ref(), input, &mut state)?,
+            StageOp::Program(p) => apply_program(stage, p, header.as_deref(), input, &mut state, programs)?,
         };
+        stages.push(next);
     }
-    Ok(tuples)
+    Ok(stages)
 }
 
 #[cfg(test)]
@@ -172,7 +186,7 @@ mod tests {
         let out = run("in", input, &spec("column:Sign_Post=A"), &spec("count:Category")).expect("runs");
         let values: Vec<&str> = out.iter().map(|t| t.value.as_str()).collect();
         assert_eq!(values, ["x,1", "y,1", "x,2"]);
-        assert_eq!(out[2].id.to_string(), "in:5/0/0");
+        assert_eq!(out[2].id.to_string(), "line 5/0/0");
     }
 
     #[test]

@@ -362,7 +362,7 @@ mod tests {
         let reference = counts();
         let foreign: Vec<Tuple> = (0..50)
             .map(|i| Tuple {
-                id: TupleId::source("x", i),
+                id: TupleId::source(i),
                 key: "k".repeat(500),
                 value: "\u{fffd}\r\n".into(),
             })
