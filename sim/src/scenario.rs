@@ -492,6 +492,7 @@ impl Scenario {
             tasks: rng.gen_range(1..=4),
             chunk_bytes,
             rate,
+            leader_crash_ms,
             ..probe
         };
         let content = job.content();

@@ -779,10 +779,14 @@ impl<A: Actor> World<A> {
                 }
             }
             Fault::RestartCrashed { pick } => {
-                let down: Vec<Slot> =
-                    (0..self.slots.len()).filter(|s| matches!(self.slots[*s].process, Process::Down)).collect();
+                // A crashed leader stays down until the calm (its restart is planned apart), and
+                // a crashed introducer comes back first: nobody joins without it.
+                let leader = self.scenario.rainstorm.as_ref().filter(|w| w.leader_crash_ms.is_some()).map(|w| w.leader);
+                let down: Vec<Slot> = (0..self.slots.len())
+                    .filter(|s| matches!(self.slots[*s].process, Process::Down) && Some(*s) != leader)
+                    .collect();
                 if !down.is_empty() {
-                    let node = down[(pick % down.len() as u64) as usize];
+                    let node = if down.contains(&0) { 0 } else { down[(pick % down.len() as u64) as usize] };
                     self.trace.line(self.now, None, || format!("fault: restart of n{node}"));
                     self.start_process(node, self.now);
                 }

@@ -53,6 +53,8 @@ pub struct SourceTask {
     failed: bool,
     /// A planted bug: drop the first line after resuming.
     skip_one: bool,
+    /// The next line's bytes are not here yet: pacing waits for a part, not for the clock.
+    starved: bool,
     out: VecDeque<TaskOutput>,
 }
 
@@ -102,6 +104,7 @@ impl SourceTask {
             ended: false,
             failed: false,
             skip_one: false,
+            starved: false,
             out: VecDeque::new(),
         };
         if matches!(input.resume, SourceCheckpoint::At(_)) && cfg.bug(PlantedBug::SourceSkipsALine) {
@@ -182,6 +185,7 @@ impl SourceTask {
         if let Err(reason) = result {
             return self.fail(format!("cannot read part {index} of the input: {reason}"), true);
         }
+        self.starved = false;
         self.step(now);
     }
 
@@ -200,7 +204,7 @@ impl SourceTask {
 
     pub fn poll_timeout(&self) -> Option<Time> {
         let paced = match (self.started, self.rate) {
-            (Some(start), Some(rate)) if !self.finished && !self.outlets.blocked() => {
+            (Some(start), Some(rate)) if !self.finished && !self.starved && !self.outlets.blocked() => {
                 Some(start + crate::time::Millis((self.lines + 1).saturating_mul(1000).div_ceil(rate)))
             }
             _ => None,
@@ -278,6 +282,7 @@ impl SourceTask {
                     span = Some(span.map_or((number, number), |(first, _)| (first, number)));
                 }
                 Next::NeedData => {
+                    self.starved = true;
                     for part in self.cursor.wanted() {
                         self.out.push_back(TaskOutput::Read { part });
                     }
