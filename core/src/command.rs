@@ -74,6 +74,8 @@ pub enum FileCommand {
     ListMemIds,
     /// `multiappend <hydfs> <node>... <local>...`: each node appends one local file at once.
     MultiAppend { name: FileName, nodes: Vec<NodeAddr>, locals: Vec<String> },
+    /// `delete <hydfs>`: delete the file on every replica (a later create is a new file).
+    Delete { name: FileName },
 }
 
 impl FileCommand {
@@ -86,6 +88,7 @@ impl FileCommand {
             | FileCommand::GetFromReplica { local, .. } => vec![local],
             FileCommand::MultiAppend { locals, .. } => locals.iter_mut().collect(),
             FileCommand::Merge { .. }
+            | FileCommand::Delete { .. }
             | FileCommand::Ls { .. }
             | FileCommand::Store
             | FileCommand::ListMemIds => Vec::new(),
@@ -112,6 +115,7 @@ pub const COMMAND_HELP: &[(&str, &str)] = &[
     ),
     ("append <local> <hydfs>", "append a local file's bytes to a HyDFS file"),
     ("merge <hydfs>", "order the file's pending appends identically on every replica"),
+    ("delete <hydfs>", "delete a HyDFS file on every replica (a later create of the name is a new file)"),
     ("ls <hydfs>", "print the file's ring id and the replicas that hold it"),
     ("store", "list the files this node holds, and its ring id"),
     (
@@ -229,6 +233,8 @@ fn parse_file(word: &str, args: &[&str]) -> Result<Option<FileCommand>, ParseErr
         ("append", _) => return Err(usage("append <local file> <hydfs file>")),
         ("merge", [name]) => FileCommand::Merge { name: file_name(name)? },
         ("merge", _) => return Err(usage("merge <hydfs file>")),
+        ("delete", [name]) => FileCommand::Delete { name: file_name(name)? },
+        ("delete", _) => return Err(usage("delete <hydfs file>")),
         ("ls", [name]) => FileCommand::Ls { name: file_name(name)? },
         ("ls", _) => return Err(usage("ls <hydfs file>")),
         ("store", []) => FileCommand::Store,
@@ -347,6 +353,7 @@ impl fmt::Display for FileCommand {
             FileCommand::Get { name, local } => write!(f, "get {name} {local}"),
             FileCommand::Append { local, name } => write!(f, "append {local} {name}"),
             FileCommand::Merge { name } => write!(f, "merge {name}"),
+            FileCommand::Delete { name } => write!(f, "delete {name}"),
             FileCommand::Ls { name } => write!(f, "ls {name}"),
             FileCommand::Store => f.write_str("store"),
             FileCommand::GetFromReplica { node, name, local } => {
@@ -383,6 +390,7 @@ mod tests {
             "get logs/a /tmp/b",
             "append ./x logs/a",
             "merge logs/a",
+            "delete logs/a",
             "ls logs/a",
             "getfromreplica 127.0.0.1:7003 logs/a out",
             "multiappend logs/a 127.0.0.1:7001 127.0.0.1:7002 one two",
@@ -435,6 +443,9 @@ mod tests {
         assert!(matches!(Command::parse("getfromreplica vm3 f out"), Err(ParseError::BadNode(_))));
         assert!(matches!(Command::parse("multiappend f 127.0.0.1:1 a b"), Err(ParseError::Usage { .. })));
         assert!(matches!(Command::parse("store now"), Err(ParseError::Usage { .. })));
+        assert!(matches!(Command::parse("delete"), Err(ParseError::Usage { .. })));
+        assert!(matches!(Command::parse("delete a b"), Err(ParseError::Usage { .. })));
+        assert!(matches!(Command::parse("delete /abs"), Err(ParseError::BadName { .. })));
         assert_eq!(Command::parse("create a\0b f"), Err(ParseError::Nul));
     }
 

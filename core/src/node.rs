@@ -109,6 +109,8 @@ impl NodeStats {
 }
 
 /// The answer to a command.
+// One answer per console command, moved once: the size of the counters' variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CommandOutput {
     Members { me: MemberId, rows: Vec<MemberView>, suspicion: bool },
@@ -549,6 +551,9 @@ impl fmt::Display for CommandOutput {
                 writeln!(f, "hydfs.names_refused {}", hydfs.names_refused)?;
                 writeln!(f, "hydfs.busy_refusals {}", hydfs.busy_refusals)?;
                 writeln!(f, "hydfs.pending_appends_refused {}", hydfs.pending_appends_refused)?;
+                writeln!(f, "hydfs.files_deleted {}", hydfs.files_deleted)?;
+                writeln!(f, "hydfs.tombstones {}", hydfs.tombstones)?;
+                writeln!(f, "hydfs.tombstones_evicted {}", hydfs.tombstones_evicted)?;
                 writeln!(f, "rainstorm.batches_rejected {}", rainstorm.batches_rejected)?;
                 writeln!(f, "rainstorm.batches_sent {}", rainstorm.batches_sent)?;
                 writeln!(f, "rainstorm.checkpoints {}", rainstorm.checkpoints)?;

@@ -3,7 +3,7 @@
 //! ```text
 //! offset  size  field
 //! 0       2     magic "RS"
-//! 2       1     format version (currently 3)
+//! 2       1     format version (currently 4)
 //! 3       1     flags: bit 0 set = trailer is an HMAC-SHA256 tag, clear = CRC32C
 //! 4       4     payload length, little endian
 //! 8       len   payload: the bincode-encoded [`Envelope`] (fixed-width integers, little endian)
@@ -36,8 +36,9 @@ pub const MAX_STREAM_FRAME_BYTES: usize = 16 * 1024 * 1024;
 /// The current envelope format version.
 ///
 /// Version 2 added the frame sequence number (replay protection) and RainStorm's task counts;
-/// version 3 HyDFS part metadata with line ends (`PartMeta::newlines`, `ends_with_newline`).
-pub const WIRE_VERSION: u8 = 3;
+/// version 3 HyDFS part metadata with line ends (`PartMeta::newlines`, `ends_with_newline`);
+/// version 4 HyDFS deletes (`Delete`, `Remove`) and read-your-writes grouped by file (`Needs`).
+pub const WIRE_VERSION: u8 = 4;
 
 const MAGIC: [u8; 2] = *b"RS";
 const HEADER_BYTES: usize = 8;

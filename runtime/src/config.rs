@@ -28,6 +28,8 @@
 //! max_name_bytes = 255           # longest file name (1..=4096)
 //! max_transfers = 1024           # writes and merges coordinated at once; more are refused as busy (0: unlimited)
 //! max_pending_appends = 10000    # unmerged appends per file; more are refused until a merge (0: unlimited)
+//! tombstone_ttl_s = 86400        # how long a deleted file is remembered (a copy cut off longer may come back)
+//! max_tombstones = 100000        # deleted files remembered at most (the nearest to expiring forgotten first)
 //!
 //! [rainstorm]
 //! program_start_timeout_ms = 10000 # an operator program's handshake
@@ -113,6 +115,8 @@ pub struct HydfsInput {
     pub max_name_bytes: Option<usize>,
     pub max_transfers: Option<usize>,
     pub max_pending_appends: Option<usize>,
+    pub tombstone_ttl_s: Option<u64>,
+    pub max_tombstones: Option<usize>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -179,6 +183,8 @@ pub const FIELDS: &[&str] = &[
     "hydfs.max_write_mb",
     "hydfs.max_name_bytes",
     "hydfs.max_pending_appends",
+    "hydfs.tombstone_ttl_s",
+    "hydfs.max_tombstones",
     "rainstorm.program_start_timeout_ms",
     "rainstorm.program_batch_timeout_ms",
     "rainstorm.checkpoint_interval_ms",
@@ -240,6 +246,8 @@ impl ConfigInput {
                 max_name_bytes: h.max_name_bytes.or(g.max_name_bytes),
                 max_transfers: h.max_transfers.or(g.max_transfers),
                 max_pending_appends: h.max_pending_appends.or(g.max_pending_appends),
+                tombstone_ttl_s: h.tombstone_ttl_s.or(g.tombstone_ttl_s),
+                max_tombstones: h.max_tombstones.or(g.max_tombstones),
             },
             rainstorm: RainstormInput {
                 program_start_timeout_ms: r.program_start_timeout_ms.or(q.program_start_timeout_ms),
@@ -314,6 +322,15 @@ impl ConfigInput {
         if self.hydfs.max_write_mb == Some(0) {
             return Err(field("hydfs.max_write_mb", "must be at least 1"));
         }
+        if self.hydfs.tombstone_ttl_s == Some(0) {
+            return Err(field(
+                "hydfs.tombstone_ttl_s",
+                "must be at least 1 (a delete must outlive the copies it missed)",
+            ));
+        }
+        if self.hydfs.max_tombstones == Some(0) {
+            return Err(field("hydfs.max_tombstones", "must be at least 1"));
+        }
         let hydfs = HydfsConfig {
             cache_bytes: mb(self.hydfs.cache_mb, base.cache_bytes),
             repair_bytes_per_sec: mb(self.hydfs.repair_mb_per_sec, base.repair_bytes_per_sec),
@@ -321,6 +338,11 @@ impl ConfigInput {
             max_name_bytes: self.hydfs.max_name_bytes.unwrap_or(base.max_name_bytes),
             max_transfers: self.hydfs.max_transfers.unwrap_or(base.max_transfers),
             max_pending_appends: self.hydfs.max_pending_appends.unwrap_or(base.max_pending_appends),
+            tombstone_ttl: self
+                .hydfs
+                .tombstone_ttl_s
+                .map_or(base.tombstone_ttl, |s| Millis(s.saturating_mul(1000))),
+            max_tombstones: self.hydfs.max_tombstones.unwrap_or(base.max_tombstones),
             ..base
         };
         let base = ProgramLimits::default();
@@ -538,11 +560,16 @@ mod tests {
         assert_eq!(cfg.rainstorm.max_batch_tuples, 64);
         let defaults = resolve("").unwrap();
         assert_eq!(defaults.hydfs.max_pending_appends, HydfsConfig::default().max_pending_appends);
+        assert_eq!(defaults.hydfs.tombstone_ttl, HydfsConfig::default().tombstone_ttl);
+        let cfg = resolve("[hydfs]\ntombstone_ttl_s = 600\nmax_tombstones = 50\n").unwrap();
+        assert_eq!((cfg.hydfs.tombstone_ttl, cfg.hydfs.max_tombstones), (Millis(600_000), 50));
         assert_eq!(defaults.rainstorm.max_batch_tuples, RainstormConfig::default().max_batch_tuples);
         for (text, field) in [
             ("[hydfs]\nmax_name_bytes = 0", "hydfs.max_name_bytes"),
             ("[hydfs]\nmax_name_bytes = 5000", "hydfs.max_name_bytes"),
             ("[hydfs]\nmax_pending_appends = 1000", "hydfs.max_pending_appends"),
+            ("[hydfs]\ntombstone_ttl_s = 0", "hydfs.tombstone_ttl_s"),
+            ("[hydfs]\nmax_tombstones = 0", "hydfs.max_tombstones"),
             ("[rainstorm]\nbatch_tuples = 100\nmax_batch_tuples = 99", "rainstorm.max_batch_tuples"),
         ] {
             let e = resolve(text).unwrap_err();

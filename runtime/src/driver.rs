@@ -806,6 +806,7 @@ fn describe_output(out: &OpOutput) -> String {
         OpOutput::MultiAppended { nodes, .. } => format!(" on {} nodes", nodes.len()),
         OpOutput::Meta { meta, from, .. } => format!(": {} writes from {from}", meta.all_writes().count()),
         OpOutput::Part { bytes, from, .. } => format!(": {} bytes from {from}", bytes.len()),
+        OpOutput::Deleted { replicas, .. } => format!(" on {} replicas", replicas.len()),
     }
 }
 
@@ -951,6 +952,9 @@ fn log_hydfs_event(event: &rainstorm_core::hydfs::HydfsEvent) {
         }
         HydfsEvent::FileDropped { name } => {
             info!(event = "file_dropped", %name, "handed {name} to its owners")
+        }
+        HydfsEvent::FileDeleted { name, create } => {
+            info!(event = "file_deleted", %name, %create, "dropped the copy of deleted file {name} (created by {create})")
         }
         HydfsEvent::StorageFailed { reason } => warn!(event = "storage_failed", "storage failed: {reason}"),
     }

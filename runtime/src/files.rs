@@ -262,6 +262,20 @@ pub async fn run(handle: &NodeHandle, cmd: FileCommand, cwd: &Path, progress: Ar
             )),
             Ok(Ok(other)) => fail(format!("unexpected answer: {other:?}")),
         },
+        FileCommand::Delete { name } => match submit(handle, ClientOp::Delete { name }, None).await {
+            Err(e) => fail(e),
+            Ok(Err(e)) => fail(e.to_string()),
+            Ok(Ok(OpOutput::Deleted { name, create, replicas })) if replicas.is_empty() => done(format!(
+                "deleted {name} (created by {create}); it was already deleted ({})",
+                rate(0, started)
+            )),
+            Ok(Ok(OpOutput::Deleted { name, create, replicas })) => done(format!(
+                "deleted {name} (created by {create}) on {} ({})",
+                addrs(&replicas),
+                rate(0, started)
+            )),
+            Ok(Ok(other)) => fail(format!("unexpected answer: {other:?}")),
+        },
         FileCommand::Ls { name } => match submit(handle, ClientOp::Ls { name }, None).await {
             Err(e) => fail(e),
             Ok(Err(e)) => fail(e.to_string()),

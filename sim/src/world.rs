@@ -991,6 +991,7 @@ fn describe_hydfs_event(e: &HydfsEvent) -> String {
             format!("corrupt part {part} of {name} {stamp}")
         }
         HydfsEvent::FileDropped { name } => format!("handed off and dropped {name}"),
+        HydfsEvent::FileDeleted { name, create } => format!("dropped deleted {name} (created by {create})"),
         HydfsEvent::StorageFailed { reason } => format!("storage failed: {reason}"),
         HydfsEvent::ReadData { op, offset, bytes } => {
             format!("op {op} read {} bytes at {offset}", bytes.len())
@@ -1062,6 +1063,9 @@ fn describe_output(o: &rainstorm_core::hydfs::OpOutput) -> String {
         OpOutput::Part { name, stamp, part, bytes, from } => {
             format!("read part {part} of {name} {stamp}: {} bytes from {from}", bytes.len())
         }
+        OpOutput::Deleted { name, create, replicas } => {
+            format!("deleted {name} (created by {create}) on {} replicas", replicas.len())
+        }
     }
 }
 
@@ -1081,6 +1085,7 @@ fn describe_op(op: &rainstorm_core::hydfs::ClientOp) -> String {
         ClientOp::GetLatest { name } => format!("get (uncached) {name}"),
         ClientOp::Persist { name, kind, data } => format!("persist {kind:?} {name} ({} bytes)", data.len()),
         ClientOp::Meta { name } => format!("meta {name}"),
+        ClientOp::Delete { name } => format!("delete {name}"),
         ClientOp::ReadPart { name, stamp, part, prefer: None } => {
             format!("read part {part} of {name} {stamp}")
         }

@@ -216,6 +216,16 @@ mod hydfs {
     fn chunking_catches_unchunked_transfers() {
         first_caught(PlantedBug::UnchunkedTransfers, CheckerKind::HydfsChunking);
     }
+
+    #[test]
+    fn deleted_catches_a_delete_without_tombstones() {
+        first_caught(PlantedBug::DeleteWithoutTombstone, CheckerKind::HydfsDeleted);
+    }
+
+    #[test]
+    fn leaked_blocks_catches_a_delete_that_keeps_blocks() {
+        first_caught(PlantedBug::DeleteKeepsBlocks, CheckerKind::HydfsLeakedBlocks);
+    }
 }
 
 mod rainstorm {

@@ -2,8 +2,11 @@
 //! and the read cache.
 //!
 //! Invariants kept here:
-//! * one write per file in flight, stamps assigned at submission with a growing timestamp and
-//!   sequence: a client's writes to a file keep their order;
+//! * one write (or delete) per file in flight, in submission order, stamps assigned at
+//!   submission with a growing timestamp and sequence: a client's writes to a file keep their
+//!   order;
+//! * the writes a client had acknowledged are kept per file and per create: a file this node
+//!   learns was deleted stops counting toward them;
 //! * a read (from a replica or the cache) or a file's metadata ([`ClientOp::Meta`]) is accepted
 //!   only if it includes every write this client has had acknowledged for the file;
 //! * a part read by [`ClientOp::ReadPart`] is returned only if its bytes match the metadata its
@@ -12,7 +15,7 @@
 //!   asked for it, for a multiappend part), at the latest when its deadline passes.
 
 use super::cache::{CachedFile, ReadCache};
-use super::message::{HydfsMsg, MergeSummary, PartBytes, ReadChunk, Refusal, ReqId};
+use super::message::{HydfsMsg, MergeSummary, Needs, PartBytes, ReadChunk, Refusal, ReqId};
 use super::ring::RingId;
 use super::store::PartError;
 use super::types::{FileDigest, FileMeta, PartMeta, Stamp, WriteKind, WriteMeta};
@@ -152,6 +155,12 @@ pub enum ClientOp {
         part: u32,
         prefer: Option<NodeAddr>,
     },
+    /// Deletes the file on every replica (ordered after this client's writes to it). A later
+    /// create of the name is a new file. Fails over like a write; [`HydfsError::NotFound`] when
+    /// no replica holds the file.
+    Delete {
+        name: FileName,
+    },
 }
 
 impl ClientOp {
@@ -173,6 +182,7 @@ impl ClientOp {
             ClientOp::MultiAppend { .. } => "multiappend",
             ClientOp::Meta { .. } => "meta",
             ClientOp::ReadPart { .. } => "readpart",
+            ClientOp::Delete { .. } => "delete",
         }
     }
 
@@ -190,7 +200,8 @@ impl ClientOp {
             | ClientOp::Persist { name, .. }
             | ClientOp::GetLatest { name }
             | ClientOp::Meta { name }
-            | ClientOp::ReadPart { name, .. } => name,
+            | ClientOp::ReadPart { name, .. }
+            | ClientOp::Delete { name } => name,
         }
     }
 }
@@ -244,6 +255,13 @@ pub enum OpOutput {
         bytes: Vec<u8>,
         from: NodeAddr,
     },
+    /// A delete ([`ClientOp::Delete`]) of the file created by `create`, acknowledged by every
+    /// listed replica (empty when a replica answered a retry of a delete already done).
+    Deleted {
+        name: FileName,
+        create: Stamp,
+        replicas: Vec<NodeAddr>,
+    },
 }
 
 pub(super) struct ClientState {
@@ -252,7 +270,8 @@ pub(super) struct ClientState {
     next_op: OpId,
     ops: BTreeMap<OpId, OpState>,
     queues: BTreeMap<FileName, VecDeque<OpId>>,
-    acked: BTreeMap<FileName, BTreeSet<Stamp>>,
+    /// Writes this client had acknowledged, per file, by the create they belong to.
+    acked: BTreeMap<FileName, BTreeMap<Stamp, BTreeSet<Stamp>>>,
     uploads: BTreeMap<(FileName, Stamp), Upload>,
     requests: BTreeMap<ReqId, (OpId, NodeAddr, Time)>,
     pub(super) cache: ReadCache,
@@ -343,6 +362,8 @@ enum Kind {
         part: u32,
         prefer: Option<NodeAddr>,
     },
+    /// [`ClientOp::Delete`], queued with the file's writes.
+    Delete,
 }
 
 impl Kind {
@@ -373,7 +394,30 @@ impl Hydfs {
 
     /// Writes this client had acknowledged, per file (what its reads must include).
     pub fn acknowledged(&self, name: &FileName) -> usize {
-        self.client.acked.get(name).map_or(0, |s| s.len())
+        self.client.acked.get(name).map_or(0, |g| g.values().map(BTreeSet::len).sum())
+    }
+
+    /// What a read of `name` must include: this client's acknowledged writes, by create,
+    /// leaving out files this node knows were deleted.
+    fn needs(&self, name: &FileName) -> Vec<Needs> {
+        let Some(groups) = self.client.acked.get(name) else { return Vec::new() };
+        groups
+            .iter()
+            .filter(|(c, _)| !self.tombstones.contains(name, **c))
+            .map(|(c, w)| Needs { create: *c, writes: w.iter().copied().collect() })
+            .collect()
+    }
+
+    /// File `(name, create)` was deleted: its writes no longer count toward what this client's
+    /// reads must include, and no cached copy of the name is served.
+    pub(super) fn client_forget_deleted(&mut self, name: &FileName, create: Stamp) {
+        if let Some(groups) = self.client.acked.get_mut(name) {
+            groups.remove(&create);
+            if groups.is_empty() {
+                self.client.acked.remove(name);
+            }
+        }
+        self.client.cache.invalidate(name);
     }
 
     fn submit_inner(
@@ -416,6 +460,7 @@ impl Hydfs {
         let name = op.name().clone();
         let is_create = matches!(op, ClientOp::Create { .. });
         let persistent = matches!(op, ClientOp::Persist { .. });
+        let is_delete = matches!(op, ClientOp::Delete { .. });
         let kind = match op {
             ClientOp::Persist { kind, data, .. } => {
                 let stamp = self.next_stamp(now);
@@ -450,6 +495,7 @@ impl Hydfs {
             ClientOp::Download { replica: Some(replica), .. } => Kind::read(Some(replica), true),
             ClientOp::Merge { .. } => Kind::Merge,
             ClientOp::Meta { .. } => Kind::Meta,
+            ClientOp::Delete { .. } => Kind::Delete,
             ClientOp::ReadPart { stamp, part, prefer, .. } => Kind::Part { stamp, part, prefer },
             ClientOp::Ls { .. } => Kind::Ls { waiting: BTreeSet::new(), rows: Vec::new() },
             ClientOp::MultiAppend { appends, .. } => {
@@ -483,14 +529,14 @@ impl Hydfs {
                 last_error: None,
                 wait_until: None,
                 remote,
-                queued: is_write,
+                queued: is_write || is_delete,
                 persistent,
             },
         );
         if is_multi {
             return Ok(id);
         }
-        if is_write {
+        if is_write || is_delete {
             let q = self.client.queues.entry(name).or_default();
             q.push_back(id);
             if q.len() > 1 {
@@ -531,7 +577,7 @@ impl Hydfs {
     fn cached(&mut self, now: Time, name: &FileName) -> Option<OpOutput> {
         let ignore_own = self.cfg.bug(PlantedBug::CacheIgnoresOwnWrites);
         let ttl = self.cfg.cache_ttl;
-        let own = self.client.acked.get(name).cloned().unwrap_or_default();
+        let own: BTreeSet<Stamp> = self.needs(name).into_iter().flat_map(|n| n.writes).collect();
         let hit = match self.client.cache.get(name) {
             Some(entry) if now <= entry.fetched_at + ttl && (ignore_own || own.is_subset(&entry.writes)) => {
                 Some(OpOutput::Content {
@@ -632,6 +678,7 @@ impl Hydfs {
         }
         let req = self.next_req + 1;
         self.next_req = req;
+        let needs_now = self.needs(&name);
         let op = self.client.ops.get_mut(&id).expect("present");
         let (msg, timeout) = match &mut op.kind {
             Kind::Write { meta } => {
@@ -647,18 +694,17 @@ impl Hydfs {
                     inflight.insert(req, 0);
                     *next_ask = self.cfg.chunk_bytes as u64;
                 }
-                let needs = if pinned.is_some() {
-                    Vec::new()
-                } else {
-                    self.client.acked.get(&name).map(|s| s.iter().copied().collect()).unwrap_or_default()
-                };
+                let needs = if pinned.is_some() { Vec::new() } else { needs_now.clone() };
                 op.kind = fresh;
                 (HydfsMsg::Read { req, name, offset: 0, view: None, needs }, self.cfg.request_timeout)
             }
             Kind::Merge => {
                 (HydfsMsg::Merge { req, name }, self.cfg.coordinator_timeout + self.cfg.request_timeout)
             }
-            Kind::Meta => (HydfsMsg::Describe { req, name }, self.cfg.request_timeout),
+            Kind::Meta => (HydfsMsg::Describe { req, name, needs: needs_now }, self.cfg.request_timeout),
+            Kind::Delete => {
+                (HydfsMsg::Delete { req, name }, self.cfg.coordinator_timeout + self.cfg.request_timeout)
+            }
             Kind::Part { stamp, part, .. } => {
                 (HydfsMsg::Fetch { req, name, stamp: *stamp, part: *part }, self.cfg.request_timeout)
             }
@@ -705,20 +751,25 @@ impl Hydfs {
     /// A replica's answer to a [`ClientOp::Meta`]: accepted only if the copy holds the file,
     /// includes every write this client had acknowledged, and is complete in its create and
     /// merged appends; pending appends still arriving there are left out.
-    pub(super) fn on_meta_reply(&mut self, now: Time, from: NodeAddr, req: ReqId, meta: Option<FileMeta>) {
+    pub(super) fn on_meta_reply(
+        &mut self,
+        now: Time,
+        from: NodeAddr,
+        req: ReqId,
+        meta: Result<FileMeta, Refusal>,
+    ) {
         let Some(id) = self.take_request(req, from) else { return };
         let Some(OpState { name, kind: Kind::Meta, .. }) = self.client.ops.get(&id) else { return };
         let name = name.clone();
-        let Some(mut meta) = meta.filter(|m| m.create.is_some() && m.name == name) else {
-            return self.attempt_failed(now, id, format!("{from}: not found"), true);
+        // The replica judged the client's needs (it knows which files were deleted).
+        let mut meta = match meta {
+            Ok(m) if m.create.is_some() && m.name == name => m,
+            Ok(_) => return self.attempt_failed(now, id, format!("{from}: not found"), true),
+            Err(r) => return self.refusal(now, id, from, r),
         };
         let incomplete: BTreeSet<Stamp> = std::mem::take(&mut meta.incomplete).into_iter().collect();
         let present: BTreeSet<Stamp> =
             meta.all_writes().map(|w| w.stamp).filter(|s| !incomplete.contains(s)).collect();
-        let needs = self.client.acked.get(&name);
-        if needs.is_some_and(|n| !n.is_subset(&present)) {
-            return self.attempt_failed(now, id, format!("{from}: {}", Refusal::Behind), false);
-        }
         if meta.create.iter().chain(&meta.merged).any(|w| incomplete.contains(&w.stamp)) {
             let why = format!("{from}: its copy is being repaired");
             return self.attempt_failed(now, id, why, false);
@@ -759,6 +810,26 @@ impl Hydfs {
         }
     }
 
+    /// A coordinator's answer to a [`ClientOp::Delete`].
+    pub(super) fn on_delete_reply(
+        &mut self,
+        now: Time,
+        from: NodeAddr,
+        req: ReqId,
+        result: Result<(Stamp, Vec<NodeAddr>), Refusal>,
+    ) {
+        let Some(id) = self.take_request(req, from) else { return };
+        let Some(OpState { name, kind: Kind::Delete, .. }) = self.client.ops.get(&id) else { return };
+        let name = name.clone();
+        match result {
+            Ok((create, replicas)) => {
+                self.client_forget_deleted(&name, create);
+                self.finish(now, id, None, Ok(OpOutput::Deleted { name, create, replicas }));
+            }
+            Err(r) => self.refusal(now, id, from, r),
+        }
+    }
+
     /// The attempt at `req` failed: try the next replica.
     fn attempt_failed(&mut self, now: Time, id: OpId, why: String, not_found: bool) {
         let Some(op) = self.client.ops.get_mut(&id) else { return };
@@ -779,11 +850,10 @@ impl Hydfs {
         let state = self.client.ops.remove(&id);
         self.client.requests.retain(|_, (op, _, _)| *op != id);
         let remote = remote.or_else(|| state.as_ref().and_then(|s| s.remote));
-        if let Some(OpState { name, kind: Kind::Write { meta }, queued: true, .. }) = &state {
-            self.client.uploads.remove(&(name.clone(), meta.stamp));
-            if result.is_ok() {
-                self.client.acked.entry(name.clone()).or_default().insert(meta.stamp);
-                if !self.cfg.bug(PlantedBug::CacheIgnoresOwnWrites) {
+        if let Some(OpState { name, kind, queued: true, .. }) = &state {
+            if let Kind::Write { meta } = kind {
+                self.client.uploads.remove(&(name.clone(), meta.stamp));
+                if result.is_ok() && !self.cfg.bug(PlantedBug::CacheIgnoresOwnWrites) {
                     self.client.cache.invalidate(name);
                 }
             }
@@ -843,6 +913,7 @@ impl Hydfs {
                 self.finish(now, id, None, Err(HydfsError::TooManyPending { name, limit }))
             }
             Refusal::NotFound => self.attempt_failed(now, id, format!("{from}: not found"), true),
+            Refusal::Deleted => self.attempt_failed(now, id, format!("{from}: {}", Refusal::Deleted), true),
             other => self.attempt_failed(now, id, format!("{from}: {other}"), false),
         }
     }
@@ -853,6 +924,7 @@ impl Hydfs {
         from: NodeAddr,
         req: ReqId,
         result: Result<Vec<NodeAddr>, Refusal>,
+        create: Option<Stamp>,
     ) {
         let Some(id) = self.take_request(req, from) else { return };
         match result {
@@ -860,7 +932,12 @@ impl Hydfs {
                 let Some(OpState { name, kind: Kind::Write { meta }, .. }) = self.client.ops.get(&id) else {
                     return;
                 };
-                let out = OpOutput::Written { name: name.clone(), stamp: meta.stamp, replicas };
+                let (name, stamp) = (name.clone(), meta.stamp);
+                // Grouped by the file the write belongs to, so that a delete of that file ends
+                // what this client's reads must include.
+                let create = create.unwrap_or(stamp);
+                self.client.acked.entry(name.clone()).or_default().entry(create).or_default().insert(stamp);
+                let out = OpOutput::Written { name, stamp, replicas };
                 self.finish(now, id, None, Ok(out));
             }
             Err(r) => self.refusal(now, id, from, r),

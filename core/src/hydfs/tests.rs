@@ -306,7 +306,7 @@ fn oversized_parts_from_a_peer_are_refused() {
     );
     let reply = std::iter::from_fn(|| net.nodes[j].poll_outgoing()).find(|(to, _)| *to == me);
     match reply {
-        Some((_, HydfsMsg::WriteReply { req: 9, result: Err(Refusal::TooLarge { .. }) })) => {}
+        Some((_, HydfsMsg::WriteReply { req: 9, result: Err(Refusal::TooLarge { .. }), .. })) => {}
         other => panic!("expected a TooLarge refusal, got {other:?}"),
     }
     assert!(net.nodes[j].store().file(&name("x")).is_none(), "nothing recorded");
@@ -340,7 +340,7 @@ fn settle_capturing(net: &mut Net, client: usize, req: ReqId) -> Vec<Result<Vec<
             while let Some((to, msg)) = net.nodes[i].poll_outgoing() {
                 moved = true;
                 match msg {
-                    HydfsMsg::WriteReply { req: r, result } if to == addr(client) && r == req => {
+                    HydfsMsg::WriteReply { req: r, result, .. } if to == addr(client) && r == req => {
                         replies.push(result)
                     }
                     msg => {
@@ -851,4 +851,230 @@ fn a_part_no_node_holds_is_not_found() {
         net.run(1, ClientOp::ReadPart { name: f.clone(), stamp, part: 3, prefer: None }),
         Err(HydfsError::NotFound(f))
     );
+}
+
+// ---- deletes -----------------------------------------------------------------------------------
+
+fn deleted(r: Result<OpOutput, HydfsError>) -> (Stamp, Vec<NodeAddr>) {
+    match r {
+        Ok(OpOutput::Deleted { create, replicas, .. }) => (create, replicas),
+        other => panic!("expected a delete, got {other:?}"),
+    }
+}
+
+impl Net {
+    fn blocks(&self, i: usize) -> usize {
+        self.disks[i].inner.lock().unwrap().0.len()
+    }
+
+    /// Gives every node (except those in `out`) a view of the members not in `out`.
+    fn view_without(&mut self, out: &[usize]) {
+        let n = self.nodes.len();
+        for i in (0..n).filter(|i| !out.contains(i)) {
+            let others: Vec<MemberId> =
+                (0..n).filter(|j| *j != i && !out.contains(j)).map(|j| MemberId::new(addr(j), 1)).collect();
+            self.nodes[i].set_members(self.now, Some(MemberId::new(addr(i), 1)), others);
+        }
+    }
+}
+
+#[test]
+fn a_delete_drops_every_copy_and_frees_its_blocks_and_a_new_create_is_a_new_file() {
+    let mut net = Net::new(5);
+    let f = name("gone");
+    let created = written(net.run(0, ClientOp::Create { name: f.clone(), data: lines(3000, "old") }));
+    net.now = Time(100);
+    assert!(net.run(1, ClientOp::Append { name: f.clone(), data: lines(1500, "old+") }).is_ok());
+    assert!(net.run(2, ClientOp::Merge { name: f.clone() }).is_ok());
+    net.now = Time(200);
+    assert!(net.run(3, ClientOp::Append { name: f.clone(), data: b"pending\n".to_vec() }).is_ok());
+    assert!((0..5).map(|i| net.blocks(i)).sum::<usize>() >= 3 * 6, "every replica holds the parts");
+    let (create, replicas) = deleted(net.run(4, ClientOp::Delete { name: f.clone() }));
+    assert_eq!(create, created);
+    assert_eq!(replicas.len(), 3);
+    for i in 0..5 {
+        assert!(net.nodes[i].store().file(&f).is_none(), "node {i} still holds the file");
+        assert_eq!(net.blocks(i), 0, "node {i} still holds blocks");
+    }
+    for r in &replicas {
+        assert!(net.nodes[net.index(*r)].tombstones().contains(&f, created), "{r} keeps the tombstone");
+    }
+    assert_eq!(net.run(1, ClientOp::Get { name: f.clone() }), Err(HydfsError::NotFound(f.clone())));
+    assert_eq!(net.run(1, ClientOp::Meta { name: f.clone() }), Err(HydfsError::NotFound(f.clone())));
+    assert_eq!(net.run(2, ClientOp::Ls { name: f.clone() }), Err(HydfsError::NotFound(f.clone())));
+    assert_eq!(
+        net.run(3, ClientOp::Append { name: f.clone(), data: b"late\n".to_vec() }),
+        Err(HydfsError::NotFound(f.clone()))
+    );
+    // The name is free again, and the new file holds nothing of the old one.
+    net.now = Time(300);
+    let again = written(net.run(2, ClientOp::Create { name: f.clone(), data: b"new\n".to_vec() }));
+    assert_ne!(again, created);
+    // Clients that had writes of the old file acknowledged read the new one (they do not wait
+    // for writes of a deleted file).
+    for i in [1, 3] {
+        assert_eq!(content(net.run(i, ClientOp::Get { name: f.clone() })), b"new\n", "client {i}");
+        assert!(net.run(i, ClientOp::Meta { name: f.clone() }).is_ok(), "client {i}");
+    }
+    // Anti-entropy rounds change nothing.
+    for _ in 0..5 {
+        net.tick(2_000);
+    }
+    assert_eq!(content(net.run(4, ClientOp::Get { name: f.clone() })), b"new\n");
+}
+
+#[test]
+fn deleting_a_missing_file_is_not_found_and_a_second_delete_is_answered_as_the_first() {
+    let mut net = Net::new(4);
+    let f = name("twice");
+    assert_eq!(net.run(0, ClientOp::Delete { name: f.clone() }), Err(HydfsError::NotFound(f.clone())));
+    let created = written(net.run(0, ClientOp::Create { name: f.clone(), data: b"x\n".to_vec() }));
+    assert_eq!(deleted(net.run(1, ClientOp::Delete { name: f.clone() })).0, created);
+    let (create, replicas) = deleted(net.run(2, ClientOp::Delete { name: f.clone() }));
+    assert_eq!((create, replicas.len()), (created, 0), "answered from the tombstone");
+}
+
+#[test]
+fn a_replica_cut_off_during_a_delete_does_not_bring_the_file_back() {
+    let mut net = Net::new(6);
+    let f = name("cut");
+    let created = written(net.run(0, ClientOp::Create { name: f.clone(), data: lines(2500, "c") }));
+    // One replica is cut off and declared failed; the others delete the file without it.
+    let cut = net.index(net.nodes[0].replicas(&f)[1]);
+    let client = (0..6).find(|i| *i != cut).unwrap();
+    net.down.insert(cut);
+    net.view_without(&[cut]);
+    let (_, replicas) = deleted(net.run(client, ClientOp::Delete { name: f.clone() }));
+    assert!(!replicas.contains(&addr(cut)));
+    assert!(net.nodes[cut].store().file(&f).is_some(), "the cut-off replica still has its copy");
+    // It comes back (as a replica again) and anti-entropy runs: its copy is dropped, not spread.
+    net.down.clear();
+    let everyone: Vec<usize> = Vec::new();
+    net.view_without(&everyone);
+    for _ in 0..5 {
+        net.tick(2_000);
+    }
+    for i in 0..6 {
+        assert!(net.nodes[i].store().file(&f).is_none(), "node {i} holds the deleted file");
+        assert_eq!(net.blocks(i), 0, "node {i} still holds blocks");
+    }
+    assert!(net.nodes[cut].tombstones().contains(&f, created), "the stale holder learned the tombstone");
+    assert_eq!(net.run(client, ClientOp::Get { name: f.clone() }), Err(HydfsError::NotFound(f)));
+}
+
+#[test]
+fn a_write_of_a_deleted_file_is_refused_by_a_replica_holding_its_tombstone() {
+    let mut net = Net::new(4);
+    let f = name("late");
+    let created = written(net.run(0, ClientOp::Create { name: f.clone(), data: b"x\n".to_vec() }));
+    let (_, replicas) = deleted(net.run(0, ClientOp::Delete { name: f.clone() }));
+    let r = net.index(replicas[1]);
+    // A coordinator that had not heard of the delete replicates an append of the old file.
+    let stamp = Stamp { ts: 999, client: MemberId::new(addr(3), 1), seq: 9 };
+    let write = WriteMeta::describe(stamp, WriteKind::Append, b"late\n", 1024);
+    let msg = HydfsMsg::Replicate {
+        req: 77,
+        name: f.clone(),
+        write,
+        inline: Some(b"late\n".to_vec()),
+        sources: vec![replicas[0]],
+        create: Some(WriteMeta::describe(created, WriteKind::Create, b"x\n", 1024)),
+    };
+    net.nodes[r].handle_message(net.now, MemberId::new(replicas[0], 1), msg);
+    let reply = std::iter::from_fn(|| net.nodes[r].poll_outgoing()).find(|(to, _)| *to == replicas[0]);
+    assert!(
+        matches!(reply, Some((_, HydfsMsg::ReplicateReply { req: 77, result: Err(Refusal::Deleted) }))),
+        "{reply:?}"
+    );
+    assert!(net.nodes[r].store().file(&f).is_none(), "nothing recorded");
+}
+
+#[test]
+fn tombstones_move_to_new_replicas_and_expire() {
+    let cfg = HydfsConfig {
+        chunk_bytes: 1024,
+        inline_bytes: 512,
+        tombstone_ttl: Millis::from_secs(60),
+        ..HydfsConfig::default()
+    };
+    let mut net = Net::with_config(5, cfg);
+    // A name that node 4 replicates once it joins.
+    let ring_of = |members: &[usize]| Ring::new(members.iter().map(|i| addr(*i)));
+    let f = (0..100)
+        .map(|i| name(&format!("t{i}")))
+        .find(|f| ring_of(&[0, 1, 2, 3, 4]).replicas(f.as_str(), 3).contains(&addr(4)))
+        .expect("some name lands on node 4");
+    net.view_without(&[4]);
+    let created = written(net.run(0, ClientOp::Create { name: f.clone(), data: b"x\n".to_vec() }));
+    assert_eq!(deleted(net.run(1, ClientOp::Delete { name: f.clone() })).0, created);
+    assert!(!net.nodes[4].tombstones().contains(&f, created));
+    net.view_without(&[]);
+    net.settle();
+    assert!(net.nodes[4].tombstones().contains(&f, created), "the new replica was given the tombstone");
+    net.tick(59_000);
+    assert!(net.nodes.iter().any(|n| n.tombstones().contains(&f, created)));
+    net.tick(2_000);
+    net.tick(2_000);
+    assert!(net.nodes.iter().all(|n| n.tombstones().is_empty()), "expired after tombstone_ttl");
+}
+
+/// Puts back on node `i` the copy `meta` (as a node that missed every notice of the delete
+/// would still hold it), with the tombstones it holds forgotten.
+fn plant_stale_copy(net: &mut Net, i: usize, f: &FileName, create: &WriteMeta, data: &[u8]) {
+    net.nodes[i].tombstones = Tombstones::new(100);
+    net.nodes[i].store.file_mut(f).create = Some(create.clone());
+    for (p, part) in create.parts.iter().enumerate() {
+        let off = create.part_offset(p) as usize;
+        let bytes = &data[off..off + part.len as usize];
+        assert!(net.nodes[i].store.put_part(f, create.stamp, p as u32, *part, bytes).unwrap());
+    }
+}
+
+#[test]
+fn stale_copies_met_in_inventories_and_offers_are_dropped() {
+    let mut net = Net::new(6);
+    let f = name("stale");
+    let data = lines(2100, "s");
+    let created = written(net.run(0, ClientOp::Create { name: f.clone(), data: data.clone() }));
+    let create = net.nodes.iter().find_map(|n| n.store().file(&f).and_then(|r| r.create.clone())).unwrap();
+    assert_eq!(create.stamp, created);
+    assert!(deleted(net.run(0, ClientOp::Delete { name: f.clone() })).1.len() == 3);
+    // A replica and a non-replica hold the old copy again, and have forgotten the delete.
+    let replica = net.index(net.nodes[0].replicas(&f)[2]);
+    let other = outsider(&net, &f);
+    plant_stale_copy(&mut net, replica, &f, &create, &data);
+    plant_stale_copy(&mut net, other, &f, &create, &data);
+    for _ in 0..4 {
+        net.tick(2_000);
+    }
+    for i in [replica, other] {
+        assert!(net.nodes[i].store().file(&f).is_none(), "node {i} kept its stale copy");
+        assert_eq!(net.blocks(i), 0);
+        assert!(net.nodes[i].tombstones().contains(&f, created));
+    }
+    let holders = net.nodes.iter().filter(|n| n.store().file(&f).is_some()).count();
+    assert_eq!(holders, 0, "no replica took the stale copy in");
+}
+
+#[test]
+fn a_client_cut_off_during_a_delete_reads_the_new_file_of_the_name() {
+    let mut net = Net::new(6);
+    let f = name("reborn");
+    let replicas = net.nodes[0].replicas(&f);
+    let k = outsider(&net, &f);
+    assert!(net.run(k, ClientOp::Create { name: f.clone(), data: b"old\n".to_vec() }).is_ok());
+    net.now = Time(100);
+    assert!(net.run(k, ClientOp::Append { name: f.clone(), data: b"mine\n".to_vec() }).is_ok());
+    // k is cut off while the file is deleted and created again: it never hears of the delete.
+    net.down.insert(k);
+    net.view_without(&[k]);
+    let other = (0..6).find(|i| *i != k && !replicas.contains(&addr(*i))).unwrap();
+    assert!(deleted(net.run(other, ClientOp::Delete { name: f.clone() })).1.len() == 3);
+    net.now = Time(200);
+    assert!(net.run(other, ClientOp::Create { name: f.clone(), data: b"new\n".to_vec() }).is_ok());
+    net.down.clear();
+    net.view_without(&[]);
+    assert_eq!(net.nodes[k].acknowledged(&f), 2, "k still counts its writes of the old file");
+    assert_eq!(content(net.run(k, ClientOp::Get { name: f.clone() })), b"new\n");
+    assert!(net.run(k, ClientOp::Meta { name: f.clone() }).is_ok());
 }
