@@ -556,11 +556,14 @@ impl Scenario {
         if let Some(job) = self.rainstorm.as_mut() {
             // Once membership has converged, the job has a minute to finish (a rollback, file
             // operations waiting out their timeouts, retries) plus, if it is paced, the time its
-            // input takes at its rate, and the time its batches take at the slowest latency.
+            // input takes at its rate, and the time its batches take at the slowest latency
+            // (the batches of its busiest stage: an operator may emit many tuples per line).
             // The run then ends.
             let lines = rainstorm_core::rainstorm::source_lines(&job.content()).count() as u64;
             let paced_ms = job.rate.map_or(0, |r| lines * 1_000 / r.max(1));
-            let batches = lines.div_ceil(u64::from(job.config.batch_tuples.max(1)));
+            let batches = crate::rainstorm::harness::RainstormHarness::new(job.clone())
+                .most_stage_batches()
+                .max(lines.div_ceil(u64::from(job.config.batch_tuples.max(1))));
             let work_ms = batches * 4 * latency_max_ms;
             job.deadline_ms = calm + bound + 60_000 + paced_ms + work_ms;
             self.duration_ms = job.deadline_ms + 2_000;

@@ -238,6 +238,14 @@ impl RainstormHarness {
         std::mem::take(&mut self.violations)
     }
 
+    /// The most full batches any stage of the job sends (by tuples or by bytes, whichever
+    /// fills a batch first).
+    pub fn most_stage_batches(&self) -> u64 {
+        let cfg = &self.w.config;
+        let (per_batch, batch_bytes) = (u64::from(cfg.batch_tuples.max(1)), u64::from(cfg.batch_bytes.max(1)));
+        self.stage_tuples.iter().map(|(t, b)| t.div_ceil(per_batch).max(b.div_ceil(batch_bytes))).max().unwrap_or(0)
+    }
+
     /// Whether the harness still has something to do at its ticks.
     pub fn active(&self) -> bool {
         self.phase != Phase::Judged
