@@ -183,6 +183,18 @@ fn python_and_rust_programs_match_the_builtins_and_bad_programs_fail_the_job_cle
     let outputs: usize = expected.values().sum();
     assert!(shown.contains(&format!("stage 0 (source): {total} tuples in, {total} out")), "{shown}");
     assert!(shown.contains(&format!(" in, {outputs} out")), "{shown}");
+    // The same program stored in HyDFS by hand and named as `hydfs:<file>` (fetched and hashed
+    // chunk by chunk by the node that resolves it); then the job's output is deleted.
+    s.c.ctl(2, &format!("create {} ops/project-by-hand", app("app1-project").display())).expect("create");
+    let line = "RainStorm grep:Stop hydfs:ops/project-by-hand in/signs.csv out/by-hand.txt 2";
+    let reply = s.c.ctl(2, line).unwrap_or_else(|e| panic!("hydfs: job: {e:#}"));
+    assert!(reply.contains("completed"), "{reply}");
+    assert_eq!(s.dest("out/by-hand.txt"), expected);
+    let deleted = s.c.ctl(3, "delete out/by-hand.txt").expect("delete");
+    assert!(deleted.contains("deleted out/by-hand.txt"), "{deleted}");
+    let local = s.root.join("files").join("gone.txt");
+    let gone = format!("{:#}", s.c.ctl(1, &format!("get out/by-hand.txt {}", local.display())).unwrap_err());
+    assert!(gone.contains("does not exist"), "{gone}");
 
     // Crashes on its first batch of input, answers garbage: each job fails, naming the operator
     // and the input. (Each program first answers the empty batch a task starts it with.)

@@ -167,6 +167,11 @@ impl NodeHandle {
         self.tx.send(input).await.map_err(|_| ())
     }
 
+    /// The node task's input channel (for helpers that run one operation).
+    pub(crate) fn sender(&self) -> &mpsc::Sender<Input> {
+        &self.tx
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
         self.events.subscribe()
     }

@@ -6,6 +6,11 @@
 //! bounded amount of memory. A download (`get`, `getfromreplica`) arrives as in-order chunks that
 //! [`Sink`] writes to a temporary file next to the target, renamed over it only when the whole
 //! file has arrived: a failed `get` never leaves a partial file under the requested name.
+//!
+//! Every whole-file transfer a user starts goes this way, with bounded memory: `get` and
+//! `getfromreplica` ([`download`]), `create` and `append` ([`upload`]), and the operator programs
+//! of `RainStorm` ([`download_file`], [`describe_hashed`]: uploaded, fetched and hashed chunk by
+//! chunk). Only `multiappend` reads its local files whole, and it refuses any over one chunk.
 
 use crate::driver::{CommandReply, Input, NodeHandle};
 use rainstorm_core::command::FileCommand;
@@ -58,6 +63,18 @@ impl PartSource for FileSource {
 
 /// Opens `path` and describes it part by part (blocking: run it off the node task).
 fn describe(path: &Path, chunk: usize, limit: u64, progress: Arc<Progress>) -> Result<UploadSource, String> {
+    describe_hashed(path, chunk, limit, progress).map(|(source, _)| source)
+}
+
+/// [`describe`], and the lowercase hex SHA-256 of the same bytes, in one pass (blocking).
+pub(crate) fn describe_hashed(
+    path: &Path,
+    chunk: usize,
+    limit: u64,
+    progress: Arc<Progress>,
+) -> Result<(UploadSource, String), String> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
     let file = File::open(path).map_err(|e| format!("cannot read local file {}: {e}", path.display()))?;
     let len = file.metadata().map_err(|e| format!("cannot stat {}: {e}", path.display()))?.len();
     if !file.metadata().map(|m| m.is_file()).unwrap_or(false) {
@@ -85,6 +102,7 @@ fn describe(path: &Path, chunk: usize, limit: u64, progress: Arc<Progress>) -> R
             break;
         }
         parts.push(PartMeta::of(&buf[..filled]));
+        hasher.update(&buf[..filled]);
         seen += filled as u64;
         if filled < chunk {
             break;
@@ -95,7 +113,46 @@ fn describe(path: &Path, chunk: usize, limit: u64, progress: Arc<Progress>) -> R
     }
     progress.total.store(len, Ordering::Relaxed);
     let reader = Arc::new(FileSource { file, path: path.to_path_buf(), progress });
-    Ok(UploadSource { parts, reader })
+    let sha256 = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok((UploadSource { parts, reader }, sha256))
+}
+
+/// The lowercase hex SHA-256 and the length of a local file, read a chunk at a time
+/// (blocking: run it off the node task).
+pub(crate) fn sha256_file(path: &Path) -> Result<(String, u64), String> {
+    use sha2::Digest;
+    let mut file = File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok((hasher.finalize().iter().map(|b| format!("{b:02x}")).collect(), len))
+}
+
+/// Downloads HyDFS file `name` into the local file `path`, chunk by chunk (the file appears
+/// complete or not at all). Returns its length.
+pub(crate) async fn download_file(
+    node: &tokio::sync::mpsc::Sender<Input>,
+    name: FileName,
+    path: &Path,
+) -> Result<u64, HydfsError> {
+    let sink = Sink::create(path, Arc::new(Progress::default())).map_err(HydfsError::Storage)?;
+    let (reply, rx) = oneshot::channel();
+    let op = ClientOp::Download { name: name.clone(), replica: None };
+    let stopping = || HydfsError::Unavailable { name: name.clone(), reason: "node is stopping".into() };
+    node.send(Input::Submit { op, sink: Some(sink), reply }).await.map_err(|_| stopping())?;
+    match rx.await.map_err(|_| stopping())? {
+        Ok(OpOutput::Downloaded { len, .. }) => Ok(len),
+        Ok(other) => Err(HydfsError::Unavailable { name, reason: format!("unexpected answer: {other:?}") }),
+        Err(e) => Err(e),
+    }
 }
 
 /// Chunks a download may have queued for its writer thread (at most this many MiB in memory).
@@ -427,6 +484,21 @@ mod tests {
         assert!(e.contains("over the 2000-byte limit"), "{e}");
         let e = describe(&dir.join("missing"), 1000, 1 << 20, progress).err().unwrap();
         assert!(e.contains("cannot read local file"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_program_is_described_and_hashed_in_one_pass_and_hashed_again_in_chunks() {
+        use sha2::Digest;
+        let dir = temp_dir("hashed");
+        let data: Vec<u8> = (0..(3 << 20) + 7u32).map(|i| (i * 13) as u8).collect();
+        std::fs::write(dir.join("p"), &data).unwrap();
+        let want: String = sha2::Sha256::digest(&data).iter().map(|b| format!("{b:02x}")).collect();
+        let (src, sha) =
+            describe_hashed(&dir.join("p"), 1 << 20, 1 << 30, Arc::new(Progress::default())).unwrap();
+        assert_eq!((src.len(), src.parts.len()), (data.len() as u64, 4));
+        assert_eq!(sha, want);
+        assert_eq!(sha256_file(&dir.join("p")).unwrap(), (want, data.len() as u64));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -12,7 +12,7 @@
 
 use crate::driver::{CommandReply, Input, NodeHandle};
 use rainstorm_core::command::JobCommand;
-use rainstorm_core::hydfs::{ClientOp, FileName, HydfsError, OpOutput};
+use rainstorm_core::hydfs::{ClientOp, FileName, HydfsError, OpOutput, WriteKind};
 use rainstorm_core::rainstorm::{
     dest_line, lines_read, JobId, JobSpec, OperatorSpec, ProgramSpec, RainstormEvent, StageCounts,
 };
@@ -56,6 +56,9 @@ impl JobProgress {
         }
     }
 }
+
+/// Numbers the local copies of HyDFS programs being hashed, so that concurrent ones differ.
+static NEXT_FETCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Runs a RainStorm command, sending results and notes to `out` as they come.
 pub async fn run(
@@ -105,12 +108,21 @@ async fn resolve(
     let Some((program, args)) = words.split_first() else { return Err("empty operator".into()) };
     if let Some(name) = program.strip_prefix("hydfs:") {
         let name = FileName::new(name).map_err(|e| format!("bad HyDFS name `{name}`: {e}"))?;
-        let bytes = match submit(handle, ClientOp::Get { name: name.clone() }).await {
-            Ok(OpOutput::Content { bytes, .. }) => bytes,
-            Ok(other) => return Err(format!("unexpected answer reading {name}: {other:?}")),
-            Err(e) => return Err(format!("cannot read program {name} from HyDFS: {e}")),
-        };
-        let sha256 = crate::programs::sha256_hex(&bytes);
+        // Hashed from a local copy fetched chunk by chunk (bounded memory), then removed.
+        let n = NEXT_FETCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = handle.data_dir.join(format!(".program-{}-{n}.tmp", std::process::id()));
+        let hashed = async {
+            crate::files::download_file(handle.sender(), name.clone(), &tmp)
+                .await
+                .map_err(|e| format!("cannot read program {name} from HyDFS: {e}"))?;
+            let p = tmp.clone();
+            tokio::task::spawn_blocking(move || crate::files::sha256_file(&p))
+                .await
+                .map_err(|e| format!("hashing program {name} failed: {e}"))?
+        }
+        .await;
+        let _ = tokio::fs::remove_file(&tmp).await;
+        let (sha256, _) = hashed?;
         return Ok(OperatorSpec::Program(ProgramSpec {
             file: name.to_string(),
             sha256,
@@ -118,22 +130,31 @@ async fn resolve(
         }));
     }
     let path = cwd.join(program);
-    let bytes = match tokio::fs::read(&path).await {
-        Ok(bytes) => bytes,
+    match tokio::fs::metadata(&path).await {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return Err(format!("{} is not a regular file", path.display())),
         Err(e) if !program.contains('/') && e.kind() == std::io::ErrorKind::NotFound => {
             return Err(format!("`{word}` is not a built-in operator ({builtin_error}), nor a program file"));
         }
         Err(e) => return Err(format!("cannot read program {}: {e}", path.display())),
-    };
+    }
     if !is_executable(&path) {
         return Err(format!("{} is not executable (chmod +x it)", path.display()));
     }
-    let sha256 = crate::programs::sha256_hex(&bytes);
+    // Described part by part and hashed in one pass, then uploaded part by part: a program of
+    // any size takes a bounded amount of memory.
+    let (chunk, limit) = (handle.chunk_bytes, handle.max_write_bytes);
+    let p = path.clone();
+    let progress = std::sync::Arc::new(crate::files::Progress::default());
+    let (source, sha256) =
+        tokio::task::spawn_blocking(move || crate::files::describe_hashed(&p, chunk, limit, progress))
+            .await
+            .map_err(|e| format!("reading {} failed: {e}", path.display()))??;
     let base = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "program".into());
     let base: String =
         base.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
     let name = FileName::new(&format!("ops/{base}-{}", &sha256[..16])).map_err(|e| e.to_string())?;
-    match submit(handle, ClientOp::Create { name: name.clone(), data: bytes }).await {
+    match submit(handle, ClientOp::Upload { name: name.clone(), kind: WriteKind::Create, source }).await {
         Ok(_) => {
             let _ = out.send(Streamed::Note(format!("uploaded {} to HyDFS as {name}", path.display())));
         }

@@ -17,7 +17,7 @@
 //!   lines are quoted in the failure.
 
 use crate::driver::Input;
-use rainstorm_core::hydfs::{ClientOp, FileName, OpOutput};
+use rainstorm_core::hydfs::FileName;
 use rainstorm_core::rainstorm::{Attempt, JobId, Output, ProgramCall, ProgramResult, ProgramSpec, TaskId};
 use rainstorm_operator::{
     decode_line, decode_ready, encode_line, BatchReply, BatchRequest, Hello, ProtocolError, WireTuple,
@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 /// Limits of operator programs.
@@ -202,43 +202,56 @@ async fn fetch(ctx: &Ctx, program: &ProgramSpec) -> Result<PathBuf, String> {
     };
     let _guard = lock.lock().await;
     let path = ctx.cache.join(&program.sha256);
-    if let Ok(bytes) = tokio::fs::read(&path).await {
-        if sha256_hex(&bytes) == program.sha256 {
+    if path.is_file() {
+        if hash_of(&path).await.is_ok_and(|(h, _)| h == program.sha256) {
             return Ok(path);
         }
         warn!(event = "program_cache_bad", path = %path.display(), "cached program does not match its hash; fetching it again");
     }
     let name = FileName::new(&program.file).map_err(|e| format!("bad program file name: {e}"))?;
-    let (reply, rx) = oneshot::channel();
-    let op = ClientOp::Get { name };
-    ctx.node
-        .send(Input::Submit { op, sink: None, reply })
-        .await
-        .map_err(|_| "node is stopping".to_owned())?;
-    let bytes = match rx.await.map_err(|_| "node is stopping".to_owned())? {
-        Ok(OpOutput::Content { bytes, .. }) => bytes,
-        Ok(other) => return Err(format!("unexpected answer fetching {}: {other:?}", program.file)),
-        Err(e) => return Err(format!("cannot fetch {} from HyDFS: {e}", program.file)),
-    };
-    if bytes.len() as u64 > ctx.limits.max_program_bytes {
-        return Err(format!("{} is {} bytes, over the limit", program.file, bytes.len()));
-    }
-    let found = sha256_hex(&bytes);
-    if found != program.sha256 {
-        return Err(format!(
-            "{} in HyDFS hashes to {found}, not {}: refusing to run it",
-            program.file, program.sha256
-        ));
-    }
     tokio::fs::create_dir_all(&ctx.cache)
         .await
         .map_err(|e| format!("cannot create the program cache: {e}"))?;
+    // Fetched chunk by chunk into a file beside its place in the cache, checked, then moved in:
+    // a program of any size takes a bounded amount of memory.
     let tmp = ctx.cache.join(format!("{}.{}.tmp", program.sha256, std::process::id()));
-    tokio::fs::write(&tmp, &bytes).await.map_err(|e| format!("cannot cache the program: {e}"))?;
-    make_executable(&tmp).await.map_err(|e| format!("cannot make the program executable: {e}"))?;
-    tokio::fs::rename(&tmp, &path).await.map_err(|e| format!("cannot cache the program: {e}"))?;
-    info!(event = "program_fetched", file = %program.file, hash = program.short_hash(), bytes = bytes.len(), "fetched operator program {} ({} bytes)", program.file, bytes.len());
-    Ok(path)
+    let result = async {
+        crate::files::download_file(&ctx.node, name, &tmp)
+            .await
+            .map_err(|e| format!("cannot fetch {} from HyDFS: {e}", program.file))?;
+        let (found, len) = hash_of(&tmp).await?;
+        if len > ctx.limits.max_program_bytes {
+            return Err(format!("{} is {len} bytes, over the limit", program.file));
+        }
+        if found != program.sha256 {
+            return Err(format!(
+                "{} in HyDFS hashes to {found}, not {}: refusing to run it",
+                program.file, program.sha256
+            ));
+        }
+        make_executable(&tmp).await.map_err(|e| format!("cannot make the program executable: {e}"))?;
+        tokio::fs::rename(&tmp, &path).await.map_err(|e| format!("cannot cache the program: {e}"))?;
+        Ok(len)
+    }
+    .await;
+    match result {
+        Ok(len) => {
+            info!(event = "program_fetched", file = %program.file, hash = program.short_hash(), bytes = len, "fetched operator program {} ({len} bytes)", program.file);
+            Ok(path)
+        }
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            Err(e)
+        }
+    }
+}
+
+/// The SHA-256 and length of a local file, read a chunk at a time off the async threads.
+async fn hash_of(path: &Path) -> Result<(String, u64), String> {
+    let p = path.to_path_buf();
+    tokio::task::spawn_blocking(move || crate::files::sha256_file(&p))
+        .await
+        .map_err(|e| format!("hashing {} failed: {e}", path.display()))?
 }
 
 #[cfg(unix)]

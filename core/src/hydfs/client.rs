@@ -86,10 +86,14 @@ pub enum ClientOp {
         name: FileName,
         data: Vec<u8>,
     },
+    /// The whole file in one buffer ([`OpOutput::Content`]). Its memory grows with the file:
+    /// for small files and internal reads (a task's journal). A user's whole-file read goes
+    /// through [`ClientOp::Download`] (or [`ClientOp::Meta`] and [`ClientOp::ReadPart`]).
     Get {
         name: FileName,
     },
-    /// One replica's current copy, without fail-over or cache.
+    /// One replica's current copy, without fail-over or cache (buffered like
+    /// [`ClientOp::Get`]).
     GetFromReplica {
         name: FileName,
         replica: NodeAddr,
@@ -119,7 +123,7 @@ pub enum ClientOp {
         replica: Option<NodeAddr>,
     },
     /// A get that skips this node's read cache: for files that other nodes write (a task's
-    /// journal read by the node that takes the task over).
+    /// journal read by the node that takes the task over). Buffered like [`ClientOp::Get`].
     GetLatest {
         name: FileName,
     },
@@ -986,6 +990,8 @@ impl Hydfs {
             Err(r) => return self.refusal(now, id, from, r),
         };
         let (window, chunk_bytes) = (self.cfg.read_window.max(1), self.cfg.chunk_bytes.max(1) as u64);
+        // The cache takes a file only up to a quarter of its capacity: one file never evicts most
+        // of it, and a larger file is never copied for it.
         let cacheable = self.client.cache.capacity() / 4;
         let timeout = self.cfg.request_timeout;
         let Some(op) = self.client.ops.get_mut(&id) else { return };
@@ -1064,7 +1070,7 @@ impl Hydfs {
             }
             return;
         }
-        let (stream, cache_it, len) = (*stream, pinned.is_none() && *keep, *done);
+        let (stream, cache_it, len) = (*stream, pinned.is_none() && *keep && *total <= cacheable, *done);
         let bytes = std::mem::take(buf);
         let writes = std::mem::take(writes);
         let set: BTreeSet<Stamp> = writes.iter().copied().collect();

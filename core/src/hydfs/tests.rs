@@ -1078,3 +1078,23 @@ fn a_client_cut_off_during_a_delete_reads_the_new_file_of_the_name() {
     assert_eq!(content(net.run(k, ClientOp::Get { name: f.clone() })), b"new\n");
     assert!(net.run(k, ClientOp::Meta { name: f.clone() }).is_ok());
 }
+
+#[test]
+fn the_read_cache_takes_only_files_it_can_afford() {
+    let cfg =
+        HydfsConfig { chunk_bytes: 1024, inline_bytes: 512, cache_bytes: 4096, ..HydfsConfig::default() };
+    let mut net = Net::with_config(4, cfg);
+    let (small, big) = (name("small"), name("big"));
+    assert!(net.run(0, ClientOp::Create { name: small.clone(), data: vec![b's'; 1000] }).is_ok());
+    assert!(net.run(0, ClientOp::Create { name: big.clone(), data: vec![b'b'; 3000] }).is_ok());
+    for _ in 0..2 {
+        assert_eq!(content(net.run(1, ClientOp::Get { name: big.clone() })).len(), 3000);
+    }
+    assert_eq!(net.nodes[1].client.cache.used_bytes(), 0, "3000 bytes is over a quarter of the cache");
+    assert_eq!((net.nodes[1].stats().cache_hits, net.nodes[1].stats().cache_misses), (0, 2));
+    for _ in 0..2 {
+        assert_eq!(content(net.run(1, ClientOp::Get { name: small.clone() })).len(), 1000);
+    }
+    assert_eq!(net.nodes[1].client.cache.used_bytes(), 1000);
+    assert_eq!(net.nodes[1].stats().cache_hits, 1, "the small file is served from the cache");
+}
