@@ -51,6 +51,8 @@ pub enum CheckerKind {
     RainstormBounded,
     /// RainStorm tasks sent more batches than coalescing allows.
     RainstormCoalescing,
+    /// A finished job's own files (its checkpoint log) were still in HyDFS long after it ended.
+    RainstormCleanup,
     Wire,
 }
 
@@ -83,6 +85,7 @@ impl fmt::Display for CheckerKind {
             CheckerKind::RainstormLiveness => "rainstorm-liveness",
             CheckerKind::RainstormBounded => "rainstorm-bounded",
             CheckerKind::RainstormCoalescing => "rainstorm-coalescing",
+            CheckerKind::RainstormCleanup => "rainstorm-cleanup",
         })
     }
 }

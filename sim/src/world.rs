@@ -363,6 +363,18 @@ impl<A: Actor> World<A> {
                 }
             }
             r.finish(self.now, &state);
+            let mut held = Vec::new();
+            for (slot, s) in self.slots.iter().enumerate() {
+                if let Process::Up(a) | Process::Paused(a, _) = &s.process {
+                    let files = a.hydfs().map(|h| h.store().files().keys().cloned().collect::<Vec<_>>());
+                    for name in files.unwrap_or_default() {
+                        if name.as_str().starts_with("rainstorm/") {
+                            held.push((slot, name.as_str().to_owned()));
+                        }
+                    }
+                }
+            }
+            r.check_cleanup(self.now, &held);
         }
         self.collect_hydfs_violations();
         let (trace_hash, trace_lines) = self.trace.finish();

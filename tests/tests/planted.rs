@@ -291,6 +291,11 @@ mod rainstorm {
     }
 
     #[test]
+    fn job_files_left_behind_are_caught_by_the_cleanup_check() {
+        first_caught(PlantedBug::KeepsJobFiles, &[CheckerKind::RainstormCleanup]);
+    }
+
+    #[test]
     fn batches_not_coalesced_are_caught_by_the_batch_count() {
         use rainstorm_sim::named::coalescing_scenario;
         let clean = coalescing_scenario();

@@ -129,16 +129,19 @@ pub enum PlantedBug {
     /// Sources read their whole range ahead instead of `read_ahead` parts: memory grows with
     /// the input.
     UnboundedReadAhead,
+    /// The leader leaves a finished job's checkpoint log in HyDFS.
+    KeepsJobFiles,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 6] = [
+    pub const ALL: [PlantedBug; 7] = [
         PlantedBug::CommitBeforeComplete,
         PlantedBug::SourceSkipsALine,
         PlantedBug::SinkTakesOldAttempts,
         PlantedBug::StateFromOlderCheckpoint,
         PlantedBug::NoCoalescing,
         PlantedBug::UnboundedReadAhead,
+        PlantedBug::KeepsJobFiles,
     ];
 
     pub fn name(self) -> &'static str {
@@ -149,6 +152,7 @@ impl PlantedBug {
             PlantedBug::StateFromOlderCheckpoint => "state-from-older-checkpoint",
             PlantedBug::NoCoalescing => "no-coalescing",
             PlantedBug::UnboundedReadAhead => "unbounded-read-ahead",
+            PlantedBug::KeepsJobFiles => "keeps-job-files",
         }
     }
 

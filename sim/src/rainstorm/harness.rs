@@ -518,6 +518,23 @@ impl RainstormHarness {
         }
     }
 
+    /// How long after a job completes its own files may still be held somewhere (the delete
+    /// reaches every replica, and copies that missed it learn of it from the others).
+    pub const CLEANUP_GRACE_MS: u64 = 30_000;
+
+    /// The end of the run: a job that completed, with its leader alive, must have deleted its
+    /// own files (`held`: the files under `rainstorm/` each node up holds).
+    pub fn check_cleanup(&mut self, now: Time, held: &[(Slot, String)]) {
+        let crashed = self.w.leader_crash_ms.is_some_and(|t| t <= now.0);
+        let Some(done) = self.stats.completed_ms else { return };
+        if crashed || self.leader_lost || done + Self::CLEANUP_GRACE_MS > now.0 || held.is_empty() {
+            return;
+        }
+        let files: Vec<String> = held.iter().map(|(slot, name)| format!("n{slot}: {name}")).collect();
+        let why = format!("the job completed at {done} ms and its files are still held: {}", files.join(", "));
+        self.violations.push((now, CheckerKind::RainstormCleanup, why));
+    }
+
     /// The end of the run: a job that should have completed and did not is a liveness failure.
     pub fn finish(&mut self, now: Time, state: &[String]) {
         if self.phase == Phase::Judged {
