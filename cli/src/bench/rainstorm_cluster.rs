@@ -5,7 +5,8 @@
 //! side with
 //!
 //! * the ceiling: the same pipeline in one process (the built-in operators, which compute the
-//!   same outputs), no distribution, no journal, no logging, timed in the same run;
+//!   same outputs), no distribution, no journal, no logging, timed in the same run, and next to
+//!   it a plain single-threaded Python loop doing the same on the same file ([`super::ceiling`]);
 //! * the same job with two workers (the hosts of two stage-1 tasks) killed with SIGKILL 1.5 s in
 //!   (or 40% into a job that took under 3.75 s without kills), on a cluster of its own.
 //!
@@ -18,6 +19,7 @@
 //! (children of the nodes) against the job's wall time; peak RSS of the node processes; and
 //! whether the destination file equals the ceiling's outputs exactly (a multiset of lines).
 
+use super::ceiling;
 use super::hydfs_cluster::proc_kib;
 use anyhow::{anyhow, bail, Context, Result};
 use rainstorm_apps::gen_signs::{generate, Pools};
@@ -25,7 +27,6 @@ use rainstorm_cli::cluster::{this_tool, ClusterArgs, LocalCluster};
 use rainstorm_cli::demo::{
     count_lines, program_word, programs_dir, spawn_command, started_job, victims, Diff,
 };
-use rainstorm_core::rainstorm::{dest_line, reference, OperatorSpec};
 use rainstorm_runtime::control;
 use rainstorm_runtime::jobs::Streamed;
 use std::collections::BTreeMap;
@@ -44,10 +45,12 @@ pub struct Plan {
     pub batch_lines: u32,
     /// Task counts at which the killed variant runs too.
     pub kill_tasks: Vec<u32>,
+    /// Only the ceiling and the Python loop: no cluster.
+    pub ceiling_only: bool,
 }
 
 impl Plan {
-    pub fn new(quick: bool, sizes: Option<Vec<u64>>, batch_lines: Option<u32>) -> Plan {
+    pub fn new(quick: bool, sizes: Option<Vec<u64>>, batch_lines: Option<u32>, ceiling_only: bool) -> Plan {
         let default_sizes = if quick { vec![10_000] } else { vec![10_000, 100_000, 1_000_000] };
         Plan {
             sizes: sizes.unwrap_or(default_sizes),
@@ -55,6 +58,7 @@ impl Plan {
             batch_lines: batch_lines
                 .unwrap_or(rainstorm_core::rainstorm::RainstormConfig::default().batch_lines),
             kill_tasks: vec![3],
+            ceiling_only,
         }
     }
 }
@@ -63,6 +67,8 @@ struct App {
     name: &'static str,
     programs: [(&'static str, &'static str); 2],
     builtins: [&'static str; 2],
+    /// The Python loop's application and argument.
+    python: (&'static str, &'static str),
 }
 
 const APPS: [App; 2] = [
@@ -70,11 +76,13 @@ const APPS: [App; 2] = [
         name: "app1",
         programs: [("app1-filter", "Streetlight"), ("app1-project", "")],
         builtins: ["grep:Streetlight", "project:OBJECTID,Sign_Type"],
+        python: ("app1", "Streetlight"),
     },
     App {
         name: "app2",
         programs: [("app2-filter", "'Punched Telespar'"), ("app2-count", "")],
         builtins: ["column:Sign_Post=Punched Telespar", "count:Category"],
+        python: ("app2", "Punched Telespar"),
     },
 ];
 
@@ -96,16 +104,25 @@ struct Row {
 }
 
 pub fn run(plan: Plan) -> Result<()> {
-    let bin = programs_dir()?;
     let root = std::env::temp_dir().join(format!("rainstorm-bench-rs-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root)?;
-    println!(
-        "# RainStorm on a {NODES}-process loopback cluster: sizes {:?} lines, tasks per stage {:?}, batch {} lines",
-        plan.sizes, plan.tasks, plan.batch_lines
-    );
+    if plan.ceiling_only {
+        println!(
+            "# RainStorm's in-process ceiling against a plain Python loop: sizes {:?} lines",
+            plan.sizes
+        );
+    } else {
+        println!(
+            "# RainStorm on a {NODES}-process loopback cluster: sizes {:?} lines, tasks per stage {:?}, batch {} lines",
+            plan.sizes, plan.tasks, plan.batch_lines
+        );
+    }
     println!("(work files in {}; removed at the end)", root.display());
-    let mut cluster = start(&root, "cluster", BASE_PORT, plan.batch_lines)?;
+    let mut cluster = match plan.ceiling_only {
+        true => None,
+        false => Some((programs_dir()?, start(&root, "cluster", BASE_PORT, plan.batch_lines)?)),
+    };
     let pools = Pools::traffic_signs();
     let mut rows = Vec::new();
     let mut ceilings = Vec::new();
@@ -115,15 +132,16 @@ pub fn run(plan: Plan) -> Result<()> {
         generate(&pools, size, 1, &mut bytes).context("generating the input")?;
         std::fs::write(&local, &bytes)?;
         let src = format!("bench/signs-{size}.csv");
-        cluster.ctl(LEADER, &format!("create {} {src}", local.display()))?;
+        if let Some((_, cluster)) = &mut cluster {
+            cluster.ctl(LEADER, &format!("create {} {src}", local.display()))?;
+        }
         for app in &APPS {
-            let spec = |s: &str| OperatorSpec::parse(s).map_err(|e| anyhow!("{s}: {e}"));
-            let (op1, op2) = (spec(app.builtins[0])?, spec(app.builtins[1])?);
-            let t = Instant::now();
-            let out = reference::run(&src, &bytes, &op1, &op2).map_err(|e| anyhow!("reference: {e}"))?;
-            let ceiling = t.elapsed().as_secs_f64();
-            let expected = count_lines(out.iter().map(|t| dest_line(t).trim_end_matches('\n').to_owned()));
-            ceilings.push((app.name, size, ceiling, out.len()));
+            let measured = ceiling::measure(&root, &src, &local, &bytes, app.builtins, app.python)?;
+            print_ceiling(app.name, size, &measured);
+            let ceiling = measured.ceiling_secs;
+            ceilings.push((app.name, size, measured.outputs, ceiling, measured.python.clone()));
+            let expected = &measured.expected;
+            let Some((bin, cluster)) = &mut cluster else { continue };
             for &tasks in &plan.tasks {
                 let kills: &[bool] = if plan.kill_tasks.contains(&tasks) { &[false, true] } else { &[false] };
                 for &kill in kills {
@@ -135,12 +153,12 @@ pub fn run(plan: Plan) -> Result<()> {
                         // 1.5 s in, or 40% into a job that takes less than 3.75 s without kills.
                         let unkilled = rows.last().map_or(f64::INFINITY, |r: &Row| r.secs);
                         let at = KILL_AFTER.min(Duration::from_secs_f64((unkilled * 0.4).max(0.05)));
-                        let row = run_job(&mut own, &root, &bin, app, &src, size, tasks, Some(at), &expected);
+                        let row = run_job(&mut own, &root, bin, app, &src, size, tasks, Some(at), expected);
                         own.stop();
                         let _ = std::fs::remove_dir_all(root.join("kills"));
                         row?
                     } else {
-                        run_job(&mut cluster, &root, &bin, app, &src, size, tasks, None, &expected)?
+                        run_job(cluster, &root, bin, app, &src, size, tasks, None, expected)?
                     };
                     print_row(&row, ceiling);
                     rows.push(row);
@@ -148,11 +166,34 @@ pub fn run(plan: Plan) -> Result<()> {
             }
         }
     }
-    cluster.stop();
+    if let Some((_, mut cluster)) = cluster {
+        cluster.stop();
+    }
     println!();
     print_table(&rows, &ceilings);
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
+}
+
+/// One ceiling against its Python loop, as soon as it is measured.
+fn print_ceiling(app: &str, lines: u64, m: &ceiling::Measured) {
+    let rate = |secs: f64| lines as f64 / secs;
+    match &m.python {
+        Some((py, same)) => eprintln!(
+            "{app} {lines} lines: ceiling {:.3} s ({:.0} lines/s), Python {:.3} s ({:.0} lines/s): {:.2}x Python{}",
+            m.ceiling_secs,
+            rate(m.ceiling_secs),
+            py,
+            rate(*py),
+            py / m.ceiling_secs,
+            if same.is_ok() { "" } else { " (Python's outputs differ)" }
+        ),
+        None => eprintln!(
+            "{app} {lines} lines: ceiling {:.3} s ({:.0} lines/s); no python3 for the side-by-side",
+            m.ceiling_secs,
+            rate(m.ceiling_secs)
+        ),
+    }
 }
 
 /// A fresh 10-node cluster under `root/name`, tracing outputs.
@@ -380,14 +421,41 @@ fn print_row(r: &Row, ceiling: f64) {
     );
 }
 
-fn print_table(rows: &[Row], ceilings: &[(&str, u64, f64, usize)]) {
-    println!("## Ceiling: the same operators in one process (no distribution, no journal, no logging)");
-    println!("| app | lines | outputs | s | lines/s |");
-    println!("|---|---:|---:|---:|---:|");
-    for (app, lines, s, outs) in ceilings {
-        println!("| {app} | {lines} | {outs} | {s:.3} | {:.0} |", *lines as f64 / s);
+/// An application's ceiling on one input: (app, lines, outputs, median s, Python's median s and
+/// whether its outputs are the same).
+type Ceiling = (&'static str, u64, usize, f64, Option<(f64, Result<(), String>)>);
+
+fn print_table(rows: &[Row], ceilings: &[Ceiling]) {
+    println!(
+        "## Ceiling: the same operators in one process (no distribution, no journal, no logging), \
+         against a plain single-threaded Python loop (csv module) on the same file; medians of {} runs",
+        ceiling::RUNS
+    );
+    println!("| app | lines | outputs | ceiling s | ceiling lines/s | Python s | Python lines/s | ceiling / Python | Python's outputs |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    for (app, lines, outs, s, python) in ceilings {
+        let rate = |secs: f64| *lines as f64 / secs;
+        let (py_s, py_rate, ratio, same) = match python {
+            Some((py, same)) => (
+                format!("{py:.3}"),
+                format!("{:.0}", rate(*py)),
+                format!("{:.2}x", py / s),
+                match same {
+                    Ok(()) => "the same".to_owned(),
+                    Err(e) => format!("differ: {e}"),
+                },
+            ),
+            None => ("-".into(), "-".into(), "-".into(), "no python3".into()),
+        };
+        println!(
+            "| {app} | {lines} | {outs} | {s:.3} | {:.0} | {py_s} | {py_rate} | {ratio} | {same} |",
+            rate(*s)
+        );
     }
     println!();
+    if rows.is_empty() {
+        return;
+    }
     println!("## Jobs on the cluster (operator programs, exactly-once on)");
     println!(
         "| app | lines | tasks | kills | job s | lines/s | outputs/s | vs ceiling | p50 ms | p99 ms | node CPU s | program CPU s | idle | max node RSS MiB | restarts | exact |"
@@ -396,8 +464,8 @@ fn print_table(rows: &[Row], ceilings: &[(&str, u64, f64, usize)]) {
     for r in rows {
         let ceiling = ceilings
             .iter()
-            .find(|(a, l, _, _)| *a == r.app && *l == r.lines)
-            .map_or(f64::NAN, |(_, l, s, _)| *l as f64 / s);
+            .find(|(a, l, ..)| *a == r.app && *l == r.lines)
+            .map_or(f64::NAN, |(_, l, _, s, _)| *l as f64 / s);
         let rate = r.lines as f64 / r.secs;
         // Wall time not covered by CPU on the 2 cores: waiting (round trips, fsyncs, windows).
         let busy = (r.node_cpu + r.program_cpu) / (r.secs * cores());
