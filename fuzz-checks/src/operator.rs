@@ -11,7 +11,7 @@
 use rainstorm_core::rainstorm::operator::MAX_PATTERN_LEN;
 use rainstorm_core::rainstorm::{OperatorSpec, StageOp, Tuple};
 use rainstorm_operator::{
-    decode_line, decode_ready, encode_line, BatchReply, BatchRequest, Ready, WireTuple,
+    decode_line, decode_ready, encode_line, BatchReply, BatchRequest, Hello, Ready, WireTuple,
 };
 use rainstorm_runtime::programs::{parse_reply, read_line};
 use std::future::Future;
@@ -93,12 +93,13 @@ fn next_line(stdout: &mut &[u8]) -> Option<Vec<u8>> {
 
 fn program_stdout(mut stdout: &[u8]) {
     let Some(first) = next_line(&mut stdout) else { return };
-    let ready = match decode_ready(&first) {
+    let hello = Hello::v1_only("s1-t0", None);
+    let ready = match decode_ready(&first, &hello) {
         Ok(ready) => ready,
         Err(e) => return assert!(!e.to_string().is_empty()),
     };
     let line = encode_line(&ready, MAX_LINE_BYTES).expect("a handshake answer encodes");
-    assert_eq!(decode_ready(&line[..line.len() - 1]), Ok(ready));
+    assert_eq!(decode_ready(&line[..line.len() - 1], &hello), Ok(ready));
     assert_eq!(ready, Ready::new(ready.stateful));
     let mut batch = 0;
     while let Some(line) = next_line(&mut stdout) {

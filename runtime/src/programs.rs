@@ -21,7 +21,7 @@ use rainstorm_core::hydfs::{ClientOp, FileName, OpOutput};
 use rainstorm_core::rainstorm::{Epoch, JobId, Output, ProgramCall, ProgramResult, ProgramSpec, TaskId};
 use rainstorm_operator::{
     decode_line, decode_ready, encode_line, BatchReply, BatchRequest, Hello, ProtocolError, WireTuple,
-    DEFAULT_MAX_LINE_BYTES,
+    DEFAULT_MAX_MESSAGE_BYTES,
 };
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -52,7 +52,7 @@ impl Default for ProgramLimits {
         ProgramLimits {
             start_timeout: Duration::from_secs(10),
             batch_timeout: Duration::from_secs(30),
-            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+            max_line_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_program_bytes: 256 << 20,
         }
     }
@@ -287,12 +287,12 @@ impl Process {
         }
         info!(event = "program_started", task = %ctx.label, program = %call.program.file, pid = child.id().unwrap_or(0), "{}: started operator program {}", ctx.label, call.program.file);
         let mut p = Process { child, stdin: Some(stdin), stdout, stateful: false, stderr };
-        let hello = Hello::new(call.task.to_string(), call.header.clone());
+        let hello = Hello::v1_only(call.task.to_string(), call.header.clone());
         let limit = ctx.limits.max_line_bytes;
         let started = async {
             p.write(&encode_line(&hello, limit)?).await?;
             let line = read_line(&mut p.stdout, limit).await?;
-            decode_ready(&line)
+            decode_ready(&line, &hello)
         };
         let ready = match tokio::time::timeout(ctx.limits.start_timeout, started).await {
             Ok(Ok(ready)) => ready,
