@@ -527,6 +527,26 @@ mod tests {
         assert_eq!(kept[..kept.len() - 4], expected[..]);
     }
 
+    fn hex(text: &str) -> Vec<u8> {
+        text.split_whitespace().map(|b| u8::from_str_radix(b, 16).expect("hex")).collect()
+    }
+
+    /// The example session of `docs/OPERATORS.md`, byte for byte (its CRCs were computed
+    /// independently of this crate).
+    #[test]
+    fn the_documented_example_frames() {
+        let request_hex =
+            "52 53 02 01 2e 00 00 00 01 00 00 00 00 00 00 00 02 00 00 00 01 00 00 00 61 01 00 00 00 78 \
+                       01 00 00 00 62 01 00 00 00 79 01 00 00 00 01 00 00 00 61 01 00 00 00 34 44 b4 cb d4";
+        assert_eq!(request(1, &[("a", "x"), ("b", "y")], &[("a", "4")]), hex(request_hex));
+        let reply_hex =
+            "52 53 02 02 2a 00 00 00 01 00 00 00 00 00 00 00 02 00 00 00 01 00 00 00 03 01 00 00 00 \
+                     01 02 00 00 00 79 21 01 00 00 00 01 00 00 00 61 01 00 00 00 35 9f 71 db 9d";
+        let lists = [vec![out(None, None)], vec![out(None, Some("y!"))]];
+        assert_eq!(reply(1, &lists, &[("a", "5")]), hex(reply_hex));
+        assert_eq!(crc32c::crc32c(b"123456789"), 0xe306_9283, "CRC32C's check value");
+    }
+
     #[test]
     fn a_kept_tuple_costs_one_byte_more_than_a_dropped_one() {
         let empty = reply(1, &[vec![]], &[]).len();
