@@ -163,10 +163,11 @@ fn program_frames(mut stdout: &[u8], stateful: bool) {
         key: key.to_owned(),
         value: value.to_owned(),
     };
-    let tuples = [tuple(1, "a", "1,x"), tuple(2, "b", "2,y"), tuple(3, "a", "3,z")];
+    let batch_tuples = [tuple(1, "a", "1,x"), tuple(2, "b", "2,y"), tuple(3, "a", "3,z")];
     let mut batch = 0;
     while let Some(payload) = next_frame(&mut stdout) {
         batch += 1;
+        let mut tuples = batch_tuples.clone();
         let _ = decode_request(&payload);
         if let Ok(view) = decode_reply(&payload) {
             let mut again = Vec::new();
@@ -177,12 +178,21 @@ fn program_frames(mut stdout: &[u8], stateful: bool) {
             assert_eq!(header.check(&again), Ok(()));
             assert_eq!(again[HEADER_BYTES..again.len() - TRAILER_BYTES], payload[..], "re-encodes the same");
         }
-        match parse_reply_v2(&payload, batch, &tuples, stateful) {
+        match parse_reply_v2(&payload, batch, &mut tuples, stateful) {
             Ok(result) => {
-                assert_eq!(result.outputs.len(), tuples.len());
+                assert_eq!(result.outputs.len(), batch_tuples.len());
                 assert!(stateful || result.state.is_empty(), "state from a stateless program");
                 for key in result.state.keys() {
-                    assert!(tuples.iter().any(|t| t.key == *key), "state of a foreign key {key:?}");
+                    assert!(batch_tuples.iter().any(|t| t.key == *key), "state of a foreign key {key:?}");
+                }
+                let view = decode_reply(&payload).expect("it was parsed");
+                for ((list, outputs), t) in view.lists().zip(&result.outputs).zip(&batch_tuples) {
+                    for (o, out) in list.iter().zip(outputs) {
+                        assert_eq!(
+                            (o.key_or(&t.key), o.value_or(&t.value)),
+                            (out.key.as_str(), out.value.as_str())
+                        );
+                    }
                 }
             }
             Err(e) => assert!(!e.to_string().is_empty()),

@@ -210,7 +210,7 @@ impl Conversation {
                 self.session.extend(result.state.iter().map(|(k, v)| (k.clone(), v.clone())));
                 Ok(result)
             }
-            Sent::V2(batch) => parse_reply_v2(&message, front.batch, &batch.tuples, self.stateful()),
+            Sent::V2(mut batch) => parse_reply_v2(&message, front.batch, &mut batch.tuples, self.stateful()),
         }
     }
 
@@ -240,25 +240,39 @@ pub fn parse_reply_v1(line: &[u8], request: &BatchRequest) -> Result<ProgramResu
 }
 
 /// A version 2 reply (a frame's payload) to batch `batch` of `tuples`, checked
-/// ([`rainstorm_operator::frame::ReplyView::check`]), as the batch's result: outputs that reuse
-/// their input's key or value get a copy of it.
+/// ([`rainstorm_operator::frame::ReplyView::check`]), as the batch's result. An output that
+/// reuses its input's key or value gets it moved out of `tuples` when it is the last one of its
+/// list to use it, a copy otherwise: a kept tuple costs no copy, and `tuples` is left without
+/// what was moved.
 pub fn parse_reply_v2(
     payload: &[u8],
     batch: u64,
-    tuples: &[Tuple],
+    tuples: &mut [Tuple],
     stateful: bool,
 ) -> Result<ProgramResult, ProtocolError> {
     let view = decode_reply(payload)?;
     view.check(batch, tuples.iter().map(|t| t.key.as_str()), stateful)?;
-    let outputs = (view.lists().zip(tuples))
-        .map(|(list, t)| {
-            let output = |o: &rainstorm_operator::frame::OutputRef| Output {
-                key: o.key_or(&t.key).to_owned(),
-                value: o.value_or(&t.value).to_owned(),
-            };
-            list.iter().map(output).collect()
-        })
-        .collect();
+    let mut outputs = Vec::with_capacity(tuples.len());
+    for (list, t) in view.lists().zip(tuples.iter_mut()) {
+        let mut keys_left = list.iter().filter(|o| o.key.is_none()).count();
+        let mut values_left = list.iter().filter(|o| o.value.is_none()).count();
+        let reuse = |given: Option<&str>, input: &mut String, left: &mut usize| match given {
+            Some(text) => text.to_owned(),
+            None => {
+                *left -= 1;
+                if *left == 0 {
+                    std::mem::take(input)
+                } else {
+                    input.clone()
+                }
+            }
+        };
+        let list = list.iter().map(|o| Output {
+            key: reuse(o.key, &mut t.key, &mut keys_left),
+            value: reuse(o.value, &mut t.value, &mut values_left),
+        });
+        outputs.push(list.collect());
+    }
     let state = view.state.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     Ok(ProgramResult { outputs, state })
 }

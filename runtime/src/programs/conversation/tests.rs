@@ -124,6 +124,28 @@ async fn version_2_sends_a_window_of_batches_and_resolves_echoed_outputs() {
     assert_eq!(c.next_result().await.expect("a result").outputs, [vec![], vec![]]);
 }
 
+#[test]
+fn outputs_reusing_an_input_take_it_once_and_copy_it_before() {
+    let mut tuples = vec![tuple(1, "a", "row a"), tuple(2, "b", "row b")];
+    let key_twice =
+        vec![OutputRef { key: None, value: Some("1") }, OutputRef { key: None, value: Some("2") }];
+    let frame = reply_frame(9, &[kept(), key_twice], &[]);
+    let payload = &frame[HEADER_BYTES..frame.len() - TRAILER_BYTES];
+    let result = parse_reply_v2(payload, 9, &mut tuples, false).expect("a valid reply");
+    let pairs: Vec<Vec<(&str, &str)>> = result
+        .outputs
+        .iter()
+        .map(|l| l.iter().map(|o| (o.key.as_str(), o.value.as_str())).collect())
+        .collect();
+    assert_eq!(pairs, [vec![("a", "row a")], vec![("b", "1"), ("b", "2")]]);
+    assert_eq!((tuples[0].key.as_str(), tuples[0].value.as_str()), ("", ""), "moved out");
+    assert_eq!(
+        (tuples[1].key.as_str(), tuples[1].value.as_str()),
+        ("", "row b"),
+        "the key moved, the value unused"
+    );
+}
+
 #[tokio::test]
 async fn version_2_forwards_state_entries_as_they_come() {
     let (mut c, mut p) = talk(V2_STATEFUL, 4).await;
