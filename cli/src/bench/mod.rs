@@ -28,6 +28,7 @@ mod foca_actor;
 mod hydfs;
 mod hydfs_cluster;
 mod membership;
+mod program_pipes;
 mod rainstorm;
 mod rainstorm_cluster;
 

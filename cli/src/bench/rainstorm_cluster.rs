@@ -7,6 +7,8 @@
 //! * the ceiling: the same pipeline in one process (the built-in operators, which compute the
 //!   same outputs), no distribution, no journal, no logging, timed in the same run, and next to
 //!   it a plain single-threaded Python loop doing the same on the same file ([`super::ceiling`]);
+//! * the two programs alone over their pipes, driven by the runtime's driver one stage after
+//!   the other, in protocol version 1 and in version 2 ([`super::program_pipes`]);
 //! * the same job with two workers (the hosts of two stage-1 tasks) killed with SIGKILL 1.5 s in
 //!   (or 40% into a job that took under 3.75 s without kills), on a cluster of its own.
 //!
@@ -21,6 +23,7 @@
 
 use super::ceiling;
 use super::hydfs_cluster::proc_kib;
+use super::program_pipes;
 use anyhow::{anyhow, bail, Context, Result};
 use rainstorm_apps::gen_signs::{generate, Pools};
 use rainstorm_cli::cluster::{this_tool, ClusterArgs, LocalCluster};
@@ -119,13 +122,22 @@ pub fn run(plan: Plan) -> Result<()> {
         );
     }
     println!("(work files in {}; removed at the end)", root.display());
-    let mut cluster = match plan.ceiling_only {
-        true => None,
-        false => Some((programs_dir()?, start(&root, "cluster", BASE_PORT, plan.batch_lines)?)),
+    let bin = match programs_dir() {
+        Ok(bin) => Some(bin),
+        Err(e) if plan.ceiling_only => {
+            println!("(no operator programs, so no measurement of them over pipes: {e:#})");
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let mut cluster = match (plan.ceiling_only, &bin) {
+        (false, Some(bin)) => Some((bin.clone(), start(&root, "cluster", BASE_PORT, plan.batch_lines)?)),
+        _ => None,
     };
     let pools = Pools::traffic_signs();
     let mut rows = Vec::new();
     let mut ceilings = Vec::new();
+    let mut pipes = Vec::new();
     for &size in &plan.sizes {
         let local = root.join(format!("signs-{size}.csv"));
         let mut bytes = Vec::new();
@@ -141,6 +153,11 @@ pub fn run(plan: Plan) -> Result<()> {
             let ceiling = measured.ceiling_secs;
             ceilings.push((app.name, size, measured.outputs, ceiling, measured.python.clone()));
             let expected = &measured.expected;
+            if let Some(bin) = &bin {
+                let row = pipes_row(bin, app, &src, &bytes, plan.batch_lines as usize, expected)?;
+                print_pipes(app.name, size, &row);
+                pipes.push((app.name, size, row));
+            }
             let Some((bin, cluster)) = &mut cluster else { continue };
             for &tasks in &plan.tasks {
                 let kills: &[bool] = if plan.kill_tasks.contains(&tasks) { &[false, true] } else { &[false] };
@@ -170,9 +187,68 @@ pub fn run(plan: Plan) -> Result<()> {
         cluster.stop();
     }
     println!();
-    print_table(&rows, &ceilings);
+    print_table(&rows, &ceilings, &pipes);
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
+}
+
+/// The programs over pipes: median seconds of [`ceiling::RUNS`] runs per version (the versions
+/// taking turns), each run's stage times, and whether every run's outputs were exact.
+struct PipesRow {
+    v1: f64,
+    v2: f64,
+    v2_stages: [f64; 2],
+    /// CPU seconds of the driver and of the programs (both stages) in the median runs.
+    v1_cpu: (f64, f64),
+    v2_cpu: (f64, f64),
+    exact: Result<(), String>,
+}
+
+fn pipes_row(
+    bin: &Path,
+    app: &App,
+    src: &str,
+    bytes: &[u8],
+    batch_lines: usize,
+    expected: &BTreeMap<String, usize>,
+) -> Result<PipesRow> {
+    let mut runs: [Vec<program_pipes::PipeRun>; 2] = [Vec::new(), Vec::new()];
+    let mut exact = Ok(());
+    for _ in 0..ceiling::RUNS {
+        for (version, done) in (1..).zip(runs.iter_mut()) {
+            let run = program_pipes::run(bin, app.programs, src, bytes, batch_lines, version, expected)?;
+            if let Err(e) = &run.exact {
+                exact = Err(format!("version {version}: {e}"));
+            }
+            done.push(run);
+        }
+    }
+    let median = |runs: &mut Vec<program_pipes::PipeRun>| {
+        runs.sort_by(|a, b| a.secs().total_cmp(&b.secs()));
+        let m = &runs[runs.len() / 2];
+        (m.secs(), m.stage_secs, (m.driver_cpu.iter().sum(), m.program_cpu.iter().sum()))
+    };
+    let [mut first, mut second] = runs;
+    let ((v1, _, v1_cpu), (v2, v2_stages, v2_cpu)) = (median(&mut first), median(&mut second));
+    Ok(PipesRow { v1, v2, v2_stages, v1_cpu, v2_cpu, exact })
+}
+
+fn print_pipes(app: &str, lines: u64, r: &PipesRow) {
+    eprintln!(
+        "{app} {lines} lines, programs over pipes: version 1 {:.3} s ({:.0} lines/s; CPU {:.2} s driver, {:.2} s programs), version 2 {:.3} s ({:.0} lines/s; stages {:.3} + {:.3} s; CPU {:.2} s driver, {:.2} s programs): {:.2}x{}",
+        r.v1,
+        lines as f64 / r.v1,
+        r.v1_cpu.0,
+        r.v1_cpu.1,
+        r.v2,
+        lines as f64 / r.v2,
+        r.v2_stages[0],
+        r.v2_stages[1],
+        r.v2_cpu.0,
+        r.v2_cpu.1,
+        r.v1 / r.v2,
+        if r.exact.is_ok() { "" } else { " (NOT exact)" }
+    );
 }
 
 /// One ceiling against its Python loop, as soon as it is measured.
@@ -425,7 +501,7 @@ fn print_row(r: &Row, ceiling: f64) {
 /// whether its outputs are the same).
 type Ceiling = (&'static str, u64, usize, f64, Option<(f64, Result<(), String>)>);
 
-fn print_table(rows: &[Row], ceilings: &[Ceiling]) {
+fn print_table(rows: &[Row], ceilings: &[Ceiling], pipes: &[(&str, u64, PipesRow)]) {
     println!(
         "## Ceiling: the same operators in one process (no distribution, no journal, no logging), \
          against a plain single-threaded Python loop (csv module) on the same file; medians of {} runs",
@@ -453,6 +529,36 @@ fn print_table(rows: &[Row], ceilings: &[Ceiling]) {
         );
     }
     println!();
+    if !pipes.is_empty() {
+        println!(
+            "## The two programs alone over their pipes (the runtime's driver, one stage after the other, no cluster); medians of {} runs",
+            ceiling::RUNS
+        );
+        println!("| app | lines | version 1 s | version 1 lines/s | v1 CPU s driver + programs | version 2 s | version 2 lines/s | v2 stages s | v2 CPU s driver + programs | v2 / v1 | exact |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        for (app, lines, r) in pipes {
+            let rate = |secs: f64| *lines as f64 / secs;
+            println!(
+                "| {app} | {lines} | {:.3} | {:.0} | {:.2} + {:.2} | {:.3} | {:.0} | {:.3} + {:.3} | {:.2} + {:.2} | {:.2}x | {} |",
+                r.v1,
+                rate(r.v1),
+                r.v1_cpu.0,
+                r.v1_cpu.1,
+                r.v2,
+                rate(r.v2),
+                r.v2_stages[0],
+                r.v2_stages[1],
+                r.v2_cpu.0,
+                r.v2_cpu.1,
+                r.v1 / r.v2,
+                match &r.exact {
+                    Ok(()) => "yes".to_owned(),
+                    Err(e) => format!("NO: {e}"),
+                }
+            );
+        }
+        println!();
+    }
     if rows.is_empty() {
         return;
     }
