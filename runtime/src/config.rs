@@ -500,7 +500,7 @@ mod tests {
         assert_eq!(cfg.rainstorm.batch_tuples, 1024);
         let cfg = resolve("bind = \"127.0.0.1:7001\"\n").unwrap();
         assert_eq!(cfg.rainstorm.batch_tuples, RainstormConfig::default().batch_tuples);
-        for bad in ["0", "16385"] {
+        for bad in ["0", "65537"] {
             let e = resolve(&format!("bind = \"127.0.0.1:7001\"\n[rainstorm]\nbatch_tuples = {bad}\n"))
                 .unwrap_err();
             assert!(e.to_string().contains("rainstorm.batch_tuples"), "{e}");
@@ -552,12 +552,12 @@ mod tests {
         let resolve = |text: &str| {
             parse(&format!("bind = \"127.0.0.1:7001\"\n{text}")).unwrap().resolve(Role::Introducer)
         };
-        let cfg = resolve("[hydfs]\nmax_name_bytes = 100\nmax_transfers = 0\nmax_pending_appends = 5000\n[rainstorm]\nmax_batch_tuples = 64\n").unwrap();
+        let cfg = resolve("[hydfs]\nmax_name_bytes = 100\nmax_transfers = 0\nmax_pending_appends = 5000\n[rainstorm]\nmax_batch_tuples = 2048\n").unwrap();
         assert_eq!(
             (cfg.hydfs.max_name_bytes, cfg.hydfs.max_transfers, cfg.hydfs.max_pending_appends),
             (100, 0, 5000)
         );
-        assert_eq!(cfg.rainstorm.max_batch_tuples, 64);
+        assert_eq!(cfg.rainstorm.max_batch_tuples, 2048);
         let defaults = resolve("").unwrap();
         assert_eq!(defaults.hydfs.max_pending_appends, HydfsConfig::default().max_pending_appends);
         assert_eq!(defaults.hydfs.tombstone_ttl, HydfsConfig::default().tombstone_ttl);

@@ -28,6 +28,7 @@ use rainstorm_fuzz_checks::node::{
     peer_addr, reordered_and_stale_script, run_script, Script, SeqChoice, Step, MAX_STEPS, START,
 };
 use rainstorm_fuzz_checks::TARGETS;
+use rainstorm_operator::frame::{decode_reply, encode_reply, FrameHeader, OutputRef, HEADER_BYTES};
 use rainstorm_operator::{encode_line, BatchReply, Ready, WireTuple};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -122,7 +123,26 @@ fn command_parse_corpus() {
 
 #[test]
 fn operator_output_corpus() {
-    replay("operator_output");
+    let inputs = replay("operator_output");
+    // The second line is the program's answer to the hello; a version 2 answer is followed by
+    // frames.
+    let answers_v2_with_a_valid_frame = |data: &[u8]| {
+        let mut lines = data.splitn(3, |b| *b == b'\n');
+        let (_, ready, rest) = (lines.next(), lines.next(), lines.next());
+        let hello = rainstorm_operator::Hello::new("s1-t0", None);
+        let v2 = ready
+            .and_then(|r| rainstorm_operator::decode_ready(r, &hello).ok())
+            .is_some_and(|r| r.rainstorm == 2);
+        let frame = rest.and_then(|rest| {
+            let header = FrameHeader::parse(rest, 1 << 20).ok()?;
+            let whole = rest.get(..header.frame_bytes())?;
+            header.check(whole).ok()?;
+            decode_reply(&whole[HEADER_BYTES..whole.len() - 4]).ok()
+        });
+        v2 && frame.is_some()
+    };
+    let v2 = inputs.iter().filter(|(_, data)| answers_v2_with_a_valid_frame(data)).count();
+    assert!(v2 > 0, "no corpus input answers in version 2 with a valid frame: the corpus lost them");
 }
 
 #[test]
@@ -590,15 +610,61 @@ fn write_operator_seed_corpus() {
         b"not json\n".to_vec(),
     ]
     .concat();
+    // Version 2: frames answering batches of the three tuples (a, b, a), numbered from 1.
+    let frame = |batch: u64, lists: &[&[OutputRef]], state: &[(&str, &str)]| {
+        let mut out = Vec::new();
+        let lists = lists.iter().map(|l| l.iter().copied());
+        encode_reply(&mut out, batch, lists, state.iter().copied(), usize::MAX).expect("encodes");
+        out
+    };
+    let kept = OutputRef { key: None, value: None };
+    let rekeyed = OutputRef { key: Some("Parking"), value: None };
+    let built = OutputRef { key: None, value: Some("7,\"Stop, All Way\"") };
+    let both = OutputRef { key: Some("k"), value: Some("v") };
+    let lists: [&[OutputRef]; 3] = [&[kept], &[], &[rekeyed, built, both]];
+    let v2_stateless = [
+        ready(Ready::v2(false)),
+        frame(1, &lists, &[]),
+        frame(2, &[&[], &[], &[]], &[]),
+        frame(3, &lists[..2], &[]),
+    ]
+    .concat();
+    let v2_stateful = [
+        ready(Ready::v2(true)),
+        frame(1, &lists, &[("a", "2"), ("b", "1")]),
+        frame(2, &[&[kept], &[kept], &[kept]], &[("a", "3")]),
+        frame(3, &[&[], &[], &[]], &[("c", "1")]),
+        frame(4, &[&[], &[], &[]], &[("a", "1"), ("a", "2")]),
+    ]
+    .concat();
+    let mut corrupt = frame(1, &lists, &[]);
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 1;
+    let mut flagged = frame(1, &lists, &[]);
+    flagged[HEADER_BYTES + 16] = 0x84;
+    let crc_at = flagged.len() - 4;
+    let crc = crc32c::crc32c(&flagged[..crc_at]).to_le_bytes();
+    flagged[crc_at..].copy_from_slice(&crc);
+    let v2_broken = [
+        [ready(Ready::v2(false)), frame(1, &lists, &[]), corrupt].concat(),
+        [ready(Ready::v2(true)), flagged].concat(),
+        [ready(Ready::v2(false)), frame(1, &lists, &[])[..20].to_vec()].concat(),
+        [ready(Ready::v2(false)), b"{\"batch\":1,\"outputs\":[[],[],[]]}\n".to_vec()].concat(),
+    ];
     let mut seeds = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
-        let stdout: &[u8] = match i % 4 {
+        let stdout: &[u8] = match i % 6 {
             0 => &stateless,
             1 => &stateful,
-            2 => b"{\"rainstorm\":2}\n",
-            _ => b"{\"rainstorm\":1,\"stateful\":false}\n{\"batch\":1,\"outputs\":[[],[],[]]}",
+            2 => b"{\"rainstorm\":3}\n",
+            3 => b"{\"rainstorm\":1,\"stateful\":false}\n{\"batch\":1,\"outputs\":[[],[],[]]}",
+            4 => &v2_stateless,
+            _ => &v2_stateful,
         };
         seeds.push((format!("{i:02}"), [spec.as_bytes(), b"\n", stdout].concat()));
+    }
+    for (i, stdout) in v2_broken.iter().enumerate() {
+        seeds.push((format!("{:02}", specs.len() + i), [b"split\n", &stdout[..]].concat()));
     }
     write_seeds("operator_output", &seeds);
 }

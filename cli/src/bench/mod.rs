@@ -21,12 +21,14 @@
 //! * [`rainstorm_cluster`]: RainStorm jobs on a real 10-process loopback cluster: throughput and
 //!   tuple latency against the single-process ceiling, with two workers killed, CPU split, RSS.
 
+mod ceiling;
 mod cluster_membership;
 #[cfg(feature = "compare-foca")]
 mod foca_actor;
 mod hydfs;
 mod hydfs_cluster;
 mod membership;
+mod program_pipes;
 mod rainstorm;
 mod rainstorm_cluster;
 
@@ -78,6 +80,10 @@ pub struct BenchArgs {
     /// `rainstorm-cluster` only: bytes of tuples per batch between tasks [default: the nodes' default, 65536].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4_194_304))]
     batch_bytes: Option<u32>,
+    /// `rainstorm-cluster` only: time the in-process ceiling and the plain Python loop beside it,
+    /// without starting a cluster.
+    #[arg(long)]
+    ceiling_only: bool,
 }
 
 /// How large a benchmark run is.
@@ -95,9 +101,12 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         Benchmark::Hydfs => hydfs::run(scale)?,
         Benchmark::HydfsCluster => hydfs_cluster::run(args.quick, args.size_mib)?,
         Benchmark::Rainstorm => rainstorm::run(scale)?,
-        Benchmark::RainstormCluster => {
-            rainstorm_cluster::run(rainstorm_cluster::Plan::new(args.quick, args.sizes, args.batch_bytes))?
-        }
+        Benchmark::RainstormCluster => rainstorm_cluster::run(rainstorm_cluster::Plan::new(
+            args.quick,
+            args.sizes,
+            args.batch_bytes,
+            args.ceiling_only,
+        ))?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -49,7 +49,8 @@ mod leader;
 mod worker;
 
 pub use operator::{
-    derive, Applied, Operator, OperatorError, OperatorSpec, Output, ProgramSpec, SpecError, StageOp,
+    derive, derive_into, Applied, Operator, OperatorError, OperatorSpec, Output, ProgramSpec, SpecError,
+    StageOp,
 };
 pub use task::{ProgramBatch, ProgramResult};
 pub use tuple::{dest_line, source_lines, Tuple, TupleId};
