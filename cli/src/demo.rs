@@ -7,8 +7,8 @@
 //! * App 1: rows containing a pattern → `OBJECTID,Sign_Type`;
 //! * App 2: rows whose `Sign_Post` equals a value → a running count per `Category`.
 //!
-//! The sources read at 5,000 lines/s (`--rate`), as a live stream would arrive, so each job runs
-//! for a few seconds; about 1.5 s into each job it asks the leader where the tasks run and kills
+//! The sources read at 2,000 lines/s (`--rate`), as a live stream would arrive, so each job runs
+//! for a few seconds; about 1 s into each job it asks the leader where the tasks run and kills
 //! two worker processes with SIGKILL. Results stream to the console as the leader appends them. When a job
 //! ends, its destination file is read back from HyDFS and compared, as a multiset of lines, with
 //! a single-process run of the built-in operators that compute the same thing; so is what the
@@ -53,11 +53,11 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub tasks: u32,
     /// When to kill two workers, in ms after each job starts.
-    #[arg(long, default_value_t = 1_500)]
+    #[arg(long, default_value_t = 1_000)]
     pub kill_after_ms: u64,
     /// Input lines per second the sources read, as a live stream would arrive (so the kills
     /// fall while the jobs run; 0 reads as fast as the job goes).
-    #[arg(long, default_value_t = 5_000)]
+    #[arg(long, default_value_t = 2_000)]
     pub rate: u64,
     /// Do not kill anything (the same jobs, failure-free).
     #[arg(long)]

@@ -456,26 +456,29 @@ impl Task {
                     self.ready = true;
                     self.out.push_back(TaskOutput::Ready);
                 }
-                Err(e) => self.fail(format!("operator `{}` could not start: {e}", self.operator.name())),
+                Err(e) => self.fail(format!("the operator could not start: {e}")),
             }
             return self.step(now);
         }
         let name = self.operator.name();
         let first = tuples.first().map_or_else(String::new, |t| t.id.to_string());
         let what = format!("a batch of {} tuples from {first}", tuples.len());
-        let result = result.and_then(|r| {
-            if r.outputs.len() != tuples.len() {
-                return Err(format!("answered {} output lists for {} tuples", r.outputs.len(), tuples.len()));
-            }
-            if let Some(key) = r.state.keys().find(|k| !tuples.iter().any(|t| &t.key == *k)) {
-                return Err(format!("returned state for key {key:?}, which is not in the batch"));
-            }
-            Ok(r)
-        });
+        // The driver's failures name the operator and the batch themselves.
         let r = match result {
             Ok(r) => r,
-            Err(e) => return self.fail(format!("operator `{name}` failed on {what}: {e}")),
+            Err(e) => return self.fail(e),
         };
+        let wrong = if r.outputs.len() != tuples.len() {
+            Some(format!("answered {} output lists for {} tuples", r.outputs.len(), tuples.len()))
+        } else {
+            r.state
+                .keys()
+                .find(|k| !tuples.iter().any(|t| &t.key == *k))
+                .map(|key| format!("returned state for key {key:?}, which is not in the batch"))
+        };
+        if let Some(e) = wrong {
+            return self.fail(format!("operator `{name}` failed on {what}: {e}"));
+        }
         for (key, value) in r.state {
             self.changed.insert(key.clone());
             self.state.insert(key, value);

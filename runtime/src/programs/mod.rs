@@ -380,7 +380,11 @@ impl Process {
             Ok(Err(e)) => {
                 let e = explain(&mut child, e).await;
                 let _ = child.kill().await;
-                return Err(format!("handshake failed: {e}"));
+                // What the program said on its way out, once its stderr reader has taken it.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let lines = stderr.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect::<Vec<_>>();
+                let tail = if lines.is_empty() { String::new() } else { format!("; its stderr ended: {}", lines.join(" | ")) };
+                return Err(format!("handshake failed: {e}{tail}"));
             }
             Err(_) => {
                 let _ = child.kill().await;
