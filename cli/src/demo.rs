@@ -115,7 +115,12 @@ impl App {
     fn command(&self, bin: &Path, src: &str, tasks: u32, rate: u64) -> String {
         let op = |(program, args): &(String, String)| program_word(bin, program, args);
         let rate = if rate > 0 { format!(" --rate {rate}") } else { String::new() };
-        format!("RainStorm {} {} {src} {} {tasks}{rate}", op(&self.programs[0]), op(&self.programs[1]), self.dest)
+        format!(
+            "RainStorm {} {} {src} {} {tasks}{rate}",
+            op(&self.programs[0]),
+            op(&self.programs[1]),
+            self.dest
+        )
     }
 
     /// The reference run's destination lines, counted.

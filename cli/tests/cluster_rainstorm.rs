@@ -198,7 +198,8 @@ fn python_and_rust_programs_match_the_builtins_and_bad_programs_fail_the_job_cle
 
     // Crashes on its first batch of input, answers garbage: each job fails, naming the operator
     // and the input. (Each program first answers the empty batch a task starts it with.)
-    let hello = r#"read hello; echo '{"rainstorm":1,"stateful":false}'; read start; echo '{"batch":1,"outputs":[]}'"#;
+    let hello =
+        r#"read hello; echo '{"rainstorm":1,"stateful":false}'; read start; echo '{"batch":1,"outputs":[]}'"#;
     let crash = s.script("crash.sh", &format!("{hello}\nread batch\necho 'dying' >&2\nexit 3"));
     let garbage = s.script("garbage.sh", &format!("{hello}\nwhile read batch; do echo 'not json'; done"));
     for (program, dest, needle) in

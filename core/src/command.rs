@@ -421,13 +421,18 @@ mod tests {
         );
         assert!(matches!(Command::parse("RainStorm a b c d"), Err(ParseError::Usage { .. })));
         assert!(matches!(Command::parse("RainStorm a b c d x"), Err(ParseError::BadTaskCount(_))));
-        for bad in ["RainStorm a b c d 3 --rate 0", "RainStorm a b c d 3 --rate x", "RainStorm a b c d 3 --rate=-1"] {
+        for bad in
+            ["RainStorm a b c d 3 --rate 0", "RainStorm a b c d 3 --rate x", "RainStorm a b c d 3 --rate=-1"]
+        {
             assert!(matches!(Command::parse(bad), Err(ParseError::BadRate(_))), "{bad}");
         }
         let paced = Command::parse("RainStorm a b c d 3 --rate 100000").expect("parses");
         assert!(matches!(&paced, Command::Job(JobCommand::Run { rate: Some(100_000), .. })), "{paced:?}");
         assert_eq!(paced.to_string(), "RainStorm a b c d 3 --rate 100000");
-        assert_eq!(Command::parse("RainStorm a b c d 3 --rate=7").expect("parses").to_string(), "RainStorm a b c d 3 --rate 7");
+        assert_eq!(
+            Command::parse("RainStorm a b c d 3 --rate=7").expect("parses").to_string(),
+            "RainStorm a b c d 3 --rate 7"
+        );
         assert_eq!(Command::parse("RainStorm 'a b c d 1"), Err(ParseError::Quotes));
         assert!(matches!(Command::parse("job"), Err(ParseError::Usage { .. })));
         assert!(matches!(Command::parse("jobs now"), Err(ParseError::Usage { .. })));

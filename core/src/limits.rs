@@ -40,11 +40,12 @@ pub struct LimitsConfig {
     pub stream_frame_bytes: usize,
     /// Stream requests per second accepted from one peer; requests over the rate are dropped
     /// and counted (`frames_rejected.rate_limited`). 0 means unlimited. The defaults (20,000/s,
-    /// bursts of 40,000) are several times the busiest peer measured in the simulator: over 100
+    /// bursts of 40,000) are several times the busiest peer measured in the simulator, when
+    /// RainStorm still journaled every batch per task (before aligned checkpoints): over 100
     /// seeds of `sim rainstorm` one peer sent a node at most 642 requests in any second (92 in
     /// 10 ms), over 100 seeds of `sim hydfs` at most 119, and in `bench rainstorm` (10 nodes at
-    /// 1 Gbit/s, batches of 1 to 256 lines, recoveries of 50,000-line jobs) at most 4,001 in a
-    /// second and 5,782 in ten.
+    /// 1 Gbit/s, source batches of 1 to 256 lines, recoveries of 50,000-line jobs) at most 4,001
+    /// in a second and 5,782 in ten.
     pub peer_requests_per_sec: u32,
     /// Requests a peer may send in one burst (the size of its bucket).
     pub peer_request_burst: u32,

@@ -2,8 +2,8 @@
 //!
 //! Owns the wire codec and the three layers: membership, HyDFS and RainStorm. Membership changes
 //! (joins, confirmed failures, leaves; never suspicion) set the HyDFS ring and RainStorm's member
-//! list; RainStorm's file operations (input, journals, job outputs) go through this node's HyDFS
-//! client and their answers go back to RainStorm, never to the user.
+//! list; RainStorm's file operations (input, checkpoint logs, job outputs) go through this node's
+//! HyDFS client and their answers go back to RainStorm, never to the user.
 //! Invariants kept here:
 //! * every received frame is decoded under the size limit of its channel (`max_datagram_bytes`,
 //!   `limits.stream_frame_bytes`); a bad frame is counted by cause and dropped, never panics and

@@ -61,6 +61,10 @@ pub fn checkpoint_decode(data: &[u8]) {
             rebuilt.apply(record).expect("after a full record, the rest of an accepted log is accepted");
         }
         let normal = |s: &LogState| LogState { records: 0, attempt: 0, ..s.clone() };
-        assert_eq!(normal(&rebuilt), normal(&stepwise), "full record at {k} of {accepted} and the rest differ");
+        assert_eq!(
+            normal(&rebuilt),
+            normal(&stepwise),
+            "full record at {k} of {accepted} and the rest differ"
+        );
     }
 }

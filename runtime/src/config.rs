@@ -59,8 +59,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The largest source batch a job may use (a batch is one journal record downstream, and
-/// records are bounded).
+/// The largest `rainstorm.batch_tuples` accepted: the most tuples a task may coalesce into one
+/// batch for a downstream task (batches between tasks are bounded; receivers also refuse any
+/// over `max_batch_tuples`).
 pub const MAX_BATCH_TUPLES: u32 = 65_536;
 
 /// Settings as written in a file or given as flags: everything optional, merged, then checked.
@@ -384,7 +385,8 @@ impl ConfigInput {
         };
         let batch_bytes = r.batch_bytes.unwrap_or(defaults.batch_bytes);
         let max_batch_tuples = r.max_batch_tuples.unwrap_or(defaults.max_batch_tuples);
-        let rainstorm = RainstormConfig { checkpoint_interval, batch_bytes, batch_tuples, max_batch_tuples, ..defaults };
+        let rainstorm =
+            RainstormConfig { checkpoint_interval, batch_bytes, batch_tuples, max_batch_tuples, ..defaults };
         let l = self.limits;
         let base = LimitsConfig::default();
         let limits = LimitsConfig {
@@ -467,9 +469,7 @@ fn limit_field(e: &LimitsError) -> &'static str {
         LimitsError::NoBurst => "limits.peer_request_burst",
         LimitsError::NoPeers => "limits.rate_limited_peers",
         LimitsError::NameLimit { .. } => "hydfs.max_name_bytes",
-        LimitsError::PendingBelowLog { .. } | LimitsError::OutputMerges { .. } => {
-            "hydfs.max_pending_appends"
-        }
+        LimitsError::PendingBelowLog { .. } | LimitsError::OutputMerges { .. } => "hydfs.max_pending_appends",
         LimitsError::BatchTuples { .. } => "rainstorm.max_batch_tuples",
         LimitsError::BatchBytes { .. } => "rainstorm.batch_bytes",
     }

@@ -382,8 +382,10 @@ struct NodeTask {
     programs: ProgramHost,
     /// The jobs this node led.
     book: JobBook,
-    /// `RAINSTORM_OUTPUT_TRACE`: a file to which the outputs of jobs this node leads are
-    /// traced as `<job> <unix time in µs> <source line>` (for latency measurements).
+    /// `RAINSTORM_OUTPUT_TRACE`: a file for latency measurements. Each output of a job this node
+    /// leads is traced, once committed, as `<job> out <unix time in µs> <source line>`, and each
+    /// run of input lines a source task here sent on as
+    /// `<job> sent <unix time in µs> <first line> <last line>`.
     output_trace: Option<std::io::BufWriter<std::fs::File>>,
     /// Commands following a job's events.
     watchers: BTreeMap<JobId, mpsc::UnboundedSender<RainstormEvent>>,

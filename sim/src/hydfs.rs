@@ -69,7 +69,7 @@ pub struct HydfsWorkload {
 
 impl HydfsWorkload {
     /// No file workload: only the HyDFS settings (for scenarios whose files come from another
-    /// layer, such as a RainStorm job's input, journals and output).
+    /// layer, such as a RainStorm job's input, checkpoint log and output).
     pub fn settings_only(config: HydfsConfig, background_sync: bool) -> HydfsWorkload {
         HydfsWorkload {
             config,

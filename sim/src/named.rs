@@ -283,7 +283,13 @@ pub fn coalescing_scenario() -> Scenario {
     let mut s = Scenario::rainstorm_swarm(1);
     s.name = "batches_are_coalesced_across_input_batches".to_owned();
     s.faults.clear();
-    s.net = NetConfig { loss_permille: 0, duplicate_permille: 0, latency_min_ms: 1, latency_max_ms: 2, bandwidth_bytes_per_ms: 0 };
+    s.net = NetConfig {
+        loss_permille: 0,
+        duplicate_permille: 0,
+        latency_min_ms: 1,
+        latency_max_ms: 2,
+        bandwidth_bytes_per_ms: 0,
+    };
     let start = s.rainstorm.as_ref().map_or(0, |w| w.start_ms);
     s.calm_from_ms = start + 500;
     if let Some(w) = s.rainstorm.as_mut() {

@@ -420,7 +420,8 @@ impl Scenario {
         const RECOVERY_MS: u64 = 20_000;
         // The first fault is a crash while the job runs: early in a paced job, at once in a
         // fast one (which may still be setting up).
-        let first = if job_ms > 0 { rng.gen_range(300..(job_ms * 2 / 3).max(400)) } else { rng.gen_range(50..400) };
+        let first =
+            if job_ms > 0 { rng.gen_range(300..(job_ms * 2 / 3).max(400)) } else { rng.gen_range(50..400) };
         let mut t = start_ms + first;
         let mut pick_crash = true;
         while t < calm_from_ms {
@@ -734,7 +735,9 @@ fn fault_fits(f: &Fault, nodes: usize) -> bool {
         | Fault::Corrupt { node } => ok(node),
         Fault::Partition { side } => side.iter().all(ok),
         Fault::OneWay { from, to } => from.iter().chain(to).all(ok),
-        Fault::Heal | Fault::SetLoss { .. } | Fault::CrashTaskHost { .. } | Fault::RestartCrashed { .. } => true,
+        Fault::Heal | Fault::SetLoss { .. } | Fault::CrashTaskHost { .. } | Fault::RestartCrashed { .. } => {
+            true
+        }
     }
 }
 

@@ -559,7 +559,8 @@ impl<A: Actor> World<A> {
                 // function of the call and the program's session.
                 let generation = self.slots[slot].generation;
                 let key = (slot, generation, call.job, call.task, call.attempt);
-                let (session, last) = self.programs.entry(key).or_insert_with(|| (BTreeMap::new(), Time::ZERO));
+                let (session, last) =
+                    self.programs.entry(key).or_insert_with(|| (BTreeMap::new(), Time::ZERO));
                 let result = crate::rainstorm::programs::run_program(
                     &call.program,
                     call.header.as_deref(),
@@ -793,7 +794,12 @@ impl<A: Actor> World<A> {
             Fault::RestartCrashed { pick } => {
                 // A crashed leader stays down until the calm (its restart is planned apart), and
                 // a crashed introducer comes back first: nobody joins without it.
-                let leader = self.scenario.rainstorm.as_ref().filter(|w| w.leader_crash_ms.is_some()).map(|w| w.leader);
+                let leader = self
+                    .scenario
+                    .rainstorm
+                    .as_ref()
+                    .filter(|w| w.leader_crash_ms.is_some())
+                    .map(|w| w.leader);
                 let down: Vec<Slot> = (0..self.slots.len())
                     .filter(|s| matches!(self.slots[*s].process, Process::Down) && Some(*s) != leader)
                     .collect();
@@ -1026,14 +1032,21 @@ fn describe_rainstorm_event(e: &rainstorm_core::rainstorm::RainstormEvent) -> St
             format!("job {job}: {task} a{attempt} started{}", if *resumed { " (resumed)" } else { "" })
         }
         E::TaskCompleted { job, task } => format!("job {job}: {task} completed"),
-        E::TaskFailed { job, task, attempt, reason } => format!("job {job}: {task} a{attempt} failed: {reason}"),
+        E::TaskFailed { job, task, attempt, reason } => {
+            format!("job {job}: {task} a{attempt} failed: {reason}")
+        }
         E::RolledBack { job, attempt, checkpoint, reason } => {
             format!("job {job} rolls back to checkpoint {checkpoint:?} as attempt {attempt}: {reason}")
         }
         E::Outputs { job, tuples } => {
             let shown: Vec<String> = tuples.iter().take(8).map(|t| format!("{} {}", t.id, t.value)).collect();
             let more = tuples.len().saturating_sub(8);
-            format!("job {job} outputs {}: {}{}", tuples.len(), shown.join("; "), if more > 0 { format!(" (+{more})") } else { String::new() })
+            format!(
+                "job {job} outputs {}: {}{}",
+                tuples.len(),
+                shown.join("; "),
+                if more > 0 { format!(" (+{more})") } else { String::new() }
+            )
         }
         E::Progress { job, input_lines, stages } => {
             let stages: Vec<String> =

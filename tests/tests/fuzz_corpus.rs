@@ -681,16 +681,20 @@ fn write_checkpoint_seed_corpus() {
         spec: "RainStorm column:Sign_Post=x count:Category in.csv out 2".into(),
         tasks: 2,
     };
-    let commit = |c: u64, line: u64, changes: Vec<(&str, Option<&str>)>, outputs: u64, last: bool| Record::Commit {
-        checkpoint: Some(c),
-        attempt: 1,
-        sources: vec![(src, SourceCheckpoint::At(SourcePos { offset: line * 40, line }))],
-        changes: vec![(count, changes.into_iter().map(|(k, v)| (k.to_owned(), v.map(str::to_owned))).collect())],
-        counts: vec![(src, rainstorm_core::rainstorm::TupleCounts { consumed: line, emitted: line })],
-        outputs,
-        dest_bytes: outputs * 9,
-        last,
-    };
+    let commit =
+        |c: u64, line: u64, changes: Vec<(&str, Option<&str>)>, outputs: u64, last: bool| Record::Commit {
+            checkpoint: Some(c),
+            attempt: 1,
+            sources: vec![(src, SourceCheckpoint::At(SourcePos { offset: line * 40, line }))],
+            changes: vec![(
+                count,
+                changes.into_iter().map(|(k, v)| (k.to_owned(), v.map(str::to_owned))).collect(),
+            )],
+            counts: vec![(src, rainstorm_core::rainstorm::TupleCounts { consumed: line, emitted: line })],
+            outputs,
+            dest_bytes: outputs * 9,
+            last,
+        };
     let history = vec![
         job.clone(),
         commit(1, 10, vec![("Stop", Some("3"))], 3, false),

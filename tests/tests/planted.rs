@@ -266,7 +266,10 @@ mod rainstorm {
 
     #[test]
     fn a_source_resuming_a_line_late_loses_it() {
-        first_caught(PlantedBug::SourceSkipsALine, &[CheckerKind::RainstormLoss, CheckerKind::RainstormOutput]);
+        first_caught(
+            PlantedBug::SourceSkipsALine,
+            &[CheckerKind::RainstormLoss, CheckerKind::RainstormOutput],
+        );
     }
 
     #[test]

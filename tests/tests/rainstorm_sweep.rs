@@ -21,7 +21,10 @@ fn sweep_part(part: u64) {
         crashed += report.job.as_ref().is_some_and(|j| j.crashes_while_running > 0) as u64;
     });
     println!("part {part}: {crashed} of {seeds_run} seeds crashed a task's node while the job ran");
-    assert!(crashed * 5 >= seeds_run * 4, "only {crashed} of {seeds_run} seeds crashed a task's node mid-job");
+    assert!(
+        crashed * 5 >= seeds_run * 4,
+        "only {crashed} of {seeds_run} seeds crashed a task's node mid-job"
+    );
 }
 
 #[test]
@@ -68,7 +71,9 @@ fn most_seeds_complete_their_job_and_many_resume_from_a_checkpoint() {
         rolled_back += (job.rollbacks > 0) as u32;
         resumed += (job.tasks_resumed > 0) as u32;
     }
-    println!("of 60 seeds: {completed} completed, {rolled_back} rolled back, {resumed} resumed from a checkpoint");
+    println!(
+        "of 60 seeds: {completed} completed, {rolled_back} rolled back, {resumed} resumed from a checkpoint"
+    );
     assert!(completed >= 45, "only {completed} of 60 jobs completed");
     assert!(rolled_back >= 30, "only {rolled_back} of 60 jobs rolled back");
     assert!(resumed >= 15, "only {resumed} of 60 jobs resumed a task from a checkpoint");

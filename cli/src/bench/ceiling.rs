@@ -1,7 +1,7 @@
 //! The in-process ceiling of `rainstorm bench rainstorm-cluster`, and a plain Python loop beside it.
 //!
 //! The ceiling is the single-process reference pipeline ([`reference::run`]: the built-in
-//! operators over every physical line, in order, no distribution, no journal, no logging): the
+//! operators over every physical line, in order, no distribution, no checkpoints, no logging): the
 //! fastest a job of the same operators could go on one core. Its outputs are the reference's by
 //! construction, and they are what every job is checked against.
 //!

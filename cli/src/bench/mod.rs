@@ -5,11 +5,11 @@
 //!   same network and faults (with the `compare-foca` feature, on by default).
 //! * [`hydfs`]: the HyDFS experiments under a modelled 1 Gbit/s network: re-replication after a
 //!   crash, merge after concurrent appends, and the client read cache.
-//! * [`rainstorm`]: RainStorm jobs on the same modelled network: input tuples per second of
-//!   simulated time and journal bytes per input tuple at batch sizes 1 to 256, against the
-//!   single-process reference pipeline timed in the same run, and recovery after a worker crash
-//!   (time until its tasks run again, journal bytes read) as jobs grow, with and without journal
-//!   compaction.
+//! * [`rainstorm`]: RainStorm jobs on the same modelled network: input lines per second of
+//!   simulated time and, per input line, the bytes and HyDFS writes of checkpoint records and
+//!   outputs, at checkpoint intervals of 10 ms to 1 s, against the single-process reference
+//!   pipeline timed in the same run; and recovery after a worker crash (detection, rollback,
+//!   tasks running again, outputs committed again) as jobs grow.
 //!
 //! Every simulated figure comes from fixed seeds, so it replays exactly; only wall-clock times
 //! vary between machines and runs.
@@ -49,8 +49,9 @@ pub enum Benchmark {
     /// HyDFS on a real 10-process loopback cluster: throughput vs raw TCP, appends, merge,
     /// re-replication, read cache, peak RSS.
     HydfsCluster,
-    /// RainStorm in the simulator: throughput and journal bytes per tuple vs batch size against
-    /// the single-process reference, and recovery after a worker crash vs job size.
+    /// RainStorm in the simulator: throughput and checkpoint/output bytes per input line vs
+    /// checkpoint interval against the single-process reference, and recovery after a worker
+    /// crash vs job size.
     Rainstorm,
     /// RainStorm on a real 10-process loopback cluster: throughput and tuple latency of App 1
     /// and App 2 as operator programs against the single-process ceiling, with and without two

@@ -6,7 +6,7 @@
 //! first one's outputs in batches of the same size. Once with the programs made to speak
 //! version 1 (JSON lines, one batch at a time: a hello that offers nothing else) and once in
 //! version 2 (frames, [`DEFAULT_PROGRAM_WINDOW`] batches in flight). No distribution, no
-//! journal: only the programs, the protocol and the driver. The outputs are checked against
+//! checkpoints: only the programs, the protocol and the driver. The outputs are checked against
 //! the ceiling's (the same values, as destination lines).
 
 use anyhow::{anyhow, bail, Context, Result};

@@ -118,7 +118,9 @@ impl Actor for Recorder {
             NodeEvent::Rainstorm(RainstormEvent::Outputs { tuples, .. }) => Some(Seen::Outputs(tuples.len())),
             NodeEvent::Rainstorm(RainstormEvent::SourceSent { .. }) => None,
             NodeEvent::Rainstorm(e) => Some(Seen::Rainstorm(e.clone())),
-            NodeEvent::Membership(MembershipEvent::MemberFailed { member, .. }) => Some(Seen::Failed(member.addr)),
+            NodeEvent::Membership(MembershipEvent::MemberFailed { member, .. }) => {
+                Some(Seen::Failed(member.addr))
+            }
             _ => None,
         };
         if let Some(seen) = seen {
@@ -344,7 +346,10 @@ fn run_job(plan: &JobPlan, crash_at_outputs: Option<u64>) -> Result<JobRun, Stri
         return Err(fail(why));
     }
     if done.is_none() {
-        return Err(fail(format!("the job did not complete within {} s of simulated time", JOB_LIMIT_MS / 1000)));
+        return Err(fail(format!(
+            "the job did not complete within {} s of simulated time",
+            JOB_LIMIT_MS / 1000
+        )));
     }
     let stats = w.job_stats().cloned().unwrap_or_default();
     if let Some(why) = &stats.failed {
@@ -355,7 +360,8 @@ fn run_job(plan: &JobPlan, crash_at_outputs: Option<u64>) -> Result<JobRun, Stri
     };
     let stream_bytes = w.stats().stream_bytes - stream_at_submit.unwrap_or(0);
     let leader = w.node(LEADER).map(|n| n.node.rainstorm().stats()).unwrap_or_default();
-    let batches: u64 = (0..w.slots()).filter_map(|s| w.node(s)).map(|n| n.node.rainstorm().stats().batches_sent).sum();
+    let batches: u64 =
+        (0..w.slots()).filter_map(|s| w.node(s)).map(|n| n.node.rainstorm().stats().batches_sent).sum();
     // Let the harness read the destination back and judge it.
     let judged_by = Time(completed + 120_000);
     w.run_until_or(judged_by, |w| w.job_judged());
@@ -416,7 +422,12 @@ struct CostRow {
     run: Result<JobRun, String>,
 }
 
-fn cost_plan(app: &'static str, ops: (&'static str, &'static str), interval_ms: u64, input: &InputSpec) -> JobPlan {
+fn cost_plan(
+    app: &'static str,
+    ops: (&'static str, &'static str),
+    interval_ms: u64,
+    input: &InputSpec,
+) -> JobPlan {
     JobPlan {
         label: format!("bench-rainstorm-{app}-every{interval_ms}ms"),
         seed: 12_001,
@@ -430,7 +441,10 @@ fn cost_plan(app: &'static str, ops: (&'static str, &'static str), interval_ms: 
 
 fn print_costs(out: &mut String, rows: &[CostRow], baselines: &[Baseline]) {
     let lines = baselines.first().map_or(0, |b| b.lines);
-    let _ = writeln!(out, "1. What exactly-once costs per input line, against the checkpoint interval (fault-free)");
+    let _ = writeln!(
+        out,
+        "1. What exactly-once costs per input line, against the checkpoint interval (fault-free)"
+    );
     let _ = writeln!(out, "   {lines} input lines, 3 tasks per stage; bytes and writes are RainStorm's own (HyDFS keeps 3 copies).");
     let _ = writeln!(
         out,
@@ -468,7 +482,13 @@ fn print_costs(out: &mut String, rows: &[CostRow], baselines: &[Baseline]) {
         }
     }
     for b in baselines {
-        let _ = writeln!(out, "   reference {}: {:.0} lines/s ({:.1} ms per run)", b.app, b.lines_per_sec(), b.wall.as_secs_f64() * 1e3);
+        let _ = writeln!(
+            out,
+            "   reference {}: {:.0} lines/s ({:.1} ms per run)",
+            b.app,
+            b.lines_per_sec(),
+            b.wall.as_secs_f64() * 1e3
+        );
     }
     let _ = writeln!(out);
 }
@@ -504,8 +524,12 @@ fn recovery_of(run: &JobRun) -> Result<[Option<u64>; 4], String> {
     let mut resumed = None;
     for (t, slot, s) in run.seen.iter().filter(|(t, _, _)| *t >= at) {
         match s {
-            Seen::Failed(addr) if *slot == LEADER && *addr == victim_addr && detected.is_none() => detected = Some(*t),
-            Seen::Rainstorm(RainstormEvent::RolledBack { attempt, .. }) if *slot == LEADER && rolled_back.is_none() => {
+            Seen::Failed(addr) if *slot == LEADER && *addr == victim_addr && detected.is_none() => {
+                detected = Some(*t)
+            }
+            Seen::Rainstorm(RainstormEvent::RolledBack { attempt, .. })
+                if *slot == LEADER && rolled_back.is_none() =>
+            {
                 rolled_back = Some((*t, *attempt))
             }
             Seen::Rainstorm(RainstormEvent::TaskStarted { task, attempt, .. })
@@ -519,8 +543,14 @@ fn recovery_of(run: &JobRun) -> Result<[Option<u64>; 4], String> {
             _ => {}
         }
     }
-    let all_started = (started.len() == 3 * TASKS as usize).then(|| started.values().max().copied()).flatten();
-    Ok([detected.map(|t| after(&t)), rolled_back.map(|(t, _)| after(&t)), all_started.map(|t| after(&t)), resumed.map(|t| after(&t))])
+    let all_started =
+        (started.len() == 3 * TASKS as usize).then(|| started.values().max().copied()).flatten();
+    Ok([
+        detected.map(|t| after(&t)),
+        rolled_back.map(|(t, _)| after(&t)),
+        all_started.map(|t| after(&t)),
+        resumed.map(|t| after(&t)),
+    ])
 }
 
 fn print_recovery(out: &mut String, rows: &[RecoveryRow]) {
@@ -576,7 +606,9 @@ enum JobResult {
 impl Job {
     fn run(self) -> JobResult {
         match self {
-            Job::Cost { app, interval_ms, plan } => JobResult::Cost(CostRow { app, interval_ms, run: run_job(&plan, None) }),
+            Job::Cost { app, interval_ms, plan } => {
+                JobResult::Cost(CostRow { app, interval_ms, run: run_job(&plan, None) })
+            }
             Job::Recovery { lines, plan, at_outputs } => {
                 JobResult::Recovery(RecoveryRow { lines, run: run_job(&plan, Some(at_outputs)) })
             }
@@ -596,7 +628,8 @@ pub fn run(scale: Scale) -> Result<()> {
     let content = cost_plan("app1", APP1, 25, &input).workload().content();
     let mut baselines = Vec::new();
     for (app, ops) in apps {
-        baselines.push(baseline(app, ops, &content).map_err(|e| anyhow::anyhow!("reference run of {app}: {e}"))?);
+        baselines
+            .push(baseline(app, ops, &content).map_err(|e| anyhow::anyhow!("reference run of {app}: {e}"))?);
     }
     let mut jobs = Vec::new();
     for &lines in sizes.iter().rev() {

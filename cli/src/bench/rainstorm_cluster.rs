@@ -5,7 +5,7 @@
 //! side with
 //!
 //! * the ceiling: the same pipeline in one process (the built-in operators, which compute the
-//!   same outputs), no distribution, no journal, no logging, timed in the same run, and next to
+//!   same outputs), no distribution, no checkpoints, no logging, timed in the same run, and next to
 //!   it a plain single-threaded Python loop doing the same on the same file ([`super::ceiling`]);
 //! * the two programs alone over their pipes, driven by the runtime's driver one stage after
 //!   the other, in protocol version 1 and in version 2 ([`super::program_pipes`]);
@@ -14,12 +14,13 @@
 //!
 //! Figures per job: input lines/s and output records/s over the job's own time (from the
 //! leader accepting it to its last output durable in the destination file); tuple latency from
-//! the moment a source first sent the tuple's input line (the `source_sent` log event on the
-//! source's node) to the moment the leader appended its output (the leader's output trace,
-//! `RAINSTORM_OUTPUT_TRACE`), p50 and p99 over every output; where the time goes, as CPU seconds
-//! of the node processes (HyDFS, journals, serialization, routing) and of the operator programs
-//! (children of the nodes) against the job's wall time; peak RSS of the node processes; and
-//! whether the destination file equals the ceiling's outputs exactly (a multiset of lines).
+//! the moment a source first sent the tuple's input line (a `sent` line of the output trace,
+//! `RAINSTORM_OUTPUT_TRACE`, on the source's node) to the moment the leader committed its output
+//! to the destination (an `out` line of the leader's trace), p50 and p99 over every output; where
+//! the time goes, as CPU seconds of the node processes (HyDFS, checkpoints, serialization,
+//! routing) and of the operator programs (children of the nodes) against the job's wall time;
+//! peak RSS of the node processes; and whether the destination file equals the ceiling's outputs
+//! exactly (a multiset of lines).
 
 use super::ceiling;
 use super::hydfs_cluster::proc_kib;
@@ -154,7 +155,14 @@ pub fn run(plan: Plan) -> Result<()> {
             ceilings.push((app.name, size, measured.outputs, ceiling, measured.python.clone()));
             let expected = &measured.expected;
             if let Some(bin) = &bin {
-                let row = pipes_row(bin, app, &src, &bytes, rainstorm_core::rainstorm::RainstormConfig::default().batch_tuples as usize, expected)?;
+                let row = pipes_row(
+                    bin,
+                    app,
+                    &src,
+                    &bytes,
+                    rainstorm_core::rainstorm::RainstormConfig::default().batch_tuples as usize,
+                    expected,
+                )?;
                 print_pipes(app.name, size, &row);
                 pipes.push((app.name, size, row));
             }
@@ -426,7 +434,8 @@ fn latencies(cluster: &LocalCluster, job: &str) -> Vec<f64> {
             let w: Vec<&str> = l.split_whitespace().collect();
             match w[..] {
                 [j, "sent", us, first, last] if j == job => {
-                    let (Ok(us), Ok(first), Ok(last)) = (us.parse::<u128>(), first.parse(), last.parse()) else {
+                    let (Ok(us), Ok(first), Ok(last)) = (us.parse::<u128>(), first.parse(), last.parse())
+                    else {
                         continue;
                     };
                     let e = sent.entry(first).or_insert((last, us));
@@ -495,7 +504,7 @@ type Ceiling = (&'static str, u64, usize, f64, Option<(f64, Result<(), String>)>
 
 fn print_table(rows: &[Row], ceilings: &[Ceiling], pipes: &[(&str, u64, PipesRow)]) {
     println!(
-        "## Ceiling: the same operators in one process (no distribution, no journal, no logging), \
+        "## Ceiling: the same operators in one process (no distribution, no checkpoints, no logging), \
          against a plain single-threaded Python loop (csv module) on the same file; medians of {} runs",
         ceiling::RUNS
     );

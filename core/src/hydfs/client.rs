@@ -87,8 +87,8 @@ pub enum ClientOp {
         data: Vec<u8>,
     },
     /// The whole file in one buffer ([`OpOutput::Content`]). Its memory grows with the file:
-    /// for small files and internal reads (a task's journal). A user's whole-file read goes
-    /// through [`ClientOp::Download`] (or [`ClientOp::Meta`] and [`ClientOp::ReadPart`]).
+    /// for small files. A user's whole-file read goes through [`ClientOp::Download`] (or
+    /// [`ClientOp::Meta`] and [`ClientOp::ReadPart`]).
     Get {
         name: FileName,
     },
@@ -122,8 +122,9 @@ pub enum ClientOp {
         name: FileName,
         replica: Option<NodeAddr>,
     },
-    /// A get that skips this node's read cache: for files that other nodes write (a task's
-    /// journal read by the node that takes the task over). Buffered like [`ClientOp::Get`].
+    /// A get that skips this node's read cache: for files that other nodes write (a job's
+    /// destination, appended to by its leader, read from another node). Buffered like
+    /// [`ClientOp::Get`].
     GetLatest {
         name: FileName,
     },
@@ -131,7 +132,8 @@ pub enum ClientOp {
     /// replicas recognise) until it is acknowledged or refused for good (already exists, too
     /// large, storage failure; a create also on "not found on any replica", while an append goes
     /// on: its caller knows the file exists, and its replicas may be moving). So "not acknowledged" never means
-    /// "maybe written": what journals and job outputs need to stay exactly-once.
+    /// "maybe written": what a RainStorm job's checkpoint log and outputs need to stay
+    /// exactly-once.
     Persist {
         name: FileName,
         kind: WriteKind,

@@ -52,6 +52,9 @@ const HEADER_BYTES: usize = 7;
 const CRC_BYTES: usize = 4;
 
 /// One entry of a checkpoint log: one atomic HyDFS append.
+/// One task's keyed-state changes: each key's new value, `None` where it was deleted.
+pub type StateChanges = Vec<(String, Option<String>)>;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Record {
     /// What the job is (the first record of its log).
@@ -63,7 +66,7 @@ pub enum Record {
         attempt: Attempt,
         sources: Vec<(TaskId, SourceCheckpoint)>,
         /// Keyed-state changes since the previous record (`None` deletes).
-        changes: Vec<(TaskId, Vec<(String, Option<String>)>)>,
+        changes: Vec<(TaskId, StateChanges)>,
         counts: Vec<(TaskId, TupleCounts)>,
         /// Outputs in the destination, and its length in bytes, once this commit's are in.
         outputs: u64,
@@ -95,7 +98,9 @@ pub enum CheckpointError {
     Truncated { offset: usize, needed: usize, available: usize },
     #[error("bad magic bytes at offset {offset} (not a checkpoint log frame)")]
     BadMagic { offset: usize },
-    #[error("frame at offset {offset} has unknown format version {found} (this build reads {CHECKPOINT_VERSION})")]
+    #[error(
+        "frame at offset {offset} has unknown format version {found} (this build reads {CHECKPOINT_VERSION})"
+    )]
     UnknownVersion { offset: usize, found: u8 },
     #[error("frame at offset {offset} declares {len} payload bytes, over the {MAX_RECORD_BYTES}-byte limit")]
     TooLarge { offset: usize, len: usize },
@@ -233,7 +238,18 @@ impl LogState {
                 self.dest_bytes = *dest_bytes;
                 self.last = *last;
             }
-            Record::Full { job, leader, spec, tasks, checkpoint, sources, state, counts, outputs, dest_bytes } => {
+            Record::Full {
+                job,
+                leader,
+                spec,
+                tasks,
+                checkpoint,
+                sources,
+                state,
+                counts,
+                outputs,
+                dest_bytes,
+            } => {
                 if index != 0 {
                     return Err(CheckpointError::SecondJob { index });
                 }
@@ -265,7 +281,11 @@ impl LogState {
             tasks,
             checkpoint: self.checkpoint,
             sources: self.sources.iter().map(|(t, s)| (*t, *s)).collect(),
-            state: self.state.iter().map(|(t, s)| (*t, s.iter().map(|(k, v)| (k.clone(), v.clone())).collect())).collect(),
+            state: self
+                .state
+                .iter()
+                .map(|(t, s)| (*t, s.iter().map(|(k, v)| (k.clone(), v.clone())).collect()))
+                .collect(),
             counts: self.counts.iter().map(|(t, c)| (*t, *c)).collect(),
             outputs: self.outputs,
             dest_bytes: self.dest_bytes,
@@ -287,7 +307,12 @@ mod tests {
     }
 
     fn job() -> Record {
-        Record::Job { job: JobId { n: 1, tag: 7 }, leader: leader(), spec: "RainStorm a b c d 1".into(), tasks: 1 }
+        Record::Job {
+            job: JobId { n: 1, tag: 7 },
+            leader: leader(),
+            spec: "RainStorm a b c d 1".into(),
+            tasks: 1,
+        }
     }
 
     fn commit(c: u64, line: u64, changes: Vec<(&str, Option<&str>)>, outputs: u64) -> Record {
@@ -386,7 +411,7 @@ mod tests {
                 c += u64::from(step);
                 outputs += u64::from(step);
                 let value = (!delete).then(|| format!("{c}"));
-                let changes = vec![(format!("k{key}"), value)];
+                let changes = [(format!("k{key}"), value)];
                 let changes = changes.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
                 records.push(commit(c, c + 1, changes, outputs));
             }

@@ -180,7 +180,10 @@ enum At {
 /// What [`LineCursor::next_line`] has.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Next {
-    Line { number: u64, text: String },
+    Line {
+        number: u64,
+        text: String,
+    },
     /// The next line needs parts not fetched yet (see [`LineCursor::wanted`]).
     NeedData,
     /// Every line of the range was yielded.
@@ -266,15 +269,11 @@ impl LineCursor {
     pub fn wanted(&mut self) -> Vec<usize> {
         let Some(need) = self.needed() else { return Vec::new() };
         let last_in_range = self.layout.part_at(self.end.saturating_sub(1)).unwrap_or(0);
-        let upto = if need > last_in_range {
-            need + 1
-        } else {
-            (need + self.read_ahead).min(last_in_range + 1)
-        }
-        .min(self.layout.parts.len());
-        let want: Vec<usize> = (need..upto)
-            .filter(|i| !self.parts.contains_key(i) && !self.requested.contains(i))
-            .collect();
+        let upto =
+            if need > last_in_range { need + 1 } else { (need + self.read_ahead).min(last_in_range + 1) }
+                .min(self.layout.parts.len());
+        let want: Vec<usize> =
+            (need..upto).filter(|i| !self.parts.contains_key(i) && !self.requested.contains(i)).collect();
         self.requested.extend(want.iter().copied());
         want
     }

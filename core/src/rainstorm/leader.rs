@@ -82,14 +82,25 @@ struct RestorePoint {
 
 enum JobPhase {
     /// Reading the input's metadata and where it is stored.
-    Reading { manifest: Option<Manifest>, holders: Option<Vec<NodeAddr>> },
+    Reading {
+        manifest: Option<Manifest>,
+        holders: Option<Vec<NodeAddr>>,
+    },
     /// Reading the header line, part by part from the first.
-    Header { line: Vec<u8>, part: usize },
+    Header {
+        line: Vec<u8>,
+        part: usize,
+    },
     /// Creating the destination and the checkpoint log.
-    Creating { dest: bool, log: bool },
+    Creating {
+        dest: bool,
+        log: bool,
+    },
     /// Tasks deployed in the current attempt (after `until`, for a backoff); waiting for all
     /// to be ready.
-    Deploying { until: Option<Time> },
+    Deploying {
+        until: Option<Time>,
+    },
     Running,
     /// Every output reached the sink; the last ones are being committed.
     Draining,
@@ -315,7 +326,8 @@ impl Leader {
             }
             (LeaderIo::Holders, Ok(OpOutput::Listed { replicas, .. })) => {
                 if let JobPhase::Reading { holders, .. } = &mut j.phase {
-                    *holders = Some(replicas.iter().filter(|(_, _, d)| d.is_some()).map(|(a, _, _)| *a).collect());
+                    *holders =
+                        Some(replicas.iter().filter(|(_, _, d)| d.is_some()).map(|(a, _, _)| *a).collect());
                 }
             }
             // Where the input is stored only helps placement.
@@ -394,7 +406,8 @@ impl Leader {
         if let JobPhase::Reading { manifest: Some(manifest), holders: Some(holders) } = &mut j.phase {
             j.manifest = std::mem::take(manifest);
             j.holders = std::mem::take(holders);
-            let layout = Layout::new(j.manifest.clone()).map_err(|e| format!("input `{}`: {e}", j.spec.src))?;
+            let layout =
+                Layout::new(j.manifest.clone()).map_err(|e| format!("input `{}`: {e}", j.spec.src))?;
             j.input_lines = layout.lines();
             j.phase = JobPhase::Header { line: Vec::new(), part: 0 };
         }
@@ -405,8 +418,14 @@ impl Leader {
             }
             if !done {
                 let p = j.manifest.parts[*part];
-                let op = ClientOp::ReadPart { name: j.spec.src.clone(), stamp: p.stamp, part: p.part, prefer: None };
-                return Ok(self.io(job, op, LeaderIo::Header, out));
+                let op = ClientOp::ReadPart {
+                    name: j.spec.src.clone(),
+                    stamp: p.stamp,
+                    part: p.part,
+                    prefer: None,
+                };
+                self.io(job, op, LeaderIo::Header, out);
+                return Ok(());
             }
             let header = super::tuple::source_lines(line).next().map(|(_, l)| split_record(&l));
             let ops = build_pair(&j.spec.op1, &j.spec.op2, header.as_deref())
@@ -414,10 +433,12 @@ impl Leader {
             j.plan.header = header;
             j.plan.routes = [Route::into(&ops[0], true), Route::into(&ops[1], false)];
             j.phase = JobPhase::Creating { dest: false, log: false };
-            let record = Record::Job { job, leader: j.plan.leader, spec: j.spec.to_string(), tasks: j.spec.tasks };
+            let record =
+                Record::Job { job, leader: j.plan.leader, spec: j.spec.to_string(), tasks: j.spec.tasks };
             let data = encode(&record).map_err(|e| e.to_string())?;
             let log = j.plan.checkpoint_log(0).map_err(|e| e.to_string())?;
-            let dest = ClientOp::Persist { name: j.spec.dest.clone(), kind: WriteKind::Create, data: Vec::new() };
+            let dest =
+                ClientOp::Persist { name: j.spec.dest.clone(), kind: WriteKind::Create, data: Vec::new() };
             let log = ClientOp::Persist { name: log, kind: WriteKind::Create, data };
             self.io(job, dest, LeaderIo::Dest, out);
             self.io(job, log, LeaderIo::Log, out);
@@ -530,7 +551,8 @@ impl Leader {
     ) -> Result<(), BatchError> {
         let Some(j) = self.jobs.get_mut(&job) else { return Ok(()) };
         let current = attempt == j.sink.attempt();
-        if !current && !(cfg.bug(PlantedBug::SinkTakesOldAttempts) && attempt < j.sink.attempt()) {
+        let planted_old = cfg.bug(PlantedBug::SinkTakesOldAttempts) && attempt < j.sink.attempt();
+        if !(current || planted_old) {
             return Ok(());
         }
         if let LinkMsg::Batch { batch: super::message::Batch::Tuples(tuples), .. } = &msg {
@@ -672,9 +694,16 @@ impl Leader {
     }
 
     /// Membership changed: tasks waiting for a member get one.
-    pub(super) fn on_members(&mut self, now: Time, cfg: &RainstormConfig, members: &[MemberId], out: &mut Outbox) {
+    pub(super) fn on_members(
+        &mut self,
+        now: Time,
+        cfg: &RainstormConfig,
+        members: &[MemberId],
+        out: &mut Outbox,
+    ) {
         for j in self.jobs.values_mut() {
-            if j.slots.values().any(|s| s.phase == SlotPhase::Unplaced) && !eligible(j.plan.leader, members).is_empty()
+            if j.slots.values().any(|s| s.phase == SlotPhase::Unplaced)
+                && !eligible(j.plan.leader, members).is_empty()
             {
                 j.place_unplaced(members);
                 j.deploy_all(now, cfg, out);
@@ -793,7 +822,8 @@ impl LeaderJob {
         if hosts.is_empty() {
             return;
         }
-        let holders: Vec<MemberId> = hosts.iter().copied().filter(|h| self.holders.contains(&h.addr)).collect();
+        let holders: Vec<MemberId> =
+            hosts.iter().copied().filter(|h| self.holders.contains(&h.addr)).collect();
         let tasks: Vec<TaskId> =
             self.slots.iter().filter(|(_, s)| s.phase == SlotPhase::Unplaced).map(|(t, _)| *t).collect();
         for task in tasks {
@@ -836,7 +866,8 @@ impl LeaderJob {
 
     fn deploy_msg(&self, task: TaskId) -> RainstormMsg {
         let restore = Restore {
-            source: (task.stage == 0).then(|| self.restore.sources.get(&task).copied().unwrap_or(SourceCheckpoint::Start)),
+            source: (task.stage == 0)
+                .then(|| self.restore.sources.get(&task).copied().unwrap_or(SourceCheckpoint::Start)),
             state: self
                 .restore
                 .state
@@ -1065,7 +1096,11 @@ impl LeaderJob {
         if self.reported.as_ref() == Some(&counts) {
             return;
         }
-        out.event(RainstormEvent::Progress { job: self.plan.job, input_lines: counts.0, stages: counts.1.clone() });
+        out.event(RainstormEvent::Progress {
+            job: self.plan.job,
+            input_lines: counts.0,
+            stages: counts.1.clone(),
+        });
         self.reported = Some(counts);
     }
 
@@ -1095,4 +1130,3 @@ fn eligible(leader: MemberId, members: &[MemberId]) -> Vec<MemberId> {
         others
     }
 }
-

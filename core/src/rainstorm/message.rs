@@ -41,9 +41,14 @@ impl Batch {
 /// What travels on a link.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LinkMsg {
-    Batch { seq: LinkSeq, batch: Batch },
+    Batch {
+        seq: LinkSeq,
+        batch: Batch,
+    },
     /// The receiver took every batch up to `upto`.
-    Ack { upto: LinkSeq },
+    Ack {
+        upto: LinkSeq,
+    },
 }
 
 /// Where a source resumes.
@@ -88,10 +93,15 @@ pub enum TaskPhase {
     Running,
     /// It sent its end of stream; `last` is its final snapshot (counts it as part of every
     /// checkpoint it did not see a barrier of).
-    Finished { last: Snapshot },
+    Finished {
+        last: Snapshot,
+    },
     /// It cannot go on. `transient`: a file operation failed (the cluster is in flux), so the
     /// next attempt may succeed; otherwise the operator or its input is at fault.
-    Failed { reason: String, transient: bool },
+    Failed {
+        reason: String,
+        transient: bool,
+    },
 }
 
 /// Messages between a job's leader and its workers, and between tasks.
@@ -122,7 +132,14 @@ pub enum RainstormMsg {
     /// Leader → task: the answer to a status, and a push when the attempt goes or a checkpoint
     /// starts. `trigger`: sources emit barriers up to this checkpoint; `confirmed`: the leader
     /// has every snapshot up to this one.
-    Control { job: JobId, attempt: Attempt, task: TaskId, go: bool, trigger: CheckpointId, confirmed: CheckpointId },
+    Control {
+        job: JobId,
+        attempt: Attempt,
+        task: TaskId,
+        go: bool,
+        trigger: CheckpointId,
+        confirmed: CheckpointId,
+    },
     /// Task → leader: its snapshot of checkpoint `checkpoint`, as soon as it took it.
     Snapshot { job: JobId, attempt: Attempt, task: TaskId, checkpoint: CheckpointId, snapshot: Snapshot },
     /// Leader → worker: the tasks of `job` stop (with `before`: only those of older attempts).

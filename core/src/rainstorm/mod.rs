@@ -57,8 +57,8 @@ pub use tuple::{dest_line, source_lines, Tuple, TupleId};
 
 pub use config::{BatchError, PlantedBug, RainstormConfig};
 pub use job::{
-    lines_read, Attempt, CheckpointId, JobError, JobId, JobPlan, JobSpec, RainstormEvent, StageCounts, TaskId,
-    TupleCounts, SINK,
+    lines_read, Attempt, CheckpointId, JobError, JobId, JobPlan, JobSpec, RainstormEvent, StageCounts,
+    TaskId, TupleCounts, SINK,
 };
 pub use message::RainstormMsg;
 
@@ -372,7 +372,15 @@ impl Rainstorm {
                 Ok(())
             }
             RainstormMsg::Status { job, attempt, task, phase, counts, snapshots } => {
-                self.leader.on_status(now, cfg, members, from, (job, attempt, task), (phase, counts, snapshots), out);
+                self.leader.on_status(
+                    now,
+                    cfg,
+                    members,
+                    from,
+                    (job, attempt, task),
+                    (phase, counts, snapshots),
+                    out,
+                );
                 Ok(())
             }
             RainstormMsg::Control { job, attempt, task, go, trigger, confirmed } => {

@@ -4,10 +4,12 @@
 //! ([`OperatorSpec`], parsed from and printed back to e.g. `column:Sign_Post=Streetlight`) and
 //! [`derive`], which gives outputs their ids. Invariants the framework relies on:
 //! * `apply` is a pure function of `(tuple, state)`: replaying a tuple gives the same outputs, so
-//!   output `i` of tuple `t` always gets id `t.id.child(i)` and duplicates can be dropped by id;
+//!   output `i` of tuple `t` always gets id `t.id.child(i)`, and input replayed after a rollback
+//!   yields again the outputs that were never committed;
 //! * a stateful operator never keeps state itself: the framework partitions by
 //!   [`Operator::state_key`], passes the stored state for that key (`None` if there is none yet)
-//!   and stores [`Applied::state`] when it is `Some`, atomically with the outputs;
+//!   and stores [`Applied::state`] when it is `Some`; the task's checkpoint snapshots carry these
+//!   changes, so a rollback restores each key's state as of the input before the barrier;
 //! * no input panics: malformed rows are handled by documented rules, malformed state is an
 //!   [`OperatorError`].
 //!
@@ -77,8 +79,11 @@ pub fn derive(tuple: &Tuple, applied: &Applied) -> Vec<Tuple> {
 
 /// [`derive`], taking the outputs by value (no copy of their keys and values).
 pub fn derive_owned(tuple: &Tuple, outputs: Vec<Output>) -> impl Iterator<Item = Tuple> + '_ {
-    (outputs.into_iter().zip(0..=u32::MAX))
-        .map(move |(out, i)| Tuple { id: tuple.id.child(i), key: out.key, value: out.value })
+    (outputs.into_iter().zip(0..=u32::MAX)).map(move |(out, i)| Tuple {
+        id: tuple.id.child(i),
+        key: out.key,
+        value: out.value,
+    })
 }
 
 /// [`derive`], appending to `out` and moving the outputs' keys and values instead of copying them.

@@ -51,8 +51,13 @@ impl Outlets {
             .iter()
             .map(|d| {
                 let sender = LinkSender::new(cfg.window as usize, cfg.window_bytes as usize, cfg.retry);
-                let outlet =
-                    Outlet { sender, buffer: Vec::new(), buffer_bytes: 0, since: None, queue: VecDeque::new() };
+                let outlet = Outlet {
+                    sender,
+                    buffer: Vec::new(),
+                    buffer_bytes: 0,
+                    since: None,
+                    queue: VecDeque::new(),
+                };
                 (*d, outlet)
             })
             .collect();
@@ -166,7 +171,9 @@ impl Outlets {
     pub fn buffered_bytes(&self) -> usize {
         self.links
             .values()
-            .map(|o| o.buffer_bytes + o.queue.iter().map(Batch::weight).sum::<usize>() + o.sender.unacked_bytes())
+            .map(|o| {
+                o.buffer_bytes + o.queue.iter().map(Batch::weight).sum::<usize>() + o.sender.unacked_bytes()
+            })
             .sum()
     }
 
@@ -186,7 +193,13 @@ impl Outlets {
             .links
             .iter()
             .map(|(to, o)| {
-                format!("{to}:{}/{}+{}q{}", o.sender.acked(), o.sender.next_seq(), o.buffer.len(), o.queue.len())
+                format!(
+                    "{to}:{}/{}+{}q{}",
+                    o.sender.acked(),
+                    o.sender.next_seq(),
+                    o.buffer.len(),
+                    o.queue.len()
+                )
             })
             .collect();
         links.join(" ")
@@ -205,7 +218,13 @@ mod tests {
     }
 
     fn cfg() -> RainstormConfig {
-        RainstormConfig { batch_bytes: 200, batch_tuples: 3, linger: Millis(5), window: 2, ..RainstormConfig::default() }
+        RainstormConfig {
+            batch_bytes: 200,
+            batch_tuples: 3,
+            linger: Millis(5),
+            window: 2,
+            ..RainstormConfig::default()
+        }
     }
 
     fn drain(o: &mut Outlets) -> Vec<(TaskId, LinkMsg)> {
@@ -220,7 +239,9 @@ mod tests {
         assert!(drain(&mut o).is_empty(), "two tuples wait for a third");
         o.push(Time(2), A, tuple(3, "z"));
         let sent = drain(&mut o);
-        assert!(matches!(&sent[..], [(A, LinkMsg::Batch { seq: 1, batch: Batch::Tuples(t) })] if t.len() == 3));
+        assert!(
+            matches!(&sent[..], [(A, LinkMsg::Batch { seq: 1, batch: Batch::Tuples(t) })] if t.len() == 3)
+        );
         o.push(Time(10), B, tuple(4, "w"));
         assert_eq!(o.poll_timeout(), Some(Time(15)));
         o.handle_timeout(Time(15));

@@ -228,7 +228,8 @@ pub fn run_stages(
 ) -> Result<Vec<Vec<Tuple>>, ReferenceError> {
     let header = header_of(content);
     let ops = build_pair(op1, op2, header.as_deref())?;
-    let mut stages = vec![source_lines(content).map(|(n, line)| Tuple::source(src, n, line)).collect::<Vec<_>>()];
+    let mut stages =
+        vec![source_lines(content).map(|(n, line)| Tuple::source(src, n, line)).collect::<Vec<_>>()];
     for (stage, op) in (1u8..).zip(&ops) {
         let mut state = BTreeMap::new();
         let input = stages.last().map(Vec::as_slice).unwrap_or_default();

@@ -218,11 +218,22 @@ impl Sink {
             .inputs
             .iter()
             .map(|(u, i)| {
-                let mark = if i.ended { " ended" } else if i.blocked { " aligned" } else { "" };
+                let mark = if i.ended {
+                    " ended"
+                } else if i.blocked {
+                    " aligned"
+                } else {
+                    ""
+                };
                 format!("{u}:{}+{}{mark}", i.rx.taken(), i.rx.held())
             })
             .collect();
-        format!("sink in {}, aligning {:?}, {} epochs closed", links.join(" "), self.aligning, self.closed.len())
+        format!(
+            "sink in {}, aligning {:?}, {} epochs closed",
+            links.join(" "),
+            self.aligning,
+            self.closed.len()
+        )
     }
 }
 

@@ -134,7 +134,13 @@ impl SourceTask {
             SourceCheckpoint::At(p) => format!("line {} (byte {})", p.line, p.offset),
             SourceCheckpoint::Done => "done".to_owned(),
         };
-        format!("at {at}, {} lines read, barrier {}/{}, links {}", self.lines, self.emitted, self.trigger, self.outlets.describe())
+        format!(
+            "at {at}, {} lines read, barrier {}/{}, links {}",
+            self.lines,
+            self.emitted,
+            self.trigger,
+            self.outlets.describe()
+        )
     }
 
     /// Bytes held: read-ahead and outgoing batches.
@@ -324,7 +330,11 @@ mod tests {
     const DOWN: TaskId = TaskId { stage: 1, index: 0 };
 
     fn parts(content: &[u8], len: usize) -> (Layout, Vec<Vec<u8>>) {
-        let stamp = Stamp { ts: 1, client: MemberId { addr: "10.0.0.1:1".parse().expect("addr"), join_time: 1 }, seq: 1 };
+        let stamp = Stamp {
+            ts: 1,
+            client: MemberId { addr: "10.0.0.1:1".parse().expect("addr"), join_time: 1 },
+            seq: 1,
+        };
         let chunks: Vec<Vec<u8>> = content.chunks(len).map(<[u8]>::to_vec).collect();
         let parts = chunks
             .iter()
@@ -341,7 +351,8 @@ mod tests {
     }
 
     fn source(layout: Layout, resume: SourceCheckpoint, rate: Option<u64>) -> SourceTask {
-        let cfg = RainstormConfig { batch_tuples: 2, window: 64, read_ahead: 2, ..RainstormConfig::default() };
+        let cfg =
+            RainstormConfig { batch_tuples: 2, window: 64, read_ahead: 2, ..RainstormConfig::default() };
         let next = OperatorSpec::parse("grep:x").and_then(|s| s.build(None)).expect("valid");
         let range = (0, layout.len());
         let input = SourceInput { file: "in".into(), layout, range, resume, counts: TupleCounts::default() };
@@ -360,7 +371,9 @@ mod tests {
                     TaskOutput::Send { msg: LinkMsg::Batch { batch: Batch::Tuples(t), .. }, .. } => {
                         lines.extend(t.iter().map(|t| t.id.line))
                     }
-                    TaskOutput::Send { msg: LinkMsg::Batch { batch: Batch::Barrier(_), .. }, .. } => lines.push(0),
+                    TaskOutput::Send { msg: LinkMsg::Batch { batch: Batch::Barrier(_), .. }, .. } => {
+                        lines.push(0)
+                    }
                     TaskOutput::Snapshot { checkpoint, snapshot } => snaps.push((checkpoint, snapshot)),
                     _ => {}
                 }

@@ -111,9 +111,9 @@ impl Router {
         let to = match &self.next {
             None | Some((_, Route::Forward)) => self.downstream.first().copied(),
             Some((next, Route::Shuffle)) => {
-                let key = next.state_key(&tuple).map_err(|e| {
-                    format!("operator `{}` cannot key {}: {e}", next.name(), tuple.id)
-                })?;
+                let key = next
+                    .state_key(&tuple)
+                    .map_err(|e| format!("operator `{}` cannot key {}: {e}", next.name(), tuple.id))?;
                 self.downstream.get(partition(&key, self.downstream.len())).copied()
             }
         };
@@ -231,7 +231,13 @@ impl Task {
             .inputs
             .iter()
             .map(|(u, i)| {
-                let mark = if i.ended { " ended" } else if i.blocked { " aligned" } else { "" };
+                let mark = if i.ended {
+                    " ended"
+                } else if i.blocked {
+                    " aligned"
+                } else {
+                    ""
+                };
                 format!("{u}:{}+{}{mark}", i.rx.taken(), i.rx.held())
             })
             .collect();

@@ -135,8 +135,7 @@ mod tests {
 
     #[test]
     fn dest_lines_escape_line_breaks() {
-        let t =
-            |v: &str| dest_line(&Tuple { id: TupleId::source(1), key: String::new(), value: v.into() });
+        let t = |v: &str| dest_line(&Tuple { id: TupleId::source(1), key: String::new(), value: v.into() });
         assert_eq!(t("a,b"), "a,b\n");
         assert_eq!(t("a\nb\\c\r"), "a\\nb\\\\c\\r\n");
     }

@@ -18,7 +18,9 @@ use std::collections::BTreeMap;
 
 use super::config::RainstormConfig;
 use super::input::{Layout, Manifest};
-use super::job::{Attempt, CheckpointId, JobId, JobPlan, Placement, RainstormEvent, TaskId, TupleCounts, STAGES};
+use super::job::{
+    Attempt, CheckpointId, JobId, JobPlan, Placement, RainstormEvent, TaskId, TupleCounts, STAGES,
+};
 use super::message::{LinkMsg, RainstormMsg, Restore, Snapshot, SourceCheckpoint, TaskPhase};
 use super::source::{SourceInput, SourceTask};
 use super::task::{ProgramResult, Task, TaskOutput};
@@ -425,14 +427,21 @@ impl Worker {
         while let Some(o) = h.runner.as_mut().and_then(Runner::poll_output) {
             match o {
                 TaskOutput::Send { to, msg } => {
-                    if let Some(member) = h.placement.get(&to).or((to.stage == STAGES).then_some(&h.plan.leader)) {
+                    if let Some(member) =
+                        h.placement.get(&to).or((to.stage == STAGES).then_some(&h.plan.leader))
+                    {
                         let attempt = h.attempt;
                         out.send(member.addr, RainstormMsg::Link { job, attempt, from: task, to, msg });
                     }
                 }
                 TaskOutput::Read { part } => {
                     let Some(p) = h.manifest.as_ref().and_then(|m| m.parts.get(part)) else { continue };
-                    let op = ClientOp::ReadPart { name: h.plan.src.clone(), stamp: p.stamp, part: p.part, prefer: None };
+                    let op = ClientOp::ReadPart {
+                        name: h.plan.src.clone(),
+                        stamp: p.stamp,
+                        part: p.part,
+                        prefer: None,
+                    };
                     let token = out.hydfs(op);
                     self.reads.insert(token, (job, task, h.attempt, part));
                 }

@@ -9,14 +9,15 @@
 //! Invariants kept here:
 //! * a program runs only if its bytes hash to the SHA-256 its spec names: fetched from HyDFS
 //!   into `<data dir>/programs/<sha256>`, checked before every first start, replaced if not;
-//! * one process per hosted incarnation `(job, task, epoch)`, which handles its calls in order,
+//! * one process per hosted incarnation `(job, task, attempt)`, which handles its calls in order,
 //!   up to [`ProgramLimits::window`] of them in flight when it speaks version 2; processes of
 //!   incarnations the node no longer hosts are stopped ([`ProgramHost::retain`]), and their
 //!   calls still in flight are answered with an error;
 //! * a program that fails (exits, answers late, against the protocol, or oversized) is killed,
 //!   every call in flight fails with its reason, and so does every later call of its
-//!   incarnation: the task fails and its leader restarts it from the journal, so no partial
-//!   batch is ever used;
+//!   incarnation: the task fails and its leader rolls the whole job back to its last complete
+//!   checkpoint as a new attempt with new processes (or, past `max_task_failures`, fails the
+//!   job), so no partial batch is ever used;
 //! * the program's stderr goes to this node's log, line by line, tagged with the task; its last
 //!   lines are quoted in the failure.
 
@@ -382,8 +383,13 @@ impl Process {
                 let _ = child.kill().await;
                 // What the program said on its way out, once its stderr reader has taken it.
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                let lines = stderr.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect::<Vec<_>>();
-                let tail = if lines.is_empty() { String::new() } else { format!("; its stderr ended: {}", lines.join(" | ")) };
+                let lines =
+                    stderr.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect::<Vec<_>>();
+                let tail = if lines.is_empty() {
+                    String::new()
+                } else {
+                    format!("; its stderr ended: {}", lines.join(" | "))
+                };
                 return Err(format!("handshake failed: {e}{tail}"));
             }
             Err(_) => {

@@ -23,8 +23,8 @@ use crate::check::CheckerKind;
 use crate::rainstorm::programs::SimPrograms;
 use crate::scenario::Slot;
 use rainstorm_core::hydfs::{ClientOp, FileName, HydfsError, HydfsEvent, OpId, OpOutput, WriteKind};
-use rainstorm_core::rainstorm::reference;
 use rainstorm_core::rainstorm::job::Route;
+use rainstorm_core::rainstorm::reference;
 use rainstorm_core::rainstorm::tuple::TUPLE_OVERHEAD_BYTES;
 use rainstorm_core::rainstorm::{
     JobError, JobId, JobSpec, OperatorSpec, RainstormConfig, RainstormEvent, Tuple,
@@ -182,9 +182,8 @@ impl RainstormHarness {
         let dest = FileName::new("out/job.txt").expect("valid");
         let specs = OperatorSpec::parse(&w.op1).and_then(|a| OperatorSpec::parse(&w.op2).map(|b| (a, b)));
         let stages = match &specs {
-            Ok((a, b)) => {
-                reference::run_stages(src.as_str(), &content, a, b, &mut SimPrograms).map_err(|e| e.to_string())
-            }
+            Ok((a, b)) => reference::run_stages(src.as_str(), &content, a, b, &mut SimPrograms)
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         let stage_tuples: Vec<(u64, u64)> = stages.as_ref().map_or_else(
@@ -196,7 +195,8 @@ impl RainstormHarness {
         );
         let reference = stages.map(|mut s| s.pop().unwrap_or_default());
         let stateful = w.op2.starts_with("count:") || w.op2.starts_with("program:sim/count-key@");
-        let longest = rainstorm_core::rainstorm::source_lines(&content).map(|(_, l)| l.len()).max().unwrap_or(0);
+        let longest =
+            rainstorm_core::rainstorm::source_lines(&content).map(|(_, l)| l.len()).max().unwrap_or(0);
         let key = src.as_str().len() + 21;
         // Operators never make a tuple more than twice the line it came from (a key may take
         // a column of the value).
@@ -242,8 +242,13 @@ impl RainstormHarness {
     /// fills a batch first).
     pub fn most_stage_batches(&self) -> u64 {
         let cfg = &self.w.config;
-        let (per_batch, batch_bytes) = (u64::from(cfg.batch_tuples.max(1)), u64::from(cfg.batch_bytes.max(1)));
-        self.stage_tuples.iter().map(|(t, b)| t.div_ceil(per_batch).max(b.div_ceil(batch_bytes))).max().unwrap_or(0)
+        let (per_batch, batch_bytes) =
+            (u64::from(cfg.batch_tuples.max(1)), u64::from(cfg.batch_bytes.max(1)));
+        self.stage_tuples
+            .iter()
+            .map(|(t, b)| t.div_ceil(per_batch).max(b.div_ceil(batch_bytes)))
+            .max()
+            .unwrap_or(0)
     }
 
     /// Whether the harness still has something to do at its ticks.
@@ -469,9 +474,8 @@ impl RainstormHarness {
         let links = [links(routes[0]), links(routes[1]), n];
         let duration = completed.saturating_sub(submitted);
         let last_bytes = self.stage_tuples.get(2).map_or(0, |s| s.1);
-        let triggers = duration / cfg.checkpoint_interval.0.max(1)
-            + last_bytes / (cfg.sink_buffer_bytes / 4).max(1)
-            + 2;
+        let triggers =
+            duration / cfg.checkpoint_interval.0.max(1) + last_bytes / (cfg.sink_buffer_bytes / 4).max(1) + 2;
         let partial = triggers + 2 + duration / cfg.linger.0.max(1);
         let per_attempt: u64 = (0..3)
             .map(|s| {
@@ -531,7 +535,8 @@ impl RainstormHarness {
             return;
         }
         let files: Vec<String> = held.iter().map(|(slot, name)| format!("n{slot}: {name}")).collect();
-        let why = format!("the job completed at {done} ms and its files are still held: {}", files.join(", "));
+        let why =
+            format!("the job completed at {done} ms and its files are still held: {}", files.join(", "));
         self.violations.push((now, CheckerKind::RainstormCleanup, why));
     }
 

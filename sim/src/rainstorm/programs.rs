@@ -178,6 +178,8 @@ mod tests {
         let mut session = BTreeMap::new();
         assert!(run_program(&p(&sim_program("nope", &[])), None, &batch, &mut session).is_err());
         assert!(run_program(&p(&sim_program("select", &["count:1"])), None, &batch, &mut session).is_err());
-        assert!(run_program(&p(&sim_program("select", &["split", "bogus"])), None, &batch, &mut session).is_err());
+        assert!(
+            run_program(&p(&sim_program("select", &["split", "bogus"])), None, &batch, &mut session).is_err()
+        );
     }
 }

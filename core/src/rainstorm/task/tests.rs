@@ -13,7 +13,13 @@ fn op(spec: &str) -> StageOp {
 }
 
 fn cfg() -> RainstormConfig {
-    RainstormConfig { batch_tuples: 4, window: 2, linger: Millis(5), program_window: 2, ..RainstormConfig::default() }
+    RainstormConfig {
+        batch_tuples: 4,
+        window: 2,
+        linger: Millis(5),
+        program_window: 2,
+        ..RainstormConfig::default()
+    }
 }
 
 fn program() -> StageOp {
@@ -22,7 +28,10 @@ fn program() -> StageOp {
 
 /// Tuples keyed by `keys`, numbered from line `from`.
 fn keyed(from: u64, keys: &[&str]) -> Vec<Tuple> {
-    keys.iter().zip(from..).map(|(k, line)| Tuple { key: k.to_string(), ..Tuple::source("in", line, *k) }).collect()
+    keys.iter()
+        .zip(from..)
+        .map(|(k, line)| Tuple { key: k.to_string(), ..Tuple::source("in", line, *k) })
+        .collect()
 }
 
 /// A counting program's answer, keeping its session state as the protocol says.
@@ -53,14 +62,18 @@ struct Seen {
 fn drain(task: &mut Task, seen: &mut Seen) {
     while let Some(o) = task.poll_output() {
         match o {
-            TaskOutput::Send { to, msg: LinkMsg::Batch { seq, batch } } => seen.batches.push((to, seq, batch)),
+            TaskOutput::Send { to, msg: LinkMsg::Batch { seq, batch } } => {
+                seen.batches.push((to, seq, batch))
+            }
             TaskOutput::Send { to, msg: LinkMsg::Ack { upto } } => seen.acks.push((to, upto)),
             TaskOutput::Apply { batch, .. } => seen.calls.push(batch),
             TaskOutput::Snapshot { checkpoint, snapshot } => seen.snapshots.push((checkpoint, snapshot)),
             TaskOutput::Finished { last } => seen.finished = Some(last),
             TaskOutput::Failed { reason, .. } => seen.failed = Some(reason),
             TaskOutput::Ready => seen.ready = true,
-            TaskOutput::Read { .. } | TaskOutput::SourceSent { .. } => panic!("an operator task does not read"),
+            TaskOutput::Read { .. } | TaskOutput::SourceSent { .. } => {
+                panic!("an operator task does not read")
+            }
         }
     }
 }
