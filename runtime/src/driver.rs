@@ -616,6 +616,12 @@ impl NodeTask {
             log_event(&event);
             let _ = self.events.send(event);
         }
+        // Every node's trace lines reach the file within one round of events, not only when
+        // its buffer fills (a worker hears of no job's end).
+        if let Some(trace) = &mut self.output_trace {
+            use std::io::Write as _;
+            let _ = trace.flush();
+        }
         if !self.programs.is_empty() {
             let hosted = self.node.rainstorm().hosted().into_iter().collect();
             self.programs.retain(&hosted);

@@ -89,6 +89,16 @@ pub struct BenchArgs {
     /// without starting a cluster.
     #[arg(long)]
     ceiling_only: bool,
+    /// `rainstorm-cluster` only: run the last job again this many times on the cluster that ran
+    /// every job before it and as many times on fresh clusters, to tell whether a cluster ages
+    /// (0 skips it) [default: 3, or 1 with --quick].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=20))]
+    age_runs: Option<u64>,
+    /// `rainstorm-cluster` only: sample the node processes with `perf record` (Debian's package
+    /// linux-perf) during the 3-task job of each application on the largest input, and print
+    /// where their CPU time went.
+    #[arg(long)]
+    profile: bool,
 }
 
 /// How large a benchmark run is.
@@ -107,8 +117,15 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         Benchmark::HydfsCluster => hydfs_cluster::run(args.quick, args.size_mib)?,
         Benchmark::Rainstorm => rainstorm::run(scale)?,
         Benchmark::RainstormCluster => rainstorm_cluster::run(
-            rainstorm_cluster::Plan::new(args.quick, args.sizes, args.batch_bytes, args.ceiling_only)
-                .paced(args.rate),
+            {
+                let plan = rainstorm_cluster::Plan::new(args.quick, args.sizes, args.batch_bytes, args.ceiling_only)
+                    .paced(args.rate)
+                    .profiled(args.profile);
+                match args.age_runs {
+                    Some(n) => plan.aged(n as usize),
+                    None => plan,
+                }
+            },
         )?,
     }
     Ok(ExitCode::SUCCESS)

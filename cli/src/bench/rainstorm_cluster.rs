@@ -34,7 +34,7 @@ use rainstorm_cli::demo::{
 use rainstorm_runtime::control;
 use rainstorm_runtime::jobs::Streamed;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const NODES: u16 = 10;
@@ -53,6 +53,12 @@ pub struct Plan {
     pub ceiling_only: bool,
     /// Input lines per second for each job's sources in all (`--rate`), or as fast as they go.
     pub rate: Option<u64>,
+    /// How many times the last job runs again on the aged cluster and on fresh clusters, for
+    /// the age comparison (0: none).
+    pub age_runs: usize,
+    /// Profile the node processes with `perf` during the 3-task job of each application on the
+    /// largest input.
+    pub profile: bool,
 }
 
 impl Plan {
@@ -66,12 +72,24 @@ impl Plan {
             kill_tasks: vec![3],
             ceiling_only,
             rate: None,
+            age_runs: if quick { 1 } else { 3 },
+            profile: false,
         }
     }
 
     /// The same plan with its jobs' sources paced at `rate` lines/s in all.
     pub fn paced(self, rate: Option<u64>) -> Plan {
         Plan { rate, ..self }
+    }
+
+    /// The same plan with `runs` runs per side of the age comparison.
+    pub fn aged(self, runs: usize) -> Plan {
+        Plan { age_runs: runs, ..self }
+    }
+
+    /// The same plan with (or without) a `perf` profile of the nodes.
+    pub fn profiled(self, profile: bool) -> Plan {
+        Plan { profile, ..self }
     }
 }
 
@@ -147,6 +165,13 @@ pub fn run(plan: Plan) -> Result<()> {
         _ => None,
     };
     let pools = Pools::traffic_signs();
+    let largest = plan.sizes.iter().copied().max().unwrap_or(0);
+    // The task count profiled: 3 where the plan has it, else its largest.
+    let profiled_tasks =
+        if plan.tasks.contains(&3) { 3 } else { plan.tasks.iter().copied().max().unwrap_or(1) };
+    let mut profiles = Vec::new();
+    // The last job without kills, to run again for the age comparison.
+    let mut last: Option<LastJob> = None;
     let mut rows = Vec::new();
     let mut ceilings = Vec::new();
     let mut pipes = Vec::new();
@@ -189,23 +214,28 @@ pub fn run(plan: Plan) -> Result<()> {
                         // 1.5 s in, or 40% into a job that takes less than 3.75 s without kills.
                         let unkilled = rows.last().map_or(f64::INFINITY, |r: &Row| r.secs);
                         let at = KILL_AFTER.min(Duration::from_secs_f64((unkilled * 0.4).max(0.05)));
-                        let row = run_job(
-                            &mut own,
-                            &root,
-                            bin,
-                            app,
-                            &src,
-                            size,
-                            tasks,
-                            plan.rate,
-                            Some(at),
-                            expected,
-                        );
+                        let job = Job { app, src: &src, lines: size, tasks, rate: plan.rate, kill_after: Some(at), run: 0 };
+                        let row = run_job(&mut own, &root, bin, &job, expected, None);
                         own.stop();
                         let _ = std::fs::remove_dir_all(root.join("kills"));
-                        row?
+                        row?.0
                     } else {
-                        run_job(cluster, &root, bin, app, &src, size, tasks, plan.rate, None, expected)?
+                        let job = Job { app, src: &src, lines: size, tasks, rate: plan.rate, kill_after: None, run: 0 };
+                        let profile = (plan.profile && size == largest && tasks == profiled_tasks)
+                            .then(|| root.join(format!("perf-{}.data", app.name)));
+                        let (row, profile) = run_job(cluster, &root, bin, &job, expected, profile.as_deref())?;
+                        if let Some(p) = profile {
+                            profiles.push((app.name, size, tasks, p));
+                        }
+                        last = Some(LastJob {
+                            app,
+                            lines: size,
+                            tasks,
+                            local: local.clone(),
+                            src: src.clone(),
+                            expected: expected.clone(),
+                        });
+                        row
                     };
                     print_row(&row, ceiling);
                     rows.push(row);
@@ -213,11 +243,25 @@ pub fn run(plan: Plan) -> Result<()> {
             }
         }
     }
+    let age = match (&mut cluster, &last) {
+        (Some((bin, cluster)), Some(last)) if plan.age_runs > 0 => {
+            let jobs_before = rows.iter().filter(|r: &&Row| !r.killed).count();
+            Some(age(cluster, &root, bin, last, plan.rate, plan.batch_bytes, plan.age_runs, jobs_before)?)
+        }
+        _ => None,
+    };
     if let Some((_, mut cluster)) = cluster {
         cluster.stop();
     }
     println!();
     print_table(&rows, &ceilings, &pipes);
+    print_before_after(&rows, plan.rate.is_some());
+    if let Some(age) = &age {
+        age.print();
+    }
+    if plan.profile {
+        print_profiles(&profiles);
+    }
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
 }
@@ -313,21 +357,36 @@ fn start(root: &Path, name: &str, base_port: u16, batch_bytes: u32) -> Result<Lo
     LocalCluster::start(args, this_tool()?)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_job(
-    cluster: &mut LocalCluster,
-    root: &Path,
-    bin: &Path,
-    app: &App,
-    src: &str,
+/// One job to run on a cluster.
+struct Job<'a> {
+    app: &'a App,
+    src: &'a str,
     lines: u64,
     tasks: u32,
     rate: Option<u64>,
     kill_after: Option<Duration>,
+    /// Which run of the same job on one cluster (destination files are created once).
+    run: usize,
+}
+
+/// Runs `job` to completion and measures it; with `profile`, `perf` samples the node processes
+/// into that file for the job's duration, and the file is returned if the profile was taken.
+fn run_job(
+    cluster: &mut LocalCluster,
+    root: &Path,
+    bin: &Path,
+    job: &Job,
     expected: &BTreeMap<String, usize>,
-) -> Result<Row> {
+    profile: Option<&Path>,
+) -> Result<(Row, Option<std::path::PathBuf>)> {
+    let Job { app, src, lines, tasks, rate, kill_after, run } = *job;
     let kill = kill_after.is_some();
-    let dest = format!("bench/{}-{lines}-{tasks}{}.out", app.name, if kill { "-k" } else { "" });
+    let dest = format!(
+        "bench/{}-{lines}-{tasks}{}{}.out",
+        app.name,
+        if kill { "-k" } else { "" },
+        if run > 0 { format!("-r{run}") } else { String::new() }
+    );
     let op = |(p, a): (&str, &str)| program_word(bin, p, a);
     let pace = rate.map(|r| format!(" --rate {r}")).unwrap_or_default();
     let line =
@@ -351,6 +410,13 @@ fn run_job(
             }
         })
     };
+    let mut perf = profile.and_then(|out| match Perf::start(cluster, out) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            eprintln!("(no profile: {e:#})");
+            None
+        }
+    });
     let mut killed = Vec::new();
     while !job.is_finished() {
         std::thread::sleep(Duration::from_millis(20));
@@ -371,6 +437,13 @@ fn run_job(
             }
         }
     }
+    let profiled = perf.take().and_then(|p| match p.finish() {
+        Ok(path) => Some(path),
+        Err(e) => {
+            eprintln!("(no profile: {e:#})");
+            None
+        }
+    });
     let reply = match job.join() {
         Ok(Ok(r)) if r.ok => r.output,
         Ok(Ok(r)) => bail!("{} on {lines} lines with {tasks} tasks failed: {}", app.name, r.output.trim()),
@@ -397,7 +470,7 @@ fn run_job(
         (cpu_after.0.saturating_sub(cpu_before.0)) as f64 / TICKS_PER_SEC,
         (cpu_after.1.saturating_sub(cpu_before.1)) as f64 / TICKS_PER_SEC,
     );
-    Ok(Row {
+    let row = Row {
         app: app.name,
         lines,
         tasks,
@@ -411,7 +484,8 @@ fn run_job(
         program_cpu,
         rss_mib,
         exact,
-    })
+    };
+    Ok((row, profiled))
 }
 
 /// `job <id> completed: <n> outputs in <s> s, <r> task restarts; ...` → (id, n, s, r).
@@ -624,6 +698,231 @@ fn print_table(rows: &[Row], ceilings: &[Ceiling], pipes: &[(&str, u64, PipesRow
             }
         );
     }
+}
+
+/// The last job without kills of a run: what the age comparison runs again.
+struct LastJob {
+    app: &'static App,
+    lines: u64,
+    tasks: u32,
+    local: PathBuf,
+    src: String,
+    expected: BTreeMap<String, usize>,
+}
+
+/// The last job's seconds on the cluster that ran every job before it, and on fresh clusters.
+struct Age {
+    app: &'static str,
+    lines: u64,
+    tasks: u32,
+    jobs_before: usize,
+    aged: Vec<f64>,
+    fresh: Vec<f64>,
+    exact: Result<(), String>,
+}
+
+/// Runs the last job again, `runs` times on the aged cluster and `runs` times on a fresh
+/// cluster of its own (a new one for each run), taking turns so that the machine's noise falls
+/// on both sides alike.
+fn age(
+    cluster: &mut LocalCluster,
+    root: &Path,
+    bin: &Path,
+    last: &LastJob,
+    rate: Option<u64>,
+    batch_bytes: u32,
+    runs: usize,
+    jobs_before: usize,
+) -> Result<Age> {
+    let mut aged = Vec::new();
+    let mut fresh = Vec::new();
+    let mut exact = Ok(());
+    let job = |run| Job {
+        app: last.app,
+        src: &last.src,
+        lines: last.lines,
+        tasks: last.tasks,
+        rate,
+        kill_after: None,
+        run,
+    };
+    for run in 1..=runs {
+        let (row, _) = run_job(cluster, root, bin, &job(run), &last.expected, None)?;
+        eprintln!("age: on the aged cluster, run {run}: {:.2} s", row.secs);
+        aged.push(row.secs);
+        exact = exact.and(row.exact);
+        let mut own = start(root, "fresh", BASE_PORT + 40, batch_bytes)?;
+        let row = own
+            .ctl(LEADER, &format!("create {} {}", last.local.display(), last.src))
+            .and_then(|_| run_job(&mut own, root, bin, &job(0), &last.expected, None));
+        own.stop();
+        let _ = std::fs::remove_dir_all(root.join("fresh"));
+        let (row, _) = row?;
+        eprintln!("age: on a fresh cluster, run {run}: {:.2} s", row.secs);
+        fresh.push(row.secs);
+        exact = exact.and(row.exact);
+    }
+    Ok(Age { app: last.app.name, lines: last.lines, tasks: last.tasks, jobs_before, aged, fresh, exact })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+impl Age {
+    fn print(&self) {
+        let (aged, fresh) = (median(self.aged.clone()), median(self.fresh.clone()));
+        println!(
+            "## Age: {} on {} lines with {} tasks, on the cluster that ran the {} jobs before it against a fresh cluster; medians of {} runs each",
+            self.app,
+            self.lines,
+            self.tasks,
+            self.jobs_before,
+            self.aged.len()
+        );
+        println!("| aged cluster s | fresh cluster s | aged / fresh | runs aged | runs fresh | exact |");
+        println!("|---:|---:|---:|---|---|---|");
+        let list = |v: &[f64]| v.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>().join(", ");
+        println!(
+            "| {aged:.2} | {fresh:.2} | {:.3} | {} | {} | {} |",
+            aged / fresh,
+            list(&self.aged),
+            list(&self.fresh),
+            match &self.exact {
+                Ok(()) => "yes".to_owned(),
+                Err(e) => format!("NO: {e}"),
+            }
+        );
+        println!();
+    }
+}
+
+/// Job seconds on the per-batch journal design this benchmark measured before the data path
+/// moved to aligned checkpoints, on the same kind of machine: (app, lines, how, [1, 3, 5 tasks]).
+const BEFORE: [(&str, u64, &str, [f64; 3]); 4] = [
+    ("app1", 100_000, "default batches (64 lines)", [9.2, 21.0, 38.1]),
+    ("app2", 100_000, "default batches (64 lines)", [13.8, 40.7, 136.7]),
+    ("app1", 1_000_000, "batches of 1024 lines", [12.7, 25.8, 36.9]),
+    ("app2", 1_000_000, "batches of 1024 lines", [23.3, 57.0, 123.0]),
+];
+
+/// The job times of this run beside the same jobs before the move to aligned checkpoints.
+fn print_before_after(rows: &[Row], paced: bool) {
+    let after = |app: &str, lines: u64, tasks: u32| {
+        rows.iter()
+            .find(|r| r.app == app && r.lines == lines && r.tasks == tasks && !r.killed)
+            .map_or("-".to_owned(), |r| format!("{:.2}", r.secs))
+    };
+    let mut measured: Vec<(&str, u64)> = rows.iter().filter(|r| !r.killed).map(|r| (r.app, r.lines)).collect();
+    measured.dedup();
+    if measured.is_empty() {
+        return;
+    }
+    println!(
+        "## Before and after: job seconds at 1, 3 and 5 tasks per stage. Before: the per-batch journal design, \
+         measured by this benchmark on the same kind of machine (at 1M lines only with batches of 1024 lines; \
+         with the default batches App 1 at 3 tasks took 663 s). After: this run, default settings{}",
+        if paced { ", sources paced (not comparable)" } else { "" }
+    );
+    println!("| app | lines | before: how | before 1 | before 3 | before 5 | after 1 | after 3 | after 5 | 3 tasks before / after |");
+    println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (app, lines) in measured {
+        let before = BEFORE.iter().find(|(a, l, ..)| *a == app && *l == lines);
+        let cell = |i: usize| before.map_or("-".to_owned(), |b| format!("{:.1}", b.3[i]));
+        let speedup = before
+            .zip(rows.iter().find(|r| r.app == app && r.lines == lines && r.tasks == 3 && !r.killed))
+            .map_or("-".to_owned(), |(b, r)| format!("{:.1}x", b.3[1] / r.secs));
+        println!(
+            "| {app} | {lines} | {} | {} | {} | {} | {} | {} | {} | {speedup} |",
+            before.map_or("not measured", |b| b.2),
+            cell(0),
+            cell(1),
+            cell(2),
+            after(app, lines, 1),
+            after(app, lines, 3),
+            after(app, lines, 5)
+        );
+    }
+    println!();
+}
+
+/// `perf record` sampling every node process for the length of one job.
+struct Perf {
+    child: std::process::Child,
+    out: PathBuf,
+}
+
+impl Perf {
+    fn start(cluster: &LocalCluster, out: &Path) -> Result<Perf> {
+        let pids: Vec<String> = cluster.nodes.iter().map(|n| n.child.id().to_string()).collect();
+        let child = std::process::Command::new("perf")
+            .args(["record", "-q", "-F", "499", "-o"])
+            .arg(out)
+            .args(["-p", &pids.join(",")])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting `perf record` (Debian's package linux-perf)")?;
+        Ok(Perf { child, out: out.to_owned() })
+    }
+
+    /// Stops the sampling; perf writes its file when interrupted.
+    fn finish(mut self) -> Result<PathBuf> {
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill").args(["-INT", &pid]).status().context("interrupting perf")?;
+        let status = self.child.wait().context("waiting for perf")?;
+        if !self.out.exists() {
+            bail!("perf wrote no profile ({status}); is perf_event_paranoid too strict?");
+        }
+        Ok(self.out)
+    }
+}
+
+/// Where the node processes spent their CPU time in each profiled job: by thread and by
+/// function (self time, over every node process).
+fn print_profiles(profiles: &[(&str, u64, u32, PathBuf)]) {
+    if profiles.is_empty() {
+        println!("## Where the time goes: no profile was taken (is `perf` installed? Debian's package linux-perf)");
+        return;
+    }
+    for (app, lines, tasks, path) in profiles {
+        println!(
+            "## Where the time goes: {app} on {lines} lines with {tasks} tasks, `perf` at 499 Hz over every node process (self time)"
+        );
+        for (sort, top) in [("comm", 8), ("dso,symbol", 25)] {
+            match perf_report(path, sort) {
+                Ok(lines) => {
+                    println!("```");
+                    for l in lines.iter().take(top) {
+                        println!("{l}");
+                    }
+                    println!("```");
+                }
+                Err(e) => println!("(perf report failed: {e:#})"),
+            }
+        }
+        println!();
+    }
+}
+
+/// `perf report` lines of a profile sorted by `sort`, largest first, without perf's comments.
+fn perf_report(path: &Path, sort: &str) -> Result<Vec<String>> {
+    let out = std::process::Command::new("perf")
+        .args(["report", "--stdio", "-q", "--percent-limit", "0.5", "--sort", sort, "-i"])
+        .arg(path)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .context("running `perf report`")?;
+    if !out.status.success() {
+        bail!("perf report exited with {}", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| l.trim_end().chars().take(160).collect())
+        .collect())
 }
 
 fn cores() -> f64 {

@@ -136,6 +136,8 @@ pub struct HydfsStats {
     pub tombstones: u64,
     /// Tombstones forgotten before they expired, to stay within `max_tombstones`.
     pub tombstones_evicted: u64,
+    /// Parts the scrubber verified (work in proportion to what the node holds).
+    pub scrubbed_parts: u64,
 }
 
 pub struct Hydfs {

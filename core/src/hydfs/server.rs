@@ -1443,7 +1443,9 @@ impl Hydfs {
         if self.cfg.bug(PlantedBug::ServesCorruptBlocks) {
             return;
         }
-        for (name, stamp, part) in self.store.scrub(self.cfg.scrub_bytes_per_round) {
+        let (bad, checked) = self.store.scrub(self.cfg.scrub_bytes_per_round);
+        self.stats.scrubbed_parts += checked as u64;
+        for (name, stamp, part) in bad {
             self.corruption(&name, stamp, part);
         }
     }
@@ -1656,6 +1658,9 @@ impl Hydfs {
         let until = now;
         self.server.replica_waits.retain(|w| w.until > until);
         self.server.installs.retain(|w| w.until > until);
+        // Bytes counted for installs that gave up are not kept for the name.
+        let installs = &self.server.installs;
+        self.server.install_bytes.retain(|n, _| installs.iter().any(|w| &w.name == n));
         self.server.offers_in.retain(|w| w.until > until);
     }
 

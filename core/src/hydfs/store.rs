@@ -255,31 +255,36 @@ impl LocalStore {
     }
 
     /// Verifies up to `budget` bytes of stored parts, continuing where the last call stopped, and
-    /// returns the parts that failed (they are removed, to be fetched again).
-    pub fn scrub(&mut self, budget: u64) -> Vec<(FileName, Stamp, u32)> {
-        let mut bad = Vec::new();
-        let mut spent = 0u64;
+    /// returns the parts that failed (they are removed, to be fetched again) and how many parts
+    /// it verified. Its cost is in proportion to the budget (and never more than the parts held
+    /// now): only the keys it verifies are visited.
+    pub fn scrub(&mut self, budget: u64) -> (Vec<(FileName, Stamp, u32)>, usize) {
         let start = self.scrub_cursor.take();
-        let keys: Vec<PartKey> = match &start {
-            Some(c) => self
-                .parts
-                .range(c.clone()..)
-                .chain(self.parts.range(..c.clone()))
-                .map(|(k, _)| k.clone())
-                .collect(),
-            None => self.parts.keys().cloned().collect(),
-        };
-        for key in keys {
-            if spent >= budget {
-                self.scrub_cursor = Some(key);
-                break;
+        let mut todo: Vec<PartKey> = Vec::new();
+        let mut planned = 0u64;
+        {
+            let from_cursor: Box<dyn Iterator<Item = (&PartKey, &PartRec)>> = match &start {
+                Some(c) => Box::new(self.parts.range(c.clone()..).chain(self.parts.range(..c.clone()))),
+                None => Box::new(self.parts.iter()),
+            };
+            for (key, rec) in from_cursor {
+                if planned >= budget {
+                    self.scrub_cursor = Some(key.clone());
+                    break;
+                }
+                planned += rec.meta.len.max(1) as u64;
+                todo.push(key.clone());
             }
-            spent += self.parts.get(&key).map_or(0, |p| p.meta.len as u64);
+        }
+        debug_assert!(todo.len() <= self.parts.len(), "each part is verified at most once per round");
+        let checked = todo.len();
+        let mut bad = Vec::new();
+        for key in todo {
             if let Err(PartError::Corrupt) = self.read_part(&key.0, key.1, key.2) {
                 bad.push(key);
             }
         }
-        bad
+        (bad, checked)
     }
 
     /// Bytes stored for a file's complete writes.
@@ -439,6 +444,30 @@ mod tests {
             assert!(!store.has_part(&name, w.stamp, 0));
         }
         assert!(store.put_part(&name, w.stamp, 0, p, b"a\nb\n").unwrap());
+    }
+
+    #[test]
+    fn the_scrubber_visits_what_its_budget_covers_of_what_is_held_now() {
+        let mut store = LocalStore::new(Box::new(MemStorage::default())).unwrap();
+        let put = |store: &mut LocalStore, i: u64| {
+            let name = FileName::new(&format!("f{i}")).unwrap();
+            let w = WriteMeta::describe(stamp(i, i), WriteKind::Create, &[b'x'; 100], 1024);
+            store.file_mut(&name).create = Some(w.clone());
+            assert!(store.put_part(&name, w.stamp, 0, w.parts[0], &[b'x'; 100]).unwrap());
+            name
+        };
+        let names: Vec<FileName> = (0..1000).map(|i| put(&mut store, i)).collect();
+        assert_eq!(store.scrub(1000).1, 10, "a budget of 10 parts visits 10 parts of 1000");
+        assert_eq!(store.scrub(1000).1, 10, "and the next round the next 10");
+        for n in &names[10..] {
+            store.drop_file(n);
+        }
+        assert_eq!(store.scrub(1 << 20).1, 10, "a store that held 1000 parts and holds 10 verifies 10");
+        let mut fresh = LocalStore::new(Box::new(MemStorage::default())).unwrap();
+        for i in 0..10 {
+            put(&mut fresh, i);
+        }
+        assert_eq!(fresh.scrub(1 << 20).1, 10);
     }
 
     #[test]
