@@ -51,6 +51,9 @@ pub fn serve(handle: NodeHandle) -> std::io::Result<PathBuf> {
     Ok(path)
 }
 
+/// Streamed lines gathered into one write, at most about this many bytes.
+const STREAM_WRITE_BYTES: usize = 64 * 1024;
+
 async fn answer(stream: UnixStream, handle: NodeHandle) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
@@ -64,7 +67,15 @@ async fn answer(stream: UnixStream, handle: NodeHandle) -> std::io::Result<()> {
     let reply = loop {
         tokio::select! {
             biased;
-            Some(s) = streamed.recv() => write.write_all(streamed_line(&s).as_bytes()).await?,
+            Some(s) = streamed.recv() => {
+                // One write for every line already waiting, not one system call per output.
+                let mut lines = streamed_line(&s);
+                while lines.len() < STREAM_WRITE_BYTES {
+                    let Ok(s) = streamed.try_recv() else { break };
+                    lines.push_str(&streamed_line(&s));
+                }
+                write.write_all(lines.as_bytes()).await?
+            }
             reply = &mut command => break reply,
             _ = tick.tick() => {
                 let (done, total) = progress.get();
@@ -74,9 +85,15 @@ async fn answer(stream: UnixStream, handle: NodeHandle) -> std::io::Result<()> {
             }
         }
     };
+    let mut lines = String::new();
     while let Ok(s) = streamed.try_recv() {
-        write.write_all(streamed_line(&s).as_bytes()).await?;
+        lines.push_str(&streamed_line(&s));
+        if lines.len() >= STREAM_WRITE_BYTES {
+            write.write_all(lines.as_bytes()).await?;
+            lines.clear();
+        }
     }
+    write.write_all(lines.as_bytes()).await?;
     write.write_all(if reply.ok { b"ok\n" } else { b"error\n" }).await?;
     write.write_all(reply.output.as_bytes()).await?;
     write.shutdown().await

@@ -116,17 +116,16 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         Benchmark::Hydfs => hydfs::run(scale)?,
         Benchmark::HydfsCluster => hydfs_cluster::run(args.quick, args.size_mib)?,
         Benchmark::Rainstorm => rainstorm::run(scale)?,
-        Benchmark::RainstormCluster => rainstorm_cluster::run(
-            {
-                let plan = rainstorm_cluster::Plan::new(args.quick, args.sizes, args.batch_bytes, args.ceiling_only)
+        Benchmark::RainstormCluster => rainstorm_cluster::run({
+            let plan =
+                rainstorm_cluster::Plan::new(args.quick, args.sizes, args.batch_bytes, args.ceiling_only)
                     .paced(args.rate)
                     .profiled(args.profile);
-                match args.age_runs {
-                    Some(n) => plan.aged(n as usize),
-                    None => plan,
-                }
-            },
-        )?,
+            match args.age_runs {
+                Some(n) => plan.aged(n as usize),
+                None => plan,
+            }
+        })?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -214,16 +214,33 @@ pub fn run(plan: Plan) -> Result<()> {
                         // 1.5 s in, or 40% into a job that takes less than 3.75 s without kills.
                         let unkilled = rows.last().map_or(f64::INFINITY, |r: &Row| r.secs);
                         let at = KILL_AFTER.min(Duration::from_secs_f64((unkilled * 0.4).max(0.05)));
-                        let job = Job { app, src: &src, lines: size, tasks, rate: plan.rate, kill_after: Some(at), run: 0 };
+                        let job = Job {
+                            app,
+                            src: &src,
+                            lines: size,
+                            tasks,
+                            rate: plan.rate,
+                            kill_after: Some(at),
+                            run: 0,
+                        };
                         let row = run_job(&mut own, &root, bin, &job, expected, None);
                         own.stop();
                         let _ = std::fs::remove_dir_all(root.join("kills"));
                         row?.0
                     } else {
-                        let job = Job { app, src: &src, lines: size, tasks, rate: plan.rate, kill_after: None, run: 0 };
+                        let job = Job {
+                            app,
+                            src: &src,
+                            lines: size,
+                            tasks,
+                            rate: plan.rate,
+                            kill_after: None,
+                            run: 0,
+                        };
                         let profile = (plan.profile && size == largest && tasks == profiled_tasks)
                             .then(|| root.join(format!("perf-{}.data", app.name)));
-                        let (row, profile) = run_job(cluster, &root, bin, &job, expected, profile.as_deref())?;
+                        let (row, profile) =
+                            run_job(cluster, &root, bin, &job, expected, profile.as_deref())?;
                         if let Some(p) = profile {
                             profiles.push((app.name, size, tasks, p));
                         }
@@ -246,7 +263,7 @@ pub fn run(plan: Plan) -> Result<()> {
     let age = match (&mut cluster, &last) {
         (Some((bin, cluster)), Some(last)) if plan.age_runs > 0 => {
             let jobs_before = rows.iter().filter(|r: &&Row| !r.killed).count();
-            Some(age(cluster, &root, bin, last, plan.rate, plan.batch_bytes, plan.age_runs, jobs_before)?)
+            Some(age(cluster, &root, bin, last, &plan, jobs_before)?)
         }
         _ => None,
     };
@@ -721,7 +738,7 @@ struct Age {
     exact: Result<(), String>,
 }
 
-/// Runs the last job again, `runs` times on the aged cluster and `runs` times on a fresh
+/// Runs the last job again, `plan.age_runs` times on the aged cluster and as many times on a fresh
 /// cluster of its own (a new one for each run), taking turns so that the machine's noise falls
 /// on both sides alike.
 fn age(
@@ -729,11 +746,10 @@ fn age(
     root: &Path,
     bin: &Path,
     last: &LastJob,
-    rate: Option<u64>,
-    batch_bytes: u32,
-    runs: usize,
+    plan: &Plan,
     jobs_before: usize,
 ) -> Result<Age> {
+    let (rate, batch_bytes, runs) = (plan.rate, plan.batch_bytes, plan.age_runs);
     let mut aged = Vec::new();
     let mut fresh = Vec::new();
     let mut exact = Ok(());
@@ -814,7 +830,8 @@ fn print_before_after(rows: &[Row], paced: bool) {
             .find(|r| r.app == app && r.lines == lines && r.tasks == tasks && !r.killed)
             .map_or("-".to_owned(), |r| format!("{:.2}", r.secs))
     };
-    let mut measured: Vec<(&str, u64)> = rows.iter().filter(|r| !r.killed).map(|r| (r.app, r.lines)).collect();
+    let mut measured: Vec<(&str, u64)> =
+        rows.iter().filter(|r| !r.killed).map(|r| (r.app, r.lines)).collect();
     measured.dedup();
     if measured.is_empty() {
         return;
@@ -884,7 +901,9 @@ impl Perf {
 /// function (self time, over every node process).
 fn print_profiles(profiles: &[(&str, u64, u32, PathBuf)]) {
     if profiles.is_empty() {
-        println!("## Where the time goes: no profile was taken (is `perf` installed? Debian's package linux-perf)");
+        println!(
+            "## Where the time goes: no profile was taken (is `perf` installed? Debian's package linux-perf)"
+        );
         return;
     }
     for (app, lines, tasks, path) in profiles {

@@ -422,6 +422,29 @@ impl LineCursor {
     }
 }
 
+/// `content` cut into parts of `part_len` bytes (as one write), with their layout: for tests of
+/// what reads an input.
+#[cfg(test)]
+pub(crate) fn layout_of(content: &[u8], part_len: usize) -> (Layout, Vec<Vec<u8>>) {
+    use crate::hydfs::types::Stamp;
+    use crate::id::MemberId;
+    let stamp =
+        Stamp { ts: 1, client: MemberId { addr: "10.0.0.1:1".parse().expect("addr"), join_time: 1 }, seq: 1 };
+    let chunks: Vec<Vec<u8>> = content.chunks(part_len.max(1)).map(<[u8]>::to_vec).collect();
+    let parts = chunks
+        .iter()
+        .zip(0u32..)
+        .map(|(c, i)| InputPart {
+            stamp,
+            part: i,
+            len: c.len() as u32,
+            newlines: c.iter().filter(|b| **b == b'\n').count() as u32,
+            ends_with_newline: c.last() == Some(&b'\n'),
+        })
+        .collect();
+    (Layout::new(Manifest { parts }).expect("consistent"), chunks)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,21 +457,8 @@ mod tests {
         Stamp { ts: 1, client: MemberId { addr: "10.0.0.1:1".parse().expect("addr"), join_time: 1 }, seq: 1 }
     }
 
-    /// The content cut at `cuts` into parts, and their layout.
     fn layout(content: &[u8], part_len: usize) -> (Layout, Vec<Vec<u8>>) {
-        let chunks: Vec<Vec<u8>> = content.chunks(part_len.max(1)).map(<[u8]>::to_vec).collect();
-        let parts = chunks
-            .iter()
-            .zip(0u32..)
-            .map(|(c, i)| InputPart {
-                stamp: stamp(),
-                part: i,
-                len: c.len() as u32,
-                newlines: c.iter().filter(|b| **b == b'\n').count() as u32,
-                ends_with_newline: c.last() == Some(&b'\n'),
-            })
-            .collect();
-        (Layout::new(Manifest { parts }).expect("consistent"), chunks)
+        layout_of(content, part_len)
     }
 
     /// Every line of one cursor, supplying the parts it asks for (in reverse order of asking,

@@ -55,6 +55,8 @@ pub struct SourceTask {
     skip_one: bool,
     /// The next line's bytes are not here yet: pacing waits for a part, not for the clock.
     starved: bool,
+    /// The number of the last line sent in this attempt (lines leave in input order, once).
+    last_sent: Option<u64>,
     out: VecDeque<TaskOutput>,
 }
 
@@ -105,6 +107,7 @@ impl SourceTask {
             failed: false,
             skip_one: false,
             starved: false,
+            last_sent: None,
             out: VecDeque::new(),
         };
         if matches!(input.resume, SourceCheckpoint::At(_)) && cfg.bug(PlantedBug::SourceSkipsALine) {
@@ -282,6 +285,13 @@ impl SourceTask {
                             Err(e) => return self.fail(format!("cannot key {}: {e}", tuple.id), false),
                         },
                     };
+                    debug_assert!(self.started.is_some(), "nothing is sent before the leader's go");
+                    debug_assert!(
+                        self.last_sent.is_none_or(|last| number > last),
+                        "line {number} leaves after line {:?}: lines leave in input order, each once",
+                        self.last_sent
+                    );
+                    self.last_sent = Some(number);
                     self.outlets.push(now, to, tuple);
                     self.lines += 1;
                     self.counts = self.counts.add(1, 1);
@@ -300,6 +310,10 @@ impl SourceTask {
                 }
             }
         }
+        debug_assert!(
+            self.rate.is_none() || self.lines <= allowed,
+            "with a rate, at most rate x elapsed lines since the go"
+        );
         if let Some((first, last)) = span {
             self.out.push_back(TaskOutput::SourceSent { first, last });
         }
@@ -321,33 +335,13 @@ impl SourceTask {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hydfs::types::Stamp;
-    use crate::id::MemberId;
-    use crate::rainstorm::input::{InputPart, Manifest};
     use crate::rainstorm::operator::OperatorSpec;
 
     const ME: TaskId = TaskId { stage: 0, index: 0 };
     const DOWN: TaskId = TaskId { stage: 1, index: 0 };
 
     fn parts(content: &[u8], len: usize) -> (Layout, Vec<Vec<u8>>) {
-        let stamp = Stamp {
-            ts: 1,
-            client: MemberId { addr: "10.0.0.1:1".parse().expect("addr"), join_time: 1 },
-            seq: 1,
-        };
-        let chunks: Vec<Vec<u8>> = content.chunks(len).map(<[u8]>::to_vec).collect();
-        let parts = chunks
-            .iter()
-            .zip(0u32..)
-            .map(|(c, i)| InputPart {
-                stamp,
-                part: i,
-                len: c.len() as u32,
-                newlines: c.iter().filter(|b| **b == b'\n').count() as u32,
-                ends_with_newline: c.last() == Some(&b'\n'),
-            })
-            .collect();
-        (Layout::new(Manifest { parts }).expect("consistent"), chunks)
+        crate::rainstorm::input::layout_of(content, len)
     }
 
     fn source(layout: Layout, resume: SourceCheckpoint, rate: Option<u64>) -> SourceTask {

@@ -224,6 +224,11 @@ impl Worker {
             }
         }
         self.forget(|j, t, _| (j, t) == key);
+        debug_assert!(
+            self.reads.values().all(|(j, t, ..)| (*j, *t) != key)
+                && self.programs.values().all(|(j, t, _)| (*j, *t) != key),
+            "no read or program call of an attempt replaced here is still answered"
+        );
         let resumed = restore != Restore::default() && restore.source != Some(SourceCheckpoint::Start);
         let runner = build(cfg, &plan, task, restore, base, manifest.clone());
         let (runner, phase) = match runner {
@@ -242,7 +247,8 @@ impl Worker {
             next_status: now,
             resumed,
         };
-        self.hosted.insert(key, h);
+        let replaced = self.hosted.insert(key, h);
+        debug_assert!(replaced.is_none(), "one attempt of a task runs here at a time");
         self.pump(now, key, cfg, out);
     }
 
@@ -427,6 +433,10 @@ impl Worker {
         while let Some(o) = h.runner.as_mut().and_then(Runner::poll_output) {
             match o {
                 TaskOutput::Send { to, msg } => {
+                    debug_assert!(
+                        !matches!(h.phase, Phase::Failed { .. }),
+                        "a failed task sends nothing (its runner is dropped)"
+                    );
                     if let Some(member) =
                         h.placement.get(&to).or((to.stage == STAGES).then_some(&h.plan.leader))
                     {
