@@ -80,7 +80,7 @@ fn wire_catches_a_replay_window_that_refuses_reordered_frames() {
 fn no_panic_checker_reports_a_panicking_node() {
     use rainstorm_core::command::Command;
     use rainstorm_core::node::NodeEvent;
-    use rainstorm_core::{Channel, MemberId, NodeAddr, Time, Transmit};
+    use rainstorm_core::{Channel, Lane, MemberId, NodeAddr, Time, Transmit};
     use rainstorm_sim::{Actor, ActorStart};
     /// A node that sends one frame to the introducer and panics on the first frame it gets.
     struct Fragile(MemberId, bool);
@@ -100,7 +100,12 @@ fn no_panic_checker_reports_a_panicking_node() {
                 return None;
             }
             self.1 = true;
-            Some(Transmit { to: introducer, channel: Channel::Datagram, payload: vec![1] })
+            Some(Transmit {
+                to: introducer,
+                channel: Channel::Datagram,
+                lane: Lane::Control,
+                payload: vec![1],
+            })
         }
         fn poll_event(&mut self) -> Option<NodeEvent> {
             None
@@ -279,6 +284,19 @@ fn node_messages_check_catches_a_replay_window_that_refuses_reordered_frames() {
     run_script(&script, MembershipConfig::lan());
     let planted =
         MembershipConfig { planted: Some(PlantedBug::ReplayWindowOfOne), ..MembershipConfig::lan() };
+    let caught = std::panic::catch_unwind(|| run_script(&script, planted)).expect_err("not caught");
+    let message = caught.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains("replay guard's verdict"), "caught for another reason: {message}");
+}
+
+#[test]
+fn node_messages_check_catches_replay_windows_shared_by_the_lanes() {
+    use rainstorm_core::membership::MembershipConfig;
+    use rainstorm_fuzz_checks::node::{reordered_and_stale_script, run_script};
+    let script = reordered_and_stale_script();
+    run_script(&script, MembershipConfig::lan());
+    let planted =
+        MembershipConfig { planted: Some(PlantedBug::ReplayLanesShareAWindow), ..MembershipConfig::lan() };
     let caught = std::panic::catch_unwind(|| run_script(&script, planted)).expect_err("not caught");
     let message = caught.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(message.contains("replay guard's verdict"), "caught for another reason: {message}");

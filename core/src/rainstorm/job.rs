@@ -26,6 +26,7 @@ use super::task::LinkMsg;
 use super::tuple::Tuple;
 use crate::hydfs::{FileName, NameError};
 use crate::id::MemberId;
+use crate::node::Lane;
 
 /// One incarnation of a task (0 is the sink's, which never moves).
 pub type Epoch = u32;
@@ -201,6 +202,22 @@ pub enum RainstormMsg {
     Stop { job: JobId, task: Option<(TaskId, Epoch)> },
     /// Task → task (or sink): a batch or an acknowledgement between two incarnations.
     Link { job: JobId, from: (TaskId, Epoch), to: (TaskId, Epoch), msg: LinkMsg },
+}
+
+impl RainstormMsg {
+    /// The lane this message travels on: tuple batches on [`Lane::Data`], everything else
+    /// (assignments, status reports and answers, stops, acknowledgements) on [`Lane::Control`],
+    /// so that neither a stream of batches nor a HyDFS transfer delays a job's coordination.
+    pub fn lane(&self) -> Lane {
+        match self {
+            RainstormMsg::Link { msg: LinkMsg::Batch { .. }, .. } => Lane::Data,
+            RainstormMsg::Link { msg: LinkMsg::Ack { .. }, .. }
+            | RainstormMsg::Assign { .. }
+            | RainstormMsg::Status { .. }
+            | RainstormMsg::Control { .. }
+            | RainstormMsg::Stop { .. } => Lane::Control,
+        }
+    }
 }
 
 /// One stage's tuple counts: the sum of its tasks' latest reports.
