@@ -58,8 +58,8 @@ pub struct ClusterArgs {
     /// Input lines per source batch in the jobs the nodes lead (default 64).
     #[arg(long)]
     pub batch_lines: Option<u32>,
-    /// Each node traces the outputs of the jobs it leads to `<data dir>/outputs.trace` (for
-    /// latency measurements).
+    /// Each node traces the outputs of the jobs it leads to `<data dir>/outputs.trace`, and logs
+    /// its sources' `source_sent` lines (for latency measurements).
     #[arg(skip)]
     pub output_trace: bool,
 }
@@ -168,16 +168,21 @@ impl LocalCluster {
         if let Some(n) = self.args.batch_lines {
             cmd.arg("--batch-lines").arg(n.to_string());
         }
-        if self.args.output_trace {
+        // Tracing outputs is for latency measurements, which also need the sources' per-batch
+        // `source_sent` lines (logged at debug under their own target).
+        let log_filter = if self.args.output_trace {
             cmd.env("RAINSTORM_OUTPUT_TRACE", data_dir.join("outputs.trace"));
-        }
+            format!("info,{}=debug", rainstorm_runtime::logging::LATENCY_TARGET)
+        } else {
+            "info".to_string()
+        };
         match &self.args.cluster_key {
             Some(key) => cmd.env("RAINSTORM_CLUSTER_KEY", key),
             None => cmd.env_remove("RAINSTORM_CLUSTER_KEY"),
         };
         let stdout = std::fs::File::create(data_dir.join("console.out"))?;
         let stderr = std::fs::File::create(data_dir.join("stderr.log"))?;
-        cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr).env("RUST_LOG", "info");
+        cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr).env("RUST_LOG", log_filter);
         let child = cmd.spawn().with_context(|| format!("starting {bin} on port {port}"))?;
         self.nodes.retain(|n| n.index != index);
         self.nodes.push(NodeProcess { index, port, data_dir, child });

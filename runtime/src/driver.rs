@@ -751,7 +751,8 @@ fn log_event(event: &NodeEvent) {
     }
 }
 
-/// One log line per RainStorm event (outputs are streamed to the console, not logged).
+/// One log line per RainStorm event (outputs are streamed to the console, not logged; per-batch
+/// lines are at DEBUG).
 fn log_rainstorm_event(event: &rainstorm_core::rainstorm::RainstormEvent) {
     use rainstorm_core::rainstorm::RainstormEvent as E;
     match event {
@@ -797,7 +798,9 @@ fn log_rainstorm_event(event: &rainstorm_core::rainstorm::RainstormEvent) {
         E::JobAbandoned { job, reason } => {
             warn!(event = "job_abandoned", %job, "job {job} abandoned: {reason}; its tasks here were dropped")
         }
-        E::SourceSent { job, task, epoch, first, last } => info!(
+        // One per batch: only where latency is measured (`RUST_LOG=info,rainstorm::latency=debug`).
+        E::SourceSent { job, task, epoch, first, last } => debug!(
+            target: crate::logging::LATENCY_TARGET,
             event = "source_sent",
             %job, %task, epoch, first, last, unix_us = unix_micros(),
             "job {job}: {task} (incarnation {epoch}) sent input lines {first}..={last}"
@@ -805,7 +808,7 @@ fn log_rainstorm_event(event: &rainstorm_core::rainstorm::RainstormEvent) {
     }
 }
 
-/// One log line per HyDFS event worth an operator's attention.
+/// One log line per HyDFS event worth an operator's attention (per-request lines at DEBUG).
 fn log_hydfs_event(event: &rainstorm_core::hydfs::HydfsEvent) {
     use rainstorm_core::hydfs::HydfsEvent;
     match event {
@@ -813,11 +816,12 @@ fn log_hydfs_event(event: &rainstorm_core::hydfs::HydfsEvent) {
             warn!(event = "hydfs_op_failed", op, "operation {op} failed: {e}")
         }
         HydfsEvent::OpDone { .. } | HydfsEvent::WriteCommitted { .. } | HydfsEvent::ReadData { .. } => {}
+        // Per request: debug only (`hydfs_op` says at INFO when a command completes).
         HydfsEvent::Handled { what, name, from } => {
-            info!(event = "hydfs_request", what, %name, %from, "{what} {name} (from {from})")
+            debug!(event = "hydfs_request", what, %name, %from, "{what} {name} (from {from})")
         }
         HydfsEvent::MergeCommitted { name, replicas, .. } => {
-            info!(event = "merged", %name, replicas = replicas.len(), "merged {name} on {} replicas", replicas.len())
+            debug!(event = "merged", %name, replicas = replicas.len(), "merged {name} on {} replicas", replicas.len())
         }
         HydfsEvent::CorruptionDetected { name, stamp, part } => {
             warn!(event = "corrupt_block", %name, %stamp, part, "corrupt block of {name} detected; fetching it again")
@@ -826,5 +830,87 @@ fn log_hydfs_event(event: &rainstorm_core::hydfs::HydfsEvent) {
             info!(event = "file_dropped", %name, "handed {name} to its owners")
         }
         HydfsEvent::StorageFailed { reason } => warn!(event = "storage_failed", "storage failed: {reason}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rainstorm_core::hydfs::FileName;
+    use rainstorm_core::rainstorm::TaskId;
+    use std::sync::{Arc, Mutex};
+    use tracing::field::{Field, Visit};
+    use tracing_subscriber::layer::{Context, SubscriberExt};
+
+    /// Records the level, target and `event` field of every event.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<(tracing::Level, String, String)>>>);
+
+    struct EventField(String);
+
+    impl Visit for EventField {
+        fn record_str(&mut self, field: &Field, value: &str) {
+            if field.name() == "event" {
+                self.0 = value.to_string();
+            }
+        }
+        fn record_debug(&mut self, _: &Field, _: &dyn std::fmt::Debug) {}
+    }
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Recorder {
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            let mut field = EventField(String::new());
+            event.record(&mut field);
+            let meta = event.metadata();
+            self.0.lock().unwrap().push((*meta.level(), meta.target().to_string(), field.0));
+        }
+    }
+
+    fn logged(events: &[NodeEvent]) -> Vec<(tracing::Level, String, String)> {
+        let recorder = Recorder::default();
+        let subscriber = tracing_subscriber::registry().with(recorder.clone());
+        tracing::subscriber::with_default(subscriber, || events.iter().for_each(log_event));
+        let lines = recorder.0.lock().unwrap().clone();
+        lines
+    }
+
+    #[test]
+    fn per_request_and_per_batch_lines_are_debug_and_what_an_operator_follows_is_info() {
+        let from: SocketAddr = "127.0.0.1:7001".parse().unwrap();
+        let name = FileName::new("f").unwrap();
+        let job = JobId { n: 1, tag: 7 };
+        let task = TaskId { stage: 0, index: 0 };
+        let member = rainstorm_core::MemberId::new(from, 5);
+        let events = [
+            NodeEvent::Hydfs(HydfsEvent::Handled { what: "append", name: name.clone(), from }),
+            NodeEvent::Hydfs(HydfsEvent::MergeCommitted {
+                name: name.clone(),
+                replicas: vec![from],
+                merged_hash: 1,
+            }),
+            NodeEvent::Rainstorm(RainstormEvent::SourceSent { job, task, epoch: 1, first: 1, last: 64 }),
+            NodeEvent::Rainstorm(RainstormEvent::TaskStarted { job, task, epoch: 1, recovered_records: 0 }),
+            NodeEvent::Rainstorm(RainstormEvent::TaskCompleted { job, task }),
+            NodeEvent::Rainstorm(RainstormEvent::JobCompleted { job, outputs: 3, restarts: 0 }),
+            NodeEvent::Membership(MembershipEvent::MemberFailed {
+                member,
+                cause: rainstorm_core::membership::FailureCause::NoAck,
+            }),
+        ];
+        let lines = logged(&events);
+        let level = |event: &str| {
+            lines
+                .iter()
+                .find(|(_, _, e)| e == event)
+                .map(|(l, t, _)| (*l, t.clone()))
+                .unwrap_or_else(|| panic!("no {event} line"))
+        };
+        assert_eq!(level("hydfs_request").0, tracing::Level::DEBUG);
+        assert_eq!(level("merged").0, tracing::Level::DEBUG);
+        assert_eq!(level("source_sent"), (tracing::Level::DEBUG, crate::logging::LATENCY_TARGET.to_string()));
+        assert_eq!(level("task_started").0, tracing::Level::INFO);
+        assert_eq!(level("task_completed").0, tracing::Level::INFO);
+        assert_eq!(level("job_completed").0, tracing::Level::INFO);
+        assert_eq!(level("failed").0, tracing::Level::WARN);
     }
 }

@@ -12,7 +12,9 @@
 //! Figures per job: input lines/s and output records/s over the job's own time (from the
 //! leader accepting it to its last output durable in the destination file); tuple latency from
 //! the moment a source first sent the tuple's input line (the `source_sent` log event on the
-//! source's node) to the moment the leader appended its output (the leader's output trace,
+//! source's node, one per batch, so logged only at debug under `rainstorm::latency`, which the
+//! nodes of this benchmark switch on) to the moment the leader appended its output (the leader's
+//! output trace,
 //! `RAINSTORM_OUTPUT_TRACE`), p50 and p99 over every output; where the time goes, as CPU seconds
 //! of the node processes (HyDFS, journals, serialization, routing) and of the operator programs
 //! (children of the nodes) against the job's wall time; peak RSS of the node processes; and
