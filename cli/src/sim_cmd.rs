@@ -146,8 +146,12 @@ pub fn run(args: SimArgs) -> Result<ExitCode> {
     }
     if scenario.hydfs.is_some() {
         println!(
-            "stream frames {} ({} bytes, largest {})",
-            report.stats.stream_frames_sent, report.stats.stream_bytes, report.stats.largest_stream_frame
+            "stream frames {} ({} bytes, largest {}); on broken connections {} lost, {} duplicated",
+            report.stats.stream_frames_sent,
+            report.stats.stream_bytes,
+            report.stats.largest_stream_frame,
+            report.stats.stream_frames_lost,
+            report.stats.stream_frames_duplicated
         );
     }
     if report.passed() {
@@ -171,10 +175,15 @@ fn sweep(layer: Layer, start: u64, count: u64, bug: Option<&str>) -> Result<Exit
         seeds.iter().map(|s| plant(layer, layer.scenario(*s), bug)).collect::<Result<Vec<_>>>()?;
     let reports = crate::bench::parallel_map(scenarios, |s| {
         let r = run_membership(&s, &RunOptions::default());
-        (r.scenario.seed, r.stats.events, r.violations.first().map(|v| v.to_string()))
+        let broken = (r.stats.stream_frames_lost, r.stats.stream_frames_duplicated);
+        (r.scenario.seed, r.stats.events, broken, r.violations.first().map(|v| v.to_string()))
     });
-    for (seed, n, violation) in reports {
+    let (mut lost, mut duplicated, mut touched) = (0, 0, 0);
+    for (seed, n, broken, violation) in reports {
         events += n;
+        lost += broken.0;
+        duplicated += broken.1;
+        touched += u64::from(broken != (0, 0));
         if let Some(v) = violation {
             failed += 1;
             println!("seed {seed} FAILED: {v}");
@@ -183,6 +192,9 @@ fn sweep(layer: Layer, start: u64, count: u64, bug: Option<&str>) -> Result<Exit
     }
     let wall = started.elapsed().as_secs_f64();
     println!("{events} events in {wall:.1} s ({:.0} events/s)", events as f64 / wall);
+    println!(
+        "stream frames in flight on broken connections: {lost} lost, {duplicated} duplicated (in {touched} seeds)"
+    );
     println!("{}: {count} seeds, {failed} failed", layer.name());
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
