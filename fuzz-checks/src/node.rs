@@ -7,6 +7,8 @@
 //! * every datagram is at most the configured `max_datagram_bytes`, every frame decodes under
 //!   its channel's limit and names the node as its sender, and no frame was unsendable (the
 //!   simulator's **bounded** checker);
+//! * no frame goes to the node's own address (those messages are delivered in-process), and
+//!   every frame is on its message's lane (datagrams on the control lane), its header saying so;
 //! * every frame fed is counted once, as received or as rejected, in [`Node::stats`];
 //! * timers make progress: once due timers have run, [`Node::poll_timeout`] is later than `now`
 //!   within a few rounds;
@@ -527,6 +529,9 @@ impl Run {
             assert!(t.payload.len() <= limit, "a {:?} frame of {} bytes", t.channel, t.payload.len());
             let envelope = self.codec.decode(&t.payload, limit).expect("the node's own frames decode");
             assert_eq!(envelope.from, me, "a frame names another sender");
+            assert_ne!(t.to, me.addr, "a frame to the node itself left the node");
+            let lane = if t.channel == Channel::Stream { envelope.body.lane() } else { Lane::Control };
+            assert_eq!((t.lane, envelope.lane), (lane, lane), "a {:?} frame on another lane", envelope.body);
         }
         while let Some(event) = self.node.poll_event() {
             match event {
