@@ -15,9 +15,13 @@
 //! * every frame sent carries the next number of its (channel, lane) counter (1, 2, ...), and the
 //!   lane of its message ([`Body::lane`]; datagrams are always [`Lane::Control`]);
 //! * a message a layer addresses to this node's own address is handed to that layer inside the
-//!   node, during the input that produced it: never encoded, sent, numbered, rate-limited or
-//!   replay-checked, and counted in [`NodeStats::frames_local`] only (not as sent or received);
-//!   the same order in every driver, since it all happens here;
+//!   node: never encoded, sent, numbered, rate-limited or replay-checked, and counted in
+//!   [`NodeStats::frames_local`] only (not as sent or received). Such messages are due at once
+//!   ([`Node::poll_timeout`] is the time of the latest input while any wait) and are delivered in
+//!   rounds by [`Node::handle_timeout`], each round those queued before it, so that a long local
+//!   exchange (a large file read from the replica the node is itself) never holds the driver for
+//!   longer than one round: its datagrams are served in between. All in the same order in every
+//!   driver, since it all happens here;
 //! * every datagram it emits is at most `max_datagram_bytes` long;
 //! * outputs are queued until drained: after each `handle_*` call the driver drains
 //!   [`Node::poll_transmit`] and [`Node::poll_event`], then re-arms from [`Node::poll_timeout`].
@@ -214,6 +218,8 @@ pub struct Node {
     sent_stream_frames: [FrameSeq; Lane::ALL.len()],
     /// Messages for other nodes, in the order the layers queued them.
     outbox: VecDeque<Outgoing>,
+    /// Messages to this node itself, waiting for the next round of [`Node::handle_timeout`].
+    local: VecDeque<Body>,
     /// The time of the latest input (what an in-process delivery found while draining runs at).
     now: Time,
     max_datagram_bytes: usize,
@@ -268,6 +274,7 @@ impl Node {
             sent_datagrams: FrameSeq(0),
             sent_stream_frames: [FrameSeq(0); Lane::ALL.len()],
             outbox: VecDeque::new(),
+            local: VecDeque::new(),
             now,
             codec: cfg.codec,
             max_datagram_bytes,
@@ -383,8 +390,17 @@ impl Node {
         self.collect_events(now);
     }
 
-    /// Timers due at `now` fire.
+    /// Timers due at `now` fire, after one round of messages to this node itself (those queued
+    /// before this call; what they send to the node waits for the next round).
     pub fn handle_timeout(&mut self, now: Time) {
+        let round = std::mem::take(&mut self.local);
+        if !round.is_empty() {
+            let me = self.membership.me();
+            for body in round {
+                self.deliver(now, me, body);
+            }
+            self.collect_events(now);
+        }
         self.membership.handle_timeout(now);
         self.collect_events(now);
         self.hydfs.handle_timeout(now);
@@ -479,10 +495,9 @@ impl Node {
     }
 
     /// Moves every message the layers queued to the outbox, in layer order (membership, HyDFS,
-    /// RainStorm), except those addressed to this node itself, which are handed to their layer
-    /// at once. Returns whether any was (its layer may then have events to collect).
-    fn route_outgoing(&mut self, now: Time) -> bool {
-        let mut delivered = false;
+    /// RainStorm), except those addressed to this node itself, which wait for the next round of
+    /// [`Node::handle_timeout`].
+    fn route_outgoing(&mut self) {
         loop {
             let (to, channel, body) = match self.membership.poll_outgoing() {
                 Some(out) => (out.to, out.channel, Body::Membership(out.msg)),
@@ -490,15 +505,13 @@ impl Node {
                     Some((to, msg)) => (to, Channel::Stream, Body::Hydfs(msg)),
                     None => match self.rainstorm.poll_outgoing() {
                         Some((to, msg)) => (to, Channel::Stream, Body::Rainstorm(msg)),
-                        None => return delivered,
+                        None => return,
                     },
                 },
             };
             if to == self.addr {
-                delivered = true;
                 self.stats.frames_local += 1;
-                let me = self.membership.me();
-                self.deliver(now, me, body);
+                self.local.push_back(body);
             } else {
                 self.outbox.push_back(Outgoing { to, channel, body });
             }
@@ -514,7 +527,8 @@ impl Node {
     /// When [`Node::handle_timeout`] must next be called.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Time> {
-        [self.membership.poll_timeout(), self.hydfs.poll_timeout(), self.rainstorm.poll_timeout()]
+        let local = (!self.local.is_empty()).then_some(self.now);
+        [local, self.membership.poll_timeout(), self.hydfs.poll_timeout(), self.rainstorm.poll_timeout()]
             .into_iter()
             .flatten()
             .min()
@@ -536,16 +550,11 @@ impl Node {
             && !self.rate.allow(now, from)
     }
 
-    /// Collects every layer's events and routes every message the layers queued, handing
-    /// messages to this node to their layer, until nothing is left to do.
+    /// Collects every layer's events and routes every message the layers queued.
     fn collect_events(&mut self, now: Time) {
         self.now = now;
-        loop {
-            self.collect_layer_events(now);
-            if !self.route_outgoing(now) {
-                return;
-            }
-        }
+        self.collect_layer_events(now);
+        self.route_outgoing();
     }
 
     fn collect_layer_events(&mut self, now: Time) {

@@ -5,12 +5,14 @@
 //! frame at once, with time passing in steps.
 
 use rainstorm_core::command::Command;
-use rainstorm_core::hydfs::{ClientOp, FileName, HydfsConfig, HydfsError, HydfsEvent, OpId, OpOutput};
+use rainstorm_core::hydfs::{
+    ClientOp, FileName, HydfsConfig, HydfsError, HydfsEvent, HydfsMsg, OpId, OpOutput,
+};
 use rainstorm_core::limits::LimitsConfig;
 use rainstorm_core::membership::{MembershipConfig, Role};
 use rainstorm_core::node::{NodeConfig, NodeEvent};
 use rainstorm_core::rainstorm::RainstormConfig;
-use rainstorm_core::wire::{ClusterKey, Codec};
+use rainstorm_core::wire::{Body, ClusterKey, Codec};
 use rainstorm_core::{Channel, Lane, Millis, Node, NodeAddr, Time, Transmit};
 use std::collections::BTreeMap;
 
@@ -202,9 +204,13 @@ fn a_node_reading_its_own_replica_hands_itself_the_messages_in_process() {
     for (from, t) in &c.sent {
         assert_ne!(t.to, addr(*from), "node {from} sent itself a {:?} frame", t.channel);
     }
-    let hydfs_frames_to_others =
-        c.sent[sent_before..].iter().filter(|(_, t)| t.channel == Channel::Stream).count();
-    assert_eq!(hydfs_frames_to_others, 0, "a read from oneself sends no stream frame");
+    let reads_on_the_wire = c.sent[sent_before..]
+        .iter()
+        .filter(|(_, t)| t.channel == Channel::Stream)
+        .map(|(_, t)| c.codec.decode(&t.payload, usize::MAX).expect("a node's frame decodes").body)
+        .filter(|b| matches!(b, Body::Hydfs(HydfsMsg::Read { .. } | HydfsMsg::ReadReply { .. })))
+        .count();
+    assert_eq!(reads_on_the_wire, 0, "a read from oneself sends no read frame");
     for (i, n) in c.nodes.iter().enumerate() {
         let before = &stats_before[i];
         let sent = c.sent[sent_before..].iter().filter(|(from, _)| *from == i).count() as u64;
@@ -216,4 +222,40 @@ fn a_node_reading_its_own_replica_hands_itself_the_messages_in_process() {
             "node {i} counts what it received"
         );
     }
+}
+
+#[test]
+fn a_long_exchange_with_itself_runs_in_rounds_that_leave_room_for_other_input() {
+    let mut c = Cluster::new(3, Order::AsSent);
+    let data = content(6 * 1024 * 1024);
+    c.run(1, ClientOp::Create { name: name("large"), data: data.clone() }).expect("created");
+    c.settle();
+    let now = c.now;
+    let node = &mut c.nodes[1];
+    let id = node
+        .submit(now, ClientOp::GetFromReplica { name: name("large"), replica: addr(1) })
+        .expect("submitted");
+    // The messages to itself are due at once, and each round delivers only those queued before
+    // it: a 6 MiB read (chunks of at most 1 MiB) takes several rounds, not one input.
+    let mut rounds = 0;
+    let mut done = None;
+    while done.is_none() {
+        assert_eq!(node.poll_timeout(), Some(now), "messages to itself are due now");
+        node.handle_timeout(now);
+        rounds += 1;
+        while node.poll_transmit().is_some() {}
+        while let Some(e) = node.poll_event() {
+            if let NodeEvent::Hydfs(HydfsEvent::OpDone { op, result }) = e {
+                if op == id {
+                    done = Some(result);
+                }
+            }
+        }
+        assert!(rounds < 100, "the read did not finish");
+    }
+    let Ok(OpOutput::Content { bytes, .. }) = done.expect("finished") else {
+        panic!("a read answers with content")
+    };
+    assert_eq!(bytes, data);
+    assert!(rounds >= 3, "a 6 MiB local read took {rounds} rounds");
 }
