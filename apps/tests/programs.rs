@@ -1,9 +1,11 @@
 //! The demo operator programs, driven through the protocol as a worker would drive them: the
-//! Rust binaries and `python/traffic_signs.py` must give byte-identical outputs, and those
-//! outputs must equal the built-in operators' (run by the single-process reference) over
+//! Rust binaries (in protocol version 2, with several batches in flight, and made to speak
+//! version 1) and `python/traffic_signs.py` (version 1) must give byte-identical outputs, and
+//! those outputs must equal the built-in operators' (run by the single-process reference) over
 //! `data/Traffic_Signs.csv` and over generated rows full of quotes, commas and odd characters.
 //! The Python half is skipped, with a printed `SKIPPED`, when `python3` is not on the PATH.
 
+use std::collections::BTreeSet;
 use std::io::BufReader;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -12,15 +14,30 @@ use rainstorm_apps::gen_signs::TRAFFIC_SIGNS;
 use rainstorm_core::rainstorm::reference::{header_of, run as reference};
 use rainstorm_core::rainstorm::{source_lines, OperatorSpec};
 use rainstorm_operator::{
-    BatchRequest, Client, Hello, ProtocolError, State, WireTuple, DEFAULT_MAX_LINE_BYTES,
+    BatchRequest, Client, Hello, ProtocolError, State, WireTuple, DEFAULT_MAX_MESSAGE_BYTES, V1, V2,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Flavor {
+    /// A Rust binary offered version 2 (which it takes).
     Rust,
+    /// A Rust binary offered only version 1.
+    RustV1,
+    /// The Python script, offered version 2 (it answers 1).
     Python,
+}
+
+/// Batches a version 2 conversation keeps in flight.
+const WINDOW: usize = 4;
+
+/// The worker's hello for a flavor.
+fn hello(flavor: Flavor, header: Option<Vec<String>>) -> Hello {
+    match flavor {
+        Flavor::RustV1 => Hello::v1_only("s1-t0", header),
+        Flavor::Rust | Flavor::Python => Hello::new("s1-t0", header),
+    }
 }
 
 fn script() -> PathBuf {
@@ -40,15 +57,15 @@ fn flavors() -> Vec<Flavor> {
         found
     });
     if python {
-        vec![Flavor::Rust, Flavor::Python]
+        vec![Flavor::Rust, Flavor::RustV1, Flavor::Python]
     } else {
-        vec![Flavor::Rust]
+        vec![Flavor::Rust, Flavor::RustV1]
     }
 }
 
 fn command(flavor: Flavor, app: &str, args: &[&str]) -> Command {
     let mut command = match flavor {
-        Flavor::Rust => Command::new(match app {
+        Flavor::Rust | Flavor::RustV1 => Command::new(match app {
             "app1-filter" => env!("CARGO_BIN_EXE_app1-filter"),
             "app1-project" => env!("CARGO_BIN_EXE_app1-project"),
             "app2-filter" => env!("CARGO_BIN_EXE_app2-filter"),
@@ -72,10 +89,12 @@ struct Run {
     state: State,
 }
 
-/// Drives one program as a worker would: handshake, then `input` in batches of `batch`
-/// tuples (for a stateful program, each with the stored state of its keys, and the returned
-/// changes stored); every fifth batch is asked twice with the same state, and must be answered
-/// the same (replays after a crash rely on it). Then closes stdin and expects exit 0.
+/// Drives one program as a worker would: handshake, then `input` in batches of `batch` tuples,
+/// then closes stdin and expects exit 0. In version 2, up to [`WINDOW`] batches are in flight
+/// and a stateful program gets a key's stored state once, with the first batch that holds the
+/// key; in version 1, one batch at a time, each with the stored state of all its keys, and
+/// every fifth batch is asked twice with the same state and must be answered the same (replays
+/// after a crash rely on it). The returned state is the stored state updated by every reply.
 fn drive(
     flavor: Flavor,
     app: &str,
@@ -84,20 +103,49 @@ fn drive(
     input: &[WireTuple],
     batch: usize,
 ) -> Run {
+    drive_from(flavor, app, args, header, input, batch, State::new())
+}
+
+/// [`drive`], the framework's stored state starting as `stored` (as after a restart).
+fn drive_from(
+    flavor: Flavor,
+    app: &str,
+    args: &[&str],
+    header: Option<Vec<String>>,
+    input: &[WireTuple],
+    batch: usize,
+    mut stored: State,
+) -> Run {
     let mut child = command(flavor, app, args).spawn().unwrap_or_else(|e| panic!("{flavor:?} {app}: {e}"));
     let (stdout, stdin) = (child.stdout.take().expect("piped"), child.stdin.take().expect("piped"));
-    let mut client = Client::new(BufReader::new(stdout), stdin, DEFAULT_MAX_LINE_BYTES);
-    let ready = client.handshake(&Hello::new("s1-t0", header)).expect("handshake");
+    let mut client = Client::new(BufReader::new(stdout), stdin, DEFAULT_MAX_MESSAGE_BYTES);
+    let ready = client.handshake(&hello(flavor, header)).expect("handshake");
     assert_eq!(ready.stateful, app == "app2-count", "{flavor:?} {app}");
-    let mut stored = State::new();
+    assert_eq!(ready.rainstorm, if flavor == Flavor::Rust { V2 } else { V1 }, "{flavor:?} {app}");
+    let chunks: Vec<&[WireTuple]> = input.chunks(batch.max(1)).collect();
     let mut outputs = Vec::new();
-    for (n, tuples) in (1..).zip(input.chunks(batch.max(1))) {
-        let state = ready.stateful.then(|| {
-            tuples.iter().filter_map(|t| stored.get(&t.key).map(|s| (t.key.clone(), s.clone()))).collect()
-        });
-        let request = BatchRequest { batch: n, tuples: tuples.to_vec(), state };
-        let reply = client.call(&request).unwrap_or_else(|e| panic!("{flavor:?} {app} batch {n}: {e}"));
-        if n % 5 == 0 {
+    let mut sent_keys = BTreeSet::new();
+    let mut requests = std::collections::VecDeque::new();
+    let (mut sent, mut answered) = (0, 0);
+    while answered < chunks.len() {
+        let window = if ready.rainstorm == V2 { WINDOW } else { 1 };
+        while sent < chunks.len() && client.in_flight() < window {
+            let tuples = chunks[sent];
+            let state = ready.stateful.then(|| {
+                let first_time = |t: &&WireTuple| ready.rainstorm == V1 || sent_keys.insert(t.key.clone());
+                let with_state = |t: &WireTuple| stored.get(&t.key).map(|s| (t.key.clone(), s.clone()));
+                tuples.iter().filter(first_time).filter_map(with_state).collect()
+            });
+            sent += 1;
+            let request = BatchRequest { batch: sent as u64, tuples: tuples.to_vec(), state };
+            client.send(&request).unwrap_or_else(|e| panic!("{flavor:?} {app} batch {sent}: {e}"));
+            requests.push_back(request);
+        }
+        answered += 1;
+        let reply = client.receive().unwrap_or_else(|e| panic!("{flavor:?} {app} batch {answered}: {e}"));
+        let request = requests.pop_front().expect("a request per reply");
+        assert_eq!(reply.batch, request.batch);
+        if ready.rainstorm == V1 && answered % 5 == 0 {
             assert_eq!(client.call(&request).as_ref(), Ok(&reply), "{flavor:?} {app}: a replay differs");
         }
         stored.extend(reply.state);
@@ -224,12 +272,38 @@ fn rust_and_python_agree_on_any_tuple() {
         ("app2-filter", &["\n"]),
         ("app2-count", &[]),
     ] {
-        let [rust, python] =
-            [Flavor::Rust, Flavor::Python].map(|f| drive(f, app, args, header.clone(), &input, 64));
+        let [rust, rust_v1, python] = [Flavor::Rust, Flavor::RustV1, Flavor::Python]
+            .map(|f| drive(f, app, args, header.clone(), &input, 64));
         assert_eq!(rust.outputs, python.outputs, "{app} {args:?}");
         assert_eq!(rust.state, python.state, "{app} {args:?}");
+        assert_eq!((&rust_v1.outputs, &rust_v1.state), (&rust.outputs, &rust.state), "{app} {args:?}");
         assert!(!rust.outputs.is_empty(), "{app} {args:?} exercised nothing");
     }
+}
+
+/// A count restarted from stored state (as after a crash): every flavor continues from it, a
+/// version 2 program getting each key's stored state once.
+#[test]
+fn a_restarted_count_continues_from_the_stored_state() {
+    let keys = ["Parking", "Stop", "Parking", "Yield", "Parking", "Stop"];
+    let input: Vec<WireTuple> = (0..300).map(|i| WireTuple::new(keys[i % keys.len()], "row")).collect();
+    let stored =
+        State::from([("Parking".to_owned(), "1000".to_owned()), ("Stop".to_owned(), "7".to_owned())]);
+    let mut runs = Vec::new();
+    for flavor in flavors() {
+        let run = drive_from(flavor, "app2-count", &[], None, &input, 16, stored.clone());
+        runs.push((flavor, run.outputs, run.state));
+    }
+    let expected = State::from([
+        ("Parking".into(), "1150".into()),
+        ("Stop".into(), "107".into()),
+        ("Yield".into(), "50".into()),
+    ]);
+    for (flavor, outputs, state) in &runs {
+        assert_eq!(state, &expected, "{flavor:?}");
+        assert_eq!(outputs, &runs[0].1, "{flavor:?} differs from {:?}", runs[0].0);
+    }
+    assert_eq!(runs[0].1[0], WireTuple::new("Parking", "Parking,1001"));
 }
 
 /// Starts a program and returns its answer to the hello, and how it exited after stdin closed.
@@ -241,8 +315,8 @@ fn handshake_only(
 ) -> (Result<bool, ProtocolError>, bool) {
     let mut child = command(flavor, app, args).stderr(Stdio::null()).spawn().expect("spawn");
     let (stdout, stdin) = (child.stdout.take().expect("piped"), child.stdin.take().expect("piped"));
-    let mut client = Client::new(BufReader::new(stdout), stdin, DEFAULT_MAX_LINE_BYTES);
-    let ready = client.handshake(&Hello::new("s1-t0", header)).map(|r| r.stateful);
+    let mut client = Client::new(BufReader::new(stdout), stdin, DEFAULT_MAX_MESSAGE_BYTES);
+    let ready = client.handshake(&hello(flavor, header)).map(|r| r.stateful);
     drop(client.into_parts());
     (ready, child.wait().expect("wait").success())
 }
@@ -288,8 +362,8 @@ fn a_malformed_count_state_fails_the_program() {
         for bad in ["", "x", "-1", " 1", "18446744073709551615", "99999999999999999999999"] {
             let mut child = command(flavor, "app2-count", &[]).stderr(Stdio::null()).spawn().expect("spawn");
             let (stdout, stdin) = (child.stdout.take().expect("piped"), child.stdin.take().expect("piped"));
-            let mut client = Client::new(BufReader::new(stdout), stdin, DEFAULT_MAX_LINE_BYTES);
-            assert_eq!(client.handshake(&Hello::new("s2-t0", None)).map(|r| r.stateful), Ok(true));
+            let mut client = Client::new(BufReader::new(stdout), stdin, DEFAULT_MAX_MESSAGE_BYTES);
+            assert_eq!(client.handshake(&hello(flavor, None)).map(|r| r.stateful), Ok(true));
             let request = BatchRequest {
                 batch: 1,
                 tuples: vec![WireTuple::new("Parking", "row")],
@@ -330,7 +404,7 @@ fn the_python_example_in_the_docs_works() {
         .spawn()
         .expect("spawn");
     let (stdout, stdin) = (child.stdout.take().expect("piped"), child.stdin.take().expect("piped"));
-    let mut client = Client::new(BufReader::new(stdout), stdin, DEFAULT_MAX_LINE_BYTES);
+    let mut client = Client::new(BufReader::new(stdout), stdin, DEFAULT_MAX_MESSAGE_BYTES);
     assert_eq!(client.handshake(&Hello::new("s2-t0", None)).map(|r| r.stateful), Ok(true));
     let request = BatchRequest {
         batch: 1,

@@ -55,11 +55,14 @@ pub struct ClusterArgs {
     /// How long an operator program may take to answer one batch, in ms (default 30000).
     #[arg(long)]
     pub program_timeout_ms: Option<u64>,
-    /// Input lines per source batch in the jobs the nodes lead (default 64).
+    /// How often the jobs the nodes lead checkpoint, in ms (default 25).
     #[arg(long)]
-    pub batch_lines: Option<u32>,
-    /// Each node traces the outputs of the jobs it leads to `<data dir>/outputs.trace`, and logs
-    /// its sources' `source_sent` lines (for latency measurements).
+    pub checkpoint_interval_ms: Option<u64>,
+    /// Bytes of tuples per batch between tasks (default 65536).
+    #[arg(long)]
+    pub batch_bytes: Option<u32>,
+    /// Each node traces the outputs of the jobs it leads to `<data dir>/outputs.trace` (for
+    /// latency measurements).
     #[arg(skip)]
     pub output_trace: bool,
 }
@@ -80,7 +83,8 @@ impl ClusterArgs {
             for_secs: None,
             cache_mb: None,
             program_timeout_ms: None,
-            batch_lines: None,
+            checkpoint_interval_ms: None,
+            batch_bytes: None,
             output_trace: false,
         }
     }
@@ -165,24 +169,22 @@ impl LocalCluster {
         if let Some(ms) = self.args.program_timeout_ms {
             cmd.arg("--program-timeout-ms").arg(ms.to_string());
         }
-        if let Some(n) = self.args.batch_lines {
-            cmd.arg("--batch-lines").arg(n.to_string());
+        if let Some(ms) = self.args.checkpoint_interval_ms {
+            cmd.arg("--checkpoint-interval-ms").arg(ms.to_string());
         }
-        // Tracing outputs is for latency measurements, which also need the sources' per-batch
-        // `source_sent` lines (logged at debug under their own target).
-        let log_filter = if self.args.output_trace {
+        if let Some(n) = self.args.batch_bytes {
+            cmd.arg("--batch-bytes").arg(n.to_string());
+        }
+        if self.args.output_trace {
             cmd.env("RAINSTORM_OUTPUT_TRACE", data_dir.join("outputs.trace"));
-            format!("info,{}=debug", rainstorm_runtime::logging::LATENCY_TARGET)
-        } else {
-            "info".to_string()
-        };
+        }
         match &self.args.cluster_key {
             Some(key) => cmd.env("RAINSTORM_CLUSTER_KEY", key),
             None => cmd.env_remove("RAINSTORM_CLUSTER_KEY"),
         };
         let stdout = std::fs::File::create(data_dir.join("console.out"))?;
         let stderr = std::fs::File::create(data_dir.join("stderr.log"))?;
-        cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr).env("RUST_LOG", log_filter);
+        cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr).env("RUST_LOG", "info");
         let child = cmd.spawn().with_context(|| format!("starting {bin} on port {port}"))?;
         self.nodes.retain(|n| n.index != index);
         self.nodes.push(NodeProcess { index, port, data_dir, child });

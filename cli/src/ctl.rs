@@ -83,12 +83,12 @@ pub fn run(args: CtlArgs) -> ExitCode {
         line = cmd.to_string();
     }
     // So do operator programs given by path.
-    if let Ok(rainstorm_core::command::Command::Job(JobCommand::Run { op1, op2, src, dest, tasks })) =
+    if let Ok(rainstorm_core::command::Command::Job(JobCommand::Run { op1, op2, src, dest, tasks, rate })) =
         rainstorm_core::command::Command::parse(&line)
     {
         let cwd = std::env::current_dir().unwrap_or_default();
         let (op1, op2) = (absolute_program(&op1, &cwd), absolute_program(&op2, &cwd));
-        line = JobCommand::Run { op1, op2, src, dest, tasks }.to_string();
+        line = JobCommand::Run { op1, op2, src, dest, tasks, rate }.to_string();
     }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

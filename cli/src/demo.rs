@@ -7,8 +7,9 @@
 //! * App 1: rows containing a pattern → `OBJECTID,Sign_Type`;
 //! * App 2: rows whose `Sign_Post` equals a value → a running count per `Category`.
 //!
-//! About 1.5 s into each job it asks the leader where the tasks run and kills two worker
-//! processes with SIGKILL. Results stream to the console as the leader appends them. When a job
+//! The sources read at 2,000 lines/s (`--rate`), as a live stream would arrive, so each job runs
+//! for a few seconds; about 1 s into each job it asks the leader where the tasks run and kills
+//! two worker processes with SIGKILL. Results stream to the console as the leader appends them. When a job
 //! ends, its destination file is read back from HyDFS and compared, as a multiset of lines, with
 //! a single-process run of the built-in operators that compute the same thing; so is what the
 //! console received. The verdict says whether every expected output is there exactly once.
@@ -52,8 +53,12 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub tasks: u32,
     /// When to kill two workers, in ms after each job starts.
-    #[arg(long, default_value_t = 1_500)]
+    #[arg(long, default_value_t = 1_000)]
     pub kill_after_ms: u64,
+    /// Input lines per second the sources read, as a live stream would arrive (so the kills
+    /// fall while the jobs run; 0 reads as fast as the job goes).
+    #[arg(long, default_value_t = 2_000)]
+    pub rate: u64,
     /// Do not kill anything (the same jobs, failure-free).
     #[arg(long)]
     pub no_kill: bool,
@@ -107,9 +112,15 @@ impl App {
     }
 
     /// The `RainStorm` command line, with each program as a quoted local path and its arguments.
-    fn command(&self, bin: &Path, src: &str, tasks: u32) -> String {
+    fn command(&self, bin: &Path, src: &str, tasks: u32, rate: u64) -> String {
         let op = |(program, args): &(String, String)| program_word(bin, program, args);
-        format!("RainStorm {} {} {src} {} {tasks}", op(&self.programs[0]), op(&self.programs[1]), self.dest)
+        let rate = if rate > 0 { format!(" --rate {rate}") } else { String::new() };
+        format!(
+            "RainStorm {} {} {src} {} {tasks}{rate}",
+            op(&self.programs[0]),
+            op(&self.programs[1]),
+            self.dest
+        )
     }
 
     /// The reference run's destination lines, counted.
@@ -155,8 +166,9 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     let last = apps.len() - 1;
     for (i, app) in apps.into_iter().enumerate() {
         println!();
+        let pace = if args.rate > 0 { format!(", read at {} lines/s", args.rate) } else { String::new() };
         println!(
-            "== {}: {} | {} on {src} ({lines} lines), {} tasks per stage",
+            "== {}: {} | {} on {src} ({lines} lines{pace}), {} tasks per stage",
             app.name, app.builtins[0], app.builtins[1], args.tasks
         );
         let expected = app.expected(&input, src)?;
@@ -203,7 +215,7 @@ fn run_job(
     src: &str,
     files: &Path,
 ) -> Result<Outcome> {
-    let line = app.command(bin, src, args.tasks);
+    let line = app.command(bin, src, args.tasks, args.rate);
     println!("node{LEADER}> {line}");
     let socket = control::socket_path(&cluster.data_dir(LEADER));
     let log_path = files.join(format!("{}.console", app.dest.replace('/', "_")));
@@ -381,7 +393,7 @@ impl StreamState {
 }
 
 /// Two worker nodes to kill, from `job <id>`'s placement lines (`  s1-t0 on 127.0.0.1:7004
-/// (incarnation 1)`): hosts of the operator stages first, never the leader or the introducer.
+/// (attempt 1)`): hosts of the operator stages first, never the leader or the introducer.
 pub fn victims(job: &str, base_port: u16) -> Vec<(u16, Vec<String>)> {
     let mut by_node: BTreeMap<u16, Vec<String>> = BTreeMap::new();
     for line in job.lines() {
@@ -583,9 +595,9 @@ mod tests {
 
     #[test]
     fn victims_are_operator_hosts_never_the_leader_or_introducer() {
-        let job = "job 1-abc: spec\n  running\n  s0-t0 on 127.0.0.1:7000 (incarnation 1)\n  \
-                   s0-t1 on 127.0.0.1:7005 (incarnation 1)\n  s1-t0 on 127.0.0.1:7001 (incarnation 1)\n  \
-                   s1-t1 on 127.0.0.1:7004 (incarnation 2)\n  s2-t0 on 127.0.0.1:7007 (incarnation 1)\n  \
+        let job = "job 1-abc: spec\n  running\n  s0-t0 on 127.0.0.1:7000 (attempt 1)\n  \
+                   s0-t1 on 127.0.0.1:7005 (attempt 1)\n  s1-t0 on 127.0.0.1:7001 (attempt 1)\n  \
+                   s1-t1 on 127.0.0.1:7004 (attempt 2)\n  s2-t0 on 127.0.0.1:7007 (attempt 1)\n  \
                    | job 1-abc: leader lines on 127.0.0.1:7009\n";
         let v = victims(job, 7000);
         assert_eq!(v, vec![(4, vec!["s1-t1".to_owned()]), (7, vec!["s2-t0".to_owned()])]);

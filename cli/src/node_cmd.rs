@@ -65,10 +65,13 @@ pub struct NodeArgs {
     /// How long an operator program may take to answer one batch, in ms (default 30000).
     #[arg(long)]
     pub program_timeout_ms: Option<u64>,
-    /// Input lines per source batch in the jobs this node leads (default 64): larger batches
-    /// mean fewer journal appends per tuple, smaller ones lower latency.
+    /// How often the jobs this node leads checkpoint, in ms (default 25): outputs reach the
+    /// destination and the console once the checkpoint after them is committed.
     #[arg(long)]
-    pub batch_lines: Option<u32>,
+    pub checkpoint_interval_ms: Option<u64>,
+    /// Bytes of tuples per batch between tasks (default 65536).
+    #[arg(long)]
+    pub batch_bytes: Option<u32>,
 }
 
 const CONSOLE_HELP: &str = "Console commands (stdin, or `rainstorm ctl <data-dir> <command>`):
@@ -77,7 +80,7 @@ const CONSOLE_HELP: &str = "Console commands (stdin, or `rainstorm ctl <data-dir
   files:      create <local> <hydfs>, get <hydfs> <local>, append <local> <hydfs>, merge <hydfs>,
               ls <hydfs>, store, getfromreplica <node> <hydfs> <local>, list_mem_ids,
               multiappend <hydfs> <node>... <local>...
-  streams:    RainStorm <op1> <op2> <hydfs_src> <hydfs_dest> <num_tasks>, jobs, job <id>
+  streams:    RainStorm <op1> <op2> <hydfs_src> <hydfs_dest> <num_tasks> [--rate <lines/s>], jobs, job <id>
   help        (describes each command)";
 
 impl NodeArgs {
@@ -101,7 +104,8 @@ impl NodeArgs {
             hydfs: HydfsInput { cache_mb: self.cache_mb, ..HydfsInput::default() },
             rainstorm: RainstormInput {
                 program_batch_timeout_ms: self.program_timeout_ms,
-                batch_lines: self.batch_lines,
+                checkpoint_interval_ms: self.checkpoint_interval_ms,
+                batch_bytes: self.batch_bytes,
                 ..Default::default()
             },
             limits: Default::default(),

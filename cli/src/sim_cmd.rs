@@ -130,15 +130,18 @@ pub fn run(args: SimArgs) -> Result<ExitCode> {
     }
     if let Some(j) = &report.job {
         println!(
-            "job {}: {} input lines, {} of {} outputs, {} task restarts, {} incarnations started \
-             ({} journal records replayed), submitted at {} ms, completed at {}{}",
+            "job {}: {} input lines, {} of {} outputs, {} rollbacks, {} tasks started ({} from a \
+             checkpoint), {} crashes of task hosts while it ran, {} batches, submitted at {} ms, \
+             completed at {}{}",
             j.job.as_deref().unwrap_or("(not submitted)"),
             j.input_lines,
             j.outputs,
             j.reference_outputs,
-            j.restarts,
+            j.rollbacks,
             j.tasks_started,
-            j.recovered_records,
+            j.tasks_resumed,
+            j.crashes_while_running,
+            j.batches,
             j.submitted_ms.map_or("-".into(), |t| t.to_string()),
             j.completed_ms.map_or("never".into(), |t| format!("{t} ms")),
             j.failed.as_ref().map_or(String::new(), |r| format!(", failed: {r}")),
@@ -176,14 +179,20 @@ fn sweep(layer: Layer, start: u64, count: u64, bug: Option<&str>) -> Result<Exit
     let reports = crate::bench::parallel_map(scenarios, |s| {
         let r = run_membership(&s, &RunOptions::default());
         let broken = (r.stats.stream_frames_lost, r.stats.stream_frames_duplicated);
-        (r.scenario.seed, r.stats.events, broken, r.violations.first().map(|v| v.to_string()))
+        let crashed = r.job.as_ref().map(|j| j.crashes_while_running > 0);
+        (r.scenario.seed, r.stats.events, broken, r.violations.first().map(|v| v.to_string()), crashed)
     });
     let (mut lost, mut duplicated, mut touched) = (0, 0, 0);
-    for (seed, n, broken, violation) in reports {
+    let (mut jobs, mut crashed_jobs) = (0u64, 0u64);
+    for (seed, n, broken, violation, crashed) in reports {
         events += n;
         lost += broken.0;
         duplicated += broken.1;
         touched += u64::from(broken != (0, 0));
+        if let Some(c) = crashed {
+            jobs += 1;
+            crashed_jobs += u64::from(c);
+        }
         if let Some(v) = violation {
             failed += 1;
             println!("seed {seed} FAILED: {v}");
@@ -195,6 +204,12 @@ fn sweep(layer: Layer, start: u64, count: u64, bug: Option<&str>) -> Result<Exit
     println!(
         "stream frames in flight on broken connections: {lost} lost, {duplicated} duplicated (in {touched} seeds)"
     );
+    if jobs > 0 {
+        println!(
+            "{crashed_jobs} of {jobs} jobs ({:.0}%) saw a node running one of their tasks crash while they ran",
+            100.0 * crashed_jobs as f64 / jobs as f64
+        );
+    }
     println!("{}: {count} seeds, {failed} failed", layer.name());
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -342,8 +342,8 @@ fn a_node_flooded_with_garbage_datagrams_keeps_its_membership_and_bounded_memory
         };
         rng.fill(&mut buf[..len]);
         if kind != 0 && len >= 9 {
-            // Magic, version 3, the authenticated flag, the control lane, a length.
-            buf[..5].copy_from_slice(b"RS\x03\x01\x00");
+            // Magic, version 5, the authenticated flag, the control lane, a length.
+            buf[..5].copy_from_slice(b"RS\x05\x01\x00");
             let declared = if kind == 1 { len as u32 - 40 } else { rng.gen() };
             buf[5..9].copy_from_slice(&declared.to_le_bytes());
         }

@@ -183,10 +183,23 @@ fn python_and_rust_programs_match_the_builtins_and_bad_programs_fail_the_job_cle
     let outputs: usize = expected.values().sum();
     assert!(shown.contains(&format!("stage 0 (source): {total} tuples in, {total} out")), "{shown}");
     assert!(shown.contains(&format!(" in, {outputs} out")), "{shown}");
+    // The same program stored in HyDFS by hand and named as `hydfs:<file>` (fetched and hashed
+    // chunk by chunk by the node that resolves it); then the job's output is deleted.
+    s.c.ctl(2, &format!("create {} ops/project-by-hand", app("app1-project").display())).expect("create");
+    let line = "RainStorm grep:Stop hydfs:ops/project-by-hand in/signs.csv out/by-hand.txt 2";
+    let reply = s.c.ctl(2, line).unwrap_or_else(|e| panic!("hydfs: job: {e:#}"));
+    assert!(reply.contains("completed"), "{reply}");
+    assert_eq!(s.dest("out/by-hand.txt"), expected);
+    let deleted = s.c.ctl(3, "delete out/by-hand.txt").expect("delete");
+    assert!(deleted.contains("deleted out/by-hand.txt"), "{deleted}");
+    let local = s.root.join("files").join("gone.txt");
+    let gone = format!("{:#}", s.c.ctl(1, &format!("get out/by-hand.txt {}", local.display())).unwrap_err());
+    assert!(gone.contains("does not exist"), "{gone}");
 
-    // Crashes on its first batch, answers garbage, never answers: each job fails, naming the
-    // operator and the input.
-    let hello = r#"read hello; echo '{"rainstorm":1,"stateful":false}'"#;
+    // Crashes on its first batch of input, answers garbage: each job fails, naming the operator
+    // and the input. (Each program first answers the empty batch a task starts it with.)
+    let hello =
+        r#"read hello; echo '{"rainstorm":1,"stateful":false}'; read start; echo '{"batch":1,"outputs":[]}'"#;
     let crash = s.script("crash.sh", &format!("{hello}\nread batch\necho 'dying' >&2\nexit 3"));
     let garbage = s.script("garbage.sh", &format!("{hello}\nwhile read batch; do echo 'not json'; done"));
     for (program, dest, needle) in
@@ -199,9 +212,14 @@ fn python_and_rust_programs_match_the_builtins_and_bad_programs_fail_the_job_cle
         };
         let name = program.file_name().unwrap().to_string_lossy().into_owned();
         assert!(err.contains("failed") && err.contains(&name) && err.contains(needle), "{err}");
-        assert!(err.contains("in:") || err.contains("signs.csv:"), "names the input that broke it: {err}");
+        assert!(err.contains("starting at line "), "names the input that broke it: {err}");
     }
     assert!(s.dest("out/crash.txt").is_empty(), "nothing was output");
+    // A program that cannot start fails the job before any input is read, saying why.
+    let refuses = s.script("refuses.sh", "echo 'no column Sign_Type here' >&2\nexit 1");
+    let line = format!("RainStorm {} split in/signs.csv out/refused.txt 1", quoted(&refuses, ""));
+    let err = format!("{:#}", s.c.ctl(1, &line).expect_err("the job fails"));
+    assert!(err.contains("could not start") && err.contains("no column Sign_Type here"), "{err}");
     // Not a built-in and not a file: refused before the job starts.
     let err = format!("{:#}", s.c.ctl(1, "RainStorm nosuch:op split in/signs.csv out/x.txt 1").unwrap_err());
     assert!(err.contains("nosuch:op") && err.contains("not a built-in"), "{err}");

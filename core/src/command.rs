@@ -40,11 +40,13 @@ pub enum Command {
 /// RainStorm commands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JobCommand {
-    /// `RainStorm <op1> <op2> <hydfs_src> <hydfs_dest> <num_tasks>`: runs a job led by this
-    /// node and streams its results. Each operator is one word (quote it if it has spaces): a
-    /// built-in spec (`grep:Stop`), a local executable with its arguments (`"./app1 Stop"`),
-    /// or a program already in HyDFS (`"hydfs:ops/app1 Stop"`).
-    Run { op1: String, op2: String, src: FileName, dest: FileName, tasks: u32 },
+    /// `RainStorm <op1> <op2> <hydfs_src> <hydfs_dest> <num_tasks> [--rate <lines/s>]`: runs a
+    /// job led by this node and streams its results. Each operator is one word (quote it if it
+    /// has spaces): a built-in spec (`grep:Stop`), a local executable with its arguments
+    /// (`"./app1 Stop"`), or a program already in HyDFS (`"hydfs:ops/app1 Stop"`). With a rate,
+    /// the sources read at most that many input lines per second in all, as a live stream
+    /// would arrive.
+    Run { op1: String, op2: String, src: FileName, dest: FileName, tasks: u32, rate: Option<u64> },
     /// `jobs`: the jobs this node has led, with their state and counts.
     List,
     /// `job <id>`: one job's stages, task placement, restarts and counts.
@@ -72,6 +74,8 @@ pub enum FileCommand {
     ListMemIds,
     /// `multiappend <hydfs> <node>... <local>...`: each node appends one local file at once.
     MultiAppend { name: FileName, nodes: Vec<NodeAddr>, locals: Vec<String> },
+    /// `delete <hydfs>`: delete the file on every replica (a later create is a new file).
+    Delete { name: FileName },
 }
 
 impl FileCommand {
@@ -84,6 +88,7 @@ impl FileCommand {
             | FileCommand::GetFromReplica { local, .. } => vec![local],
             FileCommand::MultiAppend { locals, .. } => locals.iter_mut().collect(),
             FileCommand::Merge { .. }
+            | FileCommand::Delete { .. }
             | FileCommand::Ls { .. }
             | FileCommand::Store
             | FileCommand::ListMemIds => Vec::new(),
@@ -110,6 +115,7 @@ pub const COMMAND_HELP: &[(&str, &str)] = &[
     ),
     ("append <local> <hydfs>", "append a local file's bytes to a HyDFS file"),
     ("merge <hydfs>", "order the file's pending appends identically on every replica"),
+    ("delete <hydfs>", "delete a HyDFS file on every replica (a later create of the name is a new file)"),
     ("ls <hydfs>", "print the file's ring id and the replicas that hold it"),
     ("store", "list the files this node holds, and its ring id"),
     (
@@ -122,7 +128,7 @@ pub const COMMAND_HELP: &[(&str, &str)] = &[
         "each listed node appends one local file at the same moment",
     ),
     (
-        "RainStorm <op1> <op2> <hydfs_src> <hydfs_dest> <num_tasks>",
+        "RainStorm <op1> <op2> <hydfs_src> <hydfs_dest> <num_tasks> [--rate <lines/s>]",
         "run a stream job and print its results; an op is a built-in (grep:<text>, regex:<re>, \
          column:<col>=<value>, project:<col>,..., split, count:<col|value>), a local program \
          (\"./app1 Stop\") or one in HyDFS (\"hydfs:ops/app1 Stop\")",
@@ -150,25 +156,40 @@ pub enum ParseError {
     Quotes,
     #[error("num_tasks `{0}` is not a whole number")]
     BadTaskCount(String),
+    #[error("--rate `{0}` is not a whole number of input lines per second, at least 1")]
+    BadRate(String),
     #[error("the command line holds a NUL byte, which no file name, path or argument can")]
     Nul,
 }
 
-const RUN_USAGE: &str =
-    "RainStorm <op1> <op2> <hydfs_src> <hydfs_dest> <num_tasks> (quote an op that has spaces)";
+const RUN_USAGE: &str = "RainStorm <op1> <op2> <hydfs_src> <hydfs_dest> <num_tasks> [--rate <lines/s>] \
+                         (quote an op that has spaces)";
 
 /// Parses a RainStorm command; `None` if `word` is not one.
 fn parse_job(word: &str, line: &str) -> Result<Option<JobCommand>, ParseError> {
     let cmd = match word {
         "RainStorm" | "rainstorm" => {
             let words = shlex::split(line).ok_or(ParseError::Quotes)?;
-            match &words[1..] {
+            let (args, rate) = match &words[1..] {
+                [args @ .., flag, rate] if flag == "--rate" => (args, Some(rate.as_str())),
+                [args @ .., flag] if flag.starts_with("--rate=") => (args, flag.strip_prefix("--rate=")),
+                args => (args, None),
+            };
+            let rate = match rate {
+                None => None,
+                Some(r) => match r.parse::<u64>() {
+                    Ok(n) if n > 0 => Some(n),
+                    _ => return Err(ParseError::BadRate(shorten(r))),
+                },
+            };
+            match args {
                 [op1, op2, src, dest, tasks] => JobCommand::Run {
                     op1: op1.clone(),
                     op2: op2.clone(),
                     src: file_name(src)?,
                     dest: file_name(dest)?,
                     tasks: tasks.parse().map_err(|_| ParseError::BadTaskCount(shorten(tasks)))?,
+                    rate,
                 },
                 _ => return Err(ParseError::Usage { usage: RUN_USAGE }),
             }
@@ -212,6 +233,8 @@ fn parse_file(word: &str, args: &[&str]) -> Result<Option<FileCommand>, ParseErr
         ("append", _) => return Err(usage("append <local file> <hydfs file>")),
         ("merge", [name]) => FileCommand::Merge { name: file_name(name)? },
         ("merge", _) => return Err(usage("merge <hydfs file>")),
+        ("delete", [name]) => FileCommand::Delete { name: file_name(name)? },
+        ("delete", _) => return Err(usage("delete <hydfs file>")),
         ("ls", [name]) => FileCommand::Ls { name: file_name(name)? },
         ("ls", _) => return Err(usage("ls <hydfs file>")),
         ("store", []) => FileCommand::Store,
@@ -305,13 +328,17 @@ impl fmt::Display for Command {
 impl fmt::Display for JobCommand {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            JobCommand::Run { op1, op2, src, dest, tasks } => {
+            JobCommand::Run { op1, op2, src, dest, tasks, rate } => {
                 let quote = |w: &str| {
                     shlex::try_quote(w).map(|q| q.into_owned()).unwrap_or_else(|_| format!("{w:?}"))
                 };
                 // HyDFS names may hold spaces (quoted on the command line): quote them too.
                 let (src, dest) = (quote(src.as_str()), quote(dest.as_str()));
-                write!(f, "RainStorm {} {} {src} {dest} {tasks}", quote(op1), quote(op2))
+                write!(f, "RainStorm {} {} {src} {dest} {tasks}", quote(op1), quote(op2))?;
+                if let Some(rate) = rate {
+                    write!(f, " --rate {rate}")?;
+                }
+                Ok(())
             }
             JobCommand::List => f.write_str("jobs"),
             JobCommand::Show { id } => write!(f, "job {id}"),
@@ -326,6 +353,7 @@ impl fmt::Display for FileCommand {
             FileCommand::Get { name, local } => write!(f, "get {name} {local}"),
             FileCommand::Append { local, name } => write!(f, "append {local} {name}"),
             FileCommand::Merge { name } => write!(f, "merge {name}"),
+            FileCommand::Delete { name } => write!(f, "delete {name}"),
             FileCommand::Ls { name } => write!(f, "ls {name}"),
             FileCommand::Store => f.write_str("store"),
             FileCommand::GetFromReplica { node, name, local } => {
@@ -362,6 +390,7 @@ mod tests {
             "get logs/a /tmp/b",
             "append ./x logs/a",
             "merge logs/a",
+            "delete logs/a",
             "ls logs/a",
             "getfromreplica 127.0.0.1:7003 logs/a out",
             "multiappend logs/a 127.0.0.1:7001 127.0.0.1:7002 one two",
@@ -379,7 +408,7 @@ mod tests {
     fn rainstorm_commands_parse_quoted_operators_and_print_back() {
         let line = r#"RainStorm "./app1-filter 'Stop, All Way'" grep:a in/signs.csv out/x 3"#;
         let c = Command::parse(line).expect("parses");
-        let Command::Job(JobCommand::Run { op1, op2, src, dest, tasks }) = &c else { panic!("{c:?}") };
+        let Command::Job(JobCommand::Run { op1, op2, src, dest, tasks, .. }) = &c else { panic!("{c:?}") };
         assert_eq!(
             (op1.as_str(), op2.as_str(), src.as_str(), dest.as_str(), *tasks),
             ("./app1-filter 'Stop, All Way'", "grep:a", "in/signs.csv", "out/x", 3)
@@ -392,6 +421,18 @@ mod tests {
         );
         assert!(matches!(Command::parse("RainStorm a b c d"), Err(ParseError::Usage { .. })));
         assert!(matches!(Command::parse("RainStorm a b c d x"), Err(ParseError::BadTaskCount(_))));
+        for bad in
+            ["RainStorm a b c d 3 --rate 0", "RainStorm a b c d 3 --rate x", "RainStorm a b c d 3 --rate=-1"]
+        {
+            assert!(matches!(Command::parse(bad), Err(ParseError::BadRate(_))), "{bad}");
+        }
+        let paced = Command::parse("RainStorm a b c d 3 --rate 100000").expect("parses");
+        assert!(matches!(&paced, Command::Job(JobCommand::Run { rate: Some(100_000), .. })), "{paced:?}");
+        assert_eq!(paced.to_string(), "RainStorm a b c d 3 --rate 100000");
+        assert_eq!(
+            Command::parse("RainStorm a b c d 3 --rate=7").expect("parses").to_string(),
+            "RainStorm a b c d 3 --rate 7"
+        );
         assert_eq!(Command::parse("RainStorm 'a b c d 1"), Err(ParseError::Quotes));
         assert!(matches!(Command::parse("job"), Err(ParseError::Usage { .. })));
         assert!(matches!(Command::parse("jobs now"), Err(ParseError::Usage { .. })));
@@ -407,6 +448,9 @@ mod tests {
         assert!(matches!(Command::parse("getfromreplica vm3 f out"), Err(ParseError::BadNode(_))));
         assert!(matches!(Command::parse("multiappend f 127.0.0.1:1 a b"), Err(ParseError::Usage { .. })));
         assert!(matches!(Command::parse("store now"), Err(ParseError::Usage { .. })));
+        assert!(matches!(Command::parse("delete"), Err(ParseError::Usage { .. })));
+        assert!(matches!(Command::parse("delete a b"), Err(ParseError::Usage { .. })));
+        assert!(matches!(Command::parse("delete /abs"), Err(ParseError::BadName { .. })));
         assert_eq!(Command::parse("create a\0b f"), Err(ParseError::Nul));
     }
 

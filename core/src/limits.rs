@@ -5,9 +5,9 @@
 //! RainStorm: tuples per received batch); [`check`] verifies that they fit together.
 //!
 //! Invariants kept here:
-//! * a stream frame limit always leaves room for one HyDFS chunk and for one RainStorm journal
-//!   record (a link batch is at most one record's outputs), plus [`STREAM_FRAME_SLACK_BYTES`]
-//!   of headers and metadata ([`check`]);
+//! * a stream frame limit always leaves room for one HyDFS chunk and for one RainStorm checkpoint
+//!   record (which is at least a link batch: at most `batch_bytes` plus one tuple), plus
+//!   [`STREAM_FRAME_SLACK_BYTES`] of headers and metadata ([`check`]);
 //! * only requests count against a peer's rate ([`counts_against_rate`]): membership datagrams,
 //!   HyDFS replies and RainStorm acknowledgements never do, so failure detection is never starved
 //!   and a node never drops the answers to its own requests;
@@ -16,9 +16,9 @@
 
 use crate::hydfs::{HydfsConfig, NAME_BYTES_CEILING};
 use crate::id::NodeAddr;
-use crate::rainstorm::journal::MAX_RECORD_BYTES;
-use crate::rainstorm::task::LinkMsg;
-use crate::rainstorm::{RainstormConfig, RainstormMsg};
+use crate::rainstorm::checkpoint::MAX_RECORD_BYTES;
+use crate::rainstorm::tuple::MAX_TUPLE_BYTES;
+use crate::rainstorm::RainstormConfig;
 use crate::time::Time;
 use crate::wire::{Body, MAX_STREAM_FRAME_BYTES};
 use serde::{Deserialize, Serialize};
@@ -40,11 +40,12 @@ pub struct LimitsConfig {
     pub stream_frame_bytes: usize,
     /// Stream requests per second accepted from one peer; requests over the rate are dropped
     /// and counted (`frames_rejected.rate_limited`). 0 means unlimited. The defaults (20,000/s,
-    /// bursts of 40,000) are several times the busiest peer measured in the simulator: over 100
+    /// bursts of 40,000) are several times the busiest peer measured in the simulator, when
+    /// RainStorm still journaled every batch per task (before aligned checkpoints): over 100
     /// seeds of `sim rainstorm` one peer sent a node at most 642 requests in any second (92 in
     /// 10 ms), over 100 seeds of `sim hydfs` at most 119, and in `bench rainstorm` (10 nodes at
-    /// 1 Gbit/s, batches of 1 to 256 lines, recoveries of 50,000-line jobs) at most 4,001 in a
-    /// second and 5,782 in ten.
+    /// 1 Gbit/s, source batches of 1 to 256 lines, recoveries of 50,000-line jobs) at most 4,001
+    /// in a second and 5,782 in ten.
     pub peer_requests_per_sec: u32,
     /// Requests a peer may send in one burst (the size of its bucket).
     pub peer_request_burst: u32,
@@ -68,7 +69,7 @@ impl Default for LimitsConfig {
 pub enum LimitsError {
     #[error(
         "stream_frame_bytes ({limit}) must hold the larger of a HyDFS chunk ({chunk} bytes) and a \
-         RainStorm journal record ({MAX_RECORD_BYTES} bytes) plus {STREAM_FRAME_SLACK_BYTES} bytes \
+         RainStorm checkpoint record ({MAX_RECORD_BYTES} bytes) plus {STREAM_FRAME_SLACK_BYTES} bytes \
          of headers and metadata, so at least {min}"
     )]
     FrameTooSmall { limit: usize, chunk: usize, min: usize },
@@ -83,17 +84,22 @@ pub enum LimitsError {
     #[error("max_name_bytes ({limit}) must be between 1 and {NAME_BYTES_CEILING}")]
     NameLimit { limit: usize },
     #[error(
-        "max_pending_appends ({limit}) must be over compact_records + 1 ({journal}): a task's \
-         journal takes that many appends before it is compacted"
+        "max_pending_appends ({limit}) must be over compact_records + 1 ({log}): a job's \
+         checkpoint log takes that many appends before it starts a new generation"
     )]
-    PendingBelowJournal { limit: usize, journal: usize },
+    PendingBelowLog { limit: usize, log: usize },
     #[error(
         "merge_output_appends ({every}) must be between 1 and half of max_pending_appends ({limit}): \
          a job merges its output file after that many appends"
     )]
     OutputMerges { every: u32, limit: usize },
-    #[error("max_batch_tuples ({limit}) must be at least batch_lines ({batch_lines})")]
-    BatchTuples { limit: u32, batch_lines: u32 },
+    #[error("max_batch_tuples ({limit}) must be at least batch_tuples ({batch_tuples})")]
+    BatchTuples { limit: u32, batch_tuples: u32 },
+    #[error(
+        "batch_bytes ({batch_bytes}) must be between 1 and {max}: a link batch (at most batch_bytes \
+         plus one tuple of at most {MAX_TUPLE_BYTES} bytes) must fit a checkpoint record"
+    )]
+    BatchBytes { batch_bytes: u32, max: usize },
 }
 
 /// Checks that the limits of every layer fit together (see [`LimitsError`]).
@@ -121,18 +127,22 @@ pub fn check(
     }
     let pending = hydfs.max_pending_appends;
     if pending > 0 {
-        let journal = rainstorm.compact_records.saturating_add(1);
-        if journal >= pending {
-            return Err(LimitsError::PendingBelowJournal { limit: pending, journal });
+        let log = (rainstorm.compact_records as usize).saturating_add(1);
+        if log >= pending {
+            return Err(LimitsError::PendingBelowLog { limit: pending, log });
         }
         let every = rainstorm.merge_output_appends;
         if every == 0 || every as usize > pending / 2 {
             return Err(LimitsError::OutputMerges { every, limit: pending });
         }
     }
-    if rainstorm.max_batch_tuples > 0 && rainstorm.max_batch_tuples < rainstorm.batch_lines {
-        let (limit, batch_lines) = (rainstorm.max_batch_tuples, rainstorm.batch_lines);
-        return Err(LimitsError::BatchTuples { limit, batch_lines });
+    if rainstorm.max_batch_tuples > 0 && rainstorm.max_batch_tuples < rainstorm.batch_tuples {
+        let (limit, batch_tuples) = (rainstorm.max_batch_tuples, rainstorm.batch_tuples);
+        return Err(LimitsError::BatchTuples { limit, batch_tuples });
+    }
+    let max = MAX_RECORD_BYTES - MAX_TUPLE_BYTES;
+    if rainstorm.batch_bytes == 0 || rainstorm.batch_bytes as usize > max {
+        return Err(LimitsError::BatchBytes { batch_bytes: rainstorm.batch_bytes, max });
     }
     Ok(())
 }
@@ -143,8 +153,7 @@ pub fn counts_against_rate(body: &Body) -> bool {
     match body {
         Body::Membership(_) => false,
         Body::Hydfs(msg) => msg.is_request(),
-        Body::Rainstorm(RainstormMsg::Link { msg: LinkMsg::Ack { .. }, .. }) => false,
-        Body::Rainstorm(_) => true,
+        Body::Rainstorm(msg) => msg.is_request(),
     }
 }
 
@@ -282,15 +291,17 @@ mod tests {
         assert!(matches!(check(&l, &big_chunks, &r), Err(LimitsError::FrameTooSmall { .. })));
         let no_burst = LimitsConfig { peer_request_burst: 0, ..l.clone() };
         assert_eq!(check(&no_burst, &h, &r), Err(LimitsError::NoBurst));
-        let tight = HydfsConfig { max_pending_appends: r.compact_records, ..h.clone() };
-        assert!(matches!(check(&l, &tight, &r), Err(LimitsError::PendingBelowJournal { .. })));
+        let tight = HydfsConfig { max_pending_appends: r.compact_records as usize, ..h.clone() };
+        assert!(matches!(check(&l, &tight, &r), Err(LimitsError::PendingBelowLog { .. })));
         let rare = RainstormConfig { merge_output_appends: 6_000, ..r.clone() };
         assert!(matches!(check(&l, &h, &rare), Err(LimitsError::OutputMerges { .. })));
         let unlimited = HydfsConfig { max_pending_appends: 0, ..h.clone() };
         assert_eq!(check(&l, &unlimited, &rare), Ok(()));
         let names = HydfsConfig { max_name_bytes: NAME_BYTES_CEILING + 1, ..h.clone() };
         assert!(matches!(check(&l, &names, &r), Err(LimitsError::NameLimit { .. })));
-        let batch = RainstormConfig { max_batch_tuples: 10, batch_lines: 64, ..r };
+        let batch = RainstormConfig { max_batch_tuples: 10, batch_tuples: 64, ..r.clone() };
         assert!(matches!(check(&l, &h, &batch), Err(LimitsError::BatchTuples { .. })));
+        let huge = RainstormConfig { batch_bytes: 5 << 20, ..r };
+        assert!(matches!(check(&l, &h, &huge), Err(LimitsError::BatchBytes { .. })));
     }
 }

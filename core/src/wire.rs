@@ -3,7 +3,7 @@
 //! ```text
 //! offset  size  field
 //! 0       2     magic "RS"
-//! 2       1     format version (currently 3)
+//! 2       1     format version (currently 5)
 //! 3       1     flags: bit 0 set = trailer is an HMAC-SHA256 tag, clear = CRC32C
 //! 4       1     lane: 0 control, 1 data, 2 bulk (always 0 on datagrams)
 //! 5       4     payload length, little endian
@@ -42,9 +42,11 @@ pub const MAX_DATAGRAM_BYTES: usize = 1400;
 pub const MAX_STREAM_FRAME_BYTES: usize = 16 * 1024 * 1024;
 /// The current envelope format version.
 ///
-/// Version 2 added the frame sequence number (replay protection) and RainStorm's task counts.
-/// Version 3 added the lane byte to the header; frame numbers count per (channel, lane).
-pub const WIRE_VERSION: u8 = 3;
+/// Version 2 added the frame sequence number (replay protection) and RainStorm's task counts;
+/// version 3 HyDFS part metadata with line ends (`PartMeta::newlines`, `ends_with_newline`);
+/// version 4 HyDFS deletes (`Delete`, `Remove`) and read-your-writes grouped by file (`Needs`);
+/// version 5 the lane byte in the header, with frame numbers counted per (channel, lane).
+pub const WIRE_VERSION: u8 = 5;
 
 const MAGIC: [u8; 2] = *b"RS";
 /// Magic, version, flags, lane, payload length.
@@ -458,30 +460,35 @@ mod tests {
         assert_eq!(frame_lane(&unknown), None);
         assert_eq!(Codec::plain().decode(&unknown, MAX_DATAGRAM_BYTES), Err(WireError::UnknownLane(3)));
         let mut old = Codec::plain().encode(&sample(), MAX_DATAGRAM_BYTES).unwrap();
-        old[2] = 2;
-        assert_eq!(frame_lane(&old), None, "a version 2 header names no lane");
+        old[2] = WIRE_VERSION - 1;
+        assert_eq!(frame_lane(&old), None, "an older version's header names no lane");
         assert_eq!(frame_lane(b"RS"), None);
     }
 
     #[test]
     fn each_message_kind_has_its_lane() {
-        use crate::hydfs::{HydfsMsg, Refusal};
+        use crate::hydfs::{HydfsMsg, PartBytes, PartMeta, Refusal};
         let ack = Body::Membership(MembershipMsg::Ack { seq: ProbeSeq(7), updates: vec![] });
         assert_eq!(ack.lane(), Lane::Control);
-        let chunk = HydfsMsg::FetchReply { req: 1, result: Ok(serde_bytes::ByteBuf::from(vec![1, 2])) };
+        let part = PartBytes { meta: PartMeta::of(&[1, 2]), bytes: vec![1, 2] };
+        let chunk = HydfsMsg::FetchReply { req: 1, result: Ok(part) };
         assert_eq!(Body::Hydfs(chunk).lane(), Lane::Bulk);
         let refused = HydfsMsg::FetchReply { req: 1, result: Err(Refusal::NotFound) };
         assert_eq!(Body::Hydfs(refused).lane(), Lane::Control);
         assert_eq!(Body::Hydfs(HydfsMsg::Inventory { req: 1 }).lane(), Lane::Control);
-        use crate::rainstorm::{task::LinkMsg, JobId, RainstormMsg, TaskId};
+        use crate::rainstorm::message::{Batch, LinkMsg};
+        use crate::rainstorm::{JobId, RainstormMsg, TaskId};
         let link = |msg| RainstormMsg::Link {
             job: JobId { n: 1, tag: 2 },
-            from: (TaskId { stage: 1, index: 0 }, 1),
-            to: (TaskId { stage: 2, index: 0 }, 1),
+            attempt: 1,
+            from: TaskId { stage: 1, index: 0 },
+            to: TaskId { stage: 2, index: 0 },
             msg,
         };
-        let batch = link(LinkMsg::Batch { seq: 1, tuples: Vec::new() });
-        assert_eq!(Body::Rainstorm(batch).lane(), Lane::Data);
+        // Barriers and the end are numbered among the tuples of their link: the same lane.
+        for batch in [Batch::Tuples(Vec::new()), Batch::Barrier(3), Batch::End] {
+            assert_eq!(Body::Rainstorm(link(LinkMsg::Batch { seq: 1, batch })).lane(), Lane::Data);
+        }
         let ack = link(LinkMsg::Ack { upto: 1 });
         assert_eq!(Body::Rainstorm(ack).lane(), Lane::Control);
     }
@@ -510,7 +517,7 @@ mod tests {
 
         #[test]
         fn valid_header_with_arbitrary_payload_never_panics(payload in proptest::collection::vec(any::<u8>(), 0..1300)) {
-            let mut frame = b"RS\x03\x00\x00".to_vec();
+            let mut frame = vec![b'R', b'S', WIRE_VERSION, 0, 0];
             frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
             frame.extend_from_slice(&payload);
             let crc = crc32c::crc32c(&frame);

@@ -10,12 +10,12 @@
 //! * [`config`]: the runtime's TOML config and its resolution;
 //! * [`command`]: console commands and the control socket's progress lines;
 //! * [`operator`]: operator specs and what an operator program prints;
-//! * [`journal`]: RainStorm task journals as stored in HyDFS.
+//! * [`checkpoint`]: RainStorm checkpoint logs as stored in HyDFS.
 
+pub mod checkpoint;
 pub mod command;
 pub mod config;
 pub mod decode;
-pub mod journal;
 pub mod node;
 pub mod operator;
 
@@ -32,5 +32,5 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("config_parse", config::config_parse),
     ("command_parse", command::command_parse),
     ("operator_output", operator::operator_output),
-    ("journal_decode", journal::journal_decode),
+    ("checkpoint_decode", checkpoint::checkpoint_decode),
 ];

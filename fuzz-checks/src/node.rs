@@ -415,6 +415,7 @@ impl Run {
                     src: FileName::new(FILES[0]).expect("a valid name"),
                     dest: FileName::new(FILES[1]).expect("a valid name"),
                     tasks: u32::from(spec % 4),
+                    rate: (spec & 0x80 != 0).then_some(u64::from(spec)),
                 };
                 let _ = self.node.start_job(now, spec);
             }

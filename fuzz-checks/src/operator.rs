@@ -1,19 +1,26 @@
 //! `operator_output`: an operator spec (the first line of the input, [`OperatorSpec::parse`])
-//! and what an operator program prints (the rest): read line by line as the runtime reads a
-//! program's stdout ([`read_line`]), the first line as its handshake answer ([`decode_ready`]),
-//! each further line as the answer to a batch ([`parse_reply`]).
+//! and what an operator program prints (the rest), read as the runtime reads a program's
+//! stdout: the first line ([`read_line`]) as its answer to a hello offering versions 1 and 2
+//! ([`decode_ready`]); then, if it chose version 1, each further line as the answer to a batch
+//! ([`parse_reply_v1`]), and if it chose version 2, each further frame ([`read_frame`]) as the
+//! answer to a batch ([`parse_reply_v2`]).
 //!
 //! Checked: no panic, errors typed; a spec prints back to itself (`parse(spec.to_string()) ==
 //! spec`) and builds against a header or none, and a built operator applies to a row without
-//! panicking (a `regex:` spec is compiled once, by parsing, and not when its pattern is long); a batch result has one output list per input tuple and state only for keys of the
-//! batch, from stateful programs only; what decodes re-encodes and decodes to the same message.
+//! panicking (a `regex:` spec is compiled once, by parsing, and not when its pattern is long);
+//! a batch result has one output list per input tuple and state only for keys of the batch,
+//! from stateful programs only; what decodes re-encodes and decodes to the same message (a
+//! frame's payload also goes through the request decoder, which must not panic either).
 
 use rainstorm_core::rainstorm::operator::MAX_PATTERN_LEN;
-use rainstorm_core::rainstorm::{OperatorSpec, StageOp, Tuple};
-use rainstorm_operator::{
-    decode_line, decode_ready, encode_line, BatchReply, BatchRequest, Ready, WireTuple,
+use rainstorm_core::rainstorm::{OperatorSpec, StageOp, Tuple, TupleId};
+use rainstorm_operator::frame::{
+    decode_reply, decode_request, encode_reply, FrameHeader, MessageType, HEADER_BYTES, TRAILER_BYTES,
 };
-use rainstorm_runtime::programs::{parse_reply, read_line};
+use rainstorm_operator::{
+    decode_line, decode_ready, encode_line, BatchReply, BatchRequest, Hello, Ready, WireTuple, V2,
+};
+use rainstorm_runtime::programs::{parse_reply_v1, parse_reply_v2, read_frame, read_line};
 use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
@@ -78,28 +85,52 @@ fn operator_spec(text: &str) {
     }
 }
 
-/// The line `read_line` gives from `stdout`; the bytes are all there, so it never waits.
+/// What a future over bytes in memory gives; it never waits.
+fn now<T>(future: impl Future<Output = T>) -> T {
+    match pin!(future).poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(value) => value,
+        Poll::Pending => panic!("reading bytes in memory waited"),
+    }
+}
+
+/// The line `read_line` gives from `stdout`.
 fn next_line(stdout: &mut &[u8]) -> Option<Vec<u8>> {
-    let future = pin!(read_line(stdout, MAX_LINE_BYTES));
-    match future.poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(Ok(line)) => Some(line),
-        Poll::Ready(Err(e)) => {
+    match now(read_line(stdout, MAX_LINE_BYTES)) {
+        Ok(line) => Some(line),
+        Err(e) => {
             assert!(!e.to_string().is_empty());
             None
         }
-        Poll::Pending => panic!("reading bytes in memory waited"),
+    }
+}
+
+/// The payload of the frame `read_frame` gives from `stdout`.
+fn next_frame(stdout: &mut &[u8]) -> Option<Vec<u8>> {
+    match now(read_frame(stdout, MAX_LINE_BYTES, MessageType::Reply)) {
+        Ok(payload) => {
+            assert!(payload.len() <= MAX_LINE_BYTES);
+            Some(payload)
+        }
+        Err(e) => {
+            assert!(!e.to_string().is_empty());
+            None
+        }
     }
 }
 
 fn program_stdout(mut stdout: &[u8]) {
     let Some(first) = next_line(&mut stdout) else { return };
-    let ready = match decode_ready(&first) {
+    let hello = Hello::new("s1-t0", None);
+    let ready = match decode_ready(&first, &hello) {
         Ok(ready) => ready,
         Err(e) => return assert!(!e.to_string().is_empty()),
     };
     let line = encode_line(&ready, MAX_LINE_BYTES).expect("a handshake answer encodes");
-    assert_eq!(decode_ready(&line[..line.len() - 1]), Ok(ready));
-    assert_eq!(ready, Ready::new(ready.stateful));
+    assert_eq!(decode_ready(&line[..line.len() - 1], &hello), Ok(ready));
+    assert!(ready == Ready::new(ready.stateful) || ready == Ready::v2(ready.stateful), "{ready:?}");
+    if ready.rainstorm == V2 {
+        return program_frames(stdout, ready.stateful);
+    }
     let mut batch = 0;
     while let Some(line) = next_line(&mut stdout) {
         batch += 1;
@@ -112,12 +143,56 @@ fn program_stdout(mut stdout: &[u8]) {
             let again = encode_line(&reply, usize::MAX).expect("a reply encodes");
             assert_eq!(decode_line::<BatchReply>(&again[..again.len() - 1]), Ok(reply));
         }
-        match parse_reply(&line, &request) {
+        match parse_reply_v1(&line, &request) {
             Ok(result) => {
                 assert_eq!(result.outputs.len(), request.tuples.len());
                 assert!(ready.stateful || result.state.is_empty(), "state from a stateless program");
                 for key in result.state.keys() {
                     assert!(request.tuples.iter().any(|t| t.key == *key), "state of a foreign key {key:?}");
+                }
+            }
+            Err(e) => assert!(!e.to_string().is_empty()),
+        }
+    }
+}
+
+/// A version 2 program's frames, each the answer to the next batch of the same three tuples.
+fn program_frames(mut stdout: &[u8], stateful: bool) {
+    let tuple = |line, key: &str, value: &str| Tuple {
+        id: TupleId::source(line),
+        key: key.to_owned(),
+        value: value.to_owned(),
+    };
+    let batch_tuples = [tuple(1, "a", "1,x"), tuple(2, "b", "2,y"), tuple(3, "a", "3,z")];
+    let mut batch = 0;
+    while let Some(payload) = next_frame(&mut stdout) {
+        batch += 1;
+        let mut tuples = batch_tuples.clone();
+        let _ = decode_request(&payload);
+        if let Ok(view) = decode_reply(&payload) {
+            let mut again = Vec::new();
+            let lists = view.lists().map(|list| list.iter().copied());
+            encode_reply(&mut again, view.batch, lists, view.state.iter().copied(), usize::MAX)
+                .expect("a reply encodes");
+            let header = FrameHeader::parse(&again, usize::MAX).expect("a header");
+            assert_eq!(header.check(&again), Ok(()));
+            assert_eq!(again[HEADER_BYTES..again.len() - TRAILER_BYTES], payload[..], "re-encodes the same");
+        }
+        match parse_reply_v2(&payload, batch, &mut tuples, stateful) {
+            Ok(result) => {
+                assert_eq!(result.outputs.len(), batch_tuples.len());
+                assert!(stateful || result.state.is_empty(), "state from a stateless program");
+                for key in result.state.keys() {
+                    assert!(batch_tuples.iter().any(|t| t.key == *key), "state of a foreign key {key:?}");
+                }
+                let view = decode_reply(&payload).expect("it was parsed");
+                for ((list, outputs), t) in view.lists().zip(&result.outputs).zip(&batch_tuples) {
+                    for (o, out) in list.iter().zip(outputs) {
+                        assert_eq!(
+                            (o.key_or(&t.key), o.value_or(&t.value)),
+                            (out.key.as_str(), out.value.as_str())
+                        );
+                    }
                 }
             }
             Err(e) => assert!(!e.to_string().is_empty()),

@@ -1,21 +1,18 @@
-//! One message per line: encoding, decoding and size-limited line reading.
+//! One JSON message per line: the handshake of both versions and every message of version 1.
 //!
-//! This module owns the framing of the protocol: a message is one JSON object in UTF-8 followed
-//! by `\n`. Invariants: [`encode_line`] output holds exactly one `\n`, its last byte (JSON
-//! escapes control characters inside strings), and is refused above the limit, so the peer's
-//! limit is never hit by this side; [`LineReader`] never buffers more than the limit of one
-//! line, and reports the end of the stream between lines ([`ProtocolError::Eof`]) apart from
-//! the end inside a line ([`ProtocolError::Truncated`]). A `\r` before the `\n` is JSON
-//! whitespace, so programs that print `\r\n` are understood.
-
-use std::io::{BufRead, ErrorKind};
+//! This module owns that framing: a message is one JSON object in UTF-8 followed by `\n`, and
+//! the version negotiation of the handshake ([`decode_hello`], [`decode_ready`]). Invariants:
+//! [`encode_line`] output holds exactly one `\n`, its last byte (JSON escapes control
+//! characters inside strings), and is refused above the limit, so the peer's limit is never hit
+//! by this side. A `\r` before the `\n` is JSON whitespace, so programs that print `\r\n` are
+//! understood. Lines are read by [`crate::reader::MessageReader`].
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::ProtocolError;
 use crate::message::{Hello, Ready};
-use crate::PROTOCOL_VERSION;
+use crate::V1;
 
 /// `message` as one line: compact JSON and `\n`. Fails with [`ProtocolError::TooLong`] if the
 /// line, newline excluded, would be longer than `max_line_bytes`.
@@ -33,16 +30,19 @@ pub fn decode_line<T: DeserializeOwned>(line: &[u8]) -> Result<T, ProtocolError>
     serde_json::from_slice(line).map_err(|e| ProtocolError::Malformed(e.to_string()))
 }
 
-/// A handshake message: checks the `rainstorm` version field before the rest of the shape, so
-/// that a peer of another version is told apart from a broken one.
-fn decode_versioned<T: DeserializeOwned>(line: &[u8]) -> Result<T, ProtocolError> {
+/// A handshake message: checks the `rainstorm` version field (against `accepted`) before the
+/// rest of the shape, so that a peer of another version is told apart from a broken one.
+fn decode_versioned<T: DeserializeOwned>(
+    line: &[u8],
+    accepted: impl Fn(u32) -> bool,
+) -> Result<T, ProtocolError> {
     let value: serde_json::Value = decode_line(line)?;
     let Some(object) = value.as_object() else {
         return Err(ProtocolError::Malformed(format!("expected a JSON object, got {value}")));
     };
     match object.get("rainstorm") {
         None => return Err(ProtocolError::Malformed("missing field `rainstorm`".to_owned())),
-        Some(v) if v.as_u64() != Some(u64::from(PROTOCOL_VERSION)) => {
+        Some(v) if !v.as_u64().and_then(|v| u32::try_from(v).ok()).is_some_and(&accepted) => {
             return Err(ProtocolError::WrongVersion { got: v.to_string() })
         }
         Some(_) => {}
@@ -50,123 +50,35 @@ fn decode_versioned<T: DeserializeOwned>(line: &[u8]) -> Result<T, ProtocolError
     serde_json::from_value(value).map_err(|e| ProtocolError::Malformed(e.to_string()))
 }
 
-/// The worker's first line, as a program reads it.
+/// The worker's first line, as a program reads it: always version 1, whatever it offers.
 pub fn decode_hello(line: &[u8]) -> Result<Hello, ProtocolError> {
-    decode_versioned(line)
+    decode_versioned(line, |v| v == V1)
 }
 
-/// The program's answer to the hello, as the worker reads it.
-pub fn decode_ready(line: &[u8]) -> Result<Ready, ProtocolError> {
-    decode_versioned(line)
-}
-
-/// Reads `\n`-terminated lines of at most `max_line_bytes` bytes (newline excluded).
-pub struct LineReader<R> {
-    inner: R,
-    max_line_bytes: usize,
-    line: Vec<u8>,
-}
-
-impl<R: BufRead> LineReader<R> {
-    pub fn new(inner: R, max_line_bytes: usize) -> LineReader<R> {
-        LineReader { inner, max_line_bytes, line: Vec::new() }
-    }
-
-    pub fn max_line_bytes(&self) -> usize {
-        self.max_line_bytes
-    }
-
-    /// The next line without its `\n`. Blocks until a whole line, the end of the stream, or an
-    /// error. After an error the reader is out of step with the stream and must be dropped.
-    pub fn read_line(&mut self) -> Result<&[u8], ProtocolError> {
-        self.line.clear();
-        loop {
-            let available = match self.inner.fill_buf() {
-                Ok(bytes) => bytes,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
-            };
-            if available.is_empty() {
-                return Err(match self.line.len() {
-                    0 => ProtocolError::Eof,
-                    bytes => ProtocolError::Truncated { bytes },
-                });
-            }
-            let newline = available.iter().position(|b| *b == b'\n');
-            let part = &available[..newline.unwrap_or(available.len())];
-            if self.line.len() + part.len() > self.max_line_bytes {
-                return Err(ProtocolError::TooLong { limit: self.max_line_bytes });
-            }
-            self.line.extend_from_slice(part);
-            let used = part.len() + usize::from(newline.is_some());
-            self.inner.consume(used);
-            if newline.is_some() {
-                return Ok(&self.line);
-            }
-        }
-    }
-
-    /// The next line decoded as `T`.
-    pub fn read_message<T: DeserializeOwned>(&mut self) -> Result<T, ProtocolError> {
-        decode_line(self.read_line()?)
-    }
-
-    pub fn into_inner(self) -> R {
-        self.inner
-    }
+/// The program's answer to `hello`, as the worker reads it: version 1, or one `hello` offered.
+pub fn decode_ready(line: &[u8], hello: &Hello) -> Result<Ready, ProtocolError> {
+    decode_versioned(line, |v| hello.offers(v))
 }
 
 #[cfg(test)]
 mod tests {
-    use std::io::{BufReader, Cursor};
+    use std::io::Cursor;
 
     use proptest::prelude::*;
 
     use super::*;
     use crate::message::{BatchReply, BatchRequest, State, WireTuple};
-    use crate::DEFAULT_MAX_LINE_BYTES;
+    use crate::reader::MessageReader;
+    use crate::DEFAULT_MAX_MESSAGE_BYTES;
 
-    fn reader(bytes: &[u8], limit: usize) -> LineReader<Cursor<Vec<u8>>> {
-        LineReader::new(Cursor::new(bytes.to_vec()), limit)
-    }
+    /// Hands out at most `chunk` bytes per read.
+    struct Chunked(Cursor<Vec<u8>>, usize);
 
-    #[test]
-    fn lines_up_to_the_limit_are_read() {
-        let mut r = reader(b"abc\n\n12345\r\nx", 5);
-        assert_eq!(r.read_line(), Ok(&b"abc"[..]));
-        assert_eq!(r.read_line(), Ok(&b""[..]));
-        assert_eq!(r.read_line(), Err(ProtocolError::TooLong { limit: 5 }), "\\r counts");
-        let mut r = reader(b"12345\n", 5);
-        assert_eq!(r.read_line(), Ok(&b"12345"[..]));
-        assert_eq!(r.read_line(), Err(ProtocolError::Eof));
-    }
-
-    #[test]
-    fn a_long_line_is_refused_without_buffering_it() {
-        let long = vec![b'x'; 1 << 20];
-        let mut r = LineReader::new(BufReader::with_capacity(64, Cursor::new(long)), 1000);
-        assert_eq!(r.read_line(), Err(ProtocolError::TooLong { limit: 1000 }));
-        assert!(r.line.capacity() <= 1000 + 64);
-    }
-
-    #[test]
-    fn end_of_stream_between_and_inside_lines() {
-        assert_eq!(reader(b"", 10).read_line(), Err(ProtocolError::Eof));
-        let mut r = reader(b"{}\n{\"ba", 10);
-        assert_eq!(r.read_line(), Ok(&b"{}"[..]));
-        assert_eq!(r.read_line(), Err(ProtocolError::Truncated { bytes: 4 }));
-    }
-
-    #[test]
-    fn io_errors_are_reported() {
-        struct Broken;
-        impl std::io::Read for Broken {
-            fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
-                Err(std::io::Error::other("pipe gone"))
-            }
+    impl std::io::Read for Chunked {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.1.min(out.len());
+            self.0.read(&mut out[..n])
         }
-        let mut r = LineReader::new(BufReader::new(Broken), 10);
-        assert_eq!(r.read_line(), Err(ProtocolError::Io("pipe gone".into())));
     }
 
     #[test]
@@ -185,26 +97,38 @@ mod tests {
 
     #[test]
     fn handshake_versions_are_checked_first() {
-        assert_eq!(decode_ready(br#"{"rainstorm":1,"stateful":true}"#), Ok(Ready::new(true)));
+        let (both, v1) = (Hello::new("t", None), Hello::v1_only("t", None));
+        assert_eq!(decode_ready(br#"{"rainstorm":1,"stateful":true}"#, &both), Ok(Ready::new(true)));
+        assert_eq!(decode_ready(br#"{"rainstorm":1,"stateful":true}"#, &v1), Ok(Ready::new(true)));
+        assert_eq!(decode_ready(br#"{"rainstorm":2,"stateful":false}"#, &both), Ok(Ready::v2(false)));
         assert_eq!(
-            decode_ready(br#"{"rainstorm":2,"something":"else"}"#),
-            Err(ProtocolError::WrongVersion { got: "2".into() })
+            decode_ready(br#"{"rainstorm":2,"something":"else"}"#, &v1),
+            Err(ProtocolError::WrongVersion { got: "2".into() }),
+            "version 2 was not offered"
         );
-        assert_eq!(
-            decode_ready(br#"{"rainstorm":"1"}"#),
-            Err(ProtocolError::WrongVersion { got: "\"1\"".into() })
-        );
+        for (line, got) in [
+            (&br#"{"rainstorm":3,"stateful":true}"#[..], "3"),
+            (br#"{"rainstorm":"1"}"#, "\"1\""),
+            (br#"{"rainstorm":4294967297,"stateful":true}"#, "4294967297"),
+        ] {
+            assert_eq!(decode_ready(line, &both), Err(ProtocolError::WrongVersion { got: got.into() }));
+        }
         for line in
             [&br#"{"stateful":true}"#[..], br#"{"rainstorm":1}"#, br#"{"batch":1,"outputs":[]}"#, b"1", b"x"]
         {
-            assert!(matches!(decode_ready(line), Err(ProtocolError::Malformed(_))), "{line:?}");
+            assert!(matches!(decode_ready(line, &both), Err(ProtocolError::Malformed(_))), "{line:?}");
         }
         let hello = decode_hello(br#"{"rainstorm":1,"task":"s1-t0"}"#).expect("header may be absent");
-        assert_eq!(hello, Hello::new("s1-t0", None));
-        assert_eq!(
-            decode_hello(br#"{"rainstorm":0,"task":"s1-t0","header":null}"#),
-            Err(ProtocolError::WrongVersion { got: "0".into() })
-        );
+        assert_eq!(hello, Hello::v1_only("s1-t0", None));
+        let offering = decode_hello(br#"{"rainstorm":1,"task":"s1-t0","accept":[1,2,7]}"#).expect("a hello");
+        assert!(offering.offers(2) && offering.offers(7));
+        for version in ["0", "2"] {
+            let line = format!(r#"{{"rainstorm":{version},"task":"s1-t0","header":null}}"#);
+            assert_eq!(
+                decode_hello(line.as_bytes()),
+                Err(ProtocolError::WrongVersion { got: version.into() })
+            );
+        }
     }
 
     #[test]
@@ -229,28 +153,22 @@ mod tests {
             let tuples: Vec<WireTuple> = pairs.iter().map(|(k, v)| WireTuple::new(k.as_str(), v.as_str())).collect();
             let request = BatchRequest { batch, tuples: tuples.clone(), state: Some(state.clone()) };
             let reply = BatchReply { batch, outputs: vec![tuples; 2], state };
-            let mut bytes = encode_line(&request, DEFAULT_MAX_LINE_BYTES).expect("encodes");
+            let mut bytes = encode_line(&request, DEFAULT_MAX_MESSAGE_BYTES).expect("encodes");
             prop_assert_eq!(bytes.iter().filter(|b| **b == b'\n').count(), 1);
             prop_assert_eq!(bytes.last(), Some(&b'\n'));
-            bytes.extend(encode_line(&reply, DEFAULT_MAX_LINE_BYTES).expect("encodes"));
-            let mut r = LineReader::new(BufReader::with_capacity(chunk, Cursor::new(bytes)), DEFAULT_MAX_LINE_BYTES);
+            bytes.extend(encode_line(&reply, DEFAULT_MAX_MESSAGE_BYTES).expect("encodes"));
+            let mut r = MessageReader::new(Chunked(Cursor::new(bytes), chunk), DEFAULT_MAX_MESSAGE_BYTES);
             prop_assert_eq!(r.read_message::<BatchRequest>(), Ok(request));
             prop_assert_eq!(r.read_message::<BatchReply>(), Ok(reply));
             prop_assert_eq!(r.read_line(), Err(ProtocolError::Eof));
         }
 
         #[test]
-        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200), limit in 0usize..40) {
-            let mut r = reader(&bytes, limit);
-            for _ in 0..=bytes.len() {
-                match r.read_line() {
-                    Ok(line) => {
-                        prop_assert!(line.len() <= limit);
-                        let _ = decode_line::<BatchReply>(line);
-                        let _ = decode_ready(line);
-                    }
-                    Err(_) => break,
-                }
+        fn arbitrary_lines_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            for line in bytes.split(|b| *b == b'\n') {
+                let _ = decode_line::<BatchReply>(line);
+                let _ = decode_ready(line, &Hello::new("t", None));
+                let _ = decode_hello(line);
             }
         }
     }

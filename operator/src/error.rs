@@ -10,22 +10,46 @@ use thiserror::Error;
 /// A violation of the protocol, or the end of the conversation.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum ProtocolError {
-    /// A line longer than the limit (newline excluded); nothing past the limit was buffered.
+    /// A version 1 line longer than the limit (newline excluded); nothing past the limit was
+    /// buffered.
     #[error("a message line is longer than the limit of {limit} bytes")]
     TooLong { limit: usize },
     /// The stream ended inside a line (a message without its newline).
     #[error("the stream ended in the middle of a line, after {bytes} bytes")]
     Truncated { bytes: usize },
-    /// The line is not the expected JSON object (or not UTF-8); the text is serde_json's.
+    /// The line is not the expected JSON object (or not UTF-8), or a version 2 payload is not
+    /// the expected message; the text says what is wrong and where.
     #[error("malformed message: {0}")]
     Malformed(String),
     /// The stream ended before the expected message (the peer closed it or exited), or a write
     /// found the pipe closed.
     #[error("the stream ended (the peer closed it or exited)")]
     Eof,
-    /// The peer speaks another protocol version; `got` is the JSON text of its `rainstorm` field.
-    #[error("protocol version {got} is not supported; this side speaks version {}", crate::PROTOCOL_VERSION)]
+    /// The peer speaks a protocol version this side does not (or did not offer); `got` is the
+    /// JSON text of its `rainstorm` field.
+    #[error(
+        "protocol version {got} is not supported (a hello is version 1 and offers versions in \
+         `accept`; a program answers 1 or an offered version)"
+    )]
     WrongVersion { got: String },
+    /// A version 2 frame that does not open with the magic bytes `RS`.
+    #[error("not a version 2 frame: it opens with bytes {got:02x?}, not the magic \"RS\" (52 53)")]
+    BadMagic { got: [u8; 2] },
+    /// A version 2 frame whose header names another frame version.
+    #[error("the frame is version {got}, not 2")]
+    BadFrameVersion { got: u8 },
+    /// A version 2 frame of another message type than the one expected here.
+    #[error("the frame holds message type {got}, not {expected} ({})", crate::frame::type_name(*.expected))]
+    BadMessageType { expected: u8, got: u8 },
+    /// A version 2 frame announcing a payload longer than the limit; nothing of it was read.
+    #[error("the frame announces a payload of {length} bytes, over the limit of {limit}")]
+    FrameTooLong { length: u64, limit: usize },
+    /// A version 2 frame whose CRC32C trailer does not match its header and payload.
+    #[error("the frame's checksum is {got:08x}, but its bytes sum to {computed:08x} (CRC32C)")]
+    BadChecksum { computed: u32, got: u32 },
+    /// The stream ended inside a version 2 frame.
+    #[error("the stream ended in the middle of a frame, after {bytes} of its {expected} bytes")]
+    TruncatedFrame { bytes: usize, expected: usize },
     #[error("the reply is numbered {got}, but batch {expected} was asked")]
     WrongBatch { expected: u64, got: u64 },
     #[error("the reply has {got} output lists for {expected} input tuples (one list per tuple)")]
@@ -33,6 +57,9 @@ pub enum ProtocolError {
     /// The reply sets state for a key that no tuple of the batch has.
     #[error("the reply sets state for key {0:?}, which is not the key of any tuple in the batch")]
     ForeignStateKey(String),
+    /// A version 2 reply that sets the state of one key twice.
+    #[error("the reply sets state for key {0:?} twice")]
+    DuplicateStateKey(String),
     /// A program that announced `"stateful": false` returned state (the first key is named).
     #[error("the program announced itself stateless but returned state (for key {0:?})")]
     StateFromStatelessProgram(String),
@@ -128,10 +155,9 @@ mod tests {
             "operator `program:count` failed on batch 3 (first input key \"signs.csv:12\"): \
              the stream ended (the peer closed it or exited)"
         );
-        let early = ProgramFailure::handshake("p", ProtocolError::WrongVersion { got: "2".into() });
-        assert_eq!(
-            early.to_string(),
-            "operator `p` failed during its handshake: protocol version 2 is not supported; this side speaks version 1"
-        );
+        let early = ProgramFailure::handshake("p", ProtocolError::WrongVersion { got: "3".into() });
+        assert!(early.to_string().starts_with(
+            "operator `p` failed during its handshake: protocol version 3 is not supported (a hello is"
+        ));
     }
 }

@@ -1,17 +1,20 @@
-//! The four messages of protocol version 1 and the checks a worker applies to every answer.
+//! The handshake of both protocol versions, the batch messages of version 1 as JSON, and the
+//! checks a worker applies to every version 1 answer.
 //!
-//! This module owns the shapes of the messages (their JSON field names are the protocol) and
+//! This module owns the shapes of the JSON messages (their field names are the protocol) and
 //! [`BatchReply::validate`]. Invariants: a reply that passes `validate` has exactly one output
 //! list per input tuple, echoes its request's batch number, and changes state only of keys of
 //! that batch's tuples, and only if the program is stateful. Unknown JSON fields are ignored
-//! on decoding, so a later minor revision may add fields without breaking version 1 peers.
+//! on decoding, so a later minor revision may add fields without breaking version 1 peers (the
+//! hello's `accept`, which offers version 2, is such a field). Version 2 carries the same batch
+//! messages in binary frames ([`crate::frame`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::ProtocolError;
-use crate::PROTOCOL_VERSION;
+use crate::{V1, V2};
 
 /// Keyed state as it travels: tuple key to that key's stored state, an opaque string.
 pub type State = BTreeMap<String, String>;
@@ -30,10 +33,12 @@ impl WireTuple {
     }
 }
 
-/// Worker to program, first line: `{"rainstorm":1,"task":"s1-t0","header":["OBJECTID",...]}`.
+/// Worker to program, first line:
+/// `{"rainstorm":1,"task":"s1-t0","header":["OBJECTID",...],"accept":[1,2]}`.
+/// A hello is always a version 1 line, so that version 1 programs understand it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
-    /// The protocol version, [`PROTOCOL_VERSION`].
+    /// Always [`V1`].
     pub rainstorm: u32,
     /// Which task this process serves (`s<stage>-t<index>`); for logs only.
     pub task: String,
@@ -41,26 +46,48 @@ pub struct Hello {
     /// `None` (`null`) if the input has no header.
     #[serde(default)]
     pub header: Option<Vec<String>>,
+    /// The protocol versions the worker can speak after the handshake; a program may answer any
+    /// of them. Absent (empty) from a worker that speaks only version 1.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accept: Vec<u32>,
 }
 
 impl Hello {
+    /// A hello offering versions 1 and 2.
     pub fn new(task: impl Into<String>, header: Option<Vec<String>>) -> Hello {
-        Hello { rainstorm: PROTOCOL_VERSION, task: task.into(), header }
+        Hello { rainstorm: V1, task: task.into(), header, accept: vec![V1, V2] }
+    }
+
+    /// A hello of a worker that speaks only version 1 (no `accept`).
+    pub fn v1_only(task: impl Into<String>, header: Option<Vec<String>>) -> Hello {
+        Hello { accept: Vec::new(), ..Hello::new(task, header) }
+    }
+
+    /// Whether the worker can speak `version` after the handshake (1 always can).
+    pub fn offers(&self, version: u32) -> bool {
+        version == V1 || self.accept.contains(&version)
     }
 }
 
-/// Program to worker, answer to [`Hello`]: `{"rainstorm":1,"stateful":false}`.
+/// Program to worker, answer to [`Hello`]: `{"rainstorm":2,"stateful":false}`. Both sides speak
+/// the answered version from the next byte on, both ways.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ready {
-    /// The protocol version the program speaks; must be [`PROTOCOL_VERSION`].
+    /// The protocol version the program speaks: [`V1`], or one the hello offered.
     pub rainstorm: u32,
     /// Whether the program reads and updates keyed state (kept by the framework, by tuple key).
     pub stateful: bool,
 }
 
 impl Ready {
+    /// A version 1 answer.
     pub fn new(stateful: bool) -> Ready {
-        Ready { rainstorm: PROTOCOL_VERSION, stateful }
+        Ready { rainstorm: V1, stateful }
+    }
+
+    /// A version 2 answer.
+    pub fn v2(stateful: bool) -> Ready {
+        Ready { rainstorm: V2, stateful }
     }
 }
 
@@ -191,15 +218,21 @@ mod tests {
         let hello = Hello::new("s1-t0", Some(vec!["OBJECTID".into(), "Sign_Type".into()]));
         assert_eq!(
             serde_json::to_string(&hello).expect("encodes"),
-            r#"{"rainstorm":1,"task":"s1-t0","header":["OBJECTID","Sign_Type"]}"#
+            r#"{"rainstorm":1,"task":"s1-t0","header":["OBJECTID","Sign_Type"],"accept":[1,2]}"#
         );
         assert_eq!(
-            serde_json::to_string(&Hello::new("s2-t1", None)).expect("encodes"),
+            serde_json::to_string(&Hello::v1_only("s2-t1", None)).expect("encodes"),
             r#"{"rainstorm":1,"task":"s2-t1","header":null}"#
         );
+        assert!(hello.offers(2) && hello.offers(1) && !hello.offers(3));
+        assert!(!Hello::v1_only("t", None).offers(2));
         assert_eq!(
             serde_json::to_string(&Ready::new(true)).expect("encodes"),
             r#"{"rainstorm":1,"stateful":true}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Ready::v2(false)).expect("encodes"),
+            r#"{"rainstorm":2,"stateful":false}"#
         );
         let stateless = BatchRequest { state: None, ..request(false) };
         assert_eq!(

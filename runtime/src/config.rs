@@ -28,16 +28,20 @@
 //! max_name_bytes = 255           # longest file name (1..=4096)
 //! max_transfers = 1024           # writes and merges coordinated at once; more are refused as busy (0: unlimited)
 //! max_pending_appends = 10000    # unmerged appends per file; more are refused until a merge (0: unlimited)
+//! tombstone_ttl_s = 86400        # how long a deleted file is remembered (a copy cut off longer may come back)
+//! max_tombstones = 100000        # deleted files remembered at most (the nearest to expiring forgotten first)
 //!
 //! [rainstorm]
 //! program_start_timeout_ms = 10000 # an operator program's handshake
 //! program_batch_timeout_ms = 30000 # an operator program's answer to one batch
-//! batch_lines = 64               # input lines per source batch, in the jobs this node leads
+//! checkpoint_interval_ms = 25    # how often the jobs this node leads checkpoint (bounds output latency)
+//! batch_bytes = 65536            # a batch between tasks is sent once it holds this many bytes...
+//! batch_tuples = 1024            # ...or this many tuples (or after waiting 5 ms)
 //! max_batch_tuples = 262144      # tuples one received batch may hold (0: unlimited)
 //!
 //! [limits]                       # against hostile or broken input; each breach is counted in `stats`
 //! max_datagram_bytes = 1400      # largest UDP datagram sent or accepted (256..=65000)
-//! stream_frame_mb = 16           # largest TCP frame sent or accepted (at least 9: a journal record + 1 MiB)
+//! stream_frame_mb = 16           # largest TCP frame sent or accepted (at least 9: a checkpoint record + 1 MiB)
 //! peer_requests_per_sec = 20000  # HyDFS/RainStorm requests accepted per second from one peer (0: unlimited)
 //! peer_request_burst = 40000     # requests one peer may send at once
 //! rate_limited_peers = 1024      # peers whose rate is tracked (the stalest is forgotten)
@@ -55,9 +59,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The largest source batch a job may use (a batch is one journal record downstream, and
-/// records are bounded).
-pub const MAX_BATCH_LINES: u32 = 16_384;
+/// The largest `rainstorm.batch_tuples` accepted: the most tuples a task may coalesce into one
+/// batch for a downstream task (batches between tasks are bounded; receivers also refuse any
+/// over `max_batch_tuples`).
+pub const MAX_BATCH_TUPLES: u32 = 65_536;
 
 /// Settings as written in a file or given as flags: everything optional, merged, then checked.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -96,7 +101,9 @@ pub struct LimitsInput {
 pub struct RainstormInput {
     pub program_start_timeout_ms: Option<u64>,
     pub program_batch_timeout_ms: Option<u64>,
-    pub batch_lines: Option<u32>,
+    pub checkpoint_interval_ms: Option<u64>,
+    pub batch_bytes: Option<u32>,
+    pub batch_tuples: Option<u32>,
     pub max_batch_tuples: Option<u32>,
 }
 
@@ -109,6 +116,8 @@ pub struct HydfsInput {
     pub max_name_bytes: Option<usize>,
     pub max_transfers: Option<usize>,
     pub max_pending_appends: Option<usize>,
+    pub tombstone_ttl_s: Option<u64>,
+    pub max_tombstones: Option<usize>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -175,9 +184,13 @@ pub const FIELDS: &[&str] = &[
     "hydfs.max_write_mb",
     "hydfs.max_name_bytes",
     "hydfs.max_pending_appends",
+    "hydfs.tombstone_ttl_s",
+    "hydfs.max_tombstones",
     "rainstorm.program_start_timeout_ms",
     "rainstorm.program_batch_timeout_ms",
-    "rainstorm.batch_lines",
+    "rainstorm.checkpoint_interval_ms",
+    "rainstorm.batch_bytes",
+    "rainstorm.batch_tuples",
     "rainstorm.max_batch_tuples",
 ];
 
@@ -234,11 +247,15 @@ impl ConfigInput {
                 max_name_bytes: h.max_name_bytes.or(g.max_name_bytes),
                 max_transfers: h.max_transfers.or(g.max_transfers),
                 max_pending_appends: h.max_pending_appends.or(g.max_pending_appends),
+                tombstone_ttl_s: h.tombstone_ttl_s.or(g.tombstone_ttl_s),
+                max_tombstones: h.max_tombstones.or(g.max_tombstones),
             },
             rainstorm: RainstormInput {
                 program_start_timeout_ms: r.program_start_timeout_ms.or(q.program_start_timeout_ms),
                 program_batch_timeout_ms: r.program_batch_timeout_ms.or(q.program_batch_timeout_ms),
-                batch_lines: r.batch_lines.or(q.batch_lines),
+                checkpoint_interval_ms: r.checkpoint_interval_ms.or(q.checkpoint_interval_ms),
+                batch_bytes: r.batch_bytes.or(q.batch_bytes),
+                batch_tuples: r.batch_tuples.or(q.batch_tuples),
                 max_batch_tuples: r.max_batch_tuples.or(q.max_batch_tuples),
             },
             limits: LimitsInput {
@@ -306,6 +323,15 @@ impl ConfigInput {
         if self.hydfs.max_write_mb == Some(0) {
             return Err(field("hydfs.max_write_mb", "must be at least 1"));
         }
+        if self.hydfs.tombstone_ttl_s == Some(0) {
+            return Err(field(
+                "hydfs.tombstone_ttl_s",
+                "must be at least 1 (a delete must outlive the copies it missed)",
+            ));
+        }
+        if self.hydfs.max_tombstones == Some(0) {
+            return Err(field("hydfs.max_tombstones", "must be at least 1"));
+        }
         let hydfs = HydfsConfig {
             cache_bytes: mb(self.hydfs.cache_mb, base.cache_bytes),
             repair_bytes_per_sec: mb(self.hydfs.repair_mb_per_sec, base.repair_bytes_per_sec),
@@ -313,6 +339,11 @@ impl ConfigInput {
             max_name_bytes: self.hydfs.max_name_bytes.unwrap_or(base.max_name_bytes),
             max_transfers: self.hydfs.max_transfers.unwrap_or(base.max_transfers),
             max_pending_appends: self.hydfs.max_pending_appends.unwrap_or(base.max_pending_appends),
+            tombstone_ttl: self
+                .hydfs
+                .tombstone_ttl_s
+                .map_or(base.tombstone_ttl, |s| Millis(s.saturating_mul(1000))),
+            max_tombstones: self.hydfs.max_tombstones.unwrap_or(base.max_tombstones),
             ..base
         };
         let base = ProgramLimits::default();
@@ -336,19 +367,26 @@ impl ConfigInput {
             ..base
         };
         let defaults = RainstormConfig::default();
-        let batch_lines = match r.batch_lines {
-            Some(0) => return Err(field("rainstorm.batch_lines", "must be at least 1")),
-            Some(n) if n > MAX_BATCH_LINES => {
+        let batch_tuples = match r.batch_tuples {
+            Some(0) => return Err(field("rainstorm.batch_tuples", "must be at least 1")),
+            Some(n) if n > MAX_BATCH_TUPLES => {
                 return Err(field(
-                    "rainstorm.batch_lines",
-                    format!("{n} is over the limit of {MAX_BATCH_LINES}"),
+                    "rainstorm.batch_tuples",
+                    format!("{n} is over the limit of {MAX_BATCH_TUPLES}"),
                 ))
             }
             Some(n) => n,
-            None => defaults.batch_lines,
+            None => defaults.batch_tuples,
         };
+        let checkpoint_interval = match r.checkpoint_interval_ms {
+            Some(0) => return Err(field("rainstorm.checkpoint_interval_ms", "must be at least 1 ms")),
+            Some(ms) => rainstorm_core::Millis(ms),
+            None => defaults.checkpoint_interval,
+        };
+        let batch_bytes = r.batch_bytes.unwrap_or(defaults.batch_bytes);
         let max_batch_tuples = r.max_batch_tuples.unwrap_or(defaults.max_batch_tuples);
-        let rainstorm = RainstormConfig { batch_lines, max_batch_tuples, ..defaults };
+        let rainstorm =
+            RainstormConfig { checkpoint_interval, batch_bytes, batch_tuples, max_batch_tuples, ..defaults };
         let l = self.limits;
         let base = LimitsConfig::default();
         let limits = LimitsConfig {
@@ -431,10 +469,9 @@ fn limit_field(e: &LimitsError) -> &'static str {
         LimitsError::NoBurst => "limits.peer_request_burst",
         LimitsError::NoPeers => "limits.rate_limited_peers",
         LimitsError::NameLimit { .. } => "hydfs.max_name_bytes",
-        LimitsError::PendingBelowJournal { .. } | LimitsError::OutputMerges { .. } => {
-            "hydfs.max_pending_appends"
-        }
+        LimitsError::PendingBelowLog { .. } | LimitsError::OutputMerges { .. } => "hydfs.max_pending_appends",
         LimitsError::BatchTuples { .. } => "rainstorm.max_batch_tuples",
+        LimitsError::BatchBytes { .. } => "rainstorm.batch_bytes",
     }
 }
 
@@ -459,14 +496,14 @@ mod tests {
     #[test]
     fn the_batch_size_is_read_and_checked() {
         let resolve = |text: &str| parse(text).unwrap().resolve(Role::Introducer);
-        let cfg = resolve("bind = \"127.0.0.1:7001\"\n[rainstorm]\nbatch_lines = 1024\n").unwrap();
-        assert_eq!(cfg.rainstorm.batch_lines, 1024);
+        let cfg = resolve("bind = \"127.0.0.1:7001\"\n[rainstorm]\nbatch_tuples = 1024\n").unwrap();
+        assert_eq!(cfg.rainstorm.batch_tuples, 1024);
         let cfg = resolve("bind = \"127.0.0.1:7001\"\n").unwrap();
-        assert_eq!(cfg.rainstorm.batch_lines, RainstormConfig::default().batch_lines);
-        for bad in ["0", "16385"] {
-            let e = resolve(&format!("bind = \"127.0.0.1:7001\"\n[rainstorm]\nbatch_lines = {bad}\n"))
+        assert_eq!(cfg.rainstorm.batch_tuples, RainstormConfig::default().batch_tuples);
+        for bad in ["0", "65537"] {
+            let e = resolve(&format!("bind = \"127.0.0.1:7001\"\n[rainstorm]\nbatch_tuples = {bad}\n"))
                 .unwrap_err();
-            assert!(e.to_string().contains("rainstorm.batch_lines"), "{e}");
+            assert!(e.to_string().contains("rainstorm.batch_tuples"), "{e}");
         }
     }
 
@@ -515,20 +552,25 @@ mod tests {
         let resolve = |text: &str| {
             parse(&format!("bind = \"127.0.0.1:7001\"\n{text}")).unwrap().resolve(Role::Introducer)
         };
-        let cfg = resolve("[hydfs]\nmax_name_bytes = 100\nmax_transfers = 0\nmax_pending_appends = 5000\n[rainstorm]\nmax_batch_tuples = 64\n").unwrap();
+        let cfg = resolve("[hydfs]\nmax_name_bytes = 100\nmax_transfers = 0\nmax_pending_appends = 5000\n[rainstorm]\nmax_batch_tuples = 2048\n").unwrap();
         assert_eq!(
             (cfg.hydfs.max_name_bytes, cfg.hydfs.max_transfers, cfg.hydfs.max_pending_appends),
             (100, 0, 5000)
         );
-        assert_eq!(cfg.rainstorm.max_batch_tuples, 64);
+        assert_eq!(cfg.rainstorm.max_batch_tuples, 2048);
         let defaults = resolve("").unwrap();
         assert_eq!(defaults.hydfs.max_pending_appends, HydfsConfig::default().max_pending_appends);
+        assert_eq!(defaults.hydfs.tombstone_ttl, HydfsConfig::default().tombstone_ttl);
+        let cfg = resolve("[hydfs]\ntombstone_ttl_s = 600\nmax_tombstones = 50\n").unwrap();
+        assert_eq!((cfg.hydfs.tombstone_ttl, cfg.hydfs.max_tombstones), (Millis(600_000), 50));
         assert_eq!(defaults.rainstorm.max_batch_tuples, RainstormConfig::default().max_batch_tuples);
         for (text, field) in [
             ("[hydfs]\nmax_name_bytes = 0", "hydfs.max_name_bytes"),
             ("[hydfs]\nmax_name_bytes = 5000", "hydfs.max_name_bytes"),
             ("[hydfs]\nmax_pending_appends = 1000", "hydfs.max_pending_appends"),
-            ("[rainstorm]\nbatch_lines = 100\nmax_batch_tuples = 99", "rainstorm.max_batch_tuples"),
+            ("[hydfs]\ntombstone_ttl_s = 0", "hydfs.tombstone_ttl_s"),
+            ("[hydfs]\nmax_tombstones = 0", "hydfs.max_tombstones"),
+            ("[rainstorm]\nbatch_tuples = 100\nmax_batch_tuples = 99", "rainstorm.max_batch_tuples"),
         ] {
             let e = resolve(text).unwrap_err();
             assert!(e.to_string().contains(&format!("`{field}`")), "{text}: {e}");

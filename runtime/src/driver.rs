@@ -160,6 +160,11 @@ impl NodeHandle {
         self.tx.send(input).await.map_err(|_| ())
     }
 
+    /// The node task's input channel (for helpers that run one operation).
+    pub(crate) fn sender(&self) -> &mpsc::Sender<Input> {
+        &self.tx
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
         self.events.subscribe()
     }
@@ -341,8 +346,10 @@ struct NodeTask {
     programs: ProgramHost,
     /// The jobs this node led.
     book: JobBook,
-    /// `RAINSTORM_OUTPUT_TRACE`: a file to which the outputs of jobs this node leads are
-    /// traced as `<job> <unix time in µs> <source line>` (for latency measurements).
+    /// `RAINSTORM_OUTPUT_TRACE`: a file for latency measurements. Each output of a job this node
+    /// leads is traced, once committed, as `<job> out <unix time in µs> <source line>`, and each
+    /// run of input lines a source task here sent on as
+    /// `<job> sent <unix time in µs> <first line> <last line>`.
     output_trace: Option<std::io::BufWriter<std::fs::File>>,
     /// Commands following a job's events.
     watchers: BTreeMap<JobId, mpsc::UnboundedSender<RainstormEvent>>,
@@ -550,12 +557,21 @@ impl NodeTask {
                             }
                         }
                     }
-                    if let RainstormEvent::Output { job, tuple } = &e {
+                    if let RainstormEvent::Outputs { job, tuples } = &e {
                         if let Some(trace) = &mut self.output_trace {
                             use std::io::Write as _;
-                            let _ = writeln!(trace, "{job} {} {}", unix_micros(), tuple.id.line);
+                            let at = unix_micros();
+                            for tuple in tuples {
+                                let _ = writeln!(trace, "{job} out {at} {}", tuple.id.line);
+                            }
                         }
                         continue;
+                    }
+                    if let RainstormEvent::SourceSent { job, first, last, .. } = &e {
+                        if let Some(trace) = &mut self.output_trace {
+                            use std::io::Write as _;
+                            let _ = writeln!(trace, "{job} sent {} {first} {last}", unix_micros());
+                        }
                     }
                     NodeEvent::Rainstorm(e)
                 }
@@ -687,6 +703,9 @@ fn describe_output(out: &OpOutput) -> String {
         OpOutput::Merged { summary, .. } => format!(": {} appends ordered", summary.appended),
         OpOutput::Listed { replicas, .. } => format!(": {} replicas", replicas.len()),
         OpOutput::MultiAppended { nodes, .. } => format!(" on {} nodes", nodes.len()),
+        OpOutput::Meta { meta, from, .. } => format!(": {} writes from {from}", meta.all_writes().count()),
+        OpOutput::Part { bytes, from, .. } => format!(": {} bytes from {from}", bytes.len()),
+        OpOutput::Deleted { replicas, .. } => format!(" on {} replicas", replicas.len()),
     }
 }
 
@@ -703,7 +722,8 @@ fn led_job(e: &RainstormEvent) -> Option<JobId> {
         | RainstormEvent::TaskScheduled { job, .. }
         | RainstormEvent::TaskCompleted { job, .. }
         | RainstormEvent::TaskFailed { job, .. }
-        | RainstormEvent::Output { job, .. }
+        | RainstormEvent::RolledBack { job, .. }
+        | RainstormEvent::Outputs { job, .. }
         | RainstormEvent::Progress { job, .. }
         | RainstormEvent::JobCompleted { job, .. }
         | RainstormEvent::JobFailed { job, .. }
@@ -757,24 +777,31 @@ fn log_rainstorm_event(event: &rainstorm_core::rainstorm::RainstormEvent) {
     use rainstorm_core::rainstorm::RainstormEvent as E;
     match event {
         E::JobReceived { job, spec } => info!(event = "job_received", %job, "job {job} received: {spec}"),
-        E::TaskScheduled { job, task, epoch, host, restart } => info!(
+        E::TaskScheduled { job, task, attempt, host, restart } => info!(
             event = "task_scheduled",
-            %job, %task, epoch, %host, restart,
-            "job {job}: task {task} (incarnation {epoch}) scheduled on {host}{}",
-            if *restart { " (restart)" } else { "" }
+            %job, %task, attempt, %host, restart,
+            "job {job}: task {task} (attempt {attempt}) scheduled on {host}{}",
+            if *restart { " (moved)" } else { "" }
         ),
-        E::TaskStarted { job, task, epoch, recovered_records } => info!(
+        E::TaskStarted { job, task, attempt, resumed } => info!(
             event = "task_started",
-            %job, %task, epoch, recovered_records,
-            "job {job}: task {task} (incarnation {epoch}) started after replaying {recovered_records} journal records"
+            %job, %task, attempt, resumed,
+            "job {job}: task {task} (attempt {attempt}) started{}",
+            if *resumed { " from the job's last checkpoint" } else { "" }
         ),
         E::TaskCompleted { job, task } => {
             info!(event = "task_completed", %job, %task, "job {job}: task {task} completed")
         }
-        E::TaskFailed { job, task, epoch, reason } => {
-            warn!(event = "task_failed", %job, %task, epoch, "job {job}: task {task} failed: {reason}")
+        E::TaskFailed { job, task, attempt, reason } => {
+            warn!(event = "task_failed", %job, %task, attempt, "job {job}: task {task} failed: {reason}")
         }
-        E::Output { .. } => {}
+        E::RolledBack { job, attempt, checkpoint, reason } => warn!(
+            event = "job_rolled_back",
+            %job, attempt, checkpoint = ?checkpoint,
+            "job {job} rolls back to {} as attempt {attempt}: {reason}",
+            checkpoint.map_or_else(|| "its start".to_owned(), |c| format!("checkpoint {c}"))
+        ),
+        E::Outputs { .. } => {}
         E::Progress { job, input_lines, stages } => {
             let lines_read = rainstorm_core::rainstorm::lines_read(stages);
             let counts: Vec<String> =
@@ -789,7 +816,7 @@ fn log_rainstorm_event(event: &rainstorm_core::rainstorm::RainstormEvent) {
         E::JobCompleted { job, outputs, restarts } => info!(
             event = "job_completed",
             %job, outputs, restarts,
-            "job {job} completed: {outputs} outputs, {restarts} task restarts"
+            "job {job} completed: {outputs} outputs, {restarts} rollbacks"
         ),
         E::JobFailed { job, reason } => warn!(event = "job_failed", %job, "job {job} failed: {reason}"),
         E::JobLost { job, reason } => {
@@ -798,12 +825,10 @@ fn log_rainstorm_event(event: &rainstorm_core::rainstorm::RainstormEvent) {
         E::JobAbandoned { job, reason } => {
             warn!(event = "job_abandoned", %job, "job {job} abandoned: {reason}; its tasks here were dropped")
         }
-        // One per batch: only where latency is measured (`RUST_LOG=info,rainstorm::latency=debug`).
-        E::SourceSent { job, task, epoch, first, last } => debug!(
-            target: crate::logging::LATENCY_TARGET,
+        E::SourceSent { job, task, attempt, first, last } => debug!(
             event = "source_sent",
-            %job, %task, epoch, first, last, unix_us = unix_micros(),
-            "job {job}: {task} (incarnation {epoch}) sent input lines {first}..={last}"
+            %job, %task, attempt, first, last,
+            "job {job}: {task} (attempt {attempt}) sent input lines {first}..={last}"
         ),
     }
 }
@@ -828,6 +853,9 @@ fn log_hydfs_event(event: &rainstorm_core::hydfs::HydfsEvent) {
         }
         HydfsEvent::FileDropped { name } => {
             info!(event = "file_dropped", %name, "handed {name} to its owners")
+        }
+        HydfsEvent::FileDeleted { name, create } => {
+            info!(event = "file_deleted", %name, %create, "dropped the copy of deleted file {name} (created by {create})")
         }
         HydfsEvent::StorageFailed { reason } => warn!(event = "storage_failed", "storage failed: {reason}"),
     }
@@ -888,8 +916,8 @@ mod tests {
                 replicas: vec![from],
                 merged_hash: 1,
             }),
-            NodeEvent::Rainstorm(RainstormEvent::SourceSent { job, task, epoch: 1, first: 1, last: 64 }),
-            NodeEvent::Rainstorm(RainstormEvent::TaskStarted { job, task, epoch: 1, recovered_records: 0 }),
+            NodeEvent::Rainstorm(RainstormEvent::SourceSent { job, task, attempt: 1, first: 1, last: 64 }),
+            NodeEvent::Rainstorm(RainstormEvent::TaskStarted { job, task, attempt: 1, resumed: false }),
             NodeEvent::Rainstorm(RainstormEvent::TaskCompleted { job, task }),
             NodeEvent::Rainstorm(RainstormEvent::JobCompleted { job, outputs: 3, restarts: 0 }),
             NodeEvent::Membership(MembershipEvent::MemberFailed {
@@ -907,7 +935,7 @@ mod tests {
         };
         assert_eq!(level("hydfs_request").0, tracing::Level::DEBUG);
         assert_eq!(level("merged").0, tracing::Level::DEBUG);
-        assert_eq!(level("source_sent"), (tracing::Level::DEBUG, crate::logging::LATENCY_TARGET.to_string()));
+        assert_eq!(level("source_sent").0, tracing::Level::DEBUG);
         assert_eq!(level("task_started").0, tracing::Level::INFO);
         assert_eq!(level("task_completed").0, tracing::Level::INFO);
         assert_eq!(level("job_completed").0, tracing::Level::INFO);

@@ -1,11 +1,16 @@
 //! HyDFS file commands on a real node: the part of each command that touches local files.
 //!
 //! The core never sees a local file. An upload (`create`, `append`) is described part by part
-//! here (length and CRC32C of each chunk, computed off the node task) and then read part by part
+//! here (length, CRC32C and line ends of each chunk, computed off the node task) and then read part by part
 //! through [`FileSource`] when a replica fetches it, so a file of any size passes through a
 //! bounded amount of memory. A download (`get`, `getfromreplica`) arrives as in-order chunks that
 //! [`Sink`] writes to a temporary file next to the target, renamed over it only when the whole
 //! file has arrived: a failed `get` never leaves a partial file under the requested name.
+//!
+//! Every whole-file transfer a user starts goes this way, with bounded memory: `get` and
+//! `getfromreplica` ([`download`]), `create` and `append` ([`upload`]), and the operator programs
+//! of `RainStorm` ([`download_file`], [`describe_hashed`]: uploaded, fetched and hashed chunk by
+//! chunk). Only `multiappend` reads its local files whole, and it refuses any over one chunk.
 
 use crate::driver::{CommandReply, Input, NodeHandle};
 use rainstorm_core::command::FileCommand;
@@ -58,6 +63,18 @@ impl PartSource for FileSource {
 
 /// Opens `path` and describes it part by part (blocking: run it off the node task).
 fn describe(path: &Path, chunk: usize, limit: u64, progress: Arc<Progress>) -> Result<UploadSource, String> {
+    describe_hashed(path, chunk, limit, progress).map(|(source, _)| source)
+}
+
+/// [`describe`], and the lowercase hex SHA-256 of the same bytes, in one pass (blocking).
+pub(crate) fn describe_hashed(
+    path: &Path,
+    chunk: usize,
+    limit: u64,
+    progress: Arc<Progress>,
+) -> Result<(UploadSource, String), String> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
     let file = File::open(path).map_err(|e| format!("cannot read local file {}: {e}", path.display()))?;
     let len = file.metadata().map_err(|e| format!("cannot stat {}: {e}", path.display()))?.len();
     if !file.metadata().map(|m| m.is_file()).unwrap_or(false) {
@@ -84,7 +101,8 @@ fn describe(path: &Path, chunk: usize, limit: u64, progress: Arc<Progress>) -> R
         if filled == 0 {
             break;
         }
-        parts.push(PartMeta { len: filled as u32, crc: crc32c::crc32c(&buf[..filled]) });
+        parts.push(PartMeta::of(&buf[..filled]));
+        hasher.update(&buf[..filled]);
         seen += filled as u64;
         if filled < chunk {
             break;
@@ -95,7 +113,46 @@ fn describe(path: &Path, chunk: usize, limit: u64, progress: Arc<Progress>) -> R
     }
     progress.total.store(len, Ordering::Relaxed);
     let reader = Arc::new(FileSource { file, path: path.to_path_buf(), progress });
-    Ok(UploadSource { parts, reader })
+    let sha256 = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok((UploadSource { parts, reader }, sha256))
+}
+
+/// The lowercase hex SHA-256 and the length of a local file, read a chunk at a time
+/// (blocking: run it off the node task).
+pub(crate) fn sha256_file(path: &Path) -> Result<(String, u64), String> {
+    use sha2::Digest;
+    let mut file = File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok((hasher.finalize().iter().map(|b| format!("{b:02x}")).collect(), len))
+}
+
+/// Downloads HyDFS file `name` into the local file `path`, chunk by chunk (the file appears
+/// complete or not at all). Returns its length.
+pub(crate) async fn download_file(
+    node: &tokio::sync::mpsc::Sender<Input>,
+    name: FileName,
+    path: &Path,
+) -> Result<u64, HydfsError> {
+    let sink = Sink::create(path, Arc::new(Progress::default())).map_err(HydfsError::Storage)?;
+    let (reply, rx) = oneshot::channel();
+    let op = ClientOp::Download { name: name.clone(), replica: None };
+    let stopping = || HydfsError::Unavailable { name: name.clone(), reason: "node is stopping".into() };
+    node.send(Input::Submit { op, sink: Some(sink), reply }).await.map_err(|_| stopping())?;
+    match rx.await.map_err(|_| stopping())? {
+        Ok(OpOutput::Downloaded { len, .. }) => Ok(len),
+        Ok(other) => Err(HydfsError::Unavailable { name, reason: format!("unexpected answer: {other:?}") }),
+        Err(e) => Err(e),
+    }
 }
 
 /// Chunks a download may have queued for its writer thread (at most this many MiB in memory).
@@ -262,6 +319,20 @@ pub async fn run(handle: &NodeHandle, cmd: FileCommand, cwd: &Path, progress: Ar
             )),
             Ok(Ok(other)) => fail(format!("unexpected answer: {other:?}")),
         },
+        FileCommand::Delete { name } => match submit(handle, ClientOp::Delete { name }, None).await {
+            Err(e) => fail(e),
+            Ok(Err(e)) => fail(e.to_string()),
+            Ok(Ok(OpOutput::Deleted { name, create, replicas })) if replicas.is_empty() => done(format!(
+                "deleted {name} (created by {create}); it was already deleted ({})",
+                rate(0, started)
+            )),
+            Ok(Ok(OpOutput::Deleted { name, create, replicas })) => done(format!(
+                "deleted {name} (created by {create}) on {} ({})",
+                addrs(&replicas),
+                rate(0, started)
+            )),
+            Ok(Ok(other)) => fail(format!("unexpected answer: {other:?}")),
+        },
         FileCommand::Ls { name } => match submit(handle, ClientOp::Ls { name }, None).await {
             Err(e) => fail(e),
             Ok(Err(e)) => fail(e.to_string()),
@@ -404,6 +475,7 @@ mod tests {
         let progress = Arc::new(Progress::default());
         let src = describe(&dir.join("f"), 1000, 1 << 20, progress.clone()).unwrap();
         assert_eq!(src.parts.iter().map(|p| p.len).collect::<Vec<_>>(), vec![1000, 1000, 500]);
+        assert_eq!(src.parts[1], PartMeta::of(&data[1000..2000]));
         assert_eq!(src.parts[1].crc, crc32c::crc32c(&data[1000..2000]));
         assert_eq!(src.reader.read_at(2000, 500).unwrap(), &data[2000..]);
         assert_eq!(progress.get(), (2500, 2500));
@@ -412,6 +484,21 @@ mod tests {
         assert!(e.contains("over the 2000-byte limit"), "{e}");
         let e = describe(&dir.join("missing"), 1000, 1 << 20, progress).err().unwrap();
         assert!(e.contains("cannot read local file"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_program_is_described_and_hashed_in_one_pass_and_hashed_again_in_chunks() {
+        use sha2::Digest;
+        let dir = temp_dir("hashed");
+        let data: Vec<u8> = (0..(3 << 20) + 7u32).map(|i| (i * 13) as u8).collect();
+        std::fs::write(dir.join("p"), &data).unwrap();
+        let want: String = sha2::Sha256::digest(&data).iter().map(|b| format!("{b:02x}")).collect();
+        let (src, sha) =
+            describe_hashed(&dir.join("p"), 1 << 20, 1 << 30, Arc::new(Progress::default())).unwrap();
+        assert_eq!((src.len(), src.parts.len()), (data.len() as u64, 4));
+        assert_eq!(sha, want);
+        assert_eq!(sha256_file(&dir.join("p")).unwrap(), (want, data.len() as u64));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -12,7 +12,7 @@
 
 use crate::driver::{CommandReply, Input, NodeHandle};
 use rainstorm_core::command::JobCommand;
-use rainstorm_core::hydfs::{ClientOp, FileName, HydfsError, OpOutput};
+use rainstorm_core::hydfs::{ClientOp, FileName, HydfsError, OpOutput, WriteKind};
 use rainstorm_core::rainstorm::{
     dest_line, lines_read, JobId, JobSpec, OperatorSpec, ProgramSpec, RainstormEvent, StageCounts,
 };
@@ -57,6 +57,9 @@ impl JobProgress {
     }
 }
 
+/// Numbers the local copies of HyDFS programs being hashed, so that concurrent ones differ.
+static NEXT_FETCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Runs a RainStorm command, sending results and notes to `out` as they come.
 pub async fn run(
     handle: &NodeHandle,
@@ -65,14 +68,14 @@ pub async fn run(
     out: mpsc::UnboundedSender<Streamed>,
 ) -> CommandReply {
     match cmd {
-        JobCommand::Run { op1, op2, src, dest, tasks } => {
+        JobCommand::Run { op1, op2, src, dest, tasks, rate } => {
             let ops = async {
                 let a = resolve(handle, &op1, cwd, &out).await.map_err(|e| format!("op1: {e}"))?;
                 let b = resolve(handle, &op2, cwd, &out).await.map_err(|e| format!("op2: {e}"))?;
                 Ok::<_, String>((a, b))
             };
             match ops.await {
-                Ok((op1, op2)) => run_job(handle, JobSpec { op1, op2, src, dest, tasks }, out).await,
+                Ok((op1, op2)) => run_job(handle, JobSpec { op1, op2, src, dest, tasks, rate }, out).await,
                 Err(e) => CommandReply { ok: false, output: format!("{e}\n") },
             }
         }
@@ -105,12 +108,21 @@ async fn resolve(
     let Some((program, args)) = words.split_first() else { return Err("empty operator".into()) };
     if let Some(name) = program.strip_prefix("hydfs:") {
         let name = FileName::new(name).map_err(|e| format!("bad HyDFS name `{name}`: {e}"))?;
-        let bytes = match submit(handle, ClientOp::Get { name: name.clone() }).await {
-            Ok(OpOutput::Content { bytes, .. }) => bytes,
-            Ok(other) => return Err(format!("unexpected answer reading {name}: {other:?}")),
-            Err(e) => return Err(format!("cannot read program {name} from HyDFS: {e}")),
-        };
-        let sha256 = crate::programs::sha256_hex(&bytes);
+        // Hashed from a local copy fetched chunk by chunk (bounded memory), then removed.
+        let n = NEXT_FETCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = handle.data_dir.join(format!(".program-{}-{n}.tmp", std::process::id()));
+        let hashed = async {
+            crate::files::download_file(handle.sender(), name.clone(), &tmp)
+                .await
+                .map_err(|e| format!("cannot read program {name} from HyDFS: {e}"))?;
+            let p = tmp.clone();
+            tokio::task::spawn_blocking(move || crate::files::sha256_file(&p))
+                .await
+                .map_err(|e| format!("hashing program {name} failed: {e}"))?
+        }
+        .await;
+        let _ = tokio::fs::remove_file(&tmp).await;
+        let (sha256, _) = hashed?;
         return Ok(OperatorSpec::Program(ProgramSpec {
             file: name.to_string(),
             sha256,
@@ -118,22 +130,31 @@ async fn resolve(
         }));
     }
     let path = cwd.join(program);
-    let bytes = match tokio::fs::read(&path).await {
-        Ok(bytes) => bytes,
+    match tokio::fs::metadata(&path).await {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return Err(format!("{} is not a regular file", path.display())),
         Err(e) if !program.contains('/') && e.kind() == std::io::ErrorKind::NotFound => {
             return Err(format!("`{word}` is not a built-in operator ({builtin_error}), nor a program file"));
         }
         Err(e) => return Err(format!("cannot read program {}: {e}", path.display())),
-    };
+    }
     if !is_executable(&path) {
         return Err(format!("{} is not executable (chmod +x it)", path.display()));
     }
-    let sha256 = crate::programs::sha256_hex(&bytes);
+    // Described part by part and hashed in one pass, then uploaded part by part: a program of
+    // any size takes a bounded amount of memory.
+    let (chunk, limit) = (handle.chunk_bytes, handle.max_write_bytes);
+    let p = path.clone();
+    let progress = std::sync::Arc::new(crate::files::Progress::default());
+    let (source, sha256) =
+        tokio::task::spawn_blocking(move || crate::files::describe_hashed(&p, chunk, limit, progress))
+            .await
+            .map_err(|e| format!("reading {} failed: {e}", path.display()))??;
     let base = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "program".into());
     let base: String =
         base.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
     let name = FileName::new(&format!("ops/{base}-{}", &sha256[..16])).map_err(|e| e.to_string())?;
-    match submit(handle, ClientOp::Create { name: name.clone(), data: bytes }).await {
+    match submit(handle, ClientOp::Upload { name: name.clone(), kind: WriteKind::Create, source }).await {
         Ok(_) => {
             let _ = out.send(Streamed::Note(format!("uploaded {} to HyDFS as {name}", path.display())));
         }
@@ -182,11 +203,17 @@ async fn run_job(handle: &NodeHandle, spec: JobSpec, out: mpsc::UnboundedSender<
     let _ = out.send(Streamed::Note(format!("job {job} started; results follow and go to {dest}")));
     while let Some(event) = events.recv().await {
         match event {
-            RainstormEvent::Output { tuple, .. } => {
-                let _ = out.send(Streamed::Output(dest_line(&tuple).trim_end_matches('\n').to_owned()));
+            RainstormEvent::Outputs { tuples, .. } => {
+                for tuple in &tuples {
+                    let _ = out.send(Streamed::Output(dest_line(tuple).trim_end_matches('\n').to_owned()));
+                }
+            }
+            RainstormEvent::RolledBack { checkpoint, reason, .. } => {
+                let from = checkpoint.map_or_else(|| "its start".to_owned(), |c| format!("checkpoint {c}"));
+                let _ = out.send(Streamed::Note(format!("job {job}: {reason}; resuming from {from}")));
             }
             RainstormEvent::TaskScheduled { task, host, restart: true, .. } => {
-                let _ = out.send(Streamed::Note(format!("job {job}: {task} restarted on {}", host.addr)));
+                let _ = out.send(Streamed::Note(format!("job {job}: {task} moved to {}", host.addr)));
             }
             RainstormEvent::TaskFailed { task, reason, .. } => {
                 let _ = out.send(Streamed::Note(format!("job {job}: {task} failed: {reason}")));
@@ -197,7 +224,7 @@ async fn run_job(handle: &NodeHandle, spec: JobSpec, out: mpsc::UnboundedSender<
             RainstormEvent::JobCompleted { outputs, restarts, .. } => {
                 let secs = started.elapsed().as_secs_f64();
                 let output = format!(
-                    "job {job} completed: {outputs} outputs in {secs:.2} s, {restarts} task restarts; \
+                    "job {job} completed: {outputs} outputs in {secs:.2} s, {restarts} rollbacks; \
                      every output is in {dest} exactly once\n"
                 );
                 return CommandReply { ok: true, output };
@@ -225,7 +252,7 @@ pub struct JobRecord {
     pub restarts: u32,
     pub failures: u32,
     pub tasks_completed: u32,
-    /// Where each task's current incarnation runs.
+    /// Where each task of the current attempt runs.
     pub placement: BTreeMap<String, String>,
     /// The counts the leader last reported.
     pub progress: JobProgress,
@@ -262,10 +289,14 @@ impl JobBook {
                     },
                 );
             }
-            RainstormEvent::TaskScheduled { job, task, epoch, host, restart } => {
+            RainstormEvent::TaskScheduled { job, task, attempt, host, .. } => {
                 if let Some(r) = self.jobs.get_mut(job) {
-                    r.restarts += u32::from(*restart);
-                    r.placement.insert(task.to_string(), format!("{} (incarnation {epoch})", host.addr));
+                    r.placement.insert(task.to_string(), format!("{} (attempt {attempt})", host.addr));
+                }
+            }
+            RainstormEvent::RolledBack { job, .. } => {
+                if let Some(r) = self.jobs.get_mut(job) {
+                    r.restarts += 1;
                 }
             }
             RainstormEvent::TaskCompleted { job, .. } => {
@@ -278,9 +309,9 @@ impl JobBook {
                     r.failures += 1;
                 }
             }
-            RainstormEvent::Output { job, .. } => {
+            RainstormEvent::Outputs { job, tuples } => {
                 if let Some(r) = self.jobs.get_mut(job) {
-                    r.outputs += 1;
+                    r.outputs += tuples.len() as u64;
                 }
             }
             RainstormEvent::JobCompleted { job, .. } => self.end(job, now, "completed".into()),
@@ -422,7 +453,7 @@ mod tests {
         let host = MemberId::new("127.0.0.1:7001".parse().expect("address"), 1);
         for stage in 0..3 {
             let task = TaskId { stage, index: 0 };
-            book.record(&RainstormEvent::TaskScheduled { job, task, epoch: 1, host, restart: false }, t0);
+            book.record(&RainstormEvent::TaskScheduled { job, task, attempt: 1, host, restart: false }, t0);
         }
         let stage = |stage, consumed, emitted| StageCounts { stage, consumed, emitted };
         let counts = |s0, s1: (u64, u64), s2| vec![stage(0, s0, s0), stage(1, s1.0, s1.1), stage(2, s2, s2)];
@@ -433,12 +464,8 @@ mod tests {
             &RainstormEvent::Progress { job: JobId { n: 8, tag: 1 }, input_lines: 5, stages: vec![] },
             t0,
         );
-        for n in 1..=50 {
-            book.record(
-                &RainstormEvent::Output { job, tuple: Tuple::source("signs.csv", n, "x") },
-                at(1_900),
-            );
-        }
+        let tuples = (1..=50).map(|n| Tuple::source("signs.csv", n, "x")).collect();
+        book.record(&RainstormEvent::Outputs { job, tuples }, at(1_900));
         book.record(&RainstormEvent::JobCompleted { job, outputs: 50, restarts: 0 }, at(2_000));
         let shown = book.show_at("7-000abc", &[], at(9_000)).expect("shown");
         println!("{shown}");

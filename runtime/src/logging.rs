@@ -5,9 +5,7 @@
 //! Levels: INFO holds what an operator follows (membership events, failures, jobs received and
 //! completed, tasks scheduled, started and completed, file commands completed: `hydfs_op`);
 //! what happens per HyDFS request or per RainStorm batch is at DEBUG (`hydfs_request`,
-//! `merged`, `job_progress`, `job_output`). A source's `source_sent` line, one per batch, is
-//! logged under the target [`LATENCY_TARGET`] at DEBUG, so tuple latency can be measured
-//! (`RUST_LOG=info,rainstorm::latency=debug`) without every other debug line.
+//! `merged`, `job_progress`, `job_output`, `source_sent`).
 //!
 //! Invariant: logging never blocks the node task. Each output is written by a thread of its own
 //! through a queue (`tracing_appender::non_blocking`, buffered, flushed whenever its queue runs
@@ -22,9 +20,6 @@ use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter};
-
-/// The `tracing` target of the lines that exist only to measure latency (`source_sent`).
-pub const LATENCY_TARGET: &str = "rainstorm::latency";
 
 /// Lines that may wait for each output's writer thread before new ones are dropped.
 pub const QUEUED_LINES: usize = 128_000;

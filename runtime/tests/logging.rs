@@ -16,7 +16,7 @@ fn info_lines_reach_the_file_whole_and_debug_lines_do_not() {
     }
     tracing::warn!(event = "failed", member = "127.0.0.1:7001", "DEL 127.0.0.1:7001");
     tracing::debug!(event = "hydfs_request", "a line per request");
-    tracing::debug!(target: logging::LATENCY_TARGET, event = "source_sent", "a line per batch");
+    tracing::debug!(event = "source_sent", "a line per batch");
     drop(guard);
     let text = std::fs::read_to_string(&path).expect("the log is readable");
     assert_eq!(text.lines().filter(|l| l.contains("event=\"many\"")).count(), 2_000, "every line, whole");

@@ -75,6 +75,14 @@ pub trait Actor {
     fn start_job(&mut self, _now: Time, _spec: JobSpec) -> Option<Result<JobId, JobError>> {
         None
     }
+    /// What each RainStorm task and sink on this node holds (for the bounded-buffer checker).
+    fn rainstorm_buffers(&self) -> Vec<rainstorm_core::rainstorm::Buffers> {
+        Vec::new()
+    }
+    /// Tuple batches this node's RainStorm tasks sent (for the coalescing checker).
+    fn rainstorm_batches(&self) -> u64 {
+        0
+    }
     /// A readable account of the node's RainStorm jobs and tasks (for failure reports).
     fn describe_jobs(&self) -> Vec<String> {
         Vec::new()
@@ -179,6 +187,14 @@ impl Actor for Node {
 
     fn describe_jobs(&self) -> Vec<String> {
         self.rainstorm().describe()
+    }
+
+    fn rainstorm_buffers(&self) -> Vec<rainstorm_core::rainstorm::Buffers> {
+        self.rainstorm().buffers()
+    }
+
+    fn rainstorm_batches(&self) -> u64 {
+        self.rainstorm().batches_sent()
     }
 
     fn handle_program_result(&mut self, now: Time, token: u64, result: Result<ProgramResult, String>) {

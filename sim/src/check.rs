@@ -40,11 +40,19 @@ pub enum CheckerKind {
     HydfsPlacement,
     HydfsLiveness,
     HydfsChunking,
+    HydfsDeleted,
+    HydfsLeakedBlocks,
     RainstormOutput,
     RainstormDuplicate,
     RainstormLoss,
     RainstormAggregate,
     RainstormLiveness,
+    /// A RainStorm task or sink held more bytes of a kind than its settings allow.
+    RainstormBounded,
+    /// RainStorm tasks sent more batches than coalescing allows.
+    RainstormCoalescing,
+    /// A finished job's own files (its checkpoint log) were still in HyDFS long after it ended.
+    RainstormCleanup,
     Wire,
 }
 
@@ -68,11 +76,16 @@ impl fmt::Display for CheckerKind {
             CheckerKind::HydfsPlacement => "hydfs-placement",
             CheckerKind::HydfsLiveness => "hydfs-liveness",
             CheckerKind::HydfsChunking => "hydfs-chunking",
+            CheckerKind::HydfsDeleted => "hydfs-deleted",
+            CheckerKind::HydfsLeakedBlocks => "hydfs-leaked-blocks",
             CheckerKind::RainstormOutput => "rainstorm-output",
             CheckerKind::RainstormDuplicate => "rainstorm-duplicate",
             CheckerKind::RainstormLoss => "rainstorm-loss",
             CheckerKind::RainstormAggregate => "rainstorm-aggregate",
             CheckerKind::RainstormLiveness => "rainstorm-liveness",
+            CheckerKind::RainstormBounded => "rainstorm-bounded",
+            CheckerKind::RainstormCoalescing => "rainstorm-coalescing",
+            CheckerKind::RainstormCleanup => "rainstorm-cleanup",
         })
     }
 }

@@ -107,6 +107,11 @@ impl SimDisk {
         Some(id)
     }
 
+    /// The blocks the running process sees (for the leaked-blocks checker).
+    pub fn live_blocks(&self) -> BTreeSet<BlobId> {
+        self.state().blocks.iter().filter(|(_, b)| b.current.is_some()).map(|(id, _)| *id).collect()
+    }
+
     /// Whether `blob` holds, durably, the bytes the process sees.
     pub fn is_durable(&self, blob: BlobId) -> bool {
         let s = self.state();

@@ -1,7 +1,9 @@
 //! The HyDFS workload and its checkers.
 //!
-//! Clients (chosen slots) create, append, get, merge, multiappend and list Zipf-skewed files,
-//! one operation in flight each. Every byte a client writes is self-describing: a 16-byte header
+//! Clients (chosen slots) create, append, get, merge, multiappend, list and delete Zipf-skewed
+//! files, one operation in flight each. A delete is issued only on a file no operation is in
+//! flight on, and no operation is issued on a file while its delete is in flight (so every
+//! write is known to belong to the file before or after the delete). Every byte a client writes is self-describing: a 16-byte header
 //! (magic, tag, length) and filler derived from the tag, so any content read back can be parsed
 //! into the writes it holds and any corrupted or garbled byte is noticed.
 //!
@@ -17,14 +19,20 @@
 //!   at the end all copies of a file are identical with nothing pending;
 //! * **placement**: at the end every file is on exactly its first `r` successors and nowhere else;
 //! * **liveness**: every merge after the faults stop succeeds;
-//! * **chunking** (checked by the world): no stream frame is larger than a chunk plus headers.
+//! * **chunking** (checked by the world): no stream frame is larger than a chunk plus headers;
+//! * **deleted**: once a delete is acknowledged, no read issued later (from a replica; a node's
+//!   read cache may serve a stale copy for up to `cache_ttl`, as it may for any file) holds a
+//!   write of the deleted file, and at the end no live node holds a copy of it;
+//! * **leaked-blocks**: at the end, every block on a live node's disk is one its file index
+//!   points at, and every indexed part belongs to a write the index holds (deleted and dropped
+//!   files free their blocks).
 
 use crate::check::CheckerKind;
 use crate::disk::SimDisk;
 use crate::scenario::Slot;
 use rainstorm_core::hydfs::{
     ClientOp, FileName, Hydfs, HydfsConfig, HydfsError, HydfsEvent, OpId, OpOutput, PartMeta, PartSource,
-    Ring, UploadSource, WriteKind,
+    Ring, Stamp, UploadSource, WriteKind,
 };
 use rainstorm_core::{NodeAddr, Time};
 use rand::{Rng, SeedableRng};
@@ -61,7 +69,7 @@ pub struct HydfsWorkload {
 
 impl HydfsWorkload {
     /// No file workload: only the HyDFS settings (for scenarios whose files come from another
-    /// layer, such as a RainStorm job's input, journals and output).
+    /// layer, such as a RainStorm job's input, checkpoint log and output).
     pub fn settings_only(config: HydfsConfig, background_sync: bool) -> HydfsWorkload {
         HydfsWorkload {
             config,
@@ -145,6 +153,8 @@ struct TagInfo {
     /// Issued by the writer itself (not a multiappend part): its order is checked.
     direct: bool,
     acked: bool,
+    /// The file's incarnation (deletes before it) when the write was issued.
+    incarnation: u32,
 }
 
 struct InFlight {
@@ -156,6 +166,8 @@ struct InFlight {
     own_acked: Vec<u64>,
     whole_network: bool,
     final_merge: bool,
+    /// When the operation was issued.
+    issued: Time,
 }
 
 #[derive(Default)]
@@ -163,6 +175,25 @@ struct FileTruth {
     create_acked: Option<u64>,
     create_tried: bool,
     acked: BTreeSet<u64>,
+    /// Deletes of the name issued so far (acknowledged or not): writes issued since belong to a
+    /// later file of the name.
+    incarnation: u32,
+    /// Incarnations whose delete was acknowledged, and when.
+    deleted: BTreeMap<u32, Time>,
+    /// Workload operations in flight on the file.
+    busy: usize,
+    /// A delete of the file is in flight.
+    deleting: bool,
+}
+
+impl FileTruth {
+    /// A delete ended (acknowledged or not): what follows is about the next file of the name.
+    fn next_incarnation(&mut self) {
+        self.incarnation += 1;
+        self.create_acked = None;
+        self.create_tried = false;
+        self.acked.clear();
+    }
 }
 
 /// Counts of what the workload did.
@@ -193,6 +224,8 @@ pub struct HydfsHarness {
     /// whose current process never received one for the file acknowledged from an earlier
     /// process: one that has since crashed (its disk with it) and restarted at the same address.
     replicated: BTreeSet<(Slot, u64, FileName)>,
+    /// Files whose delete was acknowledged: name, create stamp, and when.
+    deleted_files: BTreeMap<(FileName, Stamp), Time>,
     pub stats: WorkloadStats,
     violations: Vec<(Time, CheckerKind, String)>,
 }
@@ -231,6 +264,7 @@ impl HydfsHarness {
             final_merge_result: BTreeMap::new(),
             whole_view_commits: BTreeSet::new(),
             replicated: BTreeSet::new(),
+            deleted_files: BTreeMap::new(),
             stats: WorkloadStats::default(),
             violations: Vec::new(),
         }
@@ -283,7 +317,8 @@ impl HydfsHarness {
         let order = self.order.entry((writer, file)).or_default();
         *order += 1;
         let order = *order;
-        self.tags.insert(tag, TagInfo { file, writer, order, create, direct, acked: false });
+        let incarnation = self.files[file].incarnation;
+        self.tags.insert(tag, TagInfo { file, writer, order, create, direct, acked: false, incarnation });
         tag
     }
 
@@ -306,6 +341,7 @@ impl HydfsHarness {
                     own_acked: vec![],
                     whole_network: whole,
                     final_merge: true,
+                    issued: now,
                 };
                 out.push(Submission {
                     slot: v.slot,
@@ -329,6 +365,9 @@ impl HydfsHarness {
             }
             let writer = (client, v.generation);
             let file = self.zipf();
+            if self.files[file].deleting {
+                continue; // nothing runs on a file while it is being deleted
+            }
             let name = Self::file_name(file);
             let exists = self.files[file].create_acked.is_some();
             let roll = self.rng.gen_range(0..100);
@@ -340,6 +379,7 @@ impl HydfsHarness {
                 own_acked: vec![],
                 whole_network: whole,
                 final_merge: false,
+                issued: now,
             };
             let op = if !exists || roll >= 93 {
                 let len = self.size();
@@ -393,10 +433,15 @@ impl HydfsHarness {
                 } else {
                     ClientOp::GetFromReplica { name, replica: r.addr }
                 }
+            } else if roll < 92 && self.files[file].busy == 0 {
+                token.kind = "delete";
+                self.files[file].deleting = true;
+                ClientOp::Delete { name }
             } else {
                 token.kind = "ls";
                 ClientOp::Ls { name }
             };
+            self.files[file].busy += 1;
             self.busy.insert(client);
             out.push(Submission { slot: client, op, token });
         }
@@ -412,10 +457,7 @@ impl HydfsHarness {
                 WriteKind::Append => ClientOp::Append { name, data },
             };
         }
-        let parts = data
-            .chunks(self.w.config.chunk_bytes.max(1))
-            .map(|c| PartMeta { len: c.len() as u32, crc: crc32c::crc32c(c) })
-            .collect();
+        let parts = data.chunks(self.w.config.chunk_bytes.max(1)).map(PartMeta::of).collect();
         ClientOp::Upload { name, kind, source: UploadSource { parts, reader: Arc::new(MemSource(data)) } }
     }
 
@@ -441,11 +483,31 @@ impl HydfsHarness {
                 if s.token.final_merge {
                     self.final_merge_result.insert(s.token.file, Err(e.to_string()));
                 }
+                self.op_ended(&s.token, false);
                 let _ = now;
             }
             None => {
                 self.busy.remove(&s.slot);
+                self.op_ended(&s.token, false);
             }
+        }
+    }
+
+    /// A workload operation ended (`deleted`: a delete, acknowledged): the file is free again.
+    fn op_ended(&mut self, token: &InFlight, deleted: bool) {
+        if token.final_merge {
+            return;
+        }
+        let f = &mut self.files[token.file];
+        f.busy = f.busy.saturating_sub(1);
+        if token.kind == "delete" {
+            // Acknowledged or not (a failed delete may still have taken effect), what follows
+            // is about the next file of the name.
+            f.deleting = false;
+            if deleted {
+                f.deleted.insert(f.incarnation, token.issued);
+            }
+            f.next_incarnation();
         }
     }
 
@@ -460,7 +522,20 @@ impl HydfsHarness {
 
     /// A process crashed or restarted: its operations are gone.
     pub fn on_process_gone(&mut self, slot: Slot) {
-        self.in_flight.retain(|(s, _, _), _| *s != slot);
+        let gone: Vec<InFlight> = std::mem::take(&mut self.in_flight)
+            .into_iter()
+            .filter_map(|(k, t)| {
+                if k.0 == slot {
+                    Some(t)
+                } else {
+                    self.in_flight.insert(k, t);
+                    None
+                }
+            })
+            .collect();
+        for t in &gone {
+            self.op_ended(t, false);
+        }
         self.downloads.retain(|(s, _, _), _| *s != slot);
         self.busy.remove(&slot);
         self.replicated.retain(|(s, _, _)| *s != slot);
@@ -604,6 +679,7 @@ impl HydfsHarness {
             }
             HydfsEvent::CorruptionDetected { .. }
             | HydfsEvent::FileDropped { .. }
+            | HydfsEvent::FileDeleted { .. }
             | HydfsEvent::StorageFailed { .. }
             | HydfsEvent::Handled { .. } => {}
         }
@@ -615,6 +691,15 @@ impl HydfsHarness {
                 .insert(token.file, result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
         }
         let ok = result.is_ok();
+        if let Ok(OpOutput::Deleted { name, create, .. }) = result {
+            self.deleted_files.insert((name.clone(), *create), now);
+        }
+        let mut token = token;
+        if token.kind == "delete" {
+            // Deleted from the acknowledgement on: reads issued after it must not see the file.
+            token.issued = now;
+        }
+        self.op_ended(&token, matches!(result, Ok(OpOutput::Deleted { .. })));
         match token.kind {
             "create" | "append" | "multiappend" if ok => {
                 // Creates are exclusive while the coordinator's view is whole (no partition, every
@@ -647,10 +732,13 @@ impl HydfsHarness {
                 }
             }
             "get" | "getfromreplica" => {
-                if let Ok(OpOutput::Content { bytes, .. }) = result {
+                if let Ok(OpOutput::Content { bytes, from, .. }) = result {
                     self.stats.bytes_read += bytes.len() as u64;
                     let what = format!("read of {} by n{}", Self::file_name(token.file), token.client);
                     self.check_content(now, token.file, bytes, &token.own_acked, &what, false);
+                    if from.is_some() {
+                        self.check_not_deleted(now, token.file, bytes, token.issued, &what);
+                    }
                 }
             }
             _ => {}
@@ -733,9 +821,46 @@ impl HydfsHarness {
         }
     }
 
+    /// A read issued at `issued` holds no write of a file whose delete was acknowledged before.
+    fn check_not_deleted(&mut self, now: Time, file: usize, bytes: &[u8], issued: Time, what: &str) {
+        let Ok(tags) = parse(bytes) else { return }; // reported as corrupt-served
+        let dead = tags.iter().find(|t| {
+            self.tags.get(t).is_some_and(|i| {
+                i.file == file && self.files[file].deleted.get(&i.incarnation).is_some_and(|at| *at <= issued)
+            })
+        });
+        if let Some(t) = dead {
+            let detail = format!("{what}: write {t} of a file whose delete was acknowledged before the read");
+            self.violate(now, CheckerKind::HydfsDeleted, detail);
+        }
+    }
+
     /// The end-of-run checks.
     pub fn finish(&mut self, now: Time, views: &[SlotView<'_>]) {
         let live: Vec<&SlotView<'_>> = views.iter().filter(|v| v.up && v.joined).collect();
+        for ((name, create), at) in self.deleted_files.clone() {
+            for v in &live {
+                let held = v.hydfs.and_then(|h| h.store().file(&name)).and_then(|r| r.create.as_ref());
+                if held.is_some_and(|c| c.stamp == create) {
+                    let detail = format!("n{} holds {name} (created by {create}), deleted at {at}", v.slot);
+                    self.violate(now, CheckerKind::HydfsDeleted, detail);
+                }
+            }
+        }
+        for v in views.iter().filter(|v| v.up) {
+            let Some(h) = v.hydfs else { continue };
+            let indexed: BTreeSet<u64> = h.store().blobs().collect();
+            let leaked = v.disk.live_blocks().into_iter().filter(|b| !indexed.contains(b)).count();
+            if leaked > 0 {
+                let detail = format!("n{} has {leaked} blocks on its disk that no file points at", v.slot);
+                self.violate(now, CheckerKind::HydfsLeakedBlocks, detail);
+            }
+            let stray = h.store().stray_parts();
+            if stray > 0 {
+                let detail = format!("n{} indexes {stray} parts of writes no file holds", v.slot);
+                self.violate(now, CheckerKind::HydfsLeakedBlocks, detail);
+            }
+        }
         let ring = Ring::new(live.iter().map(|v| v.addr));
         let r = self.w.config.replication;
         let mut names: BTreeSet<FileName> = BTreeSet::new();
@@ -832,7 +957,7 @@ fn read_through_disk(h: &Hydfs, disk: &SimDisk, name: &FileName) -> Option<Vec<u
         let blobs = h.store().write_blobs(name, w.stamp)?;
         for (b, p) in blobs.iter().zip(&w.parts) {
             let bytes = disk.read(*b)?;
-            if crc32c::crc32c(&bytes) != p.crc {
+            if !p.matches(&bytes) {
                 return None;
             }
             out.extend_from_slice(&bytes);

@@ -299,3 +299,42 @@ pub fn hydfs_all(seed: u64) -> Vec<Scenario> {
         hydfs_connections_break_while_files_move(seed),
     ]
 }
+
+/// A fault-free RainStorm job with four tasks per stage that spread every input batch over all
+/// four tasks of the next stage, batches of four tuples, and no checkpoint or linger flush
+/// before the end: coalesced, the tasks send about one batch per four tuples; without
+/// coalescing, one per input batch and downstream task.
+pub fn coalescing_scenario() -> Scenario {
+    use crate::rainstorm::harness::InputSpec;
+    use rainstorm_core::Millis;
+    let mut s = Scenario::rainstorm_swarm(1);
+    s.name = "batches_are_coalesced_across_input_batches".to_owned();
+    s.faults.clear();
+    s.net = NetConfig {
+        loss_permille: 0,
+        duplicate_permille: 0,
+        latency_min_ms: 1,
+        latency_max_ms: 2,
+        bandwidth_bytes_per_ms: 0,
+        broken_stream_drop_permille: 0,
+        broken_stream_duplicate_permille: 0,
+    };
+    let start = s.rainstorm.as_ref().map_or(0, |w| w.start_ms);
+    s.calm_from_ms = start + 500;
+    if let Some(w) = s.rainstorm.as_mut() {
+        w.input = InputSpec::Generated { lines: 800 };
+        w.op1 = "grep:,".to_owned();
+        w.op2 = "count:Category".to_owned();
+        w.tasks = 4;
+        w.rate = None;
+        w.leader_crash_ms = None;
+        w.config = rainstorm_core::rainstorm::RainstormConfig {
+            batch_tuples: 4,
+            linger: Millis(1_000),
+            checkpoint_interval: Millis(1_000),
+            ..rainstorm_core::rainstorm::RainstormConfig::default()
+        };
+    }
+    s.end_faults();
+    s
+}

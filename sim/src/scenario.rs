@@ -82,6 +82,11 @@ pub enum Fault {
     SetSuspicion { node: Slot, on: bool },
     /// One block on the node's disk rots (a byte flips).
     Corrupt { node: Slot },
+    /// A node running a task of the RainStorm job crashes (`pick` chooses among them; the
+    /// job's leader and the node reading its output are spared). Nothing if none runs.
+    CrashTaskHost { pick: u64 },
+    /// A crashed node restarts (`pick` chooses among them). Nothing if none is down.
+    RestartCrashed { pick: u64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -388,39 +393,69 @@ impl Scenario {
         let reader = (1..nodes).find(|s| *s != leader).unwrap_or(0);
         let warmup_ms = 3_000 + 200 * nodes as u64;
         let start_ms = warmup_ms;
-        let fault_window = rng.gen_range(3_000..15_000);
+        // The input first: its size sets the pace of the job, and the pace when faults fall.
+        let input_seed = rng.gen();
+        let input = if rng.gen_bool(0.5) {
+            InputSpec::TrafficSigns { max_lines: rng.gen_range(20..600) }
+        } else {
+            InputSpec::Generated { lines: rng.gen_range(20..600) }
+        };
+        let probe = RainstormWorkload {
+            config: RainstormConfig::default(),
+            leader,
+            input: input.clone(),
+            input_seed,
+            op1: String::new(),
+            op2: String::new(),
+            tasks: 1,
+            chunk_bytes: 0,
+            rate: None,
+            start_ms,
+            deadline_ms: 0,
+            leader_crash_ms: None,
+            reader,
+        };
+        let lines = rainstorm_core::rainstorm::source_lines(&probe.content()).count() as u64;
+        // Most jobs are paced to last a few seconds, as a live stream would, so that crashes
+        // fall while they run; the rest run flat out.
+        let job_ms = if rng.gen_bool(0.75) { rng.gen_range(1_500..6_000) } else { 0 };
+        let rate = (job_ms > 0).then(|| (lines * 1_000 / job_ms).max(1));
+        let fault_window = rng.gen_range(3_000..12_000).max(job_ms + 1_000);
         let calm_from_ms = start_ms + 500 + fault_window;
         let leader_crash_ms = rng.gen_bool(0.05).then(|| start_ms + rng.gen_range(800..3_000));
         let mut faults = Vec::new();
-        let mut down: Vec<Slot> = Vec::new();
-        // Failed copies, as in the HyDFS sweep: a crashed node counts until it has restarted and
-        // had time to pull its files back; at most two at a time (the fault model HyDFS, and so
-        // the journals and the destination, are durable under).
-        // A crashing leader takes its copies with it for the rest of the run: one fewer to spare.
-        let mut failing: Vec<(Slot, u64)> = Vec::new();
+        // Crashes hit a node running one of the job's tasks when they fall (the world picks
+        // it), and restarts bring back a crashed node. Failed copies, as in the HyDFS sweep: a
+        // crashed node counts until it has restarted and had time to pull its files back; at
+        // most two at a time (the fault model HyDFS, and so the checkpoint log and the
+        // destination, are durable under). A crashing leader takes its copies with it for the
+        // rest of the run: one fewer to spare.
+        let mut down = 0usize;
+        let mut failing: Vec<u64> = Vec::new();
         let max_failing = if leader_crash_ms.is_some() { 1 } else { 2 };
         const RECOVERY_MS: u64 = 20_000;
-        let mut t = start_ms + rng.gen_range(200..1_500);
+        // The first fault is a crash while the job runs: early in a paced job, at once in a
+        // fast one (which may still be setting up).
+        let first =
+            if job_ms > 0 { rng.gen_range(300..(job_ms * 2 / 3).max(400)) } else { rng.gen_range(50..400) };
+        let mut t = start_ms + first;
+        let mut pick_crash = true;
         while t < calm_from_ms {
-            failing.retain(|(n, until)| *until > t || down.contains(n));
+            failing.retain(|until| *until > t);
             let node = rng.gen_range(0..nodes);
-            let fault = match rng.gen_range(0..8) {
-                0..=2
-                    if node != leader
-                        && node != reader
-                        && failing.len() < max_failing
-                        && !failing.iter().any(|(n, _)| *n == node) =>
-                {
-                    down.push(node);
-                    failing.push((node, u64::MAX));
-                    Some(Fault::Crash { node })
+            let choice = if std::mem::take(&mut pick_crash) { 0 } else { rng.gen_range(0..8) };
+            let fault = match choice {
+                0..=2 if failing.len() < max_failing => {
+                    down += 1;
+                    failing.push(u64::MAX);
+                    Some(Fault::CrashTaskHost { pick: rng.gen() })
                 }
-                3 | 4 if !down.is_empty() => {
-                    let node = down.remove(rng.gen_range(0..down.len()));
-                    for f in failing.iter_mut().filter(|(n, _)| *n == node) {
-                        f.1 = t + RECOVERY_MS;
+                3 | 4 if down > 0 => {
+                    down -= 1;
+                    if let Some(f) = failing.iter_mut().find(|f| **f == u64::MAX) {
+                        *f = t + RECOVERY_MS;
                     }
-                    Some(Fault::Restart { node })
+                    Some(Fault::RestartCrashed { pick: rng.gen() })
                 }
                 // The leader stays on the majority side and never stands still: a leader cut
                 // off is declared failed and ends its jobs (the leader-crash seeds cover that).
@@ -434,51 +469,48 @@ impl Scenario {
                     let side = sample(&mut rng, others.len(), k).into_iter().map(|i| others[i]).collect();
                     Some(Fault::Partition { side })
                 }
-                6 if node != leader && !down.contains(&node) => {
-                    Some(Fault::Pause { node, for_ms: rng.gen_range(100..1_500) })
-                }
+                6 if node != leader => Some(Fault::Pause { node, for_ms: rng.gen_range(100..1_500) }),
                 7 => Some(Fault::SetLoss { permille: [0, 20, 100][rng.gen_range(0..3)] }),
                 _ => None,
             };
             if let Some(fault) = fault {
                 faults.push(FaultAt { at_ms: t, fault });
             }
-            t += rng.gen_range(300..3_000);
+            t += rng.gen_range(200..2_000);
         }
         if let Some(at) = leader_crash_ms {
             faults.push(FaultAt { at_ms: at, fault: Fault::Crash { node: leader } });
         }
-        for node in down {
-            faults.push(FaultAt { at_ms: calm_from_ms, fault: Fault::Restart { node } });
+        for _ in 0..down {
+            faults.push(FaultAt { at_ms: calm_from_ms, fault: Fault::RestartCrashed { pick: 0 } });
         }
         faults.sort_by_key(|f| f.at_ms);
-        let input_seed = rng.gen();
-        let input = if rng.gen_bool(0.5) {
-            InputSpec::TrafficSigns { max_lines: rng.gen_range(20..400) }
-        } else {
-            InputSpec::Generated { lines: rng.gen_range(20..400) }
-        };
+        let pick = |rng: &mut ChaCha8Rng, options: &[u64]| options[rng.gen_range(0..options.len())];
         let rs_config = RainstormConfig {
-            batch_lines: [1, 4, 16, 64][rng.gen_range(0..4)],
+            checkpoint_interval: Millis(rng.gen_range(10..150)),
+            max_pending_checkpoints: rng.gen_range(1..=3),
+            batch_bytes: pick(&mut rng, &[256, 4_096, 65_536]) as u32,
+            batch_tuples: pick(&mut rng, &[1, 4, 16, 64, 1_024]) as u32,
+            linger: Millis(rng.gen_range(1..20)),
             window: rng.gen_range(1..=8),
+            window_bytes: pick(&mut rng, &[1_024, 65_536, 1 << 20]) as u32,
             retry: Millis(rng.gen_range(200..1_500)),
             status_interval: Millis(rng.gen_range(100..600)),
-            lease: Millis(rng.gen_range(800..3_000)),
-            compact_records: [3, 10, 50, 1000][rng.gen_range(0..4)],
+            read_ahead: rng.gen_range(1..=4),
+            program_window: rng.gen_range(1..=4),
+            sink_buffer_bytes: pick(&mut rng, &[4_096, 1 << 20, 64 << 20]),
+            compact_records: pick(&mut rng, &[3, 10, 50, 1_000]) as u32,
             ..RainstormConfig::default()
         };
+        // Small parts in most seeds, so sources read many parts and lines cross them.
+        let chunk_bytes = pick(&mut rng, &[1_024, 4_096, 1 << 20]) as usize;
         let mut job = RainstormWorkload {
             config: rs_config,
-            leader,
-            input,
-            input_seed,
-            op1: String::new(),
-            op2: String::new(),
             tasks: rng.gen_range(1..=4),
-            start_ms,
-            deadline_ms: 0,
+            chunk_bytes,
+            rate,
             leader_crash_ms,
-            reader,
+            ..probe
         };
         let content = job.content();
         (job.op1, job.op2) = crate::rainstorm::input::pick_ops(&mut rng, &content);
@@ -491,7 +523,7 @@ impl Scenario {
         }
         let cache_bytes = [0, 8 << 20][rng.gen_range(0..2)];
         let files = HydfsWorkload::settings_only(
-            HydfsConfig { cache_bytes, ..HydfsConfig::default() },
+            HydfsConfig { cache_bytes, chunk_bytes, ..HydfsConfig::default() },
             seed % 2 == 1,
         );
         let mut scenario = Scenario {
@@ -540,14 +572,18 @@ impl Scenario {
         let bound = self.convergence_bound_ms();
         let latency_max_ms = self.net.latency_max_ms;
         if let Some(job) = self.rainstorm.as_mut() {
-            // Once membership has converged, the job has a minute to finish (restarts, journal
-            // recovery, retries) plus the time its work takes at the slowest latency: each
-            // input batch may cost every task of a stage one journal append (four one-way
-            // trips) in turn. The run then ends.
+            // Once membership has converged, the job has a minute to finish (a rollback, file
+            // operations waiting out their timeouts, retries) plus, if it is paced, the time its
+            // input takes at its rate, and the time its batches take at the slowest latency
+            // (the batches of its busiest stage: an operator may emit many tuples per line).
+            // The run then ends.
             let lines = rainstorm_core::rainstorm::source_lines(&job.content()).count() as u64;
-            let batches = lines.div_ceil(job.config.batch_lines.max(1) as u64);
-            let work_ms = batches * job.tasks as u64 * 4 * latency_max_ms;
-            job.deadline_ms = calm + bound + 60_000 + work_ms;
+            let paced_ms = job.rate.map_or(0, |r| lines * 1_000 / r.max(1));
+            let batches = crate::rainstorm::harness::RainstormHarness::new(job.clone())
+                .most_stage_batches()
+                .max(lines.div_ceil(u64::from(job.config.batch_tuples.max(1))));
+            let work_ms = batches * 4 * latency_max_ms;
+            job.deadline_ms = calm + bound + 60_000 + paced_ms + work_ms;
             self.duration_ms = job.deadline_ms + 2_000;
         }
     }
@@ -748,7 +784,9 @@ fn fault_fits(f: &Fault, nodes: usize) -> bool {
         | Fault::Corrupt { node } => ok(node),
         Fault::Partition { side } => side.iter().all(ok),
         Fault::OneWay { from, to } => from.iter().chain(to).all(ok),
-        Fault::Heal | Fault::SetLoss { .. } => true,
+        Fault::Heal | Fault::SetLoss { .. } | Fault::CrashTaskHost { .. } | Fault::RestartCrashed { .. } => {
+            true
+        }
     }
 }
 

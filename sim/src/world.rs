@@ -228,7 +228,13 @@ pub struct World<A: Actor> {
     rainstorm: Option<RainstormHarness>,
     /// When each node's outgoing link is next free, in µs of simulated time (bandwidth model).
     link_free_us: Vec<u64>,
+    /// Emulated operator programs, one per task attempt a process runs: the state of the keys
+    /// its session has seen, and when it answered last (answers come back in order).
+    programs: BTreeMap<ProgramKey, (BTreeMap<String, String>, Time)>,
 }
+
+/// One emulated program process: its node's process, and the task attempt it serves.
+type ProgramKey = (Slot, u64, rainstorm_core::rainstorm::JobId, rainstorm_core::rainstorm::TaskId, u32);
 
 /// What the HyDFS checkers see of every slot.
 fn slot_views<A: Actor>(slots: &[SlotState<A>]) -> Vec<SlotView<'_>> {
@@ -299,6 +305,7 @@ impl<A: Actor> World<A> {
             hydfs,
             rainstorm,
             link_free_us: vec![0; scenario_nodes],
+            programs: BTreeMap::new(),
         }
     }
 
@@ -374,6 +381,18 @@ impl<A: Actor> World<A> {
                 }
             }
             r.finish(self.now, &state);
+            let mut held = Vec::new();
+            for (slot, s) in self.slots.iter().enumerate() {
+                if let Process::Up(a) | Process::Paused(a, _) = &s.process {
+                    let files = a.hydfs().map(|h| h.store().files().keys().cloned().collect::<Vec<_>>());
+                    for name in files.unwrap_or_default() {
+                        if name.as_str().starts_with("rainstorm/") {
+                            held.push((slot, name.as_str().to_owned()));
+                        }
+                    }
+                }
+            }
+            r.check_cleanup(self.now, &held);
         }
         self.collect_hydfs_violations();
         let (trace_hash, trace_lines) = self.trace.finish();
@@ -451,6 +470,7 @@ impl<A: Actor> World<A> {
             EventKind::Check => {
                 let snapshots = self.snapshots();
                 self.checker.check(self.now, &snapshots);
+                self.sample_rainstorm();
                 self.push(self.now + rainstorm_core::Millis(CHECK_INTERVAL_MS), EventKind::Check);
             }
         }
@@ -565,14 +585,20 @@ impl<A: Actor> World<A> {
             NodeEvent::Membership(e) => self.on_membership_event(slot, e),
             NodeEvent::Hydfs(e) => self.on_hydfs_event(slot, e),
             NodeEvent::Program(call) => {
-                // Emulated programs answer after 1 to 16 ms, a pure function of the call.
+                // Emulated programs answer after 1 to 16 ms, in order per task attempt, a pure
+                // function of the call and the program's session.
+                let generation = self.slots[slot].generation;
+                let key = (slot, generation, call.job, call.task, call.attempt);
+                let (session, last) =
+                    self.programs.entry(key).or_insert_with(|| (BTreeMap::new(), Time::ZERO));
                 let result = crate::rainstorm::programs::run_program(
                     &call.program,
                     call.header.as_deref(),
                     &call.batch,
+                    session,
                 );
-                let at = self.now + Millis(1 + call.token % 16);
-                let generation = self.slots[slot].generation;
+                let at = (self.now + Millis(1 + call.token % 16)).max(*last);
+                *last = at;
                 self.push(at, EventKind::ProgramReply { slot, generation, token: call.token, result });
             }
             NodeEvent::Rainstorm(e) => {
@@ -633,6 +659,7 @@ impl<A: Actor> World<A> {
     /// The RainStorm job's turn; whether it needs more ticks.
     fn rainstorm_tick(&mut self) -> bool {
         let now = self.now;
+        self.sample_rainstorm();
         let Some(r) = &mut self.rainstorm else { return false };
         let slots = &self.slots;
         let up = |slot: Slot| match slots.get(slot).map(|s| &s.process) {
@@ -662,6 +689,17 @@ impl<A: Actor> World<A> {
             self.drain(slot);
         }
         self.rainstorm.as_ref().is_some_and(|r| r.active())
+    }
+
+    /// What every node's RainStorm holds and has sent, for the job's checkers.
+    fn sample_rainstorm(&mut self) {
+        let Some(r) = &mut self.rainstorm else { return };
+        for (slot, s) in self.slots.iter().enumerate() {
+            if let Process::Up(actor) | Process::Paused(actor, _) = &s.process {
+                r.check_buffers(self.now, slot, &actor.rainstorm_buffers());
+                r.count_batches(slot, s.generation, actor.rainstorm_batches());
+            }
+        }
     }
 
     fn collect_hydfs_violations(&mut self) {
@@ -779,6 +817,41 @@ impl<A: Actor> World<A> {
         self.trace.line(self.now, None, || format!("fault: {fault:?}"));
         match fault {
             Fault::Crash { node } => self.crash(node),
+            Fault::CrashTaskHost { pick } => {
+                let hosts: Vec<Slot> = self
+                    .rainstorm
+                    .as_ref()
+                    .map(|r| r.task_hosts())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|addr| self.by_addr.get(&addr).copied())
+                    .filter(|s| matches!(self.slots[*s].process, Process::Up(_) | Process::Paused(..)))
+                    .filter(|s| self.rainstorm.as_ref().is_some_and(|r| !r.spared(*s)))
+                    .collect();
+                if !hosts.is_empty() {
+                    let node = hosts[(pick % hosts.len() as u64) as usize];
+                    self.trace.line(self.now, None, || format!("fault: crash of task host n{node}"));
+                    self.crash(node);
+                }
+            }
+            Fault::RestartCrashed { pick } => {
+                // A crashed leader stays down until the calm (its restart is planned apart), and
+                // a crashed introducer comes back first: nobody joins without it.
+                let leader = self
+                    .scenario
+                    .rainstorm
+                    .as_ref()
+                    .filter(|w| w.leader_crash_ms.is_some())
+                    .map(|w| w.leader);
+                let down: Vec<Slot> = (0..self.slots.len())
+                    .filter(|s| matches!(self.slots[*s].process, Process::Down) && Some(*s) != leader)
+                    .collect();
+                if !down.is_empty() {
+                    let node = if down.contains(&0) { 0 } else { down[(pick % down.len() as u64) as usize] };
+                    self.trace.line(self.now, None, || format!("fault: restart of n{node}"));
+                    self.start_process(node, self.now);
+                }
+            }
             Fault::Restart { node } => {
                 if !matches!(self.slots[node].process, Process::Down) {
                     self.crash(node);
@@ -882,8 +955,12 @@ impl<A: Actor> World<A> {
             }
         }
         self.checker.on_crash(self.now, slot);
+        self.sample_rainstorm();
         if let Some(h) = &mut self.hydfs {
             h.on_process_gone(slot);
+        }
+        if let Some(r) = &mut self.rainstorm {
+            r.on_crash(self.slots[slot].addr);
         }
         self.slots[slot].disk.crash();
         self.break_streams(&|a, b| a == slot || b == slot);
@@ -891,6 +968,8 @@ impl<A: Actor> World<A> {
         s.process = Process::Down;
         s.generation += 1;
         s.armed = None;
+        // The crashed process's programs die with it.
+        self.programs.retain(|k, _| k.0 != slot);
     }
 
     fn resume(&mut self, slot: Slot) {
@@ -978,6 +1057,7 @@ fn describe_hydfs_event(e: &HydfsEvent) -> String {
             format!("corrupt part {part} of {name} {stamp}")
         }
         HydfsEvent::FileDropped { name } => format!("handed off and dropped {name}"),
+        HydfsEvent::FileDeleted { name, create } => format!("dropped deleted {name} (created by {create})"),
         HydfsEvent::StorageFailed { reason } => format!("storage failed: {reason}"),
         HydfsEvent::ReadData { op, offset, bytes } => {
             format!("op {op} read {} bytes at {offset}", bytes.len())
@@ -990,18 +1070,32 @@ fn describe_rainstorm_event(e: &rainstorm_core::rainstorm::RainstormEvent) -> St
     use rainstorm_core::rainstorm::RainstormEvent as E;
     match e {
         E::JobReceived { job, spec } => format!("job {job} received: {spec}"),
-        E::TaskScheduled { job, task, epoch, host, restart } => {
+        E::TaskScheduled { job, task, attempt, host, restart } => {
             format!(
-                "job {job}: {task} e{epoch} scheduled on {host}{}",
-                if *restart { " (restart)" } else { "" }
+                "job {job}: {task} a{attempt} scheduled on {host}{}",
+                if *restart { " (moved)" } else { "" }
             )
         }
-        E::TaskStarted { job, task, epoch, recovered_records } => {
-            format!("job {job}: {task} e{epoch} started ({recovered_records} journal records recovered)")
+        E::TaskStarted { job, task, attempt, resumed } => {
+            format!("job {job}: {task} a{attempt} started{}", if *resumed { " (resumed)" } else { "" })
         }
         E::TaskCompleted { job, task } => format!("job {job}: {task} completed"),
-        E::TaskFailed { job, task, epoch, reason } => format!("job {job}: {task} e{epoch} failed: {reason}"),
-        E::Output { job, tuple } => format!("job {job} output {}: {}", tuple.id, tuple.value),
+        E::TaskFailed { job, task, attempt, reason } => {
+            format!("job {job}: {task} a{attempt} failed: {reason}")
+        }
+        E::RolledBack { job, attempt, checkpoint, reason } => {
+            format!("job {job} rolls back to checkpoint {checkpoint:?} as attempt {attempt}: {reason}")
+        }
+        E::Outputs { job, tuples } => {
+            let shown: Vec<String> = tuples.iter().take(8).map(|t| format!("{} {}", t.id, t.value)).collect();
+            let more = tuples.len().saturating_sub(8);
+            format!(
+                "job {job} outputs {}: {}{}",
+                tuples.len(),
+                shown.join("; "),
+                if more > 0 { format!(" (+{more})") } else { String::new() }
+            )
+        }
         E::Progress { job, input_lines, stages } => {
             let stages: Vec<String> =
                 stages.iter().map(|s| format!("s{} {}/{}", s.stage, s.consumed, s.emitted)).collect();
@@ -1013,8 +1107,8 @@ fn describe_rainstorm_event(e: &rainstorm_core::rainstorm::RainstormEvent) -> St
         E::JobFailed { job, reason } => format!("job {job} failed: {reason}"),
         E::JobLost { job, reason } => format!("job {job} lost: {reason}"),
         E::JobAbandoned { job, reason } => format!("job {job} abandoned: {reason}"),
-        E::SourceSent { job, task, epoch, first, last } => {
-            format!("job {job}: {task} e{epoch} sent input lines {first}..={last}")
+        E::SourceSent { job, task, attempt, first, last } => {
+            format!("job {job}: {task} a{attempt} sent input lines {first}..={last}")
         }
     }
 }
@@ -1036,6 +1130,15 @@ fn describe_output(o: &rainstorm_core::hydfs::OpOutput) -> String {
         OpOutput::Merged { name, summary } => format!("merged {name} ({} appends)", summary.appended),
         OpOutput::Listed { name, replicas, .. } => format!("ls {name}: {} replicas", replicas.len()),
         OpOutput::MultiAppended { name, nodes } => format!("multiappend {name} on {} nodes", nodes.len()),
+        OpOutput::Meta { name, meta, from } => {
+            format!("meta of {name}: {} writes, {} bytes from {from}", meta.all_writes().count(), meta.len())
+        }
+        OpOutput::Part { name, stamp, part, bytes, from } => {
+            format!("read part {part} of {name} {stamp}: {} bytes from {from}", bytes.len())
+        }
+        OpOutput::Deleted { name, create, replicas } => {
+            format!("deleted {name} (created by {create}) on {} replicas", replicas.len())
+        }
     }
 }
 
@@ -1054,6 +1157,14 @@ fn describe_op(op: &rainstorm_core::hydfs::ClientOp) -> String {
         ClientOp::Download { name, replica: Some(r) } => format!("download {name} from {r}"),
         ClientOp::GetLatest { name } => format!("get (uncached) {name}"),
         ClientOp::Persist { name, kind, data } => format!("persist {kind:?} {name} ({} bytes)", data.len()),
+        ClientOp::Meta { name } => format!("meta {name}"),
+        ClientOp::Delete { name } => format!("delete {name}"),
+        ClientOp::ReadPart { name, stamp, part, prefer: None } => {
+            format!("read part {part} of {name} {stamp}")
+        }
+        ClientOp::ReadPart { name, stamp, part, prefer: Some(p) } => {
+            format!("read part {part} of {name} {stamp} from {p} first")
+        }
     }
 }
 

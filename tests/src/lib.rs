@@ -14,10 +14,16 @@ pub fn sweep_seeds() -> u64 {
 /// draws, and panics with the first failure's replay command. A sweep is split in four tests so
 /// the test harness spreads it over the machine's cores.
 pub fn sweep_part(part: u64, total: u64, make: fn(u64) -> Scenario) {
+    sweep_part_with(part, total, make, |_| {});
+}
+
+/// [`sweep_part`], showing `inspect` every report (passed or not) first.
+pub fn sweep_part_with(part: u64, total: u64, make: fn(u64) -> Scenario, mut inspect: impl FnMut(&Report)) {
     let per = total.div_ceil(4);
     let mut failures = Vec::new();
     for seed in part * per..((part + 1) * per).min(total) {
         let report = run_membership(&make(seed), &RunOptions::default());
+        inspect(&report);
         if !report.passed() {
             failures.push(report);
         }

@@ -5,7 +5,7 @@
 //! `cargo test -p rainstorm-tests --test fuzz_corpus -- --ignored` rewrites the seed inputs
 //! (`seed-*`) from the encoders: valid frames of every message kind (plain and keyed), messages
 //! and scripts recorded from a small simulated cluster running a job, configs, command lines,
-//! operator specs and program output, and journals; plus edge cases. Inputs the fuzzers found
+//! operator specs and program output, and checkpoint logs; plus edge cases. Inputs the fuzzers found
 //! (named by their hash) are kept.
 
 use rainstorm_core::command::{Command, COMMAND_HELP};
@@ -14,8 +14,10 @@ use rainstorm_core::membership::{
     JoinAccept, JoinKind, JoinRefusal, MembershipConfig, MembershipMsg, ModeStamp, ProbeSeq, Role, Update,
 };
 use rainstorm_core::node::NodeConfig;
-use rainstorm_core::rainstorm::journal::{encode as encode_record, OutBatch, Record, Recovered, TupleCounts};
-use rainstorm_core::rainstorm::{JobSpec, OperatorSpec, TaskId, Tuple};
+use rainstorm_core::rainstorm::checkpoint::{encode as encode_record, LogState, Record};
+use rainstorm_core::rainstorm::input::SourcePos;
+use rainstorm_core::rainstorm::message::SourceCheckpoint;
+use rainstorm_core::rainstorm::{JobSpec, OperatorSpec, TaskId};
 use rainstorm_core::replay::FrameSeq;
 use rainstorm_core::wire::{
     canonical_bytes, Body, ClusterKey, Codec, Envelope, MAX_DATAGRAM_BYTES, MAX_STREAM_FRAME_BYTES,
@@ -26,6 +28,7 @@ use rainstorm_fuzz_checks::node::{
     peer_addr, reordered_and_stale_script, run_script, Script, SeqChoice, Step, MAX_STEPS, START,
 };
 use rainstorm_fuzz_checks::TARGETS;
+use rainstorm_operator::frame::{decode_reply, encode_reply, FrameHeader, OutputRef, HEADER_BYTES};
 use rainstorm_operator::{encode_line, BatchReply, Ready, WireTuple};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -120,12 +123,31 @@ fn command_parse_corpus() {
 
 #[test]
 fn operator_output_corpus() {
-    replay("operator_output");
+    let inputs = replay("operator_output");
+    // The second line is the program's answer to the hello; a version 2 answer is followed by
+    // frames.
+    let answers_v2_with_a_valid_frame = |data: &[u8]| {
+        let mut lines = data.splitn(3, |b| *b == b'\n');
+        let (_, ready, rest) = (lines.next(), lines.next(), lines.next());
+        let hello = rainstorm_operator::Hello::new("s1-t0", None);
+        let v2 = ready
+            .and_then(|r| rainstorm_operator::decode_ready(r, &hello).ok())
+            .is_some_and(|r| r.rainstorm == 2);
+        let frame = rest.and_then(|rest| {
+            let header = FrameHeader::parse(rest, 1 << 20).ok()?;
+            let whole = rest.get(..header.frame_bytes())?;
+            header.check(whole).ok()?;
+            decode_reply(&whole[HEADER_BYTES..whole.len() - 4]).ok()
+        });
+        v2 && frame.is_some()
+    };
+    let v2 = inputs.iter().filter(|(_, data)| answers_v2_with_a_valid_frame(data)).count();
+    assert!(v2 > 0, "no corpus input answers in version 2 with a valid frame: the corpus lost them");
 }
 
 #[test]
-fn journal_decode_corpus() {
-    replay("journal_decode");
+fn checkpoint_decode_corpus() {
+    replay("checkpoint_decode");
 }
 
 // ----- seed corpora --------------------------------------------------------------------------
@@ -297,6 +319,7 @@ impl Cluster {
             src: FileName::new("in.csv").expect("name"),
             dest: FileName::new("out").expect("name"),
             tasks: 2,
+            rate: None,
         };
         let now = c.now;
         c.nodes[0].start_job(now, spec).expect("a job starts");
@@ -480,7 +503,8 @@ fn write_config_seed_corpus() {
                 indirect_probes = 3\nsuspicion_timeout_ms = 3000\nretransmit_mult = 3\n\
                 sync_interval_ms = 10000\njoin_attempts = 3\njoin_retry_ms = 1000\n\n[hydfs]\n\
                 cache_mb = 64\nrepair_mb_per_sec = 128\nmax_write_mb = 1024\n\n[rainstorm]\n\
-                program_start_timeout_ms = 10000\nprogram_batch_timeout_ms = 30000\nbatch_lines = 64\n";
+                program_start_timeout_ms = 10000\nprogram_batch_timeout_ms = 30000\ncheckpoint_interval_ms = 25\n\
+                batch_bytes = 65536\nbatch_tuples = 1024\n";
     let seeds: Vec<(&str, String)> = vec![
         ("member-example", example.to_owned()),
         ("every-field", full.to_owned()),
@@ -505,7 +529,7 @@ fn write_config_seed_corpus() {
         ),
         ("huge-hydfs", "bind = \"127.0.0.1:7001\"\n[hydfs]\ncache_mb = 18446744073709551615\n".into()),
         ("no-max-write", "bind = \"127.0.0.1:7001\"\n[hydfs]\nmax_write_mb = 0\n".into()),
-        ("batch-lines", "bind = \"127.0.0.1:7001\"\n[rainstorm]\nbatch_lines = 16385\n".into()),
+        ("batch-tuples", "bind = \"127.0.0.1:7001\"\n[rainstorm]\nbatch_tuples = 65537\n".into()),
         ("zero-timeout", "bind = \"127.0.0.1:7001\"\n[rainstorm]\nprogram_start_timeout_ms = 0\n".into()),
         ("wrong-type", "bind = 7001\nsuspicion = \"yes\"\n".into()),
         ("syntax", "bind = \"127.0.0.1:7001\n[timings\n".into()),
@@ -588,69 +612,109 @@ fn write_operator_seed_corpus() {
         b"not json\n".to_vec(),
     ]
     .concat();
+    // Version 2: frames answering batches of the three tuples (a, b, a), numbered from 1.
+    let frame = |batch: u64, lists: &[&[OutputRef]], state: &[(&str, &str)]| {
+        let mut out = Vec::new();
+        let lists = lists.iter().map(|l| l.iter().copied());
+        encode_reply(&mut out, batch, lists, state.iter().copied(), usize::MAX).expect("encodes");
+        out
+    };
+    let kept = OutputRef { key: None, value: None };
+    let rekeyed = OutputRef { key: Some("Parking"), value: None };
+    let built = OutputRef { key: None, value: Some("7,\"Stop, All Way\"") };
+    let both = OutputRef { key: Some("k"), value: Some("v") };
+    let lists: [&[OutputRef]; 3] = [&[kept], &[], &[rekeyed, built, both]];
+    let v2_stateless = [
+        ready(Ready::v2(false)),
+        frame(1, &lists, &[]),
+        frame(2, &[&[], &[], &[]], &[]),
+        frame(3, &lists[..2], &[]),
+    ]
+    .concat();
+    let v2_stateful = [
+        ready(Ready::v2(true)),
+        frame(1, &lists, &[("a", "2"), ("b", "1")]),
+        frame(2, &[&[kept], &[kept], &[kept]], &[("a", "3")]),
+        frame(3, &[&[], &[], &[]], &[("c", "1")]),
+        frame(4, &[&[], &[], &[]], &[("a", "1"), ("a", "2")]),
+    ]
+    .concat();
+    let mut corrupt = frame(1, &lists, &[]);
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 1;
+    let mut flagged = frame(1, &lists, &[]);
+    flagged[HEADER_BYTES + 16] = 0x84;
+    let crc_at = flagged.len() - 4;
+    let crc = crc32c::crc32c(&flagged[..crc_at]).to_le_bytes();
+    flagged[crc_at..].copy_from_slice(&crc);
+    let v2_broken = [
+        [ready(Ready::v2(false)), frame(1, &lists, &[]), corrupt].concat(),
+        [ready(Ready::v2(true)), flagged].concat(),
+        [ready(Ready::v2(false)), frame(1, &lists, &[])[..20].to_vec()].concat(),
+        [ready(Ready::v2(false)), b"{\"batch\":1,\"outputs\":[[],[],[]]}\n".to_vec()].concat(),
+    ];
     let mut seeds = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
-        let stdout: &[u8] = match i % 4 {
+        let stdout: &[u8] = match i % 6 {
             0 => &stateless,
             1 => &stateful,
-            2 => b"{\"rainstorm\":2}\n",
-            _ => b"{\"rainstorm\":1,\"stateful\":false}\n{\"batch\":1,\"outputs\":[[],[],[]]}",
+            2 => b"{\"rainstorm\":3}\n",
+            3 => b"{\"rainstorm\":1,\"stateful\":false}\n{\"batch\":1,\"outputs\":[[],[],[]]}",
+            4 => &v2_stateless,
+            _ => &v2_stateful,
         };
         seeds.push((format!("{i:02}"), [spec.as_bytes(), b"\n", stdout].concat()));
+    }
+    for (i, stdout) in v2_broken.iter().enumerate() {
+        seeds.push((format!("{:02}", specs.len() + i), [b"split\n", &stdout[..]].concat()));
     }
     write_seeds("operator_output", &seeds);
 }
 
 #[test]
-#[ignore = "rewrites the seeds of fuzz/corpus/journal_decode; run by hand"]
-fn write_journal_seed_corpus() {
+#[ignore = "rewrites the seeds of fuzz/corpus/checkpoint_decode; run by hand"]
+fn write_checkpoint_seed_corpus() {
     let src = TaskId { stage: 0, index: 0 };
-    let up = TaskId { stage: 1, index: 0 };
-    let down = [TaskId { stage: 2, index: 0 }, TaskId { stage: 2, index: 1 }];
-    let batch = |to: TaskId, seq: u64| OutBatch {
-        to,
-        seq,
-        tuples: vec![Tuple::source("in.csv", seq, format!("{seq},to {to}"))],
+    let count = TaskId { stage: 2, index: 1 };
+    let leader = MemberId::new("127.0.0.1:7001".parse().expect("address"), 3);
+    let job = Record::Job {
+        job: rainstorm_core::rainstorm::JobId { n: 1, tag: 0xabc },
+        leader,
+        spec: "RainStorm column:Sign_Post=x count:Category in.csv out 2".into(),
+        tasks: 2,
     };
+    let commit =
+        |c: u64, line: u64, changes: Vec<(&str, Option<&str>)>, outputs: u64, last: bool| Record::Commit {
+            checkpoint: Some(c),
+            attempt: 1,
+            sources: vec![(src, SourceCheckpoint::At(SourcePos { offset: line * 40, line }))],
+            changes: vec![(
+                count,
+                changes.into_iter().map(|(k, v)| (k.to_owned(), v.map(str::to_owned))).collect(),
+            )],
+            counts: vec![(src, rainstorm_core::rainstorm::TupleCounts { consumed: line, emitted: line })],
+            outputs,
+            dest_bytes: outputs * 9,
+            last,
+        };
     let history = vec![
-        Record::Processed {
-            from: src,
-            seq: 1,
-            consumed: 2,
-            outputs: vec![batch(down[0], 1), batch(down[1], 1), batch(down[0], 2)],
-            state: vec![("k".into(), Some("1".into())), ("gone".into(), None)],
-        },
-        Record::Processed { from: up, seq: 1, consumed: 1, outputs: vec![batch(down[0], 3)], state: vec![] },
-        Record::Acked { to: down[0], upto: 2 },
-        Record::Processed { from: up, seq: 2, consumed: 0, outputs: vec![], state: vec![("k".into(), None)] },
+        job.clone(),
+        commit(1, 10, vec![("Stop", Some("3"))], 3, false),
+        commit(4, 30, vec![("Stop", Some("5")), ("Yield", Some("1"))], 6, false),
+        commit(5, 41, vec![("Yield", None)], 7, true),
     ];
-    let snapshot = Recovered::replay(&history).expect("a valid history").snapshot();
-    assert_eq!(snapshot.counts, TupleCounts { consumed: 3, emitted: 4 });
+    let full = LogState::fold(&history[..3]).expect("a valid log").full().expect("a job");
     let file = |records: &[Record]| -> Vec<u8> {
         records.iter().flat_map(|r| encode_record(r).expect("encodes")).collect()
     };
     let mut seeds = vec![
         ("empty".to_owned(), Vec::new()),
         ("history".to_owned(), file(&history)),
-        ("snapshot".to_owned(), file(&[Record::Snapshot(snapshot.clone())])),
-        (
-            "snapshot-then-more".to_owned(),
-            file(&[
-                Record::Snapshot(snapshot.clone()),
-                Record::Processed {
-                    from: up,
-                    seq: 3,
-                    consumed: 1,
-                    outputs: vec![batch(down[1], 2)],
-                    state: vec![],
-                },
-                Record::Acked { to: down[1], upto: 2 },
-                Record::Continued { generation: 1 },
-            ]),
-        ),
-        ("continued-then-more".to_owned(), file(&[Record::Continued { generation: 3 }, history[0].clone()])),
-        ("gap".to_owned(), file(&[history[1].clone(), history[1].clone()])),
-        ("ack-beyond".to_owned(), file(&[Record::Acked { to: down[1], upto: 5 }])),
+        ("full".to_owned(), file(std::slice::from_ref(&full))),
+        ("full-then-more".to_owned(), file(&[full.clone(), history[3].clone()])),
+        ("no-job".to_owned(), file(&history[1..])),
+        ("backwards".to_owned(), file(&[job.clone(), history[2].clone(), history[1].clone()])),
+        ("after-last".to_owned(), file(&[job, history[3].clone(), history[1].clone()])),
     ];
     for (i, record) in history.iter().enumerate() {
         seeds.push((format!("record-{i}"), file(std::slice::from_ref(record))));
@@ -660,8 +724,8 @@ fn write_journal_seed_corpus() {
     let mut bad = whole.clone();
     bad[10] ^= 1;
     seeds.push(("bad-checksum".to_owned(), bad));
-    let mut old = file(&history[..1]);
-    old[2] = 1;
-    seeds.push(("version-1".to_owned(), old));
-    write_seeds("journal_decode", &seeds);
+    let mut other = file(&history[..1]);
+    other[2] = 9;
+    seeds.push(("version-9".to_owned(), other));
+    write_seeds("checkpoint_decode", &seeds);
 }

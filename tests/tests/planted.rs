@@ -221,6 +221,16 @@ mod hydfs {
     fn chunking_catches_unchunked_transfers() {
         first_caught(PlantedBug::UnchunkedTransfers, CheckerKind::HydfsChunking);
     }
+
+    #[test]
+    fn deleted_catches_a_delete_without_tombstones() {
+        first_caught(PlantedBug::DeleteWithoutTombstone, CheckerKind::HydfsDeleted);
+    }
+
+    #[test]
+    fn leaked_blocks_catches_a_delete_that_keeps_blocks() {
+        first_caught(PlantedBug::DeleteKeepsBlocks, CheckerKind::HydfsLeakedBlocks);
+    }
 }
 
 mod rainstorm {
@@ -252,27 +262,59 @@ mod rainstorm {
     }
 
     #[test]
-    fn an_ack_before_the_journal_loses_or_stalls_input() {
+    fn committing_before_a_checkpoint_is_complete_duplicates_outputs() {
         first_caught(
-            PlantedBug::AckBeforeJournal,
-            &[CheckerKind::RainstormLoss, CheckerKind::RainstormLiveness],
-        );
-    }
-
-    #[test]
-    fn forgotten_seen_ids_lose_or_duplicate_outputs() {
-        first_caught(
-            PlantedBug::ForgetsSeenIds,
-            &[CheckerKind::RainstormLoss, CheckerKind::RainstormDuplicate],
-        );
-    }
-
-    #[test]
-    fn state_from_the_wrong_snapshot_repeats_running_counts() {
-        first_caught(
-            PlantedBug::StateFromOldSnapshot,
+            PlantedBug::CommitBeforeComplete,
             &[CheckerKind::RainstormDuplicate, CheckerKind::RainstormAggregate],
         );
+    }
+
+    #[test]
+    fn a_source_resuming_a_line_late_loses_it() {
+        first_caught(
+            PlantedBug::SourceSkipsALine,
+            &[CheckerKind::RainstormLoss, CheckerKind::RainstormOutput],
+        );
+    }
+
+    #[test]
+    fn a_sink_taking_old_attempts_duplicates_outputs() {
+        first_caught(
+            PlantedBug::SinkTakesOldAttempts,
+            &[CheckerKind::RainstormDuplicate, CheckerKind::RainstormAggregate, CheckerKind::RainstormOutput],
+        );
+    }
+
+    #[test]
+    fn state_from_an_older_checkpoint_repeats_running_counts() {
+        first_caught(
+            PlantedBug::StateFromOlderCheckpoint,
+            &[CheckerKind::RainstormDuplicate, CheckerKind::RainstormAggregate],
+        );
+    }
+
+    #[test]
+    fn unbounded_read_ahead_is_caught_by_the_buffer_bounds() {
+        first_caught(PlantedBug::UnboundedReadAhead, &[CheckerKind::RainstormBounded]);
+    }
+
+    #[test]
+    fn job_files_left_behind_are_caught_by_the_cleanup_check() {
+        first_caught(PlantedBug::KeepsJobFiles, &[CheckerKind::RainstormCleanup]);
+    }
+
+    #[test]
+    fn batches_not_coalesced_are_caught_by_the_batch_count() {
+        use rainstorm_sim::named::coalescing_scenario;
+        let clean = coalescing_scenario();
+        let report = run_membership(&clean, &RunOptions::default());
+        assert!(report.passed(), "{:?}", report.violations);
+        let mut planted = clean;
+        if let Some(w) = planted.rainstorm.as_mut() {
+            w.config.planted = Some(PlantedBug::NoCoalescing);
+        }
+        let report = run_membership(&planted, &RunOptions::default());
+        assert!(report.caught(CheckerKind::RainstormCoalescing), "not caught: {:?}", report.violations);
     }
 }
 

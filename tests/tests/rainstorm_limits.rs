@@ -21,9 +21,9 @@ fn a_batch_over_the_tuple_limit_fails_the_job_with_the_reason() {
     let mut scenario = (0..100)
         .map(Scenario::rainstorm_swarm)
         .find(|s| {
-            s.rainstorm.as_ref().is_some_and(|j| j.config.batch_lines >= 16 && j.leader_crash_ms.is_none())
+            s.rainstorm.as_ref().is_some_and(|j| j.config.batch_tuples >= 16 && j.leader_crash_ms.is_none())
         })
-        .expect("a seed with batches of 16 lines or more");
+        .expect("a seed with batches of 16 tuples or more");
     scenario.faults.clear();
     scenario.rainstorm.as_mut().expect("a job").config.max_batch_tuples = 1;
     let report = run_membership(&scenario, &RunOptions::default());

@@ -2,12 +2,13 @@
 //!
 //! Stateless. Keeps each tuple whose value contains `pattern` (a plain, case-sensitive
 //! substring; not empty), unchanged; drops the others. Same outputs as the built-in
-//! `grep:<pattern>`.
+//! `grep:<pattern>`. A kept tuple goes back as a flag ("the input, unchanged"), not as bytes.
 
 use std::process::ExitCode;
 
+use memchr::memmem;
 use rainstorm_apps::arguments;
-use rainstorm_operator::{exit_code, serve, State, WireTuple};
+use rainstorm_operator::{exit_code, serve_tuples, KeyState, Outputs, TupleRef};
 
 const NAME: &str = "app1-filter";
 
@@ -20,10 +21,13 @@ fn main() -> ExitCode {
         eprintln!("{NAME}: the pattern must not be empty");
         return ExitCode::from(2);
     }
-    let result = serve(false, |_| {
-        Ok(move |tuples: &[WireTuple], _: &mut State| {
-            let keep = |t: &WireTuple| if t.value.contains(&pattern) { vec![t.clone()] } else { vec![] };
-            Ok(tuples.iter().map(keep).collect())
+    let finder = memmem::Finder::new(pattern.as_bytes()).into_owned();
+    let result = serve_tuples(false, |_| {
+        Ok(move |t: TupleRef, _: &mut KeyState, out: &mut Outputs| {
+            if finder.find(t.value.as_bytes()).is_some() {
+                out.keep();
+            }
+            Ok(())
         })
     });
     exit_code(NAME, result)

@@ -7,11 +7,12 @@
 //! `column:Sign_Post=<value>`. A stored state that is not a decimal count, or a count that
 //! would overflow a `u64`, ends the program with an error (the task fails, as for the built-in).
 
+use std::fmt::Write;
 use std::process::ExitCode;
 
 use rainstorm_apps::arguments;
-use rainstorm_operator::csv::join_record;
-use rainstorm_operator::{exit_code, serve, BoxError, State, WireTuple};
+use rainstorm_operator::csv::join_into;
+use rainstorm_operator::{exit_code, serve_tuples, BoxError, KeyState, Outputs, TupleRef};
 
 const NAME: &str = "app2-count";
 
@@ -20,26 +21,26 @@ fn parse_count(state: &str) -> Option<u64> {
     (!state.is_empty() && state.bytes().all(|b| b.is_ascii_digit())).then(|| state.parse().ok()).flatten()
 }
 
-fn count(tuples: &[WireTuple], state: &mut State) -> Result<Vec<Vec<WireTuple>>, BoxError> {
-    let mut outputs = Vec::with_capacity(tuples.len());
-    for t in tuples {
-        let previous = match state.get(&t.key) {
-            None => 0,
-            Some(s) => parse_count(s)
-                .ok_or_else(|| format!("state {s:?} of key {:?} is not a decimal count", t.key))?,
-        };
-        let next =
-            previous.checked_add(1).ok_or_else(|| format!("the count of key {:?} overflows", t.key))?;
-        let next = next.to_string();
-        outputs.push(vec![WireTuple::new(&t.key, join_record(&[&t.key, &next]))]);
-        state.insert(t.key.clone(), next);
-    }
-    Ok(outputs)
-}
-
 fn main() -> ExitCode {
     if let Err(code) = arguments::<0>(NAME, "") {
         return code;
     }
-    exit_code(NAME, serve(true, |_| Ok(count)))
+    let result = serve_tuples(true, |_| {
+        let mut digits = String::new();
+        Ok(move |t: TupleRef, state: &mut KeyState, out: &mut Outputs| -> Result<(), BoxError> {
+            let previous = match state.get() {
+                None => 0,
+                Some(s) => parse_count(s)
+                    .ok_or_else(|| format!("state {s:?} of key {:?} is not a decimal count", t.key))?,
+            };
+            let next =
+                previous.checked_add(1).ok_or_else(|| format!("the count of key {:?} overflows", t.key))?;
+            digits.clear();
+            let _ = write!(digits, "{next}");
+            state.set(&digits);
+            out.with_value_from(|value| join_into(value, [t.key, digits.as_str()]));
+            Ok(())
+        })
+    });
+    exit_code(NAME, result)
 }

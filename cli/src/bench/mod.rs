@@ -5,11 +5,11 @@
 //!   same network and faults (with the `compare-foca` feature, on by default).
 //! * [`hydfs`]: the HyDFS experiments under a modelled 1 Gbit/s network: re-replication after a
 //!   crash, merge after concurrent appends, and the client read cache.
-//! * [`rainstorm`]: RainStorm jobs on the same modelled network: input tuples per second of
-//!   simulated time and journal bytes per input tuple at batch sizes 1 to 256, against the
-//!   single-process reference pipeline timed in the same run, and recovery after a worker crash
-//!   (time until its tasks run again, journal bytes read) as jobs grow, with and without journal
-//!   compaction.
+//! * [`rainstorm`]: RainStorm jobs on the same modelled network: input lines per second of
+//!   simulated time and, per input line, the bytes and HyDFS writes of checkpoint records and
+//!   outputs, at checkpoint intervals of 10 ms to 1 s, against the single-process reference
+//!   pipeline timed in the same run; and recovery after a worker crash (detection, rollback,
+//!   tasks running again, outputs committed again) as jobs grow.
 //!
 //! Every simulated figure comes from fixed seeds, so it replays exactly; only wall-clock times
 //! vary between machines and runs.
@@ -21,12 +21,14 @@
 //! * [`rainstorm_cluster`]: RainStorm jobs on a real 10-process loopback cluster: throughput and
 //!   tuple latency against the single-process ceiling, with two workers killed, CPU split, RSS.
 
+mod ceiling;
 mod cluster_membership;
 #[cfg(feature = "compare-foca")]
 mod foca_actor;
 mod hydfs;
 mod hydfs_cluster;
 mod membership;
+mod program_pipes;
 mod rainstorm;
 mod rainstorm_cluster;
 
@@ -47,8 +49,9 @@ pub enum Benchmark {
     /// HyDFS on a real 10-process loopback cluster: throughput vs raw TCP, appends, merge,
     /// re-replication, read cache, peak RSS.
     HydfsCluster,
-    /// RainStorm in the simulator: throughput and journal bytes per tuple vs batch size against
-    /// the single-process reference, and recovery after a worker crash vs job size.
+    /// RainStorm in the simulator: throughput and checkpoint/output bytes per input line vs
+    /// checkpoint interval against the single-process reference, and recovery after a worker
+    /// crash vs job size.
     Rainstorm,
     /// RainStorm on a real 10-process loopback cluster: throughput and tuple latency of App 1
     /// and App 2 as operator programs against the single-process ceiling, with and without two
@@ -75,9 +78,13 @@ pub struct BenchArgs {
     /// 10000,100000,1000000, or 10000 with --quick].
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     sizes: Option<Vec<u64>>,
-    /// `rainstorm-cluster` only: input lines per source batch [default: the nodes' default, 64].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=rainstorm_runtime::config::MAX_BATCH_LINES as i64))]
-    batch_lines: Option<u32>,
+    /// `rainstorm-cluster` only: bytes of tuples per batch between tasks [default: the nodes' default, 65536].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4_194_304))]
+    batch_bytes: Option<u32>,
+    /// `rainstorm-cluster` only: time the in-process ceiling and the plain Python loop beside it,
+    /// without starting a cluster.
+    #[arg(long)]
+    ceiling_only: bool,
 }
 
 /// How large a benchmark run is.
@@ -95,9 +102,12 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         Benchmark::Hydfs => hydfs::run(scale)?,
         Benchmark::HydfsCluster => hydfs_cluster::run(args.quick, args.size_mib)?,
         Benchmark::Rainstorm => rainstorm::run(scale)?,
-        Benchmark::RainstormCluster => {
-            rainstorm_cluster::run(rainstorm_cluster::Plan::new(args.quick, args.sizes, args.batch_lines))?
-        }
+        Benchmark::RainstormCluster => rainstorm_cluster::run(rainstorm_cluster::Plan::new(
+            args.quick,
+            args.sizes,
+            args.batch_bytes,
+            args.ceiling_only,
+        ))?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -5,29 +5,32 @@
 //! side with
 //!
 //! * the ceiling: the same pipeline in one process (the built-in operators, which compute the
-//!   same outputs), no distribution, no journal, no logging, timed in the same run;
+//!   same outputs), no distribution, no checkpoints, no logging, timed in the same run, and next to
+//!   it a plain single-threaded Python loop doing the same on the same file ([`super::ceiling`]);
+//! * the two programs alone over their pipes, driven by the runtime's driver one stage after
+//!   the other, in protocol version 1 and in version 2 ([`super::program_pipes`]);
 //! * the same job with two workers (the hosts of two stage-1 tasks) killed with SIGKILL 1.5 s in
 //!   (or 40% into a job that took under 3.75 s without kills), on a cluster of its own.
 //!
 //! Figures per job: input lines/s and output records/s over the job's own time (from the
 //! leader accepting it to its last output durable in the destination file); tuple latency from
-//! the moment a source first sent the tuple's input line (the `source_sent` log event on the
-//! source's node, one per batch, so logged only at debug under `rainstorm::latency`, which the
-//! nodes of this benchmark switch on) to the moment the leader appended its output (the leader's
-//! output trace,
-//! `RAINSTORM_OUTPUT_TRACE`), p50 and p99 over every output; where the time goes, as CPU seconds
-//! of the node processes (HyDFS, journals, serialization, routing) and of the operator programs
-//! (children of the nodes) against the job's wall time; peak RSS of the node processes; and
-//! whether the destination file equals the ceiling's outputs exactly (a multiset of lines).
+//! the moment a source first sent the tuple's input line (a `sent` line of the output trace,
+//! `RAINSTORM_OUTPUT_TRACE`, on the source's node) to the moment the leader committed its output
+//! to the destination (an `out` line of the leader's trace), p50 and p99 over every output; where
+//! the time goes, as CPU seconds of the node processes (HyDFS, checkpoints, serialization,
+//! routing) and of the operator programs (children of the nodes) against the job's wall time;
+//! peak RSS of the node processes; and whether the destination file equals the ceiling's outputs
+//! exactly (a multiset of lines).
 
+use super::ceiling;
 use super::hydfs_cluster::proc_kib;
+use super::program_pipes;
 use anyhow::{anyhow, bail, Context, Result};
 use rainstorm_apps::gen_signs::{generate, Pools};
 use rainstorm_cli::cluster::{this_tool, ClusterArgs, LocalCluster};
 use rainstorm_cli::demo::{
     count_lines, program_word, programs_dir, spawn_command, started_job, victims, Diff,
 };
-use rainstorm_core::rainstorm::{dest_line, reference, OperatorSpec};
 use rainstorm_runtime::control;
 use rainstorm_runtime::jobs::Streamed;
 use std::collections::BTreeMap;
@@ -43,20 +46,23 @@ const KILL_AFTER: Duration = Duration::from_millis(1_500);
 pub struct Plan {
     pub sizes: Vec<u64>,
     pub tasks: Vec<u32>,
-    pub batch_lines: u32,
+    pub batch_bytes: u32,
     /// Task counts at which the killed variant runs too.
     pub kill_tasks: Vec<u32>,
+    /// Only the ceiling and the Python loop: no cluster.
+    pub ceiling_only: bool,
 }
 
 impl Plan {
-    pub fn new(quick: bool, sizes: Option<Vec<u64>>, batch_lines: Option<u32>) -> Plan {
+    pub fn new(quick: bool, sizes: Option<Vec<u64>>, batch_bytes: Option<u32>, ceiling_only: bool) -> Plan {
         let default_sizes = if quick { vec![10_000] } else { vec![10_000, 100_000, 1_000_000] };
         Plan {
             sizes: sizes.unwrap_or(default_sizes),
             tasks: if quick { vec![3] } else { vec![1, 3, 5] },
-            batch_lines: batch_lines
-                .unwrap_or(rainstorm_core::rainstorm::RainstormConfig::default().batch_lines),
+            batch_bytes: batch_bytes
+                .unwrap_or(rainstorm_core::rainstorm::RainstormConfig::default().batch_bytes),
             kill_tasks: vec![3],
+            ceiling_only,
         }
     }
 }
@@ -65,6 +71,8 @@ struct App {
     name: &'static str,
     programs: [(&'static str, &'static str); 2],
     builtins: [&'static str; 2],
+    /// The Python loop's application and argument.
+    python: (&'static str, &'static str),
 }
 
 const APPS: [App; 2] = [
@@ -72,11 +80,13 @@ const APPS: [App; 2] = [
         name: "app1",
         programs: [("app1-filter", "Streetlight"), ("app1-project", "")],
         builtins: ["grep:Streetlight", "project:OBJECTID,Sign_Type"],
+        python: ("app1", "Streetlight"),
     },
     App {
         name: "app2",
         programs: [("app2-filter", "'Punched Telespar'"), ("app2-count", "")],
         builtins: ["column:Sign_Post=Punched Telespar", "count:Category"],
+        python: ("app2", "Punched Telespar"),
     },
 ];
 
@@ -98,51 +108,82 @@ struct Row {
 }
 
 pub fn run(plan: Plan) -> Result<()> {
-    let bin = programs_dir()?;
     let root = std::env::temp_dir().join(format!("rainstorm-bench-rs-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root)?;
-    println!(
-        "# RainStorm on a {NODES}-process loopback cluster: sizes {:?} lines, tasks per stage {:?}, batch {} lines",
-        plan.sizes, plan.tasks, plan.batch_lines
-    );
+    if plan.ceiling_only {
+        println!(
+            "# RainStorm's in-process ceiling against a plain Python loop: sizes {:?} lines",
+            plan.sizes
+        );
+    } else {
+        println!(
+            "# RainStorm on a {NODES}-process loopback cluster: sizes {:?} lines, tasks per stage {:?}, batches of {} bytes",
+            plan.sizes, plan.tasks, plan.batch_bytes
+        );
+    }
     println!("(work files in {}; removed at the end)", root.display());
-    let mut cluster = start(&root, "cluster", BASE_PORT, plan.batch_lines)?;
+    let bin = match programs_dir() {
+        Ok(bin) => Some(bin),
+        Err(e) if plan.ceiling_only => {
+            println!("(no operator programs, so no measurement of them over pipes: {e:#})");
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let mut cluster = match (plan.ceiling_only, &bin) {
+        (false, Some(bin)) => Some((bin.clone(), start(&root, "cluster", BASE_PORT, plan.batch_bytes)?)),
+        _ => None,
+    };
     let pools = Pools::traffic_signs();
     let mut rows = Vec::new();
     let mut ceilings = Vec::new();
+    let mut pipes = Vec::new();
     for &size in &plan.sizes {
         let local = root.join(format!("signs-{size}.csv"));
         let mut bytes = Vec::new();
         generate(&pools, size, 1, &mut bytes).context("generating the input")?;
         std::fs::write(&local, &bytes)?;
         let src = format!("bench/signs-{size}.csv");
-        cluster.ctl(LEADER, &format!("create {} {src}", local.display()))?;
+        if let Some((_, cluster)) = &mut cluster {
+            cluster.ctl(LEADER, &format!("create {} {src}", local.display()))?;
+        }
         for app in &APPS {
-            let spec = |s: &str| OperatorSpec::parse(s).map_err(|e| anyhow!("{s}: {e}"));
-            let (op1, op2) = (spec(app.builtins[0])?, spec(app.builtins[1])?);
-            let t = Instant::now();
-            let out = reference::run(&src, &bytes, &op1, &op2).map_err(|e| anyhow!("reference: {e}"))?;
-            let ceiling = t.elapsed().as_secs_f64();
-            let expected = count_lines(out.iter().map(|t| dest_line(t).trim_end_matches('\n').to_owned()));
-            ceilings.push((app.name, size, ceiling, out.len()));
+            let measured = ceiling::measure(&root, &src, &local, &bytes, app.builtins, app.python)?;
+            print_ceiling(app.name, size, &measured);
+            let ceiling = measured.ceiling_secs;
+            ceilings.push((app.name, size, measured.outputs, ceiling, measured.python.clone()));
+            let expected = &measured.expected;
+            if let Some(bin) = &bin {
+                let row = pipes_row(
+                    bin,
+                    app,
+                    &src,
+                    &bytes,
+                    rainstorm_core::rainstorm::RainstormConfig::default().batch_tuples as usize,
+                    expected,
+                )?;
+                print_pipes(app.name, size, &row);
+                pipes.push((app.name, size, row));
+            }
+            let Some((bin, cluster)) = &mut cluster else { continue };
             for &tasks in &plan.tasks {
                 let kills: &[bool] = if plan.kill_tasks.contains(&tasks) { &[false, true] } else { &[false] };
                 for &kill in kills {
                     let row = if kill {
                         // Its own cluster: restarted nodes take their files back for a while,
                         // which would slow the jobs after it.
-                        let mut own = start(&root, "kills", BASE_PORT + 20, plan.batch_lines)?;
+                        let mut own = start(&root, "kills", BASE_PORT + 20, plan.batch_bytes)?;
                         own.ctl(LEADER, &format!("create {} {src}", local.display()))?;
                         // 1.5 s in, or 40% into a job that takes less than 3.75 s without kills.
                         let unkilled = rows.last().map_or(f64::INFINITY, |r: &Row| r.secs);
                         let at = KILL_AFTER.min(Duration::from_secs_f64((unkilled * 0.4).max(0.05)));
-                        let row = run_job(&mut own, &root, &bin, app, &src, size, tasks, Some(at), &expected);
+                        let row = run_job(&mut own, &root, bin, app, &src, size, tasks, Some(at), expected);
                         own.stop();
                         let _ = std::fs::remove_dir_all(root.join("kills"));
                         row?
                     } else {
-                        run_job(&mut cluster, &root, &bin, app, &src, size, tasks, None, &expected)?
+                        run_job(cluster, &root, bin, app, &src, size, tasks, None, expected)?
                     };
                     print_row(&row, ceiling);
                     rows.push(row);
@@ -150,18 +191,100 @@ pub fn run(plan: Plan) -> Result<()> {
             }
         }
     }
-    cluster.stop();
+    if let Some((_, mut cluster)) = cluster {
+        cluster.stop();
+    }
     println!();
-    print_table(&rows, &ceilings);
+    print_table(&rows, &ceilings, &pipes);
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
 }
 
+/// The programs over pipes: median seconds of [`ceiling::RUNS`] runs per version (the versions
+/// taking turns), each run's stage times, and whether every run's outputs were exact.
+struct PipesRow {
+    v1: f64,
+    v2: f64,
+    v2_stages: [f64; 2],
+    /// CPU seconds of the driver and of the programs (both stages) in the median runs.
+    v1_cpu: (f64, f64),
+    v2_cpu: (f64, f64),
+    exact: Result<(), String>,
+}
+
+fn pipes_row(
+    bin: &Path,
+    app: &App,
+    src: &str,
+    bytes: &[u8],
+    batch_lines: usize,
+    expected: &BTreeMap<String, usize>,
+) -> Result<PipesRow> {
+    let mut runs: [Vec<program_pipes::PipeRun>; 2] = [Vec::new(), Vec::new()];
+    let mut exact = Ok(());
+    for _ in 0..ceiling::RUNS {
+        for (version, done) in (1..).zip(runs.iter_mut()) {
+            let run = program_pipes::run(bin, app.programs, src, bytes, batch_lines, version, expected)?;
+            if let Err(e) = &run.exact {
+                exact = Err(format!("version {version}: {e}"));
+            }
+            done.push(run);
+        }
+    }
+    let median = |runs: &mut Vec<program_pipes::PipeRun>| {
+        runs.sort_by(|a, b| a.secs().total_cmp(&b.secs()));
+        let m = &runs[runs.len() / 2];
+        (m.secs(), m.stage_secs, (m.driver_cpu.iter().sum(), m.program_cpu.iter().sum()))
+    };
+    let [mut first, mut second] = runs;
+    let ((v1, _, v1_cpu), (v2, v2_stages, v2_cpu)) = (median(&mut first), median(&mut second));
+    Ok(PipesRow { v1, v2, v2_stages, v1_cpu, v2_cpu, exact })
+}
+
+fn print_pipes(app: &str, lines: u64, r: &PipesRow) {
+    eprintln!(
+        "{app} {lines} lines, programs over pipes: version 1 {:.3} s ({:.0} lines/s; CPU {:.2} s driver, {:.2} s programs), version 2 {:.3} s ({:.0} lines/s; stages {:.3} + {:.3} s; CPU {:.2} s driver, {:.2} s programs): {:.2}x{}",
+        r.v1,
+        lines as f64 / r.v1,
+        r.v1_cpu.0,
+        r.v1_cpu.1,
+        r.v2,
+        lines as f64 / r.v2,
+        r.v2_stages[0],
+        r.v2_stages[1],
+        r.v2_cpu.0,
+        r.v2_cpu.1,
+        r.v1 / r.v2,
+        if r.exact.is_ok() { "" } else { " (NOT exact)" }
+    );
+}
+
+/// One ceiling against its Python loop, as soon as it is measured.
+fn print_ceiling(app: &str, lines: u64, m: &ceiling::Measured) {
+    let rate = |secs: f64| lines as f64 / secs;
+    match &m.python {
+        Some((py, same)) => eprintln!(
+            "{app} {lines} lines: ceiling {:.3} s ({:.0} lines/s), Python {:.3} s ({:.0} lines/s): {:.2}x Python{}",
+            m.ceiling_secs,
+            rate(m.ceiling_secs),
+            py,
+            rate(*py),
+            py / m.ceiling_secs,
+            if same.is_ok() { "" } else { " (Python's outputs differ)" }
+        ),
+        None => eprintln!(
+            "{app} {lines} lines: ceiling {:.3} s ({:.0} lines/s); no python3 for the side-by-side",
+            m.ceiling_secs,
+            rate(m.ceiling_secs)
+        ),
+    }
+}
+
 /// A fresh 10-node cluster under `root/name`, tracing outputs.
-fn start(root: &Path, name: &str, base_port: u16, batch_lines: u32) -> Result<LocalCluster> {
+fn start(root: &Path, name: &str, base_port: u16, batch_bytes: u32) -> Result<LocalCluster> {
     let args = ClusterArgs {
         period_ms: 500,
-        batch_lines: Some(batch_lines),
+        batch_bytes: Some(batch_bytes),
         output_trace: true,
         ..ClusterArgs::local(NODES, base_port, root.join(name))
     };
@@ -270,7 +393,7 @@ fn run_job(
 fn parse_completed(reply: &str) -> Option<(String, u64, f64, u32)> {
     let words: Vec<&str> = reply.split_whitespace().collect();
     match words[..] {
-        ["job", id, "completed:", n, "outputs", "in", s, "s,", r, "task", ..] => {
+        ["job", id, "completed:", n, "outputs", "in", s, "s,", r, "rollbacks;", ..] => {
             Some((id.to_owned(), n.parse().ok()?, s.parse().ok()?, r.parse().ok()?))
         }
         _ => None,
@@ -297,46 +420,39 @@ fn check_dest(
     }
 }
 
-/// Every output's latency in ms: from its input line's first send by a source (the
-/// `source_sent` events in the nodes' logs) to the leader's append (the leader's trace).
+/// Every output's latency in ms: from its input line's first send by a source to the leader's
+/// commit of it, both from the leader's and the workers' traces (`RAINSTORM_OUTPUT_TRACE`:
+/// `<job> sent <unix µs> <first line> <last line>` on a source's node, `<job> out <unix µs>
+/// <line>` on the leader).
 fn latencies(cluster: &LocalCluster, job: &str) -> Vec<f64> {
-    // (first line, last line) -> earliest send, in µs since the epoch.
+    // first line -> (last line, earliest send in µs since the epoch).
     let mut sent: BTreeMap<u64, (u64, u128)> = BTreeMap::new();
+    let mut outs: Vec<(u128, u64)> = Vec::new();
     for i in 0..cluster.args.nodes {
-        let dir = cluster.data_dir(i);
-        for log in ["member.log", "introducer.log"] {
-            let Ok(text) = std::fs::read_to_string(dir.join(log)) else { continue };
-            for l in text.lines().filter(|l| l.contains("event=\"source_sent\"")) {
-                let field = |k: &str| {
-                    l.split_whitespace()
-                        .find_map(|w| w.strip_prefix(k))
-                        .map(|v| v.trim_matches('"').to_owned())
-                };
-                if field("job=").as_deref() != Some(job) {
-                    continue;
+        let Ok(text) = std::fs::read_to_string(cluster.data_dir(i).join("outputs.trace")) else { continue };
+        for l in text.lines() {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            match w[..] {
+                [j, "sent", us, first, last] if j == job => {
+                    let (Ok(us), Ok(first), Ok(last)) = (us.parse::<u128>(), first.parse(), last.parse())
+                    else {
+                        continue;
+                    };
+                    let e = sent.entry(first).or_insert((last, us));
+                    e.1 = e.1.min(us);
                 }
-                let (Some(first), Some(last), Some(us)) = (
-                    field("first=").and_then(|v| v.parse::<u64>().ok()),
-                    field("last=").and_then(|v| v.parse::<u64>().ok()),
-                    field("unix_us=").and_then(|v| v.parse::<u128>().ok()),
-                ) else {
-                    continue;
-                };
-                let e = sent.entry(first).or_insert((last, us));
-                e.1 = e.1.min(us);
+                [j, "out", us, line] if j == job => {
+                    if let (Ok(us), Ok(line)) = (us.parse(), line.parse()) {
+                        outs.push((us, line));
+                    }
+                }
+                _ => {}
             }
         }
     }
-    let trace = std::fs::read_to_string(cluster.data_dir(LEADER).join("outputs.trace")).unwrap_or_default();
-    let mut out: Vec<f64> = trace
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            if w.next()? != job {
-                return None;
-            }
-            let us: u128 = w.next()?.parse().ok()?;
-            let line: u64 = w.next()?.parse().ok()?;
+    let mut out: Vec<f64> = outs
+        .into_iter()
+        .filter_map(|(us, line)| {
             let (_, (last, at)) = sent.range(..=line).next_back()?;
             (line <= *last).then(|| us.saturating_sub(*at) as f64 / 1000.0)
         })
@@ -382,14 +498,71 @@ fn print_row(r: &Row, ceiling: f64) {
     );
 }
 
-fn print_table(rows: &[Row], ceilings: &[(&str, u64, f64, usize)]) {
-    println!("## Ceiling: the same operators in one process (no distribution, no journal, no logging)");
-    println!("| app | lines | outputs | s | lines/s |");
-    println!("|---|---:|---:|---:|---:|");
-    for (app, lines, s, outs) in ceilings {
-        println!("| {app} | {lines} | {outs} | {s:.3} | {:.0} |", *lines as f64 / s);
+/// An application's ceiling on one input: (app, lines, outputs, median s, Python's median s and
+/// whether its outputs are the same).
+type Ceiling = (&'static str, u64, usize, f64, Option<(f64, Result<(), String>)>);
+
+fn print_table(rows: &[Row], ceilings: &[Ceiling], pipes: &[(&str, u64, PipesRow)]) {
+    println!(
+        "## Ceiling: the same operators in one process (no distribution, no checkpoints, no logging), \
+         against a plain single-threaded Python loop (csv module) on the same file; medians of {} runs",
+        ceiling::RUNS
+    );
+    println!("| app | lines | outputs | ceiling s | ceiling lines/s | Python s | Python lines/s | ceiling / Python | Python's outputs |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    for (app, lines, outs, s, python) in ceilings {
+        let rate = |secs: f64| *lines as f64 / secs;
+        let (py_s, py_rate, ratio, same) = match python {
+            Some((py, same)) => (
+                format!("{py:.3}"),
+                format!("{:.0}", rate(*py)),
+                format!("{:.2}x", py / s),
+                match same {
+                    Ok(()) => "the same".to_owned(),
+                    Err(e) => format!("differ: {e}"),
+                },
+            ),
+            None => ("-".into(), "-".into(), "-".into(), "no python3".into()),
+        };
+        println!(
+            "| {app} | {lines} | {outs} | {s:.3} | {:.0} | {py_s} | {py_rate} | {ratio} | {same} |",
+            rate(*s)
+        );
     }
     println!();
+    if !pipes.is_empty() {
+        println!(
+            "## The two programs alone over their pipes (the runtime's driver, one stage after the other, no cluster); medians of {} runs",
+            ceiling::RUNS
+        );
+        println!("| app | lines | version 1 s | version 1 lines/s | v1 CPU s driver + programs | version 2 s | version 2 lines/s | v2 stages s | v2 CPU s driver + programs | v2 / v1 | exact |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        for (app, lines, r) in pipes {
+            let rate = |secs: f64| *lines as f64 / secs;
+            println!(
+                "| {app} | {lines} | {:.3} | {:.0} | {:.2} + {:.2} | {:.3} | {:.0} | {:.3} + {:.3} | {:.2} + {:.2} | {:.2}x | {} |",
+                r.v1,
+                rate(r.v1),
+                r.v1_cpu.0,
+                r.v1_cpu.1,
+                r.v2,
+                rate(r.v2),
+                r.v2_stages[0],
+                r.v2_stages[1],
+                r.v2_cpu.0,
+                r.v2_cpu.1,
+                r.v1 / r.v2,
+                match &r.exact {
+                    Ok(()) => "yes".to_owned(),
+                    Err(e) => format!("NO: {e}"),
+                }
+            );
+        }
+        println!();
+    }
+    if rows.is_empty() {
+        return;
+    }
     println!("## Jobs on the cluster (operator programs, exactly-once on)");
     println!(
         "| app | lines | tasks | kills | job s | lines/s | outputs/s | vs ceiling | p50 ms | p99 ms | node CPU s | program CPU s | idle | max node RSS MiB | restarts | exact |"
@@ -398,8 +571,8 @@ fn print_table(rows: &[Row], ceilings: &[(&str, u64, f64, usize)]) {
     for r in rows {
         let ceiling = ceilings
             .iter()
-            .find(|(a, l, _, _)| *a == r.app && *l == r.lines)
-            .map_or(f64::NAN, |(_, l, s, _)| *l as f64 / s);
+            .find(|(a, l, ..)| *a == r.app && *l == r.lines)
+            .map_or(f64::NAN, |(_, l, _, s, _)| *l as f64 / s);
         let rate = r.lines as f64 / r.secs;
         // Wall time not covered by CPU on the 2 cores: waiting (round trips, fsyncs, windows).
         let busy = (r.node_cpu + r.program_cpu) / (r.secs * cores());
@@ -438,7 +611,7 @@ mod tests {
 
     #[test]
     fn the_leaders_completion_line_is_parsed() {
-        let reply = "job 2-1a2b3c completed: 1507 outputs in 6.69 s, 2 task restarts; every output is in x exactly once\n";
+        let reply = "job 2-1a2b3c completed: 1507 outputs in 6.69 s, 2 rollbacks; every output is in x exactly once\n";
         assert_eq!(parse_completed(reply), Some(("2-1a2b3c".to_owned(), 1507, 6.69, 2)));
         assert_eq!(parse_completed("job 2-1a2b3c failed: boom"), None);
     }

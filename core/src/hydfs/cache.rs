@@ -1,8 +1,9 @@
 //! The client's read cache: least recently used entries, bounded by the bytes they hold.
 //!
 //! Invariants kept here: the bytes held never exceed the capacity (an entry larger than the whole
-//! cache is not kept); every entry records the writes its content includes, so the client can
-//! refuse an entry that could miss one of its own acknowledged writes.
+//! cache is not kept; the client offers only files of at most a quarter of it); every entry
+//! records the writes its content includes, so the client can refuse an entry that could miss one
+//! of its own acknowledged writes.
 
 use super::types::Stamp;
 use super::FileName;
@@ -69,6 +70,7 @@ impl ReadCache {
         self.used += size;
         self.by_use.insert(self.tick, name.clone());
         self.entries.insert(name, (self.tick, file));
+        debug_assert!(self.used <= self.capacity, "the cache holds at most its capacity");
     }
 
     pub fn invalidate(&mut self, name: &FileName) {

@@ -2,17 +2,23 @@
 //! and the read cache.
 //!
 //! Invariants kept here:
-//! * one write per file in flight, stamps assigned at submission with a growing timestamp and
-//!   sequence: a client's writes to a file keep their order;
-//! * a read (from a replica or the cache) is accepted only if it includes every write this
-//!   client has had acknowledged for the file;
+//! * one write (or delete) per file in flight, in submission order, stamps assigned at
+//!   submission with a growing timestamp and sequence: a client's writes to a file keep their
+//!   order;
+//! * the writes a client had acknowledged are kept per file and per create: a file this node
+//!   learns was deleted stops counting toward them;
+//! * a read (from a replica or the cache) or a file's metadata ([`ClientOp::Meta`]) is accepted
+//!   only if it includes every write this client has had acknowledged for the file;
+//! * a part read by [`ClientOp::ReadPart`] is returned only if its bytes match the metadata its
+//!   write declared (length, CRC32C, line ends), whether it came from a peer or local storage;
 //! * every operation ends with exactly one [`HydfsEvent::OpDone`] (or one reply to the node that
 //!   asked for it, for a multiappend part), at the latest when its deadline passes.
 
 use super::cache::{CachedFile, ReadCache};
-use super::message::{HydfsMsg, MergeSummary, ReadChunk, Refusal, ReqId};
+use super::message::{HydfsMsg, MergeSummary, Needs, PartBytes, ReadChunk, Refusal, ReqId};
 use super::ring::RingId;
-use super::types::{FileDigest, PartMeta, Stamp, WriteKind, WriteMeta};
+use super::store::PartError;
+use super::types::{FileDigest, FileMeta, PartMeta, Stamp, WriteKind, WriteMeta};
 use super::{FileName, Hydfs, HydfsConfig, HydfsError, HydfsEvent, PlantedBug};
 use crate::id::NodeAddr;
 use crate::time::Time;
@@ -27,8 +33,8 @@ pub trait PartSource: Send + Sync {
     fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, String>;
 }
 
-/// The bytes of an upload, described part by part (length and CRC32C of each part of at most
-/// one chunk), and where to read them. Replicas check every part against its CRC, so bytes that
+/// The bytes of an upload, described part by part ([`PartMeta::of`] of each part of at most one
+/// chunk), and where to read them. Replicas check every part against its metadata, so bytes that
 /// changed after they were described are refused, never stored.
 #[derive(Clone)]
 pub struct UploadSource {
@@ -80,10 +86,14 @@ pub enum ClientOp {
         name: FileName,
         data: Vec<u8>,
     },
+    /// The whole file in one buffer ([`OpOutput::Content`]). Its memory grows with the file:
+    /// for small files. A user's whole-file read goes through [`ClientOp::Download`] (or
+    /// [`ClientOp::Meta`] and [`ClientOp::ReadPart`]).
     Get {
         name: FileName,
     },
-    /// One replica's current copy, without fail-over or cache.
+    /// One replica's current copy, without fail-over or cache (buffered like
+    /// [`ClientOp::Get`]).
     GetFromReplica {
         name: FileName,
         replica: NodeAddr,
@@ -112,8 +122,9 @@ pub enum ClientOp {
         name: FileName,
         replica: Option<NodeAddr>,
     },
-    /// A get that skips this node's read cache: for files that other nodes write (a task's
-    /// journal read by the node that takes the task over).
+    /// A get that skips this node's read cache: for files that other nodes write (a job's
+    /// destination, appended to by its leader, read from another node). Buffered like
+    /// [`ClientOp::Get`].
     GetLatest {
         name: FileName,
     },
@@ -121,11 +132,40 @@ pub enum ClientOp {
     /// replicas recognise) until it is acknowledged or refused for good (already exists, too
     /// large, storage failure; a create also on "not found on any replica", while an append goes
     /// on: its caller knows the file exists, and its replicas may be moving). So "not acknowledged" never means
-    /// "maybe written": what journals and job outputs need to stay exactly-once.
+    /// "maybe written": what a RainStorm job's checkpoint log and outputs need to stay
+    /// exactly-once.
     Persist {
         name: FileName,
         kind: WriteKind,
         data: Vec<u8>,
+    },
+    /// The whole metadata of one replica's copy of the file: the create, the merged appends in
+    /// file order and the pending appends in stamp order, each write with its parts (what a
+    /// reader needs to read a file part by part, and to know the line number at every part
+    /// boundary: [`FileMeta::part_positions`]). The copy includes every write this client had
+    /// acknowledged for the file, and every write it lists is complete there (pending appends
+    /// still arriving on that replica are left out, as a read leaves them out; its `incomplete`
+    /// is empty). Fails over through the replicas like a read; [`HydfsError::NotFound`] when no
+    /// replica holds the file.
+    Meta {
+        name: FileName,
+    },
+    /// The bytes of part `part` of the write `stamp` (as [`ClientOp::Meta`] listed them),
+    /// checked against the metadata the write declared. Asked of `prefer` first, if given; then
+    /// of this node itself when it holds the part (read from local storage: no message); then
+    /// of the file's replicas in ring order; then again in rounds until `op_timeout`, like other
+    /// reads. Parts never change once written, so any copy serves.
+    ReadPart {
+        name: FileName,
+        stamp: Stamp,
+        part: u32,
+        prefer: Option<NodeAddr>,
+    },
+    /// Deletes the file on every replica (ordered after this client's writes to it). A later
+    /// create of the name is a new file. Fails over like a write; [`HydfsError::NotFound`] when
+    /// no replica holds the file.
+    Delete {
+        name: FileName,
     },
 }
 
@@ -146,6 +186,9 @@ impl ClientOp {
             ClientOp::Merge { .. } => "merge",
             ClientOp::Ls { .. } => "ls",
             ClientOp::MultiAppend { .. } => "multiappend",
+            ClientOp::Meta { .. } => "meta",
+            ClientOp::ReadPart { .. } => "readpart",
+            ClientOp::Delete { .. } => "delete",
         }
     }
 
@@ -161,7 +204,10 @@ impl ClientOp {
             | ClientOp::Upload { name, .. }
             | ClientOp::Download { name, .. }
             | ClientOp::Persist { name, .. }
-            | ClientOp::GetLatest { name } => name,
+            | ClientOp::GetLatest { name }
+            | ClientOp::Meta { name }
+            | ClientOp::ReadPart { name, .. }
+            | ClientOp::Delete { name } => name,
         }
     }
 }
@@ -200,6 +246,28 @@ pub enum OpOutput {
         name: FileName,
         nodes: Vec<NodeAddr>,
     },
+    /// A file's metadata ([`ClientOp::Meta`]), as replica `from` holds it.
+    Meta {
+        name: FileName,
+        meta: FileMeta,
+        from: NodeAddr,
+    },
+    /// One part's bytes ([`ClientOp::ReadPart`]), served by `from` (this node's own address
+    /// when read from its local storage).
+    Part {
+        name: FileName,
+        stamp: Stamp,
+        part: u32,
+        bytes: Vec<u8>,
+        from: NodeAddr,
+    },
+    /// A delete ([`ClientOp::Delete`]) of the file created by `create`, acknowledged by every
+    /// listed replica (empty when a replica answered a retry of a delete already done).
+    Deleted {
+        name: FileName,
+        create: Stamp,
+        replicas: Vec<NodeAddr>,
+    },
 }
 
 pub(super) struct ClientState {
@@ -208,7 +276,8 @@ pub(super) struct ClientState {
     next_op: OpId,
     ops: BTreeMap<OpId, OpState>,
     queues: BTreeMap<FileName, VecDeque<OpId>>,
-    acked: BTreeMap<FileName, BTreeSet<Stamp>>,
+    /// Writes this client had acknowledged, per file, by the create they belong to.
+    acked: BTreeMap<FileName, BTreeMap<Stamp, BTreeSet<Stamp>>>,
     uploads: BTreeMap<(FileName, Stamp), Upload>,
     requests: BTreeMap<ReqId, (OpId, NodeAddr, Time)>,
     pub(super) cache: ReadCache,
@@ -291,6 +360,16 @@ enum Kind {
         nodes: Vec<NodeAddr>,
         failed: Vec<String>,
     },
+    /// [`ClientOp::Meta`]: one `Describe` at a time.
+    Meta,
+    /// [`ClientOp::ReadPart`]: one `Fetch` at a time (or a local read).
+    Part {
+        stamp: Stamp,
+        part: u32,
+        prefer: Option<NodeAddr>,
+    },
+    /// [`ClientOp::Delete`], queued with the file's writes.
+    Delete,
 }
 
 impl Kind {
@@ -321,7 +400,30 @@ impl Hydfs {
 
     /// Writes this client had acknowledged, per file (what its reads must include).
     pub fn acknowledged(&self, name: &FileName) -> usize {
-        self.client.acked.get(name).map_or(0, |s| s.len())
+        self.client.acked.get(name).map_or(0, |g| g.values().map(BTreeSet::len).sum())
+    }
+
+    /// What a read of `name` must include: this client's acknowledged writes, by create,
+    /// leaving out files this node knows were deleted.
+    fn needs(&self, name: &FileName) -> Vec<Needs> {
+        let Some(groups) = self.client.acked.get(name) else { return Vec::new() };
+        groups
+            .iter()
+            .filter(|(c, _)| !self.tombstones.contains(name, **c))
+            .map(|(c, w)| Needs { create: *c, writes: w.iter().copied().collect() })
+            .collect()
+    }
+
+    /// File `(name, create)` was deleted: its writes no longer count toward what this client's
+    /// reads must include, and no cached copy of the name is served.
+    pub(super) fn client_forget_deleted(&mut self, name: &FileName, create: Stamp) {
+        if let Some(groups) = self.client.acked.get_mut(name) {
+            groups.remove(&create);
+            if groups.is_empty() {
+                self.client.acked.remove(name);
+            }
+        }
+        self.client.cache.invalidate(name);
     }
 
     fn submit_inner(
@@ -364,6 +466,7 @@ impl Hydfs {
         let name = op.name().clone();
         let is_create = matches!(op, ClientOp::Create { .. });
         let persistent = matches!(op, ClientOp::Persist { .. });
+        let is_delete = matches!(op, ClientOp::Delete { .. });
         let kind = match op {
             ClientOp::Persist { kind, data, .. } => {
                 let stamp = self.next_stamp(now);
@@ -397,6 +500,9 @@ impl Hydfs {
             ClientOp::GetFromReplica { replica, .. } => Kind::read(Some(replica), false),
             ClientOp::Download { replica: Some(replica), .. } => Kind::read(Some(replica), true),
             ClientOp::Merge { .. } => Kind::Merge,
+            ClientOp::Meta { .. } => Kind::Meta,
+            ClientOp::Delete { .. } => Kind::Delete,
+            ClientOp::ReadPart { stamp, part, prefer, .. } => Kind::Part { stamp, part, prefer },
             ClientOp::Ls { .. } => Kind::Ls { waiting: BTreeSet::new(), rows: Vec::new() },
             ClientOp::MultiAppend { appends, .. } => {
                 let mut waiting = BTreeMap::new();
@@ -429,14 +535,14 @@ impl Hydfs {
                 last_error: None,
                 wait_until: None,
                 remote,
-                queued: is_write,
+                queued: is_write || is_delete,
                 persistent,
             },
         );
         if is_multi {
             return Ok(id);
         }
-        if is_write {
+        if is_write || is_delete {
             let q = self.client.queues.entry(name).or_default();
             q.push_back(id);
             if q.len() > 1 {
@@ -477,7 +583,7 @@ impl Hydfs {
     fn cached(&mut self, now: Time, name: &FileName) -> Option<OpOutput> {
         let ignore_own = self.cfg.bug(PlantedBug::CacheIgnoresOwnWrites);
         let ttl = self.cfg.cache_ttl;
-        let own = self.client.acked.get(name).cloned().unwrap_or_default();
+        let own: BTreeSet<Stamp> = self.needs(name).into_iter().flat_map(|n| n.writes).collect();
         let hit = match self.client.cache.get(name) {
             Some(entry) if now <= entry.fetched_at + ttl && (ignore_own || own.is_subset(&entry.writes)) => {
                 Some(OpOutput::Content {
@@ -514,6 +620,19 @@ impl Hydfs {
             }
             let candidates = match &op.kind {
                 Kind::Read { pinned: Some(r), .. } => vec![*r],
+                Kind::Part { stamp, part, prefer } => {
+                    // The preferred node, then this node if it holds the part, then the replicas.
+                    let mut c: Vec<NodeAddr> = prefer.iter().copied().collect();
+                    if self.store.has_part(&op.name, *stamp, *part) && !c.contains(&self.me) {
+                        c.push(self.me);
+                    }
+                    for r in self.ring.replicas(op.name.as_str(), self.cfg.replication) {
+                        if !c.contains(&r) {
+                            c.push(r);
+                        }
+                    }
+                    c
+                }
                 _ => self.ring.replicas(op.name.as_str(), self.cfg.replication),
             };
             let op = self.client.ops.get_mut(&id).expect("present");
@@ -538,6 +657,10 @@ impl Hydfs {
         let to = op.candidates[op.next];
         op.next += 1;
         let name = op.name.clone();
+        if let (true, Kind::Part { stamp, part, .. }) = (to == self.me, &op.kind) {
+            let (stamp, part) = (*stamp, *part);
+            return self.read_part_locally(now, id, name, stamp, part);
+        }
         // A single small part travels inside the write request.
         let inline_of = match &op.kind {
             Kind::Write { meta } if meta.parts.is_empty() => Some(None),
@@ -561,6 +684,7 @@ impl Hydfs {
         }
         let req = self.next_req + 1;
         self.next_req = req;
+        let needs_now = self.needs(&name);
         let op = self.client.ops.get_mut(&id).expect("present");
         let (msg, timeout) = match &mut op.kind {
             Kind::Write { meta } => {
@@ -576,16 +700,19 @@ impl Hydfs {
                     inflight.insert(req, 0);
                     *next_ask = self.cfg.chunk_bytes as u64;
                 }
-                let needs = if pinned.is_some() {
-                    Vec::new()
-                } else {
-                    self.client.acked.get(&name).map(|s| s.iter().copied().collect()).unwrap_or_default()
-                };
+                let needs = if pinned.is_some() { Vec::new() } else { needs_now.clone() };
                 op.kind = fresh;
                 (HydfsMsg::Read { req, name, offset: 0, view: None, needs }, self.cfg.request_timeout)
             }
             Kind::Merge => {
                 (HydfsMsg::Merge { req, name }, self.cfg.coordinator_timeout + self.cfg.request_timeout)
+            }
+            Kind::Meta => (HydfsMsg::Describe { req, name, needs: needs_now }, self.cfg.request_timeout),
+            Kind::Delete => {
+                (HydfsMsg::Delete { req, name }, self.cfg.coordinator_timeout + self.cfg.request_timeout)
+            }
+            Kind::Part { stamp, part, .. } => {
+                (HydfsMsg::Fetch { req, name, stamp: *stamp, part: *part }, self.cfg.request_timeout)
             }
             Kind::Ls { waiting, .. } => {
                 // Ask every replica at once.
@@ -608,6 +735,107 @@ impl Hydfs {
         self.send(to, msg);
     }
 
+    /// A [`ClientOp::ReadPart`] served by this node's own storage: no message, no copy over the
+    /// network. The bytes are checked against the part's declared metadata.
+    fn read_part_locally(&mut self, now: Time, id: OpId, name: FileName, stamp: Stamp, part: u32) {
+        let me = self.me;
+        let declared = self.store.part_meta(&name, stamp, part);
+        match (self.store.read_part(&name, stamp, part), declared) {
+            (Ok(bytes), Some(meta)) if meta.matches(&bytes) => {
+                let out = OpOutput::Part { name, stamp, part, bytes, from: me };
+                self.finish(now, id, None, Ok(out));
+            }
+            (Ok(_), _) | (Err(PartError::Corrupt), _) => {
+                self.corruption(&name, stamp, part);
+                self.attempt_failed(now, id, format!("{me}: {}", Refusal::Corrupt), false);
+            }
+            (Err(PartError::Missing), _) => self.attempt_failed(now, id, format!("{me}: not found"), true),
+            (Err(PartError::Storage(e)), _) => self.attempt_failed(now, id, format!("{me}: {e}"), false),
+        }
+    }
+
+    /// A replica's answer to a [`ClientOp::Meta`]: accepted only if the copy holds the file,
+    /// includes every write this client had acknowledged, and is complete in its create and
+    /// merged appends; pending appends still arriving there are left out.
+    pub(super) fn on_meta_reply(
+        &mut self,
+        now: Time,
+        from: NodeAddr,
+        req: ReqId,
+        meta: Result<FileMeta, Refusal>,
+    ) {
+        let Some(id) = self.take_request(req, from) else { return };
+        let Some(OpState { name, kind: Kind::Meta, .. }) = self.client.ops.get(&id) else { return };
+        let name = name.clone();
+        // The replica judged the client's needs (it knows which files were deleted).
+        let mut meta = match meta {
+            Ok(m) if m.create.is_some() && m.name == name => m,
+            Ok(_) => return self.attempt_failed(now, id, format!("{from}: not found"), true),
+            Err(r) => return self.refusal(now, id, from, r),
+        };
+        let incomplete: BTreeSet<Stamp> = std::mem::take(&mut meta.incomplete).into_iter().collect();
+        let present: BTreeSet<Stamp> =
+            meta.all_writes().map(|w| w.stamp).filter(|s| !incomplete.contains(s)).collect();
+        if meta.create.iter().chain(&meta.merged).any(|w| incomplete.contains(&w.stamp)) {
+            let why = format!("{from}: its copy is being repaired");
+            return self.attempt_failed(now, id, why, false);
+        }
+        meta.pending.retain(|w| !incomplete.contains(&w.stamp));
+        debug_assert!(
+            meta.all_writes().all(|w| present.contains(&w.stamp)),
+            "only complete writes are listed"
+        );
+        self.finish(now, id, None, Ok(OpOutput::Meta { name, meta, from }));
+    }
+
+    /// A node's answer to a [`ClientOp::ReadPart`]: its bytes are accepted only if they match
+    /// the metadata the part's write declared.
+    pub(super) fn on_part_reply(
+        &mut self,
+        now: Time,
+        from: NodeAddr,
+        req: ReqId,
+        result: Result<PartBytes, Refusal>,
+    ) {
+        let Some(id) = self.take_request(req, from) else { return };
+        let Some(OpState { name, kind: Kind::Part { stamp, part, .. }, .. }) = self.client.ops.get(&id)
+        else {
+            return;
+        };
+        let (name, stamp, part) = (name.clone(), *stamp, *part);
+        match result {
+            Ok(PartBytes { meta, bytes }) if meta.matches(&bytes) => {
+                let out = OpOutput::Part { name, stamp, part, bytes, from };
+                self.finish(now, id, None, Ok(out));
+            }
+            Ok(_) => {
+                let why = format!("{from}: the part's bytes do not match its metadata");
+                self.attempt_failed(now, id, why, false);
+            }
+            Err(r) => self.refusal(now, id, from, r),
+        }
+    }
+
+    /// A coordinator's answer to a [`ClientOp::Delete`].
+    pub(super) fn on_delete_reply(
+        &mut self,
+        now: Time,
+        from: NodeAddr,
+        req: ReqId,
+        result: Result<(Stamp, Vec<NodeAddr>), Refusal>,
+    ) {
+        let Some(id) = self.take_request(req, from) else { return };
+        let Some(OpState { name, kind: Kind::Delete, .. }) = self.client.ops.get(&id) else { return };
+        let name = name.clone();
+        match result {
+            Ok((create, replicas)) => {
+                self.client_forget_deleted(&name, create);
+                self.finish(now, id, None, Ok(OpOutput::Deleted { name, create, replicas }));
+            }
+            Err(r) => self.refusal(now, id, from, r),
+        }
+    }
+
     /// The attempt at `req` failed: try the next replica.
     fn attempt_failed(&mut self, now: Time, id: OpId, why: String, not_found: bool) {
         let Some(op) = self.client.ops.get_mut(&id) else { return };
@@ -628,11 +856,10 @@ impl Hydfs {
         let state = self.client.ops.remove(&id);
         self.client.requests.retain(|_, (op, _, _)| *op != id);
         let remote = remote.or_else(|| state.as_ref().and_then(|s| s.remote));
-        if let Some(OpState { name, kind: Kind::Write { meta }, queued: true, .. }) = &state {
-            self.client.uploads.remove(&(name.clone(), meta.stamp));
-            if result.is_ok() {
-                self.client.acked.entry(name.clone()).or_default().insert(meta.stamp);
-                if !self.cfg.bug(PlantedBug::CacheIgnoresOwnWrites) {
+        if let Some(OpState { name, kind, queued: true, .. }) = &state {
+            if let Kind::Write { meta } = kind {
+                self.client.uploads.remove(&(name.clone(), meta.stamp));
+                if result.is_ok() && !self.cfg.bug(PlantedBug::CacheIgnoresOwnWrites) {
                     self.client.cache.invalidate(name);
                 }
             }
@@ -692,6 +919,7 @@ impl Hydfs {
                 self.finish(now, id, None, Err(HydfsError::TooManyPending { name, limit }))
             }
             Refusal::NotFound => self.attempt_failed(now, id, format!("{from}: not found"), true),
+            Refusal::Deleted => self.attempt_failed(now, id, format!("{from}: {}", Refusal::Deleted), true),
             other => self.attempt_failed(now, id, format!("{from}: {other}"), false),
         }
     }
@@ -702,6 +930,7 @@ impl Hydfs {
         from: NodeAddr,
         req: ReqId,
         result: Result<Vec<NodeAddr>, Refusal>,
+        create: Option<Stamp>,
     ) {
         let Some(id) = self.take_request(req, from) else { return };
         match result {
@@ -709,7 +938,12 @@ impl Hydfs {
                 let Some(OpState { name, kind: Kind::Write { meta }, .. }) = self.client.ops.get(&id) else {
                     return;
                 };
-                let out = OpOutput::Written { name: name.clone(), stamp: meta.stamp, replicas };
+                let (name, stamp) = (name.clone(), meta.stamp);
+                // Grouped by the file the write belongs to, so that a delete of that file ends
+                // what this client's reads must include.
+                let create = create.unwrap_or(stamp);
+                self.client.acked.entry(name.clone()).or_default().entry(create).or_default().insert(stamp);
+                let out = OpOutput::Written { name, stamp, replicas };
                 self.finish(now, id, None, Ok(out));
             }
             Err(r) => self.refusal(now, id, from, r),
@@ -758,6 +992,8 @@ impl Hydfs {
             Err(r) => return self.refusal(now, id, from, r),
         };
         let (window, chunk_bytes) = (self.cfg.read_window.max(1), self.cfg.chunk_bytes.max(1) as u64);
+        // The cache takes a file only up to a quarter of its capacity: one file never evicts most
+        // of it, and a larger file is never copied for it.
         let cacheable = self.client.cache.capacity() / 4;
         let timeout = self.cfg.request_timeout;
         let Some(op) = self.client.ops.get_mut(&id) else { return };
@@ -836,7 +1072,7 @@ impl Hydfs {
             }
             return;
         }
-        let (stream, cache_it, len) = (*stream, pinned.is_none() && *keep, *done);
+        let (stream, cache_it, len) = (*stream, pinned.is_none() && *keep && *total <= cacheable, *done);
         let bytes = std::mem::take(buf);
         let writes = std::mem::take(writes);
         let set: BTreeSet<Stamp> = writes.iter().copied().collect();
@@ -963,6 +1199,19 @@ impl Hydfs {
                 let offset: u64 = src.parts[..part as usize].iter().map(|p| p.len as u64).sum();
                 Some(src.reader.read_at(offset, p.len as usize))
             }
+        }
+    }
+
+    /// The metadata of a part this client is uploading, as its write declared it.
+    pub(super) fn upload_part_meta(&self, name: &FileName, stamp: Stamp, part: u32) -> Option<PartMeta> {
+        match self.client.uploads.get(&(name.clone(), stamp))? {
+            Upload::Source(src) => src.parts.get(part as usize).copied(),
+            Upload::Bytes(_) => self.client.ops.values().find_map(|o| match &o.kind {
+                Kind::Write { meta } if meta.stamp == stamp && &o.name == name => {
+                    meta.parts.get(part as usize).copied()
+                }
+                _ => None,
+            }),
         }
     }
 

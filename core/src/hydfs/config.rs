@@ -58,6 +58,11 @@ pub struct HydfsConfig {
     /// write of `n` bytes `n / min_transfer_bytes_per_sec` more time than their timeouts (a read
     /// gets `op_timeout` again whenever a chunk arrives).
     pub min_transfer_bytes_per_sec: u64,
+    /// How long a node remembers a deleted file (its tombstone): a copy of it that was cut off
+    /// from every node holding the tombstone for longer may come back when it reconnects.
+    pub tombstone_ttl: Millis,
+    /// Tombstones one node keeps at most; past it, the one closest to expiring is forgotten.
+    pub max_tombstones: usize,
     /// Deliberate bugs (tests only).
     #[serde(default)]
     pub planted: Option<PlantedBug>,
@@ -86,6 +91,8 @@ impl Default for HydfsConfig {
             coordinator_timeout: Millis::from_secs(30),
             op_timeout: Millis::from_secs(60),
             min_transfer_bytes_per_sec: 4 << 20,
+            tombstone_ttl: Millis::from_secs(24 * 3600),
+            max_tombstones: 100_000,
             planted: None,
         }
     }
@@ -129,10 +136,14 @@ pub enum PlantedBug {
     UnchunkedTransfers,
     /// A merge coordinator never answers.
     MergeNeverAnswers,
+    /// A delete drops the copies it reaches but keeps no tombstone.
+    DeleteWithoutTombstone,
+    /// Dropping a deleted file's copy leaves its blocks in storage.
+    DeleteKeepsBlocks,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 12] = [
+    pub const ALL: [PlantedBug; 14] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckAfterOneReplica,
         PlantedBug::MergeSkipsReplicas,
@@ -145,6 +156,8 @@ impl PlantedBug {
         PlantedBug::CreateNotExclusive,
         PlantedBug::UnchunkedTransfers,
         PlantedBug::MergeNeverAnswers,
+        PlantedBug::DeleteWithoutTombstone,
+        PlantedBug::DeleteKeepsBlocks,
     ];
 
     pub fn name(self) -> &'static str {
@@ -161,6 +174,8 @@ impl PlantedBug {
             PlantedBug::CreateNotExclusive => "create-not-exclusive",
             PlantedBug::UnchunkedTransfers => "unchunked-transfers",
             PlantedBug::MergeNeverAnswers => "merge-never-answers",
+            PlantedBug::DeleteWithoutTombstone => "delete-without-tombstone",
+            PlantedBug::DeleteKeepsBlocks => "delete-keeps-blocks",
         }
     }
 

@@ -2,7 +2,7 @@
 //! [`ReqId`] its reply echoes. Data moves only in parts of at most [`super::CHUNK_BYTES`], and
 //! only in messages on the bulk lane ([`HydfsMsg::lane`]).
 
-use super::types::{FileDigest, FileMeta, Stamp, WriteMeta};
+use super::types::{FileDigest, FileMeta, PartMeta, Stamp, WriteMeta};
 use super::FileName;
 use crate::id::NodeAddr;
 use crate::node::Lane;
@@ -51,6 +51,17 @@ pub enum Refusal {
     /// fails at once instead of waiting for a timeout.
     #[error("storage failed: {0}")]
     StorageFailed(String),
+    /// The file the request is about was deleted (this node holds its tombstone).
+    #[error("the file was deleted")]
+    Deleted,
+}
+
+/// Writes a client had acknowledged for one file, grouped by the create they belong to: a
+/// replica that holds the tombstone of that create (the file was deleted) does not ask for them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Needs {
+    pub create: Stamp,
+    pub writes: Vec<Stamp>,
 }
 
 /// One chunk of a read.
@@ -62,6 +73,15 @@ pub struct ReadChunk {
     /// The writes in the file, in file order (sent with the first chunk only).
     pub writes: Vec<Stamp>,
     pub offset: u64,
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+}
+
+/// One part's bytes, with the metadata its write declared for the part: the receiver checks the
+/// bytes against it, so a part damaged anywhere between the writer and the reader is refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartBytes {
+    pub meta: PartMeta,
     #[serde(with = "serde_bytes")]
     pub bytes: Vec<u8>,
 }
@@ -78,11 +98,17 @@ pub enum HydfsMsg {
         inline: Option<Vec<u8>>,
         source: NodeAddr,
     },
+    /// The replicas that stored the write, and the create of the file it belongs to (its own
+    /// stamp, for a create).
     WriteReply {
         req: ReqId,
         result: Result<Vec<NodeAddr>, Refusal>,
+        create: Option<Stamp>,
     },
     /// Coordinator to replica: store this write (fetching parts from `sources`), sync, then ack.
+    /// `create` is the create of the file the coordinator holds (for an append): a replica
+    /// holding its tombstone refuses the write as `Deleted`, and a replica without a create
+    /// takes this one (so an append never sits on a replica without the file it belongs to).
     Replicate {
         req: ReqId,
         name: FileName,
@@ -90,6 +116,7 @@ pub enum HydfsMsg {
         #[serde(with = "serde_bytes")]
         inline: Option<Vec<u8>>,
         sources: Vec<NodeAddr>,
+        create: Option<WriteMeta>,
     },
     ReplicateReply {
         req: ReqId,
@@ -136,7 +163,7 @@ pub enum HydfsMsg {
         name: FileName,
         offset: u64,
         view: Option<u64>,
-        needs: Vec<Stamp>,
+        needs: Vec<Needs>,
     },
     ReadReply {
         req: ReqId,
@@ -171,14 +198,16 @@ pub enum HydfsMsg {
         req: ReqId,
         files: Vec<(FileName, FileDigest)>,
     },
-    /// Anti-entropy: your whole view of one file.
+    /// Anti-entropy, and a client's [`super::ClientOp::Meta`]: your whole view of one file.
+    /// `needs` as in `Read` (empty for anti-entropy).
     Describe {
         req: ReqId,
         name: FileName,
+        needs: Vec<Needs>,
     },
     DescribeReply {
         req: ReqId,
-        meta: Option<FileMeta>,
+        meta: Result<FileMeta, Refusal>,
     },
     /// Hand-off: a node that no longer owns a file offers it to an owner, which pulls what it lacks
     /// and answers `Taken` with the offered digest's hash.
@@ -189,7 +218,8 @@ pub enum HydfsMsg {
         name: FileName,
         hash: u64,
     },
-    /// One part of one write.
+    /// One part of one write: a replica pulling what it lacks, or a client's
+    /// [`super::ClientOp::ReadPart`].
     Fetch {
         req: ReqId,
         name: FileName,
@@ -198,7 +228,30 @@ pub enum HydfsMsg {
     },
     FetchReply {
         req: ReqId,
-        result: Result<serde_bytes::ByteBuf, Refusal>,
+        result: Result<PartBytes, Refusal>,
+    },
+
+    /// Client to coordinator: delete the file on every replica.
+    Delete {
+        req: ReqId,
+        name: FileName,
+    },
+    /// The create of the deleted file, and the replicas that dropped it.
+    DeleteReply {
+        req: ReqId,
+        result: Result<(Stamp, Vec<NodeAddr>), Refusal>,
+    },
+    /// File `(name, create)` is deleted: drop any copy of it and keep its tombstone. Sent by a
+    /// delete's coordinator to every member, and by any node that meets a copy of a file it
+    /// holds the tombstone of (to that copy's holder).
+    Remove {
+        req: ReqId,
+        name: FileName,
+        create: Stamp,
+    },
+    RemoveReply {
+        req: ReqId,
+        result: Result<(), Refusal>,
     },
 }
 
@@ -236,7 +289,11 @@ impl HydfsMsg {
             | HydfsMsg::DescribeReply { .. }
             | HydfsMsg::Offer { .. }
             | HydfsMsg::Taken { .. }
-            | HydfsMsg::Fetch { .. } => Lane::Control,
+            | HydfsMsg::Fetch { .. }
+            | HydfsMsg::Delete { .. }
+            | HydfsMsg::DeleteReply { .. }
+            | HydfsMsg::Remove { .. }
+            | HydfsMsg::RemoveReply { .. } => Lane::Control,
         }
     }
 
@@ -254,7 +311,9 @@ impl HydfsMsg {
             | HydfsMsg::Inventory { .. }
             | HydfsMsg::Describe { .. }
             | HydfsMsg::Offer { .. }
-            | HydfsMsg::Fetch { .. } => true,
+            | HydfsMsg::Fetch { .. }
+            | HydfsMsg::Delete { .. }
+            | HydfsMsg::Remove { .. } => true,
             HydfsMsg::WriteReply { .. }
             | HydfsMsg::ReplicateReply { .. }
             | HydfsMsg::MergeReply { .. }
@@ -266,7 +325,9 @@ impl HydfsMsg {
             | HydfsMsg::InventoryReply { .. }
             | HydfsMsg::DescribeReply { .. }
             | HydfsMsg::Taken { .. }
-            | HydfsMsg::FetchReply { .. } => false,
+            | HydfsMsg::FetchReply { .. }
+            | HydfsMsg::DeleteReply { .. }
+            | HydfsMsg::RemoveReply { .. } => false,
         }
     }
 }

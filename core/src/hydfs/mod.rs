@@ -13,7 +13,10 @@
 //!   every replica, and is acknowledged only when every replica has it;
 //! * replicas pull what they should hold; a node drops a file it no longer owns only after every
 //!   owner has taken everything it had;
-//! * parts are checksummed, verified on every read and fetch, and never larger than a chunk.
+//! * parts are checksummed, verified on every read and fetch, and never larger than a chunk;
+//! * a delete is acknowledged only when every replica of the coordinator's view (never fewer
+//!   than `min_copies`) dropped its copy and keeps the file's tombstone; no node keeps, absorbs
+//!   or hands on a copy of a file it holds the tombstone of (`tombstone.rs` says for how long).
 
 pub mod cache;
 pub mod config;
@@ -22,20 +25,23 @@ pub mod name;
 pub mod ring;
 pub mod storage;
 pub mod store;
+pub mod tombstone;
 pub mod types;
 
 mod client;
+mod delete;
 mod server;
 
 pub use cache::ReadCache;
 pub use client::{ClientOp, OpId, OpOutput, PartSource, UploadSource};
 pub use config::{HydfsConfig, PlantedBug};
-pub use message::{HydfsMsg, MergeSummary, ReadChunk, Refusal, ReqId};
+pub use message::{HydfsMsg, MergeSummary, Needs, PartBytes, ReadChunk, Refusal, ReqId};
 pub use name::{FileName, NameError, MAX_NAME_BYTES, NAME_BYTES_CEILING};
 pub use ring::{Ring, RingId};
 pub use storage::{BlobId, MemStorage, Storage, StorageError};
 pub use store::LocalStore;
-pub use types::{FileDigest, FileMeta, PartMeta, Stamp, WriteKind, WriteMeta, CHUNK_BYTES};
+pub use tombstone::Tombstones;
+pub use types::{FileDigest, FileMeta, PartMeta, PartPosition, Stamp, WriteKind, WriteMeta, CHUNK_BYTES};
 
 use crate::id::{MemberId, NodeAddr};
 #[cfg(test)]
@@ -56,6 +62,8 @@ pub enum HydfsEvent {
     CorruptionDetected { name: FileName, stamp: Stamp, part: u32 },
     /// This node handed a file to its owners and dropped its copy.
     FileDropped { name: FileName },
+    /// This node dropped its copy of a deleted file (the file created by `create`).
+    FileDeleted { name: FileName, create: Stamp },
     /// Storage refused a write or sync; the affected answers are not sent.
     StorageFailed { reason: String },
     /// The next in-order bytes of a download ([`ClientOp::Download`]); offset 0 starts it over.
@@ -91,6 +99,13 @@ pub enum HydfsError {
     Storage(String),
 }
 
+impl HydfsError {
+    /// Whether the error says the file does not exist (or no longer does).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, HydfsError::NotFound(_))
+    }
+}
+
 /// Counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HydfsStats {
@@ -112,6 +127,15 @@ pub struct HydfsStats {
     pub busy_refusals: u64,
     /// Appends refused because their file had `max_pending_appends` pending appends.
     pub pending_appends_refused: u64,
+    /// Deletes this node coordinated.
+    pub deletes_coordinated: u64,
+    /// Copies of deleted files this node dropped (its own, on a delete, and stale ones found
+    /// later).
+    pub files_deleted: u64,
+    /// Tombstones held now.
+    pub tombstones: u64,
+    /// Tombstones forgotten before they expired, to stay within `max_tombstones`.
+    pub tombstones_evicted: u64,
 }
 
 pub struct Hydfs {
@@ -123,12 +147,15 @@ pub struct Hydfs {
     member_ids: BTreeMap<NodeAddr, MemberId>,
     ring: Ring,
     store: LocalStore,
+    /// Deleted files this node remembers.
+    tombstones: Tombstones,
     next_req: ReqId,
     out: VecDeque<(NodeAddr, HydfsMsg)>,
     events: VecDeque<HydfsEvent>,
     next_anti_entropy: Time,
     stats: HydfsStats,
     server: server::ServerState,
+    deletes: delete::DeleteState,
     client: client::ClientState,
 }
 
@@ -149,12 +176,14 @@ impl Hydfs {
             member_ids: BTreeMap::new(),
             ring: Ring::default(),
             store,
+            tombstones: Tombstones::new(cfg.max_tombstones),
             next_req: 1,
             out: VecDeque::new(),
             events: VecDeque::new(),
             next_anti_entropy: now + cfg.anti_entropy_interval,
             stats: HydfsStats::default(),
             server: server::ServerState::default(),
+            deletes: delete::DeleteState::default(),
             client,
             cfg,
         })
@@ -176,7 +205,14 @@ impl Hydfs {
         let mut s = self.stats.clone();
         s.cache_hits = self.client.cache.hits;
         s.cache_misses = self.client.cache.misses;
+        s.tombstones = self.tombstones.len() as u64;
+        s.tombstones_evicted = self.tombstones.evicted;
         s
+    }
+
+    /// The deleted files this node remembers.
+    pub fn tombstones(&self) -> &Tombstones {
+        &self.tombstones
     }
 
     /// The members on the ring changed (joins, confirmed failures, leaves; never suspicion).
@@ -203,8 +239,9 @@ impl Hydfs {
         }
         let ring = Ring::new(self.member_ids.keys().copied());
         if ring != self.ring {
-            self.ring = ring;
+            let old = std::mem::replace(&mut self.ring, ring);
             self.on_ring_changed(now);
+            self.hand_on_tombstones(now, &old);
         }
     }
 
@@ -273,8 +310,8 @@ impl Hydfs {
             HydfsMsg::Write { req, name, write, inline, source } => {
                 self.on_write(now, from, req, name, write, inline, source)
             }
-            HydfsMsg::Replicate { req, name, write, inline, sources } => {
-                self.on_replicate(now, from, req, name, write, inline, sources)
+            HydfsMsg::Replicate { req, name, write, inline, sources, create } => {
+                self.on_replicate(now, from, req, name, write, inline, sources, create)
             }
             HydfsMsg::ReplicateReply { req, result } => self.on_replicate_reply(now, from, req, result),
             HydfsMsg::Merge { req, name } => self.on_merge(now, from, req, name),
@@ -297,17 +334,36 @@ impl Hydfs {
                 self.send(from, HydfsMsg::InventoryReply { req, files });
             }
             HydfsMsg::InventoryReply { req, files } => self.on_inventory_reply(now, from, req, files),
-            HydfsMsg::Describe { req, name } => {
-                let meta = self.store.meta(&name);
+            HydfsMsg::Describe { req, name, needs } => {
+                let meta = self.describe(&name, &needs);
                 self.send(from, HydfsMsg::DescribeReply { req, meta });
             }
-            HydfsMsg::DescribeReply { req, meta } => self.on_describe_reply(now, from, req, meta),
+            // Request ids are unique per node across its server and client halves.
+            HydfsMsg::DescribeReply { req, meta } => {
+                if self.is_server_request(req) {
+                    self.on_describe_reply(now, from, req, meta)
+                } else {
+                    self.on_meta_reply(now, from, req, meta)
+                }
+            }
             HydfsMsg::Offer { meta } => self.on_offer(now, from, meta),
             HydfsMsg::Taken { name, hash } => self.on_taken(now, from, name, hash),
             HydfsMsg::Fetch { req, name, stamp, part } => self.on_fetch(now, from, req, name, stamp, part),
-            HydfsMsg::FetchReply { req, result } => self.on_fetch_reply(now, from, req, result),
+            HydfsMsg::FetchReply { req, result } => {
+                if self.is_server_request(req) {
+                    self.on_fetch_reply(now, from, req, result)
+                } else {
+                    self.on_part_reply(now, from, req, result)
+                }
+            }
             HydfsMsg::RemoteAppend { req, name, data } => self.on_remote_append(now, from, req, name, data),
-            HydfsMsg::WriteReply { req, result } => self.on_write_reply(now, from, req, result),
+            HydfsMsg::WriteReply { req, result, create } => {
+                self.on_write_reply(now, from, req, result, create)
+            }
+            HydfsMsg::Delete { req, name } => self.on_delete(now, from, req, name),
+            HydfsMsg::DeleteReply { req, result } => self.on_delete_reply(now, from, req, result),
+            HydfsMsg::Remove { req, name, create } => self.on_remove(now, from, req, name, create),
+            HydfsMsg::RemoveReply { req, result } => self.on_remove_reply(now, from, req, result),
             HydfsMsg::MergeReply { req, result } => self.on_merge_reply(now, from, req, result),
             HydfsMsg::ReadReply { req, result } => self.on_read_reply(now, from, req, result),
             HydfsMsg::StatReply { req, digest } => {

@@ -7,14 +7,17 @@
 //! * a coordinator acknowledges a write only when every replica of its current view answered;
 //! * one merge per file at a time on a coordinator; later requests queue behind it;
 //! * fetched bytes are checked against the write's declared CRC before they are stored;
+//! * a copy covered by a tombstone is never kept, absorbed, accepted or handed on, and its
+//!   holder is told (`Remove`) when one is met: in an inventory, a description, an offer or an
+//!   exists-check;
 //! * limits (each breach answered with a typed [`Refusal`] and counted): a request naming a file
 //!   longer than `max_name_bytes` reaches no handler; a coordinator takes at most
 //!   `max_transfers` writes and merges at once (more are refused as `Busy`: clients retry) and
 //!   refuses a new append to a file holding `max_pending_appends` pending appends.
 
-use super::message::{HydfsMsg, MergeSummary, Refusal, ReqId};
+use super::message::{HydfsMsg, MergeSummary, Needs, PartBytes, Refusal, ReqId};
 use super::store::{reconcile, FileRec, PartError};
-use super::types::{order_hash, FileDigest, FileMeta, Stamp, WriteKind, WriteMeta};
+use super::types::{order_hash, FileDigest, FileMeta, PartMeta, Stamp, WriteKind, WriteMeta};
 use super::{FileName, Hydfs, HydfsEvent, PlantedBug, StorageError};
 use crate::id::NodeAddr;
 use crate::time::Time;
@@ -69,6 +72,8 @@ struct CoordWrite {
     client_req: ReqId,
     name: FileName,
     write: WriteMeta,
+    /// The create of the file the write belongs to (its own stamp, for a create).
+    create: Option<Stamp>,
     inline: Option<Vec<u8>>,
     source: NodeAddr,
     acked: BTreeSet<NodeAddr>,
@@ -127,6 +132,8 @@ enum Accepted {
     Yes,
     /// A different create of the name is here.
     OtherCreate,
+    /// The file the write belongs to was deleted.
+    Deleted,
     StorageFailed(String),
 }
 
@@ -155,18 +162,40 @@ struct Outstanding {
     what: Pending,
 }
 
-enum Pending {
-    Replicate { op: u64 },
-    Collect { name: FileName },
-    Install { name: FileName },
-    Fetch { key: (FileName, Stamp, u32) },
+pub(super) enum Pending {
+    Replicate {
+        op: u64,
+    },
+    Collect {
+        name: FileName,
+    },
+    Install {
+        name: FileName,
+    },
+    Fetch {
+        key: (FileName, Stamp, u32),
+    },
     Inventory,
-    Describe { name: FileName },
-    Exists { op: u64 },
+    Describe {
+        name: FileName,
+    },
+    Exists {
+        op: u64,
+    },
+    /// A delete's `Remove` (its coordinator's operation number), or a one-way notice (`None`).
+    Remove {
+        op: Option<u64>,
+    },
 }
 
 impl Hydfs {
-    fn ask(&mut self, now: Time, to: NodeAddr, what: Pending, make: impl FnOnce(ReqId) -> HydfsMsg) -> ReqId {
+    pub(super) fn ask(
+        &mut self,
+        now: Time,
+        to: NodeAddr,
+        what: Pending,
+        make: impl FnOnce(ReqId) -> HydfsMsg,
+    ) -> ReqId {
         let req = self.req_id();
         let deadline = now + self.cfg.request_timeout;
         self.server.requests.insert(req, Outstanding { to, deadline, what });
@@ -174,7 +203,7 @@ impl Hydfs {
         req
     }
 
-    fn arm_retry(&mut self, now: Time) {
+    pub(super) fn arm_retry(&mut self, now: Time) {
         let at = now + self.cfg.retry_interval;
         self.server.retry_at = Some(self.server.retry_at.map_or(at, |t| t.min(at)));
     }
@@ -194,7 +223,9 @@ impl Hydfs {
     ) {
         let what = if write.kind == WriteKind::Create { "create" } else { "append" };
         self.handled(what, &name, from);
-        let refuse = |h: &mut Hydfs, r: Refusal| h.send(from, HydfsMsg::WriteReply { req, result: Err(r) });
+        let refuse = |h: &mut Hydfs, r: Refusal| {
+            h.send(from, HydfsMsg::WriteReply { req, result: Err(r), create: None })
+        };
         if write.len() > self.cfg.max_write_bytes {
             return refuse(self, Refusal::TooLarge { limit: self.cfg.max_write_bytes });
         }
@@ -218,6 +249,9 @@ impl Hydfs {
             self.store.file(&name).and_then(|r| r.create.as_ref().map(|c| c.stamp)).or(in_flight_create);
         match write.kind {
             WriteKind::Create => {
+                if self.tombstones.contains(&name, write.stamp) {
+                    return refuse(self, Refusal::Deleted); // a retry of a create since deleted
+                }
                 if existing.is_some_and(|s| s != write.stamp) && !self.cfg.bug(PlantedBug::CreateNotExclusive)
                 {
                     return refuse(self, Refusal::AlreadyExists);
@@ -247,9 +281,11 @@ impl Hydfs {
         if let Some(limit) = self.at_transfer_limit() {
             return refuse(self, Refusal::Busy { limit });
         }
-        match self.accept_write(now, &name, &write, inline.as_deref(), &[source]) {
+        let create = if write.kind == WriteKind::Create { Some(write.stamp) } else { existing };
+        match self.accept_write(now, &name, &write, inline.as_deref(), &[source], create) {
             Accepted::Yes => {}
             Accepted::OtherCreate => return refuse(self, Refusal::AlreadyExists),
+            Accepted::Deleted => return refuse(self, Refusal::Deleted),
             Accepted::StorageFailed(why) => {
                 return refuse(self, Refusal::StorageFailed(format!("{}: {why}", self.me)))
             }
@@ -276,6 +312,7 @@ impl Hydfs {
                 client_req: req,
                 name,
                 write,
+                create,
                 inline,
                 source,
                 acked: BTreeSet::new(),
@@ -314,7 +351,9 @@ impl Hydfs {
             | HydfsMsg::RemoteAppend { name, .. }
             | HydfsMsg::Describe { name, .. }
             | HydfsMsg::Taken { name, .. }
-            | HydfsMsg::Fetch { name, .. } => name,
+            | HydfsMsg::Fetch { name, .. }
+            | HydfsMsg::Delete { name, .. }
+            | HydfsMsg::Remove { name, .. } => name,
             HydfsMsg::Offer { meta } => &meta.name,
             _ => return false,
         };
@@ -325,7 +364,7 @@ impl Hydfs {
         self.stats.names_refused += 1;
         let no = Refusal::NameTooLong { len, limit };
         let reply = match *msg {
-            HydfsMsg::Write { req, .. } => HydfsMsg::WriteReply { req, result: Err(no) },
+            HydfsMsg::Write { req, .. } => HydfsMsg::WriteReply { req, result: Err(no), create: None },
             HydfsMsg::Replicate { req, .. } => HydfsMsg::ReplicateReply { req, result: Err(no) },
             HydfsMsg::Merge { req, .. } => HydfsMsg::MergeReply { req, result: Err(no) },
             HydfsMsg::Collect { req, .. } => HydfsMsg::CollectReply { req, result: Err(no) },
@@ -333,7 +372,9 @@ impl Hydfs {
             HydfsMsg::Read { req, .. } => HydfsMsg::ReadReply { req, result: Err(no) },
             HydfsMsg::Fetch { req, .. } => HydfsMsg::FetchReply { req, result: Err(no) },
             HydfsMsg::Stat { req, .. } => HydfsMsg::StatReply { req, digest: None },
-            HydfsMsg::Describe { req, .. } => HydfsMsg::DescribeReply { req, meta: None },
+            HydfsMsg::Describe { req, .. } => HydfsMsg::DescribeReply { req, meta: Err(no) },
+            HydfsMsg::Delete { req, .. } => HydfsMsg::DeleteReply { req, result: Err(no) },
+            HydfsMsg::Remove { req, .. } => HydfsMsg::RemoveReply { req, result: Err(no) },
             HydfsMsg::RemoteAppend { req, .. } => {
                 let result = Err(format!("{}: {no}", self.me));
                 HydfsMsg::RemoteAppendReply { req, result }
@@ -345,7 +386,7 @@ impl Hydfs {
     }
 
     /// Copies a write needs before its acknowledgement (between 1 and the replication factor).
-    fn min_copies(&self) -> usize {
+    pub(super) fn min_copies(&self) -> usize {
         self.cfg.min_copies.clamp(1, self.cfg.replication.max(1))
     }
 
@@ -356,7 +397,8 @@ impl Hydfs {
     }
 
     /// Records a write locally and starts fetching its parts (unless a different create of the
-    /// name is already here, or storage refused the inline bytes).
+    /// name is already here, the file it belongs to (`create`) was deleted, or storage refused
+    /// the inline bytes).
     fn accept_write(
         &mut self,
         now: Time,
@@ -364,7 +406,12 @@ impl Hydfs {
         write: &WriteMeta,
         inline: Option<&[u8]>,
         sources: &[NodeAddr],
+        create: Option<Stamp>,
     ) -> Accepted {
+        let of = if write.kind == WriteKind::Create { Some(write.stamp) } else { create };
+        if of.is_some_and(|c| self.tombstones.contains(name, c)) {
+            return Accepted::Deleted;
+        }
         let replace = self.cfg.bug(PlantedBug::CreateNotExclusive);
         let rec = self.store.file_mut(name);
         match write.kind {
@@ -397,13 +444,18 @@ impl Hydfs {
         }
         let targets = self.replicas(&w.name);
         let (name, write, inline, source) = (w.name.clone(), w.write.clone(), w.inline.clone(), w.source);
+        let create = if write.kind == WriteKind::Append {
+            w.create.and_then(|c| self.create_meta(&name, c))
+        } else {
+            None
+        };
         let to_ask: Vec<NodeAddr> = targets
             .iter()
             .copied()
             .filter(|t| *t != self.me && !w.acked.contains(t) && !w.asked.contains(t))
             .collect();
         for t in to_ask {
-            let (n, wr, inl) = (name.clone(), write.clone(), inline.clone());
+            let (n, wr, inl, cr) = (name.clone(), write.clone(), inline.clone(), create.clone());
             let sources = vec![self.me, source];
             self.ask(now, t, Pending::Replicate { op }, |req| HydfsMsg::Replicate {
                 req,
@@ -411,6 +463,7 @@ impl Hydfs {
                 write: wr,
                 inline: inl,
                 sources,
+                create: cr,
             });
             if let Some(w) = self.server.writes.get_mut(&op) {
                 w.asked.insert(t);
@@ -429,6 +482,7 @@ impl Hydfs {
         write: WriteMeta,
         inline: Option<Vec<u8>>,
         sources: Vec<NodeAddr>,
+        create: Option<WriteMeta>,
     ) {
         self.handled("replicate", &name, from);
         if write.len() > self.cfg.max_write_bytes || !self.parts_fit(&write) {
@@ -436,9 +490,21 @@ impl Hydfs {
             self.send(from, HydfsMsg::ReplicateReply { req, result: Err(Refusal::TooLarge { limit }) });
             return;
         }
-        let refusal = match self.accept_write(now, &name, &write, inline.as_deref(), &sources) {
-            Accepted::Yes => None,
+        let of = create.as_ref().map(|c| c.stamp);
+        let refusal = match self.accept_write(now, &name, &write, inline.as_deref(), &sources, of) {
+            Accepted::Yes => {
+                // An append reaching a replica that lacks its file's create (a replica new to
+                // the file): the create comes with it, and its bytes follow.
+                if let Some(c) = create.filter(|c| c.kind == WriteKind::Create) {
+                    if self.store.file(&name).is_some_and(|r| r.create.is_none()) {
+                        self.store.file_mut(&name).create = Some(c.clone());
+                        self.ensure_write(now, &name, &c, &sources, FetchClass::Repair);
+                    }
+                }
+                None
+            }
             Accepted::OtherCreate => Some(Refusal::AlreadyExists),
+            Accepted::Deleted => Some(Refusal::Deleted),
             Accepted::StorageFailed(why) => Some(Refusal::StorageFailed(format!("{}: {why}", self.me))),
         };
         if let Some(r) = refusal {
@@ -466,6 +532,15 @@ impl Hydfs {
             Ok(()) => {
                 w.acked.insert(from);
             }
+            Err(Refusal::Deleted) => {
+                // The replica holds the tombstone of the file this write belongs to: so does
+                // this node now (which fails the write).
+                let (name, create) = (w.name.clone(), w.create);
+                match create {
+                    Some(c) => self.apply_tombstone(now, &name, c),
+                    None => self.fail_write(op, Refusal::Deleted),
+                }
+            }
             Err(Refusal::AlreadyExists) => self.fail_write(op, Refusal::AlreadyExists),
             Err(Refusal::StorageFailed(why)) => self.fail_write(op, Refusal::StorageFailed(why)),
             Err(r @ Refusal::NameTooLong { .. }) => self.fail_write(op, r),
@@ -486,13 +561,20 @@ impl Hydfs {
         };
         let Some(w) = self.server.writes.get_mut(&op) else { return };
         w.checking.remove(&from);
-        let other = digest.and_then(|d| d.create).is_some_and(|c| c != w.write.stamp);
+        let theirs = digest.and_then(|d| d.create);
+        // A copy of a deleted file is no obstacle (and its holder is told to drop it).
+        let name = w.name.clone();
+        if let Some(c) = theirs.filter(|c| self.tombstones.contains(&name, *c)) {
+            self.tell_deleted(now, from, &name, c);
+        }
+        let Some(w) = self.server.writes.get_mut(&op) else { return };
+        let other = theirs.is_some_and(|c| c != w.write.stamp && !self.tombstones.contains(&w.name, c));
         if other && !self.cfg.bug(PlantedBug::CreateNotExclusive) {
             let w = self.server.writes.remove(&op).expect("present");
             self.abandon_create(&w.name, w.write.stamp);
             self.send(
                 w.client,
-                HydfsMsg::WriteReply { req: w.client_req, result: Err(Refusal::AlreadyExists) },
+                HydfsMsg::WriteReply { req: w.client_req, result: Err(Refusal::AlreadyExists), create: None },
             );
             return;
         }
@@ -514,6 +596,11 @@ impl Hydfs {
 
     pub(super) fn is_server_request(&self, req: ReqId) -> bool {
         self.server.requests.contains_key(&req)
+    }
+
+    /// Ends the wait for a server request's answer: where it went, and why it was sent.
+    pub(super) fn take_server_request(&mut self, req: ReqId) -> Option<(NodeAddr, Pending)> {
+        self.server.requests.remove(&req).map(|o| (o.to, o.what))
     }
 
     // ---- merges -------------------------------------------------------------------------------
@@ -802,6 +889,7 @@ impl Hydfs {
             self.ask(now, from, Pending::Describe { name: name.clone() }, |req| HydfsMsg::Describe {
                 req,
                 name: n,
+                needs: Vec::new(),
             });
             return;
         }
@@ -996,14 +1084,22 @@ impl Hydfs {
         stamp: Stamp,
         part: u32,
     ) {
+        let declared = self.store.part_meta(&name, stamp, part);
         let result = match self.store.read_part(&name, stamp, part) {
-            Ok(bytes) => Ok(serde_bytes::ByteBuf::from(bytes)),
+            Ok(bytes) => match declared {
+                Some(meta) => Ok(PartBytes { meta, bytes }),
+                None => Err(Refusal::NotFound),
+            },
             Err(PartError::Corrupt) => {
                 self.corruption(&name, stamp, part);
                 Err(Refusal::Corrupt)
             }
             Err(PartError::Missing) => match self.upload_part(&name, stamp, part) {
-                Some(Ok(bytes)) => Ok(serde_bytes::ByteBuf::from(bytes)),
+                Some(Ok(bytes)) => {
+                    let meta =
+                        self.upload_part_meta(&name, stamp, part).unwrap_or_else(|| PartMeta::of(&bytes));
+                    Ok(PartBytes { meta, bytes })
+                }
                 Some(Err(e)) => {
                     self.upload_failed(now, &name, stamp, e.clone());
                     Err(Refusal::Unavailable(e))
@@ -1020,7 +1116,7 @@ impl Hydfs {
         now: Time,
         _from: NodeAddr,
         req: ReqId,
-        result: Result<serde_bytes::ByteBuf, Refusal>,
+        result: Result<PartBytes, Refusal>,
     ) {
         let Some(Outstanding { what: Pending::Fetch { key }, .. }) = self.server.requests.remove(&req) else {
             return;
@@ -1032,7 +1128,15 @@ impl Hydfs {
         job.in_flight = None;
         let (part, for_merge) = (job.part, job.class == FetchClass::Merge);
         let (name, stamp, i) = key.clone();
-        if let Ok(bytes) = result {
+        if !self.store.file(&name).is_some_and(|r| r.contains(&stamp)) {
+            // The write left this node's index meanwhile (dropped, deleted, lost a create race):
+            // its bytes would be a block nothing points at.
+            self.server.fetches.remove(&key);
+            return self.pump_fetches(now);
+        }
+        // The bytes are checked against the metadata this node holds for the part (what the
+        // source declares is for clients, which have nothing else to check against).
+        if let Ok(PartBytes { bytes, .. }) = result {
             match self.store.put_part(&name, stamp, i, part, &bytes) {
                 Ok(true) => {
                     self.server.fetches.remove(&key);
@@ -1103,13 +1207,93 @@ impl Hydfs {
         self.server.fetches.retain(|(n, s, _), _| !hit(n, *s));
     }
 
+    /// The metadata of the create `stamp` of `name`: from this node's copy, or from a create it
+    /// coordinates.
+    fn create_meta(&self, name: &FileName, stamp: Stamp) -> Option<WriteMeta> {
+        let stored = self.store.file(name).and_then(|r| r.create.clone()).filter(|c| c.stamp == stamp);
+        stored.or_else(|| {
+            self.server
+                .writes
+                .values()
+                .find(|w| &w.name == name && w.write.stamp == stamp)
+                .map(|w| w.write.clone())
+        })
+    }
+
+    /// This node dropped its copy of `name`, the file created by `create` (deleted): the work
+    /// on that copy ends now. Writes of that file it coordinates, merges, installs and replica
+    /// answers waiting for its writes are refused as `Deleted`; fetches, local copies, offers
+    /// and hand-off state of the name are forgotten.
+    pub(super) fn forget_file_work(&mut self, now: Time, name: &FileName, create: Stamp) {
+        let ops: Vec<u64> = self
+            .server
+            .writes
+            .iter()
+            .filter(|(_, w)| &w.name == name && w.create.is_none_or(|c| c == create))
+            .map(|(op, _)| *op)
+            .collect();
+        for op in ops {
+            self.fail_write(op, Refusal::Deleted);
+        }
+        let held = |h: &Hydfs, s: &Stamp| h.store.file(name).is_some_and(|r| r.contains(s));
+        let waits = std::mem::take(&mut self.server.replica_waits);
+        for w in waits {
+            if &w.name == name && !held(self, &w.stamp) {
+                self.send(w.reply_to, HydfsMsg::ReplicateReply { req: w.req, result: Err(Refusal::Deleted) });
+            } else {
+                self.server.replica_waits.push(w);
+            }
+        }
+        if self.store.file(name).is_none() {
+            if let Some(m) = self.server.merges.remove(name) {
+                self.send(
+                    m.client,
+                    HydfsMsg::MergeReply { req: m.client_req, result: Err(Refusal::Deleted) },
+                );
+            }
+            for (client, req, _) in self.server.merge_queue.remove(name).unwrap_or_default() {
+                self.send(client, HydfsMsg::MergeReply { req, result: Err(Refusal::Deleted) });
+            }
+            let installs = std::mem::take(&mut self.server.installs);
+            for w in installs {
+                if &w.name == name {
+                    self.send(
+                        w.reply_to,
+                        HydfsMsg::InstallReply { req: w.req, result: Err(Refusal::Deleted) },
+                    );
+                } else {
+                    self.server.installs.push(w);
+                }
+            }
+            self.server.offers_in.retain(|o| &o.meta.name != name);
+            self.server.offers_taken.remove(name);
+            self.server.install_bytes.remove(name);
+        }
+        let gone = |h: &Hydfs, (n, s, _): &(FileName, Stamp, u32)| n == name && !held(h, s);
+        let fetches: Vec<(FileName, Stamp, u32)> =
+            self.server.fetches.keys().filter(|k| gone(self, k)).cloned().collect();
+        for k in fetches {
+            self.server.fetches.remove(&k);
+        }
+        let copies: Vec<(FileName, Stamp, u32)> =
+            self.server.local_copies.iter().filter(|k| gone(self, k)).cloned().collect();
+        for k in copies {
+            self.server.local_copies.remove(&k);
+        }
+        let store = &self.store;
+        self.server
+            .incomplete_since
+            .retain(|(n, s), _| n != name || store.file(n).is_some_and(|r| r.contains(s)));
+        self.pump_fetches(now);
+    }
+
     /// Ends a coordinated write with `why`, releasing the name if it was a create.
-    fn fail_write(&mut self, op: u64, why: Refusal) {
+    pub(super) fn fail_write(&mut self, op: u64, why: Refusal) {
         let Some(w) = self.server.writes.remove(&op) else { return };
         if w.write.kind == WriteKind::Create {
             self.abandon_create(&w.name, w.write.stamp);
         }
-        self.send(w.client, HydfsMsg::WriteReply { req: w.client_req, result: Err(why) });
+        self.send(w.client, HydfsMsg::WriteReply { req: w.client_req, result: Err(why), create: None });
     }
 
     pub(super) fn storage_failed(&mut self, why: &str) {
@@ -1127,7 +1311,7 @@ impl Hydfs {
         name: FileName,
         offset: u64,
         view: Option<u64>,
-        needs: Vec<Stamp>,
+        needs: Vec<Needs>,
     ) {
         if offset == 0 {
             self.handled("get", &name, from);
@@ -1141,15 +1325,13 @@ impl Hydfs {
         name: &FileName,
         offset: u64,
         view: Option<u64>,
-        needs: &[Stamp],
+        needs: &[Needs],
     ) -> Result<super::message::ReadChunk, Refusal> {
         let Some(mut meta) = self.store.meta(name) else { return Err(Refusal::NotFound) };
         if meta.create.is_none() {
             return Err(Refusal::NotFound);
         }
-        let present: BTreeSet<Stamp> =
-            meta.all_writes().map(|w| w.stamp).filter(|s| !meta.incomplete.contains(s)).collect();
-        if needs.iter().any(|s| !present.contains(s)) {
+        if self.misses(&meta, needs) {
             return Err(Refusal::Behind);
         }
         // Pending appends still arriving are not part of this copy yet; a merged part that is
@@ -1195,6 +1377,27 @@ impl Hydfs {
         Ok(super::message::ReadChunk { view: id, total_len: total, writes, offset, bytes })
     }
 
+    /// Whether this node's copy `meta` lacks (or has not complete) a write a client needs.
+    /// Writes of a file this node holds the tombstone of are needed no more.
+    fn misses(&self, meta: &FileMeta, needs: &[Needs]) -> bool {
+        let mut needed = needs.iter().filter(|n| !self.tombstones.contains(&meta.name, n.create)).peekable();
+        if needed.peek().is_none() {
+            return false;
+        }
+        let present: BTreeSet<Stamp> =
+            meta.all_writes().map(|w| w.stamp).filter(|s| !meta.incomplete.contains(s)).collect();
+        needed.any(|n| n.writes.iter().any(|s| !present.contains(s)))
+    }
+
+    /// This node's whole view of a file, for anti-entropy (no `needs`) and for clients.
+    pub(super) fn describe(&self, name: &FileName, needs: &[Needs]) -> Result<FileMeta, Refusal> {
+        let meta = self.store.meta(name).ok_or(Refusal::NotFound)?;
+        if self.misses(&meta, needs) {
+            return Err(Refusal::Behind);
+        }
+        Ok(meta)
+    }
+
     fn chunk_bytes_for_reads(&self) -> usize {
         if self.cfg.bug(PlantedBug::UnchunkedTransfers) {
             usize::MAX >> 1
@@ -1208,6 +1411,7 @@ impl Hydfs {
     pub(super) fn anti_entropy(&mut self, now: Time) {
         self.scrub();
         self.drop_orphans(now);
+        self.tombstones.expire(now);
         if self.ring.len() <= 1 || !self.ring.contains(self.me) {
             return;
         }
@@ -1285,6 +1489,9 @@ impl Hydfs {
                 self.stats.names_refused += 1;
                 continue;
             }
+            if self.refuse_deleted_copy(now, from, &name, digest.create) {
+                continue;
+            }
             if !self.replicas(&name).contains(&self.me) {
                 continue;
             }
@@ -1299,7 +1506,11 @@ impl Hydfs {
                 .any(|r| matches!(&r.what, Pending::Describe { name: n } if *n == name));
             if !busy {
                 let n = name.clone();
-                self.ask(now, from, Pending::Describe { name }, |req| HydfsMsg::Describe { req, name: n });
+                self.ask(now, from, Pending::Describe { name }, |req| HydfsMsg::Describe {
+                    req,
+                    name: n,
+                    needs: Vec::new(),
+                });
             }
         }
     }
@@ -1309,19 +1520,23 @@ impl Hydfs {
         now: Time,
         from: NodeAddr,
         req: ReqId,
-        meta: Option<FileMeta>,
+        meta: Result<FileMeta, Refusal>,
     ) {
         if self.server.requests.remove(&req).is_none() {
             return;
         }
-        if let Some(meta) = meta {
+        if let Ok(meta) = meta {
             self.absorb(now, from, &meta);
         }
     }
 
-    /// Reconciles a peer's view of a file into ours and fetches what we lack from it.
-    fn absorb(&mut self, now: Time, from: NodeAddr, meta: &FileMeta) {
+    /// Reconciles a peer's view of a file into ours and fetches what we lack from it, unless it
+    /// is a copy of a deleted file (whose holder is then told so). Returns whether it did.
+    fn absorb(&mut self, now: Time, from: NodeAddr, meta: &FileMeta) -> bool {
         let name = &meta.name;
+        if self.refuse_deleted_copy(now, from, name, meta.create.as_ref().map(|c| c.stamp)) {
+            return false;
+        }
         let rec: FileRec = reconcile(self.store.file(name), meta);
         self.store.set_file(name, rec.clone());
         let mut sources = vec![from];
@@ -1335,13 +1550,34 @@ impl Hydfs {
                 self.ensure_write(now, name, w, &srcs, FetchClass::Repair);
             }
         }
+        true
+    }
+
+    /// If a copy of `name` created by `create` held by `holder` is covered by a tombstone here,
+    /// tells the holder to drop it and returns true.
+    fn refuse_deleted_copy(
+        &mut self,
+        now: Time,
+        holder: NodeAddr,
+        name: &FileName,
+        create: Option<Stamp>,
+    ) -> bool {
+        if !self.tombstones.covers(name, create) {
+            return false;
+        }
+        if let Some(stamp) = self.tombstones.for_copy(name, create) {
+            self.tell_deleted(now, holder, name, stamp);
+        }
+        true
     }
 
     pub(super) fn on_offer(&mut self, now: Time, from: NodeAddr, meta: FileMeta) {
         if !self.replicas(&meta.name).contains(&self.me) || self.cfg.bug(PlantedBug::NoReReplication) {
             return;
         }
-        self.absorb(now, from, &meta);
+        if !self.absorb(now, from, &meta) {
+            return; // a copy of a deleted file: its holder drops it instead of handing it over
+        }
         let hash = meta.digest().hash;
         if !self.server.offers_in.iter().any(|o| o.from == from && o.meta.digest().hash == hash) {
             let until = now + self.cfg.request_timeout;
@@ -1387,6 +1623,7 @@ impl Hydfs {
         for taken in self.server.offers_taken.values_mut() {
             taken.retain(|a, _| !gone.contains(a));
         }
+        self.forget_delete_answers(gone);
     }
 
     pub(super) fn on_ring_changed(&mut self, now: Time) {
@@ -1433,14 +1670,21 @@ impl Hydfs {
                 let why = format!("replicas did not confirm the write within {allowed}");
                 self.send(
                     w.client,
-                    HydfsMsg::WriteReply { req: w.client_req, result: Err(Refusal::Unavailable(why)) },
+                    HydfsMsg::WriteReply {
+                        req: w.client_req,
+                        result: Err(Refusal::Unavailable(why)),
+                        create: None,
+                    },
                 );
                 continue;
             }
             // Replicas that left the ring are no longer waited for; new ones are asked.
-            let (name, write, source) = (w.name.clone(), w.write.clone(), w.source);
+            let (name, write, source, create) = (w.name.clone(), w.write.clone(), w.source, w.create);
             if !self.store.file(&name).is_some_and(|r| r.contains(&write.stamp)) {
-                self.accept_write(now, &name, &write, None, &[source]);
+                if let Accepted::Deleted = self.accept_write(now, &name, &write, None, &[source], create) {
+                    self.fail_write(op, Refusal::Deleted);
+                    continue;
+                }
             } else {
                 let mut sources = vec![source];
                 sources.extend(self.replicas(&name));
@@ -1494,7 +1738,8 @@ impl Hydfs {
             self.send_installs(now, &name);
             self.advance_merge(now, &name);
         }
-        if !self.server.writes.is_empty() || !self.server.merges.is_empty() {
+        self.retry_deletes(now);
+        if !self.server.writes.is_empty() || !self.server.merges.is_empty() || self.deletes_running() {
             self.arm_retry(now);
         }
     }
@@ -1535,6 +1780,7 @@ impl Hydfs {
                 }
                 self.drive_write(now, op);
             }
+            Pending::Remove { op } => self.remove_failed(now, op, r.to),
             Pending::Inventory | Pending::Describe { .. } => {}
         }
     }
@@ -1615,7 +1861,11 @@ impl Hydfs {
             if done {
                 let w = self.server.writes.remove(&op).expect("present");
                 let replicas: Vec<NodeAddr> = targets.into_iter().filter(|t| w.acked.contains(t)).collect();
-                self.send(w.client, HydfsMsg::WriteReply { req: w.client_req, result: Ok(replicas.clone()) });
+                let create = w.create;
+                self.send(
+                    w.client,
+                    HydfsMsg::WriteReply { req: w.client_req, result: Ok(replicas.clone()), create },
+                );
                 self.events.push_back(HydfsEvent::WriteCommitted {
                     name: w.name,
                     stamp: w.write.stamp,
@@ -1655,6 +1905,8 @@ impl Hydfs {
                 self.server.offers_in.push(o);
             }
         }
+        // Deletes every replica has answered.
+        self.progress_deletes(now);
         // Merges waiting for parts.
         let names: Vec<FileName> = self.server.merges.keys().cloned().collect();
         for name in names {

@@ -43,6 +43,17 @@ pub struct MemStorage {
     blobs: BTreeMap<BlobId, Vec<u8>>,
 }
 
+impl MemStorage {
+    /// Blocks stored now.
+    pub fn len(&self) -> usize {
+        self.blobs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.blobs.is_empty()
+    }
+}
+
 impl Storage for MemStorage {
     fn put(&mut self, blob: BlobId, data: &[u8]) -> Result<(), StorageError> {
         self.blobs.insert(blob, data.to_vec());

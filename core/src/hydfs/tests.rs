@@ -49,6 +49,9 @@ struct Net {
     disks: Vec<FlakyStorage>,
     now: Time,
     done: Vec<(usize, OpId, Result<OpOutput, HydfsError>)>,
+    /// Nodes that are unreachable: a message to one fails at once (its sender is told), and
+    /// they handle no timers.
+    down: std::collections::BTreeSet<usize>,
 }
 
 fn addr(i: usize) -> NodeAddr {
@@ -73,7 +76,7 @@ impl Net {
                 (0..n).filter(|j| *j != i).map(|j| MemberId::new(addr(j), 1)).collect();
             node.set_members(Time(0), Some(MemberId::new(addr(i), 1)), others);
         }
-        Net { nodes, disks, now: Time(0), done: Vec::new() }
+        Net { nodes, disks, now: Time(0), done: Vec::new(), down: Default::default() }
     }
 
     fn settle(&mut self) {
@@ -83,7 +86,11 @@ impl Net {
                 while let Some((to, msg)) = self.nodes[i].poll_outgoing() {
                     moved = true;
                     let j = (0..self.nodes.len()).find(|j| addr(*j) == to).expect("known node");
-                    self.nodes[j].handle_message(self.now, MemberId::new(addr(i), 1), msg);
+                    if self.down.contains(&j) {
+                        self.nodes[i].handle_send_failed(self.now, to);
+                    } else {
+                        self.nodes[j].handle_message(self.now, MemberId::new(addr(i), 1), msg);
+                    }
                 }
                 while let Some(e) = self.nodes[i].poll_event() {
                     if let HydfsEvent::OpDone { op, result } = e {
@@ -106,8 +113,10 @@ impl Net {
                 return self.done.remove(k).2;
             }
             let now = self.now;
-            for n in self.nodes.iter_mut().filter(|n| n.poll_timeout().is_some_and(|t| t <= now)) {
-                n.handle_timeout(now);
+            for (i, n) in self.nodes.iter_mut().enumerate() {
+                if !self.down.contains(&i) && n.poll_timeout().is_some_and(|t| t <= now) {
+                    n.handle_timeout(now);
+                }
             }
         }
         panic!("operation did not finish");
@@ -115,10 +124,17 @@ impl Net {
 
     fn tick(&mut self, ms: u64) {
         self.now = self.now + Millis(ms);
-        for n in &mut self.nodes {
-            n.handle_timeout(self.now);
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            if !self.down.contains(&i) {
+                n.handle_timeout(self.now);
+            }
         }
         self.settle();
+    }
+
+    /// The index of the node at `a`.
+    fn index(&self, a: NodeAddr) -> usize {
+        (0..self.nodes.len()).find(|j| addr(*j) == a).expect("known node")
     }
 }
 
@@ -280,7 +296,7 @@ fn oversized_parts_from_a_peer_are_refused() {
     let mut net = Net::new(3);
     let me = addr(0);
     let stamp = Stamp { ts: 1, client: MemberId::new(me, 1), seq: 1 };
-    let write = WriteMeta { stamp, kind: WriteKind::Create, parts: vec![PartMeta { len: 4096, crc: 0 }] };
+    let write = WriteMeta { stamp, kind: WriteKind::Create, parts: vec![PartMeta::of(&[b'x'; 4096])] };
     let target = net.nodes[0].replicas(&name("x"))[0];
     let j = (0..3).find(|j| addr(*j) == target).unwrap();
     net.nodes[j].handle_message(
@@ -290,7 +306,7 @@ fn oversized_parts_from_a_peer_are_refused() {
     );
     let reply = std::iter::from_fn(|| net.nodes[j].poll_outgoing()).find(|(to, _)| *to == me);
     match reply {
-        Some((_, HydfsMsg::WriteReply { req: 9, result: Err(Refusal::TooLarge { .. }) })) => {}
+        Some((_, HydfsMsg::WriteReply { req: 9, result: Err(Refusal::TooLarge { .. }), .. })) => {}
         other => panic!("expected a TooLarge refusal, got {other:?}"),
     }
     assert!(net.nodes[j].store().file(&name("x")).is_none(), "nothing recorded");
@@ -324,7 +340,7 @@ fn settle_capturing(net: &mut Net, client: usize, req: ReqId) -> Vec<Result<Vec<
             while let Some((to, msg)) = net.nodes[i].poll_outgoing() {
                 moved = true;
                 match msg {
-                    HydfsMsg::WriteReply { req: r, result } if to == addr(client) && r == req => {
+                    HydfsMsg::WriteReply { req: r, result, .. } if to == addr(client) && r == req => {
                         replies.push(result)
                     }
                     msg => {
@@ -621,4 +637,464 @@ fn appends_over_the_pending_limit_are_refused_until_a_merge() {
     assert!(net.run(2, ClientOp::Merge { name: f.clone() }).is_ok());
     assert!(net.run(1, ClientOp::Append { name: f.clone(), data: b"after".to_vec() }).is_ok());
     assert_eq!(content(net.run(2, ClientOp::Get { name: f })), b"\x00\x01\x02after");
+}
+
+// ---- metadata and part reads (streaming readers) ---------------------------------------------
+
+/// Lines of text, `n` bytes in all: parts of 1 KiB cut lines in the middle.
+fn lines(n: usize, tag: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while out.len() < n {
+        out.extend_from_slice(format!("{tag} line {i}\n").as_bytes());
+        i += 1;
+    }
+    out.truncate(n);
+    out
+}
+
+fn written(r: Result<OpOutput, HydfsError>) -> Stamp {
+    match r {
+        Ok(OpOutput::Written { stamp, .. }) => stamp,
+        other => panic!("expected a write, got {other:?}"),
+    }
+}
+
+fn meta_of(r: Result<OpOutput, HydfsError>) -> (FileMeta, NodeAddr) {
+    match r {
+        Ok(OpOutput::Meta { meta, from, .. }) => (meta, from),
+        other => panic!("expected metadata, got {other:?}"),
+    }
+}
+
+fn part_of(r: Result<OpOutput, HydfsError>) -> (Vec<u8>, NodeAddr) {
+    match r {
+        Ok(OpOutput::Part { bytes, from, .. }) => (bytes, from),
+        other => panic!("expected a part, got {other:?}"),
+    }
+}
+
+/// A node that is not one of `f`'s replicas.
+fn outsider(net: &Net, f: &FileName) -> usize {
+    let replicas = net.nodes[0].replicas(f);
+    (0..net.nodes.len()).find(|i| !replicas.contains(&addr(*i))).expect("more nodes than replicas")
+}
+
+#[test]
+fn meta_lists_every_write_with_its_parts_in_file_order() {
+    let mut net = Net::new(5);
+    let f = name("m");
+    let (base, one, two) = (lines(3000, "base"), lines(700, "one"), lines(1500, "two"));
+    let created = written(net.run(0, ClientOp::Create { name: f.clone(), data: base.clone() }));
+    net.now = Time(100);
+    let merged = written(net.run(1, ClientOp::Append { name: f.clone(), data: one.clone() }));
+    assert!(net.run(2, ClientOp::Merge { name: f.clone() }).is_ok());
+    net.now = Time(200);
+    let pending = written(net.run(3, ClientOp::Append { name: f.clone(), data: two.clone() }));
+    let (meta, from) = meta_of(net.run(4, ClientOp::Meta { name: f.clone() }));
+    assert!(net.nodes[4].replicas(&f).contains(&from), "served by a replica");
+    assert_eq!(meta.create.as_ref().map(|c| c.stamp), Some(created));
+    assert_eq!(meta.merged.iter().map(|w| w.stamp).collect::<Vec<_>>(), vec![merged]);
+    assert_eq!(meta.pending.iter().map(|w| w.stamp).collect::<Vec<_>>(), vec![pending]);
+    assert!(meta.incomplete.is_empty());
+    assert_eq!(meta.create.as_ref().unwrap().parts.len(), 3, "3000 bytes in parts of 1 KiB");
+    // Line positions from metadata alone agree with the file's bytes.
+    let whole = content(net.run(4, ClientOp::Get { name: f.clone() }));
+    assert_eq!(whole, [base, one, two].concat());
+    assert_eq!(meta.len(), whole.len() as u64);
+    for p in meta.part_positions() {
+        let before = &whole[..p.offset as usize];
+        assert_eq!(p.newlines_before, before.iter().filter(|b| **b == b'\n').count() as u64);
+        assert_eq!(p.starts_line, before.is_empty() || before.ends_with(b"\n"));
+    }
+}
+
+#[test]
+fn meta_of_a_file_no_replica_holds_is_not_found() {
+    let mut net = Net::new(4);
+    assert_eq!(
+        net.run(0, ClientOp::Meta { name: name("nothing") }),
+        Err(HydfsError::NotFound(name("nothing")))
+    );
+}
+
+#[test]
+fn meta_skips_a_copy_that_misses_an_acknowledged_write() {
+    let mut net = Net::new(5);
+    let f = name("ryw");
+    let replicas = net.nodes[0].replicas(&f);
+    let primary = net.index(replicas[0]);
+    let writer = outsider(&net, &f);
+    let reader = (0..5).find(|i| *i != writer && !replicas.contains(&addr(*i))).expect("a second outsider");
+    assert!(net.run(writer, ClientOp::Create { name: f.clone(), data: b"base\n".to_vec() }).is_ok());
+    net.now = Time(100);
+    let mine = written(net.run(writer, ClientOp::Append { name: f.clone(), data: b"mine\n".to_vec() }));
+    // The primary loses the append (as if it had not received it yet).
+    let mut rec = net.nodes[primary].store.file(&f).cloned().unwrap();
+    rec.pending.remove(&mine);
+    net.nodes[primary].store.set_file(&f, rec);
+    let (meta, from) = meta_of(net.run(writer, ClientOp::Meta { name: f.clone() }));
+    assert_ne!(from, replicas[0], "the writer does not accept a copy without its append");
+    assert!(meta.all_writes().any(|w| w.stamp == mine));
+    // Another client, which had nothing acknowledged, takes the primary's copy as it is.
+    let (meta, from) = meta_of(net.run(reader, ClientOp::Meta { name: f.clone() }));
+    assert_eq!(from, replicas[0]);
+    assert!(!meta.all_writes().any(|w| w.stamp == mine));
+}
+
+#[test]
+fn meta_leaves_out_pending_appends_still_arriving_and_fails_over_from_a_down_replica() {
+    let mut net = Net::new(5);
+    let f = name("arriving");
+    let replicas = net.nodes[0].replicas(&f);
+    let reader = outsider(&net, &f);
+    assert!(net.run(0, ClientOp::Create { name: f.clone(), data: b"base\n".to_vec() }).is_ok());
+    // An append the primary knows of but holds no bytes for.
+    let primary = net.index(replicas[0]);
+    let ghost = WriteMeta::describe(
+        Stamp { ts: 50, client: MemberId::new(addr(9), 1), seq: 1 },
+        WriteKind::Append,
+        b"not here yet",
+        1024,
+    );
+    net.nodes[primary].store.file_mut(&f).pending.insert(ghost.stamp, ghost.clone());
+    let (meta, from) = meta_of(net.run(reader, ClientOp::Meta { name: f.clone() }));
+    assert_eq!(from, replicas[0]);
+    assert!(meta.pending.is_empty() && meta.incomplete.is_empty(), "{meta:?}");
+    net.down.insert(primary);
+    let (_, from) = meta_of(net.run(reader, ClientOp::Meta { name: f.clone() }));
+    assert_eq!(from, replicas[1], "the next replica in ring order answers");
+}
+
+#[test]
+fn a_replica_reads_a_part_from_its_own_storage_without_a_message() {
+    let mut net = Net::new(5);
+    let f = name("local");
+    let data = lines(2500, "x");
+    let stamp = written(net.run(0, ClientOp::Create { name: f.clone(), data: data.clone() }));
+    let r = net.index(net.nodes[0].replicas(&f)[1]);
+    let op =
+        net.nodes[r].submit(net.now, ClientOp::ReadPart { name: f.clone(), stamp, part: 1, prefer: None });
+    let op = op.unwrap();
+    assert!(net.nodes[r].out.is_empty(), "nothing was sent");
+    match net.nodes[r].poll_event() {
+        Some(HydfsEvent::OpDone { op: done, result }) => {
+            assert_eq!(done, op);
+            let (bytes, from) = part_of(result);
+            assert_eq!((bytes.as_slice(), from), (&data[1024..2048], addr(r)));
+        }
+        other => panic!("expected the answer at once, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_part_is_read_from_the_preferred_node_first_then_from_the_replicas() {
+    let mut net = Net::new(6);
+    let f = name("parts");
+    let data = lines(3000, "p");
+    let stamp = written(net.run(0, ClientOp::Create { name: f.clone(), data: data.clone() }));
+    let replicas = net.nodes[0].replicas(&f);
+    let reader = outsider(&net, &f);
+    let other = (0..6).find(|i| *i != reader && !replicas.contains(&addr(*i))).expect("a second outsider");
+    let read = |net: &mut Net, prefer: Option<NodeAddr>| {
+        part_of(net.run(reader, ClientOp::ReadPart { name: f.clone(), stamp, part: 2, prefer }))
+    };
+    let (bytes, from) = read(&mut net, Some(replicas[2]));
+    assert_eq!((bytes.as_slice(), from), (&data[2048..], replicas[2]));
+    assert_eq!(read(&mut net, None).1, replicas[0], "without a preference: ring order");
+    // A preferred node that lacks the part, or is down: the replicas serve it.
+    assert_eq!(read(&mut net, Some(addr(other))).1, replicas[0]);
+    net.down.insert(net.index(replicas[2]));
+    let (bytes, from) = read(&mut net, Some(replicas[2]));
+    assert_eq!((bytes.as_slice(), from), (&data[2048..], replicas[0]));
+    net.down.insert(net.index(replicas[0]));
+    assert_eq!(read(&mut net, Some(replicas[2])).1, replicas[1]);
+}
+
+#[test]
+fn a_part_whose_bytes_do_not_match_its_metadata_is_never_returned() {
+    let mut net = Net::new(5);
+    let f = name("rot");
+    let data = lines(2000, "r");
+    let stamp = written(net.run(0, ClientOp::Create { name: f.clone(), data: data.clone() }));
+    let replicas = net.nodes[0].replicas(&f);
+    let bad = net.index(replicas[1]);
+    // The replica's block rots, and (as a broken node would) it serves it unchecked.
+    net.nodes[bad].store.verify = false;
+    let blob = net.nodes[bad].store.write_blobs(&f, stamp).unwrap()[0];
+    let mut rotten = data[..1024].to_vec();
+    rotten[10] ^= 1;
+    net.disks[bad].inner.lock().unwrap().0.put(blob, &rotten).unwrap();
+    let reader = outsider(&net, &f);
+    let (bytes, from) = part_of(
+        net.run(reader, ClientOp::ReadPart { name: f.clone(), stamp, part: 0, prefer: Some(replicas[1]) }),
+    );
+    assert_eq!((bytes.as_slice(), from), (&data[..1024], replicas[0]));
+    // Read on the broken replica itself: its local bytes are refused as well.
+    let (bytes, from) =
+        part_of(net.run(bad, ClientOp::ReadPart { name: f.clone(), stamp, part: 0, prefer: None }));
+    assert_eq!(bytes.as_slice(), &data[..1024]);
+    assert_ne!(from, replicas[1]);
+}
+
+#[test]
+fn a_part_no_node_holds_is_not_found() {
+    let mut net = Net::new(4);
+    let f = name("some");
+    let stamp = written(net.run(0, ClientOp::Create { name: f.clone(), data: b"x\n".to_vec() }));
+    let other = Stamp { seq: stamp.seq + 7, ..stamp };
+    assert_eq!(
+        net.run(1, ClientOp::ReadPart { name: f.clone(), stamp: other, part: 0, prefer: None }),
+        Err(HydfsError::NotFound(f.clone()))
+    );
+    assert_eq!(
+        net.run(1, ClientOp::ReadPart { name: f.clone(), stamp, part: 3, prefer: None }),
+        Err(HydfsError::NotFound(f))
+    );
+}
+
+// ---- deletes -----------------------------------------------------------------------------------
+
+fn deleted(r: Result<OpOutput, HydfsError>) -> (Stamp, Vec<NodeAddr>) {
+    match r {
+        Ok(OpOutput::Deleted { create, replicas, .. }) => (create, replicas),
+        other => panic!("expected a delete, got {other:?}"),
+    }
+}
+
+impl Net {
+    fn blocks(&self, i: usize) -> usize {
+        self.disks[i].inner.lock().unwrap().0.len()
+    }
+
+    /// Gives every node (except those in `out`) a view of the members not in `out`.
+    fn view_without(&mut self, out: &[usize]) {
+        let n = self.nodes.len();
+        for i in (0..n).filter(|i| !out.contains(i)) {
+            let others: Vec<MemberId> =
+                (0..n).filter(|j| *j != i && !out.contains(j)).map(|j| MemberId::new(addr(j), 1)).collect();
+            self.nodes[i].set_members(self.now, Some(MemberId::new(addr(i), 1)), others);
+        }
+    }
+}
+
+#[test]
+fn a_delete_drops_every_copy_and_frees_its_blocks_and_a_new_create_is_a_new_file() {
+    let mut net = Net::new(5);
+    let f = name("gone");
+    let created = written(net.run(0, ClientOp::Create { name: f.clone(), data: lines(3000, "old") }));
+    net.now = Time(100);
+    assert!(net.run(1, ClientOp::Append { name: f.clone(), data: lines(1500, "old+") }).is_ok());
+    assert!(net.run(2, ClientOp::Merge { name: f.clone() }).is_ok());
+    net.now = Time(200);
+    assert!(net.run(3, ClientOp::Append { name: f.clone(), data: b"pending\n".to_vec() }).is_ok());
+    assert!((0..5).map(|i| net.blocks(i)).sum::<usize>() >= 3 * 6, "every replica holds the parts");
+    let (create, replicas) = deleted(net.run(4, ClientOp::Delete { name: f.clone() }));
+    assert_eq!(create, created);
+    assert_eq!(replicas.len(), 3);
+    for i in 0..5 {
+        assert!(net.nodes[i].store().file(&f).is_none(), "node {i} still holds the file");
+        assert_eq!(net.blocks(i), 0, "node {i} still holds blocks");
+    }
+    for r in &replicas {
+        assert!(net.nodes[net.index(*r)].tombstones().contains(&f, created), "{r} keeps the tombstone");
+    }
+    assert_eq!(net.run(1, ClientOp::Get { name: f.clone() }), Err(HydfsError::NotFound(f.clone())));
+    assert_eq!(net.run(1, ClientOp::Meta { name: f.clone() }), Err(HydfsError::NotFound(f.clone())));
+    assert_eq!(net.run(2, ClientOp::Ls { name: f.clone() }), Err(HydfsError::NotFound(f.clone())));
+    assert_eq!(
+        net.run(3, ClientOp::Append { name: f.clone(), data: b"late\n".to_vec() }),
+        Err(HydfsError::NotFound(f.clone()))
+    );
+    // The name is free again, and the new file holds nothing of the old one.
+    net.now = Time(300);
+    let again = written(net.run(2, ClientOp::Create { name: f.clone(), data: b"new\n".to_vec() }));
+    assert_ne!(again, created);
+    // Clients that had writes of the old file acknowledged read the new one (they do not wait
+    // for writes of a deleted file).
+    for i in [1, 3] {
+        assert_eq!(content(net.run(i, ClientOp::Get { name: f.clone() })), b"new\n", "client {i}");
+        assert!(net.run(i, ClientOp::Meta { name: f.clone() }).is_ok(), "client {i}");
+    }
+    // Anti-entropy rounds change nothing.
+    for _ in 0..5 {
+        net.tick(2_000);
+    }
+    assert_eq!(content(net.run(4, ClientOp::Get { name: f.clone() })), b"new\n");
+}
+
+#[test]
+fn deleting_a_missing_file_is_not_found_and_a_second_delete_is_answered_as_the_first() {
+    let mut net = Net::new(4);
+    let f = name("twice");
+    assert_eq!(net.run(0, ClientOp::Delete { name: f.clone() }), Err(HydfsError::NotFound(f.clone())));
+    let created = written(net.run(0, ClientOp::Create { name: f.clone(), data: b"x\n".to_vec() }));
+    assert_eq!(deleted(net.run(1, ClientOp::Delete { name: f.clone() })).0, created);
+    let (create, replicas) = deleted(net.run(2, ClientOp::Delete { name: f.clone() }));
+    assert_eq!((create, replicas.len()), (created, 0), "answered from the tombstone");
+}
+
+#[test]
+fn a_replica_cut_off_during_a_delete_does_not_bring_the_file_back() {
+    let mut net = Net::new(6);
+    let f = name("cut");
+    let created = written(net.run(0, ClientOp::Create { name: f.clone(), data: lines(2500, "c") }));
+    // One replica is cut off and declared failed; the others delete the file without it.
+    let cut = net.index(net.nodes[0].replicas(&f)[1]);
+    let client = (0..6).find(|i| *i != cut).unwrap();
+    net.down.insert(cut);
+    net.view_without(&[cut]);
+    let (_, replicas) = deleted(net.run(client, ClientOp::Delete { name: f.clone() }));
+    assert!(!replicas.contains(&addr(cut)));
+    assert!(net.nodes[cut].store().file(&f).is_some(), "the cut-off replica still has its copy");
+    // It comes back (as a replica again) and anti-entropy runs: its copy is dropped, not spread.
+    net.down.clear();
+    let everyone: Vec<usize> = Vec::new();
+    net.view_without(&everyone);
+    for _ in 0..5 {
+        net.tick(2_000);
+    }
+    for i in 0..6 {
+        assert!(net.nodes[i].store().file(&f).is_none(), "node {i} holds the deleted file");
+        assert_eq!(net.blocks(i), 0, "node {i} still holds blocks");
+    }
+    assert!(net.nodes[cut].tombstones().contains(&f, created), "the stale holder learned the tombstone");
+    assert_eq!(net.run(client, ClientOp::Get { name: f.clone() }), Err(HydfsError::NotFound(f)));
+}
+
+#[test]
+fn a_write_of_a_deleted_file_is_refused_by_a_replica_holding_its_tombstone() {
+    let mut net = Net::new(4);
+    let f = name("late");
+    let created = written(net.run(0, ClientOp::Create { name: f.clone(), data: b"x\n".to_vec() }));
+    let (_, replicas) = deleted(net.run(0, ClientOp::Delete { name: f.clone() }));
+    let r = net.index(replicas[1]);
+    // A coordinator that had not heard of the delete replicates an append of the old file.
+    let stamp = Stamp { ts: 999, client: MemberId::new(addr(3), 1), seq: 9 };
+    let write = WriteMeta::describe(stamp, WriteKind::Append, b"late\n", 1024);
+    let msg = HydfsMsg::Replicate {
+        req: 77,
+        name: f.clone(),
+        write,
+        inline: Some(b"late\n".to_vec()),
+        sources: vec![replicas[0]],
+        create: Some(WriteMeta::describe(created, WriteKind::Create, b"x\n", 1024)),
+    };
+    net.nodes[r].handle_message(net.now, MemberId::new(replicas[0], 1), msg);
+    let reply = std::iter::from_fn(|| net.nodes[r].poll_outgoing()).find(|(to, _)| *to == replicas[0]);
+    assert!(
+        matches!(reply, Some((_, HydfsMsg::ReplicateReply { req: 77, result: Err(Refusal::Deleted) }))),
+        "{reply:?}"
+    );
+    assert!(net.nodes[r].store().file(&f).is_none(), "nothing recorded");
+}
+
+#[test]
+fn tombstones_move_to_new_replicas_and_expire() {
+    let cfg = HydfsConfig {
+        chunk_bytes: 1024,
+        inline_bytes: 512,
+        tombstone_ttl: Millis::from_secs(60),
+        ..HydfsConfig::default()
+    };
+    let mut net = Net::with_config(5, cfg);
+    // A name that node 4 replicates once it joins.
+    let ring_of = |members: &[usize]| Ring::new(members.iter().map(|i| addr(*i)));
+    let f = (0..100)
+        .map(|i| name(&format!("t{i}")))
+        .find(|f| ring_of(&[0, 1, 2, 3, 4]).replicas(f.as_str(), 3).contains(&addr(4)))
+        .expect("some name lands on node 4");
+    net.view_without(&[4]);
+    let created = written(net.run(0, ClientOp::Create { name: f.clone(), data: b"x\n".to_vec() }));
+    assert_eq!(deleted(net.run(1, ClientOp::Delete { name: f.clone() })).0, created);
+    assert!(!net.nodes[4].tombstones().contains(&f, created));
+    net.view_without(&[]);
+    net.settle();
+    assert!(net.nodes[4].tombstones().contains(&f, created), "the new replica was given the tombstone");
+    net.tick(59_000);
+    assert!(net.nodes.iter().any(|n| n.tombstones().contains(&f, created)));
+    net.tick(2_000);
+    net.tick(2_000);
+    assert!(net.nodes.iter().all(|n| n.tombstones().is_empty()), "expired after tombstone_ttl");
+}
+
+/// Puts back on node `i` the copy `meta` (as a node that missed every notice of the delete
+/// would still hold it), with the tombstones it holds forgotten.
+fn plant_stale_copy(net: &mut Net, i: usize, f: &FileName, create: &WriteMeta, data: &[u8]) {
+    net.nodes[i].tombstones = Tombstones::new(100);
+    net.nodes[i].store.file_mut(f).create = Some(create.clone());
+    for (p, part) in create.parts.iter().enumerate() {
+        let off = create.part_offset(p) as usize;
+        let bytes = &data[off..off + part.len as usize];
+        assert!(net.nodes[i].store.put_part(f, create.stamp, p as u32, *part, bytes).unwrap());
+    }
+}
+
+#[test]
+fn stale_copies_met_in_inventories_and_offers_are_dropped() {
+    let mut net = Net::new(6);
+    let f = name("stale");
+    let data = lines(2100, "s");
+    let created = written(net.run(0, ClientOp::Create { name: f.clone(), data: data.clone() }));
+    let create = net.nodes.iter().find_map(|n| n.store().file(&f).and_then(|r| r.create.clone())).unwrap();
+    assert_eq!(create.stamp, created);
+    assert!(deleted(net.run(0, ClientOp::Delete { name: f.clone() })).1.len() == 3);
+    // A replica and a non-replica hold the old copy again, and have forgotten the delete.
+    let replica = net.index(net.nodes[0].replicas(&f)[2]);
+    let other = outsider(&net, &f);
+    plant_stale_copy(&mut net, replica, &f, &create, &data);
+    plant_stale_copy(&mut net, other, &f, &create, &data);
+    for _ in 0..4 {
+        net.tick(2_000);
+    }
+    for i in [replica, other] {
+        assert!(net.nodes[i].store().file(&f).is_none(), "node {i} kept its stale copy");
+        assert_eq!(net.blocks(i), 0);
+        assert!(net.nodes[i].tombstones().contains(&f, created));
+    }
+    let holders = net.nodes.iter().filter(|n| n.store().file(&f).is_some()).count();
+    assert_eq!(holders, 0, "no replica took the stale copy in");
+}
+
+#[test]
+fn a_client_cut_off_during_a_delete_reads_the_new_file_of_the_name() {
+    let mut net = Net::new(6);
+    let f = name("reborn");
+    let replicas = net.nodes[0].replicas(&f);
+    let k = outsider(&net, &f);
+    assert!(net.run(k, ClientOp::Create { name: f.clone(), data: b"old\n".to_vec() }).is_ok());
+    net.now = Time(100);
+    assert!(net.run(k, ClientOp::Append { name: f.clone(), data: b"mine\n".to_vec() }).is_ok());
+    // k is cut off while the file is deleted and created again: it never hears of the delete.
+    net.down.insert(k);
+    net.view_without(&[k]);
+    let other = (0..6).find(|i| *i != k && !replicas.contains(&addr(*i))).unwrap();
+    assert!(deleted(net.run(other, ClientOp::Delete { name: f.clone() })).1.len() == 3);
+    net.now = Time(200);
+    assert!(net.run(other, ClientOp::Create { name: f.clone(), data: b"new\n".to_vec() }).is_ok());
+    net.down.clear();
+    net.view_without(&[]);
+    assert_eq!(net.nodes[k].acknowledged(&f), 2, "k still counts its writes of the old file");
+    assert_eq!(content(net.run(k, ClientOp::Get { name: f.clone() })), b"new\n");
+    assert!(net.run(k, ClientOp::Meta { name: f.clone() }).is_ok());
+}
+
+#[test]
+fn the_read_cache_takes_only_files_it_can_afford() {
+    let cfg =
+        HydfsConfig { chunk_bytes: 1024, inline_bytes: 512, cache_bytes: 4096, ..HydfsConfig::default() };
+    let mut net = Net::with_config(4, cfg);
+    let (small, big) = (name("small"), name("big"));
+    assert!(net.run(0, ClientOp::Create { name: small.clone(), data: vec![b's'; 1000] }).is_ok());
+    assert!(net.run(0, ClientOp::Create { name: big.clone(), data: vec![b'b'; 3000] }).is_ok());
+    for _ in 0..2 {
+        assert_eq!(content(net.run(1, ClientOp::Get { name: big.clone() })).len(), 3000);
+    }
+    assert_eq!(net.nodes[1].client.cache.used_bytes(), 0, "3000 bytes is over a quarter of the cache");
+    assert_eq!((net.nodes[1].stats().cache_hits, net.nodes[1].stats().cache_misses), (0, 2));
+    for _ in 0..2 {
+        assert_eq!(content(net.run(1, ClientOp::Get { name: small.clone() })).len(), 1000);
+    }
+    assert_eq!(net.nodes[1].client.cache.used_bytes(), 1000);
+    assert_eq!(net.nodes[1].stats().cache_hits, 1, "the small file is served from the cache");
 }

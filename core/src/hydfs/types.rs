@@ -1,4 +1,11 @@
 //! The values HyDFS messages and state are made of: write stamps, part and file metadata, digests.
+//!
+//! Invariants kept here:
+//! * a [`PartMeta`] describes its bytes exactly (length, CRC32C, count of `\n` bytes, whether the
+//!   last byte is `\n`): [`PartMeta::of`] is the only way the system computes one, and a replica
+//!   stores a part only if its bytes give back the metadata the write declared;
+//! * [`FileMeta::part_positions`] derives the byte offset and line position of every part from
+//!   metadata alone, so a reader can start at any part boundary with the right line number.
 
 use super::FileName;
 use crate::id::MemberId;
@@ -33,11 +40,34 @@ pub enum WriteKind {
     Append,
 }
 
-/// One part of a write: its length and CRC32C.
+/// One part of a write: its length, CRC32C and line structure. Every field is a function of the
+/// part's bytes ([`PartMeta::of`]); a part whose bytes disagree with any field is corrupt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartMeta {
     pub len: u32,
     pub crc: u32,
+    /// Number of `\n` bytes in the part.
+    pub newlines: u32,
+    /// Whether the part's last byte is `\n` (false for an empty part).
+    pub ends_with_newline: bool,
+}
+
+impl PartMeta {
+    /// Describes `bytes` (at most `u32::MAX` of them: parts are at most one chunk).
+    pub fn of(bytes: &[u8]) -> PartMeta {
+        debug_assert!(bytes.len() <= u32::MAX as usize, "a part is at most one chunk");
+        PartMeta {
+            len: bytes.len() as u32,
+            crc: crc32c::crc32c(bytes),
+            newlines: memchr::memchr_iter(b'\n', bytes).count() as u32,
+            ends_with_newline: bytes.last() == Some(&b'\n'),
+        }
+    }
+
+    /// Whether `bytes` are exactly the part this describes.
+    pub fn matches(&self, bytes: &[u8]) -> bool {
+        bytes.len() == self.len as usize && PartMeta::of(bytes) == *self
+    }
 }
 
 /// A write without its bytes.
@@ -51,13 +81,8 @@ pub struct WriteMeta {
 impl WriteMeta {
     /// Describes `data` as a write cut into parts of at most `chunk` bytes.
     pub fn describe(stamp: Stamp, kind: WriteKind, data: &[u8], chunk: usize) -> WriteMeta {
-        let parts = if data.is_empty() {
-            Vec::new()
-        } else {
-            data.chunks(chunk.max(1))
-                .map(|c| PartMeta { len: c.len() as u32, crc: crc32c::crc32c(c) })
-                .collect()
-        };
+        let parts =
+            if data.is_empty() { Vec::new() } else { data.chunks(chunk.max(1)).map(PartMeta::of).collect() };
         WriteMeta { stamp, kind, parts }
     }
 
@@ -73,6 +98,28 @@ impl WriteMeta {
     pub fn part_offset(&self, i: usize) -> u64 {
         self.parts[..i].iter().map(|p| p.len as u64).sum()
     }
+
+    /// Number of `\n` bytes in the write.
+    pub fn newlines(&self) -> u64 {
+        self.parts.iter().map(|p| p.newlines as u64).sum()
+    }
+}
+
+/// Where one part sits in a file, computed from metadata alone ([`FileMeta::part_positions`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartPosition {
+    pub stamp: Stamp,
+    /// The part's index within its write.
+    pub part: u32,
+    pub meta: PartMeta,
+    /// Byte offset of the part's first byte in the file.
+    pub offset: u64,
+    /// `\n` bytes in the file before this part: the part's first byte is on line
+    /// `newlines_before + 1` (lines counted from 1).
+    pub newlines_before: u64,
+    /// Whether a line starts at the part's first byte: it is the file's first part, or the part
+    /// before it ends with `\n`.
+    pub starts_line: bool,
 }
 
 /// A replica's whole view of a file, without bytes: what a peer needs to reconcile with it.
@@ -124,6 +171,42 @@ impl FileMeta {
 
     pub fn all_writes(&self) -> impl Iterator<Item = &WriteMeta> {
         self.create.iter().chain(&self.merged).chain(&self.pending)
+    }
+
+    /// The file's length in bytes (every write, in file order).
+    pub fn len(&self) -> u64 {
+        self.all_writes().map(|w| w.len()).sum()
+    }
+
+    /// Whether the file holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every part of the file in file order (create, merged appends, pending appends), with its
+    /// byte offset and line position. Writes without parts (empty ones) contribute nothing.
+    pub fn part_positions(&self) -> Vec<PartPosition> {
+        let mut out = Vec::new();
+        let (mut offset, mut newlines_before, mut starts_line) = (0u64, 0u64, true);
+        for w in self.all_writes() {
+            for (i, p) in w.parts.iter().enumerate() {
+                out.push(PartPosition {
+                    stamp: w.stamp,
+                    part: i as u32,
+                    meta: *p,
+                    offset,
+                    newlines_before,
+                    starts_line,
+                });
+                offset += p.len as u64;
+                newlines_before += p.newlines as u64;
+                // An empty part ends nothing: the next part starts a line iff this one did.
+                if p.len > 0 {
+                    starts_line = p.ends_with_newline;
+                }
+            }
+        }
+        out
     }
 }
 
@@ -179,5 +262,56 @@ impl Fnv64 {
 
     fn finish(&self) -> u64 {
         self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(ts: u64) -> Stamp {
+        Stamp { ts, client: MemberId::new("10.0.0.1:7000".parse().unwrap(), 1), seq: ts }
+    }
+
+    #[test]
+    fn part_meta_counts_line_ends() {
+        let p = PartMeta::of(b"a\nbc\n\nd");
+        assert_eq!((p.len, p.newlines, p.ends_with_newline), (7, 3, false));
+        assert_eq!(p.crc, crc32c::crc32c(b"a\nbc\n\nd"));
+        assert!(PartMeta::of(b"x\n").ends_with_newline);
+        assert_eq!(PartMeta::of(b""), PartMeta { len: 0, crc: 0, newlines: 0, ends_with_newline: false });
+        assert!(p.matches(b"a\nbc\n\nd"));
+        assert!(!p.matches(b"a\nbc\n\ne"));
+        let wrong_lines = PartMeta { newlines: 2, ..p };
+        assert!(!wrong_lines.matches(b"a\nbc\n\nd"), "a wrong line count is a mismatch like a wrong CRC");
+    }
+
+    #[test]
+    fn part_positions_give_the_line_at_every_part_boundary() {
+        // "l1\nl2" | "\nl3\n" | (empty append) | "l4\nl5" | "\n"
+        let create = WriteMeta::describe(stamp(1), WriteKind::Create, b"l1\nl2\nl3\n", 5);
+        let empty = WriteMeta::describe(stamp(2), WriteKind::Append, b"", 5);
+        let append = WriteMeta::describe(stamp(3), WriteKind::Append, b"l4\nl5\n", 5);
+        let file = FileMeta {
+            name: FileName::new("f").unwrap(),
+            create: Some(create),
+            generation: 1,
+            merged: vec![empty],
+            pending: vec![append],
+            incomplete: vec![],
+        };
+        let whole = b"l1\nl2\nl3\nl4\nl5\n";
+        let pos = file.part_positions();
+        assert_eq!(pos.len(), 4);
+        assert_eq!(file.len(), whole.len() as u64);
+        for p in &pos {
+            // Recompute from the bytes: what metadata says must be what the file holds.
+            let before = &whole[..p.offset as usize];
+            let lines = before.iter().filter(|b| **b == b'\n').count() as u64;
+            assert_eq!(p.newlines_before, lines, "{p:?}");
+            assert_eq!(p.starts_line, before.is_empty() || before.ends_with(b"\n"), "{p:?}");
+        }
+        assert_eq!(pos.iter().map(|p| p.starts_line).collect::<Vec<_>>(), vec![true, false, true, false]);
+        assert_eq!(pos[2].stamp, stamp(3));
     }
 }

@@ -199,7 +199,10 @@ fn a_lane_held_back_behind_a_window_of_another_lane_is_still_accepted() {
     let inventory = Body::Hydfs(crate::hydfs::HydfsMsg::InventoryReply { req: 1, files: vec![] });
     let chunk = Body::Hydfs(crate::hydfs::HydfsMsg::FetchReply {
         req: 2,
-        result: Ok(serde_bytes::ByteBuf::from(vec![7u8; 16])),
+        result: Ok(crate::hydfs::PartBytes {
+            meta: crate::hydfs::PartMeta::of(&[7u8; 16]),
+            bytes: vec![7u8; 16],
+        }),
     });
     assert_eq!((inventory.lane(), chunk.lane()), (Lane::Control, Lane::Bulk));
     let frame = |lane, seq, body: &Body| {

@@ -1,31 +1,52 @@
 //! RainStorm settings (with the limit on received batches, [`RainstormConfig::check_batch`])
 //! and, behind the `planted-bugs` feature, the deliberate bugs the simulator's checkers must
 //! catch.
+//!
+//! The defaults are the fast, safe settings: exactly-once always holds; these trade latency
+//! (how often progress is made durable, how long a partial batch may wait) against per-message
+//! and per-write overheads, and bound every buffer a job keeps on a node.
 
-use super::journal::CompactionLimits;
 use crate::time::Millis;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RainstormConfig {
-    /// Input lines per source batch.
-    pub batch_lines: u32,
-    /// Batches in flight per link (backpressure: a full window stops the sender).
-    pub window: usize,
+    /// How often a leader starts a checkpoint of each job it leads. Outputs reach the
+    /// destination (and the console) when the checkpoint after them is complete and committed,
+    /// so this bounds their latency; each checkpoint costs one barrier per link and, at most,
+    /// two HyDFS appends (the checkpoint record and the outputs), grouped when commits lag.
+    pub checkpoint_interval: Millis,
+    /// Checkpoints started and not yet complete, at most (a slow pipeline gets fewer, larger
+    /// ones).
+    pub max_pending_checkpoints: u32,
+    /// A batch between tasks is sent once it holds this many bytes of tuples...
+    pub batch_bytes: u32,
+    /// ...or this many tuples...
+    pub batch_tuples: u32,
+    /// ...or once its first tuple has waited this long (a task coalesces its outputs for each
+    /// downstream task across its input batches).
+    pub linger: Millis,
+    /// Batches in flight per link, at most (backpressure: a full window stops the sender)...
+    pub window: u32,
+    /// ...and bytes in flight per link, at most (one batch is always allowed).
+    pub window_bytes: u32,
     /// How long a sender waits for an acknowledgement before sending a batch again.
     pub retry: Millis,
     /// How often a task reports to its leader (and the leader re-sends what is unanswered).
     pub status_interval: Millis,
-    /// How long a leader's answer lets a task act (send batches and acknowledgements): a task
-    /// whose leader is silent this long stops acting, and a task taken from a member is placed
-    /// again only once the old incarnation's lease has run out.
-    pub lease: Millis,
-    /// A journal starts a new generation (snapshot + tail) past this many records...
-    pub compact_records: usize,
-    /// ...or this many bytes since its last snapshot.
-    pub compact_bytes: u64,
-    /// Times a task may fail on its own (operator error, storage refusal) before the job fails.
+    /// Input parts (of at most one HyDFS chunk each) a source reads ahead.
+    pub read_ahead: u32,
+    /// Batches out at one operator program at a time.
+    pub program_window: u32,
+    /// Output bytes a leader holds for checkpoints that are complete but not yet committed to
+    /// the destination; above it the sink takes no more batches until commits catch up.
+    pub sink_buffer_bytes: u64,
+    /// A job's checkpoint log starts a new generation (one full record) after this many
+    /// records.
+    pub compact_records: u32,
+    /// Times a job's tasks may fail on their own (operator error, a refused batch) before the
+    /// job fails; failures of file operations and of members do not count.
     pub max_task_failures: u32,
     /// Tasks per stage accepted by `RainStorm`.
     pub max_tasks: u32,
@@ -43,15 +64,20 @@ pub struct RainstormConfig {
 
 impl Default for RainstormConfig {
     fn default() -> Self {
-        let limits = CompactionLimits::default();
         RainstormConfig {
-            batch_lines: 64,
+            checkpoint_interval: Millis(25),
+            max_pending_checkpoints: 2,
+            batch_bytes: 64 * 1024,
+            batch_tuples: 1024,
+            linger: Millis(5),
             window: 8,
-            retry: Millis(1_000),
+            window_bytes: 1 << 20,
+            retry: Millis(500),
             status_interval: Millis(500),
-            lease: Millis(2_000),
-            compact_records: limits.max_records,
-            compact_bytes: limits.max_bytes,
+            read_ahead: 4,
+            program_window: 4,
+            sink_buffer_bytes: 64 << 20,
+            compact_records: 1_000,
             max_task_failures: 3,
             max_tasks: 64,
             max_batch_tuples: 1 << 18,
@@ -62,10 +88,6 @@ impl Default for RainstormConfig {
 }
 
 impl RainstormConfig {
-    pub fn limits(&self) -> CompactionLimits {
-        CompactionLimits { max_records: self.compact_records, max_bytes: self.compact_bytes }
-    }
-
     /// Whether a received batch of `tuples` tuples is within `max_batch_tuples`.
     pub fn check_batch(&self, tuples: usize) -> Result<(), BatchError> {
         let limit = self.max_batch_tuples;
@@ -87,28 +109,50 @@ pub enum BatchError {
     TooManyTuples { tuples: usize, limit: u32 },
 }
 
-/// A deliberate bug, each breaking exactly-once in a way a checker must report.
+/// A deliberate bug, each breaking exactly-once (or a bound) in a way a checker must report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PlantedBug {
-    /// A task acknowledges an input batch before its journal record is durable.
-    AckBeforeJournal,
-    /// A restarted task does not restore which input batches it processed (its receivers take
-    /// up the sender's numbering wherever it is).
-    ForgetsSeenIds,
-    /// A restarted task takes its keyed state from the first snapshot it reads, dropping the
-    /// state changes journaled after it.
-    StateFromOldSnapshot,
+    /// The leader commits an epoch's outputs as soon as the sink has them, before every task's
+    /// snapshot of that checkpoint is in: a rollback then replays outputs already committed.
+    CommitBeforeComplete,
+    /// A source resumes one line past its checkpointed position: a line is lost.
+    SourceSkipsALine,
+    /// The sink takes batches from any attempt of a task, not only the current one: outputs of
+    /// an attempt that was rolled back reach the destination.
+    SinkTakesOldAttempts,
+    /// A rolled-back job restores keyed state from the checkpoint before the one it resumes
+    /// from: counts go backwards.
+    StateFromOlderCheckpoint,
+    /// Tasks send every input batch's outputs at once instead of coalescing them per
+    /// downstream task: batches grow with tasks squared.
+    NoCoalescing,
+    /// Sources read their whole range ahead instead of `read_ahead` parts: memory grows with
+    /// the input.
+    UnboundedReadAhead,
+    /// The leader leaves a finished job's checkpoint log in HyDFS.
+    KeepsJobFiles,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 3] =
-        [PlantedBug::AckBeforeJournal, PlantedBug::ForgetsSeenIds, PlantedBug::StateFromOldSnapshot];
+    pub const ALL: [PlantedBug; 7] = [
+        PlantedBug::CommitBeforeComplete,
+        PlantedBug::SourceSkipsALine,
+        PlantedBug::SinkTakesOldAttempts,
+        PlantedBug::StateFromOlderCheckpoint,
+        PlantedBug::NoCoalescing,
+        PlantedBug::UnboundedReadAhead,
+        PlantedBug::KeepsJobFiles,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
-            PlantedBug::AckBeforeJournal => "ack-before-journal",
-            PlantedBug::ForgetsSeenIds => "forgets-seen-ids",
-            PlantedBug::StateFromOldSnapshot => "state-from-old-snapshot",
+            PlantedBug::CommitBeforeComplete => "commit-before-complete",
+            PlantedBug::SourceSkipsALine => "source-skips-a-line",
+            PlantedBug::SinkTakesOldAttempts => "sink-takes-old-attempts",
+            PlantedBug::StateFromOlderCheckpoint => "state-from-older-checkpoint",
+            PlantedBug::NoCoalescing => "no-coalescing",
+            PlantedBug::UnboundedReadAhead => "unbounded-read-ahead",
+            PlantedBug::KeepsJobFiles => "keeps-job-files",
         }
     }
 

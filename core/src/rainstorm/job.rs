@@ -1,43 +1,73 @@
-//! What a job is and what RainStorm nodes say to each other about it.
+//! What a job is: its identity, its spec, the plan every task gets, where its tasks run, and
+//! what RainStorm reports about it.
 //!
 //! A job has three stages of `tasks` tasks each: stage 0 reads the input (sources), stages 1
-//! and 2 run the two operators. Its leader (the node where it was submitted) places the tasks on
-//! workers, restarts them when membership declares their worker failed, and is also the job's
-//! sink ([`SINK`]): the last stage sends its outputs there, and the leader appends each one to
-//! the destination file once and streams it to its console.
+//! and 2 run the two operators. Its leader (the node where it was submitted) places the tasks
+//! on workers, coordinates its checkpoints, and is also the job's sink ([`SINK`]): the last
+//! stage sends its outputs there, and the leader commits them to the destination file and
+//! streams them to its console once the checkpoint after them is complete.
 //!
-//! Every placement of a task is an *incarnation* with its own [`Epoch`]; links carry both ends'
-//! epochs and a receiver drops anything from or to another incarnation than the one its
-//! placement names. A task restarted from its journal only starts once every neighbour has the
-//! new placement, and once the old incarnation's lease has run out: a task acts (sends batches
-//! and acknowledgements) only within a lease its leader granted in answer to one of its status
-//! reports, counted from when it sent that report. So an incarnation wrongly thought dead, even
-//! one talking only to other such incarnations, can change nothing once its successor reads its
-//! journal: whatever it journals later is never read, and nothing it did after is seen.
+//! Every placement of the whole job is an [`Attempt`]: a worker failure or a task failure
+//! rolls the job back to its last complete checkpoint under a new attempt, and every message
+//! between tasks names its attempt, so a receiver drops anything from another one.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::journal::{journal_name, LinkSeq, TaskId, TupleCounts};
-use super::operator::{OperatorSpec, SpecError};
-use super::task::LinkMsg;
+use super::operator::{OperatorSpec, SpecError, StageOp};
 use super::tuple::Tuple;
 use crate::hydfs::{FileName, NameError};
 use crate::id::MemberId;
-use crate::node::Lane;
 
-/// One incarnation of a task (0 is the sink's, which never moves).
-pub type Epoch = u32;
+/// One placement of a whole job; a rollback starts the next one.
+pub type Attempt = u32;
+/// A checkpoint of a job: ids grow across attempts and are never reused.
+pub type CheckpointId = u64;
 
 /// Stages of a job: the source, then the two operators.
 pub const STAGES: u8 = 3;
+
+/// A task of a job: `stage` 0 is the source, 1.. the operator stages; `index` within the stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TaskId {
+    pub stage: u8,
+    pub index: u32,
+}
+
+/// `s<stage>-t<index>`.
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s{}-t{}", self.stage, self.index)
+    }
+}
+
 /// The sink: the job's leader, downstream of the last operator stage.
 pub const SINK: TaskId = TaskId { stage: STAGES, index: 0 };
 
+/// How many tuples a task has taken in and put out. A rolled-back task goes on from the counts
+/// of the checkpoint it resumes from, so work redone after a rollback is counted once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TupleCounts {
+    /// Input tuples processed (a source: input lines read).
+    pub consumed: u64,
+    /// Output tuples produced (a source: one per line read).
+    pub emitted: u64,
+}
+
+impl TupleCounts {
+    /// These counts plus `consumed` inputs that produced `emitted` outputs (saturating).
+    pub fn add(self, consumed: u64, emitted: u64) -> TupleCounts {
+        TupleCounts {
+            consumed: self.consumed.saturating_add(consumed),
+            emitted: self.emitted.saturating_add(emitted),
+        }
+    }
+}
+
 /// A job's identity: the leader's job counter and a tag of the leader's member id, so that jobs
-/// of different leaders (or of one address across restarts) never share journal files.
+/// of different leaders (or of one address across restarts) never share files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct JobId {
     pub n: u32,
@@ -63,7 +93,7 @@ impl fmt::Display for JobId {
     }
 }
 
-/// `RainStorm <op1> <op2> <src> <dest> <num_tasks>` as submitted.
+/// `RainStorm <op1> <op2> <src> <dest> <num_tasks> [--rate <lines/s>]` as submitted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobSpec {
     pub op1: OperatorSpec,
@@ -71,11 +101,18 @@ pub struct JobSpec {
     pub src: FileName,
     pub dest: FileName,
     pub tasks: u32,
+    /// Input lines per second over the whole job, at most (a paced source, as a live stream
+    /// arrives); `None` reads as fast as the job goes.
+    pub rate: Option<u64>,
 }
 
 impl fmt::Display for JobSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RainStorm {} {} {} {} {}", self.op1, self.op2, self.src, self.dest, self.tasks)
+        write!(f, "RainStorm {} {} {} {} {}", self.op1, self.op2, self.src, self.dest, self.tasks)?;
+        if let Some(rate) = self.rate {
+            write!(f, " --rate {rate}")?;
+        }
+        Ok(())
     }
 }
 
@@ -88,10 +125,37 @@ pub enum JobError {
     SameFile(FileName),
     #[error("this node is not a member of a group: join first")]
     NotJoined,
+    #[error("--rate must be at least 1 line per second")]
+    BadRate,
     #[error("operator {stage}: {error}")]
     Spec { stage: u8, error: SpecError },
     #[error("bad file name: {0}")]
     Name(#[from] NameError),
+}
+
+/// How one stage's outputs reach the next stage's tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Route {
+    /// Task `i` feeds task `i` only, on the same worker: the next operator keeps no state by a
+    /// key of its own (a stateless built-in, or a program keyed by the tuple key the previous
+    /// stage gives each line), so no repartitioning is needed.
+    Forward,
+    /// By a stable hash of the next operator's state key, so every key has one task.
+    Shuffle,
+}
+
+impl Route {
+    /// How tuples reach the operator `next` from the stage before it. Source tuples have unique
+    /// keys (`<file>:<line>`), so only a stateful built-in (which keys by something of its own)
+    /// needs them shuffled; after an operator, a program (state by tuple key, which the stage
+    /// before sets) and a stateful built-in do.
+    pub fn into(next: &StageOp, from_source: bool) -> Route {
+        match next {
+            StageOp::Builtin(op) if !op.is_stateful() => Route::Forward,
+            StageOp::Program(_) if from_source => Route::Forward,
+            StageOp::Builtin(_) | StageOp::Program(_) => Route::Shuffle,
+        }
+    }
 }
 
 /// What every task of a job needs to know about it.
@@ -105,9 +169,12 @@ pub struct JobPlan {
     pub dest: FileName,
     /// Tasks per stage.
     pub tasks: u32,
-    pub batch_lines: u32,
     /// The input's first row, against which operators resolve column names.
     pub header: Option<Vec<String>>,
+    /// How stage 0 feeds stage 1, and stage 1 stage 2.
+    pub routes: [Route; 2],
+    /// Input lines per second per source task, at most.
+    pub rate_per_source: Option<u64>,
 }
 
 impl JobPlan {
@@ -123,115 +190,58 @@ impl JobPlan {
         (0..STAGES).flat_map(move |s| (0..self.tasks).map(move |index| TaskId { stage: s, index }))
     }
 
-    /// The journal file of generation `generation` of incarnation `epoch` of `task`.
-    pub fn journal(&self, task: TaskId, at: JournalPos) -> Result<FileName, NameError> {
-        journal_name(&self.job.to_string(), task, at.epoch, at.generation)
-    }
-}
-
-/// Where a task's journal stands: incarnation and generation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct JournalPos {
-    pub epoch: Epoch,
-    pub generation: u32,
-}
-
-/// Which member runs which incarnation of every task (the sink included), versioned so that a
-/// newer placement always wins.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Placement {
-    pub version: u64,
-    pub tasks: BTreeMap<TaskId, (MemberId, Epoch)>,
-}
-
-/// A task's phase as it reports it to its leader.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum TaskPhase {
-    /// Reading its input or journal, writing its first journal record.
-    Recovering,
-    /// Its journal is set up; it waits for the leader's go.
-    Ready,
-    /// Processing; its journal is at `generation`; `counts` so far.
-    Running { generation: u32, counts: TupleCounts },
-    /// Everything processed and acknowledged; the last batch number sent on each link, and
-    /// the final counts.
-    Finished { generation: u32, last: Vec<(TaskId, LinkSeq)>, counts: TupleCounts },
-    /// It cannot go on. `transient`: a file operation failed (the cluster is in flux), so a new
-    /// incarnation may succeed; otherwise the operator or the journal itself is at fault.
-    Failed { reason: String, transient: bool },
-}
-
-/// Messages between a job's leader and its workers, and between tasks.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RainstormMsg {
-    /// Leader → worker: run incarnation `epoch` of `task`, recovering from `recover` if given.
-    /// Re-sent until the worker reports on it.
-    Assign {
-        plan: Box<JobPlan>,
-        task: TaskId,
-        epoch: Epoch,
-        host: MemberId,
-        placement: Placement,
-        recover: Option<JournalPos>,
-    },
-    /// Worker → leader, on every change and every status interval.
-    /// `nonce` names this report: a `Control` answering it grants a lease counted from when
-    /// the task sent it.
-    Status {
-        job: JobId,
-        task: TaskId,
-        epoch: Epoch,
-        phase: TaskPhase,
-        placement: u64,
-        ended_known: u32,
-        nonce: u64,
-    },
-    /// Leader → worker: the answer to a status (and a push when the placement changes).
-    Control {
-        job: JobId,
-        task: TaskId,
-        epoch: Epoch,
-        go: bool,
-        placement: Option<Placement>,
-        /// Upstream tasks that have finished, with the last batch number they sent this task.
-        ended: Vec<(TaskId, LinkSeq)>,
-        /// The status this answers (0: a push that grants no lease).
-        nonce: u64,
-    },
-    /// Leader → worker: this incarnation (or, with no task, the whole job) is over.
-    Stop { job: JobId, task: Option<(TaskId, Epoch)> },
-    /// Task → task (or sink): a batch or an acknowledgement between two incarnations.
-    Link { job: JobId, from: (TaskId, Epoch), to: (TaskId, Epoch), msg: LinkMsg },
-}
-
-impl RainstormMsg {
-    /// The lane this message travels on: tuple batches on [`Lane::Data`], everything else
-    /// (assignments, status reports and answers, stops, acknowledgements) on [`Lane::Control`],
-    /// so that neither a stream of batches nor a HyDFS transfer delays a job's coordination.
-    pub fn lane(&self) -> Lane {
-        match self {
-            RainstormMsg::Link { msg: LinkMsg::Batch { .. }, .. } => Lane::Data,
-            RainstormMsg::Link { msg: LinkMsg::Ack { .. }, .. }
-            | RainstormMsg::Assign { .. }
-            | RainstormMsg::Status { .. }
-            | RainstormMsg::Control { .. }
-            | RainstormMsg::Stop { .. } => Lane::Control,
+    /// The tasks `task` receives from.
+    pub fn upstream(&self, task: TaskId) -> Vec<TaskId> {
+        match task.stage {
+            0 => Vec::new(),
+            s if s >= STAGES => self.stage(STAGES - 1),
+            s => match self.routes[(s - 1) as usize] {
+                Route::Forward => vec![TaskId { stage: s - 1, index: task.index }],
+                Route::Shuffle => self.stage(s - 1),
+            },
         }
     }
+
+    /// The tasks `task` sends to.
+    pub fn downstream(&self, task: TaskId) -> Vec<TaskId> {
+        match task.stage {
+            s if s + 1 >= STAGES => vec![SINK],
+            s => match self.routes[s as usize] {
+                Route::Forward => vec![TaskId { stage: s + 1, index: task.index }],
+                Route::Shuffle => self.stage(s + 1),
+            },
+        }
+    }
+
+    /// The operator of `stage` (1 or 2), built against the input's header.
+    pub fn operator(&self, stage: u8) -> Result<StageOp, String> {
+        let text = self.ops.get(usize::from(stage).wrapping_sub(1)).ok_or("no such stage")?;
+        OperatorSpec::parse(text)
+            .and_then(|s| s.build(self.header.as_deref()))
+            .map_err(|e| format!("operator {stage} `{text}`: {e}"))
+    }
+
+    /// The job's files other than its destination: `rainstorm/<job>/...`.
+    pub fn checkpoint_log(&self, generation: u32) -> Result<FileName, NameError> {
+        FileName::new(&format!("rainstorm/{}/checkpoints.g{generation}", self.job))
+    }
 }
+
+/// Which member runs each task in one attempt.
+pub type Placement = BTreeMap<TaskId, MemberId>;
 
 /// One stage's tuple counts: the sum of its tasks' latest reports.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StageCounts {
     /// 0 for the sources, then the operator stages.
     pub stage: u8,
-    /// Tuples the stage's tasks took in (the sources: input lines read and sent).
+    /// Tuples the stage's tasks took in (the sources: input lines read).
     pub consumed: u64,
     /// Tuples the stage's tasks put out.
     pub emitted: u64,
 }
 
-/// Input lines the sources have read and sent, from a job's stage counts.
+/// Input lines the sources have read, from a job's stage counts.
 pub fn lines_read(stages: &[StageCounts]) -> u64 {
     stages.iter().find(|s| s.stage == 0).map_or(0, |s| s.consumed)
 }
@@ -241,20 +251,23 @@ pub fn lines_read(stages: &[StageCounts]) -> u64 {
 pub enum RainstormEvent {
     /// Leader: a job was accepted.
     JobReceived { job: JobId, spec: String },
-    /// Leader: an incarnation of a task was placed on a worker.
-    TaskScheduled { job: JobId, task: TaskId, epoch: Epoch, host: MemberId, restart: bool },
-    /// Worker: an incarnation started processing (its journal recovered and set up).
-    TaskStarted { job: JobId, task: TaskId, epoch: Epoch, recovered_records: usize },
-    /// Leader: a task processed all its input and every output was acknowledged.
+    /// Leader: a task was placed on a worker (`restart`: again, after a rollback moved it).
+    TaskScheduled { job: JobId, task: TaskId, attempt: Attempt, host: MemberId, restart: bool },
+    /// Worker: a task started processing in an attempt (`resumed`: from a checkpoint).
+    TaskStarted { job: JobId, task: TaskId, attempt: Attempt, resumed: bool },
+    /// Leader: a task processed all its input and sent all its outputs.
     TaskCompleted { job: JobId, task: TaskId },
-    /// Leader: a task failed by itself (operator error, storage refusal).
-    TaskFailed { job: JobId, task: TaskId, epoch: Epoch, reason: String },
-    /// Leader: one output, appended to the destination file (exactly once per output).
-    Output { job: JobId, tuple: Tuple },
-    /// Leader: how far a job has got: its input's line count (0 until read) and per stage the
-    /// tuples taken in and put out, as the tasks' latest status reports say. At most once per
-    /// status interval while the job runs, only when something changed, and once more, if
-    /// anything changed, just before [`RainstormEvent::JobCompleted`].
+    /// Leader: a task failed by itself (operator error, refused batch, unreadable input).
+    TaskFailed { job: JobId, task: TaskId, attempt: Attempt, reason: String },
+    /// Leader: the job went back to its last complete checkpoint and runs again as `attempt`.
+    RolledBack { job: JobId, attempt: Attempt, checkpoint: Option<CheckpointId>, reason: String },
+    /// Leader: outputs committed to the destination file, in order (each output exactly once
+    /// over the whole job).
+    Outputs { job: JobId, tuples: Vec<Tuple> },
+    /// Leader: how far a job has got: its input's line count and per stage the tuples taken in
+    /// and put out, as the tasks' latest reports say. At most once per status interval while
+    /// the job runs, only when something changed, and once more, if anything changed, just
+    /// before [`RainstormEvent::JobCompleted`].
     Progress { job: JobId, input_lines: u64, stages: Vec<StageCounts> },
     /// Leader: every output is in the destination file.
     JobCompleted { job: JobId, outputs: u64, restarts: u32 },
@@ -265,7 +278,7 @@ pub enum RainstormEvent {
     JobLost { job: JobId, reason: String },
     /// Worker: the job's leader is gone, so its tasks here were dropped.
     JobAbandoned { job: JobId, reason: String },
-    /// Worker: a source task sent input lines `first..=last` for the first time (where a
-    /// tuple's latency starts).
-    SourceSent { job: JobId, task: TaskId, epoch: Epoch, first: u64, last: u64 },
+    /// Worker: a source task read input lines `first..=last` and sent them on (where a tuple's
+    /// latency starts).
+    SourceSent { job: JobId, task: TaskId, attempt: Attempt, first: u64, last: u64 },
 }

@@ -1,150 +1,171 @@
-//! The leader side: the jobs this node leads, their placement, restarts, completion, and the
-//! sink that turns the last stage's batches into the destination file and the console stream.
+//! The leader side: the jobs this node leads, their placement, checkpoints, rollbacks, commits
+//! and completion.
 //!
-//! A job starts by reading its input (the header row names columns for the operators) and
-//! creating its destination file, which must not exist. Each task is then placed on a live
-//! member. When membership declares a member failed (or it leaves), each of its tasks gets a
-//! new incarnation (epoch) on the least loaded live member; the new placement is pushed to
-//! every task, and the new incarnation is assigned only once every live neighbour reports that
-//! placement (fencing), so the old incarnation, even if it still runs, is ignored by everyone.
+//! A job starts by reading its input's metadata (the parts and their line counts, and which
+//! nodes hold it) and its header line, then creates its destination (which must not exist) and
+//! its checkpoint log. Its tasks are placed on live members, sources on replicas of the input
+//! where possible and each task chained to its upstream partner when the route is `Forward`;
+//! every task of the attempt is deployed, and once all are ready the leader lets them go.
+//!
+//! Every `checkpoint_interval` the leader starts a checkpoint: the sources emit its barrier, the
+//! tasks snapshot as it passes, the sink closes the epoch before it. Checkpoint `c` is complete
+//! when the sink closed epoch `c` and every task reported its snapshot of `c` (or finished
+//! before seeing it); the leader then folds the snapshots into the job's restore point and
+//! commits the epoch (see [`commit`](super::commit)). When a worker running a task is declared
+//! failed (or leaves), or a task fails, the job rolls back: a new attempt is deployed from the
+//! last complete checkpoint, with the failed worker's tasks placed elsewhere; every epoch after
+//! that checkpoint is dropped and produced again.
 //!
 //! Invariants kept here:
-//! * an incarnation recovers from the newest journal position its predecessors reported after
-//!   the leader said go to them: nothing an incarnation did before that go is ever relied on;
-//! * the sink appends a batch's outputs to the destination with one never-abandoned write and
-//!   acknowledges the batch, and reports its outputs, only once that write is acknowledged; its
-//!   receivers drop batches they already took, so each output is appended and reported once;
-//! * a job completes exactly when every last-stage task has finished (which means every one of
-//!   its outputs was acknowledged by the sink);
+//! * checkpoints complete in order, and only with every task's snapshot and the sink's epoch;
+//! * an epoch is committed only after its checkpoint is complete, each once;
+//! * a rollback resumes from the newest complete checkpoint, and everything of the attempt it
+//!   ends (snapshots, epochs not complete, link batches) is dropped;
+//! * a job completes exactly when its last epoch is committed (every output is in its
+//!   destination); its own files are deleted then;
 //! * a job's counts reach the user as [`RainstormEvent::Progress`] at most once per status
-//!   interval while it runs (not once per status report), only when they changed, and once more
-//!   before it completes if they changed since.
+//!   interval while it runs, only when they changed, and once more before it completes if they
+//!   changed since.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::config::{BatchError, RainstormConfig};
+use super::checkpoint::{encode, LogState, Record};
+use super::commit::{CommitIo, Commits, ReadyEpoch, Step};
+use super::config::{BatchError, PlantedBug, RainstormConfig};
+use super::csv::split_record;
+use super::input::{Layout, Manifest};
 use super::job::{
-    Epoch, JobId, JobPlan, JobSpec, JournalPos, Placement, RainstormEvent, RainstormMsg, StageCounts,
-    TaskPhase, SINK, STAGES,
+    Attempt, CheckpointId, JobId, JobPlan, JobSpec, Placement, RainstormEvent, Route, StageCounts, TaskId,
+    TupleCounts, SINK, STAGES,
 };
-use super::journal::{LinkSeq, TaskId, TupleCounts};
-use super::link::{Arrival, LinkReceiver};
-use super::reference::{build_pair, header_of};
-use super::task::LinkMsg;
-use super::tuple::{dest_line, source_lines, Tuple};
+use super::message::{LinkMsg, RainstormMsg, Restore, Snapshot, SourceCheckpoint, TaskPhase};
+use super::reference::build_pair;
+use super::sink::{Sink, SinkEvent};
 use super::Outbox;
 use crate::hydfs::{ClientOp, HydfsError, OpOutput, WriteKind};
-use crate::id::MemberId;
+use crate::id::{MemberId, NodeAddr};
 use crate::time::Time;
 
-/// Bytes of output the sink appends to the destination in one write, at most (roughly).
-const SINK_APPEND_BYTES: usize = 512 * 1024;
+/// The longest header line a leader reads.
+const MAX_HEADER_BYTES: usize = 16 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum SlotState {
+enum SlotPhase {
     /// No live member to run it yet.
     Unplaced,
-    /// Waiting for its neighbours to learn the new placement.
-    Fencing {
-        version: u64,
-    },
-    /// Assigned; waiting for the incarnation's first status.
-    Assigned,
-    /// Told to go (or recovering: it reported).
+    /// Deployed in the current attempt; no report yet (or still starting).
+    Deploying,
+    Ready,
     Running,
     Finished,
-    /// Its incarnation failed on a file operation; a new one is placed at this time.
-    Backoff {
-        until: Time,
-    },
 }
 
 struct Slot {
     host: MemberId,
-    epoch: Epoch,
-    state: SlotState,
-    /// The newest journal position of an incarnation that was told go.
-    authority: Option<JournalPos>,
-    /// The placement version the current incarnation reported.
-    placement_known: u64,
-    ended_known: u32,
-    last: BTreeMap<TaskId, LinkSeq>,
-    /// Until when an incarnation of this task may still act on a lease this leader granted.
-    leased_until: Time,
-    /// The latest counts the task reported (kept across a restart until the new incarnation
-    /// reports its own, which go on from its journal).
+    phase: SlotPhase,
+    /// The latest counts it reported.
     counts: TupleCounts,
+    /// Its final snapshot in this attempt, and whether a checkpoint took it in already.
+    last: Option<Snapshot>,
+    last_folded: bool,
+    completed: bool,
 }
 
-/// A task's status report, as the leader reads it.
-pub(super) struct Report {
-    pub phase: TaskPhase,
-    pub placement: u64,
-    pub ended_known: u32,
-    pub nonce: u64,
+/// Where a job resumes from: its newest complete checkpoint.
+#[derive(Clone, Debug, Default)]
+struct RestorePoint {
+    checkpoint: Option<CheckpointId>,
+    sources: BTreeMap<TaskId, SourceCheckpoint>,
+    state: BTreeMap<TaskId, BTreeMap<String, String>>,
+    counts: BTreeMap<TaskId, TupleCounts>,
 }
 
 enum JobPhase {
-    ReadingInput,
-    CreatingDest,
+    /// Reading the input's metadata and where it is stored.
+    Reading {
+        manifest: Option<Manifest>,
+        holders: Option<Vec<NodeAddr>>,
+    },
+    /// Reading the header line, part by part from the first.
+    Header {
+        line: Vec<u8>,
+        part: usize,
+    },
+    /// Creating the destination and the checkpoint log.
+    Creating {
+        dest: bool,
+        log: bool,
+    },
+    /// Tasks deployed in the current attempt (after `until`, for a backoff); waiting for all
+    /// to be ready.
+    Deploying {
+        until: Option<Time>,
+    },
     Running,
-}
-
-struct Sink {
-    receivers: BTreeMap<TaskId, LinkReceiver<Vec<Tuple>>>,
-    appending: Option<Vec<(TaskId, LinkSeq, Vec<Tuple>)>>,
-    outputs: u64,
-    /// Appends to the destination since the last merge that went through.
-    appends_since_merge: u32,
-    /// A merge of the destination is running; it covers this many of those appends.
-    merging: Option<u32>,
+    /// Every output reached the sink; the last ones are being committed.
+    Draining,
 }
 
 pub(super) struct LeaderJob {
     spec: JobSpec,
     plan: JobPlan,
     phase: JobPhase,
+    manifest: Manifest,
+    input_lines: u64,
+    /// Nodes holding the input (sources go there first).
+    holders: Vec<NodeAddr>,
+    attempt: Attempt,
     slots: BTreeMap<TaskId, Slot>,
-    placement: Placement,
+    restore: RestorePoint,
+    /// The restore point before the current one (what a planted bug restores from).
+    older: RestorePoint,
+    /// The highest checkpoint id issued; ids above `base` are the current attempt's.
+    issued: CheckpointId,
+    base: CheckpointId,
+    /// Incomplete checkpoints of this attempt, with the snapshots in so far.
+    pending: BTreeMap<CheckpointId, BTreeMap<TaskId, Snapshot>>,
+    /// Epochs the sink closed, whose checkpoints are not complete yet.
+    closed: BTreeSet<CheckpointId>,
+    next_checkpoint: Time,
     sink: Sink,
+    commits: Commits,
     restarts: u32,
     failures: u32,
     next_resend: Time,
-    /// When a fenced task's predecessor lease runs out next.
-    wake: Option<Time>,
-    /// Lines in the input (0 until it is read).
-    input_lines: u64,
-    /// The counts last reported to the user as [`RainstormEvent::Progress`].
-    reported: Option<JobCounts>,
-}
-
-/// A job's counts as [`RainstormEvent::Progress`] carries them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct JobCounts {
-    input_lines: u64,
-    stages: Vec<StageCounts>,
+    reported: Option<(u64, Vec<StageCounts>)>,
+    /// Planted: the job's files are left behind when it ends.
+    keeps_files: bool,
 }
 
 #[derive(Default)]
 pub(super) struct Leader {
     jobs: BTreeMap<JobId, LeaderJob>,
-    /// Jobs that ended (completed or failed): their tasks are told to stop.
-    ended: BTreeSet<JobId>,
     next_job: u32,
     ios: BTreeMap<u64, (JobId, LeaderIo)>,
+    stats: super::RainstormStats,
 }
 
 #[derive(Clone, Copy, Debug)]
 pub(super) enum LeaderIo {
-    Input,
+    Meta,
+    Holders,
+    Header,
     Dest,
-    SinkAppend,
-    SinkMerge,
+    Log,
+    Commit(CommitIo),
+    Merge,
+    /// Deleting a file of the job (ends silently).
+    Cleanup,
 }
 
 impl Leader {
     pub(super) fn owns(&self, token: u64) -> bool {
         self.ios.contains_key(&token)
+    }
+
+    /// Counters of the jobs this node led.
+    pub(super) fn stats(&self) -> super::RainstormStats {
+        self.stats.clone()
     }
 
     pub(super) fn jobs(&self) -> impl Iterator<Item = JobId> + '_ {
@@ -155,30 +176,61 @@ impl Leader {
     pub(super) fn describe(&self) -> Vec<String> {
         let mut lines = Vec::new();
         for (job, j) in &self.jobs {
-            lines.push(format!("job {job}: {} (placement v{})", j.spec, j.placement.version));
+            lines.push(format!(
+                "job {job}: {} (attempt {}, checkpoint {} of {} issued, {} committed, {} outputs)",
+                j.spec,
+                j.attempt,
+                j.restore.checkpoint.map_or_else(|| "none".to_owned(), |c| c.to_string()),
+                j.issued,
+                j.commits.committed().map_or_else(|| "none".to_owned(), |c| c.to_string()),
+                j.commits.outputs()
+            ));
             for (task, s) in &j.slots {
-                lines.push(format!(
-                    "  {task} e{} on {}: {:?}, knows placement v{}, ended {}, authority {:?}",
-                    s.epoch, s.host, s.state, s.placement_known, s.ended_known, s.authority
-                ));
+                lines.push(format!("  {task} on {}: {:?}", s.host, s.phase));
             }
-            for (from, r) in &j.sink.receivers {
-                lines.push(format!("  sink from {from}: delivered {}, held {}", r.delivered(), r.held()));
-            }
+            lines.push(format!("  {}", j.sink.describe()));
         }
         lines
     }
 
-    pub(super) fn poll_timeout(&self) -> Option<Time> {
-        let backoffs = self.jobs.values().flat_map(|j| j.slots.values()).filter_map(|s| match s.state {
-            SlotState::Backoff { until } => Some(until),
-            _ => None,
-        });
-        let backoffs = backoffs.chain(self.jobs.values().filter_map(|j| j.wake));
-        self.jobs.values().map(|j| j.next_resend).chain(backoffs).min()
+    /// Bytes held for the jobs this node leads: the sinks and outputs waiting to be committed.
+    pub(super) fn buffered_bytes(&self) -> usize {
+        self.jobs.values().map(|j| j.sink.buffered_bytes() + j.commits.waiting_bytes()).sum()
     }
 
-    /// Accepts a job: reads its input first.
+    /// What each job's sink holds.
+    pub(super) fn buffers(&self) -> Vec<super::Buffers> {
+        self.jobs
+            .iter()
+            .map(|(job, j)| super::Buffers {
+                job: *job,
+                task: SINK,
+                read_ahead: 0,
+                inputs: j.sink.input_bytes(),
+                unacked: 0,
+                outputs: j.sink.held_bytes() + j.commits.waiting_bytes(),
+            })
+            .collect()
+    }
+
+    pub(super) fn poll_timeout(&self, cfg: &RainstormConfig) -> Option<Time> {
+        self.jobs
+            .values()
+            .flat_map(|j| {
+                // With the most checkpoints open, the next one waits for one to complete.
+                let room = j.pending.len() < cfg.max_pending_checkpoints.max(1) as usize;
+                let checkpoint = (matches!(j.phase, JobPhase::Running) && room).then_some(j.next_checkpoint);
+                let backoff = match j.phase {
+                    JobPhase::Deploying { until } => until,
+                    _ => None,
+                };
+                [Some(j.next_resend), checkpoint, backoff]
+            })
+            .flatten()
+            .min()
+    }
+
+    /// Accepts a job: reads its input's metadata first.
     pub(super) fn start(
         &mut self,
         now: Time,
@@ -196,37 +248,46 @@ impl Leader {
             src: spec.src.clone(),
             dest: spec.dest.clone(),
             tasks: spec.tasks,
-            batch_lines: cfg.batch_lines,
             header: None,
+            routes: [Route::Shuffle; 2],
+            rate_per_source: spec.rate.map(|r| r.div_ceil(u64::from(spec.tasks.max(1)))),
         };
         out.event(RainstormEvent::JobReceived { job, spec: spec.to_string() });
-        let token = out.hydfs(ClientOp::GetLatest { name: spec.src.clone() });
-        self.ios.insert(token, (job, LeaderIo::Input));
-        let sink = Sink {
-            receivers: BTreeMap::new(),
-            appending: None,
-            outputs: 0,
-            appends_since_merge: 0,
-            merging: None,
+        let record = Record::Job { job, leader: me, spec: spec.to_string(), tasks: spec.tasks };
+        let log = LogState::fold(std::slice::from_ref(&record)).unwrap_or_default();
+        let j = LeaderJob {
+            sink: Sink::new(cfg, 1, &plan.stage(STAGES - 1)),
+            spec,
+            plan,
+            phase: JobPhase::Reading { manifest: None, holders: None },
+            manifest: Manifest::default(),
+            input_lines: 0,
+            holders: Vec::new(),
+            attempt: 1,
+            slots: BTreeMap::new(),
+            restore: RestorePoint::default(),
+            older: RestorePoint::default(),
+            issued: 0,
+            base: 0,
+            pending: BTreeMap::new(),
+            closed: BTreeSet::new(),
+            next_checkpoint: now,
+            commits: Commits::new(log, cfg.compact_records),
+            restarts: 0,
+            failures: 0,
+            next_resend: now + cfg.status_interval,
+            reported: None,
+            keeps_files: cfg.bug(PlantedBug::KeepsJobFiles),
         };
-        self.jobs.insert(
-            job,
-            LeaderJob {
-                spec,
-                plan,
-                phase: JobPhase::ReadingInput,
-                slots: BTreeMap::new(),
-                placement: Placement::default(),
-                sink,
-                restarts: 0,
-                failures: 0,
-                next_resend: now + cfg.status_interval,
-                wake: None,
-                input_lines: 0,
-                reported: None,
-            },
-        );
+        self.io(job, ClientOp::Meta { name: j.spec.src.clone() }, LeaderIo::Meta, out);
+        self.io(job, ClientOp::Ls { name: j.spec.src.clone() }, LeaderIo::Holders, out);
+        self.jobs.insert(job, j);
         job
+    }
+
+    fn io(&mut self, job: JobId, op: ClientOp, io: LeaderIo, out: &mut Outbox) {
+        let token = out.hydfs(op);
+        self.ios.insert(token, (job, io));
     }
 
     pub(super) fn on_hydfs(
@@ -239,188 +300,376 @@ impl Leader {
         out: &mut Outbox,
     ) {
         let Some((job, io)) = self.ios.remove(&token) else { return };
-        let Some(j) = self.jobs.get_mut(&job) else { return };
-        match (io, result) {
-            (LeaderIo::Input, Ok(OpOutput::Content { bytes, .. })) => {
-                let header = header_of(&bytes);
-                if let Err(e) = build_pair(&j.spec.op1, &j.spec.op2, header.as_deref()) {
-                    let why = format!("{e} (input `{}`)", j.spec.src);
-                    return self.fail(job, why, out);
-                }
-                j.plan.header = header;
-                j.input_lines = source_lines(&bytes).count() as u64;
-                j.phase = JobPhase::CreatingDest;
-                let op = ClientOp::Persist {
-                    name: j.spec.dest.clone(),
-                    kind: WriteKind::Create,
-                    data: Vec::new(),
-                };
-                let token = out.hydfs(op);
-                self.ios.insert(token, (job, LeaderIo::Dest));
-            }
-            (LeaderIo::Dest, Ok(_)) => {
-                j.phase = JobPhase::Running;
-                j.place_all(now, cfg, members, out);
-            }
-            (LeaderIo::SinkAppend, Ok(_)) => {
-                let batches = j.sink.appending.take().unwrap_or_default();
-                for (from, seq, tuples) in batches {
-                    let upto = j.sink.receivers.get_mut(&from).map_or(0, |r| r.commit(seq));
-                    j.ack(from, upto, out);
-                    j.sink.outputs += tuples.len() as u64;
-                    for tuple in tuples {
-                        out.event(RainstormEvent::Output { job, tuple });
-                    }
-                }
-                j.sink.appends_since_merge = j.sink.appends_since_merge.saturating_add(1);
-                j.merge_output(cfg, out, &mut self.ios);
-                j.step_sink(out, &mut self.ios);
-                self.check_done(job, out);
-            }
-            (LeaderIo::SinkMerge, result) => {
-                // A failed merge is tried again after the next append.
-                let covered = j.sink.merging.take().unwrap_or(0);
-                if result.is_ok() {
-                    j.sink.appends_since_merge = j.sink.appends_since_merge.saturating_sub(covered);
-                }
-            }
-            (io, Ok(other)) => self.fail(job, format!("unexpected answer to {io:?}: {other:?}"), out),
-            (LeaderIo::Input, Err(e)) => self.fail(job, format!("cannot read the input: {e}"), out),
-            (LeaderIo::Dest, Err(HydfsError::AlreadyExists(name))) => {
-                self.fail(job, format!("the destination `{name}` already exists (choose a new name)"), out)
-            }
-            (LeaderIo::Dest, Err(e)) => self.fail(job, format!("cannot create the destination: {e}"), out),
-            (LeaderIo::SinkAppend, Err(e)) => {
-                self.fail(job, format!("cannot append to the destination: {e}"), out)
-            }
+        if let Err(reason) = self.on_io(now, cfg, members, job, io, result, out) {
+            self.fail(job, reason, out);
         }
     }
 
-    /// A worker's status report.
+    #[allow(clippy::too_many_arguments)]
+    fn on_io(
+        &mut self,
+        now: Time,
+        cfg: &RainstormConfig,
+        members: &[MemberId],
+        job: JobId,
+        io: LeaderIo,
+        result: Result<OpOutput, HydfsError>,
+        out: &mut Outbox,
+    ) -> Result<(), String> {
+        let Some(j) = self.jobs.get_mut(&job) else { return Ok(()) };
+        let src = j.spec.src.clone();
+        match (io, result) {
+            (LeaderIo::Meta, Ok(OpOutput::Meta { meta, .. })) => {
+                if let JobPhase::Reading { manifest, .. } = &mut j.phase {
+                    *manifest = Some(Manifest::of(&meta));
+                }
+            }
+            (LeaderIo::Holders, Ok(OpOutput::Listed { replicas, .. })) => {
+                if let JobPhase::Reading { holders, .. } = &mut j.phase {
+                    *holders =
+                        Some(replicas.iter().filter(|(_, _, d)| d.is_some()).map(|(a, _, _)| *a).collect());
+                }
+            }
+            // Where the input is stored only helps placement.
+            (LeaderIo::Holders, Err(_)) => {
+                if let JobPhase::Reading { holders, .. } = &mut j.phase {
+                    *holders = Some(Vec::new());
+                }
+            }
+            (LeaderIo::Meta, Err(e)) => return Err(format!("cannot read the input `{src}`: {e}")),
+            (LeaderIo::Header, Ok(OpOutput::Part { bytes, .. })) => {
+                let JobPhase::Header { line, part } = &mut j.phase else { return Ok(()) };
+                line.extend_from_slice(&bytes);
+                *part += 1;
+            }
+            (LeaderIo::Header, Err(e)) => return Err(format!("cannot read the input `{src}`: {e}")),
+            (LeaderIo::Dest, Ok(_)) => {
+                if let JobPhase::Creating { dest, .. } = &mut j.phase {
+                    *dest = true;
+                }
+            }
+            (LeaderIo::Dest, Err(HydfsError::AlreadyExists(name))) => {
+                return Err(format!("the destination `{name}` already exists (choose a new name)"))
+            }
+            (LeaderIo::Dest, Err(e)) => return Err(format!("cannot create the destination: {e}")),
+            (LeaderIo::Log, Ok(_)) => {
+                if let JobPhase::Creating { log, .. } = &mut j.phase {
+                    *log = true;
+                }
+            }
+            (LeaderIo::Log, Err(e)) => return Err(format!("cannot create the checkpoint log: {e}")),
+            (LeaderIo::Commit(c), Ok(_)) => {
+                match j.commits.on_done(&j.plan, c)? {
+                    Step::Write(op, next) => self.commit_write(job, op, next, out),
+                    Step::Committed(done) => {
+                        let n = done.tuples.len();
+                        if n > 0 {
+                            out.event(RainstormEvent::Outputs { job, tuples: done.tuples });
+                        }
+                        self.merge_output(cfg, job, out);
+                        if done.last {
+                            return self.complete(job, out);
+                        }
+                    }
+                    Step::Delete(old) => self.delete(job, old, out),
+                }
+                self.pump_commits(job, out)?;
+                // Room at the sink again.
+                self.step_sink(now, cfg, job, out);
+                return Ok(());
+            }
+            (LeaderIo::Commit(_), Err(e)) => return Err(format!("cannot commit to the destination: {e}")),
+            (LeaderIo::Merge, result) => {
+                // A failed merge is tried again after the next append.
+                let covered = j.commits.merging.take().unwrap_or(0);
+                if result.is_ok() {
+                    j.commits.appends_since_merge = j.commits.appends_since_merge.saturating_sub(covered);
+                }
+                return Ok(());
+            }
+            (LeaderIo::Cleanup, _) => return Ok(()),
+            (io, Ok(other)) => return Err(format!("unexpected answer to {io:?}: {other:?}")),
+        }
+        self.advance(now, cfg, members, job, out)
+    }
+
+    /// Moves a starting job on once what it waits for is in.
+    fn advance(
+        &mut self,
+        now: Time,
+        cfg: &RainstormConfig,
+        members: &[MemberId],
+        job: JobId,
+        out: &mut Outbox,
+    ) -> Result<(), String> {
+        let Some(j) = self.jobs.get_mut(&job) else { return Ok(()) };
+        if let JobPhase::Reading { manifest: Some(manifest), holders: Some(holders) } = &mut j.phase {
+            j.manifest = std::mem::take(manifest);
+            j.holders = std::mem::take(holders);
+            let layout =
+                Layout::new(j.manifest.clone()).map_err(|e| format!("input `{}`: {e}", j.spec.src))?;
+            j.input_lines = layout.lines();
+            j.phase = JobPhase::Header { line: Vec::new(), part: 0 };
+        }
+        if let JobPhase::Header { line, part } = &mut j.phase {
+            let done = line.contains(&b'\n') || *part >= j.manifest.parts.len();
+            if !done && line.len() > MAX_HEADER_BYTES {
+                return Err(format!("the first line of `{}` is over {MAX_HEADER_BYTES} bytes", j.spec.src));
+            }
+            if !done {
+                let p = j.manifest.parts[*part];
+                let op = ClientOp::ReadPart {
+                    name: j.spec.src.clone(),
+                    stamp: p.stamp,
+                    part: p.part,
+                    prefer: None,
+                };
+                self.io(job, op, LeaderIo::Header, out);
+                return Ok(());
+            }
+            let header = super::tuple::source_lines(line).next().map(|(_, l)| split_record(&l));
+            let ops = build_pair(&j.spec.op1, &j.spec.op2, header.as_deref())
+                .map_err(|e| format!("{e} (input `{}`)", j.spec.src))?;
+            j.plan.header = header;
+            j.plan.routes = [Route::into(&ops[0], true), Route::into(&ops[1], false)];
+            j.phase = JobPhase::Creating { dest: false, log: false };
+            let record =
+                Record::Job { job, leader: j.plan.leader, spec: j.spec.to_string(), tasks: j.spec.tasks };
+            let data = encode(&record).map_err(|e| e.to_string())?;
+            let log = j.plan.checkpoint_log(0).map_err(|e| e.to_string())?;
+            let dest =
+                ClientOp::Persist { name: j.spec.dest.clone(), kind: WriteKind::Create, data: Vec::new() };
+            let log = ClientOp::Persist { name: log, kind: WriteKind::Create, data };
+            self.io(job, dest, LeaderIo::Dest, out);
+            self.io(job, log, LeaderIo::Log, out);
+            return Ok(());
+        }
+        if let JobPhase::Creating { dest: true, log: true } = j.phase {
+            j.place(members, out);
+            j.deploy_all(now, cfg, out);
+        }
+        Ok(())
+    }
+
+    /// A task's status report.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn on_status(
         &mut self,
         now: Time,
         cfg: &RainstormConfig,
         members: &[MemberId],
-        from: crate::id::NodeAddr,
-        (job, task, epoch): (JobId, TaskId, Epoch),
-        report: Report,
+        from: NodeAddr,
+        (job, attempt, task): (JobId, Attempt, TaskId),
+        (phase, counts, snapshots): (TaskPhase, TupleCounts, Vec<(CheckpointId, Snapshot)>),
         out: &mut Outbox,
     ) {
-        let Report { phase, placement, ended_known, nonce } = report;
         let Some(j) = self.jobs.get_mut(&job) else {
-            out.send(from, RainstormMsg::Stop { job, task: None });
+            out.send(from, RainstormMsg::Stop { job, before: None });
             return;
         };
-        let Some(slot) = j.slots.get_mut(&task) else { return };
-        if slot.epoch != epoch || slot.host.addr != from {
-            out.send(from, RainstormMsg::Stop { job, task: Some((task, epoch)) });
+        if attempt < j.attempt {
+            out.send(from, RainstormMsg::Stop { job, before: Some(j.attempt) });
             return;
         }
-        slot.placement_known = slot.placement_known.max(placement);
-        slot.ended_known = ended_known;
+        let Some(slot) = j.slots.get_mut(&task) else { return };
+        if attempt != j.attempt || slot.host.addr != from {
+            return;
+        }
+        slot.counts = counts;
         let mut failed = None;
-        let mut newly_finished = false;
         match phase {
-            TaskPhase::Recovering => {}
+            TaskPhase::Starting => {}
             TaskPhase::Ready => {
-                slot.authority = slot.authority.max(Some(JournalPos { epoch, generation: 0 }));
-                if slot.state != SlotState::Finished {
-                    slot.state = SlotState::Running;
+                if slot.phase == SlotPhase::Deploying {
+                    slot.phase = SlotPhase::Ready;
                 }
             }
-            TaskPhase::Running { generation, counts } => {
-                slot.counts = counts;
-                slot.authority = slot.authority.max(Some(JournalPos { epoch, generation }));
-                if slot.state != SlotState::Finished {
-                    slot.state = SlotState::Running;
+            TaskPhase::Running => {
+                if matches!(slot.phase, SlotPhase::Deploying | SlotPhase::Ready) {
+                    slot.phase = SlotPhase::Running;
                 }
             }
-            TaskPhase::Finished { generation, last, counts } => {
-                slot.counts = counts;
-                slot.authority = slot.authority.max(Some(JournalPos { epoch, generation }));
-                if slot.state != SlotState::Finished {
-                    slot.state = SlotState::Finished;
-                    slot.last = last.into_iter().collect();
-                    newly_finished = true;
+            TaskPhase::Finished { last } => {
+                slot.phase = SlotPhase::Finished;
+                if slot.last.is_none() {
+                    slot.last = Some(last);
+                }
+                if !slot.completed {
+                    slot.completed = true;
                     out.event(RainstormEvent::TaskCompleted { job, task });
                 }
             }
             TaskPhase::Failed { reason, transient } => failed = Some((reason, transient)),
         }
+        for (c, snapshot) in snapshots {
+            j.add_snapshot(task, c, snapshot);
+        }
         if let Some((reason, transient)) = failed {
-            if matches!(slot.state, SlotState::Backoff { .. }) {
+            if matches!(j.phase, JobPhase::Draining) {
                 return;
             }
-            out.event(RainstormEvent::TaskFailed { job, task, epoch, reason: reason.clone() });
-            if transient {
-                // The cluster is in flux (a file unreachable for now): try again a little
-                // later, without counting it against the job.
-                slot.state = SlotState::Backoff { until: now + cfg.retry };
-                return;
+            out.event(RainstormEvent::TaskFailed { job, task, attempt, reason: reason.clone() });
+            let why = format!("task {task} failed: {reason}");
+            let cause = if transient { Cause::Transient } else { Cause::Task };
+            self.stats.rollbacks += 1;
+            if let Err(e) = j.rollback(now, cfg, members, why, cause, out) {
+                self.fail(job, e, out);
             }
-            j.failures += 1;
-            if j.failures > cfg.max_task_failures {
-                let why = format!("task {task} failed {} times; last: {reason}", j.failures);
-                return self.fail(job, why, out);
-            }
-            j.replace(now, cfg, task, members, out);
             return;
         }
-        let mut reply = j.control(task);
-        if let RainstormMsg::Control { nonce: n, .. } = &mut reply {
-            *n = nonce;
-        }
-        if let Some(slot) = j.slots.get_mut(&task) {
-            slot.leased_until = slot.leased_until.max(now + cfg.lease);
-        }
-        out.send(from, reply);
-        if newly_finished {
-            // The tasks it fed learn now, not at their next status report, that it has ended
-            // (a push: it grants no lease).
-            let running: Vec<(TaskId, crate::id::NodeAddr)> = j
-                .slots
-                .iter()
-                .filter(|(d, s)| d.stage == task.stage + 1 && s.state == SlotState::Running)
-                .map(|(d, s)| (*d, s.host.addr))
-                .collect();
-            for (d, addr) in running {
-                out.send(addr, j.control(d));
-            }
-        }
-        j.fence(now, out);
-        self.check_done(job, out);
+        out.send(from, j.control(task));
+        j.maybe_go(now, cfg, out);
+        self.complete_checkpoints(cfg, job, out);
     }
 
-    /// A batch or acknowledgement addressed to a job's sink.
-    /// A batch over `max_batch_tuples` fails the job.
+    /// A task's snapshot of a checkpoint.
+    pub(super) fn on_snapshot(
+        &mut self,
+        cfg: &RainstormConfig,
+        (job, attempt, task): (JobId, Attempt, TaskId),
+        checkpoint: CheckpointId,
+        snapshot: Snapshot,
+        out: &mut Outbox,
+    ) {
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        if attempt != j.attempt {
+            return;
+        }
+        j.add_snapshot(task, checkpoint, snapshot);
+        self.complete_checkpoints(cfg, job, out);
+    }
+
+    /// A batch or acknowledgement addressed to a job's sink. A batch over `max_batch_tuples`
+    /// fails the job.
     pub(super) fn on_link(
         &mut self,
-        job: JobId,
-        from: (TaskId, Epoch),
-        msg: LinkMsg,
+        now: Time,
         cfg: &RainstormConfig,
+        (job, attempt, from): (JobId, Attempt, TaskId),
+        msg: LinkMsg,
         out: &mut Outbox,
     ) -> Result<(), BatchError> {
         let Some(j) = self.jobs.get_mut(&job) else { return Ok(()) };
-        if j.placement.tasks.get(&from.0).map(|p| p.1) != Some(from.1) {
+        let current = attempt == j.sink.attempt();
+        let planted_old = cfg.bug(PlantedBug::SinkTakesOldAttempts) && attempt < j.sink.attempt();
+        if !(current || planted_old) {
             return Ok(());
         }
-        let LinkMsg::Batch { seq, tuples } = msg else { return Ok(()) };
-        if let Err(e) = cfg.check_batch(tuples.len()) {
-            self.fail(job, format!("its destination refused a batch from task {}: {e}", from.0), out);
-            return Err(e);
+        if let LinkMsg::Batch { batch: super::message::Batch::Tuples(tuples), .. } = &msg {
+            if let Err(e) = cfg.check_batch(tuples.len()) {
+                self.fail(job, format!("its destination refused a batch from task {from}: {e}"), out);
+                return Err(e);
+            }
         }
-        let Some(r) = j.sink.receivers.get_mut(&from.0) else { return Ok(()) };
-        if let Arrival::Duplicate { ack } = r.arrive(seq, tuples) {
-            j.ack(from.0, ack, out);
+        if !current {
+            // Planted: an old attempt's outputs go straight into the open epoch.
+            if let LinkMsg::Batch { batch: super::message::Batch::Tuples(tuples), .. } = msg {
+                j.sink.inject(tuples);
+            }
+            return Ok(());
         }
-        j.step_sink(out, &mut self.ios);
+        j.sink.on_message(from, msg);
+        self.step_sink(now, cfg, job, out);
         Ok(())
     }
 
-    /// Membership declared `member` failed, or it left: its tasks move.
+    /// Lets a job's sink take what it may, and acts on what it found.
+    fn step_sink(&mut self, now: Time, cfg: &RainstormConfig, job: JobId, out: &mut Outbox) {
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        // Only what waits for checkpoints or commits counts: the open epoch must go on filling
+        // until its barrier comes, or the job could not reach its next checkpoint.
+        let paused = j.commits.waiting_bytes() + j.sink.closed_bytes() > cfg.sink_buffer_bytes as usize;
+        j.sink.step(paused);
+        while let Some((to, msg)) = j.sink.poll_ack() {
+            if let Some(host) = j.placement_of(to) {
+                let attempt = j.sink.attempt();
+                out.send(host.addr, RainstormMsg::Link { job, attempt, from: SINK, to, msg });
+            }
+        }
+        let mut ended = false;
+        while let Some(e) = j.sink.poll_event() {
+            match e {
+                SinkEvent::Aligned(c) => {
+                    j.closed.insert(c);
+                    if cfg.bug(PlantedBug::CommitBeforeComplete) {
+                        // Planted: the epoch is committed before the checkpoint is complete.
+                        let epoch = j.sink.take_closed(c);
+                        j.commits.push(j.ready_epoch(epoch, BTreeMap::new(), false));
+                    }
+                }
+                SinkEvent::Ended => ended = true,
+            }
+        }
+        if ended && !matches!(j.phase, JobPhase::Draining) {
+            let epoch = j.sink.take_rest();
+            j.phase = JobPhase::Draining;
+            j.pending.clear();
+            j.commits.push(j.ready_epoch(epoch, BTreeMap::new(), true));
+        }
+        // A large open epoch: start the next checkpoint now rather than at the interval.
+        if j.sink.held_bytes() > (cfg.sink_buffer_bytes / 4) as usize {
+            j.next_checkpoint = j.next_checkpoint.min(now);
+        }
+        self.complete_checkpoints(cfg, job, out);
+    }
+
+    /// Completes every checkpoint that can be, in order, and commits their epochs.
+    fn complete_checkpoints(&mut self, cfg: &RainstormConfig, job: JobId, out: &mut Outbox) {
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        while let Some(c) = j.completable() {
+            j.complete(cfg, c);
+            self.stats.checkpoints += 1;
+        }
+        // A checkpoint that waited for room starts at the next timeout (now, if it is due).
+        if let Err(e) = self.pump_commits(job, out) {
+            self.fail(job, e, out);
+        }
+    }
+
+    fn pump_commits(&mut self, job: JobId, out: &mut Outbox) -> Result<(), String> {
+        let Some(j) = self.jobs.get_mut(&job) else { return Ok(()) };
+        if let Some((op, io)) = j.commits.next(&j.plan)? {
+            self.commit_write(job, op, io, out);
+        }
+        Ok(())
+    }
+
+    /// Sends one write of a commit, and counts it.
+    fn commit_write(&mut self, job: JobId, op: ClientOp, io: CommitIo, out: &mut Outbox) {
+        let bytes = match &op {
+            ClientOp::Persist { data, .. } => data.len() as u64,
+            _ => 0,
+        };
+        match io {
+            CommitIo::Record | CommitIo::Rollover => {
+                self.stats.log_writes += 1;
+                self.stats.log_bytes += bytes;
+                self.stats.commits += u64::from(io == CommitIo::Record);
+            }
+            CommitIo::Output => {
+                self.stats.output_writes += 1;
+                self.stats.output_bytes += bytes;
+            }
+        }
+        let token = out.hydfs(op);
+        self.ios.insert(token, (job, LeaderIo::Commit(io)));
+    }
+
+    /// Merges the destination once `merge_output_appends` appends are pending since the last
+    /// merge (one merge at a time), so that its pending appends stay far below a server's
+    /// `max_pending_appends`. Merging changes no byte: the leader is the file's only writer.
+    fn merge_output(&mut self, cfg: &RainstormConfig, job: JobId, out: &mut Outbox) {
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        let every = cfg.merge_output_appends;
+        if every == 0 || j.commits.merging.is_some() || j.commits.appends_since_merge < every {
+            return;
+        }
+        j.commits.merging = Some(j.commits.appends_since_merge);
+        let name = j.spec.dest.clone();
+        self.io(job, ClientOp::Merge { name }, LeaderIo::Merge, out);
+    }
+
+    /// Membership declared `member` failed, or it left: jobs with tasks there roll back.
     pub(super) fn on_member_gone(
         &mut self,
         now: Time,
@@ -429,8 +678,18 @@ impl Leader {
         members: &[MemberId],
         out: &mut Outbox,
     ) {
-        for j in self.jobs.values_mut() {
-            j.replace_where(now, cfg, members, out, |s| s.host == member);
+        let jobs: Vec<JobId> = self.jobs.keys().copied().collect();
+        for job in jobs {
+            let Some(j) = self.jobs.get_mut(&job) else { continue };
+            let hosted = j.slots.values().any(|s| s.host == member && s.phase != SlotPhase::Unplaced);
+            if !hosted || matches!(j.phase, JobPhase::Draining) {
+                continue;
+            }
+            let why = format!("worker {} left or was declared failed", member.addr);
+            self.stats.rollbacks += 1;
+            if let Err(e) = j.rollback(now, cfg, members, why, Cause::Member, out) {
+                self.fail(job, e, out);
+            }
         }
     }
 
@@ -443,48 +702,40 @@ impl Leader {
         out: &mut Outbox,
     ) {
         for j in self.jobs.values_mut() {
-            j.replace_where(now, cfg, members, out, |s| s.state == SlotState::Unplaced);
+            if j.slots.values().any(|s| s.phase == SlotPhase::Unplaced)
+                && !eligible(j.plan.leader, members).is_empty()
+            {
+                j.place_unplaced(members);
+                j.deploy_all(now, cfg, out);
+            }
         }
     }
 
-    pub(super) fn handle_timeout(
-        &mut self,
-        now: Time,
-        cfg: &RainstormConfig,
-        members: &[MemberId],
-        out: &mut Outbox,
-    ) {
-        for j in self.jobs.values_mut() {
-            j.replace_where(
-                now,
-                cfg,
-                members,
-                out,
-                |s| matches!(s.state, SlotState::Backoff { until } if until <= now),
-            );
-            j.fence(now, out);
-            // Wake up when the next predecessor's lease runs out (later checks ride on the
-            // status interval).
-            j.wake = j
-                .slots
-                .values()
-                .filter(|s| matches!(s.state, SlotState::Fencing { .. }) && s.leased_until > now)
-                .map(|s| s.leased_until)
-                .min();
-            if j.next_resend > now {
-                continue;
+    pub(super) fn handle_timeout(&mut self, now: Time, cfg: &RainstormConfig, out: &mut Outbox) {
+        let jobs: Vec<JobId> = self.jobs.keys().copied().collect();
+        for job in jobs {
+            let Some(j) = self.jobs.get_mut(&job) else { continue };
+            if let JobPhase::Deploying { until: Some(t) } = j.phase {
+                if t <= now {
+                    j.phase = JobPhase::Deploying { until: None };
+                    j.deploy_all(now, cfg, out);
+                }
             }
-            j.next_resend = now + cfg.status_interval;
-            j.report_progress(out);
-            for (task, slot) in &j.slots {
-                match slot.state {
-                    SlotState::Assigned => out.send(slot.host.addr, j.assign_msg(*task)),
-                    SlotState::Running | SlotState::Finished
-                        if slot.placement_known < j.placement.version =>
-                    {
-                        out.send(slot.host.addr, j.control(*task))
+            if matches!(j.phase, JobPhase::Running)
+                && j.next_checkpoint <= now
+                && j.pending.len() < cfg.max_pending_checkpoints.max(1) as usize
+            {
+                j.trigger(now, cfg, out);
+            }
+            if j.next_resend <= now {
+                j.next_resend = now + cfg.status_interval;
+                j.report_progress(out);
+                if matches!(j.phase, JobPhase::Deploying { until: None }) {
+                    for (task, slot) in &j.slots {
+                        if slot.phase == SlotPhase::Deploying {
+                            out.send(slot.host.addr, j.deploy_msg(*task));
+                        }
                     }
-                    _ => {}
                 }
             }
         }
@@ -492,308 +743,363 @@ impl Leader {
 
     /// This node stopped being a member: every job it leads ends here.
     pub(super) fn lose_all(&mut self, reason: &str, out: &mut Outbox) {
-        let jobs: Vec<JobId> = std::mem::take(&mut self.jobs).into_keys().collect();
-        for job in jobs {
-            self.ended.insert(job);
+        for (job, j) in std::mem::take(&mut self.jobs) {
+            j.stop_all(out);
             out.event(RainstormEvent::JobLost { job, reason: reason.to_owned() });
         }
+        self.ios.clear();
     }
 
     fn fail(&mut self, job: JobId, reason: String, out: &mut Outbox) {
         if let Some(j) = self.jobs.remove(&job) {
             j.stop_all(out);
-            self.ended.insert(job);
+            self.cleanup(&j, out);
             out.event(RainstormEvent::JobFailed { job, reason });
         }
     }
 
-    fn check_done(&mut self, job: JobId, out: &mut Outbox) {
-        let Some(j) = self.jobs.get(&job) else { return };
-        let last = STAGES - 1;
-        let done = matches!(j.phase, JobPhase::Running)
-            && j.sink.appending.is_none()
-            && j.slots.iter().filter(|(t, _)| t.stage == last).all(|(_, s)| s.state == SlotState::Finished);
-        if done {
-            let mut j = self.jobs.remove(&job).expect("present");
-            j.report_progress(out);
-            j.stop_all(out);
-            self.ended.insert(job);
-            out.event(RainstormEvent::JobCompleted { job, outputs: j.sink.outputs, restarts: j.restarts });
+    fn complete(&mut self, job: JobId, out: &mut Outbox) -> Result<(), String> {
+        let Some(mut j) = self.jobs.remove(&job) else { return Ok(()) };
+        j.report_progress(out);
+        j.stop_all(out);
+        self.cleanup(&j, out);
+        out.event(RainstormEvent::JobCompleted { job, outputs: j.commits.outputs(), restarts: j.restarts });
+        Ok(())
+    }
+
+    /// Deletes one of a job's own files (its answer is not waited for).
+    fn delete(&mut self, job: JobId, name: crate::hydfs::FileName, out: &mut Outbox) {
+        self.io(job, ClientOp::Delete { name }, LeaderIo::Cleanup, out);
+    }
+
+    /// Deletes the job's own files (its checkpoint log).
+    fn cleanup(&mut self, j: &LeaderJob, out: &mut Outbox) {
+        if j.keeps_files {
+            return;
+        }
+        let created = !matches!(j.phase, JobPhase::Reading { .. } | JobPhase::Header { .. });
+        if let (true, Ok(name)) = (created, j.plan.checkpoint_log(j.commits.generation())) {
+            self.delete(j.plan.job, name, out);
         }
     }
 }
 
 impl LeaderJob {
-    /// Places every task, spread over the members (the leader itself only if it is alone).
-    fn place_all(&mut self, now: Time, cfg: &RainstormConfig, members: &[MemberId], out: &mut Outbox) {
-        let hosts = eligible(self.plan.leader, members);
-        self.placement.version = 1;
-        self.placement.tasks.insert(SINK, (self.plan.leader, 0));
-        for (i, task) in self.plan.all_tasks().enumerate() {
-            let (host, state) = match hosts.get(i % hosts.len().max(1)) {
-                Some(h) => (*h, SlotState::Assigned),
-                None => (self.plan.leader, SlotState::Unplaced),
-            };
-            self.placement.tasks.insert(task, (host, 1));
+    fn placement(&self) -> Placement {
+        self.slots.iter().map(|(t, s)| (*t, s.host)).collect()
+    }
+
+    fn placement_of(&self, task: TaskId) -> Option<MemberId> {
+        self.slots.get(&task).map(|s| s.host)
+    }
+
+    /// Places every task: sources on the input's holders where possible (spread), each
+    /// `Forward` task with its upstream partner, the others on the least loaded members.
+    fn place(&mut self, members: &[MemberId], out: &mut Outbox) {
+        for task in self.plan.all_tasks().collect::<Vec<_>>() {
             let slot = Slot {
-                host,
-                epoch: 1,
-                state,
-                authority: None,
-                placement_known: 0,
-                ended_known: 0,
-                last: BTreeMap::new(),
-                leased_until: Time::ZERO,
+                host: self.plan.leader,
+                phase: SlotPhase::Unplaced,
                 counts: TupleCounts::default(),
+                last: None,
+                last_folded: false,
+                completed: false,
             };
             self.slots.insert(task, slot);
-            if task.stage == STAGES - 1 {
-                self.sink.receivers.insert(task, LinkReceiver::new(0, cfg.window));
+        }
+        self.place_unplaced(members);
+        for (task, slot) in &self.slots {
+            if slot.phase != SlotPhase::Unplaced {
+                let (job, attempt, host) = (self.plan.job, self.attempt, slot.host);
+                out.event(RainstormEvent::TaskScheduled { job, task: *task, attempt, host, restart: false });
             }
         }
-        for (task, slot) in &self.slots {
-            if slot.state == SlotState::Assigned {
-                out.event(RainstormEvent::TaskScheduled {
-                    job: self.plan.job,
-                    task: *task,
-                    epoch: slot.epoch,
-                    host: slot.host,
-                    restart: false,
-                });
-                out.send(slot.host.addr, self.assign_msg(*task));
+    }
+
+    /// Places the tasks that have no live host.
+    fn place_unplaced(&mut self, members: &[MemberId]) {
+        let hosts = eligible(self.plan.leader, members);
+        if hosts.is_empty() {
+            return;
+        }
+        let holders: Vec<MemberId> =
+            hosts.iter().copied().filter(|h| self.holders.contains(&h.addr)).collect();
+        let tasks: Vec<TaskId> =
+            self.slots.iter().filter(|(_, s)| s.phase == SlotPhase::Unplaced).map(|(t, _)| *t).collect();
+        for task in tasks {
+            let load = |m: &MemberId, slots: &BTreeMap<TaskId, Slot>| {
+                slots.values().filter(|s| s.host == *m && s.phase != SlotPhase::Unplaced).count()
+            };
+            let least = |pool: &[MemberId], slots: &BTreeMap<TaskId, Slot>| {
+                pool.iter().min_by_key(|m| (load(m, slots), **m)).copied()
+            };
+            let partner = (task.stage > 0)
+                .then(|| self.plan.routes[(task.stage - 1) as usize])
+                .filter(|r| *r == Route::Forward)
+                .and_then(|_| self.slots.get(&TaskId { stage: task.stage - 1, index: task.index }))
+                .filter(|s| s.phase != SlotPhase::Unplaced)
+                .map(|s| s.host);
+            let host = match partner {
+                Some(h) => Some(h),
+                None if task.stage == 0 && !holders.is_empty() => least(&holders, &self.slots),
+                None => least(&hosts, &self.slots),
+            };
+            if let (Some(host), Some(slot)) = (host, self.slots.get_mut(&task)) {
+                slot.host = host;
+                slot.phase = SlotPhase::Deploying;
             }
+        }
+    }
+
+    /// Deploys every placed task of the current attempt.
+    fn deploy_all(&mut self, now: Time, cfg: &RainstormConfig, out: &mut Outbox) {
+        if self.slots.values().any(|s| s.phase == SlotPhase::Unplaced) {
+            // All tasks of an attempt run together: wait for members.
+            return;
+        }
+        self.phase = JobPhase::Deploying { until: None };
+        for (task, slot) in &self.slots {
+            out.send(slot.host.addr, self.deploy_msg(*task));
         }
         self.next_resend = now + cfg.status_interval;
     }
 
-    /// Gives every task whose slot matches `pick` a new incarnation.
-    fn replace_where(
-        &mut self,
-        now: Time,
-        cfg: &RainstormConfig,
-        members: &[MemberId],
-        out: &mut Outbox,
-        pick: impl Fn(&Slot) -> bool,
-    ) {
-        let tasks: Vec<TaskId> = self.slots.iter().filter(|(_, s)| pick(s)).map(|(t, _)| *t).collect();
-        for task in tasks {
-            self.replace(now, cfg, task, members, out);
-        }
-    }
-
-    /// Gives `task` a new incarnation on the least loaded live member.
-    fn replace(
-        &mut self,
-        now: Time,
-        cfg: &RainstormConfig,
-        task: TaskId,
-        members: &[MemberId],
-        out: &mut Outbox,
-    ) {
-        let hosts = eligible(self.plan.leader, members);
-        let load = |m: &MemberId| self.slots.values().filter(|s| s.host == *m).count();
-        let Some(host) = hosts.iter().min_by_key(|m| (load(m), **m)).copied() else {
-            if let Some(slot) = self.slots.get_mut(&task) {
-                slot.state = SlotState::Unplaced;
-            }
-            return;
+    fn deploy_msg(&self, task: TaskId) -> RainstormMsg {
+        let restore = Restore {
+            source: (task.stage == 0)
+                .then(|| self.restore.sources.get(&task).copied().unwrap_or(SourceCheckpoint::Start)),
+            state: self
+                .restore
+                .state
+                .get(&task)
+                .map(|s| s.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default(),
+            counts: self.restore.counts.get(&task).copied().unwrap_or_default(),
         };
-        let Some(slot) = self.slots.get_mut(&task) else { return };
-        self.restarts += 1;
-        self.placement.version += 1;
-        slot.host = host;
-        slot.epoch += 1;
-        slot.state = SlotState::Fencing { version: self.placement.version };
-        slot.placement_known = 0;
-        slot.ended_known = 0;
-        self.placement.tasks.insert(task, (host, slot.epoch));
-        out.event(RainstormEvent::TaskScheduled {
-            job: self.plan.job,
-            task,
-            epoch: slot.epoch,
-            host,
-            restart: true,
-        });
-        // Everyone learns the new placement now; the new incarnation starts once its
-        // neighbours have it.
-        for (t, s) in &self.slots {
-            if matches!(s.state, SlotState::Running | SlotState::Finished | SlotState::Assigned) {
-                out.send(s.host.addr, self.control(*t));
-            }
-        }
-        self.fence(now, out);
-        if matches!(self.slots[&task].state, SlotState::Fencing { .. }) {
-            let until = self.slots[&task].leased_until;
-            self.wake = Some(self.wake.map_or(until, |w| w.min(until)));
-        }
-        let _ = cfg;
-    }
-
-    /// Assigns every fenced incarnation whose predecessor's lease has run out and whose live
-    /// neighbours all know its placement.
-    fn fence(&mut self, now: Time, out: &mut Outbox) {
-        let ready: Vec<TaskId> = self
-            .slots
-            .iter()
-            .filter_map(|(t, s)| match s.state {
-                SlotState::Fencing { version } if s.leased_until <= now => Some((*t, version)),
-                _ => None,
-            })
-            .filter(|(t, version)| {
-                self.slots.iter().filter(|(n, _)| n.stage.abs_diff(t.stage) == 1).all(|(_, n)| {
-                    match n.state {
-                        SlotState::Unplaced | SlotState::Fencing { .. } | SlotState::Backoff { .. } => true,
-                        SlotState::Assigned | SlotState::Running | SlotState::Finished => {
-                            n.placement_known >= *version
-                        }
-                    }
-                })
-            })
-            .map(|(t, _)| t)
-            .collect();
-        for task in ready {
-            let slot = self.slots.get_mut(&task).expect("present");
-            slot.state = SlotState::Assigned;
-            let host = slot.host.addr;
-            out.send(host, self.assign_msg(task));
-        }
-    }
-
-    fn assign_msg(&self, task: TaskId) -> RainstormMsg {
-        let slot = &self.slots[&task];
-        RainstormMsg::Assign {
+        RainstormMsg::Deploy {
             plan: Box::new(self.plan.clone()),
+            attempt: self.attempt,
             task,
-            epoch: slot.epoch,
-            host: slot.host,
-            placement: self.placement.clone(),
-            recover: slot.authority,
+            placement: self.placement(),
+            restore,
+            base: self.base,
+            manifest: (task.stage == 0).then(|| self.manifest.clone()),
         }
     }
 
-    /// What the leader tells a task's current incarnation.
+    /// Once every task of the attempt is ready: go.
+    fn maybe_go(&mut self, now: Time, cfg: &RainstormConfig, out: &mut Outbox) {
+        if !matches!(self.phase, JobPhase::Deploying { until: None }) {
+            return;
+        }
+        if !self.slots.values().all(|s| s.phase != SlotPhase::Deploying && s.phase != SlotPhase::Unplaced) {
+            return;
+        }
+        self.phase = JobPhase::Running;
+        self.next_checkpoint = now + cfg.checkpoint_interval;
+        for (task, slot) in &self.slots {
+            out.send(slot.host.addr, self.control(*task));
+        }
+    }
+
+    /// What the leader tells a task of the current attempt.
     fn control(&self, task: TaskId) -> RainstormMsg {
-        let slot = &self.slots[&task];
-        let ended: Vec<(TaskId, LinkSeq)> = if task.stage == 0 {
-            Vec::new()
-        } else {
-            self.slots
-                .iter()
-                .filter(|(u, s)| u.stage + 1 == task.stage && s.state == SlotState::Finished)
-                .map(|(u, s)| (*u, s.last.get(&task).copied().unwrap_or(0)))
-                .collect()
-        };
         RainstormMsg::Control {
             job: self.plan.job,
+            attempt: self.attempt,
             task,
-            epoch: slot.epoch,
-            go: matches!(slot.state, SlotState::Running | SlotState::Finished),
-            placement: (slot.placement_known < self.placement.version).then(|| self.placement.clone()),
-            ended: if (slot.ended_known as usize) < ended.len() { ended } else { Vec::new() },
-            nonce: 0,
+            go: matches!(self.phase, JobPhase::Running | JobPhase::Draining),
+            trigger: if task.stage == 0 { self.issued.max(self.base) } else { 0 },
+            confirmed: self.confirmed(),
         }
     }
 
-    fn ack(&self, from: TaskId, upto: LinkSeq, out: &mut Outbox) {
-        if let Some((member, epoch)) = self.placement.tasks.get(&from) {
-            out.send(
-                member.addr,
-                RainstormMsg::Link {
-                    job: self.plan.job,
-                    from: (SINK, 0),
-                    to: (from, *epoch),
-                    msg: LinkMsg::Ack { upto },
-                },
-            );
+    /// Every snapshot up to this checkpoint is in (the rest of the attempt's are not needed).
+    fn confirmed(&self) -> CheckpointId {
+        self.restore.checkpoint.unwrap_or(0).max(self.base)
+    }
+
+    /// Starts the next checkpoint: its barrier from every source.
+    fn trigger(&mut self, now: Time, cfg: &RainstormConfig, out: &mut Outbox) {
+        self.issued += 1;
+        self.pending.insert(self.issued, BTreeMap::new());
+        self.next_checkpoint = now + cfg.checkpoint_interval;
+        for (task, slot) in &self.slots {
+            if task.stage == 0 && slot.phase != SlotPhase::Finished {
+                out.send(slot.host.addr, self.control(*task));
+            }
         }
     }
 
-    /// Appends every batch ready at the sink, in one write, if none is in flight.
-    /// Merges the destination once `merge_output_appends` appends are pending since the last
-    /// merge (one merge at a time), so that its pending appends stay far below a server's
-    /// `max_pending_appends`. Merging changes no byte: the leader is the file's only writer.
-    fn merge_output(
-        &mut self,
-        cfg: &RainstormConfig,
-        out: &mut Outbox,
-        ios: &mut BTreeMap<u64, (JobId, LeaderIo)>,
-    ) {
-        let every = cfg.merge_output_appends;
-        if every == 0 || self.sink.merging.is_some() || self.sink.appends_since_merge < every {
-            return;
+    fn add_snapshot(&mut self, task: TaskId, c: CheckpointId, snapshot: Snapshot) {
+        if let Some(p) = self.pending.get_mut(&c) {
+            p.entry(task).or_insert(snapshot);
         }
-        self.sink.merging = Some(self.sink.appends_since_merge);
-        let token = out.hydfs(ClientOp::Merge { name: self.plan.dest.clone() });
-        ios.insert(token, (self.plan.job, LeaderIo::SinkMerge));
     }
 
-    fn step_sink(&mut self, out: &mut Outbox, ios: &mut BTreeMap<u64, (JobId, LeaderIo)>) {
-        if self.sink.appending.is_some() {
-            return;
-        }
-        let mut batches = Vec::new();
-        let mut data = Vec::new();
-        'fill: loop {
-            let mut took = false;
-            for (from, r) in &mut self.sink.receivers {
-                if data.len() >= SINK_APPEND_BYTES {
-                    break 'fill;
-                }
-                if let Some((seq, tuples)) = r.next_ready() {
-                    for t in &tuples {
-                        data.extend_from_slice(dest_line(t).as_bytes());
+    /// The oldest pending checkpoint, if it is complete: the sink closed its epoch and every
+    /// task reported its snapshot of it or finished without seeing it.
+    fn completable(&self) -> Option<CheckpointId> {
+        let (c, snapshots) = self.pending.first_key_value()?;
+        let closed = self.closed.contains(c);
+        let all = self.slots.iter().all(|(t, s)| snapshots.contains_key(t) || s.last.is_some());
+        (closed && all).then_some(*c)
+    }
+
+    /// Folds checkpoint `c` into the restore point and queues its epoch for commit.
+    fn complete(&mut self, cfg: &RainstormConfig, c: CheckpointId) {
+        let snapshots = self.pending.remove(&c).unwrap_or_default();
+        self.closed.remove(&c);
+        self.older = self.restore.clone();
+        let mut changes: BTreeMap<TaskId, BTreeMap<String, Option<String>>> = BTreeMap::new();
+        for (task, slot) in &mut self.slots {
+            let snapshot = match snapshots.get(task) {
+                Some(s) => s,
+                None if !slot.last_folded => {
+                    slot.last_folded = true;
+                    match &slot.last {
+                        Some(s) => s,
+                        None => continue,
                     }
-                    batches.push((*from, seq, tuples));
-                    took = true;
+                }
+                None => continue,
+            };
+            if let Some(pos) = snapshot.source {
+                self.restore.sources.insert(*task, pos);
+            }
+            self.restore.counts.insert(*task, snapshot.counts);
+            if !snapshot.changes.is_empty() {
+                let state = self.restore.state.entry(*task).or_default();
+                let changed = changes.entry(*task).or_default();
+                for (key, value) in &snapshot.changes {
+                    match value {
+                        Some(v) => state.insert(key.clone(), v.clone()),
+                        None => state.remove(key),
+                    };
+                    changed.insert(key.clone(), value.clone());
                 }
             }
-            if !took {
-                break;
-            }
         }
-        if batches.is_empty() {
-            return;
+        self.restore.checkpoint = Some(c);
+        if !cfg.bug(PlantedBug::CommitBeforeComplete) {
+            let epoch = self.sink.take_closed(c);
+            let ready = self.ready_epoch(epoch, changes, false);
+            self.commits.push(ready);
         }
-        if data.is_empty() {
-            // Empty batches need no write.
-            for (from, seq, _) in batches {
-                let upto = self.sink.receivers.get_mut(&from).map_or(0, |r| r.commit(seq));
-                self.ack(from, upto, out);
-            }
-            return self.step_sink(out, ios);
-        }
-        self.sink.appending = Some(batches);
-        let token =
-            out.hydfs(ClientOp::Persist { name: self.plan.dest.clone(), kind: WriteKind::Append, data });
-        ios.insert(token, (self.plan.job, LeaderIo::SinkAppend));
     }
 
-    /// Per stage, the sum of its tasks' latest counts.
+    fn ready_epoch(
+        &self,
+        epoch: super::sink::Epoch,
+        changes: BTreeMap<TaskId, BTreeMap<String, Option<String>>>,
+        last: bool,
+    ) -> ReadyEpoch {
+        ReadyEpoch {
+            checkpoint: self.restore.checkpoint,
+            attempt: self.attempt,
+            epoch,
+            sources: self.restore.sources.clone(),
+            changes,
+            counts: self.restore.counts.clone(),
+            last,
+        }
+    }
+
+    /// Goes back to the newest complete checkpoint under a new attempt: tasks on members that
+    /// are gone move, and every task is deployed again (after a pause when the cause is
+    /// transient, so a cluster in flux is not hammered).
+    fn rollback(
+        &mut self,
+        now: Time,
+        cfg: &RainstormConfig,
+        members: &[MemberId],
+        reason: String,
+        cause: Cause,
+        out: &mut Outbox,
+    ) -> Result<(), String> {
+        if cause == Cause::Task {
+            self.failures += 1;
+            if self.failures > cfg.max_task_failures {
+                return Err(format!("tasks failed {} times; last: {reason}", self.failures));
+            }
+        }
+        let old_hosts: BTreeSet<MemberId> = self.slots.values().map(|s| s.host).collect();
+        self.attempt += 1;
+        self.restarts += 1;
+        self.base = self.issued;
+        self.pending.clear();
+        self.closed.clear();
+        if cfg.bug(PlantedBug::StateFromOlderCheckpoint) {
+            self.restore.state = self.older.state.clone();
+        }
+        self.sink.reset(self.attempt, &self.plan.stage(STAGES - 1));
+        out.event(RainstormEvent::RolledBack {
+            job: self.plan.job,
+            attempt: self.attempt,
+            checkpoint: self.restore.checkpoint,
+            reason,
+        });
+        let live: BTreeSet<MemberId> = members.iter().copied().collect();
+        let mut moved = Vec::new();
+        for (task, slot) in &mut self.slots {
+            slot.last = None;
+            slot.last_folded = false;
+            slot.completed = false;
+            if slot.phase == SlotPhase::Unplaced || !live.contains(&slot.host) {
+                slot.phase = SlotPhase::Unplaced;
+                moved.push(*task);
+            } else {
+                slot.phase = SlotPhase::Deploying;
+            }
+        }
+        self.place_unplaced(members);
+        for task in moved {
+            let slot = &self.slots[&task];
+            if slot.phase != SlotPhase::Unplaced {
+                let (job, attempt, host) = (self.plan.job, self.attempt, slot.host);
+                out.event(RainstormEvent::TaskScheduled { job, task, attempt, host, restart: true });
+            }
+        }
+        let new_hosts: BTreeSet<MemberId> = self.slots.values().map(|s| s.host).collect();
+        for host in old_hosts.difference(&new_hosts) {
+            if live.contains(host) {
+                out.send(host.addr, RainstormMsg::Stop { job: self.plan.job, before: Some(self.attempt) });
+            }
+        }
+        match cause {
+            // A file operation failed: the cluster is in flux; try again a little later.
+            Cause::Transient => self.phase = JobPhase::Deploying { until: Some(now + cfg.retry) },
+            Cause::Member | Cause::Task => self.deploy_all(now, cfg, out),
+        }
+        Ok(())
+    }
+
     fn stage_counts(&self) -> Vec<StageCounts> {
         (0..STAGES)
             .map(|stage| {
-                let tasks = self.slots.iter().filter(|(t, _)| t.stage == stage);
-                let sum = tasks
+                let sum = self
+                    .slots
+                    .iter()
+                    .filter(|(t, _)| t.stage == stage)
                     .fold(TupleCounts::default(), |sum, (_, s)| sum.add(s.counts.consumed, s.counts.emitted));
                 StageCounts { stage, consumed: sum.consumed, emitted: sum.emitted }
             })
             .collect()
     }
 
-    /// Tells the user the job's counts if they changed since it last did (the caller sees to
-    /// how often).
+    /// Tells the user the job's counts if they changed since it last did.
     fn report_progress(&mut self, out: &mut Outbox) {
-        if !matches!(self.phase, JobPhase::Running) {
+        if !matches!(self.phase, JobPhase::Running | JobPhase::Draining | JobPhase::Deploying { .. }) {
             return;
         }
-        let counts = JobCounts { input_lines: self.input_lines, stages: self.stage_counts() };
+        let counts = (self.input_lines, self.stage_counts());
         if self.reported.as_ref() == Some(&counts) {
             return;
         }
         out.event(RainstormEvent::Progress {
             job: self.plan.job,
-            input_lines: counts.input_lines,
-            stages: counts.stages.clone(),
+            input_lines: counts.0,
+            stages: counts.1.clone(),
         });
         self.reported = Some(counts);
     }
@@ -801,9 +1107,18 @@ impl LeaderJob {
     fn stop_all(&self, out: &mut Outbox) {
         let hosts: BTreeSet<MemberId> = self.slots.values().map(|s| s.host).collect();
         for h in hosts {
-            out.send(h.addr, RainstormMsg::Stop { job: self.plan.job, task: None });
+            out.send(h.addr, RainstormMsg::Stop { job: self.plan.job, before: None });
         }
     }
+}
+
+/// Why a job rolls back: a failure of a task's own (counted against `max_task_failures`), of
+/// a file operation (the next attempt waits a little), or of a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cause {
+    Task,
+    Transient,
+    Member,
 }
 
 /// Members that may run tasks: everyone but the leader, unless the leader is alone.
@@ -813,177 +1128,5 @@ fn eligible(leader: MemberId, members: &[MemberId]) -> Vec<MemberId> {
         vec![leader]
     } else {
         others
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::hydfs::FileName;
-    use crate::rainstorm::operator::OperatorSpec;
-    use crate::time::Millis;
-
-    fn member(port: u16) -> MemberId {
-        MemberId { addr: format!("10.0.0.1:{port}").parse().expect("address"), join_time: 1 }
-    }
-
-    fn content(bytes: &[u8]) -> Result<OpOutput, HydfsError> {
-        let name = FileName::new("in.csv").expect("name");
-        Ok(OpOutput::Content { name, bytes: bytes.to_vec(), writes: Vec::new(), from: None })
-    }
-
-    /// A leader whose job (one task per stage, over a 5-line input) has placed its tasks.
-    fn running(cfg: &RainstormConfig) -> (Leader, JobId, Vec<MemberId>, Outbox) {
-        let members = vec![member(1), member(2), member(3)];
-        let (mut leader, mut out) = (Leader::default(), Outbox::default());
-        let spec = JobSpec {
-            op1: OperatorSpec::parse("grep:a").expect("spec"),
-            op2: OperatorSpec::parse("split").expect("spec"),
-            src: FileName::new("in.csv").expect("name"),
-            dest: FileName::new("out").expect("name"),
-            tasks: 1,
-        };
-        let job = leader.start(Time(0), members[0], cfg, spec, &mut out);
-        let (input, _) = out.hydfs.pop_front().expect("reads the input");
-        leader.on_hydfs(Time(0), cfg, &members, input, content(b"a\nb\na b\nc\nd\n"), &mut out);
-        let (dest, _) = out.hydfs.pop_front().expect("creates the destination");
-        leader.on_hydfs(Time(0), cfg, &members, dest, content(b""), &mut out);
-        (leader, job, members, out)
-    }
-
-    fn status(
-        leader: &mut Leader,
-        (cfg, members, out): (&RainstormConfig, &[MemberId], &mut Outbox),
-        now: u64,
-        (job, task): (JobId, TaskId),
-        phase: TaskPhase,
-    ) {
-        let host = leader.jobs[&job].slots[&task].host.addr;
-        let report = Report { phase, placement: 1, ended_known: 0, nonce: now };
-        leader.on_status(Time(now), cfg, members, host, (job, task, 1), report, out);
-    }
-
-    /// The `Progress` events out so far (other events are dropped), with when they came.
-    fn progress(out: &mut Outbox, now: u64, seen: &mut Vec<(u64, u64, Vec<StageCounts>)>) {
-        for e in out.events.drain(..) {
-            if let RainstormEvent::Progress { input_lines, stages, .. } = e {
-                seen.push((now, input_lines, stages));
-            }
-        }
-    }
-
-    fn counts(consumed: u64, emitted: u64) -> TupleCounts {
-        TupleCounts { consumed, emitted }
-    }
-
-    #[test]
-    fn progress_is_reported_at_most_once_per_status_interval_and_only_when_it_changed() {
-        let cfg = RainstormConfig { status_interval: Millis(500), ..RainstormConfig::default() };
-        let (mut leader, job, members, mut out) = running(&cfg);
-        let (source, op1, op2) =
-            (TaskId { stage: 0, index: 0 }, TaskId { stage: 1, index: 0 }, TaskId { stage: 2, index: 0 });
-        let mut seen = Vec::new();
-        progress(&mut out, 0, &mut seen);
-        assert!(seen.is_empty(), "nothing before the first interval");
-        // Status reports every 10 ms, each with new counts, and a timer at each.
-        for now in (10..=1_490).step_by(10) {
-            let n = now / 10;
-            let ctx = (&cfg, members.as_slice(), &mut out);
-            let running = TaskPhase::Running { generation: 0, counts: counts(n.min(5), n.min(5)) };
-            status(&mut leader, ctx, now, (job, source), running);
-            let ctx = (&cfg, members.as_slice(), &mut out);
-            status(
-                &mut leader,
-                ctx,
-                now,
-                (job, op1),
-                TaskPhase::Running { generation: 0, counts: counts(n, n / 2) },
-            );
-            leader.handle_timeout(Time(now), &cfg, &members, &mut out);
-            progress(&mut out, now, &mut seen);
-        }
-        let times: Vec<u64> = seen.iter().map(|(t, _, _)| *t).collect();
-        assert_eq!(times, [500, 1_000], "once per interval, not once per report");
-        let stage = |stage, consumed, emitted| StageCounts { stage, consumed, emitted };
-        assert_eq!(seen[0].1, 5, "the input's line count");
-        assert_eq!(seen[0].2, [stage(0, 5, 5), stage(1, 50, 25), stage(2, 0, 0)], "the latest counts");
-        assert_eq!(seen[1].2, [stage(0, 5, 5), stage(1, 100, 50), stage(2, 0, 0)]);
-        // Nothing changes: nothing more is reported, however many intervals pass.
-        seen.clear();
-        for now in (1_500..=4_000).step_by(100) {
-            leader.handle_timeout(Time(now), &cfg, &members, &mut out);
-            progress(&mut out, now, &mut seen);
-        }
-        let times: Vec<u64> = seen.iter().map(|(t, _, _)| *t).collect();
-        assert_eq!(times, [1_500], "the counts at 1 490 ms, then silence");
-        // The last stage finishing completes the job: its final counts come first.
-        seen.clear();
-        let ctx = (&cfg, members.as_slice(), &mut out);
-        let last = vec![(SINK, 0)];
-        status(
-            &mut leader,
-            ctx,
-            4_010,
-            (job, op2),
-            TaskPhase::Finished { generation: 0, last, counts: counts(7, 7) },
-        );
-        let events: Vec<RainstormEvent> = out.events.drain(..).collect();
-        let at = |f: fn(&RainstormEvent) -> bool| events.iter().position(f).expect("present");
-        let (p, done) = (
-            at(|e| matches!(e, RainstormEvent::Progress { .. })),
-            at(|e| matches!(e, RainstormEvent::JobCompleted { .. })),
-        );
-        assert!(p < done, "{events:?}");
-        let RainstormEvent::Progress { stages, .. } = &events[p] else { unreachable!() };
-        assert_eq!(stages[2], stage(2, 7, 7));
-    }
-
-    #[test]
-    fn the_destination_is_merged_every_few_appends_and_an_oversized_batch_fails_the_job() {
-        use crate::hydfs::{MergeSummary, Stamp};
-        let cfg =
-            RainstormConfig { merge_output_appends: 2, max_batch_tuples: 3, ..RainstormConfig::default() };
-        let (mut leader, job, members, mut out) = running(&cfg);
-        out.hydfs.clear();
-        let last = (TaskId { stage: 2, index: 0 }, 1);
-        let dest = FileName::new("out").expect("name");
-        let batch = |seq: u64, n: u64| LinkMsg::Batch {
-            seq,
-            tuples: (0..n).map(|i| Tuple::source("in.csv", seq * 10 + i, "x")).collect(),
-        };
-        let (mut appends, mut merges) = (0, 0);
-        for seq in 1..=5 {
-            leader.on_link(job, last, batch(seq, 3), &cfg, &mut out).expect("within the limit");
-            while let Some((token, op)) = out.hydfs.pop_front() {
-                let answer = match op {
-                    ClientOp::Persist { .. } => {
-                        appends += 1;
-                        let stamp = Stamp { ts: seq, client: member(1), seq };
-                        OpOutput::Written { name: dest.clone(), stamp, replicas: Vec::new() }
-                    }
-                    ClientOp::Merge { .. } => {
-                        merges += 1;
-                        let summary = MergeSummary { appended: 2, replicas: Vec::new(), bytes_moved: 0 };
-                        OpOutput::Merged { name: dest.clone(), summary }
-                    }
-                    other => panic!("unexpected {other:?}"),
-                };
-                leader.on_hydfs(Time(seq), &cfg, &members, token, Ok(answer), &mut out);
-            }
-        }
-        assert_eq!((appends, merges), (5, 2), "a merge after every second append");
-        assert_eq!(leader.jobs[&job].sink.appends_since_merge, 1);
-        // A batch over the limit is refused, and the job fails saying why.
-        let e = leader.on_link(job, last, batch(6, 4), &cfg, &mut out).unwrap_err();
-        assert_eq!(e, BatchError::TooManyTuples { tuples: 4, limit: 3 });
-        let reason = out
-            .events
-            .iter()
-            .find_map(|e| match e {
-                RainstormEvent::JobFailed { reason, .. } => Some(reason.clone()),
-                _ => None,
-            })
-            .expect("the job failed");
-        assert!(reason.contains("4 tuples is over the 3-tuple limit (max_batch_tuples)"), "{reason}");
     }
 }

@@ -1,58 +1,81 @@
 //! # RainStorm stream layer
 //!
 //! RainStorm reads an input file stored in HyDFS line by line, turns each physical line into a
-//! source [`Tuple`] `<file:line_number, line>` (lines numbered from 1) and runs it through
+//! source [`Tuple`] `<file:line_number, line>` (lines numbered from 1) and runs it through two
 //! operator stages. Outputs are exactly-once, so every operator is a deterministic pure function
-//! of `(tuple, keyed state)`; partitioning, keyed state, acknowledgements and de-duplication by
-//! [`TupleId`] belong to the job framework, never to an operator.
+//! of `(tuple, keyed state)`; partitioning, keyed state, checkpoints and rollback belong to the
+//! job framework, never to an operator.
 //!
-//! What exists now:
-//! * [`tuple`]: tuple identities ([`TupleId`]: source position plus derivation path) and tuples;
+//! Exactly-once comes from aligned checkpoints (Chandy–Lamport barriers, as in Flink and
+//! Arroyo): the leader starts a checkpoint every `checkpoint_interval`; sources emit its
+//! barrier into their streams; each task snapshots its keyed state when the barrier has come in
+//! on every input; the leader (also the job's sink) commits the outputs before a barrier to the
+//! destination only once every snapshot of its checkpoint is in. A failure rolls the whole job
+//! back to its newest complete checkpoint; outputs after it were never committed, and are
+//! produced again. Nothing is made durable per batch: one checkpoint record and one append of
+//! outputs per commit.
+//!
+//! The parts:
+//! * [`tuple`]: tuple identities ([`TupleId`]: source line plus derivation path) and tuples;
 //! * [`csv`]: lenient single-line RFC 4180 splitting and joining of records;
+//! * [`input`]: the input's parts, line numbers from metadata, and a source's line cursor;
 //! * [`link`]: per-link batch numbering, windows, retries and in-order de-duplication;
-//! * [`journal`]: task journals (framed, checksummed records), replay, snapshots and compaction;
-//! * [`task`]: an operator task: in-order input, keyed state, journal before acknowledgement,
-//!   partitioned output with backpressure, restart from the journal;
-//! * [`operator`]: the [`Operator`] contract, the built-in operators and their text specs
-//!   ([`OperatorSpec`]), and [`derive`] which gives outputs their ids.
+//! * [`outlet`]: a task's outputs, coalesced per downstream task;
+//! * [`source`], [`task`]: source tasks and operator tasks;
+//! * [`sink`]: the leader's sink: aligned epochs of outputs;
+//! * [`checkpoint`], `commit`: the checkpoint log and the commits of epochs;
+//! * [`message`]: what nodes say to each other;
+//! * [`operator`]: the [`Operator`] contract, the built-ins and their text specs
+//!   ([`OperatorSpec`]), and [`derive`], which gives outputs their ids;
+//! * [`reference`]: the single-process pipeline every job is judged against.
 
+pub mod checkpoint;
 pub mod config;
 pub mod csv;
+pub mod input;
 pub mod job;
-pub mod journal;
 pub mod link;
+pub mod message;
 pub mod operator;
+pub mod outlet;
 pub mod reference;
+pub mod sink;
 pub mod source;
 pub mod task;
 pub mod tuple;
 
+mod commit;
 mod leader;
 mod worker;
 
 pub use operator::{
-    derive, Applied, Operator, OperatorError, OperatorSpec, Output, ProgramSpec, SpecError, StageOp,
+    derive, derive_into, Applied, Operator, OperatorError, OperatorSpec, Output, ProgramSpec, SpecError,
+    StageOp,
 };
 pub use task::{ProgramBatch, ProgramResult};
 pub use tuple::{dest_line, source_lines, Tuple, TupleId};
 
 pub use config::{BatchError, PlantedBug, RainstormConfig};
 pub use job::{
-    lines_read, Epoch, JobError, JobId, JobPlan, JobSpec, RainstormEvent, RainstormMsg, StageCounts, SINK,
+    lines_read, Attempt, CheckpointId, JobError, JobId, JobPlan, JobSpec, RainstormEvent, StageCounts,
+    TaskId, TupleCounts, SINK,
 };
-pub use journal::{TaskId, TupleCounts};
+pub use message::RainstormMsg;
 
 use crate::hydfs::{ClientOp, HydfsError, OpOutput};
 use crate::id::{MemberId, NodeAddr};
 use crate::time::Time;
-use leader::{Leader, Report};
+use leader::Leader;
 use std::collections::VecDeque;
 use worker::Worker;
 
 /// Everything the RainStorm state machines produce in one step, drained by [`Rainstorm`].
 #[derive(Default)]
 pub(crate) struct Outbox {
+    /// This node's address: messages to it are handled here, never sent.
+    me: Option<NodeAddr>,
     msgs: VecDeque<(NodeAddr, RainstormMsg)>,
+    local: VecDeque<RainstormMsg>,
     hydfs: VecDeque<(u64, ClientOp)>,
     programs: VecDeque<ProgramCall>,
     events: VecDeque<RainstormEvent>,
@@ -61,7 +84,11 @@ pub(crate) struct Outbox {
 
 impl Outbox {
     fn send(&mut self, to: NodeAddr, msg: RainstormMsg) {
-        self.msgs.push_back((to, msg));
+        if Some(to) == self.me {
+            self.local.push_back(msg);
+        } else {
+            self.msgs.push_back((to, msg));
+        }
     }
 
     fn event(&mut self, e: RainstormEvent) {
@@ -86,20 +113,39 @@ impl Outbox {
 }
 
 /// A batch for an operator program, for the driver to run (protocol: `docs/OPERATORS.md`).
-/// The driver keeps one program process per hosted incarnation `(job, task, epoch)` (stopping
-/// those no longer in [`Rainstorm::hosted`]), and answers every call exactly once with
-/// [`Rainstorm::on_program`]: an error if the program could not be fetched or started, crashed,
-/// hung, or answered against the protocol.
+/// The driver keeps one program process per hosted task attempt `(job, task, attempt)`
+/// (stopping those no longer in [`Rainstorm::hosted`]), and answers every call exactly once
+/// with [`Rainstorm::on_program`], in order per attempt: an error if the program could not be
+/// fetched or started, crashed, hung, or answered against the protocol. Up to
+/// `program_window` calls of one attempt are out at a time; the first one of an attempt is
+/// empty (it starts the program).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProgramCall {
     pub token: u64,
     pub job: JobId,
     pub task: TaskId,
-    pub epoch: Epoch,
+    pub attempt: Attempt,
     pub program: ProgramSpec,
     /// The input's first row (the program's handshake carries it).
     pub header: Option<Vec<String>>,
     pub batch: ProgramBatch,
+}
+
+/// What one task (or a job's sink) holds, by kind, in bytes: what bounded-buffer checks read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Buffers {
+    pub job: JobId,
+    /// The task ([`SINK`] for a job's sink at its leader).
+    pub task: TaskId,
+    /// Input parts a source read ahead.
+    pub read_ahead: usize,
+    /// Batches received and not taken yet.
+    pub inputs: usize,
+    /// Batches sent and not acknowledged yet.
+    pub unacked: usize,
+    /// Everything on the output side: unacknowledged, sealed and waiting, and coalescing
+    /// (for a sink: epochs of outputs not committed yet).
+    pub outputs: usize,
 }
 
 /// Counters.
@@ -107,9 +153,22 @@ pub struct ProgramCall {
 pub struct RainstormStats {
     /// Batches refused for holding more than `max_batch_tuples` tuples.
     pub batches_rejected: u64,
+    /// Checkpoints completed in the jobs this node led.
+    pub checkpoints: u64,
+    /// Commits (a checkpoint record, then the outputs) and the bytes and HyDFS writes they
+    /// took: records in checkpoint logs, outputs in destinations.
+    pub commits: u64,
+    pub log_bytes: u64,
+    pub log_writes: u64,
+    pub output_bytes: u64,
+    pub output_writes: u64,
+    /// Rollbacks of the jobs this node led.
+    pub rollbacks: u64,
+    /// Tuple batches sent by the tasks this node ran.
+    pub batches_sent: u64,
 }
 
-/// One node's RainStorm: the jobs it leads and the task incarnations it hosts.
+/// One node's RainStorm: the jobs it leads and the tasks it runs.
 pub struct Rainstorm {
     cfg: RainstormConfig,
     stats: RainstormStats,
@@ -138,7 +197,18 @@ impl Rainstorm {
     }
 
     pub fn stats(&self) -> RainstormStats {
-        self.stats.clone()
+        let l = self.leader.stats();
+        RainstormStats {
+            checkpoints: l.checkpoints,
+            commits: l.commits,
+            log_bytes: l.log_bytes,
+            log_writes: l.log_writes,
+            output_bytes: l.output_bytes,
+            output_writes: l.output_writes,
+            rollbacks: l.rollbacks,
+            batches_sent: self.worker.batches_sent(),
+            ..self.stats.clone()
+        }
     }
 
     /// Jobs this node leads that have not ended.
@@ -146,16 +216,34 @@ impl Rainstorm {
         self.leader.jobs().collect()
     }
 
-    /// A readable account of the jobs this node leads and the tasks it hosts.
+    /// A readable account of the jobs this node leads and the tasks it runs.
     pub fn describe(&self) -> Vec<String> {
         let mut lines = self.leader.describe();
         lines.extend(self.worker.describe());
         lines
     }
 
-    /// Task incarnations this node hosts.
-    pub fn hosted(&self) -> Vec<(JobId, TaskId, Epoch)> {
+    /// Task attempts this node runs.
+    pub fn hosted(&self) -> Vec<(JobId, TaskId, Attempt)> {
         self.worker.hosted().collect()
+    }
+
+    /// Bytes RainStorm holds on this node: tasks' read-ahead, link windows, coalescing buffers,
+    /// program calls out, and the sinks and uncommitted outputs of the jobs it leads.
+    pub fn buffered_bytes(&self) -> usize {
+        self.leader.buffered_bytes() + self.worker.buffered_bytes()
+    }
+
+    /// What each task here, and each sink of a job this node leads, holds.
+    pub fn buffers(&self) -> Vec<Buffers> {
+        let mut all = self.leader.buffers();
+        all.extend(self.worker.buffers());
+        all
+    }
+
+    /// Batches of tuples this node's tasks sent so far.
+    pub fn batches_sent(&self) -> u64 {
+        self.worker.batches_sent()
     }
 
     /// Starts a job led by this node. Its progress arrives as [`RainstormEvent`]s.
@@ -166,6 +254,9 @@ impl Rainstorm {
         }
         if spec.src == spec.dest {
             return Err(JobError::SameFile(spec.src));
+        }
+        if spec.rate == Some(0) {
+            return Err(JobError::BadRate);
         }
         let job = self.leader.start(now, me, &self.cfg, spec, &mut self.out);
         self.loopback(now);
@@ -181,6 +272,7 @@ impl Rainstorm {
         let gone: Vec<MemberId> = self.members.iter().copied().filter(|m| !members.contains(m)).collect();
         self.members = members;
         self.me = me;
+        self.out.me = me.map(|m| m.addr);
         if was.is_some() && was != me {
             // This node was declared failed or left: its tasks were placed elsewhere, and the
             // jobs it leads cannot go on.
@@ -206,7 +298,7 @@ impl Rainstorm {
     }
 
     pub fn handle_timeout(&mut self, now: Time) {
-        self.leader.handle_timeout(now, &self.cfg, &self.members, &mut self.out);
+        self.leader.handle_timeout(now, &self.cfg, &mut self.out);
         self.worker.handle_timeout(now, &self.cfg, &mut self.out);
         self.loopback(now);
     }
@@ -250,48 +342,69 @@ impl Rainstorm {
     }
 
     pub fn poll_timeout(&self) -> Option<Time> {
-        match (self.leader.poll_timeout(), self.worker.poll_timeout()) {
+        match (self.leader.poll_timeout(&self.cfg), self.worker.poll_timeout()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
     }
 
-    /// Messages to this node itself are handled here, not sent.
+    /// Messages to this node itself are handled here, in order, not sent.
     fn loopback(&mut self, now: Time) {
-        let Some(me) = self.me else { return };
-        for _ in 0..10_000 {
-            let Some(i) = self.out.msgs.iter().position(|(to, _)| *to == me.addr) else { return };
-            let (_, msg) = self.out.msgs.remove(i).expect("present");
+        let Some(me) = self.me else {
+            self.out.local.clear();
+            return;
+        };
+        while let Some(msg) = self.out.local.pop_front() {
             self.dispatch(now, me.addr, msg);
         }
     }
 
     fn dispatch(&mut self, now: Time, from: NodeAddr, msg: RainstormMsg) {
-        let Some(me) = self.me else { return };
+        if self.me.is_none() {
+            return;
+        }
         let cfg = &self.cfg;
+        let members = &self.members;
         let out = &mut self.out;
-        match msg {
-            RainstormMsg::Assign { plan, task, epoch, host, placement, recover } => {
-                self.worker.assign(now, me, cfg, *plan, task, epoch, host, placement, recover, out)
+        let accepted = match msg {
+            RainstormMsg::Deploy { plan, attempt, task, placement, restore, base, manifest } => {
+                self.worker.deploy(now, cfg, plan, (attempt, task, placement), restore, base, manifest, out);
+                Ok(())
             }
-            RainstormMsg::Status { job, task, epoch, phase, placement, ended_known, nonce } => {
-                let report = Report { phase, placement, ended_known, nonce };
-                self.leader.on_status(now, cfg, &self.members, from, (job, task, epoch), report, out)
+            RainstormMsg::Status { job, attempt, task, phase, counts, snapshots } => {
+                self.leader.on_status(
+                    now,
+                    cfg,
+                    members,
+                    from,
+                    (job, attempt, task),
+                    (phase, counts, snapshots),
+                    out,
+                );
+                Ok(())
             }
-            RainstormMsg::Control { job, task, epoch, go, placement, ended, nonce } => {
-                self.worker.control(now, cfg, (job, task, epoch), go, placement, ended, nonce, out)
+            RainstormMsg::Control { job, attempt, task, go, trigger, confirmed } => {
+                self.worker.control(now, cfg, (job, attempt, task), go, trigger, confirmed, out);
+                Ok(())
             }
-            RainstormMsg::Stop { job, task } => self.worker.stop(job, task),
-            RainstormMsg::Link { job, from: f, to, msg } => {
-                let accepted = if to.0 == SINK {
-                    self.leader.on_link(job, f, msg, cfg, out)
+            RainstormMsg::Snapshot { job, attempt, task, checkpoint, snapshot } => {
+                self.leader.on_snapshot(cfg, (job, attempt, task), checkpoint, snapshot, out);
+                Ok(())
+            }
+            RainstormMsg::Stop { job, before } => {
+                self.worker.stop(job, before);
+                Ok(())
+            }
+            RainstormMsg::Link { job, attempt, from: f, to, msg } => {
+                if to == SINK {
+                    self.leader.on_link(now, cfg, (job, attempt, f), msg, out)
                 } else {
-                    self.worker.link(now, cfg, job, f, to, msg, out)
-                };
-                if accepted.is_err() {
-                    self.stats.batches_rejected += 1;
+                    self.worker.link(now, cfg, (job, attempt), f, to, msg, out)
                 }
             }
+        };
+        if accepted.is_err() {
+            self.stats.batches_rejected += 1;
         }
     }
 }

@@ -4,14 +4,18 @@
 //! ([`OperatorSpec`], parsed from and printed back to e.g. `column:Sign_Post=Streetlight`) and
 //! [`derive`], which gives outputs their ids. Invariants the framework relies on:
 //! * `apply` is a pure function of `(tuple, state)`: replaying a tuple gives the same outputs, so
-//!   output `i` of tuple `t` always gets id `t.id.child(i)` and duplicates can be dropped by id;
+//!   output `i` of tuple `t` always gets id `t.id.child(i)`, and input replayed after a rollback
+//!   yields again the outputs that were never committed;
 //! * a stateful operator never keeps state itself: the framework partitions by
 //!   [`Operator::state_key`], passes the stored state for that key (`None` if there is none yet)
-//!   and stores [`Applied::state`] when it is `Some`, atomically with the outputs;
+//!   and stores [`Applied::state`] when it is `Some`; the task's checkpoint snapshots carry these
+//!   changes, so a rollback restores each key's state as of the input before the barrier;
 //! * no input panics: malformed rows are handled by documented rules, malformed state is an
 //!   [`OperatorError`].
 //!
-//! Values are CSV rows split by [`split_record`]; column names are resolved once, at
+//! Values are CSV rows split as [`split_record`] splits them, but read field by field without
+//! allocating ([`field`], [`fields`]): per tuple, a built-in allocates only what it returns. Column
+//! names are resolved once, at
 //! [`OperatorSpec::build`], against the input's header (a leading BOM and surrounding spaces of
 //! header names are ignored; names are case-sensitive). A column reference made only of digits
 //! is a 1-based index, so a column literally named `3` must be referred to by its index.
@@ -19,10 +23,15 @@
 use std::fmt;
 use std::num::NonZeroU32;
 
+use std::borrow::Cow;
+
+use memchr::memmem;
 use regex::{Regex, RegexBuilder};
 use thiserror::Error;
 
-use super::csv::{join_record, split_record};
+#[cfg(doc)]
+use super::csv::split_record;
+use super::csv::{field, fields, join_into};
 use super::tuple::Tuple;
 
 /// Longest accepted `regex:` pattern, in bytes.
@@ -66,6 +75,20 @@ pub fn derive(tuple: &Tuple, applied: &Applied) -> Vec<Tuple> {
     (applied.outputs.iter().zip(0..=u32::MAX))
         .map(|(out, i)| Tuple { id: tuple.id.child(i), key: out.key.clone(), value: out.value.clone() })
         .collect()
+}
+
+/// [`derive`], taking the outputs by value (no copy of their keys and values).
+pub fn derive_owned(tuple: &Tuple, outputs: Vec<Output>) -> impl Iterator<Item = Tuple> + '_ {
+    (outputs.into_iter().zip(0..=u32::MAX)).map(move |(out, i)| Tuple {
+        id: tuple.id.child(i),
+        key: out.key,
+        value: out.value,
+    })
+}
+
+/// [`derive`], appending to `out` and moving the outputs' keys and values instead of copying them.
+pub fn derive_into(tuple: &Tuple, applied: Applied, out: &mut Vec<Tuple>) {
+    out.extend(derive_owned(tuple, applied.outputs));
 }
 
 /// A failure while applying an operator to one tuple.
@@ -364,13 +387,17 @@ impl OperatorSpec {
     pub fn build(&self, header: Option<&[String]>) -> Result<StageOp, SpecError> {
         let kind = match self {
             OperatorSpec::Program(p) => return Ok(StageOp::Program(p.clone())),
-            OperatorSpec::Grep { needle } => Kind::Grep(needle.clone()),
+            OperatorSpec::Grep { needle } => Kind::Grep(Box::new(memmem::Finder::new(needle).into_owned())),
             OperatorSpec::Regex { pattern } => Kind::Regex(compile(pattern)?),
             OperatorSpec::Column { column, value } => {
                 Kind::Column { index: column.resolve(header)?, value: value.clone() }
             }
             OperatorSpec::Project { columns } => {
-                Kind::Project(columns.iter().map(|c| c.resolve(header)).collect::<Result<_, _>>()?)
+                let indices: Vec<usize> =
+                    columns.iter().map(|c| c.resolve(header)).collect::<Result<_, _>>()?;
+                let mut order: Vec<(usize, usize)> = indices.iter().copied().zip(0..).collect();
+                order.sort_unstable();
+                Kind::Project { slots: indices.len(), order }
             }
             OperatorSpec::Split => Kind::Split,
             OperatorSpec::Count { by: CountBy::Value } => Kind::Count(None),
@@ -403,10 +430,18 @@ impl fmt::Display for OperatorSpec {
 
 /// A built operator; column positions are 0-based and already resolved.
 enum Kind {
-    Grep(String),
+    Grep(Box<memmem::Finder<'static>>),
     Regex(Regex),
-    Column { index: usize, value: String },
-    Project(Vec<usize>),
+    Column {
+        index: usize,
+        value: String,
+    },
+    /// `slots` output columns; `order` pairs each one's field index with its slot, sorted by
+    /// field index, so that one pass over the row's fields fills every slot.
+    Project {
+        slots: usize,
+        order: Vec<(usize, usize)>,
+    },
     Split,
     Count(Option<usize>),
 }
@@ -433,6 +468,31 @@ impl Builtin {
             if keep { vec![Output { key: tuple.key.clone(), value: tuple.value.clone() }] } else { vec![] };
         Applied { outputs, state: None }
     }
+
+    /// The category a `count` groups `tuple` by, borrowed from its value where possible.
+    fn category<'t>(tuple: &'t Tuple, by: Option<usize>) -> Cow<'t, str> {
+        match by {
+            None => Cow::Borrowed(&tuple.value),
+            Some(index) => field(&tuple.value, index).unwrap_or_default(),
+        }
+    }
+
+    /// The fields of `row` at the columns of a projection, joined as CSV: one pass over the row.
+    fn project(row: &str, slots: usize, order: &[(usize, usize)]) -> String {
+        let mut picked: Vec<Cow<str>> = vec![Cow::Borrowed(""); slots];
+        let mut wanted = order.iter().peekable();
+        for (position, text) in fields(row).enumerate() {
+            while let Some((_, slot)) = wanted.next_if(|(index, _)| *index == position) {
+                picked[*slot] = text.clone();
+            }
+            if wanted.peek().is_none() {
+                break;
+            }
+        }
+        let mut value = String::with_capacity(picked.iter().map(|f| f.len() + 1).sum());
+        join_into(&mut value, picked.iter().map(|f| f.as_ref()));
+        value
+    }
 }
 
 impl Operator for Builtin {
@@ -443,17 +503,16 @@ impl Operator for Builtin {
     fn is_stateful(&self) -> bool {
         match self.kind {
             Kind::Count(_) => true,
-            Kind::Grep(_) | Kind::Regex(_) | Kind::Column { .. } | Kind::Project(_) | Kind::Split => false,
+            Kind::Grep(_) | Kind::Regex(_) | Kind::Column { .. } | Kind::Project { .. } | Kind::Split => {
+                false
+            }
         }
     }
 
     fn state_key(&self, tuple: &Tuple) -> Result<String, OperatorError> {
         match self.kind {
-            Kind::Count(None) => Ok(tuple.value.clone()),
-            Kind::Count(Some(index)) => {
-                Ok(split_record(&tuple.value).into_iter().nth(index).unwrap_or_default())
-            }
-            Kind::Grep(_) | Kind::Regex(_) | Kind::Column { .. } | Kind::Project(_) | Kind::Split => {
+            Kind::Count(by) => Ok(Builtin::category(tuple, by).into_owned()),
+            Kind::Grep(_) | Kind::Regex(_) | Kind::Column { .. } | Kind::Project { .. } | Kind::Split => {
                 Ok(tuple.key.clone())
             }
         }
@@ -461,16 +520,13 @@ impl Operator for Builtin {
 
     fn apply(&self, tuple: &Tuple, state: Option<&str>) -> Result<Applied, OperatorError> {
         match &self.kind {
-            Kind::Grep(needle) => Ok(Builtin::filter(tuple, tuple.value.contains(needle.as_str()))),
+            Kind::Grep(needle) => Ok(Builtin::filter(tuple, needle.find(tuple.value.as_bytes()).is_some())),
             Kind::Regex(re) => Ok(Builtin::filter(tuple, re.is_match(&tuple.value))),
             Kind::Column { index, value } => {
-                Ok(Builtin::filter(tuple, split_record(&tuple.value).get(*index) == Some(value)))
+                Ok(Builtin::filter(tuple, field(&tuple.value, *index).is_some_and(|f| f == value.as_str())))
             }
-            Kind::Project(indices) => {
-                let fields = split_record(&tuple.value);
-                let picked: Vec<&str> =
-                    indices.iter().map(|&i| fields.get(i).map_or("", String::as_str)).collect();
-                let value = join_record(&picked);
+            Kind::Project { slots, order } => {
+                let value = Builtin::project(&tuple.value, *slots, order);
                 Ok(Applied { outputs: vec![Output { key: tuple.key.clone(), value }], state: None })
             }
             Kind::Split => {
@@ -478,13 +534,13 @@ impl Operator for Builtin {
                     words(&tuple.value).map(|w| Output { key: w.to_owned(), value: "1".to_owned() });
                 Ok(Applied { outputs: outputs.collect(), state: None })
             }
-            Kind::Count(_) => {
-                let key = self.state_key(tuple)?;
+            Kind::Count(by) => {
+                let key = Builtin::category(tuple, *by);
                 let previous = match state {
                     None => 0,
                     Some(state) => parse_count(state).ok_or_else(|| OperatorError::MalformedState {
                         operator: self.label.clone(),
-                        key: key.clone(),
+                        key: key.clone().into_owned(),
                         state: state.to_owned(),
                     })?,
                 };
@@ -492,11 +548,12 @@ impl Operator for Builtin {
                     .checked_add(1)
                     .ok_or_else(|| OperatorError::CountOverflow {
                         operator: self.label.clone(),
-                        key: key.clone(),
+                        key: key.clone().into_owned(),
                     })?
                     .to_string();
-                let value = join_record(&[&key, &count]);
-                Ok(Applied { outputs: vec![Output { key, value }], state: Some(count) })
+                let mut value = String::with_capacity(key.len() + count.len() + 3);
+                join_into(&mut value, [key.as_ref(), count.as_str()]);
+                Ok(Applied { outputs: vec![Output { key: key.into_owned(), value }], state: Some(count) })
             }
         }
     }
@@ -509,6 +566,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::rainstorm::csv::{join_record, split_record};
     use crate::rainstorm::tuple::TupleId;
 
     /// The first 200 lines of the demo dataset (public City of Champaign traffic-sign data).
@@ -692,11 +750,15 @@ mod tests {
 
     #[test]
     fn derive_assigns_child_ids() {
-        let t = Tuple { id: TupleId::source("f", 4).child(2), key: "k".into(), value: "a b".into() };
-        let derived = derive(&t, &build("split").apply(&t, None).expect("apply"));
+        let t = Tuple { id: TupleId::source(4).child(2), key: "k".into(), value: "a b".into() };
+        let applied = build("split").apply(&t, None).expect("apply");
+        let derived = derive(&t, &applied);
         let ids: Vec<String> = derived.iter().map(|d| d.id.to_string()).collect();
-        assert_eq!(ids, ["f:4/2/0", "f:4/2/1"]);
+        assert_eq!(ids, ["line 4/2/0", "line 4/2/1"]);
         assert_eq!((derived[1].key.as_str(), derived[1].value.as_str()), ("b", "1"));
+        let mut moved = vec![t.clone()];
+        derive_into(&t, applied, &mut moved);
+        assert_eq!(moved[1..], derived[..], "derive_into appends the same tuples");
     }
 
     /// Runs `ops` in sequence over the data lines (line 1 is the header) with a single-process
@@ -746,7 +808,7 @@ mod tests {
             let source = split_record(lines[t.id.line as usize - 1]);
             assert_eq!(fields, [source[2].clone(), source[3].clone()], "{}", t.id);
             assert!(fields[0].parse::<u64>().is_ok() && t.id.path == [0, 0]);
-            assert_eq!(t.key, format!("{}:{}", t.id.file, t.id.line));
+            assert_eq!(t.key, format!("Traffic_Signs.csv:{}", t.id.line));
         }
     }
 
@@ -775,6 +837,31 @@ mod tests {
                 let _ = spec.build(Some(&header()));
                 let _ = spec.build(None);
             }
+        }
+
+        /// The built-ins read fields without allocating; they must read what `split_record` splits.
+        #[test]
+        fn builtins_read_the_fields_split_record_gives(
+            value in "[ab,\"]{0,24}|\\PC{0,24}",
+            state in proptest::option::of(0u64..1000),
+        ) {
+            let t = row(1, &value);
+            let fields = split_record(&value);
+            let at = |i: usize| fields.get(i).cloned().unwrap_or_default();
+            let kept = |spec: &str| !values(&*build(spec), &t).is_empty();
+            prop_assert_eq!(kept("column:2=a"), fields.get(1).is_some_and(|f| f == "a"));
+            prop_assert_eq!(kept("column:1="), fields[0].is_empty());
+            prop_assert_eq!(kept("grep:a,"), value.contains("a,"));
+            let projected = values(&*build("project:5,1,2,1"), &t);
+            prop_assert_eq!(&projected[0].1, &join_record(&[&at(4), &at(0), &at(1), &at(0)]));
+            let count = build("count:2");
+            let key = count.state_key(&t).expect("a key");
+            prop_assert_eq!(&key, &at(1));
+            let state_text = state.map(|s| s.to_string());
+            let applied = count.apply(&t, state_text.as_deref()).expect("a count");
+            let next = (state.unwrap_or(0) + 1).to_string();
+            prop_assert_eq!(&applied.outputs, &vec![Output { key: key.clone(), value: join_record(&[&key, &next]) }]);
+            prop_assert_eq!(applied.state, Some(next));
         }
 
         #[test]

@@ -1,347 +1,427 @@
-//! A source task: its share of the input file as numbered batches, sent exactly once.
+//! A source task: its byte range of the input, read part by part and sent on as numbered lines,
+//! with a checkpoint barrier wherever its leader asks for one.
 //!
-//! The input's physical lines are cut into blocks of `batch_lines`; block `k` (from 0) belongs
-//! to source task `k mod tasks`, and that task's batch `b` (from 1) is its `b`-th block. A batch
-//! is split over the next stage by key, and each non-empty part becomes the next batch on its
-//! link. All of this is a pure function of the file, so a source needs no record of what it
-//! sent: after a restart it rebuilds the same batches with the same numbers and resumes after
-//! what its journal says was acknowledged.
+//! Source `i` of `n` reads the `i`-th of `n` equal byte ranges of the input (lines belong to the
+//! range holding their first byte; see [`input`](super::input)), fetching at most its
+//! read-ahead of parts at a time, so its memory does not grow with the input. Each line becomes
+//! the tuple `<file:line, line>` and goes to the stage-1 task the job's route names: the one on
+//! the same worker ([`Route::Forward`]), or the one owning the tuple's key under the first
+//! operator ([`Route::Shuffle`]). A barrier for checkpoint `c` records where the next line
+//! starts, so a rolled-back source resumes exactly there.
 //!
 //! Invariants kept here:
-//! * the batches and their link numbers depend only on (file, batch_lines, tasks, index, keys);
-//! * a batch is sent only when every link it uses has room (backpressure);
-//! * the journal holds only acknowledgement snapshots, appended one at a time, never ahead of
-//!   the acknowledgements received, so it can only make a restarted source resend more.
+//! * lines leave in input order, each once per attempt, and a barrier is emitted between two
+//!   lines, after every tuple read before it, with the position of the line after it;
+//! * barriers are emitted for every checkpoint id above the attempt's base up to the highest
+//!   trigger received, in order, each once;
+//! * nothing is sent before the leader's go; with a rate, at most `rate × elapsed` lines since it.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
-use super::journal::{encode, Record, Recovered, Snapshot, TaskId, TupleCounts};
-use super::link::{LinkSender, LinkSeq};
+use super::config::{PlantedBug, RainstormConfig};
+use super::input::{Layout, LineCursor, Next};
+use super::job::{CheckpointId, Route, TaskId, TupleCounts};
+use super::message::{Batch, LinkMsg, Snapshot, SourceCheckpoint};
 use super::operator::StageOp;
-use super::task::{partition, LinkMsg, TaskConfig, TaskOutput};
-use super::tuple::{source_lines, Tuple};
+use super::outlet::Outlets;
+use super::task::{partition, TaskOutput};
+use super::tuple::{Tuple, MAX_TUPLE_BYTES};
 use crate::time::Time;
-
-/// One source batch: its part for each link that gets one, with that part's link number.
-struct SourceBatch {
-    parts: Vec<(TaskId, LinkSeq, Vec<Tuple>)>,
-    /// Input lines in the batch (one tuple each).
-    lines: u64,
-    /// The first and last physical line numbers of its tuples.
-    span: (u64, u64),
-}
 
 pub struct SourceTask {
     id: TaskId,
-    batches: Vec<SourceBatch>,
-    /// The next batch to send.
-    next: usize,
-    /// Input lines in the batches before `next` (each sent at least once by this incarnation,
-    /// or acknowledged before it).
-    sent_lines: u64,
-    senders: BTreeMap<TaskId, LinkSender<Vec<Tuple>>>,
-    /// Acknowledgements as last journaled.
-    journaled: BTreeMap<TaskId, LinkSeq>,
-    appending: Option<BTreeMap<TaskId, LinkSeq>>,
-    done: bool,
+    /// The input file's name, for the source tuples' keys.
+    file: String,
+    cursor: LineCursor,
+    next: StageOp,
+    route: Route,
+    downstream: Vec<TaskId>,
+    outlets: Outlets,
+    /// The last barrier emitted, and the highest one asked for.
+    emitted: CheckpointId,
+    trigger: CheckpointId,
+    /// When the leader said go.
+    started: Option<Time>,
+    /// Lines per second, at most.
+    rate: Option<u64>,
+    /// Lines read in this attempt, and the counts (from the checkpoint resumed, plus those).
+    lines: u64,
+    counts: TupleCounts,
+    /// The range was read to its end; `ended`: the end of the stream was sent.
+    finished: bool,
+    ended: bool,
+    failed: bool,
+    /// A planted bug: drop the first line after resuming.
+    skip_one: bool,
+    /// The next line's bytes are not here yet: pacing waits for a part, not for the clock.
+    starved: bool,
     out: VecDeque<TaskOutput>,
 }
 
-/// Where the task's lines come from and how they are cut.
-pub struct SourceInput<'a> {
-    pub file: &'a str,
-    pub content: &'a [u8],
-    pub batch_lines: u32,
-    pub tasks: u32,
+/// Where a source's input comes from.
+pub struct SourceInput {
+    pub file: String,
+    pub layout: Layout,
+    pub range: (u64, u64),
+    pub resume: SourceCheckpoint,
+    pub counts: TupleCounts,
 }
 
 impl SourceTask {
-    /// Source task `id` over `input`, feeding `downstream` (partitioned by `next`'s state key),
-    /// resuming after the acknowledgements in `journal`.
     pub fn new(
         id: TaskId,
-        cfg: &TaskConfig,
-        input: SourceInput<'_>,
-        next: &StageOp,
-        downstream: &[TaskId],
-        journal: &Recovered,
-    ) -> Result<SourceTask, String> {
-        let batch_lines = input.batch_lines.max(1) as u64;
-        let tasks = input.tasks.max(1) as u64;
-        let mut seqs: BTreeMap<TaskId, LinkSeq> = BTreeMap::new();
-        let mut batches = Vec::new();
-        let mut current: Option<(u64, BTreeMap<TaskId, Vec<Tuple>>)> = None;
-        for (n, line) in source_lines(input.content) {
-            let block = (n - 1) / batch_lines;
-            if block % tasks != id.index as u64 {
-                continue;
-            }
-            if current.as_ref().is_some_and(|(b, _)| *b != block) {
-                let (_, parts) = current.take().expect("checked");
-                batches.push(number(parts, &mut seqs));
-            }
-            let tuple = Tuple::source(input.file, n, line);
-            let key = next.state_key(&tuple).map_err(|e| format!("cannot key {}: {e}", tuple.id))?;
-            let to = downstream[partition(&key, downstream.len())];
-            current.get_or_insert_with(|| (block, BTreeMap::new())).1.entry(to).or_default().push(tuple);
-        }
-        if let Some((_, parts)) = current {
-            batches.push(number(parts, &mut seqs));
-        }
-        let senders = downstream
-            .iter()
-            .map(|d| {
-                let acked = journal.acked.get(d).copied().unwrap_or(0);
-                (*d, LinkSender::new(acked + 1, cfg.window, cfg.retry))
-            })
-            .collect::<BTreeMap<_, _>>();
-        // Resume at the first batch with a part not acknowledged.
-        let next = batches
-            .iter()
-            .position(|b| {
-                b.parts.iter().any(|(to, seq, _)| *seq > journal.acked.get(to).copied().unwrap_or(0))
-            })
-            .unwrap_or(batches.len());
-        let sent_lines = batches[..next].iter().map(|b| b.lines).sum();
-        Ok(SourceTask {
+        cfg: &RainstormConfig,
+        input: SourceInput,
+        (next, route): (StageOp, Route),
+        downstream: Vec<TaskId>,
+        base: CheckpointId,
+        rate: Option<u64>,
+    ) -> SourceTask {
+        let read_ahead =
+            if cfg.bug(PlantedBug::UnboundedReadAhead) { usize::MAX / 2 } else { cfg.read_ahead as usize };
+        let end = input.range.1;
+        let (cursor, finished) = match input.resume {
+            SourceCheckpoint::Start => (LineCursor::new(input.layout, input.range, read_ahead), false),
+            SourceCheckpoint::At(pos) => (LineCursor::resume(input.layout, pos, end, read_ahead), false),
+            SourceCheckpoint::Done => (LineCursor::new(input.layout, (end, end), read_ahead), true),
+        };
+        let outlets = Outlets::new(&downstream, cfg);
+        let mut task = SourceTask {
             id,
-            batches,
+            file: input.file,
+            cursor,
             next,
-            sent_lines,
-            senders,
-            journaled: journal.acked.clone(),
-            appending: None,
-            done: false,
+            route,
+            downstream,
+            outlets,
+            emitted: base,
+            trigger: base,
+            started: None,
+            rate: rate.filter(|r| *r > 0),
+            lines: 0,
+            counts: input.counts,
+            finished,
+            ended: false,
+            failed: false,
+            skip_one: false,
+            starved: false,
             out: VecDeque::new(),
-        })
+        };
+        if matches!(input.resume, SourceCheckpoint::At(_)) && cfg.bug(PlantedBug::SourceSkipsALine) {
+            task.skip_one = true;
+        }
+        // A source has nothing to set up: its first reads go out now, before the go.
+        task.out.push_back(TaskOutput::Ready);
+        task
     }
 
     pub fn id(&self) -> TaskId {
         self.id
     }
 
-    /// Where the source stands: next batch of all, and per link acknowledged / next number.
-    pub fn progress(&self) -> String {
-        let links: Vec<String> =
-            self.senders.iter().map(|(d, s)| format!("{d}:{}/{}", s.acked(), s.next_seq())).collect();
-        format!("batch {} of {}, links {}", self.next, self.batches.len(), links.join(" "))
-    }
-
-    /// Input lines sent, each one tuple (after a restart: those of the batches acknowledged
-    /// before it, then what this incarnation sends). No journal needed: the batches are a pure
-    /// function of the file.
     pub fn counts(&self) -> TupleCounts {
-        TupleCounts { consumed: self.sent_lines, emitted: self.sent_lines }
+        self.counts
     }
 
-    /// Source batches in this task's share.
-    pub fn batches(&self) -> usize {
-        self.batches.len()
+    pub fn is_finished(&self) -> bool {
+        self.finished
     }
 
-    /// The journal record standing for everything this task knows (its acknowledgements).
-    pub fn snapshot(&self) -> Record {
-        Record::Snapshot(ack_snapshot(&self.journaled))
+    /// Where the source stands, for `job <id>` on its worker.
+    pub fn describe(&self) -> String {
+        let at = match self.checkpoint() {
+            SourceCheckpoint::Start => "start".to_owned(),
+            SourceCheckpoint::At(p) => format!("line {} (byte {})", p.line, p.offset),
+            SourceCheckpoint::Done => "done".to_owned(),
+        };
+        format!(
+            "at {at}, {} lines read, barrier {}/{}, links {}",
+            self.lines,
+            self.emitted,
+            self.trigger,
+            self.outlets.describe()
+        )
     }
 
-    pub fn on_message(&mut self, now: Time, from: TaskId, msg: LinkMsg) {
-        match msg {
-            LinkMsg::Ack { upto } => {
-                if let Some(s) = self.senders.get_mut(&from) {
-                    s.on_ack(upto);
-                }
-            }
-            // Nothing flows into a source.
-            LinkMsg::Batch { .. } => {}
+    /// Bytes held: read-ahead and outgoing batches.
+    pub fn buffered_bytes(&self) -> usize {
+        self.cursor.buffered_bytes() + self.outlets.buffered_bytes()
+    }
+
+    /// What the source holds, by kind.
+    pub fn buffers(&self) -> (usize, usize, usize, usize) {
+        (self.cursor.buffered_bytes(), 0, self.outlets.unacked_bytes(), self.outlets.buffered_bytes())
+    }
+
+    /// Tuple batches sent so far.
+    pub fn batches_sent(&self) -> u64 {
+        self.outlets.batches_sent()
+    }
+
+    fn checkpoint(&self) -> SourceCheckpoint {
+        if self.finished {
+            return SourceCheckpoint::Done;
         }
+        match self.cursor.position() {
+            Some(pos) => SourceCheckpoint::At(pos),
+            None if self.cursor.is_done() => SourceCheckpoint::Done,
+            None => SourceCheckpoint::Start,
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot { source: Some(self.checkpoint()), changes: Vec::new(), counts: self.counts }
+    }
+
+    /// The leader's go (the first one counts).
+    pub fn go(&mut self, now: Time) {
+        self.started.get_or_insert(now);
         self.step(now);
     }
 
-    pub fn on_appended(&mut self, now: Time, result: Result<(), String>) {
-        if let Some(acked) = self.appending.take() {
-            if result.is_ok() {
-                self.journaled = acked;
-            }
+    /// The leader asks for barriers up to `checkpoint`.
+    pub fn trigger(&mut self, now: Time, checkpoint: CheckpointId) {
+        self.trigger = self.trigger.max(checkpoint);
+        self.step(now);
+    }
+
+    /// Part `index` of the input arrived (or could not be read).
+    pub fn on_part(&mut self, now: Time, index: usize, bytes: Result<Vec<u8>, String>) {
+        let result = bytes.and_then(|b| self.cursor.supply(index, b).map_err(|e| e.to_string()));
+        if let Err(reason) = result {
+            return self.fail(format!("cannot read part {index} of the input: {reason}"), true);
+        }
+        self.starved = false;
+        self.step(now);
+    }
+
+    /// A message from a downstream task (only acknowledgements flow back to a source).
+    pub fn on_message(&mut self, now: Time, from: TaskId, msg: LinkMsg) {
+        if let LinkMsg::Ack { upto } = msg {
+            self.outlets.on_ack(now, from, upto);
         }
         self.step(now);
     }
 
     pub fn handle_timeout(&mut self, now: Time) {
-        for (to, s) in &mut self.senders {
-            for (seq, tuples) in s.due(now) {
-                self.out.push_back(TaskOutput::Send { to: *to, msg: LinkMsg::Batch { seq, tuples } });
-            }
-        }
+        self.outlets.handle_timeout(now);
         self.step(now);
     }
 
     pub fn poll_timeout(&self) -> Option<Time> {
-        self.senders.values().filter_map(|s| s.next_deadline()).min()
+        let paced = match (self.started, self.rate) {
+            (Some(start), Some(rate)) if !self.finished && !self.starved && !self.outlets.blocked() => {
+                Some(start + crate::time::Millis((self.lines + 1).saturating_mul(1000).div_ceil(rate)))
+            }
+            _ => None,
+        };
+        [self.outlets.poll_timeout(), paced].into_iter().flatten().min()
     }
 
     pub fn poll_output(&mut self) -> Option<TaskOutput> {
-        self.out.pop_front()
+        if let Some(o) = self.out.pop_front() {
+            return Some(o);
+        }
+        self.outlets.poll().map(|(to, msg)| TaskOutput::Send { to, msg })
+    }
+
+    fn fail(&mut self, reason: String, transient: bool) {
+        if !self.failed {
+            self.failed = true;
+            self.out.push_back(TaskOutput::Failed { reason, transient });
+        }
+    }
+
+    /// Lines the rate allows by `now` since the go.
+    fn allowed(&self, now: Time) -> u64 {
+        match (self.started, self.rate) {
+            (Some(start), Some(rate)) => (now.0.saturating_sub(start.0)).saturating_mul(rate) / 1000 + 1,
+            _ => u64::MAX,
+        }
     }
 
     fn step(&mut self, now: Time) {
-        if self.done {
+        if self.failed {
             return;
         }
-        while let Some(batch) = self.batches.get(self.next) {
-            let fits = batch
-                .parts
-                .iter()
-                .all(|(to, seq, _)| self.senders.get(to).is_some_and(|s| s.has_room() || *seq <= s.acked()));
-            if !fits {
-                break;
+        for part in self.cursor.wanted() {
+            self.out.push_back(TaskOutput::Read { part });
+        }
+        if self.started.is_none() {
+            return;
+        }
+        while self.emitted < self.trigger {
+            self.emitted += 1;
+            // After the end of the stream a barrier has nothing to separate: the snapshot alone.
+            if !self.ended {
+                self.outlets.control(now, Batch::Barrier(self.emitted));
             }
-            let mut sent = false;
-            for (to, seq, tuples) in &batch.parts {
-                let Some(s) = self.senders.get_mut(to) else { continue };
-                if *seq <= s.acked() {
-                    continue;
+            let snapshot = self.snapshot();
+            self.out.push_back(TaskOutput::Snapshot { checkpoint: self.emitted, snapshot });
+        }
+        if self.finished {
+            return self.end(now);
+        }
+        let allowed = self.allowed(now);
+        let mut span: Option<(u64, u64)> = None;
+        while !self.outlets.blocked() && self.lines < allowed {
+            match self.cursor.next_line() {
+                Next::Line { number, text } => {
+                    if std::mem::take(&mut self.skip_one) {
+                        continue;
+                    }
+                    if text.len() > MAX_TUPLE_BYTES {
+                        let why = format!("line {number} of the input is {} bytes long, over the {MAX_TUPLE_BYTES}-byte limit of a tuple", text.len());
+                        return self.fail(why, false);
+                    }
+                    let tuple = Tuple::source(&self.file, number, text);
+                    let to = match self.route {
+                        Route::Forward => self.downstream[0],
+                        Route::Shuffle => match self.next.state_key(&tuple) {
+                            Ok(key) => self.downstream[partition(&key, self.downstream.len())],
+                            Err(e) => return self.fail(format!("cannot key {}: {e}", tuple.id), false),
+                        },
+                    };
+                    self.outlets.push(now, to, tuple);
+                    self.lines += 1;
+                    self.counts = self.counts.add(1, 1);
+                    span = Some(span.map_or((number, number), |(first, _)| (first, number)));
                 }
-                sent = true;
-                if s.push(now, tuples.clone()) != Some(*seq) {
-                    self.done = true;
-                    let reason = format!("{}: link to {to} out of step at batch {seq}", self.id);
-                    self.out.push_back(TaskOutput::Failed { reason });
-                    return;
+                Next::NeedData => {
+                    self.starved = true;
+                    for part in self.cursor.wanted() {
+                        self.out.push_back(TaskOutput::Read { part });
+                    }
+                    break;
                 }
-                self.out.push_back(TaskOutput::Send {
-                    to: *to,
-                    msg: LinkMsg::Batch { seq: *seq, tuples: tuples.clone() },
-                });
-            }
-            self.sent_lines += batch.lines;
-            self.next += 1;
-            if sent {
-                self.out.push_back(TaskOutput::SourceSent { first: batch.span.0, last: batch.span.1 });
+                Next::Done => {
+                    self.finished = true;
+                    break;
+                }
             }
         }
-        let acked: BTreeMap<TaskId, LinkSeq> = self.senders.iter().map(|(d, s)| (*d, s.acked())).collect();
-        if self.appending.is_none()
-            && acked.iter().any(|(d, a)| *a > self.journaled.get(d).copied().unwrap_or(0))
-        {
-            match encode(&Record::Snapshot(ack_snapshot(&acked))) {
-                Ok(bytes) => {
-                    self.appending = Some(acked);
-                    self.out.push_back(TaskOutput::Append { bytes });
-                }
-                Err(e) => {
-                    self.done = true;
-                    self.out.push_back(TaskOutput::Failed { reason: format!("cannot journal: {e}") });
-                    return;
-                }
-            }
+        if let Some((first, last)) = span {
+            self.out.push_back(TaskOutput::SourceSent { first, last });
         }
-        if self.next >= self.batches.len() && self.senders.values().all(|s| s.is_idle()) {
-            self.done = true;
-            let last = self.senders.iter().map(|(d, s)| (*d, s.next_seq() - 1)).collect();
-            self.out.push_back(TaskOutput::Finished { last });
+        if self.finished {
+            self.end(now);
         }
     }
-}
 
-/// Numbers the non-empty parts of one batch on their links.
-fn number(parts: BTreeMap<TaskId, Vec<Tuple>>, seqs: &mut BTreeMap<TaskId, LinkSeq>) -> SourceBatch {
-    let lines = parts.values().map(|t| t.len() as u64).sum();
-    let first = parts.values().flatten().map(|t| t.id.line).min().unwrap_or(0);
-    let last = parts.values().flatten().map(|t| t.id.line).max().unwrap_or(0);
-    let parts = parts
-        .into_iter()
-        .map(|(to, tuples)| {
-            let seq = seqs.entry(to).or_insert(0);
-            *seq += 1;
-            (to, *seq, tuples)
-        })
-        .collect();
-    SourceBatch { parts, lines, span: (first, last) }
-}
-
-/// A snapshot saying only "acknowledged up to here" on each link.
-fn ack_snapshot(acked: &BTreeMap<TaskId, LinkSeq>) -> Snapshot {
-    Snapshot {
-        delivered: BTreeMap::new(),
-        next_out: acked.iter().map(|(d, a)| (*d, a + 1)).collect(),
-        acked: acked.clone(),
-        state: BTreeMap::new(),
-        unacked: Vec::new(),
-        // A source's counts follow from its acknowledgements and the file.
-        counts: TupleCounts::default(),
+    /// Sends the end of the stream (once) and reports the final snapshot.
+    fn end(&mut self, now: Time) {
+        if !self.ended {
+            self.ended = true;
+            self.outlets.control(now, Batch::End);
+            self.out.push_back(TaskOutput::Finished { last: self.snapshot() });
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rainstorm::journal::decode_all;
+    use crate::hydfs::types::Stamp;
+    use crate::id::MemberId;
+    use crate::rainstorm::input::{InputPart, Manifest};
     use crate::rainstorm::operator::OperatorSpec;
-    use crate::time::Millis;
 
     const ME: TaskId = TaskId { stage: 0, index: 0 };
     const DOWN: TaskId = TaskId { stage: 1, index: 0 };
 
-    /// A source over five lines in batches of two (so batch `b` is link batch `b` to `DOWN`).
-    fn source(journal: &Recovered) -> SourceTask {
-        let next = OperatorSpec::parse("split").and_then(|s| s.build(None)).expect("valid spec");
-        let input = SourceInput { file: "in", content: b"l1\nl2\nl3\nl4\nl5\n", batch_lines: 2, tasks: 1 };
-        let cfg = TaskConfig { window: 8, retry: Millis(100), planted: None };
-        SourceTask::new(ME, &cfg, input, &next, &[DOWN], journal).expect("source")
-    }
-
-    fn drain(s: &mut SourceTask) -> Vec<TaskOutput> {
-        std::iter::from_fn(|| s.poll_output()).collect()
-    }
-
-    #[test]
-    fn a_source_counts_the_lines_it_sent_and_a_restart_goes_on_from_its_acknowledgements() {
-        let mut s = source(&Recovered::default());
-        assert_eq!(s.counts(), TupleCounts::default(), "nothing sent before it starts");
-        s.handle_timeout(Time(0));
-        let sent = drain(&mut s).iter().filter(|o| matches!(o, TaskOutput::Send { .. })).count();
-        assert_eq!(sent, 3);
-        assert_eq!(s.counts(), TupleCounts { consumed: 5, emitted: 5 }, "one tuple per line");
-        // Batch 1 is acknowledged and journaled; the worker then crashes.
-        s.on_message(Time(1), DOWN, LinkMsg::Ack { upto: 1 });
-        let journal = match drain(&mut s).as_slice() {
-            [TaskOutput::Append { bytes }] => bytes.clone(),
-            other => panic!("expected one journal append, got {other:?}"),
+    fn parts(content: &[u8], len: usize) -> (Layout, Vec<Vec<u8>>) {
+        let stamp = Stamp {
+            ts: 1,
+            client: MemberId { addr: "10.0.0.1:1".parse().expect("addr"), join_time: 1 },
+            seq: 1,
         };
-        let recovered = Recovered::replay(&decode_all(&journal).expect("decodes")).expect("replays");
-        let mut again = source(&recovered);
-        assert_eq!(again.counts(), TupleCounts { consumed: 2, emitted: 2 }, "the acknowledged batch");
-        again.handle_timeout(Time(2));
-        drain(&mut again);
-        assert_eq!(again.counts(), TupleCounts { consumed: 5, emitted: 5 }, "not counted twice");
-    }
-
-    fn spans(outputs: &[TaskOutput]) -> Vec<(u64, u64)> {
-        outputs
+        let chunks: Vec<Vec<u8>> = content.chunks(len).map(<[u8]>::to_vec).collect();
+        let parts = chunks
             .iter()
-            .filter_map(|o| match o {
-                TaskOutput::SourceSent { first, last } => Some((*first, *last)),
-                _ => None,
+            .zip(0u32..)
+            .map(|(c, i)| InputPart {
+                stamp,
+                part: i,
+                len: c.len() as u32,
+                newlines: c.iter().filter(|b| **b == b'\n').count() as u32,
+                ends_with_newline: c.last() == Some(&b'\n'),
             })
-            .collect()
+            .collect();
+        (Layout::new(Manifest { parts }).expect("consistent"), chunks)
+    }
+
+    fn source(layout: Layout, resume: SourceCheckpoint, rate: Option<u64>) -> SourceTask {
+        let cfg =
+            RainstormConfig { batch_tuples: 2, window: 64, read_ahead: 2, ..RainstormConfig::default() };
+        let next = OperatorSpec::parse("grep:x").and_then(|s| s.build(None)).expect("valid");
+        let range = (0, layout.len());
+        let input = SourceInput { file: "in".into(), layout, range, resume, counts: TupleCounts::default() };
+        SourceTask::new(ME, &cfg, input, (next, Route::Forward), vec![DOWN], 0, rate)
+    }
+
+    /// Runs a source, answering its reads, until it has nothing more to do at `now`; returns the
+    /// lines sent (and barriers as 0) and its snapshots.
+    fn run(s: &mut SourceTask, now: u64, chunks: &[Vec<u8>]) -> (Vec<u64>, Vec<(u64, Snapshot)>) {
+        let (mut lines, mut snaps) = (Vec::new(), Vec::new());
+        loop {
+            let mut reads = Vec::new();
+            while let Some(o) = s.poll_output() {
+                match o {
+                    TaskOutput::Read { part } => reads.push(part),
+                    TaskOutput::Send { msg: LinkMsg::Batch { batch: Batch::Tuples(t), .. }, .. } => {
+                        lines.extend(t.iter().map(|t| t.id.line))
+                    }
+                    TaskOutput::Send { msg: LinkMsg::Batch { batch: Batch::Barrier(_), .. }, .. } => {
+                        lines.push(0)
+                    }
+                    TaskOutput::Snapshot { checkpoint, snapshot } => snaps.push((checkpoint, snapshot)),
+                    _ => {}
+                }
+            }
+            if reads.is_empty() {
+                return (lines, snaps);
+            }
+            for part in reads {
+                s.on_part(Time(now), part, Ok(chunks[part].clone()));
+            }
+        }
     }
 
     #[test]
-    fn a_source_reports_each_batch_once_when_first_sent_and_not_what_was_acknowledged() {
-        let mut s = source(&Recovered::default());
-        s.handle_timeout(Time(0));
-        assert_eq!(spans(&drain(&mut s)), vec![(1, 2), (3, 4), (5, 5)]);
-        // Resends after the retry interval are not first sends.
-        s.handle_timeout(Time(500));
-        assert_eq!(spans(&drain(&mut s)), vec![]);
-        s.on_message(Time(501), DOWN, LinkMsg::Ack { upto: 1 });
-        let journal = match drain(&mut s).as_slice() {
-            [TaskOutput::Append { bytes }] => bytes.clone(),
-            other => panic!("expected one journal append, got {other:?}"),
-        };
-        let recovered = Recovered::replay(&decode_all(&journal).expect("decodes")).expect("replays");
-        let mut again = source(&recovered);
-        again.handle_timeout(Time(502));
-        assert_eq!(spans(&drain(&mut again)), vec![(3, 4), (5, 5)], "the acknowledged batch is not sent");
+    fn a_source_sends_nothing_before_the_go_and_resumes_exactly_where_its_barrier_was() {
+        let content = b"l1\nl2\nl3\nl4\nl5\n";
+        let (layout, chunks) = parts(content, 4);
+        let mut s = source(layout.clone(), SourceCheckpoint::Start, Some(2_000));
+        let (lines, _) = run(&mut s, 0, &chunks);
+        assert!(lines.is_empty(), "nothing before the go");
+        s.go(Time(0));
+        s.handle_timeout(Time(1));
+        let (lines, _) = run(&mut s, 1, &chunks);
+        assert_eq!(lines, [1, 2], "a full batch went; line 3 waits in the next one");
+        assert_eq!(s.counts().consumed, 3, "2 000 lines/s allows 3 lines by 1 ms");
+        s.trigger(Time(1), 1);
+        let (lines, snaps) = run(&mut s, 1, &chunks);
+        assert_eq!(lines, [3, 0], "the barrier follows the lines read");
+        let Some(SourceCheckpoint::At(pos)) = snaps[0].1.source else { panic!("{snaps:?}") };
+        assert_eq!(pos.line, 4);
+        assert_eq!(snaps[0].1.counts, TupleCounts { consumed: 3, emitted: 3 });
+        let mut again = source(layout, SourceCheckpoint::At(pos), None);
+        again.go(Time(5));
+        let (lines, _) = run(&mut again, 5, &chunks);
+        assert_eq!(lines, [4, 5], "the rest, once");
+        assert!(again.is_finished());
+    }
+
+    #[test]
+    fn barriers_missed_are_emitted_in_order_at_the_next_trigger() {
+        let (layout, chunks) = parts(b"a\nb\n", 8);
+        let mut s = source(layout, SourceCheckpoint::Start, None);
+        s.go(Time(0));
+        run(&mut s, 0, &chunks);
+        s.trigger(Time(1), 3);
+        let (_, snaps) = run(&mut s, 1, &chunks);
+        let ids: Vec<u64> = snaps.iter().map(|(c, _)| *c).collect();
+        assert_eq!(ids, [1, 2, 3]);
+        assert!(snaps.iter().all(|(_, s)| s.source == Some(SourceCheckpoint::Done)));
     }
 }

@@ -1,87 +1,69 @@
-//! An operator task: one stage's operator over the batches of its upstream links, exactly once.
+//! An operator task: one stage's operator over the batches of its upstream links, with keyed
+//! state, aligned checkpoint barriers, and coalesced outputs.
 //!
-//! The task takes the next input batch in order from one of its upstream links (round robin),
-//! applies its operator to every tuple with the keyed state the framework keeps, partitions the
-//! derived tuples over the next stage by key ([`partition`]), and asks its driver to append one
-//! [`Record::Processed`] to its journal. Only when that append is acknowledged does it commit the
-//! input (acknowledging it upstream), update its state and send the output batches, numbered on
-//! their links as the record says. A task restarted from its journal ([`Recovered`]) resends the
-//! outputs not known acknowledged with the same numbers, so receivers drop the ones they had.
-//! Downstream acknowledgements are journaled lazily, as [`Record::Acked`] frames in front of the
-//! next record, so a restarted task resends only the outputs not known acknowledged (the
-//! receivers' duplicate check keeps that exactly-once).
+//! The task takes the next batch in order from one of its upstream links (round robin),
+//! applies its operator to every tuple with the keyed state it keeps, and hands the derived
+//! tuples to its [`Outlets`], which send each downstream task full batches. A built-in operator
+//! runs in place; a program runs through the driver, with up to `program_window` batches out at
+//! once, answered in order.
+//!
+//! Checkpoints are aligned (Chandy–Lamport, as in Flink): once a link delivers the barrier of
+//! checkpoint `c`, the task takes nothing more from it until every other link has delivered that
+//! barrier too (or ended); then, with every batch before the barriers processed and answered,
+//! it reports its snapshot (the keyed state that changed since its previous one) and sends the
+//! barrier on every outgoing link, after every output of those batches. So a snapshot holds
+//! exactly the effect of the input before the barriers, and nothing after them.
 //!
 //! Invariants kept here:
-//! * one journal append in flight at a time, and nothing of a batch is visible (acknowledgement,
-//!   state, outputs) before its record is durable;
-//! * a batch is processed only when every downstream link has room (backpressure: a slow stage
-//!   slows its upstream instead of growing memory);
-//! * the task's link numbering and its journal never diverge: output `seq`s come from the
-//!   journal's `next_out`, and the senders are rebuilt from it;
-//! * end of stream is out of band: the leader tells a task the last batch number of each
-//!   upstream link once that upstream has finished; the task finishes when it has processed all
-//!   of them and every output is acknowledged, and reports its own last numbers.
+//! * batches are taken from each link in order, each once per attempt, and acknowledged when
+//!   taken;
+//! * a snapshot is taken only when every link is aligned on its barrier (or ended), no batch is
+//!   half processed and no program call is out; its barrier then follows every output of the
+//!   input before it on every outgoing link;
+//! * the end of the stream is sent once, after every link ended and everything before it was
+//!   processed; the final snapshot goes with it;
+//! * nothing is taken while an outgoing link is full (backpressure), or while the program
+//!   window is full;
+//! * a program is sent a key's stored state at most once per attempt (its session keeps it),
+//!   and its answers are checked: one output list per input tuple, state only for the batch's
+//!   keys.
 
-use super::config::PlantedBug;
-use super::journal::{encode, OutBatch, Record, Recovered, TaskId, TupleCounts};
-use super::link::{Arrival, LinkReceiver, LinkSender, LinkSeq};
-use super::operator::{derive, Applied, Output, ProgramSpec, StageOp};
-use super::tuple::Tuple;
-use crate::time::{Millis, Time};
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-/// Batches in flight per link, and how long a sender waits for an acknowledgement.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TaskConfig {
-    pub window: usize,
-    pub retry: Millis,
-    /// A deliberate bug (tests only; see [`PlantedBug`]).
-    pub planted: Option<PlantedBug>,
-}
-
-impl Default for TaskConfig {
-    fn default() -> Self {
-        TaskConfig { window: 8, retry: Millis(1_000), planted: None }
-    }
-}
-
-impl TaskConfig {
-    fn bug(&self, bug: PlantedBug) -> bool {
-        cfg!(feature = "planted-bugs") && self.planted == Some(bug)
-    }
-}
-
-/// What travels on a link.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LinkMsg {
-    Batch { seq: LinkSeq, tuples: Vec<Tuple> },
-    Ack { upto: LinkSeq },
-}
+use super::config::{PlantedBug, RainstormConfig};
+use super::job::{CheckpointId, Route, TaskId, TupleCounts};
+use super::link::{Arrival, LinkReceiver};
+use super::message::{Batch, LinkMsg, Snapshot};
+use super::operator::{derive_owned, Output, ProgramSpec, StageOp};
+use super::outlet::Outlets;
+use super::tuple::{Tuple, MAX_TUPLE_BYTES};
+use crate::time::Time;
 
 /// What a task asks its driver to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TaskOutput {
     /// Send `msg` to task `to` (a batch downstream, an acknowledgement upstream).
     Send { to: TaskId, msg: LinkMsg },
-    /// Append these bytes (one journal record) to the task's journal; answer with
-    /// [`Task::on_appended`].
-    Append { bytes: Vec<u8> },
-    /// Every input was processed and every output acknowledged; these are the last batch
-    /// numbers sent on each downstream link.
-    Finished { last: BTreeMap<TaskId, LinkSeq> },
-    /// The task cannot go on (its operator failed on an input, or a record cannot be encoded).
-    Failed { reason: String },
-    /// Run this batch through the stage's operator program; answer with [`Task::on_applied`].
-    /// One batch is out at a time.
+    /// Sources: fetch part `part` of the input; answer with `SourceTask::on_part`.
+    Read { part: usize },
+    /// Run this batch through the stage's operator program; answer with [`Task::on_applied`],
+    /// in order.
     Apply { program: ProgramSpec, batch: ProgramBatch },
-    /// A source sent a batch for the first time: input lines `first..=last` entered the job.
-    /// (Informational: where tuple latency is measured from.)
+    /// The task is set up (its program answered an empty batch): it may be told to go.
+    Ready,
+    /// Its snapshot of a checkpoint, taken just now.
+    Snapshot { checkpoint: CheckpointId, snapshot: Snapshot },
+    /// It sent the end of its stream; this is its last snapshot.
+    Finished { last: Snapshot },
+    /// The task cannot go on (see `TaskPhase::Failed`).
+    Failed { reason: String, transient: bool },
+    /// A source read input lines `first..=last` and sent them on.
     SourceSent { first: u64, last: u64 },
 }
 
-/// A batch for an operator program: the tuples in order, and the stored state of each of their
-/// keys that has one (the state as of the start of the batch).
+/// A batch for an operator program: the tuples in order, and the stored state of those of
+/// their keys that the program has not been sent before in this attempt (a key's state is
+/// sent at most once per attempt; the program keeps it from then on).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProgramBatch {
     pub tuples: Vec<Tuple>,
@@ -106,389 +88,420 @@ pub fn partition(key: &str, n: usize) -> usize {
     (h % n.max(1) as u64) as usize
 }
 
-/// A batch being journaled: its records (acknowledgements first, then the batch itself).
-struct Pending {
-    from: TaskId,
-    seq: LinkSeq,
-    tuples: Vec<Tuple>,
-    records: Vec<Record>,
+/// One upstream link.
+struct Input {
+    rx: LinkReceiver<Batch>,
+    /// It delivered the barrier being aligned on.
+    blocked: bool,
+    ended: bool,
+}
+
+/// Where a task's outputs go.
+struct Router {
+    id: TaskId,
+    /// The next stage's operator (outputs go to the task owning their key under it) and how
+    /// they get there; `None` for the last stage, whose outputs all go to the sink.
+    next: Option<(StageOp, Route)>,
+    downstream: Vec<TaskId>,
+}
+
+impl Router {
+    /// Sends one output to the downstream task that owns it.
+    fn route(&self, outlets: &mut Outlets, now: Time, tuple: Tuple) -> Result<(), String> {
+        let to = match &self.next {
+            None | Some((_, Route::Forward)) => self.downstream.first().copied(),
+            Some((next, Route::Shuffle)) => {
+                let key = next
+                    .state_key(&tuple)
+                    .map_err(|e| format!("operator `{}` cannot key {}: {e}", next.name(), tuple.id))?;
+                self.downstream.get(partition(&key, self.downstream.len())).copied()
+            }
+        };
+        let to = to.ok_or_else(|| format!("{} has outputs but no downstream task", self.id))?;
+        let bytes = tuple.key.len() + tuple.value.len();
+        if bytes > MAX_TUPLE_BYTES {
+            return Err(format!(
+                "output {} is {bytes} bytes long, over the {MAX_TUPLE_BYTES}-byte limit of a tuple",
+                tuple.id
+            ));
+        }
+        outlets.push(now, to, tuple);
+        Ok(())
+    }
 }
 
 pub struct Task {
     id: TaskId,
     operator: StageOp,
-    /// The next stage's operator: outputs go to the task owning their key under it.
-    next: Option<StageOp>,
-    upstream: Vec<TaskId>,
-    downstream: Vec<TaskId>,
-    receivers: BTreeMap<TaskId, LinkReceiver<Vec<Tuple>>>,
-    senders: BTreeMap<TaskId, LinkSender<Vec<Tuple>>>,
-    journal: Recovered,
-    /// The last batch number of each upstream link that has finished.
-    ended: BTreeMap<TaskId, LinkSeq>,
-    pending: Option<Pending>,
-    /// A batch out at the operator program: (upstream, seq, tuples).
-    applying: Option<(TaskId, LinkSeq, Vec<Tuple>)>,
-    /// After a failed append, no batch is processed before this time.
-    paused_until: Option<Time>,
-    retry: Millis,
-    next_upstream: usize,
-    done: bool,
-    cfg: TaskConfig,
+    router: Router,
+    inputs: BTreeMap<TaskId, Input>,
+    next_input: usize,
+    outlets: Outlets,
+    state: BTreeMap<String, String>,
+    /// Keys whose state changed since the last snapshot.
+    changed: BTreeSet<String>,
+    /// Keys whose state the program was sent (or started from nothing) in this attempt.
+    session: BTreeSet<String>,
+    /// The checkpoint being aligned on.
+    aligning: Option<CheckpointId>,
+    /// A built-in's batch being processed (backpressure may stop it midway).
+    current: VecDeque<Tuple>,
+    /// Program batches out, in order (the first one may be the empty warm-up).
+    calls: VecDeque<Vec<Tuple>>,
+    program_window: usize,
+    /// Whether the program answered its warm-up (always true for a built-in).
+    ready: bool,
+    counts: TupleCounts,
+    ended: bool,
+    failed: bool,
+    coalesce: bool,
     out: VecDeque<TaskOutput>,
 }
 
 impl Task {
-    /// A task (new, or restarted from `journal`) reading `upstream` and feeding `downstream`
-    /// (the next stage's tasks in partition order; for the last stage, the sink alone). Each
-    /// output goes to the downstream task that owns its key under `next` (the next stage's
-    /// operator: its state key), or its tuple key when there is no next operator.
+    /// A task reading `upstream` and feeding `downstream` (the next stage's tasks in partition
+    /// order, or the sink alone), resuming with `state` and `counts`.
     pub fn new(
         id: TaskId,
-        cfg: &TaskConfig,
-        operator: StageOp,
-        next: Option<StageOp>,
-        upstream: Vec<TaskId>,
+        cfg: &RainstormConfig,
+        (operator, next): (StageOp, Option<(StageOp, Route)>),
+        upstream: &[TaskId],
         downstream: Vec<TaskId>,
-        journal: Recovered,
+        (state, counts): (BTreeMap<String, String>, TupleCounts),
     ) -> Task {
-        let receivers = upstream
+        let inputs = upstream
             .iter()
-            .map(|u| (*u, LinkReceiver::new(journal.delivered.get(u).copied().unwrap_or(0), cfg.window)))
+            .map(|u| (*u, Input { rx: LinkReceiver::new(cfg.window as usize), blocked: false, ended: false }))
             .collect();
-        // Each link resumes after its last known acknowledgement; the batches sent since (all
-        // journaled) are due again, which also brings the numbering back to `next_out`.
-        let mut senders: BTreeMap<TaskId, LinkSender<Vec<Tuple>>> = downstream
-            .iter()
-            .map(|d| {
-                let acked = journal.acked.get(d).copied().unwrap_or(0);
-                (*d, LinkSender::new(acked + 1, cfg.window, cfg.retry))
-            })
-            .collect();
-        for b in &journal.unacked {
-            if let Some(s) = senders.get_mut(&b.to) {
-                s.restore(b.seq, b.tuples.clone());
-            }
-        }
-        Task {
+        let mut task = Task {
             id,
-            operator,
-            next,
-            upstream,
-            downstream,
-            receivers,
-            senders,
-            journal,
-            ended: BTreeMap::new(),
-            pending: None,
-            applying: None,
-            paused_until: None,
-            retry: cfg.retry,
-            next_upstream: 0,
-            done: false,
-            cfg: cfg.clone(),
+            outlets: Outlets::new(&downstream, cfg),
+            router: Router { id, next, downstream },
+            inputs,
+            next_input: 0,
+            state,
+            changed: BTreeSet::new(),
+            session: BTreeSet::new(),
+            aligning: None,
+            current: VecDeque::new(),
+            calls: VecDeque::new(),
+            program_window: cfg.program_window.max(1) as usize,
+            ready: true,
+            counts,
+            ended: false,
+            failed: false,
+            coalesce: !cfg.bug(PlantedBug::NoCoalescing),
             out: VecDeque::new(),
+            operator,
+        };
+        match &task.operator {
+            StageOp::Program(program) => {
+                // An empty batch starts the program (fetch, start, handshake) before the job
+                // goes, and surfaces a program that cannot start at once.
+                task.ready = false;
+                let batch = ProgramBatch { tuples: Vec::new(), state: BTreeMap::new() };
+                task.out.push_back(TaskOutput::Apply { program: program.clone(), batch });
+                task.calls.push_back(Vec::new());
+            }
+            StageOp::Builtin(_) => task.out.push_back(TaskOutput::Ready),
         }
+        task
     }
 
     pub fn id(&self) -> TaskId {
         self.id
     }
 
-    /// The keyed state as journaled so far.
-    pub fn state(&self) -> &BTreeMap<String, String> {
-        &self.journal.state
-    }
-
-    /// Tuples taken in and put out, as journaled (a restarted task goes on from its journal's).
     pub fn counts(&self) -> TupleCounts {
-        self.journal.counts
+        self.counts
     }
 
-    /// Where the task stands: per upstream delivered (held), per downstream acknowledged / next.
-    pub fn progress(&self) -> String {
-        let ins: Vec<String> =
-            self.receivers.iter().map(|(u, r)| format!("{u}:{}+{}", r.delivered(), r.held())).collect();
-        let outs: Vec<String> =
-            self.senders.iter().map(|(d, s)| format!("{d}:{}/{}", s.acked(), s.next_seq())).collect();
+    /// The keyed state as of what was processed.
+    pub fn state(&self) -> &BTreeMap<String, String> {
+        &self.state
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.ended
+    }
+
+    /// Where the task stands, for `job <id>` on its worker.
+    pub fn describe(&self) -> String {
+        let ins: Vec<String> = self
+            .inputs
+            .iter()
+            .map(|(u, i)| {
+                let mark = if i.ended {
+                    " ended"
+                } else if i.blocked {
+                    " aligned"
+                } else {
+                    ""
+                };
+                format!("{u}:{}+{}{mark}", i.rx.taken(), i.rx.held())
+            })
+            .collect();
         format!(
-            "in {} out {} pending {} applying {} paused {:?}",
+            "in {} out {}, aligning {:?}, {} calls out, {} keys",
             ins.join(" "),
-            outs.join(" "),
-            self.pending.is_some(),
-            self.applying.is_some(),
-            self.paused_until
+            self.outlets.describe(),
+            self.aligning,
+            self.calls.len(),
+            self.state.len()
         )
     }
 
-    /// Everything journaled so far, as one record (what a new journal generation starts with).
-    pub fn snapshot(&self) -> Record {
-        Record::Snapshot(self.journal.snapshot())
+    /// Bytes held: input batches, the batch in progress, program calls out, outgoing batches.
+    pub fn buffered_bytes(&self) -> usize {
+        let inputs: usize = self.inputs.values().map(|i| i.rx.held_bytes()).sum();
+        let current: usize = self.current.iter().map(Tuple::weight).sum();
+        let calls: usize = self.calls.iter().flatten().map(Tuple::weight).sum();
+        inputs + current + calls + self.outlets.buffered_bytes()
+    }
+
+    /// What the task holds, by kind: (read-ahead, inputs, unacknowledged, output side).
+    pub fn buffers(&self) -> (usize, usize, usize, usize) {
+        let inputs: usize = self.inputs.values().map(|i| i.rx.held_bytes()).sum();
+        (0, inputs, self.outlets.unacked_bytes(), self.outlets.buffered_bytes())
+    }
+
+    /// Tuple batches sent so far.
+    pub fn batches_sent(&self) -> u64 {
+        self.outlets.batches_sent()
     }
 
     /// A message from another task.
     pub fn on_message(&mut self, now: Time, from: TaskId, msg: LinkMsg) {
         match msg {
-            LinkMsg::Batch { seq, tuples } => {
-                let window = self.cfg.window;
-                let forgets = self.cfg.bug(PlantedBug::ForgetsSeenIds);
-                let Some(r) = self.receivers.get_mut(&from) else { return };
-                if forgets && r.delivered() == 0 && r.held() == 0 && seq > 1 {
-                    // Planted: the receiver takes up the sender's numbering where it finds it.
-                    *r = LinkReceiver::new(seq - 1, window);
-                }
-                if let Arrival::Duplicate { ack } = r.arrive(seq, tuples) {
+            LinkMsg::Batch { seq, batch } => {
+                let Some(input) = self.inputs.get_mut(&from) else { return };
+                if let Arrival::Duplicate { ack } = input.rx.arrive(seq, batch) {
                     self.out.push_back(TaskOutput::Send { to: from, msg: LinkMsg::Ack { upto: ack } });
                 }
             }
-            LinkMsg::Ack { upto } => {
-                if let Some(s) = self.senders.get_mut(&from) {
-                    s.on_ack(upto);
-                }
-            }
-        }
-        self.step(now);
-    }
-
-    /// The leader says upstream `from` has finished after batch `last`.
-    pub fn upstream_ended(&mut self, now: Time, from: TaskId, last: LinkSeq) {
-        if self.receivers.contains_key(&from) {
-            self.ended.insert(from, last);
-        }
-        self.step(now);
-    }
-
-    /// The driver's answer to the last [`TaskOutput::Append`].
-    pub fn on_appended(&mut self, now: Time, result: Result<(), String>) {
-        let Some(p) = self.pending.take() else { return };
-        match result {
-            Ok(()) => {
-                if self.cfg.bug(PlantedBug::ForgetsSeenIds) {
-                    // Planted: whatever the receiver took is "next", whatever was recovered.
-                    self.journal.delivered.insert(p.from, p.seq - 1);
-                }
-                for record in &p.records {
-                    if let Err(e) = self.journal.apply(record) {
-                        return self.fail(format!("journal record rejected: {e}"));
-                    }
-                }
-                let ack = self.receivers.get_mut(&p.from).map_or(0, |r| r.commit(p.seq));
-                if !self.cfg.bug(PlantedBug::AckBeforeJournal) {
-                    self.out.push_back(TaskOutput::Send { to: p.from, msg: LinkMsg::Ack { upto: ack } });
-                }
-                if let Some(Record::Processed { outputs, .. }) = p.records.into_iter().last() {
-                    for b in outputs {
-                        let Some(s) = self.senders.get_mut(&b.to) else { continue };
-                        if s.push(now, b.tuples.clone()) != Some(b.seq) {
-                            return self.fail(format!("link to {} out of step with the journal", b.to));
-                        }
-                        self.out.push_back(TaskOutput::Send {
-                            to: b.to,
-                            msg: LinkMsg::Batch { seq: b.seq, tuples: b.tuples },
-                        });
-                    }
-                }
-            }
-            Err(_) => {
-                // Not journaled: nothing happened; the batch is processed again after a pause.
-                if let Some(r) = self.receivers.get_mut(&p.from) {
-                    r.abandon(p.seq, p.tuples);
-                }
-                self.paused_until = Some(now + self.retry);
-            }
+            LinkMsg::Ack { upto } => self.outlets.on_ack(now, from, upto),
         }
         self.step(now);
     }
 
     pub fn handle_timeout(&mut self, now: Time) {
-        if self.paused_until.is_some_and(|t| t <= now) {
-            self.paused_until = None;
-        }
-        for (to, s) in &mut self.senders {
-            for (seq, tuples) in s.due(now) {
-                self.out.push_back(TaskOutput::Send { to: *to, msg: LinkMsg::Batch { seq, tuples } });
-            }
-        }
+        self.outlets.handle_timeout(now);
         self.step(now);
     }
 
     pub fn poll_timeout(&self) -> Option<Time> {
-        self.senders.values().filter_map(|s| s.next_deadline()).chain(self.paused_until).min()
+        self.outlets.poll_timeout()
     }
 
     pub fn poll_output(&mut self) -> Option<TaskOutput> {
-        self.out.pop_front()
+        if let Some(o) = self.out.pop_front() {
+            return Some(o);
+        }
+        self.outlets.poll().map(|(to, msg)| TaskOutput::Send { to, msg })
     }
 
     fn fail(&mut self, reason: String) {
-        if !self.done {
-            self.done = true;
-            self.out.push_back(TaskOutput::Failed { reason });
+        if !self.failed {
+            self.failed = true;
+            self.out.push_back(TaskOutput::Failed { reason, transient: false });
         }
     }
 
-    /// Starts processing the next batch if nothing is being journaled and every link has room;
-    /// reports the end once everything is processed and acknowledged.
-    fn step(&mut self, now: Time) {
-        if self.done
-            || self.pending.is_some()
-            || self.applying.is_some()
-            || self.paused_until.is_some_and(|t| t > now)
-        {
-            return;
-        }
-        if !self.senders.values().all(|s| s.has_room()) {
-            return;
-        }
-        let n = self.upstream.len();
-        for i in 0..n {
-            let from = self.upstream[(self.next_upstream + i) % n];
-            let Some((seq, tuples)) = self.receivers.get_mut(&from).and_then(|r| r.next_ready()) else {
-                continue;
-            };
-            self.next_upstream = (self.next_upstream + i + 1) % n.max(1);
-            return self.process(from, seq, tuples);
-        }
-        let all_in = self.upstream.iter().all(|u| {
-            self.ended
-                .get(u)
-                .is_some_and(|last| self.receivers.get(u).is_some_and(|r| r.delivered() >= *last))
-        });
-        if all_in && self.senders.values().all(|s| s.is_idle()) {
-            self.done = true;
-            let last = self.senders.iter().map(|(d, s)| (*d, s.next_seq() - 1)).collect();
-            self.out.push_back(TaskOutput::Finished { last });
-        }
-    }
-
-    /// The operator program's answer to the last [`TaskOutput::Apply`]. An error (the program
-    /// crashed, hung or answered nonsense) fails the task: nothing of the batch happened, and a
-    /// new incarnation processes it again from the journal.
-    pub fn on_applied(&mut self, now: Time, result: Result<ProgramResult, String>) {
-        let Some((from, seq, tuples)) = self.applying.take() else { return };
-        let name = self.operator.name();
-        let first = tuples.first().map_or_else(String::new, |t| t.id.to_string());
-        let what = format!("batch {seq} from {from} ({} tuples from {first})", tuples.len());
-        let result = result.and_then(|r| {
-            if r.outputs.len() != tuples.len() {
-                return Err(format!("answered {} output lists for {} tuples", r.outputs.len(), tuples.len()));
-            }
-            if let Some(key) = r.state.keys().find(|k| !tuples.iter().any(|t| &t.key == *k)) {
-                return Err(format!("returned state for key {key:?}, which is not in the batch"));
-            }
-            Ok(r)
-        });
-        match result {
-            Ok(r) => {
-                let applied = r.outputs.into_iter().map(|outputs| Applied { outputs, state: None });
-                let changes = r.state.into_iter().map(|(k, v)| (k, Some(v))).collect();
-                self.finish_batch(from, seq, tuples, applied.collect(), changes);
-            }
-            Err(e) => self.fail(format!("operator `{name}` failed on {what}: {e}")),
-        }
-        self.step(now);
-    }
-
-    /// Applies the operator to a batch: in place for a built-in, through the driver for a
-    /// program (the batch then waits for [`Task::on_applied`]).
-    fn process(&mut self, from: TaskId, seq: LinkSeq, tuples: Vec<Tuple>) {
-        let op = match &self.operator {
-            StageOp::Builtin(op) => op,
-            StageOp::Program(program) => {
-                let state = (tuples.iter())
-                    .filter_map(|t| self.journal.state.get(&t.key).map(|s| (t.key.clone(), s.clone())))
-                    .collect();
-                let batch = ProgramBatch { tuples: tuples.clone(), state };
-                self.out.push_back(TaskOutput::Apply { program: program.clone(), batch });
-                self.applying = Some((from, seq, tuples));
-                return;
-            }
-        };
-        let mut changes: BTreeMap<String, Option<String>> = BTreeMap::new();
-        let mut applied = Vec::with_capacity(tuples.len());
-        for t in &tuples {
-            let result = op.state_key(t).and_then(|key| {
-                let state = match changes.get(&key) {
-                    Some(s) => s.as_deref(),
-                    None => self.journal.state.get(&key).map(String::as_str),
-                };
-                let a = op.apply(t, state)?;
-                if let Some(s) = &a.state {
-                    changes.insert(key, Some(s.clone()));
-                }
-                Ok(a)
-            });
-            match result {
-                Ok(a) => applied.push(a),
-                Err(e) => return self.fail(format!("operator `{}` failed on {}: {e}", op.name(), t.id)),
-            }
-        }
-        self.finish_batch(from, seq, tuples, applied, changes);
-    }
-
-    /// Routes a processed batch's outputs, and journals it with its state changes.
-    fn finish_batch(
-        &mut self,
-        from: TaskId,
-        seq: LinkSeq,
-        tuples: Vec<Tuple>,
-        applied: Vec<Applied>,
-        changes: BTreeMap<String, Option<String>>,
-    ) {
-        let mut per_dest: BTreeMap<TaskId, Vec<Tuple>> = BTreeMap::new();
-        for (t, applied) in tuples.iter().zip(&applied) {
-            for d in derive(t, applied) {
-                let key = match &self.next {
-                    Some(next) => match next.state_key(&d) {
-                        Ok(key) => key,
-                        Err(e) => {
-                            return self.fail(format!("operator `{}` cannot key {}: {e}", next.name(), d.id))
-                        }
-                    },
-                    None => d.key.clone(),
-                };
-                let Some(to) = self.downstream.get(partition(&key, self.downstream.len())).copied() else {
-                    return self.fail(format!("{} has outputs but no downstream task", self.id));
-                };
-                per_dest.entry(to).or_default().push(d);
-            }
-        }
-        let outputs: Vec<OutBatch> = per_dest
+    fn snapshot(&mut self) -> Snapshot {
+        let changes = std::mem::take(&mut self.changed)
             .into_iter()
-            .map(|(to, tuples)| OutBatch {
-                to,
-                seq: self.journal.next_out.get(&to).copied().unwrap_or(1),
-                tuples,
+            .map(|key| {
+                let value = self.state.get(&key).cloned();
+                (key, value)
             })
             .collect();
-        // Acknowledgements received since the last record ride along in front of this one.
-        let mut records: Vec<Record> = self
-            .senders
-            .iter()
-            .filter(|(to, s)| s.acked() > self.journal.acked.get(to).copied().unwrap_or(0))
-            .map(|(to, s)| Record::Acked { to: *to, upto: s.acked() })
-            .collect();
-        let consumed = tuples.len() as u64;
-        records.push(Record::Processed {
-            from,
-            seq,
-            consumed,
-            outputs,
-            state: changes.into_iter().collect(),
-        });
-        let mut bytes = Vec::new();
-        for record in &records {
-            match encode(record) {
-                Ok(frame) => bytes.extend_from_slice(&frame),
-                Err(e) => return self.fail(format!("batch {seq} from {from} cannot be journaled: {e}")),
+        Snapshot { source: None, changes, counts: self.counts }
+    }
+
+    /// Takes batches and processes them until it has to wait; takes a snapshot once aligned,
+    /// and ends the stream once every link ended.
+    fn step(&mut self, now: Time) {
+        while !self.failed && !self.ended {
+            let settled = self.current.is_empty() && self.calls.is_empty();
+            if let Some(c) = self.aligning {
+                if settled && self.inputs.values().all(|i| i.ended || i.blocked) {
+                    let snapshot = self.snapshot();
+                    self.out.push_back(TaskOutput::Snapshot { checkpoint: c, snapshot });
+                    self.outlets.control(now, Batch::Barrier(c));
+                    self.aligning = None;
+                    for i in self.inputs.values_mut() {
+                        i.blocked = false;
+                    }
+                    continue;
+                }
+            } else if settled && self.ready && self.inputs.values().all(|i| i.ended) {
+                self.ended = true;
+                self.outlets.control(now, Batch::End);
+                let last = self.snapshot();
+                self.out.push_back(TaskOutput::Finished { last });
+                return;
+            }
+            if self.outlets.blocked() {
+                return;
+            }
+            if !self.current.is_empty() {
+                self.process_current(now);
+                continue;
+            }
+            if !self.ready || self.calls.len() >= self.program_window {
+                return;
+            }
+            let Some((from, batch)) = self.take() else { return };
+            match batch {
+                Batch::Tuples(tuples) => self.process(now, tuples),
+                Batch::Barrier(c) => {
+                    debug_assert!(self.aligning.is_none_or(|a| a == c), "barriers out of order");
+                    self.aligning = Some(c);
+                    if let Some(i) = self.inputs.get_mut(&from) {
+                        i.blocked = true;
+                    }
+                }
+                Batch::End => {
+                    if let Some(i) = self.inputs.get_mut(&from) {
+                        i.ended = true;
+                    }
+                }
             }
         }
-        if self.cfg.bug(PlantedBug::AckBeforeJournal) {
-            let ack = self.receivers.get(&from).map_or(0, |r| r.delivered()) + 1;
-            self.out.push_back(TaskOutput::Send { to: from, msg: LinkMsg::Ack { upto: ack } });
+    }
+
+    /// The next batch of a link that is neither aligned nor ended, round robin; acknowledged.
+    fn take(&mut self) -> Option<(TaskId, Batch)> {
+        let links: Vec<TaskId> = self.inputs.keys().copied().collect();
+        let n = links.len();
+        for k in 0..n {
+            let from = links[(self.next_input + k) % n];
+            let input = self.inputs.get_mut(&from).expect("listed");
+            if input.blocked || input.ended {
+                continue;
+            }
+            if let Some((seq, batch)) = input.rx.take() {
+                self.next_input = (self.next_input + k + 1) % n;
+                self.out.push_back(TaskOutput::Send { to: from, msg: LinkMsg::Ack { upto: seq } });
+                return Some((from, batch));
+            }
         }
-        self.out.push_back(TaskOutput::Append { bytes });
-        self.pending = Some(Pending { from, seq, tuples, records });
+        None
+    }
+
+    fn process(&mut self, now: Time, tuples: Vec<Tuple>) {
+        match &self.operator {
+            StageOp::Builtin(_) => {
+                self.current = tuples.into();
+                self.process_current(now);
+            }
+            StageOp::Program(program) => {
+                let mut state = BTreeMap::new();
+                for t in &tuples {
+                    if self.session.insert(t.key.clone()) {
+                        if let Some(s) = self.state.get(&t.key) {
+                            state.insert(t.key.clone(), s.clone());
+                        }
+                    }
+                }
+                let batch = ProgramBatch { tuples: tuples.clone(), state };
+                self.out.push_back(TaskOutput::Apply { program: program.clone(), batch });
+                self.calls.push_back(tuples);
+            }
+        }
+    }
+
+    /// Runs the built-in over the batch in progress until it is done or an outgoing link is
+    /// full.
+    fn process_current(&mut self, now: Time) {
+        let StageOp::Builtin(op) = &self.operator else { return };
+        let stateful = op.is_stateful();
+        while let Some(t) = self.current.pop_front() {
+            let applied = if stateful {
+                op.state_key(&t).and_then(|key| {
+                    let applied = op.apply(&t, self.state.get(&key).map(String::as_str))?;
+                    if let Some(s) = &applied.state {
+                        self.state.insert(key.clone(), s.clone());
+                        self.changed.insert(key);
+                    }
+                    Ok(applied)
+                })
+            } else {
+                op.apply(&t, None)
+            };
+            match applied {
+                Ok(applied) => {
+                    let emitted = applied.outputs.len() as u64;
+                    for d in derive_owned(&t, applied.outputs) {
+                        if let Err(e) = self.router.route(&mut self.outlets, now, d) {
+                            return self.fail(e);
+                        }
+                    }
+                    self.counts = self.counts.add(1, emitted);
+                }
+                Err(e) => return self.fail(format!("operator `{}` failed on {}: {e}", op.name(), t.id)),
+            }
+            if self.outlets.blocked() {
+                return;
+            }
+        }
+        if !self.coalesce {
+            self.outlets.seal_all(now);
+        }
+    }
+
+    /// The operator program's answer to the oldest batch out. An error (the program crashed,
+    /// hung or answered nonsense) fails the task: the job rolls back, and nothing of the batch
+    /// is used.
+    pub fn on_applied(&mut self, now: Time, result: Result<ProgramResult, String>) {
+        let Some(tuples) = self.calls.pop_front() else { return };
+        if !self.ready {
+            // The warm-up.
+            match result {
+                Ok(_) => {
+                    self.ready = true;
+                    self.out.push_back(TaskOutput::Ready);
+                }
+                Err(e) => self.fail(format!("the operator could not start: {e}")),
+            }
+            return self.step(now);
+        }
+        let name = self.operator.name();
+        let first = tuples.first().map_or_else(String::new, |t| t.id.to_string());
+        let what = format!("a batch of {} tuples from {first}", tuples.len());
+        // The driver's failures name the operator and the batch themselves.
+        let r = match result {
+            Ok(r) => r,
+            Err(e) => return self.fail(e),
+        };
+        let wrong = if r.outputs.len() != tuples.len() {
+            Some(format!("answered {} output lists for {} tuples", r.outputs.len(), tuples.len()))
+        } else {
+            r.state
+                .keys()
+                .find(|k| !tuples.iter().any(|t| &t.key == *k))
+                .map(|key| format!("returned state for key {key:?}, which is not in the batch"))
+        };
+        if let Some(e) = wrong {
+            return self.fail(format!("operator `{name}` failed on {what}: {e}"));
+        }
+        for (key, value) in r.state {
+            self.changed.insert(key.clone());
+            self.state.insert(key, value);
+        }
+        let emitted: u64 = r.outputs.iter().map(|o| o.len() as u64).sum();
+        for (t, outputs) in tuples.iter().zip(r.outputs) {
+            for d in derive_owned(t, outputs) {
+                if let Err(e) = self.router.route(&mut self.outlets, now, d) {
+                    return self.fail(e);
+                }
+            }
+        }
+        self.counts = self.counts.add(tuples.len() as u64, emitted);
+        if !self.coalesce {
+            self.outlets.seal_all(now);
+        }
+        self.step(now);
     }
 }
 

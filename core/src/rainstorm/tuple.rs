@@ -1,30 +1,30 @@
 //! Tuple identities and tuples.
 //!
-//! A [`TupleId`] names a tuple for its whole life: the source position (`file`, physical `line`
-//! from 1) plus the `path` of output indices through which each stage derived it. Invariants:
-//! a source tuple has an empty path; output `i` of tuple `t` has id `t.id.child(i)`, so ids are
-//! deterministic across replays and unique as long as operators are deterministic. Ids order
-//! by (file, line, path) so they can be kept in `BTreeSet`s.
+//! A [`TupleId`] names a tuple for its whole life within its job: the physical `line` of the
+//! job's input it came from (from 1) plus the `path` of output indices through which each stage
+//! derived it. A job reads exactly one input file, so the file is not part of the id (it is in
+//! the source tuple's key, `<file>:<line>`). Invariants: a source tuple has an empty path;
+//! output `i` of tuple `t` has id `t.id.child(i)`, so ids are deterministic across replays and
+//! unique as long as operators are deterministic. Ids order by (line, path) so they can be kept
+//! in `BTreeSet`s.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// The identity of a tuple: its source position and its derivation path.
+/// The identity of a tuple: its source line and its derivation path.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct TupleId {
-    /// The input file the source line came from.
-    pub file: String,
-    /// The physical line number in `file`, from 1.
+    /// The physical line number in the job's input, from 1.
     pub line: u64,
     /// The output index at each stage that derived this tuple (empty for a source tuple).
     pub path: Vec<u32>,
 }
 
 impl TupleId {
-    /// The id of the source tuple for physical line `line` of `file`.
-    pub fn source(file: impl Into<String>, line: u64) -> TupleId {
-        TupleId { file: file.into(), line, path: Vec::new() }
+    /// The id of the source tuple for physical line `line`.
+    pub fn source(line: u64) -> TupleId {
+        TupleId { line, path: Vec::new() }
     }
 
     /// The id of output `index` derived from the tuple with this id.
@@ -32,14 +32,14 @@ impl TupleId {
         let mut path = Vec::with_capacity(self.path.len() + 1);
         path.extend_from_slice(&self.path);
         path.push(index);
-        TupleId { file: self.file.clone(), line: self.line, path }
+        TupleId { line: self.line, path }
     }
 }
 
-/// `file:line`, then `/index` per derivation step: `signs.csv:12`, `signs.csv:12/0/3`.
+/// `line <n>`, then `/index` per derivation step: `line 12`, `line 12/0/3`.
 impl fmt::Display for TupleId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.file, self.line)?;
+        write!(f, "line {}", self.line)?;
         self.path.iter().try_for_each(|index| write!(f, "/{index}"))
     }
 }
@@ -53,12 +53,24 @@ pub struct Tuple {
 }
 
 impl Tuple {
-    /// The source tuple of a physical line: key `file:line`, value the line (without terminator).
-    pub fn source(file: impl Into<String>, line: u64, text: impl Into<String>) -> Tuple {
-        let id = TupleId::source(file, line);
-        Tuple { key: format!("{}:{}", id.file, id.line), id, value: text.into() }
+    /// The source tuple of physical line `line` of `file`: key `file:line`, value the line
+    /// (without terminator).
+    pub fn source(file: &str, line: u64, text: impl Into<String>) -> Tuple {
+        Tuple { key: format!("{file}:{line}"), id: TupleId::source(line), value: text.into() }
+    }
+
+    /// Bytes this tuple takes in a batch, roughly: what windows and batch sizes count.
+    pub fn weight(&self) -> usize {
+        TUPLE_OVERHEAD_BYTES + self.key.len() + self.value.len() + 4 * self.id.path.len()
     }
 }
+
+/// The largest tuple (key and value) a job carries: a longer input line or operator output
+/// fails its task, so that any batch fits a stream frame.
+pub const MAX_TUPLE_BYTES: usize = 4 << 20;
+
+/// What a tuple costs in a batch beyond its key, value and path: its id, lengths and framing.
+pub const TUPLE_OVERHEAD_BYTES: usize = 32;
 
 /// The physical lines of an input file, numbered from 1: split at `\n`, a `\r` before it
 /// dropped, no line after a final terminator. Invalid UTF-8 is replaced (U+FFFD), never refused.
@@ -95,19 +107,19 @@ mod tests {
 
     #[test]
     fn display_and_children() {
-        let id = TupleId::source("signs.csv", 12);
-        assert_eq!(id.to_string(), "signs.csv:12");
-        assert_eq!(id.child(0).child(3).to_string(), "signs.csv:12/0/3");
+        let id = TupleId::source(12);
+        assert_eq!(id.to_string(), "line 12");
+        assert_eq!(id.child(0).child(3).to_string(), "line 12/0/3");
         assert!(id.child(0).path.len() == 1 && id.path.is_empty());
     }
 
     #[test]
     fn ordering_is_by_file_line_path() {
-        let a = TupleId::source("f", 2);
+        let a = TupleId::source(2);
         let set: BTreeSet<TupleId> =
-            [a.child(1), TupleId::source("f", 10), a.clone(), a.child(0)].into_iter().collect();
+            [a.child(1), TupleId::source(10), a.clone(), a.child(0)].into_iter().collect();
         let shown: Vec<String> = set.iter().map(ToString::to_string).collect();
-        assert_eq!(shown, ["f:2", "f:2/0", "f:2/1", "f:10"]);
+        assert_eq!(shown, ["line 2", "line 2/0", "line 2/1", "line 10"]);
     }
 
     #[test]
@@ -123,8 +135,7 @@ mod tests {
 
     #[test]
     fn dest_lines_escape_line_breaks() {
-        let t =
-            |v: &str| dest_line(&Tuple { id: TupleId::source("f", 1), key: String::new(), value: v.into() });
+        let t = |v: &str| dest_line(&Tuple { id: TupleId::source(1), key: String::new(), value: v.into() });
         assert_eq!(t("a,b"), "a,b\n");
         assert_eq!(t("a\nb\\c\r"), "a\\nb\\\\c\\r\n");
     }

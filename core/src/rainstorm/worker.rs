@@ -1,63 +1,36 @@
-//! The worker side: the task incarnations this node hosts, each with its recovery, its journal
-//! and its links.
+//! The worker side: the tasks this node runs, one attempt of each, with their reports to their
+//! leader, their input reads and their operator-program calls.
 //!
-//! An incarnation reads its input (sources) and the journal of the incarnation it replaces,
-//! opens its own journal file with one snapshot of what it recovered, reports `Ready`, and
-//! starts only on its leader's go. From then on every journal append is a
-//! [`ClientOp::Persist`] (never abandoned, so never "maybe written"); a record that fails for
-//! good fails the incarnation and the leader places it again.
+//! A task is deployed for one attempt of its job; a deploy of a newer attempt replaces it, an
+//! older one is ignored. It reports its phase to its leader on every change and every status
+//! interval, and every snapshot it takes at once and again in each report until the leader
+//! confirms it. A source reads its input parts through this node's HyDFS client (from this
+//! node's own copy when it holds one).
 //!
 //! Invariants kept here:
-//! * an incarnation writes only its own journal files (`…e<epoch>.g<generation>`), so records of
-//!   a replaced incarnation can never interleave with its successor's;
-//! * a link message is taken only if it names this incarnation and comes from the incarnation
-//!   the current placement names; everything else is dropped (and the sender retries);
-//! * nothing is processed before the journal is recovered and the leader said go;
-//! * compaction: generation `g+1` (one snapshot) is created before `Continued(g+1)` ends
-//!   generation `g`, and no record is appended to either meanwhile.
+//! * one attempt of a task runs here at a time, and a link message is taken only if it names
+//!   that attempt;
+//! * a task's file operations and program calls answer only the attempt that made them;
+//! * nothing is sent by a task that failed or was stopped; a stopped job's older attempts are
+//!   never deployed again here.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::BTreeMap;
 
-use super::config::{BatchError, PlantedBug, RainstormConfig};
+use super::config::RainstormConfig;
+use super::input::{Layout, Manifest};
 use super::job::{
-    Epoch, JobId, JobPlan, JournalPos, Placement, RainstormEvent, RainstormMsg, TaskPhase, STAGES,
+    Attempt, CheckpointId, JobId, JobPlan, Placement, RainstormEvent, TaskId, TupleCounts, STAGES,
 };
-use super::journal::{
-    decode_all, encode, should_compact, JournalError, LinkSeq, Record, Recovered, TaskId, TupleCounts,
-};
-use super::operator::{OperatorSpec, StageOp};
+use super::message::{LinkMsg, RainstormMsg, Restore, Snapshot, SourceCheckpoint, TaskPhase};
 use super::source::{SourceInput, SourceTask};
-use super::task::{LinkMsg, ProgramResult, Task, TaskConfig, TaskOutput};
-use super::Outbox;
-use super::ProgramCall;
-use crate::hydfs::ring::RingId;
-use crate::hydfs::types::FileDigest;
-use crate::hydfs::{ClientOp, FileName, HydfsError, OpOutput, WriteKind};
+use super::task::{ProgramResult, Task, TaskOutput};
+use super::{Outbox, ProgramCall};
+use crate::hydfs::{ClientOp, HydfsError, OpOutput};
 use crate::id::MemberId;
-use crate::id::NodeAddr;
 use crate::time::Time;
 
-/// What a HyDFS operation of a hosted task was for.
-#[derive(Clone, Debug)]
-pub(super) enum Io {
-    Source,
-    /// Which replicas hold a journal file, and how many writes each has.
-    Survey(JournalPos),
-    /// The journal file read from the replica that had the most writes (at least `writes`).
-    Journal {
-        at: JournalPos,
-        writes: usize,
-    },
-    Open,
-    Append {
-        bytes: u64,
-    },
-    CompactOpen,
-    CompactClose,
-}
-
 enum Runner {
-    Source(SourceTask),
+    Source(Box<SourceTask>),
     Op(Box<Task>),
 }
 
@@ -69,17 +42,17 @@ impl Runner {
         }
     }
 
-    fn snapshot(&self) -> Record {
-        match self {
-            Runner::Source(s) => s.snapshot(),
-            Runner::Op(t) => t.snapshot(),
-        }
-    }
-
     fn poll_timeout(&self) -> Option<Time> {
         match self {
             Runner::Source(s) => s.poll_timeout(),
             Runner::Op(t) => t.poll_timeout(),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Time) {
+        match self {
+            Runner::Source(s) => s.handle_timeout(now),
+            Runner::Op(t) => t.handle_timeout(now),
         }
     }
 
@@ -89,92 +62,125 @@ impl Runner {
             Runner::Op(t) => t.counts(),
         }
     }
+
+    fn buffered_bytes(&self) -> usize {
+        match self {
+            Runner::Source(s) => s.buffered_bytes(),
+            Runner::Op(t) => t.buffered_bytes(),
+        }
+    }
+
+    fn buffers(&self) -> (usize, usize, usize, usize) {
+        match self {
+            Runner::Source(s) => s.buffers(),
+            Runner::Op(t) => t.buffers(),
+        }
+    }
+
+    fn batches_sent(&self) -> u64 {
+        match self {
+            Runner::Source(s) => s.batches_sent(),
+            Runner::Op(t) => t.batches_sent(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Runner::Source(s) => s.describe(),
+            Runner::Op(t) => t.describe(),
+        }
+    }
 }
 
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Phase {
-    Recovering,
+    Starting,
     Ready,
     Running,
-    Finished(Vec<(TaskId, LinkSeq)>),
+    Finished(Snapshot),
     Failed { reason: String, transient: bool },
 }
 
-/// One hosted incarnation.
-pub(super) struct Hosted {
-    plan: JobPlan,
-    task: TaskId,
-    epoch: Epoch,
+/// One task this node runs.
+struct Hosted {
+    plan: Box<JobPlan>,
+    attempt: Attempt,
     placement: Placement,
-    phase: Phase,
+    /// `None` once it failed.
     runner: Option<Runner>,
-    /// Recovery: the input (sources) and the state folded from the old journal.
-    source: Option<Vec<u8>>,
-    recover: Option<JournalPos>,
-    recovered: Recovered,
-    first_snapshot_state: Option<BTreeMap<String, String>>,
-    /// The journal this incarnation writes.
-    generation: u32,
-    since_snapshot: (usize, u64),
-    in_flight: bool,
-    compacting: bool,
-    queued: VecDeque<Vec<u8>>,
-    ended: BTreeMap<TaskId, LinkSeq>,
+    /// Sources: the input's parts, to name the part a read asks for.
+    manifest: Option<Manifest>,
+    phase: Phase,
+    go: bool,
+    /// Snapshots the leader has not confirmed.
+    unconfirmed: BTreeMap<CheckpointId, Snapshot>,
     next_status: Time,
-    /// Recent status reports (nonce, when sent) and the lease the leader's answers granted.
-    sent: VecDeque<(u64, Time)>,
-    next_nonce: u64,
-    lease_until: Time,
+    resumed: bool,
 }
 
 #[derive(Default)]
 pub(super) struct Worker {
     hosted: BTreeMap<(JobId, TaskId), Hosted>,
-    ios: BTreeMap<u64, (JobId, TaskId, Epoch, Io)>,
-    /// Incarnations dropped here (stopped, or abandoned when the leader seemed gone). One is
-    /// never rebuilt: its journal file may already exist and its old writes may still land, so
-    /// a repeated `Assign` is answered with a failure and the leader places a new incarnation.
-    dropped: BTreeSet<(JobId, TaskId, Epoch)>,
+    /// Input part reads, by token: which task and attempt, and which part.
+    reads: BTreeMap<u64, (JobId, TaskId, Attempt, usize)>,
     /// Batches out at operator programs, by token.
-    programs: BTreeMap<u64, (JobId, TaskId, Epoch)>,
+    programs: BTreeMap<u64, (JobId, TaskId, Attempt)>,
+    /// Jobs stopped here, with the attempt from which they may run again (`None`: never).
+    stopped: BTreeMap<JobId, Option<Attempt>>,
+    /// Tuple batches sent by tasks no longer hosted.
+    batches_sent_before: u64,
 }
 
+/// How many stopped jobs a worker remembers (the oldest are forgotten first).
+const STOPPED_JOBS_KEPT: usize = 1024;
+
 impl Worker {
-    pub(super) fn hosted(&self) -> impl Iterator<Item = (JobId, TaskId, Epoch)> + '_ {
-        self.hosted.iter().map(|((j, t), h)| (*j, *t, h.epoch))
+    pub(super) fn hosted(&self) -> impl Iterator<Item = (JobId, TaskId, Attempt)> + '_ {
+        self.hosted.iter().map(|((j, t), h)| (*j, *t, h.attempt))
     }
 
-    /// One line per hosted incarnation.
+    /// One line per hosted task.
     pub(super) fn describe(&self) -> Vec<String> {
         self.hosted
             .iter()
             .map(|((job, task), h)| {
                 let phase = match &h.phase {
-                    Phase::Recovering => "recovering".to_owned(),
+                    Phase::Starting => "starting".to_owned(),
                     Phase::Ready => "ready".to_owned(),
                     Phase::Running => "running".to_owned(),
                     Phase::Finished(_) => "finished".to_owned(),
                     Phase::Failed { reason, .. } => format!("failed: {reason}"),
                 };
-                let progress = match &h.runner {
-                    Some(Runner::Source(s)) => s.progress(),
-                    Some(Runner::Op(t)) => t.progress(),
-                    None => String::new(),
-                };
-                let ended: Vec<String> = h.ended.iter().map(|(u, l)| format!("{u}:{l}")).collect();
-                format!(
-                    "job {job} {task} e{}: {phase}, journal g{} (in flight {}), placement v{}, ended [{}], {progress}",
-                    h.epoch,
-                    h.generation,
-                    h.in_flight,
-                    h.placement.version,
-                    ended.join(" "),
-                )
+                let progress = h.runner.as_ref().map(Runner::describe).unwrap_or_default();
+                format!("job {job} {task} attempt {}: {phase}, {progress}", h.attempt)
             })
             .collect()
     }
 
     pub(super) fn owns(&self, token: u64) -> bool {
-        self.ios.contains_key(&token)
+        self.reads.contains_key(&token)
+    }
+
+    /// Bytes held by the tasks here.
+    pub(super) fn buffered_bytes(&self) -> usize {
+        self.hosted.values().filter_map(|h| h.runner.as_ref()).map(Runner::buffered_bytes).sum()
+    }
+
+    /// What each task here holds.
+    pub(super) fn buffers(&self) -> Vec<super::Buffers> {
+        self.hosted
+            .iter()
+            .filter_map(|((job, task), h)| {
+                let (read_ahead, inputs, unacked, outputs) = h.runner.as_ref()?.buffers();
+                Some(super::Buffers { job: *job, task: *task, read_ahead, inputs, unacked, outputs })
+            })
+            .collect()
+    }
+
+    /// Tuple batches sent by the tasks here so far.
+    pub(super) fn batches_sent(&self) -> u64 {
+        self.batches_sent_before
+            + self.hosted.values().filter_map(|h| h.runner.as_ref()).map(Runner::batches_sent).sum::<u64>()
     }
 
     pub(super) fn poll_timeout(&self) -> Option<Time> {
@@ -185,108 +191,93 @@ impl Worker {
             .min()
     }
 
-    /// An `Assign` from a leader.
+    /// A `Deploy` from a leader.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn assign(
+    pub(super) fn deploy(
         &mut self,
         now: Time,
-        me: MemberId,
         cfg: &RainstormConfig,
-        plan: JobPlan,
-        task: TaskId,
-        epoch: Epoch,
-        host: MemberId,
-        placement: Placement,
-        recover: Option<JournalPos>,
+        plan: Box<JobPlan>,
+        (attempt, task, placement): (Attempt, TaskId, Placement),
+        restore: Restore,
+        base: CheckpointId,
+        manifest: Option<Manifest>,
         out: &mut Outbox,
     ) {
-        if host != me || task.stage >= STAGES || task.index >= plan.tasks {
+        let job = plan.job;
+        if task.stage >= STAGES || task.index >= plan.tasks {
             return;
         }
-        let key = (plan.job, task);
-        if self.dropped.contains(&(plan.job, task, epoch)) {
-            let reason = format!("incarnation {epoch} of {task} was dropped on this worker; place it again");
-            let phase = TaskPhase::Failed { reason, transient: true };
-            let msg = RainstormMsg::Status {
-                job: plan.job,
-                task,
-                epoch,
-                phase,
-                placement: 0,
-                ended_known: 0,
-                nonce: 0,
-            };
-            out.send(plan.leader.addr, msg);
-            return;
+        match self.stopped.get(&job) {
+            Some(None) => return,
+            Some(Some(from)) if attempt < *from => return,
+            _ => {}
         }
+        let key = (job, task);
         if let Some(h) = self.hosted.get_mut(&key) {
-            if h.epoch >= epoch {
-                if h.epoch == epoch {
-                    h.next_status = now;
-                }
+            if h.attempt > attempt {
                 return;
+            }
+            if h.attempt == attempt {
+                h.next_status = now;
+                return self.pump(now, key, cfg, out);
             }
         }
         self.forget(|j, t, _| (j, t) == key);
+        let resumed = restore != Restore::default() && restore.source != Some(SourceCheckpoint::Start);
+        let runner = build(cfg, &plan, task, restore, base, manifest.clone());
+        let (runner, phase) = match runner {
+            Ok(r) => (Some(r), Phase::Starting),
+            Err(reason) => (None, Phase::Failed { reason, transient: false }),
+        };
         let h = Hosted {
             plan,
-            task,
-            epoch,
+            attempt,
             placement,
-            phase: Phase::Recovering,
-            runner: None,
-            source: None,
-            recover,
-            recovered: Recovered::default(),
-            first_snapshot_state: None,
-            generation: 0,
-            since_snapshot: (0, 0),
-            in_flight: false,
-            compacting: false,
-            queued: VecDeque::new(),
-            ended: BTreeMap::new(),
+            runner,
+            manifest,
+            phase,
+            go: false,
+            unconfirmed: BTreeMap::new(),
             next_status: now,
-            sent: VecDeque::new(),
-            next_nonce: 0,
-            lease_until: Time::ZERO,
-        };
-        let first = if task.stage == 0 {
-            Some((ClientOp::GetLatest { name: h.plan.src.clone() }, Io::Source))
-        } else {
-            None
+            resumed,
         };
         self.hosted.insert(key, h);
-        match first {
-            Some((op, io)) => self.io(key, epoch, op, io, out),
-            None => self.read_journal_or_open(now, key, cfg, out),
-        }
         self.pump(now, key, cfg, out);
     }
 
-    pub(super) fn stop(&mut self, job: JobId, task: Option<(TaskId, Epoch)>) {
-        self.forget(|j, t, e| j == job && task.is_none_or(|stopped| stopped == (t, e)));
-    }
-
-    /// Drops every task of `job` (its leader is gone).
-    pub(super) fn abandon(&mut self, job: JobId) -> bool {
-        self.forget(|j, _, _| j == job) > 0
-    }
-
-    /// Drops the hosted incarnations `pick` names, with their pending file operations (whose
-    /// answers must never reach a later incarnation of the same task), and remembers them.
-    fn forget(&mut self, pick: impl Fn(JobId, TaskId, Epoch) -> bool) -> usize {
-        let gone: Vec<(JobId, TaskId, Epoch)> = self
-            .hosted
-            .iter()
-            .map(|((j, t), h)| (*j, *t, h.epoch))
-            .filter(|(j, t, e)| pick(*j, *t, *e))
-            .collect();
-        for (j, t, e) in &gone {
-            self.hosted.remove(&(*j, *t));
-            self.dropped.insert((*j, *t, *e));
+    /// Drops the tasks `pick` names, with their pending reads and program calls (whose answers
+    /// must never reach a later attempt).
+    fn forget(&mut self, pick: impl Fn(JobId, TaskId, Attempt) -> bool) -> usize {
+        let gone: Vec<(JobId, TaskId, Attempt)> =
+            self.hosted().filter(|(j, t, a)| pick(*j, *t, *a)).collect();
+        for (j, t, _) in &gone {
+            if let Some(h) = self.hosted.remove(&(*j, *t)) {
+                self.batches_sent_before += h.runner.as_ref().map_or(0, Runner::batches_sent);
+            }
         }
-        self.ios.retain(|_, (j, t, e, _)| !gone.contains(&(*j, *t, *e)));
+        self.reads.retain(|_, (j, t, a, _)| !gone.contains(&(*j, *t, *a)));
+        self.programs.retain(|_, k| !gone.contains(k));
         gone.len()
+    }
+
+    /// A leader's `Stop`: the job's tasks (of attempts before `before`, if given) end here.
+    pub(super) fn stop(&mut self, job: JobId, before: Option<Attempt>) {
+        self.forget(|j, _, a| j == job && before.is_none_or(|b| a < b));
+        let entry = self.stopped.entry(job).or_insert(before);
+        *entry = match (*entry, before) {
+            (None, _) | (_, None) => None,
+            (Some(a), Some(b)) => Some(a.max(b)),
+        };
+        while self.stopped.len() > STOPPED_JOBS_KEPT {
+            self.stopped.pop_first();
+        }
+    }
+
+    /// Drops every task of `job` (its leader is gone). Whether there was any.
+    pub(super) fn abandon(&mut self, job: JobId) -> bool {
+        self.stopped.insert(job, None);
+        self.forget(|j, _, _| j == job) > 0
     }
 
     pub(super) fn leaders(&self) -> BTreeMap<JobId, MemberId> {
@@ -297,53 +288,39 @@ impl Worker {
         self.forget(|_, _, _| true);
     }
 
-    /// A leader's `Control` (its fields, as they arrived).
+    /// A leader's `Control`.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn control(
         &mut self,
         now: Time,
         cfg: &RainstormConfig,
-        (job, task, epoch): (JobId, TaskId, Epoch),
+        (job, attempt, task): (JobId, Attempt, TaskId),
         go: bool,
-        placement: Option<Placement>,
-        ended: Vec<(TaskId, LinkSeq)>,
-        nonce: u64,
+        trigger: CheckpointId,
+        confirmed: CheckpointId,
         out: &mut Outbox,
     ) {
         let key = (job, task);
         let Some(h) = self.hosted.get_mut(&key) else { return };
-        if h.epoch != epoch {
+        if h.attempt != attempt {
             return;
         }
-        if let Some((_, sent)) = h.sent.iter().find(|(n, _)| *n == nonce && nonce != 0) {
-            h.lease_until = h.lease_until.max(*sent + cfg.lease);
-        }
-        if let Some(p) = placement {
-            if p.version > h.placement.version {
-                h.placement = p;
+        h.unconfirmed = h.unconfirmed.split_off(&(confirmed + 1));
+        if go && !h.go && matches!(h.phase, Phase::Ready | Phase::Starting) {
+            h.go = true;
+            if h.phase == Phase::Ready {
+                h.phase = Phase::Running;
                 h.next_status = now;
+                out.event(RainstormEvent::TaskStarted { job, task, attempt, resumed: h.resumed });
+            }
+            if let Some(Runner::Source(s)) = &mut h.runner {
+                s.go(now);
             }
         }
-        for (from, last) in ended {
-            if h.ended.insert(from, last).is_none() {
-                h.next_status = now;
-                if let Some(Runner::Op(t)) = &mut h.runner {
-                    t.upstream_ended(now, from, last);
-                }
+        if let Some(Runner::Source(s)) = &mut h.runner {
+            if h.go && trigger > 0 {
+                s.trigger(now, trigger);
             }
-        }
-        if go && matches!(h.phase, Phase::Ready) {
-            if let Err(reason) = h.start(now, cfg) {
-                h.phase = Phase::Failed { reason, transient: false };
-            } else {
-                out.event(RainstormEvent::TaskStarted {
-                    job,
-                    task,
-                    epoch,
-                    recovered_records: h.recovered.records,
-                });
-            }
-            h.next_status = now;
         }
         self.pump(now, key, cfg, out);
     }
@@ -357,10 +334,10 @@ impl Worker {
         result: Result<ProgramResult, String>,
         out: &mut Outbox,
     ) {
-        let Some((job, task, epoch)) = self.programs.remove(&token) else { return };
+        let Some((job, task, attempt)) = self.programs.remove(&token) else { return };
         let key = (job, task);
         let Some(h) = self.hosted.get_mut(&key) else { return };
-        if h.epoch != epoch {
+        if h.attempt != attempt {
             return;
         }
         if let Some(Runner::Op(t)) = &mut h.runner {
@@ -369,35 +346,33 @@ impl Worker {
         self.pump(now, key, cfg, out);
     }
 
-    /// A link message for one of the hosted incarnations.
+    /// A link message for one of the tasks here. A batch over `max_batch_tuples` fails the task.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn link(
         &mut self,
         now: Time,
         cfg: &RainstormConfig,
-        job: JobId,
-        from: (TaskId, Epoch),
-        to: (TaskId, Epoch),
+        (job, attempt): (JobId, Attempt),
+        from: TaskId,
+        to: TaskId,
         msg: LinkMsg,
         out: &mut Outbox,
-    ) -> Result<(), BatchError> {
-        let key = (job, to.0);
-        let Some(h) = self.hosted.get(&key) else { return Ok(()) };
-        let placed = h.placement.tasks.get(&from.0).map(|p| p.1) == Some(from.1);
-        if h.epoch != to.1 || !placed || h.runner.is_none() {
+    ) -> Result<(), super::config::BatchError> {
+        let key = (job, to);
+        let Some(h) = self.hosted.get_mut(&key) else { return Ok(()) };
+        if h.attempt != attempt {
             return Ok(());
         }
-        if let LinkMsg::Batch { tuples, .. } = &msg {
+        if let LinkMsg::Batch { batch: super::message::Batch::Tuples(tuples), .. } = &msg {
             if let Err(e) = cfg.check_batch(tuples.len()) {
-                self.fail(key, format!("refused a batch from {}: {e}", from.0), false);
+                h.fail(format!("refused a batch from {from}: {e}"), false);
                 self.pump(now, key, cfg, out);
                 return Err(e);
             }
         }
-        let Some(h) = self.hosted.get_mut(&key) else { return Ok(()) };
         match &mut h.runner {
-            Some(Runner::Op(t)) => t.on_message(now, from.0, msg),
-            Some(Runner::Source(s)) => s.on_message(now, from.0, msg),
+            Some(Runner::Op(t)) => t.on_message(now, from, msg),
+            Some(Runner::Source(s)) => s.on_message(now, from, msg),
             None => return Ok(()),
         }
         self.pump(now, key, cfg, out);
@@ -410,17 +385,14 @@ impl Worker {
             let Some(h) = self.hosted.get_mut(&key) else { continue };
             if let Some(r) = &mut h.runner {
                 if r.poll_timeout().is_some_and(|t| t <= now) {
-                    match r {
-                        Runner::Op(t) => t.handle_timeout(now),
-                        Runner::Source(s) => s.handle_timeout(now),
-                    }
+                    r.handle_timeout(now);
                 }
             }
             self.pump(now, key, cfg, out);
         }
     }
 
-    /// A HyDFS operation of a hosted task finished.
+    /// An input part read by a source here.
     pub(super) fn on_hydfs(
         &mut self,
         now: Time,
@@ -429,413 +401,150 @@ impl Worker {
         result: Result<OpOutput, HydfsError>,
         out: &mut Outbox,
     ) {
-        let Some((job, task, epoch, io)) = self.ios.remove(&token) else { return };
+        let Some((job, task, attempt, part)) = self.reads.remove(&token) else { return };
         let key = (job, task);
         let Some(h) = self.hosted.get_mut(&key) else { return };
-        if h.epoch != epoch {
+        if h.attempt != attempt {
             return;
         }
-        let step = match (io, result) {
-            (Io::Source, Ok(OpOutput::Content { bytes, .. })) => {
-                h.source = Some(bytes);
-                Step::ReadJournal
-            }
-            (Io::Survey(at), Ok(OpOutput::Listed { replicas, .. })) => match most_complete(&replicas) {
-                Ok((replica, writes)) => Step::ReadFrom { at, replica, writes },
-                Err(why) => Step::Fail(format!("journal {}: {why}", h.journal_file(at))),
-            },
-            // The replica lost writes since it was surveyed (its copy was replaced): survey again.
-            (Io::Journal { at, writes: expected }, Ok(OpOutput::Content { writes, .. }))
-                if writes.len() < expected =>
-            {
-                Step::Read(at)
-            }
-            (Io::Journal { at, .. }, Ok(OpOutput::Content { bytes, .. })) => match h.fold(cfg, &bytes) {
-                Ok(Some(next)) => Step::Read(JournalPos { epoch: at.epoch, generation: next }),
-                Ok(None) => Step::Open,
-                Err(e) => Step::Broken(format!("journal {} is unreadable: {e}", h.journal_file(at))),
-            },
-            (Io::Open, Ok(_)) => {
-                h.phase = Phase::Ready;
-                h.next_status = now;
-                Step::None
-            }
-            (Io::Append { bytes }, Ok(_)) => {
-                h.in_flight = false;
-                h.since_snapshot.0 += 1;
-                h.since_snapshot.1 += bytes;
-                if should_compact(h.since_snapshot.0, h.since_snapshot.1, cfg.limits()) {
-                    h.compacting = true;
-                }
-                match &mut h.runner {
-                    Some(Runner::Op(t)) => t.on_appended(now, Ok(())),
-                    Some(Runner::Source(s)) => s.on_appended(now, Ok(())),
-                    None => {}
-                }
-                Step::None
-            }
-            (Io::CompactOpen, Ok(_)) => Step::Close,
-            (Io::CompactClose, Ok(_)) => {
-                h.generation += 1;
-                h.since_snapshot = (0, 0);
-                h.compacting = false;
-                h.in_flight = false;
-                h.next_status = now;
-                Step::None
-            }
-            (io, Ok(other)) => Step::Broken(format!("unexpected answer to {io:?}: {other:?}")),
-            (io, Err(e)) => Step::Fail(match io {
-                Io::Source => format!("cannot read the input `{}`: {e}", h.plan.src),
-                Io::Survey(at) | Io::Journal { at, .. } => {
-                    format!("cannot read journal {}: {e}", h.journal_file(at))
-                }
-                _ => format!("cannot write its journal: {e}"),
-            }),
+        let bytes = match result {
+            Ok(OpOutput::Part { bytes, .. }) => Ok(bytes),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(e) => Err(e.to_string()),
         };
-        match step {
-            Step::None => {}
-            Step::ReadJournal => self.read_journal_or_open(now, key, cfg, out),
-            Step::Read(at) => self.read(key, at, out),
-            Step::ReadFrom { at, replica, writes } => {
-                let name = self.hosted.get(&key).map(|h| h.journal_file(at));
-                if let Some(name) = name {
-                    let op = ClientOp::GetFromReplica { name, replica };
-                    self.io(key, epoch, op, Io::Journal { at, writes }, out);
-                }
-            }
-            Step::Open => self.open(key, cfg, out),
-            Step::Close => {
-                let h = self.hosted.get_mut(&key).expect("present");
-                let at = JournalPos { epoch: h.epoch, generation: h.generation };
-                let file = h.journal_file(at);
-                match encode(&Record::Continued { generation: h.generation + 1 }) {
-                    Ok(data) => {
-                        self.io(key, epoch, persist(file, WriteKind::Append, data), Io::CompactClose, out)
-                    }
-                    Err(e) => self.fail(key, format!("cannot journal: {e}"), false),
-                }
-            }
-            Step::Fail(reason) => self.fail(key, reason, true),
-            Step::Broken(reason) => self.fail(key, reason, false),
+        if let Some(Runner::Source(s)) = &mut h.runner {
+            s.on_part(now, part, bytes);
         }
         self.pump(now, key, cfg, out);
     }
 
-    fn fail(&mut self, key: (JobId, TaskId), reason: String, transient: bool) {
-        if let Some(h) = self.hosted.get_mut(&key) {
-            h.phase = Phase::Failed { reason, transient };
-            h.runner = None;
-            h.next_status = Time(0);
-        }
-    }
-
-    fn io(&mut self, key: (JobId, TaskId), epoch: Epoch, op: ClientOp, io: Io, out: &mut Outbox) {
-        let token = out.hydfs(op);
-        self.ios.insert(token, (key.0, key.1, epoch, io));
-    }
-
-    fn read_journal_or_open(
-        &mut self,
-        _now: Time,
-        key: (JobId, TaskId),
-        cfg: &RainstormConfig,
-        out: &mut Outbox,
-    ) {
-        let Some(h) = self.hosted.get(&key) else { return };
-        match h.recover {
-            Some(at) => self.read(key, at, out),
-            None => self.open(key, cfg, out),
-        }
-    }
-
-    /// Reads one journal file: first asks every replica how many writes it holds, then reads
-    /// the fullest copy. An acknowledged append is on every replica of its writer's view, but a
-    /// replica that joined since (or was cut off when it was made) may still be catching up, so
-    /// any single replica's copy could miss records the predecessor already acted on.
-    fn read(&mut self, key: (JobId, TaskId), at: JournalPos, out: &mut Outbox) {
-        let Some(h) = self.hosted.get(&key) else { return };
-        let epoch = h.epoch;
-        let name = h.journal_file(at);
-        self.io(key, epoch, ClientOp::Ls { name }, Io::Survey(at), out);
-    }
-
-    /// Opens this incarnation's journal with a snapshot of what it recovered.
-    fn open(&mut self, key: (JobId, TaskId), cfg: &RainstormConfig, out: &mut Outbox) {
-        let Some(h) = self.hosted.get_mut(&key) else { return };
-        if cfg.bug(PlantedBug::StateFromOldSnapshot) {
-            if let Some(state) = h.first_snapshot_state.take() {
-                h.recovered.state = state;
-            }
-        }
-        if cfg.bug(PlantedBug::ForgetsSeenIds) {
-            h.recovered.delivered.clear();
-        }
-        h.recovered.continued = None;
-        let epoch = h.epoch;
-        let file = h.journal_file(JournalPos { epoch, generation: 0 });
-        match encode(&Record::Snapshot(h.recovered.snapshot())) {
-            Ok(data) => self.io(key, epoch, persist(file, WriteKind::Create, data), Io::Open, out),
-            Err(e) => self.fail(key, format!("cannot journal its recovered state: {e}"), false),
-        }
-    }
-
-    /// Drains a hosted incarnation's runner: link messages out, journal appends, compaction,
+    /// Drains a task's outputs: link messages, reads, program calls, snapshots, phase changes,
     /// and its status to the leader when due.
     fn pump(&mut self, now: Time, key: (JobId, TaskId), cfg: &RainstormConfig, out: &mut Outbox) {
-        let mut appends = Vec::new();
-        {
-            let Some(h) = self.hosted.get_mut(&key) else { return };
-            let leased = now < h.lease_until;
-            while let Some(o) = h.runner.as_mut().and_then(Runner::poll_output) {
-                match o {
-                    // Without a lease nothing leaves: senders resend and receivers answer
-                    // duplicates, so a dropped message costs a retry, never an output.
-                    TaskOutput::Send { .. } if !leased => {}
-                    TaskOutput::Send { to, msg } => {
-                        if let Some((member, e)) = h.placement.tasks.get(&to) {
-                            out.send(
-                                member.addr,
-                                RainstormMsg::Link { job: key.0, from: (h.task, h.epoch), to: (to, *e), msg },
-                            );
+        let Some(h) = self.hosted.get_mut(&key) else { return };
+        let (job, task) = key;
+        let leader = h.plan.leader.addr;
+        while let Some(o) = h.runner.as_mut().and_then(Runner::poll_output) {
+            match o {
+                TaskOutput::Send { to, msg } => {
+                    if let Some(member) =
+                        h.placement.get(&to).or((to.stage == STAGES).then_some(&h.plan.leader))
+                    {
+                        let attempt = h.attempt;
+                        out.send(member.addr, RainstormMsg::Link { job, attempt, from: task, to, msg });
+                    }
+                }
+                TaskOutput::Read { part } => {
+                    let Some(p) = h.manifest.as_ref().and_then(|m| m.parts.get(part)) else { continue };
+                    let op = ClientOp::ReadPart {
+                        name: h.plan.src.clone(),
+                        stamp: p.stamp,
+                        part: p.part,
+                        prefer: None,
+                    };
+                    let token = out.hydfs(op);
+                    self.reads.insert(token, (job, task, h.attempt, part));
+                }
+                TaskOutput::Apply { program, batch } => {
+                    let call = ProgramCall {
+                        token: 0,
+                        job,
+                        task,
+                        attempt: h.attempt,
+                        program,
+                        header: h.plan.header.clone(),
+                        batch,
+                    };
+                    let token = out.program(call);
+                    self.programs.insert(token, (job, task, h.attempt));
+                }
+                TaskOutput::Ready => {
+                    if h.phase == Phase::Starting {
+                        h.phase = if h.go { Phase::Running } else { Phase::Ready };
+                        h.next_status = now;
+                        if h.go {
+                            let (attempt, resumed) = (h.attempt, h.resumed);
+                            out.event(RainstormEvent::TaskStarted { job, task, attempt, resumed });
                         }
                     }
-                    TaskOutput::Append { bytes } => h.queued.push_back(bytes),
-                    TaskOutput::Finished { last } => {
-                        h.phase = Phase::Finished(last.into_iter().collect());
-                        h.next_status = now;
-                    }
-                    TaskOutput::Failed { reason } => {
-                        h.phase = Phase::Failed { reason, transient: false };
-                        h.next_status = now;
-                    }
-                    TaskOutput::SourceSent { first, last } => {
-                        out.event(RainstormEvent::SourceSent {
-                            job: key.0,
-                            task: h.task,
-                            epoch: h.epoch,
-                            first,
-                            last,
-                        });
-                    }
-                    TaskOutput::Apply { program, batch } => {
-                        let call = ProgramCall {
-                            token: 0,
-                            job: key.0,
-                            task: h.task,
-                            epoch: h.epoch,
-                            program,
-                            header: h.plan.header.clone(),
-                            batch,
-                        };
-                        let token = out.program(call);
-                        self.programs.insert(token, (key.0, key.1, h.epoch));
-                    }
                 }
-            }
-            if !h.in_flight {
-                if h.compacting {
-                    if let Some(r) = &h.runner {
-                        let at = JournalPos { epoch: h.epoch, generation: h.generation + 1 };
-                        match encode(&r.snapshot()) {
-                            Ok(data) => appends.push((
-                                persist(h.journal_file(at), WriteKind::Create, data),
-                                Io::CompactOpen,
-                            )),
-                            Err(e) => {
-                                let reason = format!("cannot compact its journal: {e}");
-                                h.phase = Phase::Failed { reason, transient: false };
-                            }
-                        }
-                        h.in_flight = true;
-                    }
-                } else if let Some(bytes) = h.queued.pop_front() {
-                    let at = JournalPos { epoch: h.epoch, generation: h.generation };
-                    let len = bytes.len() as u64;
-                    appends.push((
-                        persist(h.journal_file(at), WriteKind::Append, bytes),
-                        Io::Append { bytes: len },
-                    ));
-                    h.in_flight = true;
+                TaskOutput::Snapshot { checkpoint, snapshot } => {
+                    let attempt = h.attempt;
+                    h.unconfirmed.insert(checkpoint, snapshot.clone());
+                    out.send(leader, RainstormMsg::Snapshot { job, attempt, task, checkpoint, snapshot });
                 }
-            }
-            if h.next_status <= now {
-                h.next_status = now + cfg.status_interval;
-                h.next_nonce += 1;
-                h.sent.push_back((h.next_nonce, now));
-                if h.sent.len() > 16 {
-                    h.sent.pop_front();
+                TaskOutput::Finished { last } => {
+                    h.phase = Phase::Finished(last);
+                    h.next_status = now;
                 }
-                let phase = h.phase();
-                let msg = RainstormMsg::Status {
-                    job: key.0,
-                    task: h.task,
-                    epoch: h.epoch,
-                    phase,
-                    placement: h.placement.version,
-                    ended_known: h.ended.len() as u32,
-                    nonce: h.next_nonce,
-                };
-                out.send(h.plan.leader.addr, msg);
+                TaskOutput::Failed { reason, transient } => h.fail(reason, transient),
+                TaskOutput::SourceSent { first, last } => {
+                    let attempt = h.attempt;
+                    out.event(RainstormEvent::SourceSent { job, task, attempt, first, last });
+                }
             }
         }
-        let epoch = self.hosted.get(&key).map_or(0, |h| h.epoch);
-        for (op, io) in appends {
-            self.io(key, epoch, op, io, out);
+        if h.next_status <= now {
+            h.next_status = now + cfg.status_interval;
+            let counts = h.runner.as_ref().map_or_else(TupleCounts::default, Runner::counts);
+            let phase = match &h.phase {
+                Phase::Starting => TaskPhase::Starting,
+                Phase::Ready => TaskPhase::Ready,
+                Phase::Running => TaskPhase::Running,
+                Phase::Finished(last) => TaskPhase::Finished { last: last.clone() },
+                Phase::Failed { reason, transient } => {
+                    TaskPhase::Failed { reason: reason.clone(), transient: *transient }
+                }
+            };
+            let snapshots = h.unconfirmed.iter().map(|(c, s)| (*c, s.clone())).collect();
+            let attempt = h.attempt;
+            out.send(leader, RainstormMsg::Status { job, attempt, task, phase, counts, snapshots });
         }
     }
-}
-
-enum Step {
-    None,
-    ReadJournal,
-    Read(JournalPos),
-    ReadFrom {
-        at: JournalPos,
-        replica: NodeAddr,
-        writes: usize,
-    },
-    Open,
-    Close,
-    /// A file operation failed: another incarnation may do better.
-    Fail(String),
-    /// The journal or an answer makes no sense: retrying will not help.
-    Broken(String),
-}
-
-/// The replica whose copy has the most writes (a journal has one writer, so the fullest copy
-/// holds every other), and that count. A copy still fetching some of its writes' bytes cannot
-/// serve them yet: if the fullest copies are all such, the read waits for the repair (the
-/// task fails for now and is placed again), since a complete copy with fewer writes may miss
-/// a record its writer already acted on.
-fn most_complete(replicas: &[(NodeAddr, RingId, Option<FileDigest>)]) -> Result<(NodeAddr, usize), String> {
-    let held =
-        replicas.iter().filter_map(|(addr, _, d)| d.filter(|d| d.create.is_some()).map(|d| (*addr, d)));
-    let count = |d: &FileDigest| d.merged as usize + d.pending as usize;
-    // `max_by_key` keeps the last of equals; reverse so ties go to the first (ring order).
-    let best = held.rev().max_by_key(|(_, d)| (count(d), d.incomplete == 0));
-    match best {
-        None => Err("no replica holds it".to_owned()),
-        Some((addr, d)) if d.incomplete == 0 => Ok((addr, count(&d))),
-        Some((addr, d)) => {
-            Err(format!("its fullest copy ({} writes, on {addr}) is still being repaired", count(&d)))
-        }
-    }
-}
-
-fn persist(name: FileName, kind: WriteKind, data: Vec<u8>) -> ClientOp {
-    ClientOp::Persist { name, kind, data }
 }
 
 impl Hosted {
-    fn journal_file(&self, at: JournalPos) -> FileName {
-        self.plan.journal(self.task, at).unwrap_or_else(|_| self.plan.dest.clone())
-    }
-
-    fn phase(&self) -> TaskPhase {
-        let counts = self.runner.as_ref().map_or_else(TupleCounts::default, Runner::counts);
-        match &self.phase {
-            Phase::Recovering => TaskPhase::Recovering,
-            Phase::Ready => TaskPhase::Ready,
-            Phase::Running => TaskPhase::Running { generation: self.generation, counts },
-            Phase::Finished(last) => {
-                TaskPhase::Finished { generation: self.generation, last: last.clone(), counts }
-            }
-            Phase::Failed { reason, transient } => {
-                TaskPhase::Failed { reason: reason.clone(), transient: *transient }
-            }
+    fn fail(&mut self, reason: String, transient: bool) {
+        if !matches!(self.phase, Phase::Failed { .. }) {
+            self.phase = Phase::Failed { reason, transient };
+            self.runner = None;
+            self.next_status = Time::ZERO;
         }
-    }
-
-    /// Folds one journal file into the recovered state; `Some(g)` if it continues in `g`.
-    fn fold(&mut self, cfg: &RainstormConfig, bytes: &[u8]) -> Result<Option<u32>, JournalError> {
-        let records = decode_all(bytes)?;
-        self.recovered.continued = None;
-        for record in &records {
-            if let Record::Snapshot(s) = record {
-                if cfg.bug(PlantedBug::StateFromOldSnapshot) && self.first_snapshot_state.is_none() {
-                    self.first_snapshot_state = Some(s.state.clone());
-                }
-            }
-            match self.recovered.apply(record) {
-                Ok(()) => {}
-                // A record appended again after an answer was lost: the same batch, processed
-                // from the same state, so the first copy stands.
-                Err(JournalError::Duplicate { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(self.recovered.continued)
-    }
-
-    fn operator(&self, stage: u8) -> Result<StageOp, String> {
-        let text = &self.plan.ops[(stage - 1) as usize];
-        OperatorSpec::parse(text)
-            .and_then(|s| s.build(self.plan.header.as_deref()))
-            .map_err(|e| format!("operator {stage} `{text}`: {e}"))
-    }
-
-    /// Builds the runner once the leader said go.
-    fn start(&mut self, now: Time, cfg: &RainstormConfig) -> Result<(), String> {
-        let tcfg = TaskConfig { window: cfg.window, retry: cfg.retry, planted: cfg.planted };
-        let stage = self.task.stage;
-        let downstream = self.plan.stage(stage + 1);
-        let recovered = std::mem::take(&mut self.recovered);
-        let records = recovered.records;
-        let mut runner = if stage == 0 {
-            let next = self.operator(1)?;
-            let content = self.source.take().unwrap_or_default();
-            let input = SourceInput {
-                file: self.plan.src.as_str(),
-                content: &content,
-                batch_lines: self.plan.batch_lines,
-                tasks: self.plan.tasks,
-            };
-            Runner::Source(SourceTask::new(self.task, &tcfg, input, &next, &downstream, &recovered)?)
-        } else {
-            let op = self.operator(stage)?;
-            let next = if stage + 1 < STAGES { Some(self.operator(stage + 1)?) } else { None };
-            let upstream = self.plan.stage(stage - 1);
-            let mut t = Task::new(self.task, &tcfg, op, next, upstream, downstream, recovered);
-            for (from, last) in &self.ended {
-                t.upstream_ended(now, *from, *last);
-            }
-            Runner::Op(Box::new(t))
-        };
-        if let Runner::Source(s) = &mut runner {
-            s.handle_timeout(now);
-        }
-        if let Runner::Op(t) = &mut runner {
-            t.handle_timeout(now);
-        }
-        self.recovered.records = records;
-        self.runner = Some(runner);
-        self.phase = Phase::Running;
-        Ok(())
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::hydfs::types::Stamp;
-
-    fn copy(port: u16, pending: u32, incomplete: u32) -> (NodeAddr, RingId, Option<FileDigest>) {
-        let addr: NodeAddr = format!("10.0.0.1:{port}").parse().expect("address");
-        let client = MemberId { addr, join_time: 1 };
-        let create = Some(Stamp { ts: 1, client, seq: 1 });
-        let digest = FileDigest { create, generation: 0, merged: 0, pending, incomplete, hash: 0 };
-        (addr, RingId::of_node(addr), Some(digest))
+/// The task of `plan` a deploy names, resuming from `restore`.
+fn build(
+    cfg: &RainstormConfig,
+    plan: &JobPlan,
+    task: TaskId,
+    restore: Restore,
+    base: CheckpointId,
+    manifest: Option<Manifest>,
+) -> Result<Runner, String> {
+    let downstream = plan.downstream(task);
+    if task.stage == 0 {
+        let manifest = manifest.ok_or("a source was deployed without the input's manifest")?;
+        let layout = Layout::new(manifest).map_err(|e| format!("input `{}`: {e}", plan.src))?;
+        let range = layout.ranges(plan.tasks)[task.index as usize];
+        let input = SourceInput {
+            file: plan.src.to_string(),
+            layout,
+            range,
+            resume: restore.source.unwrap_or(SourceCheckpoint::Start),
+            counts: restore.counts,
+        };
+        let next = (plan.operator(1)?, plan.routes[0]);
+        let source = SourceTask::new(task, cfg, input, next, downstream, base, plan.rate_per_source);
+        return Ok(Runner::Source(Box::new(source)));
     }
-
-    #[test]
-    fn the_journal_is_read_from_the_fullest_complete_copy_or_not_yet() {
-        let port = |r: Result<(NodeAddr, usize), String>| r.map(|(a, n)| (a.port(), n));
-        assert_eq!(port(most_complete(&[copy(1, 1, 0), copy(2, 3, 0), copy(3, 2, 0)])), Ok((2, 3)));
-        assert_eq!(port(most_complete(&[copy(1, 2, 0), copy(2, 2, 0)])), Ok((1, 2)), "ties: ring order");
-        // A restarted replica that knows the writes but still fetches their bytes loses a tie...
-        assert_eq!(port(most_complete(&[copy(1, 1, 2), copy(2, 1, 0)])), Ok((2, 1)));
-        // ...and if it is the only one with the most writes, the read waits.
-        assert!(most_complete(&[copy(1, 3, 1), copy(2, 2, 0)]).is_err());
-        assert!(most_complete(&[(copy(1, 0, 0).0, copy(1, 0, 0).1, None)]).is_err());
-    }
+    let op = plan.operator(task.stage)?;
+    let next = if task.stage + 1 < STAGES {
+        Some((plan.operator(task.stage + 1)?, plan.routes[task.stage as usize]))
+    } else {
+        None
+    };
+    let state = restore.state.into_iter().collect();
+    let t = Task::new(task, cfg, (op, next), &plan.upstream(task), downstream, (state, restore.counts));
+    Ok(Runner::Op(Box::new(t)))
 }

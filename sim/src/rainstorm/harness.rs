@@ -10,7 +10,12 @@
 //! * **aggregate**: final per-key counts are exact and each running count appears once;
 //! * **liveness**: the job completes by the scenario's deadline (after the faults stop);
 //! * with a crashed leader, the job must end with a report on the workers (they drop its
-//!   tasks) and whatever reached the destination must still be a part of the reference output.
+//!   tasks) and whatever reached the destination must still be a part of the reference output;
+//! * **bounded**: no task or sink ever holds more read-ahead, received batches or
+//!   unacknowledged batches than the job's settings allow (given its largest tuple), whatever
+//!   the input's size;
+//! * **coalescing**: the tasks send no more batches than full batches, plus one partial batch per
+//!   link for each checkpoint, each linger period and the end, allow.
 
 use super::input::{generated_csv, traffic_signs_slice};
 use super::verdict::{judge, Finding, Observed};
@@ -18,7 +23,9 @@ use crate::check::CheckerKind;
 use crate::rainstorm::programs::SimPrograms;
 use crate::scenario::Slot;
 use rainstorm_core::hydfs::{ClientOp, FileName, HydfsError, HydfsEvent, OpId, OpOutput, WriteKind};
+use rainstorm_core::rainstorm::job::Route;
 use rainstorm_core::rainstorm::reference;
+use rainstorm_core::rainstorm::tuple::TUPLE_OVERHEAD_BYTES;
 use rainstorm_core::rainstorm::{
     JobError, JobId, JobSpec, OperatorSpec, RainstormConfig, RainstormEvent, Tuple,
 };
@@ -47,6 +54,12 @@ pub struct RainstormWorkload {
     pub op1: String,
     pub op2: String,
     pub tasks: u32,
+    /// The input's part size in HyDFS (the scenario's chunk size).
+    #[serde(default = "default_chunk")]
+    pub chunk_bytes: usize,
+    /// Input lines per second over the whole job, at most (`--rate`).
+    #[serde(default)]
+    pub rate: Option<u64>,
     /// When the input is stored; the job is submitted once it is.
     pub start_ms: u64,
     /// By when the job must have completed (unless its leader crashes).
@@ -68,6 +81,10 @@ impl RainstormWorkload {
     }
 }
 
+fn default_chunk() -> usize {
+    rainstorm_core::hydfs::CHUNK_BYTES
+}
+
 /// What the harness asks the world to do at one slot.
 pub enum Action {
     Submit { slot: Slot, op: ClientOp },
@@ -87,7 +104,13 @@ pub struct JobStats {
     pub failed: Option<String>,
     pub abandoned: usize,
     pub tasks_started: usize,
-    pub recovered_records: usize,
+    /// Tasks started from a checkpoint after a rollback.
+    pub tasks_resumed: usize,
+    /// Crashes of nodes running one of the job's tasks while the job ran.
+    pub crashes_while_running: usize,
+    pub rollbacks: usize,
+    /// Tuple batches the job's tasks sent.
+    pub batches: u64,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -98,6 +121,30 @@ enum Phase {
     Running,
     ReadDest { slot: Slot, generation: u64, op: Option<OpId> },
     Judged,
+}
+
+/// The most bytes of each kind one task (or sink) may hold, from the job's settings.
+#[derive(Clone, Copy, Debug, Default)]
+struct Bounds {
+    read_ahead: usize,
+    inputs: usize,
+    unacked: usize,
+}
+
+impl Bounds {
+    /// `chunk`: the input's part size; `widest`: the largest tuple weight the job can carry.
+    fn of(cfg: &RainstormConfig, tasks: usize, chunk: usize, longest_line: usize, widest: usize) -> Bounds {
+        // A batch is sealed once it reaches batch_bytes, so it holds at most one tuple more.
+        let batch = cfg.batch_bytes as usize + widest + TUPLE_OVERHEAD_BYTES;
+        // A cursor holds its read-ahead from the part of its position, and while a line
+        // crosses parts, the parts it spans.
+        let spanned = longest_line.div_ceil(chunk.max(1)) + 2;
+        Bounds {
+            read_ahead: (cfg.read_ahead as usize + spanned) * chunk,
+            inputs: tasks * cfg.window as usize * batch,
+            unacked: tasks * (cfg.window_bytes as usize + batch),
+        }
+    }
 }
 
 pub struct RainstormHarness {
@@ -114,6 +161,16 @@ pub struct RainstormHarness {
     dest_content: Option<Vec<u8>>,
     /// The leader stopped being a member (declared failed under loss, or crashed).
     leader_lost: bool,
+    /// The most bytes of each kind one task or sink may hold.
+    bounds: Bounds,
+    /// Tuples (and their weight) each stage of the reference puts out: sources, op1, op2.
+    stage_tuples: Vec<(u64, u64)>,
+    /// Tuple batches sent, per process that sent any: `(slot, process generation)`.
+    batches: std::collections::BTreeMap<(Slot, u64), u64>,
+    /// Bound violations already reported (one per task and kind).
+    reported_bounds: std::collections::BTreeSet<(rainstorm_core::rainstorm::TaskId, &'static str)>,
+    /// Where each task runs (the latest placement the leader reported).
+    hosts: std::collections::BTreeMap<rainstorm_core::rainstorm::TaskId, rainstorm_core::NodeAddr>,
     violations: Vec<(Time, CheckerKind, String)>,
     pub stats: JobStats,
 }
@@ -124,13 +181,27 @@ impl RainstormHarness {
         let src = FileName::new("in/job.csv").expect("valid");
         let dest = FileName::new("out/job.txt").expect("valid");
         let specs = OperatorSpec::parse(&w.op1).and_then(|a| OperatorSpec::parse(&w.op2).map(|b| (a, b)));
-        let reference = match &specs {
-            Ok((a, b)) => {
-                reference::run_with(src.as_str(), &content, a, b, &mut SimPrograms).map_err(|e| e.to_string())
-            }
+        let stages = match &specs {
+            Ok((a, b)) => reference::run_stages(src.as_str(), &content, a, b, &mut SimPrograms)
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
+        let stage_tuples: Vec<(u64, u64)> = stages.as_ref().map_or_else(
+            |_| Vec::new(),
+            |stages| {
+                let weight = |ts: &[Tuple]| ts.iter().map(|t| t.weight() as u64).sum::<u64>();
+                stages.iter().map(|ts| (ts.len() as u64, weight(ts))).collect()
+            },
+        );
+        let reference = stages.map(|mut s| s.pop().unwrap_or_default());
         let stateful = w.op2.starts_with("count:") || w.op2.starts_with("program:sim/count-key@");
+        let longest =
+            rainstorm_core::rainstorm::source_lines(&content).map(|(_, l)| l.len()).max().unwrap_or(0);
+        let key = src.as_str().len() + 21;
+        // Operators never make a tuple more than twice the line it came from (a key may take
+        // a column of the value).
+        let widest = 2 * (longest + key) + TUPLE_OVERHEAD_BYTES;
+        let bounds = Bounds::of(&w.config, w.tasks as usize, w.chunk_bytes, longest, widest);
         let stats = JobStats {
             input_lines: rainstorm_core::rainstorm::source_lines(&content).count(),
             reference_outputs: reference.as_ref().map_or(0, Vec::len),
@@ -143,12 +214,17 @@ impl RainstormHarness {
             dest,
             reference,
             stateful,
+            bounds,
+            stage_tuples,
             phase: Phase::Store,
             job: None,
             console: Vec::new(),
             completed: false,
             dest_content: None,
             leader_lost: false,
+            hosts: std::collections::BTreeMap::new(),
+            batches: std::collections::BTreeMap::new(),
+            reported_bounds: std::collections::BTreeSet::new(),
             violations: Vec::new(),
             stats,
         }
@@ -160,6 +236,19 @@ impl RainstormHarness {
 
     pub fn take_violations(&mut self) -> Vec<(Time, CheckerKind, String)> {
         std::mem::take(&mut self.violations)
+    }
+
+    /// The most full batches any stage of the job sends (by tuples or by bytes, whichever
+    /// fills a batch first).
+    pub fn most_stage_batches(&self) -> u64 {
+        let cfg = &self.w.config;
+        let (per_batch, batch_bytes) =
+            (u64::from(cfg.batch_tuples.max(1)), u64::from(cfg.batch_bytes.max(1)));
+        self.stage_tuples
+            .iter()
+            .map(|(t, b)| t.div_ceil(per_batch).max(b.div_ceil(batch_bytes)))
+            .max()
+            .unwrap_or(0)
     }
 
     /// Whether the harness still has something to do at its ticks.
@@ -191,6 +280,7 @@ impl RainstormHarness {
                         src: self.src.clone(),
                         dest: self.dest.clone(),
                         tasks: self.w.tasks,
+                        rate: self.w.rate,
                     };
                     return vec![Action::StartJob { slot: leader, spec }];
                 }
@@ -244,6 +334,52 @@ impl RainstormHarness {
         }
     }
 
+    /// What a node holds for the job, checked against the bounds.
+    pub fn check_buffers(&mut self, now: Time, slot: Slot, buffers: &[rainstorm_core::rainstorm::Buffers]) {
+        let b = self.bounds;
+        for x in buffers.iter().filter(|x| Some(x.job) == self.job) {
+            for (what, held, bound) in [
+                ("read ahead", x.read_ahead, b.read_ahead),
+                ("received and not taken", x.inputs, b.inputs),
+                ("sent and not acknowledged", x.unacked, b.unacked),
+            ] {
+                if held > bound && self.reported_bounds.insert((x.task, what)) {
+                    let detail = format!("n{slot} {} holds {held} bytes {what} (bound {bound})", x.task);
+                    self.violations.push((now, CheckerKind::RainstormBounded, detail));
+                }
+            }
+        }
+    }
+
+    /// How many tuple batches one process has sent (its latest count).
+    pub fn count_batches(&mut self, slot: Slot, generation: u64, sent: u64) {
+        if sent > 0 {
+            self.batches.insert((slot, generation), sent);
+        }
+    }
+
+    /// Where the job's tasks run, as its leader last placed them.
+    pub fn task_hosts(&self) -> Vec<rainstorm_core::NodeAddr> {
+        let mut hosts: Vec<rainstorm_core::NodeAddr> = self.hosts.values().copied().collect();
+        hosts.sort();
+        hosts.dedup();
+        hosts
+    }
+
+    /// Slots the fault plan must not crash: the leader (its crash is planned apart) and the
+    /// node that reads the output when the leader is gone.
+    pub fn spared(&self, slot: Slot) -> bool {
+        slot == self.w.leader || slot == self.w.reader
+    }
+
+    /// A node at `addr` crashed: does it count as a crash during the job?
+    pub fn on_crash(&mut self, addr: rainstorm_core::NodeAddr) {
+        let running = self.phase == Phase::Running && !self.completed;
+        if running && self.hosts.values().any(|h| *h == addr) {
+            self.stats.crashes_while_running += 1;
+        }
+    }
+
     /// A slot's process is gone (crash or restart): its operations will never answer.
     pub fn on_process_gone(&mut self, slot: Slot) {
         match self.phase {
@@ -284,9 +420,15 @@ impl RainstormHarness {
     pub fn on_rainstorm_event(&mut self, now: Time, slot: Slot, event: &RainstormEvent) {
         let mine = |job: &JobId| self.job == Some(*job);
         match event {
-            RainstormEvent::Output { job, tuple } if mine(job) && slot == self.w.leader => {
-                self.console.push(tuple.clone());
-                self.stats.outputs += 1;
+            RainstormEvent::Outputs { job, tuples } if mine(job) && slot == self.w.leader => {
+                self.console.extend(tuples.iter().cloned());
+                self.stats.outputs += tuples.len() as u64;
+            }
+            RainstormEvent::TaskScheduled { job, task, host, .. } if mine(job) && slot == self.w.leader => {
+                self.hosts.insert(*task, host.addr);
+            }
+            RainstormEvent::RolledBack { job, .. } if mine(job) && slot == self.w.leader => {
+                self.stats.rollbacks += 1;
             }
             RainstormEvent::JobCompleted { job, restarts, .. } if mine(job) && slot == self.w.leader => {
                 self.completed = true;
@@ -310,16 +452,52 @@ impl RainstormHarness {
                 self.leader_lost = true;
             }
             RainstormEvent::JobAbandoned { job, .. } if mine(job) => self.stats.abandoned += 1,
-            RainstormEvent::TaskStarted { job, recovered_records, .. } if mine(job) => {
+            RainstormEvent::TaskStarted { job, resumed, .. } if mine(job) => {
                 self.stats.tasks_started += 1;
-                self.stats.recovered_records += recovered_records;
+                self.stats.tasks_resumed += usize::from(*resumed);
             }
             _ => {}
         }
     }
 
+    /// Batches allowed over the whole job: per attempt, the full batches its tuples fill, plus
+    /// per link one partial batch for each checkpoint, each linger period and the end.
+    fn batch_bound(&self) -> Option<u64> {
+        let (submitted, completed) = (self.stats.submitted_ms?, self.stats.completed_ms?);
+        let cfg = &self.w.config;
+        let n = u64::from(self.w.tasks);
+        let specs = self.specs().ok()?;
+        let header = reference::header_of(&self.content);
+        let ops = reference::build_pair(&specs.0, &specs.1, header.as_deref()).ok()?;
+        let routes = [Route::into(&ops[0], true), Route::into(&ops[1], false)];
+        let links = |r: Route| if r == Route::Forward { n } else { n * n };
+        let links = [links(routes[0]), links(routes[1]), n];
+        let duration = completed.saturating_sub(submitted);
+        let last_bytes = self.stage_tuples.get(2).map_or(0, |s| s.1);
+        let triggers =
+            duration / cfg.checkpoint_interval.0.max(1) + last_bytes / (cfg.sink_buffer_bytes / 4).max(1) + 2;
+        let partial = triggers + 2 + duration / cfg.linger.0.max(1);
+        let per_attempt: u64 = (0..3)
+            .map(|s| {
+                let (tuples, bytes) = self.stage_tuples.get(s).copied().unwrap_or_default();
+                tuples.div_ceil(u64::from(cfg.batch_tuples.max(1)))
+                    + bytes.div_ceil(u64::from(cfg.batch_bytes.max(1)))
+                    + links[s] * partial
+            })
+            .sum();
+        Some(per_attempt * (u64::from(self.stats.rollbacks as u32) + 1))
+    }
+
     fn judge(&mut self, now: Time) {
         self.phase = Phase::Judged;
+        if let Some(bound) = self.batch_bound() {
+            let sent: u64 = self.batches.values().sum();
+            self.stats.batches = sent;
+            if sent > bound {
+                let detail = format!("the job's tasks sent {sent} batches of tuples (bound {bound})");
+                self.violations.push((now, CheckerKind::RainstormCoalescing, detail));
+            }
+        }
         let reference = match &self.reference {
             Ok(r) => r,
             Err(e) => {
@@ -342,6 +520,24 @@ impl RainstormHarness {
             };
             self.violations.push((now, kind, detail));
         }
+    }
+
+    /// How long after a job completes its own files may still be held somewhere (the delete
+    /// reaches every replica, and copies that missed it learn of it from the others).
+    pub const CLEANUP_GRACE_MS: u64 = 30_000;
+
+    /// The end of the run: a job that completed, with its leader alive, must have deleted its
+    /// own files (`held`: the files under `rainstorm/` each node up holds).
+    pub fn check_cleanup(&mut self, now: Time, held: &[(Slot, String)]) {
+        let crashed = self.w.leader_crash_ms.is_some_and(|t| t <= now.0);
+        let Some(done) = self.stats.completed_ms else { return };
+        if crashed || self.leader_lost || done + Self::CLEANUP_GRACE_MS > now.0 || held.is_empty() {
+            return;
+        }
+        let files: Vec<String> = held.iter().map(|(slot, name)| format!("n{slot}: {name}")).collect();
+        let why =
+            format!("the job completed at {done} ms and its files are still held: {}", files.join(", "));
+        self.violations.push((now, CheckerKind::RainstormCleanup, why));
     }
 
     /// The end of the run: a job that should have completed and did not is a liveness failure.

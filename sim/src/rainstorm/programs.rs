@@ -13,8 +13,11 @@
 //! * `sim/count-key`: stateful; counts tuples per tuple key and outputs `(key, "key,count")`,
 //!   the same values as the built-in `count:<col>` after a `select ... key=<col>`.
 //!
-//! Invariant: the answer is a pure function of the call (program, header, batch), so replays
-//! after crashes answer the same.
+//! A program keeps the state of the keys it has seen in its session (one per task attempt), as
+//! the protocol says: a batch carries the stored state only of keys the session has not seen.
+//!
+//! Invariant: the answer is a pure function of the call (program, header, batch) and the
+//! session, so replays after crashes answer the same.
 
 use std::collections::BTreeMap;
 
@@ -31,15 +34,17 @@ pub fn sim_program(name: &str, args: &[&str]) -> String {
     format!("program:{spec}")
 }
 
-/// Answers a batch the way the emulated program would.
+/// Answers a batch the way the emulated program would, keeping its session's state in
+/// `session`.
 pub fn run_program(
     program: &ProgramSpec,
     header: Option<&[String]>,
     batch: &ProgramBatch,
+    session: &mut BTreeMap<String, String>,
 ) -> Result<ProgramResult, String> {
     match program.file.as_str() {
         "sim/select" => select(program, header, batch),
-        "sim/count-key" => Ok(count_key(batch)),
+        "sim/count-key" => Ok(count_key(batch, session)),
         other => Err(format!("no such emulated program `{other}`")),
     }
 }
@@ -82,8 +87,8 @@ fn select(
     Ok(ProgramResult { outputs, state: BTreeMap::new() })
 }
 
-fn count_key(batch: &ProgramBatch) -> ProgramResult {
-    let mut state = batch.state.clone();
+fn count_key(batch: &ProgramBatch, state: &mut BTreeMap<String, String>) -> ProgramResult {
+    state.extend(batch.state.iter().map(|(k, v)| (k.clone(), v.clone())));
     let mut changed = BTreeMap::new();
     let mut outputs = Vec::with_capacity(batch.tuples.len());
     for t in &batch.tuples {
@@ -107,7 +112,8 @@ impl ProgramRunner for SimPrograms {
         header: Option<&[String]>,
         batch: ProgramBatch,
     ) -> Result<ProgramResult, String> {
-        run_program(program, header, &batch)
+        // The reference sends every batch the state of all its keys: a fresh session will do.
+        run_program(program, header, &batch, &mut BTreeMap::new())
     }
 }
 
@@ -169,8 +175,11 @@ mod tests {
             OperatorSpec::Program(p) => p,
             other => panic!("not a program: {other}"),
         };
-        assert!(run_program(&p(&sim_program("nope", &[])), None, &batch).is_err());
-        assert!(run_program(&p(&sim_program("select", &["count:1"])), None, &batch).is_err());
-        assert!(run_program(&p(&sim_program("select", &["split", "bogus"])), None, &batch).is_err());
+        let mut session = BTreeMap::new();
+        assert!(run_program(&p(&sim_program("nope", &[])), None, &batch, &mut session).is_err());
+        assert!(run_program(&p(&sim_program("select", &["count:1"])), None, &batch, &mut session).is_err());
+        assert!(
+            run_program(&p(&sim_program("select", &["split", "bogus"])), None, &batch, &mut session).is_err()
+        );
     }
 }

@@ -361,11 +361,7 @@ mod tests {
     fn foreign_outputs_are_mismatches_and_findings_are_bounded() {
         let reference = counts();
         let foreign: Vec<Tuple> = (0..50)
-            .map(|i| Tuple {
-                id: TupleId::source("x", i),
-                key: "k".repeat(500),
-                value: "\u{fffd}\r\n".into(),
-            })
+            .map(|i| Tuple { id: TupleId::source(i), key: "k".repeat(500), value: "\u{fffd}\r\n".into() })
             .collect();
         let findings = judged(&reference, true, &foreign, b"\xff\n\n", false);
         assert_eq!(kinds(&findings), ["duplicate", "mismatch"], "{findings:?}");

@@ -1,53 +1,32 @@
-//! A task between hand-driven upstream and downstream ends, its journal kept in memory.
+//! An operator task between hand-driven upstream and downstream ends.
 
 use super::*;
-use crate::rainstorm::journal::decode_all;
 use crate::rainstorm::operator::OperatorSpec;
-use crate::rainstorm::operator::{Output, ProgramSpec};
+use crate::time::Millis;
 
-const UP: TaskId = TaskId { stage: 1, index: 0 };
+const UP: [TaskId; 2] = [TaskId { stage: 1, index: 0 }, TaskId { stage: 1, index: 1 }];
 const ME: TaskId = TaskId { stage: 2, index: 0 };
-const DOWN: [TaskId; 2] = [TaskId { stage: 3, index: 0 }, TaskId { stage: 3, index: 1 }];
+const SINKS: [TaskId; 1] = [crate::rainstorm::job::SINK];
 
 fn op(spec: &str) -> StageOp {
     OperatorSpec::parse(spec).and_then(|s| s.build(None)).expect("valid spec")
 }
 
-fn cfg() -> TaskConfig {
-    TaskConfig { window: 2, retry: Millis(100), planted: None }
-}
-
-fn tuples(from: u64, words: &[&str]) -> Vec<Tuple> {
-    words.iter().zip(from..).map(|(w, line)| Tuple::source("in", line, *w)).collect()
-}
-
-/// A task, its journal (the bytes of every acknowledged append) and what it sent.
-struct Rig {
-    task: Task,
-    journal: Vec<u8>,
-    sent: Vec<(TaskId, LinkMsg)>,
-    finished: Option<BTreeMap<TaskId, LinkSeq>>,
-    failed: Option<String>,
-    /// Batches handed to the operator program, and how the program answers them.
-    applied: Vec<ProgramBatch>,
-    program: Option<Answer>,
-}
-
-type Answer = Box<dyn Fn(&ProgramBatch) -> Result<ProgramResult, String>>;
-
-/// A counting program's answer: each tuple outputs `(key, "key,count")`; state by tuple key.
-fn count_program(batch: &ProgramBatch) -> Result<ProgramResult, String> {
-    let mut state = batch.state.clone();
-    let mut result = ProgramResult::default();
-    for t in &batch.tuples {
-        let n = state.get(&t.key).map_or(0, |s| s.parse::<u64>().expect("a count")) + 1;
-        state.insert(t.key.clone(), n.to_string());
-        result.state.insert(t.key.clone(), n.to_string());
-        result.outputs.push(vec![Output { key: t.key.clone(), value: format!("{},{n}", t.key) }]);
+fn cfg() -> RainstormConfig {
+    RainstormConfig {
+        batch_tuples: 4,
+        window: 2,
+        linger: Millis(5),
+        program_window: 2,
+        ..RainstormConfig::default()
     }
-    Ok(result)
 }
 
+fn program() -> StageOp {
+    StageOp::Program(ProgramSpec { file: "ops/count".into(), sha256: "0".repeat(64), args: Vec::new() })
+}
+
+/// Tuples keyed by `keys`, numbered from line `from`.
 fn keyed(from: u64, keys: &[&str]) -> Vec<Tuple> {
     keys.iter()
         .zip(from..)
@@ -55,300 +34,215 @@ fn keyed(from: u64, keys: &[&str]) -> Vec<Tuple> {
         .collect()
 }
 
-impl Rig {
-    fn new(spec: &str, journal: Vec<u8>) -> Rig {
-        let recovered = Recovered::replay(&decode_all(&journal).expect("journal decodes")).expect("replays");
-        let task = Task::new(ME, &cfg(), op(spec), None, vec![UP], DOWN.to_vec(), recovered);
-        Rig {
-            task,
-            journal,
-            sent: Vec::new(),
-            finished: None,
-            failed: None,
-            applied: Vec::new(),
-            program: None,
-        }
+/// A counting program's answer, keeping its session state as the protocol says.
+fn count(session: &mut BTreeMap<String, String>, batch: &ProgramBatch) -> ProgramResult {
+    session.extend(batch.state.clone());
+    let mut result = ProgramResult::default();
+    for t in &batch.tuples {
+        let n = session.get(&t.key).map_or(0, |s| s.parse::<u64>().expect("a count")) + 1;
+        session.insert(t.key.clone(), n.to_string());
+        result.state.insert(t.key.clone(), n.to_string());
+        result.outputs.push(vec![Output { key: t.key.clone(), value: format!("{},{n}", t.key) }]);
     }
+    result
+}
 
-    /// A task running an operator program that answers with `answer`.
-    fn program(journal: Vec<u8>, answer: Answer) -> Rig {
-        let mut r = Rig::new("split", journal);
-        let recovered =
-            Recovered::replay(&decode_all(&r.journal).expect("journal decodes")).expect("replays");
-        let spec = ProgramSpec { file: "ops/count".into(), sha256: "0".repeat(64), args: Vec::new() };
-        r.task = Task::new(ME, &cfg(), StageOp::Program(spec), None, vec![UP], DOWN.to_vec(), recovered);
-        r.program = Some(answer);
-        r
-    }
+/// What a task put out, sorted by kind.
+#[derive(Default)]
+struct Seen {
+    batches: Vec<(TaskId, u64, Batch)>,
+    acks: Vec<(TaskId, u64)>,
+    calls: Vec<ProgramBatch>,
+    snapshots: Vec<(CheckpointId, Snapshot)>,
+    finished: Option<Snapshot>,
+    failed: Option<String>,
+    ready: bool,
+}
 
-    /// Drains the task's outputs; appends succeed (or fail) at once.
-    fn drain(&mut self, appends_ok: bool) {
-        while let Some(o) = self.task.poll_output() {
-            match o {
-                TaskOutput::Send { to, msg } => self.sent.push((to, msg)),
-                TaskOutput::Append { bytes } => {
-                    if appends_ok {
-                        self.journal.extend_from_slice(&bytes);
-                        self.task.on_appended(Time(0), Ok(()));
-                    } else {
-                        self.task.on_appended(Time(0), Err("replica unreachable".into()));
-                    }
-                }
-                TaskOutput::Finished { last } => self.finished = Some(last),
-                TaskOutput::Failed { reason } => self.failed = Some(reason),
-                TaskOutput::SourceSent { .. } => panic!("an operator task reported a source batch"),
-                TaskOutput::Apply { batch, .. } => {
-                    self.applied.push(batch.clone());
-                    if let Some(answer) = &self.program {
-                        let result = answer(&batch);
-                        self.task.on_applied(Time(0), result);
-                    }
-                }
+fn drain(task: &mut Task, seen: &mut Seen) {
+    while let Some(o) = task.poll_output() {
+        match o {
+            TaskOutput::Send { to, msg: LinkMsg::Batch { seq, batch } } => {
+                seen.batches.push((to, seq, batch))
+            }
+            TaskOutput::Send { to, msg: LinkMsg::Ack { upto } } => seen.acks.push((to, upto)),
+            TaskOutput::Apply { batch, .. } => seen.calls.push(batch),
+            TaskOutput::Snapshot { checkpoint, snapshot } => seen.snapshots.push((checkpoint, snapshot)),
+            TaskOutput::Finished { last } => seen.finished = Some(last),
+            TaskOutput::Failed { reason, .. } => seen.failed = Some(reason),
+            TaskOutput::Ready => seen.ready = true,
+            TaskOutput::Read { .. } | TaskOutput::SourceSent { .. } => {
+                panic!("an operator task does not read")
             }
         }
     }
+}
 
-    fn batch(&mut self, seq: LinkSeq, tuples: Vec<Tuple>) {
-        self.task.on_message(Time(0), UP, LinkMsg::Batch { seq, tuples });
-        self.drain(true);
-    }
+fn send(task: &mut Task, now: u64, from: TaskId, seq: u64, batch: Batch) {
+    task.on_message(Time(now), from, LinkMsg::Batch { seq, batch });
+}
 
-    fn acks_upstream(&self) -> Vec<LinkSeq> {
-        self.sent
-            .iter()
-            .filter_map(|(to, m)| matches!(m, LinkMsg::Ack { .. }).then_some((to, m)))
-            .filter(|(to, _)| **to == UP)
-            .map(|(_, m)| match m {
-                LinkMsg::Ack { upto } => *upto,
-                LinkMsg::Batch { .. } => unreachable!(),
-            })
-            .collect()
-    }
-
-    fn batches_to(&self, to: TaskId) -> Vec<(LinkSeq, Vec<String>)> {
-        self.sent
-            .iter()
-            .filter(|(t, _)| *t == to)
-            .filter_map(|(_, m)| match m {
-                LinkMsg::Batch { seq, tuples } => {
-                    Some((*seq, tuples.iter().map(|t| t.value.clone()).collect()))
-                }
-                LinkMsg::Ack { .. } => None,
-            })
-            .collect()
-    }
+fn values(seen: &Seen) -> Vec<String> {
+    seen.batches
+        .iter()
+        .flat_map(|(_, _, b)| match b {
+            Batch::Tuples(t) => t.iter().map(|t| t.value.clone()).collect(),
+            Batch::Barrier(c) => vec![format!("|{c}")],
+            Batch::End => vec!["|end".to_owned()],
+        })
+        .collect()
 }
 
 #[test]
-fn a_batch_is_acknowledged_and_its_outputs_sent_only_after_its_record_is_journaled() {
-    let mut r = Rig::new("count:value", Vec::new());
-    r.task.on_message(Time(0), UP, LinkMsg::Batch { seq: 1, tuples: tuples(1, &["a", "b", "a"]) });
-    let first = r.task.poll_output();
-    assert!(matches!(first, Some(TaskOutput::Append { .. })), "{first:?}");
-    assert!(r.task.poll_output().is_none(), "no acknowledgement or output before the append is durable");
-    if let Some(TaskOutput::Append { bytes }) = first {
-        r.journal.extend_from_slice(&bytes);
+fn a_snapshot_waits_for_every_link_and_holds_exactly_the_state_before_the_barriers() {
+    let mut task = Task::new(ME, &cfg(), (op("count:value"), None), &UP, SINKS.to_vec(), Default::default());
+    let mut seen = Seen::default();
+    drain(&mut task, &mut seen);
+    assert!(seen.ready, "a built-in is ready at once");
+    send(&mut task, 0, UP[0], 1, Batch::Tuples(keyed(1, &["a", "b"])));
+    send(&mut task, 0, UP[0], 2, Batch::Barrier(1));
+    send(&mut task, 0, UP[0], 3, Batch::Tuples(keyed(3, &["a"])));
+    send(&mut task, 0, UP[1], 1, Batch::Tuples(keyed(4, &["a"])));
+    drain(&mut task, &mut seen);
+    assert!(seen.snapshots.is_empty(), "the second link has not delivered the barrier");
+    assert_eq!(task.state().get("a").map(String::as_str), Some("2"), "the batch after the barrier waits");
+    send(&mut task, 1, UP[1], 2, Batch::Barrier(1));
+    drain(&mut task, &mut seen);
+    let (c, snapshot) = seen.snapshots.first().expect("a snapshot");
+    assert_eq!(*c, 1);
+    let changes: BTreeMap<String, Option<String>> = snapshot.changes.iter().cloned().collect();
+    assert_eq!(changes, BTreeMap::from([("a".into(), Some("2".into())), ("b".into(), Some("1".into()))]));
+    assert_eq!(snapshot.counts, TupleCounts { consumed: 3, emitted: 3 });
+    // The barrier follows every output before it; then the held batch is processed.
+    assert_eq!(values(&seen), ["a,1", "b,1", "a,2", "|1"]);
+    assert_eq!(task.state().get("a").map(String::as_str), Some("3"));
+    task.on_message(Time(2), SINKS[0], LinkMsg::Ack { upto: 2 });
+    for up in UP {
+        let last = if up == UP[0] { 4 } else { 3 };
+        send(&mut task, 2, up, last, Batch::End);
     }
-    r.task.on_appended(Time(0), Ok(()));
-    r.drain(true);
-    assert_eq!(r.acks_upstream(), [1]);
-    let mut all: Vec<String> = DOWN.iter().flat_map(|d| r.batches_to(*d)).flat_map(|(_, v)| v).collect();
-    all.sort();
-    assert_eq!(all, ["a,1", "a,2", "b,1"]);
-    // Every key goes to one task: "a" is always on the same link.
-    let a_to = partition("a", 2);
-    assert!(r.batches_to(DOWN[a_to]).iter().flat_map(|(_, v)| v).any(|v| v == "a,2"));
-    assert_eq!(r.task.state().get("a").map(String::as_str), Some("2"));
+    drain(&mut task, &mut seen);
+    let last = seen.finished.clone().expect("finished");
+    assert_eq!(last.changes, vec![("a".to_owned(), Some("3".to_owned()))], "only what changed since");
+    assert_eq!(values(&seen), ["a,1", "b,1", "a,2", "|1", "a,3", "|end"]);
+    assert_eq!(seen.acks.len(), 7, "every batch is acknowledged when taken");
 }
 
 #[test]
-fn a_restarted_task_continues_its_counts_and_drops_duplicate_inputs() {
-    let mut r = Rig::new("count:value", Vec::new());
-    for seq in 1..=2 {
-        r.batch(seq, tuples(seq * 10, &["x"; 5]));
-        for d in DOWN {
-            let upto = r.batches_to(d).last().map_or(0, |b| b.0);
-            r.task.on_message(Time(0), d, LinkMsg::Ack { upto });
-        }
-        r.drain(true);
-    }
-    assert_eq!(r.task.state()["x"], "10");
-    // The worker crashes; the task restarts elsewhere from its journal.
-    let mut again = Rig::new("count:value", r.journal.clone());
-    again.batch(2, tuples(20, &["x"; 5])); // the upstream resends what it was not sure of
-    assert_eq!(again.acks_upstream(), [2], "a duplicate is acknowledged, not processed");
-    // It resends its outputs; the receivers, which had them, acknowledge them again.
-    again.task.handle_timeout(Time(0));
-    again.drain(true);
-    for d in DOWN {
-        let upto = again.batches_to(d).last().map_or(0, |b| b.0);
-        again.task.on_message(Time(0), d, LinkMsg::Ack { upto });
-    }
-    again.batch(3, tuples(30, &["x"]));
-    assert_eq!(again.task.state()["x"], "11", "the count continues at 11, not 1");
-    let to = DOWN[partition("x", 2)];
-    assert_eq!(again.batches_to(to).last().map(|b| b.1.clone()), Some(vec!["x,11".to_string()]));
-}
-
-#[test]
-fn unacknowledged_outputs_are_resent_with_their_numbers_after_a_restart() {
-    let mut r = Rig::new("split", Vec::new());
-    r.batch(1, tuples(1, &["one two", "three"]));
-    let before: Vec<_> = DOWN.iter().map(|d| r.batches_to(*d)).collect();
-    let mut again = Rig::new("split", r.journal.clone());
-    again.task.handle_timeout(Time(1));
-    again.drain(true);
-    let after: Vec<_> = DOWN.iter().map(|d| again.batches_to(*d)).collect();
-    assert_eq!(before, after, "the same batches with the same numbers");
-}
-
-#[test]
-fn a_full_downstream_window_stops_processing() {
-    let mut r = Rig::new("split", Vec::new());
-    let words = ["a b c d e f g h"];
+fn outputs_are_coalesced_across_input_batches() {
+    let mut task = Task::new(ME, &cfg(), (op("grep:x"), None), &UP[..1], SINKS.to_vec(), Default::default());
+    let mut seen = Seen::default();
     for seq in 1..=4 {
-        r.batch(seq, tuples(seq, &words));
+        send(&mut task, 0, UP[0], seq, Batch::Tuples(keyed(seq, &["x"])));
     }
-    assert_eq!(r.acks_upstream(), [1, 2], "window 2: two batches in flight per link, then it waits");
-    for d in DOWN {
-        r.task.on_message(Time(0), d, LinkMsg::Ack { upto: 2 });
+    drain(&mut task, &mut seen);
+    assert_eq!(seen.batches.len(), 1, "four one-tuple batches make one batch of four");
+    send(&mut task, 1, UP[0], 5, Batch::Tuples(keyed(5, &["x"])));
+    task.handle_timeout(Time(6));
+    drain(&mut task, &mut seen);
+    assert_eq!(seen.batches.len(), 2, "a partial batch goes after lingering");
+}
+
+#[test]
+fn a_full_downstream_window_stops_the_task_taking_input() {
+    let mut task = Task::new(ME, &cfg(), (op("grep:x"), None), &UP[..1], SINKS.to_vec(), Default::default());
+    let mut seen = Seen::default();
+    let eight = vec!["x"; 8];
+    for seq in 1..=3 {
+        send(&mut task, 0, UP[0], seq, Batch::Tuples(keyed(seq * 10, &eight)));
     }
-    r.drain(true);
-    assert_eq!(r.acks_upstream(), [1, 2, 3, 4]);
+    drain(&mut task, &mut seen);
+    // Two output batches fill the window; the third one sealed blocks the task.
+    assert_eq!(seen.batches.len(), 2);
+    assert_eq!(seen.acks, [(UP[0], 1), (UP[0], 2)], "the third input batch is not taken");
+    task.on_message(Time(1), SINKS[0], LinkMsg::Ack { upto: 2 });
+    drain(&mut task, &mut seen);
+    assert_eq!(seen.batches.len(), 4);
+    assert_eq!(seen.acks, [(UP[0], 1), (UP[0], 2), (UP[0], 3)]);
+    assert!(task.buffered_bytes() > 0);
 }
 
 #[test]
-fn a_failed_append_leaves_no_trace_and_the_batch_is_processed_later() {
-    let mut r = Rig::new("count:value", Vec::new());
-    r.task.on_message(Time(0), UP, LinkMsg::Batch { seq: 1, tuples: tuples(1, &["k"]) });
-    r.drain(false);
-    assert!(r.acks_upstream().is_empty() && r.task.state().is_empty() && r.journal.is_empty());
-    assert_eq!(r.task.poll_timeout(), Some(Time(100)), "it pauses before trying again");
-    r.task.handle_timeout(Time(100));
-    r.drain(true);
-    assert_eq!(r.acks_upstream(), [1]);
-    assert_eq!(r.task.state()["k"], "1");
-}
-
-#[test]
-fn the_task_finishes_when_every_input_is_processed_and_every_output_acknowledged() {
-    let mut r = Rig::new("grep:keep", Vec::new());
-    r.batch(1, tuples(1, &["keep me", "drop me"]));
-    r.task.upstream_ended(Time(0), UP, 2);
-    r.drain(true);
-    assert!(r.finished.is_none(), "batch 2 has not arrived");
-    r.batch(2, tuples(3, &["drop"]));
-    assert!(r.finished.is_none(), "an output is not acknowledged yet");
-    let to = DOWN[partition("in:1", 2)];
-    r.task.on_message(Time(0), to, LinkMsg::Ack { upto: 1 });
-    r.drain(true);
-    let last = r.finished.expect("finished");
-    assert_eq!(last[&to], 1);
-    assert_eq!(last.values().sum::<u64>(), 1);
-}
-
-#[test]
-fn an_operator_failure_names_the_operator_and_the_input() {
-    // A count whose stored state is not a number (a corrupt journal would look like this).
-    let mut r = Rig::new("count:value", Vec::new());
-    r.task.journal.state.insert("k".into(), "many".into());
-    r.batch(1, tuples(7, &["k"]));
-    let why = r.failed.expect("failed");
-    assert!(why.contains("count:value") && why.contains("in:7"), "{why}");
-}
-
-#[test]
-fn partitioning_is_stable_and_covers_every_task() {
-    assert_eq!(partition("Street Name", 3), partition("Street Name", 3));
-    let hit: std::collections::BTreeSet<usize> = (0..200).map(|i| partition(&format!("k{i}"), 5)).collect();
-    assert_eq!(hit.len(), 5);
-    assert_eq!(partition("anything", 0), 0);
-}
-
-#[test]
-fn a_program_batch_is_journaled_with_its_state_and_a_restart_hands_the_state_back() {
-    let mut r = Rig::program(Vec::new(), Box::new(count_program));
-    r.batch(1, keyed(1, &["a", "b", "a"]));
-    assert_eq!(r.applied.len(), 1);
-    assert!(r.applied[0].state.is_empty(), "no state yet");
-    assert_eq!(r.acks_upstream(), [1]);
-    let mut all: Vec<String> = DOWN.iter().flat_map(|d| r.batches_to(*d)).flat_map(|(_, v)| v).collect();
-    all.sort();
-    assert_eq!(all, ["a,1", "a,2", "b,1"]);
-    // A new incarnation from the journal gives the program the stored counts of the batch's keys.
-    let mut again = Rig::program(r.journal.clone(), Box::new(count_program));
-    again.batch(2, keyed(10, &["a", "c"]));
-    let expected: BTreeMap<String, String> = [("a".to_owned(), "2".to_owned())].into();
-    assert_eq!(again.applied[0].state, expected, "only keys of the batch, as journaled");
-    let values: Vec<String> = DOWN.iter().flat_map(|d| again.batches_to(*d)).flat_map(|(_, v)| v).collect();
-    assert!(values.contains(&"a,3".to_owned()), "the count goes on: {values:?}");
-}
-
-#[test]
-fn nothing_of_a_batch_happens_until_the_program_answers() {
-    let mut r = Rig::program(Vec::new(), Box::new(count_program));
-    r.program = None;
-    r.batch(1, keyed(1, &["a"]));
-    r.batch(2, keyed(2, &["b"]));
-    assert_eq!(r.applied.len(), 1, "one batch out at the program at a time");
-    assert!(r.sent.is_empty() && r.journal.is_empty(), "no acknowledgement, output or record yet");
-    let result = count_program(&r.applied[0]);
-    r.task.on_applied(Time(0), result);
-    r.drain(true);
-    assert_eq!(r.acks_upstream(), [1]);
-    assert_eq!(r.applied.len(), 2, "the next batch goes out once the first is journaled");
-}
-
-#[test]
-fn a_program_failure_or_a_reply_against_the_protocol_fails_the_task_and_acknowledges_nothing() {
-    let wrong_count: Answer = Box::new(|_| Ok(ProgramResult { outputs: vec![vec![]], ..Default::default() }));
-    let foreign: Answer = Box::new(|b| {
-        let mut r = count_program(b)?;
-        r.state.insert("elsewhere".into(), "1".into());
-        Ok(r)
-    });
-    let crashed: Answer = Box::new(|_| Err("the program exited (signal 9)".into()));
-    let cases =
-        [(wrong_count, "1 output lists for 2 tuples"), (foreign, "\"elsewhere\""), (crashed, "signal 9")];
-    for (answer, needle) in cases {
-        let mut r = Rig::program(Vec::new(), answer);
-        r.batch(1, keyed(7, &["a", "b"]));
-        let reason = r.failed.clone().expect("the task failed");
-        assert!(reason.contains(needle) && reason.contains("program:ops/count"), "{reason}");
-        assert!(reason.contains("in:7"), "names the batch's first input: {reason}");
-        assert!(r.sent.is_empty() && r.journal.is_empty(), "{reason}");
+fn program_batches_are_pipelined_and_a_keys_state_is_sent_once() {
+    let state = BTreeMap::from([("a".to_owned(), "10".to_owned())]);
+    let counts = TupleCounts { consumed: 10, emitted: 10 };
+    let mut task = Task::new(ME, &cfg(), (program(), None), &UP[..1], SINKS.to_vec(), (state, counts));
+    let mut seen = Seen::default();
+    drain(&mut task, &mut seen);
+    assert_eq!(seen.calls.len(), 1, "an empty batch starts the program");
+    assert!(seen.calls[0].tuples.is_empty() && !seen.ready);
+    send(&mut task, 0, UP[0], 1, Batch::Tuples(keyed(1, &["a", "b"])));
+    drain(&mut task, &mut seen);
+    assert_eq!(seen.calls.len(), 1, "nothing is taken before the program answered");
+    task.on_applied(Time(0), Ok(ProgramResult::default()));
+    send(&mut task, 0, UP[0], 2, Batch::Tuples(keyed(3, &["a"])));
+    send(&mut task, 0, UP[0], 3, Batch::Tuples(keyed(4, &["a"])));
+    drain(&mut task, &mut seen);
+    assert!(seen.ready);
+    assert_eq!(seen.calls.len(), 3, "two batches out at once (the window)");
+    assert_eq!(seen.calls[1].state, BTreeMap::from([("a".to_owned(), "10".to_owned())]));
+    assert!(seen.calls[2].state.is_empty(), "the program has a's state already");
+    let mut session = BTreeMap::new();
+    let answers: Vec<ProgramResult> = seen.calls[1..].iter().map(|b| count(&mut session, b)).collect();
+    for a in answers {
+        task.on_applied(Time(1), Ok(a));
     }
+    drain(&mut task, &mut seen);
+    assert_eq!(task.state().get("a").map(String::as_str), Some("12"));
+    assert_eq!(seen.calls.len(), 4, "the third batch went out once there was room");
+    let r = count(&mut session, &seen.calls[3]);
+    task.on_applied(Time(2), Ok(r));
+    task.handle_timeout(Time(10));
+    drain(&mut task, &mut seen);
+    assert_eq!(values(&seen), ["a,11", "b,1", "a,12", "a,13"]);
+    assert_eq!(task.counts(), TupleCounts { consumed: 14, emitted: 14 });
 }
 
 #[test]
-fn counts_are_what_the_journal_holds_and_a_restart_or_a_compaction_goes_on_from_them() {
-    let mut r = Rig::new("split", Vec::new());
-    assert_eq!(r.task.counts(), TupleCounts::default());
-    r.batch(1, tuples(1, &["one two", "three"]));
-    assert_eq!(r.task.counts(), TupleCounts { consumed: 2, emitted: 3 });
-    // A batch whose append fails is not counted until it is journaled, and then once.
-    r.task.on_message(Time(0), UP, LinkMsg::Batch { seq: 2, tuples: tuples(3, &["four five six"]) });
-    r.drain(false);
-    assert_eq!(r.task.counts(), TupleCounts { consumed: 2, emitted: 3 });
-    r.task.handle_timeout(Time(100));
-    r.drain(true);
-    assert_eq!(r.task.counts(), TupleCounts { consumed: 3, emitted: 6 });
-    // A new incarnation goes on from the journal; a resent batch it already has is not counted.
-    let mut again = Rig::new("split", r.journal.clone());
-    assert_eq!(again.task.counts(), TupleCounts { consumed: 3, emitted: 6 });
-    again.batch(2, tuples(3, &["four five six"]));
-    assert_eq!(again.acks_upstream(), [2], "a duplicate is acknowledged, not processed");
-    assert_eq!(again.task.counts(), TupleCounts { consumed: 3, emitted: 6 });
-    again.task.handle_timeout(Time(200));
-    again.drain(true);
-    for d in DOWN {
-        let upto = again.batches_to(d).last().map_or(0, |b| b.0);
-        again.task.on_message(Time(200), d, LinkMsg::Ack { upto });
+fn a_program_answer_against_the_contract_fails_the_task() {
+    for (answer, why) in [
+        (ProgramResult { outputs: vec![vec![]], state: BTreeMap::new() }, "1 output lists for 2 tuples"),
+        (
+            ProgramResult {
+                outputs: vec![vec![], vec![]],
+                state: BTreeMap::from([("zz".to_owned(), "1".to_owned())]),
+            },
+            "not in the batch",
+        ),
+    ] {
+        let mut task = Task::new(ME, &cfg(), (program(), None), &UP[..1], SINKS.to_vec(), Default::default());
+        task.on_applied(Time(0), Ok(ProgramResult::default()));
+        send(&mut task, 0, UP[0], 1, Batch::Tuples(keyed(1, &["a", "b"])));
+        task.on_applied(Time(0), Ok(answer));
+        let mut seen = Seen::default();
+        drain(&mut task, &mut seen);
+        let reason = seen.failed.expect("failed");
+        assert!(reason.contains(why), "{reason}");
     }
-    again.batch(3, tuples(4, &["seven"]));
-    assert_eq!(again.task.counts(), TupleCounts { consumed: 4, emitted: 7 });
-    // A compacted journal (one snapshot) carries the counts too.
-    let snapshot = encode(&again.task.snapshot()).expect("encodes");
-    let compacted = Rig::new("split", snapshot);
-    assert_eq!(compacted.task.counts(), TupleCounts { consumed: 4, emitted: 7 });
+    let mut task = Task::new(ME, &cfg(), (program(), None), &UP[..1], SINKS.to_vec(), Default::default());
+    task.on_applied(Time(0), Err("exit status 1".into()));
+    let mut seen = Seen::default();
+    drain(&mut task, &mut seen);
+    assert!(seen.failed.expect("failed").contains("could not start"));
+}
+
+#[test]
+fn outputs_go_to_the_task_that_owns_their_key() {
+    let down = [TaskId { stage: 2, index: 0 }, TaskId { stage: 2, index: 1 }];
+    let me = TaskId { stage: 1, index: 0 };
+    let next = Some((op("count:value"), Route::Shuffle));
+    let mut task = Task::new(me, &cfg(), (op("regex:."), next), &UP[..1], down.to_vec(), Default::default());
+    let mut seen = Seen::default();
+    let words = ["a", "b", "c", "d", "e", "f"];
+    send(&mut task, 0, UP[0], 1, Batch::Tuples(keyed(1, &words)));
+    send(&mut task, 0, UP[0], 2, Batch::End);
+    drain(&mut task, &mut seen);
+    for (to, _, batch) in &seen.batches {
+        if let Batch::Tuples(tuples) = batch {
+            for t in tuples {
+                assert_eq!(down[partition(&t.value, 2)], *to, "{} went to {to}", t.value);
+            }
+        }
+    }
+    assert!(seen.finished.is_some());
 }

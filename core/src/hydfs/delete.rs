@@ -1,0 +1,279 @@
+//! Deletes: [`super::ClientOp::Delete`] on its coordinator and on every other node, and the
+//! tombstones that keep a deleted file from coming back.
+//!
+//! A delete goes, like a write, to a replica of the file (the coordinator). The coordinator
+//! applies the file's tombstone `(name, create stamp)` itself (dropping its copy and freeing its
+//! blocks) and sends `Remove` to every other member of its view: a replica, or any node holding
+//! a copy (one still handing the file over), drops its copy and keeps the tombstone; any other
+//! node only forgets what its client half knew of the file. The delete is acknowledged when
+//! every replica of the coordinator's current view has answered.
+//!
+//! A copy that missed the delete (its holder was down or cut off) meets a tombstone later:
+//! in an inventory, a description, an offer, an exists-check or a write's `Replicate`. The node
+//! holding the tombstone then refuses the copy and tells its holder (`Remove`), which drops it.
+//! When the ring changes, a node hands each tombstone it holds to the file's new replicas, so
+//! tombstones follow the file's place on the ring like copies do.
+//!
+//! Invariants kept here:
+//! * a delete is acknowledged only after every replica of the coordinator's current view (and
+//!   never fewer than `min_copies`) dropped its copy and recorded the tombstone;
+//! * applying a tombstone drops the copy it covers (blocks freed) and ends all work on it, before
+//!   anything else can touch it;
+//! * one delete of a name runs at a time on a coordinator; a retry joins it.
+
+use super::message::{HydfsMsg, Refusal, ReqId};
+use super::server::Pending;
+use super::types::Stamp;
+use super::{FileName, Hydfs, HydfsEvent, PlantedBug, Ring};
+use crate::id::NodeAddr;
+use crate::time::Time;
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Default)]
+pub(super) struct DeleteState {
+    next_op: u64,
+    running: BTreeMap<u64, CoordDelete>,
+}
+
+/// A delete this node coordinates.
+struct CoordDelete {
+    client: NodeAddr,
+    client_req: ReqId,
+    name: FileName,
+    create: Stamp,
+    /// Members that dropped their copy (or had none) and answered.
+    acked: BTreeSet<NodeAddr>,
+    /// Members asked and not answered yet.
+    asked: BTreeSet<NodeAddr>,
+    started: Time,
+}
+
+impl Hydfs {
+    pub(super) fn on_delete(&mut self, now: Time, from: NodeAddr, req: ReqId, name: FileName) {
+        self.handled("delete", &name, from);
+        let refuse = |h: &mut Hydfs, r: Refusal| h.send(from, HydfsMsg::DeleteReply { req, result: Err(r) });
+        if !self.replicas(&name).contains(&self.me) {
+            return refuse(self, Refusal::NotReplica);
+        }
+        if self.ring.len() < self.min_copies() {
+            let why =
+                format!("{} live members; a delete needs {} copies", self.ring.len(), self.min_copies());
+            return refuse(self, Refusal::Unavailable(why));
+        }
+        // A retry of a delete this node coordinates joins the running one.
+        if let Some(d) = self.deletes.running.values_mut().find(|d| d.name == name) {
+            d.client = from;
+            d.client_req = req;
+            return;
+        }
+        let create = match self.store.file(&name).and_then(|r| r.create.as_ref()) {
+            Some(c) => c.stamp,
+            // Deleted here already (a retry whose answer was lost, or a second delete of the
+            // same file): answered as the delete was.
+            None => match self.tombstones.of_name(&name).last() {
+                Some(c) => {
+                    self.send(from, HydfsMsg::DeleteReply { req, result: Ok((c, Vec::new())) });
+                    return;
+                }
+                None => return refuse(self, Refusal::NotFound),
+            },
+        };
+        self.stats.deletes_coordinated += 1;
+        self.apply_tombstone(now, &name, create);
+        let op = self.deletes.next_op;
+        self.deletes.next_op += 1;
+        let d = CoordDelete {
+            client: from,
+            client_req: req,
+            name,
+            create,
+            acked: BTreeSet::new(),
+            asked: BTreeSet::new(),
+            started: now,
+        };
+        self.deletes.running.insert(op, d);
+        self.drive_delete(now, op);
+    }
+
+    /// Asks every member of the current view that has not answered to drop the file.
+    fn drive_delete(&mut self, now: Time, op: u64) {
+        let Some(d) = self.deletes.running.get(&op) else { return };
+        let (name, create) = (d.name.clone(), d.create);
+        let to: Vec<NodeAddr> = self
+            .ring
+            .members()
+            .map(|(_, a)| a)
+            .filter(|a| *a != self.me && !d.acked.contains(a) && !d.asked.contains(a))
+            .collect();
+        for t in to {
+            let n = name.clone();
+            self.ask(now, t, Pending::Remove { op: Some(op) }, |req| HydfsMsg::Remove {
+                req,
+                name: n,
+                create,
+            });
+            if let Some(d) = self.deletes.running.get_mut(&op) {
+                d.asked.insert(t);
+            }
+        }
+        self.arm_retry(now);
+    }
+
+    pub(super) fn on_remove(&mut self, now: Time, from: NodeAddr, req: ReqId, name: FileName, create: Stamp) {
+        self.handled("remove", &name, from);
+        // Only a replica of the name, or a node holding a copy, needs the tombstone; any other
+        // node only forgets what its client half knew of the file.
+        if self.store.file(&name).is_some() || self.replicas(&name).contains(&self.me) {
+            self.apply_tombstone(now, &name, create);
+        } else {
+            self.client_forget_deleted(&name, create);
+        }
+        self.send(from, HydfsMsg::RemoveReply { req, result: Ok(()) });
+    }
+
+    pub(super) fn on_remove_reply(
+        &mut self,
+        now: Time,
+        from: NodeAddr,
+        req: ReqId,
+        result: Result<(), Refusal>,
+    ) {
+        // Notices sent to holders of stale copies are not tracked: their answers end here.
+        let Some((to, Pending::Remove { op: Some(op) })) = self.take_server_request(req) else { return };
+        debug_assert_eq!(to, from, "answers are matched to their request's destination");
+        let Some(d) = self.deletes.running.get_mut(&op) else { return };
+        d.asked.remove(&from);
+        match result {
+            Ok(()) => {
+                d.acked.insert(from);
+            }
+            Err(_) => self.arm_retry(now),
+        }
+    }
+
+    /// A `Remove` got no answer: ask again on the next retry.
+    pub(super) fn remove_failed(&mut self, now: Time, op: Option<u64>, to: NodeAddr) {
+        if let Some(d) = op.and_then(|op| self.deletes.running.get_mut(&op)) {
+            d.asked.remove(&to);
+            self.arm_retry(now);
+        }
+    }
+
+    /// Acknowledges every delete that every replica of the current view has answered.
+    pub(super) fn progress_deletes(&mut self, _now: Time) {
+        let done: Vec<u64> = self
+            .deletes
+            .running
+            .iter()
+            .filter(|(_, d)| {
+                let targets = self.replicas(&d.name);
+                targets.len() >= self.min_copies()
+                    && targets.iter().all(|t| *t == self.me || d.acked.contains(t))
+            })
+            .map(|(op, _)| *op)
+            .collect();
+        for op in done {
+            let d = self.deletes.running.remove(&op).expect("present");
+            let replicas = self.replicas(&d.name);
+            debug_assert!(
+                self.tombstones.contains(&d.name, d.create)
+                    || self.cfg.bug(PlantedBug::DeleteWithoutTombstone),
+                "the coordinator keeps the tombstone of what it deleted"
+            );
+            debug_assert!(
+                self.store
+                    .file(&d.name)
+                    .is_none_or(|r| r.create.as_ref().is_some_and(|c| c.stamp != d.create)),
+                "the coordinator holds no copy of what it deleted"
+            );
+            let result = Ok((d.create, replicas));
+            self.send(d.client, HydfsMsg::DeleteReply { req: d.client_req, result });
+        }
+    }
+
+    /// Re-asks members that have not answered (and new ones), and gives up on deletes older than
+    /// the coordinator timeout.
+    pub(super) fn retry_deletes(&mut self, now: Time) {
+        let ops: Vec<u64> = self.deletes.running.keys().copied().collect();
+        for op in ops {
+            let Some(d) = self.deletes.running.get(&op) else { continue };
+            if now >= d.started + self.cfg.coordinator_timeout {
+                let d = self.deletes.running.remove(&op).expect("present");
+                let why =
+                    format!("replicas did not confirm the delete within {}", self.cfg.coordinator_timeout);
+                self.send(
+                    d.client,
+                    HydfsMsg::DeleteReply { req: d.client_req, result: Err(Refusal::Unavailable(why)) },
+                );
+                continue;
+            }
+            self.drive_delete(now, op);
+        }
+    }
+
+    pub(super) fn deletes_running(&self) -> bool {
+        !self.deletes.running.is_empty()
+    }
+
+    /// Drops answers from members that failed or restarted.
+    pub(super) fn forget_delete_answers(&mut self, gone: &[NodeAddr]) {
+        for d in self.deletes.running.values_mut() {
+            d.acked.retain(|a| !gone.contains(a));
+            d.asked.retain(|a| !gone.contains(a));
+        }
+    }
+
+    /// File `(name, create)` is deleted: keep its tombstone, drop any copy of it (a copy without
+    /// a create too) and end the work on it.
+    pub(super) fn apply_tombstone(&mut self, now: Time, name: &FileName, create: Stamp) {
+        if !self.cfg.bug(PlantedBug::DeleteWithoutTombstone) {
+            self.tombstones.insert(now, name, create, self.cfg.tombstone_ttl);
+        }
+        let copy = self.store.file(name).map(|r| r.create.as_ref().map(|c| c.stamp));
+        if matches!(copy, Some(c) if c.is_none_or(|c| c == create)) {
+            if self.cfg.bug(PlantedBug::DeleteKeepsBlocks) {
+                self.store.forget_file(name);
+            } else {
+                self.store.drop_file(name);
+            }
+            self.stats.files_deleted += 1;
+            self.events.push_back(HydfsEvent::FileDeleted { name: name.clone(), create });
+        }
+        self.forget_file_work(now, name, create);
+        self.client_forget_deleted(name, create);
+        debug_assert!(
+            self.store.file(name).is_none_or(|r| r.create.as_ref().is_some_and(|c| c.stamp != create)),
+            "no copy of a deleted file is kept"
+        );
+    }
+
+    /// Tells `holder` that file `(name, create)` is deleted (its answer is not waited for).
+    pub(super) fn tell_deleted(&mut self, _now: Time, holder: NodeAddr, name: &FileName, create: Stamp) {
+        if holder == self.me {
+            return;
+        }
+        let req = self.req_id();
+        self.send(holder, HydfsMsg::Remove { req, name: name.clone(), create });
+    }
+
+    /// The ring changed from `old`: hands each tombstone this node holds to the members that
+    /// became replicas of its name, so that tombstones stay where copies would be.
+    pub(super) fn hand_on_tombstones(&mut self, now: Time, old: &Ring) {
+        if self.tombstones.is_empty() || !self.ring.contains(self.me) {
+            return;
+        }
+        let r = self.cfg.replication;
+        let mut notices: Vec<(NodeAddr, FileName, Stamp)> = Vec::new();
+        for (name, create, t) in self.tombstones.iter() {
+            let before = old.successors(t.ring_id, r);
+            for a in self.ring.successors(t.ring_id, r) {
+                if a != self.me && !before.contains(&a) {
+                    notices.push((a, name.clone(), create));
+                }
+            }
+        }
+        for (to, name, create) in notices {
+            self.tell_deleted(now, to, &name, create);
+        }
+    }
+}

@@ -1,0 +1,442 @@
+//! A job's checkpoint log: the durable record, in HyDFS, of every point the job can resume from.
+//!
+//! The leader alone writes it. Its first record says what the job is ([`Record::Job`]); then,
+//! once per commit, one [`Record::Commit`] holds the job as of the newest complete checkpoint the
+//! commit covers: every source's position, each task's tuple counts, the keyed-state changes
+//! since the previous record, and how much of the destination is written once the commit's
+//! outputs are. The record is durable before the commit's outputs are appended to the
+//! destination, so a reader of the log knows every output before the record's checkpoint is
+//! in the destination or about to be, and none after it.
+//!
+//! A log is a concatenation of frames, one per record (one HyDFS append each):
+//!
+//! ```text
+//! offset  size  field
+//! 0       2     magic "RC"
+//! 2       1     format version (currently 1)
+//! 3       4     payload length, little endian (at most MAX_RECORD_BYTES)
+//! 7       len   payload: the bincode-encoded Record (fixed-width integers, little endian)
+//! 7+len   4     CRC32C over bytes [0, 7+len)
+//! ```
+//!
+//! Generations: past `compact_records` records the leader starts generation `g+1` with one
+//! [`Record::Full`] (the whole state) and deletes generation `g`; the job's files are deleted
+//! when it ends.
+//!
+//! Invariants kept here:
+//! * a record is whole or rejected: decoding any bytes returns records or a typed
+//!   [`CheckpointError`] naming the offset, never panics, never allocates past the frame limit;
+//! * folding accepts only logs a leader can write: a job record first, then commits whose
+//!   checkpoints, outputs and destination sizes never go backwards;
+//! * a full record followed by the commits after it folds to the same state as the whole
+//!   history it stands for.
+
+use std::collections::BTreeMap;
+
+use bincode::Options;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::job::{Attempt, CheckpointId, JobId, TaskId, TupleCounts};
+use super::message::SourceCheckpoint;
+use crate::id::MemberId;
+use crate::wire::bincode_options as options;
+
+/// The largest accepted record payload, in bytes.
+pub const MAX_RECORD_BYTES: usize = 8 * 1024 * 1024;
+/// The current frame format version.
+pub const CHECKPOINT_VERSION: u8 = 1;
+
+const MAGIC: [u8; 2] = *b"RC";
+const HEADER_BYTES: usize = 7;
+const CRC_BYTES: usize = 4;
+
+/// One entry of a checkpoint log: one atomic HyDFS append.
+/// One task's keyed-state changes: each key's new value, `None` where it was deleted.
+pub type StateChanges = Vec<(String, Option<String>)>;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Record {
+    /// What the job is (the first record of its log).
+    Job { job: JobId, leader: MemberId, spec: String, tasks: u32 },
+    /// The job as of `checkpoint` (`None`: before its first one), written before the commit's
+    /// outputs are appended to the destination.
+    Commit {
+        checkpoint: Option<CheckpointId>,
+        attempt: Attempt,
+        sources: Vec<(TaskId, SourceCheckpoint)>,
+        /// Keyed-state changes since the previous record (`None` deletes).
+        changes: Vec<(TaskId, StateChanges)>,
+        counts: Vec<(TaskId, TupleCounts)>,
+        /// Outputs in the destination, and its length in bytes, once this commit's are in.
+        outputs: u64,
+        dest_bytes: u64,
+        /// The job's last commit: every output is in it.
+        last: bool,
+    },
+    /// The first record of a later generation: the job and its whole state as of `checkpoint`.
+    Full {
+        job: JobId,
+        leader: MemberId,
+        spec: String,
+        tasks: u32,
+        checkpoint: Option<CheckpointId>,
+        sources: Vec<(TaskId, SourceCheckpoint)>,
+        state: Vec<(TaskId, Vec<(String, String)>)>,
+        counts: Vec<(TaskId, TupleCounts)>,
+        outputs: u64,
+        dest_bytes: u64,
+    },
+}
+
+/// Why log bytes or a log history were rejected.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum CheckpointError {
+    #[error("record of {len} payload bytes exceeds the {MAX_RECORD_BYTES}-byte limit")]
+    RecordTooLarge { len: usize },
+    #[error("frame at offset {offset} is truncated: it needs {needed} bytes, {available} remain")]
+    Truncated { offset: usize, needed: usize, available: usize },
+    #[error("bad magic bytes at offset {offset} (not a checkpoint log frame)")]
+    BadMagic { offset: usize },
+    #[error(
+        "frame at offset {offset} has unknown format version {found} (this build reads {CHECKPOINT_VERSION})"
+    )]
+    UnknownVersion { offset: usize, found: u8 },
+    #[error("frame at offset {offset} declares {len} payload bytes, over the {MAX_RECORD_BYTES}-byte limit")]
+    TooLarge { offset: usize, len: usize },
+    #[error("checksum mismatch in the frame at offset {offset}")]
+    BadChecksum { offset: usize },
+    #[error("malformed record in the frame at offset {offset}: {reason}")]
+    Malformed { offset: usize, reason: String },
+    #[error("record {index}: a log starts with the job's record")]
+    NoJob { index: usize },
+    #[error("record {index}: a second job record")]
+    SecondJob { index: usize },
+    #[error("record {index}: it goes backwards ({what})")]
+    Backwards { index: usize, what: &'static str },
+    #[error("record {index} follows the job's last commit")]
+    AfterLast { index: usize },
+}
+
+/// Encodes one record as one frame (one HyDFS append).
+pub fn encode(record: &Record) -> Result<Vec<u8>, CheckpointError> {
+    let too_large = |_| CheckpointError::RecordTooLarge { len: usize::MAX };
+    let len = options(usize::MAX).serialized_size(record).map_err(too_large)? as usize;
+    if len > MAX_RECORD_BYTES {
+        return Err(CheckpointError::RecordTooLarge { len });
+    }
+    let mut frame = Vec::with_capacity(HEADER_BYTES + len + CRC_BYTES);
+    frame.extend_from_slice(&MAGIC);
+    frame.push(CHECKPOINT_VERSION);
+    frame.extend_from_slice(&(len as u32).to_le_bytes());
+    options(MAX_RECORD_BYTES).serialize_into(&mut frame, record).map_err(too_large)?;
+    let crc = crc32c::crc32c(&frame);
+    frame.extend_from_slice(&crc.to_le_bytes());
+    debug_assert_eq!(frame.len(), HEADER_BYTES + len + CRC_BYTES);
+    Ok(frame)
+}
+
+/// Decodes a whole log file. Never panics on any input; an empty file has no records.
+pub fn decode_all(bytes: &[u8]) -> Result<Vec<Record>, CheckpointError> {
+    let mut records = Vec::new();
+    let mut offset = 0;
+    while offset < bytes.len() {
+        let rest = &bytes[offset..];
+        let truncated = |needed| CheckpointError::Truncated { offset, needed, available: rest.len() };
+        if rest.len() < HEADER_BYTES {
+            return Err(truncated(HEADER_BYTES + CRC_BYTES));
+        }
+        if rest[0..2] != MAGIC {
+            return Err(CheckpointError::BadMagic { offset });
+        }
+        if rest[2] != CHECKPOINT_VERSION {
+            return Err(CheckpointError::UnknownVersion { offset, found: rest[2] });
+        }
+        let len = u32::from_le_bytes([rest[3], rest[4], rest[5], rest[6]]) as usize;
+        if len > MAX_RECORD_BYTES {
+            return Err(CheckpointError::TooLarge { offset, len });
+        }
+        let needed = HEADER_BYTES + len + CRC_BYTES;
+        if rest.len() < needed {
+            return Err(truncated(needed));
+        }
+        let (body, trailer) = rest[..needed].split_at(HEADER_BYTES + len);
+        if crc32c::crc32c(body).to_le_bytes() != trailer {
+            return Err(CheckpointError::BadChecksum { offset });
+        }
+        let record = options(len)
+            .deserialize(&body[HEADER_BYTES..])
+            .map_err(|e| CheckpointError::Malformed { offset, reason: e.to_string() })?;
+        records.push(record);
+        offset += needed;
+    }
+    Ok(records)
+}
+
+/// A job as its log says it stands: what a leader resumes it from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogState {
+    pub job: Option<(JobId, MemberId, String, u32)>,
+    pub checkpoint: Option<CheckpointId>,
+    pub attempt: Attempt,
+    pub sources: BTreeMap<TaskId, SourceCheckpoint>,
+    pub state: BTreeMap<TaskId, BTreeMap<String, String>>,
+    pub counts: BTreeMap<TaskId, TupleCounts>,
+    pub outputs: u64,
+    pub dest_bytes: u64,
+    pub last: bool,
+    /// Records applied.
+    pub records: usize,
+}
+
+impl LogState {
+    /// Folds a whole log from the empty state.
+    pub fn fold(records: &[Record]) -> Result<LogState, CheckpointError> {
+        let mut s = LogState::default();
+        records.iter().try_for_each(|r| s.apply(r))?;
+        Ok(s)
+    }
+
+    /// Applies the next record; on error nothing changes.
+    pub fn apply(&mut self, record: &Record) -> Result<(), CheckpointError> {
+        let index = self.records;
+        if self.last {
+            return Err(CheckpointError::AfterLast { index });
+        }
+        match record {
+            Record::Job { job, leader, spec, tasks } => {
+                if self.job.is_some() {
+                    return Err(CheckpointError::SecondJob { index });
+                }
+                self.job = Some((*job, *leader, spec.clone(), *tasks));
+            }
+            Record::Commit { checkpoint, attempt, sources, changes, counts, outputs, dest_bytes, last } => {
+                if self.job.is_none() {
+                    return Err(CheckpointError::NoJob { index });
+                }
+                let backwards = |what| Err(CheckpointError::Backwards { index, what });
+                if *checkpoint < self.checkpoint {
+                    return backwards("checkpoint");
+                }
+                if *outputs < self.outputs || *dest_bytes < self.dest_bytes {
+                    return backwards("destination");
+                }
+                self.checkpoint = *checkpoint;
+                self.attempt = *attempt;
+                self.sources.extend(sources.iter().copied());
+                for (task, changes) in changes {
+                    let state = self.state.entry(*task).or_default();
+                    for (key, value) in changes {
+                        match value {
+                            Some(v) => state.insert(key.clone(), v.clone()),
+                            None => state.remove(key),
+                        };
+                    }
+                }
+                self.counts.extend(counts.iter().copied());
+                self.outputs = *outputs;
+                self.dest_bytes = *dest_bytes;
+                self.last = *last;
+            }
+            Record::Full {
+                job,
+                leader,
+                spec,
+                tasks,
+                checkpoint,
+                sources,
+                state,
+                counts,
+                outputs,
+                dest_bytes,
+            } => {
+                if index != 0 {
+                    return Err(CheckpointError::SecondJob { index });
+                }
+                *self = LogState {
+                    job: Some((*job, *leader, spec.clone(), *tasks)),
+                    checkpoint: *checkpoint,
+                    attempt: 0,
+                    sources: sources.iter().copied().collect(),
+                    state: state.iter().map(|(t, s)| (*t, s.iter().cloned().collect())).collect(),
+                    counts: counts.iter().copied().collect(),
+                    outputs: *outputs,
+                    dest_bytes: *dest_bytes,
+                    last: false,
+                    records: 0,
+                };
+            }
+        }
+        self.records = index + 1;
+        Ok(())
+    }
+
+    /// The record that stands for everything folded so far (a new generation's first).
+    pub fn full(&self) -> Option<Record> {
+        let (job, leader, spec, tasks) = self.job.clone()?;
+        Some(Record::Full {
+            job,
+            leader,
+            spec,
+            tasks,
+            checkpoint: self.checkpoint,
+            sources: self.sources.iter().map(|(t, s)| (*t, *s)).collect(),
+            state: self
+                .state
+                .iter()
+                .map(|(t, s)| (*t, s.iter().map(|(k, v)| (k.clone(), v.clone())).collect()))
+                .collect(),
+            counts: self.counts.iter().map(|(t, c)| (*t, *c)).collect(),
+            outputs: self.outputs,
+            dest_bytes: self.dest_bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rainstorm::input::SourcePos;
+    use proptest::prelude::*;
+
+    const SRC: TaskId = TaskId { stage: 0, index: 0 };
+    const COUNT: TaskId = TaskId { stage: 2, index: 1 };
+
+    fn leader() -> MemberId {
+        MemberId { addr: "10.0.0.1:7000".parse().expect("addr"), join_time: 5 }
+    }
+
+    fn job() -> Record {
+        Record::Job {
+            job: JobId { n: 1, tag: 7 },
+            leader: leader(),
+            spec: "RainStorm a b c d 1".into(),
+            tasks: 1,
+        }
+    }
+
+    fn commit(c: u64, line: u64, changes: Vec<(&str, Option<&str>)>, outputs: u64) -> Record {
+        let changes = changes.into_iter().map(|(k, v)| (k.to_owned(), v.map(str::to_owned))).collect();
+        Record::Commit {
+            checkpoint: Some(c),
+            attempt: 1,
+            sources: vec![(SRC, SourceCheckpoint::At(SourcePos { offset: line * 10, line }))],
+            changes: vec![(COUNT, changes)],
+            counts: vec![(SRC, TupleCounts { consumed: line, emitted: line })],
+            outputs,
+            dest_bytes: outputs * 4,
+            last: false,
+        }
+    }
+
+    fn sample() -> Vec<Record> {
+        vec![
+            job(),
+            commit(1, 5, vec![("a", Some("1"))], 2),
+            commit(3, 9, vec![("a", Some("2")), ("b", Some("1"))], 4),
+            commit(4, 12, vec![("b", None)], 5),
+        ]
+    }
+
+    fn file(records: &[Record]) -> (Vec<u8>, Vec<usize>) {
+        let mut bytes = Vec::new();
+        let mut starts = Vec::new();
+        for r in records {
+            starts.push(bytes.len());
+            bytes.extend(encode(r).expect("encodes"));
+        }
+        (bytes, starts)
+    }
+
+    #[test]
+    fn records_round_trip_and_fold() {
+        let (bytes, _) = file(&sample());
+        assert_eq!(decode_all(&bytes).expect("decodes"), sample());
+        let s = LogState::fold(&sample()).expect("folds");
+        assert_eq!(s.checkpoint, Some(4));
+        assert_eq!(s.state[&COUNT], BTreeMap::from([("a".to_owned(), "2".to_owned())]));
+        assert_eq!(s.sources[&SRC], SourceCheckpoint::At(SourcePos { offset: 120, line: 12 }));
+        assert_eq!((s.outputs, s.dest_bytes, s.records), (5, 20, 4));
+    }
+
+    #[test]
+    fn truncations_and_corruptions_are_rejected() {
+        let (bytes, starts) = file(&sample());
+        for cut in 0..bytes.len() {
+            match starts.iter().position(|&s| s == cut) {
+                Some(n) => assert_eq!(decode_all(&bytes[..cut]).expect("whole records"), sample()[..n]),
+                None => assert!(decode_all(&bytes[..cut]).is_err(), "cut at {cut} accepted"),
+            }
+        }
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x41;
+            assert!(decode_all(&bad).is_err(), "byte {i} flipped and accepted");
+        }
+        let mut bad = bytes.clone();
+        bad[2] = 9;
+        assert_eq!(decode_all(&bad), Err(CheckpointError::UnknownVersion { offset: 0, found: 9 }));
+    }
+
+    #[test]
+    fn histories_a_leader_cannot_write_are_rejected() {
+        assert_eq!(LogState::fold(&[commit(1, 1, vec![], 0)]), Err(CheckpointError::NoJob { index: 0 }));
+        assert_eq!(LogState::fold(&[job(), job()]), Err(CheckpointError::SecondJob { index: 1 }));
+        let back = [job(), commit(3, 1, vec![], 5), commit(2, 2, vec![], 6)];
+        assert_eq!(LogState::fold(&back), Err(CheckpointError::Backwards { index: 2, what: "checkpoint" }));
+        let fewer = [job(), commit(3, 1, vec![], 5), commit(4, 2, vec![], 4)];
+        assert_eq!(LogState::fold(&fewer), Err(CheckpointError::Backwards { index: 2, what: "destination" }));
+        let mut last = commit(5, 3, vec![], 9);
+        if let Record::Commit { last: l, .. } = &mut last {
+            *l = true;
+        }
+        let after = [job(), last, commit(6, 4, vec![], 9)];
+        assert_eq!(LogState::fold(&after), Err(CheckpointError::AfterLast { index: 2 }));
+        // A rejected record changes nothing.
+        let mut s = LogState::fold(&sample()).expect("folds");
+        let before = s.clone();
+        assert!(s.apply(&commit(1, 1, vec![], 0)).is_err());
+        assert_eq!(s, before);
+    }
+
+    proptest! {
+        #[test]
+        fn a_full_record_plus_the_rest_folds_like_the_whole_log(
+            steps in proptest::collection::vec((0u8..4, 0u8..3, any::<bool>()), 0..30),
+            split in any::<prop::sample::Index>(),
+        ) {
+            let mut records = vec![job()];
+            let (mut c, mut outputs) = (0, 0);
+            for (key, step, delete) in steps {
+                c += u64::from(step);
+                outputs += u64::from(step);
+                let value = (!delete).then(|| format!("{c}"));
+                let changes = [(format!("k{key}"), value)];
+                let changes = changes.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
+                records.push(commit(c, c + 1, changes, outputs));
+            }
+            let (bytes, _) = file(&records);
+            prop_assert_eq!(&decode_all(&bytes).expect("decodes"), &records);
+            let whole = LogState::fold(&records).expect("folds");
+            let k = 1 + split.index(records.len());
+            let prefix = LogState::fold(&records[..k]).expect("folds");
+            let mut compacted = vec![prefix.full().expect("has a job")];
+            compacted.extend_from_slice(&records[k..]);
+            let rebuilt = LogState::fold(&compacted).expect("folds");
+            prop_assert_eq!(
+                LogState { records: 0, attempt: 0, ..rebuilt },
+                LogState { records: 0, attempt: 0, ..whole }
+            );
+        }
+
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            let _ = decode_all(&bytes);
+            let mut framed = vec![b'R', b'C', CHECKPOINT_VERSION];
+            framed.extend_from_slice(&bytes);
+            if let Ok(records) = decode_all(&framed) {
+                let _ = LogState::fold(&records);
+            }
+        }
+    }
+}

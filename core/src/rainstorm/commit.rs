@@ -1,0 +1,224 @@
+//! A leader's commits of one job: each complete checkpoint's epoch of outputs goes to the
+//! destination file, after the job's state as of that checkpoint is in the checkpoint log.
+//!
+//! One commit at a time: first a [`Record::Commit`] appended to the log, then the outputs
+//! appended to the destination (one append), then the outputs are reported (the console sees
+//! them). Epochs that complete while a commit is out wait, and the next commit takes all of
+//! them at once (up to a size), so a slow HyDFS makes fewer, larger commits instead of a
+//! queue. Both appends are HyDFS `Persist` writes: retried with one stamp until acknowledged,
+//! never abandoned, so an epoch's outputs land once.
+//!
+//! Invariants kept here:
+//! * epochs are committed in checkpoint order, each once, never before its record is durable;
+//! * the log's records never go backwards (checkpoint, outputs, destination bytes);
+//! * past `compact_records` records the log moves to a new generation starting with one full
+//!   record, and only then is the old generation deleted.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::checkpoint::{encode, LogState, Record};
+use super::job::{Attempt, CheckpointId, JobPlan, TaskId, TupleCounts};
+use super::message::SourceCheckpoint;
+use super::sink::Epoch;
+use super::tuple::Tuple;
+use crate::hydfs::{ClientOp, WriteKind};
+
+/// Outputs of one commit, at most (more wait for the next one), unless one epoch is larger.
+const COMMIT_BYTES: usize = 4 << 20;
+
+/// An epoch whose checkpoint is complete, with the job's state as of it.
+pub(super) struct ReadyEpoch {
+    pub checkpoint: Option<CheckpointId>,
+    pub attempt: Attempt,
+    pub epoch: Epoch,
+    pub sources: BTreeMap<TaskId, SourceCheckpoint>,
+    pub changes: BTreeMap<TaskId, BTreeMap<String, Option<String>>>,
+    pub counts: BTreeMap<TaskId, TupleCounts>,
+    /// The job's last epoch: every output is in it.
+    pub last: bool,
+}
+
+/// What a commit's HyDFS write was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum CommitIo {
+    Record,
+    Output,
+    /// A new log generation was created; the old one can go.
+    Rollover,
+}
+
+enum InFlight {
+    Record(ReadyEpoch),
+    Output(ReadyEpoch),
+    Rollover,
+}
+
+/// Outputs committed just now.
+pub(super) struct Committed {
+    pub tuples: Vec<Tuple>,
+    pub last: bool,
+}
+
+pub(super) struct Commits {
+    ready: VecDeque<ReadyEpoch>,
+    in_flight: Option<InFlight>,
+    /// The log as committed so far, its generation and records in it.
+    log: LogState,
+    generation: u32,
+    compact_records: u32,
+    /// Destination appends since its last merge.
+    pub appends_since_merge: u32,
+    pub merging: Option<u32>,
+    /// The last epoch was committed.
+    pub done: bool,
+}
+
+impl Commits {
+    pub fn new(log: LogState, compact_records: u32) -> Commits {
+        Commits {
+            ready: VecDeque::new(),
+            in_flight: None,
+            log,
+            generation: 0,
+            compact_records: compact_records.max(2),
+            appends_since_merge: 0,
+            merging: None,
+            done: false,
+        }
+    }
+
+    pub fn push(&mut self, epoch: ReadyEpoch) {
+        debug_assert!(!self.done, "an epoch after the last one");
+        debug_assert!(
+            self.ready.back().is_none_or(|r| r.checkpoint <= epoch.checkpoint),
+            "epochs committed out of order"
+        );
+        self.ready.push_back(epoch);
+    }
+
+    /// Outputs committed so far.
+    pub fn outputs(&self) -> u64 {
+        self.log.outputs
+    }
+
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// The newest checkpoint whose outputs are committed.
+    pub fn committed(&self) -> Option<CheckpointId> {
+        self.log.checkpoint
+    }
+
+    /// Output bytes waiting to be committed (or being committed).
+    pub fn waiting_bytes(&self) -> usize {
+        let flight = match &self.in_flight {
+            Some(InFlight::Record(r) | InFlight::Output(r)) => r.epoch.bytes.len(),
+            Some(InFlight::Rollover) | None => 0,
+        };
+        flight + self.ready.iter().map(|r| r.epoch.bytes.len()).sum::<usize>()
+    }
+
+    /// The next write, if none is out: a record for the epochs ready (combined), or a log
+    /// rollover when the generation is full and nothing waits.
+    pub fn next(&mut self, plan: &JobPlan) -> Result<Option<(ClientOp, CommitIo)>, String> {
+        if self.in_flight.is_some() {
+            return Ok(None);
+        }
+        let Some(mut combined) = self.ready.pop_front() else {
+            if self.log.records >= self.compact_records as usize {
+                return self.rollover(plan).map(Some);
+            }
+            return Ok(None);
+        };
+        while combined.epoch.bytes.len() < COMMIT_BYTES {
+            let Some(next) = self.ready.pop_front() else { break };
+            combined = combine(combined, next);
+        }
+        let record = Record::Commit {
+            checkpoint: combined.checkpoint,
+            attempt: combined.attempt,
+            sources: combined.sources.iter().map(|(t, s)| (*t, *s)).collect(),
+            changes: combined.changes.iter().map(|(t, c)| (*t, c.clone().into_iter().collect())).collect(),
+            counts: combined.counts.iter().map(|(t, c)| (*t, *c)).collect(),
+            outputs: self.log.outputs + combined.epoch.tuples.len() as u64,
+            dest_bytes: self.log.dest_bytes + combined.epoch.bytes.len() as u64,
+            last: combined.last,
+        };
+        let bytes = encode(&record).map_err(|e| format!("cannot write the checkpoint log: {e}"))?;
+        self.log.apply(&record).map_err(|e| format!("checkpoint log record refused: {e}"))?;
+        let name = plan.checkpoint_log(self.generation).map_err(|e| e.to_string())?;
+        self.in_flight = Some(InFlight::Record(combined));
+        Ok(Some((ClientOp::Persist { name, kind: WriteKind::Append, data: bytes }, CommitIo::Record)))
+    }
+
+    fn rollover(&mut self, plan: &JobPlan) -> Result<(ClientOp, CommitIo), String> {
+        let full = self.log.full().ok_or("the checkpoint log has no job record")?;
+        let bytes = encode(&full).map_err(|e| format!("cannot write the checkpoint log: {e}"))?;
+        let name = plan.checkpoint_log(self.generation + 1).map_err(|e| e.to_string())?;
+        self.in_flight = Some(InFlight::Rollover);
+        Ok((ClientOp::Persist { name, kind: WriteKind::Create, data: bytes }, CommitIo::Rollover))
+    }
+
+    /// A commit write was acknowledged. Returns the next write of the same commit (the outputs
+    /// after the record), or what was committed; and for a rollover, the old log to delete.
+    pub fn on_done(&mut self, plan: &JobPlan, io: CommitIo) -> Result<Step, String> {
+        match (io, self.in_flight.take()) {
+            (CommitIo::Record, Some(InFlight::Record(epoch))) => {
+                if epoch.epoch.bytes.is_empty() {
+                    return Ok(self.committed_epoch(epoch));
+                }
+                let data = epoch.epoch.bytes.clone();
+                let op = ClientOp::Persist { name: plan.dest.clone(), kind: WriteKind::Append, data };
+                self.in_flight = Some(InFlight::Output(epoch));
+                Ok(Step::Write(op, CommitIo::Output))
+            }
+            (CommitIo::Output, Some(InFlight::Output(epoch))) => {
+                self.appends_since_merge = self.appends_since_merge.saturating_add(1);
+                Ok(self.committed_epoch(epoch))
+            }
+            (CommitIo::Rollover, Some(InFlight::Rollover)) => {
+                let old = plan.checkpoint_log(self.generation).map_err(|e| e.to_string())?;
+                self.generation += 1;
+                self.log.records = 1;
+                Ok(Step::Delete(old))
+            }
+            (io, other) => {
+                self.in_flight = other;
+                Err(format!("a commit answer ({io:?}) that nothing waits for"))
+            }
+        }
+    }
+
+    fn committed_epoch(&mut self, epoch: ReadyEpoch) -> Step {
+        self.done |= epoch.last;
+        Step::Committed(Committed { tuples: epoch.epoch.tuples, last: epoch.last })
+    }
+}
+
+/// What a commit does after a write.
+pub(super) enum Step {
+    Write(ClientOp, CommitIo),
+    Committed(Committed),
+    Delete(crate::hydfs::FileName),
+}
+
+/// Two consecutive epochs as one commit: the later one's positions and counts, the changes of
+/// both (the later ones win), the outputs of both in order.
+fn combine(mut a: ReadyEpoch, b: ReadyEpoch) -> ReadyEpoch {
+    debug_assert!(a.checkpoint <= b.checkpoint && !a.last);
+    a.epoch.bytes.extend(b.epoch.bytes);
+    a.epoch.tuples.extend(b.epoch.tuples);
+    for (task, changes) in b.changes {
+        a.changes.entry(task).or_default().extend(changes);
+    }
+    ReadyEpoch {
+        checkpoint: b.checkpoint,
+        attempt: b.attempt,
+        epoch: a.epoch,
+        sources: b.sources,
+        changes: a.changes,
+        counts: b.counts,
+        last: b.last,
+    }
+}
