@@ -1193,7 +1193,9 @@ mod tests {
     /// The named HyDFS scenario whose connections break while files move, under the given fates
     /// of the stream frames in flight when a connection breaks.
     fn with_breaks(drop: u32, duplicate: u32) -> Report {
-        let mut s = crate::named::hydfs_connections_break_while_files_move(1);
+        // Seed 2: several stream frames are in flight when its partitions begin (under seed 1
+        // the workload's timing leaves next to none on the connections that break).
+        let mut s = crate::named::hydfs_connections_break_while_files_move(2);
         s.net.broken_stream_drop_permille = drop;
         s.net.broken_stream_duplicate_permille = duplicate;
         World::<Node>::new(s, RunOptions::default()).run()
