@@ -81,6 +81,10 @@ pub struct BenchArgs {
     /// `rainstorm-cluster` only: bytes of tuples per batch between tasks [default: the nodes' default, 65536].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4_194_304))]
     batch_bytes: Option<u32>,
+    /// `rainstorm-cluster` only: pace each job's sources at this many input lines per second in
+    /// all (the RainStorm command's `--rate`), for latency figures [default: unpaced].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    rate: Option<u64>,
     /// `rainstorm-cluster` only: time the in-process ceiling and the plain Python loop beside it,
     /// without starting a cluster.
     #[arg(long)]
@@ -102,12 +106,10 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         Benchmark::Hydfs => hydfs::run(scale)?,
         Benchmark::HydfsCluster => hydfs_cluster::run(args.quick, args.size_mib)?,
         Benchmark::Rainstorm => rainstorm::run(scale)?,
-        Benchmark::RainstormCluster => rainstorm_cluster::run(rainstorm_cluster::Plan::new(
-            args.quick,
-            args.sizes,
-            args.batch_bytes,
-            args.ceiling_only,
-        ))?,
+        Benchmark::RainstormCluster => rainstorm_cluster::run(
+            rainstorm_cluster::Plan::new(args.quick, args.sizes, args.batch_bytes, args.ceiling_only)
+                .paced(args.rate),
+        )?,
     }
     Ok(ExitCode::SUCCESS)
 }

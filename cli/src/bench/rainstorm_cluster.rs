@@ -51,6 +51,8 @@ pub struct Plan {
     pub kill_tasks: Vec<u32>,
     /// Only the ceiling and the Python loop: no cluster.
     pub ceiling_only: bool,
+    /// Input lines per second for each job's sources in all (`--rate`), or as fast as they go.
+    pub rate: Option<u64>,
 }
 
 impl Plan {
@@ -63,7 +65,13 @@ impl Plan {
                 .unwrap_or(rainstorm_core::rainstorm::RainstormConfig::default().batch_bytes),
             kill_tasks: vec![3],
             ceiling_only,
+            rate: None,
         }
+    }
+
+    /// The same plan with its jobs' sources paced at `rate` lines/s in all.
+    pub fn paced(self, rate: Option<u64>) -> Plan {
+        Plan { rate, ..self }
     }
 }
 
@@ -118,8 +126,11 @@ pub fn run(plan: Plan) -> Result<()> {
         );
     } else {
         println!(
-            "# RainStorm on a {NODES}-process loopback cluster: sizes {:?} lines, tasks per stage {:?}, batches of {} bytes",
-            plan.sizes, plan.tasks, plan.batch_bytes
+            "# RainStorm on a {NODES}-process loopback cluster: sizes {:?} lines, tasks per stage {:?}, batches of {} bytes, sources {}",
+            plan.sizes,
+            plan.tasks,
+            plan.batch_bytes,
+            plan.rate.map_or_else(|| "unpaced".to_owned(), |r| format!("paced at {r} lines/s in all"))
         );
     }
     println!("(work files in {}; removed at the end)", root.display());
@@ -178,12 +189,23 @@ pub fn run(plan: Plan) -> Result<()> {
                         // 1.5 s in, or 40% into a job that takes less than 3.75 s without kills.
                         let unkilled = rows.last().map_or(f64::INFINITY, |r: &Row| r.secs);
                         let at = KILL_AFTER.min(Duration::from_secs_f64((unkilled * 0.4).max(0.05)));
-                        let row = run_job(&mut own, &root, bin, app, &src, size, tasks, Some(at), expected);
+                        let row = run_job(
+                            &mut own,
+                            &root,
+                            bin,
+                            app,
+                            &src,
+                            size,
+                            tasks,
+                            plan.rate,
+                            Some(at),
+                            expected,
+                        );
                         own.stop();
                         let _ = std::fs::remove_dir_all(root.join("kills"));
                         row?
                     } else {
-                        run_job(cluster, &root, bin, app, &src, size, tasks, None, expected)?
+                        run_job(cluster, &root, bin, app, &src, size, tasks, plan.rate, None, expected)?
                     };
                     print_row(&row, ceiling);
                     rows.push(row);
@@ -300,13 +322,16 @@ fn run_job(
     src: &str,
     lines: u64,
     tasks: u32,
+    rate: Option<u64>,
     kill_after: Option<Duration>,
     expected: &BTreeMap<String, usize>,
 ) -> Result<Row> {
     let kill = kill_after.is_some();
     let dest = format!("bench/{}-{lines}-{tasks}{}.out", app.name, if kill { "-k" } else { "" });
     let op = |(p, a): (&str, &str)| program_word(bin, p, a);
-    let line = format!("RainStorm {} {} {src} {dest} {tasks}", op(app.programs[0]), op(app.programs[1]));
+    let pace = rate.map(|r| format!(" --rate {r}")).unwrap_or_default();
+    let line =
+        format!("RainStorm {} {} {src} {dest} {tasks}{pace}", op(app.programs[0]), op(app.programs[1]));
     let cpu_before = cpu_ticks(cluster);
     let socket = control::socket_path(&cluster.data_dir(LEADER));
     let state = std::sync::Arc::new(std::sync::Mutex::new((None::<String>, None::<Instant>, 0u64)));

@@ -948,6 +948,7 @@ impl LeaderJob {
 
     /// Folds checkpoint `c` into the restore point and queues its epoch for commit.
     fn complete(&mut self, cfg: &RainstormConfig, c: CheckpointId) {
+        debug_assert_eq!(self.pending.keys().next(), Some(&c), "checkpoints complete in order");
         let snapshots = self.pending.remove(&c).unwrap_or_default();
         self.closed.remove(&c);
         self.older = self.restore.clone();

@@ -119,6 +119,10 @@ impl Sink {
         while !self.ended {
             if let Some(c) = self.aligning {
                 if self.inputs.values().all(|i| i.ended || i.blocked) {
+                    debug_assert!(
+                        self.closed.keys().next_back().is_none_or(|last| *last < c),
+                        "epochs close in checkpoint order"
+                    );
                     self.closed.insert(c, std::mem::take(&mut self.open));
                     self.aligning = None;
                     for i in self.inputs.values_mut() {

@@ -308,6 +308,7 @@ impl Task {
     }
 
     fn snapshot(&mut self) -> Snapshot {
+        debug_assert!(self.calls.is_empty(), "a snapshot is taken only with no program call out");
         let changes = std::mem::take(&mut self.changed)
             .into_iter()
             .map(|key| {

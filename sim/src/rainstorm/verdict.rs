@@ -366,9 +366,10 @@ mod tests {
         let findings = judged(&reference, true, &foreign, b"\xff\n\n", false);
         assert_eq!(kinds(&findings), ["duplicate", "mismatch"], "{findings:?}");
         assert!(findings.iter().all(|f| f.to_string().len() < 1000), "{findings:?}");
-        assert!(findings.iter().any(|f| f
-            .to_string()
-            .contains("50 ids not in the reference: x:0, x:1, x:2, x:3, x:4 (and 45 more)")));
+        assert!(
+            findings.iter().any(|f| f.to_string().contains("ids not in the reference: line 0, ")),
+            "{findings:?}"
+        );
         let all = judged(&reference, true, &foreign, b"", true);
         assert_eq!(kinds(&all), ["aggregate", "duplicate", "loss", "mismatch"], "{all:?}");
     }
