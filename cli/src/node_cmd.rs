@@ -155,8 +155,9 @@ async fn run(role: Role, cfg: rainstorm_runtime::config::RuntimeConfig, console:
         Role::Introducer => "introducer",
         Role::Member => "member",
     };
-    let log = match logging::init(&cfg.data_dir, &format!("{name}.log")) {
-        Ok(path) => path,
+    // The guard flushes the log when `run` returns, whichever way.
+    let (log, _log_guard) = match logging::init(&cfg.data_dir, &format!("{name}.log")) {
+        Ok(log) => log,
         Err(e) => return fail(&format!("cannot open the log in {}: {e}", cfg.data_dir.display()), 1),
     };
     let join_wait = Duration::from_millis(

@@ -149,8 +149,12 @@ pub fn run(args: SimArgs) -> Result<ExitCode> {
     }
     if scenario.hydfs.is_some() {
         println!(
-            "stream frames {} ({} bytes, largest {})",
-            report.stats.stream_frames_sent, report.stats.stream_bytes, report.stats.largest_stream_frame
+            "stream frames {} ({} bytes, largest {}); on broken connections {} lost, {} duplicated",
+            report.stats.stream_frames_sent,
+            report.stats.stream_bytes,
+            report.stats.largest_stream_frame,
+            report.stats.stream_frames_lost,
+            report.stats.stream_frames_duplicated
         );
     }
     if report.passed() {
@@ -174,12 +178,17 @@ fn sweep(layer: Layer, start: u64, count: u64, bug: Option<&str>) -> Result<Exit
         seeds.iter().map(|s| plant(layer, layer.scenario(*s), bug)).collect::<Result<Vec<_>>>()?;
     let reports = crate::bench::parallel_map(scenarios, |s| {
         let r = run_membership(&s, &RunOptions::default());
+        let broken = (r.stats.stream_frames_lost, r.stats.stream_frames_duplicated);
         let crashed = r.job.as_ref().map(|j| j.crashes_while_running > 0);
-        (r.scenario.seed, r.stats.events, r.violations.first().map(|v| v.to_string()), crashed)
+        (r.scenario.seed, r.stats.events, broken, r.violations.first().map(|v| v.to_string()), crashed)
     });
+    let (mut lost, mut duplicated, mut touched) = (0, 0, 0);
     let (mut jobs, mut crashed_jobs) = (0u64, 0u64);
-    for (seed, n, violation, crashed) in reports {
+    for (seed, n, broken, violation, crashed) in reports {
         events += n;
+        lost += broken.0;
+        duplicated += broken.1;
+        touched += u64::from(broken != (0, 0));
         if let Some(c) = crashed {
             jobs += 1;
             crashed_jobs += u64::from(c);
@@ -192,6 +201,9 @@ fn sweep(layer: Layer, start: u64, count: u64, bug: Option<&str>) -> Result<Exit
     }
     let wall = started.elapsed().as_secs_f64();
     println!("{events} events in {wall:.1} s ({:.0} events/s)", events as f64 / wall);
+    println!(
+        "stream frames in flight on broken connections: {lost} lost, {duplicated} duplicated (in {touched} seeds)"
+    );
     if jobs > 0 {
         println!(
             "{crashed_jobs} of {jobs} jobs ({:.0}%) saw a node running one of their tasks crash while they ran",

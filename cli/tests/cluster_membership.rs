@@ -341,10 +341,11 @@ fn a_node_flooded_with_garbage_datagrams_keeps_its_membership_and_bounded_memory
             _ => 65_000,
         };
         rng.fill(&mut buf[..len]);
-        if kind != 0 && len >= 8 {
-            buf[..4].copy_from_slice(b"RS\x02\x01");
+        if kind != 0 && len >= 9 {
+            // Magic, version 5, the authenticated flag, the control lane, a length.
+            buf[..5].copy_from_slice(b"RS\x05\x01\x00");
             let declared = if kind == 1 { len as u32 - 40 } else { rng.gen() };
-            buf[4..8].copy_from_slice(&declared.to_le_bytes());
+            buf[5..9].copy_from_slice(&declared.to_le_bytes());
         }
         if socket.send_to(&buf[..len], &target).is_ok() {
             sent += 1;

@@ -36,5 +36,5 @@ pub mod timer;
 pub mod wire;
 
 pub use id::{Incarnation, MemberId, NodeAddr};
-pub use node::{Channel, Node, NodeEvent, Transmit};
+pub use node::{Channel, Lane, Node, NodeEvent, Transmit};
 pub use time::{Millis, Time};

@@ -12,7 +12,16 @@
 //!   (a duplicate or a replay) or that is older than the replay window is counted and dropped;
 //! * a stream request from another node over its sender's rate (`limits`) is dropped and counted
 //!   (`rate_limited`) before it reaches a layer; membership and replies are never rate-limited;
-//! * every frame sent carries the next number of its channel's counter (1, 2, ...);
+//! * every frame sent carries the next number of its (channel, lane) counter (1, 2, ...), and the
+//!   lane of its message ([`Body::lane`]; datagrams are always [`Lane::Control`]);
+//! * a message a layer addresses to this node's own address is handed to that layer inside the
+//!   node: never encoded, sent, numbered, rate-limited or replay-checked, and counted in
+//!   [`NodeStats::frames_local`] only (not as sent or received). Such messages are due at once
+//!   ([`Node::poll_timeout`] is the time of the latest input while any wait) and are delivered in
+//!   rounds by [`Node::handle_timeout`], each round those queued before it, so that a long local
+//!   exchange (a large file read from the replica the node is itself) never holds the driver for
+//!   longer than one round: its datagrams are served in between. All in the same order in every
+//!   driver, since it all happens here;
 //! * every datagram it emits is at most `max_datagram_bytes` long;
 //! * outputs are queued until drained: after each `handle_*` call the driver drains
 //!   [`Node::poll_transmit`] and [`Node::poll_event`], then re-arms from [`Node::poll_timeout`].
@@ -31,7 +40,7 @@ use crate::rainstorm::{
     JobError, JobId, JobSpec, ProgramCall, ProgramResult, Rainstorm, RainstormConfig, RainstormEvent,
     RainstormStats,
 };
-use crate::replay::{FrameSeq, ReplayGuard, Verdict, DEFAULT_MAX_SENDERS};
+use crate::replay::{FrameSeq, ReplayGuard, Verdict, DEFAULT_MAX_WINDOWS};
 use crate::time::Time;
 use crate::wire::{Body, Codec, Envelope};
 use std::collections::{BTreeMap, VecDeque};
@@ -44,16 +53,57 @@ pub enum Channel {
     Stream,
 }
 
-/// Which of a peer's connections a stream frame travels on, so that bulk transfers never delay
-/// what keeps the cluster and its jobs moving.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// Which of a peer's stream connections a frame travels on, by what it carries, so that bulk file
+/// bytes never queue in front of control messages or RainStorm's tuples.
+///
+/// A driver keeps one connection per (peer, lane) and, on the receiving side, serves `Control`
+/// before `Data` before `Bulk` (the order of the variants). Frames of different lanes are
+/// reordered relative to each other, so every lane numbers its frames apart ([`FrameSeq`] per
+/// (channel, lane)) and the replay guard keeps a window per (sender, channel, lane). Datagrams
+/// are always `Control`. Which messages go on which lane: [`Body::lane`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Lane {
-    /// Membership, HyDFS requests and replies without file bytes, RainStorm control.
+    /// Membership; HyDFS requests and replies without file bytes; RainStorm's coordination.
+    #[default]
     Control,
-    /// RainStorm tuples.
+    /// RainStorm's tuple batches.
     Data,
-    /// HyDFS file bytes.
+    /// HyDFS messages carrying file bytes (inline writes, fetched parts, read chunks).
     Bulk,
+}
+
+impl Lane {
+    /// Every lane, in the order a receiver serves them.
+    pub const ALL: [Lane; 3] = [Lane::Control, Lane::Data, Lane::Bulk];
+
+    /// The lane's position in [`Lane::ALL`] (and its byte in the frame header).
+    pub fn index(self) -> usize {
+        match self {
+            Lane::Control => 0,
+            Lane::Data => 1,
+            Lane::Bulk => 2,
+        }
+    }
+
+    /// The lane at `index` of [`Lane::ALL`], if there is one.
+    pub fn from_index(index: usize) -> Option<Lane> {
+        Lane::ALL.get(index).copied()
+    }
+
+    /// A short name, for logs and counters.
+    pub fn name(self) -> &'static str {
+        match self {
+            Lane::Control => "control",
+            Lane::Data => "data",
+            Lane::Bulk => "bulk",
+        }
+    }
+}
+
+impl fmt::Display for Lane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// One encoded frame for the driver to send.
@@ -61,6 +111,8 @@ pub enum Lane {
 pub struct Transmit {
     pub to: NodeAddr,
     pub channel: Channel,
+    /// The stream connection to send it on (always [`Lane::Control`] for datagrams).
+    pub lane: Lane,
     pub payload: Vec<u8>,
 }
 
@@ -89,13 +141,16 @@ pub struct NodeConfig {
     pub codec: Codec,
 }
 
-/// Frame and byte counters.
+/// Frame and byte counters. Frames to this node itself are not frames on the wire: they count
+/// in `frames_local` only.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeStats {
     pub frames_sent: u64,
     pub bytes_sent: u64,
     pub frames_received: u64,
     pub bytes_received: u64,
+    /// Messages a layer addressed to this node's own address, handed to it in-process.
+    pub frames_local: u64,
     /// Rejected frames by cause.
     pub frames_rejected: BTreeMap<&'static str, u64>,
     /// Frames that could not be encoded under their channel's limit (a bug if ever non-zero).
@@ -117,7 +172,7 @@ pub enum CommandOutput {
     SelfId { me: MemberId, incarnation: crate::id::Incarnation, phase: Phase },
     Suspicion(bool),
     Suspected(Vec<MemberView>),
-    Stats { node: NodeStats, membership: MembershipStats, hydfs: HydfsStats, rainstorm: RainstormStats },
+    Stats { node: NodeStats, membership: MembershipStats, hydfs: Box<HydfsStats>, rainstorm: RainstormStats },
     Done(String),
     Help,
 }
@@ -141,7 +196,17 @@ pub enum KeyChangeError {
     NeedsRestart { keyed: bool },
 }
 
+/// A message a layer queued for another node, waiting to be encoded by
+/// [`Node::poll_transmit`].
+struct Outgoing {
+    to: NodeAddr,
+    channel: Channel,
+    body: Body,
+}
+
 pub struct Node {
+    /// The address this node advertises: messages to it are delivered in-process.
+    addr: NodeAddr,
     membership: Membership,
     hydfs: Hydfs,
     rainstorm: Rainstorm,
@@ -150,9 +215,15 @@ pub struct Node {
     codec: Codec,
     /// Present under a cluster key: without one, sequence numbers could be forged anyway.
     replay: Option<ReplayGuard>,
-    /// The numbers of the last frame sent, per channel.
+    /// The numbers of the last frame sent: datagrams, and stream frames per lane.
     sent_datagrams: FrameSeq,
-    sent_stream_frames: FrameSeq,
+    sent_stream_frames: [FrameSeq; Lane::ALL.len()],
+    /// Messages for other nodes, in the order the layers queued them.
+    outbox: VecDeque<Outgoing>,
+    /// Messages to this node itself, waiting for the next round of [`Node::handle_timeout`].
+    local: VecDeque<Body>,
+    /// The time of the latest input (what an in-process delivery found while draining runs at).
+    now: Time,
     max_datagram_bytes: usize,
     stream_frame_bytes: usize,
     rate: RateLimiter,
@@ -176,10 +247,13 @@ impl Node {
         storage: Box<dyn Storage + Send>,
     ) -> Result<Node, StorageError> {
         let max_datagram_bytes = cfg.membership.max_datagram_bytes;
-        let mut replay = cfg.codec.is_authenticated().then(|| ReplayGuard::new(DEFAULT_MAX_SENDERS));
-        if cfg.membership.plants(crate::membership::PlantedBug::ReplayWindowOfOne) {
-            if let Some(guard) = &mut replay {
+        let mut replay = cfg.codec.is_authenticated().then(|| ReplayGuard::new(DEFAULT_MAX_WINDOWS));
+        if let Some(guard) = &mut replay {
+            if cfg.membership.plants(crate::membership::PlantedBug::ReplayWindowOfOne) {
                 guard.plant_window_of_one();
+            }
+            if cfg.membership.plants(crate::membership::PlantedBug::ReplayLanesShareAWindow) {
+                guard.plant_lanes_share_a_window();
             }
         }
         let membership = Membership::new(
@@ -193,13 +267,17 @@ impl Node {
         );
         let hydfs = Hydfs::new(cfg.hydfs, membership.me(), storage, now)?;
         let mut node = Node {
+            addr: cfg.addr,
             membership,
             hydfs,
             rainstorm: Rainstorm::new(cfg.rainstorm),
             rainstorm_ops: BTreeMap::new(),
             replay,
             sent_datagrams: FrameSeq(0),
-            sent_stream_frames: FrameSeq(0),
+            sent_stream_frames: [FrameSeq(0); Lane::ALL.len()],
+            outbox: VecDeque::new(),
+            local: VecDeque::new(),
+            now,
             codec: cfg.codec,
             max_datagram_bytes,
             stream_frame_bytes: cfg.limits.stream_frame_bytes,
@@ -208,6 +286,7 @@ impl Node {
             stats: NodeStats::default(),
         };
         node.sync_ring(now);
+        node.collect_events(now);
         Ok(node)
     }
 
@@ -270,7 +349,7 @@ impl Node {
         match self.codec.decode(frame, limit) {
             Ok(envelope) => {
                 if let Some(guard) = &mut self.replay {
-                    let cause = match guard.check(now, envelope.from, channel, envelope.seq) {
+                    let cause = match guard.check(now, envelope.from, channel, envelope.lane, envelope.seq) {
                         Verdict::Fresh => None,
                         Verdict::Replayed => Some(crate::replay::REPLAYED),
                         Verdict::Stale => Some(crate::replay::STALE),
@@ -286,11 +365,7 @@ impl Node {
                 }
                 self.stats.frames_received += 1;
                 self.stats.bytes_received += frame.len() as u64;
-                match envelope.body {
-                    Body::Membership(msg) => self.membership.handle_message(now, envelope.from, msg),
-                    Body::Hydfs(msg) => self.hydfs.handle_message(now, envelope.from, msg),
-                    Body::Rainstorm(msg) => self.rainstorm.handle_message(now, envelope.from.addr, msg),
-                }
+                self.deliver(now, envelope.from, envelope.body);
                 self.collect_events(now);
             }
             Err(e) => {
@@ -317,8 +392,17 @@ impl Node {
         self.collect_events(now);
     }
 
-    /// Timers due at `now` fire.
+    /// Timers due at `now` fire, after one round of messages to this node itself (those queued
+    /// before this call; what they send to the node waits for the next round).
     pub fn handle_timeout(&mut self, now: Time) {
+        let round = std::mem::take(&mut self.local);
+        if !round.is_empty() {
+            let me = self.membership.me();
+            for body in round {
+                self.deliver(now, me, body);
+            }
+            self.collect_events(now);
+        }
         self.membership.handle_timeout(now);
         self.collect_events(now);
         self.hydfs.handle_timeout(now);
@@ -360,7 +444,7 @@ impl Node {
             Command::Stats => CommandOutput::Stats {
                 node: self.stats.clone(),
                 membership: m.stats(),
-                hydfs: self.hydfs.stats(),
+                hydfs: Box::new(self.hydfs.stats()),
                 rainstorm: self.rainstorm.stats(),
             },
             Command::Help => CommandOutput::Help,
@@ -375,30 +459,63 @@ impl Node {
     /// The next frame to send. Drain until `None` after every input.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if self.outbox.is_empty() {
+            // Every input routes what it produced; this only catches what a layer queued
+            // outside one (nothing today), at the time of the latest input.
+            self.collect_events(self.now);
+        }
+        while let Some(Outgoing { to, channel, body }) = self.outbox.pop_front() {
+            debug_assert_ne!(to, self.addr, "a message to this node itself reached the outbox");
+            let (lane, seq) = match channel {
+                Channel::Datagram => (Lane::Control, &mut self.sent_datagrams),
+                Channel::Stream => {
+                    let lane = body.lane();
+                    (lane, &mut self.sent_stream_frames[lane.index()])
+                }
+            };
+            seq.0 += 1;
+            let envelope = Envelope { from: self.membership.me(), lane, seq: *seq, body };
+            match self.codec.encode(&envelope, self.limit(channel)) {
+                Ok(payload) => {
+                    self.stats.frames_sent += 1;
+                    self.stats.bytes_sent += payload.len() as u64;
+                    return Some(Transmit { to, channel, lane, payload });
+                }
+                Err(_) => self.stats.frames_unsendable += 1,
+            }
+        }
+        None
+    }
+
+    /// Hands a message from `from` (another node, or this one) to its layer.
+    fn deliver(&mut self, now: Time, from: MemberId, body: Body) {
+        match body {
+            Body::Membership(msg) => self.membership.handle_message(now, from, msg),
+            Body::Hydfs(msg) => self.hydfs.handle_message(now, from, msg),
+            Body::Rainstorm(msg) => self.rainstorm.handle_message(now, from.addr, msg),
+        }
+    }
+
+    /// Moves every message the layers queued to the outbox, in layer order (membership, HyDFS,
+    /// RainStorm), except those addressed to this node itself, which wait for the next round of
+    /// [`Node::handle_timeout`].
+    fn route_outgoing(&mut self) {
         loop {
             let (to, channel, body) = match self.membership.poll_outgoing() {
                 Some(out) => (out.to, out.channel, Body::Membership(out.msg)),
                 None => match self.hydfs.poll_outgoing() {
                     Some((to, msg)) => (to, Channel::Stream, Body::Hydfs(msg)),
-                    None => {
-                        let (to, msg) = self.rainstorm.poll_outgoing()?;
-                        (to, Channel::Stream, Body::Rainstorm(msg))
-                    }
+                    None => match self.rainstorm.poll_outgoing() {
+                        Some((to, msg)) => (to, Channel::Stream, Body::Rainstorm(msg)),
+                        None => return,
+                    },
                 },
             };
-            let seq = match channel {
-                Channel::Datagram => &mut self.sent_datagrams,
-                Channel::Stream => &mut self.sent_stream_frames,
-            };
-            seq.0 += 1;
-            let envelope = Envelope { from: self.membership.me(), seq: *seq, body };
-            match self.codec.encode(&envelope, self.limit(channel)) {
-                Ok(payload) => {
-                    self.stats.frames_sent += 1;
-                    self.stats.bytes_sent += payload.len() as u64;
-                    return Some(Transmit { to, channel, payload });
-                }
-                Err(_) => self.stats.frames_unsendable += 1,
+            if to == self.addr {
+                self.stats.frames_local += 1;
+                self.local.push_back(body);
+            } else {
+                self.outbox.push_back(Outgoing { to, channel, body });
             }
         }
     }
@@ -412,7 +529,8 @@ impl Node {
     /// When [`Node::handle_timeout`] must next be called.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Time> {
-        [self.membership.poll_timeout(), self.hydfs.poll_timeout(), self.rainstorm.poll_timeout()]
+        let local = (!self.local.is_empty()).then_some(self.now);
+        [local, self.membership.poll_timeout(), self.hydfs.poll_timeout(), self.rainstorm.poll_timeout()]
             .into_iter()
             .flatten()
             .min()
@@ -434,7 +552,14 @@ impl Node {
             && !self.rate.allow(now, from)
     }
 
+    /// Collects every layer's events and routes every message the layers queued.
     fn collect_events(&mut self, now: Time) {
+        self.now = now;
+        self.collect_layer_events(now);
+        self.route_outgoing();
+    }
+
+    fn collect_layer_events(&mut self, now: Time) {
         let mut membership_changed = false;
         while let Some(e) = self.membership.poll_event() {
             membership_changed = true;
@@ -535,6 +660,7 @@ impl fmt::Display for CommandOutput {
                 writeln!(f, "bytes_sent {}", node.bytes_sent)?;
                 writeln!(f, "frames_received {}", node.frames_received)?;
                 writeln!(f, "bytes_received {}", node.bytes_received)?;
+                writeln!(f, "frames_local {}", node.frames_local)?;
                 // The limits' counters are always shown, other causes once they occur.
                 let mut rejected = node.frames_rejected.clone();
                 for cause in ["oversized", RATE_LIMITED] {

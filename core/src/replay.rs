@@ -1,30 +1,36 @@
 //! Replay protection: which frames of each sender this node has already accepted.
 //!
-//! Every envelope carries its sender's [`FrameSeq`] for its channel: a counter that starts at 1
-//! when the process starts and grows by one per frame sent on that channel, to any peer. Under a
-//! cluster key the sequence number is covered by the frame's HMAC tag, so an attacker can record
-//! and resend a frame but cannot renumber it. The [`ReplayGuard`] keeps, per (sender, channel),
-//! the highest number accepted and a sliding bitmap of the [`REPLAY_WINDOW`] numbers below it
-//! (the anti-replay window of IPsec and WireGuard): frames reordered by fewer than
-//! `REPLAY_WINDOW` positions are still accepted, once each.
+//! Every envelope carries its sender's [`FrameSeq`] for its channel and lane: a counter that
+//! starts at 1 when the process starts and grows by one per frame sent on that channel and lane,
+//! to any peer. Lanes are counted apart because a driver sends each lane on its own connection
+//! and serves received lanes by priority, so frames of different lanes overtake each other by
+//! any amount; within a lane they are reordered only as much as the network reorders. Under a
+//! cluster key the sequence number and the lane are covered by the frame's HMAC tag, so an
+//! attacker can record and resend a frame but cannot renumber it or move it to another lane.
+//! The [`ReplayGuard`] keeps, per (sender, channel, lane), the highest number accepted and a
+//! sliding bitmap of the [`REPLAY_WINDOW`] numbers below it (the anti-replay window of IPsec and
+//! WireGuard): frames reordered by fewer than `REPLAY_WINDOW` positions are still accepted, once
+//! each.
 //!
 //! Invariants kept here:
-//! * a (sender, channel, sequence number) is accepted at most once while the sender is tracked;
-//! * a number `REPLAY_WINDOW` or more below the highest accepted one is refused as stale;
-//! * memory is bounded: at most `max_senders` windows (of `REPLAY_WINDOW / 8` bytes each); when a
-//!   new sender arrives at the bound, the sender heard from longest ago is forgotten.
+//! * a (sender, channel, lane, sequence number) is accepted at most once while the window is
+//!   tracked;
+//! * a number `REPLAY_WINDOW` or more below the highest accepted one of its window is refused as
+//!   stale;
+//! * memory is bounded: at most `max_windows` windows (of `REPLAY_WINDOW / 8` bytes each); when a
+//!   new window is needed at the bound, the window heard from longest ago is forgotten.
 //!
 //! A restarted process is a new member id, so its counter starting again at 1 is a new window.
 //! What the guard cannot see: a frame recorded from a sender that was forgotten (more than
 //! `max_senders` senders since), or recorded before this node itself restarted.
 
 use crate::id::MemberId;
-use crate::node::Channel;
+use crate::node::{Channel, Lane};
 use crate::time::Time;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// A sender's per-channel frame counter (starts at 1).
+/// A sender's frame counter for one channel and lane (starts at 1).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct FrameSeq(pub u64);
 
@@ -32,8 +38,9 @@ pub struct FrameSeq(pub u64);
 pub const REPLAY_WINDOW: u64 = 4096;
 const WORDS: usize = (REPLAY_WINDOW / 64) as usize;
 
-/// The default number of (sender, channel) windows kept.
-pub const DEFAULT_MAX_SENDERS: usize = 1024;
+/// The default number of (sender, channel, lane) windows kept: a sender uses at most four
+/// (datagrams, and the three lanes of the stream channel), so this tracks 1,024 busy senders.
+pub const DEFAULT_MAX_WINDOWS: usize = 4096;
 
 /// The cause under which a replayed frame is counted in the node's `frames_rejected`.
 pub const REPLAYED: &str = "replayed";
@@ -98,15 +105,22 @@ impl Window {
 
 /// Remembers which frames each sender has had accepted.
 pub struct ReplayGuard {
-    windows: BTreeMap<(MemberId, Channel), Window>,
-    max_senders: usize,
+    windows: BTreeMap<(MemberId, Channel, Lane), Window>,
+    max_windows: usize,
     /// A planted bug: refuse any frame numbered below the highest accepted one.
     refuse_reordered: bool,
+    /// A planted bug: one window per (sender, channel), whatever the lane.
+    lanes_share_a_window: bool,
 }
 
 impl ReplayGuard {
-    pub fn new(max_senders: usize) -> ReplayGuard {
-        ReplayGuard { windows: BTreeMap::new(), max_senders: max_senders.max(1), refuse_reordered: false }
+    pub fn new(max_windows: usize) -> ReplayGuard {
+        ReplayGuard {
+            windows: BTreeMap::new(),
+            max_windows: max_windows.max(1),
+            refuse_reordered: false,
+            lanes_share_a_window: false,
+        }
     }
 
     /// The planted bug the simulator's wire checker must catch (see `PlantedBug`).
@@ -114,10 +128,23 @@ impl ReplayGuard {
         self.refuse_reordered = true;
     }
 
-    /// Judges frame `seq` of `from` on `channel` at `now`, and marks it accepted if fresh.
-    pub fn check(&mut self, now: Time, from: MemberId, channel: Channel, seq: FrameSeq) -> Verdict {
-        let key = (from, channel);
-        if !self.windows.contains_key(&key) && self.windows.len() >= self.max_senders {
+    /// The planted bug the `node_messages` check's replay model must catch.
+    pub(crate) fn plant_lanes_share_a_window(&mut self) {
+        self.lanes_share_a_window = true;
+    }
+
+    /// Judges frame `seq` of `from` on `channel` and `lane` at `now`, and marks it accepted if
+    /// fresh.
+    pub fn check(
+        &mut self,
+        now: Time,
+        from: MemberId,
+        channel: Channel,
+        lane: Lane,
+        seq: FrameSeq,
+    ) -> Verdict {
+        let key = (from, channel, if self.lanes_share_a_window { Lane::Control } else { lane });
+        if !self.windows.contains_key(&key) && self.windows.len() >= self.max_windows {
             let quietest = self.windows.iter().min_by_key(|(_, w)| w.last_seen).map(|(k, _)| *k);
             if let Some(k) = quietest {
                 self.windows.remove(&k);
@@ -131,10 +158,11 @@ impl ReplayGuard {
         if verdict == Verdict::Fresh {
             window.last_seen = now;
         }
+        debug_assert!(self.windows.len() <= self.max_windows, "more windows than the bound");
         verdict
     }
 
-    /// How many (sender, channel) windows are kept.
+    /// How many (sender, channel, lane) windows are kept.
     pub fn tracked(&self) -> usize {
         self.windows.len()
     }
@@ -154,10 +182,18 @@ mod tests {
         let mut g = ReplayGuard::new(8);
         let a = member(1);
         for seq in [5, 1, 3, 2, 4, 6] {
-            assert_eq!(g.check(Time(0), a, Channel::Datagram, FrameSeq(seq)), Verdict::Fresh, "{seq}");
+            assert_eq!(
+                g.check(Time(0), a, Channel::Datagram, Lane::Control, FrameSeq(seq)),
+                Verdict::Fresh,
+                "{seq}"
+            );
         }
         for seq in 1..=6 {
-            assert_eq!(g.check(Time(0), a, Channel::Datagram, FrameSeq(seq)), Verdict::Replayed, "{seq}");
+            assert_eq!(
+                g.check(Time(0), a, Channel::Datagram, Lane::Control, FrameSeq(seq)),
+                Verdict::Replayed,
+                "{seq}"
+            );
         }
     }
 
@@ -165,60 +201,93 @@ mod tests {
     fn numbers_behind_the_window_are_stale_and_channels_and_senders_are_separate() {
         let mut g = ReplayGuard::new(8);
         let (a, b) = (member(1), member(2));
-        assert_eq!(g.check(Time(0), a, Channel::Stream, FrameSeq(REPLAY_WINDOW + 10)), Verdict::Fresh);
-        assert_eq!(g.check(Time(0), a, Channel::Stream, FrameSeq(10)), Verdict::Stale);
-        assert_eq!(g.check(Time(0), a, Channel::Stream, FrameSeq(11)), Verdict::Fresh);
-        assert_eq!(g.check(Time(0), a, Channel::Datagram, FrameSeq(10)), Verdict::Fresh);
-        assert_eq!(g.check(Time(0), b, Channel::Stream, FrameSeq(10)), Verdict::Fresh);
+        assert_eq!(
+            g.check(Time(0), a, Channel::Stream, Lane::Control, FrameSeq(REPLAY_WINDOW + 10)),
+            Verdict::Fresh
+        );
+        assert_eq!(g.check(Time(0), a, Channel::Stream, Lane::Control, FrameSeq(10)), Verdict::Stale);
+        assert_eq!(g.check(Time(0), a, Channel::Stream, Lane::Control, FrameSeq(11)), Verdict::Fresh);
+        assert_eq!(g.check(Time(0), a, Channel::Datagram, Lane::Control, FrameSeq(10)), Verdict::Fresh);
+        assert_eq!(g.check(Time(0), b, Channel::Stream, Lane::Control, FrameSeq(10)), Verdict::Fresh);
+    }
+
+    #[test]
+    fn lanes_are_separate_windows() {
+        let mut g = ReplayGuard::new(8);
+        let a = member(1);
+        // Bulk frames held back behind a long run of control frames are still fresh, and a
+        // number is accepted once per lane.
+        assert_eq!(
+            g.check(Time(0), a, Channel::Stream, Lane::Control, FrameSeq(REPLAY_WINDOW + 5)),
+            Verdict::Fresh
+        );
+        for lane in [Lane::Data, Lane::Bulk] {
+            assert_eq!(g.check(Time(0), a, Channel::Stream, lane, FrameSeq(1)), Verdict::Fresh, "{lane}");
+            assert_eq!(g.check(Time(0), a, Channel::Stream, lane, FrameSeq(1)), Verdict::Replayed, "{lane}");
+        }
+        assert_eq!(g.check(Time(0), a, Channel::Stream, Lane::Control, FrameSeq(1)), Verdict::Stale);
+        assert_eq!(g.tracked(), 3);
     }
 
     #[test]
     fn a_jump_forward_forgets_the_numbers_it_passed_over() {
         let mut g = ReplayGuard::new(8);
         let a = member(1);
-        assert_eq!(g.check(Time(0), a, Channel::Datagram, FrameSeq(1)), Verdict::Fresh);
+        assert_eq!(g.check(Time(0), a, Channel::Datagram, Lane::Control, FrameSeq(1)), Verdict::Fresh);
         // Number 1 + REPLAY_WINDOW shares number 1's bit; it must not read as a replay.
-        assert_eq!(g.check(Time(0), a, Channel::Datagram, FrameSeq(1 + REPLAY_WINDOW)), Verdict::Fresh);
-        assert_eq!(g.check(Time(0), a, Channel::Datagram, FrameSeq(2)), Verdict::Fresh);
-        assert_eq!(g.check(Time(0), a, Channel::Datagram, FrameSeq(1)), Verdict::Stale);
+        assert_eq!(
+            g.check(Time(0), a, Channel::Datagram, Lane::Control, FrameSeq(1 + REPLAY_WINDOW)),
+            Verdict::Fresh
+        );
+        assert_eq!(g.check(Time(0), a, Channel::Datagram, Lane::Control, FrameSeq(2)), Verdict::Fresh);
+        assert_eq!(g.check(Time(0), a, Channel::Datagram, Lane::Control, FrameSeq(1)), Verdict::Stale);
     }
 
     #[test]
     fn memory_is_bounded_and_the_quietest_sender_goes_first() {
         let mut g = ReplayGuard::new(3);
         for port in 1..=3 {
-            g.check(Time(port as u64), member(port), Channel::Datagram, FrameSeq(1));
+            g.check(Time(port as u64), member(port), Channel::Datagram, Lane::Control, FrameSeq(1));
         }
-        g.check(Time(10), member(1), Channel::Datagram, FrameSeq(2));
-        g.check(Time(11), member(4), Channel::Datagram, FrameSeq(1));
+        g.check(Time(10), member(1), Channel::Datagram, Lane::Control, FrameSeq(2));
+        g.check(Time(11), member(4), Channel::Datagram, Lane::Control, FrameSeq(1));
         assert_eq!(g.tracked(), 3);
         // Member 2 (heard from at time 2) was forgotten; member 1 was not.
-        assert_eq!(g.check(Time(12), member(1), Channel::Datagram, FrameSeq(2)), Verdict::Replayed);
-        assert_eq!(g.check(Time(12), member(2), Channel::Datagram, FrameSeq(1)), Verdict::Fresh);
+        assert_eq!(
+            g.check(Time(12), member(1), Channel::Datagram, Lane::Control, FrameSeq(2)),
+            Verdict::Replayed
+        );
+        assert_eq!(
+            g.check(Time(12), member(2), Channel::Datagram, Lane::Control, FrameSeq(1)),
+            Verdict::Fresh
+        );
     }
 
     proptest! {
-        /// Against a model that remembers every number: fresh exactly when unseen and within the
-        /// window of the highest number accepted so far.
+        /// Against a model that remembers every number of every lane: fresh exactly when unseen
+        /// and within the window of the highest number accepted so far on that lane.
         #[test]
-        fn matches_a_model_that_remembers_everything(seqs in proptest::collection::vec(0u64..10_000, 0..400)) {
+        fn matches_a_model_that_remembers_everything(
+            seqs in proptest::collection::vec((0usize..3, 0u64..10_000), 0..400),
+        ) {
             let mut g = ReplayGuard::new(4);
-            let mut seen = std::collections::BTreeSet::new();
-            let mut highest = 0u64;
-            for s in seqs {
-                let expected = if s > highest {
+            let mut seen = [(); 3].map(|_| std::collections::BTreeSet::new());
+            let mut highest = [0u64; 3];
+            for (lane, s) in seqs {
+                let expected = if s > highest[lane] {
                     Verdict::Fresh
-                } else if highest - s >= REPLAY_WINDOW {
+                } else if highest[lane] - s >= REPLAY_WINDOW {
                     Verdict::Stale
-                } else if seen.contains(&s) {
+                } else if seen[lane].contains(&s) {
                     Verdict::Replayed
                 } else {
                     Verdict::Fresh
                 };
-                prop_assert_eq!(g.check(Time(0), member(1), Channel::Stream, FrameSeq(s)), expected, "seq {}", s);
+                let judged = g.check(Time(0), member(1), Channel::Stream, Lane::ALL[lane], FrameSeq(s));
+                prop_assert_eq!(judged, expected, "lane {} seq {}", lane, s);
                 if expected == Verdict::Fresh {
-                    seen.insert(s);
-                    highest = highest.max(s);
+                    seen[lane].insert(s);
+                    highest[lane] = highest[lane].max(s);
                 }
             }
         }

@@ -3,12 +3,17 @@
 //! ```text
 //! offset  size  field
 //! 0       2     magic "RS"
-//! 2       1     format version (currently 4)
+//! 2       1     format version (currently 5)
 //! 3       1     flags: bit 0 set = trailer is an HMAC-SHA256 tag, clear = CRC32C
-//! 4       4     payload length, little endian
-//! 8       len   payload: the bincode-encoded [`Envelope`] (fixed-width integers, little endian)
-//! 8+len   4|32  trailer over bytes [0, 8+len): CRC32C, or HMAC-SHA256 under the cluster key
+//! 4       1     lane: 0 control, 1 data, 2 bulk (always 0 on datagrams)
+//! 5       4     payload length, little endian
+//! 9       len   payload: the bincode-encoded [`Envelope`] (fixed-width integers, little endian)
+//! 9+len   4|32  trailer over bytes [0, 9+len): CRC32C, or HMAC-SHA256 under the cluster key
 //! ```
+//!
+//! The lane sits in the header, outside the payload, so that a driver can route a received
+//! frame to its lane's queue ([`frame_lane`]) without decoding it; the trailer covers it like
+//! every other header byte.
 //!
 //! Invariants kept here:
 //! * decoding any byte string returns a value or a typed [`WireError`], never panics, and never
@@ -16,12 +21,14 @@
 //! * a frame never exceeds the limit its channel sets ([`MAX_DATAGRAM_BYTES`] for UDP);
 //! * with a cluster key, a frame without a valid tag under one of the accepted keys is rejected;
 //!   without one, a tagged frame is rejected (a node never silently ignores authentication);
-//! * every envelope carries its sender's per-channel [`FrameSeq`], inside the authenticated
-//!   bytes, so a receiver can refuse replays ([`crate::replay`]).
+//! * every envelope carries its sender's per-(channel, lane) [`FrameSeq`] and its lane, inside
+//!   the authenticated bytes, so a receiver can refuse replays ([`crate::replay`]);
+//! * a decoded envelope's lane is the one its header names (an unknown lane byte is refused).
 
 use crate::hydfs::HydfsMsg;
 use crate::id::MemberId;
 use crate::membership::MembershipMsg;
+use crate::node::Lane;
 use crate::rainstorm::RainstormMsg;
 use crate::replay::FrameSeq;
 use bincode::Options;
@@ -37,20 +44,29 @@ pub const MAX_STREAM_FRAME_BYTES: usize = 16 * 1024 * 1024;
 ///
 /// Version 2 added the frame sequence number (replay protection) and RainStorm's task counts;
 /// version 3 HyDFS part metadata with line ends (`PartMeta::newlines`, `ends_with_newline`);
-/// version 4 HyDFS deletes (`Delete`, `Remove`) and read-your-writes grouped by file (`Needs`).
-pub const WIRE_VERSION: u8 = 4;
+/// version 4 HyDFS deletes (`Delete`, `Remove`) and read-your-writes grouped by file (`Needs`);
+/// version 5 the lane byte in the header, with frame numbers counted per (channel, lane).
+pub const WIRE_VERSION: u8 = 5;
 
 const MAGIC: [u8; 2] = *b"RS";
-const HEADER_BYTES: usize = 8;
+/// Magic, version, flags, lane, payload length.
+const HEADER_BYTES: usize = 9;
+const LANE_OFFSET: usize = 4;
+const LENGTH_OFFSET: usize = 5;
 const CRC_BYTES: usize = 4;
 const TAG_BYTES: usize = 32;
 const FLAG_AUTHENTICATED: u8 = 0b0000_0001;
 
-/// Every message on the wire: who sent it and what it says.
+/// Every message on the wire: who sent it, on which lane, and what it says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
     pub from: MemberId,
-    /// The sender's count of frames sent on this frame's channel.
+    /// The lane it travels on. Written to the frame header, not to the payload (so
+    /// [`payload_size`] and [`canonical_bytes`] leave it out); [`Codec::decode`] sets it from
+    /// the header.
+    #[serde(skip)]
+    pub lane: Lane,
+    /// The sender's count of frames sent on this frame's channel and lane.
     pub seq: FrameSeq,
     pub body: Body,
 }
@@ -61,6 +77,28 @@ pub enum Body {
     Membership(MembershipMsg),
     Hydfs(HydfsMsg),
     Rainstorm(RainstormMsg),
+}
+
+impl Body {
+    /// The lane this message travels on (see [`Lane`]): membership on `Control`, and each layer
+    /// classifies its own messages ([`HydfsMsg::lane`], [`RainstormMsg::lane`]).
+    pub fn lane(&self) -> Lane {
+        match self {
+            Body::Membership(_) => Lane::Control,
+            Body::Hydfs(msg) => msg.lane(),
+            Body::Rainstorm(msg) => msg.lane(),
+        }
+    }
+}
+
+/// The lane a frame's header names, read without a key and without decoding: what a driver
+/// routes received stream frames by. `None` when the header is not a current RainStorm header
+/// or names no lane (the node will refuse such a frame).
+pub fn frame_lane(frame: &[u8]) -> Option<Lane> {
+    if frame.len() < HEADER_BYTES || frame[0..2] != MAGIC || frame[2] != WIRE_VERSION {
+        return None;
+    }
+    Lane::from_index(usize::from(frame[LANE_OFFSET]))
 }
 
 /// Why a frame was rejected.
@@ -76,6 +114,8 @@ pub enum WireError {
     UnsupportedVersion { found: u8 },
     #[error("unknown flag bits {0:#04x}")]
     UnknownFlags(u8),
+    #[error("unknown lane {0}")]
+    UnknownLane(u8),
     #[error("length field says {declared} payload bytes but the frame holds {actual}")]
     LengthMismatch { declared: usize, actual: usize },
     #[error("checksum mismatch (corrupt frame)")]
@@ -99,6 +139,7 @@ impl WireError {
             WireError::BadMagic => "bad_magic",
             WireError::UnsupportedVersion { .. } => "bad_version",
             WireError::UnknownFlags(_) => "bad_flags",
+            WireError::UnknownLane(_) => "bad_lane",
             WireError::LengthMismatch { .. } => "bad_length",
             WireError::BadChecksum => "bad_checksum",
             WireError::Unauthenticated => "unauthenticated",
@@ -228,6 +269,7 @@ impl Codec {
         frame.extend_from_slice(&MAGIC);
         frame.push(WIRE_VERSION);
         frame.push(if self.keys.is_empty() { 0 } else { FLAG_AUTHENTICATED });
+        frame.push(envelope.lane.index() as u8);
         frame.extend_from_slice(&(payload_len as u32).to_le_bytes());
         bincode_options(usize::MAX)
             .serialize_into(&mut frame, envelope)
@@ -237,15 +279,16 @@ impl Codec {
         Ok(frame)
     }
 
-    /// A frame around `payload` taken as it is, valid or not as an [`Envelope`], with this
-    /// codec's header flags and trailer (CRC32C, or the tag under the current key): the frame
-    /// checks pass, so [`Codec::decode`] hands `payload` to the payload decoder. For tests and
-    /// fuzzing; nodes frame envelopes with [`Codec::encode`].
-    pub fn frame_raw(&self, payload: &[u8]) -> Vec<u8> {
+    /// A frame on `lane` around `payload` taken as it is, valid or not as an [`Envelope`], with
+    /// this codec's header flags and trailer (CRC32C, or the tag under the current key): the
+    /// frame checks pass, so [`Codec::decode`] hands `payload` to the payload decoder. For tests
+    /// and fuzzing; nodes frame envelopes with [`Codec::encode`].
+    pub fn frame_raw(&self, lane: Lane, payload: &[u8]) -> Vec<u8> {
         let mut frame = Vec::with_capacity(HEADER_BYTES + payload.len() + self.trailer_bytes());
         frame.extend_from_slice(&MAGIC);
         frame.push(WIRE_VERSION);
         frame.push(if self.keys.is_empty() { 0 } else { FLAG_AUTHENTICATED });
+        frame.push(lane.index() as u8);
         frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         frame.extend_from_slice(payload);
         self.seal(&mut frame);
@@ -270,8 +313,8 @@ impl Codec {
 
     /// The checks of a frame's header and size that need no key and no hashing: what a driver
     /// can run on every datagram as it arrives, to drop garbage before it queues. Returns the
-    /// payload length the header declares.
-    pub fn precheck(&self, frame: &[u8], limit: usize) -> Result<usize, WireError> {
+    /// payload length the header declares and the lane the header names.
+    pub fn precheck(&self, frame: &[u8], limit: usize) -> Result<(usize, Lane), WireError> {
         if frame.len() > limit {
             return Err(WireError::TooLarge { len: frame.len(), limit });
         }
@@ -295,18 +338,21 @@ impl Codec {
             (true, true) => return Err(WireError::UnexpectedTag),
             _ => {}
         }
+        let lane = Lane::from_index(usize::from(frame[LANE_OFFSET]))
+            .ok_or(WireError::UnknownLane(frame[LANE_OFFSET]))?;
         let trailer = if authenticated { TAG_BYTES } else { CRC_BYTES };
-        let declared = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]) as usize;
+        let length = &frame[LENGTH_OFFSET..HEADER_BYTES];
+        let declared = u32::from_le_bytes([length[0], length[1], length[2], length[3]]) as usize;
         let actual = frame.len().saturating_sub(HEADER_BYTES + trailer);
         if frame.len() < HEADER_BYTES + trailer || declared != actual {
             return Err(WireError::LengthMismatch { declared, actual });
         }
-        Ok(declared)
+        Ok((declared, lane))
     }
 
     /// Decodes one frame of at most `limit` bytes. Never panics on any input.
     pub fn decode(&self, frame: &[u8], limit: usize) -> Result<Envelope, WireError> {
-        let declared = self.precheck(frame, limit)?;
+        let (declared, lane) = self.precheck(frame, limit)?;
         let authenticated = frame[3] & FLAG_AUTHENTICATED != 0;
         let (body, tail) = frame.split_at(HEADER_BYTES + declared);
         if authenticated {
@@ -324,9 +370,10 @@ impl Codec {
                 return Err(WireError::BadChecksum);
             }
         }
-        bincode_options(limit)
+        let envelope: Envelope = bincode_options(limit)
             .deserialize(&body[HEADER_BYTES..])
-            .map_err(|e| WireError::Malformed(e.to_string()))
+            .map_err(|e| WireError::Malformed(e.to_string()))?;
+        Ok(Envelope { lane, ..envelope })
     }
 }
 
@@ -339,6 +386,7 @@ mod tests {
     fn sample() -> Envelope {
         Envelope {
             from: MemberId::new("127.0.0.1:7000".parse().unwrap(), 42),
+            lane: Lane::Control,
             seq: FrameSeq(1),
             body: Body::Membership(MembershipMsg::Ack { seq: ProbeSeq(7), updates: vec![] }),
         }
@@ -382,11 +430,67 @@ mod tests {
     #[test]
     fn a_framed_payload_is_the_plain_encoding_of_its_envelope() {
         let env = sample();
-        let frame = Codec::plain().frame_raw(&canonical_bytes(&env));
+        let frame = Codec::plain().frame_raw(Lane::Control, &canonical_bytes(&env));
         assert_eq!(frame, Codec::plain().encode(&env, MAX_DATAGRAM_BYTES).unwrap());
         assert_eq!(Codec::plain().decode(&frame, MAX_DATAGRAM_BYTES), Ok(env));
-        let junk = Codec::plain().frame_raw(b"\xff\xff");
+        let junk = Codec::plain().frame_raw(Lane::Control, b"\xff\xff");
         assert!(matches!(Codec::plain().decode(&junk, MAX_DATAGRAM_BYTES), Err(WireError::Malformed(_))));
+    }
+
+    #[test]
+    fn the_lane_travels_in_the_header_under_the_trailer() {
+        for codec in [Codec::plain(), Codec::keyed(ClusterKey::from_passphrase("k"), vec![])] {
+            for lane in Lane::ALL {
+                let env = Envelope { lane, ..sample() };
+                let frame = codec.encode(&env, MAX_DATAGRAM_BYTES).unwrap();
+                assert_eq!(frame_lane(&frame), Some(lane));
+                assert_eq!(codec.precheck(&frame, MAX_DATAGRAM_BYTES).map(|(_, l)| l), Ok(lane));
+                assert_eq!(codec.decode(&frame, MAX_DATAGRAM_BYTES).unwrap(), env);
+                // The payload does not hold the lane: two lanes, one payload.
+                assert_eq!(frame.len(), payload_size(&env) + codec.overhead());
+                // Moving a frame to another lane breaks its trailer.
+                let mut moved = frame.clone();
+                moved[LANE_OFFSET] = ((lane.index() + 1) % Lane::ALL.len()) as u8;
+                let refused = codec.decode(&moved, MAX_DATAGRAM_BYTES).unwrap_err();
+                assert!(matches!(refused, WireError::BadChecksum | WireError::BadTag), "{refused:?}");
+            }
+        }
+        let mut unknown = Codec::plain().frame_raw(Lane::Control, &canonical_bytes(&sample()));
+        unknown[LANE_OFFSET] = 3;
+        assert_eq!(frame_lane(&unknown), None);
+        assert_eq!(Codec::plain().decode(&unknown, MAX_DATAGRAM_BYTES), Err(WireError::UnknownLane(3)));
+        let mut old = Codec::plain().encode(&sample(), MAX_DATAGRAM_BYTES).unwrap();
+        old[2] = WIRE_VERSION - 1;
+        assert_eq!(frame_lane(&old), None, "an older version's header names no lane");
+        assert_eq!(frame_lane(b"RS"), None);
+    }
+
+    #[test]
+    fn each_message_kind_has_its_lane() {
+        use crate::hydfs::{HydfsMsg, PartBytes, PartMeta, Refusal};
+        let ack = Body::Membership(MembershipMsg::Ack { seq: ProbeSeq(7), updates: vec![] });
+        assert_eq!(ack.lane(), Lane::Control);
+        let part = PartBytes { meta: PartMeta::of(&[1, 2]), bytes: vec![1, 2] };
+        let chunk = HydfsMsg::FetchReply { req: 1, result: Ok(part) };
+        assert_eq!(Body::Hydfs(chunk).lane(), Lane::Bulk);
+        let refused = HydfsMsg::FetchReply { req: 1, result: Err(Refusal::NotFound) };
+        assert_eq!(Body::Hydfs(refused).lane(), Lane::Control);
+        assert_eq!(Body::Hydfs(HydfsMsg::Inventory { req: 1 }).lane(), Lane::Control);
+        use crate::rainstorm::message::{Batch, LinkMsg};
+        use crate::rainstorm::{JobId, RainstormMsg, TaskId};
+        let link = |msg| RainstormMsg::Link {
+            job: JobId { n: 1, tag: 2 },
+            attempt: 1,
+            from: TaskId { stage: 1, index: 0 },
+            to: TaskId { stage: 2, index: 0 },
+            msg,
+        };
+        // Barriers and the end are numbered among the tuples of their link: the same lane.
+        for batch in [Batch::Tuples(Vec::new()), Batch::Barrier(3), Batch::End] {
+            assert_eq!(Body::Rainstorm(link(LinkMsg::Batch { seq: 1, batch })).lane(), Lane::Data);
+        }
+        let ack = link(LinkMsg::Ack { upto: 1 });
+        assert_eq!(Body::Rainstorm(ack).lane(), Lane::Control);
     }
 
     #[test]
@@ -413,7 +517,7 @@ mod tests {
 
         #[test]
         fn valid_header_with_arbitrary_payload_never_panics(payload in proptest::collection::vec(any::<u8>(), 0..1300)) {
-            let mut frame = b"RS\x02\x00".to_vec();
+            let mut frame = vec![b'R', b'S', WIRE_VERSION, 0, 0];
             frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
             frame.extend_from_slice(&payload);
             let crc = crc32c::crc32c(&frame);

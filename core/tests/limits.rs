@@ -157,7 +157,7 @@ fn a_long_name_is_refused_with_the_limit_and_counted() {
 
 /// A frame from `from` to a node: a HyDFS `Stat` request, or a membership `Ack`.
 fn frame(from: usize, body: Body) -> Vec<u8> {
-    let envelope = Envelope { from: MemberId::new(addr(from), 1), seq: FrameSeq(1), body };
+    let envelope = Envelope { from: MemberId::new(addr(from), 1), lane: body.lane(), seq: FrameSeq(1), body };
     Codec::plain().encode(&envelope, 64 << 20).expect("encodes")
 }
 

@@ -12,7 +12,7 @@ use rainstorm_core::wire::{
     canonical_bytes, payload_size, Body, ClusterKey, Codec, WireError, MAX_DATAGRAM_BYTES,
     MAX_STREAM_FRAME_BYTES,
 };
-use rainstorm_core::MemberId;
+use rainstorm_core::{Lane, MemberId};
 use std::net::SocketAddr;
 
 /// `envelope_decode`: any bytes as a whole frame, plain and keyed.
@@ -66,18 +66,19 @@ pub fn sender() -> MemberId {
     MemberId::new(SocketAddr::from(([127, 0, 0, 1], 7001)), 1_000)
 }
 
-/// A plain frame from `from` (frame number 1) whose body is `layer`'s variant holding
-/// `message`, bytes as given.
+/// A plain frame on the control lane from `from` (frame number 1) whose body is `layer`'s
+/// variant holding `message`, bytes as given.
 pub fn layer_frame(layer: Layer, from: MemberId, message: &[u8]) -> Vec<u8> {
-    layer_frame_with(&Codec::plain(), layer, from, FrameSeq(1), message)
+    layer_frame_with(&Codec::plain(), layer, from, Lane::Control, FrameSeq(1), message)
 }
 
-/// A frame from `from`, numbered `seq` and framed by `codec` (signed under its current key, if
-/// any), whose body is `layer`'s variant holding `message`, bytes as given.
+/// A frame from `from` on `lane`, numbered `seq` and framed by `codec` (signed under its current
+/// key, if any), whose body is `layer`'s variant holding `message`, bytes as given.
 pub fn layer_frame_with(
     codec: &Codec,
     layer: Layer,
     from: MemberId,
+    lane: Lane,
     seq: FrameSeq,
     message: &[u8],
 ) -> Vec<u8> {
@@ -85,7 +86,7 @@ pub fn layer_frame_with(
     payload.extend_from_slice(&canonical_bytes(&seq));
     payload.extend_from_slice(&layer.tag().to_le_bytes());
     payload.extend_from_slice(message);
-    codec.frame_raw(&payload)
+    codec.frame_raw(lane, &payload)
 }
 
 /// The encoding of the message inside `body`: what a layer target's input is.

@@ -7,12 +7,15 @@
 //! * every datagram is at most the configured `max_datagram_bytes`, every frame decodes under
 //!   its channel's limit and names the node as its sender, and no frame was unsendable (the
 //!   simulator's **bounded** checker);
+//! * no frame goes to the node's own address (those messages are delivered in-process), and
+//!   every frame is on its message's lane (datagrams on the control lane), its header saying so;
 //! * every frame fed is counted once, as received or as rejected, in [`Node::stats`];
 //! * timers make progress: once due timers have run, [`Node::poll_timeout`] is later than `now`
 //!   within a few rounds;
 //! * under a cluster key, the replay guard judges every authentic frame as a model that
-//!   remembers every (sender, channel, number) accepted does: a number seen before is refused as
-//!   replayed, one [`REPLAY_WINDOW`] or more below the highest as stale, any other is delivered;
+//!   remembers every (sender, channel, lane, number) accepted does: a number seen before is
+//!   refused as replayed, one [`REPLAY_WINDOW`] or more below the highest of its lane as stale,
+//!   any other is delivered;
 //! * the node never lists itself as a member (nor reports itself joining);
 //! * membership queues stay within the simulator's [`queue_bound`] of the member ids the node
 //!   can have heard of (each takes at least [`MIN_ID_BYTES`] bytes of a frame);
@@ -34,7 +37,7 @@ use rainstorm_core::node::{CommandError, NodeConfig, NodeStats};
 use rainstorm_core::rainstorm::{JobSpec, OperatorSpec, ProgramResult, RainstormConfig};
 use rainstorm_core::replay::{FrameSeq, Verdict, REPLAYED, REPLAY_WINDOW, STALE};
 use rainstorm_core::wire::{canonical_bytes, ClusterKey, Codec};
-use rainstorm_core::{Channel, MemberId, Node, NodeAddr, NodeEvent, Time};
+use rainstorm_core::{Channel, Lane, MemberId, Node, NodeAddr, NodeEvent, Time};
 use rainstorm_sim::check::queue_bound;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -71,10 +74,11 @@ pub fn peer_id(peer: u8) -> MemberId {
 pub enum Step {
     /// Op 0 (bit 3: stream): a `u16` length, then that many bytes delivered as they are.
     Raw { channel: Channel, frame: Vec<u8> },
-    /// Op 1 (bit 3: stream; bits 4-5: layer; bits 6-7: [`SeqChoice`]): a peer byte, the
-    /// offset of [`SeqChoice::Offset`], a `u16` length, then the message bytes, delivered in a
-    /// valid frame from [`peer_id`]`(peer)` (signed under [`KEY`] in a keyed script).
-    Message { layer: Layer, channel: Channel, peer: u8, seq: SeqChoice, bytes: Vec<u8> },
+    /// Op 1 (bit 3: stream; bits 4-5: layer; bits 6-7: [`SeqChoice`]): a peer byte, a lane
+    /// byte (its value modulo 3 indexes [`Lane::ALL`]), the offset of [`SeqChoice::Offset`], a
+    /// `u16` length, then the message bytes, delivered in a valid frame on that lane from
+    /// [`peer_id`]`(peer)` (signed under [`KEY`] in a keyed script).
+    Message { layer: Layer, channel: Channel, peer: u8, lane: Lane, seq: SeqChoice, bytes: Vec<u8> },
     /// Op 2: a length byte, then a console line (UTF-8, lossily).
     Command(String),
     /// Op 3: a `u16` of milliseconds to let pass, then the timers fire.
@@ -91,7 +95,7 @@ pub enum Step {
 }
 
 /// The frame number a [`Step::Message`] carries, from the numbers the script used before for
-/// the same sender and channel: what drives the replay guard of a keyed node.
+/// the same sender, channel and lane: what drives the replay guard of a keyed node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SeqChoice {
     /// One above the highest number used (1 at first): what an honest sender sends.
@@ -191,6 +195,7 @@ impl Script {
                 1 => {
                     let layer = Layer::ALL[usize::from((op >> 4) & 0b11) % Layer::ALL.len()];
                     let peer = r.byte().unwrap_or(0);
+                    let lane = Lane::ALL[usize::from(r.byte().unwrap_or(0)) % Lane::ALL.len()];
                     let seq = match op >> 6 {
                         0 => SeqChoice::Next,
                         1 => SeqChoice::Repeat,
@@ -198,7 +203,7 @@ impl Script {
                         _ => SeqChoice::Jump,
                     };
                     let len = r.u16();
-                    Step::Message { layer, channel: channel(op), peer, seq, bytes: r.bytes(len.into()) }
+                    Step::Message { layer, channel: channel(op), peer, lane, seq, bytes: r.bytes(len.into()) }
                 }
                 2 => {
                     let len = r.byte().unwrap_or(0);
@@ -231,13 +236,14 @@ impl Script {
                     out.push(channel_bit(*channel));
                     with_len(&mut out, frame);
                 }
-                Step::Message { layer, channel, peer, seq, bytes } => {
+                Step::Message { layer, channel, peer, lane, seq, bytes } => {
                     let layer = match layer {
                         Layer::Membership => 0,
                         Layer::Hydfs => 1,
                         Layer::Rainstorm => 2,
                     };
                     out.extend([1 | channel_bit(*channel) | layer << 4 | seq.bits() << 6, *peer]);
+                    out.push(lane.index() as u8);
                     if let SeqChoice::Offset(d) = seq {
                         out.extend_from_slice(&d.to_le_bytes());
                     }
@@ -262,27 +268,32 @@ impl Script {
     }
 }
 
-/// A keyed script whose frames from one peer come reordered, replayed, and older than the replay
-/// window: numbers 1, 2, 4098 (a jump), 4097 (reordered), 4097 (replayed), 3 (the oldest the
-/// window holds), 2 (stale), 4099. A seed of the corpus, and what tests drive the check with.
+/// A keyed script whose stream frames from one peer come reordered, replayed, and older than the
+/// replay window: numbers 1, 2, 4098 (a jump), 4097 (reordered), 4097 (replayed), 3 (the oldest
+/// the window holds), 2 (stale), 4099 on the control lane; then, on the bulk lane, numbers 1 and
+/// 1 again (fresh, since each lane has its own window, then replayed). A seed of the corpus, and
+/// what tests drive the check with.
 pub fn reordered_and_stale_script() -> Script {
     let bytes = canonical_bytes(&MembershipMsg::SyncDigest { digest: 1 });
-    let message = |seq| Step::Message {
+    let message = |lane, seq| Step::Message {
         layer: Layer::Membership,
-        channel: Channel::Datagram,
+        channel: Channel::Stream,
         peer: 3,
+        lane,
         seq,
         bytes: bytes.clone(),
     };
     let steps = vec![
-        message(SeqChoice::Next),
-        message(SeqChoice::Next),
-        message(SeqChoice::Jump),
-        message(SeqChoice::Offset(-1)),
-        message(SeqChoice::Repeat),
-        message(SeqChoice::Offset(-4095)),
-        message(SeqChoice::Offset(-4096)),
-        message(SeqChoice::Next),
+        message(Lane::Control, SeqChoice::Next),
+        message(Lane::Control, SeqChoice::Next),
+        message(Lane::Control, SeqChoice::Jump),
+        message(Lane::Control, SeqChoice::Offset(-1)),
+        message(Lane::Control, SeqChoice::Repeat),
+        message(Lane::Control, SeqChoice::Offset(-4095)),
+        message(Lane::Control, SeqChoice::Offset(-4096)),
+        message(Lane::Control, SeqChoice::Next),
+        message(Lane::Bulk, SeqChoice::Next),
+        message(Lane::Bulk, SeqChoice::Repeat),
         Step::Advance { ms: 1_000 },
     ];
     Script { member: false, suspicion: true, keyed: true, steps }
@@ -296,10 +307,10 @@ struct Run {
     max_datagram_bytes: usize,
     stream_frame_bytes: usize,
     frames_fed: u64,
-    /// The (last, highest) frame numbers the script used, per sender and channel.
-    numbers: BTreeMap<(MemberId, Channel), (u64, u64)>,
-    /// The model of the replay guard: the numbers accepted, per sender and channel.
-    accepted: BTreeMap<(MemberId, Channel), BTreeSet<u64>>,
+    /// The (last, highest) frame numbers the script used, per sender, channel and lane.
+    numbers: BTreeMap<(MemberId, Channel, Lane), (u64, u64)>,
+    /// The model of the replay guard: the numbers accepted, per sender, channel and lane.
+    accepted: BTreeMap<(MemberId, Channel, Lane), BTreeSet<u64>>,
     /// Member ids the node can have heard of or held itself (an upper bound).
     ids_ever: usize,
     /// Operator-program calls not answered yet: token and tuple count.
@@ -361,12 +372,12 @@ impl Run {
         let now = self.now;
         match step {
             Step::Raw { channel, frame } => self.feed(channel, &frame),
-            Step::Message { layer, channel, peer, seq, bytes } => {
+            Step::Message { layer, channel, peer, lane, seq, bytes } => {
                 let from = peer_id(peer);
-                let used = self.numbers.entry((from, channel)).or_default();
+                let used = self.numbers.entry((from, channel, lane)).or_default();
                 let number = seq.pick(*used);
                 *used = (number, used.1.max(number));
-                let frame = layer_frame_with(&self.codec, layer, from, FrameSeq(number), &bytes);
+                let frame = layer_frame_with(&self.codec, layer, from, lane, FrameSeq(number), &bytes);
                 self.feed(channel, &frame)
             }
             Step::Command(line) => {
@@ -427,7 +438,7 @@ impl Run {
         self.ids_ever += frame.len() / MIN_ID_BYTES;
         let expected = match self.codec.decode(frame, self.limit(channel)) {
             Ok(envelope) if self.codec.is_authenticated() => {
-                Some(self.judge(envelope.from, channel, envelope.seq))
+                Some(self.judge(envelope.from, channel, envelope.lane, envelope.seq))
             }
             _ => None,
         };
@@ -444,9 +455,10 @@ impl Run {
         assert_eq!(judged, expected, "the replay guard's verdict on a {channel:?} frame");
     }
 
-    /// The model's verdict on frame `seq` of `from` on `channel`, marked accepted if fresh.
-    fn judge(&mut self, from: MemberId, channel: Channel, seq: FrameSeq) -> Verdict {
-        let accepted = self.accepted.entry((from, channel)).or_default();
+    /// The model's verdict on frame `seq` of `from` on `channel` and `lane`, marked accepted if
+    /// fresh.
+    fn judge(&mut self, from: MemberId, channel: Channel, lane: Lane, seq: FrameSeq) -> Verdict {
+        let accepted = self.accepted.entry((from, channel, lane)).or_default();
         let highest = accepted.last().copied().unwrap_or(0);
         let verdict = if seq.0 <= highest && highest - seq.0 >= REPLAY_WINDOW {
             Verdict::Stale
@@ -518,6 +530,9 @@ impl Run {
             assert!(t.payload.len() <= limit, "a {:?} frame of {} bytes", t.channel, t.payload.len());
             let envelope = self.codec.decode(&t.payload, limit).expect("the node's own frames decode");
             assert_eq!(envelope.from, me, "a frame names another sender");
+            assert_ne!(t.to, me.addr, "a frame to the node itself left the node");
+            let lane = if t.channel == Channel::Stream { envelope.body.lane() } else { Lane::Control };
+            assert_eq!((t.lane, envelope.lane), (lane, lane), "a {:?} frame on another lane", envelope.body);
         }
         while let Some(event) = self.node.poll_event() {
             match event {

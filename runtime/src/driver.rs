@@ -2,24 +2,27 @@
 //!
 //! Sockets, the console and the control socket send [`Input`]s through channels; the task feeds
 //! them to the node with the current time, sends every frame the node emits (UDP datagrams
-//! directly, stream frames through one long-lived TCP connection per peer), hands operator-program
-//! calls to the [`ProgramHost`], sends a job's events (its outputs included) to the command that
-//! started it, logs and broadcasts every other event (job outputs go only to that command and the
-//! job record, so a large job cannot flood subscribers), and sleeps until the node's next
-//! deadline.
+//! directly, stream frames through one long-lived TCP connection per peer and lane:
+//! [`crate::streams`]), hands operator-program calls to the [`ProgramHost`], sends a job's events
+//! (its outputs included) to the command that started it, logs and broadcasts every other event
+//! (job outputs go only to that command and the job record, so a large job cannot flood
+//! subscribers), and sleeps until the node's next deadline.
 //!
 //! Invariants: after every input all outputs are drained before the task waits again; datagrams
-//! and commands are served before stream frames (bulk transfers never delay membership); at most
-//! [`STREAM_QUEUE_FRAMES`] received stream frames wait for the node, so a fast sender is slowed
-//! by TCP instead of growing this process's memory.
+//! and commands are served before stream frames, and received stream frames control lane first,
+//! then data, then bulk (bulk transfers never delay membership, HyDFS requests or RainStorm's
+//! tuples); at most [`STREAM_QUEUE_FRAMES`] received stream frames wait per lane, so a fast
+//! sender is slowed by TCP instead of growing this process's memory.
 
 use crate::clock::Clock;
 use crate::config::RuntimeConfig;
 use crate::files::{Progress, Sink};
 use crate::jobs::{JobBook, Streamed};
-use crate::net::{read_frame, write_frame, Incoming};
+use crate::net::Incoming;
 use crate::programs::ProgramHost;
 use crate::storage::FileStorage;
+pub use crate::streams::STREAM_QUEUE_FRAMES;
+use crate::streams::{lane_queues, LaneQueues, Writers};
 use rainstorm_core::command::{Command, FileCommand};
 use rainstorm_core::hydfs::{ClientOp, HydfsError, HydfsEvent, OpId, OpOutput, RingId, StorageError};
 use rainstorm_core::membership::{MembershipEvent, Role};
@@ -34,26 +37,16 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
-
-/// How long a stream connection attempt may take before the send counts as failed.
-const STREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long one frame may take to write before the connection counts as broken.
-const STREAM_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// A peer connection with nothing to send for this long is closed.
-const STREAM_IDLE: Duration = Duration::from_secs(60);
-/// Received stream frames waiting for the node task (each at most one chunk plus headers).
-pub const STREAM_QUEUE_FRAMES: usize = 8;
 
 /// What reaches the node task.
 pub enum Input {
     Datagram(Vec<u8>),
     /// Datagrams the receiving task refused by their header, by cause, since its last report.
     DatagramsRefused(BTreeMap<&'static str, u64>),
-    StreamFrame(Vec<u8>),
     /// Start a HyDFS operation; a download's chunks go to `sink`.
     Submit {
         op: ClientOp,
@@ -257,12 +250,12 @@ pub async fn start(cfg: RuntimeConfig) -> Result<StartedNode, StartError> {
         let _ = node.handle_command(now, Command::Join);
     }
     let (tx, rx) = mpsc::channel(1024);
-    let (stream_tx, stream_rx) = mpsc::channel(STREAM_QUEUE_FRAMES);
+    let (lane_tx, lanes) = lane_queues(STREAM_QUEUE_FRAMES);
     let (events, first_rx) = broadcast::channel(4096);
     let udp = Arc::new(udp);
     let precheck = (cfg.codec(), cfg.membership.max_datagram_bytes);
     tokio::spawn(receive_datagrams(udp.clone(), tx.clone(), precheck));
-    tokio::spawn(accept_streams(tcp, stream_tx, cfg.limits.stream_frame_bytes));
+    tokio::spawn(crate::streams::accept(tcp, lane_tx, cfg.limits.stream_frame_bytes));
     let handle = NodeHandle {
         tx: tx.clone(),
         events: events.clone(),
@@ -276,11 +269,10 @@ pub async fn start(cfg: RuntimeConfig) -> Result<StartedNode, StartError> {
         node,
         clock,
         udp,
-        tx,
         events,
         drop_rng: ChaCha8Rng::seed_from_u64(seed ^ 0xd20b),
+        writers: Writers::new(tx),
         cfg,
-        peers: BTreeMap::new(),
         ops: BTreeMap::new(),
         programs: ProgramHost::new(programs, &data_dir, tx_programs),
         book: JobBook::default(),
@@ -295,7 +287,7 @@ pub async fn start(cfg: RuntimeConfig) -> Result<StartedNode, StartError> {
         }),
         watchers: BTreeMap::new(),
     };
-    let task = tokio::spawn(task.run(rx, stream_rx));
+    let task = tokio::spawn(task.run(rx, lanes));
     Ok(StartedNode { handle, events: first_rx, task })
 }
 
@@ -339,43 +331,15 @@ async fn receive_datagrams(udp: Arc<UdpSocket>, tx: mpsc::Sender<Input>, (codec,
     }
 }
 
-async fn accept_streams(listener: TcpListener, tx: mpsc::Sender<Incoming>, limit: usize) {
-    loop {
-        let Ok((mut stream, peer)) = listener.accept().await else { continue };
-        let _ = stream.set_nodelay(true);
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            loop {
-                match read_frame(&mut stream, limit).await {
-                    Ok(Some(incoming)) => {
-                        if let Incoming::Oversized { len, limit } = &incoming {
-                            warn!(%peer, len, limit, "stream frame over the limit (limits.stream_frame_bytes) dropped");
-                        }
-                        if tx.send(incoming).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => return,
-                    Err(e) => {
-                        debug!(%peer, error = %e, "stream closed");
-                        return;
-                    }
-                }
-            }
-        });
-    }
-}
-
 struct NodeTask {
     node: Node,
     clock: Clock,
     udp: Arc<UdpSocket>,
-    tx: mpsc::Sender<Input>,
     events: broadcast::Sender<NodeEvent>,
     drop_rng: ChaCha8Rng,
     cfg: RuntimeConfig,
-    /// One writer task (one TCP connection) per peer that frames were sent to recently.
-    peers: BTreeMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>,
+    /// One writer task (one TCP connection) per peer and lane that frames were sent to recently.
+    writers: Writers,
     /// HyDFS operations started from a command, waiting for their result.
     ops: BTreeMap<OpId, PendingOp>,
     /// The operator programs of the task incarnations this node hosts.
@@ -401,7 +365,7 @@ struct PendingOp {
 }
 
 impl NodeTask {
-    async fn run(mut self, mut rx: mpsc::Receiver<Input>, mut streams: mpsc::Receiver<Incoming>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Input>, mut lanes: LaneQueues) {
         let mut stopping: Option<(tokio::time::Instant, oneshot::Sender<()>)> = None;
         loop {
             self.drain().await;
@@ -429,7 +393,6 @@ impl NodeTask {
                                 self.node.record_rejected(cause, n);
                             }
                         }
-                        Input::StreamFrame(bytes) => self.node.handle_frame(now, Channel::Stream, &bytes),
                         Input::Submit { op, sink, reply } => self.submit(now, op, sink, reply),
                         Input::Inspect { what, reply } => {
                             let _ = reply.send(self.inspect(&what));
@@ -466,7 +429,8 @@ impl NodeTask {
                 _ = sleep => {
                     self.node.handle_timeout(self.clock.now());
                 }
-                Some(incoming) = streams.recv() => match incoming {
+                // Control frames before data frames before bulk frames (`LaneQueues::recv`).
+                Some((_, incoming)) = lanes.recv() => match incoming {
                     Incoming::Frame(frame) => self.node.handle_frame(self.clock.now(), Channel::Stream, &frame),
                     Incoming::Oversized { .. } => self.node.record_rejected("oversized", 1),
                 },
@@ -730,80 +694,8 @@ impl NodeTask {
                     debug!(to = %t.to, error = %e, "UDP send failed");
                 }
             }
-            Channel::Stream => {
-                let mut frame = t.payload;
-                if let Some(writer) = self.peers.get(&t.to) {
-                    match writer.send(frame) {
-                        Ok(()) => return,
-                        Err(mpsc::error::SendError(f)) => frame = f, // the writer closed: start another
-                    }
-                }
-                let (writer, rx) = mpsc::unbounded_channel();
-                let _ = writer.send(frame);
-                self.peers.insert(t.to, writer);
-                tokio::spawn(peer_writer(t.to, rx, self.tx.clone()));
-            }
+            Channel::Stream => self.writers.send(t.to, t.lane, t.payload),
         }
-    }
-}
-
-/// Writes frames to one peer over one TCP connection, reconnecting after a failure. Frames that
-/// cannot be written are reported as failed sends; the node's own timeouts and retries recover.
-async fn peer_writer(to: SocketAddr, mut rx: mpsc::UnboundedReceiver<Vec<u8>>, tx: mpsc::Sender<Input>) {
-    let mut conn: Option<TcpStream> = None;
-    loop {
-        let frame = match tokio::time::timeout(STREAM_IDLE, rx.recv()).await {
-            Ok(Some(frame)) => frame,
-            Ok(None) => return,
-            Err(_) if conn.is_some() => {
-                conn = None; // idle: close the connection, keep the writer
-                continue;
-            }
-            Err(_) => {
-                // Idle without a connection: stop, after sending anything that raced in.
-                rx.close();
-                while let Ok(frame) = rx.try_recv() {
-                    write_one(to, &mut conn, &frame, &tx).await;
-                }
-                return;
-            }
-        };
-        write_one(to, &mut conn, &frame, &tx).await;
-    }
-}
-
-async fn write_one(to: SocketAddr, conn: &mut Option<TcpStream>, frame: &[u8], tx: &mpsc::Sender<Input>) {
-    // A peer that restarted closed our old connection: its kernel answered with FIN/RST. A
-    // frame written into such a socket is accepted locally and lost, so check first and
-    // reconnect (the peer never writes on this connection, so any readable state means closed).
-    if let Some(stream) = conn.as_ref() {
-        let mut probe = [0u8; 1];
-        match stream.try_read(&mut probe) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            _ => *conn = None,
-        }
-    }
-    let result = async {
-        if conn.is_none() {
-            let stream = tokio::time::timeout(STREAM_CONNECT_TIMEOUT, TcpStream::connect(to))
-                .await
-                .map_err(|_| format!("connecting to {to} timed out"))?
-                .map_err(|e| format!("cannot connect to {to}: {e}"))?;
-            let _ = stream.set_nodelay(true);
-            *conn = Some(stream);
-        }
-        let stream = conn.as_mut().expect("connected above");
-        match tokio::time::timeout(STREAM_WRITE_TIMEOUT, write_frame(stream, frame)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("sending to {to}: {e}")),
-            Err(_) => Err(format!("sending to {to} timed out")),
-        }
-    }
-    .await;
-    if let Err(error) = result {
-        *conn = None;
-        debug!(%to, %error, "stream send failed");
-        let _ = tx.send(Input::SendFailed { to, error }).await;
     }
 }
 
@@ -885,7 +777,8 @@ fn log_event(event: &NodeEvent) {
     }
 }
 
-/// One log line per RainStorm event (outputs are streamed to the console, not logged).
+/// One log line per RainStorm event (outputs are streamed to the console, not logged; per-batch
+/// lines are at DEBUG).
 fn log_rainstorm_event(event: &rainstorm_core::rainstorm::RainstormEvent) {
     use rainstorm_core::rainstorm::RainstormEvent as E;
     match event {
@@ -946,7 +839,7 @@ fn log_rainstorm_event(event: &rainstorm_core::rainstorm::RainstormEvent) {
     }
 }
 
-/// One log line per HyDFS event worth an operator's attention.
+/// One log line per HyDFS event worth an operator's attention (per-request lines at DEBUG).
 fn log_hydfs_event(event: &rainstorm_core::hydfs::HydfsEvent) {
     use rainstorm_core::hydfs::HydfsEvent;
     match event {
@@ -954,11 +847,12 @@ fn log_hydfs_event(event: &rainstorm_core::hydfs::HydfsEvent) {
             warn!(event = "hydfs_op_failed", op, "operation {op} failed: {e}")
         }
         HydfsEvent::OpDone { .. } | HydfsEvent::WriteCommitted { .. } | HydfsEvent::ReadData { .. } => {}
+        // Per request: debug only (`hydfs_op` says at INFO when a command completes).
         HydfsEvent::Handled { what, name, from } => {
-            info!(event = "hydfs_request", what, %name, %from, "{what} {name} (from {from})")
+            debug!(event = "hydfs_request", what, %name, %from, "{what} {name} (from {from})")
         }
         HydfsEvent::MergeCommitted { name, replicas, .. } => {
-            info!(event = "merged", %name, replicas = replicas.len(), "merged {name} on {} replicas", replicas.len())
+            debug!(event = "merged", %name, replicas = replicas.len(), "merged {name} on {} replicas", replicas.len())
         }
         HydfsEvent::CorruptionDetected { name, stamp, part } => {
             warn!(event = "corrupt_block", %name, %stamp, part, "corrupt block of {name} detected; fetching it again")
@@ -976,30 +870,81 @@ fn log_hydfs_event(event: &rainstorm_core::hydfs::HydfsEvent) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rainstorm_core::hydfs::FileName;
+    use rainstorm_core::rainstorm::TaskId;
+    use std::sync::{Arc, Mutex};
+    use tracing::field::{Field, Visit};
+    use tracing_subscriber::layer::{Context, SubscriberExt};
 
-    /// A peer that restarts on the same address closes our old connection: the next frame must
-    /// reach the new process, not vanish into the closed socket.
-    #[tokio::test]
-    async fn a_frame_after_the_peer_restarted_reaches_the_new_process() {
-        let first = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let to = first.local_addr().unwrap();
-        let (tx, mut failures) = mpsc::channel(8);
-        let mut conn = None;
-        write_one(to, &mut conn, b"one", &tx).await;
-        let (mut accepted, _) = first.accept().await.unwrap();
-        assert_eq!(read_frame(&mut accepted, 64).await.unwrap().unwrap(), Incoming::Frame(b"one".to_vec()));
-        // The peer process dies: its sockets close.
-        drop(accepted);
-        drop(first);
-        let second = TcpListener::bind(to).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        write_one(to, &mut conn, b"two", &tx).await;
-        let (mut accepted, _) = tokio::time::timeout(Duration::from_secs(5), second.accept())
-            .await
-            .expect("reconnected")
-            .unwrap();
-        let frame = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut accepted, 64)).await;
-        assert_eq!(frame.expect("frame arrives").unwrap().unwrap(), Incoming::Frame(b"two".to_vec()));
-        assert!(failures.try_recv().is_err(), "nothing was reported lost");
+    /// Records the level, target and `event` field of every event.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<(tracing::Level, String, String)>>>);
+
+    struct EventField(String);
+
+    impl Visit for EventField {
+        fn record_str(&mut self, field: &Field, value: &str) {
+            if field.name() == "event" {
+                self.0 = value.to_string();
+            }
+        }
+        fn record_debug(&mut self, _: &Field, _: &dyn std::fmt::Debug) {}
+    }
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Recorder {
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            let mut field = EventField(String::new());
+            event.record(&mut field);
+            let meta = event.metadata();
+            self.0.lock().unwrap().push((*meta.level(), meta.target().to_string(), field.0));
+        }
+    }
+
+    fn logged(events: &[NodeEvent]) -> Vec<(tracing::Level, String, String)> {
+        let recorder = Recorder::default();
+        let subscriber = tracing_subscriber::registry().with(recorder.clone());
+        tracing::subscriber::with_default(subscriber, || events.iter().for_each(log_event));
+        let lines = recorder.0.lock().unwrap().clone();
+        lines
+    }
+
+    #[test]
+    fn per_request_and_per_batch_lines_are_debug_and_what_an_operator_follows_is_info() {
+        let from: SocketAddr = "127.0.0.1:7001".parse().unwrap();
+        let name = FileName::new("f").unwrap();
+        let job = JobId { n: 1, tag: 7 };
+        let task = TaskId { stage: 0, index: 0 };
+        let member = rainstorm_core::MemberId::new(from, 5);
+        let events = [
+            NodeEvent::Hydfs(HydfsEvent::Handled { what: "append", name: name.clone(), from }),
+            NodeEvent::Hydfs(HydfsEvent::MergeCommitted {
+                name: name.clone(),
+                replicas: vec![from],
+                merged_hash: 1,
+            }),
+            NodeEvent::Rainstorm(RainstormEvent::SourceSent { job, task, attempt: 1, first: 1, last: 64 }),
+            NodeEvent::Rainstorm(RainstormEvent::TaskStarted { job, task, attempt: 1, resumed: false }),
+            NodeEvent::Rainstorm(RainstormEvent::TaskCompleted { job, task }),
+            NodeEvent::Rainstorm(RainstormEvent::JobCompleted { job, outputs: 3, restarts: 0 }),
+            NodeEvent::Membership(MembershipEvent::MemberFailed {
+                member,
+                cause: rainstorm_core::membership::FailureCause::NoAck,
+            }),
+        ];
+        let lines = logged(&events);
+        let level = |event: &str| {
+            lines
+                .iter()
+                .find(|(_, _, e)| e == event)
+                .map(|(l, t, _)| (*l, t.clone()))
+                .unwrap_or_else(|| panic!("no {event} line"))
+        };
+        assert_eq!(level("hydfs_request").0, tracing::Level::DEBUG);
+        assert_eq!(level("merged").0, tracing::Level::DEBUG);
+        assert_eq!(level("source_sent").0, tracing::Level::DEBUG);
+        assert_eq!(level("task_started").0, tracing::Level::INFO);
+        assert_eq!(level("task_completed").0, tracing::Level::INFO);
+        assert_eq!(level("job_completed").0, tracing::Level::INFO);
+        assert_eq!(level("failed").0, tracing::Level::WARN);
     }
 }

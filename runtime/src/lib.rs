@@ -9,6 +9,7 @@
 //! * [`config`]: the TOML/flag configuration and its validation;
 //! * [`clock`]: the OS clock as core [`rainstorm_core::Time`];
 //! * [`net`]: stream framing;
+//! * [`streams`]: stream connections per peer and lane, and the receiving side's lane queues;
 //! * [`driver`]: the node task and [`driver::NodeHandle`];
 //! * [`control`]: the Unix control socket (server and client);
 //! * [`files`]: the HyDFS file commands' local side (uploads read part by part, downloads);
@@ -27,3 +28,4 @@ pub mod logging;
 pub mod net;
 pub mod programs;
 pub mod storage;
+pub mod streams;

@@ -23,6 +23,7 @@ fn story(name: &str, seed: u64, nodes: usize, suspicion: bool, faults: Vec<(u64,
             latency_min_ms: 1,
             latency_max_ms: 10,
             bandwidth_bytes_per_ms: 0,
+            ..NetConfig::default()
         },
         clock_offsets_ms: Vec::new(),
         faults: faults.into_iter().map(|(at_ms, fault)| FaultAt { at_ms, fault }).collect(),
@@ -222,6 +223,7 @@ fn hydfs_story(
         latency_min_ms: 1,
         latency_max_ms: 10,
         bandwidth_bytes_per_ms: 125_000,
+        ..NetConfig::default()
     };
     s.clock_offsets_ms.clear();
     s.config.suspicion_at_start = true;
@@ -264,12 +266,37 @@ pub fn hydfs_rolling_restart_with_wiped_disks(seed: u64) -> Scenario {
     hydfs_story("hydfs_rolling_restart_with_wiped_disks", seed, 6, 80_000, faults)
 }
 
+/// A busy cluster's stream connections break again and again (short partitions that cut one
+/// node off, then a crash and a restart) and half of what is in flight on a breaking connection
+/// is lost, a fifth arrives twice: nothing acknowledged is lost, no write lands twice, every read
+/// is whole.
+pub fn hydfs_connections_break_while_files_move(seed: u64) -> Scenario {
+    // Off the workload's 100 ms ticks, so that requests are on the way when a connection breaks.
+    let mut faults = Vec::new();
+    for i in 0..8u64 {
+        let at = 10_007 + i * 2_531;
+        faults.push((at, Fault::Partition { side: vec![1 + (i as usize % 5)] }));
+        faults.push((at + 700, Fault::Heal));
+    }
+    faults.push((31_013, crash(3)));
+    faults.push((34_000, restart(3)));
+    let mut s = hydfs_story("hydfs_connections_break_while_files_move", seed, 6, 40_000, faults);
+    s.net.broken_stream_drop_permille = 500;
+    s.net.broken_stream_duplicate_permille = 200;
+    if let Some(w) = s.hydfs.as_mut() {
+        w.think_ms = 100;
+        w.large_permille = 40;
+    }
+    s
+}
+
 /// Every named HyDFS scenario.
 pub fn hydfs_all(seed: u64) -> Vec<Scenario> {
     vec![
         hydfs_two_replicas_crash_at_once(seed),
         hydfs_corrupt_blocks_are_repaired(seed),
         hydfs_rolling_restart_with_wiped_disks(seed),
+        hydfs_connections_break_while_files_move(seed),
     ]
 }
 
@@ -289,6 +316,8 @@ pub fn coalescing_scenario() -> Scenario {
         latency_min_ms: 1,
         latency_max_ms: 2,
         bandwidth_bytes_per_ms: 0,
+        broken_stream_drop_permille: 0,
+        broken_stream_duplicate_permille: 0,
     };
     let start = s.rainstorm.as_ref().map_or(0, |w| w.start_ms);
     s.calm_from_ms = start + 500;

@@ -30,6 +30,17 @@ pub struct NetConfig {
     /// leaves when the sender's link is free and takes its size over this rate.
     #[serde(default)]
     pub bandwidth_bytes_per_ms: u64,
+    /// When the stream connection between two nodes breaks (a partition or a one-way cut
+    /// separates them, either way round, or one of them crashes), each stream frame then in
+    /// flight between them is lost with this probability, per thousand, as TCP loses what is
+    /// in flight when a connection breaks...
+    #[serde(default)]
+    pub broken_stream_drop_permille: u32,
+    /// ... or arrives twice with this one (a sender that sends again on a new connection);
+    /// otherwise it arrives once. (A frame to a process that crashed never reaches the process
+    /// started after it at the same address: that connection is gone.)
+    #[serde(default)]
+    pub broken_stream_duplicate_permille: u32,
 }
 
 impl Default for NetConfig {
@@ -40,6 +51,8 @@ impl Default for NetConfig {
             latency_min_ms: 1,
             latency_max_ms: 10,
             bandwidth_bytes_per_ms: 0,
+            broken_stream_drop_permille: 0,
+            broken_stream_duplicate_permille: 0,
         }
     }
 }
@@ -149,6 +162,7 @@ impl Scenario {
             latency_min_ms: 1,
             latency_max_ms,
             bandwidth_bytes_per_ms: 0,
+            ..NetConfig::default()
         };
         let clock_offsets_ms = if rng.gen_bool(0.5) {
             (0..nodes).map(|_| rng.gen_range(0..1_000_000)).collect()
@@ -239,6 +253,7 @@ impl Scenario {
         };
         scenario.end_faults();
         scenario.cluster_key = keyed(seed);
+        scenario.net.set_broken_streams(seed);
         scenario
     }
 
@@ -354,6 +369,7 @@ impl Scenario {
         };
         scenario.end_faults();
         scenario.cluster_key = keyed(seed);
+        scenario.net.set_broken_streams(seed);
         scenario
     }
 
@@ -527,6 +543,7 @@ impl Scenario {
         };
         scenario.end_faults();
         scenario.cluster_key = keyed(seed);
+        scenario.net.set_broken_streams(seed);
         scenario
     }
 
@@ -637,6 +654,11 @@ impl Scenario {
             self.net.latency_max_ms,
             if self.clock_offsets_ms.is_empty() { "none" } else { "random" }
         );
+        let _ = writeln!(
+            s,
+            "  broken stream connections: frames in flight lost {}‰, duplicated {}‰",
+            self.net.broken_stream_drop_permille, self.net.broken_stream_duplicate_permille
+        );
         if let Some(w) = &self.hydfs {
             let _ = writeln!(
                 s,
@@ -679,7 +701,34 @@ fn layer_net(rng: &mut ChaCha8Rng, bandwidth: bool) -> NetConfig {
     let duplicate_permille = if rng.gen_bool(0.2) { 10 } else { 0 };
     let latency_max_ms = [5, 20, 60][rng.gen_range(0..3)];
     let bandwidth_bytes_per_ms = if bandwidth { [0, 12_500, 125_000][rng.gen_range(0..3)] } else { 0 };
-    NetConfig { loss_permille, duplicate_permille, latency_min_ms: 1, latency_max_ms, bandwidth_bytes_per_ms }
+    NetConfig {
+        loss_permille,
+        duplicate_permille,
+        latency_min_ms: 1,
+        latency_max_ms,
+        bandwidth_bytes_per_ms,
+        ..NetConfig::default()
+    }
+}
+
+impl NetConfig {
+    /// Draws what breaking stream connections do to the frames in flight, swarm style: in a
+    /// third of the seeds nothing (every frame arrives), in others light, heavy or total loss,
+    /// some with duplicates. Drawn apart from the rest of the scenario, so that the rest of a
+    /// seed's scenario is what it was without them.
+    pub fn set_broken_streams(&mut self, seed: u64) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4252_4f4b_454e_0005);
+        let (drop, duplicate) = match rng.gen_range(0..6) {
+            0 | 1 => (0, 0),
+            2 => (rng.gen_range(1..200), 0),
+            3 => (rng.gen_range(1..200), rng.gen_range(1..100)),
+            4 => (rng.gen_range(200..=800), rng.gen_range(0..=200)),
+            _ => (1000, 0),
+        };
+        self.broken_stream_drop_permille = drop;
+        self.broken_stream_duplicate_permille = duplicate;
+        debug_assert!(drop + duplicate <= 1000, "fates of a frame are a distribution");
+    }
 }
 
 /// Clock offsets of a HyDFS or RainStorm swarm seed: none, or up to 100 s per node.
@@ -753,6 +802,33 @@ mod tests {
         let json = serde_json::to_string(&a).unwrap();
         assert_eq!(serde_json::from_str::<Scenario>(&json).unwrap(), a);
         assert!(a.checks_convergence());
+    }
+
+    #[test]
+    fn scenarios_saved_before_broken_streams_were_modelled_still_load() {
+        let mut old = serde_json::to_value(Scenario::swarm(7)).unwrap();
+        let net = old["net"].as_object_mut().unwrap();
+        net.remove("broken_stream_drop_permille");
+        net.remove("broken_stream_duplicate_permille");
+        let s: Scenario = serde_json::from_value(old).unwrap();
+        assert_eq!((s.net.broken_stream_drop_permille, s.net.broken_stream_duplicate_permille), (0, 0));
+    }
+
+    #[test]
+    fn broken_stream_fates_vary_by_seed_from_none_to_total_loss() {
+        let fates: Vec<(u32, u32)> = (0..200)
+            .map(|seed| Scenario::hydfs_swarm(seed).net)
+            .map(|n| (n.broken_stream_drop_permille, n.broken_stream_duplicate_permille))
+            .collect();
+        assert!(fates.iter().all(|(d, u)| d + u <= 1000));
+        assert!(fates.contains(&(0, 0)), "some seeds lose nothing");
+        assert!(fates.contains(&(1000, 0)), "some lose everything in flight");
+        assert!(fates.iter().any(|(d, u)| *d > 0 && *d < 1000 && *u > 0), "some duplicate");
+        // The rest of a seed's scenario does not depend on them.
+        let mut s = Scenario::swarm(11);
+        let faults = s.faults.clone();
+        s.net.set_broken_streams(12);
+        assert_eq!(s.faults, faults);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use rainstorm_core::replay::FrameSeq;
 use rainstorm_core::wire::{
     canonical_bytes, Body, ClusterKey, Codec, Envelope, MAX_DATAGRAM_BYTES, MAX_STREAM_FRAME_BYTES,
 };
-use rainstorm_core::{Channel, Incarnation, MemberId, Millis, Node, NodeAddr, Time};
+use rainstorm_core::{Channel, Incarnation, Lane, MemberId, Millis, Node, NodeAddr, Time};
 use rainstorm_fuzz_checks::decode::{layer_frame, message_bytes, sender, Layer};
 use rainstorm_fuzz_checks::node::{
     peer_addr, reordered_and_stale_script, run_script, Script, SeqChoice, Step, MAX_STEPS, START,
@@ -205,7 +205,8 @@ fn write_envelope_seed_corpus() {
     let keyed = Codec::keyed(ClusterKey::from_passphrase("fuzz"), vec![]);
     let mut seeds = Vec::new();
     for (i, msg) in sample_messages().into_iter().enumerate() {
-        let envelope = Envelope { from, seq: FrameSeq(i as u64 + 1), body: Body::Membership(msg) };
+        let lane = Lane::ALL[i % Lane::ALL.len()];
+        let envelope = Envelope { from, lane, seq: FrameSeq(i as u64 + 1), body: Body::Membership(msg) };
         let frame = Codec::plain().encode(&envelope, MAX_STREAM_FRAME_BYTES).expect("encodes");
         seeds.push((format!("plain-{i:02}"), frame));
         let frame = keyed.encode(&envelope, MAX_STREAM_FRAME_BYTES).expect("encodes");
@@ -392,6 +393,7 @@ fn write_message_and_node_seed_corpora() {
                         layer: Layer::of(&s.envelope.body),
                         channel: s.channel,
                         peer,
+                        lane: s.envelope.lane,
                         seq: SeqChoice::Next,
                         bytes: message_bytes(&s.envelope.body),
                     },
@@ -468,9 +470,9 @@ fn write_message_and_node_seed_corpora() {
 /// `step`, and after a message the same message again (a replay).
 fn replayed(step: Step) -> Vec<Step> {
     match step {
-        Step::Message { layer, channel, peer, bytes, .. } => vec![
-            Step::Message { layer, channel, peer, seq: SeqChoice::Next, bytes: bytes.clone() },
-            Step::Message { layer, channel, peer, seq: SeqChoice::Repeat, bytes },
+        Step::Message { layer, channel, peer, lane, bytes, .. } => vec![
+            Step::Message { layer, channel, peer, lane, seq: SeqChoice::Next, bytes: bytes.clone() },
+            Step::Message { layer, channel, peer, lane, seq: SeqChoice::Repeat, bytes },
         ],
         other => vec![other],
     }
@@ -484,11 +486,11 @@ fn node_messages_judges_replays_like_its_model() {
     assert_eq!(Script::decode(&script.encode()), script);
     let stats = run_script(&script, MembershipConfig::lan());
     let count = |cause| stats.frames_rejected.get(cause).copied().unwrap_or(0);
-    assert_eq!((count("replayed"), count("stale"), stats.rejected_total()), (1, 1, 2), "{stats:?}");
-    assert_eq!(stats.frames_received, 6);
+    assert_eq!((count("replayed"), count("stale"), stats.rejected_total()), (2, 1, 3), "{stats:?}");
+    assert_eq!(stats.frames_received, 7);
     // Without a key there is no guard: the same frames are all delivered.
     let stats = run_script(&Script { keyed: false, ..script }, MembershipConfig::lan());
-    assert_eq!((stats.frames_received, stats.rejected_total()), (8, 0), "{stats:?}");
+    assert_eq!((stats.frames_received, stats.rejected_total()), (10, 0), "{stats:?}");
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! The named HyDFS stories (two replicas crashing at once, rotting blocks, a rolling restart with
-//! wiped disks), each over several seeds, checked by every checker.
+//! wiped disks, connections breaking with frames in flight), each over several seeds, checked by
+//! every checker.
 
 use rainstorm_sim::{named, run_membership, RunOptions};
 use rainstorm_tests::assert_passed;
@@ -34,4 +35,17 @@ fn a_rolling_restart_with_wiped_disks_keeps_every_file() {
             &RunOptions::default(),
         ));
     }
+}
+
+#[test]
+fn connections_breaking_with_frames_in_flight_lose_nothing_acknowledged() {
+    let (mut lost, mut duplicated) = (0, 0);
+    for seed in 1..=4 {
+        let report =
+            run_membership(&named::hydfs_connections_break_while_files_move(seed), &RunOptions::default());
+        assert_passed(&report);
+        lost += report.stats.stream_frames_lost;
+        duplicated += report.stats.stream_frames_duplicated;
+    }
+    assert!(lost > 0 && duplicated > 0, "frames in flight: {lost} lost, {duplicated} duplicated");
 }

@@ -20,7 +20,7 @@ use foca::{Config, Foca, Identity, NoCustomBroadcast, Notification, PostcardCode
 use rainstorm_core::command::Command;
 use rainstorm_core::membership::{FailureCause, MembershipEvent, Role};
 use rainstorm_core::node::NodeEvent;
-use rainstorm_core::{Channel, Incarnation, MemberId, NodeAddr, Time, Transmit};
+use rainstorm_core::{Channel, Incarnation, Lane, MemberId, NodeAddr, Time, Transmit};
 use rainstorm_sim::{Actor, ActorStart};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -155,7 +155,12 @@ impl Runtime<FocaId> for Io {
     }
 
     fn send_to(&mut self, to: FocaId, data: &[u8]) {
-        self.out.push_back(Transmit { to: to.addr, channel: Channel::Datagram, payload: data.to_vec() });
+        self.out.push_back(Transmit {
+            to: to.addr,
+            channel: Channel::Datagram,
+            lane: Lane::Control,
+            payload: data.to_vec(),
+        });
     }
 
     fn submit_after(&mut self, event: Timer<FocaId>, after: Duration) {

@@ -185,6 +185,7 @@ fn net() -> NetConfig {
         latency_min_ms: 1,
         latency_max_ms: 2,
         bandwidth_bytes_per_ms: BANDWIDTH_BYTES_PER_MS,
+        ..NetConfig::default()
     }
 }
 

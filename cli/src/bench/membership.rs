@@ -117,6 +117,7 @@ fn calm_net(loss_permille: u32) -> NetConfig {
         latency_min_ms: 1,
         latency_max_ms: 10,
         bandwidth_bytes_per_ms: 0,
+        ..NetConfig::default()
     }
 }
 
@@ -716,6 +717,8 @@ fn diff(a: RunStats, b: RunStats) -> RunStats {
         datagrams_dropped: b.datagrams_dropped - a.datagrams_dropped,
         largest_datagram: b.largest_datagram,
         largest_stream_frame: b.largest_stream_frame,
+        stream_frames_lost: b.stream_frames_lost - a.stream_frames_lost,
+        stream_frames_duplicated: b.stream_frames_duplicated - a.stream_frames_duplicated,
     }
 }
 

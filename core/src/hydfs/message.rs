@@ -1,9 +1,11 @@
 //! HyDFS messages. All travel on the stream channel (TCP on real nodes); each request carries a
-//! [`ReqId`] its reply echoes. Data moves only in parts of at most [`super::CHUNK_BYTES`].
+//! [`ReqId`] its reply echoes. Data moves only in parts of at most [`super::CHUNK_BYTES`], and
+//! only in messages on the bulk lane ([`HydfsMsg::lane`]).
 
 use super::types::{FileDigest, FileMeta, PartMeta, Stamp, WriteMeta};
 use super::FileName;
 use crate::id::NodeAddr;
+use crate::node::Lane;
 use serde::{Deserialize, Serialize};
 
 /// Correlates a reply with its request (unique per sending node).
@@ -254,6 +256,47 @@ pub enum HydfsMsg {
 }
 
 impl HydfsMsg {
+    /// The lane this message travels on: [`Lane::Bulk`] when it carries file bytes (a write or a
+    /// replication with its data inline, a multiappend's data, a fetched part, a read chunk),
+    /// [`Lane::Control`] otherwise (requests, refusals, metadata), so that a large transfer
+    /// never delays the small messages that coordinate it.
+    pub fn lane(&self) -> Lane {
+        match self {
+            HydfsMsg::Write { inline: Some(_), .. }
+            | HydfsMsg::Replicate { inline: Some(_), .. }
+            | HydfsMsg::RemoteAppend { .. }
+            | HydfsMsg::ReadReply { result: Ok(_), .. }
+            | HydfsMsg::FetchReply { result: Ok(_), .. } => Lane::Bulk,
+            HydfsMsg::Write { inline: None, .. }
+            | HydfsMsg::Replicate { inline: None, .. }
+            | HydfsMsg::ReadReply { result: Err(_), .. }
+            | HydfsMsg::FetchReply { result: Err(_), .. }
+            | HydfsMsg::WriteReply { .. }
+            | HydfsMsg::ReplicateReply { .. }
+            | HydfsMsg::Merge { .. }
+            | HydfsMsg::MergeReply { .. }
+            | HydfsMsg::Collect { .. }
+            | HydfsMsg::CollectReply { .. }
+            | HydfsMsg::Install { .. }
+            | HydfsMsg::InstallReply { .. }
+            | HydfsMsg::Read { .. }
+            | HydfsMsg::Stat { .. }
+            | HydfsMsg::StatReply { .. }
+            | HydfsMsg::RemoteAppendReply { .. }
+            | HydfsMsg::Inventory { .. }
+            | HydfsMsg::InventoryReply { .. }
+            | HydfsMsg::Describe { .. }
+            | HydfsMsg::DescribeReply { .. }
+            | HydfsMsg::Offer { .. }
+            | HydfsMsg::Taken { .. }
+            | HydfsMsg::Fetch { .. }
+            | HydfsMsg::Delete { .. }
+            | HydfsMsg::DeleteReply { .. }
+            | HydfsMsg::Remove { .. }
+            | HydfsMsg::RemoveReply { .. } => Lane::Control,
+        }
+    }
+
     /// Whether this message asks something of its receiver (as opposed to answering it).
     pub fn is_request(&self) -> bool {
         match self {

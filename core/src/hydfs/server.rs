@@ -841,6 +841,28 @@ impl Hydfs {
         }
     }
 
+    /// Whether this copy's merged order already holds the install of `appended` on `base`: it is
+    /// `base` followed by `appended` (with more merged after them, from later merges, allowed).
+    /// A replica that applied an install answers a second copy of it as done; otherwise it would
+    /// take its own progress for being behind, and the coordinator would ask again and again.
+    fn install_applied(&self, name: &FileName, base: u64, appended: &[WriteMeta]) -> bool {
+        let Some(rec) = self.store.file(name) else { return false };
+        let at = match appended.first() {
+            None => rec.merged.len(),
+            Some(first) => match rec.merged.iter().position(|w| w.stamp == first.stamp) {
+                Some(at) => at,
+                None => return false,
+            },
+        };
+        let holds = rec.merged[at..]
+            .iter()
+            .map(|w| w.stamp)
+            .take(appended.len())
+            .eq(appended.iter().map(|w| w.stamp));
+        let prefix = || order_hash(rec.create.iter().chain(&rec.merged[..at]).map(|w| &w.stamp));
+        holds && prefix() == base
+    }
+
     /// Moves `appended` from pending to merged, in order, if the merged content is still `base`.
     fn install_locally(&mut self, name: &FileName, base: u64, appended: &[WriteMeta]) -> bool {
         if self.store.merged_hash(name) != Some(base) {
@@ -871,16 +893,13 @@ impl Hydfs {
         sources: Vec<NodeAddr>,
     ) {
         self.handled("install merge", &name, from);
-        let current = self.store.merged_hash(&name);
-        let after = self
-            .store
-            .file(&name)
-            .map(|r| order_hash(r.create.iter().chain(&r.merged).chain(appended.iter()).map(|w| &w.stamp)));
-        let done = current.is_some() && appended.is_empty() && current == Some(base);
-        if done || (current.is_some() && current == after && !appended.is_empty()) {
+        if self.install_applied(&name, base, &appended) {
+            // Already here: the same install again (a resend after a lost answer, a frame that
+            // arrived twice), or nothing to install on a copy that is at `base`.
             self.send(from, HydfsMsg::InstallReply { req, result: Ok(0) });
             return;
         }
+        let current = self.store.merged_hash(&name);
         if current != Some(base) {
             // This copy is not where the coordinator's is: repair it from the coordinator; the
             // coordinator asks again.
@@ -1885,7 +1904,14 @@ impl Hydfs {
                 self.server.installs.push(w);
                 continue;
             }
-            let result = if !self.install_locally(&w.name, w.base, &w.appended) {
+            let result = if self.install_applied(&w.name, w.base, &w.appended) && !w.appended.is_empty() {
+                // A copy of this install that arrived earlier has applied it.
+                if sync(self) {
+                    Ok(0)
+                } else {
+                    Err(Refusal::Unavailable("storage failed to sync".into()))
+                }
+            } else if !self.install_locally(&w.name, w.base, &w.appended) {
                 Err(Refusal::Behind)
             } else if sync(self) {
                 Ok(self.server.install_bytes.remove(&w.name).unwrap_or(0))

@@ -345,14 +345,27 @@ pub fn reconcile(local: Option<&FileRec>, peer: &FileMeta) -> FileRec {
 /// Cuts the merged list before the first append that a still-pending append of the same client
 /// precedes, so that merging the pending ones later cannot put a client's writes out of order
 /// (only possible after merge orders diverged under a partition).
+///
+/// "The same client" is one process: writes at one address, under one member id or several (a
+/// process that rejoined gets a new id, and keeps its timestamps and sequence numbers growing).
+/// A process restarted at the address starts its sequence again, so a merged write numbered no
+/// higher than a pending one of an earlier member id is another process's: no order holds
+/// between them, and a write its predecessor left pending (one that never completed, say) must
+/// not pull the new process's merged writes out of the merged order.
 fn keep_client_order(rec: &mut FileRec) {
-    // Keyed by address: a client that rejoined under a new member id is still one process.
-    let mut first_pending: BTreeMap<crate::id::NodeAddr, Stamp> = BTreeMap::new();
+    let mut pending_by_addr: BTreeMap<crate::id::NodeAddr, Vec<Stamp>> = BTreeMap::new();
     for s in rec.pending.keys() {
-        first_pending.entry(s.client.addr).or_insert(*s);
+        pending_by_addr.entry(s.client.addr).or_default().push(*s);
     }
-    let cut =
-        rec.merged.iter().position(|w| first_pending.get(&w.stamp.client.addr).is_some_and(|p| w.stamp > *p));
+    let same_process = |earlier: &Stamp, later: &Stamp| {
+        debug_assert!(earlier < later && earlier.client.addr == later.client.addr);
+        earlier.client == later.client || later.seq > earlier.seq
+    };
+    let cut = rec.merged.iter().position(|w| {
+        pending_by_addr
+            .get(&w.stamp.client.addr)
+            .is_some_and(|ps| ps.iter().take_while(|p| **p < w.stamp).any(|p| same_process(p, &w.stamp)))
+    });
     if let Some(i) = cut {
         for w in rec.merged.split_off(i) {
             rec.pending.insert(w.stamp, w);
@@ -422,6 +435,36 @@ mod tests {
         let local = reconcile(None, &meta(1, &[2, 4], &[], 1));
         let out = reconcile(Some(&local), &meta(1, &[2], &[3], 1));
         assert_eq!(stamps(&out), (vec![2], vec![3, 4]));
+    }
+
+    #[test]
+    fn a_pending_append_of_a_restarted_clients_predecessor_does_not_cut_the_merged_order() {
+        let at = |join_time, ts, seq| {
+            let stamp = Stamp { ts, client: MemberId::new("10.0.0.1:7000".parse().unwrap(), join_time), seq };
+            WriteMeta::describe(stamp, WriteKind::Append, format!("w{ts}").as_bytes(), 4)
+        };
+        let meta = |merged: Vec<WriteMeta>, pending: Vec<WriteMeta>| FileMeta {
+            name: FileName::new("f").unwrap(),
+            create: Some(write(1, WriteKind::Create)),
+            generation: 1,
+            merged,
+            pending,
+            incomplete: vec![],
+        };
+        // The process that joined at 1 left its 7th write pending (it crashed during it); the
+        // process restarted at the address (joined at 50) wrote twice, both merged.
+        let orphan = at(1, 10, 7);
+        let (first, second) = (at(50, 60, 1), at(50, 70, 2));
+        let local = reconcile(None, &meta(vec![first.clone(), second.clone()], vec![]));
+        let out = reconcile(Some(&local), &meta(vec![], vec![orphan.clone()]));
+        assert_eq!(out.merged, vec![first.clone(), second.clone()], "the merged order stands");
+        assert_eq!(out.pending.keys().copied().collect::<Vec<_>>(), vec![orphan.stamp]);
+        // One process that rejoined under a new id keeps counting: its order is still kept.
+        let rejoined = at(50, 80, 8);
+        let local = reconcile(None, &meta(vec![first, rejoined.clone()], vec![]));
+        let out = reconcile(Some(&local), &meta(vec![], vec![orphan.clone()]));
+        assert_eq!(out.merged.len(), 1, "cut before the rejoined process's later write");
+        assert!(out.pending.contains_key(&rejoined.stamp) && out.pending.contains_key(&orphan.stamp));
     }
 
     #[test]

@@ -1098,3 +1098,31 @@ fn the_read_cache_takes_only_files_it_can_afford() {
     assert_eq!(net.nodes[1].client.cache.used_bytes(), 1000);
     assert_eq!(net.nodes[1].stats().cache_hits, 1, "the small file is served from the cache");
 }
+
+#[test]
+fn a_replica_answers_an_install_it_has_already_applied_as_done() {
+    let mut net = Net::new(4);
+    let f = name("f");
+    assert!(net.run(0, ClientOp::Create { name: f.clone(), data: b"base".to_vec() }).is_ok());
+    net.now = Time(100);
+    assert!(net.run(1, ClientOp::Append { name: f.clone(), data: b"+one".to_vec() }).is_ok());
+    let replicas = net.nodes[0].replicas(&f);
+    let r = net.index(replicas[1]);
+    let before = net.nodes[r].store().file(&f).cloned().expect("a replica holds the file");
+    let base = net.nodes[r].store().merged_hash(&f).unwrap();
+    let appended: Vec<WriteMeta> = before.pending.values().cloned().collect();
+    assert_eq!(appended.len(), 1);
+    assert!(net.run(2, ClientOp::Merge { name: f.clone() }).is_ok());
+    let merged = net.nodes[r].store().merged_hash(&f);
+    assert_ne!(merged, Some(base), "the merge reached the replica");
+    // The same install again (its answer was lost, or its frame arrived twice).
+    let coordinator = replicas[0];
+    let install = HydfsMsg::Install { req: 900, name: f.clone(), base, appended, sources: vec![coordinator] };
+    net.nodes[r].handle_message(net.now, MemberId::new(coordinator, 1), install);
+    let mut out = Vec::new();
+    while let Some(m) = net.nodes[r].poll_outgoing() {
+        out.push(m);
+    }
+    assert_eq!(out, vec![(coordinator, HydfsMsg::InstallReply { req: 900, result: Ok(0) })]);
+    assert_eq!(net.nodes[r].store().merged_hash(&f), merged, "applied once");
+}

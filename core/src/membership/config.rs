@@ -187,10 +187,14 @@ pub enum PlantedBug {
     /// The replay guard refuses every frame that arrives after a later-numbered one, so honest
     /// frames reordered by the network are refused (wire).
     ReplayWindowOfOne,
+    /// The replay guard keeps one window per sender and channel whatever the lane, so a frame
+    /// held back behind a window's worth of another lane's frames is refused as stale
+    /// (the `node_messages` check's replay model).
+    ReplayLanesShareAWindow,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 7] = [
+    pub const ALL: [PlantedBug; 8] = [
         PlantedBug::SuspicionNeverFires,
         PlantedBug::DelNotDisseminated,
         PlantedBug::SuspicionWithoutTimeout,
@@ -198,6 +202,7 @@ impl PlantedBug {
         PlantedBug::AntiEntropyDisabled,
         PlantedBug::PiggybackIgnoresLimit,
         PlantedBug::ReplayWindowOfOne,
+        PlantedBug::ReplayLanesShareAWindow,
     ];
 
     pub fn name(self) -> &'static str {
@@ -209,6 +214,7 @@ impl PlantedBug {
             PlantedBug::AntiEntropyDisabled => "anti-entropy-disabled",
             PlantedBug::PiggybackIgnoresLimit => "piggyback-ignores-limit",
             PlantedBug::ReplayWindowOfOne => "replay-window-of-one",
+            PlantedBug::ReplayLanesShareAWindow => "replay-lanes-share-a-window",
         }
     }
 

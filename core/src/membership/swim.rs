@@ -433,17 +433,17 @@ impl Membership {
         match msg {
             MembershipMsg::Ping { seq, target, updates } => {
                 self.on_ping(now, from, seq, target);
-                self.apply_all(now, updates);
+                self.apply_from(now, from, updates);
             }
             MembershipMsg::Ack { seq, updates } => {
                 self.on_ack(seq);
-                self.apply_all(now, updates);
+                self.apply_from(now, from, updates);
             }
             MembershipMsg::PingReq { seq, target, updates } => {
                 self.on_ping_req(now, from, seq, target);
-                self.apply_all(now, updates);
+                self.apply_from(now, from, updates);
             }
-            MembershipMsg::Gossip { updates } => self.apply_all(now, updates),
+            MembershipMsg::Gossip { updates } => self.apply_from(now, from, updates),
             MembershipMsg::SyncDigest { digest } => {
                 let joined = self.phase == Phase::Joined;
                 if joined && !self.is_tombstoned(&from, now) && digest != self.view_digest() {
@@ -792,6 +792,28 @@ impl Membership {
     }
 
     // ----- updates ------------------------------------------------------------------------
+
+    /// Applies the updates a message from `from` carried; if one of them suspects this node,
+    /// `from` is also told this node's current incarnation directly.
+    ///
+    /// A refutation otherwise reaches an accuser only by piggybacking, each copy to a random
+    /// member: with bad luck (a few lost datagrams, a probe order that never pairs them) every
+    /// member but one hears it, and that one's suspicion timer runs out on a live member. A
+    /// message still carrying the suspicion is proof its sender has not heard the refutation
+    /// (or has just raised the suspicion), so the answer goes where it is missing. It costs one
+    /// datagram per such message, and stops when the sender's news about this node is the
+    /// refutation (newer news replaces older in its gossip).
+    fn apply_from(&mut self, now: Time, from: MemberId, updates: Vec<Update>) {
+        let me = self.me;
+        let suspects_me =
+            updates.iter().any(|u| matches!(u, Update::Suspect { member, .. } if *member == me));
+        self.apply_all(now, updates);
+        if suspects_me && from != self.me && self.phase == Phase::Joined {
+            debug_assert_eq!(self.me, me, "applying updates never renews this node's id while joined");
+            let refutation = Update::Alive { member: self.me, incarnation: self.incarnation };
+            self.send_datagram(from.addr, MembershipMsg::Gossip { updates: vec![refutation] });
+        }
+    }
 
     fn apply_all(&mut self, now: Time, updates: Vec<Update>) {
         if !matches!(self.phase, Phase::Joined) {
@@ -1206,6 +1228,42 @@ mod tests {
         m.apply(Time(6), Update::Suspect { member: me, incarnation: Incarnation(0) });
         assert_eq!(m.incarnation(), Incarnation(1));
         assert!(drain(&mut m).1.is_empty());
+    }
+
+    #[test]
+    fn a_member_still_suspecting_this_node_after_its_refutation_is_answered_directly() {
+        let mut m = introducer();
+        let peers: Vec<MemberId> = (2..12).map(|p| MemberId::new(addr(p), p as u64)).collect();
+        for &p in &peers {
+            admit(&mut m, p);
+        }
+        drain(&mut m);
+        let me = m.me();
+        let refutation = Update::Alive { member: me, incarnation: Incarnation(1) };
+        let told = |out: &[Outgoing], to: MemberId| {
+            out.iter().any(|o| {
+                o.to == to.addr
+                    && matches!(&o.msg, MembershipMsg::Gossip { updates } if updates.contains(&refutation))
+            })
+        };
+        // The accuser of a fresh suspicion hears the refutation, whichever members it is pushed to.
+        let accuser = peers[9];
+        let stale = vec![Update::Suspect { member: me, incarnation: Incarnation(0) }];
+        m.handle_message(Time(5), accuser, MembershipMsg::Gossip { updates: stale.clone() });
+        assert_eq!(m.incarnation(), Incarnation(1));
+        assert!(told(&drain(&mut m).0, accuser));
+        // A member whose ack still carries the old suspicion has not heard it: it is told
+        // directly, not left to piggybacking.
+        let behind = peers[3];
+        m.handle_message(Time(6), behind, MembershipMsg::Ack { seq: ProbeSeq(1), updates: stale });
+        assert_eq!(m.incarnation(), Incarnation(1), "a stale accusation raises no new incarnation");
+        let (out, events) = drain(&mut m);
+        assert!(events.is_empty());
+        assert_eq!(out.len(), 1, "one answer, to the sender only");
+        assert!(told(&out, behind));
+        // A message without news about this node gets no such answer.
+        m.handle_message(Time(7), behind, MembershipMsg::Gossip { updates: vec![] });
+        assert!(drain(&mut m).0.is_empty());
     }
 
     #[test]

@@ -149,12 +149,15 @@ pub enum RainstormMsg {
 }
 
 impl RainstormMsg {
-    /// The connection lane the message travels on: tuples on the data lane, everything else
-    /// (small, and what keeps the job moving) on the control lane.
+    /// The connection lane the message travels on: a link's batches (tuples, and the barriers
+    /// and end of stream numbered among them) on [`Lane::Data`], everything else (deploys,
+    /// status reports, checkpoint control and snapshots, stops, acknowledgements) on
+    /// [`Lane::Control`], so that neither a stream of batches nor a HyDFS transfer delays a
+    /// job's coordination.
     pub fn lane(&self) -> Lane {
         match self {
-            RainstormMsg::Link { msg: LinkMsg::Batch { batch: Batch::Tuples(_), .. }, .. } => Lane::Data,
-            RainstormMsg::Link { .. }
+            RainstormMsg::Link { msg: LinkMsg::Batch { .. }, .. } => Lane::Data,
+            RainstormMsg::Link { msg: LinkMsg::Ack { .. }, .. }
             | RainstormMsg::Deploy { .. }
             | RainstormMsg::Status { .. }
             | RainstormMsg::Control { .. }
