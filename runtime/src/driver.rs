@@ -804,7 +804,6 @@ async fn write_one(to: SocketAddr, conn: &mut Option<TcpStream>, frame: &[u8], t
 fn describe_output(out: &OpOutput) -> String {
     match out {
         OpOutput::Written { replicas, .. } => format!(" on {} replicas", replicas.len()),
-        OpOutput::Content { bytes, .. } => format!(": {} bytes", bytes.len()),
         OpOutput::Downloaded { len, from, .. } => {
             format!(": {len} bytes from {}", from.map_or("the cache".to_string(), |a| a.to_string()))
         }
