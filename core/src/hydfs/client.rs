@@ -11,6 +11,9 @@
 //!   only if it includes every write this client has had acknowledged for the file;
 //! * a part read by [`ClientOp::ReadPart`] is returned only if its bytes match the metadata its
 //!   write declared (length, CRC32C, line ends), whether it came from a peer or local storage;
+//! * a whole-file read ([`ClientOp::Download`]) hands its bytes on in order as they arrive and
+//!   holds at most `read_window` chunks ahead of them, whatever the file's size (plus the copy it
+//!   keeps for the read cache, only of a file of at most a quarter of the cache);
 //! * every operation ends with exactly one [`HydfsEvent::OpDone`] (or one reply to the node that
 //!   asked for it, for a multiappend part), at the latest when its deadline passes.
 
