@@ -6,7 +6,7 @@
 
 use rainstorm_core::command::Command;
 use rainstorm_core::hydfs::{
-    ClientOp, FileName, HydfsConfig, HydfsError, HydfsEvent, HydfsMsg, OpId, OpOutput,
+    ClientOp, FileName, HydfsConfig, HydfsError, HydfsEvent, HydfsMsg, OpId, OpOutput, ReadFrom,
 };
 use rainstorm_core::limits::LimitsConfig;
 use rainstorm_core::membership::{MembershipConfig, Role};
@@ -41,6 +41,17 @@ struct Cluster {
     /// Every frame sent, by sender.
     sent: Vec<(usize, Transmit)>,
     done: Vec<(usize, OpId, Result<OpOutput, HydfsError>)>,
+    /// The bytes streamed so far to each whole-file read, by node and operation.
+    read: BTreeMap<(usize, OpId), Vec<u8>>,
+}
+
+/// A streamed read's chunk into its buffer: a chunk at offset 0 starts the read over.
+fn take_chunk(buf: &mut Vec<u8>, offset: u64, bytes: &[u8]) {
+    if offset == 0 {
+        buf.clear();
+    }
+    assert_eq!(buf.len() as u64, offset, "chunks arrive in order");
+    buf.extend_from_slice(bytes);
 }
 
 impl Cluster {
@@ -66,7 +77,15 @@ impl Cluster {
                 node
             })
             .collect();
-        let mut c = Cluster { nodes, codec, now: Time(0), order, sent: Vec::new(), done: Vec::new() };
+        let mut c = Cluster {
+            nodes,
+            codec,
+            now: Time(0),
+            order,
+            sent: Vec::new(),
+            done: Vec::new(),
+            read: BTreeMap::new(),
+        };
         for _ in 0..1_000 {
             if c.nodes.iter().all(|node| node.membership().members().count() == n - 1) {
                 return c;
@@ -85,8 +104,14 @@ impl Cluster {
                     round.push((i, t));
                 }
                 while let Some(e) = self.nodes[i].poll_event() {
-                    if let NodeEvent::Hydfs(HydfsEvent::OpDone { op, result }) = e {
-                        self.done.push((i, op, result));
+                    match e {
+                        NodeEvent::Hydfs(HydfsEvent::OpDone { op, result }) => {
+                            self.done.push((i, op, result))
+                        }
+                        NodeEvent::Hydfs(HydfsEvent::ReadData { op, offset, bytes }) => {
+                            take_chunk(self.read.entry((i, op)).or_default(), offset, &bytes)
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -117,15 +142,28 @@ impl Cluster {
     }
 
     fn run(&mut self, at: usize, op: ClientOp) -> Result<OpOutput, HydfsError> {
-        let id = self.nodes[at].submit(self.now, op)?;
+        self.run_op(at, op).1
+    }
+
+    fn run_op(&mut self, at: usize, op: ClientOp) -> (OpId, Result<OpOutput, HydfsError>) {
+        let id = self.nodes[at].submit(self.now, op).expect("submitted");
         for _ in 0..10_000 {
             self.settle();
             if let Some(k) = self.done.iter().position(|(n, o, _)| *n == at && *o == id) {
-                return self.done.remove(k).2;
+                return (id, self.done.remove(k).2);
             }
             self.step(10);
         }
         panic!("the operation did not finish");
+    }
+
+    /// A whole-file read at node `at`: the bytes streamed to it, and the replica they came from.
+    fn download(&mut self, at: usize, file: &str, from: ReadFrom) -> (Vec<u8>, Option<NodeAddr>) {
+        let (id, result) = self.run_op(at, ClientOp::Download { name: name(file), from });
+        let Ok(OpOutput::Downloaded { len, from, .. }) = result else { panic!("a read answers Downloaded") };
+        let bytes = self.read.remove(&(at, id)).unwrap_or_default();
+        assert_eq!(bytes.len() as u64, len, "the chunks add up to the length read");
+        (bytes, from)
     }
 }
 
@@ -140,8 +178,7 @@ fn frames_carry_their_lane_and_each_lane_numbers_its_own_frames() {
     let big = content(300 * 1024);
     c.run(1, ClientOp::Create { name: name("big"), data: big.clone() }).expect("created");
     c.run(2, ClientOp::Append { name: name("big"), data: b"tail".to_vec() }).expect("appended");
-    let read = c.run(3, ClientOp::Get { name: name("big") }).expect("read");
-    let OpOutput::Content { bytes, .. } = read else { panic!("a get answers with content") };
+    let (bytes, _) = c.download(3, "big", ReadFrom::Any);
     assert_eq!(bytes.len(), big.len() + 4);
 
     let mut numbers: BTreeMap<(usize, Channel, Lane), Vec<u64>> = BTreeMap::new();
@@ -177,8 +214,7 @@ fn lanes_overtaking_each_other_are_all_accepted_under_a_key() {
         c.run(2, ClientOp::Append { name: name("big"), data: vec![i; 70 * 1024] }).expect("appended");
     }
     c.run(3, ClientOp::Merge { name: name("big") }).expect("merged");
-    let read = c.run(3, ClientOp::Get { name: name("big") }).expect("read");
-    let OpOutput::Content { bytes, .. } = read else { panic!("a get answers with content") };
+    let (bytes, _) = c.download(3, "big", ReadFrom::Any);
     assert_eq!(&bytes[..big.len()], &big[..]);
     for (i, n) in c.nodes.iter().enumerate() {
         assert_eq!(n.stats().rejected_total(), 0, "node {i} refused frames: {:?}", n.stats().frames_rejected);
@@ -194,8 +230,7 @@ fn a_node_reading_its_own_replica_hands_itself_the_messages_in_process() {
     let local_before = c.nodes[1].stats().frames_local;
     let stats_before: Vec<_> = c.nodes.iter().map(|n| n.stats().clone()).collect();
     // Every node of three holds a replica; node 1 reads its own copy.
-    let read = c.run(1, ClientOp::GetFromReplica { name: name("mine"), replica: addr(1) }).expect("read");
-    let OpOutput::Content { bytes, from, .. } = read else { panic!("a read answers with content") };
+    let (bytes, from) = c.download(1, "mine", ReadFrom::Replica(addr(1)));
     assert_eq!(bytes, data);
     assert_eq!(from, Some(addr(1)));
     assert!(c.nodes[1].stats().frames_local > local_before, "the read went through the node itself");
@@ -233,8 +268,9 @@ fn a_long_exchange_with_itself_runs_in_rounds_that_leave_room_for_other_input() 
     let now = c.now;
     let node = &mut c.nodes[1];
     let id = node
-        .submit(now, ClientOp::GetFromReplica { name: name("large"), replica: addr(1) })
+        .submit(now, ClientOp::Download { name: name("large"), from: ReadFrom::Replica(addr(1)) })
         .expect("submitted");
+    let mut bytes = Vec::new();
     // The messages to itself are due at once, and each round delivers only those queued before
     // it: a 6 MiB read (chunks of at most 1 MiB) takes several rounds, not one input.
     let mut rounds = 0;
@@ -245,16 +281,18 @@ fn a_long_exchange_with_itself_runs_in_rounds_that_leave_room_for_other_input() 
         rounds += 1;
         while node.poll_transmit().is_some() {}
         while let Some(e) = node.poll_event() {
-            if let NodeEvent::Hydfs(HydfsEvent::OpDone { op, result }) = e {
-                if op == id {
-                    done = Some(result);
+            match e {
+                NodeEvent::Hydfs(HydfsEvent::OpDone { op, result }) if op == id => done = Some(result),
+                NodeEvent::Hydfs(HydfsEvent::ReadData { op, offset, bytes: chunk }) if op == id => {
+                    take_chunk(&mut bytes, offset, &chunk)
                 }
+                _ => {}
             }
         }
         assert!(rounds < 100, "the read did not finish");
     }
-    let Ok(OpOutput::Content { bytes, .. }) = done.expect("finished") else {
-        panic!("a read answers with content")
+    let Ok(OpOutput::Downloaded { .. }) = done.expect("finished") else {
+        panic!("a read answers Downloaded")
     };
     assert_eq!(bytes, data);
     assert!(rounds >= 3, "a 6 MiB local read took {rounds} rounds");

@@ -30,7 +30,7 @@
 
 use crate::decode::{layer_frame_with, Layer};
 use rainstorm_core::command::Command;
-use rainstorm_core::hydfs::{ClientOp, FileName, HydfsConfig};
+use rainstorm_core::hydfs::{ClientOp, FileName, HydfsConfig, ReadFrom};
 use rainstorm_core::limits::LimitsConfig;
 use rainstorm_core::membership::{MembershipConfig, MembershipEvent, MembershipMsg, Role};
 use rainstorm_core::node::{CommandError, NodeConfig, NodeStats};
@@ -398,7 +398,7 @@ impl Run {
                 let op = match op % 4 {
                     0 => ClientOp::Create { name, data },
                     1 => ClientOp::Append { name, data },
-                    2 => ClientOp::Get { name },
+                    2 => ClientOp::Download { name, from: ReadFrom::Any },
                     _ => ClientOp::Merge { name },
                 };
                 let _ = self.node.submit(now, op);

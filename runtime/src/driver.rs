@@ -702,7 +702,6 @@ impl NodeTask {
 fn describe_output(out: &OpOutput) -> String {
     match out {
         OpOutput::Written { replicas, .. } => format!(" on {} replicas", replicas.len()),
-        OpOutput::Content { bytes, .. } => format!(": {} bytes", bytes.len()),
         OpOutput::Downloaded { len, from, .. } => {
             format!(": {len} bytes from {}", from.map_or("the cache".to_string(), |a| a.to_string()))
         }

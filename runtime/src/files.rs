@@ -15,7 +15,7 @@
 use crate::driver::{CommandReply, Input, NodeHandle};
 use rainstorm_core::command::FileCommand;
 use rainstorm_core::hydfs::{
-    ClientOp, FileName, HydfsError, OpOutput, PartMeta, PartSource, UploadSource, WriteKind,
+    ClientOp, FileName, HydfsError, OpOutput, PartMeta, PartSource, ReadFrom, UploadSource, WriteKind,
 };
 use rainstorm_core::NodeAddr;
 use std::fs::File;
@@ -145,7 +145,7 @@ pub(crate) async fn download_file(
 ) -> Result<u64, HydfsError> {
     let sink = Sink::create(path, Arc::new(Progress::default())).map_err(HydfsError::Storage)?;
     let (reply, rx) = oneshot::channel();
-    let op = ClientOp::Download { name: name.clone(), replica: None };
+    let op = ClientOp::Download { name: name.clone(), from: ReadFrom::Any };
     let stopping = || HydfsError::Unavailable { name: name.clone(), reason: "node is stopping".into() };
     node.send(Input::Submit { op, sink: Some(sink), reply }).await.map_err(|_| stopping())?;
     match rx.await.map_err(|_| stopping())? {
@@ -440,7 +440,8 @@ async fn download(
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    match submit(handle, ClientOp::Download { name, replica }, Some(sink)).await {
+    let from = replica.map_or(ReadFrom::Any, ReadFrom::Replica);
+    match submit(handle, ClientOp::Download { name, from }, Some(sink)).await {
         Err(e) => fail(e),
         Ok(Err(e)) => fail(e.to_string()),
         Ok(Ok(OpOutput::Downloaded { name, len, writes, from })) => {

@@ -32,7 +32,7 @@ use crate::disk::SimDisk;
 use crate::scenario::Slot;
 use rainstorm_core::hydfs::{
     ClientOp, FileName, Hydfs, HydfsConfig, HydfsError, HydfsEvent, OpId, OpOutput, PartMeta, PartSource,
-    Ring, Stamp, UploadSource, WriteKind,
+    ReadFrom, Ring, Stamp, UploadSource, WriteKind,
 };
 use rainstorm_core::{NodeAddr, Time};
 use rand::{Rng, SeedableRng};
@@ -399,11 +399,9 @@ impl HydfsHarness {
             } else if roll < 75 {
                 token.kind = "get";
                 token.own_acked = self.own_acked(file, writer);
-                if self.rng.gen_bool(0.4) {
-                    ClientOp::Download { name, replica: None }
-                } else {
-                    ClientOp::Get { name }
-                }
+                // Mostly through the cache, sometimes around it.
+                let from = if self.rng.gen_bool(0.8) { ReadFrom::Any } else { ReadFrom::Latest };
+                ClientOp::Download { name, from }
             } else if roll < 83 {
                 token.kind = "merge";
                 ClientOp::Merge { name }
@@ -428,11 +426,7 @@ impl HydfsHarness {
             } else if roll < 90 {
                 let r = live[self.rng.gen_range(0..live.len())];
                 token.kind = "getfromreplica";
-                if self.rng.gen_bool(0.4) {
-                    ClientOp::Download { name, replica: Some(r.addr) }
-                } else {
-                    ClientOp::GetFromReplica { name, replica: r.addr }
-                }
+                ClientOp::Download { name, from: ReadFrom::Replica(r.addr) }
             } else if roll < 92 && self.files[file].busy == 0 {
                 token.kind = "delete";
                 self.files[file].deleting = true;
@@ -558,23 +552,16 @@ impl HydfsHarness {
                 }
                 self.count(token.kind, result.is_ok());
                 let delivered = self.downloads.remove(&key).unwrap_or_default();
-                if let Ok(OpOutput::Downloaded { name, len, writes, from }) = result {
+                if let Ok(OpOutput::Downloaded { name, len, .. }) = result {
                     if delivered.len() as u64 != *len {
                         let why = format!(
-                            "download of {name} by n{slot} reported {len} bytes but delivered {}",
+                            "read of {name} by n{slot} reported {len} bytes but delivered {}",
                             delivered.len()
                         );
                         self.violate(now, CheckerKind::HydfsLoss, why);
                     }
-                    let content = OpOutput::Content {
-                        name: name.clone(),
-                        bytes: delivered,
-                        writes: writes.clone(),
-                        from: *from,
-                    };
-                    return self.op_done(now, token, &Ok(content));
                 }
-                self.op_done(now, token, result);
+                self.op_done(now, token, result, &delivered);
             }
             HydfsEvent::ReadData { op, offset, bytes } => {
                 let key = (slot, generation, *op);
@@ -685,7 +672,8 @@ impl HydfsHarness {
         }
     }
 
-    fn op_done(&mut self, now: Time, token: InFlight, result: &Result<OpOutput, HydfsError>) {
+    /// An operation ended; `read` holds what a whole-file read delivered, in order.
+    fn op_done(&mut self, now: Time, token: InFlight, result: &Result<OpOutput, HydfsError>, read: &[u8]) {
         if token.final_merge {
             self.final_merge_result
                 .insert(token.file, result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
@@ -732,7 +720,8 @@ impl HydfsHarness {
                 }
             }
             "get" | "getfromreplica" => {
-                if let Ok(OpOutput::Content { bytes, from, .. }) = result {
+                if let Ok(OpOutput::Downloaded { from, .. }) = result {
+                    let bytes = read;
                     self.stats.bytes_read += bytes.len() as u64;
                     let what = format!("read of {} by n{}", Self::file_name(token.file), token.client);
                     self.check_content(now, token.file, bytes, &token.own_acked, &what, false);

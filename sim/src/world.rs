@@ -1117,15 +1117,8 @@ fn describe_output(o: &rainstorm_core::hydfs::OpOutput) -> String {
     use rainstorm_core::hydfs::OpOutput;
     match o {
         OpOutput::Written { name, stamp, .. } => format!("wrote {name} {stamp}"),
-        OpOutput::Content { name, bytes, from, .. } => {
-            format!(
-                "read {name}: {} bytes from {}",
-                bytes.len(),
-                from.map_or("cache".into(), |a| a.to_string())
-            )
-        }
         OpOutput::Downloaded { name, len, from, .. } => {
-            format!("downloaded {name}: {len} bytes from {}", from.map_or("cache".into(), |a| a.to_string()))
+            format!("read {name}: {len} bytes from {}", from.map_or("cache".into(), |a| a.to_string()))
         }
         OpOutput::Merged { name, summary } => format!("merged {name} ({} appends)", summary.appended),
         OpOutput::Listed { name, replicas, .. } => format!("ls {name}: {} replicas", replicas.len()),
@@ -1143,19 +1136,17 @@ fn describe_output(o: &rainstorm_core::hydfs::OpOutput) -> String {
 }
 
 fn describe_op(op: &rainstorm_core::hydfs::ClientOp) -> String {
-    use rainstorm_core::hydfs::ClientOp;
+    use rainstorm_core::hydfs::{ClientOp, ReadFrom};
     match op {
         ClientOp::Create { name, data } => format!("create {name} ({} bytes)", data.len()),
         ClientOp::Append { name, data } => format!("append {name} ({} bytes)", data.len()),
-        ClientOp::Get { name } => format!("get {name}"),
-        ClientOp::GetFromReplica { name, replica } => format!("getfromreplica {name} {replica}"),
         ClientOp::Merge { name } => format!("merge {name}"),
         ClientOp::Ls { name } => format!("ls {name}"),
         ClientOp::MultiAppend { name, appends } => format!("multiappend {name} on {} nodes", appends.len()),
         ClientOp::Upload { name, kind, source } => format!("upload {kind:?} {name} ({} bytes)", source.len()),
-        ClientOp::Download { name, replica: None } => format!("download {name}"),
-        ClientOp::Download { name, replica: Some(r) } => format!("download {name} from {r}"),
-        ClientOp::GetLatest { name } => format!("get (uncached) {name}"),
+        ClientOp::Download { name, from: ReadFrom::Any } => format!("get {name}"),
+        ClientOp::Download { name, from: ReadFrom::Latest } => format!("get (uncached) {name}"),
+        ClientOp::Download { name, from: ReadFrom::Replica(r) } => format!("getfromreplica {name} {r}"),
         ClientOp::Persist { name, kind, data } => format!("persist {kind:?} {name} ({} bytes)", data.len()),
         ClientOp::Meta { name } => format!("meta {name}"),
         ClientOp::Delete { name } => format!("delete {name}"),

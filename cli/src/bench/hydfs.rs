@@ -19,7 +19,7 @@ use super::{parallel_map, Scale};
 use anyhow::{bail, Result};
 use rainstorm_core::command::Command;
 use rainstorm_core::hydfs::{
-    ClientOp, FileName, Hydfs, HydfsConfig, HydfsError, HydfsEvent, OpId, OpOutput, Ring,
+    ClientOp, FileName, Hydfs, HydfsConfig, HydfsError, HydfsEvent, OpId, OpOutput, ReadFrom, Ring,
 };
 use rainstorm_core::membership::{MembershipConfig, MembershipEvent};
 use rainstorm_core::node::NodeEvent;
@@ -118,8 +118,8 @@ impl Actor for Recorder {
         match &event {
             NodeEvent::Hydfs(HydfsEvent::OpDone { op, result }) => {
                 let result = match result {
-                    Ok(OpOutput::Content { bytes, from, .. }) => {
-                        Ok(Outcome { read_bytes: bytes.len(), from_cache: from.is_none(), merged: None })
+                    Ok(OpOutput::Downloaded { len, from, .. }) => {
+                        Ok(Outcome { read_bytes: *len as usize, from_cache: from.is_none(), merged: None })
                     }
                     Ok(OpOutput::Merged { summary, .. }) => Ok(Outcome {
                         merged: Some((summary.appended, summary.bytes_moved)),
@@ -808,7 +808,7 @@ fn cache_run(
             c.run_op(client, ClientOp::Append { name: n, data })?;
             row.appends += 1;
         } else {
-            let (took, out) = c.run_op(client, ClientOp::Get { name: n })?;
+            let (took, out) = c.run_op(client, ClientOp::Download { name: n, from: ReadFrom::Any })?;
             row.gets += 1;
             row.get_ms_total += took.0;
             if !out.from_cache {

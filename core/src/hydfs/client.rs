@@ -11,6 +11,9 @@
 //!   only if it includes every write this client has had acknowledged for the file;
 //! * a part read by [`ClientOp::ReadPart`] is returned only if its bytes match the metadata its
 //!   write declared (length, CRC32C, line ends), whether it came from a peer or local storage;
+//! * a whole-file read ([`ClientOp::Download`]) hands its bytes on in order as they arrive and
+//!   holds at most `read_window` chunks ahead of them, whatever the file's size (plus the copy it
+//!   keeps for the read cache, only of a file of at most a quarter of the cache);
 //! * every operation ends with exactly one [`HydfsEvent::OpDone`] (or one reply to the node that
 //!   asked for it, for a multiappend part), at the latest when its deadline passes.
 
@@ -86,18 +89,6 @@ pub enum ClientOp {
         name: FileName,
         data: Vec<u8>,
     },
-    /// The whole file in one buffer ([`OpOutput::Content`]). Its memory grows with the file:
-    /// for small files. A user's whole-file read goes through [`ClientOp::Download`] (or
-    /// [`ClientOp::Meta`] and [`ClientOp::ReadPart`]).
-    Get {
-        name: FileName,
-    },
-    /// One replica's current copy, without fail-over or cache (buffered like
-    /// [`ClientOp::Get`]).
-    GetFromReplica {
-        name: FileName,
-        replica: NodeAddr,
-    },
     Merge {
         name: FileName,
     },
@@ -116,17 +107,14 @@ pub enum ClientOp {
         kind: WriteKind,
         source: UploadSource,
     },
-    /// A read delivered in order as [`HydfsEvent::ReadData`] chunks instead of one buffer (from
-    /// one replica only, if given). A chunk at offset 0 means the read started over.
+    /// A whole-file read (`get`, `getfromreplica`), streamed: the file's bytes arrive in order as
+    /// [`HydfsEvent::ReadData`] chunks (a chunk at offset 0 means the read started over) and the
+    /// operation ends with [`OpOutput::Downloaded`]. The reader keeps at most `read_window`
+    /// chunks requested or waiting for their turn ([`Hydfs::read_bytes_held`]), so a file of any
+    /// size passes through a bounded amount of memory; `from` says which copies may answer.
     Download {
         name: FileName,
-        replica: Option<NodeAddr>,
-    },
-    /// A get that skips this node's read cache: for files that other nodes write (a job's
-    /// destination, appended to by its leader, read from another node). Buffered like
-    /// [`ClientOp::Get`].
-    GetLatest {
-        name: FileName,
+        from: ReadFrom,
     },
     /// A create or append that never ends on a timeout: it is retried with its one stamp (which
     /// replicas recognise) until it is acknowledged or refused for good (already exists, too
@@ -169,6 +157,21 @@ pub enum ClientOp {
     },
 }
 
+/// Which copies of a file a whole-file read ([`ClientOp::Download`]) may take its bytes from.
+/// Whatever the source, the content is one replica's copy as of one moment: its create, its
+/// merged appends in file order, then its complete pending appends in stamp order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// Any replica, failing over in ring order; this node's read cache answers if its copy is
+    /// fresh (`cache_ttl`) and includes every write this client had acknowledged (`get`).
+    Any,
+    /// Any replica, failing over, never the cache: for files other nodes write (a job's
+    /// destination, appended to by its leader, read from another node).
+    Latest,
+    /// This one replica's current copy, without fail-over or cache (`getfromreplica`).
+    Replica(NodeAddr),
+}
+
 impl ClientOp {
     /// The console command this operation carries out (for logs and reports).
     pub fn command(&self) -> &'static str {
@@ -179,10 +182,8 @@ impl ClientOp {
             ClientOp::Append { .. }
             | ClientOp::Upload { kind: WriteKind::Append, .. }
             | ClientOp::Persist { kind: WriteKind::Append, .. } => "append",
-            ClientOp::Get { .. } | ClientOp::Download { replica: None, .. } | ClientOp::GetLatest { .. } => {
-                "get"
-            }
-            ClientOp::GetFromReplica { .. } | ClientOp::Download { replica: Some(_), .. } => "getfromreplica",
+            ClientOp::Download { from: ReadFrom::Replica(_), .. } => "getfromreplica",
+            ClientOp::Download { .. } => "get",
             ClientOp::Merge { .. } => "merge",
             ClientOp::Ls { .. } => "ls",
             ClientOp::MultiAppend { .. } => "multiappend",
@@ -196,15 +197,12 @@ impl ClientOp {
         match self {
             ClientOp::Create { name, .. }
             | ClientOp::Append { name, .. }
-            | ClientOp::Get { name }
-            | ClientOp::GetFromReplica { name, .. }
             | ClientOp::Merge { name }
             | ClientOp::Ls { name }
             | ClientOp::MultiAppend { name, .. }
             | ClientOp::Upload { name, .. }
             | ClientOp::Download { name, .. }
             | ClientOp::Persist { name, .. }
-            | ClientOp::GetLatest { name }
             | ClientOp::Meta { name }
             | ClientOp::ReadPart { name, .. }
             | ClientOp::Delete { name } => name,
@@ -220,13 +218,9 @@ pub enum OpOutput {
         stamp: Stamp,
         replicas: Vec<NodeAddr>,
     },
-    Content {
-        name: FileName,
-        bytes: Vec<u8>,
-        writes: Vec<Stamp>,
-        from: Option<NodeAddr>,
-    },
-    /// A download finished: `len` bytes were delivered as [`HydfsEvent::ReadData`].
+    /// A whole-file read ([`ClientOp::Download`]) finished: `len` bytes were delivered as
+    /// [`HydfsEvent::ReadData`], the content of `writes` in that order, read from replica `from`
+    /// (`None`: from this node's read cache).
     Downloaded {
         name: FileName,
         len: u64,
@@ -330,11 +324,11 @@ enum Kind {
     Write {
         meta: WriteMeta,
     },
+    /// [`ClientOp::Download`]: chunks delivered in order as [`HydfsEvent::ReadData`].
     Read {
         pinned: Option<NodeAddr>,
-        /// Deliver chunks as [`HydfsEvent::ReadData`] (a download) instead of one buffer.
-        stream: bool,
-        /// Keep the content in `buf` (plain reads; downloads small enough to cache).
+        /// Keep a copy of the content in `buf` for the read cache: only for a file of at most a
+        /// quarter of the cache, read from any replica (decided at the first chunk).
         keep: bool,
         buf: Vec<u8>,
         view: Option<u64>,
@@ -373,11 +367,10 @@ enum Kind {
 }
 
 impl Kind {
-    fn read(pinned: Option<NodeAddr>, stream: bool) -> Kind {
+    fn read(pinned: Option<NodeAddr>) -> Kind {
         Kind::Read {
             pinned,
-            stream,
-            keep: !stream,
+            keep: false,
             buf: Vec::new(),
             view: None,
             total: 0,
@@ -396,6 +389,23 @@ impl Hydfs {
     /// id (at once, for a cached read).
     pub fn submit(&mut self, now: Time, op: ClientOp) -> Result<OpId, HydfsError> {
         self.submit_inner(now, op, None)
+    }
+
+    /// Bytes the whole-file reads ([`ClientOp::Download`]) of this node hold right now: chunks
+    /// that arrived ahead of their turn (at most `read_window` chunks per read, whatever the
+    /// file's size) and the copy kept for the read cache (only of a file of at most a quarter of
+    /// the cache). Chunks already delivered as [`HydfsEvent::ReadData`] belong to the driver.
+    pub fn read_bytes_held(&self) -> u64 {
+        self.client
+            .ops
+            .values()
+            .map(|o| match &o.kind {
+                Kind::Read { buf, ahead, .. } => {
+                    buf.len() as u64 + ahead.values().map(|c| c.len() as u64).sum::<u64>()
+                }
+                _ => 0,
+            })
+            .sum()
     }
 
     /// Writes this client had acknowledged, per file (what its reads must include).
@@ -487,18 +497,15 @@ impl Hydfs {
                 self.client.uploads.insert((name.clone(), stamp), Upload::Source(source));
                 Kind::Write { meta }
             }
-            ClientOp::Get { .. } | ClientOp::Download { replica: None, .. } => {
-                let stream = matches!(op, ClientOp::Download { .. });
-                if let Some(out) = self.cached(now, &name) {
-                    let out = if stream { self.deliver_cached(id, out) } else { out };
+            ClientOp::Download { from: ReadFrom::Any, .. } => {
+                if let Some(out) = self.deliver_cached(now, id, &name) {
                     self.finish(now, id, remote, Ok(out));
                     return Ok(id);
                 }
-                Kind::read(None, stream)
+                Kind::read(None)
             }
-            ClientOp::GetLatest { .. } => Kind::read(None, false),
-            ClientOp::GetFromReplica { replica, .. } => Kind::read(Some(replica), false),
-            ClientOp::Download { replica: Some(replica), .. } => Kind::read(Some(replica), true),
+            ClientOp::Download { from: ReadFrom::Latest, .. } => Kind::read(None),
+            ClientOp::Download { from: ReadFrom::Replica(replica), .. } => Kind::read(Some(replica)),
             ClientOp::Merge { .. } => Kind::Merge,
             ClientOp::Meta { .. } => Kind::Meta,
             ClientOp::Delete { .. } => Kind::Delete,
@@ -560,18 +567,6 @@ impl Hydfs {
         Stamp { ts: self.client.last_ts, client: self.client_id, seq: self.client.seq }
     }
 
-    /// Turns a cache hit into a download: its content as in-order chunks, then the summary.
-    fn deliver_cached(&mut self, id: OpId, out: OpOutput) -> OpOutput {
-        let OpOutput::Content { name, bytes, writes, from } = out else { return out };
-        let len = bytes.len() as u64;
-        let mut offset = 0u64;
-        for c in bytes.chunks(self.cfg.chunk_bytes.max(1)) {
-            self.events.push_back(HydfsEvent::ReadData { op: id, offset, bytes: c.to_vec() });
-            offset += c.len() as u64;
-        }
-        OpOutput::Downloaded { name, len, writes, from }
-    }
-
     fn chunk_bytes(&self) -> usize {
         if self.cfg.bug(PlantedBug::UnchunkedTransfers) {
             usize::MAX >> 1
@@ -580,18 +575,23 @@ impl Hydfs {
         }
     }
 
-    fn cached(&mut self, now: Time, name: &FileName) -> Option<OpOutput> {
+    /// Serves a whole-file read from the read cache, if its copy is fresh and includes every
+    /// write this client had acknowledged: the content as in-order chunks, then the summary. (A
+    /// cached file is at most a quarter of the cache, so this is bounded by the cache's size.)
+    fn deliver_cached(&mut self, now: Time, id: OpId, name: &FileName) -> Option<OpOutput> {
         let ignore_own = self.cfg.bug(PlantedBug::CacheIgnoresOwnWrites);
         let ttl = self.cfg.cache_ttl;
         let own: BTreeSet<Stamp> = self.needs(name).into_iter().flat_map(|n| n.writes).collect();
+        let chunk = self.cfg.chunk_bytes.max(1);
         let hit = match self.client.cache.get(name) {
             Some(entry) if now <= entry.fetched_at + ttl && (ignore_own || own.is_subset(&entry.writes)) => {
-                Some(OpOutput::Content {
-                    name: name.clone(),
-                    bytes: entry.content.clone(),
-                    writes: entry.writes.iter().copied().collect(),
-                    from: None,
-                })
+                let mut offset = 0u64;
+                for c in entry.content.chunks(chunk) {
+                    self.events.push_back(HydfsEvent::ReadData { op: id, offset, bytes: c.to_vec() });
+                    offset += c.len() as u64;
+                }
+                let writes = entry.writes.iter().copied().collect();
+                Some(OpOutput::Downloaded { name: name.clone(), len: offset, writes, from: None })
             }
             Some(_) => {
                 self.client.cache.invalidate(name);
@@ -693,8 +693,8 @@ impl Hydfs {
                     + self.cfg.transfer_allowance(meta.len());
                 (HydfsMsg::Write { req, name, write: meta.clone(), inline, source: self.me }, wait)
             }
-            Kind::Read { pinned, stream, restarts, .. } => {
-                let mut fresh = Kind::read(*pinned, *stream);
+            Kind::Read { pinned, restarts, .. } => {
+                let mut fresh = Kind::read(*pinned);
                 if let Kind::Read { restarts: r, inflight, next_ask, .. } = &mut fresh {
                     *r = *restarts;
                     inflight.insert(req, 0);
@@ -998,20 +998,8 @@ impl Hydfs {
         let timeout = self.cfg.request_timeout;
         let Some(op) = self.client.ops.get_mut(&id) else { return };
         let name = op.name.clone();
-        let Kind::Read {
-            pinned,
-            stream,
-            keep,
-            buf,
-            view,
-            total,
-            writes,
-            done,
-            next_ask,
-            inflight,
-            ahead,
-            ..
-        } = &mut op.kind
+        let Kind::Read { pinned, keep, buf, view, total, writes, done, next_ask, inflight, ahead, .. } =
+            &mut op.kind
         else {
             return;
         };
@@ -1023,7 +1011,7 @@ impl Hydfs {
             *view = Some(chunk.view);
             *total = chunk.total_len;
             *writes = chunk.writes;
-            *keep = !*stream || (pinned.is_none() && *total <= cacheable);
+            *keep = pinned.is_none() && *total <= cacheable;
         }
         if chunk.bytes.is_empty() && chunk.offset < *total {
             return self.attempt_failed(now, id, format!("{from}: empty chunk"), false);
@@ -1045,12 +1033,12 @@ impl Hydfs {
             if *keep {
                 buf.extend_from_slice(&tail);
             }
-            if *stream {
-                self.events.push_back(HydfsEvent::ReadData { op: id, offset, bytes: tail });
-            }
+            self.events.push_back(HydfsEvent::ReadData { op: id, offset, bytes: tail });
         }
+        debug_assert!(ahead.len() <= window, "a read holds at most `read_window` chunks out of order");
         if *done < *total {
-            // Keep up to `window` chunks in flight (or waiting to be delivered).
+            // Keep up to `window` chunks in flight (or waiting to be delivered): the bound on
+            // what a read holds, whatever the file's size.
             let mut asks = Vec::new();
             while inflight.len() + ahead.len() + asks.len() < window && *next_ask < *total {
                 asks.push(*next_ask);
@@ -1072,19 +1060,14 @@ impl Hydfs {
             }
             return;
         }
-        let (stream, cache_it, len) = (*stream, pinned.is_none() && *keep && *total <= cacheable, *done);
-        let bytes = std::mem::take(buf);
+        let (cache_it, len) = (pinned.is_none() && *keep && *total <= cacheable, *done);
+        let content = std::mem::take(buf);
         let writes = std::mem::take(writes);
-        let set: BTreeSet<Stamp> = writes.iter().copied().collect();
-        let (out, content) = if stream {
-            (OpOutput::Downloaded { name: name.clone(), len, writes, from: Some(from) }, bytes)
-        } else {
-            let content = if cache_it { bytes.clone() } else { Vec::new() };
-            (OpOutput::Content { name: name.clone(), bytes, writes, from: Some(from) }, content)
-        };
         if cache_it {
-            self.client.cache.insert(name, CachedFile { content, writes: set, fetched_at: now });
+            let set: BTreeSet<Stamp> = writes.iter().copied().collect();
+            self.client.cache.insert(name.clone(), CachedFile { content, writes: set, fetched_at: now });
         }
+        let out = OpOutput::Downloaded { name, len, writes, from: Some(from) };
         self.finish(now, id, None, Ok(out));
     }
 

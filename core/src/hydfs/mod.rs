@@ -14,6 +14,9 @@
 //! * replicas pull what they should hold; a node drops a file it no longer owns only after every
 //!   owner has taken everything it had;
 //! * parts are checksummed, verified on every read and fetch, and never larger than a chunk;
+//! * a whole-file read streams: it holds at most `read_window` chunks that arrived ahead of
+//!   their turn (plus the copy it keeps for the read cache, of a file of at most a quarter of
+//!   the cache), whatever the file's size;
 //! * a delete is acknowledged only when every replica of the coordinator's view (never fewer
 //!   than `min_copies`) dropped its copy and keeps the file's tombstone; no node keeps, absorbs
 //!   or hands on a copy of a file it holds the tombstone of (`tombstone.rs` says for how long).
@@ -33,7 +36,7 @@ mod delete;
 mod server;
 
 pub use cache::ReadCache;
-pub use client::{ClientOp, OpId, OpOutput, PartSource, UploadSource};
+pub use client::{ClientOp, OpId, OpOutput, PartSource, ReadFrom, UploadSource};
 pub use config::{HydfsConfig, PlantedBug};
 pub use message::{HydfsMsg, MergeSummary, Needs, PartBytes, ReadChunk, Refusal, ReqId};
 pub use name::{FileName, NameError, MAX_NAME_BYTES, NAME_BYTES_CEILING};
@@ -66,7 +69,8 @@ pub enum HydfsEvent {
     FileDeleted { name: FileName, create: Stamp },
     /// Storage refused a write or sync; the affected answers are not sent.
     StorageFailed { reason: String },
-    /// The next in-order bytes of a download ([`ClientOp::Download`]); offset 0 starts it over.
+    /// The next in-order bytes of a whole-file read ([`ClientOp::Download`]); offset 0 starts it
+    /// over.
     ReadData { op: OpId, offset: u64, bytes: Vec<u8> },
     /// This node began handling a request from another node (or itself), one per operation.
     Handled { what: &'static str, name: FileName, from: NodeAddr },

@@ -49,6 +49,8 @@ struct Net {
     disks: Vec<FlakyStorage>,
     now: Time,
     done: Vec<(usize, OpId, Result<OpOutput, HydfsError>)>,
+    /// What each whole-file read delivered so far, by (node, operation).
+    reads: BTreeMap<(usize, OpId), Vec<u8>>,
     /// Nodes that are unreachable: a message to one fails at once (its sender is told), and
     /// they handle no timers.
     down: std::collections::BTreeSet<usize>,
@@ -76,7 +78,7 @@ impl Net {
                 (0..n).filter(|j| *j != i).map(|j| MemberId::new(addr(j), 1)).collect();
             node.set_members(Time(0), Some(MemberId::new(addr(i), 1)), others);
         }
-        Net { nodes, disks, now: Time(0), done: Vec::new(), down: Default::default() }
+        Net { nodes, disks, now: Time(0), done: Vec::new(), reads: BTreeMap::new(), down: Default::default() }
     }
 
     fn settle(&mut self) {
@@ -92,11 +94,7 @@ impl Net {
                         self.nodes[j].handle_message(self.now, MemberId::new(addr(i), 1), msg);
                     }
                 }
-                while let Some(e) = self.nodes[i].poll_event() {
-                    if let HydfsEvent::OpDone { op, result } = e {
-                        self.done.push((i, op, result));
-                    }
-                }
+                self.drain_events(i);
             }
             if !moved {
                 return;
@@ -104,13 +102,57 @@ impl Net {
         }
     }
 
+    /// Takes node `i`'s events: finished operations, and the chunks of its whole-file reads
+    /// (each must come in order; offset 0 starts a read over).
+    fn drain_events(&mut self, i: usize) {
+        while let Some(e) = self.nodes[i].poll_event() {
+            match e {
+                HydfsEvent::OpDone { op, result } => self.done.push((i, op, result)),
+                HydfsEvent::ReadData { op, offset, bytes } => {
+                    let got = self.reads.entry((i, op)).or_default();
+                    if offset == 0 {
+                        got.clear();
+                    }
+                    assert_eq!(offset, got.len() as u64, "chunks of a read come in order");
+                    got.extend_from_slice(&bytes);
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Runs `op` to its end without letting time pass (timers already due still fire).
     fn run(&mut self, at: usize, op: ClientOp) -> Result<OpOutput, HydfsError> {
-        let id = self.nodes[at].submit(self.now, op)?;
+        self.run_op(at, op).1
+    }
+
+    /// Reads the whole file `name` at node `at` (any replica, or its cache).
+    fn get(&mut self, at: usize, name: FileName) -> Result<Vec<u8>, HydfsError> {
+        self.read(at, name, ReadFrom::Any).map(|(bytes, _)| bytes)
+    }
+
+    /// Reads the whole file `name` at node `at` from `from`: the bytes its chunks delivered, and
+    /// the operation's summary (whose length must match them).
+    fn read(&mut self, at: usize, name: FileName, from: ReadFrom) -> Result<(Vec<u8>, OpOutput), HydfsError> {
+        let (id, result) = self.run_op(at, ClientOp::Download { name, from });
+        let bytes = self.reads.remove(&(at, id)).unwrap_or_default();
+        let out = result?;
+        match &out {
+            OpOutput::Downloaded { len, .. } => assert_eq!(*len, bytes.len() as u64, "delivered length"),
+            other => panic!("expected a download, got {other:?}"),
+        }
+        Ok((bytes, out))
+    }
+
+    fn run_op(&mut self, at: usize, op: ClientOp) -> (OpId, Result<OpOutput, HydfsError>) {
+        let id = match self.nodes[at].submit(self.now, op) {
+            Ok(id) => id,
+            Err(e) => return (0, Err(e)),
+        };
         for _ in 0..10_000 {
             self.settle();
             if let Some(k) = self.done.iter().position(|(n, o, _)| *n == at && *o == id) {
-                return self.done.remove(k).2;
+                return (id, self.done.remove(k).2);
             }
             let now = self.now;
             for (i, n) in self.nodes.iter_mut().enumerate() {
@@ -142,13 +184,6 @@ fn name(s: &str) -> FileName {
     FileName::new(s).unwrap()
 }
 
-fn content(r: Result<OpOutput, HydfsError>) -> Vec<u8> {
-    match r {
-        Ok(OpOutput::Content { bytes, .. }) => bytes,
-        other => panic!("expected content, got {other:?}"),
-    }
-}
-
 #[test]
 fn create_append_get_merge_on_three_replicas() {
     let mut net = Net::new(5);
@@ -164,7 +199,7 @@ fn create_append_get_merge_on_three_replicas() {
     assert!(net.run(2, ClientOp::Append { name: name("f"), data: b"two".to_vec() }).is_ok());
     let mut expect = big.clone();
     expect.extend_from_slice(b"onetwo");
-    let got = content(net.run(3, ClientOp::Get { name: name("f") }));
+    let got = net.get(3, name("f")).unwrap();
     assert!(got == expect, "get returned {} bytes, not the {} expected", got.len(), expect.len());
     let holders = net.nodes.iter().filter(|n| n.store().file(&name("f")).is_some()).count();
     assert_eq!(holders, 3);
@@ -188,10 +223,7 @@ fn bad_requests_get_typed_errors() {
         net.run(0, ClientOp::Append { name: name("missing"), data: b"x".to_vec() }),
         Err(HydfsError::NotFound(name("missing")))
     );
-    assert_eq!(
-        net.run(0, ClientOp::Get { name: name("missing") }),
-        Err(HydfsError::NotFound(name("missing")))
-    );
+    assert_eq!(net.get(0, name("missing")), Err(HydfsError::NotFound(name("missing"))));
     let limit = net.nodes[0].config().max_write_bytes;
     let too_big = vec![0u8; (limit + 1) as usize];
     assert_eq!(
@@ -200,7 +232,7 @@ fn bad_requests_get_typed_errors() {
     );
     let mut lonely = Net::new(1);
     lonely.nodes[0].set_members(Time(0), None, []);
-    assert_eq!(lonely.run(0, ClientOp::Get { name: name("f") }), Err(HydfsError::NoLiveReplica(name("f"))));
+    assert_eq!(lonely.get(0, name("f")), Err(HydfsError::NoLiveReplica(name("f"))));
 }
 
 #[test]
@@ -217,8 +249,8 @@ fn a_write_a_replica_cannot_sync_fails_at_once_with_the_cause() {
     // A failed write may still have landed on the other replicas (as after a timeout), but
     // nothing garbled is ever served, and once the disk recovers writes succeed again.
     net.disks[2].fail_syncs(false);
-    match net.run(0, ClientOp::Get { name: name("f") }) {
-        Ok(OpOutput::Content { bytes, .. }) => assert_eq!(bytes, b"data"),
+    match net.get(0, name("f")) {
+        Ok(bytes) => assert_eq!(bytes, b"data"),
         Err(HydfsError::NotFound(_)) => {}
         other => panic!("unexpected {other:?}"),
     }
@@ -285,9 +317,9 @@ fn stamp_of(net: &Net) -> Stamp {
 fn a_client_reads_its_own_writes_through_its_cache() {
     let mut net = Net::new(4);
     assert!(net.run(0, ClientOp::Create { name: name("c"), data: b"base".to_vec() }).is_ok());
-    assert_eq!(content(net.run(0, ClientOp::Get { name: name("c") })), b"base");
+    assert_eq!(net.get(0, name("c")).unwrap(), b"base");
     assert!(net.run(0, ClientOp::Append { name: name("c"), data: b"+mine".to_vec() }).is_ok());
-    assert_eq!(content(net.run(0, ClientOp::Get { name: name("c") })), b"base+mine");
+    assert_eq!(net.get(0, name("c")).unwrap(), b"base+mine");
     assert!(net.nodes[0].stats().cache_misses >= 2);
 }
 
@@ -405,7 +437,7 @@ fn a_write_retried_with_its_stamp_after_it_committed_elsewhere_is_acknowledged()
         assert_eq!(rec.create.as_ref().map(|c| c.stamp), Some(created));
         assert_eq!(rec.writes().filter(|w| w.stamp == appended).count(), 1);
     }
-    assert_eq!(content(net.run(1, ClientOp::Get { name: f.clone() })), b"base+one");
+    assert_eq!(net.get(1, f.clone()).unwrap(), b"base+one");
     // A different create of the name is still refused.
     let other = Stamp { ts: created.ts + 100, ..created };
     let refused = resend(&mut net, 902, other, WriteKind::Create, b"other");
@@ -636,7 +668,7 @@ fn appends_over_the_pending_limit_are_refused_until_a_merge() {
     assert_eq!(net.nodes.iter().map(|n| n.stats().pending_appends_refused).sum::<u64>(), 1);
     assert!(net.run(2, ClientOp::Merge { name: f.clone() }).is_ok());
     assert!(net.run(1, ClientOp::Append { name: f.clone(), data: b"after".to_vec() }).is_ok());
-    assert_eq!(content(net.run(2, ClientOp::Get { name: f })), b"\x00\x01\x02after");
+    assert_eq!(net.get(2, f).unwrap(), b"\x00\x01\x02after");
 }
 
 // ---- metadata and part reads (streaming readers) ---------------------------------------------
@@ -699,7 +731,7 @@ fn meta_lists_every_write_with_its_parts_in_file_order() {
     assert!(meta.incomplete.is_empty());
     assert_eq!(meta.create.as_ref().unwrap().parts.len(), 3, "3000 bytes in parts of 1 KiB");
     // Line positions from metadata alone agree with the file's bytes.
-    let whole = content(net.run(4, ClientOp::Get { name: f.clone() }));
+    let whole = net.get(4, f.clone()).unwrap();
     assert_eq!(whole, [base, one, two].concat());
     assert_eq!(meta.len(), whole.len() as u64);
     for p in meta.part_positions() {
@@ -899,7 +931,7 @@ fn a_delete_drops_every_copy_and_frees_its_blocks_and_a_new_create_is_a_new_file
     for r in &replicas {
         assert!(net.nodes[net.index(*r)].tombstones().contains(&f, created), "{r} keeps the tombstone");
     }
-    assert_eq!(net.run(1, ClientOp::Get { name: f.clone() }), Err(HydfsError::NotFound(f.clone())));
+    assert_eq!(net.get(1, f.clone()), Err(HydfsError::NotFound(f.clone())));
     assert_eq!(net.run(1, ClientOp::Meta { name: f.clone() }), Err(HydfsError::NotFound(f.clone())));
     assert_eq!(net.run(2, ClientOp::Ls { name: f.clone() }), Err(HydfsError::NotFound(f.clone())));
     assert_eq!(
@@ -913,14 +945,14 @@ fn a_delete_drops_every_copy_and_frees_its_blocks_and_a_new_create_is_a_new_file
     // Clients that had writes of the old file acknowledged read the new one (they do not wait
     // for writes of a deleted file).
     for i in [1, 3] {
-        assert_eq!(content(net.run(i, ClientOp::Get { name: f.clone() })), b"new\n", "client {i}");
+        assert_eq!(net.get(i, f.clone()).unwrap(), b"new\n", "client {i}");
         assert!(net.run(i, ClientOp::Meta { name: f.clone() }).is_ok(), "client {i}");
     }
     // Anti-entropy rounds change nothing.
     for _ in 0..5 {
         net.tick(2_000);
     }
-    assert_eq!(content(net.run(4, ClientOp::Get { name: f.clone() })), b"new\n");
+    assert_eq!(net.get(4, f.clone()).unwrap(), b"new\n");
 }
 
 #[test]
@@ -959,7 +991,7 @@ fn a_replica_cut_off_during_a_delete_does_not_bring_the_file_back() {
         assert_eq!(net.blocks(i), 0, "node {i} still holds blocks");
     }
     assert!(net.nodes[cut].tombstones().contains(&f, created), "the stale holder learned the tombstone");
-    assert_eq!(net.run(client, ClientOp::Get { name: f.clone() }), Err(HydfsError::NotFound(f)));
+    assert_eq!(net.get(client, f.clone()), Err(HydfsError::NotFound(f)));
 }
 
 #[test]
@@ -1075,7 +1107,7 @@ fn a_client_cut_off_during_a_delete_reads_the_new_file_of_the_name() {
     net.down.clear();
     net.view_without(&[]);
     assert_eq!(net.nodes[k].acknowledged(&f), 2, "k still counts its writes of the old file");
-    assert_eq!(content(net.run(k, ClientOp::Get { name: f.clone() })), b"new\n");
+    assert_eq!(net.get(k, f.clone()).unwrap(), b"new\n");
     assert!(net.run(k, ClientOp::Meta { name: f.clone() }).is_ok());
 }
 
@@ -1088,12 +1120,12 @@ fn the_read_cache_takes_only_files_it_can_afford() {
     assert!(net.run(0, ClientOp::Create { name: small.clone(), data: vec![b's'; 1000] }).is_ok());
     assert!(net.run(0, ClientOp::Create { name: big.clone(), data: vec![b'b'; 3000] }).is_ok());
     for _ in 0..2 {
-        assert_eq!(content(net.run(1, ClientOp::Get { name: big.clone() })).len(), 3000);
+        assert_eq!(net.get(1, big.clone()).unwrap().len(), 3000);
     }
     assert_eq!(net.nodes[1].client.cache.used_bytes(), 0, "3000 bytes is over a quarter of the cache");
     assert_eq!((net.nodes[1].stats().cache_hits, net.nodes[1].stats().cache_misses), (0, 2));
     for _ in 0..2 {
-        assert_eq!(content(net.run(1, ClientOp::Get { name: small.clone() })).len(), 1000);
+        assert_eq!(net.get(1, small.clone()).unwrap().len(), 1000);
     }
     assert_eq!(net.nodes[1].client.cache.used_bytes(), 1000);
     assert_eq!(net.nodes[1].stats().cache_hits, 1, "the small file is served from the cache");
@@ -1125,4 +1157,159 @@ fn a_replica_answers_an_install_it_has_already_applied_as_done() {
     }
     assert_eq!(out, vec![(coordinator, HydfsMsg::InstallReply { req: 900, result: Ok(0) })]);
     assert_eq!(net.nodes[r].store().merged_hash(&f), merged, "applied once");
+}
+
+/// Bytes that say where they sit: write `w`'s byte `i`, so a misplaced or reordered byte shows.
+fn patterned(w: u32, len: usize) -> Vec<u8> {
+    (0..len as u32).map(|i| (i.wrapping_mul(31) ^ w.wrapping_mul(97)) as u8).collect()
+}
+
+/// A file of many writes from several clients: a create of several parts, then appends of odd
+/// sizes (so parts and read chunks never line up), some merged, some still pending. Returns the
+/// content a read must return: the create, the merged appends in stamp order, then the pending
+/// ones in stamp order (every append here has a later stamp than the ones before it).
+fn many_writes(net: &mut Net, f: &FileName) -> Vec<u8> {
+    let mut expect = patterned(0, 5_300);
+    assert!(net.run(0, ClientOp::Create { name: f.clone(), data: expect.clone() }).is_ok());
+    for i in 1..=24u32 {
+        net.now = Time(net.now.0 + 10);
+        let data = patterned(i, 1 + (i as usize * 377) % 2_900);
+        assert!(net.run(i as usize % 4, ClientOp::Append { name: f.clone(), data: data.clone() }).is_ok());
+        expect.extend_from_slice(&data);
+        if i == 10 || i == 17 {
+            assert!(net.run(1, ClientOp::Merge { name: f.clone() }).is_ok());
+        }
+    }
+    expect
+}
+
+/// What one replica's copy holds, part by part, in the order a read serves it.
+fn copy_of(net: &mut Net, node: usize, f: &FileName) -> Vec<u8> {
+    let store = &mut net.nodes[node].store;
+    let meta = store.meta(f).expect("the replica holds the file");
+    let mut bytes = Vec::new();
+    for w in meta.all_writes() {
+        for i in 0..w.parts.len() as u32 {
+            bytes.extend_from_slice(&store.read_part(f, w.stamp, i).expect("part"));
+        }
+    }
+    bytes
+}
+
+#[test]
+fn a_streamed_read_of_many_writes_returns_the_bytes_of_the_replicas_copy_in_merged_order() {
+    let mut net = Net::with_config(
+        5,
+        HydfsConfig { chunk_bytes: 1024, inline_bytes: 512, read_window: 3, ..HydfsConfig::default() },
+    );
+    let f = name("many");
+    let expect = many_writes(&mut net, &f);
+    let holders: Vec<usize> = (0..5).filter(|i| net.nodes[*i].store().file(&f).is_some()).collect();
+    assert_eq!(holders.len(), 3);
+    let reader = (0..5).find(|i| !holders.contains(i)).unwrap();
+    for r in &holders {
+        assert!(copy_of(&mut net, *r, &f) == expect, "replica {r} holds the writes in merged order");
+    }
+    // Every way of reading the file gives the same bytes: any replica, the latest copy, each
+    // replica in turn, and then this node's cache (the file fits a quarter of it).
+    let (bytes, out) = net.read(reader, f.clone(), ReadFrom::Latest).unwrap();
+    assert!(bytes == expect, "latest: {} bytes, {} expected", bytes.len(), expect.len());
+    let OpOutput::Downloaded { writes, from, .. } = out else { unreachable!() };
+    assert_eq!(writes.len(), 25, "the create and 24 appends");
+    assert!(from.is_some());
+    for r in &holders {
+        let (bytes, _) = net.read(reader, f.clone(), ReadFrom::Replica(addr(*r))).unwrap();
+        assert!(bytes == expect, "from replica {r}");
+    }
+    let (bytes, out) = net.read(reader, f.clone(), ReadFrom::Any).unwrap();
+    assert!(bytes == expect, "from the cache");
+    assert!(matches!(out, OpOutput::Downloaded { from: None, .. }), "served by the cache: {out:?}");
+    // Unreachable replicas are failed over, and the read still returns the same bytes.
+    net.down.insert(holders[0]);
+    net.down.insert(holders[1]);
+    let (bytes, _) = net.read(reader, f.clone(), ReadFrom::Latest).unwrap();
+    assert!(bytes == expect, "after fail-over");
+    assert_eq!(net.nodes[reader].read_bytes_held(), 0, "a finished read holds nothing");
+}
+
+/// Reads `f` at `reader`, delivering messages one at a time in a scrambled order (so chunks
+/// arrive out of order), and returns the bytes delivered and the most the reader held at once.
+fn read_scrambled(net: &mut Net, reader: usize, f: &FileName) -> (Vec<u8>, u64) {
+    let id = net.nodes[reader]
+        .submit(net.now, ClientOp::Download { name: f.clone(), from: ReadFrom::Latest })
+        .unwrap();
+    let mut queue: Vec<(usize, usize, HydfsMsg)> = Vec::new();
+    let (mut got, mut most, mut seed) = (Vec::new(), 0u64, 0x2545_f491_u64);
+    for step in 0..1_000_000 {
+        for i in 0..net.nodes.len() {
+            while let Some((to, msg)) = net.nodes[i].poll_outgoing() {
+                queue.push((i, (0..net.nodes.len()).find(|j| addr(*j) == to).unwrap(), msg));
+            }
+        }
+        while let Some(e) = net.nodes[reader].poll_event() {
+            match e {
+                HydfsEvent::ReadData { op, offset, bytes } if op == id => {
+                    assert_eq!(offset, got.len() as u64, "in order");
+                    got.extend_from_slice(&bytes);
+                }
+                HydfsEvent::OpDone { op, result } if op == id => {
+                    let Ok(OpOutput::Downloaded { len, .. }) = result else { panic!("{result:?}") };
+                    assert_eq!(len, got.len() as u64);
+                    return (got, most);
+                }
+                _ => {}
+            }
+        }
+        most = most.max(net.nodes[reader].read_bytes_held());
+        assert!(!queue.is_empty(), "the read stalled at step {step}");
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let (from, to, msg) = queue.swap_remove((seed >> 33) as usize % queue.len());
+        net.nodes[to].handle_message(net.now, MemberId::new(addr(from), 1), msg);
+    }
+    panic!("the read did not finish");
+}
+
+#[test]
+fn a_read_of_a_file_many_times_its_window_holds_at_most_the_window() {
+    let (chunk, window) = (1024usize, 4usize);
+    let cfg = HydfsConfig {
+        chunk_bytes: chunk,
+        inline_bytes: 512,
+        read_window: window,
+        cache_bytes: 4 * 1024,
+        max_write_bytes: 1 << 30,
+        ..HydfsConfig::default()
+    };
+    let mut net = Net::with_config(5, cfg.clone());
+    let f = name("big");
+    // Over 200 chunks, 50 times the window, in writes whose parts never line up with the chunks.
+    let mut expect = Vec::new();
+    for i in 0..9u32 {
+        net.now = Time(net.now.0 + 10);
+        let data = patterned(i, 25_000 + i as usize * 77);
+        let op = if i == 0 {
+            ClientOp::Create { name: f.clone(), data: data.clone() }
+        } else {
+            ClientOp::Append { name: f.clone(), data: data.clone() }
+        };
+        assert!(net.run(0, op).is_ok());
+        expect.extend_from_slice(&data);
+    }
+    assert!(expect.len() > 50 * window * chunk);
+    let reader = (0..5).find(|i| net.nodes[*i].store().file(&f).is_none()).unwrap();
+    let (got, most) = read_scrambled(&mut net, reader, &f);
+    assert!(got == expect, "{} bytes read, {} expected", got.len(), expect.len());
+    assert!(most > 0, "chunks did wait for their turn");
+    assert!(
+        most <= (window * chunk) as u64,
+        "the reader held {most} bytes at once, over its window of {window} chunks of {chunk} bytes"
+    );
+    // The probe sees a buffered copy: with a cache large enough to keep this file, the reader
+    // holds the whole file by the end (the copy it caches), which the bound above would refuse.
+    let mut roomy = Net::with_config(5, HydfsConfig { cache_bytes: 8 * expect.len() as u64, ..cfg });
+    assert!(roomy.run(0, ClientOp::Create { name: f.clone(), data: expect.clone() }).is_ok());
+    let reader = (0..5).find(|i| roomy.nodes[*i].store().file(&f).is_none()).unwrap();
+    let (got, most) = read_scrambled(&mut roomy, reader, &f);
+    assert!(got == expect);
+    assert!(most >= expect.len() as u64 - chunk as u64, "held {most} of {} bytes", expect.len());
 }

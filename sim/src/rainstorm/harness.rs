@@ -22,7 +22,9 @@ use super::verdict::{judge, Finding, Observed};
 use crate::check::CheckerKind;
 use crate::rainstorm::programs::SimPrograms;
 use crate::scenario::Slot;
-use rainstorm_core::hydfs::{ClientOp, FileName, HydfsError, HydfsEvent, OpId, OpOutput, WriteKind};
+use rainstorm_core::hydfs::{
+    ClientOp, FileName, HydfsError, HydfsEvent, OpId, OpOutput, ReadFrom, WriteKind,
+};
 use rainstorm_core::rainstorm::job::Route;
 use rainstorm_core::rainstorm::reference;
 use rainstorm_core::rainstorm::tuple::TUPLE_OVERHEAD_BYTES;
@@ -159,6 +161,8 @@ pub struct RainstormHarness {
     console: Vec<Tuple>,
     completed: bool,
     dest_content: Option<Vec<u8>>,
+    /// The destination's bytes delivered so far by the read in `Phase::ReadDest`.
+    dest_read: Vec<u8>,
     /// The leader stopped being a member (declared failed under loss, or crashed).
     leader_lost: bool,
     /// The most bytes of each kind one task or sink may hold.
@@ -221,6 +225,7 @@ impl RainstormHarness {
             console: Vec::new(),
             completed: false,
             dest_content: None,
+            dest_read: Vec::new(),
             leader_lost: false,
             hosts: std::collections::BTreeMap::new(),
             batches: std::collections::BTreeMap::new(),
@@ -298,7 +303,9 @@ impl RainstormHarness {
     fn read_dest(&mut self, slot: Slot, up: &dyn Fn(Slot) -> Option<u64>) -> Vec<Action> {
         let Some(generation) = up(slot) else { return Vec::new() };
         self.phase = Phase::ReadDest { slot, generation, op: None };
-        vec![Action::Submit { slot, op: ClientOp::GetLatest { name: self.dest.clone() } }]
+        self.dest_read.clear();
+        let op = ClientOp::Download { name: self.dest.clone(), from: ReadFrom::Latest };
+        vec![Action::Submit { slot, op }]
     }
 
     fn specs(&self) -> Result<(OperatorSpec, OperatorSpec), String> {
@@ -392,6 +399,17 @@ impl RainstormHarness {
     }
 
     pub fn on_hydfs_event(&mut self, now: Time, slot: Slot, generation: u64, event: &HydfsEvent) {
+        if let HydfsEvent::ReadData { op, offset, bytes } = event {
+            if let Phase::ReadDest { slot: s, generation: g, op: Some(id) } = &self.phase {
+                if (*s, *g, *id) == (slot, generation, *op) {
+                    if *offset == 0 {
+                        self.dest_read.clear(); // the read started over
+                    }
+                    self.dest_read.extend_from_slice(bytes);
+                }
+            }
+            return;
+        }
         let HydfsEvent::OpDone { op, result } = event else { return };
         match &self.phase {
             Phase::Storing { slot: s, generation: g, op: Some(id) }
@@ -406,8 +424,8 @@ impl RainstormHarness {
                 if (*s, *g, *id) == (slot, generation, *op) =>
             {
                 match result {
-                    Ok(OpOutput::Content { bytes, .. }) => {
-                        self.dest_content = Some(bytes.clone());
+                    Ok(OpOutput::Downloaded { len, .. }) if *len == self.dest_read.len() as u64 => {
+                        self.dest_content = Some(std::mem::take(&mut self.dest_read));
                         self.judge(now);
                     }
                     _ => self.phase = Phase::ReadDest { slot, generation, op: None },
