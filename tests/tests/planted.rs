@@ -229,8 +229,8 @@ mod hydfs {
     #[test]
     fn deleted_catches_a_delete_without_tombstones() {
         // Needs a copy that missed the delete to come back; few swarm seeds delete a file while
-        // one of its holders is cut off, so more seeds are searched (first caught: seed 110).
-        first_caught_within(PlantedBug::DeleteWithoutTombstone, CheckerKind::HydfsDeleted, 160);
+        // one of its holders is cut off, so more seeds are searched (first caught: seed 205).
+        first_caught_within(PlantedBug::DeleteWithoutTombstone, CheckerKind::HydfsDeleted, 260);
     }
 
     #[test]
