@@ -22,7 +22,7 @@
 //!
 //! A restarted process is a new member id, so its counter starting again at 1 is a new window.
 //! What the guard cannot see: a frame recorded from a sender that was forgotten (more than
-//! `max_senders` senders since), or recorded before this node itself restarted.
+//! `max_windows` (sender, channel, lane) windows since), or recorded before this node itself restarted.
 
 use crate::id::MemberId;
 use crate::node::{Channel, Lane};

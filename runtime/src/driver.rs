@@ -375,6 +375,14 @@ impl NodeTask {
                 (Some(d), Some(s)) => Some(d.min(s.into_std())),
                 (d, s) => d.or(s.map(|s| s.into_std())),
             };
+            // During a long exchange with itself the node's messages to itself are due round
+            // after round, and the biased select below would serve only them: take one frame a
+            // peer has waiting before each such round, so peers are not held up meanwhile.
+            if deadline.is_some_and(|d| d <= std::time::Instant::now()) {
+                if let Ok(Some((_, incoming))) = tokio::time::timeout(Duration::ZERO, lanes.recv()).await {
+                    self.on_lane(incoming);
+                }
+            }
             let sleep = async {
                 match wake {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -430,10 +438,7 @@ impl NodeTask {
                     self.node.handle_timeout(self.clock.now());
                 }
                 // Control frames before data frames before bulk frames (`LaneQueues::recv`).
-                Some((_, incoming)) = lanes.recv() => match incoming {
-                    Incoming::Frame(frame) => self.node.handle_frame(self.clock.now(), Channel::Stream, &frame),
-                    Incoming::Oversized { .. } => self.node.record_rejected("oversized", 1),
-                },
+                Some((_, incoming)) = lanes.recv() => self.on_lane(incoming),
             }
             if let Some((at, _)) = &stopping {
                 if tokio::time::Instant::now() >= *at {
@@ -445,6 +450,14 @@ impl NodeTask {
                     return;
                 }
             }
+        }
+    }
+
+    /// A stream frame (or an oversized one's notice) from a peer's connection.
+    fn on_lane(&mut self, incoming: Incoming) {
+        match incoming {
+            Incoming::Frame(frame) => self.node.handle_frame(self.clock.now(), Channel::Stream, &frame),
+            Incoming::Oversized { .. } => self.node.record_rejected("oversized", 1),
         }
     }
 

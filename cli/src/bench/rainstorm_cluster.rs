@@ -131,6 +131,8 @@ struct Row {
     program_cpu: f64,
     rss_mib: f64,
     exact: Result<(), String>,
+    /// The job ran under `perf` (`--profile`), which slows it.
+    profiled: bool,
 }
 
 pub fn run(plan: Plan) -> Result<()> {
@@ -206,6 +208,8 @@ pub fn run(plan: Plan) -> Result<()> {
             for &tasks in &plan.tasks {
                 let kills: &[bool] = if plan.kill_tasks.contains(&tasks) { &[false, true] } else { &[false] };
                 for &kill in kills {
+                    let job =
+                        Job { app, src: &src, lines: size, tasks, rate: plan.rate, kill_after: None, run: 0 };
                     let row = if kill {
                         // Its own cluster: restarted nodes take their files back for a while,
                         // which would slow the jobs after it.
@@ -214,29 +218,12 @@ pub fn run(plan: Plan) -> Result<()> {
                         // 1.5 s in, or 40% into a job that takes less than 3.75 s without kills.
                         let unkilled = rows.last().map_or(f64::INFINITY, |r: &Row| r.secs);
                         let at = KILL_AFTER.min(Duration::from_secs_f64((unkilled * 0.4).max(0.05)));
-                        let job = Job {
-                            app,
-                            src: &src,
-                            lines: size,
-                            tasks,
-                            rate: plan.rate,
-                            kill_after: Some(at),
-                            run: 0,
-                        };
+                        let job = Job { kill_after: Some(at), ..job };
                         let row = run_job(&mut own, &root, bin, &job, expected, None);
                         own.stop();
                         let _ = std::fs::remove_dir_all(root.join("kills"));
                         row?.0
                     } else {
-                        let job = Job {
-                            app,
-                            src: &src,
-                            lines: size,
-                            tasks,
-                            rate: plan.rate,
-                            kill_after: None,
-                            run: 0,
-                        };
                         let profile = (plan.profile && size == largest && tasks == profiled_tasks)
                             .then(|| root.join(format!("perf-{}.data", app.name)));
                         let (row, profile) =
@@ -501,6 +488,7 @@ fn run_job(
         program_cpu,
         rss_mib,
         exact,
+        profiled: profiled.is_some(),
     };
     Ok((row, profiled))
 }
@@ -693,8 +681,9 @@ fn print_table(rows: &[Row], ceilings: &[Ceiling], pipes: &[(&str, u64, PipesRow
         // Wall time not covered by CPU on the 2 cores: waiting (round trips, fsyncs, windows).
         let busy = (r.node_cpu + r.program_cpu) / (r.secs * cores());
         println!(
-            "| {} | {} | {} | {} | {:.2} | {:.0} | {:.0} | {:.4}x | {} | {} | {:.1} | {:.1} | {:.0}% | {:.1} | {} | {} |",
+            "| {}{} | {} | {} | {} | {:.2} | {:.0} | {:.0} | {:.4}x | {} | {} | {:.1} | {:.1} | {:.0}% | {:.1} | {} | {} |",
             r.app,
+            if r.profiled { " (under perf)" } else { "" },
             r.lines,
             r.tasks,
             if r.killed { "2" } else { "0" },
@@ -828,19 +817,20 @@ fn print_before_after(rows: &[Row], paced: bool) {
     let after = |app: &str, lines: u64, tasks: u32| {
         rows.iter()
             .find(|r| r.app == app && r.lines == lines && r.tasks == tasks && !r.killed)
-            .map_or("-".to_owned(), |r| format!("{:.2}", r.secs))
+            .map_or("-".to_owned(), |r| format!("{:.2}{}", r.secs, if r.profiled { "*" } else { "" }))
     };
     let mut measured: Vec<(&str, u64)> =
         rows.iter().filter(|r| !r.killed).map(|r| (r.app, r.lines)).collect();
     measured.dedup();
-    if measured.is_empty() {
+    if !measured.iter().any(|(app, lines)| BEFORE.iter().any(|(a, l, ..)| a == app && l == lines)) {
         return;
     }
     println!(
         "## Before and after: job seconds at 1, 3 and 5 tasks per stage. Before: the per-batch journal design, \
          measured by this benchmark on the same kind of machine (at 1M lines only with batches of 1024 lines; \
-         with the default batches App 1 at 3 tasks took 663 s). After: this run, default settings{}",
-        if paced { ", sources paced (not comparable)" } else { "" }
+         with the default batches App 1 at 3 tasks took 663 s). After: this run{}{}",
+        if paced { ", sources paced (not comparable)" } else { "" },
+        if rows.iter().any(|r| r.profiled) { "; * ran under perf" } else { "" }
     );
     println!("| app | lines | before: how | before 1 | before 3 | before 5 | after 1 | after 3 | after 5 | 3 tasks before / after |");
     println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
@@ -888,12 +878,26 @@ impl Perf {
     /// Stops the sampling; perf writes its file when interrupted.
     fn finish(mut self) -> Result<PathBuf> {
         let pid = self.child.id().to_string();
-        std::process::Command::new("kill").args(["-INT", &pid]).status().context("interrupting perf")?;
+        let sent =
+            std::process::Command::new("kill").args(["-INT", &pid]).status().context("interrupting perf")?;
+        if !sent.success() {
+            bail!("could not interrupt perf ({sent})");
+        }
         let status = self.child.wait().context("waiting for perf")?;
         if !self.out.exists() {
             bail!("perf wrote no profile ({status}); is perf_event_paranoid too strict?");
         }
-        Ok(self.out)
+        Ok(self.out.clone())
+    }
+}
+
+impl Drop for Perf {
+    /// A profile given up (an error or a panic before [`Perf::finish`]) leaves no perf running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 

@@ -109,8 +109,8 @@ pub enum ClientOp {
     },
     /// A whole-file read (`get`, `getfromreplica`), streamed: the file's bytes arrive in order as
     /// [`HydfsEvent::ReadData`] chunks (a chunk at offset 0 means the read started over) and the
-    /// operation ends with [`OpOutput::Downloaded`]. The reader keeps at most `read_window`
-    /// chunks requested or waiting for their turn ([`Hydfs::read_bytes_held`]), so a file of any
+    /// operation ends with [`OpOutput::Downloaded`]. The reader keeps `read_window` chunks
+    /// requested or waiting for their turn (one more while it fills a gap) ([`Hydfs::read_bytes_held`]), so a file of any
     /// size passes through a bounded amount of memory; `from` says which copies may answer.
     Download {
         name: FileName,

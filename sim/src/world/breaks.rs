@@ -57,7 +57,9 @@ impl<A: Actor> World<A> {
         if drop == 0 && duplicate == 0 {
             return;
         }
-        debug_assert!(drop + duplicate <= 1000, "the fates of a frame are a distribution");
+        // A scenario file may say anything: the fates of a frame stay a distribution.
+        let drop = drop.min(1000);
+        let duplicate = duplicate.min(1000 - drop);
         let mut queued: Vec<Queued> =
             std::mem::take(&mut self.queue).into_iter().map(|Reverse(q)| q).collect();
         queued.sort_by_key(|q| (q.at, q.seq));
