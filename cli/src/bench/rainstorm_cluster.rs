@@ -414,13 +414,7 @@ fn run_job(
             }
         })
     };
-    let mut perf = profile.and_then(|out| match Perf::start(cluster, out) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            eprintln!("(no profile: {e:#})");
-            None
-        }
-    });
+    let mut perf = profile.and_then(|out| without_profile_on_error(Perf::start(cluster, out)));
     let mut killed = Vec::new();
     while !job.is_finished() {
         std::thread::sleep(Duration::from_millis(20));
@@ -441,13 +435,7 @@ fn run_job(
             }
         }
     }
-    let profiled = perf.take().and_then(|p| match p.finish() {
-        Ok(path) => Some(path),
-        Err(e) => {
-            eprintln!("(no profile: {e:#})");
-            None
-        }
-    });
+    let profiled = perf.take().and_then(|p| without_profile_on_error(p.finish()));
     let reply = match job.join() {
         Ok(Ok(r)) if r.ok => r.output,
         Ok(Ok(r)) => bail!("{} on {lines} lines with {tasks} tasks failed: {}", app.name, r.output.trim()),
@@ -770,14 +758,10 @@ fn age(
     Ok(Age { app: last.app.name, lines: last.lines, tasks: last.tasks, jobs_before, aged, fresh, exact })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 impl Age {
     fn print(&self) {
-        let (aged, fresh) = (median(self.aged.clone()), median(self.fresh.clone()));
+        let (aged, fresh) =
+            (ceiling::median(&mut self.aged.clone()), ceiling::median(&mut self.fresh.clone()));
         println!(
             "## Age: {} on {} lines with {} tasks, on the cluster that ran the {} jobs before it against a fresh cluster; medians of {} runs each",
             self.app,
@@ -899,6 +883,11 @@ impl Drop for Perf {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A profiling step's result, or `None` after saying why the job goes on without a profile.
+fn without_profile_on_error<T>(step: Result<T>) -> Option<T> {
+    step.map_err(|e| eprintln!("(no profile: {e:#})")).ok()
 }
 
 /// Where the node processes spent their CPU time in each profiled job: by thread and by
