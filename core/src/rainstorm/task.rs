@@ -24,9 +24,11 @@
 //!   processed; the final snapshot goes with it;
 //! * nothing is taken while an outgoing link is full (backpressure), or while the program
 //!   window is full;
-//! * a program is sent a key's stored state at most once per attempt (its session keeps it),
-//!   and its answers are checked: one output list per input tuple, state only for the batch's
-//!   keys.
+//! * a program is sent a key's stored state at most once per attempt, and only state restored
+//!   from a snapshot (state the program answered in this attempt is already its own), and its
+//!   answers are checked: one output list per input tuple, state only for the batch's keys;
+//! * what the task holds per key is bounded by its keyed state, not by the keys it has seen: a
+//!   stateless stage keyed by `file:line` holds nothing per tuple.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -140,8 +142,9 @@ pub struct Task {
     state: BTreeMap<String, String>,
     /// Keys whose state changed since the last snapshot.
     changed: BTreeSet<String>,
-    /// Keys whose state the program was sent (or started from nothing) in this attempt.
-    session: BTreeSet<String>,
+    /// Keys restored from a snapshot whose state the program has not been sent yet in this
+    /// attempt (a subset of `state`'s keys).
+    unsent: BTreeSet<String>,
     /// The checkpoint being aligned on.
     aligning: Option<CheckpointId>,
     /// A built-in's batch being processed (backpressure may stop it midway).
@@ -179,9 +182,9 @@ impl Task {
             router: Router { id, next, downstream },
             inputs,
             next_input: 0,
+            unsent: state.keys().cloned().collect(),
             state,
             changed: BTreeSet::new(),
-            session: BTreeSet::new(),
             aligning: None,
             current: VecDeque::new(),
             calls: VecDeque::new(),
@@ -399,8 +402,10 @@ impl Task {
             StageOp::Program(program) => {
                 let mut state = BTreeMap::new();
                 for t in &tuples {
-                    if self.session.insert(t.key.clone()) {
-                        if let Some(s) = self.state.get(&t.key) {
+                    if self.unsent.remove(&t.key) {
+                        let s = self.state.get(&t.key);
+                        debug_assert!(s.is_some(), "an unsent key has restored state");
+                        if let Some(s) = s {
                             state.insert(t.key.clone(), s.clone());
                         }
                     }
@@ -477,16 +482,20 @@ impl Task {
         };
         let wrong = if r.outputs.len() != tuples.len() {
             Some(format!("answered {} output lists for {} tuples", r.outputs.len(), tuples.len()))
+        } else if r.state.is_empty() {
+            None
         } else {
+            let keys: BTreeSet<&str> = tuples.iter().map(|t| t.key.as_str()).collect();
             r.state
                 .keys()
-                .find(|k| !tuples.iter().any(|t| &t.key == *k))
+                .find(|k| !keys.contains(k.as_str()))
                 .map(|key| format!("returned state for key {key:?}, which is not in the batch"))
         };
         if let Some(e) = wrong {
             return self.fail(format!("operator `{name}` failed on {what}: {e}"));
         }
         for (key, value) in r.state {
+            debug_assert!(!self.unsent.contains(&key), "restored state for {key} was sent before its answer");
             self.changed.insert(key.clone());
             self.state.insert(key, value);
         }

@@ -199,6 +199,28 @@ fn program_batches_are_pipelined_and_a_keys_state_is_sent_once() {
 }
 
 #[test]
+fn state_the_program_answered_is_never_sent_back_and_unkeyed_input_holds_nothing() {
+    let mut task = Task::new(ME, &cfg(), (program(), None), &UP[..1], SINKS.to_vec(), Default::default());
+    let mut seen = Seen::default();
+    task.on_applied(Time(0), Ok(ProgramResult::default()));
+    let mut session = BTreeMap::new();
+    let mut seq = 0;
+    // Distinct keys, as a stage keyed by `file:line` sees them, then one key again and again.
+    for keys in [vec!["l1", "l2", "l3"], vec!["l4", "l5", "l6"], vec!["b"], vec!["b"], vec!["b", "c"]] {
+        seq += 1;
+        send(&mut task, 0, UP[0], seq, Batch::Tuples(keyed(seq * 10, &keys)));
+        drain(&mut task, &mut seen);
+        let call = seen.calls.last().expect("a call").clone();
+        assert!(call.state.is_empty(), "the program already holds every key's state: {call:?}");
+        task.on_applied(Time(1), Ok(count(&mut session, &call)));
+        task.on_message(Time(1), SINKS[0], LinkMsg::Ack { upto: seq });
+        drain(&mut task, &mut seen);
+        assert!(task.unsent.is_empty(), "nothing is held for the keys seen");
+    }
+    assert_eq!(task.state().get("b").map(String::as_str), Some("3"));
+}
+
+#[test]
 fn a_program_answer_against_the_contract_fails_the_task() {
     for (answer, why) in [
         (ProgramResult { outputs: vec![vec![]], state: BTreeMap::new() }, "1 output lists for 2 tuples"),
