@@ -486,7 +486,7 @@ mod tests {
             msg,
         };
         // Barriers and the end are numbered among the tuples of their link: the same lane.
-        for batch in [Batch::Tuples(Vec::new()), Batch::Barrier(3), Batch::End] {
+        for batch in [Batch::Tuples(Vec::new().into()), Batch::Barrier(3), Batch::End] {
             assert_eq!(Body::Rainstorm(link(LinkMsg::Batch { seq: 1, batch })).lane(), Lane::Data);
         }
         let ack = link(LinkMsg::Ack { upto: 1 });

@@ -123,7 +123,7 @@ async fn stage_over_pipes(
     loop {
         while conversation.has_room() {
             let Some(batch) = batches.next() else { break };
-            conversation.send(ProgramBatch { tuples: batch.to_vec(), state: BTreeMap::new() })?;
+            conversation.send(ProgramBatch { tuples: batch.to_vec().into(), state: BTreeMap::new() })?;
             in_flight.push_back(batch);
         }
         let Some(batch) = in_flight.pop_front() else { break };

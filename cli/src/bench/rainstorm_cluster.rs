@@ -184,7 +184,7 @@ pub fn run(plan: Plan) -> Result<()> {
         std::fs::write(&local, &bytes)?;
         let src = format!("bench/signs-{size}.csv");
         if let Some((_, cluster)) = &mut cluster {
-            cluster.ctl(LEADER, &format!("create {} {src}", local.display()))?;
+            store_input(cluster, &local, &bytes, &src)?;
         }
         for app in &APPS {
             let measured = ceiling::measure(&root, &src, &local, &bytes, app.builtins, app.python)?;
@@ -214,7 +214,7 @@ pub fn run(plan: Plan) -> Result<()> {
                         // Its own cluster: restarted nodes take their files back for a while,
                         // which would slow the jobs after it.
                         let mut own = start(&root, "kills", BASE_PORT + 20, plan.batch_bytes)?;
-                        own.ctl(LEADER, &format!("create {} {src}", local.display()))?;
+                        store_input(&own, &local, &bytes, &src)?;
                         // 1.5 s in, or 40% into a job that takes less than 3.75 s without kills.
                         let unkilled = rows.last().map_or(f64::INFINITY, |r: &Row| r.secs);
                         let at = KILL_AFTER.min(Duration::from_secs_f64((unkilled * 0.4).max(0.05)));
@@ -348,6 +348,38 @@ fn print_ceiling(app: &str, lines: u64, m: &ceiling::Measured) {
             rate(m.ceiling_secs)
         ),
     }
+}
+
+/// The largest piece of input stored with one write: half the default write limit.
+const INPUT_PIECE_BYTES: usize = 512 << 20;
+
+/// Stores `local` (whose bytes are `bytes`) in the cluster as `src`: one create, or for an input
+/// over [`INPUT_PIECE_BYTES`] a create and appends of whole lines, as a log would grow, merged
+/// into one order before any job reads it.
+fn store_input(cluster: &LocalCluster, local: &Path, bytes: &[u8], src: &str) -> Result<()> {
+    if bytes.len() <= INPUT_PIECE_BYTES {
+        cluster.ctl(LEADER, &format!("create {} {src}", local.display()))?;
+        return Ok(());
+    }
+    let mut rest = bytes;
+    let mut piece = 0;
+    while !rest.is_empty() {
+        let cut = if rest.len() <= INPUT_PIECE_BYTES {
+            rest.len()
+        } else {
+            rest[..INPUT_PIECE_BYTES].iter().rposition(|&b| b == b'\n').map_or(INPUT_PIECE_BYTES, |i| i + 1)
+        };
+        let path = local.with_extension(format!("piece{piece}"));
+        std::fs::write(&path, &rest[..cut])?;
+        let verb = if piece == 0 { "create" } else { "append" };
+        let stored = cluster.ctl(LEADER, &format!("{verb} {} {src}", path.display()));
+        let _ = std::fs::remove_file(&path);
+        stored?;
+        rest = &rest[cut..];
+        piece += 1;
+    }
+    cluster.ctl(LEADER, &format!("merge {src}"))?;
+    Ok(())
 }
 
 /// A fresh 10-node cluster under `root/name`, tracing outputs.
@@ -745,9 +777,10 @@ fn age(
         aged.push(row.secs);
         exact = exact.and(row.exact);
         let mut own = start(root, "fresh", BASE_PORT + 40, batch_bytes)?;
-        let row = own
-            .ctl(LEADER, &format!("create {} {}", last.local.display(), last.src))
-            .and_then(|_| run_job(&mut own, root, bin, &job(0), &last.expected, None));
+        let row = std::fs::read(&last.local)
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| store_input(&own, &last.local, &bytes, &last.src))
+            .and_then(|()| run_job(&mut own, root, bin, &job(0), &last.expected, None));
         own.stop();
         let _ = std::fs::remove_dir_all(root.join("fresh"));
         let (row, _) = row?;

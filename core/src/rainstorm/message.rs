@@ -10,6 +10,8 @@
 //! not run, so a task rolled back (or wrongly thought dead) can change nothing in its
 //! successor's attempt.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::input::{Manifest, SourcePos};
@@ -21,7 +23,9 @@ use crate::node::Lane;
 /// What a link carries, in order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Batch {
-    Tuples(Vec<Tuple>),
+    /// Shared, not copied, between the message sent and the sender's copy kept for resending
+    /// (on the wire it is the list itself).
+    Tuples(Arc<Vec<Tuple>>),
     /// Everything before this belongs to checkpoint `id` and earlier.
     Barrier(CheckpointId),
     /// The sender has no more tuples.

@@ -87,7 +87,7 @@ impl Outlets {
         if o.buffer.is_empty() {
             return;
         }
-        o.queue.push_back(Batch::Tuples(std::mem::take(&mut o.buffer)));
+        o.queue.push_back(Batch::Tuples(std::mem::take(&mut o.buffer).into()));
         o.buffer_bytes = 0;
         o.since = None;
     }

@@ -146,7 +146,7 @@ fn apply_program(
         };
         let batch_state =
             chunk.iter().filter_map(|t| state.get(&t.key).map(|s| (t.key.clone(), s.clone()))).collect();
-        let batch = ProgramBatch { tuples: chunk.to_vec(), state: batch_state };
+        let batch = ProgramBatch { tuples: chunk.to_vec().into(), state: batch_state };
         let result = runner.run(stage, program, header, batch).map_err(fail)?;
         if result.outputs.len() != chunk.len() {
             return Err(fail(format!("{} output lists for {} tuples", result.outputs.len(), chunk.len())));

@@ -15,6 +15,7 @@
 //!   closes; a paused sink (too many bytes waiting to be committed) takes nothing.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use super::config::RainstormConfig;
 use super::job::{Attempt, CheckpointId, TaskId};
@@ -110,8 +111,8 @@ impl Sink {
     }
 
     /// Outputs taken outside the links (only a planted bug does this).
-    pub fn inject(&mut self, tuples: Vec<Tuple>) {
-        tuples.into_iter().for_each(|t| self.open.add(t));
+    pub fn inject(&mut self, tuples: Arc<Vec<Tuple>>) {
+        Arc::unwrap_or_clone(tuples).into_iter().for_each(|t| self.open.add(t));
     }
 
     /// Takes every batch it may (none while `paused`).
@@ -141,7 +142,9 @@ impl Sink {
             }
             let Some((from, batch)) = self.take() else { return };
             match batch {
-                Batch::Tuples(tuples) => tuples.into_iter().for_each(|t| self.open.add(t)),
+                Batch::Tuples(tuples) => {
+                    Arc::unwrap_or_clone(tuples).into_iter().for_each(|t| self.open.add(t))
+                }
                 Batch::Barrier(c) => {
                     debug_assert!(self.aligning.is_none_or(|a| a == c), "barriers out of order");
                     self.aligning = Some(c);
@@ -253,7 +256,7 @@ mod tests {
     }
 
     fn tuples(lines: &[u64]) -> Batch {
-        Batch::Tuples(lines.iter().map(|l| Tuple::source("f", *l, format!("v{l}"))).collect())
+        Batch::Tuples(Arc::new(lines.iter().map(|l| Tuple::source("f", *l, format!("v{l}"))).collect()))
     }
 
     fn lines(e: &Epoch) -> Vec<u64> {

@@ -31,6 +31,7 @@
 //!   stateless stage keyed by `file:line` holds nothing per tuple.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use super::config::{PlantedBug, RainstormConfig};
 use super::job::{CheckpointId, Route, TaskId, TupleCounts};
@@ -68,7 +69,8 @@ pub enum TaskOutput {
 /// sent at most once per attempt; the program keeps it from then on).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProgramBatch {
-    pub tuples: Vec<Tuple>,
+    /// Shared with the task, which keeps them until the answer.
+    pub tuples: Arc<Vec<Tuple>>,
     pub state: BTreeMap<String, String>,
 }
 
@@ -150,7 +152,7 @@ pub struct Task {
     /// A built-in's batch being processed (backpressure may stop it midway).
     current: VecDeque<Tuple>,
     /// Program batches out, in order (the first one may be the empty warm-up).
-    calls: VecDeque<Vec<Tuple>>,
+    calls: VecDeque<Arc<Vec<Tuple>>>,
     program_window: usize,
     /// Whether the program answered its warm-up (always true for a built-in).
     ready: bool,
@@ -202,9 +204,9 @@ impl Task {
                 // An empty batch starts the program (fetch, start, handshake) before the job
                 // goes, and surfaces a program that cannot start at once.
                 task.ready = false;
-                let batch = ProgramBatch { tuples: Vec::new(), state: BTreeMap::new() };
+                let batch = ProgramBatch { tuples: Arc::default(), state: BTreeMap::new() };
                 task.out.push_back(TaskOutput::Apply { program: program.clone(), batch });
-                task.calls.push_back(Vec::new());
+                task.calls.push_back(Arc::default());
             }
             StageOp::Builtin(_) => task.out.push_back(TaskOutput::Ready),
         }
@@ -258,7 +260,7 @@ impl Task {
     pub fn buffered_bytes(&self) -> usize {
         let inputs: usize = self.inputs.values().map(|i| i.rx.held_bytes()).sum();
         let current: usize = self.current.iter().map(Tuple::weight).sum();
-        let calls: usize = self.calls.iter().flatten().map(Tuple::weight).sum();
+        let calls: usize = self.calls.iter().flat_map(|c| c.iter()).map(Tuple::weight).sum();
         inputs + current + calls + self.outlets.buffered_bytes()
     }
 
@@ -357,7 +359,7 @@ impl Task {
             }
             let Some((from, batch)) = self.take() else { return };
             match batch {
-                Batch::Tuples(tuples) => self.process(now, tuples),
+                Batch::Tuples(tuples) => self.process(now, Arc::unwrap_or_clone(tuples)),
                 Batch::Barrier(c) => {
                     debug_assert!(self.aligning.is_none_or(|a| a == c), "barriers out of order");
                     self.aligning = Some(c);
@@ -410,7 +412,8 @@ impl Task {
                         }
                     }
                 }
-                let batch = ProgramBatch { tuples: tuples.clone(), state };
+                let tuples = Arc::new(tuples);
+                let batch = ProgramBatch { tuples: Arc::clone(&tuples), state };
                 self.out.push_back(TaskOutput::Apply { program: program.clone(), batch });
                 self.calls.push_back(tuples);
             }

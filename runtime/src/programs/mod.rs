@@ -490,7 +490,7 @@ mod tests {
             attempt: 1,
             program: program.clone(),
             header: None,
-            batch: ProgramBatch { tuples, state: BTreeMap::new() },
+            batch: ProgramBatch { tuples: tuples.into(), state: BTreeMap::new() },
         }
     }
 

@@ -73,7 +73,7 @@ fn select(
         Some(None) => return Err(format!("sim/select: unknown option {:?}", program.args[1])),
     };
     let mut outputs = Vec::with_capacity(batch.tuples.len());
-    for t in &batch.tuples {
+    for t in batch.tuples.iter() {
         let Applied { outputs: outs, .. } = op.apply(t, None).map_err(|e| e.to_string())?;
         let outs = outs.into_iter().map(|o| match rekey {
             None => o,
@@ -91,7 +91,7 @@ fn count_key(batch: &ProgramBatch, state: &mut BTreeMap<String, String>) -> Prog
     state.extend(batch.state.iter().map(|(k, v)| (k.clone(), v.clone())));
     let mut changed = BTreeMap::new();
     let mut outputs = Vec::with_capacity(batch.tuples.len());
-    for t in &batch.tuples {
+    for t in batch.tuples.iter() {
         let count = state.get(&t.key).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0) + 1;
         let count = count.to_string();
         state.insert(t.key.clone(), count.clone());
@@ -170,7 +170,7 @@ mod tests {
 
     #[test]
     fn unknown_programs_and_bad_arguments_are_errors() {
-        let batch = ProgramBatch { tuples: Vec::new(), state: BTreeMap::new() };
+        let batch = ProgramBatch { tuples: Default::default(), state: BTreeMap::new() };
         let p = |s: &str| match spec(s) {
             OperatorSpec::Program(p) => p,
             other => panic!("not a program: {other}"),

@@ -38,7 +38,7 @@ fn keyed(from: u64, keys: &[&str]) -> Vec<Tuple> {
 fn count(session: &mut BTreeMap<String, String>, batch: &ProgramBatch) -> ProgramResult {
     session.extend(batch.state.clone());
     let mut result = ProgramResult::default();
-    for t in &batch.tuples {
+    for t in batch.tuples.iter() {
         let n = session.get(&t.key).map_or(0, |s| s.parse::<u64>().expect("a count")) + 1;
         session.insert(t.key.clone(), n.to_string());
         result.state.insert(t.key.clone(), n.to_string());
@@ -99,10 +99,10 @@ fn a_snapshot_waits_for_every_link_and_holds_exactly_the_state_before_the_barrie
     let mut seen = Seen::default();
     drain(&mut task, &mut seen);
     assert!(seen.ready, "a built-in is ready at once");
-    send(&mut task, 0, UP[0], 1, Batch::Tuples(keyed(1, &["a", "b"])));
+    send(&mut task, 0, UP[0], 1, Batch::Tuples(keyed(1, &["a", "b"]).into()));
     send(&mut task, 0, UP[0], 2, Batch::Barrier(1));
-    send(&mut task, 0, UP[0], 3, Batch::Tuples(keyed(3, &["a"])));
-    send(&mut task, 0, UP[1], 1, Batch::Tuples(keyed(4, &["a"])));
+    send(&mut task, 0, UP[0], 3, Batch::Tuples(keyed(3, &["a"]).into()));
+    send(&mut task, 0, UP[1], 1, Batch::Tuples(keyed(4, &["a"]).into()));
     drain(&mut task, &mut seen);
     assert!(seen.snapshots.is_empty(), "the second link has not delivered the barrier");
     assert_eq!(task.state().get("a").map(String::as_str), Some("2"), "the batch after the barrier waits");
@@ -133,11 +133,11 @@ fn outputs_are_coalesced_across_input_batches() {
     let mut task = Task::new(ME, &cfg(), (op("grep:x"), None), &UP[..1], SINKS.to_vec(), Default::default());
     let mut seen = Seen::default();
     for seq in 1..=4 {
-        send(&mut task, 0, UP[0], seq, Batch::Tuples(keyed(seq, &["x"])));
+        send(&mut task, 0, UP[0], seq, Batch::Tuples(keyed(seq, &["x"]).into()));
     }
     drain(&mut task, &mut seen);
     assert_eq!(seen.batches.len(), 1, "four one-tuple batches make one batch of four");
-    send(&mut task, 1, UP[0], 5, Batch::Tuples(keyed(5, &["x"])));
+    send(&mut task, 1, UP[0], 5, Batch::Tuples(keyed(5, &["x"]).into()));
     task.handle_timeout(Time(6));
     drain(&mut task, &mut seen);
     assert_eq!(seen.batches.len(), 2, "a partial batch goes after lingering");
@@ -149,7 +149,7 @@ fn a_full_downstream_window_stops_the_task_taking_input() {
     let mut seen = Seen::default();
     let eight = vec!["x"; 8];
     for seq in 1..=3 {
-        send(&mut task, 0, UP[0], seq, Batch::Tuples(keyed(seq * 10, &eight)));
+        send(&mut task, 0, UP[0], seq, Batch::Tuples(keyed(seq * 10, &eight).into()));
     }
     drain(&mut task, &mut seen);
     // Two output batches fill the window; the third one sealed blocks the task.
@@ -171,12 +171,12 @@ fn program_batches_are_pipelined_and_a_keys_state_is_sent_once() {
     drain(&mut task, &mut seen);
     assert_eq!(seen.calls.len(), 1, "an empty batch starts the program");
     assert!(seen.calls[0].tuples.is_empty() && !seen.ready);
-    send(&mut task, 0, UP[0], 1, Batch::Tuples(keyed(1, &["a", "b"])));
+    send(&mut task, 0, UP[0], 1, Batch::Tuples(keyed(1, &["a", "b"]).into()));
     drain(&mut task, &mut seen);
     assert_eq!(seen.calls.len(), 1, "nothing is taken before the program answered");
     task.on_applied(Time(0), Ok(ProgramResult::default()));
-    send(&mut task, 0, UP[0], 2, Batch::Tuples(keyed(3, &["a"])));
-    send(&mut task, 0, UP[0], 3, Batch::Tuples(keyed(4, &["a"])));
+    send(&mut task, 0, UP[0], 2, Batch::Tuples(keyed(3, &["a"]).into()));
+    send(&mut task, 0, UP[0], 3, Batch::Tuples(keyed(4, &["a"]).into()));
     drain(&mut task, &mut seen);
     assert!(seen.ready);
     assert_eq!(seen.calls.len(), 3, "two batches out at once (the window)");
@@ -208,7 +208,7 @@ fn state_the_program_answered_is_never_sent_back_and_unkeyed_input_holds_nothing
     // Distinct keys, as a stage keyed by `file:line` sees them, then one key again and again.
     for keys in [vec!["l1", "l2", "l3"], vec!["l4", "l5", "l6"], vec!["b"], vec!["b"], vec!["b", "c"]] {
         seq += 1;
-        send(&mut task, 0, UP[0], seq, Batch::Tuples(keyed(seq * 10, &keys)));
+        send(&mut task, 0, UP[0], seq, Batch::Tuples(keyed(seq * 10, &keys).into()));
         drain(&mut task, &mut seen);
         let call = seen.calls.last().expect("a call").clone();
         assert!(call.state.is_empty(), "the program already holds every key's state: {call:?}");
@@ -234,7 +234,7 @@ fn a_program_answer_against_the_contract_fails_the_task() {
     ] {
         let mut task = Task::new(ME, &cfg(), (program(), None), &UP[..1], SINKS.to_vec(), Default::default());
         task.on_applied(Time(0), Ok(ProgramResult::default()));
-        send(&mut task, 0, UP[0], 1, Batch::Tuples(keyed(1, &["a", "b"])));
+        send(&mut task, 0, UP[0], 1, Batch::Tuples(keyed(1, &["a", "b"]).into()));
         task.on_applied(Time(0), Ok(answer));
         let mut seen = Seen::default();
         drain(&mut task, &mut seen);
@@ -256,12 +256,12 @@ fn outputs_go_to_the_task_that_owns_their_key() {
     let mut task = Task::new(me, &cfg(), (op("regex:."), next), &UP[..1], down.to_vec(), Default::default());
     let mut seen = Seen::default();
     let words = ["a", "b", "c", "d", "e", "f"];
-    send(&mut task, 0, UP[0], 1, Batch::Tuples(keyed(1, &words)));
+    send(&mut task, 0, UP[0], 1, Batch::Tuples(keyed(1, &words).into()));
     send(&mut task, 0, UP[0], 2, Batch::End);
     drain(&mut task, &mut seen);
     for (to, _, batch) in &seen.batches {
         if let Batch::Tuples(tuples) = batch {
-            for t in tuples {
+            for t in tuples.iter() {
                 assert_eq!(down[partition(&t.value, 2)], *to, "{} went to {to}", t.value);
             }
         }

@@ -19,9 +19,9 @@ fn tuple(line: u64, key: &str, value: &str) -> Tuple {
 }
 
 fn batch(keys: &[&str], state: &[(&str, &str)]) -> ProgramBatch {
-    let tuples = (1..).zip(keys).map(|(n, k)| tuple(n, k, &format!("{k}-value"))).collect();
+    let tuples: Vec<Tuple> = (1..).zip(keys).map(|(n, k)| tuple(n, k, &format!("{k}-value"))).collect();
     let state = state.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    ProgramBatch { tuples, state }
+    ProgramBatch { tuples: tuples.into(), state }
 }
 
 /// The program's end of the pipes: what the worker wrote, and where the program writes.
@@ -144,6 +144,26 @@ fn outputs_reusing_an_input_take_it_once_and_copy_it_before() {
         ("", "row b"),
         "the key moved, the value unused"
     );
+}
+
+#[test]
+fn outputs_reusing_a_shared_input_copy_it_and_leave_it_whole() {
+    let tuples = vec![tuple(1, "a", "row a"), tuple(2, "b", "row b")];
+    let key_twice =
+        vec![OutputRef { key: None, value: Some("1") }, OutputRef { key: None, value: Some("2") }];
+    let frame = reply_frame(9, &[kept(), key_twice], &[]);
+    let payload = &frame[HEADER_BYTES..frame.len() - TRAILER_BYTES];
+    let result = parse_reply_v2_shared(payload, 9, &tuples, false).expect("a valid reply");
+    let pairs: Vec<Vec<(&str, &str)>> = result
+        .outputs
+        .iter()
+        .map(|l| l.iter().map(|o| (o.key.as_str(), o.value.as_str())).collect())
+        .collect();
+    assert_eq!(pairs, [vec![("a", "row a")], vec![("b", "1"), ("b", "2")]]);
+    assert_eq!(tuples, [tuple(1, "a", "row a"), tuple(2, "b", "row b")], "the inputs are untouched");
+    let wrong = reply_frame(8, &[kept(), kept()], &[]);
+    let payload = &wrong[HEADER_BYTES..wrong.len() - TRAILER_BYTES];
+    assert!(parse_reply_v2_shared(payload, 9, &tuples, false).is_err(), "checked like an owned batch");
 }
 
 #[tokio::test]
@@ -302,7 +322,7 @@ async fn an_unanswered_batch_times_out() {
 async fn a_request_over_the_limit_is_not_sent() {
     let (mut c, _p) = talk(V2_STATEFUL, 2).await;
     let long = "x".repeat(LIMIT);
-    let call = ProgramBatch { tuples: vec![tuple(1, "k", &long)], state: BTreeMap::new() };
+    let call = ProgramBatch { tuples: vec![tuple(1, "k", &long)].into(), state: BTreeMap::new() };
     assert!(matches!(c.send(call), Err(ProtocolError::FrameTooLong { .. })));
     assert_eq!(c.in_flight(), 0);
 }
