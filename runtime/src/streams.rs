@@ -12,20 +12,25 @@
 //!
 //! Invariants kept here:
 //! * frames of one (peer, lane) are written in the order they were given, on one connection at
-//!   a time (reconnecting after a failure), and read in that order;
+//!   a time (reconnecting after a failure), and read in that order; the frames waiting together
+//!   are written with one system call;
 //! * at most [`STREAM_QUEUE_FRAMES`] received frames wait per lane: a reader whose lane's queue
 //!   is full stops reading its connection, so TCP slows that sender and nothing else;
 //! * [`LaneQueues::recv`] never returns a frame of a lane while a frame of an earlier lane
 //!   ([`Lane::ALL`] order) is waiting;
-//! * a frame that cannot be written is reported to the node task as [`Input::SendFailed`].
+//! * frames that cannot be written are reported to the node task as [`Input::SendFailed`], once
+//!   per failed write.
 
 use crate::driver::Input;
-use crate::net::{read_frame, write_frame, Incoming};
+#[cfg(doc)]
+use crate::net::write_frame;
+use crate::net::{read_frame, Incoming};
 use rainstorm_core::wire::frame_lane;
 use rainstorm_core::Lane;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -68,8 +73,10 @@ impl Writers {
 }
 
 /// Writes frames to one peer on one lane over one TCP connection, reconnecting after a failure.
-/// Frames that cannot be written are reported as failed sends; the node's own timeouts and
-/// retries recover.
+/// The frames waiting when the writer wakes go out together, length-prefixed in one buffer and
+/// one write (up to [`COALESCE_BYTES`]), so a burst of small messages costs one system call and
+/// one TCP segment, not two of each per frame. Frames that cannot be written are reported as a
+/// failed send; the node's own timeouts and retries recover.
 async fn peer_writer(
     to: SocketAddr,
     lane: Lane,
@@ -77,6 +84,7 @@ async fn peer_writer(
     failures: mpsc::Sender<Input>,
 ) {
     let mut conn: Option<TcpStream> = None;
+    let mut out = Vec::new();
     loop {
         let frame = match tokio::time::timeout(STREAM_IDLE, rx.recv()).await {
             Ok(Some(frame)) => frame,
@@ -94,10 +102,34 @@ async fn peer_writer(
                 return;
             }
         };
-        write_one(to, lane, &mut conn, &frame, &failures).await;
+        out.clear();
+        push_frame(&mut out, &frame);
+        while out.len() < COALESCE_BYTES {
+            let Ok(frame) = rx.try_recv() else { break };
+            push_frame(&mut out, &frame);
+        }
+        write_framed(to, lane, &mut conn, &out, &failures).await;
+        if out.capacity() > 2 * COALESCE_BYTES {
+            out = Vec::new(); // a large frame passed: do not keep its buffer
+        }
     }
 }
 
+/// Bytes of frames gathered into one write, at most (a larger frame goes alone).
+const COALESCE_BYTES: usize = 256 * 1024;
+
+/// Appends `frame` with its length prefix, as [`write_frame`] writes it. Frames are bounded far
+/// below 4 GiB by the node's limits; a longer one is not written (the receiver would refuse it).
+fn push_frame(out: &mut Vec<u8>, frame: &[u8]) {
+    let Ok(len) = u32::try_from(frame.len()) else {
+        warn!(len = frame.len(), "a stream frame of 4 GiB or more was not sent");
+        return;
+    };
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(frame);
+}
+
+/// Writes one frame (see [`write_framed`]).
 pub(crate) async fn write_one(
     to: SocketAddr,
     lane: Lane,
@@ -105,6 +137,23 @@ pub(crate) async fn write_one(
     frame: &[u8],
     failures: &mpsc::Sender<Input>,
 ) {
+    let mut out = Vec::with_capacity(frame.len() + 4);
+    push_frame(&mut out, frame);
+    write_framed(to, lane, conn, &out, failures).await;
+}
+
+/// Writes `framed` (length-prefixed frames) on the connection, connecting first if there is
+/// none; a failure closes the connection and is reported once.
+async fn write_framed(
+    to: SocketAddr,
+    lane: Lane,
+    conn: &mut Option<TcpStream>,
+    framed: &[u8],
+    failures: &mpsc::Sender<Input>,
+) {
+    if framed.is_empty() {
+        return;
+    }
     // A peer that restarted closed our old connection: its kernel answered with FIN/RST. A
     // frame written into such a socket is accepted locally and lost, so check first and
     // reconnect (the peer never writes on this connection, so any readable state means closed).
@@ -125,7 +174,11 @@ pub(crate) async fn write_one(
             *conn = Some(stream);
         }
         let stream = conn.as_mut().expect("connected above");
-        match tokio::time::timeout(STREAM_WRITE_TIMEOUT, write_frame(stream, frame)).await {
+        let write = async {
+            stream.write_all(framed).await?;
+            stream.flush().await
+        };
+        match tokio::time::timeout(STREAM_WRITE_TIMEOUT, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(format!("sending to {to}: {e}")),
             Err(_) => Err(format!("sending to {to} timed out")),
@@ -248,6 +301,33 @@ mod tests {
             .unwrap();
         let frame = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut accepted, 64)).await;
         assert_eq!(frame.expect("frame arrives").unwrap().unwrap(), Incoming::Frame(b"two".to_vec()));
+        assert!(failures.try_recv().is_err(), "nothing was reported lost");
+    }
+
+    /// A burst of frames, small and larger than one coalesced write, reaches the peer whole and
+    /// in order.
+    #[tokio::test]
+    async fn a_burst_of_frames_arrives_whole_and_in_order() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let to = listener.local_addr().unwrap();
+        let (tx, mut failures) = mpsc::channel(8);
+        let mut writers = Writers::new(tx);
+        let sizes: Vec<usize> =
+            (0..600).map(|i| if i % 97 == 0 { COALESCE_BYTES + 3 } else { 1 + i * 7 % 900 }).collect();
+        for (i, len) in sizes.iter().enumerate() {
+            let mut frame = vec![(i % 251) as u8; *len];
+            frame[0] = (i % 256) as u8;
+            writers.send(to, Lane::Data, frame);
+        }
+        let (mut accepted, _) = listener.accept().await.unwrap();
+        for (i, len) in sizes.iter().enumerate() {
+            let read = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut accepted, 1 << 20)).await;
+            let Incoming::Frame(frame) = read.expect("in time").unwrap().expect("a frame") else {
+                panic!("frame {i} over the limit")
+            };
+            assert_eq!((frame.len(), frame[0]), (*len, (i % 256) as u8), "frame {i}");
+            assert!(frame[1..].iter().all(|b| *b == (i % 251) as u8), "frame {i}'s bytes");
+        }
         assert!(failures.try_recv().is_err(), "nothing was reported lost");
     }
 

@@ -44,6 +44,10 @@ pub struct SourceTask {
     started: Option<Time>,
     /// Lines per second, at most.
     rate: Option<u64>,
+    /// A paced source wakes only at multiples of this since the go (its outlets hold lines up
+    /// to `linger` anyway), releasing every line due by then: a few wakes per batch, not one
+    /// per line or per millisecond.
+    pace_tick: u64,
     /// Lines read in this attempt, and the counts (from the checkpoint resumed, plus those).
     lines: u64,
     counts: TupleCounts,
@@ -100,6 +104,7 @@ impl SourceTask {
             trigger: base,
             started: None,
             rate: rate.filter(|r| *r > 0),
+            pace_tick: cfg.linger.0.max(1),
             lines: 0,
             counts: input.counts,
             finished,
@@ -214,7 +219,8 @@ impl SourceTask {
     pub fn poll_timeout(&self) -> Option<Time> {
         let paced = match (self.started, self.rate) {
             (Some(start), Some(rate)) if !self.finished && !self.starved && !self.outlets.blocked() => {
-                Some(start + crate::time::Millis((self.lines + 1).saturating_mul(1000).div_ceil(rate)))
+                let due = (self.lines + 1).saturating_mul(1000).div_ceil(rate);
+                Some(start + crate::time::Millis(due.div_ceil(self.pace_tick).saturating_mul(self.pace_tick)))
             }
             _ => None,
         };
@@ -404,6 +410,25 @@ mod tests {
         let (lines, _) = run(&mut again, 5, &chunks);
         assert_eq!(lines, [4, 5], "the rest, once");
         assert!(again.is_finished());
+    }
+
+    #[test]
+    fn a_paced_source_wakes_once_per_linger_and_keeps_its_rate() {
+        let content: Vec<u8> = (1..=60).flat_map(|n| format!("l{n}\n").into_bytes()).collect();
+        let (layout, chunks) = parts(&content, 4096);
+        let mut s = source(layout, SourceCheckpoint::Start, Some(1_000));
+        let tick = RainstormConfig::default().linger.0;
+        s.go(Time(100));
+        run(&mut s, 100, &chunks);
+        let mut wakes = Vec::new();
+        while let Some(at) = s.poll_timeout().filter(|_| !s.is_finished()) {
+            assert!(at.0 > 100 && (at.0 - 100) % tick == 0, "a wake at {at:?} is not on a tick");
+            s.handle_timeout(at);
+            run(&mut s, at.0, &chunks);
+            assert_eq!(s.counts().consumed, (at.0 - 100 + 1).min(60), "every line due by {at:?} left");
+            wakes.push(at.0);
+        }
+        assert_eq!(wakes.len() as u64, 60_u64.div_ceil(tick), "one wake per tick: {wakes:?}");
     }
 
     #[test]
