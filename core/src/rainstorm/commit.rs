@@ -110,6 +110,13 @@ impl Commits {
         self.log.checkpoint
     }
 
+    /// Whether a complete epoch waits behind the commit in flight: a checkpoint started now
+    /// would only join it, so the leader starts the next one when this clears (checkpoints
+    /// then follow the commits' pace, never the other way round).
+    pub fn backlogged(&self) -> bool {
+        self.in_flight.is_some() && !self.ready.is_empty()
+    }
+
     /// Output bytes waiting to be committed (or being committed).
     pub fn waiting_bytes(&self) -> usize {
         let flight = match &self.in_flight {
@@ -220,5 +227,61 @@ fn combine(mut a: ReadyEpoch, b: ReadyEpoch) -> ReadyEpoch {
         changes: a.changes,
         counts: b.counts,
         last: b.last,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hydfs::FileName;
+    use crate::id::{MemberId, NodeAddr};
+    use crate::rainstorm::job::{JobId, Route};
+
+    fn plan() -> JobPlan {
+        let leader = MemberId { addr: NodeAddr::from(([127, 0, 0, 1], 7001)), join_time: 1 };
+        JobPlan {
+            job: JobId { n: 1, tag: 7 },
+            leader,
+            ops: ["grep:a".to_owned(), "grep:b".to_owned()],
+            src: FileName::new("in").expect("a name"),
+            dest: FileName::new("out").expect("a name"),
+            tasks: 1,
+            header: None,
+            routes: [Route::Shuffle; 2],
+            rate_per_source: None,
+        }
+    }
+
+    fn epoch(checkpoint: CheckpointId, bytes: &[u8]) -> ReadyEpoch {
+        ReadyEpoch {
+            checkpoint: Some(checkpoint),
+            attempt: 1,
+            epoch: Epoch { tuples: Vec::new(), bytes: bytes.to_vec() },
+            sources: BTreeMap::new(),
+            changes: BTreeMap::new(),
+            counts: BTreeMap::new(),
+            last: false,
+        }
+    }
+
+    #[test]
+    fn a_complete_epoch_behind_the_commit_in_flight_is_a_backlog_until_that_commit_is_done() {
+        let plan = plan();
+        let job = Record::Job { job: plan.job, leader: plan.leader, spec: "spec".to_owned(), tasks: 1 };
+        let mut commits = Commits::new(LogState::fold(&[job]).expect("a log"), 1_000);
+        assert!(!commits.backlogged(), "nothing is out");
+        commits.push(epoch(1, b"a\n"));
+        assert!(!commits.backlogged(), "ready, but nothing is in flight");
+        let (_, io) = commits.next(&plan).expect("a write").expect("the record");
+        assert!(!commits.backlogged(), "one commit out, nothing behind it");
+        commits.push(epoch(2, b"b\n"));
+        assert!(commits.backlogged(), "epoch 2 waits behind the commit of epoch 1");
+        let Step::Write(_, io) = commits.on_done(&plan, io).expect("the record is done") else {
+            panic!("the outputs come next")
+        };
+        assert!(commits.backlogged(), "the commit of epoch 1 is still out");
+        assert!(matches!(commits.on_done(&plan, io), Ok(Step::Committed(_))));
+        assert!(!commits.backlogged(), "epoch 2 goes out next, and the leader may start another");
+        assert_eq!(commits.committed(), Some(1));
     }
 }

@@ -7,7 +7,9 @@
 //! where possible and each task chained to its upstream partner when the route is `Forward`;
 //! every task of the attempt is deployed, and once all are ready the leader lets them go.
 //!
-//! Every `checkpoint_interval` the leader starts a checkpoint: the sources emit its barrier, the
+//! Every `checkpoint_interval` the leader starts a checkpoint (unless `max_pending_checkpoints`
+//! are open, or a complete epoch already waits behind the commit in flight: then the next one
+//! starts when that clears, so checkpoints follow the commits' pace): the sources emit its barrier, the
 //! tasks snapshot as it passes, the sink closes the epoch before it. Checkpoint `c` is complete
 //! when the sink closed epoch `c` and every task reported its snapshot of `c` (or finished
 //! before seeing it); the leader then folds the snapshots into the job's restore point and
@@ -218,7 +220,8 @@ impl Leader {
             .values()
             .flat_map(|j| {
                 // With the most checkpoints open, the next one waits for one to complete.
-                let room = j.pending.len() < cfg.max_pending_checkpoints.max(1) as usize;
+                let room =
+                    j.pending.len() < cfg.max_pending_checkpoints.max(1) as usize && !j.commits.backlogged();
                 let checkpoint = (matches!(j.phase, JobPhase::Running) && room).then_some(j.next_checkpoint);
                 let backoff = match j.phase {
                     JobPhase::Deploying { until } => until,
@@ -724,6 +727,7 @@ impl Leader {
             if matches!(j.phase, JobPhase::Running)
                 && j.next_checkpoint <= now
                 && j.pending.len() < cfg.max_pending_checkpoints.max(1) as usize
+                && !j.commits.backlogged()
             {
                 j.trigger(now, cfg, out);
             }
