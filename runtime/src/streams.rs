@@ -22,8 +22,6 @@
 //!   per failed write.
 
 use crate::driver::Input;
-#[cfg(doc)]
-use crate::net::write_frame;
 use crate::net::{read_frame, Incoming};
 use rainstorm_core::wire::frame_lane;
 use rainstorm_core::Lane;
@@ -118,7 +116,7 @@ async fn peer_writer(
 /// Bytes of frames gathered into one write, at most (a larger frame goes alone).
 const COALESCE_BYTES: usize = 256 * 1024;
 
-/// Appends `frame` with its length prefix, as [`write_frame`] writes it. Frames are bounded far
+/// Appends `frame` with its length prefix, as [`crate::net::write_frame`] writes it. Frames are bounded far
 /// below 4 GiB by the node's limits; a longer one is not written (the receiver would refuse it).
 fn push_frame(out: &mut Vec<u8>, frame: &[u8]) {
     let Ok(len) = u32::try_from(frame.len()) else {

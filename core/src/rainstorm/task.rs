@@ -145,7 +145,7 @@ pub struct Task {
     /// Keys whose state changed since the last snapshot.
     changed: BTreeSet<String>,
     /// Keys restored from a snapshot whose state the program has not been sent yet in this
-    /// attempt (a subset of `state`'s keys).
+    /// attempt (a subset of `state`'s keys; empty for a built-in).
     unsent: BTreeSet<String>,
     /// The checkpoint being aligned on.
     aligning: Option<CheckpointId>,
@@ -184,7 +184,11 @@ impl Task {
             router: Router { id, next, downstream },
             inputs,
             next_input: 0,
-            unsent: state.keys().cloned().collect(),
+            // Only a program is sent state; a built-in reads `state` in place.
+            unsent: match &operator {
+                StageOp::Program(_) => state.keys().cloned().collect(),
+                StageOp::Builtin(_) => BTreeSet::new(),
+            },
             state,
             changed: BTreeSet::new(),
             aligning: None,
