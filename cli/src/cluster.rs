@@ -352,12 +352,19 @@ pub fn run(args: ClusterArgs) -> Result<ExitCode> {
         return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) });
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // SIGINT or SIGTERM stops the nodes too, with or without `--for-secs`: a cluster stopped
+    // with `kill` must not leave its nodes running.
     rt.block_on(async {
         match for_secs {
-            Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
+            Some(s) => {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(s)) => {}
+                    () = crate::node_cmd::wait_for_signal() => {}
+                }
+            }
             None => {
                 println!("press Ctrl-C to stop the cluster");
-                let _ = tokio::signal::ctrl_c().await;
+                crate::node_cmd::wait_for_signal().await;
             }
         }
     });

@@ -276,7 +276,8 @@ async fn console_loop(handle: NodeHandle) {
     }
 }
 
-async fn wait_for_signal() {
+/// Returns at the first SIGINT or SIGTERM (never, if the handlers cannot be installed).
+pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
     else {
