@@ -124,20 +124,26 @@ async fn version_2_sends_a_window_of_batches_and_resolves_echoed_outputs() {
     assert_eq!(c.next_result().await.expect("a result").outputs, [vec![], vec![]]);
 }
 
+/// A reply to batch 9 of two tuples: the first kept whole, the second's key reused by two
+/// outputs with new values.
+fn kept_then_key_twice() -> Vec<u8> {
+    let key_twice =
+        vec![OutputRef { key: None, value: Some("1") }, OutputRef { key: None, value: Some("2") }];
+    reply_frame(9, &[kept(), key_twice], &[])
+}
+
+/// A result's outputs as (key, value) pairs, per input tuple.
+fn pairs(result: &ProgramResult) -> Vec<Vec<(&str, &str)>> {
+    result.outputs.iter().map(|l| l.iter().map(|o| (o.key.as_str(), o.value.as_str())).collect()).collect()
+}
+
 #[test]
 fn outputs_reusing_an_input_take_it_once_and_copy_it_before() {
     let mut tuples = vec![tuple(1, "a", "row a"), tuple(2, "b", "row b")];
-    let key_twice =
-        vec![OutputRef { key: None, value: Some("1") }, OutputRef { key: None, value: Some("2") }];
-    let frame = reply_frame(9, &[kept(), key_twice], &[]);
+    let frame = kept_then_key_twice();
     let payload = &frame[HEADER_BYTES..frame.len() - TRAILER_BYTES];
     let result = parse_reply_v2(payload, 9, &mut tuples, false).expect("a valid reply");
-    let pairs: Vec<Vec<(&str, &str)>> = result
-        .outputs
-        .iter()
-        .map(|l| l.iter().map(|o| (o.key.as_str(), o.value.as_str())).collect())
-        .collect();
-    assert_eq!(pairs, [vec![("a", "row a")], vec![("b", "1"), ("b", "2")]]);
+    assert_eq!(pairs(&result), [vec![("a", "row a")], vec![("b", "1"), ("b", "2")]]);
     assert_eq!((tuples[0].key.as_str(), tuples[0].value.as_str()), ("", ""), "moved out");
     assert_eq!(
         (tuples[1].key.as_str(), tuples[1].value.as_str()),
@@ -149,17 +155,10 @@ fn outputs_reusing_an_input_take_it_once_and_copy_it_before() {
 #[test]
 fn outputs_reusing_a_shared_input_copy_it_and_leave_it_whole() {
     let tuples = vec![tuple(1, "a", "row a"), tuple(2, "b", "row b")];
-    let key_twice =
-        vec![OutputRef { key: None, value: Some("1") }, OutputRef { key: None, value: Some("2") }];
-    let frame = reply_frame(9, &[kept(), key_twice], &[]);
+    let frame = kept_then_key_twice();
     let payload = &frame[HEADER_BYTES..frame.len() - TRAILER_BYTES];
     let result = parse_reply_v2_shared(payload, 9, &tuples, false).expect("a valid reply");
-    let pairs: Vec<Vec<(&str, &str)>> = result
-        .outputs
-        .iter()
-        .map(|l| l.iter().map(|o| (o.key.as_str(), o.value.as_str())).collect())
-        .collect();
-    assert_eq!(pairs, [vec![("a", "row a")], vec![("b", "1"), ("b", "2")]]);
+    assert_eq!(pairs(&result), [vec![("a", "row a")], vec![("b", "1"), ("b", "2")]]);
     assert_eq!(tuples, [tuple(1, "a", "row a"), tuple(2, "b", "row b")], "the inputs are untouched");
     let wrong = reply_frame(8, &[kept(), kept()], &[]);
     let payload = &wrong[HEADER_BYTES..wrong.len() - TRAILER_BYTES];
