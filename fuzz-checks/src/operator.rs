@@ -167,7 +167,6 @@ fn program_frames(mut stdout: &[u8], stateful: bool) {
     let mut batch = 0;
     while let Some(payload) = next_frame(&mut stdout) {
         batch += 1;
-        let mut tuples = batch_tuples.clone();
         let _ = decode_request(&payload);
         if let Ok(view) = decode_reply(&payload) {
             let mut again = Vec::new();
@@ -178,7 +177,7 @@ fn program_frames(mut stdout: &[u8], stateful: bool) {
             assert_eq!(header.check(&again), Ok(()));
             assert_eq!(again[HEADER_BYTES..again.len() - TRAILER_BYTES], payload[..], "re-encodes the same");
         }
-        match parse_reply_v2(&payload, batch, &mut tuples, stateful) {
+        match parse_reply_v2(&payload, batch, &batch_tuples, stateful) {
             Ok(result) => {
                 assert_eq!(result.outputs.len(), batch_tuples.len());
                 assert!(stateful || result.state.is_empty(), "state from a stateless program");

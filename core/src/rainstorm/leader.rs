@@ -9,8 +9,8 @@
 //!
 //! Every `checkpoint_interval` the leader starts a checkpoint (unless `max_pending_checkpoints`
 //! are open, or a complete epoch already waits behind the commit in flight: then the next one
-//! starts when that clears, so checkpoints follow the commits' pace): the sources emit its barrier, the
-//! tasks snapshot as it passes, the sink closes the epoch before it. Checkpoint `c` is complete
+//! starts when that clears, so checkpoints follow the commits' pace): the sources emit its
+//! barrier, the tasks snapshot as it passes, the sink closes the epoch before it. Checkpoint `c` is complete
 //! when the sink closed epoch `c` and every task reported its snapshot of `c` (or finished
 //! before seeing it); the leader then folds the snapshots into the job's restore point and
 //! commits the epoch (see [`commit`](super::commit)). When a worker running a task is declared
@@ -219,10 +219,7 @@ impl Leader {
         self.jobs
             .values()
             .flat_map(|j| {
-                // With the most checkpoints open, the next one waits for one to complete.
-                let room =
-                    j.pending.len() < cfg.max_pending_checkpoints.max(1) as usize && !j.commits.backlogged();
-                let checkpoint = (matches!(j.phase, JobPhase::Running) && room).then_some(j.next_checkpoint);
+                let checkpoint = j.may_checkpoint(cfg).then_some(j.next_checkpoint);
                 let backoff = match j.phase {
                     JobPhase::Deploying { until } => until,
                     _ => None,
@@ -724,11 +721,7 @@ impl Leader {
                     j.deploy_all(now, cfg, out);
                 }
             }
-            if matches!(j.phase, JobPhase::Running)
-                && j.next_checkpoint <= now
-                && j.pending.len() < cfg.max_pending_checkpoints.max(1) as usize
-                && !j.commits.backlogged()
-            {
+            if j.next_checkpoint <= now && j.may_checkpoint(cfg) {
                 j.trigger(now, cfg, out);
             }
             if j.next_resend <= now {
@@ -921,6 +914,15 @@ impl LeaderJob {
     /// Every snapshot up to this checkpoint is in (the rest of the attempt's are not needed).
     fn confirmed(&self) -> CheckpointId {
         self.restore.checkpoint.unwrap_or(0).max(self.base)
+    }
+
+    /// Whether the next checkpoint may start once its time comes: the job runs, fewer than
+    /// `max_pending_checkpoints` are open, and no complete epoch waits behind the commit in
+    /// flight.
+    fn may_checkpoint(&self, cfg: &RainstormConfig) -> bool {
+        matches!(self.phase, JobPhase::Running)
+            && self.pending.len() < cfg.max_pending_checkpoints.max(1) as usize
+            && !self.commits.backlogged()
     }
 
     /// Starts the next checkpoint: its barrier from every source.

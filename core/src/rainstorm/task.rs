@@ -406,6 +406,7 @@ impl Task {
                 self.process_current(now);
             }
             StageOp::Program(program) => {
+                debug_assert!(self.unsent.len() <= self.state.len(), "unsent keys are restored state keys");
                 let mut state = BTreeMap::new();
                 for t in &tuples {
                     if self.unsent.remove(&t.key) {

@@ -27,7 +27,7 @@
 
 use rainstorm_core::rainstorm::{Output, ProgramBatch, ProgramResult, Tuple};
 use rainstorm_operator::frame::{
-    decode_reply, encode_request, FrameHeader, MessageType, ReplyView, HEADER_BYTES, TRAILER_BYTES,
+    decode_reply, encode_request, FrameHeader, MessageType, HEADER_BYTES, TRAILER_BYTES,
 };
 use rainstorm_operator::{
     decode_line, decode_ready, encode_line, BatchReply, BatchRequest, Hello, ProtocolError, Ready, State,
@@ -210,7 +210,7 @@ impl Conversation {
                 self.session.extend(result.state.iter().map(|(k, v)| (k.clone(), v.clone())));
                 Ok(result)
             }
-            Sent::V2(batch) => parse_reply_v2_shared(&message, front.batch, &batch.tuples, self.stateful()),
+            Sent::V2(batch) => parse_reply_v2(&message, front.batch, &batch.tuples, self.stateful()),
         }
     }
 
@@ -240,34 +240,10 @@ pub fn parse_reply_v1(line: &[u8], request: &BatchRequest) -> Result<ProgramResu
 }
 
 /// A version 2 reply (a frame's payload) to batch `batch` of `tuples`, checked
-/// ([`rainstorm_operator::frame::ReplyView::check`]), as the batch's result. An output that
-/// reuses its input's key or value gets it moved out of `tuples` when it is the last one of its
-/// list to use it, a copy otherwise: a kept tuple costs no copy, and `tuples` is left without
-/// what was moved.
+/// ([`rainstorm_operator::frame::ReplyView::check`]), as the batch's result. The tuples are
+/// shared with the task, which keeps them until the answer: an output that reuses its input's
+/// key or value gets a copy of it.
 pub fn parse_reply_v2(
-    payload: &[u8],
-    batch: u64,
-    tuples: &mut [Tuple],
-    stateful: bool,
-) -> Result<ProgramResult, ProtocolError> {
-    let view = decode_reply(payload)?;
-    view.check(batch, tuples.iter().map(|t| t.key.as_str()), stateful)?;
-    Ok(resolve_v2(&view, |i, field, last| {
-        let text = match field {
-            Field::Key => &mut tuples[i].key,
-            Field::Value => &mut tuples[i].value,
-        };
-        if last {
-            std::mem::take(text)
-        } else {
-            text.clone()
-        }
-    }))
-}
-
-/// [`parse_reply_v2`] for tuples that are shared (the task keeps them until the answer): an
-/// output that reuses its input's key or value gets a copy.
-pub fn parse_reply_v2_shared(
     payload: &[u8],
     batch: u64,
     tuples: &[Tuple],
@@ -275,41 +251,17 @@ pub fn parse_reply_v2_shared(
 ) -> Result<ProgramResult, ProtocolError> {
     let view = decode_reply(payload)?;
     view.check(batch, tuples.iter().map(|t| t.key.as_str()), stateful)?;
-    Ok(resolve_v2(&view, |i, field, _| match field {
-        Field::Key => tuples[i].key.clone(),
-        Field::Value => tuples[i].value.clone(),
-    }))
-}
-
-/// Which part of an input tuple an output reuses.
-#[derive(Clone, Copy)]
-enum Field {
-    Key,
-    Value,
-}
-
-/// A checked reply's outputs and state, taking a reused key or value of input `i` from `input(i,
-/// field, last)`, where `last` says no later output of `i`'s list reuses that field.
-fn resolve_v2(view: &ReplyView<'_>, mut input: impl FnMut(usize, Field, bool) -> String) -> ProgramResult {
-    let mut outputs = Vec::new();
-    for (i, list) in view.lists().enumerate() {
-        let mut keys_left = list.iter().filter(|o| o.key.is_none()).count();
-        let mut values_left = list.iter().filter(|o| o.value.is_none()).count();
-        let mut reuse = |given: Option<&str>, field: Field, left: &mut usize| match given {
-            Some(text) => text.to_owned(),
-            None => {
-                *left -= 1;
-                input(i, field, *left == 0)
-            }
-        };
-        let list = list.iter().map(|o| Output {
-            key: reuse(o.key, Field::Key, &mut keys_left),
-            value: reuse(o.value, Field::Value, &mut values_left),
-        });
-        outputs.push(list.collect());
-    }
+    let outputs = view
+        .lists()
+        .zip(tuples)
+        .map(|(list, t)| {
+            list.iter()
+                .map(|o| Output { key: o.key_or(&t.key).to_owned(), value: o.value_or(&t.value).to_owned() })
+                .collect()
+        })
+        .collect();
     let state = view.state.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-    ProgramResult { outputs, state }
+    Ok(ProgramResult { outputs, state })
 }
 
 /// The reader task: the program's stdout as messages of `version`, until an error or the end.
