@@ -21,9 +21,13 @@ use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
+use tracing::warn;
 
 /// Above this many unsynced blocks, `sync` flushes the file system with one syncfs(2).
 const SYNCFS_ABOVE_BLOCKS: usize = 16;
+
+/// A sync slower than this is logged: the node waits for it, so its other work stalls meanwhile.
+const SLOW_SYNC: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Block storage in a directory, one file per block, durable at [`Storage::sync`].
 #[derive(Debug)]
@@ -144,6 +148,8 @@ impl Storage for FileStorage {
         }
         // Blocks are forgotten one by one as they are synced: after an error, a retry redoes
         // only what is left (plus the directory).
+        let started = std::time::Instant::now();
+        let blocks = self.dirty.len();
         while let Some(&blob) = self.dirty.first() {
             let path = self.blob_path(blob);
             match File::open(&path).and_then(|f| f.sync_all()) {
@@ -157,6 +163,16 @@ impl Storage for FileStorage {
         if self.dir_dirty {
             File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io_err("sync", &self.dir, &e))?;
             self.dir_dirty = false;
+        }
+        let took = started.elapsed();
+        if took >= SLOW_SYNC {
+            warn!(
+                event = "slow_sync",
+                ms = took.as_millis() as u64,
+                blocks,
+                "a sync of {blocks} blocks took {} ms: the disk is slow, and this node waited for it",
+                took.as_millis()
+            );
         }
         Ok(())
     }
