@@ -117,13 +117,13 @@ impl Commits {
         self.in_flight.is_some() && !self.ready.is_empty()
     }
 
-    /// Output bytes waiting to be committed (or being committed).
-    pub fn waiting_bytes(&self) -> usize {
+    /// Weight of the outputs waiting to be committed (or being committed).
+    pub fn waiting_weight(&self) -> usize {
         let flight = match &self.in_flight {
-            Some(InFlight::Record(r) | InFlight::Output(r)) => r.epoch.bytes.len(),
+            Some(InFlight::Record(r) | InFlight::Output(r)) => r.epoch.weight(),
             Some(InFlight::Rollover) | None => 0,
         };
-        flight + self.ready.iter().map(|r| r.epoch.bytes.len()).sum::<usize>()
+        flight + self.ready.iter().map(|r| r.epoch.weight()).sum::<usize>()
     }
 
     /// The next write, if none is out: a record for the epochs ready (combined), or a log
@@ -214,8 +214,7 @@ pub(super) enum Step {
 /// both (the later ones win), the outputs of both in order.
 fn combine(mut a: ReadyEpoch, b: ReadyEpoch) -> ReadyEpoch {
     debug_assert!(a.checkpoint <= b.checkpoint && !a.last);
-    a.epoch.bytes.extend(b.epoch.bytes);
-    a.epoch.tuples.extend(b.epoch.tuples);
+    a.epoch.append(b.epoch);
     for (task, changes) in b.changes {
         a.changes.entry(task).or_default().extend(changes);
     }
@@ -256,7 +255,7 @@ mod tests {
         ReadyEpoch {
             checkpoint: Some(checkpoint),
             attempt: 1,
-            epoch: Epoch { tuples: Vec::new(), bytes: bytes.to_vec() },
+            epoch: Epoch { tuples: Vec::new(), bytes: bytes.to_vec(), weight: bytes.len() },
             sources: BTreeMap::new(),
             changes: BTreeMap::new(),
             counts: BTreeMap::new(),

@@ -39,8 +39,11 @@ pub struct RainstormConfig {
     pub read_ahead: u32,
     /// Batches out at one operator program at a time.
     pub program_window: u32,
-    /// Output bytes a leader holds for checkpoints that are complete but not yet committed to
-    /// the destination; above it the sink takes no more batches until commits catch up.
+    /// Outputs a leader holds for a job, in bytes (tuple weights plus destination lines):
+    /// epochs waiting for their checkpoints or commits may hold this much, above which the sink
+    /// takes no more batches until commits catch up; the open epoch may hold a quarter of it
+    /// before the next checkpoint starts at once (and, while no barrier is on its way, the sink
+    /// pauses).
     pub sink_buffer_bytes: u64,
     /// A job's checkpoint log starts a new generation (one full record) after this many
     /// records.
@@ -76,7 +79,7 @@ impl Default for RainstormConfig {
             status_interval: Millis(500),
             read_ahead: 4,
             program_window: 4,
-            sink_buffer_bytes: 64 << 20,
+            sink_buffer_bytes: 16 << 20,
             compact_records: 1_000,
             max_task_failures: 3,
             max_tasks: 64,
@@ -131,10 +134,13 @@ pub enum PlantedBug {
     UnboundedReadAhead,
     /// The leader leaves a finished job's checkpoint log in HyDFS.
     KeepsJobFiles,
+    /// The leader ignores the size of a job's open epoch: while commits lag, no checkpoint
+    /// closes it and the sink never pauses for it, so it grows with the input.
+    OpenEpochUnbounded,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 7] = [
+    pub const ALL: [PlantedBug; 8] = [
         PlantedBug::CommitBeforeComplete,
         PlantedBug::SourceSkipsALine,
         PlantedBug::SinkTakesOldAttempts,
@@ -142,6 +148,7 @@ impl PlantedBug {
         PlantedBug::NoCoalescing,
         PlantedBug::UnboundedReadAhead,
         PlantedBug::KeepsJobFiles,
+        PlantedBug::OpenEpochUnbounded,
     ];
 
     pub fn name(self) -> &'static str {
@@ -153,6 +160,7 @@ impl PlantedBug {
             PlantedBug::NoCoalescing => "no-coalescing",
             PlantedBug::UnboundedReadAhead => "unbounded-read-ahead",
             PlantedBug::KeepsJobFiles => "keeps-job-files",
+            PlantedBug::OpenEpochUnbounded => "open-epoch-unbounded",
         }
     }
 

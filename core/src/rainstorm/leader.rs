@@ -9,7 +9,8 @@
 //!
 //! Every `checkpoint_interval` the leader starts a checkpoint (unless `max_pending_checkpoints`
 //! are open, or a complete epoch already waits behind the commit in flight: then the next one
-//! starts when that clears, so checkpoints follow the commits' pace): the sources emit its
+//! starts when that clears, so checkpoints follow the commits' pace; an open epoch over a
+//! quarter of `sink_buffer_bytes` starts one at once all the same): the sources emit its
 //! barrier, the tasks snapshot as it passes, the sink closes the epoch before it. Checkpoint `c` is complete
 //! when the sink closed epoch `c` and every task reported its snapshot of `c` (or finished
 //! before seeing it); the leader then folds the snapshots into the job's restore point and
@@ -23,6 +24,8 @@
 //! * an epoch is committed only after its checkpoint is complete, each once;
 //! * a rollback resumes from the newest complete checkpoint, and everything of the attempt it
 //!   ends (snapshots, epochs not complete, link batches) is dropped;
+//! * a sink whose open epoch is full while no barrier is on its way takes nothing more (its
+//!   outputs stay within `sink_buffer_bytes` plus what precedes a coming barrier);
 //! * a job completes exactly when its last epoch is committed (every output is in its
 //!   destination); its own files are deleted then;
 //! * a job's counts reach the user as [`RainstormEvent::Progress`] at most once per status
@@ -197,7 +200,7 @@ impl Leader {
 
     /// Bytes held for the jobs this node leads: the sinks and outputs waiting to be committed.
     pub(super) fn buffered_bytes(&self) -> usize {
-        self.jobs.values().map(|j| j.sink.buffered_bytes() + j.commits.waiting_bytes()).sum()
+        self.jobs.values().map(|j| j.sink.buffered_bytes() + j.commits.waiting_weight()).sum()
     }
 
     /// What each job's sink holds.
@@ -210,7 +213,9 @@ impl Leader {
                 read_ahead: 0,
                 inputs: j.sink.input_bytes(),
                 unacked: 0,
-                outputs: j.sink.held_bytes() + j.commits.waiting_bytes(),
+                outputs: j.sink.held_weight() + j.commits.waiting_weight(),
+                open_epoch: j.sink.open_weight(),
+                barrier_coming: j.barrier_coming(),
             })
             .collect()
     }
@@ -578,8 +583,16 @@ impl Leader {
         let Some(j) = self.jobs.get_mut(&job) else { return };
         // Only what waits for checkpoints or commits counts: the open epoch must go on filling
         // until its barrier comes, or the job could not reach its next checkpoint.
-        let paused = j.commits.waiting_bytes() + j.sink.closed_bytes() > cfg.sink_buffer_bytes as usize;
+        // Closed epochs wait for their checkpoints and commits, which go on without the sink.
+        // The open epoch closes only when its barrier comes through the sink: it pauses for a
+        // full open epoch only while no barrier is on its way (the next checkpoint starts at
+        // once, see `may_checkpoint`), and the links' windows bound what precedes a barrier.
+        let waiting = j.commits.waiting_weight() + j.sink.closed_weight();
+        let paused =
+            waiting > cfg.sink_buffer_bytes as usize || (j.open_epoch_full(cfg) && !j.barrier_coming());
+        let open_before = j.sink.open_weight();
         j.sink.step(paused);
+        debug_assert!(!paused || j.sink.open_weight() <= open_before, "a paused sink took outputs");
         while let Some((to, msg)) = j.sink.poll_ack() {
             if let Some(host) = j.placement_of(to) {
                 let attempt = j.sink.attempt();
@@ -607,7 +620,7 @@ impl Leader {
             j.commits.push(j.ready_epoch(epoch, BTreeMap::new(), true));
         }
         // A large open epoch: start the next checkpoint now rather than at the interval.
-        if j.sink.held_bytes() > (cfg.sink_buffer_bytes / 4) as usize {
+        if j.sink.open_weight() > (cfg.sink_buffer_bytes / 4) as usize {
             j.next_checkpoint = j.next_checkpoint.min(now);
         }
         self.complete_checkpoints(cfg, job, out);
@@ -918,11 +931,23 @@ impl LeaderJob {
 
     /// Whether the next checkpoint may start once its time comes: the job runs, fewer than
     /// `max_pending_checkpoints` are open, and no complete epoch waits behind the commit in
-    /// flight.
+    /// flight, unless the open epoch is full (it must close, or the sink stops).
     fn may_checkpoint(&self, cfg: &RainstormConfig) -> bool {
         matches!(self.phase, JobPhase::Running)
             && self.pending.len() < cfg.max_pending_checkpoints.max(1) as usize
-            && !self.commits.backlogged()
+            && (!self.commits.backlogged() || self.open_epoch_full(cfg))
+    }
+
+    /// Whether the open epoch holds more than a quarter of `sink_buffer_bytes`.
+    fn open_epoch_full(&self, cfg: &RainstormConfig) -> bool {
+        !cfg.bug(PlantedBug::OpenEpochUnbounded)
+            && self.sink.open_weight() > (cfg.sink_buffer_bytes / 4) as usize
+    }
+
+    /// Whether a barrier is on its way to the sink: a checkpoint started whose epoch the sink
+    /// has not closed.
+    fn barrier_coming(&self) -> bool {
+        self.pending.keys().any(|c| !self.closed.contains(c))
     }
 
     /// Starts the next checkpoint: its barrier from every source.

@@ -146,6 +146,11 @@ pub struct Buffers {
     /// Everything on the output side: unacknowledged, sealed and waiting, and coalescing
     /// (for a sink: epochs of outputs not committed yet).
     pub outputs: usize,
+    /// A sink's open epoch (0 for a task), and whether a barrier is on its way to close it:
+    /// while none is, the open epoch stays within a quarter of `sink_buffer_bytes` plus what
+    /// the sink's links held when it last took batches.
+    pub open_epoch: usize,
+    pub barrier_coming: bool,
 }
 
 /// Counters.

@@ -28,12 +28,29 @@ use super::tuple::{dest_line, Tuple};
 pub struct Epoch {
     pub tuples: Vec<Tuple>,
     pub bytes: Vec<u8>,
+    /// What it holds: its tuples' weights plus its destination bytes (what the sink's and the
+    /// commits' bounds count).
+    pub(super) weight: usize,
 }
 
 impl Epoch {
     fn add(&mut self, tuple: Tuple) {
-        self.bytes.extend_from_slice(dest_line(&tuple).as_bytes());
+        let line = dest_line(&tuple);
+        self.weight += tuple.weight() + line.len();
+        self.bytes.extend_from_slice(line.as_bytes());
         self.tuples.push(tuple);
+    }
+
+    /// The outputs of `later` after this epoch's.
+    pub(super) fn append(&mut self, later: Epoch) {
+        self.bytes.extend(later.bytes);
+        self.tuples.extend(later.tuples);
+        self.weight += later.weight;
+    }
+
+    /// Its tuples' weights plus its destination bytes.
+    pub fn weight(&self) -> usize {
+        self.weight
     }
 }
 
@@ -174,8 +191,7 @@ impl Sink {
         let upto = std::mem::replace(&mut self.closed, later);
         let mut epoch = Epoch::default();
         for (_, e) in upto {
-            epoch.bytes.extend(e.bytes);
-            epoch.tuples.extend(e.tuples);
+            epoch.append(e);
         }
         epoch
     }
@@ -183,9 +199,7 @@ impl Sink {
     /// Everything left once every link ended: the last epoch (closed ones included).
     pub fn take_rest(&mut self) -> Epoch {
         let mut epoch = self.take_closed(CheckpointId::MAX - 1);
-        let open = std::mem::take(&mut self.open);
-        epoch.bytes.extend(open.bytes);
-        epoch.tuples.extend(open.tuples);
+        epoch.append(std::mem::take(&mut self.open));
         epoch
     }
 
@@ -197,14 +211,19 @@ impl Sink {
         self.events.pop_front()
     }
 
-    /// Output bytes of the closed epochs (their checkpoints not complete yet).
-    pub fn closed_bytes(&self) -> usize {
-        self.closed.values().map(|e| e.bytes.len()).sum()
+    /// Weight of the closed epochs (their checkpoints not complete yet).
+    pub fn closed_weight(&self) -> usize {
+        self.closed.values().map(Epoch::weight).sum()
     }
 
-    /// Output bytes held: the open epoch and the closed ones.
-    pub fn held_bytes(&self) -> usize {
-        self.open.bytes.len() + self.closed.values().map(|e| e.bytes.len()).sum::<usize>()
+    /// Weight of the open epoch (outputs after the last barrier aligned on).
+    pub fn open_weight(&self) -> usize {
+        self.open.weight
+    }
+
+    /// Weight of the outputs held: the open epoch and the closed ones.
+    pub fn held_weight(&self) -> usize {
+        self.open_weight() + self.closed_weight()
     }
 
     /// Bytes of batches received and not taken.
@@ -214,9 +233,7 @@ impl Sink {
 
     /// Bytes held, batches in the links' receivers included.
     pub fn buffered_bytes(&self) -> usize {
-        let tuples = |e: &Epoch| e.tuples.iter().map(Tuple::weight).sum::<usize>() + e.bytes.len();
-        let held: usize = self.inputs.values().map(|i| i.rx.held_bytes()).sum();
-        held + tuples(&self.open) + self.closed.values().map(tuples).sum::<usize>()
+        self.input_bytes() + self.held_weight()
     }
 
     /// Per link: taken, held and its mark.
@@ -293,11 +310,13 @@ mod tests {
         let mut sink = Sink::new(&RainstormConfig::default(), 1, &[A]);
         sink.on_message(A, batch(1, tuples(&[1])));
         sink.step(true);
-        assert_eq!(sink.held_bytes(), 0);
+        assert_eq!(sink.held_weight(), 0);
         sink.step(false);
-        assert_eq!(sink.held_bytes(), 3);
+        let taken = Tuple::source("f", 1, "v1".to_owned());
+        assert_eq!(sink.held_weight(), taken.weight() + dest_line(&taken).len(), "the tuple and its line");
+        assert_eq!(sink.open_weight(), sink.held_weight());
         sink.reset(2, &[A]);
-        assert_eq!(sink.held_bytes(), 0);
+        assert_eq!(sink.held_weight(), 0);
         assert_eq!(sink.attempt(), 2);
     }
 }

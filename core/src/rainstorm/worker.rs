@@ -172,7 +172,16 @@ impl Worker {
             .iter()
             .filter_map(|((job, task), h)| {
                 let (read_ahead, inputs, unacked, outputs) = h.runner.as_ref()?.buffers();
-                Some(super::Buffers { job: *job, task: *task, read_ahead, inputs, unacked, outputs })
+                Some(super::Buffers {
+                    job: *job,
+                    task: *task,
+                    read_ahead,
+                    inputs,
+                    unacked,
+                    outputs,
+                    open_epoch: 0,
+                    barrier_coming: false,
+                })
             })
             .collect()
     }

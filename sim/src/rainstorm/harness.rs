@@ -13,7 +13,8 @@
 //!   tasks) and whatever reached the destination must still be a part of the reference output;
 //! * **bounded**: no task or sink ever holds more read-ahead, received batches or
 //!   unacknowledged batches than the job's settings allow (given its largest tuple), whatever
-//!   the input's size;
+//!   the input's size, and a sink's open epoch stays within its share of `sink_buffer_bytes`
+//!   whenever no barrier is on its way to close it;
 //! * **coalescing**: the tasks send no more batches than full batches, plus one partial batch per
 //!   link for each checkpoint, each linger period and the end, allow.
 
@@ -131,6 +132,8 @@ struct Bounds {
     read_ahead: usize,
     inputs: usize,
     unacked: usize,
+    /// A sink's open epoch while no barrier is on its way.
+    open_epoch: usize,
 }
 
 impl Bounds {
@@ -141,10 +144,14 @@ impl Bounds {
         // A cursor holds its read-ahead from the part of its position, and while a line
         // crosses parts, the parts it spans.
         let spanned = longest_line.div_ceil(chunk.max(1)) + 2;
+        let inputs = tasks * cfg.window as usize * batch;
         Bounds {
             read_ahead: (cfg.read_ahead as usize + spanned) * chunk,
-            inputs: tasks * cfg.window as usize * batch,
+            inputs,
             unacked: tasks * (cfg.window_bytes as usize + batch),
+            // A quarter of the sink's buffer, then one step taking what its links held (an
+            // output weighs its tuple and its destination line, at most twice the tuple).
+            open_epoch: (cfg.sink_buffer_bytes / 4) as usize + 2 * inputs,
         }
     }
 }
@@ -354,6 +361,15 @@ impl RainstormHarness {
                     let detail = format!("n{slot} {} holds {held} bytes {what} (bound {bound})", x.task);
                     self.violations.push((now, CheckerKind::RainstormBounded, detail));
                 }
+            }
+            let what = "in its open epoch with no barrier coming";
+            if !x.barrier_coming && x.open_epoch > b.open_epoch && self.reported_bounds.insert((x.task, what))
+            {
+                let detail = format!(
+                    "n{slot} {} holds {} bytes {what} (bound {})",
+                    x.task, x.open_epoch, b.open_epoch
+                );
+                self.violations.push((now, CheckerKind::RainstormBounded, detail));
             }
         }
     }
