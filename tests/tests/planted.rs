@@ -311,7 +311,7 @@ mod rainstorm {
     #[test]
     fn an_open_epoch_left_to_grow_is_caught_by_the_buffer_bounds() {
         // The bug shows only where commits lag while the pipeline runs on: rare in the swarm
-        // (seed 462 is the first).
+        // (the first seed that shows it is past 400).
         first_caught_within(PlantedBug::OpenEpochUnbounded, &[CheckerKind::RainstormBounded], 600);
     }
 

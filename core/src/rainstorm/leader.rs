@@ -581,8 +581,6 @@ impl Leader {
     /// Lets a job's sink take what it may, and acts on what it found.
     fn step_sink(&mut self, now: Time, cfg: &RainstormConfig, job: JobId, out: &mut Outbox) {
         let Some(j) = self.jobs.get_mut(&job) else { return };
-        // Only what waits for checkpoints or commits counts: the open epoch must go on filling
-        // until its barrier comes, or the job could not reach its next checkpoint.
         // Closed epochs wait for their checkpoints and commits, which go on without the sink.
         // The open epoch closes only when its barrier comes through the sink: it pauses for a
         // full open epoch only while no barrier is on its way (the next checkpoint starts at
@@ -734,7 +732,8 @@ impl Leader {
                     j.deploy_all(now, cfg, out);
                 }
             }
-            if j.next_checkpoint <= now && j.may_checkpoint(cfg) {
+            let triggered = j.next_checkpoint <= now && j.may_checkpoint(cfg);
+            if triggered {
                 j.trigger(now, cfg, out);
             }
             if j.next_resend <= now {
@@ -747,6 +746,11 @@ impl Leader {
                         }
                     }
                 }
+            }
+            if triggered {
+                // A sink paused for its full open epoch takes batches again now that a barrier
+                // is on its way (not only when the next batch or resend arrives).
+                self.step_sink(now, cfg, job, out);
             }
         }
     }
