@@ -82,7 +82,7 @@ pub fn run(args: SimArgs) -> Result<ExitCode> {
         let all = match layer {
             Layer::Membership => named::all(args.named_seed),
             Layer::Hydfs => named::hydfs_all(args.named_seed),
-            Layer::Rainstorm => Vec::new(),
+            Layer::Rainstorm => named::rainstorm_all(args.named_seed),
         };
         if name == "list" {
             for s in all {
@@ -146,6 +146,9 @@ pub fn run(args: SimArgs) -> Result<ExitCode> {
             j.completed_ms.map_or("never".into(), |t| format!("{t} ms")),
             j.failed.as_ref().map_or(String::new(), |r| format!(", failed: {r}")),
         );
+        for (detect, resume) in &j.recoveries {
+            println!("  crashed workers detected {detect} ms after the crash; output resumed {resume} ms after that");
+        }
     }
     if scenario.hydfs.is_some() {
         println!(
@@ -180,11 +183,18 @@ fn sweep(layer: Layer, start: u64, count: u64, bug: Option<&str>) -> Result<Exit
         let r = run_membership(&s, &RunOptions::default());
         let broken = (r.stats.stream_frames_lost, r.stats.stream_frames_duplicated);
         let crashed = r.job.as_ref().map(|j| j.crashes_while_running > 0);
-        (r.scenario.seed, r.stats.events, broken, r.violations.first().map(|v| v.to_string()), crashed)
+        let recoveries = r.job.as_ref().map(|j| j.recoveries.clone()).unwrap_or_default();
+        let first = r.violations.first().map(|v| v.to_string());
+        (r.scenario.seed, r.stats.events, broken, first, crashed, recoveries)
     });
     let (mut lost, mut duplicated, mut touched) = (0, 0, 0);
     let (mut jobs, mut crashed_jobs) = (0u64, 0u64);
-    for (seed, n, broken, violation, crashed) in reports {
+    let (mut detections, mut resumes) = (Vec::new(), Vec::new());
+    for (seed, n, broken, violation, crashed, recoveries) in reports {
+        for (detect, resume) in recoveries {
+            detections.push(detect);
+            resumes.push(resume);
+        }
         events += n;
         lost += broken.0;
         duplicated += broken.1;
@@ -210,8 +220,27 @@ fn sweep(layer: Layer, start: u64, count: u64, bug: Option<&str>) -> Result<Exit
             100.0 * crashed_jobs as f64 / jobs as f64
         );
     }
+    if !resumes.is_empty() {
+        let n = resumes.len();
+        println!(
+            "after {n} worker crashes with no other fault meanwhile: detected (dropped by every member, the job rolled back) in {} ms \
+             (median), {} ms (max); output resumed {} ms (median), {} ms (p99), {} ms (max) after the detection",
+            percentile(&mut detections, 50),
+            percentile(&mut detections, 100),
+            percentile(&mut resumes, 50),
+            percentile(&mut resumes, 99),
+            percentile(&mut resumes, 100),
+        );
+    }
     println!("{}: {count} seeds, {failed} failed", layer.name());
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// The `p`th percentile (nearest rank) of `values`.
+fn percentile(values: &mut [u64], p: usize) -> u64 {
+    values.sort_unstable();
+    let rank = (values.len() * p).div_ceil(100).max(1);
+    values[rank.min(values.len()) - 1]
 }
 
 #[cfg(feature = "planted-bugs")]
@@ -237,10 +266,22 @@ fn plant(layer: Layer, mut scenario: Scenario, bug: Option<&str>) -> Result<Scen
             }
         }
         Layer::Rainstorm => {
+            // A job's own bugs, or HyDFS bugs under its files (the job's settings carry them).
             use rainstorm_core::rainstorm::PlantedBug as JobBug;
+            if let Some(b) = HydfsBug::parse(name) {
+                if let Some(w) = scenario.hydfs.as_mut() {
+                    w.config.planted = Some(b);
+                }
+                return Ok(scenario);
+            }
             let Some(b) = JobBug::parse(name) else {
                 let names: Vec<_> = JobBug::ALL.iter().map(|b| b.name()).collect();
-                bail!("no planted RainStorm bug `{name}`; known: {}", names.join(", "));
+                let files: Vec<_> = HydfsBug::ALL.iter().map(|b| b.name()).collect();
+                bail!(
+                    "no planted RainStorm or HyDFS bug `{name}`; known: {}; and HyDFS's: {}",
+                    names.join(", "),
+                    files.join(", ")
+                );
             };
             if let Some(w) = scenario.rainstorm.as_mut() {
                 w.config.planted = Some(b);

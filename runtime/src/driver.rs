@@ -746,7 +746,9 @@ fn led_job(e: &RainstormEvent) -> Option<JobId> {
         | RainstormEvent::JobCompleted { job, .. }
         | RainstormEvent::JobFailed { job, .. }
         | RainstormEvent::JobLost { job, .. } => Some(*job),
-        RainstormEvent::TaskStarted { .. }
+        // Every commit: the console follows outputs and progress instead.
+        RainstormEvent::Committed { .. }
+        | RainstormEvent::TaskStarted { .. }
         | RainstormEvent::JobAbandoned { .. }
         | RainstormEvent::SourceSent { .. } => None,
     }
@@ -813,13 +815,19 @@ fn log_rainstorm_event(event: &rainstorm_core::rainstorm::RainstormEvent) {
         E::TaskFailed { job, task, attempt, reason } => {
             warn!(event = "task_failed", %job, %task, attempt, "job {job}: task {task} failed: {reason}")
         }
-        E::RolledBack { job, attempt, checkpoint, reason } => warn!(
+        E::RolledBack { job, attempt, checkpoint, reason, .. } => warn!(
             event = "job_rolled_back",
             %job, attempt, checkpoint = ?checkpoint,
             "job {job} rolls back to {} as attempt {attempt}: {reason}",
             checkpoint.map_or_else(|| "its start".to_owned(), |c| format!("checkpoint {c}"))
         ),
         E::Outputs { .. } => {}
+        E::Committed { job, checkpoint, outputs } => debug!(
+            event = "job_committed",
+            %job, checkpoint = ?checkpoint, outputs,
+            "job {job}: {} durable; {outputs} outputs committed",
+            checkpoint.map_or_else(|| "its start".to_owned(), |c| format!("checkpoint {c}"))
+        ),
         E::Progress { job, input_lines, stages } => {
             let lines_read = rainstorm_core::rainstorm::lines_read(stages);
             let counts: Vec<String> =

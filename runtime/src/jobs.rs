@@ -322,7 +322,8 @@ impl JobBook {
                     r.progress = JobProgress::new(*input_lines, stages);
                 }
             }
-            RainstormEvent::TaskStarted { .. }
+            RainstormEvent::Committed { .. }
+            | RainstormEvent::TaskStarted { .. }
             | RainstormEvent::JobAbandoned { .. }
             | RainstormEvent::SourceSent { .. } => {}
         }

@@ -53,6 +53,8 @@ pub enum CheckerKind {
     RainstormCoalescing,
     /// A finished job's own files (its checkpoint log) were still in HyDFS long after it ended.
     RainstormCleanup,
+    /// A job's commits did not resume soon enough after its leader detected a worker's crash.
+    RainstormResume,
     Wire,
 }
 
@@ -86,6 +88,7 @@ impl fmt::Display for CheckerKind {
             CheckerKind::RainstormBounded => "rainstorm-bounded",
             CheckerKind::RainstormCoalescing => "rainstorm-coalescing",
             CheckerKind::RainstormCleanup => "rainstorm-cleanup",
+            CheckerKind::RainstormResume => "rainstorm-resume",
         })
     }
 }

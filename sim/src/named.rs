@@ -338,3 +338,57 @@ pub fn coalescing_scenario() -> Scenario {
     s.end_faults();
     s
 }
+
+/// A RainStorm job paced to run for about six seconds on a calm cluster (no loss), as the
+/// demo's are: two nodes running its tasks crash in the same millisecond two seconds in, and
+/// come back only after the job. One of them coordinates the writes to the job's destination
+/// (its first replica), so the job's commits were waiting on it. Its output must resume within
+/// a second of the crashes' being detected (the resume checker).
+pub fn workers_crash_mid_job(seed: u64) -> Scenario {
+    use crate::rainstorm::harness::InputSpec;
+    let mut s = Scenario::rainstorm_swarm(seed);
+    s.name = "workers_crash_mid_job".to_owned();
+    s.nodes = 8;
+    s.net = NetConfig {
+        loss_permille: 0,
+        duplicate_permille: 0,
+        latency_min_ms: 1,
+        latency_max_ms: 5,
+        bandwidth_bytes_per_ms: 0,
+        broken_stream_drop_permille: 0,
+        broken_stream_duplicate_permille: 0,
+    };
+    s.clock_offsets_ms.clear();
+    s.config.suspicion_at_start = true;
+    let Some(w) = s.rainstorm.as_mut() else { return s };
+    w.leader = 1;
+    w.reader = 2;
+    w.input = InputSpec::TrafficSigns { max_lines: 600 };
+    w.tasks = 3;
+    w.rate = Some(100);
+    w.leader_crash_ms = None;
+    let crash_at = w.start_ms + 2_000;
+    s.calm_from_ms = crash_at + 15_000;
+    let ring = rainstorm_core::hydfs::Ring::new((0..s.nodes).map(crate::world::slot_addr));
+    let coordinator = ring.replicas("out/job.txt", 1)[0];
+    let coordinator = (0..s.nodes).find(|i| crate::world::slot_addr(*i) == coordinator).unwrap_or(0);
+    // The leader and the reader are spared: crash the coordinator unless it is one of them.
+    let first = if coordinator == w.leader || coordinator == w.reader || coordinator == 0 {
+        Fault::CrashTaskHost { pick: seed }
+    } else {
+        Fault::Crash { node: coordinator }
+    };
+    s.faults = vec![
+        FaultAt { at_ms: crash_at, fault: first },
+        FaultAt { at_ms: crash_at, fault: Fault::CrashTaskHost { pick: seed / 2 + 1 } },
+        FaultAt { at_ms: s.calm_from_ms, fault: Fault::RestartCrashed { pick: 0 } },
+        FaultAt { at_ms: s.calm_from_ms, fault: Fault::RestartCrashed { pick: 1 } },
+    ];
+    s.end_faults();
+    s
+}
+
+/// Every named RainStorm scenario.
+pub fn rainstorm_all(seed: u64) -> Vec<Scenario> {
+    vec![coalescing_scenario(), workers_crash_mid_job(seed)]
+}

@@ -662,6 +662,17 @@ impl<A: Actor> World<A> {
         self.sample_rainstorm();
         let Some(r) = &mut self.rainstorm else { return false };
         let slots = &self.slots;
+        for addr in r.crashed_workers() {
+            let listed = slots.iter().any(|s| match &s.process {
+                Process::Up(a) | Process::Paused(a, _) => {
+                    a.is_joined() && a.view().iter().any(|m| m.addr == addr)
+                }
+                Process::Down => false,
+            });
+            if !listed {
+                r.worker_dropped(now, addr);
+            }
+        }
         let up = |slot: Slot| match slots.get(slot).map(|s| &s.process) {
             Some(Process::Up(a)) if a.is_joined() => Some(slots[slot].generation),
             _ => None,
@@ -813,6 +824,9 @@ impl<A: Actor> World<A> {
     }
 
     fn apply_fault(&mut self, fault: Fault) {
+        if let Some(r) = &mut self.rainstorm {
+            r.on_fault(self.now);
+        }
         self.trace.record(TRACE_FAULT, self.now, 0, format!("{fault:?}").as_bytes());
         self.trace.line(self.now, None, || format!("fault: {fault:?}"));
         match fault {
@@ -960,7 +974,7 @@ impl<A: Actor> World<A> {
             h.on_process_gone(slot);
         }
         if let Some(r) = &mut self.rainstorm {
-            r.on_crash(self.slots[slot].addr);
+            r.on_crash(self.now, self.slots[slot].addr);
         }
         self.slots[slot].disk.crash();
         self.break_streams(&|a, b| a == slot || b == slot);
@@ -1083,7 +1097,7 @@ fn describe_rainstorm_event(e: &rainstorm_core::rainstorm::RainstormEvent) -> St
         E::TaskFailed { job, task, attempt, reason } => {
             format!("job {job}: {task} a{attempt} failed: {reason}")
         }
-        E::RolledBack { job, attempt, checkpoint, reason } => {
+        E::RolledBack { job, attempt, checkpoint, reason, .. } => {
             format!("job {job} rolls back to checkpoint {checkpoint:?} as attempt {attempt}: {reason}")
         }
         E::Outputs { job, tuples } => {
@@ -1095,6 +1109,9 @@ fn describe_rainstorm_event(e: &rainstorm_core::rainstorm::RainstormEvent) -> St
                 shown.join("; "),
                 if more > 0 { format!(" (+{more})") } else { String::new() }
             )
+        }
+        E::Committed { job, checkpoint, outputs } => {
+            format!("job {job} committed checkpoint {checkpoint:?}: {outputs} outputs")
         }
         E::Progress { job, input_lines, stages } => {
             let stages: Vec<String> =

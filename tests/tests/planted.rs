@@ -316,6 +316,26 @@ mod rainstorm {
     }
 
     #[test]
+    fn waiting_out_timeouts_after_a_crash_is_caught_by_the_resume_check() {
+        use rainstorm_core::hydfs::PlantedBug as HydfsBug;
+        use rainstorm_sim::named::workers_crash_mid_job;
+        let caught = (1..=6).find(|seed| {
+            let clean = workers_crash_mid_job(*seed);
+            let mut planted = clean.clone();
+            if let Some(w) = planted.hydfs.as_mut() {
+                w.config.planted = Some(HydfsBug::WriteFailoverWaits);
+            }
+            let report = run_membership(&planted, &RunOptions::default());
+            report.caught(CheckerKind::RainstormResume) && {
+                let clean = run_membership(&clean, &RunOptions::default());
+                assert!(clean.passed(), "seed {seed} fails without the planted bug: {:?}", clean.violations);
+                true
+            }
+        });
+        assert!(caught.is_some(), "write-failover-waits was never caught by the resume check");
+    }
+
+    #[test]
     fn job_files_left_behind_are_caught_by_the_cleanup_check() {
         first_caught(PlantedBug::KeepsJobFiles, &[CheckerKind::RainstormCleanup]);
     }

@@ -78,3 +78,20 @@ fn most_seeds_complete_their_job_and_many_resume_from_a_checkpoint() {
     assert!(rolled_back >= 30, "only {rolled_back} of 60 jobs rolled back");
     assert!(resumed >= 15, "only {resumed} of 60 jobs resumed a task from a checkpoint");
 }
+
+#[test]
+fn output_resumes_within_a_second_of_detecting_two_crashed_workers() {
+    let mut measured = 0;
+    for seed in 1..=6 {
+        let report =
+            run_membership(&rainstorm_sim::named::workers_crash_mid_job(seed), &RunOptions::default());
+        assert!(report.passed(), "seed {seed}: {:?}", report.violations);
+        let job = report.job.expect("the scenario runs a job");
+        assert!(job.completed_ms.is_some(), "seed {seed}: the job completed");
+        for (detect, resume) in &job.recoveries {
+            println!("seed {seed}: detected {detect} ms after the crashes, output resumed {resume} ms later");
+            measured += 1;
+        }
+    }
+    assert!(measured >= 4, "only {measured} of 6 runs measured a recovery");
+}

@@ -656,6 +656,10 @@ impl Hydfs {
         let op = self.client.ops.get_mut(&id).expect("present");
         let to = op.candidates[op.next];
         op.next += 1;
+        if to != self.me && !self.member_ids.is_empty() && !self.member_ids.contains_key(&to) {
+            // A candidate of an earlier ring that has since left it: never ask it.
+            return self.dispatch(now, id);
+        }
         let name = op.name.clone();
         if let (true, Kind::Part { stamp, part, .. }) = (to == self.me, &op.kind) {
             let (stamp, part) = (*stamp, *part);
@@ -1258,7 +1262,40 @@ impl Hydfs {
         }
     }
 
+    /// Members at `gone` failed, left or restarted: every request outstanding there is lost now,
+    /// and its operation moves on to a candidate that is still a member (the ring no longer
+    /// holds `gone`, and `dispatch` skips candidates that left it).
+    pub(super) fn client_members_gone(&mut self, now: Time, gone: &[NodeAddr]) {
+        if self.cfg.bug(PlantedBug::WriteFailoverWaits) {
+            return;
+        }
+        let lost: Vec<ReqId> =
+            self.client.requests.iter().filter(|(_, r)| gone.contains(&r.1)).map(|(id, _)| *id).collect();
+        for req in lost {
+            let Some(&(id, to, _)) = self.client.requests.get(&req) else { continue };
+            let Some(op) = self.client.ops.get_mut(&id) else { continue };
+            if matches!(op.kind, Kind::Ls { .. } | Kind::Multi { .. }) {
+                self.request_lost(now, req);
+                continue;
+            }
+            // A new round on the new ring, at once: the pause between rounds is for replicas
+            // that refused, not for one that is gone.
+            self.client.requests.remove(&req);
+            op.candidates.clear();
+            op.next = 0;
+            op.last_error = Some(format!("{to}: left the group or was declared failed"));
+            self.dispatch(now, id);
+        }
+        debug_assert!(
+            self.client.requests.values().all(|r| !gone.contains(&r.1)),
+            "no request waits on a member that is gone"
+        );
+    }
+
     pub(super) fn client_send_failed(&mut self, now: Time, to: NodeAddr) {
+        if self.cfg.bug(PlantedBug::WriteFailoverWaits) {
+            return;
+        }
         let lost: Vec<ReqId> =
             self.client.requests.iter().filter(|(_, r)| r.1 == to).map(|(id, _)| *id).collect();
         for req in lost {

@@ -140,10 +140,17 @@ pub enum PlantedBug {
     DeleteWithoutTombstone,
     /// Dropping a deleted file's copy leaves its blocks in storage.
     DeleteKeepsBlocks,
+    /// A client waits out the timeouts of a request whose member was declared failed or could
+    /// not be reached, and a coordinator its retry pause after the ring changed, instead of
+    /// moving on at once.
+    WriteFailoverWaits,
+    /// A merge coordinator installs what it collected on whatever merged order the file has by
+    /// then (no fence): a second coordinator of the same merge appends its writes again.
+    MergeUnfenced,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 14] = [
+    pub const ALL: [PlantedBug; 16] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckAfterOneReplica,
         PlantedBug::MergeSkipsReplicas,
@@ -158,6 +165,8 @@ impl PlantedBug {
         PlantedBug::MergeNeverAnswers,
         PlantedBug::DeleteWithoutTombstone,
         PlantedBug::DeleteKeepsBlocks,
+        PlantedBug::WriteFailoverWaits,
+        PlantedBug::MergeUnfenced,
     ];
 
     pub fn name(self) -> &'static str {
@@ -176,6 +185,8 @@ impl PlantedBug {
             PlantedBug::MergeNeverAnswers => "merge-never-answers",
             PlantedBug::DeleteWithoutTombstone => "delete-without-tombstone",
             PlantedBug::DeleteKeepsBlocks => "delete-keeps-blocks",
+            PlantedBug::WriteFailoverWaits => "write-failover-waits",
+            PlantedBug::MergeUnfenced => "merge-unfenced",
         }
     }
 

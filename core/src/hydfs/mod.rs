@@ -249,6 +249,15 @@ impl Hydfs {
             self.on_ring_changed(now);
             self.hand_on_tombstones(now, &old);
         }
+        // What this node's client awaits from a member that failed or restarted will never come:
+        // each such operation moves on to its next live replica now, not at its timeout (for a
+        // write or a merge, the coordinator's whole timeout). A retried write keeps its stamp, so
+        // every replica drops the copy a falsely declared coordinator may still bring; a merge
+        // is fenced by the merged order it collected (see `server::advance_merge`). A node that
+        // is itself out of the group keeps waiting: it has no live replica to move to.
+        if me.is_some() && !gone.is_empty() {
+            self.client_members_gone(now, &gone);
+        }
     }
 
     /// The files this node stores, with their ring ids and digests (`store`).

@@ -93,9 +93,21 @@ struct CoordMerge {
 }
 
 enum MergePhase {
-    Collecting { replied: BTreeSet<NodeAddr>, found: BTreeMap<Stamp, (WriteMeta, Vec<NodeAddr>)> },
-    Fetching { union: Vec<WriteMeta> },
-    Installing { base: u64, appended: Vec<WriteMeta>, acked: BTreeSet<NodeAddr>, asked: BTreeSet<NodeAddr> },
+    Collecting {
+        replied: BTreeSet<NodeAddr>,
+        found: BTreeMap<Stamp, (WriteMeta, Vec<NodeAddr>)>,
+    },
+    /// `base`: the merged order the union was collected against (its hash), the merge's fence.
+    Fetching {
+        union: Vec<WriteMeta>,
+        base: u64,
+    },
+    Installing {
+        base: u64,
+        appended: Vec<WriteMeta>,
+        acked: BTreeSet<NodeAddr>,
+        asked: BTreeSet<NodeAddr>,
+    },
 }
 
 struct ReplicaWait {
@@ -707,7 +719,8 @@ impl Hydfs {
                     .filter(|(w, _)| !merged.contains(&w.stamp))
                     .map(|(w, _)| w.clone())
                     .collect();
-                m.phase = MergePhase::Fetching { union: union.clone() };
+                let base = self.store.merged_hash(name).unwrap_or(0);
+                m.phase = MergePhase::Fetching { union: union.clone(), base };
                 for (w, sources) in found.into_values() {
                     if merged.contains(&w.stamp) {
                         continue;
@@ -720,10 +733,11 @@ impl Hydfs {
                 }
                 self.advance_merge(now, name);
             }
-            MergePhase::Fetching { union } => {
+            MergePhase::Fetching { union, base } => {
                 if !union.iter().all(|w| self.store.is_complete(name, w)) {
                     return;
                 }
+                let collected_on = *base;
                 let mut appended = std::mem::take(union);
                 appended.sort_by_key(|w| w.stamp);
                 if self.cfg.bug(PlantedBug::MergeReversesOrder) {
@@ -739,7 +753,16 @@ impl Hydfs {
                     let keep: BTreeSet<Stamp> = appended.iter().map(|w| w.stamp).collect();
                     self.store.file_mut(name).pending.retain(|s, _| keep.contains(s));
                 }
-                let base = self.store.merged_hash(name).unwrap_or(0);
+                // The fence: what was collected is installed only on the merged order it was
+                // collected against. Another coordinator of the same file (a client that failed
+                // over from a coordinator falsely declared failed, or whose ring differs) may have
+                // merged some of these writes meanwhile; installing them again would append them
+                // twice.
+                let base = if self.cfg.bug(PlantedBug::MergeUnfenced) {
+                    self.store.merged_hash(name).unwrap_or(0)
+                } else {
+                    collected_on
+                };
                 if !self.install_locally(name, base, &appended) {
                     // Someone else's merge changed the file meanwhile: collect again.
                     let m = self.server.merges.remove(name).expect("present");
@@ -870,6 +893,11 @@ impl Hydfs {
         }
         let last_writer_wins = self.cfg.bug(PlantedBug::MergeLastWriterWins);
         let rec = self.store.file_mut(name);
+        debug_assert!(
+            self.cfg.bug(PlantedBug::MergeUnfenced)
+                || appended.iter().all(|w| rec.merged.iter().all(|m| m.stamp != w.stamp)),
+            "a merge installs only writes its base does not hold"
+        );
         for w in appended {
             rec.pending.remove(&w.stamp);
             if last_writer_wins {
@@ -1649,8 +1677,13 @@ impl Hydfs {
 
     pub(super) fn on_ring_changed(&mut self, now: Time) {
         self.server.offers_taken.clear();
-        // Writes and merges in flight re-target on their next retry.
-        self.arm_retry(now);
+        // Writes and merges in flight re-target at once: they stop waiting for replicas that
+        // left the ring and ask the ones that joined it.
+        if !self.cfg.bug(PlantedBug::WriteFailoverWaits) {
+            self.server.retry_at = Some(now);
+        } else {
+            self.arm_retry(now);
+        }
     }
 
     // ---- driving ------------------------------------------------------------------------------
@@ -1749,7 +1782,7 @@ impl Hydfs {
                     }
                 }
             }
-            if let Some(CoordMerge { phase: MergePhase::Fetching { union }, .. }) =
+            if let Some(CoordMerge { phase: MergePhase::Fetching { union, .. }, .. }) =
                 self.server.merges.get(&name)
             {
                 let union = union.clone();

@@ -1313,3 +1313,101 @@ fn a_read_of_a_file_many_times_its_window_holds_at_most_the_window() {
     assert!(got == expect);
     assert!(most >= expect.len() as u64 - chunk as u64, "held {most} of {} bytes", expect.len());
 }
+
+/// Delivers every message at once, in order, except the part fetches `held_from` sends: those
+/// are kept back and returned, to be delivered later.
+fn settle_holding_fetches(net: &mut Net, held_from: usize) -> Vec<(NodeAddr, HydfsMsg)> {
+    let mut held = Vec::new();
+    loop {
+        let mut moved = false;
+        for i in 0..net.nodes.len() {
+            while let Some((to, msg)) = net.nodes[i].poll_outgoing() {
+                moved = true;
+                if i == held_from && matches!(msg, HydfsMsg::Fetch { .. }) {
+                    held.push((to, msg));
+                    continue;
+                }
+                let j = net.index(to);
+                net.nodes[j].handle_message(net.now, MemberId::new(addr(i), 1), msg);
+            }
+            net.drain_events(i);
+        }
+        if !moved {
+            return held;
+        }
+    }
+}
+
+/// Two coordinators merge one file at once, as when a client fails over from a coordinator
+/// falsely declared failed while that one carries on: the second merge's install reaches the
+/// first coordinator while it still fetches what it collected. What every replica then merged,
+/// and what a read returns.
+fn two_coordinators_merge_at_once(cfg: HydfsConfig) -> (Vec<Vec<Stamp>>, Vec<u8>) {
+    let mut net = Net::with_config(5, cfg);
+    let file = name("journal");
+    assert!(net.run(0, ClientOp::Create { name: file.clone(), data: b"first\n".to_vec() }).is_ok());
+    let replicas = net.nodes[0].ring().replicas(file.as_str(), 3);
+    let (a, b) = (net.index(replicas[0]), net.index(replicas[1]));
+    let client = (0..5).find(|i| !replicas.contains(&addr(*i))).expect("a node holding no copy");
+    net.now = Time(100);
+    assert!(net.run(client, ClientOp::Append { name: file.clone(), data: b"one\n".to_vec() }).is_ok());
+    // A second append reaches every replica but `a` (unreachable meanwhile): `a` lacks its bytes.
+    net.now = Time(200);
+    net.down.insert(a);
+    net.nodes[client]
+        .submit(net.now, ClientOp::Append { name: file.clone(), data: b"two\n".to_vec() })
+        .unwrap();
+    net.settle();
+    net.down.remove(&a);
+    let merge = |req| HydfsMsg::Merge { req, name: file.clone() };
+    let sender = MemberId::new(addr(client), 1);
+    // `a` coordinates a merge: it collects both appends and fetches the second's bytes (held).
+    net.nodes[a].handle_message(net.now, sender, merge(9_001));
+    let mut held = settle_holding_fetches(&mut net, a);
+    assert!(!held.is_empty(), "the first coordinator fetches what it lacks");
+    // Meanwhile `b` coordinates the same merge to its end on `b` and the third replica; its
+    // install waits at `a` for the same bytes.
+    net.nodes[b].handle_message(net.now, sender, merge(9_002));
+    held.extend(settle_holding_fetches(&mut net, a));
+    for (to, msg) in held {
+        let j = net.index(to);
+        net.nodes[j].handle_message(net.now, MemberId::new(addr(a), 1), msg);
+    }
+    net.settle();
+    for _ in 0..20 {
+        net.tick(500);
+    }
+    let merged = replicas
+        .iter()
+        .map(|r| {
+            let rec = net.nodes[net.index(*r)].store().file(&file).expect("a replica holds the file");
+            rec.merged.iter().map(|w| w.stamp).collect()
+        })
+        .collect();
+    (merged, net.get(client, file).unwrap())
+}
+
+/// The first coordinator must not install its collection on top of the second's merge (which
+/// would append the same writes twice): its merge is fenced by the merged order it collected
+/// against, so it collects again.
+#[test]
+fn a_merge_collected_before_another_merge_installed_is_not_appended_twice() {
+    let (merged, read) = two_coordinators_merge_at_once(Net::new(1).nodes[0].config().clone());
+    for stamps in &merged {
+        let distinct: std::collections::BTreeSet<&Stamp> = stamps.iter().collect();
+        assert_eq!(stamps.len(), distinct.len(), "a write merged twice: {stamps:?}");
+    }
+    assert_eq!(read, b"first\none\ntwo\n".to_vec(), "each write once, in order");
+}
+
+/// The same race without the fence appends the collected writes twice: the test above can fail.
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn a_merge_without_its_fence_appends_writes_twice() {
+    let mut cfg = Net::new(1).nodes[0].config().clone();
+    cfg.planted = Some(PlantedBug::MergeUnfenced);
+    let (merged, read) = two_coordinators_merge_at_once(cfg);
+    let twice = merged.iter().any(|s| s.len() != s.iter().collect::<std::collections::BTreeSet<_>>().len());
+    assert!(twice, "the unfenced merge was not caught: {merged:?}");
+    assert_ne!(read, b"first\none\ntwo\n".to_vec());
+}

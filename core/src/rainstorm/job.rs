@@ -260,10 +260,21 @@ pub enum RainstormEvent {
     /// Leader: a task failed by itself (operator error, refused batch, unreadable input).
     TaskFailed { job: JobId, task: TaskId, attempt: Attempt, reason: String },
     /// Leader: the job went back to its last complete checkpoint and runs again as `attempt`.
-    RolledBack { job: JobId, attempt: Attempt, checkpoint: Option<CheckpointId>, reason: String },
+    /// `lost`: the worker whose loss (a failure or a leave) caused it, if one did.
+    RolledBack {
+        job: JobId,
+        attempt: Attempt,
+        checkpoint: Option<CheckpointId>,
+        reason: String,
+        lost: Option<MemberId>,
+    },
     /// Leader: outputs committed to the destination file, in order (each output exactly once
     /// over the whole job).
     Outputs { job: JobId, tuples: Vec<Tuple> },
+    /// Leader: a checkpoint's epoch is durable (its record in the checkpoint log, its outputs,
+    /// if any, in the destination): the job resumes from here or later. `outputs`: the job's
+    /// outputs committed so far.
+    Committed { job: JobId, checkpoint: Option<CheckpointId>, outputs: u64 },
     /// Leader: how far a job has got: its input's line count and per stage the tuples taken in
     /// and put out, as the tasks' latest reports say. At most once per status interval while
     /// the job runs, only when something changed, and once more, if anything changed, just

@@ -371,6 +371,8 @@ impl Leader {
                         if n > 0 {
                             out.event(RainstormEvent::Outputs { job, tuples: done.tuples });
                         }
+                        let (checkpoint, outputs) = (j.commits.committed(), j.commits.outputs());
+                        out.event(RainstormEvent::Committed { job, checkpoint, outputs });
                         self.merge_output(cfg, job, out);
                         if done.last {
                             return self.complete(job, out);
@@ -698,7 +700,7 @@ impl Leader {
             }
             let why = format!("worker {} left or was declared failed", member.addr);
             self.stats.rollbacks += 1;
-            if let Err(e) = j.rollback(now, cfg, members, why, Cause::Member, out) {
+            if let Err(e) = j.rollback(now, cfg, members, why, Cause::Member(member), out) {
                 self.fail(job, e, out);
             }
         }
@@ -1069,11 +1071,16 @@ impl LeaderJob {
             self.restore.state = self.older.state.clone();
         }
         self.sink.reset(self.attempt, &self.plan.stage(STAGES - 1));
+        let lost = match cause {
+            Cause::Member(member) => Some(member),
+            Cause::Task | Cause::Transient => None,
+        };
         out.event(RainstormEvent::RolledBack {
             job: self.plan.job,
             attempt: self.attempt,
             checkpoint: self.restore.checkpoint,
             reason,
+            lost,
         });
         let live: BTreeSet<MemberId> = members.iter().copied().collect();
         let mut moved = Vec::new();
@@ -1105,7 +1112,7 @@ impl LeaderJob {
         match cause {
             // A file operation failed: the cluster is in flux; try again a little later.
             Cause::Transient => self.phase = JobPhase::Deploying { until: Some(now + cfg.retry) },
-            Cause::Member | Cause::Task => self.deploy_all(now, cfg, out),
+            Cause::Member(_) | Cause::Task => self.deploy_all(now, cfg, out),
         }
         Ok(())
     }
@@ -1154,7 +1161,8 @@ impl LeaderJob {
 enum Cause {
     Task,
     Transient,
-    Member,
+    /// The worker that left or was declared failed.
+    Member(MemberId),
 }
 
 /// Members that may run tasks: everyone but the leader, unless the leader is alone.

@@ -16,7 +16,11 @@
 //!   the input's size, and a sink's open epoch stays within its share of `sink_buffer_bytes`
 //!   whenever no barrier is on its way to close it;
 //! * **coalescing**: the tasks send no more batches than full batches, plus one partial batch per
-//!   link for each checkpoint, each linger period and the end, allow.
+//!   link for each checkpoint, each linger period and the end, allow;
+//! * **resume**: after a node running one of the job's tasks crashes, once the crash is
+//!   detected (every live member dropped it, and the leader rolled back for it), the job
+//!   commits again within [`RESUME_MS`], unless another fault or failure falls before it does
+//!   (detection itself is the membership sweep's to bound).
 
 use super::input::{generated_csv, traffic_signs_slice};
 use super::verdict::{judge, Finding, Observed};
@@ -36,6 +40,33 @@ use rainstorm_core::Time;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+
+/// How soon after a worker's crash is detected a job must commit again (its output resumes):
+/// the tasks are placed again and restored, writes waiting on the crashed node move on, and
+/// the next checkpoint is taken and made durable. Waiting out any timeout (a request's, a
+/// coordinator's, a retry pause) misses it.
+pub const RESUME_MS: u64 = 1_000;
+
+/// Crashes of nodes running the job's tasks, in one millisecond, that the job's output must
+/// come back from.
+#[derive(Clone, Debug)]
+struct Outage {
+    crashed_at: Time,
+    /// The crashed workers, and when no live member listed each any more.
+    workers: Vec<(rainstorm_core::NodeAddr, Option<Time>)>,
+    /// When the leader first rolled back for one of them (a rollback moves every task that was
+    /// on any member gone by then).
+    rolled_back: Option<Time>,
+    /// No other fault or failure fell since the crashes.
+    calm: bool,
+}
+
+impl Outage {
+    /// When the crashes were detected: every one dropped everywhere, and the job rolled back.
+    fn detected(&self) -> Option<Time> {
+        self.workers.iter().try_fold(self.rolled_back?, |t, (_, dropped)| dropped.map(|d| t.max(d)))
+    }
+}
 
 /// The job input of a scenario.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +145,9 @@ pub struct JobStats {
     pub rollbacks: usize,
     /// Tuple batches the job's tasks sent.
     pub batches: u64,
+    /// For each worker crash the leader detected with no other fault until the job committed
+    /// again: ms from the crash to the detection, and from the detection to that commit.
+    pub recoveries: Vec<(u64, u64)>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -183,6 +217,8 @@ pub struct RainstormHarness {
     /// Where each task runs (the latest placement the leader reported).
     hosts: std::collections::BTreeMap<rainstorm_core::rainstorm::TaskId, rainstorm_core::NodeAddr>,
     violations: Vec<(Time, CheckerKind, String)>,
+    /// The latest worker crash the job has not yet committed after.
+    outage: Option<Outage>,
     pub stats: JobStats,
 }
 
@@ -238,6 +274,7 @@ impl RainstormHarness {
             batches: std::collections::BTreeMap::new(),
             reported_bounds: std::collections::BTreeSet::new(),
             violations: Vec::new(),
+            outage: None,
             stats,
         }
     }
@@ -270,6 +307,7 @@ impl RainstormHarness {
 
     /// `up(slot)` gives the slot's process generation if it is up and joined.
     pub fn tick(&mut self, now: Time, up: &dyn Fn(Slot) -> Option<u64>) -> Vec<Action> {
+        self.check_resume(now);
         let leader = self.w.leader;
         let leader_gone = self.leader_lost || self.w.leader_crash_ms.is_some_and(|t| now.0 >= t);
         match self.phase {
@@ -395,12 +433,72 @@ impl RainstormHarness {
         slot == self.w.leader || slot == self.w.reader
     }
 
-    /// A node at `addr` crashed: does it count as a crash during the job?
-    pub fn on_crash(&mut self, addr: rainstorm_core::NodeAddr) {
-        let running = self.phase == Phase::Running && !self.completed;
-        if running && self.hosts.values().any(|h| *h == addr) {
-            self.stats.crashes_while_running += 1;
+    /// A fault falls at `now` (before it is applied): a recovery under way is no longer a calm
+    /// one (crashes in the same millisecond are one outage).
+    pub fn on_fault(&mut self, now: Time) {
+        if let Some(o) = self.outage.as_mut().filter(|o| o.crashed_at < now) {
+            o.calm = false;
         }
+    }
+
+    /// A node at `addr` crashed: does it count as a crash during the job? If so, the job's
+    /// output must resume after it.
+    pub fn on_crash(&mut self, now: Time, addr: rainstorm_core::NodeAddr) {
+        let running = self.phase == Phase::Running && !self.completed;
+        if !running || !self.hosts.values().any(|h| *h == addr) {
+            return;
+        }
+        self.stats.crashes_while_running += 1;
+        match self.outage.as_mut() {
+            Some(o) if o.crashed_at == now => o.workers.push((addr, None)),
+            other => {
+                let calm = other.is_none();
+                let workers = vec![(addr, None)];
+                self.outage = Some(Outage { crashed_at: now, workers, rolled_back: None, calm });
+            }
+        }
+    }
+
+    /// The crashed workers some live member may still list.
+    pub fn crashed_workers(&self) -> Vec<rainstorm_core::NodeAddr> {
+        let workers = self.outage.iter().flat_map(|o| &o.workers);
+        workers.filter(|(_, dropped)| dropped.is_none()).map(|(addr, _)| *addr).collect()
+    }
+
+    /// No live member lists the crashed worker at `addr` any more.
+    pub fn worker_dropped(&mut self, now: Time, addr: rainstorm_core::NodeAddr) {
+        let workers = self.outage.iter_mut().flat_map(|o| &mut o.workers);
+        for (_, dropped) in workers.filter(|(a, d)| *a == addr && d.is_none()) {
+            *dropped = Some(now);
+        }
+    }
+
+    /// The job committed (or completed) at `now`: an outage that was detected is over.
+    fn resumed(&mut self, now: Time) {
+        let Some(detected) = self.outage.as_ref().and_then(Outage::detected) else { return };
+        let Some(o) = self.outage.take() else { return };
+        if o.calm {
+            self.stats.recoveries.push((detected.0 - o.crashed_at.0, now.0 - detected.0));
+        }
+    }
+
+    /// The resume check, at every tick: a calm outage the leader detected must have ended
+    /// within [`RESUME_MS`] of the detection.
+    fn check_resume(&mut self, now: Time) {
+        let leader_gone = self.leader_lost || self.w.leader_crash_ms.is_some_and(|t| now.0 >= t);
+        let Some(o) = &self.outage else { return };
+        let Some(detected) = o.detected() else { return };
+        if !o.calm || leader_gone || self.completed || now.0 <= detected.0 + RESUME_MS {
+            return;
+        }
+        let (at, n) = (o.crashed_at.0, o.workers.len());
+        self.outage = None;
+        let why = format!(
+            "{n} task host(s) crashed at {at} ms, were detected by {} ms (dropped by every member, \
+             the job rolled back) and the job had not committed again {RESUME_MS} ms later",
+            detected.0
+        );
+        self.violations.push((now, CheckerKind::RainstormResume, why));
     }
 
     /// A slot's process is gone (crash or restart): its operations will never answer.
@@ -461,10 +559,24 @@ impl RainstormHarness {
             RainstormEvent::TaskScheduled { job, task, host, .. } if mine(job) && slot == self.w.leader => {
                 self.hosts.insert(*task, host.addr);
             }
-            RainstormEvent::RolledBack { job, .. } if mine(job) && slot == self.w.leader => {
+            RainstormEvent::RolledBack { job, lost, .. } if mine(job) && slot == self.w.leader => {
                 self.stats.rollbacks += 1;
+                if let Some(o) = self.outage.as_mut() {
+                    let crashed = lost.is_some_and(|m| o.workers.iter().any(|(a, _)| *a == m.addr));
+                    if crashed && o.rolled_back.is_none() {
+                        o.rolled_back = Some(now);
+                    } else if !crashed {
+                        // Another failure (a member declared failed without a crash, a task's
+                        // own) starts the recovery over: not a calm one.
+                        o.calm = false;
+                    }
+                }
+            }
+            RainstormEvent::Committed { job, .. } if mine(job) && slot == self.w.leader => {
+                self.resumed(now);
             }
             RainstormEvent::JobCompleted { job, restarts, .. } if mine(job) && slot == self.w.leader => {
+                self.resumed(now);
                 self.completed = true;
                 self.stats.completed_ms = Some(now.0);
                 self.stats.restarts = *restarts;
