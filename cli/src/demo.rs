@@ -231,6 +231,7 @@ fn run_job(
     };
     let mut killed = Vec::new();
     let mut killed_mid_job = false;
+    let mut killed_at = None;
     let mut next_summary = started + Duration::from_secs(1);
     let mut next_try = started;
     let mut last_outputs = (0, started);
@@ -257,6 +258,7 @@ fn run_job(
                     );
                 }
                 killed = victims.into_iter().map(|(i, _)| i).collect();
+                killed_at = Some(now);
             }
         }
         if now >= next_summary {
@@ -295,7 +297,17 @@ fn run_job(
         Ok(Err(e)) => Err(format!("the leader's control socket failed: {e}")),
         Err(_) => Err("the job's console thread panicked".into()),
     };
-    let streamed = std::mem::take(&mut stream.lock().map_err(|_| anyhow!("stream state poisoned"))?.lines);
+    let mut state = stream.lock().map_err(|_| anyhow!("stream state poisoned"))?;
+    if let (Some(kill), Some(rolled_back)) = (killed_at, state.rolled_back) {
+        let after = |t: Instant| t.saturating_duration_since(kill).as_secs_f64();
+        let resumed = state.resumed.map_or_else(
+            || "no output came after it".to_owned(),
+            |t| format!("the first output after it came {:.1} s after the kills", after(t)),
+        );
+        println!("  recovery: the leader rolled back {:.1} s after the kills; {resumed}", after(rolled_back));
+    }
+    let streamed = std::mem::take(&mut state.lines);
+    drop(state);
     Ok(Outcome { reply, streamed, killed, killed_mid_job, secs })
 }
 
@@ -347,6 +359,9 @@ struct StreamState {
     started: Option<Instant>,
     /// Input lines read of all, as the leader last reported.
     lines_read: Option<String>,
+    /// When the leader first said the job rolls back, and when the first output after that came.
+    rolled_back: Option<Instant>,
+    resumed: Option<Instant>,
     log: std::io::BufWriter<std::fs::File>,
 }
 
@@ -361,6 +376,8 @@ impl StreamState {
             job: None,
             started: None,
             lines_read: None,
+            rolled_back: None,
+            resumed: None,
             log: std::io::BufWriter::new(file),
         })
     }
@@ -370,6 +387,9 @@ impl StreamState {
         match s {
             Streamed::Output(text) => {
                 self.outputs += 1;
+                if self.rolled_back.is_some() && self.resumed.is_none() {
+                    self.resumed = Some(Instant::now());
+                }
                 if self.outputs <= self.show {
                     println!("  [{}] {text}", self.app);
                 } else if self.outputs == self.show + 1 {
@@ -380,6 +400,9 @@ impl StreamState {
             }
             Streamed::Progress(p) => self.lines_read = Some(p.lines()),
             Streamed::Note(text) => {
+                if text.contains("; resuming from ") && self.rolled_back.is_none() {
+                    self.rolled_back = Some(Instant::now());
+                }
                 if self.job.is_none() {
                     self.job = started_job(&text).map(str::to_owned);
                     if self.job.is_some() {

@@ -10,7 +10,9 @@
 //! * the two programs alone over their pipes, driven by the runtime's driver one stage after
 //!   the other, in protocol version 1 and in version 2 ([`super::program_pipes`]);
 //! * the same job with two workers (the hosts of two stage-1 tasks) killed with SIGKILL 1.5 s in
-//!   (or 40% into a job that took under 3.75 s without kills), on a cluster of its own.
+//!   (or 40% into a job that took under 3.75 s without kills), on a cluster of its own; for it,
+//!   the time from the kills to the leader's rollback (their detection) and to the first output
+//!   after the rollback on the console.
 //!
 //! Figures per job: input lines/s and output records/s over the job's own time (from the
 //! leader accepting it to its last output durable in the destination file); tuple latency from
@@ -118,12 +120,32 @@ const APPS: [App; 2] = [
     },
 ];
 
+/// What the console of a job saw: its id and start, and its first rollback and the first
+/// output after it.
+#[derive(Default)]
+struct Watch {
+    job: Option<String>,
+    started: Option<Instant>,
+    rolled_back: Option<Instant>,
+    resumed: Option<Instant>,
+}
+
+/// How a job came back from its kills, in seconds after them.
+#[derive(Clone, Copy)]
+struct Recovery {
+    /// The leader rolled back (the kills were detected).
+    rolled_back: f64,
+    /// The first output after the rollback reached the console.
+    first_output: Option<f64>,
+}
+
 /// One job's figures.
 struct Row {
     app: &'static str,
     lines: u64,
     tasks: u32,
     killed: bool,
+    recovery: Option<Recovery>,
     secs: f64,
     outputs: u64,
     restarts: u32,
@@ -435,31 +457,41 @@ fn run_job(
     rustix::fs::sync();
     let cpu_before = cpu_ticks(cluster);
     let socket = control::socket_path(&cluster.data_dir(LEADER));
-    let state = std::sync::Arc::new(std::sync::Mutex::new((None::<String>, None::<Instant>, 0u64)));
+    let state = std::sync::Arc::new(std::sync::Mutex::new(Watch::default()));
     let job = {
         let state = std::sync::Arc::clone(&state);
         spawn_command(socket, line, move |s| {
             let Ok(mut st) = state.lock() else { return };
             match s {
-                Streamed::Output(_) => st.2 += 1,
-                Streamed::Note(text) if st.0.is_none() => {
-                    if let Some(id) = started_job(&text) {
-                        st.0 = Some(id.to_owned());
-                        st.1 = Some(Instant::now());
+                Streamed::Output(_) => {
+                    if st.rolled_back.is_some() && st.resumed.is_none() {
+                        st.resumed = Some(Instant::now());
                     }
                 }
-                Streamed::Note(_) | Streamed::Progress(_) => {}
+                Streamed::Note(text) if st.job.is_none() => {
+                    if let Some(id) = started_job(&text) {
+                        st.job = Some(id.to_owned());
+                        st.started = Some(Instant::now());
+                    }
+                }
+                Streamed::Note(text) => {
+                    if text.contains("; resuming from ") && st.rolled_back.is_none() {
+                        st.rolled_back = Some(Instant::now());
+                    }
+                }
+                Streamed::Progress(_) => {}
             }
         })
     };
     let mut perf = profile.and_then(|out| without_profile_on_error(Perf::start(cluster, out)));
     let mut killed = Vec::new();
+    let mut killed_at = None;
     while !job.is_finished() {
         std::thread::sleep(Duration::from_millis(20));
         if !kill || !killed.is_empty() {
             continue;
         }
-        let (id, started) = state.lock().map(|s| (s.0.clone(), s.1)).unwrap_or((None, None));
+        let (id, started) = state.lock().map(|s| (s.job.clone(), s.started)).unwrap_or((None, None));
         if let (Some(id), Some(started)) = (id, started) {
             if kill_after.is_some_and(|at| started.elapsed() >= at) {
                 let placement = cluster.ctl(LEADER, &format!("job {id}")).unwrap_or_default();
@@ -469,10 +501,16 @@ fn run_job(
                         cluster.kill(*i)?;
                     }
                     killed = v.into_iter().map(|(i, _)| i).collect();
+                    killed_at = Some(Instant::now());
                 }
             }
         }
     }
+    let recovery = state.lock().ok().and_then(|st| {
+        let (kill, rolled_back) = (killed_at?, st.rolled_back?);
+        let after = |t: Instant| t.saturating_duration_since(kill).as_secs_f64();
+        Some(Recovery { rolled_back: after(rolled_back), first_output: st.resumed.map(after) })
+    });
     let profiled = perf.take().and_then(|p| without_profile_on_error(p.finish()));
     let reply = match job.join() {
         Ok(Ok(r)) if r.ok => r.output,
@@ -505,6 +543,7 @@ fn run_job(
         lines,
         tasks,
         killed: !killed.is_empty(),
+        recovery,
         secs,
         outputs,
         restarts,
@@ -614,11 +653,16 @@ fn cpu_ticks(cluster: &LocalCluster) -> (u64, u64) {
 fn print_row(r: &Row, ceiling: f64) {
     let rate = r.lines as f64 / r.secs;
     eprintln!(
-        "{} {} lines, {} tasks{}: {:.2} s, {:.0} lines/s ({:.3}x of the ceiling's {:.0}), p99 {} ms, {}",
+        "{} {} lines, {} tasks{}{}: {:.2} s, {:.0} lines/s ({:.3}x of the ceiling's {:.0}), p99 {} ms, {}",
         r.app,
         r.lines,
         r.tasks,
         if r.killed { ", 2 killed" } else { "" },
+        r.recovery.map_or(String::new(), |v| format!(
+            " (rolled back {:.2} s after the kills, first new output {})",
+            v.rolled_back,
+            v.first_output.map_or("never".into(), |t| format!("{t:.2} s after"))
+        )),
         r.secs,
         rate,
         rate / (r.lines as f64 / ceiling),
@@ -695,9 +739,9 @@ fn print_table(rows: &[Row], ceilings: &[Ceiling], pipes: &[(&str, u64, PipesRow
     }
     println!("## Jobs on the cluster (operator programs, exactly-once on)");
     println!(
-        "| app | lines | tasks | kills | job s | lines/s | outputs/s | vs ceiling | p50 ms | p99 ms | node CPU s | program CPU s | idle | max node RSS MiB | restarts | exact |"
+        "| app | lines | tasks | kills | job s | kill → rollback s | kill → first new output s | lines/s | outputs/s | vs ceiling | p50 ms | p99 ms | node CPU s | program CPU s | idle | max node RSS MiB | restarts | exact |"
     );
-    println!("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for r in rows {
         let ceiling = ceilings
             .iter()
@@ -707,13 +751,15 @@ fn print_table(rows: &[Row], ceilings: &[Ceiling], pipes: &[(&str, u64, PipesRow
         // Wall time not covered by CPU on the 2 cores: waiting (round trips, fsyncs, windows).
         let busy = (r.node_cpu + r.program_cpu) / (r.secs * cores());
         println!(
-            "| {}{} | {} | {} | {} | {:.2} | {:.0} | {:.0} | {:.4}x | {} | {} | {:.1} | {:.1} | {:.0}% | {:.1} | {} | {} |",
+            "| {}{} | {} | {} | {} | {:.2} | {} | {} | {:.0} | {:.0} | {:.4}x | {} | {} | {:.1} | {:.1} | {:.0}% | {:.1} | {} | {} |",
             r.app,
             if r.profiled { " (under perf)" } else { "" },
             r.lines,
             r.tasks,
             if r.killed { "2" } else { "0" },
             r.secs,
+            r.recovery.map_or("-".into(), |v| format!("{:.2}", v.rolled_back)),
+            r.recovery.and_then(|v| v.first_output).map_or("-".into(), |v| format!("{v:.2}")),
             rate,
             r.outputs as f64 / r.secs,
             rate / ceiling,
