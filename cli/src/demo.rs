@@ -21,7 +21,7 @@ use clap::Args;
 use rainstorm_core::rainstorm::reference;
 use rainstorm_core::rainstorm::{dest_line, OperatorSpec};
 use rainstorm_runtime::control;
-use rainstorm_runtime::jobs::Streamed;
+use rainstorm_runtime::jobs::{Streamed, ROLLBACK_NOTE};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -298,13 +298,12 @@ fn run_job(
         Err(_) => Err("the job's console thread panicked".into()),
     };
     let mut state = stream.lock().map_err(|_| anyhow!("stream state poisoned"))?;
-    if let (Some(kill), Some(rolled_back)) = (killed_at, state.rolled_back) {
-        let after = |t: Instant| t.saturating_duration_since(kill).as_secs_f64();
-        let resumed = state.resumed.map_or_else(
+    if let Some((rolled_back, first_output)) = killed_at.and_then(|kill| state.recovery.since(kill)) {
+        let resumed = first_output.map_or_else(
             || "no output came after it".to_owned(),
-            |t| format!("the first output after it came {:.1} s after the kills", after(t)),
+            |t| format!("the first output after it came {t:.1} s after the kills"),
         );
-        println!("  recovery: the leader rolled back {:.1} s after the kills; {resumed}", after(rolled_back));
+        println!("  recovery: the leader rolled back {rolled_back:.1} s after the kills; {resumed}");
     }
     let streamed = std::mem::take(&mut state.lines);
     drop(state);
@@ -359,9 +358,7 @@ struct StreamState {
     started: Option<Instant>,
     /// Input lines read of all, as the leader last reported.
     lines_read: Option<String>,
-    /// When the leader first said the job rolls back, and when the first output after that came.
-    rolled_back: Option<Instant>,
-    resumed: Option<Instant>,
+    recovery: RecoveryClock,
     log: std::io::BufWriter<std::fs::File>,
 }
 
@@ -376,20 +373,17 @@ impl StreamState {
             job: None,
             started: None,
             lines_read: None,
-            rolled_back: None,
-            resumed: None,
+            recovery: RecoveryClock::default(),
             log: std::io::BufWriter::new(file),
         })
     }
 
     fn on(&mut self, s: Streamed) {
         use std::io::Write;
+        self.recovery.on(&s);
         match s {
             Streamed::Output(text) => {
                 self.outputs += 1;
-                if self.rolled_back.is_some() && self.resumed.is_none() {
-                    self.resumed = Some(Instant::now());
-                }
                 if self.outputs <= self.show {
                     println!("  [{}] {text}", self.app);
                 } else if self.outputs == self.show + 1 {
@@ -400,9 +394,6 @@ impl StreamState {
             }
             Streamed::Progress(p) => self.lines_read = Some(p.lines()),
             Streamed::Note(text) => {
-                if text.contains("; resuming from ") && self.rolled_back.is_none() {
-                    self.rolled_back = Some(Instant::now());
-                }
                 if self.job.is_none() {
                     self.job = started_job(&text).map(str::to_owned);
                     if self.job.is_some() {
@@ -412,6 +403,38 @@ impl StreamState {
                 println!("  note: {text}");
             }
         }
+    }
+}
+
+/// A job's recoveries as its console saw them: when each rollback note came, and the first
+/// output after it.
+#[derive(Default)]
+pub struct RecoveryClock {
+    rollbacks: Vec<(Instant, Option<Instant>)>,
+}
+
+impl RecoveryClock {
+    pub fn on(&mut self, s: &Streamed) {
+        match s {
+            Streamed::Output(_) => {
+                if let Some((_, first)) = self.rollbacks.last_mut() {
+                    first.get_or_insert_with(Instant::now);
+                }
+            }
+            Streamed::Note(text) if text.contains(ROLLBACK_NOTE) => {
+                self.rollbacks.push((Instant::now(), None))
+            }
+            Streamed::Note(_) | Streamed::Progress(_) => {}
+        }
+    }
+
+    /// Seconds from `kill` to the first rollback after it, and to the first output after that.
+    pub fn since(&self, kill: Instant) -> Option<(f64, Option<f64>)> {
+        let after = |t: Instant| t.duration_since(kill).as_secs_f64();
+        let at = self.rollbacks.iter().position(|(t, _)| *t >= kill)?;
+        // Outputs are marked against the latest rollback before them.
+        let first = self.rollbacks[at..].iter().find_map(|(_, first)| *first);
+        Some((after(self.rollbacks[at].0), first.map(after)))
     }
 }
 

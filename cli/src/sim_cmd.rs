@@ -189,11 +189,11 @@ fn sweep(layer: Layer, start: u64, count: u64, bug: Option<&str>) -> Result<Exit
     });
     let (mut lost, mut duplicated, mut touched) = (0, 0, 0);
     let (mut jobs, mut crashed_jobs) = (0u64, 0u64);
-    let (mut detections, mut resumes) = (Vec::new(), Vec::new());
+    let (mut detections, mut resumes): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
     for (seed, n, broken, violation, crashed, recoveries) in reports {
         for (detect, resume) in recoveries {
-            detections.push(detect);
-            resumes.push(resume);
+            detections.push(detect as f64);
+            resumes.push(resume as f64);
         }
         events += n;
         lost += broken.0;
@@ -222,25 +222,19 @@ fn sweep(layer: Layer, start: u64, count: u64, bug: Option<&str>) -> Result<Exit
     }
     if !resumes.is_empty() {
         let n = resumes.len();
+        let ms = |xs: &[f64], q| crate::bench::membership::percentile(xs, q).unwrap_or(0.0);
         println!(
             "after {n} worker crashes with no other fault meanwhile: detected (dropped by every member, the job rolled back) in {} ms \
              (median), {} ms (max); output resumed {} ms (median), {} ms (p99), {} ms (max) after the detection",
-            percentile(&mut detections, 50),
-            percentile(&mut detections, 100),
-            percentile(&mut resumes, 50),
-            percentile(&mut resumes, 99),
-            percentile(&mut resumes, 100),
+            ms(&detections, 0.5),
+            ms(&detections, 1.0),
+            ms(&resumes, 0.5),
+            ms(&resumes, 0.99),
+            ms(&resumes, 1.0),
         );
     }
     println!("{}: {count} seeds, {failed} failed", layer.name());
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
-}
-
-/// The `p`th percentile (nearest rank) of `values`.
-fn percentile(values: &mut [u64], p: usize) -> u64 {
-    values.sort_unstable();
-    let rank = (values.len() * p).div_ceil(100).max(1);
-    values[rank.min(values.len()) - 1]
 }
 
 #[cfg(feature = "planted-bugs")]
@@ -269,9 +263,10 @@ fn plant(layer: Layer, mut scenario: Scenario, bug: Option<&str>) -> Result<Scen
             // A job's own bugs, or HyDFS bugs under its files (the job's settings carry them).
             use rainstorm_core::rainstorm::PlantedBug as JobBug;
             if let Some(b) = HydfsBug::parse(name) {
-                if let Some(w) = scenario.hydfs.as_mut() {
-                    w.config.planted = Some(b);
-                }
+                let Some(w) = scenario.hydfs.as_mut() else {
+                    bail!("this scenario has no HyDFS settings to plant `{name}` in");
+                };
+                w.config.planted = Some(b);
                 return Ok(scenario);
             }
             let Some(b) = JobBug::parse(name) else {

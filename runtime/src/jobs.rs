@@ -22,6 +22,10 @@ use std::path::Path;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
+/// What a streamed job's note says when the job rolls back: `job <id>: <reason>; resuming from
+/// <checkpoint>`.
+pub const ROLLBACK_NOTE: &str = "; resuming from ";
+
 /// Where a streamed line goes: results to the console's stdout, notes (restarts, failures) to
 /// where the user reads messages, counts to a progress line (if the user has one).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -210,7 +214,7 @@ async fn run_job(handle: &NodeHandle, spec: JobSpec, out: mpsc::UnboundedSender<
             }
             RainstormEvent::RolledBack { checkpoint, reason, .. } => {
                 let from = checkpoint.map_or_else(|| "its start".to_owned(), |c| format!("checkpoint {c}"));
-                let _ = out.send(Streamed::Note(format!("job {job}: {reason}; resuming from {from}")));
+                let _ = out.send(Streamed::Note(format!("job {job}: {reason}{ROLLBACK_NOTE}{from}")));
             }
             RainstormEvent::TaskScheduled { task, host, restart: true, .. } => {
                 let _ = out.send(Streamed::Note(format!("job {job}: {task} moved to {}", host.addr)));

@@ -662,15 +662,13 @@ impl<A: Actor> World<A> {
         self.sample_rainstorm();
         let Some(r) = &mut self.rainstorm else { return false };
         let slots = &self.slots;
-        for addr in r.crashed_workers() {
+        for id in r.crashed_workers() {
             let listed = slots.iter().any(|s| match &s.process {
-                Process::Up(a) | Process::Paused(a, _) => {
-                    a.is_joined() && a.view().iter().any(|m| m.addr == addr)
-                }
+                Process::Up(a) | Process::Paused(a, _) => a.is_joined() && a.view().contains(&id),
                 Process::Down => false,
             });
             if !listed {
-                r.worker_dropped(now, addr);
+                r.worker_dropped(now, id);
             }
         }
         let up = |slot: Slot| match slots.get(slot).map(|s| &s.process) {
@@ -825,7 +823,7 @@ impl<A: Actor> World<A> {
 
     fn apply_fault(&mut self, fault: Fault) {
         if let Some(r) = &mut self.rainstorm {
-            r.on_fault(self.now);
+            r.on_fault(self.now, matches!(fault, Fault::Crash { .. } | Fault::CrashTaskHost { .. }));
         }
         self.trace.record(TRACE_FAULT, self.now, 0, format!("{fault:?}").as_bytes());
         self.trace.line(self.now, None, || format!("fault: {fault:?}"));
@@ -974,7 +972,8 @@ impl<A: Actor> World<A> {
             h.on_process_gone(slot);
         }
         if let Some(r) = &mut self.rainstorm {
-            r.on_crash(self.now, self.slots[slot].addr);
+            let paused = self.slots.iter().any(|s| matches!(s.process, Process::Paused(..)));
+            r.on_crash(self.now, self.slots[slot].addr, self.blocked.is_empty() && !paused);
         }
         self.slots[slot].disk.crash();
         self.break_streams(&|a, b| a == slot || b == slot);

@@ -988,7 +988,7 @@ fn mean(xs: &[f64]) -> Option<f64> {
 }
 
 /// Nearest-rank percentile.
-fn percentile(xs: &[f64], q: f64) -> Option<f64> {
+pub(crate) fn percentile(xs: &[f64], q: f64) -> Option<f64> {
     if xs.is_empty() {
         return None;
     }

@@ -27,7 +27,7 @@ mod cluster_membership;
 mod foca_actor;
 mod hydfs;
 mod hydfs_cluster;
-mod membership;
+pub(crate) mod membership;
 mod program_pipes;
 mod rainstorm;
 mod rainstorm_cluster;

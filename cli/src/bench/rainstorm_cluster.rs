@@ -33,7 +33,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use rainstorm_apps::gen_signs::{generate, Pools};
 use rainstorm_cli::cluster::{this_tool, ClusterArgs, LocalCluster};
 use rainstorm_cli::demo::{
-    count_lines, program_word, programs_dir, spawn_command, started_job, victims, Diff,
+    count_lines, program_word, programs_dir, spawn_command, started_job, victims, Diff, RecoveryClock,
 };
 use rainstorm_runtime::control;
 use rainstorm_runtime::jobs::Streamed;
@@ -120,14 +120,12 @@ const APPS: [App; 2] = [
     },
 ];
 
-/// What the console of a job saw: its id and start, and its first rollback and the first
-/// output after it.
+/// What the console of a job saw: its id and start, and its recoveries.
 #[derive(Default)]
 struct Watch {
     job: Option<String>,
     started: Option<Instant>,
-    rolled_back: Option<Instant>,
-    resumed: Option<Instant>,
+    recovery: RecoveryClock,
 }
 
 /// How a job came back from its kills, in seconds after them.
@@ -462,24 +460,12 @@ fn run_job(
         let state = std::sync::Arc::clone(&state);
         spawn_command(socket, line, move |s| {
             let Ok(mut st) = state.lock() else { return };
-            match s {
-                Streamed::Output(_) => {
-                    if st.rolled_back.is_some() && st.resumed.is_none() {
-                        st.resumed = Some(Instant::now());
-                    }
+            st.recovery.on(&s);
+            if let (Streamed::Note(text), None) = (&s, &st.job) {
+                if let Some(id) = started_job(text) {
+                    st.job = Some(id.to_owned());
+                    st.started = Some(Instant::now());
                 }
-                Streamed::Note(text) if st.job.is_none() => {
-                    if let Some(id) = started_job(&text) {
-                        st.job = Some(id.to_owned());
-                        st.started = Some(Instant::now());
-                    }
-                }
-                Streamed::Note(text) => {
-                    if text.contains("; resuming from ") && st.rolled_back.is_none() {
-                        st.rolled_back = Some(Instant::now());
-                    }
-                }
-                Streamed::Progress(_) => {}
             }
         })
     };
@@ -507,9 +493,8 @@ fn run_job(
         }
     }
     let recovery = state.lock().ok().and_then(|st| {
-        let (kill, rolled_back) = (killed_at?, st.rolled_back?);
-        let after = |t: Instant| t.saturating_duration_since(kill).as_secs_f64();
-        Some(Recovery { rolled_back: after(rolled_back), first_output: st.resumed.map(after) })
+        let (rolled_back, first_output) = st.recovery.since(killed_at?)?;
+        Some(Recovery { rolled_back, first_output })
     });
     let profiled = perf.take().and_then(|p| without_profile_on_error(p.finish()));
     let reply = match job.join() {

@@ -14,6 +14,8 @@
 //! * a whole-file read ([`ClientOp::Download`]) hands its bytes on in order as they arrive and
 //!   holds at most `read_window` chunks ahead of them, whatever the file's size (plus the copy it
 //!   keeps for the read cache, only of a file of at most a quarter of the cache);
+//! * no request waits on a member that failed, left or restarted: its operation moves at once
+//!   to a new round on the new ring, with the same stamp for a write;
 //! * every operation ends with exactly one [`HydfsEvent::OpDone`] (or one reply to the node that
 //!   asked for it, for a multiappend part), at the latest when its deadline passes.
 
@@ -1286,8 +1288,9 @@ impl Hydfs {
             op.last_error = Some(format!("{to}: left the group or was declared failed"));
             self.dispatch(now, id);
         }
+        // A restarted member is back at its address under a new id: a new round may ask it.
         debug_assert!(
-            self.client.requests.values().all(|r| !gone.contains(&r.1)),
+            self.client.requests.values().all(|r| !gone.contains(&r.1) || self.member_ids.contains_key(&r.1)),
             "no request waits on a member that is gone"
         );
     }

@@ -140,9 +140,9 @@ pub enum PlantedBug {
     DeleteWithoutTombstone,
     /// Dropping a deleted file's copy leaves its blocks in storage.
     DeleteKeepsBlocks,
-    /// A client waits out the timeouts of a request whose member was declared failed or could
-    /// not be reached, and a coordinator its retry pause after the ring changed, instead of
-    /// moving on at once.
+    /// No failover on a failure: a client waits out the timeouts of a request whose member was
+    /// declared failed or could not be reached, and a coordinator its retry pause after the
+    /// ring changed, instead of moving on at once.
     WriteFailoverWaits,
     /// A merge coordinator installs what it collected on whatever merged order the file has by
     /// then (no fence): a second coordinator of the same merge appends its writes again.

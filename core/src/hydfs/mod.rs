@@ -242,6 +242,7 @@ impl Hydfs {
         self.member_ids = ids;
         if !gone.is_empty() {
             self.forget_answers_from(&gone);
+            self.retarget_now(now);
         }
         let ring = Ring::new(self.member_ids.keys().copied());
         if ring != self.ring {

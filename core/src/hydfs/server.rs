@@ -6,6 +6,10 @@
 //!   only after the writes they cover are complete and storage has been synced;
 //! * a coordinator acknowledges a write only when every replica of its current view answered;
 //! * one merge per file at a time on a coordinator; later requests queue behind it;
+//! * a merge installs what it collected only on the merged order it collected against (its
+//!   `base`, the fence), so a write is never merged twice, even when two coordinators merge one
+//!   file at once;
+//! * when the ring changes, writes and merges in flight re-target at once;
 //! * fetched bytes are checked against the write's declared CRC before they are stored;
 //! * a copy covered by a tombstone is never kept, absorbed, accepted or handed on, and its
 //!   holder is told (`Remove`) when one is met: in an inventory, a description, an offer or an
@@ -763,10 +767,29 @@ impl Hydfs {
                 } else {
                     collected_on
                 };
+                debug_assert!(
+                    self.cfg.bug(PlantedBug::MergeUnfenced)
+                        || self.store.merged_hash(name) != Some(base)
+                        || self.store.file(name).is_none_or(|rec| {
+                            let held: BTreeSet<&Stamp> = rec.merged.iter().map(|w| &w.stamp).collect();
+                            appended.iter().all(|w| !held.contains(&w.stamp))
+                        }),
+                    "a merge installs only writes its base does not hold"
+                );
                 if !self.install_locally(name, base, &appended) {
-                    // Someone else's merge changed the file meanwhile: collect again.
                     let m = self.server.merges.remove(name).expect("present");
+                    if self.store.file(name).is_none() || !self.replicas(name).contains(&self.me) {
+                        // The copy was handed off or dropped meanwhile: another replica merges.
+                        let r = Refusal::NotReplica;
+                        self.send(m.client, HydfsMsg::MergeReply { req: m.client_req, result: Err(r) });
+                        return self.next_merge(now, name);
+                    }
+                    // Someone else's merge changed the file meanwhile: collect again, on the
+                    // merge's own clock (`coordinator_timeout` still bounds it).
                     self.start_merge(now, m.client, m.client_req, name.clone());
+                    if let Some(again) = self.server.merges.get_mut(name) {
+                        again.started = m.started;
+                    }
                     return;
                 }
                 // The coordinator's own copy counts once it is synced (see `Installing`).
@@ -893,11 +916,6 @@ impl Hydfs {
         }
         let last_writer_wins = self.cfg.bug(PlantedBug::MergeLastWriterWins);
         let rec = self.store.file_mut(name);
-        debug_assert!(
-            self.cfg.bug(PlantedBug::MergeUnfenced)
-                || appended.iter().all(|w| rec.merged.iter().all(|m| m.stamp != w.stamp)),
-            "a merge installs only writes its base does not hold"
-        );
         for w in appended {
             rec.pending.remove(&w.stamp);
             if last_writer_wins {
@@ -1677,12 +1695,18 @@ impl Hydfs {
 
     pub(super) fn on_ring_changed(&mut self, now: Time) {
         self.server.offers_taken.clear();
-        // Writes and merges in flight re-target at once: they stop waiting for replicas that
-        // left the ring and ask the ones that joined it.
-        if !self.cfg.bug(PlantedBug::WriteFailoverWaits) {
-            self.server.retry_at = Some(now);
-        } else {
+        self.retarget_now(now);
+    }
+
+    /// Writes and merges in flight re-target at once (the ring changed, or a member restarted
+    /// and may have lost what it acknowledged): writes stop waiting for replicas that left the
+    /// ring and ask the ones that joined it or came back; merges stop waiting for replicas that
+    /// left.
+    pub(super) fn retarget_now(&mut self, now: Time) {
+        if self.cfg.bug(PlantedBug::WriteFailoverWaits) {
             self.arm_retry(now);
+        } else {
+            self.server.retry_at = Some(now);
         }
     }
 

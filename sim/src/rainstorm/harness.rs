@@ -19,8 +19,9 @@
 //!   link for each checkpoint, each linger period and the end, allow;
 //! * **resume**: after a node running one of the job's tasks crashes, once the crash is
 //!   detected (every live member dropped it, and the leader rolled back for it), the job
-//!   commits again within [`RESUME_MS`], unless another fault or failure falls before it does
-//!   (detection itself is the membership sweep's to bound).
+//!   commits a checkpoint of its new attempt within [`RESUME_MS`], unless another fault or
+//!   failure was in effect or falls before it does (detection itself is the membership sweep's
+//!   to bound).
 
 use super::input::{generated_csv, traffic_signs_slice};
 use super::verdict::{judge, Finding, Observed};
@@ -34,9 +35,9 @@ use rainstorm_core::rainstorm::job::Route;
 use rainstorm_core::rainstorm::reference;
 use rainstorm_core::rainstorm::tuple::TUPLE_OVERHEAD_BYTES;
 use rainstorm_core::rainstorm::{
-    JobError, JobId, JobSpec, OperatorSpec, RainstormConfig, RainstormEvent, Tuple,
+    CheckpointId, JobError, JobId, JobSpec, OperatorSpec, RainstormConfig, RainstormEvent, Tuple,
 };
-use rainstorm_core::Time;
+use rainstorm_core::{MemberId, Time};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -53,11 +54,14 @@ pub const RESUME_MS: u64 = 1_000;
 struct Outage {
     crashed_at: Time,
     /// The crashed workers, and when no live member listed each any more.
-    workers: Vec<(rainstorm_core::NodeAddr, Option<Time>)>,
+    workers: Vec<(MemberId, Option<Time>)>,
     /// When the leader first rolled back for one of them (a rollback moves every task that was
     /// on any member gone by then).
     rolled_back: Option<Time>,
-    /// No other fault or failure fell since the crashes.
+    /// The checkpoint the latest rollback for them went back to: a commit of a later one is the
+    /// new attempt's (commits of earlier ones may still be finishing).
+    restored: Option<CheckpointId>,
+    /// No other fault or failure was in effect at the crashes or fell since.
     calm: bool,
 }
 
@@ -215,7 +219,7 @@ pub struct RainstormHarness {
     /// Bound violations already reported (one per task and kind).
     reported_bounds: std::collections::BTreeSet<(rainstorm_core::rainstorm::TaskId, &'static str)>,
     /// Where each task runs (the latest placement the leader reported).
-    hosts: std::collections::BTreeMap<rainstorm_core::rainstorm::TaskId, rainstorm_core::NodeAddr>,
+    hosts: std::collections::BTreeMap<rainstorm_core::rainstorm::TaskId, MemberId>,
     violations: Vec<(Time, CheckerKind, String)>,
     /// The latest worker crash the job has not yet committed after.
     outage: Option<Outage>,
@@ -421,7 +425,7 @@ impl RainstormHarness {
 
     /// Where the job's tasks run, as its leader last placed them.
     pub fn task_hosts(&self) -> Vec<rainstorm_core::NodeAddr> {
-        let mut hosts: Vec<rainstorm_core::NodeAddr> = self.hosts.values().copied().collect();
+        let mut hosts: Vec<rainstorm_core::NodeAddr> = self.hosts.values().map(|m| m.addr).collect();
         hosts.sort();
         hosts.dedup();
         hosts
@@ -434,48 +438,55 @@ impl RainstormHarness {
     }
 
     /// A fault falls at `now` (before it is applied): a recovery under way is no longer a calm
-    /// one (crashes in the same millisecond are one outage).
-    pub fn on_fault(&mut self, now: Time) {
-        if let Some(o) = self.outage.as_mut().filter(|o| o.crashed_at < now) {
+    /// one (crashes of workers in the same millisecond are one outage).
+    pub fn on_fault(&mut self, now: Time, crash: bool) {
+        if let Some(o) = self.outage.as_mut().filter(|o| !crash || o.crashed_at < now) {
             o.calm = false;
         }
     }
 
-    /// A node at `addr` crashed: does it count as a crash during the job? If so, the job's
-    /// output must resume after it.
-    pub fn on_crash(&mut self, now: Time, addr: rainstorm_core::NodeAddr) {
+    /// A node at `addr` crashed (`quiet`: no partition or pause was in effect): does it count as
+    /// a crash during the job? If so, the job's output must resume after it.
+    pub fn on_crash(&mut self, now: Time, addr: rainstorm_core::NodeAddr, quiet: bool) {
         let running = self.phase == Phase::Running && !self.completed;
-        if !running || !self.hosts.values().any(|h| *h == addr) {
+        let Some(id) = self.hosts.values().copied().find(|h| h.addr == addr) else { return };
+        if !running {
             return;
         }
         self.stats.crashes_while_running += 1;
         match self.outage.as_mut() {
-            Some(o) if o.crashed_at == now => o.workers.push((addr, None)),
+            Some(o) if o.crashed_at == now => o.workers.push((id, None)),
             other => {
-                let calm = other.is_none();
-                let workers = vec![(addr, None)];
-                self.outage = Some(Outage { crashed_at: now, workers, rolled_back: None, calm });
+                let calm = other.is_none() && quiet;
+                let workers = vec![(id, None)];
+                self.outage =
+                    Some(Outage { crashed_at: now, workers, rolled_back: None, restored: None, calm });
             }
         }
     }
 
     /// The crashed workers some live member may still list.
-    pub fn crashed_workers(&self) -> Vec<rainstorm_core::NodeAddr> {
+    pub fn crashed_workers(&self) -> Vec<MemberId> {
         let workers = self.outage.iter().flat_map(|o| &o.workers);
-        workers.filter(|(_, dropped)| dropped.is_none()).map(|(addr, _)| *addr).collect()
+        workers.filter(|(_, dropped)| dropped.is_none()).map(|(id, _)| *id).collect()
     }
 
-    /// No live member lists the crashed worker at `addr` any more.
-    pub fn worker_dropped(&mut self, now: Time, addr: rainstorm_core::NodeAddr) {
+    /// No live member lists the crashed worker `id` any more.
+    pub fn worker_dropped(&mut self, now: Time, id: MemberId) {
         let workers = self.outage.iter_mut().flat_map(|o| &mut o.workers);
-        for (_, dropped) in workers.filter(|(a, d)| *a == addr && d.is_none()) {
+        for (_, dropped) in workers.filter(|(w, d)| *w == id && d.is_none()) {
             *dropped = Some(now);
         }
     }
 
-    /// The job committed (or completed) at `now`: an outage that was detected is over.
-    fn resumed(&mut self, now: Time) {
-        let Some(detected) = self.outage.as_ref().and_then(Outage::detected) else { return };
+    /// The job committed `checkpoint` (or completed: `None`) at `now`: an outage that was
+    /// detected is over once the new attempt commits.
+    fn resumed(&mut self, now: Time, checkpoint: Option<Option<CheckpointId>>) {
+        let Some(o) = &self.outage else { return };
+        let Some(detected) = o.detected() else { return };
+        if checkpoint.is_some_and(|c| c <= o.restored) {
+            return;
+        }
         let Some(o) = self.outage.take() else { return };
         if o.calm {
             self.stats.recoveries.push((detected.0 - o.crashed_at.0, now.0 - detected.0));
@@ -557,26 +568,29 @@ impl RainstormHarness {
                 self.stats.outputs += tuples.len() as u64;
             }
             RainstormEvent::TaskScheduled { job, task, host, .. } if mine(job) && slot == self.w.leader => {
-                self.hosts.insert(*task, host.addr);
+                self.hosts.insert(*task, *host);
             }
-            RainstormEvent::RolledBack { job, lost, .. } if mine(job) && slot == self.w.leader => {
+            RainstormEvent::RolledBack { job, lost, checkpoint, .. }
+                if mine(job) && slot == self.w.leader =>
+            {
                 self.stats.rollbacks += 1;
                 if let Some(o) = self.outage.as_mut() {
-                    let crashed = lost.is_some_and(|m| o.workers.iter().any(|(a, _)| *a == m.addr));
-                    if crashed && o.rolled_back.is_none() {
-                        o.rolled_back = Some(now);
-                    } else if !crashed {
+                    let crashed = lost.is_some_and(|m| o.workers.iter().any(|(w, _)| *w == m));
+                    if crashed {
+                        o.rolled_back.get_or_insert(now);
+                        o.restored = *checkpoint;
+                    } else {
                         // Another failure (a member declared failed without a crash, a task's
                         // own) starts the recovery over: not a calm one.
                         o.calm = false;
                     }
                 }
             }
-            RainstormEvent::Committed { job, .. } if mine(job) && slot == self.w.leader => {
-                self.resumed(now);
+            RainstormEvent::Committed { job, checkpoint, .. } if mine(job) && slot == self.w.leader => {
+                self.resumed(now, Some(*checkpoint));
             }
             RainstormEvent::JobCompleted { job, restarts, .. } if mine(job) && slot == self.w.leader => {
-                self.resumed(now);
+                self.resumed(now, None);
                 self.completed = true;
                 self.stats.completed_ms = Some(now.0);
                 self.stats.restarts = *restarts;
