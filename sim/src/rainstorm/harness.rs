@@ -19,9 +19,9 @@
 //!   link for each checkpoint, each linger period and the end, allow;
 //! * **resume**: after a node running one of the job's tasks crashes, once the crash is
 //!   detected (every live member dropped it, and the leader rolled back for it), the job
-//!   commits a checkpoint of its new attempt within [`RESUME_MS`], unless another fault or
-//!   failure was in effect or falls before it does (detection itself is the membership sweep's
-//!   to bound).
+//!   commits a checkpoint of its new attempt within [`RESUME_MS`] plus the work it lost (the
+//!   time from its last commit to the crash), unless another fault or failure was in effect or
+//!   falls before it does (detection itself is the membership sweep's to bound).
 
 use super::input::{generated_csv, traffic_signs_slice};
 use super::verdict::{judge, Finding, Observed};
@@ -42,7 +42,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-/// How soon after a worker's crash is detected a job must commit again (its output resumes):
+/// How soon after a worker's crash is detected a job must commit again (its output resumes),
+/// beyond redoing the work it lost (what it had done since its last commit before the crash):
 /// the tasks are placed again and restored, writes waiting on the crashed node move on, and
 /// the next checkpoint is taken and made durable. Waiting out any timeout (a request's, a
 /// coordinator's, a retry pause) misses it.
@@ -63,6 +64,8 @@ struct Outage {
     restored: Option<CheckpointId>,
     /// No other fault or failure was in effect at the crashes or fell since.
     calm: bool,
+    /// The work the job lost: from its last commit (or its submission) to the crashes.
+    lost_ms: u64,
 }
 
 impl Outage {
@@ -223,6 +226,8 @@ pub struct RainstormHarness {
     violations: Vec<(Time, CheckerKind, String)>,
     /// The latest worker crash the job has not yet committed after.
     outage: Option<Outage>,
+    /// When the job last committed (its submission, before its first commit).
+    last_commit: Time,
     pub stats: JobStats,
 }
 
@@ -279,6 +284,7 @@ impl RainstormHarness {
             reported_bounds: std::collections::BTreeSet::new(),
             violations: Vec::new(),
             outage: None,
+            last_commit: Time(0),
             stats,
         }
     }
@@ -375,6 +381,7 @@ impl RainstormHarness {
                 self.job = Some(job);
                 self.stats.job = Some(job.to_string());
                 self.stats.submitted_ms = Some(now.0);
+                self.last_commit = now;
                 self.phase = Phase::Running;
             }
             (Phase::Submit, Submitted::Job(Err(JobError::NotJoined))) => {}
@@ -459,8 +466,15 @@ impl RainstormHarness {
             other => {
                 let calm = other.is_none() && quiet;
                 let workers = vec![(id, None)];
-                self.outage =
-                    Some(Outage { crashed_at: now, workers, rolled_back: None, restored: None, calm });
+                let lost_ms = now.0.saturating_sub(self.last_commit.0);
+                self.outage = Some(Outage {
+                    crashed_at: now,
+                    workers,
+                    rolled_back: None,
+                    restored: None,
+                    calm,
+                    lost_ms,
+                });
             }
         }
     }
@@ -493,20 +507,22 @@ impl RainstormHarness {
         }
     }
 
-    /// The resume check, at every tick: a calm outage the leader detected must have ended
-    /// within [`RESUME_MS`] of the detection.
+    /// The resume check, at every tick: a calm outage that was detected must have ended within
+    /// [`RESUME_MS`] of the detection, plus the work it lost.
     fn check_resume(&mut self, now: Time) {
         let leader_gone = self.leader_lost || self.w.leader_crash_ms.is_some_and(|t| now.0 >= t);
         let Some(o) = &self.outage else { return };
         let Some(detected) = o.detected() else { return };
-        if !o.calm || leader_gone || self.completed || now.0 <= detected.0 + RESUME_MS {
+        let bound = RESUME_MS + o.lost_ms;
+        if !o.calm || leader_gone || self.completed || now.0 <= detected.0 + bound {
             return;
         }
-        let (at, n) = (o.crashed_at.0, o.workers.len());
+        let (at, n, lost) = (o.crashed_at.0, o.workers.len(), o.lost_ms);
         self.outage = None;
         let why = format!(
-            "{n} task host(s) crashed at {at} ms, were detected by {} ms (dropped by every member, \
-             the job rolled back) and the job had not committed again {RESUME_MS} ms later",
+            "{n} task host(s) crashed at {at} ms, {lost} ms after the job's last commit; they were \
+             detected by {} ms (dropped by every member, the job rolled back) and the job had not \
+             committed again {bound} ms later",
             detected.0
         );
         self.violations.push((now, CheckerKind::RainstormResume, why));
@@ -587,6 +603,7 @@ impl RainstormHarness {
                 }
             }
             RainstormEvent::Committed { job, checkpoint, .. } if mine(job) && slot == self.w.leader => {
+                self.last_commit = now;
                 self.resumed(now, Some(*checkpoint));
             }
             RainstormEvent::JobCompleted { job, restarts, .. } if mine(job) && slot == self.w.leader => {
