@@ -1,5 +1,6 @@
 //! The server half of [`Hydfs`]: replicas, write and merge coordination, fetching parts,
-//! anti-entropy and hand-off.
+//! anti-entropy and hand-off. When the ring changes (or a member restarts), writes and merges
+//! in flight re-target at once rather than at their next retry.
 //!
 //! Invariants kept here:
 //! * a `Replicate`, `Install` or `Taken` answer and a coordinator's own acknowledgement are sent
@@ -9,7 +10,6 @@
 //! * a merge installs what it collected only on the merged order it collected against (its
 //!   `base`, the fence), so a write is never merged twice, even when two coordinators merge one
 //!   file at once;
-//! * when the ring changes, writes and merges in flight re-target at once;
 //! * fetched bytes are checked against the write's declared CRC before they are stored;
 //! * a copy covered by a tombstone is never kept, absorbed, accepted or handed on, and its
 //!   holder is told (`Remove`) when one is met: in an inventory, a description, an offer or an

@@ -82,12 +82,24 @@ impl Net {
     }
 
     fn settle(&mut self) {
+        let held = self.settle_holding(|_, _| false);
+        debug_assert!(held.is_empty());
+    }
+
+    /// Delivers every message at once, in order, except those `hold(sender, message)` keeps
+    /// back: those are returned, to be delivered later.
+    fn settle_holding(&mut self, hold: impl Fn(usize, &HydfsMsg) -> bool) -> Vec<(NodeAddr, HydfsMsg)> {
+        let mut held = Vec::new();
         loop {
             let mut moved = false;
             for i in 0..self.nodes.len() {
                 while let Some((to, msg)) = self.nodes[i].poll_outgoing() {
                     moved = true;
-                    let j = (0..self.nodes.len()).find(|j| addr(*j) == to).expect("known node");
+                    if hold(i, &msg) {
+                        held.push((to, msg));
+                        continue;
+                    }
+                    let j = self.index(to);
                     if self.down.contains(&j) {
                         self.nodes[i].handle_send_failed(self.now, to);
                     } else {
@@ -97,7 +109,7 @@ impl Net {
                 self.drain_events(i);
             }
             if !moved {
-                return;
+                return held;
             }
         }
     }
@@ -1314,30 +1326,6 @@ fn a_read_of_a_file_many_times_its_window_holds_at_most_the_window() {
     assert!(most >= expect.len() as u64 - chunk as u64, "held {most} of {} bytes", expect.len());
 }
 
-/// Delivers every message at once, in order, except the part fetches `held_from` sends: those
-/// are kept back and returned, to be delivered later.
-fn settle_holding_fetches(net: &mut Net, held_from: usize) -> Vec<(NodeAddr, HydfsMsg)> {
-    let mut held = Vec::new();
-    loop {
-        let mut moved = false;
-        for i in 0..net.nodes.len() {
-            while let Some((to, msg)) = net.nodes[i].poll_outgoing() {
-                moved = true;
-                if i == held_from && matches!(msg, HydfsMsg::Fetch { .. }) {
-                    held.push((to, msg));
-                    continue;
-                }
-                let j = net.index(to);
-                net.nodes[j].handle_message(net.now, MemberId::new(addr(i), 1), msg);
-            }
-            net.drain_events(i);
-        }
-        if !moved {
-            return held;
-        }
-    }
-}
-
 /// Two coordinators merge one file at once, as when a client fails over from a coordinator
 /// falsely declared failed while that one carries on: the second merge's install reaches the
 /// first coordinator while it still fetches what it collected. What every replica then merged,
@@ -1363,12 +1351,13 @@ fn two_coordinators_merge_at_once(cfg: HydfsConfig) -> (Vec<Vec<Stamp>>, Vec<u8>
     let sender = MemberId::new(addr(client), 1);
     // `a` coordinates a merge: it collects both appends and fetches the second's bytes (held).
     net.nodes[a].handle_message(net.now, sender, merge(9_001));
-    let mut held = settle_holding_fetches(&mut net, a);
+    let fetch_from_a = |i: usize, m: &HydfsMsg| i == a && matches!(m, HydfsMsg::Fetch { .. });
+    let mut held = net.settle_holding(fetch_from_a);
     assert!(!held.is_empty(), "the first coordinator fetches what it lacks");
     // Meanwhile `b` coordinates the same merge to its end on `b` and the third replica; its
     // install waits at `a` for the same bytes.
     net.nodes[b].handle_message(net.now, sender, merge(9_002));
-    held.extend(settle_holding_fetches(&mut net, a));
+    held.extend(net.settle_holding(fetch_from_a));
     for (to, msg) in held {
         let j = net.index(to);
         net.nodes[j].handle_message(net.now, MemberId::new(addr(a), 1), msg);
