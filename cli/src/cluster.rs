@@ -134,6 +134,11 @@ impl LocalCluster {
         self.args.base_port + index
     }
 
+    /// Node `index`'s status page (its metrics at `/metrics`), at the default address.
+    pub fn page(&self, index: u16) -> String {
+        format!("http://127.0.0.1:{}/", rainstorm_runtime::config::metrics_port(self.port(index)))
+    }
+
     pub fn data_dir(&self, index: u16) -> PathBuf {
         self.args.dir.join(format!("node{index}"))
     }
@@ -337,14 +342,18 @@ pub fn run(args: ClusterArgs) -> Result<ExitCode> {
     for node in &cluster.nodes {
         let role = if node.index == 0 { "introducer" } else { "member" };
         println!(
-            "  node{:<3} {:<10} 127.0.0.1:{}  log {}/{}.log",
+            "  node{:<3} {:<10} 127.0.0.1:{}  page {}  log {}/{}.log",
             node.index,
             role,
             node.port,
+            cluster.page(node.index),
             node.data_dir.display(),
             role
         );
     }
+    println!(
+        "each page shows its node's members, ring, files and jobs live; Prometheus metrics at <page>metrics"
+    );
     println!("talk to any node: rainstorm ctl node3 list_mem   (`rainstorm ctl node3 help` lists every command, files included)");
     if demo {
         let ok = run_demo(&mut cluster, period)?;

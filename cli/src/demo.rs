@@ -155,6 +155,12 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     let started = Instant::now();
     let mut cluster = LocalCluster::start(cluster_args, crate::cluster::this_tool()?)?;
     println!("cluster formed in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "watch it live: node{LEADER}'s status page {} (every node has one: {} ... {}; metrics at /metrics)",
+        cluster.page(LEADER),
+        cluster.page(0),
+        cluster.page(args.nodes - 1)
+    );
 
     let src = "demo/Traffic_Signs.csv";
     let stored = cluster.ctl(LEADER, &format!("create {} {src}", input_path.display()))?;

@@ -72,6 +72,11 @@ pub struct NodeArgs {
     /// Bytes of tuples per batch between tasks (default 65536).
     #[arg(long)]
     pub batch_bytes: Option<u32>,
+    /// Where to serve Prometheus metrics (`/metrics`) and the status page (`/`) over HTTP:
+    /// `host:port`, or `off`. Default: 127.0.0.1 at this node's port + 1000 (loopback only;
+    /// give e.g. 0.0.0.0:8001 to reach it from other hosts).
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
 }
 
 const CONSOLE_HELP: &str = "Console commands (stdin, or `rainstorm ctl <data-dir> <command>`):
@@ -94,6 +99,7 @@ impl NodeArgs {
             cluster_key: self.cluster_key.clone(),
             accepted_keys: None,
             drop_rate: self.drop_rate,
+            metrics_addr: self.metrics_addr.clone(),
             timings: TimingsInput {
                 protocol_period_ms: self.period_ms,
                 ping_timeout_ms: self.ping_timeout_ms,
@@ -172,6 +178,7 @@ async fn run(role: Role, cfg: rainstorm_runtime::config::RuntimeConfig, console:
         eprintln!("WARNING: {}", driver::NO_KEY_WARNING);
     }
     let handle = started.handle.clone();
+    let page = started.page;
     let mut events = started.events;
     let socket = match control::serve(handle.clone()) {
         Ok(p) => p,
@@ -189,6 +196,12 @@ async fn run(role: Role, cfg: rainstorm_runtime::config::RuntimeConfig, console:
         log.display(),
         socket.display()
     );
+    match page {
+        Some(addr) => println!("status page http://{addr}/ ; Prometheus metrics http://{addr}/metrics"),
+        None => {
+            println!("no status page or metrics (metrics_addr is off, or its port was taken: see the log)")
+        }
+    }
     tokio::spawn(print_events(events));
     if console {
         tokio::spawn(console_loop(handle.clone()));

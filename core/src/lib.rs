@@ -15,6 +15,7 @@
 //! Modules:
 //! * [`time`], [`id`]: the plain values every layer shares;
 //! * [`timer`]: an ordered timer queue with stale-timer tokens;
+//! * [`histogram`]: fixed-bucket latency histograms the layers keep of their own operations;
 //! * [`wire`]: the versioned, size-bounded, checksummed (optionally HMAC-authenticated) envelope;
 //! * [`replay`]: per-sender windows of accepted frame numbers (refuses replayed frames);
 //! * [`membership`]: SWIM failure detection with optional suspicion;
@@ -24,6 +25,7 @@
 //! * [`rainstorm`]: the stream layer's tuples and operators (pure functions, keyed state passed in).
 
 pub mod command;
+pub mod histogram;
 pub mod hydfs;
 pub mod id;
 pub mod limits;

@@ -615,7 +615,8 @@ impl Node {
 }
 
 /// Stream requests over their sender's rate.
-const RATE_LIMITED: &str = "rate_limited";
+/// The cause frames refused by the per-peer request rate limit are counted under.
+pub const RATE_LIMITED: &str = "rate_limited";
 
 impl fmt::Display for CommandOutput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -10,6 +10,8 @@
 //! cluster_key = "a long secret"  # optional: HMAC-SHA256 on every frame, signed with this key
 //! accepted_keys = ["old secret"]  # also accepted during a key rollover (see `reload_keys`)
 //! drop_rate = 0.0                # experiments: drop this fraction of outgoing datagrams
+//! metrics_addr = "127.0.0.1:8001" # HTTP: Prometheus metrics at /metrics, the status page at /
+//!                                # (default: loopback, port + 1000; "off" serves neither)
 //!
 //! [timings]
 //! protocol_period_ms = 1000
@@ -76,6 +78,8 @@ pub struct ConfigInput {
     pub cluster_key: Option<String>,
     pub accepted_keys: Option<Vec<String>>,
     pub drop_rate: Option<f64>,
+    /// `host:port`, or `off`.
+    pub metrics_addr: Option<String>,
     #[serde(default)]
     pub timings: TimingsInput,
     #[serde(default)]
@@ -156,6 +160,23 @@ pub struct RuntimeConfig {
     pub programs: ProgramLimits,
     /// Node-wide limits on stream frames and per-peer request rates.
     pub limits: LimitsConfig,
+    /// Where the node serves its metrics and status page over HTTP (`None`: it does not).
+    pub metrics: Option<SocketAddr>,
+}
+
+/// How far a node's default HTTP port (metrics and status page) is from its own port.
+pub const METRICS_PORT_OFFSET: u16 = 1000;
+
+/// The default metrics address of a node at `node`: loopback, at its port plus
+/// [`METRICS_PORT_OFFSET`] (minus, where that would not fit). The status page links to other
+/// nodes' pages at these addresses.
+pub fn default_metrics_addr(node: SocketAddr) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], metrics_port(node.port())))
+}
+
+/// A node's default HTTP port from its own port.
+pub fn metrics_port(port: u16) -> u16 {
+    port.checked_add(METRICS_PORT_OFFSET).unwrap_or(port - METRICS_PORT_OFFSET)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +195,7 @@ pub const FIELDS: &[&str] = &[
     "advertise",
     "introducer",
     "drop_rate",
+    "metrics_addr",
     "cluster_key",
     "accepted_keys",
     "timings",
@@ -230,6 +252,7 @@ impl ConfigInput {
             cluster_key: self.cluster_key.or(fallback.cluster_key),
             accepted_keys: self.accepted_keys.or(fallback.accepted_keys),
             drop_rate: self.drop_rate.or(fallback.drop_rate),
+            metrics_addr: self.metrics_addr.or(fallback.metrics_addr),
             timings: TimingsInput {
                 protocol_period_ms: t.protocol_period_ms.or(f.protocol_period_ms),
                 ping_timeout_ms: t.ping_timeout_ms.or(f.ping_timeout_ms),
@@ -295,6 +318,19 @@ impl ConfigInput {
         if !(0.0..=1.0).contains(&drop_rate) {
             return Err(field("drop_rate", format!("{drop_rate} is not between 0 and 1")));
         }
+        let metrics = match self.metrics_addr.as_deref().map(str::trim) {
+            None => Some(default_metrics_addr(advertise)),
+            Some("off") => None,
+            Some(text) => match text.parse::<SocketAddr>() {
+                Ok(a) if a.port() == bind.port() => {
+                    return Err(field("metrics_addr", format!("{a} is the node's own port")))
+                }
+                Ok(a) => Some(a),
+                Err(_) => {
+                    return Err(field("metrics_addr", format!("`{text}` is neither host:port nor `off`")))
+                }
+            },
+        };
         let accepted_keys = self.accepted_keys.unwrap_or_default();
         check_keys(self.cluster_key.as_deref(), &accepted_keys)?;
         let t = self.timings;
@@ -414,6 +450,7 @@ impl ConfigInput {
             rainstorm,
             programs,
             limits,
+            metrics,
         })
     }
 }

@@ -82,6 +82,12 @@ pub enum Input {
         id: Option<String>,
         reply: oneshot::Sender<CommandReply>,
     },
+    /// A copy of the node's counters and state for the metrics and the status page (`full`:
+    /// with the files it holds).
+    Observe {
+        full: bool,
+        reply: oneshot::Sender<crate::status::Observation>,
+    },
     /// Leave the group (if a member), linger while the leave spreads, then stop.
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -165,6 +171,22 @@ impl NodeHandle {
         &self.tx
     }
 
+    /// A copy of the node's counters and state, or `None` if the node does not answer within
+    /// `wait` (busy, or stopping).
+    pub async fn observe(&self, full: bool, wait: Duration) -> Option<crate::status::Observation> {
+        let (reply, rx) = oneshot::channel();
+        let asked = async {
+            self.tx.send(Input::Observe { full, reply }).await.ok()?;
+            rx.await.ok()
+        };
+        tokio::time::timeout(wait, asked).await.ok().flatten()
+    }
+
+    /// Whether the node task has stopped.
+    pub fn is_stopped(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
         self.events.subscribe()
     }
@@ -187,6 +209,8 @@ pub const NO_KEY_WARNING: &str =
 /// A node that was started: its handle, an event receiver subscribed before it ran, its task.
 pub struct StartedNode {
     pub handle: NodeHandle,
+    /// Where the metrics and status page are served, if they are.
+    pub page: Option<SocketAddr>,
     pub events: broadcast::Receiver<NodeEvent>,
     pub task: JoinHandle<()>,
 }
@@ -265,6 +289,7 @@ pub async fn start(cfg: RuntimeConfig) -> Result<StartedNode, StartError> {
         max_write_bytes,
     };
     let (data_dir, tx_programs, programs) = (cfg.data_dir.clone(), tx.clone(), cfg.programs.clone());
+    let metrics = cfg.metrics;
     let task = NodeTask {
         node,
         clock,
@@ -288,7 +313,18 @@ pub async fn start(cfg: RuntimeConfig) -> Result<StartedNode, StartError> {
         watchers: BTreeMap::new(),
     };
     let task = tokio::spawn(task.run(rx, lanes));
-    Ok(StartedNode { handle, events: first_rx, task })
+    // The page is a view: a port in use costs the node its page, never its work.
+    let page = match metrics {
+        Some(addr) => match crate::status::serve(addr, handle.clone()).await {
+            Ok(page) => Some(page),
+            Err(e) => {
+                warn!(addr = %addr, error = %e, "cannot serve metrics and the status page; set metrics_addr");
+                None
+            }
+        },
+        None => None,
+    };
+    Ok(StartedNode { handle, page, events: first_rx, task })
 }
 
 /// A seed for the node's RNG from the OS clock and the process id (uniqueness is what matters).
@@ -415,6 +451,9 @@ impl NodeTask {
                                 self.watchers.insert(*job, events);
                             }
                             let _ = reply.send(job);
+                        }
+                        Input::Observe { full, reply } => {
+                            let _ = reply.send(crate::status::observe(&self.node, &self.book, full));
                         }
                         Input::Jobs { id, reply } => {
                             let _ = reply.send(self.jobs(id.as_deref()));

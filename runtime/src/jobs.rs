@@ -339,6 +339,11 @@ impl JobBook {
         }
     }
 
+    /// Every job this node led, oldest first.
+    pub fn records(&self) -> impl Iterator<Item = (&JobId, &JobRecord)> {
+        self.jobs.iter()
+    }
+
     /// `jobs`: one line per job.
     pub fn list(&self) -> String {
         self.list_at(Instant::now())

@@ -16,7 +16,8 @@
 //! * [`storage`]: HyDFS blocks as files, with fsync;
 //! * [`jobs`]: the RainStorm commands: operators resolved and uploaded, results streamed;
 //! * [`programs`]: operator programs: fetched by hash, one process per task incarnation;
-//! * [`logging`]: tracing to stderr and to a file in the data dir.
+//! * [`logging`]: tracing to stderr and to a file in the data dir;
+//! * [`status`]: the HTTP endpoint: the status page, its JSON, and [`metrics`] (Prometheus).
 
 pub mod clock;
 pub mod config;
@@ -25,7 +26,9 @@ pub mod driver;
 pub mod files;
 pub mod jobs;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod programs;
+pub mod status;
 pub mod storage;
 pub mod streams;

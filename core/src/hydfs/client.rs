@@ -320,6 +320,9 @@ struct OpState {
     /// A [`ClientOp::Persist`]: it never times out, and an append goes on through rounds in
     /// which no replica has the file yet (its replicas are moving).
     persistent: bool,
+    /// When it was submitted, and its command (what its latency is counted under).
+    started: Time,
+    command: &'static str,
 }
 
 enum Kind {
@@ -444,6 +447,7 @@ impl Hydfs {
         op: ClientOp,
         remote: Option<(NodeAddr, ReqId)>,
     ) -> Result<OpId, HydfsError> {
+        let command = op.command();
         let (len, limit) = (op.name().as_str().len(), self.cfg.max_name_bytes);
         if len > limit {
             self.stats.names_refused += 1;
@@ -546,6 +550,8 @@ impl Hydfs {
                 remote,
                 queued: is_write || is_delete,
                 persistent,
+                started: now,
+                command,
             },
         );
         if is_multi {
@@ -860,6 +866,9 @@ impl Hydfs {
         result: Result<OpOutput, HydfsError>,
     ) {
         let state = self.client.ops.remove(&id);
+        if let Some(s) = &state {
+            self.stats.request_latency.entry(s.command).or_default().observe(now.since(s.started));
+        }
         self.client.requests.retain(|_, (op, _, _)| *op != id);
         let remote = remote.or_else(|| state.as_ref().and_then(|s| s.remote));
         if let Some(OpState { name, kind, queued: true, .. }) = &state {

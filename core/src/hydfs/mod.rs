@@ -46,6 +46,7 @@ pub use store::LocalStore;
 pub use tombstone::Tombstones;
 pub use types::{FileDigest, FileMeta, PartMeta, PartPosition, Stamp, WriteKind, WriteMeta, CHUNK_BYTES};
 
+use crate::histogram::LatencyHistogram;
 use crate::id::{MemberId, NodeAddr};
 #[cfg(test)]
 use crate::time::Millis;
@@ -142,6 +143,8 @@ pub struct HydfsStats {
     pub tombstones_evicted: u64,
     /// Parts the scrubber verified (work in proportion to what the node holds).
     pub scrubbed_parts: u64,
+    /// Client operations from submission to their end (success or error), by command.
+    pub request_latency: BTreeMap<&'static str, LatencyHistogram>,
 }
 
 pub struct Hydfs {

@@ -13,6 +13,7 @@
 use super::config::{MembershipConfig, PlantedBug};
 use super::gossip::Gossip;
 use super::message::{JoinAccept, JoinKind, JoinRefusal, MembershipMsg, ModeStamp, ProbeSeq, Update};
+use crate::histogram::LatencyHistogram;
 use crate::id::{Incarnation, MemberId, NodeAddr};
 use crate::node::Channel;
 use crate::time::{Millis, Time};
@@ -158,6 +159,8 @@ pub struct MembershipStats {
     pub failures_declared: u64,
     pub stale_messages: u64,
     pub relays_dropped: u64,
+    /// Round trips of direct probes that were acknowledged (ping to ack).
+    pub probe_rtt: LatencyHistogram,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -171,6 +174,7 @@ struct Probe {
     seq: ProbeSeq,
     target: MemberId,
     acked: bool,
+    sent: Time,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -436,7 +440,7 @@ impl Membership {
                 self.apply_from(now, from, updates);
             }
             MembershipMsg::Ack { seq, updates } => {
-                self.on_ack(seq);
+                self.on_ack(now, seq);
                 self.apply_from(now, from, updates);
             }
             MembershipMsg::PingReq { seq, target, updates } => {
@@ -496,9 +500,12 @@ impl Membership {
         }
     }
 
-    fn on_ack(&mut self, seq: ProbeSeq) {
+    fn on_ack(&mut self, now: Time, seq: ProbeSeq) {
         if let Some(probe) = self.probe.as_mut() {
             if probe.seq == seq {
+                if !probe.acked {
+                    self.stats.probe_rtt.observe(now.since(probe.sent));
+                }
                 probe.acked = true;
                 return;
             }
@@ -734,7 +741,7 @@ impl Membership {
             return;
         };
         let seq = self.next_probe_seq();
-        self.probe = Some(Probe { seq, target, acked: false });
+        self.probe = Some(Probe { seq, target, acked: false, sent: now });
         self.timers.schedule(now + self.cfg.ping_timeout, Timer::DirectTimeout { seq });
         self.send_ping(seq, target);
     }

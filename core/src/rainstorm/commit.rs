@@ -22,6 +22,7 @@ use super::message::SourceCheckpoint;
 use super::sink::Epoch;
 use super::tuple::Tuple;
 use crate::hydfs::{ClientOp, WriteKind};
+use crate::time::Time;
 
 /// Outputs of one commit, at most (more wait for the next one), unless one epoch is larger.
 const COMMIT_BYTES: usize = 4 << 20;
@@ -36,6 +37,11 @@ pub(super) struct ReadyEpoch {
     pub counts: BTreeMap<TaskId, TupleCounts>,
     /// The job's last epoch: every output is in it.
     pub last: bool,
+    /// Per epoch combined here: when it opened and how many outputs it holds (each output came
+    /// from input read since its epoch opened).
+    pub ages: Vec<(Time, u64)>,
+    /// When the first epoch combined here was ready to commit.
+    pub ready_at: Time,
 }
 
 /// What a commit's HyDFS write was.
@@ -57,6 +63,8 @@ enum InFlight {
 pub(super) struct Committed {
     pub tuples: Vec<Tuple>,
     pub last: bool,
+    pub ages: Vec<(Time, u64)>,
+    pub ready_at: Time,
 }
 
 pub(super) struct Commits {
@@ -199,7 +207,12 @@ impl Commits {
 
     fn committed_epoch(&mut self, epoch: ReadyEpoch) -> Step {
         self.done |= epoch.last;
-        Step::Committed(Committed { tuples: epoch.epoch.tuples, last: epoch.last })
+        Step::Committed(Committed {
+            tuples: epoch.epoch.tuples,
+            last: epoch.last,
+            ages: epoch.ages,
+            ready_at: epoch.ready_at,
+        })
     }
 }
 
@@ -215,6 +228,7 @@ pub(super) enum Step {
 fn combine(mut a: ReadyEpoch, b: ReadyEpoch) -> ReadyEpoch {
     debug_assert!(a.checkpoint <= b.checkpoint && !a.last);
     a.epoch.append(b.epoch);
+    a.ages.extend(b.ages);
     for (task, changes) in b.changes {
         a.changes.entry(task).or_default().extend(changes);
     }
@@ -226,6 +240,8 @@ fn combine(mut a: ReadyEpoch, b: ReadyEpoch) -> ReadyEpoch {
         changes: a.changes,
         counts: b.counts,
         last: b.last,
+        ages: a.ages,
+        ready_at: a.ready_at.min(b.ready_at),
     }
 }
 
@@ -260,6 +276,8 @@ mod tests {
             changes: BTreeMap::new(),
             counts: BTreeMap::new(),
             last: false,
+            ages: vec![(Time(checkpoint), 0)],
+            ready_at: Time(checkpoint),
         }
     }
 

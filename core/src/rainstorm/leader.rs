@@ -47,6 +47,7 @@ use super::message::{LinkMsg, RainstormMsg, Restore, Snapshot, SourceCheckpoint,
 use super::reference::build_pair;
 use super::sink::{Sink, SinkEvent};
 use super::Outbox;
+use crate::histogram::LatencyHistogram;
 use crate::hydfs::{ClientOp, HydfsError, OpOutput, WriteKind};
 use crate::id::{MemberId, NodeAddr};
 use crate::time::Time;
@@ -74,6 +75,8 @@ struct Slot {
     last: Option<Snapshot>,
     last_folded: bool,
     completed: bool,
+    /// Times a rollback moved it to another worker.
+    moves: u32,
 }
 
 /// Where a job resumes from: its newest complete checkpoint.
@@ -132,6 +135,13 @@ pub(super) struct LeaderJob {
     /// Epochs the sink closed, whose checkpoints are not complete yet.
     closed: BTreeSet<CheckpointId>,
     next_checkpoint: Time,
+    /// When the open epoch opened (the attempt started, or the last checkpoint was triggered),
+    /// and when each triggered checkpoint's epoch opened: its outputs come from input read
+    /// since then (what a tuple's latency is measured from).
+    epoch_open: Time,
+    opened: BTreeMap<CheckpointId, Time>,
+    /// This job's share of [`super::RainstormStats::tuple_latency`].
+    tuple_latency: LatencyHistogram,
     sink: Sink,
     commits: Commits,
     restarts: u32,
@@ -196,6 +206,46 @@ impl Leader {
             lines.push(format!("  {}", j.sink.describe()));
         }
         lines
+    }
+
+    /// What a status page shows of each job this node leads.
+    pub(super) fn views(&self) -> Vec<super::JobView> {
+        self.jobs
+            .iter()
+            .map(|(job, j)| super::JobView {
+                job: *job,
+                spec: j.spec.to_string(),
+                phase: match j.phase {
+                    JobPhase::Reading { .. } | JobPhase::Header { .. } => "reading input",
+                    JobPhase::Creating { .. } => "creating files",
+                    JobPhase::Deploying { .. } => "deploying",
+                    JobPhase::Running => "running",
+                    JobPhase::Draining => "draining",
+                },
+                attempt: j.attempt,
+                restarts: j.restarts,
+                outputs: j.commits.outputs(),
+                input_lines: j.input_lines,
+                stages: j.stage_counts(),
+                tuple_latency: j.tuple_latency,
+                tasks: j
+                    .slots
+                    .iter()
+                    .map(|(task, s)| super::TaskView {
+                        task: *task,
+                        host: s.host,
+                        state: match s.phase {
+                            SlotPhase::Unplaced => "unplaced",
+                            SlotPhase::Deploying | SlotPhase::Ready => "deploying",
+                            SlotPhase::Running => "running",
+                            SlotPhase::Finished => "done",
+                        },
+                        counts: s.counts,
+                        moves: s.moves,
+                    })
+                    .collect(),
+            })
+            .collect()
     }
 
     /// Bytes held for the jobs this node leads: the sinks and outputs waiting to be committed.
@@ -277,6 +327,9 @@ impl Leader {
             pending: BTreeMap::new(),
             closed: BTreeSet::new(),
             next_checkpoint: now,
+            epoch_open: now,
+            opened: BTreeMap::new(),
+            tuple_latency: LatencyHistogram::default(),
             commits: Commits::new(log, cfg.compact_records),
             restarts: 0,
             failures: 0,
@@ -367,6 +420,11 @@ impl Leader {
                 match j.commits.on_done(&j.plan, c)? {
                     Step::Write(op, next) => self.commit_write(job, op, next, out),
                     Step::Committed(done) => {
+                        for (opened, n) in &done.ages {
+                            self.stats.tuple_latency.observe_n(now.since(*opened), *n);
+                            j.tuple_latency.observe_n(now.since(*opened), *n);
+                        }
+                        self.stats.commit_latency.observe(now.since(done.ready_at));
                         let n = done.tuples.len();
                         if n > 0 {
                             out.event(RainstormEvent::Outputs { job, tuples: done.tuples });
@@ -526,12 +584,13 @@ impl Leader {
         }
         out.send(from, j.control(task));
         j.maybe_go(now, cfg, out);
-        self.complete_checkpoints(cfg, job, out);
+        self.complete_checkpoints(now, cfg, job, out);
     }
 
     /// A task's snapshot of a checkpoint.
     pub(super) fn on_snapshot(
         &mut self,
+        now: Time,
         cfg: &RainstormConfig,
         (job, attempt, task): (JobId, Attempt, TaskId),
         checkpoint: CheckpointId,
@@ -543,7 +602,7 @@ impl Leader {
             return;
         }
         j.add_snapshot(task, checkpoint, snapshot);
-        self.complete_checkpoints(cfg, job, out);
+        self.complete_checkpoints(now, cfg, job, out);
     }
 
     /// A batch or acknowledgement addressed to a job's sink. A batch over `max_batch_tuples`
@@ -607,7 +666,8 @@ impl Leader {
                     if cfg.bug(PlantedBug::CommitBeforeComplete) {
                         // Planted: the epoch is committed before the checkpoint is complete.
                         let epoch = j.sink.take_closed(c);
-                        j.commits.push(j.ready_epoch(epoch, BTreeMap::new(), false));
+                        let opened = j.epoch_open;
+                        j.commits.push(j.ready_epoch(epoch, BTreeMap::new(), false, (opened, now)));
                     }
                 }
                 SinkEvent::Ended => ended = true,
@@ -617,20 +677,22 @@ impl Leader {
             let epoch = j.sink.take_rest();
             j.phase = JobPhase::Draining;
             j.pending.clear();
-            j.commits.push(j.ready_epoch(epoch, BTreeMap::new(), true));
+            let opened = j.opened.values().next().copied().unwrap_or(j.epoch_open);
+            j.opened.clear();
+            j.commits.push(j.ready_epoch(epoch, BTreeMap::new(), true, (opened, now)));
         }
         // A large open epoch: start the next checkpoint now rather than at the interval.
         if j.sink.open_weight() > (cfg.sink_buffer_bytes / 4) as usize {
             j.next_checkpoint = j.next_checkpoint.min(now);
         }
-        self.complete_checkpoints(cfg, job, out);
+        self.complete_checkpoints(now, cfg, job, out);
     }
 
     /// Completes every checkpoint that can be, in order, and commits their epochs.
-    fn complete_checkpoints(&mut self, cfg: &RainstormConfig, job: JobId, out: &mut Outbox) {
+    fn complete_checkpoints(&mut self, now: Time, cfg: &RainstormConfig, job: JobId, out: &mut Outbox) {
         let Some(j) = self.jobs.get_mut(&job) else { return };
         while let Some(c) = j.completable() {
-            j.complete(cfg, c);
+            j.complete(now, cfg, c);
             self.stats.checkpoints += 1;
         }
         // A checkpoint that waited for room starts at the next timeout (now, if it is due).
@@ -820,6 +882,7 @@ impl LeaderJob {
                 last: None,
                 last_folded: false,
                 completed: false,
+                moves: 0,
             };
             self.slots.insert(task, slot);
         }
@@ -913,6 +976,7 @@ impl LeaderJob {
         }
         self.phase = JobPhase::Running;
         self.next_checkpoint = now + cfg.checkpoint_interval;
+        self.epoch_open = now;
         for (task, slot) in &self.slots {
             out.send(slot.host.addr, self.control(*task));
         }
@@ -960,6 +1024,8 @@ impl LeaderJob {
     fn trigger(&mut self, now: Time, cfg: &RainstormConfig, out: &mut Outbox) {
         self.issued += 1;
         self.pending.insert(self.issued, BTreeMap::new());
+        self.opened.insert(self.issued, self.epoch_open);
+        self.epoch_open = now;
         self.next_checkpoint = now + cfg.checkpoint_interval;
         for (task, slot) in &self.slots {
             if task.stage == 0 && slot.phase != SlotPhase::Finished {
@@ -984,9 +1050,11 @@ impl LeaderJob {
     }
 
     /// Folds checkpoint `c` into the restore point and queues its epoch for commit.
-    fn complete(&mut self, cfg: &RainstormConfig, c: CheckpointId) {
+    fn complete(&mut self, now: Time, cfg: &RainstormConfig, c: CheckpointId) {
         debug_assert_eq!(self.pending.keys().next(), Some(&c), "checkpoints complete in order");
         let snapshots = self.pending.remove(&c).unwrap_or_default();
+        let opened = self.opened.remove(&c).unwrap_or(self.epoch_open);
+        self.opened.retain(|k, _| *k > c);
         self.closed.remove(&c);
         self.older = self.restore.clone();
         let mut changes: BTreeMap<TaskId, BTreeMap<String, Option<String>>> = BTreeMap::new();
@@ -1021,17 +1089,20 @@ impl LeaderJob {
         self.restore.checkpoint = Some(c);
         if !cfg.bug(PlantedBug::CommitBeforeComplete) {
             let epoch = self.sink.take_closed(c);
-            let ready = self.ready_epoch(epoch, changes, false);
+            let ready = self.ready_epoch(epoch, changes, false, (opened, now));
             self.commits.push(ready);
         }
     }
 
+    /// Epoch `epoch`, opened at `opened` and ready to commit at `ready`.
     fn ready_epoch(
         &self,
         epoch: super::sink::Epoch,
         changes: BTreeMap<TaskId, BTreeMap<String, Option<String>>>,
         last: bool,
+        (opened, ready): (Time, Time),
     ) -> ReadyEpoch {
+        let ages = vec![(opened, epoch.tuples.len() as u64)];
         ReadyEpoch {
             checkpoint: self.restore.checkpoint,
             attempt: self.attempt,
@@ -1040,6 +1111,8 @@ impl LeaderJob {
             changes,
             counts: self.restore.counts.clone(),
             last,
+            ages,
+            ready_at: ready,
         }
     }
 
@@ -1066,6 +1139,7 @@ impl LeaderJob {
         self.restarts += 1;
         self.base = self.issued;
         self.pending.clear();
+        self.opened.clear();
         self.closed.clear();
         if cfg.bug(PlantedBug::StateFromOlderCheckpoint) {
             self.restore.state = self.older.state.clone();
@@ -1097,6 +1171,8 @@ impl LeaderJob {
         }
         self.place_unplaced(members);
         for task in moved {
+            let Some(slot) = self.slots.get_mut(&task) else { continue };
+            slot.moves += 1;
             let slot = &self.slots[&task];
             if slot.phase != SlotPhase::Unplaced {
                 let (job, attempt, host) = (self.plan.job, self.attempt, slot.host);

@@ -60,8 +60,10 @@ pub use job::{
     lines_read, Attempt, CheckpointId, JobError, JobId, JobPlan, JobSpec, RainstormEvent, StageCounts,
     TaskId, TupleCounts, SINK,
 };
+
 pub use message::RainstormMsg;
 
+use crate::histogram::LatencyHistogram;
 use crate::hydfs::{ClientOp, HydfsError, OpOutput};
 use crate::id::{MemberId, NodeAddr};
 use crate::time::Time;
@@ -153,6 +155,37 @@ pub struct Buffers {
     pub barrier_coming: bool,
 }
 
+/// A job this node leads, as a status page shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobView {
+    pub job: JobId,
+    pub spec: String,
+    /// `reading input`, `creating files`, `deploying`, `running` or `draining`.
+    pub phase: &'static str,
+    pub attempt: Attempt,
+    pub restarts: u32,
+    /// Outputs committed to the destination so far.
+    pub outputs: u64,
+    /// Lines in the input (0 while unknown).
+    pub input_lines: u64,
+    pub stages: Vec<StageCounts>,
+    /// Per output committed, as [`RainstormStats::tuple_latency`] counts them.
+    pub tuple_latency: LatencyHistogram,
+    pub tasks: Vec<TaskView>,
+}
+
+/// One task of a [`JobView`]: where it runs and the counts it last reported.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskView {
+    pub task: TaskId,
+    pub host: MemberId,
+    /// `unplaced`, `deploying`, `running` or `done`.
+    pub state: &'static str,
+    pub counts: TupleCounts,
+    /// Times a rollback moved it to another worker.
+    pub moves: u32,
+}
+
 /// Counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RainstormStats {
@@ -171,6 +204,12 @@ pub struct RainstormStats {
     pub rollbacks: u64,
     /// Tuple batches sent by the tasks this node ran.
     pub batches_sent: u64,
+    /// Jobs this node led: per output, from the start of the checkpoint epoch it was read in
+    /// to its commit (an upper bound on its latency: an epoch lasts about
+    /// `checkpoint_interval`); per commit, from its epoch being ready (checkpoint complete)
+    /// to its outputs being durable in the destination.
+    pub tuple_latency: LatencyHistogram,
+    pub commit_latency: LatencyHistogram,
 }
 
 /// One node's RainStorm: the jobs it leads and the tasks it runs.
@@ -212,8 +251,15 @@ impl Rainstorm {
             output_writes: l.output_writes,
             rollbacks: l.rollbacks,
             batches_sent: self.worker.batches_sent(),
+            tuple_latency: l.tuple_latency,
+            commit_latency: l.commit_latency,
             ..self.stats.clone()
         }
+    }
+
+    /// The jobs this node leads that have not ended, as a status page shows them.
+    pub fn job_views(&self) -> Vec<JobView> {
+        self.leader.views()
     }
 
     /// Jobs this node leads that have not ended.
@@ -393,7 +439,7 @@ impl Rainstorm {
                 Ok(())
             }
             RainstormMsg::Snapshot { job, attempt, task, checkpoint, snapshot } => {
-                self.leader.on_snapshot(cfg, (job, attempt, task), checkpoint, snapshot, out);
+                self.leader.on_snapshot(now, cfg, (job, attempt, task), checkpoint, snapshot, out);
                 Ok(())
             }
             RainstormMsg::Stop { job, before } => {
