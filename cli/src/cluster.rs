@@ -65,6 +65,9 @@ pub struct ClusterArgs {
     /// latency measurements).
     #[arg(skip)]
     pub output_trace: bool,
+    /// Serve no metrics or status pages (`--metrics-addr off` on every node).
+    #[arg(long)]
+    pub no_metrics: bool,
 }
 
 impl ClusterArgs {
@@ -86,6 +89,7 @@ impl ClusterArgs {
             checkpoint_interval_ms: None,
             batch_bytes: None,
             output_trace: false,
+            no_metrics: false,
         }
     }
 }
@@ -139,6 +143,12 @@ impl LocalCluster {
         format!("http://127.0.0.1:{}/", rainstorm_runtime::config::metrics_port(self.port(index)))
     }
 
+    /// The body of `GET path` from node `index`'s HTTP endpoint (metrics and status page), if it
+    /// answers 200 within 5 s.
+    pub fn http_get(&self, index: u16, path: &str) -> Result<String> {
+        http_get(self.port(index), path)
+    }
+
     pub fn data_dir(&self, index: u16) -> PathBuf {
         self.args.dir.join(format!("node{index}"))
     }
@@ -179,6 +189,9 @@ impl LocalCluster {
         }
         if let Some(n) = self.args.batch_bytes {
             cmd.arg("--batch-bytes").arg(n.to_string());
+        }
+        if self.args.no_metrics {
+            cmd.arg("--metrics-addr").arg("off");
         }
         if self.args.output_trace {
             cmd.env("RAINSTORM_OUTPUT_TRACE", data_dir.join("outputs.trace"));
@@ -309,6 +322,23 @@ pub fn timing_flags(period_ms: u64) -> Vec<String> {
         "--sync-interval-ms".into(),
         (p * 10).to_string(),
     ]
+}
+
+/// The body of `GET path` from the HTTP endpoint (metrics and status page) of the local node on
+/// `port`, if it answers 200 within 5 s.
+pub fn http_get(port: u16, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let addr = format!("127.0.0.1:{}", rainstorm_runtime::config::metrics_port(port));
+    let mut s = std::net::TcpStream::connect(&addr).with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").ok_or_else(|| anyhow!("no HTTP answer from {addr}"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("{addr}{path}: {}", head.lines().next().unwrap_or(""));
+    }
+    Ok(body.to_owned())
 }
 
 /// Member ids from `list_mem` output (rows like `  127.0.0.1:7001#1700000000000  0  alive`).

@@ -52,7 +52,9 @@ fn scrape(index: u16) -> (BTreeMap<String, String>, Vec<prometheus_parse::Sample
             let name = line.split(['{', ' ']).next().unwrap();
             let family = ["_bucket", "_sum", "_count"]
                 .iter()
-                .find_map(|s| name.strip_suffix(s).filter(|f| types.get(*f).is_some_and(|t| t == "histogram")))
+                .find_map(|s| {
+                    name.strip_suffix(s).filter(|f| types.get(*f).is_some_and(|t| t == "histogram"))
+                })
                 .unwrap_or(name);
             assert!(types.contains_key(family), "a sample of no declared family: {line:?}");
             let value = line.rsplit(' ').next().unwrap();
@@ -83,7 +85,8 @@ fn every_node_serves_metrics_that_move_with_traffic_and_a_status_page() {
     let dir = std::env::temp_dir().join(format!("rainstorm-test-metrics-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let args = ClusterArgs { period_ms: 200, ..ClusterArgs::local(3, BASE_PORT, dir.join("cluster")) };
-    let c = LocalCluster::start(args, PathBuf::from(env!("CARGO_BIN_EXE_rainstorm"))).expect("cluster starts");
+    let c =
+        LocalCluster::start(args, PathBuf::from(env!("CARGO_BIN_EXE_rainstorm"))).expect("cluster starts");
 
     let (types, before) = scrape(1);
     for (name, kind) in [
@@ -108,7 +111,12 @@ fn every_node_serves_metrics_that_move_with_traffic_and_a_status_page() {
     std::thread::sleep(Duration::from_millis(1_000));
     let (_, after) = scrape(1);
     let sent = |s: &[prometheus_parse::Sample]| value(s, "rainstorm_frames_sent_total", &[]);
-    assert!(sent(&after) > sent(&before), "frames_sent did not move: {} then {}", sent(&before), sent(&after));
+    assert!(
+        sent(&after) > sent(&before),
+        "frames_sent did not move: {} then {}",
+        sent(&before),
+        sent(&after)
+    );
     assert!(value(&after, "rainstorm_membership_probe_rtt_seconds", &[]) > 0.0, "no probe round trips");
     assert_eq!(value(&after, "rainstorm_hydfs_request_duration_seconds", &[("op", "create")]), 1.0);
     let held: f64 = (0..3).map(|i| value(&scrape(i).1, "rainstorm_hydfs_files_held", &[])).sum();

@@ -94,6 +94,12 @@ pub struct BenchArgs {
     /// (0 skips it) [default: 3, or 1 with --quick].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=20))]
     age_runs: Option<u64>,
+    /// `rainstorm-cluster` only: run the last job this many times on a fresh cluster whose
+    /// metrics are scraped every second (every node's /metrics, and the leader's status page's
+    /// JSON) and as many times on one serving no metrics, taking turns [default: 3; 1 with
+    /// --quick; 0 skips it].
+    #[arg(long)]
+    metrics_runs: Option<u64>,
     /// `rainstorm-cluster` only: sample the node processes with `perf record` (Debian's package
     /// linux-perf) during the 3-task job of each application on the largest input, and print
     /// where their CPU time went.
@@ -121,8 +127,12 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                 rainstorm_cluster::Plan::new(args.quick, args.sizes, args.batch_bytes, args.ceiling_only)
                     .paced(args.rate)
                     .profiled(args.profile);
-            match args.age_runs {
+            let plan = match args.age_runs {
                 Some(n) => plan.aged(n as usize),
+                None => plan,
+            };
+            match args.metrics_runs {
+                Some(n) => plan.metered(n as usize),
                 None => plan,
             }
         })?,

@@ -63,6 +63,9 @@ pub struct Plan {
     /// Profile the node processes with `perf` during the 3-task job of each application on the
     /// largest input.
     pub profile: bool,
+    /// How many times the last job runs on a scraped cluster and on one without metrics, for
+    /// the cost of the metrics (0: none).
+    pub metrics_runs: usize,
 }
 
 impl Plan {
@@ -77,6 +80,7 @@ impl Plan {
             ceiling_only,
             rate: None,
             age_runs: if quick { 1 } else { 3 },
+            metrics_runs: if quick { 1 } else { 3 },
             profile: false,
         }
     }
@@ -89,6 +93,11 @@ impl Plan {
     /// The same plan with `runs` runs per side of the age comparison.
     pub fn aged(self, runs: usize) -> Plan {
         Plan { age_runs: runs, ..self }
+    }
+
+    /// The same plan with `runs` runs per side of the metrics comparison.
+    pub fn metered(self, runs: usize) -> Plan {
+        Plan { metrics_runs: runs, ..self }
     }
 
     /// The same plan with (or without) a `perf` profile of the nodes.
@@ -279,11 +288,20 @@ pub fn run(plan: Plan) -> Result<()> {
     if let Some((_, mut cluster)) = cluster {
         cluster.stop();
     }
+    let metered = match (&bin, &last) {
+        (Some(bin), Some(last)) if plan.metrics_runs > 0 && !plan.ceiling_only => {
+            Some(metrics_cost(&root, bin, last, &plan)?)
+        }
+        _ => None,
+    };
     println!();
     print_table(&rows, &ceilings, &pipes);
     print_before_after(&rows, plan.rate.is_some());
     if let Some(age) = &age {
         age.print();
+    }
+    if let Some(m) = &metered {
+        m.print();
     }
     if plan.profile {
         print_profiles(&profiles);
@@ -406,10 +424,22 @@ fn store_input(cluster: &LocalCluster, local: &Path, bytes: &[u8], src: &str) ->
 
 /// A fresh 10-node cluster under `root/name`, tracing outputs.
 fn start(root: &Path, name: &str, base_port: u16, batch_bytes: u32) -> Result<LocalCluster> {
+    start_with(root, name, base_port, batch_bytes, true)
+}
+
+/// [`start`], with or without the nodes' metrics and status pages.
+fn start_with(
+    root: &Path,
+    name: &str,
+    base_port: u16,
+    batch_bytes: u32,
+    metrics: bool,
+) -> Result<LocalCluster> {
     let args = ClusterArgs {
         period_ms: 500,
         batch_bytes: Some(batch_bytes),
         output_trace: true,
+        no_metrics: !metrics,
         ..ClusterArgs::local(NODES, base_port, root.join(name))
     };
     LocalCluster::start(args, this_tool()?)
@@ -826,6 +856,125 @@ fn age(
         exact = exact.and(row.exact);
     }
     Ok(Age { app: last.app.name, lines: last.lines, tasks: last.tasks, jobs_before, aged, fresh, exact })
+}
+
+/// The last job's seconds on fresh clusters scraped every second and on fresh clusters serving
+/// no metrics.
+struct MetricsCost {
+    app: &'static str,
+    lines: u64,
+    tasks: u32,
+    scraped: Vec<f64>,
+    off: Vec<f64>,
+    /// Scrapes made (every node's /metrics and the leader's /api/status, once a second) and
+    /// how many failed.
+    scrapes: u64,
+    failed: u64,
+    exact: Result<(), String>,
+}
+
+/// Runs the last job `plan.metrics_runs` times on a fresh cluster whose nodes are scraped every
+/// second, as a Prometheus server and an open status page would (much more often than
+/// Prometheus's default 15 s), and as many times on a fresh cluster serving no metrics, taking
+/// turns.
+fn metrics_cost(root: &Path, bin: &Path, last: &LastJob, plan: &Plan) -> Result<MetricsCost> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let job = Job {
+        app: last.app,
+        src: &last.src,
+        lines: last.lines,
+        tasks: last.tasks,
+        rate: plan.rate,
+        kill_after: None,
+        run: 0,
+    };
+    let bytes = std::fs::read(&last.local)?;
+    let mut m = MetricsCost {
+        app: last.app.name,
+        lines: last.lines,
+        tasks: last.tasks,
+        scraped: Vec::new(),
+        off: Vec::new(),
+        scrapes: 0,
+        failed: 0,
+        exact: Ok(()),
+    };
+    for run in 1..=plan.metrics_runs {
+        for metrics in [true, false] {
+            let mut own = start_with(root, "metered", BASE_PORT + 60, plan.batch_bytes, metrics)?;
+            let stop = std::sync::Arc::new(AtomicBool::new(false));
+            let counts = std::sync::Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+            let result = store_input(&own, &last.local, &bytes, &last.src).and_then(|()| {
+                std::thread::scope(|scope| {
+                    if metrics {
+                        let ports: Vec<u16> = (0..NODES).map(|i| own.port(i)).collect();
+                        let leader = own.port(LEADER);
+                        let (stop, counts) = (&stop, &counts);
+                        scope.spawn(move || {
+                            while !stop.load(Ordering::Relaxed) {
+                                let asks = ports
+                                    .iter()
+                                    .map(|p| (*p, "/metrics"))
+                                    .chain(std::iter::once((leader, "/api/status")));
+                                for (port, path) in asks {
+                                    let ok = rainstorm_cli::cluster::http_get(port, path).is_ok();
+                                    counts.0.fetch_add(1, Ordering::Relaxed);
+                                    counts.1.fetch_add(u64::from(!ok), Ordering::Relaxed);
+                                }
+                                std::thread::sleep(Duration::from_secs(1));
+                            }
+                        });
+                    }
+                    let row = run_job(&mut own, root, bin, &job, &last.expected, None);
+                    stop.store(true, Ordering::Relaxed);
+                    row
+                })
+            });
+            own.stop();
+            let _ = std::fs::remove_dir_all(root.join("metered"));
+            let (row, _) = result?;
+            let side = if metrics { "scraped every second" } else { "serving no metrics" };
+            eprintln!("metrics: {side}, run {run}: {:.2} s", row.secs);
+            if metrics {
+                m.scraped.push(row.secs);
+            } else {
+                m.off.push(row.secs);
+            }
+            m.exact = std::mem::replace(&mut m.exact, Ok(())).and(row.exact);
+            m.scrapes += counts.0.load(Ordering::Relaxed);
+            m.failed += counts.1.load(Ordering::Relaxed);
+        }
+    }
+    Ok(m)
+}
+
+impl MetricsCost {
+    fn print(&self) {
+        let (on, off) = (ceiling::median(&mut self.scraped.clone()), ceiling::median(&mut self.off.clone()));
+        println!(
+            "## Metrics: {} on {} lines with {} tasks, on fresh clusters scraped every second (every node's /metrics and the leader's /api/status) against fresh clusters serving no metrics; medians of {} runs each",
+            self.app,
+            self.lines,
+            self.tasks,
+            self.scraped.len()
+        );
+        println!("| scraped s | no metrics s | scraped / none | runs scraped | runs without | scrapes (failed) | exact |");
+        println!("|---:|---:|---:|---|---|---|---|");
+        let list = |v: &[f64]| v.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>().join(", ");
+        println!(
+            "| {on:.2} | {off:.2} | {:.3} | {} | {} | {} ({}) | {} |",
+            on / off,
+            list(&self.scraped),
+            list(&self.off),
+            self.scrapes,
+            self.failed,
+            match &self.exact {
+                Ok(()) => "yes".to_owned(),
+                Err(e) => format!("NO: {e}"),
+            }
+        );
+        println!();
+    }
 }
 
 impl Age {
