@@ -545,6 +545,26 @@ mod tests {
     }
 
     #[test]
+    fn the_metrics_address_defaults_to_loopback_beside_the_node_and_can_be_turned_off() {
+        let resolve = |extra: &str| {
+            parse(&format!("bind = \"0.0.0.0:7001\"\nadvertise = \"10.0.0.5:7001\"\n{extra}"))
+                .unwrap()
+                .resolve(Role::Introducer)
+        };
+        assert_eq!(resolve("").unwrap().metrics, Some("127.0.0.1:8001".parse().unwrap()));
+        assert_eq!(resolve("metrics_addr = \"off\"").unwrap().metrics, None);
+        assert_eq!(
+            resolve("metrics_addr = \"0.0.0.0:9100\"").unwrap().metrics,
+            Some("0.0.0.0:9100".parse().unwrap())
+        );
+        for bad in ["metrics_addr = \"nine\"", "metrics_addr = \"127.0.0.1:7001\""] {
+            let e = resolve(bad).unwrap_err();
+            assert!(e.to_string().contains("metrics_addr"), "{e}");
+        }
+        assert_eq!(metrics_port(65_000), 64_000, "no port above 65535");
+    }
+
+    #[test]
     fn hydfs_settings_are_read_and_checked() {
         let text = "bind = \"127.0.0.1:7001\"\n[hydfs]\ncache_mb = 0\nrepair_mb_per_sec = 5\n";
         let cfg = parse(text).unwrap().resolve(Role::Introducer).unwrap();

@@ -866,6 +866,9 @@ struct MetricsCost {
     tasks: u32,
     scraped: Vec<f64>,
     off: Vec<f64>,
+    /// CPU seconds of the node processes during each job.
+    scraped_cpu: Vec<f64>,
+    off_cpu: Vec<f64>,
     /// Scrapes made (every node's /metrics and the leader's /api/status, once a second) and
     /// how many failed.
     scrapes: u64,
@@ -895,6 +898,8 @@ fn metrics_cost(root: &Path, bin: &Path, last: &LastJob, plan: &Plan) -> Result<
         tasks: last.tasks,
         scraped: Vec::new(),
         off: Vec::new(),
+        scraped_cpu: Vec::new(),
+        off_cpu: Vec::new(),
         scrapes: 0,
         failed: 0,
         exact: Ok(()),
@@ -934,11 +939,13 @@ fn metrics_cost(root: &Path, bin: &Path, last: &LastJob, plan: &Plan) -> Result<
             let _ = std::fs::remove_dir_all(root.join("metered"));
             let (row, _) = result?;
             let side = if metrics { "scraped every second" } else { "serving no metrics" };
-            eprintln!("metrics: {side}, run {run}: {:.2} s", row.secs);
+            eprintln!("metrics: {side}, run {run}: {:.2} s, node CPU {:.2} s", row.secs, row.node_cpu);
             if metrics {
                 m.scraped.push(row.secs);
+                m.scraped_cpu.push(row.node_cpu);
             } else {
                 m.off.push(row.secs);
+                m.off_cpu.push(row.node_cpu);
             }
             m.exact = std::mem::replace(&mut m.exact, Ok(())).and(row.exact);
             m.scrapes += counts.0.load(Ordering::Relaxed);
@@ -951,6 +958,8 @@ fn metrics_cost(root: &Path, bin: &Path, last: &LastJob, plan: &Plan) -> Result<
 impl MetricsCost {
     fn print(&self) {
         let (on, off) = (ceiling::median(&mut self.scraped.clone()), ceiling::median(&mut self.off.clone()));
+        let (on_cpu, off_cpu) =
+            (ceiling::median(&mut self.scraped_cpu.clone()), ceiling::median(&mut self.off_cpu.clone()));
         println!(
             "## Metrics: {} on {} lines with {} tasks, on fresh clusters scraped every second (every node's /metrics and the leader's /api/status) against fresh clusters serving no metrics; medians of {} runs each",
             self.app,
@@ -958,12 +967,13 @@ impl MetricsCost {
             self.tasks,
             self.scraped.len()
         );
-        println!("| scraped s | no metrics s | scraped / none | runs scraped | runs without | scrapes (failed) | exact |");
-        println!("|---:|---:|---:|---|---|---|---|");
+        println!("| scraped s | no metrics s | scraped / none | node CPU s scraped | node CPU s none | CPU scraped / none | runs scraped | runs without | scrapes (failed) | exact |");
+        println!("|---:|---:|---:|---:|---:|---:|---|---|---|---|");
         let list = |v: &[f64]| v.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>().join(", ");
         println!(
-            "| {on:.2} | {off:.2} | {:.3} | {} | {} | {} ({}) | {} |",
+            "| {on:.2} | {off:.2} | {:.3} | {on_cpu:.2} | {off_cpu:.2} | {:.3} | {} | {} | {} ({}) | {} |",
             on / off,
+            on_cpu / off_cpu,
             list(&self.scraped),
             list(&self.off),
             self.scrapes,

@@ -1055,6 +1055,7 @@ impl LeaderJob {
         let snapshots = self.pending.remove(&c).unwrap_or_default();
         let opened = self.opened.remove(&c).unwrap_or(self.epoch_open);
         self.opened.retain(|k, _| *k > c);
+        debug_assert!(opened <= now, "an epoch opened after its checkpoint completed");
         self.closed.remove(&c);
         self.older = self.restore.clone();
         let mut changes: BTreeMap<TaskId, BTreeMap<String, Option<String>>> = BTreeMap::new();
