@@ -103,6 +103,24 @@ fn every_node_serves_metrics_that_move_with_traffic_and_a_status_page() {
     }
     assert_eq!(value(&before, "rainstorm_membership_members", &[("state", "alive")]), 2.0);
 
+    // Every metric the Grafana dashboard queries is one the node serves.
+    let dashboard = include_str!("../../docs/grafana-dashboard.json");
+    let _: serde_json::Value = serde_json::from_str(dashboard).expect("the dashboard is JSON");
+    let mut queried = BTreeSet::new();
+    for (at, _) in dashboard.match_indices("rainstorm_") {
+        let name: String =
+            dashboard[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        queried.insert(name);
+    }
+    for name in &queried {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| types.get(*f).is_some_and(|t| t == "histogram")))
+            .unwrap_or(name);
+        assert!(types.contains_key(family), "the dashboard queries {name}, which no node serves");
+    }
+    assert!(queried.len() > 30, "only {} metrics on the dashboard", queried.len());
+
     // Traffic: a file stored from node 1 (on all 3 nodes: the replication factor is 3).
     let local = dir.join("hello.txt");
     std::fs::write(&local, "one line\n").unwrap();

@@ -82,10 +82,9 @@ pub enum Input {
         id: Option<String>,
         reply: oneshot::Sender<CommandReply>,
     },
-    /// A copy of the node's counters and state for the metrics and the status page (`full`:
-    /// with the files it holds).
+    /// A copy of the node's counters and state for the metrics and the status page, to `detail`.
     Observe {
-        full: bool,
+        detail: crate::status::Detail,
         reply: oneshot::Sender<crate::status::Observation>,
     },
     /// Leave the group (if a member), linger while the leave spreads, then stop.
@@ -173,10 +172,14 @@ impl NodeHandle {
 
     /// A copy of the node's counters and state, or `None` if the node does not answer within
     /// `wait` (busy, or stopping).
-    pub async fn observe(&self, full: bool, wait: Duration) -> Option<crate::status::Observation> {
+    pub async fn observe(
+        &self,
+        detail: crate::status::Detail,
+        wait: Duration,
+    ) -> Option<crate::status::Observation> {
         let (reply, rx) = oneshot::channel();
         let asked = async {
-            self.tx.send(Input::Observe { full, reply }).await.ok()?;
+            self.tx.send(Input::Observe { detail, reply }).await.ok()?;
             rx.await.ok()
         };
         tokio::time::timeout(wait, asked).await.ok().flatten()
@@ -452,8 +455,8 @@ impl NodeTask {
                             }
                             let _ = reply.send(job);
                         }
-                        Input::Observe { full, reply } => {
-                            let _ = reply.send(crate::status::observe(&self.node, &self.book, full));
+                        Input::Observe { detail, reply } => {
+                            let _ = reply.send(crate::status::observe(&self.node, &self.book, detail));
                         }
                         Input::Jobs { id, reply } => {
                             let _ = reply.send(self.jobs(id.as_deref()));

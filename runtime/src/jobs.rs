@@ -340,7 +340,7 @@ impl JobBook {
     }
 
     /// Every job this node led, oldest first.
-    pub fn records(&self) -> impl Iterator<Item = (&JobId, &JobRecord)> {
+    pub fn records(&self) -> impl DoubleEndedIterator<Item = (&JobId, &JobRecord)> {
         self.jobs.iter()
     }
 

@@ -10,7 +10,7 @@
 //! where it has one, and counters end in `_total` (the encoder appends it); a metric appears
 //! once per scrape, whatever the node's state (families may be empty).
 
-use crate::status::Observation;
+use crate::status::{Observation, JOB_STATES};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -333,20 +333,10 @@ impl Collector for Scrape {
             "Task incarnations running on this node.",
             o.tasks_hosted as i64,
         )?;
-        let mut states = [("running", 0i64), ("completed", 0), ("failed", 0), ("lost", 0)];
-        for (_, rec) in &o.book {
-            let i = match &rec.ended {
-                None => 0,
-                Some((_, how)) if how.starts_with("completed") => 1,
-                Some((_, how)) if how.starts_with("failed") => 2,
-                Some(_) => 3,
-            };
-            states[i].1 += 1;
-        }
         out.gauges(
             "rainstorm_stream_jobs",
             "Jobs this node led since it started, by state.",
-            states.iter().map(|(s, v)| (l("state", s), *v)).collect(),
+            JOB_STATES.iter().zip(o.job_states).map(|(s, v)| (l("state", s), v as i64)).collect(),
         )?;
         out.counters(
             "rainstorm_stream_job_outputs",
@@ -368,7 +358,7 @@ impl Collector for Scrape {
                         ("stage", s.stage.to_string()),
                         ("direction", dir.into()),
                     ];
-                    stage_tuples.push((labels, n));
+                    stage_tuples.push((labels, n as i64));
                 }
             }
             for t in &v.tasks {
@@ -379,24 +369,28 @@ impl Collector for Scrape {
                         ("task", t.task.to_string()),
                         ("direction", dir.into()),
                     ];
-                    task_tuples.push((labels, n));
+                    task_tuples.push((labels, n as i64));
                 }
             }
         }
-        out.counters(
+        // Gauges, not counters: a rollback takes a job's counts back to its checkpoint's.
+        out.gauges(
             "rainstorm_stream_stage_tuples",
-            "Tuples a stage's tasks took in and put out (stage 0: input lines), per job this node leads now.",
+            "Tuples a stage's tasks took in and put out (stage 0: input lines), per job this node leads \
+             now; a rollback takes them back to the counts of the checkpoint it resumes from.",
             stage_tuples,
         )?;
-        out.counters(
+        out.gauges(
             "rainstorm_stream_task_tuples",
-            "Tuples each task took in and put out, as it last reported, per job this node leads now.",
+            "Tuples each task took in and put out, as it last reported, per job this node leads now; \
+             a rollback takes them back to the counts of the checkpoint it resumes from.",
             task_tuples,
         )?;
         out.histograms(
             "rainstorm_stream_tuple_latency_seconds",
             "Per output of the jobs this node led: from the start of the checkpoint epoch its input was \
-             read in to its commit in the destination (an upper bound; epochs last about checkpoint_interval).",
+             read in to its commit in the destination (an upper bound, above the latency by at most the \
+             epoch's length: checkpoint_interval, longer while checkpoints wait for commits).",
             vec![(Vec::new(), &r.tuple_latency)],
         )?;
         out.histograms(

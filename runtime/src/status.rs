@@ -44,6 +44,36 @@ pub const HISTORY_POINTS: usize = 300;
 pub const HISTORY_JOBS: usize = 16;
 /// Membership events the page's feed shows.
 pub const MEMBER_EVENTS: usize = 50;
+/// Jobs the page lists (the newest; the metrics count them all).
+pub const PAGE_JOBS: usize = 32;
+/// HTTP requests that may wait for an observation at once; more get 503.
+pub const CONCURRENT_REQUESTS: usize = 4;
+
+/// How much an observation holds: each level holds what the one before it does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Detail {
+    /// Counters and the jobs this node leads (the page's sampler).
+    Jobs,
+    /// Also the files held, counted (a scrape of `/metrics`).
+    Counters,
+    /// Also each file held and the newest jobs' records (the page).
+    Full,
+}
+
+/// Jobs this node led, by state: running, completed, failed, lost.
+pub type JobStates = [u64; 4];
+
+fn state_of(record: &JobRecord) -> usize {
+    match &record.ended {
+        None => 0,
+        Some((_, how)) if how.starts_with("completed") => 1,
+        Some((_, how)) if how.starts_with("failed") => 2,
+        Some(_) => 3,
+    }
+}
+
+/// The names of [`JobStates`]' entries.
+pub const JOB_STATES: [&str; 4] = ["running", "completed", "failed", "lost"];
 
 const PAGE: &str = include_str!("status/index.html");
 const UPLOT_JS: &str = include_str!("status/vendor/uPlot.iife.min.js");
@@ -73,9 +103,14 @@ pub struct Observation {
     /// their replica set is smaller than the replication factor, or the copy here is incomplete.
     pub files_under_replicated: u64,
     pub tasks_hosted: u64,
+    /// Copies HyDFS keeps of each file.
+    pub replication: usize,
     /// The jobs this node leads now.
     pub led: Vec<JobView>,
-    /// Every job this node led, with what its events said.
+    /// Every job this node led, by state.
+    pub job_states: JobStates,
+    /// The newest [`PAGE_JOBS`] jobs this node led, with what its events said (only in a full
+    /// observation).
     pub book: Vec<(JobId, JobRecord)>,
 }
 
@@ -90,15 +125,17 @@ pub struct FileObservation {
     pub replicas: Vec<SocketAddr>,
 }
 
-/// Makes an observation of `node` (`full`: with the files it holds).
-pub(crate) fn observe(node: &Node, book: &JobBook, full: bool) -> Observation {
+/// Makes an observation of `node` to `detail`.
+pub(crate) fn observe(node: &Node, book: &JobBook, detail: Detail) -> Observation {
+    let full = detail == Detail::Full;
     let m = node.membership();
     let h = node.hydfs();
     let replication = h.config().replication;
     let ring_size = h.ring().len();
     let mut files = Vec::new();
     let (mut files_held, mut files_incomplete, mut files_under_replicated) = (0, 0, 0);
-    for (name, ring_id, digest) in h.local_files() {
+    let held = if detail >= Detail::Counters { h.local_files() } else { Vec::new() };
+    for (name, ring_id, digest) in held {
         files_held += 1;
         let complete = digest.incomplete == 0;
         files_incomplete += u64::from(!complete);
@@ -140,8 +177,20 @@ pub(crate) fn observe(node: &Node, book: &JobBook, full: bool) -> Observation {
         files_incomplete,
         files_under_replicated,
         tasks_hosted: rainstorm.hosted().len() as u64,
+        replication,
         led: rainstorm.job_views(),
-        book: book.records().map(|(j, r)| (*j, r.clone())).collect(),
+        job_states: book.records().fold([0; 4], |mut n, (_, r)| {
+            n[state_of(r)] += 1;
+            n
+        }),
+        book: if full {
+            let mut newest: Vec<(JobId, JobRecord)> =
+                book.records().rev().take(PAGE_JOBS).map(|(j, r)| (*j, r.clone())).collect();
+            newest.reverse();
+            newest
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -152,6 +201,7 @@ struct Shared {
     page: SocketAddr,
     started: Instant,
     history: Mutex<History>,
+    requests: tokio::sync::Semaphore,
 }
 
 #[derive(Default)]
@@ -179,6 +229,7 @@ pub async fn serve(addr: SocketAddr, handle: NodeHandle) -> std::io::Result<Sock
         page,
         started: Instant::now(),
         history: Mutex::new(History::default()),
+        requests: tokio::sync::Semaphore::new(CONCURRENT_REQUESTS),
     });
     tokio::spawn(sample(shared.clone()));
     tokio::spawn(watch_members(shared.clone(), handle.subscribe()));
@@ -206,8 +257,14 @@ fn unavailable() -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, "the node did not answer in time (busy or stopping)\n").into_response()
 }
 
+/// An observation for a request, if a request slot frees up and the node answers in time.
+async fn observe_for_request(shared: &Shared, detail: Detail) -> Option<Observation> {
+    let _slot = tokio::time::timeout(OBSERVE_TIMEOUT, shared.requests.acquire()).await.ok()?.ok()?;
+    shared.handle.observe(detail, OBSERVE_TIMEOUT).await
+}
+
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    let Some(obs) = shared.handle.observe(false, OBSERVE_TIMEOUT).await else { return unavailable() };
+    let Some(obs) = observe_for_request(&shared, Detail::Counters).await else { return unavailable() };
     match crate::metrics::encode(obs) {
         Ok(text) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
         Err(e) => {
@@ -217,9 +274,11 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn status(State(shared): State<Arc<Shared>>) -> Response {
-    let Some(obs) = shared.handle.observe(true, OBSERVE_TIMEOUT).await else { return unavailable() };
+    let Some(obs) = observe_for_request(&shared, Detail::Full).await else { return unavailable() };
     let history = shared.history.lock().unwrap_or_else(|e| e.into_inner());
-    axum::Json(status_json(&obs, &shared, &history)).into_response()
+    // Read-only, and every node's page reads every other node's, which is another origin.
+    ([(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")], axum::Json(status_json(&obs, &shared, &history)))
+        .into_response()
 }
 
 /// Takes one observation a second into the jobs' histories.
@@ -229,7 +288,7 @@ async fn sample(shared: Arc<Shared>) {
     let mut last = Instant::now();
     loop {
         tick.tick().await;
-        let Some(obs) = shared.handle.observe(false, OBSERVE_TIMEOUT).await else {
+        let Some(obs) = shared.handle.observe(Detail::Jobs, OBSERVE_TIMEOUT).await else {
             if shared.handle.is_stopped() {
                 return;
             }
@@ -397,6 +456,7 @@ fn status_json(obs: &Observation, shared: &Shared, history: &History) -> Value {
             "bytes_held": obs.bytes_held,
             "files_incomplete": obs.files_incomplete,
             "under_replicated": obs.files_under_replicated,
+            "replication": obs.replication,
         },
         "jobs": jobs,
         "links": links,
@@ -412,12 +472,7 @@ fn job_json(
 ) -> Value {
     let view = obs.led.iter().find(|v| v.job == job);
     let h = history.jobs.get(&job);
-    let state = match &record.ended {
-        None => "running",
-        Some((_, how)) if how.starts_with("completed") => "completed",
-        Some((_, how)) if how.starts_with("failed") => "failed",
-        Some(_) => "lost",
-    };
+    let state = JOB_STATES[state_of(record)];
     let stages = view.map_or_else(|| record.progress.stages.clone(), |v| v.stages.clone());
     let stages: Vec<Value> = stages
         .iter()
@@ -440,7 +495,7 @@ fn job_json(
                         "consumed": t.counts.consumed,
                         "emitted": t.counts.emitted,
                         "rate": h.and_then(|h| h.task_rates.get(&t.task)).copied().unwrap_or(0.0),
-                        "restarts": t.moves,
+                        "moves": t.moves,
                     })
                 })
                 .collect()

@@ -505,6 +505,7 @@ impl Hydfs {
             }
             ClientOp::Download { from: ReadFrom::Any, .. } => {
                 if let Some(out) = self.deliver_cached(now, id, &name) {
+                    self.stats.request_latency.entry(command).or_default().observe(crate::time::Millis(0));
                     self.finish(now, id, remote, Ok(out));
                     return Ok(id);
                 }

@@ -440,7 +440,7 @@ impl Membership {
                 self.apply_from(now, from, updates);
             }
             MembershipMsg::Ack { seq, updates } => {
-                self.on_ack(now, seq);
+                self.on_ack(now, from, seq);
                 self.apply_from(now, from, updates);
             }
             MembershipMsg::PingReq { seq, target, updates } => {
@@ -500,10 +500,11 @@ impl Membership {
         }
     }
 
-    fn on_ack(&mut self, now: Time, seq: ProbeSeq) {
+    fn on_ack(&mut self, now: Time, from: MemberId, seq: ProbeSeq) {
         if let Some(probe) = self.probe.as_mut() {
             if probe.seq == seq {
-                if !probe.acked {
+                // A relayed ack (from a helper) includes the ping timeout: not a round trip.
+                if !probe.acked && from == probe.target {
                     self.stats.probe_rtt.observe(now.since(probe.sent));
                 }
                 probe.acked = true;

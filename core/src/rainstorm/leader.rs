@@ -75,7 +75,7 @@ struct Slot {
     last: Option<Snapshot>,
     last_folded: bool,
     completed: bool,
-    /// Times a rollback moved it to another worker.
+    /// Times a rollback took it from a worker that was gone (and placed it elsewhere).
     moves: u32,
 }
 
@@ -1164,6 +1164,9 @@ impl LeaderJob {
             slot.last_folded = false;
             slot.completed = false;
             if slot.phase == SlotPhase::Unplaced || !live.contains(&slot.host) {
+                if slot.phase != SlotPhase::Unplaced {
+                    slot.moves += 1;
+                }
                 slot.phase = SlotPhase::Unplaced;
                 moved.push(*task);
             } else {
@@ -1172,8 +1175,6 @@ impl LeaderJob {
         }
         self.place_unplaced(members);
         for task in moved {
-            let Some(slot) = self.slots.get_mut(&task) else { continue };
-            slot.moves += 1;
             let slot = &self.slots[&task];
             if slot.phase != SlotPhase::Unplaced {
                 let (job, attempt, host) = (self.plan.job, self.attempt, slot.host);

@@ -182,7 +182,7 @@ pub struct TaskView {
     /// `unplaced`, `deploying`, `running` or `done`.
     pub state: &'static str,
     pub counts: TupleCounts,
-    /// Times a rollback moved it to another worker.
+    /// Times a rollback took it from a worker that was gone (and placed it elsewhere).
     pub moves: u32,
 }
 

@@ -108,6 +108,8 @@ struct Hosted {
     placement: Placement,
     /// `None` once it failed.
     runner: Option<Runner>,
+    /// Batches its runner had sent when it failed (the count never goes back).
+    sent_before_failing: u64,
     /// Sources: the input's parts, to name the part a read asks for.
     manifest: Option<Manifest>,
     phase: Phase,
@@ -188,8 +190,7 @@ impl Worker {
 
     /// Tuple batches sent by the tasks here so far.
     pub(super) fn batches_sent(&self) -> u64 {
-        self.batches_sent_before
-            + self.hosted.values().filter_map(|h| h.runner.as_ref()).map(Runner::batches_sent).sum::<u64>()
+        self.batches_sent_before + self.hosted.values().map(Hosted::batches_sent).sum::<u64>()
     }
 
     pub(super) fn poll_timeout(&self) -> Option<Time> {
@@ -249,6 +250,7 @@ impl Worker {
             attempt,
             placement,
             runner,
+            sent_before_failing: 0,
             manifest,
             phase,
             go: false,
@@ -268,7 +270,7 @@ impl Worker {
             self.hosted().filter(|(j, t, a)| pick(*j, *t, *a)).collect();
         for (j, t, _) in &gone {
             if let Some(h) = self.hosted.remove(&(*j, *t)) {
-                self.batches_sent_before += h.runner.as_ref().map_or(0, Runner::batches_sent);
+                self.batches_sent_before += h.batches_sent();
             }
         }
         self.reads.retain(|_, (j, t, a, _)| !gone.contains(&(*j, *t, *a)));
@@ -523,9 +525,14 @@ impl Worker {
 }
 
 impl Hosted {
+    fn batches_sent(&self) -> u64 {
+        self.sent_before_failing + self.runner.as_ref().map_or(0, Runner::batches_sent)
+    }
+
     fn fail(&mut self, reason: String, transient: bool) {
         if !matches!(self.phase, Phase::Failed { .. }) {
             self.phase = Phase::Failed { reason, transient };
+            self.sent_before_failing = self.batches_sent();
             self.runner = None;
             self.next_status = Time::ZERO;
         }
