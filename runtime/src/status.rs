@@ -8,8 +8,10 @@
 //! its throughput and p99 tuple latency, and of its tasks' rates.
 //!
 //! Invariants kept here:
-//! * a request the node task does not answer within [`OBSERVE_TIMEOUT`] gets 503, so a busy
-//!   node slows its page, never the other way round;
+//! * a request the node task does not answer within [`OBSERVE_TIMEOUT`] gets 503, and at most
+//!   [`CONCURRENT_REQUESTS`] requests wait on the node at once (more get 503), so a busy node
+//!   slows its page, never the other way round; an observation holds only what its use needs
+//!   ([`Detail`]): the sampler never scans the files;
 //! * memory is bounded: [`HISTORY_POINTS`] points for at most [`HISTORY_JOBS`] jobs, and the
 //!   last [`MEMBER_EVENTS`] membership events;
 //! * strings from users (file names, job specs) reach the page as JSON strings only; the page
