@@ -143,12 +143,6 @@ impl LocalCluster {
         format!("http://127.0.0.1:{}/", rainstorm_runtime::config::metrics_port(self.port(index)))
     }
 
-    /// The body of `GET path` from node `index`'s HTTP endpoint (metrics and status page), if it
-    /// answers 200 within 5 s.
-    pub fn http_get(&self, index: u16, path: &str) -> Result<String> {
-        http_get(self.port(index), path)
-    }
-
     pub fn data_dir(&self, index: u16) -> PathBuf {
         self.args.dir.join(format!("node{index}"))
     }
@@ -327,6 +321,23 @@ pub fn timing_flags(period_ms: u64) -> Vec<String> {
 /// The body of `GET path` from the HTTP endpoint (metrics and status page) of the local node on
 /// `port`, if it answers 200 within 5 s.
 pub fn http_get(port: u16, path: &str) -> Result<String> {
+    let answer = http_response(port, path)?;
+    if !answer.status.contains(" 200 ") {
+        bail!("{path} on the node at port {port}: {}", answer.status);
+    }
+    Ok(answer.body)
+}
+
+/// An HTTP answer: its status line, its headers (lower case) and its body.
+pub struct HttpAnswer {
+    pub status: String,
+    pub headers: String,
+    pub body: String,
+}
+
+/// `GET path` from the HTTP endpoint of the local node on `port`, whatever its status (5 s at
+/// most).
+pub fn http_response(port: u16, path: &str) -> Result<HttpAnswer> {
     use std::io::{Read, Write};
     let addr = format!("127.0.0.1:{}", rainstorm_runtime::config::metrics_port(port));
     let mut s = std::net::TcpStream::connect(&addr).with_context(|| format!("connecting to {addr}"))?;
@@ -335,10 +346,8 @@ pub fn http_get(port: u16, path: &str) -> Result<String> {
     let mut raw = String::new();
     s.read_to_string(&mut raw)?;
     let (head, body) = raw.split_once("\r\n\r\n").ok_or_else(|| anyhow!("no HTTP answer from {addr}"))?;
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("{addr}{path}: {}", head.lines().next().unwrap_or(""));
-    }
-    Ok(body.to_owned())
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    Ok(HttpAnswer { status: status.to_owned(), headers: headers.to_ascii_lowercase(), body: body.to_owned() })
 }
 
 /// Member ids from `list_mem` output (rows like `  127.0.0.1:7001#1700000000000  0  alive`).

@@ -2,10 +2,8 @@
 //! page's JSON at `/api/status`): checked on real processes, the text parsed by an independent
 //! parser of the Prometheus text format, and the counters seen moving with traffic.
 
-use rainstorm_cli::cluster::{ClusterArgs, LocalCluster};
-use rainstorm_runtime::config::metrics_port;
+use rainstorm_cli::cluster::{http_response, ClusterArgs, LocalCluster};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -13,15 +11,17 @@ const BASE_PORT: u16 = 19_700;
 
 /// `GET path` from node `index`'s HTTP endpoint: (status line, headers, body).
 fn get(index: u16, path: &str) -> (String, String, String) {
-    let addr = format!("127.0.0.1:{}", metrics_port(BASE_PORT + index));
-    let mut s = std::net::TcpStream::connect(&addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("a response with headers");
-    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
-    (status.to_owned(), headers.to_ascii_lowercase(), body.to_owned())
+    let a = http_response(BASE_PORT + index, path).unwrap_or_else(|e| panic!("GET {path}: {e:#}"));
+    (a.status, a.headers, a.body)
+}
+
+/// The family a sample `name` belongs to: a histogram's `_bucket`, `_sum` and `_count` series
+/// belong to the histogram.
+fn family_of<'n>(name: &'n str, types: &BTreeMap<String, String>) -> &'n str {
+    ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|s| name.strip_suffix(s).filter(|f| types.get(*f).is_some_and(|t| t == "histogram")))
+        .unwrap_or(name)
 }
 
 /// The scrape of node `index`, checked line by line against the text format's rules, and
@@ -50,13 +50,7 @@ fn scrape(index: u16) -> (BTreeMap<String, String>, Vec<prometheus_parse::Sample
             types.insert(name.to_owned(), kind.to_owned());
         } else {
             let name = line.split(['{', ' ']).next().unwrap();
-            let family = ["_bucket", "_sum", "_count"]
-                .iter()
-                .find_map(|s| {
-                    name.strip_suffix(s).filter(|f| types.get(*f).is_some_and(|t| t == "histogram"))
-                })
-                .unwrap_or(name);
-            assert!(types.contains_key(family), "a sample of no declared family: {line:?}");
+            assert!(types.contains_key(family_of(name, &types)), "a sample of no declared family: {line:?}");
             let value = line.rsplit(' ').next().unwrap();
             assert!(value.parse::<f64>().is_ok() || value == "+Inf", "bad value in {line:?}");
         }
@@ -113,11 +107,10 @@ fn every_node_serves_metrics_that_move_with_traffic_and_a_status_page() {
         queried.insert(name);
     }
     for name in &queried {
-        let family = ["_bucket", "_sum", "_count"]
-            .iter()
-            .find_map(|s| name.strip_suffix(s).filter(|f| types.get(*f).is_some_and(|t| t == "histogram")))
-            .unwrap_or(name);
-        assert!(types.contains_key(family), "the dashboard queries {name}, which no node serves");
+        assert!(
+            types.contains_key(family_of(name, &types)),
+            "the dashboard queries {name}, which no node serves"
+        );
     }
     assert!(queried.len() > 30, "only {} metrics on the dashboard", queried.len());
 

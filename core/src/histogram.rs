@@ -5,8 +5,9 @@
 //! Times are the core's milliseconds ([`Millis`]): a round trip under 1 ms counts in the first
 //! bucket. Drivers export the buckets as they are (the runtime as Prometheus histograms).
 //!
-//! Invariants: [`LATENCY_BOUNDS_MS`] strictly increase; `count` is the sum of every bucket
-//! (the last one holds what is above the last bound); `sum_ms` is the sum of the observations.
+//! Invariants: [`LATENCY_BOUNDS_MS`] strictly increase (checked at compile time); every
+//! observation is in exactly one bucket (the last one holds what is above the last bound), so
+//! the count is the buckets' sum; `sum_ms` is the sum of the observations (saturating).
 
 use crate::time::Millis;
 
@@ -15,50 +16,43 @@ use crate::time::Millis;
 pub const LATENCY_BOUNDS_MS: [u64; 16] =
     [1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 60_000, 120_000];
 
+const _: () = {
+    let mut i = 1;
+    while i < LATENCY_BOUNDS_MS.len() {
+        assert!(LATENCY_BOUNDS_MS[i - 1] < LATENCY_BOUNDS_MS[i], "bucket bounds strictly increase");
+        i += 1;
+    }
+};
+
 /// Observations per bucket: one per bound, then the overflow.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LatencyHistogram {
     buckets: [u64; LATENCY_BOUNDS_MS.len() + 1],
-    count: u64,
     sum_ms: u64,
 }
 
 impl LatencyHistogram {
     pub fn observe(&mut self, d: Millis) {
-        let i = LATENCY_BOUNDS_MS.partition_point(|b| *b < d.0);
-        self.buckets[i] += 1;
-        self.count += 1;
-        self.sum_ms = self.sum_ms.saturating_add(d.0);
-        debug_assert_eq!(self.count, self.buckets.iter().sum::<u64>(), "count is the buckets' sum");
+        self.observe_n(d, 1);
     }
 
     /// Observes `d` `n` times (one per tuple of a batch that shares it).
     pub fn observe_n(&mut self, d: Millis, n: u64) {
         let i = LATENCY_BOUNDS_MS.partition_point(|b| *b < d.0);
+        debug_assert!(
+            LATENCY_BOUNDS_MS.get(i).is_none_or(|b| d.0 <= *b) && (i == 0 || LATENCY_BOUNDS_MS[i - 1] < d.0),
+            "{d:?} counted outside its bucket"
+        );
         self.buckets[i] += n;
-        self.count += n;
         self.sum_ms = self.sum_ms.saturating_add(d.0.saturating_mul(n));
-        debug_assert_eq!(self.count, self.buckets.iter().sum::<u64>(), "count is the buckets' sum");
     }
 
     pub fn count(&self) -> u64 {
-        self.count
+        self.buckets.iter().sum()
     }
 
     pub fn sum_ms(&self) -> u64 {
         self.sum_ms
-    }
-
-    /// `(upper bound in ms, observations at or below it)` per bound, cumulative as Prometheus
-    /// has them; the overflow is `count() - ` the last of these.
-    pub fn cumulative(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        LATENCY_BOUNDS_MS
-            .iter()
-            .zip(self.buckets.iter().scan(0u64, |acc, n| {
-                *acc += n;
-                Some(*acc)
-            }))
-            .map(|(b, c)| (*b, c))
     }
 
     /// `(upper bound in ms, observations in this bucket alone)` per bound; the overflow is
@@ -67,22 +61,12 @@ impl LatencyHistogram {
         LATENCY_BOUNDS_MS.iter().copied().zip(self.buckets.iter().copied())
     }
 
-    /// Adds another histogram's observations.
-    pub fn merge(&mut self, other: &LatencyHistogram) {
-        for (a, b) in self.buckets.iter_mut().zip(other.buckets.iter()) {
-            *a += b;
-        }
-        self.count += other.count;
-        self.sum_ms = self.sum_ms.saturating_add(other.sum_ms);
-    }
-
     /// The observations made since `earlier` (an older copy of this histogram).
     pub fn since(&self, earlier: &LatencyHistogram) -> LatencyHistogram {
         let mut d = LatencyHistogram::default();
         for (i, (a, b)) in self.buckets.iter().zip(earlier.buckets.iter()).enumerate() {
             d.buckets[i] = a.saturating_sub(*b);
         }
-        d.count = d.buckets.iter().sum();
         d.sum_ms = self.sum_ms.saturating_sub(earlier.sum_ms);
         d
     }
@@ -91,10 +75,11 @@ impl LatencyHistogram {
     /// as Prometheus's `histogram_quantile` does; the last bound when it falls in the
     /// overflow; `None` without observations.
     pub fn quantile(&self, q: f64) -> Option<f64> {
-        if self.count == 0 {
+        let count = self.count();
+        if count == 0 {
             return None;
         }
-        let rank = q.clamp(0.0, 1.0) * self.count as f64;
+        let rank = q.clamp(0.0, 1.0) * count as f64;
         let mut below = 0u64;
         let mut lower = 0u64;
         for (i, n) in self.buckets.iter().enumerate() {
@@ -115,22 +100,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bounds_increase() {
-        assert!(LATENCY_BOUNDS_MS.windows(2).all(|w| w[0] < w[1]));
-    }
-
-    #[test]
     fn observations_land_in_their_bucket() {
         let mut h = LatencyHistogram::default();
         for ms in [0, 1, 2, 3, 150, 999_999] {
             h.observe(Millis(ms));
         }
-        let c: Vec<(u64, u64)> = h.cumulative().collect();
+        let c: Vec<(u64, u64)> = h.per_bucket().collect();
         assert_eq!(c[0], (1, 2), "0 and 1 ms are at or below 1 ms");
-        assert_eq!(c[1], (2, 3));
-        assert_eq!(c[2], (5, 4));
-        assert_eq!(c[7], (200, 5));
-        assert_eq!(c.last().unwrap().1, 5, "the overflow is not in the last bound");
+        assert_eq!(c[1], (2, 1));
+        assert_eq!(c[2], (5, 1));
+        assert_eq!(c[7], (200, 1));
+        assert_eq!(c.iter().map(|(_, n)| n).sum::<u64>(), 5, "the overflow is in no bound's bucket");
         assert_eq!(h.count(), 6);
         assert_eq!(h.sum_ms(), 1 + 2 + 3 + 150 + 999_999);
     }
@@ -148,8 +128,6 @@ mod tests {
         assert_eq!(d.count(), 1);
         assert_eq!(d.quantile(0.99), Some(200.0 + 0.99 * 300.0));
         assert_eq!(LatencyHistogram::default().quantile(0.99), None);
-        let mut m = before;
-        m.merge(&d);
-        assert_eq!(m, h);
+        assert_eq!(h.since(&h), LatencyHistogram::default());
     }
 }

@@ -161,6 +161,16 @@ impl NodeStats {
     pub fn rejected_total(&self) -> u64 {
         self.frames_rejected.values().sum()
     }
+
+    /// Rejected frames by cause, the limits' causes always present (0 until they occur), so a
+    /// reader sees them before the first breach.
+    pub fn rejected_by_cause(&self) -> BTreeMap<&'static str, u64> {
+        let mut rejected = self.frames_rejected.clone();
+        for cause in ["oversized", RATE_LIMITED] {
+            rejected.entry(cause).or_default();
+        }
+        rejected
+    }
 }
 
 /// The answer to a command.
@@ -616,7 +626,7 @@ impl Node {
 
 /// Stream requests over their sender's rate.
 /// The cause frames refused by the per-peer request rate limit are counted under.
-pub const RATE_LIMITED: &str = "rate_limited";
+const RATE_LIMITED: &str = "rate_limited";
 
 impl fmt::Display for CommandOutput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -663,11 +673,7 @@ impl fmt::Display for CommandOutput {
                 writeln!(f, "bytes_received {}", node.bytes_received)?;
                 writeln!(f, "frames_local {}", node.frames_local)?;
                 // The limits' counters are always shown, other causes once they occur.
-                let mut rejected = node.frames_rejected.clone();
-                for cause in ["oversized", RATE_LIMITED] {
-                    rejected.entry(cause).or_default();
-                }
-                for (cause, n) in &rejected {
+                for (cause, n) in &node.rejected_by_cause() {
                     writeln!(f, "frames_rejected.{cause} {n}")?;
                 }
                 writeln!(f, "pings_sent {}", membership.pings_sent)?;

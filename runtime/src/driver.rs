@@ -707,9 +707,7 @@ impl NodeTask {
                 if files.is_empty() {
                     out.push_str("  (no files)\n");
                 }
-                for (name, rid, d) in files {
-                    let len: u64 =
-                        h.store().meta(&name).map(|m| m.all_writes().map(|w| w.len()).sum()).unwrap_or(0);
+                for (name, rid, d, len) in files {
                     out.push_str(&format!(
                         "  {name}  ring id {rid}  {len} bytes, {} merged appends, {} pending\n",
                         d.merged, d.pending

@@ -36,7 +36,7 @@ pub fn encode(obs: Observation) -> Result<String, fmt::Error> {
 #[derive(Debug)]
 struct Scrape(Observation);
 
-type Labels<'a> = Vec<(&'static str, String)>;
+type Labels = Vec<(&'static str, String)>;
 
 /// Writes one metric family: its HELP and TYPE, then one sample (or histogram) per label set.
 struct Out<'e, 'a> {
@@ -48,15 +48,10 @@ impl Out<'_, '_> {
         self.counters(name, help, vec![(Vec::new(), v)])
     }
 
-    fn counters(&mut self, name: &str, help: &str, samples: Vec<(Labels<'_>, u64)>) -> fmt::Result {
+    fn counters(&mut self, name: &str, help: &str, samples: Vec<(Labels, u64)>) -> fmt::Result {
         let mut m = self.enc.encode_descriptor(name, help, None, MetricType::Counter)?;
         for (labels, v) in samples {
-            let c = ConstCounter::new(v);
-            if labels.is_empty() {
-                c.encode(m.encode_family(&Vec::<(&str, String)>::new())?)?;
-            } else {
-                c.encode(m.encode_family(&labels)?)?;
-            }
+            ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
         }
         Ok(())
     }
@@ -65,7 +60,7 @@ impl Out<'_, '_> {
         self.gauges(name, help, vec![(Vec::new(), v)])
     }
 
-    fn gauges(&mut self, name: &str, help: &str, samples: Vec<(Labels<'_>, i64)>) -> fmt::Result {
+    fn gauges(&mut self, name: &str, help: &str, samples: Vec<(Labels, i64)>) -> fmt::Result {
         let mut m = self.enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
         for (labels, v) in samples {
             ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
@@ -77,7 +72,7 @@ impl Out<'_, '_> {
         &mut self,
         name: &str,
         help: &str,
-        samples: Vec<(Labels<'_>, &LatencyHistogram)>,
+        samples: Vec<(Labels, &LatencyHistogram)>,
     ) -> fmt::Result {
         let mut m = self.enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
         for (labels, h) in samples {
@@ -94,7 +89,7 @@ impl Out<'_, '_> {
     }
 }
 
-fn l(key: &'static str, value: impl ToString) -> Labels<'static> {
+fn l(key: &'static str, value: impl ToString) -> Labels {
     vec![(key, value.to_string())]
 }
 
@@ -134,14 +129,10 @@ impl Collector for Scrape {
             "Messages a layer addressed to this node itself.",
             n.frames_local,
         )?;
-        let mut rejected = n.frames_rejected.clone();
-        for cause in ["oversized", rainstorm_core::node::RATE_LIMITED] {
-            rejected.entry(cause).or_default();
-        }
         out.counters(
             "rainstorm_frames_rejected",
             "Frames refused, by cause (bad checksum or key, replay, oversized, rate limited...).",
-            rejected.iter().map(|(c, v)| (l("cause", c), *v)).collect(),
+            n.rejected_by_cause().iter().map(|(c, v)| (l("cause", c), *v)).collect(),
         )?;
         out.counter(
             "rainstorm_frames_unsendable",

@@ -137,13 +137,12 @@ pub(crate) fn observe(node: &Node, book: &JobBook, detail: Detail) -> Observatio
     let mut files = Vec::new();
     let (mut files_held, mut files_incomplete, mut files_under_replicated) = (0, 0, 0);
     let held = if detail >= Detail::Counters { h.local_files() } else { Vec::new() };
-    for (name, ring_id, digest) in held {
+    for (name, ring_id, digest, bytes) in held {
         files_held += 1;
         let complete = digest.incomplete == 0;
         files_incomplete += u64::from(!complete);
         files_under_replicated += u64::from(!complete || ring_size < replication);
         if full {
-            let bytes = h.store().meta(&name).map(|m| m.all_writes().map(|w| w.len()).sum()).unwrap_or(0);
             files.push(FileObservation {
                 replicas: h.ring().replicas(name.as_str(), replication),
                 name: name.to_string(),

@@ -264,12 +264,16 @@ impl Hydfs {
         }
     }
 
-    /// The files this node stores, with their ring ids and digests (`store`).
-    pub fn local_files(&self) -> Vec<(FileName, RingId, FileDigest)> {
+    /// The files this node stores, with their ring ids, digests and bytes (`store`).
+    pub fn local_files(&self) -> Vec<(FileName, RingId, FileDigest, u64)> {
         self.store
             .files()
             .keys()
-            .filter_map(|n| self.store.meta(n).map(|m| (n.clone(), RingId::of_file(n.as_str()), m.digest())))
+            .filter_map(|n| {
+                let m = self.store.meta(n)?;
+                let bytes = m.all_writes().map(|w| w.len()).sum();
+                Some((n.clone(), RingId::of_file(n.as_str()), m.digest(), bytes))
+            })
             .collect()
     }
 
@@ -349,7 +353,7 @@ impl Hydfs {
                 self.send(from, HydfsMsg::StatReply { req, digest });
             }
             HydfsMsg::Inventory { req } => {
-                let files = self.local_files().into_iter().map(|(n, _, d)| (n, d)).collect();
+                let files = self.local_files().into_iter().map(|(n, _, d, _)| (n, d)).collect();
                 self.send(from, HydfsMsg::InventoryReply { req, files });
             }
             HydfsMsg::InventoryReply { req, files } => self.on_inventory_reply(now, from, req, files),
