@@ -40,9 +40,14 @@ pub struct ClusterArgs {
     /// Drop this fraction of every node's outgoing datagrams.
     #[arg(long, default_value_t = 0.0)]
     pub drop_rate: f64,
-    /// A cluster key for every node.
+    /// The cluster key (64 hex digits) instead of a new random one. It is written to
+    /// `<dir>/cluster.key` (mode 0600), which every node reads with `--cluster-key-file`.
     #[arg(long, env = "RAINSTORM_CLUSTER_KEY", hide_env_values = true)]
     pub cluster_key: Option<String>,
+    /// Run without a cluster key: frames are not authenticated, anyone who reaches a node can
+    /// join, and nodes run no operator programs. By default the cluster gets a new random key.
+    #[arg(long, conflicts_with = "cluster_key")]
+    pub no_key: bool,
     /// Kill two members, watch every list drop them, restart one, print a verdict, then stop.
     #[arg(long)]
     pub demo: bool,
@@ -72,7 +77,8 @@ pub struct ClusterArgs {
 
 impl ClusterArgs {
     /// A cluster of `nodes` on `base_port..` kept in `dir`, with the defaults of the command
-    /// line (suspicion on, 1 s period, no loss, no key, default cache), for tests and benches.
+    /// line (suspicion on, 1 s period, no loss, a new random key, default cache), for tests and
+    /// benches.
     pub fn local(nodes: u16, base_port: u16, dir: PathBuf) -> ClusterArgs {
         ClusterArgs {
             nodes,
@@ -82,6 +88,7 @@ impl ClusterArgs {
             period_ms: 1000,
             drop_rate: 0.0,
             cluster_key: None,
+            no_key: false,
             demo: false,
             for_secs: None,
             cache_mb: None,
@@ -92,6 +99,25 @@ impl ClusterArgs {
             no_metrics: false,
         }
     }
+}
+
+/// The cluster key's file in a local cluster's directory.
+pub const KEY_FILE: &str = "cluster.key";
+
+/// Writes `key` to a new file at `path` that only its owner may read or write (an existing
+/// file is an error, never overwritten).
+pub fn write_key_file(path: &std::path::Path, key: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(file, "{key}")
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// One running node process.
@@ -118,6 +144,22 @@ impl LocalCluster {
             bail!("{} not found", tool.display());
         }
         std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
+        if !args.no_key {
+            let key = match args.cluster_key.clone() {
+                Some(key) => key,
+                None => rainstorm_runtime::config::new_key().context("making a cluster key")?,
+            };
+            rainstorm_runtime::config::parse_key(&key).map_err(|e| anyhow!("--cluster-key: {e}"))?;
+            let path = args.dir.join(KEY_FILE);
+            // A key of an earlier run in this directory is replaced.
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("replacing {}", path.display()))
+                }
+                _ => {}
+            }
+            write_key_file(&path, &key)?;
+        }
         let mut cluster = LocalCluster { args, nodes: Vec::new(), tool };
         cluster.spawn(0)?;
         cluster.wait_for_socket(0, Duration::from_secs(10))?;
@@ -190,10 +232,12 @@ impl LocalCluster {
         if self.args.output_trace {
             cmd.env("RAINSTORM_OUTPUT_TRACE", data_dir.join("outputs.trace"));
         }
-        match &self.args.cluster_key {
-            Some(key) => cmd.env("RAINSTORM_CLUSTER_KEY", key),
-            None => cmd.env_remove("RAINSTORM_CLUSTER_KEY"),
-        };
+        // The key reaches a node as a file only its owner reads: never in its environment or
+        // on its command line, where its programs or `ps` would see it.
+        cmd.env_remove("RAINSTORM_CLUSTER_KEY");
+        if !self.args.no_key {
+            cmd.arg("--cluster-key-file").arg(self.args.dir.join(KEY_FILE));
+        }
         let stdout = std::fs::File::create(data_dir.join("console.out"))?;
         let stderr = std::fs::File::create(data_dir.join("stderr.log"))?;
         cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr).env("RUST_LOG", "info");

@@ -35,6 +35,28 @@ enum Top {
     Bench(bench::BenchArgs),
     /// Write a seeded input of any size shaped like data/Traffic_Signs.csv (header, N records).
     GenSigns(gen_signs::GenSignsArgs),
+    /// Make a new random cluster key (32 bytes as 64 hex digits): printed, or written to a new
+    /// file only its owner may read, for `cluster_key_file` / `--cluster-key-file`.
+    Keygen(KeygenArgs),
+}
+
+#[derive(clap::Args)]
+struct KeygenArgs {
+    /// Write the key to this new file (mode 0600; an existing file is never overwritten).
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+}
+
+fn keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
+    let key = rainstorm_runtime::config::new_key()?;
+    match args.out {
+        None => println!("{key}"),
+        Some(path) => {
+            rainstorm_cli::cluster::write_key_file(&path, &key)?;
+            eprintln!("wrote a new cluster key to {} (mode 0600)", path.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -62,6 +84,7 @@ fn main() -> ExitCode {
         Top::Sim(args) => sim_cmd::run(args),
         Top::Bench(args) => bench::run(args),
         Top::GenSigns(args) => gen_signs::run(args),
+        Top::Keygen(args) => keygen(args),
     };
     match result {
         Ok(code) => code,

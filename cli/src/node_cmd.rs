@@ -38,9 +38,15 @@ pub struct NodeArgs {
     /// Start in PingAck+S (`on`) or PingAck (`off`) mode.
     #[arg(long, value_parser = ["on", "off"])]
     pub suspicion: Option<String>,
-    /// Shared secret: every frame is authenticated with HMAC-SHA256 under it.
+    /// The cluster key (64 hex digits, from `rainstorm keygen`): every frame is authenticated
+    /// with HMAC-SHA256 under it. On the command line it is visible to every user in `ps`:
+    /// prefer --cluster-key-file (or RAINSTORM_CLUSTER_KEY).
     #[arg(long, env = "RAINSTORM_CLUSTER_KEY", hide_env_values = true)]
     pub cluster_key: Option<String>,
+    /// A file holding the cluster key (first line) and keys also accepted during a rollover
+    /// (lines after it), readable by its owner only; `reload_keys` reads it again.
+    #[arg(long, conflicts_with = "cluster_key")]
+    pub cluster_key_file: Option<PathBuf>,
     /// Drop this fraction (0..1) of outgoing datagrams, for experiments.
     #[arg(long)]
     pub drop_rate: Option<f64>,
@@ -97,6 +103,7 @@ impl NodeArgs {
             data_dir: self.data_dir.clone(),
             suspicion: self.suspicion.as_deref().map(|s| s == "on"),
             cluster_key: self.cluster_key.clone(),
+            cluster_key_file: self.cluster_key_file.clone(),
             accepted_keys: None,
             drop_rate: self.drop_rate,
             metrics_addr: self.metrics_addr.clone(),
@@ -140,9 +147,17 @@ pub fn main_from(role: Role, args: impl IntoIterator<Item = std::ffi::OsString>)
         Ok(cfg) => cfg,
         Err(e) => return fail(&e.to_string(), 2),
     };
-    if args.cluster_key.is_none() {
-        // Keys from the file can be re-read at run time (`reload_keys`); a flag's cannot.
+    if args.cluster_key.is_none() && args.cluster_key_file.is_none() {
+        // Keys from the config file can be re-read at run time (`reload_keys`); a flag's
+        // cannot (a key file's can: `cfg.cluster_key_file`).
         cfg.key_file = args.config.clone();
+    }
+    let on_command_line = std::env::args().any(|a| a == "--cluster-key" || a.starts_with("--cluster-key="));
+    if on_command_line {
+        eprintln!(
+            "WARNING: --cluster-key on the command line is visible to every user of this machine \
+             (ps, /proc); use --cluster-key-file or RAINSTORM_CLUSTER_KEY"
+        );
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,

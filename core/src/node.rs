@@ -10,6 +10,12 @@
 //!   never reaches a layer;
 //! * under a cluster key, a frame whose sequence number its sender already used on that channel
 //!   (a duplicate or a replay) or that is older than the replay window is counted and dropped;
+//! * under a cluster key, a frame addressed to another node ([`Envelope::to`]) is counted
+//!   (`misaddressed`) and dropped: a frame captured on its way to one node is refused by all
+//!   others;
+//! * a HyDFS or RainStorm message reaches its layer only from this node itself or from a
+//!   current member (its exact id: a restarted or declared-failed process is not one); others
+//!   are counted (`not_a_member`) and dropped. Roles within a job are RainStorm's to check;
 //! * a stream request from another node over its sender's rate (`limits`) is dropped and counted
 //!   (`rate_limited`) before it reaches a layer; membership and replies are never rate-limited;
 //! * every frame sent carries the next number of its (channel, lane) counter (1, 2, ...), and the
@@ -166,7 +172,7 @@ impl NodeStats {
     /// reader sees them before the first breach.
     pub fn rejected_by_cause(&self) -> BTreeMap<&'static str, u64> {
         let mut rejected = self.frames_rejected.clone();
-        for cause in ["oversized", RATE_LIMITED] {
+        for cause in ["oversized", RATE_LIMITED, MISADDRESSED, NOT_A_MEMBER] {
             rejected.entry(cause).or_default();
         }
         rejected
@@ -369,6 +375,10 @@ impl Node {
                         return;
                     }
                 }
+                if let Some(cause) = self.refusal(&envelope) {
+                    *self.stats.frames_rejected.entry(cause).or_default() += 1;
+                    return;
+                }
                 if channel == Channel::Stream && self.over_rate(now, &envelope) {
                     *self.stats.frames_rejected.entry(RATE_LIMITED).or_default() += 1;
                     return;
@@ -380,6 +390,22 @@ impl Node {
             }
             Err(e) => {
                 *self.stats.frames_rejected.entry(e.cause()).or_default() += 1;
+            }
+        }
+    }
+
+    /// Why a decoded frame is refused before any layer sees it, if it is: under a cluster key,
+    /// one addressed to another node (a capture replayed here); and HyDFS or RainStorm
+    /// traffic from anyone but a current member (its id as this node knows it), so that only
+    /// members store, read and run.
+    fn refusal(&self, envelope: &Envelope) -> Option<&'static str> {
+        if self.codec.is_authenticated() && envelope.to != self.addr {
+            return Some(MISADDRESSED);
+        }
+        match envelope.body {
+            Body::Membership(_) => None,
+            Body::Hydfs(_) | Body::Rainstorm(_) => {
+                (!self.membership.contains(&envelope.from)).then_some(NOT_A_MEMBER)
             }
         }
     }
@@ -484,7 +510,7 @@ impl Node {
                 }
             };
             seq.0 += 1;
-            let envelope = Envelope { from: self.membership.me(), lane, seq: *seq, body };
+            let envelope = Envelope { from: self.membership.me(), to, lane, seq: *seq, body };
             match self.codec.encode(&envelope, self.limit(channel)) {
                 Ok(payload) => {
                     self.stats.frames_sent += 1;
@@ -499,10 +525,16 @@ impl Node {
 
     /// Hands a message from `from` (another node, or this one) to its layer.
     fn deliver(&mut self, now: Time, from: MemberId, body: Body) {
+        debug_assert!(
+            matches!(body, Body::Membership(_))
+                || from == self.membership.me()
+                || self.membership.contains(&from),
+            "only members reach HyDFS and RainStorm"
+        );
         match body {
             Body::Membership(msg) => self.membership.handle_message(now, from, msg),
             Body::Hydfs(msg) => self.hydfs.handle_message(now, from, msg),
-            Body::Rainstorm(msg) => self.rainstorm.handle_message(now, from.addr, msg),
+            Body::Rainstorm(msg) => self.rainstorm.handle_message(now, from, msg),
         }
     }
 
@@ -624,9 +656,14 @@ impl Node {
     }
 }
 
-/// Stream requests over their sender's rate.
 /// The cause frames refused by the per-peer request rate limit are counted under.
 const RATE_LIMITED: &str = "rate_limited";
+/// The cause frames addressed to another node are counted under (under a cluster key).
+const MISADDRESSED: &str = "misaddressed";
+/// The cause HyDFS and RainStorm frames from a non-member are counted under. Honest frames meet
+/// it too while views differ: from a member that joined before this node heard of it, or from
+/// one this node has declared failed.
+pub const NOT_A_MEMBER: &str = "not_a_member";
 
 impl fmt::Display for CommandOutput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -688,6 +725,9 @@ impl fmt::Display for CommandOutput {
                 writeln!(f, "hydfs.tombstones {}", hydfs.tombstones)?;
                 writeln!(f, "hydfs.tombstones_evicted {}", hydfs.tombstones_evicted)?;
                 writeln!(f, "rainstorm.batches_rejected {}", rainstorm.batches_rejected)?;
+                for (cause, n) in &rainstorm.refused_by_cause() {
+                    writeln!(f, "rainstorm.refused.{cause} {n}")?;
+                }
                 writeln!(f, "rainstorm.batches_sent {}", rainstorm.batches_sent)?;
                 writeln!(f, "rainstorm.checkpoints {}", rainstorm.checkpoints)?;
                 writeln!(f, "rainstorm.commits {}", rainstorm.commits)?;

@@ -3,7 +3,7 @@
 //! ```text
 //! offset  size  field
 //! 0       2     magic "RS"
-//! 2       1     format version (currently 5)
+//! 2       1     format version (currently 6)
 //! 3       1     flags: bit 0 set = trailer is an HMAC-SHA256 tag, clear = CRC32C
 //! 4       1     lane: 0 control, 1 data, 2 bulk (always 0 on datagrams)
 //! 5       4     payload length, little endian
@@ -22,11 +22,12 @@
 //! * with a cluster key, a frame without a valid tag under one of the accepted keys is rejected;
 //!   without one, a tagged frame is rejected (a node never silently ignores authentication);
 //! * every envelope carries its sender's per-(channel, lane) [`FrameSeq`] and its lane, inside
-//!   the authenticated bytes, so a receiver can refuse replays ([`crate::replay`]);
+//!   the authenticated bytes, so a receiver can refuse replays ([`crate::replay`]), and the
+//!   address it was sent to, so a frame replayed to another node is refused there;
 //! * a decoded envelope's lane is the one its header names (an unknown lane byte is refused).
 
 use crate::hydfs::HydfsMsg;
-use crate::id::MemberId;
+use crate::id::{MemberId, NodeAddr};
 use crate::membership::MembershipMsg;
 use crate::node::Lane;
 use crate::rainstorm::RainstormMsg;
@@ -45,8 +46,9 @@ pub const MAX_STREAM_FRAME_BYTES: usize = 16 * 1024 * 1024;
 /// Version 2 added the frame sequence number (replay protection) and RainStorm's task counts;
 /// version 3 HyDFS part metadata with line ends (`PartMeta::newlines`, `ends_with_newline`);
 /// version 4 HyDFS deletes (`Delete`, `Remove`) and read-your-writes grouped by file (`Needs`);
-/// version 5 the lane byte in the header, with frame numbers counted per (channel, lane).
-pub const WIRE_VERSION: u8 = 5;
+/// version 5 the lane byte in the header, with frame numbers counted per (channel, lane);
+/// version 6 the destination address inside the authenticated bytes ([`Envelope::to`]).
+pub const WIRE_VERSION: u8 = 6;
 
 const MAGIC: [u8; 2] = *b"RS";
 /// Magic, version, flags, lane, payload length.
@@ -61,6 +63,10 @@ const FLAG_AUTHENTICATED: u8 = 0b0000_0001;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
     pub from: MemberId,
+    /// The address the sender sent it to. Inside the authenticated bytes, so that a frame
+    /// captured on its way to one node is refused by every other ([`crate::node`] checks it
+    /// under a cluster key).
+    pub to: NodeAddr,
     /// The lane it travels on. Written to the frame header, not to the payload (so
     /// [`payload_size`] and [`canonical_bytes`] leave it out); [`Codec::decode`] sets it from
     /// the header.
@@ -386,6 +392,7 @@ mod tests {
     fn sample() -> Envelope {
         Envelope {
             from: MemberId::new("127.0.0.1:7000".parse().unwrap(), 42),
+            to: "127.0.0.1:7001".parse().unwrap(),
             lane: Lane::Control,
             seq: FrameSeq(1),
             body: Body::Membership(MembershipMsg::Ack { seq: ProbeSeq(7), updates: vec![] }),

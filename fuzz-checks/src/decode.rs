@@ -12,7 +12,7 @@ use rainstorm_core::wire::{
     canonical_bytes, payload_size, Body, ClusterKey, Codec, WireError, MAX_DATAGRAM_BYTES,
     MAX_STREAM_FRAME_BYTES,
 };
-use rainstorm_core::{Lane, MemberId};
+use rainstorm_core::{Lane, MemberId, NodeAddr};
 use std::net::SocketAddr;
 
 /// `envelope_decode`: any bytes as a whole frame, plain and keyed.
@@ -66,23 +66,29 @@ pub fn sender() -> MemberId {
     MemberId::new(SocketAddr::from(([127, 0, 0, 1], 7001)), 1_000)
 }
 
-/// A plain frame on the control lane from `from` (frame number 1) whose body is `layer`'s
-/// variant holding `message`, bytes as given.
-pub fn layer_frame(layer: Layer, from: MemberId, message: &[u8]) -> Vec<u8> {
-    layer_frame_with(&Codec::plain(), layer, from, Lane::Control, FrameSeq(1), message)
+/// The node the frames the layer targets build are addressed to.
+pub fn receiver() -> NodeAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7000))
 }
 
-/// A frame from `from` on `lane`, numbered `seq` and framed by `codec` (signed under its current
-/// key, if any), whose body is `layer`'s variant holding `message`, bytes as given.
+/// A plain frame on the control lane from `from` to [`receiver`] (frame number 1) whose body is
+/// `layer`'s variant holding `message`, bytes as given.
+pub fn layer_frame(layer: Layer, from: MemberId, message: &[u8]) -> Vec<u8> {
+    layer_frame_with(&Codec::plain(), layer, (from, receiver()), Lane::Control, FrameSeq(1), message)
+}
+
+/// A frame from `from` to `to` on `lane`, numbered `seq` and framed by `codec` (signed under its
+/// current key, if any), whose body is `layer`'s variant holding `message`, bytes as given.
 pub fn layer_frame_with(
     codec: &Codec,
     layer: Layer,
-    from: MemberId,
+    (from, to): (MemberId, NodeAddr),
     lane: Lane,
     seq: FrameSeq,
     message: &[u8],
 ) -> Vec<u8> {
     let mut payload = canonical_bytes(&from);
+    payload.extend_from_slice(&canonical_bytes(&to));
     payload.extend_from_slice(&canonical_bytes(&seq));
     payload.extend_from_slice(&layer.tag().to_le_bytes());
     payload.extend_from_slice(message);
@@ -128,7 +134,7 @@ fn layer_decode(layer: Layer, data: &[u8]) {
         }
         Err(e) => panic!("a valid frame was rejected before its payload: {e}"),
     };
-    assert_eq!(envelope.from, sender());
+    assert_eq!((envelope.from, envelope.to), (sender(), receiver()));
     assert_eq!(Layer::of(&envelope.body), layer);
     let again = plain.encode(&envelope, MAX_STREAM_FRAME_BYTES).expect("a decoded envelope re-encodes");
     assert_eq!(again.len(), payload_size(&envelope) + plain.overhead());

@@ -32,7 +32,7 @@ use crate::decode::{layer_frame_with, Layer};
 use rainstorm_core::command::Command;
 use rainstorm_core::hydfs::{ClientOp, FileName, HydfsConfig, ReadFrom};
 use rainstorm_core::limits::LimitsConfig;
-use rainstorm_core::membership::{MembershipConfig, MembershipEvent, MembershipMsg, Role};
+use rainstorm_core::membership::{JoinKind, MembershipConfig, MembershipEvent, MembershipMsg, Role};
 use rainstorm_core::node::{CommandError, NodeConfig, NodeStats};
 use rainstorm_core::rainstorm::{JobSpec, OperatorSpec, ProgramResult, RainstormConfig};
 use rainstorm_core::replay::{FrameSeq, Verdict, REPLAYED, REPLAY_WINDOW, STALE};
@@ -340,7 +340,7 @@ pub fn run_script(script: &Script, membership: MembershipConfig) -> NodeStats {
         introducer: peer_addr(0),
         membership,
         hydfs: HydfsConfig::default(),
-        rainstorm: RainstormConfig::default(),
+        rainstorm: RainstormConfig { run_programs: true, ..RainstormConfig::default() },
         limits,
         codec: codec.clone(),
     };
@@ -358,6 +358,15 @@ pub fn run_script(script: &Script, membership: MembershipConfig) -> NodeStats {
     };
     if script.member {
         run.command(Command::Join);
+    } else {
+        // The other peers join, so that their file and job traffic reaches the layers (the
+        // node takes it from members only).
+        for peer in 1..PEERS as u8 {
+            let join = MembershipMsg::JoinRequest { nonce: u64::from(peer), kind: JoinKind::Fresh };
+            let bytes = canonical_bytes(&join);
+            let (layer, lane, seq) = (Layer::Membership, Lane::Control, SeqChoice::Next);
+            run.step(Step::Message { layer, channel: Channel::Stream, peer, lane, seq, bytes });
+        }
     }
     run.settle();
     for step in &script.steps {
@@ -377,7 +386,8 @@ impl Run {
                 let used = self.numbers.entry((from, channel, lane)).or_default();
                 let number = seq.pick(*used);
                 *used = (number, used.1.max(number));
-                let frame = layer_frame_with(&self.codec, layer, from, lane, FrameSeq(number), &bytes);
+                let to = self.node.id().addr;
+                let frame = layer_frame_with(&self.codec, layer, (from, to), lane, FrameSeq(number), &bytes);
                 self.feed(channel, &frame)
             }
             Step::Command(line) => {

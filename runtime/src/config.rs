@@ -7,8 +7,9 @@
 //! introducer = "10.0.0.1:7000"   # members only
 //! data_dir = "/var/lib/rainstorm" # logs and the control socket
 //! suspicion = true               # start in PingAck+S (switchable at run time)
-//! cluster_key = "a long secret"  # optional: HMAC-SHA256 on every frame, signed with this key
-//! accepted_keys = ["old secret"]  # also accepted during a key rollover (see `reload_keys`)
+//! cluster_key_file = "/etc/rainstorm/cluster.key" # HMAC-SHA256 on every frame (see below)
+//! # cluster_key = "<64 hex digits>" # the key itself instead of a file (not both)
+//! # accepted_keys = ["<64 hex digits>"] # also accepted during a key rollover (see `reload_keys`)
 //! drop_rate = 0.0                # experiments: drop this fraction of outgoing datagrams
 //! metrics_addr = "127.0.0.1:8001" # HTTP: Prometheus metrics at /metrics, the status page at /
 //!                                # (default: loopback, port + 1000; "off" serves neither)
@@ -40,6 +41,7 @@
 //! batch_bytes = 65536            # a batch between tasks is sent once it holds this many bytes...
 //! batch_tuples = 1024            # ...or this many tuples (or after waiting 5 ms)
 //! max_batch_tuples = 262144      # tuples one received batch may hold (0: unlimited)
+//! allow_programs_without_key = false # run operator programs even without a cluster key
 //!
 //! [limits]                       # against hostile or broken input; each breach is counted in `stats`
 //! max_datagram_bytes = 1400      # largest UDP datagram sent or accepted (256..=65000)
@@ -48,6 +50,11 @@
 //! peer_request_burst = 40000     # requests one peer may send at once
 //! rate_limited_peers = 1024      # peers whose rate is tracked (the stalest is forgotten)
 //! ```
+//!
+//! A cluster key is 32 random bytes written as 64 hex digits (`rainstorm keygen` makes one);
+//! a passphrase is refused. `cluster_key_file` names a file only its owner may read (mode 0600
+//! or stricter) holding the key on its first line and, on the lines after it, keys also
+//! accepted during a rollover; `reload_keys` reads it again.
 
 use crate::programs::ProgramLimits;
 use rainstorm_core::hydfs::HydfsConfig;
@@ -76,6 +83,7 @@ pub struct ConfigInput {
     pub data_dir: Option<PathBuf>,
     pub suspicion: Option<bool>,
     pub cluster_key: Option<String>,
+    pub cluster_key_file: Option<PathBuf>,
     pub accepted_keys: Option<Vec<String>>,
     pub drop_rate: Option<f64>,
     /// `host:port`, or `off`.
@@ -109,6 +117,7 @@ pub struct RainstormInput {
     pub batch_bytes: Option<u32>,
     pub batch_tuples: Option<u32>,
     pub max_batch_tuples: Option<u32>,
+    pub allow_programs_without_key: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -152,6 +161,9 @@ pub struct RuntimeConfig {
     /// The config file `reload_keys` re-reads the keys from (`None`: the keys came from a flag
     /// or the environment, and changing them takes a restart).
     pub key_file: Option<PathBuf>,
+    /// The key file the keys were read from, if any (`reload_keys` reads it again when there is
+    /// no config file).
+    pub cluster_key_file: Option<PathBuf>,
     pub drop_rate: f64,
     pub hydfs: HydfsConfig,
     /// RainStorm settings (those of the jobs this node leads, and of its tasks).
@@ -197,6 +209,7 @@ pub const FIELDS: &[&str] = &[
     "drop_rate",
     "metrics_addr",
     "cluster_key",
+    "cluster_key_file",
     "accepted_keys",
     "timings",
     "limits.max_datagram_bytes",
@@ -250,6 +263,7 @@ impl ConfigInput {
             data_dir: self.data_dir.or(fallback.data_dir),
             suspicion: self.suspicion.or(fallback.suspicion),
             cluster_key: self.cluster_key.or(fallback.cluster_key),
+            cluster_key_file: self.cluster_key_file.or(fallback.cluster_key_file),
             accepted_keys: self.accepted_keys.or(fallback.accepted_keys),
             drop_rate: self.drop_rate.or(fallback.drop_rate),
             metrics_addr: self.metrics_addr.or(fallback.metrics_addr),
@@ -280,6 +294,7 @@ impl ConfigInput {
                 batch_bytes: r.batch_bytes.or(q.batch_bytes),
                 batch_tuples: r.batch_tuples.or(q.batch_tuples),
                 max_batch_tuples: r.max_batch_tuples.or(q.max_batch_tuples),
+                allow_programs_without_key: r.allow_programs_without_key.or(q.allow_programs_without_key),
             },
             limits: LimitsInput {
                 max_datagram_bytes: l.max_datagram_bytes.or(k.max_datagram_bytes),
@@ -331,8 +346,9 @@ impl ConfigInput {
                 }
             },
         };
-        let accepted_keys = self.accepted_keys.unwrap_or_default();
-        check_keys(self.cluster_key.as_deref(), &accepted_keys)?;
+        let cluster_key_file = self.cluster_key_file;
+        let (cluster_key, accepted_keys) =
+            keys_of(self.cluster_key, cluster_key_file.as_deref(), self.accepted_keys.unwrap_or_default())?;
         let t = self.timings;
         let base = MembershipConfig::lan();
         let ms = |v: Option<u64>, d: Millis| v.map(Millis).unwrap_or(d);
@@ -421,8 +437,15 @@ impl ConfigInput {
         };
         let batch_bytes = r.batch_bytes.unwrap_or(defaults.batch_bytes);
         let max_batch_tuples = r.max_batch_tuples.unwrap_or(defaults.max_batch_tuples);
-        let rainstorm =
-            RainstormConfig { checkpoint_interval, batch_bytes, batch_tuples, max_batch_tuples, ..defaults };
+        let run_programs = cluster_key.is_some() || r.allow_programs_without_key.unwrap_or(false);
+        let rainstorm = RainstormConfig {
+            checkpoint_interval,
+            batch_bytes,
+            batch_tuples,
+            max_batch_tuples,
+            run_programs,
+            ..defaults
+        };
         let l = self.limits;
         let base = LimitsConfig::default();
         let limits = LimitsConfig {
@@ -442,9 +465,10 @@ impl ConfigInput {
             introducer,
             data_dir,
             membership,
-            cluster_key: self.cluster_key,
+            cluster_key,
             accepted_keys,
             key_file: None,
+            cluster_key_file,
             drop_rate,
             hydfs,
             rainstorm,
@@ -458,9 +482,87 @@ impl ConfigInput {
 /// The most keys a node accepts besides the one it signs with.
 pub const MAX_ACCEPTED_KEYS: usize = 4;
 
-fn check_keys(current: Option<&str>, accepted: &[String]) -> Result<(), ConfigError> {
-    if current.is_some_and(|k| k.len() < 8) {
-        return Err(field("cluster_key", "must be at least 8 characters"));
+/// A key as written: 64 hex digits.
+pub fn parse_key(text: &str) -> Result<ClusterKey, String> {
+    let text = text.trim();
+    let bad = || {
+        let shown = if text.len() > 8 { "the value given" } else { "it" };
+        format!(
+            "{shown} is not a key: a key is 32 random bytes written as 64 hex digits (make one \
+             with `rainstorm keygen`); passphrases are not accepted"
+        )
+    };
+    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    let mut bytes = [0u8; 32];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(ClusterKey::from_bytes(bytes))
+}
+
+/// A new key from the operating system's random source, as `rainstorm keygen` prints it.
+pub fn new_key() -> std::io::Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes).map_err(std::io::Error::other)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The keys of a key file: the signing key on the first line, accepted ones after it (blank
+/// lines and `#` comments skipped). The file must be readable by its owner only.
+pub fn read_key_file(path: &Path) -> Result<(String, Vec<String>), ConfigError> {
+    let shown = path.display();
+    let meta = std::fs::metadata(path)
+        .map_err(|e| field("cluster_key_file", format!("cannot read {shown}: {e}")))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(field(
+                "cluster_key_file",
+                format!("{shown} can be read by other users (mode {mode:o}): `chmod 600 {shown}`"),
+            ));
+        }
+    }
+    let _ = meta;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| field("cluster_key_file", format!("cannot read {shown}: {e}")))?;
+    let mut keys = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
+    let current =
+        keys.next().ok_or_else(|| field("cluster_key_file", format!("{shown} holds no key")))?.to_owned();
+    Ok((current, keys.map(str::to_owned).collect()))
+}
+
+/// The signing key and the accepted ones, from the config's fields or its key file, checked.
+fn keys_of(
+    current: Option<String>,
+    file: Option<&Path>,
+    accepted: Vec<String>,
+) -> Result<(Option<String>, Vec<String>), ConfigError> {
+    let (current, accepted) = match (current, file) {
+        (Some(_), Some(_)) => {
+            return Err(field("cluster_key_file", "set either cluster_key or cluster_key_file, not both"))
+        }
+        (None, Some(path)) => {
+            let (current, mut more) = read_key_file(path)?;
+            more.extend(accepted);
+            (Some(current), more)
+        }
+        (current, None) => (current, accepted),
+    };
+    check_keys(
+        current.as_deref(),
+        &accepted,
+        if file.is_some() { "cluster_key_file" } else { "cluster_key" },
+    )?;
+    Ok((current, accepted))
+}
+
+fn check_keys(current: Option<&str>, accepted: &[String], source: &'static str) -> Result<(), ConfigError> {
+    if let Some(Err(e)) = current.map(parse_key) {
+        return Err(field(source, e));
     }
     if current.is_none() && !accepted.is_empty() {
         return Err(field("accepted_keys", "needs a cluster_key to sign with"));
@@ -468,8 +570,8 @@ fn check_keys(current: Option<&str>, accepted: &[String]) -> Result<(), ConfigEr
     if accepted.len() > MAX_ACCEPTED_KEYS {
         return Err(field("accepted_keys", format!("at most {MAX_ACCEPTED_KEYS} keys")));
     }
-    if accepted.iter().any(|k| k.len() < 8) {
-        return Err(field("accepted_keys", "each key must be at least 8 characters"));
+    if let Some(Err(e)) = accepted.iter().map(|k| parse_key(k)).find(Result::is_err) {
+        return Err(field("accepted_keys", e));
     }
     Ok(())
 }
@@ -481,22 +583,32 @@ impl RuntimeConfig {
     }
 }
 
+/// The codec of keys [`check_keys`] accepted.
 fn codec_of(current: Option<&str>, accepted: &[String]) -> Codec {
+    let key = |k: &str| parse_key(k).unwrap_or_else(|e| unreachable!("a checked key failed to parse: {e}"));
     match current {
-        Some(key) => Codec::keyed(
-            ClusterKey::from_passphrase(key),
-            accepted.iter().map(|k| ClusterKey::from_passphrase(k)).collect(),
-        ),
+        Some(current) => Codec::keyed(key(current), accepted.iter().map(|k| key(k)).collect()),
         None => Codec::plain(),
     }
 }
 
-/// The codec of the keys in the config file at `path` (for `reload_keys`), checked as at start.
+/// The codec of the keys in the config file at `path` (for `reload_keys`), checked as at start:
+/// its `cluster_key_file` is read again.
 pub fn codec_from_file(path: &Path) -> Result<Codec, ConfigError> {
     let input = ConfigInput::from_file(path)?;
-    let accepted = input.accepted_keys.unwrap_or_default();
-    check_keys(input.cluster_key.as_deref(), &accepted)?;
-    Ok(codec_of(input.cluster_key.as_deref(), &accepted))
+    let (current, accepted) = keys_of(
+        input.cluster_key,
+        input.cluster_key_file.as_deref(),
+        input.accepted_keys.unwrap_or_default(),
+    )?;
+    Ok(codec_of(current.as_deref(), &accepted))
+}
+
+/// The codec of the keys in key file `path` (for `reload_keys` of a node given
+/// `--cluster-key-file`).
+pub fn codec_from_key_file(path: &Path) -> Result<Codec, ConfigError> {
+    let (current, accepted) = keys_of(None, Some(path), Vec::new())?;
+    Ok(codec_of(current.as_deref(), &accepted))
 }
 
 /// The config field to fix for a limit that does not fit.
@@ -675,21 +787,67 @@ mod tests {
         assert_eq!(merged.suspicion, Some(false));
     }
 
+    const NEW: &str = "5c1d0a9e3b7f24c86e0d1f5a9b2c7e4d3a8f6b1c0e9d2a7f5b4c3e8d1a6f0b92";
+    const OLD: &str = "0f4e8a2c6b1d9e7f3a5c0b8d2e6f1a4c9b7e3d5a8c2f6e0b1d4a9c7f3e5b8d26";
+
     #[test]
-    fn accepted_keys_need_a_signing_key_and_are_checked_like_it() {
+    fn keys_are_random_bytes_and_accepted_keys_need_a_signing_key() {
         let base = "bind = \"127.0.0.1:7001\"\nintroducer = \"127.0.0.1:7000\"\n";
-        let cfg = parse(&format!("{base}cluster_key = \"new secret\"\naccepted_keys = [\"old secret\"]\n"))
+        let cfg = parse(&format!("{base}cluster_key = \"{NEW}\"\naccepted_keys = [\"{OLD}\"]\n"))
             .unwrap()
             .resolve(Role::Member)
             .unwrap();
         assert!(cfg.codec().describe_keys().contains("also accepting"));
+        assert!(cfg.rainstorm.run_programs, "a keyed node runs programs");
         for (extra, field) in [
-            ("accepted_keys = [\"old secret\"]\n", "accepted_keys"),
-            ("cluster_key = \"new secret\"\naccepted_keys = [\"short\"]\n", "accepted_keys"),
-            ("cluster_key = \"short\"\n", "cluster_key"),
+            (format!("accepted_keys = [\"{OLD}\"]\n"), "accepted_keys"),
+            (format!("cluster_key = \"{NEW}\"\naccepted_keys = [\"short\"]\n"), "accepted_keys"),
+            ("cluster_key = \"short\"\n".to_owned(), "cluster_key"),
+            // A passphrase, however long, is not a key.
+            ("cluster_key = \"correct horse battery staple and more\"\n".to_owned(), "cluster_key"),
+            (format!("cluster_key = \"{}\"\n", &NEW[..62]), "cluster_key"),
+            (format!("cluster_key = \"{}zz\"\n", &NEW[..62]), "cluster_key"),
         ] {
             let e = parse(&format!("{base}{extra}")).unwrap().resolve(Role::Member).unwrap_err();
             assert!(e.to_string().contains(field), "{extra}: {e}");
         }
+        let e = parse(&format!("{base}cluster_key = \"secret passphrase\"\n")).unwrap().resolve(Role::Member);
+        assert!(e.unwrap_err().to_string().contains("rainstorm keygen"));
+        let key = new_key().unwrap();
+        assert_eq!(parse_key(&key).map(|k| k.fingerprint().len()), Ok(8), "keygen's keys parse");
+        assert_ne!(key, new_key().unwrap());
+    }
+
+    #[test]
+    fn a_key_file_must_be_its_owners_alone_and_holds_the_signing_key_then_accepted_ones() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("rainstorm-key-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cluster.key");
+        std::fs::write(&path, format!("# rolled over\n{NEW}\n\n{OLD}\n")).unwrap();
+        let base = format!(
+            "bind = \"127.0.0.1:7001\"\nintroducer = \"127.0.0.1:7000\"\ncluster_key_file = {:?}\n",
+            path.display().to_string()
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = parse(&base).unwrap().resolve(Role::Member).unwrap_err().to_string();
+        assert!(e.contains("cluster_key_file") && e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let cfg = parse(&base).unwrap().resolve(Role::Member).unwrap();
+        assert_eq!((cfg.cluster_key.as_deref(), &cfg.accepted_keys[..]), (Some(NEW), &[OLD.to_owned()][..]));
+        assert!(codec_from_key_file(&path).unwrap().describe_keys().contains("also accepting"));
+        let both = format!("{base}cluster_key = \"{NEW}\"\n");
+        let e = parse(&both).unwrap().resolve(Role::Member).unwrap_err().to_string();
+        assert!(e.contains("not both"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn programs_run_only_under_a_key_unless_allowed() {
+        let base = "bind = \"127.0.0.1:7001\"\nintroducer = \"127.0.0.1:7000\"\n";
+        let run = |extra: &str| parse(&format!("{base}{extra}")).unwrap().resolve(Role::Member).unwrap();
+        assert!(!run("").rainstorm.run_programs);
+        assert!(run("[rainstorm]\nallow_programs_without_key = true\n").rainstorm.run_programs);
+        assert!(run(&format!("cluster_key = \"{NEW}\"\n")).rainstorm.run_programs);
     }
 }

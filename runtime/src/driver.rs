@@ -207,7 +207,9 @@ impl NodeHandle {
 pub const NO_KEY_WARNING: &str =
     "NO CLUSTER KEY SET: frames are checksummed but not authenticated, and replays are not \
      refused; anyone who can reach this node's port can join the group, forge failures and read or \
-     write files. Set cluster_key (config) or RAINSTORM_CLUSTER_KEY on every node.";
+     write files. This node runs no operator programs (unless rainstorm.allow_programs_without_key \
+     is set). Give every node the same key file (`rainstorm keygen --out <file>`, then \
+     cluster_key_file or --cluster-key-file).";
 
 /// A node that was started: its handle, an event receiver subscribed before it ran, its task.
 pub struct StartedNode {
@@ -543,14 +545,19 @@ impl NodeTask {
         }
     }
 
-    /// `reload_keys`: the keys in the config file replace the node's keys (a rollover step).
+    /// `reload_keys`: the keys in the config file (or the key file) replace the node's keys (a
+    /// rollover step).
     fn reload_keys(&mut self) -> CommandReply {
-        let Some(path) = self.cfg.key_file.clone() else {
-            let output = "this node's cluster key was not read from a config file (it came from \
-                --cluster-key or RAINSTORM_CLUSTER_KEY, or there is none); changing it takes a restart\n";
-            return CommandReply { ok: false, output: output.into() };
+        let (path, read) = match (&self.cfg.key_file, &self.cfg.cluster_key_file) {
+            (Some(config), _) => (config.clone(), crate::config::codec_from_file(config)),
+            (None, Some(keys)) => (keys.clone(), crate::config::codec_from_key_file(keys)),
+            (None, None) => {
+                let output = "this node's cluster key was read from no file (it came from \
+                    --cluster-key or RAINSTORM_CLUSTER_KEY, or there is none); changing it takes a restart\n";
+                return CommandReply { ok: false, output: output.into() };
+            }
         };
-        let codec = match crate::config::codec_from_file(&path) {
+        let codec = match read {
             Ok(codec) => codec,
             Err(e) => return CommandReply { ok: false, output: format!("keys not changed: {e}\n") },
         };

@@ -298,6 +298,11 @@ impl Collector for Scrape {
             "Tuple batches refused for holding more than max_batch_tuples.",
             r.batches_rejected,
         )?;
+        out.counters(
+            "rainstorm_stream_messages_refused",
+            "Job messages refused because their sender has no such role (not the job's leader, not the task's host, a plan over max_tasks), by cause.",
+            r.refused_by_cause().iter().map(|(c, v)| (l("cause", c), *v)).collect(),
+        )?;
         out.counter(
             "rainstorm_stream_checkpoints",
             "Checkpoints completed in the jobs this node led.",

@@ -1130,9 +1130,12 @@ impl Membership {
 
     /// Updates that fit beside `bare` (the message without updates) in one datagram.
     fn piggyback(&mut self, bare: &MembershipMsg) -> Vec<Update> {
-        // envelope = sender id + frame number + body variant tag (4 bytes) + message
+        // envelope = sender id + destination address (sized as the longest, IPv6) + frame
+        // number + body variant tag (4 bytes) + message
+        let widest_addr = NodeAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
         let used = self.frame_overhead
             + payload_size(&self.me)
+            + payload_size(&widest_addr)
             + payload_size(&crate::replay::FrameSeq(0))
             + 4
             + payload_size(bare);

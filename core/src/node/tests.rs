@@ -94,12 +94,43 @@ fn replayed_and_stale_frames_are_dropped_and_counted_under_a_key() {
     let from = nodes[1].id();
     let body = Body::Membership(MembershipMsg::Ack { seq: ProbeSeq(1), updates: vec![] });
     for (seq, cause) in [(1_000_000, None), (1, Some("stale"))] {
-        let env = Envelope { from, lane: Lane::Control, seq: FrameSeq(seq), body: body.clone() };
+        let env = Envelope {
+            from,
+            to: nodes[0].id().addr,
+            lane: Lane::Control,
+            seq: FrameSeq(seq),
+            body: body.clone(),
+        };
         let frame = codec.encode(&env, MAX_DATAGRAM_BYTES).unwrap();
         let before = rejected(&nodes[0], "stale");
         nodes[0].handle_frame(now, Channel::Datagram, &frame);
         assert_eq!(rejected(&nodes[0], "stale") - before, u64::from(cause.is_some()), "seq {seq}");
     }
+}
+
+#[test]
+fn a_frame_replayed_to_another_node_is_refused_there_under_a_key() {
+    let mut now = Time(1_000);
+    let codec = Codec::keyed(key("k1"), vec![]);
+    let mut nodes: Vec<Node> = (7000..7003).map(|port| node(port, codec.clone(), now)).collect();
+    let log = run(&mut nodes, &mut now, 3_000);
+    assert_eq!(members(&nodes[2]), 3, "the group formed");
+    let to_introducer = nodes[0].id().addr;
+    // Frames node 1 sent to node 0, of every channel: each is refused by node 2.
+    let captured: Vec<Transmit> = log
+        .iter()
+        .filter(|(from, t)| *from == 1 && t.to == to_introducer)
+        .map(|(_, t)| t.clone())
+        .rev()
+        .take(20)
+        .collect();
+    assert!(captured.iter().any(|t| t.channel == Channel::Stream), "a stream frame was captured");
+    let received = nodes[2].stats().frames_received;
+    for t in &captured {
+        nodes[2].handle_frame(now, t.channel, &t.payload);
+    }
+    assert_eq!(rejected(&nodes[2], "misaddressed"), captured.len() as u64);
+    assert_eq!(nodes[2].stats().frames_received, received, "none reached a layer");
 }
 
 #[test]
@@ -127,7 +158,7 @@ fn forged_unauthenticated_truncated_and_oversized_frames_are_dropped_by_cause() 
         log.iter().rev().find(|(from, t)| *from == 1 && t.channel == Channel::Datagram).unwrap().clone();
     let from = nodes[1].id();
     let body = Body::Membership(MembershipMsg::Ack { seq: ProbeSeq(1), updates: vec![] });
-    let env = Envelope { from, lane: Lane::Control, seq: FrameSeq(1 << 40), body };
+    let env = Envelope { from, to: nodes[0].id().addr, lane: Lane::Control, seq: FrameSeq(1 << 40), body };
     let mut forged = t.payload.clone();
     let mid = forged.len() / 2;
     forged[mid] ^= 0x01;
@@ -205,8 +236,9 @@ fn a_lane_held_back_behind_a_window_of_another_lane_is_still_accepted() {
         }),
     });
     assert_eq!((inventory.lane(), chunk.lane()), (Lane::Control, Lane::Bulk));
+    let to = nodes[0].id().addr;
     let frame = |lane, seq, body: &Body| {
-        let env = Envelope { from, lane, seq: FrameSeq(seq), body: body.clone() };
+        let env = Envelope { from, to, lane, seq: FrameSeq(seq), body: body.clone() };
         codec.encode(&env, crate::wire::MAX_STREAM_FRAME_BYTES).unwrap()
     };
     let control = frame(Lane::Control, 2 * crate::replay::REPLAY_WINDOW, &inventory);

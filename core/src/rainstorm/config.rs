@@ -60,10 +60,19 @@ pub struct RainstormConfig {
     /// A leader merges its job's destination file after this many appends, which keeps the
     /// file's pending appends far below HyDFS's `max_pending_appends`. 0 means never.
     pub merge_output_appends: u32,
+    /// Whether this node runs operator programs (its own jobs' and other leaders'): code from
+    /// whoever can reach it, so a node runs them only in a cluster with a key, unless its
+    /// operator allows them without one. Off, a job with a program is refused at its leader
+    /// and a task with one fails at its worker, with [`PROGRAMS_REFUSED`].
+    pub run_programs: bool,
     /// Deliberate bugs (tests only).
     #[serde(default)]
     pub planted: Option<PlantedBug>,
 }
+
+/// Why a node does not run operator programs: the setting that allows them.
+pub const PROGRAMS_REFUSED: &str = "this node runs no operator programs without a cluster key \
+     (set cluster_key_file, or rainstorm.allow_programs_without_key = true to run them anyway)";
 
 impl Default for RainstormConfig {
     fn default() -> Self {
@@ -85,6 +94,7 @@ impl Default for RainstormConfig {
             max_tasks: 64,
             max_batch_tuples: 1 << 18,
             merge_output_appends: 1_000,
+            run_programs: false,
             planted: None,
         }
     }

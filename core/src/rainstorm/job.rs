@@ -131,6 +131,8 @@ pub enum JobError {
     Spec { stage: u8, error: SpecError },
     #[error("bad file name: {0}")]
     Name(#[from] NameError),
+    #[error("{}", super::config::PROGRAMS_REFUSED)]
+    ProgramsRefused,
 }
 
 /// How one stage's outputs reach the next stage's tasks.

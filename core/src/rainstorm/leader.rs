@@ -587,6 +587,16 @@ impl Leader {
         self.complete_checkpoints(now, cfg, job, out);
     }
 
+    /// Whether `from` may speak for `task` of `attempt` of `job` here: it hosts the task in the
+    /// job's current attempt, or the message is not about an attempt this node leads (and
+    /// changes nothing).
+    pub(super) fn speaks_for(&self, job: JobId, attempt: Attempt, task: TaskId, from: MemberId) -> bool {
+        match self.jobs.get(&job) {
+            Some(j) if attempt == j.attempt => j.placement_of(task) == Some(from),
+            _ => true,
+        }
+    }
+
     /// A task's snapshot of a checkpoint.
     pub(super) fn on_snapshot(
         &mut self,

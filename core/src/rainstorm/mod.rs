@@ -15,6 +15,12 @@
 //! produced again. Nothing is made durable per batch: one checkpoint record and one append of
 //! outputs per commit.
 //!
+//! Roles: the node hands this layer messages from current members only. Within a job, a
+//! message is refused and counted by cause ([`Refusal`], `RainstormStats::refused`) unless its
+//! sender has the role it speaks in: deploys, controls and stops come from the job's leader (the
+//! member the job's id and plan name), with a plan within `max_tasks`, for a task placed on this
+//! node; link messages and snapshots for a task come from the member the attempt places it on.
+//!
 //! The parts:
 //! * [`tuple`]: tuple identities ([`TupleId`]: source line plus derivation path) and tuples;
 //! * [`csv`]: lenient single-line RFC 4180 splitting and joining of records;
@@ -68,7 +74,7 @@ use crate::hydfs::{ClientOp, HydfsError, OpOutput};
 use crate::id::{MemberId, NodeAddr};
 use crate::time::Time;
 use leader::Leader;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use worker::Worker;
 
 /// Everything the RainStorm state machines produce in one step, drained by [`Rainstorm`].
@@ -191,6 +197,9 @@ pub struct TaskView {
 pub struct RainstormStats {
     /// Batches refused for holding more than `max_batch_tuples` tuples.
     pub batches_rejected: u64,
+    /// Messages refused because their sender has no such role in the job (see
+    /// [`Refusal`]), by cause.
+    pub refused: BTreeMap<&'static str, u64>,
     /// Checkpoints completed in the jobs this node led.
     pub checkpoints: u64,
     /// Commits (a checkpoint record, then the outputs) and the bytes and HyDFS writes they
@@ -210,6 +219,17 @@ pub struct RainstormStats {
     /// to its outputs being durable in the destination.
     pub tuple_latency: LatencyHistogram,
     pub commit_latency: LatencyHistogram,
+}
+
+impl RainstormStats {
+    /// Refused messages by cause, every cause present (0 until it occurs).
+    pub fn refused_by_cause(&self) -> BTreeMap<&'static str, u64> {
+        let mut refused = self.refused.clone();
+        for r in Refusal::ALL {
+            refused.entry(r.cause()).or_default();
+        }
+        refused
+    }
 }
 
 /// One node's RainStorm: the jobs it leads and the tasks it runs.
@@ -309,6 +329,10 @@ impl Rainstorm {
         if spec.rate == Some(0) {
             return Err(JobError::BadRate);
         }
+        let programs = [&spec.op1, &spec.op2].into_iter().any(|op| matches!(op, OperatorSpec::Program(_)));
+        if programs && !self.cfg.run_programs {
+            return Err(JobError::ProgramsRefused);
+        }
         let job = self.leader.start(now, me, &self.cfg, spec, &mut self.out);
         self.loopback(now);
         Ok(job)
@@ -343,7 +367,8 @@ impl Rainstorm {
         self.loopback(now);
     }
 
-    pub fn handle_message(&mut self, now: Time, from: NodeAddr, msg: RainstormMsg) {
+    /// A message from member `from` (the node has checked that it is a current member).
+    pub fn handle_message(&mut self, now: Time, from: MemberId, msg: RainstormMsg) {
         self.dispatch(now, from, msg);
         self.loopback(now);
     }
@@ -406,12 +431,15 @@ impl Rainstorm {
             return;
         };
         while let Some(msg) = self.out.local.pop_front() {
-            self.dispatch(now, me.addr, msg);
+            self.dispatch(now, me, msg);
         }
     }
 
-    fn dispatch(&mut self, now: Time, from: NodeAddr, msg: RainstormMsg) {
-        if self.me.is_none() {
+    fn dispatch(&mut self, now: Time, from: MemberId, msg: RainstormMsg) {
+        let Some(me) = self.me else { return };
+        if let Some(refusal) = self.refusal(me, from, &msg) {
+            debug_assert_ne!(from, me, "a node never refuses its own messages: {refusal:?}");
+            *self.stats.refused.entry(refusal.cause()).or_default() += 1;
             return;
         }
         let cfg = &self.cfg;
@@ -427,7 +455,7 @@ impl Rainstorm {
                     now,
                     cfg,
                     members,
-                    from,
+                    from.addr,
                     (job, attempt, task),
                     (phase, counts, snapshots),
                     out,
@@ -443,7 +471,13 @@ impl Rainstorm {
                 Ok(())
             }
             RainstormMsg::Stop { job, before } => {
-                self.worker.stop(job, before);
+                // A stop bars later deploys of the job here, so one of a job this node does
+                // not run counts only from the member the job's id names: a stop from the
+                // process that replaced a gone leader at its address is for a job already
+                // dropped here.
+                if self.worker.runs(job) || JobId::new(from, job.n) == job {
+                    self.worker.stop(job, before);
+                }
                 Ok(())
             }
             RainstormMsg::Link { job, attempt, from: f, to, msg } => {
@@ -456,6 +490,86 @@ impl Rainstorm {
         };
         if accepted.is_err() {
             self.stats.batches_rejected += 1;
+        }
+    }
+
+    /// Why `from` may not say `msg` to this node, if it may not: only a job's leader deploys,
+    /// controls and stops its tasks, with a plan within this node's limits; only the current
+    /// host of a task speaks for it on a link or to the leader. A message about a job or task
+    /// this node does not run is not refused here: it changes nothing.
+    fn refusal(&self, me: MemberId, from: MemberId, msg: &RainstormMsg) -> Option<Refusal> {
+        match msg {
+            RainstormMsg::Deploy { plan, task, placement, .. } => {
+                let tasks_at_most = self.cfg.max_tasks;
+                if plan.tasks == 0
+                    || plan.tasks > tasks_at_most
+                    || placement.len() > (job::STAGES as usize) * (plan.tasks as usize) + 1
+                {
+                    Some(Refusal::PlanOverLimits)
+                } else if plan.leader != from || JobId::new(plan.leader, plan.job.n) != plan.job {
+                    Some(Refusal::NotTheLeader)
+                } else if placement.get(task) != Some(&me) {
+                    Some(Refusal::NotPlacedHere)
+                } else {
+                    None
+                }
+            }
+            RainstormMsg::Control { job, .. } | RainstormMsg::Stop { job, .. } => {
+                let stop = matches!(msg, RainstormMsg::Stop { .. });
+                match self.worker.leader_of(*job) {
+                    // A stop may also come from the process that replaced the leader at its
+                    // address: the leader is gone, and its jobs with it.
+                    Some(leader) if stop && leader.addr == from.addr && leader.join_time < from.join_time => {
+                        None
+                    }
+                    Some(leader) => (leader != from).then_some(Refusal::NotTheLeader),
+                    // Not a job of ours: nothing to refuse (a stop of it is remembered only if
+                    // its sender leads it, see `dispatch`).
+                    None => None,
+                }
+            }
+            RainstormMsg::Link { job, attempt, from: task, to, .. } => {
+                let speaks = if *to == SINK {
+                    self.leader.speaks_for(*job, *attempt, *task, from)
+                } else {
+                    self.worker.speaks_for(*job, *attempt, *to, *task, from)
+                };
+                (!speaks).then_some(Refusal::NotTheTaskHost)
+            }
+            RainstormMsg::Snapshot { job, attempt, task, .. } => {
+                (!self.leader.speaks_for(*job, *attempt, *task, from)).then_some(Refusal::NotTheTaskHost)
+            }
+            // A status from a host the leader no longer places the task on is answered with a
+            // stop and otherwise ignored by the leader itself.
+            RainstormMsg::Status { .. } => None,
+        }
+    }
+}
+
+/// Why a RainStorm message was refused: its sender has no such role in its job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A deploy whose plan is over this node's limits (`max_tasks`).
+    PlanOverLimits,
+    /// A deploy, control or stop from a member that does not lead the job.
+    NotTheLeader,
+    /// A deploy of a task its placement puts on another member.
+    NotPlacedHere,
+    /// A link message or snapshot for a task from a member that does not host it.
+    NotTheTaskHost,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 4] =
+        [Refusal::PlanOverLimits, Refusal::NotTheLeader, Refusal::NotPlacedHere, Refusal::NotTheTaskHost];
+
+    /// The name it is counted under.
+    pub fn cause(self) -> &'static str {
+        match self {
+            Refusal::PlanOverLimits => "plan_over_limits",
+            Refusal::NotTheLeader => "not_the_leader",
+            Refusal::NotPlacedHere => "not_placed_here",
+            Refusal::NotTheTaskHost => "not_the_task_host",
         }
     }
 }

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use super::config::RainstormConfig;
 use super::input::{Layout, Manifest};
 use super::job::{
-    Attempt, CheckpointId, JobId, JobPlan, Placement, RainstormEvent, TaskId, TupleCounts, STAGES,
+    Attempt, CheckpointId, JobId, JobPlan, Placement, RainstormEvent, TaskId, TupleCounts, SINK, STAGES,
 };
 use super::message::{LinkMsg, RainstormMsg, Restore, Snapshot, SourceCheckpoint, TaskPhase};
 use super::source::{SourceInput, SourceTask};
@@ -297,12 +297,42 @@ impl Worker {
         self.forget(|j, _, _| j == job) > 0
     }
 
+    /// The leader of `job`, if a task of it runs here.
+    pub(super) fn leader_of(&self, job: JobId) -> Option<MemberId> {
+        let first = self.hosted.range((job, TaskId { stage: 0, index: 0 })..).next();
+        first.filter(|((j, _), _)| *j == job).map(|(_, h)| h.plan.leader)
+    }
+
+    /// Whether any task of `job` runs here.
+    pub(super) fn runs(&self, job: JobId) -> bool {
+        self.leader_of(job).is_some()
+    }
+
     pub(super) fn leaders(&self) -> BTreeMap<JobId, MemberId> {
         self.hosted.iter().map(|((j, _), h)| (*j, h.plan.leader)).collect()
     }
 
     pub(super) fn clear(&mut self) {
         self.forget(|_, _, _| true);
+    }
+
+    /// Whether `from` may send link messages from `task` to `to` of `attempt` of `job` here:
+    /// the attempt's placement puts `task` on it (the sink is on the job's leader), or this node does not run `to` in that
+    /// attempt (and the message changes nothing).
+    pub(super) fn speaks_for(
+        &self,
+        job: JobId,
+        attempt: Attempt,
+        to: TaskId,
+        task: TaskId,
+        from: MemberId,
+    ) -> bool {
+        match self.hosted.get(&(job, to)) {
+            // The sink (which acknowledges the last stage's batches) is the job's leader.
+            Some(h) if h.attempt == attempt && task == SINK => h.plan.leader == from,
+            Some(h) if h.attempt == attempt => h.placement.get(&task) == Some(&from),
+            _ => true,
+        }
     }
 
     /// A leader's `Control`.
@@ -565,6 +595,9 @@ fn build(
         return Ok(Runner::Source(Box::new(source)));
     }
     let op = plan.operator(task.stage)?;
+    if matches!(op, super::operator::StageOp::Program(_)) && !cfg.run_programs {
+        return Err(super::config::PROGRAMS_REFUSED.to_owned());
+    }
     let next = if task.stage + 1 < STAGES {
         Some((plan.operator(task.stage + 1)?, plan.routes[task.stage as usize]))
     } else {
