@@ -19,7 +19,10 @@
 //!   checkpoint as a new attempt with new processes (or, past `max_task_failures`, fails the
 //!   job), so no partial batch is ever used;
 //! * the program's stderr goes to this node's log, line by line, tagged with the task; its last
-//!   lines are quoted in the failure.
+//!   lines are quoted in the failure;
+//! * a program file over [`ProgramLimits::max_program_bytes`] is refused on its size in HyDFS's
+//!   metadata, before any of its bytes is fetched (and again on the bytes fetched, should the
+//!   file have grown in between).
 //!
 //! The sandbox every program runs in (`docs/OPERATORS.md`):
 //! * its environment holds only [`INHERITED_ENV`] (taken from the node's, when set there) and
@@ -389,6 +392,13 @@ async fn fetch(ctx: &Ctx, program: &ProgramSpec) -> Result<PathBuf, String> {
         warn!(event = "program_cache_bad", path = %path.display(), "cached program does not match its hash; fetching it again");
     }
     let name = FileName::new(&program.file).map_err(|e| format!("bad program file name: {e}"))?;
+    // Its size from its metadata first: a file over the limit is not fetched at all.
+    let len = crate::files::file_len(&ctx.node, name.clone())
+        .await
+        .map_err(|e| format!("cannot read the size of {} in HyDFS: {e}", program.file))?;
+    if len > ctx.limits.max_program_bytes {
+        return Err(ctx.limits.too_large(&program.file, len));
+    }
     tokio::fs::create_dir_all(&ctx.cache)
         .await
         .map_err(|e| format!("cannot create the program cache: {e}"))?;
@@ -997,6 +1007,48 @@ read -r end"#
         host.call(call(1, &program));
         let why = results(&mut rx, 1).await.remove(0).1.expect_err("the batch fails");
         assert!(why.contains("SIGXCPU") && why.contains("`rainstorm.program_max_cpu_s`"), "{why}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_program_over_the_size_limit_is_refused_before_any_byte_is_fetched() {
+        use rainstorm_core::hydfs::{ClientOp, FileMeta, OpOutput, Stamp, WriteKind, WriteMeta};
+        let dir = data_dir("sandbox-size");
+        let program = ProgramSpec { file: "ops/big".to_owned(), sha256: "ab".repeat(32), args: Vec::new() };
+        let limits = ProgramLimits { max_program_bytes: 100, ..ProgramLimits::default() };
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut host = ProgramHost::new(limits, &dir, tx);
+        host.call(call(1, &program));
+        // This test plays the node: the file's metadata says 200 bytes.
+        let from: rainstorm_core::NodeAddr = "127.0.0.1:7001".parse().expect("an address");
+        let stamp = Stamp { ts: 1, client: rainstorm_core::MemberId::new(from, 1), seq: 1 };
+        let why = loop {
+            match tokio::time::timeout(Duration::from_secs(20), rx.recv()).await {
+                Ok(Some(Input::Submit { op: ClientOp::Meta { name }, reply, .. })) => {
+                    let create = WriteMeta::describe(stamp, WriteKind::Create, &[b'x'; 200], 64);
+                    let meta = FileMeta {
+                        name: name.clone(),
+                        create: Some(create),
+                        generation: 0,
+                        merged: Vec::new(),
+                        pending: Vec::new(),
+                        incomplete: Vec::new(),
+                    };
+                    let _ = reply.send(Ok(OpOutput::Meta { name, meta, from }));
+                }
+                Ok(Some(Input::Submit { op, .. })) => {
+                    panic!("`{}` asked for: the program is being fetched", op.command())
+                }
+                Ok(Some(Input::ProgramResult { result, .. })) => break result.expect_err("refused"),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => panic!("no answer"),
+            }
+        };
+        assert!(why.contains("200 bytes") && why.contains("`rainstorm.program_max_size_mb`"), "{why}");
+        let cached: Vec<_> = std::fs::read_dir(dir.join("programs"))
+            .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(cached.is_empty(), "nothing fetched into the cache: {cached:?}");
         let _ = std::fs::remove_dir_all(dir);
     }
 }
