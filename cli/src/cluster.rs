@@ -340,7 +340,7 @@ fn stop_on_signals() -> Result<()> {
     Ok(())
 }
 
-/// SIGTERM through `kill(1)`: the workspace forbids `unsafe`, which `libc::kill` needs.
+/// SIGTERM through `kill(1)`: the workspace denies `unsafe`, which `libc::kill` needs.
 fn send_sigterm(pid: u32) {
     let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
 }
