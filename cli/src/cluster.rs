@@ -1,6 +1,8 @@
 //! `rainstorm cluster`: a local cluster of real processes on loopback. The introducer listens on
 //! `--base-port`, member i on `--base-port + i`, each with its own data dir (`<dir>/node<i>`), log
-//! and control socket. Ctrl-C (or `--for-secs`) stops them all, gracefully.
+//! and control socket. Ctrl-C, SIGTERM or SIGHUP (or `--for-secs`) stops them all, gracefully,
+//! at any point, the cluster formed or not; and each node gets SIGKILL from the kernel if this
+//! process dies without stopping them (SIGKILL), so no node outlives it holding its port.
 //!
 //! `--demo` shows failure detection and HyDFS end to end: once the cluster has formed it stores a
 //! file whose replicas include the two members it will kill, appends to it from two nodes and
@@ -18,6 +20,7 @@ use rainstorm_runtime::control;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(Args, Debug, Clone)]
@@ -189,7 +192,8 @@ impl LocalCluster {
         self.args.dir.join(format!("node{index}"))
     }
 
-    /// Starts (or restarts) node `index` as a new process.
+    /// Starts (or restarts) node `index` as a new process, which gets SIGKILL if this process
+    /// dies.
     pub fn spawn(&mut self, index: u16) -> Result<()> {
         let port = self.port(index);
         let data_dir = self.data_dir(index);
@@ -241,7 +245,9 @@ impl LocalCluster {
         let stdout = std::fs::File::create(data_dir.join("console.out"))?;
         let stderr = std::fs::File::create(data_dir.join("stderr.log"))?;
         cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr).env("RUST_LOG", "info");
-        let child = cmd.spawn().with_context(|| format!("starting {bin} on port {port}"))?;
+        rainstorm_runtime::children::tie_to_this_process(&mut cmd, Default::default());
+        let child = rainstorm_runtime::children::spawn(cmd)
+            .with_context(|| format!("starting {bin} on port {port}"))?;
         self.nodes.retain(|n| n.index != index);
         self.nodes.push(NodeProcess { index, port, data_dir, child });
         self.nodes.sort_by_key(|n| n.index);
@@ -281,6 +287,9 @@ impl LocalCluster {
             if self.ctl(index, "list_self").is_ok() {
                 return Ok(());
             }
+            if stop_requested() {
+                bail!("stopped by a signal");
+            }
             if let Some(node) = self.nodes.iter_mut().find(|n| n.index == index) {
                 if let Some(status) = node.child.try_wait()? {
                     let err = std::fs::read_to_string(node.data_dir.join("stderr.log")).unwrap_or_default();
@@ -295,7 +304,8 @@ impl LocalCluster {
         }
     }
 
-    /// Polls `done` every 100 ms until it holds or `within` passes.
+    /// Polls `done` every 100 ms until it holds or `within` passes (or a signal stops
+    /// `rainstorm cluster`).
     pub fn wait_until(
         &self,
         within: Duration,
@@ -308,6 +318,9 @@ impl LocalCluster {
             }
             if start.elapsed() > within {
                 bail!("not reached within {within:?}");
+            }
+            if stop_requested() {
+                bail!("stopped by a signal");
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -341,7 +354,37 @@ impl Drop for LocalCluster {
     }
 }
 
-/// SIGTERM through `kill(1)`: the workspace forbids `unsafe`, which `libc::kill` needs.
+/// Set once `rainstorm cluster` got SIGINT, SIGTERM or SIGHUP ([`stop_on_signals`]): the waits of
+/// its [`LocalCluster`] end early, and it stops the nodes.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+fn stop_requested() -> bool {
+    STOP.load(Ordering::Relaxed)
+}
+
+/// From now on SIGINT, SIGTERM and SIGHUP no longer end this process at once: each sets [`STOP`],
+/// and the nodes are stopped as on Ctrl-C.
+fn stop_on_signals() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (mut int, mut term, mut hup) = {
+        let _entered = rt.enter();
+        (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?, signal(SignalKind::hangup())?)
+    };
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        rt.block_on(async {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+                _ = hup.recv() => {}
+            }
+        });
+        STOP.store(true, Ordering::Relaxed);
+    })?;
+    Ok(())
+}
+
+/// SIGTERM through `kill(1)`: the workspace denies `unsafe`, which `libc::kill` needs.
 fn send_sigterm(pid: u32) {
     let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
 }
@@ -419,8 +462,16 @@ pub fn run(args: ClusterArgs) -> Result<ExitCode> {
         args.base_port,
         args.base_port + args.nodes - 1
     );
+    stop_on_signals()?;
     let started = Instant::now();
-    let mut cluster = LocalCluster::start(args, this_tool()?)?;
+    let mut cluster = match LocalCluster::start(args, this_tool()?) {
+        // The nodes started so far are stopped already (the cluster was dropped).
+        Err(_) if stop_requested() => {
+            println!("stopped before the cluster formed");
+            return Ok(ExitCode::SUCCESS);
+        }
+        started => started?,
+    };
     println!("cluster formed in {:.1} s:", started.elapsed().as_secs_f64());
     for node in &cluster.nodes {
         let role = if node.index == 0 { "introducer" } else { "member" };
@@ -443,23 +494,15 @@ pub fn run(args: ClusterArgs) -> Result<ExitCode> {
         cluster.stop();
         return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) });
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    // SIGINT or SIGTERM stops the nodes too, with or without `--for-secs`: a cluster stopped
-    // with `kill` must not leave its nodes running.
-    rt.block_on(async {
-        match for_secs {
-            Some(s) => {
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(s)) => {}
-                    () = crate::node_cmd::wait_for_signal() => {}
-                }
-            }
-            None => {
-                println!("press Ctrl-C to stop the cluster");
-                crate::node_cmd::wait_for_signal().await;
-            }
-        }
-    });
+    // A signal stops the nodes too, with or without `--for-secs`: a cluster stopped with `kill`
+    // or by its terminal closing must not leave its nodes running.
+    if for_secs.is_none() {
+        println!("press Ctrl-C to stop the cluster");
+    }
+    let until = for_secs.map(|s| Instant::now() + Duration::from_secs(s));
+    while !stop_requested() && until.is_none_or(|t| Instant::now() < t) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     println!("stopping...");
     cluster.stop();
     Ok(ExitCode::SUCCESS)
@@ -490,7 +533,7 @@ fn run_demo(cluster: &mut LocalCluster, period: Duration) -> Result<bool> {
     let bound = period * (2 * (n as u32 - 1) + 2) + period * 3;
     let mut first: Option<Duration> = None;
     let mut pending: BTreeSet<u16> = survivors.iter().copied().collect();
-    while !pending.is_empty() && killed_at.elapsed() < bound * 2 {
+    while !pending.is_empty() && killed_at.elapsed() < bound * 2 && !stop_requested() {
         for &i in pending.clone().iter() {
             let listed = cluster.members_of(i).unwrap_or_default();
             if listed.is_disjoint(&victim_ids) {

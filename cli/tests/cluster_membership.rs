@@ -385,3 +385,84 @@ fn a_node_flooded_with_garbage_datagrams_keeps_its_membership_and_bounded_memory
     }
     assert!(after < before + 64 * 1024, "peak RSS grew from {before} KiB to {after} KiB");
 }
+
+/// Whether some process still runs with `dir` on its command line.
+fn runs_in(dir: &Path) -> bool {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc").into_iter().flatten().flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle))
+    })
+}
+
+/// Whether `port` on loopback is free for UDP and TCP alike.
+fn free(port: u16) -> bool {
+    std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// `rainstorm cluster` stops its nodes on SIGTERM (here while the cluster is still forming) and
+/// on SIGHUP as it does on Ctrl-C, and if it is killed outright, the kernel kills its nodes: in
+/// no case does a node outlive it, holding its port.
+#[test]
+fn the_cluster_command_leaves_no_node_behind_on_sigterm_sighup_or_sigkill() {
+    use std::io::BufRead;
+    const BASE: u16 = 19_900;
+    let root = std::env::temp_dir().join(format!("rainstorm-test-signals-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    for (signal, formed) in [("TERM", false), ("HUP", true), ("KILL", true)] {
+        let dir = root.join(signal);
+        let mut cluster = Command::new(tool())
+            .args(["cluster", "--nodes", "2", "--base-port", &BASE.to_string(), "--period-ms", "200"])
+            .arg("--no-metrics")
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("rainstorm cluster starts");
+        let stdout = cluster.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut said = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        if formed {
+            while !said.iter().any(|l: &String| l.starts_with("cluster formed")) {
+                let line = lines.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
+                said.push(line.unwrap_or_else(|_| panic!("{signal}: the cluster did not form: {said:?}")));
+            }
+        } else {
+            // The introducer is up; the member may be starting or joining.
+            let socket = rainstorm_runtime::control::socket_path(&dir.join("node0"));
+            while !socket.exists() {
+                assert!(std::time::Instant::now() < deadline, "{signal}: the introducer did not start");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(cluster.id().to_string()).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{signal}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while cluster.try_wait().expect("waited").is_none() {
+            assert!(std::time::Instant::now() < deadline, "{signal}: rainstorm cluster did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Everything it printed, up to the end of its output.
+        while let Ok(line) = lines.recv_timeout(Duration::from_secs(5)) {
+            said.push(line);
+        }
+        if signal != "KILL" {
+            assert!(said.iter().any(|l| l.starts_with("stop")), "{signal}: stopped its nodes: {said:?}");
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while runs_in(&dir) || !(free(BASE) && free(BASE + 1)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{signal}: a node outlived rainstorm cluster: {said:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}

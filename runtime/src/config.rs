@@ -37,6 +37,10 @@
 //! [rainstorm]
 //! program_start_timeout_ms = 10000 # an operator program's handshake
 //! program_batch_timeout_ms = 30000 # an operator program's answer to one batch
+//! program_max_size_mb = 256      # largest operator program fetched (refused before its bytes are)
+//! program_max_memory_mb = 4096   # an operator program's address space (0: unlimited)
+//! program_max_cpu_s = 0          # an operator program's CPU time over its whole life (0: unlimited)
+//! program_max_open_files = 1024  # files an operator program may hold open (0: unlimited)
 //! checkpoint_interval_ms = 25    # how often the jobs this node leads checkpoint (bounds output latency)
 //! batch_bytes = 65536            # a batch between tasks is sent once it holds this many bytes...
 //! batch_tuples = 1024            # ...or this many tuples (or after waiting 5 ms)
@@ -113,6 +117,10 @@ pub struct LimitsInput {
 pub struct RainstormInput {
     pub program_start_timeout_ms: Option<u64>,
     pub program_batch_timeout_ms: Option<u64>,
+    pub program_max_size_mb: Option<u64>,
+    pub program_max_memory_mb: Option<u64>,
+    pub program_max_cpu_s: Option<u64>,
+    pub program_max_open_files: Option<u64>,
     pub checkpoint_interval_ms: Option<u64>,
     pub batch_bytes: Option<u32>,
     pub batch_tuples: Option<u32>,
@@ -223,6 +231,7 @@ pub const FIELDS: &[&str] = &[
     "hydfs.max_tombstones",
     "rainstorm.program_start_timeout_ms",
     "rainstorm.program_batch_timeout_ms",
+    "rainstorm.program_max_size_mb",
     "rainstorm.checkpoint_interval_ms",
     "rainstorm.batch_bytes",
     "rainstorm.batch_tuples",
@@ -290,6 +299,10 @@ impl ConfigInput {
             rainstorm: RainstormInput {
                 program_start_timeout_ms: r.program_start_timeout_ms.or(q.program_start_timeout_ms),
                 program_batch_timeout_ms: r.program_batch_timeout_ms.or(q.program_batch_timeout_ms),
+                program_max_size_mb: r.program_max_size_mb.or(q.program_max_size_mb),
+                program_max_memory_mb: r.program_max_memory_mb.or(q.program_max_memory_mb),
+                program_max_cpu_s: r.program_max_cpu_s.or(q.program_max_cpu_s),
+                program_max_open_files: r.program_max_open_files.or(q.program_max_open_files),
                 checkpoint_interval_ms: r.checkpoint_interval_ms.or(q.checkpoint_interval_ms),
                 batch_bytes: r.batch_bytes.or(q.batch_bytes),
                 batch_tuples: r.batch_tuples.or(q.batch_tuples),
@@ -416,6 +429,17 @@ impl ConfigInput {
                 "rainstorm.program_batch_timeout_ms",
                 base.batch_timeout,
             )?,
+            max_program_bytes: match r.program_max_size_mb {
+                Some(0) => return Err(field("rainstorm.program_max_size_mb", "must be at least 1")),
+                Some(mb) => mb.saturating_mul(1 << 20),
+                None => base.max_program_bytes,
+            },
+            // 0: unlimited.
+            max_memory_bytes: r
+                .program_max_memory_mb
+                .map_or(base.max_memory_bytes, |mb| (mb > 0).then(|| mb.saturating_mul(1 << 20))),
+            max_cpu_secs: r.program_max_cpu_s.map_or(base.max_cpu_secs, |s| (s > 0).then_some(s)),
+            max_open_files: r.program_max_open_files.map_or(base.max_open_files, |n| (n > 0).then_some(n)),
             ..base
         };
         let defaults = RainstormConfig::default();
@@ -640,6 +664,8 @@ mod tests {
         assert_eq!(cfg.introducer, "127.0.0.1:7000".parse().unwrap());
         assert_eq!(cfg.hydfs.cache_bytes, 64 << 20);
         assert_eq!(cfg.hydfs.max_write_bytes, 1 << 30);
+        assert_eq!(cfg.programs.max_memory_bytes, Some(4096 << 20));
+        assert_eq!(cfg.programs.max_cpu_secs, None);
     }
 
     #[test]
@@ -674,6 +700,29 @@ mod tests {
             assert!(e.to_string().contains("metrics_addr"), "{e}");
         }
         assert_eq!(metrics_port(65_000), 64_000, "no port above 65535");
+    }
+
+    #[test]
+    fn program_limits_are_read_and_zero_lifts_them() {
+        let resolve = |text: &str| {
+            parse(&format!("bind = \"127.0.0.1:7001\"\n[rainstorm]\n{text}"))
+                .unwrap()
+                .resolve(Role::Introducer)
+        };
+        let defaults = resolve("").unwrap().programs;
+        assert_eq!(defaults.max_program_bytes, 256 << 20);
+        assert_eq!(defaults.max_memory_bytes, Some(4096 << 20));
+        assert_eq!(defaults.max_cpu_secs, None, "a streaming job's program may run for ever");
+        assert_eq!(defaults.max_open_files, Some(1024));
+        let set = resolve("program_max_size_mb = 2\nprogram_max_memory_mb = 512\nprogram_max_cpu_s = 60\nprogram_max_open_files = 64").unwrap().programs;
+        assert_eq!(
+            (set.max_program_bytes, set.max_memory_bytes, set.max_cpu_secs, set.max_open_files),
+            (2 << 20, Some(512 << 20), Some(60), Some(64))
+        );
+        let lifted = resolve("program_max_memory_mb = 0\nprogram_max_open_files = 0").unwrap().programs;
+        assert_eq!((lifted.max_memory_bytes, lifted.max_open_files), (None, None));
+        let e = resolve("program_max_size_mb = 0").unwrap_err();
+        assert!(e.to_string().contains("`rainstorm.program_max_size_mb`"), "{e}");
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //!
 //! Every whole-file transfer a user starts goes this way, with bounded memory: `get` and
 //! `getfromreplica` ([`download`]), `create` and `append` ([`upload`]), and the operator programs
-//! of `RainStorm` ([`download_file`], [`describe_hashed`]: uploaded, fetched and hashed chunk by
-//! chunk). Only `multiappend` reads its local files whole, and it refuses any over one chunk.
+//! of `RainStorm` ([`download_file`], [`describe_hashed`]: uploaded, sized from their metadata
+//! before they are fetched ([`file_len`]), fetched and hashed chunk by chunk). Only
+//! `multiappend` reads its local files whole, and it refuses any over one chunk.
 
 use crate::driver::{CommandReply, Input, NodeHandle};
 use rainstorm_core::command::FileCommand;
@@ -150,6 +151,23 @@ pub(crate) async fn download_file(
     node.send(Input::Submit { op, sink: Some(sink), reply }).await.map_err(|_| stopping())?;
     match rx.await.map_err(|_| stopping())? {
         Ok(OpOutput::Downloaded { len, .. }) => Ok(len),
+        Ok(other) => Err(HydfsError::Unavailable { name, reason: format!("unexpected answer: {other:?}") }),
+        Err(e) => Err(e),
+    }
+}
+
+/// The length of HyDFS file `name`, from its metadata as one replica holds it: none of its bytes
+/// is read.
+pub(crate) async fn file_len(
+    node: &tokio::sync::mpsc::Sender<Input>,
+    name: FileName,
+) -> Result<u64, HydfsError> {
+    let (reply, rx) = oneshot::channel();
+    let op = ClientOp::Meta { name: name.clone() };
+    let stopping = || HydfsError::Unavailable { name: name.clone(), reason: "node is stopping".into() };
+    node.send(Input::Submit { op, sink: None, reply }).await.map_err(|_| stopping())?;
+    match rx.await.map_err(|_| stopping())? {
+        Ok(OpOutput::Meta { meta, .. }) => Ok(meta.len()),
         Ok(other) => Err(HydfsError::Unavailable { name, reason: format!("unexpected answer: {other:?}") }),
         Err(e) => Err(e),
     }

@@ -15,10 +15,12 @@
 //! * [`files`]: the HyDFS file commands' local side (uploads read part by part, downloads);
 //! * [`storage`]: HyDFS blocks as files, with fsync;
 //! * [`jobs`]: the RainStorm commands: operators resolved and uploaded, results streamed;
-//! * [`programs`]: operator programs: fetched by hash, one process per task incarnation;
+//! * [`programs`]: operator programs: fetched by hash, one sandboxed process per task incarnation;
+//! * [`children`]: child processes that die with this one and start under resource limits;
 //! * [`logging`]: tracing to stderr and to a file in the data dir;
 //! * [`status`]: the HTTP endpoint: the status page, its JSON, and [`metrics`] (Prometheus).
 
+pub mod children;
 pub mod clock;
 pub mod config;
 pub mod control;
