@@ -17,6 +17,7 @@
 //! * [`jobs`]: the RainStorm commands: operators resolved and uploaded, results streamed;
 //! * [`programs`]: operator programs: fetched by hash, one process per task incarnation;
 //! * [`logging`]: tracing to stderr and to a file in the data dir;
+//! * [`private`]: the modes of the data dir and of every file a node writes (0700 and 0600);
 //! * [`status`]: the HTTP endpoint: the status page, its JSON, and [`metrics`] (Prometheus).
 
 pub mod clock;
@@ -28,6 +29,7 @@ pub mod jobs;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod private;
 pub mod programs;
 pub mod status;
 pub mod storage;
