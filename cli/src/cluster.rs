@@ -2,7 +2,9 @@
 //! `--base-port`, member i on `--base-port + i`, each with its own data dir (`<dir>/node<i>`), log
 //! and control socket. Ctrl-C, SIGTERM or SIGHUP (or `--for-secs`) stops them all, gracefully,
 //! at any point, the cluster formed or not; and each node gets SIGKILL from the kernel if this
-//! process dies without stopping them (SIGKILL), so no node outlives it holding its port.
+//! process dies without stopping them (SIGKILL), so no node outlives it holding its port. A
+//! data dir is created 0700 and the node's console output and stderr in it 0600, like every
+//! file the node writes there itself.
 //!
 //! `--demo` shows failure detection and HyDFS end to end: once the cluster has formed it stores a
 //! file whose replicas include the two members it will kill, appends to it from two nodes and
@@ -197,7 +199,9 @@ impl LocalCluster {
     pub fn spawn(&mut self, index: u16) -> Result<()> {
         let port = self.port(index);
         let data_dir = self.data_dir(index);
-        std::fs::create_dir_all(&data_dir)?;
+        // The node's own files are its user's alone; so are its console's.
+        rainstorm_runtime::private::dir(&data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
         let _ = std::fs::remove_file(control::socket_path(&data_dir));
         let bin = if index == 0 { "introducer" } else { "member" };
         let mut cmd = Command::new(&self.tool);
@@ -242,8 +246,16 @@ impl LocalCluster {
         if !self.args.no_key {
             cmd.arg("--cluster-key-file").arg(self.args.dir.join(KEY_FILE));
         }
-        let stdout = std::fs::File::create(data_dir.join("console.out"))?;
-        let stderr = std::fs::File::create(data_dir.join("stderr.log"))?;
+        let console = |name: &str| {
+            let path = data_dir.join(name);
+            rainstorm_runtime::private::file_options()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .with_context(|| format!("creating {}", path.display()))
+        };
+        let (stdout, stderr) = (console("console.out")?, console("stderr.log")?);
         cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr).env("RUST_LOG", "info");
         rainstorm_runtime::children::tie_to_this_process(&mut cmd, Default::default());
         let child = rainstorm_runtime::children::spawn(cmd)

@@ -43,6 +43,17 @@ struct Setup {
 
 impl Setup {
     fn start(name: &str, nodes: u16, base_port: u16) -> Setup {
+        Setup::with(name, nodes, base_port, |_, args| (args, PathBuf::from(env!("CARGO_BIN_EXE_rainstorm"))))
+    }
+
+    /// A cluster whose arguments and `rainstorm` executable `prepare` chooses, given the test's
+    /// root directory (made before it is called) and the default arguments.
+    fn with(
+        name: &str,
+        nodes: u16,
+        base_port: u16,
+        prepare: impl FnOnce(&Path, ClusterArgs) -> (ClusterArgs, PathBuf),
+    ) -> Setup {
         let root = std::env::temp_dir().join(format!("rainstorm-hydfs-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let files = root.join("files");
@@ -51,8 +62,8 @@ impl Setup {
             period_ms: PERIOD_MS,
             ..ClusterArgs::local(nodes, base_port, root.join("cluster"))
         };
-        let c = LocalCluster::start(args, PathBuf::from(env!("CARGO_BIN_EXE_rainstorm")))
-            .expect("cluster starts");
+        let (args, tool) = prepare(&root, args);
+        let c = LocalCluster::start(args, tool).expect("cluster starts");
         Setup { c, root, files }
     }
 
@@ -545,4 +556,127 @@ fn a_restarted_node_comes_back_wiped_and_is_given_its_files() {
         s.ok(0, &format!("getfromreplica {addr} {name} {}", copy.display()));
         assert_same(src, &copy);
     }
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode()
+        & 0o7777
+}
+
+/// Every entry under `dir` (itself included), with its mode, depth first.
+fn walk(dir: &Path, out: &mut Vec<(PathBuf, std::fs::FileType, u32)>) {
+    let meta = std::fs::symlink_metadata(dir).unwrap();
+    out.push((dir.to_path_buf(), meta.file_type(), mode(dir)));
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let kind = std::fs::symlink_metadata(&path).unwrap().file_type();
+        if kind.is_dir() {
+            walk(&path, out);
+        } else {
+            out.push((path.clone(), kind, mode(&path)));
+        }
+    }
+}
+
+/// Nodes started under a umask of 0 (a shell script that sets it and execs `rainstorm`): every
+/// data dir is 0700 and everything in it, walked entry by entry, is the node's user's alone:
+/// directories 0700; blocks, logs, the output trace, console files and the control socket 0600;
+/// fetched operator programs 0700.
+#[test]
+fn nodes_under_a_umask_of_0_keep_their_data_dirs_0700_and_their_files_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::with("umask", 3, 19_950, |root, args| {
+        let wrapper = root.join("rainstorm-umask0");
+        let tool = PathBuf::from(env!("CARGO_BIN_EXE_rainstorm"));
+        std::fs::write(&wrapper, format!("#!/bin/sh\numask 000\nexec '{}' \"$@\"\n", tool.display()))
+            .unwrap();
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        (ClusterArgs { output_trace: true, ..args }, wrapper)
+    });
+    // The nodes really run under a umask of 0.
+    let pid = s.c.nodes[1].child.id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    if let Some(line) = status.lines().find(|l| l.starts_with("Umask:")) {
+        assert_eq!(line.split_whitespace().nth(1), Some("0000"), "{line}");
+    }
+    // Blocks on every node (three replicas of three), a download, and an operator program
+    // fetched into a worker's cache (it refuses to start, so the job fails at once).
+    let local = s.local("in.txt");
+    std::fs::write(&local, "a\nb\nc\n").unwrap();
+    s.ok(1, &format!("create {} in/lines.txt", local.display()));
+    s.ok(2, &format!("get in/lines.txt {}", s.local("back.txt").display()));
+    let refuses = s.local("refuses.sh");
+    std::fs::write(&refuses, "#!/bin/sh\necho 'refusing to start' >&2\nexit 1\n").unwrap();
+    std::fs::set_permissions(&refuses, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let err = s.err(1, &format!("RainStorm \"{}\" split in/lines.txt out/x.txt 1", refuses.display()));
+    assert!(err.contains("refusing to start"), "{err}");
+
+    let mut seen = BTreeSet::new();
+    for i in 0..3 {
+        let dir = s.c.data_dir(i);
+        let mut entries = Vec::new();
+        walk(&dir, &mut entries);
+        for (path, kind, mode) in entries {
+            let rel = path.strip_prefix(&dir).unwrap();
+            let first = rel.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned());
+            let what = match first.as_deref() {
+                None => "data dir",
+                Some("blocks") if kind.is_dir() => "blocks dir",
+                Some("blocks") => "block",
+                Some("programs") if kind.is_dir() => "programs dir",
+                Some("programs") => "program",
+                Some("control.sock") => "control socket",
+                Some("outputs.trace") => "output trace",
+                Some(n) if n.ends_with(".log") => "log",
+                Some("console.out") => "console",
+                Some(_) => "other",
+            };
+            let want = if kind.is_dir() || what == "program" { 0o700 } else { 0o600 };
+            assert!(!kind.is_symlink(), "{} is a symbolic link", path.display());
+            assert_eq!(mode, want, "{what} {} is {mode:o}, not {want:o}", path.display());
+            seen.insert(what);
+        }
+    }
+    for what in [
+        "data dir",
+        "blocks dir",
+        "block",
+        "programs dir",
+        "program",
+        "control socket",
+        "output trace",
+        "log",
+    ] {
+        assert!(seen.contains(what), "no {what} was written: {seen:?}");
+    }
+}
+
+/// `get` into a path where someone planted symbolic links, one at the destination and one at
+/// the temporary name the download used to take (`.<name>.<pid>.part`), each pointing at a file
+/// elsewhere: neither file changes, and the destination becomes a regular file, 0600, holding
+/// the download (the rename replaces the link itself).
+#[test]
+fn get_never_writes_through_a_symlink_planted_at_its_destination() {
+    let s = Setup::start("symlink", 3, 19_960);
+    let local = s.local("in.txt");
+    std::fs::write(&local, "the file's bytes\n").unwrap();
+    s.ok(1, &format!("create {} data/f.txt", local.display()));
+    let elsewhere = s.root.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let (victim, other) = (elsewhere.join("victim"), elsewhere.join("other"));
+    std::fs::write(&victim, "someone else's bytes\n").unwrap();
+    std::fs::write(&other, "more of someone else's bytes\n").unwrap();
+    let dest = s.local("out.txt");
+    std::os::unix::fs::symlink(&victim, &dest).unwrap();
+    let pid = s.c.nodes[2].child.id();
+    std::os::unix::fs::symlink(&other, s.local(&format!(".out.txt.{pid}.part"))).unwrap();
+
+    s.ok(2, &format!("get data/f.txt {}", dest.display()));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "someone else's bytes\n");
+    assert_eq!(std::fs::read_to_string(&other).unwrap(), "more of someone else's bytes\n");
+    let meta = std::fs::symlink_metadata(&dest).unwrap();
+    assert!(meta.file_type().is_file(), "the destination is a regular file now: {meta:?}");
+    assert_eq!(mode(&dest), 0o600);
+    assert_eq!(std::fs::read_to_string(&dest).unwrap(), "the file's bytes\n");
 }

@@ -1,5 +1,13 @@
 //! The control socket: a Unix socket in the data dir through which scripts and tests give a node
-//! the same commands as its console. Only the node's user can connect (mode 0600).
+//! the same commands as its console. Only the node's user can connect.
+//!
+//! Invariant: no other user can ever connect, not even for an instant after the socket appears.
+//! `bind(2)` creates the socket file with the umask's mode (0777 under a umask of 0), and a
+//! `chmod` can only follow it; so the socket lives in the data dir, which [`serve`] makes 0700
+//! (created so, or tightened) *before* it binds. Connecting needs search permission on every
+//! directory of the path, so until the socket is chmod'ed 0600 (and after) only the owner (and
+//! root) can reach it. The process umask is left alone: it is process-wide, and narrowing it
+//! around the bind would race with every other thread creating files meanwhile.
 //!
 //! Protocol: the client writes one command line and closes its writing half; while the command
 //! runs the server may send `progress <done> <total>` lines (a large transfer), `out <text>`
@@ -34,9 +42,19 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 /// Serves the control socket of `handle` until the process ends.
 pub fn serve(handle: NodeHandle) -> std::io::Result<PathBuf> {
     let path = socket_path(&handle.data_dir);
+    // The directory first: from the bind on, it is what keeps other users out.
+    let dir = &handle.data_dir;
+    let context =
+        |what: String| move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{what}: {e}"));
+    let tightened =
+        crate::private::dir(dir).map_err(context(format!("cannot make {} mode 700", dir.display())))?;
+    if let Some(was) = tightened {
+        crate::logging::log_tightened(dir, was);
+    }
     let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let listener = UnixListener::bind(&path).map_err(context(format!("cannot bind {}", path.display())))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(crate::private::FILE_MODE))
+        .map_err(context(format!("cannot make {} mode 600", path.display())))?;
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };

@@ -13,6 +13,10 @@
 //! then data, then bulk (bulk transfers never delay membership, HyDFS requests or RainStorm's
 //! tuples); at most [`STREAM_QUEUE_FRAMES`] received stream frames wait per lane, so a fast
 //! sender is slowed by TCP instead of growing this process's memory.
+//!
+//! [`start`] makes the data dir 0700 before anything is written in it (tightening an existing
+//! looser one, and logging that it did); the output trace (`RAINSTORM_OUTPUT_TRACE`) is 0600
+//! ([`crate::private`]).
 
 use crate::clock::Clock;
 use crate::config::RuntimeConfig;
@@ -222,7 +226,7 @@ pub struct StartedNode {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot create data dir {path}: {source}")]
+    #[error("cannot create data dir {path} (mode 700) or make it private: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("cannot bind {what} {addr}: {source}")]
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
@@ -232,8 +236,12 @@ pub enum StartError {
 
 /// Binds the sockets, starts the node (a member starts joining at once) and its tasks.
 pub async fn start(cfg: RuntimeConfig) -> Result<StartedNode, StartError> {
-    std::fs::create_dir_all(&cfg.data_dir)
+    // Before anything is written in it (the control socket included: see `control`).
+    let tightened = crate::private::dir(&cfg.data_dir)
         .map_err(|source| StartError::DataDir { path: cfg.data_dir.clone(), source })?;
+    if let Some(was) = tightened {
+        crate::logging::log_tightened(&cfg.data_dir, was);
+    }
     let udp = UdpSocket::bind(cfg.bind).await.map_err(|source| StartError::Bind {
         what: "UDP",
         addr: cfg.bind,
@@ -306,15 +314,15 @@ pub async fn start(cfg: RuntimeConfig) -> Result<StartedNode, StartError> {
         ops: BTreeMap::new(),
         programs: ProgramHost::new(programs, &data_dir, tx_programs),
         book: JobBook::default(),
-        output_trace: std::env::var_os("RAINSTORM_OUTPUT_TRACE").and_then(|path| {
-            match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+        output_trace: std::env::var_os("RAINSTORM_OUTPUT_TRACE").and_then(
+            |path| match crate::private::append(Path::new(&path)) {
                 Ok(f) => Some(std::io::BufWriter::new(f)),
                 Err(e) => {
                     warn!(error = %e, path = ?path, "cannot open the output trace; not tracing");
                     None
                 }
-            }
-        }),
+            },
+        ),
         watchers: BTreeMap::new(),
     };
     let task = tokio::spawn(task.run(rx, lanes));

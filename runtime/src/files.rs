@@ -7,6 +7,14 @@
 //! [`Sink`] writes to a temporary file next to the target, renamed over it only when the whole
 //! file has arrived: a failed `get` never leaves a partial file under the requested name.
 //!
+//! A download never writes through a link planted by someone else. Its temporary file has an
+//! unguessable name and is created with `O_CREAT|O_EXCL` (`create_new`), which fails on any
+//! existing name, a symbolic link (dangling or not) included, instead of following it: a taken
+//! name is skipped for another. The end is a `rename(2)` over the target, which replaces
+//! whatever is under the target's name (a symbolic link itself, never the file it points to).
+//! A downloaded file, and its temporary file, are 0600 whatever the umask ([`crate::private`]):
+//! `chmod` it to share it.
+//!
 //! Every whole-file transfer a user starts goes this way, with bounded memory: `get` and
 //! `getfromreplica` ([`download`]), `create` and `append` ([`upload`]), and the operator programs
 //! of `RainStorm` ([`download_file`], [`describe_hashed`]: uploaded, sized from their metadata
@@ -187,14 +195,52 @@ pub struct Sink {
     progress: Arc<Progress>,
 }
 
+/// Names a download tries for its temporary file before it gives up.
+const TEMP_NAME_TRIES: usize = 16;
+
+/// An unguessable 64-bit number: std's hasher keys come from the OS's randomness.
+fn unguessable() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(NEXT.fetch_add(1, Ordering::Relaxed));
+    h.finish()
+}
+
+/// Creates the first of `candidates` that does not exist, for writing, mode 0600. `create_new`
+/// is `O_CREAT|O_EXCL`: a name already taken, by a symbolic link too, is never opened.
+fn create_temp(candidates: impl IntoIterator<Item = PathBuf>) -> Result<(File, PathBuf), String> {
+    let mut taken = Vec::new();
+    for tmp in candidates {
+        match crate::private::file_options().write(true).create_new(true).open(&tmp) {
+            Ok(file) => return Ok((file, tmp)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => taken.push(tmp),
+            Err(e) => return Err(format!("cannot write {}: {e}", tmp.display())),
+        }
+    }
+    let names: Vec<String> = taken.iter().map(|p| p.display().to_string()).collect();
+    Err(format!("cannot create a temporary file: every name tried is taken ({})", names.join(", ")))
+}
+
 impl Sink {
     fn create(target: &Path, progress: Arc<Progress>) -> Result<Sink, String> {
         let name = target.file_name().ok_or_else(|| format!("{} is not a file path", target.display()))?;
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(name);
-        tmp_name.push(format!(".{}.part", std::process::id()));
-        let tmp = target.with_file_name(tmp_name);
-        let file = File::create(&tmp).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        let candidates = (0..TEMP_NAME_TRIES).map(|_| {
+            let mut tmp_name = std::ffi::OsString::from(".");
+            tmp_name.push(name);
+            tmp_name.push(format!(".{}-{:016x}.part", std::process::id(), unguessable()));
+            target.with_file_name(tmp_name)
+        });
+        Self::create_as(target, candidates, progress)
+    }
+
+    /// A sink for `target` whose temporary file is the first free name of `candidates`.
+    fn create_as(
+        target: &Path,
+        candidates: impl IntoIterator<Item = PathBuf>,
+        progress: Arc<Progress>,
+    ) -> Result<Sink, String> {
+        let (file, tmp) = create_temp(candidates)?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(SINK_QUEUE_CHUNKS);
         let (path, done) = (tmp.clone(), progress.clone());
         let writer = std::thread::Builder::new()
@@ -536,6 +582,58 @@ mod tests {
         sink.abandon();
         let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left, vec![std::ffi::OsString::from("out")]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_download_replaces_a_symlink_at_its_target_and_never_writes_through_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("symlink");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"someone else's file").unwrap();
+        let target = dir.join("out");
+        std::os::unix::fs::symlink(&victim, &target).unwrap();
+        let mut sink = Sink::create(&target, Arc::new(Progress::default())).unwrap();
+        sink.write(0, b"downloaded".to_vec());
+        sink.finish(10).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"someone else's file");
+        let meta = std::fs::symlink_metadata(&target).unwrap();
+        assert!(meta.file_type().is_file(), "the link itself was replaced: {meta:?}");
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+        assert_eq!(std::fs::read(&target).unwrap(), b"downloaded");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_symlink_planted_at_a_temporary_name_is_skipped_never_followed() {
+        let dir = temp_dir("planted");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"someone else's file").unwrap();
+        let (planted, dangling, free) =
+            (dir.join(".out.1.part"), dir.join(".out.2.part"), dir.join(".out.3.part"));
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        std::os::unix::fs::symlink(dir.join("nothing-here"), &dangling).unwrap();
+        let target = dir.join("out");
+        let candidates = [planted.clone(), dangling.clone(), free.clone()];
+        let mut sink = Sink::create_as(&target, candidates, Arc::new(Progress::default())).unwrap();
+        assert_eq!(sink.tmp, free);
+        sink.write(0, b"downloaded".to_vec());
+        sink.finish(10).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"someone else's file");
+        assert!(!dir.join("nothing-here").exists(), "a dangling link is not followed either");
+        assert_eq!(std::fs::read(&target).unwrap(), b"downloaded");
+        assert!(std::fs::symlink_metadata(&planted).unwrap().file_type().is_symlink());
+        // Every name taken: a clear error, naming them.
+        let err = Sink::create_as(&target, [planted.clone(), dangling], Arc::new(Progress::default()))
+            .err()
+            .unwrap();
+        assert!(err.contains("every name tried is taken") && err.contains(".out.1.part"), "{err}");
+        // The names a download makes up are fresh ones.
+        let a = Sink::create(&target, Arc::new(Progress::default())).unwrap();
+        let b = Sink::create(&target, Arc::new(Progress::default())).unwrap();
+        assert_ne!(a.tmp, b.tmp);
+        a.abandon();
+        b.abandon();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

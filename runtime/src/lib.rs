@@ -18,6 +18,7 @@
 //! * [`programs`]: operator programs: fetched by hash, one sandboxed process per task incarnation;
 //! * [`children`]: child processes that die with this one and start under resource limits;
 //! * [`logging`]: tracing to stderr and to a file in the data dir;
+//! * [`private`]: the modes of the data dir and of every file a node writes (0700 and 0600);
 //! * [`status`]: the HTTP endpoint: the status page, its JSON, and [`metrics`] (Prometheus).
 
 pub mod children;
@@ -30,6 +31,7 @@ pub mod jobs;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod private;
 pub mod programs;
 pub mod status;
 pub mod storage;

@@ -12,8 +12,11 @@
 //! empty); a burst of more than [`QUEUED_LINES`] lines waiting drops lines rather than wait. The
 //! returned [`LogGuard`] flushes what is queued when it is dropped: keep it until the process
 //! ends.
+//!
+//! Invariant: the log is its user's alone. [`init`] makes the data dir 0700 (tightening an
+//! existing looser one, and logging that it did) and the log file 0600, whatever the umask
+//! ([`crate::private`]).
 
-use std::fs::OpenOptions;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
@@ -32,11 +35,11 @@ pub struct LogGuard {
 }
 
 /// Installs the global subscriber; returns the log file's path and the guard that flushes the
-/// logs when dropped.
+/// logs when dropped. The data dir is created (or tightened) 0700 and the log file 0600.
 pub fn init(data_dir: &Path, file_name: &str) -> std::io::Result<(PathBuf, LogGuard)> {
-    std::fs::create_dir_all(data_dir)?;
+    let tightened = crate::private::dir(data_dir)?;
     let path = data_dir.join(file_name);
-    let file = OpenOptions::new().create(true).append(true).open(&path)?;
+    let file = crate::private::append(&path)?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (stderr, stderr_guard) = writer(BufWriter::new(std::io::stderr()), "rainstorm-log-stderr");
@@ -44,7 +47,21 @@ pub fn init(data_dir: &Path, file_name: &str) -> std::io::Result<(PathBuf, LogGu
     let stderr = fmt::layer().with_writer(stderr).with_ansi(colour).with_target(false);
     let file = fmt::layer().with_writer(file).with_ansi(false).with_target(false);
     let _ = tracing_subscriber::registry().with(filter).with(stderr).with(file).try_init();
+    if let Some(mode) = tightened {
+        log_tightened(data_dir, mode);
+    }
     Ok((path, LogGuard { _file: file_guard, _stderr: stderr_guard }))
+}
+
+/// Logs that the data dir `dir` had mode `was` and is now 0700.
+pub(crate) fn log_tightened(dir: &Path, was: u32) {
+    tracing::warn!(
+        event = "data_dir_tightened",
+        path = %dir.display(),
+        was = format!("{was:o}"),
+        "data dir {} was mode {was:o}, open to other users; it is now 700",
+        dir.display()
+    );
 }
 
 fn writer<W: std::io::Write + Send + 'static>(

@@ -11,7 +11,9 @@
 //!   present, absent or hold any bytes; the node wipes the directory at start and the store checks
 //!   every block's checksum, so this never yields wrong data;
 //! * a sync covers both file data and directory entries: it fsyncs every block file written since
-//!   the last sync, then the directory itself, which makes renames and deletes durable.
+//!   the last sync, then the directory itself, which makes renames and deletes durable;
+//! * the directory is 0700 (tightened if it was looser) and every block and temporary file is
+//!   created 0600, whatever the umask ([`crate::private`]): blocks are the node's user's alone.
 //!
 //! Every I/O error becomes [`StorageError::Io`] naming the path and the OS error; nothing here
 //! panics on I/O.
@@ -53,9 +55,9 @@ fn io_err(what: &str, path: &Path, e: &std::io::Error) -> StorageError {
 }
 
 impl FileStorage {
-    /// Opens (creating it if needed) the block directory `dir`.
+    /// Opens (creating it if needed) the block directory `dir`, 0700.
     pub fn open(dir: &Path) -> Result<FileStorage, StorageError> {
-        fs::create_dir_all(dir).map_err(|e| io_err("create", dir, &e))?;
+        crate::private::dir(dir).map_err(|e| io_err("create", dir, &e))?;
         Ok(FileStorage { dir: dir.to_path_buf(), dirty: BTreeSet::new(), dir_dirty: false, flush: None })
     }
 
@@ -73,7 +75,7 @@ impl FileStorage {
     }
 
     fn write_tmp(tmp: &Path, data: &[u8]) -> std::io::Result<()> {
-        let mut f = File::create(tmp)?;
+        let mut f = crate::private::file_options().write(true).create(true).truncate(true).open(tmp)?;
         f.write_all(data)?;
         f.flush()
     }
@@ -178,7 +180,7 @@ impl Storage for FileStorage {
     }
 
     fn wipe(&mut self) -> Result<(), StorageError> {
-        fs::create_dir_all(&self.dir).map_err(|e| io_err("create", &self.dir, &e))?;
+        crate::private::dir(&self.dir).map_err(|e| io_err("create", &self.dir, &e))?;
         let entries = fs::read_dir(&self.dir).map_err(|e| io_err("list", &self.dir, &e))?;
         // Whatever happens below, directory entries may have changed.
         self.dir_dirty = true;
@@ -253,6 +255,26 @@ mod tests {
         assert_eq!(s.dir(), t.blocks());
         // Opening an existing directory is fine too.
         FileStorage::open(&t.blocks()).unwrap();
+    }
+
+    #[test]
+    fn the_directory_is_0700_and_every_block_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let t = TempDir::new("modes");
+        let mut s = FileStorage::open(&t.blocks()).unwrap();
+        assert_eq!(mode(&t.blocks()), 0o700);
+        s.put(1, b"private").unwrap();
+        s.put(1, b"private, replaced").unwrap();
+        s.put(2, b"").unwrap();
+        assert_eq!((mode(&s.blob_path(1)), mode(&s.blob_path(2))), (0o600, 0o600));
+        // A directory left looser (by an older node) is tightened when opened, and by wipe.
+        fs::set_permissions(t.blocks(), fs::Permissions::from_mode(0o755)).unwrap();
+        let mut s = FileStorage::open(&t.blocks()).unwrap();
+        assert_eq!(mode(&t.blocks()), 0o700);
+        fs::set_permissions(t.blocks(), fs::Permissions::from_mode(0o777)).unwrap();
+        s.wipe().unwrap();
+        assert_eq!(mode(&t.blocks()), 0o700);
     }
 
     #[test]

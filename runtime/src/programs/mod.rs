@@ -9,6 +9,9 @@
 //! Invariants kept here:
 //! * a program runs only if its bytes hash to the SHA-256 its spec names: fetched from HyDFS
 //!   into `<data dir>/programs/<sha256>`, checked before every first start, replaced if not;
+//! * the cache is the node's user's alone: `programs/` is 0700, a program is fetched into a
+//!   0600 file and made 0700 (runnable by its owner only) before it is moved into place, and a
+//!   cached program found looser is made 0700 before it runs ([`crate::private`]);
 //! * one process per hosted incarnation `(job, task, attempt)`, which handles its calls in order,
 //!   up to [`ProgramLimits::window`] of them in flight when it speaks version 2; processes of
 //!   incarnations the node no longer hosts are stopped ([`ProgramHost::retain`]), and their
@@ -384,9 +387,18 @@ async fn fetch(ctx: &Ctx, program: &ProgramSpec) -> Result<PathBuf, String> {
         map.entry(program.sha256.clone()).or_default().clone()
     };
     let _guard = lock.lock().await;
+    // Created 0700, or tightened if an older node left it looser.
+    let cache = ctx.cache.clone();
+    tokio::task::spawn_blocking(move || crate::private::dir(&cache))
+        .await
+        .map_err(|e| format!("creating the program cache failed: {e}"))?
+        .map_err(|e| format!("cannot create the program cache {}: {e}", ctx.cache.display()))?;
     let path = ctx.cache.join(&program.sha256);
     if path.is_file() {
         if hash_of(&path).await.is_ok_and(|(h, _)| h == program.sha256) {
+            if !is_private_program(&path).await {
+                make_executable(&path).await.map_err(|e| format!("cannot make the program private: {e}"))?;
+            }
             return Ok(path);
         }
         warn!(event = "program_cache_bad", path = %path.display(), "cached program does not match its hash; fetching it again");
@@ -399,9 +411,6 @@ async fn fetch(ctx: &Ctx, program: &ProgramSpec) -> Result<PathBuf, String> {
     if len > ctx.limits.max_program_bytes {
         return Err(ctx.limits.too_large(&program.file, len));
     }
-    tokio::fs::create_dir_all(&ctx.cache)
-        .await
-        .map_err(|e| format!("cannot create the program cache: {e}"))?;
     // Fetched chunk by chunk into a file beside its place in the cache, checked, then moved in:
     // a program of any size takes a bounded amount of memory.
     let tmp = ctx.cache.join(format!("{}.{}.tmp", program.sha256, std::process::id()));
@@ -447,12 +456,26 @@ async fn hash_of(path: &Path) -> Result<(String, u64), String> {
 #[cfg(unix)]
 async fn make_executable(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).await
+    tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(crate::private::PROGRAM_MODE)).await
 }
 
 #[cfg(not(unix))]
 async fn make_executable(_path: &Path) -> std::io::Result<()> {
     Ok(())
+}
+
+/// Whether the cached program at `path` is already [`crate::private::PROGRAM_MODE`].
+#[cfg(unix)]
+async fn is_private_program(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    tokio::fs::metadata(path)
+        .await
+        .is_ok_and(|m| m.permissions().mode() & 0o7777 == crate::private::PROGRAM_MODE)
+}
+
+#[cfg(not(unix))]
+async fn is_private_program(_path: &Path) -> bool {
+    true
 }
 
 /// Lowercase hex SHA-256 of `bytes`.
@@ -701,13 +724,15 @@ mod tests {
     use super::*;
     use rainstorm_core::rainstorm::{ProgramBatch, Tuple};
 
-    /// A shell program, placed in the cache of `data_dir` under its hash (so nothing is fetched).
+    /// A shell program, placed in the cache of `data_dir` under its hash (so nothing is fetched),
+    /// 0755 in a 0755 cache, as an older node left them.
     fn script(data_dir: &Path, body: &str) -> ProgramSpec {
         use std::os::unix::fs::PermissionsExt;
         let bytes = format!("#!/bin/sh\n{body}\n");
         let sha256 = sha256_hex(bytes.as_bytes());
         let cache = data_dir.join("programs");
         std::fs::create_dir_all(&cache).expect("a cache directory");
+        std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o755)).expect("0755");
         let path = cache.join(&sha256);
         std::fs::write(&path, bytes).expect("written");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("executable");
@@ -769,6 +794,11 @@ read -r batch; echo 'dying' >&2; exit 3"#,
         assert!(answers[2..].iter().all(|(_, r)| r.as_ref().err() == Some(&why)), "the same reason after");
         host.call(call(5, &program));
         assert_eq!(results(&mut rx, 1).await[0].1.as_ref().err(), Some(&why));
+        // The cache, left 0755 with its program, was made the node's user's alone before it ran.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).expect("cached").permissions().mode() & 0o7777;
+        let cache = dir.join("programs");
+        assert_eq!((mode(&cache), mode(&cache.join(&program.sha256))), (0o700, 0o700));
         let _ = std::fs::remove_dir_all(dir);
     }
 
