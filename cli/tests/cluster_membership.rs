@@ -466,3 +466,32 @@ fn the_cluster_command_leaves_no_node_behind_on_sigterm_sighup_or_sigkill() {
     }
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn keygen_writes_a_new_key_file_only_its_owner_reads_and_never_overwrites_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("rainstorm-test-keygen-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cluster.key");
+    let keygen = |out: Option<&Path>| {
+        let mut cmd = Command::new(tool());
+        cmd.arg("keygen");
+        if let Some(out) = out {
+            cmd.arg("--out").arg(out);
+        }
+        cmd.output().unwrap()
+    };
+    let written = keygen(Some(&path));
+    assert!(written.status.success(), "{}", String::from_utf8_lossy(&written.stderr));
+    let key = std::fs::read_to_string(&path).unwrap();
+    let is_key = |k: &str| k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit());
+    assert!(is_key(key.trim_end()), "{key:?}");
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    let again = keygen(Some(&path));
+    assert!(!again.status.success(), "an existing key file is never overwritten");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), key);
+    let printed = String::from_utf8(keygen(None).stdout).unwrap();
+    assert!(is_key(printed.trim_end()) && printed.trim_end() != key.trim_end(), "{printed:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -651,14 +651,14 @@ impl RunDir {
         if tokio::fs::try_exists(&path).await.unwrap_or(false) {
             tokio::fs::remove_dir_all(&path).await.map_err(failed)?;
         }
-        if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent).await.map_err(failed)?;
-        }
-        let mut builder = tokio::fs::DirBuilder::new();
-        builder.mode(0o700).create(&path).await.map_err(failed)?;
-        // Whatever the umask.
-        use std::os::unix::fs::PermissionsExt;
-        tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).await.map_err(failed)?;
+        // It and the directory of every incarnation's directories are 0700, whatever the umask.
+        let dirs = [path.parent().map(Path::to_path_buf), Some(path.clone())];
+        tokio::task::spawn_blocking(move || {
+            dirs.iter().flatten().try_for_each(|d| crate::private::dir(d).map(drop))
+        })
+        .await
+        .map_err(|e| failed(std::io::Error::other(e)))?
+        .map_err(failed)?;
         Ok(RunDir { path, removed: false })
     }
 
