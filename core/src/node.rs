@@ -161,6 +161,21 @@ pub struct NodeStats {
     pub frames_rejected: BTreeMap<&'static str, u64>,
     /// Frames that could not be encoded under their channel's limit (a bug if ever non-zero).
     pub frames_unsendable: u64,
+    /// What the driver dropped on its stream connections to protect the node.
+    pub streams: StreamDrops,
+}
+
+/// Stream connections and frames the driver dropped, counted by the driver since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamDrops {
+    /// Inbound connections closed at once for the limit of inbound connections (a new one, or
+    /// the oldest that had sent no frame, to make room for a new one).
+    pub connections_refused: u64,
+    /// Inbound connections closed by a read timeout: no frame started, or a frame not whole in
+    /// time.
+    pub connections_timed_out: u64,
+    /// Frames not sent because the send queue to their peer was full (reported as failed sends).
+    pub frames_send_dropped: u64,
 }
 
 impl NodeStats {
@@ -414,6 +429,11 @@ impl Node {
     /// [`crate::wire::WireError::cause`], so that the node's counters tell every refusal.
     pub fn record_rejected(&mut self, cause: &'static str, frames: u64) {
         *self.stats.frames_rejected.entry(cause).or_default() += frames;
+    }
+
+    /// The driver's counts of what it dropped on stream connections (they only grow).
+    pub fn set_stream_drops(&mut self, drops: StreamDrops) {
+        self.stats.streams = drops;
     }
 
     /// A datagram arrived.
@@ -713,6 +733,9 @@ impl fmt::Display for CommandOutput {
                 for (cause, n) in &node.rejected_by_cause() {
                     writeln!(f, "frames_rejected.{cause} {n}")?;
                 }
+                writeln!(f, "connections_refused {}", node.streams.connections_refused)?;
+                writeln!(f, "connections_timed_out {}", node.streams.connections_timed_out)?;
+                writeln!(f, "frames_send_dropped {}", node.streams.frames_send_dropped)?;
                 writeln!(f, "pings_sent {}", membership.pings_sent)?;
                 writeln!(f, "ping_reqs_sent {}", membership.ping_reqs_sent)?;
                 writeln!(f, "suspicions_raised {}", membership.suspicions_raised)?;

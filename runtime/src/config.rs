@@ -53,6 +53,10 @@
 //! peer_requests_per_sec = 20000  # HyDFS/RainStorm requests accepted per second from one peer (0: unlimited)
 //! peer_request_burst = 40000     # requests one peer may send at once
 //! rate_limited_peers = 1024      # peers whose rate is tracked (the stalest is forgotten)
+//! max_inbound_connections = 1024 # TCP connections from peers open at once; more are closed at once
+//! stream_idle_timeout_s = 120    # an inbound connection with no frame started for this long is closed (over 60)
+//! stream_frame_timeout_s = 30    # a started frame must arrive whole within this long
+//! max_send_queue_mb = 64         # bytes waiting to be sent per peer and lane; more are dropped (as a failed send)
 //! ```
 //!
 //! A cluster key is 32 random bytes written as 64 hex digits (`rainstorm keygen` makes one);
@@ -61,6 +65,7 @@
 //! accepted during a rollover; `reload_keys` reads it again.
 
 use crate::programs::ProgramLimits;
+use crate::streams::{StreamLimits, STREAM_IDLE};
 use rainstorm_core::hydfs::HydfsConfig;
 use rainstorm_core::limits::{LimitsConfig, LimitsError};
 use rainstorm_core::membership::{MembershipConfig, Role};
@@ -110,6 +115,10 @@ pub struct LimitsInput {
     pub peer_requests_per_sec: Option<u32>,
     pub peer_request_burst: Option<u32>,
     pub rate_limited_peers: Option<usize>,
+    pub max_inbound_connections: Option<usize>,
+    pub stream_idle_timeout_s: Option<u64>,
+    pub stream_frame_timeout_s: Option<u64>,
+    pub max_send_queue_mb: Option<usize>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -180,6 +189,8 @@ pub struct RuntimeConfig {
     pub programs: ProgramLimits,
     /// Node-wide limits on stream frames and per-peer request rates.
     pub limits: LimitsConfig,
+    /// Limits of the stream connections: how many, their timeouts, their send queues.
+    pub streams: StreamLimits,
     /// Where the node serves its metrics and status page over HTTP (`None`: it does not).
     pub metrics: Option<SocketAddr>,
 }
@@ -224,6 +235,10 @@ pub const FIELDS: &[&str] = &[
     "limits.stream_frame_mb",
     "limits.peer_request_burst",
     "limits.rate_limited_peers",
+    "limits.max_inbound_connections",
+    "limits.stream_idle_timeout_s",
+    "limits.stream_frame_timeout_s",
+    "limits.max_send_queue_mb",
     "hydfs.max_write_mb",
     "hydfs.max_name_bytes",
     "hydfs.max_pending_appends",
@@ -315,6 +330,10 @@ impl ConfigInput {
                 peer_requests_per_sec: l.peer_requests_per_sec.or(k.peer_requests_per_sec),
                 peer_request_burst: l.peer_request_burst.or(k.peer_request_burst),
                 rate_limited_peers: l.rate_limited_peers.or(k.rate_limited_peers),
+                max_inbound_connections: l.max_inbound_connections.or(k.max_inbound_connections),
+                stream_idle_timeout_s: l.stream_idle_timeout_s.or(k.stream_idle_timeout_s),
+                stream_frame_timeout_s: l.stream_frame_timeout_s.or(k.stream_frame_timeout_s),
+                max_send_queue_mb: l.max_send_queue_mb.or(k.max_send_queue_mb),
             },
         }
     }
@@ -482,6 +501,7 @@ impl ConfigInput {
         };
         rainstorm_core::limits::check(&limits, &hydfs, &rainstorm)
             .map_err(|e| field(limit_field(&e), e.to_string()))?;
+        let streams = stream_limits(&l)?;
         Ok(RuntimeConfig {
             role,
             bind,
@@ -498,9 +518,46 @@ impl ConfigInput {
             rainstorm,
             programs,
             limits,
+            streams,
             metrics,
         })
     }
+}
+
+/// The stream connection settings of `[limits]`, checked.
+fn stream_limits(l: &LimitsInput) -> Result<StreamLimits, ConfigError> {
+    let base = StreamLimits::default();
+    let max_inbound_connections = match l.max_inbound_connections {
+        Some(0) => return Err(field("limits.max_inbound_connections", "must be at least 1")),
+        Some(n) => n,
+        None => base.max_inbound_connections,
+    };
+    let idle_timeout = match l.stream_idle_timeout_s {
+        Some(s) if s <= STREAM_IDLE.as_secs() => {
+            return Err(field(
+                "limits.stream_idle_timeout_s",
+                format!(
+                    "must be over {} (peers close their idle connections after {} s; a shorter \
+                     timeout would close them first, racing their writes)",
+                    STREAM_IDLE.as_secs(),
+                    STREAM_IDLE.as_secs()
+                ),
+            ))
+        }
+        Some(s) => Duration::from_secs(s),
+        None => base.idle_timeout,
+    };
+    let frame_timeout = match l.stream_frame_timeout_s {
+        Some(0) => return Err(field("limits.stream_frame_timeout_s", "must be at least 1")),
+        Some(s) => Duration::from_secs(s),
+        None => base.frame_timeout,
+    };
+    let send_queue_bytes = match l.max_send_queue_mb {
+        Some(0) => return Err(field("limits.max_send_queue_mb", "must be at least 1")),
+        Some(mb) => mb.saturating_mul(1 << 20),
+        None => base.send_queue_bytes,
+    };
+    Ok(StreamLimits { max_inbound_connections, idle_timeout, frame_timeout, send_queue_bytes })
 }
 
 /// The most keys a node accepts besides the one it signs with.
@@ -752,12 +809,31 @@ mod tests {
         assert_eq!(cfg.limits.stream_frame_bytes, 10 << 20);
         assert_eq!(cfg.limits.peer_requests_per_sec, 0);
         assert_eq!(cfg.membership.max_datagram_bytes, 1200);
+        assert_eq!(resolve("").unwrap().streams, StreamLimits::default());
+        let cfg = resolve(
+            "max_inbound_connections = 10\nstream_idle_timeout_s = 61\nstream_frame_timeout_s = 5\n\
+             max_send_queue_mb = 2\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.streams,
+            StreamLimits {
+                max_inbound_connections: 10,
+                idle_timeout: Duration::from_secs(61),
+                frame_timeout: Duration::from_secs(5),
+                send_queue_bytes: 2 << 20,
+            }
+        );
         for (text, field) in [
             ("stream_frame_mb = 8", "limits.stream_frame_mb"),
             ("stream_frame_mb = 5000", "limits.stream_frame_mb"),
             ("peer_request_burst = 0", "limits.peer_request_burst"),
             ("rate_limited_peers = 0", "limits.rate_limited_peers"),
             ("max_datagram_bytes = 100", "limits.max_datagram_bytes"),
+            ("max_inbound_connections = 0", "limits.max_inbound_connections"),
+            ("stream_idle_timeout_s = 60", "limits.stream_idle_timeout_s"),
+            ("stream_frame_timeout_s = 0", "limits.stream_frame_timeout_s"),
+            ("max_send_queue_mb = 0", "limits.max_send_queue_mb"),
         ] {
             let e = resolve(text).unwrap_err();
             assert!(e.to_string().contains(&format!("`{field}`")), "{text}: {e}");

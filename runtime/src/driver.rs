@@ -26,7 +26,7 @@ use crate::net::Incoming;
 use crate::programs::ProgramHost;
 use crate::storage::FileStorage;
 pub use crate::streams::STREAM_QUEUE_FRAMES;
-use crate::streams::{lane_queues, LaneQueues, Writers};
+use crate::streams::{lane_queues, LaneQueues, StreamCounters, Writers};
 use rainstorm_core::command::{Command, FileCommand};
 use rainstorm_core::hydfs::{ClientOp, HydfsError, HydfsEvent, OpId, OpOutput, RingId, StorageError};
 use rainstorm_core::membership::{MembershipEvent, Role};
@@ -292,7 +292,23 @@ pub async fn start(cfg: RuntimeConfig) -> Result<StartedNode, StartError> {
     let udp = Arc::new(udp);
     let precheck = (cfg.codec(), cfg.membership.max_datagram_bytes);
     tokio::spawn(receive_datagrams(udp.clone(), tx.clone(), precheck));
-    tokio::spawn(crate::streams::accept(tcp, lane_tx, cfg.limits.stream_frame_bytes));
+    let stream_counters = Arc::new(StreamCounters::default());
+    let max_connections = crate::streams::connection_limit(
+        cfg.streams.max_inbound_connections,
+        crate::streams::open_file_limit(),
+    );
+    let frame_limits = crate::net::FrameLimits {
+        max_bytes: cfg.limits.stream_frame_bytes,
+        idle: cfg.streams.idle_timeout,
+        body: cfg.streams.frame_timeout,
+    };
+    tokio::spawn(crate::streams::accept(
+        tcp,
+        lane_tx,
+        max_connections,
+        frame_limits,
+        stream_counters.clone(),
+    ));
     let handle = NodeHandle {
         tx: tx.clone(),
         events: events.clone(),
@@ -309,7 +325,8 @@ pub async fn start(cfg: RuntimeConfig) -> Result<StartedNode, StartError> {
         udp,
         events,
         drop_rng: ChaCha8Rng::seed_from_u64(seed ^ 0xd20b),
-        writers: Writers::new(tx),
+        writers: Writers::new(tx, cfg.streams.send_queue_bytes, stream_counters.clone()),
+        stream_counters,
         cfg,
         ops: BTreeMap::new(),
         programs: ProgramHost::new(programs, &data_dir, tx_programs),
@@ -389,6 +406,8 @@ struct NodeTask {
     cfg: RuntimeConfig,
     /// One writer task (one TCP connection) per peer and lane that frames were sent to recently.
     writers: Writers,
+    /// What the stream side dropped; copied into the node's counters before they are read.
+    stream_counters: Arc<StreamCounters>,
     /// HyDFS operations started from a command, waiting for their result.
     ops: BTreeMap<OpId, PendingOp>,
     /// The operator programs of the task incarnations this node hosts.
@@ -466,12 +485,14 @@ impl NodeTask {
                             let _ = reply.send(job);
                         }
                         Input::Observe { detail, reply } => {
+                            self.node.set_stream_drops(self.stream_counters.snapshot());
                             let _ = reply.send(crate::status::observe(&self.node, &self.book, detail));
                         }
                         Input::Jobs { id, reply } => {
                             let _ = reply.send(self.jobs(id.as_deref()));
                         }
                         Input::Command { line, reply } => {
+                            self.node.set_stream_drops(self.stream_counters.snapshot());
                             let _ = reply.send(self.command(&line));
                         }
                         Input::Shutdown { reply } => {

@@ -135,6 +135,24 @@ impl Collector for Scrape {
             n.rejected_by_cause().iter().map(|(c, v)| (l("cause", c), *v)).collect(),
         )?;
         out.counter(
+            "rainstorm_connections_refused",
+            "Inbound stream connections closed at once for limits.max_inbound_connections (a new one, or \
+             the oldest that had sent no frame, to make room).",
+            n.streams.connections_refused,
+        )?;
+        out.counter(
+            "rainstorm_connections_timed_out",
+            "Inbound stream connections closed for starting no frame within limits.stream_idle_timeout_s \
+             or not delivering one whole within limits.stream_frame_timeout_s.",
+            n.streams.connections_timed_out,
+        )?;
+        out.counter(
+            "rainstorm_frames_send_dropped",
+            "Stream frames dropped unsent: the send queue to their peer held limits.max_send_queue_mb \
+             (reported as failed sends).",
+            n.streams.frames_send_dropped,
+        )?;
+        out.counter(
             "rainstorm_frames_unsendable",
             "Frames that could not be encoded under their channel's limit (a bug if ever non-zero).",
             n.frames_unsendable,

@@ -10,63 +10,202 @@
 //! bulk queue, and slows only the bulk sender (through TCP), while control frames take their own
 //! way and are served first.
 //!
-//! Invariants kept here:
+//! Invariants kept here, whatever peers (or anyone reaching the port) send:
 //! * frames of one (peer, lane) are written in the order they were given, on one connection at
 //!   a time (reconnecting after a failure), and read in that order; the frames waiting together
 //!   are written with one system call;
+//! * at most [`StreamLimits::max_inbound_connections`] inbound connections are open at once
+//!   (fewer if the open-file limit leaves less room, see [`connection_limit`]); past it, one
+//!   connection is closed at once and counted, never queued: the oldest that has delivered no
+//!   frame yet (making room for the new one), else the new one;
+//! * an inbound connection that starts no frame within [`StreamLimits::idle_timeout`], or does
+//!   not deliver a started frame whole within [`StreamLimits::frame_timeout`], is closed and
+//!   counted; a frame's buffer grows only as its bytes arrive ([`crate::net`]);
+//! * a failed `accept` (out of file descriptors, say) is retried after a pause that grows from
+//!   100 ms to 1 s, never at once, and logged at most once per [`LOG_EVERY`];
 //! * at most [`STREAM_QUEUE_FRAMES`] received frames wait per lane: a reader whose lane's queue
 //!   is full stops reading its connection, so TCP slows that sender and nothing else;
 //! * [`LaneQueues::recv`] never returns a frame of a lane while a frame of an earlier lane
 //!   ([`Lane::ALL`] order) is waiting;
+//! * at most [`StreamLimits::send_queue_bytes`] wait to be sent per (peer, lane) (a frame is
+//!   always taken into an empty queue, whatever its size); a frame past it is dropped, counted,
+//!   and reported to the node task as [`Input::SendFailed`] so its retries recover;
 //! * frames that cannot be written are reported to the node task as [`Input::SendFailed`], once
 //!   per failed write.
 
 use crate::driver::Input;
-use crate::net::{read_frame, Incoming};
+use crate::net::{read_frame, FrameLimits, Incoming, ReadError};
+use rainstorm_core::node::StreamDrops;
 use rainstorm_core::wire::frame_lane;
 use rainstorm_core::Lane;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// How long a stream connection attempt may take before the send counts as failed.
 const STREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one frame may take to write before the connection counts as broken.
 const STREAM_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A peer connection with nothing to send for this long is closed.
-const STREAM_IDLE: Duration = Duration::from_secs(60);
+pub const STREAM_IDLE: Duration = Duration::from_secs(60);
 /// Received stream frames waiting for the node task, per lane (each at most one chunk plus
 /// headers).
 pub const STREAM_QUEUE_FRAMES: usize = 8;
 
+/// The bounds of a node's stream connections (the `[limits]` settings of the same names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Inbound connections open at once, at most.
+    pub max_inbound_connections: usize,
+    /// An inbound connection that starts no frame for this long is closed.
+    pub idle_timeout: Duration,
+    /// A started frame must arrive whole within this long, or its connection is closed.
+    pub frame_timeout: Duration,
+    /// Bytes of frames waiting to be sent per (peer, lane), at most.
+    pub send_queue_bytes: usize,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits {
+            max_inbound_connections: 1024,
+            idle_timeout: crate::net::DEFAULT_IDLE_TIMEOUT,
+            frame_timeout: crate::net::DEFAULT_FRAME_TIMEOUT,
+            send_queue_bytes: 64 << 20,
+        }
+    }
+}
+
+/// What the stream side dropped, counted where it happens (the accept loop, the connection
+/// readers, the node task's [`Writers`]) and copied into the node's counters when they are read.
+#[derive(Debug, Default)]
+pub struct StreamCounters {
+    connections_refused: AtomicU64,
+    connections_timed_out: AtomicU64,
+    frames_send_dropped: AtomicU64,
+}
+
+impl StreamCounters {
+    pub fn snapshot(&self) -> StreamDrops {
+        StreamDrops {
+            connections_refused: self.connections_refused.load(Ordering::Relaxed),
+            connections_timed_out: self.connections_timed_out.load(Ordering::Relaxed),
+            frames_send_dropped: self.frames_send_dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Log lines about one kind of trouble are written at most this often.
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Says when a rate-limited log line is due, and how many occurrences it covers.
+struct LogEvery {
+    last: Option<Instant>,
+    since: u64,
+}
+
+impl LogEvery {
+    const fn new() -> LogEvery {
+        LogEvery { last: None, since: 0 }
+    }
+
+    /// Counts one occurrence; `Some(n)` when a line is due, covering `n` occurrences.
+    fn tick(&mut self) -> Option<u64> {
+        self.since += 1;
+        if self.last.is_some_and(|t| t.elapsed() < LOG_EVERY) {
+            return None;
+        }
+        self.last = Some(Instant::now());
+        Some(std::mem::take(&mut self.since))
+    }
+}
+
+/// Bytes a waiting frame is charged besides its own (its buffer's bookkeeping).
+const QUEUED_FRAME_OVERHEAD: usize = 64;
+
+/// One writer task's queue, as the sending side sees it.
+struct Queue {
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    /// Bytes waiting in the queue (frames plus [`QUEUED_FRAME_OVERHEAD`] each).
+    bytes: Arc<AtomicUsize>,
+    /// A failed-send report for dropped frames is on its way to the node task.
+    reporting: Arc<AtomicBool>,
+}
+
 /// The sending side: one writer task per (peer, lane) that frames were sent to recently.
 pub struct Writers {
-    peers: BTreeMap<(SocketAddr, Lane), mpsc::UnboundedSender<Vec<u8>>>,
+    peers: BTreeMap<(SocketAddr, Lane), Queue>,
     /// Where writers report frames they could not write.
     failures: mpsc::Sender<Input>,
+    /// Bytes waiting per (peer, lane), at most.
+    queue_bytes: usize,
+    counters: Arc<StreamCounters>,
+    dropped_log: LogEvery,
 }
 
 impl Writers {
-    pub fn new(failures: mpsc::Sender<Input>) -> Writers {
-        Writers { peers: BTreeMap::new(), failures }
+    pub fn new(failures: mpsc::Sender<Input>, queue_bytes: usize, counters: Arc<StreamCounters>) -> Writers {
+        Writers { peers: BTreeMap::new(), failures, queue_bytes, counters, dropped_log: LogEvery::new() }
     }
 
-    /// Queues `frame` for `to` on `lane`'s connection, starting its writer if there is none.
+    /// Queues `frame` for `to` on `lane`'s connection, starting its writer if there is none. A
+    /// frame that would take the queue past its bound is dropped, counted and reported as a
+    /// failed send.
     pub fn send(&mut self, to: SocketAddr, lane: Lane, mut frame: Vec<u8>) {
-        if let Some(writer) = self.peers.get(&(to, lane)) {
-            match writer.send(frame) {
+        let cost = frame.len().saturating_add(QUEUED_FRAME_OVERHEAD);
+        if let Some(queue) = self.peers.get(&(to, lane)) {
+            let waiting = queue.bytes.load(Ordering::Acquire);
+            if waiting > 0 && waiting.saturating_add(cost) > self.queue_bytes && !queue.tx.is_closed() {
+                self.dropped(to, lane, waiting);
+                return;
+            }
+            queue.bytes.fetch_add(cost, Ordering::AcqRel);
+            match queue.tx.send(frame) {
                 Ok(()) => return,
-                Err(mpsc::error::SendError(f)) => frame = f, // the writer closed: start another
+                Err(mpsc::error::SendError(f)) => {
+                    // The writer closed: start another.
+                    queue.bytes.fetch_sub(cost, Ordering::AcqRel);
+                    frame = f;
+                }
             }
         }
-        let (writer, rx) = mpsc::unbounded_channel();
-        let _ = writer.send(frame);
-        self.peers.insert((to, lane), writer);
-        tokio::spawn(peer_writer(to, lane, rx, self.failures.clone()));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let bytes = Arc::new(AtomicUsize::new(cost));
+        let _ = tx.send(frame);
+        let queue = Queue { tx, bytes: bytes.clone(), reporting: Arc::new(AtomicBool::new(false)) };
+        self.peers.insert((to, lane), queue);
+        tokio::spawn(peer_writer(to, lane, rx, bytes, self.failures.clone()));
+    }
+
+    /// A frame for `to` on `lane` was dropped: its queue held `waiting` bytes.
+    fn dropped(&mut self, to: SocketAddr, lane: Lane, waiting: usize) {
+        self.counters.frames_send_dropped.fetch_add(1, Ordering::Relaxed);
+        let limit_mb = self.queue_bytes >> 20;
+        if let Some(n) = self.dropped_log.tick() {
+            warn!(
+                %to, %lane, waiting, dropped = n,
+                "stream frames to {to} dropped: its {lane} send queue holds {waiting} bytes, the most                  limits.max_send_queue_mb ({limit_mb} MiB) allows; the peer reads too slowly or not at all"
+            );
+        }
+        let Some(queue) = self.peers.get(&(to, lane)) else { return };
+        // One report at a time per queue: the node fails every request to the peer at once.
+        if queue.reporting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (failures, reporting) = (self.failures.clone(), queue.reporting.clone());
+        let error = format!("the {lane} send queue to {to} is full (limits.max_send_queue_mb)");
+        // The node task itself calls `send`: report through a task, never by waiting on its
+        // own input queue.
+        tokio::spawn(async move {
+            let _ = failures.send(Input::SendFailed { to, error }).await;
+            reporting.store(false, Ordering::Release);
+        });
     }
 }
 
@@ -79,13 +218,20 @@ async fn peer_writer(
     to: SocketAddr,
     lane: Lane,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
     failures: mpsc::Sender<Input>,
 ) {
+    let taken = |frame: &Vec<u8>| {
+        queued.fetch_sub(frame.len().saturating_add(QUEUED_FRAME_OVERHEAD), Ordering::AcqRel);
+    };
     let mut conn: Option<TcpStream> = None;
     let mut out = Vec::new();
     loop {
         let frame = match tokio::time::timeout(STREAM_IDLE, rx.recv()).await {
-            Ok(Some(frame)) => frame,
+            Ok(Some(frame)) => {
+                taken(&frame);
+                frame
+            }
             Ok(None) => return,
             Err(_) if conn.is_some() => {
                 conn = None; // idle: close the connection, keep the writer
@@ -95,6 +241,7 @@ async fn peer_writer(
                 // Idle without a connection: stop, after sending anything that raced in.
                 rx.close();
                 while let Ok(frame) = rx.try_recv() {
+                    taken(&frame);
                     write_one(to, lane, &mut conn, &frame, &failures).await;
                 }
                 return;
@@ -104,6 +251,7 @@ async fn peer_writer(
         push_frame(&mut out, &frame);
         while out.len() < COALESCE_BYTES {
             let Ok(frame) = rx.try_recv() else { break };
+            taken(&frame);
             push_frame(&mut out, &frame);
         }
         write_framed(to, lane, &mut conn, &out, &failures).await;
@@ -236,38 +384,240 @@ impl LaneQueues {
     }
 }
 
+/// Descriptors kept for everything but inbound stream connections: files, the UDP socket, the
+/// connections to peers, operator programs, the HTTP endpoint.
+pub const RESERVED_FDS: u64 = 256;
+
+/// The soft limit of open files, raised to the hard limit once per process (logged); `None`
+/// if it cannot be read or is unlimited.
+pub fn open_file_limit() -> Option<u64> {
+    static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        let before = getrlimit(Resource::Nofile);
+        if before.current.is_some() && before.current != before.maximum {
+            let raised = Rlimit { current: before.maximum, maximum: before.maximum };
+            match setrlimit(Resource::Nofile, raised) {
+                Ok(()) => info!(
+                    before = ?before.current, after = ?before.maximum,
+                    "raised the open-file limit to its hard limit"
+                ),
+                Err(e) => warn!(
+                    limit = ?before.current, hard = ?before.maximum, error = %e,
+                    "cannot raise the open-file limit to its hard limit; keeping it"
+                ),
+            }
+        } else {
+            debug!(limit = ?before.current, "the open-file limit is already at its hard limit");
+        }
+        getrlimit(Resource::Nofile).current
+    })
+}
+
+/// The inbound connections allowed at once: `configured`, lowered (with a warning naming the
+/// setting) to leave [`RESERVED_FDS`] descriptors of `fd_limit` for everything else (at least
+/// half of it).
+pub fn connection_limit(configured: usize, fd_limit: Option<u64>) -> usize {
+    let Some(fds) = fd_limit else { return configured };
+    let room = fds.saturating_sub(RESERVED_FDS).max(fds / 2).max(1);
+    let room = usize::try_from(room).unwrap_or(usize::MAX);
+    if configured > room {
+        warn!(
+            configured,
+            fds,
+            allowed = room,
+            "limits.max_inbound_connections ({configured}) does not fit the open-file limit ({fds}) \
+             with {RESERVED_FDS} descriptors for files and peers: at most {room} inbound connections; \
+             raise the open-file limit (ulimit -n, LimitNOFILE) or lower limits.max_inbound_connections"
+        );
+        return room;
+    }
+    configured
+}
+
+/// The first pause after a failed `accept`, and the longest.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(1));
+
+/// The inbound connections being read, in the order they were accepted.
+#[derive(Default)]
+struct Inbound {
+    next: u64,
+    open: BTreeMap<u64, Arc<InboundConn>>,
+}
+
+/// One inbound connection, as the accept loop sees it.
+#[derive(Default)]
+struct InboundConn {
+    /// It has delivered a whole frame.
+    framed: AtomicBool,
+    /// Tells its reader to close it.
+    close: tokio::sync::Notify,
+}
+
+/// Removes a connection from [`Inbound`] when its reader ends.
+struct Registered {
+    inbound: Arc<std::sync::Mutex<Inbound>>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        lock(&self.inbound).open.remove(&self.id);
+    }
+}
+
+fn lock(inbound: &std::sync::Mutex<Inbound>) -> std::sync::MutexGuard<'_, Inbound> {
+    inbound.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Accepts stream connections and reads each one, queueing every frame on the lane its header
 /// names ([`frame_lane`]). A frame whose header names no lane is not a frame of this version:
 /// it goes to the bulk queue, served last, and the node refuses it with its cause. A frame over
-/// `limit` is skipped unread and reported on the control queue (only a counter moves).
-pub async fn accept(listener: TcpListener, lanes: LaneSenders, limit: usize) {
+/// the limit is skipped unread and reported on the control queue (only a counter moves).
+///
+/// At most `max_connections` are open at once. A connection past it takes the place of the
+/// oldest one that has not delivered a whole frame yet, which is closed (a peer's connections
+/// deliver their first frame at once, so connections opened and left silent cannot keep peers
+/// out); if every connection has delivered a frame, the new one is closed. Either way one
+/// connection is closed at once and counted as refused.
+pub async fn accept(
+    listener: TcpListener,
+    lanes: LaneSenders,
+    max_connections: usize,
+    limits: FrameLimits,
+    counters: Arc<StreamCounters>,
+) {
+    let inbound = Arc::new(std::sync::Mutex::new(Inbound::default()));
+    let (mut refused_log, mut failed_log) = (LogEvery::new(), LogEvery::new());
+    let mut backoff = ACCEPT_BACKOFF.0;
     loop {
-        let Ok((mut stream, peer)) = listener.accept().await else { continue };
-        let _ = stream.set_nodelay(true);
-        let lanes = lanes.clone();
-        tokio::spawn(async move {
-            loop {
-                match read_frame(&mut stream, limit).await {
-                    Ok(Some(incoming)) => {
-                        let lane = match &incoming {
-                            Incoming::Frame(frame) => frame_lane(frame).unwrap_or(Lane::Bulk),
-                            Incoming::Oversized { len, limit } => {
-                                warn!(%peer, len, limit, "stream frame over the limit (limits.stream_frame_bytes) dropped");
-                                Lane::Control
-                            }
-                        };
-                        if !lanes.send(lane, incoming).await {
-                            return;
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => {
+                backoff = ACCEPT_BACKOFF.0;
+                accepted
+            }
+            Err(e) if is_per_connection(&e) => continue,
+            Err(e) => {
+                if let Some(n) = failed_log.tick() {
+                    let hint = if is_out_of_descriptors(&e) {
+                        "out of file descriptors: raise the open-file limit or lower \
+                         limits.max_inbound_connections; "
+                    } else {
+                        ""
+                    };
+                    warn!(
+                        error = %e, failures = n, retry_ms = backoff.as_millis() as u64,
+                        "cannot accept stream connections ({hint}retrying)"
+                    );
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
+                continue;
+            }
+        };
+        let conn = Arc::new(InboundConn::default());
+        let id = {
+            let mut held = lock(&inbound);
+            if held.open.len() >= max_connections {
+                let silent =
+                    held.open.iter().find(|(_, c)| !c.framed.load(Ordering::Acquire)).map(|(id, _)| *id);
+                match silent.and_then(|id| held.open.remove(&id)) {
+                    Some(evicted) => evicted.close.notify_one(),
+                    None => {
+                        drop(held);
+                        drop(stream);
+                        counters.connections_refused.fetch_add(1, Ordering::Relaxed);
+                        if let Some(n) = refused_log.tick() {
+                            warn!(
+                                %peer, refused = n, limit = max_connections,
+                                "stream connections refused: {max_connections} inbound connections are \
+                                 open and delivering frames (limits.max_inbound_connections)"
+                            );
                         }
-                    }
-                    Ok(None) => return,
-                    Err(e) => {
-                        debug!(%peer, error = %e, "stream closed");
-                        return;
+                        continue;
                     }
                 }
+                counters.connections_refused.fetch_add(1, Ordering::Relaxed);
+                if let Some(n) = refused_log.tick() {
+                    warn!(
+                        %peer, closed = n, limit = max_connections,
+                        "stream connections closed: {max_connections} inbound connections are open \
+                         (limits.max_inbound_connections); the oldest that sent no frame made room"
+                    );
+                }
             }
-        });
+            let id = held.next;
+            held.next += 1;
+            held.open.insert(id, conn.clone());
+            id
+        };
+        let registered = Registered { inbound: inbound.clone(), id };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(read_connection(
+            stream,
+            peer,
+            lanes.clone(),
+            limits,
+            counters.clone(),
+            conn,
+            registered,
+        ));
+    }
+}
+
+/// A failed `accept` that concerns one connection only (it went away before it was taken).
+fn is_per_connection(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted)
+}
+
+fn is_out_of_descriptors(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    e.raw_os_error().is_some_and(|n| n == Errno::MFILE.raw_os_error() || n == Errno::NFILE.raw_os_error())
+}
+
+/// Reads one inbound connection until it ends, fails, times out or is closed to make room;
+/// `_registered` keeps its place among the inbound connections until then.
+async fn read_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    lanes: LaneSenders,
+    limits: FrameLimits,
+    counters: Arc<StreamCounters>,
+    conn: Arc<InboundConn>,
+    _registered: Registered,
+) {
+    loop {
+        let read = tokio::select! {
+            read = read_frame(&mut stream, limits) => read,
+            _ = conn.close.notified() => {
+                debug!(%peer, "stream connection closed to make room (limits.max_inbound_connections)");
+                return;
+            }
+        };
+        match read {
+            Ok(Some(incoming)) => {
+                conn.framed.store(true, Ordering::Release);
+                let lane = match &incoming {
+                    Incoming::Frame(frame) => frame_lane(frame).unwrap_or(Lane::Bulk),
+                    Incoming::Oversized { len, limit } => {
+                        warn!(%peer, len, limit, "stream frame over the limit (limits.stream_frame_mb) dropped");
+                        Lane::Control
+                    }
+                };
+                if !lanes.send(lane, incoming).await {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                if matches!(e, ReadError::Idle(_) | ReadError::Body { .. }) {
+                    counters.connections_timed_out.fetch_add(1, Ordering::Relaxed);
+                }
+                debug!(%peer, error = %e, "stream closed");
+                return;
+            }
+        }
     }
 }
 
@@ -286,7 +636,10 @@ mod tests {
         let mut conn = None;
         write_one(to, Lane::Control, &mut conn, b"one", &tx).await;
         let (mut accepted, _) = first.accept().await.unwrap();
-        assert_eq!(read_frame(&mut accepted, 64).await.unwrap().unwrap(), Incoming::Frame(b"one".to_vec()));
+        assert_eq!(
+            read_frame(&mut accepted, FrameLimits::new(64)).await.unwrap().unwrap(),
+            Incoming::Frame(b"one".to_vec())
+        );
         // The peer process dies: its sockets close.
         drop(accepted);
         drop(first);
@@ -297,7 +650,9 @@ mod tests {
             .await
             .expect("reconnected")
             .unwrap();
-        let frame = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut accepted, 64)).await;
+        let frame =
+            tokio::time::timeout(Duration::from_secs(5), read_frame(&mut accepted, FrameLimits::new(64)))
+                .await;
         assert_eq!(frame.expect("frame arrives").unwrap().unwrap(), Incoming::Frame(b"two".to_vec()));
         assert!(failures.try_recv().is_err(), "nothing was reported lost");
     }
@@ -309,7 +664,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let to = listener.local_addr().unwrap();
         let (tx, mut failures) = mpsc::channel(8);
-        let mut writers = Writers::new(tx);
+        let mut writers = Writers::new(tx, 64 << 20, Arc::default());
         let sizes: Vec<usize> =
             (0..600).map(|i| if i % 97 == 0 { COALESCE_BYTES + 3 } else { 1 + i * 7 % 900 }).collect();
         for (i, len) in sizes.iter().enumerate() {
@@ -319,7 +674,11 @@ mod tests {
         }
         let (mut accepted, _) = listener.accept().await.unwrap();
         for (i, len) in sizes.iter().enumerate() {
-            let read = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut accepted, 1 << 20)).await;
+            let read = tokio::time::timeout(
+                Duration::from_secs(5),
+                read_frame(&mut accepted, FrameLimits::new(1 << 20)),
+            )
+            .await;
             let Incoming::Frame(frame) = read.expect("in time").unwrap().expect("a frame") else {
                 panic!("frame {i} over the limit")
             };
@@ -364,9 +723,9 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let to = listener.local_addr().unwrap();
         let (senders, mut queues) = lane_queues(STREAM_QUEUE_FRAMES);
-        tokio::spawn(accept(listener, senders, 1 << 20));
+        tokio::spawn(accept(listener, senders, 16, FrameLimits::new(1 << 20), Arc::default()));
         let (failures, mut failed) = mpsc::channel(8);
-        let mut writers = Writers::new(failures);
+        let mut writers = Writers::new(failures, 64 << 20, Arc::default());
         for n in 0..BULK_FRAMES {
             writers.send(to, Lane::Bulk, frame(Lane::Bulk, n, BULK_BYTES));
         }
@@ -399,5 +758,137 @@ mod tests {
         assert_eq!(order, [Lane::Control, Lane::Data, Lane::Data, Lane::Bulk, Lane::Bulk]);
         drop(senders);
         assert!(queues.recv().await.is_none(), "no reader is left");
+    }
+
+    /// A peer that reads nothing: its queue takes frames up to its bound, drops the rest (each
+    /// counted, one failed send reported for them), and sends what it kept once the peer reads.
+    #[tokio::test]
+    async fn a_full_send_queue_drops_frames_counts_them_and_reports_a_failed_send() {
+        const FRAME: usize = 256 * 1024;
+        const SENT: usize = 200;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let to = listener.local_addr().unwrap();
+        let (tx, mut failures) = mpsc::channel(8);
+        let counters = Arc::new(StreamCounters::default());
+        let mut writers = Writers::new(tx, 1 << 20, counters.clone());
+        // The writer task does not run before the test waits: nothing leaves the queue.
+        for i in 0..SENT {
+            writers.send(to, Lane::Bulk, vec![i as u8; FRAME]);
+            let waiting = writers.peers[&(to, Lane::Bulk)].bytes.load(Ordering::Acquire);
+            assert!(waiting <= 1 << 20, "{waiting} bytes waiting");
+        }
+        let kept = (1 << 20) / (FRAME + QUEUED_FRAME_OVERHEAD);
+        assert_eq!(counters.snapshot().frames_send_dropped, (SENT - kept) as u64);
+        let report = tokio::time::timeout(Duration::from_secs(5), failures.recv()).await.expect("a report");
+        let Some(Input::SendFailed { to: failed, error }) = report else { panic!("not a failed send") };
+        assert_eq!(failed, to);
+        assert!(error.contains("limits.max_send_queue_mb"), "{error}");
+        let (mut accepted, _) = listener.accept().await.unwrap();
+        for i in 0..kept {
+            let read = tokio::time::timeout(
+                Duration::from_secs(5),
+                read_frame(&mut accepted, FrameLimits::new(1 << 20)),
+            );
+            let Incoming::Frame(frame) = read.await.expect("in time").unwrap().unwrap() else { panic!() };
+            assert_eq!((frame.len(), frame[0]), (FRAME, i as u8), "the kept frames, in order");
+        }
+        assert!(failures.try_recv().is_err(), "one report for all the dropped frames");
+        // Drained, the queue takes frames again.
+        until(|| writers.peers[&(to, Lane::Bulk)].bytes.load(Ordering::Acquire) == 0, "the queue drains")
+            .await;
+        writers.send(to, Lane::Bulk, b"after".to_vec());
+        let read =
+            tokio::time::timeout(Duration::from_secs(5), read_frame(&mut accepted, FrameLimits::new(64)));
+        assert_eq!(read.await.expect("in time").unwrap().unwrap(), Incoming::Frame(b"after".to_vec()));
+        assert_eq!(counters.snapshot().frames_send_dropped, (SENT - kept) as u64);
+    }
+
+    /// The next received frame, within 5 s.
+    async fn recv(queues: &mut LaneQueues) -> (Lane, Incoming) {
+        tokio::time::timeout(Duration::from_secs(5), queues.recv()).await.expect("a frame").unwrap()
+    }
+
+    /// Whether the node closed `stream` (end of stream or reset) within `within`.
+    async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut byte = [0u8; 1];
+        matches!(tokio::time::timeout(within, stream.read(&mut byte)).await, Ok(Ok(0) | Err(_)))
+    }
+
+    /// Past the limit, a new connection takes the place of the oldest silent one (no frame
+    /// yet); when every connection has delivered a frame, the new one is closed. Each counts as
+    /// refused; a place frees when a connection ends.
+    #[tokio::test]
+    async fn connections_past_the_limit_replace_silent_ones_or_are_closed_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (senders, mut queues) = lane_queues(STREAM_QUEUE_FRAMES);
+        let counters = Arc::new(StreamCounters::default());
+        tokio::spawn(accept(listener, senders, 2, FrameLimits::new(1 << 20), counters.clone()));
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        assert!(closed_within(&mut first, Duration::from_secs(5)).await, "the oldest silent one makes room");
+        assert_eq!(counters.snapshot().connections_refused, 1);
+        crate::net::write_frame(&mut second, &frame(Lane::Data, 2, 8)).await.unwrap();
+        crate::net::write_frame(&mut third, &frame(Lane::Data, 3, 8)).await.unwrap();
+        let mut got = [recv(&mut queues).await, recv(&mut queues).await].map(|(_, f)| number(&f));
+        got.sort();
+        assert_eq!(got, [2, 3]);
+        // Both places hold connections that delivered frames: a new one is closed.
+        let mut fourth = TcpStream::connect(addr).await.unwrap();
+        assert!(closed_within(&mut fourth, Duration::from_secs(5)).await, "the new one is closed");
+        assert_eq!(counters.snapshot().connections_refused, 2);
+        assert!(!closed_within(&mut second, Duration::from_millis(100)).await, "the second stays");
+        assert!(!closed_within(&mut third, Duration::from_millis(100)).await, "the third stays");
+        drop(second);
+        // The reader notices the end, and its place is free again.
+        let mut fifth = None;
+        for _ in 0..100 {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            if !closed_within(&mut s, Duration::from_millis(50)).await {
+                fifth = Some(s);
+                break;
+            }
+        }
+        let mut fifth = fifth.expect("a place freed");
+        crate::net::write_frame(&mut fifth, &frame(Lane::Control, 5, 8)).await.unwrap();
+        let (lane, incoming) = recv(&mut queues).await;
+        assert_eq!((lane, number(&incoming)), (Lane::Control, 5));
+    }
+
+    /// An idle connection and one that stalls inside a frame are closed after their timeouts,
+    /// counted, and their places freed.
+    #[tokio::test]
+    async fn idle_and_stalled_connections_are_closed_and_their_places_freed() {
+        use tokio::io::AsyncWriteExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (senders, _queues) = lane_queues(STREAM_QUEUE_FRAMES);
+        let counters = Arc::new(StreamCounters::default());
+        let limits = FrameLimits {
+            max_bytes: 1 << 20,
+            idle: Duration::from_millis(300),
+            body: Duration::from_millis(300),
+        };
+        tokio::spawn(accept(listener, senders, 1, limits, counters.clone()));
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        assert!(!closed_within(&mut idle, Duration::from_millis(100)).await, "open before the timeout");
+        assert!(closed_within(&mut idle, Duration::from_secs(5)).await, "closed after it");
+        let mut stalled = TcpStream::connect(addr).await.unwrap();
+        stalled.write_all(&(1u32 << 20).to_le_bytes()).await.unwrap();
+        stalled.write_all(&[1u8; 100]).await.unwrap();
+        assert!(closed_within(&mut stalled, Duration::from_secs(5)).await, "closed mid-frame");
+        assert_eq!(counters.snapshot().connections_timed_out, 2);
+        assert_eq!(counters.snapshot().connections_refused, 0, "each had the one place in turn");
+    }
+
+    #[test]
+    fn the_connection_limit_leaves_descriptors_for_the_rest() {
+        assert_eq!(connection_limit(1024, None), 1024);
+        assert_eq!(connection_limit(1024, Some(1 << 20)), 1024);
+        assert_eq!(connection_limit(1024, Some(1024)), 768);
+        assert_eq!(connection_limit(1024, Some(300)), 150);
+        assert_eq!(connection_limit(10, Some(300)), 10);
     }
 }
