@@ -207,7 +207,8 @@ pub fn default_metrics_addr(node: SocketAddr) -> SocketAddr {
 
 /// A node's default HTTP port from its own port.
 pub fn metrics_port(port: u16) -> u16 {
-    port.checked_add(METRICS_PORT_OFFSET).unwrap_or(port - METRICS_PORT_OFFSET)
+    // Past 64535 the port is at least 1000, so the subtraction never wraps.
+    port.checked_add(METRICS_PORT_OFFSET).unwrap_or_else(|| port - METRICS_PORT_OFFSET)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -965,6 +966,13 @@ mod tests {
         let e = parse(&both).unwrap().resolve(Role::Member).unwrap_err().to_string();
         assert!(e.contains("not both"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_default_metrics_port_fits_every_node_port() {
+        for (port, metrics) in [(0, 1000), (701, 1701), (7000, 8000), (64535, 65535), (64536, 63536), (65535, 64535)] {
+            assert_eq!(metrics_port(port), metrics, "port {port}");
+        }
     }
 
     #[test]

@@ -523,11 +523,12 @@ impl Leader {
         now: Time,
         cfg: &RainstormConfig,
         members: &[MemberId],
-        from: NodeAddr,
+        sender: MemberId,
         (job, attempt, task): (JobId, Attempt, TaskId),
         (phase, counts, snapshots): (TaskPhase, TupleCounts, Vec<(CheckpointId, Snapshot)>),
         out: &mut Outbox,
     ) {
+        let from = sender.addr;
         let Some(j) = self.jobs.get_mut(&job) else {
             out.send(from, RainstormMsg::Stop { job, before: None });
             return;
@@ -537,7 +538,9 @@ impl Leader {
             return;
         }
         let Some(slot) = j.slots.get_mut(&task) else { return };
-        if attempt != j.attempt || slot.host.addr != from {
+        // Only the process the attempt placed the task on speaks for it (not another process
+        // at its address).
+        if attempt != j.attempt || slot.host != sender {
             return;
         }
         slot.counts = counts;

@@ -455,7 +455,7 @@ impl Rainstorm {
                     now,
                     cfg,
                     members,
-                    from.addr,
+                    from,
                     (job, attempt, task),
                     (phase, counts, snapshots),
                     out,
@@ -539,8 +539,8 @@ impl Rainstorm {
             RainstormMsg::Snapshot { job, attempt, task, .. } => {
                 (!self.leader.speaks_for(*job, *attempt, *task, from)).then_some(Refusal::NotTheTaskHost)
             }
-            // A status from a host the leader no longer places the task on is answered with a
-            // stop and otherwise ignored by the leader itself.
+            // A status from a member the leader does not place the task on is ignored by the
+            // leader itself (and answered with a stop when its attempt or job is over).
             RainstormMsg::Status { .. } => None,
         }
     }
