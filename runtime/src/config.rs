@@ -970,7 +970,9 @@ mod tests {
 
     #[test]
     fn the_default_metrics_port_fits_every_node_port() {
-        for (port, metrics) in [(0, 1000), (701, 1701), (7000, 8000), (64535, 65535), (64536, 63536), (65535, 64535)] {
+        for (port, metrics) in
+            [(0, 1000), (701, 1701), (7000, 8000), (64535, 65535), (64536, 63536), (65535, 64535)]
+        {
             assert_eq!(metrics_port(port), metrics, "port {port}");
         }
     }
