@@ -1130,13 +1130,14 @@ impl Membership {
 
     /// Updates that fit beside `bare` (the message without updates) in one datagram.
     fn piggyback(&mut self, bare: &MembershipMsg) -> Vec<Update> {
-        // envelope = sender id + destination address (sized as the longest, IPv6) + frame
-        // number + body variant tag (4 bytes) + message
-        let widest_addr = NodeAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
+        // envelope = sender id + destination address (sized as the longest: IPv6, the widest
+        // port) + frame number (sized as the widest) + body variant tag (4 bytes, more than it
+        // takes) + message
+        let widest_addr = NodeAddr::from((std::net::Ipv6Addr::UNSPECIFIED, u16::MAX));
         let used = self.frame_overhead
             + payload_size(&self.me)
             + payload_size(&widest_addr)
-            + payload_size(&crate::replay::FrameSeq(0))
+            + payload_size(&crate::replay::FrameSeq(u64::MAX))
             + 4
             + payload_size(bare);
         let mut budget = self.cfg.max_datagram_bytes.saturating_sub(used);
