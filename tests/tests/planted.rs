@@ -421,4 +421,24 @@ mod shrinking {
         }
         shrinks_and_replays(s, 8);
     }
+
+    /// Two of the saved scenarios are these seeds shrunk further (by `--shrink`), saved without
+    /// their planted bug: with it, they still catch it.
+    #[test]
+    fn saved_scenarios_catch_the_bugs_they_were_shrunk_from() {
+        use rainstorm_sim::{capsule, CheckerKind};
+        let load = |name: &str| {
+            capsule::load(&rainstorm_tests::capsule_dir().join(name)).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let mut files = load("hydfs-one-client-creates-and-reads-one-file.json");
+        if let Some(w) = files.hydfs.as_mut() {
+            w.config.planted = Some(rainstorm_core::hydfs::PlantedBug::AckBeforeSync);
+        }
+        assert!(run_membership(&files, &RunOptions::default()).caught(CheckerKind::HydfsDurability));
+        let mut job = load("rainstorm-task-host-crashes-mid-job.json");
+        if let Some(w) = job.rainstorm.as_mut() {
+            w.config.planted = Some(rainstorm_core::rainstorm::PlantedBug::SourceSkipsALine);
+        }
+        assert!(run_membership(&job, &RunOptions::default()).caught(CheckerKind::RainstormLoss));
+    }
 }
