@@ -9,15 +9,19 @@
 //! * [`world`]: the event queue, network, processes and faults;
 //! * [`check`]: the invariant checkers;
 //! * [`named`]: the named scenarios for SWIM's known trouble spots;
+//! * [`shrink`]: cutting a failing scenario of any layer down to a small one that still fails;
+//! * [`capsule`]: scenarios saved as JSON files, and the command that replays any scenario;
 //! * [`actor`]: the trait the simulator drives (implemented for `rainstorm_core::Node`).
 
 pub mod actor;
+pub mod capsule;
 pub mod check;
 pub mod disk;
 pub mod hydfs;
 pub mod named;
 pub mod rainstorm;
 pub mod scenario;
+pub mod shrink;
 pub mod trace;
 pub mod world;
 

@@ -1,9 +1,12 @@
 //! Shared helpers for the end-to-end suites in `tests/`.
 //!
-//! Every failing simulated run panics with its seed, its violations and the one command that
-//! replays it with a readable trace.
+//! Every failing simulated run panics with its seed, its violations, the one command that
+//! replays it with a readable trace (from its seed, its story's name, or its capsule file) and
+//! the one that shrinks it.
 
-use rainstorm_sim::{replay_command, run_membership, Report, RunOptions, Scenario};
+use rainstorm_sim::capsule::{self, Origin};
+use rainstorm_sim::{run_membership, Report, RunOptions, Scenario};
+use std::path::{Path, PathBuf};
 
 /// How many swarm seeds the membership sweep runs: `RAINSTORM_SIM_SEEDS` (default 2000).
 pub fn sweep_seeds() -> u64 {
@@ -43,6 +46,12 @@ pub fn run_and_check(scenario: &Scenario, opts: &RunOptions) -> Report {
 
 /// Panics with the seed, the violations and the replay command unless `report` passed.
 pub fn assert_passed(report: &Report) {
+    assert_passed_from(report, None);
+}
+
+/// [`assert_passed`] for a scenario loaded from the capsule at `file` (relative to the
+/// workspace root), which the replay command then names.
+pub fn assert_passed_from(report: &Report, file: Option<&Path>) {
     if report.passed() {
         return;
     }
@@ -51,19 +60,28 @@ pub fn assert_passed(report: &Report) {
     for v in &report.violations {
         msg.push_str(&format!("  {v}\n"));
     }
-    if s.name.starts_with("swarm-") {
-        msg.push_str(&format!("replay: {}\n", replay_command("membership", s.seed, None)));
-    } else if s.name.starts_with("hydfs-") {
-        msg.push_str(&format!("replay: {}\n", replay_command("hydfs", s.seed, None)));
-    } else if s.name.starts_with("rainstorm-") {
-        msg.push_str(&format!("replay: {}\n", replay_command("rainstorm", s.seed, None)));
-    } else {
-        msg.push_str(&format!(
-            "replay: cargo run --release -- sim {} --named {} --named-seed {} --trace\n",
-            if s.hydfs.is_some() { "hydfs" } else { "membership" },
-            s.name,
-            s.seed
-        ));
+    if capsule::origin(s, file) == Origin::Unsaved {
+        let json = serde_json::to_string_pretty(s).unwrap_or_default();
+        msg.push_str(&format!("save this scenario as {}:\n{json}\n", capsule::suggested_path(s).display()));
     }
+    msg.push_str(&format!("replay: {}\n", capsule::replay_command(s, file)));
+    msg.push_str(&format!("shrink: {}\n", capsule::shrink_command(s, file)));
     panic!("{msg}");
+}
+
+/// The folder of saved scenarios: `tests/scenarios/`.
+pub fn capsule_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios")
+}
+
+/// Replays every capsule under `tests/scenarios/`, of every layer, and panics at the first
+/// that fails with the command that replays it from its file. Returns how many it replayed.
+pub fn replay_capsules() -> usize {
+    let capsules = capsule::load_dir(&capsule_dir()).unwrap_or_else(|e| panic!("{e}"));
+    for (path, scenario) in &capsules {
+        let name = path.file_name().unwrap_or_default();
+        let file = Path::new("tests/scenarios").join(name);
+        assert_passed_from(&run_membership(scenario, &RunOptions::default()), Some(&file));
+    }
+    capsules.len()
 }

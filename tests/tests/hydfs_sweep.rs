@@ -54,3 +54,34 @@ fn a_hydfs_scenario_round_trips_as_json() {
     let json = serde_json::to_string(&s).unwrap();
     assert_eq!(serde_json::from_str::<Scenario>(&json).unwrap(), s);
 }
+
+/// Generated HyDFS scenarios from random seeds past the sweep's; on failure proptest shrinks
+/// the scenario and prints it to save under `tests/scenarios/`. Release builds only (the sweep
+/// covers the debug suite).
+#[cfg(not(debug_assertions))]
+mod generated {
+    use proptest::prelude::*;
+    use rainstorm_sim::capsule::Layer;
+    use rainstorm_sim::shrink::swarm_scenarios;
+    use rainstorm_sim::{run_membership, RunOptions};
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 8,
+            max_shrink_iters: 300,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn generated_hydfs_scenarios_pass(scenario in swarm_scenarios(Layer::Hydfs)) {
+            let report = run_membership(&scenario, &RunOptions::default());
+            prop_assert!(
+                report.passed(),
+                "violations {:?}\nscenario to save under tests/scenarios/:\n{}",
+                report.violations,
+                serde_json::to_string_pretty(&scenario).unwrap_or_default()
+            );
+        }
+    }
+}
