@@ -3,7 +3,11 @@
 //! Every failing simulated run panics with its seed, its violations and the one command that
 //! replays it with a readable trace.
 
-use rainstorm_sim::{replay_command, run_membership, Report, RunOptions, Scenario};
+use rainstorm_sim::{
+    check_replays_alike, determinism_seeds, replay_command, run_membership, Report, RunOptions, Scenario,
+};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 /// How many swarm seeds the membership sweep runs: `RAINSTORM_SIM_SEEDS` (default 2000).
 pub fn sweep_seeds() -> u64 {
@@ -18,20 +22,43 @@ pub fn sweep_part(part: u64, total: u64, make: fn(u64) -> Scenario) {
 }
 
 /// [`sweep_part`], showing `inspect` every report (passed or not) first.
+///
+/// The seeds of [`determinism_seeds`] over the whole sweep (a seeded random 5%, spread over the
+/// range) run a second time, with their readable trace on, and must give the same trace hash; a
+/// difference fails the part with both hashes and the replay command.
 pub fn sweep_part_with(part: u64, total: u64, make: fn(u64) -> Scenario, mut inspect: impl FnMut(&Report)) {
     let per = total.div_ceil(4);
+    let twice: BTreeSet<u64> = determinism_seeds(0, total).into_iter().collect();
     let mut failures = Vec::new();
+    let mut differences = Vec::new();
+    let (mut rerun, mut rerun_time) = (0, Duration::ZERO);
+    let started = Instant::now();
     for seed in part * per..((part + 1) * per).min(total) {
         let report = run_membership(&make(seed), &RunOptions::default());
         inspect(&report);
+        if twice.contains(&seed) {
+            rerun += 1;
+            let again = Instant::now();
+            if let Err(difference) = check_replays_alike(&report, &replay_of(&report.scenario)) {
+                differences.push(difference);
+            }
+            rerun_time += again.elapsed();
+        }
         if !report.passed() {
             failures.push(report);
         }
     }
+    println!(
+        "part {part}: {rerun} seeds run twice in {:.1} s of the part's {:.1} s; {} traces differed",
+        rerun_time.as_secs_f64(),
+        started.elapsed().as_secs_f64(),
+        differences.len()
+    );
     if let Some(first) = failures.first() {
         eprintln!("{} of the seeds in part {part} failed", failures.len());
         assert_passed(first);
     }
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
 }
 
 /// Runs `scenario` and panics with a replayable report if any checker fired.
@@ -51,19 +78,31 @@ pub fn assert_passed(report: &Report) {
     for v in &report.violations {
         msg.push_str(&format!("  {v}\n"));
     }
+    msg.push_str(&format!("replay: {}\n", replay_of(s)));
+    panic!("{msg}");
+}
+
+/// The command that replays `s` with its readable trace: a swarm seed of its layer, or a named
+/// scenario.
+pub fn replay_of(s: &Scenario) -> String {
     if s.name.starts_with("swarm-") {
-        msg.push_str(&format!("replay: {}\n", replay_command("membership", s.seed, None)));
+        replay_command("membership", s.seed, None)
     } else if s.name.starts_with("hydfs-") {
-        msg.push_str(&format!("replay: {}\n", replay_command("hydfs", s.seed, None)));
+        replay_command("hydfs", s.seed, None)
     } else if s.name.starts_with("rainstorm-") {
-        msg.push_str(&format!("replay: {}\n", replay_command("rainstorm", s.seed, None)));
+        replay_command("rainstorm", s.seed, None)
     } else {
-        msg.push_str(&format!(
-            "replay: cargo run --release -- sim {} --named {} --named-seed {} --trace\n",
-            if s.hydfs.is_some() { "hydfs" } else { "membership" },
+        format!(
+            "cargo run --release -- sim {} --named {} --named-seed {} --trace",
+            if s.rainstorm.is_some() {
+                "rainstorm"
+            } else if s.hydfs.is_some() {
+                "hydfs"
+            } else {
+                "membership"
+            },
             s.name,
             s.seed
-        ));
+        )
     }
-    panic!("{msg}");
 }
