@@ -5,7 +5,11 @@ use anyhow::{anyhow, bail, Result};
 use clap::{Args, ValueEnum};
 use rainstorm_sim::capsule::{self, Layer as SimLayer};
 use rainstorm_sim::shrink::{shrink, Size};
-use rainstorm_sim::{replay_command, run_membership, RunOptions, Scenario};
+use rainstorm_sim::{
+    check_replays_alike, determinism_seeds, named, replay_command, run_membership, RunOptions, Scenario,
+    DETERMINISM_PERCENT,
+};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -261,20 +265,34 @@ fn sweep(layer: Layer, start: u64, count: u64, bug: Option<&str>) -> Result<Exit
     let mut failed = 0;
     let mut events = 0;
     let seeds: Vec<u64> = (start..start + count).collect();
+    // A seeded random 5% of the seeds run twice: their trace hashes must agree.
+    let twice: BTreeSet<u64> = determinism_seeds(start, count).into_iter().collect();
     let scenarios =
         seeds.iter().map(|s| plant(layer, layer.scenario(*s), bug)).collect::<Result<Vec<_>>>()?;
     let reports = crate::bench::parallel_map(scenarios, |s| {
         let r = run_membership(&s, &RunOptions::default());
+        let seed = r.scenario.seed;
+        let replay = replay_command(layer.name(), seed, bug);
+        let determinism = twice.contains(&seed).then(|| check_replays_alike(&r, &replay));
         let broken = (r.stats.stream_frames_lost, r.stats.stream_frames_duplicated);
         let crashed = r.job.as_ref().map(|j| j.crashes_while_running > 0);
         let recoveries = r.job.as_ref().map(|j| j.recoveries.clone()).unwrap_or_default();
-        let first = r.violations.first().map(|v| v.to_string());
-        (r.scenario.seed, r.stats.events, broken, first, crashed, recoveries)
+        let checkers: BTreeSet<String> = r.violations.iter().map(|v| v.checker.to_string()).collect();
+        let first = r.violations.first().map(|v| (v.to_string(), checkers.into_iter().collect::<Vec<_>>()));
+        (seed, r.stats.events, broken, first, crashed, recoveries, determinism)
     });
     let (mut lost, mut duplicated, mut touched) = (0, 0, 0);
     let (mut jobs, mut crashed_jobs) = (0u64, 0u64);
     let (mut detections, mut resumes): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
-    for (seed, n, broken, violation, crashed, recoveries) in reports {
+    let (mut rerun, mut differed) = (0u64, 0u64);
+    for (seed, n, broken, violation, crashed, recoveries, determinism) in reports {
+        let not_alike = match determinism {
+            Some(result) => {
+                rerun += 1;
+                result.err()
+            }
+            None => None,
+        };
         for (detect, resume) in recoveries {
             detections.push(detect as f64);
             resumes.push(resume as f64);
@@ -287,15 +305,19 @@ fn sweep(layer: Layer, start: u64, count: u64, bug: Option<&str>) -> Result<Exit
             jobs += 1;
             crashed_jobs += u64::from(c);
         }
-        if let Some(v) = violation {
-            failed += 1;
-            println!("seed {seed} FAILED: {v}");
+        if let Some((v, checkers)) = &violation {
+            println!("seed {seed} FAILED ({}): {v}", checkers.join(", "));
             println!("  replay: {}", replay_command(layer.name(), seed, bug));
             println!(
                 "  shrink: {}",
                 capsule::shrink_command(&plant(layer, layer.scenario(seed), bug)?, None)
             );
         }
+        if let Some(difference) = &not_alike {
+            differed += 1;
+            println!("seed {seed} FAILED: {difference}");
+        }
+        failed += u64::from(violation.is_some() || not_alike.is_some());
     }
     let wall = started.elapsed().as_secs_f64();
     println!("{events} events in {wall:.1} s ({:.0} events/s)", events as f64 / wall);
@@ -321,6 +343,9 @@ fn sweep(layer: Layer, start: u64, count: u64, bug: Option<&str>) -> Result<Exit
             ms(&resumes, 1.0),
         );
     }
+    println!(
+        "determinism: {rerun} seeds ({DETERMINISM_PERCENT}%, drawn from the range) run twice, {differed} gave another trace"
+    );
     println!("{}: {count} seeds, {failed} failed", layer.name());
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

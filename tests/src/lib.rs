@@ -5,8 +5,10 @@
 //! the one that shrinks it.
 
 use rainstorm_sim::capsule::{self, Origin};
-use rainstorm_sim::{run_membership, Report, RunOptions, Scenario};
+use rainstorm_sim::{check_replays_alike, determinism_seeds, run_membership, Report, RunOptions, Scenario};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// How many swarm seeds the membership sweep runs: `RAINSTORM_SIM_SEEDS` (default 2000).
 pub fn sweep_seeds() -> u64 {
@@ -21,20 +23,45 @@ pub fn sweep_part(part: u64, total: u64, make: fn(u64) -> Scenario) {
 }
 
 /// [`sweep_part`], showing `inspect` every report (passed or not) first.
+///
+/// The seeds of [`determinism_seeds`] over the whole sweep (a seeded random 5%, spread over the
+/// range) run a second time, with their readable trace on, and must give the same trace hash; a
+/// difference fails the part with both hashes and the replay command.
 pub fn sweep_part_with(part: u64, total: u64, make: fn(u64) -> Scenario, mut inspect: impl FnMut(&Report)) {
     let per = total.div_ceil(4);
+    let twice: BTreeSet<u64> = determinism_seeds(0, total).into_iter().collect();
     let mut failures = Vec::new();
+    let mut differences = Vec::new();
+    let (mut rerun, mut rerun_time) = (0, Duration::ZERO);
+    let started = Instant::now();
     for seed in part * per..((part + 1) * per).min(total) {
         let report = run_membership(&make(seed), &RunOptions::default());
         inspect(&report);
+        if twice.contains(&seed) {
+            rerun += 1;
+            let again = Instant::now();
+            if let Err(difference) =
+                check_replays_alike(&report, &capsule::replay_command(&report.scenario, None))
+            {
+                differences.push(difference);
+            }
+            rerun_time += again.elapsed();
+        }
         if !report.passed() {
             failures.push(report);
         }
     }
+    println!(
+        "part {part}: {rerun} seeds run twice in {:.1} s of the part's {:.1} s; {} traces differed",
+        rerun_time.as_secs_f64(),
+        started.elapsed().as_secs_f64(),
+        differences.len()
+    );
     if let Some(first) = failures.first() {
         eprintln!("{} of the seeds in part {part} failed", failures.len());
         assert_passed(first);
     }
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
 }
 
 /// Runs `scenario` and panics with a replayable report if any checker fired.

@@ -1,7 +1,7 @@
 //! The HyDFS sweep: swarm scenarios (4 to 12 nodes, Zipf-skewed files from bytes to 3 MiB, up to
 //! two crashes at a time, restarts, loss, partitions, pauses, disk corruption), each checked by
 //! every HyDFS checker and every membership checker. `RAINSTORM_HYDFS_SEEDS=N` changes the count
-//! (default 1000). Also: determinism of HyDFS runs.
+//! (default 1000); a seeded random 5% of them run twice and must give the same trace hash.
 
 use rainstorm_sim::{run_membership, RunOptions, Scenario};
 
@@ -33,18 +33,12 @@ fn hydfs_sweep_part_3() {
     sweep_part(3);
 }
 
+/// Determinism itself is checked by the sweep, which runs a seeded random 5% of its seeds twice.
 #[test]
-fn a_hydfs_seed_replays_to_the_same_trace_hash() {
-    for seed in [0, 17, 4242] {
-        let scenario = Scenario::hydfs_swarm(seed);
-        let a = run_membership(&scenario, &RunOptions::default());
-        let b = run_membership(&scenario, &RunOptions { trace_lines: true, record_events: false });
-        assert_eq!(a.trace_hash, b.trace_hash, "HyDFS seed {seed} is not deterministic");
-        assert_eq!(a.stats.stream_bytes, b.stats.stream_bytes);
-        assert!(a.stats.stream_frames_sent > 100, "the workload ran");
-    }
+fn different_hydfs_seeds_run_their_workloads_to_different_traces() {
     let a = run_membership(&Scenario::hydfs_swarm(1), &RunOptions::default());
     let b = run_membership(&Scenario::hydfs_swarm(2), &RunOptions::default());
+    assert!(a.stats.stream_frames_sent > 100, "the workload ran");
     assert_ne!(a.trace_hash, b.trace_hash);
 }
 

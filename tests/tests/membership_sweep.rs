@@ -1,8 +1,9 @@
 //! The random sweep: thousands of swarm scenarios (3 to 64 nodes, 0–20% loss, crashes, restarts,
 //! pauses, partitions, leaves, mode switches, clock offsets), each checked by every membership
 //! checker. `RAINSTORM_SIM_SEEDS=100000 cargo test --release -p rainstorm-tests` soaks longer.
-//! Also: determinism (one seed, one trace hash) and shrinking scenarios from proptest (the
-//! saved scenarios under `tests/scenarios/` replay in `capsules.rs`).
+//! A seeded random 5% of the seeds run twice and must give the same trace hash (determinism).
+//! Also: shrinking scenarios from proptest (the saved scenarios under `tests/scenarios/` replay
+//! in `capsules.rs`).
 
 use proptest::prelude::*;
 use rainstorm_sim::scenario::scenario_strategy;
@@ -33,15 +34,9 @@ fn swarm_sweep_part_3() {
     sweep_part(3);
 }
 
+/// Determinism itself is checked by the sweep, which runs a seeded random 5% of its seeds twice.
 #[test]
-fn the_same_seed_gives_the_same_trace_hash() {
-    for seed in [0, 7, 42, 1234, 99_999] {
-        let scenario = Scenario::swarm(seed);
-        let a = run_membership(&scenario, &RunOptions::default());
-        let b = run_membership(&scenario, &RunOptions { trace_lines: true, record_events: true });
-        assert_eq!(a.trace_hash, b.trace_hash, "seed {seed} is not deterministic");
-        assert_eq!(a.stats.events, b.stats.events);
-    }
+fn different_seeds_give_different_trace_hashes() {
     let a = run_membership(&Scenario::swarm(1), &RunOptions::default());
     let b = run_membership(&Scenario::swarm(2), &RunOptions::default());
     assert_ne!(a.trace_hash, b.trace_hash, "different seeds must give different traces");

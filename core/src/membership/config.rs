@@ -191,10 +191,14 @@ pub enum PlantedBug {
     /// held back behind a window's worth of another lane's frames is refused as stale
     /// (the `node_messages` check's replay model).
     ReplayLanesShareAWindow,
+    /// A probe that gets no direct ack is never retried through other members (no PING-REQ),
+    /// so a member that only one peer cannot reach is suspected by it again and again
+    /// (accuracy, where every helper still reaches both).
+    NoIndirectProbes,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 8] = [
+    pub const ALL: [PlantedBug; 9] = [
         PlantedBug::SuspicionNeverFires,
         PlantedBug::DelNotDisseminated,
         PlantedBug::SuspicionWithoutTimeout,
@@ -203,6 +207,7 @@ impl PlantedBug {
         PlantedBug::PiggybackIgnoresLimit,
         PlantedBug::ReplayWindowOfOne,
         PlantedBug::ReplayLanesShareAWindow,
+        PlantedBug::NoIndirectProbes,
     ];
 
     pub fn name(self) -> &'static str {
@@ -215,6 +220,7 @@ impl PlantedBug {
             PlantedBug::PiggybackIgnoresLimit => "piggyback-ignores-limit",
             PlantedBug::ReplayWindowOfOne => "replay-window-of-one",
             PlantedBug::ReplayLanesShareAWindow => "replay-lanes-share-a-window",
+            PlantedBug::NoIndirectProbes => "no-indirect-probes",
         }
     }
 

@@ -749,7 +749,7 @@ impl Membership {
 
     fn on_direct_timeout(&mut self, seq: ProbeSeq) {
         let Some(probe) = self.probe else { return };
-        if probe.seq != seq || probe.acked {
+        if probe.seq != seq || probe.acked || self.cfg.plants(PlantedBug::NoIndirectProbes) {
             return;
         }
         let mut helpers: Vec<MemberId> =
