@@ -78,7 +78,12 @@ fn convergence_catches_missing_anti_entropy() {
 
 #[test]
 fn bounded_catches_piggybacking_past_the_datagram_limit() {
-    first_caught(PlantedBug::PiggybackIgnoresLimit, CheckerKind::Bounded, (0..20).map(Scenario::swarm));
+    // Datagrams of 400 bytes, so that a join wave queues more updates than one holds.
+    let small_datagrams = (0..20).map(Scenario::swarm).map(|mut s| {
+        s.config.max_datagram_bytes = 400;
+        s
+    });
+    first_caught(PlantedBug::PiggybackIgnoresLimit, CheckerKind::Bounded, small_datagrams);
 }
 
 #[test]
