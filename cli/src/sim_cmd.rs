@@ -6,7 +6,7 @@ use clap::{Args, ValueEnum};
 use rainstorm_sim::capsule::{self, Layer as SimLayer};
 use rainstorm_sim::shrink::{shrink, Size};
 use rainstorm_sim::{
-    check_replays_alike, determinism_seeds, named, replay_command, run_membership, RunOptions, Scenario,
+    check_replays_alike, determinism_seeds, replay_command, run_membership, RunOptions, Scenario,
     DETERMINISM_PERCENT,
 };
 use std::collections::BTreeSet;
