@@ -276,7 +276,6 @@ impl Hydfs {
         }
     }
 
-    /// The files this node stores, with their ring ids, digests and bytes (`store`).
     /// This node's files with their digests, in name order: what it answers an inventory ask.
     fn inventory(&self) -> Inventory {
         self.store
@@ -287,6 +286,7 @@ impl Hydfs {
             .collect()
     }
 
+    /// The files this node stores, with their ring ids, digests and bytes (`store`).
     pub fn local_files(&self) -> Vec<(FileName, RingId, FileDigest, u64)> {
         self.store
             .files()
