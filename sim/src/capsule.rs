@@ -7,7 +7,7 @@
 //! checked to fit its cluster (every slot it names exists), so replaying it never panics on an
 //! index; a saved capsule's `name` is its file's stem.
 
-use crate::scenario::{Fault, Scenario, Slot};
+use crate::scenario::{fault_fits, Scenario, Slot};
 use std::path::{Path, PathBuf};
 
 /// The layer a scenario exercises.
@@ -191,21 +191,7 @@ pub fn check(scenario: &Scenario) -> Result<(), String> {
     scenario.config.validate()?;
     let fits = |slot: &Slot| *slot < nodes;
     for f in &scenario.faults {
-        let ok = match &f.fault {
-            Fault::Crash { node }
-            | Fault::Restart { node }
-            | Fault::Pause { node, .. }
-            | Fault::Leave { node }
-            | Fault::Join { node }
-            | Fault::SetSuspicion { node, .. }
-            | Fault::Corrupt { node } => fits(node),
-            Fault::Partition { side } => side.iter().all(fits),
-            Fault::OneWay { from, to } => from.iter().chain(to).all(fits),
-            Fault::Heal
-            | Fault::SetLoss { .. }
-            | Fault::CrashTaskHost { .. }
-            | Fault::RestartCrashed { .. } => true,
-        };
+        let ok = fault_fits(&f.fault, nodes);
         if !ok {
             return Err(format!(
                 "the fault at {} ms names a slot past the {nodes} nodes: {:?}",
