@@ -133,7 +133,9 @@ impl InventoryPace {
             self.disturb(now);
             return None;
         }
-        self.known.get(&peer).map(|k| &k.files)
+        let known = self.known.get(&peer)?;
+        debug_assert_eq!(known.hash, inventory_hash(&known.files), "the kept hash is the kept list's");
+        Some(&known.files)
     }
 
     /// What is kept of `peer`'s inventory is no longer trusted (its exchange failed, or it may
