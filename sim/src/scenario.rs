@@ -659,24 +659,35 @@ impl Scenario {
             "  broken stream connections: frames in flight lost {}‰, duplicated {}‰",
             self.net.broken_stream_drop_permille, self.net.broken_stream_duplicate_permille
         );
-        if let Some(w) = &self.hydfs {
-            let _ = writeln!(
-                s,
-                "  hydfs: clients {:?}  files {}  zipf {}  think {} ms  large {}‰ (to {} B)  small to {} B  cache {} B",
-                w.clients,
-                w.files,
-                w.zipf_milli as f64 / 1000.0,
-                w.think_ms,
-                w.large_permille,
-                w.large_max_bytes,
-                w.small_max_bytes,
-                w.config.cache_bytes
-            );
-            let _ = writeln!(
-                s,
-                "  hydfs: ops {}..{} ms  final merge at {} ms",
-                w.start_ms, w.stop_ms, w.final_merge_ms
-            );
+        match &self.hydfs {
+            // Settings only (`HydfsWorkload::settings_only`): a RainStorm job's files.
+            Some(w) if w.clients.is_empty() => {
+                let _ = writeln!(
+                    s,
+                    "  hydfs: no client workload (the files are the job's)  cache {} B",
+                    w.config.cache_bytes
+                );
+            }
+            Some(w) => {
+                let _ = writeln!(
+                    s,
+                    "  hydfs: clients {:?}  files {}  zipf {}  think {} ms  large {}‰ (to {} B)  small to {} B  cache {} B",
+                    w.clients,
+                    w.files,
+                    w.zipf_milli as f64 / 1000.0,
+                    w.think_ms,
+                    w.large_permille,
+                    w.large_max_bytes,
+                    w.small_max_bytes,
+                    w.config.cache_bytes
+                );
+                let _ = writeln!(
+                    s,
+                    "  hydfs: ops {}..{} ms  final merge at {} ms",
+                    w.start_ms, w.stop_ms, w.final_merge_ms
+                );
+            }
+            None => {}
         }
         if let Some(b) = self.strict_detection_ms {
             let _ = writeln!(s, "  strict detection bound {b} ms");
