@@ -177,7 +177,7 @@ fn sample_messages() -> Vec<MembershipMsg> {
         Update::Mode(ModeStamp { counter: 2, issuer: Some(a), suspicion: false }),
     ];
     vec![
-        MembershipMsg::Ping { seq: ProbeSeq(1), target: b, updates: updates.clone() },
+        MembershipMsg::Ping { seq: ProbeSeq(1), target_join_time: b.join_time, updates: updates.clone() },
         MembershipMsg::Ack { seq: ProbeSeq(1), updates: vec![] },
         MembershipMsg::PingReq { seq: ProbeSeq(9), target: a, updates: updates.clone() },
         MembershipMsg::Gossip { updates },

@@ -77,10 +77,12 @@ pub enum JoinKind {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MembershipMsg {
-    /// Direct probe of `target` (the receiver must be exactly that member id to answer).
+    /// Direct probe of the member at the datagram's destination whose join time is
+    /// `target_join_time` (the receiver must be exactly that member id to answer). The address
+    /// is not repeated: it is the envelope's destination.
     Ping {
         seq: ProbeSeq,
-        target: MemberId,
+        target_join_time: u64,
         updates: Vec<Update>,
     },
     /// Answer to a ping, or a relayed answer to a ping-req.

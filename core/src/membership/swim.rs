@@ -435,8 +435,8 @@ impl Membership {
     /// A message from the member `from` (as the envelope names it).
     pub fn handle_message(&mut self, now: Time, from: MemberId, msg: MembershipMsg) {
         match msg {
-            MembershipMsg::Ping { seq, target, updates } => {
-                self.on_ping(now, from, seq, target);
+            MembershipMsg::Ping { seq, target_join_time, updates } => {
+                self.on_ping(now, from, seq, target_join_time);
                 self.apply_from(now, from, updates);
             }
             MembershipMsg::Ack { seq, updates } => {
@@ -479,13 +479,15 @@ impl Membership {
 
     // ----- message handlers ---------------------------------------------------------------
 
-    fn on_ping(&mut self, now: Time, from: MemberId, seq: ProbeSeq, target: MemberId) {
+    /// A ping for the member at this address that joined at `target_join_time` (the datagram
+    /// reached this address, so the join time alone tells whether it is meant for this process).
+    fn on_ping(&mut self, now: Time, from: MemberId, seq: ProbeSeq, target_join_time: u64) {
         match self.phase {
             Phase::Leaving { .. } => {
                 let notice = Update::Left { member: self.me };
                 self.send_datagram(from.addr, MembershipMsg::Gossip { updates: vec![notice] });
             }
-            Phase::Joined if target != self.me => {
+            Phase::Joined if target_join_time != self.me.join_time => {
                 // Meant for an earlier process at this address: that one is gone, let the
                 // prober find out by silence.
                 self.stats.stale_messages += 1;
@@ -1124,8 +1126,9 @@ impl Membership {
 
     fn send_ping(&mut self, seq: ProbeSeq, target: MemberId) {
         self.stats.pings_sent += 1;
-        let updates = self.piggyback(&MembershipMsg::Ping { seq, target, updates: Vec::new() });
-        self.send_datagram(target.addr, MembershipMsg::Ping { seq, target, updates });
+        let target_join_time = target.join_time;
+        let updates = self.piggyback(&MembershipMsg::Ping { seq, target_join_time, updates: Vec::new() });
+        self.send_datagram(target.addr, MembershipMsg::Ping { seq, target_join_time, updates });
     }
 
     /// Updates that fit beside `bare` (the message without updates) in one datagram.
