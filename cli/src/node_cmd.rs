@@ -9,6 +9,7 @@ use rainstorm_core::membership::{MembershipEvent, Role};
 use rainstorm_core::node::NodeEvent;
 use rainstorm_runtime::config::{ConfigInput, HydfsInput, RainstormInput, TimingsInput};
 use rainstorm_runtime::driver::NodeHandle;
+use rainstorm_runtime::lock::DataDirLock;
 use rainstorm_runtime::{control, driver, logging};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,7 +33,9 @@ pub struct NodeArgs {
     /// The introducer's address (members only).
     #[arg(long)]
     pub introducer: Option<SocketAddr>,
-    /// Directory for the log file and the control socket.
+    /// Directory for the log file, the control socket and the HyDFS blocks (which a node clears
+    /// when it starts). One node per directory: a second one started on it is refused, with the
+    /// pid and address of the node that holds its `lock` file.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Start in PingAck+S (`on`) or PingAck (`off`) mode.
@@ -176,6 +179,11 @@ async fn run(role: Role, cfg: rainstorm_runtime::config::RuntimeConfig, console:
         Role::Introducer => "introducer",
         Role::Member => "member",
     };
+    // Before anything is written in the data dir: a second node on it stops here.
+    let data_dir_lock = match DataDirLock::acquire(&cfg.data_dir, cfg.advertise) {
+        Ok(lock) => lock,
+        Err(e) => return fail(&e.to_string(), 1),
+    };
     // The guard flushes the log when `run` returns, whichever way.
     let (log, _log_guard) = match logging::init(&cfg.data_dir, &format!("{name}.log")) {
         Ok(log) => log,
@@ -185,7 +193,7 @@ async fn run(role: Role, cfg: rainstorm_runtime::config::RuntimeConfig, console:
         (cfg.membership.join_attempts as u64 + 1) * cfg.membership.join_retry.0 + 3_000,
     );
     let keyed = cfg.cluster_key.is_some();
-    let started = match driver::start(cfg).await {
+    let started = match driver::start(cfg, data_dir_lock).await {
         Ok(s) => s,
         Err(e) => return fail(&e.to_string(), 1),
     };

@@ -5,7 +5,7 @@
 use rainstorm_cli::cluster::{parse_member_ids, timing_flags, ClusterArgs, LocalCluster};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const PERIOD_MS: u64 = 200;
@@ -212,6 +212,24 @@ fn console_commands_reject_bad_input_with_clear_errors() {
     let socket = rainstorm_runtime::control::socket_path(&c.data_dir(1));
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "{}", socket.display());
+    // A second node on a running node's data dir is refused before it writes anything there.
+    let mut second = member_command(17_710, 17_700, &c.data_dir(1), None);
+    let mut child = second.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a second node on one data dir is still running after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "a second node on one data dir must not start");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is in use by another node (pid "), "names the holder: {stderr}");
+    assert!(stderr.contains("127.0.0.1:17701") && stderr.contains("--data-dir"), "{stderr}");
+    assert!(!log_of(&c, 1).contains("17710"), "the refused node wrote nothing in the first one's log");
+    assert_eq!(parse_member_ids(&c.ctl(1, "list_mem").unwrap()).len(), 2, "the first node runs on");
 }
 
 #[test]

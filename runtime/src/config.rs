@@ -5,7 +5,7 @@
 //! bind = "0.0.0.0:7001"          # UDP and TCP listen address
 //! advertise = "10.0.0.5:7001"    # the address others reach this node at (default: bind)
 //! introducer = "10.0.0.1:7000"   # members only
-//! data_dir = "/var/lib/rainstorm" # logs and the control socket
+//! data_dir = "/var/lib/rainstorm" # logs, the control socket, blocks; one node per dir
 //! suspicion = true               # start in PingAck+S (switchable at run time)
 //! cluster_key_file = "/etc/rainstorm/cluster.key" # HMAC-SHA256 on every frame (see below)
 //! # cluster_key = "<64 hex digits>" # the key itself instead of a file (not both)

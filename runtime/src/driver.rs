@@ -22,6 +22,7 @@ use crate::clock::Clock;
 use crate::config::RuntimeConfig;
 use crate::files::{Progress, Sink};
 use crate::jobs::{JobBook, Streamed};
+use crate::lock::DataDirLock;
 use crate::net::Incoming;
 use crate::programs::ProgramHost;
 use crate::storage::FileStorage;
@@ -222,6 +223,8 @@ pub struct StartedNode {
     pub page: Option<SocketAddr>,
     pub events: broadcast::Receiver<NodeEvent>,
     pub task: JoinHandle<()>,
+    /// The data dir's lock, held while the node runs.
+    pub data_dir_lock: DataDirLock,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -234,8 +237,10 @@ pub enum StartError {
     Storage(StorageError),
 }
 
-/// Binds the sockets, starts the node (a member starts joining at once) and its tasks.
-pub async fn start(cfg: RuntimeConfig) -> Result<StartedNode, StartError> {
+/// Binds the sockets, starts the node (a member starts joining at once) and its tasks, on the
+/// data dir `data_dir_lock` holds (taken first, before the node's log is opened in it).
+pub async fn start(cfg: RuntimeConfig, data_dir_lock: DataDirLock) -> Result<StartedNode, StartError> {
+    debug_assert_eq!(data_dir_lock.dir(), cfg.data_dir.as_path(), "the lock is on this node's data dir");
     // Before anything is written in it (the control socket included: see `control`).
     let tightened = crate::private::dir(&cfg.data_dir)
         .map_err(|source| StartError::DataDir { path: cfg.data_dir.clone(), source })?;
@@ -354,7 +359,7 @@ pub async fn start(cfg: RuntimeConfig) -> Result<StartedNode, StartError> {
         },
         None => None,
     };
-    Ok(StartedNode { handle, page, events: first_rx, task })
+    Ok(StartedNode { handle, page, events: first_rx, task, data_dir_lock })
 }
 
 /// A seed for the node's RNG from the OS clock and the process id (uniqueness is what matters).

@@ -28,6 +28,7 @@ pub mod control;
 pub mod driver;
 pub mod files;
 pub mod jobs;
+pub mod lock;
 pub mod logging;
 pub mod metrics;
 pub mod net;
