@@ -90,6 +90,7 @@ fn every_node_serves_metrics_that_move_with_traffic_and_a_status_page() {
         ("rainstorm_membership_probe_rtt_seconds", "histogram"),
         ("rainstorm_hydfs_request_duration_seconds", "histogram"),
         ("rainstorm_hydfs_files_under_replicated", "gauge"),
+        ("rainstorm_hydfs_bytes_under_replicated", "gauge"),
         ("rainstorm_stream_tuple_latency_seconds", "histogram"),
         ("rainstorm_stream_commit_duration_seconds", "histogram"),
     ] {

@@ -747,6 +747,8 @@ impl fmt::Display for CommandOutput {
                 writeln!(f, "hydfs.files_deleted {}", hydfs.files_deleted)?;
                 writeln!(f, "hydfs.tombstones {}", hydfs.tombstones)?;
                 writeln!(f, "hydfs.tombstones_evicted {}", hydfs.tombstones_evicted)?;
+                writeln!(f, "hydfs.files_under_replicated {}", hydfs.files_under_replicated)?;
+                writeln!(f, "hydfs.bytes_under_replicated {}", hydfs.bytes_under_replicated)?;
                 writeln!(f, "rainstorm.batches_rejected {}", rainstorm.batches_rejected)?;
                 for (cause, n) in &rainstorm.refused_by_cause() {
                     writeln!(f, "rainstorm.refused.{cause} {n}")?;

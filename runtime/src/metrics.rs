@@ -295,9 +295,14 @@ impl Collector for Scrape {
         )?;
         out.gauge(
             "rainstorm_hydfs_files_under_replicated",
-            "Files held here that lack a full set of complete replicas as this node sees the ring \
-             (fewer ring members than the replication factor, or the copy here incomplete).",
+            "Files held here that lack a full set of complete replicas, as far as the inventories \
+             of this node's ring neighbours show (a replica not heard from does not count).",
             o.files_under_replicated as i64,
+        )?;
+        out.gauge(
+            "rainstorm_hydfs_bytes_under_replicated",
+            "Bytes of the files counted by rainstorm_hydfs_files_under_replicated.",
+            o.bytes_under_replicated as i64,
         )?;
         out.histograms(
             "rainstorm_hydfs_request_duration_seconds",

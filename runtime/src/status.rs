@@ -101,9 +101,10 @@ pub struct Observation {
     pub bytes_held: u64,
     /// Files whose copy here is still being fetched.
     pub files_incomplete: u64,
-    /// Files held here that, as this node sees the ring, lack a full set of complete replicas:
-    /// their replica set is smaller than the replication factor, or the copy here is incomplete.
+    /// Files held here that lack a full set of complete replicas, as far as this node knows
+    /// (`Hydfs::under_replicated`), and their bytes.
     pub files_under_replicated: u64,
+    pub bytes_under_replicated: u64,
     pub tasks_hosted: u64,
     /// Copies HyDFS keeps of each file.
     pub replication: usize,
@@ -133,15 +134,14 @@ pub(crate) fn observe(node: &Node, book: &JobBook, detail: Detail) -> Observatio
     let m = node.membership();
     let h = node.hydfs();
     let replication = h.config().replication;
-    let ring_size = h.ring().len();
+    let hydfs_stats = h.stats();
     let mut files = Vec::new();
-    let (mut files_held, mut files_incomplete, mut files_under_replicated) = (0, 0, 0);
+    let (mut files_held, mut files_incomplete) = (0, 0);
     let held = if detail >= Detail::Counters { h.local_files() } else { Vec::new() };
     for (name, ring_id, digest, bytes) in held {
         files_held += 1;
         let complete = digest.incomplete == 0;
         files_incomplete += u64::from(!complete);
-        files_under_replicated += u64::from(!complete || ring_size < replication);
         if full {
             files.push(FileObservation {
                 replicas: h.ring().replicas(name.as_str(), replication),
@@ -168,7 +168,9 @@ pub(crate) fn observe(node: &Node, book: &JobBook, detail: Detail) -> Observatio
         suspicion: m.suspicion_enabled(),
         node: node.stats().clone(),
         membership: m.stats(),
-        hydfs: h.stats(),
+        files_under_replicated: hydfs_stats.files_under_replicated,
+        bytes_under_replicated: hydfs_stats.bytes_under_replicated,
+        hydfs: hydfs_stats,
         rainstorm: rainstorm.stats(),
         members: m.members().collect(),
         ring: h.ring().members().collect(),
@@ -176,7 +178,6 @@ pub(crate) fn observe(node: &Node, book: &JobBook, detail: Detail) -> Observatio
         files_held,
         bytes_held: h.store().stored_bytes(),
         files_incomplete,
-        files_under_replicated,
         tasks_hosted: rainstorm.hosted().len() as u64,
         replication,
         led: rainstorm.job_views(),
@@ -457,6 +458,7 @@ fn status_json(obs: &Observation, shared: &Shared, history: &History) -> Value {
             "bytes_held": obs.bytes_held,
             "files_incomplete": obs.files_incomplete,
             "under_replicated": obs.files_under_replicated,
+            "bytes_under_replicated": obs.bytes_under_replicated,
             "replication": obs.replication,
         },
         "jobs": jobs,

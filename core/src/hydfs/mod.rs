@@ -145,6 +145,10 @@ pub struct HydfsStats {
     pub tombstones_evicted: u64,
     /// Parts the scrubber verified (work in proportion to what the node holds).
     pub scrubbed_parts: u64,
+    /// Files this node holds that lack `replication` complete copies on their replicas, as far
+    /// as this node knows (see [`Hydfs::under_replicated`]), and those files' bytes.
+    pub files_under_replicated: u64,
+    pub bytes_under_replicated: u64,
     /// Client operations from submission to their end (success or error), by command.
     pub request_latency: BTreeMap<&'static str, LatencyHistogram>,
 }
@@ -225,7 +229,42 @@ impl Hydfs {
         s.cache_misses = self.client.cache.misses;
         s.tombstones = self.tombstones.len() as u64;
         s.tombstones_evicted = self.tombstones.evicted;
+        (s.files_under_replicated, s.bytes_under_replicated) = self.under_replicated();
         s
+    }
+
+    /// The files this node holds (and their bytes) that do not have `replication` complete
+    /// copies on their replicas of the current ring. A replica counts when it is this node and
+    /// its copy is complete, or when the inventory it last sent this node lists the file
+    /// complete under the same create; a replica not heard from yet does not count. Every
+    /// replica of a file this node owns is among the ring neighbours it exchanges inventories
+    /// with, so this is what an operator checks before restarting the next node: 0 on every
+    /// node means every file it holds has its full set of copies.
+    pub fn under_replicated(&self) -> (u64, u64) {
+        let replication = self.cfg.replication;
+        let (mut files, mut bytes) = (0, 0);
+        for name in self.store.files().keys().filter(|n| !self.creating(n)) {
+            let Some(meta) = self.store.meta(name) else { continue };
+            let digest = meta.digest();
+            let copies = self
+                .ring
+                .replicas(name.as_str(), replication)
+                .into_iter()
+                .filter(|r| {
+                    if *r == self.me {
+                        digest.incomplete == 0
+                    } else {
+                        self.inventory_pace.holds_complete(*r, name, digest.create) == Some(true)
+                    }
+                })
+                .count();
+            debug_assert!(copies <= replication, "at most one copy per replica");
+            if copies < replication {
+                files += 1;
+                bytes += meta.all_writes().map(|w| w.len()).sum::<u64>();
+            }
+        }
+        (files, bytes)
     }
 
     /// The deleted files this node remembers.

@@ -16,7 +16,7 @@
 //! * `known` for a neighbour is the hash of exactly the list kept for it, so `Unchanged` is
 //!   answered only for the list the asker holds.
 
-use super::types::FileDigest;
+use super::types::{FileDigest, Stamp};
 use super::FileName;
 use crate::id::NodeAddr;
 use crate::time::{Millis, Time};
@@ -136,6 +136,20 @@ impl InventoryPace {
         let known = self.known.get(&peer)?;
         debug_assert_eq!(known.hash, inventory_hash(&known.files), "the kept hash is the kept list's");
         Some(&known.files)
+    }
+
+    /// Whether the inventory last received from `peer` lists `name` complete (none of its writes
+    /// still being fetched) under the create stamp `create`; `None` when none is kept.
+    pub(super) fn holds_complete(
+        &self,
+        peer: NodeAddr,
+        name: &FileName,
+        create: Option<Stamp>,
+    ) -> Option<bool> {
+        let files = &self.known.get(&peer)?.files;
+        debug_assert!(files.windows(2).all(|w| w[0].0 < w[1].0), "an inventory is in name order");
+        let held = files.binary_search_by(|(n, _)| n.cmp(name)).ok().map(|i| &files[i].1);
+        Some(held.is_some_and(|d| d.incomplete == 0 && d.create == create))
     }
 
     /// What is kept of `peer`'s inventory is no longer trusted (its exchange failed, or it may

@@ -1436,3 +1436,42 @@ fn a_create_in_progress_stays_out_of_its_coordinators_anti_entropy() {
     }
     assert_eq!(answered, 2);
 }
+
+#[test]
+fn a_file_counts_as_under_replicated_until_every_replica_is_known_to_hold_it_complete() {
+    let cfg = HydfsConfig {
+        chunk_bytes: 1024,
+        inline_bytes: 512,
+        repair_bytes_per_sec: 2048,
+        ..HydfsConfig::default()
+    };
+    let mut net = Net::with_config(4, cfg);
+    let data: Vec<u8> = (0..16 * 1024u32).map(|i| i as u8).collect();
+    assert!(net.run(0, ClientOp::Create { name: name("u"), data }).is_ok());
+    let holders: Vec<usize> = (0..4).filter(|i| net.nodes[*i].store().file(&name("u")).is_some()).collect();
+    let counts = |net: &Net, who: &[usize]| -> Vec<(u64, u64)> {
+        who.iter().map(|i| net.nodes[*i].under_replicated()).collect()
+    };
+    // Before any inventory exchange a holder knows of no other copy.
+    assert_eq!(counts(&net, &holders), vec![(1, 16 * 1024); 3], "no replica heard from yet");
+    net.tick(2_000);
+    assert_eq!(counts(&net, &holders), vec![(0, 0); 3], "every replica's inventory lists it");
+    // A holder leaves the ring: its replacement pulls 16 KiB at 2 KiB/s, and until the others
+    // have its inventory listing the file complete, they count the file.
+    let (gone, newcomer) = (holders[0], (0..4).find(|i| !holders.contains(i)).unwrap());
+    for i in 0..4 {
+        let others: Vec<MemberId> =
+            (0..4).filter(|j| *j != i && *j != gone).map(|j| MemberId::new(addr(j), 1)).collect();
+        let me = (i != gone).then(|| MemberId::new(addr(i), 1));
+        net.nodes[i].set_members(net.now, me, others);
+    }
+    let stayed: Vec<usize> = holders.iter().copied().filter(|i| *i != gone).collect();
+    net.tick(2_000);
+    assert_eq!(counts(&net, &stayed), vec![(1, 16 * 1024); 2], "the newcomer is still pulling");
+    assert_eq!(net.nodes[newcomer].stats().files_under_replicated, 1, "its copy is incomplete");
+    for _ in 0..30 {
+        net.tick(1_000);
+    }
+    let all: Vec<usize> = stayed.iter().copied().chain([newcomer]).collect();
+    assert_eq!(counts(&net, &all), vec![(0, 0); 3], "three complete copies, and every holder knows");
+}
