@@ -26,6 +26,7 @@ fn story(name: &str, seed: u64, nodes: usize, suspicion: bool, faults: Vec<(u64,
             ..NetConfig::default()
         },
         clock_offsets_ms: Vec::new(),
+        clock_drift_ppm: Vec::new(),
         faults: faults.into_iter().map(|(at_ms, fault)| FaultAt { at_ms, fault }).collect(),
         calm_from_ms,
         duration_ms: 0,
