@@ -191,10 +191,14 @@ pub enum PlantedBug {
     /// held back behind a window's worth of another lane's frames is refused as stale
     /// (the `node_messages` check's replay model).
     ReplayLanesShareAWindow,
+    /// A joiner refused because a later id holds its address renews its id from its own clock
+    /// alone, ignoring the id it must follow: a process whose wall clock was stepped back
+    /// before it started is refused again and again, each time under a new id (bounded).
+    JoinTimeTrustsTheClock,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 8] = [
+    pub const ALL: [PlantedBug; 9] = [
         PlantedBug::SuspicionNeverFires,
         PlantedBug::DelNotDisseminated,
         PlantedBug::SuspicionWithoutTimeout,
@@ -203,6 +207,7 @@ impl PlantedBug {
         PlantedBug::PiggybackIgnoresLimit,
         PlantedBug::ReplayWindowOfOne,
         PlantedBug::ReplayLanesShareAWindow,
+        PlantedBug::JoinTimeTrustsTheClock,
     ];
 
     pub fn name(self) -> &'static str {
@@ -215,6 +220,7 @@ impl PlantedBug {
             PlantedBug::PiggybackIgnoresLimit => "piggyback-ignores-limit",
             PlantedBug::ReplayWindowOfOne => "replay-window-of-one",
             PlantedBug::ReplayLanesShareAWindow => "replay-lanes-share-a-window",
+            PlantedBug::JoinTimeTrustsTheClock => "join-time-trusts-the-clock",
         }
     }
 
