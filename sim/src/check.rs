@@ -208,7 +208,7 @@ impl Checker {
             + s.net.latency_max_ms * 4;
         let mut checker = Checker {
             own_probe_bound_ms,
-            strict_ms: s.strict_detection_ms,
+            strict_ms: s.strict_detection_ms.map(|b| s.on_slowest_clock_ms(b)),
             excuse_tail_ms: s
                 .on_slowest_clock_ms(c.suspicion_timeout_for(s.nodes).0 + 4 * c.protocol_period.0),
             always_excused: 2 * s.net.latency_max_ms >= c.ping_timeout.0,

@@ -889,6 +889,43 @@ mod tests {
     }
 
     #[test]
+    fn scenarios_saved_before_clock_drift_was_modelled_still_load() {
+        let mut old = serde_json::to_value(Scenario::hydfs_swarm(3)).unwrap();
+        old.as_object_mut().unwrap().remove("clock_drift_ppm");
+        let s: Scenario = serde_json::from_value(old).unwrap();
+        assert!(s.clock_drift_ppm.is_empty(), "no drift: every clock runs at the true rate");
+    }
+
+    #[test]
+    fn clock_faults_vary_by_seed_within_the_rate_bound() {
+        let all: Vec<Scenario> =
+            (0..100).flat_map(|seed| [Scenario::swarm(seed), Scenario::rainstorm_swarm(seed)]).collect();
+        let drift = |s: &Scenario| s.clock_drift_ppm.iter().map(|d| d.abs()).max().unwrap_or(0);
+        assert!(all.iter().all(|s| drift(s) <= MAX_CLOCK_DRIFT_PPM));
+        assert!(all.iter().any(|s| drift(s) == 0) && all.iter().any(|s| drift(s) > MAX_CLOCK_DRIFT_PPM / 2));
+        let jumps = |s: &Scenario| -> Vec<i64> {
+            s.faults
+                .iter()
+                .filter_map(|f| match f.fault {
+                    Fault::ClockJump { by_ms, .. } => Some(by_ms),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert!(all.iter().any(|s| jumps(s).iter().any(|j| *j < 0)), "some step back");
+        assert!(all.iter().any(|s| jumps(s).iter().any(|j| *j > 0)), "some step forward");
+        assert!(all.iter().any(|s| jumps(s).is_empty()));
+        // The rest of a seed's scenario does not depend on them.
+        let mut s = Scenario::swarm(11);
+        let others: Vec<FaultAt> =
+            s.faults.iter().filter(|f| !matches!(f.fault, Fault::ClockJump { .. })).cloned().collect();
+        s.faults = others.clone();
+        s.set_clocks(99);
+        s.faults.retain(|f| !matches!(f.fault, Fault::ClockJump { .. }));
+        assert_eq!(s.faults, others);
+    }
+
+    #[test]
     fn broken_stream_fates_vary_by_seed_from_none_to_total_loss() {
         let fates: Vec<(u32, u32)> = (0..200)
             .map(|seed| Scenario::hydfs_swarm(seed).net)

@@ -68,6 +68,16 @@ fn fast_restart_at_same_address() {
 }
 
 #[test]
+fn restarts_after_wall_clocks_stepped_back() {
+    let report = run(named::restarts_after_wall_clocks_stepped_back(1));
+    for slot in [4, 0] {
+        let ids = ids_of(&report, slot);
+        assert!(ids.len() >= 2, "slot {slot} joins again after its restart");
+        assert!(ids.windows(2).all(|w| w[1].join_time > w[0].join_time), "slot {slot}: {ids:?}");
+    }
+}
+
+#[test]
 fn rolling_restart_in_batches() {
     let report = run(named::rolling_restart_in_batches(1));
     for slot in 0..10 {

@@ -71,6 +71,15 @@ fn bounded_catches_piggybacking_past_the_datagram_limit() {
 }
 
 #[test]
+fn bounded_catches_join_times_that_trust_a_stepped_back_clock() {
+    first_caught(
+        PlantedBug::JoinTimeTrustsTheClock,
+        CheckerKind::Bounded,
+        (1..=3).map(named::restarts_after_wall_clocks_stepped_back),
+    );
+}
+
+#[test]
 fn wire_catches_a_replay_window_that_refuses_reordered_frames() {
     let keyed = (0..200).map(Scenario::swarm).filter(|s| s.cluster_key).take(40);
     first_caught(PlantedBug::ReplayWindowOfOne, CheckerKind::Wire, keyed);
