@@ -71,11 +71,11 @@ fn bounded_catches_piggybacking_past_the_datagram_limit() {
 }
 
 #[test]
-fn bounded_catches_join_times_that_trust_a_stepped_back_clock() {
+fn convergence_catches_join_times_that_trust_a_stepped_back_clock() {
     first_caught(
         PlantedBug::JoinTimeTrustsTheClock,
-        CheckerKind::Bounded,
-        (1..=3).map(named::restarts_after_wall_clocks_stepped_back),
+        CheckerKind::Convergence,
+        (1..=3).map(named::restart_after_the_wall_clock_stepped_back),
     );
 }
 

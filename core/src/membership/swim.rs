@@ -862,6 +862,7 @@ impl Membership {
                     // Never knew it: remember it is dead and pass the news on.
                     self.tombstone(now, member);
                     self.disseminate(Update::Failed { member });
+                    self.outrun_earlier_process(now, member);
                 }
             }
             Update::Left { member } => {
@@ -910,12 +911,7 @@ impl Membership {
                     // earlier than its did (a wall clock stepped back before we started): the
                     // group would take it for our successor, so we take an id after it.
                     self.tombstone(now, member);
-                    let ours_is_older = member.join_time > self.me.join_time
-                        && !self.cfg.plants(PlantedBug::JoinTimeTrustsTheClock);
-                    if ours_is_older && self.phase == Phase::Joined {
-                        self.events.push_back(MembershipEvent::SelfDeclaredFailed { old: self.me });
-                        self.rejoin_as_new(now, member.join_time);
-                    }
+                    self.outrun_earlier_process(now, member);
                     return;
                 }
                 if self.insert_member(now, member, incarnation) {
@@ -1023,6 +1019,19 @@ impl Membership {
         self.tombstones.get(member).is_some_and(|expiry| *expiry > now)
     }
 
+    /// `member`, an id at this node's address, is an earlier process of it (one process holds an
+    /// address at a time). If its id is later than ours (our clock reads earlier than its did),
+    /// the group would take it for our successor: we rejoin under an id after it.
+    fn outrun_earlier_process(&mut self, now: Time, member: MemberId) {
+        let ours_is_older = member.addr == self.addr
+            && member.join_time > self.me.join_time
+            && !self.cfg.plants(PlantedBug::JoinTimeTrustsTheClock);
+        if ours_is_older && self.phase == Phase::Joined {
+            self.events.push_back(MembershipEvent::SelfDeclaredFailed { old: self.me });
+            self.rejoin_as_new(now, member.join_time);
+        }
+    }
+
     /// The latest id this node knows at `addr`: listed, or removed and still tombstoned.
     fn latest_id_at(&self, addr: NodeAddr, now: Time) -> Option<MemberId> {
         let removed = self
@@ -1056,8 +1065,13 @@ impl Membership {
     /// introducer told of one: this node's clock may read earlier than that process's did).
     fn renew_identity(&mut self, now: Time, later_than: u64) {
         let old = self.me;
-        let later_than =
-            if self.cfg.plants(PlantedBug::JoinTimeTrustsTheClock) { old.join_time } else { later_than };
+        // Ids of this address that this node heard of and remembers are earlier processes too.
+        let remembered = self.latest_id_at(self.addr, now).map_or(0, |id| id.join_time);
+        let later_than = if self.cfg.plants(PlantedBug::JoinTimeTrustsTheClock) {
+            old.join_time
+        } else {
+            later_than.max(remembered)
+        };
         let join_time = now.as_millis().max(old.join_time + 1).max(later_than.saturating_add(1));
         debug_assert!(join_time > old.join_time, "a process's join times only grow");
         self.me = MemberId::new(self.addr, join_time);
