@@ -171,3 +171,11 @@ fn lossy_cluster_stays_accurate() {
     let report = run(named::lossy_cluster_stays_accurate(1));
     assert_eq!(report.false_failures, 0);
 }
+
+#[test]
+fn cut_pairs_are_bridged_by_indirect_probes() {
+    for seed in 1..=2 {
+        let report = run(named::cut_pairs_are_bridged_by_indirect_probes(seed));
+        assert_eq!(report.false_failures, 0, "seed {seed}");
+    }
+}

@@ -195,10 +195,14 @@ pub enum PlantedBug {
     /// alone, ignoring the id it must follow: a process whose wall clock was stepped back
     /// before it started is refused again and again, each time under a new id (bounded).
     JoinTimeTrustsTheClock,
+    /// A probe that gets no direct ack is never retried through other members (no PING-REQ),
+    /// so a member that only one peer cannot reach is suspected by it again and again
+    /// (accuracy, where every helper still reaches both).
+    NoIndirectProbes,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 9] = [
+    pub const ALL: [PlantedBug; 10] = [
         PlantedBug::SuspicionNeverFires,
         PlantedBug::DelNotDisseminated,
         PlantedBug::SuspicionWithoutTimeout,
@@ -208,6 +212,7 @@ impl PlantedBug {
         PlantedBug::ReplayWindowOfOne,
         PlantedBug::ReplayLanesShareAWindow,
         PlantedBug::JoinTimeTrustsTheClock,
+        PlantedBug::NoIndirectProbes,
     ];
 
     pub fn name(self) -> &'static str {
@@ -221,6 +226,7 @@ impl PlantedBug {
             PlantedBug::ReplayWindowOfOne => "replay-window-of-one",
             PlantedBug::ReplayLanesShareAWindow => "replay-lanes-share-a-window",
             PlantedBug::JoinTimeTrustsTheClock => "join-time-trusts-the-clock",
+            PlantedBug::NoIndirectProbes => "no-indirect-probes",
         }
     }
 
