@@ -673,6 +673,23 @@ mod tests {
     }
 
     #[test]
+    fn clock_steps_go_one_by_one_and_drift_goes_whole() {
+        let jumps =
+            |s: &Scenario| s.faults.iter().filter(|f| matches!(f.fault, Fault::ClockJump { .. })).count();
+        let steps_back = |s: &Scenario| {
+            s.faults.iter().any(|f| matches!(f.fault, Fault::ClockJump { by_ms, .. } if by_ms < 0))
+        };
+        let seed = (0..).find(|s| {
+            let s = Scenario::swarm(*s);
+            jumps(&s) >= 2 && steps_back(&s) && !s.clock_drift_ppm.is_empty()
+        });
+        let original = Scenario::swarm(seed.unwrap());
+        let minimal = shrink_by(original, steps_back);
+        assert_eq!(jumps(&minimal), 1, "{:?}", minimal.faults);
+        assert!(minimal.clock_drift_ppm.is_empty(), "every clock at the true rate");
+    }
+
+    #[test]
     fn a_named_story_keeps_its_own_ending() {
         // Named membership stories do not end their faults as the swarm does; shrinking keeps
         // it that way (no heal or loss change is added).
