@@ -193,7 +193,7 @@ pub enum PlantedBug {
     ReplayLanesShareAWindow,
     /// A joiner refused because a later id holds its address renews its id from its own clock
     /// alone, ignoring the id it must follow: a process whose wall clock was stepped back
-    /// before it started is refused again and again, each time under a new id (bounded).
+    /// before it started is refused again and again, each time under a new id (convergence).
     JoinTimeTrustsTheClock,
     /// A probe that gets no direct ack is never retried through other members (no PING-REQ),
     /// so a member that only one peer cannot reach is suspected by it again and again
