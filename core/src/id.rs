@@ -15,8 +15,10 @@ pub type NodeAddr = SocketAddr;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct MemberId {
     pub addr: NodeAddr,
-    /// Join time in milliseconds on the joining node's clock. Strictly increases across restarts
-    /// of one address, which is what makes a restarted process a new member.
+    /// Join time in milliseconds on the joining node's clock, or just after the latest id the
+    /// introducer knows at the address if that clock reads earlier (a wall clock stepped back).
+    /// Strictly increases across restarts of one address, which is what makes a restarted
+    /// process a new member.
     pub join_time: u64,
 }
 

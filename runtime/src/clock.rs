@@ -1,6 +1,8 @@
 //! The OS clock as core time: milliseconds since the Unix epoch, read once at start and advanced
-//! by the monotonic clock after that, so core time never goes backwards even if the wall clock
-//! is stepped, and member ids (address, join time) of successive processes still increase.
+//! by the monotonic clock after that, so core time never goes backwards within a process even if
+//! the wall clock is stepped. A process started after a step back can read an earlier time than
+//! its predecessor did; membership's join protocol still gives it a later member id (see
+//! "Clocks" in docs/ARCHITECTURE.md).
 
 use rainstorm_core::Time;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -203,12 +203,15 @@ const MAX_VIOLATIONS: usize = 20;
 impl Checker {
     pub fn new(s: &Scenario) -> Checker {
         let c = &s.config;
-        let own_probe_bound_ms =
-            c.own_probe_detection_bound(s.nodes).0 + 2 * c.protocol_period.0 + s.net.latency_max_ms * 4;
+        // Timeouts run on the nodes' clocks: the slowest one stretches them.
+        let own_probe_bound_ms = s
+            .on_slowest_clock_ms(c.own_probe_detection_bound(s.nodes).0 + 2 * c.protocol_period.0)
+            + s.net.latency_max_ms * 4;
         let mut checker = Checker {
             own_probe_bound_ms,
-            strict_ms: s.strict_detection_ms,
-            excuse_tail_ms: c.suspicion_timeout_for(s.nodes).0 + 4 * c.protocol_period.0,
+            strict_ms: s.strict_detection_ms.map(|b| s.on_slowest_clock_ms(b)),
+            excuse_tail_ms: s
+                .on_slowest_clock_ms(c.suspicion_timeout_for(s.nodes).0 + 4 * c.protocol_period.0),
             always_excused: 2 * s.net.latency_max_ms >= c.ping_timeout.0,
             ids: BTreeMap::new(),
             slots: vec![SlotTruth::default(); s.nodes],

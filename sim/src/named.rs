@@ -26,6 +26,7 @@ fn story(name: &str, seed: u64, nodes: usize, suspicion: bool, faults: Vec<(u64,
             ..NetConfig::default()
         },
         clock_offsets_ms: Vec::new(),
+        clock_drift_ppm: Vec::new(),
         faults: faults.into_iter().map(|(at_ms, fault)| FaultAt { at_ms, fault }).collect(),
         calm_from_ms,
         duration_ms: 0,
@@ -81,6 +82,34 @@ pub fn calm_crashes_without_suspicion(seed: u64) -> Scenario {
 /// removed everywhere and the new one is listed, never confused with the old.
 pub fn fast_restart_at_same_address(seed: u64) -> Scenario {
     story("fast_restart_at_same_address", seed, 8, true, vec![(20_000, crash(4)), (20_500, restart(4))])
+}
+
+/// A member restarts after its wall clock was stepped back two minutes, on clocks that run up
+/// to 1% fast or slow: the new process reads an earlier time than its predecessor joined at,
+/// and still joins, under an id after it (never taken for the stale one).
+pub fn restart_after_the_wall_clock_stepped_back(seed: u64) -> Scenario {
+    let faults = vec![(15_000, clock_back(4)), (20_000, crash(4)), (20_500, restart(4))];
+    drifting(story("restart_after_the_wall_clock_stepped_back", seed, 8, true, faults))
+}
+
+/// The same for the introducer, which starts on its own under its clock's earlier time while
+/// the members still list its predecessor's later id: it renews past it once it hears of it.
+pub fn introducer_restarts_after_its_wall_clock_stepped_back(seed: u64) -> Scenario {
+    let faults = vec![(15_000, clock_back(0)), (20_000, restart(0))];
+    drifting(story("introducer_restarts_after_its_wall_clock_stepped_back", seed, 8, true, faults))
+}
+
+fn clock_back(node: Slot) -> Fault {
+    Fault::ClockJump { node, by_ms: -120_000 }
+}
+
+/// Wall clocks ten minutes ahead of simulated time (so a step back stays after their epoch),
+/// running up to 1% fast or slow.
+fn drifting(mut s: Scenario) -> Scenario {
+    s.clock_offsets_ms = vec![600_000; s.nodes];
+    s.clock_drift_ppm = (0..s.nodes).map(|i| [10_000, -10_000, 3_000, -7_000][i % 4]).collect();
+    s.duration_ms = s.calm_from_ms + s.convergence_bound_ms();
+    s
 }
 
 /// Every member, then the introducer, restarts in batches of three.
@@ -208,6 +237,8 @@ pub fn all(seed: u64) -> Vec<Scenario> {
         calm_crashes_without_suspicion(seed),
         calm_crashes_in_a_large_cluster(seed),
         fast_restart_at_same_address(seed),
+        restart_after_the_wall_clock_stepped_back(seed),
+        introducer_restarts_after_its_wall_clock_stepped_back(seed),
         rolling_restart_in_batches(seed),
         live_member_wrongly_declared_failed_rejoins(seed),
         introducer_crash_and_return(seed),

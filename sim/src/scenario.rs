@@ -16,6 +16,13 @@ use std::fmt::Write as _;
 /// Index of a node slot (an address). Slot 0 is the introducer.
 pub type Slot = usize;
 
+/// The most a node's clock runs fast or slow, in parts per million (1%): the rate error every
+/// timeout and timer of the protocols is stated under (see "Clocks" in docs/ARCHITECTURE.md).
+pub const MAX_CLOCK_DRIFT_PPM: i32 = 10_000;
+
+/// How far past its epoch a stepped-back wall clock still reads, at least (ten minutes).
+const WALL_CLOCK_MARGIN_MS: u64 = 600_000;
+
 /// The network model.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetConfig {
@@ -87,6 +94,9 @@ pub enum Fault {
     CrashTaskHost { pick: u64 },
     /// A crashed node restarts (`pick` chooses among them). Nothing if none is down.
     RestartCrashed { pick: u64 },
+    /// The node's wall clock is stepped by `by_ms`, back if negative. Its running process reads
+    /// the monotonic clock and does not see the step; a process started on it later does.
+    ClockJump { node: Slot, by_ms: i64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,8 +114,12 @@ pub struct Scenario {
     pub nodes: usize,
     pub config: MembershipConfig,
     pub net: NetConfig,
-    /// Offset of each node's clock from simulated time, in ms (missing entries are 0).
+    /// Offset of each node's wall clock from simulated time, in ms (missing entries are 0).
     pub clock_offsets_ms: Vec<u64>,
+    /// Rate error of each node's clock, in parts per million (missing entries are 0; at most
+    /// [`MAX_CLOCK_DRIFT_PPM`] either way): a node at +10,000 counts 1,010 ms per simulated second.
+    #[serde(default)]
+    pub clock_drift_ppm: Vec<i32>,
     /// Sorted by time.
     pub faults: Vec<FaultAt>,
     /// From this time on no new fault starts and every partition has healed.
@@ -126,14 +140,98 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// Time after the last fault within which all views must have converged.
+    /// Time after the last fault within which all views must have converged (the timeouts it
+    /// adds up run on the nodes' clocks, so it is stretched by the slowest one).
     pub fn convergence_bound_ms(&self) -> u64 {
         let cfg = &self.config;
-        cfg.own_probe_detection_bound(self.nodes).0
-            + 2 * cfg.introducer_announce_interval.0
-            + (cfg.join_attempts as u64 + 2) * cfg.join_retry.0
-            + crate::world::SUPERVISOR_REJOIN_DELAY_MS
-            + 10 * cfg.protocol_period.0
+        self.on_slowest_clock_ms(
+            cfg.own_probe_detection_bound(self.nodes).0
+                + 2 * cfg.introducer_announce_interval.0
+                + (cfg.join_attempts as u64 + 2) * cfg.join_retry.0
+                + crate::world::SUPERVISOR_REJOIN_DELAY_MS
+                + 10 * cfg.protocol_period.0,
+        )
+    }
+
+    /// The most simulated time `local_ms` of a node's clock can take: on the slowest clock of
+    /// the scenario (a bound stated in a node's time, such as a timeout, holds in simulated time
+    /// stretched by this much).
+    pub fn on_slowest_clock_ms(&self, local_ms: u64) -> u64 {
+        // As the world runs them: a rate error past the bound is taken at it.
+        let slowest = self
+            .clock_drift_ppm
+            .iter()
+            .map(|d| d.saturating_neg().clamp(0, MAX_CLOCK_DRIFT_PPM))
+            .max()
+            .unwrap_or(0);
+        let rate = 1_000_000 - u64::from(slowest.unsigned_abs());
+        (u128::from(local_ms) * 1_000_000).div_ceil(u128::from(rate)) as u64
+    }
+
+    /// Draws the seed's clock faults, swarm style, from an RNG of their own (`salt` tells the
+    /// layers' sweeps apart), so the rest of the seed's scenario is what it was without them
+    /// (but for the wall clocks' offsets, raised where a step back would reach the epoch).
+    /// In half the seeds every node's clock runs fast or slow by up to [`MAX_CLOCK_DRIFT_PPM`];
+    /// in two of five, wall clocks are stepped (forward and back, by up to 5 minutes) one to four
+    /// times before the calm, mostly on nodes the fault plan restarts: a step shows only in the
+    /// processes started after it.
+    pub fn set_clocks(&mut self, salt: u64) {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ salt ^ 0x434c_4f43_4b00_0006);
+        let bound = MAX_CLOCK_DRIFT_PPM;
+        self.clock_drift_ppm = if rng.gen_bool(0.5) {
+            (0..self.nodes).map(|_| rng.gen_range(-bound..=bound)).collect()
+        } else {
+            Vec::new()
+        };
+        if !rng.gen_bool(0.4) || self.calm_from_ms <= 1_000 {
+            return;
+        }
+        let restarted: Vec<Slot> = self
+            .faults
+            .iter()
+            .filter_map(|f| match f.fault {
+                Fault::Restart { node } => Some(node),
+                _ => None,
+            })
+            .collect();
+        for _ in 0..rng.gen_range(1..=4) {
+            let at_ms = rng.gen_range(1_000..self.calm_from_ms);
+            let node = if !restarted.is_empty() && rng.gen_bool(0.7) {
+                restarted[rng.gen_range(0..restarted.len())]
+            } else {
+                rng.gen_range(0..self.nodes)
+            };
+            let most_ms = [1_000, 10_000, 60_000, 300_000][rng.gen_range(0..4)];
+            let by_ms = rng.gen_range(1..=most_ms) * if rng.gen_bool(0.5) { 1 } else { -1 };
+            self.faults.push(FaultAt { at_ms, fault: Fault::ClockJump { node, by_ms } });
+        }
+        self.faults.sort_by_key(|f| f.at_ms);
+        self.keep_wall_clocks_past_their_epoch();
+    }
+
+    /// Starts each stepped wall clock far enough past its epoch that its steps back never
+    /// reach it. A real wall clock reads decades past 1970, so steps of minutes never take it
+    /// there; a model clock that starts at the epoch would read the floor (0) in every process
+    /// started after a step back, and two processes of one address would take the same member
+    /// id, which no protocol can tell apart (see "Clocks" in docs/ARCHITECTURE.md).
+    fn keep_wall_clocks_past_their_epoch(&mut self) {
+        let mut back_ms = vec![0u64; self.nodes];
+        for f in &self.faults {
+            if let Fault::ClockJump { node, by_ms } = f.fault {
+                if by_ms < 0 && node < self.nodes {
+                    back_ms[node] = back_ms[node].saturating_add(by_ms.unsigned_abs());
+                }
+            }
+        }
+        if back_ms.iter().all(|b| *b == 0) {
+            return;
+        }
+        self.clock_offsets_ms.resize(self.nodes, 0);
+        for (offset, back) in self.clock_offsets_ms.iter_mut().zip(back_ms) {
+            if back > 0 {
+                *offset = (*offset).max(back.saturating_add(WALL_CLOCK_MARGIN_MS));
+            }
+        }
     }
 
     /// Whether the run lasts long enough after the faults stop to check convergence.
@@ -243,6 +341,7 @@ impl Scenario {
             config,
             net,
             clock_offsets_ms,
+            clock_drift_ppm: Vec::new(),
             faults,
             calm_from_ms,
             duration_ms: 0,
@@ -251,6 +350,7 @@ impl Scenario {
             rainstorm: None,
             cluster_key: false,
         };
+        scenario.set_clocks(0x5157_4152_4d00_0001);
         scenario.end_faults();
         scenario.cluster_key = keyed(seed);
         scenario.net.set_broken_streams(seed);
@@ -359,6 +459,7 @@ impl Scenario {
             config,
             net,
             clock_offsets_ms,
+            clock_drift_ppm: Vec::new(),
             faults,
             calm_from_ms,
             duration_ms: 0,
@@ -367,6 +468,7 @@ impl Scenario {
             rainstorm: None,
             cluster_key: false,
         };
+        scenario.set_clocks(0x4859_4446_5300_0002);
         scenario.end_faults();
         scenario.cluster_key = keyed(seed);
         scenario.net.set_broken_streams(seed);
@@ -533,6 +635,7 @@ impl Scenario {
             config,
             net,
             clock_offsets_ms,
+            clock_drift_ppm: Vec::new(),
             faults,
             calm_from_ms,
             duration_ms: 0,
@@ -541,6 +644,7 @@ impl Scenario {
             rainstorm: Some(job),
             cluster_key: false,
         };
+        scenario.set_clocks(0x5241_494e_5300_0003);
         scenario.end_faults();
         scenario.cluster_key = keyed(seed);
         scenario.net.set_broken_streams(seed);
@@ -654,6 +758,9 @@ impl Scenario {
             self.net.latency_max_ms,
             if self.clock_offsets_ms.is_empty() { "none" } else { "random" }
         );
+        if !self.clock_drift_ppm.is_empty() {
+            let _ = writeln!(s, "  clock rate errors (ppm) {:?}", self.clock_drift_ppm);
+        }
         let _ = writeln!(
             s,
             "  broken stream connections: frames in flight lost {}‰, duplicated {}‰",
@@ -776,6 +883,7 @@ pub fn scenario_strategy() -> impl Strategy<Value = Scenario> {
             s.nodes = nodes;
             s.net.loss_permille = loss;
             s.clock_offsets_ms.truncate(nodes);
+            s.clock_drift_ppm.truncate(nodes);
             s.faults = faults.into_iter().filter(|f| fault_fits(&f.fault, nodes)).collect();
             s.end_faults();
             s.name = format!("proptest-{seed}");
@@ -793,7 +901,8 @@ pub(crate) fn fault_fits(f: &Fault, nodes: usize) -> bool {
         | Fault::Leave { node }
         | Fault::Join { node }
         | Fault::SetSuspicion { node, .. }
-        | Fault::Corrupt { node } => ok(node),
+        | Fault::Corrupt { node }
+        | Fault::ClockJump { node, .. } => ok(node),
         Fault::Partition { side } => side.iter().all(ok),
         Fault::OneWay { from, to } => from.iter().chain(to).all(ok),
         Fault::Heal | Fault::SetLoss { .. } | Fault::CrashTaskHost { .. } | Fault::RestartCrashed { .. } => {
@@ -824,6 +933,65 @@ mod tests {
         net.remove("broken_stream_duplicate_permille");
         let s: Scenario = serde_json::from_value(old).unwrap();
         assert_eq!((s.net.broken_stream_drop_permille, s.net.broken_stream_duplicate_permille), (0, 0));
+    }
+
+    #[test]
+    fn scenarios_saved_before_clock_drift_was_modelled_still_load() {
+        let mut old = serde_json::to_value(Scenario::hydfs_swarm(3)).unwrap();
+        old.as_object_mut().unwrap().remove("clock_drift_ppm");
+        let s: Scenario = serde_json::from_value(old).unwrap();
+        assert!(s.clock_drift_ppm.is_empty(), "no drift: every clock runs at the true rate");
+    }
+
+    #[test]
+    fn clock_faults_vary_by_seed_within_the_rate_bound() {
+        let all: Vec<Scenario> = (0..100)
+            .flat_map(|seed| {
+                [Scenario::swarm(seed), Scenario::hydfs_swarm(seed), Scenario::rainstorm_swarm(seed)]
+            })
+            .collect();
+        let drift = |s: &Scenario| s.clock_drift_ppm.iter().map(|d| d.abs()).max().unwrap_or(0);
+        assert!(all.iter().all(|s| drift(s) <= MAX_CLOCK_DRIFT_PPM));
+        assert!(all.iter().any(|s| drift(s) == 0) && all.iter().any(|s| drift(s) > MAX_CLOCK_DRIFT_PPM / 2));
+        let jumps = |s: &Scenario| -> Vec<i64> {
+            s.faults
+                .iter()
+                .filter_map(|f| match f.fault {
+                    Fault::ClockJump { by_ms, .. } => Some(by_ms),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert!(all.iter().any(|s| jumps(s).iter().any(|j| *j < 0)), "some step back");
+        assert!(all.iter().any(|s| jumps(s).iter().any(|j| *j > 0)), "some step forward");
+        assert!(all.iter().any(|s| jumps(s).is_empty()));
+        // No wall clock is ever stepped back to its epoch: it reads 10 minutes past it at least.
+        for s in &all {
+            for node in 0..s.nodes {
+                let back: i64 = s
+                    .faults
+                    .iter()
+                    .filter_map(|f| match f.fault {
+                        Fault::ClockJump { node: n, by_ms } if n == node && by_ms < 0 => Some(by_ms),
+                        _ => None,
+                    })
+                    .sum();
+                let offset = s.clock_offsets_ms.get(node).copied().unwrap_or(0);
+                assert!(
+                    offset as i64 + back >= WALL_CLOCK_MARGIN_MS as i64 || back == 0,
+                    "{} n{node}",
+                    s.name
+                );
+            }
+        }
+        // The rest of a seed's scenario does not depend on them.
+        let mut s = Scenario::swarm(11);
+        let others: Vec<FaultAt> =
+            s.faults.iter().filter(|f| !matches!(f.fault, Fault::ClockJump { .. })).cloned().collect();
+        s.faults = others.clone();
+        s.set_clocks(99);
+        s.faults.retain(|f| !matches!(f.fault, Fault::ClockJump { .. }));
+        assert_eq!(s.faults, others);
     }
 
     #[test]

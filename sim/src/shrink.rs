@@ -2,9 +2,9 @@
 //! still fails the same way.
 //!
 //! [`ScenarioTree`] is a proptest value tree over one scenario. Each simplification tries one
-//! [`Cut`] (fewer fault groups, fewer nodes, faults stopping earlier, a calmer network, fewer
-//! clients, files, operations, input lines or tasks, shorter pauses) on the smallest scenario
-//! known to fail; proptest keeps the cut if the run still fails and moves on to the next one
+//! [`Cut`] (fewer fault groups, fewer nodes, faults stopping earlier, a calmer network, clocks
+//! at the true rate, fewer clients, files, operations, input lines or tasks, shorter pauses) on
+//! the smallest scenario known to fail; proptest keeps the cut if the run still fails and moves on to the next one
 //! if not. [`swarm_scenarios`] is the proptest strategy of a layer's swarm scenarios shrinking
 //! that way, and [`shrink`] cuts down one given scenario (a failing sweep seed, a capsule)
 //! within a bound on its runs, keeping only candidates that a checker which caught the
@@ -47,6 +47,8 @@ pub enum Cut {
     /// Frames in flight on a broken connection all arrive once.
     NoBrokenStreams,
     NoClockOffsets,
+    /// Every clock runs at the true rate (clock steps are fault groups of their own).
+    NoClockDrift,
     NoClusterKey,
     /// Halve the largest latency.
     LowerLatency,
@@ -175,7 +177,8 @@ pub fn fault_groups(faults: &[FaultAt]) -> Vec<Vec<usize>> {
             | Fault::Leave { .. }
             | Fault::SetSuspicion { .. }
             | Fault::Corrupt { .. }
-            | Fault::CrashTaskHost { .. } => None,
+            | Fault::CrashTaskHost { .. }
+            | Fault::ClockJump { .. } => None,
         };
         if let Some(g) = undoes {
             groups[g].push(i);
@@ -199,7 +202,8 @@ pub fn fault_groups(faults: &[FaultAt]) -> Vec<Vec<usize>> {
             | Fault::Join { .. }
             | Fault::SetSuspicion { .. }
             | Fault::Corrupt { .. }
-            | Fault::RestartCrashed { .. } => {}
+            | Fault::RestartCrashed { .. }
+            | Fault::ClockJump { .. } => {}
         }
     }
     groups
@@ -281,6 +285,7 @@ pub fn cuts(s: &Scenario) -> Vec<Cut> {
         Cut::NoDuplicates,
         Cut::NoBrokenStreams,
         Cut::NoClockOffsets,
+        Cut::NoClockDrift,
         Cut::NoClusterKey,
         Cut::LowerLatency,
         Cut::NoBandwidthLimit,
@@ -331,6 +336,7 @@ pub fn apply(s: &Scenario, cut: Cut) -> Option<Scenario> {
             c.net.broken_stream_duplicate_permille = 0;
         }
         Cut::NoClockOffsets => c.clock_offsets_ms.clear(),
+        Cut::NoClockDrift => c.clock_drift_ppm.clear(),
         Cut::NoClusterKey => c.cluster_key = false,
         Cut::LowerLatency => c.net.latency_max_ms = (c.net.latency_max_ms / 2).max(c.net.latency_min_ms),
         Cut::NoBandwidthLimit => c.net.bandwidth_bytes_per_ms = 0,
@@ -371,6 +377,7 @@ fn settle(mut c: Scenario, original: &Scenario, ended: bool) -> Option<Scenario>
     c.faults = c.faults.into_iter().filter_map(|f| fit(f, nodes)).collect();
     c.faults.sort_by_key(|f| f.at_ms);
     c.clock_offsets_ms.truncate(nodes);
+    c.clock_drift_ppm.truncate(nodes);
     if let Some(w) = c.hydfs.as_mut() {
         let had_clients = !w.clients.is_empty();
         w.clients.retain(|s| *s < nodes);
@@ -406,7 +413,8 @@ fn fit(mut f: FaultAt, nodes: usize) -> Option<FaultAt> {
         | Fault::Leave { node }
         | Fault::Join { node }
         | Fault::SetSuspicion { node, .. }
-        | Fault::Corrupt { node } => fits(node),
+        | Fault::Corrupt { node }
+        | Fault::ClockJump { node, .. } => fits(node),
         Fault::Partition { side } => {
             side.retain(fits);
             !side.is_empty() && side.len() < nodes
@@ -662,6 +670,23 @@ mod tests {
         assert_eq!(Size::of(&minimal).faults, 1, "{:?}", minimal.faults);
         assert!(minimal.nodes >= 5 && job.leader < minimal.nodes && job.reader < minimal.nodes);
         assert!(Size::of(&minimal).duration_ms < Size::of(&original).duration_ms);
+    }
+
+    #[test]
+    fn clock_steps_go_one_by_one_and_drift_goes_whole() {
+        let jumps =
+            |s: &Scenario| s.faults.iter().filter(|f| matches!(f.fault, Fault::ClockJump { .. })).count();
+        let steps_back = |s: &Scenario| {
+            s.faults.iter().any(|f| matches!(f.fault, Fault::ClockJump { by_ms, .. } if by_ms < 0))
+        };
+        let seed = (0..).find(|s| {
+            let s = Scenario::swarm(*s);
+            jumps(&s) >= 2 && steps_back(&s) && !s.clock_drift_ppm.is_empty()
+        });
+        let original = Scenario::swarm(seed.unwrap());
+        let minimal = shrink_by(original, steps_back);
+        assert_eq!(jumps(&minimal), 1, "{:?}", minimal.faults);
+        assert!(minimal.clock_drift_ppm.is_empty(), "every clock at the true rate");
     }
 
     #[test]

@@ -39,6 +39,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::net::{Ipv4Addr, SocketAddr};
 
 mod breaks;
+mod clock;
 mod drive;
 
 /// A process whose join failed is restarted-and-joined again after this long, as a supervisor
@@ -141,7 +142,8 @@ enum Process<A> {
 
 struct SlotState<A> {
     addr: NodeAddr,
-    clock_offset: u64,
+    /// The machine's clocks: they outlive its processes.
+    clock: clock::NodeClock,
     process: Process<A>,
     /// Bumped whenever the process is replaced, so its old timers and callbacks go stale.
     generation: u64,
@@ -273,7 +275,10 @@ impl<A: Actor> World<A> {
         let slots = (0..scenario.nodes)
             .map(|i| SlotState {
                 addr: slot_addr(i),
-                clock_offset: scenario.clock_offsets_ms.get(i).copied().unwrap_or(0),
+                clock: clock::NodeClock::new(
+                    scenario.clock_offsets_ms.get(i).copied().unwrap_or(0),
+                    scenario.clock_drift_ppm.get(i).copied().unwrap_or(0),
+                ),
                 process: Process::Down,
                 generation: 0,
                 armed: None,
@@ -476,13 +481,15 @@ impl<A: Actor> World<A> {
         }
     }
 
+    /// What `slot`'s running process reads as the time now (see `clock.rs`).
     fn local_now(&self, slot: Slot) -> Time {
-        Time(self.now.0 + self.slots[slot].clock_offset)
+        self.slots[slot].clock.local(self.now)
     }
 
     fn start_process(&mut self, slot: Slot, at: Time) {
         let saved = self.now;
         self.now = self.now.max(at);
+        self.slots[slot].clock.start_process(self.now);
         let role = if slot == 0 { Role::Introducer } else { Role::Member };
         let start = ActorStart {
             role,
@@ -567,9 +574,8 @@ impl<A: Actor> World<A> {
         }
         let Process::Up(actor) = &self.slots[slot].process else { return };
         let next = actor.poll_timeout();
-        let offset = self.slots[slot].clock_offset;
         if let Some(local) = next {
-            let at = Time(local.0.saturating_sub(offset)).max(self.now);
+            let at = self.slots[slot].clock.true_time_of(local, self.now);
             if self.slots[slot].armed != Some(at) {
                 self.slots[slot].armed = Some(at);
                 let generation = self.slots[slot].generation;
@@ -930,6 +936,11 @@ impl<A: Actor> World<A> {
             Fault::Corrupt { node } => {
                 let block = self.slots[node].disk.corrupt(&mut self.fault_rng);
                 self.trace.line(self.now, Some(node), || format!("disk block {block:?} corrupted"));
+            }
+            Fault::ClockJump { node, by_ms } => {
+                // Only the wall clock is stepped: the running process advances by its monotonic
+                // clock and never sees it; the next process started on the node does.
+                self.slots[node].clock.step(by_ms);
             }
             Fault::SetSuspicion { node, on } => {
                 if matches!(self.slots[node].process, Process::Up(_)) {

@@ -195,6 +195,7 @@ fn sample_messages() -> Vec<MembershipMsg> {
             result: Ok(JoinAccept { members: vec![(a, Incarnation(0))], mode: ModeStamp::initial(false) }),
         },
         MembershipMsg::JoinReply { nonce: 6, result: Err(JoinRefusal::DeclaredFailed) },
+        MembershipMsg::JoinReply { nonce: 7, result: Err(JoinRefusal::Superseded { by: b }) },
     ]
 }
 

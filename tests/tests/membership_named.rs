@@ -67,6 +67,28 @@ fn fast_restart_at_same_address() {
     assert!(ids[1].join_time > ids[0].join_time);
 }
 
+/// Every id a slot joined under is later than the one before, whatever its clock read.
+fn joins_again_under_later_ids(report: &Report, slot: usize) {
+    let ids = ids_of(report, slot);
+    assert!(ids.len() >= 2, "slot {slot} joins again after its restart: {ids:?}");
+    assert!(ids.windows(2).all(|w| w[1].join_time > w[0].join_time), "slot {slot}: {ids:?}");
+}
+
+#[test]
+fn restart_after_the_wall_clock_stepped_back() {
+    joins_again_under_later_ids(&run(named::restart_after_the_wall_clock_stepped_back(1)), 4);
+}
+
+#[test]
+fn introducer_restarts_after_its_wall_clock_stepped_back() {
+    // The introducer starts the group on its own, under whatever its clock reads (no one to
+    // ask), then renews past its predecessor as soon as it hears of it.
+    let report = run(named::introducer_restarts_after_its_wall_clock_stepped_back(1));
+    let ids = ids_of(&report, 0);
+    let (first, last) = (ids[0], ids[ids.len() - 1]);
+    assert!(ids.len() >= 3 && last.join_time > first.join_time, "{ids:?}");
+}
+
 #[test]
 fn rolling_restart_in_batches() {
     let report = run(named::rolling_restart_in_batches(1));

@@ -348,6 +348,7 @@ mod tests {
             config: rainstorm_core::membership::MembershipConfig::lan(),
             net: NetConfig::default(),
             clock_offsets_ms: Vec::new(),
+            clock_drift_ppm: Vec::new(),
             faults: Vec::new(),
             calm_from_ms: 0,
             duration_ms,

@@ -199,6 +199,7 @@ fn scenario(name: String, seed: u64, config: HydfsConfig) -> Scenario {
         config: MembershipConfig::lan(),
         net: net(),
         clock_offsets_ms: Vec::new(),
+        clock_drift_ppm: Vec::new(),
         faults: Vec::new(),
         calm_from_ms: 0,
         duration_ms: RUN_MS,

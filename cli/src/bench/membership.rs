@@ -129,6 +129,7 @@ fn scenario(name: String, seed: u64, nodes: usize, imp: Impl, net: NetConfig, du
         config: imp.config(),
         net,
         clock_offsets_ms: Vec::new(),
+        clock_drift_ppm: Vec::new(),
         faults: Vec::new(),
         calm_from_ms: 0,
         duration_ms,

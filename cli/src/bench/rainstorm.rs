@@ -242,6 +242,7 @@ impl JobPlan {
             config: MembershipConfig::lan(),
             net: net(),
             clock_offsets_ms: Vec::new(),
+            clock_drift_ppm: Vec::new(),
             faults: Vec::new(),
             calm_from_ms: 0,
             duration_ms: RUN_MS,

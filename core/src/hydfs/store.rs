@@ -357,9 +357,13 @@ fn keep_client_order(rec: &mut FileRec) {
     for s in rec.pending.keys() {
         pending_by_addr.entry(s.client.addr).or_default().push(*s);
     }
+    // Within a process, stamps and member ids only grow together: an earlier stamp under a
+    // later id is another process's (its clock read behind its predecessor's, a wall clock
+    // stepped back between them), whatever the timestamps say.
     let same_process = |earlier: &Stamp, later: &Stamp| {
         debug_assert!(earlier < later && earlier.client.addr == later.client.addr);
-        earlier.client == later.client || later.seq > earlier.seq
+        earlier.client == later.client
+            || (later.seq > earlier.seq && earlier.client.join_time < later.client.join_time)
     };
     let cut = rec.merged.iter().position(|w| {
         pending_by_addr

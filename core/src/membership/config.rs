@@ -191,6 +191,10 @@ pub enum PlantedBug {
     /// held back behind a window's worth of another lane's frames is refused as stale
     /// (the `node_messages` check's replay model).
     ReplayLanesShareAWindow,
+    /// A joiner refused because a later id holds its address renews its id from its own clock
+    /// alone, ignoring the id it must follow: a process whose wall clock was stepped back
+    /// before it started is refused again and again, each time under a new id (convergence).
+    JoinTimeTrustsTheClock,
     /// A probe that gets no direct ack is never retried through other members (no PING-REQ),
     /// so a member that only one peer cannot reach is suspected by it again and again
     /// (accuracy, where every helper still reaches both).
@@ -198,7 +202,7 @@ pub enum PlantedBug {
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 9] = [
+    pub const ALL: [PlantedBug; 10] = [
         PlantedBug::SuspicionNeverFires,
         PlantedBug::DelNotDisseminated,
         PlantedBug::SuspicionWithoutTimeout,
@@ -207,6 +211,7 @@ impl PlantedBug {
         PlantedBug::PiggybackIgnoresLimit,
         PlantedBug::ReplayWindowOfOne,
         PlantedBug::ReplayLanesShareAWindow,
+        PlantedBug::JoinTimeTrustsTheClock,
         PlantedBug::NoIndirectProbes,
     ];
 
@@ -220,6 +225,7 @@ impl PlantedBug {
             PlantedBug::PiggybackIgnoresLimit => "piggyback-ignores-limit",
             PlantedBug::ReplayWindowOfOne => "replay-window-of-one",
             PlantedBug::ReplayLanesShareAWindow => "replay-lanes-share-a-window",
+            PlantedBug::JoinTimeTrustsTheClock => "join-time-trusts-the-clock",
             PlantedBug::NoIndirectProbes => "no-indirect-probes",
         }
     }

@@ -64,6 +64,11 @@ pub enum JoinRefusal {
     DeclaredFailed,
     /// The addressee is not an introducer.
     NotIntroducer,
+    /// A later id holds the joiner's address, listed or recently removed: the process before
+    /// the joiner at its address joined at a later time than the joiner's clock reads (a wall
+    /// clock stepped back before the joiner started). The joiner must rejoin under an id later
+    /// than `by`.
+    Superseded { by: MemberId },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -387,7 +387,7 @@ impl Membership {
             Phase::Joined => Err(MembershipError::AlreadyMember(self.me)),
             Phase::Joining { .. } => Err(MembershipError::JoinInProgress),
             Phase::Idle | Phase::Leaving { .. } => {
-                self.renew_identity(now);
+                self.renew_identity(now, 0);
                 if self.role == Role::Introducer {
                     self.become_joined(now);
                     self.events.push_back(MembershipEvent::SelfJoined { id: self.me, members: 0 });
@@ -617,6 +617,13 @@ impl Membership {
             self.send_stream(from.addr, MembershipMsg::JoinReply { nonce, result });
             return;
         }
+        if let Some(by) = self.latest_id_at(from.addr, now).filter(|id| id.join_time > from.join_time) {
+            // Join times order the processes of one address, but the joiner's clock reads
+            // earlier than its predecessor's did: it takes an id after the latest one known.
+            let result = Err(JoinRefusal::Superseded { by });
+            self.send_stream(from.addr, MembershipMsg::JoinReply { nonce, result });
+            return;
+        }
         if !self.members.contains_key(&from) {
             self.apply(now, Update::Alive { member: from, incarnation: Incarnation(0) });
         }
@@ -649,7 +656,8 @@ impl Membership {
                 self.events.push_back(MembershipEvent::SelfJoined { id: self.me, members });
             }
             (Phase::Joining { nonce: expected, .. }, Err(refusal)) if expected == nonce => match refusal {
-                JoinRefusal::DeclaredFailed => self.rejoin_as_new(now),
+                JoinRefusal::DeclaredFailed => self.rejoin_as_new(now, 0),
+                JoinRefusal::Superseded { by } => self.rejoin_as_new(now, by.join_time),
                 JoinRefusal::NotIntroducer => {
                     self.phase = Phase::Idle;
                     self.timers.clear();
@@ -672,7 +680,11 @@ impl Membership {
                     }
                     Err(JoinRefusal::DeclaredFailed) => {
                         self.events.push_back(MembershipEvent::SelfDeclaredFailed { old: self.me });
-                        self.rejoin_as_new(now);
+                        self.rejoin_as_new(now, 0);
+                    }
+                    Err(JoinRefusal::Superseded { by }) => {
+                        self.events.push_back(MembershipEvent::SelfDeclaredFailed { old: self.me });
+                        self.rejoin_as_new(now, by.join_time);
                     }
                     Err(JoinRefusal::NotIntroducer) => {}
                 }
@@ -844,7 +856,7 @@ impl Membership {
                 if member == self.me {
                     if self.phase == Phase::Joined {
                         self.events.push_back(MembershipEvent::SelfDeclaredFailed { old: self.me });
-                        self.rejoin_as_new(now);
+                        self.rejoin_as_new(now, 0);
                     }
                 } else if self.members.contains_key(&member) {
                     self.declare_failed(now, member, FailureCause::Reported);
@@ -852,6 +864,7 @@ impl Membership {
                     // Never knew it: remember it is dead and pass the news on.
                     self.tombstone(now, member);
                     self.disseminate(Update::Failed { member });
+                    self.outrun_earlier_process(now, member);
                 }
             }
             Update::Left { member } => {
@@ -895,9 +908,12 @@ impl Membership {
             }
             None => {
                 if member.addr == self.addr {
-                    // Another process claims our address: one of us is stale. An older claim is
-                    // our own past; a newer one means we were replaced and will learn so.
+                    // Another process claims our address: an earlier process of it (one process
+                    // holds an address at a time). Its id is later than ours if our clock reads
+                    // earlier than its did (a wall clock stepped back before we started): the
+                    // group would take it for our successor, so we take an id after it.
                     self.tombstone(now, member);
+                    self.outrun_earlier_process(now, member);
                     return;
                 }
                 if self.insert_member(now, member, incarnation) {
@@ -1005,6 +1021,30 @@ impl Membership {
         self.tombstones.get(member).is_some_and(|expiry| *expiry > now)
     }
 
+    /// `member`, an id at this node's address, is an earlier process of it (one process holds an
+    /// address at a time). If its id is later than ours (our clock reads earlier than its did),
+    /// the group would take it for our successor: we rejoin under an id after it.
+    fn outrun_earlier_process(&mut self, now: Time, member: MemberId) {
+        let ours_is_older = member.addr == self.addr
+            && member.join_time > self.me.join_time
+            && !self.cfg.plants(PlantedBug::JoinTimeTrustsTheClock);
+        if ours_is_older && self.phase == Phase::Joined {
+            self.events.push_back(MembershipEvent::SelfDeclaredFailed { old: self.me });
+            self.rejoin_as_new(now, member.join_time);
+        }
+    }
+
+    /// The latest id this node knows at `addr`: listed, or removed and still tombstoned.
+    fn latest_id_at(&self, addr: NodeAddr, now: Time) -> Option<MemberId> {
+        let removed = self
+            .tombstones
+            .range(MemberId::new(addr, 0)..=MemberId::new(addr, u64::MAX))
+            .filter(|(_, expiry)| **expiry > now)
+            .map(|(id, _)| *id)
+            .next_back();
+        removed.max(self.by_addr.get(&addr).copied())
+    }
+
     fn disseminate(&mut self, update: Update) {
         self.gossip.push(update);
     }
@@ -1022,9 +1062,20 @@ impl Membership {
         self.probe_cursor = 0;
     }
 
-    fn renew_identity(&mut self, now: Time) {
+    /// Takes a new id at this address: joined now, and later than every earlier id of this
+    /// process and than `later_than` (the latest id another process had here, when the
+    /// introducer told of one: this node's clock may read earlier than that process's did).
+    fn renew_identity(&mut self, now: Time, later_than: u64) {
         let old = self.me;
-        let join_time = now.as_millis().max(old.join_time + 1);
+        // Ids of this address that this node heard of and remembers are earlier processes too.
+        let remembered = self.latest_id_at(self.addr, now).map_or(0, |id| id.join_time);
+        let later_than = if self.cfg.plants(PlantedBug::JoinTimeTrustsTheClock) {
+            old.join_time
+        } else {
+            later_than.max(remembered)
+        };
+        let join_time = now.as_millis().max(old.join_time + 1).max(later_than.saturating_add(1));
+        debug_assert!(join_time > old.join_time, "a process's join times only grow");
         self.me = MemberId::new(self.addr, join_time);
         self.incarnation = Incarnation(0);
         self.tombstone(now, old);
@@ -1064,8 +1115,8 @@ impl Membership {
     }
 
     /// This node was declared failed: it rejoins as a new member.
-    fn rejoin_as_new(&mut self, now: Time) {
-        self.renew_identity(now);
+    fn rejoin_as_new(&mut self, now: Time, later_than: u64) {
+        self.renew_identity(now, later_than);
         self.gossip.clear();
         if self.role == Role::Introducer {
             // The introducer cannot ask itself: it stays up under its new id, keeps its directory
