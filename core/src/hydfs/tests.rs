@@ -286,26 +286,33 @@ fn a_full_disk_fails_large_and_small_writes_with_the_cause() {
     assert!(net.run(0, ClientOp::Append { name: name("f"), data: b"+ok".to_vec() }).is_ok());
 }
 
+/// Small parts, repaired at 2 KiB/s.
+fn slow_repairs() -> HydfsConfig {
+    HydfsConfig { chunk_bytes: 1024, inline_bytes: 512, repair_bytes_per_sec: 2048, ..HydfsConfig::default() }
+}
+
+impl Net {
+    /// Every node's view loses node `gone` (which is told it is out of the group).
+    fn lose_from_ring(&mut self, gone: usize) {
+        let n = self.nodes.len();
+        for i in 0..n {
+            let others: Vec<MemberId> =
+                (0..n).filter(|j| *j != i && *j != gone).map(|j| MemberId::new(addr(j), 1)).collect();
+            let me = (i != gone).then(|| MemberId::new(addr(i), 1));
+            self.nodes[i].set_members(self.now, me, others);
+        }
+    }
+}
+
 #[test]
 fn repairs_are_paced_by_the_repair_rate() {
-    let cfg = HydfsConfig {
-        chunk_bytes: 1024,
-        inline_bytes: 512,
-        repair_bytes_per_sec: 2048,
-        ..HydfsConfig::default()
-    };
-    let mut net = Net::with_config(4, cfg);
+    let mut net = Net::with_config(4, slow_repairs());
     let data: Vec<u8> = (0..16 * 1024u32).map(|i| i as u8).collect();
     assert!(net.run(0, ClientOp::Create { name: name("r"), data }).is_ok());
     let holders: Vec<usize> = (0..4).filter(|i| net.nodes[*i].store().file(&name("r")).is_some()).collect();
     let (gone, newcomer) = (holders[0], (0..4).find(|i| !holders.contains(i)).unwrap());
     // The ring loses one holder: the fourth node must pull 16 parts at 2 KiB/s.
-    for i in 0..4 {
-        let others: Vec<MemberId> =
-            (0..4).filter(|j| *j != i && *j != gone).map(|j| MemberId::new(addr(j), 1)).collect();
-        let me = (i != gone).then(|| MemberId::new(addr(i), 1));
-        net.nodes[i].set_members(net.now, me, others);
-    }
+    net.lose_from_ring(gone);
     let parts = |net: &Net| {
         (0..16).filter(|p| net.nodes[newcomer].store().has_part(&name("r"), stamp_of(net), *p)).count()
     };
@@ -1439,13 +1446,7 @@ fn a_create_in_progress_stays_out_of_its_coordinators_anti_entropy() {
 
 #[test]
 fn a_file_counts_as_under_replicated_until_every_replica_is_known_to_hold_it_complete() {
-    let cfg = HydfsConfig {
-        chunk_bytes: 1024,
-        inline_bytes: 512,
-        repair_bytes_per_sec: 2048,
-        ..HydfsConfig::default()
-    };
-    let mut net = Net::with_config(4, cfg);
+    let mut net = Net::with_config(4, slow_repairs());
     let data: Vec<u8> = (0..16 * 1024u32).map(|i| i as u8).collect();
     assert!(net.run(0, ClientOp::Create { name: name("u"), data }).is_ok());
     let holders: Vec<usize> = (0..4).filter(|i| net.nodes[*i].store().file(&name("u")).is_some()).collect();
@@ -1459,12 +1460,7 @@ fn a_file_counts_as_under_replicated_until_every_replica_is_known_to_hold_it_com
     // A holder leaves the ring: its replacement pulls 16 KiB at 2 KiB/s, and until the others
     // have its inventory listing the file complete, they count the file.
     let (gone, newcomer) = (holders[0], (0..4).find(|i| !holders.contains(i)).unwrap());
-    for i in 0..4 {
-        let others: Vec<MemberId> =
-            (0..4).filter(|j| *j != i && *j != gone).map(|j| MemberId::new(addr(j), 1)).collect();
-        let me = (i != gone).then(|| MemberId::new(addr(i), 1));
-        net.nodes[i].set_members(net.now, me, others);
-    }
+    net.lose_from_ring(gone);
     let stayed: Vec<usize> = holders.iter().copied().filter(|i| *i != gone).collect();
     net.tick(2_000);
     assert_eq!(counts(&net, &stayed), vec![(1, 16 * 1024); 2], "the newcomer is still pulling");
