@@ -3,7 +3,7 @@
 //! ```text
 //! offset  size  field
 //! 0       2     magic "RS"
-//! 2       1     format version (currently 6)
+//! 2       1     format version (currently 7)
 //! 3       1     flags: bit 0 set = trailer is an HMAC-SHA256 tag, clear = CRC32C
 //! 4       1     lane: 0 control, 1 data, 2 bulk (always 0 on datagrams)
 //! 5       4     payload length, little endian
@@ -47,8 +47,9 @@ pub const MAX_STREAM_FRAME_BYTES: usize = 16 * 1024 * 1024;
 /// version 3 HyDFS part metadata with line ends (`PartMeta::newlines`, `ends_with_newline`);
 /// version 4 HyDFS deletes (`Delete`, `Remove`) and read-your-writes grouped by file (`Needs`);
 /// version 5 the lane byte in the header, with frame numbers counted per (channel, lane);
-/// version 6 the destination address inside the authenticated bytes ([`Envelope::to`]).
-pub const WIRE_VERSION: u8 = 6;
+/// version 6 the destination address inside the authenticated bytes ([`Envelope::to`]);
+/// version 7 membership's Lifeguard: the accuser in `Update::Suspect` and `MembershipMsg::Nack`.
+pub const WIRE_VERSION: u8 = 7;
 
 const MAGIC: [u8; 2] = *b"RS";
 /// Magic, version, flags, lane, payload length.

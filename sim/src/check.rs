@@ -2,12 +2,15 @@
 //!
 //! * **completeness**: a member id whose process crashed, left or renewed its id leaves every
 //!   live list within the deterministic own-probe bound (each member probes every other at least
-//!   once per 2(n−1) periods), counted from when the lister could first know;
+//!   once per 2(n−1) periods; under Lifeguard with the unconfirmed suspicion timeout), counted
+//!   from when the lister could first know;
 //! * **strict completeness** (scenarios that set `strict_detection_ms`): every crash leaves every
 //!   list within the documented bound;
 //! * **accuracy**: in PingAck+S mode, a live member whose messages get through (no partition,
 //!   loss ≤ 5%, no pause longer than the suspicion timeout, latency well under the ping timeout)
-//!   is never declared failed by anyone's own probe or timer;
+//!   is never declared failed by anyone's own probe or timer. A slow member (`Fault::Slow`)
+//!   stalls for at most 2 s at a time and answers between stalls, so it is never unresponsive
+//!   for longer than the detection bound: it must not be declared failed, nor declare others;
 //! * **convergence**: after the faults stop, every live member lists exactly the other live
 //!   members and agrees on the suspicion mode;
 //! * **bounded**: every internal queue stays within a bound of the number of ids ever seen, and
@@ -203,11 +206,13 @@ impl Checker {
     pub fn new(s: &Scenario) -> Checker {
         let c = &s.config;
         let own_probe_bound_ms =
-            c.own_probe_detection_bound(s.nodes).0 + 2 * c.protocol_period.0 + s.net.latency_max_ms * 4;
+            c.unconfirmed_detection_bound(s.nodes).0 + 2 * c.protocol_period.0 + s.net.latency_max_ms * 4;
         let mut checker = Checker {
             own_probe_bound_ms,
             strict_ms: s.strict_detection_ms,
-            excuse_tail_ms: c.suspicion_timeout_for(s.nodes).0 + 4 * c.protocol_period.0,
+            // A suspicion raised while accuracy was excused may run out up to its longest
+            // timeout later (under Lifeguard, the unconfirmed one).
+            excuse_tail_ms: c.suspicion_timeout_max_for(s.nodes).0 + 4 * c.protocol_period.0,
             always_excused: 2 * s.net.latency_max_ms >= c.ping_timeout.0,
             ids: BTreeMap::new(),
             slots: vec![SlotTruth::default(); s.nodes],
@@ -263,6 +268,16 @@ impl Checker {
         if for_ms > suspicion_timeout_ms {
             self.excuses.push(Excuse { start: now, end: Some(Time(now.0 + for_ms)), slot: Some(slot) });
         }
+    }
+
+    /// A slow process stalls (`Fault::Slow`). Each stall is at most 2 s, and the process
+    /// handles its whole backlog between stalls, so it is never unresponsive for longer than the
+    /// suspicion timeout, let alone the detection bound: the stall excuses no failure
+    /// declaration, of the slow member or by it, and does not restart what it could know (a
+    /// stall, unlike a pause, leaves its completeness clock running).
+    pub fn on_stall(&mut self, now: Time, slot: Slot, for_ms: u64, suspicion_timeout_ms: u64) {
+        debug_assert!(for_ms <= suspicion_timeout_ms, "a stall is shorter than the suspicion timeout");
+        self.on_pause(now, slot, for_ms, suspicion_timeout_ms);
     }
 
     pub fn on_resume(&mut self, now: Time, slot: Slot) {

@@ -186,6 +186,19 @@ pub fn lossy_cluster_stays_accurate(seed: u64) -> Scenario {
     s
 }
 
+/// One member of ten is slow for five minutes (it stalls for 0.2–2 s again and again, see
+/// `Fault::Slow`), and another crashes in the middle: nobody live is declared failed, the slow
+/// member included, and the crash still leaves every list within the documented bound.
+pub fn slow_member_is_not_declared_failed(seed: u64) -> Scenario {
+    story(
+        "slow_member_is_not_declared_failed",
+        seed,
+        10,
+        true,
+        vec![(20_000, Fault::Slow { node: 4, for_ms: 300_000 }), (170_000, crash(7)), (320_000, Fault::Heal)],
+    )
+}
+
 /// Every named scenario, by name.
 pub fn all(seed: u64) -> Vec<Scenario> {
     vec![
@@ -202,6 +215,7 @@ pub fn all(seed: u64) -> Vec<Scenario> {
         member_crashes_right_after_joining(seed),
         member_crashes_while_its_refutation_spreads(seed),
         lossy_cluster_stays_accurate(seed),
+        slow_member_is_not_declared_failed(seed),
     ]
 }
 

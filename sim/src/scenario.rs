@@ -66,6 +66,13 @@ pub enum Fault {
     Restart { node: Slot },
     /// The process stops for a while, then resumes and handles its backlog.
     Pause { node: Slot, for_ms: u64 },
+    /// The process turns slow for `for_ms` (CPU-starved, or pausing for garbage collection):
+    /// it stalls again and again, each stall 0.2–2 s with 0.1–1.5 s of normal running between
+    /// stalls (drawn from the run's seed). A stalled process handles nothing; when it resumes,
+    /// the timers that fell due fire first (their deadlines have passed while the messages that
+    /// came in still wait to be read), then its inbound backlog. The slowness belongs to the
+    /// process: a restart ends it.
+    Slow { node: Slot, for_ms: u64 },
     /// Nodes in `side` and the rest cannot reach each other (both directions).
     Partition { side: Vec<Slot> },
     /// Datagrams and streams from `from` to `to` are dropped; the other direction works.
@@ -251,10 +258,25 @@ impl Scenario {
             rainstorm: None,
             cluster_key: false,
         };
+        scenario.add_slow_member(seed, warmup_ms);
         scenario.end_faults();
         scenario.cluster_key = keyed(seed);
         scenario.net.set_broken_streams(seed);
         scenario
+    }
+
+    /// One seed in seven of the membership swarm has a slow member (a random non-introducer
+    /// slot, from the end of the warm-up until the faults stop), drawn apart from the rest of
+    /// the scenario so that the other seeds stay as they were.
+    fn add_slow_member(&mut self, seed: u64, warmup_ms: u64) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x534c_4f57_0000_0004);
+        if self.nodes < 3 || !rng.gen_ratio(1, 7) {
+            return;
+        }
+        let node = rng.gen_range(1..self.nodes);
+        let for_ms = self.calm_from_ms.saturating_sub(warmup_ms);
+        self.faults.push(FaultAt { at_ms: warmup_ms, fault: Fault::Slow { node, for_ms } });
+        self.faults.sort_by_key(|f| f.at_ms);
     }
 
     /// A HyDFS scenario drawn from `seed`: a file workload on 4–12 nodes under up to two crashes
@@ -778,6 +800,7 @@ fn fault_fits(f: &Fault, nodes: usize) -> bool {
         Fault::Crash { node }
         | Fault::Restart { node }
         | Fault::Pause { node, .. }
+        | Fault::Slow { node, .. }
         | Fault::Leave { node }
         | Fault::Join { node }
         | Fault::SetSuspicion { node, .. }

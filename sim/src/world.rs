@@ -86,6 +86,11 @@ enum EventKind {
         slot: Slot,
         generation: u64,
     },
+    /// A slow process stalls (see `Fault::Slow`).
+    Stall {
+        slot: Slot,
+        generation: u64,
+    },
     /// An emulated operator program answers a batch.
     ProgramReply {
         slot: Slot,
@@ -148,6 +153,10 @@ struct SlotState<A> {
     armed: Option<Time>,
     /// The process's disk (replaced, empty, at every start).
     disk: SimDisk,
+    /// Until when the process is slow (`Fault::Slow`), and whether it is stalled now rather
+    /// than paused (a stalled process fires its due timers before reading its backlog).
+    slow_until: Option<Time>,
+    stalled: bool,
 }
 
 /// Options of one run.
@@ -224,6 +233,9 @@ pub struct World<A: Actor> {
     fault_rng: ChaCha8Rng,
     /// Draws the fate of each stream frame in flight on a connection that breaks.
     break_rng: ChaCha8Rng,
+    /// Draws a slow process's stalls and the runs between them (seeded apart, so that a slow
+    /// member changes nothing else of a run).
+    stall_rng: ChaCha8Rng,
     hydfs: Option<HydfsHarness>,
     rainstorm: Option<RainstormHarness>,
     /// When each node's outgoing link is next free, in µs of simulated time (bandwidth model).
@@ -270,6 +282,7 @@ impl<A: Actor> World<A> {
         let rainstorm = scenario.rainstorm.clone().map(RainstormHarness::new);
         let background_sync = scenario.hydfs.as_ref().is_some_and(|w| w.background_sync);
         let scenario_nodes = scenario.nodes;
+        let scenario_seed = scenario.seed;
         let slots = (0..scenario.nodes)
             .map(|i| SlotState {
                 addr: slot_addr(i),
@@ -278,6 +291,8 @@ impl<A: Actor> World<A> {
                 generation: 0,
                 armed: None,
                 disk: SimDisk::new(background_sync),
+                slow_until: None,
+                stalled: false,
             })
             .collect::<Vec<_>>();
         let by_addr = slots.iter().enumerate().map(|(i, s)| (s.addr, i)).collect();
@@ -302,6 +317,7 @@ impl<A: Actor> World<A> {
             started: false,
             fault_rng,
             break_rng,
+            stall_rng: ChaCha8Rng::seed_from_u64(scenario_seed ^ 0x5354_414c_4c00_0005),
             hydfs,
             rainstorm,
             link_free_us: vec![0; scenario_nodes],
@@ -461,6 +477,11 @@ impl<A: Actor> World<A> {
                     self.resume(slot);
                 }
             }
+            EventKind::Stall { slot, generation } => {
+                if self.slots[slot].generation == generation {
+                    self.stall(slot);
+                }
+            }
             EventKind::SupervisorJoin { slot, generation } => {
                 if self.slots[slot].generation == generation {
                     self.command(slot, Command::Join);
@@ -510,6 +531,8 @@ impl<A: Actor> World<A> {
         let s = &mut self.slots[slot];
         s.generation += 1;
         s.armed = None;
+        s.slow_until = None;
+        s.stalled = false;
         s.process = Process::Up(A::start(&start));
         self.trace.line(self.now, Some(slot), || format!("process starts at {}", start.addr));
         self.drain(slot);
@@ -886,6 +909,13 @@ impl<A: Actor> World<A> {
                     other => other,
                 };
             }
+            Fault::Slow { node, for_ms } => {
+                if matches!(self.slots[node].process, Process::Up(_)) {
+                    self.slots[node].slow_until = Some(self.now + rainstorm_core::Millis(for_ms));
+                    self.trace.line(self.now, Some(node), || format!("turns slow for {for_ms} ms"));
+                    self.stall(node);
+                }
+            }
             Fault::Partition { side } => {
                 let side: BTreeSet<Slot> = side.into_iter().collect();
                 let mut cut = Vec::new();
@@ -932,7 +962,8 @@ impl<A: Actor> World<A> {
                 self.trace.line(self.now, Some(node), || format!("disk block {block:?} corrupted"));
             }
             Fault::SetSuspicion { node, on } => {
-                if matches!(self.slots[node].process, Process::Up(_)) {
+                // A stalled process takes the command within 2 s, when it resumes.
+                if matches!(self.slots[node].process, Process::Up(_)) || self.slots[node].stalled {
                     self.suspicion_on = on;
                     self.conditions_changed();
                 }
@@ -985,6 +1016,35 @@ impl<A: Actor> World<A> {
         self.programs.retain(|k, _| k.0 != slot);
     }
 
+    /// A slow process stalls now for 0.2–2 s, if it is still slow and running; a process paused
+    /// by a `Pause` fault stalls again only after it resumed.
+    fn stall(&mut self, slot: Slot) {
+        let generation = self.slots[slot].generation;
+        let Some(until) = self.slots[slot].slow_until else { return };
+        if self.now >= until {
+            self.slots[slot].slow_until = None;
+            return;
+        }
+        let process = std::mem::replace(&mut self.slots[slot].process, Process::Down);
+        self.slots[slot].process = match process {
+            Process::Up(actor) => {
+                let for_ms = self.stall_rng.gen_range(200..=2_000);
+                // A stall is far shorter than the suspicion timeout: it excuses nothing.
+                let st = self.scenario.config.suspicion_timeout.0;
+                self.checker.on_stall(self.now, slot, for_ms, st);
+                self.trace.line(self.now, Some(slot), || format!("stalls for {for_ms} ms"));
+                self.push(self.now + rainstorm_core::Millis(for_ms), EventKind::Resume { slot, generation });
+                self.slots[slot].stalled = true;
+                Process::Paused(actor, Vec::new())
+            }
+            other => {
+                let again = self.now + rainstorm_core::Millis(self.stall_rng.gen_range(100..=1_500));
+                self.push(again, EventKind::Stall { slot, generation });
+                other
+            }
+        };
+    }
+
     fn resume(&mut self, slot: Slot) {
         let process = std::mem::replace(&mut self.slots[slot].process, Process::Down);
         let Process::Paused(mut actor, backlog) = process else {
@@ -992,9 +1052,17 @@ impl<A: Actor> World<A> {
             return;
         };
         let now = self.local_now(slot);
-        self.checker.on_resume(self.now, slot);
+        let stalled = std::mem::take(&mut self.slots[slot].stalled);
+        if !stalled {
+            self.checker.on_resume(self.now, slot);
+        }
         self.trace.line(self.now, Some(slot), || format!("resumes with {} frames of backlog", backlog.len()));
-        // The backlog is handled before the timers that fell due while the process stood still.
+        // After a pause the backlog is handled before the timers that fell due while the process
+        // stood still. A stalled (slow) process is the other way round: its deadlines passed
+        // while the messages that came in wait to be read, so its timers see them as missing.
+        if stalled {
+            actor.handle_timeout(now);
+        }
         for input in backlog {
             match input {
                 Backlog::Frame(channel, frame) => actor.handle_frame(now, channel, &frame),
@@ -1006,6 +1074,11 @@ impl<A: Actor> World<A> {
         self.slots[slot].process = Process::Up(actor);
         self.slots[slot].armed = None;
         self.drain(slot);
+        if stalled {
+            let generation = self.slots[slot].generation;
+            let run = self.now + rainstorm_core::Millis(self.stall_rng.gen_range(100..=1_500));
+            self.push(run, EventKind::Stall { slot, generation });
+        }
     }
 
     fn snapshots(&self) -> Vec<SlotSnapshot> {

@@ -76,6 +76,28 @@ fn wire_catches_a_replay_window_that_refuses_reordered_frames() {
     first_caught(PlantedBug::ReplayWindowOfOne, CheckerKind::Wire, keyed);
 }
 
+/// Lifeguard's local health: a member whose probes all go unanswered stretches its probe period
+/// to (local_health_max + 1) periods; with the LHM stuck at 0 it keeps probing every period.
+#[test]
+fn local_health_check_catches_a_multiplier_that_never_grows() {
+    use rainstorm_core::membership::MembershipConfig;
+    let healthy = MembershipConfig::lan();
+    let stretched = healthy.protocol_period * (u64::from(healthy.local_health_max) + 1);
+    let gaps = rainstorm_tests::probe_gaps_when_nothing_answers(healthy.clone(), 12);
+    assert!(gaps.contains(&stretched), "without the bug the period stretches: {gaps:?}");
+    let planted = MembershipConfig { planted: Some(PlantedBug::LocalHealthNeverGrows), ..healthy };
+    let gaps = rainstorm_tests::probe_gaps_when_nothing_answers(planted.clone(), 12);
+    assert!(
+        !gaps.contains(&stretched),
+        "planted bug {} was never caught by the local health check: {gaps:?}",
+        PlantedBug::LocalHealthNeverGrows.name()
+    );
+    println!(
+        "{} caught by the local health check (probe gaps {gaps:?})",
+        PlantedBug::LocalHealthNeverGrows.name()
+    );
+}
+
 #[test]
 fn no_panic_checker_reports_a_panicking_node() {
     use rainstorm_core::command::Command;
