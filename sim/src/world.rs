@@ -962,8 +962,11 @@ impl<A: Actor> World<A> {
                 self.trace.line(self.now, Some(node), || format!("disk block {block:?} corrupted"));
             }
             Fault::SetSuspicion { node, on } => {
-                // A stalled process takes the command within 2 s, when it resumes.
-                if matches!(self.slots[node].process, Process::Up(_)) || self.slots[node].stalled {
+                // A stalled process takes the command within 2 s, when it resumes: a switch off
+                // excuses accuracy from now on, a switch on is not counted on (the process may
+                // be declared failed before its switch spreads).
+                let stalled_switch_off = self.slots[node].stalled && !on;
+                if matches!(self.slots[node].process, Process::Up(_)) || stalled_switch_off {
                     self.suspicion_on = on;
                     self.conditions_changed();
                 }
