@@ -1,8 +1,15 @@
-//! `rainstorm sim <layer>`: one seed with its verdict and trace hash, or a sweep of seeds.
+//! `rainstorm sim <layer>`: one seed with its verdict and trace hash, or a sweep of seeds; a
+//! failing scenario shrunk to a small one and saved as a capsule that `cargo test` replays.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::{Args, ValueEnum};
-use rainstorm_sim::{named, replay_command, run_membership, RunOptions, Scenario};
+use rainstorm_sim::capsule::{self, Layer as SimLayer};
+use rainstorm_sim::shrink::{shrink, Size};
+use rainstorm_sim::{
+    check_replays_alike, determinism_seeds, replay_command, run_membership, RunOptions, Scenario,
+    DETERMINISM_PERCENT,
+};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -19,20 +26,20 @@ pub enum Layer {
 }
 
 impl Layer {
-    fn name(self) -> &'static str {
+    fn sim(self) -> SimLayer {
         match self {
-            Layer::Membership => "membership",
-            Layer::Hydfs => "hydfs",
-            Layer::Rainstorm => "rainstorm",
+            Layer::Membership => SimLayer::Membership,
+            Layer::Hydfs => SimLayer::Hydfs,
+            Layer::Rainstorm => SimLayer::Rainstorm,
         }
     }
 
+    fn name(self) -> &'static str {
+        self.sim().name()
+    }
+
     fn scenario(self, seed: u64) -> Scenario {
-        match self {
-            Layer::Membership => Scenario::swarm(seed),
-            Layer::Hydfs => Scenario::hydfs_swarm(seed),
-            Layer::Rainstorm => Scenario::rainstorm_swarm(seed),
-        }
+        self.sim().swarm(seed)
     }
 }
 
@@ -49,7 +56,9 @@ pub struct SimArgs {
     /// First seed of a sweep.
     #[arg(long, default_value_t = 0, requires = "seeds")]
     start: u64,
-    /// Replay a scenario saved as JSON (for example a minimized failure under tests/).
+    /// Replay a scenario saved as JSON (a capsule, such as those under tests/scenarios/); the
+    /// file says which layer it is (a `rainstorm` job, else a `hydfs` workload, else
+    /// membership), and it must be this one.
     #[arg(long)]
     scenario: Option<PathBuf>,
     /// Run a named scenario (use `--named list` to see them) with the given --named-seed.
@@ -60,9 +69,21 @@ pub struct SimArgs {
     /// Print the readable event log (time, node, event).
     #[arg(long)]
     trace: bool,
-    /// Print the scenario as JSON (to save a failing one).
+    /// Print the scenario as JSON (with --shrink, the smallest one found).
     #[arg(long)]
     dump: bool,
+    /// If the scenario fails, cut it down (fewer nodes, faults, clients, files, operations,
+    /// input lines or tasks; a shorter, calmer run) to the smallest one found that a checker
+    /// which caught it still catches; print it, its violations and its replay command.
+    #[arg(long, conflicts_with = "seeds")]
+    shrink: bool,
+    /// The most runs a shrink spends.
+    #[arg(long, default_value_t = 300, requires = "shrink")]
+    shrink_runs: u32,
+    /// Save the scenario (with --shrink, the smallest one found) as a capsule at this path,
+    /// named after the file; `cargo test` replays every capsule under tests/scenarios/.
+    #[arg(long, conflicts_with = "seeds")]
+    save: Option<PathBuf>,
     /// Switch on a planted bug (needs a build with --features planted-bugs).
     #[arg(long)]
     plant: Option<String>,
@@ -76,14 +97,20 @@ pub fn run(args: SimArgs) -> Result<ExitCode> {
     let scenario = if let Some(seed) = args.seed {
         layer.scenario(seed)
     } else if let Some(path) = &args.scenario {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{} is not a scenario", path.display()))?
+        let scenario = capsule::load(path).map_err(|e| anyhow!(e))?;
+        let holds = SimLayer::of(&scenario);
+        if holds != layer.sim() {
+            bail!(
+                "{} holds a {} scenario; replay it with `sim {} --scenario {}`",
+                path.display(),
+                holds.name(),
+                holds.name(),
+                path.display()
+            );
+        }
+        scenario
     } else if let Some(name) = &args.named {
-        let all = match layer {
-            Layer::Membership => named::all(args.named_seed),
-            Layer::Hydfs => named::hydfs_all(args.named_seed),
-            Layer::Rainstorm => named::rainstorm_all(args.named_seed),
-        };
+        let all = layer.sim().named(args.named_seed);
         if name == "list" {
             for s in all {
                 println!("{}", s.name);
@@ -97,16 +124,37 @@ pub fn run(args: SimArgs) -> Result<ExitCode> {
     } else {
         bail!("give --seed N, --seeds N, --scenario FILE or --named NAME");
     };
-    let scenario = plant(layer, scenario, args.plant.as_deref())?;
-    if args.dump {
-        println!("{}", serde_json::to_string_pretty(&scenario)?);
-    }
+    let mut scenario = plant(layer, scenario, args.plant.as_deref())?;
     // The seed first, so that even a hang tells which run it was.
     println!("seed {}", scenario.seed);
     print!("{}", scenario.describe());
+    let mut shrunk_trace = None;
+    if args.shrink {
+        let Some((smallest, trace)) = shrink_scenario(&scenario, args.shrink_runs) else {
+            println!("verdict PASS: nothing to shrink");
+            return Ok(ExitCode::SUCCESS);
+        };
+        scenario = smallest;
+        shrunk_trace = Some(trace);
+        print!("{}", scenario.describe());
+    }
+    let mut saved_at = None;
+    if let Some(path) = &args.save {
+        capsule::save(path, &scenario).map_err(|e| anyhow!(e))?;
+        // Replay what the file holds, not what was in memory.
+        scenario = capsule::load(path).map_err(|e| anyhow!(e))?;
+        println!("saved as {}", path.display());
+        saved_at = Some(path.as_path());
+    }
+    if args.dump {
+        println!("{}", serde_json::to_string_pretty(&scenario)?);
+    }
     let started = Instant::now();
     let report = run_membership(&scenario, &RunOptions { trace_lines: args.trace, record_events: false });
     let wall = started.elapsed();
+    if let Some(trace) = shrunk_trace.filter(|t| *t != report.trace_hash) {
+        bail!("the smallest scenario replayed to trace {} instead of {trace}", report.trace_hash);
+    }
     for line in &report.trace_lines {
         println!("{line}");
     }
@@ -169,7 +217,47 @@ pub fn run(args: SimArgs) -> Result<ExitCode> {
         }
     }
     println!("trace {}", report.trace_hash);
+    if !report.passed() || args.shrink || saved_at.is_some() {
+        println!("replay: {}", capsule::replay_command(&scenario, saved_at));
+        if saved_at.is_none() && args.shrink {
+            println!("(not saved: add --save {} to keep it)", capsule::suggested_path(&scenario).display());
+        }
+    }
     Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Shrinks `scenario` within `max_runs` runs, reporting each smaller failing scenario kept;
+/// returns the smallest (named after the original) and its trace hash, or `None` if it passes.
+fn shrink_scenario(scenario: &Scenario, max_runs: u32) -> Option<(Scenario, String)> {
+    let started = Instant::now();
+    let mut kept = 0;
+    let shrunk = shrink(scenario, max_runs, |s, report| {
+        let first = report.violations.first().map(|v| v.to_string()).unwrap_or_default();
+        eprintln!(
+            "shrink: {:>6.1} s  {}  still fails: {first}",
+            started.elapsed().as_secs_f64(),
+            Size::of(s)
+        );
+        kept += 1;
+    })?;
+    let mut smallest = shrunk.minimal().clone();
+    smallest.name = format!("{}-shrunk", scenario.name);
+    println!(
+        "shrunk in {} runs ({} kept, {:.1} s): {} -> {}",
+        shrunk.runs,
+        kept - 1,
+        started.elapsed().as_secs_f64(),
+        Size::of(scenario),
+        Size::of(&smallest)
+    );
+    println!("the original failed with:");
+    for v in shrunk.original_violations.iter().take(5) {
+        println!("  {v}");
+    }
+    if shrunk.original_violations.len() > 5 {
+        println!("  ... and {} more", shrunk.original_violations.len() - 5);
+    }
+    Some((smallest, shrunk.report.trace_hash))
 }
 
 fn sweep(layer: Layer, start: u64, count: u64, bug: Option<&str>) -> Result<ExitCode> {
@@ -177,20 +265,34 @@ fn sweep(layer: Layer, start: u64, count: u64, bug: Option<&str>) -> Result<Exit
     let mut failed = 0;
     let mut events = 0;
     let seeds: Vec<u64> = (start..start + count).collect();
+    // A seeded random 5% of the seeds run twice: their trace hashes must agree.
+    let twice: BTreeSet<u64> = determinism_seeds(start, count).into_iter().collect();
     let scenarios =
         seeds.iter().map(|s| plant(layer, layer.scenario(*s), bug)).collect::<Result<Vec<_>>>()?;
     let reports = crate::bench::parallel_map(scenarios, |s| {
         let r = run_membership(&s, &RunOptions::default());
+        let seed = r.scenario.seed;
+        let replay = replay_command(layer.name(), seed, bug);
+        let determinism = twice.contains(&seed).then(|| check_replays_alike(&r, &replay));
         let broken = (r.stats.stream_frames_lost, r.stats.stream_frames_duplicated);
         let crashed = r.job.as_ref().map(|j| j.crashes_while_running > 0);
         let recoveries = r.job.as_ref().map(|j| j.recoveries.clone()).unwrap_or_default();
-        let first = r.violations.first().map(|v| v.to_string());
-        (r.scenario.seed, r.stats.events, broken, first, crashed, recoveries)
+        let checkers: BTreeSet<String> = r.violations.iter().map(|v| v.checker.to_string()).collect();
+        let first = r.violations.first().map(|v| (v.to_string(), checkers.into_iter().collect::<Vec<_>>()));
+        (seed, r.stats.events, broken, first, crashed, recoveries, determinism)
     });
     let (mut lost, mut duplicated, mut touched) = (0, 0, 0);
     let (mut jobs, mut crashed_jobs) = (0u64, 0u64);
     let (mut detections, mut resumes): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
-    for (seed, n, broken, violation, crashed, recoveries) in reports {
+    let (mut rerun, mut differed) = (0u64, 0u64);
+    for (seed, n, broken, violation, crashed, recoveries, determinism) in reports {
+        let not_alike = match determinism {
+            Some(result) => {
+                rerun += 1;
+                result.err()
+            }
+            None => None,
+        };
         for (detect, resume) in recoveries {
             detections.push(detect as f64);
             resumes.push(resume as f64);
@@ -203,11 +305,19 @@ fn sweep(layer: Layer, start: u64, count: u64, bug: Option<&str>) -> Result<Exit
             jobs += 1;
             crashed_jobs += u64::from(c);
         }
-        if let Some(v) = violation {
-            failed += 1;
-            println!("seed {seed} FAILED: {v}");
+        if let Some((v, checkers)) = &violation {
+            println!("seed {seed} FAILED ({}): {v}", checkers.join(", "));
             println!("  replay: {}", replay_command(layer.name(), seed, bug));
+            println!(
+                "  shrink: {}",
+                capsule::shrink_command(&plant(layer, layer.scenario(seed), bug)?, None)
+            );
         }
+        if let Some(difference) = &not_alike {
+            differed += 1;
+            println!("seed {seed} FAILED: {difference}");
+        }
+        failed += u64::from(violation.is_some() || not_alike.is_some());
     }
     let wall = started.elapsed().as_secs_f64();
     println!("{events} events in {wall:.1} s ({:.0} events/s)", events as f64 / wall);
@@ -233,6 +343,9 @@ fn sweep(layer: Layer, start: u64, count: u64, bug: Option<&str>) -> Result<Exit
             ms(&resumes, 1.0),
         );
     }
+    println!(
+        "determinism: {rerun} seeds ({DETERMINISM_PERCENT}%, drawn from the range) run twice, {differed} gave another trace"
+    );
     println!("{}: {count} seeds, {failed} failed", layer.name());
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

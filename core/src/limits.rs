@@ -270,8 +270,11 @@ mod tests {
     fn only_requests_count() {
         let ping = Body::Membership(MembershipMsg::Ack { seq: ProbeSeq(1), updates: vec![] });
         assert!(!counts_against_rate(&ping));
-        assert!(counts_against_rate(&Body::Hydfs(HydfsMsg::Inventory { req: 1 })));
-        assert!(!counts_against_rate(&Body::Hydfs(HydfsMsg::InventoryReply { req: 1, files: vec![] })));
+        assert!(counts_against_rate(&Body::Hydfs(HydfsMsg::Inventory { req: 1, known: None })));
+        assert!(!counts_against_rate(&Body::Hydfs(HydfsMsg::InventoryReply {
+            req: 1,
+            files: crate::hydfs::InventoryList::Files(vec![])
+        })));
     }
 
     #[test]

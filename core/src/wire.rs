@@ -7,7 +7,7 @@
 //! 3       1     flags: bit 0 set = trailer is an HMAC-SHA256 tag, clear = CRC32C
 //! 4       1     lane: 0 control, 1 data, 2 bulk (always 0 on datagrams)
 //! 5       4     payload length, little endian
-//! 9       len   payload: the bincode-encoded [`Envelope`] (fixed-width integers, little endian)
+//! 9       len   payload: the bincode-encoded [`Envelope`] (variable-length integers)
 //! 9+len   4|32  trailer over bytes [0, 9+len): CRC32C, or HMAC-SHA256 under the cluster key
 //! ```
 //!
@@ -48,7 +48,9 @@ pub const MAX_STREAM_FRAME_BYTES: usize = 16 * 1024 * 1024;
 /// version 4 HyDFS deletes (`Delete`, `Remove`) and read-your-writes grouped by file (`Needs`);
 /// version 5 the lane byte in the header, with frame numbers counted per (channel, lane);
 /// version 6 the destination address inside the authenticated bytes ([`Envelope::to`]);
-/// version 7 membership's Lifeguard: the accuser in `Update::Suspect` and `MembershipMsg::Nack`.
+/// version 7 variable-length integers, HyDFS inventory asks naming the inventory the asker kept
+/// ([`crate::hydfs::InventoryList`]), and membership's Lifeguard (the accuser in
+/// `Update::Suspect`, `MembershipMsg::Nack`).
 pub const WIRE_VERSION: u8 = 7;
 
 const MAGIC: [u8; 2] = *b"RS";
@@ -189,11 +191,12 @@ impl std::fmt::Debug for ClusterKey {
     }
 }
 
-/// The bincode options of every encoding in RainStorm (fixed-width integers, little endian,
+/// The bincode options of every encoding in RainStorm (variable-length integers: a value under
+/// 251 takes one byte, so ids, counts, lengths and enum tags stay small; little endian;
 /// a size limit, no trailing bytes).
 pub(crate) fn bincode_options(limit: usize) -> impl Options {
     bincode::DefaultOptions::new()
-        .with_fixint_encoding()
+        .with_varint_encoding()
         .with_little_endian()
         .with_limit(limit as u64)
         .reject_trailing_bytes()
@@ -483,7 +486,7 @@ mod tests {
         assert_eq!(Body::Hydfs(chunk).lane(), Lane::Bulk);
         let refused = HydfsMsg::FetchReply { req: 1, result: Err(Refusal::NotFound) };
         assert_eq!(Body::Hydfs(refused).lane(), Lane::Control);
-        assert_eq!(Body::Hydfs(HydfsMsg::Inventory { req: 1 }).lane(), Lane::Control);
+        assert_eq!(Body::Hydfs(HydfsMsg::Inventory { req: 1, known: None }).lane(), Lane::Control);
         use crate::rainstorm::message::{Batch, LinkMsg};
         use crate::rainstorm::{JobId, RainstormMsg, TaskId};
         let link = |msg| RainstormMsg::Link {

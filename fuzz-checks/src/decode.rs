@@ -42,8 +42,8 @@ pub enum Layer {
 impl Layer {
     pub const ALL: [Layer; 3] = [Layer::Membership, Layer::Hydfs, Layer::Rainstorm];
 
-    /// The index of the layer's [`Body`] variant, which the encoding writes (a `u32`, little
-    /// endian) between the sender and the message.
+    /// The index of the layer's [`Body`] variant, which the encoding writes (a variable-length
+    /// `u32`, one byte) between the frame number and the message.
     pub fn tag(self) -> u32 {
         match self {
             Layer::Membership => 0,
@@ -90,7 +90,7 @@ pub fn layer_frame_with(
     let mut payload = canonical_bytes(&from);
     payload.extend_from_slice(&canonical_bytes(&to));
     payload.extend_from_slice(&canonical_bytes(&seq));
-    payload.extend_from_slice(&layer.tag().to_le_bytes());
+    payload.extend_from_slice(&canonical_bytes(&layer.tag()));
     payload.extend_from_slice(message);
     codec.frame_raw(lane, &payload)
 }

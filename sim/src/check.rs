@@ -6,11 +6,11 @@
 //!   from when the lister could first know;
 //! * **strict completeness** (scenarios that set `strict_detection_ms`): every crash leaves every
 //!   list within the documented bound;
-//! * **accuracy**: in PingAck+S mode, a live member whose messages get through (no partition,
-//!   loss ≤ 5%, no pause longer than the suspicion timeout, latency well under the ping timeout)
-//!   is never declared failed by anyone's own probe or timer. A slow member (`Fault::Slow`)
-//!   stalls for at most 2 s at a time and answers between stalls, so it is never unresponsive
-//!   for longer than the detection bound: it must not be declared failed, nor declare others;
+//! * **accuracy**: in PingAck+S mode, a live member whose messages get through (no partition
+//!   but pairs of members cut off from each other that every other member reaches, loss ≤ 5%,
+//!   no pause longer than the suspicion timeout, latency well under the ping timeout) is never
+//!   declared failed by anyone's own probe or timer. A slow member (`Fault::Slow`) must not be
+//!   declared failed, nor declare others;
 //! * **convergence**: after the faults stop, every live member lists exactly the other live
 //!   members and agrees on the suspicion mode;
 //! * **bounded**: every internal queue stays within a bound of the number of ids ever seen, and
@@ -284,8 +284,8 @@ impl Checker {
         self.slots[slot].knows_since = now;
     }
 
-    /// Cluster-wide conditions under which accuracy is not promised (a partition, loss over 5%,
-    /// suspicion off) begin (`bad`) or end.
+    /// Cluster-wide conditions under which accuracy is not promised (a partition other than
+    /// cut pairs every other member bridges, loss over 5%, suspicion off) begin (`bad`) or end.
     pub fn on_conditions(&mut self, now: Time, bad: bool) {
         let open = self.excuses.iter().any(|e| e.slot.is_none() && e.end.is_none());
         match (bad, open) {

@@ -186,6 +186,21 @@ pub fn lossy_cluster_stays_accurate(seed: u64) -> Scenario {
     s
 }
 
+/// Four pairs of members cannot reach each other (1–2, 3–4, 5–6, 7–8, both ways) for a
+/// minute, while every other member reaches both of each pair: a direct probe across a cut
+/// fails, and only the indirect probe (PING-REQ) through a helper saves the target from being
+/// suspected, and then declared failed if its refutation is slow to come round. Nobody live is
+/// declared failed.
+pub fn cut_pairs_are_bridged_by_indirect_probes(seed: u64) -> Scenario {
+    let mut faults = Vec::new();
+    for (a, b) in [(1, 2), (3, 4), (5, 6), (7, 8)] {
+        faults.push((20_000, Fault::OneWay { from: vec![a], to: vec![b] }));
+        faults.push((20_000, Fault::OneWay { from: vec![b], to: vec![a] }));
+    }
+    faults.push((80_000, Fault::Heal));
+    story("cut_pairs_are_bridged_by_indirect_probes", seed, 10, true, faults)
+}
+
 /// One member of ten is slow for five minutes (it stalls for 0.2–2 s again and again, see
 /// `Fault::Slow`), and another crashes in the middle: nobody live is declared failed, the slow
 /// member included, and the crash still leaves every list within the documented bound.
@@ -215,6 +230,7 @@ pub fn all(seed: u64) -> Vec<Scenario> {
         member_crashes_right_after_joining(seed),
         member_crashes_while_its_refutation_spreads(seed),
         lossy_cluster_stays_accurate(seed),
+        cut_pairs_are_bridged_by_indirect_probes(seed),
         slow_member_is_not_declared_failed(seed),
     ]
 }

@@ -794,7 +794,8 @@ pub fn scenario_strategy() -> impl Strategy<Value = Scenario> {
         })
 }
 
-fn fault_fits(f: &Fault, nodes: usize) -> bool {
+/// Whether every slot `f` names exists in a cluster of `nodes`.
+pub(crate) fn fault_fits(f: &Fault, nodes: usize) -> bool {
     let ok = |n: &Slot| *n < nodes;
     match f {
         Fault::Crash { node }

@@ -976,7 +976,8 @@ impl<A: Actor> World<A> {
     }
 
     fn conditions_changed(&mut self) {
-        let bad = !self.blocked.is_empty() || self.loss_permille > 50 || !self.suspicion_on;
+        let cut = !cuts_are_bridged(&self.blocked);
+        let bad = cut || self.loss_permille > 50 || !self.suspicion_on;
         self.checker.on_conditions(self.now, bad);
     }
 
@@ -1251,6 +1252,15 @@ fn describe_op(op: &rainstorm_core::hydfs::ClientOp) -> String {
     }
 }
 
+/// Whether every blocked link is bridged: each node is cut off from at most one other node (in
+/// either direction), so every other member reaches both ends of each cut pair both ways and an
+/// indirect probe (PING-REQ) through any helper gets through. Accuracy is promised under such
+/// cuts as under light loss; under any other partition it is not.
+fn cuts_are_bridged(blocked: &BTreeSet<(Slot, Slot)>) -> bool {
+    let mut peer: BTreeMap<Slot, Slot> = BTreeMap::new();
+    blocked.iter().all(|&(a, b)| *peer.entry(a).or_insert(b) == b && *peer.entry(b).or_insert(a) == a)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1303,6 +1313,17 @@ mod tests {
         for r in [&none, &lost, &duplicated] {
             assert!(r.passed(), "{}: {:?}", r.scenario.name, r.violations);
         }
+    }
+
+    #[test]
+    fn only_cuts_between_disjoint_pairs_are_bridged() {
+        let cuts = |pairs: &[(Slot, Slot)]| pairs.iter().copied().collect::<BTreeSet<_>>();
+        assert!(cuts_are_bridged(&cuts(&[])));
+        assert!(cuts_are_bridged(&cuts(&[(1, 2)])));
+        assert!(cuts_are_bridged(&cuts(&[(1, 2), (2, 1), (3, 4), (5, 6), (6, 5)])));
+        assert!(!cuts_are_bridged(&cuts(&[(1, 2), (1, 3)])), "a node cut from two others");
+        assert!(!cuts_are_bridged(&cuts(&[(1, 2), (3, 2)])), "two nodes cut from one");
+        assert!(!cuts_are_bridged(&cuts(&[(0, 1), (1, 0), (0, 2), (2, 0)])), "a partition");
     }
 
     #[test]

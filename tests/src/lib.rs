@@ -1,9 +1,14 @@
 //! Shared helpers for the end-to-end suites in `tests/`.
 //!
-//! Every failing simulated run panics with its seed, its violations and the one command that
-//! replays it with a readable trace.
+//! Every failing simulated run panics with its seed, its violations, the one command that
+//! replays it with a readable trace (from its seed, its story's name, or its capsule file) and
+//! the one that shrinks it.
 
-use rainstorm_sim::{replay_command, run_membership, Report, RunOptions, Scenario};
+use rainstorm_sim::capsule::{self, Origin};
+use rainstorm_sim::{check_replays_alike, determinism_seeds, run_membership, Report, RunOptions, Scenario};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// How many swarm seeds the membership sweep runs: `RAINSTORM_SIM_SEEDS` (default 2000).
 pub fn sweep_seeds() -> u64 {
@@ -18,20 +23,45 @@ pub fn sweep_part(part: u64, total: u64, make: fn(u64) -> Scenario) {
 }
 
 /// [`sweep_part`], showing `inspect` every report (passed or not) first.
+///
+/// The seeds of [`determinism_seeds`] over the whole sweep (a seeded random 5%, spread over the
+/// range) run a second time, with their readable trace on, and must give the same trace hash; a
+/// difference fails the part with both hashes and the replay command.
 pub fn sweep_part_with(part: u64, total: u64, make: fn(u64) -> Scenario, mut inspect: impl FnMut(&Report)) {
     let per = total.div_ceil(4);
+    let twice: BTreeSet<u64> = determinism_seeds(0, total).into_iter().collect();
     let mut failures = Vec::new();
+    let mut differences = Vec::new();
+    let (mut rerun, mut rerun_time) = (0, Duration::ZERO);
+    let started = Instant::now();
     for seed in part * per..((part + 1) * per).min(total) {
         let report = run_membership(&make(seed), &RunOptions::default());
         inspect(&report);
+        if twice.contains(&seed) {
+            rerun += 1;
+            let again = Instant::now();
+            if let Err(difference) =
+                check_replays_alike(&report, &capsule::replay_command(&report.scenario, None))
+            {
+                differences.push(difference);
+            }
+            rerun_time += again.elapsed();
+        }
         if !report.passed() {
             failures.push(report);
         }
     }
+    println!(
+        "part {part}: {rerun} seeds run twice in {:.1} s of the part's {:.1} s; {} traces differed",
+        rerun_time.as_secs_f64(),
+        started.elapsed().as_secs_f64(),
+        differences.len()
+    );
     if let Some(first) = failures.first() {
         eprintln!("{} of the seeds in part {part} failed", failures.len());
         assert_passed(first);
     }
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
 }
 
 /// Runs `scenario` and panics with a replayable report if any checker fired.
@@ -43,6 +73,12 @@ pub fn run_and_check(scenario: &Scenario, opts: &RunOptions) -> Report {
 
 /// Panics with the seed, the violations and the replay command unless `report` passed.
 pub fn assert_passed(report: &Report) {
+    assert_passed_from(report, None);
+}
+
+/// [`assert_passed`] for a scenario loaded from the capsule at `file` (relative to the
+/// workspace root), which the replay command then names.
+pub fn assert_passed_from(report: &Report, file: Option<&Path>) {
     if report.passed() {
         return;
     }
@@ -51,21 +87,30 @@ pub fn assert_passed(report: &Report) {
     for v in &report.violations {
         msg.push_str(&format!("  {v}\n"));
     }
-    if s.name.starts_with("swarm-") {
-        msg.push_str(&format!("replay: {}\n", replay_command("membership", s.seed, None)));
-    } else if s.name.starts_with("hydfs-") {
-        msg.push_str(&format!("replay: {}\n", replay_command("hydfs", s.seed, None)));
-    } else if s.name.starts_with("rainstorm-") {
-        msg.push_str(&format!("replay: {}\n", replay_command("rainstorm", s.seed, None)));
-    } else {
-        msg.push_str(&format!(
-            "replay: cargo run --release -- sim {} --named {} --named-seed {} --trace\n",
-            if s.hydfs.is_some() { "hydfs" } else { "membership" },
-            s.name,
-            s.seed
-        ));
+    if capsule::origin(s, file) == Origin::Unsaved {
+        let json = serde_json::to_string_pretty(s).unwrap_or_default();
+        msg.push_str(&format!("save this scenario as {}:\n{json}\n", capsule::suggested_path(s).display()));
     }
+    msg.push_str(&format!("replay: {}\n", capsule::replay_command(s, file)));
+    msg.push_str(&format!("shrink: {}\n", capsule::shrink_command(s, file)));
     panic!("{msg}");
+}
+
+/// The folder of saved scenarios: `tests/scenarios/`.
+pub fn capsule_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios")
+}
+
+/// Replays every capsule under `tests/scenarios/`, of every layer, and panics at the first
+/// that fails with the command that replays it from its file. Returns how many it replayed.
+pub fn replay_capsules() -> usize {
+    let capsules = capsule::load_dir(&capsule_dir()).unwrap_or_else(|e| panic!("{e}"));
+    for (path, scenario) in &capsules {
+        let name = path.file_name().unwrap_or_default();
+        let file = Path::new("tests/scenarios").join(name);
+        assert_passed_from(&run_membership(scenario, &RunOptions::default()), Some(&file));
+    }
+    capsules.len()
 }
 
 /// Lifeguard's local health, seen from outside: an introducer with six members that never

@@ -151,6 +151,14 @@ fn lossy_cluster_stays_accurate() {
 }
 
 #[test]
+fn cut_pairs_are_bridged_by_indirect_probes() {
+    for seed in 1..=2 {
+        let report = run(named::cut_pairs_are_bridged_by_indirect_probes(seed));
+        assert_eq!(report.false_failures, 0, "seed {seed}");
+    }
+}
+
+#[test]
 fn slow_member_is_not_declared_failed() {
     for seed in 1..=3 {
         let report = run(named::slow_member_is_not_declared_failed(seed));

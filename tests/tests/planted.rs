@@ -61,13 +61,29 @@ fn accuracy_catches_refutation_that_keeps_the_incarnation() {
 }
 
 #[test]
+fn accuracy_catches_probes_without_ping_req() {
+    // Pairs cut off from each other, bridged by every other member: without the indirect
+    // probe a pair's members suspect each other at each probe, and some suspicion times out.
+    first_caught(
+        PlantedBug::NoIndirectProbes,
+        CheckerKind::Accuracy,
+        (1..=3).map(named::cut_pairs_are_bridged_by_indirect_probes),
+    );
+}
+
+#[test]
 fn convergence_catches_missing_anti_entropy() {
     first_caught(PlantedBug::AntiEntropyDisabled, CheckerKind::Convergence, (200..260).map(Scenario::swarm));
 }
 
 #[test]
 fn bounded_catches_piggybacking_past_the_datagram_limit() {
-    first_caught(PlantedBug::PiggybackIgnoresLimit, CheckerKind::Bounded, (0..20).map(Scenario::swarm));
+    // Datagrams of 400 bytes, so that a join wave queues more updates than one holds.
+    let small_datagrams = (0..20).map(Scenario::swarm).map(|mut s| {
+        s.config.max_datagram_bytes = 400;
+        s
+    });
+    first_caught(PlantedBug::PiggybackIgnoresLimit, CheckerKind::Bounded, small_datagrams);
 }
 
 #[test]
@@ -163,11 +179,11 @@ mod hydfs {
     use rainstorm_sim::{run_membership, CheckerKind, RunOptions, Scenario};
 
     fn first_caught(bug: PlantedBug, checker: CheckerKind) -> u64 {
-        first_caught_within(bug, checker, 60)
+        first_caught_within(bug, checker, 0..60)
     }
 
-    fn first_caught_within(bug: PlantedBug, checker: CheckerKind, seeds: u64) -> u64 {
-        for seed in 0..seeds {
+    fn first_caught_within(bug: PlantedBug, checker: CheckerKind, seeds: std::ops::Range<u64>) -> u64 {
+        for seed in seeds {
             let s = Scenario::hydfs_swarm(seed);
             let mut planted = s.clone();
             if let Some(w) = planted.hydfs.as_mut() {
@@ -251,8 +267,9 @@ mod hydfs {
     #[test]
     fn deleted_catches_a_delete_without_tombstones() {
         // Needs a copy that missed the delete to come back; few swarm seeds delete a file while
-        // one of its holders is cut off, so more seeds are searched (first caught: seed 205).
-        first_caught_within(PlantedBug::DeleteWithoutTombstone, CheckerKind::HydfsDeleted, 260);
+        // one of its holders is cut off (a release sweep of 260 seeds: 205, 213 and 257), so
+        // the search starts at the first of them.
+        first_caught_within(PlantedBug::DeleteWithoutTombstone, CheckerKind::HydfsDeleted, 205..260);
     }
 
     #[test]
@@ -262,79 +279,130 @@ mod hydfs {
 }
 
 mod rainstorm {
-    //! Every RainStorm exactly-once checker is proven by a planted bug it catches, in the first
-    //! RainStorm swarm seeds (and the same seed passes without the bug).
+    //! Every RainStorm checker is proven by a planted bug it catches, each in a RainStorm swarm
+    //! seed recorded from a release sweep (`sim rainstorm --seeds N --plant <bug>` lists the
+    //! seeds that catch a bug, with the checkers that fire) or in a named scenario, and the same
+    //! run passes without the bug. Should the swarm's draws change, the seeds after the recorded
+    //! one are tried.
     use rainstorm_core::rainstorm::PlantedBug;
+    use rainstorm_sim::world::Report;
     use rainstorm_sim::{run_membership, CheckerKind, RunOptions, Scenario};
 
-    fn first_caught(bug: PlantedBug, checkers: &[CheckerKind]) -> u64 {
-        first_caught_within(bug, checkers, 200)
+    /// Seeds tried from the recorded one on.
+    const WINDOW: u64 = 10;
+
+    // The first seed of the sweep that catches each bug with its checker (a release sweep of
+    // 200 seeds; 600 for the open epoch): `sim rainstorm --seeds 200 --plant <bug>`.
+    const SEED_COMMIT_BEFORE_COMPLETE: u64 = 79;
+    const SEED_SOURCE_SKIPS_A_LINE: u64 = 3;
+    const SEED_SINK_TAKES_OLD_ATTEMPTS: u64 = 19;
+    const SEED_STATE_FROM_OLDER_CHECKPOINT: u64 = 8;
+    const SEED_OUTPUT_APPENDED_TWICE: u64 = 0;
+    const SEED_UNBOUNDED_READ_AHEAD: u64 = 5;
+    const SEED_OPEN_EPOCH_UNBOUNDED: u64 = 462;
+    const SEED_KEEPS_JOB_FILES: u64 = 0;
+
+    fn with_bug(s: &Scenario, bug: PlantedBug) -> Scenario {
+        let mut planted = s.clone();
+        if let Some(w) = planted.rainstorm.as_mut() {
+            w.config.planted = Some(bug);
+        }
+        planted
     }
 
-    fn first_caught_within(bug: PlantedBug, checkers: &[CheckerKind], seeds: u64) -> u64 {
-        for seed in 0..seeds {
+    /// The first seed from `recorded` on (within [`WINDOW`]) whose run `checker` fails with `bug`
+    /// planted and which passes without it.
+    fn caught_from(bug: PlantedBug, checker: CheckerKind, recorded: u64) -> u64 {
+        for seed in recorded..recorded + WINDOW {
             let s = Scenario::rainstorm_swarm(seed);
-            let mut planted = s.clone();
-            if let Some(w) = planted.rainstorm.as_mut() {
-                w.config.planted = Some(bug);
-            }
-            let report = run_membership(&planted, &RunOptions::default());
-            if let Some(kind) = checkers.iter().find(|k| report.caught(**k)) {
+            let report = run_membership(&with_bug(&s, bug), &RunOptions::default());
+            if report.caught(checker) {
                 let clean = run_membership(&s, &RunOptions::default());
                 assert!(
                     clean.passed(),
                     "seed {seed} fails even without the planted bug: {:?}",
                     clean.violations
                 );
-                println!("{} caught by {kind} in rainstorm seed {seed}", bug.name());
+                println!("{} caught by {checker} in rainstorm seed {seed} ({})", bug.name(), fired(&report));
                 return seed;
             }
         }
-        panic!("planted bug {} was never caught by {checkers:?}", bug.name());
+        panic!("planted bug {} was never caught by {checker} from seed {recorded} on", bug.name());
+    }
+
+    /// The checkers that fired in `report`.
+    fn fired(report: &Report) -> String {
+        let kinds: std::collections::BTreeSet<String> =
+            report.violations.iter().map(|v| v.checker.to_string()).collect();
+        kinds.into_iter().collect::<Vec<_>>().join(", ")
     }
 
     #[test]
     fn committing_before_a_checkpoint_is_complete_duplicates_outputs() {
-        first_caught(
+        caught_from(
             PlantedBug::CommitBeforeComplete,
-            &[CheckerKind::RainstormDuplicate, CheckerKind::RainstormAggregate],
+            CheckerKind::RainstormDuplicate,
+            SEED_COMMIT_BEFORE_COMPLETE,
         );
     }
 
     #[test]
     fn a_source_resuming_a_line_late_loses_it() {
-        first_caught(
-            PlantedBug::SourceSkipsALine,
-            &[CheckerKind::RainstormLoss, CheckerKind::RainstormOutput],
-        );
+        caught_from(PlantedBug::SourceSkipsALine, CheckerKind::RainstormLoss, SEED_SOURCE_SKIPS_A_LINE);
     }
 
     #[test]
     fn a_sink_taking_old_attempts_duplicates_outputs() {
-        first_caught(
+        caught_from(
             PlantedBug::SinkTakesOldAttempts,
-            &[CheckerKind::RainstormDuplicate, CheckerKind::RainstormAggregate, CheckerKind::RainstormOutput],
+            CheckerKind::RainstormDuplicate,
+            SEED_SINK_TAKES_OLD_ATTEMPTS,
         );
     }
 
     #[test]
-    fn state_from_an_older_checkpoint_repeats_running_counts() {
-        first_caught(
+    fn state_from_an_older_checkpoint_breaks_the_running_counts() {
+        caught_from(
             PlantedBug::StateFromOlderCheckpoint,
-            &[CheckerKind::RainstormDuplicate, CheckerKind::RainstormAggregate],
+            CheckerKind::RainstormAggregate,
+            SEED_STATE_FROM_OLDER_CHECKPOINT,
         );
+    }
+
+    #[test]
+    fn outputs_appended_twice_to_the_destination_are_caught_by_the_output_check() {
+        // The console reports each output once: only the destination's lines show the bug.
+        let seed = caught_from(
+            PlantedBug::OutputAppendedTwice,
+            CheckerKind::RainstormOutput,
+            SEED_OUTPUT_APPENDED_TWICE,
+        );
+        let s = with_bug(&Scenario::rainstorm_swarm(seed), PlantedBug::OutputAppendedTwice);
+        let report = run_membership(&s, &RunOptions::default());
+        assert_eq!(fired(&report), "rainstorm-output", "{:?}", report.violations);
+    }
+
+    #[test]
+    fn a_job_whose_last_epoch_is_never_committed_is_caught_by_the_liveness_check() {
+        // A fault-free job: nothing but the bug keeps it from completing.
+        use rainstorm_sim::named::coalescing_scenario;
+        let clean = coalescing_scenario();
+        let report = run_membership(&clean, &RunOptions::default());
+        assert!(report.passed(), "{:?}", report.violations);
+        let report =
+            run_membership(&with_bug(&clean, PlantedBug::LastEpochNeverCommitted), &RunOptions::default());
+        assert_eq!(fired(&report), "rainstorm-liveness", "{:?}", report.violations);
     }
 
     #[test]
     fn unbounded_read_ahead_is_caught_by_the_buffer_bounds() {
-        first_caught(PlantedBug::UnboundedReadAhead, &[CheckerKind::RainstormBounded]);
+        caught_from(PlantedBug::UnboundedReadAhead, CheckerKind::RainstormBounded, SEED_UNBOUNDED_READ_AHEAD);
     }
 
     #[test]
     fn an_open_epoch_left_to_grow_is_caught_by_the_buffer_bounds() {
-        // The bug shows only where commits lag while the pipeline runs on: rare in the swarm
-        // (the first seed that shows it is past 400).
-        first_caught_within(PlantedBug::OpenEpochUnbounded, &[CheckerKind::RainstormBounded], 600);
+        // The bug shows only where commits lag while the pipeline runs on: rare in the swarm.
+        caught_from(PlantedBug::OpenEpochUnbounded, CheckerKind::RainstormBounded, SEED_OPEN_EPOCH_UNBOUNDED);
     }
 
     #[test]
@@ -359,7 +427,7 @@ mod rainstorm {
 
     #[test]
     fn job_files_left_behind_are_caught_by_the_cleanup_check() {
-        first_caught(PlantedBug::KeepsJobFiles, &[CheckerKind::RainstormCleanup]);
+        caught_from(PlantedBug::KeepsJobFiles, CheckerKind::RainstormCleanup, SEED_KEEPS_JOB_FILES);
     }
 
     #[test]
@@ -401,4 +469,66 @@ fn node_messages_check_catches_replay_windows_shared_by_the_lanes() {
     let caught = std::panic::catch_unwind(|| run_script(&script, planted)).expect_err("not caught");
     let message = caught.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(message.contains("replay guard's verdict"), "caught for another reason: {message}");
+}
+
+mod shrinking {
+    //! A sweep seed that a planted bug makes fail shrinks to a smaller scenario that a checker
+    //! which caught it still catches, and that replays bit for bit from its JSON. The shrinks
+    //! are bounded to a few runs to keep the suite fast; `sim <layer> --seed N --plant BUG
+    //! --shrink` goes further.
+    use rainstorm_sim::shrink::{shrink, Shrunk, Size};
+    use rainstorm_sim::{run_membership, RunOptions, Scenario};
+
+    fn shrinks_and_replays(original: Scenario, max_runs: u32) -> Shrunk {
+        let shrunk = shrink(&original, max_runs, |_, _| {}).expect("the planted bug is caught");
+        let (before, after) = (Size::of(&original), Size::of(shrunk.minimal()));
+        println!("{}: {before} -> {after} in {} runs", original.name, shrunk.runs);
+        assert!(after.smaller_than(&before), "{before} -> {after}");
+        assert!(shrunk.runs <= max_runs + 1, "the shrink is bounded");
+        let caught_before: Vec<_> = shrunk.original_violations.iter().map(|v| v.checker).collect();
+        assert!(shrunk.report.violations.iter().any(|v| caught_before.contains(&v.checker)));
+        let json = serde_json::to_string_pretty(shrunk.minimal()).expect("a scenario is JSON");
+        let replayed: Scenario = serde_json::from_str(&json).expect("and back");
+        let report = run_membership(&replayed, &RunOptions::default());
+        assert_eq!(report.trace_hash, shrunk.report.trace_hash, "the JSON replays the same run");
+        shrunk
+    }
+
+    #[test]
+    fn a_hydfs_seed_caught_by_a_planted_bug_shrinks() {
+        let mut s = Scenario::hydfs_swarm(0);
+        if let Some(w) = s.hydfs.as_mut() {
+            w.config.planted = Some(rainstorm_core::hydfs::PlantedBug::AckBeforeSync);
+        }
+        shrinks_and_replays(s, 8);
+    }
+
+    #[test]
+    fn a_rainstorm_seed_caught_by_a_planted_bug_shrinks() {
+        let mut s = Scenario::rainstorm_swarm(3);
+        if let Some(w) = s.rainstorm.as_mut() {
+            w.config.planted = Some(rainstorm_core::rainstorm::PlantedBug::SourceSkipsALine);
+        }
+        shrinks_and_replays(s, 8);
+    }
+
+    /// Two of the saved scenarios are these seeds shrunk further (by `--shrink`), saved without
+    /// their planted bug: with it, they still catch it.
+    #[test]
+    fn saved_scenarios_catch_the_bugs_they_were_shrunk_from() {
+        use rainstorm_sim::{capsule, CheckerKind};
+        let load = |name: &str| {
+            capsule::load(&rainstorm_tests::capsule_dir().join(name)).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let mut files = load("hydfs-one-client-creates-and-reads-one-file.json");
+        if let Some(w) = files.hydfs.as_mut() {
+            w.config.planted = Some(rainstorm_core::hydfs::PlantedBug::AckBeforeSync);
+        }
+        assert!(run_membership(&files, &RunOptions::default()).caught(CheckerKind::HydfsDurability));
+        let mut job = load("rainstorm-task-host-crashes-mid-job.json");
+        if let Some(w) = job.rainstorm.as_mut() {
+            w.config.planted = Some(rainstorm_core::rainstorm::PlantedBug::SourceSkipsALine);
+        }
+        assert!(run_membership(&job, &RunOptions::default()).caught(CheckerKind::RainstormLoss));
+    }
 }

@@ -945,8 +945,13 @@ fn print_traffic(out: &mut String, rows: &[TrafficRow], plan: TrafficPlan) {
     );
     let _ = writeln!(
         out,
-        "   at the end. Stream traffic is RainStorm's anti-entropy full exchange, sent only when two members' view digests differ."
+        "   at the end. Stream traffic: every node runs HyDFS, whose inventory exchanges with its 6 ring neighbours slow down in a calm"
     );
+    let _ = writeln!(
+        out,
+        "   cluster (2 s doubling up to 32 s) and answer an unchanged inventory in one word; membership's own stream exchange (its view) runs only"
+    );
+    let _ = writeln!(out, "   when two members' view digests differ.");
     for imp in Impl::all() {
         let mine: Vec<&TrafficRow> = rows.iter().filter(|r| r.imp == imp).collect();
         let total = |r: &TrafficRow| {

@@ -44,6 +44,10 @@ pub struct HydfsConfig {
     pub cache_ttl: Millis,
     /// How often a node compares its files with its ring neighbours and pulls what it lacks.
     pub anti_entropy_interval: Millis,
+    /// The longest interval between inventory exchanges in a calm cluster: each round that
+    /// finds nothing to pull (and no ring change or local write happened) doubles the interval
+    /// from `anti_entropy_interval` up to this one; anything else brings it back.
+    pub anti_entropy_max_interval: Millis,
     /// Stored bytes verified against their checksums per anti-entropy round (scrubbing).
     pub scrub_bytes_per_round: u64,
     /// How long a node waits for one reply before trying again or elsewhere.
@@ -85,6 +89,7 @@ impl Default for HydfsConfig {
             cache_bytes: 64 << 20,
             cache_ttl: Millis::from_secs(30),
             anti_entropy_interval: Millis::from_secs(2),
+            anti_entropy_max_interval: Millis::from_secs(32),
             scrub_bytes_per_round: 8 << 20,
             request_timeout: Millis::from_secs(10),
             retry_interval: Millis(1_000),

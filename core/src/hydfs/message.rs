@@ -2,6 +2,7 @@
 //! [`ReqId`] its reply echoes. Data moves only in parts of at most [`super::CHUNK_BYTES`], and
 //! only in messages on the bulk lane ([`HydfsMsg::lane`]).
 
+use super::pace::{Inventory, InventoryHash};
 use super::types::{FileDigest, FileMeta, PartMeta, Stamp, WriteMeta};
 use super::FileName;
 use crate::id::NodeAddr;
@@ -84,6 +85,14 @@ pub struct PartBytes {
     pub meta: PartMeta,
     #[serde(with = "serde_bytes")]
     pub bytes: Vec<u8>,
+}
+
+/// An inventory reply: the whole list, or that it is the one the asker kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InventoryList {
+    /// Equal to the inventory whose hash the asker named.
+    Unchanged,
+    Files(Inventory),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,13 +199,15 @@ pub enum HydfsMsg {
         result: Result<(), String>,
     },
 
-    /// Anti-entropy: which files do you hold?
+    /// Anti-entropy: which files do you hold? `known` is the hash of the inventory the asker
+    /// kept from this node's last reply, so an unchanged one is answered in one word.
     Inventory {
         req: ReqId,
+        known: Option<InventoryHash>,
     },
     InventoryReply {
         req: ReqId,
-        files: Vec<(FileName, FileDigest)>,
+        files: InventoryList,
     },
     /// Anti-entropy, and a client's [`super::ClientOp::Meta`]: your whole view of one file.
     /// `needs` as in `Read` (empty for anti-entropy).

@@ -33,13 +33,15 @@ pub mod types;
 
 mod client;
 mod delete;
+mod pace;
 mod server;
 
 pub use cache::ReadCache;
 pub use client::{ClientOp, OpId, OpOutput, PartSource, ReadFrom, UploadSource};
 pub use config::{HydfsConfig, PlantedBug};
-pub use message::{HydfsMsg, MergeSummary, Needs, PartBytes, ReadChunk, Refusal, ReqId};
+pub use message::{HydfsMsg, InventoryList, MergeSummary, Needs, PartBytes, ReadChunk, Refusal, ReqId};
 pub use name::{FileName, NameError, MAX_NAME_BYTES, NAME_BYTES_CEILING};
+pub use pace::{inventory_hash, Inventory, InventoryHash};
 pub use ring::{Ring, RingId};
 pub use storage::{BlobId, MemStorage, Storage, StorageError};
 pub use store::LocalStore;
@@ -162,6 +164,8 @@ pub struct Hydfs {
     out: VecDeque<(NodeAddr, HydfsMsg)>,
     events: VecDeque<HydfsEvent>,
     next_anti_entropy: Time,
+    /// When and what to ask ring neighbours for in anti-entropy.
+    inventory_pace: pace::InventoryPace,
     stats: HydfsStats,
     server: server::ServerState,
     deletes: delete::DeleteState,
@@ -190,6 +194,11 @@ impl Hydfs {
             out: VecDeque::new(),
             events: VecDeque::new(),
             next_anti_entropy: now + cfg.anti_entropy_interval,
+            inventory_pace: pace::InventoryPace::new(
+                cfg.anti_entropy_interval,
+                cfg.anti_entropy_max_interval,
+                now,
+            ),
             stats: HydfsStats::default(),
             server: server::ServerState::default(),
             deletes: delete::DeleteState::default(),
@@ -244,6 +253,9 @@ impl Hydfs {
             self.member_ids.iter().filter(|(a, id)| ids.get(a) != Some(id)).map(|(a, _)| *a).collect();
         self.member_ids = ids;
         if !gone.is_empty() {
+            for addr in &gone {
+                self.inventory_pace.forget(now, *addr);
+            }
             self.forget_answers_from(&gone);
             self.retarget_now(now);
         }
@@ -262,6 +274,16 @@ impl Hydfs {
         if me.is_some() && !gone.is_empty() {
             self.client_members_gone(now, &gone);
         }
+    }
+
+    /// This node's files with their digests, in name order: what it answers an inventory ask.
+    fn inventory(&self) -> Inventory {
+        self.store
+            .files()
+            .keys()
+            .filter(|n| !self.creating(n))
+            .filter_map(|n| Some((n.clone(), self.store.meta(n)?.digest())))
+            .collect()
     }
 
     /// The files this node stores, with their ring ids, digests and bytes (`store`).
@@ -352,8 +374,13 @@ impl Hydfs {
                 let digest = self.store.meta(&name).map(|m| m.digest());
                 self.send(from, HydfsMsg::StatReply { req, digest });
             }
-            HydfsMsg::Inventory { req } => {
-                let files = self.local_files().into_iter().map(|(n, _, d, _)| (n, d)).collect();
+            HydfsMsg::Inventory { req, known } => {
+                let files = self.inventory();
+                let files = if known == Some(inventory_hash(&files)) {
+                    InventoryList::Unchanged
+                } else {
+                    InventoryList::Files(files)
+                };
                 self.send(from, HydfsMsg::InventoryReply { req, files });
             }
             HydfsMsg::InventoryReply { req, files } => self.on_inventory_reply(now, from, req, files),

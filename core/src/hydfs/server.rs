@@ -19,7 +19,8 @@
 //!   `max_transfers` writes and merges at once (more are refused as `Busy`: clients retry) and
 //!   refuses a new append to a file holding `max_pending_appends` pending appends.
 
-use super::message::{HydfsMsg, MergeSummary, Needs, PartBytes, Refusal, ReqId};
+use super::message::{HydfsMsg, InventoryList, MergeSummary, Needs, PartBytes, Refusal, ReqId};
+use super::pace::inventory_hash;
 use super::store::{reconcile, FileRec, PartError};
 use super::types::{order_hash, FileDigest, FileMeta, PartMeta, Stamp, WriteKind, WriteMeta};
 use super::{FileName, Hydfs, HydfsEvent, PlantedBug, StorageError};
@@ -1454,8 +1455,20 @@ impl Hydfs {
         needed.any(|n| n.writes.iter().any(|s| !present.contains(s)))
     }
 
+    /// Whether this node coordinates a create of `name` that is not committed yet. Its copy is
+    /// then left out of anti-entropy (inventories, descriptions and hand-off offers): an
+    /// unacknowledged create must never spread to replicas that hold another, acknowledged,
+    /// create of the name and replace it there as the earlier one. Existence checks still see
+    /// it, so two coordinators of one name never both go on.
+    pub(super) fn creating(&self, name: &FileName) -> bool {
+        self.server.writes.values().any(|w| w.name == *name && w.write.kind == WriteKind::Create)
+    }
+
     /// This node's whole view of a file, for anti-entropy (no `needs`) and for clients.
     pub(super) fn describe(&self, name: &FileName, needs: &[Needs]) -> Result<FileMeta, Refusal> {
+        if self.creating(name) {
+            return Err(Refusal::NotFound);
+        }
         let meta = self.store.meta(name).ok_or(Refusal::NotFound)?;
         if self.misses(&meta, needs) {
             return Err(Refusal::Behind);
@@ -1480,12 +1493,16 @@ impl Hydfs {
         if self.ring.len() <= 1 || !self.ring.contains(self.me) {
             return;
         }
-        if !self.cfg.bug(PlantedBug::NoReReplication) {
-            for p in self.ring.neighbours(self.me, self.cfg.replication) {
+        if !self.cfg.bug(PlantedBug::NoReReplication) && self.inventory_pace.due(now) {
+            let neighbours = self.ring.neighbours(self.me, self.cfg.replication);
+            let local = inventory_hash(&self.inventory());
+            self.inventory_pace.begin_round(now, local, &neighbours);
+            for p in neighbours {
                 let busy =
                     self.server.requests.values().any(|r| r.to == p && matches!(r.what, Pending::Inventory));
                 if !busy {
-                    self.ask(now, p, Pending::Inventory, |req| HydfsMsg::Inventory { req });
+                    let known = self.inventory_pace.known(p);
+                    self.ask(now, p, Pending::Inventory, |req| HydfsMsg::Inventory { req, known });
                 }
             }
         }
@@ -1495,6 +1512,9 @@ impl Hydfs {
         let unowned: Vec<FileName> =
             self.store.files().keys().filter(|n| !self.replicas(n).contains(&self.me)).cloned().collect();
         for name in unowned {
+            if self.creating(&name) {
+                continue;
+            }
             let Some(meta) = self.store.meta(&name) else { continue };
             for r in self.replicas(&name) {
                 self.send(r, HydfsMsg::Offer { meta: meta.clone() });
@@ -1541,16 +1561,18 @@ impl Hydfs {
         }
     }
 
-    pub(super) fn on_inventory_reply(
-        &mut self,
-        now: Time,
-        from: NodeAddr,
-        req: ReqId,
-        files: Vec<(FileName, FileDigest)>,
-    ) {
+    pub(super) fn on_inventory_reply(&mut self, now: Time, from: NodeAddr, req: ReqId, files: InventoryList) {
         if self.server.requests.remove(&req).is_none() {
             return;
         }
+        let files = match files {
+            InventoryList::Files(files) => self.inventory_pace.received(now, from, files).clone(),
+            InventoryList::Unchanged => match self.inventory_pace.unchanged(now, from) {
+                Some(files) => files.clone(),
+                None => return,
+            },
+        };
+        let mut behind = false;
         for (name, digest) in files {
             if name.as_str().len() > self.cfg.max_name_bytes {
                 self.stats.names_refused += 1;
@@ -1571,6 +1593,7 @@ impl Hydfs {
                 .requests
                 .values()
                 .any(|r| matches!(&r.what, Pending::Describe { name: n } if *n == name));
+            behind = true;
             if !busy {
                 let n = name.clone();
                 self.ask(now, from, Pending::Describe { name }, |req| HydfsMsg::Describe {
@@ -1579,6 +1602,9 @@ impl Hydfs {
                     needs: Vec::new(),
                 });
             }
+        }
+        if behind {
+            self.inventory_pace.disturb(now);
         }
     }
 
@@ -1695,6 +1721,7 @@ impl Hydfs {
 
     pub(super) fn on_ring_changed(&mut self, now: Time) {
         self.server.offers_taken.clear();
+        self.inventory_pace.disturb(now);
         self.retarget_now(now);
     }
 
@@ -1862,7 +1889,8 @@ impl Hydfs {
                 self.drive_write(now, op);
             }
             Pending::Remove { op } => self.remove_failed(now, op, r.to),
-            Pending::Inventory | Pending::Describe { .. } => {}
+            Pending::Inventory => self.inventory_pace.forget(now, r.to),
+            Pending::Describe { .. } => self.inventory_pace.disturb(now),
         }
     }
 

@@ -1400,3 +1400,39 @@ fn a_merge_without_its_fence_appends_writes_twice() {
     assert!(twice, "the unfenced merge was not caught: {merged:?}");
     assert_ne!(read, b"first\none\ntwo\n".to_vec());
 }
+
+#[test]
+fn a_create_in_progress_stays_out_of_its_coordinators_anti_entropy() {
+    let mut net = Net::new(5);
+    let f = name("f");
+    net.nodes[0].submit(net.now, ClientOp::Create { name: f.clone(), data: b"tentative".to_vec() }).unwrap();
+    // The coordinator's existence checks and replications never arrive: the create stays open.
+    let held = net.settle_holding(|_, m| matches!(m, HydfsMsg::Stat { .. } | HydfsMsg::Replicate { .. }));
+    assert!(!held.is_empty());
+    let holders: Vec<usize> = (0..5).filter(|i| net.nodes[*i].store().file(&f).is_some()).collect();
+    let [coordinator] = holders[..] else { panic!("only the coordinator holds the file: {holders:?}") };
+    let asker = (coordinator + 1) % 5;
+    let from = MemberId::new(addr(asker), 1);
+    net.nodes[coordinator].handle_message(net.now, from, HydfsMsg::Inventory { req: 1, known: None });
+    net.nodes[coordinator].handle_message(
+        net.now,
+        from,
+        HydfsMsg::Describe { req: 2, name: f.clone(), needs: vec![] },
+    );
+    let mut answered = 0;
+    while let Some((to, msg)) = net.nodes[coordinator].poll_outgoing() {
+        match msg {
+            HydfsMsg::InventoryReply { req: 1, files: InventoryList::Files(files) } => {
+                assert_eq!(to, addr(asker));
+                assert!(files.iter().all(|(n, _)| *n != f), "an uncommitted create was offered: {files:?}");
+                answered += 1;
+            }
+            HydfsMsg::DescribeReply { req: 2, meta } => {
+                assert_eq!(meta.err(), Some(Refusal::NotFound), "an uncommitted create was described");
+                answered += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(answered, 2);
+}

@@ -314,13 +314,17 @@ pub enum PlantedBug {
     /// held back behind a window's worth of another lane's frames is refused as stale
     /// (the `node_messages` check's replay model).
     ReplayLanesShareAWindow,
+    /// A probe that gets no direct ack is never retried through other members (no PING-REQ),
+    /// so a member that only one peer cannot reach is suspected by it again and again
+    /// (accuracy, where every helper still reaches both).
+    NoIndirectProbes,
     /// Lifeguard's local health multiplier never grows, so a slow member keeps probing at full
     /// rate and judging others by acks it handles late (the slow-member scenario's accuracy).
     LocalHealthNeverGrows,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 9] = [
+    pub const ALL: [PlantedBug; 10] = [
         PlantedBug::SuspicionNeverFires,
         PlantedBug::DelNotDisseminated,
         PlantedBug::SuspicionWithoutTimeout,
@@ -329,6 +333,7 @@ impl PlantedBug {
         PlantedBug::PiggybackIgnoresLimit,
         PlantedBug::ReplayWindowOfOne,
         PlantedBug::ReplayLanesShareAWindow,
+        PlantedBug::NoIndirectProbes,
         PlantedBug::LocalHealthNeverGrows,
     ];
 
@@ -342,6 +347,7 @@ impl PlantedBug {
             PlantedBug::PiggybackIgnoresLimit => "piggyback-ignores-limit",
             PlantedBug::ReplayWindowOfOne => "replay-window-of-one",
             PlantedBug::ReplayLanesShareAWindow => "replay-lanes-share-a-window",
+            PlantedBug::NoIndirectProbes => "no-indirect-probes",
             PlantedBug::LocalHealthNeverGrows => "local-health-never-grows",
         }
     }

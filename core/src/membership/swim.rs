@@ -863,7 +863,7 @@ impl Membership {
 
     fn on_direct_timeout(&mut self, seq: ProbeSeq) {
         let Some(probe) = self.probe else { return };
-        if probe.seq != seq || probe.acked {
+        if probe.seq != seq || probe.acked || self.cfg.plants(PlantedBug::NoIndirectProbes) {
             return;
         }
         let mut helpers: Vec<MemberId> =
@@ -1318,13 +1318,14 @@ impl Membership {
 
     /// Updates that fit beside `bare` (the message without updates) in one datagram.
     fn piggyback(&mut self, bare: &MembershipMsg) -> Vec<Update> {
-        // envelope = sender id + destination address (sized as the longest, IPv6) + frame
-        // number + body variant tag (4 bytes) + message
-        let widest_addr = NodeAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
+        // envelope = sender id + destination address (sized as the longest: IPv6, the widest
+        // port) + frame number (sized as the widest) + body variant tag (4 bytes, more than it
+        // takes) + message
+        let widest_addr = NodeAddr::from((std::net::Ipv6Addr::UNSPECIFIED, u16::MAX));
         let used = self.frame_overhead
             + payload_size(&self.me)
             + payload_size(&widest_addr)
-            + payload_size(&crate::replay::FrameSeq(0))
+            + payload_size(&crate::replay::FrameSeq(u64::MAX))
             + 4
             + payload_size(bare);
         let mut budget = self.cfg.max_datagram_bytes.saturating_sub(used);

@@ -227,7 +227,10 @@ fn a_lane_held_back_behind_a_window_of_another_lane_is_still_accepted() {
     let mut nodes = vec![node(7000, codec.clone(), now), node(7001, codec.clone(), now)];
     run(&mut nodes, &mut now, 3_000);
     let from = nodes[1].id();
-    let inventory = Body::Hydfs(crate::hydfs::HydfsMsg::InventoryReply { req: 1, files: vec![] });
+    let inventory = Body::Hydfs(crate::hydfs::HydfsMsg::InventoryReply {
+        req: 1,
+        files: crate::hydfs::InventoryList::Files(vec![]),
+    });
     let chunk = Body::Hydfs(crate::hydfs::HydfsMsg::FetchReply {
         req: 2,
         result: Ok(crate::hydfs::PartBytes {

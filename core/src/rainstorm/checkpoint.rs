@@ -13,9 +13,9 @@
 //! ```text
 //! offset  size  field
 //! 0       2     magic "RC"
-//! 2       1     format version (currently 1)
+//! 2       1     format version (currently 2)
 //! 3       4     payload length, little endian (at most MAX_RECORD_BYTES)
-//! 7       len   payload: the bincode-encoded Record (fixed-width integers, little endian)
+//! 7       len   payload: the bincode-encoded Record (variable-length integers)
 //! 7+len   4     CRC32C over bytes [0, 7+len)
 //! ```
 //!
@@ -45,7 +45,7 @@ use crate::wire::bincode_options as options;
 /// The largest accepted record payload, in bytes.
 pub const MAX_RECORD_BYTES: usize = 8 * 1024 * 1024;
 /// The current frame format version.
-pub const CHECKPOINT_VERSION: u8 = 1;
+pub const CHECKPOINT_VERSION: u8 = 2;
 
 const MAGIC: [u8; 2] = *b"RC";
 const HEADER_BYTES: usize = 7;

@@ -79,6 +79,8 @@ pub(super) struct Commits {
     pub merging: Option<u32>,
     /// The last epoch was committed.
     pub done: bool,
+    /// Planted bug `OutputAppendedTwice`: the next acknowledged output append is made again.
+    pub repeat_next_output: bool,
 }
 
 impl Commits {
@@ -92,6 +94,7 @@ impl Commits {
             appends_since_merge: 0,
             merging: None,
             done: false,
+            repeat_next_output: false,
         }
     }
 
@@ -190,6 +193,13 @@ impl Commits {
             }
             (CommitIo::Output, Some(InFlight::Output(epoch))) => {
                 self.appends_since_merge = self.appends_since_merge.saturating_add(1);
+                if std::mem::take(&mut self.repeat_next_output) {
+                    // Planted: the same outputs appended again, as a new write.
+                    let data = epoch.epoch.bytes.clone();
+                    let op = ClientOp::Persist { name: plan.dest.clone(), kind: WriteKind::Append, data };
+                    self.in_flight = Some(InFlight::Output(epoch));
+                    return Ok(Step::Write(op, CommitIo::Output));
+                }
                 Ok(self.committed_epoch(epoch))
             }
             (CommitIo::Rollover, Some(InFlight::Rollover)) => {

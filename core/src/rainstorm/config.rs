@@ -147,10 +147,18 @@ pub enum PlantedBug {
     /// The leader ignores the size of a job's open epoch: while commits lag, no checkpoint
     /// closes it and the sink never pauses for it, so it grows with the input.
     OpenEpochUnbounded,
+    /// The leader appends the outputs of its first commit that has any to the destination a
+    /// second time once the first append is acknowledged, as a retry under a new stamp would (HyDFS recognises a
+    /// retried write only by its stamp): the destination holds those lines twice, while the
+    /// console reports them once.
+    OutputAppendedTwice,
+    /// The leader never commits a job's last epoch (what the sink holds once every stream has
+    /// ended), so the job never completes.
+    LastEpochNeverCommitted,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 8] = [
+    pub const ALL: [PlantedBug; 10] = [
         PlantedBug::CommitBeforeComplete,
         PlantedBug::SourceSkipsALine,
         PlantedBug::SinkTakesOldAttempts,
@@ -159,6 +167,8 @@ impl PlantedBug {
         PlantedBug::UnboundedReadAhead,
         PlantedBug::KeepsJobFiles,
         PlantedBug::OpenEpochUnbounded,
+        PlantedBug::OutputAppendedTwice,
+        PlantedBug::LastEpochNeverCommitted,
     ];
 
     pub fn name(self) -> &'static str {
@@ -171,6 +181,8 @@ impl PlantedBug {
             PlantedBug::UnboundedReadAhead => "unbounded-read-ahead",
             PlantedBug::KeepsJobFiles => "keeps-job-files",
             PlantedBug::OpenEpochUnbounded => "open-epoch-unbounded",
+            PlantedBug::OutputAppendedTwice => "output-appended-twice",
+            PlantedBug::LastEpochNeverCommitted => "last-epoch-never-committed",
         }
     }
 

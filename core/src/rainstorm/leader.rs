@@ -310,6 +310,8 @@ impl Leader {
         out.event(RainstormEvent::JobReceived { job, spec: spec.to_string() });
         let record = Record::Job { job, leader: me, spec: spec.to_string(), tasks: spec.tasks };
         let log = LogState::fold(std::slice::from_ref(&record)).unwrap_or_default();
+        let mut commits = Commits::new(log, cfg.compact_records);
+        commits.repeat_next_output = cfg.bug(PlantedBug::OutputAppendedTwice);
         let j = LeaderJob {
             sink: Sink::new(cfg, 1, &plan.stage(STAGES - 1)),
             spec,
@@ -330,7 +332,7 @@ impl Leader {
             epoch_open: now,
             opened: BTreeMap::new(),
             tuple_latency: LatencyHistogram::default(),
-            commits: Commits::new(log, cfg.compact_records),
+            commits,
             restarts: 0,
             failures: 0,
             next_resend: now + cfg.status_interval,
@@ -686,7 +688,8 @@ impl Leader {
                 SinkEvent::Ended => ended = true,
             }
         }
-        if ended && !matches!(j.phase, JobPhase::Draining) {
+        let never_last = cfg.bug(PlantedBug::LastEpochNeverCommitted);
+        if ended && !matches!(j.phase, JobPhase::Draining) && !never_last {
             let epoch = j.sink.take_rest();
             j.phase = JobPhase::Draining;
             j.pending.clear();
