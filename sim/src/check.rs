@@ -1,16 +1,31 @@
 //! Invariant checkers for membership, fed by the simulator with ground truth and node output.
 //!
 //! * **completeness**: a member id whose process crashed, left or renewed its id leaves every
-//!   live list within the deterministic own-probe bound (each member probes every other at least
-//!   once per 2(n−1) periods; under Lifeguard with the unconfirmed suspicion timeout), counted
-//!   from when the lister could first know;
+//!   live list within the deterministic own-probe bound, counted from when the lister could
+//!   first know: each member probes every other at least once per 2(n−1) periods, so within
+//!   W = (2(n−1)+2) periods every live member has probed the dead id, failed, and suspected it.
+//!   Without Lifeguard the bound is W plus the suspicion timeout. Under Lifeguard a suspicion
+//!   waits `suspicion_max_mult` times longer until k = `suspicion_confirmations` other accusers
+//!   confirm it, so the bound depends on whether confirmations can arrive:
+//!   - *confirmed* (the strict bound): while at least k + 1 live members run (the accuser and k
+//!     confirmers), nobody is paused or slow, no link is cut and loss is at most 5%, every live
+//!     member's own accusation is gossiped within W, each carried λ⌈log₂(n+1)⌉ times (the
+//!     retransmit limit, one period each at worst); with k of them in hand a suspicion ends at
+//!     its shortest timeout. Bound: W + retransmit limit · T + the suspicion timeout.
+//!   - *unconfirmed* otherwise, and for local health recovery after such a window (a raised LHM
+//!     falls one step per acknowledged probe, so max·(max+1)/2 stretched periods): W + the
+//!     longest (unconfirmed) suspicion timeout + that recovery.
+//!   A dead id is held to the strict bound unless a window where confirmations are not assured
+//!   (with its recovery tail) overlaps the time since the lister could first know.
 //! * **strict completeness** (scenarios that set `strict_detection_ms`): every crash leaves every
 //!   list within the documented bound;
 //! * **accuracy**: in PingAck+S mode, a live member whose messages get through (no partition
 //!   but pairs of members cut off from each other that every other member reaches, loss ≤ 5%,
 //!   no pause longer than the suspicion timeout, latency well under the ping timeout) is never
-//!   declared failed by anyone's own probe or timer. A slow member (`Fault::Slow`) must not be
-//!   declared failed, nor declare others;
+//!   declared failed by anyone's own probe or timer. A slow member (`Fault::Slow`: every frame
+//!   handed to it up to 2 s late, its timers on time) is live and answers, late: under Lifeguard
+//!   it must not be declared failed, nor declare others (without Lifeguard its late handling
+//!   excuses accuracy for it and for those it accuses: that is the case Lifeguard is for);
 //! * **convergence**: after the faults stop, every live member lists exactly the other live
 //!   members and agrees on the suspicion mode;
 //! * **bounded**: every internal queue stays within a bound of the number of ids ever seen, and
@@ -173,8 +188,36 @@ struct Excuse {
     slot: Option<Slot>,
 }
 
+/// What keeps Lifeguard's confirmations from being assured (see the module header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unassured {
+    /// A cut link, loss over 5%, or suspicion off.
+    Network,
+    /// Fewer live members than an accuser and its confirmers.
+    FewLive,
+    /// A paused or slow member.
+    Slot(Slot),
+}
+
+/// A time during which Lifeguard's confirmations are not assured: from `start` to `end` plus
+/// the local health recovery tail; `end` is `None` while it lasts.
+#[derive(Clone, Copy, Debug)]
+struct Unconfirmable {
+    start: Time,
+    end: Option<Time>,
+    cause: Unassured,
+}
+
 pub struct Checker {
-    own_probe_bound_ms: u64,
+    /// Completeness bound where confirmations can arrive (the strict one).
+    confirmed_bound_ms: u64,
+    /// Completeness bound where they cannot (equal to the strict one without Lifeguard).
+    unconfirmed_bound_ms: u64,
+    /// How long a window where confirmations were not assured still counts after it ends.
+    recovery_tail_ms: u64,
+    /// Live members needed for confirmations: the accuser and `suspicion_confirmations` more.
+    confirmers_needed: usize,
+    unconfirmable: Vec<Unconfirmable>,
     strict_ms: Option<u64>,
     /// How long after an excuse ends accuracy stays excused.
     excuse_tail_ms: u64,
@@ -205,10 +248,21 @@ const MAX_VIOLATIONS: usize = 20;
 impl Checker {
     pub fn new(s: &Scenario) -> Checker {
         let c = &s.config;
-        let own_probe_bound_ms =
-            c.unconfirmed_detection_bound(s.nodes).0 + 2 * c.protocol_period.0 + s.net.latency_max_ms * 4;
+        let slack = 2 * c.protocol_period.0 + s.net.latency_max_ms * 4;
+        let unconfirmed_bound_ms = c.unconfirmed_detection_bound(s.nodes).0 + slack;
+        let confirmed_bound_ms = if c.lifeguard {
+            let spread = u64::from(c.retransmit_limit(s.nodes)) * c.protocol_period.0;
+            (c.own_probe_detection_bound(s.nodes).0 + spread + slack).min(unconfirmed_bound_ms)
+        } else {
+            unconfirmed_bound_ms
+        };
+        let lhm = u64::from(c.local_health_max);
         let mut checker = Checker {
-            own_probe_bound_ms,
+            confirmed_bound_ms,
+            unconfirmed_bound_ms,
+            recovery_tail_ms: if c.lifeguard { lhm * (lhm + 1) / 2 * c.protocol_period.0 } else { 0 },
+            confirmers_needed: c.suspicion_confirmations as usize + 1,
+            unconfirmable: Vec::new(),
             strict_ms: s.strict_detection_ms,
             // A suspicion raised while accuracy was excused may run out up to its longest
             // timeout later (under Lifeguard, the unconfirmed one).
@@ -228,6 +282,7 @@ impl Checker {
         };
         if s.net.loss_permille > 50 || !c.suspicion_at_start {
             checker.on_conditions(Time::ZERO, true);
+            checker.on_confirmations(Time::ZERO, false);
         }
         checker
     }
@@ -265,23 +320,53 @@ impl Checker {
     }
 
     pub fn on_pause(&mut self, now: Time, slot: Slot, for_ms: u64, suspicion_timeout_ms: u64) {
+        // A paused member confirms nothing until it resumes (and its backlog stretches its LHM).
+        let end = Some(Time(now.0 + for_ms));
+        self.unconfirmable.push(Unconfirmable { start: now, end, cause: Unassured::Slot(slot) });
         if for_ms > suspicion_timeout_ms {
             self.excuses.push(Excuse { start: now, end: Some(Time(now.0 + for_ms)), slot: Some(slot) });
         }
     }
 
-    /// A slow process stalls (`Fault::Slow`). Each stall is at most 2 s, and the process
-    /// handles its whole backlog between stalls, so it is never unresponsive for longer than the
-    /// suspicion timeout, let alone the detection bound: the stall excuses no failure
-    /// declaration, of the slow member or by it, and does not restart what it could know (a
-    /// stall, unlike a pause, leaves its completeness clock running).
-    pub fn on_stall(&mut self, now: Time, slot: Slot, for_ms: u64, suspicion_timeout_ms: u64) {
-        debug_assert!(for_ms <= suspicion_timeout_ms, "a stall is shorter than the suspicion timeout");
-        self.on_pause(now, slot, for_ms, suspicion_timeout_ms);
-    }
-
     pub fn on_resume(&mut self, now: Time, slot: Slot) {
         self.slots[slot].knows_since = now;
+    }
+
+    /// Cluster-wide conditions under which Lifeguard's confirmations are assured (no link cut,
+    /// loss at most 5%, suspicion on) begin (`assured`) or end: see the module header.
+    pub fn on_confirmations(&mut self, now: Time, assured: bool) {
+        self.mark_unconfirmable(now, Unassured::Network, !assured);
+    }
+
+    /// A slow member (`Fault::Slow`) confirms late and its own probing stretches: confirmations
+    /// are not assured while it is slow.
+    pub fn on_slow(&mut self, now: Time, slot: Slot, for_ms: u64) {
+        let end = Some(Time(now.0 + for_ms));
+        self.unconfirmable.push(Unconfirmable { start: now, end, cause: Unassured::Slot(slot) });
+    }
+
+    /// Opens (`on`) or closes the window where `cause` keeps confirmations from being assured.
+    fn mark_unconfirmable(&mut self, now: Time, cause: Unassured, on: bool) {
+        let open = self.unconfirmable.iter_mut().find(|u| u.cause == cause && u.end.is_none());
+        match (on, open) {
+            (true, None) => self.unconfirmable.push(Unconfirmable { start: now, end: None, cause }),
+            (false, Some(u)) => u.end = Some(now),
+            (true, Some(_)) | (false, None) => {}
+        }
+    }
+
+    /// The completeness bound for an id its lister could first know dead at `since`.
+    fn completeness_bound_ms(&self, since: Time, now: Time) -> u64 {
+        let tail = self.recovery_tail_ms;
+        let overlaps = self.unconfirmable.iter().any(|u| {
+            let end = u.end.map_or(u64::MAX, |t| t.0.saturating_add(tail));
+            u.start <= now && since.0 <= end
+        });
+        if overlaps {
+            self.unconfirmed_bound_ms
+        } else {
+            self.confirmed_bound_ms
+        }
     }
 
     /// Cluster-wide conditions under which accuracy is not promised (a partition other than
@@ -410,20 +495,21 @@ impl Checker {
 
     pub fn check(&mut self, now: Time, snapshots: &[SlotSnapshot]) {
         let ids_ever = self.ids.len().max(snapshots.len());
+        let live = snapshots.iter().filter(|s| !s.paused && s.joined).count();
+        self.mark_unconfirmable(now, Unassured::FewLive, live < self.confirmers_needed);
         for s in snapshots.iter().filter(|s| !s.paused && s.joined) {
             for x in &s.view {
                 let Some(life) = self.ids.get(x) else { continue };
                 let Some((died, death)) = life.died else { continue };
                 let since = died.max(self.slots[s.slot].knows_since);
-                if now.0 > since.0 + self.own_probe_bound_ms
-                    && self.reported_completeness.insert((s.slot, *x))
-                {
+                let bound = self.completeness_bound_ms(since, now);
+                if now.0 > since.0 + bound && self.reported_completeness.insert((s.slot, *x)) {
                     self.violate(
                         now,
                         CheckerKind::Completeness,
                         format!(
-                            "n{} still lists {x} ({death:?} at {died}) after the {} ms bound",
-                            s.slot, self.own_probe_bound_ms
+                            "n{} still lists {x} ({death:?} at {died}) after the {bound} ms bound",
+                            s.slot
                         ),
                     );
                 }

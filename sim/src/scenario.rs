@@ -66,12 +66,16 @@ pub enum Fault {
     Restart { node: Slot },
     /// The process stops for a while, then resumes and handles its backlog.
     Pause { node: Slot, for_ms: u64 },
-    /// The process turns slow for `for_ms` (CPU-starved, or pausing for garbage collection):
-    /// it stalls again and again, each stall 0.2–2 s with 0.1–1.5 s of normal running between
-    /// stalls (drawn from the run's seed). A stalled process handles nothing; when it resumes,
-    /// the timers that fell due fire first (their deadlines have passed while the messages that
-    /// came in still wait to be read), then its inbound backlog. The slowness belongs to the
-    /// process: a restart ends it.
+    /// The process turns slow for `for_ms`: a CPU-starved, swapping or garbage-collecting
+    /// process whose message handling is delayed by 0.2–2 s at times. Its receive queue drains
+    /// late, not its clock: in episodes of 1–5 s (0.1–1.5 s of normal handling between them)
+    /// every frame it receives is handed to it a fixed 0.2–2 s late (drawn per episode, from the
+    /// run's seed), in arrival order, while its timers fire on time. So its acks leave late and
+    /// the acks and nacks of its own probes are read after their timeouts: what such a process
+    /// sees of a healthy cluster, and what Lifeguard's local health is for. (A stall-and-resume
+    /// model, where the backlog is read between stalls, never lets a 3 s suspicion run out, and
+    /// a slow process's kernel keeps queueing datagrams for it either way.) The slowness belongs
+    /// to the process: a restart ends it.
     Slow { node: Slot, for_ms: u64 },
     /// Nodes in `side` and the rest cannot reach each other (both directions).
     Partition { side: Vec<Slot> },

@@ -86,10 +86,17 @@ enum EventKind {
         slot: Slot,
         generation: u64,
     },
-    /// A slow process stalls (see `Fault::Slow`).
+    /// A slow process's episode of late handling begins or ends (see `Fault::Slow`).
     Stall {
         slot: Slot,
         generation: u64,
+    },
+    /// A frame a slow process received is handed to it, late (see `Fault::Slow`).
+    Handover {
+        slot: Slot,
+        generation: u64,
+        channel: Channel,
+        frame: Vec<u8>,
     },
     /// An emulated operator program answers a batch.
     ProgramReply {
@@ -153,10 +160,13 @@ struct SlotState<A> {
     armed: Option<Time>,
     /// The process's disk (replaced, empty, at every start).
     disk: SimDisk,
-    /// Until when the process is slow (`Fault::Slow`), and whether it is stalled now rather
-    /// than paused (a stalled process fires its due timers before reading its backlog).
+    /// Until when the process is slow (`Fault::Slow`).
     slow_until: Option<Time>,
-    stalled: bool,
+    /// While slow, the delay of the current episode: frames that arrive are handed over this
+    /// much later.
+    slow_delay: Option<rainstorm_core::Millis>,
+    /// When the last delayed frame is handed over: later frames wait behind it.
+    handover_until: Time,
 }
 
 /// Options of one run.
@@ -292,7 +302,8 @@ impl<A: Actor> World<A> {
                 armed: None,
                 disk: SimDisk::new(background_sync),
                 slow_until: None,
-                stalled: false,
+                slow_delay: None,
+                handover_until: Time::ZERO,
             })
             .collect::<Vec<_>>();
         let by_addr = slots.iter().enumerate().map(|(i, s)| (s.addr, i)).collect();
@@ -482,6 +493,11 @@ impl<A: Actor> World<A> {
                     self.stall(slot);
                 }
             }
+            EventKind::Handover { slot, generation, channel, frame } => {
+                if self.slots[slot].generation == generation {
+                    self.hand_over(slot, channel, frame);
+                }
+            }
             EventKind::SupervisorJoin { slot, generation } => {
                 if self.slots[slot].generation == generation {
                     self.command(slot, Command::Join);
@@ -532,7 +548,7 @@ impl<A: Actor> World<A> {
         s.generation += 1;
         s.armed = None;
         s.slow_until = None;
-        s.stalled = false;
+        s.slow_delay = None;
         s.process = Process::Up(A::start(&start));
         self.trace.line(self.now, Some(slot), || format!("process starts at {}", start.addr));
         self.drain(slot);
@@ -551,6 +567,21 @@ impl<A: Actor> World<A> {
             return;
         }
         self.trace.record(TRACE_DELIVER, self.now, to, &frame);
+        let slot = &mut self.slots[to];
+        if slot.slow_delay.is_some() || slot.handover_until > self.now {
+            // A slow process: handed over late, behind the frames that came before.
+            let delay = slot.slow_delay.unwrap_or_default();
+            let at = (self.now + delay).max(slot.handover_until);
+            slot.handover_until = at;
+            let generation = slot.generation;
+            self.push(at, EventKind::Handover { slot: to, generation, channel, frame });
+            return;
+        }
+        self.hand_over(to, channel, frame);
+    }
+
+    /// Hands a frame to the process at `to` now.
+    fn hand_over(&mut self, to: Slot, channel: Channel, frame: Vec<u8>) {
         let now = self.local_now(to);
         match &mut self.slots[to].process {
             Process::Down => {}
@@ -912,6 +943,7 @@ impl<A: Actor> World<A> {
             Fault::Slow { node, for_ms } => {
                 if matches!(self.slots[node].process, Process::Up(_)) {
                     self.slots[node].slow_until = Some(self.now + rainstorm_core::Millis(for_ms));
+                    self.checker.on_slow(self.now, node, for_ms);
                     self.trace.line(self.now, Some(node), || format!("turns slow for {for_ms} ms"));
                     self.stall(node);
                 }
@@ -962,11 +994,7 @@ impl<A: Actor> World<A> {
                 self.trace.line(self.now, Some(node), || format!("disk block {block:?} corrupted"));
             }
             Fault::SetSuspicion { node, on } => {
-                // A stalled process takes the command within 2 s, when it resumes: a switch off
-                // excuses accuracy from now on, a switch on is not counted on (the process may
-                // be declared failed before its switch spreads).
-                let stalled_switch_off = self.slots[node].stalled && !on;
-                if matches!(self.slots[node].process, Process::Up(_)) || stalled_switch_off {
+                if matches!(self.slots[node].process, Process::Up(_)) {
                     self.suspicion_on = on;
                     self.conditions_changed();
                 }
@@ -976,9 +1004,11 @@ impl<A: Actor> World<A> {
     }
 
     fn conditions_changed(&mut self) {
-        let cut = !cuts_are_bridged(&self.blocked);
+        let cut = !cuts_are_bridged(&self.blocked, self.slots.len(), self.scenario.config.indirect_probes);
         let bad = cut || self.loss_permille > 50 || !self.suspicion_on;
         self.checker.on_conditions(self.now, bad);
+        let assured = self.blocked.is_empty() && self.loss_permille <= 50 && self.suspicion_on;
+        self.checker.on_confirmations(self.now, assured);
     }
 
     fn crash(&mut self, slot: Slot) {
@@ -1020,33 +1050,27 @@ impl<A: Actor> World<A> {
         self.programs.retain(|k, _| k.0 != slot);
     }
 
-    /// A slow process stalls now for 0.2–2 s, if it is still slow and running; a process paused
-    /// by a `Pause` fault stalls again only after it resumed.
+    /// A slow process's next episode: one running late ends (normal handling for 0.1–1.5 s
+    /// follows), or one begins, for 1–5 s, handing every frame over 0.2–2 s late (drawn per
+    /// episode) — unless the slow spell is over.
     fn stall(&mut self, slot: Slot) {
         let generation = self.slots[slot].generation;
+        if self.slots[slot].slow_delay.take().is_some() {
+            self.trace.line(self.now, Some(slot), || "handles frames on time again".to_string());
+            let again = self.now + rainstorm_core::Millis(self.stall_rng.gen_range(100..=1_500));
+            self.push(again, EventKind::Stall { slot, generation });
+            return;
+        }
         let Some(until) = self.slots[slot].slow_until else { return };
         if self.now >= until {
             self.slots[slot].slow_until = None;
             return;
         }
-        let process = std::mem::replace(&mut self.slots[slot].process, Process::Down);
-        self.slots[slot].process = match process {
-            Process::Up(actor) => {
-                let for_ms = self.stall_rng.gen_range(200..=2_000);
-                // A stall is far shorter than the suspicion timeout: it excuses nothing.
-                let st = self.scenario.config.suspicion_timeout.0;
-                self.checker.on_stall(self.now, slot, for_ms, st);
-                self.trace.line(self.now, Some(slot), || format!("stalls for {for_ms} ms"));
-                self.push(self.now + rainstorm_core::Millis(for_ms), EventKind::Resume { slot, generation });
-                self.slots[slot].stalled = true;
-                Process::Paused(actor, Vec::new())
-            }
-            other => {
-                let again = self.now + rainstorm_core::Millis(self.stall_rng.gen_range(100..=1_500));
-                self.push(again, EventKind::Stall { slot, generation });
-                other
-            }
-        };
+        let delay = self.stall_rng.gen_range(200..=2_000);
+        let episode = self.stall_rng.gen_range(1_000..=5_000);
+        self.slots[slot].slow_delay = Some(rainstorm_core::Millis(delay));
+        self.trace.line(self.now, Some(slot), || format!("handles frames {delay} ms late for {episode} ms"));
+        self.push(self.now + rainstorm_core::Millis(episode), EventKind::Stall { slot, generation });
     }
 
     fn resume(&mut self, slot: Slot) {
@@ -1056,17 +1080,10 @@ impl<A: Actor> World<A> {
             return;
         };
         let now = self.local_now(slot);
-        let stalled = std::mem::take(&mut self.slots[slot].stalled);
-        if !stalled {
-            self.checker.on_resume(self.now, slot);
-        }
+        self.checker.on_resume(self.now, slot);
         self.trace.line(self.now, Some(slot), || format!("resumes with {} frames of backlog", backlog.len()));
         // After a pause the backlog is handled before the timers that fell due while the process
-        // stood still. A stalled (slow) process is the other way round: its deadlines passed
-        // while the messages that came in wait to be read, so its timers see them as missing.
-        if stalled {
-            actor.handle_timeout(now);
-        }
+        // stood still.
         for input in backlog {
             match input {
                 Backlog::Frame(channel, frame) => actor.handle_frame(now, channel, &frame),
@@ -1078,11 +1095,6 @@ impl<A: Actor> World<A> {
         self.slots[slot].process = Process::Up(actor);
         self.slots[slot].armed = None;
         self.drain(slot);
-        if stalled {
-            let generation = self.slots[slot].generation;
-            let run = self.now + rainstorm_core::Millis(self.stall_rng.gen_range(100..=1_500));
-            self.push(run, EventKind::Stall { slot, generation });
-        }
     }
 
     fn snapshots(&self) -> Vec<SlotSnapshot> {
@@ -1252,13 +1264,28 @@ fn describe_op(op: &rainstorm_core::hydfs::ClientOp) -> String {
     }
 }
 
-/// Whether every blocked link is bridged: each node is cut off from at most one other node (in
-/// either direction), so every other member reaches both ends of each cut pair both ways and an
-/// indirect probe (PING-REQ) through any helper gets through. Accuracy is promised under such
-/// cuts as under light loss; under any other partition it is not.
-fn cuts_are_bridged(blocked: &BTreeSet<(Slot, Slot)>) -> bool {
-    let mut peer: BTreeMap<Slot, Slot> = BTreeMap::new();
-    blocked.iter().all(|&(a, b)| *peer.entry(a).or_insert(b) == b && *peer.entry(b).or_insert(a) == a)
+/// Whether every blocked link is bridged: the nodes cut off (in either direction) fall into
+/// disjoint groups whose members are cut from each other and from nobody else, each group of at
+/// most `helpers + 1` nodes with at least one node outside it. A prober then asks
+/// min(`helpers`, n − 2) helpers of which at most group size − 2 < `helpers` share its cut, so
+/// one reaches both ends both ways and its indirect probe (PING-REQ) gets through. Accuracy is
+/// promised under such cuts as under light loss; under any other partition it is not.
+fn cuts_are_bridged(blocked: &BTreeSet<(Slot, Slot)>, nodes: usize, helpers: usize) -> bool {
+    let mut cut_from: BTreeMap<Slot, BTreeSet<Slot>> = BTreeMap::new();
+    for &(a, b) in blocked {
+        cut_from.entry(a).or_default().insert(b);
+        cut_from.entry(b).or_default().insert(a);
+    }
+    cut_from.iter().all(|(node, others)| {
+        let mut group = others.clone();
+        group.insert(*node);
+        let closed = others.iter().all(|o| {
+            let mut theirs = cut_from.get(o).cloned().unwrap_or_default();
+            theirs.insert(*o);
+            theirs == group
+        });
+        closed && group.len() <= helpers + 1 && group.len() < nodes
+    })
 }
 
 #[cfg(test)]
@@ -1316,14 +1343,19 @@ mod tests {
     }
 
     #[test]
-    fn only_cuts_between_disjoint_pairs_are_bridged() {
+    fn only_cuts_within_small_disjoint_groups_are_bridged() {
         let cuts = |pairs: &[(Slot, Slot)]| pairs.iter().copied().collect::<BTreeSet<_>>();
-        assert!(cuts_are_bridged(&cuts(&[])));
-        assert!(cuts_are_bridged(&cuts(&[(1, 2)])));
-        assert!(cuts_are_bridged(&cuts(&[(1, 2), (2, 1), (3, 4), (5, 6), (6, 5)])));
-        assert!(!cuts_are_bridged(&cuts(&[(1, 2), (1, 3)])), "a node cut from two others");
-        assert!(!cuts_are_bridged(&cuts(&[(1, 2), (3, 2)])), "two nodes cut from one");
-        assert!(!cuts_are_bridged(&cuts(&[(0, 1), (1, 0), (0, 2), (2, 0)])), "a partition");
+        let bridged = |pairs: &[(Slot, Slot)]| cuts_are_bridged(&cuts(pairs), 10, 3);
+        assert!(bridged(&[]));
+        assert!(bridged(&[(1, 2)]));
+        assert!(bridged(&[(1, 2), (2, 1), (3, 4), (5, 6), (6, 5)]));
+        assert!(bridged(&[(1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (3, 4)]), "a group of four");
+        assert!(!bridged(&[(1, 2), (1, 3)]), "a node cut from two others that reach each other");
+        assert!(!bridged(&[(1, 2), (3, 2)]), "two nodes cut from one");
+        let five: Vec<(Slot, Slot)> = (1..=5).flat_map(|a| (a + 1..=5).map(move |b| (a, b))).collect();
+        assert!(!bridged(&five), "a group of five: three helpers may all share the cut");
+        assert!(!cuts_are_bridged(&cuts(&[(0, 1), (1, 0), (0, 2), (2, 0)]), 3, 3), "a partition");
+        assert!(!cuts_are_bridged(&cuts(&[(0, 1), (0, 2), (1, 2)]), 3, 3), "nobody outside the group");
     }
 
     #[test]

@@ -30,7 +30,14 @@ fn first_caught(
 
 #[test]
 fn completeness_catches_a_suspicion_timer_that_never_fires() {
-    first_caught(PlantedBug::SuspicionNeverFires, CheckerKind::Completeness, (0..50).map(Scenario::swarm));
+    // A calm cluster, where Lifeguard's confirmations arrive and the strict bound applies, then
+    // the swarm (mostly faulty, where the longer unconfirmed bound applies).
+    let calm = (1..=3).map(named::calm_crashes_leave_every_list_within_bound);
+    first_caught(
+        PlantedBug::SuspicionNeverFires,
+        CheckerKind::Completeness,
+        calm.chain((0..50).map(Scenario::swarm)),
+    );
 }
 
 #[test]
