@@ -218,6 +218,8 @@ pub struct Checker {
     /// Live members needed for confirmations: the accuser and `suspicion_confirmations` more.
     confirmers_needed: usize,
     unconfirmable: Vec<Unconfirmable>,
+    /// Whether the members run Lifeguard (a slow member excuses accuracy only without it).
+    lifeguard: bool,
     strict_ms: Option<u64>,
     /// How long after an excuse ends accuracy stays excused.
     excuse_tail_ms: u64,
@@ -263,6 +265,7 @@ impl Checker {
             recovery_tail_ms: if c.lifeguard { lhm * (lhm + 1) / 2 * c.protocol_period.0 } else { 0 },
             confirmers_needed: c.suspicion_confirmations as usize + 1,
             unconfirmable: Vec::new(),
+            lifeguard: c.lifeguard,
             strict_ms: s.strict_detection_ms,
             // A suspicion raised while accuracy was excused may run out up to its longest
             // timeout later (under Lifeguard, the unconfirmed one).
@@ -340,9 +343,13 @@ impl Checker {
 
     /// A slow member (`Fault::Slow`) confirms late and its own probing stretches: confirmations
     /// are not assured while it is slow.
+    /// Without Lifeguard its late handling excuses accuracy for it and for those it accuses.
     pub fn on_slow(&mut self, now: Time, slot: Slot, for_ms: u64) {
         let end = Some(Time(now.0 + for_ms));
         self.unconfirmable.push(Unconfirmable { start: now, end, cause: Unassured::Slot(slot) });
+        if !self.lifeguard {
+            self.excuses.push(Excuse { start: now, end, slot: Some(slot) });
+        }
     }
 
     /// Opens (`on`) or closes the window where `cause` keeps confirmations from being assured.

@@ -201,7 +201,7 @@ enum Job {
     Detection { imp: Impl, seed: u64 },
     Accuracy { imp: Impl, loss_permille: u32, seed: u64, duration_ms: u64 },
     Traffic { imp: Impl, nodes: usize },
-    SlowMember { imp: Impl, seed: u64, duration_ms: u64 },
+    SlowMember { imp: Impl, loss_permille: u32, seed: u64, duration_ms: u64 },
 }
 
 /// What one job produced, with what it was.
@@ -209,7 +209,7 @@ enum Outcome {
     Detection(Impl, Report),
     Accuracy(Impl, u32, Report),
     Traffic(Impl, usize, Result<Window, String>),
-    SlowMember(Impl, Report),
+    SlowMember(Impl, u32, Report),
 }
 
 impl Job {
@@ -225,9 +225,9 @@ impl Job {
                 Outcome::Accuracy(imp, loss_permille, imp.run(&s, &RunOptions::default()))
             }
             Job::Traffic { imp, nodes } => Outcome::Traffic(imp, nodes, traffic_run(imp, nodes, plan)),
-            Job::SlowMember { imp, seed, duration_ms } => {
-                let s = slow_member_scenario(imp, seed, duration_ms);
-                Outcome::SlowMember(imp, imp.run(&s, &RunOptions::default()))
+            Job::SlowMember { imp, loss_permille, seed, duration_ms } => {
+                let s = slow_member_scenario(imp, loss_permille, seed, duration_ms);
+                Outcome::SlowMember(imp, loss_permille, imp.run(&s, &RunOptions::default()))
             }
         }
     }
@@ -277,10 +277,10 @@ pub fn run(scale: Scale) -> Result<()> {
                 violations.add(imp, runs, &r);
                 accuracy.push((imp, loss_permille, r));
             }
-            Outcome::SlowMember(imp, r) => {
+            Outcome::SlowMember(imp, loss_permille, r) => {
                 cpu[3] += took;
                 violations.add(imp, "slow-member runs", &r);
-                slow.push((imp, r));
+                slow.push((imp, loss_permille, r));
             }
             Outcome::Traffic(imp, nodes, w) => {
                 cpu[2] += took;
@@ -504,15 +504,16 @@ fn print_detection(out: &mut String, rows: &[DetectionRow]) {
 
 // ----- 5. a slow member ----------------------------------------------------------------------
 
-/// Slow-member runs: n = 10, loss 1%; slot 4 is slow (`Fault::Slow`) from the end of the
-/// warm-up to the end of the run.
+/// Slow-member runs: n = 10, loss 1% and 5%; slot 4 is slow (`Fault::Slow`) from the end of
+/// the warm-up to the end of the run.
 const SLOW_RUN_MS: u64 = 600_000;
+const SLOW_LOSSES_PERMILLE: [u32; 2] = [10, 50];
 const SLOW_WARMUP_MS: u64 = 20_000;
 const SLOW_NODE: usize = 4;
 
-fn slow_member_scenario(imp: Impl, seed: u64, duration_ms: u64) -> Scenario {
-    let name = format!("bench-slow-member-{seed}");
-    let mut s = scenario(name, seed, 10, imp, calm_net(10), duration_ms);
+fn slow_member_scenario(imp: Impl, loss_permille: u32, seed: u64, duration_ms: u64) -> Scenario {
+    let name = format!("bench-slow-member-{loss_permille}-{seed}");
+    let mut s = scenario(name, seed, 10, imp, calm_net(loss_permille), duration_ms);
     let for_ms = duration_ms.saturating_sub(SLOW_WARMUP_MS);
     s.faults = vec![FaultAt { at_ms: SLOW_WARMUP_MS, fault: Fault::Slow { node: SLOW_NODE, for_ms } }];
     s
@@ -523,21 +524,28 @@ fn slow_member_jobs(hours: f64) -> Vec<Job> {
     Impl::slow_member_set()
         .into_iter()
         .flat_map(|imp| {
-            (0..runs).map(move |r| Job::SlowMember { imp, seed: 3_000_000 + r, duration_ms: SLOW_RUN_MS })
+            SLOW_LOSSES_PERMILLE.into_iter().flat_map(move |loss_permille| {
+                (0..runs).map(move |r| Job::SlowMember {
+                    imp,
+                    loss_permille,
+                    seed: 3_000_000 + r,
+                    duration_ms: SLOW_RUN_MS,
+                })
+            })
         })
         .collect()
 }
 
-fn print_slow_member(out: &mut String, runs: &[(Impl, Report)], detection: &[DetectionRow]) {
+fn print_slow_member(out: &mut String, runs: &[(Impl, u32, Report)], detection: &[DetectionRow]) {
     let _ = writeln!(out, "5. A slow member: Lifeguard off and on");
     let _ = writeln!(
         out,
-        "   n = 10, loss 1%, latency 1-10 ms; slot {SLOW_NODE} is slow after {} s (stalls of 0.2-2 s with 0.1-1.5 s of running between them; a stall",
+        "   n = 10, loss 1% and 5%, latency 1-10 ms; slot {SLOW_NODE} is slow after {} s (in episodes of 1-5 s every frame it receives is",
         SLOW_WARMUP_MS / 1000
     );
     let _ = writeln!(
         out,
-        "   fires its due timers before reading its backlog); runs of {} simulated minutes, each with its own seed. False failures: distinct",
+        "   handed to it 0.2-2 s late, its timers on time); runs of {} simulated minutes, each with its own seed. False failures: distinct",
         SLOW_RUN_MS / 60_000
     );
     let _ = writeln!(
@@ -546,16 +554,20 @@ fn print_slow_member(out: &mut String, runs: &[(Impl, Report)], detection: &[Det
     );
     let _ = writeln!(
         out,
-        "   {:<27} {:>5} {:>7} | {:>13} {:>13} | {:>16} {:>16}",
-        "", "runs", "hours", "false failures", "per hour:", "first SUS/DEL", "first DEL"
+        "   {:<27} {:>4} {:>5} {:>7} | {:>13} {:>13} | {:>16} {:>16}",
+        "", "loss", "runs", "hours", "false failures", "per hour:", "first SUS/DEL", "first DEL"
     );
     let _ = writeln!(
         out,
-        "   {:<27} {:>5} {:>7} | {:>13} {:>13} | {:>16} {:>16}",
-        "implementation", "", "", "(total)", "all / median", "median (s)", "median (s)"
+        "   {:<27} {:>4} {:>5} {:>7} | {:>13} {:>13} | {:>16} {:>16}",
+        "implementation", "", "", "", "(total)", "all / median", "median (s)", "median (s)"
     );
-    for imp in Impl::slow_member_set() {
-        let mine: Vec<&Report> = runs.iter().filter(|(i, _)| *i == imp).map(|(_, r)| r).collect();
+    let rows = SLOW_LOSSES_PERMILLE
+        .into_iter()
+        .flat_map(|loss| Impl::slow_member_set().into_iter().map(move |imp| (loss, imp)));
+    for (loss, imp) in rows {
+        let mine: Vec<&Report> =
+            runs.iter().filter(|(i, l, _)| *i == imp && *l == loss).map(|(_, _, r)| r).collect();
         let hours: f64 = mine.iter().map(|r| r.scenario.duration_ms as f64 / HOUR_MS).sum();
         let total: usize = mine.iter().map(|r| r.false_failures).sum();
         let per_run: Vec<f64> = mine
@@ -571,8 +583,9 @@ fn print_slow_member(out: &mut String, runs: &[(Impl, Report)], detection: &[Det
         });
         let _ = writeln!(
             out,
-            "   {:<27} {:>5} {:>7.1} | {:>13} {:>13} | {:>16} {:>16}",
+            "   {:<27} {:>4} {:>5} {:>7.1} | {:>13} {:>13} | {:>16} {:>16}",
             imp.label(),
+            format!("{}%", loss / 10),
             mine.len(),
             hours,
             total,
