@@ -20,7 +20,8 @@
 //! * **strict completeness** (scenarios that set `strict_detection_ms`): every crash leaves every
 //!   list within the documented bound;
 //! * **accuracy**: in PingAck+S mode, a live member whose messages get through (no partition
-//!   but pairs of members cut off from each other that every other member reaches, loss ≤ 5%,
+//!   but small disjoint groups of members cut off from each other that every other member
+//!   reaches, so that some helper of every indirect probe bridges the cut, loss ≤ 5%,
 //!   no pause longer than the suspicion timeout, latency well under the ping timeout) is never
 //!   declared failed by anyone's own probe or timer. A slow member (`Fault::Slow`: every frame
 //!   handed to it up to 2 s late, its timers on time) is live and answers, late: under Lifeguard
@@ -377,7 +378,7 @@ impl Checker {
     }
 
     /// Cluster-wide conditions under which accuracy is not promised (a partition other than
-    /// cut pairs every other member bridges, loss over 5%, suspicion off) begin (`bad`) or end.
+    /// cut groups every other member bridges, loss over 5%, suspicion off) begin (`bad`) or end.
     pub fn on_conditions(&mut self, now: Time, bad: bool) {
         let open = self.excuses.iter().any(|e| e.slot.is_none() && e.end.is_none());
         match (bad, open) {

@@ -204,8 +204,8 @@ pub fn cut_pairs_are_bridged_by_indirect_probes(seed: u64) -> Scenario {
     story("cut_pairs_are_bridged_by_indirect_probes", seed, 10, true, faults)
 }
 
-/// One member of ten is slow for five minutes (it stalls for 0.2–2 s again and again, see
-/// `Fault::Slow`), and another crashes in the middle: nobody live is declared failed, the slow
+/// One member of ten is slow for five minutes (at times every frame it receives is handed to it
+/// 0.2–2 s late, see `Fault::Slow`), and another crashes in the middle: nobody live is declared failed, the slow
 /// member included, and the crash still leaves every list within the documented bound.
 pub fn slow_member_is_not_declared_failed(seed: u64) -> Scenario {
     story(

@@ -243,7 +243,7 @@ pub struct World<A: Actor> {
     fault_rng: ChaCha8Rng,
     /// Draws the fate of each stream frame in flight on a connection that breaks.
     break_rng: ChaCha8Rng,
-    /// Draws a slow process's stalls and the runs between them (seeded apart, so that a slow
+    /// Draws a slow process's episodes (delay, length) and the runs between them (seeded apart, so that a slow
     /// member changes nothing else of a run).
     stall_rng: ChaCha8Rng,
     hydfs: Option<HydfsHarness>,
