@@ -24,9 +24,11 @@
 //!   reaches, so that some helper of every indirect probe bridges the cut, loss ≤ 5%,
 //!   no pause longer than the suspicion timeout, latency well under the ping timeout) is never
 //!   declared failed by anyone's own probe or timer. A slow member (`Fault::Slow`: every frame
-//!   handed to it up to 2 s late, its timers on time) is live and answers, late: under Lifeguard
-//!   it must not be declared failed, nor declare others (without Lifeguard its late handling
-//!   excuses accuracy for it and for those it accuses: that is the case Lifeguard is for);
+//!   handed to it up to 2 s late, its timers on time) answers, late: it may be declared failed
+//!   (its acks miss the ping timeout at every prober, whose suspicions confirm each other, and
+//!   its refutation comes late), but under Lifeguard it must not declare healthy members failed
+//!   (its local health stretches its ping timeout past its delay, and its lone accusations wait
+//!   unconfirmed); without Lifeguard its accusations are excused too;
 //! * **convergence**: after the faults stop, every live member lists exactly the other live
 //!   members and agrees on the suspicion mode;
 //! * **bounded**: every internal queue stays within a bound of the number of ids ever seen, and
@@ -219,8 +221,11 @@ pub struct Checker {
     /// Live members needed for confirmations: the accuser and `suspicion_confirmations` more.
     confirmers_needed: usize,
     unconfirmable: Vec<Unconfirmable>,
-    /// Whether the members run Lifeguard (a slow member excuses accuracy only without it).
+    /// Whether the members run Lifeguard (a slow member excuses the failures it declares only
+    /// without it).
     lifeguard: bool,
+    /// Slow members (`Fault::Slow`) whose own failure is excused, but not those they declare.
+    slow_accused: Vec<Excuse>,
     strict_ms: Option<u64>,
     /// How long after an excuse ends accuracy stays excused.
     excuse_tail_ms: u64,
@@ -267,6 +272,7 @@ impl Checker {
             confirmers_needed: c.suspicion_confirmations as usize + 1,
             unconfirmable: Vec::new(),
             lifeguard: c.lifeguard,
+            slow_accused: Vec::new(),
             strict_ms: s.strict_detection_ms,
             // A suspicion raised while accuracy was excused may run out up to its longest
             // timeout later (under Lifeguard, the unconfirmed one).
@@ -344,11 +350,15 @@ impl Checker {
 
     /// A slow member (`Fault::Slow`) confirms late and its own probing stretches: confirmations
     /// are not assured while it is slow.
-    /// Without Lifeguard its late handling excuses accuracy for it and for those it accuses.
+    /// Its late handling excuses its own failure (its acks and refutations come up to 2 s late,
+    /// and the members that find it silent confirm each other's suspicions); without Lifeguard it
+    /// also excuses the failures it declares of others.
     pub fn on_slow(&mut self, now: Time, slot: Slot, for_ms: u64) {
         let end = Some(Time(now.0 + for_ms));
         self.unconfirmable.push(Unconfirmable { start: now, end, cause: Unassured::Slot(slot) });
-        if !self.lifeguard {
+        if self.lifeguard {
+            self.slow_accused.push(Excuse { start: now, end, slot: Some(slot) });
+        } else {
             self.excuses.push(Excuse { start: now, end, slot: Some(slot) });
         }
     }
@@ -392,8 +402,15 @@ impl Checker {
         }
     }
 
+    /// Whether accuracy is excused for `slots` = [the declared member's, the declarer's] at `at`.
     fn excused(&self, at: Time, slots: [Slot; 2]) -> bool {
-        self.always_excused
+        let tail = self.excuse_tail_ms;
+        let slow_accused = self.slow_accused.iter().any(|e| {
+            let end = e.end.map_or(u64::MAX, |t| t.0.saturating_add(tail));
+            e.slot == Some(slots[0]) && e.start <= at && at.0 <= end
+        });
+        slow_accused
+            || self.always_excused
             || self.excuses.iter().any(|e| {
                 let applies = e.slot.is_none_or(|s| slots.contains(&s));
                 let end = e.end.map_or(u64::MAX, |t| t.0.saturating_add(self.excuse_tail_ms));
