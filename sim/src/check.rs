@@ -10,11 +10,13 @@
 //!   - *confirmed* (the strict bound): while at least k + 1 live members run (the accuser and k
 //!     confirmers), nobody is paused or slow, no link is cut and loss is at most 5%, every live
 //!     member's own accusation is gossiped within W, each carried λ⌈log₂(n+1)⌉ times (the
-//!     retransmit limit, one period each at worst); with k of them in hand a suspicion ends at
-//!     its shortest timeout. Bound: W + retransmit limit · T + the suspicion timeout.
+//!     retransmit limit, one period each at worst; an epidemic's spread, which the strict bounds
+//!     of the named scenarios count on too); with k of them in hand a suspicion ends at its
+//!     shortest timeout. Bound: W + retransmit limit · T + the suspicion timeout.
 //!   - *unconfirmed* otherwise, and for local health recovery after such a window (a raised LHM
 //!     falls one step per acknowledged probe, so max·(max+1)/2 stretched periods): W + the
 //!     longest (unconfirmed) suspicion timeout + that recovery.
+//!
 //!   A dead id is held to the strict bound unless a window where confirmations are not assured
 //!   (with its recovery tail) overlaps the time since the lister could first know.
 //! * **strict completeness** (scenarios that set `strict_detection_ms`): every crash leaves every
