@@ -609,11 +609,33 @@ mod tests {
             at(10, Fault::Partition { side: vec![1] }),
             at(11, Fault::OneWay { from: vec![1], to: vec![2] }),
             at(12, Fault::Heal),
+            at(13, Fault::Slow { node: 3, for_ms: 4_000 }),
         ];
         assert_eq!(
             fault_groups(&faults),
-            vec![vec![0, 5], vec![1, 3], vec![2, 6], vec![4, 7], vec![8], vec![9], vec![10], vec![11]]
+            vec![
+                vec![0, 5],
+                vec![1, 3],
+                vec![2, 6],
+                vec![4, 7],
+                vec![8],
+                vec![9],
+                vec![10],
+                vec![11],
+                vec![12]
+            ]
         );
+    }
+
+    #[test]
+    fn a_slow_spell_shortens_like_a_pause_and_goes_with_its_slot() {
+        let mut s = crate::named::slow_member_is_not_declared_failed(1);
+        let slow = s.faults.iter().position(|f| matches!(f.fault, Fault::Slow { .. })).unwrap();
+        assert!(cuts(&s).contains(&Cut::ShorterPause(slow)));
+        let shorter = apply(&s, Cut::ShorterPause(slow)).unwrap();
+        assert_eq!(shorter.faults[slow].fault, Fault::Slow { node: 4, for_ms: 150_000 });
+        s.faults.retain(|f| matches!(f.fault, Fault::Slow { .. }));
+        assert_eq!(fit(s.faults[0].clone(), 4), None, "slot 4 is gone from a 4-node cluster");
     }
 
     /// Shrinks `s` against a cheap stand-in for a run: it "fails" while `fails` holds.
