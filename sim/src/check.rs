@@ -626,6 +626,11 @@ impl Checker {
         self.false_failures.len()
     }
 
+    /// The slot of each of [`Checker::false_failures`]' ids.
+    pub fn false_failure_slots(&self) -> Vec<Slot> {
+        self.false_failures.iter().filter_map(|id| self.ids.get(id)).map(|life| life.slot).collect()
+    }
+
     pub fn max_queue(&self) -> usize {
         self.max_queue
     }

@@ -205,6 +205,8 @@ pub struct Report {
     pub stats: RunStats,
     pub detections: Vec<DetectionSample>,
     pub false_failures: usize,
+    /// The slot of each falsely failed id (one entry per id).
+    pub false_failure_slots: Vec<Slot>,
     pub max_queue: usize,
     /// What the HyDFS workload did (scenarios with a file workload).
     pub workload: Option<crate::hydfs::WorkloadStats>,
@@ -426,6 +428,7 @@ impl<A: Actor> World<A> {
         Report {
             violations: self.checker.violations().to_vec(),
             false_failures: self.checker.false_failures(),
+            false_failure_slots: self.checker.false_failure_slots(),
             max_queue: self.checker.max_queue(),
             detections: self.checker.finish_samples(),
             scenario: self.scenario,

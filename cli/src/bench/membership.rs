@@ -227,8 +227,7 @@ impl Job {
             Job::Traffic { imp, nodes } => Outcome::Traffic(imp, nodes, traffic_run(imp, nodes, plan)),
             Job::SlowMember { imp, loss_permille, seed, duration_ms } => {
                 let s = slow_member_scenario(imp, loss_permille, seed, duration_ms);
-                let opts = RunOptions { record_events: true, ..RunOptions::default() };
-                Outcome::SlowMember(imp, loss_permille, imp.run(&s, &opts))
+                Outcome::SlowMember(imp, loss_permille, imp.run(&s, &RunOptions::default()))
             }
         }
     }
@@ -537,27 +536,11 @@ fn slow_member_jobs(hours: f64) -> Vec<Job> {
         .collect()
 }
 
-/// Distinct ids declared failed by a member's own probe or timer in a slow-member run (no
-/// crashes there, so every one was live): (healthy members, the slow member).
+/// A slow-member run's false failures (live ids declared failed by a member's own probe or
+/// timer): (healthy members, the slow member).
 fn slow_run_false_failures(report: &Report) -> (usize, usize) {
-    use rainstorm_core::membership::{FailureCause, MembershipEvent as E};
-    let slow_addr = rainstorm_sim::world::slot_addr(SLOW_NODE);
-    let mut healthy = std::collections::BTreeSet::new();
-    let mut slow = std::collections::BTreeSet::new();
-    for (_, _, e) in &report.events {
-        let E::MemberFailed { member, cause } = e else { continue };
-        match cause {
-            FailureCause::NoAck | FailureCause::SuspicionTimeout => {
-                if member.addr == slow_addr {
-                    slow.insert(*member);
-                } else {
-                    healthy.insert(*member);
-                }
-            }
-            FailureCause::Reported | FailureCause::Superseded => {}
-        }
-    }
-    (healthy.len(), slow.len())
+    let slow = report.false_failure_slots.iter().filter(|slot| **slot == SLOW_NODE).count();
+    (report.false_failure_slots.len() - slow, slow)
 }
 
 fn print_slow_member(out: &mut String, runs: &[(Impl, u32, Report)], detection: &[DetectionRow]) {
