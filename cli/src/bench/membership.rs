@@ -418,12 +418,12 @@ fn print_detection(out: &mut String, rows: &[DetectionRow]) {
     );
     let _ = writeln!(
         out,
-        "   {:<21} {:>7} | {:^38} | {:^22} | {:^18}",
+        "   {:<26} {:>7} | {:^38} | {:^22} | {:^18}",
         "", "", "first detection (periods)", "every list dropped it (s)", "within bound"
     );
     let _ = writeln!(
         out,
-        "   {:<21} {:>7} | {:>6} {:>6} {:>12} {:>10} | {:>6} {:>6} {:>8} | {:>8} {:>9}",
+        "   {:<26} {:>7} | {:>6} {:>6} {:>12} {:>10} | {:>6} {:>6} {:>8} | {:>8} {:>9}",
         "implementation",
         "crashes",
         "mean",
@@ -438,7 +438,7 @@ fn print_detection(out: &mut String, rows: &[DetectionRow]) {
     );
     let _ = writeln!(
         out,
-        "   {:<21} {:>7} | {:>6} {:>6} {:>12} {:>10} | {:>6} {:>6} {:>8} | {:>8} {:>9}",
+        "   {:<26} {:>7} | {:>6} {:>6} {:>12} {:>10} | {:>6} {:>6} {:>8} | {:>8} {:>9}",
         "", "", "", "", "", "analytic", "", "", "", "<= 5 s", "<= 10 s"
     );
     for row in rows {
@@ -456,7 +456,7 @@ fn print_detection(out: &mut String, rows: &[DetectionRow]) {
         let mean_first = mean(&first);
         let _ = writeln!(
             out,
-            "   {:<21} {:>7} | {:>6} {:>6} {:>12.2} {:>10} | {:>6} {:>6} {:>8} | {:>7.1}% {:>8.1}%",
+            "   {:<26} {:>7} | {:>6} {:>6} {:>12.2} {:>10} | {:>6} {:>6} {:>8} | {:>7.1}% {:>8.1}%",
             row.imp.label(),
             row.samples.len(),
             fmt_opt(mean_first, 2),
@@ -474,7 +474,7 @@ fn print_detection(out: &mut String, rows: &[DetectionRow]) {
         if row.samples.len() != row.crashes || unseen > 0 || unremoved > 0 {
             let _ = writeln!(
                 out,
-                "   {:<21} ({} crashes planned, {} measured; {} never detected, {} still listed somewhere when the slot restarted)",
+                "   {:<26} ({} crashes planned, {} measured; {} never detected, {} still listed somewhere when the slot restarted)",
                 "",
                 row.crashes,
                 row.samples.len(),
