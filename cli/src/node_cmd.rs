@@ -105,6 +105,7 @@ impl NodeArgs {
             introducer: self.introducer,
             data_dir: self.data_dir.clone(),
             suspicion: self.suspicion.as_deref().map(|s| s == "on"),
+            lifeguard: None,
             cluster_key: self.cluster_key.clone(),
             cluster_key_file: self.cluster_key_file.clone(),
             accepted_keys: None,

@@ -49,9 +49,10 @@ pub const MAX_STREAM_FRAME_BYTES: usize = 16 * 1024 * 1024;
 /// version 5 the lane byte in the header, with frame numbers counted per (channel, lane);
 /// version 6 the destination address inside the authenticated bytes ([`Envelope::to`]);
 /// version 7 variable-length integers, HyDFS inventory asks naming the inventory the asker
-/// kept ([`crate::hydfs::InventoryList`]), pings naming only their target's join time, and
+/// kept ([`crate::hydfs::InventoryList`]), pings naming only their target's join time,
 /// membership's join refusal `Superseded` (a joiner takes an id after the one it names,
-/// [`crate::membership::JoinRefusal`]).
+/// [`crate::membership::JoinRefusal`]) and Lifeguard (the accuser in `Update::Suspect`,
+/// `MembershipMsg::Nack`).
 pub const WIRE_VERSION: u8 = 7;
 
 const MAGIC: [u8; 2] = *b"RS";

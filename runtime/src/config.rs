@@ -7,6 +7,7 @@
 //! introducer = "10.0.0.1:7000"   # members only
 //! data_dir = "/var/lib/rainstorm" # logs, the control socket, blocks; one node per dir
 //! suspicion = true               # start in PingAck+S (switchable at run time)
+//! lifeguard = true               # Lifeguard local health awareness (fewer false failures)
 //! cluster_key_file = "/etc/rainstorm/cluster.key" # HMAC-SHA256 on every frame (see below)
 //! # cluster_key = "<64 hex digits>" # the key itself instead of a file (not both)
 //! # accepted_keys = ["<64 hex digits>"] # also accepted during a key rollover (see `reload_keys`)
@@ -91,6 +92,7 @@ pub struct ConfigInput {
     pub introducer: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub suspicion: Option<bool>,
+    pub lifeguard: Option<bool>,
     pub cluster_key: Option<String>,
     pub cluster_key_file: Option<PathBuf>,
     pub accepted_keys: Option<Vec<String>>,
@@ -287,6 +289,7 @@ impl ConfigInput {
             introducer: self.introducer.or(fallback.introducer),
             data_dir: self.data_dir.or(fallback.data_dir),
             suspicion: self.suspicion.or(fallback.suspicion),
+            lifeguard: self.lifeguard.or(fallback.lifeguard),
             cluster_key: self.cluster_key.or(fallback.cluster_key),
             cluster_key_file: self.cluster_key_file.or(fallback.cluster_key_file),
             accepted_keys: self.accepted_keys.or(fallback.accepted_keys),
@@ -395,6 +398,7 @@ impl ConfigInput {
             join_attempts: t.join_attempts.unwrap_or(base.join_attempts),
             join_retry: ms(t.join_retry_ms, base.join_retry),
             suspicion_at_start: self.suspicion.unwrap_or(base.suspicion_at_start),
+            lifeguard: self.lifeguard.unwrap_or(base.lifeguard),
             max_datagram_bytes: self.limits.max_datagram_bytes.unwrap_or(base.max_datagram_bytes),
             ..base
         };

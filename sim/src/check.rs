@@ -1,14 +1,36 @@
 //! Invariant checkers for membership, fed by the simulator with ground truth and node output.
 //!
 //! * **completeness**: a member id whose process crashed, left or renewed its id leaves every
-//!   live list within the deterministic own-probe bound (each member probes every other at least
-//!   once per 2(n−1) periods), counted from when the lister could first know;
+//!   live list within the deterministic own-probe bound, counted from when the lister could
+//!   first know: each member probes every other at least once per 2(n−1) periods, so within
+//!   W = (2(n−1)+2) periods every live member has probed the dead id, failed, and suspected it.
+//!   Without Lifeguard the bound is W plus the suspicion timeout. Under Lifeguard a suspicion
+//!   waits `suspicion_max_mult` times longer until k = `suspicion_confirmations` other accusers
+//!   confirm it, so the bound depends on whether confirmations can arrive:
+//!   - *confirmed* (the strict bound): while at least k + 1 live members run (the accuser and k
+//!     confirmers), nobody is paused or slow, no link is cut and loss is at most 5%, every live
+//!     member's own accusation is gossiped within W, each carried λ⌈log₂(n+1)⌉ times (the
+//!     retransmit limit, one period each at worst; an epidemic's spread, which the strict bounds
+//!     of the named scenarios count on too); with k of them in hand a suspicion ends at its
+//!     shortest timeout. Bound: W + retransmit limit · T + the suspicion timeout.
+//!   - *unconfirmed* otherwise, and for local health recovery after such a window (a raised LHM
+//!     falls one step per acknowledged probe, so max·(max+1)/2 stretched periods): W + the
+//!     longest (unconfirmed) suspicion timeout + that recovery.
+//!
+//!   A dead id is held to the strict bound unless a window where confirmations are not assured
+//!   (with its recovery tail) overlaps the time since the lister could first know.
 //! * **strict completeness** (scenarios that set `strict_detection_ms`): every crash leaves every
 //!   list within the documented bound;
 //! * **accuracy**: in PingAck+S mode, a live member whose messages get through (no partition
-//!   but pairs of members cut off from each other that every other member reaches, loss ≤ 5%,
+//!   but small disjoint groups of members cut off from each other that every other member
+//!   reaches, so that some helper of every indirect probe bridges the cut, loss ≤ 5%,
 //!   no pause longer than the suspicion timeout, latency well under the ping timeout) is never
-//!   declared failed by anyone's own probe or timer;
+//!   declared failed by anyone's own probe or timer. A slow member (`Fault::Slow`: every frame
+//!   handed to it up to 2 s late, its timers on time) answers, late: it may be declared failed
+//!   (its acks miss the ping timeout at every prober, whose suspicions confirm each other, and
+//!   its refutation comes late), but under Lifeguard it must not declare healthy members failed
+//!   (its local health stretches its ping timeout past its delay, and its lone accusations wait
+//!   unconfirmed); without Lifeguard its accusations are excused too;
 //! * **convergence**: after the faults stop, every live member lists exactly the other live
 //!   members and agrees on the suspicion mode;
 //! * **bounded**: every internal queue stays within a bound of the number of ids ever seen, and
@@ -171,8 +193,41 @@ struct Excuse {
     slot: Option<Slot>,
 }
 
+/// What keeps Lifeguard's confirmations from being assured (see the module header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unassured {
+    /// A cut link, loss over 5%, or suspicion off.
+    Network,
+    /// Fewer live members than an accuser and its confirmers.
+    FewLive,
+    /// A paused or slow member.
+    Slot(Slot),
+}
+
+/// A time during which Lifeguard's confirmations are not assured: from `start` to `end` plus
+/// the local health recovery tail; `end` is `None` while it lasts.
+#[derive(Clone, Copy, Debug)]
+struct Unconfirmable {
+    start: Time,
+    end: Option<Time>,
+    cause: Unassured,
+}
+
 pub struct Checker {
-    own_probe_bound_ms: u64,
+    /// Completeness bound where confirmations can arrive (the strict one).
+    confirmed_bound_ms: u64,
+    /// Completeness bound where they cannot (equal to the strict one without Lifeguard).
+    unconfirmed_bound_ms: u64,
+    /// How long a window where confirmations were not assured still counts after it ends.
+    recovery_tail_ms: u64,
+    /// Live members needed for confirmations: the accuser and `suspicion_confirmations` more.
+    confirmers_needed: usize,
+    unconfirmable: Vec<Unconfirmable>,
+    /// Whether the members run Lifeguard (a slow member excuses the failures it declares only
+    /// without it).
+    lifeguard: bool,
+    /// Slow members (`Fault::Slow`) whose own failure is excused, but not those they declare.
+    slow_accused: Vec<Excuse>,
     strict_ms: Option<u64>,
     /// How long after an excuse ends accuracy stays excused.
     excuse_tail_ms: u64,
@@ -204,14 +259,35 @@ impl Checker {
     pub fn new(s: &Scenario) -> Checker {
         let c = &s.config;
         // Timeouts run on the nodes' clocks: the slowest one stretches them.
-        let own_probe_bound_ms = s
-            .on_slowest_clock_ms(c.own_probe_detection_bound(s.nodes).0 + 2 * c.protocol_period.0)
-            + s.net.latency_max_ms * 4;
+        let latency = s.net.latency_max_ms * 4;
+        let slack = 2 * c.protocol_period.0;
+        let unconfirmed_bound_ms =
+            s.on_slowest_clock_ms(c.unconfirmed_detection_bound(s.nodes).0 + slack) + latency;
+        let confirmed_bound_ms = if c.lifeguard {
+            let spread = u64::from(c.retransmit_limit(s.nodes)) * c.protocol_period.0;
+            let bound = c.own_probe_detection_bound(s.nodes).0 + spread + slack;
+            (s.on_slowest_clock_ms(bound) + latency).min(unconfirmed_bound_ms)
+        } else {
+            unconfirmed_bound_ms
+        };
+        let lhm = u64::from(c.local_health_max);
         let mut checker = Checker {
-            own_probe_bound_ms,
+            confirmed_bound_ms,
+            unconfirmed_bound_ms,
+            recovery_tail_ms: if c.lifeguard {
+                s.on_slowest_clock_ms(lhm * (lhm + 1) / 2 * c.protocol_period.0)
+            } else {
+                0
+            },
+            confirmers_needed: c.suspicion_confirmations as usize + 1,
+            unconfirmable: Vec::new(),
+            lifeguard: c.lifeguard,
+            slow_accused: Vec::new(),
             strict_ms: s.strict_detection_ms.map(|b| s.on_slowest_clock_ms(b)),
+            // A suspicion raised while accuracy was excused may run out up to its longest
+            // timeout later (under Lifeguard, the unconfirmed one).
             excuse_tail_ms: s
-                .on_slowest_clock_ms(c.suspicion_timeout_for(s.nodes).0 + 4 * c.protocol_period.0),
+                .on_slowest_clock_ms(c.suspicion_timeout_max_for(s.nodes).0 + 4 * c.protocol_period.0),
             always_excused: 2 * s.net.latency_max_ms >= c.ping_timeout.0,
             ids: BTreeMap::new(),
             slots: vec![SlotTruth::default(); s.nodes],
@@ -227,6 +303,7 @@ impl Checker {
         };
         if s.net.loss_permille > 50 || !c.suspicion_at_start {
             checker.on_conditions(Time::ZERO, true);
+            checker.on_confirmations(Time::ZERO, false);
         }
         checker
     }
@@ -264,6 +341,9 @@ impl Checker {
     }
 
     pub fn on_pause(&mut self, now: Time, slot: Slot, for_ms: u64, suspicion_timeout_ms: u64) {
+        // A paused member confirms nothing until it resumes (and its backlog stretches its LHM).
+        let end = Some(Time(now.0 + for_ms));
+        self.unconfirmable.push(Unconfirmable { start: now, end, cause: Unassured::Slot(slot) });
         if for_ms > suspicion_timeout_ms {
             self.excuses.push(Excuse { start: now, end: Some(Time(now.0 + for_ms)), slot: Some(slot) });
         }
@@ -273,8 +353,53 @@ impl Checker {
         self.slots[slot].knows_since = now;
     }
 
+    /// Cluster-wide conditions under which Lifeguard's confirmations are assured (no link cut,
+    /// loss at most 5%, suspicion on) begin (`assured`) or end: see the module header.
+    pub fn on_confirmations(&mut self, now: Time, assured: bool) {
+        self.mark_unconfirmable(now, Unassured::Network, !assured);
+    }
+
+    /// A slow member (`Fault::Slow`) confirms late and its own probing stretches: confirmations
+    /// are not assured while it is slow.
+    /// Its late handling excuses its own failure (its acks and refutations come up to 2 s late,
+    /// and the members that find it silent confirm each other's suspicions); without Lifeguard it
+    /// also excuses the failures it declares of others.
+    pub fn on_slow(&mut self, now: Time, slot: Slot, for_ms: u64) {
+        let end = Some(Time(now.0 + for_ms));
+        self.unconfirmable.push(Unconfirmable { start: now, end, cause: Unassured::Slot(slot) });
+        if self.lifeguard {
+            self.slow_accused.push(Excuse { start: now, end, slot: Some(slot) });
+        } else {
+            self.excuses.push(Excuse { start: now, end, slot: Some(slot) });
+        }
+    }
+
+    /// Opens (`on`) or closes the window where `cause` keeps confirmations from being assured.
+    fn mark_unconfirmable(&mut self, now: Time, cause: Unassured, on: bool) {
+        let open = self.unconfirmable.iter_mut().find(|u| u.cause == cause && u.end.is_none());
+        match (on, open) {
+            (true, None) => self.unconfirmable.push(Unconfirmable { start: now, end: None, cause }),
+            (false, Some(u)) => u.end = Some(now),
+            (true, Some(_)) | (false, None) => {}
+        }
+    }
+
+    /// The completeness bound for an id its lister could first know dead at `since`.
+    fn completeness_bound_ms(&self, since: Time, now: Time) -> u64 {
+        let tail = self.recovery_tail_ms;
+        let overlaps = self.unconfirmable.iter().any(|u| {
+            let end = u.end.map_or(u64::MAX, |t| t.0.saturating_add(tail));
+            u.start <= now && since.0 <= end
+        });
+        if overlaps {
+            self.unconfirmed_bound_ms
+        } else {
+            self.confirmed_bound_ms
+        }
+    }
+
     /// Cluster-wide conditions under which accuracy is not promised (a partition other than
-    /// cut pairs every other member bridges, loss over 5%, suspicion off) begin (`bad`) or end.
+    /// cut groups every other member bridges, loss over 5%, suspicion off) begin (`bad`) or end.
     pub fn on_conditions(&mut self, now: Time, bad: bool) {
         let open = self.excuses.iter().any(|e| e.slot.is_none() && e.end.is_none());
         match (bad, open) {
@@ -288,8 +413,15 @@ impl Checker {
         }
     }
 
+    /// Whether accuracy is excused for `slots` = [the declared member's, the declarer's] at `at`.
     fn excused(&self, at: Time, slots: [Slot; 2]) -> bool {
-        self.always_excused
+        let tail = self.excuse_tail_ms;
+        let slow_accused = self.slow_accused.iter().any(|e| {
+            let end = e.end.map_or(u64::MAX, |t| t.0.saturating_add(tail));
+            e.slot == Some(slots[0]) && e.start <= at && at.0 <= end
+        });
+        slow_accused
+            || self.always_excused
             || self.excuses.iter().any(|e| {
                 let applies = e.slot.is_none_or(|s| slots.contains(&s));
                 let end = e.end.map_or(u64::MAX, |t| t.0.saturating_add(self.excuse_tail_ms));
@@ -399,20 +531,21 @@ impl Checker {
 
     pub fn check(&mut self, now: Time, snapshots: &[SlotSnapshot]) {
         let ids_ever = self.ids.len().max(snapshots.len());
+        let live = snapshots.iter().filter(|s| !s.paused && s.joined).count();
+        self.mark_unconfirmable(now, Unassured::FewLive, live < self.confirmers_needed);
         for s in snapshots.iter().filter(|s| !s.paused && s.joined) {
             for x in &s.view {
                 let Some(life) = self.ids.get(x) else { continue };
                 let Some((died, death)) = life.died else { continue };
                 let since = died.max(self.slots[s.slot].knows_since);
-                if now.0 > since.0 + self.own_probe_bound_ms
-                    && self.reported_completeness.insert((s.slot, *x))
-                {
+                let bound = self.completeness_bound_ms(since, now);
+                if now.0 > since.0 + bound && self.reported_completeness.insert((s.slot, *x)) {
                     self.violate(
                         now,
                         CheckerKind::Completeness,
                         format!(
-                            "n{} still lists {x} ({death:?} at {died}) after the {} ms bound",
-                            s.slot, self.own_probe_bound_ms
+                            "n{} still lists {x} ({death:?} at {died}) after the {bound} ms bound",
+                            s.slot
                         ),
                     );
                 }
@@ -500,6 +633,11 @@ impl Checker {
     /// Distinct live member ids declared failed by someone's own probe or timer.
     pub fn false_failures(&self) -> usize {
         self.false_failures.len()
+    }
+
+    /// The slot of each of [`Checker::false_failures`]' ids.
+    pub fn false_failure_slots(&self) -> Vec<Slot> {
+        self.false_failures.iter().filter_map(|id| self.ids.get(id)).map(|life| life.slot).collect()
     }
 
     pub fn max_queue(&self) -> usize {

@@ -61,6 +61,7 @@ pub fn run_actor<A: Actor>(scenario: &Scenario, opts: &RunOptions) -> Report {
                 stats: Default::default(),
                 detections: Vec::new(),
                 false_failures: 0,
+                false_failure_slots: Vec::new(),
                 max_queue: 0,
                 workload: None,
                 job: None,

@@ -73,6 +73,17 @@ pub enum Fault {
     Restart { node: Slot },
     /// The process stops for a while, then resumes and handles its backlog.
     Pause { node: Slot, for_ms: u64 },
+    /// The process turns slow for `for_ms`: a CPU-starved, swapping or garbage-collecting
+    /// process whose message handling is delayed by 0.2–2 s at times. Its receive queue drains
+    /// late, not its clock: in episodes of 1–5 s (0.1–1.5 s of normal handling between them)
+    /// every frame it receives is handed to it a fixed 0.2–2 s late (drawn per episode, from the
+    /// run's seed), in arrival order, while its timers fire on time. So its acks leave late and
+    /// the acks and nacks of its own probes are read after their timeouts: what such a process
+    /// sees of a healthy cluster, and what Lifeguard's local health is for. (A stall-and-resume
+    /// model, where the backlog is read between stalls, never lets a 3 s suspicion run out, and
+    /// a slow process's kernel keeps queueing datagrams for it either way.) The slowness belongs
+    /// to the process: a restart ends it.
+    Slow { node: Slot, for_ms: u64 },
     /// Nodes in `side` and the rest cannot reach each other (both directions).
     Partition { side: Vec<Slot> },
     /// Datagrams and streams from `from` to `to` are dropped; the other direction works.
@@ -351,10 +362,25 @@ impl Scenario {
             cluster_key: false,
         };
         scenario.set_clocks(0x5157_4152_4d00_0001);
+        scenario.add_slow_member(seed, warmup_ms);
         scenario.end_faults();
         scenario.cluster_key = keyed(seed);
         scenario.net.set_broken_streams(seed);
         scenario
+    }
+
+    /// One seed in seven of the membership swarm has a slow member (a random non-introducer
+    /// slot, from the end of the warm-up until the faults stop), drawn apart from the rest of
+    /// the scenario so that the other seeds stay as they were.
+    fn add_slow_member(&mut self, seed: u64, warmup_ms: u64) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x534c_4f57_0000_0004);
+        if self.nodes < 3 || !rng.gen_ratio(1, 7) {
+            return;
+        }
+        let node = rng.gen_range(1..self.nodes);
+        let for_ms = self.calm_from_ms.saturating_sub(warmup_ms);
+        self.faults.push(FaultAt { at_ms: warmup_ms, fault: Fault::Slow { node, for_ms } });
+        self.faults.sort_by_key(|f| f.at_ms);
     }
 
     /// A HyDFS scenario drawn from `seed`: a file workload on 4–12 nodes under up to two crashes
@@ -898,6 +924,7 @@ pub(crate) fn fault_fits(f: &Fault, nodes: usize) -> bool {
         Fault::Crash { node }
         | Fault::Restart { node }
         | Fault::Pause { node, .. }
+        | Fault::Slow { node, .. }
         | Fault::Leave { node }
         | Fault::Join { node }
         | Fault::SetSuspicion { node, .. }

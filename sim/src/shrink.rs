@@ -40,7 +40,7 @@ pub enum Cut {
     Nodes(usize),
     /// Faults stop at this time: groups starting later go, later undoings move to it.
     CalmAt(u64),
-    /// Halve the pause of the fault at this index.
+    /// Halve the pause (or the slow spell) of the fault at this index.
     ShorterPause(usize),
     NoLoss,
     NoDuplicates,
@@ -171,6 +171,7 @@ pub fn fault_groups(faults: &[FaultAt]) -> Vec<Vec<usize>> {
             Fault::RestartCrashed { .. } => task_crashes.pop_front(),
             Fault::Crash { .. }
             | Fault::Pause { .. }
+            | Fault::Slow { .. }
             | Fault::Partition { .. }
             | Fault::OneWay { .. }
             | Fault::SetLoss { .. }
@@ -197,6 +198,7 @@ pub fn fault_groups(faults: &[FaultAt]) -> Vec<Vec<usize>> {
             Fault::CrashTaskHost { .. } => task_crashes.push_back(g),
             Fault::Restart { .. }
             | Fault::Pause { .. }
+            | Fault::Slow { .. }
             | Fault::Heal
             | Fault::SetLoss { .. }
             | Fault::Join { .. }
@@ -294,7 +296,9 @@ pub fn cuts(s: &Scenario) -> Vec<Cut> {
         s.faults
             .iter()
             .enumerate()
-            .filter(|(_, f)| matches!(f.fault, Fault::Pause { for_ms, .. } if for_ms >= 200))
+            .filter(|(_, f)| {
+                matches!(f.fault, Fault::Pause { for_ms, .. } | Fault::Slow { for_ms, .. } if for_ms >= 200)
+            })
             .map(|(i, _)| Cut::ShorterPause(i)),
     );
     out
@@ -326,7 +330,7 @@ pub fn apply(s: &Scenario, cut: Cut) -> Option<Scenario> {
             c.calm_from_ms = t;
         }
         Cut::ShorterPause(i) => match &mut c.faults.get_mut(i)?.fault {
-            Fault::Pause { for_ms, .. } => *for_ms /= 2,
+            Fault::Pause { for_ms, .. } | Fault::Slow { for_ms, .. } => *for_ms /= 2,
             _ => return None,
         },
         Cut::NoLoss => c.net.loss_permille = 0,
@@ -410,6 +414,7 @@ fn fit(mut f: FaultAt, nodes: usize) -> Option<FaultAt> {
         Fault::Crash { node }
         | Fault::Restart { node }
         | Fault::Pause { node, .. }
+        | Fault::Slow { node, .. }
         | Fault::Leave { node }
         | Fault::Join { node }
         | Fault::SetSuspicion { node, .. }
@@ -612,11 +617,33 @@ mod tests {
             at(10, Fault::Partition { side: vec![1] }),
             at(11, Fault::OneWay { from: vec![1], to: vec![2] }),
             at(12, Fault::Heal),
+            at(13, Fault::Slow { node: 3, for_ms: 4_000 }),
         ];
         assert_eq!(
             fault_groups(&faults),
-            vec![vec![0, 5], vec![1, 3], vec![2, 6], vec![4, 7], vec![8], vec![9], vec![10], vec![11]]
+            vec![
+                vec![0, 5],
+                vec![1, 3],
+                vec![2, 6],
+                vec![4, 7],
+                vec![8],
+                vec![9],
+                vec![10],
+                vec![11],
+                vec![12]
+            ]
         );
+    }
+
+    #[test]
+    fn a_slow_spell_shortens_like_a_pause_and_goes_with_its_slot() {
+        let mut s = crate::named::slow_member_is_not_declared_failed(1);
+        let slow = s.faults.iter().position(|f| matches!(f.fault, Fault::Slow { .. })).unwrap();
+        assert!(cuts(&s).contains(&Cut::ShorterPause(slow)));
+        let shorter = apply(&s, Cut::ShorterPause(slow)).unwrap();
+        assert_eq!(shorter.faults[slow].fault, Fault::Slow { node: 4, for_ms: 150_000 });
+        s.faults.retain(|f| matches!(f.fault, Fault::Slow { .. }));
+        assert_eq!(fit(s.faults[0].clone(), 4), None, "slot 4 is gone from a 4-node cluster");
     }
 
     /// Shrinks `s` against a cheap stand-in for a run: it "fails" while `fails` holds.

@@ -87,6 +87,18 @@ enum EventKind {
         slot: Slot,
         generation: u64,
     },
+    /// A slow process's episode of late handling begins or ends (see `Fault::Slow`).
+    Stall {
+        slot: Slot,
+        generation: u64,
+    },
+    /// A frame a slow process received is handed to it, late (see `Fault::Slow`).
+    Handover {
+        slot: Slot,
+        generation: u64,
+        channel: Channel,
+        frame: Vec<u8>,
+    },
     /// An emulated operator program answers a batch.
     ProgramReply {
         slot: Slot,
@@ -150,6 +162,13 @@ struct SlotState<A> {
     armed: Option<Time>,
     /// The process's disk (replaced, empty, at every start).
     disk: SimDisk,
+    /// Until when the process is slow (`Fault::Slow`).
+    slow_until: Option<Time>,
+    /// While slow, the delay of the current episode: frames that arrive are handed over this
+    /// much later.
+    slow_delay: Option<rainstorm_core::Millis>,
+    /// When the last delayed frame is handed over: later frames wait behind it.
+    handover_until: Time,
 }
 
 /// Options of one run.
@@ -188,6 +207,8 @@ pub struct Report {
     pub stats: RunStats,
     pub detections: Vec<DetectionSample>,
     pub false_failures: usize,
+    /// The slot of each falsely failed id (one entry per id).
+    pub false_failure_slots: Vec<Slot>,
     pub max_queue: usize,
     /// What the HyDFS workload did (scenarios with a file workload).
     pub workload: Option<crate::hydfs::WorkloadStats>,
@@ -226,6 +247,9 @@ pub struct World<A: Actor> {
     fault_rng: ChaCha8Rng,
     /// Draws the fate of each stream frame in flight on a connection that breaks.
     break_rng: ChaCha8Rng,
+    /// Draws a slow process's episodes (delay, length) and the runs between them (seeded apart, so that a slow
+    /// member changes nothing else of a run).
+    stall_rng: ChaCha8Rng,
     hydfs: Option<HydfsHarness>,
     rainstorm: Option<RainstormHarness>,
     /// When each node's outgoing link is next free, in µs of simulated time (bandwidth model).
@@ -272,6 +296,7 @@ impl<A: Actor> World<A> {
         let rainstorm = scenario.rainstorm.clone().map(RainstormHarness::new);
         let background_sync = scenario.hydfs.as_ref().is_some_and(|w| w.background_sync);
         let scenario_nodes = scenario.nodes;
+        let scenario_seed = scenario.seed;
         let slots = (0..scenario.nodes)
             .map(|i| SlotState {
                 addr: slot_addr(i),
@@ -283,6 +308,9 @@ impl<A: Actor> World<A> {
                 generation: 0,
                 armed: None,
                 disk: SimDisk::new(background_sync),
+                slow_until: None,
+                slow_delay: None,
+                handover_until: Time::ZERO,
             })
             .collect::<Vec<_>>();
         let by_addr = slots.iter().enumerate().map(|(i, s)| (s.addr, i)).collect();
@@ -307,6 +335,7 @@ impl<A: Actor> World<A> {
             started: false,
             fault_rng,
             break_rng,
+            stall_rng: ChaCha8Rng::seed_from_u64(scenario_seed ^ 0x5354_414c_4c00_0005),
             hydfs,
             rainstorm,
             link_free_us: vec![0; scenario_nodes],
@@ -404,6 +433,7 @@ impl<A: Actor> World<A> {
         Report {
             violations: self.checker.violations().to_vec(),
             false_failures: self.checker.false_failures(),
+            false_failure_slots: self.checker.false_failure_slots(),
             max_queue: self.checker.max_queue(),
             detections: self.checker.finish_samples(),
             scenario: self.scenario,
@@ -466,6 +496,16 @@ impl<A: Actor> World<A> {
                     self.resume(slot);
                 }
             }
+            EventKind::Stall { slot, generation } => {
+                if self.slots[slot].generation == generation {
+                    self.stall(slot);
+                }
+            }
+            EventKind::Handover { slot, generation, channel, frame } => {
+                if self.slots[slot].generation == generation {
+                    self.hand_over(slot, channel, frame);
+                }
+            }
             EventKind::SupervisorJoin { slot, generation } => {
                 if self.slots[slot].generation == generation {
                     self.command(slot, Command::Join);
@@ -517,6 +557,8 @@ impl<A: Actor> World<A> {
         let s = &mut self.slots[slot];
         s.generation += 1;
         s.armed = None;
+        s.slow_until = None;
+        s.slow_delay = None;
         s.process = Process::Up(A::start(&start));
         self.trace.line(self.now, Some(slot), || format!("process starts at {}", start.addr));
         self.drain(slot);
@@ -535,6 +577,21 @@ impl<A: Actor> World<A> {
             return;
         }
         self.trace.record(TRACE_DELIVER, self.now, to, &frame);
+        let slot = &mut self.slots[to];
+        if slot.slow_delay.is_some() || slot.handover_until > self.now {
+            // A slow process: handed over late, behind the frames that came before.
+            let delay = slot.slow_delay.unwrap_or_default();
+            let at = (self.now + delay).max(slot.handover_until);
+            slot.handover_until = at;
+            let generation = slot.generation;
+            self.push(at, EventKind::Handover { slot: to, generation, channel, frame });
+            return;
+        }
+        self.hand_over(to, channel, frame);
+    }
+
+    /// Hands a frame to the process at `to` now.
+    fn hand_over(&mut self, to: Slot, channel: Channel, frame: Vec<u8>) {
         let now = self.local_now(to);
         match &mut self.slots[to].process {
             Process::Down => {}
@@ -892,6 +949,14 @@ impl<A: Actor> World<A> {
                     other => other,
                 };
             }
+            Fault::Slow { node, for_ms } => {
+                if matches!(self.slots[node].process, Process::Up(_)) {
+                    self.slots[node].slow_until = Some(self.now + rainstorm_core::Millis(for_ms));
+                    self.checker.on_slow(self.now, node, for_ms);
+                    self.trace.line(self.now, Some(node), || format!("turns slow for {for_ms} ms"));
+                    self.stall(node);
+                }
+            }
             Fault::Partition { side } => {
                 let side: BTreeSet<Slot> = side.into_iter().collect();
                 let mut cut = Vec::new();
@@ -953,9 +1018,11 @@ impl<A: Actor> World<A> {
     }
 
     fn conditions_changed(&mut self) {
-        let cut = !cuts_are_bridged(&self.blocked);
+        let cut = !cuts_are_bridged(&self.blocked, self.slots.len(), self.scenario.config.indirect_probes);
         let bad = cut || self.loss_permille > 50 || !self.suspicion_on;
         self.checker.on_conditions(self.now, bad);
+        let assured = self.blocked.is_empty() && self.loss_permille <= 50 && self.suspicion_on;
+        self.checker.on_confirmations(self.now, assured);
     }
 
     fn crash(&mut self, slot: Slot) {
@@ -997,6 +1064,29 @@ impl<A: Actor> World<A> {
         self.programs.retain(|k, _| k.0 != slot);
     }
 
+    /// A slow process's next episode: one running late ends (normal handling for 0.1–1.5 s
+    /// follows), or one begins, for 1–5 s, handing every frame over 0.2–2 s late (drawn per
+    /// episode) — unless the slow spell is over.
+    fn stall(&mut self, slot: Slot) {
+        let generation = self.slots[slot].generation;
+        if self.slots[slot].slow_delay.take().is_some() {
+            self.trace.line(self.now, Some(slot), || "handles frames on time again".to_string());
+            let again = self.now + rainstorm_core::Millis(self.stall_rng.gen_range(100..=1_500));
+            self.push(again, EventKind::Stall { slot, generation });
+            return;
+        }
+        let Some(until) = self.slots[slot].slow_until else { return };
+        if self.now >= until {
+            self.slots[slot].slow_until = None;
+            return;
+        }
+        let delay = self.stall_rng.gen_range(200..=2_000);
+        let episode = self.stall_rng.gen_range(1_000..=5_000);
+        self.slots[slot].slow_delay = Some(rainstorm_core::Millis(delay));
+        self.trace.line(self.now, Some(slot), || format!("handles frames {delay} ms late for {episode} ms"));
+        self.push(self.now + rainstorm_core::Millis(episode), EventKind::Stall { slot, generation });
+    }
+
     fn resume(&mut self, slot: Slot) {
         let process = std::mem::replace(&mut self.slots[slot].process, Process::Down);
         let Process::Paused(mut actor, backlog) = process else {
@@ -1006,7 +1096,8 @@ impl<A: Actor> World<A> {
         let now = self.local_now(slot);
         self.checker.on_resume(self.now, slot);
         self.trace.line(self.now, Some(slot), || format!("resumes with {} frames of backlog", backlog.len()));
-        // The backlog is handled before the timers that fell due while the process stood still.
+        // After a pause the backlog is handled before the timers that fell due while the process
+        // stood still.
         for input in backlog {
             match input {
                 Backlog::Frame(channel, frame) => actor.handle_frame(now, channel, &frame),
@@ -1187,13 +1278,28 @@ fn describe_op(op: &rainstorm_core::hydfs::ClientOp) -> String {
     }
 }
 
-/// Whether every blocked link is bridged: each node is cut off from at most one other node (in
-/// either direction), so every other member reaches both ends of each cut pair both ways and an
-/// indirect probe (PING-REQ) through any helper gets through. Accuracy is promised under such
-/// cuts as under light loss; under any other partition it is not.
-fn cuts_are_bridged(blocked: &BTreeSet<(Slot, Slot)>) -> bool {
-    let mut peer: BTreeMap<Slot, Slot> = BTreeMap::new();
-    blocked.iter().all(|&(a, b)| *peer.entry(a).or_insert(b) == b && *peer.entry(b).or_insert(a) == a)
+/// Whether every blocked link is bridged: the nodes cut off (in either direction) fall into
+/// disjoint groups whose members are cut from each other and from nobody else, each group of at
+/// most `helpers + 1` nodes with at least one node outside it. A prober then asks
+/// min(`helpers`, n − 2) helpers of which at most group size − 2 < `helpers` share its cut, so
+/// one reaches both ends both ways and its indirect probe (PING-REQ) gets through. Accuracy is
+/// promised under such cuts as under light loss; under any other partition it is not.
+fn cuts_are_bridged(blocked: &BTreeSet<(Slot, Slot)>, nodes: usize, helpers: usize) -> bool {
+    let mut cut_from: BTreeMap<Slot, BTreeSet<Slot>> = BTreeMap::new();
+    for &(a, b) in blocked {
+        cut_from.entry(a).or_default().insert(b);
+        cut_from.entry(b).or_default().insert(a);
+    }
+    cut_from.iter().all(|(node, others)| {
+        let mut group = others.clone();
+        group.insert(*node);
+        let closed = others.iter().all(|o| {
+            let mut theirs = cut_from.get(o).cloned().unwrap_or_default();
+            theirs.insert(*o);
+            theirs == group
+        });
+        closed && group.len() <= helpers + 1 && group.len() < nodes
+    })
 }
 
 #[cfg(test)]
@@ -1251,14 +1357,19 @@ mod tests {
     }
 
     #[test]
-    fn only_cuts_between_disjoint_pairs_are_bridged() {
+    fn only_cuts_within_small_disjoint_groups_are_bridged() {
         let cuts = |pairs: &[(Slot, Slot)]| pairs.iter().copied().collect::<BTreeSet<_>>();
-        assert!(cuts_are_bridged(&cuts(&[])));
-        assert!(cuts_are_bridged(&cuts(&[(1, 2)])));
-        assert!(cuts_are_bridged(&cuts(&[(1, 2), (2, 1), (3, 4), (5, 6), (6, 5)])));
-        assert!(!cuts_are_bridged(&cuts(&[(1, 2), (1, 3)])), "a node cut from two others");
-        assert!(!cuts_are_bridged(&cuts(&[(1, 2), (3, 2)])), "two nodes cut from one");
-        assert!(!cuts_are_bridged(&cuts(&[(0, 1), (1, 0), (0, 2), (2, 0)])), "a partition");
+        let bridged = |pairs: &[(Slot, Slot)]| cuts_are_bridged(&cuts(pairs), 10, 3);
+        assert!(bridged(&[]));
+        assert!(bridged(&[(1, 2)]));
+        assert!(bridged(&[(1, 2), (2, 1), (3, 4), (5, 6), (6, 5)]));
+        assert!(bridged(&[(1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (3, 4)]), "a group of four");
+        assert!(!bridged(&[(1, 2), (1, 3)]), "a node cut from two others that reach each other");
+        assert!(!bridged(&[(1, 2), (3, 2)]), "two nodes cut from one");
+        let five: Vec<(Slot, Slot)> = (1..=5).flat_map(|a| (a + 1..=5).map(move |b| (a, b))).collect();
+        assert!(!bridged(&five), "a group of five: three helpers may all share the cut");
+        assert!(!cuts_are_bridged(&cuts(&[(0, 1), (1, 0), (0, 2), (2, 0)]), 3, 3), "a partition");
+        assert!(!cuts_are_bridged(&cuts(&[(0, 1), (0, 2), (1, 2)]), 3, 3), "nobody outside the group");
     }
 
     #[test]

@@ -112,3 +112,36 @@ pub fn replay_capsules() -> usize {
     }
     capsules.len()
 }
+
+/// Lifeguard's local health, seen from outside: an introducer with six members that never
+/// answer its probes (nor do helpers nack) probes on; returns the gaps between its probes. A
+/// healthy Lifeguard stretches them to (local_health_max + 1) periods.
+pub fn probe_gaps_when_nothing_answers(
+    cfg: rainstorm_core::membership::MembershipConfig,
+    probes: usize,
+) -> Vec<rainstorm_core::Millis> {
+    use rainstorm_core::membership::{JoinKind, Membership, MembershipMsg, Role};
+    use rainstorm_core::{MemberId, NodeAddr, Time};
+    let addr = |port: u16| NodeAddr::from(([10, 0, 0, 1], port));
+    let mut m = Membership::new(cfg, Role::Introducer, addr(1), addr(1), Time(0), 7, 40);
+    let drain = |m: &mut Membership| {
+        while m.poll_outgoing().is_some() {}
+        while m.poll_event().is_some() {}
+    };
+    for port in 2..8 {
+        let joiner = MemberId::new(addr(port), u64::from(port));
+        m.handle_message(Time(10), joiner, MembershipMsg::JoinRequest { nonce: 1, kind: JoinKind::Fresh });
+    }
+    drain(&mut m);
+    let mut sent_at = Vec::new();
+    while sent_at.len() < probes {
+        let Some(at) = m.poll_timeout().filter(|at| *at < Time(600_000)) else { break };
+        let before = m.stats().pings_sent;
+        m.handle_timeout(at);
+        drain(&mut m);
+        if m.stats().pings_sent > before {
+            sent_at.push(at);
+        }
+    }
+    sent_at.windows(2).map(|w| w[1].since(w[0])).collect()
+}

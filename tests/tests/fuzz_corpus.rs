@@ -171,7 +171,7 @@ fn sample_messages() -> Vec<MembershipMsg> {
     let b = MemberId::new("[::1]:7001".parse().expect("addr"), 2);
     let updates = vec![
         Update::Alive { member: a, incarnation: Incarnation(3) },
-        Update::Suspect { member: b, incarnation: Incarnation(1) },
+        Update::Suspect { member: b, incarnation: Incarnation(1), accuser: a },
         Update::Failed { member: a },
         Update::Left { member: b },
         Update::Mode(ModeStamp { counter: 2, issuer: Some(a), suspicion: false }),

@@ -179,3 +179,15 @@ fn cut_pairs_are_bridged_by_indirect_probes() {
         assert_eq!(report.false_failures, 0, "seed {seed}");
     }
 }
+
+#[test]
+fn slow_member_is_not_declared_failed() {
+    for seed in 1..=3 {
+        let report = run(named::slow_member_is_not_declared_failed(seed));
+        assert_eq!(report.false_failures, 0, "seed {seed}");
+        // The slow member was suspected now and then, and refuted in time.
+        let refuted =
+            events(&report).any(|(_, slot, e)| slot == 4 && matches!(e, MembershipEvent::SelfRefuted { .. }));
+        assert!(refuted, "seed {seed}: the slow member was never even suspected");
+    }
+}

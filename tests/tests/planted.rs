@@ -30,7 +30,14 @@ fn first_caught(
 
 #[test]
 fn completeness_catches_a_suspicion_timer_that_never_fires() {
-    first_caught(PlantedBug::SuspicionNeverFires, CheckerKind::Completeness, (0..50).map(Scenario::swarm));
+    // A calm cluster, where Lifeguard's confirmations arrive and the strict bound applies, then
+    // the swarm (mostly faulty, where the longer unconfirmed bound applies).
+    let calm = (1..=3).map(named::calm_crashes_leave_every_list_within_bound);
+    first_caught(
+        PlantedBug::SuspicionNeverFires,
+        CheckerKind::Completeness,
+        calm.chain((0..50).map(Scenario::swarm)),
+    );
 }
 
 #[test]
@@ -99,6 +106,28 @@ fn convergence_catches_join_times_that_trust_a_stepped_back_clock() {
 fn wire_catches_a_replay_window_that_refuses_reordered_frames() {
     let keyed = (0..200).map(Scenario::swarm).filter(|s| s.cluster_key).take(40);
     first_caught(PlantedBug::ReplayWindowOfOne, CheckerKind::Wire, keyed);
+}
+
+/// Lifeguard's local health: a member whose probes all go unanswered stretches its probe period
+/// to (local_health_max + 1) periods; with the LHM stuck at 0 it keeps probing every period.
+#[test]
+fn local_health_check_catches_a_multiplier_that_never_grows() {
+    use rainstorm_core::membership::MembershipConfig;
+    let healthy = MembershipConfig::lan();
+    let stretched = healthy.protocol_period * (u64::from(healthy.local_health_max) + 1);
+    let gaps = rainstorm_tests::probe_gaps_when_nothing_answers(healthy.clone(), 12);
+    assert!(gaps.contains(&stretched), "without the bug the period stretches: {gaps:?}");
+    let planted = MembershipConfig { planted: Some(PlantedBug::LocalHealthNeverGrows), ..healthy };
+    let gaps = rainstorm_tests::probe_gaps_when_nothing_answers(planted.clone(), 12);
+    assert!(
+        !gaps.contains(&stretched),
+        "planted bug {} was never caught by the local health check: {gaps:?}",
+        PlantedBug::LocalHealthNeverGrows.name()
+    );
+    println!(
+        "{} caught by the local health check (probe gaps {gaps:?})",
+        PlantedBug::LocalHealthNeverGrows.name()
+    );
 }
 
 #[test]
@@ -254,9 +283,9 @@ mod hydfs {
     #[test]
     fn deleted_catches_a_delete_without_tombstones() {
         // Needs a copy that missed the delete to come back; few swarm seeds delete a file while
-        // one of its holders is cut off (a release sweep of 260 seeds: 134, 213 and 257), so
+        // one of its holders is cut off (a release sweep of 260 seeds: 11, 103 and 185), so
         // the search starts at the first of them.
-        first_caught_within(PlantedBug::DeleteWithoutTombstone, CheckerKind::HydfsDeleted, 134..260);
+        first_caught_within(PlantedBug::DeleteWithoutTombstone, CheckerKind::HydfsDeleted, 11..260);
     }
 
     #[test]
@@ -280,13 +309,13 @@ mod rainstorm {
 
     // The first seed of the sweep that catches each bug with its checker (a release sweep of
     // 200 seeds; 600 for the open epoch): `sim rainstorm --seeds 200 --plant <bug>`.
-    const SEED_COMMIT_BEFORE_COMPLETE: u64 = 79;
+    const SEED_COMMIT_BEFORE_COMPLETE: u64 = 19;
     const SEED_SOURCE_SKIPS_A_LINE: u64 = 3;
-    const SEED_SINK_TAKES_OLD_ATTEMPTS: u64 = 117;
+    const SEED_SINK_TAKES_OLD_ATTEMPTS: u64 = 83;
     const SEED_STATE_FROM_OLDER_CHECKPOINT: u64 = 8;
     const SEED_OUTPUT_APPENDED_TWICE: u64 = 0;
     const SEED_UNBOUNDED_READ_AHEAD: u64 = 5;
-    const SEED_OPEN_EPOCH_UNBOUNDED: u64 = 368;
+    const SEED_OPEN_EPOCH_UNBOUNDED: u64 = 100;
     const SEED_KEEPS_JOB_FILES: u64 = 0;
 
     fn with_bug(s: &Scenario, bug: PlantedBug) -> Scenario {

@@ -6,7 +6,9 @@
 //! 2. Accuracy: live members declared failed per simulated cluster-hour at 0–20 % loss.
 //! 3. Cost: datagrams and bytes per member per second in steady state at n = 10, 100, 1000.
 //! 4. The simulator itself: events per second and the wall time of a 10-node, 10-minute run.
-//! 5. With the `compare-foca` feature, the `foca` crate driven through the same simulator under
+//! 5. A slow member (`Fault::Slow`): live members declared failed per cluster-hour, and first
+//!    detection of a crash, with Lifeguard off and on (and foca).
+//! 6. With the `compare-foca` feature, the `foca` crate driven through the same simulator under
 //!    the same faults, in every part where it applies.
 //!
 //! The runs of parts 1–3 share one pool of threads, the costliest first; part 4 runs alone on one
@@ -50,6 +52,8 @@ enum Impl {
     RainStorm {
         suspicion: bool,
     },
+    /// PingAck+S with Lifeguard switched off (part 5 only).
+    RainStormWithoutLifeguard,
     #[cfg(feature = "compare-foca")]
     Foca,
 }
@@ -64,28 +68,42 @@ impl Impl {
         ]
     }
 
+    /// The implementations of part 5: Lifeguard off, on, and foca.
+    fn slow_member_set() -> Vec<Impl> {
+        vec![
+            Impl::RainStormWithoutLifeguard,
+            Impl::RainStorm { suspicion: true },
+            #[cfg(feature = "compare-foca")]
+            Impl::Foca,
+        ]
+    }
+
     fn label(self) -> &'static str {
         match self {
             Impl::RainStorm { suspicion: true } => "RainStorm PingAck+S",
             Impl::RainStorm { suspicion: false } => "RainStorm PingAck",
+            Impl::RainStormWithoutLifeguard => "RainStorm +S, no Lifeguard",
             #[cfg(feature = "compare-foca")]
             Impl::Foca => "foca 2 (new_lan)",
         }
     }
 
     fn config(self) -> MembershipConfig {
-        let suspicion = match self {
-            Impl::RainStorm { suspicion } => suspicion,
+        let (suspicion, lifeguard) = match self {
+            Impl::RainStorm { suspicion } => (suspicion, true),
+            Impl::RainStormWithoutLifeguard => (true, false),
             #[cfg(feature = "compare-foca")]
-            Impl::Foca => true,
+            Impl::Foca => (true, true),
         };
-        MembershipConfig { suspicion_at_start: suspicion, ..MembershipConfig::lan() }
+        MembershipConfig { suspicion_at_start: suspicion, lifeguard, ..MembershipConfig::lan() }
     }
 
     /// Runs a scenario to its end (a panic in a node becomes a `Panic` violation).
     fn run(self, s: &Scenario, opts: &RunOptions) -> Report {
         match self {
-            Impl::RainStorm { .. } => run_actor::<rainstorm_core::Node>(s, opts),
+            Impl::RainStorm { .. } | Impl::RainStormWithoutLifeguard => {
+                run_actor::<rainstorm_core::Node>(s, opts)
+            }
             #[cfg(feature = "compare-foca")]
             Impl::Foca => match s.nodes {
                 0..=10 => run_actor::<super::foca_actor::FocaActor<10>>(s, opts),
@@ -98,7 +116,9 @@ impl Impl {
     /// Steady-state traffic of a scenario (see [`window`]).
     fn run_window(self, s: &Scenario, plan: TrafficPlan) -> Result<Window, String> {
         match self {
-            Impl::RainStorm { .. } => window::<rainstorm_core::Node>(s, plan),
+            Impl::RainStorm { .. } | Impl::RainStormWithoutLifeguard => {
+                window::<rainstorm_core::Node>(s, plan)
+            }
             #[cfg(feature = "compare-foca")]
             Impl::Foca => match s.nodes {
                 0..=10 => window::<super::foca_actor::FocaActor<10>>(s, plan),
@@ -182,6 +202,7 @@ enum Job {
     Detection { imp: Impl, seed: u64 },
     Accuracy { imp: Impl, loss_permille: u32, seed: u64, duration_ms: u64 },
     Traffic { imp: Impl, nodes: usize },
+    SlowMember { imp: Impl, loss_permille: u32, seed: u64, duration_ms: u64 },
 }
 
 /// What one job produced, with what it was.
@@ -189,6 +210,7 @@ enum Outcome {
     Detection(Impl, Report),
     Accuracy(Impl, u32, Report),
     Traffic(Impl, usize, Result<Window, String>),
+    SlowMember(Impl, u32, Report),
 }
 
 impl Job {
@@ -204,6 +226,10 @@ impl Job {
                 Outcome::Accuracy(imp, loss_permille, imp.run(&s, &RunOptions::default()))
             }
             Job::Traffic { imp, nodes } => Outcome::Traffic(imp, nodes, traffic_run(imp, nodes, plan)),
+            Job::SlowMember { imp, loss_permille, seed, duration_ms } => {
+                let s = slow_member_scenario(imp, loss_permille, seed, duration_ms);
+                Outcome::SlowMember(imp, loss_permille, imp.run(&s, &RunOptions::default()))
+            }
         }
     }
 }
@@ -221,6 +247,7 @@ pub fn run(scale: Scale) -> Result<()> {
         Job::Traffic { nodes, .. } => std::cmp::Reverse(*nodes),
         _ => std::cmp::Reverse(0),
     });
+    jobs.extend(slow_member_jobs(hours / 5.0));
     jobs.extend(accuracy_jobs(hours));
     jobs.extend(detection_jobs(detection_runs));
     let outcomes = parallel_map(jobs, |job| {
@@ -228,7 +255,8 @@ pub fn run(scale: Scale) -> Result<()> {
         let outcome = job.run(plan);
         (outcome, t.elapsed())
     });
-    let mut cpu = [Duration::ZERO; 3];
+    let mut cpu = [Duration::ZERO; 4];
+    let mut slow = Vec::new();
     let mut violations = Violations::default();
     let mut detections = Vec::new();
     let mut accuracy = Vec::new();
@@ -249,6 +277,11 @@ pub fn run(scale: Scale) -> Result<()> {
                 };
                 violations.add(imp, runs, &r);
                 accuracy.push((imp, loss_permille, r));
+            }
+            Outcome::SlowMember(imp, loss_permille, r) => {
+                cpu[3] += took;
+                violations.add(imp, "slow-member runs", &r);
+                slow.push((imp, loss_permille, r));
             }
             Outcome::Traffic(imp, nodes, w) => {
                 cpu[2] += took;
@@ -280,10 +313,12 @@ pub fn run(scale: Scale) -> Result<()> {
         if scale.quick { " --quick (about 1/10 scale)" } else { "" }
     );
     let _ = writeln!(out);
-    print_detection(&mut out, &detection_rows(detections));
+    let detection_rows = detection_rows(detections);
+    print_detection(&mut out, &detection_rows);
     print_false_failures(&mut out, &accuracy_cells(accuracy));
     print_traffic(&mut out, &traffic, plan);
     print_speed(&mut out, &speed);
+    print_slow_member(&mut out, &slow, &detection_rows);
 
     let _ = writeln!(out, "Notes");
     let _ = writeln!(out, "  * Checker violations in these runs (the checkers hold every implementation to RainStorm's invariants):");
@@ -313,8 +348,9 @@ pub fn run(scale: Scale) -> Result<()> {
     );
     let _ = writeln!(
         out,
-        "    traffic {:.1} s), part 4 {:.1} s on one thread.",
+        "    traffic {:.1} s, slow member {:.1} s), part 4 {:.1} s on one thread.",
         cpu[2].as_secs_f64(),
+        cpu[3].as_secs_f64(),
         speed.wall.as_secs_f64()
     );
     print!("{out}");
@@ -351,15 +387,17 @@ fn detection_scenario(imp: Impl, seed: u64, crashes: usize) -> Scenario {
 }
 
 fn detection_jobs(runs: usize) -> Vec<Job> {
-    Impl::all()
-        .into_iter()
+    let mut imps = Impl::all();
+    imps.push(Impl::RainStormWithoutLifeguard);
+    imps.into_iter()
         .flat_map(|imp| (0..runs as u64).map(move |i| Job::Detection { imp, seed: 1_000 + i }))
         .collect()
 }
 
 fn detection_rows(reports: Vec<(Impl, Report)>) -> Vec<DetectionRow> {
-    Impl::all()
-        .into_iter()
+    let mut imps = Impl::all();
+    imps.push(Impl::RainStormWithoutLifeguard);
+    imps.into_iter()
         .map(|imp| {
             let mut row = DetectionRow { imp, crashes: 0, samples: Vec::new() };
             for (_, report) in reports.iter().filter(|(i, _)| *i == imp) {
@@ -381,12 +419,12 @@ fn print_detection(out: &mut String, rows: &[DetectionRow]) {
     );
     let _ = writeln!(
         out,
-        "   {:<21} {:>7} | {:^38} | {:^22} | {:^18}",
+        "   {:<26} {:>7} | {:^38} | {:^22} | {:^18}",
         "", "", "first detection (periods)", "every list dropped it (s)", "within bound"
     );
     let _ = writeln!(
         out,
-        "   {:<21} {:>7} | {:>6} {:>6} {:>12} {:>10} | {:>6} {:>6} {:>8} | {:>8} {:>9}",
+        "   {:<26} {:>7} | {:>6} {:>6} {:>12} {:>10} | {:>6} {:>6} {:>8} | {:>8} {:>9}",
         "implementation",
         "crashes",
         "mean",
@@ -401,7 +439,7 @@ fn print_detection(out: &mut String, rows: &[DetectionRow]) {
     );
     let _ = writeln!(
         out,
-        "   {:<21} {:>7} | {:>6} {:>6} {:>12} {:>10} | {:>6} {:>6} {:>8} | {:>8} {:>9}",
+        "   {:<26} {:>7} | {:>6} {:>6} {:>12} {:>10} | {:>6} {:>6} {:>8} | {:>8} {:>9}",
         "", "", "", "", "", "analytic", "", "", "", "<= 5 s", "<= 10 s"
     );
     for row in rows {
@@ -419,7 +457,7 @@ fn print_detection(out: &mut String, rows: &[DetectionRow]) {
         let mean_first = mean(&first);
         let _ = writeln!(
             out,
-            "   {:<21} {:>7} | {:>6} {:>6} {:>12.2} {:>10} | {:>6} {:>6} {:>8} | {:>7.1}% {:>8.1}%",
+            "   {:<26} {:>7} | {:>6} {:>6} {:>12.2} {:>10} | {:>6} {:>6} {:>8} | {:>7.1}% {:>8.1}%",
             row.imp.label(),
             row.samples.len(),
             fmt_opt(mean_first, 2),
@@ -437,7 +475,7 @@ fn print_detection(out: &mut String, rows: &[DetectionRow]) {
         if row.samples.len() != row.crashes || unseen > 0 || unremoved > 0 {
             let _ = writeln!(
                 out,
-                "   {:<21} ({} crashes planned, {} measured; {} never detected, {} still listed somewhere when the slot restarted)",
+                "   {:<26} ({} crashes planned, {} measured; {} never detected, {} still listed somewhere when the slot restarted)",
                 "",
                 row.crashes,
                 row.samples.len(),
@@ -461,6 +499,119 @@ fn print_detection(out: &mut String, rows: &[DetectionRow]) {
     let _ = writeln!(
         out,
         "   and foca probe in shuffled round-robin order. Bounds: first detection <= 5 s, every list <= 10 s (MembershipConfig docs, n = 10)."
+    );
+    let _ = writeln!(out);
+}
+
+// ----- 5. a slow member ----------------------------------------------------------------------
+
+/// Slow-member runs: n = 10, loss 1% and 5%; slot 4 is slow (`Fault::Slow`) from the end of
+/// the warm-up to the end of the run.
+const SLOW_RUN_MS: u64 = 600_000;
+const SLOW_LOSSES_PERMILLE: [u32; 2] = [10, 50];
+const SLOW_WARMUP_MS: u64 = 20_000;
+const SLOW_NODE: usize = 4;
+
+fn slow_member_scenario(imp: Impl, loss_permille: u32, seed: u64, duration_ms: u64) -> Scenario {
+    let name = format!("bench-slow-member-{loss_permille}-{seed}");
+    let mut s = scenario(name, seed, 10, imp, calm_net(loss_permille), duration_ms);
+    let for_ms = duration_ms.saturating_sub(SLOW_WARMUP_MS);
+    s.faults = vec![FaultAt { at_ms: SLOW_WARMUP_MS, fault: Fault::Slow { node: SLOW_NODE, for_ms } }];
+    s
+}
+
+fn slow_member_jobs(hours: f64) -> Vec<Job> {
+    let runs = (hours * HOUR_MS / SLOW_RUN_MS as f64).ceil().max(3.0) as u64;
+    Impl::slow_member_set()
+        .into_iter()
+        .flat_map(|imp| {
+            SLOW_LOSSES_PERMILLE.into_iter().flat_map(move |loss_permille| {
+                (0..runs).map(move |r| Job::SlowMember {
+                    imp,
+                    loss_permille,
+                    seed: 3_000_000 + r,
+                    duration_ms: SLOW_RUN_MS,
+                })
+            })
+        })
+        .collect()
+}
+
+/// A slow-member run's false failures (live ids declared failed by a member's own probe or
+/// timer): (healthy members, the slow member).
+fn slow_run_false_failures(report: &Report) -> (usize, usize) {
+    let slow = report.false_failure_slots.iter().filter(|slot| **slot == SLOW_NODE).count();
+    (report.false_failure_slots.len() - slow, slow)
+}
+
+fn print_slow_member(out: &mut String, runs: &[(Impl, u32, Report)], detection: &[DetectionRow]) {
+    let _ = writeln!(out, "5. A slow member: Lifeguard off and on");
+    let _ = writeln!(
+        out,
+        "   n = 10, loss 1% and 5%, latency 1-10 ms; slot {SLOW_NODE} is slow after {} s (in episodes of 1-5 s every frame it receives is",
+        SLOW_WARMUP_MS / 1000
+    );
+    let _ = writeln!(
+        out,
+        "   handed to it 0.2-2 s late, its timers on time); runs of {} simulated minutes, each with its own seed. False failures: distinct",
+        SLOW_RUN_MS / 60_000
+    );
+    let _ = writeln!(
+        out,
+        "   live ids declared failed by some member's own probe or timer (the slow member or any other): healthy members / the slow member."
+    );
+    let _ = writeln!(out, "   First detection: part 1's crashes.");
+    let _ = writeln!(
+        out,
+        "   {:<27} {:>4} {:>5} {:>7} | {:>13} {:>13} | {:>16} {:>16}",
+        "", "loss", "runs", "hours", "false failures", "per hour:", "first SUS/DEL", "first DEL"
+    );
+    let _ = writeln!(
+        out,
+        "   {:<27} {:>4} {:>5} {:>7} | {:>13} {:>13} | {:>16} {:>16}",
+        "implementation", "", "", "", "healthy / slow", "all / median", "median (s)", "median (s)"
+    );
+    let rows = SLOW_LOSSES_PERMILLE
+        .into_iter()
+        .flat_map(|loss| Impl::slow_member_set().into_iter().map(move |imp| (loss, imp)));
+    for (loss, imp) in rows {
+        let mine: Vec<&Report> =
+            runs.iter().filter(|(i, l, _)| *i == imp && *l == loss).map(|(_, _, r)| r).collect();
+        let hours: f64 = mine.iter().map(|r| r.scenario.duration_ms as f64 / HOUR_MS).sum();
+        let total: usize = mine.iter().map(|r| r.false_failures).sum();
+        let split =
+            mine.iter().map(|r| slow_run_false_failures(r)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        let per_run: Vec<f64> = mine
+            .iter()
+            .map(|r| r.false_failures as f64 / (r.scenario.duration_ms as f64 / HOUR_MS))
+            .collect();
+        let row = detection.iter().find(|r| r.imp == imp);
+        let seen: Vec<f64> = row.map_or_else(Vec::new, |r| {
+            r.samples.iter().filter_map(|s| s.first_seen_ms).map(|ms| ms as f64 / 1000.0).collect()
+        });
+        let failed: Vec<f64> = row.map_or_else(Vec::new, |r| {
+            r.samples.iter().filter_map(|s| s.first_failed_ms).map(|ms| ms as f64 / 1000.0).collect()
+        });
+        let _ = writeln!(
+            out,
+            "   {:<27} {:>4} {:>5} {:>7.1} | {:>13} {:>13} | {:>16} {:>16}",
+            imp.label(),
+            format!("{}%", loss / 10),
+            mine.len(),
+            hours,
+            format!("{} / {}", split.0, split.1),
+            format!(
+                "{:.2} / {}",
+                total as f64 / hours.max(f64::MIN_POSITIVE),
+                fmt_opt(percentile(&per_run, 0.5), 2)
+            ),
+            fmt_opt(percentile(&seen, 0.5), 2),
+            fmt_opt(percentile(&failed, 0.5), 2),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "   Target: Lifeguard on has at least 10x fewer false failures than off, and its first detection is at most 20% slower."
     );
     let _ = writeln!(out);
 }

@@ -20,6 +20,27 @@
 //! A member also probes every other member at least once every 2(n−1) periods on its own, so even
 //! without any gossip each member detects a crash within (2(n−1)+1)·T + suspicion_timeout: the
 //! deterministic bound the simulator's completeness checker uses under heavy faults.
+//!
+//! # Lifeguard (`lifeguard`, on by default)
+//!
+//! Local health awareness (Dadgar et al., 2018, as in HashiCorp memberlist) makes a member that
+//! is itself slow (CPU-starved, paused) less likely to declare live members failed:
+//!
+//! * a local health multiplier (LHM, 0..=`local_health_max`) grows by one when this member's
+//!   probe fails with no ack and no nack (by the nacks missing when helpers were asked) and when
+//!   it has to refute a suspicion of itself, and shrinks by one on each acknowledged probe; its
+//!   probe period and ping timeout are stretched by (LHM + 1);
+//! * a suspicion starts at `suspicion_max_mult` times the suspicion timeout and shrinks toward it
+//!   as distinct members confirm it: after c of k = `suspicion_confirmations` confirmations the
+//!   timeout is max − (max − min)·log(c + 1)/log(k + 1), never below min;
+//! * a helper asked for an indirect probe that gets no ack within its ping timeout sends the
+//!   requester a nack.
+//!
+//! The price: a suspicion nobody confirms waits `suspicion_max_mult` times longer, and a member
+//! whose LHM is high probes more slowly. A crash is normally confirmed by k other members'
+//! probes within the suspicion timeout, so first detection changes little (`rainstorm bench
+//! membership` measures it); the per-member bound above holds for each member with LHM 0 and a
+//! confirmed suspicion, and stretches with the LHM and the missing confirmations otherwise.
 
 use crate::time::Millis;
 use serde::{Deserialize, Serialize};
@@ -58,10 +79,40 @@ pub struct MembershipConfig {
     pub leave_linger: Millis,
     /// The largest datagram sent; piggybacked updates fill what is left.
     pub max_datagram_bytes: usize,
+    /// Lifeguard local health awareness (see the module documentation).
+    #[serde(default = "default_lifeguard")]
+    pub lifeguard: bool,
+    /// Under Lifeguard, the largest local health multiplier (memberlist uses 8): a member's
+    /// probe period and ping timeout grow at most `local_health_max + 1` times.
+    #[serde(default = "default_local_health_max")]
+    pub local_health_max: u32,
+    /// Under Lifeguard, an unconfirmed suspicion waits this many times the suspicion timeout.
+    #[serde(default = "default_suspicion_max_mult")]
+    pub suspicion_max_mult: u32,
+    /// Under Lifeguard, the independent confirmations (distinct accusers besides the first)
+    /// that bring a suspicion's timeout down to the suspicion timeout.
+    #[serde(default = "default_suspicion_confirmations")]
+    pub suspicion_confirmations: u32,
     /// Deliberate bugs for proving the simulator's checkers (compiled only for that purpose).
     #[cfg(feature = "planted-bugs")]
     #[serde(default)]
     pub planted: Option<PlantedBug>,
+}
+
+fn default_lifeguard() -> bool {
+    true
+}
+
+fn default_local_health_max() -> u32 {
+    8
+}
+
+fn default_suspicion_max_mult() -> u32 {
+    6
+}
+
+fn default_suspicion_confirmations() -> u32 {
+    2
 }
 
 impl Default for MembershipConfig {
@@ -87,6 +138,10 @@ impl MembershipConfig {
             tombstone_ttl: Millis::from_secs(600),
             leave_linger: Millis(2000),
             max_datagram_bytes: crate::wire::MAX_DATAGRAM_BYTES,
+            lifeguard: default_lifeguard(),
+            local_health_max: default_local_health_max(),
+            suspicion_max_mult: default_suspicion_max_mult(),
+            suspicion_confirmations: default_suspicion_confirmations(),
             #[cfg(feature = "planted-bugs")]
             planted: None,
         }
@@ -126,6 +181,18 @@ impl MembershipConfig {
         if self.join_attempts == 0 {
             return Err("join_attempts must be at least 1".into());
         }
+        if self.local_health_max > 64 {
+            return Err(format!("local_health_max ({}) must be at most 64", self.local_health_max));
+        }
+        if self.suspicion_max_mult == 0 || self.suspicion_max_mult > 64 {
+            return Err(format!("suspicion_max_mult ({}) must be between 1 and 64", self.suspicion_max_mult));
+        }
+        if self.suspicion_confirmations > 64 {
+            return Err(format!(
+                "suspicion_confirmations ({}) must be at most 64",
+                self.suspicion_confirmations
+            ));
+        }
         if self.max_datagram_bytes < 256 || self.max_datagram_bytes > 65_000 {
             return Err(format!(
                 "max_datagram_bytes ({}) must be between 256 and 65000",
@@ -148,11 +215,67 @@ impl MembershipConfig {
         Millis(self.suspicion_timeout.0 * log2.max(4) / 4)
     }
 
+    /// Under Lifeguard, the timeout of a suspicion in a group of `members` members after
+    /// `confirmations` independent confirmations: from `suspicion_max_mult` times
+    /// [`MembershipConfig::suspicion_timeout_for`] (none) down to it (`expected` or more), on a
+    /// logarithmic curve (memberlist's `remainingSuspicionTime`). With no confirmation to expect
+    /// (`expected` 0, a group too small to give any) it is the minimum from the start.
+    pub fn lifeguard_suspicion_timeout(&self, members: usize, confirmations: u32, expected: u32) -> Millis {
+        let min = self.suspicion_timeout_for(members);
+        let max = Millis(min.0 * self.suspicion_max_mult.max(1) as u64);
+        if expected == 0 || confirmations >= expected {
+            return min;
+        }
+        let frac = ((confirmations as f64) + 1.0).ln() / ((expected as f64) + 1.0).ln();
+        let raw = max.0 as f64 - frac * (max.0 - min.0) as f64;
+        let timeout = Millis((raw.floor() as u64).clamp(min.0, max.0));
+        debug_assert!(min <= timeout && timeout <= max, "a suspicion timeout stays within [min, max]");
+        timeout
+    }
+
+    /// The longest a suspicion can wait in a group of `members` members: under Lifeguard an
+    /// unconfirmed one, `suspicion_max_mult` times the suspicion timeout.
+    pub fn suspicion_timeout_max_for(&self, members: usize) -> Millis {
+        let min = self.suspicion_timeout_for(members);
+        if self.lifeguard {
+            Millis(min.0 * self.suspicion_max_mult.max(1) as u64)
+        } else {
+            min
+        }
+    }
+
+    /// Under Lifeguard, the confirmations to expect for a suspicion in a group of `members`
+    /// members: none if the group cannot give them (the accuser and the accused do not count).
+    pub fn expected_confirmations(&self, members: usize) -> u32 {
+        let others = members.saturating_sub(2);
+        if others < self.suspicion_confirmations as usize {
+            0
+        } else {
+            self.suspicion_confirmations
+        }
+    }
+
     /// The per-member deterministic detection bound for a group of at most `members` members:
     /// each member probes every other at least once per 2(n−1) periods.
     pub fn own_probe_detection_bound(&self, members: usize) -> Millis {
         let periods = 2 * members.saturating_sub(1) as u64 + 2;
         Millis(periods * self.protocol_period.0 + self.suspicion_timeout_for(members).0)
+    }
+
+    /// [`MembershipConfig::own_probe_detection_bound`] for a member that nobody helps, under
+    /// Lifeguard: its lone suspicion waits the longest timeout (no confirmation), and its probe
+    /// periods are stretched while its local health recovers from the maximum, one step per
+    /// acknowledged probe: at most max·(max + 1)/2 extra periods.
+    pub fn unconfirmed_detection_bound(&self, members: usize) -> Millis {
+        let bound = self.own_probe_detection_bound(members);
+        if !self.lifeguard {
+            return bound;
+        }
+        let min = self.suspicion_timeout_for(members).0;
+        let max = self.suspicion_timeout_max_for(members).0;
+        let lhm = self.local_health_max as u64;
+        let recovery = lhm * (lhm + 1) / 2 * self.protocol_period.0;
+        Millis(bound.0 + (max - min) + recovery)
     }
 
     #[cfg(feature = "planted-bugs")]
@@ -199,10 +322,14 @@ pub enum PlantedBug {
     /// so a member that only one peer cannot reach is suspected by it again and again
     /// (accuracy, where every helper still reaches both).
     NoIndirectProbes,
+    /// Lifeguard's local health multiplier never grows, so a slow member keeps probing at full
+    /// rate and judging others by acks it handles late (the unit test
+    /// `probe_gaps_when_nothing_answers`: the probe period never stretches).
+    LocalHealthNeverGrows,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 10] = [
+    pub const ALL: [PlantedBug; 11] = [
         PlantedBug::SuspicionNeverFires,
         PlantedBug::DelNotDisseminated,
         PlantedBug::SuspicionWithoutTimeout,
@@ -213,6 +340,7 @@ impl PlantedBug {
         PlantedBug::ReplayLanesShareAWindow,
         PlantedBug::JoinTimeTrustsTheClock,
         PlantedBug::NoIndirectProbes,
+        PlantedBug::LocalHealthNeverGrows,
     ];
 
     pub fn name(self) -> &'static str {
@@ -227,6 +355,7 @@ impl PlantedBug {
             PlantedBug::ReplayLanesShareAWindow => "replay-lanes-share-a-window",
             PlantedBug::JoinTimeTrustsTheClock => "join-time-trusts-the-clock",
             PlantedBug::NoIndirectProbes => "no-indirect-probes",
+            PlantedBug::LocalHealthNeverGrows => "local-health-never-grows",
         }
     }
 
@@ -249,6 +378,23 @@ mod tests {
         assert_eq!(c.retransmit_limit(1000), 30);
         assert_eq!(c.suspicion_timeout_for(10), c.suspicion_timeout);
         assert_eq!(c.suspicion_timeout_for(64), Millis(c.suspicion_timeout.0 * 7 / 4));
+    }
+
+    #[test]
+    fn lifeguard_suspicion_timeouts_shrink_from_max_to_min_with_confirmations() {
+        let c = MembershipConfig::lan();
+        let min = c.suspicion_timeout_for(10);
+        let max = Millis(min.0 * 6);
+        assert_eq!(c.expected_confirmations(10), 2);
+        assert_eq!(c.expected_confirmations(3), 0, "a group of three cannot confirm twice");
+        assert_eq!(c.lifeguard_suspicion_timeout(10, 0, 2), max);
+        let one = c.lifeguard_suspicion_timeout(10, 1, 2);
+        assert!(min < one && one < max, "{one}");
+        // 18 s − 15 s · ln 2 / ln 3 = 8.536 s (memberlist's formula).
+        assert_eq!(one, Millis(8536));
+        assert_eq!(c.lifeguard_suspicion_timeout(10, 2, 2), min);
+        assert_eq!(c.lifeguard_suspicion_timeout(10, 5, 2), min);
+        assert_eq!(c.lifeguard_suspicion_timeout(3, 0, 0), c.suspicion_timeout_for(3));
     }
 
     #[test]

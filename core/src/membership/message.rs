@@ -1,7 +1,8 @@
 //! Membership messages and the updates they piggyback.
 //!
-//! Datagrams (UDP): `Ping`, `Ack`, `PingReq`, `Gossip`. Stream (TCP request/response): `JoinRequest`
-//! and `JoinReply`. Every datagram piggybacks as many [`Update`]s as fit in the datagram limit.
+//! Datagrams (UDP): `Ping`, `Ack`, `Nack`, `PingReq`, `Gossip`, `SyncDigest`. Stream (TCP
+//! request/response): `Sync`, `JoinRequest` and `JoinReply`. Every datagram piggybacks as many
+//! [`Update`]s as fit in the datagram limit.
 
 use crate::id::{Incarnation, MemberId};
 use serde::{Deserialize, Serialize};
@@ -34,8 +35,10 @@ impl ModeStamp {
 pub enum Update {
     /// `NEW` (incarnation 0) or a refutation (`ALIVE` with a higher incarnation).
     Alive { member: MemberId, incarnation: Incarnation },
-    /// `SUS`: some member failed to get an ack from `member` at this incarnation.
-    Suspect { member: MemberId, incarnation: Incarnation },
+    /// `SUS`: `accuser` failed to get an ack from `member` at this incarnation. Under Lifeguard
+    /// each distinct accuser of one suspicion is an independent confirmation, which shortens
+    /// its timeout.
+    Suspect { member: MemberId, incarnation: Incarnation, accuser: MemberId },
     /// `DEL`: `member` is declared failed. Overrides any incarnation.
     Failed { member: MemberId },
     /// `member` left voluntarily.
@@ -95,7 +98,10 @@ pub enum MembershipMsg {
         seq: ProbeSeq,
         updates: Vec<Update>,
     },
-    /// Ask the receiver to probe `target` and relay the ack under `seq`.
+    /// Ask the receiver to probe `target` and relay the ack under `seq` (or a [`Nack`] if the
+    /// target stays silent).
+    ///
+    /// [`Nack`]: MembershipMsg::Nack
     PingReq {
         seq: ProbeSeq,
         target: MemberId,
@@ -127,6 +133,12 @@ pub enum MembershipMsg {
     JoinReply {
         nonce: u64,
         result: Result<JoinAccept, JoinRefusal>,
+    },
+    /// A helper's answer to a ping-req whose target has not acked within the helper's ping
+    /// timeout: the helper itself is reachable, so the requester's missing ack says more about
+    /// the target than about the requester (Lifeguard's local health).
+    Nack {
+        seq: ProbeSeq,
     },
 }
 

@@ -9,6 +9,13 @@
 //! within `ping_timeout`, PING-REQ through k others; if still none by the next tick, the target
 //! is suspected (PingAck+S) or declared failed (PingAck). The accusation is also sent to the
 //! accused, which refutes with a higher incarnation.
+//!
+//! Lifeguard (`MembershipConfig::lifeguard`): a local health multiplier (LHM) stretches this
+//! node's probe period and ping timeout when its own probes fail without nacks or it has to
+//! refute; a helper nacks a ping-req whose target stays silent; a suspicion's timeout starts at
+//! its maximum and shrinks as distinct accusers confirm it. Invariants: the LHM stays within
+//! `0..=local_health_max`; a suspicion's deadline stays within `[min, max]` of its start and only
+//! moves earlier; a suspicion counts each accuser once and at most the expected confirmations.
 
 use super::config::{MembershipConfig, PlantedBug};
 use super::gossip::Gossip;
@@ -159,6 +166,11 @@ pub struct MembershipStats {
     pub failures_declared: u64,
     pub stale_messages: u64,
     pub relays_dropped: u64,
+    /// Nacks sent as a helper whose target stayed silent, and received as a prober.
+    pub nacks_sent: u64,
+    pub nacks_received: u64,
+    /// Suspicions shortened by an independent confirmation (Lifeguard).
+    pub suspicion_confirmations: u64,
     /// Round trips of direct probes that were acknowledged (ping to ack).
     pub probe_rtt: LatencyHistogram,
 }
@@ -175,6 +187,26 @@ struct Probe {
     target: MemberId,
     acked: bool,
     sent: Time,
+}
+
+/// Lifeguard's state of one suspicion: when it started, who accused, and when it runs out.
+#[derive(Clone, Debug)]
+struct Suspicion {
+    incarnation: Incarnation,
+    start: Time,
+    /// Distinct accusers, the first one included; at most `expected + 1`.
+    accusers: Vec<MemberId>,
+    expected: u32,
+    min: Millis,
+    max: Millis,
+    deadline: Time,
+}
+
+impl Suspicion {
+    /// Independent confirmations so far (accusers after the first).
+    fn confirmations(&self) -> u32 {
+        self.accusers.len().saturating_sub(1) as u32
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -197,6 +229,10 @@ enum Timer {
         incarnation: Incarnation,
     },
     RelayExpiry {
+        seq: ProbeSeq,
+    },
+    /// A relayed probe had its helper's ping timeout: nack the requester if still unanswered.
+    RelayNack {
         seq: ProbeSeq,
     },
     JoinRetry {
@@ -228,6 +264,14 @@ pub struct Membership {
     probe_cursor: usize,
     probe: Option<Probe>,
     relays: BTreeMap<ProbeSeq, Relay>,
+    /// Helpers asked to probe the current probe's target indirectly, and those of them that
+    /// nacked (each counted once): Lifeguard expects a nack or an ack from each.
+    probe_helpers: Vec<MemberId>,
+    probe_nackers: Vec<MemberId>,
+    /// Lifeguard's local health multiplier, `0..=local_health_max`.
+    local_health: u32,
+    /// Lifeguard's suspicions, one per suspected member (only of listed suspected members).
+    suspicions: BTreeMap<MemberId, Suspicion>,
     next_seq: u64,
     next_nonce: u64,
     announce_nonce: Option<u64>,
@@ -273,6 +317,10 @@ impl Membership {
             probe_cursor: 0,
             probe: None,
             relays: BTreeMap::new(),
+            probe_helpers: Vec::new(),
+            probe_nackers: Vec::new(),
+            local_health: 0,
+            suspicions: BTreeMap::new(),
             next_seq,
             next_nonce: 1,
             announce_nonce: None,
@@ -329,6 +377,11 @@ impl Membership {
         self.stats
     }
 
+    /// Lifeguard's local health multiplier (0 is healthy; always 0 without Lifeguard).
+    pub fn local_health(&self) -> u32 {
+        self.local_health
+    }
+
     /// Other members, in id order.
     pub fn members(&self) -> impl Iterator<Item = MemberView> + '_ {
         self.members.iter().map(|(id, m)| MemberView {
@@ -351,13 +404,14 @@ impl Membership {
     }
 
     /// Sizes of every internal queue, for the simulator's boundedness checker.
-    pub fn queue_lengths(&self) -> [(&'static str, usize); 6] {
+    pub fn queue_lengths(&self) -> [(&'static str, usize); 7] {
         [
             ("members", self.members.len()),
             ("tombstones", self.tombstones.len()),
             ("gossip", self.gossip.len()),
             ("probe_order", self.probe_order.len()),
             ("relays", self.relays.len()),
+            ("suspicions", self.suspicions.len()),
             ("timers", self.timers.len()),
         ]
     }
@@ -448,6 +502,7 @@ impl Membership {
                 self.apply_from(now, from, updates);
             }
             MembershipMsg::Gossip { updates } => self.apply_from(now, from, updates),
+            MembershipMsg::Nack { seq } => self.on_nack(from, seq),
             MembershipMsg::SyncDigest { digest } => {
                 let joined = self.phase == Phase::Joined;
                 if joined && !self.is_tombstoned(&from, now) && digest != self.view_digest() {
@@ -535,7 +590,23 @@ impl Membership {
         let seq = self.next_probe_seq();
         self.relays.insert(seq, Relay { origin: from.addr, origin_seq });
         self.timers.schedule(now + self.cfg.protocol_period, Timer::RelayExpiry { seq });
+        if self.cfg.lifeguard {
+            // memberlist nacks after the helper's own probe timeout; the requester waits for
+            // the rest of its period, so the nack arrives while it still counts.
+            self.timers.schedule(now + self.cfg.ping_timeout, Timer::RelayNack { seq });
+        }
         self.send_ping(seq, target);
+    }
+
+    /// A helper says the target of our probe `seq` did not answer it in time.
+    fn on_nack(&mut self, from: MemberId, seq: ProbeSeq) {
+        let Some(probe) = self.probe else { return };
+        if probe.seq != seq || !self.probe_helpers.contains(&from) || self.probe_nackers.contains(&from) {
+            return;
+        }
+        self.probe_nackers.push(from);
+        self.stats.nacks_received += 1;
+        debug_assert!(self.probe_nackers.len() <= self.probe_helpers.len(), "one nack per helper");
     }
 
     /// Fresh joins and announcements are admitted alike; only the joiner's phase differs.
@@ -703,12 +774,24 @@ impl Membership {
                 let still_suspect = self.members.get(&member).is_some_and(|m| {
                     m.incarnation == incarnation && matches!(m.status, MemberStatus::Suspect { .. })
                 });
-                if still_suspect && !self.cfg.plants(PlantedBug::SuspicionNeverFires) {
+                // Under Lifeguard a confirmation may have brought the deadline earlier (a new
+                // timer); the first timer then finds the member gone or its deadline passed.
+                let due = self
+                    .suspicions
+                    .get(&member)
+                    .is_none_or(|s| s.incarnation != incarnation || s.deadline <= now);
+                if still_suspect && due && !self.cfg.plants(PlantedBug::SuspicionNeverFires) {
                     self.declare_failed(now, member, FailureCause::SuspicionTimeout);
                 }
             }
             Timer::RelayExpiry { seq } => {
                 self.relays.remove(&seq);
+            }
+            Timer::RelayNack { seq } => {
+                if let Some(relay) = self.relays.get(&seq).copied() {
+                    self.stats.nacks_sent += 1;
+                    self.send_datagram(relay.origin, MembershipMsg::Nack { seq: relay.origin_seq });
+                }
             }
             Timer::JoinRetry { nonce } => self.on_join_retry(now, nonce),
             Timer::AnnounceToIntroducer => {
@@ -743,22 +826,53 @@ impl Membership {
     }
 
     fn on_probe_tick(&mut self, now: Time) {
-        self.timers.schedule(now + self.cfg.protocol_period, Timer::ProbeTick);
+        if let Some(probe) = self.probe.take() {
+            if probe.acked {
+                self.adjust_local_health(-1);
+            } else if self.members.contains_key(&probe.target) {
+                // Lifeguard: with helpers asked, each missing nack is a sign that this node,
+                // not the target, is the slow one; with none to ask, the failure itself is.
+                let missing = self.probe_helpers.len() - self.probe_nackers.len();
+                let delta = if self.probe_helpers.is_empty() { 1 } else { missing as i64 };
+                self.adjust_local_health(delta);
+                if self.phase == Phase::Joined {
+                    self.on_probe_failed(now, probe.target);
+                }
+            }
+        }
+        // The LHM stretches this node's own probing (Lifeguard), not its answers to others.
+        let period = self.scaled(self.cfg.protocol_period);
+        self.timers.schedule(now + period, Timer::ProbeTick);
         if self.phase != Phase::Joined {
             return;
-        }
-        if let Some(probe) = self.probe.take() {
-            if !probe.acked && self.members.contains_key(&probe.target) {
-                self.on_probe_failed(now, probe.target);
-            }
         }
         let Some(target) = self.next_probe_target() else {
             return;
         };
         let seq = self.next_probe_seq();
         self.probe = Some(Probe { seq, target, acked: false, sent: now });
-        self.timers.schedule(now + self.cfg.ping_timeout, Timer::DirectTimeout { seq });
+        self.probe_helpers.clear();
+        self.probe_nackers.clear();
+        let ping_timeout = self.scaled(self.cfg.ping_timeout);
+        debug_assert!(ping_timeout < period, "the ping timeout scales with the period");
+        self.timers.schedule(now + ping_timeout, Timer::DirectTimeout { seq });
         self.send_ping(seq, target);
+    }
+
+    /// `d` stretched by the local health multiplier: (LHM + 1)·d.
+    fn scaled(&self, d: Millis) -> Millis {
+        debug_assert!(self.local_health <= self.cfg.local_health_max, "the LHM stays within its bound");
+        Millis(d.0 * (self.local_health as u64 + 1))
+    }
+
+    /// Moves Lifeguard's local health multiplier by `delta`, within `0..=local_health_max`.
+    fn adjust_local_health(&mut self, delta: i64) {
+        if !self.cfg.lifeguard || (delta > 0 && self.cfg.plants(PlantedBug::LocalHealthNeverGrows)) {
+            return;
+        }
+        let max = self.cfg.local_health_max as i64;
+        self.local_health = (self.local_health as i64 + delta).clamp(0, max) as u32;
+        debug_assert!(self.local_health <= self.cfg.local_health_max, "the LHM stays within its bound");
     }
 
     fn on_direct_timeout(&mut self, seq: ProbeSeq) {
@@ -770,6 +884,7 @@ impl Membership {
             self.members.keys().copied().filter(|id| *id != probe.target).collect();
         helpers.shuffle(&mut self.rng);
         helpers.truncate(self.cfg.indirect_probes);
+        self.probe_helpers.clone_from(&helpers);
         for helper in helpers {
             self.stats.ping_reqs_sent += 1;
             let bare = MembershipMsg::PingReq { seq, target: probe.target, updates: Vec::new() };
@@ -784,11 +899,18 @@ impl Membership {
             self.declare_failed(now, target, FailureCause::NoAck);
             return;
         }
-        if member.status == MemberStatus::Alive {
-            let accusation = Update::Suspect { member: target, incarnation: member.incarnation };
-            self.apply(now, accusation.clone());
-            // Tell the accused at once, so it can refute before the timeout.
-            self.send_datagram(target.addr, MembershipMsg::Gossip { updates: vec![accusation] });
+        let accusation =
+            Update::Suspect { member: target, incarnation: member.incarnation, accuser: self.me };
+        match member.status {
+            MemberStatus::Alive => {
+                self.apply(now, accusation.clone());
+                // Tell the accused at once, so it can refute before the timeout.
+                self.send_datagram(target.addr, MembershipMsg::Gossip { updates: vec![accusation] });
+            }
+            // Under Lifeguard this node's own failed probe of a suspected member is an
+            // independent confirmation, for itself and, gossiped, for the others.
+            MemberStatus::Suspect { .. } if self.cfg.lifeguard => self.apply(now, accusation),
+            MemberStatus::Suspect { .. } => {}
         }
     }
 
@@ -851,7 +973,9 @@ impl Membership {
     fn apply(&mut self, now: Time, update: Update) {
         match update {
             Update::Alive { member, incarnation } => self.apply_alive(now, member, incarnation),
-            Update::Suspect { member, incarnation } => self.apply_suspect(now, member, incarnation),
+            Update::Suspect { member, incarnation, accuser } => {
+                self.apply_suspect(now, member, incarnation, accuser)
+            }
             Update::Failed { member } => {
                 if member == self.me {
                     if self.phase == Phase::Joined {
@@ -900,6 +1024,7 @@ impl Membership {
                     let was_suspect = matches!(known.status, MemberStatus::Suspect { .. });
                     known.incarnation = incarnation;
                     known.status = MemberStatus::Alive;
+                    self.suspicions.remove(&member);
                     if was_suspect {
                         self.events.push_back(MembershipEvent::MemberAlive { member, incarnation });
                     }
@@ -927,12 +1052,14 @@ impl Membership {
         }
     }
 
-    fn apply_suspect(&mut self, now: Time, member: MemberId, incarnation: Incarnation) {
+    fn apply_suspect(&mut self, now: Time, member: MemberId, incarnation: Incarnation, accuser: MemberId) {
         if member == self.me {
             if incarnation >= self.incarnation && self.phase == Phase::Joined {
                 if !self.cfg.plants(PlantedBug::RefutationKeepsIncarnation) {
                     self.incarnation = incarnation.next();
                 }
+                // Lifeguard: being suspected is a sign this node is slow to answer.
+                self.adjust_local_health(1);
                 self.stats.refutations += 1;
                 self.events.push_back(MembershipEvent::SelfRefuted { incarnation: self.incarnation });
                 let refutation = Update::Alive { member: self.me, incarnation: self.incarnation };
@@ -953,19 +1080,78 @@ impl Membership {
         let news = incarnation > known.incarnation
             || (incarnation == known.incarnation && known.status == MemberStatus::Alive);
         if !news {
+            if incarnation == known.incarnation && self.cfg.lifeguard {
+                self.confirm_suspicion(now, member, incarnation, accuser);
+            }
             return;
         }
         known.incarnation = incarnation;
         known.status = MemberStatus::Suspect { since: now };
         self.stats.suspicions_raised += 1;
         self.events.push_back(MembershipEvent::MemberSuspected { member, incarnation });
-        self.disseminate(Update::Suspect { member, incarnation });
+        self.disseminate(Update::Suspect { member, incarnation, accuser });
         if self.cfg.plants(PlantedBug::SuspicionWithoutTimeout) {
             self.declare_failed(now, member, FailureCause::SuspicionTimeout);
             return;
         }
-        let timeout = self.cfg.suspicion_timeout_for(self.members.len() + 1);
+        let members = self.members.len() + 1;
+        let timeout = if self.cfg.lifeguard {
+            // Lifeguard: start long; independent confirmations bring the deadline in.
+            let expected = self.cfg.expected_confirmations(members);
+            let min = self.cfg.suspicion_timeout_for(members);
+            let max = self.cfg.lifeguard_suspicion_timeout(members, 0, expected);
+            let suspicion = Suspicion {
+                incarnation,
+                start: now,
+                accusers: vec![accuser],
+                expected,
+                min,
+                max,
+                deadline: now + max,
+            };
+            self.suspicions.insert(member, suspicion);
+            max
+        } else {
+            self.cfg.suspicion_timeout_for(members)
+        };
         self.timers.schedule(now + timeout, Timer::SuspicionTimeout { member, incarnation });
+    }
+
+    /// Lifeguard: `accuser` also suspects `member` at the incarnation it is suspected at. A new
+    /// accuser, while confirmations are still expected, brings the deadline in and is passed on
+    /// (so that the others count it too).
+    fn confirm_suspicion(
+        &mut self,
+        now: Time,
+        member: MemberId,
+        incarnation: Incarnation,
+        accuser: MemberId,
+    ) {
+        let members = self.members.len() + 1;
+        let Some(suspicion) = self.suspicions.get_mut(&member) else { return };
+        if suspicion.incarnation != incarnation
+            || suspicion.confirmations() >= suspicion.expected
+            || suspicion.accusers.contains(&accuser)
+        {
+            return;
+        }
+        suspicion.accusers.push(accuser);
+        let timeout =
+            self.cfg.lifeguard_suspicion_timeout(members, suspicion.confirmations(), suspicion.expected);
+        let deadline =
+            (suspicion.start + timeout.clamp(suspicion.min, suspicion.max)).min(suspicion.deadline);
+        debug_assert!(
+            suspicion.confirmations() <= suspicion.expected,
+            "confirmations stop at the expected count"
+        );
+        debug_assert!(
+            suspicion.start + suspicion.min <= deadline && deadline <= suspicion.start + suspicion.max,
+            "a suspicion's deadline stays within [min, max] of its start"
+        );
+        suspicion.deadline = deadline;
+        self.stats.suspicion_confirmations += 1;
+        self.disseminate(Update::Suspect { member, incarnation, accuser });
+        self.timers.schedule(deadline.max(now), Timer::SuspicionTimeout { member, incarnation });
     }
 
     /// Adds a member not seen before; returns false if a newer process holds its address.
@@ -999,6 +1185,7 @@ impl Membership {
 
     fn remove_member(&mut self, now: Time, member: MemberId) {
         self.members.remove(&member);
+        self.suspicions.remove(&member);
         if self.by_addr.get(&member.addr) == Some(&member) {
             self.by_addr.remove(&member.addr);
         }
@@ -1056,6 +1243,7 @@ impl Membership {
     /// it is rejoining.
     fn forget_members(&mut self) {
         self.members.clear();
+        self.suspicions.clear();
         self.by_addr.clear();
         self.tombstones.clear();
         self.probe_order.clear();
@@ -1260,7 +1448,7 @@ mod tests {
         let x = MemberId::new(addr(2), 5);
         admit(&mut m, x);
         drain(&mut m);
-        m.apply(Time(20), Update::Suspect { member: x, incarnation: Incarnation(1) });
+        m.apply(Time(20), Update::Suspect { member: x, incarnation: Incarnation(1), accuser: x });
         m.apply(Time(21), Update::Alive { member: x, incarnation: Incarnation(1) });
         assert!(matches!(m.members[&x].status, MemberStatus::Suspect { .. }), "equal incarnation loses");
         m.apply(Time(22), Update::Alive { member: x, incarnation: Incarnation(0) });
@@ -1279,7 +1467,7 @@ mod tests {
         }
         drain(&mut m);
         let me = m.me();
-        m.apply(Time(5), Update::Suspect { member: me, incarnation: Incarnation(0) });
+        m.apply(Time(5), Update::Suspect { member: me, incarnation: Incarnation(0), accuser: me });
         assert_eq!(m.incarnation(), Incarnation(1));
         let (out, events) = drain(&mut m);
         assert!(events.contains(&MembershipEvent::SelfRefuted { incarnation: Incarnation(1) }));
@@ -1291,7 +1479,7 @@ mod tests {
             .count();
         assert_eq!(pushed, peers.len().min(2 * m.config().indirect_probes));
         // A stale accusation (older incarnation) is ignored.
-        m.apply(Time(6), Update::Suspect { member: me, incarnation: Incarnation(0) });
+        m.apply(Time(6), Update::Suspect { member: me, incarnation: Incarnation(0), accuser: me });
         assert_eq!(m.incarnation(), Incarnation(1));
         assert!(drain(&mut m).1.is_empty());
     }
@@ -1314,7 +1502,7 @@ mod tests {
         };
         // The accuser of a fresh suspicion hears the refutation, whichever members it is pushed to.
         let accuser = peers[9];
-        let stale = vec![Update::Suspect { member: me, incarnation: Incarnation(0) }];
+        let stale = vec![Update::Suspect { member: me, incarnation: Incarnation(0), accuser: me }];
         m.handle_message(Time(5), accuser, MembershipMsg::Gossip { updates: stale.clone() });
         assert_eq!(m.incarnation(), Incarnation(1));
         assert!(told(&drain(&mut m).0, accuser));
@@ -1347,6 +1535,82 @@ mod tests {
         let older = MemberId::new(addr(2), 40);
         m.apply(Time(33), Update::Alive { member: older, incarnation: Incarnation(0) });
         assert!(!m.contains(&older), "an older process at a held address is stale");
+    }
+
+    /// Runs probe periods on an introducer with `peers` members that never answer, helpers
+    /// that never nack, and returns the gaps between its probe ticks.
+    pub(crate) fn probe_gaps_when_nothing_answers(cfg: MembershipConfig, periods: usize) -> Vec<Millis> {
+        let mut m = Membership::new(cfg, Role::Introducer, addr(1), addr(1), Time(0), 7, 40);
+        for port in 2..8 {
+            admit(&mut m, MemberId::new(addr(port), port as u64));
+        }
+        drain(&mut m);
+        let mut ticks = Vec::new();
+        while ticks.len() < periods {
+            let Some(at) = m.poll_timeout().filter(|at| *at < Time(600_000)) else { break };
+            let pings_before = m.stats().pings_sent;
+            m.handle_timeout(at);
+            drain(&mut m);
+            if m.stats().pings_sent > pings_before {
+                ticks.push(at);
+            }
+        }
+        ticks.windows(2).map(|w| w[1].since(w[0])).collect()
+    }
+
+    #[test]
+    fn unanswered_probes_raise_local_health_and_stretch_the_probe_period() {
+        let cfg = MembershipConfig { suspicion_at_start: true, ..MembershipConfig::lan() };
+        let gaps = probe_gaps_when_nothing_answers(cfg.clone(), 12);
+        let period = cfg.protocol_period;
+        assert_eq!(gaps[0], period, "a healthy node probes once per period");
+        let longest = *gaps.iter().max().expect("gaps");
+        assert_eq!(
+            longest,
+            period * (cfg.local_health_max as u64 + 1),
+            "the LHM reaches its bound: {gaps:?}"
+        );
+        let off = probe_gaps_when_nothing_answers(MembershipConfig { lifeguard: false, ..cfg }, 12);
+        assert!(off.iter().all(|g| *g == period), "without Lifeguard the period never stretches: {off:?}");
+    }
+
+    #[test]
+    fn a_helper_nacks_a_silent_target_and_confirmations_shorten_a_suspicion() {
+        let mut m = introducer();
+        let peers: Vec<MemberId> = (2..8).map(|p| MemberId::new(addr(p), p as u64)).collect();
+        for &p in &peers {
+            admit(&mut m, p);
+        }
+        drain(&mut m);
+        // A ping-req for a silent target: a nack to the requester after the ping timeout.
+        m.handle_message(
+            Time(100),
+            peers[0],
+            MembershipMsg::PingReq { seq: ProbeSeq(42), target: peers[1], updates: vec![] },
+        );
+        drain(&mut m);
+        m.handle_timeout(Time(100) + m.config().ping_timeout);
+        let (out, _) = drain(&mut m);
+        assert!(out
+            .iter()
+            .any(|o| o.to == peers[0].addr && o.msg == MembershipMsg::Nack { seq: ProbeSeq(42) }));
+        // One accuser: the longest timeout; a second distinct accuser brings it in; the same
+        // accuser again counts nothing.
+        let x = peers[2];
+        let suspect = |accuser| Update::Suspect { member: x, incarnation: Incarnation(0), accuser };
+        m.apply(Time(1000), suspect(peers[3]));
+        let s = &m.suspicions[&x];
+        assert_eq!(s.deadline, Time(1000) + s.max);
+        m.apply(Time(2000), suspect(peers[3]));
+        assert_eq!(m.suspicions[&x].confirmations(), 0);
+        m.apply(Time(2000), suspect(peers[4]));
+        let s = &m.suspicions[&x];
+        assert_eq!(s.confirmations(), 1);
+        assert!(s.deadline < Time(1000) + s.max && s.deadline > Time(1000) + s.min);
+        m.apply(Time(2500), suspect(peers[5]));
+        assert_eq!(m.suspicions[&x].deadline, Time(1000) + m.suspicions[&x].min);
+        m.handle_timeout(Time(1000) + m.suspicions[&x].min);
+        assert!(!m.contains(&x), "declared failed at the shortened deadline");
     }
 
     #[test]
