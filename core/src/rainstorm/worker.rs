@@ -291,10 +291,17 @@ impl Worker {
         }
     }
 
-    /// Drops every task of `job` (its leader is gone). Whether there was any.
+    /// Drops every task of `job` (its leader left or was declared failed). Whether there was
+    /// any. The attempts placed so far never run here again; a later one may: this node may
+    /// have declared the leader failed falsely (a partition), and a leader that goes on starts a
+    /// new attempt for every worker it loses, this node's own earlier id among them.
     pub(super) fn abandon(&mut self, job: JobId) -> bool {
-        self.stopped.insert(job, None);
-        self.forget(|j, _, _| j == job) > 0
+        let Some(last) = self.hosted().filter(|(j, _, _)| *j == job).map(|(_, _, a)| a).max() else {
+            return false;
+        };
+        self.stop(job, Some(last.saturating_add(1)));
+        debug_assert!(!self.runs(job), "an abandoned job keeps no task here");
+        true
     }
 
     /// The leader of `job`, if a task of it runs here.
