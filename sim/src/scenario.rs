@@ -917,24 +917,37 @@ pub fn scenario_strategy() -> impl Strategy<Value = Scenario> {
         })
 }
 
+impl Fault {
+    /// The one slot a single-node fault acts on (`None` for partitions, cuts and cluster-wide
+    /// faults, and for faults that pick their slot when they happen).
+    pub(crate) fn node(&self) -> Option<Slot> {
+        match self {
+            Fault::Crash { node }
+            | Fault::Restart { node }
+            | Fault::Pause { node, .. }
+            | Fault::Slow { node, .. }
+            | Fault::Leave { node }
+            | Fault::Join { node }
+            | Fault::SetSuspicion { node, .. }
+            | Fault::Corrupt { node }
+            | Fault::ClockJump { node, .. } => Some(*node),
+            Fault::Partition { .. }
+            | Fault::OneWay { .. }
+            | Fault::Heal
+            | Fault::SetLoss { .. }
+            | Fault::CrashTaskHost { .. }
+            | Fault::RestartCrashed { .. } => None,
+        }
+    }
+}
+
 /// Whether every slot `f` names exists in a cluster of `nodes`.
 pub(crate) fn fault_fits(f: &Fault, nodes: usize) -> bool {
     let ok = |n: &Slot| *n < nodes;
     match f {
-        Fault::Crash { node }
-        | Fault::Restart { node }
-        | Fault::Pause { node, .. }
-        | Fault::Slow { node, .. }
-        | Fault::Leave { node }
-        | Fault::Join { node }
-        | Fault::SetSuspicion { node, .. }
-        | Fault::Corrupt { node }
-        | Fault::ClockJump { node, .. } => ok(node),
         Fault::Partition { side } => side.iter().all(ok),
         Fault::OneWay { from, to } => from.iter().chain(to).all(ok),
-        Fault::Heal | Fault::SetLoss { .. } | Fault::CrashTaskHost { .. } | Fault::RestartCrashed { .. } => {
-            true
-        }
+        single => single.node().is_none_or(|n| ok(&n)),
     }
 }
 

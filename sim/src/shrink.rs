@@ -411,15 +411,6 @@ fn settle(mut c: Scenario, original: &Scenario, ended: bool) -> Option<Scenario>
 fn fit(mut f: FaultAt, nodes: usize) -> Option<FaultAt> {
     let fits = |slot: &Slot| *slot < nodes;
     let keep = match &mut f.fault {
-        Fault::Crash { node }
-        | Fault::Restart { node }
-        | Fault::Pause { node, .. }
-        | Fault::Slow { node, .. }
-        | Fault::Leave { node }
-        | Fault::Join { node }
-        | Fault::SetSuspicion { node, .. }
-        | Fault::Corrupt { node }
-        | Fault::ClockJump { node, .. } => fits(node),
         Fault::Partition { side } => {
             side.retain(fits);
             !side.is_empty() && side.len() < nodes
@@ -429,9 +420,7 @@ fn fit(mut f: FaultAt, nodes: usize) -> Option<FaultAt> {
             to.retain(fits);
             !from.is_empty() && !to.is_empty()
         }
-        Fault::Heal | Fault::SetLoss { .. } | Fault::CrashTaskHost { .. } | Fault::RestartCrashed { .. } => {
-            true
-        }
+        single => single.node().is_none_or(|n| fits(&n)),
     };
     keep.then_some(f)
 }

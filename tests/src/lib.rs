@@ -96,6 +96,20 @@ pub fn assert_passed_from(report: &Report, file: Option<&Path>) {
     panic!("{msg}");
 }
 
+/// A generated scenario as a proptest case: it passes, or fails with its violations and the
+/// scenario as JSON, to save under `tests/scenarios/` so that every later `cargo test` replays
+/// it (proptest shrinks it first).
+pub fn generated_case(scenario: &Scenario) -> Result<(), proptest::test_runner::TestCaseError> {
+    let report = run_membership(scenario, &RunOptions::default());
+    proptest::prop_assert!(
+        report.passed(),
+        "violations {:?}\nscenario to save under tests/scenarios/:\n{}",
+        report.violations,
+        serde_json::to_string_pretty(scenario).unwrap_or_default()
+    );
+    Ok(())
+}
+
 /// The folder of saved scenarios: `tests/scenarios/`.
 pub fn capsule_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios")

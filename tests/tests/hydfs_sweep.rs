@@ -57,7 +57,6 @@ mod generated {
     use proptest::prelude::*;
     use rainstorm_sim::capsule::Layer;
     use rainstorm_sim::shrink::swarm_scenarios;
-    use rainstorm_sim::{run_membership, RunOptions};
 
     proptest! {
         #![proptest_config(ProptestConfig {
@@ -69,13 +68,7 @@ mod generated {
 
         #[test]
         fn generated_hydfs_scenarios_pass(scenario in swarm_scenarios(Layer::Hydfs)) {
-            let report = run_membership(&scenario, &RunOptions::default());
-            prop_assert!(
-                report.passed(),
-                "violations {:?}\nscenario to save under tests/scenarios/:\n{}",
-                report.violations,
-                serde_json::to_string_pretty(&scenario).unwrap_or_default()
-            );
+            rainstorm_tests::generated_case(&scenario)?;
         }
     }
 }

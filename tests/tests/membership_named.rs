@@ -191,3 +191,20 @@ fn slow_member_is_not_declared_failed() {
         assert!(refuted, "seed {seed}: the slow member was never even suspected");
     }
 }
+
+/// Lifeguard's local health multiplier, seen from outside: a member whose probes all go
+/// unanswered stretches its probe period up to (local_health_max + 1) periods; without Lifeguard
+/// it never does.
+#[test]
+fn unanswered_probes_raise_local_health_and_stretch_the_probe_period() {
+    use rainstorm_core::membership::MembershipConfig;
+    use rainstorm_tests::probe_gaps_when_nothing_answers;
+    let cfg = MembershipConfig { suspicion_at_start: true, ..MembershipConfig::lan() };
+    let gaps = probe_gaps_when_nothing_answers(cfg.clone(), 12);
+    let period = cfg.protocol_period;
+    assert_eq!(gaps[0], period, "a healthy node probes once per period");
+    let longest = *gaps.iter().max().expect("gaps");
+    assert_eq!(longest, period * (cfg.local_health_max as u64 + 1), "the LHM reaches its bound: {gaps:?}");
+    let off = probe_gaps_when_nothing_answers(MembershipConfig { lifeguard: false, ..cfg }, 12);
+    assert!(off.iter().all(|g| *g == period), "without Lifeguard the period never stretches: {off:?}");
+}

@@ -49,12 +49,6 @@ proptest! {
     /// printed scenario under `tests/scenarios/` so every later `cargo test` replays it.
     #[test]
     fn generated_scenarios_pass(scenario in scenario_strategy()) {
-        let report = run_membership(&scenario, &RunOptions::default());
-        prop_assert!(
-            report.passed(),
-            "violations {:?}\nscenario to save under tests/scenarios/:\n{}",
-            report.violations,
-            serde_json::to_string_pretty(&scenario).unwrap_or_default()
-        );
+        rainstorm_tests::generated_case(&scenario)?;
     }
 }

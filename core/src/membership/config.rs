@@ -323,8 +323,9 @@ pub enum PlantedBug {
     /// (accuracy, where every helper still reaches both).
     NoIndirectProbes,
     /// Lifeguard's local health multiplier never grows, so a slow member keeps probing at full
-    /// rate and judging others by acks it handles late (the unit test
-    /// `probe_gaps_when_nothing_answers`: the probe period never stretches).
+    /// rate and judging others by acks it handles late (the planted test
+    /// `local_health_check_catches_a_multiplier_that_never_grows`: the probe period never
+    /// stretches).
     LocalHealthNeverGrows,
 }
 

@@ -1537,43 +1537,6 @@ mod tests {
         assert!(!m.contains(&older), "an older process at a held address is stale");
     }
 
-    /// Runs probe periods on an introducer with `peers` members that never answer, helpers
-    /// that never nack, and returns the gaps between its probe ticks.
-    pub(crate) fn probe_gaps_when_nothing_answers(cfg: MembershipConfig, periods: usize) -> Vec<Millis> {
-        let mut m = Membership::new(cfg, Role::Introducer, addr(1), addr(1), Time(0), 7, 40);
-        for port in 2..8 {
-            admit(&mut m, MemberId::new(addr(port), port as u64));
-        }
-        drain(&mut m);
-        let mut ticks = Vec::new();
-        while ticks.len() < periods {
-            let Some(at) = m.poll_timeout().filter(|at| *at < Time(600_000)) else { break };
-            let pings_before = m.stats().pings_sent;
-            m.handle_timeout(at);
-            drain(&mut m);
-            if m.stats().pings_sent > pings_before {
-                ticks.push(at);
-            }
-        }
-        ticks.windows(2).map(|w| w[1].since(w[0])).collect()
-    }
-
-    #[test]
-    fn unanswered_probes_raise_local_health_and_stretch_the_probe_period() {
-        let cfg = MembershipConfig { suspicion_at_start: true, ..MembershipConfig::lan() };
-        let gaps = probe_gaps_when_nothing_answers(cfg.clone(), 12);
-        let period = cfg.protocol_period;
-        assert_eq!(gaps[0], period, "a healthy node probes once per period");
-        let longest = *gaps.iter().max().expect("gaps");
-        assert_eq!(
-            longest,
-            period * (cfg.local_health_max as u64 + 1),
-            "the LHM reaches its bound: {gaps:?}"
-        );
-        let off = probe_gaps_when_nothing_answers(MembershipConfig { lifeguard: false, ..cfg }, 12);
-        assert!(off.iter().all(|g| *g == period), "without Lifeguard the period never stretches: {off:?}");
-    }
-
     #[test]
     fn a_helper_nacks_a_silent_target_and_confirmations_shorten_a_suspicion() {
         let mut m = introducer();
