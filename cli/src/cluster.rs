@@ -10,8 +10,8 @@
 //! file whose replicas include the two members it will kill, appends to it from two nodes and
 //! merges; then it kills those members with SIGKILL, watches every other member's list until both
 //! are gone, reads the file back from a survivor, waits for it to be on three live replicas again,
-//! restarts one killed member on the same address (it rejoins as a new member id, wiped) and waits
-//! until it holds its files again. The verdict gives detection against the guaranteed bound
+//! restarts one killed member on the same address (it rejoins as a new member id, with the files
+//! its disk kept) and waits until it holds its files again. The verdict gives detection against the guaranteed bound
 //! ((2(n−1)+2) periods plus the suspicion timeout) and the 10-period target, and whether the file
 //! came back intact.
 
@@ -33,9 +33,13 @@ pub struct ClusterArgs {
     /// The introducer's port; members use the following ports.
     #[arg(long, default_value_t = 7000)]
     pub base_port: u16,
-    /// Directory for the nodes' data dirs.
+    /// Directory for the nodes' data dirs (`node0`, `node1`, ...). A cluster started again on
+    /// the same directory keeps its HyDFS files: every node recovers its store.
     #[arg(long, default_value = "rainstorm-cluster")]
     pub dir: PathBuf,
+    /// Remove the nodes' data dirs under --dir first: the cluster starts with no files.
+    #[arg(long)]
+    pub fresh: bool,
     /// Start in PingAck+S (`on`) or PingAck (`off`).
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     pub suspicion: String,
@@ -94,6 +98,7 @@ impl ClusterArgs {
             drop_rate: 0.0,
             cluster_key: None,
             no_key: false,
+            fresh: false,
             demo: false,
             for_secs: None,
             cache_mb: None,
@@ -149,6 +154,17 @@ impl LocalCluster {
             bail!("{} not found", tool.display());
         }
         std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
+        if args.fresh {
+            for i in 0..args.nodes {
+                let node_dir = args.dir.join(format!("node{i}"));
+                match std::fs::remove_dir_all(&node_dir) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(e).with_context(|| format!("removing {} (--fresh)", node_dir.display()))
+                    }
+                    _ => {}
+                }
+            }
+        }
         if !args.no_key {
             let key = match args.cluster_key.clone() {
                 Some(key) => key,

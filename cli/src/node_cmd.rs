@@ -33,9 +33,12 @@ pub struct NodeArgs {
     /// The introducer's address (members only).
     #[arg(long)]
     pub introducer: Option<SocketAddr>,
-    /// Directory for the log file, the control socket and the HyDFS blocks (which a node clears
-    /// when it starts). One node per directory: a second one started on it is refused, with the
-    /// pid and address of the node that holds its `lock` file.
+    /// Directory for the log file, the control socket and the HyDFS store (`blocks/`). A node
+    /// restarted on the same directory keeps its files: it recovers its index, checks every
+    /// block's checksum, rejoins as a new member and reconciles with the other replicas (what
+    /// it lacks is fetched, what it no longer owns is handed to the owners). Remove the
+    /// directory to start empty. One node per directory: a second one started on it is
+    /// refused, with the pid and address of the node that holds its `lock` file.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Start in PingAck+S (`on`) or PingAck (`off`) mode.

@@ -52,8 +52,10 @@ pub const MAX_STREAM_FRAME_BYTES: usize = 16 * 1024 * 1024;
 /// kept ([`crate::hydfs::InventoryList`]), pings naming only their target's join time,
 /// membership's join refusal `Superseded` (a joiner takes an id after the one it names,
 /// [`crate::membership::JoinRefusal`]) and Lifeguard (the accuser in `Update::Suspect`,
-/// `MembershipMsg::Nack`).
-pub const WIRE_VERSION: u8 = 7;
+/// `MembershipMsg::Nack`); version 8 the tombstones of the name in HyDFS `DescribeReply`
+/// (`deleted`), so that a node that restarts with a copy of a deleted file drops it before
+/// reconciling it with a later file of the same name.
+pub const WIRE_VERSION: u8 = 8;
 
 const MAGIC: [u8; 2] = *b"RS";
 /// Magic, version, flags, lane, payload length.

@@ -288,6 +288,7 @@ pub async fn start(cfg: RuntimeConfig, data_dir_lock: DataDirLock) -> Result<Sta
         role = ?cfg.role, addr = %cfg.advertise, introducer = %cfg.introducer, seed,
         suspicion = cfg.membership.suspicion_at_start, keys = %codec_keys, "node starting"
     );
+    log_recovery(node.hydfs().recovery(), &cfg.data_dir, clock.now().0.saturating_sub(now.0));
     if cfg.role == Role::Member {
         let _ = node.handle_command(now, Command::Join);
     }
@@ -958,6 +959,9 @@ fn log_hydfs_event(event: &rainstorm_core::hydfs::HydfsEvent) {
         HydfsEvent::CorruptionDetected { name, stamp, part } => {
             warn!(event = "corrupt_block", %name, %stamp, part, "corrupt block of {name} detected; fetching it again")
         }
+        HydfsEvent::PartLost { name, stamp, part, why } => {
+            warn!(event = "lost_block", %name, %stamp, part, "block of {name} part {part} is lost ({why}); fetching it again")
+        }
         HydfsEvent::FileDropped { name } => {
             info!(event = "file_dropped", %name, "handed {name} to its owners")
         }
@@ -965,6 +969,25 @@ fn log_hydfs_event(event: &rainstorm_core::hydfs::HydfsEvent) {
             info!(event = "file_deleted", %name, %create, "dropped the copy of deleted file {name} (created by {create})")
         }
         HydfsEvent::StorageFailed { reason } => warn!(event = "storage_failed", "storage failed: {reason}"),
+    }
+}
+
+/// Says what the node found in its data dir: the files it kept from its last run, the parts it
+/// dropped (fetched again from replicas), and any damage to its index.
+fn log_recovery(r: &rainstorm_core::hydfs::Recovery, data_dir: &std::path::Path, took_ms: u64) {
+    let dir = data_dir.display();
+    if r.files == 0 && r.lost_parts == 0 && r.index_damage.is_none() {
+        info!(event = "hydfs_recovered", files = 0, took_ms, "no HyDFS files kept in {dir}: starting empty");
+    } else {
+        info!(
+            event = "hydfs_recovered", files = r.files, parts = r.parts, bytes = r.bytes, lost_parts = r.lost_parts,
+            stray_blocks = r.stray_blocks, took_ms,
+            "kept {} HyDFS files ({} bytes in {} parts) from {dir}, checked in {took_ms} ms; {} lost or corrupt parts dropped (fetched again from replicas), {} stray blocks removed",
+            r.files, r.bytes, r.parts, r.lost_parts, r.stray_blocks
+        );
+    }
+    if let Some(damage) = &r.index_damage {
+        warn!(event = "hydfs_index_damaged", "the HyDFS index in {dir} is damaged: {damage}");
     }
 }
 

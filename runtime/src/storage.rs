@@ -8,8 +8,9 @@
 //!   the previous state (no block, or the old block) under the final name;
 //! * nothing is durable until [`Storage::sync`] returns: `put`, `delete` and `wipe` only record
 //!   what changed. After a crash, blocks written or deleted since the last completed sync may be
-//!   present, absent or hold any bytes; the node wipes the directory at start and the store checks
-//!   every block's checksum, so this never yields wrong data;
+//!   present, absent or hold any bytes; the store recovers its index at start, checks every
+//!   block's checksum and removes blocks its index does not name, so this never yields wrong
+//!   data;
 //! * a sync covers both file data and directory entries: it fsyncs every block file written since
 //!   the last sync, then the directory itself, which makes renames and deletes durable;
 //! * the directory is 0700 (tightened if it was looser) and every block and temporary file is
@@ -177,6 +178,31 @@ impl Storage for FileStorage {
             );
         }
         Ok(())
+    }
+
+    fn list(&mut self) -> Result<Vec<BlobId>, StorageError> {
+        let entries = fs::read_dir(&self.dir).map_err(|e| io_err("list", &self.dir, &e))?;
+        let mut blobs = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| io_err("list", &self.dir, &e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(stem) = name.strip_suffix(".tmp") {
+                // A put that a crash interrupted: never a block, so never listed; removed so
+                // that it does not linger.
+                if stem.len() == 16 && u64::from_str_radix(stem, 16).is_ok() {
+                    let _ = fs::remove_file(entry.path());
+                    self.dir_dirty = true;
+                }
+                continue;
+            }
+            if name.len() == 16 {
+                if let Ok(blob) = u64::from_str_radix(name, 16) {
+                    blobs.push(blob);
+                }
+            }
+        }
+        Ok(blobs)
     }
 
     fn wipe(&mut self) -> Result<(), StorageError> {

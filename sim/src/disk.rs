@@ -29,6 +29,10 @@ struct DiskState {
     /// the snapshot durable (not what was put since).
     background: bool,
     flushing: Option<BTreeMap<BlobId, Option<Arc<[u8]>>>>,
+    /// Blocks whose reads fail (bad sectors), until written again or deleted.
+    unreadable: BTreeSet<BlobId>,
+    /// Whether a block was ever corrupted or made unreadable on this disk.
+    damaged: bool,
 }
 
 impl DiskState {
@@ -95,6 +99,7 @@ impl SimDisk {
             return None;
         }
         let id = ids[rng.gen_range(0..ids.len())];
+        s.damaged = true;
         let b = s.blocks.get_mut(&id)?;
         let mut bytes = b.current.as_ref()?.to_vec();
         let at = rng.gen_range(0..bytes.len());
@@ -105,6 +110,27 @@ impl SimDisk {
         }
         b.current = Some(bytes);
         Some(id)
+    }
+
+    /// Makes one stored block unreadable (chosen by `rng`): a bad sector, reads of which fail
+    /// as EIO does, until the block is written again or deleted. Like bit rot, the damage is at
+    /// rest: the block is still there for the durability checker. Returns the block, if any.
+    pub fn lose(&self, rng: &mut impl Rng) -> Option<BlobId> {
+        let mut s = self.state();
+        let ids: Vec<BlobId> =
+            s.blocks.iter().filter(|(_, b)| b.current.is_some()).map(|(i, _)| *i).collect();
+        if ids.is_empty() {
+            return None;
+        }
+        let id = ids[rng.gen_range(0..ids.len())];
+        s.unreadable.insert(id);
+        s.damaged = true;
+        Some(id)
+    }
+
+    /// Whether a block of this disk was ever corrupted or made unreadable.
+    pub fn damaged(&self) -> bool {
+        self.state().damaged
     }
 
     /// The blocks the running process sees (for the leaked-blocks checker).
@@ -135,17 +161,24 @@ impl SimDisk {
 impl Storage for SimDisk {
     fn put(&mut self, blob: BlobId, data: &[u8]) -> Result<(), StorageError> {
         let mut s = self.state();
+        s.unreadable.remove(&blob);
         s.blocks.entry(blob).or_default().current = Some(data.into());
         s.dirty.insert(blob);
         Ok(())
     }
 
     fn read(&mut self, blob: BlobId) -> Result<Vec<u8>, StorageError> {
+        if self.state().unreadable.contains(&blob) {
+            return Err(StorageError::Io(format!(
+                "cannot read block {blob}: Input/output error (os error 5)"
+            )));
+        }
         SimDisk::read(self, blob).ok_or(StorageError::Missing(blob))
     }
 
     fn delete(&mut self, blob: BlobId) -> Result<(), StorageError> {
         let mut s = self.state();
+        s.unreadable.remove(&blob);
         if let Some(b) = s.blocks.get_mut(&blob) {
             b.current = None;
             s.dirty.insert(blob);
@@ -180,11 +213,16 @@ impl Storage for SimDisk {
         Err(StorageError::InProgress)
     }
 
+    fn list(&mut self) -> Result<Vec<BlobId>, StorageError> {
+        Ok(self.live_blocks().into_iter().collect())
+    }
+
     fn wipe(&mut self) -> Result<(), StorageError> {
         let mut s = self.state();
         s.blocks.clear();
         s.dirty.clear();
         s.flushing = None;
+        s.unreadable.clear();
         Ok(())
     }
 }

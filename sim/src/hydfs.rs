@@ -219,6 +219,9 @@ pub struct HydfsHarness {
     final_merge_result: BTreeMap<usize, Result<(), String>>,
     /// Writes whose coordinator acknowledged them while its view listed every live member.
     whole_view_commits: BTreeSet<(FileName, rainstorm_core::hydfs::Stamp)>,
+    /// The writes each crashed node's disk held synced when its process died (a node that is
+    /// down keeps them; its next process recovers them).
+    kept_while_down: BTreeMap<Slot, BTreeSet<(FileName, Stamp)>>,
     /// Files each process (slot, generation) was asked to replicate. A replica answers a
     /// coordinator's `Replicate` only from the process that received it, so a listed replica
     /// whose current process never received one for the file acknowledged from an earlier
@@ -263,6 +266,7 @@ impl HydfsHarness {
             final_merges_sent: false,
             final_merge_result: BTreeMap::new(),
             whole_view_commits: BTreeSet::new(),
+            kept_while_down: BTreeMap::new(),
             replicated: BTreeSet::new(),
             deleted_files: BTreeMap::new(),
             stats: WorkloadStats::default(),
@@ -515,6 +519,22 @@ impl HydfsHarness {
     }
 
     /// A process crashed or restarted: its operations are gone.
+    /// A process crashes: the writes its disk holds synced stay there (its next process
+    /// recovers them), so they still count as copies while the node is down.
+    pub fn on_crash_keeps(&mut self, slot: Slot, node: &Hydfs, disk: &SimDisk) {
+        let store = node.store();
+        let kept: BTreeSet<(FileName, Stamp)> = store
+            .files()
+            .iter()
+            .flat_map(|(name, rec)| rec.writes().map(move |w| (name, w.stamp)))
+            .filter(|(name, stamp)| {
+                store.write_blobs(name, *stamp).is_some_and(|blobs| blobs.iter().all(|b| disk.is_durable(*b)))
+            })
+            .map(|(name, stamp)| (name.clone(), stamp))
+            .collect();
+        self.kept_while_down.insert(slot, kept);
+    }
+
     pub fn on_process_gone(&mut self, slot: Slot) {
         let gone: Vec<InFlight> = std::mem::take(&mut self.in_flight)
             .into_iter()
@@ -607,6 +627,11 @@ impl HydfsHarness {
                 // an empty disk) before the coordinator learned of it is as gone as one still down.
                 // Its current process cannot have answered unless it received a `Replicate` of the
                 // file (the coordinator itself answers from the process reporting the commit).
+                // A replica whose disk rotted or lost a block may have lost this write's copy
+                // since it answered (it is repaired from the others, which the loss checker
+                // holds to): it counts only while it still has the copy.
+                let holds =
+                    |v: &SlotView| v.hydfs.and_then(|h| h.store().write_blobs(name, *stamp)).is_some();
                 let up_listed = replicas
                     .iter()
                     .filter(|a| {
@@ -615,9 +640,11 @@ impl HydfsHarness {
                                 && v.up
                                 && (v.slot == slot
                                     || self.replicated.contains(&(v.slot, v.generation, name.clone())))
+                                && (!v.disk.damaged() || holds(v))
                         })
                     })
                     .count();
+                // Live copies, and the synced copies on the disks of nodes that are down.
                 let synced = views
                     .iter()
                     .filter(|v| v.up)
@@ -626,7 +653,16 @@ impl HydfsHarness {
                             .and_then(|h| h.store().write_blobs(name, *stamp))
                             .is_some_and(|blobs| blobs.iter().all(|b| v.disk.is_durable(*b)))
                     })
-                    .count();
+                    .count()
+                    + views
+                        .iter()
+                        .filter(|v| !v.up)
+                        .filter(|v| {
+                            self.kept_while_down
+                                .get(&v.slot)
+                                .is_some_and(|k| k.contains(&(name.clone(), *stamp)))
+                        })
+                        .count();
                 let lost_create = views.iter().filter(|v| v.up).any(|v| {
                     v.hydfs
                         .and_then(|h| h.store().file(name))
@@ -665,6 +701,7 @@ impl HydfsHarness {
                 self.replicated.insert((slot, generation, name.clone()));
             }
             HydfsEvent::CorruptionDetected { .. }
+            | HydfsEvent::PartLost { .. }
             | HydfsEvent::FileDropped { .. }
             | HydfsEvent::FileDeleted { .. }
             | HydfsEvent::StorageFailed { .. }

@@ -100,6 +100,13 @@ pub enum Fault {
     SetSuspicion { node: Slot, on: bool },
     /// One block on the node's disk rots (a byte flips).
     Corrupt { node: Slot },
+    /// One block on the node's disk turns unreadable (a bad sector): reading it fails as EIO
+    /// does until it is written again.
+    LoseBlock { node: Slot },
+    /// Every process dies at once (a power cut): each keeps only what its disk had synced.
+    CrashAll,
+    /// Every crashed process starts again, the introducer first, each from its disk.
+    RestartAll,
     /// A node running a task of the RainStorm job crashes (`pick` chooses among them; the
     /// job's leader and the node reading its output are spared). Nothing if none runs.
     CrashTaskHost { pick: u64 },
@@ -455,6 +462,7 @@ impl Scenario {
         for node in down {
             faults.push(FaultAt { at_ms: calm_from_ms, fault: Fault::Restart { node } });
         }
+        restarts_from_disk(seed, nodes, warmup_ms, calm_from_ms, &mut faults);
         faults.sort_by_key(|f| f.at_ms);
         let client_count = rng.gen_range(1..=3.min(nodes));
         let clients = sample(&mut rng, nodes, client_count);
@@ -917,6 +925,59 @@ pub fn scenario_strategy() -> impl Strategy<Value = Scenario> {
         })
 }
 
+/// Faults that test what survives on disk, drawn from their own RNG so that they change nothing
+/// else in a seed: half the rotten blocks become unreadable ones; one seed in five restarts
+/// every member in turn, each down 0.5–3 s, faster than re-replication could move a file; and
+/// every seed has one power cut (every process crashes at once, keeping only what its disk
+/// synced) with every node started again 1–6 s later. Single-node crashes, pauses and disk
+/// faults inside those windows are dropped (their planned restarts stay, and are harmless).
+fn restarts_from_disk(seed: u64, nodes: usize, warmup_ms: u64, calm_from_ms: u64, faults: &mut Vec<FaultAt>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4449_534b_0000_0006);
+    for f in faults.iter_mut() {
+        if let Fault::Corrupt { node } = f.fault {
+            if rng.gen_bool(0.5) {
+                f.fault = Fault::LoseBlock { node };
+            }
+        }
+    }
+    let window = |faults: &mut Vec<FaultAt>, from: u64, to: u64| {
+        faults.retain(|f| {
+            !(from..=to).contains(&f.at_ms)
+                || !matches!(
+                    f.fault,
+                    Fault::Crash { .. }
+                        | Fault::Corrupt { .. }
+                        | Fault::LoseBlock { .. }
+                        | Fault::Pause { .. }
+                )
+        })
+    };
+    let mut free_from = warmup_ms + 4_000;
+    if rng.gen_bool(0.2) {
+        let mut t = rng.gen_range(free_from..free_from + 5_000);
+        let from = t;
+        let mut plan = Vec::new();
+        for node in 1..nodes {
+            let back = t + rng.gen_range(500..3_000);
+            plan.push(FaultAt { at_ms: t, fault: Fault::Crash { node } });
+            plan.push(FaultAt { at_ms: back, fault: Fault::Restart { node } });
+            t = back + rng.gen_range(500..3_000);
+        }
+        if t + 10_000 < calm_from_ms {
+            window(faults, from, t);
+            faults.extend(plan);
+            free_from = t + 1_000;
+        }
+    }
+    if calm_from_ms > free_from + 8_000 {
+        let at = rng.gen_range(free_from..calm_from_ms - 8_000);
+        let back = at + rng.gen_range(1_000..6_000);
+        window(faults, at, back);
+        faults.push(FaultAt { at_ms: at, fault: Fault::CrashAll });
+        faults.push(FaultAt { at_ms: back, fault: Fault::RestartAll });
+    }
+}
+
 impl Fault {
     /// The one slot a single-node fault acts on (`None` for partitions, cuts and cluster-wide
     /// faults, and for faults that pick their slot when they happen).
@@ -930,7 +991,9 @@ impl Fault {
             | Fault::Join { node }
             | Fault::SetSuspicion { node, .. }
             | Fault::Corrupt { node }
+            | Fault::LoseBlock { node }
             | Fault::ClockJump { node, .. } => Some(*node),
+            Fault::CrashAll | Fault::RestartAll => None,
             Fault::Partition { .. }
             | Fault::OneWay { .. }
             | Fault::Heal

@@ -159,9 +159,11 @@ pub fn fault_groups(faults: &[FaultAt]) -> Vec<Vec<usize>> {
     let mut left: BTreeMap<Slot, usize> = BTreeMap::new();
     let mut cut_off: Vec<usize> = Vec::new();
     let mut task_crashes: VecDeque<usize> = VecDeque::new();
+    let mut cluster_crash: Option<usize> = None;
     for (i, f) in faults.iter().enumerate() {
         let undoes = match &f.fault {
             Fault::Restart { node } => crashed.remove(node),
+            Fault::RestartAll => cluster_crash.take(),
             Fault::Join { node } => left.remove(node),
             // A heal undoes the partitions since the last one; it goes with one alone.
             Fault::Heal => match std::mem::take(&mut cut_off)[..] {
@@ -178,6 +180,8 @@ pub fn fault_groups(faults: &[FaultAt]) -> Vec<Vec<usize>> {
             | Fault::Leave { .. }
             | Fault::SetSuspicion { .. }
             | Fault::Corrupt { .. }
+            | Fault::LoseBlock { .. }
+            | Fault::CrashAll
             | Fault::CrashTaskHost { .. }
             | Fault::ClockJump { .. } => None,
         };
@@ -196,7 +200,10 @@ pub fn fault_groups(faults: &[FaultAt]) -> Vec<Vec<usize>> {
             }
             Fault::Partition { .. } | Fault::OneWay { .. } => cut_off.push(g),
             Fault::CrashTaskHost { .. } => task_crashes.push_back(g),
+            Fault::CrashAll => cluster_crash = Some(g),
             Fault::Restart { .. }
+            | Fault::RestartAll
+            | Fault::LoseBlock { .. }
             | Fault::Pause { .. }
             | Fault::Slow { .. }
             | Fault::Heal

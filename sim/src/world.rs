@@ -160,7 +160,7 @@ struct SlotState<A> {
     /// Bumped whenever the process is replaced, so its old timers and callbacks go stale.
     generation: u64,
     armed: Option<Time>,
-    /// The process's disk (replaced, empty, at every start).
+    /// The machine's disk: a crash keeps what was synced, and the next process starts from it.
     disk: SimDisk,
     /// Until when the process is slow (`Fault::Slow`).
     slow_until: Option<Time>,
@@ -541,11 +541,8 @@ impl<A: Actor> World<A> {
             hydfs: self.scenario.hydfs.as_ref().map(|w| w.config.clone()),
             rainstorm: self.scenario.rainstorm.as_ref().map(|w| w.config.clone()),
             cluster_key: self.scenario.cluster_key,
-            disk: {
-                let background = self.scenario.hydfs.as_ref().is_some_and(|w| w.background_sync);
-                self.slots[slot].disk = SimDisk::new(background);
-                self.slots[slot].disk.clone()
-            },
+            // The machine's disk outlives its processes: a restart recovers what was synced.
+            disk: self.slots[slot].disk.clone(),
         };
         self.checker.on_start(slot);
         if let Some(h) = &mut self.hydfs {
@@ -1002,6 +999,25 @@ impl<A: Actor> World<A> {
                 let block = self.slots[node].disk.corrupt(&mut self.fault_rng);
                 self.trace.line(self.now, Some(node), || format!("disk block {block:?} corrupted"));
             }
+            Fault::LoseBlock { node } => {
+                let block = self.slots[node].disk.lose(&mut self.fault_rng);
+                self.trace.line(self.now, Some(node), || format!("disk block {block:?} lost"));
+            }
+            Fault::CrashAll => {
+                for node in 0..self.slots.len() {
+                    if !matches!(self.slots[node].process, Process::Down) {
+                        self.crash(node);
+                    }
+                }
+            }
+            Fault::RestartAll => {
+                // The introducer first: nobody joins without it.
+                for node in 0..self.slots.len() {
+                    if matches!(self.slots[node].process, Process::Down) {
+                        self.start_process(node, self.now);
+                    }
+                }
+            }
             Fault::ClockJump { node, by_ms } => {
                 // Only the wall clock is stepped: the running process advances by its monotonic
                 // clock and never sees it; the next process started on the node does.
@@ -1048,6 +1064,12 @@ impl<A: Actor> World<A> {
         self.checker.on_crash(self.now, slot);
         self.sample_rainstorm();
         if let Some(h) = &mut self.hydfs {
+            let s = &self.slots[slot];
+            if let Process::Up(actor) | Process::Paused(actor, _) = &s.process {
+                if let Some(node) = actor.hydfs() {
+                    h.on_crash_keeps(slot, node, &s.disk);
+                }
+            }
             h.on_process_gone(slot);
         }
         if let Some(r) = &mut self.rainstorm {
@@ -1171,6 +1193,9 @@ fn describe_hydfs_event(e: &HydfsEvent) -> String {
         }
         HydfsEvent::CorruptionDetected { name, stamp, part } => {
             format!("corrupt part {part} of {name} {stamp}")
+        }
+        HydfsEvent::PartLost { name, stamp, part, why } => {
+            format!("lost part {part} of {name} {stamp}: {why}")
         }
         HydfsEvent::FileDropped { name } => format!("handed off and dropped {name}"),
         HydfsEvent::FileDeleted { name, create } => format!("dropped deleted {name} (created by {create})"),

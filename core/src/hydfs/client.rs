@@ -763,7 +763,10 @@ impl Hydfs {
                 self.attempt_failed(now, id, format!("{me}: {}", Refusal::Corrupt), false);
             }
             (Err(PartError::Missing), _) => self.attempt_failed(now, id, format!("{me}: not found"), true),
-            (Err(PartError::Storage(e)), _) => self.attempt_failed(now, id, format!("{me}: {e}"), false),
+            (Err(PartError::Lost(e)), _) => {
+                self.part_lost(&name, stamp, part, &e);
+                self.attempt_failed(now, id, format!("{me}: {e}"), false)
+            }
         }
     }
 

@@ -23,6 +23,7 @@
 
 use super::message::{HydfsMsg, Refusal, ReqId};
 use super::server::Pending;
+use super::storage::StorageError;
 use super::types::Stamp;
 use super::{FileName, Hydfs, HydfsEvent, PlantedBug, Ring};
 use crate::id::NodeAddr;
@@ -121,14 +122,25 @@ impl Hydfs {
 
     pub(super) fn on_remove(&mut self, now: Time, from: NodeAddr, req: ReqId, name: FileName, create: Stamp) {
         self.handled("remove", &name, from);
-        // Only a replica of the name, or a node holding a copy, needs the tombstone; any other
-        // node only forgets what its client half knew of the file.
-        if self.store.file(&name).is_some() || self.replicas(&name).contains(&self.me) {
-            self.apply_tombstone(now, &name, create);
-        } else {
-            self.client_forget_deleted(&name, create);
-        }
-        self.send(from, HydfsMsg::RemoveReply { req, result: Ok(()) });
+        // Every member keeps the tombstone, not only the replicas: a node that was down during
+        // the delete may come back with a copy (disks survive restarts) on a ring whose replicas
+        // of the name were never told, and any member may meet it.
+        self.apply_tombstone(now, &name, create);
+        // The drop and the tombstone are durable before the answer: a restart must not bring
+        // back a copy whose delete was acknowledged. A sync still under way is answered as a
+        // refusal, and the coordinator asks again.
+        let result = match self.store.sync() {
+            Ok(()) => Ok(()),
+            Err(StorageError::InProgress) => {
+                self.poll_sync(now);
+                Err(Refusal::Unavailable(format!("{}: a sync is in progress", self.me)))
+            }
+            Err(e) => {
+                self.storage_failed(&e.to_string());
+                Err(Refusal::StorageFailed(format!("{}: {e}", self.me)))
+            }
+        };
+        self.send(from, HydfsMsg::RemoveReply { req, result });
     }
 
     pub(super) fn on_remove_reply(
@@ -172,6 +184,19 @@ impl Hydfs {
             })
             .map(|(op, _)| *op)
             .collect();
+        // The coordinator's own drop and tombstone are durable first.
+        if !done.is_empty() {
+            match self.store.sync() {
+                Ok(()) => {}
+                Err(StorageError::InProgress) => return self.poll_sync(_now),
+                Err(e) => {
+                    // Answered when the coordinator timeout ends the deletes; a later sync may
+                    // still succeed and let them finish first.
+                    self.storage_failed(&e.to_string());
+                    return;
+                }
+            }
+        }
         for op in done {
             let d = self.deletes.running.remove(&op).expect("present");
             let replicas = self.replicas(&d.name);
@@ -228,6 +253,10 @@ impl Hydfs {
     pub(super) fn apply_tombstone(&mut self, now: Time, name: &FileName, create: Stamp) {
         if !self.cfg.bug(PlantedBug::DeleteWithoutTombstone) {
             self.tombstones.insert(now, name, create, self.cfg.tombstone_ttl);
+            self.store.keep_tombstone(name, create);
+            for (n, s) in self.tombstones.take_forgotten() {
+                self.store.forget_tombstone(&n, s);
+            }
         }
         let copy = self.store.file(name).map(|r| r.create.as_ref().map(|c| c.stamp));
         if matches!(copy, Some(c) if c.is_none_or(|c| c == create)) {

@@ -219,11 +219,17 @@ pub enum HydfsMsg {
     DescribeReply {
         req: ReqId,
         meta: Result<FileMeta, Refusal>,
+        /// The creates of the deleted files of this name the answering node holds tombstones
+        /// for: the asker drops a copy of any of them before it reconciles.
+        deleted: Vec<Stamp>,
     },
     /// Hand-off: a node that no longer owns a file offers it to an owner, which pulls what it lacks
     /// and answers `Taken` with the offered digest's hash.
     Offer {
         meta: FileMeta,
+        /// As in `DescribeReply`: the creates of deleted files of this name the offering node
+        /// holds tombstones for.
+        deleted: Vec<Stamp>,
     },
     Taken {
         name: FileName,

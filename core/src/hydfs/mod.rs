@@ -23,6 +23,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod index;
 pub mod message;
 pub mod name;
 pub mod ring;
@@ -44,7 +45,7 @@ pub use name::{FileName, NameError, MAX_NAME_BYTES, NAME_BYTES_CEILING};
 pub use pace::{inventory_hash, Inventory, InventoryHash};
 pub use ring::{Ring, RingId};
 pub use storage::{BlobId, MemStorage, Storage, StorageError};
-pub use store::LocalStore;
+pub use store::{LocalStore, Recovery};
 pub use tombstone::Tombstones;
 pub use types::{FileDigest, FileMeta, PartMeta, PartPosition, Stamp, WriteKind, WriteMeta, CHUNK_BYTES};
 
@@ -66,6 +67,9 @@ pub enum HydfsEvent {
     MergeCommitted { name: FileName, replicas: Vec<NodeAddr>, merged_hash: u64 },
     /// A stored part failed its checksum and was removed; it will be fetched again.
     CorruptionDetected { name: FileName, stamp: Stamp, part: u32 },
+    /// A stored part's block was missing or unreadable and was dropped from the index; it will
+    /// be fetched again.
+    PartLost { name: FileName, stamp: Stamp, part: u32, why: String },
     /// This node handed a file to its owners and dropped its copy.
     FileDropped { name: FileName },
     /// This node dropped its copy of a deleted file (the file created by `create`).
@@ -122,6 +126,8 @@ pub struct HydfsStats {
     pub bytes_fetched: u64,
     pub bytes_fetched_for_merges: u64,
     pub corrupt_parts_detected: u64,
+    /// Parts whose blocks were missing or unreadable when read (dropped, fetched again).
+    pub lost_parts_detected: u64,
     pub files_dropped: u64,
     pub orphans_dropped: u64,
     pub stale_messages: u64,
@@ -153,6 +159,9 @@ pub struct HydfsStats {
     pub request_latency: BTreeMap<&'static str, LatencyHistogram>,
 }
 
+/// At most this many tombstones of one name travel in a `DescribeReply` or an `Offer`.
+pub(crate) const MAX_DELETED_IN_REPLY: usize = 64;
+
 pub struct Hydfs {
     cfg: HydfsConfig,
     me: NodeAddr,
@@ -171,21 +180,33 @@ pub struct Hydfs {
     /// When and what to ask ring neighbours for in anti-entropy.
     inventory_pace: pace::InventoryPace,
     stats: HydfsStats,
+    /// What the store recovered from storage at start.
+    recovery: Recovery,
     server: server::ServerState,
     deletes: delete::DeleteState,
     client: client::ClientState,
 }
 
 impl Hydfs {
-    /// A HyDFS node at `me`, starting with empty storage (it wipes what `storage` holds).
+    /// A HyDFS node at `me`, starting with what `storage` holds: the store recovers its durable
+    /// index and keeps every part that passes its checksum (see [`LocalStore::open`]); what
+    /// it found is [`Hydfs::recovery`]. Anti-entropy then reconciles the copies with the
+    /// current replicas like any others: what this node lacks is fetched, what it no longer
+    /// owns is offered to the owners and dropped once they hold it.
     pub fn new(
         cfg: HydfsConfig,
         me: MemberId,
         storage: Box<dyn Storage + Send>,
         now: Time,
     ) -> Result<Hydfs, StorageError> {
-        let mut store = LocalStore::new(storage)?;
-        store.verify = !cfg.bug(PlantedBug::ServesCorruptBlocks);
+        let (mut store, recovery) = LocalStore::open_checked(storage, !cfg.bug(PlantedBug::ServesCorruptBlocks))?;
+        let mut tombstones = Tombstones::new(cfg.max_tombstones);
+        for (name, create) in store.tombstones() {
+            tombstones.insert(now, name, *create, cfg.tombstone_ttl);
+        }
+        for (name, create) in tombstones.take_forgotten() {
+            store.forget_tombstone(&name, create);
+        }
         let client = client::ClientState::new(&cfg, now);
         Ok(Hydfs {
             me: me.addr,
@@ -193,7 +214,7 @@ impl Hydfs {
             member_ids: BTreeMap::new(),
             ring: Ring::default(),
             store,
-            tombstones: Tombstones::new(cfg.max_tombstones),
+            tombstones,
             next_req: 1,
             out: VecDeque::new(),
             events: VecDeque::new(),
@@ -204,6 +225,7 @@ impl Hydfs {
                 now,
             ),
             stats: HydfsStats::default(),
+            recovery,
             server: server::ServerState::default(),
             deletes: delete::DeleteState::default(),
             client,
@@ -221,6 +243,11 @@ impl Hydfs {
 
     pub fn store(&self) -> &LocalStore {
         &self.store
+    }
+
+    /// What the store recovered from storage when this node started.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
     }
 
     pub fn stats(&self) -> HydfsStats {
@@ -425,17 +452,18 @@ impl Hydfs {
             HydfsMsg::InventoryReply { req, files } => self.on_inventory_reply(now, from, req, files),
             HydfsMsg::Describe { req, name, needs } => {
                 let meta = self.describe(&name, &needs);
-                self.send(from, HydfsMsg::DescribeReply { req, meta });
+                let deleted = self.deleted_creates(&name);
+                self.send(from, HydfsMsg::DescribeReply { req, meta, deleted });
             }
             // Request ids are unique per node across its server and client halves.
-            HydfsMsg::DescribeReply { req, meta } => {
+            HydfsMsg::DescribeReply { req, meta, deleted } => {
                 if self.is_server_request(req) {
-                    self.on_describe_reply(now, from, req, meta)
+                    self.on_describe_reply(now, from, req, meta, deleted)
                 } else {
                     self.on_meta_reply(now, from, req, meta)
                 }
             }
-            HydfsMsg::Offer { meta } => self.on_offer(now, from, meta),
+            HydfsMsg::Offer { meta, deleted } => self.on_offer(now, from, meta, deleted),
             HydfsMsg::Taken { name, hash } => self.on_taken(now, from, name, hash),
             HydfsMsg::Fetch { req, name, stamp, part } => self.on_fetch(now, from, req, name, stamp, part),
             HydfsMsg::FetchReply { req, result } => {

@@ -371,7 +371,7 @@ impl Hydfs {
             | HydfsMsg::Fetch { name, .. }
             | HydfsMsg::Delete { name, .. }
             | HydfsMsg::Remove { name, .. } => name,
-            HydfsMsg::Offer { meta } => &meta.name,
+            HydfsMsg::Offer { meta, .. } => &meta.name,
             _ => return false,
         };
         let (len, limit) = (name.as_str().len(), self.cfg.max_name_bytes);
@@ -389,7 +389,9 @@ impl Hydfs {
             HydfsMsg::Read { req, .. } => HydfsMsg::ReadReply { req, result: Err(no) },
             HydfsMsg::Fetch { req, .. } => HydfsMsg::FetchReply { req, result: Err(no) },
             HydfsMsg::Stat { req, .. } => HydfsMsg::StatReply { req, digest: None },
-            HydfsMsg::Describe { req, .. } => HydfsMsg::DescribeReply { req, meta: Err(no) },
+            HydfsMsg::Describe { req, .. } => {
+                HydfsMsg::DescribeReply { req, meta: Err(no), deleted: Vec::new() }
+            }
             HydfsMsg::Delete { req, .. } => HydfsMsg::DeleteReply { req, result: Err(no) },
             HydfsMsg::Remove { req, .. } => HydfsMsg::RemoveReply { req, result: Err(no) },
             HydfsMsg::RemoteAppend { req, .. } => {
@@ -1160,6 +1162,10 @@ impl Hydfs {
                 self.corruption(&name, stamp, part);
                 Err(Refusal::Corrupt)
             }
+            Err(PartError::Lost(e)) => {
+                self.part_lost(&name, stamp, part, &e);
+                Err(Refusal::Unavailable(format!("{}: {e}", self.me)))
+            }
             Err(PartError::Missing) => match self.upload_part(&name, stamp, part) {
                 Some(Ok(bytes)) => {
                     let meta =
@@ -1172,7 +1178,6 @@ impl Hydfs {
                 }
                 None => Err(Refusal::NotFound),
             },
-            Err(PartError::Storage(e)) => Err(Refusal::Unavailable(e.to_string())),
         };
         self.send(from, HydfsMsg::FetchReply { req, result });
     }
@@ -1244,6 +1249,13 @@ impl Hydfs {
     pub(super) fn corruption(&mut self, name: &FileName, stamp: Stamp, part: u32) {
         self.stats.corrupt_parts_detected += 1;
         self.events.push_back(HydfsEvent::CorruptionDetected { name: name.clone(), stamp, part });
+    }
+
+    /// A part whose block storage no longer has or cannot read: the store dropped it from its
+    /// index, so the copy is incomplete and anti-entropy fetches the part again from a replica.
+    pub(super) fn part_lost(&mut self, name: &FileName, stamp: Stamp, part: u32, why: &StorageError) {
+        self.stats.lost_parts_detected += 1;
+        self.events.push_back(HydfsEvent::PartLost { name: name.clone(), stamp, part, why: why.to_string() });
     }
 
     /// Storage failed while storing `only` (or while syncing, for every write waiting on it):
@@ -1428,7 +1440,10 @@ impl Hydfs {
                         return Err(Refusal::Corrupt);
                     }
                     Err(PartError::Missing) => return Err(Refusal::Unavailable("a part is missing".into())),
-                    Err(PartError::Storage(e)) => return Err(Refusal::Unavailable(e.to_string())),
+                    Err(PartError::Lost(e)) => {
+                        self.part_lost(name, w.stamp, i as u32, &e);
+                        return Err(Refusal::Unavailable(format!("{}: {e}", self.me)));
+                    }
                 };
                 let from = offset.max(start) - start;
                 let to = end.min(stop) - start;
@@ -1490,6 +1505,9 @@ impl Hydfs {
         self.scrub();
         self.drop_orphans(now);
         self.tombstones.expire(now);
+        for (name, create) in self.tombstones.take_forgotten() {
+            self.store.forget_tombstone(&name, create);
+        }
         if self.ring.len() <= 1 || !self.ring.contains(self.me) {
             return;
         }
@@ -1516,8 +1534,9 @@ impl Hydfs {
                 continue;
             }
             let Some(meta) = self.store.meta(&name) else { continue };
+            let deleted = self.deleted_creates(&name);
             for r in self.replicas(&name) {
-                self.send(r, HydfsMsg::Offer { meta: meta.clone() });
+                self.send(r, HydfsMsg::Offer { meta: meta.clone(), deleted: deleted.clone() });
             }
         }
     }
@@ -1530,8 +1549,11 @@ impl Hydfs {
         }
         let (bad, checked) = self.store.scrub(self.cfg.scrub_bytes_per_round);
         self.stats.scrubbed_parts += checked as u64;
-        for (name, stamp, part) in bad {
-            self.corruption(&name, stamp, part);
+        for ((name, stamp, part), e) in bad {
+            match e {
+                PartError::Lost(why) => self.part_lost(&name, stamp, part, &why),
+                PartError::Corrupt | PartError::Missing => self.corruption(&name, stamp, part),
+            }
         }
     }
 
@@ -1614,19 +1636,37 @@ impl Hydfs {
         from: NodeAddr,
         req: ReqId,
         meta: Result<FileMeta, Refusal>,
+        deleted: Vec<Stamp>,
     ) {
         if self.server.requests.remove(&req).is_none() {
             return;
         }
         if let Ok(meta) = meta {
-            self.absorb(now, from, &meta);
+            self.absorb(now, from, &meta, &deleted);
         }
+    }
+
+    /// The creates of the deleted files of `name` this node holds tombstones for (the newest
+    /// `MAX_DELETED_IN_REPLY`; copies of older ones are refused by inventories instead), sent
+    /// with a file's view so that its receiver drops a copy of a deleted file first.
+    pub(super) fn deleted_creates(&self, name: &FileName) -> Vec<Stamp> {
+        let mut deleted: Vec<Stamp> = self.tombstones.of_name(name).collect();
+        deleted.drain(..deleted.len().saturating_sub(super::MAX_DELETED_IN_REPLY));
+        deleted
     }
 
     /// Reconciles a peer's view of a file into ours and fetches what we lack from it, unless it
     /// is a copy of a deleted file (whose holder is then told so). Returns whether it did.
-    fn absorb(&mut self, now: Time, from: NodeAddr, meta: &FileMeta) -> bool {
+    fn absorb(&mut self, now: Time, from: NodeAddr, meta: &FileMeta, deleted: &[Stamp]) -> bool {
         let name = &meta.name;
+        // A copy of a deleted file this node kept (across a restart, or cut off during the
+        // delete) goes before the peer's view is reconciled into it: reconciling would keep its
+        // writes under a later file of the same name.
+        for create in deleted {
+            if self.store.file(name).is_some_and(|r| r.create.as_ref().is_none_or(|c| c.stamp == *create)) {
+                self.apply_tombstone(now, name, *create);
+            }
+        }
         if self.refuse_deleted_copy(now, from, name, meta.create.as_ref().map(|c| c.stamp)) {
             return false;
         }
@@ -1664,11 +1704,11 @@ impl Hydfs {
         true
     }
 
-    pub(super) fn on_offer(&mut self, now: Time, from: NodeAddr, meta: FileMeta) {
+    pub(super) fn on_offer(&mut self, now: Time, from: NodeAddr, meta: FileMeta, deleted: Vec<Stamp>) {
         if !self.replicas(&meta.name).contains(&self.me) || self.cfg.bug(PlantedBug::NoReReplication) {
             return;
         }
-        if !self.absorb(now, from, &meta) {
+        if !self.absorb(now, from, &meta, &deleted) {
             return; // a copy of a deleted file: its holder drops it instead of handing it over
         }
         let hash = meta.digest().hash;
@@ -2036,7 +2076,7 @@ impl Hydfs {
     }
 
     /// A background sync is running: come back to the answers waiting for it shortly.
-    fn poll_sync(&mut self, now: Time) {
+    pub(super) fn poll_sync(&mut self, now: Time) {
         let at = now + crate::time::Millis(SYNC_POLL_MS);
         self.server.sync_poll = Some(self.server.sync_poll.map_or(at, |t| t.min(at)));
     }

@@ -33,7 +33,9 @@ pub trait Storage {
     /// that flushes in the background (so a large flush never stalls the node) may instead
     /// return [`StorageError::InProgress`], and the caller asks again later.
     fn sync(&mut self) -> Result<(), StorageError>;
-    /// Removes every block (a node starts empty).
+    /// Every block stored now (as the running process sees them), in any order.
+    fn list(&mut self) -> Result<Vec<BlobId>, StorageError>;
+    /// Removes every block (`rainstorm cluster --fresh`, and tests that want an empty node).
     fn wipe(&mut self) -> Result<(), StorageError>;
 }
 
@@ -71,6 +73,10 @@ impl Storage for MemStorage {
 
     fn sync(&mut self) -> Result<(), StorageError> {
         Ok(())
+    }
+
+    fn list(&mut self) -> Result<Vec<BlobId>, StorageError> {
+        Ok(self.blobs.keys().copied().collect())
     }
 
     fn wipe(&mut self) -> Result<(), StorageError> {

@@ -39,6 +39,9 @@ impl Storage for FlakyStorage {
         }
         Ok(())
     }
+    fn list(&mut self) -> Result<Vec<BlobId>, StorageError> {
+        self.inner.lock().unwrap().0.list()
+    }
     fn wipe(&mut self) -> Result<(), StorageError> {
         self.inner.lock().unwrap().0.wipe()
     }
@@ -914,8 +917,10 @@ fn deleted(r: Result<OpOutput, HydfsError>) -> (Stamp, Vec<NodeAddr>) {
 }
 
 impl Net {
+    /// Data blocks on node `i`'s disk (the index's own blocks are not counted).
     fn blocks(&self, i: usize) -> usize {
-        self.disks[i].inner.lock().unwrap().0.len()
+        let mut disk = self.disks[i].inner.lock().unwrap();
+        disk.0.list().unwrap().into_iter().filter(|b| crate::hydfs::index::seq_of(*b).is_none()).count()
     }
 
     /// Gives every node (except those in `out`) a view of the members not in `out`.
@@ -1434,7 +1439,7 @@ fn a_create_in_progress_stays_out_of_its_coordinators_anti_entropy() {
                 assert!(files.iter().all(|(n, _)| *n != f), "an uncommitted create was offered: {files:?}");
                 answered += 1;
             }
-            HydfsMsg::DescribeReply { req: 2, meta } => {
+            HydfsMsg::DescribeReply { req: 2, meta, .. } => {
                 assert_eq!(meta.err(), Some(Refusal::NotFound), "an uncommitted create was described");
                 answered += 1;
             }

@@ -14,9 +14,9 @@
 //! * expiring costs in proportion to what expires, never to how many tombstones are held.
 //!
 //! What the bounds mean: a copy cut off from every node that holds its tombstone for longer
-//! than `ttl` (or past `max` later deletes) may come back when it reconnects. Tombstones live in
-//! memory, like the rest of a node's file index: a node that restarts starts empty (its storage
-//! is wiped), so it has neither the file nor the tombstone to forget.
+//! than `ttl` (or past `max` later deletes) may come back when it reconnects. Tombstones are kept
+//! in the store's durable index as well (the node tells it of every one recorded and forgotten),
+//! and a node that restarts takes them back with a full `ttl`.
 
 use super::ring::RingId;
 use super::types::Stamp;
@@ -42,6 +42,8 @@ pub struct Tombstones {
     pub evicted: u64,
     /// Tombstones forgotten because they expired.
     pub expired: u64,
+    /// Tombstones forgotten (evicted or expired) since the last [`Tombstones::take_forgotten`].
+    forgotten: Vec<(FileName, Stamp)>,
 }
 
 impl Tombstones {
@@ -73,7 +75,8 @@ impl Tombstones {
             None => {
                 while self.by_file.len() >= self.max {
                     let Some((_, n, s)) = self.by_expiry.pop_first() else { break };
-                    self.by_file.remove(&(n, s));
+                    self.by_file.remove(&(n.clone(), s));
+                    self.forgotten.push((n, s));
                     self.evicted += 1;
                 }
                 let ring_id = RingId::of_file(name.as_str());
@@ -127,12 +130,18 @@ impl Tombstones {
                 break;
             }
             let (_, name, stamp) = self.by_expiry.pop_first().expect("present");
-            self.by_file.remove(&(name, stamp));
+            self.by_file.remove(&(name.clone(), stamp));
+            self.forgotten.push((name, stamp));
             n += 1;
         }
         self.expired += n as u64;
         debug_assert_eq!(self.by_file.len(), self.by_expiry.len(), "the two indexes agree");
         n
+    }
+
+    /// The tombstones forgotten (evicted or expired) since the last call.
+    pub fn take_forgotten(&mut self) -> Vec<(FileName, Stamp)> {
+        std::mem::take(&mut self.forgotten)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&FileName, Stamp, &Tombstone)> {
