@@ -9,7 +9,10 @@
 //!
 //! Checkers (each proven by a planted bug in `rainstorm_core::hydfs::PlantedBug`):
 //! * **durability**: when a coordinator acknowledges a write, every replica of its view (all
-//!   `min(r, ring)` of them) holds the write *synced* on its disk;
+//!   `min(r, ring)` of them) holds the write *synced* on its disk (a node that is down counts
+//!   through what its disk had synced when it crashed; a replica whose disk rotted or lost a
+//!   block counts only while it still holds the copy); with a power cut in every seed, the
+//!   **loss** checker then proves what was synced is recovered;
 //! * **create-once**: at most one create of a name is acknowledged (while the network is whole);
 //! * **read-your-writes**: a read includes every write its client had acknowledged before asking;
 //! * **order**: each client's writes appear in the order it issued them;

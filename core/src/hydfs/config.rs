@@ -152,10 +152,16 @@ pub enum PlantedBug {
     /// A merge coordinator installs what it collected on whatever merged order the file has by
     /// then (no fence): a second coordinator of the same merge appends its writes again.
     MergeUnfenced,
+    /// Syncs make the parts durable but never the index that names them: acknowledged writes
+    /// survive a crash on disk with nothing pointing at them.
+    IndexNotSynced,
+    /// Tombstones stay in memory only: a node that restarts has forgotten every delete, so a
+    /// copy of a deleted file that some node kept on disk is served as current again.
+    TombstonesNotDurable,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 16] = [
+    pub const ALL: [PlantedBug; 18] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckAfterOneReplica,
         PlantedBug::MergeSkipsReplicas,
@@ -172,6 +178,8 @@ impl PlantedBug {
         PlantedBug::DeleteKeepsBlocks,
         PlantedBug::WriteFailoverWaits,
         PlantedBug::MergeUnfenced,
+        PlantedBug::IndexNotSynced,
+        PlantedBug::TombstonesNotDurable,
     ];
 
     pub fn name(self) -> &'static str {
@@ -192,6 +200,8 @@ impl PlantedBug {
             PlantedBug::DeleteKeepsBlocks => "delete-keeps-blocks",
             PlantedBug::WriteFailoverWaits => "write-failover-waits",
             PlantedBug::MergeUnfenced => "merge-unfenced",
+            PlantedBug::IndexNotSynced => "index-not-synced",
+            PlantedBug::TombstonesNotDurable => "tombstones-not-durable",
         }
     }
 

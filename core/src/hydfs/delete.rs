@@ -253,7 +253,9 @@ impl Hydfs {
     pub(super) fn apply_tombstone(&mut self, now: Time, name: &FileName, create: Stamp) {
         if !self.cfg.bug(PlantedBug::DeleteWithoutTombstone) {
             self.tombstones.insert(now, name, create, self.cfg.tombstone_ttl);
-            self.store.keep_tombstone(name, create);
+            if !self.cfg.bug(PlantedBug::TombstonesNotDurable) {
+                self.store.keep_tombstone(name, create);
+            }
             for (n, s) in self.tombstones.take_forgotten() {
                 self.store.forget_tombstone(&n, s);
             }

@@ -261,6 +261,24 @@ mod tests {
         assert!(decode(&[]).is_err());
     }
 
+    proptest::proptest! {
+        /// Any bytes decode to a block or a typed error, never a panic; so does any damage to a
+        /// valid block, which is never taken for another block.
+        #[test]
+        fn decoding_never_panics(
+            junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            at in 0usize..4096,
+            bit in 0u8..8,
+        ) {
+            let _ = decode(&junk);
+            let block = IndexBlock { seq: 9, body: IndexBody::Snapshot { first: 9, part: 0, of: 1, files: vec![entry()], tombstones: vec![] } };
+            let mut bytes = encode(&block).unwrap();
+            let at = at % bytes.len();
+            bytes[at] ^= 1 << bit;
+            proptest::prop_assert!(decode(&bytes).is_err(), "a flipped bit is always noticed");
+        }
+    }
+
     #[test]
     fn ids_of_index_blocks_are_above_every_data_block() {
         assert_eq!(seq_of(blob_of(42)), Some(42));

@@ -199,7 +199,9 @@ impl Hydfs {
         storage: Box<dyn Storage + Send>,
         now: Time,
     ) -> Result<Hydfs, StorageError> {
-        let (mut store, recovery) = LocalStore::open_checked(storage, !cfg.bug(PlantedBug::ServesCorruptBlocks))?;
+        let (mut store, recovery) =
+            LocalStore::open_checked(storage, !cfg.bug(PlantedBug::ServesCorruptBlocks))?;
+        store.index_writes = !cfg.bug(PlantedBug::IndexNotSynced);
         let mut tombstones = Tombstones::new(cfg.max_tombstones);
         for (name, create) in store.tombstones() {
             tombstones.insert(now, name, *create, cfg.tombstone_ttl);

@@ -139,6 +139,8 @@ pub struct LocalStore {
     changes_bytes: u64,
     /// Change blocks after which the index is compacted.
     compact_blocks: usize,
+    /// Whether syncs write the index (off only for a planted bug).
+    pub index_writes: bool,
     /// The tombstones of deleted files this node keeps (see `tombstone.rs`), and the changes
     /// to them since the last index block.
     tombstones: BTreeSet<(FileName, Stamp)>,
@@ -298,6 +300,7 @@ impl LocalStore {
             snapshot_bytes: 0,
             changes_bytes: 0,
             compact_blocks: COMPACT_BLOCKS,
+            index_writes: true,
             verify,
             tombstones,
             tombstones_kept: BTreeSet::new(),
@@ -504,15 +507,32 @@ impl LocalStore {
     /// blocks it replaces are removed once it is durable.
     pub fn sync(&mut self) -> Result<(), StorageError> {
         if self.unsynced {
-            self.write_changes()?;
-            if self.compaction_due() {
-                self.write_snapshot()?;
+            if self.index_writes {
+                self.write_changes()?;
+                if self.compaction_due() {
+                    self.write_snapshot()?;
+                }
+            } else {
+                self.forget_changes();
             }
             self.storage.sync()?;
             self.unsynced = false;
             self.remove_old_index_blocks();
         }
         Ok(())
+    }
+
+    /// Forgets what changed without writing it (the planted bug `index-not-synced`).
+    fn forget_changes(&mut self) {
+        for name in std::mem::take(&mut self.dirty_files) {
+            match self.files.get(&name) {
+                Some(rec) => self.persisted.insert(name, Persisted::of(rec)),
+                None => self.persisted.remove(&name),
+            };
+        }
+        self.dirty_parts.clear();
+        self.tombstones_kept.clear();
+        self.tombstones_forgotten.clear();
     }
 
     fn compaction_due(&self) -> bool {
