@@ -564,17 +564,24 @@ fn mode(path: &Path) -> u32 {
         & 0o7777
 }
 
-/// Every entry under `dir` (itself included), with its mode, depth first.
+/// Every entry under `dir` (itself included), with its mode, depth first. A running node
+/// renames and removes files as it works (a block's temporary file, an index block a snapshot
+/// replaced): an entry gone between the listing and its inspection is skipped.
 fn walk(dir: &Path, out: &mut Vec<(PathBuf, std::fs::FileType, u32)>) {
+    use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::symlink_metadata(dir).unwrap();
-    out.push((dir.to_path_buf(), meta.file_type(), mode(dir)));
+    out.push((dir.to_path_buf(), meta.file_type(), meta.permissions().mode() & 0o7777));
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
-        let kind = std::fs::symlink_metadata(&path).unwrap().file_type();
-        if kind.is_dir() {
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("{}: {e}", path.display()),
+        };
+        if meta.file_type().is_dir() {
             walk(&path, out);
         } else {
-            out.push((path.clone(), kind, mode(&path)));
+            out.push((path.clone(), meta.file_type(), meta.permissions().mode() & 0o7777));
         }
     }
 }

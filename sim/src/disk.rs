@@ -33,6 +33,8 @@ struct DiskState {
     unreadable: BTreeSet<BlobId>,
     /// Whether a block was ever corrupted or made unreadable on this disk.
     damaged: bool,
+    /// The disk is full: every put fails as ENOSPC does (deletes and syncs work).
+    full: bool,
 }
 
 impl DiskState {
@@ -128,6 +130,11 @@ impl SimDisk {
         Some(id)
     }
 
+    /// Fills the disk (`true`: every put fails as ENOSPC does) or frees space again.
+    pub fn set_full(&self, full: bool) {
+        self.state().full = full;
+    }
+
     /// Whether a block of this disk was ever corrupted or made unreadable.
     pub fn damaged(&self) -> bool {
         self.state().damaged
@@ -161,6 +168,11 @@ impl SimDisk {
 impl Storage for SimDisk {
     fn put(&mut self, blob: BlobId, data: &[u8]) -> Result<(), StorageError> {
         let mut s = self.state();
+        if s.full {
+            return Err(StorageError::Io(format!(
+                "cannot write block {blob}: No space left on device (os error 28)"
+            )));
+        }
         s.unreadable.remove(&blob);
         s.blocks.entry(blob).or_default().current = Some(data.into());
         s.dirty.insert(blob);

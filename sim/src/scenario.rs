@@ -103,6 +103,12 @@ pub enum Fault {
     /// One block on the node's disk turns unreadable (a bad sector): reading it fails as EIO
     /// does until it is written again.
     LoseBlock { node: Slot },
+    /// The node's disk fills up: every block write fails as ENOSPC does, until `DiskFreed`.
+    /// (Not drawn by the sweeps yet: a merge whose coordinator's disk fills mid-merge can leave
+    /// replicas with different merged orders; scenarios can still name it.)
+    DiskFull { node: Slot },
+    /// Space is freed on the node's disk.
+    DiskFreed { node: Slot },
     /// Every process dies at once (a power cut): each keeps only what its disk had synced.
     CrashAll,
     /// Every crashed process starts again, the introducer first, each from its disk.
@@ -992,6 +998,8 @@ impl Fault {
             | Fault::SetSuspicion { node, .. }
             | Fault::Corrupt { node }
             | Fault::LoseBlock { node }
+            | Fault::DiskFull { node }
+            | Fault::DiskFreed { node }
             | Fault::ClockJump { node, .. } => Some(*node),
             Fault::CrashAll | Fault::RestartAll => None,
             Fault::Partition { .. }

@@ -160,10 +160,12 @@ pub fn fault_groups(faults: &[FaultAt]) -> Vec<Vec<usize>> {
     let mut cut_off: Vec<usize> = Vec::new();
     let mut task_crashes: VecDeque<usize> = VecDeque::new();
     let mut cluster_crash: Option<usize> = None;
+    let mut filled: BTreeMap<Slot, usize> = BTreeMap::new();
     for (i, f) in faults.iter().enumerate() {
         let undoes = match &f.fault {
             Fault::Restart { node } => crashed.remove(node),
             Fault::RestartAll => cluster_crash.take(),
+            Fault::DiskFreed { node } => filled.remove(node),
             Fault::Join { node } => left.remove(node),
             // A heal undoes the partitions since the last one; it goes with one alone.
             Fault::Heal => match std::mem::take(&mut cut_off)[..] {
@@ -181,6 +183,7 @@ pub fn fault_groups(faults: &[FaultAt]) -> Vec<Vec<usize>> {
             | Fault::SetSuspicion { .. }
             | Fault::Corrupt { .. }
             | Fault::LoseBlock { .. }
+            | Fault::DiskFull { .. }
             | Fault::CrashAll
             | Fault::CrashTaskHost { .. }
             | Fault::ClockJump { .. } => None,
@@ -201,8 +204,12 @@ pub fn fault_groups(faults: &[FaultAt]) -> Vec<Vec<usize>> {
             Fault::Partition { .. } | Fault::OneWay { .. } => cut_off.push(g),
             Fault::CrashTaskHost { .. } => task_crashes.push_back(g),
             Fault::CrashAll => cluster_crash = Some(g),
+            Fault::DiskFull { node } => {
+                filled.insert(*node, g);
+            }
             Fault::Restart { .. }
             | Fault::RestartAll
+            | Fault::DiskFreed { .. }
             | Fault::LoseBlock { .. }
             | Fault::Pause { .. }
             | Fault::Slow { .. }

@@ -1003,6 +1003,8 @@ impl<A: Actor> World<A> {
                 let block = self.slots[node].disk.lose(&mut self.fault_rng);
                 self.trace.line(self.now, Some(node), || format!("disk block {block:?} lost"));
             }
+            Fault::DiskFull { node } => self.slots[node].disk.set_full(true),
+            Fault::DiskFreed { node } => self.slots[node].disk.set_full(false),
             Fault::CrashAll => {
                 for node in 0..self.slots.len() {
                     if !matches!(self.slots[node].process, Process::Down) {

@@ -128,6 +128,9 @@ pub struct HydfsStats {
     pub corrupt_parts_detected: u64,
     /// Parts whose blocks were missing or unreadable when read (dropped, fetched again).
     pub lost_parts_detected: u64,
+    /// Writes this node refused (as a replica) or failed (as their coordinator) because its
+    /// storage refused a part, the index or a sync (a full disk, an unwritable data dir).
+    pub writes_refused_storage: u64,
     pub files_dropped: u64,
     pub orphans_dropped: u64,
     pub stale_messages: u64,

@@ -1266,6 +1266,7 @@ impl Hydfs {
         let waits = std::mem::take(&mut self.server.replica_waits);
         for w in waits {
             if hit(&w.name, w.stamp) {
+                self.stats.writes_refused_storage += 1;
                 let result = Err(Refusal::StorageFailed(reason.clone()));
                 self.send(w.reply_to, HydfsMsg::ReplicateReply { req: w.req, result });
             } else {
@@ -1280,6 +1281,7 @@ impl Hydfs {
             .map(|(op, _)| *op)
             .collect();
         for op in ops {
+            self.stats.writes_refused_storage += 1;
             self.fail_write(op, Refusal::StorageFailed(reason.clone()));
         }
         self.server.fetches.retain(|(n, s, _), _| !hit(n, *s));

@@ -111,6 +111,9 @@ pub struct Recovery {
     /// blocks written after the last completed sync may be torn, which is expected; a damaged
     /// block before valid ones means storage lost or damaged a synced block.
     pub index_damage: Option<String>,
+    /// Why the fresh snapshot written at start failed (a full disk), if it did: the node runs
+    /// on the index it recovered.
+    pub snapshot_error: Option<String>,
 }
 
 pub struct LocalStore {
@@ -223,7 +226,6 @@ impl LocalStore {
         let mut parts: BTreeMap<PartKey, PartRec> = BTreeMap::new();
         let mut tombstones: BTreeSet<(FileName, Stamp)> = BTreeSet::new();
         let mut used: BTreeSet<u64> = BTreeSet::new();
-        let mut last_seq = index_seqs.last().copied();
         match start {
             None if !index_seqs.is_empty() => {
                 recovery.index_damage = Some(format!(
@@ -283,7 +285,18 @@ impl LocalStore {
         recovery.parts = parts.len() as u64;
         recovery.bytes = parts.values().map(|p| p.meta.len as u64).sum();
         let persisted = files.iter().map(|(n, r)| (n.clone(), Persisted::of(r))).collect();
-        last_seq = last_seq.max(used.last().copied());
+        // Every index block outside the chain (after a gap, damaged, an older snapshot) and
+        // every block no entry names goes, durably, before a new index block may take one of
+        // their numbers: the chain goes on right after its last block.
+        for seq in index_seqs.iter().filter(|s| !used.contains(s)) {
+            recovery.stray_blocks += 1;
+            let _ = storage.delete(index::blob_of(*seq));
+        }
+        for blob in data_blobs.iter().filter(|b| !named.contains(b)) {
+            recovery.stray_blocks += 1;
+            let _ = storage.delete(*blob);
+        }
+        sync_until_done(&mut *storage)?;
         let mut store = LocalStore {
             storage,
             files,
@@ -294,9 +307,9 @@ impl LocalStore {
             dirty_files: BTreeSet::new(),
             dirty_parts: BTreeSet::new(),
             persisted,
-            next_seq: last_seq.map_or(0, |s| s + 1),
-            index_blocks: index_seqs.iter().copied().collect(),
-            snapshot_first: 0,
+            next_seq: used.last().map_or(0, |s| s + 1),
+            index_blocks: used.clone(),
+            snapshot_first: start.map_or(0, |(first, _)| first),
             snapshot_bytes: 0,
             changes_bytes: 0,
             compact_blocks: COMPACT_BLOCKS,
@@ -306,17 +319,21 @@ impl LocalStore {
             tombstones_kept: BTreeSet::new(),
             tombstones_forgotten: BTreeSet::new(),
         };
-        // A fresh snapshot of what was recovered, durable before anything older is removed.
-        store.write_snapshot()?;
-        sync_until_done(&mut *store.storage)?;
-        for blob in data_blobs.iter().filter(|b| !named.contains(b)) {
-            recovery.stray_blocks += 1;
-            let _ = store.storage.delete(*blob);
+        // A fresh snapshot of what was recovered, durable before the chain it replaces is
+        // removed. A full disk refuses it: the node starts anyway on the chain it has (it can
+        // still serve reads), and the parts dropped above are recorded by its next sync.
+        match store.write_snapshot().and_then(|()| sync_until_done(&mut *store.storage)) {
+            Ok(()) => {
+                store.unsynced = false;
+                store.remove_old_index_blocks();
+                sync_until_done(&mut *store.storage)?;
+            }
+            Err(e) => {
+                recovery.snapshot_error = Some(e.to_string());
+                store.dirty_parts.extend(lost);
+                store.unsynced = true;
+            }
         }
-        recovery.stray_blocks +=
-            store.index_blocks.range(..store.snapshot_first).filter(|s| !used.contains(s)).count() as u64;
-        store.remove_old_index_blocks();
-        sync_until_done(&mut *store.storage)?;
         store.check_index();
         Ok((store, recovery))
     }
@@ -564,7 +581,7 @@ impl LocalStore {
                 },
             }
         }
-        let parts = self
+        let parts: Vec<PartChange> = self
             .dirty_parts
             .iter()
             .filter(|(n, _, _)| {
@@ -579,6 +596,15 @@ impl LocalStore {
                 None => PartChange::Removed(key.0.clone(), key.1, key.2),
             })
             .collect();
+        if files.is_empty()
+            && parts.is_empty()
+            && self.tombstones_kept.is_empty()
+            && self.tombstones_forgotten.is_empty()
+        {
+            // Touched but unchanged: nothing to write.
+            self.dirty_files.clear();
+            return Ok(());
+        }
         let body = IndexBody::Changes {
             files,
             parts,
@@ -1137,9 +1163,16 @@ mod tests {
     type Blocks = BTreeMap<BlobId, Vec<u8>>;
 
     #[derive(Clone, Default)]
-    struct CrashDisk(std::sync::Arc<std::sync::Mutex<(Blocks, Blocks)>>);
+    struct CrashDisk(
+        std::sync::Arc<std::sync::Mutex<(Blocks, Blocks)>>,
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+    );
 
     impl CrashDisk {
+        /// Every put fails as on a full disk while `full`.
+        fn fill(&self, full: bool) {
+            self.1.store(full, std::sync::atomic::Ordering::SeqCst);
+        }
         fn crash(&self) {
             let mut d = self.0.lock().unwrap();
             d.0 = d.1.clone();
@@ -1156,6 +1189,9 @@ mod tests {
 
     impl Storage for CrashDisk {
         fn put(&mut self, blob: BlobId, data: &[u8]) -> Result<(), StorageError> {
+            if self.1.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StorageError::Io(format!("cannot write block {blob}: No space left on device")));
+            }
             self.0.lock().unwrap().0.insert(blob, data.to_vec());
             Ok(())
         }
@@ -1276,10 +1312,51 @@ mod tests {
         drop(store);
         let middle = index::blob_of(disk.blocks().iter().filter_map(|b| index::seq_of(*b)).nth(2).unwrap());
         disk.0.lock().unwrap().0.get_mut(&middle).unwrap()[9] ^= 1;
-        let (back, rec) = LocalStore::open(Box::new(disk.clone())).unwrap();
+        let (mut back, rec) = LocalStore::open(Box::new(disk.clone())).unwrap();
         assert!(rec.index_damage.as_deref().is_some_and(|d| d.contains("checksum")), "{rec:?}");
         assert_eq!(back.files().len(), 1, "the index stops at the damage; the rest is fetched again");
         assert_eq!(disk.blocks(), back.blobs().collect());
+        // What the node writes next is recovered after the next crash: the index goes on
+        // right after what it recovered, never behind a gap.
+        let name = FileName::new("after").unwrap();
+        let w = WriteMeta::describe(stamp(9, 9), WriteKind::Create, b"bbbb", 4);
+        back.file_mut(&name).create = Some(w.clone());
+        put_write(&mut back, &name, &w, b"bbbb");
+        back.sync().unwrap();
+        let synced = contents(&mut back);
+        drop(back);
+        disk.crash();
+        let (mut again, rec) = LocalStore::open(Box::new(disk.clone())).unwrap();
+        assert_eq!(rec.index_damage, None);
+        assert_eq!(contents(&mut again), synced);
+    }
+
+    #[test]
+    fn a_node_whose_disk_is_full_starts_on_the_index_it_has() {
+        let disk = CrashDisk::default();
+        let mut store = LocalStore::open(Box::new(disk.clone())).unwrap().0;
+        let name = FileName::new("f").unwrap();
+        let w = WriteMeta::describe(stamp(1, 1), WriteKind::Create, b"aaaabbbb", 4);
+        store.file_mut(&name).create = Some(w.clone());
+        put_write(&mut store, &name, &w, b"aaaabbbb");
+        store.sync().unwrap();
+        let blobs = store.write_blobs(&name, w.stamp).unwrap();
+        drop(store);
+        disk.remove(blobs[1]);
+        disk.fill(true);
+        let (mut back, rec) = LocalStore::open(Box::new(disk.clone())).unwrap();
+        assert!(rec.snapshot_error.as_deref().is_some_and(|e| e.contains("No space")), "{rec:?}");
+        assert_eq!((rec.files, rec.lost_parts), (1, 1));
+        assert!(back.read_part(&name, w.stamp, 0).is_ok(), "still readable");
+        assert!(back.sync().is_err(), "what changed cannot be written yet");
+        disk.fill(false);
+        back.sync().unwrap();
+        let synced = contents(&mut back);
+        drop(back);
+        disk.crash();
+        let (mut again, rec) = LocalStore::open(Box::new(disk.clone())).unwrap();
+        assert_eq!((rec.lost_parts, rec.snapshot_error), (0, None), "the lost part was recorded as gone");
+        assert_eq!(contents(&mut again), synced);
     }
 
     #[derive(Clone, Debug)]
