@@ -725,15 +725,15 @@ impl DemoFile {
         ok
     }
 
-    /// Waits until node `index` (restarted at `t`, with its blocks wiped) lists the file in its
-    /// `store`.
+    /// Waits until node `index` (restarted at `t` on its data dir) lists the file in its `store`
+    /// (at once when its disk kept the file; else once a replica has given it back).
     fn wait_until_held(&self, cluster: &LocalCluster, index: u16, t: Instant, within: Duration) -> bool {
         let ok = cluster
             .wait_until(within, |c| Ok(c.ctl(index, "store").unwrap_or_default().contains(&self.name)))
             .is_ok();
         if ok {
             println!(
-                "  node{index} (restarted with its blocks wiped) holds {} again {:.1} s after its restart",
+                "  node{index} (restarted on its data dir) holds {} again {:.1} s after its restart",
                 self.name,
                 t.elapsed().as_secs_f64()
             );

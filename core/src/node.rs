@@ -270,7 +270,8 @@ impl Node {
             .expect("in-memory storage never fails")
     }
 
-    /// A node whose HyDFS blocks live in `storage` (wiped first: a node starts empty).
+    /// A node whose HyDFS store lives in `storage` (recovered from what it holds: see
+    /// `LocalStore::open`).
     pub fn with_storage(
         cfg: NodeConfig,
         now: Time,

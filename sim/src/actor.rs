@@ -30,7 +30,7 @@ pub struct ActorStart {
     pub rainstorm: Option<RainstormConfig>,
     /// Whether the cluster runs under a cluster key.
     pub cluster_key: bool,
-    /// The process's disk (fresh at every start: a restarted node starts with wiped storage).
+    /// The machine's disk: a restarted process recovers what its predecessor synced.
     pub disk: SimDisk,
 }
 

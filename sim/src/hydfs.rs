@@ -626,8 +626,9 @@ impl HydfsHarness {
                 // Every listed replica that is still up must hold the write synced; a replica that
                 // has since handed the file to its owners counts through them, so the check is on
                 // the number of synced copies among live nodes. "Still up" means the very process
-                // that acknowledged: a replica that crashed after answering and was restarted (with
-                // an empty disk) before the coordinator learned of it is as gone as one still down.
+                // that acknowledged: a replica that crashed after answering and was restarted before
+                // the coordinator learned of it counts through what its disk kept, as a node still
+                // down does.
                 // Its current process cannot have answered unless it received a `Replicate` of the
                 // file (the coordinator itself answers from the process reporting the commit).
                 // A replica whose disk rotted or lost a block may have lost this write's copy

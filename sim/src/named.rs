@@ -323,11 +323,11 @@ pub fn hydfs_corrupt_blocks_are_repaired(seed: u64) -> Scenario {
     hydfs_story("hydfs_corrupt_blocks_are_repaired", seed, 6, 40_000, faults)
 }
 
-/// Every member restarts in turn, each coming back with wiped storage: re-replication must refill
-/// it before the next one goes.
-pub fn hydfs_rolling_restart_with_wiped_disks(seed: u64) -> Scenario {
+/// Every member restarts in turn, each coming back with what its disk synced; what it missed
+/// while down is pulled again before the next one goes.
+pub fn hydfs_rolling_restart(seed: u64) -> Scenario {
     let faults = (1..6).map(|n| (10_000 + n as u64 * 12_000, Fault::Restart { node: n })).collect();
-    hydfs_story("hydfs_rolling_restart_with_wiped_disks", seed, 6, 80_000, faults)
+    hydfs_story("hydfs_rolling_restart", seed, 6, 80_000, faults)
 }
 
 /// A busy cluster's stream connections break again and again (short partitions that cut one
@@ -359,7 +359,7 @@ pub fn hydfs_all(seed: u64) -> Vec<Scenario> {
     vec![
         hydfs_two_replicas_crash_at_once(seed),
         hydfs_corrupt_blocks_are_repaired(seed),
-        hydfs_rolling_restart_with_wiped_disks(seed),
+        hydfs_rolling_restart(seed),
         hydfs_connections_break_while_files_move(seed),
     ]
 }

@@ -1,6 +1,6 @@
-//! The named HyDFS stories (two replicas crashing at once, rotting blocks, a rolling restart with
-//! wiped disks, connections breaking with frames in flight), each over several seeds, checked by
-//! every checker.
+//! The named HyDFS stories (two replicas crashing at once, rotting blocks, a rolling restart,
+//! connections breaking with frames in flight), each over several seeds, checked by every
+//! checker.
 
 use rainstorm_sim::{named, run_membership, RunOptions};
 use rainstorm_tests::assert_passed;
@@ -28,12 +28,9 @@ fn corrupt_blocks_are_repaired_and_never_served() {
 }
 
 #[test]
-fn a_rolling_restart_with_wiped_disks_keeps_every_file() {
+fn a_rolling_restart_keeps_every_file() {
     for seed in 1..=3 {
-        assert_passed(&run_membership(
-            &named::hydfs_rolling_restart_with_wiped_disks(seed),
-            &RunOptions::default(),
-        ));
+        assert_passed(&run_membership(&named::hydfs_rolling_restart(seed), &RunOptions::default()));
     }
 }
 
