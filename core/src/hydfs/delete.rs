@@ -287,8 +287,8 @@ impl Hydfs {
         self.send(holder, HydfsMsg::Remove { req, name: name.clone(), create });
     }
 
-    /// The ring changed from `old`: hands each tombstone this node holds to the members that
-    /// became replicas of its name, so that tombstones stay where copies would be.
+    /// The ring changed from `old`: hands each tombstone of a name this node was a replica of to
+    /// the members that became replicas of it, so that tombstones stay where copies would be.
     pub(super) fn hand_on_tombstones(&mut self, now: Time, old: &Ring) {
         if self.tombstones.is_empty() || !self.ring.contains(self.me) {
             return;
@@ -297,6 +297,11 @@ impl Hydfs {
         let mut notices: Vec<(NodeAddr, FileName, Stamp)> = Vec::new();
         for (name, create, t) in self.tombstones.iter() {
             let before = old.successors(t.ring_id, r);
+            // Every member keeps tombstones; the name's replicas before the change hand them on,
+            // so a change does not send each notice once per member.
+            if !before.contains(&self.me) {
+                continue;
+            }
             for a in self.ring.successors(t.ring_id, r) {
                 if a != self.me && !before.contains(&a) {
                     notices.push((a, name.clone(), create));
