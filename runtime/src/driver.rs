@@ -982,12 +982,18 @@ fn log_recovery(r: &rainstorm_core::hydfs::Recovery, data_dir: &std::path::Path,
         info!(
             event = "hydfs_recovered", files = r.files, parts = r.parts, bytes = r.bytes, lost_parts = r.lost_parts,
             stray_blocks = r.stray_blocks, took_ms,
-            "kept {} HyDFS files ({} bytes in {} parts) from {dir}, checked in {took_ms} ms; {} lost or corrupt parts dropped (fetched again from replicas), {} stray blocks removed",
+            "kept {} HyDFS file(s) ({} bytes in {} parts) from {dir}, checked in {took_ms} ms; {} lost or corrupt parts dropped (fetched again from replicas), {} stray blocks removed",
             r.files, r.bytes, r.parts, r.lost_parts, r.stray_blocks
         );
     }
     if let Some(damage) = &r.index_damage {
         warn!(event = "hydfs_index_damaged", "the HyDFS index in {dir} is damaged: {damage}");
+    }
+    if let Some(why) = &r.snapshot_error {
+        warn!(
+            event = "hydfs_index_not_compacted",
+            "could not write a fresh HyDFS index snapshot in {dir} ({why}); running on the index recovered"
+        );
     }
 }
 

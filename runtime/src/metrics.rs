@@ -246,6 +246,16 @@ impl Collector for Scrape {
             "Stored parts found corrupt (then repaired).",
             h.corrupt_parts_detected,
         )?;
+        out.counter(
+            "rainstorm_hydfs_lost_parts",
+            "Stored parts whose blocks were missing or unreadable when read (then repaired).",
+            h.lost_parts_detected,
+        )?;
+        out.counter(
+            "rainstorm_hydfs_writes_refused_storage",
+            "Writes refused or failed because this node's storage refused them (a full disk, an unwritable data dir).",
+            h.writes_refused_storage,
+        )?;
         out.counters(
             "rainstorm_hydfs_files_dropped",
             "Copies this node dropped, by cause: no longer a replica, an orphan, or deleted.",
