@@ -3,20 +3,22 @@
 //!
 //! A delete goes, like a write, to a replica of the file (the coordinator). The coordinator
 //! applies the file's tombstone `(name, create stamp)` itself (dropping its copy and freeing its
-//! blocks) and sends `Remove` to every other member of its view: a replica, or any node holding
-//! a copy (one still handing the file over), drops its copy and keeps the tombstone; any other
-//! node only forgets what its client half knew of the file. The delete is acknowledged when
-//! every replica of the coordinator's current view has answered.
+//! blocks) and sends `Remove` to every other member of its view: every member keeps the
+//! tombstone in its durable index and drops any copy it holds, and answers once that is synced
+//! (disks outlive restarts, so a node that was down during the delete may come back with a copy,
+//! and any member may meet it). The delete is acknowledged when every replica of the
+//! coordinator's current view has answered and the coordinator's own drop is synced.
 //!
 //! A copy that missed the delete (its holder was down or cut off) meets a tombstone later:
 //! in an inventory, a description, an offer, an exists-check or a write's `Replicate`. The node
-//! holding the tombstone then refuses the copy and tells its holder (`Remove`), which drops it.
-//! When the ring changes, a node hands each tombstone it holds to the file's new replicas, so
-//! tombstones follow the file's place on the ring like copies do.
+//! holding the tombstone then refuses the copy and tells its holder (`Remove`), which drops it;
+//! a description or an offer also carries the deleted creates of its name, so their receiver
+//! drops such a copy before reconciling. When the ring changes, the name's former replicas hand
+//! its tombstone to the new ones, so tombstones follow the file's place on the ring.
 //!
 //! Invariants kept here:
 //! * a delete is acknowledged only after every replica of the coordinator's current view (and
-//!   never fewer than `min_copies`) dropped its copy and recorded the tombstone;
+//!   never fewer than `min_copies`) dropped its copy and recorded the tombstone, durably;
 //! * applying a tombstone drops the copy it covers (blocks freed) and ends all work on it, before
 //!   anything else can touch it;
 //! * one delete of a name runs at a time on a coordinator; a retry joins it.
