@@ -511,8 +511,8 @@ fn a_restarted_node_keeps_its_files() {
     println!("node {victim} ({old_id}) holds {held:?}; killing and restarting it");
 
     s.c.kill(victim).unwrap();
-    // A block no index names (as a put the crash cut short would leave): the restarted node
-    // removes it.
+    // A block no index names, as an older node laid blocks out (one file each): the restarted
+    // node reads it into its block log, finds no index entry naming it, and removes it.
     let marker = s.c.data_dir(victim).join("blocks").join("0fffffffffffffff");
     std::fs::write(&marker, b"left by the previous process").unwrap();
     s.c.spawn(victim).unwrap();

@@ -6,7 +6,7 @@
 //!   [`DIR_MODE`] (0700), and an existing data dir with a looser mode is tightened to it at start
 //!   (and the node logs that it did); the modes are given at creation (`mkdir(2)`'s mode, which
 //!   the umask can only narrow), never set afterwards, so no directory is ever looser;
-//! * every file a node writes (HyDFS blocks and their temporary files, logs, downloads and their
+//! * every file a node writes (HyDFS block segments, logs, downloads and their
 //!   temporary files, the output trace) is created [`FILE_MODE`] (0600) the same way;
 //! * an operator program fetched into the cache is [`PROGRAM_MODE`] (0700): runnable by its owner
 //!   and by nobody else.

@@ -1,215 +1,636 @@
-//! [`FileStorage`]: the HyDFS block storage of a real node, one file per block in a directory
-//! (usually `<data_dir>/blocks`) that it owns entirely.
+//! [`FileStorage`]: the HyDFS block storage of a real node, a log of *segment* files in a
+//! directory (usually `<data_dir>/blocks`) that it owns entirely.
 //!
-//! Block `id` lives in `dir/<id as 16 hex digits>`; `dir/<id>.tmp` is the scratch name a `put`
-//! writes through. Invariants kept here:
-//! * a block is visible under its name only complete: `put` writes the temporary file and renames
-//!   it over the final name, and on any error removes the temporary file, so a failed `put` leaves
-//!   the previous state (no block, or the old block) under the final name;
-//! * nothing is durable until [`Storage::sync`] returns: `put`, `delete` and `wipe` only record
-//!   what changed. After a crash, blocks written or deleted since the last completed sync may be
-//!   present, absent or hold any bytes; the store recovers its index at start, checks every
-//!   block's checksum and removes blocks its index does not name, so this never yields wrong
-//!   data;
-//! * a sync covers both file data and directory entries: it fsyncs every block file written since
-//!   the last sync, then the directory itself, which makes renames and deletes durable;
-//! * the directory is 0700 (tightened if it was looser) and every block and temporary file is
-//!   created 0600, whatever the umask ([`crate::private`]): blocks are the node's user's alone.
+//! Every `put` appends one record (a header, then the block's bytes) to the active segment,
+//! `dir/<n as 16 hex digits>.seg`; every `delete` appends a small tombstone record. A map held in
+//! memory names, for each block, the segment and offset of its newest record; it is rebuilt at
+//! [`FileStorage::open`] by reading the records' headers in segment order. A `sync` is then one
+//! `fdatasync` of the active segment, however many blocks it covers, where one file per block
+//! cost a file creation, a rename and two fsyncs each.
+//!
+//! Record: `"RB" | version 1 | kind (1 put, 2 delete) | block id u64 | length u32 |
+//! data CRC32C u32 | header CRC32C u32`, all little-endian (24 bytes), then `length` bytes of
+//! data. The header's CRC covers the 20 bytes before it, so a torn or zeroed header is told from
+//! a valid one without reading the data; the data's CRC is checked on every read.
+//!
+//! Invariants kept here:
+//! * **newest wins:** the live version of a block is its last put record in (segment, offset)
+//!   order, and a tombstone after it in that order deletes it. Segments are only ever appended
+//!   to, and compaction copies a live record to the end of the log, so the order holds across
+//!   restarts;
+//! * nothing is durable until [`Storage::sync`] returns: it `fdatasync`s every segment written
+//!   since the last sync, and the directory when a segment was created or removed. After a
+//!   crash, records written since the last completed sync may be present, absent or torn; a torn
+//!   header ends its segment's scan (the last segment is cut back to the last whole record), and
+//!   a torn block fails its data CRC when read, which reports it as an I/O error, never as data;
+//! * a failed `put` or `delete` leaves the previous state: the map changes only after the whole
+//!   record is written, and the segment is cut back to its old length;
+//! * **compaction** (after a sync, one sealed segment at a time, when at least half of it is
+//!   dead): its live records are copied to the active segment, a tombstone is copied only while
+//!   an older segment still holds a put of that block and the block is not live, the copies are
+//!   synced, and only then is the segment removed and the directory synced. So a removed segment
+//!   never takes with it the last copy of a live block or a tombstone still needed;
+//! * the directory is 0700 (tightened if it was looser) and every segment is created 0600,
+//!   whatever the umask ([`crate::private`]): blocks are the node's user's alone;
+//! * a directory written by an older node (one file per block, `<id as 16 hex digits>`) is read
+//!   into the log at open, synced, and then its files are removed.
 //!
 //! Every I/O error becomes [`StorageError::Io`] naming the path and the OS error; nothing here
-//! panics on I/O.
+//! panics on I/O or on what it reads back.
 
 use rainstorm_core::hydfs::storage::{BlobId, Storage, StorageError};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use tracing::warn;
+use tracing::{debug, info, warn};
 
-/// Above this many unsynced blocks, `sync` flushes the file system with one syncfs(2).
-const SYNCFS_ABOVE_BLOCKS: usize = 16;
+/// A segment is sealed (a new one started) once it holds this many bytes.
+const SEGMENT_BYTES: u64 = 32 << 20;
+
+/// Above this many unsynced bytes, `sync` flushes on a thread of its own and answers
+/// `InProgress` meanwhile: a flush of a large transfer must not stall the node's other work.
+const BACKGROUND_SYNC_ABOVE: u64 = 4 << 20;
 
 /// A sync slower than this is logged: the node waits for it, so its other work stalls meanwhile.
 const SLOW_SYNC: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Block storage in a directory, one file per block, durable at [`Storage::sync`].
+const MAGIC: [u8; 2] = *b"RB";
+const VERSION: u8 = 1;
+const HEADER: u64 = 24;
+const KIND_PUT: u8 = 1;
+const KIND_DELETE: u8 = 2;
+
+/// Block storage in a directory of segment files, durable at [`Storage::sync`].
 #[derive(Debug)]
 pub struct FileStorage {
     dir: PathBuf,
-    /// Blocks written since the last sync whose data still needs an fsync (reopened by path at
-    /// sync time, so no file handle is held between calls).
-    dirty: BTreeSet<BlobId>,
-    /// Directory entries changed (rename, delete, wipe) since the last sync.
+    segment_bytes: u64,
+    /// Every segment, by number; the last one is the active one, the only one appended to.
+    segments: BTreeMap<u64, Segment>,
+    /// Where each live block's newest record is.
+    blocks: HashMap<BlobId, Loc>,
+    /// Segments written since their last sync, and how many bytes.
+    unsynced: BTreeSet<u64>,
+    unsynced_bytes: u64,
+    /// Directory entries changed (a segment created or removed, a wipe) since the last sync.
     dir_dirty: bool,
-    /// A flush of many blocks runs on its own thread (a node keeps answering pings meanwhile).
+    /// A flush of many bytes runs on its own thread (a node keeps answering pings meanwhile).
     flush: Option<Flush>,
+    /// Compacted segments, removed once the sync covering their copies completes.
+    retiring: Vec<u64>,
 }
 
-/// A background syncfs(2) of the block directory's file system.
+#[derive(Debug)]
+struct Segment {
+    file: File,
+    /// Bytes of whole records in it; the next record goes here.
+    len: u64,
+    /// Bytes of records no longer needed: replaced or deleted blocks, and tombstones.
+    dead: u64,
+    /// Every block with a put record in this segment, live or not (to know which tombstones
+    /// newer segments still need).
+    puts: HashSet<BlobId>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Loc {
+    segment: u64,
+    /// Offset of the record's header.
+    at: u64,
+    len: u32,
+}
+
+impl Loc {
+    fn record_bytes(&self) -> u64 {
+        HEADER + u64::from(self.len)
+    }
+}
+
+/// A background fdatasync of segments (and the directory).
 #[derive(Debug)]
 struct Flush {
     thread: std::thread::JoinHandle<Result<(), String>>,
+}
+
+/// One record's header, as read back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Header {
+    kind: u8,
+    blob: BlobId,
+    len: u32,
+    data_crc: u32,
+}
+
+impl Header {
+    fn encode(&self) -> [u8; HEADER as usize] {
+        let mut h = [0u8; HEADER as usize];
+        h[0..2].copy_from_slice(&MAGIC);
+        h[2] = VERSION;
+        h[3] = self.kind;
+        h[4..12].copy_from_slice(&self.blob.to_le_bytes());
+        h[12..16].copy_from_slice(&self.len.to_le_bytes());
+        h[16..20].copy_from_slice(&self.data_crc.to_le_bytes());
+        let crc = crc32c::crc32c(&h[..20]);
+        h[20..24].copy_from_slice(&crc.to_le_bytes());
+        h
+    }
+
+    /// The header in `h`, or `None` when it is not a whole, valid header.
+    fn decode(h: &[u8]) -> Option<Header> {
+        let h: &[u8; HEADER as usize] = h.get(..HEADER as usize)?.try_into().ok()?;
+        let crc = u32::from_le_bytes(h[20..24].try_into().ok()?);
+        if h[0..2] != MAGIC || h[2] != VERSION || crc32c::crc32c(&h[..20]) != crc {
+            return None;
+        }
+        let kind = h[3];
+        if kind != KIND_PUT && kind != KIND_DELETE {
+            return None;
+        }
+        Some(Header {
+            kind,
+            blob: u64::from_le_bytes(h[4..12].try_into().ok()?),
+            len: u32::from_le_bytes(h[12..16].try_into().ok()?),
+            data_crc: u32::from_le_bytes(h[16..20].try_into().ok()?),
+        })
+    }
 }
 
 fn io_err(what: &str, path: &Path, e: &std::io::Error) -> StorageError {
     StorageError::Io(format!("cannot {what} {}: {e}", path.display()))
 }
 
+fn segment_name(n: u64) -> String {
+    format!("{n:016x}.seg")
+}
+
+/// What a name in the block directory is.
+enum Entry {
+    Segment(u64),
+    /// A block written by an older node, one file per block.
+    OldBlock(BlobId),
+    /// An older node's temporary file, left by a crash mid-put: never a block.
+    OldTemporary,
+    Other,
+}
+
+fn classify(name: &str) -> Entry {
+    let hex = |s: &str| (s.len() == 16).then(|| u64::from_str_radix(s, 16).ok()).flatten();
+    if let Some(n) = name.strip_suffix(".seg").and_then(hex) {
+        return Entry::Segment(n);
+    }
+    if let Some(stem) = name.strip_suffix(".tmp") {
+        if hex(stem).is_some() {
+            return Entry::OldTemporary;
+        }
+    }
+    match hex(name) {
+        Some(blob) => Entry::OldBlock(blob),
+        None => Entry::Other,
+    }
+}
+
 impl FileStorage {
-    /// Opens (creating it if needed) the block directory `dir`, 0700.
+    /// Opens (creating it if needed) the block directory `dir`, 0700, and reads back every
+    /// segment's headers to know where each block is.
     pub fn open(dir: &Path) -> Result<FileStorage, StorageError> {
-        crate::private::dir(dir).map_err(|e| io_err("create", dir, &e))?;
-        Ok(FileStorage { dir: dir.to_path_buf(), dirty: BTreeSet::new(), dir_dirty: false, flush: None })
+        FileStorage::open_with(dir, SEGMENT_BYTES)
     }
 
-    /// The directory holding the blocks.
+    fn open_with(dir: &Path, segment_bytes: u64) -> Result<FileStorage, StorageError> {
+        crate::private::dir(dir).map_err(|e| io_err("create", dir, &e))?;
+        let mut s = FileStorage {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            segments: BTreeMap::new(),
+            blocks: HashMap::new(),
+            unsynced: BTreeSet::new(),
+            unsynced_bytes: 0,
+            dir_dirty: false,
+            flush: None,
+            retiring: Vec::new(),
+        };
+        let mut numbers = Vec::new();
+        let mut old_blocks = Vec::new();
+        for entry in fs::read_dir(dir).map_err(|e| io_err("list", dir, &e))? {
+            let entry = entry.map_err(|e| io_err("list", dir, &e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            match classify(name) {
+                Entry::Segment(n) => numbers.push(n),
+                Entry::OldBlock(blob) => old_blocks.push(blob),
+                Entry::OldTemporary => {
+                    let _ = fs::remove_file(entry.path());
+                    s.dir_dirty = true;
+                }
+                Entry::Other => {}
+            }
+        }
+        numbers.sort_unstable();
+        let last = numbers.last().copied();
+        for n in numbers {
+            s.scan(n, Some(n) == last)?;
+        }
+        if !old_blocks.is_empty() {
+            s.import_old_blocks(old_blocks)?;
+        }
+        Ok(s)
+    }
+
+    /// The directory holding the segments.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    fn blob_path(&self, blob: BlobId) -> PathBuf {
-        self.dir.join(format!("{blob:016x}"))
+    fn segment_path(&self, n: u64) -> PathBuf {
+        self.dir.join(segment_name(n))
     }
 
-    fn tmp_path(&self, blob: BlobId) -> PathBuf {
-        self.dir.join(format!("{blob:016x}.tmp"))
+    /// Reads segment `n`'s headers into the map. A header that is not whole and valid ends the
+    /// scan: in the last segment that is a write a crash tore, and the segment is cut back to
+    /// the record before it; in an earlier one it is damage, reported, and the records after it
+    /// are unreachable.
+    fn scan(&mut self, n: u64, last: bool) -> Result<(), StorageError> {
+        let path = self.segment_path(n);
+        let file = crate::private::file_options()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_err("open segment", &path, &e))?;
+        let size = file.metadata().map_err(|e| io_err("inspect segment", &path, &e))?.len();
+        self.segments.insert(n, Segment { file, len: 0, dead: 0, puts: HashSet::new() });
+        let mut at = 0u64;
+        let mut h = [0u8; HEADER as usize];
+        while at + HEADER <= size {
+            let segment = self.segments.get_mut(&n).expect("inserted above");
+            if let Err(e) = segment.file.read_exact_at(&mut h, at) {
+                return Err(io_err("read segment", &path, &e));
+            }
+            let Some(header) = Header::decode(&h) else { break };
+            let bytes = HEADER + u64::from(header.len);
+            if at + bytes > size {
+                break;
+            }
+            segment.len = at + bytes;
+            let old = if header.kind == KIND_PUT {
+                segment.puts.insert(header.blob);
+                self.blocks.insert(header.blob, Loc { segment: n, at, len: header.len })
+            } else {
+                segment.dead += bytes;
+                self.blocks.remove(&header.blob)
+            };
+            if let Some(old) = old {
+                self.kill(old);
+            }
+            at += bytes;
+        }
+        if at < size {
+            let segment = self.segments.get_mut(&n).expect("inserted above");
+            if last {
+                debug!(segment = %path.display(), kept = at, cut = size - at, "cutting a torn write off the last segment");
+                segment.file.set_len(at).map_err(|e| io_err("cut the torn end of", &path, &e))?;
+                self.unsynced.insert(n);
+            } else {
+                warn!(
+                    event = "hydfs_segment_damaged",
+                    segment = %path.display(),
+                    at,
+                    size,
+                    "segment {} is damaged at byte {at} of {size}: the blocks after that point cannot be read, and HyDFS fetches them again from replicas",
+                    path.display()
+                );
+                segment.dead += size - at;
+                segment.len = size;
+            }
+        }
+        Ok(())
     }
 
-    fn write_tmp(tmp: &Path, data: &[u8]) -> std::io::Result<()> {
-        let mut f = crate::private::file_options().write(true).create(true).truncate(true).open(tmp)?;
-        f.write_all(data)?;
-        f.flush()
+    /// A record that is no longer the live version of its block: its bytes are dead.
+    fn kill(&mut self, old: Loc) {
+        if let Some(segment) = self.segments.get_mut(&old.segment) {
+            segment.dead += old.record_bytes();
+        }
+    }
+
+    /// Reads the blocks an older node kept one file per block into the log, syncs them, and
+    /// only then removes the old files (a crash in between reads them in again: newest wins).
+    fn import_old_blocks(&mut self, mut old: Vec<BlobId>) -> Result<(), StorageError> {
+        old.sort_unstable();
+        for blob in &old {
+            let path = self.dir.join(format!("{blob:016x}"));
+            let data = fs::read(&path).map_err(|e| io_err("read old block", &path, &e))?;
+            self.put(*blob, &data)?;
+        }
+        self.sync_until_done()?;
+        for blob in &old {
+            let path = self.dir.join(format!("{blob:016x}"));
+            fs::remove_file(&path).map_err(|e| io_err("remove old block", &path, &e))?;
+        }
+        self.sync_dir()?;
+        info!(
+            event = "hydfs_blocks_converted",
+            blocks = old.len(),
+            "converted {} block files of an older node into the block log",
+            old.len()
+        );
+        Ok(())
+    }
+
+    fn sync_until_done(&mut self) -> Result<(), StorageError> {
+        loop {
+            match self.sync() {
+                Err(StorageError::InProgress) => std::thread::sleep(std::time::Duration::from_millis(1)),
+                other => return other,
+            }
+        }
+    }
+
+    fn sync_dir(&mut self) -> Result<(), StorageError> {
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io_err("sync", &self.dir, &e))?;
+        self.dir_dirty = false;
+        Ok(())
+    }
+
+    /// The segment the next record of `bytes` bytes goes to: the active one, or a new one when
+    /// the active one is full (a record larger than a segment gets a segment of its own).
+    fn segment_for(&mut self, bytes: u64) -> Result<u64, StorageError> {
+        if let Some((&n, active)) = self.segments.last_key_value() {
+            if active.len == 0 || active.len + bytes <= self.segment_bytes {
+                return Ok(n);
+            }
+        }
+        let n = self.segments.last_key_value().map_or(0, |(&n, _)| n + 1);
+        let path = self.segment_path(n);
+        let file = crate::private::file_options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| io_err("create segment", &path, &e))?;
+        self.segments.insert(n, Segment { file, len: 0, dead: 0, puts: HashSet::new() });
+        self.dir_dirty = true;
+        Ok(n)
+    }
+
+    /// Appends one record at the end of the log; returns where it went.
+    fn append(&mut self, kind: u8, blob: BlobId, data: &[u8]) -> Result<Loc, StorageError> {
+        let len = u32::try_from(data.len()).map_err(|_| {
+            StorageError::Io(format!(
+                "block {blob:016x} of {} bytes is larger than a record can hold",
+                data.len()
+            ))
+        })?;
+        let header = Header { kind, blob, len, data_crc: crc32c::crc32c(data) };
+        let mut record = Vec::with_capacity(HEADER as usize + data.len());
+        record.extend_from_slice(&header.encode());
+        record.extend_from_slice(data);
+        self.append_record(&record, blob, len)
+    }
+
+    /// Appends a whole encoded record (a fresh one, or one copied by compaction).
+    fn append_record(&mut self, record: &[u8], blob: BlobId, len: u32) -> Result<Loc, StorageError> {
+        let bytes = record.len() as u64;
+        let n = self.segment_for(bytes)?;
+        let path = self.segment_path(n);
+        let segment = self.segments.get_mut(&n).expect("segment_for returns a segment");
+        let at = segment.len;
+        if let Err(e) = segment.file.write_all_at(record, at) {
+            // Best effort: the next record is written at `at` anyway, and a scan stops at the
+            // first header that is not whole and valid.
+            let _ = segment.file.set_len(at);
+            return Err(io_err(&format!("write block {blob:016x} to"), &path, &e));
+        }
+        segment.len = at + bytes;
+        self.unsynced.insert(n);
+        self.unsynced_bytes += bytes;
+        Ok(Loc { segment: n, at, len })
+    }
+
+    /// Reads one whole record, checking its header and its data's CRC; returns its data.
+    fn read_record(&self, loc: Loc, blob: BlobId) -> Result<Vec<u8>, StorageError> {
+        let path = self.segment_path(loc.segment);
+        let segment = self.segments.get(&loc.segment).ok_or(StorageError::Missing(blob))?;
+        let mut record = vec![0u8; loc.record_bytes() as usize];
+        segment
+            .file
+            .read_exact_at(&mut record, loc.at)
+            .map_err(|e| io_err("read a block from", &path, &e))?;
+        let header = Header::decode(&record);
+        match header {
+            Some(h)
+                if h.blob == blob
+                    && h.len == loc.len
+                    && crc32c::crc32c(&record[HEADER as usize..]) == h.data_crc =>
+            {
+                record.drain(..HEADER as usize);
+                Ok(record)
+            }
+            _ => Err(StorageError::Io(format!(
+                "block {blob:016x} in {} at byte {} fails its checksum",
+                path.display(),
+                loc.at
+            ))),
+        }
+    }
+
+    /// Flushes what `unsynced` names: inline for a few bytes, else on a thread of its own.
+    fn start_sync(&mut self) -> Result<bool, StorageError> {
+        let mut files = Vec::new();
+        for n in &self.unsynced {
+            if let Some(segment) = self.segments.get(n) {
+                let path = self.segment_path(*n);
+                files.push((segment.file.try_clone().map_err(|e| io_err("sync", &path, &e))?, path));
+            }
+        }
+        let dir = self.dir_dirty.then(|| self.dir.clone());
+        let background = self.unsynced_bytes > BACKGROUND_SYNC_ABOVE;
+        self.unsynced.clear();
+        self.unsynced_bytes = 0;
+        self.dir_dirty = false;
+        let work = move || -> Result<(), String> {
+            for (file, path) in &files {
+                file.sync_data().map_err(|e| format!("cannot sync {}: {e}", path.display()))?;
+            }
+            if let Some(dir) = &dir {
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| format!("cannot sync {}: {e}", dir.display()))?;
+            }
+            Ok(())
+        };
+        if background {
+            let thread = std::thread::Builder::new()
+                .name("hydfs-flush".into())
+                .spawn(work)
+                .map_err(|e| io_err("start a flush of", &self.dir, &e))?;
+            self.flush = Some(Flush { thread });
+            return Ok(false);
+        }
+        work().map_err(StorageError::Io)?;
+        Ok(true)
+    }
+
+    /// Compacts at most one sealed segment at least half dead: copies what is still needed to
+    /// the end of the log, syncs the copies, then removes the segment and syncs the directory.
+    fn compact(&mut self) -> Result<(), StorageError> {
+        let active = self.segments.last_key_value().map(|(&n, _)| n);
+        let victim = self
+            .segments
+            .iter()
+            .filter(|(n, s)| Some(**n) != active && !self.retiring.contains(n) && s.dead * 2 >= s.len)
+            .max_by_key(|(_, s)| s.dead)
+            .map(|(&n, _)| n);
+        let Some(victim) = victim else { return Ok(()) };
+        let started = std::time::Instant::now();
+        let path = self.segment_path(victim);
+        let len = self.segments[&victim].len;
+        // Records in order: tombstones still needed, then live puts (their relative order does
+        // not matter: each block has one live record, and a needed tombstone's block is not live).
+        let mut at = 0u64;
+        let mut h = [0u8; HEADER as usize];
+        let mut copied = 0u64;
+        while at + HEADER <= len {
+            let segment = &self.segments[&victim];
+            segment.file.read_exact_at(&mut h, at).map_err(|e| io_err("read segment", &path, &e))?;
+            let Some(header) = Header::decode(&h) else { break };
+            let bytes = HEADER + u64::from(header.len);
+            let loc = Loc { segment: victim, at, len: header.len };
+            let needed = match header.kind {
+                KIND_PUT => self.blocks.get(&header.blob) == Some(&loc),
+                _ => {
+                    !self.blocks.contains_key(&header.blob)
+                        && self.segments.range(..victim).any(|(_, s)| s.puts.contains(&header.blob))
+                }
+            };
+            if needed {
+                let mut record = vec![0u8; bytes as usize];
+                segment.file.read_exact_at(&mut record, at).map_err(|e| io_err("read segment", &path, &e))?;
+                let moved = self.append_record(&record, header.blob, header.len)?;
+                if header.kind == KIND_PUT {
+                    self.segments.get_mut(&moved.segment).expect("appended").puts.insert(header.blob);
+                    self.blocks.insert(header.blob, moved);
+                } else {
+                    self.segments.get_mut(&moved.segment).expect("appended").dead += bytes;
+                }
+                copied += bytes;
+            }
+            at += bytes;
+        }
+        // The segment goes once the copies are durable: now, or at the sync that sees the
+        // background flush of a large copy end.
+        self.retiring.push(victim);
+        debug!(segment = %path.display(), copied, of = len, ms = started.elapsed().as_millis() as u64, "compacting a segment");
+        if self.start_sync()? {
+            self.remove_retired()?;
+        }
+        Ok(())
+    }
+
+    /// Removes the compacted segments whose copies the last completed sync made durable.
+    fn remove_retired(&mut self) -> Result<(), StorageError> {
+        if self.retiring.is_empty() {
+            return Ok(());
+        }
+        for victim in std::mem::take(&mut self.retiring) {
+            debug_assert!(
+                self.blocks.values().all(|l| l.segment != victim),
+                "no live block stays in a compacted segment"
+            );
+            let path = self.segment_path(victim);
+            self.segments.remove(&victim);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("remove compacted segment", &path, &e)),
+            }
+        }
+        self.sync_dir()
     }
 }
 
 impl Storage for FileStorage {
     fn put(&mut self, blob: BlobId, data: &[u8]) -> Result<(), StorageError> {
-        let path = self.blob_path(blob);
-        let tmp = self.tmp_path(blob);
-        let result = Self::write_tmp(&tmp, data).and_then(|()| fs::rename(&tmp, &path));
-        if let Err(e) = result {
-            // Best effort: the temporary name is never read, and `wipe` removes leftovers.
-            let _ = fs::remove_file(&tmp);
-            return Err(io_err("write block", &path, &e));
+        let loc = self.append(KIND_PUT, blob, data)?;
+        self.segments.get_mut(&loc.segment).expect("appended").puts.insert(blob);
+        if let Some(old) = self.blocks.insert(blob, loc) {
+            self.kill(old);
         }
-        self.dirty.insert(blob);
-        self.dir_dirty = true;
         Ok(())
     }
 
     fn read(&mut self, blob: BlobId) -> Result<Vec<u8>, StorageError> {
-        let path = self.blob_path(blob);
-        fs::read(&path).map_err(|e| match e.kind() {
-            ErrorKind::NotFound => StorageError::Missing(blob),
-            _ => io_err("read block", &path, &e),
-        })
+        let loc = *self.blocks.get(&blob).ok_or(StorageError::Missing(blob))?;
+        self.read_record(loc, blob)
     }
 
     fn delete(&mut self, blob: BlobId) -> Result<(), StorageError> {
-        let path = self.blob_path(blob);
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("delete block", &path, &e)),
+        if !self.blocks.contains_key(&blob) {
+            return Ok(());
         }
-        self.dirty.remove(&blob);
-        self.dir_dirty = true;
+        let loc = self.append(KIND_DELETE, blob, &[])?;
+        self.segments.get_mut(&loc.segment).expect("appended").dead += loc.record_bytes();
+        if let Some(old) = self.blocks.remove(&blob) {
+            self.kill(old);
+        }
         Ok(())
     }
 
     fn sync(&mut self) -> Result<(), StorageError> {
-        // A background flush covers everything written before it started (those blocks left
-        // `dirty` then); until it ends, nothing written since can be reported durable either.
+        // A background flush covers everything written before it started; until it ends,
+        // nothing written since can be reported durable either.
         if let Some(flush) = self.flush.take() {
             if !flush.thread.is_finished() {
                 self.flush = Some(flush);
                 return Err(StorageError::InProgress);
             }
             match flush.thread.join() {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => self.remove_retired()?,
                 Ok(Err(e)) => return Err(StorageError::Io(e)),
                 Err(_) => return Err(StorageError::Io("the flush thread panicked".into())),
             }
         }
-        // Many blocks at once (a large transfer): one syncfs(2) flushes the data, the inodes and
-        // the directory entries of the whole file system in one journal commit, where an fsync
-        // per block would commit the journal once per block. It runs on its own thread and the
-        // caller asks again: a flush of a gigabyte must not stall the node's other work.
-        if self.dirty.len() > SYNCFS_ABOVE_BLOCKS {
-            let dir = self.dir.clone();
-            let thread = std::thread::Builder::new()
-                .name("hydfs-flush".into())
-                .spawn(move || {
-                    let d = File::open(&dir).map_err(|e| format!("cannot sync {}: {e}", dir.display()))?;
-                    rustix::fs::syncfs(&d).map_err(|e| format!("cannot sync {}: {e}", dir.display()))
-                })
-                .map_err(|e| io_err("start a flush of", &self.dir, &e))?;
-            self.dirty.clear();
-            self.dir_dirty = false;
-            self.flush = Some(Flush { thread });
-            return Err(StorageError::InProgress);
+        if self.unsynced.is_empty() && !self.dir_dirty {
+            return Ok(());
         }
-        // Blocks are forgotten one by one as they are synced: after an error, a retry redoes
-        // only what is left (plus the directory).
         let started = std::time::Instant::now();
-        let blocks = self.dirty.len();
-        while let Some(&blob) = self.dirty.first() {
-            let path = self.blob_path(blob);
-            match File::open(&path).and_then(|f| f.sync_all()) {
-                Ok(()) => {}
-                // Removed behind our back: nothing of it to make durable.
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("sync block", &path, &e)),
-            }
-            self.dirty.remove(&blob);
-        }
-        if self.dir_dirty {
-            File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io_err("sync", &self.dir, &e))?;
-            self.dir_dirty = false;
+        let bytes = self.unsynced_bytes;
+        if !self.start_sync()? {
+            return Err(StorageError::InProgress);
         }
         let took = started.elapsed();
         if took >= SLOW_SYNC {
             warn!(
                 event = "slow_sync",
                 ms = took.as_millis() as u64,
-                blocks,
-                "a sync of {blocks} blocks took {} ms: the disk is slow, and this node waited for it",
+                bytes,
+                "a sync of {bytes} bytes took {} ms: the disk is slow, and this node waited for it",
                 took.as_millis()
             );
+        }
+        // Compaction is housekeeping: what was asked is durable whatever it meets.
+        if let Err(e) = self.compact() {
+            warn!(event = "hydfs_compaction_failed", error = %e, "could not compact a block segment: {e}");
         }
         Ok(())
     }
 
     fn list(&mut self) -> Result<Vec<BlobId>, StorageError> {
-        let entries = fs::read_dir(&self.dir).map_err(|e| io_err("list", &self.dir, &e))?;
-        let mut blobs = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| io_err("list", &self.dir, &e))?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if let Some(stem) = name.strip_suffix(".tmp") {
-                // A put that a crash interrupted: never a block, so never listed; removed so
-                // that it does not linger.
-                if stem.len() == 16 && u64::from_str_radix(stem, 16).is_ok() {
-                    let _ = fs::remove_file(entry.path());
-                    self.dir_dirty = true;
-                }
-                continue;
-            }
-            if name.len() == 16 {
-                if let Ok(blob) = u64::from_str_radix(name, 16) {
-                    blobs.push(blob);
-                }
-            }
-        }
-        Ok(blobs)
+        Ok(self.blocks.keys().copied().collect())
     }
 
     fn wipe(&mut self) -> Result<(), StorageError> {
-        crate::private::dir(&self.dir).map_err(|e| io_err("create", &self.dir, &e))?;
-        let entries = fs::read_dir(&self.dir).map_err(|e| io_err("list", &self.dir, &e))?;
         // Whatever happens below, directory entries may have changed.
         self.dir_dirty = true;
+        self.segments.clear();
+        self.blocks.clear();
+        self.unsynced.clear();
+        self.unsynced_bytes = 0;
+        self.retiring.clear();
+        crate::private::dir(&self.dir).map_err(|e| io_err("create", &self.dir, &e))?;
+        let entries = fs::read_dir(&self.dir).map_err(|e| io_err("list", &self.dir, &e))?;
         for entry in entries {
             let entry = entry.map_err(|e| io_err("list", &self.dir, &e))?;
             let path = entry.path();
@@ -221,7 +642,6 @@ impl Storage for FileStorage {
                 Err(e) => return Err(io_err("remove", &path, &e)),
             }
         }
-        self.dirty.clear();
         Ok(())
     }
 }
@@ -255,11 +675,8 @@ mod tests {
 
     impl Drop for TempDir {
         fn drop(&mut self) {
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                let _ = fs::set_permissions(self.blocks(), fs::Permissions::from_mode(0o755));
-            }
+            use std::os::unix::fs::PermissionsExt;
+            let _ = fs::set_permissions(self.blocks(), fs::Permissions::from_mode(0o755));
             let _ = fs::remove_dir_all(&self.0);
         }
     }
@@ -270,6 +687,16 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         v.sort();
+        v
+    }
+
+    fn sync(s: &mut FileStorage) {
+        s.sync_until_done().unwrap();
+    }
+
+    fn listed(s: &mut FileStorage) -> Vec<BlobId> {
+        let mut v = s.list().unwrap();
+        v.sort_unstable();
         v
     }
 
@@ -284,16 +711,19 @@ mod tests {
     }
 
     #[test]
-    fn the_directory_is_0700_and_every_block_0600() {
+    fn the_directory_is_0700_and_every_segment_0600() {
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
         let t = TempDir::new("modes");
-        let mut s = FileStorage::open(&t.blocks()).unwrap();
+        let mut s = FileStorage::open_with(&t.blocks(), 64).unwrap();
         assert_eq!(mode(&t.blocks()), 0o700);
-        s.put(1, b"private").unwrap();
-        s.put(1, b"private, replaced").unwrap();
-        s.put(2, b"").unwrap();
-        assert_eq!((mode(&s.blob_path(1)), mode(&s.blob_path(2))), (0o600, 0o600));
+        s.put(1, b"private, in a segment of its own").unwrap();
+        s.put(2, b"private too, in the next one").unwrap();
+        let segments = names(&t.blocks());
+        assert_eq!(segments, ["0000000000000000.seg", "0000000000000001.seg"]);
+        for name in segments {
+            assert_eq!(mode(&t.blocks().join(name)), 0o600);
+        }
         // A directory left looser (by an older node) is tightened when opened, and by wipe.
         fs::set_permissions(t.blocks(), fs::Permissions::from_mode(0o755)).unwrap();
         let mut s = FileStorage::open(&t.blocks()).unwrap();
@@ -319,158 +749,170 @@ mod tests {
         let t = TempDir::new("rt");
         let mut s = FileStorage::open(&t.blocks()).unwrap();
         s.wipe().unwrap();
-        s.sync().unwrap();
+        sync(&mut s);
         let big = vec![0xabu8; 1 << 20];
         s.put(1, b"hello").unwrap();
         s.put(0x1234_5678_9abc_def0, &big).unwrap();
         s.put(3, b"").unwrap();
-        assert_eq!(names(&t.blocks()), ["0000000000000001", "0000000000000003", "123456789abcdef0"]);
+        assert_eq!(names(&t.blocks()), ["0000000000000000.seg"], "one segment holds them all");
         assert_eq!(s.read(1).unwrap(), b"hello");
         assert_eq!(s.read(0x1234_5678_9abc_def0).unwrap(), big);
         assert_eq!(s.read(3).unwrap(), b"");
-        assert_eq!(s.dirty.len(), 3);
+        assert_eq!(listed(&mut s), [1, 3, 0x1234_5678_9abc_def0]);
+        assert!(!s.unsynced.is_empty());
         s.sync().unwrap();
-        assert!(s.dirty.is_empty() && !s.dir_dirty);
+        assert!(s.unsynced.is_empty() && !s.dir_dirty);
         // A replaced block reads back its new bytes.
         s.put(1, b"world!").unwrap();
         assert_eq!(s.read(1).unwrap(), b"world!");
         s.delete(1).unwrap();
-        assert!(s.dirty.is_empty() && s.dir_dirty, "a deleted block needs no data sync, only the dir");
         assert_eq!(s.read(1), Err(StorageError::Missing(1)));
-        // Deleting a missing block is fine.
+        // Deleting a missing block is fine, and writes nothing.
+        sync(&mut s);
         s.delete(1).unwrap();
         s.delete(77).unwrap();
-        s.sync().unwrap();
-        assert!(!s.dir_dirty);
+        assert!(s.unsynced.is_empty());
         // Nothing changed: sync is a no-op (and still succeeds).
         s.sync().unwrap();
         s.wipe().unwrap();
         assert!(names(&t.blocks()).is_empty());
         assert!(s.dir_dirty);
-        s.sync().unwrap();
+        sync(&mut s);
         assert_eq!(s.read(0x1234_5678_9abc_def0), Err(StorageError::Missing(0x1234_5678_9abc_def0)));
+        assert!(listed(&mut s).is_empty());
     }
 
     #[test]
-    fn read_missing_is_missing() {
-        let t = TempDir::new("missing");
+    fn a_reopened_log_holds_the_newest_version_of_every_block_and_no_deleted_one() {
+        let t = TempDir::new("reopen");
         let mut s = FileStorage::open(&t.blocks()).unwrap();
-        assert_eq!(s.read(42), Err(StorageError::Missing(42)));
-    }
-
-    #[test]
-    fn read_other_error_is_io_with_path() {
-        let t = TempDir::new("readerr");
+        s.put(1, b"one").unwrap();
+        s.put(2, b"two").unwrap();
+        s.put(1, b"one, again").unwrap();
+        s.delete(2).unwrap();
+        s.put(3, b"three").unwrap();
+        sync(&mut s);
+        drop(s);
         let mut s = FileStorage::open(&t.blocks()).unwrap();
-        // A directory under a block's name cannot be read as a file.
-        fs::create_dir(s.blob_path(5)).unwrap();
-        let err = s.read(5).unwrap_err();
-        let StorageError::Io(msg) = err else { panic!("expected Io, got {err:?}") };
-        assert!(msg.contains("0000000000000005"), "{msg}");
-    }
-
-    #[test]
-    fn wipe_removes_leftovers_and_foreign_files() {
-        let t = TempDir::new("wipe");
+        assert_eq!(listed(&mut s), [1, 3]);
+        assert_eq!(s.read(1).unwrap(), b"one, again");
+        assert_eq!(s.read(2), Err(StorageError::Missing(2)));
+        // Appends go on after what was there.
+        s.put(2, b"two, back").unwrap();
+        sync(&mut s);
+        drop(s);
         let mut s = FileStorage::open(&t.blocks()).unwrap();
-        s.put(2, b"kept until wipe").unwrap();
-        fs::write(t.blocks().join("0000000000000009.tmp"), b"torn half-wri").unwrap();
-        fs::write(t.blocks().join("README"), b"foreign").unwrap();
-        fs::create_dir(t.blocks().join("subdir")).unwrap();
-        fs::write(t.blocks().join("subdir").join("x"), b"nested").unwrap();
-        s.wipe().unwrap();
-        assert!(names(&t.blocks()).is_empty());
-        assert!(s.dirty.is_empty() && s.dir_dirty);
-        s.sync().unwrap();
-        // Wipe also recreates a directory removed behind its back.
-        fs::remove_dir_all(t.blocks()).unwrap();
-        s.wipe().unwrap();
-        assert!(t.blocks().is_dir());
+        assert_eq!(s.read(2).unwrap(), b"two, back");
+        assert_eq!(listed(&mut s), [1, 2, 3]);
     }
 
     #[test]
-    fn torn_temp_file_is_never_visible() {
+    fn a_torn_write_at_the_end_is_cut_off_and_never_read() {
         let t = TempDir::new("torn");
         let mut s = FileStorage::open(&t.blocks()).unwrap();
-        // A crash mid-put left a torn temporary file: it is not the block.
-        fs::write(s.tmp_path(4), b"\x00\xffgarbage").unwrap();
-        assert_eq!(s.read(4), Err(StorageError::Missing(4)));
-        // A new put of the same block writes over it and shows only the complete bytes.
         s.put(4, b"complete").unwrap();
+        sync(&mut s);
+        let path = s.segment_path(0);
+        let whole = fs::metadata(&path).unwrap().len();
+        drop(s);
+        // A crash mid-append: half a header, then a whole header whose data never came.
+        let mut torn = Header { kind: KIND_PUT, blob: 5, len: 1000, data_crc: 0 }.encode().to_vec();
+        torn.extend_from_slice(&[9u8; 10]);
+        let mut f = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        use std::io::Write;
+        f.write_all(&torn).unwrap();
+        drop(f);
+        let mut s = FileStorage::open(&t.blocks()).unwrap();
+        assert_eq!(listed(&mut s), [4]);
+        assert_eq!(fs::metadata(&path).unwrap().len(), whole, "the torn end is cut off");
+        // Zeros where a record should be (a file extended but never written) end the scan too.
+        f = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&[0u8; 100]).unwrap();
+        drop(f);
+        let mut s = FileStorage::open(&t.blocks()).unwrap();
         assert_eq!(s.read(4).unwrap(), b"complete");
-        assert!(!s.tmp_path(4).exists());
-        // A torn leftover for another block is removed by wipe.
-        fs::write(s.tmp_path(6), b"garbage").unwrap();
-        s.wipe().unwrap();
-        s.sync().unwrap();
-        assert_eq!(s.read(6), Err(StorageError::Missing(6)));
-        assert_eq!(s.read(4), Err(StorageError::Missing(4)));
-        assert!(names(&t.blocks()).is_empty());
+        s.put(6, b"after the cut").unwrap();
+        sync(&mut s);
+        drop(s);
+        let mut s = FileStorage::open(&t.blocks()).unwrap();
+        assert_eq!(listed(&mut s), [4, 6]);
+        assert_eq!(s.read(6).unwrap(), b"after the cut");
     }
 
-    #[cfg(unix)]
     #[test]
-    fn put_into_read_only_dir_fails_cleanly() {
-        use std::os::unix::fs::PermissionsExt;
-        let t = TempDir::new("ro");
+    fn a_block_whose_bytes_rotted_is_an_error_naming_the_segment_never_data() {
+        let t = TempDir::new("rot");
         let mut s = FileStorage::open(&t.blocks()).unwrap();
-        fs::set_permissions(t.blocks(), fs::Permissions::from_mode(0o555)).unwrap();
-        // Root (or a filesystem ignoring modes) can still create files: nothing to assert then.
-        let probe = t.blocks().join("probe");
-        if fs::write(&probe, b"p").is_ok() {
-            let _ = fs::remove_file(&probe);
-            eprintln!("skipped: permissions are not enforced for this user");
-            return;
-        }
-        let err = s.put(8, b"data").unwrap_err();
+        s.put(5, b"precious bytes").unwrap();
+        s.put(6, b"neighbour").unwrap();
+        sync(&mut s);
+        let at = s.blocks[&5].at + HEADER + 3;
+        s.segments[&0].file.write_all_at(b"X", at).unwrap();
+        let err = s.read(5).unwrap_err();
         let StorageError::Io(msg) = err else { panic!("expected Io, got {err:?}") };
-        assert!(msg.contains(&*s.blob_path(8).to_string_lossy()), "{msg}");
-        assert!(msg.contains("os error"), "{msg}");
-        assert!(names(&t.blocks()).is_empty());
-        assert!(s.dirty.is_empty());
+        assert!(msg.contains("0000000000000000.seg") && msg.contains("checksum"), "{msg}");
+        assert_eq!(s.read(6).unwrap(), b"neighbour");
+        // Reopened, the rotten block is still listed (its header is whole) and still refused.
+        drop(s);
+        let mut s = FileStorage::open(&t.blocks()).unwrap();
+        assert_eq!(listed(&mut s), [5, 6]);
+        assert!(matches!(s.read(5), Err(StorageError::Io(_))));
     }
 
-    /// A full disk, simulated without privileges: the temporary name is a symlink to `/dev/full`,
-    /// so the write fails with ENOSPC like it would on a full filesystem.
-    #[cfg(target_os = "linux")]
     #[test]
-    fn put_on_full_disk_fails_cleanly() {
+    fn damage_in_an_earlier_segment_loses_only_what_follows_it_there() {
+        let t = TempDir::new("damage");
+        let mut s = FileStorage::open_with(&t.blocks(), 140).unwrap();
+        s.put(1, &[1u8; 40]).unwrap();
+        s.put(2, &[2u8; 40]).unwrap();
+        s.put(3, &[3u8; 40]).unwrap();
+        s.put(4, &[4u8; 40]).unwrap();
+        sync(&mut s);
+        assert_eq!(s.blocks[&2].segment, 0);
+        assert_eq!(s.blocks[&3].segment, 1);
+        // Block 2's header in segment 0 is overwritten.
+        let at = s.blocks[&2].at;
+        s.segments[&0].file.write_all_at(&[0xffu8; 8], at).unwrap();
+        drop(s);
+        let mut s = FileStorage::open_with(&t.blocks(), 140).unwrap();
+        assert_eq!(listed(&mut s), [1, 3, 4]);
+        assert_eq!(s.read(4).unwrap(), [4u8; 40]);
+        // New records go to the last segment, never after the damage.
+        s.put(5, b"new").unwrap();
+        assert_ne!(s.blocks[&5].segment, 0);
+    }
+
+    /// A full disk, simulated without privileges: the next segment's name is a symlink to
+    /// `/dev/full`, so its writes fail with ENOSPC as on a full filesystem.
+    #[test]
+    fn put_on_full_disk_fails_cleanly_and_keeps_the_old_block() {
         let t = TempDir::new("full");
-        let mut s = FileStorage::open(&t.blocks()).unwrap();
         if !Path::new("/dev/full").exists() {
             eprintln!("skipped: no /dev/full");
             return;
         }
+        let mut s = FileStorage::open_with(&t.blocks(), 64).unwrap();
         s.put(3, b"old complete block").unwrap();
-        s.sync().unwrap();
-        std::os::unix::fs::symlink("/dev/full", s.tmp_path(3)).unwrap();
+        sync(&mut s);
+        std::os::unix::fs::symlink("/dev/full", s.segment_path(1)).unwrap();
         let err = s.put(3, &[7u8; 4096]).unwrap_err();
         let StorageError::Io(msg) = err else { panic!("expected Io, got {err:?}") };
-        assert!(msg.contains(&*s.blob_path(3).to_string_lossy()), "{msg}");
+        assert!(msg.contains(&*s.segment_path(1).to_string_lossy()), "{msg}");
         assert!(msg.contains("No space left on device"), "{msg}");
-        // The temporary name is gone and the old block is untouched.
-        assert_eq!(names(&t.blocks()), ["0000000000000003"]);
         assert_eq!(s.read(3).unwrap(), b"old complete block");
-        assert!(s.dirty.is_empty() && !s.dir_dirty);
+        let err = s.delete(3).unwrap_err();
+        assert!(matches!(err, StorageError::Io(_)), "{err:?}");
+        assert_eq!(s.read(3).unwrap(), b"old complete block", "a refused delete deletes nothing");
         assert!(Path::new("/dev/full").exists());
     }
 
     #[test]
-    fn sync_tolerates_a_block_removed_behind_its_back() {
-        let t = TempDir::new("gone");
-        let mut s = FileStorage::open(&t.blocks()).unwrap();
-        s.put(1, b"a").unwrap();
-        fs::remove_file(s.blob_path(1)).unwrap();
-        s.sync().unwrap();
-        assert!(s.dirty.is_empty() && !s.dir_dirty);
-    }
-
-    #[test]
-    fn many_blocks_are_flushed_in_the_background() {
+    fn many_bytes_are_flushed_in_the_background() {
         let t = TempDir::new("many");
         let mut s = FileStorage::open(&t.blocks()).unwrap();
-        for b in 0..(SYNCFS_ABOVE_BLOCKS as u64 + 5) {
-            s.put(b, &[b as u8; 100]).unwrap();
+        let block = vec![3u8; 1 << 20];
+        for b in 0..(BACKGROUND_SYNC_ABOVE >> 20) + 1 {
+            s.put(b, &block).unwrap();
         }
         assert_eq!(s.sync(), Err(StorageError::InProgress));
         s.put(100, b"after the flush started").unwrap();
@@ -484,8 +926,67 @@ mod tests {
             }
             assert!(answers < 10_000, "the flush never ended");
         }
-        assert!(s.dirty.is_empty() && !s.dir_dirty && s.flush.is_none());
-        assert_eq!(s.read(3).unwrap(), [3u8; 100]);
+        assert!(s.unsynced.is_empty() && !s.dir_dirty && s.flush.is_none());
+        assert_eq!(s.read(3).unwrap(), block);
+    }
+
+    #[test]
+    fn compaction_frees_dead_segments_and_keeps_every_live_block() {
+        let t = TempDir::new("compact");
+        let mut s = FileStorage::open_with(&t.blocks(), 1000).unwrap();
+        for b in 0..100u64 {
+            s.put(b, &[b as u8; 100]).unwrap();
+            sync(&mut s);
+        }
+        let before = names(&t.blocks()).len();
+        assert!(before >= 10, "{before} segments");
+        for b in (0..100u64).filter(|b| b % 10 != 0) {
+            s.delete(b).unwrap();
+            sync(&mut s);
+        }
+        let after = names(&t.blocks()).len();
+        assert!(after < before / 2, "{before} segments before, {after} after");
+        for b in (0..100u64).step_by(10) {
+            assert_eq!(s.read(b).unwrap(), [b as u8; 100]);
+        }
+        drop(s);
+        let mut s = FileStorage::open_with(&t.blocks(), 1000).unwrap();
+        assert_eq!(listed(&mut s), (0..100u64).step_by(10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn blocks_of_an_older_node_are_read_into_the_log() {
+        let t = TempDir::new("convert");
+        fs::create_dir_all(t.blocks()).unwrap();
+        fs::write(t.blocks().join("0000000000000007"), b"kept one file per block").unwrap();
+        fs::write(t.blocks().join("4000000000000001"), b"an index block").unwrap();
+        fs::write(t.blocks().join("0000000000000009.tmp"), b"torn half-wri").unwrap();
+        let mut s = FileStorage::open(&t.blocks()).unwrap();
+        assert_eq!(listed(&mut s), [7, 0x4000_0000_0000_0001]);
+        assert_eq!(s.read(7).unwrap(), b"kept one file per block");
+        assert_eq!(names(&t.blocks()), ["0000000000000000.seg"]);
+    }
+
+    #[test]
+    fn wipe_removes_everything_even_foreign_files() {
+        let t = TempDir::new("wipe");
+        let mut s = FileStorage::open(&t.blocks()).unwrap();
+        s.put(2, b"kept until wipe").unwrap();
+        fs::write(t.blocks().join("README"), b"foreign").unwrap();
+        fs::create_dir(t.blocks().join("subdir")).unwrap();
+        fs::write(t.blocks().join("subdir").join("x"), b"nested").unwrap();
+        s.wipe().unwrap();
+        assert!(names(&t.blocks()).is_empty());
+        sync(&mut s);
+        s.put(3, b"after the wipe").unwrap();
+        sync(&mut s);
+        drop(s);
+        let mut s = FileStorage::open(&t.blocks()).unwrap();
+        assert_eq!(listed(&mut s), [3]);
+        // Wipe also recreates a directory removed behind its back.
+        fs::remove_dir_all(t.blocks()).unwrap();
+        s.wipe().unwrap();
+        assert!(t.blocks().is_dir());
     }
 
     #[test]
@@ -497,5 +998,66 @@ mod tests {
         s.put(10, b"part").unwrap();
         s.sync().unwrap();
         assert_eq!(s.read(10).unwrap(), b"part");
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Put(u8, u16),
+        Delete(u8),
+        Sync,
+        Reopen,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            5 => (0u8..24, 0u16..300).prop_map(|(b, n)| Op::Put(b, n)),
+            3 => (0u8..24).prop_map(Op::Delete),
+            3 => Just(Op::Sync),
+            1 => Just(Op::Reopen),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Any sequence of puts, deletes, syncs (which compact) and reopens, with segments
+        /// small enough to roll and compact often, leaves exactly the blocks a map would hold,
+        /// each with its newest bytes.
+        #[test]
+        fn the_log_agrees_with_a_map(ops in proptest::collection::vec(op(), 1..200)) {
+            let t = TempDir::new("model");
+            let mut s = FileStorage::open_with(&t.blocks(), 700).unwrap();
+            let mut model: BTreeMap<BlobId, Vec<u8>> = BTreeMap::new();
+            for (i, op) in ops.into_iter().enumerate() {
+                match op {
+                    Op::Put(b, n) => {
+                        let data: Vec<u8> = (0..n).map(|j| (i as u16 ^ j) as u8).collect();
+                        s.put(u64::from(b), &data).unwrap();
+                        model.insert(u64::from(b), data);
+                    }
+                    Op::Delete(b) => {
+                        s.delete(u64::from(b)).unwrap();
+                        model.remove(&u64::from(b));
+                    }
+                    Op::Sync => sync(&mut s),
+                    Op::Reopen => {
+                        sync(&mut s);
+                        drop(s);
+                        s = FileStorage::open_with(&t.blocks(), 700).unwrap();
+                    }
+                }
+                proptest::prop_assert_eq!(listed(&mut s), model.keys().copied().collect::<Vec<_>>());
+            }
+            for (b, data) in &model {
+                proptest::prop_assert_eq!(&s.read(*b).unwrap(), data);
+            }
+            drop(s);
+            let mut s = FileStorage::open_with(&t.blocks(), 700).unwrap();
+            proptest::prop_assert_eq!(listed(&mut s), model.keys().copied().collect::<Vec<_>>());
+            for (b, data) in &model {
+                proptest::prop_assert_eq!(&s.read(*b).unwrap(), data);
+            }
+        }
     }
 }

@@ -83,6 +83,33 @@ struct Persisted {
 }
 
 impl Persisted {
+    /// What the index holds after `change` (a delta computed against `self`) is durable: the
+    /// cost is that of the change, not of the file.
+    fn apply(&mut self, change: &FileChange) {
+        let FileChange::Delta {
+            create,
+            generation,
+            merged_keep,
+            merged_tail,
+            pending_added,
+            pending_removed,
+            ..
+        } = change
+        else {
+            return;
+        };
+        if let Some(c) = create {
+            self.create = Some(c.stamp);
+        }
+        self.generation = *generation;
+        self.merged.truncate(*merged_keep as usize);
+        self.merged.extend(merged_tail.iter().map(|w| w.stamp));
+        for s in pending_removed {
+            self.pending.remove(s);
+        }
+        self.pending.extend(pending_added.iter().map(|w| w.stamp));
+    }
+
     fn of(rec: &FileRec) -> Persisted {
         Persisted {
             create: rec.create.as_ref().map(|c| c.stamp),
@@ -618,16 +645,33 @@ impl LocalStore {
         self.index_blocks.insert(block.seq);
         self.next_seq += 1;
         self.changes_bytes += bytes.len() as u64;
-        for name in std::mem::take(&mut self.dirty_files) {
-            match self.files.get(&name) {
-                Some(rec) => {
-                    self.persisted.insert(name, Persisted::of(rec));
+        // The index now holds each written change (a dirty file with no change is as it was).
+        self.dirty_files.clear();
+        let IndexBody::Changes { files, .. } = &block.body else { unreachable!("built above") };
+        for change in files {
+            match change {
+                FileChange::Whole(e) => {
+                    let rec = self.files.get(&e.name).expect("a whole entry names a held file");
+                    self.persisted.insert(e.name.clone(), Persisted::of(rec));
                 }
-                None => {
-                    self.persisted.remove(&name);
+                FileChange::Delta { name, .. } => {
+                    self.persisted.get_mut(name).expect("a delta is against a persisted file").apply(change)
+                }
+                FileChange::Dropped(name) => {
+                    self.persisted.remove(name);
                 }
             }
         }
+        debug_assert!(
+            files.iter().all(|c| {
+                let name = match c {
+                    FileChange::Whole(e) => &e.name,
+                    FileChange::Delta { name, .. } | FileChange::Dropped(name) => name,
+                };
+                self.persisted.get(name) == self.files.get(name).map(Persisted::of).as_ref()
+            }),
+            "the index holds every changed file as it is"
+        );
         self.dirty_parts.clear();
         self.tombstones_kept.clear();
         self.tombstones_forgotten.clear();
@@ -802,10 +846,38 @@ fn delta(name: &FileName, old: &Persisted, rec: &FileRec) -> Option<Option<FileC
         && rec.merged.iter().zip(&old.merged).all(|(w, s)| w.stamp == *s);
     let merged_keep = if extends { old.merged.len() } else { 0 };
     let merged_tail: Vec<WriteMeta> = rec.merged[merged_keep..].to_vec();
-    let pending_added: Vec<WriteMeta> =
-        rec.pending.values().filter(|w| !old.pending.contains(&w.stamp)).cloned().collect();
-    let pending_removed: Vec<Stamp> =
-        old.pending.iter().filter(|s| !rec.pending.contains_key(s)).copied().collect();
+    // Both sides are in stamp order: one pass finds what was added and what was removed.
+    let mut pending_added: Vec<WriteMeta> = Vec::new();
+    let mut pending_removed: Vec<Stamp> = Vec::new();
+    let mut now = rec.pending.iter().peekable();
+    let mut was = old.pending.iter().peekable();
+    loop {
+        match (now.peek(), was.peek()) {
+            (Some((s, w)), Some(o)) => match (*s).cmp(o) {
+                std::cmp::Ordering::Less => {
+                    pending_added.push((*w).clone());
+                    now.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    pending_removed.push(**o);
+                    was.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    now.next();
+                    was.next();
+                }
+            },
+            (Some((_, w)), None) => {
+                pending_added.push((*w).clone());
+                now.next();
+            }
+            (None, Some(o)) => {
+                pending_removed.push(**o);
+                was.next();
+            }
+            (None, None) => break,
+        }
+    }
     let unchanged = create.is_none()
         && rec.generation == old.generation
         && extends
