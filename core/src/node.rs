@@ -451,6 +451,19 @@ impl Node {
 
     /// Timers due at `now` fire, after one round of messages to this node itself (those queued
     /// before this call; what they send to the node waits for the next round).
+    /// Handles HyDFS messages in batches (group commit): the driver hands the node every frame
+    /// already waiting, then calls [`Node::flush`], and one storage sync covers them all. The
+    /// simulator hands over one frame at a time and leaves this off.
+    pub fn set_batched(&mut self, on: bool) {
+        self.hydfs.set_batched(on);
+    }
+
+    /// Ends a batch of frames: HyDFS answers what they completed, after one sync.
+    pub fn flush(&mut self, now: Time) {
+        self.hydfs.flush(now);
+        self.collect_events(now);
+    }
+
     pub fn handle_timeout(&mut self, now: Time) {
         let round = std::mem::take(&mut self.local);
         if !round.is_empty() {

@@ -8,7 +8,9 @@
 //! (job outputs go only to that command and the job record, so a large job cannot flood
 //! subscribers), and sleeps until the node's next deadline.
 //!
-//! Invariants: after every input all outputs are drained before the task waits again; datagrams
+//! Invariants: after every input (and the stream frames already waiting behind it, at most
+//! [`BATCH_FRAMES`]: group commit) the node is flushed, so one storage sync covers the batch,
+//! and all outputs are drained before the task waits again; datagrams
 //! and commands are served before stream frames, and received stream frames control lane first,
 //! then data, then bulk (bulk transfers never delay membership, HyDFS requests or RainStorm's
 //! tuples); at most [`STREAM_QUEUE_FRAMES`] received stream frames wait per lane, so a fast
@@ -209,6 +211,10 @@ impl NodeHandle {
 }
 
 /// What a node without a cluster key says when it starts (in its log, and on stderr).
+/// At most this many stream frames already waiting are handled after an input, before the node
+/// flushes them with one sync (timers, datagrams and commands then get their turn).
+pub const BATCH_FRAMES: usize = 64;
+
 pub const NO_KEY_WARNING: &str =
     "NO CLUSTER KEY SET: frames are checksummed but not authenticated, and replays are not \
      refused; anyone who can reach this node's port can join the group, forge failures and read or \
@@ -284,6 +290,7 @@ pub async fn start(cfg: RuntimeConfig, data_dir_lock: DataDirLock) -> Result<Sta
         Box::new(blocks),
     )
     .map_err(StartError::Storage)?;
+    node.set_batched(true);
     info!(
         role = ?cfg.role, addr = %cfg.advertise, introducer = %cfg.introducer, seed,
         suspicion = cfg.membership.suspicion_at_start, keys = %codec_keys, "node starting"
@@ -442,6 +449,11 @@ impl NodeTask {
     async fn run(mut self, mut rx: mpsc::Receiver<Input>, mut lanes: LaneQueues) {
         let mut stopping: Option<(tokio::time::Instant, oneshot::Sender<()>)> = None;
         loop {
+            // What the inputs asked of peers goes out first (a coordinator's requests to the
+            // other replicas then travel while its own disk syncs); then group commit: everything
+            // handed over since the last flush is answered after one sync.
+            self.drain().await;
+            self.node.flush(self.clock.now());
             self.drain().await;
             let deadline = self.node.poll_timeout().map(|t| self.clock.instant_of(t));
             let stop_at = stopping.as_ref().map(|(at, _)| *at);
@@ -459,6 +471,9 @@ impl NodeTask {
             }
             let sleep = async {
                 match wake {
+                    // Already due: no timer (tokio's rounds up to the next millisecond, which
+                    // would add a millisecond to every step the node takes "now").
+                    Some(at) if at <= std::time::Instant::now() => {}
                     Some(at) => tokio::time::sleep_until(at.into()).await,
                     None => std::future::pending().await,
                 }
@@ -518,6 +533,15 @@ impl NodeTask {
                 }
                 // Control frames before data frames before bulk frames (`LaneQueues::recv`).
                 Some((_, incoming)) = lanes.recv() => self.on_lane(incoming),
+            }
+            // The frames peers have already sent join this batch (a bounded number, so that
+            // timers and commands still get their turn), and the flush at the top of the loop
+            // syncs once for all of them.
+            for _ in 0..BATCH_FRAMES {
+                match tokio::time::timeout(Duration::ZERO, lanes.recv()).await {
+                    Ok(Some((_, incoming))) => self.on_lane(incoming),
+                    _ => break,
+                }
             }
             if let Some((at, _)) = &stopping {
                 if tokio::time::Instant::now() >= *at {

@@ -188,6 +188,11 @@ pub struct Hydfs {
     server: server::ServerState,
     deletes: delete::DeleteState,
     client: client::ClientState,
+    /// Messages are handled in batches (group commit): what a message completes is answered
+    /// at [`Hydfs::flush`], after one sync covering the whole batch, instead of at once.
+    batched: bool,
+    /// A batch is open: its answers are due at `flush`, or at this time at the latest.
+    progress_due: Option<Time>,
 }
 
 impl Hydfs {
@@ -235,6 +240,8 @@ impl Hydfs {
             deletes: delete::DeleteState::default(),
             client,
             cfg,
+            batched: false,
+            progress_due: None,
         })
     }
 
@@ -378,6 +385,21 @@ impl Hydfs {
         self.events.pop_front()
     }
 
+    /// Handles messages in batches: each message's answers wait for [`Hydfs::flush`] (at the
+    /// latest for the next timeout, which [`Hydfs::poll_timeout`] makes due at once), so one
+    /// storage sync covers every write of the batch. A driver turns this on when it hands the
+    /// node every frame that is waiting before it flushes.
+    pub fn set_batched(&mut self, on: bool) {
+        self.batched = on;
+    }
+
+    /// Ends a batch of messages: answers what they completed, after one sync for them all.
+    pub fn flush(&mut self, now: Time) {
+        if self.progress_due.take().is_some() {
+            self.progress(now);
+        }
+    }
+
     pub fn poll_timeout(&self) -> Option<Time> {
         let mut next = Some(self.next_anti_entropy);
         let mut consider = |t: Option<Time>| {
@@ -387,10 +409,13 @@ impl Hydfs {
         };
         consider(self.server.next_deadline());
         consider(self.client.next_deadline());
+        consider(self.progress_due);
         next
     }
 
     pub fn handle_timeout(&mut self, now: Time) {
+        // The progress below covers an open batch.
+        self.progress_due = None;
         if now >= self.next_anti_entropy {
             self.next_anti_entropy = now + self.cfg.anti_entropy_interval;
             self.anti_entropy(now);
@@ -499,7 +524,11 @@ impl Hydfs {
                 self.on_remote_append_reply(now, from, req, result)
             }
         }
-        self.progress(now);
+        if self.batched {
+            self.progress_due.get_or_insert(now);
+        } else {
+            self.progress(now);
+        }
     }
 
     fn send(&mut self, to: NodeAddr, msg: HydfsMsg) {

@@ -111,7 +111,12 @@ impl Net {
                 }
                 self.drain_events(i);
             }
-            if !moved {
+            // A batch ends with every round of deliveries (nothing for nodes not batched).
+            for i in 0..self.nodes.len() {
+                self.nodes[i].flush(self.now);
+                self.drain_events(i);
+            }
+            if !moved && self.nodes.iter().all(|n| n.out.is_empty()) {
                 return held;
             }
         }
@@ -229,6 +234,49 @@ fn create_append_get_merge_on_three_replicas() {
     let hashes: Vec<u64> = net.nodes.iter().filter_map(|n| n.store().merged_hash(&name("f"))).collect();
     assert_eq!(hashes.len(), 3);
     assert!(hashes.windows(2).all(|w| w[0] == w[1]), "replicas identical after merge");
+}
+
+/// Every node of `net` writes `each` appends to `f` at once (one per client node, as many
+/// clients would); returns how many syncs each node ran for them.
+fn concurrent_appends(net: &mut Net, each: usize) -> Vec<u64> {
+    assert!(net.run(0, ClientOp::Create { name: name("f"), data: b"start;".to_vec() }).is_ok());
+    let before: Vec<u64> = net.nodes.iter().map(|n| n.stats().syncs).collect();
+    let mut ops = Vec::new();
+    for round in 0..each {
+        for i in 0..net.nodes.len() {
+            let data = format!("{i}.{round};").into_bytes();
+            ops.push((i, net.nodes[i].submit(net.now, ClientOp::Append { name: name("f"), data }).unwrap()));
+        }
+    }
+    for _ in 0..1000 {
+        net.settle();
+        if ops.iter().all(|(i, op)| net.done.iter().any(|(n, o, _)| n == i && o == op)) {
+            break;
+        }
+        net.tick(1);
+    }
+    for (i, op) in &ops {
+        let (_, _, result) = net.done.iter().find(|(n, o, _)| n == i && o == op).expect("every append ended");
+        assert!(result.is_ok(), "append {op} at node {i}: {result:?}");
+    }
+    let got = String::from_utf8(net.get(0, name("f")).unwrap()).unwrap();
+    assert_eq!(got.matches(';').count(), 1 + ops.len(), "every append once: {got}");
+    net.nodes.iter().zip(before).map(|(n, b)| n.stats().syncs - b).collect()
+}
+
+#[test]
+fn batched_replicas_sync_once_for_the_writes_that_arrive_together() {
+    let mut one_by_one = Net::new(4);
+    let unbatched: u64 = concurrent_appends(&mut one_by_one, 3).iter().sum();
+    let mut net = Net::new(4);
+    for n in &mut net.nodes {
+        n.set_batched(true);
+    }
+    let batched: u64 = concurrent_appends(&mut net, 3).iter().sum();
+    assert!(
+        batched * 2 <= unbatched,
+        "group commit: {batched} syncs for the batch against {unbatched} one message at a time"
+    );
 }
 
 #[test]
