@@ -40,7 +40,10 @@ mod server;
 pub use cache::ReadCache;
 pub use client::{ClientOp, OpId, OpOutput, PartSource, ReadFrom, UploadSource};
 pub use config::{HydfsConfig, PlantedBug};
-pub use message::{HydfsMsg, InventoryList, MergeSummary, Needs, PartBytes, ReadChunk, Refusal, ReqId};
+pub use message::{
+    FetchRequest, HydfsMsg, InstallRequest, InventoryList, MergeSummary, Needs, PartBytes, ReadChunk,
+    ReadRequest, Refusal, ReplicateRequest, ReqId, WriteRequest,
+};
 pub use name::{FileName, NameError, MAX_NAME_BYTES, NAME_BYTES_CEILING};
 pub use pace::{inventory_hash, Inventory, InventoryHash};
 pub use ring::{Ring, RingId};
@@ -423,23 +426,15 @@ impl Hydfs {
             return;
         }
         match msg {
-            HydfsMsg::Write { req, name, write, inline, source } => {
-                self.on_write(now, from, req, name, write, inline, source)
-            }
-            HydfsMsg::Replicate { req, name, write, inline, sources, create } => {
-                self.on_replicate(now, from, req, name, write, inline, sources, create)
-            }
+            HydfsMsg::Write(write) => self.on_write(now, from, write),
+            HydfsMsg::Replicate(replicate) => self.on_replicate(now, from, replicate),
             HydfsMsg::ReplicateReply { req, result } => self.on_replicate_reply(now, from, req, result),
             HydfsMsg::Merge { req, name } => self.on_merge(now, from, req, name),
             HydfsMsg::Collect { req, name } => self.on_collect(from, req, name),
             HydfsMsg::CollectReply { req, result } => self.on_collect_reply(now, from, req, result),
-            HydfsMsg::Install { req, name, base, appended, sources } => {
-                self.on_install(now, from, req, name, base, appended, sources)
-            }
+            HydfsMsg::Install(install) => self.on_install(now, from, install),
             HydfsMsg::InstallReply { req, result } => self.on_install_reply(now, from, req, result),
-            HydfsMsg::Read { req, name, offset, view, needs } => {
-                self.on_read(now, from, req, name, offset, view, needs)
-            }
+            HydfsMsg::Read(read) => self.on_read(now, from, read),
             HydfsMsg::Stat { req, name } => {
                 self.handled("stat", &name, from);
                 let digest = self.store.meta(&name).map(|m| m.digest());
@@ -470,7 +465,7 @@ impl Hydfs {
             }
             HydfsMsg::Offer { meta, deleted } => self.on_offer(now, from, meta, deleted),
             HydfsMsg::Taken { name, hash } => self.on_taken(now, from, name, hash),
-            HydfsMsg::Fetch { req, name, stamp, part } => self.on_fetch(now, from, req, name, stamp, part),
+            HydfsMsg::Fetch(fetch) => self.on_fetch(now, from, fetch),
             HydfsMsg::FetchReply { req, result } => {
                 if self.is_server_request(req) {
                     self.on_fetch_reply(now, from, req, result)

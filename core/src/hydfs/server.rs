@@ -19,7 +19,10 @@
 //!   `max_transfers` writes and merges at once (more are refused as `Busy`: clients retry) and
 //!   refuses a new append to a file holding `max_pending_appends` pending appends.
 
-use super::message::{HydfsMsg, InventoryList, MergeSummary, Needs, PartBytes, Refusal, ReqId};
+use super::message::{
+    FetchRequest, HydfsMsg, InstallRequest, InventoryList, MergeSummary, Needs, PartBytes, ReadRequest,
+    Refusal, ReplicateRequest, ReqId, WriteRequest,
+};
 use super::pace::inventory_hash;
 use super::store::{reconcile, FileRec, PartError};
 use super::types::{order_hash, FileDigest, FileMeta, PartMeta, Stamp, WriteKind, WriteMeta};
@@ -227,17 +230,8 @@ impl Hydfs {
 
     // ---- writes -------------------------------------------------------------------------------
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn on_write(
-        &mut self,
-        now: Time,
-        from: NodeAddr,
-        req: ReqId,
-        name: FileName,
-        write: WriteMeta,
-        inline: Option<Vec<u8>>,
-        source: NodeAddr,
-    ) {
+    pub(super) fn on_write(&mut self, now: Time, from: NodeAddr, msg: WriteRequest) {
+        let WriteRequest { req, name, write, inline, source } = msg;
         let what = if write.kind == WriteKind::Create { "create" } else { "append" };
         self.handled(what, &name, from);
         let refuse = |h: &mut Hydfs, r: Refusal| {
@@ -358,17 +352,17 @@ impl Hydfs {
     /// expects an answer). Returns whether it did.
     pub(super) fn refuse_long_name(&mut self, from: NodeAddr, msg: &HydfsMsg) -> bool {
         let name = match msg {
-            HydfsMsg::Write { name, .. }
-            | HydfsMsg::Replicate { name, .. }
+            HydfsMsg::Write(WriteRequest { name, .. })
+            | HydfsMsg::Replicate(ReplicateRequest { name, .. })
             | HydfsMsg::Merge { name, .. }
             | HydfsMsg::Collect { name, .. }
-            | HydfsMsg::Install { name, .. }
-            | HydfsMsg::Read { name, .. }
+            | HydfsMsg::Install(InstallRequest { name, .. })
+            | HydfsMsg::Read(ReadRequest { name, .. })
             | HydfsMsg::Stat { name, .. }
             | HydfsMsg::RemoteAppend { name, .. }
             | HydfsMsg::Describe { name, .. }
             | HydfsMsg::Taken { name, .. }
-            | HydfsMsg::Fetch { name, .. }
+            | HydfsMsg::Fetch(FetchRequest { name, .. })
             | HydfsMsg::Delete { name, .. }
             | HydfsMsg::Remove { name, .. } => name,
             HydfsMsg::Offer { meta, .. } => &meta.name,
@@ -381,13 +375,17 @@ impl Hydfs {
         self.stats.names_refused += 1;
         let no = Refusal::NameTooLong { len, limit };
         let reply = match *msg {
-            HydfsMsg::Write { req, .. } => HydfsMsg::WriteReply { req, result: Err(no), create: None },
-            HydfsMsg::Replicate { req, .. } => HydfsMsg::ReplicateReply { req, result: Err(no) },
+            HydfsMsg::Write(WriteRequest { req, .. }) => {
+                HydfsMsg::WriteReply { req, result: Err(no), create: None }
+            }
+            HydfsMsg::Replicate(ReplicateRequest { req, .. }) => {
+                HydfsMsg::ReplicateReply { req, result: Err(no) }
+            }
             HydfsMsg::Merge { req, .. } => HydfsMsg::MergeReply { req, result: Err(no) },
             HydfsMsg::Collect { req, .. } => HydfsMsg::CollectReply { req, result: Err(no) },
-            HydfsMsg::Install { req, .. } => HydfsMsg::InstallReply { req, result: Err(no) },
-            HydfsMsg::Read { req, .. } => HydfsMsg::ReadReply { req, result: Err(no) },
-            HydfsMsg::Fetch { req, .. } => HydfsMsg::FetchReply { req, result: Err(no) },
+            HydfsMsg::Install(InstallRequest { req, .. }) => HydfsMsg::InstallReply { req, result: Err(no) },
+            HydfsMsg::Read(ReadRequest { req, .. }) => HydfsMsg::ReadReply { req, result: Err(no) },
+            HydfsMsg::Fetch(FetchRequest { req, .. }) => HydfsMsg::FetchReply { req, result: Err(no) },
             HydfsMsg::Stat { req, .. } => HydfsMsg::StatReply { req, digest: None },
             HydfsMsg::Describe { req, .. } => {
                 HydfsMsg::DescribeReply { req, meta: Err(no), deleted: Vec::new() }
@@ -476,13 +474,15 @@ impl Hydfs {
         for t in to_ask {
             let (n, wr, inl, cr) = (name.clone(), write.clone(), inline.clone(), create.clone());
             let sources = vec![self.me, source];
-            self.ask(now, t, Pending::Replicate { op }, |req| HydfsMsg::Replicate {
-                req,
-                name: n,
-                write: wr,
-                inline: inl,
-                sources,
-                create: cr,
+            self.ask(now, t, Pending::Replicate { op }, |req| {
+                HydfsMsg::Replicate(ReplicateRequest {
+                    req,
+                    name: n,
+                    write: wr,
+                    inline: inl,
+                    sources,
+                    create: cr,
+                })
             });
             if let Some(w) = self.server.writes.get_mut(&op) {
                 w.asked.insert(t);
@@ -491,18 +491,8 @@ impl Hydfs {
         self.arm_retry(now);
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn on_replicate(
-        &mut self,
-        now: Time,
-        from: NodeAddr,
-        req: ReqId,
-        name: FileName,
-        write: WriteMeta,
-        inline: Option<Vec<u8>>,
-        sources: Vec<NodeAddr>,
-        create: Option<WriteMeta>,
-    ) {
+    pub(super) fn on_replicate(&mut self, now: Time, from: NodeAddr, msg: ReplicateRequest) {
+        let ReplicateRequest { req, name, write, inline, sources, create } = msg;
         self.handled("replicate", &name, from);
         if write.len() > self.cfg.max_write_bytes || !self.parts_fit(&write) {
             let limit = self.cfg.max_write_bytes;
@@ -875,12 +865,8 @@ impl Hydfs {
         for t in to {
             let (n, a) = (name.clone(), appended.clone());
             let sources = vec![self.me];
-            self.ask(now, t, Pending::Install { name: name.clone() }, |req| HydfsMsg::Install {
-                req,
-                name: n,
-                base,
-                appended: a,
-                sources,
+            self.ask(now, t, Pending::Install { name: name.clone() }, |req| {
+                HydfsMsg::Install(InstallRequest { req, name: n, base, appended: a, sources })
             });
             if let Some(CoordMerge { phase: MergePhase::Installing { asked, .. }, .. }) =
                 self.server.merges.get_mut(name)
@@ -930,17 +916,8 @@ impl Hydfs {
         true
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn on_install(
-        &mut self,
-        now: Time,
-        from: NodeAddr,
-        req: ReqId,
-        name: FileName,
-        base: u64,
-        appended: Vec<WriteMeta>,
-        sources: Vec<NodeAddr>,
-    ) {
+    pub(super) fn on_install(&mut self, now: Time, from: NodeAddr, msg: InstallRequest) {
+        let InstallRequest { req, name, base, appended, sources } = msg;
         self.handled("install merge", &name, from);
         if self.install_applied(&name, base, &appended) {
             // Already here: the same install again (a resend after a lost answer, a frame that
@@ -1062,11 +1039,8 @@ impl Hydfs {
         let to = job.sources[job.next];
         job.next += 1;
         let (name, stamp, part) = key.clone();
-        let req = self.ask(now, to, Pending::Fetch { key: key.clone() }, |req| HydfsMsg::Fetch {
-            req,
-            name,
-            stamp,
-            part,
+        let req = self.ask(now, to, Pending::Fetch { key: key.clone() }, |req| {
+            HydfsMsg::Fetch(FetchRequest { req, name, stamp, part })
         });
         if let Some(job) = self.server.fetches.get_mut(&key) {
             job.in_flight = Some(req);
@@ -1143,15 +1117,8 @@ impl Hydfs {
         false
     }
 
-    pub(super) fn on_fetch(
-        &mut self,
-        now: Time,
-        from: NodeAddr,
-        req: ReqId,
-        name: FileName,
-        stamp: Stamp,
-        part: u32,
-    ) {
+    pub(super) fn on_fetch(&mut self, now: Time, from: NodeAddr, msg: FetchRequest) {
+        let FetchRequest { req, name, stamp, part } = msg;
         let declared = self.store.part_meta(&name, stamp, part);
         let result = match self.store.read_part(&name, stamp, part) {
             Ok(bytes) => match declared {
@@ -1382,17 +1349,8 @@ impl Hydfs {
 
     // ---- reads --------------------------------------------------------------------------------
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn on_read(
-        &mut self,
-        _now: Time,
-        from: NodeAddr,
-        req: ReqId,
-        name: FileName,
-        offset: u64,
-        view: Option<u64>,
-        needs: Vec<Needs>,
-    ) {
+    pub(super) fn on_read(&mut self, _now: Time, from: NodeAddr, msg: ReadRequest) {
+        let ReadRequest { req, name, offset, view, needs } = msg;
         if offset == 0 {
             self.handled("get", &name, from);
         }
