@@ -343,8 +343,8 @@ impl Hydfs {
         // each such operation moves on to its next live replica now, not at its timeout (for a
         // write or a merge, the coordinator's whole timeout). A retried write keeps its stamp, so
         // every replica drops the copy a falsely declared coordinator may still bring; a merge
-        // is fenced by the merged order it collected (see `server::advance_merge`). A node that
-        // is itself out of the group keeps waiting: it has no live replica to move to.
+        // is fenced by the merged order it collected (see `advance_merge` in `server/merge.rs`).
+        // A node that is itself out of the group keeps waiting: it has no live replica to move to.
         if me.is_some() && !gone.is_empty() {
             self.client_members_gone(now, &gone);
         }
