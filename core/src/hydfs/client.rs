@@ -20,7 +20,10 @@
 //!   asked for it, for a multiappend part), at the latest when its deadline passes.
 
 use super::cache::{CachedFile, ReadCache};
-use super::message::{HydfsMsg, MergeSummary, Needs, PartBytes, ReadChunk, Refusal, ReqId};
+use super::message::{
+    FetchRequest, HydfsMsg, MergeSummary, Needs, PartBytes, ReadChunk, ReadRequest, Refusal, ReqId,
+    WriteRequest,
+};
 use super::ring::RingId;
 use super::store::PartError;
 use super::types::{FileDigest, FileMeta, PartMeta, Stamp, WriteKind, WriteMeta};
@@ -704,7 +707,8 @@ impl Hydfs {
                 let wait = self.cfg.coordinator_timeout
                     + self.cfg.request_timeout
                     + self.cfg.transfer_allowance(meta.len());
-                (HydfsMsg::Write { req, name, write: meta.clone(), inline, source: self.me }, wait)
+                let write = WriteRequest { req, name, write: meta.clone(), inline, source: self.me };
+                (HydfsMsg::Write(write), wait)
             }
             Kind::Read { pinned, restarts, .. } => {
                 let mut fresh = Kind::read(*pinned);
@@ -715,7 +719,8 @@ impl Hydfs {
                 }
                 let needs = if pinned.is_some() { Vec::new() } else { needs_now.clone() };
                 op.kind = fresh;
-                (HydfsMsg::Read { req, name, offset: 0, view: None, needs }, self.cfg.request_timeout)
+                let read = ReadRequest { req, name, offset: 0, view: None, needs };
+                (HydfsMsg::Read(read), self.cfg.request_timeout)
             }
             Kind::Merge => {
                 (HydfsMsg::Merge { req, name }, self.cfg.coordinator_timeout + self.cfg.request_timeout)
@@ -725,7 +730,8 @@ impl Hydfs {
                 (HydfsMsg::Delete { req, name }, self.cfg.coordinator_timeout + self.cfg.request_timeout)
             }
             Kind::Part { stamp, part, .. } => {
-                (HydfsMsg::Fetch { req, name, stamp: *stamp, part: *part }, self.cfg.request_timeout)
+                let fetch = FetchRequest { req, name, stamp: *stamp, part: *part };
+                (HydfsMsg::Fetch(fetch), self.cfg.request_timeout)
             }
             Kind::Ls { waiting, .. } => {
                 // Ask every replica at once.
@@ -1074,7 +1080,8 @@ impl Hydfs {
                 self.next_req = r;
                 inflight.insert(r, offset);
                 self.client.requests.insert(r, (id, from, now + timeout));
-                let msg = HydfsMsg::Read { req: r, name: name.clone(), offset, view: v, needs: Vec::new() };
+                let read = ReadRequest { req: r, name: name.clone(), offset, view: v, needs: Vec::new() };
+                let msg = HydfsMsg::Read(read);
                 self.out.push_back((from, msg));
             }
             return;

@@ -1,6 +1,11 @@
 //! HyDFS messages. All travel on the stream channel (TCP on real nodes); each request carries a
 //! [`ReqId`] its reply echoes. Data moves only in parts of at most [`super::CHUNK_BYTES`], and
 //! only in messages on the bulk lane ([`HydfsMsg::lane`]).
+//!
+//! Requests with many fields carry a named body ([`WriteRequest`], [`ReplicateRequest`],
+//! [`InstallRequest`], [`ReadRequest`], [`FetchRequest`]), which their handler takes whole. A
+//! variant holding a struct encodes exactly as a struct variant with the same fields in the same
+//! order: the order of a body's fields is part of the wire format.
 
 use super::pace::{Inventory, InventoryHash};
 use super::types::{FileDigest, FileMeta, PartMeta, Stamp, WriteMeta};
@@ -95,18 +100,72 @@ pub enum InventoryList {
     Files(Inventory),
 }
 
+/// The body of [`HydfsMsg::Write`]: a client asks a coordinator to store a write on every
+/// replica. Small single-part writes travel inline; otherwise the coordinator fetches the parts
+/// from `source`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteRequest {
+    pub req: ReqId,
+    pub name: FileName,
+    pub write: WriteMeta,
+    #[serde(with = "serde_bytes")]
+    pub inline: Option<Vec<u8>>,
+    pub source: NodeAddr,
+}
+
+/// The body of [`HydfsMsg::Replicate`]: a coordinator asks a replica to store this write
+/// (fetching parts from `sources`), sync, then ack. `create` is the create of the file the
+/// coordinator holds (for an append): a replica holding its tombstone refuses the write as
+/// `Deleted`, and a replica without a create takes this one (so an append never sits on a
+/// replica without the file it belongs to).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicateRequest {
+    pub req: ReqId,
+    pub name: FileName,
+    pub write: WriteMeta,
+    #[serde(with = "serde_bytes")]
+    pub inline: Option<Vec<u8>>,
+    pub sources: Vec<NodeAddr>,
+    pub create: Option<WriteMeta>,
+}
+
+/// The body of [`HydfsMsg::Install`]: a merge's coordinator asks a replica to append `appended`
+/// (in this order) to the merged content, if the merged content is still `base` (a merged-order
+/// hash), fetching what it lacks from `sources`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallRequest {
+    pub req: ReqId,
+    pub name: FileName,
+    pub base: u64,
+    pub appended: Vec<WriteMeta>,
+    pub sources: Vec<NodeAddr>,
+}
+
+/// The body of [`HydfsMsg::Read`]: a client asks a replica for the chunk of the file at
+/// `offset`, of the version `view` names (none for the first chunk). `needs` lists writes the
+/// client knows are acknowledged; a replica missing one refuses with `Behind`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadRequest {
+    pub req: ReqId,
+    pub name: FileName,
+    pub offset: u64,
+    pub view: Option<u64>,
+    pub needs: Vec<Needs>,
+}
+
+/// The body of [`HydfsMsg::Fetch`]: the bytes of part `part` of write `stamp` of file `name`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchRequest {
+    pub req: ReqId,
+    pub name: FileName,
+    pub stamp: Stamp,
+    pub part: u32,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HydfsMsg {
-    /// Client to coordinator: store a write on every replica. Small single-part writes travel
-    /// inline; otherwise the coordinator fetches the parts from `source`.
-    Write {
-        req: ReqId,
-        name: FileName,
-        write: WriteMeta,
-        #[serde(with = "serde_bytes")]
-        inline: Option<Vec<u8>>,
-        source: NodeAddr,
-    },
+    /// Client to coordinator: store a write on every replica.
+    Write(WriteRequest),
     /// The replicas that stored the write, and the create of the file it belongs to (its own
     /// stamp, for a create).
     WriteReply {
@@ -114,19 +173,8 @@ pub enum HydfsMsg {
         result: Result<Vec<NodeAddr>, Refusal>,
         create: Option<Stamp>,
     },
-    /// Coordinator to replica: store this write (fetching parts from `sources`), sync, then ack.
-    /// `create` is the create of the file the coordinator holds (for an append): a replica
-    /// holding its tombstone refuses the write as `Deleted`, and a replica without a create
-    /// takes this one (so an append never sits on a replica without the file it belongs to).
-    Replicate {
-        req: ReqId,
-        name: FileName,
-        write: WriteMeta,
-        #[serde(with = "serde_bytes")]
-        inline: Option<Vec<u8>>,
-        sources: Vec<NodeAddr>,
-        create: Option<WriteMeta>,
-    },
+    /// Coordinator to replica: store this write, sync, then ack.
+    Replicate(ReplicateRequest),
     ReplicateReply {
         req: ReqId,
         result: Result<(), Refusal>,
@@ -150,30 +198,16 @@ pub enum HydfsMsg {
         req: ReqId,
         result: Result<Vec<WriteMeta>, Refusal>,
     },
-    /// Coordinator to replica: append `appended` (in this order) to the merged content, if the
-    /// merged content is still `base` (a merged-order hash).
-    Install {
-        req: ReqId,
-        name: FileName,
-        base: u64,
-        appended: Vec<WriteMeta>,
-        sources: Vec<NodeAddr>,
-    },
+    /// Coordinator to replica: install a merge on this copy.
+    Install(InstallRequest),
     /// Carries the bytes the replica fetched to install the merge.
     InstallReply {
         req: ReqId,
         result: Result<u64, Refusal>,
     },
 
-    /// Client to replica: a chunk of the file. `needs` lists writes the client knows are
-    /// acknowledged; a replica missing one refuses with `Behind`.
-    Read {
-        req: ReqId,
-        name: FileName,
-        offset: u64,
-        view: Option<u64>,
-        needs: Vec<Needs>,
-    },
+    /// Client to replica: a chunk of the file.
+    Read(ReadRequest),
     ReadReply {
         req: ReqId,
         result: Result<ReadChunk, Refusal>,
@@ -237,12 +271,7 @@ pub enum HydfsMsg {
     },
     /// One part of one write: a replica pulling what it lacks, or a client's
     /// [`super::ClientOp::ReadPart`].
-    Fetch {
-        req: ReqId,
-        name: FileName,
-        stamp: Stamp,
-        part: u32,
-    },
+    Fetch(FetchRequest),
     FetchReply {
         req: ReqId,
         result: Result<PartBytes, Refusal>,
@@ -279,13 +308,13 @@ impl HydfsMsg {
     /// never delays the small messages that coordinate it.
     pub fn lane(&self) -> Lane {
         match self {
-            HydfsMsg::Write { inline: Some(_), .. }
-            | HydfsMsg::Replicate { inline: Some(_), .. }
+            HydfsMsg::Write(WriteRequest { inline: Some(_), .. })
+            | HydfsMsg::Replicate(ReplicateRequest { inline: Some(_), .. })
             | HydfsMsg::RemoteAppend { .. }
             | HydfsMsg::ReadReply { result: Ok(_), .. }
             | HydfsMsg::FetchReply { result: Ok(_), .. } => Lane::Bulk,
-            HydfsMsg::Write { inline: None, .. }
-            | HydfsMsg::Replicate { inline: None, .. }
+            HydfsMsg::Write(WriteRequest { inline: None, .. })
+            | HydfsMsg::Replicate(ReplicateRequest { inline: None, .. })
             | HydfsMsg::ReadReply { result: Err(_), .. }
             | HydfsMsg::FetchReply { result: Err(_), .. }
             | HydfsMsg::WriteReply { .. }
@@ -294,9 +323,9 @@ impl HydfsMsg {
             | HydfsMsg::MergeReply { .. }
             | HydfsMsg::Collect { .. }
             | HydfsMsg::CollectReply { .. }
-            | HydfsMsg::Install { .. }
+            | HydfsMsg::Install(_)
             | HydfsMsg::InstallReply { .. }
-            | HydfsMsg::Read { .. }
+            | HydfsMsg::Read(_)
             | HydfsMsg::Stat { .. }
             | HydfsMsg::StatReply { .. }
             | HydfsMsg::RemoteAppendReply { .. }
@@ -306,7 +335,7 @@ impl HydfsMsg {
             | HydfsMsg::DescribeReply { .. }
             | HydfsMsg::Offer { .. }
             | HydfsMsg::Taken { .. }
-            | HydfsMsg::Fetch { .. }
+            | HydfsMsg::Fetch(_)
             | HydfsMsg::Delete { .. }
             | HydfsMsg::DeleteReply { .. }
             | HydfsMsg::Remove { .. }
@@ -317,18 +346,18 @@ impl HydfsMsg {
     /// Whether this message asks something of its receiver (as opposed to answering it).
     pub fn is_request(&self) -> bool {
         match self {
-            HydfsMsg::Write { .. }
-            | HydfsMsg::Replicate { .. }
+            HydfsMsg::Write(_)
+            | HydfsMsg::Replicate(_)
             | HydfsMsg::Merge { .. }
             | HydfsMsg::Collect { .. }
-            | HydfsMsg::Install { .. }
-            | HydfsMsg::Read { .. }
+            | HydfsMsg::Install(_)
+            | HydfsMsg::Read(_)
             | HydfsMsg::Stat { .. }
             | HydfsMsg::RemoteAppend { .. }
             | HydfsMsg::Inventory { .. }
             | HydfsMsg::Describe { .. }
             | HydfsMsg::Offer { .. }
-            | HydfsMsg::Fetch { .. }
+            | HydfsMsg::Fetch(_)
             | HydfsMsg::Delete { .. }
             | HydfsMsg::Remove { .. } => true,
             HydfsMsg::WriteReply { .. }

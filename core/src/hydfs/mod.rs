@@ -40,7 +40,10 @@ mod server;
 pub use cache::ReadCache;
 pub use client::{ClientOp, OpId, OpOutput, PartSource, ReadFrom, UploadSource};
 pub use config::{HydfsConfig, PlantedBug};
-pub use message::{HydfsMsg, InventoryList, MergeSummary, Needs, PartBytes, ReadChunk, Refusal, ReqId};
+pub use message::{
+    FetchRequest, HydfsMsg, InstallRequest, InventoryList, MergeSummary, Needs, PartBytes, ReadChunk,
+    ReadRequest, Refusal, ReplicateRequest, ReqId, WriteRequest,
+};
 pub use name::{FileName, NameError, MAX_NAME_BYTES, NAME_BYTES_CEILING};
 pub use pace::{inventory_hash, Inventory, InventoryHash};
 pub use ring::{Ring, RingId};
@@ -347,8 +350,8 @@ impl Hydfs {
         // each such operation moves on to its next live replica now, not at its timeout (for a
         // write or a merge, the coordinator's whole timeout). A retried write keeps its stamp, so
         // every replica drops the copy a falsely declared coordinator may still bring; a merge
-        // is fenced by the merged order it collected (see `server::advance_merge`). A node that
-        // is itself out of the group keeps waiting: it has no live replica to move to.
+        // is fenced by the merged order it collected (see `advance_merge` in `server/merge.rs`).
+        // A node that is itself out of the group keeps waiting: it has no live replica to move to.
         if me.is_some() && !gone.is_empty() {
             self.client_members_gone(now, &gone);
         }
@@ -448,23 +451,15 @@ impl Hydfs {
             return;
         }
         match msg {
-            HydfsMsg::Write { req, name, write, inline, source } => {
-                self.on_write(now, from, req, name, write, inline, source)
-            }
-            HydfsMsg::Replicate { req, name, write, inline, sources, create } => {
-                self.on_replicate(now, from, req, name, write, inline, sources, create)
-            }
+            HydfsMsg::Write(write) => self.on_write(now, from, write),
+            HydfsMsg::Replicate(replicate) => self.on_replicate(now, from, replicate),
             HydfsMsg::ReplicateReply { req, result } => self.on_replicate_reply(now, from, req, result),
             HydfsMsg::Merge { req, name } => self.on_merge(now, from, req, name),
             HydfsMsg::Collect { req, name } => self.on_collect(from, req, name),
             HydfsMsg::CollectReply { req, result } => self.on_collect_reply(now, from, req, result),
-            HydfsMsg::Install { req, name, base, appended, sources } => {
-                self.on_install(now, from, req, name, base, appended, sources)
-            }
+            HydfsMsg::Install(install) => self.on_install(now, from, install),
             HydfsMsg::InstallReply { req, result } => self.on_install_reply(now, from, req, result),
-            HydfsMsg::Read { req, name, offset, view, needs } => {
-                self.on_read(now, from, req, name, offset, view, needs)
-            }
+            HydfsMsg::Read(read) => self.on_read(now, from, read),
             HydfsMsg::Stat { req, name } => {
                 self.handled("stat", &name, from);
                 let digest = self.store.meta(&name).map(|m| m.digest());
@@ -495,7 +490,7 @@ impl Hydfs {
             }
             HydfsMsg::Offer { meta, deleted } => self.on_offer(now, from, meta, deleted),
             HydfsMsg::Taken { name, hash } => self.on_taken(now, from, name, hash),
-            HydfsMsg::Fetch { req, name, stamp, part } => self.on_fetch(now, from, req, name, stamp, part),
+            HydfsMsg::Fetch(fetch) => self.on_fetch(now, from, fetch),
             HydfsMsg::FetchReply { req, result } => {
                 if self.is_server_request(req) {
                     self.on_fetch_reply(now, from, req, result)

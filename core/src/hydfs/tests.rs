@@ -404,7 +404,7 @@ fn oversized_parts_from_a_peer_are_refused() {
     net.nodes[j].handle_message(
         Time(0),
         MemberId::new(me, 1),
-        HydfsMsg::Write { req: 9, name: name("x"), write, inline: None, source: me },
+        HydfsMsg::Write(WriteRequest { req: 9, name: name("x"), write, inline: None, source: me }),
     );
     let reply = std::iter::from_fn(|| net.nodes[j].poll_outgoing()).find(|(to, _)| *to == me);
     match reply {
@@ -491,8 +491,8 @@ fn a_write_retried_with_its_stamp_after_it_committed_elsewhere_is_acknowledged()
     assert!(net.nodes[4].replicas(&f).contains(&addr(4)));
     let resend = |net: &mut Net, req: ReqId, stamp: Stamp, kind: WriteKind, data: &[u8]| {
         let write = WriteMeta::describe(stamp, kind, data, 1024);
-        let msg =
-            HydfsMsg::Write { req, name: f.clone(), write, inline: Some(data.to_vec()), source: addr(0) };
+        let inline = Some(data.to_vec());
+        let msg = HydfsMsg::Write(WriteRequest { req, name: f.clone(), write, inline, source: addr(0) });
         net.nodes[4].handle_message(net.now, MemberId::new(addr(0), 1), msg);
         settle_capturing(net, 0, req)
     };
@@ -1076,14 +1076,14 @@ fn a_write_of_a_deleted_file_is_refused_by_a_replica_holding_its_tombstone() {
     // A coordinator that had not heard of the delete replicates an append of the old file.
     let stamp = Stamp { ts: 999, client: MemberId::new(addr(3), 1), seq: 9 };
     let write = WriteMeta::describe(stamp, WriteKind::Append, b"late\n", 1024);
-    let msg = HydfsMsg::Replicate {
+    let msg = HydfsMsg::Replicate(ReplicateRequest {
         req: 77,
         name: f.clone(),
         write,
         inline: Some(b"late\n".to_vec()),
         sources: vec![replicas[0]],
         create: Some(WriteMeta::describe(created, WriteKind::Create, b"x\n", 1024)),
-    };
+    });
     net.nodes[r].handle_message(net.now, MemberId::new(replicas[0], 1), msg);
     let reply = std::iter::from_fn(|| net.nodes[r].poll_outgoing()).find(|(to, _)| *to == replicas[0]);
     assert!(
@@ -1221,7 +1221,13 @@ fn a_replica_answers_an_install_it_has_already_applied_as_done() {
     assert_ne!(merged, Some(base), "the merge reached the replica");
     // The same install again (its answer was lost, or its frame arrived twice).
     let coordinator = replicas[0];
-    let install = HydfsMsg::Install { req: 900, name: f.clone(), base, appended, sources: vec![coordinator] };
+    let install = HydfsMsg::Install(InstallRequest {
+        req: 900,
+        name: f.clone(),
+        base,
+        appended,
+        sources: vec![coordinator],
+    });
     net.nodes[r].handle_message(net.now, MemberId::new(coordinator, 1), install);
     let mut out = Vec::new();
     while let Some(m) = net.nodes[r].poll_outgoing() {

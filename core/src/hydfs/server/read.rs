@@ -1,0 +1,133 @@
+//! Reads: a chunk of a file for a client (`on_read`), and this node's whole view of a file
+//! (`describe`, for clients and anti-entropy).
+//!
+//! Invariants kept here:
+//! * a copy that lacks (or has incomplete) a write the client needs answers `Behind`, never its
+//!   stale content; writes of a file this node holds the tombstone of are needed no more;
+//! * a read serves the merged content followed by the complete pending appends only; a merged
+//!   part that is missing makes the copy unreadable until it is repaired, and a corrupt part is
+//!   reported and refused (`Corrupt`);
+//! * a chunk is at most `chunk_bytes` and names the view it belongs to; a later chunk of
+//!   another view is refused (`ViewChanged`);
+//! * a create this node coordinates and has not committed is left out of descriptions,
+//!   inventories and offers (`creating`).
+
+use crate::hydfs::message::{HydfsMsg, Needs, ReadChunk, ReadRequest, Refusal};
+use crate::hydfs::store::PartError;
+use crate::hydfs::types::{FileMeta, Stamp, WriteKind};
+use crate::hydfs::{FileName, Hydfs, PlantedBug};
+use crate::id::NodeAddr;
+use crate::time::Time;
+use std::collections::BTreeSet;
+
+impl Hydfs {
+    pub(in crate::hydfs) fn on_read(&mut self, _now: Time, from: NodeAddr, msg: ReadRequest) {
+        let ReadRequest { req, name, offset, view, needs } = msg;
+        if offset == 0 {
+            self.handled("get", &name, from);
+        }
+        let result = self.read_chunk(&name, offset, view, &needs);
+        self.send(from, HydfsMsg::ReadReply { req, result });
+    }
+
+    fn read_chunk(
+        &mut self,
+        name: &FileName,
+        offset: u64,
+        view: Option<u64>,
+        needs: &[Needs],
+    ) -> Result<ReadChunk, Refusal> {
+        let Some(mut meta) = self.store.meta(name) else { return Err(Refusal::NotFound) };
+        if meta.create.is_none() {
+            return Err(Refusal::NotFound);
+        }
+        if self.misses(&meta, needs) {
+            return Err(Refusal::Behind);
+        }
+        // Pending appends still arriving are not part of this copy yet; a merged part that is
+        // missing (lost to corruption) makes the copy unreadable until it is repaired.
+        meta.pending.retain(|w| !meta.incomplete.contains(&w.stamp));
+        if meta.create.iter().chain(&meta.merged).any(|w| meta.incomplete.contains(&w.stamp)) {
+            return Err(Refusal::Unavailable("a copy of this file is being repaired".into()));
+        }
+        let id = meta.digest().hash;
+        if view.is_some_and(|v| v != id) {
+            return Err(Refusal::ViewChanged);
+        }
+        let total: u64 = meta.all_writes().map(|w| w.len()).sum();
+        let end = total.min(offset.saturating_add(self.chunk_bytes_for_reads() as u64));
+        let mut bytes = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        let mut pos = 0u64;
+        for w in meta.all_writes() {
+            for (i, p) in w.parts.iter().enumerate() {
+                let (start, stop) = (pos, pos + p.len as u64);
+                pos = stop;
+                if stop <= offset || start >= end {
+                    continue;
+                }
+                let data = match self.store.read_part(name, w.stamp, i as u32) {
+                    Ok(d) => d,
+                    Err(PartError::Corrupt) => {
+                        self.corruption(name, w.stamp, i as u32);
+                        return Err(Refusal::Corrupt);
+                    }
+                    Err(PartError::Missing) => return Err(Refusal::Unavailable("a part is missing".into())),
+                    Err(PartError::Lost(e)) => {
+                        self.part_lost(name, w.stamp, i as u32, &e);
+                        return Err(Refusal::Unavailable(format!("{}: {e}", self.me)));
+                    }
+                };
+                let from = offset.max(start) - start;
+                let to = end.min(stop) - start;
+                if bytes.is_empty() && from == 0 && to as usize == data.len() && stop >= end {
+                    bytes = data; // the chunk is exactly this part: no copy
+                    continue;
+                }
+                bytes.extend_from_slice(&data[from as usize..(to as usize).min(data.len())]);
+            }
+        }
+        let writes = if offset == 0 { meta.all_writes().map(|w| w.stamp).collect() } else { Vec::new() };
+        Ok(ReadChunk { view: id, total_len: total, writes, offset, bytes })
+    }
+
+    /// Whether this node's copy `meta` lacks (or has not complete) a write a client needs.
+    /// Writes of a file this node holds the tombstone of are needed no more.
+    fn misses(&self, meta: &FileMeta, needs: &[Needs]) -> bool {
+        let mut needed = needs.iter().filter(|n| !self.tombstones.contains(&meta.name, n.create)).peekable();
+        if needed.peek().is_none() {
+            return false;
+        }
+        let present: BTreeSet<Stamp> =
+            meta.all_writes().map(|w| w.stamp).filter(|s| !meta.incomplete.contains(s)).collect();
+        needed.any(|n| n.writes.iter().any(|s| !present.contains(s)))
+    }
+
+    /// Whether this node coordinates a create of `name` that is not committed yet. Its copy is
+    /// then left out of anti-entropy (inventories, descriptions and hand-off offers): an
+    /// unacknowledged create must never spread to replicas that hold another, acknowledged,
+    /// create of the name and replace it there as the earlier one. Existence checks still see
+    /// it, so two coordinators of one name never both go on.
+    pub(in crate::hydfs) fn creating(&self, name: &FileName) -> bool {
+        self.server.writes.values().any(|w| w.name == *name && w.write.kind == WriteKind::Create)
+    }
+
+    /// This node's whole view of a file, for anti-entropy (no `needs`) and for clients.
+    pub(in crate::hydfs) fn describe(&self, name: &FileName, needs: &[Needs]) -> Result<FileMeta, Refusal> {
+        if self.creating(name) {
+            return Err(Refusal::NotFound);
+        }
+        let meta = self.store.meta(name).ok_or(Refusal::NotFound)?;
+        if self.misses(&meta, needs) {
+            return Err(Refusal::Behind);
+        }
+        Ok(meta)
+    }
+
+    fn chunk_bytes_for_reads(&self) -> usize {
+        if self.cfg.bug(PlantedBug::UnchunkedTransfers) {
+            usize::MAX >> 1
+        } else {
+            self.cfg.chunk_bytes
+        }
+    }
+}

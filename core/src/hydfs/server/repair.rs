@@ -1,0 +1,275 @@
+//! Anti-entropy and hand-off: each round this node scrubs what it stores, drops orphaned
+//! pending appends, expires tombstones, asks its ring neighbours for their inventories, pulls the
+//! view of every file it should hold whose digest differs from its own (`Describe`, reconciled
+//! by `store::reconcile`) and fetches what it lacks; and it offers every file it no longer owns
+//! to the file's owners (`Offer`, answered `Taken`).
+//!
+//! Invariants kept here:
+//! * a copy covered by a tombstone is never kept, absorbed, accepted or handed on, and its
+//!   holder is told (`Remove`) when one is met: in an inventory, a description, an offer or an
+//!   exists-check;
+//! * a node drops a file it no longer owns only when every current owner has answered `Taken`
+//!   for the digest of the copy it holds;
+//! * a pending append is dropped as an orphan only after it stayed incomplete here for longer
+//!   than a coordinator works on it, and never while this node coordinates it.
+
+use super::{FetchClass, OfferIn, Pending};
+use crate::hydfs::message::{HydfsMsg, InventoryList, Refusal, ReqId};
+use crate::hydfs::pace::inventory_hash;
+use crate::hydfs::store::{reconcile, FileRec, PartError};
+use crate::hydfs::types::{FileMeta, Stamp};
+use crate::hydfs::{FileName, Hydfs, HydfsEvent, PlantedBug};
+use crate::id::NodeAddr;
+use crate::time::Time;
+use std::collections::BTreeSet;
+
+impl Hydfs {
+    pub(in crate::hydfs) fn anti_entropy(&mut self, now: Time) {
+        self.scrub();
+        self.drop_orphans(now);
+        self.tombstones.expire(now);
+        for (name, create) in self.tombstones.take_forgotten() {
+            self.store.forget_tombstone(&name, create);
+        }
+        if self.ring.len() <= 1 || !self.ring.contains(self.me) {
+            return;
+        }
+        if !self.cfg.bug(PlantedBug::NoReReplication) && self.inventory_pace.due(now) {
+            let neighbours = self.ring.neighbours(self.me, self.cfg.replication);
+            let local = inventory_hash(&self.inventory());
+            self.inventory_pace.begin_round(now, local, &neighbours);
+            for p in neighbours {
+                let busy =
+                    self.server.requests.values().any(|r| r.to == p && matches!(r.what, Pending::Inventory));
+                if !busy {
+                    let known = self.inventory_pace.known(p);
+                    self.ask(now, p, Pending::Inventory, |req| HydfsMsg::Inventory { req, known });
+                }
+            }
+        }
+        if self.cfg.bug(PlantedBug::KeepsUnownedCopies) {
+            return;
+        }
+        let unowned: Vec<FileName> =
+            self.store.files().keys().filter(|n| !self.replicas(n).contains(&self.me)).cloned().collect();
+        for name in unowned {
+            if self.creating(&name) {
+                continue;
+            }
+            let Some(meta) = self.store.meta(&name) else { continue };
+            let deleted = self.deleted_creates(&name);
+            for r in self.replicas(&name) {
+                self.send(r, HydfsMsg::Offer { meta: meta.clone(), deleted: deleted.clone() });
+            }
+        }
+    }
+
+    /// Verifies a bounded number of stored bytes per round, so that rot is found (and repaired
+    /// from another replica) before the other copies fail too.
+    fn scrub(&mut self) {
+        if self.cfg.bug(PlantedBug::ServesCorruptBlocks) {
+            return;
+        }
+        let (bad, checked) = self.store.scrub(self.cfg.scrub_bytes_per_round);
+        self.stats.scrubbed_parts += checked as u64;
+        for ((name, stamp, part), e) in bad {
+            match e {
+                PartError::Lost(why) => self.part_lost(&name, stamp, part, &why),
+                PartError::Corrupt | PartError::Missing => self.corruption(&name, stamp, part),
+            }
+        }
+    }
+
+    /// Pending appends that stayed incomplete here for longer than a coordinator would work on
+    /// them, with no replica able to supply their bytes, were never acknowledged (an
+    /// acknowledged append is complete on every replica of its time): they are dropped.
+    fn drop_orphans(&mut self, now: Time) {
+        let limit =
+            self.cfg.coordinator_timeout + self.cfg.request_timeout + self.cfg.anti_entropy_interval * 2;
+        let mut incomplete: BTreeSet<(FileName, Stamp)> = BTreeSet::new();
+        for (name, rec) in self.store.files() {
+            for w in rec.pending.values().filter(|w| !self.store.is_complete(name, w)) {
+                incomplete.insert((name.clone(), w.stamp));
+            }
+        }
+        self.server.incomplete_since.retain(|k, _| incomplete.contains(k));
+        for k in incomplete {
+            let since = *self.server.incomplete_since.entry(k.clone()).or_insert(now);
+            let in_use = self.server.writes.values().any(|w| w.name == k.0 && w.write.stamp == k.1);
+            if now >= since + limit && !in_use {
+                let mut rec = self.store.file(&k.0).cloned().unwrap_or_default();
+                rec.pending.remove(&k.1);
+                self.store.set_file(&k.0, rec);
+                self.server.incomplete_since.remove(&k);
+                self.stats.orphans_dropped += 1;
+            }
+        }
+    }
+
+    pub(in crate::hydfs) fn on_inventory_reply(
+        &mut self,
+        now: Time,
+        from: NodeAddr,
+        req: ReqId,
+        files: InventoryList,
+    ) {
+        if self.server.requests.remove(&req).is_none() {
+            return;
+        }
+        let files = match files {
+            InventoryList::Files(files) => self.inventory_pace.received(now, from, files).clone(),
+            InventoryList::Unchanged => match self.inventory_pace.unchanged(now, from) {
+                Some(files) => files.clone(),
+                None => return,
+            },
+        };
+        let mut behind = false;
+        for (name, digest) in files {
+            if name.as_str().len() > self.cfg.max_name_bytes {
+                self.stats.names_refused += 1;
+                continue;
+            }
+            if self.refuse_deleted_copy(now, from, &name, digest.create) {
+                continue;
+            }
+            if !self.replicas(&name).contains(&self.me) {
+                continue;
+            }
+            let mine = self.store.meta(&name).map(|m| m.digest());
+            if mine == Some(digest) {
+                continue;
+            }
+            let busy = self
+                .server
+                .requests
+                .values()
+                .any(|r| matches!(&r.what, Pending::Describe { name: n } if *n == name));
+            behind = true;
+            if !busy {
+                let n = name.clone();
+                self.ask(now, from, Pending::Describe { name }, |req| HydfsMsg::Describe {
+                    req,
+                    name: n,
+                    needs: Vec::new(),
+                });
+            }
+        }
+        if behind {
+            self.inventory_pace.disturb(now);
+        }
+    }
+
+    pub(in crate::hydfs) fn on_describe_reply(
+        &mut self,
+        now: Time,
+        from: NodeAddr,
+        req: ReqId,
+        meta: Result<FileMeta, Refusal>,
+        deleted: Vec<Stamp>,
+    ) {
+        if self.server.requests.remove(&req).is_none() {
+            return;
+        }
+        if let Ok(meta) = meta {
+            self.absorb(now, from, &meta, &deleted);
+        }
+    }
+
+    /// The creates of the deleted files of `name` this node holds tombstones for (the newest
+    /// `MAX_DELETED_IN_REPLY`; copies of older ones are refused by inventories instead), sent
+    /// with a file's view so that its receiver drops a copy of a deleted file first.
+    pub(in crate::hydfs) fn deleted_creates(&self, name: &FileName) -> Vec<Stamp> {
+        let mut deleted: Vec<Stamp> = self.tombstones.of_name(name).collect();
+        deleted.drain(..deleted.len().saturating_sub(crate::hydfs::MAX_DELETED_IN_REPLY));
+        deleted
+    }
+
+    /// Reconciles a peer's view of a file into ours and fetches what we lack from it, unless it
+    /// is a copy of a deleted file (whose holder is then told so). Returns whether it did.
+    fn absorb(&mut self, now: Time, from: NodeAddr, meta: &FileMeta, deleted: &[Stamp]) -> bool {
+        let name = &meta.name;
+        // A copy of a deleted file this node kept (across a restart, or cut off during the
+        // delete) goes before the peer's view is reconciled into it: reconciling would keep its
+        // writes under a later file of the same name.
+        for create in deleted {
+            if self.store.file(name).is_some_and(|r| r.create.as_ref().is_none_or(|c| c.stamp == *create)) {
+                self.apply_tombstone(now, name, *create);
+            }
+        }
+        if self.refuse_deleted_copy(now, from, name, meta.create.as_ref().map(|c| c.stamp)) {
+            return false;
+        }
+        let rec: FileRec = reconcile(self.store.file(name), meta);
+        self.store.set_file(name, rec.clone());
+        let mut sources = vec![from];
+        sources.extend(self.replicas(name));
+        for w in rec.writes() {
+            if !self.store.is_complete(name, w) {
+                let from_has =
+                    !meta.incomplete.contains(&w.stamp) && meta.all_writes().any(|m| m.stamp == w.stamp);
+                let srcs: Vec<NodeAddr> =
+                    if from_has { sources.clone() } else { sources.iter().copied().skip(1).collect() };
+                self.ensure_write(now, name, w, &srcs, FetchClass::Repair);
+            }
+        }
+        true
+    }
+
+    /// If a copy of `name` created by `create` held by `holder` is covered by a tombstone here,
+    /// tells the holder to drop it and returns true.
+    fn refuse_deleted_copy(
+        &mut self,
+        now: Time,
+        holder: NodeAddr,
+        name: &FileName,
+        create: Option<Stamp>,
+    ) -> bool {
+        if !self.tombstones.covers(name, create) {
+            return false;
+        }
+        if let Some(stamp) = self.tombstones.for_copy(name, create) {
+            self.tell_deleted(now, holder, name, stamp);
+        }
+        true
+    }
+
+    pub(in crate::hydfs) fn on_offer(
+        &mut self,
+        now: Time,
+        from: NodeAddr,
+        meta: FileMeta,
+        deleted: Vec<Stamp>,
+    ) {
+        if !self.replicas(&meta.name).contains(&self.me) || self.cfg.bug(PlantedBug::NoReReplication) {
+            return;
+        }
+        if !self.absorb(now, from, &meta, &deleted) {
+            return; // a copy of a deleted file: its holder drops it instead of handing it over
+        }
+        let hash = meta.digest().hash;
+        if !self.server.offers_in.iter().any(|o| o.from == from && o.meta.digest().hash == hash) {
+            let until = now + self.cfg.request_timeout;
+            self.server.offers_in.push(OfferIn { from, meta, until });
+        }
+    }
+
+    pub(in crate::hydfs) fn on_taken(&mut self, now: Time, from: NodeAddr, name: FileName, hash: u64) {
+        let Some(meta) = self.store.meta(&name) else { return };
+        if meta.digest().hash != hash {
+            return;
+        }
+        self.server.offers_taken.entry(name.clone()).or_default().insert(from, hash);
+        let owners = self.replicas(&name);
+        if owners.contains(&self.me) || owners.is_empty() {
+            return;
+        }
+        let taken = &self.server.offers_taken[&name];
+        if owners.iter().all(|o| taken.get(o) == Some(&hash)) {
+            self.store.drop_file(&name);
+            self.server.offers_taken.remove(&name);
+            self.stats.files_dropped += 1;
+            self.events.push_back(HydfsEvent::FileDropped { name });
+            let _ = now;
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! Writes: a coordinator's side of a create or an append (`on_write`: the checks and limits, a
+//! create's exists-check of every other member, `Replicate` to every replica of its current
+//! view) and a replica's (`on_replicate`: record the write, fetch its parts, answer once they are
+//! stored and synced). The answers themselves are sent by `progress` (`tick.rs`).
+//!
+//! Invariants kept here:
+//! * a write is recorded only if no other create of its name is here and the file it belongs to
+//!   is not covered by a tombstone here; otherwise it is refused (`AlreadyExists`, `Deleted`);
+//! * a create goes on only once every other member answered (or could not be reached) that it
+//!   holds no live create of the name; a copy of a deleted file met by this exists-check is no
+//!   obstacle, and its holder is told (`Remove`);
+//! * a retry of a write this node coordinates joins the running attempt (one per stamp);
+//! * storage refusing a write's bytes fails the write at once, on the replica and on its
+//!   coordinator (`StorageFailed`, naming the node), and a failed create releases its name;
+//! * limits (each breach answered with a typed [`Refusal`] and counted where the limit is a
+//!   node's own): a write over `max_write_bytes`, or with a part over a chunk, is refused
+//!   (`TooLarge`); a coordinator takes at most `max_transfers` writes and merges at once (more
+//!   are refused as `Busy`: clients retry) and refuses a new append to a file holding
+//!   `max_pending_appends` pending appends.
+
+use super::{Accepted, CoordWrite, FetchClass, Outstanding, Pending, ReplicaWait};
+use crate::hydfs::message::{HydfsMsg, Refusal, ReplicateRequest, ReqId, WriteRequest};
+use crate::hydfs::types::{FileDigest, Stamp, WriteKind, WriteMeta};
+use crate::hydfs::{FileName, Hydfs, PlantedBug};
+use crate::id::NodeAddr;
+use crate::time::Time;
+use std::collections::{BTreeSet, VecDeque};
+
+impl Hydfs {
+    pub(in crate::hydfs) fn on_write(&mut self, now: Time, from: NodeAddr, msg: WriteRequest) {
+        let WriteRequest { req, name, write, inline, source } = msg;
+        let what = if write.kind == WriteKind::Create { "create" } else { "append" };
+        self.handled(what, &name, from);
+        let refuse = |h: &mut Hydfs, r: Refusal| {
+            h.send(from, HydfsMsg::WriteReply { req, result: Err(r), create: None })
+        };
+        if write.len() > self.cfg.max_write_bytes {
+            return refuse(self, Refusal::TooLarge { limit: self.cfg.max_write_bytes });
+        }
+        if !self.parts_fit(&write) {
+            return refuse(self, Refusal::TooLarge { limit: self.cfg.chunk_bytes as u64 });
+        }
+        if !self.replicas(&name).contains(&self.me) {
+            return refuse(self, Refusal::NotReplica);
+        }
+        if self.ring.len() < self.min_copies() {
+            let why = format!("{} live members; a write needs {} copies", self.ring.len(), self.min_copies());
+            return refuse(self, Refusal::Unavailable(why));
+        }
+        let in_flight_create = self
+            .server
+            .writes
+            .values()
+            .find(|w| w.name == name && w.write.kind == WriteKind::Create)
+            .map(|w| w.write.stamp);
+        let existing =
+            self.store.file(&name).and_then(|r| r.create.as_ref().map(|c| c.stamp)).or(in_flight_create);
+        match write.kind {
+            WriteKind::Create => {
+                if self.tombstones.contains(&name, write.stamp) {
+                    return refuse(self, Refusal::Deleted); // a retry of a create since deleted
+                }
+                if existing.is_some_and(|s| s != write.stamp) && !self.cfg.bug(PlantedBug::CreateNotExclusive)
+                {
+                    return refuse(self, Refusal::AlreadyExists);
+                }
+            }
+            WriteKind::Append => {
+                if existing.is_none() {
+                    return refuse(self, Refusal::NotFound);
+                }
+                let limit = self.cfg.max_pending_appends;
+                let rec = self.store.file(&name);
+                let pending = rec.map_or(0, |r| r.pending.len());
+                if limit > 0 && pending >= limit && !rec.is_some_and(|r| r.contains(&write.stamp)) {
+                    self.stats.pending_appends_refused += 1;
+                    return refuse(self, Refusal::TooManyPending { limit });
+                }
+            }
+        }
+        // A retry of a write this node already coordinates joins the running attempt.
+        if let Some(w) =
+            self.server.writes.values_mut().find(|w| w.name == name && w.write.stamp == write.stamp)
+        {
+            w.client = from;
+            w.client_req = req;
+            return;
+        }
+        if let Some(limit) = self.at_transfer_limit() {
+            return refuse(self, Refusal::Busy { limit });
+        }
+        let create = if write.kind == WriteKind::Create { Some(write.stamp) } else { existing };
+        match self.accept_write(now, &name, &write, inline.as_deref(), &[source], create) {
+            Accepted::Yes => {}
+            Accepted::OtherCreate => return refuse(self, Refusal::AlreadyExists),
+            Accepted::Deleted => return refuse(self, Refusal::Deleted),
+            Accepted::StorageFailed(why) => {
+                return refuse(self, Refusal::StorageFailed(format!("{}: {why}", self.me)))
+            }
+        }
+        self.stats.writes_coordinated += 1;
+        let op = self.server.next_op;
+        self.server.next_op += 1;
+        // A create first asks every other member whether the name exists anywhere (a holder
+        // outside the replica set, e.g. one still handing the file over, must not be missed).
+        let targets = self.replicas(&name);
+        let checking: BTreeSet<NodeAddr> = if write.kind == WriteKind::Create {
+            self.ring.members().map(|(_, a)| a).filter(|a| *a != self.me && !targets.contains(a)).collect()
+        } else {
+            BTreeSet::new()
+        };
+        for a in &checking {
+            let n = name.clone();
+            self.ask(now, *a, Pending::Exists { op }, |req| HydfsMsg::Stat { req, name: n });
+        }
+        self.server.writes.insert(
+            op,
+            CoordWrite {
+                client: from,
+                client_req: req,
+                name,
+                write,
+                create,
+                inline,
+                source,
+                acked: BTreeSet::new(),
+                asked: BTreeSet::new(),
+                checking,
+                started: now,
+            },
+        );
+        self.drive_write(now, op);
+    }
+
+    /// `Some(limit)` (and the refusal counted) if this node coordinates `max_transfers` writes and
+    /// merges already.
+    pub(super) fn at_transfer_limit(&mut self) -> Option<usize> {
+        let limit = self.cfg.max_transfers;
+        let s = &self.server;
+        let queued: usize = s.merge_queue.values().map(VecDeque::len).sum();
+        if limit == 0 || s.writes.len() + s.merges.len() + queued < limit {
+            return None;
+        }
+        self.stats.busy_refusals += 1;
+        Some(limit)
+    }
+
+    /// Copies a write needs before its acknowledgement (between 1 and the replication factor).
+    pub(in crate::hydfs) fn min_copies(&self) -> usize {
+        self.cfg.min_copies.clamp(1, self.cfg.replication.max(1))
+    }
+
+    /// Whether every part of `write` is at most one chunk (the unit that travels in one message).
+    fn parts_fit(&self, write: &WriteMeta) -> bool {
+        self.cfg.bug(PlantedBug::UnchunkedTransfers)
+            || write.parts.iter().all(|p| p.len as usize <= self.cfg.chunk_bytes)
+    }
+
+    /// Records a write locally and starts fetching its parts (unless a different create of the
+    /// name is already here, the file it belongs to (`create`) was deleted, or storage refused
+    /// the inline bytes).
+    pub(super) fn accept_write(
+        &mut self,
+        now: Time,
+        name: &FileName,
+        write: &WriteMeta,
+        inline: Option<&[u8]>,
+        sources: &[NodeAddr],
+        create: Option<Stamp>,
+    ) -> Accepted {
+        let of = if write.kind == WriteKind::Create { Some(write.stamp) } else { create };
+        if of.is_some_and(|c| self.tombstones.contains(name, c)) {
+            return Accepted::Deleted;
+        }
+        let replace = self.cfg.bug(PlantedBug::CreateNotExclusive);
+        let rec = self.store.file_mut(name);
+        match write.kind {
+            WriteKind::Create => match &rec.create {
+                Some(c) if c.stamp != write.stamp && !replace => return Accepted::OtherCreate,
+                Some(c) if c.stamp == write.stamp => {}
+                _ => rec.create = Some(write.clone()),
+            },
+            WriteKind::Append => {
+                if !rec.contains(&write.stamp) {
+                    rec.pending.insert(write.stamp, write.clone());
+                }
+            }
+        }
+        if let (Some(bytes), [part]) = (inline, write.parts.as_slice()) {
+            if let Err(e) = self.store.put_part(name, write.stamp, 0, *part, bytes) {
+                self.storage_failed(&e.to_string());
+                self.fail_writes(Some((name, write.stamp)), &e.to_string());
+                return Accepted::StorageFailed(e.to_string());
+            }
+        }
+        self.ensure_write(now, name, write, sources, FetchClass::Write);
+        Accepted::Yes
+    }
+
+    pub(super) fn drive_write(&mut self, now: Time, op: u64) {
+        let Some(w) = self.server.writes.get(&op) else { return };
+        if !w.checking.is_empty() {
+            return;
+        }
+        let targets = self.replicas(&w.name);
+        let (name, write, inline, source) = (w.name.clone(), w.write.clone(), w.inline.clone(), w.source);
+        let create = if write.kind == WriteKind::Append {
+            w.create.and_then(|c| self.create_meta(&name, c))
+        } else {
+            None
+        };
+        let to_ask: Vec<NodeAddr> = targets
+            .iter()
+            .copied()
+            .filter(|t| *t != self.me && !w.acked.contains(t) && !w.asked.contains(t))
+            .collect();
+        for t in to_ask {
+            let (n, wr, inl, cr) = (name.clone(), write.clone(), inline.clone(), create.clone());
+            let sources = vec![self.me, source];
+            self.ask(now, t, Pending::Replicate { op }, |req| {
+                HydfsMsg::Replicate(ReplicateRequest {
+                    req,
+                    name: n,
+                    write: wr,
+                    inline: inl,
+                    sources,
+                    create: cr,
+                })
+            });
+            if let Some(w) = self.server.writes.get_mut(&op) {
+                w.asked.insert(t);
+            }
+        }
+        self.arm_retry(now);
+    }
+
+    pub(in crate::hydfs) fn on_replicate(&mut self, now: Time, from: NodeAddr, msg: ReplicateRequest) {
+        let ReplicateRequest { req, name, write, inline, sources, create } = msg;
+        self.handled("replicate", &name, from);
+        if write.len() > self.cfg.max_write_bytes || !self.parts_fit(&write) {
+            let limit = self.cfg.max_write_bytes;
+            self.send(from, HydfsMsg::ReplicateReply { req, result: Err(Refusal::TooLarge { limit }) });
+            return;
+        }
+        let of = create.as_ref().map(|c| c.stamp);
+        let refusal = match self.accept_write(now, &name, &write, inline.as_deref(), &sources, of) {
+            Accepted::Yes => {
+                // An append reaching a replica that lacks its file's create (a replica new to
+                // the file): the create comes with it, and its bytes follow.
+                if let Some(c) = create.filter(|c| c.kind == WriteKind::Create) {
+                    if self.store.file(&name).is_some_and(|r| r.create.is_none()) {
+                        self.store.file_mut(&name).create = Some(c.clone());
+                        self.ensure_write(now, &name, &c, &sources, FetchClass::Repair);
+                    }
+                }
+                None
+            }
+            Accepted::OtherCreate => Some(Refusal::AlreadyExists),
+            Accepted::Deleted => Some(Refusal::Deleted),
+            Accepted::StorageFailed(why) => Some(Refusal::StorageFailed(format!("{}: {why}", self.me))),
+        };
+        if let Some(r) = refusal {
+            self.send(from, HydfsMsg::ReplicateReply { req, result: Err(r) });
+            return;
+        }
+        let until = now + self.cfg.request_timeout;
+        self.server.replica_waits.push(ReplicaWait { reply_to: from, req, name, stamp: write.stamp, until });
+    }
+
+    pub(in crate::hydfs) fn on_replicate_reply(
+        &mut self,
+        now: Time,
+        from: NodeAddr,
+        req: ReqId,
+        result: Result<(), Refusal>,
+    ) {
+        let Some(Outstanding { what: Pending::Replicate { op }, .. }) = self.server.requests.remove(&req)
+        else {
+            return;
+        };
+        let Some(w) = self.server.writes.get_mut(&op) else { return };
+        w.asked.remove(&from);
+        match result {
+            Ok(()) => {
+                w.acked.insert(from);
+            }
+            Err(Refusal::Deleted) => {
+                // The replica holds the tombstone of the file this write belongs to: so does
+                // this node now (which fails the write).
+                let (name, create) = (w.name.clone(), w.create);
+                match create {
+                    Some(c) => self.apply_tombstone(now, &name, c),
+                    None => self.fail_write(op, Refusal::Deleted),
+                }
+            }
+            Err(Refusal::AlreadyExists) => self.fail_write(op, Refusal::AlreadyExists),
+            Err(Refusal::StorageFailed(why)) => self.fail_write(op, Refusal::StorageFailed(why)),
+            Err(r @ Refusal::NameTooLong { .. }) => self.fail_write(op, r),
+            Err(_) => self.arm_retry(now),
+        }
+    }
+
+    /// A member answered whether it holds the name a create is about to take.
+    pub(in crate::hydfs) fn on_exists_reply(
+        &mut self,
+        now: Time,
+        from: NodeAddr,
+        req: ReqId,
+        digest: Option<FileDigest>,
+    ) {
+        let Some(Outstanding { what: Pending::Exists { op }, .. }) = self.server.requests.remove(&req) else {
+            return;
+        };
+        let Some(w) = self.server.writes.get_mut(&op) else { return };
+        w.checking.remove(&from);
+        let theirs = digest.and_then(|d| d.create);
+        // A copy of a deleted file is no obstacle (and its holder is told to drop it).
+        let name = w.name.clone();
+        if let Some(c) = theirs.filter(|c| self.tombstones.contains(&name, *c)) {
+            self.tell_deleted(now, from, &name, c);
+        }
+        let Some(w) = self.server.writes.get_mut(&op) else { return };
+        let other = theirs.is_some_and(|c| c != w.write.stamp && !self.tombstones.contains(&w.name, c));
+        if other && !self.cfg.bug(PlantedBug::CreateNotExclusive) {
+            let w = self.server.writes.remove(&op).expect("present");
+            self.abandon_create(&w.name, w.write.stamp);
+            self.send(
+                w.client,
+                HydfsMsg::WriteReply { req: w.client_req, result: Err(Refusal::AlreadyExists), create: None },
+            );
+            return;
+        }
+        self.drive_write(now, op);
+    }
+
+    /// Removes this node's record of a create that was refused.
+    fn abandon_create(&mut self, name: &FileName, stamp: Stamp) {
+        let Some(mut rec) = self.store.file(name).cloned() else { return };
+        if rec.create.as_ref().is_some_and(|c| c.stamp == stamp) {
+            rec.create = None;
+            if rec.merged.is_empty() && rec.pending.is_empty() {
+                self.store.drop_file(name);
+            } else {
+                self.store.set_file(name, rec);
+            }
+        }
+    }
+
+    /// Ends a coordinated write with `why`, releasing the name if it was a create.
+    pub(super) fn fail_write(&mut self, op: u64, why: Refusal) {
+        let Some(w) = self.server.writes.remove(&op) else { return };
+        if w.write.kind == WriteKind::Create {
+            self.abandon_create(&w.name, w.write.stamp);
+        }
+        self.send(w.client, HydfsMsg::WriteReply { req: w.client_req, result: Err(why), create: None });
+    }
+
+    /// Storage failed while storing `only` (or while syncing, for every write waiting on it):
+    /// replicas refuse and coordinators fail those writes now, naming the cause.
+    pub(super) fn fail_writes(&mut self, only: Option<(&FileName, Stamp)>, why: &str) {
+        let reason = format!("{}: {why}", self.me);
+        let hit = |name: &FileName, stamp: Stamp| only.is_none_or(|(n, s)| n == name && s == stamp);
+        let waits = std::mem::take(&mut self.server.replica_waits);
+        for w in waits {
+            if hit(&w.name, w.stamp) {
+                self.stats.writes_refused_storage += 1;
+                let result = Err(Refusal::StorageFailed(reason.clone()));
+                self.send(w.reply_to, HydfsMsg::ReplicateReply { req: w.req, result });
+            } else {
+                self.server.replica_waits.push(w);
+            }
+        }
+        let ops: Vec<u64> = self
+            .server
+            .writes
+            .iter()
+            .filter(|(_, w)| hit(&w.name, w.write.stamp))
+            .map(|(op, _)| *op)
+            .collect();
+        for op in ops {
+            self.stats.writes_refused_storage += 1;
+            self.fail_write(op, Refusal::StorageFailed(reason.clone()));
+        }
+        self.server.fetches.retain(|(n, s, _), _| !hit(n, *s));
+    }
+
+    /// The metadata of the create `stamp` of `name`: from this node's copy, or from a create it
+    /// coordinates.
+    fn create_meta(&self, name: &FileName, stamp: Stamp) -> Option<WriteMeta> {
+        let stored = self.store.file(name).and_then(|r| r.create.clone()).filter(|c| c.stamp == stamp);
+        stored.or_else(|| {
+            self.server
+                .writes
+                .values()
+                .find(|w| &w.name == name && w.write.stamp == stamp)
+                .map(|w| w.write.clone())
+        })
+    }
+}
