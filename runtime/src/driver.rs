@@ -465,7 +465,7 @@ impl NodeTask {
             // after round, and the biased select below would serve only them: take one frame a
             // peer has waiting before each such round, so peers are not held up meanwhile.
             if deadline.is_some_and(|d| d <= std::time::Instant::now()) {
-                if let Ok(Some((_, incoming))) = tokio::time::timeout(Duration::ZERO, lanes.recv()).await {
+                if let Some((_, incoming)) = lanes.try_recv() {
                     self.on_lane(incoming);
                 }
             }
@@ -538,10 +538,8 @@ impl NodeTask {
             // timers and commands still get their turn), and the flush at the top of the loop
             // syncs once for all of them.
             for _ in 0..BATCH_FRAMES {
-                match tokio::time::timeout(Duration::ZERO, lanes.recv()).await {
-                    Ok(Some((_, incoming))) => self.on_lane(incoming),
-                    _ => break,
-                }
+                let Some((_, incoming)) = lanes.try_recv() else { break };
+                self.on_lane(incoming);
             }
             if let Some((at, _)) = &stopping {
                 if tokio::time::Instant::now() >= *at {

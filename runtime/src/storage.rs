@@ -384,20 +384,28 @@ impl FileStorage {
             ))
         })?;
         let header = Header { kind, blob, len, data_crc: crc32c::crc32c(data) };
-        let mut record = Vec::with_capacity(HEADER as usize + data.len());
-        record.extend_from_slice(&header.encode());
-        record.extend_from_slice(data);
-        self.append_record(&record, blob, len)
+        self.append_record(&header.encode(), data, blob, len)
     }
 
-    /// Appends a whole encoded record (a fresh one, or one copied by compaction).
-    fn append_record(&mut self, record: &[u8], blob: BlobId, len: u32) -> Result<Loc, StorageError> {
-        let bytes = record.len() as u64;
+    /// Appends a whole record, its encoded header then its data (a fresh one, or one copied by
+    /// compaction), in two writes so that a large block is never copied.
+    fn append_record(
+        &mut self,
+        header: &[u8],
+        data: &[u8],
+        blob: BlobId,
+        len: u32,
+    ) -> Result<Loc, StorageError> {
+        let bytes = (header.len() + data.len()) as u64;
         let n = self.segment_for(bytes)?;
         let path = self.segment_path(n);
         let segment = self.segments.get_mut(&n).expect("segment_for returns a segment");
         let at = segment.len;
-        if let Err(e) = segment.file.write_all_at(record, at) {
+        let written = segment
+            .file
+            .write_all_at(header, at)
+            .and_then(|()| segment.file.write_all_at(data, at + header.len() as u64));
+        if let Err(e) = written {
             // Best effort: the next record is written at `at` anyway, and a scan stops at the
             // first header that is not whole and valid.
             let _ = segment.file.set_len(at);
@@ -409,25 +417,19 @@ impl FileStorage {
         Ok(Loc { segment: n, at, len })
     }
 
-    /// Reads one whole record, checking its header and its data's CRC; returns its data.
+    /// Reads one record, checking its header and its data's CRC; returns its data.
     fn read_record(&self, loc: Loc, blob: BlobId) -> Result<Vec<u8>, StorageError> {
         let path = self.segment_path(loc.segment);
         let segment = self.segments.get(&loc.segment).ok_or(StorageError::Missing(blob))?;
-        let mut record = vec![0u8; loc.record_bytes() as usize];
+        let mut h = [0u8; HEADER as usize];
+        let mut data = vec![0u8; loc.len as usize];
         segment
             .file
-            .read_exact_at(&mut record, loc.at)
+            .read_exact_at(&mut h, loc.at)
+            .and_then(|()| segment.file.read_exact_at(&mut data, loc.at + HEADER))
             .map_err(|e| io_err("read a block from", &path, &e))?;
-        let header = Header::decode(&record);
-        match header {
-            Some(h)
-                if h.blob == blob
-                    && h.len == loc.len
-                    && crc32c::crc32c(&record[HEADER as usize..]) == h.data_crc =>
-            {
-                record.drain(..HEADER as usize);
-                Ok(record)
-            }
+        match Header::decode(&h) {
+            Some(h) if h.blob == blob && h.len == loc.len && crc32c::crc32c(&data) == h.data_crc => Ok(data),
             _ => Err(StorageError::Io(format!(
                 "block {blob:016x} in {} at byte {} fails its checksum",
                 path.display(),
@@ -506,9 +508,12 @@ impl FileStorage {
                 }
             };
             if needed {
-                let mut record = vec![0u8; bytes as usize];
-                segment.file.read_exact_at(&mut record, at).map_err(|e| io_err("read segment", &path, &e))?;
-                let moved = self.append_record(&record, header.blob, header.len)?;
+                let mut data = vec![0u8; header.len as usize];
+                segment
+                    .file
+                    .read_exact_at(&mut data, at + HEADER)
+                    .map_err(|e| io_err("read segment", &path, &e))?;
+                let moved = self.append_record(&h, &data, header.blob, header.len)?;
                 if header.kind == KIND_PUT {
                     self.segments.get_mut(&moved.segment).expect("appended").puts.insert(header.blob);
                     self.blocks.insert(header.blob, moved);

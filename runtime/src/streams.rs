@@ -378,6 +378,16 @@ impl LaneQueues {
         }
     }
 
+    /// The next frame already received, in the same lane order as [`LaneQueues::recv`],
+    /// without waiting (and without a timer: tokio's would round a zero wait up to its next
+    /// millisecond tick).
+    pub fn try_recv(&mut self) -> Option<(Lane, Incoming)> {
+        Lane::ALL
+            .into_iter()
+            .zip(&mut self.lanes)
+            .find_map(|(lane, rx)| rx.try_recv().ok().map(|f| (lane, f)))
+    }
+
     /// Frames waiting on `lane`.
     pub fn waiting(&self, lane: Lane) -> usize {
         self.lanes[lane.index()].len()
