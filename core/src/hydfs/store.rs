@@ -154,6 +154,10 @@ pub struct LocalStore {
     pub verify: bool,
     /// Files and parts changed since the index last recorded them.
     dirty_files: BTreeSet<FileName>,
+    /// Files whose only change since the last index write is appends added by
+    /// [`LocalStore::add_pending`] (never in `dirty_files`), with their stamps: their change is
+    /// written from these alone, at a cost that does not grow with the file.
+    appended: BTreeMap<FileName, Vec<Stamp>>,
     dirty_parts: BTreeSet<PartKey>,
     /// What the index holds about each file.
     persisted: BTreeMap<FileName, Persisted>,
@@ -332,6 +336,7 @@ impl LocalStore {
             unsynced: false,
             scrub_cursor: None,
             dirty_files: BTreeSet::new(),
+            appended: BTreeMap::new(),
             dirty_parts: BTreeSet::new(),
             persisted,
             next_seq: used.last().map_or(0, |s| s + 1),
@@ -408,7 +413,26 @@ impl LocalStore {
     fn touch(&mut self, name: &FileName) {
         if !self.dirty_files.contains(name) {
             self.dirty_files.insert(name.clone());
+            // The whole comparison of a dirty file covers the appends too.
+            self.appended.remove(name);
         }
+        self.unsynced = true;
+    }
+
+    /// Adds pending append `w` to file `name` (a write arriving). For a file the index already
+    /// holds and nothing else changed in since the last sync, the change written is these
+    /// appends alone.
+    pub fn add_pending(&mut self, name: &FileName, w: WriteMeta) {
+        let exact = !self.dirty_files.contains(name)
+            && self.persisted.contains_key(name)
+            && self.files.contains_key(name);
+        if !exact {
+            self.file_mut(name).pending.insert(w.stamp, w);
+            return;
+        }
+        let stamp = w.stamp;
+        self.files.get_mut(name).expect("held, checked above").pending.insert(stamp, w);
+        self.appended.entry(name.clone()).or_default().push(stamp);
         self.unsynced = true;
     }
 
@@ -568,7 +592,8 @@ impl LocalStore {
 
     /// Forgets what changed without writing it (the planted bug `index-not-synced`).
     fn forget_changes(&mut self) {
-        for name in std::mem::take(&mut self.dirty_files) {
+        let appended: Vec<FileName> = std::mem::take(&mut self.appended).into_keys().collect();
+        for name in std::mem::take(&mut self.dirty_files).into_iter().chain(appended) {
             match self.files.get(&name) {
                 Some(rec) => self.persisted.insert(name, Persisted::of(rec)),
                 None => self.persisted.remove(&name),
@@ -589,6 +614,7 @@ impl LocalStore {
     /// until storage syncs). Nothing is forgotten if storage refuses it.
     fn write_changes(&mut self) -> Result<(), StorageError> {
         if self.dirty_files.is_empty()
+            && self.appended.is_empty()
             && self.dirty_parts.is_empty()
             && self.tombstones_kept.is_empty()
             && self.tombstones_forgotten.is_empty()
@@ -607,6 +633,27 @@ impl LocalStore {
                     None => files.push(FileChange::Whole(self.entry(name, rec))),
                 },
             }
+        }
+        for (name, stamps) in &self.appended {
+            debug_assert!(!self.dirty_files.contains(name), "a dirty file's appends are in its delta");
+            let (Some(rec), Some(old)) = (self.files.get(name), self.persisted.get(name)) else { continue };
+            let pending_added: Vec<WriteMeta> = stamps
+                .iter()
+                .filter(|s| !old.pending.contains(s))
+                .filter_map(|s| rec.pending.get(s).cloned())
+                .collect();
+            if pending_added.is_empty() {
+                continue;
+            }
+            files.push(FileChange::Delta {
+                name: name.clone(),
+                create: None,
+                generation: rec.generation,
+                merged_keep: old.merged.len() as u32,
+                merged_tail: Vec::new(),
+                pending_added,
+                pending_removed: Vec::new(),
+            });
         }
         let parts: Vec<PartChange> = self
             .dirty_parts
@@ -630,6 +677,7 @@ impl LocalStore {
         {
             // Touched but unchanged: nothing to write.
             self.dirty_files.clear();
+            self.appended.clear();
             return Ok(());
         }
         let body = IndexBody::Changes {
@@ -647,6 +695,7 @@ impl LocalStore {
         self.changes_bytes += bytes.len() as u64;
         // The index now holds each written change (a dirty file with no change is as it was).
         self.dirty_files.clear();
+        self.appended.clear();
         let IndexBody::Changes { files, .. } = &block.body else { unreachable!("built above") };
         for change in files {
             match change {
@@ -682,7 +731,10 @@ impl LocalStore {
     /// every earlier index block: recovery starts from it once all its parts are durable.
     fn write_snapshot(&mut self) -> Result<(), StorageError> {
         debug_assert!(
-            self.dirty_files.is_empty() && self.dirty_parts.is_empty() && self.tombstones_kept.is_empty(),
+            self.dirty_files.is_empty()
+                && self.appended.is_empty()
+                && self.dirty_parts.is_empty()
+                && self.tombstones_kept.is_empty(),
             "changes are written first"
         );
         let mut groups: Vec<Vec<FileEntry>> = vec![Vec::new()];

@@ -173,16 +173,18 @@ impl Hydfs {
             return Accepted::Deleted;
         }
         let replace = self.cfg.bug(PlantedBug::CreateNotExclusive);
-        let rec = self.store.file_mut(name);
         match write.kind {
-            WriteKind::Create => match &rec.create {
-                Some(c) if c.stamp != write.stamp && !replace => return Accepted::OtherCreate,
-                Some(c) if c.stamp == write.stamp => {}
-                _ => rec.create = Some(write.clone()),
-            },
+            WriteKind::Create => {
+                let rec = self.store.file_mut(name);
+                match &rec.create {
+                    Some(c) if c.stamp != write.stamp && !replace => return Accepted::OtherCreate,
+                    Some(c) if c.stamp == write.stamp => {}
+                    _ => rec.create = Some(write.clone()),
+                }
+            }
             WriteKind::Append => {
-                if !rec.contains(&write.stamp) {
-                    rec.pending.insert(write.stamp, write.clone());
+                if !self.store.file(name).is_some_and(|rec| rec.contains(&write.stamp)) {
+                    self.store.add_pending(name, write.clone());
                 }
             }
         }
