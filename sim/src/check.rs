@@ -65,6 +65,8 @@ pub enum CheckerKind {
     HydfsChunking,
     HydfsDeleted,
     HydfsLeakedBlocks,
+    /// A create reported as failed (and cancelled) was served or kept afterwards.
+    HydfsFailedCreate,
     RainstormOutput,
     RainstormDuplicate,
     RainstormLoss,
@@ -103,6 +105,7 @@ impl fmt::Display for CheckerKind {
             CheckerKind::HydfsChunking => "hydfs-chunking",
             CheckerKind::HydfsDeleted => "hydfs-deleted",
             CheckerKind::HydfsLeakedBlocks => "hydfs-leaked-blocks",
+            CheckerKind::HydfsFailedCreate => "hydfs-failed-create",
             CheckerKind::RainstormOutput => "rainstorm-output",
             CheckerKind::RainstormDuplicate => "rainstorm-duplicate",
             CheckerKind::RainstormLoss => "rainstorm-loss",

@@ -205,6 +205,8 @@ pub struct WorkloadStats {
     pub ops: BTreeMap<&'static str, (u64, u64)>,
     pub bytes_written: u64,
     pub bytes_read: u64,
+    /// Creates reported as failed after their cancel reached every replica.
+    pub creates_cancelled: u64,
 }
 
 pub struct HydfsHarness {
@@ -232,6 +234,10 @@ pub struct HydfsHarness {
     replicated: BTreeSet<(Slot, u64, FileName)>,
     /// Files whose delete was acknowledged: name, create stamp, and when.
     deleted_files: BTreeMap<(FileName, Stamp), Time>,
+    /// Creates reported as failed and cancelled, with when (by stamp, and by the tag of their
+    /// content).
+    failed_creates: BTreeMap<(FileName, Stamp), Time>,
+    failed_create_tags: BTreeMap<u64, Time>,
     pub stats: WorkloadStats,
     violations: Vec<(Time, CheckerKind, String)>,
 }
@@ -272,6 +278,8 @@ impl HydfsHarness {
             kept_while_down: BTreeMap::new(),
             replicated: BTreeSet::new(),
             deleted_files: BTreeMap::new(),
+            failed_creates: BTreeMap::new(),
+            failed_create_tags: BTreeMap::new(),
             stats: WorkloadStats::default(),
             violations: Vec::new(),
         }
@@ -723,6 +731,13 @@ impl HydfsHarness {
         if let Ok(OpOutput::Deleted { name, create, .. }) = result {
             self.deleted_files.insert((name.clone(), *create), now);
         }
+        if let Err(HydfsError::CreateFailed { name, stamp, cancelled: true, .. }) = result {
+            self.failed_creates.insert((name.clone(), *stamp), now);
+            self.stats.creates_cancelled += 1;
+            for &tag in &token.tags {
+                self.failed_create_tags.insert(tag, now);
+            }
+        }
         let mut token = token;
         if token.kind == "delete" {
             // Deleted from the acknowledgement on: reads issued after it must not see the file.
@@ -769,6 +784,7 @@ impl HydfsHarness {
                     if from.is_some() {
                         self.check_not_deleted(now, token.file, bytes, token.issued, &what);
                     }
+                    self.check_not_failed_create(now, bytes, token.issued, &what);
                 }
             }
             _ => {}
@@ -865,9 +881,31 @@ impl HydfsHarness {
         }
     }
 
+    /// A read issued at `issued` shows no create reported as failed (and cancelled) before.
+    fn check_not_failed_create(&mut self, now: Time, bytes: &[u8], issued: Time, what: &str) {
+        let Ok(tags) = parse(bytes) else { return }; // reported as corrupt-served
+        let Some(first) = tags.first() else { return };
+        if let Some(at) = self.failed_create_tags.get(first).filter(|at| **at <= issued) {
+            let detail = format!("{what}: shows create {first}, reported failed and cancelled at {at}");
+            self.violate(now, CheckerKind::HydfsFailedCreate, detail);
+        }
+    }
+
     /// The end-of-run checks.
     pub fn finish(&mut self, now: Time, views: &[SlotView<'_>]) {
         let live: Vec<&SlotView<'_>> = views.iter().filter(|v| v.up && v.joined).collect();
+        for ((name, create), at) in self.failed_creates.clone() {
+            for v in &live {
+                let held = v.hydfs.and_then(|h| h.store().file(&name)).and_then(|r| r.create.as_ref());
+                if held.is_some_and(|c| c.stamp == create) {
+                    let detail = format!(
+                        "n{} holds {name} created by {create}, a create reported failed at {at}",
+                        v.slot
+                    );
+                    self.violate(now, CheckerKind::HydfsFailedCreate, detail);
+                }
+            }
+        }
         for ((name, create), at) in self.deleted_files.clone() {
             for v in &live {
                 let held = v.hydfs.and_then(|h| h.store().file(&name)).and_then(|r| r.create.as_ref());

@@ -354,6 +354,20 @@ pub fn hydfs_connections_break_while_files_move(seed: u64) -> Scenario {
     s
 }
 
+/// A client and one other node are cut off from the rest just as the client starts creating
+/// its files, for longer than an operation may take: creates in flight fail after some replica
+/// on the client's side stored them. Each is cancelled before it is reported, so once the
+/// partition heals none of them appears (a replica that kept its copy would spread it).
+pub fn hydfs_failed_creates_stay_failed(seed: u64) -> Scenario {
+    let faults = vec![(5_150, Fault::Partition { side: vec![1, 2] }), (72_000, Fault::Heal)];
+    let mut s = hydfs_story("hydfs_failed_creates_stay_failed", seed, 6, 75_000, faults);
+    if let Some(w) = s.hydfs.as_mut() {
+        w.clients = vec![1];
+        w.think_ms = 50;
+    }
+    s
+}
+
 /// Every named HyDFS scenario.
 pub fn hydfs_all(seed: u64) -> Vec<Scenario> {
     vec![
@@ -361,6 +375,7 @@ pub fn hydfs_all(seed: u64) -> Vec<Scenario> {
         hydfs_corrupt_blocks_are_repaired(seed),
         hydfs_rolling_restart(seed),
         hydfs_connections_break_while_files_move(seed),
+        hydfs_failed_creates_stay_failed(seed),
     ]
 }
 

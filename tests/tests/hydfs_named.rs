@@ -1,6 +1,6 @@
 //! The named HyDFS stories (two replicas crashing at once, rotting blocks, a rolling restart,
-//! connections breaking with frames in flight), each over several seeds, checked by every
-//! checker.
+//! connections breaking with frames in flight, creates failing behind a partition), each over
+//! several seeds, checked by every checker.
 
 use rainstorm_sim::{named, run_membership, RunOptions};
 use rainstorm_tests::assert_passed;
@@ -45,4 +45,15 @@ fn connections_breaking_with_frames_in_flight_lose_nothing_acknowledged() {
         duplicated += report.stats.stream_frames_duplicated;
     }
     assert!(lost > 0 && duplicated > 0, "frames in flight: {lost} lost, {duplicated} duplicated");
+}
+
+#[test]
+fn creates_that_failed_behind_a_partition_never_appear() {
+    let mut cancelled = 0;
+    for seed in 1..=3 {
+        let report = run_membership(&named::hydfs_failed_creates_stay_failed(seed), &RunOptions::default());
+        assert_passed(&report);
+        cancelled += report.workload.as_ref().map_or(0, |w| w.creates_cancelled);
+    }
+    assert!(cancelled > 0, "some create failed after a replica stored it, and was cancelled");
 }

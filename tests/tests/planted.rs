@@ -282,6 +282,18 @@ mod hydfs {
     }
 
     #[test]
+    fn failed_create_catches_a_failure_reported_without_a_cancel() {
+        let s = rainstorm_sim::named::hydfs_failed_creates_stay_failed(1);
+        let clean = run_membership(&s, &RunOptions::default());
+        assert!(clean.passed(), "fails even without the planted bug: {:?}", clean.violations);
+        let mut planted = s.clone();
+        if let Some(w) = planted.hydfs.as_mut() {
+            w.config.planted = Some(PlantedBug::FailedCreateKept);
+        }
+        assert!(run_membership(&planted, &RunOptions::default()).caught(CheckerKind::HydfsFailedCreate));
+    }
+
+    #[test]
     fn create_once_catches_a_non_exclusive_create() {
         first_caught(PlantedBug::CreateNotExclusive, CheckerKind::HydfsCreateOnce);
     }

@@ -326,6 +326,8 @@ struct OpState {
     /// When it was submitted, and its command (what its latency is counted under).
     started: Time,
     command: &'static str,
+    /// A create that failed, being cancelled before it is reported (why it failed).
+    cancelling: Option<String>,
 }
 
 enum Kind {
@@ -556,6 +558,7 @@ impl Hydfs {
                 persistent,
                 started: now,
                 command,
+                cancelling: None,
             },
         );
         if is_multi {
@@ -875,6 +878,11 @@ impl Hydfs {
         remote: Option<(NodeAddr, ReqId)>,
         result: Result<OpOutput, HydfsError>,
     ) {
+        if let Err(e) = &result {
+            if self.cancel_failed_create(now, id, e) {
+                return;
+            }
+        }
         let state = self.client.ops.remove(&id);
         if let Some(s) = &state {
             self.stats.request_latency.entry(s.command).or_default().observe(now.since(s.started));
@@ -909,6 +917,48 @@ impl Hydfs {
             }
             None => self.events.push_back(HydfsEvent::OpDone { op: id, result }),
         }
+    }
+
+    /// A create failing with `e`: unless nothing can have been placed (the name was taken, the
+    /// request was refused as malformed), some replica may have stored it, and anti-entropy
+    /// would spread that copy. The create is cancelled first, as a delete of its own stamp
+    /// ([`Hydfs::cancel_create`]), and reported when every replica dropped it, or when the
+    /// cancel gave up. Returns whether the cancel started (the operation is then not finished).
+    fn cancel_failed_create(&mut self, now: Time, id: OpId, e: &HydfsError) -> bool {
+        let Some(op) = self.client.ops.get_mut(&id) else { return false };
+        let Kind::Write { meta } = &op.kind else { return false };
+        let placed_nothing = matches!(
+            e,
+            HydfsError::AlreadyExists(_)
+                | HydfsError::TooLarge { .. }
+                | HydfsError::NameTooLong { .. }
+                | HydfsError::BadName(_)
+                | HydfsError::CreateFailed { .. }
+        );
+        if meta.kind != WriteKind::Create || placed_nothing || op.cancelling.is_some() {
+            return false;
+        }
+        let (name, stamp) = (op.name.clone(), meta.stamp);
+        if self.cfg.bug(PlantedBug::FailedCreateKept) {
+            let e = HydfsError::CreateFailed { name, stamp, reason: e.to_string(), cancelled: true };
+            self.finish(now, id, None, Err(e));
+            return true;
+        }
+        // The operation leaves the dispatch loop: no requests, no deadline, no retry.
+        op.cancelling = Some(e.to_string());
+        op.deadline = Time(u64::MAX);
+        op.wait_until = None;
+        self.client.requests.retain(|_, (o, _, _)| *o != id);
+        self.cancel_create(now, id, name, stamp);
+        true
+    }
+
+    /// The cancel of a failed create ended: `cancelled` when every replica dropped it.
+    pub(super) fn create_cancel_ended(&mut self, now: Time, id: OpId, cancelled: bool) {
+        let Some(op) = self.client.ops.get_mut(&id) else { return };
+        let (Kind::Write { meta }, Some(reason)) = (&op.kind, op.cancelling.take()) else { return };
+        let e = HydfsError::CreateFailed { name: op.name.clone(), stamp: meta.stamp, reason, cancelled };
+        self.finish(now, id, None, Err(e));
     }
 
     fn take_request(&mut self, req: ReqId, from: NodeAddr) -> Option<OpId> {

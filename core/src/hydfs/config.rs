@@ -158,10 +158,13 @@ pub enum PlantedBug {
     /// Tombstones stay in memory only: a node that restarts has forgotten every delete, so a
     /// copy of a deleted file that some node kept on disk is served as current again.
     TombstonesNotDurable,
+    /// A create that failed is reported failed without being cancelled: a replica that kept
+    /// its copy lets the file appear later.
+    FailedCreateKept,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 18] = [
+    pub const ALL: [PlantedBug; 19] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckAfterOneReplica,
         PlantedBug::MergeSkipsReplicas,
@@ -180,6 +183,7 @@ impl PlantedBug {
         PlantedBug::MergeUnfenced,
         PlantedBug::IndexNotSynced,
         PlantedBug::TombstonesNotDurable,
+        PlantedBug::FailedCreateKept,
     ];
 
     pub fn name(self) -> &'static str {
@@ -202,6 +206,7 @@ impl PlantedBug {
             PlantedBug::MergeUnfenced => "merge-unfenced",
             PlantedBug::IndexNotSynced => "index-not-synced",
             PlantedBug::TombstonesNotDurable => "tombstones-not-durable",
+            PlantedBug::FailedCreateKept => "failed-create-kept",
         }
     }
 

@@ -16,18 +16,23 @@
 //! drops such a copy before reconciling. When the ring changes, the name's former replicas hand
 //! its tombstone to the new ones, so tombstones follow the file's place on the ring.
 //!
+//! A create that failed is cancelled the same way, by the node whose client saw it fail, before
+//! the failure is reported: a delete of that create's stamp alone, so that no replica that
+//! stored it lets it appear later (the error says whether the cancel reached every replica).
+//!
 //! Invariants kept here:
-//! * a delete is acknowledged only after every replica of the coordinator's current view (and
-//!   never fewer than `min_copies`) dropped its copy and recorded the tombstone, durably;
+//! * a delete is acknowledged, and a failed create reported as cancelled, only after every
+//!   replica of the coordinator's current view (and never fewer than `min_copies`) dropped its
+//!   copy and recorded the tombstone, durably;
 //! * applying a tombstone drops the copy it covers (blocks freed) and ends all work on it, before
 //!   anything else can touch it;
-//! * one delete of a name runs at a time on a coordinator; a retry joins it.
+//! * one client delete of a name runs at a time on a coordinator; a retry joins it.
 
 use super::message::{HydfsMsg, Refusal, ReqId};
 use super::server::Pending;
 use super::storage::StorageError;
 use super::types::Stamp;
-use super::{FileName, Hydfs, HydfsEvent, PlantedBug, Ring};
+use super::{FileName, Hydfs, HydfsEvent, OpId, PlantedBug, Ring};
 use crate::id::NodeAddr;
 use crate::time::Time;
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,10 +43,18 @@ pub(super) struct DeleteState {
     running: BTreeMap<u64, CoordDelete>,
 }
 
+/// Who waits for a delete.
+enum Requester {
+    /// A client's `delete`: answered with `DeleteReply`.
+    Client { to: NodeAddr, req: ReqId },
+    /// This node's own create that failed, cancelled before its failure is reported: the
+    /// client operation `op` ends when the cancel does.
+    FailedCreate { op: OpId },
+}
+
 /// A delete this node coordinates.
 struct CoordDelete {
-    client: NodeAddr,
-    client_req: ReqId,
+    requester: Requester,
     name: FileName,
     create: Stamp,
     /// Members that dropped their copy (or had none) and answered.
@@ -64,9 +77,13 @@ impl Hydfs {
             return refuse(self, Refusal::Unavailable(why));
         }
         // A retry of a delete this node coordinates joins the running one.
-        if let Some(d) = self.deletes.running.values_mut().find(|d| d.name == name) {
-            d.client = from;
-            d.client_req = req;
+        if let Some(d) = self
+            .deletes
+            .running
+            .values_mut()
+            .find(|d| d.name == name && matches!(d.requester, Requester::Client { .. }))
+        {
+            d.requester = Requester::Client { to: from, req };
             return;
         }
         let create = match self.store.file(&name).and_then(|r| r.create.as_ref()) {
@@ -82,12 +99,23 @@ impl Hydfs {
             },
         };
         self.stats.deletes_coordinated += 1;
+        self.start_delete(now, Requester::Client { to: from, req }, name, create);
+    }
+
+    /// Cancels this node's create `(name, stamp)` that failed: a delete of that create alone,
+    /// coordinated here (this node need not be a replica), which ends client operation `op`.
+    /// Another create of the name is untouched: tombstones name the create they delete.
+    pub(super) fn cancel_create(&mut self, now: Time, op: OpId, name: FileName, stamp: Stamp) {
+        self.stats.creates_cancelled += 1;
+        self.start_delete(now, Requester::FailedCreate { op }, name, stamp);
+    }
+
+    fn start_delete(&mut self, now: Time, requester: Requester, name: FileName, create: Stamp) {
         self.apply_tombstone(now, &name, create);
         let op = self.deletes.next_op;
         self.deletes.next_op += 1;
         let d = CoordDelete {
-            client: from,
-            client_req: req,
+            requester,
             name,
             create,
             acked: BTreeSet::new(),
@@ -213,8 +241,13 @@ impl Hydfs {
                     .is_none_or(|r| r.create.as_ref().is_some_and(|c| c.stamp != d.create)),
                 "the coordinator holds no copy of what it deleted"
             );
-            let result = Ok((d.create, replicas));
-            self.send(d.client, HydfsMsg::DeleteReply { req: d.client_req, result });
+            match d.requester {
+                Requester::Client { to, req } => {
+                    let result = Ok((d.create, replicas));
+                    self.send(to, HydfsMsg::DeleteReply { req, result });
+                }
+                Requester::FailedCreate { op } => self.create_cancel_ended(_now, op, true),
+            }
         }
     }
 
@@ -226,12 +259,16 @@ impl Hydfs {
             let Some(d) = self.deletes.running.get(&op) else { continue };
             if now >= d.started + self.cfg.coordinator_timeout {
                 let d = self.deletes.running.remove(&op).expect("present");
-                let why =
-                    format!("replicas did not confirm the delete within {}", self.cfg.coordinator_timeout);
-                self.send(
-                    d.client,
-                    HydfsMsg::DeleteReply { req: d.client_req, result: Err(Refusal::Unavailable(why)) },
-                );
+                match d.requester {
+                    Requester::Client { to, req } => {
+                        let why = format!(
+                            "replicas did not confirm the delete within {}",
+                            self.cfg.coordinator_timeout
+                        );
+                        self.send(to, HydfsMsg::DeleteReply { req, result: Err(Refusal::Unavailable(why)) });
+                    }
+                    Requester::FailedCreate { op } => self.create_cancel_ended(now, op, false),
+                }
                 continue;
             }
             self.drive_delete(now, op);

@@ -111,6 +111,23 @@ pub enum HydfsError {
     MultiAppend { failed: usize, total: usize, detail: String },
     #[error("storage failed: {0}")]
     Storage(String),
+    /// A create that did not commit. When `cancelled`, every replica of the client's view has
+    /// dropped whatever copy it had and keeps the create's tombstone: the file will not appear
+    /// from this create. Otherwise the cancel did not reach every replica in time, and a copy
+    /// some replica kept may still surface (`delete` removes it).
+    #[error("{}", create_failed(name, reason, *cancelled))]
+    CreateFailed { name: FileName, stamp: Stamp, reason: String, cancelled: bool },
+}
+
+fn create_failed(name: &FileName, reason: &str, cancelled: bool) -> String {
+    if cancelled {
+        format!("creating `{name}` failed: {reason}; no replica keeps it (the create was cancelled)")
+    } else {
+        format!(
+            "creating `{name}` failed: {reason}; the create could not be cancelled on every replica, \
+             so a copy may still appear (`delete {name}` removes it)"
+        )
+    }
 }
 
 impl HydfsError {
@@ -153,6 +170,8 @@ pub struct HydfsStats {
     pub files_deleted: u64,
     /// Tombstones held now.
     pub tombstones: u64,
+    /// Creates this node's client saw fail and cancelled (a delete of their own stamp).
+    pub creates_cancelled: u64,
     /// Tombstones forgotten before they expired, to stay within `max_tombstones`.
     pub tombstones_evicted: u64,
     /// Parts the scrubber verified (work in proportion to what the node holds).

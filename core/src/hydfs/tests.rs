@@ -184,6 +184,19 @@ impl Net {
         panic!("operation did not finish");
     }
 
+    /// Runs `op` to its end, letting time pass 100 ms at a time while it waits.
+    fn run_timed(&mut self, at: usize, op: ClientOp) -> Result<OpOutput, HydfsError> {
+        let id = self.nodes[at].submit(self.now, op)?;
+        for _ in 0..10_000 {
+            self.settle();
+            if let Some(k) = self.done.iter().position(|(n, o, _)| *n == at && *o == id) {
+                return self.done.remove(k).2;
+            }
+            self.tick(100);
+        }
+        panic!("operation did not finish");
+    }
+
     fn tick(&mut self, ms: u64) {
         self.now = self.now + Millis(ms);
         for (i, n) in self.nodes.iter_mut().enumerate() {
@@ -302,22 +315,69 @@ fn bad_requests_get_typed_errors() {
 fn a_write_a_replica_cannot_sync_fails_at_once_with_the_cause() {
     let mut net = Net::new(3);
     net.disks[2].fail_syncs(true);
-    let result = net.run(0, ClientOp::Create { name: name("f"), data: b"data".to_vec() });
+    let started = net.now;
+    let result = net.run_timed(0, ClientOp::Create { name: name("f"), data: b"data".to_vec() });
+    // The write failed at once; the cancel of the create (every replica must drop what it
+    // stored) cannot reach a replica that cannot sync, so it gives up, and says so.
     match result {
-        Err(HydfsError::Storage(why)) => {
-            assert!(why.contains("disk full") && why.contains(&addr(2).to_string()), "{why}")
+        Err(HydfsError::CreateFailed { reason, cancelled: false, .. }) => {
+            assert!(reason.contains("disk full") && reason.contains(&addr(2).to_string()), "{reason}")
         }
-        other => panic!("expected a storage error, got {other:?}"),
+        other => panic!("expected a create that failed and could not be cancelled, got {other:?}"),
     }
-    // A failed write may still have landed on the other replicas (as after a timeout), but
-    // nothing garbled is ever served, and once the disk recovers writes succeed again.
+    assert!(net.now.since(started) <= net.nodes[0].cfg.coordinator_timeout + Millis(200));
+    // Once the disk recovers, the tombstone the cancel left on the other replicas reaches the
+    // one that kept a copy: the file does not appear, and writes succeed again.
     net.disks[2].fail_syncs(false);
-    match net.get(0, name("f")) {
-        Ok(bytes) => assert_eq!(bytes, b"data"),
-        Err(HydfsError::NotFound(_)) => {}
-        other => panic!("unexpected {other:?}"),
+    for _ in 0..50 {
+        net.tick(1_000);
     }
+    assert!(net.nodes.iter().all(|n| n.store().file(&name("f")).is_none()), "no copy of the failed create");
+    assert_eq!(net.get(0, name("f")), Err(HydfsError::NotFound(name("f"))));
     assert!(net.run(0, ClientOp::Create { name: name("g"), data: b"data".to_vec() }).is_ok());
+}
+
+#[test]
+fn a_create_that_failed_is_cancelled_on_every_replica_before_it_is_reported() {
+    let mut net = Net::new(4);
+    // One replica refuses the part (a full disk): the create fails, and the other replicas may
+    // have stored it. The disk is freed while the cancel runs: the cancel's retries reach every
+    // replica, and only then is the failure reported.
+    let replicas = net.nodes[0].replicas(&name("f"));
+    let full = net.index(replicas[2]);
+    net.disks[full].fail_puts(true);
+    let client = (0..4).find(|i| !replicas.contains(&addr(*i))).unwrap();
+    let op = net.nodes[client].submit(net.now, ClientOp::Create { name: name("f"), data: b"data".to_vec() });
+    let op = op.unwrap();
+    net.settle();
+    assert!(
+        !net.done.iter().any(|(n, o, _)| *n == client && *o == op),
+        "not reported before the cancel ends"
+    );
+    assert!(net.nodes[client].stats().creates_cancelled == 1);
+    net.disks[full].fail_puts(false);
+    let mut result = None;
+    for _ in 0..200 {
+        net.tick(100);
+        if let Some(k) = net.done.iter().position(|(n, o, _)| *n == client && *o == op) {
+            result = Some(net.done.remove(k).2);
+            break;
+        }
+    }
+    match result {
+        Some(Err(HydfsError::CreateFailed { cancelled: true, reason, .. })) => {
+            assert!(reason.contains("No space left"), "{reason}")
+        }
+        other => panic!("expected a cancelled create, got {other:?}"),
+    }
+    assert!(net.nodes.iter().all(|n| n.store().file(&name("f")).is_none()), "no replica keeps it");
+    for _ in 0..30 {
+        net.tick(1_000);
+    }
+    assert_eq!(net.get(client, name("f")), Err(HydfsError::NotFound(name("f"))));
+    // The name is free: only that create was cancelled.
+    assert!(net.run(client, ClientOp::Create { name: name("f"), data: b"again".to_vec() }).is_ok());
+    assert_eq!(net.get(0, name("f")).unwrap(), b"again");
 }
 
 #[test]
