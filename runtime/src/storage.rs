@@ -21,15 +21,22 @@
 //! * nothing is durable until [`Storage::sync`] returns: it `fdatasync`s every segment written
 //!   since the last sync, and the directory when a segment was created or removed. After a
 //!   crash, records written since the last completed sync may be present, absent or torn; a torn
-//!   header ends its segment's scan (the last segment is cut back to the last whole record), and
-//!   a torn block fails its data CRC when read, which reports it as an I/O error, never as data;
+//!   header ends its segment's scan (the last segment is cut back to the last whole record); a
+//!   record that would replace a block's version is taken only if its data passes its CRC (the
+//!   older version stays the block otherwise); any other torn block fails its data CRC when
+//!   read, which reports it as an I/O error, never as data;
+//! * a sync that failed poisons the storage: the kernel may have dropped the pages it could not
+//!   write, so no later sync succeeds (each says why) until the node restarts and its recovery
+//!   checks every block;
 //! * a failed `put` or `delete` leaves the previous state: the map changes only after the whole
 //!   record is written, and the segment is cut back to its old length;
 //! * **compaction** (after a sync, one sealed segment at a time, when at least half of it is
 //!   dead): its live records are copied to the active segment, a tombstone is copied only while
 //!   an older segment still holds a put of that block and the block is not live, the copies are
-//!   synced, and only then is the segment removed and the directory synced. So a removed segment
-//!   never takes with it the last copy of a live block or a tombstone still needed;
+//!   synced, and only then is the segment removed and the directory synced (a segment leaves the
+//!   map only once it is gone from the directory). So a removed segment never takes with it the
+//!   last copy of a live block or a tombstone still needed. A segment that turns out unreadable
+//!   while it is copied is kept as it is and never chosen again;
 //! * the directory is 0700 (tightened if it was looser) and every segment is created 0600,
 //!   whatever the umask ([`crate::private`]): blocks are the node's user's alone;
 //! * a directory written by an older node (one file per block, `<id as 16 hex digits>`) is read
@@ -80,6 +87,10 @@ pub struct FileStorage {
     flush: Option<Flush>,
     /// Compacted segments, removed once the sync covering their copies completes.
     retiring: Vec<u64>,
+    /// Why a sync failed, once one has. After a failed fdatasync the kernel may have dropped the
+    /// pages it could not write, so a later sync that succeeds would prove nothing: every later
+    /// sync fails with this until the node restarts (and its recovery checks every block).
+    poisoned: Option<String>,
 }
 
 #[derive(Debug)]
@@ -92,6 +103,8 @@ struct Segment {
     /// Every block with a put record in this segment, live or not (to know which tombstones
     /// newer segments still need).
     puts: HashSet<BlobId>,
+    /// Compaction found it unreadable where live blocks still are: it is left alone.
+    damaged: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,7 +189,11 @@ enum Entry {
 }
 
 fn classify(name: &str) -> Entry {
-    let hex = |s: &str| (s.len() == 16).then(|| u64::from_str_radix(s, 16).ok()).flatten();
+    // Exactly the names this code writes: 16 lower-case hex digits.
+    let hex = |s: &str| {
+        let digits = s.len() == 16 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        digits.then(|| u64::from_str_radix(s, 16).ok()).flatten()
+    };
     if let Some(n) = name.strip_suffix(".seg").and_then(hex) {
         return Entry::Segment(n);
     }
@@ -210,6 +227,7 @@ impl FileStorage {
             dir_dirty: false,
             flush: None,
             retiring: Vec::new(),
+            poisoned: None,
         };
         let mut numbers = Vec::new();
         let mut old_blocks = Vec::new();
@@ -259,7 +277,7 @@ impl FileStorage {
             .open(&path)
             .map_err(|e| io_err("open segment", &path, &e))?;
         let size = file.metadata().map_err(|e| io_err("inspect segment", &path, &e))?.len();
-        self.segments.insert(n, Segment { file, len: 0, dead: 0, puts: HashSet::new() });
+        self.segments.insert(n, Segment { file, len: 0, dead: 0, puts: HashSet::new(), damaged: false });
         let mut at = 0u64;
         let mut h = [0u8; HEADER as usize];
         while at + HEADER <= size {
@@ -273,7 +291,19 @@ impl FileStorage {
                 break;
             }
             segment.len = at + bytes;
-            let old = if header.kind == KIND_PUT {
+            // A record that replaces a block's version is taken only if its data is whole: a
+            // crash may leave a new copy's header without its bytes (a compaction copy, say),
+            // and the older version is then still the block.
+            let replaces_torn = header.kind == KIND_PUT && self.blocks.contains_key(&header.blob) && {
+                let mut data = vec![0u8; header.len as usize];
+                let read = segment.file.read_exact_at(&mut data, at + HEADER);
+                read.is_err() || crc32c::crc32c(&data) != header.data_crc
+            };
+            let segment = self.segments.get_mut(&n).expect("inserted above");
+            let old = if replaces_torn {
+                segment.dead += bytes;
+                None
+            } else if header.kind == KIND_PUT {
                 segment.puts.insert(header.blob);
                 self.blocks.insert(header.blob, Loc { segment: n, at, len: header.len })
             } else {
@@ -288,7 +318,14 @@ impl FileStorage {
         if at < size {
             let segment = self.segments.get_mut(&n).expect("inserted above");
             if last {
-                debug!(segment = %path.display(), kept = at, cut = size - at, "cutting a torn write off the last segment");
+                info!(
+                    segment = %path.display(),
+                    kept = at,
+                    cut = size - at,
+                    "cut {} bytes of a write a crash interrupted off the end of {}",
+                    size - at,
+                    path.display()
+                );
                 segment.file.set_len(at).map_err(|e| io_err("cut the torn end of", &path, &e))?;
                 self.unsynced.insert(n);
             } else {
@@ -361,7 +398,12 @@ impl FileStorage {
                 return Ok(n);
             }
         }
-        let n = self.segments.last_key_value().map_or(0, |(&n, _)| n + 1);
+        let n = match self.segments.last_key_value() {
+            None => 0,
+            Some((&n, _)) => n
+                .checked_add(1)
+                .ok_or_else(|| StorageError::Io(format!("no segment number is left after {n:016x}")))?,
+        };
         let path = self.segment_path(n);
         let file = crate::private::file_options()
             .read(true)
@@ -370,7 +412,7 @@ impl FileStorage {
             .truncate(true)
             .open(&path)
             .map_err(|e| io_err("create segment", &path, &e))?;
-        self.segments.insert(n, Segment { file, len: 0, dead: 0, puts: HashSet::new() });
+        self.segments.insert(n, Segment { file, len: 0, dead: 0, puts: HashSet::new(), damaged: false });
         self.dir_dirty = true;
         Ok(n)
     }
@@ -471,8 +513,19 @@ impl FileStorage {
             self.flush = Some(Flush { thread });
             return Ok(false);
         }
-        work().map_err(StorageError::Io)?;
+        work().map_err(|e| self.poison(e))?;
         Ok(true)
+    }
+
+    /// A sync failed: no later sync may succeed (see `poisoned`).
+    fn poison(&mut self, why: String) -> StorageError {
+        tracing::error!(
+            event = "hydfs_sync_failed",
+            error = %why,
+            "{why}: this node makes no more writes durable (and so acknowledges none) until it restarts"
+        );
+        self.poisoned = Some(why.clone());
+        StorageError::Io(why)
     }
 
     /// Compacts at most one sealed segment at least half dead: copies what is still needed to
@@ -482,7 +535,9 @@ impl FileStorage {
         let victim = self
             .segments
             .iter()
-            .filter(|(n, s)| Some(**n) != active && !self.retiring.contains(n) && s.dead * 2 >= s.len)
+            .filter(|(n, s)| {
+                Some(**n) != active && !self.retiring.contains(n) && !s.damaged && s.dead * 2 >= s.len
+            })
             .max_by_key(|(_, s)| s.dead)
             .map(|(&n, _)| n);
         let Some(victim) = victim else { return Ok(()) };
@@ -494,10 +549,17 @@ impl FileStorage {
         let mut at = 0u64;
         let mut h = [0u8; HEADER as usize];
         let mut copied = 0u64;
+        let mut unreadable = None;
         while at + HEADER <= len {
             let segment = &self.segments[&victim];
-            segment.file.read_exact_at(&mut h, at).map_err(|e| io_err("read segment", &path, &e))?;
-            let Some(header) = Header::decode(&h) else { break };
+            if let Err(e) = segment.file.read_exact_at(&mut h, at) {
+                unreadable = Some(e.to_string());
+                break;
+            }
+            let Some(header) = Header::decode(&h) else {
+                unreadable = Some(format!("no valid record header at byte {at}"));
+                break;
+            };
             let bytes = HEADER + u64::from(header.len);
             let loc = Loc { segment: victim, at, len: header.len };
             let needed = match header.kind {
@@ -509,10 +571,10 @@ impl FileStorage {
             };
             if needed {
                 let mut data = vec![0u8; header.len as usize];
-                segment
-                    .file
-                    .read_exact_at(&mut data, at + HEADER)
-                    .map_err(|e| io_err("read segment", &path, &e))?;
+                if let Err(e) = segment.file.read_exact_at(&mut data, at + HEADER) {
+                    unreadable = Some(e.to_string());
+                    break;
+                }
                 let moved = self.append_record(&h, &data, header.blob, header.len)?;
                 if header.kind == KIND_PUT {
                     self.segments.get_mut(&moved.segment).expect("appended").puts.insert(header.blob);
@@ -523,6 +585,19 @@ impl FileStorage {
                 copied += bytes;
             }
             at += bytes;
+        }
+        // Damaged since it was opened, with live blocks still in it: it stays, and is never
+        // chosen again (reads of those blocks fail and HyDFS fetches them from replicas).
+        // (What could not be read may be a tombstone an older segment still needs, too.)
+        if let Some(why) = unreadable {
+            warn!(
+                event = "hydfs_segment_damaged",
+                segment = %path.display(),
+                "segment {} cannot be compacted: {why}; it is kept as it is",
+                path.display()
+            );
+            self.segments.get_mut(&victim).expect("victim").damaged = true;
+            return Ok(());
         }
         // The segment goes once the copies are durable: now, or at the sync that sees the
         // background flush of a large copy end.
@@ -539,20 +614,30 @@ impl FileStorage {
         if self.retiring.is_empty() {
             return Ok(());
         }
-        for victim in std::mem::take(&mut self.retiring) {
+        // A segment leaves the map (and its puts stop counting for tombstones) only once it
+        // is gone from the directory; one that cannot be removed stays retiring.
+        while let Some(&victim) = self.retiring.first() {
             debug_assert!(
                 self.blocks.values().all(|l| l.segment != victim),
                 "no live block stays in a compacted segment"
             );
             let path = self.segment_path(victim);
-            self.segments.remove(&victim);
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => return Err(io_err("remove compacted segment", &path, &e)),
             }
+            self.retiring.remove(0);
+            self.segments.remove(&victim);
         }
-        self.sync_dir()
+        // Until the removals are durable a crash may bring the segments back, with tombstones
+        // newer ones no longer carry: a failure here is a failed sync.
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| {
+            let why = format!("cannot sync {}: {e}", self.dir.display());
+            self.poison(why)
+        })?;
+        self.dir_dirty = false;
+        Ok(())
     }
 }
 
@@ -584,6 +669,11 @@ impl Storage for FileStorage {
     }
 
     fn sync(&mut self) -> Result<(), StorageError> {
+        if let Some(why) = &self.poisoned {
+            return Err(StorageError::Io(format!(
+                "an earlier sync failed ({why}); nothing is made durable until the node restarts"
+            )));
+        }
         // A background flush covers everything written before it started; until it ends,
         // nothing written since can be reported durable either.
         if let Some(flush) = self.flush.take() {
@@ -593,8 +683,8 @@ impl Storage for FileStorage {
             }
             match flush.thread.join() {
                 Ok(Ok(())) => self.remove_retired()?,
-                Ok(Err(e)) => return Err(StorageError::Io(e)),
-                Err(_) => return Err(StorageError::Io("the flush thread panicked".into())),
+                Ok(Err(e)) => return Err(self.poison(e)),
+                Err(_) => return Err(self.poison("the flush thread panicked".into())),
             }
         }
         if self.unsynced.is_empty() && !self.dir_dirty {
@@ -634,6 +724,8 @@ impl Storage for FileStorage {
         self.unsynced.clear();
         self.unsynced_bytes = 0;
         self.retiring.clear();
+        self.flush = None;
+        self.poisoned = None;
         crate::private::dir(&self.dir).map_err(|e| io_err("create", &self.dir, &e))?;
         let entries = fs::read_dir(&self.dir).map_err(|e| io_err("list", &self.dir, &e))?;
         for entry in entries {
@@ -885,6 +977,48 @@ mod tests {
         // New records go to the last segment, never after the damage.
         s.put(5, b"new").unwrap();
         assert_ne!(s.blocks[&5].segment, 0);
+    }
+
+    #[test]
+    fn a_torn_new_version_of_a_block_leaves_the_older_one_in_place() {
+        let t = TempDir::new("torncopy");
+        let mut s = FileStorage::open(&t.blocks()).unwrap();
+        s.put(7, b"the durable version").unwrap();
+        sync(&mut s);
+        // A crash left a newer record's header but not its bytes (as a compaction copy or a
+        // rewrite the crash interrupted can).
+        let header = Header { kind: KIND_PUT, blob: 7, len: 5, data_crc: crc32c::crc32c(b"newer") };
+        let at = s.segments[&0].len;
+        s.segments[&0].file.write_all_at(&header.encode(), at).unwrap();
+        s.segments[&0].file.write_all_at(&[0u8; 5], at + HEADER).unwrap();
+        drop(s);
+        let mut s = FileStorage::open(&t.blocks()).unwrap();
+        assert_eq!(s.read(7).unwrap(), b"the durable version");
+    }
+
+    #[test]
+    fn a_segment_found_damaged_while_compacting_is_kept_and_left_alone() {
+        let t = TempDir::new("damagedcompact");
+        let mut s = FileStorage::open_with(&t.blocks(), 300).unwrap();
+        for b in 0..4u64 {
+            s.put(b, &[b as u8; 100]).unwrap();
+        }
+        s.put(9, &[9u8; 100]).unwrap();
+        sync(&mut s);
+        assert_eq!(s.blocks[&0].segment, 0);
+        // Block 1's header rots after open; then most of segment 0 dies.
+        let at = s.blocks[&1].at;
+        s.segments[&0].file.write_all_at(&[0xffu8; 8], at).unwrap();
+        s.delete(0).unwrap();
+        sync(&mut s);
+        assert!(s.segments.contains_key(&0), "the damaged segment stays");
+        assert!(s.segments[&0].damaged);
+        assert_eq!(s.read(9).unwrap(), [9u8; 100]);
+        // It is never chosen again.
+        sync(&mut s);
+        s.put(10, b"more").unwrap();
+        sync(&mut s);
+        assert!(s.segments.contains_key(&0));
     }
 
     /// A full disk, simulated without privileges: the next segment's name is a symlink to
