@@ -449,8 +449,6 @@ impl Node {
         self.collect_events(now);
     }
 
-    /// Timers due at `now` fire, after one round of messages to this node itself (those queued
-    /// before this call; what they send to the node waits for the next round).
     /// Handles HyDFS messages in batches (group commit): the driver hands the node every frame
     /// already waiting, then calls [`Node::flush`], and one storage sync covers them all. The
     /// simulator hands over one frame at a time and leaves this off.
@@ -464,6 +462,8 @@ impl Node {
         self.collect_events(now);
     }
 
+    /// Timers due at `now` fire, after one round of messages to this node itself (those queued
+    /// before this call; what they send to the node waits for the next round).
     pub fn handle_timeout(&mut self, now: Time) {
         let round = std::mem::take(&mut self.local);
         if !round.is_empty() {

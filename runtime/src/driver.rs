@@ -210,11 +210,11 @@ impl NodeHandle {
     }
 }
 
-/// What a node without a cluster key says when it starts (in its log, and on stderr).
 /// At most this many stream frames already waiting are handled after an input, before the node
 /// flushes them with one sync (timers, datagrams and commands then get their turn).
 pub const BATCH_FRAMES: usize = 64;
 
+/// What a node without a cluster key says when it starts (in its log, and on stderr).
 pub const NO_KEY_WARNING: &str =
     "NO CLUSTER KEY SET: frames are checksummed but not authenticated, and replays are not \
      refused; anyone who can reach this node's port can join the group, forge failures and read or \
@@ -543,6 +543,7 @@ impl NodeTask {
             }
             if let Some((at, _)) = &stopping {
                 if tokio::time::Instant::now() >= *at {
+                    self.node.flush(self.clock.now());
                     self.drain().await;
                     if let Some((_, reply)) = stopping.take() {
                         let _ = reply.send(());

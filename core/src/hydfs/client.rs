@@ -16,8 +16,13 @@
 //!   keeps for the read cache, only of a file of at most a quarter of the cache);
 //! * no request waits on a member that failed, left or restarted: its operation moves at once
 //!   to a new round on the new ring, with the same stamp for a write;
+//! * a create that failed is reported only once its cancel ended (every replica dropped what it
+//!   stored, or the cancel gave up after `coordinator_timeout`, which the error says), and is
+//!   never sent again meanwhile;
+//! * no read returns a copy whose create this node holds a tombstone for;
 //! * every operation ends with exactly one [`HydfsEvent::OpDone`] (or one reply to the node that
-//!   asked for it, for a multiappend part), at the latest when its deadline passes.
+//!   asked for it, for a multiappend part), at the latest when its deadline passes (for a failed
+//!   create, when its cancel ends).
 
 use super::cache::{CachedFile, ReadCache};
 use super::message::{
@@ -327,7 +332,9 @@ struct OpState {
     started: Time,
     command: &'static str,
     /// A create that failed, being cancelled before it is reported (why it failed).
-    cancelling: Option<String>,
+    cancelling: Option<HydfsError>,
+    /// The cancel of this failed create has ended: its failure is reported as it is.
+    cancel_ended: bool,
 }
 
 enum Kind {
@@ -559,6 +566,7 @@ impl Hydfs {
                 started: now,
                 command,
                 cancelling: None,
+                cancel_ended: false,
             },
         );
         if is_multi {
@@ -624,6 +632,11 @@ impl Hydfs {
     /// Sends the operation's next attempt to its next candidate replica.
     fn dispatch(&mut self, now: Time, id: OpId) {
         let Some(op) = self.client.ops.get_mut(&id) else { return };
+        if op.cancelling.is_some() {
+            // A failed create being cancelled is never sent again (an op behind it in its
+            // file's queue that ends would otherwise dispatch it).
+            return;
+        }
         op.wait_until = None;
         if op.candidates.is_empty() || op.next >= op.candidates.len() {
             let round_over = !op.candidates.is_empty();
@@ -919,9 +932,10 @@ impl Hydfs {
         }
     }
 
-    /// A create failing with `e`: unless nothing can have been placed (the name was taken, the
-    /// request was refused as malformed), some replica may have stored it, and anti-entropy
-    /// would spread that copy. The create is cancelled first, as a delete of its own stamp
+    /// A create failing with `e`: unless nothing can have been placed (the request was refused
+    /// as malformed), some replica may have stored it, and anti-entropy would spread that copy.
+    /// That holds even for `AlreadyExists`: a replica holding another create of the name refuses
+    /// it after others stored it. The create is cancelled first, as a delete of its own stamp
     /// ([`Hydfs::cancel_create`]), and reported when every replica dropped it, or when the
     /// cancel gave up. Returns whether the cancel started (the operation is then not finished).
     fn cancel_failed_create(&mut self, now: Time, id: OpId, e: &HydfsError) -> bool {
@@ -929,13 +943,12 @@ impl Hydfs {
         let Kind::Write { meta } = &op.kind else { return false };
         let placed_nothing = matches!(
             e,
-            HydfsError::AlreadyExists(_)
-                | HydfsError::TooLarge { .. }
+            HydfsError::TooLarge { .. }
                 | HydfsError::NameTooLong { .. }
                 | HydfsError::BadName(_)
                 | HydfsError::CreateFailed { .. }
         );
-        if meta.kind != WriteKind::Create || placed_nothing || op.cancelling.is_some() {
+        if meta.kind != WriteKind::Create || placed_nothing || op.cancelling.is_some() || op.cancel_ended {
             return false;
         }
         let (name, stamp) = (op.name.clone(), meta.stamp);
@@ -945,7 +958,7 @@ impl Hydfs {
             return true;
         }
         // The operation leaves the dispatch loop: no requests, no deadline, no retry.
-        op.cancelling = Some(e.to_string());
+        op.cancelling = Some(e.clone());
         op.deadline = Time(u64::MAX);
         op.wait_until = None;
         self.client.requests.retain(|_, (o, _, _)| *o != id);
@@ -953,11 +966,26 @@ impl Hydfs {
         true
     }
 
-    /// The cancel of a failed create ended: `cancelled` when every replica dropped it.
+    /// The cancel of a failed create ended: `cancelled` when every replica dropped it. A create
+    /// refused because the name is taken is reported as that, whatever the cancel found: the
+    /// name stays taken either way.
     pub(super) fn create_cancel_ended(&mut self, now: Time, id: OpId, cancelled: bool) {
         let Some(op) = self.client.ops.get_mut(&id) else { return };
-        let (Kind::Write { meta }, Some(reason)) = (&op.kind, op.cancelling.take()) else { return };
-        let e = HydfsError::CreateFailed { name: op.name.clone(), stamp: meta.stamp, reason, cancelled };
+        debug_assert!(
+            op.cancelling.is_some() && !op.cancel_ended,
+            "a cancel ends once, for a create being cancelled"
+        );
+        let (Kind::Write { meta }, Some(error)) = (&op.kind, op.cancelling.take()) else { return };
+        op.cancel_ended = true;
+        let e = match error {
+            HydfsError::AlreadyExists(name) => HydfsError::AlreadyExists(name),
+            other => HydfsError::CreateFailed {
+                name: op.name.clone(),
+                stamp: meta.stamp,
+                reason: other.to_string(),
+                cancelled,
+            },
+        };
         self.finish(now, id, None, Err(e));
     }
 
@@ -1066,6 +1094,16 @@ impl Hydfs {
             }
             Err(r) => return self.refusal(now, id, from, r),
         };
+        // A copy of a file this node knows was deleted (its holder missed the delete: it was down
+        // or cut off) is never read; its holder is told, and another replica is asked.
+        let create = chunk.writes.first().copied();
+        if let (Some(op), Some(create)) = (self.client.ops.get(&id), create) {
+            if self.tombstones.contains(&op.name, create) {
+                let name = op.name.clone();
+                self.tell_deleted(now, from, &name, create);
+                return self.attempt_failed(now, id, format!("{from}: {}", Refusal::Deleted), true);
+            }
+        }
         let (window, chunk_bytes) = (self.cfg.read_window.max(1), self.cfg.chunk_bytes.max(1) as u64);
         // The cache takes a file only up to a quarter of its capacity: one file never evicts most
         // of it, and a larger file is never copied for it.

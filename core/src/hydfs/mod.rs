@@ -111,7 +111,8 @@ pub enum HydfsError {
     MultiAppend { failed: usize, total: usize, detail: String },
     #[error("storage failed: {0}")]
     Storage(String),
-    /// A create that did not commit. When `cancelled`, every replica of the client's view has
+    /// A create that failed (it may have committed just before its client gave up: it is
+    /// cancelled all the same). When `cancelled`, every replica of the client's view has
     /// dropped whatever copy it had and keeps the create's tombstone: the file will not appear
     /// from this create. Otherwise the cancel did not reach every replica in time, and a copy
     /// some replica kept may still surface (`delete` removes it).
@@ -170,7 +171,7 @@ pub struct HydfsStats {
     pub files_deleted: u64,
     /// Tombstones held now.
     pub tombstones: u64,
-    /// Creates this node's client saw fail and cancelled (a delete of their own stamp).
+    /// Cancels started for creates this node's client saw fail (a delete of their own stamp).
     pub creates_cancelled: u64,
     /// Tombstones forgotten before they expired, to stay within `max_tombstones`.
     pub tombstones_evicted: u64,
