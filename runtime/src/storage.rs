@@ -544,8 +544,9 @@ impl FileStorage {
         let started = std::time::Instant::now();
         let path = self.segment_path(victim);
         let len = self.segments[&victim].len;
-        // Records in order: tombstones still needed, then live puts (their relative order does
-        // not matter: each block has one live record, and a needed tombstone's block is not live).
+        // The records still needed, in their order: live puts and the tombstones an older
+        // segment needs (their relative order does not matter: each block has one live record,
+        // and a needed tombstone's block is not live).
         let mut at = 0u64;
         let mut h = [0u8; HEADER as usize];
         let mut copied = 0u64;

@@ -1355,6 +1355,14 @@ mod tests {
         }
     }
 
+    /// Creates file `name` holding `data` in 4-byte parts (not synced); returns its create.
+    fn create_file(store: &mut LocalStore, name: &FileName, stamp: Stamp, data: &[u8]) -> WriteMeta {
+        let w = WriteMeta::describe(stamp, WriteKind::Create, data, 4);
+        store.file_mut(name).create = Some(w.clone());
+        put_write(store, name, &w, data);
+        w
+    }
+
     #[test]
     fn a_restart_recovers_what_the_last_sync_covered_and_nothing_after_it() {
         let disk = CrashDisk::default();
@@ -1389,9 +1397,7 @@ mod tests {
         let disk = CrashDisk::default();
         let mut store = LocalStore::open(Box::new(disk.clone())).unwrap().0;
         let name = FileName::new("f").unwrap();
-        let w = WriteMeta::describe(stamp(1, 1), WriteKind::Create, b"aaaabbbbcccc", 4);
-        store.file_mut(&name).create = Some(w.clone());
-        put_write(&mut store, &name, &w, b"aaaabbbbcccc");
+        let w = create_file(&mut store, &name, stamp(1, 1), b"aaaabbbbcccc");
         store.sync().unwrap();
         let blobs = store.write_blobs(&name, w.stamp).unwrap();
         drop(store);
@@ -1413,9 +1419,7 @@ mod tests {
         let disk = CrashDisk::default();
         let mut store = LocalStore::open(Box::new(disk.clone())).unwrap().0;
         let name = FileName::new("f").unwrap();
-        let w = WriteMeta::describe(stamp(1, 1), WriteKind::Create, b"aaaa", 4);
-        store.file_mut(&name).create = Some(w.clone());
-        put_write(&mut store, &name, &w, b"aaaa");
+        let w = create_file(&mut store, &name, stamp(1, 1), b"aaaa");
         store.sync().unwrap();
         disk.remove(store.write_blobs(&name, w.stamp).unwrap()[0]);
         assert!(matches!(store.read_part(&name, w.stamp, 0), Err(PartError::Lost(StorageError::Missing(_)))));
@@ -1428,9 +1432,7 @@ mod tests {
         let mut store = LocalStore::open(Box::new(disk.clone())).unwrap().0;
         for i in 0..3 {
             let name = FileName::new(&format!("f{i}")).unwrap();
-            let w = WriteMeta::describe(stamp(i, i), WriteKind::Create, b"aaaa", 4);
-            store.file_mut(&name).create = Some(w.clone());
-            put_write(&mut store, &name, &w, b"aaaa");
+            create_file(&mut store, &name, stamp(i, i), b"aaaa");
             store.sync().unwrap();
         }
         drop(store);
@@ -1443,9 +1445,7 @@ mod tests {
         // What the node writes next is recovered after the next crash: the index goes on
         // right after what it recovered, never behind a gap.
         let name = FileName::new("after").unwrap();
-        let w = WriteMeta::describe(stamp(9, 9), WriteKind::Create, b"bbbb", 4);
-        back.file_mut(&name).create = Some(w.clone());
-        put_write(&mut back, &name, &w, b"bbbb");
+        create_file(&mut back, &name, stamp(9, 9), b"bbbb");
         back.sync().unwrap();
         let synced = contents(&mut back);
         drop(back);
@@ -1460,9 +1460,7 @@ mod tests {
         let disk = CrashDisk::default();
         let mut store = LocalStore::open(Box::new(disk.clone())).unwrap().0;
         let name = FileName::new("f").unwrap();
-        let w = WriteMeta::describe(stamp(1, 1), WriteKind::Create, b"aaaabbbb", 4);
-        store.file_mut(&name).create = Some(w.clone());
-        put_write(&mut store, &name, &w, b"aaaabbbb");
+        let w = create_file(&mut store, &name, stamp(1, 1), b"aaaabbbb");
         store.sync().unwrap();
         let blobs = store.write_blobs(&name, w.stamp).unwrap();
         drop(store);
