@@ -72,7 +72,7 @@ impl PartSource for FileSource {
 
 /// Opens `path` and describes it part by part (blocking: run it off the node task).
 fn describe(path: &Path, chunk: usize, limit: u64, progress: Arc<Progress>) -> Result<UploadSource, String> {
-    describe_hashed(path, chunk, limit, progress).map(|(source, _)| source)
+    describe_parts(path, chunk, limit, progress, None)
 }
 
 /// [`describe`], and the lowercase hex SHA-256 of the same bytes, in one pass (blocking).
@@ -84,6 +84,20 @@ pub(crate) fn describe_hashed(
 ) -> Result<(UploadSource, String), String> {
     use sha2::Digest;
     let mut hasher = sha2::Sha256::new();
+    let source = describe_parts(path, chunk, limit, progress, Some(&mut hasher))?;
+    Ok((source, hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()))
+}
+
+/// Reads `path` once: the parts' metadata, and the whole file into `whole` if one is given (an
+/// upload needs only the parts: each is hashed on its own).
+fn describe_parts(
+    path: &Path,
+    chunk: usize,
+    limit: u64,
+    progress: Arc<Progress>,
+    mut whole: Option<&mut sha2::Sha256>,
+) -> Result<UploadSource, String> {
+    use sha2::Digest;
     let file = File::open(path).map_err(|e| format!("cannot read local file {}: {e}", path.display()))?;
     let len = file.metadata().map_err(|e| format!("cannot stat {}: {e}", path.display()))?.len();
     if !file.metadata().map(|m| m.is_file()).unwrap_or(false) {
@@ -93,12 +107,13 @@ pub(crate) fn describe_hashed(
         return Err(format!("{} is {len} bytes, over the {limit}-byte limit for one write", path.display()));
     }
     let mut parts = Vec::with_capacity(len.div_ceil(chunk as u64) as usize);
-    let mut buf = vec![0u8; chunk];
+    // A buffer no larger than the file: a 4 KiB append must not zero (and fault in) a whole chunk.
+    let mut buf = vec![0u8; chunk.min(usize::try_from(len).unwrap_or(chunk)).max(1)];
     let mut reader = &file;
     let mut seen = 0u64;
     loop {
         let mut filled = 0;
-        while filled < chunk {
+        while filled < buf.len() {
             let n = reader
                 .read(&mut buf[filled..])
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -111,7 +126,9 @@ pub(crate) fn describe_hashed(
             break;
         }
         parts.push(PartMeta::of(&buf[..filled]));
-        hasher.update(&buf[..filled]);
+        if let Some(h) = whole.as_deref_mut() {
+            h.update(&buf[..filled]);
+        }
         seen += filled as u64;
         if filled < chunk {
             break;
@@ -122,8 +139,7 @@ pub(crate) fn describe_hashed(
     }
     progress.total.store(len, Ordering::Relaxed);
     let reader = Arc::new(FileSource { file, path: path.to_path_buf(), progress });
-    let sha256 = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    Ok((UploadSource { parts, reader }, sha256))
+    Ok(UploadSource { parts, reader })
 }
 
 /// The lowercase hex SHA-256 and the length of a local file, read a chunk at a time
