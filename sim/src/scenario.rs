@@ -104,8 +104,6 @@ pub enum Fault {
     /// does until it is written again.
     LoseBlock { node: Slot },
     /// The node's disk fills up: every block write fails as ENOSPC does, until `DiskFreed`.
-    /// (Not drawn by the sweeps yet: a merge whose coordinator's disk fills mid-merge can leave
-    /// replicas with different merged orders; scenarios can still name it.)
     DiskFull { node: Slot },
     /// Space is freed on the node's disk.
     DiskFreed { node: Slot },
@@ -937,6 +935,7 @@ pub fn scenario_strategy() -> impl Strategy<Value = Scenario> {
 /// every seed has one power cut (every process crashes at once, keeping only what its disk
 /// synced) with every node started again 1–6 s later. Single-node crashes, pauses and disk
 /// faults inside those windows are dropped (their planned restarts stay, and are harmless).
+/// One seed in three also fills one member's disk for a while.
 fn restarts_from_disk(seed: u64, nodes: usize, warmup_ms: u64, calm_from_ms: u64, faults: &mut Vec<FaultAt>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4449_534b_0000_0006);
     for f in faults.iter_mut() {
@@ -981,6 +980,15 @@ fn restarts_from_disk(seed: u64, nodes: usize, warmup_ms: u64, calm_from_ms: u64
         window(faults, at, back);
         faults.push(FaultAt { at_ms: at, fault: Fault::CrashAll });
         faults.push(FaultAt { at_ms: back, fault: Fault::RestartAll });
+    }
+    // One seed in three fills a member's disk for 1–10 s: its writes are refused, it stays
+    // readable, and space comes back well before the calm phase.
+    if rng.gen_bool(1.0 / 3.0) && nodes > 1 && calm_from_ms > warmup_ms + 14_000 {
+        let node = rng.gen_range(1..nodes);
+        let at = rng.gen_range(warmup_ms + 2_000..calm_from_ms - 12_000);
+        let freed = at + rng.gen_range(1_000..10_000);
+        faults.push(FaultAt { at_ms: at, fault: Fault::DiskFull { node } });
+        faults.push(FaultAt { at_ms: freed, fault: Fault::DiskFreed { node } });
     }
 }
 

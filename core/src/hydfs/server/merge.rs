@@ -10,7 +10,7 @@
 //!   file at once;
 //! * a replica installs a merge only on a copy whose merged order is `base`; a copy elsewhere
 //!   answers `Behind` and is repaired from the coordinator, and an install already applied is
-//!   answered as done;
+//!   answered as done once it is synced;
 //! * a merge is answered only when every one of its replicas still on the ring installed it,
 //!   the coordinator's own copy counting once it is synced.
 
@@ -328,14 +328,16 @@ impl Hydfs {
     pub(in crate::hydfs) fn on_install(&mut self, now: Time, from: NodeAddr, msg: InstallRequest) {
         let InstallRequest { req, name, base, appended, sources } = msg;
         self.handled("install merge", &name, from);
-        if self.install_applied(&name, base, &appended) {
-            // Already here: the same install again (a resend after a lost answer, a frame that
-            // arrived twice), or nothing to install on a copy that is at `base`.
+        let applied = self.install_applied(&name, base, &appended);
+        if applied && self.store.is_synced() {
+            // Already here, and durable: the same install again (a resend after a lost answer, a
+            // frame that arrived twice), or nothing to install on a copy that is at `base`. Not
+            // yet synced, it waits below like a new install (`progress` finds it applied).
             self.send(from, HydfsMsg::InstallReply { req, result: Ok(0) });
             return;
         }
         let current = self.store.merged_hash(&name);
-        if current != Some(base) {
+        if current != Some(base) && !applied {
             // This copy is not where the coordinator's is: repair it from the coordinator; the
             // coordinator asks again.
             self.send(from, HydfsMsg::InstallReply { req, result: Err(Refusal::Behind) });
@@ -355,7 +357,8 @@ impl Hydfs {
             self.ensure_write(now, &name, w, &sources, FetchClass::Merge);
         }
         let until = now + self.cfg.request_timeout;
-        self.server.installs.push(InstallWait { reply_to: from, req, name, base, appended, until });
+        let applied = applied.then_some(0);
+        self.server.installs.push(InstallWait { reply_to: from, req, name, base, appended, until, applied });
     }
 
     pub(in crate::hydfs) fn on_install_reply(

@@ -137,6 +137,9 @@ struct InstallWait {
     base: u64,
     appended: Vec<WriteMeta>,
     until: Time,
+    /// Applied here, with the bytes this wait fetched for it (none if an earlier copy of the
+    /// same install applied it): only the sync is still awaited.
+    applied: Option<u64>,
 }
 
 struct OfferIn {

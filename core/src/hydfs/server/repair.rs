@@ -11,7 +11,9 @@
 //! * a node drops a file it no longer owns only when every current owner has answered `Taken`
 //!   for the digest of the copy it holds;
 //! * a pending append is dropped as an orphan only after it stayed incomplete here for longer
-//!   than a coordinator works on it, and never while this node coordinates it.
+//!   than a coordinator works on it, and never while this node coordinates it;
+//! * a peer's pending append that the peer itself holds incomplete is never absorbed, so an
+//!   orphan does not spread.
 
 use super::{FetchClass, OfferIn, Pending};
 use crate::hydfs::message::{HydfsMsg, InventoryList, Refusal, ReqId};
@@ -199,6 +201,19 @@ impl Hydfs {
         if self.refuse_deleted_copy(now, from, name, meta.create.as_ref().map(|c| c.stamp)) {
             return false;
         }
+        // A pending append the peer holds incomplete is not taken: the peer cannot supply its
+        // bytes, and an acknowledged append is complete on every replica of its time. Taken, an
+        // orphan (a write refused where it was first stored) would travel from copy to copy, and
+        // outlive every node's orphan timeout.
+        let stripped;
+        let meta = if meta.pending.iter().any(|w| meta.incomplete.contains(&w.stamp)) {
+            let mut m = meta.clone();
+            m.pending.retain(|w| !meta.incomplete.contains(&w.stamp));
+            stripped = m;
+            &stripped
+        } else {
+            meta
+        };
         let rec: FileRec = reconcile(self.store.file(name), meta);
         self.store.set_file(name, rec.clone());
         let mut sources = vec![from];

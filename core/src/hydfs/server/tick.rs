@@ -191,31 +191,44 @@ impl Hydfs {
     pub(in crate::hydfs) fn progress(&mut self, now: Time) {
         let skip_sync = self.cfg.bug(PlantedBug::AckBeforeSync);
         // One sync covers every answer below; if it fails, no answer that needs it is sent, and
-        // the writes waiting for it fail at the end with the cause.
+        // the writes waiting for it fail at the end with the cause. An answer that follows a
+        // change made here after that sync (an install applied below) syncs again: a sync that
+        // succeeded says nothing of what changed after it.
         let mut synced: Option<Result<(), StorageError>> = None;
-        let mut sync = |h: &mut Hydfs| -> bool {
+        let mut sync = |h: &mut Hydfs| -> Durable {
             if skip_sync {
-                return true;
+                return Durable::Yes;
             }
-            synced
-                .get_or_insert_with(|| {
-                    let was = h.store.is_synced();
-                    let r = h.store.sync();
-                    match &r {
-                        Ok(()) if !was => h.stats.syncs += 1,
-                        Ok(()) | Err(StorageError::InProgress) => {}
-                        Err(e) => h.storage_failed(&e.to_string()),
+            match &synced {
+                Some(Ok(())) if h.store.is_synced() => return Durable::Yes,
+                Some(Err(StorageError::InProgress)) => return Durable::Soon,
+                Some(Err(_)) => return Durable::Never,
+                Some(Ok(())) | None => {}
+            }
+            let was = h.store.is_synced();
+            let r = h.store.sync();
+            let durable = match &r {
+                Ok(()) => {
+                    if !was {
+                        h.stats.syncs += 1;
                     }
-                    r
-                })
-                .is_ok()
+                    Durable::Yes
+                }
+                Err(StorageError::InProgress) => Durable::Soon,
+                Err(e) => {
+                    h.storage_failed(&e.to_string());
+                    Durable::Never
+                }
+            };
+            synced = Some(r);
+            durable
         };
         // Replicas' answers to coordinators.
         let waits = std::mem::take(&mut self.server.replica_waits);
         for w in waits {
             let complete = self.store.file(&w.name).and_then(|r| r.find(&w.stamp)).cloned();
             match complete {
-                Some(wm) if self.store.is_complete(&w.name, &wm) && sync(self) => {
+                Some(wm) if self.store.is_complete(&w.name, &wm) && sync(self) == Durable::Yes => {
                     self.send(w.reply_to, HydfsMsg::ReplicateReply { req: w.req, result: Ok(()) });
                 }
                 _ => self.server.replica_waits.push(w),
@@ -231,7 +244,7 @@ impl Hydfs {
                 .and_then(|r| r.find(&w.write.stamp))
                 .is_some_and(|wm| self.store.is_complete(&w.name, wm));
             if local && !w.acked.contains(&self.me) {
-                if sync(self) {
+                if sync(self) == Durable::Yes {
                     if let Some(w) = self.server.writes.get_mut(&op) {
                         w.acked.insert(self.me);
                     }
@@ -268,25 +281,38 @@ impl Hydfs {
             }
         }
         // Replicas' answers to merge installs.
+        // An install is answered once it is applied and synced. While a background sync runs
+        // it stays applied and waits (a later round finds it applied); only a sync that failed
+        // is answered as such.
         let installs = std::mem::take(&mut self.server.installs);
-        for w in installs {
+        for mut w in installs {
             if !w.appended.iter().all(|a| self.store.is_complete(&w.name, a)) {
                 self.server.installs.push(w);
                 continue;
             }
-            let result = if self.install_applied(&w.name, w.base, &w.appended) && !w.appended.is_empty() {
-                // A copy of this install that arrived earlier has applied it.
-                if sync(self) {
-                    Ok(0)
-                } else {
-                    Err(Refusal::Unavailable("storage failed to sync".into()))
+            let still = |h: &Hydfs| w.appended.is_empty() || h.install_applied(&w.name, w.base, &w.appended);
+            let bytes = match w.applied {
+                // Applied in an earlier round, and the copy has not moved elsewhere since.
+                Some(bytes) if still(self) => bytes,
+                // A copy of this install that arrived earlier applied it (and counted its bytes).
+                None if !w.appended.is_empty() && self.install_applied(&w.name, w.base, &w.appended) => 0,
+                None if self.install_locally(&w.name, w.base, &w.appended) => {
+                    self.server.install_bytes.remove(&w.name).unwrap_or(0)
                 }
-            } else if !self.install_locally(&w.name, w.base, &w.appended) {
-                Err(Refusal::Behind)
-            } else if sync(self) {
-                Ok(self.server.install_bytes.remove(&w.name).unwrap_or(0))
-            } else {
-                Err(Refusal::Unavailable("storage failed to sync".into()))
+                Some(_) | None => {
+                    let result = Err(Refusal::Behind);
+                    self.send(w.reply_to, HydfsMsg::InstallReply { req: w.req, result });
+                    continue;
+                }
+            };
+            w.applied = Some(bytes);
+            let result = match sync(self) {
+                Durable::Yes => Ok(bytes),
+                Durable::Soon => {
+                    self.server.installs.push(w);
+                    continue;
+                }
+                Durable::Never => Err(Refusal::Unavailable("storage failed to sync".into())),
             };
             self.send(w.reply_to, HydfsMsg::InstallReply { req: w.req, result });
         }
@@ -299,7 +325,7 @@ impl Hydfs {
                     w.kind == WriteKind::Create && mine.create.as_ref().is_some_and(|c| c.stamp < w.stamp);
                 losing_create || mine.find(&w.stamp).is_some_and(|m| self.store.is_complete(&o.meta.name, m))
             });
-            if covered && sync(self) {
+            if covered && sync(self) == Durable::Yes {
                 let hash = o.meta.digest().hash;
                 self.send(o.from, HydfsMsg::Taken { name: o.meta.name.clone(), hash });
             } else {
@@ -431,4 +457,15 @@ impl Hydfs {
             .retain(|(n, s), _| n != name || store.file(n).is_some_and(|r| r.contains(s)));
         self.pump_fetches(now);
     }
+}
+
+/// What one `progress` round's sync says of the changes made so far.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Durable {
+    /// Synced: answers that need them may go.
+    Yes,
+    /// A background sync is running: answers wait for a later round.
+    Soon,
+    /// Storage failed to sync: answers that need it fail.
+    Never,
 }

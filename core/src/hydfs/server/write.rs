@@ -173,25 +173,42 @@ impl Hydfs {
             return Accepted::Deleted;
         }
         let replace = self.cfg.bug(PlantedBug::CreateNotExclusive);
-        match write.kind {
+        // Whether this call put the write in the index (and must take it out if its bytes are
+        // refused).
+        let added = match write.kind {
             WriteKind::Create => {
                 let rec = self.store.file_mut(name);
                 match &rec.create {
                     Some(c) if c.stamp != write.stamp && !replace => return Accepted::OtherCreate,
-                    Some(c) if c.stamp == write.stamp => {}
-                    _ => rec.create = Some(write.clone()),
+                    Some(c) if c.stamp == write.stamp => false,
+                    _ => {
+                        rec.create = Some(write.clone());
+                        true
+                    }
                 }
             }
             WriteKind::Append => {
-                if !self.store.file(name).is_some_and(|rec| rec.contains(&write.stamp)) {
+                let added = !self.store.file(name).is_some_and(|rec| rec.contains(&write.stamp));
+                if added {
                     self.store.add_pending(name, write.clone());
                 }
+                added
             }
-        }
+        };
         if let (Some(bytes), [part]) = (inline, write.parts.as_slice()) {
             if let Err(e) = self.store.put_part(name, write.stamp, 0, *part, bytes) {
                 self.storage_failed(&e.to_string());
                 self.fail_writes(Some((name, write.stamp)), &e.to_string());
+                if added {
+                    // Refused here before this node held any of its bytes: the index must not
+                    // keep it. A pending append left behind would never complete here, and would
+                    // hold back every later write of its client wherever this copy's view is
+                    // reconciled.
+                    match write.kind {
+                        WriteKind::Create => self.abandon_create(name, write.stamp),
+                        WriteKind::Append => self.forget_pending(name, write.stamp),
+                    }
+                }
                 return Accepted::StorageFailed(e.to_string());
             }
         }
@@ -384,6 +401,20 @@ impl Hydfs {
             self.fail_write(op, Refusal::StorageFailed(reason.clone()));
         }
         self.server.fetches.retain(|(n, s, _), _| !hit(n, *s));
+    }
+
+    /// Drops the pending append `stamp` of `name` from the index (and the file's record, if
+    /// that leaves it empty).
+    pub(super) fn forget_pending(&mut self, name: &FileName, stamp: Stamp) {
+        let Some(mut rec) = self.store.file(name).cloned() else { return };
+        if rec.pending.remove(&stamp).is_none() {
+            return;
+        }
+        if rec.create.is_none() && rec.merged.is_empty() && rec.pending.is_empty() {
+            self.store.drop_file(name);
+        } else {
+            self.store.set_file(name, rec);
+        }
     }
 
     /// The metadata of the create `stamp` of `name`: from this node's copy, or from a create it
