@@ -2,9 +2,10 @@
 //! 1 MiB chunks), driven through the nodes' control sockets, against a raw loopback TCP copy.
 //!
 //! 1. Raw baseline: one in-process loopback TCP copy of the big file (1 MiB buffers), with and
-//!    without an fsync of the destination at the end; best of three.
-//! 2. `create` of the big file (three fsync'd replicas) from a non-replica, and `get` of it from
-//!    another non-replica, as MiB/s and as ratios to the raw copy; the got file is compared.
+//!    without an fsync of the destination at the end; three runs (one with `--quick`).
+//! 2. `create` of the big file (three fsync'd replicas) from a non-replica, and `get` of it into
+//!    a fresh file on another non-replica, as many runs as the raw copy (the file is deleted
+//!    between them), as MiB/s and as ratios of median to median; every got file is compared.
 //! 3. 4 KiB appends per second: one client per node, each appending to one shared file.
 //! 4. Merge after 1,000 concurrent appends (10 clients × 100): the first and a second merge, then
 //!    two replicas read back with `getfromreplica`, compared and checked append by append.
@@ -50,7 +51,8 @@ struct Plan {
     rerep_bytes: u64,
     cache_files: usize,
     gets: usize,
-    raw_runs: usize,
+    /// Runs of the raw copy, and of the create and the get compared with it.
+    runs: usize,
 }
 
 impl Plan {
@@ -63,7 +65,7 @@ impl Plan {
             rerep_bytes: if quick { 20 << 20 } else { 100 << 20 },
             cache_files: 100,
             gets: if quick { 100 } else { 500 },
-            raw_runs: if quick { 1 } else { 3 },
+            runs: if quick { 1 } else { 3 },
         }
     }
 }
@@ -308,6 +310,18 @@ fn lat(v: &[Duration]) -> Lat {
     Lat { mean: ms.iter().sum::<f64>() / ms.len() as f64, p50: at(0.50), p99: at(0.99) }
 }
 
+/// The middle of `v` (the upper middle of an even count).
+fn median(v: &[Duration]) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Durations in seconds, for a table cell.
+fn secs(v: &[Duration]) -> String {
+    v.iter().map(|d| format!("{:.2}", d.as_secs_f64())).collect::<Vec<_>>().join(", ")
+}
+
 fn mibps(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / MIB as f64 / d.as_secs_f64().max(1e-9)
 }
@@ -385,27 +399,30 @@ fn run_in(plan: &Plan, root: &Path, work: &Path) -> Result<()> {
     let dst = work.join("big.raw");
     let mut raw = Vec::new();
     let mut raw_fsync = Vec::new();
-    for _ in 0..plan.raw_runs {
+    for _ in 0..plan.runs {
         raw.push(raw_copy(&src, &dst, false)?);
         raw_fsync.push(raw_copy(&src, &dst, true)?);
     }
     let _ = std::fs::remove_file(&dst);
-    let (best, best_fsync) = (*raw.iter().min().expect("a run"), *raw_fsync.iter().min().expect("a run"));
-    f.raw = Some(best);
-    f.raw_fsync = Some(best_fsync);
+    f.raw = Some(median(&raw));
+    f.raw_fsync = Some(median(&raw_fsync));
     println!(
-        "## 1. Raw baseline: in-process loopback TCP copy of {} MiB (best of {})",
+        "## 1. Raw baseline: in-process loopback TCP copy of {} MiB ({} runs)",
         plan.size >> 20,
-        plan.raw_runs
+        plan.runs
     );
     println!();
-    println!("| variant | best time (s) | MiB/s | all runs (s) |");
-    println!("|---|---:|---:|---|");
-    for (name, runs, b) in
-        [("raw copy", &raw, best), ("raw copy + fsync of the destination", &raw_fsync, best_fsync)]
-    {
-        let all: Vec<String> = runs.iter().map(|d| format!("{:.2}", d.as_secs_f64())).collect();
-        println!("| {name} | {:.2} | {:.0} | {} |", b.as_secs_f64(), mibps(plan.size, b), all.join(", "));
+    println!("| variant | median (s) | MiB/s | best (s) | all runs (s) |");
+    println!("|---|---:|---:|---:|---|");
+    for (name, runs) in [("raw copy", &raw), ("raw copy + fsync of the destination", &raw_fsync)] {
+        let m = median(runs);
+        println!(
+            "| {name} | {:.2} | {:.0} | {:.2} | {} |",
+            m.as_secs_f64(),
+            mibps(plan.size, m),
+            runs.iter().min().expect("a run").as_secs_f64(),
+            secs(runs)
+        );
     }
     println!();
 
@@ -415,26 +432,35 @@ fn run_in(plan: &Plan, root: &Path, work: &Path) -> Result<()> {
     let ctl = Ctl::new()?;
 
     // --- 2. create and get ------------------------------------------------------------------
+    // As many runs as the raw copy had, compared median to median: the same name is created,
+    // got into a fresh file and deleted again, and the last copy is kept.
     let big = format!("big-{}mib.bin", plan.size >> 20);
     let big_reps = a.replicas(&big);
     let others: Vec<u16> = (1..NODES).filter(|i| !big_reps.contains(i)).collect();
     let (creator, getter) = (others[0], others[1]);
     let mut big_nodes: BTreeSet<u16> = big_reps.iter().copied().collect();
     big_nodes.extend([creator, getter]);
-    eprintln!("create {big} from node{creator} (replicas {big_reps:?}) ...");
-    let (t_create, r) = ctl.timed(a.sock(creator), &format!("create {} {big}", src.display()));
-    match r {
-        Ok(_) => f.create = Some(t_create),
-        Err(e) => f.problem(format!("create of the {} MiB file: {e:#}", plan.size >> 20)),
-    }
     let got = work.join("big.got");
+    let (mut creates, mut gets) = (Vec::new(), Vec::new());
     let mut get_from = String::new();
-    if f.create.is_some() {
+    for run in 0..plan.runs {
+        eprintln!(
+            "create {big} from node{creator} (replicas {big_reps:?}), run {} of {} ...",
+            run + 1,
+            plan.runs
+        );
+        let (t_create, r) = ctl.timed(a.sock(creator), &format!("create {} {big}", src.display()));
+        if let Err(e) = r {
+            f.problem(format!("create of the {} MiB file: {e:#}", plan.size >> 20));
+            break;
+        }
+        creates.push(t_create);
         eprintln!("get {big} on node{getter} ...");
+        let _ = std::fs::remove_file(&got);
         let (t_get, r) = ctl.timed(a.sock(getter), &format!("get {big} {}", got.display()));
         match r {
             Ok(out) => {
-                f.get = Some(t_get);
+                gets.push(t_get);
                 get_from = out
                     .split(" from ")
                     .nth(1)
@@ -445,33 +471,48 @@ fn run_in(plan: &Plan, root: &Path, work: &Path) -> Result<()> {
                 if !same {
                     f.problem(format!("the got {big} differs from the source"));
                 }
-                f.got_identical = Some(same);
+                f.got_identical = Some(f.got_identical.unwrap_or(true) && same);
             }
             Err(e) => f.problem(format!("get of the {} MiB file: {e:#}", plan.size >> 20)),
         }
         let _ = std::fs::remove_file(&got);
+        if run + 1 < plan.runs {
+            if let Err(e) = ctl.run(a.sock(creator), &format!("delete {big}")) {
+                f.problem(format!("delete of the {} MiB file between runs: {e:#}", plan.size >> 20));
+                break;
+            }
+        }
     }
-    println!("## 2. create and get of the {} MiB file (replicas: {})", plan.size >> 20, names(&big_reps));
+    f.create = (creates.len() == plan.runs).then(|| median(&creates));
+    f.get = (gets.len() == plan.runs).then(|| median(&gets));
+    println!(
+        "## 2. create and get of the {} MiB file (replicas: {}; median of {} runs each)",
+        plan.size >> 20,
+        names(&big_reps),
+        plan.runs
+    );
     println!();
-    println!("| operation | time (s) | MiB/s | ÷ raw copy | ÷ raw copy + fsync | target | met (vs raw / vs raw + fsync) |");
-    println!("|---|---:|---:|---:|---:|---:|---|");
-    for (what, t, target) in [
-        (format!("create from node{creator} (3 fsync'd replicas)"), f.create, 0.30),
-        (format!("get on node{getter} (non-replica, served by {get_from})"), f.get, 0.50),
+    println!("| operation | median (s) | MiB/s | ÷ raw copy | ÷ raw copy + fsync | target | met (vs raw / vs raw + fsync) | all runs (s) |");
+    println!("|---|---:|---:|---:|---:|---:|---|---|");
+    let (raw_m, raw_fsync_m) = (f.raw.expect("measured"), f.raw_fsync.expect("measured"));
+    for (what, t, runs, target) in [
+        (format!("create from node{creator} (3 fsync'd replicas)"), f.create, &creates, 0.30),
+        (format!("get on node{getter} (non-replica, served by {get_from})"), f.get, &gets, 0.50),
     ] {
         match t {
             Some(t) => {
                 let (r1, r2) =
-                    (best.as_secs_f64() / t.as_secs_f64(), best_fsync.as_secs_f64() / t.as_secs_f64());
+                    (raw_m.as_secs_f64() / t.as_secs_f64(), raw_fsync_m.as_secs_f64() / t.as_secs_f64());
                 println!(
-                    "| {what} | {:.2} | {:.0} | {r1:.2} | {r2:.2} | ≥ {target:.2} | {} / {} |",
+                    "| {what} | {:.2} | {:.0} | {r1:.2} | {r2:.2} | ≥ {target:.2} | {} / {} | {} |",
                     t.as_secs_f64(),
                     mibps(plan.size, t),
                     met(r1 >= target),
-                    met(r2 >= target)
+                    met(r2 >= target),
+                    secs(runs)
                 );
             }
-            None => println!("| {what} | failed | | | | ≥ {target:.2} | NOT met |"),
+            None => println!("| {what} | failed | | | | ≥ {target:.2} | NOT met | {} |", secs(runs)),
         }
     }
     match f.got_identical {
@@ -1097,7 +1138,7 @@ fn summary(f: &Findings, plan: &Plan) {
             Some(t) => {
                 let (r1, r2) = (raw / t.as_secs_f64(), raw_fsync / t.as_secs_f64());
                 println!(
-                    "| {what} ≥ {target:.2} × raw loopback copy ({} MiB) | {:.0} MiB/s = {r1:.2} × raw, {r2:.2} × raw + fsync | {} vs raw; {} vs raw + fsync |",
+                    "| {what} ≥ {target:.2} × raw loopback copy ({} MiB, medians) | {:.0} MiB/s = {r1:.2} × raw, {r2:.2} × raw + fsync | {} vs raw; {} vs raw + fsync |",
                     plan.size >> 20,
                     mibps(plan.size, t),
                     met(r1 >= target),
