@@ -8,10 +8,16 @@
 //! `fdatasync` of the active segment, however many blocks it covers, where one file per block
 //! cost a file creation, a rename and two fsyncs each.
 //!
-//! Record: `"RB" | version 1 | kind (1 put, 2 delete) | block id u64 | length u32 |
+//! Record: `"RB" | version 1 | kind (1 put, 2 delete, 3 pad) | block id u64 | length u32 |
 //! data CRC32C u32 | header CRC32C u32`, all little-endian (24 bytes), then `length` bytes of
 //! data. The header's CRC covers the 20 bytes before it, so a torn or zeroed header is told from
 //! a valid one without reading the data; the data's CRC is checked on every read.
+//!
+//! A put of at least 256 KiB is written with `O_DIRECT` (one write from an aligned buffer, past
+//! the page cache, where copying a large transfer costs a small machine more CPU than anything
+//! else about it): it starts at a 4 KiB-aligned offset, and pad records (zeros, dead from the
+//! start) fill the gaps before and after it. A file system that refuses direct I/O gets every
+//! record through the page cache, as smaller records always do.
 //!
 //! Invariants kept here:
 //! * **newest wins:** the live version of a block is its last put record in (segment, offset)
@@ -68,6 +74,18 @@ const VERSION: u8 = 1;
 const HEADER: u64 = 24;
 const KIND_PUT: u8 = 1;
 const KIND_DELETE: u8 = 2;
+/// Zeros that align the next record for direct I/O: dead from the start, never read as data.
+const KIND_PAD: u8 = 3;
+
+/// A record with at least this many data bytes is written with `O_DIRECT`, past the page cache:
+/// on a small machine, copying a large transfer into the page cache (and finding memory for it)
+/// costs more CPU than everything else a node does with it. Smaller records, most of them
+/// appends that group commit syncs together, go through the page cache.
+const DIRECT_AT_LEAST: usize = 256 << 10;
+
+/// Offsets, lengths and buffer addresses of direct I/O are multiples of this (the largest
+/// logical block size of the usual file systems).
+const ALIGN: u64 = 4096;
 
 /// Block storage in a directory of segment files, durable at [`Storage::sync`].
 #[derive(Debug)]
@@ -91,11 +109,20 @@ pub struct FileStorage {
     /// pages it could not write, so a later sync that succeeds would prove nothing: every later
     /// sync fails with this until the node restarts (and its recovery checks every block).
     poisoned: Option<String>,
+    /// The buffer large records are written from and read into with direct I/O (kept, so that
+    /// its memory is found once, not for every block).
+    aligned: AlignedBuf,
+    /// Records with at least this many data bytes are written with direct I/O
+    /// ([`DIRECT_AT_LEAST`]; tests lower it).
+    direct_at_least: usize,
 }
 
 #[derive(Debug)]
 struct Segment {
     file: File,
+    /// The same file opened with `O_DIRECT`, for large records (`None` where the file system
+    /// refuses direct I/O: everything then goes through `file`).
+    direct: Option<File>,
     /// Bytes of whole records in it; the next record goes here.
     len: u64,
     /// Bytes of records no longer needed: replaced or deleted blocks, and tombstones.
@@ -158,7 +185,7 @@ impl Header {
             return None;
         }
         let kind = h[3];
-        if kind != KIND_PUT && kind != KIND_DELETE {
+        if kind != KIND_PUT && kind != KIND_DELETE && kind != KIND_PAD {
             return None;
         }
         Some(Header {
@@ -167,6 +194,63 @@ impl Header {
             len: u32::from_le_bytes(h[12..16].try_into().ok()?),
             data_crc: u32::from_le_bytes(h[16..20].try_into().ok()?),
         })
+    }
+}
+
+/// Opens `path` a second time with `O_DIRECT` (read and write), or `None` where the file system
+/// does not allow it (tmpfs, say).
+fn open_direct(path: &Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = rustix::fs::OFlags::DIRECT.bits() as i32;
+    match crate::private::file_options().read(true).write(true).custom_flags(flags).open(path) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            debug!(segment = %path.display(), error = %e, "no direct I/O on this segment: large blocks go through the page cache");
+            None
+        }
+    }
+}
+
+/// The first offset at or after `at` where a record can start a direct write: `at` itself if
+/// aligned, else the alignment after room for a pad record's header.
+fn pad_end(at: u64) -> u64 {
+    if at % ALIGN == 0 {
+        at
+    } else {
+        (at + HEADER).div_ceil(ALIGN) * ALIGN
+    }
+}
+
+/// Fills `buf` (empty, or at least a header long) with one pad record.
+fn fill_pad(buf: &mut [u8]) {
+    if buf.is_empty() {
+        return;
+    }
+    debug_assert!(buf.len() as u64 >= HEADER, "a pad record has room for its header");
+    let data = &mut buf[HEADER as usize..];
+    data.fill(0);
+    let len = u32::try_from(data.len()).expect("a pad is shorter than an alignment and a header");
+    let header = Header { kind: KIND_PAD, blob: 0, len, data_crc: crc32c::crc32c(data) };
+    buf[..HEADER as usize].copy_from_slice(&header.encode());
+}
+
+/// A buffer whose usable part starts at an `ALIGN`-aligned address, as direct I/O needs.
+#[derive(Debug, Default)]
+struct AlignedBuf {
+    raw: Vec<u8>,
+}
+
+impl AlignedBuf {
+    /// `len` bytes (a multiple of `ALIGN`) at an aligned address; the contents are whatever
+    /// the last use left.
+    fn take(&mut self, len: usize) -> &mut [u8] {
+        debug_assert!(len as u64 % ALIGN == 0, "direct I/O lengths are aligned");
+        let align = ALIGN as usize;
+        if self.raw.len() < len + align {
+            self.raw = vec![0u8; len + align];
+        }
+        let skip = self.raw.as_ptr().align_offset(align);
+        &mut self.raw[skip..skip + len]
     }
 }
 
@@ -228,6 +312,8 @@ impl FileStorage {
             flush: None,
             retiring: Vec::new(),
             poisoned: None,
+            aligned: AlignedBuf::default(),
+            direct_at_least: DIRECT_AT_LEAST,
         };
         let mut numbers = Vec::new();
         let mut old_blocks = Vec::new();
@@ -277,7 +363,9 @@ impl FileStorage {
             .open(&path)
             .map_err(|e| io_err("open segment", &path, &e))?;
         let size = file.metadata().map_err(|e| io_err("inspect segment", &path, &e))?.len();
-        self.segments.insert(n, Segment { file, len: 0, dead: 0, puts: HashSet::new(), damaged: false });
+        let direct = open_direct(&path);
+        self.segments
+            .insert(n, Segment { file, direct, len: 0, dead: 0, puts: HashSet::new(), damaged: false });
         let mut at = 0u64;
         let mut h = [0u8; HEADER as usize];
         while at + HEADER <= size {
@@ -300,7 +388,7 @@ impl FileStorage {
                 read.is_err() || crc32c::crc32c(&data) != header.data_crc
             };
             let segment = self.segments.get_mut(&n).expect("inserted above");
-            let old = if replaces_torn {
+            let old = if replaces_torn || header.kind == KIND_PAD {
                 segment.dead += bytes;
                 None
             } else if header.kind == KIND_PUT {
@@ -412,7 +500,9 @@ impl FileStorage {
             .truncate(true)
             .open(&path)
             .map_err(|e| io_err("create segment", &path, &e))?;
-        self.segments.insert(n, Segment { file, len: 0, dead: 0, puts: HashSet::new(), damaged: false });
+        let direct = open_direct(&path);
+        self.segments
+            .insert(n, Segment { file, direct, len: 0, dead: 0, puts: HashSet::new(), damaged: false });
         self.dir_dirty = true;
         Ok(n)
     }
@@ -438,6 +528,11 @@ impl FileStorage {
         blob: BlobId,
         len: u32,
     ) -> Result<Loc, StorageError> {
+        if data.len() >= self.direct_at_least {
+            if let Some(loc) = self.append_direct(header, data, blob, len)? {
+                return Ok(loc);
+            }
+        }
         let bytes = (header.len() + data.len()) as u64;
         let n = self.segment_for(bytes)?;
         let path = self.segment_path(n);
@@ -457,6 +552,56 @@ impl FileStorage {
         self.unsynced.insert(n);
         self.unsynced_bytes += bytes;
         Ok(Loc { segment: n, at, len })
+    }
+
+    /// Appends a large record with one `O_DIRECT` write at an aligned offset: a pad record
+    /// first if the segment's end is not aligned (written through the page cache), then the
+    /// header, the data and a pad record out to the next aligned offset, from the aligned
+    /// buffer. `None` if the segment has no direct handle (the caller writes it buffered).
+    fn append_direct(
+        &mut self,
+        header: &[u8],
+        data: &[u8],
+        blob: BlobId,
+        len: u32,
+    ) -> Result<Option<Loc>, StorageError> {
+        let record = HEADER + data.len() as u64;
+        // Room for the worst case: a leading pad, the record, a trailing pad.
+        let n = self.segment_for(record + 2 * (ALIGN + HEADER))?;
+        let path = self.segment_path(n);
+        let segment = self.segments.get_mut(&n).expect("segment_for returns a segment");
+        let Some(direct) = &segment.direct else { return Ok(None) };
+        let was = segment.len;
+        let start = pad_end(was);
+        let end = pad_end(start + record);
+        let buf = self.aligned.take((end - start) as usize);
+        buf[..HEADER as usize].copy_from_slice(header);
+        buf[HEADER as usize..record as usize].copy_from_slice(data);
+        fill_pad(&mut buf[record as usize..]);
+        let written = (|| {
+            if start > was {
+                let mut lead = vec![0u8; (start - was) as usize];
+                fill_pad(&mut lead);
+                segment.file.write_all_at(&lead, was)?;
+            }
+            direct.write_all_at(buf, start)
+        })();
+        if let Err(e) = written {
+            let _ = segment.file.set_len(was);
+            if e.kind() == ErrorKind::InvalidInput {
+                // The file system opened the file for direct I/O but refuses the write (an
+                // alignment it wants larger, say): this segment goes through the page cache.
+                warn!(segment = %path.display(), error = %e, "direct I/O refused: large blocks in this segment go through the page cache");
+                segment.direct = None;
+                return Ok(None);
+            }
+            return Err(io_err(&format!("write block {blob:016x} to"), &path, &e));
+        }
+        segment.len = end;
+        segment.dead += (start - was) + (end - start - record);
+        self.unsynced.insert(n);
+        self.unsynced_bytes += end - was;
+        Ok(Some(Loc { segment: n, at: start, len }))
     }
 
     /// Reads one record, checking its header and its data's CRC; returns its data.
@@ -565,6 +710,7 @@ impl FileStorage {
             let loc = Loc { segment: victim, at, len: header.len };
             let needed = match header.kind {
                 KIND_PUT => self.blocks.get(&header.blob) == Some(&loc),
+                KIND_PAD => false,
                 _ => {
                     !self.blocks.contains_key(&header.blob)
                         && self.segments.range(..victim).any(|(_, s)| s.puts.contains(&header.blob))
@@ -1130,6 +1276,44 @@ mod tests {
     }
 
     #[test]
+    fn large_blocks_are_written_aligned_between_pad_records_and_read_back_after_a_reopen() {
+        let t = TempDir::new("direct");
+        let mut s = FileStorage::open(&t.blocks()).unwrap();
+        let large = |seed: u8| -> Vec<u8> { (0..DIRECT_AT_LEAST + 1000).map(|i| (i as u8) ^ seed).collect() };
+        s.put(1, b"small, so the next record starts unaligned").unwrap();
+        s.put(2, &large(2)).unwrap();
+        s.put(3, b"small again").unwrap();
+        s.put(4, &large(4)).unwrap();
+        let direct = s.segments.values().next().expect("a segment").direct.is_some();
+        for b in [2, 4] {
+            let at = s.blocks[&b].at;
+            // Where the file system allows direct I/O (not tmpfs), large records are aligned.
+            assert!(!direct || at % ALIGN == 0, "block {b} at {at}");
+        }
+        sync(&mut s);
+        drop(s);
+        let mut s = FileStorage::open(&t.blocks()).unwrap();
+        assert_eq!(listed(&mut s), vec![1, 2, 3, 4]);
+        assert_eq!(s.read(2).unwrap(), large(2));
+        assert_eq!(s.read(4).unwrap(), large(4));
+        assert_eq!(s.read(3).unwrap(), b"small again");
+        // A torn large write at the end (its data cut short) is cut off at the next open, and
+        // the block keeps its older version.
+        s.put(2, &large(9)).unwrap();
+        let seg = *s.segments.keys().last().expect("a segment");
+        let at = s.blocks[&2].at;
+        drop(s);
+        let path = t.blocks().join(segment_name(seg));
+        File::options().write(true).open(&path).unwrap().set_len(at + HEADER + 100).unwrap();
+        let mut s = FileStorage::open(&t.blocks()).unwrap();
+        assert_eq!(s.read(2).unwrap(), large(2), "the torn new version is not the block");
+        assert_eq!(fs::metadata(&path).unwrap().len(), at, "the torn record is cut off");
+        s.put(5, &large(5)).unwrap();
+        sync(&mut s);
+        assert_eq!(s.read(5).unwrap(), large(5));
+    }
+
+    #[test]
     fn works_behind_the_trait_object() {
         let t = TempDir::new("dyn");
         let mut s: Box<dyn Storage + Send> = Box::new(FileStorage::open(&t.blocks()).unwrap());
@@ -1167,7 +1351,13 @@ mod tests {
         #[test]
         fn the_log_agrees_with_a_map(ops in proptest::collection::vec(op(), 1..200)) {
             let t = TempDir::new("model");
-            let mut s = FileStorage::open_with(&t.blocks(), 700).unwrap();
+            // Blocks of 150 bytes and more go through direct I/O (aligned, between pad records).
+            let open = |t: &TempDir| {
+                let mut s = FileStorage::open_with(&t.blocks(), 700).unwrap();
+                s.direct_at_least = 150;
+                s
+            };
+            let mut s = open(&t);
             let mut model: BTreeMap<BlobId, Vec<u8>> = BTreeMap::new();
             for (i, op) in ops.into_iter().enumerate() {
                 match op {
@@ -1184,7 +1374,7 @@ mod tests {
                     Op::Reopen => {
                         sync(&mut s);
                         drop(s);
-                        s = FileStorage::open_with(&t.blocks(), 700).unwrap();
+                        s = open(&t);
                     }
                 }
                 proptest::prop_assert_eq!(listed(&mut s), model.keys().copied().collect::<Vec<_>>());
@@ -1193,7 +1383,7 @@ mod tests {
                 proptest::prop_assert_eq!(&s.read(*b).unwrap(), data);
             }
             drop(s);
-            let mut s = FileStorage::open_with(&t.blocks(), 700).unwrap();
+            let mut s = open(&t);
             proptest::prop_assert_eq!(listed(&mut s), model.keys().copied().collect::<Vec<_>>());
             for (b, data) in &model {
                 proptest::prop_assert_eq!(&s.read(*b).unwrap(), data);
