@@ -214,7 +214,7 @@ fn open_direct(path: &Path) -> Option<File> {
 /// The first offset at or after `at` where a record can start a direct write: `at` itself if
 /// aligned, else the alignment after room for a pad record's header.
 fn pad_end(at: u64) -> u64 {
-    if at % ALIGN == 0 {
+    if at.is_multiple_of(ALIGN) {
         at
     } else {
         (at + HEADER).div_ceil(ALIGN) * ALIGN
@@ -244,7 +244,7 @@ impl AlignedBuf {
     /// `len` bytes (a multiple of `ALIGN`) at an aligned address; the contents are whatever
     /// the last use left.
     fn take(&mut self, len: usize) -> &mut [u8] {
-        debug_assert!(len as u64 % ALIGN == 0, "direct I/O lengths are aligned");
+        debug_assert!((len as u64).is_multiple_of(ALIGN), "direct I/O lengths are aligned");
         let align = ALIGN as usize;
         if self.raw.len() < len + align {
             self.raw = vec![0u8; len + align];
@@ -1288,7 +1288,7 @@ mod tests {
         for b in [2, 4] {
             let at = s.blocks[&b].at;
             // Where the file system allows direct I/O (not tmpfs), large records are aligned.
-            assert!(!direct || at % ALIGN == 0, "block {b} at {at}");
+            assert!(!direct || at.is_multiple_of(ALIGN), "block {b} at {at}");
         }
         sync(&mut s);
         drop(s);
