@@ -45,7 +45,7 @@ pub struct NodeArgs {
     #[arg(long, value_parser = ["on", "off"])]
     pub suspicion: Option<String>,
     /// The cluster key (64 hex digits, from `rainstorm keygen`): every frame is authenticated
-    /// with HMAC-SHA256 under it. On the command line it is visible to every user in `ps`:
+    /// with a keyed BLAKE3 tag under it. On the command line it is visible to every user in `ps`:
     /// prefer --cluster-key-file (or RAINSTORM_CLUSTER_KEY).
     #[arg(long, env = "RAINSTORM_CLUSTER_KEY", hide_env_values = true)]
     pub cluster_key: Option<String>,

@@ -16,7 +16,7 @@
 //! * [`time`], [`id`]: the plain values every layer shares;
 //! * [`timer`]: an ordered timer queue with stale-timer tokens;
 //! * [`histogram`]: fixed-bucket latency histograms the layers keep of their own operations;
-//! * [`wire`]: the versioned, size-bounded, checksummed (optionally HMAC-authenticated) envelope;
+//! * [`wire`]: the versioned, size-bounded, checksummed (optionally authenticated by a keyed BLAKE3 tag) envelope;
 //! * [`replay`]: per-sender windows of accepted frame numbers (refuses replayed frames);
 //! * [`membership`]: SWIM failure detection with optional suspicion;
 //! * [`hydfs`]: the replicated file system (ring, replicas, merges, re-replication, client);

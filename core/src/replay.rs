@@ -5,7 +5,7 @@
 //! to any peer. Lanes are counted apart because a driver sends each lane on its own connection
 //! and serves received lanes by priority, so frames of different lanes overtake each other by
 //! any amount; within a lane they are reordered only as much as the network reorders. Under a
-//! cluster key the sequence number and the lane are covered by the frame's HMAC tag, so an
+//! cluster key the sequence number and the lane are covered by the frame's tag, so an
 //! attacker can record and resend a frame but cannot renumber it or move it to another lane.
 //! The [`ReplayGuard`] keeps, per (sender, channel, lane), the highest number accepted and a
 //! sliding bitmap of the [`REPLAY_WINDOW`] numbers below it (the anti-replay window of IPsec and

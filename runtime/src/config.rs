@@ -8,7 +8,7 @@
 //! data_dir = "/var/lib/rainstorm" # logs, the control socket, blocks; one node per dir
 //! suspicion = true               # start in PingAck+S (switchable at run time)
 //! lifeguard = true               # Lifeguard local health awareness (fewer false failures)
-//! cluster_key_file = "/etc/rainstorm/cluster.key" # HMAC-SHA256 on every frame (see below)
+//! cluster_key_file = "/etc/rainstorm/cluster.key" # a keyed BLAKE3 tag on every frame (see below)
 //! # cluster_key = "<64 hex digits>" # the key itself instead of a file (not both)
 //! # accepted_keys = ["<64 hex digits>"] # also accepted during a key rollover (see `reload_keys`)
 //! drop_rate = 0.0                # experiments: drop this fraction of outgoing datagrams

@@ -156,7 +156,7 @@ pub struct Scenario {
     /// The RainStorm job, if the scenario runs one (it needs `hydfs` for its settings).
     #[serde(default)]
     pub rainstorm: Option<crate::rainstorm::harness::RainstormWorkload>,
-    /// Whether the nodes run under a cluster key (HMAC tags and replay protection).
+    /// Whether the nodes run under a cluster key (frame tags and replay protection).
     #[serde(default)]
     pub cluster_key: bool,
 }
