@@ -234,6 +234,36 @@ fn fill_pad(buf: &mut [u8]) {
     buf[..HEADER as usize].copy_from_slice(&header.encode());
 }
 
+/// Reads record `loc` through `direct`: the aligned span around it into `buf`, its header into
+/// `h`, and returns its data. `None` if the file system refuses the read (then the page cache
+/// serves it). A span that runs past the end of the file (a record not written by the direct
+/// path) is read up to there.
+fn read_direct(
+    direct: &File,
+    buf: &mut AlignedBuf,
+    loc: Loc,
+    h: &mut [u8; HEADER as usize],
+) -> std::io::Result<Option<Vec<u8>>> {
+    let from = loc.at / ALIGN * ALIGN;
+    let need = (loc.at + loc.record_bytes() - from) as usize;
+    let span = buf.take(need.div_ceil(ALIGN as usize) * ALIGN as usize);
+    let mut got = 0;
+    while got < need {
+        match direct.read_at(&mut span[got..], from + got as u64) {
+            Ok(0) => return Err(std::io::Error::from(ErrorKind::UnexpectedEof)),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::InvalidInput => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        // A short read ends on an aligned offset unless it hit the end of the file; the next
+        // read then returns 0.
+    }
+    let skip = (loc.at - from) as usize;
+    h.copy_from_slice(&span[skip..skip + HEADER as usize]);
+    Ok(Some(span[skip + HEADER as usize..need].to_vec()))
+}
+
 /// A buffer whose usable part starts at an `ALIGN`-aligned address, as direct I/O needs.
 #[derive(Debug, Default)]
 struct AlignedBuf {
@@ -604,17 +634,32 @@ impl FileStorage {
         Ok(Some(Loc { segment: n, at: start, len }))
     }
 
-    /// Reads one record, checking its header and its data's CRC; returns its data.
-    fn read_record(&self, loc: Loc, blob: BlobId) -> Result<Vec<u8>, StorageError> {
+    /// Reads one record, checking its header and its data's CRC; returns its data. A large one
+    /// is read with direct I/O, like it was written: filling the page cache with it would cost
+    /// what writing past the cache saved.
+    fn read_record(&mut self, loc: Loc, blob: BlobId) -> Result<Vec<u8>, StorageError> {
         let path = self.segment_path(loc.segment);
         let segment = self.segments.get(&loc.segment).ok_or(StorageError::Missing(blob))?;
         let mut h = [0u8; HEADER as usize];
-        let mut data = vec![0u8; loc.len as usize];
-        segment
-            .file
-            .read_exact_at(&mut h, loc.at)
-            .and_then(|()| segment.file.read_exact_at(&mut data, loc.at + HEADER))
-            .map_err(|e| io_err("read a block from", &path, &e))?;
+        let direct = match &segment.direct {
+            Some(direct) if loc.len as usize >= self.direct_at_least => {
+                read_direct(direct, &mut self.aligned, loc, &mut h)
+                    .map_err(|e| io_err("read a block from", &path, &e))?
+            }
+            _ => None,
+        };
+        let data = match direct {
+            Some(data) => data,
+            None => {
+                let mut data = vec![0u8; loc.len as usize];
+                segment
+                    .file
+                    .read_exact_at(&mut h, loc.at)
+                    .and_then(|()| segment.file.read_exact_at(&mut data, loc.at + HEADER))
+                    .map_err(|e| io_err("read a block from", &path, &e))?;
+                data
+            }
+        };
         match Header::decode(&h) {
             Some(h) if h.blob == blob && h.len == loc.len && crc32c::crc32c(&data) == h.data_crc => Ok(data),
             _ => Err(StorageError::Io(format!(
