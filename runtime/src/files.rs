@@ -107,8 +107,9 @@ fn describe_parts(
         return Err(format!("{} is {len} bytes, over the {limit}-byte limit for one write", path.display()));
     }
     let mut parts = Vec::with_capacity(len.div_ceil(chunk as u64) as usize);
-    // A buffer no larger than the file: a 4 KiB append must not zero (and fault in) a whole chunk.
-    let mut buf = vec![0u8; chunk.min(usize::try_from(len).unwrap_or(chunk)).max(1)];
+    // A buffer no larger than the file and one byte (so that a file that grew is seen): a 4 KiB
+    // append must not zero (and fault in) a whole chunk.
+    let mut buf = vec![0u8; chunk.min(usize::try_from(len).unwrap_or(chunk).saturating_add(1))];
     let mut reader = &file;
     let mut seen = 0u64;
     loop {

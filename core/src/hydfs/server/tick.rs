@@ -285,17 +285,24 @@ impl Hydfs {
         // it stays applied and waits (a later round finds it applied); only a sync that failed
         // is answered as such.
         let installs = std::mem::take(&mut self.server.installs);
+        // First every install that can be is applied, then one sync covers them all.
+        let mut ready = Vec::new();
         for mut w in installs {
             if !w.appended.iter().all(|a| self.store.is_complete(&w.name, a)) {
                 self.server.installs.push(w);
                 continue;
             }
-            let still = |h: &Hydfs| w.appended.is_empty() || h.install_applied(&w.name, w.base, &w.appended);
+            // Applied in an earlier round, and the copy has not moved elsewhere since (an empty
+            // install: the copy is still at `base`).
+            let still = if w.appended.is_empty() {
+                self.store.merged_hash(&w.name) == Some(w.base)
+            } else {
+                self.install_applied(&w.name, w.base, &w.appended)
+            };
             let bytes = match w.applied {
-                // Applied in an earlier round, and the copy has not moved elsewhere since.
-                Some(bytes) if still(self) => bytes,
+                Some(bytes) if still => bytes,
                 // A copy of this install that arrived earlier applied it (and counted its bytes).
-                None if !w.appended.is_empty() && self.install_applied(&w.name, w.base, &w.appended) => 0,
+                None if !w.appended.is_empty() && still => 0,
                 None if self.install_locally(&w.name, w.base, &w.appended) => {
                     self.server.install_bytes.remove(&w.name).unwrap_or(0)
                 }
@@ -306,8 +313,11 @@ impl Hydfs {
                 }
             };
             w.applied = Some(bytes);
+            ready.push(w);
+        }
+        for w in ready {
             let result = match sync(self) {
-                Durable::Yes => Ok(bytes),
+                Durable::Yes => Ok(w.applied.unwrap_or(0)),
                 Durable::Soon => {
                     self.server.installs.push(w);
                     continue;
