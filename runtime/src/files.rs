@@ -202,11 +202,14 @@ pub(crate) async fn file_len(
 const SINK_QUEUE_CHUNKS: usize = 8;
 
 /// Where a download goes: a temporary file beside the target, renamed over it at the end. The
-/// chunks are written by a thread of their own, so the node keeps receiving while the kernel
-/// copies the previous chunk into the page cache.
+/// chunks are written by a thread of their own, so the node keeps receiving meanwhile. A chunk
+/// of 256 KiB or more that starts at an aligned offset is written with direct I/O, past the
+/// page cache (its tail padded with zeros that the next chunk, or the final cut, replaces); a
+/// download that wrote any is synced before it is renamed into place, which costs little then.
 pub struct Sink {
     tx: Option<std::sync::mpsc::SyncSender<(u64, Vec<u8>)>>,
-    writer: Option<std::thread::JoinHandle<Result<File, String>>>,
+    /// The writer thread: the file, and whether any chunk went through direct I/O.
+    writer: Option<std::thread::JoinHandle<Result<(File, bool), String>>>,
     tmp: PathBuf,
     target: PathBuf,
     progress: Arc<Progress>,
@@ -260,15 +263,44 @@ impl Sink {
         let (file, tmp) = create_temp(candidates)?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(SINK_QUEUE_CHUNKS);
         let (path, done) = (tmp.clone(), progress.clone());
+        let direct = crate::direct::open(&tmp, std::fs::OpenOptions::new().write(true), "download");
         let writer = std::thread::Builder::new()
             .name("hydfs-download".into())
             .spawn(move || {
+                let mut aligned = crate::direct::AlignedBuf::default();
+                let (mut used_direct, mut refused) = (false, false);
                 for (offset, bytes) in rx {
-                    file.write_all_at(&bytes, offset)
-                        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                    let wrote_direct = match &direct {
+                        Some(d)
+                            if !refused
+                                && bytes.len() >= crate::direct::LARGE
+                                && offset.is_multiple_of(crate::direct::ALIGN) =>
+                        {
+                            let span =
+                                (bytes.len() as u64).div_ceil(crate::direct::ALIGN) * crate::direct::ALIGN;
+                            let buf = aligned.take(span as usize);
+                            buf[..bytes.len()].copy_from_slice(&bytes);
+                            buf[bytes.len()..].fill(0);
+                            match d.write_all_at(buf, offset) {
+                                Ok(()) => true,
+                                // Refused after all: this chunk and the rest go through the page cache.
+                                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                                    refused = true;
+                                    false
+                                }
+                                Err(e) => return Err(format!("cannot write {}: {e}", path.display())),
+                            }
+                        }
+                        _ => false,
+                    };
+                    if !wrote_direct {
+                        file.write_all_at(&bytes, offset)
+                            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                    }
+                    used_direct |= wrote_direct;
                     done.done.store(offset + bytes.len() as u64, Ordering::Relaxed);
                 }
-                Ok(file)
+                Ok((file, used_direct))
             })
             .map_err(|e| format!("cannot start writing {}: {e}", tmp.display()))?;
         Ok(Sink { tx: Some(tx), writer: Some(writer), tmp, target: target.to_path_buf(), progress })
@@ -288,8 +320,9 @@ impl Sink {
         self.progress.total.store(total, Ordering::Relaxed);
     }
 
-    /// Waits for the writer and returns the file, or why writing failed.
-    fn close(&mut self) -> Result<File, String> {
+    /// Waits for the writer and returns the file (and whether direct I/O wrote some of it), or
+    /// why writing failed.
+    fn close(&mut self) -> Result<(File, bool), String> {
         self.tx = None;
         match self.writer.take().map(|w| w.join()) {
             Some(Ok(result)) => result,
@@ -300,8 +333,9 @@ impl Sink {
 
     /// The download ended with `len` bytes: cut the file there and move it into place.
     pub fn finish(mut self, len: u64) -> Result<(), String> {
-        let done = self.close().and_then(|file| {
+        let done = self.close().and_then(|(file, used_direct)| {
             file.set_len(len)
+                .and_then(|_| if used_direct { file.sync_data() } else { Ok(()) })
                 .and_then(|_| std::fs::rename(&self.tmp, &self.target))
                 .map_err(|e| format!("cannot write {}: {e}", self.target.display()))
         });
@@ -582,6 +616,27 @@ mod tests {
         assert_eq!(sha, want);
         assert_eq!(sha256_file(&dir.join("p")).unwrap(), (want, data.len() as u64));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_download_of_large_and_small_chunks_at_any_offsets_holds_exactly_its_bytes() {
+        let dir = temp_dir("direct-sink");
+        let target = dir.join("got");
+        let large = crate::direct::LARGE;
+        // Large chunks at aligned offsets (direct; the second's tail padded), a small one over
+        // that padding, small ones back to an aligned offset, and a large last chunk there whose
+        // padding the final cut removes.
+        let sizes = [large, large + 100, 3996, 7, 4089, 2 * large + 3];
+        let mut want = Vec::new();
+        let mut sink = Sink::create(&target, Arc::new(Progress::default())).unwrap();
+        for (i, n) in sizes.iter().enumerate() {
+            let chunk: Vec<u8> =
+                (0..*n).map(|j| (j as u8).wrapping_mul(31).wrapping_add(i as u8 + 1)).collect();
+            sink.write(want.len() as u64, chunk.clone());
+            want.extend_from_slice(&chunk);
+        }
+        sink.finish(want.len() as u64).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), want);
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod children;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod direct;
 pub mod driver;
 pub mod files;
 pub mod jobs;

@@ -77,15 +77,10 @@ const KIND_DELETE: u8 = 2;
 /// Zeros that align the next record for direct I/O: dead from the start, never read as data.
 const KIND_PAD: u8 = 3;
 
-/// A record with at least this many data bytes is written with `O_DIRECT`, past the page cache:
-/// on a small machine, copying a large transfer into the page cache (and finding memory for it)
-/// costs more CPU than everything else a node does with it. Smaller records, most of them
-/// appends that group commit syncs together, go through the page cache.
-const DIRECT_AT_LEAST: usize = 256 << 10;
+/// A record with at least this many data bytes is written and read with `O_DIRECT`.
+const DIRECT_AT_LEAST: usize = crate::direct::LARGE;
 
-/// Offsets, lengths and buffer addresses of direct I/O are multiples of this (the largest
-/// logical block size of the usual file systems).
-const ALIGN: u64 = 4096;
+use crate::direct::{AlignedBuf, ALIGN};
 
 /// Block storage in a directory of segment files, durable at [`Storage::sync`].
 #[derive(Debug)]
@@ -220,19 +215,7 @@ impl Header {
 /// Opens `path` a second time with `O_DIRECT` (read and write), or `None` where the file system
 /// does not allow it (tmpfs, say).
 fn open_direct(path: &Path) -> Option<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let flags = rustix::fs::OFlags::DIRECT.bits() as i32;
-    match crate::private::file_options().read(true).write(true).custom_flags(flags).open(path) {
-        Ok(f) => Some(f),
-        Err(e) if e.kind() == ErrorKind::InvalidInput => {
-            debug!(segment = %path.display(), error = %e, "no direct I/O on this file system: large blocks go through the page cache");
-            None
-        }
-        Err(e) => {
-            warn!(segment = %path.display(), error = %e, "cannot open the segment for direct I/O: its large blocks go through the page cache");
-            None
-        }
-    }
+    crate::direct::open(path, crate::private::file_options().read(true).write(true), "segment")
 }
 
 /// The first offset at or after `at` where a record can start a direct write: `at` itself if
@@ -286,26 +269,6 @@ fn read_direct(
     let skip = (loc.at - from) as usize;
     h.copy_from_slice(&span[skip..skip + HEADER as usize]);
     Ok(Some(span[skip + HEADER as usize..need].to_vec()))
-}
-
-/// A buffer whose usable part starts at an `ALIGN`-aligned address, as direct I/O needs.
-#[derive(Debug, Default)]
-struct AlignedBuf {
-    raw: Vec<u8>,
-}
-
-impl AlignedBuf {
-    /// `len` bytes (a multiple of `ALIGN`) at an aligned address; the contents are whatever
-    /// the last use left.
-    fn take(&mut self, len: usize) -> &mut [u8] {
-        debug_assert!((len as u64).is_multiple_of(ALIGN), "direct I/O lengths are aligned");
-        let align = ALIGN as usize;
-        if self.raw.len() < len + align {
-            self.raw = vec![0u8; len + align];
-        }
-        let skip = self.raw.as_ptr().align_offset(align);
-        &mut self.raw[skip..skip + len]
-    }
 }
 
 fn io_err(what: &str, path: &Path, e: &std::io::Error) -> StorageError {
