@@ -40,6 +40,54 @@ pub fn open(path: &Path, options: &mut OpenOptions, what: &str) -> Option<File> 
     }
 }
 
+/// `O_DIRECT` switched on and off on one open file (`fcntl(F_SETFL)`), for a writer that mixes
+/// large aligned writes with small ones. Once the file system refuses it, it stays off.
+pub struct Switch<'a> {
+    file: &'a File,
+    on: bool,
+    refused: bool,
+}
+
+impl<'a> Switch<'a> {
+    pub fn new(file: &'a File) -> Switch<'a> {
+        Switch { file, on: false, refused: false }
+    }
+
+    /// Turns direct I/O on or off; returns whether it is now as asked.
+    pub fn set(&mut self, on: bool) -> bool {
+        if on && self.refused {
+            return false;
+        }
+        if self.on == on {
+            return true;
+        }
+        let switched = rustix::fs::fcntl_getfl(self.file).and_then(|flags| {
+            let flags =
+                if on { flags | rustix::fs::OFlags::DIRECT } else { flags - rustix::fs::OFlags::DIRECT };
+            rustix::fs::fcntl_setfl(self.file, flags)
+        });
+        match switched {
+            Ok(()) => {
+                self.on = on;
+                true
+            }
+            Err(e) => {
+                debug!(error = %e, "cannot switch direct I/O: the file goes through the page cache");
+                if on {
+                    self.refused = true;
+                }
+                false
+            }
+        }
+    }
+
+    /// The file system refused a direct write: direct I/O stays off from now on.
+    pub fn refuse(&mut self) {
+        self.set(false);
+        self.refused = true;
+    }
+}
+
 /// A buffer whose usable part starts at an [`ALIGN`]-aligned address, as direct I/O needs (kept
 /// and reused, so that its memory is found once).
 #[derive(Debug, Default)]

@@ -263,43 +263,42 @@ impl Sink {
         let (file, tmp) = create_temp(candidates)?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(SINK_QUEUE_CHUNKS);
         let (path, done) = (tmp.clone(), progress.clone());
-        let direct = crate::direct::open(&tmp, std::fs::OpenOptions::new().write(true), "download");
         let writer = std::thread::Builder::new()
             .name("hydfs-download".into())
             .spawn(move || {
+                // Direct I/O is switched on the one descriptor `create_temp` opened (never a
+                // second open by name: someone who can write the directory could have put a
+                // link at that name meanwhile).
+                let mut direct = crate::direct::Switch::new(&file);
                 let mut aligned = crate::direct::AlignedBuf::default();
-                let (mut used_direct, mut refused) = (false, false);
+                let mut used_direct = false;
                 for (offset, bytes) in rx {
-                    let wrote_direct = match &direct {
-                        Some(d)
-                            if !refused
-                                && bytes.len() >= crate::direct::LARGE
-                                && offset.is_multiple_of(crate::direct::ALIGN) =>
-                        {
-                            let span =
-                                (bytes.len() as u64).div_ceil(crate::direct::ALIGN) * crate::direct::ALIGN;
-                            let buf = aligned.take(span as usize);
-                            buf[..bytes.len()].copy_from_slice(&bytes);
-                            buf[bytes.len()..].fill(0);
-                            match d.write_all_at(buf, offset) {
-                                Ok(()) => true,
-                                // Refused after all: this chunk and the rest go through the page cache.
-                                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
-                                    refused = true;
-                                    false
-                                }
-                                Err(e) => return Err(format!("cannot write {}: {e}", path.display())),
+                    let large =
+                        bytes.len() >= crate::direct::LARGE && offset.is_multiple_of(crate::direct::ALIGN);
+                    let wrote_direct = large && direct.set(true) && {
+                        let span = (bytes.len() as u64).div_ceil(crate::direct::ALIGN) * crate::direct::ALIGN;
+                        let buf = aligned.take(span as usize);
+                        buf[..bytes.len()].copy_from_slice(&bytes);
+                        buf[bytes.len()..].fill(0);
+                        match file.write_all_at(buf, offset) {
+                            Ok(()) => true,
+                            // Refused after all: this chunk and the rest go through the page cache.
+                            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                                direct.refuse();
+                                false
                             }
+                            Err(e) => return Err(format!("cannot write {}: {e}", path.display())),
                         }
-                        _ => false,
                     };
                     if !wrote_direct {
+                        direct.set(false);
                         file.write_all_at(&bytes, offset)
                             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
                     }
                     used_direct |= wrote_direct;
                     done.done.store(offset + bytes.len() as u64, Ordering::Relaxed);
                 }
+                direct.set(false);
                 Ok((file, used_direct))
             })
             .map_err(|e| format!("cannot start writing {}: {e}", tmp.display()))?;
