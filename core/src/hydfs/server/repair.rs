@@ -214,6 +214,10 @@ impl Hydfs {
         } else {
             meta
         };
+        debug_assert!(
+            meta.pending.iter().all(|w| !meta.incomplete.contains(&w.stamp)),
+            "a peer's pending append it holds incomplete is never absorbed"
+        );
         let rec: FileRec = reconcile(self.store.file(name), meta);
         self.store.set_file(name, rec.clone());
         let mut sources = vec![from];

@@ -317,7 +317,13 @@ impl Hydfs {
         }
         for w in ready {
             let result = match sync(self) {
-                Durable::Yes => Ok(w.applied.unwrap_or(0)),
+                Durable::Yes => {
+                    debug_assert!(
+                        skip_sync || self.store.is_synced(),
+                        "an install is answered only once synced"
+                    );
+                    Ok(w.applied.unwrap_or(0))
+                }
                 Durable::Soon => {
                     self.server.installs.push(w);
                     continue;

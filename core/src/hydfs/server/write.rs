@@ -11,7 +11,8 @@
 //!   obstacle, and its holder is told (`Remove`);
 //! * a retry of a write this node coordinates joins the running attempt (one per stamp);
 //! * storage refusing a write's bytes fails the write at once, on the replica and on its
-//!   coordinator (`StorageFailed`, naming the node), and a failed create releases its name;
+//!   coordinator (`StorageFailed`, naming the node), and a failed create releases its name; a
+//!   write refused before this node held any of its bytes leaves the index at once;
 //! * limits (each breach answered with a typed [`Refusal`] and counted where the limit is a
 //!   node's own): a write over `max_write_bytes`, or with a part over a chunk, is refused
 //!   (`TooLarge`); a coordinator takes at most `max_transfers` writes and merges at once (more
@@ -208,6 +209,10 @@ impl Hydfs {
                         WriteKind::Create => self.abandon_create(name, write.stamp),
                         WriteKind::Append => self.forget_pending(name, write.stamp),
                     }
+                    debug_assert!(
+                        self.store.file(name).is_none_or(|r| !r.contains(&write.stamp)),
+                        "a write refused before any of its bytes were held leaves the index"
+                    );
                 }
                 return Accepted::StorageFailed(e.to_string());
             }
