@@ -55,8 +55,9 @@ pub const MAX_STREAM_FRAME_BYTES: usize = 16 * 1024 * 1024;
 /// (`deleted`), so that a node that restarts with a copy of a deleted file drops it before
 /// reconciling it with a later file of the same name; version 9 the tag: keyed BLAKE3 instead
 /// of HMAC-SHA256 (a MAC under the same 256-bit key, computed about 3.6 times as fast: HMAC of
-/// every frame was the largest cost of a large transfer).
-pub const WIRE_VERSION: u8 = 9;
+/// every frame was the largest cost of a large transfer); version 10 HyDFS seals (a write kind,
+/// `WriteKind::Seal`, and the refusal `Sealed`).
+pub const WIRE_VERSION: u8 = 10;
 
 const MAGIC: [u8; 2] = *b"RS";
 /// Magic, version, flags, lane, payload length.

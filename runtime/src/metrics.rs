@@ -273,12 +273,19 @@ impl Collector for Scrape {
         )?;
         out.counters(
             "rainstorm_hydfs_refused",
-            "Requests refused by a limit: a name too long, busy (max_transfers), too many pending appends.",
+            "Requests refused by a limit: a name too long, busy (max_transfers), too many pending appends, \
+             or a write to a sealed file from a writer that is not its owner.",
             vec![
                 (l("cause", "name_too_long"), h.names_refused),
                 (l("cause", "busy"), h.busy_refusals),
                 (l("cause", "pending_appends"), h.pending_appends_refused),
+                (l("cause", "sealed"), h.writes_refused_sealed),
             ],
+        )?;
+        out.counter(
+            "rainstorm_hydfs_appends_cut_by_seals",
+            "Appends dropped from this node's copies because a seal cut their writer off.",
+            h.appends_cut_by_seals,
         )?;
         out.counter(
             "rainstorm_hydfs_tombstones_evicted",

@@ -464,6 +464,7 @@ impl HydfsHarness {
             return match kind {
                 WriteKind::Create => ClientOp::Create { name, data },
                 WriteKind::Append => ClientOp::Append { name, data },
+                WriteKind::Seal(_) => ClientOp::Persist { name, kind, data },
             };
         }
         let parts = data.chunks(self.w.config.chunk_bytes.max(1)).map(PartMeta::of).collect();

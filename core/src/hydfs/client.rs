@@ -192,6 +192,8 @@ impl ClientOp {
             ClientOp::Append { .. }
             | ClientOp::Upload { kind: WriteKind::Append, .. }
             | ClientOp::Persist { kind: WriteKind::Append, .. } => "append",
+            ClientOp::Upload { kind: WriteKind::Seal(_), .. }
+            | ClientOp::Persist { kind: WriteKind::Seal(_), .. } => "seal",
             ClientOp::Download { from: ReadFrom::Replica(_), .. } => "getfromreplica",
             ClientOp::Download { .. } => "get",
             ClientOp::Merge { .. } => "merge",
@@ -641,7 +643,7 @@ impl Hydfs {
         if op.candidates.is_empty() || op.next >= op.candidates.len() {
             let round_over = !op.candidates.is_empty();
             let persistent_append =
-                op.persistent && matches!(&op.kind, Kind::Write { meta } if meta.kind == WriteKind::Append);
+                op.persistent && matches!(&op.kind, Kind::Write { meta } if meta.kind.is_append());
             if round_over && op.not_found >= op.candidates.len() && !persistent_append {
                 let name = op.name.clone();
                 return self.finish(now, id, None, Err(HydfsError::NotFound(name)));
@@ -1015,6 +1017,9 @@ impl Hydfs {
                 self.finish(now, id, None, Err(HydfsError::TooLarge { len, limit }))
             }
             Refusal::StorageFailed(why) => self.finish(now, id, None, Err(HydfsError::Storage(why))),
+            Refusal::Sealed { owner, term } => {
+                self.finish(now, id, None, Err(HydfsError::Sealed { name, owner, term }))
+            }
             Refusal::NameTooLong { len, limit } => {
                 self.finish(now, id, None, Err(HydfsError::NameTooLong { len, limit }))
             }

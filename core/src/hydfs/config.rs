@@ -161,10 +161,13 @@ pub enum PlantedBug {
     /// A create that failed is reported failed without being cancelled: a replica that kept
     /// its copy lets the file appear later.
     FailedCreateKept,
+    /// Seals are stored but mean nothing: replicas take a deposed writer's appends and every
+    /// copy keeps them.
+    SealIgnored,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 19] = [
+    pub const ALL: [PlantedBug; 20] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckAfterOneReplica,
         PlantedBug::MergeSkipsReplicas,
@@ -184,6 +187,7 @@ impl PlantedBug {
         PlantedBug::IndexNotSynced,
         PlantedBug::TombstonesNotDurable,
         PlantedBug::FailedCreateKept,
+        PlantedBug::SealIgnored,
     ];
 
     pub fn name(self) -> &'static str {
@@ -207,6 +211,7 @@ impl PlantedBug {
             PlantedBug::IndexNotSynced => "index-not-synced",
             PlantedBug::TombstonesNotDurable => "tombstones-not-durable",
             PlantedBug::FailedCreateKept => "failed-create-kept",
+            PlantedBug::SealIgnored => "seal-ignored",
         }
     }
 

@@ -10,7 +10,7 @@
 use super::pace::{Inventory, InventoryHash};
 use super::types::{FileDigest, FileMeta, PartMeta, Stamp, WriteMeta};
 use super::FileName;
-use crate::id::NodeAddr;
+use crate::id::{MemberId, NodeAddr};
 use crate::node::Lane;
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +57,10 @@ pub enum Refusal {
     /// fails at once instead of waiting for a timeout.
     #[error("storage failed: {0}")]
     StorageFailed(String),
+    /// The file is sealed (`seal.rs`) and the write is not its owner's: an append of a writer a
+    /// seal cut off, or a seal that does not extend the file's chain of owners.
+    #[error("sealed: the file's writer is {owner} (term {term})")]
+    Sealed { owner: MemberId, term: u64 },
     /// The file the request is about was deleted (this node holds its tombstone).
     #[error("the file was deleted")]
     Deleted,
@@ -126,7 +130,8 @@ pub struct ReplicateRequest {
     #[serde(with = "serde_bytes")]
     pub inline: Option<Vec<u8>>,
     pub sources: Vec<NodeAddr>,
-    pub create: Option<WriteMeta>,
+    /// Boxed: it is rarely needed, and it would make every message as large as two writes.
+    pub create: Option<Box<WriteMeta>>,
 }
 
 /// The body of [`HydfsMsg::Install`]: a merge's coordinator asks a replica to append `appended`

@@ -17,6 +17,8 @@
 //! * a whole-file read streams: it holds at most `read_window` chunks that arrived ahead of
 //!   their turn (plus the copy it keeps for the read cache, of a file of at most a quarter of
 //!   the cache), whatever the file's size;
+//! * a sealed file (`seal.rs`) keeps only its chain of owners' appends, on every copy, and a
+//!   writer a seal cut off gets no further write acknowledged once every replica holds the seal;
 //! * a delete is acknowledged only when every replica of the coordinator's view (never fewer
 //!   than `min_copies`) dropped its copy and keeps the file's tombstone; no node keeps, absorbs
 //!   or hands on a copy of a file it holds the tombstone of (`tombstone.rs` says for how long).
@@ -27,6 +29,7 @@ pub mod index;
 pub mod message;
 pub mod name;
 pub mod ring;
+pub mod seal;
 pub mod storage;
 pub mod store;
 pub mod tombstone;
@@ -47,10 +50,13 @@ pub use message::{
 pub use name::{FileName, NameError, MAX_NAME_BYTES, NAME_BYTES_CEILING};
 pub use pace::{inventory_hash, Inventory, InventoryHash};
 pub use ring::{Ring, RingId};
+pub use seal::Owners;
 pub use storage::{BlobId, MemStorage, Storage, StorageError};
 pub use store::{LocalStore, Recovery};
 pub use tombstone::Tombstones;
-pub use types::{FileDigest, FileMeta, PartMeta, PartPosition, Stamp, WriteKind, WriteMeta, CHUNK_BYTES};
+pub use types::{
+    FileDigest, FileMeta, PartMeta, PartPosition, Seal, Stamp, WriteKind, WriteMeta, CHUNK_BYTES,
+};
 
 use crate::histogram::LatencyHistogram;
 use crate::id::{MemberId, NodeAddr};
@@ -111,6 +117,10 @@ pub enum HydfsError {
     MultiAppend { failed: usize, total: usize, detail: String },
     #[error("storage failed: {0}")]
     Storage(String),
+    /// The file is sealed and its writer is another member: this client's write is refused for
+    /// good (a job's deposed leader meets this).
+    #[error("`{name}` is sealed: its writer is {owner} since term {term}; this write is refused")]
+    Sealed { name: FileName, owner: MemberId, term: u64 },
     /// A create that failed (it may have committed just before its client gave up: it is
     /// cancelled all the same). When `cancelled`, every replica of the client's view has
     /// dropped whatever copy it had and keeps the create's tombstone: the file will not appear
@@ -164,6 +174,10 @@ pub struct HydfsStats {
     pub busy_refusals: u64,
     /// Appends refused because their file had `max_pending_appends` pending appends.
     pub pending_appends_refused: u64,
+    /// Writes refused because their file is sealed and they are not its owner's (`seal.rs`).
+    pub writes_refused_sealed: u64,
+    /// Appends this node dropped from its copies because a seal cut their writer off.
+    pub appends_cut_by_seals: u64,
     /// Deletes this node coordinated.
     pub deletes_coordinated: u64,
     /// Copies of deleted files this node dropped (its own, on a delete, and stale ones found
@@ -233,6 +247,7 @@ impl Hydfs {
         let (mut store, recovery) =
             LocalStore::open_checked(storage, !cfg.bug(PlantedBug::ServesCorruptBlocks))?;
         store.index_writes = !cfg.bug(PlantedBug::IndexNotSynced);
+        store.seals = !cfg.bug(PlantedBug::SealIgnored);
         let mut tombstones = Tombstones::new(cfg.max_tombstones);
         for (name, create) in store.tombstones() {
             tombstones.insert(now, name, *create, cfg.tombstone_ttl);

@@ -10,6 +10,8 @@
 //!   in storage is one the index points at (no block outlives its file);
 //! * [`reconcile`] never drops a write: the earlier create of a name wins, divergent merge orders
 //!   resolve to one winner and the loser's extra appends become pending again;
+//! * after [`LocalStore::prune_sealed`], a copy holds no append its seals do not keep
+//!   (`seal.rs`), and [`LocalStore::meta`] never shows one;
 //! * the index is durable with the parts: [`LocalStore::sync`] writes what changed since the last
 //!   sync as one index block (`index.rs`) before syncing storage, so after a crash
 //!   [`LocalStore::open`] recovers exactly the files, writes and parts the last completed sync
@@ -17,6 +19,7 @@
 //!   names or an index block in use, and recovery removes the rest.
 
 use super::index::{self, FileChange, FileEntry, IndexBlock, IndexBody, PartChange, PartEntry};
+use super::seal::Owners;
 use super::storage::{BlobId, Storage, StorageError};
 use super::types::{FileMeta, PartMeta, Stamp, WriteMeta};
 use super::FileName;
@@ -175,6 +178,9 @@ pub struct LocalStore {
     compact_blocks: usize,
     /// Whether syncs write the index (off only for a planted bug).
     pub index_writes: bool,
+    /// Whether a sealed file's view leaves out the appends its seals do not keep (off only for
+    /// a planted bug).
+    pub seals: bool,
     /// The tombstones of deleted files this node keeps (see `tombstone.rs`), and the changes
     /// to them since the last index block.
     tombstones: BTreeSet<(FileName, Stamp)>,
@@ -346,6 +352,7 @@ impl LocalStore {
             changes_bytes: 0,
             compact_blocks: COMPACT_BLOCKS,
             index_writes: true,
+            seals: true,
             verify,
             tombstones,
             tombstones_kept: BTreeSet::new(),
@@ -451,6 +458,31 @@ impl LocalStore {
             self.remove_part(&k);
         }
         self.files.insert(name.clone(), rec);
+    }
+
+    /// Drops from `name`'s record the appends its seals do not keep (`seal.rs`), with their
+    /// parts, and returns how many: a copy never holds an append of a writer a seal cut off, so
+    /// copies holding the same writes hold the same merged order.
+    pub fn prune_sealed(&mut self, name: &FileName) -> usize {
+        if !self.seals {
+            return 0;
+        }
+        let Some(rec) = self.files.get(name) else { return 0 };
+        let Some(owners) = Owners::of(rec.writes()) else { return 0 };
+        if rec.writes().all(|w| owners.keeps(w)) {
+            return 0;
+        }
+        let mut rec = rec.clone();
+        let before = rec.merged.len() + rec.pending.len();
+        rec.merged.retain(|w| owners.keeps(w));
+        rec.pending.retain(|_, w| owners.keeps(w));
+        let cut = before - rec.merged.len() - rec.pending.len();
+        self.set_file(name, rec);
+        debug_assert!(
+            self.files[name].writes().all(|w| owners.keeps(w)),
+            "a pruned copy holds only the writes its seals keep"
+        );
+        cut
     }
 
     pub fn has_part(&self, name: &FileName, stamp: Stamp, part: u32) -> bool {
@@ -822,16 +854,22 @@ impl LocalStore {
         (0..w.parts.len() as u32).map(|i| self.parts.get(&(name.clone(), stamp, i)).map(|p| p.blob)).collect()
     }
 
-    /// This node's view of a file.
+    /// This node's view of a file. A sealed file's view leaves out the appends its seals do not
+    /// keep (`seal.rs`): they stay in the index (a merge may have placed them), but no read,
+    /// description or digest shows them, so every copy holding the same writes shows the same
+    /// file.
     pub fn meta(&self, name: &FileName) -> Option<FileMeta> {
         let rec = self.files.get(name)?;
-        let incomplete = rec.writes().filter(|w| !self.is_complete(name, w)).map(|w| w.stamp).collect();
+        let owners = if self.seals { Owners::of(rec.writes()) } else { None };
+        let kept = |w: &&WriteMeta| owners.as_ref().is_none_or(|o| o.keeps(w));
+        let incomplete =
+            rec.writes().filter(kept).filter(|w| !self.is_complete(name, w)).map(|w| w.stamp).collect();
         Some(FileMeta {
             name: name.clone(),
             create: rec.create.clone(),
             generation: rec.generation,
-            merged: rec.merged.clone(),
-            pending: rec.pending.values().cloned().collect(),
+            merged: rec.merged.iter().filter(kept).cloned().collect(),
+            pending: rec.pending.values().filter(kept).cloned().collect(),
             incomplete,
         })
     }

@@ -1142,7 +1142,7 @@ fn a_write_of_a_deleted_file_is_refused_by_a_replica_holding_its_tombstone() {
         write,
         inline: Some(b"late\n".to_vec()),
         sources: vec![replicas[0]],
-        create: Some(WriteMeta::describe(created, WriteKind::Create, b"x\n", 1024)),
+        create: Some(Box::new(WriteMeta::describe(created, WriteKind::Create, b"x\n", 1024))),
     });
     net.nodes[r].handle_message(net.now, MemberId::new(replicas[0], 1), msg);
     let reply = std::iter::from_fn(|| net.nodes[r].poll_outgoing()).find(|(to, _)| *to == replicas[0]);
@@ -1589,4 +1589,65 @@ fn a_file_counts_as_under_replicated_until_every_replica_is_known_to_hold_it_com
     }
     let all: Vec<usize> = stayed.iter().copied().chain([newcomer]).collect();
     assert_eq!(counts(&net, &all), vec![(0, 0); 3], "three complete copies, and every holder knows");
+}
+
+/// Node 0 writes a file; node 1 seals it, keeping node 0's appends up to its first. Returns what
+/// node 0's next append got, and every replica's copy after a merge. An append of node 0 past
+/// the bound that one replica already held when the seal came (it was in flight) is placed there
+/// by hand.
+fn seal_cuts_off_the_previous_writer(cfg: HydfsConfig) -> (Result<OpOutput, HydfsError>, Vec<Vec<u8>>) {
+    let mut net = Net::with_config(5, cfg);
+    let f = name("job/dest");
+    let persist = |kind, data: &[u8]| ClientOp::Persist { name: f.clone(), kind, data: data.to_vec() };
+    written(net.run(0, persist(WriteKind::Create, b"base\n")));
+    let kept = written(net.run(0, persist(WriteKind::Append, b"x1\n")));
+    let replicas = net.nodes[0].replicas(&f);
+    let holder = net.index(replicas[2]);
+    let in_flight = WriteMeta::describe(
+        Stamp { ts: kept.ts + 1000, client: kept.client, seq: kept.seq + 1000 },
+        WriteKind::Append,
+        b"x2\n",
+        1024,
+    );
+    net.nodes[holder].store.file_mut(&f).pending.insert(in_flight.stamp, in_flight.clone());
+    let part = in_flight.parts[0];
+    assert!(net.nodes[holder].store.put_part(&f, in_flight.stamp, 0, part, b"x2\n").unwrap());
+    let seal = Seal { term: 1, prev: kept.client, upto: kept.seq };
+    written(net.run(1, persist(WriteKind::Seal(seal), b"")));
+    let deposed = net.run(0, persist(WriteKind::Append, b"x3\n"));
+    written(net.run(1, persist(WriteKind::Append, b"w1\n")));
+    net.run(1, ClientOp::Merge { name: f.clone() }).expect("the merge");
+    for _ in 0..5 {
+        net.tick(net.nodes[0].config().anti_entropy_interval.0);
+    }
+    let copies = replicas
+        .iter()
+        .map(|r| net.read(1, f.clone(), ReadFrom::Replica(*r)).expect("a replica's copy").0)
+        .collect();
+    (deposed, copies)
+}
+
+#[test]
+fn a_seal_cuts_off_the_previous_writer_on_every_copy() {
+    let (deposed, copies) = seal_cuts_off_the_previous_writer(Net::new(1).nodes[0].config().clone());
+    assert!(
+        matches!(&deposed, Err(HydfsError::Sealed { owner, term: 1, .. }) if *owner == MemberId::new(addr(1), 1)),
+        "the deposed writer's append is refused: {deposed:?}"
+    );
+    for copy in copies {
+        assert_eq!(String::from_utf8_lossy(&copy), "base\nx1\nw1\n");
+    }
+}
+
+/// Without the seal's meaning, the same run keeps the deposed writer's appends: the test above
+/// can fail.
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn a_seal_that_means_nothing_is_caught() {
+    let mut cfg = Net::new(1).nodes[0].config().clone();
+    cfg.planted = Some(PlantedBug::SealIgnored);
+    let (deposed, copies) = seal_cuts_off_the_previous_writer(cfg);
+    assert!(deposed.is_ok(), "{deposed:?}");
+    let has = |c: &Vec<u8>, line: &[u8]| c.windows(line.len()).any(|w| w == line);
+    assert!(copies.iter().all(|c| has(c, b"x3\n") && has(c, b"x2\n")), "{copies:?}");
 }

@@ -38,6 +38,29 @@ impl fmt::Display for Stamp {
 pub enum WriteKind {
     Create,
     Append,
+    /// An append with no bytes that hands the file to its client (`seal.rs`).
+    Seal(Seal),
+}
+
+impl WriteKind {
+    /// Whether the write is merged into the file's order like an append (every kind but a
+    /// create).
+    pub fn is_append(&self) -> bool {
+        match self {
+            WriteKind::Create => false,
+            WriteKind::Append | WriteKind::Seal(_) => true,
+        }
+    }
+}
+
+/// What a seal says (see `seal.rs`): its client owns the file from `term` on; of the owner
+/// before it, `prev`, the appends up to sequence `upto` stay part of the file and the later ones
+/// do not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seal {
+    pub term: u64,
+    pub prev: MemberId,
+    pub upto: u64,
 }
 
 /// One part of a write: its length, CRC32C and line structure. Every field is a function of the

@@ -16,6 +16,7 @@
 
 use super::{CoordMerge, FetchClass, InstallWait, MergePhase, Outstanding, Pending};
 use crate::hydfs::message::{HydfsMsg, InstallRequest, MergeSummary, Refusal, ReqId};
+use crate::hydfs::seal::Owners;
 use crate::hydfs::types::{order_hash, Stamp, WriteMeta};
 use crate::hydfs::{FileName, Hydfs, HydfsEvent, PlantedBug, StorageError};
 use crate::id::NodeAddr;
@@ -80,7 +81,15 @@ impl Hydfs {
     pub(in crate::hydfs) fn on_collect(&mut self, from: NodeAddr, req: ReqId, name: FileName) {
         let result = match self.store.file(&name) {
             Some(rec) => {
-                Ok(rec.pending.values().filter(|w| self.store.is_complete(&name, w)).cloned().collect())
+                let owners =
+                    if self.cfg.bug(PlantedBug::SealIgnored) { None } else { Owners::of(rec.writes()) };
+                Ok(rec
+                    .pending
+                    .values()
+                    .filter(|w| self.store.is_complete(&name, w))
+                    .filter(|w| owners.as_ref().is_none_or(|o| o.keeps(w)))
+                    .cloned()
+                    .collect())
             }
             None => Err(Refusal::NotFound),
         };
@@ -119,7 +128,18 @@ impl Hydfs {
                     .file(name)
                     .map(|r| r.merged.iter().map(|w| w.stamp).collect())
                     .unwrap_or_default();
-                let found = std::mem::take(found);
+                let mut found = std::mem::take(found);
+                // Of what the replicas hold, only what the file's seals keep (as the replicas'
+                // seals and this copy's say) is merged.
+                let seals = self
+                    .store
+                    .file(name)
+                    .into_iter()
+                    .flat_map(|r| r.writes())
+                    .chain(found.values().map(|(w, _)| w));
+                if let Some(owners) = Owners::of(seals).filter(|_| !self.cfg.bug(PlantedBug::SealIgnored)) {
+                    found.retain(|_, (w, _)| owners.keeps(w));
+                }
                 let union: Vec<WriteMeta> = found
                     .values()
                     .filter(|(w, _)| !merged.contains(&w.stamp))
@@ -322,6 +342,7 @@ impl Hydfs {
             rec.merged.push(w.clone());
         }
         rec.generation += 1;
+        self.prune_sealed(name);
         true
     }
 

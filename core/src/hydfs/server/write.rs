@@ -10,6 +10,9 @@
 //!   holds no live create of the name; a copy of a deleted file met by this exists-check is no
 //!   obstacle, and its holder is told (`Remove`);
 //! * a retry of a write this node coordinates joins the running attempt (one per stamp);
+//! * a write to a sealed file is refused (`Sealed`) unless the file's chain of owners keeps it
+//!   (an append) or it extends the chain (a seal); a seal this node takes drops the appends it
+//!   cuts off at once (`prune_sealed`);
 //! * storage refusing a write's bytes fails the write at once, on the replica and on its
 //!   coordinator (`StorageFailed`, naming the node), and a failed create releases its name; a
 //!   write refused before this node held any of its bytes leaves the index at once;
@@ -21,6 +24,7 @@
 
 use super::{Accepted, CoordWrite, FetchClass, Outstanding, Pending, ReplicaWait};
 use crate::hydfs::message::{HydfsMsg, Refusal, ReplicateRequest, ReqId, WriteRequest};
+use crate::hydfs::seal::Owners;
 use crate::hydfs::types::{FileDigest, Stamp, WriteKind, WriteMeta};
 use crate::hydfs::{FileName, Hydfs, PlantedBug};
 use crate::id::NodeAddr;
@@ -30,7 +34,11 @@ use std::collections::{BTreeSet, VecDeque};
 impl Hydfs {
     pub(in crate::hydfs) fn on_write(&mut self, now: Time, from: NodeAddr, msg: WriteRequest) {
         let WriteRequest { req, name, write, inline, source } = msg;
-        let what = if write.kind == WriteKind::Create { "create" } else { "append" };
+        let what = match write.kind {
+            WriteKind::Create => "create",
+            WriteKind::Append => "append",
+            WriteKind::Seal(_) => "seal",
+        };
         self.handled(what, &name, from);
         let refuse = |h: &mut Hydfs, r: Refusal| {
             h.send(from, HydfsMsg::WriteReply { req, result: Err(r), create: None })
@@ -66,9 +74,12 @@ impl Hydfs {
                     return refuse(self, Refusal::AlreadyExists);
                 }
             }
-            WriteKind::Append => {
+            WriteKind::Append | WriteKind::Seal(_) => {
                 if existing.is_none() {
                     return refuse(self, Refusal::NotFound);
+                }
+                if let Some(r) = self.sealed_refusal(&name, &write) {
+                    return refuse(self, r);
                 }
                 let limit = self.cfg.max_pending_appends;
                 let rec = self.store.file(&name);
@@ -188,7 +199,7 @@ impl Hydfs {
                     }
                 }
             }
-            WriteKind::Append => {
+            WriteKind::Append | WriteKind::Seal(_) => {
                 let added = !self.store.file(name).is_some_and(|rec| rec.contains(&write.stamp));
                 if added {
                     self.store.add_pending(name, write.clone());
@@ -196,6 +207,9 @@ impl Hydfs {
                 added
             }
         };
+        if added && matches!(write.kind, WriteKind::Seal(_)) {
+            self.prune_sealed(name);
+        }
         if let (Some(bytes), [part]) = (inline, write.parts.as_slice()) {
             if let Err(e) = self.store.put_part(name, write.stamp, 0, *part, bytes) {
                 self.storage_failed(&e.to_string());
@@ -207,7 +221,7 @@ impl Hydfs {
                     // reconciled.
                     match write.kind {
                         WriteKind::Create => self.abandon_create(name, write.stamp),
-                        WriteKind::Append => self.forget_pending(name, write.stamp),
+                        WriteKind::Append | WriteKind::Seal(_) => self.forget_pending(name, write.stamp),
                     }
                     debug_assert!(
                         self.store.file(name).is_none_or(|r| !r.contains(&write.stamp)),
@@ -228,8 +242,8 @@ impl Hydfs {
         }
         let targets = self.replicas(&w.name);
         let (name, write, inline, source) = (w.name.clone(), w.write.clone(), w.inline.clone(), w.source);
-        let create = if write.kind == WriteKind::Append {
-            w.create.and_then(|c| self.create_meta(&name, c))
+        let create = if write.kind.is_append() {
+            w.create.and_then(|c| self.create_meta(&name, c)).map(Box::new)
         } else {
             None
         };
@@ -266,6 +280,10 @@ impl Hydfs {
             self.send(from, HydfsMsg::ReplicateReply { req, result: Err(Refusal::TooLarge { limit }) });
             return;
         }
+        if let Some(r) = self.sealed_refusal(&name, &write) {
+            self.send(from, HydfsMsg::ReplicateReply { req, result: Err(r) });
+            return;
+        }
         let of = create.as_ref().map(|c| c.stamp);
         let refusal = match self.accept_write(now, &name, &write, inline.as_deref(), &sources, of) {
             Accepted::Yes => {
@@ -273,7 +291,7 @@ impl Hydfs {
                 // the file): the create comes with it, and its bytes follow.
                 if let Some(c) = create.filter(|c| c.kind == WriteKind::Create) {
                     if self.store.file(&name).is_some_and(|r| r.create.is_none()) {
-                        self.store.file_mut(&name).create = Some(c.clone());
+                        self.store.file_mut(&name).create = Some((*c).clone());
                         self.ensure_write(now, &name, &c, &sources, FetchClass::Repair);
                     }
                 }
@@ -319,7 +337,7 @@ impl Hydfs {
             }
             Err(Refusal::AlreadyExists) => self.fail_write(op, Refusal::AlreadyExists),
             Err(Refusal::StorageFailed(why)) => self.fail_write(op, Refusal::StorageFailed(why)),
-            Err(r @ Refusal::NameTooLong { .. }) => self.fail_write(op, r),
+            Err(r @ (Refusal::NameTooLong { .. } | Refusal::Sealed { .. })) => self.fail_write(op, r),
             Err(_) => self.arm_retry(now),
         }
     }
@@ -420,6 +438,39 @@ impl Hydfs {
         } else {
             self.store.set_file(name, rec);
         }
+    }
+
+    /// Why `write` must be refused because the file is sealed (`seal.rs`), if it must: an append
+    /// its copy here does not keep, or a new seal that does not extend the chain. Counted.
+    fn sealed_refusal(&mut self, name: &FileName, write: &WriteMeta) -> Option<Refusal> {
+        if self.cfg.bug(PlantedBug::SealIgnored) {
+            return None;
+        }
+        let rec = self.store.file(name)?;
+        let owners = Owners::of(rec.writes())?;
+        let ok = match write.kind {
+            WriteKind::Create => true,
+            WriteKind::Append => owners.keeps(write),
+            WriteKind::Seal(_) => rec.contains(&write.stamp) || owners.admits(write),
+        };
+        if ok {
+            return None;
+        }
+        self.stats.writes_refused_sealed += 1;
+        Some(Refusal::Sealed { owner: owners.owner(), term: owners.term() })
+    }
+
+    /// Drops the appends of `name` its seals do not keep (`LocalStore::prune_sealed`), and
+    /// the fetches of their parts.
+    pub(super) fn prune_sealed(&mut self, name: &FileName) {
+        let cut = self.store.prune_sealed(name);
+        if cut == 0 {
+            return;
+        }
+        self.stats.appends_cut_by_seals += cut as u64;
+        let held: BTreeSet<Stamp> =
+            self.store.file(name).map(|r| r.writes().map(|w| w.stamp).collect()).unwrap_or_default();
+        self.server.fetches.retain(|(n, s, _), _| n != name || held.contains(s));
     }
 
     /// The metadata of the create `stamp` of `name`: from this node's copy, or from a create it
