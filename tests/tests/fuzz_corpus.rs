@@ -14,7 +14,7 @@ use rainstorm_core::membership::{
     JoinAccept, JoinKind, JoinRefusal, MembershipConfig, MembershipMsg, ModeStamp, ProbeSeq, Role, Update,
 };
 use rainstorm_core::node::NodeConfig;
-use rainstorm_core::rainstorm::checkpoint::{encode as encode_record, LogState, Record};
+use rainstorm_core::rainstorm::checkpoint::{encode as encode_record, JobInfo, LogState, Record};
 use rainstorm_core::rainstorm::input::SourcePos;
 use rainstorm_core::rainstorm::message::SourceCheckpoint;
 use rainstorm_core::rainstorm::{JobSpec, OperatorSpec, TaskId};
@@ -680,12 +680,29 @@ fn write_checkpoint_seed_corpus() {
     let src = TaskId { stage: 0, index: 0 };
     let count = TaskId { stage: 2, index: 1 };
     let leader = MemberId::new("127.0.0.1:7001".parse().expect("address"), 3);
-    let job = Record::Job {
-        job: rainstorm_core::rainstorm::JobId { n: 1, tag: 0xabc },
+    let job_id = rainstorm_core::rainstorm::JobId { n: 1, tag: 0xabc };
+    let plan = rainstorm_core::rainstorm::JobPlan {
+        job: job_id,
+        leader,
+        ops: ["column:Sign_Post=x".into(), "count:Category".into()],
+        src: FileName::new("in.csv").expect("a name"),
+        dest: FileName::new("out").expect("a name"),
+        tasks: 2,
+        header: Some(vec!["Sign_Post".into(), "Category".into()]),
+        routes: [
+            rainstorm_core::rainstorm::job::Route::Forward,
+            rainstorm_core::rainstorm::job::Route::Shuffle,
+        ],
+        rate_per_source: None,
+    };
+    let job = Record::Job(Box::new(JobInfo {
+        job: job_id,
         leader,
         spec: "RainStorm column:Sign_Post=x count:Category in.csv out 2".into(),
-        tasks: 2,
-    };
+        plan,
+        manifest: Default::default(),
+        rate: None,
+    }));
     let commit =
         |c: u64, line: u64, changes: Vec<(&str, Option<&str>)>, outputs: u64, last: bool| Record::Commit {
             checkpoint: Some(c),

@@ -1,6 +1,8 @@
 //! A job's checkpoint log: the durable record, in HyDFS, of every point the job can resume from.
 //!
-//! The leader alone writes it. Its first record says what the job is ([`Record::Job`]); then,
+//! The leader alone writes it. Its first record says what the job is ([`Record::Job`]: the spec,
+//! the plan every task is deployed with, and the input's parts as the job pinned them, so a
+//! leader can run the job from its log alone); then,
 //! once per commit, one [`Record::Commit`] holds the job as of the newest complete checkpoint the
 //! commit covers: every source's position, each task's tuple counts, the keyed-state changes
 //! since the previous record, and how much of the destination is written once the commit's
@@ -13,7 +15,7 @@
 //! ```text
 //! offset  size  field
 //! 0       2     magic "RC"
-//! 2       1     format version (currently 2)
+//! 2       1     format version (currently 3)
 //! 3       4     payload length, little endian (at most MAX_RECORD_BYTES)
 //! 7       len   payload: the bincode-encoded Record (variable-length integers)
 //! 7+len   4     CRC32C over bytes [0, 7+len)
@@ -29,7 +31,10 @@
 //! * folding accepts only logs a leader can write: a job record first, then commits whose
 //!   checkpoints, outputs and destination sizes never go backwards;
 //! * a full record followed by the commits after it folds to the same state as the whole
-//!   history it stands for.
+//!   history it stands for;
+//! * [`LogState::fold_to_dest`] folds exactly the records up to the newest one whose
+//!   destination size is the one given: the point whose outputs are all in the destination and
+//!   none after it.
 
 use std::collections::BTreeMap;
 
@@ -37,15 +42,16 @@ use bincode::Options;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::job::{Attempt, CheckpointId, JobId, TaskId, TupleCounts};
+use super::input::Manifest;
+use super::job::{Attempt, CheckpointId, JobId, JobPlan, TaskId, TupleCounts};
 use super::message::SourceCheckpoint;
 use crate::id::MemberId;
 use crate::wire::bincode_options as options;
 
 /// The largest accepted record payload, in bytes.
 pub const MAX_RECORD_BYTES: usize = 8 * 1024 * 1024;
-/// The current frame format version.
-pub const CHECKPOINT_VERSION: u8 = 2;
+/// The current frame format version (3: the job's record holds its plan and input manifest).
+pub const CHECKPOINT_VERSION: u8 = 3;
 
 const MAGIC: [u8; 2] = *b"RC";
 const HEADER_BYTES: usize = 7;
@@ -55,10 +61,28 @@ const CRC_BYTES: usize = 4;
 /// One task's keyed-state changes: each key's new value, `None` where it was deleted.
 pub type StateChanges = Vec<(String, Option<String>)>;
 
+/// What a job is: everything a leader needs to run it from its log alone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobInfo {
+    pub job: JobId,
+    /// The member that wrote this record.
+    pub leader: MemberId,
+    /// The job as it was submitted (`RainStorm <op1> <op2> <src> <dest> <tasks> [--rate]`).
+    pub spec: String,
+    /// The plan every task is deployed with: operators as text, files, tasks, the input's
+    /// header, the routes and each source's pace.
+    pub plan: JobPlan,
+    /// The input's parts as the job pinned them when it started; sources' positions are offsets
+    /// into these.
+    pub manifest: Manifest,
+    /// Input lines per second over the whole job, at most.
+    pub rate: Option<u64>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Record {
     /// What the job is (the first record of its log).
-    Job { job: JobId, leader: MemberId, spec: String, tasks: u32 },
+    Job(Box<JobInfo>),
     /// The job as of `checkpoint` (`None`: before its first one), written before the commit's
     /// outputs are appended to the destination.
     Commit {
@@ -76,10 +100,7 @@ pub enum Record {
     },
     /// The first record of a later generation: the job and its whole state as of `checkpoint`.
     Full {
-        job: JobId,
-        leader: MemberId,
-        spec: String,
-        tasks: u32,
+        info: Box<JobInfo>,
         checkpoint: Option<CheckpointId>,
         sources: Vec<(TaskId, SourceCheckpoint)>,
         state: Vec<(TaskId, Vec<(String, String)>)>,
@@ -116,6 +137,11 @@ pub enum CheckpointError {
     Backwards { index: usize, what: &'static str },
     #[error("record {index} follows the job's last commit")]
     AfterLast { index: usize },
+    #[error(
+        "no record of the log leaves the destination at {dest_bytes} bytes (its records go up to \
+         {last} bytes): the destination and the log disagree"
+    )]
+    DestMismatch { dest_bytes: u64, last: u64 },
 }
 
 /// Encodes one record as one frame (one HyDFS append).
@@ -176,7 +202,7 @@ pub fn decode_all(bytes: &[u8]) -> Result<Vec<Record>, CheckpointError> {
 /// A job as its log says it stands: what a leader resumes it from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LogState {
-    pub job: Option<(JobId, MemberId, String, u32)>,
+    pub job: Option<Box<JobInfo>>,
     pub checkpoint: Option<CheckpointId>,
     pub attempt: Attempt,
     pub sources: BTreeMap<TaskId, SourceCheckpoint>,
@@ -197,6 +223,25 @@ impl LogState {
         Ok(s)
     }
 
+    /// Folds the records up to the newest one that leaves the destination at `dest_bytes`
+    /// bytes: the state whose outputs are all in a destination of that size, and none after.
+    /// The only record whose outputs may be missing from the destination is a log's last commit
+    /// (its record is durable before its outputs are appended), so a leader resuming from the
+    /// log folds to the destination's size and produces that commit's outputs again.
+    pub fn fold_to_dest(records: &[Record], dest_bytes: u64) -> Result<LogState, CheckpointError> {
+        let mut s = LogState::default();
+        let mut found = None;
+        for r in records {
+            s.apply(r)?;
+            if s.dest_bytes == dest_bytes {
+                found = Some(s.clone());
+            }
+        }
+        let state = found.ok_or(CheckpointError::DestMismatch { dest_bytes, last: s.dest_bytes })?;
+        debug_assert_eq!(state.dest_bytes, dest_bytes, "folded to the destination's size");
+        Ok(state)
+    }
+
     /// Applies the next record; on error nothing changes.
     pub fn apply(&mut self, record: &Record) -> Result<(), CheckpointError> {
         let index = self.records;
@@ -204,11 +249,11 @@ impl LogState {
             return Err(CheckpointError::AfterLast { index });
         }
         match record {
-            Record::Job { job, leader, spec, tasks } => {
+            Record::Job(info) => {
                 if self.job.is_some() {
                     return Err(CheckpointError::SecondJob { index });
                 }
-                self.job = Some((*job, *leader, spec.clone(), *tasks));
+                self.job = Some(info.clone());
             }
             Record::Commit { checkpoint, attempt, sources, changes, counts, outputs, dest_bytes, last } => {
                 if self.job.is_none() {
@@ -238,23 +283,12 @@ impl LogState {
                 self.dest_bytes = *dest_bytes;
                 self.last = *last;
             }
-            Record::Full {
-                job,
-                leader,
-                spec,
-                tasks,
-                checkpoint,
-                sources,
-                state,
-                counts,
-                outputs,
-                dest_bytes,
-            } => {
+            Record::Full { info, checkpoint, sources, state, counts, outputs, dest_bytes } => {
                 if index != 0 {
                     return Err(CheckpointError::SecondJob { index });
                 }
                 *self = LogState {
-                    job: Some((*job, *leader, spec.clone(), *tasks)),
+                    job: Some(info.clone()),
                     checkpoint: *checkpoint,
                     attempt: 0,
                     sources: sources.iter().copied().collect(),
@@ -273,12 +307,8 @@ impl LogState {
 
     /// The record that stands for everything folded so far (a new generation's first).
     pub fn full(&self) -> Option<Record> {
-        let (job, leader, spec, tasks) = self.job.clone()?;
         Some(Record::Full {
-            job,
-            leader,
-            spec,
-            tasks,
+            info: self.job.clone()?,
             checkpoint: self.checkpoint,
             sources: self.sources.iter().map(|(t, s)| (*t, *s)).collect(),
             state: self
@@ -307,12 +337,26 @@ mod tests {
     }
 
     fn job() -> Record {
-        Record::Job {
+        let name = |s: &str| crate::hydfs::FileName::new(s).expect("a name");
+        let plan = JobPlan {
             job: JobId { n: 1, tag: 7 },
             leader: leader(),
-            spec: "RainStorm a b c d 1".into(),
+            ops: ["a".into(), "b".into()],
+            src: name("c"),
+            dest: name("d"),
             tasks: 1,
-        }
+            header: None,
+            routes: [crate::rainstorm::job::Route::Shuffle; 2],
+            rate_per_source: None,
+        };
+        Record::Job(Box::new(JobInfo {
+            job: plan.job,
+            leader: leader(),
+            spec: "RainStorm a b c d 1".into(),
+            plan,
+            manifest: Manifest::default(),
+            rate: None,
+        }))
     }
 
     fn commit(c: u64, line: u64, changes: Vec<(&str, Option<&str>)>, outputs: u64) -> Record {
@@ -336,6 +380,24 @@ mod tests {
             commit(3, 9, vec![("a", Some("2")), ("b", Some("1"))], 4),
             commit(4, 12, vec![("b", None)], 5),
         ]
+    }
+
+    #[test]
+    fn folding_to_a_destination_size_stops_at_the_record_that_left_it() {
+        let records = sample();
+        for end in 1..=records.len() {
+            let prefix = LogState::fold(&records[..end]).expect("folds");
+            let to_dest = LogState::fold_to_dest(&records, prefix.dest_bytes).expect("a record has it");
+            assert_eq!(to_dest, prefix, "folded to {} bytes", prefix.dest_bytes);
+        }
+        // The last commit's outputs never landed: the destination is still at the one before.
+        let before_last = LogState::fold(&records[..records.len() - 1]).expect("folds");
+        let resumed = LogState::fold_to_dest(&records, before_last.dest_bytes).expect("folds");
+        assert_eq!(resumed.checkpoint, Some(3));
+        assert_eq!(
+            LogState::fold_to_dest(&records, 7),
+            Err(CheckpointError::DestMismatch { dest_bytes: 7, last: 20 })
+        );
     }
 
     fn file(records: &[Record]) -> (Vec<u8>, Vec<usize>) {

@@ -98,6 +98,15 @@ impl Commits {
         }
     }
 
+    /// The log's first record is written: commits fold onto it from now on.
+    pub fn start_log(&mut self, log: LogState) {
+        debug_assert!(
+            self.log.records == 0 && self.ready.is_empty() && self.in_flight.is_none(),
+            "the log starts before anything is committed"
+        );
+        self.log = log;
+    }
+
     pub fn push(&mut self, epoch: ReadyEpoch) {
         debug_assert!(!self.done, "an epoch after the last one");
         debug_assert!(
@@ -260,6 +269,7 @@ mod tests {
     use super::*;
     use crate::hydfs::FileName;
     use crate::id::{MemberId, NodeAddr};
+    use crate::rainstorm::checkpoint::JobInfo;
     use crate::rainstorm::job::{JobId, Route};
 
     fn plan() -> JobPlan {
@@ -294,7 +304,14 @@ mod tests {
     #[test]
     fn a_complete_epoch_behind_the_commit_in_flight_is_a_backlog_until_that_commit_is_done() {
         let plan = plan();
-        let job = Record::Job { job: plan.job, leader: plan.leader, spec: "spec".to_owned(), tasks: 1 };
+        let job = Record::Job(Box::new(JobInfo {
+            job: plan.job,
+            leader: plan.leader,
+            spec: "spec".to_owned(),
+            plan: plan.clone(),
+            manifest: Default::default(),
+            rate: None,
+        }));
         let mut commits = Commits::new(LogState::fold(&[job]).expect("a log"), 1_000);
         assert!(!commits.backlogged(), "nothing is out");
         commits.push(epoch(1, b"a\n"));

@@ -34,7 +34,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::checkpoint::{encode, LogState, Record};
+use super::checkpoint::{encode, JobInfo, LogState, Record};
 use super::commit::{CommitIo, Commits, ReadyEpoch, Step};
 use super::config::{BatchError, PlantedBug, RainstormConfig};
 use super::csv::split_record;
@@ -308,9 +308,7 @@ impl Leader {
             rate_per_source: spec.rate.map(|r| r.div_ceil(u64::from(spec.tasks.max(1)))),
         };
         out.event(RainstormEvent::JobReceived { job, spec: spec.to_string() });
-        let record = Record::Job { job, leader: me, spec: spec.to_string(), tasks: spec.tasks };
-        let log = LogState::fold(std::slice::from_ref(&record)).unwrap_or_default();
-        let mut commits = Commits::new(log, cfg.compact_records);
+        let mut commits = Commits::new(LogState::default(), cfg.compact_records);
         commits.repeat_next_output = cfg.bug(PlantedBug::OutputAppendedTwice);
         let j = LeaderJob {
             sink: Sink::new(cfg, 1, &plan.stage(STAGES - 1)),
@@ -500,9 +498,17 @@ impl Leader {
             j.plan.header = header;
             j.plan.routes = [Route::into(&ops[0], true), Route::into(&ops[1], false)];
             j.phase = JobPhase::Creating { dest: false, log: false };
-            let record =
-                Record::Job { job, leader: j.plan.leader, spec: j.spec.to_string(), tasks: j.spec.tasks };
+            let record = Record::Job(Box::new(JobInfo {
+                job,
+                leader: j.plan.leader,
+                spec: j.spec.to_string(),
+                plan: j.plan.clone(),
+                manifest: j.manifest.clone(),
+                rate: j.spec.rate,
+            }));
             let data = encode(&record).map_err(|e| e.to_string())?;
+            let log = LogState::fold(std::slice::from_ref(&record)).map_err(|e| e.to_string())?;
+            j.commits.start_log(log);
             let log = j.plan.checkpoint_log(0).map_err(|e| e.to_string())?;
             let dest =
                 ClientOp::Persist { name: j.spec.dest.clone(), kind: WriteKind::Create, data: Vec::new() };
