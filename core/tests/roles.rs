@@ -149,7 +149,7 @@ fn deploys_controls_and_stops_only_come_from_the_jobs_leader_with_a_plan_within_
     let control =
         RainstormMsg::Control { job, attempt: v.attempt, task, go: true, trigger: 1_000, confirmed: 1_000 };
     c.nodes[worker].handle_frame(now, Channel::Stream, &forged(forger, worker, control));
-    let stop = RainstormMsg::Stop { job, before: None };
+    let stop = RainstormMsg::Stop { job, before: u64::MAX };
     c.nodes[worker].handle_frame(now, Channel::Stream, &forged(forger, worker, stop));
     let after = c.stats(worker);
     let refused = |cause: &str| {

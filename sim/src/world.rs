@@ -260,7 +260,13 @@ pub struct World<A: Actor> {
 }
 
 /// One emulated program process: its node's process, and the task attempt it serves.
-type ProgramKey = (Slot, u64, rainstorm_core::rainstorm::JobId, rainstorm_core::rainstorm::TaskId, u32);
+type ProgramKey = (
+    Slot,
+    u64,
+    rainstorm_core::rainstorm::JobId,
+    rainstorm_core::rainstorm::TaskId,
+    rainstorm_core::rainstorm::Attempt,
+);
 
 /// What the HyDFS checkers see of every slot.
 fn slot_views<A: Actor>(slots: &[SlotState<A>]) -> Vec<SlotView<'_>> {

@@ -521,7 +521,7 @@ fn recovery_of(run: &JobRun) -> Result<[Option<u64>; 4], String> {
     let victim_addr = rainstorm_sim::world::slot_addr(victim);
     let after = |t: &Time| t.since(at).0;
     let mut detected = None;
-    let mut rolled_back: Option<(Time, u32)> = None;
+    let mut rolled_back: Option<(Time, rainstorm_core::rainstorm::Attempt)> = None;
     let mut started: BTreeMap<TaskId, Time> = BTreeMap::new();
     let mut resumed = None;
     for (t, slot, s) in run.seen.iter().filter(|(t, _, _)| *t >= at) {

@@ -21,8 +21,24 @@ use super::tuple::Tuple;
 use crate::hydfs::{FileName, NameError};
 use crate::id::MemberId;
 
-/// One placement of a whole job; a rollback starts the next one.
-pub type Attempt = u32;
+/// One placement of a whole job; a rollback starts the next one. The high 32 bits are the
+/// leadership term that placed it ([`first_attempt`]), so every attempt of a job's later leader
+/// is above every attempt of the leaders before it.
+pub type Attempt = u64;
+
+/// A job's leadership term: 0 for the leader the job was submitted to, one more for each leader
+/// that takes it over.
+pub type Term = u32;
+
+/// The first attempt of `term`: above every attempt of the terms before it.
+pub fn first_attempt(term: Term) -> Attempt {
+    (u64::from(term) << 32) | 1
+}
+
+/// The term that placed `attempt`.
+pub fn term_of(attempt: Attempt) -> Term {
+    (attempt >> 32) as Term
+}
 /// A checkpoint of a job: ids grow across attempts and are never reused.
 pub type CheckpointId = u64;
 

@@ -40,8 +40,8 @@ use super::config::{BatchError, PlantedBug, RainstormConfig};
 use super::csv::split_record;
 use super::input::{Layout, Manifest};
 use super::job::{
-    Attempt, CheckpointId, JobId, JobPlan, JobSpec, Placement, RainstormEvent, Route, StageCounts, TaskId,
-    TupleCounts, SINK, STAGES,
+    first_attempt, term_of, Attempt, CheckpointId, JobId, JobPlan, JobSpec, Placement, RainstormEvent, Route,
+    StageCounts, TaskId, TupleCounts, SINK, STAGES,
 };
 use super::message::{LinkMsg, RainstormMsg, Restore, Snapshot, SourceCheckpoint, TaskPhase};
 use super::reference::build_pair;
@@ -318,7 +318,7 @@ impl Leader {
             manifest: Manifest::default(),
             input_lines: 0,
             holders: Vec::new(),
-            attempt: 1,
+            attempt: first_attempt(0),
             slots: BTreeMap::new(),
             restore: RestorePoint::default(),
             older: RestorePoint::default(),
@@ -538,11 +538,13 @@ impl Leader {
     ) {
         let from = sender.addr;
         let Some(j) = self.jobs.get_mut(&job) else {
-            out.send(from, RainstormMsg::Stop { job, before: None });
+            // A job this leader does not run (it ended, or this process took the address of
+            // one that ran it): that attempt stops, and a later leader's attempts may still run.
+            out.send(from, RainstormMsg::Stop { job, before: attempt.saturating_add(1) });
             return;
         };
         if attempt < j.attempt {
-            out.send(from, RainstormMsg::Stop { job, before: Some(j.attempt) });
+            out.send(from, RainstormMsg::Stop { job, before: j.attempt });
             return;
         }
         let Some(slot) = j.slots.get_mut(&task) else { return };
@@ -1206,7 +1208,7 @@ impl LeaderJob {
         let new_hosts: BTreeSet<MemberId> = self.slots.values().map(|s| s.host).collect();
         for host in old_hosts.difference(&new_hosts) {
             if live.contains(host) {
-                out.send(host.addr, RainstormMsg::Stop { job: self.plan.job, before: Some(self.attempt) });
+                out.send(host.addr, RainstormMsg::Stop { job: self.plan.job, before: self.attempt });
             }
         }
         match cause {
@@ -1250,7 +1252,8 @@ impl LeaderJob {
     fn stop_all(&self, out: &mut Outbox) {
         let hosts: BTreeSet<MemberId> = self.slots.values().map(|s| s.host).collect();
         for h in hosts {
-            out.send(h.addr, RainstormMsg::Stop { job: self.plan.job, before: None });
+            let before = first_attempt(term_of(self.attempt).saturating_add(1));
+            out.send(h.addr, RainstormMsg::Stop { job: self.plan.job, before });
         }
     }
 }

@@ -146,8 +146,10 @@ pub enum RainstormMsg {
     },
     /// Task → leader: its snapshot of checkpoint `checkpoint`, as soon as it took it.
     Snapshot { job: JobId, attempt: Attempt, task: TaskId, checkpoint: CheckpointId, snapshot: Snapshot },
-    /// Leader → worker: the tasks of `job` stop (with `before`: only those of older attempts).
-    Stop { job: JobId, before: Option<Attempt> },
+    /// Leader → worker: the tasks of `job` of attempts before `before` stop, and those attempts
+    /// never run there again. A leader ending a job bars every attempt of its term
+    /// (`first_attempt(term + 1)`), so a later leader of the job can still place tasks there.
+    Stop { job: JobId, before: Attempt },
     /// Task → task (or sink): a batch or an acknowledgement within one attempt.
     Link { job: JobId, attempt: Attempt, from: TaskId, to: TaskId, msg: LinkMsg },
 }

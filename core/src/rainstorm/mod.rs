@@ -63,8 +63,8 @@ pub use tuple::{dest_line, source_lines, Tuple, TupleId};
 
 pub use config::{BatchError, PlantedBug, RainstormConfig};
 pub use job::{
-    lines_read, Attempt, CheckpointId, JobError, JobId, JobPlan, JobSpec, RainstormEvent, StageCounts,
-    TaskId, TupleCounts, SINK,
+    first_attempt, lines_read, term_of, Attempt, CheckpointId, JobError, JobId, JobPlan, JobSpec,
+    RainstormEvent, StageCounts, TaskId, Term, TupleCounts, SINK,
 };
 
 pub use message::RainstormMsg;

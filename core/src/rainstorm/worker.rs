@@ -127,8 +127,8 @@ pub(super) struct Worker {
     reads: BTreeMap<u64, (JobId, TaskId, Attempt, usize)>,
     /// Batches out at operator programs, by token.
     programs: BTreeMap<u64, (JobId, TaskId, Attempt)>,
-    /// Jobs stopped here, with the attempt from which they may run again (`None`: never).
-    stopped: BTreeMap<JobId, Option<Attempt>>,
+    /// Jobs stopped here, with the attempt from which they may run again.
+    stopped: BTreeMap<JobId, Attempt>,
     /// Tuple batches sent by tasks no longer hosted.
     batches_sent_before: u64,
 }
@@ -218,10 +218,8 @@ impl Worker {
         if task.stage >= STAGES || task.index >= plan.tasks {
             return;
         }
-        match self.stopped.get(&job) {
-            Some(None) => return,
-            Some(Some(from)) if attempt < *from => return,
-            _ => {}
+        if self.stopped.get(&job).is_some_and(|from| attempt < *from) {
+            return;
         }
         let key = (job, task);
         if let Some(h) = self.hosted.get_mut(&key) {
@@ -278,14 +276,12 @@ impl Worker {
         gone.len()
     }
 
-    /// A leader's `Stop`: the job's tasks (of attempts before `before`, if given) end here.
-    pub(super) fn stop(&mut self, job: JobId, before: Option<Attempt>) {
-        self.forget(|j, _, a| j == job && before.is_none_or(|b| a < b));
+    /// A leader's `Stop`: the job's tasks of attempts before `before` end here, and never run
+    /// here again.
+    pub(super) fn stop(&mut self, job: JobId, before: Attempt) {
+        self.forget(|j, _, a| j == job && a < before);
         let entry = self.stopped.entry(job).or_insert(before);
-        *entry = match (*entry, before) {
-            (None, _) | (_, None) => None,
-            (Some(a), Some(b)) => Some(a.max(b)),
-        };
+        *entry = (*entry).max(before);
         while self.stopped.len() > STOPPED_JOBS_KEPT {
             self.stopped.pop_first();
         }
@@ -299,7 +295,7 @@ impl Worker {
         let Some(last) = self.hosted().filter(|(j, _, _)| *j == job).map(|(_, _, a)| a).max() else {
             return false;
         };
-        self.stop(job, Some(last.saturating_add(1)));
+        self.stop(job, last.saturating_add(1));
         debug_assert!(!self.runs(job), "an abandoned job keeps no task here");
         true
     }
