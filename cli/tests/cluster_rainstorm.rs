@@ -183,6 +183,18 @@ fn python_and_rust_programs_match_the_builtins_and_bad_programs_fail_the_job_cle
     let outputs: usize = expected.values().sum();
     assert!(shown.contains(&format!("stage 0 (source): {total} tuples in, {total} out")), "{shown}");
     assert!(shown.contains(&format!(" in, {outputs} out")), "{shown}");
+    // Another node knows the job from its leader's notices, and names the leader.
+    let mut elsewhere = String::new();
+    for _ in 0..30 {
+        elsewhere = s.c.ctl(4, "jobs").expect("jobs");
+        if elsewhere.lines().any(|l| l.starts_with(id) && l.contains("completed")) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let line = elsewhere.lines().find(|l| l.starts_with(id)).unwrap_or_else(|| panic!("{id} in {elsewhere}"));
+    assert!(line.contains("completed; led by 127.0.0.1:") && line.contains("(term 0)"), "{line}");
+    assert!(line.contains(&format!("{total} of {total} lines read, {outputs} outputs")), "{line}");
     // The same program stored in HyDFS by hand and named as `hydfs:<file>` (fetched and hashed
     // chunk by chunk by the node that resolves it); then the job's output is deleted.
     s.c.ctl(2, &format!("create {} ops/project-by-hand", app("app1-project").display())).expect("create");

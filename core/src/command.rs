@@ -47,7 +47,8 @@ pub enum JobCommand {
     /// the sources read at most that many input lines per second in all, as a live stream
     /// would arrive.
     Run { op1: String, op2: String, src: FileName, dest: FileName, tasks: u32, rate: Option<u64> },
-    /// `jobs`: the jobs this node has led, with their state and counts.
+    /// `jobs`: the jobs this node has led, with their state and counts, and every other job of
+    /// the group as its leader last announced it (naming the leader).
     List,
     /// `job <id>`: one job's stages, task placement, restarts and counts.
     Show { id: String },
@@ -133,7 +134,7 @@ pub const COMMAND_HELP: &[(&str, &str)] = &[
          column:<col>=<value>, project:<col>,..., split, count:<col|value>), a local program \
          (\"./app1 Stop\") or one in HyDFS (\"hydfs:ops/app1 Stop\")",
     ),
-    ("jobs", "list the jobs this node has led, with their state and counts"),
+    ("jobs", "list the jobs of the group: state, counts, and the node that leads each"),
     ("job <id>", "show one job: stages, task placement, restarts, counts and rate"),
     ("help", "print this list"),
 ];

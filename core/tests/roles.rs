@@ -216,3 +216,36 @@ fn a_keyless_node_runs_no_program_a_member_sends_it_and_starts_no_job_with_one()
     }
     assert!(c.program_calls.is_empty(), "no batch reached a program");
 }
+
+/// Every member learns each job and its leader from the leader's notices (`jobs` on any node),
+/// including how it ended; a notice forged in the leader's name by another member is refused.
+#[test]
+fn every_member_knows_each_job_and_its_leader() {
+    use rainstorm_core::rainstorm::directory::JobState;
+    let (mut c, job) = running_job();
+    c.step(1_000);
+    let leader = c.nodes[0].id();
+    for i in 1..NODES {
+        let known = c.nodes[i].rainstorm().directory().get(job).cloned().expect("the job is known");
+        assert_eq!((known.notice.leader, known.notice.term), (leader, 0), "node {i}");
+        assert_eq!(known.notice.state, JobState::Running);
+        assert!(!known.leader_gone);
+    }
+    // Node 1 claims the job is over, in the leader's name.
+    let mut forged_notice = c.nodes[1].rainstorm().directory().get(job).expect("known").notice.clone();
+    forged_notice.state = JobState::Completed;
+    let forger = c.nodes[1].id();
+    let before = counter(&c.stats(2), "rainstorm.refused.not_the_leader");
+    let msg = RainstormMsg::Announce(Box::new(forged_notice));
+    let now = c.now;
+    c.nodes[2].handle_frame(now, Channel::Stream, &forged(forger, 2, msg));
+    assert_eq!(counter(&c.stats(2), "rainstorm.refused.not_the_leader"), before + 1);
+    assert_eq!(c.nodes[2].rainstorm().directory().get(job).expect("known").notice.state, JobState::Running);
+    let outputs = finish(&mut c, job);
+    c.step(100);
+    for i in 1..NODES {
+        let known = c.nodes[i].rainstorm().directory().get(job).cloned().expect("the job is known");
+        assert_eq!(known.notice.state, JobState::Completed, "node {i}");
+        assert_eq!(known.notice.outputs, outputs, "node {i}");
+    }
+}

@@ -563,26 +563,47 @@ impl NodeTask {
         }
     }
 
+    /// `jobs` and `job <id>`: the jobs this node led in detail, and every other job of the group
+    /// as its leader last announced it (naming the leader).
     fn jobs(&self, id: Option<&str>) -> CommandReply {
+        let directory = self.node.rainstorm().directory();
+        let elsewhere = directory.jobs().filter(|(job, _)| !self.book.led(job));
         match id {
-            None => CommandReply { ok: true, output: self.book.list() },
+            None => {
+                let others: Vec<String> = elsewhere
+                    .map(|(job, known)| format!("{job}  {known}  {}\n", known.notice.spec))
+                    .collect();
+                let mut output =
+                    if self.book.is_empty() && !others.is_empty() { String::new() } else { self.book.list() };
+                output.extend(others);
+                CommandReply { ok: true, output }
+            }
             Some(id) => {
                 let describe = self.node.rainstorm().describe();
                 if let Some(output) = self.book.show(id, &describe) {
                     return CommandReply { ok: true, output };
                 }
-                // Not led here: the tasks of that job this node runs, if any.
+                // Not led here: what its leader announced, and the tasks of it this node runs.
+                let known = directory.jobs().find(|(job, _)| job.to_string() == id).map(|(_, k)| k);
                 let prefix = format!("job {id} ");
                 let here: Vec<&String> = describe.iter().filter(|l| l.starts_with(&prefix)).collect();
-                if here.is_empty() {
+                if known.is_none() && here.is_empty() {
                     return CommandReply {
                         ok: false,
-                        output: format!("no job {id} led or run by this node; see `jobs`\n"),
+                        output: format!("no job {id} known to this node; see `jobs`\n"),
                     };
                 }
-                let mut output = format!("job {id}: led by another node; its tasks here:\n");
+                let mut output = match known {
+                    Some(k) => {
+                        format!("job {id}: {}\n  {k}\n  destination {}\n", k.notice.spec, k.notice.dest)
+                    }
+                    None => format!("job {id}: led by another node\n"),
+                };
+                if !here.is_empty() {
+                    output.push_str("  its tasks here:\n");
+                }
                 for line in here {
-                    output.push_str(&format!("  {line}\n"));
+                    output.push_str(&format!("    {line}\n"));
                 }
                 CommandReply { ok: true, output }
             }

@@ -339,6 +339,15 @@ impl JobBook {
         }
     }
 
+    /// Whether this node led `job`.
+    pub fn led(&self, job: &JobId) -> bool {
+        self.jobs.contains_key(job)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
     /// Every job this node led, oldest first.
     pub fn records(&self) -> impl DoubleEndedIterator<Item = (&JobId, &JobRecord)> {
         self.jobs.iter()

@@ -38,10 +38,11 @@ use super::checkpoint::{encode, JobInfo, LogState, Record};
 use super::commit::{CommitIo, Commits, ReadyEpoch, Step};
 use super::config::{BatchError, PlantedBug, RainstormConfig};
 use super::csv::split_record;
+use super::directory::{JobNotice, JobState};
 use super::input::{Layout, Manifest};
 use super::job::{
-    first_attempt, term_of, Attempt, CheckpointId, JobId, JobPlan, JobSpec, Placement, RainstormEvent, Route,
-    StageCounts, TaskId, TupleCounts, SINK, STAGES,
+    first_attempt, lines_read, term_of, Attempt, CheckpointId, JobId, JobPlan, JobSpec, Placement,
+    RainstormEvent, Route, StageCounts, TaskId, TupleCounts, SINK, STAGES,
 };
 use super::message::{LinkMsg, RainstormMsg, Restore, Snapshot, SourceCheckpoint, TaskPhase};
 use super::reference::build_pair;
@@ -337,6 +338,7 @@ impl Leader {
             reported: None,
             keeps_files: cfg.bug(PlantedBug::KeepsJobFiles),
         };
+        out.announce(j.notice(JobState::Running));
         self.io(job, ClientOp::Meta { name: j.spec.src.clone() }, LeaderIo::Meta, out);
         self.io(job, ClientOp::Ls { name: j.spec.src.clone() }, LeaderIo::Holders, out);
         self.jobs.insert(job, j);
@@ -827,6 +829,7 @@ impl Leader {
             if j.next_resend <= now {
                 j.next_resend = now + cfg.status_interval;
                 j.report_progress(out);
+                out.announce(j.notice(JobState::Running));
                 if matches!(j.phase, JobPhase::Deploying { until: None }) {
                     for (task, slot) in &j.slots {
                         if slot.phase == SlotPhase::Deploying {
@@ -856,6 +859,7 @@ impl Leader {
         if let Some(j) = self.jobs.remove(&job) {
             j.stop_all(out);
             self.cleanup(&j, out);
+            out.announce(j.notice(JobState::Failed(reason.clone())));
             out.event(RainstormEvent::JobFailed { job, reason });
         }
     }
@@ -865,6 +869,7 @@ impl Leader {
         j.report_progress(out);
         j.stop_all(out);
         self.cleanup(&j, out);
+        out.announce(j.notice(JobState::Completed));
         out.event(RainstormEvent::JobCompleted { job, outputs: j.commits.outputs(), restarts: j.restarts });
         Ok(())
     }
@@ -1230,6 +1235,22 @@ impl LeaderJob {
                 StageCounts { stage, consumed: sum.consumed, emitted: sum.emitted }
             })
             .collect()
+    }
+
+    /// Where the job stands, for every member's directory.
+    fn notice(&self, state: JobState) -> JobNotice {
+        JobNotice {
+            job: self.plan.job,
+            term: term_of(self.attempt),
+            leader: self.plan.leader,
+            spec: self.spec.to_string(),
+            dest: self.plan.dest.clone(),
+            state,
+            outputs: self.commits.outputs(),
+            input_lines: self.input_lines,
+            lines_read: lines_read(&self.stage_counts()),
+            restarts: self.restarts,
+        }
     }
 
     /// Tells the user the job's counts if they changed since it last did.

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::directory::JobNotice;
 use super::input::{Manifest, SourcePos};
 use super::job::{Attempt, CheckpointId, JobId, JobPlan, Placement, TaskId, TupleCounts};
 use super::link::LinkSeq;
@@ -111,6 +112,8 @@ pub enum TaskPhase {
 /// Messages between a job's leader and its workers, and between tasks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RainstormMsg {
+    /// Leader → every member: where one of its jobs stands (`directory.rs`).
+    Announce(Box<JobNotice>),
     /// Leader → worker: run `task` in `attempt`, resuming from `restore`; checkpoint ids above
     /// `base` are this attempt's. Sources also get the input's manifest. Re-sent until the task
     /// reports in this attempt.
@@ -168,7 +171,8 @@ impl RainstormMsg {
             | RainstormMsg::Status { .. }
             | RainstormMsg::Control { .. }
             | RainstormMsg::Snapshot { .. }
-            | RainstormMsg::Stop { .. } => Lane::Control,
+            | RainstormMsg::Stop { .. }
+            | RainstormMsg::Announce(_) => Lane::Control,
         }
     }
 

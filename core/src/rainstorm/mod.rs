@@ -38,6 +38,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod csv;
+pub mod directory;
 pub mod input;
 pub mod job;
 pub mod link;
@@ -73,6 +74,7 @@ use crate::histogram::LatencyHistogram;
 use crate::hydfs::{ClientOp, HydfsError, OpOutput};
 use crate::id::{MemberId, NodeAddr};
 use crate::time::Time;
+use directory::{Directory, JobNotice};
 use leader::Leader;
 use std::collections::{BTreeMap, VecDeque};
 use worker::Worker;
@@ -87,6 +89,8 @@ pub(crate) struct Outbox {
     hydfs: VecDeque<(u64, ClientOp)>,
     programs: VecDeque<ProgramCall>,
     events: VecDeque<RainstormEvent>,
+    /// Notices of the jobs this node leads, for every member.
+    announce: VecDeque<JobNotice>,
     next_token: u64,
 }
 
@@ -101,6 +105,11 @@ impl Outbox {
 
     fn event(&mut self, e: RainstormEvent) {
         self.events.push_back(e);
+    }
+
+    /// Tells every member where a job this node leads stands.
+    fn announce(&mut self, notice: JobNotice) {
+        self.announce.push_back(notice);
     }
 
     /// Queues a batch for an operator program; its answer comes back to
@@ -240,6 +249,7 @@ pub struct Rainstorm {
     members: Vec<MemberId>,
     leader: Leader,
     worker: Worker,
+    directory: Directory,
     out: Outbox,
 }
 
@@ -252,6 +262,7 @@ impl Rainstorm {
             members: Vec::new(),
             leader: Leader::default(),
             worker: Worker::default(),
+            directory: Directory::default(),
             out: Outbox::default(),
         }
     }
@@ -292,6 +303,11 @@ impl Rainstorm {
         let mut lines = self.leader.describe();
         lines.extend(self.worker.describe());
         lines
+    }
+
+    /// Every job of the group this node heard of, with its leader (`directory.rs`).
+    pub fn directory(&self) -> &Directory {
+        &self.directory
     }
 
     /// Task attempts this node runs.
@@ -355,6 +371,7 @@ impl Rainstorm {
             self.leader.lose_all("this leader stopped being a member of the group", &mut self.out);
         }
         for member in gone {
+            self.directory.member_gone(member);
             self.leader.on_member_gone(now, &self.cfg, member, &self.members, &mut self.out);
             for (job, leader) in self.worker.leaders() {
                 if leader == member && self.worker.abandon(job) {
@@ -424,12 +441,19 @@ impl Rainstorm {
         }
     }
 
-    /// Messages to this node itself are handled here, in order, not sent.
+    /// Messages to this node itself are handled here, in order, not sent; notices go to every
+    /// member.
     fn loopback(&mut self, now: Time) {
         let Some(me) = self.me else {
             self.out.local.clear();
+            self.out.announce.clear();
             return;
         };
+        while let Some(notice) = self.out.announce.pop_front() {
+            for m in &self.members {
+                self.out.send(m.addr, RainstormMsg::Announce(Box::new(notice.clone())));
+            }
+        }
         while let Some(msg) = self.out.local.pop_front() {
             self.dispatch(now, me, msg);
         }
@@ -468,6 +492,10 @@ impl Rainstorm {
             }
             RainstormMsg::Snapshot { job, attempt, task, checkpoint, snapshot } => {
                 self.leader.on_snapshot(now, cfg, (job, attempt, task), checkpoint, snapshot, out);
+                Ok(())
+            }
+            RainstormMsg::Announce(notice) => {
+                self.directory.heard(now, from, *notice);
                 Ok(())
             }
             RainstormMsg::Stop { job, before } => {
@@ -539,6 +567,8 @@ impl Rainstorm {
             RainstormMsg::Snapshot { job, attempt, task, .. } => {
                 (!self.leader.speaks_for(*job, *attempt, *task, from)).then_some(Refusal::NotTheTaskHost)
             }
+            // Only the leader a notice names announces it.
+            RainstormMsg::Announce(notice) => (notice.leader != from).then_some(Refusal::NotTheLeader),
             // A status from a member the leader does not place the task on is ignored by the
             // leader itself (and answered with a stop when its attempt or job is over).
             RainstormMsg::Status { .. } => None,
@@ -551,7 +581,7 @@ impl Rainstorm {
 pub enum Refusal {
     /// A deploy whose plan is over this node's limits (`max_tasks`).
     PlanOverLimits,
-    /// A deploy, control or stop from a member that does not lead the job.
+    /// A deploy, control, stop or job notice from a member that does not lead the job.
     NotTheLeader,
     /// A deploy of a task its placement puts on another member.
     NotPlacedHere,

@@ -1,0 +1,201 @@
+//! What this node knows of every job in the group: who leads it now and how far it got, so that
+//! `jobs` and `job <id>` answer on any node, and a node can tell that a job lost its leader.
+//!
+//! A leader announces each job it leads to every member ([`RainstormMsg::Announce`]): when the
+//! job starts, every `status_interval` while it runs, and once when it ends. A node keeps the
+//! latest notice per job ([`Directory::heard`]) and marks a running job whose leader left the
+//! group ([`Directory::member_gone`]).
+//!
+//! Invariants kept here:
+//! * a notice is taken only from the member it names as the leader, and only if its term is at
+//!   least the one known for the job: a deposed leader never overwrites its successor;
+//! * a job that ended stays ended: a later notice of the same term cannot make it run again;
+//! * at most [`DIRECTORY_JOBS`] jobs are kept; past that the oldest ended jobs are forgotten
+//!   first, then the oldest.
+//!
+//! [`RainstormMsg::Announce`]: super::RainstormMsg::Announce
+
+use super::job::{JobId, Term};
+use crate::hydfs::FileName;
+use crate::id::MemberId;
+use crate::time::Time;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// At most this many jobs are kept in a node's directory.
+pub const DIRECTORY_JOBS: usize = 256;
+
+/// Where a job stands, as its leader announced it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    Running,
+    Completed,
+    Failed(String),
+}
+
+impl JobState {
+    pub fn ended(&self) -> bool {
+        match self {
+            JobState::Running => false,
+            JobState::Completed | JobState::Failed(_) => true,
+        }
+    }
+}
+
+/// One job as its leader announces it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobNotice {
+    pub job: JobId,
+    pub term: Term,
+    pub leader: MemberId,
+    /// The job as it was submitted.
+    pub spec: String,
+    pub dest: FileName,
+    pub state: JobState,
+    /// Outputs committed to the destination so far.
+    pub outputs: u64,
+    /// Input lines, and lines the sources have read in the current attempt.
+    pub input_lines: u64,
+    pub lines_read: u64,
+    /// Rollbacks so far.
+    pub restarts: u32,
+}
+
+/// A job as this node knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KnownJob {
+    pub notice: JobNotice,
+    /// When the latest notice came.
+    pub heard: Time,
+    /// The leader left the group or was declared failed while the job was running.
+    pub leader_gone: bool,
+}
+
+impl fmt::Display for KnownJob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = &self.notice;
+        let state = match (&n.state, self.leader_gone) {
+            (JobState::Running, false) => "running".to_owned(),
+            (JobState::Running, true) => "leader gone".to_owned(),
+            (JobState::Completed, _) => "completed".to_owned(),
+            (JobState::Failed(why), _) => format!("failed: {why}"),
+        };
+        write!(
+            f,
+            "{state}; led by {} (term {}); {} of {} lines read, {} outputs, {} restarts",
+            n.leader.addr, n.term, n.lines_read, n.input_lines, n.outputs, n.restarts
+        )
+    }
+}
+
+/// The jobs of the group, as their leaders announced them.
+#[derive(Default)]
+pub struct Directory {
+    jobs: BTreeMap<JobId, KnownJob>,
+}
+
+impl Directory {
+    /// A leader's notice, from `from`. Whether it was taken.
+    pub fn heard(&mut self, now: Time, from: MemberId, notice: JobNotice) -> bool {
+        if from != notice.leader {
+            return false;
+        }
+        if let Some(known) = self.jobs.get(&notice.job) {
+            let k = &known.notice;
+            let older = notice.term < k.term;
+            let revived = notice.term == k.term && k.state.ended() && !notice.state.ended();
+            if older || revived {
+                return false;
+            }
+        }
+        let job = notice.job;
+        self.jobs.insert(job, KnownJob { notice, heard: now, leader_gone: false });
+        self.trim();
+        debug_assert!(self.jobs.len() <= DIRECTORY_JOBS, "the directory is bounded");
+        true
+    }
+
+    /// `member` left the group or was declared failed: the running jobs it led lost their
+    /// leader.
+    pub fn member_gone(&mut self, member: MemberId) {
+        for k in self.jobs.values_mut() {
+            if k.notice.leader == member && !k.notice.state.ended() {
+                k.leader_gone = true;
+            }
+        }
+    }
+
+    pub fn get(&self, job: JobId) -> Option<&KnownJob> {
+        self.jobs.get(&job)
+    }
+
+    /// Every known job, in id order.
+    pub fn jobs(&self) -> impl Iterator<Item = (&JobId, &KnownJob)> {
+        self.jobs.iter()
+    }
+
+    fn trim(&mut self) {
+        while self.jobs.len() > DIRECTORY_JOBS {
+            let ended = self.jobs.iter().find(|(_, k)| k.notice.state.ended()).map(|(j, _)| *j);
+            let oldest = ended.or_else(|| self.jobs.keys().next().copied());
+            if let Some(j) = oldest {
+                self.jobs.remove(&j);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(port: u16, join_time: u64) -> MemberId {
+        MemberId::new(std::net::SocketAddr::from(([127, 0, 0, 1], port)), join_time)
+    }
+
+    fn notice(n: u32, term: Term, leader: MemberId, state: JobState) -> JobNotice {
+        JobNotice {
+            job: JobId::new(member(7001, 1), n),
+            term,
+            leader,
+            spec: "RainStorm a b in out 1".into(),
+            dest: FileName::new("out").expect("a name"),
+            state,
+            outputs: 0,
+            input_lines: 10,
+            lines_read: 0,
+            restarts: 0,
+        }
+    }
+
+    #[test]
+    fn a_notice_counts_only_from_its_leader_and_never_from_an_older_term() {
+        let (a, b) = (member(7001, 1), member(7002, 1));
+        let mut d = Directory::default();
+        assert!(!d.heard(Time::ZERO, b, notice(1, 0, a, JobState::Running)), "not from the leader it names");
+        assert!(d.heard(Time::ZERO, a, notice(1, 0, a, JobState::Running)));
+        d.member_gone(a);
+        let job = JobId::new(a, 1);
+        assert!(d.get(job).unwrap().leader_gone);
+        assert!(d.heard(Time::ZERO, b, notice(1, 1, b, JobState::Running)), "the next term's leader");
+        assert!(!d.get(job).unwrap().leader_gone);
+        assert!(!d.heard(Time::ZERO, a, notice(1, 0, a, JobState::Running)), "the deposed leader");
+        assert!(d.heard(Time::ZERO, b, notice(1, 1, b, JobState::Completed)));
+        assert!(!d.heard(Time::ZERO, b, notice(1, 1, b, JobState::Running)), "an ended job stays ended");
+        assert_eq!(d.get(job).unwrap().notice.state, JobState::Completed);
+    }
+
+    #[test]
+    fn the_directory_forgets_ended_jobs_first() {
+        let a = member(7001, 1);
+        let mut d = Directory::default();
+        for n in 1..=DIRECTORY_JOBS as u32 + 10 {
+            let state = if n % 2 == 0 { JobState::Completed } else { JobState::Running };
+            d.heard(Time::ZERO, a, notice(n, 0, a, state));
+        }
+        assert_eq!(d.jobs().count(), DIRECTORY_JOBS);
+        assert!(d.get(JobId::new(a, 1)).is_some(), "a running job outlives later ended ones");
+        assert!(d.get(JobId::new(a, 2)).is_none());
+    }
+}
