@@ -283,11 +283,6 @@ impl Collector for Scrape {
             ],
         )?;
         out.counter(
-            "rainstorm_hydfs_appends_cut_by_seals",
-            "Appends dropped from this node's copies because a seal cut their writer off.",
-            h.appends_cut_by_seals,
-        )?;
-        out.counter(
             "rainstorm_hydfs_tombstones_evicted",
             "Tombstones forgotten before they expired (max_tombstones).",
             h.tombstones_evicted,

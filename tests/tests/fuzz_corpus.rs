@@ -700,7 +700,6 @@ fn write_checkpoint_seed_corpus() {
         leader,
         spec: "RainStorm column:Sign_Post=x count:Category in.csv out 2".into(),
         plan,
-        manifest: Default::default(),
         rate: None,
     }));
     let commit =

@@ -17,8 +17,9 @@
 //! * a whole-file read streams: it holds at most `read_window` chunks that arrived ahead of
 //!   their turn (plus the copy it keeps for the read cache, of a file of at most a quarter of
 //!   the cache), whatever the file's size;
-//! * a sealed file (`seal.rs`) keeps only its chain of owners' appends, on every copy, and a
-//!   writer a seal cut off gets no further write acknowledged once every replica holds the seal;
+//! * a sealed file (`seal.rs`) shows only its chain of owners' appends, on every copy holding
+//!   the same writes, and a writer a seal cut off gets no further write acknowledged once every
+//!   replica holds the seal;
 //! * a delete is acknowledged only when every replica of the coordinator's view (never fewer
 //!   than `min_copies`) dropped its copy and keeps the file's tombstone; no node keeps, absorbs
 //!   or hands on a copy of a file it holds the tombstone of (`tombstone.rs` says for how long).
@@ -176,8 +177,6 @@ pub struct HydfsStats {
     pub pending_appends_refused: u64,
     /// Writes refused because their file is sealed and they are not its owner's (`seal.rs`).
     pub writes_refused_sealed: u64,
-    /// Appends this node dropped from its copies because a seal cut their writer off.
-    pub appends_cut_by_seals: u64,
     /// Deletes this node coordinated.
     pub deletes_coordinated: u64,
     /// Copies of deleted files this node dropped (its own, on a delete, and stale ones found

@@ -9,10 +9,10 @@
 //! What a file's seals mean is a function of the *set* of writes a copy holds, never of their
 //! order, so every replica that holds the same writes agrees on it, whatever order merges and
 //! partitions gave them ([`Owners::of`]):
-//! * per term, the seal with the least stamp is the one that counts (two successors that raced
-//!   resolve the same way everywhere);
-//! * the chain starts at the seal of the lowest term; each seal of the next term counts only if
-//!   its `prev` is the owner before it; the first one that does not ends the chain;
+//! * the chain starts at the file's creator; then, term by term, the seal with the least stamp
+//!   among those naming the current owner as `prev` makes its client the next owner (two
+//!   successors that raced resolve the same way everywhere; a seal naming anyone else, such as
+//!   a stale one, is no part of the chain);
 //! * an append is *kept* iff its client is an owner in the chain and its sequence is at most the
 //!   bound the next seal put on that owner (no bound for the last owner). A create and the seals
 //!   themselves are always kept (seals hold no bytes).
@@ -22,7 +22,17 @@
 //! * the chain's owners are in increasing term order and each link's `prev` is the owner before;
 //! * a replica admits a new append only if it would be kept, and a new seal only if it would
 //!   extend the chain ([`Owners::admits`]), so that once every replica of a file holds a seal,
-//!   the deposed writer gets no further write acknowledged.
+//!   the deposed writer gets no further write acknowledged;
+//! * nothing is ever removed because of a seal: a copy keeps every write it took, and the seals
+//!   only decide which of them are part of the file (its view, its digest and the merge fences),
+//!   so a copy that met the seals in any order, or some of them late, shows the same file once
+//!   it holds the same writes.
+//!
+//! Like a create's exclusiveness, a seal's is that of whole membership views: two successors
+//! whose views differ (a partition) can both seal; when their copies meet, one chain wins
+//! everywhere and the losing successor's appends stop being part of the file. A seal makes a
+//! file single-writer: appends of a client outside the chain (one that wrote before the first
+//! seal without being the creator) are not part of a sealed file.
 
 use super::types::{Seal, Stamp, WriteKind, WriteMeta};
 use crate::id::MemberId;
@@ -45,43 +55,42 @@ pub struct Owners {
 }
 
 impl Owners {
-    /// The owner chain the seals among `writes` make, or `None` if there is no seal (every write
-    /// is then kept).
+    /// The owner chain the seals among `writes` make, or `None` if no seal counts (every write
+    /// is then kept). The first owner is the file's creator (or, on a copy without the create,
+    /// the first seal's `prev`).
     pub fn of<'a>(writes: impl IntoIterator<Item = &'a WriteMeta>) -> Option<Owners> {
-        // Per term, the seal with the least stamp.
-        let mut by_term: BTreeMap<u64, (Stamp, Seal)> = BTreeMap::new();
+        let mut creator = None;
+        let mut by_term: BTreeMap<u64, Vec<(Stamp, Seal)>> = BTreeMap::new();
         for w in writes {
-            if let WriteKind::Seal(s) = w.kind {
-                let e = by_term.entry(s.term).or_insert((w.stamp, s));
-                if w.stamp < e.0 {
-                    *e = (w.stamp, s);
-                }
+            match w.kind {
+                WriteKind::Create => creator = Some(w.stamp.client),
+                WriteKind::Seal(s) => by_term.entry(s.term).or_default().push((w.stamp, s)),
+                WriteKind::Append => {}
             }
         }
-        let mut seals = by_term.into_iter();
-        let (term, (stamp, first)) = seals.next()?;
-        let mut owners = Owners {
-            chain: vec![
-                Owner { client: first.prev, upto: Some(first.upto) },
-                Owner { client: stamp.client, upto: None },
-            ],
-            term,
-        };
-        for (term, (stamp, seal)) in seals {
-            let last = owners.chain.last_mut().expect("a chain has an owner");
-            if seal.prev != last.client {
-                break; // a seal of a branch that lost: the chain ends before it
-            }
-            last.upto = Some(seal.upto);
-            owners.chain.push(Owner { client: stamp.client, upto: None });
-            owners.term = term;
+        let first = by_term.values().flatten().min_by_key(|(stamp, s)| (s.term, *stamp))?;
+        let mut chain = vec![Owner { client: creator.unwrap_or(first.1.prev), upto: None }];
+        let mut term = None;
+        for (t, seals) in by_term {
+            let owner = chain.last().expect("a chain has an owner").client;
+            // Of this term's seals, the one with the least stamp among those naming the owner
+            // before them: a seal naming anyone else (a successor that lost a race, a stale
+            // one) is not part of the chain.
+            let Some((stamp, seal)) =
+                seals.into_iter().filter(|(_, s)| s.prev == owner).min_by_key(|(st, _)| *st)
+            else {
+                continue;
+            };
+            chain.last_mut().expect("a chain has an owner").upto = Some(seal.upto);
+            chain.push(Owner { client: stamp.client, upto: None });
+            term = Some(t);
         }
+        let term = term?;
         debug_assert!(
-            owners.chain.windows(2).all(|w| w[0].upto.is_some())
-                && owners.chain.last().unwrap().upto.is_none(),
+            chain.iter().rev().skip(1).all(|o| o.upto.is_some()) && chain.last().unwrap().upto.is_none(),
             "every owner but the last is bounded by the seal after it"
         );
-        Some(owners)
+        Some(Owners { chain, term })
     }
 
     /// The file's current owner: the only client whose new appends it admits.
@@ -102,7 +111,8 @@ impl Owners {
         }
     }
 
-    fn keeps_append(&self, stamp: &Stamp) -> bool {
+    /// Whether an append stamped `stamp` is part of the file.
+    pub fn keeps_append(&self, stamp: &Stamp) -> bool {
         self.chain.iter().any(|o| o.client == stamp.client && o.upto.is_none_or(|u| stamp.seq <= u))
     }
 
@@ -115,12 +125,23 @@ impl Owners {
 
     /// Whether a replica may take the new write `w` (one it does not hold yet): an append only
     /// if the chain keeps it, a seal only if it extends the chain (a later term, naming the
-    /// current owner as `prev`).
+    /// current owner as `prev`). A write it may not take is refused for good only if it is
+    /// [`Owners::stale`]; otherwise this copy may lack a seal the writer knows of.
     pub fn admits(&self, w: &WriteMeta) -> bool {
         match w.kind {
             WriteKind::Create => true,
             WriteKind::Append => self.keeps_append(&w.stamp),
             WriteKind::Seal(s) => s.term > self.term && s.prev == self.owner(),
+        }
+    }
+
+    /// Whether `w`, which this copy does not admit, can never be admitted: an append a seal cut
+    /// off, or a seal of a term the chain already passed.
+    pub fn stale(&self, w: &WriteMeta) -> bool {
+        match w.kind {
+            WriteKind::Create => false,
+            WriteKind::Append => self.cut(&w.stamp),
+            WriteKind::Seal(s) => s.term <= self.term,
         }
     }
 }
@@ -183,12 +204,26 @@ mod tests {
     }
 
     #[test]
-    fn a_chain_ends_at_the_first_seal_that_does_not_follow_it() {
-        let writes = [seal(2, 10, 1, 1, 2), seal(3, 20, 2, 2, 11), seal(4, 30, 3, 9, 0)];
+    fn a_seal_naming_another_owner_is_no_part_of_the_chain() {
+        let create = write(1, 1, WriteKind::Create);
+        // Term 2: a stale seal naming the creator (with the least stamp) and one naming the
+        // term-1 owner; term 3: one naming a stranger.
+        let writes =
+            [create, seal(2, 10, 1, 1, 2), seal(4, 15, 2, 1, 5), seal(3, 20, 2, 2, 11), seal(4, 30, 3, 9, 0)];
         let o = Owners::of(&writes).unwrap();
         assert_eq!((o.owner(), o.term()), (member(3), 2));
         assert!(o.keeps(&write(2, 11, WriteKind::Append)));
         assert!(!o.keeps(&write(2, 12, WriteKind::Append)));
         assert!(!o.keeps(&write(4, 31, WriteKind::Append)));
+        assert!(!o.keeps(&write(1, 3, WriteKind::Append)), "the stale seal kept nothing more of the creator");
+        assert!(o.stale(&write(2, 12, WriteKind::Append)), "cut off for good");
+        assert!(!o.stale(&write(5, 1, WriteKind::Append)), "a writer this copy cannot place yet");
+        assert!(o.stale(&seal(5, 40, 2, 3, 1)) && !o.stale(&seal(5, 40, 4, 5, 1)));
+    }
+
+    #[test]
+    fn a_seal_of_someone_other_than_the_creator_first_counts_for_nothing() {
+        let writes = [write(1, 1, WriteKind::Create), seal(2, 10, 1, 7, 2)];
+        assert_eq!(Owners::of(&writes), None);
     }
 }

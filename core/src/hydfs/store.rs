@@ -10,8 +10,10 @@
 //!   in storage is one the index points at (no block outlives its file);
 //! * [`reconcile`] never drops a write: the earlier create of a name wins, divergent merge orders
 //!   resolve to one winner and the loser's extra appends become pending again;
-//! * after [`LocalStore::prune_sealed`], a copy holds no append its seals do not keep
-//!   (`seal.rs`), and [`LocalStore::meta`] never shows one;
+//! * a sealed file's view ([`LocalStore::meta`]) and its merged-order hash (the merge fence)
+//!   leave out the appends its seals do not keep (`seal.rs`), which stay in the index: copies
+//!   that hold the same writes show the same file and the same fence, whatever order they met
+//!   the seals in;
 //! * the index is durable with the parts: [`LocalStore::sync`] writes what changed since the last
 //!   sync as one index block (`index.rs`) before syncing storage, so after a crash
 //!   [`LocalStore::open`] recovers exactly the files, writes and parts the last completed sync
@@ -460,31 +462,6 @@ impl LocalStore {
         self.files.insert(name.clone(), rec);
     }
 
-    /// Drops from `name`'s record the appends its seals do not keep (`seal.rs`), with their
-    /// parts, and returns how many: a copy never holds an append of a writer a seal cut off, so
-    /// copies holding the same writes hold the same merged order.
-    pub fn prune_sealed(&mut self, name: &FileName) -> usize {
-        if !self.seals {
-            return 0;
-        }
-        let Some(rec) = self.files.get(name) else { return 0 };
-        let Some(owners) = Owners::of(rec.writes()) else { return 0 };
-        if rec.writes().all(|w| owners.keeps(w)) {
-            return 0;
-        }
-        let mut rec = rec.clone();
-        let before = rec.merged.len() + rec.pending.len();
-        rec.merged.retain(|w| owners.keeps(w));
-        rec.pending.retain(|_, w| owners.keeps(w));
-        let cut = before - rec.merged.len() - rec.pending.len();
-        self.set_file(name, rec);
-        debug_assert!(
-            self.files[name].writes().all(|w| owners.keeps(w)),
-            "a pruned copy holds only the writes its seals keep"
-        );
-        cut
-    }
-
     pub fn has_part(&self, name: &FileName, stamp: Stamp, part: u32) -> bool {
         self.parts.contains_key(&(name.clone(), stamp, part))
     }
@@ -498,10 +475,19 @@ impl LocalStore {
         (0..w.parts.len() as u32).all(|i| self.has_part(name, w.stamp, i))
     }
 
-    /// The merged-order hash of a file (create and merged appends).
+    /// The merged-order hash of a file (create and merged appends, those its seals keep).
     pub fn merged_hash(&self, name: &FileName) -> Option<u64> {
+        let merged = self.kept_merged(name)?;
+        let create = self.files[name].create.as_ref().map(|c| c.stamp);
+        Some(super::types::order_hash(create.iter().chain(&merged)))
+    }
+
+    /// The merged appends of a file its seals keep (all of them if it has none), in file order.
+    pub fn kept_merged(&self, name: &FileName) -> Option<Vec<Stamp>> {
         let rec = self.files.get(name)?;
-        Some(super::types::order_hash(rec.create.iter().chain(&rec.merged).map(|w| &w.stamp)))
+        let owners = if self.seals { Owners::of(rec.writes()) } else { None };
+        let kept = |w: &&WriteMeta| owners.as_ref().is_none_or(|o| o.keeps(w));
+        Some(rec.merged.iter().filter(kept).map(|w| w.stamp).collect())
     }
 
     /// Stores one part after checking its bytes against `meta` (every field: length, CRC32C and
@@ -855,9 +841,8 @@ impl LocalStore {
     }
 
     /// This node's view of a file. A sealed file's view leaves out the appends its seals do not
-    /// keep (`seal.rs`): they stay in the index (a merge may have placed them), but no read,
-    /// description or digest shows them, so every copy holding the same writes shows the same
-    /// file.
+    /// keep (`seal.rs`): they stay in the index, but no read, description or digest shows them,
+    /// so every copy holding the same writes shows the same file.
     pub fn meta(&self, name: &FileName) -> Option<FileMeta> {
         let rec = self.files.get(name)?;
         let owners = if self.seals { Owners::of(rec.writes()) } else { None };

@@ -1,8 +1,9 @@
 //! A job's checkpoint log: the durable record, in HyDFS, of every point the job can resume from.
 //!
-//! The leader alone writes it. Its first record says what the job is ([`Record::Job`]: the spec,
-//! the plan every task is deployed with, and the input's parts as the job pinned them, so a
-//! leader can run the job from its log alone); then,
+//! The leader alone writes it. Its first record says what the job is ([`Record::Job`]: the spec
+//! and the plan every task is deployed with; the input's parts as the job pinned them are in the
+//! job's manifest file, [`encode_manifest`], which can be larger than a record; so a leader can
+//! run the job from its files alone); then,
 //! once per commit, one [`Record::Commit`] holds the job as of the newest complete checkpoint the
 //! commit covers: every source's position, each task's tuple counts, the keyed-state changes
 //! since the previous record, and how much of the destination is written once the commit's
@@ -42,6 +43,8 @@ use bincode::Options;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+#[cfg(test)]
+use super::input::InputPart;
 use super::input::Manifest;
 use super::job::{Attempt, CheckpointId, JobId, JobPlan, TaskId, TupleCounts};
 use super::message::SourceCheckpoint;
@@ -70,11 +73,9 @@ pub struct JobInfo {
     /// The job as it was submitted (`RainStorm <op1> <op2> <src> <dest> <tasks> [--rate]`).
     pub spec: String,
     /// The plan every task is deployed with: operators as text, files, tasks, the input's
-    /// header, the routes and each source's pace.
+    /// header, the routes and each source's pace. The input's parts as the job pinned them
+    /// (sources' positions are offsets into these) are in the file `plan.manifest_file()`.
     pub plan: JobPlan,
-    /// The input's parts as the job pinned them when it started; sources' positions are offsets
-    /// into these.
-    pub manifest: Manifest,
     /// Input lines per second over the whole job, at most.
     pub rate: Option<u64>,
 }
@@ -142,6 +143,51 @@ pub enum CheckpointError {
          {last} bytes): the destination and the log disagree"
     )]
     DestMismatch { dest_bytes: u64, last: u64 },
+}
+
+/// The manifest file's format version.
+pub const MANIFEST_VERSION: u8 = 1;
+const MANIFEST_MAGIC: [u8; 2] = *b"RM";
+const MANIFEST_HEADER_BYTES: usize = 11;
+
+/// Encodes a job's input manifest as its file: magic "RM", version, payload length (u64, little
+/// endian), the bincode-encoded manifest, CRC32C of everything before it.
+pub fn encode_manifest(manifest: &Manifest) -> Vec<u8> {
+    let payload = options(usize::MAX).serialize(manifest).expect("a manifest always encodes");
+    let mut file = Vec::with_capacity(MANIFEST_HEADER_BYTES + payload.len() + CRC_BYTES);
+    file.extend_from_slice(&MANIFEST_MAGIC);
+    file.push(MANIFEST_VERSION);
+    file.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    file.extend_from_slice(&payload);
+    let crc = crc32c::crc32c(&file);
+    file.extend_from_slice(&crc.to_le_bytes());
+    file
+}
+
+/// Decodes a manifest file. Never panics on any input, never allocates past its length.
+pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest, CheckpointError> {
+    let truncated = |needed| CheckpointError::Truncated { offset: 0, needed, available: bytes.len() };
+    if bytes.len() < MANIFEST_HEADER_BYTES + CRC_BYTES {
+        return Err(truncated(MANIFEST_HEADER_BYTES + CRC_BYTES));
+    }
+    if bytes[0..2] != MANIFEST_MAGIC {
+        return Err(CheckpointError::BadMagic { offset: 0 });
+    }
+    if bytes[2] != MANIFEST_VERSION {
+        return Err(CheckpointError::UnknownVersion { offset: 0, found: bytes[2] });
+    }
+    let len = u64::from_le_bytes(bytes[3..11].try_into().expect("8 bytes"));
+    let needed = (MANIFEST_HEADER_BYTES + CRC_BYTES) as u64 + len;
+    if needed != bytes.len() as u64 {
+        return Err(truncated(needed.min(usize::MAX as u64) as usize));
+    }
+    let (body, trailer) = bytes.split_at(bytes.len() - CRC_BYTES);
+    if crc32c::crc32c(body).to_le_bytes() != trailer {
+        return Err(CheckpointError::BadChecksum { offset: 0 });
+    }
+    options(len as usize)
+        .deserialize(&body[MANIFEST_HEADER_BYTES..])
+        .map_err(|e| CheckpointError::Malformed { offset: 0, reason: e.to_string() })
 }
 
 /// Encodes one record as one frame (one HyDFS append).
@@ -354,9 +400,31 @@ mod tests {
             leader: leader(),
             spec: "RainStorm a b c d 1".into(),
             plan,
-            manifest: Manifest::default(),
             rate: None,
         }))
+    }
+
+    #[test]
+    fn a_manifest_file_reads_back_and_any_damage_is_refused() {
+        use crate::hydfs::Stamp;
+        let part = |i: u32| InputPart {
+            stamp: Stamp { ts: u64::from(i), client: leader(), seq: u64::from(i) },
+            part: i % 3,
+            len: 1 << 20,
+            newlines: i,
+            ends_with_newline: i.is_multiple_of(2),
+        };
+        let manifest = Manifest { parts: (0..1_000).map(part).collect() };
+        let file = encode_manifest(&manifest);
+        assert_eq!(decode_manifest(&file), Ok(manifest));
+        for cut in [0, 5, file.len() - 1] {
+            assert!(decode_manifest(&file[..cut]).is_err(), "cut at {cut}");
+        }
+        for at in [0, 2, 3, 20, file.len() - 1] {
+            let mut bad = file.clone();
+            bad[at] ^= 0x40;
+            assert!(decode_manifest(&bad).is_err(), "flipped at {at}");
+        }
     }
 
     fn commit(c: u64, line: u64, changes: Vec<(&str, Option<&str>)>, outputs: u64) -> Record {

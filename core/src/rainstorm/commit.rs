@@ -309,7 +309,6 @@ mod tests {
             leader: plan.leader,
             spec: "spec".to_owned(),
             plan: plan.clone(),
-            manifest: Default::default(),
             rate: None,
         }));
         let mut commits = Commits::new(LogState::fold(&[job]).expect("a log"), 1_000);

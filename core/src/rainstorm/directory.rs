@@ -7,11 +7,12 @@
 //! group ([`Directory::member_gone`]).
 //!
 //! Invariants kept here:
-//! * a notice is taken only from the member it names as the leader, and only if its term is at
-//!   least the one known for the job: a deposed leader never overwrites its successor;
+//! * a notice is taken only from the member it names as the leader, only if that member is the
+//!   one the job's id names (the leader it was submitted to: no other leader exists yet), and
+//!   only if its term is at least the one known for the job;
 //! * a job that ended stays ended: a later notice of the same term cannot make it run again;
-//! * at most [`DIRECTORY_JOBS`] jobs are kept; past that the oldest ended jobs are forgotten
-//!   first, then the oldest.
+//! * at most [`DIRECTORY_JOBS`] jobs are kept; past that the ended job heard of longest ago is
+//!   forgotten first, then the job heard of longest ago.
 //!
 //! [`RainstormMsg::Announce`]: super::RainstormMsg::Announce
 
@@ -96,9 +97,15 @@ pub struct Directory {
 }
 
 impl Directory {
+    /// Whether `from` may announce `notice`: it is the leader the notice names, and the member
+    /// the job was submitted to.
+    pub fn may_announce(from: MemberId, notice: &JobNotice) -> bool {
+        from == notice.leader && JobId::new(from, notice.job.n) == notice.job
+    }
+
     /// A leader's notice, from `from`. Whether it was taken.
     pub fn heard(&mut self, now: Time, from: MemberId, notice: JobNotice) -> bool {
-        if from != notice.leader {
+        if !Self::may_announce(from, &notice) {
             return false;
         }
         if let Some(known) = self.jobs.get(&notice.job) {
@@ -137,9 +144,11 @@ impl Directory {
 
     fn trim(&mut self) {
         while self.jobs.len() > DIRECTORY_JOBS {
-            let ended = self.jobs.iter().find(|(_, k)| k.notice.state.ended()).map(|(j, _)| *j);
-            let oldest = ended.or_else(|| self.jobs.keys().next().copied());
-            if let Some(j) = oldest {
+            let oldest = |ended: bool| {
+                let candidates = self.jobs.iter().filter(|(_, k)| !ended || k.notice.state.ended());
+                candidates.min_by_key(|(j, k)| (k.heard, **j)).map(|(j, _)| *j)
+            };
+            if let Some(j) = oldest(true).or_else(|| oldest(false)) {
                 self.jobs.remove(&j);
             }
         }
@@ -170,19 +179,18 @@ mod tests {
     }
 
     #[test]
-    fn a_notice_counts_only_from_its_leader_and_never_from_an_older_term() {
+    fn a_notice_counts_only_from_the_leader_the_job_was_submitted_to() {
         let (a, b) = (member(7001, 1), member(7002, 1));
         let mut d = Directory::default();
         assert!(!d.heard(Time::ZERO, b, notice(1, 0, a, JobState::Running)), "not from the leader it names");
+        assert!(!d.heard(Time::ZERO, b, notice(1, 1, b, JobState::Completed)), "not the job's own leader");
         assert!(d.heard(Time::ZERO, a, notice(1, 0, a, JobState::Running)));
         d.member_gone(a);
         let job = JobId::new(a, 1);
         assert!(d.get(job).unwrap().leader_gone);
-        assert!(d.heard(Time::ZERO, b, notice(1, 1, b, JobState::Running)), "the next term's leader");
+        assert!(d.heard(Time::ZERO, a, notice(1, 0, a, JobState::Completed)));
         assert!(!d.get(job).unwrap().leader_gone);
-        assert!(!d.heard(Time::ZERO, a, notice(1, 0, a, JobState::Running)), "the deposed leader");
-        assert!(d.heard(Time::ZERO, b, notice(1, 1, b, JobState::Completed)));
-        assert!(!d.heard(Time::ZERO, b, notice(1, 1, b, JobState::Running)), "an ended job stays ended");
+        assert!(!d.heard(Time::ZERO, a, notice(1, 0, a, JobState::Running)), "an ended job stays ended");
         assert_eq!(d.get(job).unwrap().notice.state, JobState::Completed);
     }
 
@@ -192,10 +200,11 @@ mod tests {
         let mut d = Directory::default();
         for n in 1..=DIRECTORY_JOBS as u32 + 10 {
             let state = if n % 2 == 0 { JobState::Completed } else { JobState::Running };
-            d.heard(Time::ZERO, a, notice(n, 0, a, state));
+            assert!(d.heard(Time(u64::from(n)), a, notice(n, 0, a, state)));
         }
         assert_eq!(d.jobs().count(), DIRECTORY_JOBS);
         assert!(d.get(JobId::new(a, 1)).is_some(), "a running job outlives later ended ones");
-        assert!(d.get(JobId::new(a, 2)).is_none());
+        assert!(d.get(JobId::new(a, 2)).is_none(), "the ended job heard of first is forgotten");
+        assert!(d.get(JobId::new(a, DIRECTORY_JOBS as u32 + 10)).is_some(), "the newest is kept");
     }
 }

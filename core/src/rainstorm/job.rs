@@ -243,6 +243,11 @@ impl JobPlan {
     pub fn checkpoint_log(&self, generation: u32) -> Result<FileName, NameError> {
         FileName::new(&format!("rainstorm/{}/checkpoints.g{generation}", self.job))
     }
+
+    /// The input's parts as the job pinned them (`checkpoint::encode_manifest`).
+    pub fn manifest_file(&self) -> Result<FileName, NameError> {
+        FileName::new(&format!("rainstorm/{}/manifest", self.job))
+    }
 }
 
 /// Which member runs each task in one attempt.

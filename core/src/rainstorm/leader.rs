@@ -34,7 +34,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::checkpoint::{encode, JobInfo, LogState, Record};
+use super::checkpoint::{encode, encode_manifest, JobInfo, LogState, Record};
 use super::commit::{CommitIo, Commits, ReadyEpoch, Step};
 use super::config::{BatchError, PlantedBug, RainstormConfig};
 use super::csv::split_record;
@@ -100,10 +100,11 @@ enum JobPhase {
         line: Vec<u8>,
         part: usize,
     },
-    /// Creating the destination and the checkpoint log.
+    /// Creating the destination, the checkpoint log and the manifest file.
     Creating {
         dest: bool,
         log: bool,
+        manifest: bool,
     },
     /// Tasks deployed in the current attempt (after `until`, for a backoff); waiting for all
     /// to be ready.
@@ -168,6 +169,7 @@ pub(super) enum LeaderIo {
     Header,
     Dest,
     Log,
+    Manifest,
     Commit(CommitIo),
     Merge,
     /// Deleting a file of the job (ends silently).
@@ -418,6 +420,14 @@ impl Leader {
                 }
             }
             (LeaderIo::Log, Err(e)) => return Err(format!("cannot create the checkpoint log: {e}")),
+            (LeaderIo::Manifest, Ok(_)) => {
+                if let JobPhase::Creating { manifest, .. } = &mut j.phase {
+                    *manifest = true;
+                }
+            }
+            (LeaderIo::Manifest, Err(e)) => {
+                return Err(format!("cannot create the job's manifest file: {e}"))
+            }
             (LeaderIo::Commit(c), Ok(_)) => {
                 match j.commits.on_done(&j.plan, c)? {
                     Step::Write(op, next) => self.commit_write(job, op, next, out),
@@ -499,13 +509,12 @@ impl Leader {
                 .map_err(|e| format!("{e} (input `{}`)", j.spec.src))?;
             j.plan.header = header;
             j.plan.routes = [Route::into(&ops[0], true), Route::into(&ops[1], false)];
-            j.phase = JobPhase::Creating { dest: false, log: false };
+            j.phase = JobPhase::Creating { dest: false, log: false, manifest: false };
             let record = Record::Job(Box::new(JobInfo {
                 job,
                 leader: j.plan.leader,
                 spec: j.spec.to_string(),
                 plan: j.plan.clone(),
-                manifest: j.manifest.clone(),
                 rate: j.spec.rate,
             }));
             let data = encode(&record).map_err(|e| e.to_string())?;
@@ -515,11 +524,17 @@ impl Leader {
             let dest =
                 ClientOp::Persist { name: j.spec.dest.clone(), kind: WriteKind::Create, data: Vec::new() };
             let log = ClientOp::Persist { name: log, kind: WriteKind::Create, data };
+            let manifest = ClientOp::Persist {
+                name: j.plan.manifest_file().map_err(|e| e.to_string())?,
+                kind: WriteKind::Create,
+                data: encode_manifest(&j.manifest),
+            };
             self.io(job, dest, LeaderIo::Dest, out);
             self.io(job, log, LeaderIo::Log, out);
+            self.io(job, manifest, LeaderIo::Manifest, out);
             return Ok(());
         }
-        if let JobPhase::Creating { dest: true, log: true } = j.phase {
+        if let JobPhase::Creating { dest: true, log: true, manifest: true } = j.phase {
             j.place(members, out);
             j.deploy_all(now, cfg, out);
         }
@@ -541,8 +556,10 @@ impl Leader {
         let from = sender.addr;
         let Some(j) = self.jobs.get_mut(&job) else {
             // A job this leader does not run (it ended, or this process took the address of
-            // one that ran it): that attempt stops, and a later leader's attempts may still run.
-            out.send(from, RainstormMsg::Stop { job, before: attempt.saturating_add(1) });
+            // one that ran it): every attempt of that term stops, and a later leader's may
+            // still run.
+            let before = first_attempt(term_of(attempt).saturating_add(1));
+            out.send(from, RainstormMsg::Stop { job, before });
             return;
         };
         if attempt < j.attempt {
@@ -879,13 +896,18 @@ impl Leader {
         self.io(job, ClientOp::Delete { name }, LeaderIo::Cleanup, out);
     }
 
-    /// Deletes the job's own files (its checkpoint log).
+    /// Deletes the job's own files (its checkpoint log and manifest file).
     fn cleanup(&mut self, j: &LeaderJob, out: &mut Outbox) {
         if j.keeps_files {
             return;
         }
         let created = !matches!(j.phase, JobPhase::Reading { .. } | JobPhase::Header { .. });
-        if let (true, Ok(name)) = (created, j.plan.checkpoint_log(j.commits.generation())) {
+        if !created {
+            return;
+        }
+        for name in
+            [j.plan.checkpoint_log(j.commits.generation()), j.plan.manifest_file()].into_iter().flatten()
+        {
             self.delete(j.plan.job, name, out);
         }
     }

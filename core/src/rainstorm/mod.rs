@@ -567,8 +567,10 @@ impl Rainstorm {
             RainstormMsg::Snapshot { job, attempt, task, .. } => {
                 (!self.leader.speaks_for(*job, *attempt, *task, from)).then_some(Refusal::NotTheTaskHost)
             }
-            // Only the leader a notice names announces it.
-            RainstormMsg::Announce(notice) => (notice.leader != from).then_some(Refusal::NotTheLeader),
+            // Only the job's leader announces it.
+            RainstormMsg::Announce(notice) => {
+                (!directory::Directory::may_announce(from, notice)).then_some(Refusal::NotTheLeader)
+            }
             // A status from a member the leader does not place the task on is ignored by the
             // leader itself (and answered with a stop when its attempt or job is over).
             RainstormMsg::Status { .. } => None,

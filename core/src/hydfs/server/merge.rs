@@ -309,21 +309,21 @@ impl Hydfs {
     /// `base` followed by `appended` (with more merged after them, from later merges, allowed).
     /// A replica that applied an install answers a second copy of it as done; otherwise it would
     /// take its own progress for being behind, and the coordinator would ask again and again.
+    /// Like the fence, it looks at the merged appends the file's seals keep.
     pub(super) fn install_applied(&self, name: &FileName, base: u64, appended: &[WriteMeta]) -> bool {
-        let Some(rec) = self.store.file(name) else { return false };
+        let (Some(rec), Some(merged)) = (self.store.file(name), self.store.kept_merged(name)) else {
+            return false;
+        };
         let at = match appended.first() {
-            None => rec.merged.len(),
-            Some(first) => match rec.merged.iter().position(|w| w.stamp == first.stamp) {
+            None => merged.len(),
+            Some(first) => match merged.iter().position(|s| *s == first.stamp) {
                 Some(at) => at,
                 None => return false,
             },
         };
-        let holds = rec.merged[at..]
-            .iter()
-            .map(|w| w.stamp)
-            .take(appended.len())
-            .eq(appended.iter().map(|w| w.stamp));
-        let prefix = || order_hash(rec.create.iter().chain(&rec.merged[..at]).map(|w| &w.stamp));
+        let holds = merged[at..].iter().take(appended.len()).eq(appended.iter().map(|w| &w.stamp));
+        let create = rec.create.as_ref().map(|c| c.stamp);
+        let prefix = || order_hash(create.iter().chain(&merged[..at]));
         holds && prefix() == base
     }
 
@@ -342,7 +342,6 @@ impl Hydfs {
             rec.merged.push(w.clone());
         }
         rec.generation += 1;
-        self.prune_sealed(name);
         true
     }
 

@@ -219,9 +219,7 @@ impl Hydfs {
             "a peer's pending append it holds incomplete is never absorbed"
         );
         let rec: FileRec = reconcile(self.store.file(name), meta);
-        self.store.set_file(name, rec);
-        self.prune_sealed(name);
-        let rec = self.store.file(name).cloned().unwrap_or_default();
+        self.store.set_file(name, rec.clone());
         let mut sources = vec![from];
         sources.extend(self.replicas(name));
         for w in rec.writes() {

@@ -10,9 +10,9 @@
 //!   holds no live create of the name; a copy of a deleted file met by this exists-check is no
 //!   obstacle, and its holder is told (`Remove`);
 //! * a retry of a write this node coordinates joins the running attempt (one per stamp);
-//! * a write to a sealed file is refused (`Sealed`) unless the file's chain of owners keeps it
-//!   (an append) or it extends the chain (a seal); a seal this node takes drops the appends it
-//!   cuts off at once (`prune_sealed`);
+//! * a write to a sealed file is refused unless the file's chain of owners keeps it (an append)
+//!   or it extends the chain (a seal): for good (`Sealed`) if no seal this copy lacks could
+//!   change that, else as `Unavailable` (the copy may be behind the writer);
 //! * storage refusing a write's bytes fails the write at once, on the replica and on its
 //!   coordinator (`StorageFailed`, naming the node), and a failed create releases its name; a
 //!   write refused before this node held any of its bytes leaves the index at once;
@@ -207,9 +207,6 @@ impl Hydfs {
                 added
             }
         };
-        if added && matches!(write.kind, WriteKind::Seal(_)) {
-            self.prune_sealed(name);
-        }
         if let (Some(bytes), [part]) = (inline, write.parts.as_slice()) {
             if let Err(e) = self.store.put_part(name, write.stamp, 0, *part, bytes) {
                 self.storage_failed(&e.to_string());
@@ -441,13 +438,26 @@ impl Hydfs {
     }
 
     /// Why `write` must be refused because the file is sealed (`seal.rs`), if it must: an append
-    /// its copy here does not keep, or a new seal that does not extend the chain. Counted.
-    fn sealed_refusal(&mut self, name: &FileName, write: &WriteMeta) -> Option<Refusal> {
-        if self.cfg.bug(PlantedBug::SealIgnored) {
+    /// this copy's chain of owners does not keep, or a seal that does not extend it (a first
+    /// seal must name the creator). For good (`Sealed`, counted) only if no seal this copy lacks
+    /// could change that ([`Owners::stale`]); otherwise the copy may be behind the writer, who
+    /// tries again (`Unavailable`).
+    pub(super) fn sealed_refusal(&mut self, name: &FileName, write: &WriteMeta) -> Option<Refusal> {
+        if self.cfg.bug(PlantedBug::SealIgnored) || write.kind == WriteKind::Create {
             return None;
         }
         let rec = self.store.file(name)?;
-        let owners = Owners::of(rec.writes())?;
+        let behind =
+            || Some(Refusal::Unavailable("this copy has not caught up with the file's seals".into()));
+        let Some(owners) = Owners::of(rec.writes()) else {
+            // Not sealed here: only a first seal naming the creator extends its chain.
+            return match (write.kind, &rec.create) {
+                (WriteKind::Seal(s), Some(c)) if s.prev != c.stamp.client && !rec.contains(&write.stamp) => {
+                    behind()
+                }
+                _ => None,
+            };
+        };
         let ok = match write.kind {
             WriteKind::Create => true,
             WriteKind::Append => owners.keeps(write),
@@ -456,21 +466,11 @@ impl Hydfs {
         if ok {
             return None;
         }
+        if !owners.stale(write) {
+            return behind();
+        }
         self.stats.writes_refused_sealed += 1;
         Some(Refusal::Sealed { owner: owners.owner(), term: owners.term() })
-    }
-
-    /// Drops the appends of `name` its seals do not keep (`LocalStore::prune_sealed`), and
-    /// the fetches of their parts.
-    pub(super) fn prune_sealed(&mut self, name: &FileName) {
-        let cut = self.store.prune_sealed(name);
-        if cut == 0 {
-            return;
-        }
-        self.stats.appends_cut_by_seals += cut as u64;
-        let held: BTreeSet<Stamp> =
-            self.store.file(name).map(|r| r.writes().map(|w| w.stamp).collect()).unwrap_or_default();
-        self.server.fetches.retain(|(n, s, _), _| n != name || held.contains(s));
     }
 
     /// The metadata of the create `stamp` of `name`: from this node's copy, or from a create it
