@@ -2,9 +2,10 @@
 //!
 //! A seal is a write of kind [`WriteKind::Seal`] with no bytes. Its client (the stamp's member
 //! id) becomes the file's *owner*; the seal names the owner before it (`prev`) and the last
-//! sequence number of `prev`'s appends it keeps (`upto`). A job's leader uses it on the files it
-//! commits to: its successor seals them, so whatever the deposed leader still writes is never
-//! part of the file, even if that leader was declared failed falsely and is still running.
+//! sequence number of `prev`'s appends it keeps (`upto`). It is the fence a job's successor
+//! leader puts on the files the job commits to (RainStorm does not take jobs over yet): whatever
+//! the deposed leader still writes is then never part of the file, even if that leader was
+//! declared failed falsely and is still running.
 //!
 //! What a file's seals mean is a function of the *set* of writes a copy holds, never of their
 //! order, so every replica that holds the same writes agrees on it, whatever order merges and
