@@ -249,3 +249,46 @@ fn every_member_knows_each_job_and_its_leader() {
         assert_eq!(known.notice.outputs, outputs, "node {i}");
     }
 }
+
+/// A job's end bars its leader's term on every worker that ran it, and only that term: a late
+/// deploy of the ended leader, at any attempt of its term, is never taken, while a later
+/// leader's first attempt is.
+#[test]
+fn an_ended_job_bars_its_leaders_term_and_no_later_one() {
+    use rainstorm_core::rainstorm::first_attempt;
+    let (mut c, job) = running_job();
+    let v = view(&c, job).expect("the job");
+    let task = TaskId { stage: 1, index: 0 };
+    let worker_id = v.tasks.iter().find(|t| t.task == task).expect("placed").host;
+    let worker = index_of(&c, worker_id);
+    finish(&mut c, job);
+    c.step(100);
+    let leader = c.nodes[0].id();
+    let deploy = |attempt| RainstormMsg::Deploy {
+        plan: Box::new(JobPlan {
+            job,
+            leader,
+            ops: ["grep:keep".into(), "grep:keep".into()],
+            src: name("in.csv"),
+            dest: name("out.txt"),
+            tasks: 2,
+            header: None,
+            routes: [Route::Forward, Route::Forward],
+            rate_per_source: Some(100),
+        }),
+        attempt,
+        task,
+        placement: BTreeMap::from([(task, worker_id)]),
+        restore: Restore::default(),
+        base: 0,
+        manifest: None,
+    };
+    let hosts = |c: &Cluster, attempt| c.nodes[worker].rainstorm().hosted().contains(&(job, task, attempt));
+    let now = c.now;
+    let late = first_attempt(0) + 1_000;
+    c.nodes[worker].handle_frame(now, Channel::Stream, &forged(leader, worker, deploy(late)));
+    assert!(!hosts(&c, late), "a late deploy of the ended leader's term was taken");
+    let next = first_attempt(1);
+    c.nodes[worker].handle_frame(now, Channel::Stream, &forged(leader, worker, deploy(next)));
+    assert!(hosts(&c, next), "a later term's deploy was refused");
+}

@@ -475,19 +475,34 @@ impl LocalStore {
         (0..w.parts.len() as u32).all(|i| self.has_part(name, w.stamp, i))
     }
 
+    /// The owner chain of a sealed file (`None`: every write is kept).
+    fn owners(&self, rec: &FileRec) -> Option<Owners> {
+        if self.seals {
+            Owners::of(rec.writes())
+        } else {
+            None
+        }
+    }
+
     /// The merged-order hash of a file (create and merged appends, those its seals keep).
     pub fn merged_hash(&self, name: &FileName) -> Option<u64> {
-        let merged = self.kept_merged(name)?;
-        let create = self.files[name].create.as_ref().map(|c| c.stamp);
-        Some(super::types::order_hash(create.iter().chain(&merged)))
+        let rec = self.files.get(name)?;
+        let owners = self.owners(rec);
+        let merged = rec.merged.iter().filter(|w| owners.as_ref().is_none_or(|o| o.keeps(w)));
+        Some(super::types::order_hash(rec.create.iter().chain(merged).map(|w| &w.stamp)))
     }
 
     /// The merged appends of a file its seals keep (all of them if it has none), in file order.
     pub fn kept_merged(&self, name: &FileName) -> Option<Vec<Stamp>> {
         let rec = self.files.get(name)?;
-        let owners = if self.seals { Owners::of(rec.writes()) } else { None };
-        let kept = |w: &&WriteMeta| owners.as_ref().is_none_or(|o| o.keeps(w));
-        Some(rec.merged.iter().filter(kept).map(|w| w.stamp).collect())
+        let owners = self.owners(rec);
+        Some(
+            rec.merged
+                .iter()
+                .filter(|w| owners.as_ref().is_none_or(|o| o.keeps(w)))
+                .map(|w| w.stamp)
+                .collect(),
+        )
     }
 
     /// Stores one part after checking its bytes against `meta` (every field: length, CRC32C and
@@ -845,7 +860,7 @@ impl LocalStore {
     /// so every copy holding the same writes shows the same file.
     pub fn meta(&self, name: &FileName) -> Option<FileMeta> {
         let rec = self.files.get(name)?;
-        let owners = if self.seals { Owners::of(rec.writes()) } else { None };
+        let owners = self.owners(rec);
         let kept = |w: &&WriteMeta| owners.as_ref().is_none_or(|o| o.keeps(w));
         let incomplete =
             rec.writes().filter(kept).filter(|w| !self.is_complete(name, w)).map(|w| w.stamp).collect();

@@ -63,9 +63,14 @@ fn addr(i: usize) -> NodeAddr {
     format!("10.1.0.{}:7000", i + 1).parse().unwrap()
 }
 
+/// The configuration of [`Net::new`]'s nodes (small chunks), with `planted` switched on.
+fn test_config(planted: Option<PlantedBug>) -> HydfsConfig {
+    HydfsConfig { chunk_bytes: 1024, inline_bytes: 512, planted, ..HydfsConfig::default() }
+}
+
 impl Net {
     fn new(n: usize) -> Net {
-        Net::with_config(n, HydfsConfig { chunk_bytes: 1024, inline_bytes: 512, ..HydfsConfig::default() })
+        Net::with_config(n, test_config(None))
     }
 
     fn with_config(n: usize, cfg: HydfsConfig) -> Net {
@@ -1507,7 +1512,7 @@ fn two_coordinators_merge_at_once(cfg: HydfsConfig) -> (Vec<Vec<Stamp>>, Vec<u8>
 /// against, so it collects again.
 #[test]
 fn a_merge_collected_before_another_merge_installed_is_not_appended_twice() {
-    let (merged, read) = two_coordinators_merge_at_once(Net::new(1).nodes[0].config().clone());
+    let (merged, read) = two_coordinators_merge_at_once(test_config(None));
     for stamps in &merged {
         let distinct: std::collections::BTreeSet<&Stamp> = stamps.iter().collect();
         assert_eq!(stamps.len(), distinct.len(), "a write merged twice: {stamps:?}");
@@ -1519,9 +1524,7 @@ fn a_merge_collected_before_another_merge_installed_is_not_appended_twice() {
 #[cfg(feature = "planted-bugs")]
 #[test]
 fn a_merge_without_its_fence_appends_writes_twice() {
-    let mut cfg = Net::new(1).nodes[0].config().clone();
-    cfg.planted = Some(PlantedBug::MergeUnfenced);
-    let (merged, read) = two_coordinators_merge_at_once(cfg);
+    let (merged, read) = two_coordinators_merge_at_once(test_config(Some(PlantedBug::MergeUnfenced)));
     let twice = merged.iter().any(|s| s.len() != s.iter().collect::<std::collections::BTreeSet<_>>().len());
     assert!(twice, "the unfenced merge was not caught: {merged:?}");
     assert_ne!(read, b"first\none\ntwo\n".to_vec());
@@ -1629,7 +1632,7 @@ fn seal_cuts_off_the_previous_writer(cfg: HydfsConfig) -> (Result<OpOutput, Hydf
 
 #[test]
 fn a_seal_cuts_off_the_previous_writer_on_every_copy() {
-    let (deposed, copies) = seal_cuts_off_the_previous_writer(Net::new(1).nodes[0].config().clone());
+    let (deposed, copies) = seal_cuts_off_the_previous_writer(test_config(None));
     assert!(
         matches!(&deposed, Err(HydfsError::Sealed { owner, term: 1, .. }) if *owner == MemberId::new(addr(1), 1)),
         "the deposed writer's append is refused: {deposed:?}"
@@ -1644,9 +1647,7 @@ fn a_seal_cuts_off_the_previous_writer_on_every_copy() {
 #[cfg(feature = "planted-bugs")]
 #[test]
 fn a_seal_that_means_nothing_is_caught() {
-    let mut cfg = Net::new(1).nodes[0].config().clone();
-    cfg.planted = Some(PlantedBug::SealIgnored);
-    let (deposed, copies) = seal_cuts_off_the_previous_writer(cfg);
+    let (deposed, copies) = seal_cuts_off_the_previous_writer(test_config(Some(PlantedBug::SealIgnored)));
     assert!(deposed.is_ok(), "{deposed:?}");
     let has = |c: &Vec<u8>, line: &[u8]| c.windows(line.len()).any(|w| w == line);
     assert!(copies.iter().all(|c| has(c, b"x3\n") && has(c, b"x2\n")), "{copies:?}");

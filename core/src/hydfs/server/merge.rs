@@ -81,8 +81,7 @@ impl Hydfs {
     pub(in crate::hydfs) fn on_collect(&mut self, from: NodeAddr, req: ReqId, name: FileName) {
         let result = match self.store.file(&name) {
             Some(rec) => {
-                let owners =
-                    if self.cfg.bug(PlantedBug::SealIgnored) { None } else { Owners::of(rec.writes()) };
+                let owners = self.seal_owners(rec.writes());
                 Ok(rec
                     .pending
                     .values()
@@ -137,7 +136,8 @@ impl Hydfs {
                     .into_iter()
                     .flat_map(|r| r.writes())
                     .chain(found.values().map(|(w, _)| w));
-                if let Some(owners) = Owners::of(seals).filter(|_| !self.cfg.bug(PlantedBug::SealIgnored)) {
+                let ignored = self.cfg.bug(PlantedBug::SealIgnored);
+                if let Some(owners) = Owners::of(seals).filter(|_| !ignored) {
                     found.retain(|_, (w, _)| owners.keeps(w));
                 }
                 let union: Vec<WriteMeta> = found

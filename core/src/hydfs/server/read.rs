@@ -13,7 +13,6 @@
 //!   inventories and offers (`creating`).
 
 use crate::hydfs::message::{HydfsMsg, Needs, ReadChunk, ReadRequest, Refusal};
-use crate::hydfs::seal::Owners;
 use crate::hydfs::store::PartError;
 use crate::hydfs::types::{FileMeta, Stamp, WriteKind};
 use crate::hydfs::{FileName, Hydfs, PlantedBug};
@@ -101,7 +100,7 @@ impl Hydfs {
         let present: BTreeSet<Stamp> =
             meta.all_writes().map(|w| w.stamp).filter(|s| !meta.incomplete.contains(s)).collect();
         // An append a seal cut off is needed no more: no copy keeps it.
-        let owners = if self.cfg.bug(PlantedBug::SealIgnored) { None } else { Owners::of(meta.all_writes()) };
+        let owners = self.seal_owners(meta.all_writes());
         let cut = |s: &Stamp| owners.as_ref().is_some_and(|o| o.cut(s));
         needed.any(|n| n.writes.iter().any(|s| !present.contains(s) && !cut(s)))
     }

@@ -437,6 +437,16 @@ impl Hydfs {
         }
     }
 
+    /// The owner chain the seals among `writes` make (`None` while seals mean nothing: a
+    /// planted bug).
+    pub(super) fn seal_owners<'a>(&self, writes: impl IntoIterator<Item = &'a WriteMeta>) -> Option<Owners> {
+        if self.cfg.bug(PlantedBug::SealIgnored) {
+            None
+        } else {
+            Owners::of(writes)
+        }
+    }
+
     /// Why `write` must be refused because the file is sealed (`seal.rs`), if it must: an append
     /// this copy's chain of owners does not keep, or a seal that does not extend it (a first
     /// seal must name the creator). For good (`Sealed`, counted) only if no seal this copy lacks
