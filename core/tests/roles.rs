@@ -115,6 +115,7 @@ fn deploys_controls_and_stops_only_come_from_the_jobs_leader_with_a_plan_within_
     let plan = |leader: MemberId, tasks: u32| JobPlan {
         job: JobId::new(leader, 7),
         leader,
+        origin: leader,
         ops: ["grep:x".into(), "grep:x".into()],
         src: name("in.csv"),
         dest: name("stolen.txt"),
@@ -191,6 +192,7 @@ fn a_keyless_node_runs_no_program_a_member_sends_it_and_starts_no_job_with_one()
     let plan = JobPlan {
         job: JobId::new(rogue, 1),
         leader: rogue,
+        origin: rogue,
         ops: ["grep:x".into(), program],
         src: name("in.csv"),
         dest: name("out.txt"),
@@ -268,6 +270,7 @@ fn an_ended_job_bars_its_leaders_term_and_no_later_one() {
         plan: Box::new(JobPlan {
             job,
             leader,
+            origin: leader,
             ops: ["grep:keep".into(), "grep:keep".into()],
             src: name("in.csv"),
             dest: name("out.txt"),

@@ -871,7 +871,9 @@ fn led_job(e: &RainstormEvent) -> Option<JobId> {
         | RainstormEvent::Progress { job, .. }
         | RainstormEvent::JobCompleted { job, .. }
         | RainstormEvent::JobFailed { job, .. }
-        | RainstormEvent::JobLost { job, .. } => Some(*job),
+        | RainstormEvent::JobLost { job, .. }
+        | RainstormEvent::JobTakenOver { job, .. }
+        | RainstormEvent::JobDeposed { job, .. } => Some(*job),
         // Every commit: the console follows outputs and progress instead.
         RainstormEvent::Committed { .. }
         | RainstormEvent::TaskStarted { .. }
@@ -974,6 +976,18 @@ fn log_rainstorm_event(event: &rainstorm_core::rainstorm::RainstormEvent) {
         E::JobLost { job, reason } => {
             warn!(event = "job_lost", %job, "job {job} ended: {reason}; the output written so far stays")
         }
+        E::JobTakenOver { job, term, previous, checkpoint, outputs } => warn!(
+            event = "job_taken_over",
+            %job, term, %previous, checkpoint = ?checkpoint, outputs,
+            "job {job} taken over from {previous}, which left the group: this node leads it as term {term}, \
+             resuming from {} with {outputs} outputs already in its destination",
+            checkpoint.map_or_else(|| "its start".to_owned(), |c| format!("checkpoint {c}"))
+        ),
+        E::JobDeposed { job, leader, term } => warn!(
+            event = "job_deposed",
+            %job, %leader, term,
+            "job {job}: {leader} took it over as term {term}; this node commits nothing more for it"
+        ),
         E::JobAbandoned { job, reason } => {
             warn!(event = "job_abandoned", %job, "job {job} abandoned: {reason}; its tasks here were dropped")
         }

@@ -321,6 +321,14 @@ impl JobBook {
             RainstormEvent::JobCompleted { job, .. } => self.end(job, now, "completed".into()),
             RainstormEvent::JobFailed { job, reason } => self.end(job, now, format!("failed: {reason}")),
             RainstormEvent::JobLost { job, reason } => self.end(job, now, format!("lost: {reason}")),
+            RainstormEvent::JobDeposed { job, leader, term } => {
+                self.end(job, now, format!("taken over by {} (term {term})", leader.addr))
+            }
+            RainstormEvent::JobTakenOver { job, outputs, .. } => {
+                if let Some(r) = self.jobs.get_mut(job) {
+                    r.outputs = *outputs;
+                }
+            }
             RainstormEvent::Progress { job, input_lines, stages } => {
                 if let Some(r) = self.jobs.get_mut(job) {
                     r.progress = JobProgress::new(*input_lines, stages);

@@ -1258,6 +1258,10 @@ fn describe_rainstorm_event(e: &rainstorm_core::rainstorm::RainstormEvent) -> St
         }
         E::JobFailed { job, reason } => format!("job {job} failed: {reason}"),
         E::JobLost { job, reason } => format!("job {job} lost: {reason}"),
+        E::JobTakenOver { job, term, previous, checkpoint, outputs } => format!(
+            "job {job} taken over from {previous} as term {term}: resumes from checkpoint {checkpoint:?}, {outputs} outputs in"
+        ),
+        E::JobDeposed { job, leader, term } => format!("job {job} deposed: {leader} leads it as term {term}"),
         E::JobAbandoned { job, reason } => format!("job {job} abandoned: {reason}"),
         E::SourceSent { job, task, attempt, first, last } => {
             format!("job {job}: {task} a{attempt} sent input lines {first}..={last}")

@@ -684,6 +684,7 @@ fn write_checkpoint_seed_corpus() {
     let plan = rainstorm_core::rainstorm::JobPlan {
         job: job_id,
         leader,
+        origin: leader,
         ops: ["column:Sign_Post=x".into(), "count:Category".into()],
         src: FileName::new("in.csv").expect("a name"),
         dest: FileName::new("out").expect("a name"),

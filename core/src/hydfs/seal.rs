@@ -3,9 +3,12 @@
 //! A seal is a write of kind [`WriteKind::Seal`] with no bytes. Its client (the stamp's member
 //! id) becomes the file's *owner*; the seal names the owner before it (`prev`) and the last
 //! sequence number of `prev`'s appends it keeps (`upto`). It is the fence a job's successor
-//! leader puts on the files the job commits to (RainStorm does not take jobs over yet): whatever
-//! the deposed leader still writes is then never part of the file, even if that leader was
-//! declared failed falsely and is still running.
+//! leader puts on the job's destination: whatever the deposed leader still writes is then never
+//! part of the file, even if that leader was declared failed falsely and is still running. A
+//! successor keeps every append of `prev` (`upto` = `u64::MAX`): each replica refuses `prev`'s
+//! new appends once it holds the seal, so `prev` gets no append acknowledged after the seal is,
+//! and whatever of `prev`'s some replica took before the seal stays part of the file (an append
+//! acknowledged to `prev` is never cut off).
 //!
 //! What a file's seals mean is a function of the *set* of writes a copy holds, never of their
 //! order, so every replica that holds the same writes agrees on it, whatever order merges and
@@ -21,9 +24,9 @@
 //! Invariants kept here (and asserted):
 //! * a file with no seal keeps every write;
 //! * the chain's owners are in increasing term order and each link's `prev` is the owner before;
-//! * a replica admits a new append only if it would be kept, and a new seal only if it would
-//!   extend the chain ([`Owners::admits`]), so that once every replica of a file holds a seal,
-//!   the deposed writer gets no further write acknowledged;
+//! * a replica admits a new append only from the current owner (so only if it would be kept),
+//!   and a new seal only if it would extend the chain ([`Owners::admits`]), so that once every
+//!   replica of a file holds a seal, the deposed writer gets no further write acknowledged;
 //! * nothing is ever removed because of a seal: a copy keeps every write it took, and the seals
 //!   only decide which of them are part of the file (its view, its digest and the merge fences),
 //!   so a copy that met the seals in any order, or some of them late, shows the same file once
@@ -125,25 +128,33 @@ impl Owners {
     }
 
     /// Whether a replica may take the new write `w` (one it does not hold yet): an append only
-    /// if the chain keeps it, a seal only if it extends the chain (a later term, naming the
-    /// current owner as `prev`). A write it may not take is refused for good only if it is
+    /// from the current owner (a deposed owner's appends the chain keeps are those some replica
+    /// took before it held the seal), a seal only if it extends the chain (a later term, naming
+    /// the current owner as `prev`). A write it may not take is refused for good only if it is
     /// [`Owners::stale`]; otherwise this copy may lack a seal the writer knows of.
     pub fn admits(&self, w: &WriteMeta) -> bool {
-        match w.kind {
+        let admitted = match w.kind {
             WriteKind::Create => true,
-            WriteKind::Append => self.keeps_append(&w.stamp),
+            WriteKind::Append => w.stamp.client == self.owner(),
             WriteKind::Seal(s) => s.term > self.term && s.prev == self.owner(),
-        }
+        };
+        debug_assert!(!admitted || self.keeps(w), "a replica admits only writes the chain keeps");
+        admitted
     }
 
-    /// Whether `w`, which this copy does not admit, can never be admitted: an append a seal cut
-    /// off, or a seal of a term the chain already passed.
+    /// Whether `w`, which this copy does not admit, can never be admitted: an append of a
+    /// deposed owner, or a seal of a term the chain already passed.
     pub fn stale(&self, w: &WriteMeta) -> bool {
         match w.kind {
             WriteKind::Create => false,
-            WriteKind::Append => self.cut(&w.stamp),
+            WriteKind::Append => self.deposed(&w.stamp.client),
             WriteKind::Seal(s) => s.term <= self.term,
         }
+    }
+
+    /// Whether `client` owned the file before a seal handed it on.
+    pub fn deposed(&self, client: &MemberId) -> bool {
+        self.chain.iter().rev().skip(1).any(|o| o.client == *client) && *client != self.owner()
     }
 }
 
@@ -186,6 +197,8 @@ mod tests {
         assert!(o.cut(&writes[2].stamp), "the deposed owner's later append was cut");
         assert!(!o.cut(&writes[5].stamp), "a stranger's append is not kept, but was never cut");
         assert!(!o.admits(&write(1, 5, WriteKind::Append)));
+        assert!(!o.admits(&write(1, 2, WriteKind::Append)), "kept, but a deposed owner adds nothing new");
+        assert!(o.stale(&write(1, 2, WriteKind::Append)));
         assert!(o.admits(&write(2, 12, WriteKind::Append)));
         assert!(!o.admits(&seal(3, 20, 1, 2, 11)), "the same term again");
         assert!(!o.admits(&seal(3, 20, 2, 1, 3)), "a seal naming a deposed owner");

@@ -16,7 +16,7 @@
 //! ```text
 //! offset  size  field
 //! 0       2     magic "RC"
-//! 2       1     format version (currently 3)
+//! 2       1     format version (currently 4)
 //! 3       4     payload length, little endian (at most MAX_RECORD_BYTES)
 //! 7       len   payload: the bincode-encoded Record (variable-length integers)
 //! 7+len   4     CRC32C over bytes [0, 7+len)
@@ -53,8 +53,9 @@ use crate::wire::bincode_options as options;
 
 /// The largest accepted record payload, in bytes.
 pub const MAX_RECORD_BYTES: usize = 8 * 1024 * 1024;
-/// The current frame format version (3: the job's record holds its plan and input manifest).
-pub const CHECKPOINT_VERSION: u8 = 3;
+/// The current frame format version (3: the job's record holds its plan; 4: the plan names the
+/// member the job was submitted to).
+pub const CHECKPOINT_VERSION: u8 = 4;
 
 const MAGIC: [u8; 2] = *b"RC";
 const HEADER_BYTES: usize = 7;
@@ -387,6 +388,7 @@ mod tests {
         let plan = JobPlan {
             job: JobId { n: 1, tag: 7 },
             leader: leader(),
+            origin: leader(),
             ops: ["a".into(), "b".into()],
             src: name("c"),
             dest: name("d"),

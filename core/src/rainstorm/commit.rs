@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use super::checkpoint::{encode, LogState, Record};
-use super::job::{Attempt, CheckpointId, JobPlan, TaskId, TupleCounts};
+use super::job::{Attempt, CheckpointId, JobPlan, TaskId, Term, TupleCounts};
 use super::message::SourceCheckpoint;
 use super::sink::Epoch;
 use super::tuple::Tuple;
@@ -70,8 +70,9 @@ pub(super) struct Committed {
 pub(super) struct Commits {
     ready: VecDeque<ReadyEpoch>,
     in_flight: Option<InFlight>,
-    /// The log as committed so far, its generation and records in it.
+    /// The log as committed so far, the leader's term and generation it is in, and records in it.
     log: LogState,
+    term: Term,
     generation: u32,
     compact_records: u32,
     /// Destination appends since its last merge.
@@ -84,11 +85,12 @@ pub(super) struct Commits {
 }
 
 impl Commits {
-    pub fn new(log: LogState, compact_records: u32) -> Commits {
+    pub fn new(log: LogState, compact_records: u32, term: Term) -> Commits {
         Commits {
             ready: VecDeque::new(),
             in_flight: None,
             log,
+            term,
             generation: 0,
             compact_records: compact_records.max(2),
             appends_since_merge: 0,
@@ -123,6 +125,11 @@ impl Commits {
 
     pub fn generation(&self) -> u32 {
         self.generation
+    }
+
+    /// The name of the log generation commits go to now.
+    pub fn log_name(&self, plan: &JobPlan) -> Result<crate::hydfs::FileName, crate::hydfs::NameError> {
+        plan.checkpoint_log(self.term, self.generation)
     }
 
     /// The newest checkpoint whose outputs are committed.
@@ -174,7 +181,7 @@ impl Commits {
         };
         let bytes = encode(&record).map_err(|e| format!("cannot write the checkpoint log: {e}"))?;
         self.log.apply(&record).map_err(|e| format!("checkpoint log record refused: {e}"))?;
-        let name = plan.checkpoint_log(self.generation).map_err(|e| e.to_string())?;
+        let name = plan.checkpoint_log(self.term, self.generation).map_err(|e| e.to_string())?;
         self.in_flight = Some(InFlight::Record(combined));
         Ok(Some((ClientOp::Persist { name, kind: WriteKind::Append, data: bytes }, CommitIo::Record)))
     }
@@ -182,7 +189,7 @@ impl Commits {
     fn rollover(&mut self, plan: &JobPlan) -> Result<(ClientOp, CommitIo), String> {
         let full = self.log.full().ok_or("the checkpoint log has no job record")?;
         let bytes = encode(&full).map_err(|e| format!("cannot write the checkpoint log: {e}"))?;
-        let name = plan.checkpoint_log(self.generation + 1).map_err(|e| e.to_string())?;
+        let name = plan.checkpoint_log(self.term, self.generation + 1).map_err(|e| e.to_string())?;
         self.in_flight = Some(InFlight::Rollover);
         Ok((ClientOp::Persist { name, kind: WriteKind::Create, data: bytes }, CommitIo::Rollover))
     }
@@ -212,7 +219,7 @@ impl Commits {
                 Ok(self.committed_epoch(epoch))
             }
             (CommitIo::Rollover, Some(InFlight::Rollover)) => {
-                let old = plan.checkpoint_log(self.generation).map_err(|e| e.to_string())?;
+                let old = plan.checkpoint_log(self.term, self.generation).map_err(|e| e.to_string())?;
                 self.generation += 1;
                 self.log.records = 1;
                 Ok(Step::Delete(old))
@@ -277,6 +284,7 @@ mod tests {
         JobPlan {
             job: JobId { n: 1, tag: 7 },
             leader,
+            origin: leader,
             ops: ["grep:a".to_owned(), "grep:b".to_owned()],
             src: FileName::new("in").expect("a name"),
             dest: FileName::new("out").expect("a name"),
@@ -311,7 +319,7 @@ mod tests {
             plan: plan.clone(),
             rate: None,
         }));
-        let mut commits = Commits::new(LogState::fold(&[job]).expect("a log"), 1_000);
+        let mut commits = Commits::new(LogState::fold(&[job]).expect("a log"), 1_000, 0);
         assert!(!commits.backlogged(), "nothing is out");
         commits.push(epoch(1, b"a\n"));
         assert!(!commits.backlogged(), "ready, but nothing is in flight");

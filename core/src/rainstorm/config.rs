@@ -60,6 +60,10 @@ pub struct RainstormConfig {
     /// A leader merges its job's destination file after this many appends, which keeps the
     /// file's pending appends far below HyDFS's `max_pending_appends`. 0 means never.
     pub merge_output_appends: u32,
+    /// How long after a job's leader left the group (or was declared failed) its successor takes
+    /// it over: time for every member's view to agree on who left, so that one successor does.
+    /// (Two that did anyway are settled by the seal on the job's destination.)
+    pub takeover_delay: Millis,
     /// Whether this node runs operator programs (its own jobs' and other leaders'): code from
     /// whoever can reach it, so a node runs them only in a cluster with a key, unless its
     /// operator allows them without one. Off, a job with a program is refused at its leader
@@ -94,6 +98,7 @@ impl Default for RainstormConfig {
             max_tasks: 64,
             max_batch_tuples: 1 << 18,
             merge_output_appends: 1_000,
+            takeover_delay: Millis(1_000),
             run_programs: false,
             planted: None,
         }

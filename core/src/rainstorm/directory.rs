@@ -4,13 +4,15 @@
 //! A leader announces each job it leads to every member ([`RainstormMsg::Announce`]): when the
 //! job starts, every `status_interval` while it runs, and once when it ends. A node keeps the
 //! latest notice per job ([`Directory::heard`]) and marks a running job whose leader left the
-//! group ([`Directory::member_gone`]).
+//! group ([`Directory::member_gone`]). Such a job is taken over by its [`successor`]: the live
+//! member that ranks first for the job, which every member with the same view computes alike.
 //!
 //! Invariants kept here:
 //! * a notice is taken only from the member it names as the leader, only if that member is the
-//!   one the job's id names (the leader it was submitted to: no other leader exists yet), and
-//!   only if its term is at least the one known for the job;
-//! * a job that ended stays ended: a later notice of the same term cannot make it run again;
+//!   one the job's id names when the term is 0 (the leader it was submitted to; a later term's
+//!   leader is a successor, whose claim the seal on the job's destination settles), and only
+//!   if its term is at least the one known for the job;
+//! * a job that ended stays as it ended: no later notice (of any term) changes it;
 //! * at most [`DIRECTORY_JOBS`] jobs are kept; past that the ended job heard of longest ago is
 //!   forgotten first, then the job heard of longest ago.
 //!
@@ -33,13 +35,16 @@ pub enum JobState {
     Running,
     Completed,
     Failed(String),
+    /// A successor found none of the job's files: it ended under its previous leader, which
+    /// deleted them, and how it ended did not reach this node.
+    Ended,
 }
 
 impl JobState {
     pub fn ended(&self) -> bool {
         match self {
             JobState::Running => false,
-            JobState::Completed | JobState::Failed(_) => true,
+            JobState::Completed | JobState::Failed(_) | JobState::Ended => true,
         }
     }
 }
@@ -61,6 +66,8 @@ pub struct JobNotice {
     pub lines_read: u64,
     /// Rollbacks so far.
     pub restarts: u32,
+    /// The generation of the leader's checkpoint log (where a successor looks for it first).
+    pub generation: u32,
 }
 
 /// A job as this node knows it.
@@ -69,18 +76,20 @@ pub struct KnownJob {
     pub notice: JobNotice,
     /// When the latest notice came.
     pub heard: Time,
-    /// The leader left the group or was declared failed while the job was running.
-    pub leader_gone: bool,
+    /// Since when the leader is gone (it left the group or was declared failed while the job
+    /// was running).
+    pub leader_gone: Option<Time>,
 }
 
 impl fmt::Display for KnownJob {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = &self.notice;
         let state = match (&n.state, self.leader_gone) {
-            (JobState::Running, false) => "running".to_owned(),
-            (JobState::Running, true) => "leader gone".to_owned(),
+            (JobState::Running, None) => "running".to_owned(),
+            (JobState::Running, Some(_)) => "leader gone, a successor takes it over".to_owned(),
             (JobState::Completed, _) => "completed".to_owned(),
             (JobState::Failed(why), _) => format!("failed: {why}"),
+            (JobState::Ended, _) => "ended under its previous leader (how, this node did not hear)".to_owned(),
         };
         write!(
             f,
@@ -97,10 +106,10 @@ pub struct Directory {
 }
 
 impl Directory {
-    /// Whether `from` may announce `notice`: it is the leader the notice names, and the member
-    /// the job was submitted to.
+    /// Whether `from` may announce `notice`: it is the leader the notice names, and in term 0
+    /// the member the job was submitted to.
     pub fn may_announce(from: MemberId, notice: &JobNotice) -> bool {
-        from == notice.leader && JobId::new(from, notice.job.n) == notice.job
+        from == notice.leader && (notice.term > 0 || JobId::new(from, notice.job.n) == notice.job)
     }
 
     /// A leader's notice, from `from`. Whether it was taken.
@@ -111,24 +120,67 @@ impl Directory {
         if let Some(known) = self.jobs.get(&notice.job) {
             let k = &known.notice;
             let older = notice.term < k.term;
-            let revived = notice.term == k.term && k.state.ended() && !notice.state.ended();
-            if older || revived {
+            // An ended job stays as it ended (a later term's leader may not know it did).
+            let changed_after_end = k.state.ended() && notice != *k;
+            if older || changed_after_end {
                 return false;
             }
         }
         let job = notice.job;
-        self.jobs.insert(job, KnownJob { notice, heard: now, leader_gone: false });
+        self.jobs.insert(job, KnownJob { notice, heard: now, leader_gone: None });
         self.trim();
         debug_assert!(self.jobs.len() <= DIRECTORY_JOBS, "the directory is bounded");
         true
     }
 
+    /// Another member's word that `notice`'s job lost its leader (this node's view does not
+    /// list the leader). Taken if it is newer than what this node knows; whether it was.
+    pub fn orphaned(&mut self, now: Time, notice: JobNotice) -> bool {
+        if notice.state.ended() {
+            return false;
+        }
+        match self.jobs.get_mut(&notice.job) {
+            Some(k) if k.notice.term > notice.term || k.notice.state.ended() => return false,
+            Some(k) if k.notice.term == notice.term && k.notice.leader == notice.leader => {
+                k.leader_gone.get_or_insert(now);
+                return true;
+            }
+            _ => {}
+        }
+        let job = notice.job;
+        self.jobs.insert(job, KnownJob { notice, heard: now, leader_gone: Some(now) });
+        self.trim();
+        true
+    }
+
     /// `member` left the group or was declared failed: the running jobs it led lost their
     /// leader.
-    pub fn member_gone(&mut self, member: MemberId) {
+    pub fn member_gone(&mut self, now: Time, member: MemberId) {
         for k in self.jobs.values_mut() {
             if k.notice.leader == member && !k.notice.state.ended() {
-                k.leader_gone = true;
+                k.leader_gone.get_or_insert(now);
+            }
+        }
+    }
+
+    /// Running jobs whose leader is gone since `before` or earlier: each waits for its
+    /// successor.
+    pub fn orphans(&self, before: Time) -> impl Iterator<Item = &KnownJob> {
+        self.jobs.values().filter(move |k| k.leader_gone.is_some_and(|t| t <= before) && !k.notice.state.ended())
+    }
+
+    /// When the next job whose leader is gone has been so for `delay`.
+    pub fn next_orphan(&self, after: Time, delay: crate::time::Millis) -> Option<Time> {
+        let gone = self.jobs.values().filter(|k| !k.notice.state.ended()).filter_map(|k| k.leader_gone);
+        gone.map(|t| t + delay).filter(|t| *t > after).min()
+    }
+
+    /// The group is `members` now: a job whose leader is among them has its leader (this node
+    /// had lost sight of it while it was not a member itself, or cut off).
+    pub fn members_are(&mut self, members: &[MemberId]) {
+        for k in self.jobs.values_mut() {
+            if k.leader_gone.is_some() && members.contains(&k.notice.leader) {
+                k.leader_gone = None;
             }
         }
     }
@@ -155,6 +207,23 @@ impl Directory {
     }
 }
 
+/// The member that takes `job` over once its leader of `term` is gone: of the live members
+/// `live` (the gone leader is not among them), the one whose hash with the job and the term is
+/// highest (rendezvous hashing: every member with the same view picks the same one, and a
+/// member leaving moves only the jobs it was to take).
+pub fn successor(job: JobId, term: Term, live: &[MemberId]) -> Option<MemberId> {
+    let rank = |m: &MemberId| {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let text = format!("{job}/{term}/{}/{}", m.addr, m.join_time);
+        for b in text.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        (h, *m)
+    };
+    live.iter().max_by_key(|m| rank(m)).copied()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +244,7 @@ mod tests {
             input_lines: 10,
             lines_read: 0,
             restarts: 0,
+            generation: 0,
         }
     }
 
@@ -183,13 +253,13 @@ mod tests {
         let (a, b) = (member(7001, 1), member(7002, 1));
         let mut d = Directory::default();
         assert!(!d.heard(Time::ZERO, b, notice(1, 0, a, JobState::Running)), "not from the leader it names");
-        assert!(!d.heard(Time::ZERO, b, notice(1, 1, b, JobState::Completed)), "not the job's own leader");
+        assert!(!d.heard(Time::ZERO, b, notice(1, 0, b, JobState::Completed)), "not the job's own leader");
         assert!(d.heard(Time::ZERO, a, notice(1, 0, a, JobState::Running)));
-        d.member_gone(a);
+        d.member_gone(Time::ZERO, a);
         let job = JobId::new(a, 1);
-        assert!(d.get(job).unwrap().leader_gone);
+        assert!(d.get(job).unwrap().leader_gone.is_some());
         assert!(d.heard(Time::ZERO, a, notice(1, 0, a, JobState::Completed)));
-        assert!(!d.get(job).unwrap().leader_gone);
+        assert!(d.get(job).unwrap().leader_gone.is_none());
         assert!(!d.heard(Time::ZERO, a, notice(1, 0, a, JobState::Running)), "an ended job stays ended");
         assert_eq!(d.get(job).unwrap().notice.state, JobState::Completed);
     }

@@ -180,7 +180,10 @@ impl Route {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobPlan {
     pub job: JobId,
+    /// The member leading the job now (its sink): `origin` in term 0, a successor after.
     pub leader: MemberId,
+    /// The member the job was submitted to, which its id names.
+    pub origin: MemberId,
     /// The operator specs of stages 1 and 2, as text (parsed again by each worker).
     pub ops: [String; 2],
     pub src: FileName,
@@ -239,9 +242,23 @@ impl JobPlan {
             .map_err(|e| format!("operator {stage} `{text}`: {e}"))
     }
 
-    /// The job's files other than its destination: `rainstorm/<job>/...`.
-    pub fn checkpoint_log(&self, generation: u32) -> Result<FileName, NameError> {
-        FileName::new(&format!("rainstorm/{}/checkpoints.g{generation}", self.job))
+    /// The job's files other than its destination: `rainstorm/<job>/...`. Each leadership term
+    /// writes a log of its own (`checkpoints.g<gen>` in term 0, `checkpoints.t<term>.g<gen>`
+    /// after), so a deposed leader never writes to its successor's.
+    pub fn checkpoint_log(&self, term: Term, generation: u32) -> Result<FileName, NameError> {
+        if term == 0 {
+            FileName::new(&format!("rainstorm/{}/checkpoints.g{generation}", self.job))
+        } else {
+            FileName::new(&format!("rainstorm/{}/checkpoints.t{term}.g{generation}", self.job))
+        }
+    }
+
+    /// The job as submitted, from its plan (what a successor runs it by).
+    pub fn spec_of(plan: &JobPlan, rate: Option<u64>) -> Result<JobSpec, String> {
+        let op = |i: usize| {
+            OperatorSpec::parse(&plan.ops[i]).map_err(|e| format!("operator {} `{}`: {e}", i + 1, plan.ops[i]))
+        };
+        Ok(JobSpec { op1: op(0)?, op2: op(1)?, src: plan.src.clone(), dest: plan.dest.clone(), tasks: plan.tasks, rate })
     }
 
     /// The input's parts as the job pinned them (`checkpoint::encode_manifest`).
@@ -307,6 +324,12 @@ pub enum RainstormEvent {
     JobCompleted { job: JobId, outputs: u64, restarts: u32 },
     /// Leader: the job cannot complete.
     JobFailed { job: JobId, reason: String },
+    /// Leader: this node took the job over from `previous`, which left the group, as leader of
+    /// `term`; it resumes from `checkpoint`, with `outputs` already in the destination.
+    JobTakenOver { job: JobId, term: Term, previous: MemberId, checkpoint: Option<CheckpointId>, outputs: u64 },
+    /// Leader: another leader sealed the job's destination, so this node no longer leads it and
+    /// commits nothing more for it (it was declared failed while it still ran).
+    JobDeposed { job: JobId, leader: MemberId, term: Term },
     /// Leader: this node stopped being a member of the group (declared failed, or it left), so
     /// the jobs it led end here; what reached the destination stays, exactly once.
     JobLost { job: JobId, reason: String },

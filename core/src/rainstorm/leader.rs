@@ -19,6 +19,12 @@
 //! last complete checkpoint, with the failed worker's tasks placed elsewhere; every epoch after
 //! that checkpoint is dropped and produced again.
 //!
+//! When a job's leader leaves the group, its successor takes the job over (see
+//! [`takeover`](super::takeover)): it seals the destination, resumes from the newest log record
+//! the destination holds, and places every task again under the first attempt of its term. A
+//! leader whose commit meets a seal was deposed: it drops the job without a word to the
+//! workers and without deleting anything, since the job goes on under its successor.
+//!
 //! Invariants kept here:
 //! * checkpoints complete in order, and only with every task's snapshot and the sink's epoch;
 //! * an epoch is committed only after its checkpoint is complete, each once;
@@ -42,11 +48,12 @@ use super::directory::{JobNotice, JobState};
 use super::input::{Layout, Manifest};
 use super::job::{
     first_attempt, lines_read, term_of, Attempt, CheckpointId, JobId, JobPlan, JobSpec, Placement,
-    RainstormEvent, Route, StageCounts, TaskId, TupleCounts, SINK, STAGES,
+    RainstormEvent, Route, StageCounts, TaskId, Term, TupleCounts, SINK, STAGES,
 };
 use super::message::{LinkMsg, RainstormMsg, Restore, Snapshot, SourceCheckpoint, TaskPhase};
 use super::reference::build_pair;
 use super::sink::{Sink, SinkEvent};
+use super::takeover::{Next, Resumed, Takeover};
 use super::Outbox;
 use crate::histogram::LatencyHistogram;
 use crate::hydfs::{ClientOp, HydfsError, OpOutput, WriteKind};
@@ -157,6 +164,10 @@ pub(super) struct LeaderJob {
 #[derive(Default)]
 pub(super) struct Leader {
     jobs: BTreeMap<JobId, LeaderJob>,
+    /// Jobs this node is taking over, until it can run them, and the operations they wait to
+    /// send (after a pause).
+    takeovers: BTreeMap<JobId, Takeover>,
+    takeover_waits: BTreeMap<JobId, (Time, ClientOp)>,
     next_job: u32,
     ios: BTreeMap<u64, (JobId, LeaderIo)>,
     stats: super::RainstormStats,
@@ -174,6 +185,8 @@ pub(super) enum LeaderIo {
     Merge,
     /// Deleting a file of the job (ends silently).
     Cleanup,
+    /// A step of taking the job over.
+    Takeover,
 }
 
 impl Leader {
@@ -188,6 +201,11 @@ impl Leader {
 
     pub(super) fn jobs(&self) -> impl Iterator<Item = JobId> + '_ {
         self.jobs.keys().copied()
+    }
+
+    /// Whether this node leads `job`, or is taking it over.
+    pub(super) fn leads(&self, job: JobId) -> bool {
+        self.jobs.contains_key(&job) || self.takeovers.contains_key(&job)
     }
 
     /// One line per task of each job this node leads: where it runs and what the leader knows.
@@ -285,6 +303,7 @@ impl Leader {
                 [Some(j.next_resend), checkpoint, backoff]
             })
             .flatten()
+            .chain(self.takeover_waits.values().map(|(t, _)| *t))
             .min()
     }
 
@@ -302,6 +321,7 @@ impl Leader {
         let plan = JobPlan {
             job,
             leader: me,
+            origin: me,
             ops: [spec.op1.to_string(), spec.op2.to_string()],
             src: spec.src.clone(),
             dest: spec.dest.clone(),
@@ -311,7 +331,7 @@ impl Leader {
             rate_per_source: spec.rate.map(|r| r.div_ceil(u64::from(spec.tasks.max(1)))),
         };
         out.event(RainstormEvent::JobReceived { job, spec: spec.to_string() });
-        let mut commits = Commits::new(LogState::default(), cfg.compact_records);
+        let mut commits = Commits::new(LogState::default(), cfg.compact_records, 0);
         commits.repeat_next_output = cfg.bug(PlantedBug::OutputAppendedTwice);
         let j = LeaderJob {
             sink: Sink::new(cfg, 1, &plan.stage(STAGES - 1)),
@@ -362,9 +382,176 @@ impl Leader {
         out: &mut Outbox,
     ) {
         let Some((job, io)) = self.ios.remove(&token) else { return };
+        if let LeaderIo::Takeover = io {
+            return self.on_takeover(now, cfg, members, job, result, out);
+        }
+        if let (LeaderIo::Commit(_), Err(HydfsError::Sealed { owner, term, .. })) = (io, &result) {
+            let term = Term::try_from(*term).unwrap_or(Term::MAX);
+            return self.depose(job, *owner, term, members, out);
+        }
         if let Err(reason) = self.on_io(now, cfg, members, job, io, result, out) {
             self.fail(job, reason, out);
         }
+    }
+
+    /// Starts taking over `known`'s job, whose leader is gone, as `me`.
+    pub(super) fn take_over(&mut self, me: MemberId, known: JobNotice, out: &mut Outbox) {
+        let job = known.job;
+        if self.leads(job) {
+            return;
+        }
+        let hint = (known.term, known.generation);
+        self.start_takeover(me, known, hint, out);
+    }
+
+    /// Starts a takeover; `hint`: a term whose log generation is known.
+    fn start_takeover(&mut self, me: MemberId, known: JobNotice, hint: (Term, u32), out: &mut Outbox) {
+        let job = known.job;
+        let (t, op) = Takeover::start(me, known, hint);
+        let mut notice = t.notice().clone();
+        out.event(RainstormEvent::JobReceived { job, spec: notice.spec.clone() });
+        (notice.leader, notice.term, notice.state) = (me, t.term(), JobState::Running);
+        out.announce(notice);
+        self.takeovers.insert(job, t);
+        self.io(job, op, LeaderIo::Takeover, out);
+    }
+
+    fn on_takeover(
+        &mut self,
+        now: Time,
+        cfg: &RainstormConfig,
+        members: &[MemberId],
+        job: JobId,
+        result: Result<OpOutput, HydfsError>,
+        out: &mut Outbox,
+    ) {
+        let Some(t) = self.takeovers.get_mut(&job) else { return };
+        match t.on_answer(members, result) {
+            Next::Op(op) => self.io(job, op, LeaderIo::Takeover, out),
+            Next::Later(op) => {
+                self.takeover_waits.insert(job, (now + cfg.retry, op));
+            }
+            Next::Ready(resumed) => {
+                let Some(t) = self.takeovers.remove(&job) else { return };
+                let known = t.notice().clone();
+                self.resume(now, cfg, members, &known, *resumed, out);
+            }
+            Next::Deposed { leader, term } => {
+                self.takeovers.remove(&job);
+                out.event(RainstormEvent::JobDeposed { job, leader, term });
+            }
+            Next::Ended => {
+                let Some(t) = self.takeovers.remove(&job) else { return };
+                let mut notice = t.notice().clone();
+                (notice.leader, notice.term, notice.state) = (t.me(), t.term(), JobState::Ended);
+                out.announce(notice);
+                let reason = "none of its checkpoint logs is left: it ended under its previous leader \
+                              (which deleted them), or before it wrote one"
+                    .to_owned();
+                out.event(RainstormEvent::JobLost { job, reason });
+            }
+            Next::Failed(reason) => {
+                let Some(t) = self.takeovers.remove(&job) else { return };
+                let mut notice = t.notice().clone();
+                (notice.term, notice.state) = (t.term(), JobState::Failed(reason.clone()));
+                notice.leader = t.me();
+                out.announce(notice);
+                out.event(RainstormEvent::JobFailed { job, reason });
+            }
+        }
+    }
+
+    /// A successor runs the job from where its files say it stands: every task placed again
+    /// under the first attempt of its term, from the checkpoint the destination holds.
+    fn resume(
+        &mut self,
+        now: Time,
+        cfg: &RainstormConfig,
+        members: &[MemberId],
+        known: &JobNotice,
+        r: Resumed,
+        out: &mut Outbox,
+    ) {
+        let job = known.job;
+        let plan = r.info.plan.clone();
+        let layout = Layout::new(r.manifest.clone());
+        let spec = JobPlan::spec_of(&plan, r.info.rate);
+        let (spec, layout) = match (spec, layout) {
+            (Ok(spec), Ok(layout)) => (spec, layout),
+            (Err(e), _) => return out.event(RainstormEvent::JobFailed { job, reason: e }),
+            (_, Err(e)) => {
+                let reason = format!("input `{}`: {e}", plan.src);
+                return out.event(RainstormEvent::JobFailed { job, reason });
+            }
+        };
+        let attempt = first_attempt(r.term);
+        let checkpoint = r.log.checkpoint.unwrap_or(0);
+        let restore = RestorePoint {
+            checkpoint: r.log.checkpoint,
+            sources: r.log.sources.clone(),
+            state: r.log.state.clone(),
+            counts: r.log.counts.clone(),
+        };
+        out.event(RainstormEvent::JobTakenOver {
+            job,
+            term: r.term,
+            previous: r.previous,
+            checkpoint: r.log.checkpoint,
+            outputs: r.log.outputs,
+        });
+        let mut commits = Commits::new(r.log, cfg.compact_records, r.term);
+        commits.repeat_next_output = cfg.bug(PlantedBug::OutputAppendedTwice);
+        let mut j = LeaderJob {
+            sink: Sink::new(cfg, attempt, &plan.stage(STAGES - 1)),
+            spec,
+            plan,
+            phase: JobPhase::Creating { dest: true, log: true, manifest: true },
+            manifest: r.manifest,
+            input_lines: layout.lines(),
+            holders: Vec::new(),
+            attempt,
+            slots: BTreeMap::new(),
+            older: restore.clone(),
+            restore,
+            issued: checkpoint,
+            base: checkpoint,
+            pending: BTreeMap::new(),
+            closed: BTreeSet::new(),
+            next_checkpoint: now,
+            epoch_open: now,
+            opened: BTreeMap::new(),
+            tuple_latency: LatencyHistogram::default(),
+            commits,
+            restarts: known.restarts.saturating_add(1),
+            failures: 0,
+            next_resend: now + cfg.status_interval,
+            reported: None,
+            keeps_files: cfg.bug(PlantedBug::KeepsJobFiles),
+        };
+        for name in r.old_logs {
+            self.delete(job, name, out);
+        }
+        j.place(members, out);
+        j.deploy_all(now, cfg, out);
+        out.announce(j.notice(JobState::Running));
+        self.jobs.insert(job, j);
+    }
+
+    /// Another leader sealed the job's destination: this node stops leading it, and leaves the
+    /// workers and the job's files to that leader. If that leader is gone from the group too
+    /// (it sealed, then was declared failed itself), this node takes the job back over from it.
+    fn depose(&mut self, job: JobId, leader: MemberId, term: Term, members: &[MemberId], out: &mut Outbox) {
+        let Some(j) = self.jobs.remove(&job) else { return };
+        self.ios.retain(|_, (k, _)| *k != job);
+        out.event(RainstormEvent::JobDeposed { job, leader, term });
+        if members.contains(&leader) {
+            return;
+        }
+        let me = j.plan.leader;
+        let hint = (term_of(j.attempt), j.commits.generation());
+        let mut known = j.notice(JobState::Running);
+        (known.leader, known.term) = (leader, term);
+        self.start_takeover(me, known, hint, out);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -448,7 +635,11 @@ impl Leader {
                             return self.complete(job, out);
                         }
                     }
-                    Step::Delete(old) => self.delete(job, old, out),
+                    Step::Delete(old) => {
+                        // A successor looks for the log from the generation announced last.
+                        out.announce(j.notice(JobState::Running));
+                        self.delete(job, old, out)
+                    }
                 }
                 self.pump_commits(job, out)?;
                 // Room at the sink again.
@@ -464,7 +655,7 @@ impl Leader {
                 }
                 return Ok(());
             }
-            (LeaderIo::Cleanup, _) => return Ok(()),
+            (LeaderIo::Cleanup | LeaderIo::Takeover, _) => return Ok(()),
             (io, Ok(other)) => return Err(format!("unexpected answer to {io:?}: {other:?}")),
         }
         self.advance(now, cfg, members, job, out)
@@ -520,7 +711,7 @@ impl Leader {
             let data = encode(&record).map_err(|e| e.to_string())?;
             let log = LogState::fold(std::slice::from_ref(&record)).map_err(|e| e.to_string())?;
             j.commits.start_log(log);
-            let log = j.plan.checkpoint_log(0).map_err(|e| e.to_string())?;
+            let log = j.commits.log_name(&j.plan).map_err(|e| e.to_string())?;
             let dest =
                 ClientOp::Persist { name: j.spec.dest.clone(), kind: WriteKind::Create, data: Vec::new() };
             let log = ClientOp::Persist { name: log, kind: WriteKind::Create, data };
@@ -830,6 +1021,12 @@ impl Leader {
     }
 
     pub(super) fn handle_timeout(&mut self, now: Time, cfg: &RainstormConfig, out: &mut Outbox) {
+        let due: Vec<JobId> = self.takeover_waits.iter().filter(|(_, (t, _))| *t <= now).map(|(j, _)| *j).collect();
+        for job in due {
+            if let Some((_, op)) = self.takeover_waits.remove(&job) {
+                self.io(job, op, LeaderIo::Takeover, out);
+            }
+        }
         let jobs: Vec<JobId> = self.jobs.keys().copied().collect();
         for job in jobs {
             let Some(j) = self.jobs.get_mut(&job) else { continue };
@@ -869,6 +1066,10 @@ impl Leader {
             j.stop_all(out);
             out.event(RainstormEvent::JobLost { job, reason: reason.to_owned() });
         }
+        self.takeover_waits.clear();
+        for job in std::mem::take(&mut self.takeovers).into_keys() {
+            out.event(RainstormEvent::JobLost { job, reason: reason.to_owned() });
+        }
         self.ios.clear();
     }
 
@@ -906,7 +1107,7 @@ impl Leader {
             return;
         }
         for name in
-            [j.plan.checkpoint_log(j.commits.generation()), j.plan.manifest_file()].into_iter().flatten()
+            [j.commits.log_name(&j.plan), j.plan.manifest_file()].into_iter().flatten()
         {
             self.delete(j.plan.job, name, out);
         }
@@ -1272,6 +1473,7 @@ impl LeaderJob {
             input_lines: self.input_lines,
             lines_read: lines_read(&self.stage_counts()),
             restarts: self.restarts,
+            generation: self.commits.generation(),
         }
     }
 

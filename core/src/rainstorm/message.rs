@@ -114,6 +114,9 @@ pub enum TaskPhase {
 pub enum RainstormMsg {
     /// Leader → every member: where one of its jobs stands (`directory.rs`).
     Announce(Box<JobNotice>),
+    /// Any member → the member it takes for a job's successor: the job's latest notice, whose
+    /// leader is gone (the successor may have joined after the last announcement).
+    Orphan(Box<JobNotice>),
     /// Leader → worker: run `task` in `attempt`, resuming from `restore`; checkpoint ids above
     /// `base` are this attempt's. Sources also get the input's manifest. Re-sent until the task
     /// reports in this attempt.
@@ -172,7 +175,8 @@ impl RainstormMsg {
             | RainstormMsg::Control { .. }
             | RainstormMsg::Snapshot { .. }
             | RainstormMsg::Stop { .. }
-            | RainstormMsg::Announce(_) => Lane::Control,
+            | RainstormMsg::Announce(_)
+            | RainstormMsg::Orphan(_) => Lane::Control,
         }
     }
 

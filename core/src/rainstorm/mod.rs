@@ -53,6 +53,7 @@ pub mod tuple;
 
 mod commit;
 mod leader;
+mod takeover;
 mod worker;
 
 pub use operator::{
@@ -250,6 +251,8 @@ pub struct Rainstorm {
     leader: Leader,
     worker: Worker,
     directory: Directory,
+    /// When a job whose leader is gone is next due to be taken over.
+    next_adoption: Option<Time>,
     out: Outbox,
 }
 
@@ -263,6 +266,7 @@ impl Rainstorm {
             leader: Leader::default(),
             worker: Worker::default(),
             directory: Directory::default(),
+            next_adoption: None,
             out: Outbox::default(),
         }
     }
@@ -370,8 +374,14 @@ impl Rainstorm {
             self.worker.clear();
             self.leader.lose_all("this leader stopped being a member of the group", &mut self.out);
         }
+        if me.is_some() {
+            self.directory.members_are(&self.members);
+        }
         for member in gone {
-            self.directory.member_gone(member);
+            if me.is_some() {
+                // While this node is no member itself, its view says nothing of the others.
+                self.directory.member_gone(now, member);
+            }
             self.leader.on_member_gone(now, &self.cfg, member, &self.members, &mut self.out);
             for (job, leader) in self.worker.leaders() {
                 if leader == member && self.worker.abandon(job) {
@@ -381,7 +391,31 @@ impl Rainstorm {
             }
         }
         self.leader.on_members(now, &self.cfg, &self.members, &mut self.out);
+        self.adopt_orphans(now);
         self.loopback(now);
+    }
+
+    /// Takes over every running job whose leader is gone (for `takeover_delay`) and whose
+    /// successor, in this node's view of the group, is this node; tells the successor of each
+    /// other such job about it (it may have joined since the job's last announcement).
+    fn adopt_orphans(&mut self, now: Time) {
+        let Some(me) = self.me else { return };
+        let Some(since) = now.0.checked_sub(self.cfg.takeover_delay.0).map(Time) else { return };
+        let orphans: Vec<(MemberId, JobNotice)> = self
+            .directory
+            .orphans(since)
+            .filter_map(|k| {
+                let successor = directory::successor(k.notice.job, k.notice.term, &self.members)?;
+                Some((successor, k.notice.clone()))
+            })
+            .collect();
+        for (successor, notice) in orphans {
+            if successor == me {
+                self.leader.take_over(me, notice, &mut self.out);
+            } else {
+                self.out.send(successor.addr, RainstormMsg::Orphan(Box::new(notice)));
+            }
+        }
     }
 
     /// A message from member `from` (the node has checked that it is a current member).
@@ -391,6 +425,9 @@ impl Rainstorm {
     }
 
     pub fn handle_timeout(&mut self, now: Time) {
+        if self.next_adoption.is_some_and(|t| t <= now) {
+            self.adopt_orphans(now);
+        }
         self.leader.handle_timeout(now, &self.cfg, &mut self.out);
         self.worker.handle_timeout(now, &self.cfg, &mut self.out);
         self.loopback(now);
@@ -435,15 +472,16 @@ impl Rainstorm {
     }
 
     pub fn poll_timeout(&self) -> Option<Time> {
-        match (self.leader.poll_timeout(&self.cfg), self.worker.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.leader.poll_timeout(&self.cfg), self.worker.poll_timeout(), self.next_adoption]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Messages to this node itself are handled here, in order, not sent; notices go to every
     /// member.
     fn loopback(&mut self, now: Time) {
+        self.next_adoption = self.directory.next_orphan(now, self.cfg.takeover_delay);
         let Some(me) = self.me else {
             self.out.local.clear();
             self.out.announce.clear();
@@ -498,6 +536,17 @@ impl Rainstorm {
                 self.directory.heard(now, from, *notice);
                 Ok(())
             }
+            RainstormMsg::Orphan(notice) => {
+                // Only if this node's own view has the sender (it is up to date) and not the
+                // job's leader.
+                let leader = notice.leader;
+                if members.contains(&from) && !members.contains(&leader) && Some(leader) != self.me {
+                    if self.directory.orphaned(now, *notice) {
+                        self.adopt_orphans(now);
+                    }
+                }
+                Ok(())
+            }
             RainstormMsg::Stop { job, before } => {
                 // A stop bars later deploys of the job here, so one of a job this node does
                 // not run counts only from the member the job's id names: a stop from the
@@ -527,14 +576,19 @@ impl Rainstorm {
     /// this node does not run is not refused here: it changes nothing.
     fn refusal(&self, me: MemberId, from: MemberId, msg: &RainstormMsg) -> Option<Refusal> {
         match msg {
-            RainstormMsg::Deploy { plan, task, placement, .. } => {
+            RainstormMsg::Deploy { plan, attempt, task, placement, .. } => {
                 let tasks_at_most = self.cfg.max_tasks;
                 if plan.tasks == 0
                     || plan.tasks > tasks_at_most
                     || placement.len() > (job::STAGES as usize) * (plan.tasks as usize) + 1
                 {
                     Some(Refusal::PlanOverLimits)
-                } else if plan.leader != from || JobId::new(plan.leader, plan.job.n) != plan.job {
+                } else if plan.leader != from
+                    || JobId::new(plan.origin, plan.job.n) != plan.job
+                    || (term_of(*attempt) == 0 && plan.leader != plan.origin)
+                {
+                    // Term 0 is led by the member the job was submitted to; a later term by a
+                    // successor (whose claim the seal on the destination settles).
                     Some(Refusal::NotTheLeader)
                 } else if placement.get(task) != Some(&me) {
                     Some(Refusal::NotPlacedHere)
@@ -542,12 +596,15 @@ impl Rainstorm {
                     None
                 }
             }
-            RainstormMsg::Control { job, .. } | RainstormMsg::Stop { job, .. } => {
-                let stop = matches!(msg, RainstormMsg::Stop { .. });
+            RainstormMsg::Control { job, task, .. } => match self.worker.leader_of_task(*job, *task) {
+                Some(leader) => (leader != from).then_some(Refusal::NotTheLeader),
+                None => None,
+            },
+            RainstormMsg::Stop { job, .. } => {
                 match self.worker.leader_of(*job) {
                     // A stop may also come from the process that replaced the leader at its
                     // address: the leader is gone, and its jobs with it.
-                    Some(leader) if stop && leader.addr == from.addr && leader.join_time < from.join_time => {
+                    Some(leader) if leader.addr == from.addr && leader.join_time < from.join_time => {
                         None
                     }
                     Some(leader) => (leader != from).then_some(Refusal::NotTheLeader),
@@ -571,6 +628,8 @@ impl Rainstorm {
             RainstormMsg::Announce(notice) => {
                 (!directory::Directory::may_announce(from, notice)).then_some(Refusal::NotTheLeader)
             }
+            // Any member may say a job lost its leader: the receiver checks its own view.
+            RainstormMsg::Orphan(_) => None,
             // A status from a member the leader does not place the task on is ignored by the
             // leader itself (and answered with a stop when its attempt or job is over).
             RainstormMsg::Status { .. } => None,

@@ -19,7 +19,8 @@ use std::collections::BTreeMap;
 use super::config::RainstormConfig;
 use super::input::{Layout, Manifest};
 use super::job::{
-    Attempt, CheckpointId, JobId, JobPlan, Placement, RainstormEvent, TaskId, TupleCounts, SINK, STAGES,
+    term_of, Attempt, CheckpointId, JobId, JobPlan, Placement, RainstormEvent, TaskId, TupleCounts, SINK,
+    STAGES,
 };
 use super::message::{LinkMsg, RainstormMsg, Restore, Snapshot, SourceCheckpoint, TaskPhase};
 use super::source::{SourceInput, SourceTask};
@@ -231,7 +232,9 @@ impl Worker {
                 return self.pump(now, key, cfg, out);
             }
         }
-        self.forget(|j, t, _| (j, t) == key);
+        // A later term's deploy: the job has a new leader, and every task of an earlier term
+        // here ends (the new leader deploys what it places here).
+        self.forget(|j, t, a| (j, t) == key || (j == job && term_of(a) < term_of(attempt)));
         debug_assert!(
             self.reads.values().all(|(j, t, ..)| (*j, *t) != key)
                 && self.programs.values().all(|(j, t, _)| (*j, *t) != key),
@@ -304,6 +307,11 @@ impl Worker {
     pub(super) fn leader_of(&self, job: JobId) -> Option<MemberId> {
         let first = self.hosted.range((job, TaskId { stage: 0, index: 0 })..).next();
         first.filter(|((j, _), _)| *j == job).map(|(_, h)| h.plan.leader)
+    }
+
+    /// The leader of `task` of `job`, if it runs here.
+    pub(super) fn leader_of_task(&self, job: JobId, task: TaskId) -> Option<MemberId> {
+        self.hosted.get(&(job, task)).map(|h| h.plan.leader)
     }
 
     /// Whether any task of `job` runs here.

@@ -52,6 +52,9 @@ pub struct Observed<'a> {
     pub dest: Option<&'a [u8]>,
     /// Whether the job reported completion (otherwise only "nothing wrong so far" is checked).
     pub completed: bool,
+    /// Whether the console saw every commit: not when a leader died, or was deposed, after it
+    /// committed outputs it never streamed. Then only the destination must be whole.
+    pub console_whole: bool,
 }
 
 fn multiset<T: Ord>(items: impl IntoIterator<Item = T>) -> BTreeMap<T, usize> {
@@ -108,6 +111,7 @@ fn count_of(value: &str) -> Option<(String, u64)> {
 pub fn judge(reference: &[Tuple], stateful_counts: bool, observed: &Observed) -> Vec<Finding> {
     let mut findings = Vec::new();
     let (console, completed) = (observed.console, observed.completed);
+    let whole = completed && observed.console_whole;
     let ids = multiset(console.iter().map(|t| &t.id));
     let ref_ids: BTreeSet<&TupleId> = reference.iter().map(|t| &t.id).collect();
     let pairs = multiset(console.iter().map(|t| (t.key.as_str(), t.value.as_str())));
@@ -128,7 +132,7 @@ pub fn judge(reference: &[Tuple], stateful_counts: bool, observed: &Observed) ->
         let twice = counts.iter().filter(|(_, n)| **n > 1).map(|(c, n)| times(c, *n)).collect();
         report(&mut findings, Finding::Duplicate, "running counts delivered more than once", twice);
     }
-    if completed {
+    if whole {
         let lost = ref_ids.iter().filter(|id| !ids.contains_key(*id)).map(|id| id.to_string()).collect();
         report(&mut findings, Finding::Loss, "reference ids never delivered", lost);
     }
@@ -137,14 +141,14 @@ pub fn judge(reference: &[Tuple], stateful_counts: bool, observed: &Observed) ->
     report(&mut findings, Finding::Mismatch, "outputs beyond the reference's", extra);
     let foreign = ids.keys().filter(|id| !ref_ids.contains(*id)).map(|id| id.to_string()).collect();
     report(&mut findings, Finding::Mismatch, "ids not in the reference", foreign);
-    if completed {
+    if whole {
         let missing = excess(&ref_pairs, &pairs).into_iter().map(|(p, n)| times(p, n)).collect();
         report(&mut findings, Finding::Mismatch, "reference outputs missing", missing);
     }
     if let Some(dest) = observed.dest {
         judge_dest(&mut findings, reference, dest, completed);
     }
-    if completed && stateful_counts {
+    if whole && stateful_counts {
         report(
             &mut findings,
             Finding::Aggregate,
@@ -250,7 +254,7 @@ mod tests {
         dest: &[u8],
         completed: bool,
     ) -> Vec<Finding> {
-        judge(reference, counts, &Observed { console, dest: Some(dest), completed })
+        judge(reference, counts, &Observed { console, dest: Some(dest), completed, console_whole: true })
     }
 
     fn kinds(findings: &[Finding]) -> Vec<&'static str> {
@@ -275,7 +279,7 @@ mod tests {
             shuffled.reverse();
             shuffled.rotate_left(7);
             assert_eq!(judged(&reference, counts, &shuffled, &dest_of(&reference), true), []);
-            let observed = Observed { console: &shuffled, dest: None, completed: true };
+            let observed = Observed { console: &shuffled, dest: None, completed: true, console_whole: true };
             assert_eq!(judge(&reference, counts, &observed), []);
         }
         assert_eq!(judged(&[], true, &[], b"", true), []);
@@ -328,7 +332,7 @@ mod tests {
         let last = console.last_mut().expect("outputs");
         let (category, n) = count_of(&last.value).expect("a count");
         last.value = format!("{},{}", category, n + 1);
-        let findings = judge(&reference, true, &Observed { console: &console, dest: None, completed: true });
+        let findings = judge(&reference, true, &Observed { console: &console, dest: None, completed: true, console_whole: true });
         assert_eq!(kinds(&findings), ["aggregate", "mismatch"], "{findings:?}");
         let wanted = format!(
             "1 categories with wrong running counts: {category:?}: max count {}, reference final {n}",

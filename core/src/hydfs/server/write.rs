@@ -448,7 +448,7 @@ impl Hydfs {
     }
 
     /// Why `write` must be refused because the file is sealed (`seal.rs`), if it must: an append
-    /// this copy's chain of owners does not keep, or a seal that does not extend it (a first
+    /// of anyone but the current owner, or a seal that does not extend the chain (a first
     /// seal must name the creator). For good (`Sealed`, counted) only if no seal this copy lacks
     /// could change that ([`Owners::stale`]); otherwise the copy may be behind the writer, who
     /// tries again (`Unavailable`).
@@ -468,11 +468,8 @@ impl Hydfs {
                 _ => None,
             };
         };
-        let ok = match write.kind {
-            WriteKind::Create => true,
-            WriteKind::Append => owners.keeps(write),
-            WriteKind::Seal(_) => rec.contains(&write.stamp) || owners.admits(write),
-        };
+        // A write this copy holds already is a retry: answered as the first time.
+        let ok = rec.contains(&write.stamp) || owners.admits(write);
         if ok {
             return None;
         }

@@ -1,0 +1,458 @@
+//! Taking a job over from a leader that left the group: the successor's reads and writes, in
+//! order, until it can run the job from the point its destination holds.
+//!
+//! 1. **Seal the destination** ([`WriteKind::Seal`]) as the leader of the next term, keeping
+//!    every append of the previous owner that some replica took before it held the seal. Once
+//!    the seal is acknowledged, no replica takes a new append of the previous leader (it may
+//!    have been declared failed falsely, and still run): it gets none acknowledged, and
+//!    commits nothing more. A seal refused because another member sealed first names that
+//!    owner and term: if that owner is a live member, it leads the job, and this node stands
+//!    down; if it is gone too, the successor seals after it, one term later.
+//! 2. **Settle the destination's size.** Merge it (every copy then holds the kept appends in one
+//!    order), then read its length: the outputs of the job as committed, final.
+//! 3. **Find the newest checkpoint log.** Each term writes its own; the successor looks from the
+//!    term below its own downwards, and within a term from the generation last announced
+//!    upwards, for the newest generation that exists. It seals and merges that log too, so that
+//!    no record of the previous leader lands later and each one some replica took is read, in
+//!    order (a copy may still be fetching a record the others hold).
+//! 4. **Read the log and the input manifest**, part by part, and fold the log to the newest
+//!    record that leaves the destination at its length ([`LogState::fold_to_dest`]): every
+//!    output up to that record's checkpoint is in the destination and none after it.
+//! 5. **Write its own log**: generation 0 of its term, one full record naming it the leader.
+//!    A create refused because the file exists means another member took the same term: this
+//!    one stands down.
+//!
+//! Invariants kept here:
+//! * nothing is read from the destination or the log before the seal is acknowledged: no
+//!   append of an earlier leader counts after the successor measured the destination;
+//! * the resume point leaves the destination exactly as long as it is (or the takeover fails
+//!   with the mismatch named: it never guesses);
+//! * the successor's term is above every term the seals it met name.
+
+use std::collections::VecDeque;
+
+use super::checkpoint::{decode_all, decode_manifest, encode, JobInfo, LogState};
+use super::directory::JobNotice;
+use super::input::Manifest;
+use super::job::{JobId, JobPlan, Term};
+use crate::hydfs::{ClientOp, FileMeta, FileName, HydfsError, OpOutput, Seal, Stamp, WriteKind};
+use crate::id::MemberId;
+
+/// Generations tried past the last one known (or past 0) before a term counts as having no log
+/// (a leader announces its generation at each rollover, but an announcement can be lost).
+const PROBE_GAP: u32 = 32;
+/// Times an operation that failed for a reason that may pass is tried again.
+const TRIES: u32 = 8;
+/// Times the successor looks for the job's logs (a retry interval apart) before it gives up.
+const PROBE_ROUNDS: u32 = 20;
+
+/// Where the successor is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    Seal,
+    Merge,
+    /// Reading the destination's length once sealed and merged.
+    DestSize,
+    /// Looking for log generation `generation` of `term`.
+    Probe { term: Term, generation: u32, misses: u32 },
+    /// Sealing the newest log after its writer `prev`, as of seal term `term`.
+    LogSeal { prev: MemberId, term: u64 },
+    LogMerge,
+    LogMeta,
+    LogPart,
+    ManifestMeta,
+    ManifestPart,
+    CreateLog,
+}
+
+/// What a successor resumes the job from.
+#[derive(Debug)]
+pub(super) struct Resumed {
+    /// The job, with this node as its leader.
+    pub info: JobInfo,
+    /// The log as folded to the destination's length (its records: the new log's one).
+    pub log: LogState,
+    pub manifest: Manifest,
+    pub term: Term,
+    /// The leader this node took the job from (the destination's owner it sealed after).
+    pub previous: MemberId,
+    /// Earlier leaders' log generations found (and the next ones), to delete.
+    pub old_logs: Vec<FileName>,
+}
+
+/// What the successor does next.
+#[derive(Debug)]
+pub(super) enum Next {
+    Op(ClientOp),
+    /// The operation, after a pause (`retry`).
+    Later(ClientOp),
+    Ready(Box<Resumed>),
+    /// Another member leads the job now.
+    Deposed { leader: MemberId, term: Term },
+    /// The job cannot be resumed; why.
+    Failed(String),
+    /// None of the job's logs is left: it ended under its previous leader, which deleted them.
+    Ended,
+}
+
+pub(super) struct Takeover {
+    job: JobId,
+    me: MemberId,
+    dest: FileName,
+    known: JobNotice,
+    /// A term whose newest log generation is known (where probing that term starts).
+    hint: (Term, u32),
+    /// The term this node seals for, and the owner it seals after.
+    term: Term,
+    prev: MemberId,
+    step: Step,
+    /// The operation in flight, to try again.
+    current: Option<ClientOp>,
+    tries: u32,
+    /// Rounds of looking for the logs so far.
+    rounds: u32,
+    dest_bytes: u64,
+    /// Log generations found (the newest last), and the newest one's metadata.
+    logs: Vec<(Term, u32, FileName)>,
+    log_meta: Option<FileMeta>,
+    parts: VecDeque<(Stamp, u32)>,
+    bytes: Vec<u8>,
+    log: Option<LogState>,
+    manifest: Option<Manifest>,
+}
+
+impl Takeover {
+    /// Starts taking over the job `known` describes (its leader gone) as this node, `me`.
+    pub(super) fn start(me: MemberId, known: JobNotice, hint: (Term, u32)) -> (Takeover, ClientOp) {
+        let mut t = Takeover {
+            hint,
+            job: known.job,
+            me,
+            dest: known.dest.clone(),
+            term: known.term.saturating_add(1),
+            prev: known.leader,
+            known,
+            step: Step::Seal,
+            current: None,
+            tries: 0,
+            rounds: 0,
+            dest_bytes: 0,
+            logs: Vec::new(),
+            log_meta: None,
+            parts: VecDeque::new(),
+            bytes: Vec::new(),
+            log: None,
+            manifest: None,
+        };
+        let op = t.seal();
+        (t, op)
+    }
+
+    /// The seal of the destination for this node's term, after the owner it knows of.
+    fn seal(&mut self) -> ClientOp {
+        let seal = Seal { term: u64::from(self.term), prev: self.prev, upto: u64::MAX };
+        let op = ClientOp::Persist { name: self.dest.clone(), kind: WriteKind::Seal(seal), data: Vec::new() };
+        self.issue(Step::Seal, op)
+    }
+
+    pub(super) fn me(&self) -> MemberId {
+        self.me
+    }
+
+    /// The term this node takes the job over for (so far).
+    pub(super) fn term(&self) -> Term {
+        self.term
+    }
+
+    pub(super) fn notice(&self) -> &JobNotice {
+        &self.known
+    }
+
+    fn issue(&mut self, step: Step, op: ClientOp) -> ClientOp {
+        if step != self.step {
+            self.tries = 0;
+        }
+        self.step = step;
+        self.current = Some(op.clone());
+        op
+    }
+
+    /// The same operation again, if it may still succeed.
+    fn again(&mut self, e: &HydfsError) -> Next {
+        self.tries += 1;
+        match &self.current {
+            Some(op) if self.tries < TRIES && transient(e) => Next::Op(op.clone()),
+            _ => Next::Failed(format!("taking the job over: {e}")),
+        }
+    }
+
+    fn plan(&self) -> JobPlan {
+        let info = self.log.as_ref().and_then(|l| l.job.as_ref());
+        info.map(|i| i.plan.clone()).unwrap_or_else(|| JobPlan {
+            job: self.job,
+            leader: self.me,
+            origin: self.me,
+            ops: [String::new(), String::new()],
+            src: self.dest.clone(),
+            dest: self.dest.clone(),
+            tasks: 0,
+            header: None,
+            routes: [super::job::Route::Shuffle; 2],
+            rate_per_source: None,
+        })
+    }
+
+    /// The log name of `generation` of `term` (file names under the job's own prefix).
+    fn log_name(&self, term: Term, generation: u32) -> Result<FileName, String> {
+        self.plan().checkpoint_log(term, generation).map_err(|e| e.to_string())
+    }
+
+    fn probe(&mut self, term: Term, generation: u32, misses: u32) -> Next {
+        match self.log_name(term, generation) {
+            Ok(name) => Next::Op(self.issue(Step::Probe { term, generation, misses }, ClientOp::Meta { name })),
+            Err(e) => Next::Failed(e),
+        }
+    }
+
+    /// Where probing starts in `term`: the generation known for it, if one is.
+    fn first_generation(&self, term: Term) -> u32 {
+        if term == self.hint.0 {
+            self.hint.1
+        } else {
+            0
+        }
+    }
+
+    /// The answer to the operation in flight; `live`: the members of the group now.
+    pub(super) fn on_answer(&mut self, live: &[MemberId], result: Result<OpOutput, HydfsError>) -> Next {
+        match (self.step, result) {
+            (Step::Seal, Ok(_)) => Next::Op(self.issue(Step::Merge, ClientOp::Merge { name: self.dest.clone() })),
+            (Step::Seal, Err(HydfsError::Sealed { owner, term, .. })) => {
+                let term = Term::try_from(term).unwrap_or(Term::MAX);
+                if owner == self.me {
+                    return Next::Op(self.issue(Step::Merge, ClientOp::Merge { name: self.dest.clone() }));
+                }
+                if live.contains(&owner) {
+                    // Another live member sealed the destination first: it leads the job.
+                    return Next::Deposed { leader: owner, term };
+                }
+                // A member sealed the destination and is gone too: seal after it, a term later.
+                debug_assert!(term >= self.known.term, "a seal refused by an older term");
+                self.prev = owner;
+                self.term = self.term.max(term.saturating_add(1));
+                self.tries = 0;
+                Next::Op(self.seal())
+            }
+            (Step::Merge, Ok(_)) => Next::Op(self.issue(Step::DestSize, ClientOp::Meta { name: self.dest.clone() })),
+            (Step::Merge, Err(e)) => {
+                self.tries += 1;
+                if self.tries < TRIES {
+                    Next::Op(ClientOp::Merge { name: self.dest.clone() })
+                } else {
+                    Next::Failed(format!("taking the job over: cannot merge the destination: {e}"))
+                }
+            }
+            (Step::DestSize, Ok(OpOutput::Meta { meta, .. })) => {
+                self.dest_bytes = meta.len();
+                let term = self.term - 1;
+                let first = self.first_generation(term);
+                self.probe(term, first, 0)
+            }
+            (Step::Probe { term, generation, .. }, Ok(OpOutput::Meta { meta, name, .. })) => {
+                self.logs.push((term, generation, name));
+                self.log_meta = Some(meta);
+                self.probe(term, generation + 1, 0)
+            }
+            (Step::Probe { term, generation, misses }, Err(HydfsError::NotFound(_))) => {
+                if let Some(meta) = self.log_meta.take() {
+                    // The newest generation of the newest term with a log: seal it after its
+                    // writer, merge it, then read it.
+                    let Some(create) = meta.create else {
+                        return Next::Failed(format!("taking the job over: the log `{}` has no create", meta.name));
+                    };
+                    return self.seal_log(create.stamp.client, u64::from(self.term));
+                }
+                if misses + 1 < PROBE_GAP {
+                    return self.probe(term, generation + 1, misses + 1);
+                }
+                match term.checked_sub(1) {
+                    Some(lower) => {
+                        let first = self.first_generation(lower);
+                        self.probe(lower, first, 0)
+                    }
+                    // Its replicas may be moving, or cut off: look again a little later.
+                    None if self.rounds + 1 < PROBE_ROUNDS => {
+                        self.rounds += 1;
+                        let term = self.term - 1;
+                        let first = self.first_generation(term);
+                        match self.probe(term, first, 0) {
+                            Next::Op(op) => Next::Later(op),
+                            other => other,
+                        }
+                    }
+                    None => Next::Ended,
+                }
+            }
+            (Step::LogSeal { .. }, Ok(_)) => self.merge_log(),
+            (Step::LogSeal { .. }, Err(HydfsError::Sealed { owner, term, .. })) => {
+                if owner == self.me {
+                    return self.merge_log();
+                }
+                if live.contains(&owner) {
+                    let term = Term::try_from(term).unwrap_or(Term::MAX);
+                    return Next::Deposed { leader: owner, term };
+                }
+                self.seal_log(owner, term.saturating_add(1))
+            }
+            (Step::LogMerge, Ok(_)) => match self.logs.last() {
+                Some((_, _, name)) => {
+                    let name = name.clone();
+                    Next::Op(self.issue(Step::LogMeta, ClientOp::Meta { name }))
+                }
+                None => Next::Failed("taking the job over: no log to read".to_owned()),
+            },
+            (Step::LogMerge, Err(e)) => {
+                self.tries += 1;
+                if self.tries < TRIES {
+                    self.merge_log()
+                } else {
+                    Next::Failed(format!("taking the job over: cannot merge the checkpoint log: {e}"))
+                }
+            }
+            (Step::LogMeta, Ok(OpOutput::Meta { meta, .. })) => {
+                self.parts = Manifest::of(&meta).parts.iter().map(|p| (p.stamp, p.part)).collect();
+                self.read_next(Step::LogPart)
+            }
+            (Step::LogPart | Step::ManifestPart, Ok(OpOutput::Part { bytes, .. })) => {
+                self.bytes.extend_from_slice(&bytes);
+                self.read_next(self.step)
+            }
+            (Step::ManifestMeta, Ok(OpOutput::Meta { meta, .. })) => {
+                self.parts = Manifest::of(&meta).parts.iter().map(|p| (p.stamp, p.part)).collect();
+                self.read_next(Step::ManifestPart)
+            }
+            (Step::CreateLog, Ok(_)) => self.ready(),
+            (Step::CreateLog, Err(HydfsError::AlreadyExists(_))) => {
+                Next::Deposed { leader: self.prev, term: self.term }
+            }
+            (Step::Seal | Step::DestSize, Err(HydfsError::NotFound(name))) => {
+                Next::Failed(format!("taking the job over: its destination `{name}` is gone"))
+            }
+            (Step::ManifestMeta, Err(HydfsError::NotFound(name))) => {
+                Next::Failed(format!("taking the job over: its manifest file `{name}` is gone"))
+            }
+            (_, Err(e)) => self.again(&e),
+            (step, Ok(other)) => Next::Failed(format!("taking the job over: unexpected answer at {step:?}: {other:?}")),
+        }
+    }
+
+    /// Seals the newest log found after `prev`, its writer (or the member that sealed it last).
+    fn seal_log(&mut self, prev: MemberId, term: u64) -> Next {
+        let Some((_, _, name)) = self.logs.last() else {
+            return Next::Failed("taking the job over: no log to seal".to_owned());
+        };
+        let seal = Seal { term, prev, upto: u64::MAX };
+        let op = ClientOp::Persist { name: name.clone(), kind: WriteKind::Seal(seal), data: Vec::new() };
+        Next::Op(self.issue(Step::LogSeal { prev, term }, op))
+    }
+
+    fn merge_log(&mut self) -> Next {
+        match self.logs.last() {
+            Some((_, _, name)) => {
+                let name = name.clone();
+                Next::Op(self.issue(Step::LogMerge, ClientOp::Merge { name }))
+            }
+            None => Next::Failed("taking the job over: no log to merge".to_owned()),
+        }
+    }
+
+    /// Reads the next part of the file being read, or goes on once it is whole.
+    fn read_next(&mut self, step: Step) -> Next {
+        let name = match step {
+            Step::LogPart => self.logs.last().map(|(_, _, n)| n.clone()),
+            _ => self.plan().manifest_file().ok(),
+        };
+        let Some(name) = name else { return Next::Failed("taking the job over: no file to read".to_owned()) };
+        if let Some((stamp, part)) = self.parts.pop_front() {
+            return Next::Op(self.issue(step, ClientOp::ReadPart { name, stamp, part, prefer: None }));
+        }
+        let bytes = std::mem::take(&mut self.bytes);
+        match step {
+            Step::LogPart => {
+                let folded = decode_all(&bytes).and_then(|records| LogState::fold_to_dest(&records, self.dest_bytes));
+                match folded {
+                    Ok(log) if log.job.is_some() => {
+                        self.log = Some(log);
+                        match self.plan().manifest_file() {
+                            Ok(name) => Next::Op(self.issue(Step::ManifestMeta, ClientOp::Meta { name })),
+                            Err(e) => Next::Failed(e.to_string()),
+                        }
+                    }
+                    Ok(_) => Next::Failed(format!("taking the job over: the log `{name}` has no job record")),
+                    Err(e) => Next::Failed(format!("taking the job over: the log `{name}`: {e}")),
+                }
+            }
+            _ => match decode_manifest(&bytes) {
+                Ok(manifest) => {
+                    self.manifest = Some(manifest);
+                    self.create_log()
+                }
+                Err(e) => Next::Failed(format!("taking the job over: the manifest file `{name}`: {e}")),
+            },
+        }
+    }
+
+    /// This node's log, generation 0 of its term: one full record, with this node the leader.
+    fn create_log(&mut self) -> Next {
+        let Some(log) = self.log.as_mut() else { return Next::Failed("no log folded".to_owned()) };
+        if let Some(info) = log.job.as_mut() {
+            info.leader = self.me;
+            info.plan.leader = self.me;
+        }
+        let Some(full) = log.full() else { return Next::Failed("the log has no job record".to_owned()) };
+        let data = match encode(&full) {
+            Ok(d) => d,
+            Err(e) => return Next::Failed(format!("taking the job over: {e}")),
+        };
+        match self.log_name(self.term, 0) {
+            Ok(name) => Next::Op(self.issue(Step::CreateLog, ClientOp::Persist { name, kind: WriteKind::Create, data })),
+            Err(e) => Next::Failed(e),
+        }
+    }
+
+    fn ready(&mut self) -> Next {
+        let (Some(mut log), Some(manifest)) = (self.log.take(), self.manifest.take()) else {
+            return Next::Failed("taking the job over: the log or the manifest was not read".to_owned());
+        };
+        let Some(info) = log.job.clone() else { return Next::Failed("the log has no job record".to_owned()) };
+        debug_assert_eq!(log.dest_bytes, self.dest_bytes, "the resume point leaves the destination as it is");
+        debug_assert!(self.term > self.known.term, "a successor's term is above the one it took over");
+        log.records = 1;
+        log.last = false;
+        // A generation the previous leader was creating as it died may have been missed by the
+        // probe and land after it: delete the next ones too (deleting a missing file is no-op).
+        if let Some((term, generation, _)) = self.logs.last().cloned() {
+            for g in generation + 1..=generation + 2 {
+                if let Ok(name) = self.log_name(term, g) {
+                    self.logs.push((term, g, name));
+                }
+            }
+        }
+        Next::Ready(Box::new(Resumed {
+            info: *info,
+            log,
+            manifest,
+            term: self.term,
+            previous: self.prev,
+            old_logs: self.logs.drain(..).map(|(_, _, n)| n).collect(),
+        }))
+    }
+}
+
+/// Whether an operation that failed this way may succeed if tried again.
+fn transient(e: &HydfsError) -> bool {
+    !matches!(
+        e,
+        HydfsError::NotFound(_) | HydfsError::AlreadyExists(_) | HydfsError::Sealed { .. } | HydfsError::TooLarge { .. }
+    )
+}
