@@ -277,15 +277,30 @@ fn sweep(layer: Layer, start: u64, count: u64, bug: Option<&str>) -> Result<Exit
         let broken = (r.stats.stream_frames_lost, r.stats.stream_frames_duplicated);
         let crashed = r.job.as_ref().map(|j| j.crashes_while_running > 0);
         let recoveries = r.job.as_ref().map(|j| j.recoveries.clone()).unwrap_or_default();
+        // A job whose leader was crashed while it ran: how soon it was taken over, and whether
+        // it completed.
+        let leader_loss = r.job.as_ref().filter(|j| {
+            let crash = r.scenario.rainstorm.as_ref().and_then(|w| w.leader_crash_ms);
+            crash.is_some_and(|c| {
+                j.submitted_ms.is_some_and(|s| s <= c) && j.completed_ms.is_none_or(|d| d > c)
+            })
+        });
+        let leader_loss = leader_loss.map(|j| (j.takeover_ms, j.completed_ms.is_some()));
         let checkers: BTreeSet<String> = r.violations.iter().map(|v| v.checker.to_string()).collect();
         let first = r.violations.first().map(|v| (v.to_string(), checkers.into_iter().collect::<Vec<_>>()));
-        (seed, r.stats.events, broken, first, crashed, recoveries, determinism)
+        (seed, r.stats.events, broken, first, crashed, (recoveries, leader_loss), determinism)
     });
     let (mut lost, mut duplicated, mut touched) = (0, 0, 0);
     let (mut jobs, mut crashed_jobs) = (0u64, 0u64);
     let (mut detections, mut resumes): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
     let (mut rerun, mut differed) = (0u64, 0u64);
-    for (seed, n, broken, violation, crashed, recoveries, determinism) in reports {
+    let (mut leaderless, mut taken_over, mut completed_after) = (0u64, Vec::new(), 0u64);
+    for (seed, n, broken, violation, crashed, (recoveries, leader_loss), determinism) in reports {
+        if let Some((takeover, completed)) = leader_loss {
+            leaderless += 1;
+            taken_over.extend(takeover.map(|ms| ms as f64));
+            completed_after += u64::from(completed);
+        }
         let not_alike = match determinism {
             Some(result) => {
                 rerun += 1;
@@ -341,6 +356,17 @@ fn sweep(layer: Layer, start: u64, count: u64, bug: Option<&str>) -> Result<Exit
             ms(&resumes, 0.5),
             ms(&resumes, 0.99),
             ms(&resumes, 1.0),
+        );
+    }
+    if leaderless > 0 {
+        let ms = |q| crate::bench::membership::percentile(&taken_over, q).unwrap_or(0.0);
+        println!(
+            "{leaderless} of {jobs} jobs ({:.0}%) lost their leader to a crash while they ran: {} taken over, \
+             {} ms (median) and {} ms (max) after the crash; {completed_after} completed",
+            100.0 * leaderless as f64 / jobs.max(1) as f64,
+            taken_over.len(),
+            ms(0.5),
+            ms(1.0),
         );
     }
     println!(

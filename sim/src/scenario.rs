@@ -562,9 +562,10 @@ impl Scenario {
         let rate = (job_ms > 0).then(|| (lines * 1_000 / job_ms).max(1));
         let fault_window = rng.gen_range(3_000..12_000).max(job_ms + 1_000);
         let calm_from_ms = start_ms + 500 + fault_window;
-        // A quarter of the jobs lose their leader, at any point of the job: a successor must take
+        // Three jobs in ten lose their leader, at any point of the job: a successor must take
         // them over and complete them.
-        let leader_crash_ms = rng.gen_bool(0.25).then(|| start_ms + rng.gen_range(800..job_ms.max(1_500) + 1_000));
+        let leader_crash_ms =
+            rng.gen_bool(0.3).then(|| start_ms + rng.gen_range(800..job_ms.max(1_500) + 1_000));
         let mut faults = Vec::new();
         // Crashes hit a node running one of the job's tasks when they fall (the world picks
         // it), and restarts bring back a crashed node. Failed copies, as in the HyDFS sweep: a

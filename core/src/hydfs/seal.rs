@@ -4,11 +4,16 @@
 //! id) becomes the file's *owner*; the seal names the owner before it (`prev`) and the last
 //! sequence number of `prev`'s appends it keeps (`upto`). It is the fence a job's successor
 //! leader puts on the job's destination: whatever the deposed leader still writes is then never
-//! part of the file, even if that leader was declared failed falsely and is still running. A
-//! successor keeps every append of `prev` (`upto` = `u64::MAX`): each replica refuses `prev`'s
-//! new appends once it holds the seal, so `prev` gets no append acknowledged after the seal is,
-//! and whatever of `prev`'s some replica took before the seal stays part of the file (an append
-//! acknowledged to `prev` is never cut off).
+//! part of the file, even if that leader was declared failed falsely and is still running.
+//!
+//! A successor seals in two steps, as HDFS recovers a lease (fence, then settle the length):
+//! 1. the *fence*: a seal keeping every append of `prev` (`upto` = `u64::MAX`). Each replica
+//!    refuses `prev`'s new appends once it holds it, so `prev` gets no append acknowledged after
+//!    the fence is, and none it had acknowledged is cut off;
+//! 2. the *bound*: once it has merged the file and read what `prev` wrote, a second seal of the
+//!    same term from the new owner, naming `prev` again, with `upto` the last of `prev`'s appends
+//!    it read. An append of `prev` that surfaces later (one still being fetched, or one a
+//!    crashed node restarts with, never acknowledged) is then no part of the file.
 //!
 //! What a file's seals mean is a function of the *set* of writes a copy holds, never of their
 //! order, so every replica that holds the same writes agrees on it, whatever order merges and
@@ -17,9 +22,11 @@
 //!   among those naming the current owner as `prev` makes its client the next owner (two
 //!   successors that raced resolve the same way everywhere; a seal naming anyone else, such as
 //!   a stale one, is no part of the chain);
+//! * the bound on an owner is the least `upto` among the seals of that term naming it that come
+//!   from the next owner (the fence and the bound);
 //! * an append is *kept* iff its client is an owner in the chain and its sequence is at most the
-//!   bound the next seal put on that owner (no bound for the last owner). A create and the seals
-//!   themselves are always kept (seals hold no bytes).
+//!   bound on that owner (no bound for the last owner). A create and the seals themselves are
+//!   always kept (seals hold no bytes).
 //!
 //! Invariants kept here (and asserted):
 //! * a file with no seal keeps every write;
@@ -80,12 +87,13 @@ impl Owners {
             // Of this term's seals, the one with the least stamp among those naming the owner
             // before them: a seal naming anyone else (a successor that lost a race, a stale
             // one) is not part of the chain.
-            let Some((stamp, seal)) =
-                seals.into_iter().filter(|(_, s)| s.prev == owner).min_by_key(|(st, _)| *st)
-            else {
+            let naming: Vec<(Stamp, Seal)> = seals.into_iter().filter(|(_, s)| s.prev == owner).collect();
+            let Some((stamp, _)) = naming.iter().min_by_key(|(st, _)| *st).copied() else {
                 continue;
             };
-            chain.last_mut().expect("a chain has an owner").upto = Some(seal.upto);
+            // The fence and the bound: the least `upto` of the new owner's seals of this term.
+            let upto = naming.iter().filter(|(st, _)| st.client == stamp.client).map(|(_, s)| s.upto).min();
+            chain.last_mut().expect("a chain has an owner").upto = upto;
             chain.push(Owner { client: stamp.client, upto: None });
             term = Some(t);
         }
@@ -129,27 +137,40 @@ impl Owners {
 
     /// Whether a replica may take the new write `w` (one it does not hold yet): an append only
     /// from the current owner (a deposed owner's appends the chain keeps are those some replica
-    /// took before it held the seal), a seal only if it extends the chain (a later term, naming
-    /// the current owner as `prev`). A write it may not take is refused for good only if it is
-    /// [`Owners::stale`]; otherwise this copy may lack a seal the writer knows of.
+    /// took before it held the fence), a seal only if it extends the chain (a later term, naming
+    /// the current owner as `prev`) or is the current owner's bound on the owner before it.
     pub fn admits(&self, w: &WriteMeta) -> bool {
         let admitted = match w.kind {
             WriteKind::Create => true,
             WriteKind::Append => w.stamp.client == self.owner(),
-            WriteKind::Seal(s) => s.term > self.term && s.prev == self.owner(),
+            WriteKind::Seal(s) => {
+                (s.term > self.term && s.prev == self.owner()) || self.bounds(w.stamp.client, s)
+            }
         };
         debug_assert!(!admitted || self.keeps(w), "a replica admits only writes the chain keeps");
         admitted
     }
 
+    /// Whether `s`, from `client`, is the current owner's bound on the owner before it (a seal
+    /// of the chain's last term naming that owner again).
+    fn bounds(&self, client: MemberId, s: Seal) -> bool {
+        let previous = self.chain.len().checked_sub(2).map(|i| self.chain[i].client);
+        s.term == self.term && client == self.owner() && Some(s.prev) == previous
+    }
+
     /// Whether `w`, which this copy does not admit, can never be admitted: an append of a
-    /// deposed owner, or a seal of a term the chain already passed.
+    /// deposed owner, or a seal of a term the chain already passed (other than a bound).
     pub fn stale(&self, w: &WriteMeta) -> bool {
         match w.kind {
             WriteKind::Create => false,
             WriteKind::Append => self.deposed(&w.stamp.client),
-            WriteKind::Seal(s) => s.term <= self.term,
+            WriteKind::Seal(s) => s.term <= self.term && !self.bounds(w.stamp.client, s),
         }
+    }
+
+    /// The bound on `client`'s appends, if it is an owner the chain deposed.
+    pub fn bound_on(&self, client: &MemberId) -> Option<u64> {
+        self.chain.iter().filter(|o| o.client == *client).filter_map(|o| o.upto).max()
     }
 
     /// Whether `client` owned the file before a seal handed it on.
@@ -233,6 +254,28 @@ mod tests {
         assert!(o.stale(&write(2, 12, WriteKind::Append)), "cut off for good");
         assert!(!o.stale(&write(5, 1, WriteKind::Append)), "a writer this copy cannot place yet");
         assert!(o.stale(&seal(5, 40, 2, 3, 1)) && !o.stale(&seal(5, 40, 4, 5, 1)));
+    }
+
+    #[test]
+    fn a_bound_after_the_fence_cuts_what_surfaces_later_in_any_order() {
+        let create = write(1, 1, WriteKind::Create);
+        let kept = write(1, 4, WriteKind::Append);
+        let late = write(1, 6, WriteKind::Append);
+        let fence = seal(2, 10, 1, 1, u64::MAX);
+        let bound = seal(2, 12, 1, 1, 4);
+        let fenced = Owners::of([&create, &kept, &fence]).unwrap();
+        assert!(fenced.keeps(&late), "the fence alone keeps whatever the deposed owner wrote");
+        assert!(!fenced.admits(&write(1, 7, WriteKind::Append)), "but it admits nothing new of it");
+        assert!(fenced.admits(&bound), "the new owner's bound extends nothing, and is admitted");
+        assert!(
+            !fenced.admits(&seal(3, 13, 1, 1, 2)) && fenced.stale(&seal(3, 13, 1, 1, 2)),
+            "a stranger's bound"
+        );
+        let x = Owners::of([&create, &kept, &fence, &bound, &late]).unwrap();
+        let y = Owners::of([&late, &bound, &fence, &kept, &create]).unwrap();
+        assert_eq!(x, y);
+        assert!(x.keeps(&kept) && !x.keeps(&late), "the bound cuts what surfaced after it was read");
+        assert_eq!((x.owner(), x.term(), x.bound_on(&member(1))), (member(2), 1, Some(4)));
     }
 
     #[test]

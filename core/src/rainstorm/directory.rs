@@ -89,7 +89,9 @@ impl fmt::Display for KnownJob {
             (JobState::Running, Some(_)) => "leader gone, a successor takes it over".to_owned(),
             (JobState::Completed, _) => "completed".to_owned(),
             (JobState::Failed(why), _) => format!("failed: {why}"),
-            (JobState::Ended, _) => "ended under its previous leader (how, this node did not hear)".to_owned(),
+            (JobState::Ended, _) => {
+                "ended under its previous leader (how, this node did not hear)".to_owned()
+            }
         };
         write!(
             f,
@@ -166,7 +168,9 @@ impl Directory {
     /// Running jobs whose leader is gone since `before` or earlier: each waits for its
     /// successor.
     pub fn orphans(&self, before: Time) -> impl Iterator<Item = &KnownJob> {
-        self.jobs.values().filter(move |k| k.leader_gone.is_some_and(|t| t <= before) && !k.notice.state.ended())
+        self.jobs
+            .values()
+            .filter(move |k| k.leader_gone.is_some_and(|t| t <= before) && !k.notice.state.ended())
     }
 
     /// When the next job whose leader is gone has been so for `delay`.

@@ -256,9 +256,17 @@ impl JobPlan {
     /// The job as submitted, from its plan (what a successor runs it by).
     pub fn spec_of(plan: &JobPlan, rate: Option<u64>) -> Result<JobSpec, String> {
         let op = |i: usize| {
-            OperatorSpec::parse(&plan.ops[i]).map_err(|e| format!("operator {} `{}`: {e}", i + 1, plan.ops[i]))
+            OperatorSpec::parse(&plan.ops[i])
+                .map_err(|e| format!("operator {} `{}`: {e}", i + 1, plan.ops[i]))
         };
-        Ok(JobSpec { op1: op(0)?, op2: op(1)?, src: plan.src.clone(), dest: plan.dest.clone(), tasks: plan.tasks, rate })
+        Ok(JobSpec {
+            op1: op(0)?,
+            op2: op(1)?,
+            src: plan.src.clone(),
+            dest: plan.dest.clone(),
+            tasks: plan.tasks,
+            rate,
+        })
     }
 
     /// The input's parts as the job pinned them (`checkpoint::encode_manifest`).
@@ -326,7 +334,13 @@ pub enum RainstormEvent {
     JobFailed { job: JobId, reason: String },
     /// Leader: this node took the job over from `previous`, which left the group, as leader of
     /// `term`; it resumes from `checkpoint`, with `outputs` already in the destination.
-    JobTakenOver { job: JobId, term: Term, previous: MemberId, checkpoint: Option<CheckpointId>, outputs: u64 },
+    JobTakenOver {
+        job: JobId,
+        term: Term,
+        previous: MemberId,
+        checkpoint: Option<CheckpointId>,
+        outputs: u64,
+    },
     /// Leader: another leader sealed the job's destination, so this node no longer leads it and
     /// commits nothing more for it (it was declared failed while it still ran).
     JobDeposed { job: JobId, leader: MemberId, term: Term },

@@ -440,13 +440,25 @@ impl Leader {
                 self.takeovers.remove(&job);
                 out.event(RainstormEvent::JobDeposed { job, leader, term });
             }
+            Next::Completed { outputs, files } => {
+                let Some(t) = self.takeovers.remove(&job) else { return };
+                let mut notice = t.notice().clone();
+                (notice.leader, notice.term, notice.state, notice.outputs) =
+                    (t.me(), t.term(), JobState::Completed, outputs);
+                let restarts = notice.restarts;
+                out.announce(notice);
+                for name in files {
+                    self.delete(job, name, out);
+                }
+                out.event(RainstormEvent::JobCompleted { job, outputs, restarts });
+            }
             Next::Ended => {
                 let Some(t) = self.takeovers.remove(&job) else { return };
                 let mut notice = t.notice().clone();
                 (notice.leader, notice.term, notice.state) = (t.me(), t.term(), JobState::Ended);
                 out.announce(notice);
-                let reason = "none of its checkpoint logs is left: it ended under its previous leader \
-                              (which deleted them), or before it wrote one"
+                let reason = "none of its files is left to resume it from: it ended under its previous \
+                              leader (which deleted them), or that leader was lost before it made them"
                     .to_owned();
                 out.event(RainstormEvent::JobLost { job, reason });
             }
@@ -1021,7 +1033,8 @@ impl Leader {
     }
 
     pub(super) fn handle_timeout(&mut self, now: Time, cfg: &RainstormConfig, out: &mut Outbox) {
-        let due: Vec<JobId> = self.takeover_waits.iter().filter(|(_, (t, _))| *t <= now).map(|(j, _)| *j).collect();
+        let due: Vec<JobId> =
+            self.takeover_waits.iter().filter(|(_, (t, _))| *t <= now).map(|(j, _)| *j).collect();
         for job in due {
             if let Some((_, op)) = self.takeover_waits.remove(&job) {
                 self.io(job, op, LeaderIo::Takeover, out);
@@ -1106,9 +1119,7 @@ impl Leader {
         if !created {
             return;
         }
-        for name in
-            [j.commits.log_name(&j.plan), j.plan.manifest_file()].into_iter().flatten()
-        {
+        for name in [j.commits.log_name(&j.plan), j.plan.manifest_file()].into_iter().flatten() {
             self.delete(j.plan.job, name, out);
         }
     }

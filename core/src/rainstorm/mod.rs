@@ -604,9 +604,7 @@ impl Rainstorm {
                 match self.worker.leader_of(*job) {
                     // A stop may also come from the process that replaced the leader at its
                     // address: the leader is gone, and its jobs with it.
-                    Some(leader) if leader.addr == from.addr && leader.join_time < from.join_time => {
-                        None
-                    }
+                    Some(leader) if leader.addr == from.addr && leader.join_time < from.join_time => None,
                     Some(leader) => (leader != from).then_some(Refusal::NotTheLeader),
                     // Not a job of ours: nothing to refuse (a stop of it is remembered only if
                     // its sender leads it, see `dispatch`).

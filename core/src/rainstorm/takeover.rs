@@ -9,7 +9,10 @@
 //!    owner and term: if that owner is a live member, it leads the job, and this node stands
 //!    down; if it is gone too, the successor seals after it, one term later.
 //! 2. **Settle the destination's size.** Merge it (every copy then holds the kept appends in one
-//!    order), then read its length: the outputs of the job as committed, final.
+//!    order), read its length, and *bound* the previous leader's appends to the last one read
+//!    (a second seal, `seal.rs`): an append of its that surfaces later (one still being fetched,
+//!    or one a crashed node restarts with, never acknowledged) is no part of the file. The
+//!    length read is then final: the outputs of the job as committed.
 //! 3. **Find the newest checkpoint log.** Each term writes its own; the successor looks from the
 //!    term below its own downwards, and within a term from the generation last announced
 //!    upwards, for the newest generation that exists. It seals and merges that log too, so that
@@ -31,7 +34,7 @@
 
 use std::collections::VecDeque;
 
-use super::checkpoint::{decode_all, decode_manifest, encode, JobInfo, LogState};
+use super::checkpoint::{decode_all, decode_manifest, encode, CheckpointError, JobInfo, LogState};
 use super::directory::JobNotice;
 use super::input::Manifest;
 use super::job::{JobId, JobPlan, Term};
@@ -49,14 +52,29 @@ const PROBE_ROUNDS: u32 = 20;
 /// Where the successor is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Step {
+    /// Checking that the destination exists (a job whose leader died before it created its
+    /// files has nothing to take over).
+    Exists,
     Seal,
     Merge,
     /// Reading the destination's length once sealed and merged.
     DestSize,
+    /// Merging and measuring the destination again: its copies were behind the log.
+    Remerge,
+    Remeasure,
+    /// Bounding the previous owner's appends to those read.
+    Bound,
     /// Looking for log generation `generation` of `term`.
-    Probe { term: Term, generation: u32, misses: u32 },
+    Probe {
+        term: Term,
+        generation: u32,
+        misses: u32,
+    },
     /// Sealing the newest log after its writer `prev`, as of seal term `term`.
-    LogSeal { prev: MemberId, term: u64 },
+    LogSeal {
+        prev: MemberId,
+        term: u64,
+    },
     LogMerge,
     LogMeta,
     LogPart,
@@ -88,11 +106,20 @@ pub(super) enum Next {
     Later(ClientOp),
     Ready(Box<Resumed>),
     /// Another member leads the job now.
-    Deposed { leader: MemberId, term: Term },
+    Deposed {
+        leader: MemberId,
+        term: Term,
+    },
     /// The job cannot be resumed; why.
     Failed(String),
     /// None of the job's logs is left: it ended under its previous leader, which deleted them.
     Ended,
+    /// The log's last commit, every output in it, is in the destination: the job completed
+    /// under its previous leader, which died before it said so. Its files are to be deleted.
+    Completed {
+        outputs: u64,
+        files: Vec<FileName>,
+    },
 }
 
 pub(super) struct Takeover {
@@ -112,6 +139,10 @@ pub(super) struct Takeover {
     /// Rounds of looking for the logs so far.
     rounds: u32,
     dest_bytes: u64,
+    /// The last append of the previous owner the destination showed.
+    upto: u64,
+    /// The newest log's records.
+    records: Vec<super::checkpoint::Record>,
     /// Log generations found (the newest last), and the newest one's metadata.
     logs: Vec<(Term, u32, FileName)>,
     log_meta: Option<FileMeta>,
@@ -132,11 +163,13 @@ impl Takeover {
             term: known.term.saturating_add(1),
             prev: known.leader,
             known,
-            step: Step::Seal,
+            step: Step::Exists,
             current: None,
             tries: 0,
             rounds: 0,
             dest_bytes: 0,
+            upto: 0,
+            records: Vec::new(),
             logs: Vec::new(),
             log_meta: None,
             parts: VecDeque::new(),
@@ -144,7 +177,7 @@ impl Takeover {
             log: None,
             manifest: None,
         };
-        let op = t.seal();
+        let op = t.issue(Step::Exists, ClientOp::Meta { name: t.dest.clone() });
         (t, op)
     }
 
@@ -209,7 +242,9 @@ impl Takeover {
 
     fn probe(&mut self, term: Term, generation: u32, misses: u32) -> Next {
         match self.log_name(term, generation) {
-            Ok(name) => Next::Op(self.issue(Step::Probe { term, generation, misses }, ClientOp::Meta { name })),
+            Ok(name) => {
+                Next::Op(self.issue(Step::Probe { term, generation, misses }, ClientOp::Meta { name }))
+            }
             Err(e) => Next::Failed(e),
         }
     }
@@ -226,7 +261,16 @@ impl Takeover {
     /// The answer to the operation in flight; `live`: the members of the group now.
     pub(super) fn on_answer(&mut self, live: &[MemberId], result: Result<OpOutput, HydfsError>) -> Next {
         match (self.step, result) {
-            (Step::Seal, Ok(_)) => Next::Op(self.issue(Step::Merge, ClientOp::Merge { name: self.dest.clone() })),
+            (Step::Exists, Ok(_)) => Next::Op(self.seal()),
+            (Step::Exists, Err(HydfsError::NotFound(_))) if self.rounds + 1 < PROBE_ROUNDS => {
+                // Its replicas may be moving: look again a little later.
+                self.rounds += 1;
+                Next::Later(ClientOp::Meta { name: self.dest.clone() })
+            }
+            (Step::Exists, Err(HydfsError::NotFound(_))) => Next::Ended,
+            (Step::Seal, Ok(_)) => {
+                Next::Op(self.issue(Step::Merge, ClientOp::Merge { name: self.dest.clone() }))
+            }
             (Step::Seal, Err(HydfsError::Sealed { owner, term, .. })) => {
                 let term = Term::try_from(term).unwrap_or(Term::MAX);
                 if owner == self.me {
@@ -243,7 +287,9 @@ impl Takeover {
                 self.tries = 0;
                 Next::Op(self.seal())
             }
-            (Step::Merge, Ok(_)) => Next::Op(self.issue(Step::DestSize, ClientOp::Meta { name: self.dest.clone() })),
+            (Step::Merge, Ok(_)) => {
+                Next::Op(self.issue(Step::DestSize, ClientOp::Meta { name: self.dest.clone() }))
+            }
             (Step::Merge, Err(e)) => {
                 self.tries += 1;
                 if self.tries < TRIES {
@@ -253,11 +299,23 @@ impl Takeover {
                 }
             }
             (Step::DestSize, Ok(OpOutput::Meta { meta, .. })) => {
-                self.dest_bytes = meta.len();
+                self.measure(&meta);
                 let term = self.term - 1;
                 let first = self.first_generation(term);
                 self.probe(term, first, 0)
             }
+            (Step::Remerge, Ok(_)) => {
+                Next::Op(self.issue(Step::Remeasure, ClientOp::Meta { name: self.dest.clone() }))
+            }
+            (Step::Remeasure, Ok(OpOutput::Meta { meta, .. })) => {
+                self.measure(&meta);
+                self.settle()
+            }
+            (Step::Bound, Err(HydfsError::Sealed { owner, term, .. })) => {
+                // Another member sealed the destination after this node's fence: it leads now.
+                Next::Deposed { leader: owner, term: Term::try_from(term).unwrap_or(Term::MAX) }
+            }
+            (Step::Bound, Ok(_)) => self.bounded(),
             (Step::Probe { term, generation, .. }, Ok(OpOutput::Meta { meta, name, .. })) => {
                 self.logs.push((term, generation, name));
                 self.log_meta = Some(meta);
@@ -268,7 +326,10 @@ impl Takeover {
                     // The newest generation of the newest term with a log: seal it after its
                     // writer, merge it, then read it.
                     let Some(create) = meta.create else {
-                        return Next::Failed(format!("taking the job over: the log `{}` has no create", meta.name));
+                        return Next::Failed(format!(
+                            "taking the job over: the log `{}` has no create",
+                            meta.name
+                        ));
                     };
                     return self.seal_log(create.stamp.client, u64::from(self.term));
                 }
@@ -291,6 +352,20 @@ impl Takeover {
                         }
                     }
                     None => Next::Ended,
+                }
+            }
+            (
+                Step::LogSeal { .. } | Step::LogMerge | Step::LogMeta | Step::LogPart,
+                Err(HydfsError::NotFound(_)),
+            ) if self.rounds + 1 < PROBE_ROUNDS => {
+                // The log moved on (a deposed leader may still roll it over): look again.
+                self.rounds += 1;
+                let (term, generation, _) = self.logs.last().cloned().expect("a log was found");
+                self.logs.clear();
+                self.bytes.clear();
+                match self.probe(term, generation, 0) {
+                    Next::Op(op) => Next::Later(op),
+                    other => other,
                 }
             }
             (Step::LogSeal { .. }, Ok(_)) => self.merge_log(),
@@ -342,7 +417,72 @@ impl Takeover {
                 Next::Failed(format!("taking the job over: its manifest file `{name}` is gone"))
             }
             (_, Err(e)) => self.again(&e),
-            (step, Ok(other)) => Next::Failed(format!("taking the job over: unexpected answer at {step:?}: {other:?}")),
+            (step, Ok(other)) => {
+                Next::Failed(format!("taking the job over: unexpected answer at {step:?}: {other:?}"))
+            }
+        }
+    }
+
+    /// What the destination holds: its length, and the last append of the previous owner.
+    fn measure(&mut self, meta: &FileMeta) {
+        let prev = self.prev;
+        self.dest_bytes = meta.len();
+        self.upto =
+            meta.all_writes().filter(|w| w.stamp.client == prev).map(|w| w.stamp.seq).max().unwrap_or(0);
+    }
+
+    /// Folds the log to the destination's length, then bounds the previous owner's appends. A
+    /// destination shorter than the outputs the log says were acknowledged (every commit but
+    /// the last) is a view of copies still catching up (the group changed): merged and
+    /// measured again a little later.
+    fn settle(&mut self) -> Next {
+        let acknowledged = {
+            let mut s = LogState::default();
+            let mut before_last = 0;
+            for r in &self.records {
+                before_last = s.dest_bytes;
+                if s.apply(r).is_err() {
+                    break;
+                }
+            }
+            before_last
+        };
+        let folded = LogState::fold_to_dest(&self.records, self.dest_bytes);
+        let behind =
+            self.dest_bytes < acknowledged || matches!(folded, Err(CheckpointError::DestMismatch { .. }));
+        if behind && self.rounds + 1 < PROBE_ROUNDS {
+            self.rounds += 1;
+            return Next::Later(self.issue(Step::Remerge, ClientOp::Merge { name: self.dest.clone() }));
+        }
+        match folded {
+            Ok(log) if log.job.is_some() => {
+                self.log = Some(log);
+                let seal = Seal { term: u64::from(self.term), prev: self.prev, upto: self.upto };
+                let op = ClientOp::Persist {
+                    name: self.dest.clone(),
+                    kind: WriteKind::Seal(seal),
+                    data: Vec::new(),
+                };
+                Next::Op(self.issue(Step::Bound, op))
+            }
+            Ok(_) => Next::Failed("taking the job over: the log has no job record".to_owned()),
+            Err(e) => Next::Failed(format!("taking the job over: the checkpoint log: {e}")),
+        }
+    }
+
+    /// The destination is final: a job whose last commit is in it completed; any other goes on
+    /// from the manifest.
+    fn bounded(&mut self) -> Next {
+        let Some(log) = self.log.as_ref() else { return Next::Failed("no log folded".to_owned()) };
+        if log.last {
+            let outputs = log.outputs;
+            let mut files: Vec<FileName> = self.logs.drain(..).map(|(_, _, n)| n).collect();
+            files.extend(self.plan().manifest_file().ok());
+            return Next::Completed { outputs, files };
+        }
+        match self.plan().manifest_file() {
+            Ok(name) => Next::Op(self.issue(Step::ManifestMeta, ClientOp::Meta { name })),
+            Err(e) => Next::Failed(e.to_string()),
         }
     }
 
@@ -378,20 +518,13 @@ impl Takeover {
         }
         let bytes = std::mem::take(&mut self.bytes);
         match step {
-            Step::LogPart => {
-                let folded = decode_all(&bytes).and_then(|records| LogState::fold_to_dest(&records, self.dest_bytes));
-                match folded {
-                    Ok(log) if log.job.is_some() => {
-                        self.log = Some(log);
-                        match self.plan().manifest_file() {
-                            Ok(name) => Next::Op(self.issue(Step::ManifestMeta, ClientOp::Meta { name })),
-                            Err(e) => Next::Failed(e.to_string()),
-                        }
-                    }
-                    Ok(_) => Next::Failed(format!("taking the job over: the log `{name}` has no job record")),
-                    Err(e) => Next::Failed(format!("taking the job over: the log `{name}`: {e}")),
+            Step::LogPart => match decode_all(&bytes) {
+                Ok(records) => {
+                    self.records = records;
+                    self.settle()
                 }
-            }
+                Err(e) => Next::Failed(format!("taking the job over: the log `{name}`: {e}")),
+            },
             _ => match decode_manifest(&bytes) {
                 Ok(manifest) => {
                     self.manifest = Some(manifest);
@@ -415,7 +548,9 @@ impl Takeover {
             Err(e) => return Next::Failed(format!("taking the job over: {e}")),
         };
         match self.log_name(self.term, 0) {
-            Ok(name) => Next::Op(self.issue(Step::CreateLog, ClientOp::Persist { name, kind: WriteKind::Create, data })),
+            Ok(name) => Next::Op(
+                self.issue(Step::CreateLog, ClientOp::Persist { name, kind: WriteKind::Create, data }),
+            ),
             Err(e) => Next::Failed(e),
         }
     }
@@ -453,6 +588,9 @@ impl Takeover {
 fn transient(e: &HydfsError) -> bool {
     !matches!(
         e,
-        HydfsError::NotFound(_) | HydfsError::AlreadyExists(_) | HydfsError::Sealed { .. } | HydfsError::TooLarge { .. }
+        HydfsError::NotFound(_)
+            | HydfsError::AlreadyExists(_)
+            | HydfsError::Sealed { .. }
+            | HydfsError::TooLarge { .. }
     )
 }

@@ -159,6 +159,10 @@ pub struct JobStats {
     pub recoveries: Vec<(u64, u64)>,
     /// Times a successor took the job over.
     pub takeovers: u32,
+    /// When the leader was crashed (scenario time, ms), and how long after that a successor
+    /// took the job over.
+    pub leader_crashed_ms: Option<u64>,
+    pub takeover_ms: Option<u64>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -219,6 +223,11 @@ pub struct RainstormHarness {
     leader_lost: bool,
     /// The slot leading the job now (a successor after a takeover).
     lead: Slot,
+    /// The outputs the job completed with.
+    completed_outputs: Option<u64>,
+    /// A successor found none of the job's files, and the job had committed nothing.
+    nothing_to_resume: bool,
+    committed_any: bool,
     /// Takeovers of the job, and the term of the last one.
     takeovers: u32,
     term: u32,
@@ -291,6 +300,9 @@ impl RainstormHarness {
             leader_lost: false,
             takeovers: 0,
             term: 0,
+            completed_outputs: None,
+            nothing_to_resume: false,
+            committed_any: false,
             hosts: std::collections::BTreeMap::new(),
             batches: std::collections::BTreeMap::new(),
             reported_bounds: std::collections::BTreeSet::new(),
@@ -597,6 +609,10 @@ impl RainstormHarness {
                 self.stats.outputs += tuples.len() as u64;
             }
             RainstormEvent::JobTakenOver { job, term, .. } if mine(job) => {
+                if let Some(crash) = self.w.leader_crash_ms.filter(|t| *t <= now.0) {
+                    self.stats.leader_crashed_ms = Some(crash);
+                    self.stats.takeover_ms.get_or_insert(now.0 - crash);
+                }
                 self.lead = slot;
                 self.term = *term;
                 self.takeovers += 1;
@@ -620,15 +636,24 @@ impl RainstormHarness {
                 }
             }
             RainstormEvent::Committed { job, checkpoint, .. } if mine(job) && slot == self.lead => {
+                self.committed_any = true;
                 self.last_commit = now;
                 self.resumed(now, Some(*checkpoint));
             }
-            RainstormEvent::JobCompleted { job, restarts, .. } if mine(job) => {
+            RainstormEvent::JobCompleted { job, restarts, outputs } if mine(job) => {
                 if self.completed {
-                    let why = format!("job {job} completed twice (again on n{slot})");
-                    self.violations.push((now, CheckerKind::RainstormDuplicate, why));
+                    // A successor that found the job's last commit in place says so too (the
+                    // leader died, or was cut off, before its word reached it): the same outputs.
+                    if Some(*outputs) != self.completed_outputs {
+                        let why = format!(
+                            "job {job} completed twice with different outputs ({:?}, then {outputs} on n{slot})",
+                            self.completed_outputs
+                        );
+                        self.violations.push((now, CheckerKind::RainstormDuplicate, why));
+                    }
                     return;
                 }
+                self.completed_outputs = Some(*outputs);
                 self.lead = slot;
                 self.resumed(now, None);
                 self.completed = true;
@@ -638,7 +663,15 @@ impl RainstormHarness {
             }
             RainstormEvent::JobFailed { job, reason } if mine(job) => {
                 self.stats.failed = Some(reason.clone());
-                self.violations.push((now, CheckerKind::RainstormLiveness, format!("job {job} failed: {reason}")));
+                self.violations.push((
+                    now,
+                    CheckerKind::RainstormLiveness,
+                    format!("job {job} failed: {reason}"),
+                ));
+            }
+            RainstormEvent::JobLost { job, .. } if mine(job) && slot != self.lead => {
+                // A successor found no file to resume the job from.
+                self.nothing_to_resume = true;
             }
             RainstormEvent::JobLost { job, reason } if mine(job) && slot == self.lead => {
                 // Like a leader crash: the job ends, and what it wrote must still be exact.
@@ -735,7 +768,9 @@ impl RainstormHarness {
             let log = name.rsplit('/').next().unwrap_or(name);
             let term = match log.strip_prefix("checkpoints.") {
                 Some(rest) if rest.starts_with('g') => Some(0),
-                Some(rest) => rest.strip_prefix('t').and_then(|t| t.split('.').next()).and_then(|t| t.parse().ok()),
+                Some(rest) => {
+                    rest.strip_prefix('t').and_then(|t| t.split('.').next()).and_then(|t| t.parse().ok())
+                }
                 None => None,
             };
             term.is_some_and(|t: u32| t < self.term)
@@ -758,6 +793,9 @@ impl RainstormHarness {
         let crashed = self.w.leader_crash_ms.is_some_and(|t| t <= now.0);
         if self.job.is_none() && crashed {
             // The leader crashed before the job was submitted: there is no job to judge.
+        } else if self.nothing_to_resume && !self.committed_any {
+            // The leader was lost before it created the job's files (its successor found none),
+            // so nothing of the job exists to resume: the job is lost, with nothing written.
         } else {
             let why = format!(
                 "the job did not complete by {} ms ({} of {} outputs, phase {:?}, leader {}, {} \
@@ -766,7 +804,13 @@ impl RainstormHarness {
                 self.console.len(),
                 self.stats.reference_outputs,
                 self.phase,
-                if crashed { "crashed" } else if self.leader_lost { "lost" } else { "up" },
+                if crashed {
+                    "crashed"
+                } else if self.leader_lost {
+                    "lost"
+                } else {
+                    "up"
+                },
                 self.takeovers,
                 state.join("\n    ")
             );

@@ -332,7 +332,11 @@ mod tests {
         let last = console.last_mut().expect("outputs");
         let (category, n) = count_of(&last.value).expect("a count");
         last.value = format!("{},{}", category, n + 1);
-        let findings = judge(&reference, true, &Observed { console: &console, dest: None, completed: true, console_whole: true });
+        let findings = judge(
+            &reference,
+            true,
+            &Observed { console: &console, dest: None, completed: true, console_whole: true },
+        );
         assert_eq!(kinds(&findings), ["aggregate", "mismatch"], "{findings:?}");
         let wanted = format!(
             "1 categories with wrong running counts: {category:?}: max count {}, reference final {n}",
