@@ -566,6 +566,13 @@ impl Scenario {
         // them over and complete them.
         let leader_crash_ms =
             rng.gen_bool(0.3).then(|| start_ms + rng.gen_range(800..job_ms.max(1_500) + 1_000));
+        // Some leaders stand still for a few seconds while their job runs (a long pause: the
+        // others declare it failed falsely): a successor takes the job over, and the deposed
+        // leader, running again with its commits in flight, must commit nothing more.
+        let leader_pause = (leader_crash_ms.is_none() && rng.gen_bool(0.15)).then(|| {
+            let at = start_ms + rng.gen_range(800..job_ms.max(1_500) + 1_000);
+            (at, rng.gen_range(4_000..8_000))
+        });
         let mut faults = Vec::new();
         // Crashes hit a node running one of the job's tasks when they fall (the world picks
         // it), and restarts bring back a crashed node. Failed copies, as in the HyDFS sweep: a
@@ -623,6 +630,9 @@ impl Scenario {
         }
         if let Some(at) = leader_crash_ms {
             faults.push(FaultAt { at_ms: at, fault: Fault::Crash { node: leader } });
+        }
+        if let Some((at, for_ms)) = leader_pause {
+            faults.push(FaultAt { at_ms: at, fault: Fault::Pause { node: leader, for_ms } });
         }
         for _ in 0..down {
             faults.push(FaultAt { at_ms: calm_from_ms, fault: Fault::RestartCrashed { pick: 0 } });

@@ -642,8 +642,10 @@ impl Hydfs {
         op.wait_until = None;
         if op.candidates.is_empty() || op.next >= op.candidates.len() {
             let round_over = !op.candidates.is_empty();
+            // A persistent append goes on when no replica has the file (its replicas may be
+            // moving); a persistent seal does not: a file that is gone has nothing to hand over.
             let persistent_append =
-                op.persistent && matches!(&op.kind, Kind::Write { meta } if meta.kind.is_append());
+                op.persistent && matches!(&op.kind, Kind::Write { meta } if meta.kind == WriteKind::Append);
             if round_over && op.not_found >= op.candidates.len() && !persistent_append {
                 let name = op.name.clone();
                 return self.finish(now, id, None, Err(HydfsError::NotFound(name)));

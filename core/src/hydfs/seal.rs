@@ -54,7 +54,13 @@ use std::collections::BTreeMap;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Owner {
     client: MemberId,
+    /// Its appends after this sequence count (that of the seal that made it the owner; 0 for
+    /// the first owner), so an owner that takes the file back does not bring back its appends
+    /// a seal cut off.
+    from: u64,
     upto: Option<u64>,
+    /// The term of the seal that made it the owner (0 for the first owner).
+    term: u64,
 }
 
 /// The owners of a sealed file, oldest first ([`Owners::of`]).
@@ -80,28 +86,44 @@ impl Owners {
             }
         }
         let first = by_term.values().flatten().min_by_key(|(stamp, s)| (s.term, *stamp))?;
-        let mut chain = vec![Owner { client: creator.unwrap_or(first.1.prev), upto: None }];
-        let mut term = None;
-        for (t, seals) in by_term {
+        let client = creator.unwrap_or(first.1.prev);
+        let mut chain = vec![Owner { client, from: 0, upto: None, term: 0 }];
+        for (t, seals) in &by_term {
             let owner = chain.last().expect("a chain has an owner").client;
             // Of this term's seals, the one with the least stamp among those naming the owner
             // before them: a seal naming anyone else (a successor that lost a race, a stale
-            // one) is not part of the chain.
-            let naming: Vec<(Stamp, Seal)> = seals.into_iter().filter(|(_, s)| s.prev == owner).collect();
-            let Some((stamp, _)) = naming.iter().min_by_key(|(st, _)| *st).copied() else {
+            // one, a bound on an earlier owner) is not a link of the chain.
+            let Some((stamp, _)) = seals.iter().filter(|(_, s)| s.prev == owner).min_by_key(|(st, _)| *st)
+            else {
                 continue;
             };
-            // The fence and the bound: the least `upto` of the new owner's seals of this term.
-            let upto = naming.iter().filter(|(st, _)| st.client == stamp.client).map(|(_, s)| s.upto).min();
-            chain.last_mut().expect("a chain has an owner").upto = upto;
-            chain.push(Owner { client: stamp.client, upto: None });
-            term = Some(t);
+            chain.push(Owner { client: stamp.client, from: stamp.seq, upto: None, term: *t });
         }
-        let term = term?;
+        if chain.len() < 2 {
+            return None;
+        }
+        // The bound on each owner but the last: the least `upto` among the seals naming it that
+        // come from a later owner (the fence and the bounds), sealed while it was not the owner
+        // again.
+        for i in 0..chain.len() - 1 {
+            let client = chain[i].client;
+            let later: Vec<MemberId> = chain[i + 1..].iter().map(|o| o.client).collect();
+            let start = chain[i + 1].term;
+            let end = chain[i + 1..].iter().find(|o| o.client == client).map_or(u64::MAX, |o| o.term);
+            let upto = by_term
+                .range(start..end)
+                .flat_map(|(_, seals)| seals)
+                .filter(|(st, s)| s.prev == client && later.contains(&st.client))
+                .map(|(_, s)| s.upto)
+                .min();
+            chain[i].upto = Some(upto.unwrap_or(u64::MAX));
+        }
+        let term = chain.last().expect("a chain has an owner").term;
         debug_assert!(
             chain.iter().rev().skip(1).all(|o| o.upto.is_some()) && chain.last().unwrap().upto.is_none(),
-            "every owner but the last is bounded by the seal after it"
+            "every owner but the last is bounded by the seals after it"
         );
+        debug_assert!(chain.windows(2).all(|w| w[0].term < w[1].term), "the chain's terms increase");
         Some(Owners { chain, term })
     }
 
@@ -125,7 +147,9 @@ impl Owners {
 
     /// Whether an append stamped `stamp` is part of the file.
     pub fn keeps_append(&self, stamp: &Stamp) -> bool {
-        self.chain.iter().any(|o| o.client == stamp.client && o.upto.is_none_or(|u| stamp.seq <= u))
+        self.chain
+            .iter()
+            .any(|o| o.client == stamp.client && stamp.seq > o.from && o.upto.is_none_or(|u| stamp.seq <= u))
     }
 
     /// Whether the append `stamp` was cut off by a seal: its client is an earlier owner and a
@@ -142,7 +166,7 @@ impl Owners {
     pub fn admits(&self, w: &WriteMeta) -> bool {
         let admitted = match w.kind {
             WriteKind::Create => true,
-            WriteKind::Append => w.stamp.client == self.owner(),
+            WriteKind::Append => w.stamp.client == self.owner() && self.keeps_append(&w.stamp),
             WriteKind::Seal(s) => {
                 (s.term > self.term && s.prev == self.owner()) || self.bounds(w.stamp.client, s)
             }
@@ -151,11 +175,21 @@ impl Owners {
         admitted
     }
 
-    /// Whether `s`, from `client`, is the current owner's bound on the owner before it (a seal
-    /// of the chain's last term naming that owner again).
+    /// Whether `s`, from `client`, is the current owner's bound on an earlier owner (a seal of
+    /// the chain's last term naming that owner).
     fn bounds(&self, client: MemberId, s: Seal) -> bool {
-        let previous = self.chain.len().checked_sub(2).map(|i| self.chain[i].client);
-        s.term == self.term && client == self.owner() && Some(s.prev) == previous
+        s.term == self.term && client == self.owner() && self.deposed(&s.prev)
+    }
+
+    /// The earlier owners no seal bounded yet (their appends are all kept): a new owner bounds
+    /// each once it has read what they wrote.
+    pub fn unbounded(&self) -> Vec<MemberId> {
+        let earlier = self.chain.iter().rev().skip(1);
+        let mut open: Vec<MemberId> =
+            earlier.filter(|o| o.upto == Some(u64::MAX)).map(|o| o.client).collect();
+        open.dedup();
+        open.retain(|c| *c != self.owner());
+        open
     }
 
     /// Whether `w`, which this copy does not admit, can never be admitted: an append of a
@@ -163,7 +197,11 @@ impl Owners {
     pub fn stale(&self, w: &WriteMeta) -> bool {
         match w.kind {
             WriteKind::Create => false,
-            WriteKind::Append => self.deposed(&w.stamp.client),
+            WriteKind::Append => {
+                let client = w.stamp.client;
+                self.deposed(&client)
+                    || (self.chain.iter().any(|o| o.client == client) && !self.keeps_append(&w.stamp))
+            }
             WriteKind::Seal(s) => s.term <= self.term && !self.bounds(w.stamp.client, s),
         }
     }

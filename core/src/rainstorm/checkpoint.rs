@@ -178,7 +178,7 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest, CheckpointError> {
         return Err(CheckpointError::UnknownVersion { offset: 0, found: bytes[2] });
     }
     let len = u64::from_le_bytes(bytes[3..11].try_into().expect("8 bytes"));
-    let needed = (MANIFEST_HEADER_BYTES + CRC_BYTES) as u64 + len;
+    let needed = ((MANIFEST_HEADER_BYTES + CRC_BYTES) as u64).saturating_add(len);
     if needed != bytes.len() as u64 {
         return Err(truncated(needed.min(usize::MAX as u64) as usize));
     }

@@ -160,10 +160,16 @@ pub enum PlantedBug {
     /// The leader never commits a job's last epoch (what the sink holds once every stream has
     /// ended), so the job never completes.
     LastEpochNeverCommitted,
+    /// A successor resumes a job it takes over from the record before the one the
+    /// destination's length gives: the outputs of that last commit reach the destination twice.
+    TakeoverFromStalePoint,
+    /// A successor takes a job over without sealing its destination: a leader declared failed
+    /// while it still runs keeps committing, next to its successor.
+    TakeoverWithoutFence,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 10] = [
+    pub const ALL: [PlantedBug; 12] = [
         PlantedBug::CommitBeforeComplete,
         PlantedBug::SourceSkipsALine,
         PlantedBug::SinkTakesOldAttempts,
@@ -174,6 +180,8 @@ impl PlantedBug {
         PlantedBug::OpenEpochUnbounded,
         PlantedBug::OutputAppendedTwice,
         PlantedBug::LastEpochNeverCommitted,
+        PlantedBug::TakeoverFromStalePoint,
+        PlantedBug::TakeoverWithoutFence,
     ];
 
     pub fn name(self) -> &'static str {
@@ -188,6 +196,8 @@ impl PlantedBug {
             PlantedBug::OpenEpochUnbounded => "open-epoch-unbounded",
             PlantedBug::OutputAppendedTwice => "output-appended-twice",
             PlantedBug::LastEpochNeverCommitted => "last-epoch-never-committed",
+            PlantedBug::TakeoverFromStalePoint => "takeover-from-stale-point",
+            PlantedBug::TakeoverWithoutFence => "takeover-without-fence",
         }
     }
 

@@ -142,7 +142,9 @@ impl Directory {
             return false;
         }
         match self.jobs.get_mut(&notice.job) {
+            // Never over a later term, an ended job, or another leader of the same term.
             Some(k) if k.notice.term > notice.term || k.notice.state.ended() => return false,
+            Some(k) if k.notice.term == notice.term && k.notice.leader != notice.leader => return false,
             Some(k) if k.notice.term == notice.term && k.notice.leader == notice.leader => {
                 k.leader_gone.get_or_insert(now);
                 return true;

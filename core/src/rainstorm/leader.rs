@@ -387,7 +387,7 @@ impl Leader {
         }
         if let (LeaderIo::Commit(_), Err(HydfsError::Sealed { owner, term, .. })) = (io, &result) {
             let term = Term::try_from(*term).unwrap_or(Term::MAX);
-            return self.depose(job, *owner, term, members, out);
+            return self.depose(cfg, job, (*owner, term), members, out);
         }
         if let Err(reason) = self.on_io(now, cfg, members, job, io, result, out) {
             self.fail(job, reason, out);
@@ -395,23 +395,33 @@ impl Leader {
     }
 
     /// Starts taking over `known`'s job, whose leader is gone, as `me`.
-    pub(super) fn take_over(&mut self, me: MemberId, known: JobNotice, out: &mut Outbox) {
+    pub(super) fn take_over(
+        &mut self,
+        cfg: &RainstormConfig,
+        me: MemberId,
+        known: JobNotice,
+        out: &mut Outbox,
+    ) {
         let job = known.job;
         if self.leads(job) {
             return;
         }
         let hint = (known.term, known.generation);
-        self.start_takeover(me, known, hint, out);
+        self.start_takeover(cfg, me, known, hint, out);
     }
 
     /// Starts a takeover; `hint`: a term whose log generation is known.
-    fn start_takeover(&mut self, me: MemberId, known: JobNotice, hint: (Term, u32), out: &mut Outbox) {
+    fn start_takeover(
+        &mut self,
+        cfg: &RainstormConfig,
+        me: MemberId,
+        known: JobNotice,
+        hint: (Term, u32),
+        out: &mut Outbox,
+    ) {
         let job = known.job;
-        let (t, op) = Takeover::start(me, known, hint);
-        let mut notice = t.notice().clone();
-        out.event(RainstormEvent::JobReceived { job, spec: notice.spec.clone() });
-        (notice.leader, notice.term, notice.state) = (me, t.term(), JobState::Running);
-        out.announce(notice);
+        let (t, op) = Takeover::start(cfg, me, known, hint);
+        out.event(RainstormEvent::JobReceived { job, spec: t.notice().spec.clone() });
         self.takeovers.insert(job, t);
         self.io(job, op, LeaderIo::Takeover, out);
     }
@@ -426,7 +436,16 @@ impl Leader {
         out: &mut Outbox,
     ) {
         let Some(t) = self.takeovers.get_mut(&job) else { return };
-        match t.on_answer(members, result) {
+        let next = t.on_answer(members, result);
+        if t.fenced && !t.announced {
+            // The destination is this node's: it leads the job now (its log generation is 0).
+            t.announced = true;
+            let mut notice = t.notice().clone();
+            (notice.leader, notice.term, notice.state, notice.generation) =
+                (t.me(), t.term(), JobState::Running, 0);
+            out.announce(notice);
+        }
+        match next {
             Next::Op(op) => self.io(job, op, LeaderIo::Takeover, out),
             Next::Later(op) => {
                 self.takeover_waits.insert(job, (now + cfg.retry, op));
@@ -552,7 +571,14 @@ impl Leader {
     /// Another leader sealed the job's destination: this node stops leading it, and leaves the
     /// workers and the job's files to that leader. If that leader is gone from the group too
     /// (it sealed, then was declared failed itself), this node takes the job back over from it.
-    fn depose(&mut self, job: JobId, leader: MemberId, term: Term, members: &[MemberId], out: &mut Outbox) {
+    fn depose(
+        &mut self,
+        cfg: &RainstormConfig,
+        job: JobId,
+        (leader, term): (MemberId, Term),
+        members: &[MemberId],
+        out: &mut Outbox,
+    ) {
         let Some(j) = self.jobs.remove(&job) else { return };
         self.ios.retain(|_, (k, _)| *k != job);
         out.event(RainstormEvent::JobDeposed { job, leader, term });
@@ -563,7 +589,7 @@ impl Leader {
         let hint = (term_of(j.attempt), j.commits.generation());
         let mut known = j.notice(JobState::Running);
         (known.leader, known.term) = (leader, term);
-        self.start_takeover(me, known, hint, out);
+        self.start_takeover(cfg, me, known, hint, out);
     }
 
     #[allow(clippy::too_many_arguments)]

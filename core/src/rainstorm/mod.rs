@@ -411,7 +411,7 @@ impl Rainstorm {
             .collect();
         for (successor, notice) in orphans {
             if successor == me {
-                self.leader.take_over(me, notice, &mut self.out);
+                self.leader.take_over(&self.cfg, me, notice, &mut self.out);
             } else {
                 self.out.send(successor.addr, RainstormMsg::Orphan(Box::new(notice)));
             }
@@ -499,6 +499,16 @@ impl Rainstorm {
 
     fn dispatch(&mut self, now: Time, from: MemberId, msg: RainstormMsg) {
         let Some(me) = self.me else { return };
+        let leader = match &msg {
+            RainstormMsg::Deploy { plan, .. } => Some(plan.leader),
+            RainstormMsg::Announce(notice) => Some(notice.leader),
+            _ => None,
+        };
+        if leader.is_some_and(|l| l.addr == from.addr && l.join_time < from.join_time) {
+            // Sent by this address's earlier process as it left the group (it leads nothing
+            // now): it means nothing.
+            return;
+        }
         if let Some(refusal) = self.refusal(me, from, &msg) {
             debug_assert_ne!(from, me, "a node never refuses its own messages: {refusal:?}");
             *self.stats.refused.entry(refusal.cause()).or_default() += 1;
@@ -596,12 +606,25 @@ impl Rainstorm {
                     None
                 }
             }
-            RainstormMsg::Control { job, task, .. } => match self.worker.leader_of_task(*job, *task) {
-                Some(leader) => (leader != from).then_some(Refusal::NotTheLeader),
-                None => None,
-            },
-            RainstormMsg::Stop { job, .. } => {
+            RainstormMsg::Control { job, task, attempt, .. } => {
+                match self.worker.leader_of_task(*job, *task) {
+                    // A control of an earlier term's attempt (from a leader deposed since) changes
+                    // nothing here.
+                    Some((leader, running)) => (leader != from && term_of(*attempt) >= term_of(running))
+                        .then_some(Refusal::NotTheLeader),
+                    None => None,
+                }
+            }
+            RainstormMsg::Stop { job, before } => {
                 match self.worker.leader_of(*job) {
+                    // A stop of attempts none of which runs here (from a leader deposed since)
+                    // changes nothing.
+                    Some(leader)
+                        if leader != from
+                            && self.worker.oldest_attempt(*job).is_some_and(|a| a >= *before) =>
+                    {
+                        None
+                    }
                     // A stop may also come from the process that replaced the leader at its
                     // address: the leader is gone, and its jobs with it.
                     Some(leader) if leader.addr == from.addr && leader.join_time < from.join_time => None,

@@ -35,10 +35,11 @@
 use std::collections::VecDeque;
 
 use super::checkpoint::{decode_all, decode_manifest, encode, CheckpointError, JobInfo, LogState};
+use super::config::{PlantedBug, RainstormConfig};
 use super::directory::JobNotice;
 use super::input::Manifest;
 use super::job::{JobId, JobPlan, Term};
-use crate::hydfs::{ClientOp, FileMeta, FileName, HydfsError, OpOutput, Seal, Stamp, WriteKind};
+use crate::hydfs::{ClientOp, FileMeta, FileName, HydfsError, OpOutput, Owners, Seal, Stamp, WriteKind};
 use crate::id::MemberId;
 
 /// Generations tried past the last one known (or past 0) before a term counts as having no log
@@ -53,9 +54,11 @@ const PROBE_ROUNDS: u32 = 20;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Step {
     /// Checking that the destination exists (a job whose leader died before it created its
-    /// files has nothing to take over).
+    /// files has nothing to take over), and reading its chain of owners.
     Exists,
     Seal,
+    /// A seal was refused: merging the destination and reading the chain its seals make.
+    Arbitrate,
     Merge,
     /// Reading the destination's length once sealed and merged.
     DestSize,
@@ -123,6 +126,9 @@ pub(super) enum Next {
 }
 
 pub(super) struct Takeover {
+    /// Planted bugs: resume from the record before the right one; seal nothing.
+    stale_point: bool,
+    no_fence: bool,
     job: JobId,
     me: MemberId,
     dest: FileName,
@@ -139,8 +145,12 @@ pub(super) struct Takeover {
     /// Rounds of looking for the logs so far.
     rounds: u32,
     dest_bytes: u64,
-    /// The last append of the previous owner the destination showed.
-    upto: u64,
+    /// The earlier owners still to bound, with the last append of each the destination showed.
+    bounds: VecDeque<(MemberId, u64)>,
+    /// This node's fence on the destination is acknowledged (it leads the job from then on),
+    /// and its leader said so.
+    pub(super) fenced: bool,
+    pub(super) announced: bool,
     /// The newest log's records.
     records: Vec<super::checkpoint::Record>,
     /// Log generations found (the newest last), and the newest one's metadata.
@@ -154,8 +164,15 @@ pub(super) struct Takeover {
 
 impl Takeover {
     /// Starts taking over the job `known` describes (its leader gone) as this node, `me`.
-    pub(super) fn start(me: MemberId, known: JobNotice, hint: (Term, u32)) -> (Takeover, ClientOp) {
+    pub(super) fn start(
+        cfg: &RainstormConfig,
+        me: MemberId,
+        known: JobNotice,
+        hint: (Term, u32),
+    ) -> (Takeover, ClientOp) {
         let mut t = Takeover {
+            stale_point: cfg.bug(PlantedBug::TakeoverFromStalePoint),
+            no_fence: cfg.bug(PlantedBug::TakeoverWithoutFence),
             hint,
             job: known.job,
             me,
@@ -168,7 +185,9 @@ impl Takeover {
             tries: 0,
             rounds: 0,
             dest_bytes: 0,
-            upto: 0,
+            bounds: VecDeque::new(),
+            fenced: false,
+            announced: false,
             records: Vec::new(),
             logs: Vec::new(),
             log_meta: None,
@@ -261,7 +280,21 @@ impl Takeover {
     /// The answer to the operation in flight; `live`: the members of the group now.
     pub(super) fn on_answer(&mut self, live: &[MemberId], result: Result<OpOutput, HydfsError>) -> Next {
         match (self.step, result) {
-            (Step::Exists, Ok(_)) => Next::Op(self.seal()),
+            (Step::Exists, Ok(_)) if self.no_fence => {
+                Next::Op(self.issue(Step::Merge, ClientOp::Merge { name: self.dest.clone() }))
+            }
+            (Step::Exists, Ok(OpOutput::Meta { meta, .. })) => {
+                // The destination must be this job's (created by the member its id names), and
+                // the fence names its current owner, one term later.
+                let creator = meta.create.as_ref().map(|c| c.stamp.client);
+                if creator.is_none_or(|c| JobId::new(c, self.job.n) != self.job) {
+                    let name = &self.dest;
+                    return Next::Failed(format!(
+                        "taking the job over: `{name}` is not this job's destination"
+                    ));
+                }
+                self.follow_chain(&meta, live)
+            }
             (Step::Exists, Err(HydfsError::NotFound(_))) if self.rounds + 1 < PROBE_ROUNDS => {
                 // Its replicas may be moving: look again a little later.
                 self.rounds += 1;
@@ -269,23 +302,17 @@ impl Takeover {
             }
             (Step::Exists, Err(HydfsError::NotFound(_))) => Next::Ended,
             (Step::Seal, Ok(_)) => {
+                self.fenced = true;
                 Next::Op(self.issue(Step::Merge, ClientOp::Merge { name: self.dest.clone() }))
             }
-            (Step::Seal, Err(HydfsError::Sealed { owner, term, .. })) => {
-                let term = Term::try_from(term).unwrap_or(Term::MAX);
-                if owner == self.me {
-                    return Next::Op(self.issue(Step::Merge, ClientOp::Merge { name: self.dest.clone() }));
-                }
-                if live.contains(&owner) {
-                    // Another live member sealed the destination first: it leads the job.
-                    return Next::Deposed { leader: owner, term };
-                }
-                // A member sealed the destination and is gone too: seal after it, a term later.
-                debug_assert!(term >= self.known.term, "a seal refused by an older term");
-                self.prev = owner;
-                self.term = self.term.max(term.saturating_add(1));
-                self.tries = 0;
-                Next::Op(self.seal())
+            (Step::Seal, Err(HydfsError::Sealed { .. })) => {
+                // Another member sealed first, as one replica saw it; the seals the replicas
+                // took (this node's too, perhaps) decide, once merged: read the chain they make.
+                Next::Op(self.issue(Step::Arbitrate, ClientOp::Merge { name: self.dest.clone() }))
+            }
+            (Step::Arbitrate, Ok(OpOutput::Meta { meta, .. })) => self.follow_chain(&meta, live),
+            (Step::Arbitrate, Ok(_)) => {
+                Next::Op(self.issue(Step::Arbitrate, ClientOp::Meta { name: self.dest.clone() }))
             }
             (Step::Merge, Ok(_)) => {
                 Next::Op(self.issue(Step::DestSize, ClientOp::Meta { name: self.dest.clone() }))
@@ -311,30 +338,36 @@ impl Takeover {
                 self.measure(&meta);
                 self.settle()
             }
-            (Step::Bound, Err(HydfsError::Sealed { owner, term, .. })) => {
-                // Another member sealed the destination after this node's fence: it leads now.
-                Next::Deposed { leader: owner, term: Term::try_from(term).unwrap_or(Term::MAX) }
+            (Step::Bound, Err(HydfsError::Sealed { .. })) => {
+                // Another member sealed the destination after this node's fence.
+                Next::Op(self.issue(Step::Arbitrate, ClientOp::Merge { name: self.dest.clone() }))
             }
-            (Step::Bound, Ok(_)) => self.bounded(),
+            (Step::Bound, Ok(_)) => self.next_bound(),
             (Step::Probe { term, generation, .. }, Ok(OpOutput::Meta { meta, name, .. })) => {
                 self.logs.push((term, generation, name));
                 self.log_meta = Some(meta);
-                self.probe(term, generation + 1, 0)
+                self.probe(term, generation.saturating_add(1), 0)
             }
             (Step::Probe { term, generation, misses }, Err(HydfsError::NotFound(_))) => {
                 if let Some(meta) = self.log_meta.take() {
                     // The newest generation of the newest term with a log: seal it after its
                     // writer, merge it, then read it.
-                    let Some(create) = meta.create else {
+                    let Some(create) = meta.create.as_ref() else {
                         return Next::Failed(format!(
                             "taking the job over: the log `{}` has no create",
                             meta.name
                         ));
                     };
-                    return self.seal_log(create.stamp.client, u64::from(self.term));
+                    // After its current owner: its writer, or a successor that sealed it.
+                    let term = u64::from(self.term);
+                    return match Owners::of(meta.all_writes()) {
+                        Some(o) if o.owner() == self.me => self.merge_log(),
+                        Some(o) => self.seal_log(o.owner(), o.term().saturating_add(1).max(term)),
+                        None => self.seal_log(create.stamp.client, term),
+                    };
                 }
                 if misses + 1 < PROBE_GAP {
-                    return self.probe(term, generation + 1, misses + 1);
+                    return self.probe(term, generation.saturating_add(1), misses + 1);
                 }
                 match term.checked_sub(1) {
                     Some(lower) => {
@@ -373,10 +406,8 @@ impl Takeover {
                 if owner == self.me {
                     return self.merge_log();
                 }
-                if live.contains(&owner) {
-                    let term = Term::try_from(term).unwrap_or(Term::MAX);
-                    return Next::Deposed { leader: owner, term };
-                }
+                // The fence on the destination made this node the job's leader: whoever else
+                // sealed the log is behind it. Seal after it.
                 self.seal_log(owner, term.saturating_add(1))
             }
             (Step::LogMerge, Ok(_)) => match self.logs.last() {
@@ -399,6 +430,7 @@ impl Takeover {
                 self.read_next(Step::LogPart)
             }
             (Step::LogPart | Step::ManifestPart, Ok(OpOutput::Part { bytes, .. })) => {
+                self.tries = 0;
                 self.bytes.extend_from_slice(&bytes);
                 self.read_next(self.step)
             }
@@ -422,13 +454,57 @@ impl Takeover {
             }
         }
     }
-
-    /// What the destination holds: its length, and the last append of the previous owner.
+    /// What the destination holds: its length, and the last append of each earlier owner no
+    /// seal bounds yet.
     fn measure(&mut self, meta: &FileMeta) {
-        let prev = self.prev;
         self.dest_bytes = meta.len();
-        self.upto =
-            meta.all_writes().filter(|w| w.stamp.client == prev).map(|w| w.stamp.seq).max().unwrap_or(0);
+        let open = Owners::of(meta.all_writes()).map(|o| o.unbounded()).unwrap_or_default();
+        self.bounds = open
+            .into_iter()
+            .map(|client| {
+                let last = meta.all_writes().filter(|w| w.stamp.client == client).map(|w| w.stamp.seq).max();
+                (client, last.unwrap_or(0))
+            })
+            .collect();
+    }
+
+    /// Acts on the destination's chain of owners: this node owns it (its fence won: go on), a
+    /// live member does (after a refused seal: it leads the job, stand down), or else fence
+    /// after the owner, a term later.
+    fn follow_chain(&mut self, meta: &FileMeta, live: &[MemberId]) -> Next {
+        let chain = Owners::of(meta.all_writes());
+        let term = chain.as_ref().map_or(0, |o| o.term());
+        if term < u64::from(self.known.term) && self.rounds + 1 < PROBE_ROUNDS {
+            // This copy lacks a seal the job's notice tells of: read another, a little later.
+            self.rounds += 1;
+            return Next::Later(self.issue(Step::Exists, ClientOp::Meta { name: self.dest.clone() }));
+        }
+        match chain {
+            Some(o) if o.owner() == self.me => {
+                self.fenced = true;
+                Next::Op(self.issue(Step::Merge, ClientOp::Merge { name: self.dest.clone() }))
+            }
+            Some(o) if live.contains(&o.owner()) && self.step == Step::Arbitrate => {
+                Next::Deposed { leader: o.owner(), term: Term::try_from(o.term()).unwrap_or(Term::MAX) }
+            }
+            Some(o) => {
+                self.prev = o.owner();
+                self.term = self.term.max(Term::try_from(o.term()).unwrap_or(Term::MAX).saturating_add(1));
+                Next::Op(self.seal())
+            }
+            None => {
+                self.prev = meta.create.as_ref().map_or(self.prev, |c| c.stamp.client);
+                Next::Op(self.seal())
+            }
+        }
+    }
+
+    /// Bounds the next earlier owner still unbounded, or goes on once none is.
+    fn next_bound(&mut self) -> Next {
+        let Some((prev, upto)) = self.bounds.pop_front() else { return self.bounded() };
+        let seal = Seal { term: u64::from(self.term), prev, upto };
+        let op = ClientOp::Persist { name: self.dest.clone(), kind: WriteKind::Seal(seal), data: Vec::new() };
+        Next::Op(self.issue(Step::Bound, op))
     }
 
     /// Folds the log to the destination's length, then bounds the previous owner's appends. A
@@ -454,16 +530,18 @@ impl Takeover {
             self.rounds += 1;
             return Next::Later(self.issue(Step::Remerge, ClientOp::Merge { name: self.dest.clone() }));
         }
+        let folded = match folded {
+            Ok(_) if self.stale_point => Ok(stale(&self.records, self.dest_bytes)),
+            other => other,
+        };
         match folded {
+            Ok(log) if log.job.is_some() && self.no_fence => {
+                self.log = Some(log);
+                self.bounded()
+            }
             Ok(log) if log.job.is_some() => {
                 self.log = Some(log);
-                let seal = Seal { term: u64::from(self.term), prev: self.prev, upto: self.upto };
-                let op = ClientOp::Persist {
-                    name: self.dest.clone(),
-                    kind: WriteKind::Seal(seal),
-                    data: Vec::new(),
-                };
-                Next::Op(self.issue(Step::Bound, op))
+                self.next_bound()
             }
             Ok(_) => Next::Failed("taking the job over: the log has no job record".to_owned()),
             Err(e) => Next::Failed(format!("taking the job over: the checkpoint log: {e}")),
@@ -560,14 +638,16 @@ impl Takeover {
             return Next::Failed("taking the job over: the log or the manifest was not read".to_owned());
         };
         let Some(info) = log.job.clone() else { return Next::Failed("the log has no job record".to_owned()) };
-        debug_assert_eq!(log.dest_bytes, self.dest_bytes, "the resume point leaves the destination as it is");
-        debug_assert!(self.term > self.known.term, "a successor's term is above the one it took over");
+        debug_assert!(
+            self.stale_point || log.dest_bytes == self.dest_bytes,
+            "the resume point leaves the destination as it is"
+        );
         log.records = 1;
         log.last = false;
         // A generation the previous leader was creating as it died may have been missed by the
         // probe and land after it: delete the next ones too (deleting a missing file is no-op).
         if let Some((term, generation, _)) = self.logs.last().cloned() {
-            for g in generation + 1..=generation + 2 {
+            for g in generation.saturating_add(1)..=generation.saturating_add(2) {
                 if let Ok(name) = self.log_name(term, g) {
                     self.logs.push((term, g, name));
                 }
@@ -582,6 +662,22 @@ impl Takeover {
             old_logs: self.logs.drain(..).map(|(_, _, n)| n).collect(),
         }))
     }
+}
+
+/// Planted: the state as of the newest record that leaves the destination shorter than
+/// `dest_bytes` (the one before the right resume point).
+fn stale(records: &[super::checkpoint::Record], dest_bytes: u64) -> LogState {
+    let mut s = LogState::default();
+    let mut found = LogState::default();
+    for r in records {
+        if s.apply(r).is_err() {
+            break;
+        }
+        if s.dest_bytes < dest_bytes || s.records == 1 {
+            found = s.clone();
+        }
+    }
+    found
 }
 
 /// Whether an operation that failed this way may succeed if tried again.

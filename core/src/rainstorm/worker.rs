@@ -19,8 +19,8 @@ use std::collections::BTreeMap;
 use super::config::RainstormConfig;
 use super::input::{Layout, Manifest};
 use super::job::{
-    term_of, Attempt, CheckpointId, JobId, JobPlan, Placement, RainstormEvent, TaskId, TupleCounts, SINK,
-    STAGES,
+    first_attempt, term_of, Attempt, CheckpointId, JobId, JobPlan, Placement, RainstormEvent, TaskId,
+    TupleCounts, SINK, STAGES,
 };
 use super::message::{LinkMsg, RainstormMsg, Restore, Snapshot, SourceCheckpoint, TaskPhase};
 use super::source::{SourceInput, SourceTask};
@@ -233,8 +233,12 @@ impl Worker {
             }
         }
         // A later term's deploy: the job has a new leader, and every task of an earlier term
-        // here ends (the new leader deploys what it places here).
-        self.forget(|j, t, a| (j, t) == key || (j == job && term_of(a) < term_of(attempt)));
+        // here ends and never runs here again (the new leader deploys what it places here).
+        let later_term = term_of(attempt) > 0;
+        if later_term && self.stopped.get(&job).is_none_or(|from| *from < first_attempt(term_of(attempt))) {
+            self.stop(job, first_attempt(term_of(attempt)));
+        }
+        self.forget(|j, t, _| (j, t) == key);
         debug_assert!(
             self.reads.values().all(|(j, t, ..)| (*j, *t) != key)
                 && self.programs.values().all(|(j, t, _)| (*j, *t) != key),
@@ -309,9 +313,14 @@ impl Worker {
         first.filter(|((j, _), _)| *j == job).map(|(_, h)| h.plan.leader)
     }
 
-    /// The leader of `task` of `job`, if it runs here.
-    pub(super) fn leader_of_task(&self, job: JobId, task: TaskId) -> Option<MemberId> {
-        self.hosted.get(&(job, task)).map(|h| h.plan.leader)
+    /// The leader of `task` of `job` and the attempt it runs in, if it runs here.
+    pub(super) fn leader_of_task(&self, job: JobId, task: TaskId) -> Option<(MemberId, Attempt)> {
+        self.hosted.get(&(job, task)).map(|h| (h.plan.leader, h.attempt))
+    }
+
+    /// The oldest attempt of `job` running here.
+    pub(super) fn oldest_attempt(&self, job: JobId) -> Option<Attempt> {
+        self.hosted().filter(|(j, _, _)| *j == job).map(|(_, _, a)| a).min()
     }
 
     /// Whether any task of `job` runs here.
