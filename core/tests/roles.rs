@@ -231,7 +231,7 @@ fn every_member_knows_each_job_and_its_leader() {
         let known = c.nodes[i].rainstorm().directory().get(job).cloned().expect("the job is known");
         assert_eq!((known.notice.leader, known.notice.term), (leader, 0), "node {i}");
         assert_eq!(known.notice.state, JobState::Running);
-        assert!(!known.leader_gone);
+        assert!(known.leader_gone.is_none());
     }
     // Node 1 claims the job is over, in the leader's name.
     let mut forged_notice = c.nodes[1].rainstorm().directory().get(job).expect("known").notice.clone();

@@ -336,15 +336,20 @@ mod rainstorm {
     const WINDOW: u64 = 10;
 
     // The first seed of the sweep that catches each bug with its checker (a release sweep of
-    // 200 seeds; 600 for the open epoch): `sim rainstorm --seeds 200 --plant <bug>`.
-    const SEED_COMMIT_BEFORE_COMPLETE: u64 = 19;
+    // 80 seeds; 600 for the open epoch): `sim rainstorm --seeds 80 --plant <bug>`.
+    const SEED_COMMIT_BEFORE_COMPLETE: u64 = 7;
     const SEED_SOURCE_SKIPS_A_LINE: u64 = 3;
-    const SEED_SINK_TAKES_OLD_ATTEMPTS: u64 = 12;
+    const SEED_SINK_TAKES_OLD_ATTEMPTS: u64 = 31;
     const SEED_STATE_FROM_OLDER_CHECKPOINT: u64 = 8;
     const SEED_OUTPUT_APPENDED_TWICE: u64 = 0;
     const SEED_UNBOUNDED_READ_AHEAD: u64 = 5;
-    const SEED_OPEN_EPOCH_UNBOUNDED: u64 = 368;
+    const SEED_OPEN_EPOCH_UNBOUNDED: u64 = 478;
     const SEED_KEEPS_JOB_FILES: u64 = 0;
+    const SEED_TAKEOVER_FROM_STALE_POINT: u64 = 7;
+    // A successor that does not fence the destination is caught where an append of the leader
+    // it took the job from surfaces after it measured the destination (a crashed leader that
+    // restarts with it on its disk): rarer (a sweep of 1,500 seeds).
+    const SEED_TAKEOVER_WITHOUT_FENCE: u64 = 535;
 
     fn with_bug(s: &Scenario, bug: PlantedBug) -> Scenario {
         let mut planted = s.clone();
@@ -467,6 +472,24 @@ mod rainstorm {
             }
         });
         assert!(caught.is_some(), "write-failover-waits was never caught by the resume check");
+    }
+
+    #[test]
+    fn a_successor_resuming_from_a_stale_point_duplicates_outputs() {
+        caught_from(
+            PlantedBug::TakeoverFromStalePoint,
+            CheckerKind::RainstormDuplicate,
+            SEED_TAKEOVER_FROM_STALE_POINT,
+        );
+    }
+
+    #[test]
+    fn a_successor_that_does_not_fence_the_destination_lets_the_old_leader_commit_too() {
+        caught_from(
+            PlantedBug::TakeoverWithoutFence,
+            CheckerKind::RainstormOutput,
+            SEED_TAKEOVER_WITHOUT_FENCE,
+        );
     }
 
     #[test]

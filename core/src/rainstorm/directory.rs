@@ -271,6 +271,48 @@ mod tests {
     }
 
     #[test]
+    fn every_view_picks_one_successor_and_a_leaver_moves_only_its_own_jobs() {
+        let members: Vec<MemberId> = (1..=6).map(|i| member(7000 + i, u64::from(i))).collect();
+        let job = JobId::new(members[0], 3);
+        let pick = successor(job, 0, &members[1..]).expect("a successor");
+        let mut shuffled = members[1..].to_vec();
+        shuffled.reverse();
+        assert_eq!(successor(job, 0, &shuffled), Some(pick), "the order of the view does not matter");
+        let others: Vec<MemberId> = members[1..].iter().copied().filter(|m| *m != pick).collect();
+        let next = successor(job, 0, &others).expect("another successor");
+        assert_ne!(next, pick);
+        let bystander = others.iter().copied().find(|m| *m != next).expect("a bystander");
+        let without: Vec<MemberId> = members[1..].iter().copied().filter(|m| *m != bystander).collect();
+        assert_eq!(successor(job, 0, &without), Some(pick), "a member that was not picked moves nothing");
+        assert_eq!(successor(job, 0, &[]), None);
+    }
+
+    #[test]
+    fn a_forwarded_orphan_counts_once_and_never_over_a_later_term_or_an_end() {
+        let (a, b) = (member(7001, 1), member(7002, 1));
+        let mut d = Directory::default();
+        assert!(d.orphaned(Time(5), notice(1, 0, a, JobState::Running)));
+        let job = JobId::new(a, 1);
+        assert_eq!(d.get(job).unwrap().leader_gone, Some(Time(5)));
+        assert_eq!(d.orphans(Time(4)).count(), 0, "not before the delay");
+        assert_eq!(d.orphans(Time(5)).count(), 1);
+        assert!(d.heard(Time(6), b, notice(1, 1, b, JobState::Running)), "a successor's notice");
+        assert!(!d.orphaned(Time(7), notice(1, 0, a, JobState::Running)), "not over a later term");
+        assert!(
+            !d.orphaned(Time(7), notice(1, 1, member(7003, 1), JobState::Running)),
+            "not over another leader"
+        );
+        d.members_are(&[b]);
+        assert!(d.get(job).unwrap().leader_gone.is_none());
+        assert!(d.heard(Time(8), b, notice(1, 1, b, JobState::Completed)));
+        assert!(!d.orphaned(Time(9), notice(1, 1, b, JobState::Running)), "not over an end");
+        assert!(
+            !d.heard(Time(9), b, notice(1, 2, b, JobState::Failed("x".into()))),
+            "an end stays as it was"
+        );
+    }
+
+    #[test]
     fn the_directory_forgets_ended_jobs_first() {
         let a = member(7001, 1);
         let mut d = Directory::default();

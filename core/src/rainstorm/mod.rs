@@ -550,10 +550,12 @@ impl Rainstorm {
                 // Only if this node's own view has the sender (it is up to date) and not the
                 // job's leader.
                 let leader = notice.leader;
-                if members.contains(&from) && !members.contains(&leader) && Some(leader) != self.me {
-                    if self.directory.orphaned(now, *notice) {
-                        self.adopt_orphans(now);
-                    }
+                if members.contains(&from)
+                    && !members.contains(&leader)
+                    && Some(leader) != self.me
+                    && self.directory.orphaned(now, *notice)
+                {
+                    self.adopt_orphans(now);
                 }
                 Ok(())
             }
