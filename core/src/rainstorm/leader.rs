@@ -23,7 +23,8 @@
 //! [`takeover`](super::takeover)): it seals the destination, resumes from the newest log record
 //! the destination holds, and places every task again under the first attempt of its term. A
 //! leader whose commit meets a seal was deposed: it drops the job without a word to the
-//! workers and without deleting anything, since the job goes on under its successor.
+//! workers and without deleting anything, since the job goes on under its successor (unless
+//! the member that sealed is gone too: then it takes the job back, as a successor would).
 //!
 //! Invariants kept here:
 //! * checkpoints complete in order, and only with every task's snapshot and the sink's epoch;

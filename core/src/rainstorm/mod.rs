@@ -18,8 +18,11 @@
 //! Roles: the node hands this layer messages from current members only. Within a job, a
 //! message is refused and counted by cause ([`Refusal`], `RainstormStats::refused`) unless its
 //! sender has the role it speaks in: deploys, controls and stops come from the job's leader (the
-//! member the job's id and plan name), with a plan within `max_tasks`, for a task placed on this
-//! node; link messages and snapshots for a task come from the member the attempt places it on.
+//! member its plan names: in term 0 the one the job's id names, after that a successor), with a
+//! plan within `max_tasks`, for a task placed on this node; link messages and snapshots for a
+//! task come from the member the attempt places it on. Messages of a leader deposed since (of an
+//! earlier term) or of an earlier process at the sender's address change nothing, and are
+//! dropped rather than refused.
 //!
 //! The parts:
 //! * [`tuple`]: tuple identities ([`TupleId`]: source line plus derivation path) and tuples;

@@ -1,36 +1,43 @@
 //! Taking a job over from a leader that left the group: the successor's reads and writes, in
 //! order, until it can run the job from the point its destination holds.
 //!
-//! 1. **Seal the destination** ([`WriteKind::Seal`]) as the leader of the next term, keeping
-//!    every append of the previous owner that some replica took before it held the seal. Once
-//!    the seal is acknowledged, no replica takes a new append of the previous leader (it may
-//!    have been declared failed falsely, and still run): it gets none acknowledged, and
-//!    commits nothing more. A seal refused because another member sealed first names that
-//!    owner and term: if that owner is a live member, it leads the job, and this node stands
-//!    down; if it is gone too, the successor seals after it, one term later.
-//! 2. **Settle the destination's size.** Merge it (every copy then holds the kept appends in one
-//!    order), read its length, and *bound* the previous leader's appends to the last one read
-//!    (a second seal, `seal.rs`): an append of its that surfaces later (one still being fetched,
-//!    or one a crashed node restarts with, never acknowledged) is no part of the file. The
-//!    length read is then final: the outputs of the job as committed.
-//! 3. **Find the newest checkpoint log.** Each term writes its own; the successor looks from the
-//!    term below its own downwards, and within a term from the generation last announced
-//!    upwards, for the newest generation that exists. It seals and merges that log too, so that
-//!    no record of the previous leader lands later and each one some replica took is read, in
-//!    order (a copy may still be fetching a record the others hold).
-//! 4. **Read the log and the input manifest**, part by part, and fold the log to the newest
-//!    record that leaves the destination at its length ([`LogState::fold_to_dest`]): every
-//!    output up to that record's checkpoint is in the destination and none after it.
-//! 5. **Write its own log**: generation 0 of its term, one full record naming it the leader.
-//!    A create refused because the file exists means another member took the same term: this
-//!    one stands down.
+//! 1. **Check the destination** exists and is the job's (created by the member the job's id
+//!    names), and read its chain of owners (`seal.rs`). No destination: the job's leader was lost
+//!    before it made its files, or it ended and deleted them ([`Next::Ended`], after looking
+//!    again for a while: its replicas may be moving).
+//! 2. **Fence it** ([`WriteKind::Seal`], `upto = u64::MAX`) after its current owner, as the
+//!    leader of the next term. Once the fence is acknowledged no replica takes a new append of
+//!    the previous leader (it may have been declared failed falsely, and still run): it gets none
+//!    acknowledged, and commits nothing more. A fence refused because another member sealed
+//!    first is settled by merging the destination and reading the chain its seals make: this
+//!    node owns it (go on), a live member does (it leads: stand down, [`Next::Deposed`]), or a
+//!    gone one does (fence after it, a term later).
+//! 3. **Measure it**: merge it (every copy then holds the kept appends in one order), read its
+//!    length and, for each earlier owner no seal bounds yet, its last append.
+//! 4. **Find the newest checkpoint log.** Each term writes its own; the successor looks from the
+//!    term below its own downwards, and within a term from the generation last known upwards,
+//!    for the newest generation that exists. It seals that log after its current owner and
+//!    merges it, so that no record of the previous leader lands later and each one some replica
+//!    took is read, in order; then reads it part by part.
+//! 5. **Settle the resume point**: fold the log to the newest record that leaves the
+//!    destination at its length ([`LogState::fold_to_dest`]). A destination shorter than what
+//!    the log says was acknowledged is a view of copies still catching up: merged and measured
+//!    again, a little later.
+//! 6. **Bound** each earlier owner still unbounded to the appends read (a seal per owner): an
+//!    append that surfaces later (still being fetched, or on the disk of a crashed node that
+//!    restarts, never acknowledged) is no part of the file. The length measured is then final.
+//!    A log whose last commit is in it means the job completed ([`Next::Completed`]).
+//! 7. **Read the input manifest** and **write its own log**: generation 0 of its term, one full
+//!    record naming it the leader. A create refused because the file exists means another
+//!    member took the same term: this one stands down.
 //!
 //! Invariants kept here:
-//! * nothing is read from the destination or the log before the seal is acknowledged: no
-//!   append of an earlier leader counts after the successor measured the destination;
-//! * the resume point leaves the destination exactly as long as it is (or the takeover fails
-//!   with the mismatch named: it never guesses);
-//! * the successor's term is above every term the seals it met name.
+//! * nothing is measured before this node's fence is acknowledged (or the chain shows it owns
+//!   the destination), and the bounds keep exactly what was measured: no append of an earlier
+//!   leader joins the destination after the successor measured it;
+//! * the resume point leaves the destination exactly as long as measured (or the takeover fails
+//!   with the mismatch named);
+//! * the successor's term is above every term the chains it read name.
 
 use std::collections::VecDeque;
 
@@ -457,6 +464,7 @@ impl Takeover {
     /// What the destination holds: its length, and the last append of each earlier owner no
     /// seal bounds yet.
     fn measure(&mut self, meta: &FileMeta) {
+        debug_assert!(self.fenced || self.no_fence, "the destination is measured only once fenced");
         self.dest_bytes = meta.len();
         let open = Owners::of(meta.all_writes()).map(|o| o.unbounded()).unwrap_or_default();
         self.bounds = open
@@ -490,6 +498,10 @@ impl Takeover {
             Some(o) => {
                 self.prev = o.owner();
                 self.term = self.term.max(Term::try_from(o.term()).unwrap_or(Term::MAX).saturating_add(1));
+                debug_assert!(
+                    u64::from(self.term) > o.term() || self.term == Term::MAX,
+                    "a fence after the chain"
+                );
                 Next::Op(self.seal())
             }
             None => {

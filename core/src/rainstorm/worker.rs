@@ -12,7 +12,9 @@
 //!   that attempt;
 //! * a task's file operations and program calls answer only the attempt that made them;
 //! * nothing is sent by a task that failed or was stopped; a stopped job's older attempts are
-//!   never deployed again here.
+//!   never deployed again here;
+//! * a deploy of a later leadership term (a successor's) ends every task of the job's earlier
+//!   terms here, and bars them from running here again.
 
 use std::collections::BTreeMap;
 

@@ -10,9 +10,10 @@
 //!   holds no live create of the name; a copy of a deleted file met by this exists-check is no
 //!   obstacle, and its holder is told (`Remove`);
 //! * a retry of a write this node coordinates joins the running attempt (one per stamp);
-//! * a write to a sealed file is refused unless the file's chain of owners keeps it (an append)
-//!   or it extends the chain (a seal): for good (`Sealed`) if no seal this copy lacks could
-//!   change that, else as `Unavailable` (the copy may be behind the writer);
+//! * a new write to a sealed file is refused unless it is the current owner's append, a seal
+//!   that extends the chain, or the owner's bound on an earlier owner (`Owners::admits`): for
+//!   good (`Sealed`) if no seal this copy lacks could change that, else as `Unavailable` (the
+//!   copy may be behind the writer);
 //! * storage refusing a write's bytes fails the write at once, on the replica and on its
 //!   coordinator (`StorageFailed`, naming the node), and a failed create releases its name; a
 //!   write refused before this node held any of its bytes leaves the index at once;
