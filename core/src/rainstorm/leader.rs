@@ -472,14 +472,16 @@ impl Leader {
                 }
                 out.event(RainstormEvent::JobCompleted { job, outputs, restarts });
             }
+            Next::StandDown(reason) => {
+                self.takeovers.remove(&job);
+                out.event(RainstormEvent::JobLost { job, reason });
+            }
             Next::Ended => {
                 let Some(t) = self.takeovers.remove(&job) else { return };
                 let mut notice = t.notice().clone();
                 (notice.leader, notice.term, notice.state) = (t.me(), t.term(), JobState::Ended);
                 out.announce(notice);
-                let reason = "none of its files is left to resume it from: it ended under its previous \
-                              leader (which deleted them), or that leader was lost before it made them"
-                    .to_owned();
+                let reason = super::NOTHING_TO_RESUME.to_owned();
                 out.event(RainstormEvent::JobLost { job, reason });
             }
             Next::Failed(reason) => {
@@ -508,11 +510,19 @@ impl Leader {
         let plan = r.info.plan.clone();
         let layout = Layout::new(r.manifest.clone());
         let spec = JobPlan::spec_of(&plan, r.info.rate);
-        let (spec, layout) = match (spec, layout) {
-            (Ok(spec), Ok(layout)) => (spec, layout),
-            (Err(e), _) => return out.event(RainstormEvent::JobFailed { job, reason: e }),
-            (_, Err(e)) => {
-                let reason = format!("input `{}`: {e}", plan.src);
+        let parsed =
+            spec.and_then(|spec| layout.map(|l| (spec, l)).map_err(|e| format!("input `{}`: {e}", plan.src)));
+        let (spec, layout) = match parsed {
+            Ok(parsed) => parsed,
+            Err(reason) => {
+                // Every member hears that it failed, and this term's log goes.
+                let mut notice = known.clone();
+                (notice.leader, notice.term, notice.state) =
+                    (plan.leader, r.term, JobState::Failed(reason.clone()));
+                out.announce(notice);
+                if let Ok(name) = plan.checkpoint_log(r.term, 0) {
+                    self.delete(job, name, out);
+                }
                 return out.event(RainstormEvent::JobFailed { job, reason });
             }
         };

@@ -74,6 +74,12 @@ pub use job::{
 
 pub use message::RainstormMsg;
 
+/// Why a successor reports a job lost ([`RainstormEvent::JobLost`]) when none of its files is
+/// left to resume it from.
+pub const NOTHING_TO_RESUME: &str =
+    "none of its files is left to resume it from: it ended under its previous \
+     leader (which deleted them), or that leader was lost before it made them";
+
 use crate::histogram::LatencyHistogram;
 use crate::hydfs::{ClientOp, HydfsError, OpOutput};
 use crate::id::{MemberId, NodeAddr};

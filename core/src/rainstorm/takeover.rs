@@ -124,6 +124,8 @@ pub(super) enum Next {
     Failed(String),
     /// None of the job's logs is left: it ended under its previous leader, which deleted them.
     Ended,
+    /// Another member leads the job (which one, this node cannot tell): why.
+    StandDown(String),
     /// The log's last commit, every output in it, is in the destination: the job completed
     /// under its previous leader, which died before it said so. Its files are to be deleted.
     Completed {
@@ -446,9 +448,10 @@ impl Takeover {
                 self.read_next(Step::ManifestPart)
             }
             (Step::CreateLog, Ok(_)) => self.ready(),
-            (Step::CreateLog, Err(HydfsError::AlreadyExists(_))) => {
-                Next::Deposed { leader: self.prev, term: self.term }
-            }
+            (Step::CreateLog, Err(HydfsError::AlreadyExists(name))) => Next::StandDown(format!(
+                "another member took the job over as leader of term {} (its log `{name}` exists)",
+                self.term
+            )),
             (Step::Seal | Step::DestSize, Err(HydfsError::NotFound(name))) => {
                 Next::Failed(format!("taking the job over: its destination `{name}` is gone"))
             }

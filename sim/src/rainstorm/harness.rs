@@ -669,9 +669,9 @@ impl RainstormHarness {
                     format!("job {job} failed: {reason}"),
                 ));
             }
-            RainstormEvent::JobLost { job, .. } if mine(job) && slot != self.lead => {
-                // A successor found no file to resume the job from.
-                self.nothing_to_resume = true;
+            RainstormEvent::JobLost { job, reason } if mine(job) && slot != self.lead => {
+                // A successor found no file to resume the job from (or stood down for another).
+                self.nothing_to_resume |= reason == rainstorm_core::rainstorm::NOTHING_TO_RESUME;
             }
             RainstormEvent::JobLost { job, reason } if mine(job) && slot == self.lead => {
                 // Like a leader crash: the job ends, and what it wrote must still be exact.
