@@ -332,35 +332,8 @@ impl Leader {
             rate_per_source: spec.rate.map(|r| r.div_ceil(u64::from(spec.tasks.max(1)))),
         };
         out.event(RainstormEvent::JobReceived { job, spec: spec.to_string() });
-        let mut commits = Commits::new(LogState::default(), cfg.compact_records, 0);
-        commits.repeat_next_output = cfg.bug(PlantedBug::OutputAppendedTwice);
-        let j = LeaderJob {
-            sink: Sink::new(cfg, 1, &plan.stage(STAGES - 1)),
-            spec,
-            plan,
-            phase: JobPhase::Reading { manifest: None, holders: None },
-            manifest: Manifest::default(),
-            input_lines: 0,
-            holders: Vec::new(),
-            attempt: first_attempt(0),
-            slots: BTreeMap::new(),
-            restore: RestorePoint::default(),
-            older: RestorePoint::default(),
-            issued: 0,
-            base: 0,
-            pending: BTreeMap::new(),
-            closed: BTreeSet::new(),
-            next_checkpoint: now,
-            epoch_open: now,
-            opened: BTreeMap::new(),
-            tuple_latency: LatencyHistogram::default(),
-            commits,
-            restarts: 0,
-            failures: 0,
-            next_resend: now + cfg.status_interval,
-            reported: None,
-            keeps_files: cfg.bug(PlantedBug::KeepsJobFiles),
-        };
+        let commits = Commits::new(LogState::default(), cfg.compact_records, 0);
+        let j = LeaderJob::new(now, cfg, spec, plan, first_attempt(0), commits);
         out.announce(j.notice(JobState::Running));
         self.io(job, ClientOp::Meta { name: j.spec.src.clone() }, LeaderIo::Meta, out);
         self.io(job, ClientOp::Ls { name: j.spec.src.clone() }, LeaderIo::Holders, out);
@@ -541,35 +514,15 @@ impl Leader {
             checkpoint: r.log.checkpoint,
             outputs: r.log.outputs,
         });
-        let mut commits = Commits::new(r.log, cfg.compact_records, r.term);
-        commits.repeat_next_output = cfg.bug(PlantedBug::OutputAppendedTwice);
-        let mut j = LeaderJob {
-            sink: Sink::new(cfg, attempt, &plan.stage(STAGES - 1)),
-            spec,
-            plan,
-            phase: JobPhase::Creating { dest: true, log: true, manifest: true },
-            manifest: r.manifest,
-            input_lines: layout.lines(),
-            holders: Vec::new(),
-            attempt,
-            slots: BTreeMap::new(),
-            older: restore.clone(),
-            restore,
-            issued: checkpoint,
-            base: checkpoint,
-            pending: BTreeMap::new(),
-            closed: BTreeSet::new(),
-            next_checkpoint: now,
-            epoch_open: now,
-            opened: BTreeMap::new(),
-            tuple_latency: LatencyHistogram::default(),
-            commits,
-            restarts: known.restarts.saturating_add(1),
-            failures: 0,
-            next_resend: now + cfg.status_interval,
-            reported: None,
-            keeps_files: cfg.bug(PlantedBug::KeepsJobFiles),
-        };
+        let commits = Commits::new(r.log, cfg.compact_records, r.term);
+        let mut j = LeaderJob::new(now, cfg, spec, plan, attempt, commits);
+        j.phase = JobPhase::Creating { dest: true, log: true, manifest: true };
+        j.manifest = r.manifest;
+        j.input_lines = layout.lines();
+        j.older = restore.clone();
+        j.restore = restore;
+        (j.issued, j.base) = (checkpoint, checkpoint);
+        j.restarts = known.restarts.saturating_add(1);
         for name in r.old_logs {
             self.delete(job, name, out);
         }
@@ -1163,6 +1116,47 @@ impl Leader {
 }
 
 impl LeaderJob {
+    /// A job as its leader takes it on under `attempt`: reading its input (a new job), with
+    /// nothing restored, nothing placed and no checkpoint issued; a successor sets where it
+    /// resumes from.
+    fn new(
+        now: Time,
+        cfg: &RainstormConfig,
+        spec: JobSpec,
+        plan: JobPlan,
+        attempt: Attempt,
+        mut commits: Commits,
+    ) -> LeaderJob {
+        commits.repeat_next_output = cfg.bug(PlantedBug::OutputAppendedTwice);
+        LeaderJob {
+            sink: Sink::new(cfg, attempt, &plan.stage(STAGES - 1)),
+            spec,
+            plan,
+            phase: JobPhase::Reading { manifest: None, holders: None },
+            manifest: Manifest::default(),
+            input_lines: 0,
+            holders: Vec::new(),
+            attempt,
+            slots: BTreeMap::new(),
+            restore: RestorePoint::default(),
+            older: RestorePoint::default(),
+            issued: 0,
+            base: 0,
+            pending: BTreeMap::new(),
+            closed: BTreeSet::new(),
+            next_checkpoint: now,
+            epoch_open: now,
+            opened: BTreeMap::new(),
+            tuple_latency: LatencyHistogram::default(),
+            commits,
+            restarts: 0,
+            failures: 0,
+            next_resend: now + cfg.status_interval,
+            reported: None,
+            keeps_files: cfg.bug(PlantedBug::KeepsJobFiles),
+        }
+    }
+
     fn placement(&self) -> Placement {
         self.slots.iter().map(|(t, s)| (*t, s.host)).collect()
     }
