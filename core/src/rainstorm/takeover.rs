@@ -480,8 +480,8 @@ impl Takeover {
     }
 
     /// Acts on the destination's chain of owners: this node owns it (its fence won: go on), a
-    /// live member does (after a refused seal: it leads the job, stand down), or else fence
-    /// after the owner, a term later.
+    /// live member does (it leads the job: stand down), or a gone one does (fence after it, a
+    /// term later).
     fn follow_chain(&mut self, meta: &FileMeta, live: &[MemberId]) -> Next {
         let chain = Owners::of(meta.all_writes());
         let term = chain.as_ref().map_or(0, |o| o.term());
@@ -495,7 +495,7 @@ impl Takeover {
                 self.fenced = true;
                 Next::Op(self.issue(Step::Merge, ClientOp::Merge { name: self.dest.clone() }))
             }
-            Some(o) if live.contains(&o.owner()) && self.step == Step::Arbitrate => {
+            Some(o) if live.contains(&o.owner()) => {
                 Next::Deposed { leader: o.owner(), term: Term::try_from(o.term()).unwrap_or(Term::MAX) }
             }
             Some(o) => {
