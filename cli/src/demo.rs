@@ -322,11 +322,7 @@ pub fn program_word(bin: &Path, program: &str, args: &str) -> String {
     shlex::try_quote(word.trim_end()).map(|q| q.into_owned()).unwrap_or(word)
 }
 
-/// The job id of a `job <id> started; ...` note.
-pub fn started_job(note: &str) -> Option<&str> {
-    let (id, rest) = note.strip_prefix("job ")?.split_once(' ')?;
-    rest.starts_with("started").then_some(id)
-}
+pub use rainstorm_runtime::jobs::started_job;
 
 /// Sends one command to a node's control socket on a thread of its own, handing every
 /// streamed line to `on_line`; the thread ends with the command.

@@ -52,6 +52,9 @@ pub enum JobCommand {
     List,
     /// `job <id>`: one job's stages, task placement, restarts and counts.
     Show { id: String },
+    /// `follow <id>`: prints a job's outputs, from its first, as they reach its destination
+    /// file, until the job ends; on any node, through any change of leader.
+    Follow { id: String },
 }
 
 /// HyDFS commands. Local paths are files on the machine of the node given the command.
@@ -136,6 +139,11 @@ pub const COMMAND_HELP: &[(&str, &str)] = &[
     ),
     ("jobs", "list the jobs of the group: state, counts, and the node that leads each"),
     ("job <id>", "show one job: stages, task placement, restarts, counts and rate"),
+    (
+        "follow <id>",
+        "print a job's outputs from its first as they reach its destination, until it ends \
+         (on any node, whichever node leads it)",
+    ),
     ("help", "print this list"),
 ];
 
@@ -202,6 +210,10 @@ fn parse_job(word: &str, line: &str) -> Result<Option<JobCommand>, ParseError> {
         "job" => match line.split_whitespace().collect::<Vec<_>>()[..] {
             [_, id] => JobCommand::Show { id: id.to_owned() },
             _ => return Err(ParseError::Usage { usage: "job <id> (as `jobs` lists it, e.g. 1-a1f09c)" }),
+        },
+        "follow" => match line.split_whitespace().collect::<Vec<_>>()[..] {
+            [_, id] => JobCommand::Follow { id: id.to_owned() },
+            _ => return Err(ParseError::Usage { usage: "follow <id> (as `jobs` lists it, e.g. 1-a1f09c)" }),
         },
         _ => return Ok(None),
     };
@@ -343,6 +355,7 @@ impl fmt::Display for JobCommand {
             }
             JobCommand::List => f.write_str("jobs"),
             JobCommand::Show { id } => write!(f, "job {id}"),
+            JobCommand::Follow { id } => write!(f, "follow {id}"),
         }
     }
 }
@@ -420,6 +433,13 @@ mod tests {
             Command::parse("job 1-a1f09c"),
             Ok(Command::Job(JobCommand::Show { id: "1-a1f09c".into() }))
         );
+        assert_eq!(
+            Command::parse("follow 1-a1f09c"),
+            Ok(Command::Job(JobCommand::Follow { id: "1-a1f09c".into() }))
+        );
+        assert_eq!(Command::parse("follow 1-a1f09c").expect("parses").to_string(), "follow 1-a1f09c");
+        assert!(matches!(Command::parse("follow"), Err(ParseError::Usage { .. })));
+        assert!(matches!(Command::parse("follow a b"), Err(ParseError::Usage { .. })));
         assert!(matches!(Command::parse("RainStorm a b c d"), Err(ParseError::Usage { .. })));
         assert!(matches!(Command::parse("RainStorm a b c d x"), Err(ParseError::BadTaskCount(_))));
         for bad in

@@ -228,7 +228,13 @@ pub async fn request_streaming(
     let mut status = String::new();
     loop {
         status.clear();
-        reader.read_line(&mut status).await?;
+        if reader.read_line(&mut status).await? == 0 {
+            // The node stopped (or was killed) while the command ran.
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the node closed the connection before it answered: it stopped or was killed",
+            ));
+        }
         let text = status.strip_suffix('\n').unwrap_or(&status);
         if let Some(t) = text.strip_prefix("out ") {
             on_line(Streamed::Output(t.to_owned()));

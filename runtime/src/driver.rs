@@ -34,6 +34,7 @@ use rainstorm_core::command::{Command, FileCommand};
 use rainstorm_core::hydfs::{ClientOp, HydfsError, HydfsEvent, OpId, OpOutput, RingId, StorageError};
 use rainstorm_core::membership::{MembershipEvent, Role};
 use rainstorm_core::node::{NodeConfig, NodeEvent};
+use rainstorm_core::rainstorm::directory::KnownJob;
 use rainstorm_core::rainstorm::{JobError, JobId, JobSpec, ProgramResult, RainstormEvent};
 use rainstorm_core::wire::Codec;
 use rainstorm_core::{Channel, Node, Transmit};
@@ -88,6 +89,12 @@ pub enum Input {
     Jobs {
         id: Option<String>,
         reply: oneshot::Sender<CommandReply>,
+    },
+    /// What this node knows of the job `id` names (as `jobs` lists it): its leader's latest
+    /// notice, for `follow`.
+    KnownJob {
+        id: String,
+        reply: oneshot::Sender<Option<KnownJob>>,
     },
     /// A copy of the node's counters and state for the metrics and the status page, to `detail`.
     Observe {
@@ -511,6 +518,11 @@ impl NodeTask {
                         }
                         Input::Jobs { id, reply } => {
                             let _ = reply.send(self.jobs(id.as_deref()));
+                        }
+                        Input::KnownJob { id, reply } => {
+                            let directory = self.node.rainstorm().directory();
+                            let known = directory.jobs().find(|(job, _)| job.to_string() == id);
+                            let _ = reply.send(known.map(|(_, k)| k.clone()));
                         }
                         Input::Command { line, reply } => {
                             self.node.set_stream_drops(self.stream_counters.snapshot());

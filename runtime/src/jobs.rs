@@ -12,7 +12,8 @@
 
 use crate::driver::{CommandReply, Input, NodeHandle};
 use rainstorm_core::command::JobCommand;
-use rainstorm_core::hydfs::{ClientOp, FileName, HydfsError, OpOutput, WriteKind};
+use rainstorm_core::hydfs::{ClientOp, FileName, HydfsError, OpOutput, Stamp, WriteKind};
+use rainstorm_core::rainstorm::directory::{JobState, KnownJob};
 use rainstorm_core::rainstorm::{
     dest_line, lines_read, JobId, JobSpec, OperatorSpec, ProgramSpec, RainstormEvent, StageCounts,
 };
@@ -21,10 +22,17 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
 
 /// What a streamed job's note says when the job rolls back: `job <id>: <reason>; resuming from
 /// <checkpoint>`.
 pub const ROLLBACK_NOTE: &str = "; resuming from ";
+
+/// The job id of a `job <id> started; ...` note, the first a job's command streams.
+pub fn started_job(note: &str) -> Option<&str> {
+    let (id, rest) = note.strip_prefix("job ")?.split_once(' ')?;
+    rest.starts_with("started").then_some(id)
+}
 
 /// Where a streamed line goes: results to the console's stdout, notes (restarts, failures) to
 /// where the user reads messages, counts to a progress line (if the user has one).
@@ -85,7 +93,123 @@ pub async fn run(
         }
         JobCommand::List => ask(handle, None).await,
         JobCommand::Show { id } => ask(handle, Some(id)).await,
+        JobCommand::Follow { id } => follow(handle, &id, out).await,
     }
+}
+
+/// How often `follow` looks for new outputs and for a change of leader.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// How long `follow` keeps reading after the job completed, while the destination's replica
+/// it reads from shows fewer outputs than the leader committed (it lags).
+const FOLLOW_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What this node knows of the job `id` names.
+async fn known_job(handle: &NodeHandle, id: &str) -> Option<KnownJob> {
+    let (reply, rx) = oneshot::channel();
+    handle.send(Input::KnownJob { id: id.to_owned(), reply }).await.ok()?;
+    rx.await.ok().flatten()
+}
+
+/// `follow <id>`: the job's outputs, from its first, as they reach its destination file, until
+/// the job ends.
+///
+/// It reads the destination, not a leader: whichever node leads the job (a successor after a
+/// takeover included), every output it commits is in that one file, once. Each poll lists the
+/// file's writes as one replica holds them ([`ClientOp::Meta`]) and prints the lines of each
+/// write not printed yet (writes are told apart by their stamps, so a merge that reorders them
+/// repeats nothing). What it prints is what the replicas held as it read: an append of a leader
+/// that died before it was acknowledged can show here and then be cut from the file by the
+/// successor's seal; the final line gives both counts.
+async fn follow(handle: &NodeHandle, id: &str, out: mpsc::UnboundedSender<Streamed>) -> CommandReply {
+    let Some(first) = known_job(handle, id).await else {
+        return CommandReply { ok: false, output: format!("no job {id} known to this node; see `jobs`\n") };
+    };
+    let dest = first.notice.dest.clone();
+    let _ = out.send(Streamed::Note(format!(
+        "following job {id}: its outputs as they reach {dest}; led by {} (term {})",
+        first.notice.leader.addr, first.notice.term
+    )));
+    let mut leader = (first.notice.leader, first.notice.term, first.leader_gone.is_some());
+    let mut shown_writes = std::collections::BTreeSet::new();
+    let mut shown: u64 = 0;
+    let mut ended_at: Option<Instant> = None;
+    loop {
+        // The job's state before the read: a read after the job ended has all it committed.
+        let Some(known) = known_job(handle, id).await else {
+            return CommandReply { ok: false, output: "node is stopping\n".into() };
+        };
+        let n = &known.notice;
+        let now_led = (n.leader, n.term, known.leader_gone.is_some());
+        if now_led != leader {
+            let note = match now_led {
+                (l, _, true) => format!("job {id}: its leader {} is gone; a successor takes it over", l.addr),
+                (l, term, false) => format!("job {id}: now led by {} (term {term})", l.addr),
+            };
+            let _ = out.send(Streamed::Note(note));
+            leader = now_led;
+        }
+        let ended = match &n.state {
+            JobState::Running => None,
+            JobState::Completed => Some("completed".to_owned()),
+            JobState::Failed(why) => Some(format!("failed: {why}")),
+            JobState::Ended => Some("ended under an earlier leader".to_owned()),
+        };
+        match read_new_outputs(handle, &dest, &mut shown_writes).await {
+            Ok(lines) => {
+                shown += lines.len() as u64;
+                for line in lines {
+                    let _ = out.send(Streamed::Output(line));
+                }
+            }
+            // Not created yet (a job just started), or no replica answering for now.
+            Err(HydfsError::NotFound(_)) if ended.is_none() => {}
+            Err(e) => debug!(job = id, error = %e, "follow: reading the destination failed; retrying"),
+        }
+        if let Some(how) = ended {
+            let since = *ended_at.get_or_insert_with(Instant::now);
+            let caught_up = n.state != JobState::Completed || shown >= n.outputs;
+            if caught_up || since.elapsed() >= FOLLOW_CATCH_UP {
+                let output = format!(
+                    "job {id} {how}, led last by {} (term {}); {shown} outputs shown, {} committed to {dest}\n",
+                    n.leader.addr, n.term, n.outputs
+                );
+                return CommandReply { ok: n.state == JobState::Completed && caught_up, output };
+            }
+        }
+        tokio::time::sleep(FOLLOW_POLL).await;
+    }
+}
+
+/// The lines of every write of `dest` (as one replica lists them) not in `shown`, in file
+/// order; each write read whole is added to `shown`.
+async fn read_new_outputs(
+    handle: &NodeHandle,
+    dest: &FileName,
+    shown: &mut std::collections::BTreeSet<Stamp>,
+) -> Result<Vec<String>, HydfsError> {
+    let OpOutput::Meta { meta, from, .. } = submit(handle, ClientOp::Meta { name: dest.clone() }).await?
+    else {
+        return Err(HydfsError::Storage("a metadata read answered with something else".into()));
+    };
+    let mut lines = Vec::new();
+    for write in meta.all_writes() {
+        if shown.contains(&write.stamp) {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        for part in 0..write.parts.len() as u32 {
+            let op = ClientOp::ReadPart { name: dest.clone(), stamp: write.stamp, part, prefer: Some(from) };
+            match submit(handle, op).await? {
+                OpOutput::Part { bytes: b, .. } => bytes.extend_from_slice(&b),
+                _ => return Err(HydfsError::Storage("a part read answered with something else".into())),
+            }
+        }
+        shown.insert(write.stamp);
+        let text = String::from_utf8_lossy(&bytes);
+        lines.extend(text.lines().map(str::to_owned));
+    }
+    Ok(lines)
 }
 
 async fn ask(handle: &NodeHandle, id: Option<String>) -> CommandReply {
