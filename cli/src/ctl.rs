@@ -203,15 +203,15 @@ fn other_nodes(lost: &Path, cluster_dir: &Path) -> Vec<OtherNode> {
 
 /// A job as another node's `job <id>` describes it: its state and its leader.
 #[derive(Debug, PartialEq, Eq)]
-struct Described {
+pub struct Described {
     /// `running`, `completed`, `failed: ...`, `leader gone, ...`.
-    state: String,
-    leader: String,
-    term: u64,
+    pub state: String,
+    pub leader: String,
+    pub term: u64,
 }
 
 /// Reads the `<state>; led by <addr> (term <t>); ...` line of a `job <id>` answer.
-fn described(answer: &str) -> Option<Described> {
+pub fn described(answer: &str) -> Option<Described> {
     answer.lines().find_map(|line| {
         let (state, rest) = line.trim().split_once("; led by ")?;
         let (leader, rest) = rest.split_once(" (term ")?;

@@ -14,6 +14,12 @@
 //! a single-process run of the built-in operators that compute the same thing; so is what the
 //! console received. The verdict says whether every expected output is there exactly once.
 //! Between the jobs the killed nodes are restarted (they rejoin as new members).
+//!
+//! A third act kills a job's leader: App 2 again, submitted to node 2, whose process is killed
+//! with SIGKILL about 1 s in. Another node follows the job's outputs (`follow <id>`) from the
+//! start; the demo prints how that node sees the job change hands (leader gone, then a successor
+//! in the next term), what the leader's console is told, and the same verdict over the
+//! destination file and the follower's stream.
 
 use crate::cluster::{ClusterArgs, LocalCluster};
 use anyhow::{anyhow, bail, Context, Result};
@@ -21,7 +27,7 @@ use clap::Args;
 use rainstorm_core::rainstorm::reference;
 use rainstorm_core::rainstorm::{dest_line, OperatorSpec};
 use rainstorm_runtime::control;
-use rainstorm_runtime::jobs::{Streamed, ROLLBACK_NOTE};
+use rainstorm_runtime::jobs::{Streamed, NEW_LEADER_NOTE, ROLLBACK_NOTE};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -32,6 +38,13 @@ use std::time::{Duration, Instant};
 const PROGRAMS: [&str; 4] = ["app1-filter", "app1-project", "app2-filter", "app2-count"];
 /// The node every job is submitted to (its leader). Never killed.
 const LEADER: u16 = 1;
+/// The node the third act's job is submitted to, and killed.
+const DOOMED_LEADER: u16 = 2;
+/// The node that follows the third act's job and reports how it changes hands (one never
+/// killed, so it has heard of the job from its start).
+const WATCHER: u16 = LEADER;
+/// How long the third act waits for a successor to finish the job.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(120);
 /// A job with no new output for this long has every node's view of it written down.
 const STALL_REPORT: Duration = Duration::from_secs(8);
 
@@ -59,7 +72,7 @@ pub struct DemoArgs {
     /// fall while the jobs run; 0 reads as fast as the job goes).
     #[arg(long, default_value_t = 2_000)]
     pub rate: u64,
-    /// Do not kill anything (the same jobs, failure-free).
+    /// Do not kill anything (the same jobs, failure-free, and no third act).
     #[arg(long)]
     pub no_kill: bool,
     /// App 1's pattern.
@@ -79,6 +92,7 @@ pub struct DemoArgs {
 }
 
 /// One of the two applications: its operator programs and the built-ins that compute the same.
+#[derive(Clone)]
 struct App {
     name: &'static str,
     programs: [(String, String); 2],
@@ -182,8 +196,13 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         let verdict = outcome.judge(&app, &expected, &cluster, &files);
         println!("{}", verdict.line);
         verdicts.push(verdict.pass);
-        if !outcome.killed.is_empty() && i < last {
+        if !outcome.killed.is_empty() {
             restart(&mut cluster, &outcome.killed)?;
+        }
+        if i == last && !args.no_kill {
+            let verdict = run_leader_kill(&mut cluster, &args, &app, &bin, src, &files, &expected)?;
+            println!("{}", verdict.line);
+            verdicts.push(verdict.pass);
         }
     }
     cluster.stop();
@@ -193,7 +212,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         "verdict: {} — {}",
         if pass { "PASS" } else { "FAIL" },
         if pass {
-            "both jobs delivered every output exactly once (destination files and console streams equal \
+            "every job delivered every output exactly once (destination files and console streams equal \
              the single-process reference)"
         } else {
             "see the lines above"
@@ -209,6 +228,8 @@ struct Outcome {
     killed: Vec<u16>,
     /// The kills happened while the job was still running.
     killed_mid_job: bool,
+    /// The node killed was the job's leader.
+    leader_killed: bool,
     secs: f64,
 }
 
@@ -313,7 +334,133 @@ fn run_job(
     }
     let streamed = std::mem::take(&mut state.lines);
     drop(state);
-    Ok(Outcome { reply, streamed, killed, killed_mid_job, secs })
+    Ok(Outcome { reply, streamed, killed, killed_mid_job, leader_killed: false, secs })
+}
+
+/// The third act: `app` submitted to [`DOOMED_LEADER`], which is killed `kill_after_ms` into the
+/// job; [`WATCHER`] follows the job's outputs and reports who leads it. The verdict covers the
+/// destination file and the follower's stream.
+fn run_leader_kill(
+    cluster: &mut LocalCluster,
+    args: &DemoArgs,
+    app: &App,
+    bin: &Path,
+    src: &str,
+    files: &Path,
+    expected: &BTreeMap<String, usize>,
+) -> Result<Verdict> {
+    let app = App { name: "App 2, leader killed", dest: "demo/app2-leader-killed.out".into(), ..app.clone() };
+    println!();
+    println!(
+        "== {}: the same job on node{DOOMED_LEADER}, which leads it and is killed with SIGKILL mid-job; \
+         node{WATCHER} follows it",
+        app.name
+    );
+    let line = app.command(bin, src, args.tasks, args.rate);
+    println!("node{DOOMED_LEADER}> {line}");
+    let console = files.join("leader-killed.console");
+    let stream = Arc::new(Mutex::new(StreamState::new(app.name, args.show, &console)?));
+    // Through `rainstorm ctl`, as a user would: what it prints when its node dies is part of the act.
+    let job = {
+        let stream = Arc::clone(&stream);
+        let node = format!("node{DOOMED_LEADER}");
+        spawn_ctl(&crate::cluster::this_tool()?, &cluster.args.dir, &node, &line, move |s| {
+            if let Ok(mut st) = stream.lock() {
+                st.on(s);
+            }
+        })?
+    };
+    let leader_addr = format!("127.0.0.1:{}", cluster.port(DOOMED_LEADER));
+    let waited = Instant::now();
+    let (id, started) = loop {
+        let (id, started) = stream.lock().map(|s| (s.job.clone(), s.started)).unwrap_or((None, None));
+        if let (Some(id), Some(started)) = (id, started) {
+            break (id, started);
+        }
+        if job.is_finished() || waited.elapsed() > Duration::from_secs(60) {
+            bail!("the job on node{DOOMED_LEADER} did not start");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let follow_log = files.join("leader-killed.follow");
+    let follow = Arc::new(Mutex::new(StreamState::new("follow", 0, &follow_log)?));
+    follow.lock().map_err(|_| anyhow!("poisoned"))?.notes = format!("node{WATCHER}");
+    println!("node{WATCHER}> follow {id}");
+    let follower = {
+        let follow = Arc::clone(&follow);
+        spawn_command(control::socket_path(&cluster.data_dir(WATCHER)), format!("follow {id}"), move |s| {
+            if let Ok(mut st) = follow.lock() {
+                st.on(s);
+            }
+        })
+    };
+    std::thread::sleep(
+        (started + Duration::from_millis(args.kill_after_ms)).saturating_duration_since(Instant::now()),
+    );
+    let killed_mid_job = !job.is_finished();
+    println!(
+        "  killing node{DOOMED_LEADER} ({leader_addr}, the job's leader) with SIGKILL {:.2} s into the job",
+        started.elapsed().as_secs_f64()
+    );
+    cluster.kill(DOOMED_LEADER)?;
+    let killed_at = Instant::now();
+    let mut heard = String::new();
+    let mut taken_over = None;
+    while !follower.is_finished() && killed_at.elapsed() < TAKEOVER_WAIT {
+        std::thread::sleep(Duration::from_millis(200));
+        let Ok(answer) = cluster.ctl(WATCHER, &format!("job {id}")) else { continue };
+        let Some(d) = crate::ctl::described(&answer) else { continue };
+        let now = format!("{}; led by {} (term {})", d.state, d.leader, d.term);
+        if now != heard {
+            println!(
+                "  node{WATCHER}: job {id} {now} ({:.1} s after the kill)",
+                killed_at.elapsed().as_secs_f64()
+            );
+            if d.leader != leader_addr && taken_over.is_none() {
+                taken_over = Some(killed_at.elapsed().as_secs_f64());
+            }
+            heard = now;
+        }
+    }
+    match job.join() {
+        Ok(Ok(status)) => println!("  rainstorm ctl node{DOOMED_LEADER} ended: {status}"),
+        Ok(Err(e)) => println!("  rainstorm ctl node{DOOMED_LEADER} failed: {e}"),
+        Err(_) => println!("  the thread reading rainstorm ctl panicked"),
+    }
+    let fail = |why: String| Verdict { pass: false, line: format!("verdict ({}): FAIL — {why}", app.name) };
+    if !follower.is_finished() {
+        return Ok(fail(format!("the job did not end within {} s of the kill", TAKEOVER_WAIT.as_secs())));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let reply = match follower.join() {
+        Ok(Ok(reply)) if reply.ok => Ok(reply.output),
+        Ok(Ok(reply)) => Err(reply.output),
+        Ok(Err(e)) => Err(format!("node{WATCHER}'s control socket failed: {e}")),
+        Err(_) => Err("the follower's thread panicked".into()),
+    };
+    let mut state = follow.lock().map_err(|_| anyhow!("stream state poisoned"))?;
+    let first_output = state.taken_over.and_then(|(_, first)| first).map(|t| t.duration_since(killed_at));
+    let streamed = std::mem::take(&mut state.lines);
+    drop(state);
+    match (taken_over, first_output) {
+        (Some(t), Some(first)) => println!(
+            "  recovery: node{WATCHER} saw a successor lead the job {t:.1} s after the kill; the first output \
+             the successor committed reached it {:.1} s after the kill",
+            first.as_secs_f64()
+        ),
+        (Some(t), None) => println!(
+            "  recovery: node{WATCHER} saw a successor lead the job {t:.1} s after the kill; it committed no \
+             new output"
+        ),
+        (None, _) => println!("  recovery: node{WATCHER} never saw another node lead the job"),
+    }
+    let outcome =
+        Outcome { reply, streamed, killed: vec![DOOMED_LEADER], killed_mid_job, leader_killed: true, secs };
+    let mut verdict = outcome.judge(&app, expected, cluster, files);
+    if taken_over.is_none() && verdict.pass {
+        verdict = fail("the job completed, but no successor was seen leading it".into());
+    }
+    Ok(verdict)
 }
 
 /// A local program and its arguments as one quoted operator word of the `RainStorm` command.
@@ -335,6 +482,55 @@ pub fn spawn_command(
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         rt.block_on(control::request_streaming(&socket, &line, |_, _| {}, on_line))
     })
+}
+
+/// Runs `rainstorm ctl <node> <line>` on the cluster under `cluster_dir`, handing each line it
+/// prints to `on_line`: standard output as results, standard error as notes (`ctl` prints them
+/// so when its output is not a terminal). The thread ends with `ctl`, with its exit status.
+pub fn spawn_ctl(
+    tool: &Path,
+    cluster_dir: &Path,
+    node: &str,
+    line: &str,
+    on_line: impl FnMut(Streamed) + Send + 'static,
+) -> Result<std::thread::JoinHandle<std::io::Result<std::process::ExitStatus>>> {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let words = shlex::split(line).ok_or_else(|| anyhow!("unbalanced quotes in `{line}`"))?;
+    let mut child = Command::new(tool)
+        .arg("ctl")
+        .arg("--cluster-dir")
+        .arg(cluster_dir)
+        .arg(node)
+        .args(&words)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {} ctl", tool.display()))?;
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        bail!("rainstorm ctl has no pipes");
+    };
+    let on_line = Arc::new(Mutex::new(on_line));
+    let notes = {
+        let on_line = Arc::clone(&on_line);
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut f) = on_line.lock() {
+                    f(Streamed::Note(line));
+                }
+            }
+        })
+    };
+    Ok(std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(mut f) = on_line.lock() {
+                f(Streamed::Output(line));
+            }
+        }
+        let _ = notes.join();
+        child.wait()
+    }))
 }
 
 /// Writes `job <id>` as every live node sees it (the leader's account and each worker's tasks).
@@ -361,6 +557,10 @@ struct StreamState {
     /// Input lines read of all, as the leader last reported.
     lines_read: Option<String>,
     recovery: RecoveryClock,
+    /// When a note said another node leads the job now, and the first output after it.
+    taken_over: Option<(Instant, Option<Instant>)>,
+    /// How its notes are labelled.
+    notes: String,
     log: std::io::BufWriter<std::fs::File>,
 }
 
@@ -376,6 +576,8 @@ impl StreamState {
             started: None,
             lines_read: None,
             recovery: RecoveryClock::default(),
+            taken_over: None,
+            notes: "note".into(),
             log: std::io::BufWriter::new(file),
         })
     }
@@ -385,6 +587,9 @@ impl StreamState {
         self.recovery.on(&s);
         match s {
             Streamed::Output(text) => {
+                if let Some((_, first)) = &mut self.taken_over {
+                    first.get_or_insert_with(Instant::now);
+                }
                 self.outputs += 1;
                 if self.outputs <= self.show {
                     println!("  [{}] {text}", self.app);
@@ -402,7 +607,10 @@ impl StreamState {
                         self.started = Some(Instant::now());
                     }
                 }
-                println!("  note: {text}");
+                if text.contains(NEW_LEADER_NOTE) && self.taken_over.is_none() {
+                    self.taken_over = Some((Instant::now(), None));
+                }
+                println!("  {}: {text}", self.notes);
             }
         }
     }
@@ -496,6 +704,10 @@ impl Outcome {
         let total: usize = expected.values().sum();
         let kills = match (self.killed.len(), self.killed_mid_job) {
             (0, _) => "no worker killed".to_owned(),
+            (_, true) if self.leader_killed => "its leader killed mid-job".to_owned(),
+            (_, false) if self.leader_killed => {
+                "its leader killed, but only after the job had ended".to_owned()
+            }
             (n, true) => format!("{n} workers killed mid-job"),
             (n, false) => format!("{n} workers killed, but only after the job had ended"),
         };

@@ -109,10 +109,13 @@ fn quoted(path: &Path, args: &str) -> String {
 }
 
 /// The README's main job (`rainstorm demo`) on the first 6,000 lines of the dataset and 7 nodes:
-/// App 1 and App 2 as Rust programs, 3 tasks per stage, two workers SIGKILLed 1.5 s into each
-/// job; the destination files and the console streams must equal the reference run.
+/// App 1 and App 2 as Rust programs, 3 tasks per stage, two workers SIGKILLed 1 s into each
+/// job; then App 2 again with its leader SIGKILLed 1 s in, followed from another node. The
+/// destination files and the console streams (for the third, the follower's) must equal the
+/// reference run; the third job must have been completed by a successor, and the `rainstorm
+/// ctl` that streamed it from the dead leader must exit 3 naming the node that leads it now.
 #[test]
-fn the_demo_delivers_exactly_once_with_two_workers_killed_in_each_job() {
+fn the_demo_delivers_exactly_once_with_two_workers_killed_in_each_job_and_then_its_leader() {
     let root = std::env::temp_dir().join(format!("rainstorm-demo-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();
@@ -138,6 +141,15 @@ fn the_demo_delivers_exactly_once_with_two_workers_killed_in_each_job() {
         keep()
     );
     assert_eq!(stdout.matches("2 workers killed mid-job").count(), 2, "both jobs had two kills {}", keep());
+    assert!(stdout.contains("verdict (App 2, leader killed): PASS"), "{}", keep());
+    assert!(stdout.contains("its leader killed mid-job"), "the leader died while the job ran {}", keep());
+    assert!(stdout.contains("rainstorm ctl node2 ended: exit status: 3"), "{}", keep());
+    let named = stdout.lines().any(|l| {
+        (l.contains(" continues under node") || l.contains(" is completed under node"))
+            && l.contains("); follow it with: rainstorm ctl node")
+    });
+    assert!(named, "ctl names the successor and how to follow the job {}", keep());
+    assert!(stdout.contains("saw a successor lead the job"), "{}", keep());
     assert!(stdout.contains("verdict: PASS"), "{}", keep());
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -592,7 +592,12 @@ impl NodeTask {
             }
             Some(id) => {
                 let describe = self.node.rainstorm().describe();
-                if let Some(output) = self.book.show(id, &describe) {
+                if let Some(mut output) = self.book.show(id, &describe) {
+                    // Who leads it now, in the words every other node uses.
+                    if let Some((_, known)) = directory.jobs().find(|(job, _)| job.to_string() == id) {
+                        let at = output.find('\n').map_or(output.len(), |i| i + 1);
+                        output.insert_str(at, &format!("  {known}\n"));
+                    }
                     return CommandReply { ok: true, output };
                 }
                 // Not led here: what its leader announced, and the tasks of it this node runs.

@@ -28,6 +28,10 @@ use tracing::debug;
 /// <checkpoint>`.
 pub const ROLLBACK_NOTE: &str = "; resuming from ";
 
+/// What `follow`'s note says when another node leads the job: `job <id>: now led by <addr>
+/// (term <t>)`.
+pub const NEW_LEADER_NOTE: &str = ": now led by ";
+
 /// The job id of a `job <id> started; ...` note, the first a job's command streams.
 pub fn started_job(note: &str) -> Option<&str> {
     let (id, rest) = note.strip_prefix("job ")?.split_once(' ')?;
@@ -100,6 +104,10 @@ pub async fn run(
 /// How often `follow` looks for new outputs and for a change of leader.
 const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// How long `follow` waits to hear of a job it does not know: a leader announces a new job to
+/// every member at once, and again every `status_interval`.
+const FOLLOW_FIND: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How long `follow` keeps reading after the job completed, while the destination's replica
 /// it reads from shows fewer outputs than the leader committed (it lags).
 const FOLLOW_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(30);
@@ -122,8 +130,18 @@ async fn known_job(handle: &NodeHandle, id: &str) -> Option<KnownJob> {
 /// that died before it was acknowledged can show here and then be cut from the file by the
 /// successor's seal; the final line gives both counts.
 async fn follow(handle: &NodeHandle, id: &str, out: mpsc::UnboundedSender<Streamed>) -> CommandReply {
-    let Some(first) = known_job(handle, id).await else {
-        return CommandReply { ok: false, output: format!("no job {id} known to this node; see `jobs`\n") };
+    // A job just submitted to another node may not have been announced here yet.
+    let looked = Instant::now();
+    let first = loop {
+        if let Some(known) = known_job(handle, id).await {
+            break known;
+        }
+        if looked.elapsed() >= FOLLOW_FIND {
+            let output =
+                format!("no job {id} known to this node after {} s; see `jobs`\n", FOLLOW_FIND.as_secs());
+            return CommandReply { ok: false, output };
+        }
+        tokio::time::sleep(FOLLOW_POLL).await;
     };
     let dest = first.notice.dest.clone();
     let _ = out.send(Streamed::Note(format!(
@@ -144,7 +162,7 @@ async fn follow(handle: &NodeHandle, id: &str, out: mpsc::UnboundedSender<Stream
         if now_led != leader {
             let note = match now_led {
                 (l, _, true) => format!("job {id}: its leader {} is gone; a successor takes it over", l.addr),
-                (l, term, false) => format!("job {id}: now led by {} (term {term})", l.addr),
+                (l, term, false) => format!("job {id}{NEW_LEADER_NOTE}{} (term {term})", l.addr),
             };
             let _ = out.send(Streamed::Note(note));
             leader = now_led;

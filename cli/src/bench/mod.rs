@@ -27,6 +27,7 @@ mod cluster_membership;
 mod foca_actor;
 mod hydfs;
 mod hydfs_cluster;
+mod leader_kill;
 pub(crate) mod membership;
 mod program_pipes;
 mod rainstorm;
@@ -105,6 +106,14 @@ pub struct BenchArgs {
     /// where their CPU time went.
     #[arg(long)]
     profile: bool,
+    /// `rainstorm-cluster` only: run the leader-kill job (app1 over 100,000 lines at 20,000
+    /// lines/s, its leader SIGKILLed 2 s in, followed from another node) this many times, each
+    /// on a cluster of its own [default: 3; 1 with --quick; 0 skips it].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=20))]
+    leader_kill_runs: Option<u64>,
+    /// `rainstorm-cluster` only: run only the leader-kill part.
+    #[arg(long)]
+    leader_kill_only: bool,
 }
 
 /// How large a benchmark run is.
@@ -131,10 +140,12 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                 Some(n) => plan.aged(n as usize),
                 None => plan,
             };
-            match args.metrics_runs {
+            let plan = match args.metrics_runs {
                 Some(n) => plan.metered(n as usize),
                 None => plan,
-            }
+            };
+            let runs = args.leader_kill_runs.map_or(plan.leader_kill_runs, |n| n as usize);
+            plan.leader_killed(runs, args.leader_kill_only)
         })?,
     }
     Ok(ExitCode::SUCCESS)

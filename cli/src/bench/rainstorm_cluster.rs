@@ -12,7 +12,11 @@
 //! * the same job with two workers (the hosts of two stage-1 tasks) killed with SIGKILL 1.5 s in
 //!   (or 40% into a job that took under 3.75 s without kills), on a cluster of its own; for it,
 //!   the time from the kills to the leader's rollback (their detection) and to the first output
-//!   after the rollback on the console.
+//!   after the rollback on the console;
+//! * a job whose leader is killed ([`super::leader_kill`]): app1 over 100,000 lines at 20,000
+//!   lines/s, the leader SIGKILLed 2 s in, each run on a cluster of its own; the time from the
+//!   kill to a successor leading it, to its first new output, and to `jobs` on another node
+//!   showing it completed (`--leader-kill-only` runs just this part).
 //!
 //! Figures per job: input lines/s and output records/s over the job's own time (from the
 //! leader accepting it to its last output durable in the destination file); tuple latency from
@@ -66,6 +70,10 @@ pub struct Plan {
     /// How many times the last job runs on a scraped cluster and on one without metrics, for
     /// the cost of the metrics (0: none).
     pub metrics_runs: usize,
+    /// How many times the leader-kill job runs, each on a cluster of its own (0: none).
+    pub leader_kill_runs: usize,
+    /// Only the leader-kill part.
+    pub leader_kill_only: bool,
 }
 
 impl Plan {
@@ -82,7 +90,14 @@ impl Plan {
             age_runs: if quick { 1 } else { 3 },
             metrics_runs: if quick { 1 } else { 3 },
             profile: false,
+            leader_kill_runs: if quick { 1 } else { 3 },
+            leader_kill_only: false,
         }
+    }
+
+    /// The same plan with `runs` runs of the leader-kill job, and with nothing else if `only`.
+    pub fn leader_killed(self, runs: usize, only: bool) -> Plan {
+        Plan { leader_kill_runs: runs, leader_kill_only: only, ..self }
     }
 
     /// The same plan with its jobs' sources paced at `rate` lines/s in all.
@@ -106,15 +121,15 @@ impl Plan {
     }
 }
 
-struct App {
-    name: &'static str,
-    programs: [(&'static str, &'static str); 2],
-    builtins: [&'static str; 2],
+pub(super) struct App {
+    pub(super) name: &'static str,
+    pub(super) programs: [(&'static str, &'static str); 2],
+    pub(super) builtins: [&'static str; 2],
     /// The Python loop's application and argument.
     python: (&'static str, &'static str),
 }
 
-const APPS: [App; 2] = [
+pub(super) const APPS: [App; 2] = [
     App {
         name: "app1",
         programs: [("app1-filter", "Streetlight"), ("app1-project", "")],
@@ -170,6 +185,16 @@ pub fn run(plan: Plan) -> Result<()> {
     let root = std::env::temp_dir().join(format!("rainstorm-bench-rs-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root)?;
+    if plan.leader_kill_only {
+        println!("# RainStorm on a {NODES}-process loopback cluster: a job whose leader is killed");
+        println!("(work files in {}; removed at the end)", root.display());
+        let bin = programs_dir()?;
+        let runs = super::leader_kill::run(&root, &bin, plan.batch_bytes, plan.leader_kill_runs.max(1))?;
+        println!();
+        super::leader_kill::print(&runs);
+        let _ = std::fs::remove_dir_all(&root);
+        return Ok(());
+    }
     if plan.ceiling_only {
         println!(
             "# RainStorm's in-process ceiling against a plain Python loop: sizes {:?} lines",
@@ -294,6 +319,12 @@ pub fn run(plan: Plan) -> Result<()> {
         }
         _ => None,
     };
+    let leader_kills = match &bin {
+        Some(bin) if plan.leader_kill_runs > 0 && !plan.ceiling_only => {
+            super::leader_kill::run(&root, bin, plan.batch_bytes, plan.leader_kill_runs)?
+        }
+        _ => Vec::new(),
+    };
     println!();
     print_table(&rows, &ceilings, &pipes);
     print_before_after(&rows, plan.rate.is_some());
@@ -303,6 +334,7 @@ pub fn run(plan: Plan) -> Result<()> {
     if let Some(m) = &metered {
         m.print();
     }
+    super::leader_kill::print(&leader_kills);
     if plan.profile {
         print_profiles(&profiles);
     }
@@ -396,7 +428,7 @@ const INPUT_PIECE_BYTES: usize = 512 << 20;
 /// Stores `local` (whose bytes are `bytes`) in the cluster as `src`: one create, or for an input
 /// over [`INPUT_PIECE_BYTES`] a create and appends of whole lines, as a log would grow, merged
 /// into one order before any job reads it.
-fn store_input(cluster: &LocalCluster, local: &Path, bytes: &[u8], src: &str) -> Result<()> {
+pub(super) fn store_input(cluster: &LocalCluster, local: &Path, bytes: &[u8], src: &str) -> Result<()> {
     if bytes.len() <= INPUT_PIECE_BYTES {
         cluster.ctl(LEADER, &format!("create {} {src}", local.display()))?;
         return Ok(());
@@ -425,6 +457,16 @@ fn store_input(cluster: &LocalCluster, local: &Path, bytes: &[u8], src: &str) ->
 /// A fresh 10-node cluster under `root/name`, tracing outputs.
 fn start(root: &Path, name: &str, base_port: u16, batch_bytes: u32) -> Result<LocalCluster> {
     start_with(root, name, base_port, batch_bytes, true)
+}
+
+/// A cluster of [`NODES`] nodes under `root/name` as every part of this benchmark starts it.
+pub(super) fn start_cluster(
+    root: &Path,
+    name: &str,
+    base_port: u16,
+    batch_bytes: u32,
+) -> Result<LocalCluster> {
+    start(root, name, base_port, batch_bytes)
 }
 
 /// [`start`], with or without the nodes' metrics and status pages.
@@ -544,7 +586,7 @@ fn run_job(
         .map_or(0.0, |k| k as f64 / 1024.0);
     let (id, outputs, secs, restarts) = parse_completed(&reply)
         .ok_or_else(|| anyhow!("unexpected answer from the leader: {}", reply.trim()))?;
-    let exact = check_dest(cluster, root, &dest, expected);
+    let exact = check_dest(cluster, LEADER, root, &dest, expected);
     let latencies = latencies(cluster, &id);
     let pct = |p: f64| -> Option<f64> {
         (!latencies.is_empty()).then(|| latencies[((latencies.len() - 1) as f64 * p).round() as usize])
@@ -584,16 +626,17 @@ fn parse_completed(reply: &str) -> Option<(String, u64, f64, u32)> {
     }
 }
 
-/// The destination file against the expected multiset of lines.
-fn check_dest(
+/// The destination file, read through node `via`, against the expected multiset of lines.
+pub(super) fn check_dest(
     cluster: &LocalCluster,
+    via: u16,
     root: &Path,
     dest: &str,
     expected: &BTreeMap<String, usize>,
 ) -> Result<(), String> {
     let local = root.join("dest.out");
     let _ = std::fs::remove_file(&local);
-    cluster.ctl(LEADER, &format!("get {dest} {}", local.display())).map_err(|e| format!("{e:#}"))?;
+    cluster.ctl(via, &format!("get {dest} {}", local.display())).map_err(|e| format!("{e:#}"))?;
     let text = std::fs::read_to_string(&local).map_err(|e| e.to_string())?;
     let diff = Diff::of(expected, &count_lines(text.lines().map(str::to_owned)));
     let _ = std::fs::remove_file(&local);
