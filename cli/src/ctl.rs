@@ -6,8 +6,8 @@
 //! A job outlives the node that streamed it: if that node was the job's leader, a successor
 //! takes the job over. So when the stream breaks, `ctl` asks the other nodes of the cluster (the
 //! node's siblings under its parent directory, and `--cluster-dir`) who leads the job now, for
-//! up to [`SUCCESSOR_WAIT`], and its last line names that node and the command that follows
-//! the job from there.
+//! up to [`SUCCESSOR_WAIT`], and its last line names that node and the `follow` command that
+//! streams the job's outputs (from its first output) to its end.
 
 use clap::Args;
 use rainstorm_core::command::JobCommand;
@@ -180,7 +180,9 @@ struct OtherNode {
 /// The nodes `ctl` can ask besides `lost`: the data dirs beside the lost node's, and the nodes
 /// under `--cluster-dir`.
 fn other_nodes(lost: &Path, cluster_dir: &Path) -> Vec<OtherNode> {
-    let beside = lost.parent().and_then(Path::parent).map(Path::to_path_buf);
+    // Absolute, so that a socket given as `node2/control.sock` still has a parent directory.
+    let lost_abs = std::path::absolute(lost).unwrap_or_else(|_| lost.to_path_buf());
+    let beside = lost_abs.parent().and_then(Path::parent).map(Path::to_path_buf);
     let mut nodes: Vec<OtherNode> = Vec::new();
     for dir in [Some(cluster_dir.to_path_buf()), beside].into_iter().flatten() {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
@@ -210,13 +212,16 @@ pub struct Described {
     pub term: u64,
 }
 
-/// Reads the `<state>; led by <addr> (term <t>); ...` line of a `job <id>` answer.
+/// Reads the `  <state>; led by <addr> (term <t>); <n> of <m> lines read, ...` line of a
+/// `job <id>` answer (an indented line; the last `; led by ` on it, since a failure's reason
+/// may hold anything).
 pub fn described(answer: &str) -> Option<Described> {
-    answer.lines().find_map(|line| {
-        let (state, rest) = line.trim().split_once("; led by ")?;
+    answer.lines().filter(|l| l.starts_with("  ") && !l.starts_with("  |")).find_map(|line| {
+        let (state, rest) = line.trim().rsplit_once("; led by ")?;
         let (leader, rest) = rest.split_once(" (term ")?;
-        let term = rest.split_once(')')?.0.parse().ok()?;
-        Some(Described { state: state.to_owned(), leader: leader.to_owned(), term })
+        let (term, rest) = rest.split_once(')')?;
+        rest.starts_with("; ").then_some(())?;
+        Some(Described { state: state.to_owned(), leader: leader.to_owned(), term: term.parse().ok()? })
     })
 }
 
@@ -242,14 +247,25 @@ async fn after_node_lost(lost: &Path, args: &CtlArgs, id: &str, lost_addr: Optio
             let Ok(Ok(reply)) = tokio::time::timeout(ASK_TIMEOUT, ask).await else { continue };
             let Some(d) = reply.ok.then(|| described(&reply.output)).flatten() else { continue };
             let ended = !d.state.starts_with("running") && !d.state.starts_with("leader gone");
-            let moved = d.state.starts_with("running") && lost_addr.is_none_or(|a| a != d.leader);
-            if ended || moved {
+            // A live node other than the lost one leads it (found by its own address).
+            let live = match lost_addr {
+                Some(a) if a == d.leader => None,
+                _ if d.state.starts_with("running") => leader_node(&nodes, &d.leader).await,
+                _ => None,
+            };
+            if let Some((name, arg)) = live {
+                return format!(
+                    "job {id} continues under {name} ({}, term {}); follow it (from its first output) with: \
+                     rainstorm ctl {arg} follow {id}",
+                    d.leader, d.term
+                );
+            }
+            if ended {
                 let (name, arg) =
                     leader_node(&nodes, &d.leader).await.unwrap_or((d.leader.clone(), node.arg.clone()));
-                let how = if moved { "continues".to_owned() } else { format!("is {}", d.state) };
                 return format!(
-                    "job {id} {how} under {name} ({}, term {}); follow it with: rainstorm ctl {arg} follow {id}",
-                    d.leader, d.term
+                    "job {id}: {}; led last by {name} ({}, term {}); its outputs: rainstorm ctl {arg} follow {id}",
+                    d.state, d.leader, d.term
                 );
             }
             last_heard = Some((node.name.clone(), d));
@@ -295,5 +311,11 @@ mod tests {
         assert_eq!(described(gone).map(|d| d.state), Some("leader gone, a successor takes it over".into()));
         assert_eq!(described("job 1-9f3e74: led by another node\n"), None);
         assert_eq!(described("  running; led by x (term y); ..."), None);
+        // The spec line is not indented; a failure's reason may hold anything.
+        assert_eq!(described("job 1-a: RainStorm grep:'x; led by y (term 2); ' b c d 1\n"), None);
+        let failed =
+            "  failed: op1 said `; led by z (term 9); `; led by 127.0.0.1:7001 (term 0); 1 of 2 lines";
+        let d = described(failed).expect("parsed");
+        assert_eq!((d.leader.as_str(), d.term), ("127.0.0.1:7001", 0));
     }
 }

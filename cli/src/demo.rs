@@ -377,7 +377,8 @@ fn run_leader_kill(
         if let (Some(id), Some(started)) = (id, started) {
             break (id, started);
         }
-        if job.is_finished() || waited.elapsed() > Duration::from_secs(60) {
+        if job.thread.is_finished() || waited.elapsed() > Duration::from_secs(60) {
+            job.kill();
             bail!("the job on node{DOOMED_LEADER} did not start");
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -397,7 +398,7 @@ fn run_leader_kill(
     std::thread::sleep(
         (started + Duration::from_millis(args.kill_after_ms)).saturating_duration_since(Instant::now()),
     );
-    let killed_mid_job = !job.is_finished();
+    let killed_mid_job = !job.thread.is_finished();
     println!(
         "  killing node{DOOMED_LEADER} ({leader_addr}, the job's leader) with SIGKILL {:.2} s into the job",
         started.elapsed().as_secs_f64()
@@ -422,7 +423,15 @@ fn run_leader_kill(
             heard = now;
         }
     }
-    match job.join() {
+    // `ctl` ends once another node names the successor; give it a little longer than the job.
+    let grace = Instant::now() + Duration::from_secs(5);
+    while !job.thread.is_finished() && Instant::now() < grace {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if !job.thread.is_finished() {
+        job.kill();
+    }
+    match job.thread.join() {
         Ok(Ok(status)) => println!("  rainstorm ctl node{DOOMED_LEADER} ended: {status}"),
         Ok(Err(e)) => println!("  rainstorm ctl node{DOOMED_LEADER} failed: {e}"),
         Err(_) => println!("  the thread reading rainstorm ctl panicked"),
@@ -484,16 +493,30 @@ pub fn spawn_command(
     })
 }
 
+/// A `rainstorm ctl` running on a thread of its own.
+pub struct CtlRun {
+    /// Ends with `ctl`, with its exit status.
+    pub thread: std::thread::JoinHandle<std::io::Result<std::process::ExitStatus>>,
+    pid: u32,
+}
+
+impl CtlRun {
+    /// SIGKILL to `ctl` (its thread then ends).
+    pub fn kill(&self) {
+        let _ = Command::new("kill").arg("-KILL").arg(self.pid.to_string()).status();
+    }
+}
+
 /// Runs `rainstorm ctl <node> <line>` on the cluster under `cluster_dir`, handing each line it
 /// prints to `on_line`: standard output as results, standard error as notes (`ctl` prints them
-/// so when its output is not a terminal). The thread ends with `ctl`, with its exit status.
+/// so when its output is not a terminal).
 pub fn spawn_ctl(
     tool: &Path,
     cluster_dir: &Path,
     node: &str,
     line: &str,
     on_line: impl FnMut(Streamed) + Send + 'static,
-) -> Result<std::thread::JoinHandle<std::io::Result<std::process::ExitStatus>>> {
+) -> Result<CtlRun> {
     use std::io::BufRead;
     use std::process::Stdio;
     let words = shlex::split(line).ok_or_else(|| anyhow!("unbalanced quotes in `{line}`"))?;
@@ -522,7 +545,8 @@ pub fn spawn_ctl(
             }
         })
     };
-    Ok(std::thread::spawn(move || {
+    let pid = child.id();
+    let thread = std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Ok(mut f) = on_line.lock() {
                 f(Streamed::Output(line));
@@ -530,7 +554,8 @@ pub fn spawn_ctl(
         }
         let _ = notes.join();
         child.wait()
-    }))
+    });
+    Ok(CtlRun { thread, pid })
 }
 
 /// Writes `job <id>` as every live node sees it (the leader's account and each worker's tasks).

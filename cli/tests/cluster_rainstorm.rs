@@ -145,8 +145,9 @@ fn the_demo_delivers_exactly_once_with_two_workers_killed_in_each_job_and_then_i
     assert!(stdout.contains("its leader killed mid-job"), "the leader died while the job ran {}", keep());
     assert!(stdout.contains("rainstorm ctl node2 ended: exit status: 3"), "{}", keep());
     let named = stdout.lines().any(|l| {
-        (l.contains(" continues under node") || l.contains(" is completed under node"))
-            && l.contains("); follow it with: rainstorm ctl node")
+        (l.contains(" continues under node")
+            && l.contains("follow it (from its first output) with: rainstorm ctl node"))
+            || (l.contains(": completed; led last by node") && l.contains("its outputs: rainstorm ctl node"))
     });
     assert!(named, "ctl names the successor and how to follow the job {}", keep());
     assert!(stdout.contains("saw a successor lead the job"), "{}", keep());

@@ -228,8 +228,9 @@ pub async fn request_streaming(
     let mut status = String::new();
     loop {
         status.clear();
-        if reader.read_line(&mut status).await? == 0 {
-            // The node stopped (or was killed) while the command ran.
+        // No line, or a last one cut short: the node stopped (or was killed) while the
+        // command ran.
+        if reader.read_line(&mut status).await? == 0 || !status.ends_with('\n') {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "the node closed the connection before it answered: it stopped or was killed",

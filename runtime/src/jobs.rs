@@ -101,16 +101,21 @@ pub async fn run(
     }
 }
 
-/// How often `follow` looks for new outputs and for a change of leader.
+/// How often `follow` looks for new outputs and for a change of leader (more seldom as the
+/// destination's list of writes grows: each look reads the whole list).
 const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// How long `follow` waits to hear of a job it does not know: a leader announces a new job to
 /// every member at once, and again every `status_interval`.
 const FOLLOW_FIND: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// How long `follow` keeps reading after the job completed, while the destination's replica
-/// it reads from shows fewer outputs than the leader committed (it lags).
+/// How long `follow` keeps reading after the job ended, while the destination's replica it
+/// reads from shows fewer outputs than the leader committed (it lags).
 const FOLLOW_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How often `follow` sends the job's counts even if they did not change (a write to a client
+/// that went away ends the command).
+const FOLLOW_PROGRESS: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What this node knows of the job `id` names.
 async fn known_job(handle: &NodeHandle, id: &str) -> Option<KnownJob> {
@@ -126,9 +131,13 @@ async fn known_job(handle: &NodeHandle, id: &str) -> Option<KnownJob> {
 /// takeover included), every output it commits is in that one file, once. Each poll lists the
 /// file's writes as one replica holds them ([`ClientOp::Meta`]) and prints the lines of each
 /// write not printed yet (writes are told apart by their stamps, so a merge that reorders them
-/// repeats nothing). What it prints is what the replicas held as it read: an append of a leader
-/// that died before it was acknowledged can show here and then be cut from the file by the
-/// successor's seal; the final line gives both counts.
+/// repeats nothing). It follows only the file the job created (the member the job's id names
+/// made it): a file of that name made by anyone else ends it with an error. Once the job has
+/// ended, it stops when the file as read holds as many outputs as the leader announced and
+/// every one of them was printed (or after [`FOLLOW_CATCH_UP`]). What it prints is what the
+/// replicas held as it read: an append of a leader that died before it was acknowledged can
+/// show here and then be cut from the file by the successor's seal; the final line gives both
+/// counts.
 async fn follow(handle: &NodeHandle, id: &str, out: mpsc::UnboundedSender<Streamed>) -> CommandReply {
     // A job just submitted to another node may not have been announced here yet.
     let looked = Instant::now();
@@ -143,29 +152,40 @@ async fn follow(handle: &NodeHandle, id: &str, out: mpsc::UnboundedSender<Stream
         }
         tokio::time::sleep(FOLLOW_POLL).await;
     };
+    let job = first.notice.job;
     let dest = first.notice.dest.clone();
     let _ = out.send(Streamed::Note(format!(
-        "following job {id}: its outputs as they reach {dest}; led by {} (term {})",
+        "following job {id}: its outputs from the first as they reach {dest}; led by {} (term {})",
         first.notice.leader.addr, first.notice.term
     )));
-    let mut leader = (first.notice.leader, first.notice.term, first.leader_gone.is_some());
-    let mut shown_writes = std::collections::BTreeSet::new();
+    let mut leader = (first.notice.leader, first.notice.term);
+    let mut gone = first.leader_gone.is_some();
+    let mut reader = DestReader { job, dest: dest.clone(), create: None, shown: Default::default() };
     let mut shown: u64 = 0;
     let mut ended_at: Option<Instant> = None;
+    let mut counts = (u64::MAX, u64::MAX, Instant::now());
     loop {
         // The job's state before the read: a read after the job ended has all it committed.
         let Some(known) = known_job(handle, id).await else {
             return CommandReply { ok: false, output: "node is stopping\n".into() };
         };
         let n = &known.notice;
-        let now_led = (n.leader, n.term, known.leader_gone.is_some());
-        if now_led != leader {
-            let note = match now_led {
-                (l, _, true) => format!("job {id}: its leader {} is gone; a successor takes it over", l.addr),
-                (l, term, false) => format!("job {id}{NEW_LEADER_NOTE}{} (term {term})", l.addr),
-            };
+        if (n.leader, n.term) != leader {
+            let _ = out.send(Streamed::Note(format!(
+                "job {id}{NEW_LEADER_NOTE}{} (term {})",
+                n.leader.addr, n.term
+            )));
+            leader = (n.leader, n.term);
+        } else if known.leader_gone.is_some() && !gone {
+            let note = format!("job {id}: its leader {} is gone; a successor takes it over", n.leader.addr);
             let _ = out.send(Streamed::Note(note));
-            leader = now_led;
+        }
+        gone = known.leader_gone.is_some();
+        if (n.lines_read, n.input_lines) != (counts.0, counts.1) || counts.2.elapsed() >= FOLLOW_PROGRESS {
+            let progress =
+                JobProgress { lines_read: n.lines_read, input_lines: n.input_lines, stages: Vec::new() };
+            let _ = out.send(Streamed::Progress(progress));
+            counts = (n.lines_read, n.input_lines, Instant::now());
         }
         let ended = match &n.state {
             JobState::Running => None,
@@ -173,20 +193,27 @@ async fn follow(handle: &NodeHandle, id: &str, out: mpsc::UnboundedSender<Stream
             JobState::Failed(why) => Some(format!("failed: {why}")),
             JobState::Ended => Some("ended under an earlier leader".to_owned()),
         };
-        match read_new_outputs(handle, &dest, &mut shown_writes).await {
-            Ok(lines) => {
-                shown += lines.len() as u64;
-                for line in lines {
-                    let _ = out.send(Streamed::Output(line));
-                }
+        let read = reader.read(handle).await;
+        shown += read.lines.len() as u64;
+        for line in read.lines {
+            let _ = out.send(Streamed::Output(line));
+        }
+        let caught_up = match &read.error {
+            None => read.complete && read.in_file >= n.outputs,
+            // The job's files are gone: nothing more to read.
+            Some(DestError::Hydfs(HydfsError::NotFound(_))) => n.state != JobState::Completed,
+            Some(_) => false,
+        };
+        match &read.error {
+            Some(DestError::NotTheJobs(why)) => {
+                return CommandReply { ok: false, output: format!("job {id}: {why}; stopped following it\n") }
             }
             // Not created yet (a job just started), or no replica answering for now.
-            Err(HydfsError::NotFound(_)) if ended.is_none() => {}
-            Err(e) => debug!(job = id, error = %e, "follow: reading the destination failed; retrying"),
+            Some(e) => debug!(job = id, error = %e, "follow: reading the destination failed; retrying"),
+            None => {}
         }
         if let Some(how) = ended {
             let since = *ended_at.get_or_insert_with(Instant::now);
-            let caught_up = n.state != JobState::Completed || shown >= n.outputs;
             if caught_up || since.elapsed() >= FOLLOW_CATCH_UP {
                 let output = format!(
                     "job {id} {how}, led last by {} (term {}); {shown} outputs shown, {} committed to {dest}\n",
@@ -195,39 +222,111 @@ async fn follow(handle: &NodeHandle, id: &str, out: mpsc::UnboundedSender<Stream
                 return CommandReply { ok: n.state == JobState::Completed && caught_up, output };
             }
         }
-        tokio::time::sleep(FOLLOW_POLL).await;
+        // About 20 µs per listed write, at least the base poll: a long job's list is read less often.
+        let pause = FOLLOW_POLL.max(std::time::Duration::from_micros(20 * read.writes));
+        tokio::time::sleep(pause).await;
     }
 }
 
-/// The lines of every write of `dest` (as one replica lists them) not in `shown`, in file
-/// order; each write read whole is added to `shown`.
-async fn read_new_outputs(
-    handle: &NodeHandle,
-    dest: &FileName,
-    shown: &mut std::collections::BTreeSet<Stamp>,
-) -> Result<Vec<String>, HydfsError> {
-    let OpOutput::Meta { meta, from, .. } = submit(handle, ClientOp::Meta { name: dest.clone() }).await?
-    else {
-        return Err(HydfsError::Storage("a metadata read answered with something else".into()));
-    };
-    let mut lines = Vec::new();
-    for write in meta.all_writes() {
-        if shown.contains(&write.stamp) {
-            continue;
-        }
-        let mut bytes = Vec::new();
-        for part in 0..write.parts.len() as u32 {
-            let op = ClientOp::ReadPart { name: dest.clone(), stamp: write.stamp, part, prefer: Some(from) };
-            match submit(handle, op).await? {
-                OpOutput::Part { bytes: b, .. } => bytes.extend_from_slice(&b),
-                _ => return Err(HydfsError::Storage("a part read answered with something else".into())),
+/// Why `follow` could not read the destination this time.
+#[derive(Debug, thiserror::Error)]
+enum DestError {
+    #[error(transparent)]
+    Hydfs(#[from] HydfsError),
+    /// The file is not the one the job made, or was made again.
+    #[error("{0}")]
+    NotTheJobs(String),
+}
+
+/// What one look at the destination gave.
+struct DestRead {
+    /// The lines of the writes not shown before, in file order.
+    lines: Vec<String>,
+    /// Writes the replica listed.
+    writes: u64,
+    /// Outputs (lines) in the file as the replica listed it.
+    in_file: u64,
+    /// Every listed write has now been shown.
+    complete: bool,
+    error: Option<DestError>,
+}
+
+/// Reads a job's destination write by write, each once.
+struct DestReader {
+    job: JobId,
+    dest: FileName,
+    /// The file's create, once seen: the file followed.
+    create: Option<Stamp>,
+    /// Writes whose lines were returned.
+    shown: std::collections::BTreeSet<Stamp>,
+}
+
+impl DestReader {
+    /// The lines of every write of the destination (as one replica lists them) not returned
+    /// before, in file order. A write is returned whole or not at all: one whose part cannot
+    /// be read now ends this look, keeping what came before it.
+    async fn read(&mut self, handle: &NodeHandle) -> DestRead {
+        let mut read = DestRead { lines: Vec::new(), writes: 0, in_file: 0, complete: false, error: None };
+        let meta = match submit(handle, ClientOp::Meta { name: self.dest.clone() }).await {
+            Ok(OpOutput::Meta { meta, from, .. }) => (meta, from),
+            Ok(_) => {
+                read.error =
+                    Some(HydfsError::Storage("a metadata read answered with something else".into()).into());
+                return read;
             }
+            Err(e) => {
+                read.error = Some(e.into());
+                return read;
+            }
+        };
+        let (meta, from) = meta;
+        let create = meta.create.as_ref().map(|c| c.stamp);
+        match (create, self.create) {
+            (Some(c), _) if JobId::new(c.client, self.job.n) != self.job => {
+                let why = format!("{} was created by {}, not by the job", self.dest, c.client.addr);
+                read.error = Some(DestError::NotTheJobs(why));
+                return read;
+            }
+            (Some(c), Some(seen)) if c != seen => {
+                let why = format!("{} was deleted and created again", self.dest);
+                read.error = Some(DestError::NotTheJobs(why));
+                return read;
+            }
+            (c, _) => self.create = self.create.or(c),
         }
-        shown.insert(write.stamp);
-        let text = String::from_utf8_lossy(&bytes);
-        lines.extend(text.lines().map(str::to_owned));
+        read.writes = meta.all_writes().count() as u64;
+        read.in_file = meta.all_writes().flat_map(|w| &w.parts).map(|p| u64::from(p.newlines)).sum();
+        for write in meta.all_writes() {
+            if self.shown.contains(&write.stamp) {
+                continue;
+            }
+            let mut bytes = Vec::new();
+            for part in 0..write.parts.len() as u32 {
+                let op = ClientOp::ReadPart {
+                    name: self.dest.clone(),
+                    stamp: write.stamp,
+                    part,
+                    prefer: Some(from),
+                };
+                match submit(handle, op).await {
+                    Ok(OpOutput::Part { bytes: b, .. }) => bytes.extend_from_slice(&b),
+                    Ok(_) => {
+                        let e = HydfsError::Storage("a part read answered with something else".into());
+                        read.error = Some(e.into());
+                        return read;
+                    }
+                    Err(e) => {
+                        read.error = Some(e.into());
+                        return read;
+                    }
+                }
+            }
+            self.shown.insert(write.stamp);
+            read.lines.extend(String::from_utf8_lossy(&bytes).lines().map(str::to_owned));
+        }
+        read.complete = true;
+        read
     }
-    Ok(lines)
 }
 
 async fn ask(handle: &NodeHandle, id: Option<String>) -> CommandReply {
