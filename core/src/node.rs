@@ -297,12 +297,14 @@ impl Node {
             seed,
             cfg.codec.overhead(),
         );
+        let mut rainstorm_cfg = cfg.rainstorm;
+        rainstorm_cfg.merge_copies = cfg.hydfs.min_copies.clamp(1, cfg.hydfs.replication.max(1));
         let hydfs = Hydfs::new(cfg.hydfs, membership.me(), storage, now)?;
         let mut node = Node {
             addr: cfg.addr,
             membership,
             hydfs,
-            rainstorm: Rainstorm::new(cfg.rainstorm),
+            rainstorm: Rainstorm::new(rainstorm_cfg),
             rainstorm_ops: BTreeMap::new(),
             replay,
             sent_datagrams: FrameSeq(0),

@@ -57,8 +57,9 @@ pub const MAX_STREAM_FRAME_BYTES: usize = 16 * 1024 * 1024;
 /// of HMAC-SHA256 (a MAC under the same 256-bit key, computed about 3.6 times as fast: HMAC of
 /// every frame was the largest cost of a large transfer); version 10 HyDFS seals (a write kind,
 /// `WriteKind::Seal`, and the refusal `Sealed`); version 11 leader failover (a job plan names
-/// the member the job was submitted to, `JobPlan::origin`, and a job notice its log generation).
-pub const WIRE_VERSION: u8 = 11;
+/// the member the job was submitted to, `JobPlan::origin`, and a job notice its log generation);
+/// version 12 a source's pace across attempts (`RainstormMsg::Control::paced_ms`).
+pub const WIRE_VERSION: u8 = 12;
 
 const MAGIC: [u8; 2] = *b"RS";
 /// Magic, version, flags, lane, payload length.

@@ -350,6 +350,10 @@ mod rainstorm {
     // it took the job from surfaces after it measured the destination (a crashed leader that
     // restarts with it on its disk): rarer (a sweep of 1,500 seeds).
     const SEED_TAKEOVER_WITHOUT_FENCE: u64 = 535;
+    // A successor that reads after a merge on too few copies is caught where the copies it
+    // merged are new to the destination (their nodes restarted and rejoined) while those that
+    // took the last appends of the leader it took over from are out of its view.
+    const SEED_TAKEOVER_ON_A_PARTIAL_MERGE: u64 = 539;
 
     fn with_bug(s: &Scenario, bug: PlantedBug) -> Scenario {
         let mut planted = s.clone();
@@ -489,6 +493,15 @@ mod rainstorm {
             PlantedBug::TakeoverWithoutFence,
             CheckerKind::RainstormOutput,
             SEED_TAKEOVER_WITHOUT_FENCE,
+        );
+    }
+
+    #[test]
+    fn a_successor_reading_after_a_merge_on_too_few_copies_duplicates_outputs() {
+        caught_from(
+            PlantedBug::TakeoverOnAPartialMerge,
+            CheckerKind::RainstormDuplicate,
+            SEED_TAKEOVER_ON_A_PARTIAL_MERGE,
         );
     }
 

@@ -72,6 +72,11 @@ pub struct RainstormConfig {
     /// Deliberate bugs (tests only).
     #[serde(default)]
     pub planted: Option<PlantedBug>,
+    /// How many replicas a successor's merge of a job's files must cover before it reads them:
+    /// HyDFS's copies per write (the node sets it from its HyDFS settings). A merge on fewer may
+    /// miss an append acknowledged by copies it did not reach.
+    #[serde(skip)]
+    pub merge_copies: usize,
 }
 
 /// Why a node does not run operator programs: the setting that allows them.
@@ -101,6 +106,7 @@ impl Default for RainstormConfig {
             takeover_delay: Millis(1_000),
             run_programs: false,
             planted: None,
+            merge_copies: 3,
         }
     }
 }
@@ -166,10 +172,14 @@ pub enum PlantedBug {
     /// A successor takes a job over without sealing its destination: a leader declared failed
     /// while it still runs keeps committing, next to its successor.
     TakeoverWithoutFence,
+    /// A successor reads the job's files after a merge on fewer copies than a write takes
+    /// (copies new to the file, the ones holding the last appends out of its view): it misses
+    /// outputs its predecessor had acknowledged and produces them again.
+    TakeoverOnAPartialMerge,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 12] = [
+    pub const ALL: [PlantedBug; 13] = [
         PlantedBug::CommitBeforeComplete,
         PlantedBug::SourceSkipsALine,
         PlantedBug::SinkTakesOldAttempts,
@@ -182,6 +192,7 @@ impl PlantedBug {
         PlantedBug::LastEpochNeverCommitted,
         PlantedBug::TakeoverFromStalePoint,
         PlantedBug::TakeoverWithoutFence,
+        PlantedBug::TakeoverOnAPartialMerge,
     ];
 
     pub fn name(self) -> &'static str {
@@ -198,6 +209,7 @@ impl PlantedBug {
             PlantedBug::LastEpochNeverCommitted => "last-epoch-never-committed",
             PlantedBug::TakeoverFromStalePoint => "takeover-from-stale-point",
             PlantedBug::TakeoverWithoutFence => "takeover-without-fence",
+            PlantedBug::TakeoverOnAPartialMerge => "takeover-on-a-partial-merge",
         }
     }
 

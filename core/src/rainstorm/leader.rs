@@ -150,6 +150,11 @@ pub(super) struct LeaderJob {
     /// since then (what a tuple's latency is measured from).
     epoch_open: Time,
     opened: BTreeMap<CheckpointId, Time>,
+    /// When this leader first said go to the job's tasks, and how long before the current
+    /// attempt's go that was: a paced source of a later attempt may read at once what a live
+    /// input delivered meanwhile.
+    first_go: Option<Time>,
+    paced_ms: u64,
     /// This job's share of [`super::RainstormStats::tuple_latency`].
     tuple_latency: LatencyHistogram,
     sink: Sink,
@@ -449,11 +454,14 @@ impl Leader {
                 self.takeovers.remove(&job);
                 out.event(RainstormEvent::JobLost { job, reason });
             }
-            Next::Ended => {
+            Next::Ended { files } => {
                 let Some(t) = self.takeovers.remove(&job) else { return };
                 let mut notice = t.notice().clone();
                 (notice.leader, notice.term, notice.state) = (t.me(), t.term(), JobState::Ended);
                 out.announce(notice);
+                for name in files {
+                    self.delete(job, name, out);
+                }
                 let reason = super::NOTHING_TO_RESUME.to_owned();
                 out.event(RainstormEvent::JobLost { job, reason });
             }
@@ -1147,6 +1155,8 @@ impl LeaderJob {
             next_checkpoint: now,
             epoch_open: now,
             opened: BTreeMap::new(),
+            first_go: None,
+            paced_ms: 0,
             tuple_latency: LatencyHistogram::default(),
             commits,
             restarts: 0,
@@ -1271,6 +1281,7 @@ impl LeaderJob {
         self.phase = JobPhase::Running;
         self.next_checkpoint = now + cfg.checkpoint_interval;
         self.epoch_open = now;
+        self.paced_ms = now.0.saturating_sub(self.first_go.get_or_insert(now).0);
         for (task, slot) in &self.slots {
             out.send(slot.host.addr, self.control(*task));
         }
@@ -1283,6 +1294,7 @@ impl LeaderJob {
             attempt: self.attempt,
             task,
             go: matches!(self.phase, JobPhase::Running | JobPhase::Draining),
+            paced_ms: if task.stage == 0 { self.paced_ms } else { 0 },
             trigger: if task.stage == 0 { self.issued.max(self.base) } else { 0 },
             confirmed: self.confirmed(),
         }

@@ -543,7 +543,8 @@ impl Rainstorm {
                 );
                 Ok(())
             }
-            RainstormMsg::Control { job, attempt, task, go, trigger, confirmed } => {
+            RainstormMsg::Control { job, attempt, task, go, paced_ms, trigger, confirmed } => {
+                let go = go.then_some(paced_ms);
                 self.worker.control(now, cfg, (job, attempt, task), go, trigger, confirmed, out);
                 Ok(())
             }

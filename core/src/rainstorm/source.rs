@@ -14,7 +14,11 @@
 //!   lines, after every tuple read before it, with the position of the line after it;
 //! * barriers are emitted for every checkpoint id above the attempt's base up to the highest
 //!   trigger received, in order, each once;
-//! * nothing is sent before the leader's go; with a rate, at most `rate × elapsed` lines since it.
+//! * nothing is sent before the leader's go; with a rate, at most `credit + rate × elapsed` lines
+//!   since it, where `credit` is what a live input delivered to this source between the job's
+//!   first go and this attempt's (`rate × paced_ms`) less the lines the checkpoint resumed
+//!   had read: after a rollback the source catches up with the backlog a live stream would have
+//!   built up meanwhile, and never reads ahead of the stream.
 
 use std::collections::VecDeque;
 
@@ -44,6 +48,9 @@ pub struct SourceTask {
     started: Option<Time>,
     /// Lines per second, at most.
     rate: Option<u64>,
+    /// Lines a live input delivered before this attempt's go that the checkpoint resumed had
+    /// not read: readable at once.
+    credit: u64,
     /// A paced source wakes only at multiples of this since the go (its outlets hold lines up
     /// to `linger` anyway), releasing every line due by then: a few wakes per batch, not one
     /// per line or per millisecond.
@@ -104,6 +111,7 @@ impl SourceTask {
             trigger: base,
             started: None,
             rate: rate.filter(|r| *r > 0),
+            credit: 0,
             pace_tick: cfg.linger.0.max(1),
             lines: 0,
             counts: input.counts,
@@ -181,9 +189,15 @@ impl SourceTask {
         Snapshot { source: Some(self.checkpoint()), changes: Vec::new(), counts: self.counts }
     }
 
-    /// The leader's go (the first one counts).
-    pub fn go(&mut self, now: Time) {
-        self.started.get_or_insert(now);
+    /// The leader's go (the first one counts), with the time since the job's first go.
+    pub fn go(&mut self, now: Time, paced_ms: u64) {
+        if self.started.is_none() {
+            self.started = Some(now);
+            if let Some(rate) = self.rate {
+                let delivered = paced_ms.saturating_mul(rate) / 1000;
+                self.credit = delivered.saturating_sub(self.counts.consumed);
+            }
+        }
         self.step(now);
     }
 
@@ -219,7 +233,7 @@ impl SourceTask {
     pub fn poll_timeout(&self) -> Option<Time> {
         let paced = match (self.started, self.rate) {
             (Some(start), Some(rate)) if !self.finished && !self.starved && !self.outlets.blocked() => {
-                let due = (self.lines + 1).saturating_mul(1000).div_ceil(rate);
+                let due = (self.lines + 1).saturating_sub(self.credit).saturating_mul(1000).div_ceil(rate);
                 Some(start + crate::time::Millis(due.div_ceil(self.pace_tick).saturating_mul(self.pace_tick)))
             }
             _ => None,
@@ -241,10 +255,12 @@ impl SourceTask {
         }
     }
 
-    /// Lines the rate allows by `now` since the go.
+    /// Lines the rate allows by `now` since the go (the credit included).
     fn allowed(&self, now: Time) -> u64 {
         match (self.started, self.rate) {
-            (Some(start), Some(rate)) => (now.0.saturating_sub(start.0)).saturating_mul(rate) / 1000 + 1,
+            (Some(start), Some(rate)) => {
+                ((now.0.saturating_sub(start.0)).saturating_mul(rate) / 1000 + 1).saturating_add(self.credit)
+            }
             _ => u64::MAX,
         }
     }
@@ -318,7 +334,7 @@ impl SourceTask {
         }
         debug_assert!(
             self.rate.is_none() || self.lines <= allowed,
-            "with a rate, at most rate x elapsed lines since the go"
+            "with a rate, at most credit + rate x elapsed lines since the go"
         );
         if let Some((first, last)) = span {
             self.out.push_back(TaskOutput::SourceSent { first, last });
@@ -351,11 +367,20 @@ mod tests {
     }
 
     fn source(layout: Layout, resume: SourceCheckpoint, rate: Option<u64>) -> SourceTask {
+        resumed(layout, resume, TupleCounts::default(), rate)
+    }
+
+    fn resumed(
+        layout: Layout,
+        resume: SourceCheckpoint,
+        counts: TupleCounts,
+        rate: Option<u64>,
+    ) -> SourceTask {
         let cfg =
             RainstormConfig { batch_tuples: 2, window: 64, read_ahead: 2, ..RainstormConfig::default() };
         let next = OperatorSpec::parse("grep:x").and_then(|s| s.build(None)).expect("valid");
         let range = (0, layout.len());
-        let input = SourceInput { file: "in".into(), layout, range, resume, counts: TupleCounts::default() };
+        let input = SourceInput { file: "in".into(), layout, range, resume, counts };
         SourceTask::new(ME, &cfg, input, (next, Route::Forward), vec![DOWN], 0, rate)
     }
 
@@ -394,7 +419,7 @@ mod tests {
         let mut s = source(layout.clone(), SourceCheckpoint::Start, Some(2_000));
         let (lines, _) = run(&mut s, 0, &chunks);
         assert!(lines.is_empty(), "nothing before the go");
-        s.go(Time(0));
+        s.go(Time(0), 0);
         s.handle_timeout(Time(1));
         let (lines, _) = run(&mut s, 1, &chunks);
         assert_eq!(lines, [1, 2], "a full batch went; line 3 waits in the next one");
@@ -406,7 +431,7 @@ mod tests {
         assert_eq!(pos.line, 4);
         assert_eq!(snaps[0].1.counts, TupleCounts { consumed: 3, emitted: 3 });
         let mut again = source(layout, SourceCheckpoint::At(pos), None);
-        again.go(Time(5));
+        again.go(Time(5), 0);
         let (lines, _) = run(&mut again, 5, &chunks);
         assert_eq!(lines, [4, 5], "the rest, once");
         assert!(again.is_finished());
@@ -418,7 +443,7 @@ mod tests {
         let (layout, chunks) = parts(&content, 4096);
         let mut s = source(layout, SourceCheckpoint::Start, Some(1_000));
         let tick = RainstormConfig::default().linger.0;
-        s.go(Time(100));
+        s.go(Time(100), 0);
         run(&mut s, 100, &chunks);
         let mut wakes = Vec::new();
         while let Some(at) = s.poll_timeout().filter(|_| !s.is_finished()) {
@@ -432,10 +457,35 @@ mod tests {
     }
 
     #[test]
+    fn a_paced_source_resumed_later_reads_the_backlog_a_live_input_built_up_then_keeps_its_rate() {
+        let content: Vec<u8> = (1..=60).flat_map(|n| format!("l{n}\n").into_bytes()).collect();
+        let (layout, chunks) = parts(&content, 4096);
+        // The checkpoint resumed had read 10 lines; the job's first go was 30 ms before this
+        // attempt's: at 1 000 lines/s a live input delivered 30, so 20 are due at once.
+        // (Where it resumes does not matter to the pace: it starts at the range's start here.)
+        let counts = TupleCounts { consumed: 10, emitted: 10 };
+        let mut s = resumed(layout.clone(), SourceCheckpoint::Start, counts, Some(1_000));
+        s.go(Time(100), 30);
+        run(&mut s, 100, &chunks);
+        assert_eq!(s.counts().consumed, 10 + 21, "the 20 lines due, and the one the go allows");
+        let at = s.poll_timeout().expect("paced: a wake");
+        assert!(at.0 > 100, "nothing more is due at the go");
+        s.handle_timeout(Time(110));
+        run(&mut s, 110, &chunks);
+        assert!(s.counts().consumed <= 10 + 21 + 10, "then the rate: {}", s.counts().consumed);
+        // A source that read more than was delivered (the credit is never negative) waits.
+        let ahead = TupleCounts { consumed: 50, emitted: 50 };
+        let mut s = resumed(layout, SourceCheckpoint::Start, ahead, Some(1_000));
+        s.go(Time(0), 30);
+        run(&mut s, 0, &chunks);
+        assert_eq!(s.counts().consumed, 51, "one line at the go, as with no backlog");
+    }
+
+    #[test]
     fn barriers_missed_are_emitted_in_order_at_the_next_trigger() {
         let (layout, chunks) = parts(b"a\nb\n", 8);
         let mut s = source(layout, SourceCheckpoint::Start, None);
-        s.go(Time(0));
+        s.go(Time(0), 0);
         run(&mut s, 0, &chunks);
         s.trigger(Time(1), 3);
         let (_, snaps) = run(&mut s, 1, &chunks);

@@ -4,7 +4,8 @@
 //! 1. **Check the destination** exists and is the job's (created by the member the job's id
 //!    names), and read its chain of owners (`seal.rs`). No destination: the job's leader was lost
 //!    before it made its files, or it ended and deleted them ([`Next::Ended`], after looking
-//!    again for a while: its replicas may be moving).
+//!    again for a while: its replicas may be moving). So is a log with no commit and no
+//!    manifest: that leader was lost while it made them.
 //! 2. **Fence it** ([`WriteKind::Seal`], `upto = u64::MAX`) after its current owner, as the
 //!    leader of the next term. Once the fence is acknowledged no replica takes a new append of
 //!    the previous leader (it may have been declared failed falsely, and still run): it gets none
@@ -122,8 +123,12 @@ pub(super) enum Next {
     },
     /// The job cannot be resumed; why.
     Failed(String),
-    /// None of the job's logs is left: it ended under its previous leader, which deleted them.
-    Ended,
+    /// Nothing to resume the job from: it ended under its previous leader, which deleted its
+    /// files, or that leader was lost before it made them all (a log, but no manifest and no
+    /// commit). The files found are to be deleted.
+    Ended {
+        files: Vec<FileName>,
+    },
     /// Another member leads the job (which one, this node cannot tell): why.
     StandDown(String),
     /// The log's last commit, every output in it, is in the destination: the job completed
@@ -138,6 +143,8 @@ pub(super) struct Takeover {
     /// Planted bugs: resume from the record before the right one; seal nothing.
     stale_point: bool,
     no_fence: bool,
+    /// Replicas a merge must cover ([`RainstormConfig::merge_copies`]).
+    merge_copies: usize,
     job: JobId,
     me: MemberId,
     dest: FileName,
@@ -182,6 +189,7 @@ impl Takeover {
         let mut t = Takeover {
             stale_point: cfg.bug(PlantedBug::TakeoverFromStalePoint),
             no_fence: cfg.bug(PlantedBug::TakeoverWithoutFence),
+            merge_copies: if cfg.bug(PlantedBug::TakeoverOnAPartialMerge) { 1 } else { cfg.merge_copies },
             hint,
             job: known.job,
             me,
@@ -309,7 +317,7 @@ impl Takeover {
                 self.rounds += 1;
                 Next::Later(ClientOp::Meta { name: self.dest.clone() })
             }
-            (Step::Exists, Err(HydfsError::NotFound(_))) => Next::Ended,
+            (Step::Exists, Err(HydfsError::NotFound(_))) => Next::Ended { files: Vec::new() },
             (Step::Seal, Ok(_)) => {
                 self.fenced = true;
                 Next::Op(self.issue(Step::Merge, ClientOp::Merge { name: self.dest.clone() }))
@@ -322,6 +330,16 @@ impl Takeover {
             (Step::Arbitrate, Ok(OpOutput::Meta { meta, .. })) => self.follow_chain(&meta, live),
             (Step::Arbitrate, Ok(_)) => {
                 Next::Op(self.issue(Step::Arbitrate, ClientOp::Meta { name: self.dest.clone() }))
+            }
+            (Step::Merge | Step::Remerge | Step::LogMerge, Ok(OpOutput::Merged { summary, .. }))
+                if summary.replicas.len() < self.merge_copies && self.rounds + 1 < PROBE_ROUNDS =>
+            {
+                // A merge on fewer copies than a write is acknowledged by may have missed one
+                // (the copies it reached can be new to the file, the rest unreachable): again
+                // a little later, once the view has settled.
+                self.rounds += 1;
+                let op = self.current.clone().unwrap_or(ClientOp::Merge { name: self.dest.clone() });
+                Next::Later(op)
             }
             (Step::Merge, Ok(_)) => {
                 Next::Op(self.issue(Step::DestSize, ClientOp::Meta { name: self.dest.clone() }))
@@ -393,7 +411,7 @@ impl Takeover {
                             other => other,
                         }
                     }
-                    None => Next::Ended,
+                    None => Next::Ended { files: Vec::new() },
                 }
             }
             (
@@ -455,8 +473,23 @@ impl Takeover {
             (Step::Seal | Step::DestSize, Err(HydfsError::NotFound(name))) => {
                 Next::Failed(format!("taking the job over: its destination `{name}` is gone"))
             }
+            (Step::ManifestMeta, Err(HydfsError::NotFound(_))) if self.rounds + 1 < PROBE_ROUNDS => {
+                // This node's view may not have every member yet (it joined a moment ago): the
+                // copies it asked may be new to the file. Again a little later.
+                self.rounds += 1;
+                let op = self.current.clone().unwrap_or(ClientOp::Meta { name: self.dest.clone() });
+                Next::Later(op)
+            }
             (Step::ManifestMeta, Err(HydfsError::NotFound(name))) => {
-                Next::Failed(format!("taking the job over: its manifest file `{name}` is gone"))
+                // The leader makes the manifest before any task runs: with nothing committed,
+                // it was lost while it made the job's files.
+                let nothing_committed =
+                    self.log.as_ref().is_some_and(|l| l.checkpoint.is_none() && l.outputs == 0);
+                if nothing_committed && self.dest_bytes == 0 {
+                    Next::Ended { files: self.logs.drain(..).map(|(_, _, n)| n).collect() }
+                } else {
+                    Next::Failed(format!("taking the job over: its manifest file `{name}` is gone"))
+                }
             }
             (_, Err(e)) => self.again(&e),
             (step, Ok(other)) => {

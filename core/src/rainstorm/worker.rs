@@ -357,14 +357,14 @@ impl Worker {
         }
     }
 
-    /// A leader's `Control`.
+    /// A leader's `Control`; `go` is its go, with a source's `paced_ms`.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn control(
         &mut self,
         now: Time,
         cfg: &RainstormConfig,
         (job, attempt, task): (JobId, Attempt, TaskId),
-        go: bool,
+        go: Option<u64>,
         trigger: CheckpointId,
         confirmed: CheckpointId,
         out: &mut Outbox,
@@ -375,7 +375,8 @@ impl Worker {
             return;
         }
         h.unconfirmed = h.unconfirmed.split_off(&(confirmed + 1));
-        if go && !h.go && matches!(h.phase, Phase::Ready | Phase::Starting) {
+        let startable = matches!(h.phase, Phase::Ready | Phase::Starting);
+        if let (Some(paced_ms), false, true) = (go, h.go, startable) {
             h.go = true;
             if h.phase == Phase::Ready {
                 h.phase = Phase::Running;
@@ -383,7 +384,7 @@ impl Worker {
                 out.event(RainstormEvent::TaskStarted { job, task, attempt, resumed: h.resumed });
             }
             if let Some(Runner::Source(s)) = &mut h.runner {
-                s.go(now);
+                s.go(now, paced_ms);
             }
         }
         if let Some(Runner::Source(s)) = &mut h.runner {
