@@ -147,8 +147,15 @@ fn deploys_controls_and_stops_only_come_from_the_jobs_leader_with_a_plan_within_
     // A plan in the name of another leader (the real one), sent by the forger.
     c.nodes[worker].handle_frame(now, Channel::Stream, &forged(forger, worker, deploy(plan(leader, 2))));
     // Controls and stops of the running job from the forger.
-    let control =
-        RainstormMsg::Control { job, attempt: v.attempt, task, go: true, trigger: 1_000, confirmed: 1_000 };
+    let control = RainstormMsg::Control {
+        job,
+        attempt: v.attempt,
+        task,
+        go: true,
+        paced_ms: 0,
+        trigger: 1_000,
+        confirmed: 1_000,
+    };
     c.nodes[worker].handle_frame(now, Channel::Stream, &forged(forger, worker, control));
     let stop = RainstormMsg::Stop { job, before: u64::MAX };
     c.nodes[worker].handle_frame(now, Channel::Stream, &forged(forger, worker, stop));
