@@ -35,8 +35,9 @@ pub enum JobState {
     Running,
     Completed,
     Failed(String),
-    /// A successor found none of the job's files: it ended under its previous leader, which
-    /// deleted them, and how it ended did not reach this node.
+    /// A successor found nothing to resume the job from: it ended under its previous leader,
+    /// which deleted its files (how it ended did not reach this node), or that leader was lost
+    /// before it had made them all and committed anything.
     Ended,
 }
 

@@ -147,7 +147,8 @@ pub enum RainstormMsg {
         attempt: Attempt,
         task: TaskId,
         go: bool,
-        /// A source's pace: how long before this attempt's go the job's first go was, in ms.
+        /// A source's pace: how long before this attempt's go its leader's first go to the job
+        /// was, in ms.
         paced_ms: u64,
         trigger: CheckpointId,
         confirmed: CheckpointId,

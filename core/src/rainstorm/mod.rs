@@ -74,11 +74,11 @@ pub use job::{
 
 pub use message::RainstormMsg;
 
-/// Why a successor reports a job lost ([`RainstormEvent::JobLost`]) when none of its files is
+/// Why a successor reports a job lost ([`RainstormEvent::JobLost`]) when nothing is
 /// left to resume it from.
 pub const NOTHING_TO_RESUME: &str =
-    "none of its files is left to resume it from: it ended under its previous \
-     leader (which deleted them), or that leader was lost before it made them";
+    "nothing is left to resume it from: it ended under its previous leader (which deleted \
+     its files), or that leader was lost before it had made them all and committed anything";
 
 use crate::histogram::LatencyHistogram;
 use crate::hydfs::{ClientOp, HydfsError, OpOutput};

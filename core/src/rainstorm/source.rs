@@ -15,10 +15,12 @@
 //! * barriers are emitted for every checkpoint id above the attempt's base up to the highest
 //!   trigger received, in order, each once;
 //! * nothing is sent before the leader's go; with a rate, at most `credit + rate × elapsed` lines
-//!   since it, where `credit` is what a live input delivered to this source between the job's
-//!   first go and this attempt's (`rate × paced_ms`) less the lines the checkpoint resumed
-//!   had read: after a rollback the source catches up with the backlog a live stream would have
-//!   built up meanwhile, and never reads ahead of the stream.
+//!   since it, where `credit` is what a live input delivered to this source between its
+//!   leader's first go and this attempt's (`rate × paced_ms`) less the lines the checkpoint
+//!   resumed had read (in every attempt, under every leader): after a rollback the source
+//!   catches up with the backlog a live stream would have built up meanwhile, and never reads
+//!   ahead of the stream. (Under a successor, lines read before it took over count against a
+//!   shorter time, so the credit is smaller than the backlog, never larger.)
 
 use std::collections::VecDeque;
 

@@ -4,8 +4,7 @@
 //! 1. **Check the destination** exists and is the job's (created by the member the job's id
 //!    names), and read its chain of owners (`seal.rs`). No destination: the job's leader was lost
 //!    before it made its files, or it ended and deleted them ([`Next::Ended`], after looking
-//!    again for a while: its replicas may be moving). So is a log with no commit and no
-//!    manifest: that leader was lost while it made them.
+//!    again for a while: its replicas may be moving).
 //! 2. **Fence it** ([`WriteKind::Seal`], `upto = u64::MAX`) after its current owner, as the
 //!    leader of the next term. Once the fence is acknowledged no replica takes a new append of
 //!    the previous leader (it may have been declared failed falsely, and still run): it gets none
@@ -14,7 +13,10 @@
 //!    node owns it (go on), a live member does (it leads: stand down, [`Next::Deposed`]), or a
 //!    gone one does (fence after it, a term later).
 //! 3. **Measure it**: merge it (every copy then holds the kept appends in one order), read its
-//!    length and, for each earlier owner no seal bounds yet, its last append.
+//!    length and, for each earlier owner no seal bounds yet, its last append. A merge (of the
+//!    destination or of a log) that covered fewer copies than a write takes
+//!    (`RainstormConfig::merge_copies`) is done again a little later, for as long as it takes:
+//!    the copies it reached may be new to the file, and miss an acknowledged append.
 //! 4. **Find the newest checkpoint log.** Each term writes its own; the successor looks from the
 //!    term below its own downwards, and within a term from the generation last known upwards,
 //!    for the newest generation that exists. It seals that log after its current owner and
@@ -30,12 +32,16 @@
 //!    A log whose last commit is in it means the job completed ([`Next::Completed`]).
 //! 7. **Read the input manifest** and **write its own log**: generation 0 of its term, one full
 //!    record naming it the leader. A create refused because the file exists means another
-//!    member took the same term: this one stands down.
+//!    member took the same term: this one stands down. A manifest not found is looked for
+//!    again for a while; still missing, with no commit in the log, an empty destination and a
+//!    notice that never showed progress, the previous leader was lost while it made the job's
+//!    files ([`Next::Ended`], the logs found and the manifest deleted); else the job fails.
 //!
 //! Invariants kept here:
 //! * nothing is measured before this node's fence is acknowledged (or the chain shows it owns
 //!   the destination), and the bounds keep exactly what was measured: no append of an earlier
 //!   leader joins the destination after the successor measured it;
+//! * nothing is read after a merge that covered fewer than `merge_copies` copies;
 //! * the resume point leaves the destination exactly as long as measured (or the takeover fails
 //!   with the mismatch named);
 //! * the successor's term is above every term the chains it read name.
@@ -158,8 +164,11 @@ pub(super) struct Takeover {
     /// The operation in flight, to try again.
     current: Option<ClientOp>,
     tries: u32,
-    /// Rounds of looking for the logs so far.
+    /// Rounds of looking for the logs so far (and of measuring the destination again).
     rounds: u32,
+    /// Merges done again because they covered too few copies, and looks for the manifest.
+    partial_merges: u32,
+    manifest_looks: u32,
     dest_bytes: u64,
     /// The earlier owners still to bound, with the last append of each the destination showed.
     bounds: VecDeque<(MemberId, u64)>,
@@ -201,6 +210,8 @@ impl Takeover {
             current: None,
             tries: 0,
             rounds: 0,
+            partial_merges: 0,
+            manifest_looks: 0,
             dest_bytes: 0,
             bounds: VecDeque::new(),
             fenced: false,
@@ -332,12 +343,13 @@ impl Takeover {
                 Next::Op(self.issue(Step::Arbitrate, ClientOp::Meta { name: self.dest.clone() }))
             }
             (Step::Merge | Step::Remerge | Step::LogMerge, Ok(OpOutput::Merged { summary, .. }))
-                if summary.replicas.len() < self.merge_copies && self.rounds + 1 < PROBE_ROUNDS =>
+                if summary.replicas.len() < self.merge_copies =>
             {
                 // A merge on fewer copies than a write is acknowledged by may have missed one
-                // (the copies it reached can be new to the file, the rest unreachable): again
-                // a little later, once the view has settled.
-                self.rounds += 1;
+                // (the copies it reached can be new to the file, the rest unreachable): never
+                // read after it. Again a little later, for as long as it takes (with fewer
+                // live members than that, no write is acknowledged anyway).
+                self.partial_merges += 1;
                 let op = self.current.clone().unwrap_or(ClientOp::Merge { name: self.dest.clone() });
                 Next::Later(op)
             }
@@ -473,10 +485,10 @@ impl Takeover {
             (Step::Seal | Step::DestSize, Err(HydfsError::NotFound(name))) => {
                 Next::Failed(format!("taking the job over: its destination `{name}` is gone"))
             }
-            (Step::ManifestMeta, Err(HydfsError::NotFound(_))) if self.rounds + 1 < PROBE_ROUNDS => {
+            (Step::ManifestMeta, Err(HydfsError::NotFound(_))) if self.manifest_looks + 1 < PROBE_ROUNDS => {
                 // This node's view may not have every member yet (it joined a moment ago): the
                 // copies it asked may be new to the file. Again a little later.
-                self.rounds += 1;
+                self.manifest_looks += 1;
                 let op = self.current.clone().unwrap_or(ClientOp::Meta { name: self.dest.clone() });
                 Next::Later(op)
             }
@@ -485,8 +497,13 @@ impl Takeover {
                 // it was lost while it made the job's files.
                 let nothing_committed =
                     self.log.as_ref().is_some_and(|l| l.checkpoint.is_none() && l.outputs == 0);
-                if nothing_committed && self.dest_bytes == 0 {
-                    Next::Ended { files: self.logs.drain(..).map(|(_, _, n)| n).collect() }
+                let k = &self.known;
+                let never_ran = k.lines_read == 0 && k.outputs == 0 && k.restarts == 0;
+                if nothing_committed && never_ran && self.dest_bytes == 0 {
+                    let mut files: Vec<FileName> = self.logs.drain(..).map(|(_, _, n)| n).collect();
+                    // The manifest, should its create land after all.
+                    files.extend(self.plan().manifest_file().ok());
+                    Next::Ended { files }
                 } else {
                     Next::Failed(format!("taking the job over: its manifest file `{name}` is gone"))
                 }
