@@ -318,12 +318,7 @@ fn run_job(
         }
     }
     let secs = started.elapsed().as_secs_f64();
-    let reply = match job.join() {
-        Ok(Ok(reply)) if reply.ok => Ok(reply.output),
-        Ok(Ok(reply)) => Err(reply.output),
-        Ok(Err(e)) => Err(format!("the leader's control socket failed: {e}")),
-        Err(_) => Err("the job's console thread panicked".into()),
-    };
+    let reply = joined_reply(job.join(), "the leader's control socket");
     let mut state = stream.lock().map_err(|_| anyhow!("stream state poisoned"))?;
     if let Some((rolled_back, first_output)) = killed_at.and_then(|kill| state.recovery.since(kill)) {
         let resumed = first_output.map_or_else(
@@ -441,12 +436,7 @@ fn run_leader_kill(
         return Ok(fail(format!("the job did not end within {} s of the kill", TAKEOVER_WAIT.as_secs())));
     }
     let secs = started.elapsed().as_secs_f64();
-    let reply = match follower.join() {
-        Ok(Ok(reply)) if reply.ok => Ok(reply.output),
-        Ok(Ok(reply)) => Err(reply.output),
-        Ok(Err(e)) => Err(format!("node{WATCHER}'s control socket failed: {e}")),
-        Err(_) => Err("the follower's thread panicked".into()),
-    };
+    let reply = joined_reply(follower.join(), &format!("node{WATCHER}'s control socket"));
     let mut state = follow.lock().map_err(|_| anyhow!("stream state poisoned"))?;
     let first_output = state.taken_over.and_then(|(_, first)| first).map(|t| t.duration_since(killed_at));
     let streamed = std::mem::take(&mut state.lines);
@@ -470,6 +460,20 @@ fn run_leader_kill(
         verdict = fail("the job completed, but no successor was seen leading it".into());
     }
     Ok(verdict)
+}
+
+/// A command's answer from its joined thread ([`spawn_command`]): its output, or why it failed
+/// (`socket` names the control socket asked).
+fn joined_reply(
+    joined: std::thread::Result<std::io::Result<rainstorm_runtime::driver::CommandReply>>,
+    socket: &str,
+) -> Result<String, String> {
+    match joined {
+        Ok(Ok(reply)) if reply.ok => Ok(reply.output),
+        Ok(Ok(reply)) => Err(reply.output),
+        Ok(Err(e)) => Err(format!("{socket} failed: {e}")),
+        Err(_) => Err("the thread reading the command's answer panicked".into()),
+    }
 }
 
 /// A local program and its arguments as one quoted operator word of the `RainStorm` command.

@@ -223,11 +223,10 @@ fn verdict(r: &Result<(), String>) -> String {
     }
 }
 
-fn print_run(i: usize, r: &Run) {
-    println!(
-        "leader kill, run {}: killed {:.2} s in; successor leads {} s after, first new output {} s after, \
-         node{WATCHER} says completed {} s after; {} outputs followed; destination exact: {}; \
-         followed stream exact: {}",
+/// Run `i`'s row of the table (printed as each run ends, and in the table).
+fn row(i: usize, r: &Run) -> String {
+    format!(
+        "| {} | {:.2} | {} | {} | {} | {} | {} | {} |",
         i + 1,
         r.killed_at,
         secs(r.taken_over),
@@ -236,7 +235,11 @@ fn print_run(i: usize, r: &Run) {
         r.outputs,
         verdict(&r.dest),
         verdict(&r.followed)
-    );
+    )
+}
+
+fn print_run(i: usize, r: &Run) {
+    println!("leader kill, run {} of the table below: {}", i + 1, row(i, r));
 }
 
 /// The median of the known values, if any.
@@ -258,17 +261,7 @@ pub fn print(runs: &[Run]) {
     println!("| run | killed s into the job | successor leads | first new output | node{WATCHER} says completed | outputs followed | destination exact | followed stream exact |");
     println!("|---:|---:|---:|---:|---:|---:|---|---|");
     for (i, r) in runs.iter().enumerate() {
-        println!(
-            "| {} | {:.2} | {} | {} | {} | {} | {} | {} |",
-            i + 1,
-            r.killed_at,
-            secs(r.taken_over),
-            secs(r.first_output),
-            secs(r.completed),
-            r.outputs,
-            verdict(&r.dest),
-            verdict(&r.followed)
-        );
+        println!("{}", row(i, r));
     }
     let med = |f: fn(&Run) -> Option<f64>| median(runs.iter().filter_map(f).collect());
     println!(

@@ -166,8 +166,7 @@ pub(super) struct Takeover {
     tries: u32,
     /// Rounds of looking for the logs so far (and of measuring the destination again).
     rounds: u32,
-    /// Merges done again because they covered too few copies, and looks for the manifest.
-    partial_merges: u32,
+    /// Looks for the manifest so far.
     manifest_looks: u32,
     dest_bytes: u64,
     /// The earlier owners still to bound, with the last append of each the destination showed.
@@ -210,7 +209,6 @@ impl Takeover {
             current: None,
             tries: 0,
             rounds: 0,
-            partial_merges: 0,
             manifest_looks: 0,
             dest_bytes: 0,
             bounds: VecDeque::new(),
@@ -226,6 +224,14 @@ impl Takeover {
         };
         let op = t.issue(Step::Exists, ClientOp::Meta { name: t.dest.clone() });
         (t, op)
+    }
+
+    /// Whether `out`, a merge's answer, covered the copies a write takes.
+    fn covered(&self, out: &OpOutput) -> bool {
+        match out {
+            OpOutput::Merged { summary, .. } => summary.replicas.len() >= self.merge_copies,
+            _ => true,
+        }
     }
 
     /// The seal of the destination for this node's term, after the owner it knows of.
@@ -349,11 +355,11 @@ impl Takeover {
                 // (the copies it reached can be new to the file, the rest unreachable): never
                 // read after it. Again a little later, for as long as it takes (with fewer
                 // live members than that, no write is acknowledged anyway).
-                self.partial_merges += 1;
                 let op = self.current.clone().unwrap_or(ClientOp::Merge { name: self.dest.clone() });
                 Next::Later(op)
             }
-            (Step::Merge, Ok(_)) => {
+            (Step::Merge, Ok(out)) => {
+                debug_assert!(self.covered(&out), "a merge on too few copies is never read after");
                 Next::Op(self.issue(Step::DestSize, ClientOp::Meta { name: self.dest.clone() }))
             }
             (Step::Merge, Err(e)) => {
@@ -370,7 +376,8 @@ impl Takeover {
                 let first = self.first_generation(term);
                 self.probe(term, first, 0)
             }
-            (Step::Remerge, Ok(_)) => {
+            (Step::Remerge, Ok(out)) => {
+                debug_assert!(self.covered(&out), "a merge on too few copies is never read after");
                 Next::Op(self.issue(Step::Remeasure, ClientOp::Meta { name: self.dest.clone() }))
             }
             (Step::Remeasure, Ok(OpOutput::Meta { meta, .. })) => {
@@ -449,13 +456,16 @@ impl Takeover {
                 // sealed the log is behind it. Seal after it.
                 self.seal_log(owner, term.saturating_add(1))
             }
-            (Step::LogMerge, Ok(_)) => match self.logs.last() {
-                Some((_, _, name)) => {
-                    let name = name.clone();
-                    Next::Op(self.issue(Step::LogMeta, ClientOp::Meta { name }))
+            (Step::LogMerge, Ok(out)) => {
+                debug_assert!(self.covered(&out), "a merge on too few copies is never read after");
+                match self.logs.last() {
+                    Some((_, _, name)) => {
+                        let name = name.clone();
+                        Next::Op(self.issue(Step::LogMeta, ClientOp::Meta { name }))
+                    }
+                    None => Next::Failed("taking the job over: no log to read".to_owned()),
                 }
-                None => Next::Failed("taking the job over: no log to read".to_owned()),
-            },
+            }
             (Step::LogMerge, Err(e)) => {
                 self.tries += 1;
                 if self.tries < TRIES {
