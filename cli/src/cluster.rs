@@ -265,14 +265,15 @@ impl LocalCluster {
         let console = |name: &str| {
             let path = data_dir.join(name);
             rainstorm_runtime::private::file_options()
-                .write(true)
+                .append(true)
                 .create(true)
-                .truncate(true)
                 .open(&path)
-                .with_context(|| format!("creating {}", path.display()))
+                .with_context(|| format!("opening {}", path.display()))
         };
         let (stdout, stderr) = (console("console.out")?, console("stderr.log")?);
-        cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr).env("RUST_LOG", "info");
+        // The nodes log at `info` unless `RUST_LOG` says otherwise.
+        let level = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+        cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr).env("RUST_LOG", level);
         rainstorm_runtime::children::tie_to_this_process(&mut cmd, Default::default());
         let child = rainstorm_runtime::children::spawn(cmd)
             .with_context(|| format!("starting {bin} on port {port}"))?;

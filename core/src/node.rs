@@ -16,6 +16,13 @@
 //! * a HyDFS or RainStorm message reaches its layer only from this node itself or from a
 //!   current member (its exact id: a restarted or declared-failed process is not one); others
 //!   are counted (`not_a_member`) and dropped. Roles within a job are RainStorm's to check;
+//! * except that a HyDFS read request ([`HydfsMsg::is_read_request`]: it changes nothing) from a
+//!   process this node may simply not have heard of yet (a member that just joined:
+//!   [`Membership::may_be_unheard_of`]) is held, in arrival order, for up to [`STRANGER_HOLD`],
+//!   and reaches HyDFS the moment its sender is listed; at most [`HELD_FRAMES`] frames and
+//!   [`HELD_BYTES`] bytes are held, and one past either bound, or held for longer, is counted
+//!   (`not_a_member`) and dropped. So a member that joined a moment ago can read at once, its
+//!   first reads served when the news of its join arrives, not lost to its request timeout;
 //! * a stream request from another node over its sender's rate (`limits`) is dropped and counted
 //!   (`rate_limited`) before it reaches a layer; membership and replies are never rate-limited;
 //! * every frame sent carries the next number of its (channel, lane) counter (1, 2, ...), and the
@@ -47,7 +54,7 @@ use crate::rainstorm::{
     RainstormStats,
 };
 use crate::replay::{FrameSeq, ReplayGuard, Verdict, DEFAULT_MAX_WINDOWS};
-use crate::time::Time;
+use crate::time::{Millis, Time};
 use crate::wire::{Body, Codec, Envelope};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -157,6 +164,8 @@ pub struct NodeStats {
     pub bytes_received: u64,
     /// Messages a layer addressed to this node's own address, handed to it in-process.
     pub frames_local: u64,
+    /// HyDFS read requests from a sender not listed yet, held until it was, then delivered.
+    pub frames_held: u64,
     /// Rejected frames by cause.
     pub frames_rejected: BTreeMap<&'static str, u64>,
     /// Frames that could not be encoded under their channel's limit (a bug if ever non-zero).
@@ -253,6 +262,10 @@ pub struct Node {
     outbox: VecDeque<Outgoing>,
     /// Messages to this node itself, waiting for the next round of [`Node::handle_timeout`].
     local: VecDeque<Body>,
+    /// HyDFS read requests from senders not listed yet, in arrival order.
+    held: VecDeque<Held>,
+    /// The frame bytes of `held`.
+    held_bytes: usize,
     /// The time of the latest input (what an in-process delivery found while draining runs at).
     now: Time,
     max_datagram_bytes: usize,
@@ -311,6 +324,8 @@ impl Node {
             sent_stream_frames: [FrameSeq(0); Lane::ALL.len()],
             outbox: VecDeque::new(),
             local: VecDeque::new(),
+            held: VecDeque::new(),
+            held_bytes: 0,
             now,
             codec: cfg.codec,
             max_datagram_bytes,
@@ -366,6 +381,11 @@ impl Node {
         &self.stats
     }
 
+    /// Frames held now for senders not listed yet: neither received nor refused so far.
+    pub fn held_frames(&self) -> usize {
+        self.held.len()
+    }
+
     /// Replaces the cluster keys of a node that runs under one (a key rollover without a
     /// restart). Switching authentication on or off needs a restart: the frame overhead, which
     /// membership sizes its datagrams by, would change.
@@ -393,9 +413,15 @@ impl Node {
                         return;
                     }
                 }
-                if let Some(cause) = self.refusal(&envelope) {
-                    *self.stats.frames_rejected.entry(cause).or_default() += 1;
-                    return;
+                match self.refusal(&envelope) {
+                    Some(NOT_A_MEMBER) if self.may_hold(now, &envelope) => {
+                        return self.hold(now, envelope.from, envelope.body, frame.len());
+                    }
+                    Some(cause) => {
+                        *self.stats.frames_rejected.entry(cause).or_default() += 1;
+                        return;
+                    }
+                    None => {}
                 }
                 if channel == Channel::Stream && self.over_rate(now, &envelope) {
                     *self.stats.frames_rejected.entry(RATE_LIMITED).or_default() += 1;
@@ -403,6 +429,10 @@ impl Node {
                 }
                 self.stats.frames_received += 1;
                 self.stats.bytes_received += frame.len() as u64;
+                if self.held.iter().any(|h| h.from == envelope.from) {
+                    // Its sender's earlier messages first.
+                    self.release_held(now);
+                }
                 self.deliver(now, envelope.from, envelope.body);
                 self.collect_events(now);
             }
@@ -467,6 +497,7 @@ impl Node {
     /// Timers due at `now` fire, after one round of messages to this node itself (those queued
     /// before this call; what they send to the node waits for the next round).
     pub fn handle_timeout(&mut self, now: Time) {
+        self.expire_held(now);
         let round = std::mem::take(&mut self.local);
         if !round.is_empty() {
             let me = self.membership.me();
@@ -608,10 +639,17 @@ impl Node {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Time> {
         let local = (!self.local.is_empty()).then_some(self.now);
-        [local, self.membership.poll_timeout(), self.hydfs.poll_timeout(), self.rainstorm.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
+        let held = self.held.front().map(|h| h.at + STRANGER_HOLD);
+        [
+            local,
+            held,
+            self.membership.poll_timeout(),
+            self.hydfs.poll_timeout(),
+            self.rainstorm.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn limit(&self, channel: Channel) -> usize {
@@ -624,10 +662,76 @@ impl Node {
     /// Whether a stream request from another node is over its sender's rate (taking a token if
     /// not).
     fn over_rate(&mut self, now: Time, envelope: &Envelope) -> bool {
-        let from = envelope.from.addr;
-        from != self.membership.me().addr
-            && counts_against_rate(&envelope.body)
-            && !self.rate.allow(now, from)
+        self.over_rate_from(now, envelope.from, &envelope.body)
+    }
+
+    fn over_rate_from(&mut self, now: Time, from: MemberId, body: &Body) -> bool {
+        from.addr != self.membership.me().addr
+            && counts_against_rate(body)
+            && !self.rate.allow(now, from.addr)
+    }
+
+    /// Whether a frame refused as `not_a_member` is held instead: a HyDFS read request from a
+    /// process that may be a member this node has not heard of yet.
+    fn may_hold(&self, now: Time, envelope: &Envelope) -> bool {
+        matches!(&envelope.body, Body::Hydfs(msg) if msg.is_read_request())
+            && self.membership.may_be_unheard_of(now, &envelope.from)
+    }
+
+    /// Holds a message from `from`, a sender not listed yet, until it is (or the hold ends); the
+    /// oldest held frames make room, counted as refused.
+    fn hold(&mut self, now: Time, from: MemberId, body: Body, bytes: usize) {
+        while !self.held.is_empty()
+            && (self.held.len() >= HELD_FRAMES || self.held_bytes + bytes > HELD_BYTES)
+        {
+            self.drop_oldest_held();
+        }
+        if bytes > HELD_BYTES {
+            *self.stats.frames_rejected.entry(NOT_A_MEMBER).or_default() += 1;
+            return;
+        }
+        self.held.push_back(Held { at: now, from, body, bytes });
+        self.held_bytes += bytes;
+        debug_assert!(
+            self.held.len() <= HELD_FRAMES && self.held_bytes <= HELD_BYTES,
+            "held frames stay bounded"
+        );
+    }
+
+    fn drop_oldest_held(&mut self) {
+        if let Some(h) = self.held.pop_front() {
+            self.held_bytes -= h.bytes;
+            *self.stats.frames_rejected.entry(NOT_A_MEMBER).or_default() += 1;
+        }
+    }
+
+    /// Drops the held frames whose hold ended.
+    fn expire_held(&mut self, now: Time) {
+        while self.held.front().is_some_and(|h| now >= h.at + STRANGER_HOLD) {
+            self.drop_oldest_held();
+        }
+    }
+
+    /// Hands the layers every held message whose sender is now listed, in arrival order.
+    fn release_held(&mut self, now: Time) {
+        if self.held.iter().all(|h| !self.membership.contains(&h.from)) {
+            return;
+        }
+        let (listed, waiting): (VecDeque<Held>, VecDeque<Held>) =
+            std::mem::take(&mut self.held).into_iter().partition(|h| self.membership.contains(&h.from));
+        self.held = waiting;
+        for h in listed {
+            self.held_bytes -= h.bytes;
+            if self.over_rate_from(now, h.from, &h.body) {
+                *self.stats.frames_rejected.entry(RATE_LIMITED).or_default() += 1;
+                continue;
+            }
+            self.stats.frames_held += 1;
+            self.stats.frames_received += 1;
+            self.stats.bytes_received += h.bytes as u64;
+            self.deliver(now, h.from, h.body);
+        }
+        debug_assert_eq!(self.held_bytes, self.held.iter().map(|h| h.bytes).sum::<usize>());
     }
 
     /// Collects every layer's events and routes every message the layers queued.
@@ -645,6 +749,8 @@ impl Node {
         }
         if membership_changed {
             self.sync_ring(now);
+            // Held messages reach their layers after the ring that lists their senders.
+            self.release_held(now);
         }
         // RainStorm's file operations and their answers can chain (a cached read answers at
         // once), so go round until both layers are quiet.
@@ -691,6 +797,23 @@ impl Node {
         self.rainstorm.set_members(now, me, others);
     }
 }
+
+/// A read request from a sender not listed yet ([`Node::hold`]).
+struct Held {
+    at: Time,
+    from: MemberId,
+    body: Body,
+    bytes: usize,
+}
+
+/// How long a read request from a sender not listed yet is held for the sender to be listed:
+/// time for the news of a join to spread (a few protocol periods), and well under a request's
+/// timeout.
+pub const STRANGER_HOLD: Millis = Millis(5_000);
+/// Frames held from senders not listed yet, at most.
+pub const HELD_FRAMES: usize = 256;
+/// Bytes of frames held from senders not listed yet, at most.
+pub const HELD_BYTES: usize = 16 << 20;
 
 /// The cause frames refused by the per-peer request rate limit are counted under.
 const RATE_LIMITED: &str = "rate_limited";
@@ -745,6 +868,7 @@ impl fmt::Display for CommandOutput {
                 writeln!(f, "frames_received {}", node.frames_received)?;
                 writeln!(f, "bytes_received {}", node.bytes_received)?;
                 writeln!(f, "frames_local {}", node.frames_local)?;
+                writeln!(f, "frames_held {}", node.frames_held)?;
                 // The limits' counters are always shown, other causes once they occur.
                 for (cause, n) in &node.rejected_by_cause() {
                     writeln!(f, "frames_rejected.{cause} {n}")?;

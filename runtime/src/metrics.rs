@@ -129,6 +129,11 @@ impl Collector for Scrape {
             "Messages a layer addressed to this node itself.",
             n.frames_local,
         )?;
+        out.counter(
+            "rainstorm_frames_held",
+            "HyDFS and RainStorm frames from a member not listed yet, held until it was, then delivered.",
+            n.frames_held,
+        )?;
         out.counters(
             "rainstorm_frames_rejected",
             "Frames refused, by cause (bad checksum or key, replay, oversized, rate limited...).",

@@ -307,6 +307,40 @@ pub enum HydfsMsg {
 }
 
 impl HydfsMsg {
+    /// A request that only reads a replica's copy (a client's read, file metadata or part, and
+    /// the same from a replica pulling a file): serving it changes nothing.
+    pub fn is_read_request(&self) -> bool {
+        match self {
+            HydfsMsg::Read(_) | HydfsMsg::Describe { .. } | HydfsMsg::Fetch(_) | HydfsMsg::Stat { .. } => {
+                true
+            }
+            HydfsMsg::Write(_)
+            | HydfsMsg::Replicate(_)
+            | HydfsMsg::RemoteAppend { .. }
+            | HydfsMsg::ReadReply { .. }
+            | HydfsMsg::FetchReply { .. }
+            | HydfsMsg::WriteReply { .. }
+            | HydfsMsg::ReplicateReply { .. }
+            | HydfsMsg::Merge { .. }
+            | HydfsMsg::MergeReply { .. }
+            | HydfsMsg::Collect { .. }
+            | HydfsMsg::CollectReply { .. }
+            | HydfsMsg::Install(_)
+            | HydfsMsg::InstallReply { .. }
+            | HydfsMsg::StatReply { .. }
+            | HydfsMsg::RemoteAppendReply { .. }
+            | HydfsMsg::Inventory { .. }
+            | HydfsMsg::InventoryReply { .. }
+            | HydfsMsg::DescribeReply { .. }
+            | HydfsMsg::Offer { .. }
+            | HydfsMsg::Taken { .. }
+            | HydfsMsg::Delete { .. }
+            | HydfsMsg::DeleteReply { .. }
+            | HydfsMsg::Remove { .. }
+            | HydfsMsg::RemoveReply { .. } => false,
+        }
+    }
+
     /// The lane this message travels on: [`Lane::Bulk`] when it carries file bytes (a write or a
     /// replication with its data inline, a multiappend's data, a fetched part, a read chunk),
     /// [`Lane::Control`] otherwise (requests, refusals, metadata), so that a large transfer

@@ -399,6 +399,19 @@ impl Membership {
         self.members.contains_key(id)
     }
 
+    /// Whether `from`, a process this node does not list, may be a member it has not heard of
+    /// yet (one that joined a moment ago): this node is in the group, and `from` is not one it
+    /// removed, nor older than the process listed at its address.
+    pub fn may_be_unheard_of(&self, now: Time, from: &MemberId) -> bool {
+        let superseded =
+            self.by_addr.get(&from.addr).is_some_and(|listed| listed.join_time >= from.join_time);
+        self.phase == Phase::Joined
+            && *from != self.me
+            && !self.members.contains_key(from)
+            && !superseded
+            && !self.is_tombstoned(from, now)
+    }
+
     pub fn suspected(&self) -> impl Iterator<Item = MemberView> + '_ {
         self.members().filter(|v| matches!(v.status, MemberStatus::Suspect { .. }))
     }

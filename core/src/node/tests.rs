@@ -254,3 +254,71 @@ fn a_lane_held_back_behind_a_window_of_another_lane_is_still_accepted() {
     assert_eq!(rejected(&nodes[0], "replayed"), 1, "a replayed bulk frame is refused");
     assert_eq!(rejected(&nodes[0], "stale"), 0);
 }
+
+#[test]
+fn a_read_from_a_member_not_heard_of_yet_is_served_once_it_is_listed() {
+    // Node 2 joins through the introducer; node 1 has not heard of it when its request comes.
+    let mut now = Time(1_000);
+    let mut nodes = vec![node(7000, Codec::plain(), now), node(7001, Codec::plain(), now)];
+    run(&mut nodes, &mut now, 3_000);
+    nodes.push(node(7002, Codec::plain(), now));
+    let mut pair = vec![nodes.remove(0), nodes.remove(1)];
+    let mut now_pair = now;
+    // Only the introducer and the newcomer talk: node 1 hears nothing of the join.
+    let mut steps = 0;
+    while members(&pair[1]) < 3 {
+        run(&mut pair, &mut now_pair, 10);
+        steps += 1;
+        assert!(steps < 100, "the newcomer joined");
+    }
+    let (introducer, newcomer) = (pair.remove(0), pair.remove(0));
+    let mut nodes = vec![introducer, nodes.remove(0), newcomer];
+    now = now_pair;
+    assert!(!nodes[1].membership().contains(&nodes[2].id()), "node 1 has not heard of node 2 yet");
+    let stat =
+        Body::Hydfs(crate::hydfs::HydfsMsg::Stat { req: 1, name: crate::hydfs::FileName::new("f").unwrap() });
+    let env = Envelope {
+        from: nodes[2].id(),
+        to: nodes[1].id().addr,
+        lane: stat.lane(),
+        seq: FrameSeq(1),
+        body: stat,
+    };
+    let frame = Codec::plain().encode(&env, crate::wire::MAX_STREAM_FRAME_BYTES).unwrap();
+    let received = nodes[1].stats().frames_received;
+    nodes[1].handle_frame(now, Channel::Stream, &frame);
+    assert_eq!(nodes[1].stats().frames_received, received, "held: its sender is not listed");
+    assert_eq!(rejected(&nodes[1], NOT_A_MEMBER), 0);
+    // Anything but a read from it is refused at once, as from any process this node does not list.
+    let merge = Body::Hydfs(crate::hydfs::HydfsMsg::Merge {
+        req: 2,
+        name: crate::hydfs::FileName::new("f").unwrap(),
+    });
+    let env = Envelope {
+        from: nodes[2].id(),
+        to: nodes[1].id().addr,
+        lane: merge.lane(),
+        seq: FrameSeq(2),
+        body: merge,
+    };
+    let refused = Codec::plain().encode(&env, crate::wire::MAX_STREAM_FRAME_BYTES).unwrap();
+    nodes[1].handle_frame(now, Channel::Stream, &refused);
+    assert_eq!(rejected(&nodes[1], NOT_A_MEMBER), 1);
+    // Once the news of the join reaches node 1, it serves the held request: it answers it.
+    let mut log = Vec::new();
+    let deadline = now + STRANGER_HOLD;
+    while !nodes[1].membership().contains(&nodes[2].id()) {
+        assert!(now < deadline, "node 1 heard of node 2 within the hold");
+        log.extend(run(&mut nodes, &mut now, 10));
+    }
+    log.extend(run(&mut nodes, &mut now, 10));
+    assert_eq!(nodes[1].stats().frames_held, 1);
+    let answered = log.iter().any(|(from, t)| {
+        *from == 1 && t.to == nodes[2].id().addr && t.channel == Channel::Stream && {
+            let env = Codec::plain().decode(&t.payload, crate::wire::MAX_STREAM_FRAME_BYTES).unwrap();
+            matches!(env.body, Body::Hydfs(crate::hydfs::HydfsMsg::StatReply { req: 1, .. }))
+        }
+    });
+    assert!(answered, "node 1 answered the held request");
+    assert_eq!(rejected(&nodes[1], NOT_A_MEMBER), 1, "the held request was not refused");
+}
