@@ -14,6 +14,8 @@
 //!   leave out the appends its seals do not keep (`seal.rs`), which stay in the index: copies
 //!   that hold the same writes show the same file and the same fence, whatever order they met
 //!   the seals in;
+//! * a file's remembered owner chain ([`LocalStore::owners_of`]) is always what its writes make
+//!   of it: it is forgotten on any change but an added append, which cannot change it;
 //! * the index is durable with the parts: [`LocalStore::sync`] writes what changed since the last
 //!   sync as one index block (`index.rs`) before syncing storage, so after a crash
 //!   [`LocalStore::open`] recovers exactly the files, writes and parts the last completed sync
@@ -23,7 +25,7 @@
 use super::index::{self, FileChange, FileEntry, IndexBlock, IndexBody, PartChange, PartEntry};
 use super::seal::Owners;
 use super::storage::{BlobId, Storage, StorageError};
-use super::types::{FileMeta, PartMeta, Stamp, WriteMeta};
+use super::types::{FileMeta, PartMeta, Stamp, WriteKind, WriteMeta};
 use super::FileName;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -188,6 +190,10 @@ pub struct LocalStore {
     tombstones: BTreeSet<(FileName, Stamp)>,
     tombstones_kept: BTreeSet<(FileName, Stamp)>,
     tombstones_forgotten: BTreeSet<(FileName, Stamp)>,
+    /// The owner chain ([`Owners::of`]) of files asked for since their creates and seals last
+    /// changed: it depends on nothing else, so an append leaves it valid, and a write's seal
+    /// check does not go over every write of the file.
+    owners_memo: BTreeMap<FileName, Option<Owners>>,
 }
 
 /// Past this many change blocks (or their bytes past the snapshot's, and past 1 MiB) the index
@@ -359,6 +365,7 @@ impl LocalStore {
             tombstones,
             tombstones_kept: BTreeSet::new(),
             tombstones_forgotten: BTreeSet::new(),
+            owners_memo: BTreeMap::new(),
         };
         // A fresh snapshot of what was recovered, durable before the chain it replaces is
         // removed. A full disk refuses it: the node starts anyway on the chain it has (it can
@@ -389,6 +396,7 @@ impl LocalStore {
 
     pub fn file_mut(&mut self, name: &FileName) -> &mut FileRec {
         self.touch(name);
+        self.owners_memo.remove(name);
         self.files.entry(name.clone()).or_default()
     }
 
@@ -432,6 +440,15 @@ impl LocalStore {
     /// holds and nothing else changed in since the last sync, the change written is these
     /// appends alone.
     pub fn add_pending(&mut self, name: &FileName, w: WriteMeta) {
+        // A seal (or anything but an append) changes the chain: it is worked out again.
+        let memo = self.owners_memo.remove(name).filter(|_| w.kind == WriteKind::Append);
+        self.add_pending_write(name, w);
+        if let Some(owners) = memo {
+            self.owners_memo.insert(name.clone(), owners);
+        }
+    }
+
+    fn add_pending_write(&mut self, name: &FileName, w: WriteMeta) {
         let exact = !self.dirty_files.contains(name)
             && self.persisted.contains_key(name)
             && self.files.contains_key(name);
@@ -447,6 +464,7 @@ impl LocalStore {
 
     pub fn set_file(&mut self, name: &FileName, rec: FileRec) {
         self.touch(name);
+        self.owners_memo.remove(name);
         // Parts of writes the record no longer holds are released.
         let keep: Vec<Stamp> = rec.writes().map(|w| w.stamp).collect();
         let stale: Vec<PartKey> = self
@@ -473,6 +491,24 @@ impl LocalStore {
 
     pub fn is_complete(&self, name: &FileName, w: &WriteMeta) -> bool {
         (0..w.parts.len() as u32).all(|i| self.has_part(name, w.stamp, i))
+    }
+
+    /// The owner chain the seals of file `name` make ([`Owners::of`] over its writes; `None`:
+    /// no seal counts), from the memo while only appends came since it was worked out.
+    pub fn owners_of(&mut self, name: &FileName) -> Option<Owners> {
+        if let Some(owners) = self.owners_memo.get(name) {
+            debug_assert_eq!(
+                *owners,
+                self.files.get(name).and_then(|rec| Owners::of(rec.writes())),
+                "the memo of {name}'s owner chain is what its writes make"
+            );
+            return owners.clone();
+        }
+        let owners = self.files.get(name).and_then(|rec| Owners::of(rec.writes()));
+        if self.files.contains_key(name) {
+            self.owners_memo.insert(name.clone(), owners.clone());
+        }
+        owners
     }
 
     /// The owner chain of a sealed file (`None`: every write is kept).
@@ -588,6 +624,7 @@ impl LocalStore {
             self.dirty_parts.insert(k);
         }
         self.files.remove(name);
+        self.owners_memo.remove(name);
         self.touch(name);
     }
 
@@ -1190,6 +1227,42 @@ mod tests {
 
     fn stamps(rec: &FileRec) -> (Vec<u64>, Vec<u64>) {
         (rec.merged.iter().map(|w| w.stamp.ts).collect(), rec.pending.keys().map(|s| s.ts).collect())
+    }
+
+    #[test]
+    fn the_remembered_owner_chain_follows_seals_and_outlives_appends() {
+        use super::super::types::Seal;
+        let client = |port: u16| MemberId::new(format!("10.0.0.{port}:7000").parse().unwrap(), 1);
+        let w = |who: u16, seq: u64, kind: WriteKind| WriteMeta {
+            stamp: Stamp { ts: seq, client: client(who), seq },
+            kind,
+            parts: Vec::new(),
+        };
+        let seal = |who: u16, seq: u64, term: u64, prev: u16, upto: u64| {
+            w(who, seq, WriteKind::Seal(Seal { term, prev: client(prev), upto }))
+        };
+        let name = FileName::new("f").unwrap();
+        let mut store = LocalStore::new(Box::new(MemStorage::default())).unwrap();
+        store.file_mut(&name).create = Some(w(1, 1, WriteKind::Create));
+        assert_eq!(store.owners_of(&name), None, "no seal: no chain");
+        store.add_pending(&name, w(1, 2, WriteKind::Append));
+        assert_eq!(store.owners_of(&name), None);
+        // The fence of term 1: the chain is worked out again, and an append keeps it.
+        store.add_pending(&name, seal(2, 3, 1, 1, u64::MAX));
+        let fenced = store.owners_of(&name).expect("sealed");
+        assert_eq!((fenced.owner(), fenced.term()), (client(2), 1));
+        store.add_pending(&name, w(2, 4, WriteKind::Append));
+        assert_eq!(store.owners_of(&name), Some(fenced.clone()));
+        // The bound on the creator, added the same way, changes the chain it remembers.
+        store.add_pending(&name, seal(2, 5, 1, 1, 2));
+        let bounded = store.owners_of(&name).expect("sealed");
+        assert_ne!(bounded, fenced, "the bound is part of the chain");
+        assert_eq!(Some(bounded), Owners::of(store.file(&name).unwrap().writes()));
+        // So does any other change to the file.
+        let mut rec = store.file(&name).unwrap().clone();
+        rec.pending.retain(|_, w| !matches!(w.kind, WriteKind::Seal(_)));
+        store.set_file(&name, rec);
+        assert_eq!(store.owners_of(&name), None);
     }
 
     #[test]

@@ -457,10 +457,11 @@ impl Hydfs {
         if self.cfg.bug(PlantedBug::SealIgnored) || write.kind == WriteKind::Create {
             return None;
         }
+        let chain = self.store.owners_of(name);
         let rec = self.store.file(name)?;
         let behind =
             || Some(Refusal::Unavailable("this copy has not caught up with the file's seals".into()));
-        let Some(owners) = Owners::of(rec.writes()) else {
+        let Some(owners) = chain else {
             // Not sealed here: only a first seal naming the creator extends its chain.
             return match (write.kind, &rec.create) {
                 (WriteKind::Seal(s), Some(c)) if s.prev != c.stamp.client && !rec.contains(&write.stamp) => {
