@@ -262,13 +262,10 @@ impl LocalCluster {
         if !self.args.no_key {
             cmd.arg("--cluster-key-file").arg(self.args.dir.join(KEY_FILE));
         }
+        // Appended to across restarts, like the node's own log.
         let console = |name: &str| {
             let path = data_dir.join(name);
-            rainstorm_runtime::private::file_options()
-                .append(true)
-                .create(true)
-                .open(&path)
-                .with_context(|| format!("opening {}", path.display()))
+            rainstorm_runtime::private::append(&path).with_context(|| format!("opening {}", path.display()))
         };
         let (stdout, stderr) = (console("console.out")?, console("stderr.log")?);
         // The nodes log at `info` unless `RUST_LOG` says otherwise.

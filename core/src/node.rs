@@ -20,9 +20,10 @@
 //!   process this node may simply not have heard of yet (a member that just joined:
 //!   [`Membership::may_be_unheard_of`]) is held, in arrival order, for up to [`STRANGER_HOLD`],
 //!   and reaches HyDFS the moment its sender is listed; at most [`HELD_FRAMES`] frames and
-//!   [`HELD_BYTES`] bytes are held, and one past either bound, or held for longer, is counted
-//!   (`not_a_member`) and dropped. So a member that joined a moment ago can read at once, its
-//!   first reads served when the news of its join arrives, not lost to its request timeout;
+//!   [`HELD_BYTES`] bytes are held (the oldest make room), and one that makes room or whose
+//!   hold ended is counted (`not_a_member`) and dropped, never delivered. So a member that
+//!   joined a moment ago can read at once, its first reads served when the news of its join
+//!   arrives, not lost to its request timeout;
 //! * a stream request from another node over its sender's rate (`limits`) is dropped and counted
 //!   (`rate_limited`) before it reaches a layer; membership and replies are never rate-limited;
 //! * every frame sent carries the next number of its (channel, lane) counter (1, 2, ...), and the
@@ -164,7 +165,8 @@ pub struct NodeStats {
     pub bytes_received: u64,
     /// Messages a layer addressed to this node's own address, handed to it in-process.
     pub frames_local: u64,
-    /// HyDFS read requests from a sender not listed yet, held until it was, then delivered.
+    /// HyDFS read requests from a sender not listed yet, held until it was, then delivered
+    /// (counted in `frames_received` too).
     pub frames_held: u64,
     /// Rejected frames by cause.
     pub frames_rejected: BTreeMap<&'static str, u64>,
@@ -681,14 +683,14 @@ impl Node {
     /// Holds a message from `from`, a sender not listed yet, until it is (or the hold ends); the
     /// oldest held frames make room, counted as refused.
     fn hold(&mut self, now: Time, from: MemberId, body: Body, bytes: usize) {
+        if bytes > HELD_BYTES {
+            *self.stats.frames_rejected.entry(NOT_A_MEMBER).or_default() += 1;
+            return;
+        }
         while !self.held.is_empty()
             && (self.held.len() >= HELD_FRAMES || self.held_bytes + bytes > HELD_BYTES)
         {
             self.drop_oldest_held();
-        }
-        if bytes > HELD_BYTES {
-            *self.stats.frames_rejected.entry(NOT_A_MEMBER).or_default() += 1;
-            return;
         }
         self.held.push_back(Held { at: now, from, body, bytes });
         self.held_bytes += bytes;
@@ -712,8 +714,10 @@ impl Node {
         }
     }
 
-    /// Hands the layers every held message whose sender is now listed, in arrival order.
+    /// Hands the layers every held message whose sender is now listed, in arrival order (those
+    /// whose hold ended are dropped first).
     fn release_held(&mut self, now: Time) {
+        self.expire_held(now);
         if self.held.iter().all(|h| !self.membership.contains(&h.from)) {
             return;
         }

@@ -144,3 +144,20 @@ fn an_oversized_stream_frame_is_dropped_and_counted() {
     c.nodes[0].handle_frame(now, Channel::Stream, &frame(member, small));
     assert_eq!(counter(&c.stats(0), "frames_received"), before + 1);
 }
+
+#[test]
+fn reads_held_for_a_sender_not_listed_yet_stay_bounded() {
+    let mut c = Cluster::new(3, HydfsConfig::default(), LimitsConfig::default());
+    let outsider = MemberId::new(addr(9), c.nodes[1].id().join_time);
+    let stat = |req| Body::Hydfs(HydfsMsg::Stat { req, name: name("f") });
+    let (now, extra) = (c.now, 10);
+    let before = c.stats(0);
+    for req in 0..(rainstorm_core::node::HELD_FRAMES + extra) as u64 {
+        c.nodes[0].handle_frame(now, Channel::Stream, &frame(outsider, stat(req)));
+    }
+    assert_eq!(c.nodes[0].held_frames(), rainstorm_core::node::HELD_FRAMES, "the newest are held");
+    let after = c.stats(0);
+    let refused =
+        counter(&after, "frames_rejected.not_a_member") - counter(&before, "frames_rejected.not_a_member");
+    assert_eq!(refused, extra as u64, "the oldest made room, counted as refused");
+}

@@ -9,7 +9,8 @@
 //!   simulator's **bounded** checker);
 //! * no frame goes to the node's own address (those messages are delivered in-process), and
 //!   every frame is on its message's lane (datagrams on the control lane), its header saying so;
-//! * every frame fed is counted once, as received or as rejected, in [`Node::stats`];
+//! * every frame fed is counted once, as received or as rejected, in [`Node::stats`], or is
+//!   held for a sender not listed yet ([`Node::held_frames`]);
 //! * timers make progress: once due timers have run, [`Node::poll_timeout`] is later than `now`
 //!   within a few rounds;
 //! * under a cluster key, the replay guard judges every authentic frame as a model that

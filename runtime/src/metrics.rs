@@ -131,7 +131,7 @@ impl Collector for Scrape {
         )?;
         out.counter(
             "rainstorm_frames_held",
-            "HyDFS and RainStorm frames from a member not listed yet, held until it was, then delivered.",
+            "HyDFS read requests from a member not listed yet, held until it was, then delivered (also counted as received).",
             n.frames_held,
         )?;
         out.counters(

@@ -440,8 +440,14 @@ impl LocalStore {
     /// holds and nothing else changed in since the last sync, the change written is these
     /// appends alone.
     pub fn add_pending(&mut self, name: &FileName, w: WriteMeta) {
-        // A seal (or anything but an append) changes the chain: it is worked out again.
-        let memo = self.owners_memo.remove(name).filter(|_| w.kind == WriteKind::Append);
+        // A seal (or anything but an append, added or replaced) changes the chain: it is worked
+        // out again.
+        let replaces_other = self
+            .files
+            .get(name)
+            .and_then(|rec| rec.pending.get(&w.stamp))
+            .is_some_and(|old| old.kind != WriteKind::Append);
+        let memo = self.owners_memo.remove(name).filter(|_| w.kind == WriteKind::Append && !replaces_other);
         self.add_pending_write(name, w);
         if let Some(owners) = memo {
             self.owners_memo.insert(name.clone(), owners);
