@@ -275,34 +275,27 @@ fn a_read_from_a_member_not_heard_of_yet_is_served_once_it_is_listed() {
     let mut nodes = vec![introducer, nodes.remove(0), newcomer];
     now = now_pair;
     assert!(!nodes[1].membership().contains(&nodes[2].id()), "node 1 has not heard of node 2 yet");
-    let stat =
-        Body::Hydfs(crate::hydfs::HydfsMsg::Stat { req: 1, name: crate::hydfs::FileName::new("f").unwrap() });
-    let env = Envelope {
-        from: nodes[2].id(),
-        to: nodes[1].id().addr,
-        lane: stat.lane(),
-        seq: FrameSeq(1),
-        body: stat,
+    use crate::hydfs::{FileName, HydfsMsg};
+    let (from, to) = (nodes[2].id(), nodes[1].id().addr);
+    let frame = |seq, msg: HydfsMsg| {
+        let body = Body::Hydfs(msg);
+        let env = Envelope { from, to, lane: body.lane(), seq: FrameSeq(seq), body };
+        Codec::plain().encode(&env, crate::wire::MAX_STREAM_FRAME_BYTES).unwrap()
     };
-    let frame = Codec::plain().encode(&env, crate::wire::MAX_STREAM_FRAME_BYTES).unwrap();
     let received = nodes[1].stats().frames_received;
-    nodes[1].handle_frame(now, Channel::Stream, &frame);
+    nodes[1].handle_frame(
+        now,
+        Channel::Stream,
+        &frame(1, HydfsMsg::Stat { req: 1, name: FileName::new("f").unwrap() }),
+    );
     assert_eq!(nodes[1].stats().frames_received, received, "held: its sender is not listed");
     assert_eq!(rejected(&nodes[1], NOT_A_MEMBER), 0);
     // Anything but a read from it is refused at once, as from any process this node does not list.
-    let merge = Body::Hydfs(crate::hydfs::HydfsMsg::Merge {
-        req: 2,
-        name: crate::hydfs::FileName::new("f").unwrap(),
-    });
-    let env = Envelope {
-        from: nodes[2].id(),
-        to: nodes[1].id().addr,
-        lane: merge.lane(),
-        seq: FrameSeq(2),
-        body: merge,
-    };
-    let refused = Codec::plain().encode(&env, crate::wire::MAX_STREAM_FRAME_BYTES).unwrap();
-    nodes[1].handle_frame(now, Channel::Stream, &refused);
+    nodes[1].handle_frame(
+        now,
+        Channel::Stream,
+        &frame(2, HydfsMsg::Merge { req: 2, name: FileName::new("f").unwrap() }),
+    );
     assert_eq!(rejected(&nodes[1], NOT_A_MEMBER), 1);
     // Once the news of the join reaches node 1, it serves the held request: it answers it.
     let mut log = Vec::new();
@@ -316,7 +309,7 @@ fn a_read_from_a_member_not_heard_of_yet_is_served_once_it_is_listed() {
     let answered = log.iter().any(|(from, t)| {
         *from == 1 && t.to == nodes[2].id().addr && t.channel == Channel::Stream && {
             let env = Codec::plain().decode(&t.payload, crate::wire::MAX_STREAM_FRAME_BYTES).unwrap();
-            matches!(env.body, Body::Hydfs(crate::hydfs::HydfsMsg::StatReply { req: 1, .. }))
+            matches!(env.body, Body::Hydfs(HydfsMsg::StatReply { req: 1, .. }))
         }
     });
     assert!(answered, "node 1 answered the held request");
