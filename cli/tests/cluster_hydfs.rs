@@ -695,13 +695,15 @@ fn get_never_writes_through_a_symlink_planted_at_its_destination() {
 fn a_whole_cluster_killed_and_restarted_loses_no_acknowledged_byte() {
     let mut s = Setup::start("power-cut", 5, 18_700);
     let nodes = 5;
-    let mut expected: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    // Each file's created bytes, then its appends.
+    let mut expected: BTreeMap<String, (Vec<u8>, Vec<u8>)> = BTreeMap::new();
     for k in 0..6u64 {
         let name = format!("cut/file{k}.bin");
         let p = s.local(&format!("file{k}"));
         write_file(&p, (k + 1) * 300_000 + k, 40 + k);
         s.ok((k % nodes as u64) as u16, &format!("create {} {name}", p.display()));
-        let mut bytes = std::fs::read(&p).unwrap();
+        let created = std::fs::read(&p).unwrap();
+        let mut bytes = Vec::new();
         for a in 0..3u64 {
             let line = format!("append {a} of {name} from node {}\n", (k + a) % nodes as u64);
             let ap = s.local(&format!("append{k}-{a}"));
@@ -709,7 +711,7 @@ fn a_whole_cluster_killed_and_restarted_loses_no_acknowledged_byte() {
             s.ok(((k + a) % nodes as u64) as u16, &format!("append {} {name}", ap.display()));
             bytes.extend_from_slice(line.as_bytes());
         }
-        expected.insert(name, bytes);
+        expected.insert(name, (created, bytes));
     }
     // One file merged, the others left with pending appends.
     s.ok(1, "merge cut/file0.bin");
@@ -730,20 +732,23 @@ fn a_whole_cluster_killed_and_restarted_loses_no_acknowledged_byte() {
     assert!(formed.is_ok(), "the cluster formed again");
     println!("POWER CUT: the cluster formed again {:?} after the kill", cut.elapsed());
 
-    for (name, bytes) in &expected {
+    for (name, (created, appended)) in &expected {
+        let bytes = [created.as_slice(), appended.as_slice()].concat();
         let want = s.local(&format!("want-{}", name.replace('/', "_")));
-        std::fs::write(&want, bytes).unwrap();
+        std::fs::write(&want, &bytes).unwrap();
         let got = s.local(&format!("got-{}", name.replace('/', "_")));
-        // Appends from different clients merge in stamp order, not in the order they were
-        // sent: compare the lines as a multiset (each exactly once).
+        // The created bytes come first, whole. Appends from different clients merge in stamp
+        // order, not in the order they were sent: compare them as a multiset of lines (each
+        // exactly once), apart from the created bytes (which do not end in a newline).
         let read = s.c.wait_until(Duration::from_secs(20), |c| {
             Ok(c.ctl(2, &format!("get {name} {}", got.display())).is_ok())
         });
         assert!(read.is_ok(), "{name} reads back after the restart: {}", s.ok(2, &format!("ls {name}")));
         let data = std::fs::read(&got).unwrap();
         assert_eq!(data.len(), bytes.len(), "{name}: every acknowledged byte is there");
-        let mut a: Vec<&[u8]> = data.split(|b| *b == b'\n').collect();
-        let mut b: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
+        assert!(data.starts_with(created), "{name}: the created bytes, whole, come first");
+        let mut a: Vec<&[u8]> = data[created.len()..].split(|b| *b == b'\n').collect();
+        let mut b: Vec<&[u8]> = appended.split(|b| *b == b'\n').collect();
         a.sort();
         b.sort();
         assert!(a == b, "{name}: the same lines after the restart");
