@@ -67,6 +67,9 @@ pub enum CheckerKind {
     HydfsLeakedBlocks,
     /// A create reported as failed (and cancelled) was served or kept afterwards.
     HydfsFailedCreate,
+    /// A restarted node's recovered index named a part whose block is missing from its disk
+    /// or fails its checksum.
+    HydfsRecovered,
     RainstormOutput,
     RainstormDuplicate,
     RainstormLoss,
@@ -106,6 +109,7 @@ impl fmt::Display for CheckerKind {
             CheckerKind::HydfsDeleted => "hydfs-deleted",
             CheckerKind::HydfsLeakedBlocks => "hydfs-leaked-blocks",
             CheckerKind::HydfsFailedCreate => "hydfs-failed-create",
+            CheckerKind::HydfsRecovered => "hydfs-recovered",
             CheckerKind::RainstormOutput => "rainstorm-output",
             CheckerKind::RainstormDuplicate => "rainstorm-duplicate",
             CheckerKind::RainstormLoss => "rainstorm-loss",

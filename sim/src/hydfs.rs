@@ -28,7 +28,10 @@
 //!   write of the deleted file, and at the end no live node holds a copy of it;
 //! * **leaked-blocks**: at the end, every block on a live node's disk is one its file index
 //!   points at, and every indexed part belongs to a write the index holds (deleted and dropped
-//!   files free their blocks).
+//!   files free their blocks);
+//! * **recovered**: when a process starts, every part its recovered index names is on its disk
+//!   and matches its checksum (what rotted or went missing while it was down is dropped, to be
+//!   fetched again, not counted as held).
 
 use crate::check::CheckerKind;
 use crate::disk::SimDisk;
@@ -893,6 +896,25 @@ impl HydfsHarness {
     }
 
     /// The end-of-run checks.
+    /// A process has just started on `view`'s slot, recovering what its disk held.
+    pub fn on_recovered(&mut self, now: Time, view: &SlotView<'_>) {
+        let Some(h) = view.hydfs else { return };
+        let bad: Vec<String> = h
+            .store()
+            .indexed_parts()
+            .filter(|(_, _, _, blob, meta)| !view.disk.read(*blob).is_some_and(|bytes| meta.matches(&bytes)))
+            .map(|(name, stamp, part, blob, _)| format!("{name} write {stamp} part {part} (block {blob})"))
+            .collect();
+        if let Some(first) = bad.first() {
+            let detail = format!(
+                "n{} recovered an index naming {} parts its disk does not hold intact, e.g. {first}",
+                view.slot,
+                bad.len()
+            );
+            self.violate(now, CheckerKind::HydfsRecovered, detail);
+        }
+    }
+
     pub fn finish(&mut self, now: Time, views: &[SlotView<'_>]) {
         let live: Vec<&SlotView<'_>> = views.iter().filter(|v| v.up && v.joined).collect();
         for ((name, create), at) in self.failed_creates.clone() {

@@ -564,6 +564,10 @@ impl<A: Actor> World<A> {
         s.slow_delay = None;
         s.process = Process::Up(A::start(&start));
         self.trace.line(self.now, Some(slot), || format!("process starts at {}", start.addr));
+        if let Some(h) = &mut self.hydfs {
+            let views = slot_views(&self.slots);
+            h.on_recovered(self.now, &views[slot]);
+        }
         self.drain(slot);
         self.now = saved;
     }

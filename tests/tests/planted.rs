@@ -282,6 +282,19 @@ mod hydfs {
     }
 
     #[test]
+    fn recovered_catches_a_recovery_that_trusts_its_index() {
+        // Needs a block that rotted on a node before a restart: a release sweep finds seed 17 first.
+        first_caught_within(PlantedBug::RecoveryTrustsBlocks, CheckerKind::HydfsRecovered, 17..260);
+    }
+
+    #[test]
+    fn read_your_writes_catches_a_restarted_node_serving_a_stale_copy() {
+        // Needs a client reading, from a restarted replica, a file it appended to while that
+        // replica was down: a release sweep finds seed 36 first.
+        first_caught_within(PlantedBug::RecoveredCopyServedStale, CheckerKind::HydfsReadYourWrites, 36..400);
+    }
+
+    #[test]
     fn failed_create_catches_a_failure_reported_without_a_cancel() {
         let s = rainstorm_sim::named::hydfs_failed_creates_stay_failed(1);
         let clean = run_membership(&s, &RunOptions::default());

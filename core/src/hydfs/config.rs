@@ -164,10 +164,17 @@ pub enum PlantedBug {
     /// Seals are stored but mean nothing: replicas take a deposed writer's appends and every
     /// copy keeps them.
     SealIgnored,
+    /// Recovery at start trusts every part its index names without reading it back: a block
+    /// that rotted or went missing while the node was down is still counted as held.
+    RecoveryTrustsBlocks,
+    /// A node serves the copies it recovered at start without checking them against the
+    /// writes the client needs: a restarted replica answers with a copy that lacks writes
+    /// acknowledged while it was down.
+    RecoveredCopyServedStale,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 20] = [
+    pub const ALL: [PlantedBug; 22] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckAfterOneReplica,
         PlantedBug::MergeSkipsReplicas,
@@ -188,6 +195,8 @@ impl PlantedBug {
         PlantedBug::TombstonesNotDurable,
         PlantedBug::FailedCreateKept,
         PlantedBug::SealIgnored,
+        PlantedBug::RecoveryTrustsBlocks,
+        PlantedBug::RecoveredCopyServedStale,
     ];
 
     pub fn name(self) -> &'static str {
@@ -212,6 +221,8 @@ impl PlantedBug {
             PlantedBug::TombstonesNotDurable => "tombstones-not-durable",
             PlantedBug::FailedCreateKept => "failed-create-kept",
             PlantedBug::SealIgnored => "seal-ignored",
+            PlantedBug::RecoveryTrustsBlocks => "recovery-trusts-blocks",
+            PlantedBug::RecoveredCopyServedStale => "recovered-copy-served-stale",
         }
     }
 

@@ -64,7 +64,7 @@ use crate::id::{MemberId, NodeAddr};
 #[cfg(test)]
 use crate::time::Millis;
 use crate::time::Time;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// What HyDFS reports to the node's user and driver.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -229,6 +229,9 @@ pub struct Hydfs {
     batched: bool,
     /// A batch is open: its answers are due at `flush`, or at this time at the latest.
     progress_due: Option<Time>,
+    /// The files recovered at start, served unchecked (empty unless planted bug
+    /// `RecoveredCopyServedStale` is on).
+    served_unchecked: BTreeSet<FileName>,
 }
 
 impl Hydfs {
@@ -243,8 +246,9 @@ impl Hydfs {
         storage: Box<dyn Storage + Send>,
         now: Time,
     ) -> Result<Hydfs, StorageError> {
-        let (mut store, recovery) =
-            LocalStore::open_checked(storage, !cfg.bug(PlantedBug::ServesCorruptBlocks))?;
+        let trusting = cfg.bug(PlantedBug::ServesCorruptBlocks) || cfg.bug(PlantedBug::RecoveryTrustsBlocks);
+        let (mut store, recovery) = LocalStore::open_checked(storage, !trusting)?;
+        store.verify = !cfg.bug(PlantedBug::ServesCorruptBlocks);
         store.index_writes = !cfg.bug(PlantedBug::IndexNotSynced);
         store.seals = !cfg.bug(PlantedBug::SealIgnored);
         let mut tombstones = Tombstones::new(cfg.max_tombstones);
@@ -255,6 +259,11 @@ impl Hydfs {
             store.forget_tombstone(&name, create);
         }
         let client = client::ClientState::new(&cfg, now);
+        let served_unchecked = if cfg.bug(PlantedBug::RecoveredCopyServedStale) {
+            store.files().keys().cloned().collect()
+        } else {
+            BTreeSet::new()
+        };
         Ok(Hydfs {
             me: me.addr,
             client_id: me,
@@ -279,6 +288,7 @@ impl Hydfs {
             cfg,
             batched: false,
             progress_due: None,
+            served_unchecked,
         })
     }
 

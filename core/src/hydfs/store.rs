@@ -217,11 +217,12 @@ impl LocalStore {
         LocalStore::open_checked(storage, true)
     }
 
-    /// [`LocalStore::open`], verifying the parts' checksums at start only if `verify` (off only
-    /// for a planted bug: a store that never checks what it serves).
+    /// [`LocalStore::open`], reading every part back and checking its checksum at start only if
+    /// `check_parts` (off only for planted bugs: a recovery that trusts its index). Reads verify
+    /// checksums either way ([`LocalStore::verify`]).
     pub fn open_checked(
         mut storage: Box<dyn Storage + Send>,
-        verify: bool,
+        check_parts: bool,
     ) -> Result<(LocalStore, Recovery), StorageError> {
         let mut recovery = Recovery::default();
         let listed = storage.list()?;
@@ -305,7 +306,7 @@ impl LocalStore {
         // Verify every part; drop the lost ones.
         let mut lost = Vec::new();
         for (key, rec) in &parts {
-            let ok = storage.read(rec.blob).is_ok_and(|bytes| !verify || rec.meta.matches(&bytes));
+            let ok = !check_parts || storage.read(rec.blob).is_ok_and(|bytes| rec.meta.matches(&bytes));
             if !ok {
                 lost.push(key.clone());
             }
@@ -361,7 +362,7 @@ impl LocalStore {
             compact_blocks: COMPACT_BLOCKS,
             index_writes: true,
             seals: true,
-            verify,
+            verify: true,
             tombstones,
             tombstones_kept: BTreeSet::new(),
             tombstones_forgotten: BTreeSet::new(),
@@ -638,6 +639,12 @@ impl LocalStore {
     /// (for checkers: storage should hold exactly these).
     pub fn blobs(&self) -> impl Iterator<Item = BlobId> + '_ {
         self.parts.values().map(|p| p.blob).chain(self.index_blocks.iter().map(|s| index::blob_of(*s)))
+    }
+
+    /// Every part the index names: its file, write, number, block and checksum (for checkers:
+    /// each block should hold bytes that match).
+    pub fn indexed_parts(&self) -> impl Iterator<Item = (&FileName, Stamp, u32, BlobId, PartMeta)> + '_ {
+        self.parts.iter().map(|((n, s, i), p)| (n, *s, *i, p.blob, p.meta))
     }
 
     /// Indexed parts of writes that no file record holds (for checkers: there should be none).

@@ -93,6 +93,9 @@ impl Hydfs {
     /// Whether this node's copy `meta` lacks (or has not complete) a write a client needs.
     /// Writes of a file this node holds the tombstone of are needed no more.
     fn misses(&self, meta: &FileMeta, needs: &[Needs]) -> bool {
+        if self.served_unchecked.contains(&meta.name) {
+            return false; // planted bug
+        }
         let mut needed = needs.iter().filter(|n| !self.tombstones.contains(&meta.name, n.create)).peekable();
         if needed.peek().is_none() {
             return false;
