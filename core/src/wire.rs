@@ -58,8 +58,11 @@ pub const MAX_STREAM_FRAME_BYTES: usize = 16 * 1024 * 1024;
 /// every frame was the largest cost of a large transfer); version 10 HyDFS seals (a write kind,
 /// `WriteKind::Seal`, and the refusal `Sealed`); version 11 leader failover (a job plan names
 /// the member the job was submitted to, `JobPlan::origin`, and a job notice its log generation);
-/// version 12 a source's pace across attempts (`RainstormMsg::Control::paced_ms`).
-pub const WIRE_VERSION: u8 = 12;
+/// version 12 a source's pace across attempts (`RainstormMsg::Control::paced_ms`); version 13
+/// the members an answering node lists, in HyDFS `StatReply` (`members`: a create's
+/// coordinator waits until it lists them all, so a node that joined knowing only some members
+/// cannot take a name one of the others holds).
+pub const WIRE_VERSION: u8 = 13;
 
 const MAGIC: [u8; 2] = *b"RS";
 /// Magic, version, flags, lane, payload length.

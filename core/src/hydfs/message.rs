@@ -225,6 +225,10 @@ pub enum HydfsMsg {
     StatReply {
         req: ReqId,
         digest: Option<FileDigest>,
+        /// The members the answering node lists (itself included). A create's coordinator
+        /// does not go on while an answer names a member it does not list itself: that member
+        /// may hold the name.
+        members: Vec<MemberId>,
     },
     /// Client to client: append these bytes as your own write (multiappend).
     RemoteAppend {

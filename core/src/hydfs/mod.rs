@@ -507,7 +507,8 @@ impl Hydfs {
             HydfsMsg::Stat { req, name } => {
                 self.handled("stat", &name, from);
                 let digest = self.store.meta(&name).map(|m| m.digest());
-                self.send(from, HydfsMsg::StatReply { req, digest });
+                let members = self.member_ids.values().copied().collect();
+                self.send(from, HydfsMsg::StatReply { req, digest, members });
             }
             HydfsMsg::Inventory { req, known } => {
                 let files = self.inventory();
@@ -552,9 +553,9 @@ impl Hydfs {
             HydfsMsg::RemoveReply { req, result } => self.on_remove_reply(now, from, req, result),
             HydfsMsg::MergeReply { req, result } => self.on_merge_reply(now, from, req, result),
             HydfsMsg::ReadReply { req, result } => self.on_read_reply(now, from, req, result),
-            HydfsMsg::StatReply { req, digest } => {
+            HydfsMsg::StatReply { req, digest, members } => {
                 if self.is_server_request(req) {
-                    self.on_exists_reply(now, from, req, digest)
+                    self.on_exists_reply(now, from, req, digest, members)
                 } else {
                     self.on_stat_reply(now, from, req, digest)
                 }

@@ -1652,3 +1652,51 @@ fn a_seal_that_means_nothing_is_caught() {
     let has = |c: &Vec<u8>, line: &[u8]| c.windows(line.len()).any(|w| w == line);
     assert!(copies.iter().all(|c| has(c, b"x3\n") && has(c, b"x2\n")), "{copies:?}");
 }
+
+#[test]
+fn a_create_waits_until_its_coordinator_lists_every_member_the_others_list() {
+    // After a whole-cluster restart a node may join knowing only some members: the rest joined
+    // just after it, and it hears of them a moment later. A create it coordinates meanwhile must
+    // not take a name that a member it does not list yet holds.
+    let mut net = Net::new(6);
+    let f = name("f");
+    let first = written(net.run(0, ClientOp::Create { name: f.clone(), data: b"first\n".to_vec() }));
+    let holders: Vec<usize> = (0..6).filter(|i| net.nodes[*i].store().file(&f).is_some()).collect();
+    let others: Vec<usize> = (0..6).filter(|i| !holders.contains(i)).collect();
+    assert_eq!(others.len(), 3, "three of six nodes hold the file: {holders:?}");
+    // The late joiner lists only the three nodes that do not hold `f` (itself included), and is
+    // the primary of `f` among them; the two others list everyone.
+    let primary = Ring::new(others.iter().map(|i| addr(*i))).replicas(f.as_str(), 3)[0];
+    let late = net.index(primary);
+    let view: Vec<MemberId> =
+        others.iter().filter(|j| **j != late).map(|j| MemberId::new(addr(*j), 1)).collect();
+    net.nodes[late].set_members(net.now, Some(MemberId::new(addr(late), 1)), view);
+    let id =
+        net.nodes[late].submit(net.now, ClientOp::Create { name: f.clone(), data: b"second\n".to_vec() });
+    let id = id.unwrap();
+    for _ in 0..20 {
+        net.tick(100);
+    }
+    assert!(
+        !net.done.iter().any(|(n, o, _)| *n == late && *o == id),
+        "the create finished while its coordinator did not list the members holding the name: {:?}",
+        net.done
+    );
+    // It hears of the others: the create goes on, finds the name taken, and fails.
+    let everyone: Vec<MemberId> = (0..6).filter(|j| *j != late).map(|j| MemberId::new(addr(j), 1)).collect();
+    net.nodes[late].set_members(net.now, Some(MemberId::new(addr(late), 1)), everyone);
+    let mut result = None;
+    for _ in 0..100 {
+        net.tick(100);
+        if let Some(k) = net.done.iter().position(|(n, o, _)| *n == late && *o == id) {
+            result = Some(net.done.remove(k).2);
+            break;
+        }
+    }
+    assert_eq!(result, Some(Err(HydfsError::AlreadyExists(f.clone()))));
+    for h in holders {
+        let create = net.nodes[h].store().file(&f).and_then(|r| r.create.as_ref()).map(|c| c.stamp);
+        assert_eq!(create, Some(first), "node {h} still holds the first create");
+    }
+    assert_eq!(net.get(late, f).unwrap(), b"first\n".to_vec());
+}

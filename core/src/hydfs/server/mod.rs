@@ -31,7 +31,7 @@ use super::message::{
 };
 use super::types::{FileMeta, Stamp, WriteMeta};
 use super::{FileName, Hydfs, HydfsEvent, StorageError};
-use crate::id::NodeAddr;
+use crate::id::{MemberId, NodeAddr};
 use crate::time::Time;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -92,6 +92,9 @@ struct CoordWrite {
     asked: BTreeSet<NodeAddr>,
     /// For a create: members not yet asked or not yet answered whether they hold the name.
     checking: BTreeSet<NodeAddr>,
+    /// For a create: members an answer listed that this node does not list (yet). The create
+    /// waits until it lists them, then asks every member again: one of them may hold the name.
+    unseen: BTreeSet<MemberId>,
     started: Time,
 }
 
@@ -276,7 +279,7 @@ impl Hydfs {
             HydfsMsg::Install(InstallRequest { req, .. }) => HydfsMsg::InstallReply { req, result: Err(no) },
             HydfsMsg::Read(ReadRequest { req, .. }) => HydfsMsg::ReadReply { req, result: Err(no) },
             HydfsMsg::Fetch(FetchRequest { req, .. }) => HydfsMsg::FetchReply { req, result: Err(no) },
-            HydfsMsg::Stat { req, .. } => HydfsMsg::StatReply { req, digest: None },
+            HydfsMsg::Stat { req, .. } => HydfsMsg::StatReply { req, digest: None, members: Vec::new() },
             HydfsMsg::Describe { req, .. } => {
                 HydfsMsg::DescribeReply { req, meta: Err(no), deleted: Vec::new() }
             }

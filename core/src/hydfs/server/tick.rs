@@ -60,7 +60,13 @@ impl Hydfs {
             let allowed = timeout + self.cfg.transfer_allowance(w.write.len());
             if now >= w.started + allowed {
                 let w = self.server.writes.remove(&op).expect("present");
-                let why = format!("replicas did not confirm the write within {allowed}");
+                let why = match w.unseen.first() {
+                    Some(m) => format!(
+                        "{} did not come to list every member the others list (e.g. {m}) within {allowed}, so it could not check that the name is free",
+                        self.me
+                    ),
+                    None => format!("replicas did not confirm the write within {allowed}"),
+                };
                 self.send(
                     w.client,
                     HydfsMsg::WriteReply {

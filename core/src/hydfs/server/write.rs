@@ -9,6 +9,10 @@
 //! * a create goes on only once every other member answered (or could not be reached) that it
 //!   holds no live create of the name; a copy of a deleted file met by this exists-check is no
 //!   obstacle, and its holder is told (`Remove`);
+//! * a create goes on only once this node lists every member the answers to its exists-check
+//!   list (`unseen` is empty): a node that joined knowing only some members (a whole-cluster
+//!   restart, where the rest joined a moment later) waits until it hears of them, then asks
+//!   every member again, instead of taking a name one of them holds;
 //! * a retry of a write this node coordinates joins the running attempt (one per stamp);
 //! * a new write to a sealed file is refused unless it is the current owner's append, a seal
 //!   that extends the chain, or the owner's bound on an earlier owner (`Owners::admits`): for
@@ -28,7 +32,7 @@ use crate::hydfs::message::{HydfsMsg, Refusal, ReplicateRequest, ReqId, WriteReq
 use crate::hydfs::seal::Owners;
 use crate::hydfs::types::{FileDigest, Stamp, WriteKind, WriteMeta};
 use crate::hydfs::{FileName, Hydfs, PlantedBug};
-use crate::id::NodeAddr;
+use crate::id::{MemberId, NodeAddr};
 use crate::time::Time;
 use std::collections::{BTreeSet, VecDeque};
 
@@ -115,17 +119,10 @@ impl Hydfs {
         let op = self.server.next_op;
         self.server.next_op += 1;
         // A create first asks every other member whether the name exists anywhere (a holder
-        // outside the replica set, e.g. one still handing the file over, must not be missed).
-        let targets = self.replicas(&name);
-        let checking: BTreeSet<NodeAddr> = if write.kind == WriteKind::Create {
-            self.ring.members().map(|(_, a)| a).filter(|a| *a != self.me && !targets.contains(a)).collect()
-        } else {
-            BTreeSet::new()
-        };
-        for a in &checking {
-            let n = name.clone();
-            self.ask(now, *a, Pending::Exists { op }, |req| HydfsMsg::Stat { req, name: n });
-        }
+        // outside the replica set, e.g. one still handing the file over, must not be missed),
+        // and which members it lists (this node's view may lack some: it joined a moment ago).
+        let checking: BTreeSet<NodeAddr> =
+            if write.kind == WriteKind::Create { self.ask_exists(now, op, &name) } else { BTreeSet::new() };
         self.server.writes.insert(
             op,
             CoordWrite {
@@ -139,6 +136,7 @@ impl Hydfs {
                 acked: BTreeSet::new(),
                 asked: BTreeSet::new(),
                 checking,
+                unseen: BTreeSet::new(),
                 started: now,
             },
         );
@@ -233,11 +231,48 @@ impl Hydfs {
         Accepted::Yes
     }
 
+    /// Asks every other member whether it holds `name` (the exists check of create `op`);
+    /// returns whom it asked.
+    fn ask_exists(&mut self, now: Time, op: u64, name: &FileName) -> BTreeSet<NodeAddr> {
+        let others: BTreeSet<NodeAddr> =
+            self.ring.members().map(|(_, a)| a).filter(|a| *a != self.me).collect();
+        for a in &others {
+            let n = name.clone();
+            self.ask(now, *a, Pending::Exists { op }, |req| HydfsMsg::Stat { req, name: n });
+        }
+        others
+    }
+
+    /// Whether this node lists `m` (or a later process at its address).
+    fn lists(&self, m: &MemberId) -> bool {
+        self.member_ids.get(&m.addr).is_some_and(|id| id.join_time >= m.join_time)
+    }
+
     pub(super) fn drive_write(&mut self, now: Time, op: u64) {
         let Some(w) = self.server.writes.get(&op) else { return };
         if !w.checking.is_empty() {
             return;
         }
+        if !w.unseen.is_empty() {
+            // Some member answered with a view listing members this node does not: wait until
+            // this node lists them too, then check the name with every member again.
+            let unseen: BTreeSet<MemberId> = w.unseen.iter().filter(|m| !self.lists(m)).copied().collect();
+            let name = w.name.clone();
+            if unseen.is_empty() {
+                let checking = self.ask_exists(now, op, &name);
+                if let Some(w) = self.server.writes.get_mut(&op) {
+                    w.unseen.clear();
+                    w.checking = checking;
+                }
+            } else {
+                if let Some(w) = self.server.writes.get_mut(&op) {
+                    w.unseen = unseen;
+                }
+                self.arm_retry(now);
+            }
+            return;
+        }
+        debug_assert!(w.checking.is_empty() && w.unseen.is_empty(), "a create goes on only once checked");
         let targets = self.replicas(&w.name);
         let (name, write, inline, source) = (w.name.clone(), w.write.clone(), w.inline.clone(), w.source);
         let create = if write.kind.is_append() {
@@ -347,12 +382,15 @@ impl Hydfs {
         from: NodeAddr,
         req: ReqId,
         digest: Option<FileDigest>,
+        members: Vec<MemberId>,
     ) {
         let Some(Outstanding { what: Pending::Exists { op }, .. }) = self.server.requests.remove(&req) else {
             return;
         };
+        let unseen: Vec<MemberId> = members.into_iter().filter(|m| !self.lists(m)).collect();
         let Some(w) = self.server.writes.get_mut(&op) else { return };
         w.checking.remove(&from);
+        w.unseen.extend(unseen);
         let theirs = digest.and_then(|d| d.create);
         // A copy of a deleted file is no obstacle (and its holder is told to drop it).
         let name = w.name.clone();
