@@ -895,14 +895,16 @@ impl HydfsHarness {
         }
     }
 
-    /// The end-of-run checks.
     /// A process has just started on `view`'s slot, recovering what its disk held.
     pub fn on_recovered(&mut self, now: Time, view: &SlotView<'_>) {
         let Some(h) = view.hydfs else { return };
         let bad: Vec<String> = h
             .store()
             .indexed_parts()
-            .filter(|(_, _, _, blob, meta)| !view.disk.read(*blob).is_some_and(|bytes| meta.matches(&bytes)))
+            .filter(|(_, _, _, blob, meta)| {
+                let read = rainstorm_core::hydfs::Storage::read(&mut view.disk.clone(), *blob);
+                !read.is_ok_and(|bytes| meta.matches(&bytes))
+            })
             .map(|(name, stamp, part, blob, _)| format!("{name} write {stamp} part {part} (block {blob})"))
             .collect();
         if let Some(first) = bad.first() {
@@ -915,6 +917,7 @@ impl HydfsHarness {
         }
     }
 
+    /// The end-of-run checks.
     pub fn finish(&mut self, now: Time, views: &[SlotView<'_>]) {
         let live: Vec<&SlotView<'_>> = views.iter().filter(|v| v.up && v.joined).collect();
         for ((name, create), at) in self.failed_creates.clone() {

@@ -66,6 +66,9 @@ use crate::time::Millis;
 use crate::time::Time;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+/// The most departed members a node remembers (see `Hydfs::departed`).
+const MAX_DEPARTED: usize = 4096;
+
 /// What HyDFS reports to the node's user and driver.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HydfsEvent {
@@ -208,6 +211,10 @@ pub struct Hydfs {
     client_id: MemberId,
     /// The member id at each ring address.
     member_ids: BTreeMap<NodeAddr, MemberId>,
+    /// The last process this node listed at each address it no longer lists (at most
+    /// `MAX_DEPARTED`, the earliest forgotten first): a create's exists check does not wait for
+    /// a member this node knows has left.
+    departed: BTreeMap<NodeAddr, MemberId>,
     ring: Ring,
     store: LocalStore,
     /// Deleted files this node remembers.
@@ -232,6 +239,10 @@ pub struct Hydfs {
     /// The files recovered at start, served unchecked (empty unless planted bug
     /// `RecoveredCopyServedStale` is on).
     served_unchecked: BTreeSet<FileName>,
+    /// Files recovered at start (with the create they held) that no peer has yet described or
+    /// listed alike: a read of one answers `Behind` (while another replica exists), since the
+    /// file may have been deleted or written while this node was down.
+    unreconciled: BTreeMap<FileName, Option<Stamp>>,
 }
 
 impl Hydfs {
@@ -246,8 +257,14 @@ impl Hydfs {
         storage: Box<dyn Storage + Send>,
         now: Time,
     ) -> Result<Hydfs, StorageError> {
-        let trusting = cfg.bug(PlantedBug::ServesCorruptBlocks) || cfg.bug(PlantedBug::RecoveryTrustsBlocks);
-        let (mut store, recovery) = LocalStore::open_checked(storage, !trusting)?;
+        let check = if cfg.bug(PlantedBug::RecoveryTrustsBlocks) {
+            store::PartCheck::Trust
+        } else if cfg.bug(PlantedBug::ServesCorruptBlocks) {
+            store::PartCheck::ReadOnly
+        } else {
+            store::PartCheck::ReadAndVerify
+        };
+        let (mut store, recovery) = LocalStore::open_checked(storage, check)?;
         store.verify = !cfg.bug(PlantedBug::ServesCorruptBlocks);
         store.index_writes = !cfg.bug(PlantedBug::IndexNotSynced);
         store.seals = !cfg.bug(PlantedBug::SealIgnored);
@@ -259,15 +276,18 @@ impl Hydfs {
             store.forget_tombstone(&name, create);
         }
         let client = client::ClientState::new(&cfg, now);
-        let served_unchecked = if cfg.bug(PlantedBug::RecoveredCopyServedStale) {
-            store.files().keys().cloned().collect()
+        let (served_unchecked, unreconciled) = if cfg.bug(PlantedBug::RecoveredCopyServedStale) {
+            (store.files().keys().cloned().collect(), BTreeMap::new())
         } else {
-            BTreeSet::new()
+            let recovered =
+                store.files().iter().map(|(n, r)| (n.clone(), r.create.as_ref().map(|c| c.stamp)));
+            (BTreeSet::new(), recovered.collect())
         };
         Ok(Hydfs {
             me: me.addr,
             client_id: me,
             member_ids: BTreeMap::new(),
+            departed: BTreeMap::new(),
             ring: Ring::default(),
             store,
             tombstones,
@@ -289,6 +309,7 @@ impl Hydfs {
             batched: false,
             progress_due: None,
             served_unchecked,
+            unreconciled,
         })
     }
 
@@ -376,6 +397,19 @@ impl Hydfs {
         // acknowledged: its answers no longer count.
         let gone: Vec<NodeAddr> =
             self.member_ids.iter().filter(|(a, id)| ids.get(a) != Some(id)).map(|(a, _)| *a).collect();
+        for addr in &gone {
+            if let Some(id) = self.member_ids.get(addr) {
+                self.departed.insert(*addr, *id);
+            }
+        }
+        while self.departed.len() > MAX_DEPARTED {
+            let Some(earliest) =
+                self.departed.values().min_by_key(|id| (id.join_time, id.addr)).map(|id| id.addr)
+            else {
+                break;
+            };
+            self.departed.remove(&earliest);
+        }
         self.member_ids = ids;
         if !gone.is_empty() {
             for addr in &gone {

@@ -127,6 +127,17 @@ impl Persisted {
     }
 }
 
+/// How recovery checks the parts its index names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartCheck {
+    /// Read every part back and verify its checksum; drop what is missing, unreadable or corrupt.
+    ReadAndVerify,
+    /// Read every part back, without its checksum (planted bug `serves-corrupt-blocks`).
+    ReadOnly,
+    /// Keep every part the index names (planted bug `recovery-trusts-blocks`).
+    Trust,
+}
+
 /// What a node found in its storage when it started.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Recovery {
@@ -214,15 +225,15 @@ impl LocalStore {
     /// part is dropped from the index, to be fetched again), removes every block the index does
     /// not name, and writes a fresh snapshot. Fails only if storage fails.
     pub fn open(storage: Box<dyn Storage + Send>) -> Result<(LocalStore, Recovery), StorageError> {
-        LocalStore::open_checked(storage, true)
+        LocalStore::open_checked(storage, PartCheck::ReadAndVerify)
     }
 
-    /// [`LocalStore::open`], reading every part back and checking its checksum at start only if
-    /// `check_parts` (off only for planted bugs: a recovery that trusts its index). Reads verify
-    /// checksums either way ([`LocalStore::verify`]).
+    /// [`LocalStore::open`], checking the parts the index names as `check` says (anything but
+    /// [`PartCheck::ReadAndVerify`] only for planted bugs). Reads verify checksums either way
+    /// ([`LocalStore::verify`]).
     pub fn open_checked(
         mut storage: Box<dyn Storage + Send>,
-        check_parts: bool,
+        check: PartCheck,
     ) -> Result<(LocalStore, Recovery), StorageError> {
         let mut recovery = Recovery::default();
         let listed = storage.list()?;
@@ -306,7 +317,13 @@ impl LocalStore {
         // Verify every part; drop the lost ones.
         let mut lost = Vec::new();
         for (key, rec) in &parts {
-            let ok = !check_parts || storage.read(rec.blob).is_ok_and(|bytes| rec.meta.matches(&bytes));
+            let ok = match check {
+                PartCheck::ReadAndVerify => {
+                    storage.read(rec.blob).is_ok_and(|bytes| rec.meta.matches(&bytes))
+                }
+                PartCheck::ReadOnly => storage.read(rec.blob).is_ok(),
+                PartCheck::Trust => true,
+            };
             if !ok {
                 lost.push(key.clone());
             }

@@ -1668,9 +1668,12 @@ fn a_create_waits_until_its_coordinator_lists_every_member_the_others_list() {
     // the primary of `f` among them; the two others list everyone.
     let primary = Ring::new(others.iter().map(|i| addr(*i))).replicas(f.as_str(), 3)[0];
     let late = net.index(primary);
+    // A fresh process: it never listed the holders (a member it knows has left is not waited for).
+    let me = MemberId::new(addr(late), 1);
+    net.nodes[late] = Hydfs::new(test_config(None), me, Box::new(FlakyStorage::default()), net.now).unwrap();
     let view: Vec<MemberId> =
         others.iter().filter(|j| **j != late).map(|j| MemberId::new(addr(*j), 1)).collect();
-    net.nodes[late].set_members(net.now, Some(MemberId::new(addr(late), 1)), view);
+    net.nodes[late].set_members(net.now, Some(me), view);
     let id =
         net.nodes[late].submit(net.now, ClientOp::Create { name: f.clone(), data: b"second\n".to_vec() });
     let id = id.unwrap();
@@ -1699,4 +1702,38 @@ fn a_create_waits_until_its_coordinator_lists_every_member_the_others_list() {
         assert_eq!(create, Some(first), "node {h} still holds the first create");
     }
     assert_eq!(net.get(late, f).unwrap(), b"first\n".to_vec());
+}
+
+#[test]
+fn a_restarted_node_does_not_serve_a_file_deleted_while_it_was_down() {
+    let mut net = Net::new(5);
+    let f = name("f");
+    assert!(net.run(0, ClientOp::Create { name: f.clone(), data: b"old\n".to_vec() }).is_ok());
+    // The file's primary crashes; the others drop it and delete the file.
+    let down = net.index(Ring::new((0..5).map(addr)).replicas(f.as_str(), 3)[0]);
+    let other = (0..5).find(|i| *i != down).unwrap();
+    net.down.insert(down);
+    net.view_without(&[down]);
+    net.now = Time(1_000);
+    assert!(net.run(other, ClientOp::Delete { name: f.clone() }).is_ok());
+    // It restarts on its disk, still holding the file, and lists everyone (they have not heard
+    // of it yet, so nobody has told it of the delete).
+    let me = MemberId::new(addr(down), 1);
+    let disk = Box::new(net.disks[down].clone());
+    net.nodes[down] = Hydfs::new(test_config(None), me, disk, net.now).unwrap();
+    assert!(net.nodes[down].store().file(&f).is_some(), "the copy survived the restart");
+    net.down.remove(&down);
+    let others: Vec<MemberId> = (0..5).filter(|j| *j != down).map(|j| MemberId::new(addr(j), 1)).collect();
+    net.nodes[down].set_members(net.now, Some(me), others);
+    // Its own copy is the first in ring order, but it must not serve it as current.
+    let read = net.run_timed(down, ClientOp::Download { name: f.clone(), from: ReadFrom::Any });
+    assert!(read.is_err(), "a deleted file was read from the copy a restarted node kept: {read:?}");
+    // Once the others list it, anti-entropy tells it of the delete: its copy goes.
+    net.view_without(&[]);
+    for _ in 0..100 {
+        net.tick(100);
+    }
+    assert!(net.nodes[down].store().file(&f).is_none(), "the restarted node dropped the deleted file");
+    let read = net.run_timed(down, ClientOp::Download { name: f.clone(), from: ReadFrom::Any });
+    assert_eq!(read, Err(HydfsError::NotFound(f)));
 }

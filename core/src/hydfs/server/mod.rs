@@ -92,9 +92,13 @@ struct CoordWrite {
     asked: BTreeSet<NodeAddr>,
     /// For a create: members not yet asked or not yet answered whether they hold the name.
     checking: BTreeSet<NodeAddr>,
-    /// For a create: members an answer listed that this node does not list (yet). The create
-    /// waits until it lists them, then asks every member again: one of them may hold the name.
+    /// For a create: the members asked in the current round of its exists check.
+    check_asked: BTreeSet<NodeAddr>,
+    /// For a create: members this round's answers list that this node neither lists nor knows
+    /// to have left. The create waits while there are any: one of them may hold the name.
     unseen: BTreeSet<MemberId>,
+    /// For a create whose `unseen` is not empty: when to ask every member again.
+    next_round: Option<Time>,
     started: Time,
 }
 

@@ -4,6 +4,9 @@
 //! Invariants kept here:
 //! * a copy that lacks (or has incomplete) a write the client needs answers `Behind`, never its
 //!   stale content; writes of a file this node holds the tombstone of are needed no more;
+//! * a copy recovered at start answers reads `Behind` until a peer has described it or listed
+//!   it alike (`unreconciled`), unless this node is its only replica: it may have been deleted
+//!   or written while this node was down;
 //! * a read serves the merged content followed by the complete pending appends only; a merged
 //!   part that is missing makes the copy unreadable until it is repaired, and a corrupt part is
 //!   reported and refused (`Corrupt`);
@@ -42,6 +45,13 @@ impl Hydfs {
             return Err(Refusal::NotFound);
         }
         if self.misses(&meta, needs) {
+            return Err(Refusal::Behind);
+        }
+        let recovered =
+            self.unreconciled.get(name).is_some_and(|c| *c == meta.create.as_ref().map(|w| w.stamp));
+        if recovered && self.replicas(name).iter().any(|r| *r != self.me) {
+            // Recovered at start and not compared with a peer yet: it may have been deleted or
+            // written since.
             return Err(Refusal::Behind);
         }
         // Pending appends still arriving are not part of this copy yet; a merged part that is

@@ -15,7 +15,7 @@
 //! * a peer's pending append that the peer itself holds incomplete is never absorbed, so an
 //!   orphan does not spread.
 
-use super::{FetchClass, OfferIn, Pending};
+use super::{FetchClass, OfferIn, Outstanding, Pending};
 use crate::hydfs::message::{HydfsMsg, InventoryList, Refusal, ReqId};
 use crate::hydfs::pace::inventory_hash;
 use crate::hydfs::store::{reconcile, FileRec, PartError};
@@ -139,6 +139,7 @@ impl Hydfs {
             }
             let mine = self.store.meta(&name).map(|m| m.digest());
             if mine == Some(digest) {
+                self.unreconciled.remove(&name);
                 continue;
             }
             let busy = self
@@ -169,12 +170,28 @@ impl Hydfs {
         meta: Result<FileMeta, Refusal>,
         deleted: Vec<Stamp>,
     ) {
-        if self.server.requests.remove(&req).is_none() {
+        let Some(Outstanding { what: Pending::Describe { name }, .. }) = self.server.requests.remove(&req)
+        else {
             return;
+        };
+        match meta {
+            Ok(meta) => {
+                self.absorb(now, from, &meta, &deleted);
+            }
+            Err(_) => {
+                // The peer holds no copy, but may hold tombstones of the name.
+                for create in deleted {
+                    if self
+                        .store
+                        .file(&name)
+                        .is_some_and(|r| r.create.as_ref().is_none_or(|c| c.stamp == create))
+                    {
+                        self.apply_tombstone(now, &name, create);
+                    }
+                }
+            }
         }
-        if let Ok(meta) = meta {
-            self.absorb(now, from, &meta, &deleted);
-        }
+        self.unreconciled.remove(&name);
     }
 
     /// The creates of the deleted files of `name` this node holds tombstones for (the newest
@@ -190,6 +207,7 @@ impl Hydfs {
     /// is a copy of a deleted file (whose holder is then told so). Returns whether it did.
     fn absorb(&mut self, now: Time, from: NodeAddr, meta: &FileMeta, deleted: &[Stamp]) -> bool {
         let name = &meta.name;
+        self.unreconciled.remove(name);
         // A copy of a deleted file this node kept (across a restart, or cut off during the
         // delete) goes before the peer's view is reconciled into it: reconciling would keep its
         // writes under a later file of the same name.

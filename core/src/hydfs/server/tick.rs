@@ -60,13 +60,21 @@ impl Hydfs {
             let allowed = timeout + self.cfg.transfer_allowance(w.write.len());
             if now >= w.started + allowed {
                 let w = self.server.writes.remove(&op).expect("present");
+                let checking = !w.checking.is_empty() || !w.unseen.is_empty();
                 let why = match w.unseen.first() {
-                    Some(m) => format!(
-                        "{} did not come to list every member the others list (e.g. {m}) within {allowed}, so it could not check that the name is free",
+                    Some(m) if w.checking.is_empty() => format!(
+                        "{} could not check that the name is free within {allowed}: other members list {m}, which it does not",
                         self.me
                     ),
-                    None => format!("replicas did not confirm the write within {allowed}"),
+                    _ if checking => {
+                        format!("{} could not check that the name is free within {allowed}", self.me)
+                    }
+                    None | Some(_) => format!("replicas did not confirm the write within {allowed}"),
                 };
+                if checking {
+                    // Never replicated: this node's tentative copy goes with it.
+                    self.abandon_create(&w.name, w.write.stamp);
+                }
                 self.send(
                     w.client,
                     HydfsMsg::WriteReply {

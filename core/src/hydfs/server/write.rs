@@ -9,10 +9,11 @@
 //! * a create goes on only once every other member answered (or could not be reached) that it
 //!   holds no live create of the name; a copy of a deleted file met by this exists-check is no
 //!   obstacle, and its holder is told (`Remove`);
-//! * a create goes on only once this node lists every member the answers to its exists-check
-//!   list (`unseen` is empty): a node that joined knowing only some members (a whole-cluster
-//!   restart, where the rest joined a moment later) waits until it hears of them, then asks
-//!   every member again, instead of taking a name one of them holds;
+//! * a create goes on only once this node lists, or knows to have left, every member the
+//!   answers to its exists check list (`unseen` is empty), and has asked every member it lists:
+//!   a node that joined knowing only some members (a whole-cluster restart, where the rest
+//!   joined a moment later) waits until it hears of them and asks them too, instead of taking
+//!   a name one of them holds;
 //! * a retry of a write this node coordinates joins the running attempt (one per stamp);
 //! * a new write to a sealed file is refused unless it is the current owner's append, a seal
 //!   that extends the chain, or the owner's bound on an earlier owner (`Owners::admits`): for
@@ -120,9 +121,8 @@ impl Hydfs {
         self.server.next_op += 1;
         // A create first asks every other member whether the name exists anywhere (a holder
         // outside the replica set, e.g. one still handing the file over, must not be missed),
-        // and which members it lists (this node's view may lack some: it joined a moment ago).
-        let checking: BTreeSet<NodeAddr> =
-            if write.kind == WriteKind::Create { self.ask_exists(now, op, &name) } else { BTreeSet::new() };
+        // and which members it lists (this node's view may lack some: it joined a moment ago):
+        // `drive_write` asks them.
         self.server.writes.insert(
             op,
             CoordWrite {
@@ -135,8 +135,10 @@ impl Hydfs {
                 source,
                 acked: BTreeSet::new(),
                 asked: BTreeSet::new(),
-                checking,
+                checking: BTreeSet::new(),
+                check_asked: BTreeSet::new(),
                 unseen: BTreeSet::new(),
+                next_round: None,
                 started: now,
             },
         );
@@ -231,47 +233,79 @@ impl Hydfs {
         Accepted::Yes
     }
 
-    /// Asks every other member whether it holds `name` (the exists check of create `op`);
-    /// returns whom it asked.
-    fn ask_exists(&mut self, now: Time, op: u64, name: &FileName) -> BTreeSet<NodeAddr> {
-        let others: BTreeSet<NodeAddr> =
-            self.ring.members().map(|(_, a)| a).filter(|a| *a != self.me).collect();
-        for a in &others {
+    /// Asks `to` whether they hold the name of create `op` (its exists check), and which
+    /// members they list.
+    fn ask_exists(&mut self, now: Time, op: u64, to: BTreeSet<NodeAddr>) {
+        let Some(w) = self.server.writes.get_mut(&op) else { return };
+        let name = w.name.clone();
+        w.checking.extend(to.iter().copied());
+        w.check_asked.extend(to.iter().copied());
+        for a in to {
             let n = name.clone();
-            self.ask(now, *a, Pending::Exists { op }, |req| HydfsMsg::Stat { req, name: n });
+            self.ask(now, a, Pending::Exists { op }, |req| HydfsMsg::Stat { req, name: n });
         }
-        others
     }
 
-    /// Whether this node lists `m` (or a later process at its address).
+    /// Whether this node lists `m` (or a later process at its address), or knows that it left.
     fn lists(&self, m: &MemberId) -> bool {
-        self.member_ids.get(&m.addr).is_some_and(|id| id.join_time >= m.join_time)
+        let at = |ids: &std::collections::BTreeMap<NodeAddr, MemberId>| {
+            ids.get(&m.addr).is_some_and(|id| id.join_time >= m.join_time)
+        };
+        at(&self.member_ids) || at(&self.departed)
+    }
+
+    /// The exists check of create `op`: `true` once it is done. Every member this node lists
+    /// is asked (one that came to be listed while a round was out too); while answers name
+    /// members this node neither lists nor knows to have left, it asks every member again
+    /// each `retry_interval`, until they agree or the create times out.
+    fn name_checked(&mut self, now: Time, op: u64) -> bool {
+        let Some(w) = self.server.writes.get(&op) else { return false };
+        if w.write.kind != WriteKind::Create {
+            return true;
+        }
+        if !w.checking.is_empty() {
+            return false;
+        }
+        let me = self.me;
+        let new: BTreeSet<NodeAddr> =
+            self.ring.members().map(|(_, a)| a).filter(|a| *a != me && !w.check_asked.contains(a)).collect();
+        if !new.is_empty() {
+            self.ask_exists(now, op, new);
+            return false;
+        }
+        let unseen: BTreeSet<MemberId> = w.unseen.iter().filter(|m| !self.lists(m)).copied().collect();
+        let next_round = w.next_round;
+        let retry = self.cfg.retry_interval;
+        let Some(w) = self.server.writes.get_mut(&op) else { return false };
+        w.unseen = unseen;
+        if w.unseen.is_empty() {
+            w.next_round = None;
+            return true;
+        }
+        match next_round {
+            Some(at) if now >= at => {
+                // A new round: the members that named the unseen ones may have dropped them.
+                w.unseen.clear();
+                w.check_asked.clear();
+                w.next_round = None;
+                let all: BTreeSet<NodeAddr> =
+                    self.ring.members().map(|(_, a)| a).filter(|a| *a != me).collect();
+                self.ask_exists(now, op, all);
+            }
+            Some(_) => self.arm_retry(now),
+            None => {
+                w.next_round = Some(now + retry);
+                self.arm_retry(now);
+            }
+        }
+        false
     }
 
     pub(super) fn drive_write(&mut self, now: Time, op: u64) {
+        if !self.name_checked(now, op) {
+            return;
+        }
         let Some(w) = self.server.writes.get(&op) else { return };
-        if !w.checking.is_empty() {
-            return;
-        }
-        if !w.unseen.is_empty() {
-            // Some member answered with a view listing members this node does not: wait until
-            // this node lists them too, then check the name with every member again.
-            let unseen: BTreeSet<MemberId> = w.unseen.iter().filter(|m| !self.lists(m)).copied().collect();
-            let name = w.name.clone();
-            if unseen.is_empty() {
-                let checking = self.ask_exists(now, op, &name);
-                if let Some(w) = self.server.writes.get_mut(&op) {
-                    w.unseen.clear();
-                    w.checking = checking;
-                }
-            } else {
-                if let Some(w) = self.server.writes.get_mut(&op) {
-                    w.unseen = unseen;
-                }
-                self.arm_retry(now);
-            }
-            return;
-        }
         debug_assert!(w.checking.is_empty() && w.unseen.is_empty(), "a create goes on only once checked");
         let targets = self.replicas(&w.name);
         let (name, write, inline, source) = (w.name.clone(), w.write.clone(), w.inline.clone(), w.source);
@@ -412,7 +446,7 @@ impl Hydfs {
     }
 
     /// Removes this node's record of a create that was refused.
-    fn abandon_create(&mut self, name: &FileName, stamp: Stamp) {
+    pub(super) fn abandon_create(&mut self, name: &FileName, stamp: Stamp) {
         let Some(mut rec) = self.store.file(name).cloned() else { return };
         if rec.create.as_ref().is_some_and(|c| c.stamp == stamp) {
             rec.create = None;
