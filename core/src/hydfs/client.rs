@@ -738,8 +738,9 @@ impl Hydfs {
                     *next_ask = self.cfg.chunk_bytes as u64;
                 }
                 let needs = if pinned.is_some() { Vec::new() } else { needs_now.clone() };
+                let pinned = pinned.is_some();
                 op.kind = fresh;
-                let read = ReadRequest { req, name, offset: 0, view: None, needs };
+                let read = ReadRequest { req, name, offset: 0, view: None, needs, pinned };
                 (HydfsMsg::Read(read), self.cfg.request_timeout)
             }
             Kind::Merge => {
@@ -1175,7 +1176,9 @@ impl Hydfs {
                 self.next_req = r;
                 inflight.insert(r, offset);
                 self.client.requests.insert(r, (id, from, now + timeout));
-                let read = ReadRequest { req: r, name: name.clone(), offset, view: v, needs: Vec::new() };
+                let pinned = pinned.is_some();
+                let read =
+                    ReadRequest { req: r, name: name.clone(), offset, view: v, needs: Vec::new(), pinned };
                 let msg = HydfsMsg::Read(read);
                 self.out.push_back((from, msg));
             }

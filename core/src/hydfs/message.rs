@@ -156,6 +156,9 @@ pub struct ReadRequest {
     pub offset: u64,
     pub view: Option<u64>,
     pub needs: Vec<Needs>,
+    /// The client asked for this replica's copy as it is (`getfromreplica`): it is served even
+    /// if it was recovered at start and not yet compared with the other replicas.
+    pub pinned: bool,
 }
 
 /// The body of [`HydfsMsg::Fetch`]: the bytes of part `part` of write `stamp` of file `name`.

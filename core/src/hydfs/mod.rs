@@ -240,8 +240,8 @@ pub struct Hydfs {
     /// `RecoveredCopyServedStale` is on).
     served_unchecked: BTreeSet<FileName>,
     /// Files recovered at start (with the create they held) that no peer has yet described or
-    /// listed alike: a read of one answers `Behind` (while another replica exists), since the
-    /// file may have been deleted or written while this node was down.
+    /// listed alike: a read of one answers `Unavailable` (while another replica exists), since
+    /// the file may have been deleted or written while this node was down.
     unreconciled: BTreeMap<FileName, Option<Stamp>>,
 }
 

@@ -4,9 +4,10 @@
 //! Invariants kept here:
 //! * a copy that lacks (or has incomplete) a write the client needs answers `Behind`, never its
 //!   stale content; writes of a file this node holds the tombstone of are needed no more;
-//! * a copy recovered at start answers reads `Behind` until a peer has described it or listed
-//!   it alike (`unreconciled`), unless this node is its only replica: it may have been deleted
-//!   or written while this node was down;
+//! * a copy recovered at start answers reads `Unavailable` (the client tries another replica)
+//!   until a peer has described it or listed it alike (`unreconciled`), unless this node is
+//!   its only replica or the client asked for this copy itself (`getfromreplica`): it may have
+//!   been deleted or written while this node was down;
 //! * a read serves the merged content followed by the complete pending appends only; a merged
 //!   part that is missing makes the copy unreadable until it is repaired, and a corrupt part is
 //!   reported and refused (`Corrupt`);
@@ -25,11 +26,11 @@ use std::collections::BTreeSet;
 
 impl Hydfs {
     pub(in crate::hydfs) fn on_read(&mut self, _now: Time, from: NodeAddr, msg: ReadRequest) {
-        let ReadRequest { req, name, offset, view, needs } = msg;
+        let ReadRequest { req, name, offset, view, needs, pinned } = msg;
         if offset == 0 {
             self.handled("get", &name, from);
         }
-        let result = self.read_chunk(&name, offset, view, &needs);
+        let result = self.read_chunk(&name, offset, view, &needs, pinned);
         self.send(from, HydfsMsg::ReadReply { req, result });
     }
 
@@ -39,6 +40,7 @@ impl Hydfs {
         offset: u64,
         view: Option<u64>,
         needs: &[Needs],
+        pinned: bool,
     ) -> Result<ReadChunk, Refusal> {
         let Some(mut meta) = self.store.meta(name) else { return Err(Refusal::NotFound) };
         if meta.create.is_none() {
@@ -49,10 +51,13 @@ impl Hydfs {
         }
         let recovered =
             self.unreconciled.get(name).is_some_and(|c| *c == meta.create.as_ref().map(|w| w.stamp));
-        if recovered && self.replicas(name).iter().any(|r| *r != self.me) {
+        if recovered && !pinned && self.replicas(name).iter().any(|r| *r != self.me) {
             // Recovered at start and not compared with a peer yet: it may have been deleted or
             // written since.
-            return Err(Refusal::Behind);
+            return Err(Refusal::Unavailable(format!(
+                "{}: its copy was recovered at start and is not yet compared with the other replicas",
+                self.me
+            )));
         }
         // Pending appends still arriving are not part of this copy yet; a merged part that is
         // missing (lost to corruption) makes the copy unreadable until it is repaired.
