@@ -212,8 +212,8 @@ pub struct Hydfs {
     /// The member id at each ring address.
     member_ids: BTreeMap<NodeAddr, MemberId>,
     /// The last process this node listed at each address it no longer lists (at most
-    /// `MAX_DEPARTED`, the earliest forgotten first): a create's exists check does not wait for
-    /// a member this node knows has left.
+    /// `MAX_DEPARTED`; past that, the one that joined earliest is forgotten first): a create's
+    /// exists check does not wait for a member this node knows has left.
     departed: BTreeMap<NodeAddr, MemberId>,
     ring: Ring,
     store: LocalStore,
