@@ -101,6 +101,10 @@ impl Hydfs {
                 bytes.extend_from_slice(&data[from as usize..(to as usize).min(data.len())]);
             }
         }
+        debug_assert!(
+            !recovered || pinned || self.replicas(name).iter().all(|r| *r == self.me),
+            "a copy recovered at start and not yet compared is served only pinned or as the only replica"
+        );
         let writes = if offset == 0 { meta.all_writes().map(|w| w.stamp).collect() } else { Vec::new() };
         Ok(ReadChunk { view: id, total_len: total, writes, offset, bytes })
     }

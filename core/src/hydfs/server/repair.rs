@@ -178,18 +178,8 @@ impl Hydfs {
             Ok(meta) => {
                 self.absorb(now, from, &meta, &deleted);
             }
-            Err(_) => {
-                // The peer holds no copy, but may hold tombstones of the name.
-                for create in deleted {
-                    if self
-                        .store
-                        .file(&name)
-                        .is_some_and(|r| r.create.as_ref().is_none_or(|c| c.stamp == create))
-                    {
-                        self.apply_tombstone(now, &name, create);
-                    }
-                }
-            }
+            // The peer holds no copy, but may hold tombstones of the name.
+            Err(_) => self.drop_deleted_copy(now, &name, &deleted),
         }
         self.unreconciled.remove(&name);
     }
@@ -203,6 +193,16 @@ impl Hydfs {
         deleted
     }
 
+    /// Drops this node's copy of `name` if it is one of the deleted files `deleted` names (the
+    /// creates a peer holds tombstones for), keeping their tombstones.
+    fn drop_deleted_copy(&mut self, now: Time, name: &FileName, deleted: &[Stamp]) {
+        for create in deleted {
+            if self.store.file(name).is_some_and(|r| r.create.as_ref().is_none_or(|c| c.stamp == *create)) {
+                self.apply_tombstone(now, name, *create);
+            }
+        }
+    }
+
     /// Reconciles a peer's view of a file into ours and fetches what we lack from it, unless it
     /// is a copy of a deleted file (whose holder is then told so). Returns whether it did.
     fn absorb(&mut self, now: Time, from: NodeAddr, meta: &FileMeta, deleted: &[Stamp]) -> bool {
@@ -211,11 +211,7 @@ impl Hydfs {
         // A copy of a deleted file this node kept (across a restart, or cut off during the
         // delete) goes before the peer's view is reconciled into it: reconciling would keep its
         // writes under a later file of the same name.
-        for create in deleted {
-            if self.store.file(name).is_some_and(|r| r.create.as_ref().is_none_or(|c| c.stamp == *create)) {
-                self.apply_tombstone(now, name, *create);
-            }
-        }
+        self.drop_deleted_copy(now, name, deleted);
         if self.refuse_deleted_copy(now, from, name, meta.create.as_ref().map(|c| c.stamp)) {
             return false;
         }
