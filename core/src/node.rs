@@ -16,14 +16,17 @@
 //! * a HyDFS or RainStorm message reaches its layer only from this node itself or from a
 //!   current member (its exact id: a restarted or declared-failed process is not one); others
 //!   are counted (`not_a_member`) and dropped. Roles within a job are RainStorm's to check;
-//! * except that a HyDFS read request ([`HydfsMsg::is_read_request`]: it changes nothing) from a
-//!   process this node may simply not have heard of yet (a member that just joined:
+//! * except that a HyDFS read request ([`HydfsMsg::is_read_request`]: it changes nothing), or the
+//!   answer to a read request of this node's own ([`HydfsMsg::is_read_answer`]), from a process
+//!   this node may simply not have heard of yet (a member that just joined:
 //!   [`Membership::may_be_unheard_of`]) is held, in arrival order, for up to [`STRANGER_HOLD`],
 //!   and reaches HyDFS the moment its sender is listed; at most [`HELD_FRAMES`] frames and
 //!   [`HELD_BYTES`] bytes are held (the oldest make room), and one that makes room or whose
 //!   hold ended is counted (`not_a_member`) and dropped, never delivered. So a member that
 //!   joined a moment ago can read at once, its first reads served when the news of its join
-//!   arrives, not lost to its request timeout;
+//!   arrives, not lost to its request timeout; and a replica told to pull a new file's parts
+//!   from a client it has not heard of yet gets them, instead of waiting for the coordinator to
+//!   ask it again (10 s);
 //! * a stream request from another node over its sender's rate (`limits`) is dropped and counted
 //!   (`rate_limited`) before it reaches a layer; membership and replies are never rate-limited;
 //! * every frame sent carries the next number of its (channel, lane) counter (1, 2, ...), and the
@@ -673,10 +676,11 @@ impl Node {
             && !self.rate.allow(now, from.addr)
     }
 
-    /// Whether a frame refused as `not_a_member` is held instead: a HyDFS read request from a
-    /// process that may be a member this node has not heard of yet.
+    /// Whether a frame refused as `not_a_member` is held instead: a HyDFS read request, or the
+    /// answer to one of this node's own, from a process that may be a member this node has not
+    /// heard of yet.
     fn may_hold(&self, now: Time, envelope: &Envelope) -> bool {
-        matches!(&envelope.body, Body::Hydfs(msg) if msg.is_read_request())
+        matches!(&envelope.body, Body::Hydfs(msg) if msg.is_read_request() || msg.is_read_answer())
             && self.membership.may_be_unheard_of(now, &envelope.from)
     }
 
@@ -817,7 +821,7 @@ pub const STRANGER_HOLD: Millis = Millis(5_000);
 /// Frames held from senders not listed yet, at most.
 pub const HELD_FRAMES: usize = 256;
 /// Bytes of frames held from senders not listed yet, at most.
-pub const HELD_BYTES: usize = 16 << 20;
+pub const HELD_BYTES: usize = 32 << 20;
 
 /// The cause frames refused by the per-peer request rate limit are counted under.
 const RATE_LIMITED: &str = "rate_limited";

@@ -348,6 +348,19 @@ impl HydfsMsg {
         }
     }
 
+    /// The answer to a read request of this node's own (a chunk, a part, a description, an
+    /// exists check): it reaches only the request it answers (matched by its id), whose own
+    /// checks apply to it.
+    pub fn is_read_answer(&self) -> bool {
+        matches!(
+            self,
+            HydfsMsg::ReadReply { .. }
+                | HydfsMsg::FetchReply { .. }
+                | HydfsMsg::DescribeReply { .. }
+                | HydfsMsg::StatReply { .. }
+        )
+    }
+
     /// The lane this message travels on: [`Lane::Bulk`] when it carries file bytes (a write or a
     /// replication with its data inline, a multiappend's data, a fetched part, a read chunk),
     /// [`Lane::Control`] otherwise (requests, refusals, metadata), so that a large transfer

@@ -297,6 +297,10 @@ fn a_read_from_a_member_not_heard_of_yet_is_served_once_it_is_listed() {
         &frame(2, HydfsMsg::Merge { req: 2, name: FileName::new("f").unwrap() }),
     );
     assert_eq!(rejected(&nodes[1], NOT_A_MEMBER), 1);
+    // The answer to a read of node 1's own (a part it pulls from the newcomer) is held too.
+    let answer = HydfsMsg::FetchReply { req: 3, result: Err(crate::hydfs::message::Refusal::NotFound) };
+    nodes[1].handle_frame(now, Channel::Stream, &frame(3, answer));
+    assert_eq!(rejected(&nodes[1], NOT_A_MEMBER), 1, "an answer to a read is held, not refused");
     // Once the news of the join reaches node 1, it serves the held request: it answers it.
     let mut log = Vec::new();
     let deadline = now + STRANGER_HOLD;
@@ -305,7 +309,7 @@ fn a_read_from_a_member_not_heard_of_yet_is_served_once_it_is_listed() {
         log.extend(run(&mut nodes, &mut now, 10));
     }
     log.extend(run(&mut nodes, &mut now, 10));
-    assert_eq!(nodes[1].stats().frames_held, 1);
+    assert_eq!(nodes[1].stats().frames_held, 2, "the request and the answer were held");
     let answered = log.iter().any(|(from, t)| {
         *from == 1 && t.to == nodes[2].id().addr && t.channel == Channel::Stream && {
             let env = Codec::plain().decode(&t.payload, crate::wire::MAX_STREAM_FRAME_BYTES).unwrap();
