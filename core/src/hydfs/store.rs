@@ -319,7 +319,7 @@ impl LocalStore {
         for (key, rec) in &parts {
             let ok = match check {
                 PartCheck::ReadAndVerify => {
-                    storage.read(rec.blob).is_ok_and(|bytes| rec.meta.matches(&bytes))
+                    storage.read(rec.blob).is_ok_and(|bytes| rec.meta.still_matches(&bytes))
                 }
                 PartCheck::ReadOnly => storage.read(rec.blob).is_ok(),
                 PartCheck::Trust => true,
@@ -513,8 +513,20 @@ impl LocalStore {
         self.parts.get(&(name.clone(), stamp, part)).map(|p| p.meta)
     }
 
+    /// Whether every part of write `w` of file `name` is stored (one range of the index, not
+    /// a lookup per part: a read asks this of every write for every chunk it serves).
     pub fn is_complete(&self, name: &FileName, w: &WriteMeta) -> bool {
-        (0..w.parts.len() as u32).all(|i| self.has_part(name, w.stamp, i))
+        let n = w.parts.len() as u32;
+        if n == 0 {
+            return true;
+        }
+        let held = self.parts.range((name.clone(), w.stamp, 0)..=(name.clone(), w.stamp, n - 1)).count();
+        debug_assert_eq!(
+            held == n as usize,
+            (0..n).all(|i| self.has_part(name, w.stamp, i)),
+            "one range of the index says what a lookup per part would"
+        );
+        held == n as usize
     }
 
     /// The owner chain the seals of file `name` make ([`Owners::of`] over its writes; `None`:
@@ -607,7 +619,7 @@ impl LocalStore {
                 return Err(PartError::Lost(e));
             }
         };
-        if self.verify && !rec.meta.matches(&bytes) {
+        if self.verify && !rec.meta.still_matches(&bytes) {
             self.remove_part(&key);
             return Err(PartError::Corrupt);
         }

@@ -91,6 +91,16 @@ impl PartMeta {
     pub fn matches(&self, bytes: &[u8]) -> bool {
         bytes.len() == self.len as usize && PartMeta::of(bytes) == *self
     }
+
+    /// Whether `bytes`, read back from where this node stored them after [`PartMeta::matches`]
+    /// passed, are still that part: their length and CRC32C are checked, not their lines (the
+    /// line count is a function of the same bytes, already checked when they were stored, and
+    /// counting it again cost as much as the CRC on every read).
+    pub fn still_matches(&self, bytes: &[u8]) -> bool {
+        bytes.len() == self.len as usize
+            && bytes.last().is_some_and(|b| *b == b'\n') == self.ends_with_newline
+            && crc32c::crc32c(bytes) == self.crc
+    }
 }
 
 /// A write without its bytes.
@@ -307,6 +317,9 @@ mod tests {
         assert!(!p.matches(b"a\nbc\n\ne"));
         let wrong_lines = PartMeta { newlines: 2, ..p };
         assert!(!wrong_lines.matches(b"a\nbc\n\nd"), "a wrong line count is a mismatch like a wrong CRC");
+        assert!(p.still_matches(b"a\nbc\n\nd"));
+        assert!(!p.still_matches(b"a\nbc\n\ne"), "a changed byte fails the CRC");
+        assert!(!p.still_matches(b"a\nbc\n\n"), "a lost byte fails the length");
     }
 
     #[test]

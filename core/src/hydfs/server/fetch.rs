@@ -116,32 +116,50 @@ impl Hydfs {
         }
     }
 
-    /// Starts waiting fetches while the window has room: writes, then merges, then repairs.
+    /// Starts waiting fetches while the window has room: writes, then merges, then repairs, each
+    /// class in key order. Only as many waiting jobs as there is room for are looked at each
+    /// time (never all of them cloned and sorted): a transfer of a large file keeps a job per
+    /// part waiting, and this runs for every part that arrives.
     pub(super) fn pump_fetches(&mut self, now: Time) {
         let window = self.cfg.fetch_window.max(1);
         let mut in_flight = self.server.fetches.values().filter(|j| j.in_flight.is_some()).count();
-        if in_flight >= window {
-            return;
-        }
-        let mut waiting: Vec<(FetchClass, (FileName, Stamp, u32))> = self
-            .server
-            .fetches
-            .iter()
-            .filter(|(_, j)| j.in_flight.is_none())
-            .map(|(k, j)| (j.class, k.clone()))
-            .collect();
-        waiting.sort();
-        for (_, key) in waiting {
-            if in_flight >= window {
-                break;
+        for class in [FetchClass::Write, FetchClass::Merge, FetchClass::Repair] {
+            let mut after: Option<(FileName, Stamp, u32)> = None;
+            loop {
+                if in_flight >= window {
+                    return;
+                }
+                let from = match &after {
+                    Some(k) => std::ops::Bound::Excluded(k.clone()),
+                    None => std::ops::Bound::Unbounded,
+                };
+                let batch: Vec<(FileName, Stamp, u32)> = self
+                    .server
+                    .fetches
+                    .range((from, std::ops::Bound::Unbounded))
+                    .filter(|(_, j)| j.in_flight.is_none() && j.class == class)
+                    .map(|(k, _)| k.clone())
+                    .take(window - in_flight)
+                    .collect();
+                let Some(last) = batch.last() else { break };
+                after = Some(last.clone());
+                for key in batch {
+                    if in_flight >= window {
+                        return;
+                    }
+                    self.next_fetch(now, key.clone());
+                    if self.server.fetches.get(&key).is_some_and(|j| j.in_flight.is_some()) {
+                        in_flight += 1;
+                    } else if self.server.repair_wake.is_some() {
+                        return; // the rate limit holds back every later repair too
+                    }
+                }
             }
-            self.next_fetch(now, key.clone());
-            if self.server.fetches.get(&key).is_some_and(|j| j.in_flight.is_some()) {
-                in_flight += 1;
-            } else if self.server.repair_wake.is_some() {
-                break; // the rate limit holds back every later repair too
-            }
         }
+        debug_assert!(
+            self.server.fetches.values().filter(|j| j.in_flight.is_some()).count() <= window,
+            "at most fetch_window fetches are in flight"
+        );
     }
 
     /// Takes `len` bytes from the repair budget, or arms a wake-up for when it allows them.
