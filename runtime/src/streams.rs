@@ -247,16 +247,26 @@ async fn peer_writer(
                 return;
             }
         };
+        if frame.len() >= COALESCE_BYTES {
+            // A large frame (a chunk or a part) goes alone, from its own buffer: never copied.
+            write_one(to, lane, &mut conn, &frame, &failures).await;
+            continue;
+        }
         out.clear();
         push_frame(&mut out, &frame);
+        let mut large = None;
         while out.len() < COALESCE_BYTES {
             let Ok(frame) = rx.try_recv() else { break };
             taken(&frame);
+            if frame.len() >= COALESCE_BYTES {
+                large = Some(frame); // sent right after the small ones before it
+                break;
+            }
             push_frame(&mut out, &frame);
         }
-        write_framed(to, lane, &mut conn, &out, &failures).await;
-        if out.capacity() > 2 * COALESCE_BYTES {
-            out = Vec::new(); // a large frame passed: do not keep its buffer
+        write_framed(to, lane, &mut conn, &[&out], &failures).await;
+        if let Some(frame) = large {
+            write_one(to, lane, &mut conn, &frame, &failures).await;
         }
     }
 }
@@ -283,21 +293,24 @@ pub(crate) async fn write_one(
     frame: &[u8],
     failures: &mpsc::Sender<Input>,
 ) {
-    let mut out = Vec::with_capacity(frame.len() + 4);
-    push_frame(&mut out, frame);
-    write_framed(to, lane, conn, &out, failures).await;
+    let Ok(len) = u32::try_from(frame.len()) else {
+        warn!(len = frame.len(), "a stream frame of 4 GiB or more was not sent");
+        return;
+    };
+    write_framed(to, lane, conn, &[&len.to_le_bytes(), frame], failures).await;
 }
 
-/// Writes `framed` (length-prefixed frames) on the connection, connecting first if there is
-/// none; a failure closes the connection and is reported once.
+/// Writes `framed` (length-prefixed frames, in as many slices as they come in: one gathered
+/// write, nothing copied) on the connection, connecting first if there is none; a failure
+/// closes the connection and is reported once.
 async fn write_framed(
     to: SocketAddr,
     lane: Lane,
     conn: &mut Option<TcpStream>,
-    framed: &[u8],
+    framed: &[&[u8]],
     failures: &mpsc::Sender<Input>,
 ) {
-    if framed.is_empty() {
+    if framed.iter().all(|s| s.is_empty()) {
         return;
     }
     // A peer that restarted closed our old connection: its kernel answered with FIN/RST. A
@@ -321,7 +334,16 @@ async fn write_framed(
         }
         let stream = conn.as_mut().expect("connected above");
         let write = async {
-            stream.write_all(framed).await?;
+            let mut slices: Vec<std::io::IoSlice<'_>> =
+                framed.iter().map(|s| std::io::IoSlice::new(s)).collect();
+            let mut rest = &mut slices[..];
+            while !rest.is_empty() {
+                let n = stream.write_vectored(rest).await?;
+                if n == 0 {
+                    return Err(std::io::Error::from(std::io::ErrorKind::WriteZero));
+                }
+                std::io::IoSlice::advance_slices(&mut rest, n);
+            }
             stream.flush().await
         };
         match tokio::time::timeout(STREAM_WRITE_TIMEOUT, write).await {
