@@ -319,3 +319,14 @@ fn a_read_from_a_member_not_heard_of_yet_is_served_once_it_is_listed() {
     assert!(answered, "node 1 answered the held request");
     assert_eq!(rejected(&nodes[1], NOT_A_MEMBER), 1, "the held request was not refused");
 }
+
+#[test]
+fn the_hold_has_room_for_a_whole_fetch_window_of_parts_and_a_read_window() {
+    // A replica told to pull a new file from a client it has not heard of yet keeps
+    // `fetch_window` part fetches out; their answers must all fit in the hold, or the one that
+    // makes room waits out its request timeout.
+    let cfg = crate::hydfs::HydfsConfig::default();
+    let answer = cfg.chunk_bytes + 64 * 1024; // a part and its frame
+    assert!(HELD_BYTES >= (cfg.fetch_window + cfg.read_window) * answer, "{HELD_BYTES} bytes");
+    assert!(HELD_FRAMES >= cfg.fetch_window + cfg.read_window);
+}
