@@ -61,8 +61,10 @@ pub const MAX_STREAM_FRAME_BYTES: usize = 16 * 1024 * 1024;
 /// version 12 a source's pace across attempts (`RainstormMsg::Control::paced_ms`); version 13
 /// the members an answering node lists, in HyDFS `StatReply` (`members`: a create's
 /// coordinator waits until it lists them all, so a node that joined knowing only some members
-/// cannot take a name one of the others holds).
-pub const WIRE_VERSION: u8 = 13;
+/// cannot take a name one of the others holds); version 14 whether a HyDFS `Describe` is a
+/// client's (`client`: held back, like a read, by a copy recovered at start and not compared
+/// yet; anti-entropy's describes are what compare it).
+pub const WIRE_VERSION: u8 = 14;
 
 const MAGIC: [u8; 2] = *b"RS";
 /// Magic, version, flags, lane, payload length.

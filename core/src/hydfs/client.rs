@@ -746,7 +746,9 @@ impl Hydfs {
             Kind::Merge => {
                 (HydfsMsg::Merge { req, name }, self.cfg.coordinator_timeout + self.cfg.request_timeout)
             }
-            Kind::Meta => (HydfsMsg::Describe { req, name, needs: needs_now }, self.cfg.request_timeout),
+            Kind::Meta => {
+                (HydfsMsg::Describe { req, name, needs: needs_now, client: true }, self.cfg.request_timeout)
+            }
             Kind::Delete => {
                 (HydfsMsg::Delete { req, name }, self.cfg.coordinator_timeout + self.cfg.request_timeout)
             }

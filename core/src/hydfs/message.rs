@@ -256,11 +256,14 @@ pub enum HydfsMsg {
         files: InventoryList,
     },
     /// Anti-entropy, and a client's [`super::ClientOp::Meta`]: your whole view of one file.
-    /// `needs` as in `Read` (empty for anti-entropy).
+    /// `needs` as in `Read` (empty for anti-entropy). `client`: a client's, which a copy
+    /// recovered at start and not yet compared refuses like a read; anti-entropy's (`false`)
+    /// is answered from any copy, since it is what compares them.
     Describe {
         req: ReqId,
         name: FileName,
         needs: Vec<Needs>,
+        client: bool,
     },
     DescribeReply {
         req: ReqId,

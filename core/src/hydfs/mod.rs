@@ -554,8 +554,8 @@ impl Hydfs {
                 self.send(from, HydfsMsg::InventoryReply { req, files });
             }
             HydfsMsg::InventoryReply { req, files } => self.on_inventory_reply(now, from, req, files),
-            HydfsMsg::Describe { req, name, needs } => {
-                let meta = self.describe(&name, &needs);
+            HydfsMsg::Describe { req, name, needs, client } => {
+                let meta = self.describe(&name, &needs, client);
                 let deleted = self.deleted_creates(&name);
                 self.send(from, HydfsMsg::DescribeReply { req, meta, deleted });
             }

@@ -1546,7 +1546,7 @@ fn a_create_in_progress_stays_out_of_its_coordinators_anti_entropy() {
     net.nodes[coordinator].handle_message(
         net.now,
         from,
-        HydfsMsg::Describe { req: 2, name: f.clone(), needs: vec![] },
+        HydfsMsg::Describe { req: 2, name: f.clone(), needs: vec![], client: false },
     );
     let mut answered = 0;
     while let Some((to, msg)) = net.nodes[coordinator].poll_outgoing() {
@@ -1728,6 +1728,12 @@ fn a_restarted_node_does_not_serve_a_file_deleted_while_it_was_down() {
     // Its own copy is the first in ring order, but it must not serve it as current.
     let read = net.run_timed(down, ClientOp::Download { name: f.clone(), from: ReadFrom::Any });
     assert!(read.is_err(), "a deleted file was read from the copy a restarted node kept: {read:?}");
+    // Nor describe it to a client (a RainStorm source measures a file so, then reads its parts).
+    let described = net.run_timed(down, ClientOp::Meta { name: f.clone() });
+    assert!(
+        described.is_err(),
+        "a deleted file was described from the copy a restarted node kept: {described:?}"
+    );
     // Once the others list it, anti-entropy tells it of the delete: its copy goes.
     net.view_without(&[]);
     for _ in 0..100 {
@@ -1735,5 +1741,7 @@ fn a_restarted_node_does_not_serve_a_file_deleted_while_it_was_down() {
     }
     assert!(net.nodes[down].store().file(&f).is_none(), "the restarted node dropped the deleted file");
     let read = net.run_timed(down, ClientOp::Download { name: f.clone(), from: ReadFrom::Any });
-    assert_eq!(read, Err(HydfsError::NotFound(f)));
+    assert_eq!(read, Err(HydfsError::NotFound(f.clone())));
+    let described = net.run_timed(down, ClientOp::Meta { name: f.clone() });
+    assert_eq!(described.map(|_| ()), Err(HydfsError::NotFound(f)));
 }

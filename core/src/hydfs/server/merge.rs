@@ -366,6 +366,7 @@ impl Hydfs {
                 req,
                 name: n,
                 needs: Vec::new(),
+                client: false,
             });
             return;
         }

@@ -49,15 +49,9 @@ impl Hydfs {
         if self.misses(&meta, needs) {
             return Err(Refusal::Behind);
         }
-        let recovered =
-            self.unreconciled.get(name).is_some_and(|c| *c == meta.create.as_ref().map(|w| w.stamp));
-        if recovered && !pinned && self.replicas(name).iter().any(|r| *r != self.me) {
-            // Recovered at start and not compared with a peer yet: it may have been deleted or
-            // written since.
-            return Err(Refusal::Unavailable(format!(
-                "{}: its copy was recovered at start and is not yet compared with the other replicas",
-                self.me
-            )));
+        let recovered = self.recovered_uncompared(name, &meta);
+        if recovered && !pinned {
+            return Err(self.held_as_recovered());
         }
         // Pending appends still arriving are not part of this copy yet; a merged part that is
         // missing (lost to corruption) makes the copy unreadable until it is repaired.
@@ -102,7 +96,7 @@ impl Hydfs {
             }
         }
         debug_assert!(
-            !recovered || pinned || self.replicas(name).iter().all(|r| *r == self.me),
+            !recovered || pinned,
             "a copy recovered at start and not yet compared is served only pinned or as the only replica"
         );
         let writes = if offset == 0 { meta.all_writes().map(|w| w.stamp).collect() } else { Vec::new() };
@@ -137,7 +131,15 @@ impl Hydfs {
     }
 
     /// This node's whole view of a file, for anti-entropy (no `needs`) and for clients.
-    pub(in crate::hydfs) fn describe(&self, name: &FileName, needs: &[Needs]) -> Result<FileMeta, Refusal> {
+    /// This node's whole view of `name`, for a client's `Meta` (`client`) or a peer's
+    /// anti-entropy. A client is refused a copy recovered at start and not yet compared, as a
+    /// read is; a peer is not (its describes are what compare the copies).
+    pub(in crate::hydfs) fn describe(
+        &self,
+        name: &FileName,
+        needs: &[Needs],
+        client: bool,
+    ) -> Result<FileMeta, Refusal> {
         if self.creating(name) {
             return Err(Refusal::NotFound);
         }
@@ -145,7 +147,29 @@ impl Hydfs {
         if self.misses(&meta, needs) {
             return Err(Refusal::Behind);
         }
+        if client && self.recovered_uncompared(name, &meta) {
+            return Err(self.held_as_recovered());
+        }
+        debug_assert!(
+            !client || !self.recovered_uncompared(name, &meta),
+            "a client is never described a copy recovered at start and not yet compared"
+        );
         Ok(meta)
+    }
+
+    /// Whether this node's copy `meta` of `name` was recovered at start and no peer has
+    /// compared it yet, while the file has other replicas in this node's view: it may have been
+    /// deleted or written since, so it is not served as current.
+    fn recovered_uncompared(&self, name: &FileName, meta: &FileMeta) -> bool {
+        self.unreconciled.get(name).is_some_and(|c| *c == meta.create.as_ref().map(|w| w.stamp))
+            && self.replicas(name).iter().any(|r| *r != self.me)
+    }
+
+    fn held_as_recovered(&self) -> Refusal {
+        Refusal::Unavailable(format!(
+            "{}: its copy was recovered at start and is not yet compared with the other replicas",
+            self.me
+        ))
     }
 
     fn chunk_bytes_for_reads(&self) -> usize {

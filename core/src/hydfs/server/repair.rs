@@ -154,6 +154,7 @@ impl Hydfs {
                     req,
                     name: n,
                     needs: Vec::new(),
+                    client: false,
                 });
             }
         }
