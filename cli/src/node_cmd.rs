@@ -133,7 +133,6 @@ impl NodeArgs {
     }
 }
 
-/// Entry point of the `member` and `introducer` binaries.
 /// Keeps the buffers a node moves data in (a HyDFS chunk or part is up to 1 MiB; a frame a
 /// little more) in the allocator's heap once freed, for the next one to reuse.
 ///
@@ -156,6 +155,7 @@ fn keep_large_buffers() {
     }
 }
 
+/// Entry point of the `member` and `introducer` binaries.
 pub fn main(role: Role) -> ExitCode {
     main_from(role, std::env::args_os())
 }

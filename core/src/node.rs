@@ -17,7 +17,8 @@
 //!   current member (its exact id: a restarted or declared-failed process is not one); others
 //!   are counted (`not_a_member`) and dropped. Roles within a job are RainStorm's to check;
 //! * except that a HyDFS read request ([`HydfsMsg::is_read_request`]: it changes nothing), or the
-//!   answer to a read request of this node's own ([`HydfsMsg::is_read_answer`]), from a process
+//!   answer to a read request this node sent to that very address ([`HydfsMsg::is_read_answer`],
+//!   `Hydfs::awaits_answer`), from a process
 //!   this node may simply not have heard of yet (a member that just joined:
 //!   [`Membership::may_be_unheard_of`]) is held, in arrival order, for up to [`STRANGER_HOLD`],
 //!   and reaches HyDFS the moment its sender is listed; at most [`HELD_FRAMES`] frames and
@@ -168,8 +169,8 @@ pub struct NodeStats {
     pub bytes_received: u64,
     /// Messages a layer addressed to this node's own address, handed to it in-process.
     pub frames_local: u64,
-    /// HyDFS read requests from a sender not listed yet, held until it was, then delivered
-    /// (counted in `frames_received` too).
+    /// HyDFS read requests, and answers to this node's own reads, from a sender not listed
+    /// yet, held until it was, then delivered (counted in `frames_received` too).
     pub frames_held: u64,
     /// Rejected frames by cause.
     pub frames_rejected: BTreeMap<&'static str, u64>,
@@ -677,10 +678,11 @@ impl Node {
     }
 
     /// Whether a frame refused as `not_a_member` is held instead: a HyDFS read request, or the
-    /// answer to one of this node's own, from a process that may be a member this node has not
-    /// heard of yet.
+    /// answer to a read this node is waiting on from that very address, from a process that
+    /// may be a member this node has not heard of yet.
     fn may_hold(&self, now: Time, envelope: &Envelope) -> bool {
-        matches!(&envelope.body, Body::Hydfs(msg) if msg.is_read_request() || msg.is_read_answer())
+        matches!(&envelope.body, Body::Hydfs(msg) if msg.is_read_request()
+            || (msg.is_read_answer() && self.hydfs.awaits_answer(msg, envelope.from.addr)))
             && self.membership.may_be_unheard_of(now, &envelope.from)
     }
 
@@ -814,7 +816,8 @@ struct Held {
     bytes: usize,
 }
 
-/// How long a read request from a sender not listed yet is held for the sender to be listed:
+/// How long a read request (or the answer to one of this node's) from a sender not listed yet
+/// is held for the sender to be listed:
 /// time for the news of a join to spread (a few protocol periods), and well under a request's
 /// timeout.
 pub const STRANGER_HOLD: Millis = Millis(5_000);

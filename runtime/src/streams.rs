@@ -12,8 +12,9 @@
 //!
 //! Invariants kept here, whatever peers (or anyone reaching the port) send:
 //! * frames of one (peer, lane) are written in the order they were given, on one connection at
-//!   a time (reconnecting after a failure), and read in that order; the frames waiting together
-//!   are written with one system call;
+//!   a time (reconnecting after a failure), and read in that order; small frames waiting together
+//!   are written with one system call, and a large one (at least [`COALESCE_BYTES`]) alone, from
+//!   its own buffer, with its length prefix in one gathered write;
 //! * at most [`StreamLimits::max_inbound_connections`] inbound connections are open at once
 //!   (fewer if the open-file limit leaves less room, see [`connection_limit`]); past it, one
 //!   connection is closed at once and counted, never queued: the oldest that has delivered no
@@ -210,9 +211,10 @@ impl Writers {
 }
 
 /// Writes frames to one peer on one lane over one TCP connection, reconnecting after a failure.
-/// The frames waiting when the writer wakes go out together, length-prefixed in one buffer and
-/// one write (up to [`COALESCE_BYTES`]), so a burst of small messages costs one system call and
-/// one TCP segment, not two of each per frame. Frames that cannot be written are reported as a
+/// The small frames waiting when the writer wakes go out together, length-prefixed in one
+/// buffer and one write (up to [`COALESCE_BYTES`]), so a burst of small messages costs one system
+/// call and one TCP segment, not two of each per frame. A large frame (a chunk or a part) is
+/// written alone, never copied into that buffer. Frames that cannot be written are reported as a
 /// failed send; the node's own timeouts and retries recover.
 async fn peer_writer(
     to: SocketAddr,

@@ -996,6 +996,11 @@ impl Hydfs {
         self.finish(now, id, None, Err(e));
     }
 
+    /// Whether this node's client waits for the answer to `req` from `from`.
+    pub(super) fn client_awaits(&self, req: ReqId, from: NodeAddr) -> bool {
+        self.client.requests.get(&req).is_some_and(|(_, to, _)| *to == from)
+    }
+
     fn take_request(&mut self, req: ReqId, from: NodeAddr) -> Option<OpId> {
         match self.client.requests.get(&req) {
             Some((op, to, _)) if *to == from => {

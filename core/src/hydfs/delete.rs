@@ -181,8 +181,9 @@ impl Hydfs {
         result: Result<(), Refusal>,
     ) {
         // Notices sent to holders of stale copies are not tracked: their answers end here.
-        let Some((to, Pending::Remove { op: Some(op) })) = self.take_server_request(req) else { return };
-        debug_assert_eq!(to, from, "answers are matched to their request's destination");
+        let Some(Pending::Remove { op: Some(op) }) = self.answered(req, from) else {
+            return;
+        };
         let Some(d) = self.deletes.running.get_mut(&op) else { return };
         d.asked.remove(&from);
         match result {

@@ -351,9 +351,9 @@ impl HydfsMsg {
         }
     }
 
-    /// The answer to a read request of this node's own (a chunk, a part, a description, an
-    /// exists check): it reaches only the request it answers (matched by its id), whose own
-    /// checks apply to it.
+    /// The answer to a read request (a chunk, a part, a description, an exists check). It
+    /// reaches only a request of the receiver's that went to its sender (matched by id and
+    /// address), whose own checks apply to it.
     pub fn is_read_answer(&self) -> bool {
         matches!(
             self,

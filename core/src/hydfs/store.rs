@@ -3,8 +3,9 @@
 //!
 //! Invariants kept here:
 //! * a part enters storage only if its bytes match the [`PartMeta`] its write declared (length,
-//!   CRC32C, line ends), and leaves a read only after the same check: a corrupt part is removed
-//!   (to be fetched again), never returned;
+//!   CRC32C, line ends), and leaves a read only after its length and CRC32C are checked again
+//!   ([`PartMeta::still_matches`]): a corrupt part is removed (to be fetched again), never
+//!   returned;
 //! * a write is *complete* when all its parts are stored; only complete writes are served;
 //! * a part is stored only for a write the index holds, and leaves storage with it: every block
 //!   in storage is one the index points at (no block outlives its file);

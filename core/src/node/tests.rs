@@ -297,10 +297,52 @@ fn a_read_from_a_member_not_heard_of_yet_is_served_once_it_is_listed() {
         &frame(2, HydfsMsg::Merge { req: 2, name: FileName::new("f").unwrap() }),
     );
     assert_eq!(rejected(&nodes[1], NOT_A_MEMBER), 1);
-    // The answer to a read of node 1's own (a part it pulls from the newcomer) is held too.
-    let answer = HydfsMsg::FetchReply { req: 3, result: Err(crate::hydfs::message::Refusal::NotFound) };
-    nodes[1].handle_frame(now, Channel::Stream, &frame(3, answer));
-    assert_eq!(rejected(&nodes[1], NOT_A_MEMBER), 1, "an answer to a read is held, not refused");
+    // A coordinator node 1 lists (the introducer) has it pull a new file's part from the
+    // newcomer, its client.
+    use crate::hydfs::message::{FetchRequest, PartBytes, Refusal, ReplicateRequest};
+    use crate::hydfs::types::{PartMeta, Stamp, WriteKind, WriteMeta};
+    let g = FileName::new("g").unwrap();
+    let bytes = b"pulled from the newcomer\n".to_vec();
+    let stamp = Stamp { ts: 5, client: from, seq: 1 };
+    let write = WriteMeta { stamp, kind: WriteKind::Create, parts: vec![PartMeta::of(&bytes)] };
+    let replicate = Body::Hydfs(HydfsMsg::Replicate(ReplicateRequest {
+        req: 7,
+        name: g.clone(),
+        write: write.clone(),
+        inline: None,
+        sources: vec![from.addr],
+        create: None,
+    }));
+    let env =
+        Envelope { from: nodes[0].id(), to, lane: replicate.lane(), seq: FrameSeq(100), body: replicate };
+    nodes[1].handle_frame(
+        now,
+        Channel::Stream,
+        &Codec::plain().encode(&env, crate::wire::MAX_STREAM_FRAME_BYTES).unwrap(),
+    );
+    let mut fetch = None;
+    while let Some(t) = nodes[1].poll_transmit() {
+        if t.to == from.addr && t.channel == Channel::Stream {
+            let env = Codec::plain().decode(&t.payload, crate::wire::MAX_STREAM_FRAME_BYTES).unwrap();
+            if let Body::Hydfs(HydfsMsg::Fetch(FetchRequest { req, .. })) = env.body {
+                fetch = Some(req);
+            }
+        }
+    }
+    let fetch = fetch.expect("node 1 asked the newcomer for the part");
+    // An answer to a request node 1 did not send the newcomer is refused at once ...
+    let stray = HydfsMsg::FetchReply { req: fetch + 1_000, result: Err(Refusal::NotFound) };
+    nodes[1].handle_frame(now, Channel::Stream, &frame(3, stray));
+    assert_eq!(rejected(&nodes[1], NOT_A_MEMBER), 2, "an answer nobody waits for is not held");
+    // ... and the answer to the fetch it sent is held, not refused.
+    let part = PartBytes { meta: write.parts[0], bytes: bytes.clone() };
+    nodes[1].handle_frame(
+        now,
+        Channel::Stream,
+        &frame(4, HydfsMsg::FetchReply { req: fetch, result: Ok(part) }),
+    );
+    assert_eq!(rejected(&nodes[1], NOT_A_MEMBER), 2, "the answer to its own fetch is held");
+    assert!(!nodes[1].hydfs().store().has_part(&g, stamp, 0));
     // Once the news of the join reaches node 1, it serves the held request: it answers it.
     let mut log = Vec::new();
     let deadline = now + STRANGER_HOLD;
@@ -310,6 +352,7 @@ fn a_read_from_a_member_not_heard_of_yet_is_served_once_it_is_listed() {
     }
     log.extend(run(&mut nodes, &mut now, 10));
     assert_eq!(nodes[1].stats().frames_held, 2, "the request and the answer were held");
+    assert!(nodes[1].hydfs().store().has_part(&g, stamp, 0), "the held answer stored the part");
     let answered = log.iter().any(|(from, t)| {
         *from == 1 && t.to == nodes[2].id().addr && t.channel == Channel::Stream && {
             let env = Codec::plain().decode(&t.payload, crate::wire::MAX_STREAM_FRAME_BYTES).unwrap();
@@ -317,7 +360,7 @@ fn a_read_from_a_member_not_heard_of_yet_is_served_once_it_is_listed() {
         }
     });
     assert!(answered, "node 1 answered the held request");
-    assert_eq!(rejected(&nodes[1], NOT_A_MEMBER), 1, "the held request was not refused");
+    assert_eq!(rejected(&nodes[1], NOT_A_MEMBER), 2, "the held request and answer were not refused");
 }
 
 #[test]

@@ -10,7 +10,7 @@
 //!   writes, then merges, then repairs), and repairs also draw on the `repair_bytes_per_sec`
 //!   token bucket.
 
-use super::{FetchClass, FetchJob, Outstanding, Pending};
+use super::{FetchClass, FetchJob, Pending};
 use crate::hydfs::message::{FetchRequest, HydfsMsg, PartBytes, Refusal, ReqId};
 use crate::hydfs::store::PartError;
 use crate::hydfs::types::{PartMeta, Stamp, WriteMeta};
@@ -217,11 +217,11 @@ impl Hydfs {
     pub(in crate::hydfs) fn on_fetch_reply(
         &mut self,
         now: Time,
-        _from: NodeAddr,
+        from: NodeAddr,
         req: ReqId,
         result: Result<PartBytes, Refusal>,
     ) {
-        let Some(Outstanding { what: Pending::Fetch { key }, .. }) = self.server.requests.remove(&req) else {
+        let Some(Pending::Fetch { key }) = self.answered(req, from) else {
             return;
         };
         let Some(job) = self.server.fetches.get_mut(&key) else { return };

@@ -14,7 +14,7 @@
 //! * a merge is answered only when every one of its replicas still on the ring installed it,
 //!   the coordinator's own copy counting once it is synced.
 
-use super::{CoordMerge, FetchClass, InstallWait, MergePhase, Outstanding, Pending};
+use super::{CoordMerge, FetchClass, InstallWait, MergePhase, Pending};
 use crate::hydfs::message::{HydfsMsg, InstallRequest, MergeSummary, Refusal, ReqId};
 use crate::hydfs::seal::Owners;
 use crate::hydfs::types::{order_hash, Stamp, WriteMeta};
@@ -102,8 +102,7 @@ impl Hydfs {
         req: ReqId,
         result: Result<Vec<WriteMeta>, Refusal>,
     ) {
-        let Some(Outstanding { what: Pending::Collect { name }, .. }) = self.server.requests.remove(&req)
-        else {
+        let Some(Pending::Collect { name }) = self.answered(req, from) else {
             return;
         };
         let Some(m) = self.server.merges.get_mut(&name) else { return };
@@ -389,8 +388,7 @@ impl Hydfs {
         req: ReqId,
         result: Result<u64, Refusal>,
     ) {
-        let Some(Outstanding { what: Pending::Install { name }, .. }) = self.server.requests.remove(&req)
-        else {
+        let Some(Pending::Install { name }) = self.answered(req, from) else {
             return;
         };
         let Some(m) = self.server.merges.get_mut(&name) else { return };

@@ -240,9 +240,26 @@ impl Hydfs {
         self.server.requests.contains_key(&req)
     }
 
-    /// Ends the wait for a server request's answer: where it went, and why it was sent.
-    pub(super) fn take_server_request(&mut self, req: ReqId) -> Option<(NodeAddr, Pending)> {
-        self.server.requests.remove(&req).map(|o| (o.to, o.what))
+    /// Ends the wait for the answer to `req` if it comes from the node `req` went to: the
+    /// request it answers. An answer from any other node (a late one to an earlier process at
+    /// this address, which numbered its requests alike) is ignored.
+    pub(super) fn answered(&mut self, req: ReqId, from: NodeAddr) -> Option<Pending> {
+        match self.server.requests.get(&req) {
+            Some(o) if o.to == from => self.server.requests.remove(&req).map(|o| o.what),
+            _ => None,
+        }
+    }
+
+    /// Whether `msg` answers a request this node is waiting on from `from` (server or client).
+    pub(crate) fn awaits_answer(&self, msg: &HydfsMsg, from: NodeAddr) -> bool {
+        let req = match msg {
+            HydfsMsg::ReadReply { req, .. }
+            | HydfsMsg::FetchReply { req, .. }
+            | HydfsMsg::DescribeReply { req, .. }
+            | HydfsMsg::StatReply { req, .. } => *req,
+            _ => return false,
+        };
+        self.server.requests.get(&req).is_some_and(|o| o.to == from) || self.client_awaits(req, from)
     }
 
     /// Refuses a request that names a file longer than `max_name_bytes` (answering it, if it

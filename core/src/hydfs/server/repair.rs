@@ -15,7 +15,7 @@
 //! * a peer's pending append that the peer itself holds incomplete is never absorbed, so an
 //!   orphan does not spread.
 
-use super::{FetchClass, OfferIn, Outstanding, Pending};
+use super::{FetchClass, OfferIn, Pending};
 use crate::hydfs::message::{HydfsMsg, InventoryList, Refusal, ReqId};
 use crate::hydfs::pace::inventory_hash;
 use crate::hydfs::store::{reconcile, FileRec, PartError};
@@ -115,7 +115,7 @@ impl Hydfs {
         req: ReqId,
         files: InventoryList,
     ) {
-        if self.server.requests.remove(&req).is_none() {
+        if self.answered(req, from).is_none() {
             return;
         }
         let files = match files {
@@ -171,8 +171,7 @@ impl Hydfs {
         meta: Result<FileMeta, Refusal>,
         deleted: Vec<Stamp>,
     ) {
-        let Some(Outstanding { what: Pending::Describe { name }, .. }) = self.server.requests.remove(&req)
-        else {
+        let Some(Pending::Describe { name }) = self.answered(req, from) else {
             return;
         };
         match meta {

@@ -28,7 +28,7 @@
 //!   are refused as `Busy`: clients retry) and refuses a new append to a file holding
 //!   `max_pending_appends` pending appends.
 
-use super::{Accepted, CoordWrite, FetchClass, Outstanding, Pending, ReplicaWait};
+use super::{Accepted, CoordWrite, FetchClass, Pending, ReplicaWait};
 use crate::hydfs::message::{HydfsMsg, Refusal, ReplicateRequest, ReqId, WriteRequest};
 use crate::hydfs::seal::Owners;
 use crate::hydfs::types::{FileDigest, Stamp, WriteKind, WriteMeta};
@@ -383,8 +383,7 @@ impl Hydfs {
         req: ReqId,
         result: Result<(), Refusal>,
     ) {
-        let Some(Outstanding { what: Pending::Replicate { op }, .. }) = self.server.requests.remove(&req)
-        else {
+        let Some(Pending::Replicate { op }) = self.answered(req, from) else {
             return;
         };
         let Some(w) = self.server.writes.get_mut(&op) else { return };
@@ -418,7 +417,7 @@ impl Hydfs {
         digest: Option<FileDigest>,
         members: Vec<MemberId>,
     ) {
-        let Some(Outstanding { what: Pending::Exists { op }, .. }) = self.server.requests.remove(&req) else {
+        let Some(Pending::Exists { op }) = self.answered(req, from) else {
             return;
         };
         let unseen: Vec<MemberId> = members.into_iter().filter(|m| !self.lists(m)).collect();
