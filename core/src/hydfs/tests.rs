@@ -1745,3 +1745,32 @@ fn a_restarted_node_does_not_serve_a_file_deleted_while_it_was_down() {
     let described = net.run_timed(down, ClientOp::Meta { name: f.clone() });
     assert_eq!(described.map(|_| ()), Err(HydfsError::NotFound(f)));
 }
+
+#[test]
+fn a_late_describe_answer_about_another_file_does_not_end_the_hold_on_a_recovered_copy() {
+    // A node restarts on its disk, holding `f` (not yet compared) and `g`.
+    let mut net = Net::new(5);
+    let (f, g) = (name("f"), name("g"));
+    assert!(net.run(0, ClientOp::Create { name: f.clone(), data: b"f\n".to_vec() }).is_ok());
+    assert!(net.run(0, ClientOp::Create { name: g.clone(), data: b"g\n".to_vec() }).is_ok());
+    let holder = net.index(Ring::new((0..5).map(addr)).replicas(f.as_str(), 3)[0]);
+    let peer = (0..5).find(|i| *i != holder).unwrap();
+    let me = MemberId::new(addr(holder), 2);
+    let disk = Box::new(net.disks[holder].clone());
+    net.nodes[holder] = Hydfs::new(test_config(None), me, disk, net.now).unwrap();
+    assert!(net.nodes[holder].unreconciled.contains_key(&f), "its copy of f is held back");
+    // It asks a peer to describe `f`; an answer about `g` comes back under that request's
+    // number (a late answer meant for the process before it at this address).
+    let req =
+        net.nodes[holder].ask(net.now, addr(peer), server::Pending::Describe { name: f.clone() }, |req| {
+            HydfsMsg::Describe { req, name: f.clone(), needs: vec![], client: false }
+        });
+    let about_g = net.nodes[peer].store().meta(&g).expect("the peer holds g");
+    let from = MemberId::new(addr(peer), 1);
+    net.nodes[holder].handle_message(
+        net.now,
+        from,
+        HydfsMsg::DescribeReply { req, meta: Ok(about_g), deleted: vec![] },
+    );
+    assert!(net.nodes[holder].unreconciled.contains_key(&f), "an answer about g compared nothing of f");
+}

@@ -174,6 +174,12 @@ impl Hydfs {
         let Some(Pending::Describe { name }) = self.answered(req, from) else {
             return;
         };
+        if meta.as_ref().is_ok_and(|m| m.name != name) {
+            // Not about the file asked of: a late answer to a request of an earlier process at
+            // this address (they number their requests alike). The next anti-entropy round asks
+            // again.
+            return;
+        }
         match meta {
             Ok(meta) => {
                 self.absorb(now, from, &meta, &deleted);
