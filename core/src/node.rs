@@ -18,16 +18,15 @@
 //!   are counted (`not_a_member`) and dropped. Roles within a job are RainStorm's to check;
 //! * except that a HyDFS read request ([`HydfsMsg::is_read_request`]: it changes nothing), or the
 //!   answer to a read request this node sent to that very address ([`HydfsMsg::is_read_answer`],
-//!   `Hydfs::awaits_answer`), from a process
-//!   this node may simply not have heard of yet (a member that just joined:
-//!   [`Membership::may_be_unheard_of`]) is held, in arrival order, for up to [`STRANGER_HOLD`],
-//!   and reaches HyDFS the moment its sender is listed; at most [`HELD_FRAMES`] frames and
-//!   [`HELD_BYTES`] bytes are held (the oldest make room), and one that makes room or whose
-//!   hold ended is counted (`not_a_member`) and dropped, never delivered. So a member that
-//!   joined a moment ago can read at once, its first reads served when the news of its join
-//!   arrives, not lost to its request timeout; and a replica told to pull a new file's parts
-//!   from a client it has not heard of yet gets them, instead of waiting for the coordinator to
-//!   ask it again (10 s);
+//!   `Hydfs::awaits_answer`), from a process this node may simply not have heard of yet (a
+//!   member that just joined: [`Membership::may_be_unheard_of`]) is held, in arrival order,
+//!   for up to [`STRANGER_HOLD`], and reaches HyDFS the moment its sender is listed; at most
+//!   [`HELD_FRAMES`] frames and [`HELD_BYTES`] bytes are held (the oldest make room), and one
+//!   that makes room or whose hold ended is counted (`not_a_member`) and dropped, never
+//!   delivered. So a member that joined a moment ago can read at once, its first reads served
+//!   when the news of its join arrives, not lost to its request timeout; and a replica told to
+//!   pull a new file's parts from a client it has not heard of yet gets them, instead of waiting
+//!   for the coordinator to ask it again (10 s);
 //! * a stream request from another node over its sender's rate (`limits`) is dropped and counted
 //!   (`rate_limited`) before it reaches a layer; membership and replies are never rate-limited;
 //! * every frame sent carries the next number of its (channel, lane) counter (1, 2, ...), and the
