@@ -45,6 +45,9 @@ const DOOMED_LEADER: u16 = 2;
 const WATCHER: u16 = LEADER;
 /// How long the third act waits for a successor to finish the job.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(120);
+/// How long past `kill_after_ms` the third act waits for the job's first output before it
+/// kills the leader anyway.
+const FIRST_OUTPUT_WAIT: Duration = Duration::from_secs(30);
 /// A job with no new output for this long has every node's view of it written down.
 const STALL_REPORT: Duration = Duration::from_secs(8);
 
@@ -65,7 +68,8 @@ pub struct DemoArgs {
     /// Tasks per stage.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub tasks: u32,
-    /// When to kill two workers, in ms after each job starts.
+    /// When to kill two workers, in ms after each job starts (and the third act's leader, at
+    /// that time or at the job's first output, whichever is later).
     #[arg(long, default_value_t = 1_000)]
     pub kill_after_ms: u64,
     /// Input lines per second the sources read, as a live stream would arrive (so the kills
@@ -333,7 +337,7 @@ fn run_job(
 }
 
 /// The third act: `app` submitted to [`DOOMED_LEADER`], which is killed `kill_after_ms` into the
-/// job; [`WATCHER`] follows the job's outputs and reports who leads it. The verdict covers the
+/// job (or at its first output, if that is later); [`WATCHER`] follows the job's outputs and reports who leads it. The verdict covers the
 /// destination file and the follower's stream.
 fn run_leader_kill(
     cluster: &mut LocalCluster,
@@ -393,9 +397,21 @@ fn run_leader_kill(
     std::thread::sleep(
         (started + Duration::from_millis(args.kill_after_ms)).saturating_duration_since(Instant::now()),
     );
+    // Mid-job means once it runs: a leader killed before its first output may not have made the
+    // job's files yet (a node that has just rejoined takes longer), and then nothing is left to
+    // take the job over from.
+    let first_wait = Instant::now();
+    while stream.lock().map(|s| s.outputs == 0).unwrap_or(false)
+        && !job.thread.is_finished()
+        && first_wait.elapsed() < FIRST_OUTPUT_WAIT
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let killed_mid_job = !job.thread.is_finished();
+    let outputs = stream.lock().map(|s| s.outputs).unwrap_or(0);
     println!(
-        "  killing node{DOOMED_LEADER} ({leader_addr}, the job's leader) with SIGKILL {:.2} s into the job",
+        "  killing node{DOOMED_LEADER} ({leader_addr}, the job's leader) with SIGKILL {:.2} s into the job, \
+         {outputs} outputs in",
         started.elapsed().as_secs_f64()
     );
     cluster.kill(DOOMED_LEADER)?;

@@ -110,7 +110,8 @@ fn quoted(path: &Path, args: &str) -> String {
 
 /// The README's main job (`rainstorm demo`) on the first 6,000 lines of the dataset and 7 nodes:
 /// App 1 and App 2 as Rust programs, 3 tasks per stage, two workers SIGKILLed 1 s into each
-/// job; then App 2 again with its leader SIGKILLed 1 s in, followed from another node. The
+/// job; then App 2 again with its leader SIGKILLed 1 s in (or at its first output, if later),
+/// followed from another node. The
 /// destination files and the console streams (for the third, the follower's) must equal the
 /// reference run; the third job must have been completed by a successor, and the `rainstorm
 /// ctl` that streamed it from the dead leader must exit 3 naming the node that leads it now.
