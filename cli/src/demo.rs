@@ -337,8 +337,8 @@ fn run_job(
 }
 
 /// The third act: `app` submitted to [`DOOMED_LEADER`], which is killed `kill_after_ms` into the
-/// job (or at its first output, if that is later); [`WATCHER`] follows the job's outputs and reports who leads it. The verdict covers the
-/// destination file and the follower's stream.
+/// job (or at its first output, if that is later); [`WATCHER`] follows the job's outputs and
+/// reports who leads it. The verdict covers the destination file and the follower's stream.
 fn run_leader_kill(
     cluster: &mut LocalCluster,
     args: &DemoArgs,
