@@ -17,7 +17,7 @@
 //!   current member (its exact id: a restarted or declared-failed process is not one); others
 //!   are counted (`not_a_member`) and dropped. Roles within a job are RainStorm's to check;
 //! * except that a HyDFS read request ([`HydfsMsg::is_read_request`]: it changes nothing), or the
-//!   answer to a read request this node sent to that very address ([`HydfsMsg::is_read_answer`],
+//!   answer to a read request this node sent to that very address ([`HydfsMsg::read_answer_req`],
 //!   `Hydfs::awaits_answer`), from a process this node may simply not have heard of yet (a
 //!   member that just joined: [`Membership::may_be_unheard_of`]) is held, in arrival order,
 //!   for up to [`STRANGER_HOLD`], and reaches HyDFS the moment its sender is listed; at most
@@ -681,7 +681,7 @@ impl Node {
     /// may be a member this node has not heard of yet.
     fn may_hold(&self, now: Time, envelope: &Envelope) -> bool {
         matches!(&envelope.body, Body::Hydfs(msg) if msg.is_read_request()
-            || (msg.is_read_answer() && self.hydfs.awaits_answer(msg, envelope.from.addr)))
+            || self.hydfs.awaits_answer(msg, envelope.from.addr))
             && self.membership.may_be_unheard_of(now, &envelope.from)
     }
 

@@ -276,15 +276,25 @@ async fn peer_writer(
 /// Bytes of frames gathered into one write, at most (a larger frame goes alone).
 const COALESCE_BYTES: usize = 256 * 1024;
 
-/// Appends `frame` with its length prefix, as [`crate::net::write_frame`] writes it. Frames are bounded far
-/// below 4 GiB by the node's limits; a longer one is not written (the receiver would refuse it).
+/// The length prefix of `frame`, as [`crate::net::write_frame`] writes it. Frames are bounded
+/// far below 4 GiB by the node's limits; a longer one gets `None` and is not written (the
+/// receiver would refuse it).
+fn length_prefix(frame: &[u8]) -> Option<[u8; 4]> {
+    match u32::try_from(frame.len()) {
+        Ok(len) => Some(len.to_le_bytes()),
+        Err(_) => {
+            warn!(len = frame.len(), "a stream frame of 4 GiB or more was not sent");
+            None
+        }
+    }
+}
+
+/// Appends `frame` with its length prefix.
 fn push_frame(out: &mut Vec<u8>, frame: &[u8]) {
-    let Ok(len) = u32::try_from(frame.len()) else {
-        warn!(len = frame.len(), "a stream frame of 4 GiB or more was not sent");
-        return;
-    };
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(frame);
+    if let Some(prefix) = length_prefix(frame) {
+        out.extend_from_slice(&prefix);
+        out.extend_from_slice(frame);
+    }
 }
 
 /// Writes one frame (see [`write_framed`]).
@@ -295,11 +305,9 @@ pub(crate) async fn write_one(
     frame: &[u8],
     failures: &mpsc::Sender<Input>,
 ) {
-    let Ok(len) = u32::try_from(frame.len()) else {
-        warn!(len = frame.len(), "a stream frame of 4 GiB or more was not sent");
-        return;
-    };
-    write_framed(to, lane, conn, &[&len.to_le_bytes(), frame], failures).await;
+    if let Some(prefix) = length_prefix(frame) {
+        write_framed(to, lane, conn, &[&prefix, frame], failures).await;
+    }
 }
 
 /// Writes `framed` (length-prefixed frames, in as many slices as they come in: one gathered

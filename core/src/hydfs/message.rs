@@ -351,17 +351,17 @@ impl HydfsMsg {
         }
     }
 
-    /// The answer to a read request (a chunk, a part, a description, an exists check). It
-    /// reaches only a request of the receiver's that went to its sender (matched by id and
-    /// address), whose own checks apply to it.
-    pub fn is_read_answer(&self) -> bool {
-        matches!(
-            self,
-            HydfsMsg::ReadReply { .. }
-                | HydfsMsg::FetchReply { .. }
-                | HydfsMsg::DescribeReply { .. }
-                | HydfsMsg::StatReply { .. }
-        )
+    /// The request id, if this is the answer to a read request (a chunk, a part, a description,
+    /// an exists check). Such an answer reaches only a request of the receiver's that went to
+    /// its sender (matched by id and address), whose own checks apply to it.
+    pub fn read_answer_req(&self) -> Option<ReqId> {
+        match self {
+            HydfsMsg::ReadReply { req, .. }
+            | HydfsMsg::FetchReply { req, .. }
+            | HydfsMsg::DescribeReply { req, .. }
+            | HydfsMsg::StatReply { req, .. } => Some(*req),
+            _ => None,
+        }
     }
 
     /// The lane this message travels on: [`Lane::Bulk`] when it carries file bytes (a write or a

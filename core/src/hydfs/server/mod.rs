@@ -252,13 +252,7 @@ impl Hydfs {
 
     /// Whether `msg` answers a request this node is waiting on from `from` (server or client).
     pub(crate) fn awaits_answer(&self, msg: &HydfsMsg, from: NodeAddr) -> bool {
-        let req = match msg {
-            HydfsMsg::ReadReply { req, .. }
-            | HydfsMsg::FetchReply { req, .. }
-            | HydfsMsg::DescribeReply { req, .. }
-            | HydfsMsg::StatReply { req, .. } => *req,
-            _ => return false,
-        };
+        let Some(req) = msg.read_answer_req() else { return false };
         self.server.requests.get(&req).is_some_and(|o| o.to == from) || self.client_awaits(req, from)
     }
 

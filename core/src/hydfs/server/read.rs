@@ -50,8 +50,7 @@ impl Hydfs {
         if self.misses(&meta, needs) {
             return Err(Refusal::Behind);
         }
-        let recovered = self.recovered_uncompared(name, &meta);
-        if recovered && !pinned {
+        if !pinned && self.recovered_uncompared(name, &meta) {
             return Err(self.held_as_recovered());
         }
         // Pending appends still arriving are not part of this copy yet; a merged part that is
@@ -97,8 +96,8 @@ impl Hydfs {
             }
         }
         debug_assert!(
-            !recovered || pinned,
-            "a copy recovered at start and not yet compared is served only pinned or as the only replica"
+            bytes.len() as u64 == end - offset.min(end) && bytes.len() <= self.chunk_bytes_for_reads(),
+            "a chunk is the asked range of this view, at most one chunk long"
         );
         let writes = if offset == 0 { meta.all_writes().map(|w| w.stamp).collect() } else { Vec::new() };
         Ok(ReadChunk { view: id, total_len: total, writes, offset, bytes })
@@ -150,6 +149,7 @@ impl Hydfs {
         if client && self.recovered_uncompared(name, &meta) {
             return Err(self.held_as_recovered());
         }
+        debug_assert_eq!(&meta.name, name, "a description is of the file asked about");
         Ok(meta)
     }
 
