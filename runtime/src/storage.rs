@@ -13,6 +13,13 @@
 //! data. The header's CRC covers the 20 bytes before it, so a torn or zeroed header is told from
 //! a valid one without reading the data; the data's CRC is checked on every read.
 //!
+//! A record written through the page cache that grows the file, after another such record, is
+//! followed by zeros written ahead of it, up to [`ZEROED_AHEAD`] past its end: the next small records then overwrite bytes the file already
+//! has, and their `fdatasync` flushes only data, without committing a new file size to the file
+//! system's journal (on ext4, that halves the time and the CPU of a small sync). A scan that
+//! meets a header of zeros followed only by zeros to the end of the file is at that tail: it
+//! is neither a torn write nor damage, and is left in place.
+//!
 //! A put of at least 256 KiB is written with `O_DIRECT` (one write from an aligned buffer, past
 //! the page cache, where copying a large transfer costs a small machine more CPU than anything
 //! else about it): it starts at a 4 KiB-aligned offset, and pad records (zeros, dead from the
@@ -27,7 +34,8 @@
 //! * nothing is durable until [`Storage::sync`] returns: it `fdatasync`s every segment written
 //!   since the last sync, and the directory when a segment was created or removed. After a
 //!   crash, records written since the last completed sync may be present, absent or torn; a torn
-//!   header ends its segment's scan (the last segment is cut back to the last whole record); a
+//!   header ends its segment's scan (the last segment is cut back to the last whole record,
+//!   unless all that follows it is zeros: then it is the tail written ahead, kept); a
 //!   record that would replace a block's version is taken only if its data passes its CRC (the
 //!   older version stays the block otherwise); any other torn block fails its data CRC when
 //!   read, which reports it as an I/O error, never as data;
@@ -61,6 +69,12 @@ use tracing::{debug, info, warn};
 
 /// A segment is sealed (a new one started) once it holds this many bytes.
 const SEGMENT_BYTES: u64 = 32 << 20;
+
+/// Zeros written past a record written through the page cache (the second of a run of them), so
+/// that the next small records overwrite bytes the file has (see the module header). Small,
+/// because a large record written with direct I/O over zeros still dirty in the page cache
+/// makes the kernel write them first.
+const ZEROED_AHEAD: u64 = 64 << 10;
 
 /// Above this many unsynced bytes, `sync` flushes on a thread of its own and answers
 /// `InProgress` meanwhile: a flush of a large transfer must not stall the node's other work.
@@ -110,6 +124,10 @@ pub struct FileStorage {
     /// Records with at least this many data bytes are written with direct I/O
     /// ([`DIRECT_AT_LEAST`]; tests lower it).
     direct_at_least: usize,
+    /// Records written through the page cache since the last direct one. Zeros are written
+    /// ahead only after two in a row: a large transfer's records go direct, and a direct write
+    /// over zeros still dirty in the page cache would have to wait for them to be written.
+    small_streak: u32,
 }
 
 #[derive(Debug)]
@@ -120,6 +138,9 @@ struct Segment {
     direct: Option<File>,
     /// Bytes of whole records in it; the next record goes here.
     len: u64,
+    /// Bytes of the file written: its records, then zeros written ahead of the next ones
+    /// (`ZEROED_AHEAD`). At least `len`; every byte from `len` to it is zero.
+    zeroed: u64,
     /// Bytes of records no longer needed: replaced or deleted blocks, and tombstones.
     dead: u64,
     /// Every block with a put record in this segment, live or not (to know which tombstones
@@ -141,6 +162,51 @@ impl Loc {
     fn record_bytes(&self) -> u64 {
         HEADER + u64::from(self.len)
     }
+}
+
+impl Segment {
+    /// Once the records have reached the end of the bytes written (the last record grew the
+    /// file), writes zeros up to [`ZEROED_AHEAD`] past it (not past a segment of
+    /// `segment_bytes`). Best effort: a disk too full for them still takes the records that
+    /// fit, which then grow the file as they are written.
+    fn zero_ahead(&mut self, segment_bytes: u64) {
+        debug_assert!(self.zeroed >= self.len, "the bytes written cover the records");
+        if self.zeroed > self.len {
+            return;
+        }
+        let until = (self.len + ZEROED_AHEAD).min(segment_bytes.max(self.len));
+        if self.zeroed >= until {
+            return;
+        }
+        let zeros = vec![0u8; (until - self.zeroed) as usize];
+        match self.file.write_all_at(&zeros, self.zeroed) {
+            Ok(()) => self.zeroed = until,
+            Err(_) => {
+                let _ = self.file.set_len(self.zeroed);
+            }
+        }
+    }
+}
+
+/// Whether a whole, valid record header is at `at` in `file` (of `size` bytes).
+fn header_follows(file: &File, at: u64, size: u64) -> bool {
+    let mut h = [0u8; HEADER as usize];
+    at + HEADER <= size && file.read_exact_at(&mut h, at).is_ok() && Header::decode(&h).is_some()
+}
+
+/// Whether every byte of `file` from `from` to `to` is zero.
+fn zeros_from(file: &File, from: u64, to: u64) -> std::io::Result<bool> {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut at = from;
+    while at < to {
+        let n = ((to - at) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..n], at)?;
+        if buf[..n].iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
 }
 
 /// A background fdatasync of segments (and the directory).
@@ -331,6 +397,7 @@ impl FileStorage {
             poisoned: None,
             aligned: AlignedBuf::default(),
             direct_at_least: DIRECT_AT_LEAST,
+            small_streak: 0,
         };
         let mut numbers = Vec::new();
         let mut old_blocks = Vec::new();
@@ -381,8 +448,10 @@ impl FileStorage {
             .map_err(|e| io_err("open segment", &path, &e))?;
         let size = file.metadata().map_err(|e| io_err("inspect segment", &path, &e))?.len();
         let direct = open_direct(&path);
-        self.segments
-            .insert(n, Segment { file, direct, len: 0, dead: 0, puts: HashSet::new(), damaged: false });
+        self.segments.insert(
+            n,
+            Segment { file, direct, len: 0, zeroed: 0, dead: 0, puts: HashSet::new(), damaged: false },
+        );
         let mut at = 0u64;
         let mut h = [0u8; HEADER as usize];
         while at + HEADER <= size {
@@ -400,6 +469,17 @@ impl FileStorage {
             let bytes = HEADER + u64::from(header.len);
             if at + bytes > size {
                 break;
+            }
+            // The last record of the last segment may be a write a crash interrupted over the
+            // zeros written ahead (its header whole, its data not): it is cut off, as it would
+            // be where the file had ended with it.
+            if last && header.kind == KIND_PUT && !header_follows(&segment.file, at + bytes, size) {
+                let mut data = vec![0u8; header.len as usize];
+                let whole = segment.file.read_exact_at(&mut data, at + HEADER).is_ok()
+                    && crc32c::crc32c(&data) == header.data_crc;
+                if !whole {
+                    break;
+                }
             }
             segment.len = at + bytes;
             // A record that replaces a block's version is taken only if its data is whole: a
@@ -426,8 +506,13 @@ impl FileStorage {
             }
             at += bytes;
         }
-        if at < size {
-            let segment = self.segments.get_mut(&n).expect("inserted above");
+        let segment = self.segments.get_mut(&n).expect("inserted above");
+        segment.zeroed = segment.len;
+        // A tail that cannot be read is not taken for zeros: it is cut or reported below.
+        if at < size && zeros_from(&segment.file, at, size).unwrap_or(false) {
+            // The zeros written ahead of the next record: kept, the next record goes at `at`.
+            segment.zeroed = size;
+        } else if at < size {
             if last {
                 info!(
                     segment = %path.display(),
@@ -438,6 +523,7 @@ impl FileStorage {
                     path.display()
                 );
                 segment.file.set_len(at).map_err(|e| io_err("cut the torn end of", &path, &e))?;
+                segment.zeroed = at;
                 self.unsynced.insert(n);
             } else {
                 warn!(
@@ -450,6 +536,7 @@ impl FileStorage {
                 );
                 segment.dead += size - at;
                 segment.len = size;
+                segment.zeroed = size;
             }
         }
         Ok(())
@@ -524,8 +611,10 @@ impl FileStorage {
             .open(&path)
             .map_err(|e| io_err("create segment", &path, &e))?;
         let direct = open_direct(&path);
-        self.segments
-            .insert(n, Segment { file, direct, len: 0, dead: 0, puts: HashSet::new(), damaged: false });
+        self.segments.insert(
+            n,
+            Segment { file, direct, len: 0, zeroed: 0, dead: 0, puts: HashSet::new(), damaged: false },
+        );
         self.dir_dirty = true;
         Ok(n)
     }
@@ -570,9 +659,15 @@ impl FileStorage {
             // Best effort: the next record is written at `at` anyway, and a scan stops at the
             // first header that is not whole and valid.
             let _ = segment.file.set_len(at);
+            segment.zeroed = at;
             return Err(io_err(&format!("write block {blob:016x} to"), &path, &e));
         }
         segment.len = at + bytes;
+        segment.zeroed = segment.zeroed.max(segment.len);
+        self.small_streak = self.small_streak.saturating_add(1);
+        if self.small_streak >= 2 {
+            segment.zero_ahead(self.segment_bytes);
+        }
         self.unsynced.insert(n);
         self.unsynced_bytes += bytes;
         Ok(Loc { segment: n, at, len })
@@ -612,6 +707,7 @@ impl FileStorage {
         })();
         if let Err(e) = written {
             let _ = segment.file.set_len(was);
+            segment.zeroed = was;
             if e.kind() == ErrorKind::InvalidInput {
                 // The file system opened the file for direct I/O but refuses the write (an
                 // alignment it wants larger, say): this segment goes through the page cache.
@@ -622,6 +718,8 @@ impl FileStorage {
             return Err(io_err(&format!("write block {blob:016x} to"), &path, &e));
         }
         segment.len = end;
+        segment.zeroed = segment.zeroed.max(end);
+        self.small_streak = 0;
         segment.dead += (start - was) + (end - start - record);
         self.unsynced.insert(n);
         self.unsynced_bytes += end - was;
@@ -1098,20 +1196,20 @@ mod tests {
         s.put(4, b"complete").unwrap();
         sync(&mut s);
         let path = s.segment_path(0);
-        let whole = fs::metadata(&path).unwrap().len();
+        let whole = s.segments[&0].len;
         drop(s);
-        // A crash mid-append: half a header, then a whole header whose data never came.
+        // A crash mid-append: a whole header whose data never came, then half a header.
         let mut torn = Header { kind: KIND_PUT, blob: 5, len: 1000, data_crc: 0 }.encode().to_vec();
         torn.extend_from_slice(&[9u8; 10]);
-        let mut f = fs::OpenOptions::new().append(true).open(&path).unwrap();
-        use std::io::Write;
-        f.write_all(&torn).unwrap();
+        let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&torn, whole).unwrap();
         drop(f);
         let mut s = FileStorage::open(&t.blocks()).unwrap();
         assert_eq!(listed(&mut s), [4]);
         assert_eq!(fs::metadata(&path).unwrap().len(), whole, "the torn end is cut off");
         // Zeros where a record should be (a file extended but never written) end the scan too.
-        f = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        use std::io::Write;
         f.write_all(&[0u8; 100]).unwrap();
         drop(f);
         let mut s = FileStorage::open(&t.blocks()).unwrap();
@@ -1317,6 +1415,71 @@ mod tests {
     }
 
     #[test]
+    fn small_records_are_written_over_zeros_written_ahead_and_the_zeros_survive_a_reopen() {
+        let t = TempDir::new("ahead");
+        let mut s = FileStorage::open(&t.blocks()).unwrap();
+        s.put(1, b"first").unwrap();
+        let path = s.segment_path(0);
+        assert_eq!(fs::metadata(&path).unwrap().len(), s.segments[&0].len, "no zeros after one record");
+        s.put(2, b"second").unwrap();
+        sync(&mut s);
+        let size = fs::metadata(&path).unwrap().len();
+        let end = s.segments[&0].len;
+        assert_eq!(size, end + ZEROED_AHEAD, "zeros follow the second record in a row");
+        for b in 3..10 {
+            s.put(b, &[b as u8; 1000]).unwrap();
+        }
+        sync(&mut s);
+        assert_eq!(fs::metadata(&path).unwrap().len(), size, "small records go over the zeros");
+        drop(s);
+        // A crash or a restart: the zeros are the tail written ahead, not a torn write.
+        let mut s = FileStorage::open(&t.blocks()).unwrap();
+        assert_eq!(listed(&mut s), (1..10).collect::<Vec<_>>());
+        assert_eq!(fs::metadata(&path).unwrap().len(), size, "the zeros are kept");
+        assert_eq!(s.segments[&0].zeroed, size);
+        s.put(10, b"after the reopen").unwrap();
+        sync(&mut s);
+        drop(s);
+        let mut s = FileStorage::open(&t.blocks()).unwrap();
+        assert_eq!(s.read(10).unwrap(), b"after the reopen");
+        assert_eq!(s.read(1).unwrap(), b"first");
+    }
+
+    #[test]
+    fn a_record_left_past_a_gap_in_the_zeros_is_cut_off_never_taken() {
+        // A crash may write back a later record's page and not an earlier one's: the scan stops
+        // at the gap, and what follows it must go, or a later record written at the gap could
+        // line up with it and bring a never-synced record back.
+        let t = TempDir::new("gap");
+        let mut s = FileStorage::open(&t.blocks()).unwrap();
+        s.put(1, b"synced").unwrap();
+        s.put(2, b"synced too").unwrap();
+        sync(&mut s);
+        let end = s.segments[&0].len;
+        let path = s.segment_path(0);
+        drop(s);
+        assert!(fs::metadata(&path).unwrap().len() > end, "zeros were written ahead");
+        let stray = Header { kind: KIND_PUT, blob: 7, len: 5, data_crc: crc32c::crc32c(b"stray") }.encode();
+        let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&stray, end + 4096).unwrap();
+        f.write_all_at(b"stray", end + 4096 + HEADER).unwrap();
+        drop(f);
+        let mut s = FileStorage::open(&t.blocks()).unwrap();
+        assert_eq!(listed(&mut s), [1, 2]);
+        assert_eq!(fs::metadata(&path).unwrap().len(), end, "everything after the gap is cut off");
+        // A sealed segment whose records end in zeros is whole, not damaged.
+        let mut s = FileStorage::open_with(&t.blocks(), 200).unwrap();
+        s.put(3, &[3u8; 150]).unwrap();
+        s.put(4, &[4u8; 150]).unwrap();
+        sync(&mut s);
+        assert!(s.segments.len() >= 2, "the second record went to a new segment");
+        drop(s);
+        let mut s = FileStorage::open_with(&t.blocks(), 200).unwrap();
+        assert_eq!(listed(&mut s), [1, 2, 3, 4]);
+        assert!(s.segments.values().all(|g| g.dead == 0 && !g.damaged), "no segment is damaged");
+    }
+
+    #[test]
     fn large_blocks_are_written_aligned_between_pad_records_and_read_back_after_a_reopen() {
         let t = TempDir::new("direct");
         let mut s = FileStorage::open(&t.blocks()).unwrap();
@@ -1361,9 +1524,10 @@ mod tests {
         s.put(1, b"kept").unwrap();
         sync(&mut s);
         let seg = *s.segments.keys().last().expect("a segment");
+        let end = s.segments[&seg].len as usize;
         drop(s);
         let path = t.blocks().join(segment_name(seg));
-        let before = fs::read(&path).unwrap();
+        let before = fs::read(&path).unwrap()[..end].to_vec();
         let mut newer = Header { kind: 9, blob: 2, len: 0, data_crc: crc32c::crc32c(&[]) }.encode();
         newer[2] = VERSION + 1;
         let crc = crc32c::crc32c(&newer[..20]);
