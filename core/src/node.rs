@@ -27,6 +27,10 @@
 //!   when the news of its join arrives, not lost to its request timeout; and a replica told to
 //!   pull a new file's parts from a client it has not heard of yet gets them, instead of waiting
 //!   for the coordinator to ask it again (10 s);
+//! * a client's write (`HydfsMsg::Write`) from such a process is refused (`not_a_member`) and
+//!   answered `Unavailable` (`Hydfs::refuse_stranger`), never served: the client tries again a
+//!   moment later, instead of waiting out its timeout (40 s). Every other request from it is
+//!   refused without an answer, as before;
 //! * a stream request from another node over its sender's rate (`limits`) is dropped and counted
 //!   (`rate_limited`) before it reaches a layer; membership and replies are never rate-limited;
 //! * every frame sent carries the next number of its (channel, lane) counter (1, 2, ...), and the
@@ -45,7 +49,8 @@
 
 use crate::command::{Command, COMMAND_HELP};
 use crate::hydfs::{
-    ClientOp, Hydfs, HydfsConfig, HydfsError, HydfsEvent, HydfsStats, MemStorage, OpId, Storage, StorageError,
+    ClientOp, Hydfs, HydfsConfig, HydfsError, HydfsEvent, HydfsMsg, HydfsStats, MemStorage, OpId, Storage,
+    StorageError,
 };
 use crate::id::{MemberId, NodeAddr};
 use crate::limits::{counts_against_rate, LimitsConfig, RateLimiter};
@@ -421,6 +426,16 @@ impl Node {
                 match self.refusal(&envelope) {
                     Some(NOT_A_MEMBER) if self.may_hold(now, &envelope) => {
                         return self.hold(now, envelope.from, envelope.body, frame.len());
+                    }
+                    Some(NOT_A_MEMBER) => {
+                        *self.stats.frames_rejected.entry(NOT_A_MEMBER).or_default() += 1;
+                        if let Body::Hydfs(msg @ HydfsMsg::Write(_)) = &envelope.body {
+                            if self.membership.may_be_unheard_of(now, &envelope.from) {
+                                self.hydfs.refuse_stranger(envelope.from.addr, msg);
+                                self.collect_events(now);
+                            }
+                        }
+                        return;
                     }
                     Some(cause) => {
                         *self.stats.frames_rejected.entry(cause).or_default() += 1;

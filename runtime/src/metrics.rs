@@ -279,9 +279,11 @@ impl Collector for Scrape {
         out.counters(
             "rainstorm_hydfs_refused",
             "Requests refused by a limit: a name too long, busy (max_transfers), too many pending appends, \
-             or a write to a sealed file from a writer that is not its owner.",
+             a write to a sealed file from a writer that is not its owner, or a request (not a read) from a \
+             process not listed yet, answered so that it tries again.",
             vec![
                 (l("cause", "name_too_long"), h.names_refused),
+                (l("cause", "sender_not_listed"), h.strangers_refused),
                 (l("cause", "busy"), h.busy_refusals),
                 (l("cause", "pending_appends"), h.pending_appends_refused),
                 (l("cause", "sealed"), h.writes_refused_sealed),

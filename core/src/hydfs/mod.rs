@@ -174,6 +174,9 @@ pub struct HydfsStats {
     pub cache_misses: u64,
     /// Operations and requests refused for naming a file longer than `max_name_bytes`.
     pub names_refused: u64,
+    /// Requests from a process this node did not list yet (a member that had just joined)
+    /// answered `Unavailable` so that their senders try again ([`Hydfs::refuse_stranger`]).
+    pub strangers_refused: u64,
     /// Writes and merges refused as busy (`max_transfers` in flight).
     pub busy_refusals: u64,
     /// Appends refused because their file had `max_pending_appends` pending appends.

@@ -290,17 +290,51 @@ fn a_read_from_a_member_not_heard_of_yet_is_served_once_it_is_listed() {
     );
     assert_eq!(nodes[1].stats().frames_received, received, "held: its sender is not listed");
     assert_eq!(rejected(&nodes[1], NOT_A_MEMBER), 0);
-    // Anything but a read from it is refused at once, as from any process this node does not list.
+    // Anything but a read from it is refused at once, as from any process this node does not
+    // list; a client's write is also answered, so that it tries again at once instead of
+    // waiting out its timeout (40 s).
+    use crate::hydfs::message::{Refusal, WriteRequest};
+    use crate::hydfs::types::{PartMeta, Stamp, WriteKind, WriteMeta};
     nodes[1].handle_frame(
         now,
         Channel::Stream,
         &frame(2, HydfsMsg::Merge { req: 2, name: FileName::new("f").unwrap() }),
     );
     assert_eq!(rejected(&nodes[1], NOT_A_MEMBER), 1);
+    let created = b"a create from the newcomer\n".to_vec();
+    let create = WriteMeta {
+        stamp: Stamp { ts: 4, client: from, seq: 9 },
+        kind: WriteKind::Create,
+        parts: vec![PartMeta::of(&created)],
+    };
+    let write = WriteRequest {
+        req: 5,
+        name: FileName::new("h").unwrap(),
+        write: create,
+        inline: Some(created),
+        source: from.addr,
+    };
+    nodes[1].handle_frame(now, Channel::Stream, &frame(5, HydfsMsg::Write(write)));
+    assert_eq!(rejected(&nodes[1], NOT_A_MEMBER), 2);
+    let mut answers = Vec::new();
+    while let Some(t) = nodes[1].poll_transmit() {
+        if t.to == from.addr && t.channel == Channel::Stream {
+            answers
+                .push(Codec::plain().decode(&t.payload, crate::wire::MAX_STREAM_FRAME_BYTES).unwrap().body);
+        }
+    }
+    assert!(
+        matches!(
+            answers.as_slice(),
+            [Body::Hydfs(HydfsMsg::WriteReply { req: 5, result: Err(Refusal::Unavailable(_)), .. })]
+        ),
+        "the write, and only it, is answered: {answers:?}"
+    );
+    assert_eq!(nodes[1].hydfs().stats().strangers_refused, 1);
+    assert!(nodes[1].hydfs().store().file(&FileName::new("h").unwrap()).is_none(), "nothing was written");
     // A coordinator node 1 lists (the introducer) has it pull a new file's part from the
     // newcomer, its client.
-    use crate::hydfs::message::{FetchRequest, PartBytes, Refusal, ReplicateRequest};
-    use crate::hydfs::types::{PartMeta, Stamp, WriteKind, WriteMeta};
+    use crate::hydfs::message::{FetchRequest, PartBytes, ReplicateRequest};
     let g = FileName::new("g").unwrap();
     let bytes = b"pulled from the newcomer\n".to_vec();
     let stamp = Stamp { ts: 5, client: from, seq: 1 };
@@ -333,7 +367,7 @@ fn a_read_from_a_member_not_heard_of_yet_is_served_once_it_is_listed() {
     // An answer to a request node 1 did not send the newcomer is refused at once ...
     let stray = HydfsMsg::FetchReply { req: fetch + 1_000, result: Err(Refusal::NotFound) };
     nodes[1].handle_frame(now, Channel::Stream, &frame(3, stray));
-    assert_eq!(rejected(&nodes[1], NOT_A_MEMBER), 2, "an answer nobody waits for is not held");
+    assert_eq!(rejected(&nodes[1], NOT_A_MEMBER), 3, "an answer nobody waits for is not held");
     // ... and the answer to the fetch it sent is held, not refused.
     let part = PartBytes { meta: write.parts[0], bytes: bytes.clone() };
     nodes[1].handle_frame(
@@ -341,7 +375,7 @@ fn a_read_from_a_member_not_heard_of_yet_is_served_once_it_is_listed() {
         Channel::Stream,
         &frame(4, HydfsMsg::FetchReply { req: fetch, result: Ok(part) }),
     );
-    assert_eq!(rejected(&nodes[1], NOT_A_MEMBER), 2, "the answer to its own fetch is held");
+    assert_eq!(rejected(&nodes[1], NOT_A_MEMBER), 3, "the answer to its own fetch is held");
     assert!(!nodes[1].hydfs().store().has_part(&g, stamp, 0));
     // Once the news of the join reaches node 1, it serves the held request: it answers it.
     let mut log = Vec::new();
@@ -360,7 +394,7 @@ fn a_read_from_a_member_not_heard_of_yet_is_served_once_it_is_listed() {
         }
     });
     assert!(answered, "node 1 answered the held request");
-    assert_eq!(rejected(&nodes[1], NOT_A_MEMBER), 2, "the held request and answer were not refused");
+    assert_eq!(rejected(&nodes[1], NOT_A_MEMBER), 3, "the held request and answer were not refused");
 }
 
 #[test]

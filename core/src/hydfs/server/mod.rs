@@ -281,33 +281,23 @@ impl Hydfs {
             return false;
         }
         self.stats.names_refused += 1;
-        let no = Refusal::NameTooLong { len, limit };
-        let reply = match *msg {
-            HydfsMsg::Write(WriteRequest { req, .. }) => {
-                HydfsMsg::WriteReply { req, result: Err(no), create: None }
-            }
-            HydfsMsg::Replicate(ReplicateRequest { req, .. }) => {
-                HydfsMsg::ReplicateReply { req, result: Err(no) }
-            }
-            HydfsMsg::Merge { req, .. } => HydfsMsg::MergeReply { req, result: Err(no) },
-            HydfsMsg::Collect { req, .. } => HydfsMsg::CollectReply { req, result: Err(no) },
-            HydfsMsg::Install(InstallRequest { req, .. }) => HydfsMsg::InstallReply { req, result: Err(no) },
-            HydfsMsg::Read(ReadRequest { req, .. }) => HydfsMsg::ReadReply { req, result: Err(no) },
-            HydfsMsg::Fetch(FetchRequest { req, .. }) => HydfsMsg::FetchReply { req, result: Err(no) },
-            HydfsMsg::Stat { req, .. } => HydfsMsg::StatReply { req, digest: None, members: Vec::new() },
-            HydfsMsg::Describe { req, .. } => {
-                HydfsMsg::DescribeReply { req, meta: Err(no), deleted: Vec::new() }
-            }
-            HydfsMsg::Delete { req, .. } => HydfsMsg::DeleteReply { req, result: Err(no) },
-            HydfsMsg::Remove { req, .. } => HydfsMsg::RemoveReply { req, result: Err(no) },
-            HydfsMsg::RemoteAppend { req, .. } => {
-                let result = Err(format!("{}: {no}", self.me));
-                HydfsMsg::RemoteAppendReply { req, result }
-            }
-            _ => return true, // offers and hand-off answers expect no reply
-        };
-        self.send(from, reply);
+        if let Some(reply) = refusal_answer(msg, Refusal::NameTooLong { len, limit }, self.me) {
+            self.send(from, reply);
+        }
         true
+    }
+
+    /// Answers a request from `from`, a process this node does not list yet but that may be a
+    /// member it has not heard of (one that joined a moment ago), with `Unavailable`: its
+    /// sender tries another node or again a moment later, where silence would cost it its whole
+    /// timeout (40 s for a client's write). The request itself is not served (only members
+    /// write). The node answers only a client's `Write` so.
+    pub(crate) fn refuse_stranger(&mut self, from: NodeAddr, msg: &HydfsMsg) {
+        let why = format!("{} has not heard of {from} yet (it may have just joined); try again", self.me);
+        if let Some(reply) = refusal_answer(msg, Refusal::Unavailable(why), self.me) {
+            self.stats.strangers_refused += 1;
+            self.send(from, reply);
+        }
     }
 
     /// Reports a request this node began handling (one event per operation, for the node's log).
@@ -330,4 +320,46 @@ impl Hydfs {
     pub(super) fn storage_failed(&mut self, why: &str) {
         self.events.push_back(HydfsEvent::StorageFailed { reason: why.to_string() });
     }
+}
+
+/// The answer refusing request `msg` with `no` (`me` names this node in a multiappend's
+/// refusal); `None` for a message that expects no answer (an answer itself, an offer, a
+/// hand-off's acknowledgement, an inventory).
+fn refusal_answer(msg: &HydfsMsg, no: Refusal, me: NodeAddr) -> Option<HydfsMsg> {
+    Some(match *msg {
+        HydfsMsg::Write(WriteRequest { req, .. }) => {
+            HydfsMsg::WriteReply { req, result: Err(no), create: None }
+        }
+        HydfsMsg::Replicate(ReplicateRequest { req, .. }) => {
+            HydfsMsg::ReplicateReply { req, result: Err(no) }
+        }
+        HydfsMsg::Merge { req, .. } => HydfsMsg::MergeReply { req, result: Err(no) },
+        HydfsMsg::Collect { req, .. } => HydfsMsg::CollectReply { req, result: Err(no) },
+        HydfsMsg::Install(InstallRequest { req, .. }) => HydfsMsg::InstallReply { req, result: Err(no) },
+        HydfsMsg::Read(ReadRequest { req, .. }) => HydfsMsg::ReadReply { req, result: Err(no) },
+        HydfsMsg::Fetch(FetchRequest { req, .. }) => HydfsMsg::FetchReply { req, result: Err(no) },
+        HydfsMsg::Stat { req, .. } => HydfsMsg::StatReply { req, digest: None, members: Vec::new() },
+        HydfsMsg::Describe { req, .. } => HydfsMsg::DescribeReply { req, meta: Err(no), deleted: Vec::new() },
+        HydfsMsg::Delete { req, .. } => HydfsMsg::DeleteReply { req, result: Err(no) },
+        HydfsMsg::Remove { req, .. } => HydfsMsg::RemoveReply { req, result: Err(no) },
+        HydfsMsg::RemoteAppend { req, .. } => {
+            HydfsMsg::RemoteAppendReply { req, result: Err(format!("{me}: {no}")) }
+        }
+        HydfsMsg::ReadReply { .. }
+        | HydfsMsg::FetchReply { .. }
+        | HydfsMsg::WriteReply { .. }
+        | HydfsMsg::ReplicateReply { .. }
+        | HydfsMsg::MergeReply { .. }
+        | HydfsMsg::CollectReply { .. }
+        | HydfsMsg::InstallReply { .. }
+        | HydfsMsg::StatReply { .. }
+        | HydfsMsg::RemoteAppendReply { .. }
+        | HydfsMsg::Inventory { .. }
+        | HydfsMsg::InventoryReply { .. }
+        | HydfsMsg::DescribeReply { .. }
+        | HydfsMsg::Offer { .. }
+        | HydfsMsg::Taken { .. }
+        | HydfsMsg::DeleteReply { .. }
+        | HydfsMsg::RemoveReply { .. } => return None,
+    })
 }
