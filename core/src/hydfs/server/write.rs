@@ -321,7 +321,9 @@ impl Hydfs {
             .collect();
         for t in to_ask {
             let (n, wr, inl, cr) = (name.clone(), write.clone(), inline.clone(), create.clone());
-            let sources = vec![self.me, source];
+            // The client first: this node pulls the same parts from it now, so asked first it
+            // would mostly answer `NotFound`, a round trip lost per part.
+            let sources = vec![source, self.me];
             self.ask(now, t, Pending::Replicate { op }, |req| {
                 HydfsMsg::Replicate(ReplicateRequest {
                     req,
