@@ -321,8 +321,8 @@ impl Hydfs {
             .collect();
         for t in to_ask {
             let (n, wr, inl, cr) = (name.clone(), write.clone(), inline.clone(), create.clone());
-            // The client first: this node pulls the same parts from it now, so asked first it
-            // would mostly answer `NotFound`, a round trip lost per part.
+            // The client first: this node pulls the same parts from it now, and asked first it
+            // would answer `NotFound` for each part it does not hold yet, a round trip lost.
             let sources = vec![source, self.me];
             self.ask(now, t, Pending::Replicate { op }, |req| {
                 HydfsMsg::Replicate(ReplicateRequest {
