@@ -29,8 +29,9 @@
 //!   for the coordinator to ask it again (10 s);
 //! * a client's write (`HydfsMsg::Write`) from such a process is refused (`not_a_member`) and
 //!   answered `Unavailable` (`Hydfs::refuse_stranger`), never served: the client tries again a
-//!   moment later, instead of waiting out its timeout (40 s). Every other request from it is
-//!   refused without an answer, as before;
+//!   moment later, instead of waiting out its timeout (40 s); such answers stay within the
+//!   sender's request rate (`limits`). Every other request from it is refused without an
+//!   answer, as before;
 //! * a stream request from another node over its sender's rate (`limits`) is dropped and counted
 //!   (`rate_limited`) before it reaches a layer; membership and replies are never rate-limited;
 //! * every frame sent carries the next number of its (channel, lane) counter (1, 2, ...), and the
@@ -430,7 +431,11 @@ impl Node {
                     Some(NOT_A_MEMBER) => {
                         *self.stats.frames_rejected.entry(NOT_A_MEMBER).or_default() += 1;
                         if let Body::Hydfs(msg @ HydfsMsg::Write(_)) = &envelope.body {
-                            if self.membership.may_be_unheard_of(now, &envelope.from) {
+                            // Answered within its sender's request rate: the answer goes to the
+                            // address the frame names, which a keyless sender may choose freely.
+                            if self.membership.may_be_unheard_of(now, &envelope.from)
+                                && !self.over_rate_from(now, envelope.from, &envelope.body)
+                            {
                                 self.hydfs.refuse_stranger(envelope.from.addr, msg);
                                 self.collect_events(now);
                             }
