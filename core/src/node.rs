@@ -31,7 +31,8 @@
 //!   answered `Unavailable` (`Hydfs::refuse_stranger`), never served: the client tries again a
 //!   moment later, instead of waiting out its timeout (40 s); such answers stay within the
 //!   sender's request rate (`limits`). Every other request from it is refused without an
-//!   answer, as before;
+//!   answer (answering a coordinator's `Replicate` or a merge's messages too moves takeover
+//!   timing into a gap ARCHITECTURE.md describes);
 //! * a stream request from another node over its sender's rate (`limits`) is dropped and counted
 //!   (`rate_limited`) before it reaches a layer; membership and replies are never rate-limited;
 //! * every frame sent carries the next number of its (channel, lane) counter (1, 2, ...), and the
