@@ -125,10 +125,10 @@ pub struct FileStorage {
     /// Records with at least this many data bytes are written with direct I/O
     /// ([`DIRECT_AT_LEAST`]; tests lower it).
     direct_at_least: usize,
-    /// Records written through the page cache since the last direct one. Zeros are written
-    /// ahead only after two in a row: a large transfer's records go direct, and a direct write
-    /// over zeros still dirty in the page cache would have to wait for them to be written.
-    small_streak: u32,
+    /// Whether the last record written went through the page cache. Zeros are written ahead
+    /// only after two such records in a row: a large transfer's records go direct, and a
+    /// direct write over zeros still dirty in the page cache would have to wait for them.
+    after_small: bool,
 }
 
 #[derive(Debug)]
@@ -398,7 +398,7 @@ impl FileStorage {
             poisoned: None,
             aligned: AlignedBuf::default(),
             direct_at_least: DIRECT_AT_LEAST,
-            small_streak: 0,
+            after_small: false,
         };
         let mut numbers = Vec::new();
         let mut old_blocks = Vec::new();
@@ -665,10 +665,10 @@ impl FileStorage {
         }
         segment.len = at + bytes;
         segment.zeroed = segment.zeroed.max(segment.len);
-        self.small_streak = self.small_streak.saturating_add(1);
-        if self.small_streak >= 2 {
+        if self.after_small {
             segment.zero_ahead(self.segment_bytes);
         }
+        self.after_small = true;
         self.unsynced.insert(n);
         self.unsynced_bytes += bytes;
         Ok(Loc { segment: n, at, len })
@@ -720,7 +720,7 @@ impl FileStorage {
         }
         segment.len = end;
         segment.zeroed = segment.zeroed.max(end);
-        self.small_streak = 0;
+        self.after_small = false;
         segment.dead += (start - was) + (end - start - record);
         self.unsynced.insert(n);
         self.unsynced_bytes += end - was;

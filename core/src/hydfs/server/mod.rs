@@ -293,6 +293,10 @@ impl Hydfs {
     /// timeout (40 s for a client's write). The request itself is not served (only members
     /// write). The node answers only a client's `Write` so.
     pub(crate) fn refuse_stranger(&mut self, from: NodeAddr, msg: &HydfsMsg) {
+        debug_assert!(
+            matches!(msg, HydfsMsg::Write(_)),
+            "only a client's write from a process not listed yet is answered"
+        );
         let why = format!("{} has not heard of {from} yet (it may have just joined); try again", self.me);
         if let Some(reply) = refusal_answer(msg, Refusal::Unavailable(why), self.me) {
             self.stats.strangers_refused += 1;
