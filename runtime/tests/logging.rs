@@ -1,5 +1,5 @@
-//! The log file: every line at INFO and above is written, none at DEBUG unless asked, and what
-//! was queued is on disk once the guard is dropped; the file is 0600 in a 0700 data dir. (Its own test binary: the subscriber is
+//! The log file: every line at INFO and above is written, none at DEBUG unless asked; queued
+//! lines are written while the node runs, and what is left once the guard is dropped; the file is 0600 in a 0700 data dir. (Its own test binary: the subscriber is
 //! global to the process.)
 
 use rainstorm_runtime::logging;
@@ -25,10 +25,27 @@ fn info_lines_reach_the_file_whole_and_debug_lines_do_not() {
     tracing::warn!(event = "failed", member = "127.0.0.1:7001", "DEL 127.0.0.1:7001");
     tracing::debug!(event = "hydfs_request", "a line per request");
     tracing::debug!(event = "source_sent", "a line per batch");
+    // The writer takes the queue on its own, without waiting for the guard: at once for a
+    // burst, and every `FLUSH_EVERY` for a line alone.
+    let written = |what: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !std::fs::read_to_string(&path).unwrap_or_default().contains(what) {
+            assert!(std::time::Instant::now() < deadline, "`{what}` was not written while the node ran");
+            std::thread::sleep(logging::FLUSH_EVERY);
+        }
+    };
+    written("DEL 127.0.0.1:7001");
+    tracing::info!(event = "alone", "a line alone");
+    written("a line alone");
+    tracing::info!(event = "last", "the line before the guard is dropped");
     drop(guard);
     let text = std::fs::read_to_string(&path).expect("the log is readable");
     assert_eq!(text.lines().filter(|l| l.contains("event=\"many\"")).count(), 2_000, "every line, whole");
     assert!(text.lines().any(|l| l.contains("WARN") && l.contains("event=\"failed\"")), "{text:.300}");
+    assert!(
+        text.lines().last().is_some_and(|l| l.contains("event=\"last\"")),
+        "the guard writes what is queued"
+    );
     assert!(!text.contains("hydfs_request") && !text.contains("source_sent"), "debug lines were written");
     assert!(text.starts_with("an older line\n"), "the log is appended to: {text:.300}");
     assert!(text.contains("event=\"data_dir_tightened\"") && text.contains("was=\"777\""), "{text:.600}");
