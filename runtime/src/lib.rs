@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod net;
 pub mod private;
 pub mod programs;
+pub mod read_ahead;
 pub mod status;
 pub mod storage;
 pub mod streams;

@@ -2,10 +2,16 @@
 //! that many bytes (an envelope frame, which carries its own checksum or tag).
 //!
 //! Invariants kept by [`read_frame`], whatever the peer sends:
-//! * a frame's buffer grows as its bytes arrive: its capacity starts at [`FIRST_CHUNK`], at most
-//!   doubles when it is full, and never passes the announced length, so a peer that announces a
-//!   large frame and stalls costs at most twice what it sent (at least [`FIRST_CHUNK`]), not
-//!   what it announced;
+//! * a frame's buffer is never larger than its announced length, and it is allocated whole
+//!   when its header arrives only while the frames so allocated and still arriving hold at most
+//!   [`UPFRONT_BYTES`] in the whole process ([`FrameBudget`]; a frame gives its share back
+//!   when its read ends, however it ends). Past that, a buffer grows as its bytes arrive: its
+//!   capacity starts at [`FIRST_CHUNK`] and at most doubles when it is full. So peers that
+//!   announce large frames and stall cost at most [`UPFRONT_BYTES`] plus twice what they sent
+//!   (at least [`FIRST_CHUNK`] a frame), not what they announced; and a frame that does arrive
+//!   is read straight into its final buffer, not copied at each doubling (those copies cost a
+//!   twentieth of a 1 GiB create's CPU);
+//! * bytes are read into the buffer's spare capacity, never into zeroed memory first;
 //! * a frame over the limit is never buffered: its bytes are read and discarded, which keeps the
 //!   connection in step for the frames after it, and the reader reports it as
 //!   [`Incoming::Oversized`];
@@ -13,7 +19,9 @@
 //!   (or be skipped whole) within [`FrameLimits::body`]; otherwise the read fails with
 //!   [`ReadError::Idle`] or [`ReadError::Body`] and the connection is to be closed.
 
+use bytes::BufMut;
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -28,8 +36,56 @@ pub enum Incoming {
     },
 }
 
-/// Bytes read from a connection at a time, at most.
+/// Bytes read from a connection at a time, at most, into a buffer that grows.
 pub const READ_CHUNK: usize = 64 * 1024;
+/// Bytes of frames, over the whole process, that may be allocated whole when their header
+/// arrives, rather than grown as their bytes do.
+pub const UPFRONT_BYTES: usize = 32 << 20;
+
+/// The process's share of frame buffers allocated whole ([`UPFRONT_BYTES`]).
+static UPFRONT: FrameBudget = FrameBudget::new(UPFRONT_BYTES);
+
+/// Bytes that frames being read may hold in buffers allocated whole.
+#[derive(Debug)]
+pub struct FrameBudget {
+    taken: AtomicUsize,
+    limit: usize,
+}
+
+impl FrameBudget {
+    pub const fn new(limit: usize) -> FrameBudget {
+        FrameBudget { taken: AtomicUsize::new(0), limit }
+    }
+
+    /// `len` bytes of the budget, if that many are free.
+    fn take(&'static self, len: usize) -> Option<Share> {
+        self.taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                t.checked_add(len).filter(|n| *n <= self.limit)
+            })
+            .ok()
+            .map(|_| Share { budget: self, len })
+    }
+
+    /// Bytes taken now.
+    pub fn taken(&self) -> usize {
+        self.taken.load(Ordering::Acquire)
+    }
+}
+
+/// A frame's share of a [`FrameBudget`], given back when dropped.
+#[derive(Debug)]
+struct Share {
+    budget: &'static FrameBudget,
+    len: usize,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let was = self.budget.taken.fetch_sub(self.len, Ordering::AcqRel);
+        debug_assert!(was >= self.len, "a share is given back once");
+    }
+}
 /// A frame's buffer starts this large (or as large as the frame, if smaller), and then doubles
 /// as it fills.
 pub const FIRST_CHUNK: usize = 4 * 1024;
@@ -102,14 +158,14 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             }
             return Ok(Incoming::Oversized { len, limit: limits.max_bytes });
         }
-        let mut buf = FrameBuf::new(len);
+        let mut buf = FrameBuf::new(len, &UPFRONT);
         while !buf.is_whole() {
-            let n = r.read(buf.spare()).await?;
+            let room = buf.room();
+            let n = r.read_buf(&mut (&mut buf.buf).limit(room)).await?;
             got += n;
             if n == 0 {
                 return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
             }
-            buf.filled(n);
         }
         Ok(Incoming::Frame(buf.into_inner()))
     };
@@ -121,44 +177,50 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     }
 }
 
-/// A frame's bytes as they arrive: room for at most [`READ_CHUNK`] more bytes at a time, the
-/// capacity starting at [`FIRST_CHUNK`], at most doubling, and never past the frame's length.
+/// A frame's bytes as they arrive: allocated whole if the budget has room for it; else with room
+/// for at most [`READ_CHUNK`] more bytes at a time, the capacity starting at [`FIRST_CHUNK`],
+/// at most doubling, and never past the frame's length.
 struct FrameBuf {
-    /// The bytes that arrived, then (during a read) the room offered for more.
+    /// The bytes that arrived; its spare capacity is the room for the next read.
     buf: Vec<u8>,
-    /// Bytes that arrived.
-    filled: usize,
     len: usize,
+    /// The budget's share this buffer holds, if it was allocated whole.
+    whole: Option<Share>,
 }
 
 impl FrameBuf {
-    fn new(len: usize) -> FrameBuf {
-        FrameBuf { buf: Vec::new(), filled: 0, len }
+    fn new(len: usize, budget: &'static FrameBudget) -> FrameBuf {
+        match budget.take(len).filter(|_| len > FIRST_CHUNK) {
+            Some(share) => FrameBuf { buf: Vec::with_capacity(len), len, whole: Some(share) },
+            None => FrameBuf::growing(len),
+        }
+    }
+
+    fn growing(len: usize) -> FrameBuf {
+        FrameBuf { buf: Vec::new(), len, whole: None }
     }
 
     fn is_whole(&self) -> bool {
-        self.filled == self.len
+        self.buf.len() == self.len
     }
 
-    /// Room for the next read (empty once the frame is whole).
-    fn spare(&mut self) -> &mut [u8] {
-        self.buf.truncate(self.filled);
-        if self.filled == self.buf.capacity() && self.filled < self.len {
+    /// Makes room for the next read and says how many bytes it may take (0 once whole).
+    fn room(&mut self) -> usize {
+        let filled = self.buf.len();
+        if filled == self.buf.capacity() && filled < self.len {
             let target = (self.buf.capacity() * 2).max(FIRST_CHUNK).min(self.len);
-            self.buf.reserve_exact(target - self.filled);
+            self.buf.reserve_exact(target - filled);
         }
-        let want = (self.len - self.filled).min(READ_CHUNK).min(self.buf.capacity() - self.filled);
-        self.buf.resize(self.filled + want, 0);
-        &mut self.buf[self.filled..]
-    }
-
-    /// `n` bytes of the last [`FrameBuf::spare`] were filled.
-    fn filled(&mut self, n: usize) {
-        self.filled = (self.filled + n).min(self.buf.len());
-        self.buf.truncate(self.filled);
+        let room = (self.len - filled).min(self.buf.capacity() - filled);
+        if self.whole.is_some() {
+            room
+        } else {
+            room.min(READ_CHUNK)
+        }
     }
 
     fn into_inner(self) -> Vec<u8> {
+        debug_assert!(self.buf.capacity() >= self.len && self.buf.len() <= self.len);
         self.buf
     }
 }
@@ -215,19 +277,22 @@ mod tests {
         assert_eq!(read.capacity(), frame.len(), "the buffer never outgrows the frame");
     }
 
-    /// The buffer of a frame announced at 16 MiB holds what arrived plus at most as much again
-    /// (at least the first chunk), and is offered at most one chunk per read.
+    /// Past the budget, the buffer of a frame announced at 16 MiB holds what arrived plus at
+    /// most as much again (at least the first chunk), and is offered at most one chunk per read.
     #[test]
     fn a_frame_buffer_grows_as_its_bytes_arrive() {
         const ANNOUNCED: usize = 16 << 20;
-        let mut buf = FrameBuf::new(ANNOUNCED);
+        static SMALL: FrameBudget = FrameBudget::new(ANNOUNCED - 1);
+        let mut buf = FrameBuf::new(ANNOUNCED, &SMALL);
+        assert!(buf.whole.is_none() && SMALL.taken() == 0, "a frame over the budget takes none of it");
         let mut arrived = 0;
         for piece in [1000, 1, READ_CHUNK, 7, 3 * READ_CHUNK, 100_000].into_iter().cycle() {
-            let spare = buf.spare();
-            assert!(!spare.is_empty() && spare.len() <= READ_CHUNK, "{} offered", spare.len());
-            let n = piece.min(spare.len());
-            spare[..n].fill(arrived as u8);
-            buf.filled(n);
+            let room = buf.room();
+            assert!(room > 0 && room <= READ_CHUNK, "{room} offered");
+            let n = piece.min(room);
+            let capacity = buf.buf.capacity();
+            buf.buf.extend(std::iter::repeat_n(arrived as u8, n));
+            assert_eq!(buf.buf.capacity(), capacity, "the room was there");
             arrived += n;
             let capacity = buf.buf.capacity();
             assert!(capacity <= (2 * arrived).max(FIRST_CHUNK), "{capacity} for {arrived}");
@@ -237,8 +302,30 @@ mod tests {
             }
         }
         assert_eq!(arrived, ANNOUNCED);
-        assert!(buf.spare().is_empty());
+        assert_eq!(buf.room(), 0);
         assert_eq!(buf.into_inner().capacity(), ANNOUNCED, "never past the announced length");
+    }
+
+    /// Within the budget a frame's buffer is allocated whole and offered whole; its share is
+    /// given back when the buffer goes, and frames beyond the budget grow instead.
+    #[test]
+    fn frames_within_the_budget_are_allocated_whole_and_give_their_share_back() {
+        static BUDGET: FrameBudget = FrameBudget::new(3 << 20);
+        let mut first = FrameBuf::new(2 << 20, &BUDGET);
+        assert_eq!(first.buf.capacity(), 2 << 20);
+        assert_eq!(first.room(), 2 << 20, "one read may take the whole frame");
+        assert_eq!(BUDGET.taken(), 2 << 20);
+        let second = FrameBuf::new(2 << 20, &BUDGET);
+        assert!(second.whole.is_none() && second.buf.capacity() == 0, "over the budget: grown");
+        let small = FrameBuf::new(FIRST_CHUNK, &BUDGET);
+        assert!(small.whole.is_none(), "a small frame takes no share");
+        assert_eq!(BUDGET.taken(), 2 << 20);
+        drop(first);
+        assert_eq!(BUDGET.taken(), 0, "the share is given back");
+        let third = FrameBuf::new(3 << 20, &BUDGET);
+        assert!(third.whole.is_some());
+        drop((second, third));
+        assert_eq!(BUDGET.taken(), 0);
     }
 
     /// A connection that starts no frame is given up after the idle timeout; one that sends a

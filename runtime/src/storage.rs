@@ -96,6 +96,8 @@ const KIND_PAD: u8 = 3;
 const DIRECT_AT_LEAST: usize = crate::direct::LARGE;
 
 use crate::direct::{AlignedBuf, ALIGN};
+use crate::read_ahead::ReadAhead;
+use std::sync::Arc;
 
 /// Block storage in a directory of segment files, durable at [`Storage::sync`].
 #[derive(Debug)]
@@ -125,6 +127,8 @@ pub struct FileStorage {
     /// Records with at least this many data bytes are written with direct I/O
     /// ([`DIRECT_AT_LEAST`]; tests lower it).
     direct_at_least: usize,
+    /// Spans of segments read ahead for sequential large reads.
+    read_ahead: ReadAhead,
     /// Whether the last record written went through the page cache. Zeros are written ahead
     /// only after two such records in a row: a large transfer's records go direct, and a
     /// direct write over zeros still dirty in the page cache would have to wait for them.
@@ -136,7 +140,7 @@ struct Segment {
     file: File,
     /// The same file opened with `O_DIRECT`, for large records (`None` where the file system
     /// refuses direct I/O: everything then goes through `file`).
-    direct: Option<File>,
+    direct: Option<Arc<File>>,
     /// Bytes of whole records in it; the next record goes here.
     len: u64,
     /// Bytes of the file written: its records, then zeros written ahead of the next ones
@@ -399,6 +403,7 @@ impl FileStorage {
             aligned: AlignedBuf::default(),
             direct_at_least: DIRECT_AT_LEAST,
             after_small: false,
+            read_ahead: ReadAhead::default(),
         };
         let mut numbers = Vec::new();
         let mut old_blocks = Vec::new();
@@ -448,7 +453,7 @@ impl FileStorage {
             .open(&path)
             .map_err(|e| io_err("open segment", &path, &e))?;
         let size = file.metadata().map_err(|e| io_err("inspect segment", &path, &e))?.len();
-        let direct = open_direct(&path);
+        let direct = open_direct(&path).map(Arc::new);
         self.segments.insert(
             n,
             Segment { file, direct, len: 0, zeroed: 0, dead: 0, puts: HashSet::new(), damaged: false },
@@ -611,7 +616,7 @@ impl FileStorage {
             .truncate(true)
             .open(&path)
             .map_err(|e| io_err("create segment", &path, &e))?;
-        let direct = open_direct(&path);
+        let direct = open_direct(&path).map(Arc::new);
         self.segments.insert(
             n,
             Segment { file, direct, len: 0, zeroed: 0, dead: 0, puts: HashSet::new(), damaged: false },
@@ -734,10 +739,17 @@ impl FileStorage {
         let path = self.segment_path(loc.segment);
         let segment = self.segments.get(&loc.segment).ok_or(StorageError::Missing(blob))?;
         let mut h = [0u8; HEADER as usize];
+        let end = loc.at + loc.record_bytes();
         let direct = match &segment.direct {
             Some(direct) if loc.len as usize >= self.direct_at_least => {
-                read_direct(direct, &mut self.aligned, loc, &mut h)
-                    .map_err(|e| io_err("read a block from", &path, &e))?
+                let ahead = self.read_ahead.take(loc.segment, loc.at, end, &mut h);
+                let read = match ahead {
+                    Some(data) => Some(data),
+                    None => read_direct(direct, &mut self.aligned, loc, &mut h)
+                        .map_err(|e| io_err("read a block from", &path, &e))?,
+                };
+                self.read_ahead.advise(loc.segment, loc.at, end, segment.len, direct);
+                read
             }
             _ => None,
         };
@@ -915,6 +927,7 @@ impl FileStorage {
                 Err(e) => return Err(io_err("remove compacted segment", &path, &e)),
             }
             self.retiring.remove(0);
+            self.read_ahead.forget(victim);
             self.segments.remove(&victim);
         }
         // Until the removals are durable a crash may bring the segments back, with tombstones
@@ -1006,6 +1019,7 @@ impl Storage for FileStorage {
     fn wipe(&mut self) -> Result<(), StorageError> {
         // Whatever happens below, directory entries may have changed.
         self.dir_dirty = true;
+        self.read_ahead.clear();
         self.segments.clear();
         self.blocks.clear();
         self.unsynced.clear();
@@ -1478,6 +1492,37 @@ mod tests {
         let mut s = FileStorage::open_with(&t.blocks(), 200).unwrap();
         assert_eq!(listed(&mut s), [1, 2, 3, 4]);
         assert!(s.segments.values().all(|g| g.dead == 0 && !g.damaged), "no segment is damaged");
+    }
+
+    /// Large blocks read in the order they were written are served from read-ahead, and
+    /// blocks written or replaced after that are read as they are now, never as read ahead.
+    #[test]
+    fn sequential_large_reads_are_read_ahead_and_never_stale() {
+        let t = TempDir::new("ahead");
+        let mut s = FileStorage::open(&t.blocks()).unwrap();
+        s.direct_at_least = 150;
+        let block = |b: BlobId, round: u8| -> Vec<u8> {
+            (0..300_000u32).map(|j| (j as u8) ^ (b as u8) ^ round).collect()
+        };
+        for b in 0..12 {
+            s.put(b, &block(b, 0)).unwrap();
+        }
+        sync(&mut s);
+        for b in 0..12 {
+            assert_eq!(s.read(b).unwrap(), block(b, 0), "block {b}");
+        }
+        let direct = s.segments.values().next().expect("a segment").direct.is_some();
+        if direct {
+            assert!(s.read_ahead.served() >= 8, "served {} of 12 reads", s.read_ahead.served());
+        }
+        for b in 6..18 {
+            s.put(b, &block(b, 1)).unwrap();
+        }
+        for round in 0..2 {
+            for b in 0..18 {
+                assert_eq!(s.read(b).unwrap(), block(b, u8::from(b >= 6)), "block {b}, pass {round}");
+            }
+        }
     }
 
     #[test]
