@@ -54,33 +54,32 @@ impl Progress {
 
 /// A local file being uploaded, read at the offsets replicas ask for.
 pub struct FileSource {
-    /// The file; its offset is moved by one read at a time.
-    file: std::sync::Mutex<File>,
+    file: File,
     path: PathBuf,
     progress: Arc<Progress>,
 }
 
 impl PartSource for FileSource {
-    /// Reads into fresh capacity rather than a zeroed buffer (zeroing a 1 MiB part cost a tenth
-    /// of the uploading node's CPU).
+    /// Reads with `pread` into fresh capacity rather than a zeroed buffer (zeroing a 1 MiB
+    /// part cost a tenth of the uploading node's CPU).
     fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, String> {
-        use std::io::{Seek, SeekFrom};
+        let fail = |why: String| format!("cannot read {} at offset {offset}: {why}", self.path.display());
         let mut buf = Vec::with_capacity(len);
-        let read = {
-            let file = self.file.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let mut file = &*file;
-            file.seek(SeekFrom::Start(offset)).and_then(|_| file.take(len as u64).read_to_end(&mut buf))
-        };
-        match read {
-            Ok(n) if n == len => {}
-            Ok(n) => {
-                return Err(format!(
-                    "cannot read {} at offset {offset}: it ends {n} bytes in, not {len} (it changed while uploaded)",
-                    self.path.display()
-                ))
+        while buf.len() < len {
+            let at = offset + buf.len() as u64;
+            match rustix::io::pread(&self.file, rustix::buffer::spare_capacity(&mut buf), at) {
+                Ok(0) => {
+                    return Err(fail(format!(
+                        "it ends {} bytes in, not {len} (it changed while uploaded)",
+                        buf.len()
+                    )))
+                }
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(fail(std::io::Error::from(e).to_string())),
             }
-            Err(e) => return Err(format!("cannot read {} at offset {offset}: {e}", self.path.display())),
         }
+        buf.truncate(len);
         self.progress.done.fetch_max(offset + len as u64, Ordering::Relaxed);
         Ok(buf)
     }
@@ -155,8 +154,7 @@ fn describe_parts(
         return Err(format!("{} changed size while it was read ({len} then {seen} bytes)", path.display()));
     }
     progress.total.store(len, Ordering::Relaxed);
-    let reader =
-        Arc::new(FileSource { file: std::sync::Mutex::new(file), path: path.to_path_buf(), progress });
+    let reader = Arc::new(FileSource { file, path: path.to_path_buf(), progress });
     Ok(UploadSource { parts, reader })
 }
 
