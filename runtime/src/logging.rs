@@ -8,10 +8,11 @@
 //! `merged`, `job_progress`, `job_output`, `source_sent`).
 //!
 //! Invariant: logging never blocks the node task, and a line wakes no thread. A line is
-//! appended to an in-memory queue under a lock held only for that copy; one writer thread takes
-//! the whole queue every [`FLUSH_EVERY`] (at once when it passes [`WAKE_AT_BYTES`]) and writes
-//! it to stderr and to the log file, one write each. A line that would take an output's queue
-//! past [`QUEUED_BYTES`] is dropped rather than waited for; the writer logs how many were. (A
+//! appended to each output's in-memory queue under a lock held only for that copy; each output
+//! (stderr, the log file) has a writer thread of its own, which takes its whole queue every
+//! [`FLUSH_EVERY`] (at once when it passes [`WAKE_AT_BYTES`]) and writes it with one write, so a
+//! stderr nobody reads never holds up the file. A line that would take an output's queue past
+//! [`QUEUED_BYTES`] is dropped there rather than waited for; its writer logs how many were. (A
 //! thread woken per line, as `tracing_appender::non_blocking` does, cost a node two context
 //! switches per line: a tenth of the CPU of a 4 KiB append.)
 //!
@@ -22,7 +23,6 @@
 //! existing looser one, and logging that it did) and the log file 0600, whatever the umask
 //! ([`crate::private`]).
 
-use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -41,18 +41,20 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(25);
 /// Queued bytes that wake the writer before [`FLUSH_EVERY`] has passed.
 const WAKE_AT_BYTES: usize = 256 << 10;
 
-/// Writes what is queued and stops the writer thread when dropped.
-#[must_use = "dropping the guard stops the log writer"]
+/// Writes what is queued and stops the writer threads when dropped.
+#[must_use = "dropping the guard stops the log writers"]
 pub struct LogGuard {
     shared: Arc<Shared>,
-    writer: Option<std::thread::JoinHandle<()>>,
+    writers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for LogGuard {
     fn drop(&mut self) {
         self.shared.lock().stopping = true;
-        if let Some(writer) = self.writer.take() {
+        for writer in &self.writers {
             writer.thread().unpark();
+        }
+        for writer in self.writers.drain(..) {
             let _ = writer.join();
         }
     }
@@ -66,13 +68,17 @@ pub fn init(data_dir: &Path, file_name: &str) -> std::io::Result<(PathBuf, LogGu
     let file = crate::private::append(&path)?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let shared = Arc::new(Shared::default());
-    let writer = {
+    let spawn = |output: Output, out: Box<dyn Write + Send>| {
         let (shared, path) = (shared.clone(), path.clone());
-        std::thread::Builder::new()
-            .name("rainstorm-log".into())
-            .spawn(move || write_queued(&shared, file, &path))?
+        let name = match output {
+            Output::Stderr => "rainstorm-log-stderr",
+            Output::File | Output::Both => "rainstorm-log-file",
+        };
+        std::thread::Builder::new().name(name.into()).spawn(move || write_queued(&shared, output, out, &path))
     };
-    let _ = shared.writer.set(writer.thread().clone());
+    let writers =
+        vec![spawn(Output::Stderr, Box::new(std::io::stderr()))?, spawn(Output::File, Box::new(file))?];
+    let _ = shared.writers.set(writers.iter().map(|w| w.thread().clone()).collect());
     let to = |output| QueueWriter { shared: shared.clone(), output };
     // One line formatted for both outputs, unless stderr is a terminal and gets colour.
     let installed = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -87,7 +93,7 @@ pub fn init(data_dir: &Path, file_name: &str) -> std::io::Result<(PathBuf, LogGu
     if let Some(mode) = tightened {
         log_tightened(data_dir, mode);
     }
-    Ok((path, LogGuard { shared, writer: Some(writer) }))
+    Ok((path, LogGuard { shared, writers }))
 }
 
 /// Logs that the data dir `dir` had mode `was` and is now 0700.
@@ -101,13 +107,13 @@ pub(crate) fn log_tightened(dir: &Path, was: u32) {
     );
 }
 
-/// Lines waiting for the writer.
+/// Lines waiting for the writers.
 #[derive(Debug, Default)]
 struct Queue {
-    stderr: Vec<u8>,
-    file: Vec<u8>,
-    /// Lines dropped since the writer last looked.
-    dropped: u64,
+    /// By output: [`Output::Stderr`], [`Output::File`].
+    lines: [Vec<u8>; 2],
+    /// Lines dropped since the output's writer last looked.
+    dropped: [u64; 2],
     /// The guard was dropped: write what is queued, then stop.
     stopping: bool,
 }
@@ -115,8 +121,8 @@ struct Queue {
 #[derive(Debug, Default)]
 struct Shared {
     queue: Mutex<Queue>,
-    /// The writer thread, to wake early.
-    writer: OnceLock<std::thread::Thread>,
+    /// The writer threads, by output, to wake early.
+    writers: OnceLock<Vec<std::thread::Thread>>,
 }
 
 impl Shared {
@@ -132,6 +138,25 @@ enum Output {
     Stderr,
     File,
     Both,
+}
+
+impl Output {
+    /// The queues this output's lines go to.
+    fn queues(self) -> &'static [usize] {
+        match self {
+            Output::Stderr => &[0],
+            Output::File => &[1],
+            Output::Both => &[0, 1],
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Output::Stderr => "stderr",
+            Output::File => "the log file",
+            Output::Both => "stderr and the log file",
+        }
+    }
 }
 
 /// A layer's writer: queues each line for `output`.
@@ -152,28 +177,21 @@ impl<'a> MakeWriter<'a> for QueueWriter {
 impl Write for &QueueWriter {
     /// Takes one whole line (the formatter writes each event with one call).
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
-        let crossed = {
-            let mut guard = self.shared.lock();
-            let q = &mut *guard;
-            let queued = match self.output {
-                Output::Stderr => q.stderr.len(),
-                Output::File => q.file.len(),
-                Output::Both => q.stderr.len().max(q.file.len()),
-            };
-            if queued + line.len() > QUEUED_BYTES {
-                q.dropped += 1;
-                return Ok(line.len());
+        let mut wake = [false; 2];
+        {
+            let mut q = self.shared.lock();
+            for &i in self.output.queues() {
+                let queued = q.lines[i].len();
+                if queued + line.len() > QUEUED_BYTES {
+                    q.dropped[i] += 1;
+                    continue;
+                }
+                q.lines[i].extend_from_slice(line);
+                wake[i] = queued < WAKE_AT_BYTES && queued + line.len() >= WAKE_AT_BYTES;
             }
-            if matches!(self.output, Output::Stderr | Output::Both) {
-                q.stderr.extend_from_slice(line);
-            }
-            if matches!(self.output, Output::File | Output::Both) {
-                q.file.extend_from_slice(line);
-            }
-            queued < WAKE_AT_BYTES && queued + line.len() >= WAKE_AT_BYTES
-        };
-        if crossed {
-            if let Some(writer) = self.shared.writer.get() {
+        }
+        if let Some(writers) = self.shared.writers.get() {
+            for (writer, _) in writers.iter().zip(wake).filter(|(_, w)| *w) {
                 writer.unpark();
             }
         }
@@ -185,27 +203,24 @@ impl Write for &QueueWriter {
     }
 }
 
-/// The writer thread: takes the queue, writes it, sleeps; until the guard is dropped.
-fn write_queued(shared: &Shared, mut file: File, path: &Path) {
-    let (mut stderr, mut to_file) = (Vec::new(), Vec::new());
-    let mut file_failing = false;
+/// A writer thread: takes its output's queue, writes it, sleeps; until the guard is dropped.
+fn write_queued(shared: &Shared, output: Output, mut out: Box<dyn Write + Send>, path: &Path) {
+    let i = output.queues()[0];
+    let mut lines = Vec::new();
+    let mut failing = false;
     loop {
         let (dropped, stopping) = {
             let mut q = shared.lock();
-            std::mem::swap(&mut q.stderr, &mut stderr);
-            std::mem::swap(&mut q.file, &mut to_file);
-            (std::mem::take(&mut q.dropped), q.stopping)
+            std::mem::swap(&mut q.lines[i], &mut lines);
+            (std::mem::take(&mut q.dropped[i]), q.stopping)
         };
-        if !stderr.is_empty() {
-            // Nothing to do if stderr is gone (a closed pipe): the file still has every line.
-            let _ = std::io::stderr().write_all(&stderr);
-            stderr.clear();
-        }
-        if !to_file.is_empty() {
-            match file.write_all(&to_file) {
-                Ok(()) => file_failing = false,
-                Err(e) if !file_failing => {
-                    file_failing = true;
+        if !lines.is_empty() {
+            match out.write_all(&lines) {
+                Ok(()) => failing = false,
+                // A closed stderr is nothing to report; a log file that cannot be written is
+                // said once on stderr.
+                Err(e) if !failing && output == Output::File => {
+                    failing = true;
                     let _ = writeln!(
                         std::io::stderr(),
                         "rainstorm: cannot write the log file {}: {e}; its lines are lost until it can be written",
@@ -214,13 +229,14 @@ fn write_queued(shared: &Shared, mut file: File, path: &Path) {
                 }
                 Err(_) => {}
             }
-            to_file.clear();
+            lines.clear();
         }
         if dropped > 0 {
             tracing::warn!(
                 event = "log_lines_dropped",
                 dropped,
-                "{dropped} log lines were dropped: more than {} MiB of lines waited to be written",
+                "{dropped} log lines to {} were dropped: more than {} MiB of lines waited to be written",
+                output.describe(),
                 QUEUED_BYTES >> 20
             );
             continue; // written at once, even when stopping
@@ -250,9 +266,9 @@ mod tests {
         }
         assert_eq!((&file).write(&line).unwrap(), line.len());
         let q = shared.lock();
-        assert_eq!(q.stderr.len(), fits * line.len(), "stderr holds whole lines up to the bound");
-        assert_eq!(q.file.len(), fits * line.len());
-        assert_eq!(q.dropped, 11, "each line over the bound is counted, for either output");
-        assert!(q.stderr.split(|b| *b == b'\n').all(|l| l.is_empty() || l.len() == 999));
+        assert_eq!(q.lines[0].len(), fits * line.len(), "stderr holds whole lines up to the bound");
+        assert_eq!(q.lines[1].len(), fits * line.len());
+        assert_eq!(q.dropped, [10, 11], "each line over the bound is counted, for each output");
+        assert!(q.lines[0].split(|b| *b == b'\n').all(|l| l.is_empty() || l.len() == 999));
     }
 }

@@ -190,7 +190,7 @@ struct FrameBuf {
 
 impl FrameBuf {
     fn new(len: usize, budget: &'static FrameBudget) -> FrameBuf {
-        match budget.take(len).filter(|_| len > FIRST_CHUNK) {
+        match (len > FIRST_CHUNK).then(|| budget.take(len)).flatten() {
             Some(share) => FrameBuf { buf: Vec::with_capacity(len), len, whole: Some(share) },
             None => FrameBuf::growing(len),
         }

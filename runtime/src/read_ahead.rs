@@ -214,17 +214,13 @@ impl ReadAhead {
     /// Waits until the span at `(segment, start)` is read (or dropped, if its read failed),
     /// taking in the other answers that come first.
     fn wait_for(&mut self, segment: u64, start: u64) {
-        while let Some(Span::Reading { id }) = self.spans.get(&(segment, start)) {
-            let id = *id;
+        while let Some(Span::Reading { .. }) = self.spans.get(&(segment, start)) {
             let Some(readers) = &self.readers else { return };
             let Ok(done) = readers.done.recv() else {
                 self.spans.remove(&(segment, start));
                 return;
             };
             self.on_done(done);
-            debug_assert!(
-                !matches!(self.spans.get(&(segment, start)), Some(Span::Reading { id: i }) if *i != id)
-            );
         }
     }
 
