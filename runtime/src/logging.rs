@@ -16,8 +16,10 @@
 //! thread woken per line, as `tracing_appender::non_blocking` does, cost a node two context
 //! switches per line: a tenth of the CPU of a 4 KiB append.)
 //!
-//! Invariant: the returned [`LogGuard`] writes everything queued before it is dropped, then
-//! stops the writer: keep it until the process ends. Lines logged after that are not written.
+//! Invariant: the returned [`LogGuard`], dropped, has the writers write everything queued and
+//! stop, waiting for them at most [`STOP_WAIT`] (an output that takes no lines, such as a
+//! stderr nobody reads, never holds the process): keep it until the process ends. Lines logged
+//! after that are not written.
 //!
 //! Invariant: the log is its user's alone. [`init`] makes the data dir 0700 (tightening an
 //! existing looser one, and logging that it did) and the log file 0600, whatever the umask
@@ -38,6 +40,9 @@ pub const QUEUED_BYTES: usize = 16 << 20;
 /// How long a line may wait in the queue while the queue is small.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(25);
 
+/// How long a dropped guard waits for the writers to write what is queued.
+const STOP_WAIT: Duration = Duration::from_secs(2);
+
 /// Queued bytes that wake the writer before [`FLUSH_EVERY`] has passed.
 const WAKE_AT_BYTES: usize = 256 << 10;
 
@@ -54,8 +59,15 @@ impl Drop for LogGuard {
         for writer in &self.writers {
             writer.thread().unpark();
         }
+        // An output that takes no more lines (a stderr nobody reads) must not hold the process.
+        let deadline = std::time::Instant::now() + STOP_WAIT;
         for writer in self.writers.drain(..) {
-            let _ = writer.join();
+            while !writer.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if writer.is_finished() {
+                let _ = writer.join();
+            }
         }
     }
 }
@@ -251,6 +263,55 @@ fn write_queued(shared: &Shared, output: Output, mut out: Box<dyn Write + Send>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An output that never takes its lines (a stderr nobody reads) does not hold up the
+    /// other output, nor the process once the guard is dropped.
+    #[test]
+    fn a_stuck_output_holds_up_neither_the_other_nor_the_guard() {
+        struct Stuck(std::sync::mpsc::Receiver<()>);
+        impl Write for Stuck {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                let _ = self.0.recv(); // never answered while the test runs
+                Err(std::io::Error::other("stuck"))
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        #[derive(Clone, Default)]
+        struct Kept(Arc<Mutex<Vec<u8>>>);
+        impl Write for Kept {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let (_never, rx) = std::sync::mpsc::channel();
+        let shared = Arc::new(Shared::default());
+        let kept = Kept::default();
+        let spawn = |output, out: Box<dyn Write + Send>| {
+            let shared = shared.clone();
+            std::thread::spawn(move || write_queued(&shared, output, out, Path::new("test.log")))
+        };
+        let writers =
+            vec![spawn(Output::Stderr, Box::new(Stuck(rx))), spawn(Output::File, Box::new(kept.clone()))];
+        let _ = shared.writers.set(writers.iter().map(|w| w.thread().clone()).collect());
+        let both = QueueWriter { shared: shared.clone(), output: Output::Both };
+        (&both).write_all(b"first\n").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !kept.0.lock().unwrap().starts_with(b"first\n") {
+            assert!(std::time::Instant::now() < deadline, "the file's writer was held up");
+            std::thread::sleep(FLUSH_EVERY);
+        }
+        (&both).write_all(b"second\n").unwrap();
+        let started = std::time::Instant::now();
+        drop(LogGuard { shared, writers });
+        assert!(started.elapsed() < STOP_WAIT + Duration::from_secs(1), "{:?}", started.elapsed());
+        assert_eq!(&kept.0.lock().unwrap()[..], b"first\nsecond\n", "the guard had the file written");
+    }
 
     #[test]
     fn a_full_queue_drops_whole_lines_and_counts_them() {
