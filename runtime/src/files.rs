@@ -114,10 +114,11 @@ fn describe_parts(
 ) -> Result<UploadSource, String> {
     use sha2::Digest;
     let file = File::open(path).map_err(|e| format!("cannot read local file {}: {e}", path.display()))?;
-    let len = file.metadata().map_err(|e| format!("cannot stat {}: {e}", path.display()))?.len();
-    if !file.metadata().map(|m| m.is_file()).unwrap_or(false) {
+    let meta = file.metadata().map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+    if !meta.is_file() {
         return Err(format!("{} is not a regular file", path.display()));
     }
+    let len = meta.len();
     if len > limit {
         return Err(format!("{} is {len} bytes, over the {limit}-byte limit for one write", path.display()));
     }

@@ -82,18 +82,6 @@ struct Readers {
     done: Receiver<Done>,
 }
 
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Job {{ id: {}, start: {}, valid: {} }}", self.id, self.start, self.valid)
-    }
-}
-
-impl std::fmt::Debug for Done {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Done {{ id: {}, got: {:?} }}", self.id, self.got.as_ref().map_err(|e| e.kind()))
-    }
-}
-
 impl ReadAhead {
     /// The bytes `[from, to)` of `segment` if spans read ahead hold them all, waiting for a span
     /// still being read: the first `head.len()` into `head`, the rest returned. `None` if any

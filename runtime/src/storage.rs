@@ -742,8 +742,7 @@ impl FileStorage {
         let end = loc.at + loc.record_bytes();
         let direct = match &segment.direct {
             Some(direct) if loc.len as usize >= self.direct_at_least => {
-                let ahead = self.read_ahead.take(loc.segment, loc.at, end, &mut h);
-                let read = match ahead {
+                let read = match self.read_ahead.take(loc.segment, loc.at, end, &mut h) {
                     Some(data) => Some(data),
                     None => read_direct(direct, &mut self.aligned, loc, &mut h)
                         .map_err(|e| io_err("read a block from", &path, &e))?,
