@@ -111,9 +111,10 @@ async fn answer(stream: UnixStream, handle: NodeHandle) -> std::io::Result<()> {
             lines.clear();
         }
     }
+    // The last lines, the verdict and the output in one write (one wake-up of the client).
+    lines.push_str(if reply.ok { "ok\n" } else { "error\n" });
+    lines.push_str(&reply.output);
     write.write_all(lines.as_bytes()).await?;
-    write.write_all(if reply.ok { b"ok\n" } else { b"error\n" }).await?;
-    write.write_all(reply.output.as_bytes()).await?;
     write.shutdown().await
 }
 

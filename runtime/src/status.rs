@@ -54,7 +54,8 @@ pub const CONCURRENT_REQUESTS: usize = 4;
 /// How much an observation holds: each level holds what the one before it does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Detail {
-    /// Counters and the jobs this node leads (the page's sampler).
+    /// Counters and the jobs this node leads (the page's sampler): no count that visits every
+    /// file held (files under-replicated and bytes held are 0 in it).
     Jobs,
     /// Also the files held, counted (a scrape of `/metrics`).
     Counters,
@@ -134,7 +135,8 @@ pub(crate) fn observe(node: &Node, book: &JobBook, detail: Detail) -> Observatio
     let m = node.membership();
     let h = node.hydfs();
     let replication = h.config().replication;
-    let hydfs_stats = h.stats();
+    // The sampler's observation (every second) leaves out what visits every write held.
+    let hydfs_stats = if detail >= Detail::Counters { h.stats() } else { h.counters() };
     let mut files = Vec::new();
     let (mut files_held, mut files_incomplete) = (0, 0);
     let held = if detail >= Detail::Counters { h.local_files() } else { Vec::new() };
@@ -176,7 +178,7 @@ pub(crate) fn observe(node: &Node, book: &JobBook, detail: Detail) -> Observatio
         ring: h.ring().members().collect(),
         files,
         files_held,
-        bytes_held: h.store().stored_bytes(),
+        bytes_held: if detail >= Detail::Counters { h.store().stored_bytes() } else { 0 },
         files_incomplete,
         tasks_hosted: rainstorm.hosted().len() as u64,
         replication,

@@ -720,7 +720,11 @@ impl Hydfs {
         }
         let req = self.next_req + 1;
         self.next_req = req;
-        let needs_now = self.needs(&name);
+        // What a read must include (a write needs none: the list grows with the client's writes).
+        let needs_now = match self.client.ops.get(&id).map(|o| &o.kind) {
+            Some(Kind::Read { .. } | Kind::Meta) => self.needs(&name),
+            _ => Vec::new(),
+        };
         let op = self.client.ops.get_mut(&id).expect("present");
         let (msg, timeout) = match &mut op.kind {
             Kind::Write { meta } => {

@@ -333,13 +333,21 @@ impl Hydfs {
         &self.recovery
     }
 
+    /// The counters, with the files under-replicated counted (which visits every write held).
     pub fn stats(&self) -> HydfsStats {
+        let mut s = self.counters();
+        (s.files_under_replicated, s.bytes_under_replicated) = self.under_replicated();
+        s
+    }
+
+    /// The counters alone, at a cost that does not grow with the files held (the
+    /// under-replicated ones are left at 0: see [`Hydfs::stats`]).
+    pub fn counters(&self) -> HydfsStats {
         let mut s = self.stats.clone();
         s.cache_hits = self.client.cache.hits;
         s.cache_misses = self.client.cache.misses;
         s.tombstones = self.tombstones.len() as u64;
         s.tombstones_evicted = self.tombstones.evicted;
-        (s.files_under_replicated, s.bytes_under_replicated) = self.under_replicated();
         s
     }
 
