@@ -92,6 +92,11 @@ const KIND_DELETE: u8 = 2;
 /// Zeros that align the next record for direct I/O: dead from the start, never read as data.
 const KIND_PAD: u8 = 3;
 
+/// A record with fewer data bytes than this is written from one buffer and read into one, one
+/// system call each: copying it costs less than a second call. A larger one is written and read
+/// in two (its header, then its data), never copied.
+const GATHER_BELOW: usize = 64 << 10;
+
 /// A record with at least this many data bytes is written and read with `O_DIRECT`.
 const DIRECT_AT_LEAST: usize = crate::direct::LARGE;
 
@@ -133,6 +138,9 @@ pub struct FileStorage {
     /// only after two such records in a row: a large transfer's records go direct, and a
     /// direct write over zeros still dirty in the page cache would have to wait for them.
     after_small: bool,
+    /// The buffer a small record is gathered in (header then data) to be written with one
+    /// system call (kept, like `aligned`).
+    gather: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -403,6 +411,7 @@ impl FileStorage {
             aligned: AlignedBuf::default(),
             direct_at_least: DIRECT_AT_LEAST,
             after_small: false,
+            gather: Vec::new(),
             read_ahead: ReadAhead::default(),
         };
         let mut numbers = Vec::new();
@@ -638,7 +647,8 @@ impl FileStorage {
     }
 
     /// Appends a whole record, its encoded header then its data (a fresh one, or one copied by
-    /// compaction), in two writes so that a large block is never copied.
+    /// compaction): a small one gathered into one write, a larger one in two so that it is never
+    /// copied.
     fn append_record(
         &mut self,
         header: &[u8],
@@ -657,10 +667,17 @@ impl FileStorage {
         let path = self.segment_path(n);
         let segment = self.segments.get_mut(&n).expect("segment_for returns a segment");
         let at = segment.len;
-        let written = segment
-            .file
-            .write_all_at(header, at)
-            .and_then(|()| segment.file.write_all_at(data, at + header.len() as u64));
+        let written = if data.len() < GATHER_BELOW {
+            self.gather.clear();
+            self.gather.extend_from_slice(header);
+            self.gather.extend_from_slice(data);
+            segment.file.write_all_at(&self.gather, at)
+        } else {
+            segment
+                .file
+                .write_all_at(header, at)
+                .and_then(|()| segment.file.write_all_at(data, at + header.len() as u64))
+        };
         if let Err(e) = written {
             // Best effort: the next record is written at `at` anyway, and a scan stops at the
             // first header that is not whole and valid.
@@ -754,6 +771,17 @@ impl FileStorage {
         };
         let data = match direct {
             Some(data) => data,
+            None if (loc.len as usize) < GATHER_BELOW => {
+                // One read for the header and the data; the data is then moved to the front.
+                let mut data = vec![0u8; loc.record_bytes() as usize];
+                segment
+                    .file
+                    .read_exact_at(&mut data, loc.at)
+                    .map_err(|e| io_err("read a block from", &path, &e))?;
+                h.copy_from_slice(&data[..HEADER as usize]);
+                data.drain(..HEADER as usize);
+                data
+            }
             None => {
                 let mut data = vec![0u8; loc.len as usize];
                 segment
@@ -776,39 +804,65 @@ impl FileStorage {
 
     /// Flushes what `unsynced` names: inline for a few bytes, else on a thread of its own.
     fn start_sync(&mut self) -> Result<bool, StorageError> {
+        let dir = self.dir_dirty.then(|| self.dir.clone());
+        let bytes = std::mem::take(&mut self.unsynced_bytes);
+        let background = bytes > BACKGROUND_SYNC_ABOVE;
+        let unsynced = std::mem::take(&mut self.unsynced);
+        self.dir_dirty = false;
+        let sync_dir = |dir: &Path| {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| format!("cannot sync {}: {e}", dir.display()))
+        };
+        if !background {
+            // Inline: the segments' own handles, no duplicate descriptors.
+            let synced = unsynced.iter().filter_map(|n| self.segments.get(n).map(|s| (n, s))).try_for_each(
+                |(n, segment)| {
+                    segment
+                        .file
+                        .sync_data()
+                        .map_err(|e| format!("cannot sync {}: {e}", self.segment_path(*n).display()))
+                },
+            );
+            synced.and_then(|()| dir.as_deref().map_or(Ok(()), sync_dir)).map_err(|e| self.poison(e))?;
+            return Ok(true);
+        }
         let mut files = Vec::new();
-        for n in &self.unsynced {
+        for n in &unsynced {
             if let Some(segment) = self.segments.get(n) {
                 let path = self.segment_path(*n);
-                files.push((segment.file.try_clone().map_err(|e| io_err("sync", &path, &e))?, path));
+                match segment.file.try_clone() {
+                    Ok(file) => files.push((file, path)),
+                    Err(e) => {
+                        // Nothing was flushed: what is unsynced stays so.
+                        self.unsynced_bytes = bytes;
+                        self.unsynced = unsynced;
+                        self.dir_dirty = dir.is_some();
+                        return Err(io_err("sync", &path, &e));
+                    }
+                }
             }
         }
-        let dir = self.dir_dirty.then(|| self.dir.clone());
-        let background = self.unsynced_bytes > BACKGROUND_SYNC_ABOVE;
-        self.unsynced.clear();
-        self.unsynced_bytes = 0;
-        self.dir_dirty = false;
+        let dir_dirty = dir.is_some();
         let work = move || -> Result<(), String> {
             for (file, path) in &files {
                 file.sync_data().map_err(|e| format!("cannot sync {}: {e}", path.display()))?;
             }
-            if let Some(dir) = &dir {
-                File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| format!("cannot sync {}: {e}", dir.display()))?;
-            }
-            Ok(())
+            dir.as_deref().map_or(Ok(()), sync_dir)
         };
-        if background {
-            let thread = std::thread::Builder::new()
-                .name("hydfs-flush".into())
-                .spawn(work)
-                .map_err(|e| io_err("start a flush of", &self.dir, &e))?;
-            self.flush = Some(Flush { thread });
-            return Ok(false);
+        match std::thread::Builder::new().name("hydfs-flush".into()).spawn(work) {
+            Ok(thread) => {
+                self.flush = Some(Flush { thread });
+                Ok(false)
+            }
+            Err(e) => {
+                // Nothing was flushed: what is unsynced stays so.
+                self.unsynced_bytes = bytes;
+                self.unsynced = unsynced;
+                self.dir_dirty = dir_dirty;
+                Err(io_err("start a flush of", &self.dir, &e))
+            }
         }
-        work().map_err(|e| self.poison(e))?;
-        Ok(true)
     }
 
     /// A sync failed: no later sync may succeed (see `poisoned`).
