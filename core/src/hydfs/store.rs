@@ -128,6 +128,24 @@ impl Persisted {
     }
 }
 
+/// Which writes of one file have every part stored ([`LocalStore::held_parts`]): per write with a
+/// part stored, in stamp order, how many of its parts are and the highest part number among them.
+#[derive(Clone, Debug, Default)]
+pub struct HeldParts(Vec<(Stamp, u32, u32)>);
+
+impl HeldParts {
+    /// Whether every part of `w` is stored: as many parts of it as it has, none numbered past
+    /// its last (so parts 0 to n - 1 each once).
+    pub fn is_complete(&self, w: &WriteMeta) -> bool {
+        let n = w.parts.len() as u32;
+        n == 0
+            || self
+                .0
+                .binary_search_by_key(&w.stamp, |(s, _, _)| *s)
+                .is_ok_and(|i| self.0[i].1 == n && self.0[i].2 < n)
+    }
+}
+
 /// How recovery checks the parts its index names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PartCheck {
@@ -490,13 +508,15 @@ impl LocalStore {
     pub fn set_file(&mut self, name: &FileName, rec: FileRec) {
         self.touch(name);
         self.owners_memo.remove(name);
-        // Parts of writes the record no longer holds are released.
-        let keep: Vec<Stamp> = rec.writes().map(|w| w.stamp).collect();
+        // Parts of writes the record no longer holds are released (the stamps sorted: compared
+        // one by one, the cost grew with the square of the file's writes).
+        let mut keep: Vec<Stamp> = rec.writes().map(|w| w.stamp).collect();
+        keep.sort_unstable();
         let stale: Vec<PartKey> = self
             .parts
             .range((name.clone(), Stamp::MIN, 0)..)
             .take_while(|((n, _, _), _)| n == name)
-            .filter(|((_, s, _), _)| !keep.contains(s))
+            .filter(|((_, s, _), _)| keep.binary_search(s).is_err())
             .map(|(k, _)| k.clone())
             .collect();
         for k in stale {
@@ -528,6 +548,26 @@ impl LocalStore {
             "one range of the index says what a lookup per part would"
         );
         held == n as usize
+    }
+
+    /// Which writes of file `name` have every part stored, from one walk of the file's parts: for
+    /// callers that ask it of many writes of one file (a description, a collect, the orphan
+    /// check), where [`LocalStore::is_complete`] per write cost a descent of the index and two
+    /// copies of the name each.
+    pub fn held_parts(&self, name: &FileName) -> HeldParts {
+        let mut held: Vec<(Stamp, u32, u32)> = Vec::new();
+        let parts = self.parts.range((name.clone(), Stamp::MIN, 0)..).take_while(|((n, _, _), _)| n == name);
+        for ((_, stamp, part), _) in parts {
+            match held.last_mut() {
+                Some((s, count, top)) if s == stamp => {
+                    *count += 1;
+                    *top = (*top).max(*part);
+                }
+                _ => held.push((*stamp, 1, *part)),
+            }
+        }
+        debug_assert!(held.windows(2).all(|w| w[0].0 < w[1].0), "a file's parts are walked in stamp order");
+        HeldParts(held)
     }
 
     /// The owner chain the seals of file `name` make ([`Owners::of`] over its writes; `None`:
@@ -718,7 +758,13 @@ impl LocalStore {
     }
 
     fn compaction_due(&self) -> bool {
-        let changes = self.index_blocks.range(self.snapshot_first..).count();
+        // Blocks are numbered in the order they are written, from the snapshot's first on (a
+        // count of the set's range cost every sync a walk of up to `compact_blocks` entries).
+        let changes = self.next_seq.saturating_sub(self.snapshot_first) as usize;
+        debug_assert!(
+            changes >= self.index_blocks.range(self.snapshot_first..self.next_seq).count(),
+            "the index blocks since the snapshot are numbered below the next one"
+        );
         changes > self.compact_blocks
             || (self.changes_bytes > COMPACT_MIN_BYTES && self.changes_bytes > self.snapshot_bytes)
     }
@@ -942,8 +988,13 @@ impl LocalStore {
         let rec = self.files.get(name)?;
         let owners = self.owners(rec);
         let kept = |w: &&WriteMeta| owners.as_ref().is_none_or(|o| o.keeps(w));
-        let incomplete =
-            rec.writes().filter(kept).filter(|w| !self.is_complete(name, w)).map(|w| w.stamp).collect();
+        let held = self.held_parts(name);
+        let incomplete: Vec<Stamp> =
+            rec.writes().filter(kept).filter(|w| !held.is_complete(w)).map(|w| w.stamp).collect();
+        debug_assert!(
+            rec.writes().all(|w| held.is_complete(w) == self.is_complete(name, w)),
+            "one walk of the parts says what a range per write would"
+        );
         Some(FileMeta {
             name: name.clone(),
             create: rec.create.clone(),
@@ -1392,6 +1443,47 @@ mod tests {
             assert!(!store.has_part(&name, w.stamp, 0));
         }
         assert!(store.put_part(&name, w.stamp, 0, p, b"a\nb\n").unwrap());
+    }
+
+    #[test]
+    fn one_walk_of_a_files_parts_says_which_writes_are_complete() {
+        let mut store = LocalStore::new(Box::new(MemStorage::default())).unwrap();
+        let (name, other) = (FileName::new("f").unwrap(), FileName::new("g").unwrap());
+        let bytes = [b'x'; 300];
+        let create = WriteMeta::describe(stamp(1, 1), WriteKind::Create, &bytes, 100);
+        let whole = WriteMeta::describe(stamp(2, 1), WriteKind::Append, &bytes, 100);
+        let gap = WriteMeta::describe(stamp(3, 1), WriteKind::Append, &bytes, 100);
+        let none = WriteMeta::describe(stamp(4, 1), WriteKind::Append, &bytes, 100);
+        let empty = WriteMeta::describe(stamp(5, 1), WriteKind::Append, b"", 100);
+        assert_eq!((whole.parts.len(), empty.parts.len()), (3, 0));
+        store.file_mut(&name).create = Some(create.clone());
+        for w in [&whole, &gap, &none, &empty] {
+            store.add_pending(&name, w.clone());
+        }
+        // The same stamp under another name, complete, must not count for `f`.
+        store.file_mut(&other).create = Some(none.clone());
+        let mut put = |store: &mut LocalStore, n: &FileName, w: &WriteMeta, part: u32| {
+            let at = part as usize * 100;
+            assert!(store.put_part(n, w.stamp, part, w.parts[part as usize], &bytes[at..at + 100]).unwrap());
+        };
+        for part in 0..3 {
+            put(&mut store, &name, &create, part);
+            put(&mut store, &name, &whole, part);
+            put(&mut store, &other, &none, part);
+        }
+        put(&mut store, &name, &gap, 0);
+        put(&mut store, &name, &gap, 2);
+        let held = store.held_parts(&name);
+        for (w, complete) in [(&create, true), (&whole, true), (&gap, false), (&none, false), (&empty, true)]
+        {
+            assert_eq!(held.is_complete(w), complete, "write {:?}", w.stamp);
+            assert_eq!(store.is_complete(&name, w), complete, "write {:?}", w.stamp);
+        }
+        // A part numbered past a write's last never stands in for a missing one.
+        let two = WriteMeta { parts: gap.parts[..2].to_vec(), ..gap.clone() };
+        assert!(!held.is_complete(&two), "parts 0 and 2 are not parts 0 and 1");
+        let incomplete = store.meta(&name).unwrap().incomplete;
+        assert_eq!(incomplete, vec![gap.stamp, none.stamp]);
     }
 
     #[test]

@@ -50,7 +50,8 @@ impl Hydfs {
         let targets = self.replicas(&name);
         let mut found = BTreeMap::new();
         if let Some(rec) = self.store.file(&name) {
-            for w in rec.pending.values().filter(|w| self.store.is_complete(&name, w)) {
+            let held = self.store.held_parts(&name);
+            for w in rec.pending.values().filter(|w| held.is_complete(w)) {
                 found.insert(w.stamp, (w.clone(), vec![self.me]));
             }
         }
@@ -82,10 +83,11 @@ impl Hydfs {
         let result = match self.store.file(&name) {
             Some(rec) => {
                 let owners = self.seal_owners(rec.writes());
+                let held = self.store.held_parts(&name);
                 Ok(rec
                     .pending
                     .values()
-                    .filter(|w| self.store.is_complete(&name, w))
+                    .filter(|w| held.is_complete(w))
                     .filter(|w| owners.as_ref().is_none_or(|o| o.keeps(w)))
                     .cloned()
                     .collect())

@@ -90,7 +90,8 @@ impl Hydfs {
             self.cfg.coordinator_timeout + self.cfg.request_timeout + self.cfg.anti_entropy_interval * 2;
         let mut incomplete: BTreeSet<(FileName, Stamp)> = BTreeSet::new();
         for (name, rec) in self.store.files() {
-            for w in rec.pending.values().filter(|w| !self.store.is_complete(name, w)) {
+            let held = self.store.held_parts(name);
+            for w in rec.pending.values().filter(|w| !held.is_complete(w)) {
                 incomplete.insert((name.clone(), w.stamp));
             }
         }
@@ -242,8 +243,9 @@ impl Hydfs {
         self.store.set_file(name, rec.clone());
         let mut sources = vec![from];
         sources.extend(self.replicas(name));
+        let held = self.store.held_parts(name);
         for w in rec.writes() {
-            if !self.store.is_complete(name, w) {
+            if !held.is_complete(w) {
                 let from_has =
                     !meta.incomplete.contains(&w.stamp) && meta.all_writes().any(|m| m.stamp == w.stamp);
                 let srcs: Vec<NodeAddr> =
