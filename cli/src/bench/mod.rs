@@ -21,6 +21,7 @@
 //! * [`rainstorm_cluster`]: RainStorm jobs on a real 10-process loopback cluster: throughput and
 //!   tuple latency against the single-process ceiling, with two workers killed, CPU split, RSS.
 
+mod append_floor;
 mod ceiling;
 mod cluster_membership;
 #[cfg(feature = "compare-foca")]
