@@ -663,7 +663,10 @@ fn append_rate(a: &Cluster, plan: &Plan, work: &Path, f: &mut Findings) -> Resul
             round + 1,
             plan.rate_appends_each
         );
-        floor.push(super::append_floor::measure(work, &blocks, plan.rate_appends_each)?);
+        match super::append_floor::measure(work, &blocks, plan.rate_appends_each) {
+            Ok(rate) => floor.push(rate),
+            Err(e) => f.problem(format!("the append floor failed: {e:#}")),
+        }
         let (rate, t, e) = cluster_appends(a, plan, name, &blocks)?;
         rates.push(rate);
         times.extend(t);
@@ -674,7 +677,7 @@ fn append_rate(a: &Cluster, plan: &Plan, work: &Path, f: &mut Findings) -> Resul
     }
     let (rate, floor_rate) = (median_f64(&rates), median_f64(&floor));
     f.appends_per_sec = Some(rate);
-    f.append_floor = Some(floor_rate);
+    f.append_floor = (!floor.is_empty()).then_some(floor_rate);
     let l = lat(&times);
     println!("## 3. 4 KiB appends per second, cluster-wide (one shared file)");
     println!();
@@ -695,8 +698,10 @@ fn append_rate(a: &Cluster, plan: &Plan, work: &Path, f: &mut Findings) -> Resul
         l.p50,
         l.p99
     );
-    println!("| floor, same clients | | | {floor_rate:.0} | {} | | | |", all(&floor));
-    println!("| cluster ÷ floor | | | {:.2} | | | | |", rate / floor_rate.max(1e-9));
+    if !floor.is_empty() {
+        println!("| floor, same clients | | | {floor_rate:.0} | {} | | | |", all(&floor));
+        println!("| cluster ÷ floor | | | {:.2} | | | | |", rate / floor_rate.max(1e-9));
+    }
     println!();
     Ok(())
 }
@@ -1230,7 +1235,11 @@ fn summary(f: &Findings, plan: &Plan) {
             if floor < 5_000.0 { " (the floor itself is below 5,000/s here)" } else { "" },
             met(rate >= 5_000.0)
         ),
-        _ => println!("| ≥ 5,000 4 KiB appends/s, {NODES} clients | failed | NOT met |"),
+        (Some(rate), None) => println!(
+            "| ≥ 5,000 4 KiB appends/s, {NODES} clients (medians) | {rate:.0}/s (the floor failed) | {} |",
+            met(rate >= 5_000.0)
+        ),
+        (None, _) => println!("| ≥ 5,000 4 KiB appends/s, {NODES} clients | failed | NOT met |"),
     }
     println!(
         "| (no target) re-replication after kill -9: ls shows 3 holders / new replica serves it whole | {} / {} | — |",

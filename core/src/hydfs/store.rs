@@ -1462,7 +1462,7 @@ mod tests {
         }
         // The same stamp under another name, complete, must not count for `f`.
         store.file_mut(&other).create = Some(none.clone());
-        let mut put = |store: &mut LocalStore, n: &FileName, w: &WriteMeta, part: u32| {
+        let put = |store: &mut LocalStore, n: &FileName, w: &WriteMeta, part: u32| {
             let at = part as usize * 100;
             assert!(store.put_part(n, w.stamp, part, w.parts[part as usize], &bytes[at..at + 100]).unwrap());
         };
