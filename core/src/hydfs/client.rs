@@ -79,10 +79,26 @@ impl PartialEq for UploadSource {
 
 impl Eq for UploadSource {}
 
-/// The bytes a client is uploading: held in memory, or read from a source on demand.
+/// The bytes a client is uploading: held in memory, or read from a source on demand (with the
+/// offset each part starts at, worked out once rather than summed for every part fetched).
 enum Upload {
     Bytes(Vec<u8>),
-    Source(UploadSource),
+    Source { source: UploadSource, offsets: Vec<u64> },
+}
+
+impl Upload {
+    fn source(source: UploadSource) -> Upload {
+        let offsets = source
+            .parts
+            .iter()
+            .scan(0u64, |at, p| {
+                let start = *at;
+                *at += p.len as u64;
+                Some(start)
+            })
+            .collect();
+        Upload::Source { source, offsets }
+    }
 }
 
 /// Identifies one client operation on this node.
@@ -514,7 +530,7 @@ impl Hydfs {
             ClientOp::Upload { kind, source, .. } => {
                 let stamp = self.next_stamp(now);
                 let meta = WriteMeta { stamp, kind, parts: source.parts.clone() };
-                self.client.uploads.insert((name.clone(), stamp), Upload::Source(source));
+                self.client.uploads.insert((name.clone(), stamp), Upload::source(source));
                 Kind::Write { meta }
             }
             ClientOp::Download { from: ReadFrom::Any, .. } => {
@@ -1312,10 +1328,14 @@ impl Hydfs {
                 }
                 Some(Ok(data[start..data.len().min(start.saturating_add(chunk))].to_vec()))
             }
-            Upload::Source(src) => {
-                let p = src.parts.get(part as usize)?;
-                let offset: u64 = src.parts[..part as usize].iter().map(|p| p.len as u64).sum();
-                Some(src.reader.read_at(offset, p.len as usize))
+            Upload::Source { source, offsets } => {
+                let (p, offset) = (source.parts.get(part as usize)?, offsets.get(part as usize)?);
+                debug_assert_eq!(
+                    *offset,
+                    source.parts[..part as usize].iter().map(|p| p.len as u64).sum::<u64>(),
+                    "a part starts where the parts before it end"
+                );
+                Some(source.reader.read_at(*offset, p.len as usize))
             }
         }
     }
@@ -1323,7 +1343,7 @@ impl Hydfs {
     /// The metadata of a part this client is uploading, as its write declared it.
     pub(super) fn upload_part_meta(&self, name: &FileName, stamp: Stamp, part: u32) -> Option<PartMeta> {
         match self.client.uploads.get(&(name.clone(), stamp))? {
-            Upload::Source(src) => src.parts.get(part as usize).copied(),
+            Upload::Source { source, .. } => source.parts.get(part as usize).copied(),
             Upload::Bytes(_) => self.client.ops.values().find_map(|o| match &o.kind {
                 Kind::Write { meta } if meta.stamp == stamp && &o.name == name => {
                     meta.parts.get(part as usize).copied()
