@@ -73,6 +73,8 @@ enum Event {
     },
     /// A node stopped sending writes (the loop ends once every node has).
     Closed,
+    /// A replica's connection ended: the writes it has not acknowledged never will be.
+    ReplicaGone,
 }
 
 /// A log file appended to and synced.
@@ -94,7 +96,8 @@ impl Log {
     }
 }
 
-/// The appends per second of `clients × each` appends, each of `block` (a local file).
+/// The appends per second of `each` appends from each of the ten clients, client `i` appending
+/// the local file `blocks[i]`.
 pub fn measure(work: &Path, blocks: &[PathBuf], each: usize) -> Result<f64> {
     if blocks.len() != NODES {
         bail!("the append floor needs {NODES} blocks");
@@ -300,7 +303,10 @@ fn read_acks(mut s: TcpStream, events: mpsc::Sender<Event>) -> Result<()> {
     let mut chunk = vec![0u8; 64 << 10];
     loop {
         match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return Ok(()),
+            Ok(0) | Err(_) => {
+                let _ = events.send(Event::ReplicaGone);
+                return Ok(());
+            }
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
         for (id, _) in take_frames(&mut buf) {
@@ -358,6 +364,7 @@ fn coordinate(
                     }
                 }
                 Event::Closed => closed += 1,
+                Event::ReplicaGone => bail!("a replica stopped before the clients were done"),
             }
         }
         if !forward.is_empty() {
