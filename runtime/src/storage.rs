@@ -805,64 +805,55 @@ impl FileStorage {
     /// Flushes what `unsynced` names: inline for a few bytes, else on a thread of its own.
     fn start_sync(&mut self) -> Result<bool, StorageError> {
         let dir = self.dir_dirty.then(|| self.dir.clone());
-        let bytes = std::mem::take(&mut self.unsynced_bytes);
-        let background = bytes > BACKGROUND_SYNC_ABOVE;
-        let unsynced = std::mem::take(&mut self.unsynced);
-        self.dir_dirty = false;
         let sync_dir = |dir: &Path| {
             File::open(dir)
                 .and_then(|d| d.sync_all())
                 .map_err(|e| format!("cannot sync {}: {e}", dir.display()))
         };
-        if !background {
+        if self.unsynced_bytes <= BACKGROUND_SYNC_ABOVE {
             // Inline: the segments' own handles, no duplicate descriptors.
-            let synced = unsynced.iter().filter_map(|n| self.segments.get(n).map(|s| (n, s))).try_for_each(
-                |(n, segment)| {
-                    segment
-                        .file
-                        .sync_data()
-                        .map_err(|e| format!("cannot sync {}: {e}", self.segment_path(*n).display()))
-                },
-            );
+            let synced =
+                self.unsynced.iter().filter_map(|n| self.segments.get(n).map(|s| (n, s))).try_for_each(
+                    |(n, segment)| {
+                        segment
+                            .file
+                            .sync_data()
+                            .map_err(|e| format!("cannot sync {}: {e}", self.segment_path(*n).display()))
+                    },
+                );
             synced.and_then(|()| dir.as_deref().map_or(Ok(()), sync_dir)).map_err(|e| self.poison(e))?;
+            self.clear_unsynced();
             return Ok(true);
         }
+        // On a thread of its own, with duplicates of the descriptors. Until it has begun, what is
+        // unsynced stays so (a failure here flushed nothing).
         let mut files = Vec::new();
-        for n in &unsynced {
+        for n in &self.unsynced {
             if let Some(segment) = self.segments.get(n) {
                 let path = self.segment_path(*n);
-                match segment.file.try_clone() {
-                    Ok(file) => files.push((file, path)),
-                    Err(e) => {
-                        // Nothing was flushed: what is unsynced stays so.
-                        self.unsynced_bytes = bytes;
-                        self.unsynced = unsynced;
-                        self.dir_dirty = dir.is_some();
-                        return Err(io_err("sync", &path, &e));
-                    }
-                }
+                files.push((segment.file.try_clone().map_err(|e| io_err("sync", &path, &e))?, path));
             }
         }
-        let dir_dirty = dir.is_some();
         let work = move || -> Result<(), String> {
             for (file, path) in &files {
                 file.sync_data().map_err(|e| format!("cannot sync {}: {e}", path.display()))?;
             }
             dir.as_deref().map_or(Ok(()), sync_dir)
         };
-        match std::thread::Builder::new().name("hydfs-flush".into()).spawn(work) {
-            Ok(thread) => {
-                self.flush = Some(Flush { thread });
-                Ok(false)
-            }
-            Err(e) => {
-                // Nothing was flushed: what is unsynced stays so.
-                self.unsynced_bytes = bytes;
-                self.unsynced = unsynced;
-                self.dir_dirty = dir_dirty;
-                Err(io_err("start a flush of", &self.dir, &e))
-            }
-        }
+        let thread = std::thread::Builder::new()
+            .name("hydfs-flush".into())
+            .spawn(work)
+            .map_err(|e| io_err("start a flush of", &self.dir, &e))?;
+        self.flush = Some(Flush { thread });
+        self.clear_unsynced();
+        Ok(false)
+    }
+
+    /// A flush covering everything written so far has completed or begun.
+    fn clear_unsynced(&mut self) {
+        self.unsynced.clear();
+        self.unsynced_bytes = 0;
+        self.dir_dirty = false;
     }
 
     /// A sync failed: no later sync may succeed (see `poisoned`).

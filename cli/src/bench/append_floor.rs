@@ -128,7 +128,9 @@ fn run(dir: &Path, blocks: &[PathBuf], each: usize) -> Result<f64> {
         s.set_nodelay(true)?;
         let acks = s.try_clone()?;
         let tx = events.clone();
-        threads.push(std::thread::spawn(move || read_acks(acks, tx)));
+        threads.push(std::thread::spawn(move || {
+            read_into(acks, tx, |id, _| Event::Ack { id }, Event::ReplicaGone)
+        }));
         to_replicas.push(s);
     }
     let coordinator_listener = TcpListener::bind("127.0.0.1:0")?;
@@ -144,7 +146,10 @@ fn run(dir: &Path, blocks: &[PathBuf], each: usize) -> Result<f64> {
             s.set_nodelay(true)?;
             replies_tx.send((from, s.try_clone()?)).map_err(|_| anyhow!("the coordinator stopped"))?;
             let tx = accept_events.clone();
-            std::thread::spawn(move || read_writes(s, from, tx));
+            std::thread::spawn(move || {
+                let write = |id, data| Event::Write { from: Some(from), id, data, done: None };
+                read_into(s, tx, write, Event::Closed)
+            });
         }
         Ok(())
     });
@@ -277,40 +282,26 @@ fn node(listener: UnixListener, mut upstream: Upstream) -> Result<()> {
     Ok(())
 }
 
-/// The coordinator's side of one node's connection: its writes, into the loop.
-fn read_writes(mut s: TcpStream, from: usize, events: mpsc::Sender<Event>) -> Result<()> {
+/// The coordinator's side of one connection: each frame, as `event` makes it, into the loop;
+/// `ended` when the connection ends.
+fn read_into(
+    mut s: TcpStream,
+    events: mpsc::Sender<Event>,
+    event: impl Fn(u64, Vec<u8>) -> Event,
+    ended: Event,
+) -> Result<()> {
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 64 << 10];
     loop {
         match s.read(&mut chunk) {
             Ok(0) | Err(_) => {
-                let _ = events.send(Event::Closed);
+                let _ = events.send(ended);
                 return Ok(());
             }
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
         for (id, data) in take_frames(&mut buf) {
-            if events.send(Event::Write { from: Some(from), id, data, done: None }).is_err() {
-                return Ok(());
-            }
-        }
-    }
-}
-
-/// The coordinator's side of a replica's connection: its acknowledgements, into the loop.
-fn read_acks(mut s: TcpStream, events: mpsc::Sender<Event>) -> Result<()> {
-    let mut buf = Vec::new();
-    let mut chunk = vec![0u8; 64 << 10];
-    loop {
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => {
-                let _ = events.send(Event::ReplicaGone);
-                return Ok(());
-            }
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-        for (id, _) in take_frames(&mut buf) {
-            if events.send(Event::Ack { id }).is_err() {
+            if events.send(event(id, data)).is_err() {
                 return Ok(());
             }
         }
