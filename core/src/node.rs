@@ -520,6 +520,12 @@ impl Node {
         self.collect_events(now);
     }
 
+    /// Storage finished a flush it ran behind the node's back: the answers waiting for it go.
+    pub fn storage_flushed(&mut self, now: Time) {
+        self.hydfs.storage_flushed(now);
+        self.collect_events(now);
+    }
+
     /// Timers due at `now` fire, after one round of messages to this node itself (those queued
     /// before this call; what they send to the node waits for the next round).
     pub fn handle_timeout(&mut self, now: Time) {

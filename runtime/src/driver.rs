@@ -280,7 +280,11 @@ pub async fn start(cfg: RuntimeConfig, data_dir_lock: DataDirLock) -> Result<Sta
     let now = clock.now();
     let hydfs = cfg.hydfs.clone();
     let (chunk_bytes, max_write_bytes) = (hydfs.chunk_bytes, hydfs.max_write_bytes);
-    let blocks = FileStorage::open(&cfg.data_dir.join("blocks")).map_err(StartError::Storage)?;
+    let mut blocks = FileStorage::open(&cfg.data_dir.join("blocks")).map_err(StartError::Storage)?;
+    // A flush behind the node's back wakes it: the writes it covered are answered at once.
+    let flushed = Arc::new(tokio::sync::Notify::new());
+    let wake = flushed.clone();
+    blocks.set_flush_notifier(Arc::new(move || wake.notify_one()));
     let mut node = Node::with_storage(
         NodeConfig {
             role: cfg.role,
@@ -362,7 +366,7 @@ pub async fn start(cfg: RuntimeConfig, data_dir_lock: DataDirLock) -> Result<Sta
         ),
         watchers: BTreeMap::new(),
     };
-    let task = tokio::spawn(task.run(rx, lanes));
+    let task = tokio::spawn(task.run(rx, lanes, flushed));
     // The page is a view: a port in use costs the node its page, never its work.
     let page = match metrics {
         Some(addr) => match crate::status::serve(addr, handle.clone()).await {
@@ -453,7 +457,12 @@ struct PendingOp {
 }
 
 impl NodeTask {
-    async fn run(mut self, mut rx: mpsc::Receiver<Input>, mut lanes: LaneQueues) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Input>,
+        mut lanes: LaneQueues,
+        flushed: Arc<tokio::sync::Notify>,
+    ) {
         let mut stopping: Option<(tokio::time::Instant, oneshot::Sender<()>)> = None;
         loop {
             // What the inputs asked of peers goes out first (a coordinator's requests to the
@@ -543,6 +552,7 @@ impl NodeTask {
                 _ = sleep => {
                     self.node.handle_timeout(self.clock.now());
                 }
+                () = flushed.notified() => self.node.storage_flushed(self.clock.now()),
                 // Control frames before data frames before bulk frames (`LaneQueues::recv`).
                 Some((_, incoming)) = lanes.recv() => self.on_lane(incoming),
             }

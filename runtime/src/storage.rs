@@ -118,8 +118,20 @@ pub struct FileStorage {
     unsynced_bytes: u64,
     /// Directory entries changed (a segment created or removed, a wipe) since the last sync.
     dir_dirty: bool,
-    /// A flush of many bytes runs on its own thread (a node keeps answering pings meanwhile).
-    flush: Option<Flush>,
+    /// The thread that flushes behind the node's back (started at the first such flush).
+    flusher: Option<Flusher>,
+    /// The flush the flusher runs now, if any.
+    in_flight: Option<InFlight>,
+    /// Puts and deletes so far: the mark ([`Storage::flush_behind`]) a flush begun now reaches.
+    written: u64,
+    /// Every put and delete up to this mark is durable.
+    durable: u64,
+    /// A mark `flush_behind` returned while a flush was under way: the next flush, for what
+    /// that one does not cover, begins once it ends.
+    wanted: u64,
+    /// Called on the flusher thread whenever a flush ends (the node task wakes to answer the
+    /// writes it waited for).
+    on_flushed: Option<FlushWake>,
     /// Compacted segments, removed once the sync covering their copies completes.
     retiring: Vec<u64>,
     /// Why a sync failed, once one has. After a failed fdatasync the kernel may have dropped the
@@ -145,7 +157,8 @@ pub struct FileStorage {
 
 #[derive(Debug)]
 struct Segment {
-    file: File,
+    /// Shared with the flusher thread while it syncs the segment.
+    file: Arc<File>,
     /// The same file opened with `O_DIRECT`, for large records (`None` where the file system
     /// refuses direct I/O: everything then goes through `file`).
     direct: Option<Arc<File>>,
@@ -222,10 +235,76 @@ fn zeros_from(file: &File, from: u64, to: u64) -> std::io::Result<bool> {
     Ok(true)
 }
 
-/// A background fdatasync of segments (and the directory).
-#[derive(Debug)]
-struct Flush {
-    thread: std::thread::JoinHandle<Result<(), String>>,
+/// What the flusher thread calls when a flush ends.
+#[derive(Clone)]
+struct FlushWake(Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for FlushWake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FlushWake")
+    }
+}
+
+/// The thread that runs `fdatasync`s behind the node's back, one flush at a time, in order.
+/// Dropping it (with its storage) ends the thread after the flush it runs.
+struct Flusher {
+    jobs: std::sync::mpsc::Sender<FlushJob>,
+    shared: Arc<FlushShared>,
+    /// Flushes handed to the thread so far (each job's number).
+    sent: u64,
+}
+
+impl std::fmt::Debug for Flusher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Flusher({} flushes sent)", self.sent)
+    }
+}
+
+/// One flush: the segments written since the last one, and the directory if entries changed.
+struct FlushJob {
+    number: u64,
+    files: Vec<(Arc<File>, PathBuf)>,
+    dir: Option<PathBuf>,
+}
+
+#[derive(Default)]
+struct FlushShared {
+    state: std::sync::Mutex<FlushState>,
+    ended: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct FlushState {
+    /// The number of the last flush that ended.
+    finished: u64,
+    /// Why a flush failed, once one has (every later one counts as failed too).
+    failed: Option<String>,
+}
+
+/// The flush under way: its job number, the mark it reaches, and how many bytes it covers.
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
+    number: u64,
+    mark: u64,
+    bytes: u64,
+}
+
+fn lock_flush(shared: &FlushShared) -> std::sync::MutexGuard<'_, FlushState> {
+    // A panic on the flusher thread while holding the lock leaves a state still worth reading.
+    shared.state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Syncs the files and the directory of one flush.
+fn run_flush(job: &FlushJob) -> Result<(), String> {
+    for (file, path) in &job.files {
+        file.sync_data().map_err(|e| format!("cannot sync {}: {e}", path.display()))?;
+    }
+    match &job.dir {
+        Some(dir) => File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| format!("cannot sync {}: {e}", dir.display())),
+        None => Ok(()),
+    }
 }
 
 /// How a record is written.
@@ -405,7 +484,12 @@ impl FileStorage {
             unsynced: BTreeSet::new(),
             unsynced_bytes: 0,
             dir_dirty: false,
-            flush: None,
+            flusher: None,
+            in_flight: None,
+            written: 0,
+            durable: 0,
+            wanted: 0,
+            on_flushed: None,
             retiring: Vec::new(),
             poisoned: None,
             aligned: AlignedBuf::default(),
@@ -465,7 +549,15 @@ impl FileStorage {
         let direct = open_direct(&path).map(Arc::new);
         self.segments.insert(
             n,
-            Segment { file, direct, len: 0, zeroed: 0, dead: 0, puts: HashSet::new(), damaged: false },
+            Segment {
+                file: Arc::new(file),
+                direct,
+                len: 0,
+                zeroed: 0,
+                dead: 0,
+                puts: HashSet::new(),
+                damaged: false,
+            },
         );
         let mut at = 0u64;
         let mut h = [0u8; HEADER as usize];
@@ -628,7 +720,15 @@ impl FileStorage {
         let direct = open_direct(&path).map(Arc::new);
         self.segments.insert(
             n,
-            Segment { file, direct, len: 0, zeroed: 0, dead: 0, puts: HashSet::new(), damaged: false },
+            Segment {
+                file: Arc::new(file),
+                direct,
+                len: 0,
+                zeroed: 0,
+                dead: 0,
+                puts: HashSet::new(),
+                damaged: false,
+            },
         );
         self.dir_dirty = true;
         Ok(n)
@@ -823,30 +923,106 @@ impl FileStorage {
                 );
             synced.and_then(|()| dir.as_deref().map_or(Ok(()), sync_dir)).map_err(|e| self.poison(e))?;
             self.clear_unsynced();
+            self.durable = self.written;
             return Ok(true);
         }
-        // On a thread of its own, with duplicates of the descriptors. Until it has begun, what is
-        // unsynced stays so (a failure here flushed nothing).
-        let mut files = Vec::new();
-        for n in &self.unsynced {
-            if let Some(segment) = self.segments.get(n) {
-                let path = self.segment_path(*n);
-                files.push((segment.file.try_clone().map_err(|e| io_err("sync", &path, &e))?, path));
-            }
-        }
-        let work = move || -> Result<(), String> {
-            for (file, path) in &files {
-                file.sync_data().map_err(|e| format!("cannot sync {}: {e}", path.display()))?;
-            }
-            dir.as_deref().map_or(Ok(()), sync_dir)
-        };
-        let thread = std::thread::Builder::new()
-            .name("hydfs-flush".into())
-            .spawn(work)
-            .map_err(|e| io_err("start a flush of", &self.dir, &e))?;
-        self.flush = Some(Flush { thread });
-        self.clear_unsynced();
+        // On the flusher thread.
+        self.start_flush()?;
         Ok(false)
+    }
+
+    /// Hands everything unsynced to the flusher thread (started now if it is not running).
+    /// Until the flush has begun, what is unsynced stays so (a failure here flushed nothing).
+    fn start_flush(&mut self) -> Result<(), StorageError> {
+        debug_assert!(self.in_flight.is_none(), "one flush at a time");
+        let files: Vec<(Arc<File>, PathBuf)> = self
+            .unsynced
+            .iter()
+            .filter_map(|n| self.segments.get(n).map(|s| (s.file.clone(), self.segment_path(*n))))
+            .collect();
+        let dir = self.dir_dirty.then(|| self.dir.clone());
+        if self.flusher.is_none() {
+            self.flusher = Some(self.spawn_flusher()?);
+        }
+        let flusher = self.flusher.as_mut().expect("started above");
+        let number = flusher.sent + 1;
+        if flusher.jobs.send(FlushJob { number, files, dir }).is_err() {
+            self.flusher = None;
+            return Err(StorageError::Io(format!(
+                "the flusher thread of {} has stopped; nothing more can be made durable",
+                self.dir.display()
+            )));
+        }
+        flusher.sent = number;
+        self.in_flight = Some(InFlight { number, mark: self.written, bytes: self.unsynced_bytes });
+        self.clear_unsynced();
+        Ok(())
+    }
+
+    fn spawn_flusher(&self) -> Result<Flusher, StorageError> {
+        let (jobs, queue) = std::sync::mpsc::channel::<FlushJob>();
+        let shared = Arc::new(FlushShared::default());
+        let (theirs, on_flushed) = (shared.clone(), self.on_flushed.clone());
+        std::thread::Builder::new()
+            .name("hydfs-flush".into())
+            .spawn(move || {
+                for job in queue {
+                    let started = std::time::Instant::now();
+                    let result = run_flush(&job);
+                    let took = started.elapsed();
+                    if took >= SLOW_SYNC {
+                        warn!(
+                            event = "slow_sync",
+                            ms = took.as_millis() as u64,
+                            "a flush took {} ms: the disk is slow, and writes waited for it",
+                            took.as_millis()
+                        );
+                    }
+                    {
+                        let mut state = lock_flush(&theirs);
+                        state.finished = job.number;
+                        if let Err(e) = result {
+                            state.failed.get_or_insert(e);
+                        }
+                    }
+                    theirs.ended.notify_all();
+                    if let Some(FlushWake(wake)) = &on_flushed {
+                        wake();
+                    }
+                }
+            })
+            .map_err(|e| io_err("start the flusher thread of", &self.dir, &e))?;
+        Ok(Flusher { jobs, shared, sent: 0 })
+    }
+
+    /// Takes in the flush under way if it has ended (waiting for it first with `wait`): what it
+    /// covered is durable, or the storage is poisoned if it failed.
+    fn finish_flush(&mut self, wait: bool) -> Result<(), StorageError> {
+        let (Some(f), Some(flusher)) = (self.in_flight, self.flusher.as_ref()) else { return Ok(()) };
+        let shared = flusher.shared.clone();
+        let mut state = lock_flush(&shared);
+        while wait && state.finished < f.number && state.failed.is_none() {
+            state = shared.ended.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        if let Some(why) = state.failed.clone() {
+            drop(state);
+            self.in_flight = None;
+            return Err(self.poison(why));
+        }
+        if state.finished < f.number {
+            return Ok(());
+        }
+        drop(state);
+        self.in_flight = None;
+        debug_assert!(f.mark >= self.durable, "flushes end in order");
+        self.durable = f.mark;
+        self.remove_retired()
+    }
+
+    /// Calls `wake` on another thread whenever a flush behind the node's back ends.
+    pub fn set_flush_notifier(&mut self, wake: Arc<dyn Fn() + Send + Sync>) {
+        debug_assert!(self.flusher.is_none(), "set before the first flush");
+        self.on_flushed = Some(FlushWake(wake));
     }
 
     /// A flush covering everything written so far has completed or begun.
@@ -854,6 +1030,16 @@ impl FileStorage {
         self.unsynced.clear();
         self.unsynced_bytes = 0;
         self.dir_dirty = false;
+    }
+
+    /// An earlier sync failed: nothing more is made durable (see `poisoned`).
+    fn check_poisoned(&self) -> Result<(), StorageError> {
+        match &self.poisoned {
+            Some(why) => Err(StorageError::Io(format!(
+                "an earlier sync failed ({why}); nothing is made durable until the node restarts"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// A sync failed: no later sync may succeed (see `poisoned`).
@@ -988,6 +1174,7 @@ impl FileStorage {
 impl Storage for FileStorage {
     fn put(&mut self, blob: BlobId, data: &[u8]) -> Result<(), StorageError> {
         let loc = self.append(KIND_PUT, blob, data)?;
+        self.written += 1;
         self.segments.get_mut(&loc.segment).expect("appended").puts.insert(blob);
         if let Some(old) = self.blocks.insert(blob, loc) {
             self.kill(old);
@@ -1005,6 +1192,7 @@ impl Storage for FileStorage {
             return Ok(());
         }
         let loc = self.append(KIND_DELETE, blob, &[])?;
+        self.written += 1;
         self.segments.get_mut(&loc.segment).expect("appended").dead += loc.record_bytes();
         if let Some(old) = self.blocks.remove(&blob) {
             self.kill(old);
@@ -1012,26 +1200,57 @@ impl Storage for FileStorage {
         Ok(())
     }
 
-    fn sync(&mut self) -> Result<(), StorageError> {
-        if let Some(why) = &self.poisoned {
-            return Err(StorageError::Io(format!(
-                "an earlier sync failed ({why}); nothing is made durable until the node restarts"
-            )));
+    /// Hands what was written since the last flush to the flusher thread, or notes it as
+    /// wanted after the flush under way (see [`FileStorage::durable_mark`]).
+    fn flush_behind(&mut self) -> Result<u64, StorageError> {
+        self.check_poisoned()?;
+        self.finish_flush(false)?;
+        let mark = self.written;
+        if self.unsynced.is_empty() && !self.dir_dirty {
+            // Everything written is in the flush under way, or durable already.
+            return Ok(mark);
         }
-        // A background flush covers everything written before it started; until it ends,
-        // nothing written since can be reported durable either.
-        if let Some(flush) = self.flush.take() {
-            if !flush.thread.is_finished() {
-                self.flush = Some(flush);
-                return Err(StorageError::InProgress);
+        match self.in_flight {
+            None => self.start_flush()?,
+            Some(_) => self.wanted = self.wanted.max(mark),
+        }
+        Ok(mark)
+    }
+
+    /// Takes in a flush that ended, and begins the one a `flush_behind` left waiting.
+    fn durable_mark(&mut self) -> Result<u64, StorageError> {
+        self.check_poisoned()?;
+        self.finish_flush(false)?;
+        if self.in_flight.is_none() && self.wanted > self.durable {
+            if self.unsynced.is_empty() && !self.dir_dirty {
+                self.durable = self.written;
+            } else {
+                self.start_flush()?;
             }
-            match flush.thread.join() {
-                Ok(Ok(())) => self.remove_retired()?,
-                Ok(Err(e)) => return Err(self.poison(e)),
-                Err(_) => return Err(self.poison("the flush thread panicked".into())),
+        }
+        debug_assert!(
+            self.in_flight.is_some()
+                || !self.unsynced.is_empty()
+                || self.dir_dirty
+                || self.durable == self.written,
+            "with nothing unsynced and no flush under way, everything written is durable"
+        );
+        Ok(self.durable)
+    }
+
+    fn sync(&mut self) -> Result<(), StorageError> {
+        self.check_poisoned()?;
+        // A flush under way covers everything written before it started; until it ends,
+        // nothing written since can be reported durable either. A small one ends within a
+        // disk flush and is waited for; a large one is not (the node goes on meanwhile).
+        if let Some(f) = self.in_flight {
+            self.finish_flush(f.bytes <= BACKGROUND_SYNC_ABOVE)?;
+            if self.in_flight.is_some() {
+                return Err(StorageError::InProgress);
             }
         }
         if self.unsynced.is_empty() && !self.dir_dirty {
+            self.durable = self.written;
             return Ok(());
         }
         let started = std::time::Instant::now();
@@ -1069,7 +1288,10 @@ impl Storage for FileStorage {
         self.unsynced.clear();
         self.unsynced_bytes = 0;
         self.retiring.clear();
-        self.flush = None;
+        // A flush under way ends on its own; a new flusher starts with nothing failed.
+        self.flusher = None;
+        self.in_flight = None;
+        self.wanted = 0;
         self.poisoned = None;
         crate::private::dir(&self.dir).map_err(|e| io_err("create", &self.dir, &e))?;
         let entries = fs::read_dir(&self.dir).map_err(|e| io_err("list", &self.dir, &e))?;
@@ -1410,8 +1632,86 @@ mod tests {
             }
             assert!(answers < 10_000, "the flush never ended");
         }
-        assert!(s.unsynced.is_empty() && !s.dir_dirty && s.flush.is_none());
+        assert!(s.unsynced.is_empty() && !s.dir_dirty && s.in_flight.is_none());
         assert_eq!(s.read(3).unwrap(), block);
+    }
+
+    /// Waits until `durable_mark` reaches `mark`.
+    fn durable_by(s: &mut FileStorage, mark: u64) {
+        for _ in 0..10_000 {
+            if s.durable_mark().unwrap() >= mark {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        panic!("mark {mark} never became durable");
+    }
+
+    #[test]
+    fn a_flush_behind_ends_on_its_own_wakes_the_node_and_the_next_covers_what_came_during_it() {
+        let t = TempDir::new("behind");
+        let mut s = FileStorage::open(&t.blocks()).unwrap();
+        let woken = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = woken.clone();
+        s.set_flush_notifier(Arc::new(move || {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+        s.put(1, b"one").unwrap();
+        let first = s.flush_behind().unwrap();
+        assert!(s.unsynced.is_empty(), "handed to the flusher");
+        // Written while the first flush may still run: a second mark, beyond the first.
+        s.put(2, b"two").unwrap();
+        let second = s.flush_behind().unwrap();
+        assert!(second > first);
+        durable_by(&mut s, first);
+        durable_by(&mut s, second);
+        assert!(woken.load(std::sync::atomic::Ordering::SeqCst) >= 1, "each flush wakes the node");
+        assert!(s.in_flight.is_none() && s.unsynced.is_empty());
+        // Nothing new: the mark is the one already durable.
+        assert_eq!(s.flush_behind().unwrap(), second);
+        assert_eq!(s.durable_mark().unwrap(), second);
+        // A sync after a flush behind waits for it and covers the rest.
+        s.put(3, b"three").unwrap();
+        s.flush_behind().unwrap();
+        s.put(4, b"four").unwrap();
+        s.sync().unwrap();
+        assert!(s.in_flight.is_none() && s.unsynced.is_empty());
+        assert_eq!(s.durable_mark().unwrap(), s.written);
+        drop(s);
+        let mut back = FileStorage::open(&t.blocks()).unwrap();
+        for (b, data) in [(1, &b"one"[..]), (2, b"two"), (3, b"three"), (4, b"four")] {
+            assert_eq!(back.read(b).unwrap(), data);
+        }
+    }
+
+    #[test]
+    fn a_failed_flush_behind_poisons_the_storage() {
+        let t = TempDir::new("behind-failed");
+        let mut s = FileStorage::open(&t.blocks()).unwrap();
+        s.put(1, b"one").unwrap();
+        // A flush that fails: the directory it must sync is gone (a disk error reaches the
+        // flusher's result the same way).
+        s.flusher = Some(s.spawn_flusher().unwrap());
+        let files = Vec::new();
+        let flusher = s.flusher.as_mut().unwrap();
+        let number = flusher.sent + 1;
+        flusher.jobs.send(FlushJob { number, files, dir: Some(PathBuf::from("/nonexistent-dir")) }).unwrap();
+        flusher.sent = number;
+        s.in_flight = Some(InFlight { number, mark: s.written, bytes: 3 });
+        s.unsynced.clear();
+        let mut failed = None;
+        for _ in 0..10_000 {
+            match s.durable_mark() {
+                Ok(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let e = failed.expect("the failed flush is reported");
+        assert!(e.to_string().contains("nonexistent-dir"), "{e}");
+        assert!(s.flush_behind().is_err() && s.sync().is_err(), "nothing is made durable after it");
     }
 
     #[test]

@@ -26,9 +26,16 @@ struct DiskState {
     dirty: BTreeSet<BlobId>,
     syncs: u64,
     /// Flushes take two calls: the first snapshots and answers `InProgress`, the next makes
-    /// the snapshot durable (not what was put since).
+    /// the snapshot durable (not what was put since). A flush behind (`flush_behind`) completes
+    /// only at the second `durable_mark` after it began, so its caller sees it under way.
     background: bool,
-    flushing: Option<BTreeMap<BlobId, Option<Arc<[u8]>>>>,
+    flushing: Option<Flushing>,
+    /// Puts and deletes so far: the mark a flush begun now makes durable.
+    written: u64,
+    /// The highest mark a completed flush made durable.
+    durable_mark: u64,
+    /// A `flush_behind` came while a flush was under way: another begins once it completes.
+    wanted: bool,
     /// Blocks whose reads fail (bad sectors), until written again or deleted.
     unreadable: BTreeSet<BlobId>,
     /// Whether a block was ever corrupted or made unreadable on this disk.
@@ -37,7 +44,52 @@ struct DiskState {
     full: bool,
 }
 
+/// A flush under way: what it makes durable, and the mark it reaches.
+#[derive(Debug)]
+struct Flushing {
+    snapshot: BTreeMap<BlobId, Option<Arc<[u8]>>>,
+    mark: u64,
+    /// Begun since the last `durable_mark` call (it cannot have completed yet).
+    fresh: bool,
+}
+
 impl DiskState {
+    /// Completes the flush under way, if any.
+    fn complete(&mut self) {
+        if let Some(f) = self.flushing.take() {
+            self.syncs += 1;
+            self.make_durable(f.snapshot);
+            self.durable_mark = self.durable_mark.max(f.mark);
+        }
+    }
+
+    /// Begins a flush of everything not yet durable; `false` if everything is.
+    fn begin(&mut self) -> bool {
+        debug_assert!(self.flushing.is_none(), "one flush at a time");
+        if self.all_durable() {
+            self.dirty.clear();
+            self.durable_mark = self.written;
+            return false;
+        }
+        let snapshot = self.snapshot();
+        self.flushing = Some(Flushing { snapshot, mark: self.written, fresh: true });
+        true
+    }
+
+    /// Makes everything durable at once (a disk whose syncs do not run in the background).
+    fn sync_now(&mut self) {
+        self.syncs += 1;
+        // Every block outside `dirty` already has its current bytes durable.
+        for id in std::mem::take(&mut self.dirty) {
+            let Some(b) = self.blocks.get_mut(&id) else { continue };
+            b.durable = b.current.clone();
+            if b.current.is_none() {
+                self.blocks.remove(&id);
+            }
+        }
+        self.durable_mark = self.written;
+    }
+
     fn all_durable(&self) -> bool {
         self.blocks.values().all(|b| match (&b.current, &b.durable) {
             (Some(c), Some(d)) => Arc::ptr_eq(c, d),
@@ -81,6 +133,7 @@ impl SimDisk {
     pub fn crash(&self) {
         let mut s = self.state();
         s.flushing = None;
+        s.wanted = false;
         s.dirty.clear();
         for b in s.blocks.values_mut() {
             b.current = b.durable.clone();
@@ -176,6 +229,7 @@ impl Storage for SimDisk {
         s.unreadable.remove(&blob);
         s.blocks.entry(blob).or_default().current = Some(data.into());
         s.dirty.insert(blob);
+        s.written += 1;
         Ok(())
     }
 
@@ -195,34 +249,49 @@ impl Storage for SimDisk {
             b.current = None;
             s.dirty.insert(blob);
         }
+        s.written += 1;
         Ok(())
     }
 
     fn sync(&mut self) -> Result<(), StorageError> {
         let mut s = self.state();
         if !s.background {
-            s.syncs += 1;
-            // Every block outside `dirty` already has its current bytes durable.
-            for id in std::mem::take(&mut s.dirty) {
-                let Some(b) = s.blocks.get_mut(&id) else { continue };
-                b.durable = b.current.clone();
-                if b.current.is_none() {
-                    s.blocks.remove(&id);
+            s.sync_now();
+            return Ok(());
+        }
+        s.complete();
+        if s.begin() {
+            return Err(StorageError::InProgress);
+        }
+        Ok(())
+    }
+
+    fn flush_behind(&mut self) -> Result<u64, StorageError> {
+        let mut s = self.state();
+        let mark = s.written;
+        if !s.background {
+            s.sync_now();
+        } else if s.flushing.is_some() {
+            s.wanted = true;
+        } else {
+            s.begin();
+        }
+        Ok(mark)
+    }
+
+    fn durable_mark(&mut self) -> Result<u64, StorageError> {
+        let mut s = self.state();
+        match s.flushing.as_mut() {
+            Some(f) if f.fresh => f.fresh = false,
+            Some(_) => {
+                s.complete();
+                if std::mem::take(&mut s.wanted) {
+                    s.begin();
                 }
             }
-            return Ok(());
+            None => {}
         }
-        if let Some(snapshot) = s.flushing.take() {
-            s.syncs += 1;
-            s.make_durable(snapshot);
-        }
-        if s.all_durable() {
-            s.dirty.clear();
-            return Ok(());
-        }
-        let snapshot = s.snapshot();
-        s.flushing = Some(snapshot);
-        Err(StorageError::InProgress)
+        Ok(s.durable_mark)
     }
 
     fn list(&mut self) -> Result<Vec<BlobId>, StorageError> {
@@ -234,6 +303,8 @@ impl Storage for SimDisk {
         s.blocks.clear();
         s.dirty.clear();
         s.flushing = None;
+        s.wanted = false;
+        s.durable_mark = s.written;
         s.unreadable.clear();
         Ok(())
     }
@@ -289,6 +360,34 @@ mod tests {
         assert_eq!(d.sync(), Err(StorageError::InProgress));
         d.crash(); // the flush of the delete never finished
         assert_eq!(SimDisk::read(&d, 1).as_deref(), Some(&b"one"[..]));
+    }
+
+    #[test]
+    fn a_flush_behind_is_seen_under_way_then_complete_and_covers_only_what_came_before_it() {
+        let mut d = SimDisk::new(true);
+        d.put(1, b"one").unwrap();
+        let first = d.flush_behind().unwrap();
+        assert!(d.durable_mark().unwrap() < first, "seen under way once");
+        d.put(2, b"two").unwrap();
+        let second = d.flush_behind().unwrap();
+        assert!(second > first);
+        assert_eq!(d.durable_mark().unwrap(), first, "the first completed; the second began");
+        assert!(d.is_durable(1) && !d.is_durable(2));
+        d.crash(); // the second never completed
+        assert_eq!(SimDisk::read(&d, 2), None);
+        assert_eq!(SimDisk::read(&d, 1).as_deref(), Some(&b"one"[..]));
+
+        let mut d = SimDisk::new(true);
+        d.put(1, b"one").unwrap();
+        let mark = d.flush_behind().unwrap();
+        d.durable_mark().unwrap();
+        assert!(d.durable_mark().unwrap() >= mark);
+        assert!(d.is_durable(1));
+        // A disk whose syncs do not run in the background is durable at once.
+        let mut d = SimDisk::new(false);
+        d.put(1, b"one").unwrap();
+        let mark = d.flush_behind().unwrap();
+        assert!(d.durable_mark().unwrap() >= mark && d.is_durable(1));
     }
 
     #[test]

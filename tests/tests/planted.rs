@@ -226,6 +226,11 @@ mod hydfs {
     }
 
     #[test]
+    fn durability_catches_an_ack_when_a_flush_behind_begins() {
+        first_caught(PlantedBug::AckWhenFlushBegins, CheckerKind::HydfsDurability);
+    }
+
+    #[test]
     fn durability_catches_an_ack_after_one_replica() {
         first_caught(PlantedBug::AckAfterOneReplica, CheckerKind::HydfsDurability);
     }

@@ -119,6 +119,9 @@ impl HydfsConfig {
 pub enum PlantedBug {
     /// Replicas acknowledge a write before syncing it.
     AckBeforeSync,
+    /// A write counts as durable once a flush behind the node's back has begun for it, not
+    /// once the flush has completed: a crash meanwhile loses what was acknowledged.
+    AckWhenFlushBegins,
     /// The coordinator acknowledges once its own copy is stored.
     AckAfterOneReplica,
     /// A merge is installed on the coordinator only.
@@ -174,8 +177,9 @@ pub enum PlantedBug {
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 22] = [
+    pub const ALL: [PlantedBug; 23] = [
         PlantedBug::AckBeforeSync,
+        PlantedBug::AckWhenFlushBegins,
         PlantedBug::AckAfterOneReplica,
         PlantedBug::MergeSkipsReplicas,
         PlantedBug::MergeLastWriterWins,
@@ -202,6 +206,7 @@ impl PlantedBug {
     pub fn name(self) -> &'static str {
         match self {
             PlantedBug::AckBeforeSync => "ack-before-sync",
+            PlantedBug::AckWhenFlushBegins => "ack-when-flush-begins",
             PlantedBug::AckAfterOneReplica => "ack-after-one-replica",
             PlantedBug::MergeSkipsReplicas => "merge-skips-replicas",
             PlantedBug::MergeLastWriterWins => "merge-last-writer-wins",

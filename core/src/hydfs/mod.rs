@@ -517,6 +517,11 @@ impl Hydfs {
         self.progress(now);
     }
 
+    /// Storage finished a flush it ran behind the node's back: the answers waiting for it go.
+    pub fn storage_flushed(&mut self, now: Time) {
+        self.progress(now);
+    }
+
     /// A stream frame to `to` could not be delivered.
     pub fn handle_send_failed(&mut self, now: Time, to: NodeAddr) {
         self.server_send_failed(now, to);

@@ -33,6 +33,20 @@ pub trait Storage {
     /// that flushes in the background (so a large flush never stalls the node) may instead
     /// return [`StorageError::InProgress`], and the caller asks again later.
     fn sync(&mut self) -> Result<(), StorageError>;
+    /// Starts making every earlier `put` and `delete` durable without waiting for it, and
+    /// returns the mark that [`Storage::durable_mark`] reaches once they are. A flush already
+    /// under way is not waited for either: the next one, covering what it does not, starts
+    /// when it ends (at a later call of either method). Marks only grow. By default this is
+    /// [`Storage::sync`]: once it returns `Ok`, everything is durable.
+    fn flush_behind(&mut self) -> Result<u64, StorageError> {
+        self.sync().map(|()| 0)
+    }
+    /// The highest mark whose flush has completed; everything written before
+    /// [`Storage::flush_behind`] returned it is durable. It also starts the flush a call of
+    /// `flush_behind` left waiting behind one under way. A failed flush is an error.
+    fn durable_mark(&mut self) -> Result<u64, StorageError> {
+        Ok(u64::MAX)
+    }
     /// Every block stored now (as the running process sees them), in any order.
     fn list(&mut self) -> Result<Vec<BlobId>, StorageError>;
     /// Removes every block (`rainstorm cluster --fresh`, and tests that want an empty node).

@@ -21,14 +21,19 @@
 //!   sync as one index block (`index.rs`) before syncing storage, so after a crash
 //!   [`LocalStore::open`] recovers exactly the files, writes and parts the last completed sync
 //!   covered (and verifies every part's checksum); every block in storage is a part the index
-//!   names or an index block in use, and recovery removes the rest.
+//!   names or an index block in use, and recovery removes the rest;
+//! * [`LocalStore::flush_behind`] starts the same without waiting for it (storage flushes behind
+//!   the node's back), and [`LocalStore::durable_through`] says how far durability has come in
+//!   changes counted by [`LocalStore::changes`]: a change counts as durable only once a flush
+//!   that began after it (or a [`LocalStore::sync`]) has completed. The durable count never
+//!   passes the change count and never falls.
 
 use super::index::{self, FileChange, FileEntry, IndexBlock, IndexBody, PartChange, PartEntry};
 use super::seal::Owners;
 use super::storage::{BlobId, Storage, StorageError};
 use super::types::{FileMeta, PartMeta, Stamp, WriteKind, WriteMeta};
 use super::FileName;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// One file as this node holds it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -185,7 +190,16 @@ pub struct LocalStore {
     files: BTreeMap<FileName, FileRec>,
     parts: BTreeMap<PartKey, PartRec>,
     next_blob: BlobId,
+    /// Changes not yet written to storage (the index's, or blocks put or deleted since the last
+    /// sync or flush began).
     unsynced: bool,
+    /// Changes made, counted (see [`LocalStore::changes`]).
+    changes: u64,
+    /// Changes known durable: every change up to this count.
+    durable_changes: u64,
+    /// Flushes begun behind the node's back and not yet known complete: the change count each
+    /// covers, and the storage mark that says it completed ([`Storage::flush_behind`]).
+    behind: VecDeque<(u64, u64)>,
     scrub_cursor: Option<PartKey>,
     /// Verify checksums on read (off only for a planted bug).
     pub verify: bool,
@@ -385,6 +399,9 @@ impl LocalStore {
             parts,
             next_blob,
             unsynced: false,
+            changes: 0,
+            durable_changes: 0,
+            behind: VecDeque::new(),
             scrub_cursor: None,
             dirty_files: BTreeSet::new(),
             appended: BTreeMap::new(),
@@ -412,11 +429,12 @@ impl LocalStore {
                 store.unsynced = false;
                 store.remove_old_index_blocks();
                 sync_until_done(&mut *store.storage)?;
+                store.durable_changes = store.changes;
             }
             Err(e) => {
                 recovery.snapshot_error = Some(e.to_string());
                 store.dirty_parts.extend(lost);
-                store.unsynced = true;
+                store.changed();
             }
         }
         store.check_index();
@@ -444,7 +462,7 @@ impl LocalStore {
         if self.tombstones.insert(key.clone()) {
             self.tombstones_forgotten.remove(&key);
             self.tombstones_kept.insert(key);
-            self.unsynced = true;
+            self.changed();
         }
     }
 
@@ -454,7 +472,7 @@ impl LocalStore {
         if self.tombstones.remove(&key) {
             self.tombstones_kept.remove(&key);
             self.tombstones_forgotten.insert(key);
-            self.unsynced = true;
+            self.changed();
         }
     }
 
@@ -470,7 +488,7 @@ impl LocalStore {
             // The whole comparison of a dirty file covers the appends too.
             self.appended.remove(name);
         }
-        self.unsynced = true;
+        self.changed();
     }
 
     /// Adds pending append `w` to file `name` (a write arriving). For a file the index already
@@ -502,7 +520,7 @@ impl LocalStore {
         let stamp = w.stamp;
         self.files.get_mut(name).expect("held, checked above").pending.insert(stamp, w);
         self.appended.entry(name.clone()).or_default().push(stamp);
-        self.unsynced = true;
+        self.changed();
     }
 
     pub fn set_file(&mut self, name: &FileName, rec: FileRec) {
@@ -643,7 +661,7 @@ impl LocalStore {
         self.next_blob += 1;
         debug_assert!(blob < index::INDEX_BASE, "data blocks stay below the index's ids");
         self.storage.put(blob, bytes)?;
-        self.unsynced = true;
+        self.changed();
         self.dirty_parts.insert(key.clone());
         self.parts.insert(key, PartRec { blob, meta });
         Ok(true)
@@ -672,7 +690,7 @@ impl LocalStore {
             // A failed delete leaves garbage behind, never wrong data: the index no longer
             // points at the block.
             let _ = self.storage.delete(rec.blob);
-            self.unsynced = true;
+            self.changed();
             self.dirty_parts.insert(key.clone());
         }
     }
@@ -739,8 +757,72 @@ impl LocalStore {
             self.storage.sync()?;
             self.unsynced = false;
             self.remove_old_index_blocks();
+        } else if self.durable_changes < self.changes {
+            // Everything is written, but a flush behind has not been seen to complete.
+            self.storage.sync()?;
         }
+        self.durable_changes = self.changes;
+        self.behind.clear();
         Ok(())
+    }
+
+    /// Starts making every change so far durable without waiting for it: what changed is
+    /// written to the index as for [`LocalStore::sync`], and storage flushes it behind the
+    /// node's back ([`Storage::flush_behind`]); [`LocalStore::durable_through`] tells when it
+    /// is done. Returns whether a flush began (nothing new since the last one begins none). An
+    /// index due for compaction is compacted by a whole [`LocalStore::sync`] instead: the
+    /// blocks a snapshot replaces are removed only once it is durable.
+    pub fn flush_behind(&mut self) -> Result<bool, StorageError> {
+        if !self.unsynced {
+            return Ok(false);
+        }
+        if self.index_writes {
+            if self.compaction_due() {
+                return self.sync().map(|()| true);
+            }
+            self.write_changes()?;
+        } else {
+            self.forget_changes();
+        }
+        let mark = self.storage.flush_behind()?;
+        self.unsynced = false;
+        debug_assert!(
+            self.behind.back().is_none_or(|(changes, m)| *changes <= self.changes && *m <= mark),
+            "flushes behind cover growing counts, with growing marks"
+        );
+        self.behind.push_back((self.changes, mark));
+        Ok(true)
+    }
+
+    /// Every change up to this count is durable (see [`LocalStore::changes`]): those a
+    /// completed flush behind covered, or everything at the last [`LocalStore::sync`]. A flush
+    /// that failed is an error.
+    pub fn durable_through(&mut self) -> Result<u64, StorageError> {
+        if !self.behind.is_empty() {
+            let mark = self.storage.durable_mark()?;
+            while let Some(&(changes, m)) = self.behind.front() {
+                if m > mark {
+                    break;
+                }
+                self.durable_changes = self.durable_changes.max(changes);
+                self.behind.pop_front();
+            }
+        }
+        debug_assert!(self.durable_changes <= self.changes, "durability never runs ahead of the changes");
+        Ok(self.durable_changes)
+    }
+
+    /// Changes made to this store so far, counted: every part stored or dropped and every
+    /// change of the index adds one. A change is durable once [`LocalStore::durable_through`]
+    /// reaches its count.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    /// Something changed that the next sync or flush must cover.
+    fn changed(&mut self) {
+        self.unsynced = true;
+        self.changes += 1;
     }
 
     /// Forgets what changed without writing it (the planted bug `index-not-synced`).
@@ -928,7 +1010,7 @@ impl LocalStore {
         self.snapshot_first = first;
         self.snapshot_bytes = total;
         self.changes_bytes = 0;
-        self.unsynced = true;
+        self.changed();
         Ok(())
     }
 
@@ -971,8 +1053,9 @@ impl LocalStore {
         debug_assert!(self.next_blob < index::INDEX_BASE, "data blocks stay below the index's ids");
     }
 
+    /// Every change is durable.
     pub fn is_synced(&self) -> bool {
-        !self.unsynced
+        !self.unsynced && self.durable_changes == self.changes
     }
 
     /// The storage blocks holding one write's parts (for inspection by tests and the simulator).
@@ -1357,6 +1440,78 @@ mod tests {
         rec.pending.retain(|_, w| !matches!(w.kind, WriteKind::Seal(_)));
         store.set_file(&name, rec);
         assert_eq!(store.owners_of(&name), None);
+    }
+
+    /// Storage whose flushes behind complete only when the test says so.
+    struct Gated {
+        inner: MemStorage,
+        written: u64,
+        released: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    impl Storage for Gated {
+        fn put(&mut self, blob: BlobId, data: &[u8]) -> Result<(), StorageError> {
+            self.written += 1;
+            self.inner.put(blob, data)
+        }
+        fn read(&mut self, blob: BlobId) -> Result<Vec<u8>, StorageError> {
+            self.inner.read(blob)
+        }
+        fn delete(&mut self, blob: BlobId) -> Result<(), StorageError> {
+            self.written += 1;
+            self.inner.delete(blob)
+        }
+        fn sync(&mut self) -> Result<(), StorageError> {
+            self.released.store(self.written, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+        fn flush_behind(&mut self) -> Result<u64, StorageError> {
+            Ok(self.written)
+        }
+        fn durable_mark(&mut self) -> Result<u64, StorageError> {
+            Ok(self.released.load(std::sync::atomic::Ordering::SeqCst))
+        }
+        fn list(&mut self) -> Result<Vec<BlobId>, StorageError> {
+            self.inner.list()
+        }
+        fn wipe(&mut self) -> Result<(), StorageError> {
+            self.inner.wipe()
+        }
+    }
+
+    #[test]
+    fn a_change_is_durable_only_once_a_flush_begun_after_it_completes() {
+        use std::sync::atomic::Ordering;
+        let released = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let gated = Gated { inner: MemStorage::default(), written: 0, released: released.clone() };
+        let mut store = LocalStore::new(Box::new(gated)).unwrap();
+        let name = FileName::new("f").unwrap();
+        assert!(store.is_synced());
+        store.file_mut(&name).create = Some(write(1, WriteKind::Create));
+        store.touch(&name);
+        let first = store.changes();
+        assert!(store.flush_behind().unwrap(), "a flush begins");
+        let first_mark = store.behind.back().unwrap().1;
+        assert!(store.durable_through().unwrap() < first, "not durable before the flush ends");
+        assert!(!store.is_synced());
+        // A change while the first flush runs needs a flush of its own.
+        store.add_pending(&name, write(2, WriteKind::Append));
+        let second = store.changes();
+        assert!(second > first);
+        assert!(store.flush_behind().unwrap());
+        assert!(!store.flush_behind().unwrap(), "nothing new: no other flush");
+        released.store(first_mark, Ordering::SeqCst);
+        assert_eq!(store.durable_through().unwrap(), first, "the first flush covers only the first");
+        released.store(u64::MAX, Ordering::SeqCst);
+        assert_eq!(store.durable_through().unwrap(), second);
+        assert!(store.is_synced());
+        // A sync covers everything at once, a flush behind that never ended included.
+        store.add_pending(&name, write(3, WriteKind::Append));
+        released.store(0, Ordering::SeqCst);
+        store.flush_behind().unwrap();
+        store.sync().unwrap();
+        assert_eq!(store.durable_through().unwrap(), store.changes());
+        assert!(store.is_synced());
     }
 
     #[test]

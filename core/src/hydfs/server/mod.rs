@@ -100,6 +100,9 @@ struct CoordWrite {
     /// For a create whose `unseen` is not empty: when to ask every member again.
     next_round: Option<Time>,
     started: Time,
+    /// The store's change count when this node's own copy was first found complete: it
+    /// counts as acknowledged once a flush has made that much durable.
+    durable_at: Option<u64>,
 }
 
 struct CoordMerge {
@@ -135,6 +138,9 @@ struct ReplicaWait {
     name: FileName,
     stamp: Stamp,
     until: Time,
+    /// The store's change count when the copy was first found complete: the answer goes once
+    /// a flush has made that much durable.
+    durable_at: Option<u64>,
 }
 
 struct InstallWait {

@@ -7,7 +7,10 @@
 //!
 //! Invariants kept here:
 //! * a `Replicate`, `Install` or `Taken` answer and a coordinator's own acknowledgement are sent
-//!   only after the writes they cover are complete and storage has been synced;
+//!   only after the writes they cover are complete and storage has been synced; a `Replicate`
+//!   answer and a coordinator's own acknowledgement wait for a flush behind the node's back
+//!   (`LocalStore::flush_behind`) that began after the write was complete, so the node goes on
+//!   with other work while its disk flushes;
 //! * a coordinator acknowledges a write only when every replica of its current view answered,
 //!   and never with fewer than `min_copies` replicas;
 //! * a write or a merge a coordinator could not complete in time (`coordinator_timeout`, plus a
@@ -237,16 +240,28 @@ impl Hydfs {
             synced = Some(r);
             durable
         };
+        // Writes wait for a flush behind: the node handles other messages while it runs.
+        let mut behind = Behind {
+            skip: skip_sync,
+            began_is_enough: self.cfg.bug(PlantedBug::AckWhenFlushBegins),
+            ..Behind::default()
+        };
         // Replicas' answers to coordinators.
         let waits = std::mem::take(&mut self.server.replica_waits);
-        for w in waits {
-            let complete = self.store.file(&w.name).and_then(|r| r.find(&w.stamp)).cloned();
-            match complete {
-                Some(wm) if self.store.is_complete(&w.name, &wm) && sync(self) == Durable::Yes => {
-                    self.send(w.reply_to, HydfsMsg::ReplicateReply { req: w.req, result: Ok(()) });
-                }
-                _ => self.server.replica_waits.push(w),
+        for mut w in waits {
+            let complete = self
+                .store
+                .file(&w.name)
+                .and_then(|r| r.find(&w.stamp))
+                .is_some_and(|wm| self.store.is_complete(&w.name, wm));
+            if !complete {
+                // Lost again meanwhile (a corrupt part): durable only after its next flush.
+                w.durable_at = None;
+            } else if self.durable_since(&mut w.durable_at, &mut behind) == Durable::Yes {
+                self.send(w.reply_to, HydfsMsg::ReplicateReply { req: w.req, result: Ok(()) });
+                continue;
             }
+            self.server.replica_waits.push(w);
         }
         // Coordinators: own copy, then everyone's.
         let ops: Vec<u64> = self.server.writes.keys().copied().collect();
@@ -258,16 +273,20 @@ impl Hydfs {
                 .and_then(|r| r.find(&w.write.stamp))
                 .is_some_and(|wm| self.store.is_complete(&w.name, wm));
             if local && !w.acked.contains(&self.me) {
-                if sync(self) == Durable::Yes {
-                    if let Some(w) = self.server.writes.get_mut(&op) {
+                let mut at = w.durable_at;
+                let durable = self.durable_since(&mut at, &mut behind);
+                if let Some(w) = self.server.writes.get_mut(&op) {
+                    w.durable_at = at;
+                    if durable == Durable::Yes {
                         w.acked.insert(self.me);
                     }
                 }
-            } else if !local && w.acked.contains(&self.me) {
-                // The own copy was lost (a corrupt part found by the scrubber): fetch it again
-                // before acknowledging.
+            } else if !local {
+                // The own copy was lost (a corrupt part found by the scrubber), or is not whole
+                // yet: fetch it again before acknowledging, and count only a flush after that.
                 if let Some(w) = self.server.writes.get_mut(&op) {
                     w.acked.remove(&self.me);
+                    w.durable_at = None;
                 }
             }
             let w = &self.server.writes[&op];
@@ -373,6 +392,55 @@ impl Hydfs {
             Some(Err(StorageError::InProgress)) => self.poll_sync(now),
             Some(Err(e)) => self.fail_writes(None, &e.to_string()),
             _ => {}
+        }
+        match behind.failed {
+            Some(e) => self.fail_writes(None, &e),
+            // The runtime wakes the node when a flush ends; the poll is for storage that cannot.
+            None if behind.waiting => self.poll_sync(now),
+            None => {}
+        }
+    }
+
+    /// Whether this node's copy of a complete write is durable, without waiting for storage:
+    /// `at` notes the change count when the copy was first found complete, and the answer is
+    /// `Yes` once the store's durable count reaches it. Until then one flush behind per round
+    /// covers every copy still waiting.
+    fn durable_since(&mut self, at: &mut Option<u64>, behind: &mut Behind) -> Durable {
+        if behind.skip {
+            return Durable::Yes;
+        }
+        if behind.failed.is_some() {
+            return Durable::Never;
+        }
+        let at = *at.get_or_insert(self.store.changes());
+        let mut durable = self.store.durable_through();
+        if matches!(durable, Ok(d) if d < at) && !behind.flushed {
+            behind.flushed = true;
+            durable = match self.store.flush_behind() {
+                Ok(began) => {
+                    if began {
+                        self.stats.syncs += 1;
+                    }
+                    self.store.durable_through()
+                }
+                Err(StorageError::InProgress) => self.store.durable_through(),
+                Err(e) => Err(e),
+            };
+            if behind.began_is_enough && durable.is_ok() {
+                return Durable::Yes;
+            }
+        }
+        match durable {
+            Ok(d) if d >= at => Durable::Yes,
+            Ok(_) => {
+                behind.waiting = true;
+                Durable::Soon
+            }
+            Err(e) => {
+                self.storage_failed(&e.to_string());
+                behind.failed = Some(e.to_string());
+                Durable::Never
+            }
         }
     }
 
@@ -489,8 +557,23 @@ impl Hydfs {
     }
 }
 
+/// One round of `progress`'s waits for flushes behind.
+#[derive(Default)]
+struct Behind {
+    /// The planted bug `ack-before-sync`: nothing is waited for.
+    skip: bool,
+    /// The planted bug `ack-when-flush-begins`: a flush that began counts as done.
+    began_is_enough: bool,
+    /// A flush behind was asked for in this round (one covers every wait).
+    flushed: bool,
+    /// Some answer waits for a flush still under way.
+    waiting: bool,
+    /// Why storage failed, if it did.
+    failed: Option<String>,
+}
+
 /// What one `progress` round's sync says of the changes made so far.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Durable {
     /// Synced: answers that need them may go.
     Yes,

@@ -140,6 +140,7 @@ impl Hydfs {
                 unseen: BTreeSet::new(),
                 next_round: None,
                 started: now,
+                durable_at: None,
             },
         );
         self.drive_write(now, op);
@@ -375,7 +376,14 @@ impl Hydfs {
             return;
         }
         let until = now + self.cfg.request_timeout;
-        self.server.replica_waits.push(ReplicaWait { reply_to: from, req, name, stamp: write.stamp, until });
+        self.server.replica_waits.push(ReplicaWait {
+            reply_to: from,
+            req,
+            name,
+            stamp: write.stamp,
+            until,
+            durable_at: None,
+        });
     }
 
     pub(in crate::hydfs) fn on_replicate_reply(
