@@ -82,6 +82,11 @@ pub struct ClusterArgs {
     /// Serve no metrics or status pages (`--metrics-addr off` on every node).
     #[arg(long)]
     pub no_metrics: bool,
+    /// Threads of each node's runtime (`--threads` of each node). Default: this machine's
+    /// cores shared out among the nodes, at least 1 (so 1 whenever there are at least as many
+    /// nodes as cores: threads beyond the cores only add switching).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub node_threads: Option<u16>,
 }
 
 impl ClusterArgs {
@@ -107,6 +112,7 @@ impl ClusterArgs {
             batch_bytes: None,
             output_trace: false,
             no_metrics: false,
+            node_threads: None,
         }
     }
 }
@@ -201,6 +207,15 @@ impl LocalCluster {
         self.args.base_port + index
     }
 
+    /// Threads of each node's runtime: `--node-threads`, else the machine's cores shared out
+    /// among the nodes (at least 1).
+    fn node_threads(&self) -> u16 {
+        self.args.node_threads.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            u16::try_from(cores / usize::from(self.args.nodes.max(1))).unwrap_or(u16::MAX).clamp(1, 256)
+        })
+    }
+
     /// Node `index`'s status page (its metrics at `/metrics`), at the default address.
     pub fn page(&self, index: u16) -> String {
         format!("http://127.0.0.1:{}/", rainstorm_runtime::config::metrics_port(self.port(index)))
@@ -253,6 +268,7 @@ impl LocalCluster {
         if self.args.no_metrics {
             cmd.arg("--metrics-addr").arg("off");
         }
+        cmd.arg("--threads").arg(self.node_threads().to_string());
         if self.args.output_trace {
             cmd.env("RAINSTORM_OUTPUT_TRACE", data_dir.join("outputs.trace"));
         }

@@ -89,7 +89,16 @@ pub struct NodeArgs {
     /// give e.g. 0.0.0.0:8001 to reach it from other hosts).
     #[arg(long)]
     pub metrics_addr: Option<String>,
+    /// Threads of the node's async runtime (default 2). With 1 the node runs on a single
+    /// thread, with no hand-offs between threads for each message: best where several nodes
+    /// share a machine's cores (`rainstorm cluster` starts its nodes so). On a machine of its
+    /// own, 2 or more let a node check and copy large transfers on several cores at once.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: Option<u16>,
 }
+
+/// Threads of a node's async runtime unless `--threads` says otherwise.
+const DEFAULT_THREADS: u16 = 2;
 
 const CONSOLE_HELP: &str = "Console commands (stdin, or `rainstorm ctl <data-dir> <command>`):
   membership: list_mem, list_self, join, leave, enable_sus, disable_sus, status_sus, list_suspected, stats,
@@ -189,7 +198,11 @@ pub fn main_from(role: Role, args: impl IntoIterator<Item = std::ffi::OsString>)
              (ps, /proc); use --cluster-key-file or RAINSTORM_CLUSTER_KEY"
         );
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let built = match args.threads.unwrap_or(DEFAULT_THREADS) {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(usize::from(n)).enable_all().build(),
+    };
+    let runtime = match built {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}"), 1),
     };
