@@ -508,13 +508,13 @@ impl Node {
     }
 
     /// Handles HyDFS messages in batches (group commit): the driver hands the node every frame
-    /// already waiting, then calls [`Node::flush`], and one storage sync covers them all. The
+    /// already waiting, then calls [`Node::flush`], and one storage flush covers them all. The
     /// simulator hands over one frame at a time and leaves this off.
     pub fn set_batched(&mut self, on: bool) {
         self.hydfs.set_batched(on);
     }
 
-    /// Ends a batch of frames: HyDFS answers what they completed, after one sync.
+    /// Ends a batch of frames: HyDFS answers what they completed once one flush covers them.
     pub fn flush(&mut self, now: Time) {
         self.hydfs.flush(now);
         self.collect_events(now);

@@ -32,9 +32,12 @@
 //!   order, and a tombstone after it in that order deletes it. Segments are only ever appended
 //!   to, and compaction copies a live record to the end of the log, so the order holds across
 //!   restarts;
-//! * nothing is durable until [`Storage::sync`] returns: it `fdatasync`s every segment written
-//!   since the last sync, and the directory when a segment was created or removed. After a
-//!   crash, records written since the last completed sync may be present, absent or torn; a torn
+//! * nothing is durable until [`Storage::sync`] returns, or until [`Storage::durable_mark`]
+//!   reaches the mark [`Storage::flush_behind`] returned: a sync or a flush `fdatasync`s every
+//!   segment written since the last one began, and the directory when a segment was created or
+//!   removed. Flushes run on the flusher thread, one at a time and in order, so a mark is
+//!   durable only once every flush before it has completed. After a crash, records written
+//!   since the last completed sync or flush may be present, absent or torn; a torn
 //!   header ends its segment's scan (the last segment is cut back to the last whole record,
 //!   unless all that follows it is zeros: then it is the tail written ahead, kept); a
 //!   record that would replace a block's version is taken only if its data passes its CRC (the
@@ -77,11 +80,13 @@ const SEGMENT_BYTES: u64 = 32 << 20;
 /// makes the kernel write them first.
 const ZEROED_AHEAD: u64 = 64 << 10;
 
-/// Above this many unsynced bytes, `sync` flushes on a thread of its own and answers
-/// `InProgress` meanwhile: a flush of a large transfer must not stall the node's other work.
+/// Above this many unsynced bytes, `sync` hands the flush to the flusher thread and answers
+/// `InProgress` meanwhile (a flush of a large transfer must not stall the node's other work);
+/// at most this many, it waits for a flush under way and syncs the rest itself.
 const BACKGROUND_SYNC_ABOVE: u64 = 4 << 20;
 
-/// A sync slower than this is logged: the node waits for it, so its other work stalls meanwhile.
+/// A sync or flush slower than this is logged: the disk is slow, and what waits for it (the
+/// node, for a sync; the answers to writes, for a flush) waits that long.
 const SLOW_SYNC: std::time::Duration = std::time::Duration::from_millis(50);
 
 const MAGIC: [u8; 2] = *b"RB";
@@ -104,7 +109,8 @@ use crate::direct::{AlignedBuf, ALIGN};
 use crate::read_ahead::ReadAhead;
 use std::sync::Arc;
 
-/// Block storage in a directory of segment files, durable at [`Storage::sync`].
+/// Block storage in a directory of segment files, durable at [`Storage::sync`] or once a flush
+/// behind ([`Storage::flush_behind`]) has completed.
 #[derive(Debug)]
 pub struct FileStorage {
     dir: PathBuf,
@@ -130,8 +136,9 @@ pub struct FileStorage {
     /// that one does not cover, begins once it ends.
     wanted: u64,
     /// Called on the flusher thread whenever a flush ends (the node task wakes to answer the
-    /// writes it waited for).
-    on_flushed: Option<FlushWake>,
+    /// writes it waited for). Shared with the thread, so that one set after it started (a
+    /// flush at open) still reaches it.
+    on_flushed: Arc<std::sync::OnceLock<FlushWake>>,
     /// Compacted segments, removed once the sync covering their copies completes.
     retiring: Vec<u64>,
     /// Why a sync failed, once one has. After a failed fdatasync the kernel may have dropped the
@@ -489,7 +496,7 @@ impl FileStorage {
             written: 0,
             durable: 0,
             wanted: 0,
-            on_flushed: None,
+            on_flushed: Arc::default(),
             retiring: Vec::new(),
             poisoned: None,
             aligned: AlignedBuf::default(),
@@ -968,7 +975,10 @@ impl FileStorage {
             .spawn(move || {
                 for job in queue {
                     let started = std::time::Instant::now();
-                    let result = run_flush(&job);
+                    // A panic fails the flush (and poisons the storage): it never leaves the
+                    // node waiting for a flush that will not end.
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_flush(&job)))
+                        .unwrap_or_else(|_| Err("the flusher thread panicked".into()));
                     let took = started.elapsed();
                     if took >= SLOW_SYNC {
                         warn!(
@@ -986,7 +996,7 @@ impl FileStorage {
                         }
                     }
                     theirs.ended.notify_all();
-                    if let Some(FlushWake(wake)) = &on_flushed {
+                    if let Some(FlushWake(wake)) = on_flushed.get() {
                         wake();
                     }
                 }
@@ -1019,10 +1029,10 @@ impl FileStorage {
         self.remove_retired()
     }
 
-    /// Calls `wake` on another thread whenever a flush behind the node's back ends.
+    /// Calls `wake` on another thread whenever a flush behind the node's back ends (set once;
+    /// a later call changes nothing).
     pub fn set_flush_notifier(&mut self, wake: Arc<dyn Fn() + Send + Sync>) {
-        debug_assert!(self.flusher.is_none(), "set before the first flush");
-        self.on_flushed = Some(FlushWake(wake));
+        let _ = self.on_flushed.set(FlushWake(wake));
     }
 
     /// A flush covering everything written so far has completed or begun.
@@ -1651,6 +1661,10 @@ mod tests {
     fn a_flush_behind_ends_on_its_own_wakes_the_node_and_the_next_covers_what_came_during_it() {
         let t = TempDir::new("behind");
         let mut s = FileStorage::open(&t.blocks()).unwrap();
+        // The flusher runs before the node sets its wake (as after a flush at open).
+        s.put(9, b"before the wake").unwrap();
+        let early = s.flush_behind().unwrap();
+        durable_by(&mut s, early);
         let woken = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let count = woken.clone();
         s.set_flush_notifier(Arc::new(move || {

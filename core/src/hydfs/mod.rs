@@ -479,13 +479,14 @@ impl Hydfs {
 
     /// Handles messages in batches: each message's answers wait for [`Hydfs::flush`] (at the
     /// latest for the next timeout, which [`Hydfs::poll_timeout`] makes due at once), so one
-    /// storage sync covers every write of the batch. A driver turns this on when it hands the
+    /// flush (or sync) covers every write of the batch. A driver turns this on when it hands the
     /// node every frame that is waiting before it flushes.
     pub fn set_batched(&mut self, on: bool) {
         self.batched = on;
     }
 
-    /// Ends a batch of messages: answers what they completed, after one sync for them all.
+    /// Ends a batch of messages: answers what they completed once durable, one flush (or
+    /// sync) for them all.
     pub fn flush(&mut self, now: Time) {
         if self.progress_due.take().is_some() {
             self.progress(now);

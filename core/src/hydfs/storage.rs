@@ -1,7 +1,8 @@
 //! The storage a HyDFS node writes its blocks to, injected by the driver.
 //!
 //! Durability is explicit: [`Storage::put`] and [`Storage::delete`] may be lost in a crash until
-//! [`Storage::sync`] returns. The runtime implements the trait with files and fsync; the simulator
+//! [`Storage::sync`] returns, or until [`Storage::durable_mark`] reaches the mark a later
+//! [`Storage::flush_behind`] returned. The runtime implements the trait with files and fsync; the simulator
 //! with memory that loses unsynced writes on a crash and can corrupt a block. [`MemStorage`] is a
 //! plain in-memory implementation for tests and tools.
 
@@ -23,11 +24,11 @@ pub enum StorageError {
 
 /// Block storage with an explicit durability point.
 pub trait Storage {
-    /// Creates or replaces a block. Not durable until [`Storage::sync`].
+    /// Creates or replaces a block. Not durable until a sync or a flush covers it.
     fn put(&mut self, blob: BlobId, data: &[u8]) -> Result<(), StorageError>;
     /// Reads a block back (the bytes may have been corrupted at rest; callers check them).
     fn read(&mut self, blob: BlobId) -> Result<Vec<u8>, StorageError>;
-    /// Removes a block. Not durable until [`Storage::sync`].
+    /// Removes a block. Not durable until a sync or a flush covers it.
     fn delete(&mut self, blob: BlobId) -> Result<(), StorageError>;
     /// Makes every earlier `put` and `delete` durable. `Ok` means they are; an implementation
     /// that flushes in the background (so a large flush never stalls the node) may instead
@@ -37,7 +38,8 @@ pub trait Storage {
     /// returns the mark that [`Storage::durable_mark`] reaches once they are. A flush already
     /// under way is not waited for either: the next one, covering what it does not, starts
     /// when it ends (at a later call of either method). Marks only grow. By default this is
-    /// [`Storage::sync`]: once it returns `Ok`, everything is durable.
+    /// [`Storage::sync`]: once it returns `Ok`, everything is durable. Implement both this and
+    /// [`Storage::durable_mark`] or neither: the default mark says everything is durable.
     fn flush_behind(&mut self) -> Result<u64, StorageError> {
         self.sync().map(|()| 0)
     }

@@ -197,6 +197,9 @@ pub struct LocalStore {
     changes: u64,
     /// Changes known durable: every change up to this count.
     durable_changes: u64,
+    /// The change count at the last removal of a part or a change of a file's whole record: a
+    /// copy found complete before it may have been taken apart and put together again since.
+    last_drop: u64,
     /// Flushes begun behind the node's back and not yet known complete: the change count each
     /// covers, and the storage mark that says it completed ([`Storage::flush_behind`]).
     behind: VecDeque<(u64, u64)>,
@@ -401,6 +404,7 @@ impl LocalStore {
             unsynced: false,
             changes: 0,
             durable_changes: 0,
+            last_drop: 0,
             behind: VecDeque::new(),
             scrub_cursor: None,
             dirty_files: BTreeSet::new(),
@@ -525,6 +529,7 @@ impl LocalStore {
 
     pub fn set_file(&mut self, name: &FileName, rec: FileRec) {
         self.touch(name);
+        self.last_drop = self.changes;
         self.owners_memo.remove(name);
         // Parts of writes the record no longer holds are released (the stamps sorted: compared
         // one by one, the cost grew with the square of the file's writes).
@@ -691,6 +696,7 @@ impl LocalStore {
             // points at the block.
             let _ = self.storage.delete(rec.blob);
             self.changed();
+            self.last_drop = self.changes;
             self.dirty_parts.insert(key.clone());
         }
     }
@@ -721,6 +727,7 @@ impl LocalStore {
         self.files.remove(name);
         self.owners_memo.remove(name);
         self.touch(name);
+        self.last_drop = self.changes;
     }
 
     /// Every block the store uses: the parts the index points at and the index's own blocks
@@ -817,6 +824,14 @@ impl LocalStore {
     /// reaches its count.
     pub fn changes(&self) -> u64 {
         self.changes
+    }
+
+    /// The change count at the last removal of a part, or of a change to a file's whole
+    /// record ([`LocalStore::set_file`]): a copy noted complete at an earlier count may have
+    /// lost a part or a write and got it back since, in changes a flush up to that count
+    /// does not cover.
+    pub fn last_drop(&self) -> u64 {
+        self.last_drop
     }
 
     /// Something changed that the next sync or flush must cover.
@@ -1505,6 +1520,11 @@ mod tests {
         released.store(u64::MAX, Ordering::SeqCst);
         assert_eq!(store.durable_through().unwrap(), second);
         assert!(store.is_synced());
+        // A file's record replaced (parts may leave and come back): noted as a drop.
+        assert!(store.last_drop() < store.changes());
+        let rec = store.file(&name).unwrap().clone();
+        store.set_file(&name, rec);
+        assert_eq!(store.last_drop(), store.changes());
         // A sync covers everything at once, a flush behind that never ended included.
         store.add_pending(&name, write(3, WriteKind::Append));
         released.store(0, Ordering::SeqCst);

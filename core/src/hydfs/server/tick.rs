@@ -1,6 +1,6 @@
 //! Driving: what moves the server's work on between messages (expired requests, the
 //! coordinators' retries and timeouts, waiting fetches and local copies) and `progress`, which
-//! sends every answer whose writes are now complete after one sync that covers them all. Also
+//! sends every answer whose writes are now complete once they are durable (see below). Also
 //! where work in flight changes course: when the ring changes (or a member restarts), writes and
 //! merges in flight re-target at once rather than at their next retry, and answers from a member
 //! that failed or restarted are forgotten; when a file is deleted, the work on it ends.
@@ -204,7 +204,9 @@ impl Hydfs {
         }
     }
 
-    /// Sends every answer whose writes are now complete, after one sync that covers them all.
+    /// Sends every answer whose writes are now complete and durable: writes after a flush
+    /// behind the node's back (one per round covers them all), the other answers after one
+    /// sync that covers them all.
     pub(in crate::hydfs) fn progress(&mut self, now: Time) {
         let skip_sync = self.cfg.bug(PlantedBug::AckBeforeSync);
         // One sync covers every answer below; if it fails, no answer that needs it is sent, and
@@ -395,7 +397,8 @@ impl Hydfs {
         }
         match behind.failed {
             Some(e) => self.fail_writes(None, &e),
-            // The runtime wakes the node when a flush ends; the poll is for storage that cannot.
+            // The runtime also wakes the node when a flush ends; the poll covers storage that
+            // does not (the simulator's) and a wake that comes while the node is busy.
             None if behind.waiting => self.poll_sync(now),
             None => {}
         }
@@ -412,7 +415,13 @@ impl Hydfs {
         if behind.failed.is_some() {
             return Durable::Never;
         }
-        let at = *at.get_or_insert(self.store.changes());
+        let noted = at.get_or_insert(self.store.changes());
+        if self.store.last_drop() >= *noted {
+            // A part or a write may have left the copy and come back since it was noted: count
+            // from now.
+            *noted = self.store.changes();
+        }
+        let at = *noted;
         let mut durable = self.store.durable_through();
         if matches!(durable, Ok(d) if d < at) && !behind.flushed {
             behind.flushed = true;
@@ -572,7 +581,8 @@ struct Behind {
     failed: Option<String>,
 }
 
-/// What one `progress` round's sync says of the changes made so far.
+/// Whether the changes an answer needs are durable: what one `progress` round's sync, or the
+/// flushes behind, say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Durable {
     /// Synced: answers that need them may go.
