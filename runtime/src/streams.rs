@@ -329,11 +329,36 @@ async fn write_framed(
     // A peer that restarted closed our old connection: its kernel answered with FIN/RST. A
     // frame written into such a socket is accepted locally and lost, so check first and
     // reconnect (the peer never writes on this connection, so any readable state means closed).
+    // The reactor's readiness says so without a system call; only then is the socket read.
     if let Some(stream) = conn.as_ref() {
-        let mut probe = [0u8; 1];
-        match stream.try_read(&mut probe) {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if stream.poll_read_ready(&mut cx).is_ready() {
+            let mut probe = [0u8; 1];
+            match stream.try_read(&mut probe) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                _ => *conn = None,
+            }
+        }
+    }
+    let mut slices: Vec<std::io::IoSlice<'_>> = framed.iter().map(|s| std::io::IoSlice::new(s)).collect();
+    let mut rest = &mut slices[..];
+    // Usually the socket has room: the frames go out at once, with no timer armed.
+    if let Some(stream) = conn.as_ref() {
+        match stream.try_write_vectored(rest) {
+            Ok(n) => {
+                std::io::IoSlice::advance_slices(&mut rest, n);
+                if rest.is_empty() {
+                    return;
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            _ => *conn = None,
+            Err(e) => {
+                *conn = None;
+                let error = format!("sending to {to}: {e}");
+                debug!(%to, %lane, %error, "stream send failed");
+                let _ = failures.send(Input::SendFailed { to, error }).await;
+                return;
+            }
         }
     }
     let result = async {
@@ -347,9 +372,6 @@ async fn write_framed(
         }
         let stream = conn.as_mut().expect("connected above");
         let write = async {
-            let mut slices: Vec<std::io::IoSlice<'_>> =
-                framed.iter().map(|s| std::io::IoSlice::new(s)).collect();
-            let mut rest = &mut slices[..];
             while !rest.is_empty() {
                 let n = stream.write_vectored(rest).await?;
                 if n == 0 {
