@@ -198,6 +198,19 @@ impl Loc {
 }
 
 impl Segment {
+    /// A segment whose file (and its direct handle) was just opened: nothing scanned yet.
+    fn empty(file: File, direct: Option<Arc<File>>) -> Segment {
+        Segment {
+            file: Arc::new(file),
+            direct,
+            len: 0,
+            zeroed: 0,
+            dead: 0,
+            puts: HashSet::new(),
+            damaged: false,
+        }
+    }
+
     /// Once the records have reached the end of the bytes written (the last record grew the
     /// file), writes zeros up to [`ZEROED_AHEAD`] past it (not past a segment of
     /// `segment_bytes`). Best effort: a disk too full for them still takes the records that
@@ -554,18 +567,7 @@ impl FileStorage {
             .map_err(|e| io_err("open segment", &path, &e))?;
         let size = file.metadata().map_err(|e| io_err("inspect segment", &path, &e))?.len();
         let direct = open_direct(&path).map(Arc::new);
-        self.segments.insert(
-            n,
-            Segment {
-                file: Arc::new(file),
-                direct,
-                len: 0,
-                zeroed: 0,
-                dead: 0,
-                puts: HashSet::new(),
-                damaged: false,
-            },
-        );
+        self.segments.insert(n, Segment::empty(file, direct));
         let mut at = 0u64;
         let mut h = [0u8; HEADER as usize];
         while at + HEADER <= size {
@@ -725,18 +727,7 @@ impl FileStorage {
             .open(&path)
             .map_err(|e| io_err("create segment", &path, &e))?;
         let direct = open_direct(&path).map(Arc::new);
-        self.segments.insert(
-            n,
-            Segment {
-                file: Arc::new(file),
-                direct,
-                len: 0,
-                zeroed: 0,
-                dead: 0,
-                puts: HashSet::new(),
-                damaged: false,
-            },
-        );
+        self.segments.insert(n, Segment::empty(file, direct));
         self.dir_dirty = true;
         Ok(n)
     }
