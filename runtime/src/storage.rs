@@ -902,24 +902,9 @@ impl FileStorage {
 
     /// Flushes what `unsynced` names: inline for a few bytes, else on a thread of its own.
     fn start_sync(&mut self) -> Result<bool, StorageError> {
-        let dir = self.dir_dirty.then(|| self.dir.clone());
-        let sync_dir = |dir: &Path| {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| format!("cannot sync {}: {e}", dir.display()))
-        };
         if self.unsynced_bytes <= BACKGROUND_SYNC_ABOVE {
-            // Inline: the segments' own handles, no duplicate descriptors.
-            let synced =
-                self.unsynced.iter().filter_map(|n| self.segments.get(n).map(|s| (n, s))).try_for_each(
-                    |(n, segment)| {
-                        segment
-                            .file
-                            .sync_data()
-                            .map_err(|e| format!("cannot sync {}: {e}", self.segment_path(*n).display()))
-                    },
-                );
-            synced.and_then(|()| dir.as_deref().map_or(Ok(()), sync_dir)).map_err(|e| self.poison(e))?;
+            // Inline, the same flush the flusher would run (numbered 0: never handed to it).
+            run_flush(&self.flush_job(0)).map_err(|e| self.poison(e))?;
             self.clear_unsynced();
             self.durable = self.written;
             return Ok(true);
@@ -933,18 +918,13 @@ impl FileStorage {
     /// Until the flush has begun, what is unsynced stays so (a failure here flushed nothing).
     fn start_flush(&mut self) -> Result<(), StorageError> {
         debug_assert!(self.in_flight.is_none(), "one flush at a time");
-        let files: Vec<(Arc<File>, PathBuf)> = self
-            .unsynced
-            .iter()
-            .filter_map(|n| self.segments.get(n).map(|s| (s.file.clone(), self.segment_path(*n))))
-            .collect();
-        let dir = self.dir_dirty.then(|| self.dir.clone());
         if self.flusher.is_none() {
             self.flusher = Some(self.spawn_flusher()?);
         }
+        let number = self.flusher.as_ref().expect("started above").sent + 1;
+        let job = self.flush_job(number);
         let flusher = self.flusher.as_mut().expect("started above");
-        let number = flusher.sent + 1;
-        if flusher.jobs.send(FlushJob { number, files, dir }).is_err() {
+        if flusher.jobs.send(job).is_err() {
             self.flusher = None;
             return Err(StorageError::Io(format!(
                 "the flusher thread of {} has stopped; nothing more can be made durable",
@@ -955,6 +935,17 @@ impl FileStorage {
         self.in_flight = Some(InFlight { number, mark: self.written, bytes: self.unsynced_bytes });
         self.clear_unsynced();
         Ok(())
+    }
+
+    /// Flush `number`: the segments written since the last flush (their own handles, shared),
+    /// and the directory if entries changed.
+    fn flush_job(&self, number: u64) -> FlushJob {
+        let files = self
+            .unsynced
+            .iter()
+            .filter_map(|n| self.segments.get(n).map(|s| (s.file.clone(), self.segment_path(*n))))
+            .collect();
+        FlushJob { number, files, dir: self.dir_dirty.then(|| self.dir.clone()) }
     }
 
     fn spawn_flusher(&self) -> Result<Flusher, StorageError> {

@@ -422,7 +422,11 @@ impl Hydfs {
             *noted = self.store.changes();
         }
         let at = *noted;
-        let mut durable = self.store.durable_through();
+        // Once per round (and again after the round's flush began): the waits share it.
+        let mut durable = match behind.durable {
+            Some(d) => Ok(d),
+            None => self.store.durable_through(),
+        };
         if matches!(durable, Ok(d) if d < at) && !behind.flushed {
             behind.flushed = true;
             durable = match self.store.flush_behind() {
@@ -439,6 +443,7 @@ impl Hydfs {
                 return Durable::Yes;
             }
         }
+        behind.durable = durable.as_ref().ok().copied();
         match durable {
             Ok(d) if d >= at => Durable::Yes,
             Ok(_) => {
@@ -577,6 +582,8 @@ struct Behind {
     flushed: bool,
     /// Some answer waits for a flush still under way.
     waiting: bool,
+    /// The store's durable count, as read in this round.
+    durable: Option<u64>,
     /// Why storage failed, if it did.
     failed: Option<String>,
 }
