@@ -36,7 +36,11 @@
 //!   reaches the mark [`Storage::flush_behind`] returned: a sync or a flush `fdatasync`s every
 //!   segment written since the last one began, and the directory when a segment was created or
 //!   removed. Flushes run on the flusher thread, one at a time and in order, so a mark is
-//!   durable only once every flush before it has completed. After a crash, records written
+//!   durable only once every flush before it has completed. A flush handed over covers, as
+//!   well, the writes made before it begins if each of them, and every one before it since the
+//!   hand-over, went to the active segment it syncs with no directory entry changed: the mark
+//!   of the last such write is read just before the `fdatasync`. Under a steady stream of small
+//!   writes, those arriving while the flusher thread wakes need no flush of their own. After a crash, records written
 //!   since the last completed sync or flush may be present, absent or torn; a torn
 //!   header ends its segment's scan (the last segment is cut back to the last whole record,
 //!   unless all that follows it is zeros: then it is the tail written ahead, kept); a
@@ -283,6 +287,8 @@ impl std::fmt::Debug for Flusher {
 /// One flush: the segments written since the last one, and the directory if entries changed.
 struct FlushJob {
     number: u64,
+    /// The mark of the last write before the job was handed over: it reaches at least this.
+    mark: u64,
     files: Vec<(Arc<File>, PathBuf)>,
     dir: Option<PathBuf>,
 }
@@ -291,12 +297,20 @@ struct FlushJob {
 struct FlushShared {
     state: std::sync::Mutex<FlushState>,
     ended: std::sync::Condvar,
+    /// The mark of the last write the flush handed over but not yet begun covers as well
+    /// ([`FileStorage::publish`]): read by the flusher just before it syncs.
+    published: std::sync::atomic::AtomicU64,
+    /// Held by a test to keep the flusher from beginning a flush it was handed.
+    #[cfg(test)]
+    hold: std::sync::Mutex<()>,
 }
 
 #[derive(Default)]
 struct FlushState {
     /// The number of the last flush that ended.
     finished: u64,
+    /// The mark that flush reached: its job's, or a later one published before it began.
+    reached: u64,
     /// Why a flush failed, once one has (every later one counts as failed too).
     failed: Option<String>,
 }
@@ -307,6 +321,12 @@ struct InFlight {
     number: u64,
     mark: u64,
     bytes: u64,
+    /// The active segment when the flush was handed over, if the flush syncs it: a later write
+    /// to it may be covered by the flush too ([`FileStorage::publish`]).
+    extends: Option<u64>,
+    /// Every write since the flush was handed over went to `extends`, with no directory entry
+    /// changed: the next one may be published too.
+    open: bool,
 }
 
 fn lock_flush(shared: &FlushShared) -> std::sync::MutexGuard<'_, FlushState> {
@@ -932,7 +952,11 @@ impl FileStorage {
             )));
         }
         flusher.sent = number;
-        self.in_flight = Some(InFlight { number, mark: self.written, bytes: self.unsynced_bytes });
+        let active = self.segments.last_key_value().map(|(&n, _)| n);
+        let extends = active.filter(|n| self.unsynced.contains(n));
+        let bytes = self.unsynced_bytes;
+        self.in_flight =
+            Some(InFlight { number, mark: self.written, bytes, extends, open: extends.is_some() });
         self.clear_unsynced();
         Ok(())
     }
@@ -945,7 +969,7 @@ impl FileStorage {
             .iter()
             .filter_map(|n| self.segments.get(n).map(|s| (s.file.clone(), self.segment_path(*n))))
             .collect();
-        FlushJob { number, files, dir: self.dir_dirty.then(|| self.dir.clone()) }
+        FlushJob { number, mark: self.written, files, dir: self.dir_dirty.then(|| self.dir.clone()) }
     }
 
     fn spawn_flusher(&self) -> Result<Flusher, StorageError> {
@@ -956,6 +980,13 @@ impl FileStorage {
             .name("hydfs-flush".into())
             .spawn(move || {
                 for job in queue {
+                    #[cfg(test)]
+                    let held = theirs.hold.lock();
+                    // Read before the sync begins: every write published by now is in the
+                    // segment the job syncs, and was written before the sync.
+                    let reached = job.mark.max(theirs.published.load(std::sync::atomic::Ordering::Acquire));
+                    #[cfg(test)]
+                    drop(held);
                     let started = std::time::Instant::now();
                     // A panic fails the flush (and poisons the storage): it never leaves the
                     // node waiting for a flush that will not end.
@@ -973,6 +1004,7 @@ impl FileStorage {
                     {
                         let mut state = lock_flush(&theirs);
                         state.finished = job.number;
+                        state.reached = reached;
                         if let Err(e) = result {
                             state.failed.get_or_insert(e);
                         }
@@ -1004,10 +1036,23 @@ impl FileStorage {
         if state.finished < f.number {
             return Ok(());
         }
+        let reached = state.reached;
         drop(state);
         self.in_flight = None;
         debug_assert!(f.mark >= self.durable, "flushes end in order");
-        self.durable = f.mark;
+        debug_assert!(
+            reached >= f.mark && reached <= self.written,
+            "a flush reaches its own mark, and no write not made"
+        );
+        debug_assert!(
+            reached == f.mark || f.extends.is_some(),
+            "only a flush of the active segment reaches further"
+        );
+        self.durable = reached;
+        if reached == self.written && !self.dir_dirty {
+            // Every write since the flush was handed over went to the segment it synced.
+            self.clear_unsynced();
+        }
         self.remove_retired()
     }
 
@@ -1015,6 +1060,21 @@ impl FileStorage {
     /// a later call changes nothing).
     pub fn set_flush_notifier(&mut self, wake: Arc<dyn Fn() + Send + Sync>) {
         let _ = self.on_flushed.set(FlushWake(wake));
+    }
+
+    /// After a write to `segment` while a flush waits to begin: if every write since the flush
+    /// was handed over went to the segment it syncs, with no directory entry changed, the
+    /// flush covers this write too (it syncs the segment after reading the mark), so that
+    /// writes arriving in the meantime need no flush of their own. Once one does not qualify,
+    /// none later in that flush does.
+    fn publish(&mut self, segment: u64) {
+        let Some(f) = self.in_flight.as_mut() else { return };
+        match (f.extends, &self.flusher) {
+            (Some(s), Some(flusher)) if f.open && s == segment && !self.dir_dirty => {
+                flusher.shared.published.store(self.written, std::sync::atomic::Ordering::Release);
+            }
+            _ => f.open = false,
+        }
     }
 
     /// A flush covering everything written so far has completed or begun.
@@ -1167,6 +1227,7 @@ impl Storage for FileStorage {
     fn put(&mut self, blob: BlobId, data: &[u8]) -> Result<(), StorageError> {
         let loc = self.append(KIND_PUT, blob, data)?;
         self.written += 1;
+        self.publish(loc.segment);
         self.segments.get_mut(&loc.segment).expect("appended").puts.insert(blob);
         if let Some(old) = self.blocks.insert(blob, loc) {
             self.kill(old);
@@ -1185,6 +1246,7 @@ impl Storage for FileStorage {
         }
         let loc = self.append(KIND_DELETE, blob, &[])?;
         self.written += 1;
+        self.publish(loc.segment);
         self.segments.get_mut(&loc.segment).expect("appended").dead += loc.record_bytes();
         if let Some(old) = self.blocks.remove(&blob) {
             self.kill(old);
@@ -1681,6 +1743,56 @@ mod tests {
     }
 
     #[test]
+    fn writes_made_before_a_handed_flush_begins_are_covered_by_it_unless_they_went_elsewhere() {
+        let t = TempDir::new("late");
+        // Segments of 300 bytes: two records of 24 + 100 bytes do not fit in one.
+        let mut s = FileStorage::open_with(&t.blocks(), 300).unwrap();
+        s.put(1, &[1; 100]).unwrap();
+        let first = s.flush_behind().unwrap();
+        durable_by(&mut s, first);
+        let shared = s.flusher.as_ref().unwrap().shared.clone();
+        let sent = |s: &FileStorage| s.flusher.as_ref().unwrap().sent;
+
+        // Handed over, held before it begins: the writes meanwhile go to the segment it syncs.
+        let held = shared.hold.lock().unwrap();
+        s.put(2, &[2; 10]).unwrap();
+        let handed = s.flush_behind().unwrap();
+        s.put(3, &[3; 10]).unwrap();
+        s.put(4, &[4; 10]).unwrap();
+        let later = s.flush_behind().unwrap();
+        assert!(later > handed);
+        drop(held);
+        durable_by(&mut s, later);
+        assert_eq!(sent(&s), 2, "the flush handed over covered the writes made before it began");
+        assert!(s.unsynced.is_empty() && s.in_flight.is_none());
+
+        // A write to a new segment (and every one after it) is not covered: a flush follows.
+        let held = shared.hold.lock().unwrap();
+        s.put(5, &[5; 10]).unwrap();
+        let handed = s.flush_behind().unwrap();
+        s.put(6, &[6; 100]).unwrap();
+        s.put(7, &[7; 10]).unwrap();
+        let later = s.flush_behind().unwrap();
+        assert_eq!(later, handed + 2);
+        drop(held);
+        let reached = loop {
+            let d = s.durable_mark().unwrap();
+            if d >= handed {
+                break d;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        assert_eq!(reached, handed, "a write to another segment is not covered by the flush");
+        durable_by(&mut s, later);
+        assert_eq!(sent(&s), 4);
+        drop(s);
+        let mut back = FileStorage::open_with(&t.blocks(), 300).unwrap();
+        for b in 1..=7u64 {
+            assert_eq!(back.read(b).unwrap()[0], b as u8);
+        }
+    }
+
+    #[test]
     fn a_failed_flush_behind_poisons_the_storage() {
         let t = TempDir::new("behind-failed");
         let mut s = FileStorage::open(&t.blocks()).unwrap();
@@ -1691,9 +1803,10 @@ mod tests {
         let files = Vec::new();
         let flusher = s.flusher.as_mut().unwrap();
         let number = flusher.sent + 1;
-        flusher.jobs.send(FlushJob { number, files, dir: Some(PathBuf::from("/nonexistent-dir")) }).unwrap();
+        let (mark, dir) = (s.written, Some(PathBuf::from("/nonexistent-dir")));
+        flusher.jobs.send(FlushJob { number, mark, files, dir }).unwrap();
         flusher.sent = number;
-        s.in_flight = Some(InFlight { number, mark: s.written, bytes: 3 });
+        s.in_flight = Some(InFlight { number, mark: s.written, bytes: 3, extends: None, open: false });
         s.unsynced.clear();
         let mut failed = None;
         for _ in 0..10_000 {

@@ -44,7 +44,8 @@ pub trait Storage {
         self.sync().map(|()| 0)
     }
     /// The highest mark whose flush has completed; everything written before
-    /// [`Storage::flush_behind`] returned it is durable. It also starts the flush a call of
+    /// [`Storage::flush_behind`] returned it is durable. A flush may reach past the mark it was
+    /// started for (writes made before it actually began), never past a write not yet made. It also starts the flush a call of
     /// `flush_behind` left waiting behind one under way. A failed flush is an error.
     fn durable_mark(&mut self) -> Result<u64, StorageError> {
         Ok(u64::MAX)
