@@ -7,7 +7,7 @@
 use clap::Parser;
 use rainstorm_core::membership::{MembershipEvent, Role};
 use rainstorm_core::node::NodeEvent;
-use rainstorm_runtime::config::{ConfigInput, HydfsInput, RainstormInput, TimingsInput};
+use rainstorm_runtime::config::{ConfigInput, HydfsInput, RainstormInput, TimingsInput, MAX_THREADS};
 use rainstorm_runtime::driver::NodeHandle;
 use rainstorm_runtime::lock::DataDirLock;
 use rainstorm_runtime::{control, driver, logging};
@@ -89,16 +89,14 @@ pub struct NodeArgs {
     /// give e.g. 0.0.0.0:8001 to reach it from other hosts).
     #[arg(long)]
     pub metrics_addr: Option<String>,
-    /// Threads of the node's async runtime (default 2). With 1 the node runs on a single
-    /// thread, with no hand-offs between threads for each message: best where several nodes
-    /// share a machine's cores (`rainstorm cluster` starts its nodes so). On a machine of its
-    /// own, 2 or more let a node check and copy large transfers on several cores at once.
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    /// Threads of the node's async runtime (default 2, or `threads` in the config file). With 1
+    /// the node runs on a single thread, with no hand-offs between threads for each message:
+    /// best where several nodes share a machine's cores (`rainstorm cluster` starts its nodes
+    /// so). On a machine of its own, 2 or more let a node check and copy large transfers on
+    /// several cores at once.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_THREADS)))]
     pub threads: Option<u16>,
 }
-
-/// Threads of a node's async runtime unless `--threads` says otherwise.
-const DEFAULT_THREADS: u16 = 2;
 
 const CONSOLE_HELP: &str = "Console commands (stdin, or `rainstorm ctl <data-dir> <command>`):
   membership: list_mem, list_self, join, leave, enable_sus, disable_sus, status_sus, list_suspected, stats,
@@ -123,6 +121,7 @@ impl NodeArgs {
             accepted_keys: None,
             drop_rate: self.drop_rate,
             metrics_addr: self.metrics_addr.clone(),
+            threads: self.threads,
             timings: TimingsInput {
                 protocol_period_ms: self.period_ms,
                 ping_timeout_ms: self.ping_timeout_ms,
@@ -198,7 +197,7 @@ pub fn main_from(role: Role, args: impl IntoIterator<Item = std::ffi::OsString>)
              (ps, /proc); use --cluster-key-file or RAINSTORM_CLUSTER_KEY"
         );
     }
-    let built = match args.threads.unwrap_or(DEFAULT_THREADS) {
+    let built = match cfg.threads {
         1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
         n => tokio::runtime::Builder::new_multi_thread().worker_threads(usize::from(n)).enable_all().build(),
     };

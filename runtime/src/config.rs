@@ -14,6 +14,8 @@
 //! drop_rate = 0.0                # experiments: drop this fraction of outgoing datagrams
 //! metrics_addr = "127.0.0.1:8001" # HTTP: Prometheus metrics at /metrics, the status page at /
 //!                                # (default: loopback, port + 1000; "off" serves neither)
+//! threads = 2                    # of the node's async runtime (1..=256; 1: one thread, best
+//!                                # where several nodes share a machine's cores)
 //!
 //! [timings]
 //! protocol_period_ms = 1000
@@ -99,6 +101,8 @@ pub struct ConfigInput {
     pub drop_rate: Option<f64>,
     /// `host:port`, or `off`.
     pub metrics_addr: Option<String>,
+    /// Threads of the node's async runtime.
+    pub threads: Option<u16>,
     #[serde(default)]
     pub timings: TimingsInput,
     #[serde(default)]
@@ -195,7 +199,15 @@ pub struct RuntimeConfig {
     pub streams: StreamLimits,
     /// Where the node serves its metrics and status page over HTTP (`None`: it does not).
     pub metrics: Option<SocketAddr>,
+    /// Threads of the node's async runtime (1: a single-threaded runtime).
+    pub threads: u16,
 }
+
+/// Threads of a node's async runtime unless `threads` (or `--threads`) says otherwise.
+pub const DEFAULT_THREADS: u16 = 2;
+
+/// The most threads a node's async runtime may be given.
+pub const MAX_THREADS: u16 = 256;
 
 /// How far a node's default HTTP port (metrics and status page) is from its own port.
 pub const METRICS_PORT_OFFSET: u16 = 1000;
@@ -230,6 +242,7 @@ pub const FIELDS: &[&str] = &[
     "introducer",
     "drop_rate",
     "metrics_addr",
+    "threads",
     "cluster_key",
     "cluster_key_file",
     "accepted_keys",
@@ -295,6 +308,7 @@ impl ConfigInput {
             accepted_keys: self.accepted_keys.or(fallback.accepted_keys),
             drop_rate: self.drop_rate.or(fallback.drop_rate),
             metrics_addr: self.metrics_addr.or(fallback.metrics_addr),
+            threads: self.threads.or(fallback.threads),
             timings: TimingsInput {
                 protocol_period_ms: t.protocol_period_ms.or(f.protocol_period_ms),
                 ping_timeout_ms: t.ping_timeout_ms.or(f.ping_timeout_ms),
@@ -382,6 +396,10 @@ impl ConfigInput {
                 }
             },
         };
+        let threads = self.threads.unwrap_or(DEFAULT_THREADS);
+        if !(1..=MAX_THREADS).contains(&threads) {
+            return Err(field("threads", format!("{threads} is not between 1 and {MAX_THREADS}")));
+        }
         let cluster_key_file = self.cluster_key_file;
         let (cluster_key, accepted_keys) =
             keys_of(self.cluster_key, cluster_key_file.as_deref(), self.accepted_keys.unwrap_or_default())?;
@@ -525,6 +543,7 @@ impl ConfigInput {
             limits,
             streams,
             metrics,
+            threads,
         })
     }
 }
@@ -741,6 +760,19 @@ mod tests {
             let e = resolve(&format!("bind = \"127.0.0.1:7001\"\n[rainstorm]\nbatch_tuples = {bad}\n"))
                 .unwrap_err();
             assert!(e.to_string().contains("rainstorm.batch_tuples"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_runtime_threads_default_to_two_and_a_flag_wins_over_the_file() {
+        let resolve = |extra: &str| parse(&format!("bind = \"127.0.0.1:7001\"\n{extra}")).unwrap();
+        assert_eq!(resolve("").resolve(Role::Introducer).unwrap().threads, DEFAULT_THREADS);
+        assert_eq!(resolve("threads = 1").resolve(Role::Introducer).unwrap().threads, 1);
+        let flags = ConfigInput { threads: Some(4), ..ConfigInput::default() };
+        assert_eq!(flags.or(resolve("threads = 1")).resolve(Role::Introducer).unwrap().threads, 4);
+        for bad in ["threads = 0", "threads = 257"] {
+            let e = resolve(bad).resolve(Role::Introducer).unwrap_err();
+            assert!(e.to_string().contains("`threads`"), "{e}");
         }
     }
 
