@@ -1742,6 +1742,26 @@ mod tests {
         }
     }
 
+    /// Writes block `first` (id, bytes) and hands a flush over while the flusher is held, then
+    /// writes the blocks of `after` and asks for a flush again before the flusher may begin:
+    /// the marks of the two flushes asked for.
+    fn hand_over_held(
+        s: &mut FileStorage,
+        shared: &FlushShared,
+        first: (u64, usize),
+        after: &[(u64, usize)],
+    ) -> (u64, u64) {
+        let held = shared.hold.lock().unwrap();
+        s.put(first.0, &vec![first.0 as u8; first.1]).unwrap();
+        let handed = s.flush_behind().unwrap();
+        for &(blob, len) in after {
+            s.put(blob, &vec![blob as u8; len]).unwrap();
+        }
+        let later = s.flush_behind().unwrap();
+        drop(held);
+        (handed, later)
+    }
+
     #[test]
     fn writes_made_before_a_handed_flush_begins_are_covered_by_it_unless_they_went_elsewhere() {
         let t = TempDir::new("late");
@@ -1754,27 +1774,15 @@ mod tests {
         let sent = |s: &FileStorage| s.flusher.as_ref().unwrap().sent;
 
         // Handed over, held before it begins: the writes meanwhile go to the segment it syncs.
-        let held = shared.hold.lock().unwrap();
-        s.put(2, &[2; 10]).unwrap();
-        let handed = s.flush_behind().unwrap();
-        s.put(3, &[3; 10]).unwrap();
-        s.put(4, &[4; 10]).unwrap();
-        let later = s.flush_behind().unwrap();
+        let (handed, later) = hand_over_held(&mut s, &shared, (2, 10), &[(3, 10), (4, 10)]);
         assert!(later > handed);
-        drop(held);
         durable_by(&mut s, later);
         assert_eq!(sent(&s), 2, "the flush handed over covered the writes made before it began");
         assert!(s.unsynced.is_empty() && s.in_flight.is_none());
 
         // A write to a new segment (and every one after it) is not covered: a flush follows.
-        let held = shared.hold.lock().unwrap();
-        s.put(5, &[5; 10]).unwrap();
-        let handed = s.flush_behind().unwrap();
-        s.put(6, &[6; 100]).unwrap();
-        s.put(7, &[7; 10]).unwrap();
-        let later = s.flush_behind().unwrap();
+        let (handed, later) = hand_over_held(&mut s, &shared, (5, 10), &[(6, 100), (7, 10)]);
         assert_eq!(later, handed + 2);
-        drop(held);
         let reached = loop {
             let d = s.durable_mark().unwrap();
             if d >= handed {
