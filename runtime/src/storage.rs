@@ -303,6 +303,12 @@ struct FlushShared {
     /// Held by a test to keep the flusher from beginning a flush it was handed.
     #[cfg(test)]
     hold: std::sync::Mutex<()>,
+    /// Held by a test to keep the flusher between reading the mark and syncing.
+    #[cfg(test)]
+    hold_sync: std::sync::Mutex<()>,
+    /// The number of the last flush whose mark the flusher read (tests).
+    #[cfg(test)]
+    loaded: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -315,7 +321,8 @@ struct FlushState {
     failed: Option<String>,
 }
 
-/// The flush under way: its job number, the mark it reaches, and how many bytes it covers.
+/// The flush under way: its job number, the mark it reaches at least, and how many bytes it
+/// covers (writes it covers as well, [`FileStorage::publish`], not counted).
 #[derive(Clone, Copy, Debug)]
 struct InFlight {
     number: u64,
@@ -944,6 +951,9 @@ impl FileStorage {
         let number = self.flusher.as_ref().expect("started above").sent + 1;
         let job = self.flush_job(number);
         let flusher = self.flusher.as_mut().expect("started above");
+        // Each flight's published mark starts at its own: a value left by an earlier one can
+        // never reach past what this job syncs.
+        flusher.shared.published.store(job.mark, std::sync::atomic::Ordering::Release);
         if flusher.jobs.send(job).is_err() {
             self.flusher = None;
             return Err(StorageError::Io(format!(
@@ -986,7 +996,11 @@ impl FileStorage {
                     // segment the job syncs, and was written before the sync.
                     let reached = job.mark.max(theirs.published.load(std::sync::atomic::Ordering::Acquire));
                     #[cfg(test)]
-                    drop(held);
+                    {
+                        drop(held);
+                        theirs.loaded.store(job.number, std::sync::atomic::Ordering::SeqCst);
+                        drop(theirs.hold_sync.lock());
+                    }
                     let started = std::time::Instant::now();
                     // A panic fails the flush (and poisons the storage): it never leaves the
                     // node waiting for a flush that will not end.
@@ -1690,11 +1704,13 @@ mod tests {
         assert_eq!(s.read(3).unwrap(), block);
     }
 
-    /// Waits until `durable_mark` reaches `mark`.
-    fn durable_by(s: &mut FileStorage, mark: u64) {
+    /// Waits until `durable_mark` reaches `mark`; returns the first durable mark that does
+    /// (with no later flush asked for, the one the flush covering `mark` reached).
+    fn durable_by(s: &mut FileStorage, mark: u64) -> u64 {
         for _ in 0..10_000 {
-            if s.durable_mark().unwrap() >= mark {
-                return;
+            let durable = s.durable_mark().unwrap();
+            if durable >= mark {
+                return durable;
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
@@ -1763,9 +1779,9 @@ mod tests {
     }
 
     #[test]
-    fn writes_made_before_a_handed_flush_begins_are_covered_by_it_unless_they_went_elsewhere() {
+    fn a_flush_covers_writes_to_its_segment_made_before_it_reads_the_mark_and_no_others() {
         let t = TempDir::new("late");
-        // Segments of 300 bytes: two records of 24 + 100 bytes do not fit in one.
+        // Segments of 300 bytes: a record of 24 + 100 bytes does not fit after 260 bytes.
         let mut s = FileStorage::open_with(&t.blocks(), 300).unwrap();
         s.put(1, &[1; 100]).unwrap();
         let first = s.flush_behind().unwrap();
@@ -1783,19 +1799,30 @@ mod tests {
         // A write to a new segment (and every one after it) is not covered: a flush follows.
         let (handed, later) = hand_over_held(&mut s, &shared, (5, 10), &[(6, 100), (7, 10)]);
         assert_eq!(later, handed + 2);
-        let reached = loop {
-            let d = s.durable_mark().unwrap();
-            if d >= handed {
-                break d;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        };
+        let reached = durable_by(&mut s, handed);
         assert_eq!(reached, handed, "a write to another segment is not covered by the flush");
         durable_by(&mut s, later);
         assert_eq!(sent(&s), 4);
+
+        // A write to the segment the flush syncs, made after the flusher read the mark, is not
+        // covered: it stays unsynced, for the next flush.
+        let held_sync = shared.hold_sync.lock().unwrap();
+        s.put(8, &[8; 10]).unwrap();
+        let handed = s.flush_behind().unwrap();
+        while shared.loaded.load(std::sync::atomic::Ordering::SeqCst) < sent(&s) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        s.put(9, &[9; 10]).unwrap();
+        drop(held_sync);
+        let reached = durable_by(&mut s, handed);
+        assert_eq!(reached, handed, "a write after the flusher read the mark is not covered");
+        assert!(!s.unsynced.is_empty(), "the later write's segment still needs a sync");
+        let last = s.flush_behind().unwrap();
+        durable_by(&mut s, last);
+        assert_eq!(sent(&s), 6);
         drop(s);
         let mut back = FileStorage::open_with(&t.blocks(), 300).unwrap();
-        for b in 1..=7u64 {
+        for b in 1..=9u64 {
             assert_eq!(back.read(b).unwrap()[0], b as u8);
         }
     }
