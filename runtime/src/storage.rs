@@ -40,11 +40,11 @@
 //!   well, the writes made before it begins if each of them, and every one before it since the
 //!   hand-over, went to the active segment it syncs with no directory entry changed: the mark
 //!   of the last such write is read just before the `fdatasync`. Under a steady stream of small
-//!   writes, those arriving while the flusher thread wakes need no flush of their own. After a crash, records written
-//!   since the last completed sync or flush may be present, absent or torn; a torn
-//!   header ends its segment's scan (the last segment is cut back to the last whole record,
-//!   unless all that follows it is zeros: then it is the tail written ahead, kept); a
-//!   record that would replace a block's version is taken only if its data passes its CRC (the
+//!   writes, those arriving while the flusher thread wakes need no flush of their own. After a
+//!   crash, records written since the last completed sync or flush may be present, absent or
+//!   torn; a torn header ends its segment's scan (the last segment is cut back to the last
+//!   whole record, unless all that follows it is zeros: then it is the tail written ahead,
+//!   kept); a record that would replace a block's version is taken only if its data passes its CRC (the
 //!   older version stays the block otherwise); any other torn block fails its data CRC when
 //!   read, which reports it as an I/O error, never as data;
 //! * a sync that failed poisons the storage: the kernel may have dropped the pages it could not
