@@ -342,26 +342,20 @@ async fn write_framed(
     }
     let mut slices: Vec<std::io::IoSlice<'_>> = framed.iter().map(|s| std::io::IoSlice::new(s)).collect();
     let mut rest = &mut slices[..];
-    // Usually the socket has room: the frames go out at once, with no timer armed.
-    if let Some(stream) = conn.as_ref() {
-        match stream.try_write_vectored(rest) {
-            Ok(n) => {
-                std::io::IoSlice::advance_slices(&mut rest, n);
-                if rest.is_empty() {
-                    return;
+    let result = async {
+        // Usually the socket has room: the frames go out at once, with no timer armed.
+        if let Some(stream) = conn.as_ref() {
+            match stream.try_write_vectored(rest) {
+                Ok(n) => {
+                    std::io::IoSlice::advance_slices(&mut rest, n);
+                    if rest.is_empty() {
+                        return Ok(());
+                    }
                 }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => {
-                *conn = None;
-                let error = format!("sending to {to}: {e}");
-                debug!(%to, %lane, %error, "stream send failed");
-                let _ = failures.send(Input::SendFailed { to, error }).await;
-                return;
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(format!("sending to {to}: {e}")),
             }
         }
-    }
-    let result = async {
         if conn.is_none() {
             let stream = tokio::time::timeout(STREAM_CONNECT_TIMEOUT, TcpStream::connect(to))
                 .await

@@ -2,9 +2,9 @@
 //!
 //! Durability is explicit: [`Storage::put`] and [`Storage::delete`] may be lost in a crash until
 //! [`Storage::sync`] returns, or until [`Storage::durable_mark`] reaches the mark a later
-//! [`Storage::flush_behind`] returned. The runtime implements the trait with files and fsync; the simulator
-//! with memory that loses unsynced writes on a crash and can corrupt a block. [`MemStorage`] is a
-//! plain in-memory implementation for tests and tools.
+//! [`Storage::flush_behind`] returned. The runtime implements the trait with files and fsync;
+//! the simulator with memory that loses unsynced writes on a crash and can corrupt a block.
+//! [`MemStorage`] is a plain in-memory implementation for tests and tools.
 
 use std::collections::BTreeMap;
 
@@ -45,8 +45,9 @@ pub trait Storage {
     }
     /// The highest mark whose flush has completed; everything written before
     /// [`Storage::flush_behind`] returned it is durable. A flush may reach past the mark it was
-    /// started for (writes made before it actually began), never past a write not yet made. It also starts the flush a call of
-    /// `flush_behind` left waiting behind one under way. A failed flush is an error.
+    /// started for (writes made before it actually began), never past a write not yet made.
+    /// It also starts the flush a call of `flush_behind` left waiting behind one under way. A
+    /// failed flush is an error.
     fn durable_mark(&mut self) -> Result<u64, StorageError> {
         Ok(u64::MAX)
     }
