@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{self, Write};
 
-use rainstorm_core::rainstorm::csv::{join_record, split_record};
+use rainstorm_csv::{join_record, split_record};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

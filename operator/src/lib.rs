@@ -43,7 +43,7 @@ pub mod sdk;
 /// RFC 4180 records on one physical line, exactly as the built-in operators split and join them
 /// (`fields` and `field` borrow from the line; see the module's documentation).
 pub mod csv {
-    pub use rainstorm_core::rainstorm::csv::{field, fields, join_into, join_record, split_record, Fields};
+    pub use rainstorm_csv::{field, fields, join_into, join_record, split_record, Fields};
 }
 
 pub use client::Client;

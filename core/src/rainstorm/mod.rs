@@ -40,7 +40,7 @@
 
 pub mod checkpoint;
 pub mod config;
-pub mod csv;
+pub use rainstorm_csv as csv;
 pub mod directory;
 pub mod input;
 pub mod job;

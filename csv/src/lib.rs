@@ -1,5 +1,9 @@
 //! Lenient RFC 4180 records on one physical line.
 //!
+//! Its own crate, with no dependency but `memchr`, so that operator programs (`rainstorm-operator`)
+//! split rows exactly as the built-in operators of `rainstorm-core` do (which re-exports it as
+//! `rainstorm_core::rainstorm::csv`) without building the core.
+//!
 //! The stream layer works on physical lines, so a quoted field containing a newline arrives
 //! split over several lines. [`split_record`] therefore never fails: an unterminated quoted
 //! field runs to the end of the input, a quote inside an unquoted field is literal, and text
