@@ -2,9 +2,10 @@
 //! 1 MiB chunks), driven through the nodes' control sockets, against a raw loopback TCP copy.
 //!
 //! 1. Raw baseline: one in-process loopback TCP copy of the big file (1 MiB buffers), with and
-//!    without an fsync of the destination at the end; three runs (one with `--quick`).
+//!    without an fsync of the destination at the end; three runs (one with `--quick`), each in
+//!    a round with a run of 2, while the cluster is up and idle.
 //! 2. `create` of the big file (three fsync'd replicas) from a non-replica, and `get` of it into
-//!    a fresh file on another non-replica, as many runs as the raw copy (the file is deleted
+//!    a fresh file on another non-replica, in rounds with the raw copy (the file is deleted
 //!    between them), as MiB/s and as ratios of median to median; every got file is compared.
 //! 3. 4 KiB appends per second: one client per node, each appending to one shared file, against
 //!    the append floor (`append_floor.rs`: the same clients, hops and fsyncs with nothing of HyDFS
@@ -401,39 +402,13 @@ fn run_in(plan: &Plan, root: &Path, work: &Path) -> Result<()> {
     println!();
     let mut f = Findings::default();
 
-    // --- 1. raw baseline -------------------------------------------------------------------
+    // --- 1. raw baseline, measured in the rounds of 2 -------------------------------------------
     let src = work.join("big.src");
     eprintln!("generating the {} MiB source file...", plan.size >> 20);
     generate(&src, plan.size, 0x9E37_79B9_7F4A_7C15)?;
     let dst = work.join("big.raw");
     let mut raw = Vec::new();
     let mut raw_fsync = Vec::new();
-    for _ in 0..plan.runs {
-        raw.push(raw_copy(&src, &dst, false)?);
-        raw_fsync.push(raw_copy(&src, &dst, true)?);
-    }
-    let _ = std::fs::remove_file(&dst);
-    f.raw = Some(median(&raw));
-    f.raw_fsync = Some(median(&raw_fsync));
-    println!(
-        "## 1. Raw baseline: in-process loopback TCP copy of {} MiB ({} runs)",
-        plan.size >> 20,
-        plan.runs
-    );
-    println!();
-    println!("| variant | median (s) | MiB/s | best (s) | all runs (s) |");
-    println!("|---|---:|---:|---:|---|");
-    for (name, runs) in [("raw copy", &raw), ("raw copy + fsync of the destination", &raw_fsync)] {
-        let m = median(runs);
-        println!(
-            "| {name} | {:.2} | {:.0} | {:.2} | {} |",
-            m.as_secs_f64(),
-            mibps(plan.size, m),
-            runs.iter().min().expect("a run").as_secs_f64(),
-            secs(runs)
-        );
-    }
-    println!();
 
     // --- cluster with the default cache --------------------------------------------------------
     eprintln!("starting the {NODES}-node cluster (default cache) on ports {BASE_PORT}..");
@@ -441,8 +416,10 @@ fn run_in(plan: &Plan, root: &Path, work: &Path) -> Result<()> {
     let ctl = Ctl::new()?;
 
     // --- 2. create and get ------------------------------------------------------------------
-    // As many runs as the raw copy had, compared median to median: the same name is created,
-    // got into a fresh file and deleted again, and the last copy is kept.
+    // Rounds of the raw copy (without, then with the fsync), the create and the get, so that the
+    // baseline and the cluster meet the same moments of a shared machine; compared median to
+    // median. The same name is created, got into a fresh file and deleted again, and the last
+    // copy is kept.
     let big = format!("big-{}mib.bin", plan.size >> 20);
     let big_reps = a.replicas(&big);
     let others: Vec<u16> = (1..NODES).filter(|i| !big_reps.contains(i)).collect();
@@ -453,6 +430,10 @@ fn run_in(plan: &Plan, root: &Path, work: &Path) -> Result<()> {
     let (mut creates, mut gets) = (Vec::new(), Vec::new());
     let mut get_from = String::new();
     for run in 0..plan.runs {
+        eprintln!("raw loopback copy, without and with the fsync, round {} of {} ...", run + 1, plan.runs);
+        raw.push(raw_copy(&src, &dst, false)?);
+        raw_fsync.push(raw_copy(&src, &dst, true)?);
+        let _ = std::fs::remove_file(&dst);
         eprintln!(
             "create {big} from node{creator} (replicas {big_reps:?}), run {} of {} ...",
             run + 1,
@@ -494,6 +475,31 @@ fn run_in(plan: &Plan, root: &Path, work: &Path) -> Result<()> {
     }
     f.create = (creates.len() == plan.runs).then(|| median(&creates));
     f.get = (gets.len() == plan.runs).then(|| median(&gets));
+    if raw.is_empty() {
+        bail!("no round of the raw copy ran");
+    }
+    f.raw = Some(median(&raw));
+    f.raw_fsync = Some(median(&raw_fsync));
+    println!(
+        "## 1. Raw baseline: in-process loopback TCP copy of {} MiB ({} runs, in rounds with the create and the get)",
+        plan.size >> 20,
+        plan.runs
+    );
+    println!();
+    println!("| variant | median (s) | MiB/s | best (s) | all runs (s) |");
+    println!("|---|---:|---:|---:|---|");
+    for (name, runs) in [("raw copy", &raw), ("raw copy + fsync of the destination", &raw_fsync)] {
+        let m = median(runs);
+        println!(
+            "| {name} | {:.2} | {:.0} | {:.2} | {} |",
+            m.as_secs_f64(),
+            mibps(plan.size, m),
+            runs.iter().min().expect("a run").as_secs_f64(),
+            secs(runs)
+        );
+    }
+    println!();
+
     println!(
         "## 2. create and get of the {} MiB file (replicas: {}; median of {} runs each)",
         plan.size >> 20,
