@@ -2,7 +2,8 @@
 //! directory (usually `<data_dir>/blocks`) that it owns entirely.
 //!
 //! Every `put` appends one record (a header, then the block's bytes) to the active segment,
-//! `dir/<n as 16 hex digits>.seg`; every `delete` appends a small tombstone record. A map held in
+//! `dir/<n as 16 hex digits>.seg`; every `delete` appends a small tombstone record (a
+//! `delete_many` writes all of its tombstones with one system call). A map held in
 //! memory names, for each block, the segment and offset of its newest record; it is rebuilt at
 //! [`FileStorage::open`] by reading the records' headers in segment order. A `sync` is then one
 //! `fdatasync` of the active segment, however many blocks it covers, where one file per block
@@ -161,6 +162,9 @@ pub struct FileStorage {
     /// only after two such records in a row: a large transfer's records go direct, and a
     /// direct write over zeros still dirty in the page cache would have to wait for them.
     after_small: bool,
+    /// Writes of records through the page cache so far (tests count system calls with it).
+    #[cfg(test)]
+    record_writes: u64,
     /// The buffer a small record is gathered in (header then data) to be written with one
     /// system call (kept, like `aligned`).
     gather: Vec<u8>,
@@ -542,6 +546,8 @@ impl FileStorage {
             aligned: AlignedBuf::default(),
             direct_at_least: DIRECT_AT_LEAST,
             after_small: false,
+            #[cfg(test)]
+            record_writes: 0,
             gather: Vec::new(),
             read_ahead: ReadAhead::default(),
         };
@@ -792,6 +798,10 @@ impl FileStorage {
         let path = self.segment_path(n);
         let segment = self.segments.get_mut(&n).expect("segment_for returns a segment");
         let at = segment.len;
+        #[cfg(test)]
+        {
+            self.record_writes += 1;
+        }
         let written = if data.len() < GATHER_BELOW {
             self.gather.clear();
             self.gather.extend_from_slice(header);
@@ -1268,6 +1278,33 @@ impl Storage for FileStorage {
         Ok(())
     }
 
+    /// The tombstones of every live block named, in one write: a node removes the index blocks
+    /// a snapshot replaced (about a thousand at a time) with one system call, not one each. All
+    /// or none: a failed write changes nothing (the segment is cut back to its old length).
+    fn delete_many(&mut self, blobs: &[BlobId]) -> Result<(), StorageError> {
+        let mut live: Vec<BlobId> = blobs.iter().copied().filter(|b| self.blocks.contains_key(b)).collect();
+        live.sort_unstable();
+        live.dedup();
+        let Some(&first) = live.first() else { return Ok(()) };
+        let no_data = crc32c::crc32c(&[]);
+        let mut tombstones = Vec::with_capacity(live.len() * HEADER as usize);
+        for &blob in &live {
+            tombstones
+                .extend_from_slice(&Header { kind: KIND_DELETE, blob, len: 0, data_crc: no_data }.encode());
+        }
+        // Whole records back to back, written as one record's header with no data.
+        let loc = self.append_record(&tombstones, &[], first, 0, Via::PageCache)?;
+        self.written += live.len() as u64;
+        self.publish(loc.segment);
+        self.segments.get_mut(&loc.segment).expect("appended").dead += tombstones.len() as u64;
+        for blob in live {
+            if let Some(old) = self.blocks.remove(&blob) {
+                self.kill(old);
+            }
+        }
+        Ok(())
+    }
+
     /// Hands what was written since the last flush to the flusher thread, or notes it as
     /// wanted after the flush under way (see [`FileStorage::durable_mark`]).
     fn flush_behind(&mut self) -> Result<u64, StorageError> {
@@ -1536,6 +1573,38 @@ mod tests {
         let mut s = FileStorage::open(&t.blocks()).unwrap();
         assert_eq!(s.read(2).unwrap(), b"two, back");
         assert_eq!(listed(&mut s), [1, 2, 3]);
+    }
+
+    #[test]
+    fn many_deletes_are_one_write_of_their_tombstones_and_hold_across_a_reopen() {
+        let t = TempDir::new("delmany");
+        let mut s = FileStorage::open(&t.blocks()).unwrap();
+        for blob in 1..=6u64 {
+            s.put(blob, format!("block {blob}").as_bytes()).unwrap();
+        }
+        sync(&mut s);
+        let active = *s.segments.keys().next_back().expect("a segment");
+        let (end, written) = (s.segments[&active].len, s.written);
+        // A block named twice, one never stored and one already gone cost nothing more.
+        s.delete(6).unwrap();
+        let end = end + HEADER;
+        let writes = s.record_writes;
+        s.delete_many(&[4, 2, 9, 2, 5, 6]).unwrap();
+        assert_eq!(s.record_writes, writes + 1, "one write for all the tombstones");
+        assert_eq!(s.segments[&active].len, end + 3 * HEADER, "a tombstone each for 2, 4 and 5");
+        assert_eq!(s.written, written + 1 + 3, "one mark per removed block");
+        assert_eq!(listed(&mut s), [1, 3]);
+        assert_eq!(s.read(4), Err(StorageError::Missing(4)));
+        s.delete_many(&[]).unwrap();
+        s.delete_many(&[4, 9]).unwrap();
+        assert_eq!(s.record_writes, writes + 1, "nothing left to remove, nothing written");
+        assert_eq!(s.segments[&active].len, end + 3 * HEADER);
+        sync(&mut s);
+        drop(s);
+        let mut s = FileStorage::open(&t.blocks()).unwrap();
+        assert_eq!(listed(&mut s), [1, 3]);
+        assert_eq!(s.read(3).unwrap(), b"block 3");
+        assert_eq!(s.read(5), Err(StorageError::Missing(5)));
     }
 
     #[test]

@@ -30,6 +30,12 @@ pub trait Storage {
     fn read(&mut self, blob: BlobId) -> Result<Vec<u8>, StorageError>;
     /// Removes a block. Not durable until a sync or a flush covers it.
     fn delete(&mut self, blob: BlobId) -> Result<(), StorageError>;
+    /// Removes several blocks, as [`Storage::delete`] of each in turn would. An implementation
+    /// may write them together (one write for all, where a delete each costs a system call
+    /// each); it stops at the first error, leaving the blocks not yet removed in place.
+    fn delete_many(&mut self, blobs: &[BlobId]) -> Result<(), StorageError> {
+        blobs.iter().try_for_each(|&blob| self.delete(blob))
+    }
     /// Makes every earlier `put` and `delete` durable. `Ok` means they are; an implementation
     /// that flushes in the background (so a large flush never stalls the node) may instead
     /// return [`StorageError::InProgress`], and the caller asks again later.

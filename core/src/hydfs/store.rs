@@ -1034,8 +1034,9 @@ impl LocalStore {
     /// skips.
     fn remove_old_index_blocks(&mut self) {
         let old: Vec<u64> = self.index_blocks.range(..self.snapshot_first).copied().collect();
+        let blobs: Vec<BlobId> = old.iter().map(|&seq| index::blob_of(seq)).collect();
+        let _ = self.storage.delete_many(&blobs);
         for seq in old {
-            let _ = self.storage.delete(index::blob_of(seq));
             self.index_blocks.remove(&seq);
         }
     }
