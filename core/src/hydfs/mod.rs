@@ -452,7 +452,7 @@ impl Hydfs {
             .files()
             .keys()
             .filter(|n| !self.creating(n))
-            .filter_map(|n| Some((n.clone(), self.store.meta(n)?.digest())))
+            .filter_map(|n| Some((n.clone(), self.store.digest(n)?)))
             .collect()
     }
 
@@ -557,7 +557,7 @@ impl Hydfs {
             HydfsMsg::Read(read) => self.on_read(now, from, read),
             HydfsMsg::Stat { req, name } => {
                 self.handled("stat", &name, from);
-                let digest = self.store.meta(&name).map(|m| m.digest());
+                let digest = self.store.digest(&name);
                 let members = self.member_ids.values().copied().collect();
                 self.send(from, HydfsMsg::StatReply { req, digest, members });
             }

@@ -31,7 +31,7 @@
 use super::index::{self, FileChange, FileEntry, IndexBlock, IndexBody, PartChange, PartEntry};
 use super::seal::Owners;
 use super::storage::{BlobId, Storage, StorageError};
-use super::types::{FileMeta, PartMeta, Stamp, WriteKind, WriteMeta};
+use super::types::{FileDigest, FileMeta, PartMeta, Stamp, WriteKind, WriteMeta};
 use super::FileName;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -1102,6 +1102,28 @@ impl LocalStore {
             pending: rec.pending.values().filter(kept).cloned().collect(),
             incomplete,
         })
+    }
+
+    /// The digest of this node's copy of `name`: `meta(name)`'s digest, computed in one walk of
+    /// the file's writes without describing it (no write is cloned).
+    pub fn digest(&self, name: &FileName) -> Option<FileDigest> {
+        let rec = self.files.get(name)?;
+        let owners = self.owners(rec);
+        let kept = |w: &WriteMeta| owners.as_ref().is_none_or(|o| o.keeps(w));
+        let held = self.held_parts(name);
+        let digest = FileDigest::of(
+            rec.create.as_ref(),
+            rec.generation,
+            rec.merged.iter().filter(|w| kept(w)),
+            rec.pending.values().filter(|w| kept(w)),
+            |w| kept(w) && !held.is_complete(w),
+        );
+        debug_assert_eq!(
+            Some(digest),
+            self.meta(name).map(|m| m.digest()),
+            "the digest of {name} is that of its description"
+        );
+        Some(digest)
     }
 
     /// Verifies up to `budget` bytes of stored parts, continuing where the last call stopped, and

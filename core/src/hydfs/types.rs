@@ -172,28 +172,15 @@ pub struct FileMeta {
 
 impl FileMeta {
     pub fn digest(&self) -> FileDigest {
-        let mut h = Fnv64::new();
-        let mut feed = |w: &WriteMeta, tag: u8| {
-            h.write(&[tag, self.incomplete.contains(&w.stamp) as u8]);
-            h.stamp(&w.stamp);
-        };
-        if let Some(c) = &self.create {
-            feed(c, 0);
-        }
-        for w in &self.merged {
-            feed(w, 1);
-        }
-        for w in &self.pending {
-            feed(w, 2);
-        }
-        FileDigest {
-            create: self.create.as_ref().map(|c| c.stamp),
-            generation: self.generation,
-            merged: self.merged.len() as u32,
-            pending: self.pending.len() as u32,
-            incomplete: self.incomplete.len() as u32,
-            hash: h.finish(),
-        }
+        let digest = FileDigest::of(
+            self.create.as_ref(),
+            self.generation,
+            self.merged.iter(),
+            self.pending.iter(),
+            |w| self.incomplete.contains(&w.stamp),
+        );
+        // The stamps listed incomplete, even one whose write this description leaves out.
+        FileDigest { incomplete: self.incomplete.len() as u32, ..digest }
     }
 
     /// Hash of the merged order alone (create and merged appends): equal on every replica after a
@@ -254,6 +241,51 @@ pub struct FileDigest {
     /// merged ones are complete).
     pub incomplete: u32,
     pub hash: u64,
+}
+
+impl FileDigest {
+    /// The digest of a copy holding `create`, then `merged` in file order, then `pending` in
+    /// stamp order, where `incomplete` says which of them still lack parts: what
+    /// [`FileMeta::digest`] is, computed from borrowed writes (an inventory lists every file a
+    /// node holds, and cloning each file's writes to describe it cost a node 5% of its CPU
+    /// under appends).
+    pub fn of<'a>(
+        create: Option<&'a WriteMeta>,
+        generation: u64,
+        merged: impl Iterator<Item = &'a WriteMeta>,
+        pending: impl Iterator<Item = &'a WriteMeta>,
+        incomplete: impl Fn(&WriteMeta) -> bool,
+    ) -> FileDigest {
+        let mut h = Fnv64::new();
+        let mut incompletes = 0u32;
+        let mut feed = |w: &WriteMeta, tag: u8| {
+            let lacking = incomplete(w);
+            incompletes += u32::from(lacking);
+            h.write(&[tag, lacking as u8]);
+            h.stamp(&w.stamp);
+        };
+        if let Some(c) = create {
+            feed(c, 0);
+        }
+        let mut merged_count = 0u32;
+        for w in merged {
+            feed(w, 1);
+            merged_count += 1;
+        }
+        let mut pending_count = 0u32;
+        for w in pending {
+            feed(w, 2);
+            pending_count += 1;
+        }
+        FileDigest {
+            create: create.map(|c| c.stamp),
+            generation,
+            merged: merged_count,
+            pending: pending_count,
+            incomplete: incompletes,
+            hash: h.finish(),
+        }
+    }
 }
 
 /// A hash of a sequence of stamps (a merged order). Stable across machines and versions: it is

@@ -138,7 +138,7 @@ impl Hydfs {
             if !self.replicas(&name).contains(&self.me) {
                 continue;
             }
-            let mine = self.store.meta(&name).map(|m| m.digest());
+            let mine = self.store.digest(&name);
             if mine == Some(digest) {
                 self.unreconciled.remove(&name);
                 continue;
