@@ -45,9 +45,9 @@
 //!   crash, records written since the last completed sync or flush may be present, absent or
 //!   torn; a torn header ends its segment's scan (the last segment is cut back to the last
 //!   whole record, unless all that follows it is zeros: then it is the tail written ahead,
-//!   kept); a record that would replace a block's version is taken only if its data passes its CRC (the
-//!   older version stays the block otherwise); any other torn block fails its data CRC when
-//!   read, which reports it as an I/O error, never as data;
+//!   kept); a record that would replace a block's version is taken only if its data passes its
+//!   CRC (the older version stays the block otherwise); any other torn block fails its data CRC
+//!   when read, which reports it as an I/O error, never as data;
 //! * a sync that failed poisons the storage: the kernel may have dropped the pages it could not
 //!   write, so no later sync succeeds (each says why) until the node restarts and its recovery
 //!   checks every block;
