@@ -63,8 +63,9 @@ pub const MAX_STREAM_FRAME_BYTES: usize = 16 * 1024 * 1024;
 /// coordinator waits until it lists them all, so a node that joined knowing only some members
 /// cannot take a name one of the others holds); version 14 whether a HyDFS `Describe` is a
 /// client's (`client`: held back, like a read, by a copy recovered at start and not compared
-/// yet; anti-entropy's describes are what compare it).
-pub const WIRE_VERSION: u8 = 14;
+/// yet; anti-entropy's describes are what compare it); version 15 appends bound to the file
+/// they were issued against (`WriteRequest::of`, `RemoteAppend::of`).
+pub const WIRE_VERSION: u8 = 15;
 
 const MAGIC: [u8; 2] = *b"RS";
 /// Magic, version, flags, lane, payload length.

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{addr, counter, name, Cluster};
-use rainstorm_core::hydfs::{ClientOp, HydfsConfig, HydfsError, HydfsMsg};
+use rainstorm_core::hydfs::{ClientOp, HydfsConfig, HydfsError, HydfsMsg, Stamp};
 use rainstorm_core::limits::LimitsConfig;
 use rainstorm_core::membership::{MembershipMsg, ProbeSeq};
 use rainstorm_core::replay::FrameSeq;
@@ -131,7 +131,8 @@ fn file_and_job_traffic_from_a_non_member_is_dropped_and_counted() {
 fn an_oversized_stream_frame_is_dropped_and_counted() {
     let limits = LimitsConfig { stream_frame_bytes: 10 << 20, ..LimitsConfig::default() };
     let mut c = Cluster::new(2, HydfsConfig::default(), limits);
-    let big = Body::Hydfs(HydfsMsg::RemoteAppend { req: 1, name: name("f"), data: vec![7; 11 << 20] });
+    let of = Stamp { ts: 1, client: c.nodes[1].id(), seq: 1 };
+    let big = Body::Hydfs(HydfsMsg::RemoteAppend { req: 1, name: name("f"), data: vec![7; 11 << 20], of });
     let (now, member) = (c.now, c.nodes[1].id());
     c.nodes[0].handle_frame(now, Channel::Stream, &frame(member, big));
     assert_eq!(counter(&c.stats(0), "frames_rejected.oversized"), 1);

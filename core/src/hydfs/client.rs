@@ -20,6 +20,10 @@
 //!   stored, or the cancel gave up after `coordinator_timeout`, which the error says), and is
 //!   never sent again meanwhile;
 //! * no read returns a copy whose create this node holds a tombstone for;
+//! * every request of a non-persistent append or seal names the create of the file it was
+//!   issued against (looked up first when unknown); a multiappend's parts are bound by its
+//!   requester and never bound again; a local write is bound again (to the create a
+//!   coordinator's refusal names) only while it is in progress, at most [`MAX_REBINDS`] times;
 //! * every operation ends with exactly one [`HydfsEvent::OpDone`] (or one reply to the node that
 //!   asked for it, for a multiappend part), at the latest when its deadline passes (for a failed
 //!   create, when its cancel ends).
@@ -303,6 +307,9 @@ pub(super) struct ClientState {
     uploads: BTreeMap<(FileName, Stamp), Upload>,
     requests: BTreeMap<ReqId, (OpId, NodeAddr, Time)>,
     pub(super) cache: ReadCache,
+    /// The create of each name as the last answer about it said (at most
+    /// [`MAX_KNOWN_CREATES`] names): what appends are bound to without a lookup.
+    creates: BTreeMap<FileName, Stamp>,
 }
 
 impl ClientState {
@@ -317,6 +324,7 @@ impl ClientState {
             uploads: BTreeMap::new(),
             requests: BTreeMap::new(),
             cache: ReadCache::new(cfg.cache_bytes),
+            creates: BTreeMap::new(),
         }
     }
 
@@ -353,7 +361,22 @@ struct OpState {
     cancelling: Option<HydfsError>,
     /// The cancel of this failed create has ended: its failure is reported as it is.
     cancel_ended: bool,
+    /// An append's or seal's binding: the create of the file it was issued against, which
+    /// every request of it names (`WriteRequest::of`). `None` until known: a non-persistent
+    /// write looks it up (`Stat`) before its first request.
+    of: Option<Stamp>,
+    /// Times a local write was bound again to the create a coordinator named, after its
+    /// binding turned out to be a deleted file's (at most [`MAX_REBINDS`] unless persistent).
+    rebinds: u8,
 }
+
+/// Rebindings of one local write before it fails as `NotFound` (its file keeps being deleted
+/// and created again under it).
+const MAX_REBINDS: u8 = 3;
+
+/// Names whose create a client remembers (its appends are bound without a lookup); the
+/// lowest name is forgotten first beyond this.
+const MAX_KNOWN_CREATES: usize = 4096;
 
 enum Kind {
     Write {
@@ -384,10 +407,13 @@ enum Kind {
         waiting: BTreeSet<ReqId>,
         rows: Vec<(NodeAddr, RingId, Option<FileDigest>)>,
     },
+    /// [`ClientOp::MultiAppend`]: first the file's create is looked up (`Stat`), then each
+    /// node of `unsent` is asked to append its bytes to that file (`waiting`).
     Multi {
         waiting: BTreeMap<ReqId, NodeAddr>,
         nodes: Vec<NodeAddr>,
         failed: Vec<String>,
+        unsent: Vec<(NodeAddr, Vec<u8>)>,
     },
     /// [`ClientOp::Meta`]: one `Describe` at a time.
     Meta,
@@ -423,7 +449,7 @@ impl Hydfs {
     /// Starts a client operation; its result arrives as [`HydfsEvent::OpDone`] with the returned
     /// id (at once, for a cached read).
     pub fn submit(&mut self, now: Time, op: ClientOp) -> Result<OpId, HydfsError> {
-        self.submit_inner(now, op, None)
+        self.submit_inner(now, op, None, None)
     }
 
     /// Bytes the whole-file reads ([`ClientOp::Download`]) of this node hold right now: chunks
@@ -462,6 +488,9 @@ impl Hydfs {
     /// File `(name, create)` was deleted: its writes no longer count toward what this client's
     /// reads must include, and no cached copy of the name is served.
     pub(super) fn client_forget_deleted(&mut self, name: &FileName, create: Stamp) {
+        if self.client.creates.get(name) == Some(&create) {
+            self.client.creates.remove(name);
+        }
         if let Some(groups) = self.client.acked.get_mut(name) {
             groups.remove(&create);
             if groups.is_empty() {
@@ -471,11 +500,14 @@ impl Hydfs {
         self.client.cache.invalidate(name);
     }
 
+    /// Starts `op`; `remote`: a multiappend part run for another node, bound to the create
+    /// `bound` that node looked up.
     fn submit_inner(
         &mut self,
         now: Time,
         op: ClientOp,
         remote: Option<(NodeAddr, ReqId)>,
+        bound: Option<Stamp>,
     ) -> Result<OpId, HydfsError> {
         let command = op.command();
         let (len, limit) = (op.name().as_str().len(), self.cfg.max_name_bytes);
@@ -549,17 +581,18 @@ impl Hydfs {
             ClientOp::ReadPart { stamp, part, prefer, .. } => Kind::Part { stamp, part, prefer },
             ClientOp::Ls { .. } => Kind::Ls { waiting: BTreeSet::new(), rows: Vec::new() },
             ClientOp::MultiAppend { appends, .. } => {
-                let mut waiting = BTreeMap::new();
                 let nodes: Vec<NodeAddr> = appends.iter().map(|(a, _)| *a).collect();
-                let until = now + self.cfg.op_timeout;
-                for (node, data) in appends {
-                    let req = self.req_id();
-                    self.client.requests.insert(req, (id, node, until));
-                    self.send(node, HydfsMsg::RemoteAppend { req, name: name.clone(), data });
-                    waiting.insert(req, node);
-                }
-                Kind::Multi { waiting, nodes, failed: Vec::new() }
+                Kind::Multi { waiting: BTreeMap::new(), nodes, failed: Vec::new(), unsent: appends }
             }
+        };
+        // An append or seal is bound to the file it is issued against: the create a remote
+        // requester looked up, else the one this node knows (looked up before the first request
+        // when it knows none).
+        let of = match &kind {
+            Kind::Write { meta } if meta.kind != WriteKind::Create => {
+                bound.or_else(|| self.known_create(&name))
+            }
+            _ => None,
         };
         let is_write = matches!(kind, Kind::Write { .. });
         let is_multi = matches!(kind, Kind::Multi { .. });
@@ -585,9 +618,13 @@ impl Hydfs {
                 command,
                 cancelling: None,
                 cancel_ended: false,
+                of,
+                rebinds: 0,
             },
         );
         if is_multi {
+            // Looks the file's create up first: every part is bound to it.
+            self.dispatch(now, id);
             return Ok(id);
         }
         if is_write || is_delete {
@@ -606,6 +643,22 @@ impl Hydfs {
         self.client.seq += 1;
         self.client.last_ts = now.0.max(self.client.last_ts + 1);
         Stamp { ts: self.client.last_ts, client: self.client_id, seq: self.client.seq }
+    }
+
+    /// The create of `name` this node knows, from the last answer about it, else from its own
+    /// copy; never a create it holds a tombstone for.
+    fn known_create(&self, name: &FileName) -> Option<Stamp> {
+        let held = || self.store.file(name).and_then(|r| r.create.as_ref()).map(|c| c.stamp);
+        self.client.creates.get(name).copied().or_else(held).filter(|c| !self.tombstones.contains(name, *c))
+    }
+
+    /// Remembers that `name` was created by `create` (the lowest name is forgotten beyond
+    /// [`MAX_KNOWN_CREATES`]).
+    fn remember_create(&mut self, name: &FileName, create: Stamp) {
+        self.client.creates.insert(name.clone(), create);
+        while self.client.creates.len() > MAX_KNOWN_CREATES {
+            self.client.creates.pop_first();
+        }
     }
 
     fn chunk_bytes(&self) -> usize {
@@ -713,8 +766,17 @@ impl Hydfs {
             let (stamp, part) = (*stamp, *part);
             return self.read_part_locally(now, id, name, stamp, part);
         }
+        // An append or seal bound to no create yet asks for it first (a persistent one is sent
+        // unbound: it goes on even while no replica has its file), and so does a multiappend.
+        let looks_up = match &op.kind {
+            Kind::Write { meta } => meta.kind != WriteKind::Create && op.of.is_none() && !op.persistent,
+            Kind::Multi { unsent, .. } => !unsent.is_empty(),
+            _ => false,
+        };
+        let (of, persistent) = (op.of, op.persistent);
         // A single small part travels inside the write request.
         let inline_of = match &op.kind {
+            _ if looks_up => None,
             Kind::Write { meta } if meta.parts.is_empty() => Some(None),
             Kind::Write { meta } if meta.parts.len() == 1 && meta.len() <= self.cfg.inline_bytes as u64 => {
                 Some(Some(meta.stamp))
@@ -743,11 +805,17 @@ impl Hydfs {
         };
         let op = self.client.ops.get_mut(&id).expect("present");
         let (msg, timeout) = match &mut op.kind {
+            _ if looks_up => (HydfsMsg::Stat { req, name }, self.cfg.request_timeout),
             Kind::Write { meta } => {
                 let wait = self.cfg.coordinator_timeout
                     + self.cfg.request_timeout
                     + self.cfg.transfer_allowance(meta.len());
-                let write = WriteRequest { req, name, write: meta.clone(), inline, source: self.me };
+                let of = if meta.kind == WriteKind::Create { None } else { of };
+                debug_assert!(
+                    meta.kind == WriteKind::Create || of.is_some() || persistent,
+                    "every request of a non-persistent append names the file it was issued against"
+                );
+                let write = WriteRequest { req, name, write: meta.clone(), inline, source: self.me, of };
                 (HydfsMsg::Write(write), wait)
             }
             Kind::Read { pinned, restarts, .. } => {
@@ -1080,12 +1148,43 @@ impl Hydfs {
                 // Grouped by the file the write belongs to, so that a delete of that file ends
                 // what this client's reads must include.
                 let create = create.unwrap_or(stamp);
+                self.remember_create(&name, create);
                 self.client.acked.entry(name.clone()).or_default().entry(create).or_default().insert(stamp);
                 let out = OpOutput::Written { name, stamp, replicas };
                 self.finish(now, id, None, Ok(out));
             }
+            Err(Refusal::Deleted) if self.rebind(id, create) => self.ask_again(now, id),
             Err(r) => self.refusal(now, id, from, r),
         }
+    }
+
+    /// A coordinator refused local write `id` as issued against a deleted file, naming the
+    /// create it holds (`current`): the write, still in progress, is bound to that file now
+    /// (at most [`MAX_REBINDS`] times, unless persistent: that one goes on until it lands). A
+    /// multiappend part is never rebound: its requester bound it, and may have reported it
+    /// failed already.
+    fn rebind(&mut self, id: OpId, current: Option<Stamp>) -> bool {
+        let Some(op) = self.client.ops.get(&id) else { return false };
+        let Some(current) = current.filter(|c| !self.tombstones.contains(&op.name, *c)) else { return false };
+        let appends = matches!(&op.kind, Kind::Write { meta } if meta.kind != WriteKind::Create);
+        let spent = op.rebinds >= MAX_REBINDS && !op.persistent;
+        if !appends || op.remote.is_some() || op.of == Some(current) || spent {
+            return false;
+        }
+        let name = op.name.clone();
+        self.remember_create(&name, current);
+        let op = self.client.ops.get_mut(&id).expect("present");
+        op.of = Some(current);
+        op.rebinds += 1;
+        true
+    }
+
+    /// Sends operation `id` again to the candidate just asked (it holds the file).
+    fn ask_again(&mut self, now: Time, id: OpId) {
+        if let Some(op) = self.client.ops.get_mut(&id) {
+            op.next = op.next.saturating_sub(1);
+        }
+        self.dispatch(now, id);
     }
 
     pub(super) fn on_merge_reply(
@@ -1230,12 +1329,41 @@ impl Hydfs {
         digest: Option<FileDigest>,
     ) {
         let Some(id) = self.take_request(req, from) else { return };
-        let Some(OpState { kind: Kind::Ls { waiting, rows }, .. }) = self.client.ops.get_mut(&id) else {
-            return;
+        let Some(op) = self.client.ops.get_mut(&id) else { return };
+        if let Kind::Ls { waiting, rows } = &mut op.kind {
+            waiting.remove(&req);
+            rows.push((from, RingId::of_node(from), digest));
+            return self.ls_maybe_done(now, id);
+        }
+        // The lookup of an append's (or a multiappend's) create.
+        let name = op.name.clone();
+        let Some(create) = digest.and_then(|d| d.create).filter(|c| !self.tombstones.contains(&name, *c))
+        else {
+            return self.attempt_failed(now, id, format!("{from}: not found"), true);
         };
-        waiting.remove(&req);
-        rows.push((from, RingId::of_node(from), digest));
-        self.ls_maybe_done(now, id);
+        self.remember_create(&name, create);
+        let op = self.client.ops.get_mut(&id).expect("present");
+        match &mut op.kind {
+            Kind::Write { .. } => {
+                op.of = Some(create);
+                self.ask_again(now, id);
+            }
+            Kind::Multi { waiting, unsent, .. } => {
+                let until = op.deadline;
+                for (node, data) in std::mem::take(unsent) {
+                    let req = self.next_req + 1;
+                    self.next_req = req;
+                    self.client.requests.insert(req, (id, node, until));
+                    self.out.push_back((
+                        node,
+                        HydfsMsg::RemoteAppend { req, name: name.clone(), data, of: create },
+                    ));
+                    waiting.insert(req, node);
+                }
+                self.multi_maybe_done(now, id);
+            }
+            _ => {}
+        }
     }
 
     fn ls_maybe_done(&mut self, now: Time, id: OpId) {
@@ -1264,9 +1392,10 @@ impl Hydfs {
         req: ReqId,
         name: FileName,
         data: Vec<u8>,
+        of: Stamp,
     ) {
         self.handled("multiappend", &name, from);
-        if let Err(e) = self.submit_inner(now, ClientOp::Append { name, data }, Some((from, req))) {
+        if let Err(e) = self.submit_inner(now, ClientOp::Append { name, data }, Some((from, req)), Some(of)) {
             self.send(from, HydfsMsg::RemoteAppendReply { req, result: Err(e.to_string()) });
         }
     }
@@ -1291,12 +1420,12 @@ impl Hydfs {
     }
 
     fn multi_maybe_done(&mut self, now: Time, id: OpId) {
-        let Some(OpState { name, kind: Kind::Multi { waiting, nodes, failed }, .. }) =
+        let Some(OpState { name, kind: Kind::Multi { waiting, nodes, failed, unsent }, .. }) =
             self.client.ops.get(&id)
         else {
             return;
         };
-        if !waiting.is_empty() {
+        if !waiting.is_empty() || !unsent.is_empty() {
             return;
         }
         let result = if failed.is_empty() {
@@ -1378,7 +1507,7 @@ impl Hydfs {
                 rows.push((to, RingId::of_node(to), None));
                 self.ls_maybe_done(now, id);
             }
-            Kind::Multi { waiting, failed, .. } => {
+            Kind::Multi { waiting, failed, unsent, .. } if unsent.is_empty() => {
                 waiting.remove(&req);
                 failed.push(format!("{to}: no answer"));
                 self.multi_maybe_done(now, id);

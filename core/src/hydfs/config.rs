@@ -174,10 +174,13 @@ pub enum PlantedBug {
     /// writes the client needs: a restarted replica answers with a copy that lacks writes
     /// acknowledged while it was down.
     RecoveredCopyServedStale,
+    /// Coordinators ignore the create an append was issued against: a request still
+    /// travelling after its write was reported failed lands in a later file of the name.
+    AppendsUnbound,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 23] = [
+    pub const ALL: [PlantedBug; 24] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::AckWhenFlushBegins,
         PlantedBug::AckAfterOneReplica,
@@ -201,6 +204,7 @@ impl PlantedBug {
         PlantedBug::SealIgnored,
         PlantedBug::RecoveryTrustsBlocks,
         PlantedBug::RecoveredCopyServedStale,
+        PlantedBug::AppendsUnbound,
     ];
 
     pub fn name(self) -> &'static str {
@@ -228,6 +232,7 @@ impl PlantedBug {
             PlantedBug::SealIgnored => "seal-ignored",
             PlantedBug::RecoveryTrustsBlocks => "recovery-trusts-blocks",
             PlantedBug::RecoveredCopyServedStale => "recovered-copy-served-stale",
+            PlantedBug::AppendsUnbound => "appends-unbound",
         }
     }
 

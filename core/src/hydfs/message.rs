@@ -115,6 +115,12 @@ pub struct WriteRequest {
     #[serde(with = "serde_bytes")]
     pub inline: Option<Vec<u8>>,
     pub source: NodeAddr,
+    /// For an append or a seal: the create of the file it was issued against. A coordinator
+    /// whose copy of the name has another create (the file was deleted, and perhaps created
+    /// again) refuses it as `Deleted`, naming the create it holds, so that a request still
+    /// travelling after its write was reported never lands in a later file of the name. `None`
+    /// for a create, and for a persistent append whose client knew no create of the name.
+    pub of: Option<Stamp>,
 }
 
 /// The body of [`HydfsMsg::Replicate`]: a coordinator asks a replica to store this write
@@ -175,7 +181,8 @@ pub enum HydfsMsg {
     /// Client to coordinator: store a write on every replica.
     Write(WriteRequest),
     /// The replicas that stored the write, and the create of the file it belongs to (its own
-    /// stamp, for a create).
+    /// stamp, for a create); with a `Deleted` refusal of an append, the create the coordinator
+    /// holds now, if any.
     WriteReply {
         req: ReqId,
         result: Result<Vec<NodeAddr>, Refusal>,
@@ -233,12 +240,14 @@ pub enum HydfsMsg {
         /// may hold the name.
         members: Vec<MemberId>,
     },
-    /// Client to client: append these bytes as your own write (multiappend).
+    /// Client to client: append these bytes as your own write (multiappend), to the file
+    /// created by `of`, never to a later file of the name.
     RemoteAppend {
         req: ReqId,
         name: FileName,
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
+        of: Stamp,
     },
     RemoteAppendReply {
         req: ReqId,

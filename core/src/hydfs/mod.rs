@@ -181,6 +181,9 @@ pub struct HydfsStats {
     pub busy_refusals: u64,
     /// Appends refused because their file had `max_pending_appends` pending appends.
     pub pending_appends_refused: u64,
+    /// Appends and seals refused because they were issued against another file of their name
+    /// than the one this copy holds (it was deleted, and perhaps created again).
+    pub stale_appends_refused: u64,
     /// Writes refused because their file is sealed and they are not its owner's (`seal.rs`).
     pub writes_refused_sealed: u64,
     /// Deletes this node coordinated.
@@ -594,7 +597,9 @@ impl Hydfs {
                     self.on_part_reply(now, from, req, result)
                 }
             }
-            HydfsMsg::RemoteAppend { req, name, data } => self.on_remote_append(now, from, req, name, data),
+            HydfsMsg::RemoteAppend { req, name, data, of } => {
+                self.on_remote_append(now, from, req, name, data, of)
+            }
             HydfsMsg::WriteReply { req, result, create } => {
                 self.on_write_reply(now, from, req, result, create)
             }

@@ -258,6 +258,12 @@ fn create_append_get_merge_on_three_replicas() {
 /// clients would); returns how many syncs each node ran for them.
 fn concurrent_appends(net: &mut Net, each: usize) -> Vec<u64> {
     assert!(net.run(0, ClientOp::Create { name: name("f"), data: b"start;".to_vec() }).is_ok());
+    // Each client's first append looks the file's create up; from then on it knows it, and its
+    // appends go straight to a coordinator, all at once.
+    for i in 0..net.nodes.len() {
+        let data = format!("{i}.first;").into_bytes();
+        assert!(net.run(i, ClientOp::Append { name: name("f"), data }).is_ok());
+    }
     let before: Vec<u64> = net.nodes.iter().map(|n| n.stats().syncs).collect();
     let mut ops = Vec::new();
     for round in 0..each {
@@ -278,7 +284,7 @@ fn concurrent_appends(net: &mut Net, each: usize) -> Vec<u64> {
         assert!(result.is_ok(), "append {op} at node {i}: {result:?}");
     }
     let got = String::from_utf8(net.get(0, name("f")).unwrap()).unwrap();
-    assert_eq!(got.matches(';').count(), 1 + ops.len(), "every append once: {got}");
+    assert_eq!(got.matches(';').count(), 1 + net.nodes.len() + ops.len(), "every append once: {got}");
     net.nodes.iter().zip(before).map(|(n, b)| n.stats().syncs - b).collect()
 }
 
@@ -469,7 +475,7 @@ fn oversized_parts_from_a_peer_are_refused() {
     net.nodes[j].handle_message(
         Time(0),
         MemberId::new(me, 1),
-        HydfsMsg::Write(WriteRequest { req: 9, name: name("x"), write, inline: None, source: me }),
+        HydfsMsg::Write(WriteRequest { req: 9, name: name("x"), write, inline: None, source: me, of: None }),
     );
     let reply = std::iter::from_fn(|| net.nodes[j].poll_outgoing()).find(|(to, _)| *to == me);
     match reply {
@@ -557,7 +563,8 @@ fn a_write_retried_with_its_stamp_after_it_committed_elsewhere_is_acknowledged()
     let resend = |net: &mut Net, req: ReqId, stamp: Stamp, kind: WriteKind, data: &[u8]| {
         let write = WriteMeta::describe(stamp, kind, data, 1024);
         let inline = Some(data.to_vec());
-        let msg = HydfsMsg::Write(WriteRequest { req, name: f.clone(), write, inline, source: addr(0) });
+        let of = (kind == WriteKind::Append).then_some(created);
+        let msg = HydfsMsg::Write(WriteRequest { req, name: f.clone(), write, inline, source: addr(0), of });
         net.nodes[4].handle_message(net.now, MemberId::new(addr(0), 1), msg);
         settle_capturing(net, 0, req)
     };
@@ -1773,4 +1780,108 @@ fn a_late_describe_answer_about_another_file_does_not_end_the_hold_on_a_recovere
         HydfsMsg::DescribeReply { req, meta: Ok(about_g), deleted: vec![] },
     );
     assert!(net.nodes[holder].unreconciled.contains_key(&f), "an answer about g compared nothing of f");
+}
+
+impl Net {
+    /// Lets time pass `ms` at a time until node `at` has finished operation `id`, holding back
+    /// the messages `hold(sender, message)` picks (returned with the result).
+    fn wait_holding(
+        &mut self,
+        at: usize,
+        id: OpId,
+        ms: u64,
+        hold: impl Fn(usize, &HydfsMsg) -> bool,
+    ) -> (Result<OpOutput, HydfsError>, Vec<(NodeAddr, HydfsMsg)>) {
+        let mut held = Vec::new();
+        for _ in 0..10_000 {
+            held.extend(self.settle_holding(&hold));
+            if let Some(k) = self.done.iter().position(|(n, o, _)| *n == at && *o == id) {
+                return (self.done.remove(k).2, held);
+            }
+            self.now = self.now + Millis(ms);
+            for (i, n) in self.nodes.iter_mut().enumerate() {
+                if !self.down.contains(&i) {
+                    n.handle_timeout(self.now);
+                }
+            }
+        }
+        panic!("operation did not finish");
+    }
+}
+
+/// An append from `writer` (or a multiappend part run there for node 0, with `multi`) whose
+/// write requests are all held back until it was reported failed; then the file is deleted and
+/// created again, and the held requests arrive. Returns what the failure said and the new
+/// file's content.
+fn late_append_to_a_recreated_file(planted: Option<PlantedBug>, multi: bool) -> (HydfsError, Vec<u8>) {
+    let mut net = Net::with_config(5, test_config(planted));
+    let f = name("journal");
+    net.run(0, ClientOp::Create { name: f.clone(), data: b"first file\n".to_vec() }).unwrap();
+    let writer = outsider(&net, &f);
+    let late = b"issued against the first file\n".to_vec();
+    let (at, op) = if multi {
+        (0, ClientOp::MultiAppend { name: f.clone(), appends: vec![(addr(writer), late.clone())] })
+    } else {
+        (writer, ClientOp::Append { name: f.clone(), data: late.clone() })
+    };
+    let id = net.nodes[at].submit(net.now, op).unwrap();
+    let held_writes = |i: usize, m: &HydfsMsg| i == writer && matches!(m, HydfsMsg::Write(_));
+    let (result, held) = net.wait_holding(at, id, 1_000, held_writes);
+    let Err(failed) = result else { panic!("the append succeeded without a write request: {result:?}") };
+    assert!(!held.is_empty(), "the writer sent write requests");
+    assert!(
+        held.iter().all(|(_, m)| matches!(m, HydfsMsg::Write(w) if w.of.is_some() || planted.is_some())),
+        "every write request names the file it was issued against"
+    );
+    net.run(0, ClientOp::Delete { name: f.clone() }).unwrap();
+    net.run(0, ClientOp::Create { name: f.clone(), data: b"second file\n".to_vec() }).unwrap();
+    for (to, msg) in held {
+        let j = net.index(to);
+        net.nodes[j].handle_message(net.now, MemberId::new(addr(writer), 1), msg);
+        net.settle();
+    }
+    net.tick(5_000);
+    (failed, net.get(0, f).unwrap())
+}
+
+#[test]
+fn an_append_reported_failed_never_lands_in_a_later_file_of_its_name() {
+    for multi in [false, true] {
+        let (failed, content) = late_append_to_a_recreated_file(None, multi);
+        assert_eq!(content, b"second file\n", "multi {multi}: failed with {failed}");
+    }
+}
+
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn a_coordinator_that_ignores_what_an_append_was_issued_against_lets_it_land_in_a_later_file() {
+    for multi in [false, true] {
+        let (_, content) = late_append_to_a_recreated_file(Some(PlantedBug::AppendsUnbound), multi);
+        assert_eq!(content, b"second file\nissued against the first file\n", "multi {multi}");
+    }
+}
+
+#[test]
+fn an_append_bound_to_a_deleted_file_is_bound_again_to_the_file_that_replaced_it() {
+    // Node `w` appended to the first file, so it knows its create; the file is then deleted and
+    // created again through node 0, which `w` does not hear of. Its next append, still in
+    // progress, is refused as bound to the deleted file and bound again to the new one.
+    let mut net = Net::new(5);
+    let f = name("journal");
+    net.run(0, ClientOp::Create { name: f.clone(), data: b"one\n".to_vec() }).unwrap();
+    let w = outsider(&net, &f);
+    net.run(w, ClientOp::Append { name: f.clone(), data: b"two\n".to_vec() }).unwrap();
+    net.down.insert(w);
+    net.run(0, ClientOp::Delete { name: f.clone() }).unwrap();
+    net.run(0, ClientOp::Create { name: f.clone(), data: b"three\n".to_vec() }).unwrap();
+    net.down.remove(&w);
+    net.run(w, ClientOp::Append { name: f.clone(), data: b"four\n".to_vec() }).unwrap();
+    assert_eq!(net.get(0, f.clone()).unwrap(), b"three\nfour\n");
+    assert!(net.nodes.iter().map(|n| n.stats().stale_appends_refused).sum::<u64>() >= 1);
+    // A multiappend looks the create up: its parts land in the current file.
+    let parts = vec![(addr(w), b"five\n".to_vec()), (addr(0), b"six\n".to_vec())];
+    net.run(1, ClientOp::MultiAppend { name: f.clone(), appends: parts }).unwrap();
+    net.run(0, ClientOp::Merge { name: f.clone() }).unwrap();
+    let content = net.get(0, f).unwrap();
+    assert!(content.starts_with(b"three\nfour\n") && content.len() == b"three\nfour\nfive\nsix\n".len());
 }

@@ -313,6 +313,7 @@ fn a_read_from_a_member_not_heard_of_yet_is_served_once_it_is_listed() {
         write: create,
         inline: Some(created),
         source: from.addr,
+        of: None,
     };
     nodes[1].handle_frame(now, Channel::Stream, &frame(5, HydfsMsg::Write(write)));
     assert_eq!(rejected(&nodes[1], NOT_A_MEMBER), 2);

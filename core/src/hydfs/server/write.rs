@@ -6,6 +6,9 @@
 //! Invariants kept here:
 //! * a write is recorded only if no other create of its name is here and the file it belongs to
 //!   is not covered by a tombstone here; otherwise it is refused (`AlreadyExists`, `Deleted`);
+//! * an append or seal bound to a create (`WriteRequest::of`) is coordinated only by a copy
+//!   holding that create: one holding another create, or a tombstone of it, refuses it as
+//!   `Deleted` naming the create it holds;
 //! * a create goes on only once every other member answered (or could not be reached) that it
 //!   holds no live create of the name; a copy of a deleted file met by this exists-check is no
 //!   obstacle, and its holder is told (`Remove`);
@@ -39,7 +42,7 @@ use std::collections::{BTreeSet, VecDeque};
 
 impl Hydfs {
     pub(in crate::hydfs) fn on_write(&mut self, now: Time, from: NodeAddr, msg: WriteRequest) {
-        let WriteRequest { req, name, write, inline, source } = msg;
+        let WriteRequest { req, name, write, inline, source, of } = msg;
         let what = match write.kind {
             WriteKind::Create => "create",
             WriteKind::Append => "append",
@@ -81,8 +84,16 @@ impl Hydfs {
                 }
             }
             WriteKind::Append | WriteKind::Seal(_) => {
-                if existing.is_none() {
-                    return refuse(self, Refusal::NotFound);
+                let of = of.filter(|_| !self.cfg.bug(PlantedBug::AppendsUnbound));
+                match (of, existing) {
+                    // Issued against a file this copy knows was deleted, or against another file
+                    // of the name than the one here: never stored in this one.
+                    (Some(of), _) if self.tombstones.contains(&name, of) => {
+                        return self.refuse_unbound(from, req, existing)
+                    }
+                    (Some(of), Some(here)) if of != here => return self.refuse_unbound(from, req, existing),
+                    (_, None) => return refuse(self, Refusal::NotFound),
+                    (None, Some(_)) | (Some(_), Some(_)) => {}
                 }
                 if let Some(r) = self.sealed_refusal(&name, &write) {
                     return refuse(self, r);
@@ -340,6 +351,14 @@ impl Hydfs {
             }
         }
         self.arm_retry(now);
+    }
+
+    /// Refuses an append or seal issued against another file of its name than the one this
+    /// copy holds (`here`): `Deleted`, naming `here` so that a client whose write is still in
+    /// progress can bind it to the file that exists now.
+    fn refuse_unbound(&mut self, from: NodeAddr, req: ReqId, here: Option<Stamp>) {
+        self.stats.stale_appends_refused += 1;
+        self.send(from, HydfsMsg::WriteReply { req, result: Err(Refusal::Deleted), create: here });
     }
 
     pub(in crate::hydfs) fn on_replicate(&mut self, now: Time, from: NodeAddr, msg: ReplicateRequest) {
