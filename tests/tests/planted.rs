@@ -354,14 +354,14 @@ mod rainstorm {
     const WINDOW: u64 = 10;
 
     // The first seed of the sweep that catches each bug with its checker (a release sweep of
-    // 80 seeds; 600 for the open epoch): `sim rainstorm --seeds 80 --plant <bug>`.
+    // 80 seeds; 2,000 for the open epoch): `sim rainstorm --seeds 80 --plant <bug>`.
     const SEED_COMMIT_BEFORE_COMPLETE: u64 = 7;
     const SEED_SOURCE_SKIPS_A_LINE: u64 = 3;
     const SEED_SINK_TAKES_OLD_ATTEMPTS: u64 = 31;
     const SEED_STATE_FROM_OLDER_CHECKPOINT: u64 = 8;
     const SEED_OUTPUT_APPENDED_TWICE: u64 = 0;
     const SEED_UNBOUNDED_READ_AHEAD: u64 = 5;
-    const SEED_OPEN_EPOCH_UNBOUNDED: u64 = 435;
+    const SEED_OPEN_EPOCH_UNBOUNDED: u64 = 1918;
     const SEED_KEEPS_JOB_FILES: u64 = 0;
     const SEED_TAKEOVER_FROM_STALE_POINT: u64 = 32;
     // A successor that does not fence the destination is caught where an append of the leader

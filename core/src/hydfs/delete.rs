@@ -29,8 +29,7 @@
 //! * one client delete of a name runs at a time on a coordinator; a retry joins it.
 
 use super::message::{HydfsMsg, Refusal, ReqId};
-use super::server::Pending;
-use super::storage::StorageError;
+use super::server::{Pending, RemoveWait};
 use super::types::Stamp;
 use super::{FileName, Hydfs, HydfsEvent, OpId, PlantedBug, Ring};
 use crate::id::NodeAddr;
@@ -62,6 +61,9 @@ struct CoordDelete {
     /// Members asked and not answered yet.
     asked: BTreeSet<NodeAddr>,
     started: Time,
+    /// The store's change count when every replica had answered: the delete is acknowledged
+    /// once a flush has made that much (the coordinator's own drop and tombstone) durable.
+    durable_at: Option<u64>,
 }
 
 impl Hydfs {
@@ -121,6 +123,7 @@ impl Hydfs {
             acked: BTreeSet::new(),
             asked: BTreeSet::new(),
             started: now,
+            durable_at: None,
         };
         self.deletes.running.insert(op, d);
         self.drive_delete(now, op);
@@ -156,21 +159,12 @@ impl Hydfs {
         // the delete may come back with a copy (disks survive restarts) on a ring whose replicas
         // of the name were never told, and any member may meet it.
         self.apply_tombstone(now, &name, create);
-        // The drop and the tombstone are durable before the answer: a restart must not bring
-        // back a copy whose delete was acknowledged. A sync still under way is answered as a
-        // refusal, and the coordinator asks again.
-        let result = match self.store.sync() {
-            Ok(()) => Ok(()),
-            Err(StorageError::InProgress) => {
-                self.poll_sync(now);
-                Err(Refusal::Unavailable(format!("{}: a sync is in progress", self.me)))
-            }
-            Err(e) => {
-                self.storage_failed(&e.to_string());
-                Err(Refusal::StorageFailed(format!("{}: {e}", self.me)))
-            }
-        };
-        self.send(from, HydfsMsg::RemoveReply { req, result });
+        // The drop and the tombstone are durable before the answer (`progress` sends it after
+        // a flush behind that began once they were made): a restart must not bring back a copy
+        // whose delete was acknowledged.
+        let until = now + self.cfg.request_timeout;
+        let durable_at = Some(self.store.changes());
+        self.server_remove_wait(RemoveWait { reply_to: from, req, until, durable_at });
     }
 
     pub(super) fn on_remove_reply(
@@ -203,8 +197,8 @@ impl Hydfs {
     }
 
     /// Acknowledges every delete that every replica of the current view has answered.
-    pub(super) fn progress_deletes(&mut self, _now: Time) {
-        let done: Vec<u64> = self
+    pub(super) fn progress_deletes(&mut self, now: Time) {
+        let answered: Vec<u64> = self
             .deletes
             .running
             .iter()
@@ -216,16 +210,19 @@ impl Hydfs {
             .map(|(op, _)| *op)
             .collect();
         // The coordinator's own drop and tombstone are durable first.
-        if !done.is_empty() {
-            match self.store.sync() {
-                Ok(()) => {}
-                Err(StorageError::InProgress) => return self.poll_sync(_now),
-                Err(e) => {
-                    // Answered when the coordinator timeout ends the deletes; a later sync may
-                    // still succeed and let them finish first.
-                    self.storage_failed(&e.to_string());
-                    return;
-                }
+        let mut done = Vec::new();
+        for op in answered {
+            let mut at = self.deletes.running.get(&op).and_then(|d| d.durable_at);
+            let durable = self.durable_alone(now, &mut at);
+            if let Some(d) = self.deletes.running.get_mut(&op) {
+                d.durable_at = at;
+            }
+            match durable {
+                Ok(true) => done.push(op),
+                Ok(false) => {}
+                // Answered when the coordinator timeout ends the deletes; a later flush may
+                // still succeed and let them finish first.
+                Err(_) => return,
             }
         }
         for op in done {
@@ -247,7 +244,7 @@ impl Hydfs {
                     let result = Ok((d.create, replicas));
                     self.send(to, HydfsMsg::DeleteReply { req, result });
                 }
-                Requester::FailedCreate { op } => self.create_cancel_ended(_now, op, true),
+                Requester::FailedCreate { op } => self.create_cancel_ended(now, op, true),
             }
         }
     }

@@ -18,7 +18,7 @@ use super::{CoordMerge, FetchClass, InstallWait, MergePhase, Pending};
 use crate::hydfs::message::{HydfsMsg, InstallRequest, MergeSummary, Refusal, ReqId};
 use crate::hydfs::seal::Owners;
 use crate::hydfs::types::{order_hash, Stamp, WriteMeta};
-use crate::hydfs::{FileName, Hydfs, HydfsEvent, PlantedBug, StorageError};
+use crate::hydfs::{FileName, Hydfs, HydfsEvent, PlantedBug};
 use crate::id::NodeAddr;
 use crate::time::Time;
 use std::collections::{BTreeMap, BTreeSet};
@@ -221,26 +221,28 @@ impl Hydfs {
                 if self.cfg.bug(PlantedBug::MergeSkipsReplicas) {
                     acked.extend(m.targets.iter().copied());
                 }
-                m.phase = MergePhase::Installing { base, appended, acked, asked: BTreeSet::new() };
+                let asked = BTreeSet::new();
+                m.phase = MergePhase::Installing { base, appended, acked, asked, durable_at: None };
                 self.send_installs(now, name);
                 self.advance_merge(now, name);
             }
-            MergePhase::Installing { acked, .. } if !acked.contains(&self.me) => {
-                match self.store.sync() {
-                    Ok(()) => {
-                        self.stats.syncs += 1;
-                        if let Some(CoordMerge { phase: MergePhase::Installing { acked, .. }, .. }) =
-                            self.server.merges.get_mut(name)
-                        {
-                            acked.insert(self.me);
-                        }
-                        self.advance_merge(now, name);
+            MergePhase::Installing { acked, durable_at, .. } if !acked.contains(&self.me) => {
+                let mut at = *durable_at;
+                let durable = self.durable_alone(now, &mut at);
+                if let Some(CoordMerge { phase: MergePhase::Installing { acked, durable_at, .. }, .. }) =
+                    self.server.merges.get_mut(name)
+                {
+                    *durable_at = at;
+                    if durable == Ok(true) {
+                        acked.insert(self.me);
                     }
-                    Err(StorageError::InProgress) => self.poll_sync(now),
+                }
+                match durable {
+                    Ok(true) => self.advance_merge(now, name),
+                    Ok(false) => {}
                     Err(e) => {
                         // The merge is installed in memory but not durable: give up on it; the
                         // client hears Unavailable and a later merge starts from what is on disk.
-                        self.storage_failed(&e.to_string());
                         let m = self.server.merges.remove(name).expect("present");
                         let why = Refusal::Unavailable(format!("storage failed: {e}"));
                         self.send(m.client, HydfsMsg::MergeReply { req: m.client_req, result: Err(why) });
@@ -288,7 +290,7 @@ impl Hydfs {
 
     pub(super) fn send_installs(&mut self, now: Time, name: &FileName) {
         let Some(m) = self.server.merges.get(name) else { return };
-        let MergePhase::Installing { base, appended, acked, asked } = &m.phase else { return };
+        let MergePhase::Installing { base, appended, acked, asked, .. } = &m.phase else { return };
         let to: Vec<NodeAddr> =
             m.targets.iter().copied().filter(|t| !acked.contains(t) && !asked.contains(t)).collect();
         let (base, appended) = (*base, appended.clone());
@@ -380,7 +382,17 @@ impl Hydfs {
         }
         let until = now + self.cfg.request_timeout;
         let applied = applied.then_some(0);
-        self.server.installs.push(InstallWait { reply_to: from, req, name, base, appended, until, applied });
+        let durable_at = None;
+        self.server.installs.push(InstallWait {
+            reply_to: from,
+            req,
+            name,
+            base,
+            appended,
+            until,
+            applied,
+            durable_at,
+        });
     }
 
     pub(in crate::hydfs) fn on_install_reply(

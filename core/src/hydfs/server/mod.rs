@@ -44,6 +44,8 @@ pub(super) struct ServerState {
     replica_waits: Vec<ReplicaWait>,
     installs: Vec<InstallWait>,
     offers_in: Vec<OfferIn>,
+    /// Answers to coordinators' `Remove`s, waiting for the drop and the tombstone to be durable.
+    removes: Vec<RemoveWait>,
     offers_taken: BTreeMap<FileName, BTreeMap<NodeAddr, u64>>,
     fetches: BTreeMap<(FileName, Stamp, u32), FetchJob>,
     requests: BTreeMap<ReqId, Outstanding>,
@@ -129,6 +131,9 @@ enum MergePhase {
         appended: Vec<WriteMeta>,
         acked: BTreeSet<NodeAddr>,
         asked: BTreeSet<NodeAddr>,
+        /// The store's change count when the coordinator's own copy was installed: it counts
+        /// as acknowledged once a flush has made that much durable.
+        durable_at: Option<u64>,
     },
 }
 
@@ -151,14 +156,29 @@ struct InstallWait {
     appended: Vec<WriteMeta>,
     until: Time,
     /// Applied here, with the bytes this wait fetched for it (none if an earlier copy of the
-    /// same install applied it): only the sync is still awaited.
+    /// same install applied it): only the flush is still awaited.
     applied: Option<u64>,
+    /// The store's change count when it was first found applied: the answer goes once a flush
+    /// has made that much durable.
+    durable_at: Option<u64>,
+}
+
+pub(in crate::hydfs) struct RemoveWait {
+    pub(in crate::hydfs) reply_to: NodeAddr,
+    pub(in crate::hydfs) req: ReqId,
+    pub(in crate::hydfs) until: Time,
+    /// The store's change count once the drop and the tombstone were made: the answer goes
+    /// once a flush has made that much durable.
+    pub(in crate::hydfs) durable_at: Option<u64>,
 }
 
 struct OfferIn {
     from: NodeAddr,
     meta: FileMeta,
     until: Time,
+    /// The store's change count when every write offered was first found held: the copy is
+    /// taken once a flush has made that much durable.
+    durable_at: Option<u64>,
 }
 
 /// What became of a write a node was asked to store.

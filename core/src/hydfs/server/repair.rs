@@ -290,7 +290,7 @@ impl Hydfs {
         let hash = meta.digest().hash;
         if !self.server.offers_in.iter().any(|o| o.from == from && o.meta.digest().hash == hash) {
             let until = now + self.cfg.request_timeout;
-            self.server.offers_in.push(OfferIn { from, meta, until });
+            self.server.offers_in.push(OfferIn { from, meta, until, durable_at: None });
         }
     }
 

@@ -6,17 +6,18 @@
 //! that failed or restarted are forgotten; when a file is deleted, the work on it ends.
 //!
 //! Invariants kept here:
-//! * a `Replicate`, `Install` or `Taken` answer and a coordinator's own acknowledgement are sent
-//!   only after the writes they cover are complete and storage has been synced; a `Replicate`
-//!   answer and a coordinator's own acknowledgement wait for a flush behind the node's back
-//!   (`LocalStore::flush_behind`) that began after the write was complete, so the node goes on
-//!   with other work while its disk flushes;
+//! * a `Replicate`, `Install` or `Taken` answer, a coordinator's own acknowledgement of a write
+//!   or a merge, and a coordinator's answer to a delete are sent only after the changes they
+//!   cover are made and durable: each waits for a flush behind the node's back
+//!   (`LocalStore::flush_behind`) that began after its changes were made (the store's change
+//!   count noted then, and noted again if a part was dropped since), so the node goes on with
+//!   other work while its disk flushes, and one flush per round covers every wait;
 //! * a coordinator acknowledges a write only when every replica of its current view answered,
 //!   and never with fewer than `min_copies` replicas;
 //! * a write or a merge a coordinator could not complete in time (`coordinator_timeout`, plus a
 //!   write's transfer allowance) is answered `Unavailable`.
 
-use super::{Accepted, CoordMerge, FetchClass, MergePhase, Pending};
+use super::{Accepted, CoordMerge, FetchClass, MergePhase, Pending, RemoveWait};
 use crate::hydfs::message::{HydfsMsg, Refusal, ReqId};
 use crate::hydfs::types::{Stamp, WriteKind};
 use crate::hydfs::{FileName, Hydfs, HydfsEvent, PlantedBug, StorageError};
@@ -53,6 +54,12 @@ impl Hydfs {
         let installs = &self.server.installs;
         self.server.install_bytes.retain(|n, _| installs.iter().any(|w| &w.name == n));
         self.server.offers_in.retain(|w| w.until > until);
+        self.server.removes.retain(|w| w.until > until);
+    }
+
+    /// Queues the answer to a coordinator's `Remove` until its changes are durable.
+    pub(in crate::hydfs) fn server_remove_wait(&mut self, w: RemoveWait) {
+        self.server.removes.push(w);
     }
 
     fn retry(&mut self, now: Time) {
@@ -204,50 +211,11 @@ impl Hydfs {
         }
     }
 
-    /// Sends every answer whose writes are now complete and durable: writes after a flush
-    /// behind the node's back (one per round covers them all), the other answers after one
-    /// sync that covers them all.
+    /// Sends every answer whose writes are now complete and durable, after a flush behind the
+    /// node's back (one per round covers them all).
     pub(in crate::hydfs) fn progress(&mut self, now: Time) {
-        let skip_sync = self.cfg.bug(PlantedBug::AckBeforeSync);
-        // One sync covers every answer below; if it fails, no answer that needs it is sent, and
-        // the writes waiting for it fail at the end with the cause. An answer that follows a
-        // change made here after that sync (an install applied below) syncs again: a sync that
-        // succeeded says nothing of what changed after it.
-        let mut synced: Option<Result<(), StorageError>> = None;
-        let mut sync = |h: &mut Hydfs| -> Durable {
-            if skip_sync {
-                return Durable::Yes;
-            }
-            match &synced {
-                Some(Ok(())) if h.store.is_synced() => return Durable::Yes,
-                Some(Err(StorageError::InProgress)) => return Durable::Soon,
-                Some(Err(_)) => return Durable::Never,
-                Some(Ok(())) | None => {}
-            }
-            let was = h.store.is_synced();
-            let r = h.store.sync();
-            let durable = match &r {
-                Ok(()) => {
-                    if !was {
-                        h.stats.syncs += 1;
-                    }
-                    Durable::Yes
-                }
-                Err(StorageError::InProgress) => Durable::Soon,
-                Err(e) => {
-                    h.storage_failed(&e.to_string());
-                    Durable::Never
-                }
-            };
-            synced = Some(r);
-            durable
-        };
-        // Writes wait for a flush behind: the node handles other messages while it runs.
-        let mut behind = Behind {
-            skip: skip_sync,
-            began_is_enough: self.cfg.bug(PlantedBug::AckWhenFlushBegins),
-            ..Behind::default()
-        };
+        // Every answer waits for a flush behind: the node handles other messages while it runs.
+        let mut behind = self.round_behind();
         // Replicas' answers to coordinators.
         let waits = std::mem::take(&mut self.server.replica_waits);
         for mut w in waits {
@@ -350,15 +318,9 @@ impl Hydfs {
             w.applied = Some(bytes);
             ready.push(w);
         }
-        for w in ready {
-            let result = match sync(self) {
-                Durable::Yes => {
-                    debug_assert!(
-                        skip_sync || self.store.is_synced(),
-                        "an install is answered only once synced"
-                    );
-                    Ok(w.applied.unwrap_or(0))
-                }
+        for mut w in ready {
+            let result = match self.durable_since(&mut w.durable_at, &mut behind) {
+                Durable::Yes => Ok(w.applied.unwrap_or(0)),
                 Durable::Soon => {
                     self.server.installs.push(w);
                     continue;
@@ -367,16 +329,36 @@ impl Hydfs {
             };
             self.send(w.reply_to, HydfsMsg::InstallReply { req: w.req, result });
         }
+        // Answers to coordinators' removes.
+        let removes = std::mem::take(&mut self.server.removes);
+        for mut w in removes {
+            let result = match self.durable_since(&mut w.durable_at, &mut behind) {
+                Durable::Yes => Ok(()),
+                Durable::Soon => {
+                    self.server.removes.push(w);
+                    continue;
+                }
+                Durable::Never => {
+                    let why = behind.failed.clone().unwrap_or_else(|| "storage failed".into());
+                    Err(Refusal::StorageFailed(format!("{}: {why}", self.me)))
+                }
+            };
+            self.send(w.reply_to, HydfsMsg::RemoveReply { req: w.req, result });
+        }
         // Owners' answers to hand-off offers.
         let offers = std::mem::take(&mut self.server.offers_in);
-        for o in offers {
+        for mut o in offers {
             let mine = self.store.file(&o.meta.name).cloned().unwrap_or_default();
             let covered = o.meta.all_writes().filter(|w| !o.meta.incomplete.contains(&w.stamp)).all(|w| {
                 let losing_create =
                     w.kind == WriteKind::Create && mine.create.as_ref().is_some_and(|c| c.stamp < w.stamp);
                 losing_create || mine.find(&w.stamp).is_some_and(|m| self.store.is_complete(&o.meta.name, m))
             });
-            if covered && sync(self) == Durable::Yes {
+            if !covered {
+                // Not all held yet (or lost again meanwhile): count only a flush after that.
+                o.durable_at = None;
+                self.server.offers_in.push(o);
+            } else if self.durable_since(&mut o.durable_at, &mut behind) == Durable::Yes {
                 let hash = o.meta.digest().hash;
                 self.send(o.from, HydfsMsg::Taken { name: o.meta.name.clone(), hash });
             } else {
@@ -390,17 +372,42 @@ impl Hydfs {
         for name in names {
             self.advance_merge(now, &name);
         }
-        match synced {
-            Some(Err(StorageError::InProgress)) => self.poll_sync(now),
-            Some(Err(e)) => self.fail_writes(None, &e.to_string()),
-            _ => {}
-        }
         match behind.failed {
             Some(e) => self.fail_writes(None, &e),
             // The runtime also wakes the node when a flush ends; the poll covers storage that
             // does not (the simulator's) and a wake that comes while the node is busy.
             None if behind.waiting => self.poll_sync(now),
             None => {}
+        }
+    }
+
+    /// The state of one round of waits for flushes behind (the planted bugs that skip them
+    /// included).
+    fn round_behind(&self) -> Behind {
+        Behind {
+            skip: self.cfg.bug(PlantedBug::AckBeforeSync),
+            began_is_enough: self.cfg.bug(PlantedBug::AckWhenFlushBegins),
+            ..Behind::default()
+        }
+    }
+
+    /// [`Hydfs::durable_since`] for one wait outside a `progress` round: `Ok(true)` once the
+    /// changes up to `at` are durable, `Ok(false)` while a flush behind still runs (a poll is
+    /// armed; the flush's end wakes the node too), or why storage failed.
+    pub(in crate::hydfs) fn durable_alone(
+        &mut self,
+        now: Time,
+        at: &mut Option<u64>,
+    ) -> Result<bool, String> {
+        let mut behind = self.round_behind();
+        let durable = self.durable_since(at, &mut behind);
+        if behind.waiting {
+            self.poll_sync(now);
+        }
+        match durable {
+            Durable::Yes => Ok(true),
+            Durable::Soon => Ok(false),
+            Durable::Never => Err(behind.failed.unwrap_or_else(|| "storage failed".into())),
         }
     }
 
