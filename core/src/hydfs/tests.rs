@@ -1885,3 +1885,76 @@ fn an_append_bound_to_a_deleted_file_is_bound_again_to_the_file_that_replaced_it
     let content = net.get(0, f).unwrap();
     assert!(content.starts_with(b"three\nfour\n") && content.len() == b"three\nfour\nfive\nsix\n".len());
 }
+
+#[test]
+fn a_replica_holding_a_deleted_file_stores_no_append_of_the_file_that_replaced_it() {
+    // Replica `r` is out of every other node's view while the file is deleted and created
+    // again, so it still holds the first file when it is back. An append to the second file
+    // that reaches it before anti-entropy has told it of the delete must not be stored into
+    // the first file (which it drops when it hears of the delete): it is refused for now.
+    let mut net = Net::new(5);
+    let f = name("journal");
+    net.run(0, ClientOp::Create { name: f.clone(), data: b"first\n".to_vec() }).unwrap();
+    let replicas = net.nodes[0].replicas(&f);
+    let r = net.index(*replicas.iter().rev().find(|a| **a != addr(0)).expect("a replica other than node 0"));
+    let create_at = |net: &Net, i: usize| net.nodes[i].store().file(&f).and_then(|rec| rec.create.clone());
+    let first = create_at(&net, r).expect("r holds the first file").stamp;
+    let views = |net: &mut Net, without: Option<usize>| {
+        for i in (0..5).filter(|i| Some(*i) != without) {
+            let others = (0..5).filter(|j| *j != i && Some(*j) != without).map(|j| MemberId::new(addr(j), 1));
+            net.nodes[i].set_members(net.now, Some(MemberId::new(addr(i), 1)), others.collect::<Vec<_>>());
+        }
+    };
+    views(&mut net, Some(r));
+    net.run(0, ClientOp::Delete { name: f.clone() }).unwrap();
+    net.run(0, ClientOp::Create { name: f.clone(), data: b"second\n".to_vec() }).unwrap();
+    views(&mut net, None);
+    let k = net.index(net.nodes[0].replicas(&f)[0]);
+    let second = create_at(&net, k).expect("the coordinator holds the second file");
+    assert_ne!(second.stamp, first);
+    // A coordinator's `Replicate` of an append to the second file, before anything else.
+    let stamp = Stamp { ts: 1_000_000, client: MemberId::new(addr(0), 1), seq: 99 };
+    let data = b"+append\n".to_vec();
+    let write = WriteMeta::describe(stamp, WriteKind::Append, &data, 1024);
+    let replicate = ReplicateRequest {
+        req: 77,
+        name: f.clone(),
+        write,
+        inline: Some(data),
+        sources: vec![addr(k)],
+        create: Some(Box::new(second.clone())),
+    };
+    net.nodes[r].handle_message(net.now, MemberId::new(addr(k), 1), HydfsMsg::Replicate(replicate));
+    net.nodes[r].flush(net.now);
+    let mut answers = Vec::new();
+    while let Some((_, m)) = net.nodes[r].poll_outgoing() {
+        if let HydfsMsg::ReplicateReply { req: 77, result } = m {
+            answers.push(result);
+        }
+    }
+    assert!(matches!(answers.as_slice(), [Err(Refusal::Unavailable(_))]), "{answers:?}");
+    assert!(
+        !net.nodes[r].store().file(&f).is_some_and(|rec| rec.contains(&stamp)),
+        "stored into the first file"
+    );
+    // Once anti-entropy has told it of the delete, the same append goes through everywhere.
+    let Ok(OpOutput::Written { stamp: appended, replicas: acked, .. }) =
+        net.run_timed(0, ClientOp::Append { name: f.clone(), data: b"+append\n".to_vec() })
+    else {
+        panic!("the append failed")
+    };
+    for a in acked {
+        let rec = net.nodes[net.index(a)]
+            .store()
+            .file(&f)
+            .cloned()
+            .expect("an acknowledging replica holds the file");
+        assert_eq!(
+            rec.create.as_ref().map(|c| c.stamp),
+            Some(second.stamp),
+            "{a} stored it into another file"
+        );
+        assert!(rec.contains(&appended));
+    }
+    assert_eq!(net.get(0, f).unwrap(), b"second\n+append\n");
+}

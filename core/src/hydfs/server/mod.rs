@@ -186,6 +186,8 @@ enum Accepted {
     Yes,
     /// A different create of the name is here.
     OtherCreate,
+    /// An append or seal of another file of the name than the one here.
+    OtherFile,
     /// The file the write belongs to was deleted.
     Deleted,
     StorageFailed(String),

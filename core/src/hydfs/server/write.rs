@@ -8,7 +8,9 @@
 //!   is not covered by a tombstone here; otherwise it is refused (`AlreadyExists`, `Deleted`);
 //! * an append or seal bound to a create (`WriteRequest::of`) is coordinated only by a copy
 //!   holding that create: one holding another create, or a tombstone of it, refuses it as
-//!   `Deleted` naming the create it holds;
+//!   `Deleted` naming the create it holds; a replica stores an append only into a copy of the
+//!   file the coordinator bound it to (`ReplicateRequest::create`): one holding another create
+//!   of the name answers `Unavailable`, and the coordinator tries again;
 //! * a create goes on only once every other member answered (or could not be reached) that it
 //!   holds no live create of the name; a copy of a deleted file met by this exists-check is no
 //!   obstacle, and its holder is told (`Remove`);
@@ -122,7 +124,8 @@ impl Hydfs {
         match self.accept_write(now, &name, &write, inline.as_deref(), &[source], create) {
             Accepted::Yes => {}
             Accepted::OtherCreate => return refuse(self, Refusal::AlreadyExists),
-            Accepted::Deleted => return refuse(self, Refusal::Deleted),
+            // (`OtherFile` cannot happen here: the write is bound to the file this copy holds.)
+            Accepted::Deleted | Accepted::OtherFile => return refuse(self, Refusal::Deleted),
             Accepted::StorageFailed(why) => {
                 return refuse(self, Refusal::StorageFailed(format!("{}: {why}", self.me)))
             }
@@ -213,10 +216,24 @@ impl Hydfs {
                 }
             }
             WriteKind::Append | WriteKind::Seal(_) => {
+                // An append belongs to one file: never to another file of its name held here
+                // (a stale copy of a deleted file, or the loser of a create race, until
+                // anti-entropy settles which file is current).
+                let here = self.store.file(name).and_then(|r| r.create.as_ref()).map(|c| c.stamp);
+                if create.zip(here).is_some_and(|(of, here)| of != here)
+                    && !self.cfg.bug(PlantedBug::AppendsUnbound)
+                {
+                    return Accepted::OtherFile;
+                }
                 let added = !self.store.file(name).is_some_and(|rec| rec.contains(&write.stamp));
                 if added {
                     self.store.add_pending(name, write.clone());
                 }
+                debug_assert!(
+                    self.cfg.bug(PlantedBug::AppendsUnbound)
+                        || create.zip(here).is_none_or(|(of, here)| of == here),
+                    "an append is recorded only into a copy of the file it belongs to"
+                );
                 added
             }
         };
@@ -387,6 +404,12 @@ impl Hydfs {
                 None
             }
             Accepted::OtherCreate => Some(Refusal::AlreadyExists),
+            // Not `Deleted`: this copy cannot tell whether the coordinator's file or its own is
+            // the current one. The coordinator tries again until anti-entropy settles it.
+            Accepted::OtherFile => Some(Refusal::Unavailable(format!(
+                "{} holds another file of the name `{name}` than the one this write belongs to",
+                self.me
+            ))),
             Accepted::Deleted => Some(Refusal::Deleted),
             Accepted::StorageFailed(why) => Some(Refusal::StorageFailed(format!("{}: {why}", self.me))),
         };
