@@ -378,6 +378,19 @@ const MAX_REBINDS: u8 = 3;
 /// lowest name is forgotten first beyond this.
 const MAX_KNOWN_CREATES: usize = 4096;
 
+impl OpState {
+    /// Whether the next request looks up the file's create: an append or seal bound to none
+    /// yet (a persistent one is sent unbound: it goes on even while no replica has its file),
+    /// and a multiappend before its parts are sent.
+    fn looks_up(&self) -> bool {
+        match &self.kind {
+            Kind::Write { meta } => meta.kind != WriteKind::Create && self.of.is_none() && !self.persistent,
+            Kind::Multi { unsent, .. } => !unsent.is_empty(),
+            _ => false,
+        }
+    }
+}
+
 enum Kind {
     Write {
         meta: WriteMeta,
@@ -766,13 +779,7 @@ impl Hydfs {
             let (stamp, part) = (*stamp, *part);
             return self.read_part_locally(now, id, name, stamp, part);
         }
-        // An append or seal bound to no create yet asks for it first (a persistent one is sent
-        // unbound: it goes on even while no replica has its file), and so does a multiappend.
-        let looks_up = match &op.kind {
-            Kind::Write { meta } => meta.kind != WriteKind::Create && op.of.is_none() && !op.persistent,
-            Kind::Multi { unsent, .. } => !unsent.is_empty(),
-            _ => false,
-        };
+        let looks_up = op.looks_up();
         let (of, persistent) = (op.of, op.persistent);
         // A single small part travels inside the write request.
         let inline_of = match &op.kind {
@@ -1335,7 +1342,10 @@ impl Hydfs {
             rows.push((from, RingId::of_node(from), digest));
             return self.ls_maybe_done(now, id);
         }
-        // The lookup of an append's (or a multiappend's) create.
+        // The lookup of an append's (or a multiappend's) create; any other answer is ignored.
+        if !op.looks_up() {
+            return;
+        }
         let name = op.name.clone();
         let Some(create) = digest.and_then(|d| d.create).filter(|c| !self.tombstones.contains(&name, *c))
         else {

@@ -91,9 +91,11 @@ impl Hydfs {
                     // Issued against a file this copy knows was deleted, or against another file
                     // of the name than the one here: never stored in this one.
                     (Some(of), _) if self.tombstones.contains(&name, of) => {
-                        return self.refuse_unbound(from, req, existing)
+                        return self.refuse_other_file(from, req, existing)
                     }
-                    (Some(of), Some(here)) if of != here => return self.refuse_unbound(from, req, existing),
+                    (Some(of), Some(here)) if of != here => {
+                        return self.refuse_other_file(from, req, existing)
+                    }
                     (_, None) => return refuse(self, Refusal::NotFound),
                     (None, Some(_)) | (Some(_), Some(_)) => {}
                 }
@@ -373,7 +375,7 @@ impl Hydfs {
     /// Refuses an append or seal issued against another file of its name than the one this
     /// copy holds (`here`): `Deleted`, naming `here` so that a client whose write is still in
     /// progress can bind it to the file that exists now.
-    fn refuse_unbound(&mut self, from: NodeAddr, req: ReqId, here: Option<Stamp>) {
+    fn refuse_other_file(&mut self, from: NodeAddr, req: ReqId, here: Option<Stamp>) {
         self.stats.stale_appends_refused += 1;
         self.send(from, HydfsMsg::WriteReply { req, result: Err(Refusal::Deleted), create: here });
     }
