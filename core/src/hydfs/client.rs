@@ -1358,17 +1358,18 @@ impl Hydfs {
                 op.of = Some(create);
                 self.ask_again(now, id);
             }
-            Kind::Multi { waiting, unsent, .. } => {
-                let until = op.deadline;
-                for (node, data) in std::mem::take(unsent) {
-                    let req = self.next_req + 1;
-                    self.next_req = req;
+            Kind::Multi { unsent, .. } => {
+                let (unsent, until) = (std::mem::take(unsent), op.deadline);
+                let mut sent = Vec::with_capacity(unsent.len());
+                for (node, data) in unsent {
+                    let req = self.req_id();
                     self.client.requests.insert(req, (id, node, until));
-                    self.out.push_back((
-                        node,
-                        HydfsMsg::RemoteAppend { req, name: name.clone(), data, of: create },
-                    ));
-                    waiting.insert(req, node);
+                    self.send(node, HydfsMsg::RemoteAppend { req, name: name.clone(), data, of: create });
+                    sent.push((req, node));
+                }
+                if let Some(OpState { kind: Kind::Multi { waiting, .. }, .. }) = self.client.ops.get_mut(&id)
+                {
+                    waiting.extend(sent);
                 }
                 self.multi_maybe_done(now, id);
             }
