@@ -25,7 +25,9 @@
 //! A put of at least 256 KiB is written with `O_DIRECT` (one write from an aligned buffer, past
 //! the page cache, where copying a large transfer costs a small machine more CPU than anything
 //! else about it): it starts at a 4 KiB-aligned offset, and pad records (zeros, dead from the
-//! start) fill the gaps before and after it. A file system that refuses direct I/O gets every
+//! start) fill the gaps before and after it. The write is made *behind* the caller, on the
+//! flusher thread: the put places the record and returns, and the node task goes on with the
+//! next part while the disk writes this one. A file system that refuses direct I/O gets every
 //! record through the page cache, as smaller records always do.
 //!
 //! Invariants kept here:
@@ -48,6 +50,14 @@
 //!   kept); a record that would replace a block's version is taken only if its data passes its
 //!   CRC (the older version stays the block otherwise); any other torn block fails its data CRC
 //!   when read, which reports it as an I/O error, never as data;
+//! * **writes behind:** at most [`WRITES_BEHIND`] large records are handed to the flusher thread
+//!   and not yet written. The thread runs writes and flushes one at a time in the order handed
+//!   over, so a flush handed over after a write syncs it; a flush handed over before a write
+//!   covers no write made after it (it may begin before the write is made). A read, an inline
+//!   sync, a wipe and dropping the storage first wait for every write handed over (so a span
+//!   read ahead never holds bytes a write behind has yet to make, and a storage opened next on
+//!   the same directory never sees one land). A write that fails fails every later flush;
+//!   its block reads as an error (its CRC), never as data;
 //! * a sync that failed poisons the storage: the kernel may have dropped the pages it could not
 //!   write, so no later sync succeeds (each says why) until the node restarts and its recovery
 //!   checks every block;
@@ -89,6 +99,11 @@ const ZEROED_AHEAD: u64 = 64 << 10;
 /// `InProgress` meanwhile (a flush of a large transfer must not stall the node's other work);
 /// at most this many, it waits for a flush under way and syncs the rest itself.
 const BACKGROUND_SYNC_ABOVE: u64 = 4 << 20;
+
+/// Large records handed to the flusher thread to write and not yet written, at most: a put
+/// beyond them waits for the oldest (so a fast sender cannot queue more memory than this many
+/// blocks, and the disk is kept busy while the node task handles the next one).
+const WRITES_BEHIND: u64 = 4;
 
 /// A sync or flush slower than this is logged: the disk is slow, and what waits for it (the
 /// node, for a sync; the answers to writes, for a flush) waits that long.
@@ -276,16 +291,38 @@ impl std::fmt::Debug for FlushWake {
 /// The thread that runs `fdatasync`s behind the node's back, one flush at a time, in order.
 /// Dropping it (with its storage) ends the thread after the flush it runs.
 struct Flusher {
-    jobs: std::sync::mpsc::Sender<FlushJob>,
+    jobs: std::sync::mpsc::Sender<Job>,
     shared: Arc<FlushShared>,
     /// Flushes handed to the thread so far (each job's number).
     sent: u64,
+    /// Large records handed to the thread to write behind, so far.
+    writes_sent: u64,
 }
 
 impl std::fmt::Debug for Flusher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Flusher({} flushes sent)", self.sent)
+        write!(f, "Flusher({} flushes and {} writes sent)", self.sent, self.writes_sent)
     }
+}
+
+/// What the flusher thread does, one job at a time, in the order they were handed over: so a
+/// flush handed over after a write behind syncs it.
+enum Job {
+    Flush(FlushJob),
+    Write(WriteJob),
+}
+
+/// A large record written behind the node's back ([`FileStorage::append_direct`]): its aligned
+/// span (the record and the pad after it), written with one `O_DIRECT` write at `at`.
+struct WriteJob {
+    direct: Arc<File>,
+    /// The same file through the page cache, should the file system refuse the direct write.
+    file: Arc<File>,
+    path: PathBuf,
+    blob: BlobId,
+    at: u64,
+    buf: AlignedBuf,
+    len: usize,
 }
 
 /// One flush: the segments written since the last one, and the directory if entries changed.
@@ -310,6 +347,9 @@ struct FlushShared {
     /// Held by a test to keep the flusher between reading the mark and syncing.
     #[cfg(test)]
     hold_sync: std::sync::Mutex<()>,
+    /// Set by a test: every write behind fails.
+    #[cfg(test)]
+    fail_writes: std::sync::atomic::AtomicBool,
     /// The number of the last flush whose mark the flusher read (tests).
     #[cfg(test)]
     loaded: std::sync::atomic::AtomicU64,
@@ -321,8 +361,13 @@ struct FlushState {
     finished: u64,
     /// The mark that flush reached: its job's, or a later one published before it began.
     reached: u64,
-    /// Why a flush failed, once one has (every later one counts as failed too).
+    /// Why a flush or a write behind failed, once one has (every later flush counts as failed
+    /// too).
     failed: Option<String>,
+    /// Writes behind completed (or failed) so far.
+    writes_done: u64,
+    /// Buffers of completed writes behind, for the next ones (at most [`WRITES_BEHIND`]).
+    spare: Vec<AlignedBuf>,
 }
 
 /// The flush under way: its job number, the mark it reaches at least, and how many bytes it
@@ -356,6 +401,48 @@ fn run_flush(job: &FlushJob) -> Result<(), String> {
             .map_err(|e| format!("cannot sync {}: {e}", dir.display())),
         None => Ok(()),
     }
+}
+
+/// Writes one record behind the node's back, on the flusher thread: with direct I/O, or through
+/// the page cache if the file system refuses it (the same bytes at the same offset). A failure
+/// fails every later flush, so nothing it held is ever reported durable. The buffer goes back
+/// to the storage for the next write.
+fn write_behind(write: WriteJob, shared: &FlushShared, refused_direct: &mut bool) {
+    let WriteJob { direct, file, path, blob, at, mut buf, len } = write;
+    #[cfg(test)]
+    let held = shared.hold.lock();
+    #[cfg(test)]
+    drop(held);
+    let span = buf.take(len);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        #[cfg(test)]
+        if shared.fail_writes.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::other("a write failure planted by a test"));
+        }
+        match direct.write_all_at(span, at) {
+            Err(e) if e.kind() == ErrorKind::InvalidInput => {
+                if !*refused_direct {
+                    *refused_direct = true;
+                    warn!(segment = %path.display(), error = %e, "direct I/O refused: large blocks are written through the page cache");
+                }
+                file.write_all_at(span, at)
+            }
+            other => other,
+        }
+    }))
+    .unwrap_or_else(|_| Err(std::io::Error::other("the flusher thread panicked")));
+    {
+        let mut state = lock_flush(shared);
+        state.writes_done += 1;
+        if let Err(e) = result {
+            let why = format!("cannot write block {blob:016x} to {}: {e}", path.display());
+            state.failed.get_or_insert(why);
+        }
+        if (state.spare.len() as u64) < WRITES_BEHIND {
+            state.spare.push(buf);
+        }
+    }
+    shared.ended.notify_all();
 }
 
 /// How a record is written.
@@ -831,10 +918,12 @@ impl FileStorage {
         Ok(Loc { segment: n, at, len })
     }
 
-    /// Appends a large record with one `O_DIRECT` write at an aligned offset: a pad record
-    /// first if the segment's end is not aligned (written through the page cache), then the
-    /// header, the data and a pad record out to the next aligned offset, from the aligned
-    /// buffer. `None` if the segment has no direct handle (the caller writes it buffered).
+    /// Appends a large record with one `O_DIRECT` write at an aligned offset, made behind the
+    /// node's back: a pad record first if the segment's end is not aligned (written through
+    /// the page cache, now), then the header, the data and a pad record out to the next
+    /// aligned offset, from an aligned buffer handed to the flusher thread. The record counts
+    /// as written at once (a flush handed over later syncs it after writing it; a read waits
+    /// for it). `None` if the segment has no direct handle (the caller writes it buffered).
     fn append_direct(
         &mut self,
         header: &[u8],
@@ -846,34 +935,50 @@ impl FileStorage {
         // Room for the worst case: a leading pad, the record, a trailing pad.
         let n = self.segment_for(record + 2 * (ALIGN + HEADER))?;
         let path = self.segment_path(n);
+        let Some(direct) = self.segments.get(&n).and_then(|s| s.direct.clone()) else { return Ok(None) };
+        let mut buf = self.room_behind()?;
         let segment = self.segments.get_mut(&n).expect("segment_for returns a segment");
-        let Some(direct) = &segment.direct else { return Ok(None) };
         let was = segment.len;
         let start = pad_end(was);
         let end = pad_end(start + record);
-        let buf = self.aligned.take((end - start) as usize);
-        buf[..HEADER as usize].copy_from_slice(header);
-        buf[HEADER as usize..record as usize].copy_from_slice(data);
-        fill_pad(&mut buf[record as usize..]);
-        let written = (|| {
-            if start > was {
-                let mut lead = vec![0u8; (start - was) as usize];
-                fill_pad(&mut lead);
-                segment.file.write_all_at(&lead, was)?;
+        let span = buf.take((end - start) as usize);
+        span[..HEADER as usize].copy_from_slice(header);
+        span[HEADER as usize..record as usize].copy_from_slice(data);
+        fill_pad(&mut span[record as usize..]);
+        if start > was {
+            let mut lead = vec![0u8; (start - was) as usize];
+            fill_pad(&mut lead);
+            if let Err(e) = segment.file.write_all_at(&lead, was) {
+                let _ = segment.file.set_len(was);
+                segment.zeroed = was;
+                return Err(io_err(&format!("write block {blob:016x} to"), &path, &e));
             }
-            direct.write_all_at(buf, start)
-        })();
-        if let Err(e) = written {
+        }
+        let job = WriteJob {
+            direct,
+            file: segment.file.clone(),
+            path: path.clone(),
+            blob,
+            at: start,
+            buf,
+            len: (end - start) as usize,
+        };
+        let flusher = self.flusher.as_mut().expect("room_behind starts the flusher");
+        if flusher.jobs.send(Job::Write(job)).is_err() {
             let _ = segment.file.set_len(was);
             segment.zeroed = was;
-            if e.kind() == ErrorKind::InvalidInput {
-                // The file system opened the file for direct I/O but refuses the write (an
-                // alignment it wants larger, say): this segment goes through the page cache.
-                warn!(segment = %path.display(), error = %e, "direct I/O refused: large blocks in this segment go through the page cache");
-                segment.direct = None;
-                return Ok(None);
-            }
-            return Err(io_err(&format!("write block {blob:016x} to"), &path, &e));
+            self.flusher = None;
+            self.in_flight = None;
+            return Err(StorageError::Io(format!(
+                "the flusher thread of {} has stopped; cannot write block {blob:016x}",
+                self.dir.display()
+            )));
+        }
+        flusher.writes_sent += 1;
+        // A flush handed over earlier begins before this write is made: it covers no write
+        // from here on (see `publish`).
+        if let Some(f) = self.in_flight.as_mut() {
+            f.open = false;
         }
         segment.len = end;
         segment.zeroed = segment.zeroed.max(end);
@@ -884,10 +989,47 @@ impl FileStorage {
         Ok(Some(Loc { segment: n, at: start, len }))
     }
 
+    /// A buffer for the next write behind, once fewer than [`WRITES_BEHIND`] are waiting to be
+    /// written (starting the flusher thread if it is not running).
+    fn room_behind(&mut self) -> Result<AlignedBuf, StorageError> {
+        if self.flusher.is_none() {
+            self.flusher = Some(self.spawn_flusher()?);
+        }
+        let flusher = self.flusher.as_ref().expect("started above");
+        let (sent, shared) = (flusher.writes_sent, flusher.shared.clone());
+        let mut state = lock_flush(&shared);
+        debug_assert!(state.writes_done <= sent, "only writes handed over are made");
+        while sent - state.writes_done >= WRITES_BEHIND {
+            state = shared.ended.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        debug_assert!(sent - state.writes_done < WRITES_BEHIND, "at most WRITES_BEHIND writes wait");
+        Ok(state.spare.pop().unwrap_or_default())
+    }
+
+    /// Waits until every write handed to the flusher thread so far has been made (or has
+    /// failed): what reads the segments, or syncs them itself, comes after it. The failure of
+    /// one, if any.
+    fn wait_behind(&self) -> Result<(), String> {
+        let Some(flusher) = self.flusher.as_ref() else { return Ok(()) };
+        let sent = flusher.writes_sent;
+        let mut state = lock_flush(&flusher.shared);
+        while state.writes_done < sent {
+            state = flusher.shared.ended.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        debug_assert_eq!(state.writes_done, sent, "only writes handed over are made");
+        match &state.failed {
+            Some(why) => Err(why.clone()),
+            None => Ok(()),
+        }
+    }
+
     /// Reads one record, checking its header and its data's CRC; returns its data. A large one
     /// is read with direct I/O, like it was written: filling the page cache with it would cost
     /// what writing past the cache saved.
     fn read_record(&mut self, loc: Loc, blob: BlobId) -> Result<Vec<u8>, StorageError> {
+        // A record still being written behind is read once it is written; one whose write
+        // failed fails its checksum below, like any other unreadable record.
+        let _ = self.wait_behind();
         let path = self.segment_path(loc.segment);
         let segment = self.segments.get(&loc.segment).ok_or(StorageError::Missing(blob))?;
         let mut h = [0u8; HEADER as usize];
@@ -940,7 +1082,9 @@ impl FileStorage {
     /// Flushes what `unsynced` names: inline for a few bytes, else on a thread of its own.
     fn start_sync(&mut self) -> Result<bool, StorageError> {
         if self.unsynced_bytes <= BACKGROUND_SYNC_ABOVE {
-            // Inline, the same flush the flusher would run (numbered 0: never handed to it).
+            // Inline, the same flush the flusher would run (numbered 0: never handed to it),
+            // once the writes behind it syncs have been made.
+            self.wait_behind().map_err(|e| self.poison(e))?;
             run_flush(&self.flush_job(0)).map_err(|e| self.poison(e))?;
             self.clear_unsynced();
             self.durable = self.written;
@@ -964,7 +1108,7 @@ impl FileStorage {
         // Each flight's published mark starts at its own: a value left by an earlier one can
         // never reach past what this job syncs.
         flusher.shared.published.store(job.mark, std::sync::atomic::Ordering::Release);
-        if flusher.jobs.send(job).is_err() {
+        if flusher.jobs.send(Job::Flush(job)).is_err() {
             self.flusher = None;
             return Err(StorageError::Io(format!(
                 "the flusher thread of {} has stopped; nothing more can be made durable",
@@ -993,13 +1137,21 @@ impl FileStorage {
     }
 
     fn spawn_flusher(&self) -> Result<Flusher, StorageError> {
-        let (jobs, queue) = std::sync::mpsc::channel::<FlushJob>();
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         let shared = Arc::new(FlushShared::default());
         let (theirs, on_flushed) = (shared.clone(), self.on_flushed.clone());
         std::thread::Builder::new()
             .name("hydfs-flush".into())
             .spawn(move || {
+                let mut refused_direct = false;
                 for job in queue {
+                    let job = match job {
+                        Job::Flush(job) => job,
+                        Job::Write(write) => {
+                            write_behind(write, &theirs, &mut refused_direct);
+                            continue;
+                        }
+                    };
                     #[cfg(test)]
                     let held = theirs.hold.lock();
                     // Read before the sync begins: every write published by now is in the
@@ -1040,7 +1192,7 @@ impl FileStorage {
                 }
             })
             .map_err(|e| io_err("start the flusher thread of", &self.dir, &e))?;
-        Ok(Flusher { jobs, shared, sent: 0 })
+        Ok(Flusher { jobs, shared, sent: 0, writes_sent: 0 })
     }
 
     /// Takes in the flush under way if it has ended (waiting for it first with `wait`): what it
@@ -1247,6 +1399,14 @@ impl FileStorage {
     }
 }
 
+impl Drop for FileStorage {
+    /// Waits for the writes behind still queued: a storage opened on the same directory next
+    /// must never see one land after it has read the segments.
+    fn drop(&mut self) {
+        let _ = self.wait_behind();
+    }
+}
+
 impl Storage for FileStorage {
     fn put(&mut self, blob: BlobId, data: &[u8]) -> Result<(), StorageError> {
         let loc = self.append(KIND_PUT, blob, data)?;
@@ -1385,6 +1545,9 @@ impl Storage for FileStorage {
     }
 
     fn wipe(&mut self) -> Result<(), StorageError> {
+        // No write behind lands in a segment after it is gone (whether it failed no longer
+        // matters: its segment goes).
+        let _ = self.wait_behind();
         // Whatever happens below, directory entries may have changed.
         self.dir_dirty = true;
         self.read_ahead.clear();
@@ -1896,6 +2059,123 @@ mod tests {
         }
     }
 
+    /// A large block of `len` bytes, different for each `seed`.
+    fn large(seed: u8, len: u32) -> Vec<u8> {
+        (0..len).map(|j| (j % 251) as u8 ^ seed).collect()
+    }
+
+    /// A large put returns before its record is on disk: the flusher thread writes it behind,
+    /// at most `WRITES_BEHIND` wait at once (a put beyond them waits), a read waits for the
+    /// write, and the block is durable only once a flush after it completes.
+    #[test]
+    fn large_puts_are_written_behind_and_read_and_made_durable_only_after_their_writes() {
+        let t = TempDir::new("write-behind");
+        let mut s = FileStorage::open(&t.blocks()).unwrap();
+        s.direct_at_least = 150;
+        s.put(0, &large(0, 300_000)).unwrap();
+        assert_eq!(s.read(0).unwrap(), large(0, 300_000));
+        let direct = s.segments.values().next().expect("a segment").direct.is_some();
+        if !direct {
+            eprintln!("no direct I/O on this file system: nothing is written behind");
+            return;
+        }
+        let shared = s.flusher.as_ref().expect("the first large put started the flusher").shared.clone();
+        let first_mark = s.flush_behind().unwrap();
+        let durable = durable_by(&mut s, first_mark);
+
+        // The flusher is held for a while, then let go (a guard stays on its own thread).
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (let_go_tx, let_go_rx) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                let held = shared.hold.lock().unwrap();
+                held_tx.send(()).unwrap();
+                let _ = let_go_rx.recv_timeout(std::time::Duration::from_secs(30));
+                drop(held);
+            })
+        };
+        held_rx.recv().unwrap();
+        let behind = WRITES_BEHIND as u8;
+        for b in 1..=behind {
+            s.put(u64::from(b), &large(b, 300_000)).unwrap();
+        }
+        let first = s.blocks[&1];
+        let on_disk = fs::metadata(s.segment_path(first.segment)).unwrap().len();
+        assert!(
+            on_disk <= first.at,
+            "a put returned with its record on disk ({on_disk} bytes, record at {})",
+            first.at
+        );
+        let mark = s.flush_behind().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(
+            s.durable_mark().unwrap(),
+            durable,
+            "nothing written behind is durable before it is written"
+        );
+
+        // One put more waits for a write to be made: let the flusher go a little later.
+        let letting_go = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let_go_tx.send(()).unwrap();
+        });
+        let asked = std::time::Instant::now();
+        s.put(u64::from(behind) + 1, &large(behind + 1, 300_000)).unwrap();
+        assert!(asked.elapsed() >= std::time::Duration::from_millis(90), "a put beyond WRITES_BEHIND waited");
+        for b in 1..=behind + 1 {
+            assert_eq!(s.read(u64::from(b)).unwrap(), large(b, 300_000), "block {b}");
+        }
+        assert!(durable_by(&mut s, mark) >= mark);
+        let last = s.flush_behind().unwrap();
+        durable_by(&mut s, last);
+        holder.join().unwrap();
+        letting_go.join().unwrap();
+        drop(s);
+        let mut back = FileStorage::open(&t.blocks()).unwrap();
+        for b in 0..=behind + 1 {
+            assert_eq!(back.read(u64::from(b)).unwrap(), large(b, 300_000), "block {b} after a reopen");
+        }
+    }
+
+    /// A write behind that fails fails the flush after it and every sync after that, and its
+    /// block reads as an error, never as data.
+    #[test]
+    fn a_failed_write_behind_poisons_the_storage() {
+        let t = TempDir::new("write-behind-failed");
+        let mut s = FileStorage::open(&t.blocks()).unwrap();
+        s.direct_at_least = 150;
+        s.put(0, &large(0, 300_000)).unwrap();
+        if s.segments.values().next().expect("a segment").direct.is_none() {
+            eprintln!("no direct I/O on this file system: nothing is written behind");
+            return;
+        }
+        let first_mark = s.flush_behind().unwrap();
+        durable_by(&mut s, first_mark);
+        let shared = s.flusher.as_ref().unwrap().shared.clone();
+        shared.fail_writes.store(true, std::sync::atomic::Ordering::SeqCst);
+        s.put(1, &large(1, 300_000)).unwrap();
+        let mark = s.flush_behind().unwrap();
+        let mut failed = None;
+        for _ in 0..10_000 {
+            match s.durable_mark() {
+                Ok(d) => {
+                    assert!(d < mark, "a block whose write failed is never durable");
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let e = failed.expect("the failed write is reported");
+        assert!(e.to_string().contains("planted by a test"), "{e}");
+        assert!(s.read(1).is_err(), "a block whose write failed is not read as data");
+        assert_eq!(s.read(0).unwrap(), large(0, 300_000));
+        assert!(s.flush_behind().is_err() && s.sync().is_err(), "nothing is made durable after it");
+    }
+
     #[test]
     fn a_failed_flush_behind_poisons_the_storage() {
         let t = TempDir::new("behind-failed");
@@ -1908,7 +2188,7 @@ mod tests {
         let flusher = s.flusher.as_mut().unwrap();
         let number = flusher.sent + 1;
         let (mark, dir) = (s.written, Some(PathBuf::from("/nonexistent-dir")));
-        flusher.jobs.send(FlushJob { number, mark, files, dir }).unwrap();
+        flusher.jobs.send(Job::Flush(FlushJob { number, mark, files, dir })).unwrap();
         flusher.sent = number;
         s.in_flight = Some(InFlight { number, mark: s.written, bytes: 3, extends: None, open: false });
         s.unsynced.clear();
