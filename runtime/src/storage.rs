@@ -26,8 +26,9 @@
 //! the page cache, where copying a large transfer costs a small machine more CPU than anything
 //! else about it): it starts at a 4 KiB-aligned offset, and pad records (zeros, dead from the
 //! start) fill the gaps before and after it. The write is made *behind* the caller, on the
-//! flusher thread: the put places the record and returns, and the node task goes on with the
-//! next part while the disk writes this one. A file system that refuses direct I/O gets every
+//! flusher thread: the put allocates the record's blocks (so that a full disk refuses it at
+//! once), places it and returns, and the node task goes on with the next part while the disk
+//! writes this one. A file system that refuses direct I/O gets every
 //! record through the page cache, as smaller records always do.
 //!
 //! Invariants kept here:
@@ -183,6 +184,9 @@ pub struct FileStorage {
     /// The buffer a small record is gathered in (header then data) to be written with one
     /// system call (kept, like `aligned`).
     gather: Vec<u8>,
+    /// Set by a test: large puts find no room, as on a full disk.
+    #[cfg(test)]
+    no_room: bool,
 }
 
 #[derive(Debug)]
@@ -514,6 +518,19 @@ fn open_direct(path: &Path) -> Option<File> {
     crate::direct::open(path, crate::private::file_options().read(true).write(true), "segment")
 }
 
+/// Allocates the blocks of `len` bytes at `at` in `file` without changing its size, so that a
+/// write there cannot fail for want of space (`no_room`: fail as a full disk does, for tests).
+/// A file system without `fallocate` is no error: the write then finds its blocks itself.
+fn reserve(file: &File, at: u64, len: u64, no_room: bool) -> std::io::Result<()> {
+    if no_room {
+        return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+    }
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, at, len) {
+        Ok(()) | Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The first offset at or after `at` where a record can start a direct write: `at` itself if
 /// aligned, else the alignment after room for a pad record's header.
 fn pad_end(at: u64) -> u64 {
@@ -636,6 +653,8 @@ impl FileStorage {
             #[cfg(test)]
             record_writes: 0,
             gather: Vec::new(),
+            #[cfg(test)]
+            no_room: false,
             read_ahead: ReadAhead::default(),
         };
         let mut numbers = Vec::new();
@@ -937,10 +956,19 @@ impl FileStorage {
         let path = self.segment_path(n);
         let Some(direct) = self.segments.get(&n).and_then(|s| s.direct.clone()) else { return Ok(None) };
         let mut buf = self.room_behind()?;
+        #[cfg(test)]
+        let no_room = self.no_room;
+        #[cfg(not(test))]
+        let no_room = false;
         let segment = self.segments.get_mut(&n).expect("segment_for returns a segment");
         let was = segment.len;
         let start = pad_end(was);
         let end = pad_end(start + record);
+        // The blocks the write needs are found now: a full disk refuses this put, here and with
+        // its cause, instead of failing the write behind (which fails every flush after it).
+        if let Err(e) = reserve(&segment.file, was, end - was, no_room) {
+            return Err(io_err(&format!("write block {blob:016x} to"), &path, &e));
+        }
         let span = buf.take((end - start) as usize);
         span[..HEADER as usize].copy_from_slice(header);
         span[HEADER as usize..record as usize].copy_from_slice(data);
@@ -2136,6 +2164,34 @@ mod tests {
         for b in 0..=behind + 1 {
             assert_eq!(back.read(u64::from(b)).unwrap(), large(b, 300_000), "block {b} after a reopen");
         }
+    }
+
+    /// A large put on a full disk is refused at once, with its cause, and leaves the storage
+    /// as it was: the older version of its block stays, and later puts and syncs succeed.
+    #[test]
+    fn a_large_put_that_finds_no_room_is_refused_at_once_and_poisons_nothing() {
+        let t = TempDir::new("write-behind-full");
+        let mut s = FileStorage::open(&t.blocks()).unwrap();
+        s.direct_at_least = 150;
+        s.put(1, &large(1, 300_000)).unwrap();
+        sync(&mut s);
+        if s.segments.values().next().expect("a segment").direct.is_none() {
+            eprintln!("no direct I/O on this file system: nothing is written behind");
+            return;
+        }
+        let len = s.segments.values().next().unwrap().len;
+        s.no_room = true;
+        let e = s.put(1, &large(9, 300_000)).unwrap_err();
+        assert!(e.to_string().contains("No space left on device"), "{e}");
+        assert_eq!(s.segments.values().next().unwrap().len, len, "the refused put took no room");
+        s.no_room = false;
+        assert_eq!(s.read(1).unwrap(), large(1, 300_000), "the older version stays");
+        s.put(2, &large(2, 300_000)).unwrap();
+        sync(&mut s);
+        drop(s);
+        let mut back = FileStorage::open(&t.blocks()).unwrap();
+        assert_eq!(back.read(1).unwrap(), large(1, 300_000));
+        assert_eq!(back.read(2).unwrap(), large(2, 300_000));
     }
 
     /// A write behind that fails fails the flush after it and every sync after that, and its
