@@ -2092,38 +2092,68 @@ mod tests {
         (0..len).map(|j| (j % 251) as u8 ^ seed).collect()
     }
 
+    /// A storage in a fresh directory named by `tag` whose blocks of 150 bytes or more go
+    /// direct, holding `large(0, 300_000)` as block 0, synced; `None` (with a note) where the
+    /// file system refuses direct I/O, so that nothing is written behind.
+    fn writing_behind(tag: &str) -> Option<(TempDir, FileStorage)> {
+        let t = TempDir::new(tag);
+        let mut s = FileStorage::open(&t.blocks()).unwrap();
+        s.direct_at_least = 150;
+        s.put(0, &large(0, 300_000)).unwrap();
+        sync(&mut s);
+        assert_eq!(s.read(0).unwrap(), large(0, 300_000));
+        if s.segments.values().next().expect("a segment").direct.is_none() {
+            eprintln!("no direct I/O on this file system: nothing is written behind");
+            return None;
+        }
+        Some((t, s))
+    }
+
+    /// The flusher thread held (from another thread: a guard stays on the thread that took it)
+    /// until [`Held::let_go_after`].
+    struct Held {
+        let_go: std::sync::mpsc::Sender<()>,
+        holder: std::thread::JoinHandle<()>,
+    }
+
+    impl Held {
+        /// Holds the flusher of `shared` before it begins its next job; returns once it does.
+        fn hold(shared: &Arc<FlushShared>) -> Held {
+            let (held_tx, held_rx) = std::sync::mpsc::channel();
+            let (let_go, let_go_rx) = std::sync::mpsc::channel::<()>();
+            let shared = shared.clone();
+            let holder = std::thread::spawn(move || {
+                let held = shared.hold.lock().unwrap();
+                held_tx.send(()).unwrap();
+                let _ = let_go_rx.recv_timeout(std::time::Duration::from_secs(30));
+                drop(held);
+            });
+            held_rx.recv().unwrap();
+            Held { let_go, holder }
+        }
+
+        /// Lets the flusher go `ms` milliseconds from now, on another thread; returns at once.
+        fn let_go_after(self, ms: u64) -> std::thread::JoinHandle<()> {
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                let _ = self.let_go.send(());
+                self.holder.join().unwrap();
+            })
+        }
+    }
+
     /// A large put returns before its record is on disk: the flusher thread writes it behind,
     /// at most `WRITES_BEHIND` wait at once (a put beyond them waits), a read waits for the
     /// write, and the block is durable only once a flush after it completes.
     #[test]
     fn large_puts_are_written_behind_and_read_and_made_durable_only_after_their_writes() {
-        let t = TempDir::new("write-behind");
-        let mut s = FileStorage::open(&t.blocks()).unwrap();
-        s.direct_at_least = 150;
-        s.put(0, &large(0, 300_000)).unwrap();
-        assert_eq!(s.read(0).unwrap(), large(0, 300_000));
-        let direct = s.segments.values().next().expect("a segment").direct.is_some();
-        if !direct {
-            eprintln!("no direct I/O on this file system: nothing is written behind");
-            return;
-        }
+        let Some((t, mut s)) = writing_behind("write-behind") else { return };
         let shared = s.flusher.as_ref().expect("the first large put started the flusher").shared.clone();
-        let first_mark = s.flush_behind().unwrap();
-        let durable = durable_by(&mut s, first_mark);
+        let durable = s.durable_mark().unwrap();
+        let waited = |asked: std::time::Instant| asked.elapsed() >= std::time::Duration::from_millis(100);
 
-        // The flusher is held for a while, then let go (a guard stays on its own thread).
-        let (held_tx, held_rx) = std::sync::mpsc::channel();
-        let (let_go_tx, let_go_rx) = std::sync::mpsc::channel::<()>();
-        let holder = {
-            let shared = shared.clone();
-            std::thread::spawn(move || {
-                let held = shared.hold.lock().unwrap();
-                held_tx.send(()).unwrap();
-                let _ = let_go_rx.recv_timeout(std::time::Duration::from_secs(30));
-                drop(held);
-            })
-        };
-        held_rx.recv().unwrap();
+        // Held: puts return with nothing of theirs on disk, and nothing of them is durable.
+        let held = Held::hold(&shared);
         let behind = WRITES_BEHIND as u8;
         for b in 1..=behind {
             s.put(u64::from(b), &large(b, 300_000)).unwrap();
@@ -2142,27 +2172,33 @@ mod tests {
             durable,
             "nothing written behind is durable before it is written"
         );
-
-        // One put more waits for a write to be made: let the flusher go a little later.
-        let letting_go = std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            let_go_tx.send(()).unwrap();
-        });
+        // One put more waits for a write to be made.
         let asked = std::time::Instant::now();
+        let released = held.let_go_after(100);
         s.put(u64::from(behind) + 1, &large(behind + 1, 300_000)).unwrap();
-        assert!(asked.elapsed() >= std::time::Duration::from_millis(90), "a put beyond WRITES_BEHIND waited");
-        for b in 1..=behind + 1 {
-            assert_eq!(s.read(u64::from(b)).unwrap(), large(b, 300_000), "block {b}");
-        }
+        assert!(waited(asked), "a put beyond WRITES_BEHIND waited for a write");
+        released.join().unwrap();
         assert!(durable_by(&mut s, mark) >= mark);
+
+        // Held again: a read of a block not yet written waits for its write.
+        let held = Held::hold(&shared);
+        let late = u64::from(behind) + 2;
+        s.put(late, &large(late as u8, 300_000)).unwrap();
+        let asked = std::time::Instant::now();
+        let released = held.let_go_after(100);
+        assert_eq!(s.read(late).unwrap(), large(late as u8, 300_000), "the read waited for the write");
+        assert!(waited(asked), "the read waited for the write");
+        released.join().unwrap();
+
+        for b in 1..=late {
+            assert_eq!(s.read(b).unwrap(), large(b as u8, 300_000), "block {b}");
+        }
         let last = s.flush_behind().unwrap();
         durable_by(&mut s, last);
-        holder.join().unwrap();
-        letting_go.join().unwrap();
         drop(s);
         let mut back = FileStorage::open(&t.blocks()).unwrap();
-        for b in 0..=behind + 1 {
-            assert_eq!(back.read(u64::from(b)).unwrap(), large(b, 300_000), "block {b} after a reopen");
+        for b in 0..=late {
+            assert_eq!(back.read(b).unwrap(), large(b as u8, 300_000), "block {b} after a reopen");
         }
     }
 
@@ -2170,27 +2206,19 @@ mod tests {
     /// as it was: the older version of its block stays, and later puts and syncs succeed.
     #[test]
     fn a_large_put_that_finds_no_room_is_refused_at_once_and_poisons_nothing() {
-        let t = TempDir::new("write-behind-full");
-        let mut s = FileStorage::open(&t.blocks()).unwrap();
-        s.direct_at_least = 150;
-        s.put(1, &large(1, 300_000)).unwrap();
-        sync(&mut s);
-        if s.segments.values().next().expect("a segment").direct.is_none() {
-            eprintln!("no direct I/O on this file system: nothing is written behind");
-            return;
-        }
+        let Some((t, mut s)) = writing_behind("write-behind-full") else { return };
         let len = s.segments.values().next().unwrap().len;
         s.no_room = true;
-        let e = s.put(1, &large(9, 300_000)).unwrap_err();
+        let e = s.put(0, &large(9, 300_000)).unwrap_err();
         assert!(e.to_string().contains("No space left on device"), "{e}");
         assert_eq!(s.segments.values().next().unwrap().len, len, "the refused put took no room");
         s.no_room = false;
-        assert_eq!(s.read(1).unwrap(), large(1, 300_000), "the older version stays");
+        assert_eq!(s.read(0).unwrap(), large(0, 300_000), "the older version stays");
         s.put(2, &large(2, 300_000)).unwrap();
         sync(&mut s);
         drop(s);
         let mut back = FileStorage::open(&t.blocks()).unwrap();
-        assert_eq!(back.read(1).unwrap(), large(1, 300_000));
+        assert_eq!(back.read(0).unwrap(), large(0, 300_000));
         assert_eq!(back.read(2).unwrap(), large(2, 300_000));
     }
 
@@ -2198,16 +2226,7 @@ mod tests {
     /// block reads as an error, never as data.
     #[test]
     fn a_failed_write_behind_poisons_the_storage() {
-        let t = TempDir::new("write-behind-failed");
-        let mut s = FileStorage::open(&t.blocks()).unwrap();
-        s.direct_at_least = 150;
-        s.put(0, &large(0, 300_000)).unwrap();
-        if s.segments.values().next().expect("a segment").direct.is_none() {
-            eprintln!("no direct I/O on this file system: nothing is written behind");
-            return;
-        }
-        let first_mark = s.flush_behind().unwrap();
-        durable_by(&mut s, first_mark);
+        let Some((_t, mut s)) = writing_behind("write-behind-failed") else { return };
         let shared = s.flusher.as_ref().unwrap().shared.clone();
         shared.fail_writes.store(true, std::sync::atomic::Ordering::SeqCst);
         s.put(1, &large(1, 300_000)).unwrap();
