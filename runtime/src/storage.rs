@@ -54,11 +54,13 @@
 //! * **writes behind:** at most [`WRITES_BEHIND`] large records are handed to the flusher thread
 //!   and not yet written. The thread runs writes and flushes one at a time in the order handed
 //!   over, so a flush handed over after a write syncs it; a flush handed over before a write
-//!   covers no write made after it (it may begin before the write is made). A read, an inline
-//!   sync, a wipe and dropping the storage first wait for every write handed over (so a span
-//!   read ahead never holds bytes a write behind has yet to make, and a storage opened next on
-//!   the same directory never sees one land). A write that fails fails every later flush;
-//!   its block reads as an error (its CRC), never as data;
+//!   covers no write made after it (it may begin before the write is made). A read waits for
+//!   the writes behind of its record's bytes, and reads ahead only below the first write
+//!   behind still unmade in its segment; an inline sync, a wipe and dropping the storage wait
+//!   for every write handed over (so a storage opened next on the same directory never sees
+//!   one land). A write that fails, or whose job is dropped unmade, fails every later flush;
+//!   its block reads as an error (its CRC), never as data. Where the file system cannot
+//!   allocate a record's blocks ahead, the put writes it itself;
 //! * a sync that failed poisons the storage: the kernel may have dropped the pages it could not
 //!   write, so no later sync succeeds (each says why) until the node restarts and its recovery
 //!   checks every block;
@@ -184,9 +186,15 @@ pub struct FileStorage {
     /// The buffer a small record is gathered in (header then data) to be written with one
     /// system call (kept, like `aligned`).
     gather: Vec<u8>,
+    /// Writes behind handed over and not yet known to be made, oldest first.
+    behind: std::collections::VecDeque<Behind>,
     /// Set by a test: large puts find no room, as on a full disk.
     #[cfg(test)]
     no_room: bool,
+    /// Set by a test: blocks cannot be allocated ahead, as on a file system without
+    /// `fallocate`.
+    #[cfg(test)]
+    no_reserve: bool,
 }
 
 #[derive(Debug)]
@@ -309,6 +317,16 @@ impl std::fmt::Debug for Flusher {
     }
 }
 
+/// A write behind not yet known to be made: its number (the writes handed over so far, it
+/// included) and the bytes of its segment it writes.
+#[derive(Clone, Copy, Debug)]
+struct Behind {
+    number: u64,
+    segment: u64,
+    start: u64,
+    end: u64,
+}
+
 /// What the flusher thread does, one job at a time, in the order they were handed over: so a
 /// flush handed over after a write behind syncs it.
 enum Job {
@@ -323,10 +341,52 @@ struct WriteJob {
     /// The same file through the page cache, should the file system refuse the direct write.
     file: Arc<File>,
     path: PathBuf,
-    blob: BlobId,
     at: u64,
     buf: AlignedBuf,
     len: usize,
+    pending: Pending,
+}
+
+/// A write behind's place in the count of writes made. Dropped before it is made (its thread
+/// gone, its job with it), it still counts as made, and as failed: nothing waits for it
+/// forever, and no flush after it succeeds.
+struct Pending {
+    shared: Arc<FlushShared>,
+    blob: BlobId,
+    made: bool,
+}
+
+impl Pending {
+    /// The write was made, or failed with `result`: counted, and the waiters woken.
+    fn made(mut self, result: Result<(), String>, buf: Option<AlignedBuf>) {
+        self.made = true;
+        count_write(&self.shared, result, buf);
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.made {
+            let why = format!("the flusher thread stopped before writing block {:016x}", self.blob);
+            count_write(&self.shared, Err(why), None);
+        }
+    }
+}
+
+/// Counts one write behind as made (failed, with `result`'s reason), keeps its buffer for the
+/// next one, and wakes whoever waits for writes.
+fn count_write(shared: &FlushShared, result: Result<(), String>, buf: Option<AlignedBuf>) {
+    {
+        let mut state = lock_flush(shared);
+        state.writes_done += 1;
+        if let Err(why) = result {
+            state.failed.get_or_insert(why);
+        }
+        if let Some(buf) = buf.filter(|_| (state.spare.len() as u64) < WRITES_BEHIND) {
+            state.spare.push(buf);
+        }
+    }
+    shared.ended.notify_all();
 }
 
 /// One flush: the segments written since the last one, and the directory if entries changed.
@@ -411,16 +471,17 @@ fn run_flush(job: &FlushJob) -> Result<(), String> {
 /// the page cache if the file system refuses it (the same bytes at the same offset). A failure
 /// fails every later flush, so nothing it held is ever reported durable. The buffer goes back
 /// to the storage for the next write.
-fn write_behind(write: WriteJob, shared: &FlushShared, refused_direct: &mut bool) {
-    let WriteJob { direct, file, path, blob, at, mut buf, len } = write;
+fn write_behind(write: WriteJob, refused_direct: &mut bool) {
+    let WriteJob { direct, file, path, at, mut buf, len, pending } = write;
     #[cfg(test)]
-    let held = shared.hold.lock();
+    drop(pending.shared.hold.lock());
     #[cfg(test)]
-    drop(held);
+    let planted = pending.shared.fail_writes.load(std::sync::atomic::Ordering::SeqCst);
+    #[cfg(not(test))]
+    let planted = false;
     let span = buf.take(len);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        #[cfg(test)]
-        if shared.fail_writes.load(std::sync::atomic::Ordering::SeqCst) {
+        if planted {
             return Err(std::io::Error::other("a write failure planted by a test"));
         }
         match direct.write_all_at(span, at) {
@@ -435,18 +496,9 @@ fn write_behind(write: WriteJob, shared: &FlushShared, refused_direct: &mut bool
         }
     }))
     .unwrap_or_else(|_| Err(std::io::Error::other("the flusher thread panicked")));
-    {
-        let mut state = lock_flush(shared);
-        state.writes_done += 1;
-        if let Err(e) = result {
-            let why = format!("cannot write block {blob:016x} to {}: {e}", path.display());
-            state.failed.get_or_insert(why);
-        }
-        if (state.spare.len() as u64) < WRITES_BEHIND {
-            state.spare.push(buf);
-        }
-    }
-    shared.ended.notify_all();
+    let blob = pending.blob;
+    let result = result.map_err(|e| format!("cannot write block {blob:016x} to {}: {e}", path.display()));
+    pending.made(result, Some(buf));
 }
 
 /// How a record is written.
@@ -520,13 +572,14 @@ fn open_direct(path: &Path) -> Option<File> {
 
 /// Allocates the blocks of `len` bytes at `at` in `file` without changing its size, so that a
 /// write there cannot fail for want of space (`no_room`: fail as a full disk does, for tests).
-/// A file system without `fallocate` is no error: the write then finds its blocks itself.
-fn reserve(file: &File, at: u64, len: u64, no_room: bool) -> std::io::Result<()> {
+/// `false` on a file system without `fallocate`: the write must then find its blocks itself.
+fn reserve(file: &File, at: u64, len: u64, no_room: bool) -> std::io::Result<bool> {
     if no_room {
         return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
     }
     match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, at, len) {
-        Ok(()) | Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => Ok(()),
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
@@ -653,8 +706,11 @@ impl FileStorage {
             #[cfg(test)]
             record_writes: 0,
             gather: Vec::new(),
+            behind: std::collections::VecDeque::new(),
             #[cfg(test)]
             no_room: false,
+            #[cfg(test)]
+            no_reserve: false,
             read_ahead: ReadAhead::default(),
         };
         let mut numbers = Vec::new();
@@ -941,8 +997,10 @@ impl FileStorage {
     /// node's back: a pad record first if the segment's end is not aligned (written through
     /// the page cache, now), then the header, the data and a pad record out to the next
     /// aligned offset, from an aligned buffer handed to the flusher thread. The record counts
-    /// as written at once (a flush handed over later syncs it after writing it; a read waits
-    /// for it). `None` if the segment has no direct handle (the caller writes it buffered).
+    /// as written at once (a flush handed over later syncs it after writing it; a read of it
+    /// waits for it). Where the file system cannot allocate the blocks ahead (`fallocate`), the
+    /// write is made here instead, so that a full disk still fails this put alone. `None` if
+    /// the segment has no direct handle (the caller writes it buffered).
     fn append_direct(
         &mut self,
         header: &[u8],
@@ -957,57 +1015,68 @@ impl FileStorage {
         let Some(direct) = self.segments.get(&n).and_then(|s| s.direct.clone()) else { return Ok(None) };
         let mut buf = self.room_behind()?;
         #[cfg(test)]
-        let no_room = self.no_room;
+        let (no_room, no_reserve) = (self.no_room, self.no_reserve);
         #[cfg(not(test))]
-        let no_room = false;
+        let (no_room, no_reserve) = (false, false);
         let segment = self.segments.get_mut(&n).expect("segment_for returns a segment");
         let was = segment.len;
         let start = pad_end(was);
         let end = pad_end(start + record);
         // The blocks the write needs are found now: a full disk refuses this put, here and with
         // its cause, instead of failing the write behind (which fails every flush after it).
-        if let Err(e) = reserve(&segment.file, was, end - was, no_room) {
-            return Err(io_err(&format!("write block {blob:016x} to"), &path, &e));
-        }
+        let reserved = match reserve(&segment.file, was, end - was, no_room) {
+            Ok(reserved) => reserved && !no_reserve,
+            Err(e) => return Err(io_err(&format!("write block {blob:016x} to"), &path, &e)),
+        };
         let span = buf.take((end - start) as usize);
         span[..HEADER as usize].copy_from_slice(header);
         span[HEADER as usize..record as usize].copy_from_slice(data);
         fill_pad(&mut span[record as usize..]);
-        if start > was {
-            let mut lead = vec![0u8; (start - was) as usize];
-            fill_pad(&mut lead);
-            if let Err(e) = segment.file.write_all_at(&lead, was) {
-                let _ = segment.file.set_len(was);
-                segment.zeroed = was;
-                return Err(io_err(&format!("write block {blob:016x} to"), &path, &e));
+        let written = (|| -> std::io::Result<()> {
+            if start > was {
+                let mut lead = vec![0u8; (start - was) as usize];
+                fill_pad(&mut lead);
+                segment.file.write_all_at(&lead, was)?;
             }
-        }
-        let job = WriteJob {
-            direct,
-            file: segment.file.clone(),
-            path: path.clone(),
-            blob,
-            at: start,
-            buf,
-            len: (end - start) as usize,
-        };
-        let flusher = self.flusher.as_mut().expect("room_behind starts the flusher");
-        if flusher.jobs.send(Job::Write(job)).is_err() {
+            if !reserved {
+                direct.write_all_at(span, start)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = written {
             let _ = segment.file.set_len(was);
             segment.zeroed = was;
-            self.flusher = None;
-            self.in_flight = None;
-            return Err(StorageError::Io(format!(
-                "the flusher thread of {} has stopped; cannot write block {blob:016x}",
-                self.dir.display()
-            )));
+            if e.kind() == ErrorKind::InvalidInput {
+                // The file system opened the file for direct I/O but refuses the write (an
+                // alignment it wants larger, say): this segment goes through the page cache.
+                warn!(segment = %path.display(), error = %e, "direct I/O refused: large blocks in this segment go through the page cache");
+                segment.direct = None;
+                return Ok(None);
+            }
+            return Err(io_err(&format!("write block {blob:016x} to"), &path, &e));
         }
-        flusher.writes_sent += 1;
-        // A flush handed over earlier begins before this write is made: it covers no write
-        // from here on (see `publish`).
-        if let Some(f) = self.in_flight.as_mut() {
-            f.open = false;
+        if reserved {
+            let flusher = self.flusher.as_mut().expect("room_behind starts the flusher");
+            flusher.writes_sent += 1;
+            let number = flusher.writes_sent;
+            let pending = Pending { shared: flusher.shared.clone(), blob, made: false };
+            let len = (end - start) as usize;
+            let job = WriteJob { direct, file: segment.file.clone(), path, at: start, buf, len, pending };
+            if flusher.jobs.send(Job::Write(job)).is_err() {
+                // The job came back and was dropped: counted as made, and failed.
+                let _ = segment.file.set_len(was);
+                segment.zeroed = was;
+                let why = format!("the flusher thread of {} has stopped", self.dir.display());
+                return Err(self.poison(why));
+            }
+            self.behind.push_back(Behind { number, segment: n, start, end });
+            // A flush handed over earlier begins before this write is made: it covers no write
+            // from here on (see `publish`).
+            if let Some(f) = self.in_flight.as_mut() {
+                f.open = false;
+            }
         }
+        let segment = self.segments.get_mut(&n).expect("segment_for returns a segment");
         segment.len = end;
         segment.zeroed = segment.zeroed.max(end);
         self.after_small = false;
@@ -1035,20 +1104,55 @@ impl FileStorage {
     }
 
     /// Waits until every write handed to the flusher thread so far has been made (or has
-    /// failed): what reads the segments, or syncs them itself, comes after it. The failure of
-    /// one, if any.
-    fn wait_behind(&self) -> Result<(), String> {
-        let Some(flusher) = self.flusher.as_ref() else { return Ok(()) };
-        let sent = flusher.writes_sent;
+    /// failed): what syncs the segments itself, or wipes or closes them, comes after it. The
+    /// failure of one, if any.
+    fn wait_behind(&mut self) -> Result<(), String> {
+        let sent = self.flusher.as_ref().map_or(0, |f| f.writes_sent);
+        self.wait_writes(sent, true)
+    }
+
+    /// Learns which writes behind have been made (waiting, with `wait`, until those numbered up
+    /// to `number` have), and forgets them. The failure of one, if any.
+    fn wait_writes(&mut self, number: u64, wait: bool) -> Result<(), String> {
+        let Some(flusher) = self.flusher.as_ref() else {
+            self.behind.clear();
+            return Ok(());
+        };
         let mut state = lock_flush(&flusher.shared);
-        while state.writes_done < sent {
+        while wait && state.writes_done < number {
             state = flusher.shared.ended.wait(state).unwrap_or_else(|p| p.into_inner());
         }
-        debug_assert_eq!(state.writes_done, sent, "only writes handed over are made");
-        match &state.failed {
-            Some(why) => Err(why.clone()),
-            None => Ok(()),
+        debug_assert!(state.writes_done <= flusher.writes_sent, "only writes handed over are made");
+        let (done, failed) = (state.writes_done, state.failed.clone());
+        drop(state);
+        while self.behind.front().is_some_and(|b| b.number <= done) {
+            self.behind.pop_front();
         }
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Waits for the writes behind that write any byte of `loc`'s record, and returns where the
+    /// bytes of its segment that no write behind still has to make end: a read ahead stays
+    /// below it.
+    fn wait_writes_of(&mut self, loc: Loc) -> u64 {
+        let _ = self.wait_writes(0, false);
+        let end = loc.at + loc.record_bytes();
+        let overlapping = self
+            .behind
+            .iter()
+            .filter(|b| b.segment == loc.segment && b.start < end && loc.at < b.end)
+            .map(|b| b.number)
+            .max();
+        if let Some(number) = overlapping {
+            let _ = self.wait_writes(number, true);
+        }
+        let written = self.segments.get(&loc.segment).map_or(0, |s| s.len);
+        let unmade = self.behind.iter().filter(|b| b.segment == loc.segment).map(|b| b.start).min();
+        debug_assert!(
+            unmade.is_none_or(|u| u >= end),
+            "a record is read only once every write behind of its bytes is made"
+        );
+        unmade.map_or(written, |u| u.min(written))
     }
 
     /// Reads one record, checking its header and its data's CRC; returns its data. A large one
@@ -1057,7 +1161,7 @@ impl FileStorage {
     fn read_record(&mut self, loc: Loc, blob: BlobId) -> Result<Vec<u8>, StorageError> {
         // A record still being written behind is read once it is written; one whose write
         // failed fails its checksum below, like any other unreadable record.
-        let _ = self.wait_behind();
+        let written = self.wait_writes_of(loc);
         let path = self.segment_path(loc.segment);
         let segment = self.segments.get(&loc.segment).ok_or(StorageError::Missing(blob))?;
         let mut h = [0u8; HEADER as usize];
@@ -1069,7 +1173,7 @@ impl FileStorage {
                     None => read_direct(direct, &mut self.aligned, loc, &mut h)
                         .map_err(|e| io_err("read a block from", &path, &e))?,
                 };
-                self.read_ahead.advise(loc.segment, loc.at, end, segment.len, direct);
+                self.read_ahead.advise(loc.segment, loc.at, end, written, direct);
                 read
             }
             _ => None,
@@ -1137,11 +1241,9 @@ impl FileStorage {
         // never reach past what this job syncs.
         flusher.shared.published.store(job.mark, std::sync::atomic::Ordering::Release);
         if flusher.jobs.send(Job::Flush(job)).is_err() {
-            self.flusher = None;
-            return Err(StorageError::Io(format!(
-                "the flusher thread of {} has stopped; nothing more can be made durable",
-                self.dir.display()
-            )));
+            // Writes handed to it may never have been made: nothing is made durable any more.
+            let why = format!("the flusher thread of {} has stopped", self.dir.display());
+            return Err(self.poison(why));
         }
         flusher.sent = number;
         let active = self.segments.last_key_value().map(|(&n, _)| n);
@@ -1176,7 +1278,7 @@ impl FileStorage {
                     let job = match job {
                         Job::Flush(job) => job,
                         Job::Write(write) => {
-                            write_behind(write, &theirs, &mut refused_direct);
+                            write_behind(write, &mut refused_direct);
                             continue;
                         }
                     };
@@ -2180,10 +2282,17 @@ mod tests {
         released.join().unwrap();
         assert!(durable_by(&mut s, mark) >= mark);
 
-        // Held again: a read of a block not yet written waits for its write.
+        // Held again: a read of a block not yet written waits for its write, and only such a
+        // read (the holder lets go after 30 s at the latest).
         let held = Held::hold(&shared);
         let late = u64::from(behind) + 2;
         s.put(late, &large(late as u8, 300_000)).unwrap();
+        let asked = std::time::Instant::now();
+        assert_eq!(s.read(1).unwrap(), large(1, 300_000));
+        assert!(
+            asked.elapsed() < std::time::Duration::from_secs(10),
+            "a read of a block written waits for nothing"
+        );
         let asked = std::time::Instant::now();
         let released = held.let_go_after(100);
         assert_eq!(s.read(late).unwrap(), large(late as u8, 300_000), "the read waited for the write");
@@ -2200,6 +2309,36 @@ mod tests {
         for b in 0..=late {
             assert_eq!(back.read(b).unwrap(), large(b as u8, 300_000), "block {b} after a reopen");
         }
+    }
+
+    /// Where blocks cannot be allocated ahead, a large put writes its record itself (so that a
+    /// full disk fails that put alone): it is on disk when the put returns, flusher held or not.
+    #[test]
+    fn without_fallocate_a_large_put_writes_its_record_before_it_returns() {
+        let Some((_t, mut s)) = writing_behind("write-behind-no-fallocate") else { return };
+        let shared = s.flusher.as_ref().unwrap().shared.clone();
+        let held = Held::hold(&shared);
+        s.no_reserve = true;
+        s.put(1, &large(1, 300_000)).unwrap();
+        let loc = s.blocks[&1];
+        let on_disk = fs::metadata(s.segment_path(loc.segment)).unwrap().len();
+        assert!(on_disk >= loc.at + loc.record_bytes(), "the record is on disk ({on_disk} bytes)");
+        assert_eq!(s.read(1).unwrap(), large(1, 300_000));
+        held.let_go_after(0).join().unwrap();
+    }
+
+    /// A write behind whose job is dropped unmade (its thread gone) counts as made and failed:
+    /// nothing waits for it, and nothing after it is made durable.
+    #[test]
+    fn a_write_behind_dropped_unmade_fails_instead_of_being_waited_for() {
+        let Some((_t, mut s)) = writing_behind("write-behind-dropped") else { return };
+        let flusher = s.flusher.as_mut().unwrap();
+        flusher.writes_sent += 1;
+        drop(Pending { shared: flusher.shared.clone(), blob: 7, made: false });
+        let e = s.wait_behind().unwrap_err();
+        assert!(e.contains("stopped before writing block 0000000000000007"), "{e}");
+        s.put(2, b"small").unwrap();
+        assert!(s.sync().is_err(), "nothing is made durable after it");
     }
 
     /// A large put on a full disk is refused at once, with its cause, and leaves the storage
