@@ -1146,12 +1146,12 @@ impl FileStorage {
         if let Some(number) = overlapping {
             let _ = self.wait_writes(number, true);
         }
-        let written = self.segments.get(&loc.segment).map_or(0, |s| s.len);
-        let unmade = self.behind.iter().filter(|b| b.segment == loc.segment).map(|b| b.start).min();
         debug_assert!(
-            unmade.is_none_or(|u| u >= end),
+            !self.behind.iter().any(|b| b.segment == loc.segment && b.start < end && loc.at < b.end),
             "a record is read only once every write behind of its bytes is made"
         );
+        let written = self.segments.get(&loc.segment).map_or(0, |s| s.len);
+        let unmade = self.behind.iter().filter(|b| b.segment == loc.segment).map(|b| b.start).min();
         unmade.map_or(written, |u| u.min(written))
     }
 
@@ -2287,8 +2287,10 @@ mod tests {
         let held = Held::hold(&shared);
         let late = u64::from(behind) + 2;
         s.put(late, &large(late as u8, 300_000)).unwrap();
+        s.put(100, b"small, after the write behind").unwrap();
         let asked = std::time::Instant::now();
         assert_eq!(s.read(1).unwrap(), large(1, 300_000));
+        assert_eq!(s.read(100).unwrap(), b"small, after the write behind");
         assert!(
             asked.elapsed() < std::time::Duration::from_secs(10),
             "a read of a block written waits for nothing"
@@ -2302,6 +2304,7 @@ mod tests {
         for b in 1..=late {
             assert_eq!(s.read(b).unwrap(), large(b as u8, 300_000), "block {b}");
         }
+        assert_eq!(s.read(100).unwrap(), b"small, after the write behind");
         let last = s.flush_behind().unwrap();
         durable_by(&mut s, last);
         drop(s);
