@@ -327,6 +327,13 @@ struct Behind {
     end: u64,
 }
 
+impl Behind {
+    /// Whether it writes any byte of the record at `loc`.
+    fn overlaps(&self, loc: Loc) -> bool {
+        self.segment == loc.segment && self.start < loc.at + loc.record_bytes() && loc.at < self.end
+    }
+}
+
 /// What the flusher thread does, one job at a time, in the order they were handed over: so a
 /// flush handed over after a write behind syncs it.
 enum Job {
@@ -1012,13 +1019,12 @@ impl FileStorage {
         // Room for the worst case: a leading pad, the record, a trailing pad.
         let n = self.segment_for(record + 2 * (ALIGN + HEADER))?;
         let path = self.segment_path(n);
-        let Some(direct) = self.segments.get(&n).and_then(|s| s.direct.clone()) else { return Ok(None) };
-        let mut buf = self.room_behind()?;
+        let segment = self.segments.get(&n).expect("segment_for returns a segment");
+        let Some(direct) = segment.direct.clone() else { return Ok(None) };
         #[cfg(test)]
         let (no_room, no_reserve) = (self.no_room, self.no_reserve);
         #[cfg(not(test))]
         let (no_room, no_reserve) = (false, false);
-        let segment = self.segments.get_mut(&n).expect("segment_for returns a segment");
         let was = segment.len;
         let start = pad_end(was);
         let end = pad_end(start + record);
@@ -1028,6 +1034,9 @@ impl FileStorage {
             Ok(reserved) => reserved && !no_reserve,
             Err(e) => return Err(io_err(&format!("write block {blob:016x} to"), &path, &e)),
         };
+        // A write made here uses the storage's own buffer, kept for the next one.
+        let mut buf = if reserved { self.room_behind()? } else { std::mem::take(&mut self.aligned) };
+        let segment = self.segments.get_mut(&n).expect("segment_for returns a segment");
         let span = buf.take((end - start) as usize);
         span[..HEADER as usize].copy_from_slice(header);
         span[HEADER as usize..record as usize].copy_from_slice(data);
@@ -1043,6 +1052,13 @@ impl FileStorage {
             }
             Ok(())
         })();
+        // The buffer to hand over, or back to the storage if the write was made here.
+        let behind = if reserved {
+            Some(buf)
+        } else {
+            self.aligned = buf;
+            None
+        };
         if let Err(e) = written {
             let _ = segment.file.set_len(was);
             segment.zeroed = was;
@@ -1055,7 +1071,7 @@ impl FileStorage {
             }
             return Err(io_err(&format!("write block {blob:016x} to"), &path, &e));
         }
-        if reserved {
+        if let Some(buf) = behind {
             let flusher = self.flusher.as_mut().expect("room_behind starts the flusher");
             flusher.writes_sent += 1;
             let number = flusher.writes_sent;
@@ -1096,9 +1112,10 @@ impl FileStorage {
         let (sent, shared) = (flusher.writes_sent, flusher.shared.clone());
         let mut state = lock_flush(&shared);
         debug_assert!(state.writes_done <= sent, "only writes handed over are made");
-        while sent - state.writes_done >= WRITES_BEHIND {
-            state = shared.ended.wait(state).unwrap_or_else(|p| p.into_inner());
-        }
+        state = shared
+            .ended
+            .wait_while(state, |s| sent - s.writes_done >= WRITES_BEHIND)
+            .unwrap_or_else(|p| p.into_inner());
         debug_assert!(sent - state.writes_done < WRITES_BEHIND, "at most WRITES_BEHIND writes wait");
         Ok(state.spare.pop().unwrap_or_default())
     }
@@ -1118,10 +1135,12 @@ impl FileStorage {
             self.behind.clear();
             return Ok(());
         };
-        let mut state = lock_flush(&flusher.shared);
-        while wait && state.writes_done < number {
-            state = flusher.shared.ended.wait(state).unwrap_or_else(|p| p.into_inner());
-        }
+        let state = lock_flush(&flusher.shared);
+        let state = flusher
+            .shared
+            .ended
+            .wait_while(state, |s| wait && s.writes_done < number)
+            .unwrap_or_else(|p| p.into_inner());
         debug_assert!(state.writes_done <= flusher.writes_sent, "only writes handed over are made");
         let (done, failed) = (state.writes_done, state.failed.clone());
         drop(state);
@@ -1136,18 +1155,11 @@ impl FileStorage {
     /// below it.
     fn wait_writes_of(&mut self, loc: Loc) -> u64 {
         let _ = self.wait_writes(0, false);
-        let end = loc.at + loc.record_bytes();
-        let overlapping = self
-            .behind
-            .iter()
-            .filter(|b| b.segment == loc.segment && b.start < end && loc.at < b.end)
-            .map(|b| b.number)
-            .max();
-        if let Some(number) = overlapping {
+        if let Some(number) = self.behind.iter().filter(|b| b.overlaps(loc)).map(|b| b.number).max() {
             let _ = self.wait_writes(number, true);
         }
         debug_assert!(
-            !self.behind.iter().any(|b| b.segment == loc.segment && b.start < end && loc.at < b.end),
+            !self.behind.iter().any(|b| b.overlaps(loc)),
             "a record is read only once every write behind of its bytes is made"
         );
         let written = self.segments.get(&loc.segment).map_or(0, |s| s.len);
