@@ -26,9 +26,12 @@
 //! the page cache, where copying a large transfer costs a small machine more CPU than anything
 //! else about it): it starts at a 4 KiB-aligned offset, and pad records (zeros, dead from the
 //! start) fill the gaps before and after it. The write is made *behind* the caller, on the
-//! flusher thread: the put allocates the record's blocks (so that a full disk refuses it at
-//! once), places it and returns, and the node task goes on with the next part while the disk
-//! writes this one. A file system that refuses direct I/O gets every
+//! flusher thread: the put makes sure the record's blocks are allocated (so that a full disk
+//! refuses it at once), places it and returns, and the node task goes on with the next part
+//! while the disk writes this one. A segment's blocks are allocated for all of it at its first
+//! large put (`fallocate`, keeping the file's size), while no write behind is in flight on it:
+//! `fallocate` waits for the file's lock, which a direct write growing the file holds until the
+//! disk has its bytes. A file system that refuses direct I/O gets every
 //! record through the page cache, as smaller records always do.
 //!
 //! Invariants kept here:
@@ -188,9 +191,10 @@ pub struct FileStorage {
     gather: Vec<u8>,
     /// Writes behind handed over and not yet known to be made, oldest first.
     behind: std::collections::VecDeque<Behind>,
-    /// Set by a test: large puts find no room, as on a full disk.
+    /// Set by a test: large puts find no room, as on a full disk (`Some(n)`: room for
+    /// allocations of at most `n` bytes).
     #[cfg(test)]
-    no_room: bool,
+    no_room: Option<u64>,
     /// Set by a test: blocks cannot be allocated ahead, as on a file system without
     /// `fallocate`.
     #[cfg(test)]
@@ -211,6 +215,9 @@ struct Segment {
     zeroed: u64,
     /// Bytes of records no longer needed: replaced or deleted blocks, and tombstones.
     dead: u64,
+    /// Bytes from the start whose blocks were allocated ahead (`fallocate`) for large records:
+    /// a write behind below it cannot fail for want of space. 0 in a segment found at open.
+    reserved: u64,
     /// Every block with a put record in this segment, live or not (to know which tombstones
     /// newer segments still need).
     puts: HashSet<BlobId>,
@@ -241,6 +248,7 @@ impl Segment {
             len: 0,
             zeroed: 0,
             dead: 0,
+            reserved: 0,
             puts: HashSet::new(),
             damaged: false,
         }
@@ -578,10 +586,11 @@ fn open_direct(path: &Path) -> Option<File> {
 }
 
 /// Allocates the blocks of `len` bytes at `at` in `file` without changing its size, so that a
-/// write there cannot fail for want of space (`no_room`: fail as a full disk does, for tests).
-/// `false` on a file system without `fallocate`: the write must then find its blocks itself.
-fn reserve(file: &File, at: u64, len: u64, no_room: bool) -> std::io::Result<bool> {
-    if no_room {
+/// write there cannot fail for want of space (`room`, for tests: allocations of more bytes fail
+/// as on a full disk). `false` on a file system without `fallocate`: the write must then find
+/// its blocks itself.
+fn reserve(file: &File, at: u64, len: u64, room: Option<u64>) -> std::io::Result<bool> {
+    if room.is_some_and(|room| len > room) {
         return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
     }
     match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, at, len) {
@@ -715,7 +724,7 @@ impl FileStorage {
             gather: Vec::new(),
             behind: std::collections::VecDeque::new(),
             #[cfg(test)]
-            no_room: false,
+            no_room: None,
             #[cfg(test)]
             no_reserve: false,
             read_ahead: ReadAhead::default(),
@@ -1022,17 +1031,35 @@ impl FileStorage {
         let segment = self.segments.get(&n).expect("segment_for returns a segment");
         let Some(direct) = segment.direct.clone() else { return Ok(None) };
         #[cfg(test)]
-        let (no_room, no_reserve) = (self.no_room, self.no_reserve);
+        let (room, no_reserve) = (self.no_room, self.no_reserve);
         #[cfg(not(test))]
-        let (no_room, no_reserve) = (false, false);
+        let (room, no_reserve) = (None, false);
         let was = segment.len;
         let start = pad_end(was);
         let end = pad_end(start + record);
         // The blocks the write needs are found now: a full disk refuses this put, here and with
         // its cause, instead of failing the write behind (which fails every flush after it).
-        let reserved = match reserve(&segment.file, was, end - was, no_room) {
-            Ok(reserved) => reserved && !no_reserve,
-            Err(e) => return Err(io_err(&format!("write block {blob:016x} to"), &path, &e)),
+        // They are allocated for the rest of the segment at once, at its first large put, when
+        // no write behind is in flight on it: `fallocate` waits for the file's lock, which a
+        // direct write growing the file holds until the disk has it, so allocating record by
+        // record made the node task wait for the previous part's write at every part. A disk
+        // without room for the rest of the segment still gives this record its own blocks.
+        let reserved = if end <= segment.reserved {
+            !no_reserve
+        } else {
+            let from = was.max(segment.reserved);
+            let whole = pad_end(self.segment_bytes).max(end);
+            let reserved = match reserve(&segment.file, from, whole - from, room) {
+                Ok(reserved) => reserved.then_some(whole),
+                Err(_) => match reserve(&segment.file, from, end - from, room) {
+                    Ok(reserved) => reserved.then_some(end),
+                    Err(e) => return Err(io_err(&format!("write block {blob:016x} to"), &path, &e)),
+                },
+            };
+            if let Some(upto) = reserved {
+                self.segments.get_mut(&n).expect("segment_for returns a segment").reserved = upto;
+            }
+            reserved.is_some() && !no_reserve
         };
         // A write made here uses the storage's own buffer, kept for the next one.
         let mut buf = if reserved { self.room_behind()? } else { std::mem::take(&mut self.aligned) };
@@ -2360,13 +2387,23 @@ mod tests {
     /// as it was: the older version of its block stays, and later puts and syncs succeed.
     #[test]
     fn a_large_put_that_finds_no_room_is_refused_at_once_and_poisons_nothing() {
-        let Some((t, mut s)) = writing_behind("write-behind-full") else { return };
-        let len = s.segments.values().next().unwrap().len;
-        s.no_room = true;
+        let t = TempDir::new("write-behind-full");
+        // Segments of 512 KiB: the second large put needs a segment whose blocks are not
+        // allocated yet.
+        let mut s = FileStorage::open_with(&t.blocks(), 512 << 10).unwrap();
+        s.direct_at_least = 150;
+        s.put(0, &large(0, 300_000)).unwrap();
+        sync(&mut s);
+        if s.segments.values().next().expect("a segment").direct.is_none() {
+            return eprintln!("no direct I/O on this file system: nothing is written behind");
+        }
+        let held = |s: &FileStorage| s.segments.values().map(|g| g.len).sum::<u64>();
+        let before = held(&s);
+        s.no_room = Some(0);
         let e = s.put(0, &large(9, 300_000)).unwrap_err();
         assert!(e.to_string().contains("No space left on device"), "{e}");
-        assert_eq!(s.segments.values().next().unwrap().len, len, "the refused put took no room");
-        s.no_room = false;
+        assert_eq!(held(&s), before, "the refused put took no room");
+        s.no_room = None;
         assert_eq!(s.read(0).unwrap(), large(0, 300_000), "the older version stays");
         s.put(2, &large(2, 300_000)).unwrap();
         sync(&mut s);
@@ -2374,6 +2411,48 @@ mod tests {
         let mut back = FileStorage::open(&t.blocks()).unwrap();
         assert_eq!(back.read(0).unwrap(), large(0, 300_000));
         assert_eq!(back.read(2).unwrap(), large(2, 300_000));
+    }
+
+    /// A segment's blocks are allocated for all of it at its first large put, while no write
+    /// behind is in flight on it (allocating record by record waited for the previous write
+    /// every time): the later large puts into it need no more room.
+    #[test]
+    fn a_segment_is_allocated_whole_at_its_first_large_put() {
+        let Some((_t, mut s)) = writing_behind("write-behind-allocated") else { return };
+        let n = s.blocks[&0].segment;
+        assert!(s.segments[&n].reserved >= SEGMENT_BYTES, "{} bytes allocated", s.segments[&n].reserved);
+        s.no_room = Some(0);
+        for b in 1..4 {
+            s.put(b, &large(b as u8, 300_000)).unwrap();
+            assert_eq!(s.blocks[&b].segment, n);
+        }
+        sync(&mut s);
+        for b in 0..4 {
+            assert_eq!(s.read(b).unwrap(), large(b as u8, 300_000));
+        }
+    }
+
+    /// A disk without room for the rest of a segment still takes a large record that fits:
+    /// the record's own blocks are allocated.
+    #[test]
+    fn without_room_for_the_rest_of_its_segment_a_large_put_allocates_its_own_blocks() {
+        let t = TempDir::new("write-behind-little-room");
+        let mut s = FileStorage::open(&t.blocks()).unwrap();
+        s.direct_at_least = 150;
+        s.no_room = Some(1 << 20);
+        s.put(0, &large(0, 300_000)).unwrap();
+        let loc = s.blocks[&0];
+        if s.segments[&loc.segment].direct.is_none() {
+            return eprintln!("no direct I/O on this file system: nothing is written behind");
+        }
+        let reserved = s.segments[&loc.segment].reserved;
+        assert!(reserved >= loc.at + loc.record_bytes() && reserved < SEGMENT_BYTES, "{reserved}");
+        s.put(1, &large(1, 300_000)).unwrap();
+        s.no_room = Some(0);
+        assert!(s.put(2, &large(2, 300_000)).is_err(), "no room is left for a third");
+        sync(&mut s);
+        assert_eq!(s.read(0).unwrap(), large(0, 300_000));
+        assert_eq!(s.read(1).unwrap(), large(1, 300_000));
     }
 
     /// A write behind that fails fails the flush after it and every sync after that, and its
