@@ -31,7 +31,9 @@
 //! while the disk writes this one. A segment's blocks are allocated for all of it at its first
 //! large put (`fallocate`, keeping the file's size), while no write behind is in flight on it:
 //! `fallocate` waits for the file's lock, which a direct write growing the file holds until the
-//! disk has its bytes. A file system that refuses direct I/O gets every
+//! disk has its bytes. A disk without room for the rest of a segment gets each large record's
+//! blocks allocated as it is put; a segment cut back after a failed write has lost the blocks
+//! past the cut, and its next large put allocates again. A file system that refuses direct I/O gets every
 //! record through the page cache, as smaller records always do.
 //!
 //! Invariants kept here:
@@ -216,8 +218,12 @@ struct Segment {
     /// Bytes of records no longer needed: replaced or deleted blocks, and tombstones.
     dead: u64,
     /// Bytes from the start whose blocks were allocated ahead (`fallocate`) for large records:
-    /// a write behind below it cannot fail for want of space. 0 in a segment found at open.
+    /// a write behind below it cannot fail for want of space. 0 in a segment found at open;
+    /// lowered when the file is cut ([`Segment::cut`]: a truncation frees the blocks past it).
     reserved: u64,
+    /// The disk had no room to allocate the rest of the segment at once: large puts in it
+    /// allocate their own records' blocks.
+    short_of_room: bool,
     /// Every block with a put record in this segment, live or not (to know which tombstones
     /// newer segments still need).
     puts: HashSet<BlobId>,
@@ -249,6 +255,7 @@ impl Segment {
             zeroed: 0,
             dead: 0,
             reserved: 0,
+            short_of_room: false,
             puts: HashSet::new(),
             damaged: false,
         }
@@ -271,9 +278,17 @@ impl Segment {
         match self.file.write_all_at(&zeros, self.zeroed) {
             Ok(()) => self.zeroed = until,
             Err(_) => {
-                let _ = self.file.set_len(self.zeroed);
+                let _ = self.cut(self.zeroed);
             }
         }
+    }
+
+    /// Cuts the file back to `at` bytes (after a failed write). A truncation frees the blocks
+    /// allocated past the new end as well, so the allocation mark comes down with it.
+    fn cut(&mut self, at: u64) -> std::io::Result<()> {
+        self.zeroed = at;
+        self.reserved = self.reserved.min(at);
+        self.file.set_len(at)
     }
 }
 
@@ -994,8 +1009,7 @@ impl FileStorage {
         if let Err(e) = written {
             // Best effort: the next record is written at `at` anyway, and a scan stops at the
             // first header that is not whole and valid.
-            let _ = segment.file.set_len(at);
-            segment.zeroed = at;
+            let _ = segment.cut(at);
             return Err(io_err(&format!("write block {blob:016x} to"), &path, &e));
         }
         segment.len = at + bytes;
@@ -1049,15 +1063,24 @@ impl FileStorage {
         } else {
             let from = was.max(segment.reserved);
             let whole = pad_end(self.segment_bytes).max(end);
-            let reserved = match reserve(&segment.file, from, whole - from, room) {
-                Ok(reserved) => reserved.then_some(whole),
-                Err(_) => match reserve(&segment.file, from, end - from, room) {
-                    Ok(reserved) => reserved.then_some(end),
+            let (mut reserved, mut short) = (None, segment.short_of_room);
+            if !short {
+                match reserve(&segment.file, from, whole - from, room) {
+                    Ok(done) => reserved = done.then_some(whole),
+                    Err(_) if whole > end => short = true,
                     Err(e) => return Err(io_err(&format!("write block {blob:016x} to"), &path, &e)),
-                },
-            };
+                }
+            }
+            if short {
+                match reserve(&segment.file, from, end - from, room) {
+                    Ok(done) => reserved = done.then_some(end),
+                    Err(e) => return Err(io_err(&format!("write block {blob:016x} to"), &path, &e)),
+                }
+            }
+            let segment = self.segments.get_mut(&n).expect("segment_for returns a segment");
+            segment.short_of_room = short;
             if let Some(upto) = reserved {
-                self.segments.get_mut(&n).expect("segment_for returns a segment").reserved = upto;
+                segment.reserved = upto;
             }
             reserved.is_some() && !no_reserve
         };
@@ -1087,8 +1110,7 @@ impl FileStorage {
             None
         };
         if let Err(e) = written {
-            let _ = segment.file.set_len(was);
-            segment.zeroed = was;
+            let _ = segment.cut(was);
             if e.kind() == ErrorKind::InvalidInput {
                 // The file system opened the file for direct I/O but refuses the write (an
                 // alignment it wants larger, say): this segment goes through the page cache.
@@ -1107,8 +1129,7 @@ impl FileStorage {
             let job = WriteJob { direct, file: segment.file.clone(), path, at: start, buf, len, pending };
             if flusher.jobs.send(Job::Write(job)).is_err() {
                 // The job came back and was dropped: counted as made, and failed.
-                let _ = segment.file.set_len(was);
-                segment.zeroed = was;
+                let _ = segment.cut(was);
                 let why = format!("the flusher thread of {} has stopped", self.dir.display());
                 return Err(self.poison(why));
             }
@@ -2420,7 +2441,13 @@ mod tests {
     fn a_segment_is_allocated_whole_at_its_first_large_put() {
         let Some((_t, mut s)) = writing_behind("write-behind-allocated") else { return };
         let n = s.blocks[&0].segment;
+        if s.segments[&n].reserved == 0 {
+            return eprintln!("no fallocate on this file system: nothing is allocated ahead");
+        }
         assert!(s.segments[&n].reserved >= SEGMENT_BYTES, "{} bytes allocated", s.segments[&n].reserved);
+        use std::os::unix::fs::MetadataExt;
+        let blocks = fs::metadata(s.segment_path(n)).unwrap().blocks() * 512;
+        assert!(blocks >= SEGMENT_BYTES, "{blocks} bytes of blocks");
         s.no_room = Some(0);
         for b in 1..4 {
             s.put(b, &large(b as u8, 300_000)).unwrap();
@@ -2447,11 +2474,34 @@ mod tests {
         }
         let reserved = s.segments[&loc.segment].reserved;
         assert!(reserved >= loc.at + loc.record_bytes() && reserved < SEGMENT_BYTES, "{reserved}");
+        assert!(s.segments[&loc.segment].short_of_room, "later puts allocate their records alone");
         s.put(1, &large(1, 300_000)).unwrap();
         s.no_room = Some(0);
         assert!(s.put(2, &large(2, 300_000)).is_err(), "no room is left for a third");
         sync(&mut s);
         assert_eq!(s.read(0).unwrap(), large(0, 300_000));
+        assert_eq!(s.read(1).unwrap(), large(1, 300_000));
+    }
+
+    /// Cutting a segment back (after a failed write) frees the blocks allocated past the cut,
+    /// so the next large put there allocates again (and a full disk refuses it).
+    #[test]
+    fn a_segment_cut_back_allocates_again() {
+        let Some((_t, mut s)) = writing_behind("write-behind-cut") else { return };
+        let n = s.blocks[&0].segment;
+        if s.segments[&n].reserved == 0 {
+            return eprintln!("no fallocate on this file system: nothing is allocated ahead");
+        }
+        s.wait_behind().unwrap();
+        let len = s.segments[&n].len;
+        s.segments.get_mut(&n).unwrap().cut(len).unwrap();
+        assert_eq!(s.segments[&n].reserved, len);
+        s.no_room = Some(0);
+        assert!(s.put(1, &large(1, 300_000)).is_err(), "the blocks past the cut are gone");
+        s.no_room = None;
+        s.put(1, &large(1, 300_000)).unwrap();
+        assert!(s.segments[&n].reserved >= SEGMENT_BYTES);
+        sync(&mut s);
         assert_eq!(s.read(1).unwrap(), large(1, 300_000));
     }
 
