@@ -122,6 +122,12 @@ fn describe_parts(
     if len > limit {
         return Err(format!("{} is {len} bytes, over the {limit}-byte limit for one write", path.display()));
     }
+    if whole.is_none() && len.div_ceil(chunk.max(1) as u64) >= SPLIT_DESCRIBE_PARTS {
+        let parts = describe_split(&file, path, len, chunk)?;
+        progress.total.store(len, Ordering::Relaxed);
+        let reader = Arc::new(FileSource { file, path: path.to_path_buf(), progress });
+        return Ok(UploadSource { parts, reader });
+    }
     let mut parts = Vec::with_capacity(len.div_ceil(chunk as u64) as usize);
     // A buffer no larger than the file and one byte (so that a file that grew is seen): a 4 KiB
     // append must not zero (and fault in) a whole chunk.
@@ -157,6 +163,55 @@ fn describe_parts(
     progress.total.store(len, Ordering::Relaxed);
     let reader = Arc::new(FileSource { file, path: path.to_path_buf(), progress });
     Ok(UploadSource { parts, reader })
+}
+
+/// Files of at least this many parts are described by two threads, each reading half of the
+/// parts (a file hashed whole as well is read in one pass). Describing is all a create does
+/// before its first byte travels: a 1 GiB create spent about 0.4 s on it, with the rest of the
+/// machine idle.
+const SPLIT_DESCRIBE_PARTS: u64 = 64;
+
+/// The parts of the `len` bytes of `file`, described by two threads (blocking), each reading
+/// its half of them at their offsets; an error if the file is not `len` bytes long throughout.
+fn describe_split(file: &File, path: &Path, len: u64, chunk: usize) -> Result<Vec<PartMeta>, String> {
+    let count = len.div_ceil(chunk as u64);
+    let describe_range = |from: u64, to: u64| -> Result<Vec<PartMeta>, String> {
+        let mut buf = vec![0u8; chunk];
+        let mut parts = Vec::with_capacity((to - from) as usize);
+        for i in from..to {
+            let at = i * chunk as u64;
+            let n = (len - at).min(chunk as u64) as usize;
+            file.read_exact_at(&mut buf[..n], at).map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => {
+                    format!("{} changed size while it was read (it was {len} bytes)", path.display())
+                }
+                _ => format!("cannot read {}: {e}", path.display()),
+            })?;
+            parts.push(PartMeta::of(&buf[..n]));
+        }
+        Ok(parts)
+    };
+    let half = count / 2;
+    let (first, rest) = std::thread::scope(|scope| {
+        let second = std::thread::Builder::new().spawn_scoped(scope, || describe_range(half, count));
+        let first = describe_range(0, half);
+        let rest = match second {
+            Ok(handle) => {
+                handle.join().unwrap_or_else(|_| Err(format!("describing {} failed", path.display())))
+            }
+            // No second thread: this one reads the rest too.
+            Err(_) => describe_range(half, count),
+        };
+        (first, rest)
+    });
+    let mut parts = first?;
+    parts.extend(rest?);
+    let now = file.metadata().map_err(|e| format!("cannot stat {}: {e}", path.display()))?.len();
+    if now != len {
+        return Err(format!("{} changed size while it was read ({len} then {now} bytes)", path.display()));
+    }
+    debug_assert_eq!(parts.len() as u64, count, "one description per part");
+    Ok(parts)
 }
 
 /// The lowercase hex SHA-256 and the length of a local file, read a chunk at a time
@@ -626,6 +681,24 @@ mod tests {
         assert!(e.contains("over the 2000-byte limit"), "{e}");
         let e = describe(&dir.join("missing"), 1000, 1 << 20, progress).err().unwrap();
         assert!(e.contains("cannot read local file"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A file of many parts is described by two threads, part for part as one pass would.
+    #[test]
+    fn a_file_of_many_parts_is_described_in_two_halves_as_in_one_pass() {
+        let dir = temp_dir("split");
+        let chunk = 1000;
+        for len in [SPLIT_DESCRIBE_PARTS * 1000, SPLIT_DESCRIBE_PARTS * 1000 + 1, 150_777] {
+            let data: Vec<u8> = (0..len).map(|i| if i % 37 == 0 { b'\n' } else { (i * 7) as u8 }).collect();
+            std::fs::write(dir.join("f"), &data).unwrap();
+            let src = describe(&dir.join("f"), chunk, 1 << 20, Arc::new(Progress::default())).unwrap();
+            let want: Vec<PartMeta> = data.chunks(chunk).map(PartMeta::of).collect();
+            assert_eq!(src.parts, want, "{len} bytes");
+            let file = File::open(dir.join("f")).unwrap();
+            let e = describe_split(&file, &dir.join("f"), len + 5, chunk).unwrap_err();
+            assert!(e.contains("changed size while it was read"), "{e}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
