@@ -122,7 +122,7 @@ fn describe_parts(
     if len > limit {
         return Err(format!("{} is {len} bytes, over the {limit}-byte limit for one write", path.display()));
     }
-    if whole.is_none() && len.div_ceil(chunk.max(1) as u64) >= SPLIT_DESCRIBE_PARTS {
+    if whole.is_none() && chunk > 0 && len.div_ceil(chunk as u64) >= SPLIT_DESCRIBE_PARTS {
         let parts = describe_split(&file, path, len, chunk)?;
         progress.total.store(len, Ordering::Relaxed);
         let reader = Arc::new(FileSource { file, path: path.to_path_buf(), progress });
@@ -167,8 +167,8 @@ fn describe_parts(
 
 /// Files of at least this many parts are described by two threads, each reading half of the
 /// parts (a file hashed whole as well is read in one pass). Describing is all a create does
-/// before its first byte travels: a 1 GiB create spent about 0.4 s on it, with the rest of the
-/// machine idle.
+/// before its first byte travels, with the rest of the machine idle: about 0.15 s of a 1 GiB
+/// create in one pass, 0.09 s in two.
 const SPLIT_DESCRIBE_PARTS: u64 = 64;
 
 /// The parts of the `len` bytes of `file`, described by two threads (blocking), each reading
