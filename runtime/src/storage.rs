@@ -283,6 +283,40 @@ impl Segment {
         }
     }
 
+    /// Makes sure the blocks up to `end` are allocated, so that a write below it cannot fail for
+    /// want of space; `false` where the file system cannot allocate ahead. They are allocated
+    /// up to `whole` (the segment's size) at once, at the segment's first large put, when no
+    /// write behind is in flight on it: `fallocate` waits for the file's lock, which a direct
+    /// write growing the file holds until the disk has it, so allocating record by record made
+    /// the node task wait for the previous part's write at every part. A disk without room for
+    /// that much still gives the record its own blocks, and so every record after it.
+    fn allocate(&mut self, end: u64, whole: u64, room: Option<u64>) -> std::io::Result<bool> {
+        debug_assert!(end <= whole, "a record ends within its segment's allocation");
+        if end <= self.reserved {
+            return Ok(true);
+        }
+        let from = self.len.max(self.reserved);
+        if !self.short_of_room {
+            match reserve(&self.file, from, whole - from, room) {
+                Ok(done) => {
+                    if done {
+                        self.reserved = whole;
+                    }
+                    return Ok(done);
+                }
+                Err(_) if whole > end => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // A put refused here changes nothing: the whole is tried again at the next one.
+        let done = reserve(&self.file, from, end - from, room)?;
+        self.short_of_room = true;
+        if done {
+            self.reserved = end;
+        }
+        Ok(done)
+    }
+
     /// Cuts the file back to `at` bytes (after a failed write). A truncation frees the blocks
     /// allocated past the new end as well, so the allocation mark comes down with it.
     fn cut(&mut self, at: u64) -> std::io::Result<()> {
@@ -1042,7 +1076,8 @@ impl FileStorage {
         // Room for the worst case: a leading pad, the record, a trailing pad.
         let n = self.segment_for(record + 2 * (ALIGN + HEADER))?;
         let path = self.segment_path(n);
-        let segment = self.segments.get(&n).expect("segment_for returns a segment");
+        let whole = pad_end(self.segment_bytes);
+        let segment = self.segments.get_mut(&n).expect("segment_for returns a segment");
         let Some(direct) = segment.direct.clone() else { return Ok(None) };
         #[cfg(test)]
         let (room, no_reserve) = (self.no_room, self.no_reserve);
@@ -1053,37 +1088,14 @@ impl FileStorage {
         let end = pad_end(start + record);
         // The blocks the write needs are found now: a full disk refuses this put, here and with
         // its cause, instead of failing the write behind (which fails every flush after it).
-        // They are allocated for the rest of the segment at once, at its first large put, when
-        // no write behind is in flight on it: `fallocate` waits for the file's lock, which a
-        // direct write growing the file holds until the disk has it, so allocating record by
-        // record made the node task wait for the previous part's write at every part. A disk
-        // without room for the rest of the segment still gives this record its own blocks.
-        let reserved = if end <= segment.reserved {
-            !no_reserve
-        } else {
-            let from = was.max(segment.reserved);
-            let whole = pad_end(self.segment_bytes).max(end);
-            let (mut reserved, mut short) = (None, segment.short_of_room);
-            if !short {
-                match reserve(&segment.file, from, whole - from, room) {
-                    Ok(done) => reserved = done.then_some(whole),
-                    Err(_) if whole > end => short = true,
-                    Err(e) => return Err(io_err(&format!("write block {blob:016x} to"), &path, &e)),
-                }
-            }
-            if short {
-                match reserve(&segment.file, from, end - from, room) {
-                    Ok(done) => reserved = done.then_some(end),
-                    Err(e) => return Err(io_err(&format!("write block {blob:016x} to"), &path, &e)),
-                }
-            }
-            let segment = self.segments.get_mut(&n).expect("segment_for returns a segment");
-            segment.short_of_room = short;
-            if let Some(upto) = reserved {
-                segment.reserved = upto;
-            }
-            reserved.is_some() && !no_reserve
-        };
+        let allocated = segment
+            .allocate(end, whole.max(end), room)
+            .map_err(|e| io_err(&format!("write block {blob:016x} to"), &path, &e))?;
+        let reserved = allocated && !no_reserve;
+        debug_assert!(
+            !reserved || end <= self.segments[&n].reserved,
+            "a write behind lies within its segment's allocated blocks"
+        );
         // A write made here uses the storage's own buffer, kept for the next one.
         let mut buf = if reserved { self.room_behind()? } else { std::mem::take(&mut self.aligned) };
         let segment = self.segments.get_mut(&n).expect("segment_for returns a segment");
@@ -2258,8 +2270,13 @@ mod tests {
     /// direct, holding `large(0, 300_000)` as block 0, synced; `None` (with a note) where the
     /// file system refuses direct I/O, so that nothing is written behind.
     fn writing_behind(tag: &str) -> Option<(TempDir, FileStorage)> {
+        writing_behind_in(tag, SEGMENT_BYTES)
+    }
+
+    /// [`writing_behind`] with segments of `segment_bytes`.
+    fn writing_behind_in(tag: &str, segment_bytes: u64) -> Option<(TempDir, FileStorage)> {
         let t = TempDir::new(tag);
-        let mut s = FileStorage::open(&t.blocks()).unwrap();
+        let mut s = FileStorage::open_with(&t.blocks(), segment_bytes).unwrap();
         s.direct_at_least = 150;
         s.put(0, &large(0, 300_000)).unwrap();
         sync(&mut s);
@@ -2408,16 +2425,9 @@ mod tests {
     /// as it was: the older version of its block stays, and later puts and syncs succeed.
     #[test]
     fn a_large_put_that_finds_no_room_is_refused_at_once_and_poisons_nothing() {
-        let t = TempDir::new("write-behind-full");
         // Segments of 512 KiB: the second large put needs a segment whose blocks are not
         // allocated yet.
-        let mut s = FileStorage::open_with(&t.blocks(), 512 << 10).unwrap();
-        s.direct_at_least = 150;
-        s.put(0, &large(0, 300_000)).unwrap();
-        sync(&mut s);
-        if s.segments.values().next().expect("a segment").direct.is_none() {
-            return eprintln!("no direct I/O on this file system: nothing is written behind");
-        }
+        let Some((t, mut s)) = writing_behind_in("write-behind-full", 512 << 10) else { return };
         let held = |s: &FileStorage| s.segments.values().map(|g| g.len).sum::<u64>();
         let before = held(&s);
         s.no_room = Some(0);
