@@ -66,7 +66,7 @@ use crate::rainstorm::{
 };
 use crate::replay::{FrameSeq, ReplayGuard, Verdict, DEFAULT_MAX_WINDOWS};
 use crate::time::{Millis, Time};
-use crate::wire::{Body, Codec, Envelope};
+use crate::wire::{Body, Codec, Envelope, Frame};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 
@@ -130,14 +130,23 @@ impl fmt::Display for Lane {
     }
 }
 
-/// One encoded frame for the driver to send.
+/// One encoded frame for the driver to send: sealed (`Vec<u8>`, from [`Node::poll_transmit`]),
+/// or still to seal ([`Frame`], from [`Node::poll_transmit_unsealed`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Transmit {
+pub struct Transmit<P = Vec<u8>> {
     pub to: NodeAddr,
     pub channel: Channel,
     /// The stream connection to send it on (always [`Lane::Control`] for datagrams).
     pub lane: Lane,
-    pub payload: Vec<u8>,
+    pub payload: P,
+}
+
+impl Transmit<Frame> {
+    /// The same transmit with its frame sealed ([`Frame::seal`]).
+    pub fn seal(self) -> Transmit {
+        let Transmit { to, channel, lane, payload } = self;
+        Transmit { to, channel, lane, payload: payload.seal() }
+    }
 }
 
 /// What a node reports to its driver and user.
@@ -594,6 +603,14 @@ impl Node {
     /// The next frame to send. Drain until `None` after every input.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.poll_transmit_unsealed().map(Transmit::seal)
+    }
+
+    /// The next frame to send, as [`Node::poll_transmit`], but without its trailer: the driver
+    /// seals it ([`Transmit::seal`]) before sending, on this thread or another. Frames of one
+    /// (destination, lane) must still be sent in the order they were polled.
+    #[must_use]
+    pub fn poll_transmit_unsealed(&mut self) -> Option<Transmit<Frame>> {
         if self.outbox.is_empty() {
             // Every input routes what it produced; this only catches what a layer queued
             // outside one (nothing today), at the time of the latest input.
@@ -610,7 +627,7 @@ impl Node {
             };
             seq.0 += 1;
             let envelope = Envelope { from: self.membership.me(), to, lane, seq: *seq, body };
-            match self.codec.encode(&envelope, self.limit(channel)) {
+            match self.codec.encode_unsealed(&envelope, self.limit(channel)) {
                 Ok(payload) => {
                     self.stats.frames_sent += 1;
                     self.stats.bytes_sent += payload.len() as u64;

@@ -227,6 +227,71 @@ pub fn canonical_bytes<T: Serialize>(value: &T) -> Vec<u8> {
     bincode_options(usize::MAX).serialize(value).unwrap_or_default()
 }
 
+/// An encoded frame still without its trailer (its CRC32C, or its keyed BLAKE3 tag), from
+/// [`Codec::encode_unsealed`]. [`Frame::seal`] computes the trailer and returns the frame as it
+/// goes on the wire. Sealing is apart from encoding so that a driver can tag a large frame on
+/// another thread than the node's: the tag of a 1 MiB chunk costs about as much as every other
+/// step of serving it on the node's thread together.
+///
+/// Invariant: `bytes` is a whole frame but for the trailer, which [`Frame::len`] counts.
+#[must_use = "a frame is sent once sealed"]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    bytes: Vec<u8>,
+    trailer: Trailer,
+}
+
+/// What closes a frame: a CRC32C, or the keyed tag under the key it names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Trailer {
+    Crc,
+    Tag(ClusterKey),
+}
+
+impl Trailer {
+    fn bytes(&self) -> usize {
+        match self {
+            Trailer::Crc => CRC_BYTES,
+            Trailer::Tag(_) => TAG_BYTES,
+        }
+    }
+
+    /// Appends this trailer over `frame` (its header and payload).
+    fn append_to(&self, frame: &mut Vec<u8>) {
+        match self {
+            Trailer::Crc => {
+                let crc = crc32c::crc32c(frame);
+                frame.extend_from_slice(&crc.to_le_bytes());
+            }
+            Trailer::Tag(key) => {
+                let tag = key.tag(frame);
+                frame.extend_from_slice(tag.as_bytes());
+            }
+        }
+    }
+}
+
+impl Frame {
+    /// The frame's length once sealed.
+    pub fn len(&self) -> usize {
+        self.bytes.len() + self.trailer.bytes()
+    }
+
+    /// Never: a frame has at least its header and trailer.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Computes the trailer and returns the frame as sent.
+    pub fn seal(self) -> Vec<u8> {
+        let Frame { mut bytes, trailer } = self;
+        let len = bytes.len() + trailer.bytes();
+        trailer.append_to(&mut bytes);
+        debug_assert_eq!(bytes.len(), len);
+        bytes
+    }
+}
+
 /// Encodes and decodes envelopes under zero, one or several accepted cluster keys.
 ///
 /// With keys, frames are signed with the first (the current key) and accepted under any of them,
@@ -281,6 +346,12 @@ impl Codec {
 
     /// Encodes `envelope` into one frame of at most `limit` bytes.
     pub fn encode(&self, envelope: &Envelope, limit: usize) -> Result<Vec<u8>, WireError> {
+        self.encode_unsealed(envelope, limit).map(Frame::seal)
+    }
+
+    /// Encodes `envelope` into one frame of at most `limit` bytes, all but its trailer:
+    /// [`Frame::seal`] computes that, on whichever thread the caller chooses.
+    pub fn encode_unsealed(&self, envelope: &Envelope, limit: usize) -> Result<Frame, WireError> {
         let payload_len = bincode_options(usize::MAX)
             .serialized_size(envelope)
             .map_err(|e| WireError::Malformed(e.to_string()))? as usize;
@@ -288,17 +359,18 @@ impl Codec {
         if len > limit {
             return Err(WireError::TooLarge { len, limit });
         }
-        // The payload is serialized straight into the frame (no second copy of a large body).
-        let mut frame = Vec::with_capacity(len);
-        frame.extend_from_slice(&MAGIC);
-        frame.push(WIRE_VERSION);
-        frame.push(if self.keys.is_empty() { 0 } else { FLAG_AUTHENTICATED });
-        frame.push(envelope.lane.index() as u8);
-        frame.extend_from_slice(&(payload_len as u32).to_le_bytes());
+        // The payload is serialized straight into the frame (no second copy of a large body),
+        // which has room for its trailer already.
+        let mut bytes = Vec::with_capacity(len);
+        bytes.extend_from_slice(&MAGIC);
+        bytes.push(WIRE_VERSION);
+        bytes.push(if self.keys.is_empty() { 0 } else { FLAG_AUTHENTICATED });
+        bytes.push(envelope.lane.index() as u8);
+        bytes.extend_from_slice(&(payload_len as u32).to_le_bytes());
         bincode_options(usize::MAX)
-            .serialize_into(&mut frame, envelope)
+            .serialize_into(&mut bytes, envelope)
             .map_err(|e| WireError::Malformed(e.to_string()))?;
-        self.seal(&mut frame);
+        let frame = Frame { bytes, trailer: self.trailer() };
         debug_assert_eq!(frame.len(), len);
         Ok(frame)
     }
@@ -308,29 +380,27 @@ impl Codec {
     /// frame checks pass, so [`Codec::decode`] hands `payload` to the payload decoder. For tests
     /// and fuzzing; nodes frame envelopes with [`Codec::encode`].
     pub fn frame_raw(&self, lane: Lane, payload: &[u8]) -> Vec<u8> {
-        let mut frame = Vec::with_capacity(HEADER_BYTES + payload.len() + self.trailer_bytes());
-        frame.extend_from_slice(&MAGIC);
-        frame.push(WIRE_VERSION);
-        frame.push(if self.keys.is_empty() { 0 } else { FLAG_AUTHENTICATED });
-        frame.push(lane.index() as u8);
-        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        frame.extend_from_slice(payload);
-        self.seal(&mut frame);
-        frame
+        self.frame_raw_unsealed(lane, payload).seal()
     }
 
-    /// Appends the trailer over `frame` (header and payload): a CRC32C, or the keyed BLAKE3 tag
-    /// under the current key.
-    fn seal(&self, frame: &mut Vec<u8>) {
+    /// [`Codec::frame_raw`] before its trailer (see [`Codec::encode_unsealed`]).
+    pub fn frame_raw_unsealed(&self, lane: Lane, payload: &[u8]) -> Frame {
+        let trailer = self.trailer();
+        let mut bytes = Vec::with_capacity(HEADER_BYTES + payload.len() + trailer.bytes());
+        bytes.extend_from_slice(&MAGIC);
+        bytes.push(WIRE_VERSION);
+        bytes.push(if self.keys.is_empty() { 0 } else { FLAG_AUTHENTICATED });
+        bytes.push(lane.index() as u8);
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(payload);
+        Frame { bytes, trailer }
+    }
+
+    /// The trailer this codec puts on frames: the tag under the current key, or a CRC32C.
+    fn trailer(&self) -> Trailer {
         match self.keys.first() {
-            None => {
-                let crc = crc32c::crc32c(frame);
-                frame.extend_from_slice(&crc.to_le_bytes());
-            }
-            Some(key) => {
-                let tag = key.tag(frame);
-                frame.extend_from_slice(tag.as_bytes());
-            }
+            None => Trailer::Crc,
+            Some(key) => Trailer::Tag(key.clone()),
         }
     }
 
@@ -420,6 +490,27 @@ mod tests {
         for codec in [Codec::plain(), Codec::keyed(ClusterKey::from_passphrase("k"), vec![])] {
             let frame = codec.encode(&sample(), MAX_DATAGRAM_BYTES).unwrap();
             assert_eq!(codec.decode(&frame, MAX_DATAGRAM_BYTES).unwrap(), sample());
+        }
+    }
+
+    /// Sealing apart from encoding makes the frame encoding makes, keyed or not, and its length
+    /// is known before it is sealed.
+    #[test]
+    fn an_unsealed_frame_seals_into_the_encoded_frame() {
+        let keyed = Codec::keyed(ClusterKey::from_passphrase("k"), vec![ClusterKey::from_passphrase("old")]);
+        for codec in [Codec::plain(), keyed] {
+            let env = sample();
+            let unsealed = codec.encode_unsealed(&env, 1 << 20).unwrap();
+            let len = unsealed.len();
+            let frame = unsealed.seal();
+            assert_eq!(frame, codec.encode(&env, 1 << 20).unwrap());
+            assert_eq!(frame.len(), len);
+            assert_eq!(codec.decode(&frame, 1 << 20).unwrap(), env);
+            let raw = codec.frame_raw_unsealed(Lane::Bulk, b"payload");
+            assert_eq!(
+                (raw.len(), raw.seal()),
+                (codec.overhead() + 7, codec.frame_raw(Lane::Bulk, b"payload"))
+            );
         }
     }
 

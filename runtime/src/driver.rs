@@ -36,7 +36,7 @@ use rainstorm_core::membership::{MembershipEvent, Role};
 use rainstorm_core::node::{NodeConfig, NodeEvent};
 use rainstorm_core::rainstorm::directory::KnownJob;
 use rainstorm_core::rainstorm::{JobError, JobId, JobSpec, ProgramResult, RainstormEvent};
-use rainstorm_core::wire::Codec;
+use rainstorm_core::wire::{Codec, Frame};
 use rainstorm_core::{Channel, Node, Transmit};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -679,7 +679,7 @@ impl NodeTask {
 
     async fn drain(&mut self) {
         loop {
-            while let Some(t) = self.node.poll_transmit() {
+            while let Some(t) = self.node.poll_transmit_unsealed() {
                 self.send(t).await;
             }
             let Some(event) = self.node.poll_event() else { break };
@@ -850,17 +850,19 @@ impl NodeTask {
         }
     }
 
-    async fn send(&mut self, t: Transmit) {
+    /// Sends one frame: a datagram at once; a stream frame through its (peer, lane) writer,
+    /// which has a large frame sealed on another thread ([`Writers::send_frame`]).
+    async fn send(&mut self, t: Transmit<Frame>) {
         match t.channel {
             Channel::Datagram => {
                 if self.cfg.drop_rate > 0.0 && self.drop_rng.gen_bool(self.cfg.drop_rate) {
                     return;
                 }
-                if let Err(e) = self.udp.send_to(&t.payload, t.to).await {
+                if let Err(e) = self.udp.send_to(&t.payload.seal(), t.to).await {
                     debug!(to = %t.to, error = %e, "UDP send failed");
                 }
             }
-            Channel::Stream => self.writers.send(t.to, t.lane, t.payload),
+            Channel::Stream => self.writers.send_frame(t.to, t.lane, t.payload),
         }
     }
 }

@@ -12,7 +12,8 @@
 //!
 //! Invariants kept here, whatever peers (or anyone reaching the port) send:
 //! * frames of one (peer, lane) are written in the order they were given, on one connection at
-//!   a time (reconnecting after a failure), and read in that order; small frames waiting together
+//!   a time (reconnecting after a failure), and read in that order, also when a large one is
+//!   sealed on a blocking thread ([`Writers::send_frame`]); small frames waiting together
 //!   are written with one system call, and a large one (at least [`COALESCE_BYTES`]) alone, from
 //!   its own buffer, with its length prefix in one gathered write;
 //! * at most [`StreamLimits::max_inbound_connections`] inbound connections are open at once
@@ -40,7 +41,7 @@
 use crate::driver::Input;
 use crate::net::{read_frame, FrameLimits, Incoming, ReadError};
 use rainstorm_core::node::StreamDrops;
-use rainstorm_core::wire::frame_lane;
+use rainstorm_core::wire::{frame_lane, Frame};
 use rainstorm_core::Lane;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -50,6 +51,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 /// How long a stream connection attempt may take before the send counts as failed.
@@ -133,9 +135,42 @@ impl LogEvery {
 /// Bytes a waiting frame is charged besides its own (its buffer's bookkeeping).
 const QUEUED_FRAME_OVERHEAD: usize = 64;
 
+/// A frame waiting for its writer task.
+enum Queued {
+    /// Ready to write.
+    Sealed(Vec<u8>),
+    /// A large frame being sealed on a blocking thread ([`Writers::send_frame`]); `len` is its
+    /// length once sealed.
+    Sealing { len: usize, sealed: JoinHandle<Vec<u8>> },
+}
+
+impl Queued {
+    fn len(&self) -> usize {
+        match self {
+            Queued::Sealed(frame) => frame.len(),
+            Queued::Sealing { len, .. } => *len,
+        }
+    }
+
+    /// The frame as written: waits for its sealing, if it is being sealed. `None` if the
+    /// sealing thread failed (it never should: sealing is a hash and a copy).
+    async fn sealed(self) -> Option<Vec<u8>> {
+        match self {
+            Queued::Sealed(frame) => Some(frame),
+            Queued::Sealing { sealed, .. } => sealed.await.ok(),
+        }
+    }
+}
+
+/// Frames at least this long are sealed ([`Frame::seal`]: their CRC or keyed tag computed) on a
+/// blocking thread rather than the node task's, so that the node task goes on with the next
+/// chunk meanwhile. Smaller ones are sealed at once: a thread hand-off would cost more than
+/// their tag.
+pub const SEAL_APART_BYTES: usize = 64 * 1024;
+
 /// One writer task's queue, as the sending side sees it.
 struct Queue {
-    tx: mpsc::UnboundedSender<Vec<u8>>,
+    tx: mpsc::UnboundedSender<Queued>,
     /// Bytes waiting in the queue (frames plus [`QUEUED_FRAME_OVERHEAD`] each).
     bytes: Arc<AtomicUsize>,
     /// A failed-send report for dropped frames is on its way to the node task.
@@ -158,10 +193,28 @@ impl Writers {
         Writers { peers: BTreeMap::new(), failures, queue_bytes, counters, dropped_log: LogEvery::new() }
     }
 
-    /// Queues `frame` for `to` on `lane`'s connection, starting its writer if there is none. A
-    /// frame that would take the queue past its bound is dropped, counted and reported as a
-    /// failed send.
-    pub fn send(&mut self, to: SocketAddr, lane: Lane, mut frame: Vec<u8>) {
+    /// Seals `frame` and queues it for `to` on `lane`'s connection (see [`Writers::send`]). A
+    /// frame of at least [`SEAL_APART_BYTES`] is sealed on a blocking thread while the caller
+    /// goes on; its writer waits for it in its turn, so frames of one (peer, lane) still go out
+    /// in the order they were given.
+    pub fn send_frame(&mut self, to: SocketAddr, lane: Lane, frame: Frame) {
+        let queued = if frame.len() >= SEAL_APART_BYTES {
+            let len = frame.len();
+            Queued::Sealing { len, sealed: tokio::task::spawn_blocking(move || frame.seal()) }
+        } else {
+            Queued::Sealed(frame.seal())
+        };
+        self.queue(to, lane, queued);
+    }
+
+    /// Queues `frame` (sealed) for `to` on `lane`'s connection, starting its writer if there is
+    /// none. A frame that would take the queue past its bound is dropped, counted and reported
+    /// as a failed send.
+    pub fn send(&mut self, to: SocketAddr, lane: Lane, frame: Vec<u8>) {
+        self.queue(to, lane, Queued::Sealed(frame));
+    }
+
+    fn queue(&mut self, to: SocketAddr, lane: Lane, mut frame: Queued) {
         let cost = frame.len().saturating_add(QUEUED_FRAME_OVERHEAD);
         if let Some(queue) = self.peers.get(&(to, lane)) {
             let waiting = queue.bytes.load(Ordering::Acquire);
@@ -222,11 +275,11 @@ impl Writers {
 async fn peer_writer(
     to: SocketAddr,
     lane: Lane,
-    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
     queued: Arc<AtomicUsize>,
     failures: mpsc::Sender<Input>,
 ) {
-    let taken = |frame: &Vec<u8>| {
+    let taken = |frame: &Queued| {
         queued.fetch_sub(frame.len().saturating_add(QUEUED_FRAME_OVERHEAD), Ordering::AcqRel);
     };
     let mut conn: Option<TcpStream> = None;
@@ -247,31 +300,57 @@ async fn peer_writer(
                 rx.close();
                 while let Ok(frame) = rx.try_recv() {
                     taken(&frame);
-                    write_one(to, lane, &mut conn, &frame, &failures).await;
+                    write_queued(to, lane, &mut conn, frame, &failures).await;
                 }
                 return;
             }
         };
         if frame.len() >= COALESCE_BYTES {
             // A large frame (a chunk or a part) goes alone, from its own buffer: never copied.
-            write_one(to, lane, &mut conn, &frame, &failures).await;
+            write_queued(to, lane, &mut conn, frame, &failures).await;
             continue;
         }
         out.clear();
-        push_frame(&mut out, &frame);
         let mut large = None;
-        while out.len() < COALESCE_BYTES {
-            let Ok(frame) = rx.try_recv() else { break };
-            taken(&frame);
-            if frame.len() >= COALESCE_BYTES {
-                large = Some(frame); // sent right after the small ones before it
+        let mut next = Some(frame);
+        while let Some(frame) = next.take() {
+            match frame {
+                Queued::Sealed(frame) if frame.len() < COALESCE_BYTES => push_frame(&mut out, &frame),
+                // Sent right after the small ones before it.
+                large_or_sealing => {
+                    large = Some(large_or_sealing);
+                    break;
+                }
+            }
+            if out.len() >= COALESCE_BYTES {
                 break;
             }
-            push_frame(&mut out, &frame);
+            if let Ok(frame) = rx.try_recv() {
+                taken(&frame);
+                next = Some(frame);
+            }
         }
         write_framed(to, lane, &mut conn, &[&out], &failures).await;
         if let Some(frame) = large {
-            write_one(to, lane, &mut conn, &frame, &failures).await;
+            write_queued(to, lane, &mut conn, frame, &failures).await;
+        }
+    }
+}
+
+/// Writes one queued frame alone (see [`write_one`]), once it is sealed.
+async fn write_queued(
+    to: SocketAddr,
+    lane: Lane,
+    conn: &mut Option<TcpStream>,
+    frame: Queued,
+    failures: &mpsc::Sender<Input>,
+) {
+    match frame.sealed().await {
+        Some(frame) => write_one(to, lane, conn, &frame, failures).await,
+        None => {
+            warn!(%to, %lane, "a stream frame could not be sealed and was not sent");
+            let error = "a frame could not be sealed".to_string();
+            let _ = failures.send(Input::SendFailed { to, error }).await;
         }
     }
 }
@@ -720,6 +799,39 @@ mod tests {
             tokio::time::timeout(Duration::from_secs(5), read_frame(&mut accepted, FrameLimits::new(64)))
                 .await;
         assert_eq!(frame.expect("frame arrives").unwrap().unwrap(), Incoming::Frame(b"two".to_vec()));
+        assert!(failures.try_recv().is_err(), "nothing was reported lost");
+    }
+
+    /// Frames sealed on other threads go out in the order they were given, sealed: small ones
+    /// given after a large one still being sealed wait for it.
+    #[tokio::test]
+    async fn frames_sealed_apart_keep_their_order_behind_a_slow_one() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let to = listener.local_addr().unwrap();
+        let (tx, mut failures) = mpsc::channel(8);
+        let mut writers = Writers::new(tx, 64 << 20, Arc::default());
+        let codec = Codec::keyed(rainstorm_core::wire::ClusterKey::from_passphrase("k"), vec![]);
+        // A large frame (slow to tag) first, then small and large ones by turns.
+        let sizes: Vec<usize> = [12 << 20, 10, SEAL_APART_BYTES, 20, 0, 3 << 20, 30]
+            .into_iter()
+            .chain((0..40).map(|i| if i % 7 == 0 { SEAL_APART_BYTES + i } else { i }))
+            .collect();
+        let payload = |i: usize, len: usize| vec![(i % 251) as u8; len];
+        for (i, len) in sizes.iter().enumerate() {
+            writers.send_frame(to, Lane::Bulk, codec.frame_raw_unsealed(Lane::Bulk, &payload(i, *len)));
+        }
+        let (mut accepted, _) = listener.accept().await.unwrap();
+        for (i, len) in sizes.iter().enumerate() {
+            let read = tokio::time::timeout(
+                Duration::from_secs(10),
+                read_frame(&mut accepted, FrameLimits::new(16 << 20)),
+            )
+            .await;
+            let Incoming::Frame(frame) = read.expect("in time").unwrap().expect("a frame") else {
+                panic!("frame {i} over the limit")
+            };
+            assert!(frame == codec.frame_raw(Lane::Bulk, &payload(i, *len)), "frame {i} ({len} bytes)");
+        }
         assert!(failures.try_recv().is_err(), "nothing was reported lost");
     }
 
