@@ -13,7 +13,8 @@
 //! Invariants kept here, whatever peers (or anyone reaching the port) send:
 //! * frames of one (peer, lane) are written in the order they were given, on one connection at
 //!   a time (reconnecting after a failure), and read in that order, also when a large one is
-//!   sealed on a blocking thread ([`Writers::send_frame`]); small frames waiting together
+//!   sealed by a sealing thread ([`Writers::send_frame`]; at most [`SEALERS`] per node, however
+//!   many frames wait); small frames waiting together
 //!   are written with one system call, and a large one (at least [`COALESCE_BYTES`]) alone, from
 //!   its own buffer, with its length prefix in one gathered write;
 //! * at most [`StreamLimits::max_inbound_connections`] inbound connections are open at once
@@ -51,7 +52,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 /// How long a stream connection attempt may take before the send counts as failed.
@@ -139,9 +140,9 @@ const QUEUED_FRAME_OVERHEAD: usize = 64;
 enum Queued {
     /// Ready to write.
     Sealed(Vec<u8>),
-    /// A large frame being sealed on a blocking thread ([`Writers::send_frame`]); `len` is its
-    /// length once sealed.
-    Sealing { len: usize, sealed: JoinHandle<Vec<u8>> },
+    /// A large frame being sealed by a [`Sealers`] thread ([`Writers::send_frame`]); `len` is
+    /// its length once sealed.
+    Sealing { len: usize, sealed: oneshot::Receiver<Vec<u8>> },
 }
 
 impl Queued {
@@ -162,11 +163,64 @@ impl Queued {
     }
 }
 
-/// Frames at least this long are sealed ([`Frame::seal`]: their CRC or keyed tag computed) on a
-/// blocking thread rather than the node task's, so that the node task goes on with the next
+/// Frames at least this long are sealed ([`Frame::seal`]: their CRC or keyed tag computed) by a
+/// [`Sealers`] thread rather than the node task, so that the node task goes on with the next
 /// chunk meanwhile. Smaller ones are sealed at once: a thread hand-off would cost more than
 /// their tag.
 pub const SEAL_APART_BYTES: usize = 64 * 1024;
+
+/// Threads that seal large frames, per node.
+const SEALERS: usize = 2;
+
+/// Whether a node's [`Sealers`] run.
+enum SealersState {
+    NotStarted,
+    Running(Sealers),
+    /// No thread could be started: every frame is sealed where it is sent.
+    Unavailable,
+}
+
+/// A frame to seal, and where its writer waits for it.
+type SealJob = (Frame, oneshot::Sender<Vec<u8>>);
+
+/// A fixed set of [`SEALERS`] threads that seal large frames for the writers, started at the
+/// first large frame: however many frames wait, the node never runs more sealing threads than
+/// that. The threads end when the [`Writers`] are dropped.
+struct Sealers {
+    jobs: std::sync::mpsc::Sender<SealJob>,
+}
+
+impl Sealers {
+    /// Starts the threads; `None` if not even one could be started (the caller seals itself).
+    fn start() -> Option<Sealers> {
+        let (jobs, rx) = std::sync::mpsc::channel::<SealJob>();
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        let mut started = 0;
+        for i in 0..SEALERS {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new().name(format!("frame-seal-{i}")).spawn(move || loop {
+                // One thread waits for the next job at a time; the lock is released as it seals.
+                let job = rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv();
+                let Ok((frame, sealed)) = job else { return };
+                let _ = sealed.send(frame.seal());
+            });
+            match spawned {
+                Ok(_) => started += 1,
+                Err(e) => warn!(error = %e, "cannot start a frame sealing thread"),
+            }
+        }
+        (started > 0).then_some(Sealers { jobs })
+    }
+
+    /// Hands `frame` to a sealing thread; gives it back if none is left.
+    fn seal(&self, frame: Frame) -> Result<oneshot::Receiver<Vec<u8>>, Frame> {
+        let (tx, rx) = oneshot::channel();
+        match self.jobs.send((frame, tx)) {
+            Ok(()) => Ok(rx),
+            Err(std::sync::mpsc::SendError((frame, _))) => Err(frame),
+        }
+    }
+}
 
 /// One writer task's queue, as the sending side sees it.
 struct Queue {
@@ -186,23 +240,40 @@ pub struct Writers {
     queue_bytes: usize,
     counters: Arc<StreamCounters>,
     dropped_log: LogEvery,
+    /// The sealing threads, started at the first large frame.
+    sealers: SealersState,
 }
 
 impl Writers {
     pub fn new(failures: mpsc::Sender<Input>, queue_bytes: usize, counters: Arc<StreamCounters>) -> Writers {
-        Writers { peers: BTreeMap::new(), failures, queue_bytes, counters, dropped_log: LogEvery::new() }
+        Writers {
+            peers: BTreeMap::new(),
+            failures,
+            queue_bytes,
+            counters,
+            dropped_log: LogEvery::new(),
+            sealers: SealersState::NotStarted,
+        }
     }
 
     /// Seals `frame` and queues it for `to` on `lane`'s connection (see [`Writers::send`]). A
-    /// frame of at least [`SEAL_APART_BYTES`] is sealed on a blocking thread while the caller
+    /// frame of at least [`SEAL_APART_BYTES`] is sealed by a sealing thread while the caller
     /// goes on; its writer waits for it in its turn, so frames of one (peer, lane) still go out
     /// in the order they were given.
     pub fn send_frame(&mut self, to: SocketAddr, lane: Lane, frame: Frame) {
-        let queued = if frame.len() >= SEAL_APART_BYTES {
-            let len = frame.len();
-            Queued::Sealing { len, sealed: tokio::task::spawn_blocking(move || frame.seal()) }
-        } else {
-            Queued::Sealed(frame.seal())
+        let len = frame.len();
+        if len >= SEAL_APART_BYTES && matches!(self.sealers, SealersState::NotStarted) {
+            self.sealers = match Sealers::start() {
+                Some(sealers) => SealersState::Running(sealers),
+                None => SealersState::Unavailable,
+            };
+        }
+        let queued = match &self.sealers {
+            SealersState::Running(sealers) if len >= SEAL_APART_BYTES => match sealers.seal(frame) {
+                Ok(sealed) => Queued::Sealing { len, sealed },
+                Err(frame) => Queued::Sealed(frame.seal()),
+            },
+            _ => Queued::Sealed(frame.seal()),
         };
         self.queue(to, lane, queued);
     }
