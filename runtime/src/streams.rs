@@ -154,7 +154,7 @@ impl Queued {
     }
 
     /// The frame as written: waits for its sealing, if it is being sealed. `None` if the
-    /// sealing thread failed (it never should: sealing is a hash and a copy).
+    /// sealing thread failed (it never should: sealing is a hash).
     async fn sealed(self) -> Option<Vec<u8>> {
         match self {
             Queued::Sealed(frame) => Some(frame),
