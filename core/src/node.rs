@@ -627,7 +627,7 @@ impl Node {
             };
             seq.0 += 1;
             let envelope = Envelope { from: self.membership.me(), to, lane, seq: *seq, body };
-            match self.codec.encode_unsealed(&envelope, self.limit(channel)) {
+            match self.codec.encode_unsealed(envelope, self.limit(channel)) {
                 Ok(payload) => {
                     self.stats.frames_sent += 1;
                     self.stats.bytes_sent += payload.len() as u64;

@@ -26,6 +26,7 @@
 //!   address it was sent to, so a frame replayed to another node is refused there;
 //! * a decoded envelope's lane is the one its header names (an unknown lane byte is refused).
 
+use crate::hydfs::message::{PartBytes, ReadChunk};
 use crate::hydfs::HydfsMsg;
 use crate::id::{MemberId, NodeAddr};
 use crate::membership::MembershipMsg;
@@ -103,6 +104,18 @@ pub enum Body {
 }
 
 impl Body {
+    /// Moves out the message's bulk bytes, if it has a bulk field of at least
+    /// [`BULK_APART_BYTES`]: a read chunk's bytes, a fetched part's. Each is the last field of
+    /// its message, so its bytes end the encoded payload; the field is left empty.
+    fn take_bulk(&mut self) -> Option<Vec<u8>> {
+        let bytes = match self {
+            Body::Hydfs(HydfsMsg::ReadReply { result: Ok(ReadChunk { bytes, .. }), .. })
+            | Body::Hydfs(HydfsMsg::FetchReply { result: Ok(PartBytes { bytes, .. }), .. }) => bytes,
+            _ => return None,
+        };
+        (bytes.len() >= BULK_APART_BYTES).then(|| std::mem::take(bytes))
+    }
+
     /// The lane this message travels on (see [`Lane`]): membership on `Control`, and each layer
     /// classifies its own messages ([`HydfsMsg::lane`], [`RainstormMsg::lane`]).
     pub fn lane(&self) -> Lane {
@@ -227,19 +240,57 @@ pub fn canonical_bytes<T: Serialize>(value: &T) -> Vec<u8> {
     bincode_options(usize::MAX).serialize(value).unwrap_or_default()
 }
 
+/// A message's bulk field (a read chunk's or a fetched part's bytes) of at least this many bytes
+/// stays in its own buffer when the message is encoded ([`Codec::encode_unsealed`]): the frame
+/// is written from the pieces, never copied whole.
+pub const BULK_APART_BYTES: usize = 64 * 1024;
+
 /// An encoded frame still without its trailer (its CRC32C, or its keyed BLAKE3 tag), from
 /// [`Codec::encode_unsealed`]. [`Frame::seal`] computes the trailer and returns the frame as it
-/// goes on the wire. Sealing is apart from encoding so that a driver can tag a large frame on
-/// another thread than the node's: in a 1 MiB-chunk `get`, the tags were about a fifth of the
-/// serving node's CPU.
+/// goes on the wire, [`Frame::seal_apart`] the same bytes in the pieces they are held in.
+/// Sealing is apart from encoding so that a driver can tag a large frame on another thread than
+/// the node's: in a 1 MiB-chunk `get`, the tags were about a fifth of the serving node's CPU.
 ///
-/// Invariant: `bytes` is a whole frame but for the trailer (the header's length field counts
-/// exactly the payload after it), which [`Frame::len`] counts.
+/// A message's bulk field, when it has one of at least [`BULK_APART_BYTES`], is the last field
+/// of its payload ([`Body::take_bulk`]); the frame keeps those bytes in the buffer the message
+/// held them in (`bulk`), after the rest of the frame (`bytes`, which ends with the field's
+/// length).
+///
+/// Invariant: `bytes` then `bulk` are a whole frame but for the trailer (the header's length
+/// field counts exactly the payload after it), which [`Frame::len`] counts.
 #[must_use = "a frame is sent once sealed"]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
     bytes: Vec<u8>,
+    bulk: Vec<u8>,
     trailer: Trailer,
+}
+
+/// A sealed frame in the pieces it is held in ([`Frame::seal_apart`]): written one after the
+/// other, they are the frame [`Frame::seal`] returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealedFrame {
+    head: Vec<u8>,
+    bulk: Vec<u8>,
+    trailer: [u8; TAG_BYTES],
+    trailer_len: usize,
+}
+
+impl SealedFrame {
+    /// The frame's length.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.bulk.len() + self.trailer_len
+    }
+
+    /// Never: a frame has at least its header and trailer.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The frame's bytes, in order.
+    pub fn pieces(&self) -> [&[u8]; 3] {
+        [&self.head, &self.bulk, &self.trailer[..self.trailer_len]]
+    }
 }
 
 /// What closes a frame: a CRC32C, or the keyed tag under the key it names.
@@ -257,16 +308,23 @@ impl Trailer {
         }
     }
 
-    /// Appends this trailer over `frame` (its header and payload).
-    fn append_to(&self, frame: &mut Vec<u8>) {
+    /// This trailer over the concatenation of `pieces` (a frame's header and payload), and
+    /// how many of the returned bytes it takes.
+    fn over(&self, pieces: &[&[u8]]) -> ([u8; TAG_BYTES], usize) {
+        let mut out = [0u8; TAG_BYTES];
         match self {
             Trailer::Crc => {
-                let crc = crc32c::crc32c(frame);
-                frame.extend_from_slice(&crc.to_le_bytes());
+                let crc = pieces.iter().fold(0, |crc, piece| crc32c::crc32c_append(crc, piece));
+                out[..CRC_BYTES].copy_from_slice(&crc.to_le_bytes());
+                (out, CRC_BYTES)
             }
             Trailer::Tag(key) => {
-                let tag = key.tag(frame);
-                frame.extend_from_slice(tag.as_bytes());
+                let mut hasher = blake3::Hasher::new_keyed(&key.0);
+                for piece in pieces {
+                    hasher.update(piece);
+                }
+                out.copy_from_slice(hasher.finalize().as_bytes());
+                (out, TAG_BYTES)
             }
         }
     }
@@ -275,7 +333,7 @@ impl Trailer {
 impl Frame {
     /// The frame's length once sealed.
     pub fn len(&self) -> usize {
-        self.bytes.len() + self.trailer.bytes()
+        self.bytes.len() + self.bulk.len() + self.trailer.bytes()
     }
 
     /// Never: a frame has at least its header and trailer.
@@ -283,20 +341,39 @@ impl Frame {
         false
     }
 
-    /// Computes the trailer and returns the frame as sent.
+    /// Computes the trailer and returns the frame as sent, in one buffer (a bulk field kept
+    /// apart is copied in).
     pub fn seal(self) -> Vec<u8> {
-        let Frame { mut bytes, trailer } = self;
-        debug_assert!(
-            bytes.len() >= HEADER_BYTES
-                && bytes[LENGTH_OFFSET..HEADER_BYTES]
-                    .try_into()
-                    .is_ok_and(|l| u32::from_le_bytes(l) as usize == bytes.len() - HEADER_BYTES),
-            "an unsealed frame is its header and the payload the header counts"
-        );
-        let len = bytes.len() + trailer.bytes();
-        trailer.append_to(&mut bytes);
+        self.debug_check();
+        let len = self.len();
+        let (trailer, trailer_len) = self.trailer.over(&[&self.bytes, &self.bulk]);
+        let Frame { mut bytes, bulk, .. } = self;
+        bytes.reserve_exact(len - bytes.len());
+        bytes.extend_from_slice(&bulk);
+        bytes.extend_from_slice(&trailer[..trailer_len]);
         debug_assert_eq!(bytes.len(), len);
         bytes
+    }
+
+    /// Computes the trailer and returns the frame in the pieces it is held in: nothing is
+    /// copied.
+    pub fn seal_apart(self) -> SealedFrame {
+        self.debug_check();
+        let (trailer, trailer_len) = self.trailer.over(&[&self.bytes, &self.bulk]);
+        let sealed = SealedFrame { head: self.bytes, bulk: self.bulk, trailer, trailer_len };
+        debug_assert_eq!(sealed.len(), sealed.head.len() + sealed.bulk.len() + self.trailer.bytes());
+        sealed
+    }
+
+    /// The invariant of the type: the header counts exactly the payload that follows it.
+    fn debug_check(&self) {
+        debug_assert!(
+            self.bytes.len() >= HEADER_BYTES
+                && self.bytes[LENGTH_OFFSET..HEADER_BYTES].try_into().is_ok_and(|l| {
+                    u32::from_le_bytes(l) as usize == self.bytes.len() + self.bulk.len() - HEADER_BYTES
+                }),
+            "an unsealed frame is its header and the payload the header counts"
+        );
     }
 }
 
@@ -354,12 +431,37 @@ impl Codec {
 
     /// Encodes `envelope` into one frame of at most `limit` bytes.
     pub fn encode(&self, envelope: &Envelope, limit: usize) -> Result<Vec<u8>, WireError> {
-        self.encode_unsealed(envelope, limit).map(Frame::seal)
+        self.encode_whole(envelope, limit).map(Frame::seal)
     }
 
     /// Encodes `envelope` into one frame of at most `limit` bytes, all but its trailer:
-    /// [`Frame::seal`] computes that, on whichever thread the caller chooses.
-    pub fn encode_unsealed(&self, envelope: &Envelope, limit: usize) -> Result<Frame, WireError> {
+    /// [`Frame::seal`] computes that, on whichever thread the caller chooses. A bulk field of
+    /// at least [`BULK_APART_BYTES`] is moved into the frame, not copied ([`Frame`]).
+    pub fn encode_unsealed(&self, mut envelope: Envelope, limit: usize) -> Result<Frame, WireError> {
+        let Some(bulk) = envelope.body.take_bulk() else { return self.encode_whole(&envelope, limit) };
+        let options = || bincode_options(usize::MAX);
+        let malformed = |e: bincode::Error| WireError::Malformed(e.to_string());
+        // Emptied, the bulk field is encoded as its length, 0, in one byte: the payload's last.
+        let rest = options().serialized_size(&envelope).map_err(malformed)? as usize;
+        let bulk_len = options().serialize(&(bulk.len() as u64)).map_err(malformed)?;
+        let payload_len = rest - 1 + bulk_len.len() + bulk.len();
+        let len = HEADER_BYTES + payload_len + self.trailer_bytes();
+        if len > limit {
+            return Err(WireError::TooLarge { len, limit });
+        }
+        let mut bytes = Vec::with_capacity(HEADER_BYTES + rest - 1 + bulk_len.len());
+        self.put_header(&mut bytes, envelope.lane, payload_len);
+        options().serialize_into(&mut bytes, &envelope).map_err(malformed)?;
+        debug_assert_eq!(bytes.last(), Some(&0), "an emptied bulk field ends the payload");
+        bytes.pop();
+        bytes.extend_from_slice(&bulk_len);
+        let frame = Frame { bytes, bulk, trailer: self.trailer() };
+        debug_assert_eq!(frame.len(), len);
+        Ok(frame)
+    }
+
+    /// [`Codec::encode_unsealed`] into one buffer.
+    fn encode_whole(&self, envelope: &Envelope, limit: usize) -> Result<Frame, WireError> {
         let payload_len = bincode_options(usize::MAX)
             .serialized_size(envelope)
             .map_err(|e| WireError::Malformed(e.to_string()))? as usize;
@@ -370,17 +472,22 @@ impl Codec {
         // The payload is serialized straight into the frame (no second copy of a large body),
         // which has room for its trailer already.
         let mut bytes = Vec::with_capacity(len);
-        bytes.extend_from_slice(&MAGIC);
-        bytes.push(WIRE_VERSION);
-        bytes.push(if self.keys.is_empty() { 0 } else { FLAG_AUTHENTICATED });
-        bytes.push(envelope.lane.index() as u8);
-        bytes.extend_from_slice(&(payload_len as u32).to_le_bytes());
+        self.put_header(&mut bytes, envelope.lane, payload_len);
         bincode_options(usize::MAX)
             .serialize_into(&mut bytes, envelope)
             .map_err(|e| WireError::Malformed(e.to_string()))?;
-        let frame = Frame { bytes, trailer: self.trailer() };
+        let frame = Frame { bytes, bulk: Vec::new(), trailer: self.trailer() };
         debug_assert_eq!(frame.len(), len);
         Ok(frame)
+    }
+
+    /// Appends a frame header: magic, version, this codec's flags, `lane`, the payload length.
+    fn put_header(&self, bytes: &mut Vec<u8>, lane: Lane, payload_len: usize) {
+        bytes.extend_from_slice(&MAGIC);
+        bytes.push(WIRE_VERSION);
+        bytes.push(if self.keys.is_empty() { 0 } else { FLAG_AUTHENTICATED });
+        bytes.push(lane.index() as u8);
+        bytes.extend_from_slice(&(payload_len as u32).to_le_bytes());
     }
 
     /// A frame on `lane` around `payload` taken as it is, valid or not as an [`Envelope`], with
@@ -395,13 +502,9 @@ impl Codec {
     pub fn frame_raw_unsealed(&self, lane: Lane, payload: &[u8]) -> Frame {
         let trailer = self.trailer();
         let mut bytes = Vec::with_capacity(HEADER_BYTES + payload.len() + trailer.bytes());
-        bytes.extend_from_slice(&MAGIC);
-        bytes.push(WIRE_VERSION);
-        bytes.push(if self.keys.is_empty() { 0 } else { FLAG_AUTHENTICATED });
-        bytes.push(lane.index() as u8);
-        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        self.put_header(&mut bytes, lane, payload.len());
         bytes.extend_from_slice(payload);
-        Frame { bytes, trailer }
+        Frame { bytes, bulk: Vec::new(), trailer }
     }
 
     /// The trailer this codec puts on frames: the tag under the current key, or a CRC32C.
@@ -508,7 +611,7 @@ mod tests {
         let keyed = Codec::keyed(ClusterKey::from_passphrase("k"), vec![ClusterKey::from_passphrase("old")]);
         for codec in [Codec::plain(), keyed] {
             let env = sample();
-            let unsealed = codec.encode_unsealed(&env, 1 << 20).unwrap();
+            let unsealed = codec.encode_unsealed(env.clone(), 1 << 20).unwrap();
             let len = unsealed.len();
             let frame = unsealed.seal();
             assert_eq!(frame, codec.encode(&env, 1 << 20).unwrap());
@@ -519,6 +622,66 @@ mod tests {
                 (raw.len(), raw.seal()),
                 (codec.overhead() + 7, codec.frame_raw(Lane::Bulk, b"payload"))
             );
+        }
+    }
+
+    fn bulk_envelopes(len: usize) -> Vec<Envelope> {
+        use crate::hydfs::message::{PartBytes, ReadChunk, Refusal};
+        use crate::hydfs::{PartMeta, Stamp};
+        let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        let from = MemberId::new("127.0.0.1:7000".parse().unwrap(), 42);
+        let stamp = Stamp { ts: 5, client: from, seq: 9 };
+        let chunk =
+            ReadChunk { view: 3, total_len: 1 << 40, writes: vec![stamp], offset: 77, bytes: bytes.clone() };
+        let bodies = [
+            HydfsMsg::ReadReply { req: 300, result: Ok(chunk) },
+            HydfsMsg::FetchReply {
+                req: 1 << 33,
+                result: Ok(PartBytes { meta: PartMeta::of(&bytes), bytes }),
+            },
+            HydfsMsg::FetchReply { req: 4, result: Err(Refusal::Corrupt) },
+        ];
+        bodies
+            .into_iter()
+            .map(|msg| Envelope {
+                from,
+                to: "127.0.0.1:7001".parse().unwrap(),
+                lane: msg.lane(),
+                seq: FrameSeq(1 << 20),
+                body: Body::Hydfs(msg),
+            })
+            .collect()
+    }
+
+    /// A chunk's or a part's bytes of at least `BULK_APART_BYTES` stay in their own buffer, and
+    /// the frame, sealed whole or in its pieces, is the one the message encodes to in one
+    /// buffer: the bulk field really ends the payload. Smaller ones are encoded whole.
+    #[test]
+    fn a_large_bulk_field_stays_apart_and_the_frame_is_the_same() {
+        let keyed = Codec::keyed(ClusterKey::from_passphrase("k"), vec![]);
+        for codec in [Codec::plain(), keyed] {
+            for len in [0, 1000, BULK_APART_BYTES - 1, BULK_APART_BYTES, 300 * 1024, 1 << 20] {
+                for env in bulk_envelopes(len) {
+                    let whole = codec.encode(&env, 4 << 20).unwrap();
+                    let frame = codec.encode_unsealed(env.clone(), 4 << 20).unwrap();
+                    let apart = len >= BULK_APART_BYTES
+                        && !matches!(env.body, Body::Hydfs(HydfsMsg::FetchReply { result: Err(_), .. }));
+                    assert_eq!(frame.bulk.len(), if apart { len } else { 0 }, "{len} bytes");
+                    assert_eq!(frame.len(), whole.len());
+                    let sealed = frame.clone().seal_apart();
+                    assert_eq!(
+                        (sealed.len(), sealed.pieces().concat()),
+                        (whole.len(), whole.clone()),
+                        "{len}"
+                    );
+                    assert_eq!(frame.seal(), whole);
+                    assert_eq!(codec.decode(&whole, 4 << 20).unwrap(), env);
+                }
+            }
+            // The limit counts the whole frame, bulk included.
+            let env = bulk_envelopes(1 << 20).swap_remove(1);
+            let whole = codec.encode(&env, 4 << 20).unwrap().len();
+            assert!(matches!(codec.encode_unsealed(env, whole - 1), Err(WireError::TooLarge { .. })));
         }
     }
 

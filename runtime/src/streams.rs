@@ -16,7 +16,8 @@
 //!   sealed by a sealing thread ([`Writers::send_frame`]; at most [`SEALERS`] per node, however
 //!   many frames wait); small frames waiting together
 //!   are written with one system call, and a large one (at least [`COALESCE_BYTES`]) alone, from
-//!   its own buffer, with its length prefix in one gathered write;
+//!   its own buffers (a chunk's bytes from the message's, [`SealedFrame::pieces`]), with its
+//!   length prefix in one gathered write;
 //! * at most [`StreamLimits::max_inbound_connections`] inbound connections are open at once
 //!   (fewer if the open-file limit leaves less room, see [`connection_limit`]); past it, one
 //!   connection is closed at once and counted, never queued: the oldest that has delivered no
@@ -42,7 +43,7 @@
 use crate::driver::Input;
 use crate::net::{read_frame, FrameLimits, Incoming, ReadError};
 use rainstorm_core::node::StreamDrops;
-use rainstorm_core::wire::{frame_lane, Frame};
+use rainstorm_core::wire::{frame_lane, Frame, SealedFrame};
 use rainstorm_core::Lane;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -140,9 +141,9 @@ const QUEUED_FRAME_OVERHEAD: usize = 64;
 enum Queued {
     /// Ready to write.
     Sealed(Vec<u8>),
-    /// A large frame being sealed by a [`Sealers`] thread ([`Writers::send_frame`]); `len` is
-    /// its length once sealed.
-    Sealing { len: usize, sealed: oneshot::Receiver<Vec<u8>> },
+    /// A large frame being sealed by a [`Sealers`] thread ([`Writers::send_frame`]), in the
+    /// pieces it is held in; `len` is its length once sealed.
+    Sealing { len: usize, sealed: oneshot::Receiver<SealedFrame> },
 }
 
 impl Queued {
@@ -155,10 +156,26 @@ impl Queued {
 
     /// The frame as written: waits for its sealing, if it is being sealed. `None` if the
     /// sealing thread failed (it never should: sealing is a hash).
-    async fn sealed(self) -> Option<Vec<u8>> {
+    async fn sealed(self) -> Option<Written> {
         match self {
-            Queued::Sealed(frame) => Some(frame),
-            Queued::Sealing { sealed, .. } => sealed.await.ok(),
+            Queued::Sealed(frame) => Some(Written::Whole(frame)),
+            Queued::Sealing { sealed, .. } => sealed.await.ok().map(Written::Apart),
+        }
+    }
+}
+
+/// A sealed frame, whole or in pieces.
+enum Written {
+    Whole(Vec<u8>),
+    Apart(SealedFrame),
+}
+
+impl Written {
+    /// The frame's pieces, in order (one for a whole frame).
+    fn pieces(&self) -> Vec<&[u8]> {
+        match self {
+            Written::Whole(frame) => vec![frame],
+            Written::Apart(sealed) => sealed.pieces().to_vec(),
         }
     }
 }
@@ -181,7 +198,7 @@ enum SealersState {
 }
 
 /// A frame to seal, and where its writer waits for it.
-type SealJob = (Frame, oneshot::Sender<Vec<u8>>);
+type SealJob = (Frame, oneshot::Sender<SealedFrame>);
 
 /// A fixed set of [`SEALERS`] threads that seal large frames for the writers, started at the
 /// first large frame: however many frames wait, the node never runs more sealing threads than
@@ -202,7 +219,7 @@ impl Sealers {
                 // One thread waits for the next job at a time; the lock is released as it seals.
                 let job = rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv();
                 let Ok((frame, sealed)) = job else { return };
-                let _ = sealed.send(frame.seal());
+                let _ = sealed.send(frame.seal_apart());
             });
             match spawned {
                 Ok(_) => started += 1,
@@ -213,7 +230,7 @@ impl Sealers {
     }
 
     /// Hands `frame` to a sealing thread; gives it back if none is left.
-    fn seal(&self, frame: Frame) -> Result<oneshot::Receiver<Vec<u8>>, Frame> {
+    fn seal(&self, frame: Frame) -> Result<oneshot::Receiver<SealedFrame>, Frame> {
         let (tx, rx) = oneshot::channel();
         match self.jobs.send((frame, tx)) {
             Ok(()) => Ok(rx),
@@ -408,7 +425,7 @@ async fn peer_writer(
     }
 }
 
-/// Writes one queued frame alone (see [`write_one`]), once it is sealed.
+/// Writes one queued frame alone (see [`write_pieces`]), once it is sealed.
 async fn write_queued(
     to: SocketAddr,
     lane: Lane,
@@ -417,7 +434,7 @@ async fn write_queued(
     failures: &mpsc::Sender<Input>,
 ) {
     match frame.sealed().await {
-        Some(frame) => write_one(to, lane, conn, &frame, failures).await,
+        Some(frame) => write_pieces(to, lane, conn, &frame.pieces(), failures).await,
         None => {
             warn!(%to, %lane, "a stream frame could not be sealed and was not sent");
             let error = "a frame could not be sealed".to_string();
@@ -432,11 +449,11 @@ const COALESCE_BYTES: usize = 256 * 1024;
 /// The length prefix of `frame`, as [`crate::net::write_frame`] writes it. Frames are bounded
 /// far below 4 GiB by the node's limits; a longer one gets `None` and is not written (the
 /// receiver would refuse it).
-fn length_prefix(frame: &[u8]) -> Option<[u8; 4]> {
-    match u32::try_from(frame.len()) {
-        Ok(len) => Some(len.to_le_bytes()),
+fn length_prefix(len: usize) -> Option<[u8; 4]> {
+    match u32::try_from(len) {
+        Ok(prefix) => Some(prefix.to_le_bytes()),
         Err(_) => {
-            warn!(len = frame.len(), "a stream frame of 4 GiB or more was not sent");
+            warn!(len, "a stream frame of 4 GiB or more was not sent");
             None
         }
     }
@@ -444,23 +461,26 @@ fn length_prefix(frame: &[u8]) -> Option<[u8; 4]> {
 
 /// Appends `frame` with its length prefix.
 fn push_frame(out: &mut Vec<u8>, frame: &[u8]) {
-    if let Some(prefix) = length_prefix(frame) {
+    if let Some(prefix) = length_prefix(frame.len()) {
         out.extend_from_slice(&prefix);
         out.extend_from_slice(frame);
     }
 }
 
-/// Writes one frame (see [`write_framed`]).
-pub(crate) async fn write_one(
+/// Writes one frame given in `pieces` (see [`write_framed`]): its length prefix, then the
+/// pieces, in one gathered write.
+async fn write_pieces(
     to: SocketAddr,
     lane: Lane,
     conn: &mut Option<TcpStream>,
-    frame: &[u8],
+    pieces: &[&[u8]],
     failures: &mpsc::Sender<Input>,
 ) {
-    if let Some(prefix) = length_prefix(frame) {
-        write_framed(to, lane, conn, &[&prefix, frame], failures).await;
-    }
+    let Some(prefix) = length_prefix(pieces.iter().map(|p| p.len()).sum()) else { return };
+    let mut framed = Vec::with_capacity(pieces.len() + 1);
+    framed.push(&prefix[..]);
+    framed.extend(pieces.iter().copied().filter(|p| !p.is_empty()));
+    write_framed(to, lane, conn, &framed, failures).await;
 }
 
 /// Writes `framed` (length-prefixed frames, in as many slices as they come in: one gathered
@@ -850,7 +870,7 @@ mod tests {
         let to = first.local_addr().unwrap();
         let (tx, mut failures) = mpsc::channel(8);
         let mut conn = None;
-        write_one(to, Lane::Control, &mut conn, b"one", &tx).await;
+        write_pieces(to, Lane::Control, &mut conn, &[b"one"], &tx).await;
         let (mut accepted, _) = first.accept().await.unwrap();
         assert_eq!(
             read_frame(&mut accepted, FrameLimits::new(64)).await.unwrap().unwrap(),
@@ -861,7 +881,7 @@ mod tests {
         drop(first);
         let second = TcpListener::bind(to).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        write_one(to, Lane::Control, &mut conn, b"two", &tx).await;
+        write_pieces(to, Lane::Control, &mut conn, &[b"two"], &tx).await;
         let (mut accepted, _) = tokio::time::timeout(Duration::from_secs(5), second.accept())
             .await
             .expect("reconnected")
@@ -902,6 +922,56 @@ mod tests {
                 panic!("frame {i} over the limit")
             };
             assert!(frame == codec.frame_raw(Lane::Bulk, &payload(i, *len)), "frame {i} ({len} bytes)");
+        }
+        assert!(failures.try_recv().is_err(), "nothing was reported lost");
+    }
+
+    /// A read chunk whose bytes its frame keeps apart (written from the message's own buffer)
+    /// arrives as the frame encoded in one buffer, between the frames around it.
+    #[tokio::test]
+    async fn a_chunk_kept_apart_from_its_frame_arrives_as_the_whole_frame() {
+        use rainstorm_core::hydfs::message::{HydfsMsg, ReadChunk};
+        use rainstorm_core::wire::{Body, Envelope};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let to = listener.local_addr().unwrap();
+        let (tx, mut failures) = mpsc::channel(8);
+        let mut writers = Writers::new(tx, 64 << 20, Arc::default());
+        let codec = Codec::keyed(rainstorm_core::wire::ClusterKey::from_passphrase("k"), vec![]);
+        let chunk = |n: usize| {
+            let bytes: Vec<u8> = (0..(1 << 20) + n).map(|i| (i * 13 % 251) as u8).collect();
+            let msg = HydfsMsg::ReadReply {
+                req: n as u64,
+                result: Ok(ReadChunk { view: 1, total_len: 1 << 30, writes: vec![], offset: 0, bytes }),
+            };
+            Envelope {
+                from: rainstorm_core::MemberId::new(to, 1),
+                to,
+                lane: msg.lane(),
+                seq: rainstorm_core::replay::FrameSeq(n as u64),
+                body: Body::Hydfs(msg),
+            }
+        };
+        let small = codec.frame_raw(Lane::Bulk, b"between");
+        for n in 0..3 {
+            let frame = codec.encode_unsealed(chunk(n), 16 << 20).unwrap();
+            writers.send_frame(to, Lane::Bulk, frame);
+            writers.send(to, Lane::Bulk, small.clone());
+        }
+        let (mut accepted, _) = listener.accept().await.unwrap();
+        for n in 0..3 {
+            for expected in [codec.encode(&chunk(n), 16 << 20).unwrap(), small.clone()] {
+                let read = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    read_frame(&mut accepted, FrameLimits::new(16 << 20)),
+                )
+                .await;
+                let Incoming::Frame(frame) = read.expect("in time").unwrap().expect("a frame") else {
+                    panic!("over the limit")
+                };
+                assert!(frame == expected, "chunk {n}, or the frame after it");
+            }
+            let whole = codec.encode(&chunk(n), 16 << 20).unwrap();
+            assert_eq!(codec.decode(&whole, 16 << 20).unwrap(), chunk(n));
         }
         assert!(failures.try_recv().is_err(), "nothing was reported lost");
     }

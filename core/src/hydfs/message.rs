@@ -83,6 +83,9 @@ pub struct ReadChunk {
     /// The writes in the file, in file order (sent with the first chunk only).
     pub writes: Vec<Stamp>,
     pub offset: u64,
+    /// The last field, and `ReadChunk` the last of [`HydfsMsg::ReadReply`]: a frame keeps these
+    /// bytes apart from the rest of its payload ([`crate::wire::Frame`]), which works only while
+    /// they end it.
     #[serde(with = "serde_bytes")]
     pub bytes: Vec<u8>,
 }
@@ -92,6 +95,9 @@ pub struct ReadChunk {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartBytes {
     pub meta: PartMeta,
+    /// The last field, and `PartBytes` the last of [`HydfsMsg::FetchReply`]: a frame keeps these
+    /// bytes apart from the rest of its payload ([`crate::wire::Frame`]), which works only while
+    /// they end it.
     #[serde(with = "serde_bytes")]
     pub bytes: Vec<u8>,
 }
