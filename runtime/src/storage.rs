@@ -992,15 +992,17 @@ impl FileStorage {
         Ok(n)
     }
 
-    /// Appends one record at the end of the log; returns where it went.
-    fn append(&mut self, kind: u8, blob: BlobId, data: &[u8]) -> Result<Loc, StorageError> {
+    /// Appends one record at the end of the log, `data_crc` the CRC32C of `data`; returns where
+    /// it went.
+    fn append(&mut self, kind: u8, blob: BlobId, data: &[u8], data_crc: u32) -> Result<Loc, StorageError> {
+        debug_assert_eq!(data_crc, crc32c::crc32c(data), "a record's CRC is its data's");
         let len = u32::try_from(data.len()).map_err(|_| {
             StorageError::Io(format!(
                 "block {blob:016x} of {} bytes is larger than a record can hold",
                 data.len()
             ))
         })?;
-        let header = Header { kind, blob, len, data_crc: crc32c::crc32c(data) };
+        let header = Header { kind, blob, len, data_crc };
         self.append_record(&header.encode(), data, blob, len, Via::DirectIfLarge)
     }
 
@@ -1227,10 +1229,10 @@ impl FileStorage {
         unmade.map_or(written, |u| u.min(written))
     }
 
-    /// Reads one record, checking its header and its data's CRC; returns its data. A large one
-    /// is read with direct I/O, like it was written: filling the page cache with it would cost
-    /// what writing past the cache saved.
-    fn read_record(&mut self, loc: Loc, blob: BlobId) -> Result<Vec<u8>, StorageError> {
+    /// Reads one record, checking its header and its data's CRC; returns its data and that CRC.
+    /// A large one is read with direct I/O, like it was written: filling the page cache with it
+    /// would cost what writing past the cache saved.
+    fn read_record(&mut self, loc: Loc, blob: BlobId) -> Result<(Vec<u8>, u32), StorageError> {
         // A record still being written behind is read once it is written; one whose write
         // failed fails its checksum below, like any other unreadable record.
         let written = self.wait_writes_of(loc);
@@ -1274,7 +1276,9 @@ impl FileStorage {
             }
         };
         match Header::decode(&h) {
-            Some(h) if h.blob == blob && h.len == loc.len && crc32c::crc32c(&data) == h.data_crc => Ok(data),
+            Some(h) if h.blob == blob && h.len == loc.len && crc32c::crc32c(&data) == h.data_crc => {
+                Ok((data, h.data_crc))
+            }
             _ => Err(StorageError::Io(format!(
                 "block {blob:016x} in {} at byte {} fails its checksum",
                 path.display(),
@@ -1611,7 +1615,11 @@ impl Drop for FileStorage {
 
 impl Storage for FileStorage {
     fn put(&mut self, blob: BlobId, data: &[u8]) -> Result<(), StorageError> {
-        let loc = self.append(KIND_PUT, blob, data)?;
+        self.put_with_crc(blob, data, crc32c::crc32c(data))
+    }
+
+    fn put_with_crc(&mut self, blob: BlobId, data: &[u8], crc: u32) -> Result<(), StorageError> {
+        let loc = self.append(KIND_PUT, blob, data, crc)?;
         self.written += 1;
         self.publish(loc.segment);
         self.segments.get_mut(&loc.segment).expect("appended").puts.insert(blob);
@@ -1623,14 +1631,19 @@ impl Storage for FileStorage {
 
     fn read(&mut self, blob: BlobId) -> Result<Vec<u8>, StorageError> {
         let loc = *self.blocks.get(&blob).ok_or(StorageError::Missing(blob))?;
-        self.read_record(loc, blob)
+        self.read_record(loc, blob).map(|(data, _)| data)
+    }
+
+    fn read_checked(&mut self, blob: BlobId) -> Result<(Vec<u8>, Option<u32>), StorageError> {
+        let loc = *self.blocks.get(&blob).ok_or(StorageError::Missing(blob))?;
+        self.read_record(loc, blob).map(|(data, crc)| (data, Some(crc)))
     }
 
     fn delete(&mut self, blob: BlobId) -> Result<(), StorageError> {
         if !self.blocks.contains_key(&blob) {
             return Ok(());
         }
-        let loc = self.append(KIND_DELETE, blob, &[])?;
+        let loc = self.append(KIND_DELETE, blob, &[], crc32c::crc32c(&[]))?;
         self.written += 1;
         self.publish(loc.segment);
         self.segments.get_mut(&loc.segment).expect("appended").dead += loc.record_bytes();
@@ -1876,6 +1889,24 @@ mod tests {
         let StorageError::Io(msg) = err else { panic!("expected Io, got {err:?}") };
         assert!(msg.contains(&*file.join("blocks").to_string_lossy()), "{msg}");
         assert!(msg.contains("os error"), "{msg}");
+    }
+
+    /// A block read back comes with the CRC32C the storage checked it against: the one given
+    /// when it was put (small, and large through direct I/O), and reopening keeps it.
+    #[test]
+    fn a_block_is_read_with_the_crc_it_was_put_with() {
+        let t = TempDir::new("crc");
+        let mut s = FileStorage::open(&t.blocks()).unwrap();
+        let big: Vec<u8> = (0..(1 << 20) + 5).map(|i| (i % 253) as u8).collect();
+        for (blob, data) in [(1, b"a small block".to_vec()), (2, big.clone())] {
+            s.put_with_crc(blob, &data, crc32c::crc32c(&data)).unwrap();
+        }
+        sync(&mut s);
+        let mut s = FileStorage::open(&t.blocks()).unwrap();
+        for (blob, data) in [(1, b"a small block".to_vec()), (2, big)] {
+            let crc = crc32c::crc32c(&data);
+            assert_eq!(s.read_checked(blob).unwrap(), (data, Some(crc)), "block {blob}");
+        }
     }
 
     #[test]

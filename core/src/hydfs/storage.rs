@@ -28,6 +28,19 @@ pub trait Storage {
     fn put(&mut self, blob: BlobId, data: &[u8]) -> Result<(), StorageError>;
     /// Reads a block back (the bytes may have been corrupted at rest; callers check them).
     fn read(&mut self, blob: BlobId) -> Result<Vec<u8>, StorageError>;
+    /// [`Storage::put`] of a block whose CRC32C the caller computed already (`crc`): a storage
+    /// that checksums its blocks keeps this one instead of computing it again. The default
+    /// ignores it.
+    fn put_with_crc(&mut self, blob: BlobId, data: &[u8], crc: u32) -> Result<(), StorageError> {
+        let _ = crc;
+        self.put(blob, data)
+    }
+    /// [`Storage::read`], with the CRC32C of the bytes read when the storage computed it and
+    /// found it equal to the one it kept for the block (`None` from a storage that keeps none):
+    /// the caller need not compute it again.
+    fn read_checked(&mut self, blob: BlobId) -> Result<(Vec<u8>, Option<u32>), StorageError> {
+        self.read(blob).map(|data| (data, None))
+    }
     /// Removes a block. Not durable until a sync or a flush covers it.
     fn delete(&mut self, blob: BlobId) -> Result<(), StorageError>;
     /// Removes several blocks, as [`Storage::delete`] of each in turn would. An implementation

@@ -354,9 +354,9 @@ impl LocalStore {
         let mut lost = Vec::new();
         for (key, rec) in &parts {
             let ok = match check {
-                PartCheck::ReadAndVerify => {
-                    storage.read(rec.blob).is_ok_and(|bytes| rec.meta.still_matches(&bytes))
-                }
+                PartCheck::ReadAndVerify => storage
+                    .read_checked(rec.blob)
+                    .is_ok_and(|(bytes, crc)| rec.meta.still_matches_crc(&bytes, crc)),
                 PartCheck::ReadOnly => storage.read(rec.blob).is_ok(),
                 PartCheck::Trust => true,
             };
@@ -665,7 +665,8 @@ impl LocalStore {
         let blob = self.next_blob;
         self.next_blob += 1;
         debug_assert!(blob < index::INDEX_BASE, "data blocks stay below the index's ids");
-        self.storage.put(blob, bytes)?;
+        // `matches` computed the bytes' CRC32C: the storage keeps it rather than computing it.
+        self.storage.put_with_crc(blob, bytes, meta.crc)?;
         self.changed();
         self.dirty_parts.insert(key.clone());
         self.parts.insert(key, PartRec { blob, meta });
@@ -676,14 +677,14 @@ impl LocalStore {
     pub fn read_part(&mut self, name: &FileName, stamp: Stamp, part: u32) -> Result<Vec<u8>, PartError> {
         let key = (name.clone(), stamp, part);
         let Some(rec) = self.parts.get(&key).copied() else { return Err(PartError::Missing) };
-        let bytes = match self.storage.read(rec.blob) {
-            Ok(bytes) => bytes,
+        let (bytes, crc) = match self.storage.read_checked(rec.blob) {
+            Ok(read) => read,
             Err(e) => {
                 self.remove_part(&key);
                 return Err(PartError::Lost(e));
             }
         };
-        if self.verify && !rec.meta.still_matches(&bytes) {
+        if self.verify && !rec.meta.still_matches_crc(&bytes, crc) {
             self.remove_part(&key);
             return Err(PartError::Corrupt);
         }

@@ -97,9 +97,16 @@ impl PartMeta {
     /// line count is a function of the same bytes, already checked when they were stored, and
     /// counting it again cost as much as the CRC on every read).
     pub fn still_matches(&self, bytes: &[u8]) -> bool {
+        self.still_matches_crc(bytes, None)
+    }
+
+    /// [`PartMeta::still_matches`], given the CRC32C of `bytes` if the storage computed it
+    /// while reading them (`crc`): it is not computed again.
+    pub fn still_matches_crc(&self, bytes: &[u8], crc: Option<u32>) -> bool {
+        debug_assert!(crc.is_none_or(|c| c == crc32c::crc32c(bytes)), "a given CRC is the bytes'");
         bytes.len() == self.len as usize
             && bytes.last().is_some_and(|b| *b == b'\n') == self.ends_with_newline
-            && crc32c::crc32c(bytes) == self.crc
+            && crc.unwrap_or_else(|| crc32c::crc32c(bytes)) == self.crc
     }
 }
 
@@ -352,6 +359,11 @@ mod tests {
         assert!(p.still_matches(b"a\nbc\n\nd"));
         assert!(!p.still_matches(b"a\nbc\n\ne"), "a changed byte fails the CRC");
         assert!(!p.still_matches(b"a\nbc\n\n"), "a lost byte fails the length");
+        // Given the CRC the storage checked the bytes against, the part's own is compared
+        // with it: another block's bytes (of the same length and ending) are still refused.
+        let other = b"a\nbc\n\ne";
+        assert!(p.still_matches_crc(b"a\nbc\n\nd", Some(p.crc)));
+        assert!(!p.still_matches_crc(other, Some(crc32c::crc32c(other))), "another block's bytes");
     }
 
     #[test]
