@@ -36,6 +36,7 @@ use crate::replay::FrameSeq;
 use bincode::Options;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 
 /// The largest datagram any node sends or accepts (fits an Ethernet MTU with IP/UDP headers).
 pub const MAX_DATAGRAM_BYTES: usize = 1400;
@@ -243,7 +244,7 @@ pub fn canonical_bytes<T: Serialize>(value: &T) -> Vec<u8> {
 /// A message's bulk field (a read chunk's or a fetched part's bytes) of at least this many bytes
 /// stays in its own buffer when the message is encoded ([`Codec::encode_unsealed`]): the frame
 /// is written from the pieces, never copied whole.
-pub const BULK_APART_BYTES: usize = 64 * 1024;
+pub const BULK_APART_BYTES: usize = 256 * 1024;
 
 /// An encoded frame still without its trailer (its CRC32C, or its keyed BLAKE3 tag), from
 /// [`Codec::encode_unsealed`]. [`Frame::seal`] computes the trailer and returns the frame as it
@@ -297,7 +298,8 @@ impl SealedFrame {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Trailer {
     Crc,
-    Tag(ClusterKey),
+    /// The signing key, shared with the codec rather than copied into every frame.
+    Tag(Arc<ClusterKey>),
 }
 
 impl Trailer {
@@ -383,7 +385,8 @@ impl Frame {
 /// which lets a cluster roll a new key out without a flag day.
 #[derive(Clone, Debug, Default)]
 pub struct Codec {
-    keys: Vec<ClusterKey>,
+    /// Shared with the frames being sealed (so the secret is not copied into each).
+    keys: Vec<Arc<ClusterKey>>,
 }
 
 impl Codec {
@@ -394,8 +397,8 @@ impl Codec {
 
     /// A codec that signs with `current` and also accepts frames signed with `also_accepted`.
     pub fn keyed(current: ClusterKey, also_accepted: Vec<ClusterKey>) -> Codec {
-        let mut keys = vec![current];
-        keys.extend(also_accepted);
+        let mut keys = vec![Arc::new(current)];
+        keys.extend(also_accepted.into_iter().map(Arc::new));
         Codec { keys }
     }
 
@@ -411,7 +414,7 @@ impl Codec {
             Some((current, rest)) => format!(
                 "signing with {}, also accepting {}",
                 current.fingerprint(),
-                rest.iter().map(ClusterKey::fingerprint).collect::<Vec<_>>().join(", ")
+                rest.iter().map(|k| k.fingerprint()).collect::<Vec<_>>().join(", ")
             ),
         }
     }
@@ -511,7 +514,7 @@ impl Codec {
     fn trailer(&self) -> Trailer {
         match self.keys.first() {
             None => Trailer::Crc,
-            Some(key) => Trailer::Tag(key.clone()),
+            Some(key) => Trailer::Tag(Arc::clone(key)),
         }
     }
 

@@ -180,11 +180,12 @@ impl Written {
     }
 }
 
-/// Frames at least this long are sealed ([`Frame::seal`]: their CRC or keyed tag computed) by a
-/// [`Sealers`] thread rather than the node task, so that the node task goes on with the next
-/// chunk meanwhile. Smaller ones are sealed at once: a thread hand-off would cost more than
-/// their tag.
-pub const SEAL_APART_BYTES: usize = 64 * 1024;
+/// Frames at least this long are sealed ([`Frame::seal_apart`]: their CRC or keyed tag computed)
+/// by a [`Sealers`] thread rather than the node task, so that the node task goes on with the
+/// next chunk meanwhile. Smaller ones are sealed at once (a thread hand-off would cost more than
+/// their tag) and can be gathered with other small frames into one write; the two thresholds
+/// are one.
+pub const SEAL_APART_BYTES: usize = COALESCE_BYTES;
 
 /// Threads that seal large frames, per node.
 const SEALERS: usize = 2;
@@ -279,6 +280,10 @@ impl Writers {
     /// in the order they were given.
     pub fn send_frame(&mut self, to: SocketAddr, lane: Lane, frame: Frame) {
         let len = frame.len();
+        // A frame its queue has no room for is dropped before it costs a seal.
+        if let Some(waiting) = self.full(to, lane, len) {
+            return self.dropped(to, lane, waiting);
+        }
         if len >= SEAL_APART_BYTES && matches!(self.sealers, SealersState::NotStarted) {
             self.sealers = match Sealers::start() {
                 Some(sealers) => SealersState::Running(sealers),
@@ -302,14 +307,22 @@ impl Writers {
         self.queue(to, lane, Queued::Sealed(frame));
     }
 
+    /// The bytes waiting for `to` on `lane`, if a frame of `len` bytes would take them past the
+    /// bound (a frame is always taken into an empty queue, or one whose writer has stopped).
+    fn full(&self, to: SocketAddr, lane: Lane, len: usize) -> Option<usize> {
+        let queue = self.peers.get(&(to, lane))?;
+        let waiting = queue.bytes.load(Ordering::Acquire);
+        let cost = len.saturating_add(QUEUED_FRAME_OVERHEAD);
+        (waiting > 0 && waiting.saturating_add(cost) > self.queue_bytes && !queue.tx.is_closed())
+            .then_some(waiting)
+    }
+
     fn queue(&mut self, to: SocketAddr, lane: Lane, mut frame: Queued) {
         let cost = frame.len().saturating_add(QUEUED_FRAME_OVERHEAD);
+        if let Some(waiting) = self.full(to, lane, frame.len()) {
+            return self.dropped(to, lane, waiting);
+        }
         if let Some(queue) = self.peers.get(&(to, lane)) {
-            let waiting = queue.bytes.load(Ordering::Acquire);
-            if waiting > 0 && waiting.saturating_add(cost) > self.queue_bytes && !queue.tx.is_closed() {
-                self.dropped(to, lane, waiting);
-                return;
-            }
             queue.bytes.fetch_add(cost, Ordering::AcqRel);
             match queue.tx.send(frame) {
                 Ok(()) => return,
