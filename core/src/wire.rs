@@ -253,7 +253,7 @@ pub const BULK_APART_BYTES: usize = 256 * 1024;
 /// the node's: in a 1 MiB-chunk `get`, the tags were about a fifth of the serving node's CPU.
 ///
 /// A message's bulk field, when it has one of at least [`BULK_APART_BYTES`], is the last field
-/// of its payload ([`Body::take_bulk`]); the frame keeps those bytes in the buffer the message
+/// of its payload (`Body::take_bulk`); the frame keeps those bytes in the buffer the message
 /// held them in (`bulk`), after the rest of the frame (`bytes`, which ends with the field's
 /// length).
 ///
