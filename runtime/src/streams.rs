@@ -906,6 +906,16 @@ mod tests {
         assert!(failures.try_recv().is_err(), "nothing was reported lost");
     }
 
+    /// The next frame on `stream`, within 10 s and at most `limit` bytes.
+    async fn next_frame(stream: &mut TcpStream, limit: usize) -> Vec<u8> {
+        let read =
+            tokio::time::timeout(Duration::from_secs(10), read_frame(stream, FrameLimits::new(limit))).await;
+        match read.expect("a frame in time").expect("read").expect("a frame before the end") {
+            Incoming::Frame(frame) => frame,
+            other => panic!("a frame over the limit: {other:?}"),
+        }
+    }
+
     /// Frames sealed on other threads go out in the order they were given, sealed: small ones
     /// given after a large one still being sealed wait for it.
     #[tokio::test]
@@ -926,14 +936,7 @@ mod tests {
         }
         let (mut accepted, _) = listener.accept().await.unwrap();
         for (i, len) in sizes.iter().enumerate() {
-            let read = tokio::time::timeout(
-                Duration::from_secs(10),
-                read_frame(&mut accepted, FrameLimits::new(16 << 20)),
-            )
-            .await;
-            let Incoming::Frame(frame) = read.expect("in time").unwrap().expect("a frame") else {
-                panic!("frame {i} over the limit")
-            };
+            let frame = next_frame(&mut accepted, 16 << 20).await;
             assert!(frame == codec.frame_raw(Lane::Bulk, &payload(i, *len)), "frame {i} ({len} bytes)");
         }
         assert!(failures.try_recv().is_err(), "nothing was reported lost");
@@ -973,14 +976,7 @@ mod tests {
         let (mut accepted, _) = listener.accept().await.unwrap();
         for n in 0..3 {
             for expected in [codec.encode(&chunk(n), 16 << 20).unwrap(), small.clone()] {
-                let read = tokio::time::timeout(
-                    Duration::from_secs(10),
-                    read_frame(&mut accepted, FrameLimits::new(16 << 20)),
-                )
-                .await;
-                let Incoming::Frame(frame) = read.expect("in time").unwrap().expect("a frame") else {
-                    panic!("over the limit")
-                };
+                let frame = next_frame(&mut accepted, 16 << 20).await;
                 assert!(frame == expected, "chunk {n}, or the frame after it");
             }
             let whole = codec.encode(&chunk(n), 16 << 20).unwrap();
