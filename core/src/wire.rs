@@ -24,7 +24,11 @@
 //! * every envelope carries its sender's per-(channel, lane) [`FrameSeq`] and its lane, inside
 //!   the authenticated bytes, so a receiver can refuse replays ([`crate::replay`]), and the
 //!   address it was sent to, so a frame replayed to another node is refused there;
-//! * a decoded envelope's lane is the one its header names (an unknown lane byte is refused).
+//! * a decoded envelope's lane is the one its header names (an unknown lane byte is refused);
+//! * a frame is the same bytes however it is sealed: in one buffer ([`Frame::seal`]), or in the
+//!   pieces it is held in, with a large read chunk's or part's bytes in their own buffer
+//!   ([`Frame::seal_apart`]); the header always counts exactly the payload (asserted when a
+//!   frame is sealed).
 
 use crate::hydfs::message::{PartBytes, ReadChunk};
 use crate::hydfs::HydfsMsg;
