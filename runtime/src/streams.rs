@@ -906,6 +906,14 @@ mod tests {
         assert!(failures.try_recv().is_err(), "nothing was reported lost");
     }
 
+    /// A listener, and writers (64 MiB per queue) with the channel their failures come on.
+    async fn writers_to_a_listener() -> (TcpListener, SocketAddr, Writers, mpsc::Receiver<Input>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let to = listener.local_addr().unwrap();
+        let (tx, failures) = mpsc::channel(8);
+        (listener, to, Writers::new(tx, 64 << 20, Arc::default()), failures)
+    }
+
     /// The next frame on `stream`, within 10 s and at most `limit` bytes.
     async fn next_frame(stream: &mut TcpStream, limit: usize) -> Vec<u8> {
         let read =
@@ -920,10 +928,7 @@ mod tests {
     /// given after a large one still being sealed wait for it.
     #[tokio::test]
     async fn frames_sealed_apart_keep_their_order_behind_a_slow_one() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let to = listener.local_addr().unwrap();
-        let (tx, mut failures) = mpsc::channel(8);
-        let mut writers = Writers::new(tx, 64 << 20, Arc::default());
+        let (listener, to, mut writers, mut failures) = writers_to_a_listener().await;
         let codec = Codec::keyed(rainstorm_core::wire::ClusterKey::from_passphrase("k"), vec![]);
         // A large frame (slow to tag) first, then small and large ones by turns.
         let sizes: Vec<usize> = [12 << 20, 10, SEAL_APART_BYTES, 20, 0, 3 << 20, 30]
@@ -948,10 +953,7 @@ mod tests {
     async fn a_chunk_kept_apart_from_its_frame_arrives_as_the_whole_frame() {
         use rainstorm_core::hydfs::message::{HydfsMsg, ReadChunk};
         use rainstorm_core::wire::{Body, Envelope};
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let to = listener.local_addr().unwrap();
-        let (tx, mut failures) = mpsc::channel(8);
-        let mut writers = Writers::new(tx, 64 << 20, Arc::default());
+        let (listener, to, mut writers, mut failures) = writers_to_a_listener().await;
         let codec = Codec::keyed(rainstorm_core::wire::ClusterKey::from_passphrase("k"), vec![]);
         let chunk = |n: usize| {
             let bytes: Vec<u8> = (0..(1 << 20) + n).map(|i| (i * 13 % 251) as u8).collect();
@@ -989,10 +991,7 @@ mod tests {
     /// in order.
     #[tokio::test]
     async fn a_burst_of_frames_arrives_whole_and_in_order() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let to = listener.local_addr().unwrap();
-        let (tx, mut failures) = mpsc::channel(8);
-        let mut writers = Writers::new(tx, 64 << 20, Arc::default());
+        let (listener, to, mut writers, mut failures) = writers_to_a_listener().await;
         let sizes: Vec<usize> =
             (0..600).map(|i| if i % 97 == 0 { COALESCE_BYTES + 3 } else { 1 + i * 7 % 900 }).collect();
         for (i, len) in sizes.iter().enumerate() {
