@@ -9,7 +9,8 @@
 //!    between them), as MiB/s and as ratios of median to median; every got file is compared.
 //! 3. 4 KiB appends per second: one client per node, each appending to one shared file, against
 //!    the append floor (`append_floor.rs`: the same clients, hops and fsyncs with nothing of HyDFS
-//!    in them), in alternating rounds, as many as the raw copy.
+//!    in them), in alternating rounds, as many as the raw copy; with what each append cost in CPU
+//!    time and context switches, over this process and every node process ([`Work`]).
 //! 4. Merge after 1,000 concurrent appends (10 clients × 100): the first and a second merge, then
 //!    two replicas read back with `getfromreplica`, compared and checked append by append.
 //! 5. Re-replication of a 100 MiB file after kill -9 of one of its replicas (never the
@@ -172,6 +173,86 @@ pub(super) fn proc_kib(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with(key))?;
     line[key.len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// CPU time and context switches (voluntary and not) spent so far by this process and the
+/// cluster's nodes: what an append costs the machine, apart from the kernel's own threads
+/// (disk completions, for one).
+#[derive(Clone, Copy, Default, Debug, PartialEq)]
+struct Work {
+    cpu: Duration,
+    switches: u64,
+}
+
+impl Work {
+    /// This process (every thread it ever ran, the ended ones too) and every node still running.
+    fn now(a: &Cluster) -> Work {
+        let mut w = Work::of_self();
+        for pid in (0..NODES).filter_map(|i| a.pid(i)) {
+            let node = Work::of_process(pid);
+            w.cpu += node.cpu;
+            w.switches += node.switches;
+        }
+        w
+    }
+
+    /// `getrusage(RUSAGE_SELF)`: it counts the threads that have ended, as the clients' have
+    /// (`/proc` does not: its per-thread figures leave with the thread).
+    #[allow(unsafe_code)]
+    fn of_self() -> Work {
+        // SAFETY: `rusage` is plain integers, for which all zeros is a valid value, and
+        // `getrusage` only writes the struct it is given a pointer to, which outlives the call.
+        let (u, ok) = unsafe {
+            let mut u: libc::rusage = std::mem::zeroed();
+            let ok = libc::getrusage(libc::RUSAGE_SELF, &mut u) == 0;
+            (u, ok)
+        };
+        if !ok {
+            return Work::default();
+        }
+        let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+        Work {
+            cpu: Duration::from_micros(micros(u.ru_utime) + micros(u.ru_stime)),
+            switches: (u.ru_nvcsw + u.ru_nivcsw) as u64,
+        }
+    }
+
+    /// Summed over the process's threads now running (a node's threads live as long as it does):
+    /// nanoseconds on the CPU from `schedstat`, switches from `status`.
+    fn of_process(pid: u32) -> Work {
+        let mut w = Work::default();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return w };
+        for task in tasks.flatten() {
+            let dir = task.path();
+            let (Ok(sched), Ok(status)) =
+                (std::fs::read_to_string(dir.join("schedstat")), std::fs::read_to_string(dir.join("status")))
+            else {
+                continue;
+            };
+            let ns: u64 = sched.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            w.cpu += Duration::from_nanos(ns);
+            w.switches += parse_switches(&status);
+        }
+        w
+    }
+
+    /// What was spent from `before` to `self`, per append of `appends`.
+    fn per_append(self, before: Work, appends: usize) -> Option<(f64, f64)> {
+        (appends > 0).then(|| {
+            let n = appends as f64;
+            let cpu = self.cpu.saturating_sub(before.cpu).as_secs_f64() * 1e6 / n;
+            (cpu, self.switches.saturating_sub(before.switches) as f64 / n)
+        })
+    }
+}
+
+/// Voluntary plus involuntary context switches from a `/proc/<pid>/task/<tid>/status` text.
+fn parse_switches(status: &str) -> u64 {
+    status
+        .lines()
+        .filter(|l| l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
 }
 
 // ----- files ---------------------------------------------------------------------------------
@@ -661,17 +742,25 @@ fn append_rate(a: &Cluster, plan: &Plan, work: &Path, f: &mut Findings) -> Resul
     let mut rates = Vec::new();
     let mut times: Vec<Duration> = Vec::new();
     let mut errors: Vec<String> = Vec::new();
+    // What each append cost the machine, per round: (CPU µs, context switches).
+    let (mut floor_cost, mut cost) = (Vec::new(), Vec::new());
     for round in 0..plan.runs {
         eprintln!(
             "append rate, round {}: the floor, then the cluster: {NODES} clients × {} appends ...",
             round + 1,
             plan.rate_appends_each
         );
+        let before = Work::now(a);
         match super::append_floor::measure(work, &blocks, plan.rate_appends_each) {
-            Ok(rate) => floor.push(rate),
+            Ok(rate) => {
+                floor.push(rate);
+                floor_cost.extend(Work::now(a).per_append(before, NODES as usize * plan.rate_appends_each));
+            }
             Err(e) => f.problem(format!("the append floor failed: {e:#}")),
         }
+        let before = Work::now(a);
         let (rate, t, e) = cluster_appends(a, plan, name, &blocks)?;
+        cost.extend(Work::now(a).per_append(before, t.len()));
         rates.push(rate);
         times.extend(t);
         errors.extend(e);
@@ -690,11 +779,16 @@ fn append_rate(a: &Cluster, plan: &Plan, work: &Path, f: &mut Findings) -> Resul
         plan.runs
     );
     println!();
-    println!("| clients | appends ok | failed | appends/s (median) | all rounds | latency mean ms | p50 ms | p99 ms |");
-    println!("|---:|---:|---:|---:|---|---:|---:|---:|");
-    let all = |r: &[f64]| r.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
     println!(
-        "| {NODES} (one per node, each sequential) | {} | {} | {rate:.0} | {} | {:.1} | {:.1} | {:.1} |",
+        "CPU and context switches per append: this process (the clients, and the floor's threads) and every node process, median of the rounds; the kernel's own threads are not counted."
+    );
+    println!();
+    println!("| clients | appends ok | failed | appends/s (median) | all rounds | latency mean ms | p50 ms | p99 ms | CPU µs per append | context switches per append |");
+    println!("|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|");
+    let all = |r: &[f64]| r.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
+    let (cpu, switches) = median_cost(&cost);
+    println!(
+        "| {NODES} (one per node, each sequential) | {} | {} | {rate:.0} | {} | {:.1} | {:.1} | {:.1} | {cpu} | {switches} |",
         times.len(),
         errors.len(),
         all(&rates),
@@ -703,11 +797,25 @@ fn append_rate(a: &Cluster, plan: &Plan, work: &Path, f: &mut Findings) -> Resul
         l.p99
     );
     if !floor.is_empty() {
-        println!("| floor, same clients | | | {floor_rate:.0} | {} | | | |", all(&floor));
-        println!("| cluster ÷ floor | | | {:.2} | | | | |", rate / floor_rate.max(1e-9));
+        let (cpu, switches) = median_cost(&floor_cost);
+        println!(
+            "| floor, same clients | | | {floor_rate:.0} | {} | | | | {cpu} | {switches} |",
+            all(&floor)
+        );
+        println!("| cluster ÷ floor | | | {:.2} | | | | | | |", rate / floor_rate.max(1e-9));
     }
     println!();
     Ok(())
+}
+
+/// The medians of per-append costs (CPU µs, context switches), formatted; blank if none.
+fn median_cost(costs: &[(f64, f64)]) -> (String, String) {
+    if costs.is_empty() {
+        return (String::new(), String::new());
+    }
+    let cpu = median_f64(&costs.iter().map(|c| c.0).collect::<Vec<_>>());
+    let switches = median_f64(&costs.iter().map(|c| c.1).collect::<Vec<_>>());
+    (format!("{cpu:.0}"), format!("{switches:.1}"))
 }
 
 /// One round of the cluster's append rate: every client appends its block `rate_appends_each`
@@ -1261,5 +1369,41 @@ fn summary(f: &Findings, plan: &Plan) {
         for p in &f.problems {
             println!("- {p}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn switches_are_the_voluntary_and_the_involuntary_ones_summed() {
+        let status = "Name:\tnode\nvoluntary_ctxt_switches:\t4560\nnonvoluntary_ctxt_switches:\t2508\n";
+        assert_eq!(parse_switches(status), 7068);
+        assert_eq!(parse_switches("Name:\tnode\n"), 0, "no counts, none");
+    }
+
+    #[test]
+    fn a_cost_per_append_divides_what_was_spent_between() {
+        let before = Work { cpu: Duration::from_millis(100), switches: 1_000 };
+        let after = Work { cpu: Duration::from_millis(700), switches: 21_000 };
+        let (cpu, switches) = after.per_append(before, 1_000).expect("appends were made");
+        assert!((cpu - 600.0).abs() < 1e-6, "{cpu}");
+        assert!((switches - 20.0).abs() < 1e-9, "{switches}");
+        assert_eq!(after.per_append(before, 0), None, "no append, no cost");
+    }
+
+    #[test]
+    fn this_process_is_seen_spending_cpu() {
+        let before = Work::of_self();
+        let spin = Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < Duration::from_millis(30) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let after = Work::of_self();
+        assert!(after.cpu >= before.cpu + Duration::from_millis(10), "{before:?} → {after:?}");
+        let here = Work::of_process(std::process::id());
+        assert!(here.cpu > Duration::ZERO && here.switches > 0, "{here:?}");
     }
 }
