@@ -450,12 +450,14 @@ impl Hydfs {
     }
 
     /// This node's files with their digests, in name order: what it answers an inventory ask.
-    fn inventory(&self) -> Inventory {
-        self.store
-            .files()
-            .keys()
-            .filter(|n| !self.creating(n))
-            .filter_map(|n| Some((n.clone(), self.store.digest(n)?)))
+    fn inventory(&mut self) -> Inventory {
+        let names: Vec<FileName> = self.store.files().keys().filter(|n| !self.creating(n)).cloned().collect();
+        names
+            .into_iter()
+            .filter_map(|n| {
+                let digest = self.store.digest(&n)?;
+                Some((n, digest))
+            })
             .collect()
     }
 

@@ -17,6 +17,8 @@
 //!   the seals in;
 //! * a file's remembered owner chain ([`LocalStore::owners_of`]) is always what its writes make
 //!   of it: it is forgotten on any change but an added append, which cannot change it;
+//! * a file's remembered digest ([`LocalStore::digest`]) is always what its writes and parts
+//!   make of it: it is forgotten on any change to either;
 //! * the index is durable with the parts: [`LocalStore::sync`] writes what changed since the last
 //!   sync as one index block (`index.rs`) before syncing storage, so after a crash
 //!   [`LocalStore::open`] recovers exactly the files, writes and parts the last completed sync
@@ -241,6 +243,12 @@ pub struct LocalStore {
     /// changed: it depends on nothing else, so an append leaves it valid, and a write's seal
     /// check does not go over every write of the file.
     owners_memo: BTreeMap<FileName, Option<Owners>>,
+    /// The digest ([`LocalStore::digest`]) of files asked for since they or their parts last
+    /// changed. An inventory lists the digest of every file a node holds, several times per
+    /// anti-entropy round (its own, and its answers to its neighbours); worked out afresh, each
+    /// walked all the file's writes and parts, and a node holding large files spent tens of
+    /// milliseconds per inventory on files that had not changed, while appends waited.
+    digest_memo: BTreeMap<FileName, FileDigest>,
 }
 
 /// Past this many change blocks (or their bytes past the snapshot's, and past 1 MiB) the index
@@ -424,6 +432,7 @@ impl LocalStore {
             tombstones_kept: BTreeSet::new(),
             tombstones_forgotten: BTreeSet::new(),
             owners_memo: BTreeMap::new(),
+            digest_memo: BTreeMap::new(),
         };
         // A fresh snapshot of what was recovered, durable before the chain it replaces is
         // removed. A full disk refuses it: the node starts anyway on the chain it has (it can
@@ -456,6 +465,7 @@ impl LocalStore {
     pub fn file_mut(&mut self, name: &FileName) -> &mut FileRec {
         self.touch(name);
         self.owners_memo.remove(name);
+        self.digest_memo.remove(name);
         self.files.entry(name.clone()).or_default()
     }
 
@@ -522,6 +532,7 @@ impl LocalStore {
             return;
         }
         let stamp = w.stamp;
+        self.digest_memo.remove(name);
         self.files.get_mut(name).expect("held, checked above").pending.insert(stamp, w);
         self.appended.entry(name.clone()).or_default().push(stamp);
         self.changed();
@@ -531,6 +542,7 @@ impl LocalStore {
         self.touch(name);
         self.last_drop = self.changes;
         self.owners_memo.remove(name);
+        self.digest_memo.remove(name);
         // Parts of writes the record no longer holds are released (the stamps sorted: compared
         // one by one, the cost grew with the square of the file's writes).
         let mut keep: Vec<Stamp> = rec.writes().map(|w| w.stamp).collect();
@@ -668,6 +680,7 @@ impl LocalStore {
         // `matches` computed the bytes' CRC32C: the storage keeps it rather than computing it.
         self.storage.put_with_crc(blob, bytes, meta.crc)?;
         self.changed();
+        self.digest_memo.remove(name);
         self.dirty_parts.insert(key.clone());
         self.parts.insert(key, PartRec { blob, meta });
         Ok(true)
@@ -693,6 +706,7 @@ impl LocalStore {
 
     fn remove_part(&mut self, key: &PartKey) {
         if let Some(rec) = self.parts.remove(key) {
+            self.digest_memo.remove(&key.0);
             // A failed delete leaves garbage behind, never wrong data: the index no longer
             // points at the block.
             let _ = self.storage.delete(rec.blob);
@@ -706,6 +720,7 @@ impl LocalStore {
     pub fn drop_file(&mut self, name: &FileName) {
         self.set_file(name, FileRec::default());
         self.files.remove(name);
+        self.digest_memo.remove(name);
         debug_assert!(
             self.parts.range((name.clone(), Stamp::MIN, 0)..).next().is_none_or(|((n, _, _), _)| n != name),
             "no part of a dropped file stays indexed"
@@ -727,6 +742,7 @@ impl LocalStore {
         }
         self.files.remove(name);
         self.owners_memo.remove(name);
+        self.digest_memo.remove(name);
         self.touch(name);
         self.last_drop = self.changes;
     }
@@ -1105,9 +1121,25 @@ impl LocalStore {
         })
     }
 
-    /// The digest of this node's copy of `name`: `meta(name)`'s digest, computed in one walk of
-    /// the file's writes without describing it (no write is cloned).
-    pub fn digest(&self, name: &FileName) -> Option<FileDigest> {
+    /// The digest of this node's copy of `name`: `meta(name)`'s digest, from the memo while the
+    /// file and its parts are unchanged, else worked out and remembered.
+    pub fn digest(&mut self, name: &FileName) -> Option<FileDigest> {
+        if let Some(digest) = self.digest_memo.get(name) {
+            debug_assert_eq!(
+                Some(*digest),
+                self.fresh_digest(name),
+                "the memo of {name}'s digest is what its writes and parts make"
+            );
+            return Some(*digest);
+        }
+        let digest = self.fresh_digest(name)?;
+        self.digest_memo.insert(name.clone(), digest);
+        Some(digest)
+    }
+
+    /// [`LocalStore::digest`] worked out: one walk of the file's writes without describing it
+    /// (no write is cloned).
+    fn fresh_digest(&self, name: &FileName) -> Option<FileDigest> {
         let rec = self.files.get(name)?;
         let owners = self.owners(rec);
         let kept = |w: &WriteMeta| owners.as_ref().is_none_or(|o| o.keeps(w));
@@ -1479,6 +1511,46 @@ mod tests {
         rec.pending.retain(|_, w| !matches!(w.kind, WriteKind::Seal(_)));
         store.set_file(&name, rec);
         assert_eq!(store.owners_of(&name), None);
+    }
+
+    #[test]
+    fn a_remembered_digest_follows_every_change_to_the_file_and_its_parts() {
+        let (name, other) = (FileName::new("f").unwrap(), FileName::new("g").unwrap());
+        let mut store = LocalStore::new(Box::new(MemStorage::default())).unwrap();
+        let data = |ts: u64| format!("w{ts}").into_bytes();
+        for n in [&name, &other] {
+            store.file_mut(n).create = Some(write(1, WriteKind::Create));
+            store.put_part(n, stamp(1, 1), 0, PartMeta::of(b"w1"), b"w1").unwrap();
+        }
+        let mut last = store.digest(&name);
+        let untouched = store.digest(&other);
+        // Each step changes the digest, and the one remembered is the one worked out afresh.
+        let mut step = |store: &mut LocalStore, what: &str| {
+            let digest = store.digest(&name);
+            assert_eq!(digest, store.fresh_digest(&name), "after {what}");
+            assert_ne!(digest, last, "{what} changes the digest");
+            last = digest;
+        };
+        // Synced first, so that the append is recorded as an append alone (the path that does
+        // not go through `file_mut`).
+        store.sync().unwrap();
+        store.add_pending(&name, write(2, WriteKind::Append));
+        assert!(store.appended.contains_key(&name), "recorded as an append alone");
+        step(&mut store, "an append arriving (its part not yet here)");
+        store.put_part(&name, stamp(2, 2), 0, PartMeta::of(&data(2)), &data(2)).unwrap();
+        step(&mut store, "its part stored");
+        store.remove_part(&(name.clone(), stamp(2, 2), 0));
+        step(&mut store, "its part lost");
+        let mut rec = store.file(&name).unwrap().clone();
+        let append = rec.pending.pop_first().expect("the append").1;
+        rec.merged.push(append);
+        store.set_file(&name, rec);
+        step(&mut store, "a merge");
+        store.file_mut(&name).generation += 1;
+        step(&mut store, "a change through `file_mut`");
+        store.drop_file(&name);
+        assert_eq!(store.digest(&name), None, "a dropped file has no digest");
+        assert_eq!(store.digest(&other), untouched, "another file's digest is left as it was");
     }
 
     /// Storage whose flushes behind complete only when the test says so.
