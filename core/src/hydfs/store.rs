@@ -232,7 +232,8 @@ pub struct LocalStore {
     /// Whether syncs write the index (off only for a planted bug).
     pub index_writes: bool,
     /// Whether a sealed file's view leaves out the appends its seals do not keep (off only for
-    /// a planted bug).
+    /// a planted bug). Set once, before any file is looked at: the remembered owner chains and
+    /// digests depend on it.
     pub seals: bool,
     /// The tombstones of deleted files this node keeps (see `tombstone.rs`), and the changes
     /// to them since the last index block.
