@@ -48,7 +48,8 @@ pub struct HydfsConfig {
     /// finds nothing to pull (and no ring change or local write happened) doubles the interval
     /// from `anti_entropy_interval` up to this one; anything else brings it back.
     pub anti_entropy_max_interval: Millis,
-    /// Stored bytes verified against their checksums per anti-entropy round (scrubbing).
+    /// Stored bytes verified against their checksums per anti-entropy round (scrubbing); a part
+    /// counts as at least [`crate::hydfs::store::SCRUB_PART_MIN_BYTES`] (64 KiB).
     pub scrub_bytes_per_round: u64,
     /// How long a node waits for one reply before trying again or elsewhere.
     pub request_timeout: Millis,
