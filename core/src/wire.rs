@@ -213,7 +213,16 @@ impl ClusterKey {
 
     /// The frame tag: BLAKE3 in its keyed mode (a MAC with a 256-bit key) over `bytes`.
     fn tag(&self, bytes: &[u8]) -> blake3::Hash {
-        blake3::keyed_hash(&self.0, bytes)
+        self.tag_pieces(&[bytes])
+    }
+
+    /// [`ClusterKey::tag`] over the concatenation of `pieces`, without joining them.
+    fn tag_pieces(&self, pieces: &[&[u8]]) -> blake3::Hash {
+        let mut hasher = blake3::Hasher::new_keyed(&self.0);
+        for piece in pieces {
+            hasher.update(piece);
+        }
+        hasher.finalize()
     }
 }
 
@@ -325,11 +334,7 @@ impl Trailer {
                 (out, CRC_BYTES)
             }
             Trailer::Tag(key) => {
-                let mut hasher = blake3::Hasher::new_keyed(&key.0);
-                for piece in pieces {
-                    hasher.update(piece);
-                }
-                out.copy_from_slice(hasher.finalize().as_bytes());
+                out.copy_from_slice(key.tag_pieces(pieces).as_bytes());
                 (out, TAG_BYTES)
             }
         }
