@@ -66,7 +66,7 @@ use crate::rainstorm::{
 };
 use crate::replay::{FrameSeq, ReplayGuard, Verdict, DEFAULT_MAX_WINDOWS};
 use crate::time::{Millis, Time};
-use crate::wire::{Body, Codec, Envelope, Frame};
+use crate::wire::{Body, Codec, Envelope, Frame, VerifiedFrame, WireError};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 
@@ -420,8 +420,26 @@ impl Node {
 
     /// A frame arrived on `channel`.
     pub fn handle_frame(&mut self, now: Time, channel: Channel, frame: &[u8]) {
-        let limit = self.limit(channel);
-        match self.codec.decode(frame, limit) {
+        let decoded = self.codec.decode(frame, self.limit(channel));
+        self.handle_decoded(now, channel, decoded, frame.len());
+    }
+
+    /// A stream frame arrived whose trailer the driver checked already ([`Codec::verify`], on
+    /// a thread of its own): it is decoded and handled as [`Node::handle_frame`] would.
+    pub fn handle_verified_frame(&mut self, now: Time, frame: &VerifiedFrame) {
+        let decoded = self.codec.decode_verified(frame, self.limit(Channel::Stream));
+        self.handle_decoded(now, Channel::Stream, decoded, frame.len());
+    }
+
+    /// A frame of `frame_len` bytes that arrived on `channel`, decoded (or refused).
+    fn handle_decoded(
+        &mut self,
+        now: Time,
+        channel: Channel,
+        decoded: Result<Envelope, WireError>,
+        frame_len: usize,
+    ) {
+        match decoded {
             Ok(envelope) => {
                 if let Some(guard) = &mut self.replay {
                     let cause = match guard.check(now, envelope.from, channel, envelope.lane, envelope.seq) {
@@ -436,7 +454,7 @@ impl Node {
                 }
                 match self.refusal(&envelope) {
                     Some(NOT_A_MEMBER) if self.may_hold(now, &envelope) => {
-                        return self.hold(now, envelope.from, envelope.body, frame.len());
+                        return self.hold(now, envelope.from, envelope.body, frame_len);
                     }
                     Some(NOT_A_MEMBER) => {
                         *self.stats.frames_rejected.entry(NOT_A_MEMBER).or_default() += 1;
@@ -463,7 +481,7 @@ impl Node {
                     return;
                 }
                 self.stats.frames_received += 1;
-                self.stats.bytes_received += frame.len() as u64;
+                self.stats.bytes_received += frame_len as u64;
                 if self.held.iter().any(|h| h.from == envelope.from) {
                     // Its sender's earlier messages first.
                     self.release_held(now);

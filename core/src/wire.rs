@@ -25,6 +25,9 @@
 //!   the authenticated bytes, so a receiver can refuse replays ([`crate::replay`]), and the
 //!   address it was sent to, so a frame replayed to another node is refused there;
 //! * a decoded envelope's lane is the one its header names (an unknown lane byte is refused);
+//! * no payload is decoded before its frame's trailer is checked: [`Codec::decode`] checks it
+//!   first, and [`Codec::decode_verified`] takes only a [`VerifiedFrame`], which only
+//!   [`Codec::verify`] makes (a driver checks large frames that way, off the node's thread);
 //! * a frame is the same bytes however it is sealed: in one buffer ([`Frame::seal`]), or in the
 //!   pieces it is held in, with a large read chunk's or part's bytes in their own buffer
 //!   ([`Frame::seal_apart`]); the header always counts exactly the payload (asserted when a
@@ -568,6 +571,31 @@ impl Codec {
 
     /// Decodes one frame of at most `limit` bytes. Never panics on any input.
     pub fn decode(&self, frame: &[u8], limit: usize) -> Result<Envelope, WireError> {
+        let (declared, lane) = self.check(frame, limit)?;
+        decode_payload(frame, declared, lane, limit)
+    }
+
+    /// The checks of [`Codec::decode`] but the payload's: header, size and trailer (the CRC32C,
+    /// or the keyed tag under one of the accepted keys). What a driver runs on a large frame on
+    /// a thread of its own, so that the node's thread is not where it is hashed; the node then
+    /// decodes it with [`Codec::decode_verified`].
+    pub fn verify(&self, frame: Vec<u8>, limit: usize) -> Result<VerifiedFrame, WireError> {
+        self.check(&frame, limit)?;
+        Ok(VerifiedFrame { bytes: frame })
+    }
+
+    /// Decodes a frame [`Codec::verify`] passed, without hashing it again. Its header is checked
+    /// again against this codec (a keyed codec still refuses a frame verified by its CRC32C),
+    /// but its tag is not: a frame verified under a key that this codec no longer accepts (the
+    /// keys were reloaded in between) is taken, as it would have been had it come a moment
+    /// earlier.
+    pub fn decode_verified(&self, frame: &VerifiedFrame, limit: usize) -> Result<Envelope, WireError> {
+        let (declared, lane) = self.precheck(&frame.bytes, limit)?;
+        decode_payload(&frame.bytes, declared, lane, limit)
+    }
+
+    /// [`Codec::precheck`], then the trailer: the payload length and lane the header declares.
+    fn check(&self, frame: &[u8], limit: usize) -> Result<(usize, Lane), WireError> {
         let (declared, lane) = self.precheck(frame, limit)?;
         let authenticated = frame[3] & FLAG_AUTHENTICATED != 0;
         let (body, tail) = frame.split_at(HEADER_BYTES + declared);
@@ -585,10 +613,40 @@ impl Codec {
                 return Err(WireError::BadChecksum);
             }
         }
-        let envelope: Envelope = bincode_options(limit)
-            .deserialize(&body[HEADER_BYTES..])
-            .map_err(|e| WireError::Malformed(e.to_string()))?;
-        Ok(Envelope { lane, ..envelope })
+        Ok((declared, lane))
+    }
+}
+
+/// The envelope in `frame`, whose header declared `declared` payload bytes on `lane`.
+fn decode_payload(frame: &[u8], declared: usize, lane: Lane, limit: usize) -> Result<Envelope, WireError> {
+    let envelope: Envelope = bincode_options(limit)
+        .deserialize(&frame[HEADER_BYTES..HEADER_BYTES + declared])
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    Ok(Envelope { lane, ..envelope })
+}
+
+/// A frame whose header, size and trailer [`Codec::verify`] checked: only that function makes
+/// one, so a node that takes it ([`crate::node::Node::handle_verified_frame`]) knows it was
+/// checked, wherever that ran.
+#[derive(Debug, PartialEq, Eq)]
+pub struct VerifiedFrame {
+    bytes: Vec<u8>,
+}
+
+impl VerifiedFrame {
+    /// The frame's bytes, as they arrived.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The frame's length.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Never: a verified frame has at least its header and trailer.
+    pub fn is_empty(&self) -> bool {
+        false
     }
 }
 
@@ -614,6 +672,32 @@ mod tests {
             let frame = codec.encode(&sample(), MAX_DATAGRAM_BYTES).unwrap();
             assert_eq!(codec.decode(&frame, MAX_DATAGRAM_BYTES).unwrap(), sample());
         }
+    }
+
+    /// Checking a frame apart ([`Codec::verify`]) then decoding it ([`Codec::decode_verified`])
+    /// is [`Codec::decode`]: the same envelope, the same refusals; and a frame checked by its
+    /// CRC32C is still refused by a codec that requires the key.
+    #[test]
+    fn a_frame_checked_apart_decodes_as_decode_does() {
+        let keyed = Codec::keyed(ClusterKey::from_passphrase("k"), vec![]);
+        for codec in [Codec::plain(), keyed.clone()] {
+            let frame = codec.encode(&sample(), 1 << 20).unwrap();
+            let verified = codec.verify(frame.clone(), 1 << 20).unwrap();
+            assert_eq!(verified.bytes(), &frame[..]);
+            assert_eq!(codec.decode_verified(&verified, 1 << 20), codec.decode(&frame, 1 << 20));
+            let mut corrupt = frame.clone();
+            corrupt[12] ^= 1;
+            let refused = codec.decode(&corrupt, 1 << 20).unwrap_err();
+            assert!(matches!(refused, WireError::BadTag | WireError::BadChecksum), "{refused:?}");
+            assert_eq!(codec.verify(corrupt, 1 << 20).unwrap_err(), refused);
+            assert_eq!(
+                codec.verify(frame.clone(), frame.len() - 1).unwrap_err(),
+                codec.decode(&frame, frame.len() - 1).unwrap_err()
+            );
+        }
+        let plain =
+            Codec::plain().verify(Codec::plain().encode(&sample(), 1 << 20).unwrap(), 1 << 20).unwrap();
+        assert_eq!(keyed.decode_verified(&plain, 1 << 20), Err(WireError::Unauthenticated));
     }
 
     /// Sealing apart from encoding makes the frame encoding makes, keyed or not, and its length

@@ -29,7 +29,7 @@ use crate::net::Incoming;
 use crate::programs::ProgramHost;
 use crate::storage::FileStorage;
 pub use crate::streams::STREAM_QUEUE_FRAMES;
-use crate::streams::{lane_queues, LaneQueues, StreamCounters, Writers};
+use crate::streams::{lane_queues, FrameChecks, LaneQueues, SharedCodec, StreamCounters, Writers};
 use rainstorm_core::command::{Command, FileCommand};
 use rainstorm_core::hydfs::{ClientOp, HydfsError, HydfsEvent, OpId, OpOutput, RingId, StorageError};
 use rainstorm_core::membership::{MembershipEvent, Role};
@@ -326,12 +326,15 @@ pub async fn start(cfg: RuntimeConfig, data_dir_lock: DataDirLock) -> Result<Sta
         idle: cfg.streams.idle_timeout,
         body: cfg.streams.frame_timeout,
     };
+    let checked_with: SharedCodec = Arc::new(std::sync::RwLock::new(cfg.codec()));
+    let checks = Arc::new(FrameChecks::new(checked_with.clone(), frame_limits.max_bytes));
     tokio::spawn(crate::streams::accept(
         tcp,
         lane_tx,
         max_connections,
         frame_limits,
         stream_counters.clone(),
+        checks,
     ));
     let handle = NodeHandle {
         tx: tx.clone(),
@@ -351,6 +354,7 @@ pub async fn start(cfg: RuntimeConfig, data_dir_lock: DataDirLock) -> Result<Sta
         drop_rng: ChaCha8Rng::seed_from_u64(seed ^ 0xd20b),
         writers: Writers::new(tx, cfg.streams.send_queue_bytes, stream_counters.clone()),
         stream_counters,
+        checked_with,
         cfg,
         ops: BTreeMap::new(),
         programs: ProgramHost::new(programs, &data_dir, tx_programs),
@@ -432,6 +436,8 @@ struct NodeTask {
     writers: Writers,
     /// What the stream side dropped; copied into the node's counters before they are read.
     stream_counters: Arc<StreamCounters>,
+    /// The codec the stream side checks large frames with: the node's keys, replaced with them.
+    checked_with: SharedCodec,
     /// HyDFS operations started from a command, waiting for their result.
     ops: BTreeMap<OpId, PendingOp>,
     /// The operator programs of the task incarnations this node hosts.
@@ -581,6 +587,8 @@ impl NodeTask {
     fn on_lane(&mut self, incoming: Incoming) {
         match incoming {
             Incoming::Frame(frame) => self.node.handle_frame(self.clock.now(), Channel::Stream, &frame),
+            Incoming::Verified(frame) => self.node.handle_verified_frame(self.clock.now(), &frame),
+            Incoming::Refused(e) => self.node.record_rejected(e.cause(), 1),
             Incoming::Oversized { .. } => self.node.record_rejected("oversized", 1),
         }
     }
@@ -668,8 +676,9 @@ impl NodeTask {
             Err(e) => return CommandReply { ok: false, output: format!("keys not changed: {e}\n") },
         };
         let summary = codec.describe_keys();
-        match self.node.set_codec(codec) {
+        match self.node.set_codec(codec.clone()) {
             Ok(()) => {
+                *self.checked_with.write().unwrap_or_else(std::sync::PoisonError::into_inner) = codec;
                 info!(keys = %summary, file = %path.display(), "cluster keys reloaded");
                 CommandReply { ok: true, output: format!("cluster keys reloaded: {summary}\n") }
             }

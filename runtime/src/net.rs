@@ -20,20 +20,24 @@
 //!   [`ReadError::Idle`] or [`ReadError::Body`] and the connection is to be closed.
 
 use bytes::BufMut;
+use rainstorm_core::wire::{VerifiedFrame, WireError};
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// What one read from a stream produced.
+/// What one read from a stream produced, as the node task receives it.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Incoming {
+    /// A frame as it arrived: the node checks and decodes it.
     Frame(Vec<u8>),
+    /// A large frame a checking thread verified ([`crate::streams::FrameChecks`]): the node
+    /// decodes it without hashing it again.
+    Verified(VerifiedFrame),
+    /// A large frame a checking thread refused: the node only counts it.
+    Refused(WireError),
     /// A frame of `len` bytes, over `limit`, was skipped.
-    Oversized {
-        len: usize,
-        limit: usize,
-    },
+    Oversized { len: usize, limit: usize },
 }
 
 /// Bytes read from a connection at a time, at most, into a buffer that grows.

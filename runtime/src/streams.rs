@@ -43,7 +43,7 @@
 use crate::driver::Input;
 use crate::net::{read_frame, FrameLimits, Incoming, ReadError};
 use rainstorm_core::node::StreamDrops;
-use rainstorm_core::wire::{frame_lane, Frame, SealedFrame};
+use rainstorm_core::wire::{frame_lane, Codec, Frame, SealedFrame, VerifiedFrame, WireError};
 use rainstorm_core::Lane;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -236,6 +236,88 @@ impl Sealers {
         match self.jobs.send((frame, tx)) {
             Ok(()) => Ok(rx),
             Err(std::sync::mpsc::SendError((frame, _))) => Err(frame),
+        }
+    }
+}
+
+/// Received frames at least this long are checked ([`Codec::verify`]: their CRC32C or keyed
+/// tag) by a [`FrameChecks`] thread before they are queued for the node task, so that the node
+/// task is not where a large transfer is hashed: in a 1 GiB `get`, checking the tags of the
+/// chunks was the largest part of the receiving node task's work. Smaller frames are checked by
+/// the node as they are decoded (a thread hand-off would cost more than their tag).
+pub const CHECK_APART_BYTES: usize = SEAL_APART_BYTES;
+
+/// Threads that check large received frames, per node.
+const CHECKERS: usize = 2;
+
+/// A frame to check, and where its connection's reader waits for the verdict.
+type CheckJob = (Vec<u8>, oneshot::Sender<Result<VerifiedFrame, WireError>>);
+
+/// The codec received frames are checked with: the node's, replaced along with it when the
+/// cluster keys are reloaded.
+pub type SharedCodec = Arc<std::sync::RwLock<Codec>>;
+
+/// Checks large received frames on [`CHECKERS`] threads of their own, started at the first
+/// large frame and shared by every inbound connection of the node, each thread with its own
+/// queue, taken in turn (a job wakes one thread, not one to take it and another to wait for the
+/// next). A connection's reader waits for its frame's verdict before it reads the next frame,
+/// so frames reach the node task in the order they came (the kernel keeps receiving meanwhile).
+pub struct FrameChecks {
+    codec: SharedCodec,
+    /// The frame limit of the stream channel (what the node decodes stream frames under).
+    limit: usize,
+    threads: OnceLock<Vec<std::sync::mpsc::Sender<CheckJob>>>,
+    /// Jobs handed out so far: the next goes to thread `turn % threads`.
+    turn: AtomicUsize,
+}
+
+impl FrameChecks {
+    pub fn new(codec: SharedCodec, limit: usize) -> FrameChecks {
+        FrameChecks { codec, limit, threads: OnceLock::new(), turn: AtomicUsize::new(0) }
+    }
+
+    /// Starts the threads: the queues of those that started (none if none could).
+    fn start(codec: &SharedCodec, limit: usize) -> Vec<std::sync::mpsc::Sender<CheckJob>> {
+        let mut started = Vec::new();
+        for i in 0..CHECKERS {
+            let (jobs, rx) = std::sync::mpsc::channel::<CheckJob>();
+            let codec = codec.clone();
+            let spawned = std::thread::Builder::new().name(format!("frame-check-{i}")).spawn(move || {
+                for (frame, verdict) in rx {
+                    let codec = codec.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let _ = verdict.send(codec.verify(frame, limit));
+                }
+            });
+            match spawned {
+                Ok(_) => started.push(jobs),
+                Err(e) => warn!(error = %e, "cannot start a frame checking thread"),
+            }
+        }
+        started
+    }
+
+    /// What the node task is to receive for `frame`: a large frame checked by a checking thread
+    /// ([`Incoming::Verified`] or [`Incoming::Refused`]), a small one (or any, if no checking
+    /// thread could be started) as it came.
+    async fn check(&self, frame: Vec<u8>) -> Incoming {
+        if frame.len() < CHECK_APART_BYTES {
+            return Incoming::Frame(frame);
+        }
+        let threads = self.threads.get_or_init(|| Self::start(&self.codec, self.limit));
+        if threads.is_empty() {
+            return Incoming::Frame(frame);
+        }
+        let (tx, rx) = oneshot::channel();
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed) % threads.len();
+        if let Err(std::sync::mpsc::SendError((frame, _))) = threads[turn].send((frame, tx)) {
+            return Incoming::Frame(frame);
+        }
+        match rx.await {
+            Ok(Ok(verified)) => Incoming::Verified(verified),
+            Ok(Err(e)) => Incoming::Refused(e),
+            // A checking thread never drops a job unanswered but by panicking: the frame is lost
+            // with it, as on a failed connection, and its sender's retries recover.
+            Err(_) => Incoming::Refused(WireError::Malformed("the frame's check failed".into())),
         }
     }
 }
@@ -730,8 +812,10 @@ pub async fn accept(
     max_connections: usize,
     limits: FrameLimits,
     counters: Arc<StreamCounters>,
+    checks: Arc<FrameChecks>,
 ) {
     let inbound = Arc::new(std::sync::Mutex::new(Inbound::default()));
+    let receiving = Arc::new(Receiving { lanes, limits, counters: counters.clone(), checks });
     let (mut refused_log, mut failed_log) = (LogEvery::new(), LogEvery::new());
     let mut backoff = ACCEPT_BACKOFF.0;
     loop {
@@ -797,15 +881,7 @@ pub async fn accept(
         };
         let registered = Registered { inbound: inbound.clone(), id };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(read_connection(
-            stream,
-            peer,
-            lanes.clone(),
-            limits,
-            counters.clone(),
-            conn,
-            registered,
-        ));
+        tokio::spawn(read_connection(stream, peer, receiving.clone(), conn, registered));
     }
 }
 
@@ -824,17 +900,26 @@ fn is_out_of_descriptors(e: &std::io::Error) -> bool {
 /// header): room for a few 4 KiB writes with their envelopes.
 pub const READ_BUFFER: usize = 16 << 10;
 
+/// What every inbound connection's reader shares: where frames go, their bounds, what is counted,
+/// and the checks of large frames.
+struct Receiving {
+    lanes: LaneSenders,
+    limits: FrameLimits,
+    counters: Arc<StreamCounters>,
+    checks: Arc<FrameChecks>,
+}
+
 /// Reads one inbound connection until it ends, fails, times out or is closed to make room;
 /// `_registered` keeps its place among the inbound connections until then.
 async fn read_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    lanes: LaneSenders,
-    limits: FrameLimits,
-    counters: Arc<StreamCounters>,
+    receiving: Arc<Receiving>,
     conn: Arc<InboundConn>,
     _registered: Registered,
 ) {
+    let Receiving { lanes, limits, counters, checks } = &*receiving;
+    let limits = *limits;
     let mut stream = tokio::io::BufReader::with_capacity(READ_BUFFER, stream);
     loop {
         let read = tokio::select! {
@@ -847,12 +932,16 @@ async fn read_connection(
         match read {
             Ok(Some(incoming)) => {
                 conn.framed.store(true, Ordering::Release);
-                let lane = match &incoming {
-                    Incoming::Frame(frame) => frame_lane(frame).unwrap_or(Lane::Bulk),
+                let (lane, incoming) = match incoming {
+                    Incoming::Frame(frame) => {
+                        (frame_lane(&frame).unwrap_or(Lane::Bulk), checks.check(frame).await)
+                    }
                     Incoming::Oversized { len, limit } => {
                         warn!(%peer, len, limit, "stream frame over the limit (limits.stream_frame_mb) dropped");
-                        Lane::Control
+                        (Lane::Control, Incoming::Oversized { len, limit })
                     }
+                    // `read_frame` returns frames as they came.
+                    checked @ (Incoming::Verified(_) | Incoming::Refused(_)) => (Lane::Control, checked),
                 };
                 if !lanes.send(lane, incoming).await {
                     return;
@@ -873,7 +962,7 @@ async fn read_connection(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rainstorm_core::wire::Codec;
+    use rainstorm_core::wire::ClusterKey;
 
     /// A peer that restarts on the same address closes our old connection: the next frame must
     /// reach the new process, not vanish into the closed socket.
@@ -1035,9 +1124,79 @@ mod tests {
     }
 
     fn number(incoming: &Incoming) -> u32 {
-        let Incoming::Frame(f) = incoming else { panic!("an oversized frame") };
+        let f = match incoming {
+            Incoming::Frame(f) => &f[..],
+            Incoming::Verified(f) => f.bytes(),
+            other => panic!("not a frame: {other:?}"),
+        };
         let payload = &f[9..];
         u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]])
+    }
+
+    /// The frame checks of a node whose codec is `codec`, under a 16 MiB frame limit.
+    fn checks(codec: Codec) -> Arc<FrameChecks> {
+        Arc::new(FrameChecks::new(Arc::new(std::sync::RwLock::new(codec)), 16 << 20))
+    }
+
+    /// Large frames reach the node task checked by the checking threads (verified, or refused
+    /// with the cause the node counts), small ones as they came, all in the order they were
+    /// sent; and the checks follow the node's keys when they are reloaded.
+    #[tokio::test]
+    async fn large_frames_are_checked_apart_in_order_and_under_the_current_keys() {
+        let (old, new) = (ClusterKey::from_passphrase("old"), ClusterKey::from_passphrase("new"));
+        let (by_old, by_new) = (Codec::keyed(old.clone(), vec![]), Codec::keyed(new.clone(), vec![]));
+        let shared = Arc::new(std::sync::RwLock::new(Codec::keyed(old, vec![])));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let to = listener.local_addr().unwrap();
+        let (senders, mut queues) = lane_queues(STREAM_QUEUE_FRAMES);
+        let checked = Arc::new(FrameChecks::new(shared.clone(), 16 << 20));
+        tokio::spawn(accept(listener, senders, 4, FrameLimits::new(16 << 20), Arc::default(), checked));
+        let payload = |n: u32, len: usize| {
+            let mut p = vec![n as u8; len];
+            p[..4].copy_from_slice(&n.to_le_bytes());
+            p
+        };
+        let big = CHECK_APART_BYTES;
+        let mut corrupt = by_old.frame_raw(Lane::Bulk, &payload(2, big));
+        corrupt[1000] ^= 1;
+        let sent = [
+            by_old.frame_raw(Lane::Bulk, &payload(0, big)),
+            by_old.frame_raw(Lane::Bulk, &payload(1, 64)),
+            corrupt,
+            by_old.frame_raw(Lane::Bulk, &payload(3, 2 * big)),
+            by_new.frame_raw(Lane::Bulk, &payload(4, big)),
+        ];
+        let mut stream = TcpStream::connect(to).await.unwrap();
+        for frame in &sent {
+            crate::net::write_frame(&mut stream, frame).await.unwrap();
+        }
+        let mut got = Vec::new();
+        for _ in 0..sent.len() {
+            let read = tokio::time::timeout(Duration::from_secs(10), queues.recv()).await;
+            got.push(read.expect("in time").expect("a frame").1);
+        }
+        assert!(matches!(&got[0], Incoming::Verified(f) if f.bytes() == &sent[0][..]), "{:?}", got[0]);
+        assert_eq!(got[1], Incoming::Frame(sent[1].clone()), "a small frame goes to the node as it came");
+        assert_eq!(got[2], Incoming::Refused(WireError::BadTag), "a corrupt large frame is refused");
+        assert!(matches!(&got[3], Incoming::Verified(f) if f.bytes() == &sent[3][..]), "{:?}", got[3]);
+        assert_eq!(got[4], Incoming::Refused(WireError::BadTag), "a frame under a key not accepted yet");
+        // The node's keys are reloaded: the new key signs, the old one is still accepted.
+        *shared.write().unwrap() = Codec::keyed(new.clone(), vec![ClusterKey::from_passphrase("old")]);
+        let after =
+            [by_new.frame_raw(Lane::Bulk, &payload(5, big)), by_old.frame_raw(Lane::Bulk, &payload(6, big))];
+        for frame in &after {
+            crate::net::write_frame(&mut stream, frame).await.unwrap();
+        }
+        for frame in &after {
+            let read = tokio::time::timeout(Duration::from_secs(10), queues.recv()).await;
+            let incoming = read.expect("in time").expect("a frame").1;
+            assert!(matches!(&incoming, Incoming::Verified(f) if f.bytes() == &frame[..]), "{incoming:?}");
+        }
+        // And once the old key is retired, its frames are refused.
+        *shared.write().unwrap() = Codec::keyed(new, vec![]);
+        crate::net::write_frame(&mut stream, &by_old.frame_raw(Lane::Bulk, &payload(7, big))).await.unwrap();
+        let read = tokio::time::timeout(Duration::from_secs(10), queues.recv()).await;
+        assert_eq!(read.expect("in time").expect("a frame").1, Incoming::Refused(WireError::BadTag));
     }
 
     /// With a backlog of bulk frames to a peer filling every buffer on the way (the sender's
@@ -1050,7 +1209,14 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let to = listener.local_addr().unwrap();
         let (senders, mut queues) = lane_queues(STREAM_QUEUE_FRAMES);
-        tokio::spawn(accept(listener, senders, 16, FrameLimits::new(1 << 20), Arc::default()));
+        tokio::spawn(accept(
+            listener,
+            senders,
+            16,
+            FrameLimits::new(1 << 20),
+            Arc::default(),
+            checks(Codec::plain()),
+        ));
         let (failures, mut failed) = mpsc::channel(8);
         let mut writers = Writers::new(failures, 64 << 20, Arc::default());
         for n in 0..BULK_FRAMES {
@@ -1151,7 +1317,8 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (senders, mut queues) = lane_queues(STREAM_QUEUE_FRAMES);
         let counters = Arc::new(StreamCounters::default());
-        tokio::spawn(accept(listener, senders, 2, FrameLimits::new(1 << 20), counters.clone()));
+        let checked = checks(Codec::plain());
+        tokio::spawn(accept(listener, senders, 2, FrameLimits::new(1 << 20), counters.clone(), checked));
         let mut first = TcpStream::connect(addr).await.unwrap();
         let mut second = TcpStream::connect(addr).await.unwrap();
         let mut third = TcpStream::connect(addr).await.unwrap();
@@ -1198,7 +1365,7 @@ mod tests {
             idle: Duration::from_millis(300),
             body: Duration::from_millis(300),
         };
-        tokio::spawn(accept(listener, senders, 1, limits, counters.clone()));
+        tokio::spawn(accept(listener, senders, 1, limits, counters.clone(), checks(Codec::plain())));
         let mut idle = TcpStream::connect(addr).await.unwrap();
         assert!(!closed_within(&mut idle, Duration::from_millis(100)).await, "open before the timeout");
         assert!(closed_within(&mut idle, Duration::from_secs(5)).await, "closed after it");
