@@ -17,8 +17,9 @@
 //!   the seals in;
 //! * a file's remembered owner chain ([`LocalStore::owners_of`]) is always what its writes make
 //!   of it: it is forgotten on any change but an added append, which cannot change it;
-//! * a file's remembered digest ([`LocalStore::digest`]) is always what its writes and parts
-//!   make of it: it is forgotten on any change to either;
+//! * a file's remembered digest ([`LocalStore::digest`]) and view ([`LocalStore::meta_shared`])
+//!   are always what its writes and parts make of it: both are forgotten on any change to
+//!   either;
 //! * the index is durable with the parts: [`LocalStore::sync`] writes what changed since the last
 //!   sync as one index block (`index.rs`) before syncing storage, so after a crash
 //!   [`LocalStore::open`] recovers exactly the files, writes and parts the last completed sync
@@ -36,6 +37,7 @@ use super::storage::{BlobId, Storage, StorageError};
 use super::types::{FileDigest, FileMeta, PartMeta, Stamp, WriteKind, WriteMeta};
 use super::FileName;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 /// One file as this node holds it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -244,12 +246,22 @@ pub struct LocalStore {
     /// changed: it depends on nothing else, so an append leaves it valid, and a write's seal
     /// check does not go over every write of the file.
     owners_memo: BTreeMap<FileName, Option<Owners>>,
-    /// The digest ([`LocalStore::digest`]) of files asked for since they or their parts last
-    /// changed. An inventory lists the digest of every file a node holds, several times per
-    /// anti-entropy round (its own, and its answers to its neighbours); worked out afresh, each
-    /// walked all the file's writes and parts, and a node holding large files spent tens of
-    /// milliseconds per inventory on files that had not changed, while appends waited.
-    digest_memo: BTreeMap<FileName, FileDigest>,
+    /// What was worked out of files asked for since they or their parts last changed.
+    memo: BTreeMap<FileName, Memo>,
+}
+
+/// What is remembered of a file until it or one of its parts changes. Each walks all the file's
+/// writes and parts when worked out afresh.
+#[derive(Debug, Default)]
+struct Memo {
+    /// Its digest ([`LocalStore::digest`]). An inventory lists the digest of every file a node
+    /// holds, several times per anti-entropy round (its own, and its answers to its
+    /// neighbours), and a node holding large files spent tens of milliseconds per inventory on
+    /// files that had not changed, while appends waited.
+    digest: Option<FileDigest>,
+    /// Its view ([`LocalStore::meta_shared`]). A read asks for it at every chunk: worked out
+    /// afresh, a whole-file read cost time in the square of the file's parts.
+    meta: Option<Arc<FileMeta>>,
 }
 
 /// What one part costs the scrubber's budget at least, in bytes: reading a part has a fixed
@@ -438,7 +450,7 @@ impl LocalStore {
             tombstones_kept: BTreeSet::new(),
             tombstones_forgotten: BTreeSet::new(),
             owners_memo: BTreeMap::new(),
-            digest_memo: BTreeMap::new(),
+            memo: BTreeMap::new(),
         };
         // A fresh snapshot of what was recovered, durable before the chain it replaces is
         // removed. A full disk refuses it: the node starts anyway on the chain it has (it can
@@ -471,7 +483,7 @@ impl LocalStore {
     pub fn file_mut(&mut self, name: &FileName) -> &mut FileRec {
         self.touch(name);
         self.owners_memo.remove(name);
-        self.digest_memo.remove(name);
+        self.memo.remove(name);
         self.files.entry(name.clone()).or_default()
     }
 
@@ -538,7 +550,7 @@ impl LocalStore {
             return;
         }
         let stamp = w.stamp;
-        self.digest_memo.remove(name);
+        self.memo.remove(name);
         self.files.get_mut(name).expect("held, checked above").pending.insert(stamp, w);
         self.appended.entry(name.clone()).or_default().push(stamp);
         self.changed();
@@ -548,7 +560,7 @@ impl LocalStore {
         self.touch(name);
         self.last_drop = self.changes;
         self.owners_memo.remove(name);
-        self.digest_memo.remove(name);
+        self.memo.remove(name);
         // Parts of writes the record no longer holds are released (the stamps sorted: compared
         // one by one, the cost grew with the square of the file's writes).
         let mut keep: Vec<Stamp> = rec.writes().map(|w| w.stamp).collect();
@@ -686,7 +698,7 @@ impl LocalStore {
         // `matches` computed the bytes' CRC32C: the storage keeps it rather than computing it.
         self.storage.put_with_crc(blob, bytes, meta.crc)?;
         self.changed();
-        self.digest_memo.remove(name);
+        self.memo.remove(name);
         self.dirty_parts.insert(key.clone());
         self.parts.insert(key, PartRec { blob, meta });
         Ok(true)
@@ -712,7 +724,7 @@ impl LocalStore {
 
     fn remove_part(&mut self, key: &PartKey) {
         if let Some(rec) = self.parts.remove(key) {
-            self.digest_memo.remove(&key.0);
+            self.memo.remove(&key.0);
             // A failed delete leaves garbage behind, never wrong data: the index no longer
             // points at the block.
             let _ = self.storage.delete(rec.blob);
@@ -726,7 +738,7 @@ impl LocalStore {
     pub fn drop_file(&mut self, name: &FileName) {
         self.set_file(name, FileRec::default());
         self.files.remove(name);
-        self.digest_memo.remove(name);
+        self.memo.remove(name);
         debug_assert!(
             self.parts.range((name.clone(), Stamp::MIN, 0)..).next().is_none_or(|((n, _, _), _)| n != name),
             "no part of a dropped file stays indexed"
@@ -748,7 +760,7 @@ impl LocalStore {
         }
         self.files.remove(name);
         self.owners_memo.remove(name);
-        self.digest_memo.remove(name);
+        self.memo.remove(name);
         self.touch(name);
         self.last_drop = self.changes;
     }
@@ -1130,17 +1142,33 @@ impl LocalStore {
     /// The digest of this node's copy of `name`: `meta(name)`'s digest, from the memo while the
     /// file and its parts are unchanged, else worked out and remembered.
     pub fn digest(&mut self, name: &FileName) -> Option<FileDigest> {
-        if let Some(digest) = self.digest_memo.get(name) {
+        if let Some(digest) = self.memo.get(name).and_then(|m| m.digest) {
             debug_assert_eq!(
-                Some(*digest),
+                Some(digest),
                 self.fresh_digest(name),
                 "the memo of {name}'s digest is what its writes and parts make"
             );
-            return Some(*digest);
+            return Some(digest);
         }
         let digest = self.fresh_digest(name)?;
-        self.digest_memo.insert(name.clone(), digest);
+        self.memo.entry(name.clone()).or_default().digest = Some(digest);
         Some(digest)
+    }
+
+    /// [`LocalStore::meta`], shared: from the memo while the file and its parts are unchanged,
+    /// else worked out and remembered.
+    pub fn meta_shared(&mut self, name: &FileName) -> Option<Arc<FileMeta>> {
+        if let Some(meta) = self.memo.get(name).and_then(|m| m.meta.clone()) {
+            debug_assert_eq!(
+                Some(&*meta),
+                self.meta(name).as_ref(),
+                "the memo of {name}'s view is what its writes and parts make"
+            );
+            return Some(meta);
+        }
+        let meta = Arc::new(self.meta(name)?);
+        self.memo.entry(name.clone()).or_default().meta = Some(meta.clone());
+        Some(meta)
     }
 
     /// [`LocalStore::digest`] worked out: one walk of the file's writes without describing it
@@ -1521,7 +1549,7 @@ mod tests {
     }
 
     #[test]
-    fn a_remembered_digest_follows_every_change_to_the_file_and_its_parts() {
+    fn a_remembered_digest_and_view_follow_every_change_to_the_file_and_its_parts() {
         let (name, other) = (FileName::new("f").unwrap(), FileName::new("g").unwrap());
         let mut store = LocalStore::new(Box::new(MemStorage::default())).unwrap();
         let data = |ts: u64| format!("w{ts}").into_bytes();
@@ -1530,13 +1558,19 @@ mod tests {
             store.put_part(n, stamp(1, 1), 0, PartMeta::of(b"w1"), b"w1").unwrap();
         }
         let mut last = store.digest(&name);
-        let untouched = store.digest(&other);
-        // Each step changes the digest, and the one remembered is the one worked out afresh.
+        let mut last_view = store.meta_shared(&name);
+        let untouched = (store.digest(&other), store.meta_shared(&other));
+        // Each step changes the digest and the view, and those remembered are the ones worked
+        // out afresh.
         let mut step = |store: &mut LocalStore, what: &str| {
             let digest = store.digest(&name);
             assert_eq!(digest, store.fresh_digest(&name), "after {what}");
             assert_ne!(digest, last, "{what} changes the digest");
             last = digest;
+            let view = store.meta_shared(&name);
+            assert_eq!(view.as_deref(), store.meta(&name).as_ref(), "after {what}");
+            assert_ne!(view, last_view, "{what} changes the view");
+            last_view = view;
         };
         // Synced first, so that the append is recorded as an append alone (the path that does
         // not go through `file_mut`).
@@ -1556,8 +1590,12 @@ mod tests {
         store.file_mut(&name).generation += 1;
         step(&mut store, "a change through `file_mut`");
         store.drop_file(&name);
-        assert_eq!(store.digest(&name), None, "a dropped file has no digest");
-        assert_eq!(store.digest(&other), untouched, "another file's digest is left as it was");
+        assert_eq!((store.digest(&name), store.meta_shared(&name)), (None, None), "a dropped file");
+        assert_eq!(
+            (store.digest(&other), store.meta_shared(&other)),
+            untouched,
+            "another file is left as it was"
+        );
     }
 
     /// Storage whose flushes behind complete only when the test says so.

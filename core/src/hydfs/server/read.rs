@@ -23,6 +23,7 @@ use crate::hydfs::types::{FileMeta, Stamp, WriteKind};
 use crate::hydfs::{FileName, Hydfs, PlantedBug};
 use crate::id::NodeAddr;
 use crate::time::Time;
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 impl Hydfs {
@@ -43,23 +44,37 @@ impl Hydfs {
         needs: &[Needs],
         pinned: bool,
     ) -> Result<ReadChunk, Refusal> {
-        let Some(mut meta) = self.store.meta(name) else { return Err(Refusal::NotFound) };
-        if meta.create.is_none() {
+        // The remembered view: worked out afresh at every chunk, a whole-file read cost time in
+        // the square of the file's parts.
+        let Some(shared) = self.store.meta_shared(name) else { return Err(Refusal::NotFound) };
+        if shared.create.is_none() {
             return Err(Refusal::NotFound);
         }
-        if self.misses(&meta, needs) {
+        if self.misses(&shared, needs) {
             return Err(Refusal::Behind);
         }
-        if !pinned && self.recovered_uncompared(name, &meta) {
+        if !pinned && self.recovered_uncompared(name, &shared) {
             return Err(self.held_as_recovered());
         }
         // Pending appends still arriving are not part of this copy yet; a merged part that is
         // missing (lost to corruption) makes the copy unreadable until it is repaired.
-        meta.pending.retain(|w| !meta.incomplete.contains(&w.stamp));
+        let meta = if shared.incomplete.is_empty() {
+            Cow::Borrowed(&*shared)
+        } else {
+            let mut complete = (*shared).clone();
+            complete.pending.retain(|w| !shared.incomplete.contains(&w.stamp));
+            Cow::Owned(complete)
+        };
         if meta.create.iter().chain(&meta.merged).any(|w| meta.incomplete.contains(&w.stamp)) {
             return Err(Refusal::Unavailable("a copy of this file is being repaired".into()));
         }
-        let id = meta.digest().hash;
+        // A copy with every write complete is its own view: the store remembers its digest.
+        let id = match &meta {
+            Cow::Borrowed(_) => self.store.digest(name).map(|d| d.hash),
+            Cow::Owned(_) => None,
+        }
+        .unwrap_or_else(|| meta.digest().hash);
+        debug_assert_eq!(id, meta.digest().hash, "a chunk names the view it belongs to");
         if view.is_some_and(|v| v != id) {
             return Err(Refusal::ViewChanged);
         }
