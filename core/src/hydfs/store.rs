@@ -16,7 +16,9 @@
 //!   that hold the same writes show the same file and the same fence, whatever order they met
 //!   the seals in;
 //! * a file's remembered owner chain ([`LocalStore::owners_of`]) is always what its writes make
-//!   of it: it is forgotten on any change but an added append, which cannot change it;
+//!   of it: it is forgotten on any change but an added append, which cannot change it; its
+//!   remembered merged appends ([`LocalStore::holds_write`]) are always its merged list: they
+//!   are forgotten on any change but an added pending write;
 //! * a file's remembered digest ([`LocalStore::digest`]) and view ([`LocalStore::meta_shared`])
 //!   are always what its writes and parts make of it: both are forgotten on any change to
 //!   either;
@@ -246,6 +248,11 @@ pub struct LocalStore {
     /// changed: it depends on nothing else, so an append leaves it valid, and a write's seal
     /// check does not go over every write of the file.
     owners_memo: BTreeMap<FileName, Option<Owners>>,
+    /// The stamps of the merged appends of files asked about since their merged lists last
+    /// changed ([`LocalStore::holds_write`]): a merged list changes only through `file_mut`,
+    /// `set_file` and `forget_file`, so an added pending write leaves it valid. Scanned instead,
+    /// every append to a file merged many times went over all its merged appends.
+    merged_memo: BTreeMap<FileName, BTreeSet<Stamp>>,
     /// What was worked out of files asked for since they or their parts last changed.
     memo: BTreeMap<FileName, Memo>,
 }
@@ -450,6 +457,7 @@ impl LocalStore {
             tombstones_kept: BTreeSet::new(),
             tombstones_forgotten: BTreeSet::new(),
             owners_memo: BTreeMap::new(),
+            merged_memo: BTreeMap::new(),
             memo: BTreeMap::new(),
         };
         // A fresh snapshot of what was recovered, durable before the chain it replaces is
@@ -483,6 +491,7 @@ impl LocalStore {
     pub fn file_mut(&mut self, name: &FileName) -> &mut FileRec {
         self.touch(name);
         self.owners_memo.remove(name);
+        self.merged_memo.remove(name);
         self.memo.remove(name);
         self.files.entry(name.clone()).or_default()
     }
@@ -535,9 +544,14 @@ impl LocalStore {
             .and_then(|rec| rec.pending.get(&w.stamp))
             .is_some_and(|old| old.kind != WriteKind::Append);
         let memo = self.owners_memo.remove(name).filter(|_| w.kind == WriteKind::Append && !replaces_other);
+        // A pending write, whatever it is, leaves the merged list as it was.
+        let merged = self.merged_memo.remove(name);
         self.add_pending_write(name, w);
         if let Some(owners) = memo {
             self.owners_memo.insert(name.clone(), owners);
+        }
+        if let Some(merged) = merged {
+            self.merged_memo.insert(name.clone(), merged);
         }
     }
 
@@ -560,6 +574,7 @@ impl LocalStore {
         self.touch(name);
         self.last_drop = self.changes;
         self.owners_memo.remove(name);
+        self.merged_memo.remove(name);
         self.memo.remove(name);
         // Parts of writes the record no longer holds are released (the stamps sorted: compared
         // one by one, the cost grew with the square of the file's writes).
@@ -621,6 +636,25 @@ impl LocalStore {
         }
         debug_assert!(held.windows(2).all(|w| w[0].0 < w[1].0), "a file's parts are walked in stamp order");
         HeldParts(held)
+    }
+
+    /// Whether this node's record of `name` holds write `stamp` (its create, a pending or a
+    /// merged append: [`FileRec::contains`]), the merged appends looked up in the memo.
+    pub fn holds_write(&mut self, name: &FileName, stamp: &Stamp) -> bool {
+        let Some(rec) = self.files.get(name) else { return false };
+        if rec.create.as_ref().is_some_and(|c| c.stamp == *stamp) || rec.pending.contains_key(stamp) {
+            return true;
+        }
+        if rec.merged.is_empty() {
+            return false;
+        }
+        let merged = self
+            .merged_memo
+            .entry(name.clone())
+            .or_insert_with(|| rec.merged.iter().map(|w| w.stamp).collect());
+        let held = merged.contains(stamp);
+        debug_assert_eq!(held, rec.contains(stamp), "the memo of {name}'s merged appends is its merged list");
+        held
     }
 
     /// The owner chain the seals of file `name` make ([`Owners::of`] over its writes; `None`:
@@ -760,6 +794,7 @@ impl LocalStore {
         }
         self.files.remove(name);
         self.owners_memo.remove(name);
+        self.merged_memo.remove(name);
         self.memo.remove(name);
         self.touch(name);
         self.last_drop = self.changes;
@@ -1431,17 +1466,20 @@ pub fn reconcile(local: Option<&FileRec>, peer: &FileMeta) -> FileRec {
         let mine_key = (rec.generation, super::types::order_hash(&mine));
         let theirs_key = (peer.generation, super::types::order_hash(&theirs));
         if theirs_key > mine_key {
+            let theirs: BTreeSet<Stamp> = theirs.iter().copied().collect();
             leftovers.extend(rec.merged.iter().filter(|w| !theirs.contains(&w.stamp)).cloned());
             rec.merged = peer.merged.clone();
             rec.generation = peer.generation;
         } else {
+            let mine: BTreeSet<Stamp> = mine.iter().copied().collect();
             leftovers.extend(peer.merged.iter().filter(|w| !mine.contains(&w.stamp)).cloned());
         }
     }
     for w in leftovers.into_iter().chain(peer.pending.iter().cloned()) {
         rec.pending.entry(w.stamp).or_insert(w);
     }
-    let merged: Vec<Stamp> = rec.merged.iter().map(|w| w.stamp).collect();
+    // Looked up in a set: compared one by one, the cost grew with pending times merged appends.
+    let merged: BTreeSet<Stamp> = rec.merged.iter().map(|w| w.stamp).collect();
     rec.pending.retain(|s, _| !merged.contains(s));
     keep_client_order(&mut rec);
     rec
@@ -1596,6 +1634,40 @@ mod tests {
             untouched,
             "another file is left as it was"
         );
+    }
+
+    /// Whether a write is held follows every change to the file's merged appends, the lookup
+    /// in the memo agreeing with a scan of the record (asserted at every lookup in debug builds).
+    #[test]
+    fn whether_a_merged_append_is_held_follows_every_change_to_the_merged_list() {
+        let name = FileName::new("f").unwrap();
+        let mut store = LocalStore::new(Box::new(MemStorage::default())).unwrap();
+        store.file_mut(&name).create = Some(write(1, WriteKind::Create));
+        let held = |store: &mut LocalStore, ts: u64| store.holds_write(&name, &stamp(ts, ts));
+        assert!(held(&mut store, 1) && !held(&mut store, 2), "the create alone");
+        store.add_pending(&name, write(2, WriteKind::Append));
+        store.add_pending(&name, write(3, WriteKind::Append));
+        assert!(held(&mut store, 2) && held(&mut store, 3), "pending appends");
+        // Merged through `set_file`: the memo is worked out from the merged list.
+        let mut rec = store.file(&name).unwrap().clone();
+        rec.merged.push(rec.pending.remove(&stamp(2, 2)).unwrap());
+        store.set_file(&name, rec);
+        assert!(held(&mut store, 2) && held(&mut store, 3) && !held(&mut store, 4));
+        // A pending append added keeps the memo; it is held as pending.
+        store.add_pending(&name, write(4, WriteKind::Append));
+        assert!(held(&mut store, 4));
+        // Merged through `file_mut`.
+        let rec = store.file_mut(&name);
+        let w = rec.pending.remove(&stamp(3, 3)).unwrap();
+        rec.merged.push(w);
+        assert!(held(&mut store, 3), "merged through file_mut");
+        // Dropped from the merged list.
+        let mut rec = store.file(&name).unwrap().clone();
+        rec.merged.retain(|w| w.stamp != stamp(2, 2));
+        store.set_file(&name, rec);
+        assert!(!held(&mut store, 2) && held(&mut store, 3), "a merged append dropped");
+        store.forget_file(&name);
+        assert!(!held(&mut store, 3) && !held(&mut store, 1), "a forgotten file holds nothing");
     }
 
     /// Storage whose flushes behind complete only when the test says so.

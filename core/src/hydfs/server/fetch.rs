@@ -231,7 +231,7 @@ impl Hydfs {
         job.in_flight = None;
         let (part, for_merge) = (job.part, job.class == FetchClass::Merge);
         let (name, stamp, i) = key.clone();
-        if !self.store.file(&name).is_some_and(|r| r.contains(&stamp)) {
+        if !self.store.holds_write(&name, &stamp) {
             // The write left this node's index meanwhile (dropped, deleted, lost a create race):
             // its bytes would be a block nothing points at.
             self.server.fetches.remove(&key);

@@ -97,7 +97,7 @@ impl Hydfs {
             }
             // Replicas that left the ring are no longer waited for; new ones are asked.
             let (name, write, source, create) = (w.name.clone(), w.write.clone(), w.source, w.create);
-            if !self.store.file(&name).is_some_and(|r| r.contains(&write.stamp)) {
+            if !self.store.holds_write(&name, &write.stamp) {
                 // Its file here was deleted, or replaced by another file of the name.
                 if let Accepted::Deleted | Accepted::OtherFile =
                     self.accept_write(now, &name, &write, None, &[source], create)

@@ -103,9 +103,8 @@ impl Hydfs {
                     return refuse(self, r);
                 }
                 let limit = self.cfg.max_pending_appends;
-                let rec = self.store.file(&name);
-                let pending = rec.map_or(0, |r| r.pending.len());
-                if limit > 0 && pending >= limit && !rec.is_some_and(|r| r.contains(&write.stamp)) {
+                let pending = self.store.file(&name).map_or(0, |r| r.pending.len());
+                if limit > 0 && pending >= limit && !self.store.holds_write(&name, &write.stamp) {
                     self.stats.pending_appends_refused += 1;
                     return refuse(self, Refusal::TooManyPending { limit });
                 }
@@ -227,7 +226,7 @@ impl Hydfs {
                 {
                     return Accepted::OtherFile;
                 }
-                let added = !self.store.file(name).is_some_and(|rec| rec.contains(&write.stamp));
+                let added = !self.store.holds_write(name, &write.stamp);
                 if added {
                     self.store.add_pending(name, write.clone());
                 }
@@ -583,20 +582,19 @@ impl Hydfs {
             return None;
         }
         let chain = self.store.owners_of(name);
+        let held = self.store.holds_write(name, &write.stamp);
         let rec = self.store.file(name)?;
         let behind =
             || Some(Refusal::Unavailable("this copy has not caught up with the file's seals".into()));
         let Some(owners) = chain else {
             // Not sealed here: only a first seal naming the creator extends its chain.
             return match (write.kind, &rec.create) {
-                (WriteKind::Seal(s), Some(c)) if s.prev != c.stamp.client && !rec.contains(&write.stamp) => {
-                    behind()
-                }
+                (WriteKind::Seal(s), Some(c)) if s.prev != c.stamp.client && !held => behind(),
                 _ => None,
             };
         };
         // A write this copy holds already is a retry: answered as the first time.
-        let ok = rec.contains(&write.stamp) || owners.admits(write);
+        let ok = held || owners.admits(write);
         if ok {
             return None;
         }
