@@ -21,7 +21,7 @@
 //!   are forgotten on any change but an added pending write;
 //! * a file's remembered digest ([`LocalStore::digest`]) and view ([`LocalStore::meta_shared`])
 //!   are always what its writes and parts make of it: both are forgotten on any change to
-//!   either;
+//!   either; at most [`VIEWS_REMEMBERED`] files' views are remembered at once;
 //! * the index is durable with the parts: [`LocalStore::sync`] writes what changed since the last
 //!   sync as one index block (`index.rs`) before syncing storage, so after a crash
 //!   [`LocalStore::open`] recovers exactly the files, writes and parts the last completed sync
@@ -255,7 +255,19 @@ pub struct LocalStore {
     merged_memo: BTreeMap<FileName, BTreeSet<Stamp>>,
     /// What was worked out of files asked for since they or their parts last changed.
     memo: BTreeMap<FileName, Memo>,
+    /// The files whose views were remembered, oldest first (a name may come twice, or name a
+    /// view already forgotten): past [`VIEWS_REMEMBERED`] the oldest is forgotten, so the views
+    /// remembered cost at most that many files' descriptions.
+    views: VecDeque<FileName>,
 }
+
+/// Files whose views ([`LocalStore::meta_shared`]) are remembered at once, at most: a view is as
+/// large as the file's record in the index, and only reads in progress need one.
+pub const VIEWS_REMEMBERED: usize = 16;
+
+/// Merged lists shorter than this are scanned rather than remembered as a set
+/// ([`LocalStore::holds_write`]): the set would cost more memory than the scan costs time.
+const MERGED_SCAN_MAX: usize = 64;
 
 /// What is remembered of a file until it or one of its parts changes. Each walks all the file's
 /// writes and parts when worked out afresh.
@@ -459,6 +471,7 @@ impl LocalStore {
             owners_memo: BTreeMap::new(),
             merged_memo: BTreeMap::new(),
             memo: BTreeMap::new(),
+            views: VecDeque::new(),
         };
         // A fresh snapshot of what was recovered, durable before the chain it replaces is
         // removed. A full disk refuses it: the node starts anyway on the chain it has (it can
@@ -645,8 +658,8 @@ impl LocalStore {
         if rec.create.as_ref().is_some_and(|c| c.stamp == *stamp) || rec.pending.contains_key(stamp) {
             return true;
         }
-        if rec.merged.is_empty() {
-            return false;
+        if rec.merged.len() < MERGED_SCAN_MAX {
+            return rec.merged.iter().any(|w| w.stamp == *stamp);
         }
         let merged = self
             .merged_memo
@@ -1203,6 +1216,15 @@ impl LocalStore {
         }
         let meta = Arc::new(self.meta(name)?);
         self.memo.entry(name.clone()).or_default().meta = Some(meta.clone());
+        self.views.push_back(name.clone());
+        if self.views.len() > VIEWS_REMEMBERED {
+            let oldest = self.views.pop_front().expect("more than one");
+            if let Some(memo) = self.memo.get_mut(&oldest) {
+                memo.meta = None;
+            }
+        }
+        // A remembered view's name is in `views` (an evicted name's view is forgotten with it).
+        debug_assert!(self.views.len() <= VIEWS_REMEMBERED, "at most VIEWS_REMEMBERED views are remembered");
         Some(meta)
     }
 
@@ -1648,10 +1670,13 @@ mod tests {
         store.add_pending(&name, write(2, WriteKind::Append));
         store.add_pending(&name, write(3, WriteKind::Append));
         assert!(held(&mut store, 2) && held(&mut store, 3), "pending appends");
-        // Merged through `set_file`: the memo is worked out from the merged list.
+        // Merged through `set_file`, with enough earlier merged appends that the memo is used.
         let mut rec = store.file(&name).unwrap().clone();
+        rec.merged.extend((100..100 + MERGED_SCAN_MAX as u64).map(|ts| write(ts, WriteKind::Append)));
         rec.merged.push(rec.pending.remove(&stamp(2, 2)).unwrap());
         store.set_file(&name, rec);
+        assert!(held(&mut store, 100));
+        assert!(store.merged_memo.contains_key(&name), "a long merged list is remembered");
         assert!(held(&mut store, 2) && held(&mut store, 3) && !held(&mut store, 4));
         // A pending append added keeps the memo; it is held as pending.
         store.add_pending(&name, write(4, WriteKind::Append));
@@ -1668,6 +1693,27 @@ mod tests {
         assert!(!held(&mut store, 2) && held(&mut store, 3), "a merged append dropped");
         store.forget_file(&name);
         assert!(!held(&mut store, 3) && !held(&mut store, 1), "a forgotten file holds nothing");
+    }
+
+    /// However many files are read, at most `VIEWS_REMEMBERED` views are remembered, and each
+    /// view handed out is the file's.
+    #[test]
+    fn at_most_a_bounded_number_of_views_are_remembered() {
+        let mut store = LocalStore::new(Box::new(MemStorage::default())).unwrap();
+        let names: Vec<FileName> =
+            (0..VIEWS_REMEMBERED + 5).map(|i| FileName::new(&format!("f{i}")).unwrap()).collect();
+        for name in &names {
+            store.file_mut(name).create = Some(write(1, WriteKind::Create));
+        }
+        for _ in 0..2 {
+            for name in &names {
+                let view = store.meta_shared(name);
+                assert_eq!(view.as_deref(), store.meta(name).as_ref());
+                let remembered = store.memo.values().filter(|m| m.meta.is_some()).count();
+                assert!(remembered <= VIEWS_REMEMBERED, "{remembered} views remembered");
+            }
+        }
+        assert_eq!(store.memo.values().filter(|m| m.meta.is_some()).count(), VIEWS_REMEMBERED);
     }
 
     /// Storage whose flushes behind complete only when the test says so.
