@@ -18,6 +18,10 @@
 //!   are written with one system call, and a large one (at least [`COALESCE_BYTES`]) alone, from
 //!   its own buffers (a chunk's bytes from the message's, [`SealedFrame::pieces`]), with its
 //!   length prefix in one gathered write;
+//! * a received frame of at least [`CHECK_APART_BYTES`] reaches the node task only as the
+//!   verdict of a checking thread ([`FrameChecks`]; at most [`CHECKERS`] per node), under the
+//!   node's current keys, and a connection's frames reach it in the order they arrived: its
+//!   reader waits for each verdict before it reads on;
 //! * at most [`StreamLimits::max_inbound_connections`] inbound connections are open at once
 //!   (fewer if the open-file limit leaves less room, see [`connection_limit`]); past it, one
 //!   connection is closed at once and counted, never queued: the oldest that has delivered no
