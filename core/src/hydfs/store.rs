@@ -236,8 +236,8 @@ pub struct LocalStore {
     /// Whether syncs write the index (off only for a planted bug).
     pub index_writes: bool,
     /// Whether a sealed file's view leaves out the appends its seals do not keep (off only for
-    /// a planted bug). Set once, before any file is looked at: the remembered owner chains and
-    /// digests depend on it.
+    /// a planted bug). Set once, before any file is looked at: the remembered owner chains,
+    /// digests and views depend on it.
     pub seals: bool,
     /// The tombstones of deleted files this node keeps (see `tombstone.rs`), and the changes
     /// to them since the last index block.
@@ -253,12 +253,17 @@ pub struct LocalStore {
     /// `set_file` and `forget_file`, so an added pending write leaves it valid. Scanned instead,
     /// every append to a file merged many times went over all its merged appends.
     merged_memo: BTreeMap<FileName, BTreeSet<Stamp>>,
-    /// What was worked out of files asked for since they or their parts last changed.
-    memo: BTreeMap<FileName, Memo>,
-    /// The files whose views were remembered, oldest first (a name may come twice, or name a
-    /// view already forgotten): past [`VIEWS_REMEMBERED`] the oldest is forgotten, so the views
-    /// remembered cost at most that many files' descriptions.
-    views: VecDeque<FileName>,
+    /// The digest ([`LocalStore::digest`]) of files asked for since they or their parts last
+    /// changed. An inventory lists the digest of every file a node holds, several times per
+    /// anti-entropy round (its own, and its answers to its neighbours), and a node holding
+    /// large files spent tens of milliseconds per inventory on files that had not changed,
+    /// while appends waited.
+    digest_memo: BTreeMap<FileName, FileDigest>,
+    /// The views ([`LocalStore::meta_shared`]) of the files read last, oldest first, at most
+    /// [`VIEWS_REMEMBERED`], each forgotten with its file's digest. A read asks for the view at
+    /// every chunk: worked out afresh, a whole-file read cost time in the square of the file's
+    /// parts.
+    views: VecDeque<(FileName, Arc<FileMeta>)>,
 }
 
 /// Files whose views ([`LocalStore::meta_shared`]) are remembered at once, at most: a view is as
@@ -268,20 +273,6 @@ pub const VIEWS_REMEMBERED: usize = 16;
 /// Merged lists shorter than this are scanned rather than remembered as a set
 /// ([`LocalStore::holds_write`]): the set would cost more memory than the scan costs time.
 const MERGED_SCAN_MAX: usize = 64;
-
-/// What is remembered of a file until it or one of its parts changes. Each walks all the file's
-/// writes and parts when worked out afresh.
-#[derive(Debug, Default)]
-struct Memo {
-    /// Its digest ([`LocalStore::digest`]). An inventory lists the digest of every file a node
-    /// holds, several times per anti-entropy round (its own, and its answers to its
-    /// neighbours), and a node holding large files spent tens of milliseconds per inventory on
-    /// files that had not changed, while appends waited.
-    digest: Option<FileDigest>,
-    /// Its view ([`LocalStore::meta_shared`]). A read asks for it at every chunk: worked out
-    /// afresh, a whole-file read cost time in the square of the file's parts.
-    meta: Option<Arc<FileMeta>>,
-}
 
 /// What one part costs the scrubber's budget at least, in bytes: reading a part has a fixed
 /// cost (a system call, a lookup, a checksum's start), and counted by its bytes alone a round of
@@ -470,7 +461,7 @@ impl LocalStore {
             tombstones_forgotten: BTreeSet::new(),
             owners_memo: BTreeMap::new(),
             merged_memo: BTreeMap::new(),
-            memo: BTreeMap::new(),
+            digest_memo: BTreeMap::new(),
             views: VecDeque::new(),
         };
         // A fresh snapshot of what was recovered, durable before the chain it replaces is
@@ -505,7 +496,7 @@ impl LocalStore {
         self.touch(name);
         self.owners_memo.remove(name);
         self.merged_memo.remove(name);
-        self.memo.remove(name);
+        self.forget_digest_and_view(name);
         self.files.entry(name.clone()).or_default()
     }
 
@@ -577,7 +568,7 @@ impl LocalStore {
             return;
         }
         let stamp = w.stamp;
-        self.memo.remove(name);
+        self.forget_digest_and_view(name);
         self.files.get_mut(name).expect("held, checked above").pending.insert(stamp, w);
         self.appended.entry(name.clone()).or_default().push(stamp);
         self.changed();
@@ -588,7 +579,7 @@ impl LocalStore {
         self.last_drop = self.changes;
         self.owners_memo.remove(name);
         self.merged_memo.remove(name);
-        self.memo.remove(name);
+        self.forget_digest_and_view(name);
         // Parts of writes the record no longer holds are released (the stamps sorted: compared
         // one by one, the cost grew with the square of the file's writes).
         let mut keep: Vec<Stamp> = rec.writes().map(|w| w.stamp).collect();
@@ -745,7 +736,7 @@ impl LocalStore {
         // `matches` computed the bytes' CRC32C: the storage keeps it rather than computing it.
         self.storage.put_with_crc(blob, bytes, meta.crc)?;
         self.changed();
-        self.memo.remove(name);
+        self.forget_digest_and_view(name);
         self.dirty_parts.insert(key.clone());
         self.parts.insert(key, PartRec { blob, meta });
         Ok(true)
@@ -771,7 +762,7 @@ impl LocalStore {
 
     fn remove_part(&mut self, key: &PartKey) {
         if let Some(rec) = self.parts.remove(key) {
-            self.memo.remove(&key.0);
+            self.forget_digest_and_view(&key.0);
             // A failed delete leaves garbage behind, never wrong data: the index no longer
             // points at the block.
             let _ = self.storage.delete(rec.blob);
@@ -785,7 +776,7 @@ impl LocalStore {
     pub fn drop_file(&mut self, name: &FileName) {
         self.set_file(name, FileRec::default());
         self.files.remove(name);
-        self.memo.remove(name);
+        self.forget_digest_and_view(name);
         debug_assert!(
             self.parts.range((name.clone(), Stamp::MIN, 0)..).next().is_none_or(|((n, _, _), _)| n != name),
             "no part of a dropped file stays indexed"
@@ -808,7 +799,7 @@ impl LocalStore {
         self.files.remove(name);
         self.owners_memo.remove(name);
         self.merged_memo.remove(name);
-        self.memo.remove(name);
+        self.forget_digest_and_view(name);
         self.touch(name);
         self.last_drop = self.changes;
     }
@@ -1190,7 +1181,7 @@ impl LocalStore {
     /// The digest of this node's copy of `name`: `meta(name)`'s digest, from the memo while the
     /// file and its parts are unchanged, else worked out and remembered.
     pub fn digest(&mut self, name: &FileName) -> Option<FileDigest> {
-        if let Some(digest) = self.memo.get(name).and_then(|m| m.digest) {
+        if let Some(&digest) = self.digest_memo.get(name) {
             debug_assert_eq!(
                 Some(digest),
                 self.fresh_digest(name),
@@ -1199,33 +1190,34 @@ impl LocalStore {
             return Some(digest);
         }
         let digest = self.fresh_digest(name)?;
-        self.memo.entry(name.clone()).or_default().digest = Some(digest);
+        self.digest_memo.insert(name.clone(), digest);
         Some(digest)
     }
 
     /// [`LocalStore::meta`], shared: from the memo while the file and its parts are unchanged,
     /// else worked out and remembered.
     pub fn meta_shared(&mut self, name: &FileName) -> Option<Arc<FileMeta>> {
-        if let Some(meta) = self.memo.get(name).and_then(|m| m.meta.clone()) {
+        if let Some((_, meta)) = self.views.iter().find(|(n, _)| n == name) {
             debug_assert_eq!(
-                Some(&*meta),
+                Some(&**meta),
                 self.meta(name).as_ref(),
                 "the memo of {name}'s view is what its writes and parts make"
             );
-            return Some(meta);
+            return Some(meta.clone());
         }
         let meta = Arc::new(self.meta(name)?);
-        self.memo.entry(name.clone()).or_default().meta = Some(meta.clone());
-        self.views.push_back(name.clone());
-        if self.views.len() > VIEWS_REMEMBERED {
-            let oldest = self.views.pop_front().expect("more than one");
-            if let Some(memo) = self.memo.get_mut(&oldest) {
-                memo.meta = None;
-            }
+        if self.views.len() == VIEWS_REMEMBERED {
+            self.views.pop_front();
         }
-        // A remembered view's name is in `views` (an evicted name's view is forgotten with it).
+        self.views.push_back((name.clone(), meta.clone()));
         debug_assert!(self.views.len() <= VIEWS_REMEMBERED, "at most VIEWS_REMEMBERED views are remembered");
         Some(meta)
+    }
+
+    /// `name` or one of its parts changed: its remembered digest and view go.
+    fn forget_digest_and_view(&mut self, name: &FileName) {
+        self.digest_memo.remove(name);
+        self.views.retain(|(n, _)| n != name);
     }
 
     /// [`LocalStore::digest`] worked out: one walk of the file's writes without describing it
@@ -1709,11 +1701,10 @@ mod tests {
             for name in &names {
                 let view = store.meta_shared(name);
                 assert_eq!(view.as_deref(), store.meta(name).as_ref());
-                let remembered = store.memo.values().filter(|m| m.meta.is_some()).count();
-                assert!(remembered <= VIEWS_REMEMBERED, "{remembered} views remembered");
+                assert!(store.views.len() <= VIEWS_REMEMBERED, "{} views remembered", store.views.len());
             }
         }
-        assert_eq!(store.memo.values().filter(|m| m.meta.is_some()).count(), VIEWS_REMEMBERED);
+        assert_eq!(store.views.len(), VIEWS_REMEMBERED);
     }
 
     /// Storage whose flushes behind complete only when the test says so.

@@ -69,11 +69,8 @@ impl Hydfs {
             return Err(Refusal::Unavailable("a copy of this file is being repaired".into()));
         }
         // A copy with every write complete is its own view: the store remembers its digest.
-        let id = match &meta {
-            Cow::Borrowed(_) => self.store.digest(name).map(|d| d.hash),
-            Cow::Owned(_) => None,
-        }
-        .unwrap_or_else(|| meta.digest().hash);
+        let remembered = if shared.incomplete.is_empty() { self.store.digest(name) } else { None };
+        let id = remembered.map_or_else(|| meta.digest().hash, |d| d.hash);
         debug_assert_eq!(id, meta.digest().hash, "a chunk names the view it belongs to");
         if view.is_some_and(|v| v != id) {
             return Err(Refusal::ViewChanged);
