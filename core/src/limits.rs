@@ -1,13 +1,15 @@
 //! Limits against hostile or broken input that belong to the node as a whole: the largest stream
 //! frame ([`LimitsConfig::stream_frame_bytes`]) and a per-peer rate limit on incoming stream
 //! requests ([`RateLimiter`]). The limits of one layer live in that layer's config (membership:
-//! datagram size; HyDFS: file-name length, transfers in flight, pending appends per file;
-//! RainStorm: tuples per received batch); [`check`] verifies that they fit together.
+//! datagram size; HyDFS: file-name length, transfers in flight, pending appends per file, the
+//! size of a file's description; RainStorm: tuples per received batch); [`check`] verifies that
+//! they fit together.
 //!
 //! Invariants kept here:
 //! * a stream frame limit always leaves room for one HyDFS chunk and for one RainStorm checkpoint
 //!   record (which is at least a link batch: at most `batch_bytes` plus one tuple), plus
-//!   [`STREAM_FRAME_SLACK_BYTES`] of headers and metadata ([`check`]);
+//!   [`STREAM_FRAME_SLACK_BYTES`] of headers and metadata ([`check`]), and for the description
+//!   of the largest file HyDFS lets grow (`max_file_meta_bytes`) plus the same slack;
 //! * only requests count against a peer's rate ([`counts_against_rate`]): membership datagrams,
 //!   HyDFS replies and RainStorm acknowledgements never do, so failure detection is never starved
 //!   and a node never drops the answers to its own requests;
@@ -93,6 +95,11 @@ pub enum LimitsError {
          a job merges its output file after that many appends"
     )]
     OutputMerges { every: u32, limit: usize },
+    #[error(
+        "max_file_meta_bytes ({limit}) must be at least 1 and, with {STREAM_FRAME_SLACK_BYTES} bytes of \
+         headers, at most stream_frame_bytes ({frame}): a file's description travels in one frame"
+    )]
+    FileMetaOverFrame { limit: u64, frame: usize },
     #[error("max_batch_tuples ({limit}) must be at least batch_tuples ({batch_tuples})")]
     BatchTuples { limit: u32, batch_tuples: u32 },
     #[error(
@@ -124,6 +131,10 @@ pub fn check(
     }
     if hydfs.max_name_bytes == 0 || hydfs.max_name_bytes > NAME_BYTES_CEILING {
         return Err(LimitsError::NameLimit { limit: hydfs.max_name_bytes });
+    }
+    let meta = hydfs.max_file_meta_bytes;
+    if meta == 0 || meta.saturating_add(STREAM_FRAME_SLACK_BYTES as u64) > limits.stream_frame_bytes as u64 {
+        return Err(LimitsError::FileMetaOverFrame { limit: meta, frame: limits.stream_frame_bytes });
     }
     let pending = hydfs.max_pending_appends;
     if pending > 0 {
@@ -277,6 +288,82 @@ mod tests {
         })));
     }
 
+    /// The description of a file grown to `max_file_meta_bytes` is sent whole in one frame (a
+    /// `DescribeReply`, an `Offer`) and its stamps with a first chunk (`ReadReply`): under the
+    /// smallest frame limit `check` accepts, every one of them still encodes, while a file twice
+    /// as long (which the limit refuses to grow) would not.
+    #[test]
+    fn the_largest_file_description_fits_the_smallest_frame() {
+        use crate::hydfs::message::{ReadChunk, Refusal};
+        use crate::hydfs::types::{FileMeta, Stamp, WriteKind, WriteMeta};
+        use crate::hydfs::FileName;
+        use crate::wire::{Codec, Envelope};
+        let (l, h, r) = (LimitsConfig::default(), HydfsConfig::default(), RainstormConfig::default());
+        let smallest = (1..=l.stream_frame_bytes)
+            .rev()
+            .step_by(1 << 16)
+            .take_while(|f| check(&LimitsConfig { stream_frame_bytes: *f, ..l.clone() }, &h, &r).is_ok())
+            .last()
+            .expect("the defaults pass");
+        let member = crate::id::MemberId::new("[2001:db8::1]:65000".parse().unwrap(), u64::MAX / 3);
+        let writes = |budget: u64| {
+            let mut all = Vec::new();
+            let mut bytes = 0;
+            loop {
+                let n = all.len() as u64;
+                let stamp = Stamp { ts: u64::MAX / 2 + n, client: member, seq: u64::MAX / 4 + n };
+                let w =
+                    WriteMeta::describe(stamp, WriteKind::Append, b"one line of an output\n", h.chunk_bytes);
+                if bytes + w.described_bytes() > budget {
+                    return all;
+                }
+                bytes += w.described_bytes();
+                all.push(w);
+            }
+        };
+        let frames = |merged: Vec<WriteMeta>| {
+            let name = FileName::new(&"n".repeat(h.max_name_bytes)).unwrap();
+            let deleted: Vec<Stamp> = (0..8).map(|i| Stamp { ts: i, client: member, seq: i }).collect();
+            let stamps: Vec<Stamp> = merged.iter().map(|w| w.stamp).collect();
+            let meta = FileMeta {
+                name,
+                create: None,
+                generation: u64::MAX,
+                merged,
+                pending: vec![],
+                incomplete: vec![],
+            };
+            let chunk =
+                ReadChunk { view: 1, total_len: 1, writes: stamps, offset: 0, bytes: vec![7; h.chunk_bytes] };
+            [
+                HydfsMsg::DescribeReply {
+                    req: u64::MAX,
+                    meta: Ok::<_, Refusal>(meta.clone()),
+                    deleted: deleted.clone(),
+                },
+                HydfsMsg::Offer { meta, deleted },
+                HydfsMsg::ReadReply { req: u64::MAX, result: Ok(chunk) },
+            ]
+            .map(|msg| {
+                let envelope = Envelope {
+                    from: member,
+                    to: member.addr,
+                    lane: Default::default(),
+                    seq: crate::replay::FrameSeq(u64::MAX),
+                    body: Body::Hydfs(msg),
+                };
+                Codec::plain().encode(&envelope, smallest).map(|f| f.len())
+            })
+        };
+        let full = writes(h.max_file_meta_bytes);
+        assert!(full.len() > 100_000, "the default limit holds {} appends", full.len());
+        for sent in frames(full) {
+            assert!(sent.is_ok(), "a full file's frames fit {smallest} bytes: {sent:?}");
+        }
+        let twice = writes(2 * h.max_file_meta_bytes);
+        assert!(frames(twice).iter().any(Result::is_err), "a file twice as long would not fit");
+    }
+
     #[test]
     fn limits_must_fit_together() {
         let (l, h, r) = (LimitsConfig::default(), HydfsConfig::default(), RainstormConfig::default());
@@ -287,9 +374,11 @@ mod tests {
         assert!(e.to_string().contains("stream_frame_bytes"), "{e}");
         let just =
             LimitsConfig { stream_frame_bytes: MAX_RECORD_BYTES + STREAM_FRAME_SLACK_BYTES, ..l.clone() };
-        assert_eq!(check(&just, &h, &r), Ok(()));
+        assert!(matches!(check(&just, &h, &r), Err(LimitsError::FileMetaOverFrame { .. })));
+        let short = HydfsConfig { max_file_meta_bytes: MAX_RECORD_BYTES as u64, ..h.clone() };
+        assert_eq!(check(&just, &short, &r), Ok(()));
         let under = LimitsConfig { stream_frame_bytes: just.stream_frame_bytes - 1, ..l.clone() };
-        assert!(matches!(check(&under, &h, &r), Err(LimitsError::FrameTooSmall { .. })));
+        assert!(matches!(check(&under, &short, &r), Err(LimitsError::FrameTooSmall { .. })));
         let big_chunks = HydfsConfig { chunk_bytes: 16 << 20, ..h.clone() };
         assert!(matches!(check(&l, &big_chunks, &r), Err(LimitsError::FrameTooSmall { .. })));
         let no_burst = LimitsConfig { peer_request_burst: 0, ..l.clone() };
@@ -300,6 +389,10 @@ mod tests {
         assert!(matches!(check(&l, &h, &rare), Err(LimitsError::OutputMerges { .. })));
         let unlimited = HydfsConfig { max_pending_appends: 0, ..h.clone() };
         assert_eq!(check(&l, &unlimited, &rare), Ok(()));
+        let long = HydfsConfig { max_file_meta_bytes: l.stream_frame_bytes as u64, ..h.clone() };
+        assert!(matches!(check(&l, &long, &r), Err(LimitsError::FileMetaOverFrame { .. })));
+        let none = HydfsConfig { max_file_meta_bytes: 0, ..h.clone() };
+        assert!(matches!(check(&l, &none, &r), Err(LimitsError::FileMetaOverFrame { .. })));
         let names = HydfsConfig { max_name_bytes: NAME_BYTES_CEILING + 1, ..h.clone() };
         assert!(matches!(check(&l, &names, &r), Err(LimitsError::NameLimit { .. })));
         let batch = RainstormConfig { max_batch_tuples: 10, batch_tuples: 64, ..r.clone() };

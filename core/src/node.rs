@@ -956,6 +956,7 @@ impl fmt::Display for CommandOutput {
                 writeln!(f, "hydfs.names_refused {}", hydfs.names_refused)?;
                 writeln!(f, "hydfs.busy_refusals {}", hydfs.busy_refusals)?;
                 writeln!(f, "hydfs.pending_appends_refused {}", hydfs.pending_appends_refused)?;
+                writeln!(f, "hydfs.full_file_appends_refused {}", hydfs.full_file_appends_refused)?;
                 writeln!(f, "hydfs.stale_appends_refused {}", hydfs.stale_appends_refused)?;
                 writeln!(f, "hydfs.files_deleted {}", hydfs.files_deleted)?;
                 writeln!(f, "hydfs.tombstones {}", hydfs.tombstones)?;

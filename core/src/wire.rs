@@ -73,8 +73,10 @@ pub const MAX_STREAM_FRAME_BYTES: usize = 16 * 1024 * 1024;
 /// cannot take a name one of the others holds); version 14 whether a HyDFS `Describe` is a
 /// client's (`client`: held back, like a read, by a copy recovered at start and not compared
 /// yet; anti-entropy's describes are what compare it); version 15 appends bound to the file
-/// they were issued against (`WriteRequest::of`, `RemoteAppend::of`).
-pub const WIRE_VERSION: u8 = 15;
+/// they were issued against (`WriteRequest::of`, `RemoteAppend::of`); version 16 the HyDFS
+/// refusal `FileFull` (an append that would take its file's description past
+/// `max_file_meta_bytes`).
+pub const WIRE_VERSION: u8 = 16;
 
 const MAGIC: [u8; 2] = *b"RS";
 /// Magic, version, flags, lane, payload length.

@@ -34,6 +34,7 @@
 //! max_name_bytes = 255           # longest file name (1..=4096)
 //! max_transfers = 1024           # writes and merges coordinated at once; more are refused as busy (0: unlimited)
 //! max_pending_appends = 10000    # unmerged appends per file; more are refused until a merge (0: unlimited)
+//! max_file_meta_mb = 12          # the most one file's writes may take to describe (about 300,000 appends); at most stream_frame_mb - 1 (unset: lowered to that)
 //! tombstone_ttl_s = 86400        # how long a deleted file is remembered (a copy cut off longer may come back)
 //! max_tombstones = 100000        # deleted files remembered at most (the nearest to expiring forgotten first)
 //!
@@ -152,6 +153,7 @@ pub struct HydfsInput {
     pub max_name_bytes: Option<usize>,
     pub max_transfers: Option<usize>,
     pub max_pending_appends: Option<usize>,
+    pub max_file_meta_mb: Option<u64>,
     pub tombstone_ttl_s: Option<u64>,
     pub max_tombstones: Option<usize>,
 }
@@ -258,6 +260,7 @@ pub const FIELDS: &[&str] = &[
     "hydfs.max_write_mb",
     "hydfs.max_name_bytes",
     "hydfs.max_pending_appends",
+    "hydfs.max_file_meta_mb",
     "hydfs.tombstone_ttl_s",
     "hydfs.max_tombstones",
     "rainstorm.program_start_timeout_ms",
@@ -326,6 +329,7 @@ impl ConfigInput {
                 max_name_bytes: h.max_name_bytes.or(g.max_name_bytes),
                 max_transfers: h.max_transfers.or(g.max_transfers),
                 max_pending_appends: h.max_pending_appends.or(g.max_pending_appends),
+                max_file_meta_mb: h.max_file_meta_mb.or(g.max_file_meta_mb),
                 tombstone_ttl_s: h.tombstone_ttl_s.or(g.tombstone_ttl_s),
                 max_tombstones: h.max_tombstones.or(g.max_tombstones),
             },
@@ -439,13 +443,15 @@ impl ConfigInput {
         if self.hydfs.max_tombstones == Some(0) {
             return Err(field("hydfs.max_tombstones", "must be at least 1"));
         }
-        let hydfs = HydfsConfig {
+        let file_meta_set = self.hydfs.max_file_meta_mb.is_some();
+        let mut hydfs = HydfsConfig {
             cache_bytes: mb(self.hydfs.cache_mb, base.cache_bytes),
             repair_bytes_per_sec: mb(self.hydfs.repair_mb_per_sec, base.repair_bytes_per_sec),
             max_write_bytes: mb(self.hydfs.max_write_mb, base.max_write_bytes),
             max_name_bytes: self.hydfs.max_name_bytes.unwrap_or(base.max_name_bytes),
             max_transfers: self.hydfs.max_transfers.unwrap_or(base.max_transfers),
             max_pending_appends: self.hydfs.max_pending_appends.unwrap_or(base.max_pending_appends),
+            max_file_meta_bytes: mb(self.hydfs.max_file_meta_mb, base.max_file_meta_bytes),
             tombstone_ttl: self
                 .hydfs
                 .tombstone_ttl_s
@@ -522,6 +528,12 @@ impl ConfigInput {
             peer_request_burst: l.peer_request_burst.unwrap_or(base.peer_request_burst),
             rate_limited_peers: l.rate_limited_peers.unwrap_or(base.rate_limited_peers),
         };
+        if !file_meta_set {
+            // Unset: the default, or as much as a smaller frame limit leaves room for.
+            let room =
+                limits.stream_frame_bytes.saturating_sub(rainstorm_core::limits::STREAM_FRAME_SLACK_BYTES);
+            hydfs.max_file_meta_bytes = hydfs.max_file_meta_bytes.min(room as u64);
+        }
         rainstorm_core::limits::check(&limits, &hydfs, &rainstorm)
             .map_err(|e| field(limit_field(&e), e.to_string()))?;
         let streams = stream_limits(&l)?;
@@ -723,6 +735,7 @@ fn limit_field(e: &LimitsError) -> &'static str {
         LimitsError::NoBurst => "limits.peer_request_burst",
         LimitsError::NoPeers => "limits.rate_limited_peers",
         LimitsError::NameLimit { .. } => "hydfs.max_name_bytes",
+        LimitsError::FileMetaOverFrame { .. } => "hydfs.max_file_meta_mb",
         LimitsError::PendingBelowLog { .. } | LimitsError::OutputMerges { .. } => "hydfs.max_pending_appends",
         LimitsError::BatchTuples { .. } => "rainstorm.max_batch_tuples",
         LimitsError::BatchBytes { .. } => "rainstorm.batch_bytes",
@@ -844,6 +857,7 @@ mod tests {
         let cfg =
             resolve("stream_frame_mb = 10\npeer_requests_per_sec = 0\nmax_datagram_bytes = 1200\n").unwrap();
         assert_eq!(cfg.limits.stream_frame_bytes, 10 << 20);
+        assert_eq!(cfg.hydfs.max_file_meta_bytes, 9 << 20, "lowered to what the frame limit leaves");
         assert_eq!(cfg.limits.peer_requests_per_sec, 0);
         assert_eq!(cfg.membership.max_datagram_bytes, 1200);
         assert_eq!(resolve("").unwrap().streams, StreamLimits::default());
@@ -892,6 +906,9 @@ mod tests {
         let defaults = resolve("").unwrap();
         assert_eq!(defaults.hydfs.max_pending_appends, HydfsConfig::default().max_pending_appends);
         assert_eq!(defaults.hydfs.tombstone_ttl, HydfsConfig::default().tombstone_ttl);
+        assert_eq!(defaults.hydfs.max_file_meta_bytes, HydfsConfig::default().max_file_meta_bytes);
+        let cfg = resolve("[hydfs]\nmax_file_meta_mb = 4\n").unwrap();
+        assert_eq!(cfg.hydfs.max_file_meta_bytes, 4 << 20);
         let cfg = resolve("[hydfs]\ntombstone_ttl_s = 600\nmax_tombstones = 50\n").unwrap();
         assert_eq!((cfg.hydfs.tombstone_ttl, cfg.hydfs.max_tombstones), (Millis(600_000), 50));
         assert_eq!(defaults.rainstorm.max_batch_tuples, RainstormConfig::default().max_batch_tuples);
@@ -899,6 +916,8 @@ mod tests {
             ("[hydfs]\nmax_name_bytes = 0", "hydfs.max_name_bytes"),
             ("[hydfs]\nmax_name_bytes = 5000", "hydfs.max_name_bytes"),
             ("[hydfs]\nmax_pending_appends = 1000", "hydfs.max_pending_appends"),
+            ("[hydfs]\nmax_file_meta_mb = 0", "hydfs.max_file_meta_mb"),
+            ("[hydfs]\nmax_file_meta_mb = 16", "hydfs.max_file_meta_mb"),
             ("[hydfs]\ntombstone_ttl_s = 0", "hydfs.tombstone_ttl_s"),
             ("[hydfs]\nmax_tombstones = 0", "hydfs.max_tombstones"),
             ("[rainstorm]\nbatch_tuples = 100\nmax_batch_tuples = 99", "rainstorm.max_batch_tuples"),

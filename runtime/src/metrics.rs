@@ -279,7 +279,7 @@ impl Collector for Scrape {
         out.counters(
             "rainstorm_hydfs_refused",
             "Requests refused by a limit: a name too long, busy (max_transfers), too many pending appends, \
-             a write to a sealed file from a writer that is not its owner, an append issued against a \
+             an append to a full file (max_file_meta_mb), a write to a sealed file from a writer that is not its owner, an append issued against a \
              file of the name since deleted, or a client's write from a process not listed yet \
              (answered, so that it tries again).",
             vec![
@@ -287,6 +287,7 @@ impl Collector for Scrape {
                 (l("cause", "sender_not_listed"), h.strangers_refused),
                 (l("cause", "busy"), h.busy_refusals),
                 (l("cause", "pending_appends"), h.pending_appends_refused),
+                (l("cause", "file_full"), h.full_file_appends_refused),
                 (l("cause", "sealed"), h.writes_refused_sealed),
                 (l("cause", "file_deleted"), h.stale_appends_refused),
             ],

@@ -1131,6 +1131,9 @@ impl Hydfs {
             Refusal::TooManyPending { limit } => {
                 self.finish(now, id, None, Err(HydfsError::TooManyPending { name, limit }))
             }
+            Refusal::FileFull { limit } => {
+                self.finish(now, id, None, Err(HydfsError::FileFull { name, limit }))
+            }
             Refusal::NotFound => self.attempt_failed(now, id, format!("{from}: not found"), true),
             Refusal::Deleted => self.attempt_failed(now, id, format!("{from}: {}", Refusal::Deleted), true),
             other => self.attempt_failed(now, id, format!("{from}: {other}"), false),

@@ -37,6 +37,15 @@ pub struct HydfsConfig {
     /// Pending (not yet merged) appends one file may hold on its coordinator; an append beyond it
     /// is refused until the file is merged. 0 means unlimited.
     pub max_pending_appends: usize,
+    /// The most bytes the metadata of one file's writes may take
+    /// ([`super::types::WriteMeta::described_bytes`] summed over its create and its merged and
+    /// pending appends). Anti-entropy, a merge and a
+    /// client's `Meta` send a file's description whole, in one stream frame, so a file whose
+    /// description passed the frame limit could no longer be compared, repaired or merged: a
+    /// coordinator refuses an append that would take its file past this (`FileFull`). At about
+    /// 42 bytes per single-part append, the default (12 MiB) holds about 300,000 appends.
+    /// `limits::check` keeps it, plus the slack of a frame, under the stream frame limit.
+    pub max_file_meta_bytes: u64,
     /// Capacity of the client's read cache, in bytes (0 turns it off).
     pub cache_bytes: u64,
     /// How long a cached read may be served (it is never served if it could miss one of the
@@ -87,6 +96,7 @@ impl Default for HydfsConfig {
             max_name_bytes: MAX_NAME_BYTES,
             max_transfers: 1024,
             max_pending_appends: 10_000,
+            max_file_meta_bytes: 12 << 20,
             cache_bytes: 64 << 20,
             cache_ttl: Millis::from_secs(30),
             anti_entropy_interval: Millis::from_secs(2),

@@ -64,6 +64,10 @@ pub enum Refusal {
     /// The file the request is about was deleted (this node holds its tombstone).
     #[error("the file was deleted")]
     Deleted,
+    /// The append would take the description of its file's writes past `limit` bytes
+    /// (`max_file_meta_bytes`): the file takes no more appends.
+    #[error("the file is full: its writes' description would pass {limit} bytes")]
+    FileFull { limit: u64 },
 }
 
 /// Writes a client had acknowledged for one file, grouped by the create they belong to: a

@@ -113,6 +113,13 @@ pub enum HydfsError {
     NameTooLong { len: usize, limit: usize },
     #[error("too many pending appends on `{name}` (the limit is {limit}); run merge")]
     TooManyPending { name: FileName, limit: usize },
+    /// The file holds as many writes as one file can: their description, which anti-entropy, a
+    /// merge and `Meta` send in one frame, would pass `max_file_meta_bytes`.
+    #[error(
+        "`{name}` is full: the description of its writes would pass {limit} bytes \
+         ([hydfs] max_file_meta_mb), the most a file may take; append to a new file"
+    )]
+    FileFull { name: FileName, limit: u64 },
     #[error("`{name}` is unavailable: {reason}")]
     Unavailable { name: FileName, reason: String },
     #[error("{0} is not a member of the group")]
@@ -181,6 +188,9 @@ pub struct HydfsStats {
     pub busy_refusals: u64,
     /// Appends refused because their file had `max_pending_appends` pending appends.
     pub pending_appends_refused: u64,
+    /// Appends refused because they would take their file's description past
+    /// `max_file_meta_bytes`.
+    pub full_file_appends_refused: u64,
     /// Appends and seals refused because they were issued against another file of their name
     /// than the one this copy holds (it was deleted, and perhaps created again).
     pub stale_appends_refused: u64,

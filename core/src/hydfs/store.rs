@@ -18,7 +18,9 @@
 //! * a file's remembered owner chain ([`LocalStore::owners_of`]) is always what its writes make
 //!   of it: it is forgotten on any change but an added append, which cannot change it; its
 //!   remembered merged appends ([`LocalStore::holds_write`]) are always its merged list: they
-//!   are forgotten on any change but an added pending write;
+//!   are forgotten on any change but an added pending write; its remembered description size
+//!   ([`LocalStore::meta_bytes`]) is always what its writes take: an added pending write adds
+//!   its own bytes (less those of the write it replaces), any other change forgets it;
 //! * a file's remembered digest ([`LocalStore::digest`]) and view ([`LocalStore::meta_shared`])
 //!   are always what its writes and parts make of it: both are forgotten on any change to
 //!   either; at most [`VIEWS_REMEMBERED`] files' views are remembered at once;
@@ -253,6 +255,11 @@ pub struct LocalStore {
     /// `set_file` and `forget_file`, so an added pending write leaves it valid. Scanned instead,
     /// every append to a file merged many times went over all its merged appends.
     merged_memo: BTreeMap<FileName, BTreeSet<Stamp>>,
+    /// The bytes of the description of files asked about ([`LocalStore::meta_bytes`]) since
+    /// their records last changed other than by an added pending write, which adds its own
+    /// bytes: a coordinator asks at every append, and summing every write of a long file each
+    /// time would cost as much as the scan `merged_memo` saves.
+    meta_bytes_memo: BTreeMap<FileName, u64>,
     /// The digest ([`LocalStore::digest`]) of files asked for since they or their parts last
     /// changed. An inventory lists the digest of every file a node holds, several times per
     /// anti-entropy round (its own, and its answers to its neighbours), and a node holding
@@ -461,6 +468,7 @@ impl LocalStore {
             tombstones_forgotten: BTreeSet::new(),
             owners_memo: BTreeMap::new(),
             merged_memo: BTreeMap::new(),
+            meta_bytes_memo: BTreeMap::new(),
             digest_memo: BTreeMap::new(),
             views: VecDeque::new(),
         };
@@ -496,6 +504,7 @@ impl LocalStore {
         self.touch(name);
         self.owners_memo.remove(name);
         self.merged_memo.remove(name);
+        self.meta_bytes_memo.remove(name);
         self.forget_digest_and_view(name);
         self.files.entry(name.clone()).or_default()
     }
@@ -550,12 +559,23 @@ impl LocalStore {
         let memo = self.owners_memo.remove(name).filter(|_| w.kind == WriteKind::Append && !replaces_other);
         // A pending write, whatever it is, leaves the merged list as it was.
         let merged = self.merged_memo.remove(name);
+        // ... and adds its own bytes to the description, less those of a pending write it
+        // replaces.
+        let meta_bytes = self.meta_bytes_memo.remove(name).map(|bytes| {
+            let replaced = self.files.get(name).and_then(|rec| rec.pending.get(&w.stamp));
+            bytes
+                .saturating_sub(replaced.map_or(0, WriteMeta::described_bytes))
+                .saturating_add(w.described_bytes())
+        });
         self.add_pending_write(name, w);
         if let Some(owners) = memo {
             self.owners_memo.insert(name.clone(), owners);
         }
         if let Some(merged) = merged {
             self.merged_memo.insert(name.clone(), merged);
+        }
+        if let Some(bytes) = meta_bytes {
+            self.meta_bytes_memo.insert(name.clone(), bytes);
         }
     }
 
@@ -579,6 +599,7 @@ impl LocalStore {
         self.last_drop = self.changes;
         self.owners_memo.remove(name);
         self.merged_memo.remove(name);
+        self.meta_bytes_memo.remove(name);
         self.forget_digest_and_view(name);
         // Parts of writes the record no longer holds are released (the stamps sorted: compared
         // one by one, the cost grew with the square of the file's writes).
@@ -659,6 +680,17 @@ impl LocalStore {
         let held = merged.contains(stamp);
         debug_assert_eq!(held, rec.contains(stamp), "the memo of {name}'s merged appends is its merged list");
         held
+    }
+
+    /// The bytes the description of file `name` takes: [`WriteMeta::described_bytes`] over its
+    /// writes ([`FileRec::writes`]), which is all of an encoded [`FileMeta`] but a few bytes of
+    /// its own. From the memo while only pending writes were added since it was worked out.
+    pub fn meta_bytes(&mut self, name: &FileName) -> u64 {
+        let Some(rec) = self.files.get(name) else { return 0 };
+        let sum = |rec: &FileRec| rec.writes().fold(0u64, |n, w| n.saturating_add(w.described_bytes()));
+        let bytes = *self.meta_bytes_memo.entry(name.clone()).or_insert_with(|| sum(rec));
+        debug_assert_eq!(bytes, sum(rec), "the memo of {name}'s description bytes is what its writes take");
+        bytes
     }
 
     /// The owner chain the seals of file `name` make ([`Owners::of`] over its writes; `None`:
@@ -799,6 +831,7 @@ impl LocalStore {
         self.files.remove(name);
         self.owners_memo.remove(name);
         self.merged_memo.remove(name);
+        self.meta_bytes_memo.remove(name);
         self.forget_digest_and_view(name);
         self.touch(name);
         self.last_drop = self.changes;
@@ -1685,6 +1718,48 @@ mod tests {
         assert!(!held(&mut store, 2) && held(&mut store, 3), "a merged append dropped");
         store.forget_file(&name);
         assert!(!held(&mut store, 3) && !held(&mut store, 1), "a forgotten file holds nothing");
+    }
+
+    /// The size of a file's description, remembered across appends, is what its writes take
+    /// after every change: an append, a pending write replaced, a merge through `file_mut`, a
+    /// record replaced through `set_file`, and the file forgotten.
+    #[test]
+    fn a_remembered_description_size_follows_every_change_to_the_file() {
+        let name = FileName::new("f").unwrap();
+        let mut store = LocalStore::new(Box::new(MemStorage::default())).unwrap();
+        let check = |store: &mut LocalStore, what: &str| {
+            let sum: u64 =
+                store.file(&name).map_or(0, |rec| rec.writes().map(WriteMeta::described_bytes).sum());
+            assert_eq!(store.meta_bytes(&name), sum, "{what}");
+            assert_eq!(
+                store.meta_bytes_memo.contains_key(&name),
+                store.file(&name).is_some(),
+                "{what}: remembered"
+            );
+        };
+        check(&mut store, "no file");
+        store.file_mut(&name).create = Some(write(1, WriteKind::Create));
+        check(&mut store, "the create");
+        for ts in 2..6 {
+            store.add_pending(&name, write(ts, WriteKind::Append));
+            check(&mut store, "an append");
+        }
+        // A pending write replaced by one of its stamp describing more parts.
+        let longer = WriteMeta::describe(stamp(3, 3), WriteKind::Append, b"a longer write", 4);
+        assert!(longer.described_bytes() > write(3, WriteKind::Append).described_bytes());
+        store.add_pending(&name, longer);
+        check(&mut store, "a pending write replaced");
+        let rec = store.file_mut(&name);
+        let w = rec.pending.remove(&stamp(2, 2)).unwrap();
+        rec.merged.push(w);
+        rec.merged.push(write(50, WriteKind::Append));
+        check(&mut store, "merged through file_mut, one append more");
+        let mut rec = store.file(&name).unwrap().clone();
+        rec.pending.clear();
+        store.set_file(&name, rec);
+        check(&mut store, "pending appends dropped through set_file");
+        store.forget_file(&name);
+        check(&mut store, "forgotten");
     }
 
     /// However many files are read, at most `VIEWS_REMEMBERED` views are remembered, and each

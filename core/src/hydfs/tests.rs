@@ -789,6 +789,53 @@ fn a_coordinator_at_its_transfer_limit_answers_busy_and_the_client_goes_elsewher
 }
 
 #[test]
+fn appends_that_would_pass_the_file_description_limit_are_refused_for_good() {
+    // Room for the create and a handful of one-byte appends (about 40 bytes each).
+    let limit = 300;
+    let cfg = HydfsConfig {
+        chunk_bytes: 1024,
+        inline_bytes: 512,
+        max_file_meta_bytes: limit,
+        ..HydfsConfig::default()
+    };
+    let mut net = Net::with_config(3, cfg);
+    let f = name("f");
+    assert!(net.run(0, ClientOp::Create { name: f.clone(), data: Vec::new() }).is_ok());
+    let mut taken = Vec::new();
+    let refused = loop {
+        net.now = Time(10 + taken.len() as u64);
+        let byte = b'a' + taken.len() as u8;
+        match net.run(taken.len() % 3, ClientOp::Append { name: f.clone(), data: vec![byte] }) {
+            Ok(_) => taken.push(byte),
+            Err(e) => break e,
+        }
+        assert!(taken.len() < 20, "appends stop once the description is full");
+    };
+    assert!(taken.len() >= 3, "the appends that fit were taken: {taken:?}");
+    assert_eq!(refused, HydfsError::FileFull { name: f.clone(), limit });
+    let text = refused.to_string();
+    assert!(
+        text.contains("`f` is full") && text.contains("max_file_meta_mb") && text.contains("new file"),
+        "{text}"
+    );
+    assert_eq!(net.nodes.iter().map(|n| n.stats().full_file_appends_refused).sum::<u64>(), 1);
+    for node in &mut net.nodes {
+        let bytes = node.store.meta_bytes(&f);
+        assert!(bytes > 0 && bytes <= limit, "a copy's description stays within the limit: {bytes}");
+    }
+    // A merge orders the appends but describes them all the same: the file stays full.
+    assert!(net.run(2, ClientOp::Merge { name: f.clone() }).is_ok());
+    net.now = Time(100);
+    let again = net.run(1, ClientOp::Append { name: f.clone(), data: b"z".to_vec() });
+    assert_eq!(again, Err(HydfsError::FileFull { name: f.clone(), limit }));
+    // Nothing taken is lost, and a new file takes appends.
+    assert_eq!(net.get(2, f).unwrap(), taken);
+    let g = name("g");
+    assert!(net.run(0, ClientOp::Create { name: g.clone(), data: Vec::new() }).is_ok());
+    assert!(net.run(1, ClientOp::Append { name: g, data: b"z".to_vec() }).is_ok());
+}
+
+#[test]
 fn appends_over_the_pending_limit_are_refused_until_a_merge() {
     let cfg = HydfsConfig {
         chunk_bytes: 1024,

@@ -143,6 +143,13 @@ impl WriteMeta {
     pub fn newlines(&self) -> u64 {
         self.parts.iter().map(|p| p.newlines as u64).sum()
     }
+
+    /// The bytes this write's metadata takes in an encoded [`FileMeta`] (which is the
+    /// concatenation of its writes' encodings, besides a few bytes of its own).
+    pub fn described_bytes(&self) -> u64 {
+        use bincode::Options;
+        crate::wire::bincode_options(usize::MAX).serialized_size(self).unwrap_or(u64::MAX)
+    }
 }
 
 /// Where one part sits in a file, computed from metadata alone ([`FileMeta::part_positions`]).

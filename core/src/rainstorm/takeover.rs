@@ -763,5 +763,6 @@ fn transient(e: &HydfsError) -> bool {
             | HydfsError::AlreadyExists(_)
             | HydfsError::Sealed { .. }
             | HydfsError::TooLarge { .. }
+            | HydfsError::FileFull { .. }
     )
 }

@@ -31,7 +31,9 @@
 //!   node's own): a write over `max_write_bytes`, or with a part over a chunk, is refused
 //!   (`TooLarge`); a coordinator takes at most `max_transfers` writes and merges at once (more
 //!   are refused as `Busy`: clients retry) and refuses a new append to a file holding
-//!   `max_pending_appends` pending appends.
+//!   `max_pending_appends` pending appends, or that would take the description of its file's
+//!   writes past `max_file_meta_bytes` (`FileFull`): a file's description travels whole in one
+//!   frame (anti-entropy, merges, `Meta`), so it must stay under the frame limit.
 
 use super::{Accepted, CoordWrite, FetchClass, Pending, ReplicaWait};
 use crate::hydfs::message::{HydfsMsg, Refusal, ReplicateRequest, ReqId, WriteRequest};
@@ -107,6 +109,14 @@ impl Hydfs {
                 if limit > 0 && pending >= limit && !self.store.holds_write(&name, &write.stamp) {
                     self.stats.pending_appends_refused += 1;
                     return refuse(self, Refusal::TooManyPending { limit });
+                }
+                let limit = self.cfg.max_file_meta_bytes;
+                if write.kind == WriteKind::Append
+                    && self.store.meta_bytes(&name).saturating_add(write.described_bytes()) > limit
+                    && !self.store.holds_write(&name, &write.stamp)
+                {
+                    self.stats.full_file_appends_refused += 1;
+                    return refuse(self, Refusal::FileFull { limit });
                 }
             }
         }
