@@ -39,12 +39,13 @@ pub struct HydfsConfig {
     pub max_pending_appends: usize,
     /// The most bytes the metadata of one file's writes may take
     /// ([`super::types::WriteMeta::described_bytes`] summed over its create and its merged and
-    /// pending appends). Anti-entropy, a merge and a
-    /// client's `Meta` send a file's description whole, in one stream frame, so a file whose
-    /// description passed the frame limit could no longer be compared, repaired or merged: a
-    /// coordinator refuses an append that would take its file past this (`FileFull`). At about
-    /// 42 bytes per single-part append, the default (12 MiB) holds about 300,000 appends.
-    /// `limits::check` keeps it, plus the slack of a frame, under the stream frame limit.
+    /// pending appends). Anti-entropy, a merge and a client's `Meta` send a file's description
+    /// whole, in one stream frame, so a file whose description passed the frame limit could no
+    /// longer be compared, repaired or merged: a coordinator refuses an append that would take
+    /// its file past this (`FileFull`). At about 42 bytes per single-part append, the default
+    /// (12 MiB) holds about 300,000 appends. `limits::check` keeps it, plus the slack of a
+    /// frame, under the stream frame limit; the room between them absorbs appends a
+    /// coordinator whose copy was behind let through.
     pub max_file_meta_bytes: u64,
     /// Capacity of the client's read cache, in bytes (0 turns it off).
     pub cache_bytes: u64,
