@@ -35,6 +35,34 @@ fn flooding_one_file_with_appends_meets_a_typed_error_until_it_is_merged() {
 }
 
 #[test]
+fn a_file_whose_description_would_pass_its_limit_refuses_appends_for_good() {
+    let hydfs = HydfsConfig { max_file_meta_bytes: 1000, ..HydfsConfig::default() };
+    let mut c = Cluster::new(4, hydfs, LimitsConfig::default());
+    let f = name("long.log");
+    c.run(1, ClientOp::Create { name: f.clone(), data: Vec::new() }).expect("created");
+    let mut accepted = 0;
+    let refused = loop {
+        match c.run(2, ClientOp::Append { name: f.clone(), data: b"line\n".to_vec() }) {
+            Ok(()) => accepted += 1,
+            Err(e) => break e,
+        }
+        assert!(accepted <= 100, "the limit held");
+    };
+    assert!(accepted >= 10, "appends were taken until the description was full: {accepted}");
+    assert_eq!(refused, HydfsError::FileFull { name: f.clone(), limit: 1000 });
+    assert_eq!(
+        refused.to_string(),
+        "`long.log` is full: the description of its writes would pass 1000 bytes \
+         ([hydfs] max_file_meta_mb), the most a file may take; append to a new file"
+    );
+    let total: u64 = (0..4).map(|i| counter(&c.stats(i), "hydfs.full_file_appends_refused")).sum();
+    assert_eq!(total, 1);
+    c.run(3, ClientOp::Merge { name: f.clone() }).expect("merged");
+    let again = c.run(2, ClientOp::Append { name: f, data: b"line\n".to_vec() });
+    assert!(matches!(again, Err(HydfsError::FileFull { .. })), "a merge makes no room: {again:?}");
+}
+
+#[test]
 fn a_long_name_is_refused_with_the_limit_and_counted() {
     let hydfs = HydfsConfig { max_name_bytes: 16, ..HydfsConfig::default() };
     let mut c = Cluster::new(3, hydfs, LimitsConfig::default());
