@@ -4,12 +4,25 @@
 mod common;
 
 use common::{addr, counter, name, Cluster};
-use rainstorm_core::hydfs::{ClientOp, HydfsConfig, HydfsError, HydfsMsg, Stamp};
+use rainstorm_core::hydfs::{ClientOp, FileName, HydfsConfig, HydfsError, HydfsMsg, Stamp};
 use rainstorm_core::limits::LimitsConfig;
 use rainstorm_core::membership::{MembershipMsg, ProbeSeq};
 use rainstorm_core::replay::FrameSeq;
 use rainstorm_core::wire::{Body, Codec, Envelope};
 use rainstorm_core::{Channel, MemberId, Millis};
+
+/// Appends a line to `f` through node `at` until an append is refused: how many were taken
+/// (never more than `most`), and the refusal.
+fn append_until_refused(c: &mut Cluster, at: usize, f: &FileName, most: usize) -> (usize, HydfsError) {
+    let mut accepted = 0;
+    loop {
+        match c.run(at, ClientOp::Append { name: f.clone(), data: b"line\n".to_vec() }) {
+            Ok(()) => accepted += 1,
+            Err(e) => return (accepted, e),
+        }
+        assert!(accepted <= most, "the limit held");
+    }
+}
 
 #[test]
 fn flooding_one_file_with_appends_meets_a_typed_error_until_it_is_merged() {
@@ -17,14 +30,7 @@ fn flooding_one_file_with_appends_meets_a_typed_error_until_it_is_merged() {
     let mut c = Cluster::new(4, hydfs, LimitsConfig::default());
     let f = name("flood.log");
     c.run(1, ClientOp::Create { name: f.clone(), data: Vec::new() }).expect("created");
-    let mut accepted = 0;
-    let refused = loop {
-        match c.run(2, ClientOp::Append { name: f.clone(), data: b"line\n".to_vec() }) {
-            Ok(()) => accepted += 1,
-            Err(e) => break e,
-        }
-        assert!(accepted <= 20, "the limit held");
-    };
+    let (accepted, refused) = append_until_refused(&mut c, 2, &f, 20);
     assert_eq!(accepted, 20);
     assert_eq!(refused, HydfsError::TooManyPending { name: f.clone(), limit: 20 });
     assert_eq!(refused.to_string(), "too many pending appends on `flood.log` (the limit is 20); run merge");
@@ -40,14 +46,7 @@ fn a_file_whose_description_would_pass_its_limit_refuses_appends_for_good() {
     let mut c = Cluster::new(4, hydfs, LimitsConfig::default());
     let f = name("long.log");
     c.run(1, ClientOp::Create { name: f.clone(), data: Vec::new() }).expect("created");
-    let mut accepted = 0;
-    let refused = loop {
-        match c.run(2, ClientOp::Append { name: f.clone(), data: b"line\n".to_vec() }) {
-            Ok(()) => accepted += 1,
-            Err(e) => break e,
-        }
-        assert!(accepted <= 100, "the limit held");
-    };
+    let (accepted, refused) = append_until_refused(&mut c, 2, &f, 100);
     assert!(accepted >= 10, "appends were taken until the description was full: {accepted}");
     assert_eq!(refused, HydfsError::FileFull { name: f.clone(), limit: 1000 });
     assert_eq!(
