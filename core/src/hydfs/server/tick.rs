@@ -226,7 +226,7 @@ impl Hydfs {
                 .store
                 .file(&w.name)
                 .and_then(|r| r.find(&w.stamp))
-                .is_some_and(|wm| self.store.is_complete(&w.name, wm));
+                .is_some_and(|wm| self.store.still_complete(&w.name, wm, w.durable_at));
             if !complete {
                 // Lost again meanwhile (a corrupt part): durable only after its next flush.
                 w.durable_at = None;
@@ -244,7 +244,7 @@ impl Hydfs {
                 .store
                 .file(&w.name)
                 .and_then(|r| r.find(&w.write.stamp))
-                .is_some_and(|wm| self.store.is_complete(&w.name, wm));
+                .is_some_and(|wm| self.store.still_complete(&w.name, wm, w.durable_at));
             if local && !w.acked.contains(&self.me) {
                 let mut at = w.durable_at;
                 let durable = self.durable_since(&mut at, &mut behind);
