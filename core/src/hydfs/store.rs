@@ -2229,6 +2229,25 @@ mod tests {
         assert!(!store.has_part(&name, w.stamp, 0), "no longer claimed: it is fetched again");
     }
 
+    /// A write found complete stays so without a walk of the index only until a part leaves the
+    /// store: a part lost afterwards (of this write or, conservatively, any other) makes
+    /// `still_complete` look again, and a write noted complete before the loss is seen to lack it.
+    #[test]
+    fn a_write_noted_complete_is_looked_at_again_once_a_part_has_left() {
+        let disk = CrashDisk::default();
+        let mut store = LocalStore::open(Box::new(disk.clone())).unwrap().0;
+        let name = FileName::new("f").unwrap();
+        let w = create_file(&mut store, &name, stamp(1, 1), b"aaaabbbb");
+        let noted = Some(store.changes());
+        assert!(store.still_complete(&name, &w, noted));
+        assert!(store.last_drop() < store.changes(), "nothing dropped yet: the index is not walked");
+        disk.remove(store.write_blobs(&name, w.stamp).unwrap()[1]);
+        assert!(store.read_part(&name, w.stamp, 1).is_err(), "the loss is found on a read");
+        assert!(store.last_drop() >= noted.unwrap());
+        assert!(!store.still_complete(&name, &w, noted), "the lost part is seen");
+        assert!(!store.still_complete(&name, &w, None));
+    }
+
     #[test]
     fn a_damaged_synced_index_block_is_reported() {
         let disk = CrashDisk::default();
