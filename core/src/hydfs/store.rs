@@ -290,7 +290,7 @@ pub const SCRUB_PART_MIN_BYTES: u64 = 64 << 10;
 /// snapshot (and over 1 MiB), so that rewriting the snapshot costs at most as many bytes as the
 /// changes it replaces, whatever the size of the index; or past this many change blocks, which
 /// bounds what a start reads block by block. A bound by count alone rewrote a node's whole index
-/// every 1,024 flushes: with about 90,000 appends held, 8 to 10% of each busy replica's CPU
+/// every 1,024 flushes: with about 90,000 appends held, 6 to 10% of each busy replica's CPU
 /// went to snapshots.
 const COMPACT_BLOCKS: usize = 16_384;
 const COMPACT_MIN_BYTES: u64 = 1024 * 1024;
