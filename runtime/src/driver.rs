@@ -453,7 +453,6 @@ struct NodeTask {
     watchers: BTreeMap<JobId, mpsc::UnboundedSender<RainstormEvent>>,
 }
 
-/// A HyDFS operation a command is waiting for.
 /// The operations a node makes by the thousand (a client appending in a loop, a stream job's
 /// logs, its sources' part reads and descriptions): each that succeeds within [`SLOW_OP_MS`]
 /// logs its line at debug level: at info, a line per append took about 2% of the cluster's CPU
@@ -462,6 +461,13 @@ struct NodeTask {
 const FREQUENT_OPS: [&str; 3] = ["append", "readpart", "meta"];
 const SLOW_OP_MS: u64 = 1_000;
 
+/// Whether the line of a successful operation `op` that took `ms` is logged at debug level
+/// rather than info (see [`FREQUENT_OPS`]).
+fn quiet_when_done(op: &str, ms: u64) -> bool {
+    ms < SLOW_OP_MS && FREQUENT_OPS.contains(&op)
+}
+
+/// A HyDFS operation a command is waiting for.
 struct PendingOp {
     op: &'static str,
     name: String,
@@ -816,7 +822,7 @@ impl NodeTask {
         }
         let ms = p.started.elapsed().as_millis() as u64;
         match &result {
-            Ok(out) if ms < SLOW_OP_MS && FREQUENT_OPS.contains(&p.op) => {
+            Ok(out) if quiet_when_done(p.op, ms) => {
                 debug!(event = "hydfs_op", op = p.op, name = %p.name, ms, "{} {} done in {ms} ms{}", p.op, p.name, describe_output(out))
             }
             Ok(out) => {
@@ -1112,6 +1118,32 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use tracing::field::{Field, Visit};
     use tracing_subscriber::layer::{Context, SubscriberExt};
+
+    /// The operations a node makes by the thousand log their success at debug level while
+    /// fast, and every other command, a slow one (a second or more) at info; the names are
+    /// the ones the operations report, so a renamed operation is not silently logged loudly.
+    #[test]
+    fn frequent_fast_operations_are_logged_quietly_and_the_rest_at_info() {
+        let name = FileName::new("f").unwrap();
+        let stamp = rainstorm_core::hydfs::Stamp::MIN;
+        let frequent = [
+            ClientOp::Append { name: name.clone(), data: Vec::new() },
+            ClientOp::Meta { name: name.clone() },
+            ClientOp::ReadPart { name: name.clone(), stamp, part: 0, prefer: None },
+        ];
+        for op in &frequent {
+            assert!(quiet_when_done(op.command(), 0), "{}", op.command());
+            assert!(quiet_when_done(op.command(), SLOW_OP_MS - 1), "{}", op.command());
+            assert!(!quiet_when_done(op.command(), SLOW_OP_MS), "a slow {} is logged", op.command());
+        }
+        for op in [
+            ClientOp::Create { name: name.clone(), data: Vec::new() },
+            ClientOp::Merge { name: name.clone() },
+            ClientOp::Delete { name: name.clone() },
+        ] {
+            assert!(!quiet_when_done(op.command(), 0), "{}", op.command());
+        }
+    }
 
     /// Records the level, target and `event` field of every event.
     #[derive(Clone, Default)]
