@@ -16,6 +16,7 @@
 //! * [`time`], [`id`]: the plain values every layer shares;
 //! * [`timer`]: an ordered timer queue with stale-timer tokens;
 //! * [`histogram`]: fixed-bucket latency histograms the layers keep of their own operations;
+//! * [`bulk`]: the bytes of a message's large field, shared rather than copied;
 //! * [`wire`]: the versioned, size-bounded, checksummed (optionally authenticated by a keyed BLAKE3 tag) envelope;
 //! * [`replay`]: per-sender windows of accepted frame numbers (refuses replayed frames);
 //! * [`membership`]: SWIM failure detection with optional suspicion;
@@ -24,6 +25,7 @@
 //! * [`node`]: the [`Node`] that composes the layers behind one input/output surface;
 //! * [`rainstorm`]: the stream layer's tuples and operators (pure functions, keyed state passed in).
 
+pub mod bulk;
 pub mod command;
 pub mod histogram;
 pub mod hydfs;

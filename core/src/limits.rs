@@ -333,8 +333,13 @@ mod tests {
                 pending: vec![],
                 incomplete: vec![],
             };
-            let chunk =
-                ReadChunk { view: 1, total_len: 1, writes: stamps, offset: 0, bytes: vec![7; h.chunk_bytes] };
+            let chunk = ReadChunk {
+                view: 1,
+                total_len: 1,
+                writes: stamps,
+                offset: 0,
+                bytes: vec![7; h.chunk_bytes].into(),
+            };
             [
                 HydfsMsg::DescribeReply {
                     req: u64::MAX,

@@ -33,6 +33,7 @@
 //!   ([`Frame::seal_apart`]); the header always counts exactly the payload (asserted when a
 //!   frame is sealed).
 
+use crate::bulk::Bulk;
 use crate::hydfs::message::{PartBytes, ReadChunk};
 use crate::hydfs::HydfsMsg;
 use crate::id::{MemberId, NodeAddr};
@@ -41,6 +42,7 @@ use crate::node::Lane;
 use crate::rainstorm::RainstormMsg;
 use crate::replay::FrameSeq;
 use bincode::Options;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -84,7 +86,8 @@ const HEADER_BYTES: usize = 9;
 const LANE_OFFSET: usize = 4;
 const LENGTH_OFFSET: usize = 5;
 const CRC_BYTES: usize = 4;
-const TAG_BYTES: usize = 32;
+/// The length of a keyed frame's trailer (its tag), the frame's last bytes.
+pub const TAG_BYTES: usize = 32;
 const FLAG_AUTHENTICATED: u8 = 0b0000_0001;
 
 /// Every message on the wire: who sent it, on which lane, and what it says.
@@ -117,13 +120,20 @@ impl Body {
     /// Moves out the message's bulk bytes, if it has a bulk field of at least
     /// [`BULK_APART_BYTES`]: a read chunk's bytes, a fetched part's. Each is the last field of
     /// its message, so its bytes end the encoded payload; the field is left empty.
-    fn take_bulk(&mut self) -> Option<Vec<u8>> {
-        let bytes = match self {
+    fn take_bulk(&mut self) -> Option<Bulk> {
+        let bytes = self.bulk_mut()?;
+        (bytes.len() >= BULK_APART_BYTES).then(|| bytes.take())
+    }
+
+    /// The message's bulk field, if it has one: a read chunk's bytes, a fetched part's. These
+    /// are the only [`Bulk`] fields of any message, which [`decode_payload`] relies on to
+    /// resolve every one.
+    fn bulk_mut(&mut self) -> Option<&mut Bulk> {
+        match self {
             Body::Hydfs(HydfsMsg::ReadReply { result: Ok(ReadChunk { bytes, .. }), .. })
-            | Body::Hydfs(HydfsMsg::FetchReply { result: Ok(PartBytes { bytes, .. }), .. }) => bytes,
-            _ => return None,
-        };
-        (bytes.len() >= BULK_APART_BYTES).then(|| std::mem::take(bytes))
+            | Body::Hydfs(HydfsMsg::FetchReply { result: Ok(PartBytes { bytes, .. }), .. }) => Some(bytes),
+            _ => None,
+        }
     }
 
     /// The lane this message travels on (see [`Lane`]): membership on `Control`, and each layer
@@ -281,7 +291,7 @@ pub const BULK_APART_BYTES: usize = 256 * 1024;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
     bytes: Vec<u8>,
-    bulk: Vec<u8>,
+    bulk: Bulk,
     trailer: Trailer,
 }
 
@@ -290,7 +300,7 @@ pub struct Frame {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SealedFrame {
     head: Vec<u8>,
-    bulk: Vec<u8>,
+    bulk: Bulk,
     trailer: [u8; TAG_BYTES],
     trailer_len: usize,
 }
@@ -493,7 +503,7 @@ impl Codec {
         bincode_options(usize::MAX)
             .serialize_into(&mut bytes, envelope)
             .map_err(|e| WireError::Malformed(e.to_string()))?;
-        let frame = Frame { bytes, bulk: Vec::new(), trailer: self.trailer() };
+        let frame = Frame { bytes, bulk: Bulk::default(), trailer: self.trailer() };
         debug_assert_eq!(frame.len(), len);
         Ok(frame)
     }
@@ -521,7 +531,7 @@ impl Codec {
         let mut bytes = Vec::with_capacity(HEADER_BYTES + payload.len() + trailer.bytes());
         self.put_header(&mut bytes, lane, payload.len());
         bytes.extend_from_slice(payload);
-        Frame { bytes, bulk: Vec::new(), trailer }
+        Frame { bytes, bulk: Bulk::default(), trailer }
     }
 
     /// The trailer this codec puts on frames: the tag under the current key, or a CRC32C.
@@ -574,14 +584,18 @@ impl Codec {
     /// Decodes one frame of at most `limit` bytes. Never panics on any input.
     pub fn decode(&self, frame: &[u8], limit: usize) -> Result<Envelope, WireError> {
         let (declared, lane) = self.check(frame, limit)?;
-        decode_payload(frame, declared, lane, limit)
+        decode_payload(frame, declared, lane, limit, None)
     }
 
     /// The checks of [`Codec::decode`] but the payload's: header, size and trailer (the CRC32C,
     /// or the keyed tag under one of the accepted keys). What a driver runs on a large frame on
     /// a thread of its own, so that the node's thread is not where it is hashed; the node then
     /// decodes it with [`Codec::decode_verified`].
-    pub fn verify(&self, frame: Vec<u8>, limit: usize) -> Result<VerifiedFrame, WireError> {
+    ///
+    /// The frame is kept as it came: decoding it takes its bulk field, if it has one, as a view
+    /// of this buffer ([`Bulk`]), not a copy.
+    pub fn verify(&self, frame: impl Into<Bytes>, limit: usize) -> Result<VerifiedFrame, WireError> {
+        let frame = frame.into();
         self.check(&frame, limit)?;
         Ok(VerifiedFrame { bytes: frame })
     }
@@ -593,7 +607,7 @@ impl Codec {
     /// earlier.
     pub fn decode_verified(&self, frame: &VerifiedFrame, limit: usize) -> Result<Envelope, WireError> {
         let (declared, lane) = self.precheck(&frame.bytes, limit)?;
-        decode_payload(&frame.bytes, declared, lane, limit)
+        decode_payload(&frame.bytes, declared, lane, limit, Some(&frame.bytes))
     }
 
     /// [`Codec::precheck`], then the trailer: the payload length and lane the header declares.
@@ -619,11 +633,22 @@ impl Codec {
     }
 }
 
-/// The envelope in `frame`, whose header declared `declared` payload bytes on `lane`.
-fn decode_payload(frame: &[u8], declared: usize, lane: Lane, limit: usize) -> Result<Envelope, WireError> {
-    let envelope: Envelope = bincode_options(limit)
-        .deserialize(&frame[HEADER_BYTES..HEADER_BYTES + declared])
-        .map_err(|e| WireError::Malformed(e.to_string()))?;
+/// The envelope in `frame`, whose header declared `declared` payload bytes on `lane`. Its bulk
+/// field, if it has one, is a view of `owner` (the buffer `frame` is) when given, else a copy.
+fn decode_payload(
+    frame: &[u8],
+    declared: usize,
+    lane: Lane,
+    limit: usize,
+    owner: Option<&Bytes>,
+) -> Result<Envelope, WireError> {
+    debug_assert!(owner.is_none_or(|o| o.as_ptr() == frame.as_ptr() && o.len() == frame.len()));
+    let payload = &frame[HEADER_BYTES..HEADER_BYTES + declared];
+    let mut envelope: Envelope =
+        bincode_options(limit).deserialize(payload).map_err(|e| WireError::Malformed(e.to_string()))?;
+    if let Some(bulk) = envelope.body.bulk_mut() {
+        bulk.resolve(payload, owner).map_err(WireError::Malformed)?;
+    }
     Ok(Envelope { lane, ..envelope })
 }
 
@@ -632,7 +657,7 @@ fn decode_payload(frame: &[u8], declared: usize, lane: Lane, limit: usize) -> Re
 /// checked, wherever that ran.
 #[derive(Debug, PartialEq, Eq)]
 pub struct VerifiedFrame {
-    bytes: Vec<u8>,
+    bytes: Bytes,
 }
 
 impl VerifiedFrame {
@@ -729,13 +754,18 @@ mod tests {
         let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
         let from = MemberId::new("127.0.0.1:7000".parse().unwrap(), 42);
         let stamp = Stamp { ts: 5, client: from, seq: 9 };
-        let chunk =
-            ReadChunk { view: 3, total_len: 1 << 40, writes: vec![stamp], offset: 77, bytes: bytes.clone() };
+        let chunk = ReadChunk {
+            view: 3,
+            total_len: 1 << 40,
+            writes: vec![stamp],
+            offset: 77,
+            bytes: bytes.clone().into(),
+        };
         let bodies = [
             HydfsMsg::ReadReply { req: 300, result: Ok(chunk) },
             HydfsMsg::FetchReply {
                 req: 1 << 33,
-                result: Ok(PartBytes { meta: PartMeta::of(&bytes), bytes }),
+                result: Ok(PartBytes { meta: PartMeta::of(&bytes), bytes: bytes.into() }),
             },
             HydfsMsg::FetchReply { req: 4, result: Err(Refusal::Corrupt) },
         ];
@@ -780,6 +810,38 @@ mod tests {
             let env = bulk_envelopes(1 << 20).swap_remove(1);
             let whole = codec.encode(&env, 4 << 20).unwrap().len();
             assert!(matches!(codec.encode_unsealed(env, whole - 1), Err(WireError::TooLarge { .. })));
+        }
+    }
+
+    /// Decoding a frame the receiver holds ([`Codec::verify`], then [`Codec::decode_verified`])
+    /// takes its bulk field as a view of the frame's buffer, whatever its size; decoding a
+    /// borrowed frame ([`Codec::decode`]) copies it. Either way the message is the one sent,
+    /// and its bytes outlive the frame they came in.
+    #[test]
+    fn a_received_bulk_field_is_a_view_of_its_frame_not_a_copy() {
+        let keyed = Codec::keyed(ClusterKey::from_passphrase("k"), vec![]);
+        for codec in [Codec::plain(), keyed] {
+            for len in [0, 1000, 1 << 20] {
+                for env in bulk_envelopes(len) {
+                    let frame = Bytes::from(codec.encode(&env, 4 << 20).unwrap());
+                    let (start, end) = (frame.as_ptr() as usize, frame.as_ptr() as usize + frame.len());
+                    let inside = |b: &Bulk| (start..end).contains(&(b.as_ptr() as usize));
+                    let verified = codec.verify(frame.clone(), 4 << 20).unwrap();
+                    let mut viewed = codec.decode_verified(&verified, 4 << 20).unwrap();
+                    let mut copied = codec.decode(&frame, 4 << 20).unwrap();
+                    drop((verified, frame));
+                    assert_eq!((&viewed, &copied), (&env, &env), "{len} bytes");
+                    match (viewed.body.bulk_mut(), copied.body.bulk_mut()) {
+                        (Some(v), Some(c)) if len > 0 => assert!(inside(v) && !inside(c), "{len} bytes"),
+                        (Some(_), Some(_)) => {}
+                        (None, None) => assert!(matches!(
+                            env.body,
+                            Body::Hydfs(HydfsMsg::FetchReply { result: Err(_), .. })
+                        )),
+                        other => panic!("{other:?}"),
+                    }
+                }
+            }
         }
     }
 
@@ -853,7 +915,7 @@ mod tests {
         use crate::hydfs::{HydfsMsg, PartBytes, PartMeta, Refusal};
         let ack = Body::Membership(MembershipMsg::Ack { seq: ProbeSeq(7), updates: vec![] });
         assert_eq!(ack.lane(), Lane::Control);
-        let part = PartBytes { meta: PartMeta::of(&[1, 2]), bytes: vec![1, 2] };
+        let part = PartBytes { meta: PartMeta::of(&[1, 2]), bytes: vec![1, 2].into() };
         let chunk = HydfsMsg::FetchReply { req: 1, result: Ok(part) };
         assert_eq!(Body::Hydfs(chunk).lane(), Lane::Bulk);
         let refused = HydfsMsg::FetchReply { req: 1, result: Err(Refusal::NotFound) };

@@ -88,6 +88,12 @@ impl<'a> Switch<'a> {
     }
 }
 
+/// Whether `bytes` can be written with direct I/O as they are: at an [`ALIGN`]-aligned address,
+/// a whole number of [`ALIGN`] long.
+pub fn is_aligned(bytes: &[u8]) -> bool {
+    (bytes.as_ptr() as usize).is_multiple_of(ALIGN as usize) && (bytes.len() as u64).is_multiple_of(ALIGN)
+}
+
 /// A buffer whose usable part starts at an [`ALIGN`]-aligned address, as direct I/O needs (kept
 /// and reused, so that its memory is found once).
 #[derive(Debug, Default)]

@@ -22,6 +22,7 @@
 //! `multiappend` reads its local files whole, and it refuses any over one chunk.
 
 use crate::driver::{CommandReply, Input, NodeHandle};
+use rainstorm_core::bulk::Bulk;
 use rainstorm_core::command::FileCommand;
 use rainstorm_core::hydfs::{
     ClientOp, FileName, HydfsError, OpOutput, PartMeta, PartSource, ReadFrom, UploadSource, WriteKind,
@@ -278,7 +279,7 @@ const SINK_QUEUE_CHUNKS: usize = 8;
 /// page cache (its tail padded with zeros that the next chunk, or the final cut, replaces); a
 /// download that wrote any is synced before it is renamed into place, which costs little then.
 pub struct Sink {
-    tx: Option<std::sync::mpsc::SyncSender<(u64, Vec<u8>)>>,
+    tx: Option<std::sync::mpsc::SyncSender<(u64, Bulk)>>,
     /// The writer thread: the file, and whether any chunk went through direct I/O.
     writer: Option<std::thread::JoinHandle<Result<(File, bool), String>>>,
     tmp: PathBuf,
@@ -332,7 +333,7 @@ impl Sink {
         progress: Arc<Progress>,
     ) -> Result<Sink, String> {
         let (file, tmp) = create_temp(candidates)?;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(SINK_QUEUE_CHUNKS);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Bulk)>(SINK_QUEUE_CHUNKS);
         let (path, done) = (tmp.clone(), progress.clone());
         let writer = std::thread::Builder::new()
             .name("hydfs-download".into())
@@ -347,10 +348,19 @@ impl Sink {
                     let large =
                         bytes.len() >= crate::direct::LARGE && offset.is_multiple_of(crate::direct::ALIGN);
                     let wrote_direct = large && direct.set(true) && {
-                        let span = (bytes.len() as u64).div_ceil(crate::direct::ALIGN) * crate::direct::ALIGN;
-                        let buf = aligned.take(span as usize);
-                        buf[..bytes.len()].copy_from_slice(&bytes);
-                        buf[bytes.len()..].fill(0);
+                        // A chunk that came at an aligned address, a whole number of blocks
+                        // long (a received frame is laid out for it), is written as it is;
+                        // any other is copied into an aligned buffer first.
+                        let buf = if crate::direct::is_aligned(&bytes) {
+                            &bytes[..]
+                        } else {
+                            let span =
+                                (bytes.len() as u64).div_ceil(crate::direct::ALIGN) * crate::direct::ALIGN;
+                            let buf = aligned.take(span as usize);
+                            buf[..bytes.len()].copy_from_slice(&bytes);
+                            buf[bytes.len()..].fill(0);
+                            &buf[..]
+                        };
                         match file.write_all_at(buf, offset) {
                             Ok(()) => true,
                             // Refused after all: this chunk and the rest go through the page cache.
@@ -378,7 +388,7 @@ impl Sink {
 
     /// Queues the next in-order chunk (offset 0 again means the download started over). Waits
     /// only if the writer is [`SINK_QUEUE_CHUNKS`] chunks behind.
-    pub fn write(&mut self, offset: u64, bytes: Vec<u8>) {
+    pub fn write(&mut self, offset: u64, bytes: Bulk) {
         if let Some(tx) = &self.tx {
             if tx.send((offset, bytes)).is_err() {
                 self.tx = None; // the writer stopped on an error; `finish` reports it
@@ -725,17 +735,30 @@ mod tests {
         // Large chunks at aligned offsets (direct; the second's tail padded), a small one over
         // that padding, small ones back to an aligned offset, and a large last chunk there whose
         // padding the final cut removes.
+        // The first chunk comes at an aligned address (as a received frame holds it), and is
+        // written from there; the others are copied into an aligned buffer.
         let sizes = [large, large + 100, 3996, 7, 4089, 2 * large + 3];
         let mut want = Vec::new();
         let mut sink = Sink::create(&target, Arc::new(Progress::default())).unwrap();
         for (i, n) in sizes.iter().enumerate() {
             let chunk: Vec<u8> =
                 (0..*n).map(|j| (j as u8).wrapping_mul(31).wrapping_add(i as u8 + 1)).collect();
-            sink.write(want.len() as u64, chunk.clone());
+            let bulk = if i == 0 { aligned_copy(&chunk) } else { Bulk::from(chunk.clone()) };
+            assert_eq!(crate::direct::is_aligned(&bulk), i == 0);
+            sink.write(want.len() as u64, bulk);
             want.extend_from_slice(&chunk);
         }
         sink.finish(want.len() as u64).unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), want);
+    }
+
+    /// `bytes` in a buffer of their own that starts at an aligned address.
+    fn aligned_copy(bytes: &[u8]) -> Bulk {
+        let align = crate::direct::ALIGN as usize;
+        let mut v = vec![0u8; bytes.len() + align];
+        let skip = v.as_ptr().align_offset(align);
+        v[skip..skip + bytes.len()].copy_from_slice(bytes);
+        Bulk::from(bytes::Bytes::from(v).slice(skip..skip + bytes.len()))
     }
 
     #[test]
@@ -743,9 +766,9 @@ mod tests {
         let dir = temp_dir("download");
         let target = dir.join("out");
         let mut sink = Sink::create(&target, Arc::new(Progress::default())).unwrap();
-        sink.write(0, b"stale first attempt, longer".to_vec());
-        sink.write(0, b"hello ".to_vec());
-        sink.write(6, b"world".to_vec());
+        sink.write(0, b"stale first attempt, longer".to_vec().into());
+        sink.write(0, b"hello ".to_vec().into());
+        sink.write(6, b"world".to_vec().into());
         assert!(!target.exists(), "nothing under the target name before the end");
         sink.finish(11).unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"hello world");
@@ -765,7 +788,7 @@ mod tests {
         let target = dir.join("out");
         std::os::unix::fs::symlink(&victim, &target).unwrap();
         let mut sink = Sink::create(&target, Arc::new(Progress::default())).unwrap();
-        sink.write(0, b"downloaded".to_vec());
+        sink.write(0, b"downloaded".to_vec().into());
         sink.finish(10).unwrap();
         assert_eq!(std::fs::read(&victim).unwrap(), b"someone else's file");
         let meta = std::fs::symlink_metadata(&target).unwrap();
@@ -788,7 +811,7 @@ mod tests {
         let candidates = [planted.clone(), dangling.clone(), free.clone()];
         let mut sink = Sink::create_as(&target, candidates, Arc::new(Progress::default())).unwrap();
         assert_eq!(sink.tmp, free);
-        sink.write(0, b"downloaded".to_vec());
+        sink.write(0, b"downloaded".to_vec().into());
         sink.finish(10).unwrap();
         assert_eq!(std::fs::read(&victim).unwrap(), b"someone else's file");
         assert!(!dir.join("nothing-here").exists(), "a dangling link is not followed either");

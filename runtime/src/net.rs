@@ -12,6 +12,11 @@
 //!   is read straight into its final buffer, not copied at each doubling (those copies cost a
 //!   twentieth of a 1 GiB create's CPU);
 //! * bytes are read into the buffer's spare capacity, never into zeroed memory first;
+//! * a frame allocated whole, of at least [`crate::direct::LARGE`] bytes, is placed so that a
+//!   keyed frame's payload ends at an [`crate::direct::ALIGN`]-aligned address: its bulk field
+//!   (the payload's last, [`rainstorm_core::wire::Frame`]), when a whole number of blocks long,
+//!   then starts at one too, and a download writes it to disk with direct I/O as it is, with no
+//!   copy into an aligned buffer;
 //! * a frame over the limit is never buffered: its bytes are read and discarded, which keeps the
 //!   connection in step for the frames after it, and the reader reports it as
 //!   [`Incoming::Oversized`];
@@ -19,7 +24,7 @@
 //!   (or be skipped whole) within [`FrameLimits::body`]; otherwise the read fails with
 //!   [`ReadError::Idle`] or [`ReadError::Body`] and the connection is to be closed.
 
-use bytes::BufMut;
+use bytes::{BufMut, Bytes};
 use rainstorm_core::wire::{VerifiedFrame, WireError};
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,7 +35,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 #[derive(Debug, PartialEq, Eq)]
 pub enum Incoming {
     /// A frame as it arrived: the node checks and decodes it.
-    Frame(Vec<u8>),
+    Frame(Bytes),
     /// A large frame a checking thread verified ([`crate::streams::FrameChecks`]): the node
     /// decodes it without hashing it again.
     Verified(VerifiedFrame),
@@ -185,8 +190,11 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
 /// for at most [`READ_CHUNK`] more bytes at a time, the capacity starting at [`FIRST_CHUNK`],
 /// at most doubling, and never past the frame's length.
 struct FrameBuf {
-    /// The bytes that arrived; its spare capacity is the room for the next read.
+    /// `start` bytes of padding, then the bytes that arrived; its spare capacity is the room for
+    /// the next read.
     buf: Vec<u8>,
+    /// Where the frame starts in `buf` (the padding that aligns a large frame's payload end).
+    start: usize,
     len: usize,
     /// The budget's share this buffer holds, if it was allocated whole.
     whole: Option<Share>,
@@ -195,27 +203,40 @@ struct FrameBuf {
 impl FrameBuf {
     fn new(len: usize, budget: &'static FrameBudget) -> FrameBuf {
         match (len > FIRST_CHUNK).then(|| budget.take(len)).flatten() {
-            Some(share) => FrameBuf { buf: Vec::with_capacity(len), len, whole: Some(share) },
+            Some(share) if len >= crate::direct::LARGE => FrameBuf::aligned(len, share),
+            Some(share) => FrameBuf { buf: Vec::with_capacity(len), start: 0, len, whole: Some(share) },
             None => FrameBuf::growing(len),
         }
     }
 
+    /// A large frame's buffer, with room for a padding that puts a keyed frame's payload end
+    /// (where a bulk field ends) at an aligned address.
+    fn aligned(len: usize, share: Share) -> FrameBuf {
+        let align = crate::direct::ALIGN as usize;
+        let mut buf = Vec::with_capacity(len + align);
+        let payload_end = buf.as_ptr() as usize + len.saturating_sub(rainstorm_core::wire::TAG_BYTES);
+        let start = (align - payload_end % align) % align;
+        buf.resize(start, 0);
+        debug_assert!(buf.capacity() >= start + len, "the frame fits after its padding: no reallocation");
+        FrameBuf { buf, start, len, whole: Some(share) }
+    }
+
     fn growing(len: usize) -> FrameBuf {
-        FrameBuf { buf: Vec::new(), len, whole: None }
+        FrameBuf { buf: Vec::new(), start: 0, len, whole: None }
     }
 
     fn is_whole(&self) -> bool {
-        self.buf.len() == self.len
+        self.buf.len() == self.start + self.len
     }
 
     /// Makes room for the next read and says how many bytes it may take (0 once whole).
     fn room(&mut self) -> usize {
-        let filled = self.buf.len();
-        if filled == self.buf.capacity() && filled < self.len {
-            let target = (self.buf.capacity() * 2).max(FIRST_CHUNK).min(self.len);
+        let (filled, end) = (self.buf.len(), self.start + self.len);
+        if filled == self.buf.capacity() && filled < end {
+            let target = (self.buf.capacity() * 2).max(FIRST_CHUNK).min(end);
             self.buf.reserve_exact(target - filled);
         }
-        let room = (self.len - filled).min(self.buf.capacity() - filled);
+        let room = (end - filled).min(self.buf.capacity() - filled);
         if self.whole.is_some() {
             room
         } else {
@@ -223,9 +244,12 @@ impl FrameBuf {
         }
     }
 
-    fn into_inner(self) -> Vec<u8> {
-        debug_assert!(self.buf.capacity() >= self.len && self.buf.len() <= self.len);
-        self.buf
+    /// The frame's bytes: a view of the buffer past its padding (no copy).
+    fn into_inner(self) -> Bytes {
+        debug_assert!(
+            self.buf.capacity() >= self.start + self.len && self.buf.len() <= self.start + self.len
+        );
+        Bytes::from(self.buf).slice(self.start..)
     }
 }
 
@@ -251,12 +275,18 @@ mod tests {
         write_frame(&mut buf, b"after").await.unwrap();
         let limits = FrameLimits::new(50);
         let mut r = &buf[..];
-        assert_eq!(read_frame(&mut r, limits).await.unwrap().unwrap(), Incoming::Frame(b"hello".to_vec()));
+        assert_eq!(
+            read_frame(&mut r, limits).await.unwrap().unwrap(),
+            Incoming::Frame(Bytes::from_static(b"hello"))
+        );
         assert_eq!(
             read_frame(&mut r, limits).await.unwrap().unwrap(),
             Incoming::Oversized { len: 100, limit: 50 }
         );
-        assert_eq!(read_frame(&mut r, limits).await.unwrap().unwrap(), Incoming::Frame(b"after".to_vec()));
+        assert_eq!(
+            read_frame(&mut r, limits).await.unwrap().unwrap(),
+            Incoming::Frame(Bytes::from_static(b"after"))
+        );
         assert!(read_frame(&mut r, limits).await.unwrap().is_none());
         // A frame cut short while it is skipped is an error, not a frame.
         let mut short = Vec::new();
@@ -278,7 +308,29 @@ mod tests {
         let read = read_frame(&mut r, FrameLimits::new(1 << 20)).await.unwrap().unwrap();
         let Incoming::Frame(read) = read else { panic!("oversized") };
         assert_eq!(read, frame);
-        assert_eq!(read.capacity(), frame.len(), "the buffer never outgrows the frame");
+    }
+
+    /// A large frame is laid out so that a keyed frame's payload ends at an aligned address
+    /// (where a bulk field of whole blocks then starts aligned), in a buffer at most one block
+    /// larger than the frame; a smaller one is not padded.
+    #[tokio::test]
+    async fn a_large_frame_ends_its_payload_at_an_aligned_address() {
+        let align = crate::direct::ALIGN as usize;
+        for len in [crate::direct::LARGE, crate::direct::LARGE + 1, (1 << 20) + 77, 3 << 20] {
+            let frame: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let (mut w, mut r) = tokio::io::duplex(64 << 10);
+            let sent = frame.clone();
+            tokio::spawn(async move { write_frame(&mut w, &sent).await });
+            let read = read_frame(&mut r, FrameLimits::new(4 << 20)).await.unwrap().unwrap();
+            let Incoming::Frame(read) = read else { panic!("oversized") };
+            assert_eq!(read, frame);
+            let payload_end = read.as_ptr() as usize + len - rainstorm_core::wire::TAG_BYTES;
+            assert_eq!(payload_end % align, 0, "{len} bytes");
+            let buf = FrameBuf::new(len, &UPFRONT);
+            assert!(buf.buf.capacity() <= len + align && buf.start < align, "{len} bytes");
+        }
+        let small = FrameBuf::new(crate::direct::LARGE - 1, &UPFRONT);
+        assert_eq!((small.start, small.buf.capacity()), (0, crate::direct::LARGE - 1));
     }
 
     /// Past the budget, the buffer of a frame announced at 16 MiB holds what arrived plus at
@@ -307,7 +359,8 @@ mod tests {
         }
         assert_eq!(arrived, ANNOUNCED);
         assert_eq!(buf.room(), 0);
-        assert_eq!(buf.into_inner().capacity(), ANNOUNCED, "never past the announced length");
+        assert_eq!(buf.buf.capacity(), ANNOUNCED, "never past the announced length");
+        assert_eq!(buf.into_inner().len(), ANNOUNCED);
     }
 
     /// Within the budget a frame's buffer is allocated whole and offered whole; its share is
@@ -316,7 +369,8 @@ mod tests {
     fn frames_within_the_budget_are_allocated_whole_and_give_their_share_back() {
         static BUDGET: FrameBudget = FrameBudget::new(3 << 20);
         let mut first = FrameBuf::new(2 << 20, &BUDGET);
-        assert_eq!(first.buf.capacity(), 2 << 20);
+        // Room for the frame, and for the padding that aligns its payload's end.
+        assert!((2 << 20..=(2 << 20) + crate::direct::ALIGN as usize).contains(&first.buf.capacity()));
         assert_eq!(first.room(), 2 << 20, "one read may take the whole frame");
         assert_eq!(BUDGET.taken(), 2 << 20);
         let second = FrameBuf::new(2 << 20, &BUDGET);
@@ -392,6 +446,9 @@ mod tests {
             }
             Ok::<_, io::Error>(w)
         });
-        assert_eq!(read_frame(&mut r, limits).await.unwrap().unwrap(), Incoming::Frame(vec![3; 20]));
+        assert_eq!(
+            read_frame(&mut r, limits).await.unwrap().unwrap(),
+            Incoming::Frame(Bytes::from(vec![3; 20]))
+        );
     }
 }

@@ -46,6 +46,7 @@
 
 use crate::driver::Input;
 use crate::net::{read_frame, FrameLimits, Incoming, ReadError};
+use bytes::Bytes;
 use rainstorm_core::node::StreamDrops;
 use rainstorm_core::wire::{frame_lane, Codec, Frame, SealedFrame, VerifiedFrame, WireError};
 use rainstorm_core::Lane;
@@ -255,7 +256,7 @@ pub const CHECK_APART_BYTES: usize = SEAL_APART_BYTES;
 const CHECKERS: usize = 2;
 
 /// A frame to check, and where its connection's reader waits for the verdict.
-type CheckJob = (Vec<u8>, oneshot::Sender<Result<VerifiedFrame, WireError>>);
+type CheckJob = (Bytes, oneshot::Sender<Result<VerifiedFrame, WireError>>);
 
 /// The codec received frames are checked with: the node's, replaced along with it when the
 /// cluster keys are reloaded.
@@ -303,7 +304,7 @@ impl FrameChecks {
     /// What the node task is to receive for `frame`: a large frame checked by a checking thread
     /// ([`Incoming::Verified`] or [`Incoming::Refused`]), a small one (or any, if no checking
     /// thread could be started) as it came.
-    async fn check(&self, frame: Vec<u8>) -> Incoming {
+    async fn check(&self, frame: Bytes) -> Incoming {
         if frame.len() < CHECK_APART_BYTES {
             return Incoming::Frame(frame);
         }
@@ -980,7 +981,7 @@ mod tests {
         let (mut accepted, _) = first.accept().await.unwrap();
         assert_eq!(
             read_frame(&mut accepted, FrameLimits::new(64)).await.unwrap().unwrap(),
-            Incoming::Frame(b"one".to_vec())
+            Incoming::Frame(Bytes::from_static(b"one"))
         );
         // The peer process dies: its sockets close.
         drop(accepted);
@@ -995,7 +996,10 @@ mod tests {
         let frame =
             tokio::time::timeout(Duration::from_secs(5), read_frame(&mut accepted, FrameLimits::new(64)))
                 .await;
-        assert_eq!(frame.expect("frame arrives").unwrap().unwrap(), Incoming::Frame(b"two".to_vec()));
+        assert_eq!(
+            frame.expect("frame arrives").unwrap().unwrap(),
+            Incoming::Frame(Bytes::from_static(b"two"))
+        );
         assert!(failures.try_recv().is_err(), "nothing was reported lost");
     }
 
@@ -1012,7 +1016,7 @@ mod tests {
         let read =
             tokio::time::timeout(Duration::from_secs(10), read_frame(stream, FrameLimits::new(limit))).await;
         match read.expect("a frame in time").expect("read").expect("a frame before the end") {
-            Incoming::Frame(frame) => frame,
+            Incoming::Frame(frame) => frame.to_vec(),
             other => panic!("a frame over the limit: {other:?}"),
         }
     }
@@ -1052,7 +1056,13 @@ mod tests {
             let bytes: Vec<u8> = (0..(1 << 20) + n).map(|i| (i * 13 % 251) as u8).collect();
             let msg = HydfsMsg::ReadReply {
                 req: n as u64,
-                result: Ok(ReadChunk { view: 1, total_len: 1 << 30, writes: vec![], offset: 0, bytes }),
+                result: Ok(ReadChunk {
+                    view: 1,
+                    total_len: 1 << 30,
+                    writes: vec![],
+                    offset: 0,
+                    bytes: bytes.into(),
+                }),
             };
             Envelope {
                 from: rainstorm_core::MemberId::new(to, 1),
@@ -1180,7 +1190,11 @@ mod tests {
             got.push(read.expect("in time").expect("a frame").1);
         }
         assert!(matches!(&got[0], Incoming::Verified(f) if f.bytes() == &sent[0][..]), "{:?}", got[0]);
-        assert_eq!(got[1], Incoming::Frame(sent[1].clone()), "a small frame goes to the node as it came");
+        assert_eq!(
+            got[1],
+            Incoming::Frame(sent[1].clone().into()),
+            "a small frame goes to the node as it came"
+        );
         assert_eq!(got[2], Incoming::Refused(WireError::BadTag), "a corrupt large frame is refused");
         assert!(matches!(&got[3], Incoming::Verified(f) if f.bytes() == &sent[3][..]), "{:?}", got[3]);
         assert_eq!(got[4], Incoming::Refused(WireError::BadTag), "a frame under a key not accepted yet");
@@ -1246,7 +1260,7 @@ mod tests {
     async fn a_waiting_control_frame_is_taken_before_waiting_data_and_bulk_frames() {
         let (senders, mut queues) = lane_queues(4);
         for lane in [Lane::Bulk, Lane::Data, Lane::Bulk, Lane::Control, Lane::Data] {
-            assert!(senders.send(lane, Incoming::Frame(frame(lane, 0, 4))).await);
+            assert!(senders.send(lane, Incoming::Frame(frame(lane, 0, 4).into())).await);
         }
         let mut order = Vec::new();
         for _ in 0..5 {
@@ -1296,7 +1310,10 @@ mod tests {
         writers.send(to, Lane::Bulk, b"after".to_vec());
         let read =
             tokio::time::timeout(Duration::from_secs(5), read_frame(&mut accepted, FrameLimits::new(64)));
-        assert_eq!(read.await.expect("in time").unwrap().unwrap(), Incoming::Frame(b"after".to_vec()));
+        assert_eq!(
+            read.await.expect("in time").unwrap().unwrap(),
+            Incoming::Frame(Bytes::from_static(b"after"))
+        );
         assert_eq!(counters.snapshot().frames_send_dropped, (SENT - kept) as u64);
     }
 

@@ -37,6 +37,7 @@ use super::ring::RingId;
 use super::store::PartError;
 use super::types::{FileDigest, FileMeta, PartMeta, Stamp, WriteKind, WriteMeta};
 use super::{FileName, Hydfs, HydfsConfig, HydfsError, HydfsEvent, PlantedBug};
+use crate::bulk::Bulk;
 use crate::id::NodeAddr;
 use crate::time::Time;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -413,7 +414,7 @@ enum Kind {
         /// Chunk requests outstanding, with their offsets.
         inflight: BTreeMap<ReqId, u64>,
         /// Chunks that arrived ahead of `done`.
-        ahead: BTreeMap<u64, Vec<u8>>,
+        ahead: BTreeMap<u64, Bulk>,
     },
     Merge,
     Ls {
@@ -694,7 +695,7 @@ impl Hydfs {
             Some(entry) if now <= entry.fetched_at + ttl && (ignore_own || own.is_subset(&entry.writes)) => {
                 let mut offset = 0u64;
                 for c in entry.content.chunks(chunk) {
-                    self.events.push_back(HydfsEvent::ReadData { op: id, offset, bytes: c.to_vec() });
+                    self.events.push_back(HydfsEvent::ReadData { op: id, offset, bytes: Bulk::from(c) });
                     offset += c.len() as u64;
                 }
                 let writes = entry.writes.iter().copied().collect();
@@ -945,7 +946,7 @@ impl Hydfs {
         let (name, stamp, part) = (name.clone(), *stamp, *part);
         match result {
             Ok(PartBytes { meta, bytes }) if meta.matches(&bytes) => {
-                let out = OpOutput::Part { name, stamp, part, bytes, from };
+                let out = OpOutput::Part { name, stamp, part, bytes: bytes.into_vec(), from };
                 self.finish(now, id, None, Ok(out));
             }
             Ok(_) => {
@@ -1284,7 +1285,7 @@ impl Hydfs {
             if at + len <= *done {
                 continue; // already delivered by an overlapping chunk
             }
-            let tail = if at == *done { bytes } else { bytes[(*done - at) as usize..].to_vec() };
+            let tail = if at == *done { bytes } else { bytes.tail((*done - at) as usize) };
             let offset = *done;
             *done += tail.len() as u64;
             if *keep {

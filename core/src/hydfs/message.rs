@@ -10,6 +10,7 @@
 use super::pace::{Inventory, InventoryHash};
 use super::types::{FileDigest, FileMeta, PartMeta, Stamp, WriteMeta};
 use super::FileName;
+use crate::bulk::Bulk;
 use crate::id::{MemberId, NodeAddr};
 use crate::node::Lane;
 use serde::{Deserialize, Serialize};
@@ -90,8 +91,7 @@ pub struct ReadChunk {
     /// The last field, and `ReadChunk` the last of [`HydfsMsg::ReadReply`]: a frame keeps these
     /// bytes apart from the rest of its payload ([`crate::wire::Frame`]), which works only while
     /// they end it.
-    #[serde(with = "serde_bytes")]
-    pub bytes: Vec<u8>,
+    pub bytes: Bulk,
 }
 
 /// One part's bytes, with the metadata its write declared for the part: the receiver checks the
@@ -102,8 +102,7 @@ pub struct PartBytes {
     /// The last field, and `PartBytes` the last of [`HydfsMsg::FetchReply`]: a frame keeps these
     /// bytes apart from the rest of its payload ([`crate::wire::Frame`]), which works only while
     /// they end it.
-    #[serde(with = "serde_bytes")]
-    pub bytes: Vec<u8>,
+    pub bytes: Bulk,
 }
 
 /// An inventory reply: the whole list, or that it is the one the asker kept.

@@ -59,6 +59,7 @@ pub use types::{
     FileDigest, FileMeta, PartMeta, PartPosition, Seal, Stamp, WriteKind, WriteMeta, CHUNK_BYTES,
 };
 
+use crate::bulk::Bulk;
 use crate::histogram::LatencyHistogram;
 use crate::id::{MemberId, NodeAddr};
 #[cfg(test)]
@@ -91,7 +92,7 @@ pub enum HydfsEvent {
     StorageFailed { reason: String },
     /// The next in-order bytes of a whole-file read ([`ClientOp::Download`]); offset 0 starts it
     /// over.
-    ReadData { op: OpId, offset: u64, bytes: Vec<u8> },
+    ReadData { op: OpId, offset: u64, bytes: Bulk },
     /// This node began handling a request from another node (or itself), one per operation.
     Handled { what: &'static str, name: FileName, from: NodeAddr },
 }

@@ -235,7 +235,7 @@ fn a_lane_held_back_behind_a_window_of_another_lane_is_still_accepted() {
         req: 2,
         result: Ok(crate::hydfs::PartBytes {
             meta: crate::hydfs::PartMeta::of(&[7u8; 16]),
-            bytes: vec![7u8; 16],
+            bytes: vec![7u8; 16].into(),
         }),
     });
     assert_eq!((inventory.lane(), chunk.lane()), (Lane::Control, Lane::Bulk));
@@ -370,7 +370,7 @@ fn a_read_from_a_member_not_heard_of_yet_is_served_once_it_is_listed() {
     nodes[1].handle_frame(now, Channel::Stream, &frame(3, stray));
     assert_eq!(rejected(&nodes[1], NOT_A_MEMBER), 3, "an answer nobody waits for is not held");
     // ... and the answer to the fetch it sent is held, not refused.
-    let part = PartBytes { meta: write.parts[0], bytes: bytes.clone() };
+    let part = PartBytes { meta: write.parts[0], bytes: bytes.clone().into() };
     nodes[1].handle_frame(
         now,
         Channel::Stream,

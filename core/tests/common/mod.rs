@@ -98,7 +98,7 @@ impl Cluster {
                             self.done.push((i, op, result.map(|_| ())))
                         }
                         NodeEvent::Hydfs(HydfsEvent::ReadData { op, bytes, .. }) => {
-                            self.read.push((i, op, bytes))
+                            self.read.push((i, op, bytes.into_vec()))
                         }
                         NodeEvent::Rainstorm(e) => self.jobs.push((i, e)),
                         NodeEvent::Program(_) => self.program_calls.push(i),

@@ -187,7 +187,7 @@ impl Hydfs {
         let declared = self.store.part_meta(&name, stamp, part);
         let result = match self.store.read_part(&name, stamp, part) {
             Ok(bytes) => match declared {
-                Some(meta) => Ok(PartBytes { meta, bytes }),
+                Some(meta) => Ok(PartBytes { meta, bytes: bytes.into() }),
                 None => Err(Refusal::NotFound),
             },
             Err(PartError::Corrupt) => {
@@ -202,7 +202,7 @@ impl Hydfs {
                 Some(Ok(bytes)) => {
                     let meta =
                         self.upload_part_meta(&name, stamp, part).unwrap_or_else(|| PartMeta::of(&bytes));
-                    Ok(PartBytes { meta, bytes })
+                    Ok(PartBytes { meta, bytes: bytes.into() })
                 }
                 Some(Err(e)) => {
                     self.upload_failed(now, &name, stamp, e.clone());

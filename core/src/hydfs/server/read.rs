@@ -112,7 +112,7 @@ impl Hydfs {
             "a chunk is the asked range of this view, at most one chunk long"
         );
         let writes = if offset == 0 { meta.all_writes().map(|w| w.stamp).collect() } else { Vec::new() };
-        Ok(ReadChunk { view: id, total_len: total, writes, offset, bytes })
+        Ok(ReadChunk { view: id, total_len: total, writes, offset, bytes: bytes.into() })
     }
 
     /// Whether this node's copy `meta` lacks (or has not complete) a write a client needs.

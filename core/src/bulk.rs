@@ -1,0 +1,266 @@
+//! [`Bulk`]: the bytes of a message's large field (a read chunk's, a fetched part's), shared
+//! instead of copied between the frame they arrived in, the node that takes them and the thread
+//! that writes them to disk.
+//!
+//! On the wire a `Bulk` is a byte string (its length, then its bytes), as a `Vec<u8>` with
+//! `serde_bytes` is. Decoding a frame the receiver owns takes the field's bytes as a view of the
+//! frame's buffer ([`crate::wire`]), so that a 1 MiB chunk is not copied out of the frame it came
+//! in; a frame buffer laid out so that its payload ends at an aligned address then holds the
+//! chunk at an aligned address too, which lets the receiver write it with direct I/O as it is.
+//!
+//! Invariants kept here:
+//! * a `Bulk` handed out holds its bytes. Deserialized from a borrowed slice it only notes where
+//!   the bytes are ([`Repr::Located`]); the codec's decode ([`crate::wire`]) resolves every such
+//!   field against the frame, copying only when it does not own the frame, before any message
+//!   leaves it. A located `Bulk` is never read (debug builds assert it; release builds see no
+//!   bytes, which every reader refuses as a short chunk or part);
+//! * a view never reaches past the buffer it was resolved against: resolution checks the noted
+//!   place against the payload's bounds, and refuses the frame otherwise.
+
+use bytes::Bytes;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+use std::fmt;
+use std::ops::Deref;
+
+/// A large field's bytes: owned, or a view of the buffer of the frame they arrived in.
+#[derive(Clone, Default)]
+pub struct Bulk(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Held(Bytes),
+    /// Deserialized from a borrowed slice: where its bytes were (their address and length),
+    /// until [`Bulk::resolve`] replaces it with the bytes themselves.
+    Located {
+        at: usize,
+        len: usize,
+    },
+}
+
+impl Default for Repr {
+    fn default() -> Repr {
+        Repr::Held(Bytes::new())
+    }
+}
+
+impl Bulk {
+    /// The bytes, shared (no copy).
+    pub fn bytes(&self) -> Bytes {
+        match &self.0 {
+            Repr::Held(b) => b.clone(),
+            Repr::Located { .. } => {
+                debug_assert!(false, "a located bulk field is resolved before it is read");
+                Bytes::new()
+            }
+        }
+    }
+
+    /// The bytes as a vector: the buffer itself when this holds all of one vector's bytes and
+    /// nothing else shares it, else a copy.
+    pub fn into_vec(self) -> Vec<u8> {
+        Vec::from(self.bytes())
+    }
+
+    /// The bytes from `from` on, shared (no copy). `from` past the end gives no bytes.
+    pub fn tail(&self, from: usize) -> Bulk {
+        let b = self.bytes();
+        Bulk(Repr::Held(b.slice(from.min(b.len())..)))
+    }
+
+    /// Takes the bytes out, leaving the field empty.
+    pub fn take(&mut self) -> Bulk {
+        std::mem::take(self)
+    }
+
+    /// Whether these bytes are still only noted by their place in a frame.
+    fn is_located(&self) -> bool {
+        matches!(self.0, Repr::Located { .. })
+    }
+
+    /// Replaces a located field with its bytes: a view of `owner` (a buffer whose bytes
+    /// `payload` is part of) when there is one, else a copy out of `payload`, which must hold
+    /// the noted place. A field already holding its bytes is left as it is.
+    pub(crate) fn resolve(&mut self, payload: &[u8], owner: Option<&Bytes>) -> Result<(), String> {
+        let Repr::Located { at, len } = self.0 else { return Ok(()) };
+        let start = at
+            .checked_sub(payload.as_ptr() as usize)
+            .filter(|start| start.checked_add(len).is_some_and(|end| end <= payload.len()))
+            .ok_or_else(|| format!("a bulk field of {len} bytes lies outside its frame's payload"))?;
+        let bytes = &payload[start..start + len];
+        self.0 = Repr::Held(match owner {
+            Some(owner) => owner.slice_ref(bytes),
+            None => Bytes::copy_from_slice(bytes),
+        });
+        debug_assert!(!self.is_located());
+        Ok(())
+    }
+}
+
+impl Deref for Bulk {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Held(b) => b,
+            Repr::Located { .. } => {
+                debug_assert!(false, "a located bulk field is resolved before it is read");
+                &[]
+            }
+        }
+    }
+}
+
+impl AsRef<[u8]> for Bulk {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl From<Vec<u8>> for Bulk {
+    /// Takes the vector's buffer as it is (no copy).
+    fn from(v: Vec<u8>) -> Bulk {
+        Bulk(Repr::Held(Bytes::from(v)))
+    }
+}
+
+impl From<Bytes> for Bulk {
+    fn from(b: Bytes) -> Bulk {
+        Bulk(Repr::Held(b))
+    }
+}
+
+impl From<&[u8]> for Bulk {
+    fn from(b: &[u8]) -> Bulk {
+        Bulk(Repr::Held(Bytes::copy_from_slice(b)))
+    }
+}
+
+impl PartialEq for Bulk {
+    fn eq(&self, other: &Bulk) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Bulk {}
+
+impl PartialEq<[u8]> for Bulk {
+    fn eq(&self, other: &[u8]) -> bool {
+        **self == *other
+    }
+}
+
+impl PartialEq<Vec<u8>> for Bulk {
+    fn eq(&self, other: &Vec<u8>) -> bool {
+        **self == other[..]
+    }
+}
+
+impl fmt::Debug for Bulk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Repr::Held(b) if b.len() <= 32 => write!(f, "Bulk({:?})", &b[..]),
+            Repr::Held(b) => write!(f, "Bulk({} bytes)", b.len()),
+            Repr::Located { len, .. } => write!(f, "Bulk({len} bytes, located)"),
+        }
+    }
+}
+
+impl Serialize for Bulk {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bulk {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Bulk, D::Error> {
+        deserializer.deserialize_bytes(BulkVisitor)
+    }
+}
+
+struct BulkVisitor;
+
+impl<'de> Visitor<'de> for BulkVisitor {
+    type Value = Bulk;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a byte string")
+    }
+
+    /// A slice of the input being decoded: only its place is noted (see the module header).
+    fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Bulk, E> {
+        Ok(Bulk(Repr::Located { at: v.as_ptr() as usize, len: v.len() }))
+    }
+
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Bulk, E> {
+        Ok(Bulk::from(v))
+    }
+
+    fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Bulk, E> {
+        Ok(Bulk::from(v))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Bulk, A::Error> {
+        let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(b) = seq.next_element::<u8>()? {
+            v.push(b);
+        }
+        Ok(Bulk::from(v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::bincode_options;
+    use bincode::Options;
+
+    #[test]
+    fn a_bulk_field_is_encoded_as_serde_bytes_encodes_a_vector() {
+        let v: Vec<u8> = (0..300u16).map(|i| i as u8).collect();
+        #[derive(Serialize)]
+        struct Old<'a>(#[serde(with = "serde_bytes")] &'a Vec<u8>);
+        let old = bincode_options(usize::MAX).serialize(&Old(&v)).unwrap();
+        let new = bincode_options(usize::MAX).serialize(&Bulk::from(v.clone())).unwrap();
+        assert_eq!(old, new);
+    }
+
+    #[test]
+    fn a_located_field_becomes_a_view_of_its_owner_or_a_copy() {
+        let v: Vec<u8> = (0..300u16).map(|i| i as u8).collect();
+        let encoded = bincode_options(usize::MAX).serialize(&Bulk::from(v.clone())).unwrap();
+        let owner = Bytes::from(encoded);
+        let mut bulk: Bulk = bincode_options(usize::MAX).deserialize(&owner).unwrap();
+        assert!(bulk.is_located(), "decoding from a slice notes the place only");
+        bulk.resolve(&owner, Some(&owner)).unwrap();
+        assert_eq!(bulk, v);
+        let (inner, outer) = (bulk.bytes().as_ptr() as usize, owner.as_ptr() as usize);
+        assert!(inner > outer && inner < outer + owner.len(), "a view of the owner, not a copy");
+
+        let mut copied: Bulk = bincode_options(usize::MAX).deserialize(&owner).unwrap();
+        copied.resolve(&owner, None).unwrap();
+        assert_eq!(copied, v);
+        let at = copied.bytes().as_ptr() as usize;
+        assert!(at < outer || at >= outer + owner.len(), "without an owner, a copy");
+    }
+
+    #[test]
+    fn a_place_outside_the_payload_is_refused() {
+        let encoded = bincode_options(usize::MAX).serialize(&Bulk::from(vec![7u8; 64])).unwrap();
+        let mut bulk: Bulk = bincode_options(usize::MAX).deserialize(&encoded).unwrap();
+        // Resolved against a payload that does not hold the noted bytes.
+        let elsewhere = vec![0u8; 64];
+        assert!(bulk.resolve(&elsewhere, None).is_err());
+        assert!(bulk.resolve(&encoded[..encoded.len() - 1], None).is_err(), "one byte short");
+        bulk.resolve(&encoded, None).unwrap();
+        assert_eq!(bulk, vec![7u8; 64]);
+    }
+
+    #[test]
+    fn a_tail_shares_the_bytes() {
+        let b = Bulk::from(vec![1, 2, 3, 4]);
+        assert_eq!(b.tail(1), vec![2, 3, 4]);
+        assert_eq!(b.tail(1).bytes().as_ptr(), b.bytes()[1..].as_ptr());
+        assert!(b.tail(9).is_empty());
+    }
+}
