@@ -88,10 +88,14 @@ impl Bulk {
             .filter(|start| start.checked_add(len).is_some_and(|end| end <= payload.len()))
             .ok_or_else(|| format!("a bulk field of {len} bytes lies outside its frame's payload"))?;
         let bytes = &payload[start..start + len];
-        self.0 = Repr::Held(match owner {
-            Some(owner) => owner.slice_ref(bytes),
-            None => Bytes::copy_from_slice(bytes),
+        // The bytes' place in the owner (checked, so a caller's mismatched owner costs a copy,
+        // never a panic).
+        let in_owner = owner.and_then(|owner| {
+            let at = (bytes.as_ptr() as usize).checked_sub(owner.as_ptr() as usize)?;
+            (at.checked_add(len)? <= owner.len()).then(|| owner.slice(at..at + len))
         });
+        debug_assert!(owner.is_none() || in_owner.is_some(), "the owner holds the payload");
+        self.0 = Repr::Held(in_owner.unwrap_or_else(|| Bytes::copy_from_slice(bytes)));
         debug_assert!(!self.is_located());
         Ok(())
     }
