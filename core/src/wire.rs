@@ -3,7 +3,7 @@
 //! ```text
 //! offset  size  field
 //! 0       2     magic "RS"
-//! 2       1     format version (currently 9)
+//! 2       1     format version ([`WIRE_VERSION`], currently 16)
 //! 3       1     flags: bit 0 set = trailer is a keyed BLAKE3 tag, clear = CRC32C
 //! 4       1     lane: 0 control, 1 data, 2 bulk (always 0 on datagrams)
 //! 5       4     payload length, little endian
