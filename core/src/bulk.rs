@@ -10,7 +10,7 @@
 //!
 //! Invariants kept here:
 //! * a `Bulk` handed out holds its bytes. Deserialized from a borrowed slice it only notes where
-//!   the bytes are ([`Repr::Located`]); the codec's decode ([`crate::wire`]) resolves every such
+//!   the bytes are (`Repr::Located`); the codec's decode ([`crate::wire`]) resolves every such
 //!   field against the frame, copying only when it does not own the frame, before any message
 //!   leaves it. A located `Bulk` is never read (debug builds assert it; release builds see no
 //!   bytes, which every reader refuses as a short chunk or part);
