@@ -56,8 +56,8 @@ impl Bulk {
         }
     }
 
-    /// The bytes as a vector: the buffer itself when this holds all of one vector's bytes and
-    /// nothing else shares it, else a copy.
+    /// The bytes as a vector: in their own buffer when nothing else shares it (moved to its
+    /// front if this is a view of part of it), else a copy.
     pub fn into_vec(self) -> Vec<u8> {
         Vec::from(self.bytes())
     }
