@@ -18,7 +18,7 @@
 //!   place against the payload's bounds, and refuses the frame otherwise.
 
 use bytes::Bytes;
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use std::fmt;
 use std::ops::Deref;
@@ -201,14 +201,6 @@ impl<'de> Visitor<'de> for BulkVisitor {
     }
 
     fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Bulk, E> {
-        Ok(Bulk::from(v))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Bulk, A::Error> {
-        let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-        while let Some(b) = seq.next_element::<u8>()? {
-            v.push(b);
-        }
         Ok(Bulk::from(v))
     }
 }
