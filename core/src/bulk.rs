@@ -15,17 +15,49 @@
 //!   leaves it. A located `Bulk` is never read (debug builds assert it; release builds see no
 //!   bytes, which every reader refuses as a short chunk or part);
 //! * a view never reaches past the buffer it was resolved against: resolution checks the noted
-//!   place against the payload's bounds, and refuses the frame otherwise.
+//!   place against the payload's bounds, and refuses the frame otherwise;
+//! * a [`BulkDigest`] attached to a `Bulk` holds, once set, the BLAKE3 hash of exactly its bytes
+//!   ([`Bulk::digest`] asserts it in debug builds): whoever attaches one vouches that every
+//!   `Bulk` sharing it holds the same bytes. Nothing derived from the bytes keeps it (a tail of
+//!   them does not).
+//!
+//! A frame's tag covers a bulk field through that hash ([`crate::wire`]), so a sender that
+//! already knows it (an upload's part sent to each of three replicas) tags the frame without
+//! hashing the bytes again.
 
 use bytes::Bytes;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use std::fmt;
 use std::ops::Deref;
+use std::sync::{Arc, OnceLock};
 
-/// A large field's bytes: owned, or a view of the buffer of the frame they arrived in.
+/// A large field's bytes: owned, or a view of the buffer of the frame they arrived in; with the
+/// slot of their hash when their source shares it between reads of the same bytes.
 #[derive(Clone, Default)]
-pub struct Bulk(Repr);
+pub struct Bulk {
+    repr: Repr,
+    digest: Option<BulkDigest>,
+}
+
+/// The BLAKE3 hash of some bytes, computed by the first that needs it and then shared by every
+/// [`Bulk`] it is attached to ([`Bulk::with_digest`]). An empty slot is filled by the first
+/// [`Bulk::digest`] asked of any of them.
+#[derive(Clone, Default)]
+pub struct BulkDigest(Arc<OnceLock<[u8; 32]>>);
+
+impl BulkDigest {
+    /// Whether the hash is known yet.
+    pub fn is_known(&self) -> bool {
+        self.0.get().is_some()
+    }
+}
+
+impl fmt::Debug for BulkDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.is_known() { "BulkDigest(known)" } else { "BulkDigest(unknown)" })
+    }
+}
 
 #[derive(Clone)]
 enum Repr {
@@ -45,9 +77,39 @@ impl Default for Repr {
 }
 
 impl Bulk {
+    fn held(bytes: Bytes) -> Bulk {
+        Bulk { repr: Repr::Held(bytes), digest: None }
+    }
+
+    /// These bytes with the slot of their hash, shared with every other `Bulk` of the same bytes
+    /// (see the module header: the caller vouches that they are the same bytes).
+    pub fn with_digest(self, digest: BulkDigest) -> Bulk {
+        Bulk { digest: Some(digest), ..self }
+    }
+
+    /// The BLAKE3 hash of the bytes: taken from the shared slot when one is attached and set,
+    /// else computed (and left in the slot, if there is one).
+    pub fn digest(&self) -> [u8; 32] {
+        let hash = || *blake3::hash(self).as_bytes();
+        let Some(slot) = &self.digest else { return hash() };
+        let digest = *slot.0.get_or_init(hash);
+        debug_assert_eq!(
+            digest,
+            hash(),
+            "a shared digest is the hash of the bytes of every bulk it is attached to"
+        );
+        digest
+    }
+
+    /// Whether the hash of the bytes is known without computing it: a shared slot is attached
+    /// and was filled.
+    pub fn digest_known(&self) -> bool {
+        self.digest.as_ref().is_some_and(BulkDigest::is_known)
+    }
+
     /// The bytes, shared (no copy).
     pub fn bytes(&self) -> Bytes {
-        match &self.0 {
+        match &self.repr {
             Repr::Held(b) => b.clone(),
             Repr::Located { .. } => {
                 debug_assert!(false, "a located bulk field is resolved before it is read");
@@ -65,7 +127,7 @@ impl Bulk {
     /// The bytes from `from` on, shared (no copy). `from` past the end gives no bytes.
     pub fn tail(&self, from: usize) -> Bulk {
         let b = self.bytes();
-        Bulk(Repr::Held(b.slice(from.min(b.len())..)))
+        Bulk::held(b.slice(from.min(b.len())..))
     }
 
     /// Takes the bytes out, leaving the field empty.
@@ -75,14 +137,14 @@ impl Bulk {
 
     /// Whether these bytes are still only noted by their place in a frame.
     fn is_located(&self) -> bool {
-        matches!(self.0, Repr::Located { .. })
+        matches!(self.repr, Repr::Located { .. })
     }
 
     /// Replaces a located field with its bytes: a view of `owner` (a buffer whose bytes
     /// `payload` is part of) when there is one, else a copy out of `payload`, which must hold
     /// the noted place. A field already holding its bytes is left as it is.
     pub(crate) fn resolve(&mut self, payload: &[u8], owner: Option<&Bytes>) -> Result<(), String> {
-        let Repr::Located { at, len } = self.0 else { return Ok(()) };
+        let Repr::Located { at, len } = self.repr else { return Ok(()) };
         let start = at
             .checked_sub(payload.as_ptr() as usize)
             .filter(|start| start.checked_add(len).is_some_and(|end| end <= payload.len()))
@@ -95,7 +157,7 @@ impl Bulk {
             (at.checked_add(len)? <= owner.len()).then(|| owner.slice(at..at + len))
         });
         debug_assert!(owner.is_none() || in_owner.is_some(), "the owner holds the payload");
-        self.0 = Repr::Held(in_owner.unwrap_or_else(|| Bytes::copy_from_slice(bytes)));
+        self.repr = Repr::Held(in_owner.unwrap_or_else(|| Bytes::copy_from_slice(bytes)));
         debug_assert!(!self.is_located());
         Ok(())
     }
@@ -105,7 +167,7 @@ impl Deref for Bulk {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        match &self.0 {
+        match &self.repr {
             Repr::Held(b) => b,
             Repr::Located { .. } => {
                 debug_assert!(false, "a located bulk field is resolved before it is read");
@@ -124,19 +186,19 @@ impl AsRef<[u8]> for Bulk {
 impl From<Vec<u8>> for Bulk {
     /// Takes the vector's buffer as it is (no copy).
     fn from(v: Vec<u8>) -> Bulk {
-        Bulk(Repr::Held(Bytes::from(v)))
+        Bulk::held(Bytes::from(v))
     }
 }
 
 impl From<Bytes> for Bulk {
     fn from(b: Bytes) -> Bulk {
-        Bulk(Repr::Held(b))
+        Bulk::held(b)
     }
 }
 
 impl From<&[u8]> for Bulk {
     fn from(b: &[u8]) -> Bulk {
-        Bulk(Repr::Held(Bytes::copy_from_slice(b)))
+        Bulk::held(Bytes::copy_from_slice(b))
     }
 }
 
@@ -162,7 +224,7 @@ impl PartialEq<Vec<u8>> for Bulk {
 
 impl fmt::Debug for Bulk {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
+        match &self.repr {
             Repr::Held(b) if b.len() <= 32 => write!(f, "Bulk({:?})", &b[..]),
             Repr::Held(b) => write!(f, "Bulk({} bytes)", b.len()),
             Repr::Located { len, .. } => write!(f, "Bulk({len} bytes, located)"),
@@ -193,7 +255,7 @@ impl<'de> Visitor<'de> for BulkVisitor {
 
     /// A slice of the input being decoded: only its place is noted (see the module header).
     fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Bulk, E> {
-        Ok(Bulk(Repr::Located { at: v.as_ptr() as usize, len: v.len() }))
+        Ok(Bulk { repr: Repr::Located { at: v.as_ptr() as usize, len: v.len() }, digest: None })
     }
 
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Bulk, E> {
@@ -250,6 +312,31 @@ mod tests {
         assert!(bulk.resolve(&encoded[..encoded.len() - 1], None).is_err(), "one byte short");
         bulk.resolve(&encoded, None).unwrap();
         assert_eq!(bulk, vec![7u8; 64]);
+    }
+
+    #[test]
+    fn a_shared_digest_is_computed_once_for_every_bulk_that_shares_it() {
+        let bytes: Vec<u8> = (0..5000u32).map(|i| (i % 253) as u8).collect();
+        let slot = BulkDigest::default();
+        let (a, b) = (Bulk::from(bytes.clone()).with_digest(slot.clone()), Bulk::from(bytes.clone()));
+        let b = b.with_digest(slot.clone());
+        assert!(!a.digest_known() && !b.digest_known() && !slot.is_known());
+        assert_eq!(a.digest(), *blake3::hash(&bytes).as_bytes());
+        assert!(b.digest_known(), "filled by the first that needed it");
+        assert_eq!(b.digest(), a.digest());
+        assert!(!a.tail(1).digest_known(), "a tail is other bytes");
+        assert_eq!(a.tail(1).digest(), *blake3::hash(&bytes[1..]).as_bytes());
+        assert!(!Bulk::from(bytes).digest_known(), "no slot, nothing known");
+    }
+
+    /// A slot shared by other bytes is a caller's bug, which debug builds catch.
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "a shared digest is the hash of the bytes of every bulk it is attached to")]
+    fn a_slot_shared_by_other_bytes_is_caught() {
+        let slot = BulkDigest::default();
+        let _ = Bulk::from(vec![1u8, 2, 3]).with_digest(slot.clone()).digest();
+        let _ = Bulk::from(vec![1u8, 2, 4]).with_digest(slot).digest();
     }
 
     #[test]

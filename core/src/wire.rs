@@ -3,13 +3,21 @@
 //! ```text
 //! offset  size  field
 //! 0       2     magic "RS"
-//! 2       1     format version ([`WIRE_VERSION`], currently 16)
+//! 2       1     format version ([`WIRE_VERSION`], currently 17)
 //! 3       1     flags: bit 0 set = trailer is a keyed BLAKE3 tag, clear = CRC32C
 //! 4       1     lane: 0 control, 1 data, 2 bulk (always 0 on datagrams)
 //! 5       4     payload length, little endian
-//! 9       len   payload: the bincode-encoded [`Envelope`] (variable-length integers)
-//! 9+len   4|32  trailer over bytes [0, 9+len): CRC32C, or keyed BLAKE3 under the cluster key
+//! 9       4     bulk length b, little endian: the payload's last b bytes are a bulk field's
+//! 13      len   payload: the bincode-encoded [`Envelope`] (variable-length integers)
+//! 13+len  4|32  trailer: CRC32C over bytes [0, 13+len), or the keyed BLAKE3 tag
 //! ```
+//!
+//! The tag is keyed BLAKE3 under the cluster key over the frame's bytes before the trailer;
+//! when b > 0, over the bytes before the bulk field and then the (unkeyed) BLAKE3 hash of the
+//! field's b bytes instead of the bytes themselves. Every byte is covered either way, and b
+//! is, being in the header; a sender that knows the hash of a large field already (the same
+//! part sent to each of three replicas) tags its frame without hashing the field again
+//! ([`Bulk::digest`]).
 //!
 //! The lane sits in the header, outside the payload, so that a driver can route a received
 //! frame to its lane's queue ([`frame_lane`]) without decoding it; the trailer covers it like
@@ -77,14 +85,16 @@ pub const MAX_STREAM_FRAME_BYTES: usize = 16 * 1024 * 1024;
 /// yet; anti-entropy's describes are what compare it); version 15 appends bound to the file
 /// they were issued against (`WriteRequest::of`, `RemoteAppend::of`); version 16 the HyDFS
 /// refusal `FileFull` (an append that would take its file's description past
-/// `max_file_meta_bytes`).
-pub const WIRE_VERSION: u8 = 16;
+/// `max_file_meta_bytes`); version 17 the bulk length in the header, with a bulk field covered
+/// by the tag through its hash.
+pub const WIRE_VERSION: u8 = 17;
 
 const MAGIC: [u8; 2] = *b"RS";
-/// Magic, version, flags, lane, payload length.
-const HEADER_BYTES: usize = 9;
+/// The length of a frame's header: magic, version, flags, lane, payload length, bulk length.
+pub const HEADER_BYTES: usize = 13;
 const LANE_OFFSET: usize = 4;
 const LENGTH_OFFSET: usize = 5;
+const BULK_LENGTH_OFFSET: usize = 9;
 const CRC_BYTES: usize = 4;
 /// The length of a keyed frame's trailer (its tag), the frame's last bytes.
 pub const TAG_BYTES: usize = 32;
@@ -123,6 +133,15 @@ impl Body {
     fn take_bulk(&mut self) -> Option<Bulk> {
         let bytes = self.bulk_mut()?;
         (bytes.len() >= BULK_APART_BYTES).then(|| bytes.take())
+    }
+
+    /// The length of the message's bulk field (0 without one).
+    fn bulk_len(&self) -> usize {
+        match self {
+            Body::Hydfs(HydfsMsg::ReadReply { result: Ok(ReadChunk { bytes, .. }), .. })
+            | Body::Hydfs(HydfsMsg::FetchReply { result: Ok(PartBytes { bytes, .. }), .. }) => bytes.len(),
+            _ => 0,
+        }
     }
 
     /// The message's bulk field, if it has one: a read chunk's bytes, a fetched part's. These
@@ -174,6 +193,8 @@ pub enum WireError {
     UnknownLane(u8),
     #[error("length field says {declared} payload bytes but the frame holds {actual}")]
     LengthMismatch { declared: usize, actual: usize },
+    #[error("bulk length field says {bulk} bytes, more than the {declared}-byte payload")]
+    BulkTooLong { bulk: usize, declared: usize },
     #[error("checksum mismatch (corrupt frame)")]
     BadChecksum,
     #[error("frame is not authenticated but this node requires the cluster key")]
@@ -196,7 +217,7 @@ impl WireError {
             WireError::UnsupportedVersion { .. } => "bad_version",
             WireError::UnknownFlags(_) => "bad_flags",
             WireError::UnknownLane(_) => "bad_lane",
-            WireError::LengthMismatch { .. } => "bad_length",
+            WireError::LengthMismatch { .. } | WireError::BulkTooLong { .. } => "bad_length",
             WireError::BadChecksum => "bad_checksum",
             WireError::Unauthenticated => "unauthenticated",
             WireError::UnexpectedTag => "unexpected_tag",
@@ -338,18 +359,23 @@ impl Trailer {
         }
     }
 
-    /// This trailer over the concatenation of `pieces` (a frame's header and payload), and
-    /// how many of the returned bytes it takes.
-    fn over(&self, pieces: &[&[u8]]) -> ([u8; TAG_BYTES], usize) {
+    /// This trailer over a frame held as `head` (its header and payload up to the bulk field)
+    /// and `bulk` (the field's bytes, which the header counts), and how many of the returned
+    /// bytes it takes. The tag covers `bulk` through its hash (see the module header).
+    fn over(&self, head: &[u8], bulk: &Bulk) -> ([u8; TAG_BYTES], usize) {
         let mut out = [0u8; TAG_BYTES];
         match self {
             Trailer::Crc => {
-                let crc = pieces.iter().fold(0, |crc, piece| crc32c::crc32c_append(crc, piece));
+                let crc = crc32c::crc32c_append(crc32c::crc32c(head), bulk);
                 out[..CRC_BYTES].copy_from_slice(&crc.to_le_bytes());
                 (out, CRC_BYTES)
             }
+            Trailer::Tag(key) if bulk.is_empty() => {
+                out.copy_from_slice(key.tag(head).as_bytes());
+                (out, TAG_BYTES)
+            }
             Trailer::Tag(key) => {
-                out.copy_from_slice(key.tag_pieces(pieces).as_bytes());
+                out.copy_from_slice(key.tag_pieces(&[head, &bulk.digest()]).as_bytes());
                 (out, TAG_BYTES)
             }
         }
@@ -372,7 +398,7 @@ impl Frame {
     pub fn seal(self) -> Vec<u8> {
         self.debug_check();
         let len = self.len();
-        let (trailer, trailer_len) = self.trailer.over(&[&self.bytes, &self.bulk]);
+        let (trailer, trailer_len) = self.trailer.over(&self.bytes, &self.bulk);
         let Frame { mut bytes, bulk, .. } = self;
         bytes.reserve_exact(len - bytes.len());
         bytes.extend_from_slice(&bulk);
@@ -385,20 +411,21 @@ impl Frame {
     /// copied.
     pub fn seal_apart(self) -> SealedFrame {
         self.debug_check();
-        let (trailer, trailer_len) = self.trailer.over(&[&self.bytes, &self.bulk]);
+        let (trailer, trailer_len) = self.trailer.over(&self.bytes, &self.bulk);
         let sealed = SealedFrame { head: self.bytes, bulk: self.bulk, trailer, trailer_len };
         debug_assert_eq!(sealed.len(), sealed.head.len() + sealed.bulk.len() + self.trailer.bytes());
         sealed
     }
 
-    /// The invariant of the type: the header counts exactly the payload that follows it.
+    /// The invariant of the type: the header counts exactly the payload that follows it, and
+    /// exactly the bulk bytes held apart.
     fn debug_check(&self) {
         debug_assert!(
             self.bytes.len() >= HEADER_BYTES
-                && self.bytes[LENGTH_OFFSET..HEADER_BYTES].try_into().is_ok_and(|l| {
-                    u32::from_le_bytes(l) as usize == self.bytes.len() + self.bulk.len() - HEADER_BYTES
-                }),
-            "an unsealed frame is its header and the payload the header counts"
+                && header_field(&self.bytes, LENGTH_OFFSET)
+                    == self.bytes.len() + self.bulk.len() - HEADER_BYTES
+                && header_field(&self.bytes, BULK_LENGTH_OFFSET) == self.bulk.len(),
+            "an unsealed frame is its header, the payload the header counts, and the bulk bytes it counts"
         );
     }
 }
@@ -456,8 +483,13 @@ impl Codec {
         }
     }
 
-    /// Encodes `envelope` into one frame of at most `limit` bytes.
+    /// Encodes `envelope` into one frame of at most `limit` bytes: the frame
+    /// [`Codec::encode_unsealed`] makes, sealed in one buffer.
     pub fn encode(&self, envelope: &Envelope, limit: usize) -> Result<Vec<u8>, WireError> {
+        if envelope.body.bulk_len() >= BULK_APART_BYTES {
+            // Cloned to lay out the bulk field apart (the clone shares its bytes).
+            return self.encode_unsealed(envelope.clone(), limit).map(Frame::seal);
+        }
         self.encode_whole(envelope, limit).map(Frame::seal)
     }
 
@@ -477,7 +509,7 @@ impl Codec {
             return Err(WireError::TooLarge { len, limit });
         }
         let mut bytes = Vec::with_capacity(HEADER_BYTES + rest - 1 + bulk_len.len());
-        self.put_header(&mut bytes, envelope.lane, payload_len);
+        self.put_header(&mut bytes, envelope.lane, payload_len, bulk.len());
         options().serialize_into(&mut bytes, &envelope).map_err(malformed)?;
         debug_assert_eq!(bytes.last(), Some(&0), "an emptied bulk field ends the payload");
         bytes.pop();
@@ -499,7 +531,7 @@ impl Codec {
         // The payload is serialized straight into the frame (no second copy of a large body),
         // which has room for its trailer already.
         let mut bytes = Vec::with_capacity(len);
-        self.put_header(&mut bytes, envelope.lane, payload_len);
+        self.put_header(&mut bytes, envelope.lane, payload_len, 0);
         bincode_options(usize::MAX)
             .serialize_into(&mut bytes, envelope)
             .map_err(|e| WireError::Malformed(e.to_string()))?;
@@ -508,13 +540,16 @@ impl Codec {
         Ok(frame)
     }
 
-    /// Appends a frame header: magic, version, this codec's flags, `lane`, the payload length.
-    fn put_header(&self, bytes: &mut Vec<u8>, lane: Lane, payload_len: usize) {
+    /// Appends a frame header: magic, version, this codec's flags, `lane`, the payload length,
+    /// the length of the bulk field that ends the payload (0 for none).
+    fn put_header(&self, bytes: &mut Vec<u8>, lane: Lane, payload_len: usize, bulk_len: usize) {
+        debug_assert!(bulk_len <= payload_len);
         bytes.extend_from_slice(&MAGIC);
         bytes.push(WIRE_VERSION);
         bytes.push(if self.keys.is_empty() { 0 } else { FLAG_AUTHENTICATED });
         bytes.push(lane.index() as u8);
         bytes.extend_from_slice(&(payload_len as u32).to_le_bytes());
+        bytes.extend_from_slice(&(bulk_len as u32).to_le_bytes());
     }
 
     /// A frame on `lane` around `payload` taken as it is, valid or not as an [`Envelope`], with
@@ -529,7 +564,7 @@ impl Codec {
     pub fn frame_raw_unsealed(&self, lane: Lane, payload: &[u8]) -> Frame {
         let trailer = self.trailer();
         let mut bytes = Vec::with_capacity(HEADER_BYTES + payload.len() + trailer.bytes());
-        self.put_header(&mut bytes, lane, payload.len());
+        self.put_header(&mut bytes, lane, payload.len(), 0);
         bytes.extend_from_slice(payload);
         Frame { bytes, bulk: Bulk::default(), trailer }
     }
@@ -572,11 +607,14 @@ impl Codec {
         let lane = Lane::from_index(usize::from(frame[LANE_OFFSET]))
             .ok_or(WireError::UnknownLane(frame[LANE_OFFSET]))?;
         let trailer = if authenticated { TAG_BYTES } else { CRC_BYTES };
-        let length = &frame[LENGTH_OFFSET..HEADER_BYTES];
-        let declared = u32::from_le_bytes([length[0], length[1], length[2], length[3]]) as usize;
+        let declared = header_field(frame, LENGTH_OFFSET);
         let actual = frame.len().saturating_sub(HEADER_BYTES + trailer);
         if frame.len() < HEADER_BYTES + trailer || declared != actual {
             return Err(WireError::LengthMismatch { declared, actual });
+        }
+        let bulk = header_field(frame, BULK_LENGTH_OFFSET);
+        if bulk > declared {
+            return Err(WireError::BulkTooLong { bulk, declared });
         }
         Ok((declared, lane))
     }
@@ -619,7 +657,15 @@ impl Codec {
             // `blake3::Hash` compares in constant time.
             let Ok(tail) = <[u8; TAG_BYTES]>::try_from(tail) else { return Err(WireError::BadTag) };
             let theirs = blake3::Hash::from_bytes(tail);
-            let ok = self.keys.iter().any(|key| key.tag(body) == theirs);
+            // The bulk field, if any, is covered through its hash (checked in `precheck`: it
+            // lies within the payload).
+            let (head, bulk) = body.split_at(body.len() - header_field(frame, BULK_LENGTH_OFFSET));
+            let ok = if bulk.is_empty() {
+                self.keys.iter().any(|key| key.tag(head) == theirs)
+            } else {
+                let digest = blake3::hash(bulk);
+                self.keys.iter().any(|key| key.tag_pieces(&[head, digest.as_bytes()]) == theirs)
+            };
             if !ok {
                 return Err(WireError::BadTag);
             }
@@ -631,6 +677,12 @@ impl Codec {
         }
         Ok((declared, lane))
     }
+}
+
+/// The little-endian `u32` header field at `offset` of `frame`, which holds a whole header.
+fn header_field(frame: &[u8], offset: usize) -> usize {
+    let field = &frame[offset..offset + 4];
+    u32::from_le_bytes([field[0], field[1], field[2], field[3]]) as usize
 }
 
 /// The envelope in `frame`, whose header declared `declared` payload bytes on `lane`. Its bulk
@@ -713,7 +765,7 @@ mod tests {
             assert_eq!(verified.bytes(), &frame[..]);
             assert_eq!(codec.decode_verified(&verified, 1 << 20), codec.decode(&frame, 1 << 20));
             let mut corrupt = frame.clone();
-            corrupt[12] ^= 1;
+            corrupt[HEADER_BYTES + 3] ^= 1;
             let refused = codec.decode(&corrupt, 1 << 20).unwrap_err();
             assert!(matches!(refused, WireError::BadTag | WireError::BadChecksum), "{refused:?}");
             assert_eq!(codec.verify(corrupt, 1 << 20).unwrap_err(), refused);
@@ -811,6 +863,63 @@ mod tests {
             let whole = codec.encode(&env, 4 << 20).unwrap().len();
             assert!(matches!(codec.encode_unsealed(env, whole - 1), Err(WireError::TooLarge { .. })));
         }
+    }
+
+    /// A large bulk field is covered by the tag through its hash: a sender that knows the hash
+    /// already makes the frame it would have made by hashing, every byte is still covered, and
+    /// the header's bulk length is checked (a changed one is refused, a length past the payload
+    /// without hashing).
+    #[test]
+    fn a_bulk_field_is_tagged_through_its_hash() {
+        use crate::bulk::BulkDigest;
+        let key = ClusterKey::from_passphrase("k");
+        let codec = Codec::keyed(key.clone(), vec![ClusterKey::from_passphrase("old")]);
+        let env = bulk_envelopes(1 << 20).swap_remove(1);
+        let frame = codec.encode(&env, 4 << 20).unwrap();
+        let bulk_len = header_field(&frame, BULK_LENGTH_OFFSET);
+        assert_eq!(bulk_len, 1 << 20);
+        let (body, tag) = frame.split_at(frame.len() - TAG_BYTES);
+        let (head, bulk) = body.split_at(body.len() - bulk_len);
+        assert_eq!(tag, key.tag_pieces(&[head, blake3::hash(bulk).as_bytes()]).as_bytes());
+        assert_ne!(tag, key.tag(body).as_bytes(), "not a tag over the bytes themselves");
+
+        // The slot filled by the first frame tags the second without hashing: the same frame.
+        let slot = BulkDigest::default();
+        let mut with_slot = env.clone();
+        let part = with_slot.body.bulk_mut().unwrap();
+        *part = part.take().with_digest(slot.clone());
+        assert_eq!(codec.encode_unsealed(with_slot.clone(), 4 << 20).unwrap().seal(), frame);
+        assert!(slot.is_known());
+        let sealed = codec.encode_unsealed(with_slot, 4 << 20).unwrap().seal_apart();
+        assert_eq!(sealed.pieces().concat(), frame);
+        assert_eq!(codec.decode(&frame, 4 << 20).unwrap(), env);
+
+        // Every byte is covered: the field's, the rest of the payload's, the bulk length's.
+        for at in [HEADER_BYTES + 2, frame.len() - TAG_BYTES - bulk_len, frame.len() - TAG_BYTES - 1] {
+            let mut changed = frame.clone();
+            changed[at] ^= 1;
+            assert_eq!(codec.decode(&changed, 4 << 20), Err(WireError::BadTag), "byte {at}");
+        }
+        for bulk in [0, bulk_len - 1, bulk_len + 1] {
+            let mut changed = frame.clone();
+            changed[BULK_LENGTH_OFFSET..BULK_LENGTH_OFFSET + 4].copy_from_slice(&(bulk as u32).to_le_bytes());
+            assert_eq!(codec.decode(&changed, 4 << 20), Err(WireError::BadTag), "bulk length {bulk}");
+        }
+        let declared = header_field(&frame, LENGTH_OFFSET);
+        let mut past = frame.clone();
+        past[BULK_LENGTH_OFFSET..BULK_LENGTH_OFFSET + 4]
+            .copy_from_slice(&(declared as u32 + 1).to_le_bytes());
+        assert_eq!(
+            codec.decode(&past, 4 << 20),
+            Err(WireError::BulkTooLong { bulk: declared + 1, declared })
+        );
+        let mut plain = Codec::plain().encode(&env, 4 << 20).unwrap();
+        plain[BULK_LENGTH_OFFSET..BULK_LENGTH_OFFSET + 4]
+            .copy_from_slice(&(declared as u32 + 1).to_le_bytes());
+        assert_eq!(
+            Codec::plain().decode(&plain, 4 << 20),
+            Err(WireError::BulkTooLong { bulk: declared + 1, declared })
+        );
     }
 
     /// Decoding a frame the receiver holds ([`Codec::verify`], then [`Codec::decode_verified`])

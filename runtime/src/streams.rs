@@ -1143,7 +1143,7 @@ mod tests {
             Incoming::Verified(f) => f.bytes(),
             other => panic!("not a frame: {other:?}"),
         };
-        let payload = &f[9..];
+        let payload = &f[rainstorm_core::wire::HEADER_BYTES..];
         u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]])
     }
 

@@ -47,8 +47,10 @@ use std::sync::Arc;
 /// Bytes kept outside the state machine (a local file on a real node), read part by part when a
 /// replica fetches them, so that an upload never has to fit in memory.
 pub trait PartSource: Send + Sync {
-    /// Reads exactly `len` bytes at `offset`, or says why it cannot.
-    fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, String>;
+    /// Reads exactly `len` bytes at `offset`, or says why it cannot. A source may attach the
+    /// slot of the bytes' hash, shared by its reads of the same part ([`Bulk::with_digest`]),
+    /// only when it vouches that they are the same bytes.
+    fn read_at(&self, offset: u64, len: usize) -> Result<Bulk, String>;
 }
 
 /// The bytes of an upload, described part by part ([`PartMeta::of`] of each part of at most one
@@ -794,7 +796,7 @@ impl Hydfs {
         let inline = match inline_of {
             Some(None) => Some(Vec::new()),
             Some(Some(stamp)) => match self.upload_part(&name, stamp, 0) {
-                Some(Ok(bytes)) => Some(bytes),
+                Some(Ok(bytes)) => Some(bytes.into_vec()),
                 Some(Err(e)) => return self.finish(now, id, None, Err(HydfsError::Storage(e))),
                 None => None,
             },
@@ -1462,7 +1464,7 @@ impl Hydfs {
         name: &FileName,
         stamp: Stamp,
         part: u32,
-    ) -> Option<Result<Vec<u8>, String>> {
+    ) -> Option<Result<Bulk, String>> {
         match self.client.uploads.get(&(name.clone(), stamp))? {
             Upload::Bytes(data) => {
                 let chunk = self.chunk_bytes();
@@ -1470,7 +1472,7 @@ impl Hydfs {
                 if start >= data.len() {
                     return None;
                 }
-                Some(Ok(data[start..data.len().min(start.saturating_add(chunk))].to_vec()))
+                Some(Ok(data[start..data.len().min(start.saturating_add(chunk))].into()))
             }
             Upload::Source { source, offsets } => {
                 let (p, offset) = (source.parts.get(part as usize)?, offsets.get(part as usize)?);

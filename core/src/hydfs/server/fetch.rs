@@ -202,7 +202,7 @@ impl Hydfs {
                 Some(Ok(bytes)) => {
                     let meta =
                         self.upload_part_meta(&name, stamp, part).unwrap_or_else(|| PartMeta::of(&bytes));
-                    Ok(PartBytes { meta, bytes: bytes.into() })
+                    Ok(PartBytes { meta, bytes })
                 }
                 Some(Err(e)) => {
                     self.upload_failed(now, &name, stamp, e.clone());
