@@ -47,6 +47,11 @@ pub struct Bulk {
 pub struct BulkDigest(Arc<OnceLock<[u8; 32]>>);
 
 impl BulkDigest {
+    /// A slot that holds `hash` already: the hash of the bytes it will be attached to.
+    pub fn known(hash: [u8; 32]) -> BulkDigest {
+        BulkDigest(Arc::new(OnceLock::from(hash)))
+    }
+
     /// Whether the hash is known yet.
     pub fn is_known(&self) -> bool {
         self.0.get().is_some()
@@ -101,6 +106,12 @@ impl Bulk {
         digest
     }
 
+    /// The slot of the bytes' hash attached to them, if any, to share with other bytes the
+    /// caller vouches are the same.
+    pub fn digest_slot(&self) -> Option<BulkDigest> {
+        self.digest.clone()
+    }
+
     /// Whether the hash of the bytes is known without computing it: a shared slot is attached
     /// and was filled.
     pub fn digest_known(&self) -> bool {
@@ -133,6 +144,11 @@ impl Bulk {
     /// Takes the bytes out, leaving the field empty.
     pub fn take(&mut self) -> Bulk {
         std::mem::take(self)
+    }
+
+    /// Whether these bytes are still only noted by their place, and it is exactly `bytes`.
+    pub(crate) fn is_located_at(&self, bytes: &[u8]) -> bool {
+        matches!(self.repr, Repr::Located { at, len } if at == bytes.as_ptr() as usize && len == bytes.len())
     }
 
     /// Whether these bytes are still only noted by their place in a frame.

@@ -41,7 +41,7 @@
 //!   ([`Frame::seal_apart`]); the header always counts exactly the payload (asserted when a
 //!   frame is sealed).
 
-use crate::bulk::Bulk;
+use crate::bulk::{Bulk, BulkDigest};
 use crate::hydfs::message::{PartBytes, ReadChunk};
 use crate::hydfs::HydfsMsg;
 use crate::id::{MemberId, NodeAddr};
@@ -621,8 +621,8 @@ impl Codec {
 
     /// Decodes one frame of at most `limit` bytes. Never panics on any input.
     pub fn decode(&self, frame: &[u8], limit: usize) -> Result<Envelope, WireError> {
-        let (declared, lane) = self.check(frame, limit)?;
-        decode_payload(frame, declared, lane, limit, None)
+        let (declared, lane, bulk_digest) = self.check(frame, limit)?;
+        decode_payload(frame, declared, lane, limit, None, bulk_digest)
     }
 
     /// The checks of [`Codec::decode`] but the payload's: header, size and trailer (the CRC32C,
@@ -634,8 +634,8 @@ impl Codec {
     /// of this buffer ([`Bulk`]), not a copy.
     pub fn verify(&self, frame: impl Into<Bytes>, limit: usize) -> Result<VerifiedFrame, WireError> {
         let frame = frame.into();
-        self.check(&frame, limit)?;
-        Ok(VerifiedFrame { bytes: frame })
+        let (_, _, bulk_digest) = self.check(&frame, limit)?;
+        Ok(VerifiedFrame { bytes: frame, bulk_digest })
     }
 
     /// Decodes a frame [`Codec::verify`] passed, without hashing it again. Its header is checked
@@ -645,11 +645,12 @@ impl Codec {
     /// earlier.
     pub fn decode_verified(&self, frame: &VerifiedFrame, limit: usize) -> Result<Envelope, WireError> {
         let (declared, lane) = self.precheck(&frame.bytes, limit)?;
-        decode_payload(&frame.bytes, declared, lane, limit, Some(&frame.bytes))
+        decode_payload(&frame.bytes, declared, lane, limit, Some(&frame.bytes), frame.bulk_digest)
     }
 
-    /// [`Codec::precheck`], then the trailer: the payload length and lane the header declares.
-    fn check(&self, frame: &[u8], limit: usize) -> Result<(usize, Lane), WireError> {
+    /// [`Codec::precheck`], then the trailer: the payload length and lane the header declares,
+    /// and the hash of the bulk field the tag was checked through, if it was.
+    fn check(&self, frame: &[u8], limit: usize) -> Result<(usize, Lane, Option<[u8; 32]>), WireError> {
         let (declared, lane) = self.precheck(frame, limit)?;
         let authenticated = frame[3] & FLAG_AUTHENTICATED != 0;
         let (body, tail) = frame.split_at(HEADER_BYTES + declared);
@@ -660,22 +661,24 @@ impl Codec {
             // The bulk field, if any, is covered through its hash (checked in `precheck`: it
             // lies within the payload).
             let (head, bulk) = body.split_at(body.len() - header_field(frame, BULK_LENGTH_OFFSET));
-            let ok = if bulk.is_empty() {
-                self.keys.iter().any(|key| key.tag(head) == theirs)
-            } else {
-                let digest = blake3::hash(bulk);
-                self.keys.iter().any(|key| key.tag_pieces(&[head, digest.as_bytes()]) == theirs)
-            };
-            if !ok {
+            if bulk.is_empty() {
+                if !self.keys.iter().any(|key| key.tag(head) == theirs) {
+                    return Err(WireError::BadTag);
+                }
+                return Ok((declared, lane, None));
+            }
+            let digest = blake3::hash(bulk);
+            if !self.keys.iter().any(|key| key.tag_pieces(&[head, digest.as_bytes()]) == theirs) {
                 return Err(WireError::BadTag);
             }
+            return Ok((declared, lane, Some(*digest.as_bytes())));
         } else {
             let crc = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
             if crc32c::crc32c(body) != crc {
                 return Err(WireError::BadChecksum);
             }
         }
-        Ok((declared, lane))
+        Ok((declared, lane, None))
     }
 }
 
@@ -686,20 +689,28 @@ fn header_field(frame: &[u8], offset: usize) -> usize {
 }
 
 /// The envelope in `frame`, whose header declared `declared` payload bytes on `lane`. Its bulk
-/// field, if it has one, is a view of `owner` (the buffer `frame` is) when given, else a copy.
+/// field, if it has one, is a view of `owner` (the buffer `frame` is) when given, else a copy;
+/// it comes with its hash when the tag was checked through it (`bulk_digest`) and it is exactly
+/// the bytes the header counted as the bulk field.
 fn decode_payload(
     frame: &[u8],
     declared: usize,
     lane: Lane,
     limit: usize,
     owner: Option<&Bytes>,
+    bulk_digest: Option<[u8; 32]>,
 ) -> Result<Envelope, WireError> {
     debug_assert!(owner.is_none_or(|o| o.as_ptr() == frame.as_ptr() && o.len() == frame.len()));
     let payload = &frame[HEADER_BYTES..HEADER_BYTES + declared];
     let mut envelope: Envelope =
         bincode_options(limit).deserialize(payload).map_err(|e| WireError::Malformed(e.to_string()))?;
     if let Some(bulk) = envelope.body.bulk_mut() {
+        let hashed = &payload[declared - header_field(frame, BULK_LENGTH_OFFSET)..];
+        let digest = bulk_digest.filter(|_| bulk.is_located_at(hashed));
         bulk.resolve(payload, owner).map_err(WireError::Malformed)?;
+        if let Some(digest) = digest {
+            *bulk = bulk.take().with_digest(BulkDigest::known(digest));
+        }
     }
     Ok(Envelope { lane, ..envelope })
 }
@@ -710,6 +721,8 @@ fn decode_payload(
 #[derive(Debug, PartialEq, Eq)]
 pub struct VerifiedFrame {
     bytes: Bytes,
+    /// The hash of the frame's bulk field, computed to check its tag (keyed frames with one).
+    bulk_digest: Option<[u8; 32]>,
 }
 
 impl VerifiedFrame {
@@ -893,6 +906,26 @@ mod tests {
         let sealed = codec.encode_unsealed(with_slot, 4 << 20).unwrap().seal_apart();
         assert_eq!(sealed.pieces().concat(), frame);
         assert_eq!(codec.decode(&frame, 4 << 20).unwrap(), env);
+
+        // The receiver hashed the field to check the tag: the field comes with its hash, for
+        // whoever sends the same bytes on.
+        let field = |env: Envelope| match env.body {
+            Body::Hydfs(HydfsMsg::FetchReply { result: Ok(PartBytes { bytes, .. }), .. }) => bytes,
+            other => panic!("not a part: {other:?}"),
+        };
+        let verified = codec.verify(frame.clone(), 4 << 20).unwrap();
+        for got in [
+            field(codec.decode_verified(&verified, 4 << 20).unwrap()),
+            field(codec.decode(&frame, 4 << 20).unwrap()),
+        ] {
+            assert!(got.digest_known());
+            assert_eq!(got.digest(), *blake3::hash(bulk).as_bytes());
+        }
+        let plain = Codec::plain().encode(&env, 4 << 20).unwrap();
+        assert!(
+            !field(Codec::plain().decode(&plain, 4 << 20).unwrap()).digest_known(),
+            "a CRC hashes nothing"
+        );
 
         // Every byte is covered: the field's, the rest of the payload's, the bulk length's.
         for at in [HEADER_BYTES + 2, frame.len() - TAG_BYTES - bulk_len, frame.len() - TAG_BYTES - 1] {

@@ -6,6 +6,9 @@
 //!   CRC32C, line ends), and leaves a read only after its length and CRC32C are checked again
 //!   ([`PartMeta::still_matches`]): a corrupt part is removed (to be fetched again), never
 //!   returned;
+//! * a large part's slot of its hash ([`BulkDigest`]), once filled, holds the hash of the part's
+//!   bytes as stored: it is filled from bytes that matched the part's [`PartMeta`], and handed
+//!   out only with bytes whose checksum was verified again (asserted in debug builds);
 //! * a write is *complete* when all its parts are stored; only complete writes are served;
 //! * a part is stored only for a write the index holds, and leaves storage with it: every block
 //!   in storage is one the index points at (no block outlives its file);
@@ -40,6 +43,8 @@ use super::seal::Owners;
 use super::storage::{BlobId, Storage, StorageError};
 use super::types::{FileDigest, FileMeta, PartMeta, Stamp, WriteKind, WriteMeta};
 use super::FileName;
+use crate::bulk::{Bulk, BulkDigest};
+use crate::wire::BULK_APART_BYTES;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
@@ -72,11 +77,25 @@ impl FileRec {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 struct PartRec {
     blob: BlobId,
     /// What the write declared for this part (its bytes were checked against it when stored).
     meta: PartMeta,
+    /// For a part large enough to travel as a bulk field tagged by its hash
+    /// ([`BULK_APART_BYTES`]), the slot of that hash: filled when the part arrived with it
+    /// known, or by the first frame that sends the part, so that a part read again and again
+    /// is hashed once (memory only: a restarted node hashes each part again once).
+    digest: Option<BulkDigest>,
+}
+
+impl PartRec {
+    /// A part stored in `blob`; `slot`, the slot of its hash the bytes came with, is kept (or a
+    /// new one made) for a large part only.
+    fn new(blob: BlobId, meta: PartMeta, slot: Option<BulkDigest>) -> PartRec {
+        let digest = (meta.len as usize >= BULK_APART_BYTES).then(|| slot.unwrap_or_default());
+        PartRec { blob, meta, digest }
+    }
 }
 
 /// Why a part could not be read.
@@ -768,6 +787,31 @@ impl LocalStore {
         meta: PartMeta,
         bytes: &[u8],
     ) -> Result<bool, StorageError> {
+        self.put_part_with(name, stamp, part, meta, bytes, None)
+    }
+
+    /// [`LocalStore::put_part`] of bytes that came as a bulk field: a large part keeps the slot
+    /// of their hash they came with, known or not ([`Bulk::digest`]), for every read of it.
+    pub fn put_bulk_part(
+        &mut self,
+        name: &FileName,
+        stamp: Stamp,
+        part: u32,
+        meta: PartMeta,
+        bytes: &Bulk,
+    ) -> Result<bool, StorageError> {
+        self.put_part_with(name, stamp, part, meta, bytes, bytes.digest_slot())
+    }
+
+    fn put_part_with(
+        &mut self,
+        name: &FileName,
+        stamp: Stamp,
+        part: u32,
+        meta: PartMeta,
+        bytes: &[u8],
+        slot: Option<BulkDigest>,
+    ) -> Result<bool, StorageError> {
         debug_assert!(
             self.files.get(name).is_some_and(|r| r.contains(&stamp)),
             "a part is stored only for a write the index holds"
@@ -787,14 +831,21 @@ impl LocalStore {
         self.changed();
         self.forget_digest_and_view(name);
         self.dirty_parts.insert(key.clone());
-        self.parts.insert(key, PartRec { blob, meta });
+        self.parts.insert(key, PartRec::new(blob, meta, slot));
         Ok(true)
     }
 
     /// Reads one part, verifying its checksum.
     pub fn read_part(&mut self, name: &FileName, stamp: Stamp, part: u32) -> Result<Vec<u8>, PartError> {
+        self.read_bulk_part(name, stamp, part).map(Bulk::into_vec)
+    }
+
+    /// [`LocalStore::read_part`], as a bulk field to send: a large part's bytes come with the
+    /// slot of their hash, once their checksum is verified against what the slot was filled
+    /// from (the part as stored).
+    pub fn read_bulk_part(&mut self, name: &FileName, stamp: Stamp, part: u32) -> Result<Bulk, PartError> {
         let key = (name.clone(), stamp, part);
-        let Some(rec) = self.parts.get(&key).copied() else { return Err(PartError::Missing) };
+        let Some(rec) = self.parts.get(&key).cloned() else { return Err(PartError::Missing) };
         let (bytes, crc) = match self.storage.read_checked(rec.blob) {
             Ok(read) => read,
             Err(e) => {
@@ -806,7 +857,15 @@ impl LocalStore {
             self.remove_part(&key);
             return Err(PartError::Corrupt);
         }
-        Ok(bytes)
+        Ok(match rec.digest {
+            // Unverified bytes may not be the ones the slot vouches for.
+            Some(slot) if self.verify => {
+                let bulk = Bulk::from(bytes).with_digest(slot);
+                debug_assert!(!bulk.digest_known() || bulk.digest() == Bulk::from(&bulk[..]).digest());
+                bulk
+            }
+            _ => Bulk::from(bytes),
+        })
     }
 
     fn remove_part(&mut self, key: &PartKey) {
@@ -1418,7 +1477,7 @@ fn apply(
         |files: &mut BTreeMap<FileName, FileRec>, parts: &mut BTreeMap<PartKey, PartRec>, e: FileEntry| {
             drop_parts(parts, &e.name);
             for p in e.parts {
-                parts.insert((e.name.clone(), p.stamp, p.part), PartRec { blob: p.blob, meta: p.meta });
+                parts.insert((e.name.clone(), p.stamp, p.part), PartRec::new(p.blob, p.meta, None));
             }
             let rec = FileRec {
                 create: e.create,
@@ -1475,7 +1534,7 @@ fn apply(
             for change in part_changes {
                 match change {
                     PartChange::Stored(name, p) => {
-                        parts.insert((name, p.stamp, p.part), PartRec { blob: p.blob, meta: p.meta });
+                        parts.insert((name, p.stamp, p.part), PartRec::new(p.blob, p.meta, None));
                     }
                     PartChange::Removed(name, stamp, part) => {
                         parts.remove(&(name, stamp, part));
@@ -2044,6 +2103,53 @@ mod tests {
         assert_eq!(store.read_part(&name, w.stamp, 0), Err(PartError::Corrupt));
         assert_eq!(store.read_part(&name, w.stamp, 0), Err(PartError::Missing), "removed for repair");
         assert!(!store.is_complete(&name, &w));
+    }
+
+    /// A large part is hashed once for all the frames that send it: the hash it arrived with,
+    /// or the one the first read's frame computed, comes with every later read of it; a small
+    /// part keeps none, and a corrupt part's bytes are never handed out with it.
+    #[test]
+    fn a_large_part_keeps_the_hash_it_was_sent_by() {
+        let mut store = LocalStore::new(Box::new(MemStorage::default())).unwrap();
+        let name = FileName::new("f").unwrap();
+        let big: Vec<u8> = (0..BULK_APART_BYTES * 3).map(|i| (i % 249) as u8).collect();
+        let w = WriteMeta::describe(stamp(1, 1), WriteKind::Create, &big, BULK_APART_BYTES);
+        store.file_mut(&name).create = Some(w.clone());
+        let part = |i: usize| Bulk::from(&big[i * BULK_APART_BYTES..(i + 1) * BULK_APART_BYTES]);
+        let hash = |i: usize| part(i).digest();
+
+        // Arrived with its hash known (a frame checked through it).
+        let known = part(0).with_digest(BulkDigest::known(hash(0)));
+        assert!(store.put_bulk_part(&name, w.stamp, 0, w.parts[0], &known).unwrap());
+        let read = store.read_bulk_part(&name, w.stamp, 0).unwrap();
+        assert!(read.digest_known());
+        assert_eq!((&read[..], read.digest()), (&part(0)[..], hash(0)));
+
+        // Arrived without it: the first frame to send it computes it, for every read after.
+        assert!(store.put_part(&name, w.stamp, 1, w.parts[1], &part(1)).unwrap());
+        let first = store.read_bulk_part(&name, w.stamp, 1).unwrap();
+        assert!(!first.digest_known());
+        assert_eq!(first.digest(), hash(1));
+        assert!(store.read_bulk_part(&name, w.stamp, 1).unwrap().digest_known());
+
+        // Corrupt behind the store's back: refused, never handed out with the hash.
+        assert!(store.put_bulk_part(&name, w.stamp, 2, w.parts[2], &part(2)).unwrap());
+        assert_eq!(store.read_bulk_part(&name, w.stamp, 2).unwrap().digest(), hash(2));
+        let blob = store.write_blobs(&name, w.stamp).unwrap()[2];
+        store.storage.put(blob, &part(1)).unwrap();
+        assert_eq!(store.read_bulk_part(&name, w.stamp, 2), Err(PartError::Corrupt));
+
+        let small = WriteMeta::describe(stamp(2, 1), WriteKind::Append, b"small", 1024);
+        store.add_pending(&name, small.clone());
+        assert!(store
+            .put_bulk_part(&name, small.stamp, 0, small.parts[0], &Bulk::from(&b"small"[..]))
+            .unwrap());
+        let read = store.read_bulk_part(&name, small.stamp, 0).unwrap();
+        let _ = read.digest();
+        assert!(
+            !store.read_bulk_part(&name, small.stamp, 0).unwrap().digest_known(),
+            "no slot for a small part"
+        );
     }
 
     /// Storage that keeps, like a disk, what a crash would leave apart from what the process

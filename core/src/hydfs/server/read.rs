@@ -17,6 +17,7 @@
 //! * a create this node coordinates and has not committed is left out of descriptions,
 //!   inventories and offers (`creating`).
 
+use crate::bulk::Bulk;
 use crate::hydfs::message::{HydfsMsg, Needs, ReadChunk, ReadRequest, Refusal};
 use crate::hydfs::store::PartError;
 use crate::hydfs::types::{FileMeta, Stamp, WriteKind};
@@ -78,6 +79,9 @@ impl Hydfs {
         let total: u64 = meta.all_writes().map(|w| w.len()).sum();
         let end = total.min(offset.saturating_add(self.chunk_bytes_for_reads() as u64));
         let mut bytes = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        // A chunk that is exactly one part is that part's bytes as read (no copy, and the slot
+        // of their hash with them).
+        let mut whole: Option<Bulk> = None;
         let mut pos = 0u64;
         for w in meta.all_writes() {
             for (i, p) in w.parts.iter().enumerate() {
@@ -86,7 +90,7 @@ impl Hydfs {
                 if stop <= offset || start >= end {
                     continue;
                 }
-                let data = match self.store.read_part(name, w.stamp, i as u32) {
+                let data = match self.store.read_bulk_part(name, w.stamp, i as u32) {
                     Ok(d) => d,
                     Err(PartError::Corrupt) => {
                         self.corruption(name, w.stamp, i as u32);
@@ -101,18 +105,20 @@ impl Hydfs {
                 let from = offset.max(start) - start;
                 let to = end.min(stop) - start;
                 if bytes.is_empty() && from == 0 && to as usize == data.len() && stop >= end {
-                    bytes = data; // the chunk is exactly this part: no copy
+                    debug_assert!(whole.is_none(), "a chunk is at most one whole part");
+                    whole = Some(data);
                     continue;
                 }
                 bytes.extend_from_slice(&data[from as usize..(to as usize).min(data.len())]);
             }
         }
+        let bytes = whole.unwrap_or_else(|| bytes.into());
         debug_assert!(
             bytes.len() as u64 == end - offset.min(end) && bytes.len() <= self.chunk_bytes_for_reads(),
             "a chunk is the asked range of this view, at most one chunk long"
         );
         let writes = if offset == 0 { meta.all_writes().map(|w| w.stamp).collect() } else { Vec::new() };
-        Ok(ReadChunk { view: id, total_len: total, writes, offset, bytes: bytes.into() })
+        Ok(ReadChunk { view: id, total_len: total, writes, offset, bytes })
     }
 
     /// Whether this node's copy `meta` lacks (or has not complete) a write a client needs.
