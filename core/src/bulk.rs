@@ -132,7 +132,14 @@ impl Bulk {
     /// The bytes as a vector: in their own buffer when nothing else shares it (moved to its
     /// front if this is a view of part of it), else a copy.
     pub fn into_vec(self) -> Vec<u8> {
-        Vec::from(self.bytes())
+        match self.repr {
+            // Moved out, not cloned: a clone would share the buffer and force the copy.
+            Repr::Held(b) => Vec::from(b),
+            Repr::Located { .. } => {
+                debug_assert!(false, "a located bulk field is resolved before it is read");
+                Vec::new()
+            }
+        }
     }
 
     /// The bytes from `from` on, shared (no copy). `from` past the end gives no bytes.
@@ -353,6 +360,17 @@ mod tests {
         let slot = BulkDigest::default();
         let _ = Bulk::from(vec![1u8, 2, 3]).with_digest(slot.clone()).digest();
         let _ = Bulk::from(vec![1u8, 2, 4]).with_digest(slot).digest();
+    }
+
+    #[test]
+    fn a_bulk_nothing_else_shares_becomes_its_vector_without_a_copy() {
+        let v = vec![5u8; 4096];
+        let at = v.as_ptr();
+        let bulk = Bulk::from(v).with_digest(BulkDigest::default());
+        assert_eq!(bulk.into_vec().as_ptr(), at, "the same buffer");
+        let shared = Bulk::from(vec![6u8; 4096]);
+        let other = shared.clone();
+        assert_ne!(shared.into_vec().as_ptr(), other.as_ptr(), "a shared buffer is copied");
     }
 
     #[test]
