@@ -33,6 +33,10 @@
 //!   the authenticated bytes, so a receiver can refuse replays ([`crate::replay`]), and the
 //!   address it was sent to, so a frame replayed to another node is refused there;
 //! * a decoded envelope's lane is the one its header names (an unknown lane byte is refused);
+//! * a tag covers every byte before it: a bulk field's through its hash, over exactly the bytes
+//!   the header's bulk length counts at the payload's end, a length past the payload being
+//!   refused before anything is hashed; a decoded bulk field comes with the hash the check
+//!   computed only when it is exactly those bytes;
 //! * no payload is decoded before its frame's trailer is checked: [`Codec::decode`] checks it
 //!   first, and [`Codec::decode_verified`] takes only a [`VerifiedFrame`], which only
 //!   [`Codec::verify`] makes (a driver checks large frames that way, off the node's thread);
