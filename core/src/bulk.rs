@@ -367,10 +367,12 @@ mod tests {
         let v = vec![5u8; 4096];
         let at = v.as_ptr();
         let bulk = Bulk::from(v).with_digest(BulkDigest::default());
-        assert_eq!(bulk.into_vec().as_ptr(), at, "the same buffer");
+        let v = bulk.into_vec();
+        assert_eq!(v.as_ptr(), at, "the same buffer");
         let shared = Bulk::from(vec![6u8; 4096]);
         let other = shared.clone();
-        assert_ne!(shared.into_vec().as_ptr(), other.as_ptr(), "a shared buffer is copied");
+        let copied = shared.into_vec();
+        assert_ne!(copied.as_ptr(), other.as_ptr(), "a shared buffer is copied");
     }
 
     #[test]
