@@ -90,10 +90,9 @@ struct PartRec {
 }
 
 impl PartRec {
-    /// A part stored in `blob`; `slot`, the slot of its hash the bytes came with, is kept (or a
-    /// new one made) for a large part only.
-    fn new(blob: BlobId, meta: PartMeta, slot: Option<BulkDigest>) -> PartRec {
-        let digest = (meta.len as usize >= BULK_APART_BYTES).then(|| slot.unwrap_or_default());
+    /// A part stored in `blob`, with an empty slot of its hash if it is a large part.
+    fn new(blob: BlobId, meta: PartMeta) -> PartRec {
+        let digest = (meta.len as usize >= BULK_APART_BYTES).then(BulkDigest::default);
         PartRec { blob, meta, digest }
     }
 }
@@ -787,31 +786,6 @@ impl LocalStore {
         meta: PartMeta,
         bytes: &[u8],
     ) -> Result<bool, StorageError> {
-        self.put_part_with(name, stamp, part, meta, bytes, None)
-    }
-
-    /// [`LocalStore::put_part`] of bytes that came as a bulk field: a large part keeps the slot
-    /// of their hash they came with, known or not ([`Bulk::digest`]), for every read of it.
-    pub fn put_bulk_part(
-        &mut self,
-        name: &FileName,
-        stamp: Stamp,
-        part: u32,
-        meta: PartMeta,
-        bytes: &Bulk,
-    ) -> Result<bool, StorageError> {
-        self.put_part_with(name, stamp, part, meta, bytes, bytes.digest_slot())
-    }
-
-    fn put_part_with(
-        &mut self,
-        name: &FileName,
-        stamp: Stamp,
-        part: u32,
-        meta: PartMeta,
-        bytes: &[u8],
-        slot: Option<BulkDigest>,
-    ) -> Result<bool, StorageError> {
         debug_assert!(
             self.files.get(name).is_some_and(|r| r.contains(&stamp)),
             "a part is stored only for a write the index holds"
@@ -831,8 +805,30 @@ impl LocalStore {
         self.changed();
         self.forget_digest_and_view(name);
         self.dirty_parts.insert(key.clone());
-        self.parts.insert(key, PartRec::new(blob, meta, slot));
+        self.parts.insert(key, PartRec::new(blob, meta));
         Ok(true)
+    }
+
+    /// [`LocalStore::put_part`] of bytes that came as a bulk field: a large part stored now
+    /// keeps the slot of their hash they came with, known or not ([`Bulk::digest`]), for every
+    /// read of it.
+    pub fn put_bulk_part(
+        &mut self,
+        at: (&FileName, Stamp, u32),
+        meta: PartMeta,
+        bytes: &Bulk,
+    ) -> Result<bool, StorageError> {
+        let (name, stamp, part) = at;
+        let key = (name.clone(), stamp, part);
+        let new = !self.parts.contains_key(&key);
+        let stored = self.put_part(name, stamp, part, meta, bytes)?;
+        if let (true, Some(slot), Some(rec)) = (stored && new, bytes.digest_slot(), self.parts.get_mut(&key))
+        {
+            if rec.digest.is_some() {
+                rec.digest = Some(slot);
+            }
+        }
+        Ok(stored)
     }
 
     /// Reads one part, verifying its checksum.
@@ -1477,7 +1473,7 @@ fn apply(
         |files: &mut BTreeMap<FileName, FileRec>, parts: &mut BTreeMap<PartKey, PartRec>, e: FileEntry| {
             drop_parts(parts, &e.name);
             for p in e.parts {
-                parts.insert((e.name.clone(), p.stamp, p.part), PartRec::new(p.blob, p.meta, None));
+                parts.insert((e.name.clone(), p.stamp, p.part), PartRec::new(p.blob, p.meta));
             }
             let rec = FileRec {
                 create: e.create,
@@ -1534,7 +1530,7 @@ fn apply(
             for change in part_changes {
                 match change {
                     PartChange::Stored(name, p) => {
-                        parts.insert((name, p.stamp, p.part), PartRec::new(p.blob, p.meta, None));
+                        parts.insert((name, p.stamp, p.part), PartRec::new(p.blob, p.meta));
                     }
                     PartChange::Removed(name, stamp, part) => {
                         parts.remove(&(name, stamp, part));
@@ -2120,7 +2116,7 @@ mod tests {
 
         // Arrived with its hash known (a frame checked through it).
         let known = part(0).with_digest(BulkDigest::known(hash(0)));
-        assert!(store.put_bulk_part(&name, w.stamp, 0, w.parts[0], &known).unwrap());
+        assert!(store.put_bulk_part((&name, w.stamp, 0), w.parts[0], &known).unwrap());
         let read = store.read_bulk_part(&name, w.stamp, 0).unwrap();
         assert!(read.digest_known());
         assert_eq!((&read[..], read.digest()), (&part(0)[..], hash(0)));
@@ -2133,7 +2129,7 @@ mod tests {
         assert!(store.read_bulk_part(&name, w.stamp, 1).unwrap().digest_known());
 
         // Corrupt behind the store's back: refused, never handed out with the hash.
-        assert!(store.put_bulk_part(&name, w.stamp, 2, w.parts[2], &part(2)).unwrap());
+        assert!(store.put_bulk_part((&name, w.stamp, 2), w.parts[2], &part(2)).unwrap());
         assert_eq!(store.read_bulk_part(&name, w.stamp, 2).unwrap().digest(), hash(2));
         let blob = store.write_blobs(&name, w.stamp).unwrap()[2];
         store.storage.put(blob, &part(1)).unwrap();
@@ -2142,7 +2138,7 @@ mod tests {
         let small = WriteMeta::describe(stamp(2, 1), WriteKind::Append, b"small", 1024);
         store.add_pending(&name, small.clone());
         assert!(store
-            .put_bulk_part(&name, small.stamp, 0, small.parts[0], &Bulk::from(&b"small"[..]))
+            .put_bulk_part((&name, small.stamp, 0), small.parts[0], &Bulk::from(&b"small"[..]))
             .unwrap());
         let read = store.read_bulk_part(&name, small.stamp, 0).unwrap();
         let _ = read.digest();

@@ -106,7 +106,7 @@ impl Hydfs {
             let (Some(meta), Some(Ok(bytes))) = (meta, self.upload_part(&name, stamp, part)) else {
                 continue; // the write is gone, or its source failed (which fails the write)
             };
-            match self.store.put_bulk_part(&name, stamp, part, meta, &bytes) {
+            match self.store.put_bulk_part((&name, stamp, part), meta, &bytes) {
                 Ok(_) => {}
                 Err(e) => {
                     self.storage_failed(&e.to_string());
@@ -240,7 +240,7 @@ impl Hydfs {
         // The bytes are checked against the metadata this node holds for the part (what the
         // source declares is for clients, which have nothing else to check against).
         if let Ok(PartBytes { bytes, .. }) = result {
-            match self.store.put_bulk_part(&name, stamp, i, part, &bytes) {
+            match self.store.put_bulk_part((&name, stamp, i), part, &bytes) {
                 Ok(true) => {
                     self.server.fetches.remove(&key);
                     self.stats.parts_fetched += 1;
