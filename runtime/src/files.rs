@@ -22,12 +22,11 @@
 //! `multiappend` reads its local files whole, and it refuses any over one chunk.
 
 use crate::driver::{CommandReply, Input, NodeHandle};
-use rainstorm_core::bulk::{Bulk, BulkDigest};
+use rainstorm_core::bulk::Bulk;
 use rainstorm_core::command::FileCommand;
 use rainstorm_core::hydfs::{
     ClientOp, FileName, HydfsError, OpOutput, PartMeta, PartSource, ReadFrom, UploadSource, WriteKind,
 };
-use rainstorm_core::wire::BULK_APART_BYTES;
 use rainstorm_core::NodeAddr;
 use std::fs::File;
 use std::io::Read;
@@ -55,53 +54,16 @@ impl Progress {
 }
 
 /// A local file being uploaded, read at the offsets replicas ask for.
-///
-/// Each replica reads every part, so a large part is read and sent three times. The hash its
-/// frame's tag covers it by ([`Bulk::digest`]) is computed for the first of them and kept for
-/// the others, which are vouched to be the same bytes by their CRC32C, checked against the one
-/// the part was described with (a part that changed since is sent with no kept hash, and its
-/// replica refuses it for its CRC, as before).
 pub struct FileSource {
     file: File,
     path: PathBuf,
     progress: Arc<Progress>,
-    /// The parts' size: part `i` starts at `i * chunk`.
-    chunk: u64,
-    /// Per part, as described: the CRC32C and length, and the slot of the hash of those bytes
-    /// (kept for parts of at least [`BULK_APART_BYTES`] only, the ones tagged by their hash).
-    digests: Vec<Option<(PartMeta, BulkDigest)>>,
-}
-
-impl FileSource {
-    fn new(file: File, path: &Path, progress: Arc<Progress>, chunk: usize, parts: &[PartMeta]) -> FileSource {
-        let digests = parts
-            .iter()
-            .map(|p| (p.len as usize >= BULK_APART_BYTES).then(|| (*p, BulkDigest::default())))
-            .collect();
-        FileSource { file, path: path.to_path_buf(), progress, chunk: chunk as u64, digests }
-    }
-
-    /// The bytes read at `offset` with their part's hash slot, when they are a whole part as it
-    /// was described (see the type).
-    fn vouched(&self, offset: u64, bytes: Vec<u8>) -> Bulk {
-        let part = (self.chunk > 0 && offset.is_multiple_of(self.chunk))
-            .then(|| self.digests.get(usize::try_from(offset / self.chunk).ok()?)?.as_ref())
-            .flatten();
-        match part {
-            Some((meta, digest))
-                if meta.len as usize == bytes.len() && meta.crc == crc32c::crc32c(&bytes) =>
-            {
-                Bulk::from(bytes).with_digest(digest.clone())
-            }
-            _ => Bulk::from(bytes),
-        }
-    }
 }
 
 impl PartSource for FileSource {
     /// Reads with `pread` into fresh capacity rather than a zeroed buffer (zeroing a 1 MiB
     /// part cost a tenth of the uploading node's CPU).
-    fn read_at(&self, offset: u64, len: usize) -> Result<Bulk, String> {
+    fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, String> {
         let fail = |why: String| format!("cannot read {} at offset {offset}: {why}", self.path.display());
         let mut buf = Vec::with_capacity(len);
         while buf.len() < len {
@@ -120,7 +82,7 @@ impl PartSource for FileSource {
         }
         buf.truncate(len);
         self.progress.done.fetch_max(offset + len as u64, Ordering::Relaxed);
-        Ok(self.vouched(offset, buf))
+        Ok(buf)
     }
 }
 
@@ -164,7 +126,7 @@ fn describe_parts(
     if whole.is_none() && chunk > 0 && len.div_ceil(chunk as u64) >= SPLIT_DESCRIBE_PARTS {
         let parts = describe_split(&file, path, len, chunk)?;
         progress.total.store(len, Ordering::Relaxed);
-        let reader = Arc::new(FileSource::new(file, path, progress, chunk, &parts));
+        let reader = Arc::new(FileSource { file, path: path.to_path_buf(), progress });
         return Ok(UploadSource { parts, reader });
     }
     let mut parts = Vec::with_capacity(len.div_ceil(chunk as u64) as usize);
@@ -200,7 +162,7 @@ fn describe_parts(
         return Err(format!("{} changed size while it was read ({len} then {seen} bytes)", path.display()));
     }
     progress.total.store(len, Ordering::Relaxed);
-    let reader = Arc::new(FileSource::new(file, path, progress, chunk, &parts));
+    let reader = Arc::new(FileSource { file, path: path.to_path_buf(), progress });
     Ok(UploadSource { parts, reader })
 }
 
@@ -712,46 +674,6 @@ mod tests {
         dir
     }
 
-    /// Each replica reads every part of an upload: the hash of a large part is computed once
-    /// and shared by the reads after it, but only with bytes that are the part as described.
-    #[test]
-    fn reads_of_a_large_part_share_its_hash_while_it_is_unchanged() {
-        let dir = temp_dir("digest");
-        let chunk = BULK_APART_BYTES;
-        let data: Vec<u8> = (0..chunk * 5 / 2).map(|i| (i * 31 % 251) as u8).collect();
-        std::fs::write(dir.join("f"), &data).unwrap();
-        let src = describe(&dir.join("f"), chunk, 1 << 30, Arc::new(Progress::default())).unwrap();
-        let part = |i: usize| &data[i * chunk..((i + 1) * chunk).min(data.len())];
-        let read = |i: usize| src.reader.read_at((i * chunk) as u64, part(i).len()).unwrap();
-        // The hash of bytes that no slot holds.
-        let hash = |bytes: &[u8]| Bulk::from(bytes).digest();
-
-        let first = read(1);
-        assert!(!first.digest_known(), "nothing sent yet");
-        assert_eq!(first.digest(), hash(part(1)));
-        let second = read(1);
-        assert!(second.digest_known(), "a later read of the part shares the hash");
-        assert_eq!((&second[..], second.digest()), (part(1), first.digest()));
-        assert!(!read(0).digest_known(), "each part has its own");
-
-        let tail = read(2);
-        assert_eq!(tail.digest(), hash(part(2)));
-        assert!(!read(2).digest_known(), "a part too small to be tagged by its hash keeps none");
-        let unaligned = src.reader.read_at(chunk as u64 + 1, chunk).unwrap();
-        assert_eq!(unaligned.digest(), hash(&data[chunk + 1..2 * chunk + 1]));
-        assert!(!src.reader.read_at(chunk as u64 + 1, chunk).unwrap().digest_known(), "not a part");
-
-        // The file changes under the upload: its bytes are sent hashed anew (and refused by the
-        // replica for their CRC32C), never with the hash of what was there.
-        let mut changed = data.clone();
-        changed[chunk + 5] ^= 0xff;
-        std::fs::write(dir.join("f"), &changed).unwrap();
-        let now = read(1);
-        assert!(!now.digest_known());
-        assert_eq!(now.digest(), hash(&changed[chunk..2 * chunk]));
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
     #[test]
     fn an_upload_is_described_part_by_part_and_read_at_offsets() {
         let dir = temp_dir("upload");
@@ -762,7 +684,7 @@ mod tests {
         assert_eq!(src.parts.iter().map(|p| p.len).collect::<Vec<_>>(), vec![1000, 1000, 500]);
         assert_eq!(src.parts[1], PartMeta::of(&data[1000..2000]));
         assert_eq!(src.parts[1].crc, crc32c::crc32c(&data[1000..2000]));
-        assert_eq!(&src.reader.read_at(2000, 500).unwrap()[..], &data[2000..]);
+        assert_eq!(src.reader.read_at(2000, 500).unwrap(), &data[2000..]);
         assert_eq!(progress.get(), (2500, 2500));
         assert!(src.reader.read_at(2400, 500).unwrap_err().contains("offset 2400"));
         let e = describe(&dir.join("f"), 1000, 2000, progress.clone()).err().unwrap();

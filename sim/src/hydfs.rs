@@ -36,7 +36,6 @@
 use crate::check::CheckerKind;
 use crate::disk::SimDisk;
 use crate::scenario::Slot;
-use rainstorm_core::bulk::Bulk;
 use rainstorm_core::hydfs::{
     ClientOp, FileName, Hydfs, HydfsConfig, HydfsError, HydfsEvent, OpId, OpOutput, PartMeta, PartSource,
     ReadFrom, Ring, Stamp, UploadSource, WriteKind,
@@ -250,9 +249,9 @@ pub struct HydfsHarness {
 struct MemSource(Vec<u8>);
 
 impl PartSource for MemSource {
-    fn read_at(&self, offset: u64, len: usize) -> Result<Bulk, String> {
+    fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, String> {
         let start = usize::try_from(offset).map_err(|e| e.to_string())?;
-        self.0.get(start..start + len).map(Bulk::from).ok_or_else(|| "read past the end".to_string())
+        self.0.get(start..start + len).map(<[u8]>::to_vec).ok_or_else(|| "read past the end".to_string())
     }
 }
 

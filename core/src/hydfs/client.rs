@@ -24,6 +24,8 @@
 //!   issued against (looked up first when unknown); a multiappend's parts are bound by its
 //!   requester and never bound again; a local write is bound again (to the create a
 //!   coordinator's refusal names) only while it is in progress, at most [`MAX_REBINDS`] times;
+//! * an uploaded part is sent with the slot of its hash only when its bytes have the CRC32C the
+//!   part was described with (`Upload::part`; [`Bulk::digest`] asserts the slot in debug builds);
 //! * every operation ends with exactly one [`HydfsEvent::OpDone`] (or one reply to the node that
 //!   asked for it, for a multiappend part), at the latest when its deadline passes (for a failed
 //!   create, when its cancel ends).
@@ -37,9 +39,10 @@ use super::ring::RingId;
 use super::store::PartError;
 use super::types::{FileDigest, FileMeta, PartMeta, Stamp, WriteKind, WriteMeta};
 use super::{FileName, Hydfs, HydfsConfig, HydfsError, HydfsEvent, PlantedBug};
-use crate::bulk::Bulk;
+use crate::bulk::{Bulk, BulkDigest};
 use crate::id::NodeAddr;
 use crate::time::Time;
+use crate::wire::BULK_APART_BYTES;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::sync::Arc;
@@ -47,10 +50,8 @@ use std::sync::Arc;
 /// Bytes kept outside the state machine (a local file on a real node), read part by part when a
 /// replica fetches them, so that an upload never has to fit in memory.
 pub trait PartSource: Send + Sync {
-    /// Reads exactly `len` bytes at `offset`, or says why it cannot. A source may attach the
-    /// slot of the bytes' hash, shared by its reads of the same part ([`Bulk::with_digest`]),
-    /// only when it vouches that they are the same bytes.
-    fn read_at(&self, offset: u64, len: usize) -> Result<Bulk, String>;
+    /// Reads exactly `len` bytes at `offset`, or says why it cannot.
+    fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, String>;
 }
 
 /// The bytes of an upload, described part by part ([`PartMeta::of`] of each part of at most one
@@ -88,9 +89,15 @@ impl Eq for UploadSource {}
 
 /// The bytes a client is uploading: held in memory, or read from a source on demand (with the
 /// offset each part starts at, worked out once rather than summed for every part fetched).
+///
+/// Each replica fetches every part, so a part read from a source is read and sent three times.
+/// A large part (one tagged by its hash, [`BULK_APART_BYTES`]) has a slot of that hash
+/// (`digests`), filled by the first frame that sends it ([`Bulk::digest`]) and attached to every
+/// later read whose bytes have the CRC32C the part was described with: a part that changed since
+/// goes without it (hashed anew, and refused by its replica for its CRC32C).
 enum Upload {
     Bytes(Vec<u8>),
-    Source { source: UploadSource, offsets: Vec<u64> },
+    Source { source: UploadSource, offsets: Vec<u64>, digests: Vec<Option<BulkDigest>> },
 }
 
 impl Upload {
@@ -104,7 +111,41 @@ impl Upload {
                 Some(start)
             })
             .collect();
-        Upload::Source { source, offsets }
+        let digests = source
+            .parts
+            .iter()
+            .map(|p| (p.len as usize >= BULK_APART_BYTES).then(BulkDigest::default))
+            .collect();
+        Upload::Source { source, offsets, digests }
+    }
+
+    /// The bytes of part `part` (parts of `chunk` bytes when held in memory): `None` if there is
+    /// no such part, an error if the source cannot be read.
+    fn part(&self, part: u32, chunk: usize) -> Option<Result<Bulk, String>> {
+        match self {
+            Upload::Bytes(data) => {
+                let start = (part as usize).checked_mul(chunk)?;
+                if start >= data.len() {
+                    return None;
+                }
+                Some(Ok(data[start..data.len().min(start.saturating_add(chunk))].into()))
+            }
+            Upload::Source { source, offsets, digests } => {
+                let (p, offset) = (source.parts.get(part as usize)?, offsets.get(part as usize)?);
+                debug_assert_eq!(
+                    *offset,
+                    source.parts[..part as usize].iter().map(|p| p.len as u64).sum::<u64>(),
+                    "a part starts where the parts before it end"
+                );
+                let read = source.reader.read_at(*offset, p.len as usize);
+                Some(read.map(|bytes| match digests.get(part as usize) {
+                    Some(Some(slot)) if p.len as usize == bytes.len() && p.crc == crc32c::crc32c(&bytes) => {
+                        Bulk::from(bytes).with_digest(slot.clone())
+                    }
+                    _ => Bulk::from(bytes),
+                }))
+            }
+        }
     }
 }
 
@@ -1465,25 +1506,7 @@ impl Hydfs {
         stamp: Stamp,
         part: u32,
     ) -> Option<Result<Bulk, String>> {
-        match self.client.uploads.get(&(name.clone(), stamp))? {
-            Upload::Bytes(data) => {
-                let chunk = self.chunk_bytes();
-                let start = (part as usize).checked_mul(chunk)?;
-                if start >= data.len() {
-                    return None;
-                }
-                Some(Ok(data[start..data.len().min(start.saturating_add(chunk))].into()))
-            }
-            Upload::Source { source, offsets } => {
-                let (p, offset) = (source.parts.get(part as usize)?, offsets.get(part as usize)?);
-                debug_assert_eq!(
-                    *offset,
-                    source.parts[..part as usize].iter().map(|p| p.len as u64).sum::<u64>(),
-                    "a part starts where the parts before it end"
-                );
-                Some(source.reader.read_at(*offset, p.len as usize))
-            }
-        }
+        self.client.uploads.get(&(name.clone(), stamp))?.part(part, self.chunk_bytes())
     }
 
     /// The metadata of a part this client is uploading, as its write declared it.
@@ -1599,5 +1622,58 @@ impl Hydfs {
         for req in lost {
             self.request_lost(now, req);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Bytes in memory that a test can change under an upload.
+    struct Changing(Mutex<Vec<u8>>);
+
+    impl PartSource for Changing {
+        fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, String> {
+            let data = self.0.lock().unwrap();
+            Ok(data[offset as usize..offset as usize + len].to_vec())
+        }
+    }
+
+    /// Each replica fetches every part of an upload: the hash of a large part is computed once
+    /// and shared by the reads after it, but only with bytes that are the part as described.
+    #[test]
+    fn reads_of_a_large_part_share_its_hash_while_it_is_unchanged() {
+        let chunk = BULK_APART_BYTES;
+        let data: Vec<u8> = (0..chunk * 5 / 2).map(|i| (i * 31 % 251) as u8).collect();
+        let parts: Vec<PartMeta> = data.chunks(chunk).map(PartMeta::of).collect();
+        let reader = Arc::new(Changing(Mutex::new(data.clone())));
+        let upload = Upload::source(UploadSource { parts, reader: reader.clone() });
+        let read = |i: u32| upload.part(i, chunk).unwrap().unwrap();
+        let part = |i: usize| &data[i * chunk..((i + 1) * chunk).min(data.len())];
+        // The hash of bytes that no slot holds.
+        let hash = |bytes: &[u8]| Bulk::from(bytes).digest();
+
+        let first = read(1);
+        assert!(!first.digest_known(), "nothing sent yet");
+        assert_eq!(first.digest(), hash(part(1)));
+        let second = read(1);
+        assert!(second.digest_known(), "a later read of the part shares the hash");
+        assert_eq!((&second[..], second.digest()), (part(1), first.digest()));
+        assert!(!read(0).digest_known(), "each part has its own");
+        assert_eq!(read(2).digest(), hash(part(2)));
+        assert!(!read(2).digest_known(), "a part too small to be tagged by its hash keeps none");
+        assert!(upload.part(3, chunk).is_none());
+
+        // The bytes change under the upload: they are sent hashed anew (and refused by the
+        // replica for their CRC32C), never with the hash of what was there.
+        reader.0.lock().unwrap()[chunk + 5] ^= 0xff;
+        let now = read(1);
+        assert!(!now.digest_known());
+        assert_eq!(now.digest(), hash(&reader.0.lock().unwrap()[chunk..2 * chunk]));
+
+        let held = Upload::Bytes(data.clone());
+        assert_eq!(held.part(1, chunk).unwrap().unwrap(), part(1).to_vec());
+        assert!(held.part(3, chunk).is_none());
     }
 }
