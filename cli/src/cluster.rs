@@ -307,12 +307,21 @@ impl LocalCluster {
 
     /// Runs one command on node `index` through its control socket.
     pub fn ctl(&self, index: u16, line: &str) -> Result<String> {
+        self.ctl_with_progress(index, line).map(|(output, _)| output)
+    }
+
+    /// [`LocalCluster::ctl`], and the `(done, total)` of each transfer progress report the
+    /// node sent while the command ran.
+    pub fn ctl_with_progress(&self, index: u16, line: &str) -> Result<(String, Vec<(u64, u64)>)> {
         let socket = resolve_socket(&self.data_dir(index).display().to_string(), &self.args.dir)
             .map_err(|e| anyhow!(e))?;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let reply = rt.block_on(control::request(&socket, line))?;
+        let mut reports = Vec::new();
+        let reply = rt.block_on(control::request_with_progress(&socket, line, |done, total| {
+            reports.push((done, total))
+        }))?;
         if reply.ok {
-            Ok(reply.output)
+            Ok((reply.output, reports))
         } else {
             bail!("node {index} refused `{line}`: {}", reply.output.trim())
         }

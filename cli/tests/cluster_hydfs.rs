@@ -81,6 +81,11 @@ impl Setup {
         self.c.ctl(i, line).unwrap_or_else(|e| panic!("`{line}` on node {i} failed: {e:#}"))
     }
 
+    /// Runs a command that must succeed; returns its output and its transfer progress reports.
+    fn ok_with_progress(&self, i: u16, line: &str) -> (String, Vec<(u64, u64)>) {
+        self.c.ctl_with_progress(i, line).unwrap_or_else(|e| panic!("`{line}` on node {i} failed: {e:#}"))
+    }
+
     /// Runs a command that must fail; returns its error.
     fn err(&self, i: u16, line: &str) -> String {
         match self.c.ctl(i, line) {
@@ -248,9 +253,10 @@ fn create_get_round_trip_of_a_large_file_is_identical() {
     write_file(&src, len, 1);
 
     let t = Instant::now();
-    let out = s.ok(1, &format!("create {} data/big.bin", src.display()));
+    let (out, reports) = s.ok_with_progress(1, &format!("create {} data/big.bin", src.display()));
     println!("create of {len} bytes from node 1 took {:?}: {}", t.elapsed(), out.trim());
     assert!(out.contains(&format!("{len} bytes")), "create reports the size: {out}");
+    assert_transfer_reports(&reports, len, "the create");
 
     let t = Instant::now();
     let out = s.ok(3, &format!("get data/big.bin {}", dst.display()));
@@ -271,12 +277,22 @@ fn create_get_round_trip_of_a_large_file_is_identical() {
 
     let small = s.local("small.bin");
     write_file(&small, 1000, 2);
+    let (_, reports) = s.ok_with_progress(4, &format!("create {} data/small.bin", small.display()));
+    assert!(reports.is_empty(), "a transfer under 8 MiB reports no progress: {reports:?}");
     let e = s.err(4, &format!("create {} data/big.bin", small.display()));
     assert!(e.contains("already exists"), "create of an existing name fails clearly: {e}");
     // The failed create changed nothing.
     let again = s.local("big.again");
     s.ok(2, &format!("get data/big.bin {}", again.display()));
     assert_same(&src, &again);
+}
+
+/// A large transfer's progress reports: at least one, each of `len` bytes in all, and never
+/// going back.
+fn assert_transfer_reports(reports: &[(u64, u64)], len: u64, what: &str) {
+    assert!(!reports.is_empty(), "{what} of {len} bytes reported no progress");
+    assert!(reports.iter().all(|&(done, total)| total == len && done <= total), "{what}: {reports:?}");
+    assert!(reports.windows(2).all(|w| w[0].0 <= w[1].0), "{what}: progress went back: {reports:?}");
 }
 
 /// Creates of one name sent at the same moment from three nodes: exactly one succeeds, the other

@@ -21,7 +21,7 @@
 //! directory (`rainstorm ctl` sends absolute paths).
 
 use crate::driver::{CommandReply, NodeHandle};
-use crate::files::{Progress, PROGRESS_MIN_BYTES};
+use crate::files::Progress;
 use crate::jobs::{JobProgress, Streamed};
 use rainstorm_core::rainstorm::StageCounts;
 use std::os::unix::fs::PermissionsExt;
@@ -55,12 +55,14 @@ pub fn serve(handle: NodeHandle) -> std::io::Result<PathBuf> {
     let listener = UnixListener::bind(&path).map_err(context(format!("cannot bind {}", path.display())))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(crate::private::FILE_MODE))
         .map_err(context(format!("cannot make {} mode 600", path.display())))?;
+    // The node never changes its working directory: it is read once, not per command.
+    let cwd: Arc<Path> = std::env::current_dir().unwrap_or_default().into();
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
-            let handle = handle.clone();
+            let (handle, cwd) = (handle.clone(), cwd.clone());
             tokio::spawn(async move {
-                if let Err(e) = answer(stream, handle).await {
+                if let Err(e) = answer(stream, handle, &cwd).await {
                     debug!(error = %e, "control connection failed");
                 }
             });
@@ -72,16 +74,28 @@ pub fn serve(handle: NodeHandle) -> std::io::Result<PathBuf> {
 /// Streamed lines gathered into one write, at most about this many bytes.
 const STREAM_WRITE_BYTES: usize = 64 * 1024;
 
-async fn answer(stream: UnixStream, handle: NodeHandle) -> std::io::Result<()> {
+/// How often a large transfer's progress is reported (the first report at once).
+const REPORT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The next tick of `ticks`, or `None` at once if there is no ticker.
+async fn next_tick(ticks: &mut Option<tokio::time::Interval>) -> Option<tokio::time::Instant> {
+    match ticks {
+        Some(t) => Some(t.tick().await),
+        None => None,
+    }
+}
+
+async fn answer(stream: UnixStream, handle: NodeHandle, cwd: &Path) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read.take(MAX_LINE_BYTES)).read_line(&mut line).await?;
-    let cwd = std::env::current_dir().unwrap_or_default();
     let progress = Arc::new(Progress::default());
     let (out, mut streamed) = mpsc::unbounded_channel();
-    let command = handle.command_streaming(line.trim(), &cwd, progress.clone(), out);
+    let command = handle.command_streaming(line.trim(), cwd, progress.clone(), out);
     tokio::pin!(command);
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    // Progress is reported every REPORT_EVERY once the transfer is known to be large; until
+    // then no timer is armed (a small command, most of them, would only pay for registering it).
+    let mut ticks: Option<tokio::time::Interval> = None;
     let reply = loop {
         tokio::select! {
             biased;
@@ -95,11 +109,10 @@ async fn answer(stream: UnixStream, handle: NodeHandle) -> std::io::Result<()> {
                 write.write_all(lines.as_bytes()).await?
             }
             reply = &mut command => break reply,
-            _ = tick.tick() => {
+            () = progress.large(), if ticks.is_none() => ticks = Some(tokio::time::interval(REPORT_EVERY)),
+            Some(_) = next_tick(&mut ticks) => {
                 let (done, total) = progress.get();
-                if total >= PROGRESS_MIN_BYTES {
-                    write.write_all(format!("progress {done} {total}\n").as_bytes()).await?;
-                }
+                write.write_all(format!("progress {done} {total}\n").as_bytes()).await?;
             }
         }
     };

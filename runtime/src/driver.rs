@@ -467,6 +467,17 @@ fn quiet_when_done(op: &str, ms: u64) -> bool {
     ms < SLOW_OP_MS && FREQUENT_OPS.contains(&op)
 }
 
+/// When the node task's round ends if nothing else arrives.
+#[derive(Clone, Copy)]
+enum Wake {
+    /// A deadline has passed: at once.
+    Now,
+    /// At the deadline the node task's timer is armed for.
+    At,
+    /// No deadline: only an input, a frame or a flush ends the round.
+    Never,
+}
+
 /// A HyDFS operation a command is waiting for.
 struct PendingOp {
     op: &'static str,
@@ -484,6 +495,13 @@ impl NodeTask {
         flushed: Arc<tokio::sync::Notify>,
     ) {
         let mut stopping: Option<(tokio::time::Instant, oneshot::Sender<()>)> = None;
+        // One timer for the node's next deadline, kept registered across rounds and moved only
+        // when the deadline moves. A timer registered afresh each round, earlier than the
+        // runtime's next wake-up (which other tasks' timers set meanwhile), makes tokio wake its
+        // own driver through the event fd: a system call and an extra poll per round.
+        let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+        tokio::pin!(timer);
+        let mut armed: Option<std::time::Instant> = None;
         loop {
             // What the inputs asked of peers goes out first (a coordinator's requests to the
             // other replicas then travel while its own disk syncs); then group commit: everything
@@ -505,13 +523,24 @@ impl NodeTask {
                     self.on_lane(incoming);
                 }
             }
+            let wake = match wake {
+                // Already due: no timer (tokio's rounds up to the next millisecond, which would
+                // add a millisecond to every step the node takes "now").
+                Some(at) if at <= std::time::Instant::now() => Wake::Now,
+                Some(at) => {
+                    if armed != Some(at) || timer.is_elapsed() {
+                        timer.as_mut().reset(at.into());
+                        armed = Some(at);
+                    }
+                    Wake::At
+                }
+                None => Wake::Never,
+            };
             let sleep = async {
                 match wake {
-                    // Already due: no timer (tokio's rounds up to the next millisecond, which
-                    // would add a millisecond to every step the node takes "now").
-                    Some(at) if at <= std::time::Instant::now() => {}
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending().await,
+                    Wake::Now => {}
+                    Wake::At => timer.as_mut().await,
+                    Wake::Never => std::future::pending().await,
                 }
             };
             tokio::select! {

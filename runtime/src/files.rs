@@ -44,12 +44,28 @@ pub const PROGRESS_MIN_BYTES: u64 = 8 << 20;
 #[derive(Debug, Default)]
 pub struct Progress {
     pub done: AtomicU64,
-    pub total: AtomicU64,
+    total: AtomicU64,
+    /// Signalled once the total is known to be at least [`PROGRESS_MIN_BYTES`]: a reporter
+    /// needs no timer of its own before that (most commands are small and end first).
+    large: tokio::sync::Notify,
 }
 
 impl Progress {
     pub fn get(&self) -> (u64, u64) {
         (self.done.load(Ordering::Relaxed), self.total.load(Ordering::Relaxed))
+    }
+
+    /// Records the transfer's size, and wakes [`Progress::large`]'s waiter if it is large.
+    pub fn set_total(&self, total: u64) {
+        self.total.store(total, Ordering::Relaxed);
+        if total >= PROGRESS_MIN_BYTES {
+            self.large.notify_one();
+        }
+    }
+
+    /// Completes once the transfer is known to be large (at once if it already was).
+    pub async fn large(&self) {
+        self.large.notified().await
     }
 }
 
@@ -85,6 +101,33 @@ impl PartSource for FileSource {
         Ok(buf)
     }
 }
+
+/// The bytes of a small upload, read once when it was described and served from memory: the
+/// part a replica is sent is the part that was described, with no second read of the file.
+struct HeldSource {
+    bytes: Vec<u8>,
+    path: PathBuf,
+    progress: Arc<Progress>,
+}
+
+impl PartSource for HeldSource {
+    fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, String> {
+        let span = usize::try_from(offset).ok().and_then(|at| self.bytes.get(at..at.checked_add(len)?));
+        let Some(span) = span else {
+            return Err(format!(
+                "cannot read {} at offset {offset}: it was {} bytes when read, not {len} from there",
+                self.path.display(),
+                self.bytes.len()
+            ));
+        };
+        self.progress.done.fetch_max(offset + len as u64, Ordering::Relaxed);
+        Ok(span.to_vec())
+    }
+}
+
+/// Files of at most this many bytes, read whole in one buffer, are uploaded from memory
+/// ([`HeldSource`]) rather than read again when their part is sent.
+const HOLD_UP_TO: u64 = 64 << 10;
 
 /// Opens `path` and describes it part by part (blocking: run it off the node task).
 fn describe(path: &Path, chunk: usize, limit: u64, progress: Arc<Progress>) -> Result<UploadSource, String> {
@@ -125,7 +168,7 @@ fn describe_parts(
     }
     if whole.is_none() && chunk > 0 && len.div_ceil(chunk as u64) >= SPLIT_DESCRIBE_PARTS {
         let parts = describe_split(&file, path, len, chunk)?;
-        progress.total.store(len, Ordering::Relaxed);
+        progress.set_total(len);
         let reader = Arc::new(FileSource { file, path: path.to_path_buf(), progress });
         return Ok(UploadSource { parts, reader });
     }
@@ -161,7 +204,13 @@ fn describe_parts(
     if seen != len {
         return Err(format!("{} changed size while it was read ({len} then {seen} bytes)", path.display()));
     }
-    progress.total.store(len, Ordering::Relaxed);
+    progress.set_total(len);
+    if parts.len() <= 1 && len <= HOLD_UP_TO {
+        // Read whole into `buf` above (one part at most): keep those bytes, not the file.
+        buf.truncate(len as usize);
+        let reader = Arc::new(HeldSource { bytes: buf, path: path.to_path_buf(), progress });
+        return Ok(UploadSource { parts, reader });
+    }
     let reader = Arc::new(FileSource { file, path: path.to_path_buf(), progress });
     Ok(UploadSource { parts, reader })
 }
@@ -397,7 +446,7 @@ impl Sink {
     }
 
     pub fn set_total(&self, total: u64) {
-        self.progress.total.store(total, Ordering::Relaxed);
+        self.progress.set_total(total);
     }
 
     /// Waits for the writer and returns the file (and whether direct I/O wrote some of it), or
@@ -692,6 +741,43 @@ mod tests {
         let e = describe(&dir.join("missing"), 1000, 1 << 20, progress).err().unwrap();
         assert!(e.contains("cannot read local file"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A small file is sent as it was read when described, from memory: a change to the file
+    /// afterwards is not read (one read of the file per upload); a file of several parts is
+    /// still read at its offsets.
+    #[test]
+    fn a_small_upload_is_sent_from_the_bytes_it_was_described_from() {
+        let dir = temp_dir("held");
+        let data: Vec<u8> = (0..4096u32).map(|i| (i * 11) as u8).collect();
+        std::fs::write(dir.join("f"), &data).unwrap();
+        let progress = Arc::new(Progress::default());
+        let src = describe(&dir.join("f"), 1 << 20, 1 << 20, progress.clone()).unwrap();
+        assert_eq!(src.parts, vec![PartMeta::of(&data)]);
+        std::fs::write(dir.join("f"), vec![7u8; 4096]).unwrap();
+        assert_eq!(src.reader.read_at(0, 4096).unwrap(), data, "the bytes described, not the file now");
+        assert_eq!(src.reader.read_at(4000, 96).unwrap(), &data[4000..]);
+        assert_eq!(progress.get(), (4096, 4096));
+        let e = src.reader.read_at(4000, 97).unwrap_err();
+        assert!(e.contains("offset 4000") && e.contains("4096 bytes"), "{e}");
+        assert!(src.reader.read_at(u64::MAX, 1).is_err());
+        // Two parts: read from the file when sent.
+        let src = describe(&dir.join("f"), 2048, 1 << 20, Arc::new(Progress::default())).unwrap();
+        std::fs::write(dir.join("f"), vec![9u8; 4096]).unwrap();
+        assert_eq!(src.reader.read_at(2048, 2048).unwrap(), vec![9u8; 2048]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A reporter waiting for a large transfer is woken by a large total only.
+    #[tokio::test]
+    async fn only_a_large_total_wakes_the_progress_reporter() {
+        let wait = std::time::Duration::from_millis(20);
+        let progress = Progress::default();
+        progress.set_total(PROGRESS_MIN_BYTES - 1);
+        assert!(tokio::time::timeout(wait, progress.large()).await.is_err(), "a small total wakes nobody");
+        progress.set_total(PROGRESS_MIN_BYTES);
+        assert!(tokio::time::timeout(wait, progress.large()).await.is_ok(), "a large one does");
+        assert_eq!(progress.get(), (0, PROGRESS_MIN_BYTES));
     }
 
     /// A file of many parts is described by two threads, part for part as one pass would.
