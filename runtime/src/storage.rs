@@ -450,7 +450,7 @@ fn count_write(shared: &FlushShared, result: Result<(), String>, buf: Option<Ali
             state.spare.push(buf);
         }
     }
-    shared.ended.notify_all();
+    shared.wake_waiters();
 }
 
 /// One flush: the segments written since the last one, and the directory if entries changed.
@@ -466,6 +466,10 @@ struct FlushJob {
 struct FlushShared {
     state: std::sync::Mutex<FlushState>,
     ended: std::sync::Condvar,
+    /// Threads waiting on `ended` ([`FlushShared::wait_while`]): a flush or write behind that
+    /// ends wakes them only if there are any (a wake costs a system call, and the node task
+    /// rarely waits; it hears of ends through its own wake-up).
+    waiters: std::sync::atomic::AtomicUsize,
     /// The mark of the last write the flush handed over but not yet begun covers as well
     /// ([`FileStorage::publish`]): read by the flusher just before it syncs.
     published: std::sync::atomic::AtomicU64,
@@ -511,6 +515,32 @@ struct InFlight {
     /// Every write since the flush was handed over went to `extends`, with no directory entry
     /// changed: the next one may be published too.
     open: bool,
+}
+
+impl FlushShared {
+    /// Waits on `ended` while `blocked` holds, counted among the waiters. The count is raised
+    /// under the lock, before the wait releases it, so an end recorded after the check (under
+    /// the lock, by [`FlushShared::wake_waiters`]'s caller) always sees it.
+    fn wait_while<'a>(
+        &self,
+        mut state: std::sync::MutexGuard<'a, FlushState>,
+        mut blocked: impl FnMut(&FlushState) -> bool,
+    ) -> std::sync::MutexGuard<'a, FlushState> {
+        while blocked(&state) {
+            self.waiters.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            state = self.ended.wait(state).unwrap_or_else(|p| p.into_inner());
+            self.waiters.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        state
+    }
+
+    /// Wakes whoever waits for an end, if anyone does: called after recording the end under
+    /// the lock.
+    fn wake_waiters(&self) {
+        if self.waiters.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            self.ended.notify_all();
+        }
+    }
 }
 
 fn lock_flush(shared: &FlushShared) -> std::sync::MutexGuard<'_, FlushState> {
@@ -1172,12 +1202,9 @@ impl FileStorage {
         }
         let flusher = self.flusher.as_ref().expect("started above");
         let (sent, shared) = (flusher.writes_sent, flusher.shared.clone());
-        let mut state = lock_flush(&shared);
+        let state = lock_flush(&shared);
         debug_assert!(state.writes_done <= sent, "only writes handed over are made");
-        state = shared
-            .ended
-            .wait_while(state, |s| sent - s.writes_done >= WRITES_BEHIND)
-            .unwrap_or_else(|p| p.into_inner());
+        let mut state = shared.wait_while(state, |s| sent - s.writes_done >= WRITES_BEHIND);
         debug_assert!(sent - state.writes_done < WRITES_BEHIND, "at most WRITES_BEHIND writes wait");
         Ok(state.spare.pop().unwrap_or_default())
     }
@@ -1198,11 +1225,7 @@ impl FileStorage {
             return Ok(());
         };
         let state = lock_flush(&flusher.shared);
-        let state = flusher
-            .shared
-            .ended
-            .wait_while(state, |s| wait && s.writes_done < number)
-            .unwrap_or_else(|p| p.into_inner());
+        let state = flusher.shared.wait_while(state, |s| wait && s.writes_done < number);
         debug_assert!(state.writes_done <= flusher.writes_sent, "only writes handed over are made");
         let (done, failed) = (state.writes_done, state.failed.clone());
         drop(state);
@@ -1391,7 +1414,7 @@ impl FileStorage {
                             state.failed.get_or_insert(e);
                         }
                     }
-                    theirs.ended.notify_all();
+                    theirs.wake_waiters();
                     if let Some(FlushWake(wake)) = on_flushed.get() {
                         wake();
                     }
@@ -1406,10 +1429,8 @@ impl FileStorage {
     fn finish_flush(&mut self, wait: bool) -> Result<(), StorageError> {
         let (Some(f), Some(flusher)) = (self.in_flight, self.flusher.as_ref()) else { return Ok(()) };
         let shared = flusher.shared.clone();
-        let mut state = lock_flush(&shared);
-        while wait && state.finished < f.number && state.failed.is_none() {
-            state = shared.ended.wait(state).unwrap_or_else(|p| p.into_inner());
-        }
+        let state = lock_flush(&shared);
+        let state = shared.wait_while(state, |s| wait && s.finished < f.number && s.failed.is_none());
         if let Some(why) = state.failed.clone() {
             drop(state);
             self.in_flight = None;
