@@ -259,9 +259,10 @@ fn create_get_round_trip_of_a_large_file_is_identical() {
     assert_transfer_reports(&reports, len, "the create");
 
     let t = Instant::now();
-    let out = s.ok(3, &format!("get data/big.bin {}", dst.display()));
+    let (out, reports) = s.ok_with_progress(3, &format!("get data/big.bin {}", dst.display()));
     println!("get on node 3 took {:?}: {}", t.elapsed(), out.trim());
     assert_same(&src, &dst);
+    assert_transfer_reports(&reports, len, "the get");
     assert_eq!(s.holders(4, "data/big.bin").len(), 3, "three replicas hold it");
 
     let missing = s.local("missing.out");

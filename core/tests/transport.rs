@@ -108,7 +108,7 @@ impl Cluster {
                         NodeEvent::Hydfs(HydfsEvent::OpDone { op, result }) => {
                             self.done.push((i, op, result))
                         }
-                        NodeEvent::Hydfs(HydfsEvent::ReadData { op, offset, bytes }) => {
+                        NodeEvent::Hydfs(HydfsEvent::ReadData { op, offset, bytes, .. }) => {
                             take_chunk(self.read.entry((i, op)).or_default(), offset, &bytes)
                         }
                         _ => {}
@@ -283,7 +283,7 @@ fn a_long_exchange_with_itself_runs_in_rounds_that_leave_room_for_other_input() 
         while let Some(e) = node.poll_event() {
             match e {
                 NodeEvent::Hydfs(HydfsEvent::OpDone { op, result }) if op == id => done = Some(result),
-                NodeEvent::Hydfs(HydfsEvent::ReadData { op, offset, bytes: chunk }) if op == id => {
+                NodeEvent::Hydfs(HydfsEvent::ReadData { op, offset, bytes: chunk, .. }) if op == id => {
                     take_chunk(&mut bytes, offset, &chunk)
                 }
                 _ => {}

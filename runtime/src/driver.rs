@@ -736,8 +736,9 @@ impl NodeTask {
             }
             let Some(event) = self.node.poll_event() else { break };
             let event = match event {
-                NodeEvent::Hydfs(HydfsEvent::ReadData { op, offset, bytes }) => {
+                NodeEvent::Hydfs(HydfsEvent::ReadData { op, offset, total, bytes }) => {
                     if let Some(PendingOp { sink: Some(sink), .. }) = self.ops.get_mut(&op) {
+                        sink.set_total(total);
                         sink.write(offset, bytes);
                     }
                     continue;

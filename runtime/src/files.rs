@@ -55,10 +55,11 @@ impl Progress {
         (self.done.load(Ordering::Relaxed), self.total.load(Ordering::Relaxed))
     }
 
-    /// Records the transfer's size, and wakes [`Progress::large`]'s waiter if it is large.
+    /// Records the transfer's size (a download learns it with its first chunk, and again if
+    /// the read starts over), and wakes [`Progress::large`]'s waiter if it is large.
     pub fn set_total(&self, total: u64) {
-        self.total.store(total, Ordering::Relaxed);
-        if total >= PROGRESS_MIN_BYTES {
+        let was = self.total.swap(total, Ordering::Relaxed);
+        if total != was && total >= PROGRESS_MIN_BYTES {
             self.large.notify_one();
         }
     }

@@ -598,7 +598,7 @@ impl HydfsHarness {
                 }
                 self.op_done(now, token, result, &delivered);
             }
-            HydfsEvent::ReadData { op, offset, bytes } => {
+            HydfsEvent::ReadData { op, offset, bytes, .. } => {
                 let key = (slot, generation, *op);
                 if !self.in_flight.contains_key(&key) {
                     return;

@@ -1212,7 +1212,7 @@ fn describe_hydfs_event(e: &HydfsEvent) -> String {
         HydfsEvent::FileDropped { name } => format!("handed off and dropped {name}"),
         HydfsEvent::FileDeleted { name, create } => format!("dropped deleted {name} (created by {create})"),
         HydfsEvent::StorageFailed { reason } => format!("storage failed: {reason}"),
-        HydfsEvent::ReadData { op, offset, bytes } => {
+        HydfsEvent::ReadData { op, offset, bytes, .. } => {
             format!("op {op} read {} bytes at {offset}", bytes.len())
         }
         HydfsEvent::Handled { what, name, from } => format!("handles {what} {name} from {from}"),

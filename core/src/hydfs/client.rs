@@ -736,9 +736,14 @@ impl Hydfs {
         let chunk = self.cfg.chunk_bytes.max(1);
         let hit = match self.client.cache.get(name) {
             Some(entry) if now <= entry.fetched_at + ttl && (ignore_own || own.is_subset(&entry.writes)) => {
-                let mut offset = 0u64;
+                let (mut offset, total) = (0u64, entry.content.len() as u64);
                 for c in entry.content.chunks(chunk) {
-                    self.events.push_back(HydfsEvent::ReadData { op: id, offset, bytes: Bulk::from(c) });
+                    self.events.push_back(HydfsEvent::ReadData {
+                        op: id,
+                        offset,
+                        total,
+                        bytes: Bulk::from(c),
+                    });
                     offset += c.len() as u64;
                 }
                 let writes = entry.writes.iter().copied().collect();
@@ -1331,10 +1336,11 @@ impl Hydfs {
             let tail = if at == *done { bytes } else { bytes.tail((*done - at) as usize) };
             let offset = *done;
             *done += tail.len() as u64;
+            debug_assert!(*done <= *total, "a chunk delivered ends within the file's length");
             if *keep {
                 buf.extend_from_slice(&tail);
             }
-            self.events.push_back(HydfsEvent::ReadData { op: id, offset, bytes: tail });
+            self.events.push_back(HydfsEvent::ReadData { op: id, offset, total: *total, bytes: tail });
         }
         debug_assert!(ahead.len() <= window, "a read holds at most `read_window` chunks out of order");
         if *done < *total {

@@ -91,8 +91,9 @@ pub enum HydfsEvent {
     /// Storage refused a write or sync; the affected answers are not sent.
     StorageFailed { reason: String },
     /// The next in-order bytes of a whole-file read ([`ClientOp::Download`]); offset 0 starts it
-    /// over.
-    ReadData { op: OpId, offset: u64, bytes: Bulk },
+    /// over. `total` is the length of the file in the version being read (known from the
+    /// first chunk on: what a progress report counts against).
+    ReadData { op: OpId, offset: u64, total: u64, bytes: Bulk },
     /// This node began handling a request from another node (or itself), one per operation.
     Handled { what: &'static str, name: FileName, from: NodeAddr },
 }

@@ -133,7 +133,8 @@ impl Net {
         while let Some(e) = self.nodes[i].poll_event() {
             match e {
                 HydfsEvent::OpDone { op, result } => self.done.push((i, op, result)),
-                HydfsEvent::ReadData { op, offset, bytes } => {
+                HydfsEvent::ReadData { op, offset, total, bytes } => {
+                    assert!(offset + bytes.len() as u64 <= total, "a chunk ends within the read's length");
                     let got = self.reads.entry((i, op)).or_default();
                     if offset == 0 {
                         got.clear();
@@ -1445,7 +1446,7 @@ fn read_scrambled(net: &mut Net, reader: usize, f: &FileName) -> (Vec<u8>, u64) 
         }
         while let Some(e) = net.nodes[reader].poll_event() {
             match e {
-                HydfsEvent::ReadData { op, offset, bytes } if op == id => {
+                HydfsEvent::ReadData { op, offset, bytes, .. } if op == id => {
                     assert_eq!(offset, got.len() as u64, "in order");
                     got.extend_from_slice(&bytes);
                 }

@@ -564,7 +564,7 @@ impl RainstormHarness {
     }
 
     pub fn on_hydfs_event(&mut self, now: Time, slot: Slot, generation: u64, event: &HydfsEvent) {
-        if let HydfsEvent::ReadData { op, offset, bytes } = event {
+        if let HydfsEvent::ReadData { op, offset, bytes, .. } = event {
             if let Phase::ReadDest { slot: s, generation: g, op: Some(id) } = &self.phase {
                 if (*s, *g, *id) == (slot, generation, *op) {
                     if *offset == 0 {
