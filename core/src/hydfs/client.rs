@@ -1322,6 +1322,11 @@ impl Hydfs {
         if chunk.bytes.is_empty() && chunk.offset < *total {
             return self.attempt_failed(now, id, format!("{from}: empty chunk"), false);
         }
+        if chunk.offset.saturating_add(chunk.bytes.len() as u64) > *total {
+            // Bytes past the length the replica gave: never delivered, the read goes on
+            // from another replica.
+            return self.attempt_failed(now, id, format!("{from}: a chunk past the file's end"), false);
+        }
         ahead.insert(chunk.offset, chunk.bytes);
         // Deliver what is now contiguous.
         while let Some(entry) = ahead.first_entry() {

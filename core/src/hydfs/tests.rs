@@ -1467,6 +1467,49 @@ fn read_scrambled(net: &mut Net, reader: usize, f: &FileName) -> (Vec<u8>, u64) 
     panic!("the read did not finish");
 }
 
+/// A replica's last chunk that runs past the length it gave for the file (a damaged or lying
+/// replica) is refused, and the read asks again: no byte past the file's end is delivered (the
+/// harness checks every chunk against the length its event carries).
+#[test]
+fn a_chunk_past_the_files_end_is_refused_and_the_read_asks_again() {
+    let mut net = Net::new(5);
+    let f = name("long");
+    let data = patterned(7, 3000);
+    assert!(net.run(0, ClientOp::Create { name: f.clone(), data: data.clone() }).is_ok());
+    let reader = (0..5).find(|i| net.nodes[*i].store().file(&f).is_none()).unwrap();
+    let id = net.nodes[reader]
+        .submit(net.now, ClientOp::Download { name: f.clone(), from: ReadFrom::Any })
+        .unwrap();
+    let mut tampered = None;
+    for _ in 0..1_000 {
+        for i in 0..net.nodes.len() {
+            while let Some((to, mut msg)) = net.nodes[i].poll_outgoing() {
+                let j = net.index(to);
+                if let HydfsMsg::ReadReply { result: Ok(chunk), .. } = &mut msg {
+                    let last = chunk.offset + chunk.bytes.len() as u64 == chunk.total_len;
+                    if tampered.is_none() && j == reader && last {
+                        tampered = Some(i);
+                        let mut longer = chunk.bytes.to_vec();
+                        longer.extend_from_slice(&[0xEE; 100]);
+                        chunk.bytes = Bulk::from(longer);
+                    }
+                }
+                net.nodes[j].handle_message(net.now, MemberId::new(addr(i), 1), msg);
+            }
+            net.drain_events(i);
+        }
+        if net.done.iter().any(|(at, op, _)| (*at, *op) == (reader, id)) {
+            break;
+        }
+    }
+    assert!(tampered.is_some(), "a replica's chunk was lengthened");
+    let (_, _, result) =
+        net.done.iter().find(|(at, op, _)| (*at, *op) == (reader, id)).expect("the read ended");
+    let Ok(OpOutput::Downloaded { len, .. }) = result else { panic!("{result:?}") };
+    assert_eq!(*len, data.len() as u64);
+    assert!(net.reads[&(reader, id)] == data, "exactly the file's bytes were delivered");
+}
+
 #[test]
 fn a_read_of_a_file_many_times_its_window_holds_at_most_the_window() {
     let (chunk, window) = (1024usize, 4usize);
