@@ -501,7 +501,6 @@ impl NodeTask {
         // own driver through the event fd: a system call and an extra poll per round.
         let timer = tokio::time::sleep_until(tokio::time::Instant::now());
         tokio::pin!(timer);
-        let mut armed: Option<std::time::Instant> = None;
         loop {
             // What the inputs asked of peers goes out first (a coordinator's requests to the
             // other replicas then travel while its own disk syncs); then group commit: everything
@@ -528,9 +527,8 @@ impl NodeTask {
                 // add a millisecond to every step the node takes "now").
                 Some(at) if at <= std::time::Instant::now() => Wake::Now,
                 Some(at) => {
-                    if armed != Some(at) || timer.is_elapsed() {
+                    if timer.deadline().into_std() != at || timer.is_elapsed() {
                         timer.as_mut().reset(at.into());
-                        armed = Some(at);
                     }
                     Wake::At
                 }
@@ -842,7 +840,6 @@ impl NodeTask {
         if let Some(sink) = p.sink {
             match &result {
                 Ok(OpOutput::Downloaded { len, .. }) => {
-                    sink.set_total(*len);
                     if let Err(e) = sink.finish(*len) {
                         result = Err(HydfsError::Storage(e));
                     }

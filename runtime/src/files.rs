@@ -724,13 +724,18 @@ mod tests {
         dir
     }
 
+    /// Writes `data` to `dir/f` and describes it in parts of `chunk` bytes.
+    fn write_and_describe(dir: &Path, data: &[u8], chunk: usize) -> (UploadSource, Arc<Progress>) {
+        std::fs::write(dir.join("f"), data).unwrap();
+        let progress = Arc::new(Progress::default());
+        (describe(&dir.join("f"), chunk, 1 << 20, progress.clone()).unwrap(), progress)
+    }
+
     #[test]
     fn an_upload_is_described_part_by_part_and_read_at_offsets() {
         let dir = temp_dir("upload");
         let data: Vec<u8> = (0..2500u32).map(|i| (i * 7) as u8).collect();
-        std::fs::write(dir.join("f"), &data).unwrap();
-        let progress = Arc::new(Progress::default());
-        let src = describe(&dir.join("f"), 1000, 1 << 20, progress.clone()).unwrap();
+        let (src, progress) = write_and_describe(&dir, &data, 1000);
         assert_eq!(src.parts.iter().map(|p| p.len).collect::<Vec<_>>(), vec![1000, 1000, 500]);
         assert_eq!(src.parts[1], PartMeta::of(&data[1000..2000]));
         assert_eq!(src.parts[1].crc, crc32c::crc32c(&data[1000..2000]));
@@ -751,9 +756,7 @@ mod tests {
     fn a_small_upload_is_sent_from_the_bytes_it_was_described_from() {
         let dir = temp_dir("held");
         let data: Vec<u8> = (0..4096u32).map(|i| (i * 11) as u8).collect();
-        std::fs::write(dir.join("f"), &data).unwrap();
-        let progress = Arc::new(Progress::default());
-        let src = describe(&dir.join("f"), 1 << 20, 1 << 20, progress.clone()).unwrap();
+        let (src, progress) = write_and_describe(&dir, &data, 1 << 20);
         assert_eq!(src.parts, vec![PartMeta::of(&data)]);
         std::fs::write(dir.join("f"), vec![7u8; 4096]).unwrap();
         assert_eq!(src.reader.read_at(0, 4096).unwrap(), data, "the bytes described, not the file now");
@@ -763,7 +766,7 @@ mod tests {
         assert!(e.contains("offset 4000") && e.contains("4096 bytes"), "{e}");
         assert!(src.reader.read_at(u64::MAX, 1).is_err());
         // Two parts: read from the file when sent.
-        let src = describe(&dir.join("f"), 2048, 1 << 20, Arc::new(Progress::default())).unwrap();
+        let (src, _) = write_and_describe(&dir, &data, 2048);
         std::fs::write(dir.join("f"), vec![9u8; 4096]).unwrap();
         assert_eq!(src.reader.read_at(2048, 2048).unwrap(), vec![9u8; 2048]);
         std::fs::remove_dir_all(&dir).unwrap();

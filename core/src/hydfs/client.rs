@@ -13,7 +13,8 @@
 //!   write declared (length, CRC32C, line ends), whether it came from a peer or local storage;
 //! * a whole-file read ([`ClientOp::Download`]) hands its bytes on in order as they arrive and
 //!   holds at most `read_window` chunks ahead of them, whatever the file's size (plus the copy it
-//!   keeps for the read cache, only of a file of at most a quarter of the cache);
+//!   keeps for the read cache, only of a file of at most a quarter of the cache), and never a
+//!   byte past the file's length its replica gave (a chunk running past it is refused);
 //! * no request waits on a member that failed, left or restarted: its operation moves at once
 //!   to a new round on the new ring, with the same stamp for a write;
 //! * a create that failed is reported only once its cancel ended (every replica dropped what it
