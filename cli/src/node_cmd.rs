@@ -6,7 +6,6 @@
 
 use clap::Parser;
 use rainstorm_core::membership::{MembershipEvent, Role};
-use rainstorm_core::node::NodeEvent;
 use rainstorm_runtime::config::{ConfigInput, HydfsInput, RainstormInput, TimingsInput, MAX_THREADS};
 use rainstorm_runtime::driver::NodeHandle;
 use rainstorm_runtime::lock::DataDirLock;
@@ -275,7 +274,7 @@ async fn run(role: Role, cfg: rainstorm_runtime::config::RuntimeConfig, console:
 }
 
 async fn wait_for_join(
-    events: &mut tokio::sync::broadcast::Receiver<NodeEvent>,
+    events: &mut tokio::sync::broadcast::Receiver<MembershipEvent>,
     wait: Duration,
 ) -> Result<String, String> {
     let deadline = tokio::time::Instant::now() + wait;
@@ -284,10 +283,10 @@ async fn wait_for_join(
             .await
             .map_err(|_| format!("no answer from the introducer within {} s", wait.as_secs()))?;
         match event {
-            Ok(NodeEvent::Membership(MembershipEvent::SelfJoined { id, members })) => {
+            Ok(MembershipEvent::SelfJoined { id, members }) => {
                 return Ok(format!("joined as {id}; {} members", members + 1))
             }
-            Ok(NodeEvent::Membership(MembershipEvent::JoinFailed { reason })) => return Err(reason),
+            Ok(MembershipEvent::JoinFailed { reason }) => return Err(reason),
             Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
             Err(e) => return Err(e.to_string()),
         }
@@ -295,14 +294,13 @@ async fn wait_for_join(
 }
 
 /// Prints what a console user must see at once (a new suspicion above all).
-async fn print_events(mut events: tokio::sync::broadcast::Receiver<NodeEvent>) {
+async fn print_events(mut events: tokio::sync::broadcast::Receiver<MembershipEvent>) {
     loop {
-        let event = match events.recv().await {
+        let e = match events.recv().await {
             Ok(e) => e,
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
             Err(_) => return,
         };
-        let NodeEvent::Membership(e) = event else { continue };
         let line = match e {
             MembershipEvent::MemberSuspected { member, incarnation } => {
                 format!("SUS {member} (incarnation {incarnation})")

@@ -118,7 +118,7 @@ pub struct CommandReply {
 #[derive(Clone)]
 pub struct NodeHandle {
     tx: mpsc::Sender<Input>,
-    events: broadcast::Sender<NodeEvent>,
+    events: broadcast::Sender<MembershipEvent>,
     pub advertise: SocketAddr,
     pub data_dir: PathBuf,
     /// HyDFS part size and write limit (uploads are described with them).
@@ -204,7 +204,10 @@ impl NodeHandle {
         self.tx.is_closed()
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
+    /// The membership events from now on (joins, suspicions, failures, leaves, mode changes, and
+    /// this node's own): what the console and the status page show. File and job events are
+    /// not broadcast (a busy node has several per request); they reach the log.
+    pub fn subscribe(&self) -> broadcast::Receiver<MembershipEvent> {
         self.events.subscribe()
     }
 
@@ -234,7 +237,7 @@ pub struct StartedNode {
     pub handle: NodeHandle,
     /// Where the metrics and status page are served, if they are.
     pub page: Option<SocketAddr>,
-    pub events: broadcast::Receiver<NodeEvent>,
+    pub events: broadcast::Receiver<MembershipEvent>,
     pub task: JoinHandle<()>,
     /// The data dir's lock, held while the node runs.
     pub data_dir_lock: DataDirLock,
@@ -429,7 +432,7 @@ struct NodeTask {
     node: Node,
     clock: Clock,
     udp: Arc<UdpSocket>,
-    events: broadcast::Sender<NodeEvent>,
+    events: broadcast::Sender<MembershipEvent>,
     drop_rng: ChaCha8Rng,
     cfg: RuntimeConfig,
     /// One writer task (one TCP connection) per peer and lane that frames were sent to recently.
@@ -797,7 +800,9 @@ impl NodeTask {
                 other => other,
             };
             log_event(&event);
-            let _ = self.events.send(event);
+            if let NodeEvent::Membership(e) = event {
+                let _ = self.events.send(e);
+            }
         }
         // Every node's trace lines reach the file within one round of events, not only when
         // its buffer fills (a worker hears of no job's end).

@@ -28,7 +28,7 @@ use axum::Router;
 use rainstorm_core::histogram::LatencyHistogram;
 use rainstorm_core::hydfs::{HydfsStats, RingId};
 use rainstorm_core::membership::{MemberStatus, MemberView, MembershipEvent, MembershipStats, Phase, Role};
-use rainstorm_core::node::{NodeEvent, NodeStats};
+use rainstorm_core::node::NodeStats;
 use rainstorm_core::rainstorm::{JobId, JobView, RainstormStats, TaskId};
 use rainstorm_core::{MemberId, Node};
 use serde_json::{json, Value};
@@ -341,12 +341,12 @@ impl History {
 }
 
 /// Keeps the last membership events for the page's feed.
-async fn watch_members(shared: Arc<Shared>, mut events: tokio::sync::broadcast::Receiver<NodeEvent>) {
+async fn watch_members(shared: Arc<Shared>, mut events: tokio::sync::broadcast::Receiver<MembershipEvent>) {
     use tokio::sync::broadcast::error::RecvError;
     loop {
         let event = match events.recv().await {
-            Ok(NodeEvent::Membership(e)) => e,
-            Ok(_) | Err(RecvError::Lagged(_)) => continue,
+            Ok(e) => e,
+            Err(RecvError::Lagged(_)) => continue,
             Err(RecvError::Closed) => return,
         };
         let (what, member) = match event {
