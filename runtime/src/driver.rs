@@ -4,9 +4,9 @@
 //! them to the node with the current time, sends every frame the node emits (UDP datagrams
 //! directly, stream frames through one long-lived TCP connection per peer and lane:
 //! [`crate::streams`]), hands operator-program calls to the [`ProgramHost`], sends a job's events
-//! (its outputs included) to the command that started it, logs and broadcasts every other event
-//! (job outputs go only to that command and the job record, so a large job cannot flood
-//! subscribers), and sleeps until the node's next deadline.
+//! (its outputs included) to the command that started it, logs every other event and broadcasts
+//! the membership events among them (file and job events, several per request, would only wake
+//! subscribers that want none of them), and sleeps until the node's next deadline.
 //!
 //! Invariants: after every input (and the stream frames already waiting behind it, at most
 //! [`BATCH_FRAMES`]: group commit) the node is flushed, so one storage sync covers the batch,
