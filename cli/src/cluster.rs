@@ -18,6 +18,7 @@
 use crate::ctl::resolve_socket;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
+use rainstorm_runtime::config::Scheduling;
 use rainstorm_runtime::control;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -87,6 +88,11 @@ pub struct ClusterArgs {
     /// nodes as cores: threads beyond the cores only add switching).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub node_threads: Option<u16>,
+    /// How each node's threads are scheduled (`--scheduling` of each node): `normal` or
+    /// `batch`. Default: `batch` when the nodes outnumber this machine's cores, so that a node
+    /// woken up does not preempt another in the middle of its work; `normal` otherwise.
+    #[arg(long, value_parser = clap::value_parser!(Scheduling))]
+    pub node_scheduling: Option<Scheduling>,
 }
 
 impl ClusterArgs {
@@ -113,6 +119,7 @@ impl ClusterArgs {
             output_trace: false,
             no_metrics: false,
             node_threads: None,
+            node_scheduling: None,
         }
     }
 }
@@ -216,6 +223,19 @@ impl LocalCluster {
         })
     }
 
+    /// How each node's threads are scheduled: `--node-scheduling`, else batch when the nodes
+    /// outnumber the machine's cores.
+    fn node_scheduling(&self) -> Scheduling {
+        self.args.node_scheduling.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            if usize::from(self.args.nodes) > cores {
+                Scheduling::Batch
+            } else {
+                Scheduling::Normal
+            }
+        })
+    }
+
     /// Node `index`'s status page (its metrics at `/metrics`), at the default address.
     pub fn page(&self, index: u16) -> String {
         format!("http://127.0.0.1:{}/", rainstorm_runtime::config::metrics_port(self.port(index)))
@@ -269,6 +289,7 @@ impl LocalCluster {
             cmd.arg("--metrics-addr").arg("off");
         }
         cmd.arg("--threads").arg(self.node_threads().to_string());
+        cmd.arg("--scheduling").arg(self.node_scheduling().as_str());
         if self.args.output_trace {
             cmd.env("RAINSTORM_OUTPUT_TRACE", data_dir.join("outputs.trace"));
         }

@@ -3,6 +3,7 @@
 //! parser of the Prometheus text format, and the counters seen moving with traffic.
 
 use rainstorm_cli::cluster::{http_response, ClusterArgs, LocalCluster};
+use rainstorm_runtime::config::Scheduling;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -78,9 +79,24 @@ fn value(samples: &[prometheus_parse::Sample], metric: &str, labels: &[(&str, &s
 fn every_node_serves_metrics_that_move_with_traffic_and_a_status_page() {
     let dir = std::env::temp_dir().join(format!("rainstorm-test-metrics-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let args = ClusterArgs { period_ms: 200, ..ClusterArgs::local(3, BASE_PORT, dir.join("cluster")) };
+    let args = ClusterArgs {
+        period_ms: 200,
+        node_scheduling: Some(Scheduling::Batch),
+        ..ClusterArgs::local(3, BASE_PORT, dir.join("cluster"))
+    };
     let c =
         LocalCluster::start(args, PathBuf::from(env!("CARGO_BIN_EXE_rainstorm"))).expect("cluster starts");
+    // `--node-scheduling batch` reached every thread of every node (SCHED_BATCH is policy 3).
+    for node in &c.nodes {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", node.child.id())).expect("the node's threads");
+        for task in tasks {
+            let stat =
+                std::fs::read_to_string(task.expect("a thread").path().join("stat")).expect("its stat");
+            let after_name = stat.rsplit_once(')').expect("a stat line").1;
+            let policy = after_name.split_whitespace().nth(38).expect("the policy field");
+            assert_eq!(policy, "3", "node{} runs a thread that is not SCHED_BATCH: {stat}", node.index);
+        }
+    }
 
     let (types, before) = scrape(1);
     for (name, kind) in [

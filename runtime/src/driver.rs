@@ -21,7 +21,7 @@
 //! ([`crate::private`]).
 
 use crate::clock::Clock;
-use crate::config::RuntimeConfig;
+use crate::config::{RuntimeConfig, Scheduling};
 use crate::files::{Progress, Sink};
 use crate::jobs::{JobBook, Streamed};
 use crate::lock::DataDirLock;
@@ -307,7 +307,8 @@ pub async fn start(cfg: RuntimeConfig, data_dir_lock: DataDirLock) -> Result<Sta
     node.set_batched(true);
     info!(
         role = ?cfg.role, addr = %cfg.advertise, introducer = %cfg.introducer, seed,
-        suspicion = cfg.membership.suspicion_at_start, keys = %codec_keys, "node starting"
+        suspicion = cfg.membership.suspicion_at_start, keys = %codec_keys, threads = cfg.threads,
+        scheduling = cfg.scheduling.map_or("as started", Scheduling::as_str), "node starting"
     );
     log_recovery(node.hydfs().recovery(), &cfg.data_dir, clock.now().0.saturating_sub(now.0));
     if cfg.role == Role::Member {
