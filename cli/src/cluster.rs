@@ -90,7 +90,8 @@ pub struct ClusterArgs {
     pub node_threads: Option<u16>,
     /// How each node's threads are scheduled (`--scheduling` of each node): `normal` or
     /// `batch`. Default: `batch` when the nodes outnumber this machine's cores, so that a node
-    /// woken up does not preempt another in the middle of its work; `normal` otherwise.
+    /// woken up does not preempt another in the middle of its work; otherwise the nodes keep
+    /// the policy this command was started with.
     #[arg(long, value_parser = clap::value_parser!(Scheduling))]
     pub node_scheduling: Option<Scheduling>,
 }
@@ -224,16 +225,10 @@ impl LocalCluster {
     }
 
     /// How each node's threads are scheduled: `--node-scheduling`, else batch when the nodes
-    /// outnumber the machine's cores.
-    fn node_scheduling(&self) -> Scheduling {
-        self.args.node_scheduling.unwrap_or_else(|| {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            if usize::from(self.args.nodes) > cores {
-                Scheduling::Batch
-            } else {
-                Scheduling::Normal
-            }
-        })
+    /// outnumber the machine's cores, else as this process was started (`None`).
+    fn node_scheduling(&self) -> Option<Scheduling> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.args.node_scheduling.or((usize::from(self.args.nodes) > cores).then_some(Scheduling::Batch))
     }
 
     /// Node `index`'s status page (its metrics at `/metrics`), at the default address.
@@ -289,7 +284,9 @@ impl LocalCluster {
             cmd.arg("--metrics-addr").arg("off");
         }
         cmd.arg("--threads").arg(self.node_threads().to_string());
-        cmd.arg("--scheduling").arg(self.node_scheduling().as_str());
+        if let Some(policy) = self.node_scheduling() {
+            cmd.arg("--scheduling").arg(policy.as_str());
+        }
         if self.args.output_trace {
             cmd.env("RAINSTORM_OUTPUT_TRACE", data_dir.join("outputs.trace"));
         }
