@@ -222,7 +222,7 @@ pub enum Scheduling {
     /// `SCHED_BATCH`: a thread that wakes up waits for the running one to block or use up its
     /// slice. Where several nodes share a machine's cores, each of the many wake-ups of a busy
     /// cluster otherwise preempts another node in the middle of its work (a third of all
-    /// context switches under 10 appending clients on 2 cores), and each costs both a switch.
+    /// context switches under 10 appending clients on 2 cores), which costs both a switch.
     Batch,
 }
 
