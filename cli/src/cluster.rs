@@ -152,6 +152,11 @@ pub struct NodeProcess {
     pub child: Child,
 }
 
+/// This machine's cores (1 if unknown): what the nodes of a local cluster share.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// A set of node processes on loopback, stopped (SIGTERM, then SIGKILL) when dropped.
 pub struct LocalCluster {
     pub args: ClusterArgs,
@@ -219,16 +224,14 @@ impl LocalCluster {
     /// among the nodes (at least 1).
     fn node_threads(&self) -> u16 {
         self.args.node_threads.unwrap_or_else(|| {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            u16::try_from(cores / usize::from(self.args.nodes.max(1))).unwrap_or(u16::MAX).clamp(1, 256)
+            u16::try_from(cores() / usize::from(self.args.nodes.max(1))).unwrap_or(u16::MAX).clamp(1, 256)
         })
     }
 
     /// How each node's threads are scheduled: `--node-scheduling`, else batch when the nodes
     /// outnumber the machine's cores, else as this process was started (`None`).
     fn node_scheduling(&self) -> Option<Scheduling> {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        self.args.node_scheduling.or((usize::from(self.args.nodes) > cores).then_some(Scheduling::Batch))
+        self.args.node_scheduling.or((usize::from(self.args.nodes) > cores()).then_some(Scheduling::Batch))
     }
 
     /// Node `index`'s status page (its metrics at `/metrics`), at the default address.

@@ -227,6 +227,8 @@ pub enum Scheduling {
 }
 
 impl Scheduling {
+    pub const ALL: [Scheduling; 2] = [Scheduling::Normal, Scheduling::Batch];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Scheduling::Normal => "normal",
@@ -245,11 +247,10 @@ impl std::str::FromStr for Scheduling {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Scheduling, String> {
-        match s {
-            "normal" => Ok(Scheduling::Normal),
-            "batch" => Ok(Scheduling::Batch),
-            other => Err(format!("`{other}` is neither `normal` nor `batch`")),
-        }
+        Scheduling::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("`{s}` is neither `normal` nor `batch`"))
     }
 }
 
