@@ -790,14 +790,14 @@ impl Hydfs {
                     if self.store.has_part(&op.name, *stamp, *part) && !c.contains(&self.me) {
                         c.push(self.me);
                     }
-                    for r in self.ring.replicas(op.name.as_str(), self.cfg.replication) {
+                    for r in self.ring.replicas_of(&op.name, self.cfg.replication) {
                         if !c.contains(&r) {
                             c.push(r);
                         }
                     }
                     c
                 }
-                _ => self.ring.replicas(op.name.as_str(), self.cfg.replication),
+                _ => self.ring.replicas_of(&op.name, self.cfg.replication),
             };
             let op = self.client.ops.get_mut(&id).expect("present");
             if candidates.is_empty() {
@@ -1445,10 +1445,10 @@ impl Hydfs {
         }
         let name = name.clone();
         let mut rows = rows.clone();
-        let order = self.ring.replicas(name.as_str(), self.cfg.replication);
+        let order = self.ring.replicas_of(&name, self.cfg.replication);
         rows.sort_by_key(|(a, _, _)| order.iter().position(|o| o == a).unwrap_or(usize::MAX));
         let result = if rows.iter().any(|(_, _, d)| d.is_some_and(|d| d.create.is_some())) {
-            Ok(OpOutput::Listed { ring_id: RingId::of_file(name.as_str()), name, replicas: rows })
+            Ok(OpOutput::Listed { ring_id: name.ring_id(), name, replicas: rows })
         } else {
             Err(HydfsError::NotFound(name))
         };

@@ -66,6 +66,7 @@ use crate::id::{MemberId, NodeAddr};
 use crate::time::Millis;
 use crate::time::Time;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 /// The most departed members a node remembers (see `Hydfs::departed`).
 const MAX_DEPARTED: usize = 4096;
@@ -243,6 +244,13 @@ pub struct Hydfs {
     next_anti_entropy: Time,
     /// When and what to ask ring neighbours for in anti-entropy.
     inventory_pace: pace::InventoryPace,
+    /// This node's inventory and its hash, as of a [`LocalStore::files_epoch`] with no create in
+    /// flight: in a calm cluster every anti-entropy round and every neighbour's ask takes it from
+    /// here, where each walked and hashed every file again.
+    inventory_memo: Option<(u64, Arc<Inventory>, InventoryHash)>,
+    /// The files this node holds and does not own, as of a [`LocalStore::files_epoch`] and a
+    /// ring (`server/repair.rs`).
+    unowned_memo: Option<(u64, Ring, Vec<FileName>)>,
     stats: HydfsStats,
     /// What the store recovered from storage at start.
     recovery: Recovery,
@@ -318,6 +326,8 @@ impl Hydfs {
                 cfg.anti_entropy_max_interval,
                 now,
             ),
+            inventory_memo: None,
+            unowned_memo: None,
             stats: HydfsStats::default(),
             recovery,
             server: server::ServerState::default(),
@@ -461,9 +471,35 @@ impl Hydfs {
         }
     }
 
-    /// This node's files with their digests, in name order: what it answers an inventory ask.
-    fn inventory(&mut self) -> Inventory {
-        let names: Vec<FileName> = self.store.files().keys().filter(|n| !self.creating(n)).cloned().collect();
+    /// This node's files with their digests, in name order (what it answers an inventory ask),
+    /// and the list's hash. Files being created here are left out. Remembered while no file
+    /// changes and no create is in flight; the remembered list is what a fresh walk gives
+    /// (asserted).
+    fn inventory(&mut self) -> (Arc<Inventory>, InventoryHash) {
+        let creating = self.names_being_created();
+        let epoch = self.store.files_epoch();
+        if creating.is_empty() {
+            if let Some((at, files, hash)) = &self.inventory_memo {
+                if *at == epoch {
+                    let (files, hash) = (files.clone(), *hash);
+                    debug_assert!(
+                        *files == self.fresh_inventory(&creating),
+                        "the remembered inventory is what a fresh walk gives"
+                    );
+                    return (files, hash);
+                }
+            }
+        }
+        let files = Arc::new(self.fresh_inventory(&creating));
+        let hash = inventory_hash(&files);
+        self.inventory_memo = creating.is_empty().then(|| (epoch, files.clone(), hash));
+        (files, hash)
+    }
+
+    /// [`Hydfs::inventory`]'s list, walked: every stored file but those in `creating`.
+    fn fresh_inventory(&mut self, creating: &BTreeSet<FileName>) -> Inventory {
+        let names: Vec<FileName> =
+            self.store.files().keys().filter(|n| !creating.contains(*n)).cloned().collect();
         names
             .into_iter()
             .filter_map(|n| {
@@ -481,7 +517,7 @@ impl Hydfs {
             .filter_map(|n| {
                 let m = self.store.meta(n)?;
                 let bytes = m.all_writes().map(|w| w.len()).sum();
-                Some((n.clone(), RingId::of_file(n.as_str()), m.digest(), bytes))
+                Some((n.clone(), n.ring_id(), m.digest(), bytes))
             })
             .collect()
     }
@@ -579,11 +615,11 @@ impl Hydfs {
                 self.send(from, HydfsMsg::StatReply { req, digest, members });
             }
             HydfsMsg::Inventory { req, known } => {
-                let files = self.inventory();
-                let files = if known == Some(inventory_hash(&files)) {
+                let (files, hash) = self.inventory();
+                let files = if known == Some(hash) {
                     InventoryList::Unchanged
                 } else {
-                    InventoryList::Files(files)
+                    InventoryList::Files(Arc::unwrap_or_clone(files))
                 };
                 self.send(from, HydfsMsg::InventoryReply { req, files });
             }
@@ -651,7 +687,7 @@ impl Hydfs {
     }
 
     fn replicas(&self, name: &FileName) -> Vec<NodeAddr> {
-        self.ring.replicas(name.as_str(), self.cfg.replication)
+        self.ring.replicas_of(name, self.cfg.replication)
     }
 }
 

@@ -7,6 +7,7 @@
 //! * a file's replicas are the first `r` distinct nodes clockwise from its position (the first is
 //!   its primary); with fewer than `r` nodes every node is a replica.
 
+use super::FileName;
 use crate::id::NodeAddr;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -77,6 +78,11 @@ impl Ring {
     /// The replicas of a file, primary first.
     pub fn replicas(&self, name: &str, r: usize) -> Vec<NodeAddr> {
         self.successors(RingId::of_file(name), r)
+    }
+
+    /// [`Ring::replicas`] of a validated name, from the ring id it carries (nothing hashed).
+    pub fn replicas_of(&self, name: &FileName, r: usize) -> Vec<NodeAddr> {
+        self.successors(name.ring_id(), r)
     }
 
     /// Nodes within `n` positions of `addr` on either side, nearest first, without `addr`.

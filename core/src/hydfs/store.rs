@@ -284,6 +284,8 @@ pub struct LocalStore {
     /// large files spent tens of milliseconds per inventory on files that had not changed,
     /// while appends waited.
     digest_memo: BTreeMap<FileName, FileDigest>,
+    /// Changes of any file's record or parts, counted ([`LocalStore::files_epoch`]).
+    files_epoch: u64,
     /// The views ([`LocalStore::meta_shared`]) of the files read last, oldest first, at most
     /// [`VIEWS_REMEMBERED`], each forgotten with its file's digest. A read asks for the view at
     /// every chunk: worked out afresh, a whole-file read cost time in the square of the file's
@@ -492,6 +494,7 @@ impl LocalStore {
             merged_memo: BTreeMap::new(),
             meta_bytes_memo: BTreeMap::new(),
             digest_memo: BTreeMap::new(),
+            files_epoch: 0,
             views: VecDeque::new(),
         };
         // A fresh snapshot of what was recovered, durable before the chain it replaces is
@@ -1319,8 +1322,16 @@ impl LocalStore {
         Some(meta)
     }
 
+    /// Changes of any file's record or parts so far, counted: every path that changes a file,
+    /// adds or removes one, or stores or drops a part moves it ([`LocalStore::forget_digest_and_view`]).
+    /// What is worked out of every file's digest at one count (an inventory) holds until it moves.
+    pub fn files_epoch(&self) -> u64 {
+        self.files_epoch
+    }
+
     /// `name` or one of its parts changed: its remembered digest and view go.
     fn forget_digest_and_view(&mut self, name: &FileName) {
+        self.files_epoch += 1;
         self.digest_memo.remove(name);
         self.views.retain(|(n, _)| n != name);
     }
@@ -1717,9 +1728,12 @@ mod tests {
         let mut last = store.digest(&name);
         let mut last_view = store.meta_shared(&name);
         let untouched = (store.digest(&other), store.meta_shared(&other));
+        let mut epoch = store.files_epoch();
         // Each step changes the digest and the view, and those remembered are the ones worked
-        // out afresh.
+        // out afresh; each moves the files' epoch too (what an inventory is remembered by).
         let mut step = |store: &mut LocalStore, what: &str| {
+            assert!(store.files_epoch() > epoch, "{what} moves the files' epoch");
+            epoch = store.files_epoch();
             let digest = store.digest(&name);
             assert_eq!(digest, store.fresh_digest(&name), "after {what}");
             assert_ne!(digest, last, "{what} changes the digest");
@@ -1746,7 +1760,9 @@ mod tests {
         step(&mut store, "a merge");
         store.file_mut(&name).generation += 1;
         step(&mut store, "a change through `file_mut`");
+        let before_drop = store.files_epoch();
         store.drop_file(&name);
+        assert!(store.files_epoch() > before_drop, "dropping a file moves the files' epoch");
         assert_eq!((store.digest(&name), store.meta_shared(&name)), (None, None), "a dropped file");
         assert_eq!(
             (store.digest(&other), store.meta_shared(&other)),

@@ -255,6 +255,33 @@ fn create_append_get_merge_on_three_replicas() {
     assert!(hashes.windows(2).all(|w| w[0] == w[1]), "replicas identical after merge");
 }
 
+/// A calm node answers its inventory from memory, and a write (or a ring change) makes it walk
+/// its files again: the inventory and the unowned files it works from follow every change.
+#[test]
+fn a_remembered_inventory_and_unowned_list_follow_writes_and_ring_changes() {
+    let mut net = Net::new(5);
+    assert!(net.run(0, ClientOp::Create { name: name("f"), data: b"data".to_vec() }).is_ok());
+    let holder = net.index(net.nodes[0].replicas(&name("f"))[0]);
+    let (first, hash) = net.nodes[holder].inventory();
+    let (again, same) = net.nodes[holder].inventory();
+    assert!(Arc::ptr_eq(&first, &again), "unchanged: answered from memory");
+    assert_eq!(hash, same);
+    net.now = Time(100);
+    assert!(net.run(1, ClientOp::Append { name: name("f"), data: b"more".to_vec() }).is_ok());
+    let (after, changed) = net.nodes[holder].inventory();
+    assert_ne!(changed, hash, "an append changes the file's digest, and so the inventory");
+    assert_eq!(*after, net.nodes[holder].fresh_inventory(&BTreeSet::new()));
+    assert_eq!(
+        after.iter().find(|(n, _)| *n == name("f")).map(|(_, d)| *d),
+        net.nodes[holder].store.digest(&name("f"))
+    );
+    // The holder owns the file; on a ring without it, its copy is unowned.
+    assert!(net.nodes[holder].unowned_files().is_empty());
+    let others = Ring::new((0..5).map(addr).filter(|a| !net.nodes[0].replicas(&name("f")).contains(a)));
+    net.nodes[holder].ring = others;
+    assert_eq!(net.nodes[holder].unowned_files(), vec![name("f")], "a ring change is seen");
+}
+
 /// Every node of `net` writes `each` appends to `f` at once (one per client node, as many
 /// clients would); returns how many syncs each node ran for them.
 fn concurrent_appends(net: &mut Net, each: usize) -> Vec<u64> {

@@ -79,7 +79,7 @@ impl Tombstones {
                     self.forgotten.push((n, s));
                     self.evicted += 1;
                 }
-                let ring_id = RingId::of_file(name.as_str());
+                let ring_id = name.ring_id();
                 self.by_file.insert(key, Tombstone { ring_id, expires });
                 self.by_expiry.insert((expires, name.clone(), create));
                 true

@@ -148,6 +148,16 @@ impl Hydfs {
         self.server.writes.values().any(|w| w.name == *name && w.write.kind == WriteKind::Create)
     }
 
+    /// Every name [`Hydfs::creating`] answers yes for, gathered in one pass over the writes.
+    pub(in crate::hydfs) fn names_being_created(&self) -> BTreeSet<FileName> {
+        self.server
+            .writes
+            .values()
+            .filter(|w| w.write.kind == WriteKind::Create)
+            .map(|w| w.name.clone())
+            .collect()
+    }
+
     /// This node's whole view of `name`, for a client's `Meta` (`client`) or a peer's
     /// anti-entropy. A client is refused a copy recovered at start and not yet compared, as a
     /// read is; a peer is not (its describes are what compare the copies).

@@ -17,7 +17,6 @@
 
 use super::{FetchClass, OfferIn, Pending};
 use crate::hydfs::message::{HydfsMsg, InventoryList, Refusal, ReqId};
-use crate::hydfs::pace::inventory_hash;
 use crate::hydfs::store::{reconcile, FileRec, PartError};
 use crate::hydfs::types::{FileMeta, Stamp};
 use crate::hydfs::{FileName, Hydfs, HydfsEvent, PlantedBug};
@@ -38,7 +37,7 @@ impl Hydfs {
         }
         if !self.cfg.bug(PlantedBug::NoReReplication) && self.inventory_pace.due(now) {
             let neighbours = self.ring.neighbours(self.me, self.cfg.replication);
-            let local = inventory_hash(&self.inventory());
+            let (_, local) = self.inventory();
             self.inventory_pace.begin_round(now, local, &neighbours);
             for p in neighbours {
                 let busy =
@@ -52,9 +51,7 @@ impl Hydfs {
         if self.cfg.bug(PlantedBug::KeepsUnownedCopies) {
             return;
         }
-        let unowned: Vec<FileName> =
-            self.store.files().keys().filter(|n| !self.replicas(n).contains(&self.me)).cloned().collect();
-        for name in unowned {
+        for name in self.unowned_files() {
             if self.creating(&name) {
                 continue;
             }
@@ -64,6 +61,30 @@ impl Hydfs {
                 self.send(r, HydfsMsg::Offer { meta: meta.clone(), deleted: deleted.clone() });
             }
         }
+    }
+
+    /// The files this node stores but is not a replica of, in name order: worked out again only
+    /// when a file was added, changed or removed, or the ring changed, since the last round (a
+    /// walk of every file, each placed on the ring, was most of an idle node's work).
+    pub(in crate::hydfs) fn unowned_files(&mut self) -> Vec<FileName> {
+        let epoch = self.store.files_epoch();
+        if let Some((at, ring, unowned)) = &self.unowned_memo {
+            if *at == epoch && *ring == self.ring {
+                debug_assert_eq!(
+                    *unowned,
+                    self.fresh_unowned_files(),
+                    "the remembered unowned files are a fresh walk's"
+                );
+                return unowned.clone();
+            }
+        }
+        let unowned = self.fresh_unowned_files();
+        self.unowned_memo = Some((epoch, self.ring.clone(), unowned.clone()));
+        unowned
+    }
+
+    fn fresh_unowned_files(&self) -> Vec<FileName> {
+        self.store.files().keys().filter(|n| !self.replicas(n).contains(&self.me)).cloned().collect()
     }
 
     /// Verifies a bounded number of stored bytes per round, so that rot is found (and repaired
@@ -89,7 +110,9 @@ impl Hydfs {
         let limit =
             self.cfg.coordinator_timeout + self.cfg.request_timeout + self.cfg.anti_entropy_interval * 2;
         let mut incomplete: BTreeSet<(FileName, Stamp)> = BTreeSet::new();
-        for (name, rec) in self.store.files() {
+        // Only files with pending appends have anything to check: the walk of a file's parts
+        // is skipped for the others, which on a node holding many files are nearly all.
+        for (name, rec) in self.store.files().iter().filter(|(_, rec)| !rec.pending.is_empty()) {
             let held = self.store.held_parts(name);
             for w in rec.pending.values().filter(|w| !held.is_complete(w)) {
                 incomplete.insert((name.clone(), w.stamp));
