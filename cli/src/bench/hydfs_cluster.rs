@@ -3,7 +3,9 @@
 //!
 //! 1. Raw baseline: one in-process loopback TCP copy of the big file (1 MiB buffers), with and
 //!    without an fsync of the destination at the end; three runs (one with `--quick`), each in
-//!    a round with a run of 2, while the cluster is up and idle.
+//!    a round with a run of 2, while the cluster is up and idle. In the same rounds, for
+//!    reference (no target), a copy through the disk: the source read and the destination
+//!    written with `O_DIRECT`, then synced, which is what a get moves through the disk.
 //! 2. `create` of the big file (three fsync'd replicas) from a non-replica, and `get` of it into
 //!    a fresh file on another non-replica, in rounds with the raw copy (the file is deleted
 //!    between them), as MiB/s and as ratios of median to median; every got file is compared.
@@ -374,6 +376,73 @@ fn raw_copy(src: &Path, dst: &Path, fsync: bool) -> Result<Duration> {
     Ok(end - start)
 }
 
+/// Copies `src` over loopback TCP into `dst` through the disk: the source read and the
+/// destination written with direct I/O (past the page cache), and synced at the end. That is
+/// what a get moves through the disk (the replica reads its copy, the getter writes the
+/// download), with nothing else of a get in it. `None` where the file system refuses direct I/O.
+fn raw_disk_copy(src: &Path, dst: &Path) -> Result<Option<Duration>> {
+    use rainstorm_runtime::direct::{self, AlignedBuf};
+    use std::fs::OpenOptions;
+    use std::os::unix::fs::FileExt;
+    let _ = std::fs::remove_file(dst);
+    let Some(source) = direct::open(src, OpenOptions::new().read(true), "bench source") else {
+        return Ok(None);
+    };
+    let Some(sink) =
+        direct::open(dst, OpenOptions::new().write(true).create(true).truncate(true), "bench destination")
+    else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let receiver = std::thread::spawn(move || -> std::io::Result<Instant> {
+        let (mut s, _) = listener.accept()?;
+        let mut buf = AlignedBuf::default();
+        let mut at = 0u64;
+        loop {
+            // Fill a whole aligned chunk (or what is left) before each direct write.
+            let chunk = buf.take(MIB);
+            let mut filled = 0;
+            while filled < MIB {
+                let n = s.read(&mut chunk[filled..])?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            if filled == 0 {
+                break;
+            }
+            let span = filled.div_ceil(direct::ALIGN as usize) * direct::ALIGN as usize;
+            chunk[filled..span].fill(0);
+            sink.write_all_at(&chunk[..span], at)?;
+            at += filled as u64;
+            if filled < MIB {
+                break;
+            }
+        }
+        sink.set_len(at)?;
+        sink.sync_data()?;
+        Ok(Instant::now())
+    });
+    let start = Instant::now();
+    let mut s = TcpStream::connect(addr)?;
+    let mut buf = AlignedBuf::default();
+    let mut at = 0u64;
+    loop {
+        let chunk = buf.take(MIB);
+        let n = source.read_at(chunk, at)?;
+        if n == 0 {
+            break;
+        }
+        s.write_all(&chunk[..n])?;
+        at += n as u64;
+    }
+    s.shutdown(Shutdown::Write)?;
+    let end = receiver.join().map_err(|_| anyhow!("the receiver panicked"))??;
+    Ok(Some(end - start))
+}
+
 // ----- statistics ----------------------------------------------------------------------------
 
 #[derive(Clone, Copy, Default)]
@@ -439,6 +508,8 @@ fn met(b: bool) -> &'static str {
 struct Findings {
     raw: Option<Duration>,
     raw_fsync: Option<Duration>,
+    /// The raw copy through the disk ([`raw_disk_copy`]), where the file system allows it.
+    raw_disk: Option<Duration>,
     create: Option<Duration>,
     get: Option<Duration>,
     got_identical: Option<bool>,
@@ -490,6 +561,7 @@ fn run_in(plan: &Plan, root: &Path, work: &Path) -> Result<()> {
     let dst = work.join("big.raw");
     let mut raw = Vec::new();
     let mut raw_fsync = Vec::new();
+    let mut raw_disk = Vec::new();
 
     // --- cluster with the default cache --------------------------------------------------------
     eprintln!("starting the {NODES}-node cluster (default cache) on ports {BASE_PORT}..");
@@ -514,6 +586,9 @@ fn run_in(plan: &Plan, root: &Path, work: &Path) -> Result<()> {
         eprintln!("raw loopback copy, without and with the fsync, round {} of {} ...", run + 1, plan.runs);
         raw.push(raw_copy(&src, &dst, false)?);
         raw_fsync.push(raw_copy(&src, &dst, true)?);
+        if let Some(t) = raw_disk_copy(&src, &dst)? {
+            raw_disk.push(t);
+        }
         let _ = std::fs::remove_file(&dst);
         eprintln!(
             "create {big} from node{creator} (replicas {big_reps:?}), run {} of {} ...",
@@ -559,6 +634,7 @@ fn run_in(plan: &Plan, root: &Path, work: &Path) -> Result<()> {
     // Every round began with the raw copy (a failed one ends the bench), so there is one.
     f.raw = Some(median(&raw));
     f.raw_fsync = Some(median(&raw_fsync));
+    f.raw_disk = (raw_disk.len() == raw.len()).then(|| median(&raw_disk));
     println!(
         "## 1. Raw baseline: in-process loopback TCP copy of {} MiB ({} runs, in rounds with the create and the get)",
         plan.size >> 20,
@@ -567,7 +643,14 @@ fn run_in(plan: &Plan, root: &Path, work: &Path) -> Result<()> {
     println!();
     println!("| variant | median (s) | MiB/s | best (s) | all runs (s) |");
     println!("|---|---:|---:|---:|---|");
-    for (name, runs) in [("raw copy", &raw), ("raw copy + fsync of the destination", &raw_fsync)] {
+    let disk_name = "raw copy through the disk (source read and destination written with O_DIRECT, then synced: what a get moves through the disk)";
+    for (name, runs) in
+        [("raw copy", &raw), ("raw copy + fsync of the destination", &raw_fsync), (disk_name, &raw_disk)]
+    {
+        if runs.is_empty() {
+            println!("| {name} | not measured: this file system refuses direct I/O | | | |");
+            continue;
+        }
         let m = median(runs);
         println!(
             "| {name} | {:.2} | {:.0} | {:.2} | {} |",
@@ -608,6 +691,12 @@ fn run_in(plan: &Plan, root: &Path, work: &Path) -> Result<()> {
             }
             None => println!("| {what} | failed | | | | ≥ {target:.2} | NOT met | {} |", secs(runs)),
         }
+    }
+    if let (Some(get), Some(disk)) = (f.get, f.raw_disk) {
+        println!(
+            "\nget ÷ raw copy through the disk: {:.2} (no target: on one disk, the disk's own limit for what a get moves)",
+            disk.as_secs_f64() / get.as_secs_f64()
+        );
     }
     match f.got_identical {
         Some(same) => println!("\ngot file identical to the source: {}", yes(same)),
@@ -1314,6 +1403,12 @@ fn summary(f: &Findings, plan: &Plan) {
             }
             None => println!("| {what} ≥ {target:.2} × raw loopback copy | failed | NOT met |"),
         }
+    }
+    if let (Some(get), Some(disk)) = (f.get, f.raw_disk) {
+        println!(
+            "| get against the raw copy through the disk (no target) | {:.2} × | |",
+            disk.as_secs_f64() / get.as_secs_f64()
+        );
     }
     match f.got_identical {
         Some(b) => println!("| got file identical to the source | {} | {} |", yes(b), met(b)),
