@@ -146,7 +146,7 @@ pub(crate) fn observe(node: &Node, book: &JobBook, detail: Detail) -> Observatio
         files_incomplete += u64::from(!complete);
         if full {
             files.push(FileObservation {
-                replicas: h.ring().replicas(name.as_str(), replication),
+                replicas: h.ring().replicas_of(&name, replication),
                 name: name.to_string(),
                 ring_id,
                 bytes,

@@ -386,12 +386,13 @@ impl Hydfs {
     pub fn under_replicated(&self) -> (u64, u64) {
         let replication = self.cfg.replication;
         let (mut files, mut bytes) = (0, 0);
-        for name in self.store.files().keys().filter(|n| !self.creating(n)) {
+        let creating = self.names_being_created();
+        for name in self.store.files().keys().filter(|n| !creating.contains(*n)) {
             let Some(meta) = self.store.meta(name) else { continue };
             let digest = meta.digest();
             let copies = self
                 .ring
-                .replicas(name.as_str(), replication)
+                .replicas_of(name, replication)
                 .into_iter()
                 .filter(|r| {
                     if *r == self.me {
