@@ -251,6 +251,10 @@ pub struct Hydfs {
     /// The files this node holds and does not own, as of a [`LocalStore::files_epoch`] and a
     /// ring (`server/repair.rs`).
     unowned_memo: Option<(u64, Ring, Vec<FileName>)>,
+    /// The pending writes found incomplete here at [`LocalStore::files_epoch`], kept while it
+    /// stays the same: they depend only on the files' records and parts (idle rounds no longer
+    /// walk every file).
+    incomplete_memo: Option<(u64, BTreeSet<(FileName, Stamp)>)>,
     stats: HydfsStats,
     /// What the store recovered from storage at start.
     recovery: Recovery,
@@ -328,6 +332,7 @@ impl Hydfs {
             ),
             inventory_memo: None,
             unowned_memo: None,
+            incomplete_memo: None,
             stats: HydfsStats::default(),
             recovery,
             server: server::ServerState::default(),

@@ -109,15 +109,7 @@ impl Hydfs {
     fn drop_orphans(&mut self, now: Time) {
         let limit =
             self.cfg.coordinator_timeout + self.cfg.request_timeout + self.cfg.anti_entropy_interval * 2;
-        let mut incomplete: BTreeSet<(FileName, Stamp)> = BTreeSet::new();
-        // Only files with pending appends have anything to check: the walk of a file's parts
-        // is skipped for the others, which on a node holding many files are nearly all.
-        for (name, rec) in self.store.files().iter().filter(|(_, rec)| !rec.pending.is_empty()) {
-            let held = self.store.held_parts(name);
-            for w in rec.pending.values().filter(|w| !held.is_complete(w)) {
-                incomplete.insert((name.clone(), w.stamp));
-            }
-        }
+        let incomplete = self.incomplete_writes();
         self.server.incomplete_since.retain(|k, _| incomplete.contains(k));
         for k in incomplete {
             let since = *self.server.incomplete_since.entry(k.clone()).or_insert(now);
@@ -130,6 +122,38 @@ impl Hydfs {
                 self.stats.orphans_dropped += 1;
             }
         }
+    }
+
+    /// The pending writes this node holds incompletely, remembered while no file's record or
+    /// parts change.
+    fn incomplete_writes(&mut self) -> BTreeSet<(FileName, Stamp)> {
+        let epoch = self.store.files_epoch();
+        if let Some((at, incomplete)) = &self.incomplete_memo {
+            if *at == epoch {
+                debug_assert_eq!(
+                    *incomplete,
+                    self.fresh_incomplete_writes(),
+                    "the remembered incomplete writes are a fresh walk's"
+                );
+                return incomplete.clone();
+            }
+        }
+        let incomplete = self.fresh_incomplete_writes();
+        self.incomplete_memo = Some((epoch, incomplete.clone()));
+        incomplete
+    }
+
+    fn fresh_incomplete_writes(&self) -> BTreeSet<(FileName, Stamp)> {
+        let mut incomplete = BTreeSet::new();
+        // Only files with pending appends have anything to check: the walk of a file's parts
+        // is skipped for the others, which on a node holding many files are nearly all.
+        for (name, rec) in self.store.files().iter().filter(|(_, rec)| !rec.pending.is_empty()) {
+            let held = self.store.held_parts(name);
+            for w in rec.pending.values().filter(|w| !held.is_complete(w)) {
+                incomplete.insert((name.clone(), w.stamp));
+            }
+        }
+        incomplete
     }
 
     pub(in crate::hydfs) fn on_inventory_reply(
