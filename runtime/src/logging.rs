@@ -20,8 +20,9 @@
 //! [`IDLE_ROUNDS`] rounds in a row marks itself asleep and parks with no timeout; the first line
 //! queued for it then wakes it (one wake, whoever queues it), and it writes that line at once
 //! and goes back to its rounds. A node with nothing to log costs no wake-ups for its logs
-//! (their 25 ms rounds were about a third of an idle cluster's CPU); a node logging more often
-//! than every [`IDLE_ROUNDS`] rounds is woken by none of its lines.
+//! (their 25 ms rounds were most of an idle cluster's context switches); a node logging more
+//! often than every [`IDLE_ROUNDS`] rounds is woken by none of its lines (but the one that takes
+//! a queue past [`WAKE_AT_BYTES`]).
 //!
 //! Invariant: the returned [`LogGuard`], dropped, has the writers write everything queued and
 //! stop, waiting for them at most [`STOP_WAIT`] (an output that takes no lines, such as a
@@ -100,6 +101,7 @@ pub fn init(data_dir: &Path, file_name: &str) -> std::io::Result<(PathBuf, LogGu
     };
     let writers =
         vec![spawn(Output::Stderr, Box::new(std::io::stderr()))?, spawn(Output::File, Box::new(file))?];
+    // Set before any line can be queued: a line for a sleeping writer must find it to wake it.
     let _ = shared.writers.set(writers.iter().map(|w| w.thread().clone()).collect());
     let to = |output| QueueWriter { shared: shared.clone(), output };
     // One line formatted for both outputs, unless stderr is a terminal and gets colour.
@@ -138,7 +140,7 @@ struct Queue {
     dropped: [u64; 2],
     /// The guard was dropped: write what is queued, then stop.
     stopping: bool,
-    /// By output: its writer sleeps until a line comes (the line's writer wakes it).
+    /// By output: its writer sleeps until a line comes (whoever queues that line wakes it).
     asleep: [bool; 2],
     /// By output: rounds its writer has taken, whether or not it wrote anything.
     rounds: [u64; 2],
@@ -280,7 +282,8 @@ fn write_queued(shared: &Shared, output: Output, mut out: Box<dyn Write + Send>,
             return;
         }
         if sleep {
-            // Until a line (or the guard) wakes it; a spurious wake-up only takes a round.
+            // Until a line (or the guard) wakes it; after any wake-up it takes its rounds
+            // again, [`IDLE_ROUNDS`] of them before it sleeps once more.
             std::thread::park();
             empty_rounds = 0;
         } else {

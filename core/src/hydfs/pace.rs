@@ -22,6 +22,7 @@ use crate::id::NodeAddr;
 use crate::time::{Millis, Time};
 use crate::wire::canonical_bytes;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// A hash of one node's inventory (its files and their digests, in name order).
 pub type InventoryHash = u64;
@@ -36,11 +37,12 @@ pub fn inventory_hash(files: &Inventory) -> InventoryHash {
     u64::from_le_bytes(digest[..8].try_into().expect("a SHA-256 digest has 32 bytes"))
 }
 
-/// The last inventory a neighbour sent, kept to answer `Unchanged` replies.
+/// The last inventory a neighbour sent, kept to answer `Unchanged` replies (shared: a calm
+/// round compares it again without copying it).
 #[derive(Debug)]
 struct Known {
     hash: InventoryHash,
-    files: Inventory,
+    files: Arc<Inventory>,
 }
 
 #[derive(Debug)]
@@ -115,27 +117,27 @@ impl InventoryPace {
     }
 
     /// A full inventory from `peer`: kept, and a change from the last one disturbs the pace.
-    pub(super) fn received(&mut self, now: Time, peer: NodeAddr, files: Inventory) -> &Inventory {
+    pub(super) fn received(&mut self, now: Time, peer: NodeAddr, files: Inventory) -> Arc<Inventory> {
         let hash = inventory_hash(&files);
         let changed = self.known.get(&peer).is_none_or(|k| k.hash != hash);
         if changed {
             self.disturb(now);
         }
-        let known = self.known.entry(peer).or_insert(Known { hash, files: Vec::new() });
-        *known = Known { hash, files };
-        &known.files
+        let files = Arc::new(files);
+        self.known.insert(peer, Known { hash, files: files.clone() });
+        files
     }
 
     /// `peer` answered that its inventory is the one kept for it; `None` when none is kept (a
     /// reply to an ask this node no longer remembers making): the pace is disturbed.
-    pub(super) fn unchanged(&mut self, now: Time, peer: NodeAddr) -> Option<&Inventory> {
+    pub(super) fn unchanged(&mut self, now: Time, peer: NodeAddr) -> Option<Arc<Inventory>> {
         if !self.known.contains_key(&peer) {
             self.disturb(now);
             return None;
         }
         let known = self.known.get(&peer)?;
         debug_assert_eq!(known.hash, inventory_hash(&known.files), "the kept hash is the kept list's");
-        Some(&known.files)
+        Some(known.files.clone())
     }
 
     /// Whether the inventory last received from `peer` lists `name` complete (none of its writes
@@ -207,7 +209,7 @@ mod tests {
         pace.begin_round(Time(6000), 1, &peers);
         pace.begin_round(Time(8000), 1, &peers);
         assert_eq!(pace.interval(), Millis(4000));
-        assert_eq!(pace.unchanged(Time(8000), addr(1)), Some(&files));
+        assert_eq!(pace.unchanged(Time(8000), addr(1)), Some(Arc::new(files.clone())));
         pace.received(Time(8000), addr(1), files);
         assert_eq!(pace.interval(), Millis(4000), "the same inventory again is calm");
         pace.begin_round(Time(12_000), 1, &[]);

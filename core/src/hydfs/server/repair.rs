@@ -167,38 +167,38 @@ impl Hydfs {
             return;
         }
         let files = match files {
-            InventoryList::Files(files) => self.inventory_pace.received(now, from, files).clone(),
+            InventoryList::Files(files) => self.inventory_pace.received(now, from, files),
             InventoryList::Unchanged => match self.inventory_pace.unchanged(now, from) {
-                Some(files) => files.clone(),
+                Some(files) => files,
                 None => return,
             },
         };
         let mut behind = false;
-        for (name, digest) in files {
+        for (name, digest) in files.iter() {
             if name.as_str().len() > self.cfg.max_name_bytes {
                 self.stats.names_refused += 1;
                 continue;
             }
-            if self.refuse_deleted_copy(now, from, &name, digest.create) {
+            if self.refuse_deleted_copy(now, from, name, digest.create) {
                 continue;
             }
-            if !self.replicas(&name).contains(&self.me) {
+            if !self.replicas(name).contains(&self.me) {
                 continue;
             }
-            let mine = self.store.digest(&name);
-            if mine == Some(digest) {
-                self.unreconciled.remove(&name);
+            let mine = self.store.digest(name);
+            if mine.as_ref() == Some(digest) {
+                self.unreconciled.remove(name);
                 continue;
             }
             let busy = self
                 .server
                 .requests
                 .values()
-                .any(|r| matches!(&r.what, Pending::Describe { name: n } if *n == name));
+                .any(|r| matches!(&r.what, Pending::Describe { name: n } if n == name));
             behind = true;
             if !busy {
                 let n = name.clone();
-                self.ask(now, from, Pending::Describe { name }, |req| HydfsMsg::Describe {
+                self.ask(now, from, Pending::Describe { name: name.clone() }, |req| HydfsMsg::Describe {
                     req,
                     name: n,
                     needs: Vec::new(),
